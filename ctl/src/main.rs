@@ -1,0 +1,2 @@
+//! The `llmctl` binary.
+fn main() {}

