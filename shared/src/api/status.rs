@@ -1,0 +1,84 @@
+//! `status`: the daemon's state (version, uptime, pid, socket, devices, resident models).
+
+use serde::{Deserialize, Serialize};
+
+/// Asks for the daemon's state. No arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRequest {}
+
+/// The daemon's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// Package version of the daemon, e.g. "0.1.0".
+    pub daemon_version: String,
+    /// The daemon's wire protocol version.
+    pub protocol_version: u32,
+    /// Process id of the daemon.
+    pub pid: u32,
+    /// Whole seconds since the daemon started.
+    pub uptime_secs: u64,
+    /// Path of the socket the daemon listens on.
+    pub socket: String,
+    /// Path of the configuration file in force ("" when running on built-in defaults).
+    pub config: String,
+    /// Devices the daemon may place models on.
+    pub devices: Vec<DeviceInfo>,
+    /// Models resident in memory.
+    pub models: Vec<ModelInfo>,
+    /// Client connections open now (including the one asking).
+    pub connections: u64,
+    /// Requests being processed now (including this one).
+    pub requests_running: u64,
+}
+
+/// Kind of compute device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    /// The host CPU and its RAM.
+    Cpu,
+    /// An NVIDIA GPU driven through CUDA.
+    Cuda,
+}
+
+impl DeviceKind {
+    /// Lowercase name, as used in device names ("cpu:0") and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One device the daemon knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Device name, `<kind>:<index>`, e.g. "cpu:0" or "cuda:1".
+    pub name: String,
+    /// Device kind.
+    pub kind: DeviceKind,
+    /// Bytes of this device's memory the daemon may use for models and caches.
+    pub memory_budget_bytes: u64,
+    /// Bytes currently used by resident models on this device.
+    pub memory_used_bytes: u64,
+}
+
+/// One resident model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Name the model was loaded under.
+    pub name: String,
+    /// Path of its GGUF file.
+    pub path: String,
+    /// Names of the devices holding parts of it.
+    pub devices: Vec<String>,
+    /// Bytes of device memory it occupies in all.
+    pub memory_bytes: u64,
+}
