@@ -1,4 +1,5 @@
 //! Compute for llmd: GGML's quantized block formats ([`quant`]), the CPU kernels, and (later) the
 //! CUDA kernels, behind one backend trait that model code calls.
 
+pub mod backend;
 pub mod quant;
