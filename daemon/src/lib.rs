@@ -3,6 +3,17 @@
 //! Layout (see docs/ARCHITECTURE.md):
 //! - [`gguf`]: reading and writing GGUF model files.
 //! - [`tokenizer`]: SentencePiece and byte-level BPE tokenizers, detokenization, chat templates.
+//! - [`cli`]: the `llmd` command line; [`config`]: the TOML configuration file; [`logging`]:
+//!   tracing to journald or stderr; [`notify`]: sd_notify; [`shutdown`]: stop signalling.
+//! - [`state`]: the shared daemon state (config, devices, model registry, counters).
+//! - [`server`]: socket, accept loop, connections, one handler file per request.
 
+pub mod cli;
+pub mod config;
 pub mod gguf;
+pub mod logging;
+pub mod notify;
+pub mod server;
+pub mod shutdown;
+pub mod state;
 pub mod tokenizer;

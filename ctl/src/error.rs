@@ -1,0 +1,121 @@
+//! llmctl's errors, their exit codes, hints and JSON form.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use llmd_shared::{ErrorReply, FrameError};
+use serde::Serialize;
+
+/// Exit code: the daemon reported an error (or speaks another protocol).
+pub const EXIT_DAEMON_ERROR: u8 = 1;
+/// Exit code: usage error (clap's own code).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: the daemon cannot be reached.
+pub const EXIT_UNREACHABLE: u8 = 3;
+
+/// Hint printed when the daemon cannot be reached.
+const UNREACHABLE_HINT: &str = "is llmd running? try `systemctl status llmd`, or point llmctl at \
+                                its socket with --socket or LLMD_SOCKET";
+
+/// Everything that can go wrong in llmctl.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// Nothing accepts connections on the socket.
+    #[error("cannot connect to llmd at {}: {source}", path.display())]
+    Unreachable {
+        /// The socket tried.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The daemon closed the connection or died before answering.
+    #[error("lost the connection to llmd: {0}")]
+    Disconnected(FrameError),
+    /// The daemon did not answer in time.
+    #[error("llmd did not answer within {} s", .0.as_secs())]
+    Timeout(Duration),
+    /// The daemon speaks another protocol version.
+    #[error("{message}")]
+    VersionMismatch {
+        /// The daemon's explanation, naming both versions.
+        message: String,
+        /// The daemon's package version.
+        daemon_version: String,
+        /// The daemon's protocol version.
+        daemon_protocol_version: u32,
+    },
+    /// The daemon answered with an error.
+    #[error("{0}")]
+    Daemon(ErrorReply),
+    /// The daemon sent something that is not a valid reply.
+    #[error("protocol error talking to llmd: {0}")]
+    Protocol(String),
+    /// Printing the output failed.
+    #[error("cannot write output: {0}")]
+    Output(std::io::Error),
+}
+
+/// The JSON form of an error: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug, Serialize)]
+pub struct JsonError {
+    /// The error.
+    pub error: JsonErrorBody,
+}
+
+/// Body of [`JsonError`].
+#[derive(Debug, Serialize)]
+pub struct JsonErrorBody {
+    /// The daemon's error code (`not_found`, ...) or one of llmctl's own: `unreachable`,
+    /// `disconnected`, `timeout`, `version_mismatch`, `protocol`, `output`.
+    pub code: String,
+    /// The message printed to stderr.
+    pub message: String,
+}
+
+impl CtlError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CtlError::Unreachable { .. } | CtlError::Disconnected(_) | CtlError::Timeout(_) => {
+                EXIT_UNREACHABLE
+            }
+            CtlError::VersionMismatch { .. }
+            | CtlError::Daemon(_)
+            | CtlError::Protocol(_)
+            | CtlError::Output(_) => EXIT_DAEMON_ERROR,
+        }
+    }
+
+    /// A suggestion printed after the error, if any.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            CtlError::Unreachable { .. } | CtlError::Disconnected(_) | CtlError::Timeout(_) => {
+                Some(UNREACHABLE_HINT)
+            }
+            _ => None,
+        }
+    }
+
+    /// Machine-readable code (see [`JsonErrorBody::code`]).
+    pub fn code(&self) -> &str {
+        match self {
+            CtlError::Unreachable { .. } => "unreachable",
+            CtlError::Disconnected(_) => "disconnected",
+            CtlError::Timeout(_) => "timeout",
+            CtlError::VersionMismatch { .. } => "version_mismatch",
+            CtlError::Daemon(e) => e.code.as_str(),
+            CtlError::Protocol(_) => "protocol",
+            CtlError::Output(_) => "output",
+        }
+    }
+
+    /// The JSON form of this error.
+    pub fn to_json(&self) -> JsonError {
+        JsonError {
+            error: JsonErrorBody {
+                code: self.code().to_string(),
+                message: self.to_string(),
+            },
+        }
+    }
+}

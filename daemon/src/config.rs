@@ -1,0 +1,574 @@
+//! The daemon's configuration file: TOML, read at start and again on SIGHUP.
+//!
+//! Every key is optional; a missing default file means "all defaults". Unknown keys, wrong types
+//! and invalid values are errors that name the file, the line, the key and the reason. A complete
+//! example (the packaged `/etc/llmd/llmd.toml` documents each key):
+//!
+//! ```toml
+//! socket = "/run/llmd/llmd.sock"   # overridden by --socket and LLMD_SOCKET
+//! socket_group = "llmd"            # group owning the socket (mode 0660)
+//! log_level = "info"               # or a tracing filter such as "llmd=debug,info"; RUST_LOG wins
+//!
+//! [[devices]]
+//! id = "cpu:0"                     # <kind>:<index>; kinds: cpu
+//! memory_budget = "16GiB"          # bytes (integer) or a string with B/KiB/MiB/GiB/TiB/KB/MB/GB/TB
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use llmd_shared::DeviceKind;
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+/// Where the daemon looks for its configuration when `--config` is not given. Optional: when the
+/// file does not exist, built-in defaults apply.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/llmd/llmd.toml";
+
+/// Share of physical memory given to the default CPU device when no `[[devices]]` are configured:
+/// three quarters, leaving the rest to the OS and other processes.
+const DEFAULT_CPU_BUDGET_NUMERATOR: u64 = 3;
+const DEFAULT_CPU_BUDGET_DENOMINATOR: u64 = 4;
+
+/// Contents of the configuration file. All keys are optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Path of the Unix socket to listen on. Lower priority than `--socket` and `LLMD_SOCKET`;
+    /// when absent the runtime-directory default applies (see `llmd_shared::socket`). Ignored
+    /// under socket activation (systemd owns the socket then). Changes take effect on restart.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// Name (or numeric id) of the group that owns the socket file; members of the group may use
+    /// the daemon (the socket is mode 0660). Absent: the daemon's primary group. Changes take
+    /// effect on restart.
+    #[serde(default)]
+    pub socket_group: Option<String>,
+    /// Log level or tracing filter directive ("error", "warn", "info", "debug", "trace", or e.g.
+    /// "llmd=debug,info"). `RUST_LOG`, when set, takes precedence. Absent: "info". Applied again
+    /// on reload.
+    #[serde(default)]
+    pub log_level: Option<String>,
+    /// Devices models may be placed on, each with a memory budget. Absent or empty: one CPU device
+    /// `cpu:0` with three quarters of physical memory. Applied again on reload.
+    #[serde(default)]
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// One `[[devices]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Which device: `<kind>:<index>` (`"cpu:0"`); a bare kind means index 0.
+    pub id: DeviceId,
+    /// Bytes of this device's memory that models and their caches may use. Absent: for the CPU,
+    /// three quarters of physical memory.
+    #[serde(default)]
+    pub memory_budget: Option<ByteSize>,
+}
+
+/// A device identifier, `<kind>:<index>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeviceId {
+    /// Device kind.
+    pub kind: DeviceKindKey,
+    /// Index among devices of that kind (CUDA ordinal; 0 for the CPU).
+    pub index: u32,
+}
+
+/// [`DeviceKind`] with an ordering, so device ids sort and compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DeviceKindKey {
+    /// The host CPU.
+    Cpu,
+    /// A CUDA GPU.
+    Cuda,
+}
+
+impl From<DeviceKindKey> for DeviceKind {
+    fn from(k: DeviceKindKey) -> Self {
+        match k {
+            DeviceKindKey::Cpu => DeviceKind::Cpu,
+            DeviceKindKey::Cuda => DeviceKind::Cuda,
+        }
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", DeviceKind::from(self.kind), self.index)
+    }
+}
+
+impl std::str::FromStr for DeviceId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, index) = match s.split_once(':') {
+            Some((k, i)) => (k, Some(i)),
+            None => (s, None),
+        };
+        let kind = match kind {
+            "cpu" => DeviceKindKey::Cpu,
+            "cuda" => DeviceKindKey::Cuda,
+            other => {
+                return Err(format!(
+                    "unknown device kind `{other}` in `{s}`; expected `cpu:<index>`"
+                ))
+            }
+        };
+        let index = match index {
+            None => 0,
+            Some(i) => i
+                .parse::<u32>()
+                .map_err(|_| format!("invalid device index `{i}` in `{s}`"))?,
+        };
+        Ok(DeviceId { kind, index })
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(de::Error::custom)
+    }
+}
+
+/// A size in bytes, written in the file as an integer or as a string with a unit
+/// ("512MiB", "16 GiB", "2GB"). Binary units are powers of 1024, decimal ones of 1000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let unit = unit.trim();
+        let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kib" | "k" => 1 << 10,
+            "mib" | "m" => 1 << 20,
+            "gib" | "g" => 1 << 30,
+            "tib" | "t" => 1 << 40,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            _ => {
+                return Err(format!(
+                    "invalid size `{s}`: unknown unit `{unit}` (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)"
+                ))
+            }
+        };
+        let bytes = if num.contains('.') {
+            let v: f64 = num
+                .parse()
+                .map_err(|_| format!("invalid size `{s}`: `{num}` is not a number"))?;
+            let b = v * mult as f64;
+            if !b.is_finite() || b < 0.0 || b >= u64::MAX as f64 {
+                return Err(format!("invalid size `{s}`: out of range"));
+            }
+            b as u64
+        } else {
+            let v: u64 = num
+                .parse()
+                .map_err(|_| format!("invalid size `{s}`: `{num}` is not a number"))?;
+            v.checked_mul(mult)
+                .ok_or_else(|| format!("invalid size `{s}`: out of range"))?
+        };
+        Ok(ByteSize(bytes))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size in bytes, or a string like \"16GiB\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("invalid size {v}: must not be negative")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A configuration problem, naming the file and, where known, the line, key and reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or does not match the expected keys and types.
+    #[error("config file {}{}: {}{message}", path.display(), location(*line, *column), key_prefix(key))]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the problem, if known.
+        line: Option<usize>,
+        /// 1-based column of the problem, if known.
+        column: Option<usize>,
+        /// The key involved, if known.
+        key: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is well-formed but not acceptable.
+    #[error("config file {}: key `{key}`: {reason}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key involved (dotted path, e.g. `devices[1].id`).
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn location(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!(", line {l}, column {c}"),
+        (Some(l), None) => format!(", line {l}"),
+        _ => String::new(),
+    }
+}
+
+fn key_prefix(key: &Option<String>) -> String {
+    key.as_ref()
+        .map(|k| format!("key `{k}`: "))
+        .unwrap_or_default()
+}
+
+/// A configuration together with where it came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadedConfig {
+    /// The parsed, validated configuration.
+    pub config: Config,
+    /// The file it was read from; `None` when the default file does not exist and built-in
+    /// defaults apply.
+    pub path: Option<PathBuf>,
+}
+
+/// Which file to read: an explicit `--config` path must exist; the default one may be missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// Given with `--config`: a missing file is an error.
+    Explicit(PathBuf),
+    /// [`DEFAULT_CONFIG_PATH`] (or another default): a missing file means built-in defaults.
+    Default(PathBuf),
+}
+
+impl ConfigSource {
+    /// The source for an optional `--config` argument.
+    pub fn from_arg(arg: Option<PathBuf>) -> Self {
+        match arg {
+            Some(p) => ConfigSource::Explicit(p),
+            None => ConfigSource::Default(PathBuf::from(DEFAULT_CONFIG_PATH)),
+        }
+    }
+
+    /// Reads and validates the configuration from this source.
+    pub fn load(&self) -> Result<LoadedConfig, ConfigError> {
+        match self {
+            ConfigSource::Explicit(p) => Ok(LoadedConfig {
+                config: load_file(p)?,
+                path: Some(p.clone()),
+            }),
+            ConfigSource::Default(p) => match std::fs::read_to_string(p) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LoadedConfig::default()),
+                Err(source) => Err(ConfigError::Read {
+                    path: p.clone(),
+                    source,
+                }),
+                Ok(text) => Ok(LoadedConfig {
+                    config: parse(&text, p)?,
+                    path: Some(p.clone()),
+                }),
+            },
+        }
+    }
+}
+
+/// Reads and validates the configuration file at `path`.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates configuration text; `path` is only used in error messages.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let config: Config = toml::from_str(text).map_err(|e| parse_error(text, path, &e))?;
+    config.validate(path)?;
+    Ok(config)
+}
+
+fn parse_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim().to_string();
+    let (mut line, mut column, mut key) = (None, None, None);
+    if let Some(span) = e.span() {
+        let start = span.start.min(text.len());
+        let before = &text[..start];
+        let line_no = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        line = Some(line_no);
+        column = Some(text[line_start..start].chars().count() + 1);
+        let line_text = text[line_start..].lines().next().unwrap_or("");
+        if let Some((k, _)) = line_text.split_once('=') {
+            let k = k.trim().trim_matches('"');
+            if !k.is_empty() && !k.starts_with('[') {
+                key = Some(k.to_string());
+            }
+        }
+    }
+    // "unknown field `x`, expected ..." names the key itself, wherever the span points.
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some((k, _)) = rest.split_once('`') {
+            key = Some(k.to_string());
+        }
+    }
+    ConfigError::Parse {
+        path: path.to_path_buf(),
+        line,
+        column,
+        key,
+        message,
+    }
+}
+
+impl Config {
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            reason,
+        };
+        if let Some(level) = &self.log_level {
+            crate::logging::parse_filter(level)
+                .map_err(|e| invalid("log_level".into(), e.to_string()))?;
+        }
+        if let Some(socket) = &self.socket {
+            if socket.as_os_str().is_empty() {
+                return Err(invalid("socket".into(), "must not be empty".into()));
+            }
+        }
+        if let Some(group) = &self.socket_group {
+            if group.is_empty() {
+                return Err(invalid("socket_group".into(), "must not be empty".into()));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            if d.id.kind == DeviceKindKey::Cuda {
+                return Err(invalid(
+                    format!("devices[{i}].id"),
+                    format!(
+                        "device `{}`: CUDA devices are not supported by this build",
+                        d.id
+                    ),
+                ));
+            }
+            if d.id.kind == DeviceKindKey::Cpu && d.id.index != 0 {
+                return Err(invalid(
+                    format!("devices[{i}].id"),
+                    format!("device `{}`: there is one CPU device, `cpu:0`", d.id),
+                ));
+            }
+            if !seen.insert(d.id) {
+                return Err(invalid(
+                    format!("devices[{i}].id"),
+                    format!("device `{}` is listed twice", d.id),
+                ));
+            }
+            if d.memory_budget == Some(ByteSize(0)) {
+                return Err(invalid(
+                    format!("devices[{i}].memory_budget"),
+                    "must be greater than zero".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The devices in force: the configured ones, or the default CPU device, with budgets
+    /// resolved to bytes.
+    pub fn resolved_devices(&self) -> Vec<ResolvedDevice> {
+        let default_cpu = || ResolvedDevice {
+            id: DeviceId {
+                kind: DeviceKindKey::Cpu,
+                index: 0,
+            },
+            memory_budget_bytes: default_cpu_budget(),
+        };
+        if self.devices.is_empty() {
+            return vec![default_cpu()];
+        }
+        self.devices
+            .iter()
+            .map(|d| ResolvedDevice {
+                id: d.id,
+                memory_budget_bytes: d
+                    .memory_budget
+                    .map_or_else(default_cpu_budget, |ByteSize(b)| b),
+            })
+            .collect()
+    }
+}
+
+/// A configured device with its budget in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResolvedDevice {
+    /// Which device.
+    pub id: DeviceId,
+    /// Bytes models may use on it.
+    pub memory_budget_bytes: u64,
+}
+
+/// Three quarters of physical memory (`MemTotal` of /proc/meminfo); 0 if it cannot be read.
+pub fn default_cpu_budget() -> u64 {
+    physical_memory_bytes()
+        .map(|total| total / DEFAULT_CPU_BUDGET_DENOMINATOR * DEFAULT_CPU_BUDGET_NUMERATOR)
+        .unwrap_or(0)
+}
+
+fn physical_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> &'static Path {
+        Path::new("/etc/llmd/test.toml")
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = parse(
+            r#"
+socket = "/tmp/x.sock"
+socket_group = "llmd"
+log_level = "debug"
+
+[[devices]]
+id = "cpu:0"
+memory_budget = "16GiB"
+"#,
+            p(),
+        )
+        .unwrap();
+        assert_eq!(c.socket.as_deref(), Some(Path::new("/tmp/x.sock")));
+        assert_eq!(c.devices[0].memory_budget, Some(ByteSize(16 << 30)));
+        assert_eq!(c.resolved_devices()[0].memory_budget_bytes, 16 << 30);
+        assert_eq!(c.devices[0].id.to_string(), "cpu:0");
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        let c = parse("", p()).unwrap();
+        assert_eq!(c, Config::default());
+        let devs = c.resolved_devices();
+        assert_eq!(devs.len(), 1);
+        assert!(devs[0].memory_budget_bytes > 0);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = parse("log_level = \"info\"\nbogus_key = 1\n", p()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/etc/llmd/test.toml"), "{msg}");
+        assert!(msg.contains("bogus_key"), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_device_key_is_refused() {
+        let err = parse("[[devices]]\nid = \"cpu\"\nbudget = 3\n", p()).unwrap_err();
+        assert!(err.to_string().contains("budget"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_reason() {
+        let err = parse("socket = 3\n", p()).unwrap_err().to_string();
+        assert!(err.contains("key `socket`"), "{err}");
+        let err = parse("[[devices]]\nid = \"cpu\"\nmemory_budget = \"lots\"\n", p())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("memory_budget") && err.contains("lots"),
+            "{err}"
+        );
+        let err = parse("[[devices]]\nid = \"tpu:0\"\n", p())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tpu"), "{err}");
+        let err = parse("log_level = \"info,[[[\"\n", p())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("log_level"), "{err}");
+        let err = parse(
+            "[[devices]]\nid = \"cpu\"\n[[devices]]\nid = \"cpu:0\"\n",
+            p(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("devices[1].id") && err.contains("twice"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn byte_sizes() {
+        for (s, v) in [
+            ("0", 0),
+            ("512", 512),
+            ("1KiB", 1024),
+            ("16 GiB", 16 << 30),
+            ("2GB", 2_000_000_000),
+            ("1.5GiB", 3 << 29),
+        ] {
+            assert_eq!(s.parse::<ByteSize>(), Ok(ByteSize(v)), "{s}");
+        }
+        for s in ["", "GiB", "12 parsecs", "-1", "99999999999TiB"] {
+            assert!(s.parse::<ByteSize>().is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn missing_default_file_is_fine_missing_explicit_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.toml");
+        let loaded = ConfigSource::Default(missing.clone()).load().unwrap();
+        assert_eq!(loaded, LoadedConfig::default());
+        let err = ConfigSource::Explicit(missing).load().unwrap_err();
+        assert!(err.to_string().contains("none.toml"), "{err}");
+    }
+}

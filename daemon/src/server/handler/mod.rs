@@ -1,0 +1,88 @@
+//! Request handlers: [`dispatch`] is the one `match` that hands each [`Request`] to its own file.
+//!
+//! A handler is an `async fn(RequestStruct, &Context) -> Result<ReplyStruct, ErrorReply>`. It
+//! stays thin: it reads [`State`], sends any events through [`Context::event`], and hands heavy
+//! work (loading, inference) to dedicated threads, awaiting their result. If the daemon shuts
+//! down or the client disappears, the handler's future is dropped: long work must watch for that
+//! (e.g. a cancellation flag set by a drop guard).
+
+mod status;
+mod version;
+
+use std::sync::Arc;
+
+use llmd_shared::{ErrorCode, ErrorReply, Event, Reply, Request};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use crate::state::State;
+
+/// The client's credentials (SO_PEERCRED), for logging and later authorisation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// User id of the client process (`u32::MAX` if unknown).
+    pub uid: u32,
+    /// Group id of the client process (`u32::MAX` if unknown).
+    pub gid: u32,
+    /// Process id of the client (0 if unknown).
+    pub pid: i32,
+}
+
+impl Peer {
+    /// The credentials of the process at the other end of `stream`.
+    pub fn of(stream: &UnixStream) -> Peer {
+        match stream.peer_cred() {
+            Ok(c) => Peer {
+                uid: c.uid(),
+                gid: c.gid(),
+                pid: c.pid().unwrap_or(0),
+            },
+            Err(e) => {
+                tracing::warn!("cannot read peer credentials: {e}");
+                Peer {
+                    uid: u32::MAX,
+                    gid: u32::MAX,
+                    pid: 0,
+                }
+            }
+        }
+    }
+}
+
+/// What a handler gets besides its request.
+pub struct Context {
+    /// The daemon's shared state.
+    pub state: Arc<State>,
+    /// Who asked.
+    pub peer: Peer,
+    /// Events for the client, written by the connection in order before the final reply.
+    events: mpsc::Sender<Event>,
+}
+
+impl Context {
+    /// A context for one request.
+    pub fn new(state: Arc<State>, peer: Peer, events: mpsc::Sender<Event>) -> Self {
+        Context {
+            state,
+            peer,
+            events,
+        }
+    }
+
+    /// Sends an event to the client, waiting if the client reads slowly. Fails with `cancelled`
+    /// if the connection is gone.
+    pub async fn event(&self, event: Event) -> Result<(), ErrorReply> {
+        self.events
+            .send(event)
+            .await
+            .map_err(|_| ErrorReply::new(ErrorCode::Cancelled, "the client went away"))
+    }
+}
+
+/// Runs the handler for `request`.
+pub async fn dispatch(request: Request, ctx: Context) -> Result<Reply, ErrorReply> {
+    match request {
+        Request::Status(r) => status::handle(r, &ctx).await.map(Reply::Status),
+        Request::Version(r) => version::handle(r, &ctx).await.map(Reply::Version),
+    }
+}

@@ -1,0 +1,310 @@
+//! The daemon's shared state, one [`State`] behind an `Arc`, read by every request handler.
+//!
+//! Locks here are `std::sync` locks held only for short, non-async sections (copying a snapshot
+//! out); long work (loading, inference) happens on dedicated threads and never under these locks.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
+
+use llmd_shared::{DeviceInfo, DeviceKind, ModelInfo};
+use tokio::sync::Notify;
+
+use crate::config::LoadedConfig;
+
+/// A device models may be placed on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// `<kind>:<index>`, e.g. "cpu:0".
+    pub name: String,
+    /// Kind of device.
+    pub kind: DeviceKind,
+    /// Bytes of its memory the daemon may use.
+    pub memory_budget_bytes: u64,
+}
+
+impl Device {
+    /// The devices a configuration describes.
+    pub fn from_config(config: &LoadedConfig) -> Vec<Device> {
+        config
+            .config
+            .resolved_devices()
+            .into_iter()
+            .map(|d| Device {
+                name: d.id.to_string(),
+                kind: d.id.kind.into(),
+                memory_budget_bytes: d.memory_budget_bytes,
+            })
+            .collect()
+    }
+}
+
+/// A model resident in memory, as the registry records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResidentModel {
+    /// Path of the GGUF file it was loaded from.
+    pub path: PathBuf,
+    /// Names of the devices holding parts of it, with the bytes each holds.
+    pub placement: Vec<(String, u64)>,
+}
+
+impl ResidentModel {
+    /// Total bytes it occupies across devices.
+    pub fn memory_bytes(&self) -> u64 {
+        self.placement.iter().map(|(_, b)| *b).sum()
+    }
+}
+
+/// The models resident in memory, by the name they were loaded under.
+#[derive(Debug, Default)]
+pub struct ModelRegistry {
+    /// Sorted by name, so listings are stable.
+    models: BTreeMap<String, ResidentModel>,
+}
+
+impl ModelRegistry {
+    /// Number of resident models.
+    pub fn len(&self) -> usize {
+        self.models.len()
+    }
+
+    /// True when no model is resident.
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+
+    /// The model registered under `name`.
+    pub fn get(&self, name: &str) -> Option<&ResidentModel> {
+        self.models.get(name)
+    }
+
+    /// Registers `model` under `name`; returns it back if the name is taken.
+    pub fn insert(&mut self, name: String, model: ResidentModel) -> Result<(), ResidentModel> {
+        match self.models.entry(name) {
+            std::collections::btree_map::Entry::Occupied(_) => Err(model),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(model);
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes and returns the model registered under `name`.
+    pub fn remove(&mut self, name: &str) -> Option<ResidentModel> {
+        self.models.remove(name)
+    }
+
+    /// Bytes used on the device named `device` by all resident models.
+    pub fn bytes_on(&self, device: &str) -> u64 {
+        self.models
+            .values()
+            .flat_map(|m| m.placement.iter())
+            .filter(|(d, _)| d == device)
+            .map(|(_, b)| *b)
+            .sum()
+    }
+
+    /// Wire descriptions of every resident model, sorted by name.
+    pub fn infos(&self) -> Vec<ModelInfo> {
+        self.models
+            .iter()
+            .map(|(name, m)| ModelInfo {
+                name: name.clone(),
+                path: m.path.display().to_string(),
+                devices: m.placement.iter().map(|(d, _)| d.clone()).collect(),
+                memory_bytes: m.memory_bytes(),
+            })
+            .collect()
+    }
+}
+
+/// Everything request handlers share.
+pub struct State {
+    /// When the daemon started, for `uptime`.
+    pub started: Instant,
+    /// Our process id, reported by `status`.
+    pub pid: u32,
+    /// The socket we listen on, reported by `status`.
+    pub socket_path: PathBuf,
+    /// The configuration in force; replaced as a whole on reload.
+    config: RwLock<Arc<LoadedConfig>>,
+    /// The devices in force; replaced on reload.
+    devices: RwLock<Arc<Vec<Device>>>,
+    /// Resident models.
+    pub models: Mutex<ModelRegistry>,
+    /// Open client connections.
+    connections: AtomicU64,
+    /// Requests being processed.
+    requests_running: AtomicU64,
+    /// Woken whenever a counter or the model set changes, so the status line can be refreshed.
+    pub changed: Notify,
+}
+
+impl State {
+    /// Fresh state for a daemon listening on `socket_path` with `config`.
+    pub fn new(socket_path: PathBuf, config: LoadedConfig) -> Arc<State> {
+        let devices = Device::from_config(&config);
+        Arc::new(State {
+            started: Instant::now(),
+            pid: std::process::id(),
+            socket_path,
+            config: RwLock::new(Arc::new(config)),
+            devices: RwLock::new(Arc::new(devices)),
+            models: Mutex::new(ModelRegistry::default()),
+            connections: AtomicU64::new(0),
+            requests_running: AtomicU64::new(0),
+            changed: Notify::new(),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<LoadedConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The devices in force.
+    pub fn devices(&self) -> Arc<Vec<Device>> {
+        self.devices
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Installs a reloaded configuration (and the devices it describes).
+    pub fn replace_config(&self, config: LoadedConfig) {
+        let devices = Device::from_config(&config);
+        *self.devices.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(devices);
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
+        self.changed.notify_one();
+    }
+
+    /// Locks the model registry (a poisoned lock is taken over: the registry stays consistent
+    /// because every mutation is a single map operation).
+    pub fn models(&self) -> std::sync::MutexGuard<'_, ModelRegistry> {
+        self.models.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wire descriptions of the devices, with the bytes resident models use on each.
+    pub fn device_infos(&self) -> Vec<DeviceInfo> {
+        let devices = self.devices();
+        let models = self.models();
+        devices
+            .iter()
+            .map(|d| DeviceInfo {
+                name: d.name.clone(),
+                kind: d.kind,
+                memory_budget_bytes: d.memory_budget_bytes,
+                memory_used_bytes: models.bytes_on(&d.name),
+            })
+            .collect()
+    }
+
+    /// Open connections now.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Requests running now.
+    pub fn requests_running(&self) -> u64 {
+        self.requests_running.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection until the returned guard drops.
+    pub fn track_connection(self: &Arc<Self>) -> CounterGuard {
+        CounterGuard::new(self.clone(), Counter::Connections)
+    }
+
+    /// Counts a running request until the returned guard drops.
+    pub fn track_request(self: &Arc<Self>) -> CounterGuard {
+        CounterGuard::new(self.clone(), Counter::Requests)
+    }
+
+    /// The `STATUS=` line for systemd: "N models resident, M requests running".
+    pub fn status_line(&self) -> String {
+        let models = self.models().len();
+        let requests = self.requests_running();
+        format!(
+            "{models} model{} resident, {requests} request{} running",
+            if models == 1 { "" } else { "s" },
+            if requests == 1 { "" } else { "s" },
+        )
+    }
+
+    fn counter(&self, which: Counter) -> &AtomicU64 {
+        match which {
+            Counter::Connections => &self.connections,
+            Counter::Requests => &self.requests_running,
+        }
+    }
+}
+
+/// Which counter a [`CounterGuard`] holds.
+#[derive(Debug, Clone, Copy)]
+enum Counter {
+    Connections,
+    Requests,
+}
+
+/// Increments a counter of [`State`] while alive; decrements it on drop.
+pub struct CounterGuard {
+    /// The state owning the counter.
+    state: Arc<State>,
+    /// Which counter.
+    which: Counter,
+}
+
+impl CounterGuard {
+    fn new(state: Arc<State>, which: Counter) -> Self {
+        state.counter(which).fetch_add(1, Ordering::Relaxed);
+        state.changed.notify_one();
+        CounterGuard { state, which }
+    }
+}
+
+impl Drop for CounterGuard {
+    fn drop(&mut self) {
+        self.state
+            .counter(self.which)
+            .fetch_sub(1, Ordering::Relaxed);
+        self.state.changed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_status_line() {
+        let state = State::new("/tmp/s".into(), LoadedConfig::default());
+        assert_eq!(state.status_line(), "0 models resident, 0 requests running");
+        let a = state.track_request();
+        let _c = state.track_connection();
+        assert_eq!(state.requests_running(), 1);
+        assert_eq!(state.status_line(), "0 models resident, 1 request running");
+        drop(a);
+        assert_eq!(state.requests_running(), 0);
+        assert_eq!(state.connections(), 1);
+        assert_eq!(state.devices()[0].name, "cpu:0");
+    }
+
+    #[test]
+    fn registry_tracks_models_and_device_usage() {
+        let mut reg = ModelRegistry::default();
+        let m = ResidentModel {
+            path: "/m.gguf".into(),
+            placement: vec![("cpu:0".into(), 100), ("cuda:0".into(), 50)],
+        };
+        reg.insert("m".into(), m.clone()).unwrap();
+        assert!(reg.insert("m".into(), m).is_err());
+        assert_eq!(reg.bytes_on("cpu:0"), 100);
+        assert_eq!(reg.infos()[0].memory_bytes, 150);
+        assert!(reg.remove("m").is_some());
+        assert!(reg.is_empty());
+    }
+}
