@@ -2,7 +2,16 @@
 //! conversions between f32 and each format.
 
 pub mod blocks;
+pub mod dequant;
+pub mod error;
+pub mod float;
+pub mod quantize;
 pub mod types;
+pub mod view;
 
 pub use blocks::*;
-pub use types::{GgmlType, TypeError};
+pub use dequant::dequantize;
+pub use error::QuantError;
+pub use quantize::{can_quantize, quantize};
+pub use types::{GgmlType, TypeError, QK, QK_K};
+pub use view::{blocks_as_bytes, blocks_as_bytes_mut, blocks_from_bytes, view_blocks, Block};

@@ -1,0 +1,100 @@
+//! Dequantization and quantization against committed reference fixtures (made by
+//! scripts/gen-quant-fixtures.py from the gguf package's numpy code and ggml's C reference):
+//! every supported format, compared bit for bit.
+
+mod quant_util;
+
+use llmd_kernels::quant::dequant::*;
+use llmd_kernels::quant::quantize::*;
+use llmd_kernels::quant::*;
+use quant_util::{assert_bits_eq, read_fixture};
+
+const DEQUANT_TYPES: [&str; 13] = [
+    "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+    "Q8_K",
+];
+
+const QUANT_TYPES: [&str; 11] =
+    ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q4_K", "Q6_K", "Q8_K"];
+
+#[test]
+fn dequantize_matches_reference_fixtures() {
+    for name in DEQUANT_TYPES {
+        let fx = read_fixture(&format!("dequant_{name}.bin"));
+        assert_eq!(fx.ty.name(), name);
+        let mut out = vec![f32::NAN; fx.n];
+        dequantize(fx.ty, &fx.bytes, &mut out).unwrap();
+        assert_bits_eq(&format!("dequantize {name}"), &out, &fx.floats);
+
+        // The same bytes at an odd address (the unaligned read path).
+        let mut shifted = vec![0u8; fx.bytes.len() + 1];
+        shifted[1..].copy_from_slice(&fx.bytes);
+        let mut out2 = vec![f32::NAN; fx.n];
+        dequantize(fx.ty, &shifted[1..], &mut out2).unwrap();
+        assert_bits_eq(&format!("dequantize {name} unaligned"), &out2, &fx.floats);
+    }
+}
+
+/// Runs a per-slice dequantizer on the fixture's bytes viewed as blocks.
+fn via_blocks<B: Block>(name: &str, f: fn(&[B], &mut [f32])) {
+    let fx = read_fixture(&format!("dequant_{name}.bin"));
+    assert_eq!(fx.ty, B::TYPE);
+    let blocks = blocks_from_bytes::<B>(&fx.bytes).unwrap();
+    let mut out = vec![f32::NAN; fx.n];
+    f(&blocks, &mut out);
+    assert_bits_eq(&format!("{name} per-block"), &out, &fx.floats);
+}
+
+#[test]
+fn per_type_dequantizers_match_reference_fixtures() {
+    via_blocks::<BlockQ4_0>("Q4_0", dequantize_q4_0);
+    via_blocks::<BlockQ4_1>("Q4_1", dequantize_q4_1);
+    via_blocks::<BlockQ5_0>("Q5_0", dequantize_q5_0);
+    via_blocks::<BlockQ5_1>("Q5_1", dequantize_q5_1);
+    via_blocks::<BlockQ8_0>("Q8_0", dequantize_q8_0);
+    via_blocks::<BlockQ2K>("Q2_K", dequantize_q2_k);
+    via_blocks::<BlockQ3K>("Q3_K", dequantize_q3_k);
+    via_blocks::<BlockQ4K>("Q4_K", dequantize_q4_k);
+    via_blocks::<BlockQ5K>("Q5_K", dequantize_q5_k);
+    via_blocks::<BlockQ6K>("Q6_K", dequantize_q6_k);
+    via_blocks::<BlockQ8K>("Q8_K", dequantize_q8_k);
+}
+
+#[test]
+fn quantize_matches_reference_fixtures() {
+    for name in QUANT_TYPES {
+        let fx = read_fixture(&format!("quant_{name}.bin"));
+        assert_eq!(fx.ty.name(), name);
+        let got = quantize(fx.ty, &fx.floats).unwrap();
+        assert_eq!(got.len(), fx.bytes.len(), "quantize {name}: length");
+        let bb = fx.ty.block_bytes();
+        if let Some(i) = (0..got.len()).find(|&i| got[i] != fx.bytes[i]) {
+            panic!(
+                "quantize {name}: block {} byte {} differs: got {:02x?}, reference {:02x?}",
+                i / bb,
+                i % bb,
+                &got[i / bb * bb..(i / bb + 1) * bb],
+                &fx.bytes[i / bb * bb..(i / bb + 1) * bb]
+            );
+        }
+    }
+}
+
+/// Runs an allocation-free row quantizer into block structs and compares with the fixture.
+fn row_into_blocks<B: Block>(name: &str, f: fn(&[f32], &mut [B])) {
+    let fx = read_fixture(&format!("quant_{name}.bin"));
+    let mut blocks = vec![llmd_kernels::quant::view::zeroed_block::<B>(); fx.n / B::ELEMS];
+    f(&fx.floats, &mut blocks);
+    assert!(blocks_as_bytes(&blocks) == fx.bytes.as_slice(), "{name} row quantizer differs");
+}
+
+#[test]
+fn row_quantizers_match_reference_fixtures() {
+    row_into_blocks::<BlockQ8_0>("Q8_0", quantize_row_q8_0);
+    row_into_blocks::<BlockQ8_1>("Q8_1", quantize_row_q8_1);
+    row_into_blocks::<BlockQ8K>("Q8_K", quantize_row_q8_k);
+    row_into_blocks::<BlockQ4_0>("Q4_0", quantize_row_q4_0);
+    row_into_blocks::<BlockQ5_0>("Q5_0", quantize_row_q5_0);
+    row_into_blocks::<BlockQ4K>("Q4_K", quantize_row_q4_k);
+    row_into_blocks::<BlockQ6K>("Q6_K", quantize_row_q6_k);
+}

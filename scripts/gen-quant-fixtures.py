@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Generates the committed quantization fixtures in kernels/tests/fixtures/quant/.
+
+Usage:
+  . ~/.cache/llmd-llama-ref/env.sh   # llama.cpp reference build: python gguf + numpy, libggml-base
+  python3 scripts/gen-quant-fixtures.py [--ggml-lib PATH/libggml-base.so] [--out DIR]
+
+Two kinds of file, all little-endian:
+  dequant_<TYPE>.bin  b"LQDQ", u32 type id, u32 n_elems, u32 n_bytes, n_bytes of random blocks,
+                      n_elems f32: the reference dequantization.
+  quant_<TYPE>.bin    b"LQQU", u32 type id, u32 n_elems, u32 n_bytes, n_elems f32 input,
+                      n_bytes: the reference quantization.
+
+References: gguf.quants (the `gguf` pip package, 0.19.0) wherever it implements the direction;
+ggml's own C functions from libggml-base (loaded with ctypes) for what numpy lacks (Q8_K
+dequantization; Q4_K, Q6_K, Q8_K, Q8_1 quantization). Where both exist the script checks that they
+agree byte for byte. Block bytes are random except for the f16/f32 scales, which are random finite
+values in a sane range (no NaN/inf), so every output is finite and comparable bit for bit.
+"""
+
+import argparse
+import ctypes
+import os
+import struct
+import sys
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from gguf import quants
+
+# Bytes per block, elements per block, and byte offsets of the f16 scales of each block format.
+LAYOUT = {
+    T.Q4_0: (18, 32, [0]),
+    T.Q4_1: (20, 32, [0, 2]),
+    T.Q5_0: (22, 32, [0]),
+    T.Q5_1: (24, 32, [0, 2]),
+    T.Q8_0: (34, 32, [0]),
+    T.Q2_K: (84, 256, [80, 82]),
+    T.Q3_K: (110, 256, [108]),
+    T.Q4_K: (144, 256, [0, 2]),
+    T.Q5_K: (176, 256, [0, 2]),
+    T.Q6_K: (210, 256, [208]),
+    T.Q8_K: (292, 256, []),  # f32 scale at 0, handled below
+}
+
+# ggml C function name suffixes per type.
+CNAME = {
+    T.Q4_0: "q4_0", T.Q4_1: "q4_1", T.Q5_0: "q5_0", T.Q5_1: "q5_1", T.Q8_0: "q8_0",
+    T.Q8_1: "q8_1", T.Q2_K: "q2_K", T.Q3_K: "q3_K", T.Q4_K: "q4_K", T.Q5_K: "q5_K",
+    T.Q6_K: "q6_K", T.Q8_K: "q8_K",
+}
+QBYTES = {T.Q4_0: 18, T.Q4_1: 20, T.Q5_0: 22, T.Q5_1: 24, T.Q8_0: 34, T.Q8_1: 36,
+          T.Q4_K: 144, T.Q6_K: 210, T.Q8_K: 292, T.F16: 2, T.BF16: 2}
+QELEMS = {T.Q4_0: 32, T.Q4_1: 32, T.Q5_0: 32, T.Q5_1: 32, T.Q8_0: 32, T.Q8_1: 32,
+          T.Q4_K: 256, T.Q6_K: 256, T.Q8_K: 256, T.F16: 1, T.BF16: 1}
+
+
+def random_scales(rng, n):
+    """Finite f16 scales spanning tiny to large magnitudes, both signs, some exact zeros."""
+    mag = 10.0 ** rng.uniform(-6, 2, n)
+    s = (mag * rng.choice([-1.0, 1.0], n)).astype(np.float16)
+    s[rng.random(n) < 0.05] = 0
+    return s
+
+
+def random_blocks(rng, qtype, n_blocks):
+    nbytes, _, scale_offs = LAYOUT[qtype]
+    raw = rng.integers(0, 256, (n_blocks, nbytes), dtype=np.uint8)
+    for off in scale_offs:
+        raw[:, off:off + 2] = random_scales(rng, n_blocks).view(np.uint8).reshape(n_blocks, 2)
+    if qtype == T.Q8_K:
+        d = (10.0 ** rng.uniform(-8, 1, n_blocks) * rng.choice([-1.0, 1.0], n_blocks)).astype(np.float32)
+        raw[:, 0:4] = d.view(np.uint8).reshape(n_blocks, 4)
+    return raw
+
+
+def random_input(rng, n, block):
+    """Test rows: gaussian blocks at varied scales plus the awkward cases (zeros, constants,
+    exact half-steps, one outlier, tiny values, all-negative, all-positive)."""
+    nb = n // block
+    x = rng.standard_normal(n).astype(np.float32).reshape(nb, block)
+    x *= (10.0 ** rng.uniform(-3, 2, (nb, 1))).astype(np.float32)
+    specials = [
+        np.zeros(block, np.float32),
+        np.full(block, 0.75, np.float32),
+        (np.arange(block, dtype=np.float32) - block / 2) * 0.5,
+        np.where(np.arange(block) == 3, 100.0, 0.01).astype(np.float32),
+        (rng.standard_normal(block) * 1e-12).astype(np.float32),
+        -np.abs(rng.standard_normal(block)).astype(np.float32),
+        np.abs(rng.standard_normal(block)).astype(np.float32) + 5,
+    ]
+    for i, s in enumerate(specials[: nb]):
+        x[i] = s
+    return x.reshape(-1)
+
+
+class Ggml:
+    """ctypes access to ggml's reference row functions."""
+
+    def __init__(self, path):
+        self.lib = ctypes.CDLL(path)
+
+    def _fn(self, name):
+        f = getattr(self.lib, name)
+        f.restype = None
+        f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+        return f
+
+    def quantize(self, qtype, x):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.zeros(len(x) // QELEMS[qtype] * QBYTES[qtype], np.uint8)
+        self._fn(f"quantize_row_{CNAME[qtype]}_ref")(x.ctypes.data, out.ctypes.data, len(x))
+        return out
+
+    def dequantize(self, qtype, raw, n):
+        raw = np.ascontiguousarray(raw, dtype=np.uint8)
+        out = np.zeros(n, np.float32)
+        self._fn(f"dequantize_row_{CNAME[qtype]}")(raw.ctypes.data, out.ctypes.data, n)
+        return out
+
+
+def write(path, magic, qtype, n, first, second):
+    quantized = second if magic == b"LQQU" else first
+    with open(path, "wb") as f:
+        f.write(magic + struct.pack("<III", int(qtype), n, quantized.nbytes))
+        f.write(first.tobytes())
+        f.write(second.tobytes())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ggml-lib", default=os.path.expanduser("~/.cache/llmd-llama-ref/build/bin/libggml-base.so"))
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "kernels", "tests", "fixtures", "quant"))
+    args = ap.parse_args()
+    ggml = Ggml(args.ggml_lib)
+    os.makedirs(args.out, exist_ok=True)
+    rng = np.random.default_rng(20261128)
+
+    # Dequantization: random blocks -> reference f32.
+    for qtype, (nbytes, elems, _) in LAYOUT.items():
+        n_blocks = 8 if elems == 256 else 32
+        raw = random_blocks(rng, qtype, n_blocks)
+        n = n_blocks * elems
+        c = ggml.dequantize(qtype, raw, n)
+        if qtype == T.Q8_K:
+            ref = c  # gguf.quants has no Q8_K
+        else:
+            ref = quants.dequantize(raw, qtype).reshape(-1).astype(np.float32)
+            assert np.array_equal(ref.view(np.uint32), c.view(np.uint32)), f"numpy and ggml disagree on {qtype.name}"
+        write(os.path.join(args.out, f"dequant_{qtype.name}.bin"), b"LQDQ", qtype, n, raw, ref)
+
+    # Plain float formats: every non-NaN f16 pattern is covered by a unit test; here random ones.
+    bits = rng.integers(0, 1 << 16, 4096, dtype=np.uint16)
+    f16 = bits[((bits & 0x7C00) != 0x7C00) | ((bits & 0x03FF) == 0)]  # no NaNs
+    write(os.path.join(args.out, "dequant_F16.bin"), b"LQDQ", T.F16, len(f16), f16,
+          quants.dequantize(f16.view(np.uint8), T.F16).reshape(-1).astype(np.float32))
+    bf = rng.integers(0, 1 << 16, 4096, dtype=np.uint16)
+    write(os.path.join(args.out, "dequant_BF16.bin"), b"LQDQ", T.BF16, len(bf), bf,
+          quants.dequantize(bf.view(np.uint8), T.BF16).reshape(-1).astype(np.float32))
+
+    # Quantization: random rows -> reference bytes.
+    for qtype in [T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.BF16, T.F16, T.Q8_1, T.Q4_K, T.Q6_K, T.Q8_K]:
+        block = 256 if QELEMS[qtype] == 256 else 32
+        n_blocks = 16 if block == 256 else 64
+        x = random_input(rng, n_blocks * block, block)
+        ref = None
+        if qtype not in (T.Q8_1, T.Q4_K, T.Q6_K, T.Q8_K):
+            ref = quants.quantize(x, qtype).reshape(-1).view(np.uint8)
+        if qtype not in (T.F16, T.BF16):
+            # For an all-zero Q8_K block ggml leaves bsums unwritten; the output buffer starts
+            # zeroed, which is what llmd writes.
+            c = ggml.quantize(qtype, x)
+            if ref is not None:
+                assert np.array_equal(ref, c), f"numpy and ggml disagree on quantizing {qtype.name}"
+            ref = c
+        write(os.path.join(args.out, f"quant_{qtype.name}.bin"), b"LQQU", qtype, len(x), x, ref)
+    total = sum(os.path.getsize(os.path.join(args.out, f)) for f in os.listdir(args.out))
+    print(f"wrote fixtures to {args.out}: {total} bytes", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
