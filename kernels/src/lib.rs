@@ -2,4 +2,5 @@
 //! CUDA kernels, behind one backend trait that model code calls.
 
 pub mod backend;
+pub mod cpu;
 pub mod quant;

@@ -1,0 +1,302 @@
+//! Dot-product dispatch: for each weight block type, its activation partner type (ggml's
+//! `vec_dot_type`), how to quantize activations into it, and the kernels for the detected
+//! instruction set ([`super::isa`]).
+//!
+//! [`VecDot`] is implemented for the weight element/block types; [`Activation`] for the partner
+//! types. [`vec_dot`] is the safe single-row entry point; [`Kernels`] is what the matrix multiply
+//! uses (one weight row against one or four activation rows).
+
+use half::{bf16, f16};
+
+use super::{quantize, scalar, Isa};
+use crate::quant::types::{QK, QK_K};
+use crate::quant::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
+};
+
+/// How many activation rows the multi-row kernel takes at once.
+pub const TILE: usize = 4;
+
+/// Dot-product kernels for weight type `W` against activation type `A`, for the instruction set
+/// detected at run time.
+pub struct Kernels<W: 'static, A: 'static> {
+    /// One weight row · one activation row.
+    one: unsafe fn(&[W], [&[A]; 1]) -> [f32; 1],
+    /// One weight row · [`TILE`] activation rows.
+    tile: unsafe fn(&[W], [&[A]; TILE]) -> [f32; TILE],
+}
+
+impl<W, A> Clone for Kernels<W, A> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<W, A> Copy for Kernels<W, A> {}
+
+impl<W, A> Kernels<W, A> {
+    /// `w · a` (rows of equal block count; panics otherwise).
+    #[inline]
+    pub fn dot(&self, w: &[W], a: &[A]) -> f32 {
+        // SAFETY: a `Kernels` only holds SIMD functions when `isa()` detected their features
+        // (see `pick`), and the kernels check the row lengths themselves.
+        unsafe { (self.one)(w, [a])[0] }
+    }
+
+    /// `w · a[t]` for [`TILE`] activation rows at once.
+    #[inline]
+    pub fn dot_tile(&self, w: &[W], a: [&[A]; TILE]) -> [f32; TILE] {
+        // SAFETY: as in `dot`.
+        unsafe { (self.tile)(w, a) }
+    }
+}
+
+/// An activation format: what a row of f32 activations is converted into before the dot.
+pub trait Activation: Copy + Send + Sync + 'static {
+    /// Elements per block.
+    const BLOCK: usize;
+    /// A block of zeros (to size buffers).
+    const ZERO: Self;
+    /// Converts `x` (`out.len() * BLOCK` long) into blocks, byte-exact with llama.cpp on x86.
+    fn quantize(x: &[f32], out: &mut [Self]);
+}
+
+/// A weight format with a dot product against its [`Activation`] partner.
+pub trait VecDot: Copy + Send + Sync + 'static {
+    /// The partner activation format.
+    type Act: Activation;
+    /// The GGUF tensor type of this format.
+    const TYPE: GgmlType;
+    /// Elements per block (equal to the partner's).
+    const BLOCK: usize;
+    /// The kernels for the detected instruction set.
+    fn kernels() -> Kernels<Self, Self::Act>;
+}
+
+/// `w · a` for one weight row and one activation row of the same number of blocks.
+///
+/// # Panics
+/// If the block counts differ.
+pub fn vec_dot<W: VecDot>(w: &[W], a: &[W::Act]) -> f32 {
+    W::kernels().dot(w, a)
+}
+
+/// The scalar kernel for any `K`, from a one-row reference function.
+macro_rules! scalar_k {
+    ($name:ident, $f:path, $w:ty, $a:ty) => {
+        fn $name<const K: usize>(w: &[$w], a: [&[$a]; K]) -> [f32; K] {
+            a.map(|row| $f(w, row))
+        }
+    };
+}
+
+scalar_k!(s_q4_0, scalar::dot_q4_0_q8_0, BlockQ4_0, BlockQ8_0);
+scalar_k!(s_q4_1, scalar::dot_q4_1_q8_1, BlockQ4_1, BlockQ8_1);
+scalar_k!(s_q5_0, scalar::dot_q5_0_q8_0, BlockQ5_0, BlockQ8_0);
+scalar_k!(s_q5_1, scalar::dot_q5_1_q8_1, BlockQ5_1, BlockQ8_1);
+scalar_k!(s_q8_0, scalar::dot_q8_0_q8_0, BlockQ8_0, BlockQ8_0);
+scalar_k!(s_q2_k, scalar::dot_q2_k_q8_k, BlockQ2K, BlockQ8K);
+scalar_k!(s_q3_k, scalar::dot_q3_k_q8_k, BlockQ3K, BlockQ8K);
+scalar_k!(s_q4_k, scalar::dot_q4_k_q8_k, BlockQ4K, BlockQ8K);
+scalar_k!(s_q5_k, scalar::dot_q5_k_q8_k, BlockQ5K, BlockQ8K);
+scalar_k!(s_q6_k, scalar::dot_q6_k_q8_k, BlockQ6K, BlockQ8K);
+scalar_k!(s_f16, scalar::dot_f16_f16, f16, f16);
+scalar_k!(s_bf16, scalar::dot_bf16_bf16, bf16, bf16);
+scalar_k!(s_f32, scalar::dot_f32_f32, f32, f32);
+
+/// Kernels for `W`: the SIMD pair when [`super::isa`] allows it, else the scalar pair.
+macro_rules! pick {
+    ($scalar:ident) => {
+        Kernels {
+            one: $scalar::<1>,
+            tile: $scalar::<TILE>,
+        }
+    };
+    ($scalar:ident, $simd:ident) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::isa() == Isa::Avx2 {
+                return Kernels {
+                    one: super::avx2::$simd::<1>,
+                    tile: super::avx2::$simd::<TILE>,
+                };
+            }
+        }
+        Kernels {
+            one: $scalar::<1>,
+            tile: $scalar::<TILE>,
+        }
+    }};
+}
+
+/// The scalar kernels for `W`, whatever the CPU (for tests and comparisons).
+pub trait ScalarKernels: VecDot {
+    /// The scalar reference kernels.
+    fn scalar_kernels() -> Kernels<Self, Self::Act>;
+}
+
+macro_rules! weight {
+    ($w:ty, $a:ty, $ty:expr, $block:expr, $scalar:ident $(, $simd:ident)?) => {
+        impl VecDot for $w {
+            type Act = $a;
+            const TYPE: GgmlType = $ty;
+            const BLOCK: usize = $block;
+            #[allow(unreachable_code)]
+            fn kernels() -> Kernels<Self, Self::Act> {
+                let _ = Isa::Scalar;
+                pick!($scalar $(, $simd)?)
+            }
+        }
+        impl ScalarKernels for $w {
+            fn scalar_kernels() -> Kernels<Self, Self::Act> {
+                pick!($scalar)
+            }
+        }
+    };
+}
+
+weight!(
+    BlockQ4_0,
+    BlockQ8_0,
+    GgmlType::Q4_0,
+    QK,
+    s_q4_0,
+    dot_q4_0_q8_0
+);
+weight!(BlockQ4_1, BlockQ8_1, GgmlType::Q4_1, QK, s_q4_1);
+weight!(
+    BlockQ5_0,
+    BlockQ8_0,
+    GgmlType::Q5_0,
+    QK,
+    s_q5_0,
+    dot_q5_0_q8_0
+);
+weight!(BlockQ5_1, BlockQ8_1, GgmlType::Q5_1, QK, s_q5_1);
+weight!(
+    BlockQ8_0,
+    BlockQ8_0,
+    GgmlType::Q8_0,
+    QK,
+    s_q8_0,
+    dot_q8_0_q8_0
+);
+weight!(BlockQ2K, BlockQ8K, GgmlType::Q2_K, QK_K, s_q2_k);
+weight!(BlockQ3K, BlockQ8K, GgmlType::Q3_K, QK_K, s_q3_k);
+weight!(
+    BlockQ4K,
+    BlockQ8K,
+    GgmlType::Q4_K,
+    QK_K,
+    s_q4_k,
+    dot_q4_k_q8_k
+);
+weight!(
+    BlockQ5K,
+    BlockQ8K,
+    GgmlType::Q5_K,
+    QK_K,
+    s_q5_k,
+    dot_q5_k_q8_k
+);
+weight!(
+    BlockQ6K,
+    BlockQ8K,
+    GgmlType::Q6_K,
+    QK_K,
+    s_q6_k,
+    dot_q6_k_q8_k
+);
+weight!(f16, f16, GgmlType::F16, 1, s_f16, dot_f16_f16);
+weight!(bf16, bf16, GgmlType::BF16, 1, s_bf16);
+weight!(f32, f32, GgmlType::F32, 1, s_f32, dot_f32_f32);
+
+impl Activation for BlockQ8_0 {
+    const BLOCK: usize = QK;
+    const ZERO: Self = BlockQ8_0 {
+        d: f16::ZERO,
+        qs: [0; QK],
+    };
+    fn quantize(x: &[f32], out: &mut [Self]) {
+        quantize::quantize_row_q8_0(x, out);
+    }
+}
+
+impl Activation for BlockQ8_1 {
+    const BLOCK: usize = QK;
+    const ZERO: Self = BlockQ8_1 {
+        d: f16::ZERO,
+        s: f16::ZERO,
+        qs: [0; QK],
+    };
+    fn quantize(x: &[f32], out: &mut [Self]) {
+        quantize::quantize_row_q8_1(x, out);
+    }
+}
+
+impl Activation for BlockQ8K {
+    const BLOCK: usize = QK_K;
+    const ZERO: Self = BlockQ8K {
+        d: 0.0,
+        qs: [0; QK_K],
+        bsums: [0; QK_K / 16],
+    };
+    fn quantize(x: &[f32], out: &mut [Self]) {
+        quantize::quantize_row_q8_k(x, out);
+    }
+}
+
+impl Activation for f16 {
+    const BLOCK: usize = 1;
+    const ZERO: Self = f16::ZERO;
+    fn quantize(x: &[f32], out: &mut [Self]) {
+        quantize::convert_row_f16(x, out);
+    }
+}
+
+impl Activation for bf16 {
+    const BLOCK: usize = 1;
+    const ZERO: Self = bf16::ZERO;
+    fn quantize(x: &[f32], out: &mut [Self]) {
+        quantize::convert_row_bf16(x, out);
+    }
+}
+
+impl Activation for f32 {
+    const BLOCK: usize = 1;
+    const ZERO: Self = 0.0;
+    fn quantize(x: &[f32], out: &mut [Self]) {
+        out.copy_from_slice(x);
+    }
+}
+
+/// `Σ x_i y_i` in f32 (for attention scores), SIMD when available.
+///
+/// # Panics
+/// If the lengths differ.
+pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
+    assert_eq!(x.len(), y.len(), "dot_f32 of slices of different lengths");
+    #[cfg(target_arch = "x86_64")]
+    if super::isa() == Isa::Avx2 {
+        // SAFETY: isa() detected AVX2, FMA and F16C.
+        return unsafe { super::avx2::dot_f32(x, y) };
+    }
+    x.iter().zip(y).map(|(a, b)| a * b).sum()
+}
+
+/// `y += alpha * x` in f32 (for attention values), SIMD when available.
+///
+/// # Panics
+/// If the lengths differ.
+pub fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "axpy_f32 of slices of different lengths");
+    #[cfg(target_arch = "x86_64")]
+    if super::isa() == Isa::Avx2 {
+        // SAFETY: isa() detected AVX2, FMA and F16C.
+        unsafe { super::avx2::axpy_f32(alpha, x, y) };
+        return;
+    }
+    for (o, v) in y.iter_mut().zip(x) {
+        *o = alpha.mul_add(*v, *o);
+    }
+}

@@ -1,0 +1,123 @@
+//! Activation quantization: an f32 row into the partner format of a weight type's dot product
+//! (Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for the K-quants, F16, BF16).
+//!
+//! These must give the same bytes as the functions llama.cpp's CPU backend runs on x86, because
+//! the logits we compare against were computed from them:
+//! - Q8_0 and Q8_1 follow ggml-cpu's AVX2 `quantize_row_q8_0` / `quantize_row_q8_1`: the scale is
+//!   `amax / 127` stored as f16, the multiplier is `127 / amax` (not `1 / d`) and values round to
+//!   nearest with ties to even. (ggml's portable `quantize_row_q8_0_ref` uses `1 / d` and rounds
+//!   ties away from zero, so it can differ from these by one step on rare elements.)
+//! - Q8_K follows `quantize_row_q8_K_ref`, which ggml-cpu also uses on x86: the scale comes from
+//!   the signed value of largest magnitude, `iscale = -127 / max`, ties to even, clamped to 127.
+//!
+//! The outputs never contain -128, which the SIMD dot products rely on.
+
+use half::{bf16, f16};
+
+use crate::quant::types::{QK, QK_K};
+use crate::quant::{BlockQ8K, BlockQ8_0, BlockQ8_1};
+
+/// Quantizes `x` (a multiple of 32 long) into `out` (`x.len() / 32` blocks), as ggml-cpu's x86
+/// `quantize_row_q8_0` does.
+///
+/// # Panics
+/// If the lengths do not match.
+pub fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
+    assert_eq!(
+        x.len(),
+        out.len() * QK,
+        "quantize_row_q8_0: length mismatch"
+    );
+    for (xb, yb) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        yb.d = f16::from_f32(d);
+        for (q, &v) in yb.qs.iter_mut().zip(xb) {
+            *q = (v * id).round_ties_even().clamp(-128.0, 127.0) as i8;
+        }
+    }
+}
+
+/// Quantizes `x` into Q8_1 blocks (with `s = d * sum(q)`), as ggml-cpu's x86 `quantize_row_q8_1`.
+///
+/// # Panics
+/// If the lengths do not match.
+pub fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+    assert_eq!(
+        x.len(),
+        out.len() * QK,
+        "quantize_row_q8_1: length mismatch"
+    );
+    for (xb, yb) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        yb.d = f16::from_f32(d);
+        let mut sum = 0i32;
+        for (q, &v) in yb.qs.iter_mut().zip(xb) {
+            *q = (v * id).round_ties_even().clamp(-128.0, 127.0) as i8;
+            sum += i32::from(*q);
+        }
+        yb.s = f16::from_f32(d * sum as f32);
+    }
+}
+
+/// Quantizes `x` (a multiple of 256 long) into Q8_K super-blocks, as `quantize_row_q8_K_ref`.
+///
+/// # Panics
+/// If the lengths do not match.
+pub fn quantize_row_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
+    assert_eq!(
+        x.len(),
+        out.len() * QK_K,
+        "quantize_row_q8_k: length mismatch"
+    );
+    for (xb, yb) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
+        // The first element of largest magnitude, with its sign.
+        let mut amax = 0.0f32;
+        let mut max = 0.0f32;
+        for &v in xb {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax == 0.0 {
+            yb.d = 0.0;
+            yb.qs = [0; QK_K];
+            yb.bsums = [0; QK_K / 16];
+            continue;
+        }
+        let iscale = -127.0 / max;
+        for (q, &v) in yb.qs.iter_mut().zip(xb) {
+            *q = (iscale * v).round_ties_even().min(127.0) as i8;
+        }
+        for (s, qs) in yb.bsums.iter_mut().zip(yb.qs.chunks_exact(16)) {
+            *s = qs.iter().map(|&q| i16::from(q)).sum();
+        }
+        yb.d = 1.0 / iscale;
+    }
+}
+
+/// Converts `x` to IEEE half floats (round to nearest even), the partner of F16 weights.
+///
+/// # Panics
+/// If the lengths differ.
+pub fn convert_row_f16(x: &[f32], out: &mut [f16]) {
+    assert_eq!(x.len(), out.len(), "convert_row_f16: length mismatch");
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = f16::from_f32(v);
+    }
+}
+
+/// Converts `x` to bfloat16 (round to nearest even), the partner of BF16 weights.
+///
+/// # Panics
+/// If the lengths differ.
+pub fn convert_row_bf16(x: &[f32], out: &mut [bf16]) {
+    assert_eq!(x.len(), out.len(), "convert_row_bf16: length mismatch");
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = bf16::from_f32(v);
+    }
+}

@@ -1,0 +1,123 @@
+//! Shared helpers for the CPU kernel tests: a seeded generator and random weight rows of every
+//! type (included by each `cpu_*.rs` test file with `mod cpu_common;`).
+
+#![allow(dead_code)]
+
+use half::{bf16, f16};
+use llmd_kernels::quant::GgmlType;
+
+/// xorshift64*: reproducible without a dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in [-1, 1).
+    pub fn f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    pub fn f32s(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f32() * scale).collect()
+    }
+}
+
+/// Offsets of the f16 scale fields inside one block of `ty` (they get sane random values; all
+/// other bytes are uniformly random, which every quantized format accepts).
+fn scale_offsets(ty: GgmlType) -> &'static [usize] {
+    match ty {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q2_K => &[80, 82],
+        GgmlType::Q3_K => &[108],
+        GgmlType::Q6_K => &[208],
+        _ => &[],
+    }
+}
+
+/// `rows` random rows of `cols` elements of `ty`, as GGUF bytes, in a buffer aligned to 8.
+pub fn random_weights(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> AlignedBytes {
+    let row_bytes = ty
+        .row_bytes(cols as u64)
+        .expect("cols a multiple of the block") as usize;
+    let mut bytes: Vec<u8> = (0..rows * row_bytes)
+        .map(|_| rng.next_u64() as u8)
+        .collect();
+    match ty {
+        GgmlType::F32 => {
+            for c in bytes.chunks_exact_mut(4) {
+                c.copy_from_slice(&rng.f32().to_le_bytes());
+            }
+        }
+        GgmlType::F16 => {
+            for c in bytes.chunks_exact_mut(2) {
+                c.copy_from_slice(&f16::from_f32(rng.f32()).to_le_bytes());
+            }
+        }
+        GgmlType::BF16 => {
+            for c in bytes.chunks_exact_mut(2) {
+                c.copy_from_slice(&bf16::from_f32(rng.f32()).to_le_bytes());
+            }
+        }
+        _ => {
+            for block in bytes.chunks_exact_mut(ty.block_bytes()) {
+                for &off in scale_offsets(ty) {
+                    let v = f16::from_f32(0.001 + 0.01 * (rng.f32() + 1.0));
+                    block[off..off + 2].copy_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+    }
+    AlignedBytes::new(&bytes)
+}
+
+/// Bytes stored in u64s so that any block struct can view them.
+pub struct AlignedBytes {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl AlignedBytes {
+    pub fn new(bytes: &[u8]) -> Self {
+        let words = bytes
+            .chunks(8)
+            .map(|c| {
+                let mut w = [0u8; 8];
+                w[..c.len()].copy_from_slice(c);
+                u64::from_ne_bytes(w)
+            })
+            .collect();
+        AlignedBytes {
+            words,
+            len: bytes.len(),
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the u64 buffer holds at least `len` initialised bytes (native-endian packing
+        // keeps byte i at offset i); u8 has alignment 1.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+/// Every weight type the matrix multiply supports.
+pub const TYPES: [GgmlType; 13] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];

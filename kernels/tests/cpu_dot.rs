@@ -1,0 +1,262 @@
+//! Every SIMD dot product against its scalar twin, the multi-row kernels against the one-row
+//! ones, the scalar kernels against a plain float dot of dequantized values, and the activation
+//! quantizers against the reference quantizers in `quant`.
+//!
+//! Tolerances: the K-quant SIMD kernels sum each super-block's integers exactly and then do the
+//! scalar code's float operations in its order, so they must be bit-identical. The 32-wide and
+//! float kernels sum in another order; they must agree within 1e-5 of the sum of the absolute
+//! per-block terms (float rounding over at most a few hundred additions is far below that).
+
+mod cpu_common;
+
+use cpu_common::{random_weights, Rng};
+use half::{bf16, f16};
+use llmd_kernels::cpu::dot::{vec_dot, Activation, ScalarKernels, VecDot, TILE};
+use llmd_kernels::cpu::matmul::as_blocks;
+use llmd_kernels::cpu::quantize;
+use llmd_kernels::quant::{
+    self, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
+    BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+};
+
+/// Quantized activation rows for `W` from random floats.
+fn activations<W: VecDot>(rng: &mut Rng, n_rows: usize, cols: usize) -> Vec<Vec<W::Act>> {
+    (0..n_rows)
+        .map(|_| {
+            let x = rng.f32s(cols, 3.0);
+            let mut a = vec![<W::Act as Activation>::ZERO; cols / <W::Act as Activation>::BLOCK];
+            <W::Act as Activation>::quantize(&x, &mut a);
+            a
+        })
+        .collect()
+}
+
+fn check_simd_vs_scalar<W: ScalarKernels>(exact: bool) {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ W::TYPE as u64);
+    let fast = W::kernels();
+    let slow = W::scalar_kernels();
+    for n_blocks in [1usize, 2, 3, 7, 20, 33] {
+        let cols = n_blocks * W::BLOCK;
+        let bytes = random_weights(&mut rng, W::TYPE, 1, cols);
+        let w = as_blocks::<W>(bytes.bytes()).expect("aligned weights");
+        let acts = activations::<W>(&mut rng, TILE, cols);
+        let tile: [&[W::Act]; TILE] = std::array::from_fn(|t| acts[t].as_slice());
+        let fast_tile = fast.dot_tile(w, tile);
+        let slow_tile = slow.dot_tile(w, tile);
+        for (t, a) in acts.iter().enumerate() {
+            let f = fast.dot(w, a);
+            let s = slow.dot(w, a);
+            let terms: f32 = (0..w.len())
+                .map(|i| slow.dot(&w[i..i + 1], &a[i..i + 1]).abs())
+                .sum();
+            if exact {
+                assert_eq!(f.to_bits(), s.to_bits(), "{}: simd {f} scalar {s}", W::TYPE);
+            } else {
+                assert!(
+                    (f - s).abs() <= 1e-5 * terms,
+                    "{} n_blocks {n_blocks}: simd {f} scalar {s} (terms {terms})",
+                    W::TYPE
+                );
+            }
+            assert_eq!(
+                fast_tile[t].to_bits(),
+                f.to_bits(),
+                "{} tile vs one row",
+                W::TYPE
+            );
+            assert_eq!(
+                slow_tile[t].to_bits(),
+                s.to_bits(),
+                "{} scalar tile",
+                W::TYPE
+            );
+            assert_eq!(vec_dot(w, a).to_bits(), f.to_bits());
+        }
+    }
+}
+
+#[test]
+fn simd_matches_scalar_legacy_types() {
+    check_simd_vs_scalar::<BlockQ4_0>(false);
+    check_simd_vs_scalar::<BlockQ4_1>(false);
+    check_simd_vs_scalar::<BlockQ5_0>(false);
+    check_simd_vs_scalar::<BlockQ5_1>(false);
+    check_simd_vs_scalar::<BlockQ8_0>(false);
+}
+
+#[test]
+fn simd_matches_scalar_k_quants_exactly() {
+    check_simd_vs_scalar::<BlockQ2K>(true);
+    check_simd_vs_scalar::<BlockQ3K>(true);
+    check_simd_vs_scalar::<BlockQ4K>(true);
+    check_simd_vs_scalar::<BlockQ5K>(true);
+    check_simd_vs_scalar::<BlockQ6K>(true);
+}
+
+#[test]
+fn simd_matches_scalar_float_types() {
+    check_simd_vs_scalar::<f32>(false);
+    check_simd_vs_scalar::<f16>(false);
+    check_simd_vs_scalar::<bf16>(false);
+}
+
+/// The activation values a quantized activation row stands for.
+trait Dequant: Activation {
+    fn values(a: &[Self]) -> Vec<f32>;
+}
+impl Dequant for BlockQ8_0 {
+    fn values(a: &[Self]) -> Vec<f32> {
+        a.iter()
+            .flat_map(|b| b.qs.map(|q| b.d.to_f32() * f32::from(q)))
+            .collect()
+    }
+}
+impl Dequant for BlockQ8_1 {
+    fn values(a: &[Self]) -> Vec<f32> {
+        a.iter()
+            .flat_map(|b| b.qs.map(|q| b.d.to_f32() * f32::from(q)))
+            .collect()
+    }
+}
+impl Dequant for BlockQ8K {
+    fn values(a: &[Self]) -> Vec<f32> {
+        a.iter()
+            .flat_map(|b| b.qs.map(|q| b.d * f32::from(q)))
+            .collect()
+    }
+}
+impl Dequant for f16 {
+    fn values(a: &[Self]) -> Vec<f32> {
+        a.iter().map(|v| v.to_f32()).collect()
+    }
+}
+impl Dequant for bf16 {
+    fn values(a: &[Self]) -> Vec<f32> {
+        a.iter().map(|v| v.to_f32()).collect()
+    }
+}
+impl Dequant for f32 {
+    fn values(a: &[Self]) -> Vec<f32> {
+        a.to_vec()
+    }
+}
+
+/// The scalar kernels read the block layouts the same way `quant::dequantize` does: the dot of
+/// the dequantized rows in f64 matches within f16 rounding of Q8_1's stored sum.
+fn check_scalar_vs_dequantized<W: ScalarKernels>()
+where
+    W::Act: Dequant,
+{
+    let mut rng = Rng(0x1234_5678 ^ W::TYPE as u64);
+    let cols = 4 * W::BLOCK.max(64);
+    let bytes = random_weights(&mut rng, W::TYPE, 1, cols);
+    let w = as_blocks::<W>(bytes.bytes()).expect("aligned weights");
+    let mut wf = vec![0.0f32; cols];
+    quant::dequantize(W::TYPE, bytes.bytes(), &mut wf).expect("dequantize");
+    for a in activations::<W>(&mut rng, 3, cols) {
+        let af = <W::Act as Dequant>::values(&a);
+        let want: f64 = wf
+            .iter()
+            .zip(&af)
+            .map(|(x, y)| f64::from(*x) * f64::from(*y))
+            .sum();
+        let abs: f64 = wf
+            .iter()
+            .zip(&af)
+            .map(|(x, y)| (f64::from(*x) * f64::from(*y)).abs())
+            .sum();
+        let got = W::scalar_kernels().dot(w, &a);
+        assert!(
+            (f64::from(got) - want).abs() <= 2e-3 * abs + 1e-6,
+            "{}: scalar {got} dequantized {want} (abs {abs})",
+            W::TYPE
+        );
+    }
+}
+
+#[test]
+fn scalar_kernels_match_dequantized_dot() {
+    check_scalar_vs_dequantized::<BlockQ4_0>();
+    check_scalar_vs_dequantized::<BlockQ4_1>();
+    check_scalar_vs_dequantized::<BlockQ5_0>();
+    check_scalar_vs_dequantized::<BlockQ5_1>();
+    check_scalar_vs_dequantized::<BlockQ8_0>();
+    check_scalar_vs_dequantized::<BlockQ2K>();
+    check_scalar_vs_dequantized::<BlockQ3K>();
+    check_scalar_vs_dequantized::<BlockQ4K>();
+    check_scalar_vs_dequantized::<BlockQ5K>();
+    check_scalar_vs_dequantized::<BlockQ6K>();
+    check_scalar_vs_dequantized::<f16>();
+    check_scalar_vs_dequantized::<bf16>();
+    check_scalar_vs_dequantized::<f32>();
+}
+
+#[test]
+fn q8_k_quantization_matches_reference_bytes() {
+    let mut rng = Rng(77);
+    for scale in [1e-3f32, 1.0, 250.0] {
+        let x = rng.f32s(4 * 256, scale);
+        let mut ours = vec![<BlockQ8K as Activation>::ZERO; 4];
+        let mut reference = vec![<BlockQ8K as Activation>::ZERO; 4];
+        quantize::quantize_row_q8_k(&x, &mut ours);
+        quant::quantize::quantize_row_q8_k(&x, &mut reference);
+        for (a, b) in ours.iter().zip(&reference) {
+            assert_eq!(a.d.to_bits(), b.d.to_bits());
+            assert_eq!(a.qs, b.qs);
+            assert_eq!(a.bsums, b.bsums);
+        }
+    }
+    // An all-zero block quantizes to zeros.
+    let mut z = vec![<BlockQ8K as Activation>::ZERO; 1];
+    quantize::quantize_row_q8_k(&[0.0; 256], &mut z);
+    assert_eq!(z[0].d, 0.0);
+    assert!(z[0].qs.iter().all(|&q| q == 0) && z[0].bsums.iter().all(|&s| s == 0));
+}
+
+#[test]
+fn q8_0_quantization_is_ggml_cpu_x86() {
+    // ggml-cpu's x86 quantizer rounds ties to even (2.5 -> 2, -3.5 -> -4) with multiplier
+    // 127 / amax; the portable reference would round 2.5 to 3.
+    let mut x = [0.0f32; 32];
+    x[0] = 127.0;
+    x[1] = 2.5;
+    x[2] = -3.5;
+    x[3] = 0.5;
+    let mut q = [<BlockQ8_0 as Activation>::ZERO; 1];
+    quantize::quantize_row_q8_0(&x, &mut q);
+    assert_eq!(q[0].d.to_f32(), 1.0);
+    assert_eq!(&q[0].qs[..4], &[127, 2, -4, 0]);
+
+    // Elsewhere it agrees with the reference quantizer within one step, with the same scale.
+    let mut rng = Rng(5);
+    let x = rng.f32s(32 * 64, 2.0);
+    let mut ours = vec![<BlockQ8_0 as Activation>::ZERO; 64];
+    let mut reference = ours.clone();
+    quantize::quantize_row_q8_0(&x, &mut ours);
+    quant::quantize::quantize_row_q8_0(&x, &mut reference);
+    for (a, b) in ours.iter().zip(&reference) {
+        assert_eq!(a.d.to_bits(), b.d.to_bits());
+        for (p, q) in a.qs.iter().zip(&b.qs) {
+            assert!((i32::from(*p) - i32::from(*q)).abs() <= 1);
+        }
+    }
+}
+
+#[test]
+fn q8_1_sum_is_scaled_quant_sum() {
+    let mut rng = Rng(11);
+    let x = rng.f32s(32 * 8, 1.0);
+    let mut q = vec![<BlockQ8_1 as Activation>::ZERO; 8];
+    quantize::quantize_row_q8_1(&x, &mut q);
+    for b in &q {
+        let sum: i32 = b.qs.iter().map(|&v| i32::from(v)).sum();
+        // s is rounded from the unrounded f32 scale, so compare within two f16 roundings.
+        let want = b.d.to_f32() * sum as f32;
+        assert!(
+            (b.s.to_f32() - want).abs() <= 2e-3 * want.abs() + 1e-6,
+            "{} vs {want}",
+            b.s
+        );
+        assert!(b.qs.iter().all(|&v| v != -128));
+    }
+}
