@@ -1,0 +1,181 @@
+//! [`GgufFile`]: a GGUF file opened from disk (memory-mapped) or from bytes, its parsed header,
+//! and tensor data as views into the mapping.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use super::error::GgufError;
+use super::parse::{DataCheck, GgufHeader, Metadata, TensorInfo};
+
+/// Where the file's bytes live.
+enum Storage {
+    /// A read-only memory map of the file.
+    Mapped(Mmap),
+    /// Bytes held in memory (tests, small generated files, empty files that cannot be mapped).
+    Owned(Vec<u8>),
+}
+
+impl Storage {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Mapped(m) => m,
+            Storage::Owned(v) => v,
+        }
+    }
+}
+
+/// An opened GGUF file: the parsed header plus access to the tensor data.
+pub struct GgufFile {
+    /// The file's path (empty for [`GgufFile::from_bytes`]).
+    path: PathBuf,
+    /// The file's bytes.
+    storage: Storage,
+    /// Everything but the tensor data.
+    header: GgufHeader,
+}
+
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .field("version", &self.header.version)
+            .field("metadata_entries", &self.header.metadata.len())
+            .field("tensors", &self.header.tensors.len())
+            .field("file_size", &self.header.file_size)
+            .finish()
+    }
+}
+
+impl GgufFile {
+    /// Opens a complete GGUF file: every tensor's data must be present.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
+        Self::open_with(path.as_ref(), DataCheck::Complete)
+    }
+
+    /// Opens a possibly partial GGUF file (e.g. a download in progress): the header must be
+    /// complete, tensors whose data is cut off are listed by [`GgufFile::missing_tensors`] and
+    /// [`GgufFile::tensor_data`] fails for them.
+    pub fn open_header(path: impl AsRef<Path>) -> Result<Self, GgufError> {
+        Self::open_with(path.as_ref(), DataCheck::HeaderOnly)
+    }
+
+    /// Opens `path` checking tensor data as `check` says.
+    pub fn open_with(path: &Path, check: DataCheck) -> Result<Self, GgufError> {
+        let io = |source| GgufError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let storage = if len == 0 {
+            Storage::Owned(Vec::new())
+        } else {
+            // SAFETY: the map is read-only and private to this process. Another process
+            // truncating or rewriting the file while it is mapped is outside what llmd can
+            // guard against (as for every mmap-based model loader); model files are treated as
+            // immutable while open.
+            Storage::Mapped(unsafe { Mmap::map(&file) }.map_err(io)?)
+        };
+        let header = GgufHeader::parse_with(storage.bytes(), check)?;
+        Ok(GgufFile {
+            path: path.to_owned(),
+            storage,
+            header,
+        })
+    }
+
+    /// Parses a GGUF file held in memory, checking tensor data as `check` says.
+    pub fn from_bytes(bytes: Vec<u8>, check: DataCheck) -> Result<Self, GgufError> {
+        let header = GgufHeader::parse_with(&bytes, check)?;
+        Ok(GgufFile {
+            path: PathBuf::new(),
+            storage: Storage::Owned(bytes),
+            header,
+        })
+    }
+
+    /// The path the file was opened from (empty when built from bytes).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The parsed header.
+    pub fn header(&self) -> &GgufHeader {
+        &self.header
+    }
+
+    /// The format version (2 or 3).
+    pub fn version(&self) -> u32 {
+        self.header.version
+    }
+
+    /// The metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.header.metadata
+    }
+
+    /// The tensor infos in file order.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.header.tensors
+    }
+
+    /// The tensor named `name`, if any.
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.header.tensor(name)
+    }
+
+    /// The data alignment.
+    pub fn alignment(&self) -> u64 {
+        self.header.alignment
+    }
+
+    /// Absolute offset of the data section.
+    pub fn data_offset(&self) -> u64 {
+        self.header.data_offset
+    }
+
+    /// Size of the file on disk.
+    pub fn file_size(&self) -> u64 {
+        self.header.file_size
+    }
+
+    /// Whether every tensor's data is present.
+    pub fn is_complete(&self) -> bool {
+        self.header.missing.is_empty()
+    }
+
+    /// The tensors whose data is not (fully) present in a partial file.
+    pub fn missing_tensors(&self) -> impl Iterator<Item = &TensorInfo> + '_ {
+        self.header.missing.iter().map(|&i| &self.header.tensors[i])
+    }
+
+    /// The raw bytes of `tensor`'s data, a view into the map.
+    pub fn tensor_data(&self, tensor: &TensorInfo) -> Result<&[u8], GgufError> {
+        let bytes = self.storage.bytes();
+        let missing = || GgufError::TensorDataMissing {
+            name: tensor.name.clone(),
+            start: tensor.data_start,
+            end: tensor.data_end(),
+            file_size: bytes.len() as u64,
+        };
+        let start = usize::try_from(tensor.data_start).map_err(|_| missing())?;
+        let end = usize::try_from(tensor.data_end()).map_err(|_| missing())?;
+        bytes.get(start..end).ok_or_else(missing)
+    }
+
+    /// The raw bytes of the tensor named `name`.
+    pub fn tensor_data_by_name(&self, name: &str) -> Result<&[u8], GgufError> {
+        let t = self
+            .tensor(name)
+            .ok_or_else(|| GgufError::NoSuchTensor(name.to_owned()))?;
+        self.tensor_data(t)
+    }
+
+    /// Fails with "unsupported tensor type X in tensor Y" for the first tensor llmd cannot
+    /// compute with.
+    pub fn check_supported(&self) -> Result<(), GgufError> {
+        self.header.check_supported()
+    }
+}
