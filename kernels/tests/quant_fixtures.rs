@@ -14,8 +14,9 @@ const DEQUANT_TYPES: [&str; 13] = [
     "Q8_K",
 ];
 
-const QUANT_TYPES: [&str; 11] =
-    ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q4_K", "Q6_K", "Q8_K"];
+const QUANT_TYPES: [&str; 11] = [
+    "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q4_K", "Q6_K", "Q8_K",
+];
 
 #[test]
 fn dequantize_matches_reference_fixtures() {
@@ -85,7 +86,10 @@ fn row_into_blocks<B: Block>(name: &str, f: fn(&[f32], &mut [B])) {
     let fx = read_fixture(&format!("quant_{name}.bin"));
     let mut blocks = vec![llmd_kernels::quant::view::zeroed_block::<B>(); fx.n / B::ELEMS];
     f(&fx.floats, &mut blocks);
-    assert!(blocks_as_bytes(&blocks) == fx.bytes.as_slice(), "{name} row quantizer differs");
+    assert!(
+        blocks_as_bytes(&blocks) == fx.bytes.as_slice(),
+        "{name} row quantizer differs"
+    );
 }
 
 #[test]

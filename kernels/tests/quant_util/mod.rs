@@ -49,8 +49,18 @@ pub fn read_fixture(name: &str) -> Fixture {
             .collect()
     };
     match magic {
-        b"LQDQ" => Fixture { ty, n, bytes: b[16..16 + nbytes].to_vec(), floats: floats_at(16 + nbytes) },
-        b"LQQU" => Fixture { ty, n, floats: floats_at(16), bytes: b[16 + 4 * n..].to_vec() },
+        b"LQDQ" => Fixture {
+            ty,
+            n,
+            bytes: b[16..16 + nbytes].to_vec(),
+            floats: floats_at(16 + nbytes),
+        },
+        b"LQQU" => Fixture {
+            ty,
+            n,
+            floats: floats_at(16),
+            bytes: b[16 + 4 * n..].to_vec(),
+        },
         other => panic!("{name}: bad magic {other:?}"),
     }
 }
@@ -200,7 +210,11 @@ pub fn spawn_python(python: &str, script: &str, args: &[&str]) -> PythonRun {
     };
     let stdout = drain(Box::new(child.stdout.take().expect("piped stdout")));
     let stderr = drain(Box::new(child.stderr.take().expect("piped stderr")));
-    PythonRun { child, stdout, stderr }
+    PythonRun {
+        child,
+        stdout,
+        stderr,
+    }
 }
 
 impl PythonRun {
