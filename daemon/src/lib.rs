@@ -10,8 +10,11 @@
 
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod gguf;
+pub mod gpu;
 pub mod logging;
+pub mod model;
 pub mod notify;
 pub mod server;
 pub mod shutdown;

@@ -1,0 +1,161 @@
+//! Loading a GGUF model onto devices: resolve its configuration, cut its layers into stages by
+//! the split, upload each stage's weights to its device, and assemble the pipeline.
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+use llmd_kernels::backend::{CpuBackend, HostTensor};
+use thiserror::Error;
+
+use super::config::{ConfigError, Hyperparameters, ModelConfig};
+use super::pipeline::{Pipeline, PipelineStage};
+use super::stage::{ForwardError, Stage};
+use super::weights::{TensorSource, WeightError};
+use crate::gguf::{GgufError, GgufFile, MetadataError, ModelDescription};
+
+/// Errors loading a model.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    /// The file is not a valid GGUF file.
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    /// Its metadata is incomplete or invalid.
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    /// Its architecture or hyperparameters are not supported.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Its weights are missing, misshapen or do not fit a device.
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    /// The pipeline could not be assembled.
+    #[error(transparent)]
+    Pipeline(#[from] ForwardError),
+    /// The placement is invalid.
+    #[error("invalid placement: {0}")]
+    Placement(String),
+}
+
+/// A GGUF file as a source of weights.
+pub struct ModelFile {
+    /// The parsed, memory-mapped file.
+    pub file: GgufFile,
+}
+
+impl TensorSource for ModelFile {
+    fn tensor(&self, name: &str) -> Option<HostTensor<'_>> {
+        let info = self.file.tensor(name)?;
+        let data = self.file.tensor_data(info).ok()?;
+        let cols = *info.dims.first()? as usize;
+        Some(HostTensor { name: &info.name, ty: info.ty, rows: info.n_rows() as usize, cols, data })
+    }
+}
+
+/// Gemma 3's sliding-window layer period when the file does not state a pattern.
+const GEMMA3_SWA_PERIOD: u32 = 6;
+
+/// The forward-pass configuration of a described model.
+pub fn model_config(desc: &ModelDescription, n_vocab: usize) -> Result<ModelConfig, ConfigError> {
+    let uniform = |v: &[u32], key: &str| -> Result<usize, ConfigError> {
+        match v.first() {
+            Some(&first) if v.iter().all(|&x| x == first) => Ok(first as usize),
+            _ => Err(ConfigError::Invalid { key: key.into(), reason: "per-layer values that differ are not supported".into() }),
+        }
+    };
+    let freq_scale = match desc.rope.scaling_type.as_deref() {
+        None | Some("none") => 1.0,
+        Some("linear") => 1.0 / desc.rope.scaling_factor.filter(|f| *f > 0.0).unwrap_or(1.0),
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                key: "rope.scaling.type".into(),
+                reason: format!("rope scaling {other:?} is not supported yet"),
+            })
+        }
+    };
+    if desc.expert_count.unwrap_or(0) > 0 {
+        return Err(ConfigError::Invalid { key: "expert_count".into(), reason: "mixture-of-experts models are not supported".into() });
+    }
+    let hp = Hyperparameters {
+        arch: desc.architecture.clone(),
+        n_layer: desc.n_layer as usize,
+        n_embd: desc.n_embd as usize,
+        n_ff: desc.n_ff.iter().map(|&f| f as usize).collect(),
+        n_head: uniform(&desc.n_head, "attention.head_count")?,
+        n_head_kv: uniform(&desc.n_head_kv, "attention.head_count_kv")?,
+        head_dim: desc.head_dim_k as usize,
+        head_dim_v: desc.head_dim_v as usize,
+        n_vocab,
+        norm_eps: desc.norm_eps,
+        rope_freq_base: desc.rope.freq_base,
+        rope_freq_base_swa: desc.rope.freq_base_swa,
+        rope_dims: desc.rope.dimension_count as usize,
+        rope_freq_scale: freq_scale,
+        sliding_window: desc.sliding_window.map(|w| w as usize),
+        swa_layers: (0..desc.n_layer).map(|il| desc.is_sliding_window_layer(il, GEMMA3_SWA_PERIOD)).collect(),
+        context_length: desc.context_length as usize,
+    };
+    ModelConfig::resolve(&hp)
+}
+
+/// A model file opened and described, before any weight is placed.
+pub struct OpenedModel {
+    /// The file.
+    pub source: Arc<ModelFile>,
+    /// Its metadata.
+    pub description: ModelDescription,
+    /// Its forward-pass configuration.
+    pub config: Arc<ModelConfig>,
+}
+
+impl OpenedModel {
+    /// Opens and checks `path` (complete file, supported tensor types and architecture).
+    pub fn open(path: &Path) -> Result<Self, LoadError> {
+        let file = GgufFile::open(path)?;
+        file.check_supported()?;
+        let description = ModelDescription::from_gguf(&file)?;
+        let n_vocab = file
+            .tensor("token_embd.weight")
+            .map(|t| t.n_rows() as usize)
+            .ok_or_else(|| WeightError::Missing("token_embd.weight".into()))?;
+        let config = Arc::new(model_config(&description, n_vocab)?);
+        Ok(OpenedModel { source: Arc::new(ModelFile { file }), description, config })
+    }
+}
+
+/// One stage to build: a backend and the layers it runs.
+pub struct StageSpec {
+    /// The device's backend for this model.
+    pub backend: Arc<CpuBackend>,
+    /// The layers.
+    pub layers: Range<usize>,
+    /// Whether it holds the output head.
+    pub head: bool,
+}
+
+/// Builds the stages and the pipeline; `progress(done, total)` is called after each stage.
+pub fn build_pipeline(
+    model: &OpenedModel,
+    stages: Vec<StageSpec>,
+    max_batch: usize,
+    max_logit_rows: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Pipeline, LoadError> {
+    let total = stages.len();
+    let mut built: Vec<Box<dyn PipelineStage>> = Vec::with_capacity(total);
+    for (i, spec) in stages.into_iter().enumerate() {
+        let stage = Stage::load(
+            spec.backend,
+            Arc::clone(&model.config),
+            &*model.source,
+            spec.layers,
+            spec.head,
+            max_batch,
+            max_logit_rows,
+        )?;
+        built.push(Box::new(stage));
+        progress(i + 1, total);
+    }
+    let source: Arc<dyn super::pipeline::ModelSource> = model.source.clone();
+    Ok(Pipeline::new(Arc::clone(&model.config), source, built)?)
+}

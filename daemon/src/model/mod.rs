@@ -1,0 +1,16 @@
+//! Transformer models: hyperparameters per architecture ([`config`]), weights on devices
+//! ([`weights`]), the forward pass of one pipeline stage ([`stage`]) and the multi-device
+//! pipeline ([`pipeline`]).
+
+pub mod batch;
+pub mod config;
+pub mod load;
+pub mod pipeline;
+pub mod placement;
+pub mod stage;
+pub mod weights;
+
+pub use batch::{Batch, SeqId};
+pub use config::{Arch, ModelConfig};
+pub use pipeline::{Pipeline, PipelineStage};
+pub use stage::{ForwardError, Stage};

@@ -1,0 +1,194 @@
+//! A model split by layers over one or more devices: the token embedding lookup on the host
+//! (as llama.cpp keeps its input layer on the CPU), then each stage's layers in order, with the
+//! residual stream crossing between devices at stage boundaries. The last stage produces logits.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use llmd_kernels::backend::{Backend, BackendError, HostKv};
+use llmd_kernels::quant;
+
+use super::batch::{Batch, SeqId};
+use super::config::ModelConfig;
+use super::stage::{ForwardError, Stage};
+use super::weights::TensorSource;
+
+/// A pipeline stage with its backend type erased, so one pipeline can mix devices.
+pub trait PipelineStage: Send {
+    /// Global indices of the layers it runs.
+    fn layers(&self) -> Range<usize>;
+    /// Its device's name.
+    fn device_name(&self) -> &str;
+    /// Bytes of weights resident.
+    fn weight_bytes(&self) -> u64;
+    /// Bytes of KV cache resident.
+    fn kv_bytes(&self) -> u64;
+    /// Whether it holds the output head.
+    fn has_head(&self) -> bool;
+    /// Allocates KV caches for a new sequence.
+    fn add_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), BackendError>;
+    /// Frees a sequence's KV caches.
+    fn remove_sequence(&mut self, seq: SeqId);
+    /// Copies a sequence's first `len` cached positions to the host, one entry per layer.
+    fn download_sequence(&self, seq: SeqId, len: usize) -> Result<Vec<HostKv>, ForwardError>;
+    /// Installs a sequence's caches from the host.
+    fn upload_sequence(&mut self, seq: SeqId, host: &[HostKv], capacity: usize) -> Result<(), ForwardError>;
+    /// Runs the stage's layers (see [`Stage::forward`]).
+    fn forward(&mut self, batch: &Batch, hidden: &mut [f32], logits: &mut Vec<f32>) -> Result<(), ForwardError>;
+}
+
+impl<B: Backend> PipelineStage for Stage<B> {
+    fn layers(&self) -> Range<usize> {
+        Stage::layers(self)
+    }
+    fn device_name(&self) -> &str {
+        Stage::device_name(self)
+    }
+    fn weight_bytes(&self) -> u64 {
+        Stage::weight_bytes(self)
+    }
+    fn kv_bytes(&self) -> u64 {
+        Stage::kv_bytes(self)
+    }
+    fn has_head(&self) -> bool {
+        Stage::has_head(self)
+    }
+    fn add_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), BackendError> {
+        Stage::add_sequence(self, seq, capacity)
+    }
+    fn remove_sequence(&mut self, seq: SeqId) {
+        Stage::remove_sequence(self, seq)
+    }
+    fn download_sequence(&self, seq: SeqId, len: usize) -> Result<Vec<HostKv>, ForwardError> {
+        Stage::download_sequence(self, seq, len)
+    }
+    fn upload_sequence(&mut self, seq: SeqId, host: &[HostKv], capacity: usize) -> Result<(), ForwardError> {
+        Stage::upload_sequence(self, seq, host, capacity)
+    }
+    fn forward(&mut self, batch: &Batch, hidden: &mut [f32], logits: &mut Vec<f32>) -> Result<(), ForwardError> {
+        Stage::forward(self, batch, hidden, logits)
+    }
+}
+
+/// Where the model's tensors come from; kept alive as long as the model (the embedding table is
+/// read from it on every step).
+pub trait ModelSource: TensorSource + Send + Sync {}
+impl<T: TensorSource + Send + Sync> ModelSource for T {}
+
+/// A loaded model: host embedding plus stages covering every layer in order.
+pub struct Pipeline {
+    /// Hyperparameters.
+    config: Arc<ModelConfig>,
+    /// The file the weights came from (source of the embedding table).
+    source: Arc<dyn ModelSource>,
+    /// Stages in layer order; the last holds the head.
+    stages: Vec<Box<dyn PipelineStage>>,
+    /// Residual stream on the host between stages: `(batch, n_embd)`.
+    hidden: Vec<f32>,
+}
+
+impl Pipeline {
+    /// Assembles a pipeline; the stages must cover `0..n_layer` in order and the last must hold
+    /// the head.
+    pub fn new(
+        config: Arc<ModelConfig>,
+        source: Arc<dyn ModelSource>,
+        stages: Vec<Box<dyn PipelineStage>>,
+    ) -> Result<Self, ForwardError> {
+        let mut next = 0;
+        for s in &stages {
+            if s.layers().start != next {
+                return Err(ForwardError::BadBatch(format!(
+                    "stage on {} starts at layer {}, expected {next}",
+                    s.device_name(),
+                    s.layers().start
+                )));
+            }
+            next = s.layers().end;
+        }
+        if next != config.n_layer || !stages.last().is_some_and(|s| s.has_head()) {
+            return Err(ForwardError::BadBatch("stages do not cover the model".into()));
+        }
+        Ok(Pipeline { config, source, stages, hidden: Vec::new() })
+    }
+
+    /// Hyperparameters.
+    pub fn config(&self) -> &Arc<ModelConfig> {
+        &self.config
+    }
+
+    /// The stages, in layer order.
+    pub fn stages(&self) -> &[Box<dyn PipelineStage>] {
+        &self.stages
+    }
+
+    /// Replaces the stages (a re-split), returning the old ones.
+    pub fn replace_stages(&mut self, stages: Vec<Box<dyn PipelineStage>>) -> Vec<Box<dyn PipelineStage>> {
+        std::mem::replace(&mut self.stages, stages)
+    }
+
+    /// Mutable access to the stages.
+    pub fn stages_mut(&mut self) -> &mut [Box<dyn PipelineStage>] {
+        &mut self.stages
+    }
+
+    /// Allocates KV caches for a sequence on every stage.
+    pub fn add_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), BackendError> {
+        for i in 0..self.stages.len() {
+            if let Err(e) = self.stages[i].add_sequence(seq, capacity) {
+                for s in &mut self.stages[..i] {
+                    s.remove_sequence(seq);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees a sequence's KV caches on every stage.
+    pub fn remove_sequence(&mut self, seq: SeqId) {
+        for s in &mut self.stages {
+            s.remove_sequence(seq);
+        }
+    }
+
+    /// Runs the whole model over `batch`; writes the logits of the tokens that want them, in
+    /// batch order, `n_vocab` each.
+    pub fn forward(&mut self, batch: &Batch, logits: &mut Vec<f32>) -> Result<(), ForwardError> {
+        let d = self.config.n_embd;
+        self.hidden.resize(batch.len() * d, 0.0);
+        self.embed(&batch.tokens)?;
+        for stage in &mut self.stages {
+            stage.forward(batch, &mut self.hidden, logits)?;
+        }
+        Ok(())
+    }
+
+    /// Looks the tokens up in the embedding table (dequantizing their rows) into `hidden`.
+    fn embed(&mut self, tokens: &[u32]) -> Result<(), ForwardError> {
+        let d = self.config.n_embd;
+        let table = self
+            .source
+            .tensor("token_embd.weight")
+            .ok_or_else(|| ForwardError::BadBatch("model has no token_embd.weight".into()))?;
+        let row_bytes = table
+            .ty
+            .row_bytes(d as u64)
+            .ok_or_else(|| ForwardError::BadBatch("embedding rows are not whole blocks".into()))?
+            as usize;
+        for (t, &id) in tokens.iter().enumerate() {
+            let id = id as usize;
+            if id >= table.rows {
+                return Err(ForwardError::BadBatch(format!("token id {id} is outside the vocabulary of {}", table.rows)));
+            }
+            let row = &table.data[id * row_bytes..(id + 1) * row_bytes];
+            let out = &mut self.hidden[t * d..(t + 1) * d];
+            quant::dequantize(table.ty, row, out)
+                .map_err(|e| ForwardError::BadBatch(format!("embedding row {id}: {e}")))?;
+            if let Some(scale) = self.config.embed_scale {
+                out.iter_mut().for_each(|v| *v *= scale);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,493 @@
+//! The CPU backend: a "device" made of host memory with a memory budget and a thread pool.
+//! Several CPU devices (`cpu:0`, `cpu:1`) are separate devices with their own weights, KV caches
+//! and budgets, standing in for GPUs in tests. Matrix products use the quantized kernels of
+//! [`crate::cpu`]; attention reads an f16 KV cache like llama.cpp's default.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use half::f16;
+
+use super::{
+    AttentionParams, Backend, BackendError, GatedActivation, HostKv, HostTensor, OwnedHostTensor,
+    RopeKind, RopeParams,
+};
+use crate::cpu::dot::vec_dot;
+use crate::cpu::ops::{self, RopeMode};
+use crate::cpu::{matmul, MatmulScratch, QMatrix, ThreadPool};
+use crate::quant::{self, GgmlType};
+
+/// The memory of one CPU device: a budget and the bytes in use, shared by every allocation (and
+/// every model's backend on that device) so that dropping one gives its bytes back.
+#[derive(Debug)]
+pub struct CpuMemory {
+    used: AtomicU64,
+    budget: u64,
+}
+
+impl CpuMemory {
+    /// A device memory of `budget` bytes, none used.
+    pub fn new(budget: u64) -> Arc<Self> {
+        Arc::new(CpuMemory { used: AtomicU64::new(0), budget })
+    }
+
+    /// Bytes in use.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::SeqCst)
+    }
+
+    /// The budget.
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+}
+
+/// Bytes charged to a [`Ledger`]; returned on drop.
+#[derive(Debug)]
+struct Lease {
+    ledger: Arc<CpuMemory>,
+    bytes: u64,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.ledger.used.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
+
+/// A weight resident in host memory, 8-byte aligned so any block type can be viewed in place.
+#[derive(Debug)]
+pub struct CpuWeight {
+    name: String,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    /// The bytes, in 8-byte words for alignment; `len` bytes are meaningful.
+    words: Vec<u64>,
+    len: usize,
+    /// The f32 values of 1-row F32 tensors (norm weights, biases), for direct use.
+    vector: Option<Vec<f32>>,
+    _lease: Lease,
+}
+
+impl CpuWeight {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `words` owns at least `len` initialised bytes (len <= words.len() * 8) and u8
+        // has no alignment or validity requirements.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+
+    fn vector(&self, op: &'static str) -> Result<&[f32], BackendError> {
+        self.vector.as_deref().ok_or_else(|| BackendError::Shape {
+            op,
+            detail: format!("{} is not an f32 vector", self.name),
+        })
+    }
+}
+
+/// One layer's KV cache of one sequence, f16 like llama.cpp's default cache type.
+#[derive(Debug)]
+pub struct CpuKv {
+    capacity: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    /// Keys: `(capacity, n_kv_heads * head_dim)`.
+    k: Vec<f16>,
+    /// Values: same layout.
+    v: Vec<f16>,
+    _lease: Lease,
+}
+
+/// A CPU device.
+pub struct CpuBackend {
+    name: String,
+    pool: Arc<ThreadPool>,
+    ledger: Arc<CpuMemory>,
+    /// Activation conversion buffers of the matrix products (one op runs at a time).
+    scratch: Mutex<MatmulScratch>,
+}
+
+impl CpuBackend {
+    /// A backend on the device called `name` whose memory is `memory`, computing on `pool`.
+    /// Several backends (one per model) may share one device's memory.
+    pub fn new(name: impl Into<String>, memory: Arc<CpuMemory>, pool: Arc<ThreadPool>) -> Self {
+        CpuBackend { name: name.into(), pool, ledger: memory, scratch: Mutex::new(MatmulScratch::new()) }
+    }
+
+    /// Bytes of weights and KV caches currently held.
+    pub fn used_bytes(&self) -> u64 {
+        self.ledger.used.load(Ordering::SeqCst)
+    }
+
+    /// The memory budget.
+    pub fn budget_bytes(&self) -> u64 {
+        self.ledger.budget
+    }
+
+    fn charge(&self, what: &str, bytes: u64) -> Result<Lease, BackendError> {
+        let mut used = self.ledger.used.load(Ordering::SeqCst);
+        loop {
+            let next = used.saturating_add(bytes);
+            if next > self.ledger.budget {
+                return Err(BackendError::OutOfMemory { device: self.name.clone(), what: what.to_string(), bytes });
+            }
+            match self.ledger.used.compare_exchange(used, next, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return Ok(Lease { ledger: Arc::clone(&self.ledger), bytes }),
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    fn shape(op: &'static str, detail: String) -> BackendError {
+        BackendError::Shape { op, detail }
+    }
+}
+
+fn check_len(op: &'static str, have: usize, need: usize) -> Result<(), BackendError> {
+    if have < need {
+        return Err(CpuBackend::shape(op, format!("buffer of {have} values, need {need}")));
+    }
+    Ok(())
+}
+
+fn rope_params(p: RopeParams) -> ops::RopeParams {
+    let mode = match p.kind {
+        RopeKind::Normal => RopeMode::Normal,
+        RopeKind::Neox => RopeMode::Neox,
+    };
+    ops::RopeParams { freq_scale: p.freq_scale, ..ops::RopeParams::new(mode, p.n_dims, p.freq_base) }
+}
+
+impl Backend for CpuBackend {
+    type Activations = Vec<f32>;
+    type Weight = CpuWeight;
+    type KvCache = CpuKv;
+
+    fn device_name(&self) -> &str {
+        &self.name
+    }
+
+    fn upload_weight(&self, t: &HostTensor<'_>) -> Result<CpuWeight, BackendError> {
+        let expect = t.ty.row_bytes(t.cols as u64).and_then(|rb| rb.checked_mul(t.rows as u64));
+        if expect != Some(t.data.len() as u64) {
+            return Err(Self::shape("upload_weight", format!("{}: {} bytes for {}x{} {}", t.name, t.data.len(), t.rows, t.cols, t.ty)));
+        }
+        if !t.ty.is_supported() {
+            return Err(BackendError::UnsupportedType { device: self.name.clone(), ty: t.ty, tensor: t.name.to_string() });
+        }
+        let vector = if t.rows == 1 {
+            let mut v = vec![0.0f32; t.cols];
+            quant::dequantize(t.ty, t.data, &mut v).map_err(|e| Self::shape("upload_weight", format!("{}: {e}", t.name)))?;
+            Some(v)
+        } else {
+            None
+        };
+        let bytes = t.data.len() as u64 + vector.as_ref().map_or(0, |v| v.len() as u64 * 4);
+        let lease = self.charge(t.name, bytes)?;
+        let mut words = vec![0u64; t.data.len().div_ceil(8)];
+        // SAFETY: `words` has at least `data.len()` bytes; regions do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(t.data.as_ptr(), words.as_mut_ptr().cast::<u8>(), t.data.len()) };
+        Ok(CpuWeight {
+            name: t.name.to_string(),
+            ty: t.ty,
+            rows: t.rows,
+            cols: t.cols,
+            words,
+            len: t.data.len(),
+            vector,
+            _lease: lease,
+        })
+    }
+
+    fn weight_bytes(&self, w: &CpuWeight) -> u64 {
+        w._lease.bytes
+    }
+
+    fn download_weight(&self, w: &CpuWeight) -> Result<OwnedHostTensor, BackendError> {
+        Ok(OwnedHostTensor { name: w.name.clone(), ty: w.ty, rows: w.rows, cols: w.cols, data: w.bytes().to_vec() })
+    }
+
+    fn alloc_activations(&self, len: usize) -> Result<Vec<f32>, BackendError> {
+        Ok(vec![0.0; len])
+    }
+
+    fn write_activations(&self, dst: &mut Vec<f32>, src: &[f32]) -> Result<(), BackendError> {
+        check_len("write_activations", dst.len(), src.len())?;
+        dst[..src.len()].copy_from_slice(src);
+        Ok(())
+    }
+
+    fn read_activations(&self, src: &Vec<f32>, dst: &mut [f32]) -> Result<(), BackendError> {
+        check_len("read_activations", src.len(), dst.len())?;
+        dst.copy_from_slice(&src[..dst.len()]);
+        Ok(())
+    }
+
+    fn embed(&self, table: &CpuWeight, ids: &[u32], scale: f32, out: &mut Vec<f32>) -> Result<(), BackendError> {
+        let d = table.cols;
+        check_len("embed", out.len(), ids.len() * d)?;
+        let rb = table.ty.row_bytes(d as u64).unwrap_or(0) as usize;
+        for (t, &id) in ids.iter().enumerate() {
+            let id = id as usize;
+            if id >= table.rows {
+                return Err(Self::shape("embed", format!("token {id} outside {} rows", table.rows)));
+            }
+            let row = &mut out[t * d..(t + 1) * d];
+            quant::dequantize(table.ty, &table.bytes()[id * rb..(id + 1) * rb], row)
+                .map_err(|e| Self::shape("embed", e.to_string()))?;
+            if scale != 1.0 {
+                ops::scale(row, scale);
+            }
+        }
+        Ok(())
+    }
+
+    fn matmul(&self, w: &CpuWeight, x: &Vec<f32>, n_tokens: usize, out: &mut Vec<f32>) -> Result<(), BackendError> {
+        check_len("matmul", x.len(), n_tokens * w.cols)?;
+        check_len("matmul", out.len(), n_tokens * w.rows)?;
+        let m = QMatrix { ty: w.ty, rows: w.rows, cols: w.cols, data: w.bytes() };
+        let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        matmul(&self.pool, &m, &x[..n_tokens * w.cols], n_tokens, &mut out[..n_tokens * w.rows], &mut scratch)
+            .map_err(|e| BackendError::Device { device: self.name.clone(), message: format!("matmul {}: {e}", w.name) })
+    }
+
+    fn add_bias(&self, x: &mut Vec<f32>, bias: &CpuWeight, n_tokens: usize) -> Result<(), BackendError> {
+        let b = bias.vector("add_bias")?;
+        check_len("add_bias", x.len(), n_tokens * b.len())?;
+        for row in x[..n_tokens * b.len()].chunks_exact_mut(b.len()) {
+            ops::add(row, b);
+        }
+        Ok(())
+    }
+
+    fn rms_norm(&self, x: &mut Vec<f32>, weight: &CpuWeight, n_rows: usize, dim: usize, eps: f32) -> Result<(), BackendError> {
+        let w = weight.vector("rms_norm")?;
+        check_len("rms_norm", x.len(), n_rows * dim)?;
+        if w.len() != dim {
+            return Err(Self::shape("rms_norm", format!("weight of {} for rows of {dim}", w.len())));
+        }
+        for row in x[..n_rows * dim].chunks_exact_mut(dim) {
+            ops::rms_norm_inplace(row, w, eps);
+        }
+        Ok(())
+    }
+
+    fn rms_norm_into(
+        &self,
+        x: &Vec<f32>,
+        weight: &CpuWeight,
+        n_rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        let w = weight.vector("rms_norm_into")?;
+        check_len("rms_norm_into", x.len(), n_rows * dim)?;
+        check_len("rms_norm_into", out.len(), n_rows * dim)?;
+        if w.len() != dim {
+            return Err(Self::shape("rms_norm_into", format!("weight of {} for rows of {dim}", w.len())));
+        }
+        for (src, dst) in x[..n_rows * dim].chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+            ops::rms_norm(src, w, eps, dst);
+        }
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut Vec<f32>,
+        n_tokens: usize,
+        n_heads: usize,
+        head_dim: usize,
+        positions: &[u32],
+        params: RopeParams,
+    ) -> Result<(), BackendError> {
+        let width = n_heads * head_dim;
+        check_len("rope", x.len(), n_tokens * width)?;
+        check_len("rope", positions.len(), n_tokens)?;
+        if params.n_dims > head_dim || params.n_dims % 2 != 0 {
+            return Err(Self::shape("rope", format!("{} rotated dims for heads of {head_dim}", params.n_dims)));
+        }
+        let p = rope_params(params);
+        let mut cache = vec![0.0f32; params.n_dims];
+        for (t, row) in x[..n_tokens * width].chunks_exact_mut(width).enumerate() {
+            ops::rope(&p, positions[t] as i32, None, row, head_dim, &mut cache);
+        }
+        Ok(())
+    }
+
+    fn add(&self, dst: &mut Vec<f32>, src: &Vec<f32>, len: usize) -> Result<(), BackendError> {
+        check_len("add", dst.len(), len)?;
+        check_len("add", src.len(), len)?;
+        ops::add(&mut dst[..len], &src[..len]);
+        Ok(())
+    }
+
+    fn scale(&self, x: &mut Vec<f32>, factor: f32, len: usize) -> Result<(), BackendError> {
+        check_len("scale", x.len(), len)?;
+        ops::scale(&mut x[..len], factor);
+        Ok(())
+    }
+
+    fn gated_activation(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize, act: GatedActivation) -> Result<(), BackendError> {
+        check_len("gated_activation", gate.len(), len)?;
+        check_len("gated_activation", up.len(), len)?;
+        match act {
+            GatedActivation::Silu => ops::silu_mul(&mut gate[..len], &up[..len]),
+            GatedActivation::Gelu => ops::gelu_mul(&mut gate[..len], &up[..len]),
+        }
+        Ok(())
+    }
+
+    fn alloc_kv(&self, capacity: usize, n_kv_heads: usize, head_dim: usize) -> Result<CpuKv, BackendError> {
+        let values = capacity
+            .checked_mul(n_kv_heads * head_dim)
+            .ok_or_else(|| Self::shape("alloc_kv", "size overflows".into()))?;
+        let lease = self.charge("KV cache", values as u64 * 2 * 2)?;
+        Ok(CpuKv {
+            capacity,
+            n_kv_heads,
+            head_dim,
+            k: vec![f16::ZERO; values],
+            v: vec![f16::ZERO; values],
+            _lease: lease,
+        })
+    }
+
+    fn kv_bytes(&self, kv: &CpuKv) -> u64 {
+        kv._lease.bytes
+    }
+
+    fn kv_store(&self, kv: &mut CpuKv, k: &Vec<f32>, v: &Vec<f32>, first_row: usize, positions: &[u32]) -> Result<(), BackendError> {
+        let w = kv.n_kv_heads * kv.head_dim;
+        check_len("kv_store", k.len(), (first_row + positions.len()) * w)?;
+        check_len("kv_store", v.len(), (first_row + positions.len()) * w)?;
+        for (i, &pos) in positions.iter().enumerate() {
+            let pos = pos as usize;
+            if pos >= kv.capacity {
+                return Err(Self::shape("kv_store", format!("position {pos} beyond a cache of {}", kv.capacity)));
+            }
+            let row = first_row + i;
+            for (dst, &src) in kv.k[pos * w..(pos + 1) * w].iter_mut().zip(&k[row * w..(row + 1) * w]) {
+                *dst = f16::from_f32(src);
+            }
+            for (dst, &src) in kv.v[pos * w..(pos + 1) * w].iter_mut().zip(&v[row * w..(row + 1) * w]) {
+                *dst = f16::from_f32(src);
+            }
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &Vec<f32>,
+        kv: &CpuKv,
+        first_row: usize,
+        positions: &[u32],
+        p: AttentionParams,
+        out: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        let hd = p.head_dim;
+        let qw = p.n_heads * hd;
+        let kvw = p.n_kv_heads * hd;
+        if p.n_kv_heads != kv.n_kv_heads || hd != kv.head_dim || p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
+            return Err(Self::shape("attention", format!("{p:?} over a cache of {} heads x {}", kv.n_kv_heads, kv.head_dim)));
+        }
+        check_len("attention", q.len(), (first_row + positions.len()) * qw)?;
+        check_len("attention", out.len(), (first_row + positions.len()) * qw)?;
+        if let Some(&bad) = positions.iter().find(|&&pos| pos as usize >= kv.capacity) {
+            return Err(Self::shape("attention", format!("position {bad} beyond a cache of {}", kv.capacity)));
+        }
+        let group = p.n_heads / p.n_kv_heads;
+        let n_items = positions.len() * p.n_heads;
+        let out_rows = &mut out[first_row * qw..(first_row + positions.len()) * qw];
+        let out_ptr = SharedOut(out_rows.as_mut_ptr());
+        let out_len = out_rows.len();
+        self.pool.run(&|ti, nt| {
+            let mut qh = vec![f16::ZERO; hd];
+            let mut scores: Vec<f32> = Vec::new();
+            let mut acc = vec![0.0f32; hd];
+            let mut item = ti;
+            while item < n_items {
+                let (i, h) = (item / p.n_heads, item % p.n_heads);
+                let pos = positions[i] as usize;
+                let first = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                let kvh = h / group;
+                let qrow = &q[(first_row + i) * qw + h * hd..(first_row + i) * qw + (h + 1) * hd];
+                for (d, &s) in qh.iter_mut().zip(qrow) {
+                    *d = f16::from_f32(s);
+                }
+                scores.clear();
+                for j in first..=pos {
+                    let krow = &kv.k[j * kvw + kvh * hd..j * kvw + (kvh + 1) * hd];
+                    let mut s = vec_dot::<f16>(krow, &qh) * p.scale;
+                    if let Some(cap) = p.softcap {
+                        s = (s / cap).tanh() * cap;
+                    }
+                    scores.push(s);
+                }
+                ops::softmax(&mut scores);
+                acc.iter_mut().for_each(|a| *a = 0.0);
+                for (j, &w) in (first..=pos).zip(&scores) {
+                    let vrow = &kv.v[j * kvw + kvh * hd..j * kvw + (kvh + 1) * hd];
+                    for (a, &v) in acc.iter_mut().zip(vrow) {
+                        *a += w * v.to_f32();
+                    }
+                }
+                let at = i * qw + h * hd;
+                debug_assert!(at + hd <= out_len);
+                // SAFETY: each (token, head) item writes its own disjoint `hd`-wide slice of the
+                // output rows, inside `out_rows` (at + hd <= out_len); items are split between
+                // threads without overlap and `run` returns only after every thread finished.
+                unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out_ptr.get().add(at), hd) };
+                item += nt;
+            }
+        });
+        Ok(())
+    }
+
+    fn download_kv(&self, kv: &CpuKv, len: usize) -> Result<HostKv, BackendError> {
+        if len > kv.capacity {
+            return Err(Self::shape("download_kv", format!("{len} positions from a cache of {}", kv.capacity)));
+        }
+        let w = kv.n_kv_heads * kv.head_dim;
+        Ok(HostKv {
+            len,
+            n_kv_heads: kv.n_kv_heads,
+            head_dim: kv.head_dim,
+            k: kv.k[..len * w].iter().map(|x| x.to_bits()).collect(),
+            v: kv.v[..len * w].iter().map(|x| x.to_bits()).collect(),
+        })
+    }
+
+    fn upload_kv(&self, host: &HostKv, capacity: usize) -> Result<CpuKv, BackendError> {
+        let w = host.n_kv_heads * host.head_dim;
+        if host.len > capacity || host.k.len() != host.len * w || host.v.len() != host.len * w {
+            return Err(Self::shape("upload_kv", format!("{} positions into a cache of {capacity}", host.len)));
+        }
+        let mut kv = self.alloc_kv(capacity, host.n_kv_heads, host.head_dim)?;
+        for (d, &s) in kv.k.iter_mut().zip(&host.k) {
+            *d = f16::from_bits(s);
+        }
+        for (d, &s) in kv.v.iter_mut().zip(&host.v) {
+            *d = f16::from_bits(s);
+        }
+        Ok(kv)
+    }
+}
+
+/// A raw output pointer shared by the attention workers, each writing a disjoint part.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+impl SharedOut {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+// SAFETY: the pointer is only used to write disjoint slices while `ThreadPool::run` holds the
+// borrow of the output buffer (see the attention loop).
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}

@@ -1,0 +1,312 @@
+//! The backend boundary: the tensors a device holds and the operations a transformer forward pass
+//! needs. Model code (in the daemon) is written once against [`Backend`]; the CPU backend
+//! implements it today and the CUDA backend implements the same trait.
+//!
+//! Conventions shared by every implementation:
+//! - Activations are row-major f32 matrices `(n_tokens, width)`, stored in a backend-owned
+//!   [`Backend::Activations`] buffer that is allocated once and reused across steps.
+//! - Weight matrices are `(rows, cols)` with `cols` contiguous, in any GGML type the backend
+//!   supports; `matmul` computes `out[t][r] = sum_c w[r][c] * x[t][c]`.
+//! - The KV cache of one layer of one sequence is a [`Backend::KvCache`]: `capacity` positions of
+//!   `n_kv_heads * head_dim` keys and as many values, stored as f16 like llama.cpp's default cache.
+
+use thiserror::Error;
+
+use crate::quant::GgmlType;
+
+/// Errors a backend reports.
+#[derive(Debug, Error)]
+pub enum BackendError {
+    /// The device has no room for an allocation.
+    #[error("out of memory on {device}: {what} needs {bytes} bytes")]
+    OutOfMemory {
+        /// The device name (`cpu:0`, `cuda:1`).
+        device: String,
+        /// What was being allocated.
+        what: String,
+        /// How many bytes were asked for.
+        bytes: u64,
+    },
+    /// The backend cannot compute with this tensor type.
+    #[error("{device} does not support tensor type {ty} (tensor {tensor})")]
+    UnsupportedType {
+        /// The device name.
+        device: String,
+        /// The tensor's type.
+        ty: GgmlType,
+        /// The tensor's name.
+        tensor: String,
+    },
+    /// Shapes passed to an operation do not agree.
+    #[error("shape mismatch in {op}: {detail}")]
+    Shape {
+        /// The operation.
+        op: &'static str,
+        /// What disagreed.
+        detail: String,
+    },
+    /// A device-level failure (driver error, kernel launch failure).
+    #[error("{device}: {message}")]
+    Device {
+        /// The device name.
+        device: String,
+        /// The driver's message.
+        message: String,
+    },
+}
+
+/// A tensor as it lies in host memory (usually a view into a memory-mapped GGUF file).
+#[derive(Clone, Copy, Debug)]
+pub struct HostTensor<'a> {
+    /// The tensor's name in the model file (for error messages).
+    pub name: &'a str,
+    /// Element type of `data`.
+    pub ty: GgmlType,
+    /// Number of rows (1 for a vector).
+    pub rows: usize,
+    /// Elements per row (contiguous).
+    pub cols: usize,
+    /// The raw bytes: `rows * ty.row_bytes(cols)`.
+    pub data: &'a [u8],
+}
+
+/// How rotary position embeddings pair up dimensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeKind {
+    /// GGML's "normal" rope: rotates adjacent pairs `(x[2i], x[2i+1])` (Llama).
+    Normal,
+    /// GPT-NeoX rope: rotates `(x[i], x[i + n_dims/2])` (Qwen, Gemma).
+    Neox,
+}
+
+/// Parameters of one rope application.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RopeParams {
+    /// Pairing of dimensions.
+    pub kind: RopeKind,
+    /// Number of leading dimensions of each head that are rotated (`<= head_dim`).
+    pub n_dims: usize,
+    /// Base of the geometric frequency progression.
+    pub freq_base: f32,
+    /// Linear position scaling (1.0 = none).
+    pub freq_scale: f32,
+}
+
+/// Parameters of one attention call over one sequence's KV cache.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionParams {
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (grouped-query attention: `n_heads % n_kv_heads == 0`).
+    pub n_kv_heads: usize,
+    /// Dimension of each head.
+    pub head_dim: usize,
+    /// Multiplier applied to `q . k` before the softmax.
+    pub scale: f32,
+    /// Sliding window: a query at position `p` sees keys at positions `k` with `p - k < window`.
+    pub window: Option<usize>,
+    /// Tanh soft-capping of attention logits (Gemma 2), if any.
+    pub softcap: Option<f32>,
+}
+
+/// The element-wise activation of a gated feed-forward block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatedActivation {
+    /// `silu(gate) * up` (Llama, Qwen).
+    Silu,
+    /// `gelu(gate) * up` with GGML's tanh approximation (Gemma).
+    Gelu,
+}
+
+/// A compute device: weights, activations and KV caches live on it and every op runs on it.
+///
+/// All methods take `&self`: a backend is shared by the pipeline stage that owns it and runs one
+/// operation at a time (the stage serialises calls); implementations parallelise inside an op.
+pub trait Backend: Send + Sync + 'static {
+    /// An f32 activation buffer.
+    type Activations: Send;
+    /// A weight tensor resident on the device.
+    type Weight: Send + Sync;
+    /// One layer's KV cache for one sequence.
+    type KvCache: Send;
+
+    /// The device's name (`cpu:0`, `cuda:0`).
+    fn device_name(&self) -> &str;
+
+    /// Copies a tensor onto the device.
+    fn upload_weight(&self, tensor: &HostTensor<'_>) -> Result<Self::Weight, BackendError>;
+    /// Bytes the weight occupies on the device.
+    fn weight_bytes(&self, weight: &Self::Weight) -> u64;
+    /// Copies a weight back to host memory (type and bytes as uploaded), for moving it.
+    fn download_weight(&self, weight: &Self::Weight) -> Result<OwnedHostTensor, BackendError>;
+
+    /// Allocates an activation buffer of `len` f32 values (contents unspecified).
+    fn alloc_activations(&self, len: usize) -> Result<Self::Activations, BackendError>;
+    /// Writes `src` into the first `src.len()` values of `dst`.
+    fn write_activations(
+        &self,
+        dst: &mut Self::Activations,
+        src: &[f32],
+    ) -> Result<(), BackendError>;
+    /// Reads the first `dst.len()` values of `src`.
+    fn read_activations(
+        &self,
+        src: &Self::Activations,
+        dst: &mut [f32],
+    ) -> Result<(), BackendError>;
+
+    /// `out[t] = table[ids[t]]` (rows dequantized to f32), then multiplied by `scale`.
+    fn embed(
+        &self,
+        table: &Self::Weight,
+        ids: &[u32],
+        scale: f32,
+        out: &mut Self::Activations,
+    ) -> Result<(), BackendError>;
+    /// `out (n_tokens, w.rows) = x (n_tokens, w.cols) * w^T`.
+    fn matmul(
+        &self,
+        w: &Self::Weight,
+        x: &Self::Activations,
+        n_tokens: usize,
+        out: &mut Self::Activations,
+    ) -> Result<(), BackendError>;
+    /// `x[t] += bias` for each of `n_tokens` rows of width `bias` length.
+    fn add_bias(
+        &self,
+        x: &mut Self::Activations,
+        bias: &Self::Weight,
+        n_tokens: usize,
+    ) -> Result<(), BackendError>;
+    /// Row-wise RMS normalisation of `n_rows` rows of width `dim`, times `weight` (length `dim`),
+    /// in place: `x = x / sqrt(mean(x^2) + eps) * weight`.
+    fn rms_norm(
+        &self,
+        x: &mut Self::Activations,
+        weight: &Self::Weight,
+        n_rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<(), BackendError>;
+    /// `out = rms_norm(x) * weight` into a separate buffer (the residual stream stays intact).
+    fn rms_norm_into(
+        &self,
+        x: &Self::Activations,
+        weight: &Self::Weight,
+        n_rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &mut Self::Activations,
+    ) -> Result<(), BackendError>;
+    /// Rotary embedding in place on `(n_tokens, n_heads, head_dim)`; token `t` is at
+    /// `positions[t]`.
+    fn rope(
+        &self,
+        x: &mut Self::Activations,
+        n_tokens: usize,
+        n_heads: usize,
+        head_dim: usize,
+        positions: &[u32],
+        params: RopeParams,
+    ) -> Result<(), BackendError>;
+    /// `dst += src` over `len` values.
+    fn add(
+        &self,
+        dst: &mut Self::Activations,
+        src: &Self::Activations,
+        len: usize,
+    ) -> Result<(), BackendError>;
+    /// `x *= factor` over `len` values.
+    fn scale(&self, x: &mut Self::Activations, factor: f32, len: usize)
+        -> Result<(), BackendError>;
+    /// `gate = act(gate) * up` over `len` values.
+    fn gated_activation(
+        &self,
+        gate: &mut Self::Activations,
+        up: &Self::Activations,
+        len: usize,
+        act: GatedActivation,
+    ) -> Result<(), BackendError>;
+
+    /// Allocates one layer's KV cache with room for `capacity` positions.
+    fn alloc_kv(
+        &self,
+        capacity: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<Self::KvCache, BackendError>;
+    /// Bytes a KV cache occupies on the device.
+    fn kv_bytes(&self, kv: &Self::KvCache) -> u64;
+    /// Stores keys and values of the `positions.len()` tokens in rows `first_row..` of `k` and
+    /// `v` (each row `n_kv_heads * head_dim` wide) at cache positions `positions`.
+    fn kv_store(
+        &self,
+        kv: &mut Self::KvCache,
+        k: &Self::Activations,
+        v: &Self::Activations,
+        first_row: usize,
+        positions: &[u32],
+    ) -> Result<(), BackendError>;
+    /// Causal attention of the `positions.len()` queries in rows `first_row..` of `q` (each
+    /// `n_heads * head_dim` wide) over the cache, which holds every position `<=` each query's.
+    /// Writes the same rows of `out`.
+    fn attention(
+        &self,
+        q: &Self::Activations,
+        kv: &Self::KvCache,
+        first_row: usize,
+        positions: &[u32],
+        params: AttentionParams,
+        out: &mut Self::Activations,
+    ) -> Result<(), BackendError>;
+    /// Copies the first `len` positions of a KV cache to host memory, for moving it.
+    fn download_kv(&self, kv: &Self::KvCache, len: usize) -> Result<HostKv, BackendError>;
+    /// Creates a KV cache from host memory (as [`Backend::download_kv`] produced it).
+    fn upload_kv(&self, host: &HostKv, capacity: usize) -> Result<Self::KvCache, BackendError>;
+}
+
+/// A tensor copied out of a device, to be uploaded to another.
+#[derive(Clone, Debug)]
+pub struct OwnedHostTensor {
+    /// The tensor's name.
+    pub name: String,
+    /// Element type.
+    pub ty: GgmlType,
+    /// Rows.
+    pub rows: usize,
+    /// Elements per row.
+    pub cols: usize,
+    /// Raw bytes.
+    pub data: Vec<u8>,
+}
+
+impl OwnedHostTensor {
+    /// Borrows it as a [`HostTensor`].
+    pub fn view(&self) -> HostTensor<'_> {
+        HostTensor {
+            name: &self.name,
+            ty: self.ty,
+            rows: self.rows,
+            cols: self.cols,
+            data: &self.data,
+        }
+    }
+}
+
+/// A KV cache copied out of a device: `len` positions of keys and values as f16 bits.
+#[derive(Clone, Debug)]
+pub struct HostKv {
+    /// Positions held.
+    pub len: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Dimension of each head.
+    pub head_dim: usize,
+    /// Keys: `(len, n_kv_heads * head_dim)` as f16 bits.
+    pub k: Vec<u16>,
+    /// Values: same layout as `k`.
+    pub v: Vec<u16>,
+}
+
+mod cpu;
+pub use cpu::{CpuBackend, CpuMemory};
