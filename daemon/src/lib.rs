@@ -13,6 +13,7 @@ pub mod config;
 pub mod engine;
 pub mod gguf;
 pub mod gpu;
+pub mod health;
 pub mod logging;
 pub mod model;
 pub mod notify;
