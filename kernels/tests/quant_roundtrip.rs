@@ -151,6 +151,29 @@ fn api_errors_are_typed() {
             block: 32
         })
     );
+    let mut dst = vec![0u8; 2 * 34 + 1];
+    assert_eq!(
+        quantize_into(GgmlType::Q8_0, &[0.5; 64], &mut dst),
+        Err(QuantError::ByteLength {
+            ty: GgmlType::Q8_0,
+            elems: 64,
+            expected: 68,
+            actual: 69
+        })
+    );
+    // Any alignment of the destination works and gives the same bytes as `quantize`.
+    let x: Vec<f32> = (0..512).map(|i| (i as f32 * 0.37).sin()).collect();
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q8_K,
+        GgmlType::F16,
+    ] {
+        let want = quantize(ty, &x).unwrap();
+        let mut dst = vec![0u8; want.len() + 1];
+        quantize_into(ty, &x, &mut dst[1..]).unwrap();
+        assert_eq!(&dst[1..], want.as_slice(), "{ty}");
+    }
     for ty in GgmlType::ALL {
         assert_eq!(
             quantize::can_quantize(ty),

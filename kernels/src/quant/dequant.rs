@@ -11,9 +11,12 @@
 
 use std::mem::size_of;
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
 use super::blocks::*;
 use super::error::{byte_len, QuantError};
-use super::float::{bf16_bits_to_f32, f16_bits_to_f32, f16_to_f32};
+use super::float::{bf16_bits_to_f32, f16_to_f32};
 use super::types::{GgmlType, QK, QK_K};
 use super::view::{read_block, Block};
 
@@ -42,11 +45,7 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
                 *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
             }
         }
-        GgmlType::F16 => {
-            for (o, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
-                *o = f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]));
-            }
-        }
+        GgmlType::F16 => f16_slice_to_f32(src, dst),
         GgmlType::BF16 => {
             for (o, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
                 *o = bf16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]));
@@ -68,10 +67,39 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
     Ok(())
 }
 
+/// Converts little-endian halves to f32 through the `half` crate's slice conversion (F16C
+/// instructions when the CPU has them, chosen at run time), then redoes any NaN with the exact
+/// scalar conversion, since F16C sets the quiet bit of signalling NaNs and numpy does not.
+fn f16_slice_to_f32(src: &[u8], dst: &mut [f32]) {
+    const CHUNK: usize = 256;
+    let mut h = [f16::ZERO; CHUNK];
+    for (o, b) in dst.chunks_mut(CHUNK).zip(src.chunks(2 * CHUNK)) {
+        let h = &mut h[..o.len()];
+        let mut nans = 0u32;
+        for (h, b) in h.iter_mut().zip(b.chunks_exact(2)) {
+            let bits = u16::from_le_bytes([b[0], b[1]]);
+            nans += u32::from(bits & 0x7fff > 0x7c00);
+            *h = f16::from_bits(bits);
+        }
+        h.convert_to_f32_slice(o);
+        if nans != 0 {
+            for (o, h) in o.iter_mut().zip(h.iter()) {
+                if h.is_nan() {
+                    *o = f16_to_f32(*h);
+                }
+            }
+        }
+    }
+}
+
 /// Runs `f` on each block of `src` (read unaligned) into the matching `N` outputs of `dst`.
 /// Lengths were checked by the caller.
 #[inline(always)]
-fn from_bytes<B: Block, const N: usize>(src: &[u8], dst: &mut [f32], f: fn(&B, &mut [f32; N])) {
+fn from_bytes<B: Block, const N: usize>(
+    src: &[u8],
+    dst: &mut [f32],
+    f: impl Fn(&B, &mut [f32; N]),
+) {
     debug_assert_eq!(N, B::ELEMS);
     for (b, out) in src
         .chunks_exact(size_of::<B>())
@@ -86,7 +114,11 @@ fn from_bytes<B: Block, const N: usize>(src: &[u8], dst: &mut [f32], f: fn(&B, &
 
 /// Runs `f` on each block into the matching `N` outputs, after checking the lengths agree.
 #[inline(always)]
-fn over_blocks<B: Block, const N: usize>(blocks: &[B], out: &mut [f32], f: fn(&B, &mut [f32; N])) {
+fn over_blocks<B: Block, const N: usize>(
+    blocks: &[B],
+    out: &mut [f32],
+    f: impl Fn(&B, &mut [f32; N]),
+) {
     assert_eq!(
         out.len(),
         blocks.len() * N,
@@ -224,21 +256,16 @@ pub fn q8_1_block(b: &BlockQ8_1, out: &mut [f32; QK]) {
 pub fn q2_k_block(b: &BlockQ2K, out: &mut [f32; QK_K]) {
     let d = f16_to_f32(b.d);
     let dmin = f16_to_f32(b.dmin);
-    for (half, (out, qs)) in out
-        .chunks_exact_mut(128)
-        .zip(b.qs.chunks_exact(32))
-        .enumerate()
-    {
-        for (plane, out) in out.chunks_exact_mut(32).enumerate() {
-            let shift = 2 * plane;
-            for (g, out) in out.chunks_exact_mut(16).enumerate() {
-                let sc = b.scales[half * 8 + plane * 2 + g];
-                let dl = d * (sc & 0x0f) as f32;
-                let ml = dmin * (sc >> 4) as f32;
-                for (o, &q) in out.iter_mut().zip(&qs[g * 16..g * 16 + 16]) {
-                    *o = dl * ((q >> shift) & 3) as f32 - ml;
-                }
-            }
+    // Group g covers elements 16g..16g+16: (half, plane, which 16 of the 32 bytes).
+    for (g, out) in out.chunks_exact_mut(16).enumerate() {
+        let sc = b.scales[g];
+        let dl = d * (sc & 0x0f) as f32;
+        let ml = dmin * (sc >> 4) as f32;
+        let (half, plane, part) = (g / 8, (g / 2) % 4, g % 2);
+        let qs = &b.qs[half * 32 + part * 16..half * 32 + part * 16 + 16];
+        let shift = 2 * plane;
+        for (o, &q) in out.iter_mut().zip(qs) {
+            *o = dl * ((q >> shift) & 3) as f32 - ml;
         }
     }
 }
@@ -255,28 +282,22 @@ fn q3_k_scales(s: &[u8; 12]) -> [i32; 16] {
     out
 }
 
-/// One Q3_K super-block: `(d * scale) * (q - (hbit ? 0 : 4))` in 16 groups of 16.
+/// One Q3_K super-block: `(d * scale) * (q - (hbit ? 0 : 4))` in 16 groups of 16; the low 2 bits
+/// are packed as Q2_K's, the high bit of element `32k + l` is bit `k` of `hmask[l]`.
 #[inline(always)]
 pub fn q3_k_block(b: &BlockQ3K, out: &mut [f32; QK_K]) {
     let d = f16_to_f32(b.d);
     let scales = q3_k_scales(&b.scales);
-    for (half, (out, qs)) in out
-        .chunks_exact_mut(128)
-        .zip(b.qs.chunks_exact(32))
-        .enumerate()
-    {
-        for (plane, out) in out.chunks_exact_mut(32).enumerate() {
-            let shift = 2 * plane;
-            let hbit = 1u8 << (half * 4 + plane);
-            for (g, out) in out.chunks_exact_mut(16).enumerate() {
-                let dl = d * scales[half * 8 + plane * 2 + g] as f32;
-                for (l, o) in out.iter_mut().enumerate() {
-                    let i = g * 16 + l;
-                    let low = ((qs[i] >> shift) & 3) as i32;
-                    let minus = if b.hmask[i] & hbit != 0 { 0 } else { 4 };
-                    *o = dl * (low - minus) as f32;
-                }
-            }
+    for (g, out) in out.chunks_exact_mut(16).enumerate() {
+        let dl = d * scales[g] as f32;
+        let (half, plane, part) = (g / 8, (g / 2) % 4, g % 2);
+        let qs = &b.qs[half * 32 + part * 16..half * 32 + part * 16 + 16];
+        let hm = &b.hmask[part * 16..part * 16 + 16];
+        let (shift, hbit) = (2 * plane, g / 2);
+        for ((o, &q), &h) in out.iter_mut().zip(qs).zip(hm) {
+            let low = ((q >> shift) & 3) as i32;
+            let minus = ((((h >> hbit) & 1) ^ 1) << 2) as i32;
+            *o = dl * (low - minus) as f32;
         }
     }
 }
@@ -348,20 +369,17 @@ pub fn q5_k_block(b: &BlockQ5K, out: &mut [f32; QK_K]) {
 #[inline(always)]
 pub fn q6_k_block(b: &BlockQ6K, out: &mut [f32; QK_K]) {
     let d = f16_to_f32(b.d);
-    for (half, out) in out.chunks_exact_mut(128).enumerate() {
-        let ql = &b.ql[half * 64..half * 64 + 64];
-        let qh = &b.qh[half * 32..half * 32 + 32];
-        let sc = &b.scales[half * 8..half * 8 + 8];
-        for l in 0..32 {
-            let is = l / 16;
-            let q1 = ((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i32 - 32;
-            let q2 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-            out[l] = d * sc[is] as f32 * q1 as f32;
-            out[l + 32] = d * sc[is + 2] as f32 * q2 as f32;
-            out[l + 64] = d * sc[is + 4] as f32 * q3 as f32;
-            out[l + 96] = d * sc[is + 6] as f32 * q4 as f32;
+    // Element 128h + 32k + l (k = 0..4, l = 0..32): low nibble from ql[64h + 32(k % 2) + l]
+    // (shifted by 4 for k >= 2), high pair from qh[32h + l] >> 2k; group (128h + 32k + l) / 16.
+    for (g, out) in out.chunks_exact_mut(16).enumerate() {
+        let ds = d * b.scales[g] as f32;
+        let (half, k, part) = (g / 8, (g / 2) % 4, g % 2);
+        let ql = &b.ql[half * 64 + (k % 2) * 32 + part * 16..][..16];
+        let qh = &b.qh[half * 32 + part * 16..][..16];
+        let (lshift, hshift) = (4 * (k / 2), 2 * k);
+        for ((o, &l), &h) in out.iter_mut().zip(ql).zip(qh) {
+            let q = (((l >> lshift) & 0x0f) | (((h >> hshift) & 3) << 4)) as i32 - 32;
+            *o = ds * q as f32;
         }
     }
 }
@@ -371,5 +389,33 @@ pub fn q6_k_block(b: &BlockQ6K, out: &mut [f32; QK_K]) {
 pub fn q8_k_block(b: &BlockQ8K, out: &mut [f32; QK_K]) {
     for (o, &q) in out.iter_mut().zip(b.qs.iter()) {
         *o = b.d * q as f32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_nans_keep_their_payload_like_numpy() {
+        // Signalling and quiet NaNs of both signs, amid ordinary values, at an odd offset and
+        // across the conversion's chunk boundary.
+        let mut halves = vec![0x3c00u16; 600];
+        for (i, h) in [(3, 0x7c01u16), (255, 0xfd55), (256, 0x7e00), (599, 0xffff)] {
+            halves[i] = h;
+        }
+        let mut src = vec![0u8; 1];
+        src.extend(halves.iter().flat_map(|h| h.to_le_bytes()));
+        let mut out = vec![0f32; halves.len()];
+        dequantize(GgmlType::F16, &src[1..], &mut out).unwrap();
+        for (h, o) in halves.iter().zip(&out) {
+            let sign = u32::from(h & 0x8000) << 16;
+            let want = if h & 0x7fff > 0x7c00 {
+                sign | 0x7f80_0000 | (u32::from(h & 0x3ff) << 13)
+            } else {
+                1f32.to_bits()
+            };
+            assert_eq!(o.to_bits(), want, "{h:#06x}");
+        }
     }
 }

@@ -8,20 +8,26 @@
 use half::f16;
 
 /// The f32 value of the IEEE half with bits `h`.
+///
+/// Branch-free so that loops over slices vectorize: all three cases are computed and selected.
 #[inline(always)]
 pub fn f16_bits_to_f32(h: u16) -> f32 {
     let h = u32::from(h);
     let sign = (h & 0x8000) << 16;
-    let exp = (h >> 10) & 0x1f;
-    let man = h & 0x3ff;
-    let bits = if exp == 0x1f {
-        // Infinity or NaN: widen the payload in place.
-        0x7f80_0000 | (man << 13)
-    } else if exp == 0 {
-        // Zero or subnormal: man * 2^-24 is exact in f32.
-        (man as f32 * (1.0 / 16_777_216.0)).to_bits()
+    let em = h & 0x7fff;
+    let shifted = em << 13;
+    // Normal: rebias the exponent from 15 to 127.
+    let normal = shifted + ((127 - 15) << 23);
+    // Infinity or NaN: exponent all ones, payload (and quiet bit) kept as is.
+    let inf_nan = shifted | 0x7f80_0000;
+    // Zero or subnormal: (1 + m/1024) * 2^-14 - 2^-14 = m * 2^-24, exact (Sterbenz).
+    let sub = (f32::from_bits(shifted + (113 << 23)) - f32::from_bits(113 << 23)).to_bits();
+    let bits = if em >= 0x7c00 {
+        inf_nan
+    } else if em < 0x0400 {
+        sub
     } else {
-        ((exp + (127 - 15)) << 23) | (man << 13)
+        normal
     };
     f32::from_bits(sign | bits)
 }

@@ -12,6 +12,6 @@ pub mod view;
 pub use blocks::*;
 pub use dequant::dequantize;
 pub use error::QuantError;
-pub use quantize::{can_quantize, quantize};
+pub use quantize::{can_quantize, quantize, quantize_into};
 pub use types::{GgmlType, TypeError, QK, QK_K};
 pub use view::{blocks_as_bytes, blocks_as_bytes_mut, blocks_from_bytes, view_blocks, Block};

@@ -38,39 +38,69 @@ pub fn quantize(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>, QuantError> {
     if !can_quantize(ty) {
         return Err(QuantError::Unsupported(ty));
     }
-    let mut out = Vec::with_capacity(byte_len(ty, src.len())?);
-    match ty {
-        GgmlType::F32 => src
-            .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        GgmlType::F16 => src
-            .iter()
-            .for_each(|&x| out.extend_from_slice(&f32_to_f16(x).to_bits().to_le_bytes())),
-        GgmlType::BF16 => src
-            .iter()
-            .for_each(|&x| out.extend_from_slice(&f32_to_bf16_bits(x).to_le_bytes())),
-        GgmlType::Q4_0 => into_bytes::<BlockQ4_0>(src, &mut out, quantize_row_q4_0),
-        GgmlType::Q4_1 => into_bytes::<BlockQ4_1>(src, &mut out, quantize_row_q4_1),
-        GgmlType::Q5_0 => into_bytes::<BlockQ5_0>(src, &mut out, quantize_row_q5_0),
-        GgmlType::Q5_1 => into_bytes::<BlockQ5_1>(src, &mut out, quantize_row_q5_1),
-        GgmlType::Q8_0 => into_bytes::<BlockQ8_0>(src, &mut out, quantize_row_q8_0),
-        GgmlType::Q8_1 => into_bytes::<BlockQ8_1>(src, &mut out, quantize_row_q8_1),
-        GgmlType::Q4_K => into_bytes::<BlockQ4K>(src, &mut out, quantize_row_q4_k),
-        GgmlType::Q6_K => into_bytes::<BlockQ6K>(src, &mut out, quantize_row_q6_k),
-        GgmlType::Q8_K => into_bytes::<BlockQ8K>(src, &mut out, quantize_row_q8_k),
-        other => return Err(QuantError::Unsupported(other)),
-    }
+    let mut out = vec![0u8; byte_len(ty, src.len())?];
+    quantize_into(ty, src, &mut out)?;
     Ok(out)
 }
 
-/// Quantizes `src` a few blocks at a time through a stack buffer and appends their bytes.
-fn into_bytes<B: Block>(src: &[f32], out: &mut Vec<u8>, f: fn(&[f32], &mut [B])) {
+/// Quantizes `src` into `dst`, which must be exactly the byte size of `src.len()` elements of
+/// `ty` (any alignment). Blocks are independent, so callers may split a tensor at block
+/// boundaries and quantize the pieces on several threads.
+///
+/// Fails like [`quantize`], and with [`QuantError::ByteLength`] when `dst` has the wrong size.
+pub fn quantize_into(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
+    if !can_quantize(ty) {
+        return Err(QuantError::Unsupported(ty));
+    }
+    let expected = byte_len(ty, src.len())?;
+    if dst.len() != expected {
+        return Err(QuantError::ByteLength {
+            ty,
+            elems: src.len(),
+            expected,
+            actual: dst.len(),
+        });
+    }
+    match ty {
+        GgmlType::F32 => {
+            for (o, x) in dst.chunks_exact_mut(4).zip(src) {
+                o.copy_from_slice(&x.to_le_bytes());
+            }
+        }
+        GgmlType::F16 => {
+            for (o, &x) in dst.chunks_exact_mut(2).zip(src) {
+                o.copy_from_slice(&f32_to_f16(x).to_bits().to_le_bytes());
+            }
+        }
+        GgmlType::BF16 => {
+            for (o, &x) in dst.chunks_exact_mut(2).zip(src) {
+                o.copy_from_slice(&f32_to_bf16_bits(x).to_le_bytes());
+            }
+        }
+        GgmlType::Q4_0 => into_bytes::<BlockQ4_0>(src, dst, quantize_row_q4_0),
+        GgmlType::Q4_1 => into_bytes::<BlockQ4_1>(src, dst, quantize_row_q4_1),
+        GgmlType::Q5_0 => into_bytes::<BlockQ5_0>(src, dst, quantize_row_q5_0),
+        GgmlType::Q5_1 => into_bytes::<BlockQ5_1>(src, dst, quantize_row_q5_1),
+        GgmlType::Q8_0 => into_bytes::<BlockQ8_0>(src, dst, quantize_row_q8_0),
+        GgmlType::Q8_1 => into_bytes::<BlockQ8_1>(src, dst, quantize_row_q8_1),
+        GgmlType::Q4_K => into_bytes::<BlockQ4K>(src, dst, quantize_row_q4_k),
+        GgmlType::Q6_K => into_bytes::<BlockQ6K>(src, dst, quantize_row_q6_k),
+        GgmlType::Q8_K => into_bytes::<BlockQ8K>(src, dst, quantize_row_q8_k),
+        other => return Err(QuantError::Unsupported(other)),
+    }
+    Ok(())
+}
+
+/// Quantizes `src` a few blocks at a time through a stack buffer of (aligned) blocks and copies
+/// their bytes into `dst`. Lengths were checked by the caller.
+fn into_bytes<B: Block>(src: &[f32], dst: &mut [u8], f: impl Fn(&[f32], &mut [B])) {
     const CHUNK: usize = 16;
     let mut buf = [zeroed_block::<B>(); CHUNK];
-    for x in src.chunks(CHUNK * B::ELEMS) {
+    let out_chunk = CHUNK * std::mem::size_of::<B>();
+    for (x, o) in src.chunks(CHUNK * B::ELEMS).zip(dst.chunks_mut(out_chunk)) {
         let blocks = &mut buf[..x.len() / B::ELEMS];
         f(x, blocks);
-        out.extend_from_slice(blocks_as_bytes(blocks));
+        o.copy_from_slice(blocks_as_bytes(blocks));
     }
 }
 
@@ -95,38 +125,49 @@ pub fn nearest_int(x: f32) -> i32 {
     (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
-/// C's `roundf` (half away from zero) for values well inside the i32 range, without a libm call.
+/// C's `roundf` (half away from zero) for values well inside the i32 range, without a libm call
+/// and without branches (so loops using it vectorize): truncate, then step away from zero when
+/// the exact remainder reaches one half.
 #[inline(always)]
 fn round_away(x: f32) -> i32 {
     let t = x as i32;
     let frac = x - t as f32;
-    if frac >= 0.5 {
-        t + 1
-    } else if frac <= -0.5 {
-        t - 1
-    } else {
-        t
-    }
+    t + i32::from(frac >= 0.5) - i32::from(frac <= -0.5)
 }
 
-/// The first element of largest magnitude (ggml's `if (amax < fabsf(v))` scan) and its magnitude.
-#[inline(always)]
-fn signed_absmax(x: &[f32]) -> (f32, f32) {
-    let (mut amax, mut max) = (0.0f32, 0.0f32);
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    (max, amax)
-}
-
-/// The largest magnitude, as ggml's `MAX(amax, fabsf(v))` scan computes it.
+/// The largest magnitude in `x`. Equal to ggml's sequential `MAX(amax, fabsf(v))` scan for any
+/// input without NaNs (max is exact, so the order does not matter); eight lanes let it vectorize.
 #[inline(always)]
 fn absmax(x: &[f32]) -> f32 {
-    x.iter()
-        .fold(0.0f32, |m, v| if m > v.abs() { m } else { v.abs() })
+    let mut lanes = [0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (m, v) in lanes.iter_mut().zip(c) {
+            let a = v.abs();
+            *m = if *m > a { *m } else { a };
+        }
+    }
+    let mut m = 0f32;
+    for a in lanes
+        .iter()
+        .copied()
+        .chain(chunks.remainder().iter().map(|v| v.abs()))
+    {
+        m = if m > a { m } else { a };
+    }
+    m
+}
+
+/// The first element of largest magnitude (what ggml's `if (amax < fabsf(v))` scan keeps) and
+/// that magnitude: a vectorized [`absmax`], then a scan for the first element reaching it.
+#[inline(always)]
+fn signed_absmax(x: &[f32]) -> (f32, f32) {
+    let amax = absmax(x);
+    if amax == 0.0 {
+        return (0.0, 0.0);
+    }
+    let max = x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0);
+    (max, amax)
 }
 
 /// Quantizes a row to Q8_0: `d = max|x| / 127`, `q = roundf(x / d)`.
@@ -282,14 +323,7 @@ pub fn quantize_row_q5_1(x: &[f32], out: &mut [BlockQ5_1]) {
 pub fn quantize_row_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
     check_row(x, out);
     for (x, y) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
-        let mut max = 0.0f32;
-        let mut amax = 0.0f32;
-        for &v in x {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
-            }
-        }
+        let (max, amax) = signed_absmax(x);
         if amax == 0.0 {
             y.d = 0.0;
             y.qs = [0; QK_K];
@@ -307,26 +341,28 @@ pub fn quantize_row_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
     }
 }
 
-/// ggml's `make_qkx2_quants`: the scale and (negated) minimum for `x.len()` values at `0..=nmax`
-/// minimising the weighted squared error, trying `nstep + 1` candidate scales around the range.
-/// Writes the chosen levels to `levels`; returns `(scale, -min)`.
-#[allow(clippy::too_many_arguments)]
+/// Elements per Q4_K sub-block, the group `make_qkx2_quants` fits.
+const QKX: usize = 32;
+
+/// ggml's `make_qkx2_quants` for one group of 32: the scale and (negated) minimum for levels
+/// `0..=nmax` minimising the weighted squared error, trying `nstep + 1` candidate scales around
+/// the range. Writes the chosen levels to `levels`; returns `(scale, -min)`.
+///
+/// Every sum is accumulated in ggml's order (the choice between candidates depends on the last
+/// bit); only the level computations, which are independent per element, are split into their
+/// own loops so they vectorize.
 fn make_qkx2_quants(
     nmax: i32,
-    x: &[f32],
-    weights: &[f32],
-    levels: &mut [u8],
-    aux: &mut [u8],
-    rmin: f32,
-    rdelta: f32,
-    nstep: i32,
+    x: &[f32; QKX],
+    weights: &[f32; QKX],
+    levels: &mut [u8; QKX],
+    (rmin, rdelta, nstep): (f32, f32, i32),
 ) -> (f32, f32) {
-    let n = x.len();
     let mut min = x[0];
     let mut max = x[0];
     let mut sum_w = weights[0];
     let mut sum_x = sum_w * x[0];
-    for i in 1..n {
+    for i in 1..QKX {
         if x[i] < min {
             min = x[i];
         }
@@ -346,24 +382,27 @@ fn make_qkx2_quants(
     }
     let mut iscale = nmax as f32 / (max - min);
     let mut scale = 1.0 / iscale;
+    for i in 0..QKX {
+        levels[i] = nearest_int(iscale * (x[i] - min)).clamp(0, nmax) as u8;
+    }
     let mut best_error = 0.0f32;
-    for i in 0..n {
-        let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-        levels[i] = l as u8;
-        let diff = scale * l as f32 + min - x[i];
+    for i in 0..QKX {
+        let diff = scale * levels[i] as f32 + min - x[i];
         best_error += weights[i] * (diff * diff);
     }
+    let mut aux = [0u8; QKX];
     for is in 0..=nstep {
         iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        for i in 0..QKX {
+            aux[i] = nearest_int(iscale * (x[i] - min)).clamp(0, nmax) as u8;
+        }
         let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
-        for i in 0..n {
-            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-            aux[i] = l as u8;
+        for i in 0..QKX {
             let w = weights[i];
-            let lf = l as f32;
-            sum_l += w * lf;
-            sum_l2 += w * lf * lf;
-            sum_xl += w * lf * x[i];
+            let l = aux[i] as f32;
+            sum_l += w * l;
+            sum_l2 += w * l * l;
+            sum_xl += w * l * x[i];
         }
         let det = sum_w * sum_l2 - sum_l * sum_l;
         if det > 0.0 {
@@ -374,12 +413,12 @@ fn make_qkx2_quants(
                 this_scale = sum_xl / sum_l2;
             }
             let mut cur_error = 0.0f32;
-            for i in 0..n {
+            for i in 0..QKX {
                 let diff = this_scale * aux[i] as f32 + this_min - x[i];
                 cur_error += weights[i] * (diff * diff);
             }
             if cur_error < best_error {
-                levels[..n].copy_from_slice(&aux[..n]);
+                *levels = aux;
                 best_error = cur_error;
                 scale = this_scale;
                 min = this_min;
@@ -396,16 +435,20 @@ fn make_qkx2_quants(
 /// If `x.len() != 256 * out.len()`.
 pub fn quantize_row_q4_k(x: &[f32], out: &mut [BlockQ4K]) {
     check_row(x, out);
-    let mut levels = [0u8; QK_K];
-    let mut aux = [0u8; 32];
-    let mut weights = [0f32; 32];
-    let mut mins = [0f32; QK_K / 32];
-    let mut scales = [0f32; QK_K / 32];
+    let mut levels = [[0u8; QKX]; QK_K / QKX];
+    let mut weights = [0f32; QKX];
+    let mut mins = [0f32; QK_K / QKX];
+    let mut scales = [0f32; QK_K / QKX];
     for (x, y) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
         let mut max_scale = 0.0f32;
         let mut max_min = 0.0f32;
-        for j in 0..QK_K / 32 {
-            let xs = &x[32 * j..32 * j + 32];
+        for (j, (xs, levels)) in x
+            .as_chunks::<QKX>()
+            .0
+            .iter()
+            .zip(levels.iter_mut())
+            .enumerate()
+        {
             let mut sum_x2 = 0.0f32;
             for &v in xs {
                 sum_x2 += v * v;
@@ -414,16 +457,7 @@ pub fn quantize_row_q4_k(x: &[f32], out: &mut [BlockQ4K]) {
             for (w, &v) in weights.iter_mut().zip(xs) {
                 *w = av_x + v.abs();
             }
-            let (scale, min) = make_qkx2_quants(
-                15,
-                xs,
-                &weights,
-                &mut levels[32 * j..32 * j + 32],
-                &mut aux,
-                -1.0,
-                0.1,
-                20,
-            );
+            let (scale, min) = make_qkx2_quants(15, xs, &weights, levels, (-1.0, 0.1, 20));
             scales[j] = scale;
             mins[j] = min;
             if scale > max_scale {
@@ -465,47 +499,56 @@ pub fn quantize_row_q4_k(x: &[f32], out: &mut [BlockQ4K]) {
                 continue;
             }
             let dm = dmin_all * m as f32;
-            for ii in 0..32 {
-                levels[32 * j + ii] = nearest_int((x[32 * j + ii] + dm) / d).clamp(0, 15) as u8;
+            for (l, &v) in levels[j].iter_mut().zip(&x[QKX * j..QKX * j + QKX]) {
+                *l = nearest_int((v + dm) / d).clamp(0, 15) as u8;
             }
         }
 
-        for (qs, l) in y.qs.chunks_exact_mut(32).zip(levels.chunks_exact(64)) {
-            for i in 0..32 {
-                qs[i] = l[i] | (l[i + 32] << 4);
+        for (qs, l) in y.qs.chunks_exact_mut(QKX).zip(levels.chunks_exact(2)) {
+            for i in 0..QKX {
+                qs[i] = l[0][i] | (l[1][i] << 4);
             }
         }
     }
 }
 
+/// Elements per Q6_K sub-block, the group `make_qx_quants` fits.
+const QX: usize = 16;
+
 /// ggml's `make_qx_quants` with `rmse_type = 1` and no importance weights (weights `x^2`): the
 /// signed scale for levels in `-nmax..nmax`, refined over 18 candidate scales. Writes
 /// `level + nmax` to `levels`; returns the scale.
-fn make_qx_quants(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
-    let (max, amax) = {
-        let (mut max, mut amax) = (0.0f32, 0.0f32);
-        for &v in x {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
-            }
-        }
-        (max, amax)
-    };
+fn make_qx_quants(nmax: i32, x: &[f32; QX], levels: &mut [i8; QX]) -> f32 {
+    let (max, amax) = signed_absmax(x);
     if amax < GROUP_MAX_EPS {
         levels.fill(0);
         return 0.0;
     }
+    // ggml's `w*x[i]*l` is `(w*x)*l` and `w*l*l` is `(w*l)*l`: precomputing w and w*x keeps
+    // every rounding step.
+    let mut w = [0f32; QX];
+    let mut wx = [0f32; QX];
+    for i in 0..QX {
+        w[i] = x[i] * x[i];
+        wx[i] = w[i] * x[i];
+    }
     let nmaxf = nmax as f32;
-    let mut iscale = -nmaxf / max;
-    let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
-    for (i, &v) in x.iter().enumerate() {
-        let l = nearest_int(iscale * v).clamp(-nmax, nmax - 1);
-        levels[i] = (l + nmax) as i8;
-        let w = v * v;
-        let lf = l as f32;
-        sumlx += w * v * lf;
-        suml2 += w * lf * lf;
+    let mut l = [0i32; QX];
+    let fit = |iscale: f32, l: &mut [i32; QX]| {
+        for i in 0..QX {
+            l[i] = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+        }
+        let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+        for i in 0..QX {
+            let lf = l[i] as f32;
+            sumlx += wx[i] * lf;
+            suml2 += w[i] * lf * lf;
+        }
+        (sumlx, suml2)
+    };
+    let (sumlx, suml2) = fit(-nmaxf / max, &mut l);
+    for i in 0..QX {
+        levels[i] = (l[i] + nmax) as i8;
     }
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     let mut best = scale * sumlx;
@@ -513,20 +556,10 @@ fn make_qx_quants(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
         if is == 0 {
             continue;
         }
-        iscale = -(nmaxf + 0.1 * is as f32) / max;
-        sumlx = 0.0;
-        suml2 = 0.0;
-        for &v in x {
-            let l = nearest_int(iscale * v).clamp(-nmax, nmax - 1);
-            let w = v * v;
-            let lf = l as f32;
-            sumlx += w * v * lf;
-            suml2 += w * lf * lf;
-        }
+        let (sumlx, suml2) = fit(-(nmaxf + 0.1 * is as f32) / max, &mut l);
         if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            for (i, &v) in x.iter().enumerate() {
-                let l = nearest_int(iscale * v).clamp(-nmax, nmax - 1);
-                levels[i] = (l + nmax) as i8;
+            for i in 0..QX {
+                levels[i] = (l[i] + nmax) as i8;
             }
             scale = sumlx / suml2;
             best = scale * sumlx;
@@ -543,16 +576,17 @@ fn make_qx_quants(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
 pub fn quantize_row_q6_k(x: &[f32], out: &mut [BlockQ6K]) {
     check_row(x, out);
     let mut levels = [0i8; QK_K];
-    let mut scales = [0f32; QK_K / 16];
+    let mut scales = [0f32; QK_K / QX];
     for (x, y) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
         let mut max_scale = 0.0f32;
         let mut max_abs_scale = 0.0f32;
-        for ib in 0..QK_K / 16 {
-            let scale = make_qx_quants(
-                32,
-                &x[16 * ib..16 * ib + 16],
-                &mut levels[16 * ib..16 * ib + 16],
-            );
+        let groups = x
+            .as_chunks::<QX>()
+            .0
+            .iter()
+            .zip(levels.as_chunks_mut::<QX>().0);
+        for (ib, (xs, ls)) in groups.enumerate() {
+            let scale = make_qx_quants(32, xs, ls);
             scales[ib] = scale;
             if scale.abs() > max_abs_scale {
                 max_abs_scale = scale.abs();
