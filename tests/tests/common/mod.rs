@@ -1,0 +1,360 @@
+//! Harness shared by the end-to-end tests: finds the built `llmd` and `llmctl`, starts a real
+//! daemon on a temporary socket with a temporary config and a `NOTIFY_SOCKET` datagram socket
+//! owned by the test, and kills it when dropped. Every wait is bounded.
+//!
+//! The binaries are expected next to the test executable's parent directory
+//! (`target/<profile>/llmd`); `scripts/test` builds them with `cargo build --release --bins`
+//! before running the tests.
+
+#![allow(dead_code)] // Each test file uses a different subset.
+
+use std::io::Read;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Upper bound for the daemon to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Upper bound for any single notification to arrive.
+pub const NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Environment variables of the test process that must not leak into the daemon or llmctl.
+const SCRUBBED_ENV: &[&str] = &[
+    "LLMD_SOCKET",
+    "NOTIFY_SOCKET",
+    "JOURNAL_STREAM",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "RUNTIME_DIRECTORY",
+    "RUST_LOG",
+];
+
+/// Path of a workspace binary built alongside the tests.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("cannot locate the test executable");
+    // target/<profile>/deps/<test>-<hash>  →  target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable has no grandparent directory");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: build the binaries first (`cargo build --release --bins`, as scripts/test \
+         does, or `cargo build --bins` for a debug test run)",
+        path.display()
+    );
+    path
+}
+
+/// A `Command` for `name` with the scrubbed environment.
+pub fn command(name: &str) -> Command {
+    let mut cmd = Command::new(binary(name));
+    for var in SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Runs `llmctl --socket <socket> <args>` with a time bound.
+pub fn llmctl(socket: &Path, args: &[&str]) -> Output {
+    let mut cmd = command("llmctl");
+    cmd.arg("--socket").arg(socket).args(args);
+    run_bounded(cmd, Duration::from_secs(20))
+}
+
+/// Runs `cmd` to completion, killing it after `limit`.
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot spawn");
+    let status = wait_bounded(&mut child, limit);
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{cmd:?} did not finish within {limit:?}");
+    };
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_end(&mut stdout);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_end(&mut stderr);
+    }
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// Waits for `child` to exit, at most `limit`.
+pub fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => return None,
+        }
+    }
+}
+
+/// Sends a signal with the `kill` utility (no unsafe FFI in tests).
+pub fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("cannot run kill");
+    assert!(status.success(), "kill -{sig} {pid} failed");
+}
+
+/// Resident set size of process `pid` in KiB (`VmRSS` of /proc/PID/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process gone");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("no VmRSS line")
+}
+
+/// The test's end of `NOTIFY_SOCKET`: collects the daemon's sd_notify datagrams.
+pub struct Notifications {
+    /// Bound datagram socket the daemon sends to.
+    socket: UnixDatagram,
+    /// Every message received so far, in order.
+    pub seen: Vec<String>,
+}
+
+impl Notifications {
+    /// Binds the socket at `path`.
+    pub fn bind(path: &Path) -> Notifications {
+        let socket = UnixDatagram::bind(path).expect("cannot bind the notify socket");
+        Notifications {
+            socket,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (at most `limit`) for the next message that has a line for which `pred` holds,
+    /// skipping others. Returns the whole message.
+    pub fn wait_for(&mut self, limit: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            self.socket
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .ok()?;
+            let n = self.socket.recv(&mut buf).ok()?;
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            self.seen.push(msg.clone());
+            if msg.lines().any(&pred) {
+                return Some(msg);
+            }
+        }
+    }
+
+    /// Like [`Notifications::wait_for`] for an exact line, panicking with what was seen.
+    pub fn expect_line(&mut self, line: &str) -> String {
+        match self.wait_for(NOTIFY_TIMEOUT, |l| l == line) {
+            Some(msg) => msg,
+            None => panic!(
+                "no `{line}` notification within {NOTIFY_TIMEOUT:?}; seen: {:?}",
+                self.seen
+            ),
+        }
+    }
+}
+
+/// How to start a [`Daemon`].
+pub struct DaemonBuilder {
+    /// Contents of the config file passed with `--config`.
+    config: String,
+    /// Whether to pass `--socket` (otherwise the config or env decides).
+    pass_socket: bool,
+    /// Extra environment.
+    env: Vec<(String, String)>,
+    /// An existing directory to use (to share a socket path between daemons).
+    dir: Option<PathBuf>,
+}
+
+impl DaemonBuilder {
+    /// Config file contents (default: a 1 GiB CPU device).
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = toml.to_string();
+        self
+    }
+
+    /// Do not pass `--socket`.
+    pub fn without_socket_arg(mut self) -> Self {
+        self.pass_socket = false;
+        self
+    }
+
+    /// Adds an environment variable for the daemon.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    fn spawn_inner(self, missing_config: bool) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("llmd-e2e-")
+            .tempdir_in("/tmp")
+            .expect("cannot create a temp dir");
+        let socket = match &self.dir {
+            Some(d) => d.join("llmd.sock"),
+            None => dir.path().join("llmd.sock"),
+        };
+        let config = dir.path().join("llmd.toml");
+        if !missing_config {
+            std::fs::write(&config, &self.config).expect("cannot write the config");
+        }
+        let notify_path = dir.path().join("notify.sock");
+        let notify = Notifications::bind(&notify_path);
+        let stderr_path = dir.path().join("llmd.stderr");
+        let stderr = std::fs::File::create(&stderr_path).expect("cannot create the log file");
+        let mut cmd = command("llmd");
+        if self.pass_socket {
+            cmd.arg("--socket").arg(&socket);
+        }
+        cmd.arg("--config")
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("RUST_LOG", "debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        let child = cmd.spawn().expect("cannot start llmd");
+        Daemon {
+            child,
+            socket,
+            config,
+            stderr_path,
+            notify,
+            dir,
+        }
+    }
+
+    /// Starts the daemon with `--config` naming a file that does not exist.
+    pub fn spawn_with_missing_config(self) -> Daemon {
+        self.spawn_inner(true)
+    }
+
+    /// Starts the daemon without waiting for readiness.
+    pub fn spawn(self) -> Daemon {
+        self.spawn_inner(false)
+    }
+
+    /// Starts the daemon and waits for `READY=1`.
+    pub fn start(self) -> Daemon {
+        let mut d = self.spawn();
+        if d.notify
+            .wait_for(READY_TIMEOUT, |l| l == "READY=1")
+            .is_none()
+        {
+            panic!(
+                "llmd did not send READY=1 within {READY_TIMEOUT:?}; stderr:\n{}",
+                d.stderr()
+            );
+        }
+        d
+    }
+}
+
+/// A running `llmd` with its temporary directory; killed on drop.
+pub struct Daemon {
+    /// The daemon process.
+    pub child: Child,
+    /// Its socket (when started with `--socket`).
+    pub socket: PathBuf,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Where its stderr goes.
+    stderr_path: PathBuf,
+    /// Its sd_notify messages.
+    pub notify: Notifications,
+    /// Holds the temporary directory until drop.
+    pub dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// A builder with the default config: a CPU device with a 1 GiB budget.
+    pub fn builder() -> DaemonBuilder {
+        DaemonBuilder {
+            config: "[[devices]]\nid = \"cpu:0\"\nmemory_budget = \"1GiB\"\n".to_string(),
+            pass_socket: true,
+            env: Vec::new(),
+            dir: None,
+        }
+    }
+
+    /// A builder whose socket lives in `dir` (to start a second daemon on the same socket).
+    pub fn builder_in(dir: &Path) -> DaemonBuilder {
+        DaemonBuilder {
+            dir: Some(dir.to_path_buf()),
+            ..Daemon::builder()
+        }
+    }
+
+    /// Starts a daemon with the default config and waits until it is ready.
+    pub fn start() -> Daemon {
+        Daemon::builder().start()
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Runs llmctl against this daemon.
+    pub fn llmctl(&self, args: &[&str]) -> Output {
+        llmctl(&self.socket, args)
+    }
+
+    /// `llmctl status --json`, parsed; panics (with the daemon's log) if it fails.
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = self.llmctl(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "llmctl status failed: {}\nstderr: {}\ndaemon log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.stderr()
+        );
+        serde_json::from_slice(&out.stdout).expect("llmctl status --json printed invalid JSON")
+    }
+
+    /// Waits at most `limit` for the daemon to exit.
+    pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        wait_bounded(&mut self.child, limit)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
