@@ -580,3 +580,63 @@ fn watchdog_pings_while_healthy() {
     }
     assert_eq!(d.status_json()["pid"], d.pid());
 }
+
+/// systemd socket activation: `systemd-socket-activate` (from the systemd package) listens,
+/// then execs llmd with `LISTEN_FDS`/`LISTEN_PID` on the first connection, as a `.socket` unit
+/// would. llmd must serve that socket and leave the file to its owner on exit.
+#[test]
+fn socket_activation_is_accepted() {
+    let Some(activate) = common::find_in_path("systemd-socket-activate") else {
+        eprintln!("SKIPPED: systemd-socket-activate is not installed (Debian package systemd)");
+        return;
+    };
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let socket = dir.path().join("activated.sock");
+    let config = dir.path().join("llmd.toml");
+    std::fs::write(&config, "").unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let mut notify = common::Notifications::bind(&notify_path);
+    let mut cmd = std::process::Command::new(activate);
+    for var in [
+        "LLMD_SOCKET",
+        "NOTIFY_SOCKET",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "RUNTIME_DIRECTORY",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.arg("-l")
+        .arg(&socket)
+        .arg("-E")
+        .arg(format!("NOTIFY_SOCKET={}", notify_path.display()))
+        .arg(common::binary("llmd"))
+        .arg("--config")
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = common::ChildGuard(cmd.spawn().expect("cannot start systemd-socket-activate"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the activator never created its socket"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The first connection makes the activator exec llmd (same pid).
+    let out = llmctl(&socket, &["status", "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["pid"], child.0.id());
+    assert_eq!(s["socket"], socket.display().to_string());
+    notify.expect_line("READY=1");
+
+    common::signal(child.0.id(), "TERM");
+    notify.expect_line("STOPPING=1");
+    let status = common::wait_bounded(&mut child.0, Duration::from_secs(10))
+        .expect("activated llmd did not exit within 10 s");
+    assert!(status.success(), "{status}");
+    assert!(socket.exists(), "llmd removed a socket it does not own");
+}

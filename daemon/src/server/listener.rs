@@ -77,6 +77,11 @@ pub struct BoundSocket {
 }
 
 impl BoundSocket {
+    /// True when the socket came from systemd socket activation.
+    pub fn is_activated(&self) -> bool {
+        self.created.is_none()
+    }
+
     /// Removes the socket file, if we created it and it is still ours.
     pub fn remove_file(&self) {
         let Some((dev, ino)) = self.created else {

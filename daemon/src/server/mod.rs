@@ -114,10 +114,15 @@ pub async fn run(
     let status = tokio::spawn(status_task(state.clone()));
 
     tracing::info!(
-        "llmd {} listening on {} (protocol {})",
+        "llmd {} listening on {} (protocol {}{})",
         llmd_shared::PACKAGE_VERSION,
         bound.path.display(),
-        llmd_shared::PROTOCOL_VERSION
+        llmd_shared::PROTOCOL_VERSION,
+        if bound.is_activated() {
+            ", socket activation"
+        } else {
+            ""
+        }
     );
     notify::ready(&state.status_line());
 
