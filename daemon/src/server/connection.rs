@@ -7,15 +7,18 @@
 //! A malformed frame gets a `bad_request` error reply (when the handshake is done) and the
 //! connection is closed: after a framing error the stream cannot be resynchronised.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use llmd_shared::async_io::{read_frame_with_limit, read_header, read_payload, write_frame};
 use llmd_shared::handshake::MAX_HELLO_BYTES;
 use llmd_shared::{
-    ErrorCode, ErrorReply, FrameError, Hello, HelloReply, Request, Response, MAX_FRAME_BYTES,
+    ErrorCode, ErrorReply, Event, FrameError, Hello, HelloReply, Reply, Request, Response,
+    MAX_FRAME_BYTES,
 };
 use serde::Serialize;
+use tokio::io::AsyncWrite;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
@@ -163,29 +166,9 @@ async fn answer(
     tracing::info!(uid = peer.uid, pid = peer.pid, request = name, "request");
     let started = Instant::now();
     let _running = state.track_request();
-    let (events_tx, mut events_rx) = mpsc::channel(EVENT_QUEUE);
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let ctx = Context::new(state.clone(), peer.clone(), events_tx);
-    let handler = handler::dispatch(request, ctx);
-    tokio::pin!(handler);
-    let outcome = loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.recv() => {
-                break Err(ErrorReply::new(
-                    ErrorCode::ShuttingDown,
-                    "llmd is shutting down; the request was not completed",
-                ));
-            }
-            result = &mut handler => {
-                // Events queued just before the handler finished still go out, in order.
-                while let Ok(event) = events_rx.try_recv() {
-                    send(stream, &Response::Event(event)).await?;
-                }
-                break result;
-            }
-            Some(event) = events_rx.recv() => send(stream, &Response::Event(event)).await?,
-        }
-    };
+    let outcome = drive(stream, shutdown, handler::dispatch(request, ctx), events_rx).await?;
     let elapsed_ms = started.elapsed().as_millis() as u64;
     let response = match outcome {
         Ok(reply) => {
@@ -214,9 +197,115 @@ async fn answer(
     send(stream, &response).await
 }
 
-async fn send<T: Serialize>(stream: &mut UnixStream, msg: &T) -> Result<(), ConnectionError> {
+/// Polls a handler to completion while writing the events it queues, in order; if shutdown
+/// begins first, the handler is dropped (cancelled) and the outcome is a `shutting_down` error.
+/// Only frames are written here; the final reply is the caller's.
+async fn drive<W, F>(
+    stream: &mut W,
+    shutdown: &mut Shutdown,
+    handler: F,
+    mut events: mpsc::Receiver<Event>,
+) -> Result<Result<Reply, ErrorReply>, ConnectionError>
+where
+    W: AsyncWrite + Unpin,
+    F: Future<Output = Result<Reply, ErrorReply>>,
+{
+    tokio::pin!(handler);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.recv() => {
+                return Ok(Err(ErrorReply::new(
+                    ErrorCode::ShuttingDown,
+                    "llmd is shutting down; the request was not completed",
+                )));
+            }
+            result = &mut handler => {
+                // Events queued just before the handler finished still go out, in order.
+                while let Ok(event) = events.try_recv() {
+                    send(stream, &Response::Event(event)).await?;
+                }
+                return Ok(result);
+            }
+            Some(event) = events.recv() => send(stream, &Response::Event(event)).await?,
+        }
+    }
+}
+
+async fn send<W, T>(stream: &mut W, msg: &T) -> Result<(), ConnectionError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
     tokio::time::timeout(WRITE_TIMEOUT, write_frame(stream, msg))
         .await
         .map_err(|_| ConnectionError::Timeout("writing a reply"))?
         .map_err(ConnectionError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shutdown::ShutdownTrigger;
+    use llmd_shared::async_io::read_frame;
+    use llmd_shared::{Token, VersionReply};
+
+    fn token(id: u32) -> Event {
+        Event::Token(Token {
+            id,
+            text: format!("t{id}"),
+        })
+    }
+
+    async fn next(r: &mut tokio::io::DuplexStream) -> Response {
+        read_frame(r).await.expect("frame")
+    }
+
+    #[tokio::test]
+    async fn events_go_out_in_order_before_the_outcome() {
+        let trigger = ShutdownTrigger::new();
+        let (mut shutdown, _guard) = trigger.subscribe();
+        let (mut ours, mut client) = tokio::io::duplex(1 << 16);
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let handler = async move {
+            for id in 0..5 {
+                tx.send(token(id))
+                    .await
+                    .map_err(|_| ErrorReply::new(ErrorCode::Cancelled, "client gone"))?;
+            }
+            Ok(Reply::Version(VersionReply {
+                daemon_version: "x".into(),
+                protocol_version: 0,
+            }))
+        };
+        let outcome = drive(&mut ours, &mut shutdown, handler, rx).await.unwrap();
+        assert!(matches!(outcome, Ok(Reply::Version(_))));
+        for id in 0..5 {
+            assert_eq!(next(&mut client).await, Response::Event(token(id)));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_running_request_is_answered_shutting_down() {
+        let trigger = ShutdownTrigger::new();
+        let (mut shutdown, guard) = trigger.subscribe();
+        let (mut ours, mut client) = tokio::io::duplex(1 << 16);
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let handler = async move {
+            let _ = tx.send(token(7)).await;
+            std::future::pending::<Result<Reply, ErrorReply>>().await
+        };
+        let task = tokio::spawn(async move {
+            let out = drive(&mut ours, &mut shutdown, handler, rx).await;
+            drop(guard);
+            out
+        });
+        // The event arrives while the handler is still running...
+        assert_eq!(next(&mut client).await, Response::Event(token(7)));
+        // ...and shutdown ends it with `shutting_down`, within the grace period.
+        assert!(trigger.shutdown(Duration::from_secs(5)).await);
+        let outcome = task.await.unwrap().unwrap();
+        let err = outcome.unwrap_err();
+        assert_eq!(err.code, ErrorCode::ShuttingDown);
+    }
 }
