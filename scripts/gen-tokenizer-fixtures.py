@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Generate the tokenizer fixtures in daemon/tests/fixtures/tokenizer/ with llama.cpp.
+
+The fixtures hold, for a corpus of strings and every combination of add_special/parse_special,
+the token ids llama.cpp's llama_tokenize produces and the bytes llama_detokenize gives back.
+daemon/tests/tokenizer_reference.rs compares llmd's tokenizer against them; the tests never run
+llama.cpp themselves.
+
+Usage (with the llama.cpp reference build's Python binding, `llama_cpp`, on the path):
+    scripts/gen-tokenizer-fixtures.py GEMMA_GGUF QWEN_HEADER_GGUF [OUT_DIR]
+
+QWEN_HEADER_GGUF may be a file whose tensor data is truncated (only the header is needed):
+llama.cpp refuses such a file even for its vocabulary, so the script first copies the header's
+metadata into a temporary GGUF without tensors.
+"""
+
+import ctypes
+import json
+import os
+import struct
+import sys
+import tempfile
+
+import llama_cpp
+
+# Byte sizes of the fixed-size GGUF value types.
+GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+GGUF_STRING = 8
+GGUF_ARRAY = 9
+# The header of a large vocabulary fits well within this.
+HEADER_READ_LIMIT = 256 << 20
+
+
+def vocab_only_copy(src, dst):
+    """Write dst: src's magic, version and metadata with zero tensors."""
+    with open(src, "rb") as f:
+        data = f.read(HEADER_READ_LIMIT)
+    magic, _version, _n_tensors, n_kv = struct.unpack_from("<4sIQQ", data, 0)
+    if magic != b"GGUF":
+        raise SystemExit(f"{src}: not a GGUF file")
+    off = 24
+
+    def skip_str(o):
+        (n,) = struct.unpack_from("<Q", data, o)
+        return o + 8 + n
+
+    def skip_val(o, t):
+        if t == GGUF_STRING:
+            return skip_str(o)
+        if t == GGUF_ARRAY:
+            at, n = struct.unpack_from("<IQ", data, o)
+            o += 12
+            if at in GGUF_SIZES:
+                return o + GGUF_SIZES[at] * n
+            for _ in range(n):
+                o = skip_val(o, at)
+            return o
+        return o + GGUF_SIZES[t]
+
+    for _ in range(n_kv):
+        off = skip_str(off)
+        (t,) = struct.unpack_from("<I", data, off)
+        off = skip_val(off + 4, t)
+    out = bytearray(data[:off])
+    struct.pack_into("<Q", out, 8, 0)  # tensor count
+    out += b"\0" * ((-len(out)) % 32)
+    with open(dst, "wb") as f:
+        f.write(out)
+
+
+CORPUS = [
+    "",
+    " ",
+    "  ",
+    "\n",
+    "Hello world",
+    " Hello world",
+    "Hello world ",
+    "  leading and trailing  ",
+    "The quick brown fox jumps over the lazy dog.",
+    "I'm sure you'll see they've done it, isn't it? We'd go. HE'S HERE, I'M OK, THEY'LL GO",
+    "It's 'quoted' and \"double quoted\" text.",
+    "Numbers: 0 1 12 123 1234 12345 123456 1234567890",
+    "3.14159 2,718 1e-10 -42 +7 0x1F 1_000_000",
+    "Prices: $19.99, €5, £3.50, ¥1000",
+    "Dates: 2024-02-29T13:05:09Z and 12/31/1999",
+    "fn main() {\n    println!(\"Hello, world!\");\n}\n",
+    "def f(x):\n\treturn x ** 2  # square\n",
+    "if (a && b || !c) { return a->b[i] >= 0 ? x : y; }",
+    "<html><body class=\"main\"><p>Hi &amp; bye</p></body></html>",
+    '{"key": [1, 2, 3], "nested": {"a": null, "b": true}}',
+    "SELECT * FROM users WHERE id = 42 AND name LIKE '%bob%';",
+    "https://example.com/path?query=1&x=y#frag",
+    "user@example.org",
+    "line one\nline two\n\nline four\n\n\n",
+    "windows\r\nline\r\nendings\r\n",
+    "tabs\tand\t\tmore\ttabs",
+    "multiple     spaces      between",
+    "   \n   \n\t\n ",
+    "trailing newline\n",
+    "\n\nleading newlines",
+    "你好，世界！这是一个测试。",
+    "日本語のテキストです。カタカナとひらがな。",
+    "한국어 텍스트입니다.",
+    "Ελληνικά κείμενα και Русский текст",
+    "مرحبا بالعالم",
+    "हिन्दी पाठ का उदाहरण",
+    "ภาษาไทย",
+    "Ünïcödé àccénts: café, naïve, façade, Ångström",
+    "Emoji: 😀 😃 😄 🎉🎉 👍🏽 🇫🇷",
+    "Family: 👨‍👩‍👧‍👦 and ❤️ and 🏳️‍🌈",
+    "Math: ∑ ∫ √ ∞ ≠ ≤ ≥ ± × ÷ α β γ",
+    "Arrows → ← ↑ ↓ and box ┌─┐ │ └─┘",
+    "Zero\u200bwidth\u200bspace and non\u00a0breaking\u3000ideographic",
+    "Combining: e\u0301 a\u0308 n\u0303",
+    "Full-width: ＡＢＣ１２３！？",
+    "Mixed 中文 and English 123 text 😀!",
+    "ALL CAPS SENTENCE WITH NUMBERS 2024",
+    "camelCaseIdentifier snake_case_identifier kebab-case-identifier",
+    "...!!!???---___***",
+    "a",
+    "ab",
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    "supercalifragilisticexpialidocious antidisestablishmentarianism",
+    "<start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n",
+    "<bos>text<eos>",
+    "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n",
+    "<|endoftext|>after",
+    "<｜User｜>What is 2+2?<｜Assistant｜>",
+    "<unk> <pad> <mask> [multimodal]",
+    "Text with <0x41> byte token text",
+    "▁ already escaped ▁▁ spaces",
+    "Ġ ċ Ċ GPT-2 byte characters",
+    "The year 1999 was followed by 2000, then 2001.",
+    "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor "
+    "incididunt ut labore et dolore magna aliqua. Ut enim ad minim veniam, quis nostrud "
+    "exercitation ullamco laboris nisi ut aliquip ex ea commodo consequat.\n\n"
+    "Duis aute irure dolor in reprehenderit in voluptate velit esse cillum dolore eu fugiat "
+    "nulla pariatur. Excepteur sint occaecat cupidatat non proident, sunt in culpa qui "
+    "officia deserunt mollit anim id est laborum.",
+]
+
+# token_to_piece fixtures: the first PIECE_HEAD ids and every PIECE_STRIDE-th id.
+PIECE_HEAD = 600
+PIECE_STRIDE = 257
+
+FLAGS = [(True, False), (False, False), (True, True), (False, True)]
+
+
+def token_to_piece(vocab, token, special):
+    size = 64
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buf, size, 0, special)
+        if n >= 0:
+            return buf.raw[:n]
+        size = -n
+
+
+def detokenize(model, ids, remove_special, unparse_special):
+    vocab = model._model.vocab
+    arr = (llama_cpp.llama_token * max(len(ids), 1))(*ids)
+    size = 64 + 16 * len(ids)
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_detokenize(
+            vocab, arr, len(ids), buf, size, remove_special, unparse_special
+        )
+        if n >= 0:
+            return buf.raw[:n]
+        size = -n + 1
+
+
+def generate(name, path, out_dir):
+    model = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+    cases = []
+    for text in CORPUS:
+        for add_special, parse_special in FLAGS:
+            ids = model.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special)
+            cases.append(
+                {
+                    "text": text,
+                    "add_special": add_special,
+                    "parse_special": parse_special,
+                    "ids": ids,
+                    "detokenized_hex": detokenize(model, ids, True, False).hex(),
+                }
+            )
+    vocab = model._model.vocab
+    n_vocab = model.n_vocab()
+    eog = [i for i in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, i)]
+    # token_to_piece for the first ids (control, byte and short tokens) and a sample of the rest.
+    sample = sorted(set(range(min(PIECE_HEAD, n_vocab))) | set(range(0, n_vocab, PIECE_STRIDE)) | set(eog))
+    pieces = [
+        {
+            "id": i,
+            "plain_hex": token_to_piece(vocab, i, False).hex(),
+            "special_hex": token_to_piece(vocab, i, True).hex(),
+        }
+        for i in sample
+    ]
+    fixture = {
+        "generator": "scripts/gen-tokenizer-fixtures.py",
+        "eog": eog,
+        "pieces": pieces,
+        "llama_cpp_python": llama_cpp.__version__,
+        "model": name,
+        "vocab_size": model.n_vocab(),
+        "bos": model.token_bos(),
+        "eos": model.token_eos(),
+        "cases": cases,
+    }
+    out = os.path.join(out_dir, f"{name}.json")
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(fixture, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+    print(f"{out}: {len(cases)} cases")
+
+
+def main():
+    if len(sys.argv) not in (3, 4):
+        raise SystemExit(__doc__)
+    gemma, qwen = sys.argv[1], sys.argv[2]
+    here = os.path.dirname(os.path.abspath(__file__))
+    out_dir = (
+        sys.argv[3]
+        if len(sys.argv) == 4
+        else os.path.join(here, "..", "daemon", "tests", "fixtures", "tokenizer")
+    )
+    os.makedirs(out_dir, exist_ok=True)
+    generate("gemma3", gemma, out_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        header = os.path.join(tmp, "qwen2-vocab.gguf")
+        vocab_only_copy(qwen, header)
+        generate("qwen2", header, out_dir)
+
+
+if __name__ == "__main__":
+    main()
