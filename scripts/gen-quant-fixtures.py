@@ -11,10 +11,13 @@ Two kinds of file, all little-endian:
   quant_<TYPE>.bin    b"LQQU", u32 type id, u32 n_elems, u32 n_bytes, n_elems f32 input,
                       n_bytes: the reference quantization.
 
+The committed files were made with gguf 0.19.0 and the ggml vendored in llama-cpp-python 0.3.36.
+
 References: gguf.quants (the `gguf` pip package, 0.19.0) wherever it implements the direction;
 ggml's own C functions from libggml-base (loaded with ctypes) for what numpy lacks (Q8_K
 dequantization; Q4_K, Q6_K, Q8_K, Q8_1 quantization). Where both exist the script checks that they
-agree byte for byte. Block bytes are random except for the f16/f32 scales, which are random finite
+agree byte for byte (numpy's quantizers may differ from ggml only in the sign of a zero scale
+when a block holds -0.0; the quantization fixtures keep ggml's bytes, which llmd reproduces). Block bytes are random except for the f16/f32 scales, which are random finite
 values in a sane range (no NaN/inf), so every output is finite and comparable bit for bit.
 """
 

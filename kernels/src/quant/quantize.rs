@@ -314,9 +314,10 @@ pub fn quantize_row_q5_1(x: &[f32], out: &mut [BlockQ5_1]) {
     }
 }
 
-/// Quantizes a row to Q8_K (activations for K-quant dot products): `d = max / -127` with the
-/// signed value of largest magnitude, `q = nearest_int(x / d)` capped at 127, and `bsums` the
-/// sums of each 16 quants.
+/// Quantizes a row to Q8_K (activations for K-quant dot products): with `max` the signed value of
+/// largest magnitude, `iscale = -127 / max`, `q = nearest_int(iscale * x)` capped at 127,
+/// `d = 1 / iscale` (an f32), and `bsums` the sums of each 16 quants. An all-zero block gets
+/// `d = 0` and zero quants and sums.
 ///
 /// # Panics
 /// If `x.len() != 256 * out.len()`.
