@@ -31,6 +31,152 @@ pub enum Command {
     Status(StatusArgs),
     /// Show the versions of llmctl, of the daemon and of their protocol.
     Version(VersionArgs),
+    /// Load a GGUF model and keep it resident (returns once it is).
+    Load(LoadArgs),
+    /// Free a resident model (generations running on it finish first).
+    Unload(UnloadArgs),
+    /// List resident models with their layers and bytes per device.
+    List(ListArgs),
+    /// Generate text from a prompt, streaming it.
+    Generate(GenerateArgs),
+    /// Chat with a model interactively (one user turn per line; empty line ends).
+    Chat(ChatArgs),
+    /// Show the token ids (and pieces) of a text.
+    Tokenize(TokenizeArgs),
+    /// Measure prompt processing (pp) and generation (tg) speed, as llama-bench.
+    Bench(BenchArgs),
+}
+
+/// Arguments of `llmctl load`.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// The GGUF file (the daemon must be able to read it).
+    pub file: PathBuf,
+    /// Name to load it under [default: the file name without .gguf].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Context length per generation [default: 4096, at most the model's].
+    #[arg(long)]
+    pub ctx: Option<u32>,
+    /// CPU threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<u32>,
+    /// Devices to place it on, comma-separated (e.g. cpu:0,cpu:1) [default: the first device].
+    #[arg(long, value_name = "LIST")]
+    pub devices: Option<String>,
+    /// Split weights per device, comma-separated, as llama.cpp's --tensor-split (e.g. 3,1)
+    /// [default: proportional to each device's memory].
+    #[arg(long, value_name = "WEIGHTS")]
+    pub split: Option<String>,
+    /// Replace a model already loaded under this name; running requests finish on the old one.
+    #[arg(long)]
+    pub replace: bool,
+}
+
+/// Arguments of `llmctl unload`.
+#[derive(Debug, Clone, Args)]
+pub struct UnloadArgs {
+    /// The model's name.
+    pub name: String,
+}
+
+/// Arguments of `llmctl list` (none).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ListArgs {}
+
+/// Sampling options shared by `generate` and `chat`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SamplingArgs {
+    /// Temperature; 0 is greedy [default: 0.8].
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Top-k; 0 disables [default: 40].
+    #[arg(long)]
+    pub top_k: Option<u32>,
+    /// Top-p; 1 disables [default: 0.95].
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Min-p; 0 disables [default: 0.05].
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    /// Repetition penalty over the last 64 tokens; 1 disables [default: 1].
+    #[arg(long)]
+    pub repeat_penalty: Option<f32>,
+    /// Presence penalty over the last 64 tokens; 0 disables [default: 0].
+    #[arg(long)]
+    pub presence_penalty: Option<f32>,
+    /// Seed of the random draw, for reproducible runs [default: random].
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// Arguments of `llmctl generate`.
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    /// The model's name.
+    pub name: String,
+    /// The prompt.
+    pub prompt: String,
+    /// Tokens to generate at most.
+    #[arg(long, short = 'n', default_value_t = 256)]
+    pub max_tokens: u32,
+    /// Use the prompt as is (tokenized as llama.cpp's completion tool does), not through the
+    /// chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// Stop before this string (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Sampling.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// Arguments of `llmctl chat`.
+#[derive(Debug, Clone, Args)]
+pub struct ChatArgs {
+    /// The model's name.
+    pub name: String,
+    /// A system message to start the conversation with.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Tokens per reply at most.
+    #[arg(long, short = 'n', default_value_t = 512)]
+    pub max_tokens: u32,
+    /// Sampling.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// Arguments of `llmctl tokenize`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenizeArgs {
+    /// The model's name.
+    pub name: String,
+    /// The text.
+    pub text: String,
+    /// Do not add BOS/EOS.
+    #[arg(long)]
+    pub no_special: bool,
+    /// Treat special-token text (e.g. <start_of_turn>) as plain text.
+    #[arg(long)]
+    pub no_parse_special: bool,
+}
+
+/// Arguments of `llmctl bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// The model's name.
+    pub name: String,
+    /// Prompt tokens (pp test); 0 skips it.
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
+    pub n_prompt: u32,
+    /// Generated tokens (tg test); 0 skips it.
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    pub n_gen: u32,
+    /// Repetitions (the mean is reported).
+    #[arg(short = 'r', long, default_value_t = 3)]
+    pub repetitions: u32,
 }
 
 /// Arguments of `llmctl status` (none yet).

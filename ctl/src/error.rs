@@ -53,6 +53,9 @@ pub enum CtlError {
     /// Printing the output failed.
     #[error("cannot write output: {0}")]
     Output(std::io::Error),
+    /// An argument clap accepted is invalid on closer inspection (a split weight, a path).
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// The JSON form of an error: `{"error": {"code": ..., "message": ...}}`.
@@ -83,6 +86,7 @@ impl CtlError {
             | CtlError::Daemon(_)
             | CtlError::Protocol(_)
             | CtlError::Output(_) => EXIT_DAEMON_ERROR,
+            CtlError::Usage(_) => EXIT_USAGE,
         }
     }
 
@@ -106,6 +110,7 @@ impl CtlError {
             CtlError::Daemon(e) => e.code.as_str(),
             CtlError::Protocol(_) => "protocol",
             CtlError::Output(_) => "output",
+            CtlError::Usage(_) => "usage",
         }
     }
 

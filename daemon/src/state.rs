@@ -12,7 +12,10 @@ use std::time::Instant;
 use llmd_shared::{DeviceInfo, DeviceKind, ModelInfo};
 use tokio::sync::Notify;
 
+use llmd_kernels::backend::CpuMemory;
+
 use crate::config::LoadedConfig;
+use crate::models::LoadedModel;
 
 /// A device models may be placed on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,21 +44,9 @@ impl Device {
     }
 }
 
-/// A model resident in memory, as the registry records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResidentModel {
-    /// Path of the GGUF file it was loaded from.
-    pub path: PathBuf,
-    /// Names of the devices holding parts of it, with the bytes each holds.
-    pub placement: Vec<(String, u64)>,
-}
-
-impl ResidentModel {
-    /// Total bytes it occupies across devices.
-    pub fn memory_bytes(&self) -> u64 {
-        self.placement.iter().map(|(_, b)| *b).sum()
-    }
-}
+/// A model resident in memory: shared by the registry and the requests using it, so that
+/// unloading or replacing it lets running generations finish on it.
+pub type ResidentModel = Arc<LoadedModel>;
 
 /// The models resident in memory, by the name they were loaded under.
 #[derive(Debug, Default)]
@@ -96,25 +87,35 @@ impl ModelRegistry {
         self.models.remove(name)
     }
 
+    /// Replaces the model registered under `name` (or registers it); returns the old one.
+    pub fn replace(&mut self, name: String, model: ResidentModel) -> Option<ResidentModel> {
+        self.models.insert(name, model)
+    }
+
+    /// Every resident model, sorted by name.
+    pub fn all(&self) -> Vec<ResidentModel> {
+        self.models.values().cloned().collect()
+    }
+
     /// Bytes used on the device named `device` by all resident models.
     pub fn bytes_on(&self, device: &str) -> u64 {
-        self.models
-            .values()
-            .flat_map(|m| m.placement.iter())
-            .filter(|(d, _)| d == device)
-            .map(|(_, b)| *b)
-            .sum()
+        self.models.values().map(|m| m.bytes_on(device)).sum()
     }
 
     /// Wire descriptions of every resident model, sorted by name.
     pub fn infos(&self) -> Vec<ModelInfo> {
         self.models
             .iter()
-            .map(|(name, m)| ModelInfo {
-                name: name.clone(),
-                path: m.path.display().to_string(),
-                devices: m.placement.iter().map(|(d, _)| d.clone()).collect(),
-                memory_bytes: m.memory_bytes(),
+            .map(|(name, m)| {
+                let mut devices: Vec<String> =
+                    m.placement().into_iter().map(|s| s.device).collect();
+                devices.dedup();
+                ModelInfo {
+                    name: name.clone(),
+                    path: m.path.display().to_string(),
+                    devices,
+                    memory_bytes: m.memory_bytes(),
+                }
             })
             .collect()
     }
@@ -140,6 +141,12 @@ pub struct State {
     requests_running: AtomicU64,
     /// Woken whenever a counter or the model set changes, so the status line can be refreshed.
     pub changed: Notify,
+    /// Memory ledgers of CPU devices by name, shared by every model placed on them; kept across
+    /// configuration reloads so that accounting stays right while models are resident.
+    cpu_memory: Mutex<BTreeMap<String, Arc<CpuMemory>>>,
+    /// Serialises loads, unloads and re-splits, so that memory checks and placement see a
+    /// stable set of models.
+    pub placement_lock: tokio::sync::Mutex<()>,
 }
 
 impl State {
@@ -156,6 +163,8 @@ impl State {
             connections: AtomicU64::new(0),
             requests_running: AtomicU64::new(0),
             changed: Notify::new(),
+            cpu_memory: Mutex::new(BTreeMap::new()),
+            placement_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -189,17 +198,41 @@ impl State {
         self.models.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The memory ledger of a CPU device (created on first use with the device's budget).
+    pub fn cpu_memory(&self, device: &Device) -> Arc<CpuMemory> {
+        let mut map = self
+            .cpu_memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(
+            map.entry(device.name.clone())
+                .or_insert_with(|| CpuMemory::new(device.memory_budget_bytes)),
+        )
+    }
+
+    /// Bytes in use on a device: the CPU ledger where there is one, else what models report.
+    fn used_on(&self, device: &Device) -> u64 {
+        let ledger = self
+            .cpu_memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&device.name)
+            .cloned();
+        match ledger {
+            Some(l) => l.used(),
+            None => self.models().bytes_on(&device.name),
+        }
+    }
+
     /// Wire descriptions of the devices, with the bytes resident models use on each.
     pub fn device_infos(&self) -> Vec<DeviceInfo> {
-        let devices = self.devices();
-        let models = self.models();
-        devices
+        self.devices()
             .iter()
             .map(|d| DeviceInfo {
                 name: d.name.clone(),
                 kind: d.kind,
                 memory_budget_bytes: d.memory_budget_bytes,
-                memory_used_bytes: models.bytes_on(&d.name),
+                memory_used_bytes: self.used_on(d),
             })
             .collect()
     }
@@ -291,20 +324,5 @@ mod tests {
         assert_eq!(state.requests_running(), 0);
         assert_eq!(state.connections(), 1);
         assert_eq!(state.devices()[0].name, "cpu:0");
-    }
-
-    #[test]
-    fn registry_tracks_models_and_device_usage() {
-        let mut reg = ModelRegistry::default();
-        let m = ResidentModel {
-            path: "/m.gguf".into(),
-            placement: vec![("cpu:0".into(), 100), ("cuda:0".into(), 50)],
-        };
-        reg.insert("m".into(), m.clone()).unwrap();
-        assert!(reg.insert("m".into(), m).is_err());
-        assert_eq!(reg.bytes_on("cpu:0"), 100);
-        assert_eq!(reg.infos()[0].memory_bytes, 150);
-        assert!(reg.remove("m").is_some());
-        assert!(reg.is_empty());
     }
 }

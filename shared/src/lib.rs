@@ -31,8 +31,11 @@ pub mod handshake;
 pub mod socket;
 
 pub use api::{
-    DeviceInfo, DeviceKind, ErrorCode, ErrorReply, Event, ModelInfo, Progress, Reply, Request,
-    Response, StatusReply, StatusRequest, Token, VersionReply, VersionRequest,
+    BenchReply, BenchRequest, ChatMessage, DeviceInfo, DeviceKind, ErrorCode, ErrorReply, Event,
+    GenerateReply, GenerateRequest, ListReply, ListRequest, LoadReply, LoadRequest, ModelDetails,
+    ModelInfo, Progress, Prompt, Reply, Request, Response, Sampling, StagePlacement, StatusReply,
+    StatusRequest, Token, TokenPiece, TokenizeReply, TokenizeRequest, UnloadReply, UnloadRequest,
+    VersionReply, VersionRequest,
 };
 pub use frame::{decode_frame, encode_frame, read_frame, write_frame, FrameError};
 pub use handshake::{Hello, HelloReply};
@@ -41,7 +44,7 @@ pub use handshake::{Hello, HelloReply};
 /// changes incompatibly (a field added, removed or reordered, a variant inserted before another);
 /// appending a new variant at the end of [`Request`], [`Reply`] or [`Event`] also bumps it, so
 /// that an older peer gets a clear version error instead of an undecodable frame.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest payload (bytes after the 4-byte length prefix) either side accepts or sends: 16 MiB.
 /// Big enough for any prompt or token batch, small enough that a hostile length prefix cannot make

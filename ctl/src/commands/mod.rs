@@ -1,7 +1,14 @@
 //! One file per command; [`run`] is the one `match` that hands each to its file.
 //! Each command prints human-readable text, or with `--json` one JSON object per line.
 
+mod bench;
+mod chat;
+mod generate;
+mod list;
+mod load;
 mod status;
+mod tokenize;
+mod unload;
 mod version;
 
 use std::path::PathBuf;
@@ -42,7 +49,36 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<(), CtlError> {
     match command {
         Command::Status(args) => status::run(args, ctx),
         Command::Version(args) => version::run(args, ctx),
+        Command::Load(args) => load::run(args, ctx),
+        Command::Unload(args) => unload::run(args, ctx),
+        Command::List(args) => list::run(args, ctx),
+        Command::Generate(args) => generate::run(args, ctx),
+        Command::Chat(args) => chat::run(args, ctx),
+        Command::Tokenize(args) => tokenize::run(args, ctx),
+        Command::Bench(args) => bench::run(args, ctx),
     }
+}
+
+/// A table of a model's stages: device, layers, bytes.
+fn placement_table(stages: &[llmd_shared::StagePlacement]) -> String {
+    use crate::output::human_bytes;
+    let mut out = String::new();
+    for s in stages {
+        let layers = if s.layer_start < s.layer_end {
+            format!("layers {:>3}..{:<3}", s.layer_start, s.layer_end)
+        } else {
+            "no layers      ".to_string()
+        };
+        out.push_str(&format!(
+            "  {:<8} {} {:<7} weights {:>10}  kv {:>10}\n",
+            s.device,
+            layers,
+            if s.output { "+output" } else { "" },
+            human_bytes(s.weight_bytes),
+            human_bytes(s.kv_bytes)
+        ));
+    }
+    out
 }
 
 /// Error for a reply whose variant does not match the request.

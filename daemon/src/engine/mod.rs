@@ -10,7 +10,9 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 pub use sampler::{Sampler, SamplingParams};
-pub use worker::{BenchResult, GenEvent, GenerateJob, GenerationSummary, Job, StopReason, WorkerLimits};
+pub use worker::{
+    BenchResult, GenEvent, GenerateJob, GenerationSummary, Job, StopReason, WorkerLimits,
+};
 
 use crate::model::Pipeline;
 
@@ -39,12 +41,19 @@ impl ModelHandle {
         let thread = std::thread::Builder::new()
             .name(format!("llmd-model-{name}"))
             .spawn(move || worker::Worker::new(pipeline, tokenizer, limits, rx).run())?;
-        Ok(ModelHandle { jobs: Some(tx), thread: Some(thread) })
+        Ok(ModelHandle {
+            jobs: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     /// Queues a job.
     pub fn submit(&self, job: Job) -> Result<(), WorkerGone> {
-        self.jobs.as_ref().ok_or(WorkerGone)?.send(job).map_err(|_| WorkerGone)
+        self.jobs
+            .as_ref()
+            .ok_or(WorkerGone)?
+            .send(job)
+            .map_err(|_| WorkerGone)
     }
 }
 

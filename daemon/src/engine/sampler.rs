@@ -42,7 +42,10 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Greedy decoding.
     pub fn greedy() -> Self {
-        SamplingParams { temperature: 0.0, ..Self::default() }
+        SamplingParams {
+            temperature: 0.0,
+            ..Self::default()
+        }
     }
 }
 
@@ -98,7 +101,11 @@ impl Sampler {
     /// A sampler with these settings.
     pub fn new(params: SamplingParams) -> Self {
         let rng = SplitMix64(params.seed);
-        Sampler { params, rng, candidates: Vec::new() }
+        Sampler {
+            params,
+            rng,
+            candidates: Vec::new(),
+        }
     }
 
     /// Picks the next token given the logits and the tokens so far (prompt and generated).
@@ -109,7 +116,11 @@ impl Sampler {
             return argmax(logits);
         }
         self.candidates.clear();
-        self.candidates.extend(logits.iter().enumerate().map(|(i, &v)| Candidate { id: i as u32, value: v }));
+        self.candidates
+            .extend(logits.iter().enumerate().map(|(i, &v)| Candidate {
+                id: i as u32,
+                value: v,
+            }));
         if penalised {
             let recent = &history[history.len().saturating_sub(p.penalty_last_n)..];
             let mut seen: Vec<u32> = recent.to_vec();
@@ -117,7 +128,11 @@ impl Sampler {
             seen.dedup();
             for id in seen {
                 if let Some(c) = self.candidates.get_mut(id as usize) {
-                    c.value = if c.value > 0.0 { c.value / p.repeat_penalty } else { c.value * p.repeat_penalty };
+                    c.value = if c.value > 0.0 {
+                        c.value / p.repeat_penalty
+                    } else {
+                        c.value * p.repeat_penalty
+                    };
                     c.value -= p.presence_penalty;
                 }
             }
@@ -152,7 +167,11 @@ impl Sampler {
         }
         if p.min_p > 0.0 {
             let threshold = self.candidates[0].value * p.min_p;
-            let keep = self.candidates.iter().take_while(|c| c.value >= threshold).count();
+            let keep = self
+                .candidates
+                .iter()
+                .take_while(|c| c.value >= threshold)
+                .count();
             self.candidates.truncate(keep.max(1));
         }
         // Temperature on the surviving tokens' log-probabilities, then a draw.
@@ -174,7 +193,10 @@ impl Sampler {
 
 /// Turns candidate logits into probabilities in place.
 fn softmax(cands: &mut [Candidate], temperature: f32) {
-    let max = cands.iter().map(|c| c.value).fold(f32::NEG_INFINITY, f32::max);
+    let max = cands
+        .iter()
+        .map(|c| c.value)
+        .fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0f32;
     for c in cands.iter_mut() {
         c.value = ((c.value - max) / temperature).exp();
@@ -198,14 +220,28 @@ mod tests {
     #[test]
     fn seed_makes_runs_reproducible_and_top_k_limits_choices() {
         let logits: Vec<f32> = (0..100).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
-        let params = SamplingParams { temperature: 1.5, top_k: 5, top_p: 1.0, min_p: 0.0, seed: 42, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.5,
+            top_k: 5,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 42,
+            ..Default::default()
+        };
         let run = |seed| {
-            let mut s = Sampler::new(SamplingParams { seed, ..params.clone() });
+            let mut s = Sampler::new(SamplingParams {
+                seed,
+                ..params.clone()
+            });
             (0..50).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
         };
         assert_eq!(run(42), run(42));
         assert_ne!(run(42), run(43));
-        let mut sorted: Vec<(f32, u32)> = logits.iter().enumerate().map(|(i, &v)| (v, i as u32)).collect();
+        let mut sorted: Vec<(f32, u32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (v, i as u32))
+            .collect();
         sorted.sort_by(|a, b| b.0.total_cmp(&a.0));
         let top5: Vec<u32> = sorted[..5].iter().map(|x| x.1).collect();
         assert!(run(7).iter().all(|id| top5.contains(id)));
@@ -213,14 +249,25 @@ mod tests {
 
     #[test]
     fn repeat_penalty_steers_greedy_away_from_seen_tokens() {
-        let params = SamplingParams { temperature: 0.0, repeat_penalty: 2.0, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 0.0,
+            repeat_penalty: 2.0,
+            ..Default::default()
+        };
         let mut s = Sampler::new(params);
         assert_eq!(s.sample(&[1.0, 1.5, 0.2], &[1]), 0);
     }
 
     #[test]
     fn min_p_drops_unlikely_tokens() {
-        let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.5, seed: 1, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.5,
+            seed: 1,
+            ..Default::default()
+        };
         let mut s = Sampler::new(params);
         let logits = [5.0, 4.9, -10.0, -10.0];
         for _ in 0..100 {

@@ -27,7 +27,10 @@ pub struct Pushed {
 impl TextStream {
     /// A stream that stops at any of `stops` (empty strings are ignored).
     pub fn new(stops: Vec<String>) -> Self {
-        TextStream { stops: stops.into_iter().filter(|s| !s.is_empty()).collect(), ..Default::default() }
+        TextStream {
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            ..Default::default()
+        }
     }
 
     /// Everything released so far.
@@ -44,7 +47,8 @@ impl TextStream {
                 // An invalid sequence (not just an incomplete one): replace it and go on.
                 Some(bad) => {
                     let good = e.valid_up_to();
-                    let text = String::from_utf8_lossy(&self.pending_bytes[..good + bad]).into_owned();
+                    let text =
+                        String::from_utf8_lossy(&self.pending_bytes[..good + bad]).into_owned();
                     self.pending_bytes.drain(..good + bad);
                     self.held.push_str(&text);
                     return self.push(&[]);
@@ -71,12 +75,20 @@ impl TextStream {
     }
 
     fn release(&mut self) -> Pushed {
-        if let Some((at, _)) = self.stops.iter().filter_map(|s| self.held.find(s.as_str()).map(|i| (i, s))).min() {
+        if let Some((at, _)) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()).map(|i| (i, s)))
+            .min()
+        {
             let text: String = self.held[..at].to_string();
             self.held.clear();
             self.pending_bytes.clear();
             self.released.push_str(&text);
-            return Pushed { text, stopped: true };
+            return Pushed {
+                text,
+                stopped: true,
+            };
         }
         // Hold back the longest suffix that is a proper prefix of some stop string.
         let mut keep = 0;
@@ -91,7 +103,10 @@ impl TextStream {
         let text: String = self.held[..cut].to_string();
         self.held.drain(..cut);
         self.released.push_str(&text);
-        Pushed { text, stopped: false }
+        Pushed {
+            text,
+            stopped: false,
+        }
     }
 }
 
@@ -116,7 +131,13 @@ mod tests {
         assert_eq!(s.push(b"Hello").text, "Hello");
         assert_eq!(s.push(b"\nUs").text, "");
         let p = s.push(b"er: hi");
-        assert_eq!(p, Pushed { text: String::new(), stopped: true });
+        assert_eq!(
+            p,
+            Pushed {
+                text: String::new(),
+                stopped: true
+            }
+        );
         assert_eq!(s.released(), "Hello");
     }
 

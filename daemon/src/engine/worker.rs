@@ -171,7 +171,12 @@ pub struct Worker {
 
 impl Worker {
     /// A worker for `pipeline` fed by `jobs`.
-    pub fn new(pipeline: Pipeline, tokenizer: Arc<Tokenizer>, limits: WorkerLimits, jobs: Receiver<Job>) -> Self {
+    pub fn new(
+        pipeline: Pipeline,
+        tokenizer: Arc<Tokenizer>,
+        limits: WorkerLimits,
+        jobs: Receiver<Job>,
+    ) -> Self {
         Worker {
             pipeline,
             tokenizer,
@@ -218,7 +223,11 @@ impl Worker {
     fn accept(&mut self, job: Job) {
         match job {
             Job::Generate(g, events) => self.waiting.push_back((g, events)),
-            Job::Bench { n_prompt, n_gen, reply } => {
+            Job::Bench {
+                n_prompt,
+                n_gen,
+                reply,
+            } => {
                 let _ = reply.send(self.bench(n_prompt, n_gen));
             }
             Job::WithPipeline(f) => f(&mut self.pipeline),
@@ -243,7 +252,9 @@ impl Worker {
     /// Starts waiting generations while there is room.
     fn admit(&mut self) {
         while self.running.len() < self.limits.max_sequences {
-            let Some((job, events)) = self.waiting.pop_front() else { break };
+            let Some((job, events)) = self.waiting.pop_front() else {
+                break;
+            };
             if job.prompt.is_empty() {
                 let _ = events.try_send(GenEvent::Failed("the prompt is empty".into()));
                 continue;
@@ -260,7 +271,9 @@ impl Worker {
             let id = self.next_seq;
             self.next_seq += 1;
             if let Err(e) = self.pipeline.add_sequence(id, capacity) {
-                let _ = events.try_send(GenEvent::Failed(format!("cannot allocate the KV cache: {e}")));
+                let _ = events.try_send(GenEvent::Failed(format!(
+                    "cannot allocate the KV cache: {e}"
+                )));
                 continue;
             }
             self.running.push(Sequence {
@@ -311,7 +324,9 @@ impl Worker {
             tracing::error!(error = %e, "forward pass failed");
             for s in self.running.drain(..) {
                 self.pipeline.remove_sequence(s.id);
-                let _ = s.events.try_send(GenEvent::Failed(format!("forward pass failed: {e}")));
+                let _ = s
+                    .events
+                    .try_send(GenEvent::Failed(format!("forward pass failed: {e}")));
             }
             return;
         }
@@ -324,7 +339,9 @@ impl Worker {
             .collect();
         let mut finished = Vec::new();
         for (row, seq_id) in rows {
-            let Some(idx) = self.running.iter().position(|s| s.id == seq_id) else { continue };
+            let Some(idx) = self.running.iter().position(|s| s.id == seq_id) else {
+                continue;
+            };
             let logits = &self.logits[row * n_vocab..(row + 1) * n_vocab];
             if let Some(reason) = sample_one(&mut self.running[idx], &self.tokenizer, logits) {
                 finished.push((seq_id, reason));
@@ -340,7 +357,6 @@ impl Worker {
             }
         }
     }
-
 }
 
 /// Samples the next token of `s`; returns why it stopped, if it did.
@@ -356,7 +372,13 @@ fn sample_one(s: &mut Sequence, tokenizer: &Tokenizer, logits: &[f32]) -> Option
         s.generated.push(id);
         s.history.push(id);
         let pushed = s.text.push(tokenizer.token_to_piece(id, false));
-        if s.events.blocking_send(GenEvent::Token { id, text: pushed.text }).is_err() {
+        if s.events
+            .blocking_send(GenEvent::Token {
+                id,
+                text: pushed.text,
+            })
+            .is_err()
+        {
             // The client is gone; the next step frees the sequence.
             return None;
         }
@@ -379,7 +401,10 @@ impl Worker {
         let n_vocab = self.pipeline.config().n_vocab as u32;
         let capacity = (n_prompt + n_gen).max(1);
         if capacity > self.limits.n_ctx {
-            return Err(format!("{capacity} tokens do not fit the context of {}", self.limits.n_ctx));
+            return Err(format!(
+                "{capacity} tokens do not fit the context of {}",
+                self.limits.n_ctx
+            ));
         }
         let id = self.next_seq;
         self.next_seq += 1;
@@ -388,7 +413,9 @@ impl Worker {
         let mut run = || -> Result<(f64, f64), String> {
             let mut pp = 0.0;
             if n_prompt > 0 {
-                self.pipeline.add_sequence(id, capacity).map_err(|e| e.to_string())?;
+                self.pipeline
+                    .add_sequence(id, capacity)
+                    .map_err(|e| e.to_string())?;
                 let start = Instant::now();
                 let mut done = 0;
                 while done < n_prompt {
@@ -397,7 +424,9 @@ impl Worker {
                     for i in done..done + take {
                         self.batch.push(token(i), i as u32, id, i + 1 == n_prompt);
                     }
-                    self.pipeline.forward(&self.batch, &mut self.logits).map_err(|e| e.to_string())?;
+                    self.pipeline
+                        .forward(&self.batch, &mut self.logits)
+                        .map_err(|e| e.to_string())?;
                     done += take;
                 }
                 pp = n_prompt as f64 / start.elapsed().as_secs_f64();
@@ -405,12 +434,16 @@ impl Worker {
             }
             let mut tg = 0.0;
             if n_gen > 0 {
-                self.pipeline.add_sequence(id, capacity).map_err(|e| e.to_string())?;
+                self.pipeline
+                    .add_sequence(id, capacity)
+                    .map_err(|e| e.to_string())?;
                 let start = Instant::now();
                 for i in 0..n_gen {
                     self.batch.clear();
                     self.batch.push(token(i), i as u32, id, true);
-                    self.pipeline.forward(&self.batch, &mut self.logits).map_err(|e| e.to_string())?;
+                    self.pipeline
+                        .forward(&self.batch, &mut self.logits)
+                        .map_err(|e| e.to_string())?;
                 }
                 tg = n_gen as f64 / start.elapsed().as_secs_f64();
             }
@@ -419,7 +452,12 @@ impl Worker {
         let result = run();
         self.pipeline.remove_sequence(id);
         let (pp, tg) = result?;
-        Ok(BenchResult { n_prompt, n_gen, pp_tokens_per_s: pp, tg_tokens_per_s: tg })
+        Ok(BenchResult {
+            n_prompt,
+            n_gen,
+            pp_tokens_per_s: pp,
+            tg_tokens_per_s: tg,
+        })
     }
 }
 
@@ -434,8 +472,16 @@ fn summarize(s: &Sequence, reason: StopReason, flushed: String) -> GenerationSum
         text: s.text.released().to_string(),
         flushed,
         prompt_tokens: s.job.prompt.len(),
-        prefill_tokens_per_s: if prefill_s > 0.0 { s.job.prompt.len() as f64 / prefill_s } else { 0.0 },
-        decode_tokens_per_s: if decode_s > 0.0 { decoded_after_first as f64 / decode_s } else { 0.0 },
+        prefill_tokens_per_s: if prefill_s > 0.0 {
+            s.job.prompt.len() as f64 / prefill_s
+        } else {
+            0.0
+        },
+        decode_tokens_per_s: if decode_s > 0.0 {
+            decoded_after_first as f64 / decode_s
+        } else {
+            0.0
+        },
         stop_reason: reason,
     }
 }

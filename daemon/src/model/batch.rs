@@ -66,7 +66,10 @@ impl Batch {
         for (row, &seq) in self.seqs.iter().enumerate() {
             match out.last_mut() {
                 Some(last) if last.seq == seq && last.rows.end == row => last.rows.end = row + 1,
-                _ => out.push(Segment { seq, rows: row..row + 1 }),
+                _ => out.push(Segment {
+                    seq,
+                    rows: row..row + 1,
+                }),
             }
         }
         out

@@ -143,20 +143,29 @@ impl ModelConfig {
     /// Applies the architecture's rules to raw hyperparameters and checks them.
     pub fn resolve(hp: &Hyperparameters) -> Result<Self, ConfigError> {
         let arch = Arch::from_name(&hp.arch)?;
-        let invalid = |key: &str, reason: String| ConfigError::Invalid { key: key.to_string(), reason };
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            key: key.to_string(),
+            reason,
+        };
         if hp.n_layer == 0 {
             return Err(invalid("block_count", "must be at least 1".into()));
         }
         if hp.n_head == 0 || hp.n_head_kv == 0 || hp.n_head % hp.n_head_kv != 0 {
             return Err(invalid(
                 "attention.head_count_kv",
-                format!("{} query heads cannot be grouped over {} kv heads", hp.n_head, hp.n_head_kv),
+                format!(
+                    "{} query heads cannot be grouped over {} kv heads",
+                    hp.n_head, hp.n_head_kv
+                ),
             ));
         }
         if hp.head_dim == 0 || hp.head_dim % 2 != 0 || hp.head_dim_v != hp.head_dim {
             return Err(invalid(
                 "attention.key_length",
-                format!("head dims {}/{} (must be even and equal)", hp.head_dim, hp.head_dim_v),
+                format!(
+                    "head dims {}/{} (must be even and equal)",
+                    hp.head_dim, hp.head_dim_v
+                ),
             ));
         }
         if hp.rope_dims == 0 || hp.rope_dims > hp.head_dim || hp.rope_dims % 2 != 0 {
@@ -169,7 +178,10 @@ impl ModelConfig {
             return Err(invalid("feed_forward_length", format!("{:?}", hp.n_ff)));
         }
         if !(hp.norm_eps > 0.0 && hp.norm_eps < 1.0) {
-            return Err(invalid("attention.layer_norm_rms_epsilon", format!("{}", hp.norm_eps)));
+            return Err(invalid(
+                "attention.layer_norm_rms_epsilon",
+                format!("{}", hp.norm_eps),
+            ));
         }
         if !(hp.rope_freq_base.is_finite() && hp.rope_freq_base > 0.0) {
             return Err(invalid("rope.freq_base", format!("{}", hp.rope_freq_base)));
@@ -187,16 +199,26 @@ impl ModelConfig {
         let (rope, window) = match arch {
             Arch::Gemma3 => {
                 let swa = hp.sliding_window.ok_or_else(|| {
-                    invalid("attention.sliding_window", "gemma3 needs a sliding window".into())
+                    invalid(
+                        "attention.sliding_window",
+                        "gemma3 needs a sliding window".into(),
+                    )
                 })?;
                 if hp.swa_layers.len() != hp.n_layer {
-                    return Err(invalid("attention.sliding_window_pattern", "one entry per layer needed".into()));
+                    return Err(invalid(
+                        "attention.sliding_window_pattern",
+                        "one entry per layer needed".into(),
+                    ));
                 }
                 let local_base = hp.rope_freq_base_swa.unwrap_or(GEMMA3_SWA_ROPE_BASE);
                 (0..hp.n_layer)
                     .map(|il| {
                         if hp.swa_layers[il] {
-                            let local = RopeParams { freq_base: local_base, freq_scale: 1.0, ..global_rope };
+                            let local = RopeParams {
+                                freq_base: local_base,
+                                freq_scale: 1.0,
+                                ..global_rope
+                            };
                             (local, Some(swa))
                         } else {
                             (global_rope, None)
@@ -223,7 +245,11 @@ impl ModelConfig {
             query_scale: gemma.then(|| 1.0 / (hp.head_dim as f32).sqrt()),
             qk_norm: matches!(arch, Arch::Qwen3 | Arch::Gemma3),
             post_norms: gemma,
-            activation: if gemma { GatedActivation::Gelu } else { GatedActivation::Silu },
+            activation: if gemma {
+                GatedActivation::Gelu
+            } else {
+                GatedActivation::Silu
+            },
             context_length: hp.context_length,
         })
     }
@@ -292,6 +318,9 @@ mod tests {
         );
         let mut hp = gemma_270m();
         hp.n_head_kv = 3;
-        assert!(matches!(ModelConfig::resolve(&hp), Err(ConfigError::Invalid { .. })));
+        assert!(matches!(
+            ModelConfig::resolve(&hp),
+            Err(ConfigError::Invalid { .. })
+        ));
     }
 }

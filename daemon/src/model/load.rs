@@ -48,7 +48,13 @@ impl TensorSource for ModelFile {
         let info = self.file.tensor(name)?;
         let data = self.file.tensor_data(info).ok()?;
         let cols = *info.dims.first()? as usize;
-        Some(HostTensor { name: &info.name, ty: info.ty, rows: info.n_rows() as usize, cols, data })
+        Some(HostTensor {
+            name: &info.name,
+            ty: info.ty,
+            rows: info.n_rows() as usize,
+            cols,
+            data,
+        })
     }
 }
 
@@ -60,7 +66,10 @@ pub fn model_config(desc: &ModelDescription, n_vocab: usize) -> Result<ModelConf
     let uniform = |v: &[u32], key: &str| -> Result<usize, ConfigError> {
         match v.first() {
             Some(&first) if v.iter().all(|&x| x == first) => Ok(first as usize),
-            _ => Err(ConfigError::Invalid { key: key.into(), reason: "per-layer values that differ are not supported".into() }),
+            _ => Err(ConfigError::Invalid {
+                key: key.into(),
+                reason: "per-layer values that differ are not supported".into(),
+            }),
         }
     };
     let freq_scale = match desc.rope.scaling_type.as_deref() {
@@ -74,7 +83,10 @@ pub fn model_config(desc: &ModelDescription, n_vocab: usize) -> Result<ModelConf
         }
     };
     if desc.expert_count.unwrap_or(0) > 0 {
-        return Err(ConfigError::Invalid { key: "expert_count".into(), reason: "mixture-of-experts models are not supported".into() });
+        return Err(ConfigError::Invalid {
+            key: "expert_count".into(),
+            reason: "mixture-of-experts models are not supported".into(),
+        });
     }
     let hp = Hyperparameters {
         arch: desc.architecture.clone(),
@@ -92,7 +104,9 @@ pub fn model_config(desc: &ModelDescription, n_vocab: usize) -> Result<ModelConf
         rope_dims: desc.rope.dimension_count as usize,
         rope_freq_scale: freq_scale,
         sliding_window: desc.sliding_window.map(|w| w as usize),
-        swa_layers: (0..desc.n_layer).map(|il| desc.is_sliding_window_layer(il, GEMMA3_SWA_PERIOD)).collect(),
+        swa_layers: (0..desc.n_layer)
+            .map(|il| desc.is_sliding_window_layer(il, GEMMA3_SWA_PERIOD))
+            .collect(),
         context_length: desc.context_length as usize,
     };
     ModelConfig::resolve(&hp)
@@ -119,7 +133,11 @@ impl OpenedModel {
             .map(|t| t.n_rows() as usize)
             .ok_or_else(|| WeightError::Missing("token_embd.weight".into()))?;
         let config = Arc::new(model_config(&description, n_vocab)?);
-        Ok(OpenedModel { source: Arc::new(ModelFile { file }), description, config })
+        Ok(OpenedModel {
+            source: Arc::new(ModelFile { file }),
+            description,
+            config,
+        })
     }
 }
 

@@ -32,9 +32,19 @@ pub trait PipelineStage: Send {
     /// Copies a sequence's first `len` cached positions to the host, one entry per layer.
     fn download_sequence(&self, seq: SeqId, len: usize) -> Result<Vec<HostKv>, ForwardError>;
     /// Installs a sequence's caches from the host.
-    fn upload_sequence(&mut self, seq: SeqId, host: &[HostKv], capacity: usize) -> Result<(), ForwardError>;
+    fn upload_sequence(
+        &mut self,
+        seq: SeqId,
+        host: &[HostKv],
+        capacity: usize,
+    ) -> Result<(), ForwardError>;
     /// Runs the stage's layers (see [`Stage::forward`]).
-    fn forward(&mut self, batch: &Batch, hidden: &mut [f32], logits: &mut Vec<f32>) -> Result<(), ForwardError>;
+    fn forward(
+        &mut self,
+        batch: &Batch,
+        hidden: &mut [f32],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), ForwardError>;
 }
 
 impl<B: Backend> PipelineStage for Stage<B> {
@@ -62,10 +72,20 @@ impl<B: Backend> PipelineStage for Stage<B> {
     fn download_sequence(&self, seq: SeqId, len: usize) -> Result<Vec<HostKv>, ForwardError> {
         Stage::download_sequence(self, seq, len)
     }
-    fn upload_sequence(&mut self, seq: SeqId, host: &[HostKv], capacity: usize) -> Result<(), ForwardError> {
+    fn upload_sequence(
+        &mut self,
+        seq: SeqId,
+        host: &[HostKv],
+        capacity: usize,
+    ) -> Result<(), ForwardError> {
         Stage::upload_sequence(self, seq, host, capacity)
     }
-    fn forward(&mut self, batch: &Batch, hidden: &mut [f32], logits: &mut Vec<f32>) -> Result<(), ForwardError> {
+    fn forward(
+        &mut self,
+        batch: &Batch,
+        hidden: &mut [f32],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), ForwardError> {
         Stage::forward(self, batch, hidden, logits)
     }
 }
@@ -107,9 +127,16 @@ impl Pipeline {
             next = s.layers().end;
         }
         if next != config.n_layer || !stages.last().is_some_and(|s| s.has_head()) {
-            return Err(ForwardError::BadBatch("stages do not cover the model".into()));
+            return Err(ForwardError::BadBatch(
+                "stages do not cover the model".into(),
+            ));
         }
-        Ok(Pipeline { config, source, stages, hidden: Vec::new() })
+        Ok(Pipeline {
+            config,
+            source,
+            stages,
+            hidden: Vec::new(),
+        })
     }
 
     /// Hyperparameters.
@@ -123,7 +150,10 @@ impl Pipeline {
     }
 
     /// Replaces the stages (a re-split), returning the old ones.
-    pub fn replace_stages(&mut self, stages: Vec<Box<dyn PipelineStage>>) -> Vec<Box<dyn PipelineStage>> {
+    pub fn replace_stages(
+        &mut self,
+        stages: Vec<Box<dyn PipelineStage>>,
+    ) -> Vec<Box<dyn PipelineStage>> {
         std::mem::replace(&mut self.stages, stages)
     }
 
@@ -171,15 +201,17 @@ impl Pipeline {
             .source
             .tensor("token_embd.weight")
             .ok_or_else(|| ForwardError::BadBatch("model has no token_embd.weight".into()))?;
-        let row_bytes = table
-            .ty
-            .row_bytes(d as u64)
-            .ok_or_else(|| ForwardError::BadBatch("embedding rows are not whole blocks".into()))?
-            as usize;
+        let row_bytes =
+            table.ty.row_bytes(d as u64).ok_or_else(|| {
+                ForwardError::BadBatch("embedding rows are not whole blocks".into())
+            })? as usize;
         for (t, &id) in tokens.iter().enumerate() {
             let id = id as usize;
             if id >= table.rows {
-                return Err(ForwardError::BadBatch(format!("token id {id} is outside the vocabulary of {}", table.rows)));
+                return Err(ForwardError::BadBatch(format!(
+                    "token id {id} is outside the vocabulary of {}",
+                    table.rows
+                )));
             }
             let row = &table.data[id * row_bytes..(id + 1) * row_bytes];
             let out = &mut self.hidden[t * d..(t + 1) * d];

@@ -8,7 +8,10 @@ use std::ops::Range;
 fn device_of(il: usize, n_layer: usize, cumulative: &[f64]) -> usize {
     let x = il as f64 / (n_layer + 1) as f64;
     // llama.cpp: std::upper_bound(splits, x) - splits.begin(): the first fraction greater than x.
-    cumulative.iter().position(|&c| c > x).unwrap_or(cumulative.len() - 1)
+    cumulative
+        .iter()
+        .position(|&c| c > x)
+        .unwrap_or(cumulative.len() - 1)
 }
 
 /// Layer ranges per device (possibly empty) for `n_layer` layers split by `weights`, and the

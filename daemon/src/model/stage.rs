@@ -118,7 +118,12 @@ impl<B: Backend> Stage<B> {
         })
     }
 
-    fn alloc_scratch(b: &B, c: &ModelConfig, n: usize, logit_rows: usize) -> Result<Scratch<B>, BackendError> {
+    fn alloc_scratch(
+        b: &B,
+        c: &ModelConfig,
+        n: usize,
+        logit_rows: usize,
+    ) -> Result<Scratch<B>, BackendError> {
         Ok(Scratch {
             x: b.alloc_activations(n * c.n_embd)?,
             cur: b.alloc_activations(n * c.n_embd)?,
@@ -150,7 +155,11 @@ impl<B: Backend> Stage<B> {
 
     /// Bytes of KV cache resident on the device, over all sequences.
     pub fn kv_bytes(&self) -> u64 {
-        self.kv.values().flatten().map(|kv| self.backend.kv_bytes(kv)).sum()
+        self.kv
+            .values()
+            .flatten()
+            .map(|kv| self.backend.kv_bytes(kv))
+            .sum()
     }
 
     /// Whether this stage holds the output head.
@@ -177,12 +186,23 @@ impl<B: Backend> Stage<B> {
 
     /// Copies the first `len` positions of `seq`'s caches to the host, layer by layer.
     pub fn download_sequence(&self, seq: SeqId, len: usize) -> Result<Vec<HostKv>, ForwardError> {
-        let caches = self.kv.get(&seq).ok_or_else(|| ForwardError::BadBatch(format!("unknown sequence {seq}")))?;
-        Ok(caches.iter().map(|kv| self.backend.download_kv(kv, len)).collect::<Result<_, _>>()?)
+        let caches = self
+            .kv
+            .get(&seq)
+            .ok_or_else(|| ForwardError::BadBatch(format!("unknown sequence {seq}")))?;
+        Ok(caches
+            .iter()
+            .map(|kv| self.backend.download_kv(kv, len))
+            .collect::<Result<_, _>>()?)
     }
 
     /// Installs host KV caches for `seq` (one per layer of this stage) with room for `capacity`.
-    pub fn upload_sequence(&mut self, seq: SeqId, host: &[HostKv], capacity: usize) -> Result<(), ForwardError> {
+    pub fn upload_sequence(
+        &mut self,
+        seq: SeqId,
+        host: &[HostKv],
+        capacity: usize,
+    ) -> Result<(), ForwardError> {
         if host.len() != self.layers.len() {
             return Err(ForwardError::BadBatch(format!(
                 "{} KV layers for a stage of {} layers",
@@ -190,7 +210,10 @@ impl<B: Backend> Stage<B> {
                 self.layers.len()
             )));
         }
-        let caches = host.iter().map(|h| self.backend.upload_kv(h, capacity)).collect::<Result<Vec<_>, _>>()?;
+        let caches = host
+            .iter()
+            .map(|h| self.backend.upload_kv(h, capacity))
+            .collect::<Result<Vec<_>, _>>()?;
         self.kv.insert(seq, caches);
         Ok(())
     }
@@ -198,11 +221,20 @@ impl<B: Backend> Stage<B> {
     /// Runs this stage's layers over `batch`. `hidden` holds the residual stream in and out,
     /// `(batch.len(), n_embd)` on the host. On the last stage, the logits of the tokens with
     /// `batch.logits[t]` set are written to `logits` in batch order, `n_vocab` each.
-    pub fn forward(&mut self, batch: &Batch, hidden: &mut [f32], logits: &mut Vec<f32>) -> Result<(), ForwardError> {
+    pub fn forward(
+        &mut self,
+        batch: &Batch,
+        hidden: &mut [f32],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), ForwardError> {
         let n = batch.len();
         let c = Arc::clone(&self.config);
         let b = Arc::clone(&self.backend);
-        if n == 0 || n > self.max_tokens || hidden.len() != n * c.n_embd || batch.n_logits() > self.max_logit_rows {
+        if n == 0
+            || n > self.max_tokens
+            || hidden.len() != n * c.n_embd
+            || batch.n_logits() > self.max_logit_rows
+        {
             return Err(ForwardError::BadBatch(format!(
                 "{n} tokens (at most {}), {} wanting logits (at most {}), hidden of {} values",
                 self.max_tokens,
@@ -214,7 +246,10 @@ impl<B: Backend> Stage<B> {
         let segments = batch.segments();
         for seg in &segments {
             if !self.kv.contains_key(&seg.seq) {
-                return Err(ForwardError::BadBatch(format!("sequence {} has no KV cache", seg.seq)));
+                return Err(ForwardError::BadBatch(format!(
+                    "sequence {} has no KV cache",
+                    seg.seq
+                )));
             }
         }
         let (d, qw) = (c.n_embd, c.q_width());
@@ -264,7 +299,9 @@ impl<B: Backend> Stage<B> {
                     .kv
                     .get_mut(&seg.seq)
                     .and_then(|layers| layers.get_mut(slot))
-                    .ok_or_else(|| ForwardError::BadBatch(format!("sequence {} lost its cache", seg.seq)))?;
+                    .ok_or_else(|| {
+                        ForwardError::BadBatch(format!("sequence {} lost its cache", seg.seq))
+                    })?;
                 let positions = &batch.positions[seg.rows.clone()];
                 b.kv_store(kv, &s.k, &s.v, seg.rows.start, positions)?;
                 b.attention(&s.q, kv, seg.rows.start, positions, params, &mut s.attn)?;

@@ -89,8 +89,15 @@ struct Loader<'a, B: Backend, S: TensorSource + ?Sized> {
 }
 
 impl<B: Backend, S: TensorSource + ?Sized> Loader<'_, B, S> {
-    fn optional(&mut self, name: &str, rows: usize, cols: usize) -> Result<Option<B::Weight>, WeightError> {
-        let Some(t) = self.source.tensor(name) else { return Ok(None) };
+    fn optional(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<B::Weight>, WeightError> {
+        let Some(t) = self.source.tensor(name) else {
+            return Ok(None);
+        };
         if t.rows != rows || t.cols != cols {
             return Err(WeightError::Shape {
                 name: name.to_string(),
@@ -106,7 +113,8 @@ impl<B: Backend, S: TensorSource + ?Sized> Loader<'_, B, S> {
     }
 
     fn required(&mut self, name: &str, rows: usize, cols: usize) -> Result<B::Weight, WeightError> {
-        self.optional(name, rows, cols)?.ok_or_else(|| WeightError::Missing(name.to_string()))
+        self.optional(name, rows, cols)?
+            .ok_or_else(|| WeightError::Missing(name.to_string()))
     }
 }
 
@@ -123,8 +131,18 @@ impl<B: Backend> LayerWeights<B> {
         config: &ModelConfig,
         il: usize,
     ) -> Result<(Self, u64), WeightError> {
-        let mut ld = Loader { backend, source, bytes: 0 };
-        let (d, q, kv, ff, hd) = (config.n_embd, config.q_width(), config.kv_width(), config.n_ff[il], config.head_dim);
+        let mut ld = Loader {
+            backend,
+            source,
+            bytes: 0,
+        };
+        let (d, q, kv, ff, hd) = (
+            config.n_embd,
+            config.q_width(),
+            config.kv_width(),
+            config.n_ff[il],
+            config.head_dim,
+        );
         let name = |what: &str| layer_tensor(il, what);
         let qk_norm = config.qk_norm;
         let weights = LayerWeights {
@@ -135,8 +153,16 @@ impl<B: Backend> LayerWeights<B> {
             bq: ld.optional(&name("attn_q.bias"), 1, q)?,
             bk: ld.optional(&name("attn_k.bias"), 1, kv)?,
             bv: ld.optional(&name("attn_v.bias"), 1, kv)?,
-            q_norm: if qk_norm { Some(ld.required(&name("attn_q_norm.weight"), 1, hd)?) } else { None },
-            k_norm: if qk_norm { Some(ld.required(&name("attn_k_norm.weight"), 1, hd)?) } else { None },
+            q_norm: if qk_norm {
+                Some(ld.required(&name("attn_q_norm.weight"), 1, hd)?)
+            } else {
+                None
+            },
+            k_norm: if qk_norm {
+                Some(ld.required(&name("attn_k_norm.weight"), 1, hd)?)
+            } else {
+                None
+            },
             wo: ld.required(&name("attn_output.weight"), d, q)?,
             post_attn_norm: if config.post_norms {
                 Some(ld.required(&name("post_attention_norm.weight"), 1, d)?)
@@ -153,8 +179,12 @@ impl<B: Backend> LayerWeights<B> {
                 None
             },
         };
-        if config.arch == Arch::Qwen2 && (weights.bq.is_none() || weights.bk.is_none() || weights.bv.is_none()) {
-            return Err(WeightError::Missing(name("attn_q.bias / attn_k.bias / attn_v.bias")));
+        if config.arch == Arch::Qwen2
+            && (weights.bq.is_none() || weights.bk.is_none() || weights.bv.is_none())
+        {
+            return Err(WeightError::Missing(name(
+                "attn_q.bias / attn_k.bias / attn_v.bias",
+            )));
         }
         Ok((weights, ld.bytes))
     }
@@ -167,12 +197,22 @@ impl<B: Backend> HeadWeights<B> {
         source: &S,
         config: &ModelConfig,
     ) -> Result<(Self, u64), WeightError> {
-        let mut ld = Loader { backend, source, bytes: 0 };
+        let mut ld = Loader {
+            backend,
+            source,
+            bytes: 0,
+        };
         let output_norm = ld.required("output_norm.weight", 1, config.n_embd)?;
         let output = match ld.optional("output.weight", config.n_vocab, config.n_embd)? {
             Some(w) => w,
             None => ld.required("token_embd.weight", config.n_vocab, config.n_embd)?,
         };
-        Ok((HeadWeights { output_norm, output }, ld.bytes))
+        Ok((
+            HeadWeights {
+                output_norm,
+                output,
+            },
+            ld.bytes,
+        ))
     }
 }

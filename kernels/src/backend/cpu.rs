@@ -28,7 +28,10 @@ pub struct CpuMemory {
 impl CpuMemory {
     /// A device memory of `budget` bytes, none used.
     pub fn new(budget: u64) -> Arc<Self> {
-        Arc::new(CpuMemory { used: AtomicU64::new(0), budget })
+        Arc::new(CpuMemory {
+            used: AtomicU64::new(0),
+            budget,
+        })
     }
 
     /// Bytes in use.
@@ -111,7 +114,12 @@ impl CpuBackend {
     /// A backend on the device called `name` whose memory is `memory`, computing on `pool`.
     /// Several backends (one per model) may share one device's memory.
     pub fn new(name: impl Into<String>, memory: Arc<CpuMemory>, pool: Arc<ThreadPool>) -> Self {
-        CpuBackend { name: name.into(), pool, ledger: memory, scratch: Mutex::new(MatmulScratch::new()) }
+        CpuBackend {
+            name: name.into(),
+            pool,
+            ledger: memory,
+            scratch: Mutex::new(MatmulScratch::new()),
+        }
     }
 
     /// Bytes of weights and KV caches currently held.
@@ -129,10 +137,23 @@ impl CpuBackend {
         loop {
             let next = used.saturating_add(bytes);
             if next > self.ledger.budget {
-                return Err(BackendError::OutOfMemory { device: self.name.clone(), what: what.to_string(), bytes });
+                return Err(BackendError::OutOfMemory {
+                    device: self.name.clone(),
+                    what: what.to_string(),
+                    bytes,
+                });
             }
-            match self.ledger.used.compare_exchange(used, next, Ordering::SeqCst, Ordering::SeqCst) {
-                Ok(_) => return Ok(Lease { ledger: Arc::clone(&self.ledger), bytes }),
+            match self
+                .ledger
+                .used
+                .compare_exchange(used, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => {
+                    return Ok(Lease {
+                        ledger: Arc::clone(&self.ledger),
+                        bytes,
+                    })
+                }
                 Err(now) => used = now,
             }
         }
@@ -145,7 +166,10 @@ impl CpuBackend {
 
 fn check_len(op: &'static str, have: usize, need: usize) -> Result<(), BackendError> {
     if have < need {
-        return Err(CpuBackend::shape(op, format!("buffer of {have} values, need {need}")));
+        return Err(CpuBackend::shape(
+            op,
+            format!("buffer of {have} values, need {need}"),
+        ));
     }
     Ok(())
 }
@@ -155,7 +179,10 @@ fn rope_params(p: RopeParams) -> ops::RopeParams {
         RopeKind::Normal => RopeMode::Normal,
         RopeKind::Neox => RopeMode::Neox,
     };
-    ops::RopeParams { freq_scale: p.freq_scale, ..ops::RopeParams::new(mode, p.n_dims, p.freq_base) }
+    ops::RopeParams {
+        freq_scale: p.freq_scale,
+        ..ops::RopeParams::new(mode, p.n_dims, p.freq_base)
+    }
 }
 
 impl Backend for CpuBackend {
@@ -168,16 +195,33 @@ impl Backend for CpuBackend {
     }
 
     fn upload_weight(&self, t: &HostTensor<'_>) -> Result<CpuWeight, BackendError> {
-        let expect = t.ty.row_bytes(t.cols as u64).and_then(|rb| rb.checked_mul(t.rows as u64));
+        let expect =
+            t.ty.row_bytes(t.cols as u64)
+                .and_then(|rb| rb.checked_mul(t.rows as u64));
         if expect != Some(t.data.len() as u64) {
-            return Err(Self::shape("upload_weight", format!("{}: {} bytes for {}x{} {}", t.name, t.data.len(), t.rows, t.cols, t.ty)));
+            return Err(Self::shape(
+                "upload_weight",
+                format!(
+                    "{}: {} bytes for {}x{} {}",
+                    t.name,
+                    t.data.len(),
+                    t.rows,
+                    t.cols,
+                    t.ty
+                ),
+            ));
         }
         if !t.ty.is_supported() {
-            return Err(BackendError::UnsupportedType { device: self.name.clone(), ty: t.ty, tensor: t.name.to_string() });
+            return Err(BackendError::UnsupportedType {
+                device: self.name.clone(),
+                ty: t.ty,
+                tensor: t.name.to_string(),
+            });
         }
         let vector = if t.rows == 1 {
             let mut v = vec![0.0f32; t.cols];
-            quant::dequantize(t.ty, t.data, &mut v).map_err(|e| Self::shape("upload_weight", format!("{}: {e}", t.name)))?;
+            quant::dequantize(t.ty, t.data, &mut v)
+                .map_err(|e| Self::shape("upload_weight", format!("{}: {e}", t.name)))?;
             Some(v)
         } else {
             None
@@ -186,7 +230,13 @@ impl Backend for CpuBackend {
         let lease = self.charge(t.name, bytes)?;
         let mut words = vec![0u64; t.data.len().div_ceil(8)];
         // SAFETY: `words` has at least `data.len()` bytes; regions do not overlap.
-        unsafe { std::ptr::copy_nonoverlapping(t.data.as_ptr(), words.as_mut_ptr().cast::<u8>(), t.data.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                t.data.as_ptr(),
+                words.as_mut_ptr().cast::<u8>(),
+                t.data.len(),
+            )
+        };
         Ok(CpuWeight {
             name: t.name.to_string(),
             ty: t.ty,
@@ -204,7 +254,13 @@ impl Backend for CpuBackend {
     }
 
     fn download_weight(&self, w: &CpuWeight) -> Result<OwnedHostTensor, BackendError> {
-        Ok(OwnedHostTensor { name: w.name.clone(), ty: w.ty, rows: w.rows, cols: w.cols, data: w.bytes().to_vec() })
+        Ok(OwnedHostTensor {
+            name: w.name.clone(),
+            ty: w.ty,
+            rows: w.rows,
+            cols: w.cols,
+            data: w.bytes().to_vec(),
+        })
     }
 
     fn alloc_activations(&self, len: usize) -> Result<Vec<f32>, BackendError> {
@@ -223,14 +279,23 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn embed(&self, table: &CpuWeight, ids: &[u32], scale: f32, out: &mut Vec<f32>) -> Result<(), BackendError> {
+    fn embed(
+        &self,
+        table: &CpuWeight,
+        ids: &[u32],
+        scale: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
         let d = table.cols;
         check_len("embed", out.len(), ids.len() * d)?;
         let rb = table.ty.row_bytes(d as u64).unwrap_or(0) as usize;
         for (t, &id) in ids.iter().enumerate() {
             let id = id as usize;
             if id >= table.rows {
-                return Err(Self::shape("embed", format!("token {id} outside {} rows", table.rows)));
+                return Err(Self::shape(
+                    "embed",
+                    format!("token {id} outside {} rows", table.rows),
+                ));
             }
             let row = &mut out[t * d..(t + 1) * d];
             quant::dequantize(table.ty, &table.bytes()[id * rb..(id + 1) * rb], row)
@@ -242,16 +307,42 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn matmul(&self, w: &CpuWeight, x: &Vec<f32>, n_tokens: usize, out: &mut Vec<f32>) -> Result<(), BackendError> {
+    fn matmul(
+        &self,
+        w: &CpuWeight,
+        x: &Vec<f32>,
+        n_tokens: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
         check_len("matmul", x.len(), n_tokens * w.cols)?;
         check_len("matmul", out.len(), n_tokens * w.rows)?;
-        let m = QMatrix { ty: w.ty, rows: w.rows, cols: w.cols, data: w.bytes() };
+        let m = QMatrix {
+            ty: w.ty,
+            rows: w.rows,
+            cols: w.cols,
+            data: w.bytes(),
+        };
         let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
-        matmul(&self.pool, &m, &x[..n_tokens * w.cols], n_tokens, &mut out[..n_tokens * w.rows], &mut scratch)
-            .map_err(|e| BackendError::Device { device: self.name.clone(), message: format!("matmul {}: {e}", w.name) })
+        matmul(
+            &self.pool,
+            &m,
+            &x[..n_tokens * w.cols],
+            n_tokens,
+            &mut out[..n_tokens * w.rows],
+            &mut scratch,
+        )
+        .map_err(|e| BackendError::Device {
+            device: self.name.clone(),
+            message: format!("matmul {}: {e}", w.name),
+        })
     }
 
-    fn add_bias(&self, x: &mut Vec<f32>, bias: &CpuWeight, n_tokens: usize) -> Result<(), BackendError> {
+    fn add_bias(
+        &self,
+        x: &mut Vec<f32>,
+        bias: &CpuWeight,
+        n_tokens: usize,
+    ) -> Result<(), BackendError> {
         let b = bias.vector("add_bias")?;
         check_len("add_bias", x.len(), n_tokens * b.len())?;
         for row in x[..n_tokens * b.len()].chunks_exact_mut(b.len()) {
@@ -260,11 +351,21 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn rms_norm(&self, x: &mut Vec<f32>, weight: &CpuWeight, n_rows: usize, dim: usize, eps: f32) -> Result<(), BackendError> {
+    fn rms_norm(
+        &self,
+        x: &mut Vec<f32>,
+        weight: &CpuWeight,
+        n_rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<(), BackendError> {
         let w = weight.vector("rms_norm")?;
         check_len("rms_norm", x.len(), n_rows * dim)?;
         if w.len() != dim {
-            return Err(Self::shape("rms_norm", format!("weight of {} for rows of {dim}", w.len())));
+            return Err(Self::shape(
+                "rms_norm",
+                format!("weight of {} for rows of {dim}", w.len()),
+            ));
         }
         for row in x[..n_rows * dim].chunks_exact_mut(dim) {
             ops::rms_norm_inplace(row, w, eps);
@@ -285,9 +386,15 @@ impl Backend for CpuBackend {
         check_len("rms_norm_into", x.len(), n_rows * dim)?;
         check_len("rms_norm_into", out.len(), n_rows * dim)?;
         if w.len() != dim {
-            return Err(Self::shape("rms_norm_into", format!("weight of {} for rows of {dim}", w.len())));
+            return Err(Self::shape(
+                "rms_norm_into",
+                format!("weight of {} for rows of {dim}", w.len()),
+            ));
         }
-        for (src, dst) in x[..n_rows * dim].chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        for (src, dst) in x[..n_rows * dim]
+            .chunks_exact(dim)
+            .zip(out.chunks_exact_mut(dim))
+        {
             ops::rms_norm(src, w, eps, dst);
         }
         Ok(())
@@ -306,7 +413,10 @@ impl Backend for CpuBackend {
         check_len("rope", x.len(), n_tokens * width)?;
         check_len("rope", positions.len(), n_tokens)?;
         if params.n_dims > head_dim || params.n_dims % 2 != 0 {
-            return Err(Self::shape("rope", format!("{} rotated dims for heads of {head_dim}", params.n_dims)));
+            return Err(Self::shape(
+                "rope",
+                format!("{} rotated dims for heads of {head_dim}", params.n_dims),
+            ));
         }
         let p = rope_params(params);
         let mut cache = vec![0.0f32; params.n_dims];
@@ -329,7 +439,13 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn gated_activation(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize, act: GatedActivation) -> Result<(), BackendError> {
+    fn gated_activation(
+        &self,
+        gate: &mut Vec<f32>,
+        up: &Vec<f32>,
+        len: usize,
+        act: GatedActivation,
+    ) -> Result<(), BackendError> {
         check_len("gated_activation", gate.len(), len)?;
         check_len("gated_activation", up.len(), len)?;
         match act {
@@ -339,7 +455,12 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn alloc_kv(&self, capacity: usize, n_kv_heads: usize, head_dim: usize) -> Result<CpuKv, BackendError> {
+    fn alloc_kv(
+        &self,
+        capacity: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<CpuKv, BackendError> {
         let values = capacity
             .checked_mul(n_kv_heads * head_dim)
             .ok_or_else(|| Self::shape("alloc_kv", "size overflows".into()))?;
@@ -358,20 +479,36 @@ impl Backend for CpuBackend {
         kv._lease.bytes
     }
 
-    fn kv_store(&self, kv: &mut CpuKv, k: &Vec<f32>, v: &Vec<f32>, first_row: usize, positions: &[u32]) -> Result<(), BackendError> {
+    fn kv_store(
+        &self,
+        kv: &mut CpuKv,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        first_row: usize,
+        positions: &[u32],
+    ) -> Result<(), BackendError> {
         let w = kv.n_kv_heads * kv.head_dim;
         check_len("kv_store", k.len(), (first_row + positions.len()) * w)?;
         check_len("kv_store", v.len(), (first_row + positions.len()) * w)?;
         for (i, &pos) in positions.iter().enumerate() {
             let pos = pos as usize;
             if pos >= kv.capacity {
-                return Err(Self::shape("kv_store", format!("position {pos} beyond a cache of {}", kv.capacity)));
+                return Err(Self::shape(
+                    "kv_store",
+                    format!("position {pos} beyond a cache of {}", kv.capacity),
+                ));
             }
             let row = first_row + i;
-            for (dst, &src) in kv.k[pos * w..(pos + 1) * w].iter_mut().zip(&k[row * w..(row + 1) * w]) {
+            for (dst, &src) in kv.k[pos * w..(pos + 1) * w]
+                .iter_mut()
+                .zip(&k[row * w..(row + 1) * w])
+            {
                 *dst = f16::from_f32(src);
             }
-            for (dst, &src) in kv.v[pos * w..(pos + 1) * w].iter_mut().zip(&v[row * w..(row + 1) * w]) {
+            for (dst, &src) in kv.v[pos * w..(pos + 1) * w]
+                .iter_mut()
+                .zip(&v[row * w..(row + 1) * w])
+            {
                 *dst = f16::from_f32(src);
             }
         }
@@ -390,13 +527,26 @@ impl Backend for CpuBackend {
         let hd = p.head_dim;
         let qw = p.n_heads * hd;
         let kvw = p.n_kv_heads * hd;
-        if p.n_kv_heads != kv.n_kv_heads || hd != kv.head_dim || p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
-            return Err(Self::shape("attention", format!("{p:?} over a cache of {} heads x {}", kv.n_kv_heads, kv.head_dim)));
+        if p.n_kv_heads != kv.n_kv_heads
+            || hd != kv.head_dim
+            || p.n_kv_heads == 0
+            || p.n_heads % p.n_kv_heads != 0
+        {
+            return Err(Self::shape(
+                "attention",
+                format!(
+                    "{p:?} over a cache of {} heads x {}",
+                    kv.n_kv_heads, kv.head_dim
+                ),
+            ));
         }
         check_len("attention", q.len(), (first_row + positions.len()) * qw)?;
         check_len("attention", out.len(), (first_row + positions.len()) * qw)?;
         if let Some(&bad) = positions.iter().find(|&&pos| pos as usize >= kv.capacity) {
-            return Err(Self::shape("attention", format!("position {bad} beyond a cache of {}", kv.capacity)));
+            return Err(Self::shape(
+                "attention",
+                format!("position {bad} beyond a cache of {}", kv.capacity),
+            ));
         }
         let group = p.n_heads / p.n_kv_heads;
         let n_items = positions.len() * p.n_heads;
@@ -448,7 +598,10 @@ impl Backend for CpuBackend {
 
     fn download_kv(&self, kv: &CpuKv, len: usize) -> Result<HostKv, BackendError> {
         if len > kv.capacity {
-            return Err(Self::shape("download_kv", format!("{len} positions from a cache of {}", kv.capacity)));
+            return Err(Self::shape(
+                "download_kv",
+                format!("{len} positions from a cache of {}", kv.capacity),
+            ));
         }
         let w = kv.n_kv_heads * kv.head_dim;
         Ok(HostKv {
@@ -463,7 +616,10 @@ impl Backend for CpuBackend {
     fn upload_kv(&self, host: &HostKv, capacity: usize) -> Result<CpuKv, BackendError> {
         let w = host.n_kv_heads * host.head_dim;
         if host.len > capacity || host.k.len() != host.len * w || host.v.len() != host.len * w {
-            return Err(Self::shape("upload_kv", format!("{} positions into a cache of {capacity}", host.len)));
+            return Err(Self::shape(
+                "upload_kv",
+                format!("{} positions into a cache of {capacity}", host.len),
+            ));
         }
         let mut kv = self.alloc_kv(capacity, host.n_kv_heads, host.head_dim)?;
         for (d, &s) in kv.k.iter_mut().zip(&host.k) {

@@ -12,11 +12,21 @@
 //! so renaming a field breaks scripts. Keep the serde attributes to those bincode supports
 //! (`rename`, `rename_all`; no `tag`, `flatten`, `skip_serializing_if` or `untagged`).
 
+mod generate;
+mod models;
 mod status;
 mod version;
 
 use serde::{Deserialize, Serialize};
 
+pub use generate::{
+    BenchReply, BenchRequest, ChatMessage, GenerateReply, GenerateRequest, Prompt, Sampling,
+    TokenPiece, TokenizeReply, TokenizeRequest,
+};
+pub use models::{
+    ListReply, ListRequest, LoadReply, LoadRequest, ModelDetails, StagePlacement, UnloadReply,
+    UnloadRequest,
+};
 pub use status::{DeviceInfo, DeviceKind, ModelInfo, StatusReply, StatusRequest};
 pub use version::{VersionReply, VersionRequest};
 
@@ -28,6 +38,18 @@ pub enum Request {
     Status(StatusRequest),
     /// Daemon and protocol versions.
     Version(VersionRequest),
+    /// Make a model resident.
+    Load(LoadRequest),
+    /// Free a resident model.
+    Unload(UnloadRequest),
+    /// List resident models with their placement.
+    List(ListRequest),
+    /// Generate text.
+    Generate(GenerateRequest),
+    /// Tokenize text.
+    Tokenize(TokenizeRequest),
+    /// Measure speed.
+    Bench(BenchRequest),
 }
 
 impl Request {
@@ -36,6 +58,12 @@ impl Request {
         match self {
             Request::Status(_) => "status",
             Request::Version(_) => "version",
+            Request::Load(_) => "load",
+            Request::Unload(_) => "unload",
+            Request::List(_) => "list",
+            Request::Generate(_) => "generate",
+            Request::Tokenize(_) => "tokenize",
+            Request::Bench(_) => "bench",
         }
     }
 }
@@ -48,6 +76,18 @@ pub enum Reply {
     Status(StatusReply),
     /// Answer to [`Request::Version`].
     Version(VersionReply),
+    /// Answer to [`Request::Load`].
+    Load(LoadReply),
+    /// Answer to [`Request::Unload`].
+    Unload(UnloadReply),
+    /// Answer to [`Request::List`].
+    List(ListReply),
+    /// Answer to [`Request::Generate`].
+    Generate(GenerateReply),
+    /// Answer to [`Request::Tokenize`].
+    Tokenize(TokenizeReply),
+    /// Answer to [`Request::Bench`].
+    Bench(BenchReply),
 }
 
 /// An intermediate message of a streaming reply.

@@ -6,7 +6,13 @@
 //! down or the client disappears, the handler's future is dropped: long work must watch for that
 //! (e.g. a cancellation flag set by a drop guard).
 
+mod bench;
+mod generate;
+mod list;
+pub mod load;
 mod status;
+mod tokenize;
+mod unload;
 mod version;
 
 use std::sync::Arc;
@@ -84,5 +90,21 @@ pub async fn dispatch(request: Request, ctx: Context) -> Result<Reply, ErrorRepl
     match request {
         Request::Status(r) => status::handle(r, &ctx).await.map(Reply::Status),
         Request::Version(r) => version::handle(r, &ctx).await.map(Reply::Version),
+        Request::Load(r) => load::handle(r, &ctx).await.map(Reply::Load),
+        Request::Unload(r) => unload::handle(r, &ctx).await.map(Reply::Unload),
+        Request::List(r) => list::handle(r, &ctx).await.map(Reply::List),
+        Request::Generate(r) => generate::handle(r, &ctx).await.map(Reply::Generate),
+        Request::Tokenize(r) => tokenize::handle(r, &ctx).await.map(Reply::Tokenize),
+        Request::Bench(r) => bench::handle(r, &ctx).await.map(Reply::Bench),
     }
+}
+
+/// The resident model called `name`, or a `not_found` error.
+pub fn model_named(ctx: &Context, name: &str) -> Result<crate::state::ResidentModel, ErrorReply> {
+    ctx.state.models().get(name).cloned().ok_or_else(|| {
+        ErrorReply::new(
+            ErrorCode::NotFound,
+            format!("no model named {name:?} is loaded"),
+        )
+    })
 }

@@ -1,0 +1,41 @@
+//! `llmctl list`: resident models and their placement. `--json`: one `ModelDetails` object per
+//! line (name, path, architecture, n_layer, ctx, threads, placement[...], running).
+
+use llmd_shared::{ListRequest, Reply, Request};
+
+use super::{placement_table, unexpected, Ctx};
+use crate::cli::ListArgs;
+use crate::CtlError;
+
+/// Lists the models.
+pub fn run(_args: ListArgs, ctx: &Ctx) -> Result<(), CtlError> {
+    let mut client = ctx.connect()?;
+    let reply = client.request(&Request::List(ListRequest {}), |_| Ok(()))?;
+    let Reply::List(r) = reply else {
+        return Err(unexpected("list"));
+    };
+    if ctx.out.json {
+        for m in &r.models {
+            ctx.out.json_line(m)?;
+        }
+        return Ok(());
+    }
+    if r.models.is_empty() {
+        return ctx.out.text("no models loaded\n");
+    }
+    let mut text = String::new();
+    for m in &r.models {
+        text.push_str(&format!(
+            "{} ({}, {} layers, ctx {}, {} threads, {} running)\n  {}\n{}",
+            m.name,
+            m.architecture,
+            m.n_layer,
+            m.ctx,
+            m.threads,
+            m.running,
+            m.path,
+            placement_table(&m.placement)
+        ));
+    }
+    ctx.out.text(&text)
+}

@@ -1,0 +1,107 @@
+//! `generate`: tokenizes the prompt (raw or through the chat template), queues it on the model's
+//! worker and streams tokens back. If the client goes away, dropping this handler closes the
+//! event channel and the worker frees the sequence before its next step.
+
+use std::sync::atomic::Ordering;
+
+use llmd_shared::{ErrorCode, ErrorReply, Event, GenerateReply, GenerateRequest, Prompt, Token};
+
+use super::{model_named, Context};
+use crate::engine::{GenEvent, GenerateJob, Job, SamplingParams};
+use crate::tokenizer::chat::ChatMessage;
+
+/// Most tokens one request may ask for.
+const MAX_TOKENS_LIMIT: u32 = 1 << 20;
+/// Token events buffered between the worker and a slow client.
+const EVENT_BUFFER: usize = 256;
+
+/// Runs the generation.
+pub async fn handle(req: GenerateRequest, ctx: &Context) -> Result<GenerateReply, ErrorReply> {
+    let model = model_named(ctx, &req.model)?;
+    if req.max_tokens == 0 || req.max_tokens > MAX_TOKENS_LIMIT {
+        return Err(ErrorReply::new(
+            ErrorCode::BadRequest,
+            format!("max_tokens must be 1..={MAX_TOKENS_LIMIT}"),
+        ));
+    }
+    let prompt = match &req.prompt {
+        Prompt::Raw(text) => model.tokenizer.encode(text, true, true),
+        Prompt::Chat(messages) => {
+            let messages: Vec<ChatMessage> = messages
+                .iter()
+                .map(|m| ChatMessage::new(&m.role, &m.content))
+                .collect();
+            model
+                .chat
+                .encode(&model.tokenizer, &messages, true)
+                .map_err(|e| {
+                    ErrorReply::new(ErrorCode::BadRequest, format!("chat template: {e}"))
+                })?
+        }
+    };
+    let defaults = SamplingParams::default();
+    let s = &req.sampling;
+    let sampling = SamplingParams {
+        temperature: s.temperature.unwrap_or(defaults.temperature),
+        top_k: s.top_k.map_or(defaults.top_k, |k| k as usize),
+        top_p: s.top_p.unwrap_or(defaults.top_p),
+        min_p: s.min_p.unwrap_or(defaults.min_p),
+        repeat_penalty: s.repeat_penalty.unwrap_or(defaults.repeat_penalty),
+        presence_penalty: s.presence_penalty.unwrap_or(defaults.presence_penalty),
+        penalty_last_n: defaults.penalty_last_n,
+        seed: s.seed.unwrap_or_else(random_seed),
+    };
+    let job = GenerateJob {
+        prompt,
+        max_tokens: req.max_tokens as usize,
+        sampling,
+        stops: req.stop.clone(),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(EVENT_BUFFER);
+    model
+        .handle
+        .submit(Job::Generate(job, tx))
+        .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))?;
+    model.running.fetch_add(1, Ordering::SeqCst);
+    let _running = RunningGuard(&model.running);
+    while let Some(event) = rx.recv().await {
+        match event {
+            GenEvent::Token { id, text } => ctx.event(Event::Token(Token { id, text })).await?,
+            GenEvent::Done(s) => {
+                return Ok(GenerateReply {
+                    tokens: s.tokens,
+                    text: s.text,
+                    trailing_text: s.flushed,
+                    prompt_tokens: s.prompt_tokens as u32,
+                    prefill_tokens_per_s: s.prefill_tokens_per_s,
+                    decode_tokens_per_s: s.decode_tokens_per_s,
+                    stop_reason: s.stop_reason.as_str().to_string(),
+                })
+            }
+            GenEvent::Failed(message) => {
+                return Err(ErrorReply::new(ErrorCode::BadRequest, message))
+            }
+        }
+    }
+    Err(ErrorReply::new(
+        ErrorCode::Internal,
+        "the model's worker stopped",
+    ))
+}
+
+/// Counts a running generation until dropped.
+struct RunningGuard<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A seed for requests that do not give one.
+fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32)
+}
