@@ -24,7 +24,7 @@ pub use parse::{
     GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS,
 };
 pub use value::{MetadataArray, MetadataValue, ValueType};
-pub use writer::{GgufWriter, PlannedTensor, TensorStream, WriteError};
+pub use writer::{GgufWriter, PlannedTensor, TensorStream, TensorWriter, WriteError};
 
 /// Parses a complete GGUF file held in memory (the entry point of the fuzz target and the
 /// hostile-input corpus test). Never panics; memory use is bounded by a small multiple of

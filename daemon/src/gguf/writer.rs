@@ -281,6 +281,18 @@ impl<W: Write> TensorStream<W> {
         Ok(())
     }
 
+    /// A writer for the next tensor's data in pieces (for tensors too big to hold in memory);
+    /// call [`TensorWriter::finish`] after writing exactly its size.
+    pub fn tensor_writer(&mut self) -> Result<TensorWriter<'_, W>, WriteError> {
+        if self.next >= self.tensors.len() {
+            return Err(WriteError::TooManyTensors(self.tensors.len()));
+        }
+        Ok(TensorWriter {
+            stream: self,
+            written: 0,
+        })
+    }
+
     /// Checks every tensor was written, flushes and returns the output.
     pub fn finish(mut self) -> Result<W, WriteError> {
         if self.next != self.tensors.len() {
@@ -298,6 +310,61 @@ impl<W: Write> TensorStream<W> {
     pub fn finish_partial(mut self) -> Result<W, WriteError> {
         self.out.flush()?;
         Ok(self.out)
+    }
+}
+
+/// Takes one tensor's data in pieces; see [`TensorStream::tensor_writer`].
+#[derive(Debug)]
+pub struct TensorWriter<'a, W: Write> {
+    /// The stream the tensor belongs to.
+    stream: &'a mut TensorStream<W>,
+    /// Bytes written so far.
+    written: u64,
+}
+
+impl<W: Write> TensorWriter<'_, W> {
+    /// The tensor being written.
+    fn tensor(&self) -> &PlannedTensor {
+        &self.stream.tensors[self.stream.next]
+    }
+
+    /// Checks the whole tensor was written and writes the padding after it.
+    pub fn finish(self) -> Result<(), WriteError> {
+        let t = self.tensor();
+        if self.written != t.n_bytes {
+            return Err(WriteError::WrongSize {
+                name: t.name.clone(),
+                expected: t.n_bytes,
+                got: self.written,
+            });
+        }
+        let n = t.n_bytes;
+        let pad = align_up(n, self.stream.alignment).unwrap_or(n) - n;
+        self.stream.out.write_all(&vec![0u8; pad as usize])?;
+        self.stream.next += 1;
+        Ok(())
+    }
+}
+
+impl<W: Write> Write for TensorWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let t = self.tensor();
+        if self.written + buf.len() as u64 > t.n_bytes {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "tensor {:?}: more than its {} bytes written",
+                    t.name, t.n_bytes
+                ),
+            ));
+        }
+        let n = self.stream.out.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.out.flush()
     }
 }
 

@@ -1,0 +1,794 @@
+//! `llmd make-model`: writes a random-weight GGUF model of a real architecture (llama, qwen2,
+//! qwen3, gemma3) and shape, with every piece of metadata llama.cpp needs to load it and a real
+//! tokenizer vocabulary ([`vocab`]). Weights are seeded and deterministic, scaled like a trained
+//! model's (matrices ~N(0, 0.02²), norms ≈ 1) so the forward pass gives finite, varied logits.
+//!
+//! Tensors are generated, quantized and written in row batches on all cores, so full-size
+//! presets (8B, 70B) stream to disk without holding the model in memory; `--header-only`
+//! writes just the header (all tensor infos), which looks like a partial download.
+
+pub mod vocab;
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::ValueEnum;
+use llmd_kernels::quant::{quantize, GgmlType};
+
+use crate::gguf::{GgufFile, GgufWriter, MetadataArray, MetadataValue};
+use vocab::{Flavor, Vocab, VocabKind};
+
+/// Elements generated per batch of a tensor (64 MiB of f32), bounding memory for any size.
+const BATCH_ELEMS: usize = 16 << 20;
+/// Standard deviation of weight matrices (what trained transformers roughly have).
+const WEIGHT_STD: f32 = 0.02;
+/// Standard deviation of the noise around 1 in norm weights, and of biases.
+const NORM_STD: f32 = 0.02;
+
+/// The architectures `make-model` can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Arch {
+    /// Llama 2/3: RMSNorm, SwiGLU, GQA.
+    Llama,
+    /// Qwen2/2.5: as llama plus q/k/v biases.
+    Qwen2,
+    /// Qwen3: as llama plus per-head q/k RMSNorm.
+    Qwen3,
+    /// Gemma 3: q/k norms, post-attention/FFN norms, sliding-window layers, tied embeddings.
+    Gemma3,
+}
+
+impl Arch {
+    /// The `general.architecture` value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+            Arch::Gemma3 => "gemma3",
+        }
+    }
+}
+
+/// Shape presets. Each is the real shape of a released model of the architecture:
+/// llama: Llama 3.2 1B / 3.1 8B / 3.1 70B; qwen2: Qwen2.5 1.5B / 7B / 72B; qwen3: Qwen3 1.7B /
+/// 8B / 32B (the largest dense Qwen3); gemma3: Gemma 3 1B / 12B / 27B. `tiny` is a small
+/// shape for tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Preset {
+    /// A few layers of width 256, vocabulary 1024: for tests.
+    Tiny,
+    /// About 1B parameters.
+    #[value(name = "1b")]
+    B1,
+    /// About 8B parameters.
+    #[value(name = "8b")]
+    B8,
+    /// About 70B parameters (the largest dense model of the family).
+    #[value(name = "70b")]
+    B70,
+}
+
+/// Weight types, as llama.cpp's quantize names them.
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WeightType {
+    /// Every matrix F32.
+    F32,
+    /// Every matrix F16.
+    F16,
+    /// Q8_0 matrices.
+    #[value(name = "q8_0")]
+    Q8_0,
+    /// Q4_0 matrices, Q6_K output.
+    #[value(name = "q4_0")]
+    Q4_0,
+    /// Q5_0 matrices, Q6_K output.
+    #[value(name = "q5_0")]
+    Q5_0,
+    /// Q4_K matrices, Q6_K output.
+    #[value(name = "q4_k")]
+    Q4_K,
+    /// Q6_K matrices.
+    #[value(name = "q6_k")]
+    Q6_K,
+    /// llama.cpp's Q4_K_M mix: Q4_K, with Q6_K for the output and for attn_v / ffn_down on
+    /// the layers llama.cpp gives more bits.
+    #[value(name = "q4_k_m")]
+    Q4_K_M,
+}
+
+impl WeightType {
+    /// The base matrix type.
+    fn base(self) -> GgmlType {
+        match self {
+            WeightType::F32 => GgmlType::F32,
+            WeightType::F16 => GgmlType::F16,
+            WeightType::Q8_0 => GgmlType::Q8_0,
+            WeightType::Q4_0 => GgmlType::Q4_0,
+            WeightType::Q5_0 => GgmlType::Q5_0,
+            WeightType::Q4_K | WeightType::Q4_K_M => GgmlType::Q4_K,
+            WeightType::Q6_K => GgmlType::Q6_K,
+        }
+    }
+
+    /// llama.cpp's `llama_ftype` value for `general.file_type`.
+    fn file_type(self) -> u32 {
+        match self {
+            WeightType::F32 => 0,
+            WeightType::F16 => 1,
+            WeightType::Q4_0 => 2,
+            WeightType::Q8_0 => 7,
+            WeightType::Q5_0 => 8,
+            WeightType::Q4_K => 14,
+            WeightType::Q4_K_M => 15,
+            WeightType::Q6_K => 18,
+        }
+    }
+}
+
+/// Arguments of `llmd make-model`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MakeModelArgs {
+    /// Architecture to write.
+    #[arg(long, value_enum)]
+    pub arch: Arch,
+    /// Shape preset; the explicit shape options below override its fields.
+    #[arg(long, value_enum, default_value = "tiny")]
+    pub preset: Preset,
+    /// Number of transformer layers.
+    #[arg(long)]
+    pub layers: Option<u32>,
+    /// Embedding (hidden) size.
+    #[arg(long)]
+    pub embd: Option<u32>,
+    /// Feed-forward size.
+    #[arg(long)]
+    pub ff: Option<u32>,
+    /// Attention heads.
+    #[arg(long)]
+    pub heads: Option<u32>,
+    /// Key/value heads (grouped-query attention).
+    #[arg(long)]
+    pub kv_heads: Option<u32>,
+    /// Head dimension (default: the preset's, or embd / heads when either is given).
+    #[arg(long)]
+    pub head_dim: Option<u32>,
+    /// Vocabulary size.
+    #[arg(long)]
+    pub vocab: Option<u32>,
+    /// Training context length written to the metadata.
+    #[arg(long)]
+    pub ctx: Option<u32>,
+    /// Weight type.
+    #[arg(long = "type", value_enum, default_value = "f16")]
+    pub ty: WeightType,
+    /// Tokenizer family (default: SentencePiece for gemma3, byte-level BPE otherwise).
+    #[arg(long, value_enum)]
+    pub vocab_kind: Option<VocabKind>,
+    /// Seed of the random weights (same seed, same file).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write only the header (every tensor info, no data), like a partial download.
+    #[arg(long)]
+    pub header_only: bool,
+    /// Worker threads for generating and quantizing (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Output file.
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+}
+
+/// A model shape: every hyperparameter written to the metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shape {
+    /// Transformer layers.
+    pub n_layer: u32,
+    /// Hidden size.
+    pub n_embd: u32,
+    /// Feed-forward size.
+    pub n_ff: u32,
+    /// Attention heads.
+    pub n_head: u32,
+    /// Key/value heads.
+    pub n_head_kv: u32,
+    /// Head dimension (keys and values).
+    pub head_dim: u32,
+    /// Vocabulary size.
+    pub n_vocab: u32,
+    /// Training context length.
+    pub n_ctx: u32,
+    /// RoPE frequency base.
+    pub rope_base: f32,
+    /// RMSNorm epsilon.
+    pub norm_eps: f32,
+    /// Sliding window of windowed layers (gemma3).
+    pub sliding_window: Option<u32>,
+}
+
+/// The preset shape of `arch`.
+pub fn preset_shape(arch: Arch, preset: Preset) -> Shape {
+    #[allow(clippy::too_many_arguments)]
+    let s = |n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, n_vocab, n_ctx| Shape {
+        n_layer,
+        n_embd,
+        n_ff,
+        n_head,
+        n_head_kv,
+        head_dim,
+        n_vocab,
+        n_ctx,
+        rope_base: 10000.0,
+        norm_eps: 1e-6,
+        sliding_window: None,
+    };
+    match arch {
+        Arch::Llama => {
+            let mut sh = match preset {
+                Preset::Tiny => s(2, 256, 512, 4, 2, 64, 1024, 4096),
+                Preset::B1 => s(16, 2048, 8192, 32, 8, 64, 128256, 131072),
+                Preset::B8 => s(32, 4096, 14336, 32, 8, 128, 128256, 131072),
+                Preset::B70 => s(80, 8192, 28672, 64, 8, 128, 128256, 131072),
+            };
+            sh.rope_base = 500000.0;
+            sh.norm_eps = 1e-5;
+            sh
+        }
+        Arch::Qwen2 => {
+            let mut sh = match preset {
+                Preset::Tiny => s(2, 256, 512, 4, 2, 64, 1024, 4096),
+                Preset::B1 => s(28, 1536, 8960, 12, 2, 128, 151936, 32768),
+                Preset::B8 => s(28, 3584, 18944, 28, 4, 128, 152064, 32768),
+                Preset::B70 => s(80, 8192, 29568, 64, 8, 128, 152064, 32768),
+            };
+            sh.rope_base = 1_000_000.0;
+            sh
+        }
+        Arch::Qwen3 => {
+            let mut sh = match preset {
+                Preset::Tiny => s(2, 256, 512, 4, 2, 64, 1024, 4096),
+                Preset::B1 => s(28, 2048, 6144, 16, 8, 128, 151936, 40960),
+                Preset::B8 => s(36, 4096, 12288, 32, 8, 128, 151936, 40960),
+                Preset::B70 => s(64, 5120, 25600, 64, 8, 128, 151936, 40960),
+            };
+            sh.rope_base = 1_000_000.0;
+            sh
+        }
+        Arch::Gemma3 => {
+            let (mut sh, window) = match preset {
+                // Six layers so that the 5-local/1-global pattern has a global layer.
+                Preset::Tiny => (s(6, 256, 512, 4, 1, 64, 1024, 4096), 128),
+                Preset::B1 => (s(26, 1152, 6912, 4, 1, 256, 262144, 32768), 512),
+                Preset::B8 => (s(48, 3840, 15360, 16, 8, 256, 262144, 131072), 1024),
+                Preset::B70 => (s(62, 5376, 21504, 32, 16, 128, 262144, 131072), 1024),
+            };
+            sh.rope_base = 1_000_000.0;
+            sh.sliding_window = Some(window);
+            sh
+        }
+    }
+}
+
+impl MakeModelArgs {
+    /// The shape: the preset with the explicit options applied, validated.
+    pub fn shape(&self) -> anyhow::Result<Shape> {
+        let mut sh = preset_shape(self.arch, self.preset);
+        let set = |f: &mut u32, v: Option<u32>| {
+            if let Some(v) = v {
+                *f = v;
+            }
+        };
+        set(&mut sh.n_layer, self.layers);
+        set(&mut sh.n_embd, self.embd);
+        set(&mut sh.n_ff, self.ff);
+        set(&mut sh.n_head, self.heads);
+        set(&mut sh.n_head_kv, self.kv_heads);
+        set(&mut sh.n_vocab, self.vocab);
+        set(&mut sh.n_ctx, self.ctx);
+        match self.head_dim {
+            Some(h) => sh.head_dim = h,
+            None if self.embd.is_some() || self.heads.is_some() => {
+                if sh.n_head == 0 {
+                    bail!("--heads must be nonzero");
+                }
+                sh.head_dim = sh.n_embd / sh.n_head;
+            }
+            None => {}
+        }
+        if self.kv_heads.is_none() && sh.n_head_kv > sh.n_head {
+            sh.n_head_kv = sh.n_head;
+        }
+        for (name, v) in [
+            ("layers", sh.n_layer),
+            ("embd", sh.n_embd),
+            ("ff", sh.n_ff),
+            ("heads", sh.n_head),
+            ("kv-heads", sh.n_head_kv),
+            ("head-dim", sh.head_dim),
+            ("vocab", sh.n_vocab),
+            ("ctx", sh.n_ctx),
+        ] {
+            if v == 0 {
+                bail!("--{name} must be nonzero");
+            }
+        }
+        if !sh.n_head.is_multiple_of(sh.n_head_kv) {
+            bail!(
+                "--heads ({}) must be a multiple of --kv-heads ({})",
+                sh.n_head,
+                sh.n_head_kv
+            );
+        }
+        if !sh.head_dim.is_multiple_of(2) {
+            bail!(
+                "--head-dim ({}) must be even for rotary embeddings",
+                sh.head_dim
+            );
+        }
+        Ok(sh)
+    }
+
+    fn vocab_kind(&self) -> VocabKind {
+        self.vocab_kind.unwrap_or(match self.arch {
+            Arch::Gemma3 => VocabKind::Spm,
+            _ => VocabKind::Bpe,
+        })
+    }
+}
+
+/// What a tensor is, which decides its type and initial values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Token embeddings.
+    TokenEmbd,
+    /// The output projection.
+    Output,
+    /// A norm weight (≈ 1, always F32).
+    Norm,
+    /// A bias (≈ 0, always F32).
+    Bias,
+    /// attn_v: more bits on some layers in Q4_K_M.
+    AttnV,
+    /// ffn_down: more bits on some layers in Q4_K_M.
+    FfnDown,
+    /// Any other weight matrix.
+    Matrix,
+}
+
+/// One tensor to write.
+#[derive(Debug, Clone)]
+struct TensorPlan {
+    /// GGUF tensor name.
+    name: String,
+    /// GGML dims (`dims[0]` is the row length).
+    dims: Vec<u64>,
+    /// What it is.
+    role: Role,
+    /// Chosen storage type.
+    ty: GgmlType,
+    /// Standard deviation of the random values (around 1 for norms).
+    std: f32,
+}
+
+/// llama.cpp's rule for which layers get more bits in the *_M mixes.
+fn use_more_bits(i: u32, n: u32) -> bool {
+    let (i, n) = (i as i64, n as i64);
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
+}
+
+/// A type compatible with rows of `row` elements: llama.cpp's fallbacks for shapes that are
+/// not a whole number of blocks.
+fn fit(ty: GgmlType, row: u64) -> GgmlType {
+    let fits = |t: GgmlType| row.is_multiple_of(t.block_elems() as u64);
+    if fits(ty) {
+        return ty;
+    }
+    let fallback = match ty {
+        GgmlType::Q4_K => GgmlType::Q5_0,
+        GgmlType::Q6_K => GgmlType::Q8_0,
+        _ => GgmlType::F16,
+    };
+    if fits(fallback) {
+        fallback
+    } else {
+        GgmlType::F16
+    }
+}
+
+/// The storage type of a tensor, following llama.cpp's `llama_tensor_get_type` for the mixes
+/// it supports.
+fn choose_type(
+    wt: WeightType,
+    role: Role,
+    layer: Option<u32>,
+    n_layer: u32,
+    tied: bool,
+    row: u64,
+) -> GgmlType {
+    let base = wt.base();
+    let ty = match role {
+        Role::Norm | Role::Bias => return GgmlType::F32,
+        _ if matches!(wt, WeightType::F32 | WeightType::F16) => base,
+        Role::Output => GgmlType::Q6_K,
+        Role::TokenEmbd if tied => GgmlType::Q6_K,
+        Role::AttnV | Role::FfnDown
+            if wt == WeightType::Q4_K_M && use_more_bits(layer.unwrap_or(0), n_layer) =>
+        {
+            GgmlType::Q6_K
+        }
+        _ => base,
+    };
+    // The output (or tied embedding) keeps Q8_0 when that is the base type, and takes Q8_0
+    // when its rows do not fit K blocks, as llama.cpp does.
+    let ty = if matches!(role, Role::Output) || (tied && role == Role::TokenEmbd) {
+        if base == GgmlType::Q8_0 || !row.is_multiple_of(256) {
+            GgmlType::Q8_0
+        } else {
+            ty
+        }
+    } else {
+        ty
+    };
+    fit(ty, row)
+}
+
+/// Every tensor of the model, in file order.
+fn plan(arch: Arch, sh: &Shape, wt: WeightType) -> Vec<TensorPlan> {
+    let (e, ff, v) = (sh.n_embd as u64, sh.n_ff as u64, sh.n_vocab as u64);
+    let (q, kv, hd) = (
+        (sh.n_head * sh.head_dim) as u64,
+        (sh.n_head_kv * sh.head_dim) as u64,
+        sh.head_dim as u64,
+    );
+    let tied = arch == Arch::Gemma3;
+    let mut out = Vec::new();
+    let mut add = |name: String, dims: Vec<u64>, role: Role, layer: Option<u32>| {
+        let std = match role {
+            Role::Norm | Role::Bias => NORM_STD,
+            // Unit-variance hidden states after the final norm give logits of std ~1.
+            Role::Output => 1.0 / (e as f32).sqrt(),
+            // Gemma scales embeddings by sqrt(n_embd) and ties them to the output.
+            Role::TokenEmbd if tied => 1.0 / (e as f32).sqrt(),
+            _ => WEIGHT_STD,
+        };
+        let ty = choose_type(wt, role, layer, sh.n_layer, tied, dims[0]);
+        out.push(TensorPlan {
+            name,
+            dims,
+            role,
+            ty,
+            std,
+        });
+    };
+    add(
+        "token_embd.weight".into(),
+        vec![e, v],
+        Role::TokenEmbd,
+        None,
+    );
+    for il in 0..sh.n_layer {
+        let l = Some(il);
+        let b = |s: &str| format!("blk.{il}.{s}");
+        add(b("attn_norm.weight"), vec![e], Role::Norm, l);
+        add(b("attn_q.weight"), vec![e, q], Role::Matrix, l);
+        add(b("attn_k.weight"), vec![e, kv], Role::Matrix, l);
+        add(b("attn_v.weight"), vec![e, kv], Role::AttnV, l);
+        if arch == Arch::Qwen2 {
+            add(b("attn_q.bias"), vec![q], Role::Bias, l);
+            add(b("attn_k.bias"), vec![kv], Role::Bias, l);
+            add(b("attn_v.bias"), vec![kv], Role::Bias, l);
+        }
+        if matches!(arch, Arch::Qwen3 | Arch::Gemma3) {
+            add(b("attn_q_norm.weight"), vec![hd], Role::Norm, l);
+            add(b("attn_k_norm.weight"), vec![hd], Role::Norm, l);
+        }
+        add(b("attn_output.weight"), vec![q, e], Role::Matrix, l);
+        if arch == Arch::Gemma3 {
+            add(b("post_attention_norm.weight"), vec![e], Role::Norm, l);
+        }
+        add(b("ffn_norm.weight"), vec![e], Role::Norm, l);
+        add(b("ffn_gate.weight"), vec![e, ff], Role::Matrix, l);
+        add(b("ffn_up.weight"), vec![e, ff], Role::Matrix, l);
+        add(b("ffn_down.weight"), vec![ff, e], Role::FfnDown, l);
+        if arch == Arch::Gemma3 {
+            add(b("post_ffw_norm.weight"), vec![e], Role::Norm, l);
+        }
+    }
+    add("output_norm.weight".into(), vec![e], Role::Norm, None);
+    if !tied {
+        add("output.weight".into(), vec![e, v], Role::Output, None);
+    }
+    out
+}
+
+/// The metadata llama.cpp needs, in the order its converters write it.
+fn metadata(
+    arch: Arch,
+    sh: &Shape,
+    wt: WeightType,
+    vocab: &Vocab,
+    preset: Preset,
+) -> Vec<(String, MetadataValue)> {
+    use MetadataValue as V;
+    let a = arch.name();
+    let k = |s: &str| format!("{a}.{s}");
+    let preset_name = match preset {
+        Preset::Tiny => "tiny",
+        Preset::B1 => "1b",
+        Preset::B8 => "8b",
+        Preset::B70 => "70b",
+    };
+    let mut m: Vec<(String, MetadataValue)> = vec![
+        ("general.architecture".into(), V::String(a.into())),
+        ("general.type".into(), V::String("model".into())),
+        (
+            "general.name".into(),
+            V::String(format!("llmd synthetic {a} {preset_name}")),
+        ),
+        ("general.file_type".into(), V::U32(wt.file_type())),
+        ("general.quantization_version".into(), V::U32(2)),
+        (k("vocab_size"), V::U32(sh.n_vocab)),
+        (k("context_length"), V::U32(sh.n_ctx)),
+        (k("embedding_length"), V::U32(sh.n_embd)),
+        (k("block_count"), V::U32(sh.n_layer)),
+        (k("feed_forward_length"), V::U32(sh.n_ff)),
+        (k("attention.head_count"), V::U32(sh.n_head)),
+        (k("attention.head_count_kv"), V::U32(sh.n_head_kv)),
+        (k("attention.key_length"), V::U32(sh.head_dim)),
+        (k("attention.value_length"), V::U32(sh.head_dim)),
+        (k("rope.dimension_count"), V::U32(sh.head_dim)),
+        (k("rope.freq_base"), V::F32(sh.rope_base)),
+        (k("attention.layer_norm_rms_epsilon"), V::F32(sh.norm_eps)),
+    ];
+    if let Some(w) = sh.sliding_window {
+        m.push((k("attention.sliding_window"), V::U32(w)));
+    }
+    let t = |s: &str| format!("tokenizer.{s}");
+    m.push((t("ggml.model"), V::String(vocab.model.into())));
+    m.push((t("ggml.pre"), V::String(vocab.pre.into())));
+    m.push((
+        t("ggml.tokens"),
+        V::Array(MetadataArray::String(vocab.tokens.clone())),
+    ));
+    if let Some(s) = &vocab.scores {
+        m.push((t("ggml.scores"), V::Array(MetadataArray::F32(s.clone()))));
+    }
+    m.push((
+        t("ggml.token_type"),
+        V::Array(MetadataArray::I32(vocab.token_types.clone())),
+    ));
+    if let Some(mg) = &vocab.merges {
+        m.push((
+            t("ggml.merges"),
+            V::Array(MetadataArray::String(mg.clone())),
+        ));
+    }
+    m.push((t("ggml.bos_token_id"), V::U32(vocab.bos)));
+    m.push((t("ggml.eos_token_id"), V::U32(vocab.eos)));
+    if let Some(id) = vocab.eot {
+        m.push((t("ggml.eot_token_id"), V::U32(id)));
+    }
+    if let Some(id) = vocab.unk {
+        m.push((t("ggml.unknown_token_id"), V::U32(id)));
+    }
+    if let Some(id) = vocab.pad {
+        m.push((t("ggml.padding_token_id"), V::U32(id)));
+    }
+    m.push((t("ggml.add_bos_token"), V::Bool(vocab.add_bos)));
+    m.push((t("ggml.add_eos_token"), V::Bool(false)));
+    if let Some(p) = vocab.add_space_prefix {
+        m.push((t("ggml.add_space_prefix"), V::Bool(p)));
+    }
+    m.push((t("chat_template"), V::String(vocab.chat_template.into())));
+    m
+}
+
+/// splitmix64: a fast, well-mixed generator; one stream per tensor row keeps the output
+/// independent of how rows are split across threads.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// An approximately standard normal value: the Irwin–Hall sum of four 16-bit uniforms,
+    /// centred and scaled to unit variance (cheap, bounded by ±3.46).
+    fn normal(&mut self) -> f32 {
+        let r = self.next();
+        let sum: u32 = (0..4).map(|i| ((r >> (16 * i)) & 0xFFFF) as u32).sum();
+        let u = sum as f32 / 65536.0; // sum of four U(0,1): mean 2, variance 1/3
+        (u - 2.0) * 3.0f32.sqrt()
+    }
+}
+
+/// The RNG of row `row` of tensor number `index`.
+fn row_rng(seed: u64, index: usize, row: u64) -> SplitMix {
+    let mut s = SplitMix(seed ^ 0x6C6C_6D64_6D6F_6465);
+    let a = s.next() ^ (index as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    let mut s = SplitMix(a);
+    SplitMix(s.next() ^ row.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// Generates and encodes rows `rows` of tensor `t` (number `index`).
+fn encode_rows(
+    t: &TensorPlan,
+    index: usize,
+    seed: u64,
+    rows: std::ops::Range<u64>,
+) -> anyhow::Result<Vec<u8>> {
+    let row_len = t.dims[0] as usize;
+    let mut vals = Vec::with_capacity(row_len * (rows.end - rows.start) as usize);
+    for r in rows {
+        let mut rng = row_rng(seed, index, r);
+        let center = if t.role == Role::Norm { 1.0 } else { 0.0 };
+        vals.extend((0..row_len).map(|_| center + t.std * rng.normal()));
+    }
+    quantize(t.ty, &vals).with_context(|| format!("quantizing {} to {}", t.name, t.ty))
+}
+
+/// Generates, encodes and writes one tensor in batches of rows, each batch split across
+/// `threads` workers.
+fn write_tensor<W: Write>(
+    stream: &mut crate::gguf::TensorStream<W>,
+    t: &TensorPlan,
+    index: usize,
+    seed: u64,
+    threads: usize,
+) -> anyhow::Result<()> {
+    let row_len = t.dims[0];
+    let n_rows: u64 = t.dims[1..].iter().product();
+    let batch_rows = (BATCH_ELEMS as u64 / row_len).max(1);
+    let mut data = Vec::new();
+    let mut start = 0;
+    let mut sink = stream.tensor_writer()?;
+    while start < n_rows {
+        let end = (start + batch_rows).min(n_rows);
+        let per = (end - start).div_ceil(threads as u64).max(1);
+        let parts: Vec<anyhow::Result<Vec<u8>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (start..end)
+                .step_by(per as usize)
+                .map(|a| {
+                    let b = (a + per).min(end);
+                    s.spawn(move || encode_rows(t, index, seed, a..b))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("worker thread panicked")))
+                })
+                .collect()
+        });
+        data.clear();
+        for p in parts {
+            data.extend_from_slice(&p?);
+        }
+        sink.write_all(&data)?;
+        start = end;
+    }
+    sink.finish()?;
+    Ok(())
+}
+
+/// Runs `llmd make-model`.
+pub fn run(args: MakeModelArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let sh = args.shape()?;
+    let flavor = match args.arch {
+        Arch::Llama => Flavor::Llama,
+        Arch::Qwen2 | Arch::Qwen3 => Flavor::Qwen,
+        Arch::Gemma3 => Flavor::Gemma,
+    };
+    let vocab = vocab::build(args.vocab_kind(), flavor, sh.n_vocab as usize)?;
+    let tensors = plan(args.arch, &sh, args.ty);
+
+    let mut w = GgufWriter::new();
+    for (k, v) in metadata(args.arch, &sh, args.ty, &vocab, args.preset) {
+        w.add_metadata(k, v)?;
+    }
+    for t in &tensors {
+        w.add_tensor(t.name.clone(), &t.dims, t.ty)?;
+    }
+    let total_size = w.file_size();
+    let file = File::create(&args.output)
+        .with_context(|| format!("cannot create {}", args.output.display()))?;
+    let mut stream = w.start(BufWriter::with_capacity(8 << 20, file))?;
+    let n_params: u64 = tensors.iter().map(|t| t.dims.iter().product::<u64>()).sum();
+    if args.header_only {
+        stream.finish_partial()?;
+    } else {
+        let threads = args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1);
+        for (i, t) in tensors.iter().enumerate() {
+            write_tensor(&mut stream, t, i, args.seed, threads)?;
+        }
+        let out = stream.finish()?;
+        out.into_inner()
+            .map_err(|e| e.into_error())?
+            .sync_all()
+            .context("flushing the model file")?;
+        // Read it back: what we wrote must parse.
+        GgufFile::open(&args.output).context("reading back the written model")?;
+    }
+    eprintln!(
+        "wrote {}: {} {}, {} layers, {} tensors, {:.3}B parameters, {} vocabulary ({} learned), {} bytes{} in {:.1}s",
+        args.output.display(),
+        args.arch.name(),
+        format!("{:?}", args.ty).to_lowercase(),
+        sh.n_layer,
+        tensors.len(),
+        n_params as f64 / 1e9,
+        vocab.model,
+        vocab.learned,
+        if args.header_only { 0 } else { total_size },
+        if args.header_only { " (header only)" } else { "" },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q4_k_m_mix_follows_llama_cpp() {
+        let sh = preset_shape(Arch::Llama, Preset::B8);
+        let p = plan(Arch::Llama, &sh, WeightType::Q4_K_M);
+        let ty = |n: &str| p.iter().find(|t| t.name == n).unwrap().ty;
+        assert_eq!(ty("output.weight"), GgmlType::Q6_K);
+        assert_eq!(ty("token_embd.weight"), GgmlType::Q4_K);
+        assert_eq!(ty("blk.0.attn_v.weight"), GgmlType::Q6_K);
+        assert_eq!(ty("blk.5.attn_v.weight"), GgmlType::Q4_K);
+        assert_eq!(ty("blk.6.ffn_down.weight"), GgmlType::Q6_K);
+        assert_eq!(ty("blk.5.ffn_down.weight"), GgmlType::Q4_K);
+        assert_eq!(ty("blk.31.ffn_down.weight"), GgmlType::Q6_K);
+        assert_eq!(ty("blk.3.attn_q.weight"), GgmlType::Q4_K);
+        assert_eq!(ty("blk.3.attn_norm.weight"), GgmlType::F32);
+        // Llama 3 8B: 8.03B parameters.
+        let n: u64 = p.iter().map(|t| t.dims.iter().product::<u64>()).sum();
+        assert!((8.0e9..8.1e9).contains(&(n as f64)), "{n}");
+        // Gemma: tied embedding takes the output's type; 1152-wide rows fall back.
+        let sh = preset_shape(Arch::Gemma3, Preset::B1);
+        let p = plan(Arch::Gemma3, &sh, WeightType::Q4_K_M);
+        let ty = |n: &str| p.iter().find(|t| t.name == n).unwrap().ty;
+        assert_eq!(ty("token_embd.weight"), GgmlType::Q8_0);
+        assert_eq!(ty("blk.1.attn_q.weight"), GgmlType::Q5_0);
+        assert!(p.iter().all(|t| t.name != "output.weight"));
+    }
+
+    #[test]
+    fn rows_are_deterministic_and_scaled() {
+        let t = TensorPlan {
+            name: "x".into(),
+            dims: vec![256, 64],
+            role: Role::Matrix,
+            ty: GgmlType::F32,
+            std: 0.02,
+        };
+        let a = encode_rows(&t, 3, 7, 0..64).unwrap();
+        let b = encode_rows(&t, 3, 7, 32..64).unwrap();
+        assert_eq!(&a[32 * 256 * 4..], &b[..]);
+        let vals: Vec<f32> = a
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let mean = vals.iter().sum::<f32>() / vals.len() as f32;
+        let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / vals.len() as f32;
+        assert!(mean.abs() < 0.002, "{mean}");
+        assert!((var.sqrt() - 0.02).abs() < 0.002, "{}", var.sqrt());
+        assert_ne!(a, encode_rows(&t, 3, 8, 0..64).unwrap());
+    }
+}
