@@ -31,11 +31,12 @@ GGUF_ARRAY = 9
 HEADER_READ_LIMIT = 256 << 20
 
 
-def vocab_only_copy(src, dst):
-    """Write dst: src's magic, version and metadata with zero tensors."""
+def vocab_only_copy(src, dst, pre=None):
+    """Write dst: src's magic, version and metadata with zero tensors; with `pre`, the value of
+    tokenizer.ggml.pre replaced."""
     with open(src, "rb") as f:
         data = f.read(HEADER_READ_LIMIT)
-    magic, _version, _n_tensors, n_kv = struct.unpack_from("<4sIQQ", data, 0)
+    magic, version, _n_tensors, n_kv = struct.unpack_from("<4sIQQ", data, 0)
     if magic != b"GGUF":
         raise SystemExit(f"{src}: not a GGUF file")
     off = 24
@@ -57,12 +58,19 @@ def vocab_only_copy(src, dst):
             return o
         return o + GGUF_SIZES[t]
 
+    out = bytearray(struct.pack("<4sIQQ", magic, version, 0, n_kv))
     for _ in range(n_kv):
-        off = skip_str(off)
-        (t,) = struct.unpack_from("<I", data, off)
-        off = skip_val(off + 4, t)
-    out = bytearray(data[:off])
-    struct.pack_into("<Q", out, 8, 0)  # tensor count
+        key_end = skip_str(off)
+        (n,) = struct.unpack_from("<Q", data, off)
+        key = data[off + 8 : key_end].decode("utf-8")
+        (t,) = struct.unpack_from("<I", data, key_end)
+        end = skip_val(key_end + 4, t)
+        if pre is not None and key == "tokenizer.ggml.pre" and t == GGUF_STRING:
+            value = pre.encode("utf-8")
+            out += data[off : key_end + 4] + struct.pack("<Q", len(value)) + value
+        else:
+            out += data[off:end]
+        off = end
     out += b"\0" * ((-len(out)) % 32)
     with open(dst, "wb") as f:
         f.write(out)
@@ -144,7 +152,14 @@ CORPUS = [
 PIECE_HEAD = 600
 PIECE_STRIDE = 257
 
+# tokenizer.ggml.pre values checked on the Qwen2 vocabulary besides its own.
+OTHER_PRE_TOKENIZERS = ["llama-bpe", "deepseek-llm", "deepseek-coder", "gpt-2", "default"]
+
 FLAGS = [(True, False), (False, False), (True, True), (False, True)]
+
+
+def pre_name(model):
+    return model.metadata.get("tokenizer.ggml.pre")
 
 
 def token_to_piece(vocab, token, special):
@@ -171,11 +186,11 @@ def detokenize(model, ids, remove_special, unparse_special):
         size = -n + 1
 
 
-def generate(name, path, out_dir):
+def generate(name, path, out_dir, flags=FLAGS, with_pieces=True):
     model = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
     cases = []
     for text in CORPUS:
-        for add_special, parse_special in FLAGS:
+        for add_special, parse_special in flags:
             ids = model.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special)
             cases.append(
                 {
@@ -189,18 +204,22 @@ def generate(name, path, out_dir):
     vocab = model._model.vocab
     n_vocab = model.n_vocab()
     eog = [i for i in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, i)]
-    # token_to_piece for the first ids (control, byte and short tokens) and a sample of the rest.
-    sample = sorted(set(range(min(PIECE_HEAD, n_vocab))) | set(range(0, n_vocab, PIECE_STRIDE)) | set(eog))
-    pieces = [
-        {
-            "id": i,
-            "plain_hex": token_to_piece(vocab, i, False).hex(),
-            "special_hex": token_to_piece(vocab, i, True).hex(),
-        }
-        for i in sample
-    ]
+    pieces = []
+    if with_pieces:
+        # token_to_piece for the first ids (control, byte and short tokens), a sample of the
+        # rest and the end-of-generation tokens.
+        sample = set(range(min(PIECE_HEAD, n_vocab))) | set(range(0, n_vocab, PIECE_STRIDE))
+        pieces = [
+            {
+                "id": i,
+                "plain_hex": token_to_piece(vocab, i, False).hex(),
+                "special_hex": token_to_piece(vocab, i, True).hex(),
+            }
+            for i in sorted(sample | set(eog))
+        ]
     fixture = {
         "generator": "scripts/gen-tokenizer-fixtures.py",
+        "pre": pre_name(model),
         "eog": eog,
         "pieces": pieces,
         "llama_cpp_python": llama_cpp.__version__,
@@ -233,7 +252,11 @@ def main():
         header = os.path.join(tmp, "qwen2-vocab.gguf")
         vocab_only_copy(qwen, header)
         generate("qwen2", header, out_dir)
-
+        # The other pre-tokenizers, run over the same byte-level BPE vocabulary and merges.
+        for pre in OTHER_PRE_TOKENIZERS:
+            path = os.path.join(tmp, f"{pre}.gguf")
+            vocab_only_copy(qwen, path, pre=pre)
+            generate(f"qwen2-vocab-pre-{pre}", path, out_dir, flags=[(False, False)], with_pieces=False)
 
 if __name__ == "__main__":
     main()

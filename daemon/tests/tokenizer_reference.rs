@@ -166,6 +166,30 @@ fn qwen2_matches_llama_cpp() {
     check_fixture(&tokenizer, &fixture("qwen2"));
 }
 
+/// The other byte-level BPE pre-tokenizers (Llama 3, DeepSeek LLM and Coder, GPT-2, llama.cpp's
+/// default), each run by llama.cpp over the Qwen2 vocabulary and merges with
+/// `tokenizer.ggml.pre` replaced.
+#[test]
+fn other_pre_tokenizers_match_llama_cpp() {
+    let Some((_, meta)) = load("LLMD_QWEN_HEADER_GGUF") else {
+        return;
+    };
+    for pre in [
+        "llama-bpe",
+        "deepseek-llm",
+        "deepseek-coder",
+        "gpt-2",
+        "default",
+    ] {
+        let mut meta = meta.clone();
+        meta.pre = Some(pre.to_owned());
+        let tokenizer = Tokenizer::from_metadata(&meta).expect("tokenizer builds");
+        let fixture = fixture(&format!("qwen2-vocab-pre-{pre}"));
+        assert!(fixture.cases.len() >= 50);
+        check_fixture(&tokenizer, &fixture);
+    }
+}
+
 #[test]
 fn end_of_generation_tokens() {
     if let Some((gemma, _)) = load("LLMD_GEMMA_GGUF") {
