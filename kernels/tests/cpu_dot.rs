@@ -1,6 +1,7 @@
-//! Every SIMD dot product against its scalar twin, the multi-row kernels against the one-row
-//! ones, the scalar kernels against a plain float dot of dequantized values, and the activation
-//! quantizers against the reference quantizers in `quant`.
+//! Every SIMD dot product against its scalar twin, the multi-row kernels (two weight rows, or a
+//! tile of activation rows) against the one-row ones, the scalar kernels against a plain float
+//! dot of dequantized values, and the activation quantizers against the reference quantizers in
+//! `quant`.
 //!
 //! Tolerances: the K-quant SIMD kernels sum each super-block's integers exactly and then do the
 //! scalar code's float operations in its order, so they must be bit-identical. The 32-wide and
@@ -37,8 +38,9 @@ fn check_simd_vs_scalar<W: ScalarKernels>(exact: bool) {
     let slow = W::scalar_kernels();
     for n_blocks in [1usize, 2, 3, 7, 20, 33] {
         let cols = n_blocks * W::BLOCK;
-        let bytes = random_weights(&mut rng, W::TYPE, 1, cols);
-        let w = as_blocks::<W>(bytes.bytes()).expect("aligned weights");
+        let bytes = random_weights(&mut rng, W::TYPE, 2, cols);
+        let both = as_blocks::<W>(bytes.bytes()).expect("aligned weights");
+        let (w, w2) = both.split_at(n_blocks);
         let acts = activations::<W>(&mut rng, TILE, cols);
         let tile: [&[W::Act]; TILE] = std::array::from_fn(|t| acts[t].as_slice());
         let fast_tile = fast.dot_tile(w, tile);
@@ -71,6 +73,16 @@ fn check_simd_vs_scalar<W: ScalarKernels>(exact: bool) {
                 W::TYPE
             );
             assert_eq!(vec_dot(w, a).to_bits(), f.to_bits());
+            let pair = fast.dot_pair(w, w2, a);
+            assert_eq!(pair[0].to_bits(), f.to_bits(), "{} pair row 0", W::TYPE);
+            assert_eq!(
+                pair[1].to_bits(),
+                fast.dot(w2, a).to_bits(),
+                "{} pair row 1",
+                W::TYPE
+            );
+            let spair = slow.dot_pair(w, w2, a);
+            assert_eq!(spair, [s, slow.dot(w2, a)], "{} scalar pair", W::TYPE);
         }
     }
 }

@@ -20,7 +20,6 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::scalar::k4_scales_mins;
 use crate::quant::{BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0};
 
 /// One half float to f32 in all four lanes, with the F16C instruction.
@@ -104,56 +103,70 @@ unsafe fn load32<T>(p: &[T; 32]) -> __m256i {
     _mm256_loadu_si256(p.as_ptr().cast())
 }
 
-/// Shared body of the 32-wide formats × Q8_0: `unpack` gives a block's signed weight bytes.
+/// Shared body of the 32-wide formats × Q8_0, for `R` weight rows × `K` activation rows:
+/// `unpack` gives a block's signed weight bytes and scale.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_legacy_q8_0<B, const K: usize>(
-    w: &[B],
+unsafe fn dot_legacy_q8_0<B, const R: usize, const K: usize>(
+    w: [&[B]; R],
     a: [&[BlockQ8_0]; K],
     unpack: impl Fn(&B) -> (__m256i, f16),
-) -> [f32; K] {
-    for row in &a {
+) -> [[f32; K]; R] {
+    let n = w.first().map_or(0, |row| row.len());
+    for row in &w {
         assert_eq!(
             row.len(),
-            w.len(),
+            n,
             "dot product of rows with different block counts"
         );
     }
-    let mut acc = [_mm256_setzero_ps(); K];
-    for (i, x) in w.iter().enumerate() {
-        let (qx, dx) = unpack(x);
-        let dx = f16x4(dx);
-        let ax = _mm256_sign_epi8(qx, qx);
-        for t in 0..K {
-            // SAFETY: every activation row has w.len() blocks (asserted above).
-            let y = a[t].get_unchecked(i);
-            let p = dot_i8_pairs(ax, qx, load32(&y.qs));
-            let d = _mm256_broadcastss_ps(_mm_mul_ps(dx, f16x4(y.d)));
-            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[t]);
+    for row in &a {
+        assert_eq!(
+            row.len(),
+            n,
+            "dot product of rows with different block counts"
+        );
+    }
+    let mut acc = [[_mm256_setzero_ps(); K]; R];
+    for i in 0..n {
+        // SAFETY (all get_unchecked below): every row has n blocks (asserted above).
+        let ys: [__m256i; K] = std::array::from_fn(|t| load32(&a[t].get_unchecked(i).qs));
+        let yd: [__m128; K] = std::array::from_fn(|t| f16x4(a[t].get_unchecked(i).d));
+        for r in 0..R {
+            let (qx, dx) = unpack(w[r].get_unchecked(i));
+            let dx = f16x4(dx);
+            let ax = _mm256_sign_epi8(qx, qx);
+            for t in 0..K {
+                let p = dot_i8_pairs(ax, qx, ys[t]);
+                let d = _mm256_broadcastss_ps(_mm_mul_ps(dx, yd[t]));
+                acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][t]);
+            }
         }
     }
-    let mut out = [0.0f32; K];
-    for t in 0..K {
-        out[t] = hsum_ps(acc[t]);
+    let mut out = [[0.0f32; K]; R];
+    for r in 0..R {
+        for t in 0..K {
+            out[r][t] = hsum_ps(acc[r][t]);
+        }
     }
     out
 }
 
-/// Q8_0 × Q8_0 for `K` activation rows.
+/// Q8_0 × Q8_0 for `R` weight rows × `K` activation rows.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q8_0_q8_0<const K: usize>(
-    w: &[BlockQ8_0],
+pub(super) unsafe fn dot_q8_0_q8_0<const R: usize, const K: usize>(
+    w: [&[BlockQ8_0]; R],
     a: [&[BlockQ8_0]; K],
-) -> [f32; K] {
+) -> [[f32; K]; R] {
     dot_legacy_q8_0(w, a, |x| (load32(&x.qs), x.d))
 }
 
-/// Q4_0 × Q8_0 for `K` activation rows.
+/// Q4_0 × Q8_0 for `R` weight rows × `K` activation rows.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q4_0_q8_0<const K: usize>(
-    w: &[BlockQ4_0],
+pub(super) unsafe fn dot_q4_0_q8_0<const R: usize, const K: usize>(
+    w: [&[BlockQ4_0]; R],
     a: [&[BlockQ8_0]; K],
-) -> [f32; K] {
+) -> [[f32; K]; R] {
     dot_legacy_q8_0(w, a, |x| {
         (
             _mm256_sub_epi8(bytes_from_nibbles_32(&x.qs), _mm256_set1_epi8(8)),
@@ -162,12 +175,12 @@ pub(super) unsafe fn dot_q4_0_q8_0<const K: usize>(
     })
 }
 
-/// Q5_0 × Q8_0 for `K` activation rows.
+/// Q5_0 × Q8_0 for `R` weight rows × `K` activation rows.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q5_0_q8_0<const K: usize>(
-    w: &[BlockQ5_0],
+pub(super) unsafe fn dot_q5_0_q8_0<const R: usize, const K: usize>(
+    w: [&[BlockQ5_0]; R],
     a: [&[BlockQ8_0]; K],
-) -> [f32; K] {
+) -> [[f32; K]; R] {
     dot_legacy_q8_0(w, a, |x| {
         // (nibble | bit << 4) - 16 is the nibble where the bit is set and nibble | 0xF0 (as i8)
         // where it is clear.
@@ -177,12 +190,57 @@ pub(super) unsafe fn dot_q5_0_q8_0<const K: usize>(
     })
 }
 
-/// `Σ_j min_j × (activation sum of sub-block j)` for Q4_K / Q5_K.
+/// An `R` weight rows × `K` activation rows kernel from a one-weight-row kernel (for formats
+/// whose weight unpacking dominates, so sharing the activation loads would not pay).
+macro_rules! rows_of {
+    ($name:ident, $inner:ident, $w:ty, $a:ty) => {
+        #[doc = concat!("[`", stringify!($inner), "`] for `R` weight rows.")]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(super) unsafe fn $name<const R: usize, const K: usize>(
+            w: [&[$w]; R],
+            a: [&[$a]; K],
+        ) -> [[f32; K]; R] {
+            let mut out = [[0.0f32; K]; R];
+            for r in 0..R {
+                out[r] = $inner::<K>(w[r], a);
+            }
+            out
+        }
+    };
+}
+
+rows_of!(dot_q4_k_q8_k_rows, dot_q4_k_q8_k, BlockQ4K, BlockQ8K);
+rows_of!(dot_q5_k_q8_k_rows, dot_q5_k_q8_k, BlockQ5K, BlockQ8K);
+rows_of!(dot_q6_k_q8_k_rows, dot_q6_k_q8_k, BlockQ6K, BlockQ8K);
+rows_of!(dot_f16_f16_rows, dot_f16_f16, f16, f16);
+rows_of!(dot_f32_f32_rows, dot_f32_f32, f32, f32);
+
+/// The eight 6-bit scales (bytes 0..8) and eight 6-bit mins (bytes 8..16) of a Q4_K / Q5_K
+/// super-block, unpacked with ggml's 32-bit mask arithmetic (same result as
+/// [`super::scalar`]'s byte-wise unpacking).
 #[inline]
-fn k_mins_sum(mins: &[u8; 8], y: &BlockQ8K) -> i32 {
-    (0..8)
-        .map(|j| i32::from(mins[j]) * (i32::from(y.bsums[2 * j]) + i32::from(y.bsums[2 * j + 1])))
-        .sum()
+fn k4_scales_mins_packed(packed: &[u8; 12]) -> [u32; 4] {
+    const KMASK1: u32 = 0x3f3f_3f3f;
+    const KMASK2: u32 = 0x0f0f_0f0f;
+    const KMASK3: u32 = 0x0303_0303;
+    let word =
+        |i: usize| u32::from_le_bytes([packed[i], packed[i + 1], packed[i + 2], packed[i + 3]]);
+    let (u0, u1, u2) = (word(0), word(4), word(8));
+    let scales_lo = u0 & KMASK1;
+    let scales_hi = (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4);
+    let mins_lo = u1 & KMASK1;
+    let mins_hi = ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4);
+    [scales_lo, scales_hi, mins_lo, mins_hi]
+}
+
+/// Reduces the eight i32 lanes of `a` and the four of `b` to their two sums (exact).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum2_epi32(a: __m256i, b: __m128i) -> (i32, i32) {
+    let a4 = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    let h = _mm_hadd_epi32(a4, b); // [a0+a1, a2+a3, b0+b1, b2+b3]
+    let h = _mm_hadd_epi32(h, h); // [Σa, Σb, Σa, Σb]
+    (_mm_cvtsi128_si32(h), _mm_extract_epi32(h, 1))
 }
 
 /// Shared body of Q4_K and Q5_K: `unpack(x, c)` gives the unsigned values of sub-blocks 2c and
@@ -205,12 +263,23 @@ unsafe fn dot_k4<B, const K: usize>(
     let mut out = [0.0f32; K];
     for (i, x) in w.iter().enumerate() {
         let (xd, xdmin, packed) = parts(x);
-        let (sc, mn) = k4_scales_mins(packed);
+        let sm = k4_scales_mins_packed(packed);
+        // Scales and mins as eight i16 each; the scales repeated in both 128-bit halves so a
+        // byte shuffle can broadcast any one of them.
+        let sm16 = _mm256_cvtepu8_epi16(_mm_set_epi32(
+            sm[3] as i32,
+            sm[2] as i32,
+            sm[1] as i32,
+            sm[0] as i32,
+        ));
+        let mins = _mm256_extracti128_si256(sm16, 1);
+        let scales = _mm256_permute2x128_si256(sm16, sm16, 0x00);
         let mut sumi = [_mm256_setzero_si256(); K];
         for c in 0..4 {
             let (ql, qh) = unpack(x, c);
-            let sl = _mm256_set1_epi16(i16::from(sc[2 * c]));
-            let sh = _mm256_set1_epi16(i16::from(sc[2 * c + 1]));
+            let pick = |j: i16| _mm256_set1_epi16(((2 * j + 1) << 8) | (2 * j));
+            let sl = _mm256_shuffle_epi8(scales, pick(2 * c as i16));
+            let sh = _mm256_shuffle_epi8(scales, pick(2 * c as i16 + 1));
             for t in 0..K {
                 // SAFETY: every activation row has w.len() blocks (asserted above).
                 let y = a[t].get_unchecked(i);
@@ -226,10 +295,16 @@ unsafe fn dot_k4<B, const K: usize>(
         let xdmin = f16_to_f32(xdmin);
         for t in 0..K {
             let y = a[t].get_unchecked(i);
-            let isum = hsum_epi32(sumi[t]);
+            // Σ_j min_j × (bsums[2j] + bsums[2j+1]).
+            let bsums = _mm256_loadu_si256(y.bsums.as_ptr().cast());
+            let pairs = _mm_hadd_epi16(
+                _mm256_castsi256_si128(bsums),
+                _mm256_extracti128_si256(bsums, 1),
+            );
+            let (isum, msum) = hsum2_epi32(sumi[t], _mm_madd_epi16(mins, pairs));
             let d = y.d * xd;
             let dmin = y.d * xdmin;
-            out[t] += d * isum as f32 - dmin * k_mins_sum(&mn, y) as f32;
+            out[t] += d * isum as f32 - dmin * msum as f32;
         }
     }
     out
@@ -237,10 +312,7 @@ unsafe fn dot_k4<B, const K: usize>(
 
 /// Q4_K × Q8_K for `K` activation rows.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q4_k_q8_k<const K: usize>(
-    w: &[BlockQ4K],
-    a: [&[BlockQ8K]; K],
-) -> [f32; K] {
+unsafe fn dot_q4_k_q8_k<const K: usize>(w: &[BlockQ4K], a: [&[BlockQ8K]; K]) -> [f32; K] {
     dot_k4(
         w,
         a,
@@ -258,10 +330,7 @@ pub(super) unsafe fn dot_q4_k_q8_k<const K: usize>(
 
 /// Q5_K × Q8_K for `K` activation rows.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q5_k_q8_k<const K: usize>(
-    w: &[BlockQ5K],
-    a: [&[BlockQ8K]; K],
-) -> [f32; K] {
+unsafe fn dot_q5_k_q8_k<const K: usize>(w: &[BlockQ5K], a: [&[BlockQ8K]; K]) -> [f32; K] {
     dot_k4(
         w,
         a,
@@ -288,10 +357,7 @@ pub(super) unsafe fn dot_q5_k_q8_k<const K: usize>(
 
 /// Q6_K × Q8_K for `K` activation rows.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q6_k_q8_k<const K: usize>(
-    w: &[BlockQ6K],
-    a: [&[BlockQ8K]; K],
-) -> [f32; K] {
+unsafe fn dot_q6_k_q8_k<const K: usize>(w: &[BlockQ6K], a: [&[BlockQ8K]; K]) -> [f32; K] {
     for row in &a {
         assert_eq!(
             row.len(),
@@ -303,6 +369,9 @@ pub(super) unsafe fn dot_q6_k_q8_k<const K: usize>(
     let m3 = _mm256_set1_epi8(0x03);
     let mut out = [0.0f32; K];
     for (i, x) in w.iter().enumerate() {
+        let scales8 = _mm_loadu_si128(x.scales.as_ptr().cast());
+        // All sixteen scales as i16, for the `- 32` correction against the group sums.
+        let scales16 = _mm256_cvtepi8_epi16(scales8);
         let mut sumi = [_mm256_setzero_si256(); K];
         for h in 0..2 {
             let ql1 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * h).cast());
@@ -325,11 +394,13 @@ pub(super) unsafe fn dot_q6_k_q8_k<const K: usize>(
                 _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql2, 4), m4), high(3)),
             ];
             for (s, &qs) in q.iter().enumerate() {
-                let g = 8 * h + 2 * s;
-                let scales = _mm256_set_m128i(
-                    _mm_set1_epi16(i16::from(x.scales[g + 1])),
-                    _mm_set1_epi16(i16::from(x.scales[g])),
+                let g = (8 * h + 2 * s) as i8;
+                // Scale g in the low eight i16 lanes, scale g + 1 in the high eight.
+                let pick = _mm_set_epi64x(
+                    i64::from_ne_bytes([(g + 1) as u8; 8]),
+                    i64::from_ne_bytes([g as u8; 8]),
                 );
+                let scales = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales8, pick));
                 for t in 0..K {
                     // SAFETY: every activation row has w.len() blocks (asserted above).
                     let y = a[t].get_unchecked(i);
@@ -343,11 +414,9 @@ pub(super) unsafe fn dot_q6_k_q8_k<const K: usize>(
         for t in 0..K {
             let y = a[t].get_unchecked(i);
             // Σ scale × (q - 32) × q8 = Σ scale × q × q8 - 32 Σ scale × (group sum of q8).
-            let offset: i32 = (0..16)
-                .map(|g| i32::from(x.scales[g]) * i32::from(y.bsums[g]))
-                .sum::<i32>()
-                * 32;
-            let isum = hsum_epi32(sumi[t]) - offset;
+            let bsums = _mm256_loadu_si256(y.bsums.as_ptr().cast());
+            let offset = _mm256_slli_epi32(_mm256_madd_epi16(scales16, bsums), 5);
+            let isum = hsum_epi32(_mm256_sub_epi32(sumi[t], offset));
             out[t] += xd * y.d * isum as f32;
         }
     }
@@ -397,7 +466,7 @@ unsafe fn dot_float<T, const K: usize>(
 
 /// F16 × F16 for `K` activation rows.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_f16_f16<const K: usize>(w: &[f16], a: [&[f16]; K]) -> [f32; K] {
+unsafe fn dot_f16_f16<const K: usize>(w: &[f16], a: [&[f16]; K]) -> [f32; K] {
     dot_float(
         w,
         a,
@@ -409,7 +478,7 @@ pub(super) unsafe fn dot_f16_f16<const K: usize>(w: &[f16], a: [&[f16]; K]) -> [
 
 /// F32 × F32 for `K` activation rows.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_f32_f32<const K: usize>(w: &[f32], a: [&[f32]; K]) -> [f32; K] {
+unsafe fn dot_f32_f32<const K: usize>(w: &[f32], a: [&[f32]; K]) -> [f32; K] {
     dot_float(w, a, |row, i| _mm256_loadu_ps(row.as_ptr().add(i)), |v| *v)
 }
 

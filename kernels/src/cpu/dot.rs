@@ -18,13 +18,19 @@ use crate::quant::{
 /// How many activation rows the multi-row kernel takes at once.
 pub const TILE: usize = 4;
 
+/// A kernel computing the dot products of `R` weight rows with `K` activation rows.
+type RowsKernel<W, A, const R: usize, const K: usize> =
+    unsafe fn([&[W]; R], [&[A]; K]) -> [[f32; K]; R];
+
 /// Dot-product kernels for weight type `W` against activation type `A`, for the instruction set
 /// detected at run time.
 pub struct Kernels<W: 'static, A: 'static> {
     /// One weight row · one activation row.
-    one: unsafe fn(&[W], [&[A]; 1]) -> [f32; 1],
-    /// One weight row · [`TILE`] activation rows.
-    tile: unsafe fn(&[W], [&[A]; TILE]) -> [f32; TILE],
+    one: RowsKernel<W, A, 1, 1>,
+    /// Two weight rows · one activation row (decoding one token).
+    pair: RowsKernel<W, A, 2, 1>,
+    /// One weight row · [`TILE`] activation rows (prefill).
+    tile: RowsKernel<W, A, 1, TILE>,
 }
 
 impl<W, A> Clone for Kernels<W, A> {
@@ -39,15 +45,23 @@ impl<W, A> Kernels<W, A> {
     #[inline]
     pub fn dot(&self, w: &[W], a: &[A]) -> f32 {
         // SAFETY: a `Kernels` only holds SIMD functions when `isa()` detected their features
-        // (see `pick`), and the kernels check the row lengths themselves.
-        unsafe { (self.one)(w, [a])[0] }
+        // (see `pick!`), and the kernels check the row lengths themselves.
+        unsafe { (self.one)([w], [a])[0][0] }
+    }
+
+    /// `[w0 · a, w1 · a]`.
+    #[inline]
+    pub fn dot_pair(&self, w0: &[W], w1: &[W], a: &[A]) -> [f32; 2] {
+        // SAFETY: as in `dot`.
+        let r = unsafe { (self.pair)([w0, w1], [a]) };
+        [r[0][0], r[1][0]]
     }
 
     /// `w · a[t]` for [`TILE`] activation rows at once.
     #[inline]
     pub fn dot_tile(&self, w: &[W], a: [&[A]; TILE]) -> [f32; TILE] {
         // SAFETY: as in `dot`.
-        unsafe { (self.tile)(w, a) }
+        unsafe { (self.tile)([w], a)[0] }
     }
 }
 
@@ -81,11 +95,11 @@ pub fn vec_dot<W: VecDot>(w: &[W], a: &[W::Act]) -> f32 {
     W::kernels().dot(w, a)
 }
 
-/// The scalar kernel for any `K`, from a one-row reference function.
+/// The scalar kernel for any `R × K`, from a one-row reference function.
 macro_rules! scalar_k {
     ($name:ident, $f:path, $w:ty, $a:ty) => {
-        fn $name<const K: usize>(w: &[$w], a: [&[$a]; K]) -> [f32; K] {
-            a.map(|row| $f(w, row))
+        fn $name<const R: usize, const K: usize>(w: [&[$w]; R], a: [&[$a]; K]) -> [[f32; K]; R] {
+            w.map(|wr| a.map(|ar| $f(wr, ar)))
         }
     };
 }
@@ -108,8 +122,9 @@ scalar_k!(s_f32, scalar::dot_f32_f32, f32, f32);
 macro_rules! pick {
     ($scalar:ident) => {
         Kernels {
-            one: $scalar::<1>,
-            tile: $scalar::<TILE>,
+            one: $scalar::<1, 1>,
+            pair: $scalar::<2, 1>,
+            tile: $scalar::<1, TILE>,
         }
     };
     ($scalar:ident, $simd:ident) => {{
@@ -117,14 +132,16 @@ macro_rules! pick {
         {
             if super::isa() == Isa::Avx2 {
                 return Kernels {
-                    one: super::avx2::$simd::<1>,
-                    tile: super::avx2::$simd::<TILE>,
+                    one: super::avx2::$simd::<1, 1>,
+                    pair: super::avx2::$simd::<2, 1>,
+                    tile: super::avx2::$simd::<1, TILE>,
                 };
             }
         }
         Kernels {
-            one: $scalar::<1>,
-            tile: $scalar::<TILE>,
+            one: $scalar::<1, 1>,
+            pair: $scalar::<2, 1>,
+            tile: $scalar::<1, TILE>,
         }
     }};
 }
@@ -189,7 +206,7 @@ weight!(
     GgmlType::Q4_K,
     QK_K,
     s_q4_k,
-    dot_q4_k_q8_k
+    dot_q4_k_q8_k_rows
 );
 weight!(
     BlockQ5K,
@@ -197,7 +214,7 @@ weight!(
     GgmlType::Q5_K,
     QK_K,
     s_q5_k,
-    dot_q5_k_q8_k
+    dot_q5_k_q8_k_rows
 );
 weight!(
     BlockQ6K,
@@ -205,11 +222,11 @@ weight!(
     GgmlType::Q6_K,
     QK_K,
     s_q6_k,
-    dot_q6_k_q8_k
+    dot_q6_k_q8_k_rows
 );
-weight!(f16, f16, GgmlType::F16, 1, s_f16, dot_f16_f16);
+weight!(f16, f16, GgmlType::F16, 1, s_f16, dot_f16_f16_rows);
 weight!(bf16, bf16, GgmlType::BF16, 1, s_bf16);
-weight!(f32, f32, GgmlType::F32, 1, s_f32, dot_f32_f32);
+weight!(f32, f32, GgmlType::F32, 1, s_f32, dot_f32_f32_rows);
 
 impl Activation for BlockQ8_0 {
     const BLOCK: usize = QK;

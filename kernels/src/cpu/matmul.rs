@@ -195,9 +195,7 @@ where
         acts.resize(act_blocks, W::Act::ZERO);
     }
     let acts = &mut acts[..act_blocks];
-    for (xr, ar) in x.chunks_exact(cols).zip(acts.chunks_exact_mut(row_blocks)) {
-        W::Act::quantize(xr, ar);
-    }
+    quantize_activations(pool, x, cols, acts, row_blocks, n_tokens);
     let acts: &[W::Act] = acts;
 
     let kernels = W::kernels();
@@ -234,6 +232,48 @@ where
     Ok(())
 }
 
+/// Tokens from which the activation conversion is split over the pool (below, one thread
+/// converts faster than the hand-off costs).
+const PARALLEL_QUANTIZE_TOKENS: usize = 8;
+
+/// A raw pointer to the activation buffer that the pool's threads may share.
+struct ActsPtr<A>(*mut A);
+// SAFETY: threads write disjoint token rows through it, and the `&mut [A]` it came from stays
+// borrowed until the pool has finished.
+unsafe impl<A: Send> Send for ActsPtr<A> {}
+// SAFETY: as above.
+unsafe impl<A: Send> Sync for ActsPtr<A> {}
+
+/// Converts each token row of `x` into `acts` (`row_blocks` blocks per token), over the pool's
+/// threads for longer batches.
+fn quantize_activations<A: Activation>(
+    pool: &ThreadPool,
+    x: &[f32],
+    cols: usize,
+    acts: &mut [A],
+    row_blocks: usize,
+    n_tokens: usize,
+) {
+    if n_tokens < PARALLEL_QUANTIZE_TOKENS || pool.n_threads() == 1 {
+        for (xr, ar) in x.chunks_exact(cols).zip(acts.chunks_exact_mut(row_blocks)) {
+            A::quantize(xr, ar);
+        }
+        return;
+    }
+    debug_assert_eq!(acts.len(), n_tokens * row_blocks);
+    let base = ActsPtr(acts.as_mut_ptr());
+    let base = &base;
+    pool.run(&|thread, n_threads| {
+        for t in (thread..n_tokens).step_by(n_threads) {
+            // SAFETY: token t's blocks [t * row_blocks, (t + 1) * row_blocks) lie inside `acts`
+            // (length n_tokens * row_blocks) and only this thread handles token t.
+            let row =
+                unsafe { std::slice::from_raw_parts_mut(base.0.add(t * row_blocks), row_blocks) };
+            A::quantize(&x[t * cols..(t + 1) * cols], row);
+        }
+    });
+}
+
 /// Rows `range` of the output for every token.
 #[allow(clippy::too_many_arguments)]
 #[inline]
@@ -254,12 +294,12 @@ fn compute_chunk<W, A>(
         // checked to be n_tokens * rows); row r belongs to this thread's chunk only.
         unsafe { *out.0.add(t * rows + r) = v };
     };
+    let row = |r: usize| &weights[r * row_blocks..(r + 1) * row_blocks];
     let mut t = 0;
     while t + TILE <= n_tokens {
-        let a = [act(t), act(t + 1), act(t + 2), act(t + 3)];
+        let a: [&[A]; TILE] = std::array::from_fn(|k| act(t + k));
         for r in range.clone() {
-            let wr = &weights[r * row_blocks..(r + 1) * row_blocks];
-            let v = kernels.dot_tile(wr, a);
+            let v = kernels.dot_tile(row(r), a);
             for (k, v) in v.into_iter().enumerate() {
                 write(t + k, r, v);
             }
@@ -268,12 +308,15 @@ fn compute_chunk<W, A>(
     }
     while t < n_tokens {
         let a = act(t);
-        for r in range.clone() {
-            write(
-                t,
-                r,
-                kernels.dot(&weights[r * row_blocks..(r + 1) * row_blocks], a),
-            );
+        let mut r = range.start;
+        while r + 2 <= range.end {
+            let [v0, v1] = kernels.dot_pair(row(r), row(r + 1), a);
+            write(t, r, v0);
+            write(t, r + 1, v1);
+            r += 2;
+        }
+        if r < range.end {
+            write(t, r, kernels.dot(row(r), a));
         }
         t += 1;
     }

@@ -74,15 +74,10 @@ pub fn quantize_row_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
         "quantize_row_q8_k: length mismatch"
     );
     for (xb, yb) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
-        // The first element of largest magnitude, with its sign.
-        let mut amax = 0.0f32;
-        let mut max = 0.0f32;
-        for &v in xb {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
-            }
-        }
+        // The first element of largest magnitude, with its sign (NaNs are skipped, as the
+        // reference's `>` comparison skips them). Found in two passes so the first vectorizes.
+        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let max = xb.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0);
         if amax == 0.0 {
             yb.d = 0.0;
             yb.qs = [0; QK_K];
