@@ -5,10 +5,12 @@
 //!   whole ([`GgufFile::open`]) or header-only for partial downloads ([`GgufFile::open_header`]).
 //! - [`value`]: metadata value types. [`error`]: [`GgufError`].
 //! - [`metadata`]: typed [`ModelDescription`] and [`TokenizerMetadata`].
+//! - [`inspect`]: [`InspectReport`], what `llmctl inspect` shows (works header-only).
 //! - [`writer`]: [`GgufWriter`], streaming tensor data for files larger than memory.
 
 pub mod error;
 pub mod file;
+pub mod inspect;
 pub mod metadata;
 pub mod parse;
 pub mod value;
@@ -16,6 +18,7 @@ pub mod writer;
 
 pub use error::GgufError;
 pub use file::GgufFile;
+pub use inspect::{InspectReport, TokenizerSummary, TypeStats};
 pub use metadata::{
     MetadataError, ModelDescription, NormKind, RopeConfig, SlidingWindowPattern, TokenizerMetadata,
 };
