@@ -6,6 +6,10 @@ the token ids llama.cpp's llama_tokenize produces and the bytes llama_detokenize
 daemon/tests/tokenizer_reference.rs compares llmd's tokenizer against them; the tests never run
 llama.cpp themselves.
 
+It also renders real chat templates (llama.cpp's models/templates/*.jinja, found in the
+llama-cpp-python source tree or $LLAMA_CPP_TEMPLATES) with Python's jinja2 into
+chat_templates.json, for daemon/tests/tokenizer_chat.rs.
+
 Usage (with the llama.cpp reference build's Python binding, `llama_cpp`, on the path):
     scripts/gen-tokenizer-fixtures.py GEMMA_GGUF QWEN_HEADER_GGUF [OUT_DIR]
 
@@ -21,6 +25,8 @@ import struct
 import sys
 import tempfile
 
+import jinja2
+import jinja2.sandbox
 import llama_cpp
 
 # Byte sizes of the fixed-size GGUF value types.
@@ -236,6 +242,86 @@ def generate(name, path, out_dir, flags=FLAGS, with_pieces=True):
     print(f"{out}: {len(cases)} cases")
 
 
+# Real chat templates (from llama.cpp's models/templates, itself from the models' tokenizer
+# configs) rendered by Python's jinja2 the way Hugging Face's apply_chat_template does; llmd's
+# minijinja rendering must give the same text.
+CHAT_TEMPLATES = [
+    "Qwen-Qwen2.5-7B-Instruct",
+    "Qwen-Qwen3-0.6B",
+    "meta-llama-Llama-3.1-8B-Instruct",
+    "google-gemma-2-2b-it",
+    "microsoft-Phi-3.5-mini-instruct",
+    "mistralai-Mistral-Nemo-Instruct-2407",
+    "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B",
+]
+
+CHAT_CONVERSATIONS = [
+    [{"role": "user", "content": "Hello!"}],
+    [
+        {"role": "system", "content": "You are a terse assistant."},
+        {"role": "user", "content": "What is 2+2?"},
+    ],
+    [
+        {"role": "user", "content": "Hi  there\n"},
+        {"role": "assistant", "content": " Hello! How can I help? "},
+        {"role": "user", "content": "Tell me a joke about 🦀."},
+    ],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Name a color."},
+        {"role": "assistant", "content": "<think>easy</think>Blue."},
+        {"role": "user", "content": "Another?"},
+    ],
+]
+
+
+def hf_environment():
+    """jinja2 set up as transformers' apply_chat_template does."""
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(
+            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        )
+
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    return env
+
+
+def generate_chat_templates(template_dir, out_dir):
+    env = hf_environment()
+    templates = []
+    for name in CHAT_TEMPLATES:
+        with open(os.path.join(template_dir, f"{name}.jinja"), encoding="utf-8") as f:
+            source = f.read()
+        template = env.from_string(source)
+        cases = []
+        for messages in CHAT_CONVERSATIONS:
+            for add_generation_prompt in (True, False):
+                case = {"messages": messages, "add_generation_prompt": add_generation_prompt}
+                try:
+                    case["rendered"] = template.render(
+                        messages=messages,
+                        add_generation_prompt=add_generation_prompt,
+                        bos_token="<BOS>",
+                        eos_token="<EOS>",
+                    )
+                except jinja2.exceptions.TemplateError as e:
+                    case["error"] = str(e)
+                cases.append(case)
+        templates.append({"name": name, "source": source, "cases": cases})
+    out = os.path.join(out_dir, "chat_templates.json")
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump({"generator": "scripts/gen-tokenizer-fixtures.py", "jinja2": jinja2.__version__,
+                   "templates": templates}, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+    print(f"{out}: {len(templates)} templates")
+
+
 def main():
     if len(sys.argv) not in (3, 4):
         raise SystemExit(__doc__)
@@ -247,6 +333,13 @@ def main():
         else os.path.join(here, "..", "daemon", "tests", "fixtures", "tokenizer")
     )
     os.makedirs(out_dir, exist_ok=True)
+    template_dir = os.path.join(
+        os.path.dirname(os.path.dirname(llama_cpp.__file__)), "..", "..", "..", "..",
+        "src", f"llama_cpp_python-{llama_cpp.__version__}", "vendor", "llama.cpp", "models",
+        "templates",
+    )
+    template_dir = os.environ.get("LLAMA_CPP_TEMPLATES", template_dir)
+    generate_chat_templates(template_dir, out_dir)
     generate("gemma3", gemma, out_dir)
     with tempfile.TemporaryDirectory() as tmp:
         header = os.path.join(tmp, "qwen2-vocab.gguf")
