@@ -1,7 +1,7 @@
 //! Command line of the `llmd` binary (public so packaging can generate a man page from it).
 //!
 //! `llmd [--socket P] [--config P]` runs the daemon; `llmd serve ...` is the same, spelled out.
-//! Offline tools are further subcommands.
+//! Offline tools are further subcommands (`llmd make-model`).
 
 use std::path::PathBuf;
 
@@ -24,6 +24,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon (the default).
     Serve(ServeArgs),
+    /// Write a GGUF model with random weights (for tests, demos and benchmarks; offline, no
+    /// daemon involved).
+    MakeModel(crate::make_model::MakeModelArgs),
 }
 
 /// Options of the daemon.
