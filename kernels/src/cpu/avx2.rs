@@ -95,6 +95,19 @@ unsafe fn bytes_from_bits_32(bits: [u8; 4]) -> __m256i {
     _mm256_cmpeq_epi8(_mm256_or_si256(bytes, others), _mm256_set1_epi8(-1))
 }
 
+/// Prefetches the cache lines of block `i` of the row that follows `row` in memory (the next
+/// row of a row-major matrix), for kernels that stream weights while decoding one token.
+/// Prefetches never fault, so an address past the matrix is harmless.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn prefetch_next_row<B>(row: &[B], i: usize) {
+    let size = std::mem::size_of::<B>();
+    let next = row.as_ptr().wrapping_add(row.len() + i).cast::<u8>();
+    for off in (0..size).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(off).cast());
+    }
+}
+
 /// Load 32 bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -128,7 +141,18 @@ unsafe fn dot_legacy_q8_0<B, const R: usize, const K: usize>(
         );
     }
     let mut acc = [[_mm256_setzero_ps(); K]; R];
+    // When decoding (several weight rows, one token) the weights stream from memory: prefetch
+    // the R rows that follow the last one (the next call's rows in a row-major matrix) while
+    // working on these. Prefetches never fault, so addresses past the matrix are harmless.
+    let ahead = w[R - 1].as_ptr().wrapping_add(n).cast::<u8>();
+    let block = std::mem::size_of::<B>();
     for i in 0..n {
+        if K == 1 {
+            for r in 0..R {
+                let p = ahead.wrapping_add((R * i + r) * block);
+                _mm_prefetch::<_MM_HINT_T0>(p.cast());
+            }
+        }
         // SAFETY (all get_unchecked below): every row has n blocks (asserted above).
         let ys: [__m256i; K] = std::array::from_fn(|t| load32(&a[t].get_unchecked(i).qs));
         let yd: [__m128; K] = std::array::from_fn(|t| f16x4(a[t].get_unchecked(i).d));
@@ -262,6 +286,9 @@ unsafe fn dot_k4<B, const K: usize>(
     }
     let mut out = [0.0f32; K];
     for (i, x) in w.iter().enumerate() {
+        if K == 1 {
+            prefetch_next_row(w, i);
+        }
         let (xd, xdmin, packed) = parts(x);
         let sm = k4_scales_mins_packed(packed);
         // Scales and mins as eight i16 each; the scales repeated in both 128-bit halves so a
@@ -369,6 +396,9 @@ unsafe fn dot_q6_k_q8_k<const K: usize>(w: &[BlockQ6K], a: [&[BlockQ8K]; K]) -> 
     let m3 = _mm256_set1_epi8(0x03);
     let mut out = [0.0f32; K];
     for (i, x) in w.iter().enumerate() {
+        if K == 1 {
+            prefetch_next_row(w, i);
+        }
         let scales8 = _mm_loadu_si128(x.scales.as_ptr().cast());
         // All sixteen scales as i16, for the `- 32` correction against the group sums.
         let scales16 = _mm256_cvtepi8_epi16(scales8);

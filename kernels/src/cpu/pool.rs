@@ -5,6 +5,11 @@
 //! must cost microseconds, not the tens of microseconds of waking sleeping threads: a worker that
 //! has just finished spins on a generation counter for [`SPIN_TIME`] before it parks, and the
 //! caller runs share 0 itself. Between bursts (idle daemon) the workers park and use no CPU.
+//!
+//! Each share is claimed exactly once, by its worker or by the caller: when the caller has
+//! finished its own share it claims (and runs) the shares of workers that have not started yet.
+//! On a machine shared with other processes a descheduled worker then costs nothing, instead of
+//! making every call wait a scheduler time slice for it.
 
 use std::any::Any;
 use std::cell::UnsafeCell;
@@ -35,8 +40,11 @@ struct Shared {
     /// The current job. Written by the caller only while no worker can read it (before the
     /// generation increment that publishes it, after every worker reported done).
     job: UnsafeCell<Option<&'static Job>>,
-    /// Workers that have not yet finished the current job.
+    /// Shares (of workers 1..n) not yet finished in the current job.
     pending: AtomicUsize,
+    /// Per worker: the last generation whose share was claimed, by the worker or by the caller.
+    /// Always `generation - 1` for a share not yet claimed.
+    claimed: Vec<AtomicU64>,
     /// Set when a worker's share of the current job panicked.
     panicked: AtomicBool,
     /// Set when the pool is dropped: workers exit.
@@ -73,6 +81,7 @@ impl ThreadPool {
             generation: AtomicU64::new(0),
             job: UnsafeCell::new(None),
             pending: AtomicUsize::new(0),
+            claimed: (1..n_threads).map(|_| AtomicU64::new(0)).collect(),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             n_threads,
@@ -123,12 +132,22 @@ impl ThreadPool {
         unsafe { *shared.job.get() = Some(job_static) };
         shared.panicked.store(false, Ordering::Relaxed);
         shared.pending.store(n - 1, Ordering::Relaxed);
-        shared.generation.fetch_add(1, Ordering::Release);
+        let generation = shared.generation.fetch_add(1, Ordering::Release) + 1;
         for w in &self.workers {
             w.thread().unpark();
         }
 
         let own = panic::catch_unwind(AssertUnwindSafe(|| job(0, n)));
+        // Run the shares of workers that have not woken up yet.
+        for (i, slot) in shared.claimed.iter().enumerate() {
+            if claim(slot, generation) {
+                let r = panic::catch_unwind(AssertUnwindSafe(|| job(i + 1, n)));
+                if r.is_err() {
+                    shared.panicked.store(true, Ordering::Relaxed);
+                }
+                shared.pending.fetch_sub(1, Ordering::Release);
+            }
+        }
 
         let start = Instant::now();
         let mut spins = 0u32;
@@ -140,8 +159,9 @@ impl ThreadPool {
                 std::hint::spin_loop();
             }
         }
-        // SAFETY: every worker has finished with the job (pending == 0, Acquire pairs with their
-        // Release decrement), and we still hold `run_lock`.
+        // SAFETY: every share has been claimed and finished (pending == 0, Acquire pairs with the
+        // Release decrements); a worker that lost its claim never reads the job. We still hold
+        // `run_lock`.
         unsafe { *shared.job.get() = None };
 
         if let Err(payload) = own {
@@ -167,8 +187,20 @@ impl Drop for ThreadPool {
     }
 }
 
-/// A worker's loop: wait for a new generation, run the job, report done.
+/// Claims the share guarded by `slot` for `generation`; true for exactly one claimant.
+fn claim(slot: &AtomicU64, generation: u64) -> bool {
+    slot.compare_exchange(
+        generation - 1,
+        generation,
+        Ordering::AcqRel,
+        Ordering::Relaxed,
+    )
+    .is_ok()
+}
+
+/// A worker's loop: wait for a new generation, claim and run its share, report done.
 fn worker(shared: &Shared, index: usize) {
+    let slot = &shared.claimed[index - 1];
     let mut seen = 0u64;
     loop {
         let start = Instant::now();
@@ -191,9 +223,13 @@ fn worker(shared: &Shared, index: usize) {
                 std::hint::spin_loop();
             }
         }
+        if !claim(slot, seen) {
+            // The caller ran this share already (we were late); wait for the next job.
+            continue;
+        }
         // SAFETY: we observed the new generation with Acquire, which happens-after the caller's
-        // write of `job`; the caller does not touch the slot again until `pending` reaches 0,
-        // which needs our decrement below.
+        // write of `job`, and we hold the claim for it; the caller does not touch the slot again
+        // until `pending` reaches 0, which needs our decrement below.
         let job = unsafe { *shared.job.get() };
         if let Some(job) = job {
             let r: Result<(), Box<dyn Any + Send>> =
