@@ -15,6 +15,8 @@ pub mod chat;
 pub mod pretokenize;
 mod spm;
 pub mod stream;
+#[cfg(test)]
+mod tests;
 mod unicode;
 
 use std::collections::{BTreeSet, HashMap};
