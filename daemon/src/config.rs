@@ -12,6 +12,15 @@
 //! [[devices]]
 //! id = "cpu:0"                     # <kind>:<index>; kinds: cpu
 //! memory_budget = "16GiB"          # bytes (integer) or a string with B/KiB/MiB/GiB/TiB/KB/MB/GB/TB
+//!
+//! [gpu]
+//! nvml_library = "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"   # else $LLMD_NVML_LIB
+//! sample_interval_ms = 2000        # telemetry sampling period
+//!
+//! [power]
+//! psu_watts = 1200                 # the PSU's rating; unset: the budget is not judged
+//! system_watts = 150               # CPU, board, drives, fans
+//! transient_factor = 1.3           # multiplier on GPU power limits for millisecond spikes
 //! ```
 
 use std::fmt;
@@ -53,6 +62,14 @@ pub struct Config {
     /// `cpu:0` with three quarters of physical memory. Applied again on reload.
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
+    /// GPU telemetry: which NVML library to load and how often to sample (`[gpu]`). Changes
+    /// take effect on restart.
+    #[serde(default)]
+    pub gpu: crate::gpu::GpuConfig,
+    /// The PSU power budget (`[power]`): rating, system estimate, transient factor. Applied
+    /// again on reload.
+    #[serde(default)]
+    pub power: crate::health::power::PowerConfig,
 }
 
 /// One `[[devices]]` entry.
@@ -410,6 +427,19 @@ impl Config {
                 ));
             }
         }
+        self.gpu
+            .validate()
+            .map_err(|(key, reason)| invalid(key, reason))?;
+        self.power.validate().map_err(|e| {
+            let key = match e {
+                crate::health::power::PowerConfigError::PsuWatts(_) => "power.psu_watts",
+                crate::health::power::PowerConfigError::SystemWatts(_) => "power.system_watts",
+                crate::health::power::PowerConfigError::TransientFactor(_) => {
+                    "power.transient_factor"
+                }
+            };
+            invalid(key.into(), e.to_string())
+        })?;
         Ok(())
     }
 

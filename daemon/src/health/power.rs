@@ -33,6 +33,9 @@ pub struct PowerConfig {
     pub transient_factor: f64,
 }
 
+// Validation rejects NaN, so equality is reflexive (lets the daemon's Config derive Eq).
+impl Eq for PowerConfig {}
+
 impl Default for PowerConfig {
     fn default() -> Self {
         Self {
