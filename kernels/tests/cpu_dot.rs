@@ -14,10 +14,15 @@ use cpu_common::{random_weights, Rng};
 use half::{bf16, f16};
 use llmd_kernels::cpu::dot::{vec_dot, Activation, ScalarKernels, VecDot, TILE};
 use llmd_kernels::cpu::matmul::as_blocks;
-use llmd_kernels::cpu::quantize;
+use llmd_kernels::cpu::quantize::{self, BlockQ8_0Act};
 use llmd_kernels::quant::{
     self, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
     BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+};
+
+const Q8_0_ZERO: BlockQ8_0 = BlockQ8_0 {
+    d: f16::ZERO,
+    qs: [0; 32],
 };
 
 /// Quantized activation rows for `W` from random floats.
@@ -116,10 +121,10 @@ fn simd_matches_scalar_float_types() {
 trait Dequant: Activation {
     fn values(a: &[Self]) -> Vec<f32>;
 }
-impl Dequant for BlockQ8_0 {
+impl Dequant for BlockQ8_0Act {
     fn values(a: &[Self]) -> Vec<f32> {
         a.iter()
-            .flat_map(|b| b.qs.map(|q| b.d.to_f32() * f32::from(q)))
+            .flat_map(|b| b.qs.map(|q| b.d * f32::from(q)))
             .collect()
     }
 }
@@ -234,7 +239,7 @@ fn q8_0_quantization_is_ggml_cpu_x86() {
     x[1] = 2.5;
     x[2] = -3.5;
     x[3] = 0.5;
-    let mut q = [<BlockQ8_0 as Activation>::ZERO; 1];
+    let mut q = [Q8_0_ZERO; 1];
     quantize::quantize_row_q8_0(&x, &mut q);
     assert_eq!(q[0].d.to_f32(), 1.0);
     assert_eq!(&q[0].qs[..4], &[127, 2, -4, 0]);
@@ -242,7 +247,7 @@ fn q8_0_quantization_is_ggml_cpu_x86() {
     // Elsewhere it agrees with the reference quantizer within one step, with the same scale.
     let mut rng = Rng(5);
     let x = rng.f32s(32 * 64, 2.0);
-    let mut ours = vec![<BlockQ8_0 as Activation>::ZERO; 64];
+    let mut ours = vec![Q8_0_ZERO; 64];
     let mut reference = ours.clone();
     quantize::quantize_row_q8_0(&x, &mut ours);
     quant::quantize::quantize_row_q8_0(&x, &mut reference);
@@ -270,5 +275,19 @@ fn q8_1_sum_is_scaled_quant_sum() {
             b.s
         );
         assert!(b.qs.iter().all(|&v| v != -128));
+    }
+}
+
+#[test]
+fn q8_0_activation_blocks_hold_the_same_values() {
+    let mut rng = Rng(21);
+    let x = rng.f32s(32 * 16, 5.0);
+    let mut blocks = vec![Q8_0_ZERO; 16];
+    let mut acts = vec![<BlockQ8_0Act as Activation>::ZERO; 16];
+    quantize::quantize_row_q8_0(&x, &mut blocks);
+    quantize::quantize_row_q8_0_act(&x, &mut acts);
+    for (b, a) in blocks.iter().zip(&acts) {
+        assert_eq!(b.d.to_f32().to_bits(), a.d.to_bits());
+        assert_eq!(b.qs, a.qs);
     }
 }

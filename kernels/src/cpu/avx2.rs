@@ -20,6 +20,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
+use super::quantize::BlockQ8_0Act;
 use crate::quant::{BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0};
 
 /// One half float to f32 in all four lanes, with the F16C instruction.
@@ -122,7 +123,7 @@ unsafe fn load32<T>(p: &[T; 32]) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_legacy_q8_0<B, const R: usize, const K: usize>(
     w: [&[B]; R],
-    a: [&[BlockQ8_0]; K],
+    a: [&[BlockQ8_0Act]; K],
     unpack: impl Fn(&B) -> (__m256i, f16),
 ) -> [[f32; K]; R] {
     let n = w.first().map_or(0, |row| row.len());
@@ -155,14 +156,13 @@ unsafe fn dot_legacy_q8_0<B, const R: usize, const K: usize>(
         }
         // SAFETY (all get_unchecked below): every row has n blocks (asserted above).
         let ys: [__m256i; K] = std::array::from_fn(|t| load32(&a[t].get_unchecked(i).qs));
-        let yd: [__m128; K] = std::array::from_fn(|t| f16x4(a[t].get_unchecked(i).d));
         for r in 0..R {
             let (qx, dx) = unpack(w[r].get_unchecked(i));
-            let dx = f16x4(dx);
+            let dx = _mm256_broadcastss_ps(f16x4(dx));
             let ax = _mm256_sign_epi8(qx, qx);
             for t in 0..K {
                 let p = dot_i8_pairs(ax, qx, ys[t]);
-                let d = _mm256_broadcastss_ps(_mm_mul_ps(dx, yd[t]));
+                let d = _mm256_mul_ps(dx, _mm256_set1_ps(a[t].get_unchecked(i).d));
                 acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][t]);
             }
         }
@@ -180,7 +180,7 @@ unsafe fn dot_legacy_q8_0<B, const R: usize, const K: usize>(
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_q8_0_q8_0<const R: usize, const K: usize>(
     w: [&[BlockQ8_0]; R],
-    a: [&[BlockQ8_0]; K],
+    a: [&[BlockQ8_0Act]; K],
 ) -> [[f32; K]; R] {
     dot_legacy_q8_0(w, a, |x| (load32(&x.qs), x.d))
 }
@@ -189,7 +189,7 @@ pub(super) unsafe fn dot_q8_0_q8_0<const R: usize, const K: usize>(
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_q4_0_q8_0<const R: usize, const K: usize>(
     w: [&[BlockQ4_0]; R],
-    a: [&[BlockQ8_0]; K],
+    a: [&[BlockQ8_0Act]; K],
 ) -> [[f32; K]; R] {
     dot_legacy_q8_0(w, a, |x| {
         (
@@ -203,7 +203,7 @@ pub(super) unsafe fn dot_q4_0_q8_0<const R: usize, const K: usize>(
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_q5_0_q8_0<const R: usize, const K: usize>(
     w: [&[BlockQ5_0]; R],
-    a: [&[BlockQ8_0]; K],
+    a: [&[BlockQ8_0Act]; K],
 ) -> [[f32; K]; R] {
     dot_legacy_q8_0(w, a, |x| {
         // (nibble | bit << 4) - 16 is the nibble where the bit is set and nibble | 0xF0 (as i8)

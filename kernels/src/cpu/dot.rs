@@ -8,6 +8,7 @@
 
 use half::{bf16, f16};
 
+use super::quantize::BlockQ8_0Act;
 use super::{quantize, scalar, Isa};
 use crate::quant::types::{QK, QK_K};
 use crate::quant::{
@@ -104,11 +105,11 @@ macro_rules! scalar_k {
     };
 }
 
-scalar_k!(s_q4_0, scalar::dot_q4_0_q8_0, BlockQ4_0, BlockQ8_0);
+scalar_k!(s_q4_0, scalar::dot_q4_0_q8_0, BlockQ4_0, BlockQ8_0Act);
 scalar_k!(s_q4_1, scalar::dot_q4_1_q8_1, BlockQ4_1, BlockQ8_1);
-scalar_k!(s_q5_0, scalar::dot_q5_0_q8_0, BlockQ5_0, BlockQ8_0);
+scalar_k!(s_q5_0, scalar::dot_q5_0_q8_0, BlockQ5_0, BlockQ8_0Act);
 scalar_k!(s_q5_1, scalar::dot_q5_1_q8_1, BlockQ5_1, BlockQ8_1);
-scalar_k!(s_q8_0, scalar::dot_q8_0_q8_0, BlockQ8_0, BlockQ8_0);
+scalar_k!(s_q8_0, scalar::dot_q8_0_q8_0, BlockQ8_0, BlockQ8_0Act);
 scalar_k!(s_q2_k, scalar::dot_q2_k_q8_k, BlockQ2K, BlockQ8K);
 scalar_k!(s_q3_k, scalar::dot_q3_k_q8_k, BlockQ3K, BlockQ8K);
 scalar_k!(s_q4_k, scalar::dot_q4_k_q8_k, BlockQ4K, BlockQ8K);
@@ -174,7 +175,7 @@ macro_rules! weight {
 
 weight!(
     BlockQ4_0,
-    BlockQ8_0,
+    BlockQ8_0Act,
     GgmlType::Q4_0,
     QK,
     s_q4_0,
@@ -183,7 +184,7 @@ weight!(
 weight!(BlockQ4_1, BlockQ8_1, GgmlType::Q4_1, QK, s_q4_1);
 weight!(
     BlockQ5_0,
-    BlockQ8_0,
+    BlockQ8_0Act,
     GgmlType::Q5_0,
     QK,
     s_q5_0,
@@ -192,7 +193,7 @@ weight!(
 weight!(BlockQ5_1, BlockQ8_1, GgmlType::Q5_1, QK, s_q5_1);
 weight!(
     BlockQ8_0,
-    BlockQ8_0,
+    BlockQ8_0Act,
     GgmlType::Q8_0,
     QK,
     s_q8_0,
@@ -228,14 +229,14 @@ weight!(f16, f16, GgmlType::F16, 1, s_f16, dot_f16_f16_rows);
 weight!(bf16, bf16, GgmlType::BF16, 1, s_bf16);
 weight!(f32, f32, GgmlType::F32, 1, s_f32, dot_f32_f32_rows);
 
-impl Activation for BlockQ8_0 {
+impl Activation for BlockQ8_0Act {
     const BLOCK: usize = QK;
-    const ZERO: Self = BlockQ8_0 {
-        d: f16::ZERO,
+    const ZERO: Self = BlockQ8_0Act {
+        d: 0.0,
         qs: [0; QK],
     };
     fn quantize(x: &[f32], out: &mut [Self]) {
-        quantize::quantize_row_q8_0(x, out);
+        quantize::quantize_row_q8_0_act(x, out);
     }
 }
 

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use half::{bf16, f16};
 
 use super::dot::{Activation, Kernels, VecDot, TILE};
+use super::quantize::BlockQ8_0Act;
 use super::{KernelError, ThreadPool};
 use crate::quant::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
@@ -44,7 +45,7 @@ pub struct QMatrix<'a> {
 #[derive(Debug, Default)]
 pub struct MatmulScratch {
     /// Q8_0 activations (for Q4_0, Q5_0, Q8_0 weights).
-    q8_0: Vec<BlockQ8_0>,
+    q8_0: Vec<BlockQ8_0Act>,
     /// Q8_1 activations (for Q4_1, Q5_1 weights).
     q8_1: Vec<BlockQ8_1>,
     /// Q8_K activations (for the K-quants).
@@ -78,7 +79,7 @@ macro_rules! scratch_buffer {
         }
     };
 }
-scratch_buffer!(BlockQ8_0, q8_0);
+scratch_buffer!(BlockQ8_0Act, q8_0);
 scratch_buffer!(BlockQ8_1, q8_1);
 scratch_buffer!(BlockQ8K, q8_k);
 scratch_buffer!(f16, f16);

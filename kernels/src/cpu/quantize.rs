@@ -17,6 +17,30 @@ use half::{bf16, f16};
 use crate::quant::types::{QK, QK_K};
 use crate::quant::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 
+/// Q8_0 activations as the dot products read them: ggml's `block_q8_0` with its f16 scale
+/// widened to f32 (the same value exactly), so the SIMD kernels broadcast it with one load
+/// instead of converting it for every weight row.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ8_0Act {
+    /// The block scale: an f16 value, stored as f32.
+    pub d: f32,
+    /// The 32 quantized values.
+    pub qs: [i8; QK],
+}
+
+/// One Q8_0 block as ggml-cpu's x86 quantizer makes it: scale (as f16) and values.
+fn quantize_block_q8_0(xb: &[f32]) -> (f16, [i8; QK]) {
+    let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let mut qs = [0i8; QK];
+    for (q, &v) in qs.iter_mut().zip(xb) {
+        *q = (v * id).round_ties_even().clamp(-128.0, 127.0) as i8;
+    }
+    (f16::from_f32(d), qs)
+}
+
 /// Quantizes `x` (a multiple of 32 long) into `out` (`x.len() / 32` blocks), as ggml-cpu's x86
 /// `quantize_row_q8_0` does.
 ///
@@ -29,13 +53,24 @@ pub fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
         "quantize_row_q8_0: length mismatch"
     );
     for (xb, yb) in x.chunks_exact(QK).zip(out.iter_mut()) {
-        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        yb.d = f16::from_f32(d);
-        for (q, &v) in yb.qs.iter_mut().zip(xb) {
-            *q = (v * id).round_ties_even().clamp(-128.0, 127.0) as i8;
-        }
+        (yb.d, yb.qs) = quantize_block_q8_0(xb);
+    }
+}
+
+/// [`quantize_row_q8_0`] into [`BlockQ8_0Act`] blocks (the same values, scale as f32).
+///
+/// # Panics
+/// If the lengths do not match.
+pub fn quantize_row_q8_0_act(x: &[f32], out: &mut [BlockQ8_0Act]) {
+    assert_eq!(
+        x.len(),
+        out.len() * QK,
+        "quantize_row_q8_0_act: length mismatch"
+    );
+    for (xb, yb) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let (d, qs) = quantize_block_q8_0(xb);
+        yb.d = d.to_f32();
+        yb.qs = qs;
     }
 }
 

@@ -1,6 +1,7 @@
 //! Scalar reference dot products, one per weight type × activation type pair, following ggml's
 //! pairing (`vec_dot_type`): Q4_0/Q5_0/Q8_0 × Q8_0, Q4_1/Q5_1 × Q8_1, the K-quants × Q8_K,
-//! F16 × F16, BF16 × BF16, F32 × F32.
+//! F16 × F16, BF16 × BF16, F32 × F32. (Q8_0 activations are held as [`BlockQ8_0Act`]: the
+//! same values as ggml's `block_q8_0`, with the scale already widened to f32.)
 //!
 //! Each block's integer sum is exact; the float result is `Σ block_scale × block_sum` in block
 //! order. The SIMD versions sum the same terms in another order, so they agree to float rounding.
@@ -11,6 +12,8 @@
 #![allow(clippy::needless_range_loop)]
 
 use half::{bf16, f16};
+
+use super::quantize::BlockQ8_0Act;
 
 use crate::quant::types::QK_K;
 
@@ -24,7 +27,7 @@ fn check_len(w: usize, a: usize) {
 }
 
 /// Q4_0 weights (`d * (q - 8)`) · Q8_0 activations.
-pub fn dot_q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+pub fn dot_q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0Act]) -> f32 {
     check_len(w.len(), a.len());
     let mut sum = 0.0f32;
     for (x, y) in w.iter().zip(a) {
@@ -34,7 +37,7 @@ pub fn dot_q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
             let hi = i32::from(x.qs[j] >> 4) - 8;
             isum += lo * i32::from(y.qs[j]) + hi * i32::from(y.qs[j + 16]);
         }
-        sum += isum as f32 * (x.d.to_f32() * y.d.to_f32());
+        sum += isum as f32 * (x.d.to_f32() * y.d);
     }
     sum
 }
@@ -69,7 +72,7 @@ fn q5_values(qs: &[u8; 16], qh: [u8; 4]) -> [i32; 32] {
 }
 
 /// Q5_0 weights (`d * (q - 16)`) · Q8_0 activations.
-pub fn dot_q5_0_q8_0(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
+pub fn dot_q5_0_q8_0(w: &[BlockQ5_0], a: &[BlockQ8_0Act]) -> f32 {
     check_len(w.len(), a.len());
     let mut sum = 0.0f32;
     for (x, y) in w.iter().zip(a) {
@@ -79,7 +82,7 @@ pub fn dot_q5_0_q8_0(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
             .zip(&y.qs)
             .map(|(&q, &p)| (q - 16) * i32::from(p))
             .sum();
-        sum += isum as f32 * (x.d.to_f32() * y.d.to_f32());
+        sum += isum as f32 * (x.d.to_f32() * y.d);
     }
     sum
 }
@@ -97,7 +100,7 @@ pub fn dot_q5_1_q8_1(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
 }
 
 /// Q8_0 weights · Q8_0 activations.
-pub fn dot_q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
+pub fn dot_q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0Act]) -> f32 {
     check_len(w.len(), a.len());
     let mut sum = 0.0f32;
     for (x, y) in w.iter().zip(a) {
@@ -106,7 +109,7 @@ pub fn dot_q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
                 .zip(&y.qs)
                 .map(|(&q, &p)| i32::from(q) * i32::from(p))
                 .sum();
-        sum += isum as f32 * (x.d.to_f32() * y.d.to_f32());
+        sum += isum as f32 * (x.d.to_f32() * y.d);
     }
     sum
 }
