@@ -149,7 +149,7 @@ fn json_carries_every_field_with_its_state() {
     let fake = FakeNvml::standard(&troubled_pair(std::process::id()));
     let telemetry = sample(&fake);
     let json = serde_json::to_value(&telemetry).expect("json");
-    assert_eq!(json["nvml"]["state"], "loaded");
+    assert_eq!(json["nvml"], "loaded");
     assert_eq!(json["gpus"][0]["temperature_c"]["value"], 86);
     assert_eq!(
         json["gpus"][0]["power_limits"]["enforced_w"]["value"],
@@ -160,10 +160,55 @@ fn json_carries_every_field_with_its_state() {
         "sw_thermal_slowdown"
     );
     assert_eq!(json["gpus"][0]["pcie"]["width_current"]["value"], 8);
-    assert_eq!(json["gpus"][1]["fan_percent"]["state"], "not_supported");
+    assert_eq!(json["gpus"][1]["fan_percent"], "not_supported");
     assert_eq!(json["p2p"][0]["read"]["value"], "gpu_not_supported");
     let back: GpuTelemetry = serde_json::from_value(json).expect("parse back");
     assert_eq!(back, telemetry);
+
+    let missing = collect_once(Path::new("/nonexistent/libnvidia-ml.so.1"), 1);
+    let json = serde_json::to_value(&missing).expect("json");
+    let reason = json["nvml"]["library_missing"]["reason"]
+        .as_str()
+        .expect("reason");
+    assert!(reason.contains("/nonexistent/libnvidia-ml.so.1"), "{json}");
+}
+
+#[test]
+fn telemetry_and_doctor_reports_survive_the_wire_encoding() {
+    // The protocol frames messages with bincode, which supports fewer serde features than JSON.
+    let fake = FakeNvml::standard(&troubled_pair(std::process::id()));
+    let telemetry = sample(&fake);
+    let frame = llmd_shared::encode_frame(&telemetry).expect("encode telemetry");
+    let (back, used): (GpuTelemetry, usize) = llmd_shared::decode_frame(&frame).expect("decode");
+    assert_eq!((back, used), (telemetry.clone(), frame.len()));
+
+    let models = [split(
+        "llama",
+        &[(DeviceRef::Gpu(0), 10), (DeviceRef::Cpu, 22)],
+    )];
+    let report = doctor::run(&telemetry, &power(1000.0), &models);
+    let frame = llmd_shared::encode_frame(&report).expect("encode report");
+    let (back, _): (doctor::DoctorReport, usize) =
+        llmd_shared::decode_frame(&frame).expect("decode");
+    assert_eq!(back, report);
+    let frame = llmd_shared::encode_frame(&models[0]).expect("encode placement");
+    let (back, _): (ModelPlacement, usize) = llmd_shared::decode_frame(&frame).expect("decode");
+    assert_eq!(back, models[0]);
+
+    let budget = power::budget(&power(1000.0), &telemetry);
+    let frame = llmd_shared::encode_frame(&budget).expect("encode budget");
+    let (back, _): (power::PowerBudget, usize) = llmd_shared::decode_frame(&frame).expect("decode");
+    assert_eq!(back, budget);
+
+    let unavailable = GpuTelemetry::unavailable(
+        NvmlStatus::InitFailed {
+            reason: "driver not loaded".to_owned(),
+        },
+        7,
+    );
+    let frame = llmd_shared::encode_frame(&unavailable).expect("encode");
+    let (back, _): (GpuTelemetry, usize) = llmd_shared::decode_frame(&frame).expect("decode");
+    assert_eq!(back, unavailable);
 }
 
 #[test]

@@ -7,7 +7,9 @@
 //! - [`sampler`]: the background thread keeping the latest sample ([`sampler::GpuSampler`]).
 //!
 //! The types are plain serde data with no daemon dependencies, so the wire protocol can carry
-//! them as they are.
+//! them as they are: like the protocol's own types they use only serde attributes bincode
+//! supports (externally tagged enums, no `tag`/`untagged`/`flatten`). In JSON a reading is
+//! `{"value": 42}`, `"not_supported"` or `{"error": "why"}`.
 
 pub mod nvml;
 pub mod sampler;
@@ -79,7 +81,7 @@ impl GpuConfig {
 /// One telemetry field. A GPU that lacks a sensor or a feature reports [`Reading::NotSupported`]
 /// (shown as such, never as a failure); anything else that went wrong is [`Reading::Error`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "state", content = "value", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Reading<T> {
     /// The value NVML reported.
     Value(T),
@@ -117,7 +119,7 @@ impl<T: Copy> Reading<T> {
 
 /// Whether NVML could be used for the latest sample.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum NvmlStatus {
     /// The sampler has not finished its first sample yet (the first second after start).
     NotSampledYet,
@@ -462,11 +464,10 @@ mod tests {
     #[test]
     fn reading_serializes_with_its_state() {
         let value = serde_json::to_string(&Reading::Value(42u32)).expect("json");
-        assert_eq!(value, r#"{"state":"value","value":42}"#);
+        assert_eq!(value, r#"{"value":42}"#);
         let unsupported = serde_json::to_string(&Reading::<u32>::NotSupported).expect("json");
-        assert_eq!(unsupported, r#"{"state":"not_supported"}"#);
-        let back: Reading<u32> =
-            serde_json::from_str(r#"{"state":"error","value":"boom"}"#).expect("parse");
+        assert_eq!(unsupported, r#""not_supported""#);
+        let back: Reading<u32> = serde_json::from_str(r#"{"error":"boom"}"#).expect("parse");
         assert_eq!(back, Reading::Error("boom".to_owned()));
     }
 }

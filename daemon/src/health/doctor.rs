@@ -141,7 +141,7 @@ impl DoctorReport {
 
 /// A device that can hold model layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "index", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum DeviceRef {
     /// Host memory and CPU kernels.
     Cpu,
