@@ -157,6 +157,25 @@ const EOG_TEXTS: &[&str] = &[
 /// `▁` (U+2581), SentencePiece's escaped space.
 const SPM_SPACE: &str = "\u{2581}";
 
+/// llama.cpp's defaults for a model type, before the GGUF keys override them.
+#[derive(Clone, Copy, Debug)]
+struct Defaults {
+    /// BOS id.
+    bos: Option<u32>,
+    /// EOS id.
+    eos: Option<u32>,
+    /// Unknown-token id.
+    unk: Option<u32>,
+    /// Add BOS with `add_special`.
+    add_bos: bool,
+    /// SentencePiece space prefix.
+    add_space_prefix: bool,
+    /// Detokenizer space clean-up.
+    clean_spaces: bool,
+    /// BPE: whole-token words skip merges.
+    ignore_merges: bool,
+}
+
 /// Which algorithm turns text into ids.
 #[derive(Debug)]
 enum Algorithm {
@@ -246,34 +265,25 @@ impl Tokenizer {
         }
 
         // Model type and its defaults (llama_vocab::impl::load).
-        let (
-            algorithm,
-            mut bos,
-            mut eos,
-            mut unk,
-            mut add_bos,
-            add_eos_default,
-            space_prefix,
-            clean_spaces,
-            ignore_merges,
-        ) = match meta.model.as_str() {
+        let (algorithm, defaults) = match meta.model.as_str() {
             "llama" => (
                 Algorithm::Spm,
-                Some(1),
-                Some(2),
-                Some(0),
-                true,
-                false,
-                true,
-                false,
-                false,
+                Defaults {
+                    bos: Some(1),
+                    eos: Some(2),
+                    unk: Some(0),
+                    add_bos: true,
+                    add_space_prefix: true,
+                    clean_spaces: false,
+                    ignore_merges: false,
+                },
             ),
             "gpt2" => {
                 let kind = match meta.pre.as_deref() {
                     None | Some("") => {
                         tracing::warn!(
                             "tokenizer.ggml.pre is missing: using the 'default' pre-tokenizer; \
-                                 tokenization quality may be degraded"
+                             tokenization quality may be degraded"
                         );
                         PreTokenizerKind::Default
                     }
@@ -281,26 +291,35 @@ impl Tokenizer {
                         tracing::warn!(
                             pre = name,
                             "unknown pre-tokenizer: using the 'default' one; \
-                                 tokenization may differ from the model's"
+                             tokenization may differ from the model's"
                         );
                         PreTokenizerKind::Default
                     }),
                 };
-                let pre = PreTokenizer::new(kind)?;
                 (
-                    Algorithm::Bpe(pre),
-                    Some(11),
-                    Some(11),
-                    None,
-                    kind.default_add_bos(),
-                    false,
-                    false,
-                    kind.clean_spaces(),
-                    kind.ignore_merges(),
+                    Algorithm::Bpe(PreTokenizer::new(kind)?),
+                    Defaults {
+                        bos: Some(11),
+                        eos: Some(11),
+                        unk: None,
+                        add_bos: kind.default_add_bos(),
+                        add_space_prefix: false,
+                        clean_spaces: kind.clean_spaces(),
+                        ignore_merges: kind.ignore_merges(),
+                    },
                 )
             }
             other => return Err(TokenizerError::UnsupportedModel(other.to_owned())),
         };
+        let Defaults {
+            mut bos,
+            mut eos,
+            mut unk,
+            mut add_bos,
+            add_space_prefix: space_prefix,
+            clean_spaces,
+            ignore_merges,
+        } = defaults;
         let add_space_prefix = meta.add_space_prefix.unwrap_or(space_prefix);
 
         if let Some(scores) = &meta.scores {
@@ -395,7 +414,7 @@ impl Tokenizer {
         if let Some(v) = meta.add_bos_token {
             add_bos = v;
         }
-        let add_eos = meta.add_eos_token.unwrap_or(add_eos_default);
+        let add_eos = meta.add_eos_token.unwrap_or(false);
 
         // Auto-detected special tokens (by text), in id order for determinism.
         let find = |tokens: &[TokenData], texts: &[&str]| -> Option<u32> {

@@ -228,3 +228,11 @@ fn space_clean_up_matches_llama_cpp() {
     assert_eq!(clean_up_spaces(b" ' ' x"), b"'' x");
     assert_eq!(clean_up_spaces(b""), b"");
 }
+
+#[test]
+fn shareable_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Tokenizer>();
+    send_sync::<ChatTemplate>();
+    send_sync::<StreamDecoder>();
+}
