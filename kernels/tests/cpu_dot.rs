@@ -12,9 +12,10 @@ mod cpu_common;
 
 use cpu_common::{random_weights, Rng};
 use half::{bf16, f16};
-use llmd_kernels::cpu::dot::{vec_dot, Activation, ScalarKernels, VecDot, TILE};
+use llmd_kernels::cpu::dot::{vec_dot, Activation, Kernels, VecDot, TILE};
 use llmd_kernels::cpu::matmul::as_blocks;
 use llmd_kernels::cpu::quantize::{self, BlockQ8_0Act};
+use llmd_kernels::cpu::{self, Isa};
 use llmd_kernels::quant::{
     self, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
     BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
@@ -37,10 +38,21 @@ fn activations<W: VecDot>(rng: &mut Rng, n_rows: usize, cols: usize) -> Vec<Vec<
         .collect()
 }
 
-fn check_simd_vs_scalar<W: ScalarKernels>(exact: bool) {
+fn scalar<W: VecDot>() -> Kernels<W, W::Act> {
+    W::kernels_for(Isa::Scalar).expect("scalar kernels exist everywhere")
+}
+
+/// Every instruction set this CPU has, against the scalar kernels.
+fn check_simd_vs_scalar<W: VecDot>(exact: bool) {
+    for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
+        let fast = W::kernels_for(isa).expect("available");
+        check_kernels::<W>(fast, exact, isa == cpu::isa());
+    }
+}
+
+fn check_kernels<W: VecDot>(fast: Kernels<W, W::Act>, exact: bool, in_use: bool) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ W::TYPE as u64);
-    let fast = W::kernels();
-    let slow = W::scalar_kernels();
+    let slow = scalar::<W>();
     for n_blocks in [1usize, 2, 3, 7, 20, 33] {
         let cols = n_blocks * W::BLOCK;
         let bytes = random_weights(&mut rng, W::TYPE, 2, cols);
@@ -77,7 +89,9 @@ fn check_simd_vs_scalar<W: ScalarKernels>(exact: bool) {
                 "{} scalar tile",
                 W::TYPE
             );
-            assert_eq!(vec_dot(w, a).to_bits(), f.to_bits());
+            if in_use {
+                assert_eq!(vec_dot(w, a).to_bits(), f.to_bits());
+            }
             let pair = fast.dot_pair(w, w2, a);
             assert_eq!(pair[0].to_bits(), f.to_bits(), "{} pair row 0", W::TYPE);
             assert_eq!(
@@ -160,7 +174,7 @@ impl Dequant for f32 {
 
 /// The scalar kernels read the block layouts the same way `quant::dequantize` does: the dot of
 /// the dequantized rows in f64 matches within f16 rounding of Q8_1's stored sum.
-fn check_scalar_vs_dequantized<W: ScalarKernels>()
+fn check_scalar_vs_dequantized<W: VecDot>()
 where
     W::Act: Dequant,
 {
@@ -182,7 +196,7 @@ where
             .zip(&af)
             .map(|(x, y)| (f64::from(*x) * f64::from(*y)).abs())
             .sum();
-        let got = W::scalar_kernels().dot(w, &a);
+        let got = scalar::<W>().dot(w, &a);
         assert!(
             (f64::from(got) - want).abs() <= 2e-3 * abs + 1e-6,
             "{}: scalar {got} dequantized {want} (abs {abs})",
@@ -290,4 +304,32 @@ fn q8_0_activation_blocks_hold_the_same_values() {
         assert_eq!(b.d.to_f32().to_bits(), a.d.to_bits());
         assert_eq!(b.qs, a.qs);
     }
+}
+
+#[test]
+fn vnni_and_plain_avx2_agree_bit_for_bit() {
+    // Both compute the same integers and then the same float operations.
+    if !Isa::Avx2Vnni.is_available() {
+        println!("SKIPPED: this CPU has no AVX-VNNI");
+        return;
+    }
+    fn check<W: VecDot>() {
+        let mut rng = Rng(99);
+        let cols = 20 * W::BLOCK;
+        let bytes = random_weights(&mut rng, W::TYPE, 1, cols);
+        let w = as_blocks::<W>(bytes.bytes()).expect("aligned weights");
+        let plain = W::kernels_for(Isa::Avx2).expect("avx2");
+        let vnni = W::kernels_for(Isa::Avx2Vnni).expect("vnni");
+        for a in activations::<W>(&mut rng, 4, cols) {
+            assert_eq!(
+                plain.dot(w, &a).to_bits(),
+                vnni.dot(w, &a).to_bits(),
+                "{}",
+                W::TYPE
+            );
+        }
+    }
+    check::<BlockQ4_0>();
+    check::<BlockQ5_0>();
+    check::<BlockQ8_0>();
 }

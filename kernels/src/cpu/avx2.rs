@@ -11,7 +11,7 @@
 //! lanes at the end, so they differ from the scalar order by float rounding only.
 //!
 //! # Safety
-//! Every function here requires AVX2, FMA and F16C; [`super::dot`] only calls them after
+//! Every function here requires AVX2, FMA and F16C (and the [`vnni`] ones AVX-VNNI); [`super::dot`] only calls them after
 //! [`super::isa`] has detected those features. Activation rows must not contain -128 (the
 //! quantizers in [`super::quantize`] never produce it), because `_mm256_sign_epi8` cannot negate
 //! it.
@@ -69,6 +69,14 @@ unsafe fn dot_i8_pairs(ax: __m256i, x: __m256i, y: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
 }
 
+/// [`dot_i8_pairs`] with one AVX-VNNI instruction: sums of four byte products per i32 lane (the
+/// same integers; no 16-bit intermediate).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn dot_i8_pairs_vnni(ax: __m256i, x: __m256i, y: __m256i) -> __m256i {
+    _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), ax, _mm256_sign_epi8(y, x))
+}
+
 /// 32 bytes: the 16 low nibbles of `p[0..16]`, then the 16 high nibbles.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -117,101 +125,121 @@ unsafe fn load32<T>(p: &[T; 32]) -> __m256i {
     _mm256_loadu_si256(p.as_ptr().cast())
 }
 
-/// Shared body of the 32-wide formats × Q8_0, for `R` weight rows × `K` activation rows:
-/// `unpack` gives a block's signed weight bytes and scale.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_legacy_q8_0<B, const R: usize, const K: usize>(
-    w: [&[B]; R],
-    a: [&[BlockQ8_0Act]; K],
-    unpack: impl Fn(&B) -> (__m256i, f16),
-) -> [[f32; K]; R] {
-    let n = w.first().map_or(0, |row| row.len());
-    for row in &w {
-        assert_eq!(
-            row.len(),
-            n,
-            "dot product of rows with different block counts"
-        );
-    }
-    for row in &a {
-        assert_eq!(
-            row.len(),
-            n,
-            "dot product of rows with different block counts"
-        );
-    }
-    let mut acc = [[_mm256_setzero_ps(); K]; R];
-    // When decoding (several weight rows, one token) the weights stream from memory: prefetch
-    // the R rows that follow the last one (the next call's rows in a row-major matrix) while
-    // working on these. Prefetches never fault, so addresses past the matrix are harmless.
-    let ahead = w[R - 1].as_ptr().wrapping_add(n).cast::<u8>();
-    let block = std::mem::size_of::<B>();
-    for i in 0..n {
-        if K == 1 {
+/// The 32-wide formats × Q8_0, instantiated once per instruction set: `$feat` is the target
+/// feature list and `$pairs` the byte-pair dot product it allows.
+macro_rules! legacy_kernels {
+    ($feat:literal, $pairs:ident) => {
+        /// Shared body of the 32-wide formats × Q8_0, for `R` weight rows × `K` activation rows:
+        /// `unpack` gives a block's signed weight bytes and scale.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn dot_legacy_q8_0<B, const R: usize, const K: usize>(
+            w: [&[B]; R],
+            a: [&[BlockQ8_0Act]; K],
+            unpack: impl Fn(&B) -> (__m256i, f16),
+        ) -> [[f32; K]; R] {
+            let n = w.first().map_or(0, |row| row.len());
+            for row in &w {
+                assert_eq!(
+                    row.len(),
+                    n,
+                    "dot product of rows with different block counts"
+                );
+            }
+            for row in &a {
+                assert_eq!(
+                    row.len(),
+                    n,
+                    "dot product of rows with different block counts"
+                );
+            }
+            let mut acc = [[_mm256_setzero_ps(); K]; R];
+            // When decoding (several weight rows, one token) the weights stream from memory: prefetch
+            // the R rows that follow the last one (the next call's rows in a row-major matrix) while
+            // working on these. Prefetches never fault, so addresses past the matrix are harmless.
+            let ahead = w[R - 1].as_ptr().wrapping_add(n).cast::<u8>();
+            let block = std::mem::size_of::<B>();
+            for i in 0..n {
+                if K == 1 {
+                    for r in 0..R {
+                        let p = ahead.wrapping_add((R * i + r) * block);
+                        _mm_prefetch::<_MM_HINT_T0>(p.cast());
+                    }
+                }
+                // SAFETY (all get_unchecked below): every row has n blocks (asserted above).
+                let ys: [__m256i; K] = std::array::from_fn(|t| load32(&a[t].get_unchecked(i).qs));
+                for r in 0..R {
+                    let (qx, dx) = unpack(w[r].get_unchecked(i));
+                    let dx = _mm256_broadcastss_ps(f16x4(dx));
+                    let ax = _mm256_sign_epi8(qx, qx);
+                    for t in 0..K {
+                        let p = $pairs(ax, qx, ys[t]);
+                        let d = _mm256_mul_ps(dx, _mm256_set1_ps(a[t].get_unchecked(i).d));
+                        acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][t]);
+                    }
+                }
+            }
+            let mut out = [[0.0f32; K]; R];
             for r in 0..R {
-                let p = ahead.wrapping_add((R * i + r) * block);
-                _mm_prefetch::<_MM_HINT_T0>(p.cast());
+                for t in 0..K {
+                    out[r][t] = hsum_ps(acc[r][t]);
+                }
             }
+            out
         }
-        // SAFETY (all get_unchecked below): every row has n blocks (asserted above).
-        let ys: [__m256i; K] = std::array::from_fn(|t| load32(&a[t].get_unchecked(i).qs));
-        for r in 0..R {
-            let (qx, dx) = unpack(w[r].get_unchecked(i));
-            let dx = _mm256_broadcastss_ps(f16x4(dx));
-            let ax = _mm256_sign_epi8(qx, qx);
-            for t in 0..K {
-                let p = dot_i8_pairs(ax, qx, ys[t]);
-                let d = _mm256_mul_ps(dx, _mm256_set1_ps(a[t].get_unchecked(i).d));
-                acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][t]);
-            }
+
+        /// Q8_0 × Q8_0 for `R` weight rows × `K` activation rows.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn dot_q8_0_q8_0<const R: usize, const K: usize>(
+            w: [&[BlockQ8_0]; R],
+            a: [&[BlockQ8_0Act]; K],
+        ) -> [[f32; K]; R] {
+            dot_legacy_q8_0(w, a, |x| (load32(&x.qs), x.d))
         }
-    }
-    let mut out = [[0.0f32; K]; R];
-    for r in 0..R {
-        for t in 0..K {
-            out[r][t] = hsum_ps(acc[r][t]);
+
+        /// Q4_0 × Q8_0 for `R` weight rows × `K` activation rows.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn dot_q4_0_q8_0<const R: usize, const K: usize>(
+            w: [&[BlockQ4_0]; R],
+            a: [&[BlockQ8_0Act]; K],
+        ) -> [[f32; K]; R] {
+            dot_legacy_q8_0(w, a, |x| {
+                (
+                    _mm256_sub_epi8(bytes_from_nibbles_32(&x.qs), _mm256_set1_epi8(8)),
+                    x.d,
+                )
+            })
         }
-    }
-    out
+
+        /// Q5_0 × Q8_0 for `R` weight rows × `K` activation rows.
+        #[target_feature(enable = $feat)]
+        pub(in super::super) unsafe fn dot_q5_0_q8_0<const R: usize, const K: usize>(
+            w: [&[BlockQ5_0]; R],
+            a: [&[BlockQ8_0Act]; K],
+        ) -> [[f32; K]; R] {
+            dot_legacy_q8_0(w, a, |x| {
+                // (nibble | bit << 4) - 16 is the nibble where the bit is set and nibble | 0xF0 (as i8)
+                // where it is clear.
+                let lo = bytes_from_nibbles_32(&x.qs);
+                let hi =
+                    _mm256_andnot_si256(bytes_from_bits_32(x.qh), _mm256_set1_epi8(0xf0u8 as i8));
+                (_mm256_or_si256(lo, hi), x.d)
+            })
+        }
+    };
 }
 
-/// Q8_0 × Q8_0 for `R` weight rows × `K` activation rows.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q8_0_q8_0<const R: usize, const K: usize>(
-    w: [&[BlockQ8_0]; R],
-    a: [&[BlockQ8_0Act]; K],
-) -> [[f32; K]; R] {
-    dot_legacy_q8_0(w, a, |x| (load32(&x.qs), x.d))
+/// The 32-wide kernels with AVX2 only (`maddubs` + `madd` for the byte products).
+pub(super) mod plain {
+    use super::*;
+    legacy_kernels!("avx2,fma,f16c", dot_i8_pairs);
 }
 
-/// Q4_0 × Q8_0 for `R` weight rows × `K` activation rows.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q4_0_q8_0<const R: usize, const K: usize>(
-    w: [&[BlockQ4_0]; R],
-    a: [&[BlockQ8_0Act]; K],
-) -> [[f32; K]; R] {
-    dot_legacy_q8_0(w, a, |x| {
-        (
-            _mm256_sub_epi8(bytes_from_nibbles_32(&x.qs), _mm256_set1_epi8(8)),
-            x.d,
-        )
-    })
-}
-
-/// Q5_0 × Q8_0 for `R` weight rows × `K` activation rows.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q5_0_q8_0<const R: usize, const K: usize>(
-    w: [&[BlockQ5_0]; R],
-    a: [&[BlockQ8_0Act]; K],
-) -> [[f32; K]; R] {
-    dot_legacy_q8_0(w, a, |x| {
-        // (nibble | bit << 4) - 16 is the nibble where the bit is set and nibble | 0xF0 (as i8)
-        // where it is clear.
-        let lo = bytes_from_nibbles_32(&x.qs);
-        let hi = _mm256_andnot_si256(bytes_from_bits_32(x.qh), _mm256_set1_epi8(0xf0u8 as i8));
-        (_mm256_or_si256(lo, hi), x.d)
-    })
+/// The 32-wide kernels with AVX-VNNI (`vpdpbusd` for the byte products, as ggml built with
+/// `-march=native` does on CPUs that have it). Same integers, so the same results.
+pub(super) mod vnni {
+    use super::*;
+    legacy_kernels!("avx2,fma,f16c,avxvnni", dot_i8_pairs_vnni);
 }
 
 /// An `R` weight rows × `K` activation rows kernel from a one-weight-row kernel (for formats

@@ -45,8 +45,9 @@ impl<W, A> Kernels<W, A> {
     /// `w · a` (rows of equal block count; panics otherwise).
     #[inline]
     pub fn dot(&self, w: &[W], a: &[A]) -> f32 {
-        // SAFETY: a `Kernels` only holds SIMD functions when `isa()` detected their features
-        // (see `pick!`), and the kernels check the row lengths themselves.
+        // SAFETY: a `Kernels` only holds SIMD functions for an instruction set the CPU has
+        // (`VecDot::kernels_for` checks `is_available`), and the kernels check the row lengths
+        // themselves.
         unsafe { (self.one)([w], [a])[0][0] }
     }
 
@@ -84,8 +85,15 @@ pub trait VecDot: Copy + Send + Sync + 'static {
     const TYPE: GgmlType;
     /// Elements per block (equal to the partner's).
     const BLOCK: usize;
-    /// The kernels for the detected instruction set.
-    fn kernels() -> Kernels<Self, Self::Act>;
+    /// The kernels for instruction set `isa` (the best this format has at or below it), or
+    /// `None` when this CPU lacks `isa`.
+    fn kernels_for(isa: Isa) -> Option<Kernels<Self, Self::Act>>;
+    /// The kernels for the instruction set in use ([`super::isa`]).
+    fn kernels() -> Kernels<Self, Self::Act> {
+        Self::kernels_for(super::isa())
+            .or_else(|| Self::kernels_for(Isa::Scalar))
+            .expect("scalar kernels are always available")
+    }
 }
 
 /// `w · a` for one weight row and one activation row of the same number of blocks.
@@ -119,55 +127,44 @@ scalar_k!(s_f16, scalar::dot_f16_f16, f16, f16);
 scalar_k!(s_bf16, scalar::dot_bf16_bf16, bf16, bf16);
 scalar_k!(s_f32, scalar::dot_f32_f32, f32, f32);
 
-/// Kernels for `W`: the SIMD pair when [`super::isa`] allows it, else the scalar pair.
-macro_rules! pick {
-    ($scalar:ident) => {
+/// The `one` / `pair` / `tile` instances of an `R × K` kernel.
+macro_rules! instances {
+    ($($f:ident)::+) => {
         Kernels {
-            one: $scalar::<1, 1>,
-            pair: $scalar::<2, 1>,
-            tile: $scalar::<1, TILE>,
+            one: $($f)::+::<1, 1>,
+            pair: $($f)::+::<2, 1>,
+            tile: $($f)::+::<1, TILE>,
         }
     };
-    ($scalar:ident, $simd:ident) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            if super::isa() == Isa::Avx2 {
-                return Kernels {
-                    one: super::avx2::$simd::<1, 1>,
-                    pair: super::avx2::$simd::<2, 1>,
-                    tile: super::avx2::$simd::<1, TILE>,
-                };
-            }
-        }
-        Kernels {
-            one: $scalar::<1, 1>,
-            pair: $scalar::<2, 1>,
-            tile: $scalar::<1, TILE>,
-        }
-    }};
 }
 
-/// The scalar kernels for `W`, whatever the CPU (for tests and comparisons).
-pub trait ScalarKernels: VecDot {
-    /// The scalar reference kernels.
-    fn scalar_kernels() -> Kernels<Self, Self::Act>;
-}
-
+/// Implements [`VecDot`] for a weight type: its partner, GGUF type, block size, scalar kernel,
+/// and optionally its AVX2 kernel and its AVX-VNNI kernel.
 macro_rules! weight {
-    ($w:ty, $a:ty, $ty:expr, $block:expr, $scalar:ident $(, $simd:ident)?) => {
+    ($w:ty, $a:ty, $ty:expr, $block:expr, $scalar:ident
+     $(, avx2 = $($simd:ident)::+ $(, vnni = $($vnni:ident)::+)?)?) => {
         impl VecDot for $w {
             type Act = $a;
             const TYPE: GgmlType = $ty;
             const BLOCK: usize = $block;
-            #[allow(unreachable_code)]
-            fn kernels() -> Kernels<Self, Self::Act> {
-                let _ = Isa::Scalar;
-                pick!($scalar $(, $simd)?)
-            }
-        }
-        impl ScalarKernels for $w {
-            fn scalar_kernels() -> Kernels<Self, Self::Act> {
-                pick!($scalar)
+            fn kernels_for(isa: Isa) -> Option<Kernels<Self, Self::Act>> {
+                if !isa.is_available() {
+                    return None;
+                }
+                $(
+                    #[cfg(target_arch = "x86_64")]
+                    {
+                        $(
+                            if isa >= Isa::Avx2Vnni {
+                                return Some(instances!(super::avx2::$($vnni)::+));
+                            }
+                        )?
+                        if isa >= Isa::Avx2 {
+                            return Some(instances!(super::avx2::$($simd)::+));
+                        }
+                    }
+                )?
+                Some(instances!($scalar))
             }
         }
     };
@@ -179,7 +176,8 @@ weight!(
     GgmlType::Q4_0,
     QK,
     s_q4_0,
-    dot_q4_0_q8_0
+    avx2 = plain::dot_q4_0_q8_0,
+    vnni = vnni::dot_q4_0_q8_0
 );
 weight!(BlockQ4_1, BlockQ8_1, GgmlType::Q4_1, QK, s_q4_1);
 weight!(
@@ -188,7 +186,8 @@ weight!(
     GgmlType::Q5_0,
     QK,
     s_q5_0,
-    dot_q5_0_q8_0
+    avx2 = plain::dot_q5_0_q8_0,
+    vnni = vnni::dot_q5_0_q8_0
 );
 weight!(BlockQ5_1, BlockQ8_1, GgmlType::Q5_1, QK, s_q5_1);
 weight!(
@@ -197,7 +196,8 @@ weight!(
     GgmlType::Q8_0,
     QK,
     s_q8_0,
-    dot_q8_0_q8_0
+    avx2 = plain::dot_q8_0_q8_0,
+    vnni = vnni::dot_q8_0_q8_0
 );
 weight!(BlockQ2K, BlockQ8K, GgmlType::Q2_K, QK_K, s_q2_k);
 weight!(BlockQ3K, BlockQ8K, GgmlType::Q3_K, QK_K, s_q3_k);
@@ -207,7 +207,7 @@ weight!(
     GgmlType::Q4_K,
     QK_K,
     s_q4_k,
-    dot_q4_k_q8_k_rows
+    avx2 = dot_q4_k_q8_k_rows
 );
 weight!(
     BlockQ5K,
@@ -215,7 +215,7 @@ weight!(
     GgmlType::Q5_K,
     QK_K,
     s_q5_k,
-    dot_q5_k_q8_k_rows
+    avx2 = dot_q5_k_q8_k_rows
 );
 weight!(
     BlockQ6K,
@@ -223,11 +223,11 @@ weight!(
     GgmlType::Q6_K,
     QK_K,
     s_q6_k,
-    dot_q6_k_q8_k_rows
+    avx2 = dot_q6_k_q8_k_rows
 );
-weight!(f16, f16, GgmlType::F16, 1, s_f16, dot_f16_f16_rows);
+weight!(f16, f16, GgmlType::F16, 1, s_f16, avx2 = dot_f16_f16_rows);
 weight!(bf16, bf16, GgmlType::BF16, 1, s_bf16);
-weight!(f32, f32, GgmlType::F32, 1, s_f32, dot_f32_f32_rows);
+weight!(f32, f32, GgmlType::F32, 1, s_f32, avx2 = dot_f32_f32_rows);
 
 impl Activation for BlockQ8_0Act {
     const BLOCK: usize = QK;
@@ -295,7 +295,7 @@ impl Activation for f32 {
 pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
     assert_eq!(x.len(), y.len(), "dot_f32 of slices of different lengths");
     #[cfg(target_arch = "x86_64")]
-    if super::isa() == Isa::Avx2 {
+    if super::isa() >= Isa::Avx2 {
         // SAFETY: isa() detected AVX2, FMA and F16C.
         return unsafe { super::avx2::dot_f32(x, y) };
     }
@@ -309,7 +309,7 @@ pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
 pub fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), y.len(), "axpy_f32 of slices of different lengths");
     #[cfg(target_arch = "x86_64")]
-    if super::isa() == Isa::Avx2 {
+    if super::isa() >= Isa::Avx2 {
         // SAFETY: isa() detected AVX2, FMA and F16C.
         unsafe { super::avx2::axpy_f32(alpha, x, y) };
         return;

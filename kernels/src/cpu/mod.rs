@@ -29,12 +29,14 @@ pub use pool::ThreadPool;
 use std::sync::OnceLock;
 
 /// The instruction set the CPU kernels use, detected once per process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     /// Portable Rust; the reference implementation.
     Scalar,
     /// x86-64 with AVX2, FMA and F16C.
     Avx2,
+    /// [`Isa::Avx2`] plus AVX-VNNI (256-bit `vpdpbusd`), used by the 32-wide quant kernels.
+    Avx2Vnni,
 }
 
 impl Isa {
@@ -43,33 +45,52 @@ impl Isa {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::Avx2Vnni => "avx2+vnni",
         }
+    }
+
+    /// Every level, lowest first.
+    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx2Vnni];
+
+    /// Whether this CPU can run kernels of this level (detected once).
+    pub fn is_available(self) -> bool {
+        self <= detect_cached()
     }
 }
 
-/// The best instruction set this CPU supports (cached after the first call).
-///
-/// Setting the environment variable `LLMD_CPU_ISA=scalar` before the first call forces the
-/// scalar kernels (for debugging and for comparing against the reference).
+/// The instruction set the kernels use: the best this CPU supports, unless the environment
+/// variable `LLMD_CPU_ISA` names a lower one (`scalar`, `avx2`, `avx2+vnni`) for debugging and
+/// comparisons. Read once, on the first call.
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
-        if std::env::var("LLMD_CPU_ISA").is_ok_and(|v| v.eq_ignore_ascii_case("scalar")) {
-            return Isa::Scalar;
-        }
-        detect()
+        let best = detect_cached();
+        let wanted = std::env::var("LLMD_CPU_ISA").ok().and_then(|v| {
+            Isa::ALL
+                .into_iter()
+                .find(|i| i.name().eq_ignore_ascii_case(v.trim()))
+        });
+        wanted.map_or(best, |w| w.min(best))
     })
+}
+
+/// The best level this CPU supports.
+fn detect_cached() -> Isa {
+    static BEST: OnceLock<Isa> = OnceLock::new();
+    *BEST.get_or_init(detect)
 }
 
 #[cfg(target_arch = "x86_64")]
 fn detect() -> Isa {
-    if is_x86_feature_detected!("avx2")
+    if !(is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
+        && is_x86_feature_detected!("f16c"))
     {
-        Isa::Avx2
-    } else {
         Isa::Scalar
+    } else if is_x86_feature_detected!("avxvnni") {
+        Isa::Avx2Vnni
+    } else {
+        Isa::Avx2
     }
 }
 
