@@ -1,10 +1,11 @@
 //! Matrix-multiply throughput for the Gemma 3 270M Q4_K_M shapes on the CPU, plus the thread
 //! pool's per-call overhead.
 //!
-//! `cargo bench -p llmd-kernels --bench cpu_matmul [-- THREADS]` (default 2 threads). Prints, per
-//! shape and token count, the time per call, GFLOP/s (2·rows·cols·tokens per call) and the
-//! weight bytes read per second, and an estimate of the matmul time per decoded token for the
-//! whole model (18 layers + the output layer).
+//! `cargo bench -p llmd-kernels --bench cpu_matmul [-- THREADS [NAME]]` (default 2 threads; NAME
+//! keeps only the matrices whose name contains it). Prints, per shape and token count, the time
+//! per call, GFLOP/s (2·rows·cols·tokens per call) and the weight bytes read per second, and an
+//! estimate of the matmul time per decoded token for the whole model (18 layers + the output
+//! layer).
 
 use std::time::{Duration, Instant};
 
@@ -128,11 +129,12 @@ fn time(budget: Duration, mut f: impl FnMut()) -> (Duration, Duration) {
 }
 
 fn main() {
-    let threads: usize = std::env::args()
+    let args: Vec<String> = std::env::args()
         .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(2);
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let threads: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(2);
+    let filter = args.get(1).cloned().unwrap_or_default();
     let pool = ThreadPool::new(threads).expect("spawn thread pool");
     println!("CPU kernels: {} ; {} threads", cpu::isa().name(), threads);
 
@@ -157,7 +159,7 @@ fn main() {
         "{:<24} {:>6} {:>11} {:>9} {:>11} {:>11}",
         "matrix", "tokens", "best", "GFLOP/s", "weight GB/s", "median"
     );
-    for s in &SHAPES {
+    for s in SHAPES.iter().filter(|s| s.name.contains(filter.as_str())) {
         let words = weights(s.ty, s.rows, s.cols);
         let len = s.ty.row_bytes(s.cols as u64).expect("whole blocks") as usize * s.rows;
         // SAFETY: `words` holds at least `len` initialised bytes and outlives `data`.
