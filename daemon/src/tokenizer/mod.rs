@@ -37,8 +37,9 @@ pub enum TokenizerError {
     /// `tokenizer.ggml.tokens` is empty.
     #[error("the vocabulary (tokenizer.ggml.tokens) is empty")]
     EmptyVocab,
-    /// The vocabulary has more tokens than ids can address.
-    #[error("the vocabulary has {0} tokens, more than token ids can address")]
+    /// The vocabulary is too large: more tokens than ids can address, or more than 4 GiB of
+    /// token text.
+    #[error("the vocabulary of {0} tokens is too large to index")]
     TooManyTokens(usize),
     /// A per-token array is shorter than the vocabulary.
     #[error("{key} has {got} entries but the vocabulary has {tokens} tokens")]
@@ -206,7 +207,6 @@ enum Fragment {
 }
 
 /// A tokenizer: vocabulary, merges, special tokens and the rules llama.cpp applies to them.
-#[derive(Debug)]
 pub struct Tokenizer {
     /// SentencePiece or BPE.
     algorithm: Algorithm,
@@ -221,8 +221,10 @@ pub struct Tokenizer {
     /// Control, user-defined and unknown tokens, longest text first: the order in which they are
     /// split out of input text.
     special_tokens: Vec<u32>,
-    /// Each token's rendering with `special = true` (llama.cpp's piece cache).
-    pieces: Vec<Box<[u8]>>,
+    /// Every token's rendering with `special = true` (llama.cpp's piece cache), concatenated.
+    piece_bytes: Vec<u8>,
+    /// Token `id`'s piece is `piece_bytes[piece_ends[id - 1]..piece_ends[id]]` (0 for id 0).
+    piece_ends: Vec<u32>,
     /// Beginning of sequence.
     bos: Option<u32>,
     /// End of sequence.
@@ -249,6 +251,27 @@ pub struct Tokenizer {
     clean_spaces: bool,
     /// BPE: emit a pre-tokenized word whole when it is a token.
     ignore_merges: bool,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    /// A summary: the vocabulary itself is far too large to print.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let algorithm = match &self.algorithm {
+            Algorithm::Spm => "spm".to_owned(),
+            Algorithm::Bpe(pre) => format!("bpe ({:?})", pre.kind()),
+        };
+        f.debug_struct("Tokenizer")
+            .field("algorithm", &algorithm)
+            .field("vocab_size", &self.tokens.len())
+            .field("merges", &self.merges.len())
+            .field("special_tokens", &self.special_tokens.len())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("eog", &self.eog)
+            .field("add_bos", &self.add_bos)
+            .field("add_eos", &self.add_eos)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Tokenizer {
@@ -521,7 +544,8 @@ impl Tokenizer {
             merges,
             byte_tokens,
             special_tokens,
-            pieces: Vec::new(),
+            piece_bytes: Vec::new(),
+            piece_ends: Vec::with_capacity(n_tokens),
             bos,
             eos,
             eot,
@@ -536,9 +560,13 @@ impl Tokenizer {
             clean_spaces,
             ignore_merges,
         };
-        tokenizer.pieces = (0..n_tokens as u32)
-            .map(|id| tokenizer.render_piece(id).into_boxed_slice())
-            .collect();
+        for id in 0..n_tokens as u32 {
+            let piece = tokenizer.render_piece(id);
+            tokenizer.piece_bytes.extend_from_slice(&piece);
+            let end = u32::try_from(tokenizer.piece_bytes.len())
+                .map_err(|_| TokenizerError::TooManyTokens(n_tokens))?;
+            tokenizer.piece_ends.push(end);
+        }
         Ok(tokenizer)
     }
 
@@ -628,7 +656,11 @@ impl Tokenizer {
         if !special && t.attr & (attr::UNKNOWN | attr::CONTROL) != 0 {
             return &[];
         }
-        &self.pieces[id as usize]
+        let start = match id {
+            0 => 0,
+            _ => self.piece_ends[id as usize - 1] as usize,
+        };
+        &self.piece_bytes[start..self.piece_ends[id as usize] as usize]
     }
 
     /// Text to token ids, as llama.cpp's `llama_tokenize`.
