@@ -344,7 +344,7 @@ fn gemma_fallback_chat_template() {
     assert_eq!(ids[1], start, "BOS doubled or turn marker not parsed");
 }
 
-/// Encoding a few KB takes milliseconds.
+/// Encoding a few KB takes milliseconds, not seconds.
 #[test]
 fn encoding_is_fast() {
     let text =
@@ -362,8 +362,10 @@ fn encoding_is_fast() {
         }
         let per = start.elapsed() / rounds;
         println!("{var}: {} bytes encoded in {per:?}", text.len());
+        // About 10 ms on one core for Gemma's 262k vocabulary; the bound leaves room for a
+        // loaded CI machine while still catching anything quadratic.
         assert!(
-            per < Duration::from_millis(50),
+            per < Duration::from_millis(250),
             "{var}: encoding {} bytes took {per:?}",
             text.len()
         );
