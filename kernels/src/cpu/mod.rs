@@ -1,14 +1,15 @@
-//! CPU compute: quantized dot products (scalar reference + AVX2), the quantized matrix multiply
-//! of the forward pass, a low-overhead thread pool, and the f32 row operations (norms, rope,
-//! softmax, activations) the supported architectures need.
+//! CPU compute: quantized dot products (scalar reference + AVX2 / AVX-VNNI), the quantized matrix
+//! multiply of the forward pass, a low-overhead thread pool, and the f32 row operations (norms,
+//! rope, softmax, activations) the supported architectures need.
 //!
 //! Layout:
 //! - [`quantize`]: activation quantization (f32 rows to Q8_0 / Q8_1 / Q8_K / F16 / BF16), the
 //!   byte-exact partner formats llama.cpp's CPU backend uses on x86.
 //! - [`scalar`]: readable reference dot products for every weight type × activation type pair.
-//! - `avx2`: AVX2 + FMA + F16C versions of the hot dot products (x86-64 only), chosen at run time.
-//! - [`dot`]: the safe dispatch between the two.
-//! - [`matmul`]: `out = x · Wᵀ` for a quantized `W`, split over a [`pool::ThreadPool`].
+//! - `avx2`: AVX2 + FMA + F16C versions of the hot dot products (x86-64 only), with an AVX-VNNI
+//!   variant of the 32-wide ones, chosen at run time ([`isa`]).
+//! - [`dot`]: the weight/activation type pairing and the safe dispatch between the levels.
+//! - [`mod@matmul`]: `out = x · Wᵀ` for a quantized `W`, split over a [`pool::ThreadPool`].
 //! - [`ops`]: elementwise and row operations.
 
 pub mod dot;
