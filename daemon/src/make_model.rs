@@ -594,10 +594,7 @@ struct SplitMix(u64);
 impl SplitMix {
     fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        mix(self.0)
     }
 
     /// An approximately standard normal value: the Irwin–Hall sum of four 16-bit uniforms,
@@ -610,12 +607,19 @@ impl SplitMix {
     }
 }
 
-/// The RNG of row `row` of tensor number `index`.
+/// splitmix64's output function: a bijective 64-bit mix.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The RNG of row `row` of tensor number `index`. The starting state is a full hash of
+/// (seed, tensor, row): starting states that differ by a multiple of the generator's increment
+/// would make rows shifted copies of each other, correlating them.
 fn row_rng(seed: u64, index: usize, row: u64) -> SplitMix {
-    let mut s = SplitMix(seed ^ 0x6C6C_6D64_6D6F_6465);
-    let a = s.next() ^ (index as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93);
-    let mut s = SplitMix(a);
-    SplitMix(s.next() ^ row.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    let t = mix(mix(seed ^ 0x6C6C_6D64_6D6F_6465) ^ index as u64);
+    SplitMix(mix(t ^ mix(row.wrapping_add(0x5851_F42D_4C95_7F2D))))
 }
 
 /// Generates and encodes rows `rows` of tensor `t` (number `index`).
