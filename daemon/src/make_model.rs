@@ -451,8 +451,11 @@ fn plan(arch: Arch, sh: &Shape, wt: WeightType) -> Vec<TensorPlan> {
             Role::Norm | Role::Bias => NORM_STD,
             // Unit-variance hidden states after the final norm give logits of std ~1.
             Role::Output => 1.0 / (e as f32).sqrt(),
-            // Gemma scales embeddings by sqrt(n_embd) and ties them to the output.
-            Role::TokenEmbd if tied => 1.0 / (e as f32).sqrt(),
+            // Gemma scales embeddings by sqrt(n_embd) and ties them to the output. At unit
+            // scale the input token's own row dominates the final hidden state and greedy
+            // decoding just repeats the last token; half scale leaves the layers' (normed)
+            // contributions in charge.
+            Role::TokenEmbd if tied => 0.5 / (e as f32).sqrt(),
             _ => WEIGHT_STD,
         };
         let ty = choose_type(wt, role, layer, sh.n_layer, tied, dims[0]);
