@@ -131,48 +131,6 @@ pub fn collect(nvml: &Nvml, own_pid: u32) -> GpuTelemetry {
     }
 }
 
-impl GpuSnapshot {
-    /// A snapshot whose every field is `Error(message)` (the GPU handle itself failed).
-    pub fn unreadable(index: u32, message: &str) -> Self {
-        fn error<T>(message: &str) -> Reading<T> {
-            Reading::Error(message.to_owned())
-        }
-        Self {
-            index,
-            name: error(message),
-            uuid: error(message),
-            pci_bus_id: error(message),
-            memory: error(message),
-            llmd_memory_bytes: error(message),
-            utilization: error(message),
-            temperature_c: error(message),
-            temperature_slowdown_c: error(message),
-            temperature_shutdown_c: error(message),
-            fan_percent: error(message),
-            power_draw_w: error(message),
-            power_limits: PowerLimits {
-                enforced_w: error(message),
-                default_w: error(message),
-                min_w: error(message),
-                max_w: error(message),
-            },
-            energy_j: error(message),
-            clock_sm_mhz: error(message),
-            clock_memory_mhz: error(message),
-            throttle_reasons: error(message),
-            pcie: PcieReading {
-                gen_current: error(message),
-                gen_max: error(message),
-                width_current: error(message),
-                width_max: error(message),
-                tx_kib_s: error(message),
-                rx_kib_s: error(message),
-            },
-            nvlink: error(message),
-        }
-    }
-}
-
 /// Reads every field of one GPU.
 fn sample_device(index: u32, device: &Device<'_>, own_pid: u32) -> GpuSnapshot {
     let constraints = reading(device.power_management_limit_constraints());

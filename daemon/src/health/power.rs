@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use llmd_shared::api::health::PowerBudget;
+
 use crate::gpu::GpuTelemetry;
 
 /// Default transient factor. RTX 3090-class cards have been measured at 1.5-2x their limit for
@@ -75,40 +77,6 @@ impl PowerConfig {
             return Err(PowerConfigError::TransientFactor(self.transient_factor));
         }
         Ok(())
-    }
-}
-
-/// The computed budget. All figures in W, headroom in percent of the PSU rating.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PowerBudget {
-    /// The PSU rating, if configured.
-    pub psu_watts: Option<f64>,
-    /// The configured system estimate.
-    pub system_watts: f64,
-    /// The configured transient factor.
-    pub transient_factor: f64,
-    /// Sum of the GPUs' current draw (those that report it).
-    pub gpu_draw_watts: f64,
-    /// `gpu_draw_watts + system_watts`.
-    pub current_watts: f64,
-    /// Sum of the GPUs' enforced power limits (default limit where the enforced one is missing).
-    pub gpu_limits_watts: f64,
-    /// `gpu_limits_watts × transient_factor + system_watts`.
-    pub worst_case_watts: f64,
-    /// `(psu − current) / psu × 100`, when the PSU rating is known.
-    pub current_headroom_percent: Option<f64>,
-    /// `(psu − worst case) / psu × 100`, when the PSU rating is known (negative: over budget).
-    pub worst_case_headroom_percent: Option<f64>,
-    /// GPUs whose draw is unknown (not counted in `gpu_draw_watts`).
-    pub gpus_without_draw: Vec<u32>,
-    /// GPUs without any power limit reading (not counted in the worst case).
-    pub gpus_without_limit: Vec<u32>,
-}
-
-impl PowerBudget {
-    /// Whether every GPU contributed to both sums.
-    pub fn is_complete(&self) -> bool {
-        self.gpus_without_draw.is_empty() && self.gpus_without_limit.is_empty()
     }
 }
 

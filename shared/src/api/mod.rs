@@ -13,6 +13,8 @@
 //! (`rename`, `rename_all`; no `tag`, `flatten`, `skip_serializing_if` or `untagged`).
 
 mod generate;
+pub mod gpu;
+pub mod health;
 mod models;
 mod status;
 mod version;
