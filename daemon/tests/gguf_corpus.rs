@@ -197,7 +197,6 @@ fn fields(bytes: &[u8]) -> Vec<(usize, usize, Field)> {
     let n_kv = u64_at(16);
     let mut p = 24;
     fn value(
-        bytes: &[u8],
         p: &mut usize,
         ty: u32,
         out: &mut Vec<(usize, usize, Field)>,
@@ -220,7 +219,7 @@ fn fields(bytes: &[u8]) -> Vec<(usize, usize, Field)> {
                 let n = u64_at(*p + 4);
                 *p += 12;
                 for _ in 0..n {
-                    value(bytes, p, elem, out, u32_at, u64_at);
+                    value(p, elem, out, u32_at, u64_at);
                 }
             }
             _ => unreachable!("seed files are valid"),
@@ -232,7 +231,7 @@ fn fields(bytes: &[u8]) -> Vec<(usize, usize, Field)> {
         out.push((p, 4, Field::ValueType));
         let ty = u32_at(p);
         p += 4;
-        value(bytes, &mut p, ty, &mut out, &u32_at, &u64_at);
+        value(&mut p, ty, &mut out, &u32_at, &u64_at);
     }
     for _ in 0..n_tensors {
         out.push((p, 8, Field::StrLen));
