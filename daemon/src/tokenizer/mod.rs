@@ -3,12 +3,14 @@
 //! - [`Tokenizer`]: the vocabulary with its special tokens; [`Tokenizer::encode`] (text to ids,
 //!   with llama.cpp's `add_special` / `parse_special` semantics), [`Tokenizer::token_to_piece`]
 //!   and [`Tokenizer::decode`] (ids to bytes), [`Tokenizer::is_eog`].
-//! - [`spm`]: SentencePiece-style merges by score with byte fallback (`"llama"` vocabularies,
-//!   e.g. Gemma 3). [`bpe`] and [`pretokenize`]: byte-level BPE (`"gpt2"` vocabularies, e.g.
+//! - `spm`: SentencePiece-style merges by score with byte fallback (`"llama"` vocabularies,
+//!   e.g. Gemma 3). `bpe` and [`pretokenize`]: byte-level BPE (`"gpt2"` vocabularies, e.g.
 //!   Llama 3, Qwen2) with the pre-tokenizer of `tokenizer.ggml.pre`.
 //! - [`stream`]: [`StreamDecoder`], which turns a stream of ids into text only at complete
 //!   UTF-8 characters. [`chat`]: chat templates.
-//! - [`unicode`]: codepoint categories and the GPT-2 byte map.
+//! - `unicode`: codepoint categories and the GPT-2 byte map.
+//! - `tests`: unit tests on hand-made vocabularies; the real ones are compared with llama.cpp in
+//!   `daemon/tests/tokenizer_reference.rs` and `tokenizer_chat.rs`.
 
 mod bpe;
 pub mod chat;
@@ -22,7 +24,7 @@ mod unicode;
 use std::collections::{BTreeSet, HashMap};
 
 pub use crate::gguf::TokenizerMetadata;
-pub use chat::{ChatError, ChatMessage, ChatTemplate};
+pub use chat::{ChatError, ChatMessage, ChatTemplate, TemplateOrigin};
 pub use pretokenize::PreTokenizerKind;
 pub use stream::StreamDecoder;
 
