@@ -1,0 +1,56 @@
+// Element-wise ops on f32 activations. Launch for all: blockDim.x = 256,
+// gridDim.x = ceil(n / 256) (n = number of values written).
+#include "common.cuh"
+
+// GELU with GGML's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) x (1 + 0.044715 x^2))).
+static __device__ __forceinline__ float gelu_tanh(float x) {
+    const float sqrt_2_over_pi = 0.79788456080286535587989211986876f;
+    const float inner = sqrt_2_over_pi * x * (1.0f + 0.044715f * x * x);
+    return 0.5f * x * (1.0f + tanhf(inner));
+}
+
+// gate[i] = gelu(gate[i]) * up[i] for i < n (GeGLU feed-forward, Gemma).
+extern "C" __global__ void __launch_bounds__(256)
+    geglu_f32(float *__restrict__ gate, const float *__restrict__ up, long long n) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        gate[i] = gelu_tanh(gate[i]) * up[i];
+    }
+}
+
+// gate[i] = silu(gate[i]) * up[i] = gate / (1 + exp(-gate)) * up, for i < n (SwiGLU: Llama, Qwen).
+extern "C" __global__ void __launch_bounds__(256)
+    swiglu_f32(float *__restrict__ gate, const float *__restrict__ up, long long n) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        const float g = gate[i];
+        gate[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+// dst[i] += src[i] for i < n (residual connections).
+extern "C" __global__ void __launch_bounds__(256)
+    add_f32(float *__restrict__ dst, const float *__restrict__ src, long long n) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        dst[i] += src[i];
+    }
+}
+
+// x[i] *= factor for i < n.
+extern "C" __global__ void __launch_bounds__(256)
+    scale_f32(float *__restrict__ x, float factor, long long n) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        x[i] *= factor;
+    }
+}
+
+// x[t][c] += bias[c] for n_tokens rows of `width` values (n = n_tokens * width).
+extern "C" __global__ void __launch_bounds__(256)
+    add_bias_f32(float *__restrict__ x, const float *__restrict__ bias, int width, long long n) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        x[i] += bias[i % width];
+    }
+}
