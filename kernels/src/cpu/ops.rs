@@ -257,6 +257,12 @@ fn gelu_one(table: &[f16], x: f32) -> f32 {
 /// In-place GELU, as ggml's `ggml_vec_gelu_f32` (table version).
 pub fn gelu(x: &mut [f32]) {
     let table = gelu_table();
+    #[cfg(target_arch = "x86_64")]
+    if super::isa() >= super::Isa::Avx2 {
+        // SAFETY: isa() detected AVX2, FMA and F16C.
+        unsafe { super::avx2::gelu_table_mul(table, x, None) };
+        return;
+    }
     for v in x.iter_mut() {
         *v = gelu_one(table, *v);
     }
@@ -269,6 +275,12 @@ pub fn gelu(x: &mut [f32]) {
 pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "gelu_mul length mismatch");
     let table = gelu_table();
+    #[cfg(target_arch = "x86_64")]
+    if super::isa() >= super::Isa::Avx2 {
+        // SAFETY: isa() detected AVX2, FMA and F16C.
+        unsafe { super::avx2::gelu_table_mul(table, gate, Some(up)) };
+        return;
+    }
     for (g, &u) in gate.iter_mut().zip(up) {
         *g = gelu_one(table, *g) * u;
     }
