@@ -12,6 +12,8 @@
 #define LLMD_QK 32
 #define LLMD_QK_K 256
 #define LLMD_FULL_MASK 0xffffffffu
+// -infinity as a float (NVRTC has no <cmath> INFINITY).
+#define LLMD_NEG_INF __int_as_float(0xff800000)
 
 // Q4_0: 32 weights, 4 bits each, value = d * (q - 8). 18 bytes.
 struct block_q4_0 {
