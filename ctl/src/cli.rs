@@ -45,6 +45,48 @@ pub enum Command {
     Tokenize(TokenizeArgs),
     /// Measure prompt processing (pp) and generation (tg) speed, as llama-bench.
     Bench(BenchArgs),
+    /// Show where a model's layers would go and the memory each device needs, without loading
+    /// it (only the file's header is read). Exits 1 when it does not fit.
+    Plan(PlanArgs),
+    /// Change a loaded model's split (and context) live; running generations continue.
+    Reload(ReloadArgs),
+}
+
+/// Arguments of `llmctl plan`.
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    /// The GGUF file (a partly downloaded one is fine: only its header is read).
+    pub file: PathBuf,
+    /// Devices, comma-separated (e.g. cpu:0,cpu:1) [default: the first device].
+    #[arg(long, value_name = "LIST")]
+    pub devices: Option<String>,
+    /// Split weights per device, comma-separated, as llama.cpp's --tensor-split (e.g. 3,1)
+    /// [default: proportional to each device's free memory].
+    #[arg(long, value_name = "WEIGHTS")]
+    pub split: Option<String>,
+    /// Layers on GPU devices, the rest on the CPU device, as llama.cpp's -ngl [default: all].
+    #[arg(long, value_name = "N")]
+    pub gpu_layers: Option<u32>,
+    /// Context length per generation [default: 4096, at most the model's].
+    #[arg(long)]
+    pub ctx: Option<u32>,
+}
+
+/// Arguments of `llmctl reload`.
+#[derive(Debug, Clone, Args)]
+pub struct ReloadArgs {
+    /// The model's name.
+    pub name: String,
+    /// Split weights per device, comma-separated (e.g. 3,1) [default: proportional to each
+    /// device's free memory].
+    #[arg(long, value_name = "WEIGHTS")]
+    pub split: Option<String>,
+    /// Devices, comma-separated [default: those the model is on].
+    #[arg(long, value_name = "LIST")]
+    pub devices: Option<String>,
+    /// Context length for generations started from now on [default: unchanged].
+    #[arg(long)]
+    pub ctx: Option<u32>,
 }
 
 /// Arguments of `llmctl load`.

@@ -13,6 +13,10 @@
 //! id = "cpu:0"                     # <kind>:<index>; kinds: cpu
 //! memory_budget = "16GiB"          # bytes (integer) or a string with B/KiB/MiB/GiB/TiB/KB/MB/GB/TB
 //!
+//! [[devices]]                      # more CPU devices (cpu:1, cpu:2, ...) are separate devices
+//! id = "cpu:1"                     # with their own budget, weights and KV caches, standing in
+//! memory_budget = "8GiB"           # for GPUs: a model split over them runs as a pipeline
+//!
 //! [gpu]
 //! nvml_library = "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"   # else $LLMD_NVML_LIB
 //! sample_interval_ms = 2000        # telemetry sampling period
@@ -76,7 +80,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
-    /// Which device: `<kind>:<index>` (`"cpu:0"`); a bare kind means index 0.
+    /// Which device: `<kind>:<index>` (`"cpu:0"`); a bare kind means index 0. Several CPU
+    /// devices (`cpu:0`, `cpu:1`, ...) are separate devices, each with its own budget, that
+    /// models can be split over as over GPUs (they share the host's memory and cores).
     pub id: DeviceId,
     /// Bytes of this device's memory that models and their caches may use. Absent: for the CPU,
     /// three quarters of physical memory.
@@ -89,7 +95,8 @@ pub struct DeviceConfig {
 pub struct DeviceId {
     /// Device kind.
     pub kind: DeviceKindKey,
-    /// Index among devices of that kind (CUDA ordinal; 0 for the CPU).
+    /// Index among devices of that kind (CUDA ordinal; for CPU devices, which of the
+    /// configured CPU devices).
     pub index: u32,
 }
 
@@ -408,12 +415,6 @@ impl Config {
                     ),
                 ));
             }
-            if d.id.kind == DeviceKindKey::Cpu && d.id.index != 0 {
-                return Err(invalid(
-                    format!("devices[{i}].id"),
-                    format!("device `{}`: there is one CPU device, `cpu:0`", d.id),
-                ));
-            }
             if !seen.insert(d.id) {
                 return Err(invalid(
                     format!("devices[{i}].id"),
@@ -573,6 +574,29 @@ memory_budget = "16GiB"
             err.contains("devices[1].id") && err.contains("twice"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn several_cpu_devices_each_with_a_budget() {
+        let c = parse(
+            "[[devices]]\nid = \"cpu:0\"\nmemory_budget = \"1GiB\"\n\
+             [[devices]]\nid = \"cpu:1\"\nmemory_budget = \"512MiB\"\n\
+             [[devices]]\nid = \"cpu:2\"\n",
+            p(),
+        )
+        .unwrap();
+        let d = c.resolved_devices();
+        assert_eq!(d.len(), 3);
+        assert_eq!(d[1].id.to_string(), "cpu:1");
+        assert_eq!(d[1].memory_budget_bytes, 512 << 20);
+        assert_eq!(d[2].memory_budget_bytes, default_cpu_budget());
+        let err = parse(
+            "[[devices]]\nid = \"cpu:1\"\n[[devices]]\nid = \"cpu:1\"\n",
+            p(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("twice"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! Resident models at run time: loading one onto devices (on a blocking thread), the handle
-//! through which requests reach its worker, and its placement as the wire protocol reports it.
+//! Resident models at run time: planning and loading one onto devices (on a blocking thread),
+//! the handle through which requests reach its worker, re-splitting it live, and its placement
+//! as the wire protocol reports it.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -8,11 +10,15 @@ use std::time::Instant;
 
 use llmd_kernels::backend::{CpuBackend, CpuMemory};
 use llmd_kernels::cpu::ThreadPool;
-use llmd_shared::{ErrorCode, ErrorReply, LoadRequest, ModelDetails, StagePlacement};
+use llmd_shared::{
+    ErrorCode, ErrorReply, LoadRequest, ModelDetails, PlanReply, PlannedDevice, ResplitReply,
+    ResplitRequest, StagePlacement,
+};
 
-use crate::engine::{Job, ModelHandle, WorkerLimits};
-use crate::model::load::{build_pipeline, LoadError, OpenedModel, StageSpec};
-use crate::model::placement::assign_layers;
+use crate::engine::{Job, ModelHandle, ResplitOutcome, WorkerLimits};
+use crate::model::load::{build_pipeline, LoadError, ModelFile, OpenedModel, StageSpec};
+use crate::model::plan::{self, ModelSizes, Plan, PlanDevice, PlanOptions};
+use crate::model::resplit::{layout_of, resplit, Layout, LiveSequence};
 use crate::model::{ModelConfig, Pipeline};
 use crate::state::Device;
 use crate::tokenizer::chat::ChatTemplate;
@@ -39,10 +45,16 @@ pub struct LoadedModel {
     pub tokenizer: Arc<Tokenizer>,
     /// Chat template (the model's or a documented fallback).
     pub chat: ChatTemplate,
-    /// Context length per sequence.
-    pub ctx: u32,
+    /// Context length per sequence (changed by a re-split with a new context).
+    ctx: AtomicU32,
     /// CPU threads.
     pub threads: u32,
+    /// The memory-mapped file the weights come from (re-read when layers move).
+    source: Arc<ModelFile>,
+    /// What the model's pieces cost on a device, for plans.
+    sizes: ModelSizes,
+    /// The threads every stage of this model computes on.
+    pool: Arc<ThreadPool>,
     /// The worker thread that owns the pipeline.
     pub handle: ModelHandle,
     /// Placement as last reported by the worker.
@@ -61,6 +73,11 @@ impl std::fmt::Debug for LoadedModel {
 }
 
 impl LoadedModel {
+    /// Context length per sequence for generations started now.
+    pub fn ctx(&self) -> u32 {
+        self.ctx.load(Ordering::SeqCst)
+    }
+
     /// The placement as last recorded.
     pub fn placement(&self) -> Vec<StagePlacement> {
         self.placement
@@ -111,7 +128,7 @@ impl LoadedModel {
             path: self.path.display().to_string(),
             architecture: self.architecture.clone(),
             n_layer: self.config.n_layer as u32,
-            ctx: self.ctx,
+            ctx: self.ctx(),
             threads: self.threads,
             placement: self.placement(),
             running: self.running.load(Ordering::SeqCst),
@@ -158,15 +175,16 @@ pub fn default_name(path: &Path) -> String {
         .unwrap_or(file)
 }
 
-/// The devices a request names, resolved against the daemon's, with split weights.
-fn choose_devices<'a>(
-    req: &LoadRequest,
+/// The devices named by `names` (default: the daemon's first device), resolved against the
+/// daemon's.
+fn resolve_devices<'a>(
+    names: &[String],
     devices: &'a [Device],
-) -> Result<(Vec<&'a Device>, Vec<f64>), ErrorReply> {
-    let chosen: Vec<&Device> = if req.devices.is_empty() {
+) -> Result<Vec<&'a Device>, ErrorReply> {
+    let chosen: Vec<&Device> = if names.is_empty() {
         devices.first().into_iter().collect()
     } else {
-        req.devices
+        names
             .iter()
             .map(|name| {
                 devices.iter().find(|d| &d.name == name).ok_or_else(|| {
@@ -185,47 +203,154 @@ fn choose_devices<'a>(
             "no device to load the model on",
         ));
     }
-    let split: Vec<f64> = if req.split.is_empty() {
-        chosen
-            .iter()
-            .map(|d| d.memory_budget_bytes as f64)
-            .collect()
-    } else {
-        if req.split.len() != chosen.len() {
+    for (i, d) in chosen.iter().enumerate() {
+        if chosen[..i].iter().any(|e| e.name == d.name) {
             return Err(ErrorReply::new(
                 ErrorCode::BadRequest,
-                format!(
-                    "--split has {} weights for {} devices",
-                    req.split.len(),
-                    chosen.len()
-                ),
+                format!("device {} is named twice", d.name),
             ));
         }
-        if req.split.iter().any(|w| !w.is_finite() || *w < 0.0)
-            || req.split.iter().all(|w| *w == 0.0)
-        {
-            return Err(ErrorReply::new(
-                ErrorCode::BadRequest,
-                "split weights must be non-negative and not all zero",
-            ));
-        }
-        req.split.iter().map(|&w| w as f64).collect()
-    };
-    Ok((chosen, split))
+    }
+    Ok(chosen)
 }
 
-/// Loads a model as `req` asks (blocking: run it on a blocking thread). `memory_of` gives each
-/// CPU device's shared memory ledger; `progress(done, total)` reports stages loaded.
-pub fn load_blocking(
-    req: &LoadRequest,
-    name: String,
+/// The plan's view of `chosen`: budgets, and bytes free (the ledger's free bytes plus `own(name)`,
+/// bytes the model being re-split holds there and gives back).
+fn plan_devices(
+    chosen: &[&Device],
+    memory_of: &dyn Fn(&Device) -> Arc<CpuMemory>,
+    own: &dyn Fn(&str) -> u64,
+) -> Vec<PlanDevice> {
+    chosen
+        .iter()
+        .map(|d| {
+            let used = memory_of(d).used().saturating_sub(own(&d.name));
+            PlanDevice {
+                name: d.name.clone(),
+                gpu: d.kind != llmd_shared::DeviceKind::Cpu,
+                budget_bytes: d.memory_budget_bytes,
+                free_bytes: d.memory_budget_bytes.saturating_sub(used),
+            }
+        })
+        .collect()
+}
+
+/// The context length for a request asking `asked`: else [`DEFAULT_CTX`], at most the model's
+/// training context.
+pub fn resolve_ctx(asked: Option<u32>, context_length: usize) -> u32 {
+    asked
+        .unwrap_or(DEFAULT_CTX)
+        .min(context_length.clamp(1, u32::MAX as usize) as u32)
+        .max(1)
+}
+
+/// Plans `sizes` on `devices`; input errors become `bad_request`.
+fn make_plan(
+    sizes: &ModelSizes,
+    devices: &[PlanDevice],
+    split: &[f32],
+    gpu_layers: Option<u32>,
+    ctx: u32,
+) -> Result<Plan, ErrorReply> {
+    let opts = PlanOptions {
+        split: (!split.is_empty()).then(|| split.iter().map(|&w| w as f64).collect()),
+        gpu_layers: gpu_layers.map(|n| n as usize),
+        ctx: ctx as usize,
+    };
+    plan::plan(sizes, devices, &opts)
+        .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))
+}
+
+/// The wire form of a plan.
+pub fn plan_reply(path: &str, architecture: &str, sizes: &ModelSizes, p: &Plan) -> PlanReply {
+    let mut share = vec![0.0; p.devices.len()];
+    // The split covers every device, or only the GPUs with -ngl.
+    let targets: Vec<usize> = if p.split.len() == p.devices.len() {
+        (0..p.devices.len()).collect()
+    } else {
+        (0..p.devices.len()).filter(|&d| p.devices[d].gpu).collect()
+    };
+    for (k, &d) in targets.iter().enumerate() {
+        share[d] = p.split.get(k).copied().unwrap_or(0.0);
+    }
+    PlanReply {
+        path: path.to_string(),
+        architecture: architecture.to_string(),
+        n_layer: sizes.n_layer as u32,
+        ctx: p.ctx as u32,
+        batch: MAX_BATCH as u32,
+        embedding_bytes: sizes.embedding_bytes,
+        devices: p
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(d, dev)| PlannedDevice {
+                name: dev.name.clone(),
+                budget_bytes: dev.budget_bytes,
+                free_bytes: dev.free_bytes,
+                need_bytes: p.need_on(d),
+                split: share[d],
+            })
+            .collect(),
+        stages: p
+            .stages
+            .iter()
+            .map(|s| llmd_shared::PlannedStage {
+                device: p.devices[s.device].name.clone(),
+                layer_start: s.layers.start as u32,
+                layer_end: s.layers.end as u32,
+                output: s.head,
+                weight_bytes: s.weight_bytes,
+                kv_bytes: s.kv_bytes,
+                scratch_bytes: s.scratch_bytes,
+            })
+            .collect(),
+        fits: p.fits(),
+        problems: p
+            .verdict
+            .as_ref()
+            .map(|v| v.problems.clone())
+            .unwrap_or_default(),
+        suggestion: p.verdict.as_ref().and_then(|v| v.suggestion.clone()),
+        warnings: p.warnings.clone(),
+    }
+}
+
+/// Answers `llmctl plan` (blocking: reads the file's header). Only the header is needed, so a
+/// file still downloading can be planned.
+pub fn plan_blocking(
+    req: &llmd_shared::PlanRequest,
     devices: &[Device],
     memory_of: &dyn Fn(&Device) -> Arc<CpuMemory>,
-    progress: impl FnMut(usize, usize),
-) -> Result<(LoadedModel, f64, u64), ErrorReply> {
-    let started = Instant::now();
-    let path = PathBuf::from(&req.path);
-    let (chosen, split) = choose_devices(req, devices)?;
+) -> Result<PlanReply, ErrorReply> {
+    let chosen = resolve_devices(&req.devices, devices)?;
+    let (description, config, sizes) =
+        ModelSizes::open(Path::new(&req.path), MAX_BATCH, MAX_SEQUENCES).map_err(load_error)?;
+    let ctx = resolve_ctx(req.ctx, config.context_length);
+    let plan_devs = plan_devices(&chosen, memory_of, &|_| 0);
+    let p = make_plan(&sizes, &plan_devs, &req.split, req.gpu_layers, ctx)?;
+    Ok(plan_reply(&req.path, &description.architecture, &sizes, &p))
+}
+
+/// One CPU backend per device of `plan`, all computing on `pool`.
+fn backends_for(
+    names: impl IntoIterator<Item = String>,
+    devices: &[Device],
+    memory_of: &dyn Fn(&Device) -> Arc<CpuMemory>,
+    pool: &Arc<ThreadPool>,
+) -> HashMap<String, Arc<CpuBackend>> {
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let dev = devices.iter().find(|d| d.name == name)?;
+            let b = CpuBackend::new(dev.name.clone(), memory_of(dev), Arc::clone(pool));
+            Some((name, Arc::new(b)))
+        })
+        .collect()
+}
+
+/// Checks that every device is one this build can compute on.
+fn check_cpu_only(chosen: &[&Device]) -> Result<(), ErrorReply> {
     if chosen
         .iter()
         .any(|d| d.kind != llmd_shared::DeviceKind::Cpu)
@@ -235,6 +360,24 @@ pub fn load_blocking(
             "only CPU devices can hold models in this build",
         ));
     }
+    Ok(())
+}
+
+/// Loads a model as `req` asks (blocking: run it on a blocking thread). `memory_of` gives each
+/// CPU device's shared memory ledger; `progress(done, total)` reports stages loaded. The split
+/// plan is checked against the devices' free memory before anything is allocated: a load that
+/// does not fit is refused with the numbers and a suggestion that fits (`does_not_fit`).
+pub fn load_blocking(
+    req: &LoadRequest,
+    name: String,
+    devices: &[Device],
+    memory_of: &dyn Fn(&Device) -> Arc<CpuMemory>,
+    progress: impl FnMut(usize, usize),
+) -> Result<(LoadedModel, f64, u64), ErrorReply> {
+    let started = Instant::now();
+    let path = PathBuf::from(&req.path);
+    let chosen = resolve_devices(&req.devices, devices)?;
+    check_cpu_only(&chosen)?;
     let model = OpenedModel::open(&path).map_err(load_error)?;
     let tokenizer = Arc::new(
         Tokenizer::from_metadata(&model.description.tokenizer)
@@ -245,11 +388,16 @@ pub fn load_blocking(
         &tokenizer,
     )
     .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, format!("chat template: {e}")))?;
-    let ctx = req
-        .ctx
-        .unwrap_or(DEFAULT_CTX)
-        .min(model.config.context_length.max(1) as u32)
-        .max(1);
+    let ctx = resolve_ctx(req.ctx, model.config.context_length);
+    let sizes = ModelSizes::new(&model.source.file, &model.config, MAX_BATCH, MAX_SEQUENCES);
+    let plan_devs = plan_devices(&chosen, memory_of, &|_| 0);
+    let p = make_plan(&sizes, &plan_devs, &req.split, None, ctx)?;
+    if let Some(v) = &p.verdict {
+        return Err(ErrorReply::new(ErrorCode::DoesNotFit, v.to_string()));
+    }
+    for w in &p.warnings {
+        tracing::warn!(model = %name, "placement: {w}");
+    }
     let threads = req
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
@@ -258,22 +406,27 @@ pub fn load_blocking(
         Arc::new(ThreadPool::new(threads as usize).map_err(|e| {
             ErrorReply::new(ErrorCode::Internal, format!("cannot start threads: {e}"))
         })?);
-    let (ranges, head) = assign_layers(model.config.n_layer, &split);
-    let specs: Vec<StageSpec> = chosen
+    let backends = backends_for(
+        chosen.iter().map(|d| d.name.clone()),
+        devices,
+        memory_of,
+        &pool,
+    );
+    let specs: Vec<StageSpec> = p
+        .stages
         .iter()
-        .zip(ranges)
-        .enumerate()
-        .filter(|(i, (_, r))| r.start < r.end || *i == head)
-        .map(|(i, (dev, layers))| StageSpec {
-            backend: Arc::new(CpuBackend::new(
-                dev.name.clone(),
-                memory_of(dev),
-                Arc::clone(&pool),
-            )),
-            layers,
-            head: i == head,
+        .map(|s| {
+            let name = &p.devices[s.device].name;
+            let backend = backends.get(name).cloned().ok_or_else(|| {
+                ErrorReply::new(ErrorCode::Internal, format!("no backend for {name}"))
+            })?;
+            Ok(StageSpec {
+                backend,
+                layers: s.layers.clone(),
+                head: s.head,
+            })
         })
-        .collect();
+        .collect::<Result<_, ErrorReply>>()?;
     let pipeline =
         build_pipeline(&model, specs, MAX_BATCH, MAX_SEQUENCES, progress).map_err(load_error)?;
     let placement = placement_of(&pipeline);
@@ -297,11 +450,214 @@ pub fn load_blocking(
         config: Arc::clone(&model.config),
         tokenizer,
         chat,
-        ctx,
+        ctx: AtomicU32::new(ctx),
         threads,
+        source: Arc::clone(&model.source),
+        sizes,
+        pool,
         handle,
         placement: Mutex::new(placement),
         running: AtomicU32::new(0),
     };
     Ok((loaded, started.elapsed().as_secs_f64(), bytes))
+}
+
+/// What the worker reports back from a re-split.
+type ResplitResult =
+    Result<(crate::model::resplit::ResplitReport, Vec<StagePlacement>), ErrorReply>;
+
+impl LoadedModel {
+    /// Re-splits the model live as `req` asks: plans the new placement (refused with
+    /// `does_not_fit` if it does not fit, the old placement serving on), then switches between
+    /// two forward steps of its worker, carrying running generations' KV caches along.
+    pub async fn resplit(
+        &self,
+        req: &ResplitRequest,
+        devices: &[Device],
+        memory_of: &(dyn Fn(&Device) -> Arc<CpuMemory> + Sync),
+    ) -> Result<ResplitReply, ErrorReply> {
+        let current = self.refresh_placement().await;
+        let names: Vec<String> = if req.devices.is_empty() {
+            let mut names: Vec<String> = Vec::new();
+            for s in &current {
+                if !names.contains(&s.device) {
+                    names.push(s.device.clone());
+                }
+            }
+            names
+        } else {
+            req.devices.clone()
+        };
+        let chosen = resolve_devices(&names, devices)?;
+        check_cpu_only(&chosen)?;
+        let ctx = match req.ctx {
+            Some(c) => resolve_ctx(Some(c), self.config.context_length),
+            None => self.ctx(),
+        };
+        let own = |name: &str| -> u64 {
+            current
+                .iter()
+                .filter(|s| s.device == name)
+                .map(|s| s.weight_bytes + s.kv_bytes)
+                .sum()
+        };
+        let plan_devs = plan_devices(&chosen, memory_of, &own);
+        let p = make_plan(&self.sizes, &plan_devs, &req.split, None, ctx)?;
+        let reply_plan = plan_reply(
+            &self.path.display().to_string(),
+            &self.architecture,
+            &self.sizes,
+            &p,
+        );
+        if let Some(v) = &p.verdict {
+            return Err(ErrorReply::new(
+                ErrorCode::DoesNotFit,
+                format!("re-split refused, the current placement keeps serving: {v}"),
+            ));
+        }
+        let target: Vec<Layout> = p
+            .stages
+            .iter()
+            .map(|s| Layout {
+                device: p.devices[s.device].name.clone(),
+                layers: s.layers.clone(),
+                head: s.head,
+            })
+            .collect();
+        let mut all_names: Vec<String> = names.clone();
+        for s in &current {
+            if !all_names.contains(&s.device) {
+                all_names.push(s.device.clone());
+            }
+        }
+        let backends = backends_for(all_names, devices, memory_of, &self.pool);
+        let ledgers: HashMap<String, (u64, Arc<CpuMemory>)> = devices
+            .iter()
+            .map(|d| (d.name.clone(), (d.memory_budget_bytes, memory_of(d))))
+            .collect();
+        let source = Arc::clone(&self.source);
+        let sizes = self.sizes.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<ResplitResult>();
+        let job = Job::Resplit(Box::new(
+            move |pipeline: &mut Pipeline, live: &[LiveSequence]| {
+                if let Err(e) = check_live_fit(pipeline, &target, live, &sizes, &ledgers) {
+                    let _ = tx.send(Err(e));
+                    return ResplitOutcome::Unchanged;
+                }
+                match resplit(
+                    pipeline,
+                    &*source,
+                    &target,
+                    &backends,
+                    live,
+                    MAX_BATCH,
+                    MAX_SEQUENCES,
+                ) {
+                    Ok(report) => {
+                        let _ = tx.send(Ok((report, placement_of(pipeline))));
+                        ResplitOutcome::Applied {
+                            n_ctx: Some(ctx as usize),
+                        }
+                    }
+                    Err(e @ crate::model::resplit::ResplitError::Broken { .. }) => {
+                        let msg = e.to_string();
+                        let _ = tx.send(Err(ErrorReply::new(ErrorCode::Internal, msg.clone())));
+                        ResplitOutcome::Broken(msg)
+                    }
+                    Err(e) => {
+                        let code = match e {
+                            crate::model::resplit::ResplitError::Restored(_) => {
+                                ErrorCode::DoesNotFit
+                            }
+                            _ => ErrorCode::Internal,
+                        };
+                        let _ = tx.send(Err(ErrorReply::new(code, e.to_string())));
+                        ResplitOutcome::Unchanged
+                    }
+                }
+            },
+        ));
+        self.handle
+            .submit(job)
+            .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("cannot re-split: {e}")))?;
+        let (report, placement) = rx.await.map_err(|_| {
+            ErrorReply::new(
+                ErrorCode::Internal,
+                "the model's worker stopped during the re-split",
+            )
+        })??;
+        self.ctx.store(ctx, Ordering::SeqCst);
+        *self
+            .placement
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = placement.clone();
+        Ok(ResplitReply {
+            name: self.name.clone(),
+            ctx,
+            plan: Box::new(reply_plan),
+            placement,
+            secs: report.secs,
+            bytes_moved: report.bytes_moved,
+            layers_moved: report.layers_moved as u32,
+            sequences_moved: report.sequences as u32,
+        })
+    }
+}
+
+/// Checks, with the running sequences' real KV caches, that the stages to be rebuilt fit each
+/// device once the stages they replace are freed (the plan counted one full-context sequence).
+fn check_live_fit(
+    pipeline: &Pipeline,
+    target: &[Layout],
+    live: &[LiveSequence],
+    sizes: &ModelSizes,
+    ledgers: &HashMap<String, (u64, Arc<CpuMemory>)>,
+) -> Result<(), ErrorReply> {
+    let old = layout_of(pipeline);
+    let positions: u64 = live.iter().map(|s| s.capacity as u64).sum();
+    let mut freed: HashMap<&str, u64> = HashMap::new();
+    for (l, s) in old.iter().zip(pipeline.stages()) {
+        if !target.contains(l) {
+            *freed.entry(l.device.as_str()).or_default() += s.weight_bytes() + s.kv_bytes();
+        }
+    }
+    let mut need: HashMap<&str, u64> = HashMap::new();
+    for l in target.iter().filter(|l| !old.contains(l)) {
+        let weights: u64 = sizes.layer_weight_bytes[l.layers.clone()]
+            .iter()
+            .sum::<u64>()
+            + if l.head { sizes.head_weight_bytes } else { 0 };
+        let kv = l.layers.len() as u64 * positions * sizes.kv_bytes_per_layer_position;
+        *need.entry(l.device.as_str()).or_default() += weights + kv;
+    }
+    let mut problems = Vec::new();
+    for (device, bytes) in need {
+        let Some((budget, ledger)) = ledgers.get(device) else {
+            problems.push(format!("unknown device {device}"));
+            continue;
+        };
+        let free = budget
+            .saturating_sub(ledger.used())
+            .saturating_add(freed.get(device).copied().unwrap_or(0));
+        if bytes > free {
+            problems.push(format!(
+                "{device} needs {} for the moved layers and the KV caches of {} running \
+                 generations but has {} free",
+                plan::human(bytes),
+                live.len(),
+                plan::human(free)
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ErrorReply::new(
+            ErrorCode::DoesNotFit,
+            format!(
+                "re-split refused, the current placement keeps serving: {}",
+                problems.join("; ")
+            ),
+        ))
+    }
 }

@@ -6,6 +6,8 @@ mod chat;
 mod generate;
 mod list;
 mod load;
+mod plan;
+mod reload;
 mod status;
 mod tokenize;
 mod unload;
@@ -56,6 +58,8 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<(), CtlError> {
         Command::Chat(args) => chat::run(args, ctx),
         Command::Tokenize(args) => tokenize::run(args, ctx),
         Command::Bench(args) => bench::run(args, ctx),
+        Command::Plan(args) => plan::run(args, ctx),
+        Command::Reload(args) => reload::run(args, ctx),
     }
 }
 

@@ -11,7 +11,8 @@ use std::thread::JoinHandle;
 
 pub use sampler::{Sampler, SamplingParams};
 pub use worker::{
-    BenchResult, GenEvent, GenerateJob, GenerationSummary, Job, StopReason, WorkerLimits,
+    BenchResult, GenEvent, GenerateJob, GenerationSummary, Job, ResplitFn, ResplitOutcome,
+    StopReason, WorkerLimits,
 };
 
 use crate::model::Pipeline;

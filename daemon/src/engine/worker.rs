@@ -13,6 +13,7 @@ use tokio::sync::mpsc::Sender;
 
 use super::sampler::{Sampler, SamplingParams};
 use super::text::TextStream;
+use crate::model::resplit::LiveSequence;
 use crate::model::{Batch, Pipeline, SeqId};
 use crate::tokenizer::Tokenizer;
 
@@ -118,6 +119,27 @@ pub enum Job {
     },
     /// Run a closure on the pipeline between two steps (re-split, inspection of placement).
     WithPipeline(Box<dyn FnOnce(&mut Pipeline) + Send>),
+    /// Re-split between two steps: the closure gets the running sequences (whose KV caches must
+    /// move with their layers) and says what it did.
+    Resplit(ResplitFn),
+}
+
+/// A re-split run by the worker between two steps.
+pub type ResplitFn = Box<dyn FnOnce(&mut Pipeline, &[LiveSequence]) -> ResplitOutcome + Send>;
+
+/// What a re-split did to the pipeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResplitOutcome {
+    /// Nothing changed (refused, or restored after a failure).
+    Unchanged,
+    /// The new placement is in force; `n_ctx`, if set, is the context for sequences admitted
+    /// from now on.
+    Applied {
+        /// New context length.
+        n_ctx: Option<usize>,
+    },
+    /// The pipeline lost its stages; running generations fail with this message.
+    Broken(String),
 }
 
 /// Limits of the worker.
@@ -231,6 +253,40 @@ impl Worker {
                 let _ = reply.send(self.bench(n_prompt, n_gen));
             }
             Job::WithPipeline(f) => f(&mut self.pipeline),
+            Job::Resplit(f) => self.resplit(f),
+        }
+    }
+
+    /// Runs a re-split with the running sequences' cache lengths and capacities.
+    fn resplit(&mut self, f: ResplitFn) {
+        let live: Vec<LiveSequence> = self
+            .running
+            .iter()
+            .map(|s| LiveSequence {
+                id: s.id,
+                // A prefilling sequence has its first `prefilled` prompt tokens cached; a
+                // decoding one everything but its last token, which the next step feeds.
+                len: if s.prefilling() {
+                    s.prefilled
+                } else {
+                    s.history.len().saturating_sub(1)
+                },
+                capacity: s.capacity,
+            })
+            .collect();
+        match f(&mut self.pipeline, &live) {
+            ResplitOutcome::Unchanged => {}
+            ResplitOutcome::Applied { n_ctx } => {
+                if let Some(n) = n_ctx {
+                    self.limits.n_ctx = n.max(1);
+                }
+            }
+            ResplitOutcome::Broken(msg) => {
+                tracing::error!("{msg}");
+                for s in self.running.drain(..) {
+                    let _ = s.events.try_send(GenEvent::Failed(msg.clone()));
+                }
+            }
         }
     }
 

@@ -7,6 +7,8 @@ pub mod config;
 pub mod load;
 pub mod pipeline;
 pub mod placement;
+pub mod plan;
+pub mod resplit;
 pub mod stage;
 pub mod weights;
 

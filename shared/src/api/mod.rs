@@ -16,6 +16,7 @@ mod generate;
 pub mod gpu;
 pub mod health;
 mod models;
+mod plan;
 mod status;
 mod version;
 
@@ -29,6 +30,7 @@ pub use models::{
     ListReply, ListRequest, LoadReply, LoadRequest, ModelDetails, StagePlacement, UnloadReply,
     UnloadRequest,
 };
+pub use plan::{PlanReply, PlanRequest, PlannedDevice, PlannedStage, ResplitReply, ResplitRequest};
 pub use status::{DeviceInfo, DeviceKind, ModelInfo, StatusReply, StatusRequest};
 pub use version::{VersionReply, VersionRequest};
 
@@ -52,6 +54,10 @@ pub enum Request {
     Tokenize(TokenizeRequest),
     /// Measure speed.
     Bench(BenchRequest),
+    /// Plan a model's placement without loading it.
+    Plan(PlanRequest),
+    /// Change a loaded model's split live.
+    Resplit(ResplitRequest),
 }
 
 impl Request {
@@ -66,6 +72,8 @@ impl Request {
             Request::Generate(_) => "generate",
             Request::Tokenize(_) => "tokenize",
             Request::Bench(_) => "bench",
+            Request::Plan(_) => "plan",
+            Request::Resplit(_) => "resplit",
         }
     }
 }
@@ -90,6 +98,10 @@ pub enum Reply {
     Tokenize(TokenizeReply),
     /// Answer to [`Request::Bench`].
     Bench(BenchReply),
+    /// Answer to [`Request::Plan`].
+    Plan(PlanReply),
+    /// Answer to [`Request::Resplit`].
+    Resplit(ResplitReply),
 }
 
 /// An intermediate message of a streaming reply.

@@ -83,7 +83,7 @@ pub async fn handle(req: LoadRequest, ctx: &Context) -> Result<LoadReply, ErrorR
         path: req.path.clone(),
         architecture: model.architecture.clone(),
         n_layer: model.config.n_layer as u32,
-        ctx: model.ctx,
+        ctx: model.ctx(),
         placement: model.placement(),
         load_secs,
         bytes_loaded,

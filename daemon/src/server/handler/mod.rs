@@ -10,6 +10,8 @@ mod bench;
 mod generate;
 mod list;
 pub mod load;
+mod plan;
+mod resplit;
 mod status;
 mod tokenize;
 mod unload;
@@ -96,6 +98,8 @@ pub async fn dispatch(request: Request, ctx: Context) -> Result<Reply, ErrorRepl
         Request::Generate(r) => generate::handle(r, &ctx).await.map(Reply::Generate),
         Request::Tokenize(r) => tokenize::handle(r, &ctx).await.map(Reply::Tokenize),
         Request::Bench(r) => bench::handle(r, &ctx).await.map(Reply::Bench),
+        Request::Plan(r) => plan::handle(r, &ctx).await.map(Reply::Plan),
+        Request::Resplit(r) => resplit::handle(r, &ctx).await.map(Reply::Resplit),
     }
 }
 

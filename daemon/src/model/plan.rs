@@ -1,0 +1,907 @@
+//! Split plans: which layers of a model go on which device, and how many bytes of weights, KV
+//! cache and scratch each device then needs, computed from the file's header alone (so a partly
+//! downloaded file can be planned) before anything is allocated.
+//!
+//! Placement follows llama.cpp's rule (`--tensor-split`, `-ngl`): the cumulative split fractions
+//! cut the sequence of `n_layer + 1` layers, the output layer counting as layer `n_layer`; with
+//! `gpu_layers = N` only the last `N` layers (and the output when `N > n_layer`) go on the GPU
+//! devices, the rest on the CPU device. Costs are what llmd's backends charge: a weight's bytes as
+//! stored (plus an f32 copy of one-row tensors, the norms and biases), an f16 K and V per layer and
+//! position, and the activation buffers of [`super::stage::Stage`] for the largest batch. The KV
+//! figure is for **one sequence of the full context**; the daemon allocates each running
+//! generation `min(ctx, prompt + max_tokens)` positions, up to `MAX_SEQUENCES` at once, on demand.
+//!
+//! A plan that does not fit says by how much on which device and suggests what does fit: another
+//! split, else a shorter context, else fewer GPU layers.
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use super::config::ModelConfig;
+use super::load::{model_config, LoadError};
+use crate::gguf::{GgufFile, ModelDescription, TensorInfo};
+
+/// Errors in a plan's input (a plan that does not fit is not an error: see [`Plan::verdict`]).
+#[derive(Debug, Error, PartialEq)]
+pub enum PlanError {
+    /// No device to plan on.
+    #[error("no device to place the model on")]
+    NoDevices,
+    /// The split has the wrong number of weights or invalid ones.
+    #[error("{0}")]
+    BadSplit(String),
+    /// `gpu_layers` cannot apply to the chosen devices.
+    #[error("{0}")]
+    BadGpuLayers(String),
+    /// The context length is zero.
+    #[error("the context length must be at least 1")]
+    ZeroContext,
+}
+
+/// What a model's pieces cost on a device, from its header.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSizes {
+    /// Transformer layers.
+    pub n_layer: usize,
+    /// Bytes of each layer's weights on a device.
+    pub layer_weight_bytes: Vec<u64>,
+    /// Bytes of the output head (final norm and vocabulary projection) on a device.
+    pub head_weight_bytes: u64,
+    /// Bytes of the token embedding table, read from the memory-mapped file on the host (not
+    /// placed on any device).
+    pub embedding_bytes: u64,
+    /// KV cache bytes per layer and position (f16 K and V: `2 * n_head_kv * head_dim * 2`).
+    pub kv_bytes_per_layer_position: u64,
+    /// Activation buffers of a stage that runs layers or the head, for the largest batch.
+    pub stage_scratch_bytes: u64,
+    /// Extra activation bytes of the stage holding the head (logit rows).
+    pub head_scratch_bytes: u64,
+    /// The context length the model was trained with.
+    pub context_length: usize,
+}
+
+/// The per-layer tensors a stage uploads (see `LayerWeights::load`); optional ones count only
+/// when the file has them.
+const LAYER_TENSORS: &[&str] = &[
+    "attn_norm.weight",
+    "attn_q.weight",
+    "attn_k.weight",
+    "attn_v.weight",
+    "attn_q.bias",
+    "attn_k.bias",
+    "attn_v.bias",
+    "attn_q_norm.weight",
+    "attn_k_norm.weight",
+    "attn_output.weight",
+    "post_attention_norm.weight",
+    "ffn_norm.weight",
+    "ffn_gate.weight",
+    "ffn_up.weight",
+    "ffn_down.weight",
+    "post_ffw_norm.weight",
+];
+
+/// Whether a stage of `config`'s model uploads the layer tensor `what` (when present).
+fn loaded_by(config: &ModelConfig, what: &str) -> bool {
+    let qk_norm = what.starts_with("attn_q_norm") || what.starts_with("attn_k_norm");
+    let post_norm = what.starts_with("post_");
+    (config.qk_norm || !qk_norm) && (config.post_norms || !post_norm)
+}
+
+/// Bytes a device is charged for `t`: its data, plus an f32 copy of one-row tensors (norms and
+/// biases are kept dequantized for direct use, as the CPU backend does).
+fn device_bytes(t: &TensorInfo) -> u64 {
+    let vector = if t.n_rows() == 1 {
+        t.dims.first().copied().unwrap_or(0) * 4
+    } else {
+        0
+    };
+    t.n_bytes + vector
+}
+
+impl ModelSizes {
+    /// The sizes of `file`'s model with `config`, for stages sized for batches of `max_batch`
+    /// tokens of which `max_logit_rows` may want logits.
+    pub fn new(
+        file: &GgufFile,
+        config: &ModelConfig,
+        max_batch: usize,
+        max_logit_rows: usize,
+    ) -> Self {
+        let bytes_of = |name: &str| file.tensor(name).map_or(0, device_bytes);
+        let layer_weight_bytes = (0..config.n_layer)
+            .map(|il| {
+                LAYER_TENSORS
+                    .iter()
+                    .filter(|what| loaded_by(config, what))
+                    .map(|what| bytes_of(&format!("blk.{il}.{what}")))
+                    .sum()
+            })
+            .collect();
+        let output = match file.tensor("output.weight") {
+            Some(t) => device_bytes(t),
+            None => bytes_of("token_embd.weight"),
+        };
+        let head_weight_bytes = bytes_of("output_norm.weight") + output;
+        let n = max_batch as u64;
+        let floats = n
+            * (3 * config.n_embd as u64
+                + 2 * config.q_width() as u64
+                + 2 * config.kv_width() as u64
+                + 2 * config.max_ff() as u64);
+        let logit_rows = max_logit_rows.clamp(1, max_batch.max(1)) as u64;
+        ModelSizes {
+            n_layer: config.n_layer,
+            layer_weight_bytes,
+            head_weight_bytes,
+            embedding_bytes: file.tensor("token_embd.weight").map_or(0, |t| t.n_bytes),
+            kv_bytes_per_layer_position: 2 * config.kv_width() as u64 * 2,
+            stage_scratch_bytes: floats * 4,
+            head_scratch_bytes: logit_rows * config.n_vocab as u64 * 4,
+            context_length: config.context_length,
+        }
+    }
+
+    /// Opens `path`'s header (the tensor data may be missing) and sizes its model.
+    pub fn open(
+        path: &Path,
+        max_batch: usize,
+        max_logit_rows: usize,
+    ) -> Result<(ModelDescription, Arc<ModelConfig>, ModelSizes), LoadError> {
+        let file = GgufFile::open_header(path)?;
+        let description = ModelDescription::from_gguf(&file)?;
+        let n_vocab = file
+            .tensor("token_embd.weight")
+            .map(|t| t.n_rows() as usize)
+            .ok_or_else(|| {
+                LoadError::Weights(super::weights::WeightError::Missing(
+                    "token_embd.weight".into(),
+                ))
+            })?;
+        let config = Arc::new(model_config(&description, n_vocab)?);
+        let sizes = ModelSizes::new(&file, &config, max_batch, max_logit_rows);
+        Ok((description, config, sizes))
+    }
+
+    /// Total bytes of weights placed on devices (every layer and the head).
+    pub fn device_weight_bytes(&self) -> u64 {
+        self.layer_weight_bytes.iter().sum::<u64>() + self.head_weight_bytes
+    }
+}
+
+/// A device a plan may use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanDevice {
+    /// Its name, e.g. `cpu:1`.
+    pub name: String,
+    /// Whether it is a GPU (for `gpu_layers`); CPU devices are not.
+    pub gpu: bool,
+    /// Its memory budget.
+    pub budget_bytes: u64,
+    /// Bytes of the budget free for this model (budget minus what others use).
+    pub free_bytes: u64,
+}
+
+/// What to plan for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanOptions {
+    /// Split weights per device (per GPU device with `gpu_layers`); `None`: proportional to
+    /// free memory.
+    pub split: Option<Vec<f64>>,
+    /// Layers on the GPU devices, the rest on the CPU device (llama.cpp's `-ngl`); `None`: all.
+    pub gpu_layers: Option<usize>,
+    /// Context length per sequence.
+    pub ctx: usize,
+}
+
+/// One stage of a plan, in pipeline order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedStage {
+    /// Index of its device in the plan's device list.
+    pub device: usize,
+    /// The layers it runs.
+    pub layers: Range<usize>,
+    /// Whether it holds the output head.
+    pub head: bool,
+    /// Bytes of weights.
+    pub weight_bytes: u64,
+    /// Bytes of KV cache for one sequence of the full context.
+    pub kv_bytes: u64,
+    /// Bytes of activation buffers.
+    pub scratch_bytes: u64,
+}
+
+impl PlannedStage {
+    /// Everything the stage needs.
+    pub fn total_bytes(&self) -> u64 {
+        self.weight_bytes + self.kv_bytes + self.scratch_bytes
+    }
+}
+
+/// Why a plan does not fit, and what would.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DoesNotFit {
+    /// One line per device that is short of memory, with the numbers.
+    pub problems: Vec<String>,
+    /// A change that fits, if one exists.
+    pub suggestion: Option<String>,
+}
+
+impl std::fmt::Display for DoesNotFit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the model does not fit: {}", self.problems.join("; "))?;
+        match &self.suggestion {
+            Some(s) => write!(f, ". {s}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A split plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The devices, as given.
+    pub devices: Vec<PlanDevice>,
+    /// Stages in pipeline order (devices without layers or head have none).
+    pub stages: Vec<PlannedStage>,
+    /// The split weights used, normalised to sum to 1.
+    pub split: Vec<f64>,
+    /// Context length planned for.
+    pub ctx: usize,
+    /// Placements that work but are probably not what was meant.
+    pub warnings: Vec<String>,
+    /// `Some` when the plan does not fit.
+    pub verdict: Option<DoesNotFit>,
+}
+
+impl Plan {
+    /// Bytes the plan needs on device `d`.
+    pub fn need_on(&self, d: usize) -> u64 {
+        self.stages
+            .iter()
+            .filter(|s| s.device == d)
+            .map(PlannedStage::total_bytes)
+            .sum()
+    }
+
+    /// Whether it fits.
+    pub fn fits(&self) -> bool {
+        self.verdict.is_none()
+    }
+}
+
+/// Where each of the `n_layer + 1` layers goes (the last entry is the output): `None` for the
+/// CPU device, `Some(k)` for the `k`-th split device. llama.cpp's `get_layer_buft_list`.
+fn layer_devices(
+    n_layer: usize,
+    weights: &[f64],
+    gpu_start: usize,
+    act_layers: usize,
+) -> Vec<Option<usize>> {
+    let total: f64 = weights.iter().sum();
+    let cumulative: Vec<f64> = weights
+        .iter()
+        .scan(0.0, |acc, w| {
+            *acc += w;
+            Some(*acc / total)
+        })
+        .collect();
+    (0..=n_layer)
+        .map(|il| {
+            if il < gpu_start || il - gpu_start >= act_layers {
+                return None;
+            }
+            let x = (il - gpu_start) as f64 / act_layers as f64;
+            Some(
+                cumulative
+                    .iter()
+                    .position(|&c| c > x)
+                    .unwrap_or(cumulative.len() - 1),
+            )
+        })
+        .collect()
+}
+
+/// Checks split weights: one per device, finite, non-negative, not all zero.
+fn check_split(split: &[f64], n: usize, what: &str) -> Result<(), PlanError> {
+    if split.len() != n {
+        return Err(PlanError::BadSplit(format!(
+            "--split has {} weights for {n} {what}",
+            split.len()
+        )));
+    }
+    if split.iter().any(|w| !w.is_finite() || *w < 0.0) || split.iter().all(|w| *w == 0.0) {
+        return Err(PlanError::BadSplit(
+            "split weights must be non-negative numbers, not all zero".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Cuts the model into stages (in pipeline order) for devices `devices` by `split`.
+fn stages_for(
+    sizes: &ModelSizes,
+    devices: &[PlanDevice],
+    split: &[f64],
+    gpu_layers: Option<usize>,
+    ctx: usize,
+) -> Vec<PlannedStage> {
+    let n = sizes.n_layer;
+    // Which devices the split weights refer to, and the CPU device for -ngl.
+    let (targets, cpu): (Vec<usize>, Option<usize>) = match gpu_layers {
+        None => ((0..devices.len()).collect(), None),
+        Some(_) => (
+            (0..devices.len()).filter(|&d| devices[d].gpu).collect(),
+            devices.iter().position(|d| !d.gpu),
+        ),
+    };
+    let ngl = gpu_layers.unwrap_or(n + 1);
+    let gpu_start = n.saturating_sub(ngl);
+    let act = ngl.min(n + 1);
+    let slots = layer_devices(n, split, gpu_start, act);
+    let device_of = |il: usize| match slots[il] {
+        Some(k) => targets[k],
+        None => cpu.unwrap_or(0),
+    };
+    // Consecutive layers on one device form a stage; the output joins the last stage when it is
+    // on the same device, else forms its own.
+    let mut stages: Vec<PlannedStage> = Vec::new();
+    for il in 0..n {
+        let d = device_of(il);
+        match stages.last_mut() {
+            Some(s) if s.device == d => s.layers.end = il + 1,
+            _ => stages.push(PlannedStage {
+                device: d,
+                layers: il..il + 1,
+                head: false,
+                weight_bytes: 0,
+                kv_bytes: 0,
+                scratch_bytes: 0,
+            }),
+        }
+    }
+    let head_device = device_of(n);
+    match stages.last_mut() {
+        Some(s) if s.device == head_device => s.head = true,
+        _ => stages.push(PlannedStage {
+            device: head_device,
+            layers: n..n,
+            head: true,
+            weight_bytes: 0,
+            kv_bytes: 0,
+            scratch_bytes: 0,
+        }),
+    }
+    for s in &mut stages {
+        cost(sizes, s, ctx);
+    }
+    stages
+}
+
+/// Fills in a stage's bytes.
+fn cost(sizes: &ModelSizes, s: &mut PlannedStage, ctx: usize) {
+    s.weight_bytes = sizes.layer_weight_bytes[s.layers.clone()]
+        .iter()
+        .sum::<u64>()
+        + if s.head { sizes.head_weight_bytes } else { 0 };
+    s.kv_bytes = s.layers.len() as u64 * ctx as u64 * sizes.kv_bytes_per_layer_position;
+    s.scratch_bytes = sizes.stage_scratch_bytes + if s.head { sizes.head_scratch_bytes } else { 0 };
+}
+
+/// Lines for each device whose needs exceed its free memory.
+fn shortfalls(stages: &[PlannedStage], devices: &[PlanDevice]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (d, dev) in devices.iter().enumerate() {
+        let on: Vec<&PlannedStage> = stages.iter().filter(|s| s.device == d).collect();
+        let need: u64 = on.iter().map(|s| s.total_bytes()).sum();
+        if need > dev.free_bytes {
+            let sum = |f: fn(&PlannedStage) -> u64| on.iter().map(|s| f(s)).sum::<u64>();
+            out.push(format!(
+                "{} needs {} (weights {}, KV cache {}, scratch {}) but has {} free of its {} budget",
+                dev.name,
+                human(need),
+                human(sum(|s| s.weight_bytes)),
+                human(sum(|s| s.kv_bytes)),
+                human(sum(|s| s.scratch_bytes)),
+                human(dev.free_bytes),
+                human(dev.budget_bytes)
+            ));
+        }
+    }
+    out
+}
+
+/// Bytes in binary units with one decimal.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// The split (as layer counts, which llama.cpp's rule maps back to the same ranges) that fills
+/// the devices in order as far as each allows, all on `devices`; `None` if no split fits.
+fn fitting_split(sizes: &ModelSizes, devices: &[PlanDevice], ctx: usize) -> Option<Vec<f64>> {
+    let n = sizes.n_layer;
+    let mut counts = vec![0usize; devices.len()];
+    let mut next = 0;
+    for (d, dev) in devices.iter().enumerate() {
+        let last = d + 1 == devices.len();
+        let mut stage = PlannedStage {
+            device: d,
+            layers: next..next,
+            head: false,
+            weight_bytes: 0,
+            kv_bytes: 0,
+            scratch_bytes: 0,
+        };
+        if last {
+            stage.layers = next..n;
+            stage.head = true;
+            cost(sizes, &mut stage, ctx);
+            if stage.total_bytes() > dev.free_bytes {
+                return None;
+            }
+            counts[d] = n - next + 1;
+            break;
+        }
+        // The most layers that fit on this device.
+        let mut end = next;
+        while end < n {
+            stage.layers = next..end + 1;
+            cost(sizes, &mut stage, ctx);
+            if stage.total_bytes() > dev.free_bytes {
+                break;
+            }
+            end += 1;
+        }
+        counts[d] = end - next;
+        next = end;
+    }
+    Some(counts.into_iter().map(|c| c as f64).collect())
+}
+
+/// Formats split weights as `3,1`.
+fn split_text(split: &[f64]) -> String {
+    split
+        .iter()
+        .map(|w| {
+            if w.fract() == 0.0 {
+                format!("{w}")
+            } else {
+                format!("{w:.3}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Plans `sizes` on `devices` with `opts`.
+pub fn plan(
+    sizes: &ModelSizes,
+    devices: &[PlanDevice],
+    opts: &PlanOptions,
+) -> Result<Plan, PlanError> {
+    if devices.is_empty() {
+        return Err(PlanError::NoDevices);
+    }
+    if opts.ctx == 0 {
+        return Err(PlanError::ZeroContext);
+    }
+    let n_gpu = devices.iter().filter(|d| d.gpu).count();
+    let targets: Vec<usize> = match opts.gpu_layers {
+        None => (0..devices.len()).collect(),
+        Some(_) => {
+            if n_gpu == 0 {
+                return Err(PlanError::BadGpuLayers(
+                    "--gpu-layers puts the last N layers on GPU devices (cuda:N), as llama.cpp's \
+                     -ngl, and the rest on the CPU; the chosen devices are all CPU devices: use \
+                     --split to divide the layers among them"
+                        .into(),
+                ));
+            }
+            if devices.len() - n_gpu > 1 {
+                return Err(PlanError::BadGpuLayers(
+                    "--gpu-layers needs at most one CPU device among the devices (it takes the \
+                     layers not on GPUs)"
+                        .into(),
+                ));
+            }
+            if devices.len() == n_gpu && opts.gpu_layers < Some(sizes.n_layer + 1) {
+                return Err(PlanError::BadGpuLayers(format!(
+                    "--gpu-layers {} leaves layers for the CPU, but no CPU device is among the \
+                     devices (add cpu:0, or use --gpu-layers {})",
+                    opts.gpu_layers.unwrap_or(0),
+                    sizes.n_layer + 1
+                )));
+            }
+            (0..devices.len()).filter(|&d| devices[d].gpu).collect()
+        }
+    };
+    let what = if opts.gpu_layers.is_some() {
+        "GPU devices"
+    } else {
+        "devices"
+    };
+    let raw: Vec<f64> = match &opts.split {
+        Some(s) => {
+            check_split(s, targets.len(), what)?;
+            s.clone()
+        }
+        None => {
+            let free: Vec<f64> = targets
+                .iter()
+                .map(|&d| devices[d].free_bytes as f64)
+                .collect();
+            if free.iter().all(|&f| f == 0.0) {
+                vec![1.0; targets.len()]
+            } else {
+                free
+            }
+        }
+    };
+    let total: f64 = raw.iter().sum();
+    let split: Vec<f64> = raw.iter().map(|w| w / total).collect();
+    let stages = stages_for(sizes, devices, &split, opts.gpu_layers, opts.ctx);
+
+    let mut warnings = Vec::new();
+    if devices.len() > 1 {
+        for (d, dev) in devices.iter().enumerate() {
+            let layers: usize = stages
+                .iter()
+                .filter(|s| s.device == d)
+                .map(|s| s.layers.len())
+                .sum();
+            let head = stages.iter().any(|s| s.device == d && s.head);
+            if layers == sizes.n_layer {
+                warnings.push(format!(
+                    "every layer is on {} although {} devices were given",
+                    dev.name,
+                    devices.len()
+                ));
+            }
+            if layers == 0 && !head {
+                warnings.push(format!("{} gets no layers", dev.name));
+            } else if layers == 0 {
+                warnings.push(format!("{} gets only the output layer", dev.name));
+            }
+        }
+    }
+
+    let problems = shortfalls(&stages, devices);
+    let verdict = if problems.is_empty() {
+        None
+    } else {
+        Some(DoesNotFit {
+            suggestion: suggest(sizes, devices, opts, &targets),
+            problems,
+        })
+    };
+    Ok(Plan {
+        devices: devices.to_vec(),
+        stages,
+        split,
+        ctx: opts.ctx,
+        warnings,
+        verdict,
+    })
+}
+
+/// A change that makes the plan fit: another split at the same context, else a shorter context
+/// (with a split that fits it), else fewer GPU layers.
+fn suggest(
+    sizes: &ModelSizes,
+    devices: &[PlanDevice],
+    opts: &PlanOptions,
+    targets: &[usize],
+) -> Option<String> {
+    let fits = |ctx: usize| -> Option<Vec<f64>> {
+        match opts.gpu_layers {
+            None => fitting_split(sizes, devices, ctx),
+            Some(_) => None,
+        }
+    };
+    if let Some(split) = fits(opts.ctx) {
+        return Some(format!(
+            "--split {} fits at context {}",
+            split_text(&split),
+            opts.ctx
+        ));
+    }
+    if opts.gpu_layers.is_none() {
+        // The longest context at which some split fits, by bisection.
+        if fits(1).is_some() {
+            let (mut lo, mut hi) = (1usize, opts.ctx);
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if fits(mid).is_some() {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            // Prefer a round number.
+            let round = if lo >= 1024 { lo / 256 * 256 } else { lo };
+            let split = fits(round).unwrap_or_default();
+            return Some(format!(
+                "--ctx {round} fits (with --split {})",
+                split_text(&split)
+            ));
+        }
+        if let Some(last) = devices.last() {
+            let head =
+                sizes.head_weight_bytes + sizes.stage_scratch_bytes + sizes.head_scratch_bytes;
+            if head > last.free_bytes {
+                return Some(format!(
+                    "the output layer alone needs {} on the last device, {}, which has {} free: \
+                     list a device with more free memory last",
+                    human(head),
+                    last.name,
+                    human(last.free_bytes)
+                ));
+            }
+        }
+        let free: u64 = devices.iter().map(|d| d.free_bytes).sum();
+        return Some(format!(
+            "the weights alone need {} on devices and {} is free in all: add devices or free \
+             memory",
+            human(sizes.device_weight_bytes()),
+            human(free)
+        ));
+    }
+    // With -ngl: fewer GPU layers at the same split and context.
+    let ngl = opts.gpu_layers.unwrap_or(0);
+    let split: Vec<f64> = opts.split.clone().unwrap_or_else(|| {
+        targets
+            .iter()
+            .map(|&d| devices[d].free_bytes as f64)
+            .collect()
+    });
+    for fewer in (0..ngl).rev() {
+        let o = PlanOptions {
+            gpu_layers: Some(fewer),
+            split: Some(split.clone()),
+            ctx: opts.ctx,
+        };
+        let total: f64 = split.iter().sum();
+        if total <= 0.0 {
+            break;
+        }
+        let norm: Vec<f64> = split.iter().map(|w| w / total).collect();
+        let stages = stages_for(sizes, devices, &norm, o.gpu_layers, o.ctx);
+        if shortfalls(&stages, devices).is_empty() {
+            return Some(format!("--gpu-layers {fewer} fits"));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    /// A 70B-shaped model: 80 equal layers of 0.53 GB, a 1 GB head, GQA with 8 KV heads of 128.
+    fn llama_70b() -> ModelSizes {
+        ModelSizes {
+            n_layer: 80,
+            layer_weight_bytes: vec![530_000_000; 80],
+            head_weight_bytes: 1_000_000_000,
+            embedding_bytes: 1_000_000_000,
+            kv_bytes_per_layer_position: 2 * 8 * 128 * 2,
+            stage_scratch_bytes: 200_000_000,
+            head_scratch_bytes: 4_000_000,
+            context_length: 131_072,
+        }
+    }
+
+    fn device(name: &str, gib: u64) -> PlanDevice {
+        PlanDevice {
+            name: name.into(),
+            gpu: name.starts_with("cuda"),
+            budget_bytes: gib * GIB,
+            free_bytes: gib * GIB,
+        }
+    }
+
+    fn opts(split: &[f64], ctx: usize) -> PlanOptions {
+        PlanOptions {
+            split: Some(split.to_vec()),
+            gpu_layers: None,
+            ctx,
+        }
+    }
+
+    #[test]
+    fn even_split_of_80_layers_as_llama_cpp() {
+        let devs = [device("cpu:0", 24), device("cpu:1", 24)];
+        let p = plan(&llama_70b(), &devs, &opts(&[1.0, 1.0], 8192)).unwrap();
+        // il / 81 < 0.5 for il <= 40.
+        assert_eq!(p.stages.len(), 2);
+        assert_eq!(
+            (p.stages[0].layers.clone(), p.stages[0].head),
+            (0..41, false)
+        );
+        assert_eq!(
+            (p.stages[1].layers.clone(), p.stages[1].head),
+            (41..80, true)
+        );
+        assert_eq!(
+            p.stages[0].kv_bytes,
+            41 * 8192 * 4096,
+            "one sequence of the full context"
+        );
+        assert!(p.fits(), "{:?}", p.verdict);
+        assert!(p.warnings.is_empty());
+    }
+
+    #[test]
+    fn too_long_a_context_is_refused_with_a_context_that_fits() {
+        let devs = [device("cpu:0", 24), device("cpu:1", 24)];
+        let p = plan(&llama_70b(), &devs, &opts(&[1.0, 1.0], 65536)).unwrap();
+        let v = p.verdict.clone().expect("must not fit");
+        assert!(v.problems[0].starts_with("cpu:0 needs"), "{v}");
+        let s = v.suggestion.expect("a suggestion");
+        let ctx: usize = s
+            .strip_prefix("--ctx ")
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{s}"));
+        assert!((8192..65536).contains(&ctx), "{s}");
+        // The suggestion really fits.
+        let split_arg = s.rsplit("--split ").next().unwrap().trim_end_matches(')');
+        let split: Vec<f64> = split_arg.split(',').map(|w| w.parse().unwrap()).collect();
+        assert!(
+            plan(&llama_70b(), &devs, &opts(&split, ctx))
+                .unwrap()
+                .fits(),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn a_lopsided_split_gets_a_split_that_fits() {
+        let devs = [device("cpu:0", 24), device("cpu:1", 24)];
+        let p = plan(&llama_70b(), &devs, &opts(&[3.0, 1.0], 4096)).unwrap();
+        let s = p.verdict.unwrap().suggestion.unwrap();
+        let split: Vec<f64> = s
+            .strip_prefix("--split ")
+            .and_then(|r| r.split(' ').next())
+            .unwrap()
+            .split(',')
+            .map(|w| w.parse().unwrap())
+            .collect();
+        let again = plan(&llama_70b(), &devs, &opts(&split, 4096)).unwrap();
+        assert!(again.fits(), "{s}: {:?}", again.verdict);
+    }
+
+    #[test]
+    fn layer_counts_as_weights_reproduce_the_ranges() {
+        let devs = [device("a", 100), device("b", 100), device("c", 100)];
+        let p = plan(&llama_70b(), &devs, &opts(&[10.0, 30.0, 41.0], 1024)).unwrap();
+        let ranges: Vec<_> = p.stages.iter().map(|s| s.layers.clone()).collect();
+        assert_eq!(ranges, vec![0..10, 10..40, 40..80]);
+    }
+
+    #[test]
+    fn one_device_taking_everything_or_none_is_flagged() {
+        let devs = [device("cpu:0", 100), device("cpu:1", 100)];
+        let p = plan(&llama_70b(), &devs, &opts(&[1.0, 0.0], 1024)).unwrap();
+        assert_eq!(p.stages.len(), 1);
+        assert!(p
+            .warnings
+            .iter()
+            .any(|w| w.contains("every layer is on cpu:0")));
+        assert!(p
+            .warnings
+            .iter()
+            .any(|w| w.contains("cpu:1 gets no layers")));
+    }
+
+    #[test]
+    fn default_split_follows_free_memory() {
+        let mut devs = [device("cpu:0", 48), device("cpu:1", 48)];
+        devs[1].free_bytes = 16 * GIB;
+        let p = plan(
+            &llama_70b(),
+            &devs,
+            &PlanOptions {
+                split: None,
+                gpu_layers: None,
+                ctx: 1024,
+            },
+        )
+        .unwrap();
+        assert!((p.split[0] - 0.75).abs() < 1e-9);
+        assert_eq!(p.stages[0].layers, 0..61);
+    }
+
+    #[test]
+    fn gpu_layers_as_ngl() {
+        let devs = [
+            device("cpu:0", 200),
+            device("cuda:0", 24),
+            device("cuda:1", 24),
+        ];
+        let o = |ngl| PlanOptions {
+            split: Some(vec![1.0, 1.0]),
+            gpu_layers: Some(ngl),
+            ctx: 1024,
+        };
+        // -ngl 40: layers 0..40 on the CPU, 40..80 split over the GPUs, output on the CPU.
+        let p = plan(&llama_70b(), &devs, &o(40)).unwrap();
+        let got: Vec<_> = p
+            .stages
+            .iter()
+            .map(|s| (s.device, s.layers.clone(), s.head))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 0..40, false),
+                (1, 40..60, false),
+                (2, 60..80, false),
+                (0, 80..80, true)
+            ]
+        );
+        // -ngl 81: everything on GPUs, as without it.
+        let p = plan(&llama_70b(), &devs, &o(81)).unwrap();
+        assert_eq!(p.stages[0].device, 1);
+        assert!(p.stages.last().unwrap().head && p.stages.last().unwrap().device == 2);
+        // Only CPU devices: refused with an explanation.
+        let cpus = [device("cpu:0", 24), device("cpu:1", 24)];
+        let e = plan(&llama_70b(), &cpus, &o(10)).unwrap_err();
+        assert!(e.to_string().contains("all CPU devices"), "{e}");
+    }
+
+    #[test]
+    fn too_many_gpu_layers_suggests_fewer() {
+        let devs = [device("cpu:0", 200), device("cuda:0", 10)];
+        let p = plan(
+            &llama_70b(),
+            &devs,
+            &PlanOptions {
+                split: Some(vec![1.0]),
+                gpu_layers: Some(40),
+                ctx: 1024,
+            },
+        )
+        .unwrap();
+        let s = p.verdict.unwrap().suggestion.unwrap();
+        let n: usize = s
+            .strip_prefix("--gpu-layers ")
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        assert!(n < 40 && n > 0, "{s}");
+    }
+
+    #[test]
+    fn bad_splits_are_errors() {
+        let devs = [device("cpu:0", 24), device("cpu:1", 24)];
+        assert!(matches!(
+            plan(&llama_70b(), &devs, &opts(&[1.0], 1024)),
+            Err(PlanError::BadSplit(_))
+        ));
+        assert!(matches!(
+            plan(&llama_70b(), &devs, &opts(&[0.0, 0.0], 1024)),
+            Err(PlanError::BadSplit(_))
+        ));
+        assert_eq!(
+            plan(&llama_70b(), &[], &opts(&[], 1)),
+            Err(PlanError::NoDevices)
+        );
+    }
+}
