@@ -6,7 +6,9 @@
 // the include path; nothing here needs the C++ standard library.
 #pragma once
 
+#ifndef LLMD_HOST_EMULATION // host_check/emulate.cpp supplies its own definitions
 #include <cuda_fp16.h>
+#endif
 
 #define LLMD_WARP 32
 #define LLMD_QK 32
