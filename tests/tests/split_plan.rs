@@ -1,0 +1,134 @@
+//! `llmctl plan` on a 70B-shaped model (80 layers, Q4_K_M, header only, made by
+//! `llmd make-model`): two 24 GiB devices at split 1,1 get llama.cpp's layer ranges, it fits at
+//! 8k context, and at 64k it does not, with the numbers and a context that fits.
+
+mod common;
+
+use common::{command, run_bounded, Daemon};
+use std::time::Duration;
+
+#[test]
+fn seventy_b_on_two_24_gib_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("70b.gguf");
+    let mut make = command("llmd");
+    make.args([
+        "make-model",
+        "--arch",
+        "llama",
+        "--preset",
+        "70b",
+        "--type",
+        "q4_k_m",
+    ])
+    .arg("--header-only")
+    .arg("-o")
+    .arg(&file);
+    let out = run_bounded(make, Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let d = Daemon::builder()
+        .config(
+            "[[devices]]\nid = \"cpu:0\"\nmemory_budget = \"24GiB\"\n\
+             [[devices]]\nid = \"cpu:1\"\nmemory_budget = \"24GiB\"\n",
+        )
+        .start();
+    let f = file.to_str().unwrap();
+    let plan = |ctx: &str| {
+        let out = d.llmctl(&[
+            "plan",
+            f,
+            "--devices",
+            "cpu:0,cpu:1",
+            "--split",
+            "1,1",
+            "--ctx",
+            ctx,
+            "--json",
+        ]);
+        let line = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("{e}: {line}\n{}", String::from_utf8_lossy(&out.stderr)));
+        (
+            out.status.code(),
+            v,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, p, _) = plan("8192");
+    assert_eq!(code, Some(0), "{p}");
+    assert_eq!(p["n_layer"], 80);
+    assert_eq!(p["fits"], true);
+    // llama.cpp: layer il (of 80 + output) goes to the first device whose cumulative split
+    // fraction exceeds il / 81.
+    let cumulative = [0.5, 1.0];
+    let device_of = |il: u64| {
+        cumulative
+            .iter()
+            .position(|&c| c > il as f64 / 81.0)
+            .unwrap()
+    };
+    let stages = p["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 2, "{p}");
+    for (k, s) in stages.iter().enumerate() {
+        let (a, b) = (
+            s["layer_start"].as_u64().unwrap(),
+            s["layer_end"].as_u64().unwrap(),
+        );
+        assert!((a..b).all(|il| device_of(il) == k), "{p}");
+        assert_eq!(s["device"], format!("cpu:{k}"));
+    }
+    assert_eq!(stages[0]["layer_end"], 41);
+    assert_eq!(stages[1]["output"], true);
+    assert_eq!(device_of(80), 1);
+    // KV: one sequence of 8192 positions, 8 KV heads of 128, f16 K and V.
+    assert_eq!(stages[0]["kv_bytes"], 41u64 * 8192 * 2 * 8 * 128 * 2);
+    // Q4_K_M 70B: about 40 GiB of weights.
+    let weights: u64 = stages
+        .iter()
+        .map(|s| s["weight_bytes"].as_u64().unwrap())
+        .sum();
+    assert!((35u64 << 30..45u64 << 30).contains(&weights), "{weights}");
+
+    let (code, p, err) = plan("65536");
+    assert_eq!(code, Some(1), "{p}");
+    assert_eq!(p["fits"], false);
+    assert!(
+        err.contains("does not fit") && err.contains("cpu:0 needs"),
+        "{err}"
+    );
+    let suggestion = p["suggestion"].as_str().expect("a suggestion");
+    let ctx: u64 = suggestion
+        .strip_prefix("--ctx ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{suggestion}"));
+    assert!((8192..65536).contains(&ctx), "{suggestion}");
+    let (code, p, _) = plan(&ctx.to_string());
+    assert_eq!(code, Some(0), "the suggested context {ctx} must fit");
+    assert!(p["warnings"].as_array().unwrap().is_empty(), "{p}");
+
+    // Every layer on one of two devices is flagged.
+    let out = d.llmctl(&[
+        "plan",
+        f,
+        "--devices",
+        "cpu:0,cpu:1",
+        "--split",
+        "1,0",
+        "--ctx",
+        "512",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("warning: every layer is on cpu:0"), "{text}");
+    assert!(text.contains("warning: cpu:1 gets no layers"), "{text}");
+}
