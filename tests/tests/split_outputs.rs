@@ -6,7 +6,7 @@
 mod common;
 mod split_util;
 
-use split_util::{daemon_with_devices, gemma, greedy, load, ok, ranges};
+use split_util::{daemon_with_devices, gemma, greedy, load, ok, ranges, Range};
 
 /// Tokens per generation (Gemma decodes 10-20 tokens/s on a loaded 2-core machine).
 const N: u32 = 32;
@@ -26,7 +26,7 @@ fn split_outputs_equal_the_single_device_output() {
     ok(&d, &["unload", "one"]);
 
     // 18 layers + output over two devices at 1,1: layer il goes to cpu:0 while il/19 < 1/2.
-    let cases: [(&str, &str, &str, Vec<(String, u64, u64, bool)>); 3] = [
+    let cases: [(&str, &str, &str, Vec<Range>); 3] = [
         (
             "even",
             "cpu:0,cpu:1",

@@ -5,7 +5,9 @@
 mod common;
 mod split_util;
 
-use split_util::{daemon_with_devices, gemma, greedy, last_json, load, ok, ranges, Background};
+use split_util::{
+    daemon_with_devices, gemma, greedy, last_json, load, ok, ranges, Background, Range,
+};
 
 /// Tokens of the long generation.
 const N: u32 = 64;
@@ -24,7 +26,7 @@ fn resplits_mid_generation_keep_the_tokens() {
     assert_eq!(reference.len(), N as usize);
 
     let mut gen = Background::start(&d, "m", N);
-    let steps: [(&[&str], Vec<(String, u64, u64, bool)>); 3] = [
+    let steps: [(&[&str], Vec<Range>); 3] = [
         (
             &["--split", "3,1"],
             vec![

@@ -108,8 +108,11 @@ pub fn load(d: &Daemon, file: &std::path::Path, name: &str, extra: &[&str]) -> s
     last_json(&ok(d, &args))
 }
 
+/// One stage: `(device, layer_start, layer_end, output)`.
+pub type Range = (String, u64, u64, bool);
+
 /// `(device, layer_start, layer_end, output)` of each stage of a placement array.
-pub fn ranges(placement: &serde_json::Value) -> Vec<(String, u64, u64, bool)> {
+pub fn ranges(placement: &serde_json::Value) -> Vec<Range> {
     placement
         .as_array()
         .unwrap_or_else(|| panic!("no placement in {placement}"))
