@@ -147,6 +147,135 @@ for act, want in refs.items():
     run("glu", act, work / "glu.bin", work / "glu_out.bin")
     compare(f"{act} * up", np.fromfile(work / "glu_out.bin", dtype=np.float32), want, 1e-5)
 
+# quantize_q8_1 (whole warps per block) and the full mmvq kernels: 2 tokens, rows not a multiple
+# of the 4 rows per thread block.
+rows, cols, n_tokens = 7, 512, 2
+x = (rng.standard_normal((n_tokens, cols)) * 3).astype(np.float32)
+x[0, :32] = 0.0  # an all-zero block: d = 0, q = 0
+(work / "x.bin").write_bytes(x.tobytes())
+run("quantize_q8_1", "f32", work / "x.bin", work / "q81.bin")
+got = np.fromfile(work / "q81.bin", dtype=np.uint8)
+want_raw, yq = q8_1(x.reshape(-1))
+# Rounding of x / d may differ by one step where x / d lands on .5 (division vs reciprocal).
+got_q = got.reshape(-1, 36)[:, 4:].view(np.int8).astype(np.int32)
+want_q = want_raw.reshape(-1, 36)[:, 4:].view(np.int8).astype(np.int32)
+same_d = np.array_equal(got.reshape(-1, 36)[:, :2], want_raw.reshape(-1, 36)[:, :2])
+if not same_d or np.max(np.abs(got_q - want_q)) > 1:
+    failures.append("quantize_q8_1: scales or quants differ from the Q8_1 reference")
+else:
+    print(f"ok  quantize_q8_1: scales equal, {np.count_nonzero(got_q != want_q)} quants off by one")
+yq = yq.reshape(n_tokens, cols)
+for name in TYPES:
+    raw = random_blocks(name, rows * cols // TYPES[name][1])
+    want_w = reference(name, raw, cols).reshape(rows, cols).astype(np.float64)
+    (work / "w.bin").write_bytes(raw.tobytes())
+    run("mmvq", name, work / "w.bin", work / "mm.bin", work / "q81.bin", rows, cols, n_tokens)
+    got = np.fromfile(work / "mm.bin", dtype=np.float32).reshape(n_tokens, rows)
+    compare(f"mul_mat_vec_{name}_q8_1 kernel", got, yq @ want_w.T, 1e-5)
+    run("dequantize_f16", name, work / "w.bin", work / "d16.bin", rows * cols)
+    got = np.fromfile(work / "d16.bin", dtype=np.float16).reshape(rows, cols)
+    compare(f"dequantize_{name}_f16", got, want_w.astype(np.float16), 0)
+
+for name, ty in [("f32", np.float32), ("f16", np.float16)]:
+    w = rng.standard_normal((rows, cols)).astype(ty)
+    (work / "w.bin").write_bytes(w.tobytes())
+    run("mmv", name, work / "w.bin", work / "mm.bin", work / "x.bin", rows, cols, n_tokens)
+    got = np.fromfile(work / "mm.bin", dtype=np.float32).reshape(n_tokens, rows)
+    compare(f"mul_mat_vec_{name}", got, x.astype(np.float64) @ w.astype(np.float64).T, 1e-5)
+
+for dim, threads in [(640, 256), (100, 64)]:
+    xs = rng.standard_normal((3, dim)).astype(np.float32)
+    wn = rng.standard_normal(dim).astype(np.float32)
+    (work / "x.bin").write_bytes(xs.tobytes())
+    (work / "wn.bin").write_bytes(wn.tobytes())
+    run("rms_norm", "f32", work / "x.bin", work / "rn.bin", work / "wn.bin", 3, dim, 1e-6, threads)
+    got = np.fromfile(work / "rn.bin", dtype=np.float32).reshape(3, dim)
+    x64 = xs.astype(np.float64)
+    want = x64 / np.sqrt(np.mean(x64 * x64, axis=1, keepdims=True) + 1e-6) * wn
+    compare(f"rms_norm_f32 dim={dim}", got, want, 1e-5)
+
+M, N, K, ldo = 70, 67, 45, 80
+xg = rng.standard_normal((M, K)).astype(np.float32)
+wg = rng.standard_normal((N, K)).astype(np.float32)
+(work / "x.bin").write_bytes(xg.tobytes())
+(work / "w.bin").write_bytes(wg.tobytes())
+run("gemm", "f32", work / "x.bin", work / "gemm.bin", work / "w.bin", M, N, K, ldo)
+got = np.fromfile(work / "gemm.bin", dtype=np.float32).reshape(M, ldo)
+want = np.zeros((M, ldo))
+want[:, :N] = xg.astype(np.float64) @ wg.astype(np.float64).T
+compare("gemm_f32_nt", got, want, 1e-5)
+
+width, capacity = 300, 10
+src = rng.standard_normal((3, width)).astype(np.float32)
+kv_pos = np.array([4, 0, 9], dtype=np.uint32)
+(work / "x.bin").write_bytes(src.tobytes())
+(work / "pos.bin").write_bytes(kv_pos.tobytes())
+run("kv_store", "f16", work / "x.bin", work / "kv.bin", work / "pos.bin", width, capacity)
+got = np.fromfile(work / "kv.bin", dtype=np.float16).reshape(capacity, width)
+want = np.zeros((capacity, width), dtype=np.float16)
+want[kv_pos] = src.astype(np.float16)
+compare("kv_store_f16", got, want, 0)
+
+xb = rng.standard_normal((3, 40)).astype(np.float32)
+bias = rng.standard_normal(40).astype(np.float32)
+(work / "x.bin").write_bytes(xb.tobytes())
+(work / "b.bin").write_bytes(bias.tobytes())
+run("add_bias", "f32", work / "x.bin", work / "ab.bin", work / "b.bin", 40)
+compare("add_bias_f32", np.fromfile(work / "ab.bin", dtype=np.float32).reshape(3, 40), xb + bias, 0)
+
+
+def attention_ref(q, k, v, pos, n_heads, n_kv, scale, window, softcap):
+    n_q, _, hd = q.shape
+    out = np.zeros((n_q, n_heads, hd))
+    group = n_heads // n_kv
+    for i in range(n_q):
+        p = int(pos[i])
+        start = max(0, p - window + 1) if window > 0 else 0
+        for h in range(n_heads):
+            kk = k[start:p + 1, h // group].astype(np.float64)
+            vv = v[start:p + 1, h // group].astype(np.float64)
+            s = scale * (kk @ q[i, h].astype(np.float64))
+            if softcap > 0:
+                s = softcap * np.tanh(s / softcap)
+            e = np.exp(s - s.max())
+            out[i, h] = (e / e.sum()) @ vv
+    return out
+
+
+capacity = 400
+cases = [
+    # kernel, n_heads, n_kv, head_dim, positions, window, softcap, n_splits
+    ("prefill", 4, 2, 64, np.arange(60, 80), 0, 0.0, 1),
+    ("prefill", 2, 1, 256, np.arange(0, 11), 5, 30.0, 1),
+    ("prefill", 3, 3, 40, np.arange(30, 39), 0, 0.0, 3),
+    ("decode", 4, 1, 128, np.array([99, 7]), 0, 0.0, 1),
+    ("decode", 4, 2, 64, np.array([95]), 40, 0.0, 4),
+    ("decode", 2, 2, 256, np.array([3, 50]), 0, 20.0, 7),
+    # several tiles per warp: the running max must rescale earlier tiles
+    ("decode", 4, 2, 64, np.array([330]), 0, 0.0, 1),
+    ("decode", 2, 1, 128, np.array([350, 200]), 300, 0.0, 2),
+    ("prefill", 2, 2, 32, np.arange(200, 204), 0, 0.0, 1),
+]
+for kernel, n_heads, n_kv, hd, apos, window, softcap, n_splits in cases:
+    apos = apos.astype(np.uint32)
+    q = rng.standard_normal((len(apos), n_heads, hd)).astype(np.float32)
+    k = rng.standard_normal((capacity, n_kv, hd)).astype(np.float16)
+    v = rng.standard_normal((capacity, n_kv, hd)).astype(np.float16)
+    # Positions beyond every query hold garbage that must never be read into the result.
+    k[apos.max() + 1:] = np.float16(np.nan)
+    v[apos.max() + 1:] = np.float16(np.nan)
+    scale = 1.0 / np.sqrt(hd)
+    (work / "q.bin").write_bytes(q.tobytes())
+    (work / "k.bin").write_bytes(k.tobytes())
+    (work / "v.bin").write_bytes(v.tobytes())
+    (work / "pos.bin").write_bytes(apos.tobytes())
+    run("attention", kernel, work / "q.bin", work / "att.bin", work / "k.bin", work / "v.bin",
+        work / "pos.bin", n_heads, n_kv, hd, scale, window, softcap, n_splits)
+    got = np.fromfile(work / "att.bin", dtype=np.float32).reshape(q.shape)
+    want = attention_ref(q, k, v, apos, n_heads, n_kv, scale, window, softcap)
+    compare(f"attn_{kernel}_f16kv heads={n_heads}/{n_kv} d={hd} window={window} "
+            f"softcap={softcap} splits={n_splits}", got, want, 1e-5)
+
 if failures:
     for f in failures:
         print(f"FAILED {f}", file=sys.stderr)

@@ -1,18 +1,26 @@
-// Host emulation of the per-block arithmetic of the CUDA kernels, to check the GGML block
-// layouts without a GPU: compiles mmvq.cu, dequantize.cu, getrows.cu, rope.cu and
-// elementwise.cu as plain C++ with scalar stand-ins for the CUDA intrinsics, and runs the
-// kernels that need no warp cooperation (dequantize, get_rows, rope, gated activations) thread
-// by thread, and the mmvq per-item dot products (q4_0_traits::dot, ...) item by item.
-// Driven by check.py, which compares the results with the `gguf` Python package's dequantizers.
+// Host emulation of the CUDA kernels, to check their arithmetic and indexing without a GPU:
+// every kernels/cuda/*.cu file is compiled as plain C++ with scalar stand-ins for the CUDA
+// intrinsics, and a launch runs each thread block's threads as real OS threads: __syncthreads is
+// a block-wide barrier, warp shuffles exchange values through per-warp slots between two
+// warp-wide barriers, and __shared__ variables are function statics (blocks run one after the
+// other). Exited threads drop out of the barriers, as on the GPU.
+// What this cannot show: performance, memory-coalescing, alignment faults, real warp-synchronous
+// timing, or the GPU's own rounding of transcendental functions.
+// Driven by check.py, which compares the results with the `gguf` Python package's dequantizers
+// and numpy references.
 //
 // Usage: emulate OP TYPE IN OUT [ARGS...]   (see main; all files raw little-endian)
 #define LLMD_HOST_EMULATION 1
 
+#include <barrier>
 #include <cmath>
+#include <memory>
+#include <thread>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -22,6 +30,7 @@
 #define __restrict__
 #define __launch_bounds__(n)
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 
 struct __half {
     unsigned short x;
@@ -39,9 +48,24 @@ struct uint4 {
     unsigned int x, y, z, w;
 };
 struct dim3_t {
-    unsigned int x = 0, y = 0, z = 0;
+    unsigned int x = 1, y = 1, z = 1;
 };
-static dim3_t threadIdx, blockIdx, blockDim, gridDim;
+static thread_local dim3_t threadIdx, blockIdx;
+static dim3_t blockDim, gridDim;
+
+// One thread block being run: its barriers and the shuffle exchange slots.
+struct BlockContext {
+    explicit BlockContext(int n_threads) : block_barrier(n_threads), slots(n_threads) {
+        for (int w = 0; w < n_threads; w += 32) {
+            warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32, n_threads - w)));
+        }
+    }
+    std::barrier<> block_barrier;
+    std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+    std::vector<unsigned long long> slots;
+};
+static thread_local BlockContext *block_ctx;
+static thread_local int thread_linear;
 
 static float half_to_float(unsigned short h) {
     const unsigned int sign = (h >> 15) & 1u, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
@@ -110,24 +134,37 @@ static inline int __vsubss4(int a, int b) {
     }
     return (int)r;
 }
-// Warp/block cooperation is not emulated: kernels using these are not run here.
-template <typename T> static inline T __shfl_xor_sync(unsigned int, T x, int) {
-    std::abort();
-    return x;
+template <typename T> static T shuffle(T x, int src_lane) {
+    static_assert(sizeof(T) <= 8, "shuffle of a wide type");
+    const int warp = thread_linear / 32;
+    std::memcpy(&block_ctx->slots[thread_linear], &x, sizeof(T));
+    block_ctx->warp_barriers[warp]->arrive_and_wait();
+    T y;
+    std::memcpy(&y, &block_ctx->slots[warp * 32 + src_lane], sizeof(T));
+    block_ctx->warp_barriers[warp]->arrive_and_wait();
+    return y;
 }
-template <typename T> static inline T __shfl_sync(unsigned int, T x, int) {
-    std::abort();
-    return x;
+template <typename T> static inline T __shfl_xor_sync(unsigned int, T x, int mask) {
+    return shuffle(x, (thread_linear % 32) ^ mask);
 }
-static inline void __syncthreads() { std::abort(); }
+template <typename T> static inline T __shfl_sync(unsigned int, T x, int lane) {
+    return shuffle(x, lane);
+}
+static inline void __syncthreads() { block_ctx->block_barrier.arrive_and_wait(); }
 using std::max;
 using std::min;
 
-#include "../mmvq.cu"
+#include "../attention.cu"
 #include "../dequantize.cu"
-#include "../getrows.cu"
-#include "../rope.cu"
 #include "../elementwise.cu"
+#include "../gemm.cu"
+#include "../getrows.cu"
+#include "../kvcache.cu"
+#include "../mmv.cu"
+#include "../mmvq.cu"
+#include "../norm.cu"
+#include "../quantize.cu"
+#include "../rope.cu"
 
 static std::vector<unsigned char> read_file(const char *path) {
     FILE *f = std::fopen(path, "rb");
@@ -153,20 +190,39 @@ static void write_file(const char *path, const void *data, size_t bytes) {
     std::fclose(f);
 }
 
-// Runs a kernel over a 1-D or 2-D grid of 1-D blocks, thread by thread.
-template <typename F> static void launch(unsigned gx, unsigned gy, unsigned bx, F f) {
-    gridDim = {gx, gy, 1};
-    blockDim = {bx, 1, 1};
-    for (unsigned y = 0; y < gy; ++y) {
-        for (unsigned x = 0; x < gx; ++x) {
-            for (unsigned t = 0; t < bx; ++t) {
-                blockIdx = {x, y, 0};
-                threadIdx = {t, 0, 0};
-                f();
+// Runs a kernel over a grid, one block after the other, each block's threads concurrently.
+template <typename F> static void launch(dim3_t grid, dim3_t block, F f) {
+    gridDim = grid;
+    blockDim = block;
+    const int n_threads = (int)(block.x * block.y * block.z);
+    for (unsigned z = 0; z < grid.z; ++z) {
+        for (unsigned y = 0; y < grid.y; ++y) {
+            for (unsigned x = 0; x < grid.x; ++x) {
+                BlockContext ctx(n_threads);
+                std::vector<std::thread> threads;
+                threads.reserve(n_threads);
+                for (int t = 0; t < n_threads; ++t) {
+                    threads.emplace_back([&, t] {
+                        block_ctx = &ctx;
+                        thread_linear = t;
+                        blockIdx = {x, y, z};
+                        threadIdx = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+                        f();
+                        ctx.warp_barriers[t / 32]->arrive_and_drop();
+                        ctx.block_barrier.arrive_and_drop();
+                    });
+                }
+                for (auto &th : threads) {
+                    th.join();
+                }
             }
         }
     }
 }
+static void launch(unsigned gx, unsigned gy, unsigned bx, const std::function<void()> &f) {
+    launch(dim3_t{gx, gy, 1}, dim3_t{bx, 1, 1}, f);
+}
+static unsigned ceil_div(long long a, long long b) { return (unsigned)((a + b - 1) / b); }
 
 template <typename T>
 static double dot_row(const unsigned char *w, const block_q8_1 *y, int n_blocks) {
@@ -263,6 +319,130 @@ int main(int argc, char **argv) {
         if (type == "gelu") launch(grid, 1, 256, [&] { geglu_f32(gate.data(), up.data(), n); });
         else launch(grid, 1, 256, [&] { swiglu_f32(gate.data(), up.data(), n); });
         write_file(argv[4], gate.data(), n * 4);
+    } else if (op == "quantize_q8_1") {
+        // IN: n f32 (n % 32 == 0); OUT: n / 32 Q8_1 blocks.
+        const long long n = (long long)(in.size() / 4);
+        std::vector<block_q8_1> out(n / 32);
+        launch(ceil_div(n, 256), 1, 256,
+               [&] { quantize_q8_1((const float *)in.data(), out.data(), n); });
+        write_file(argv[4], out.data(), out.size() * sizeof(block_q8_1));
+    } else if (op == "mmvq" || op == "mmv") {
+        // IN: weights; ARGS: activations (Q8_1 blocks for mmvq, f32 for mmv) rows cols n_tokens;
+        // OUT: n_tokens x rows f32.
+        std::vector<unsigned char> y = read_file(argv[5]);
+        const int rows = std::atoi(argv[6]), cols = std::atoi(argv[7]);
+        const unsigned n_tokens = (unsigned)std::atoi(argv[8]);
+        std::vector<float> out((size_t)n_tokens * rows, NAN);
+        const dim3_t grid{ceil_div(rows, 4), n_tokens, 1}, block{32, 4, 1};
+        const void *w = in.data();
+        const block_q8_1 *yq = (const block_q8_1 *)y.data();
+        float *o = out.data();
+        auto run = [&](auto kernel) { launch(grid, block, [&] { kernel(w, yq, o, rows, cols); }); };
+        if (op == "mmv" && type == "f16") {
+            launch(grid, block, [&] {
+                mul_mat_vec_f16((const __half *)w, (const float *)y.data(), o, rows, cols);
+            });
+        } else if (op == "mmv" && type == "f32") {
+            launch(grid, block, [&] {
+                mul_mat_vec_f32((const float *)w, (const float *)y.data(), o, rows, cols);
+            });
+        } else if (type == "q4_0") run(mul_mat_vec_q4_0_q8_1);
+        else if (type == "q5_0") run(mul_mat_vec_q5_0_q8_1);
+        else if (type == "q8_0") run(mul_mat_vec_q8_0_q8_1);
+        else if (type == "q4_K") run(mul_mat_vec_q4_K_q8_1);
+        else if (type == "q6_K") run(mul_mat_vec_q6_K_q8_1);
+        else { std::fprintf(stderr, "bad type\n"); return 2; }
+        write_file(argv[4], out.data(), out.size() * 4);
+    } else if (op == "dequantize_f16") {
+        // As dequantize, to f16 bits.
+        const long long n = std::atoll(argv[5]);
+        std::vector<__half> out(n);
+        auto run = [&](auto kernel) { launch(ceil_div(n / 8, 256), 1, 256, [&] { kernel(in.data(), out.data(), n); }); };
+        if (type == "q4_0") run(dequantize_q4_0_f16);
+        else if (type == "q5_0") run(dequantize_q5_0_f16);
+        else if (type == "q8_0") run(dequantize_q8_0_f16);
+        else if (type == "q4_K") run(dequantize_q4_K_f16);
+        else if (type == "q6_K") run(dequantize_q6_K_f16);
+        else if (type == "f16") run(dequantize_f16_f16);
+        else { std::fprintf(stderr, "bad type\n"); return 2; }
+        write_file(argv[4], out.data(), out.size() * 2);
+    } else if (op == "rms_norm") {
+        // IN: rows x dim f32; ARGS: weight_file rows dim eps block_threads; OUT: normalised
+        // (computed in place).
+        std::vector<unsigned char> wt = read_file(argv[5]);
+        const int rows = std::atoi(argv[6]), dim = std::atoi(argv[7]);
+        const float eps = (float)std::atof(argv[8]);
+        const unsigned threads = (unsigned)std::atoi(argv[9]);
+        std::vector<float> x(in.size() / 4);
+        std::memcpy(x.data(), in.data(), in.size());
+        launch((unsigned)rows, 1, threads,
+               [&] { rms_norm_f32(x.data(), (const float *)wt.data(), x.data(), dim, eps); });
+        write_file(argv[4], x.data(), x.size() * 4);
+    } else if (op == "gemm") {
+        // IN: x (M x K); ARGS: w_file M N K ldo; OUT: M x ldo (untouched columns stay 0).
+        std::vector<unsigned char> wt = read_file(argv[5]);
+        const int M = std::atoi(argv[6]), N = std::atoi(argv[7]), K = std::atoi(argv[8]);
+        const int ldo = std::atoi(argv[9]);
+        std::vector<float> out((size_t)M * ldo, 0.0f);
+        launch(dim3_t{ceil_div(N, 64), ceil_div(M, 64), 1}, dim3_t{256, 1, 1}, [&] {
+            gemm_f32_nt((const float *)in.data(), (const float *)wt.data(), out.data(), M, N, K,
+                        ldo);
+        });
+        write_file(argv[4], out.data(), out.size() * 4);
+    } else if (op == "kv_store") {
+        // IN: n_tokens x width f32; ARGS: pos_file width capacity; OUT: capacity x width f16
+        // (unwritten positions 0).
+        std::vector<unsigned char> pos = read_file(argv[5]);
+        const int width = std::atoi(argv[6]), capacity = std::atoi(argv[7]);
+        std::vector<__half> cache((size_t)capacity * width, __half{0});
+        launch(ceil_div(width, 256), (unsigned)(pos.size() / 4), 256, [&] {
+            kv_store_f16((const float *)in.data(), cache.data(), (const unsigned *)pos.data(), width);
+        });
+        write_file(argv[4], cache.data(), cache.size() * 2);
+    } else if (op == "add_bias") {
+        // IN: n_tokens x width f32; ARGS: bias_file width; OUT: x + bias.
+        std::vector<unsigned char> bias = read_file(argv[5]);
+        const int width = std::atoi(argv[6]);
+        const long long n = (long long)(in.size() / 4);
+        std::vector<float> x(n);
+        std::memcpy(x.data(), in.data(), in.size());
+        launch(ceil_div(n, 256), 1, 256,
+               [&] { add_bias_f32(x.data(), (const float *)bias.data(), width, n); });
+        write_file(argv[4], x.data(), x.size() * 4);
+    } else if (op == "attention") {
+        // TYPE: prefill or decode. IN: q; ARGS: k_file v_file pos_file n_heads n_kv_heads
+        // head_dim scale window softcap n_splits; OUT: n_queries x n_heads x head_dim f32.
+        std::vector<unsigned char> k = read_file(argv[5]), v = read_file(argv[6]);
+        std::vector<unsigned char> pos = read_file(argv[7]);
+        const int n_heads = std::atoi(argv[8]), n_kv = std::atoi(argv[9]);
+        const int head_dim = std::atoi(argv[10]);
+        const float scale = (float)std::atof(argv[11]);
+        const int window = std::atoi(argv[12]);
+        const float softcap = (float)std::atof(argv[13]);
+        const unsigned n_splits = (unsigned)std::atoi(argv[14]);
+        const int n_queries = (int)(pos.size() / 4);
+        std::vector<float> out((size_t)n_queries * n_heads * head_dim, NAN);
+        std::vector<float> part((size_t)n_queries * n_heads * n_splits * (head_dim + 2), NAN);
+        const float *q = (const float *)in.data();
+        const __half *kh = (const __half *)k.data(), *vh = (const __half *)v.data();
+        const unsigned *p = (const unsigned *)pos.data();
+        if (type == "prefill") {
+            launch(dim3_t{(unsigned)n_heads, ceil_div(n_queries, 8), n_splits}, dim3_t{256, 1, 1}, [&] {
+                attn_prefill_f16kv(q, kh, vh, out.data(), part.data(), p, n_queries, n_heads, n_kv,
+                                   head_dim, scale, window, softcap);
+            });
+        } else {
+            launch(dim3_t{(unsigned)n_heads, (unsigned)n_queries, n_splits}, dim3_t{128, 1, 1}, [&] {
+                attn_decode_f16kv(q, kh, vh, out.data(), part.data(), p, n_queries, n_heads, n_kv,
+                                  head_dim, scale, window, softcap);
+            });
+        }
+        if (n_splits > 1) {
+            launch(dim3_t{(unsigned)n_heads, (unsigned)n_queries, 1}, dim3_t{128, 1, 1}, [&] {
+                attn_combine_f32(part.data(), out.data(), n_heads, head_dim, (int)n_splits);
+            });
+        }
+        write_file(argv[4], out.data(), out.size() * 4);
     } else {
         std::fprintf(stderr, "bad op\n");
         return 2;
