@@ -223,6 +223,17 @@ bias = rng.standard_normal(40).astype(np.float32)
 run("add_bias", "f32", work / "x.bin", work / "ab.bin", work / "b.bin", 40)
 compare("add_bias_f32", np.fromfile(work / "ab.bin", dtype=np.float32).reshape(3, 40), xb + bias, 0)
 
+a = rng.standard_normal(300).astype(np.float32)
+b = rng.standard_normal(300).astype(np.float32)
+(work / "ab2.bin").write_bytes(a.tobytes() + b.tobytes())
+run("simple", "add", work / "ab2.bin", work / "s.bin")
+compare("add_f32", np.fromfile(work / "s.bin", dtype=np.float32), a + b, 0)
+(work / "a.bin").write_bytes(a.tobytes())
+run("simple", "scale", work / "a.bin", work / "s.bin", 0.25)
+compare("scale_f32", np.fromfile(work / "s.bin", dtype=np.float32), a * np.float32(0.25), 0)
+run("simple", "to_f16", work / "a.bin", work / "s.bin")
+compare("convert_f32_to_f16", np.fromfile(work / "s.bin", dtype=np.float16), a.astype(np.float16), 0)
+
 
 def attention_ref(q, k, v, pos, n_heads, n_kv, scale, window, softcap):
     n_q, _, hd = q.shape

@@ -399,6 +399,25 @@ int main(int argc, char **argv) {
             kv_store_f16((const float *)in.data(), cache.data(), (const unsigned *)pos.data(), width);
         });
         write_file(argv[4], cache.data(), cache.size() * 2);
+    } else if (op == "simple") {
+        // TYPE: add (IN: dst then src, n f32 each), scale (IN: n f32; ARGS: factor) or
+        // to_f16 (IN: n f32; OUT: f16 bits).
+        const long long n = type == "add" ? (long long)(in.size() / 8) : (long long)(in.size() / 4);
+        std::vector<float> x(n);
+        std::memcpy(x.data(), in.data(), n * 4);
+        if (type == "add") {
+            const float *src = (const float *)in.data() + n;
+            launch(ceil_div(n, 256), 1, 256, [&] { add_f32(x.data(), src, n); });
+        } else if (type == "scale") {
+            const float factor = (float)std::atof(argv[5]);
+            launch(ceil_div(n, 256), 1, 256, [&] { scale_f32(x.data(), factor, n); });
+        } else {
+            std::vector<__half> h(n);
+            launch(ceil_div(n, 256), 1, 256, [&] { convert_f32_to_f16(x.data(), h.data(), n); });
+            write_file(argv[4], h.data(), h.size() * 2);
+            return 0;
+        }
+        write_file(argv[4], x.data(), x.size() * 4);
     } else if (op == "add_bias") {
         // IN: n_tokens x width f32; ARGS: bias_file width; OUT: x + bias.
         std::vector<unsigned char> bias = read_file(argv[5]);
