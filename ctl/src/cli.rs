@@ -45,6 +45,8 @@ pub enum Command {
     Tokenize(TokenizeArgs),
     /// Measure prompt processing (pp) and generation (tg) speed, as llama-bench.
     Bench(BenchArgs),
+    /// Describe a GGUF file from its header (works on partial downloads).
+    Inspect(InspectArgs),
     /// Show where a model's layers would go and the memory each device needs, without loading
     /// it (only the file's header is read). Exits 1 when it does not fit.
     Plan(PlanArgs),
@@ -203,6 +205,13 @@ pub struct TokenizeArgs {
     /// Treat special-token text (e.g. <start_of_turn>) as plain text.
     #[arg(long)]
     pub no_parse_special: bool,
+}
+
+/// Arguments of `llmctl inspect`.
+#[derive(Debug, Clone, Args)]
+pub struct InspectArgs {
+    /// The GGUF file (the daemon must be able to read it).
+    pub file: PathBuf,
 }
 
 /// Arguments of `llmctl bench`.

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use llmd::gguf::{GgufError, GgufFile, InspectReport, ModelDescription, NormKind};
+use llmd::gguf::{GgufError, GgufFile, InspectReport, ModelDescription, NormKind, ReportFromFile};
 use llmd::make_model::{self, MakeModelArgs};
 use llmd_kernels::quant::{dequantize, GgmlType};
 

@@ -32,7 +32,7 @@ pub mod socket;
 
 pub use api::{
     BenchReply, BenchRequest, ChatMessage, DeviceInfo, DeviceKind, ErrorCode, ErrorReply, Event,
-    GenerateReply, GenerateRequest, ListReply, ListRequest, LoadReply, LoadRequest, ModelDetails,
+    GenerateReply, GenerateRequest, InspectReport, InspectRequest, ListReply, ListRequest, LoadReply, LoadRequest, ModelDetails,
     ModelInfo, PlanReply, PlanRequest, PlannedDevice, PlannedStage, Progress, Prompt, Reply,
     Request, ResplitReply, ResplitRequest, Response, Sampling, StagePlacement, StatusReply,
     StatusRequest, Token, TokenPiece, TokenizeReply, TokenizeRequest, UnloadReply, UnloadRequest,

@@ -4,6 +4,7 @@
 mod bench;
 mod chat;
 mod generate;
+mod inspect;
 mod list;
 mod load;
 mod plan;
@@ -58,6 +59,7 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<(), CtlError> {
         Command::Chat(args) => chat::run(args, ctx),
         Command::Tokenize(args) => tokenize::run(args, ctx),
         Command::Bench(args) => bench::run(args, ctx),
+        Command::Inspect(args) => inspect::run(args, ctx),
         Command::Plan(args) => plan::run(args, ctx),
         Command::Reload(args) => reload::run(args, ctx),
     }

@@ -18,7 +18,8 @@ pub mod writer;
 
 pub use error::GgufError;
 pub use file::GgufFile;
-pub use inspect::{InspectReport, TokenizerSummary, TypeStats};
+pub use inspect::ReportFromFile;
+pub use llmd_shared::api::{InspectReport, TokenizerSummary, TypeStats};
 pub use metadata::{
     MetadataError, ModelDescription, NormKind, RopeConfig, SlidingWindowPattern, TokenizerMetadata,
 };

@@ -13,6 +13,7 @@
 //! (`rename`, `rename_all`; no `tag`, `flatten`, `skip_serializing_if` or `untagged`).
 
 mod generate;
+mod inspect;
 pub mod gpu;
 pub mod health;
 mod models;
@@ -26,6 +27,7 @@ pub use generate::{
     BenchReply, BenchRequest, ChatMessage, GenerateReply, GenerateRequest, Prompt, Sampling,
     TokenPiece, TokenizeReply, TokenizeRequest,
 };
+pub use inspect::{InspectReport, InspectRequest, TokenizerSummary, TypeStats};
 pub use models::{
     ListReply, ListRequest, LoadReply, LoadRequest, ModelDetails, StagePlacement, UnloadReply,
     UnloadRequest,
@@ -58,6 +60,8 @@ pub enum Request {
     Plan(PlanRequest),
     /// Change a loaded model's split live.
     Resplit(ResplitRequest),
+    /// Describe a GGUF file from its header.
+    Inspect(InspectRequest),
 }
 
 impl Request {
@@ -74,6 +78,7 @@ impl Request {
             Request::Bench(_) => "bench",
             Request::Plan(_) => "plan",
             Request::Resplit(_) => "resplit",
+            Request::Inspect(_) => "inspect",
         }
     }
 }
@@ -102,6 +107,8 @@ pub enum Reply {
     Plan(PlanReply),
     /// Answer to [`Request::Resplit`].
     Resplit(ResplitReply),
+    /// Answer to [`Request::Inspect`].
+    Inspect(InspectReport),
 }
 
 /// An intermediate message of a streaming reply.

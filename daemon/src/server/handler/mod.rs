@@ -8,6 +8,7 @@
 
 mod bench;
 mod generate;
+mod inspect;
 mod list;
 pub mod load;
 mod plan;
@@ -100,6 +101,7 @@ pub async fn dispatch(request: Request, ctx: Context) -> Result<Reply, ErrorRepl
         Request::Bench(r) => bench::handle(r, &ctx).await.map(Reply::Bench),
         Request::Plan(r) => plan::handle(r, &ctx).await.map(Reply::Plan),
         Request::Resplit(r) => resplit::handle(r, &ctx).await.map(Reply::Resplit),
+        Request::Inspect(r) => inspect::handle(r, &ctx).await.map(Reply::Inspect),
     }
 }
 
