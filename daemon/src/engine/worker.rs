@@ -187,6 +187,9 @@ pub struct Worker {
     waiting: VecDeque<(GenerateJob, Sender<GenEvent>)>,
     running: Vec<Sequence>,
     next_seq: SeqId,
+    /// Set when a failed re-split left the pipeline without stages: every generation fails
+    /// with this message until a re-split succeeds or the model is unloaded.
+    broken: Option<String>,
     batch: Batch,
     logits: Vec<f32>,
 }
@@ -207,6 +210,7 @@ impl Worker {
             waiting: VecDeque::new(),
             running: Vec::new(),
             next_seq: 1,
+            broken: None,
             batch: Batch::default(),
             logits: Vec::new(),
         }
@@ -277,6 +281,8 @@ impl Worker {
         match f(&mut self.pipeline, &live) {
             ResplitOutcome::Unchanged => {}
             ResplitOutcome::Applied { n_ctx } => {
+                // A complete placement is in force again (it may heal a broken pipeline).
+                self.broken = None;
                 if let Some(n) = n_ctx {
                     self.limits.n_ctx = n.max(1);
                 }
@@ -286,6 +292,7 @@ impl Worker {
                 for s in self.running.drain(..) {
                     let _ = s.events.try_send(GenEvent::Failed(msg.clone()));
                 }
+                self.broken = Some(msg);
             }
         }
     }
@@ -311,6 +318,10 @@ impl Worker {
             let Some((job, events)) = self.waiting.pop_front() else {
                 break;
             };
+            if let Some(msg) = &self.broken {
+                let _ = events.try_send(GenEvent::Failed(msg.clone()));
+                continue;
+            }
             if job.prompt.is_empty() {
                 let _ = events.try_send(GenEvent::Failed("the prompt is empty".into()));
                 continue;
@@ -454,6 +465,9 @@ impl Worker {
     /// Prefill of `n_prompt` tokens in one batch, then `n_gen` single-token steps, on a scratch
     /// sequence (as llama-bench's `pp` and `tg` tests).
     fn bench(&mut self, n_prompt: usize, n_gen: usize) -> Result<BenchResult, String> {
+        if let Some(msg) = &self.broken {
+            return Err(msg.clone());
+        }
         let n_vocab = self.pipeline.config().n_vocab as u32;
         let capacity = (n_prompt + n_gen).max(1);
         if capacity > self.limits.n_ctx {

@@ -334,6 +334,148 @@ mod tests {
         }
     }
 
+    use crate::make_model::{self, MakeModelArgs, Preset, WeightType};
+    use crate::model::batch::Batch;
+    use crate::model::load::{build_pipeline, OpenedModel, StageSpec};
+    use llmd_kernels::backend::CpuMemory;
+    use llmd_kernels::cpu::ThreadPool;
+
+    /// A tiny random 4-layer llama written to `dir`.
+    fn tiny_model(dir: &std::path::Path) -> OpenedModel {
+        let path = dir.join("tiny.gguf");
+        make_model::run(MakeModelArgs {
+            arch: make_model::Arch::Llama,
+            preset: Preset::Tiny,
+            layers: Some(4),
+            embd: None,
+            ff: None,
+            heads: None,
+            kv_heads: None,
+            head_dim: None,
+            vocab: None,
+            ctx: None,
+            ty: WeightType::Q8_0,
+            vocab_kind: None,
+            seed: 7,
+            header_only: false,
+            threads: Some(1),
+            output: path.clone(),
+        })
+        .unwrap();
+        OpenedModel::open(&path).unwrap()
+    }
+
+    /// Feeds `tokens` from `pos` and returns the last row's logits.
+    fn step(p: &mut Pipeline, tokens: &[u32], pos: usize) -> Vec<f32> {
+        let mut b = Batch::default();
+        for (i, &t) in tokens.iter().enumerate() {
+            b.push(t, (pos + i) as u32, 1, i + 1 == tokens.len());
+        }
+        let mut logits = Vec::new();
+        p.forward(&b, &mut logits).unwrap();
+        logits
+    }
+
+    #[test]
+    fn resplit_keeps_a_live_sequence_exact_and_restores_when_it_cannot_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny_model(dir.path());
+        let pool = Arc::new(ThreadPool::new(1).unwrap());
+        let mem: HashMap<&str, Arc<CpuMemory>> = [
+            ("a", CpuMemory::new(1 << 30)),
+            ("b", CpuMemory::new(1 << 30)),
+            ("tiny", CpuMemory::new(64 << 10)),
+        ]
+        .into_iter()
+        .collect();
+        let backends: HashMap<String, Arc<CpuBackend>> = mem
+            .iter()
+            .map(|(n, m)| {
+                let b = CpuBackend::new(*n, Arc::clone(m), Arc::clone(&pool));
+                (n.to_string(), Arc::new(b))
+            })
+            .collect();
+        let build = |layout: &[Layout]| {
+            let specs = layout
+                .iter()
+                .map(|l| StageSpec {
+                    backend: Arc::clone(&backends[&l.device]),
+                    layers: l.layers.clone(),
+                    head: l.head,
+                })
+                .collect();
+            build_pipeline(&model, specs, 16, 1, |_, _| {}).unwrap()
+        };
+        let start = [l("a", 0..2, false), l("b", 2..4, true)];
+        let prompt = [1, 2, 3, 4, 5];
+        let decode = [9, 8, 7, 6];
+
+        // Undisturbed reference.
+        let mut reference = build(&start);
+        reference.add_sequence(1, 16).unwrap();
+        let mut want = vec![step(&mut reference, &prompt, 0)];
+        for (i, &t) in decode.iter().enumerate() {
+            want.push(step(&mut reference, &[t], prompt.len() + i));
+        }
+        drop(reference);
+
+        let mut p = build(&start);
+        p.add_sequence(1, 16).unwrap();
+        let mut got = vec![step(&mut p, &prompt, 0)];
+        let live = |len| {
+            [LiveSequence {
+                id: 1,
+                len,
+                capacity: 16,
+            }]
+        };
+        // Move layer 2 and the head between steps, then everything to one device.
+        let moves = [
+            vec![l("a", 0..3, false), l("b", 3..4, true)],
+            vec![l("b", 0..4, true)],
+        ];
+        for (i, &t) in decode.iter().enumerate() {
+            if let Some(target) = moves.get(i) {
+                let r = resplit(
+                    &mut p,
+                    &*model.source,
+                    target,
+                    &backends,
+                    &live(prompt.len() + i),
+                    16,
+                    1,
+                )
+                .unwrap();
+                assert_eq!(r.sequences, 1);
+                assert!(r.bytes_moved > 0);
+                assert_eq!(layout_of(&p), *target);
+            }
+            if i == moves.len() {
+                // Nothing fits on "tiny": refused, old placement rebuilt and still exact.
+                let target = [l("tiny", 0..4, true)];
+                let e = resplit(
+                    &mut p,
+                    &*model.source,
+                    &target,
+                    &backends,
+                    &live(prompt.len() + i),
+                    16,
+                    1,
+                )
+                .unwrap_err();
+                assert!(matches!(e, ResplitError::Restored(_)), "{e}");
+                assert_eq!(layout_of(&p), moves[moves.len() - 1]);
+                assert_eq!(mem["tiny"].used(), 0);
+            }
+            got.push(step(&mut p, &[t], prompt.len() + i));
+        }
+        assert_eq!(got, want, "logits changed across re-splits");
+        // Device a was emptied; b holds exactly its stage's weights and cache.
+        assert_eq!(mem["a"].used(), 0);
+        let s = &p.stages()[0];
+        assert_eq!(mem["b"].used(), s.weight_bytes() + s.kv_bytes());
+    }
+
     #[test]
     fn layouts_must_cover_the_model_in_order() {
         assert!(check_layout(&[l("a", 0..3, false), l("b", 3..5, true)], 5).is_ok());
