@@ -7,7 +7,6 @@ pub mod text;
 pub mod worker;
 
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 
 pub use sampler::{Sampler, SamplingParams};
 pub use worker::{
@@ -17,12 +16,12 @@ pub use worker::{
 
 use crate::model::Pipeline;
 
-/// The channel to a model's worker thread.
+/// The channel to a model's worker thread. Dropping the handle closes the channel: the worker
+/// finishes the generations it is running (or notices their clients are gone), frees the
+/// pipeline and exits on its own, so dropping never blocks an async runtime thread.
 pub struct ModelHandle {
-    /// Sends jobs to the worker; dropping it lets the worker finish and exit.
-    jobs: Option<mpsc::Sender<Job>>,
-    /// The worker thread, joined on drop.
-    thread: Option<JoinHandle<()>>,
+    /// Sends jobs to the worker.
+    jobs: mpsc::Sender<Job>,
 }
 
 /// The worker thread has exited (it panicked or the model was unloaded).
@@ -39,33 +38,15 @@ impl ModelHandle {
         limits: WorkerLimits,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
+        // The thread is detached: it exits when the channel closes and its work is done.
+        std::thread::Builder::new()
             .name(format!("llmd-model-{name}"))
             .spawn(move || worker::Worker::new(pipeline, tokenizer, limits, rx).run())?;
-        Ok(ModelHandle {
-            jobs: Some(tx),
-            thread: Some(thread),
-        })
+        Ok(ModelHandle { jobs: tx })
     }
 
     /// Queues a job.
     pub fn submit(&self, job: Job) -> Result<(), WorkerGone> {
-        self.jobs
-            .as_ref()
-            .ok_or(WorkerGone)?
-            .send(job)
-            .map_err(|_| WorkerGone)
-    }
-}
-
-impl Drop for ModelHandle {
-    fn drop(&mut self) {
-        // Closing the channel ends the worker once its running generations finish or notice
-        // that their clients are gone.
-        self.jobs.take();
-        if let Some(t) = self.thread.take() {
-            // Joining could block an async runtime thread; let the worker exit on its own.
-            drop(t);
-        }
+        self.jobs.send(job).map_err(|_| WorkerGone)
     }
 }

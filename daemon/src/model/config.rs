@@ -150,7 +150,7 @@ impl ModelConfig {
         if hp.n_layer == 0 {
             return Err(invalid("block_count", "must be at least 1".into()));
         }
-        if hp.n_head == 0 || hp.n_head_kv == 0 || hp.n_head % hp.n_head_kv != 0 {
+        if hp.n_head == 0 || hp.n_head_kv == 0 || !hp.n_head.is_multiple_of(hp.n_head_kv) {
             return Err(invalid(
                 "attention.head_count_kv",
                 format!(
@@ -159,7 +159,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if hp.head_dim == 0 || hp.head_dim % 2 != 0 || hp.head_dim_v != hp.head_dim {
+        if hp.head_dim == 0 || !hp.head_dim.is_multiple_of(2) || hp.head_dim_v != hp.head_dim {
             return Err(invalid(
                 "attention.key_length",
                 format!(
@@ -168,13 +168,13 @@ impl ModelConfig {
                 ),
             ));
         }
-        if hp.rope_dims == 0 || hp.rope_dims > hp.head_dim || hp.rope_dims % 2 != 0 {
+        if hp.rope_dims == 0 || hp.rope_dims > hp.head_dim || !hp.rope_dims.is_multiple_of(2) {
             return Err(invalid(
                 "rope.dimension_count",
                 format!("{} for head dim {}", hp.rope_dims, hp.head_dim),
             ));
         }
-        if hp.n_ff.len() != hp.n_layer || hp.n_ff.iter().any(|&f| f == 0) {
+        if hp.n_ff.len() != hp.n_layer || hp.n_ff.contains(&0) {
             return Err(invalid("feed_forward_length", format!("{:?}", hp.n_ff)));
         }
         if !(hp.norm_eps > 0.0 && hp.norm_eps < 1.0) {

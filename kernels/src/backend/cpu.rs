@@ -412,7 +412,7 @@ impl Backend for CpuBackend {
         let width = n_heads * head_dim;
         check_len("rope", x.len(), n_tokens * width)?;
         check_len("rope", positions.len(), n_tokens)?;
-        if params.n_dims > head_dim || params.n_dims % 2 != 0 {
+        if params.n_dims > head_dim || !params.n_dims.is_multiple_of(2) {
             return Err(Self::shape(
                 "rope",
                 format!("{} rotated dims for heads of {head_dim}", params.n_dims),
@@ -530,7 +530,7 @@ impl Backend for CpuBackend {
         if p.n_kv_heads != kv.n_kv_heads
             || hd != kv.head_dim
             || p.n_kv_heads == 0
-            || p.n_heads % p.n_kv_heads != 0
+            || !p.n_heads.is_multiple_of(p.n_kv_heads)
         {
             return Err(Self::shape(
                 "attention",

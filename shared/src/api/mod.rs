@@ -108,7 +108,7 @@ pub enum Reply {
     /// Answer to [`Request::Resplit`].
     Resplit(ResplitReply),
     /// Answer to [`Request::Inspect`].
-    Inspect(InspectReport),
+    Inspect(Box<InspectReport>),
 }
 
 /// An intermediate message of a streaming reply.

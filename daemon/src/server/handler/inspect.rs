@@ -8,7 +8,7 @@ use super::Context;
 use crate::gguf::{GgufError, GgufFile, ReportFromFile};
 
 /// Reads the header on a blocking thread and builds the report.
-pub async fn handle(req: InspectRequest, _ctx: &Context) -> Result<InspectReport, ErrorReply> {
+pub async fn handle(req: InspectRequest, _ctx: &Context) -> Result<Box<InspectReport>, ErrorReply> {
     if !Path::new(&req.path).is_absolute() {
         return Err(ErrorReply::new(
             ErrorCode::BadRequest,
@@ -25,7 +25,7 @@ pub async fn handle(req: InspectRequest, _ctx: &Context) -> Result<InspectReport
             };
             ErrorReply::new(code, e.to_string())
         })?;
-        Ok(InspectReport::from_file(&file))
+        Ok(Box::new(InspectReport::from_file(&file)))
     })
     .await
     .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("the inspect task failed: {e}")))?
