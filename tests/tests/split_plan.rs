@@ -117,6 +117,15 @@ fn seventy_b_on_two_24_gib_devices() {
     assert_eq!(code, Some(0), "the suggested context {ctx} must fit");
     assert!(p["warnings"].as_array().unwrap().is_empty(), "{p}");
 
+    // -ngl has no GPU to put layers on: refused with the reason.
+    let out = d.llmctl(&["plan", f, "--devices", "cpu:0,cpu:1", "--gpu-layers", "40"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("all CPU devices") && err.contains("--split"),
+        "{err}"
+    );
+
     // Every layer on one of two devices is flagged.
     let out = d.llmctl(&[
         "plan",
