@@ -32,11 +32,11 @@ pub mod socket;
 
 pub use api::{
     BenchReply, BenchRequest, ChatMessage, DeviceInfo, DeviceKind, ErrorCode, ErrorReply, Event,
-    GenerateReply, GenerateRequest, InspectReport, InspectRequest, ListReply, ListRequest, LoadReply, LoadRequest, ModelDetails,
-    ModelInfo, PlanReply, PlanRequest, PlannedDevice, PlannedStage, Progress, Prompt, Reply,
-    Request, ResplitReply, ResplitRequest, Response, Sampling, StagePlacement, StatusReply,
-    StatusRequest, Token, TokenPiece, TokenizeReply, TokenizeRequest, UnloadReply, UnloadRequest,
-    VersionReply, VersionRequest,
+    GenerateReply, GenerateRequest, InspectReport, InspectRequest, ListReply, ListRequest,
+    LoadReply, LoadRequest, ModelDetails, ModelInfo, PlanReply, PlanRequest, PlannedDevice,
+    PlannedStage, Progress, Prompt, Reply, Request, ResplitReply, ResplitRequest, Response,
+    Sampling, StagePlacement, StatusReply, StatusRequest, Token, TokenPiece, TokenizeReply,
+    TokenizeRequest, UnloadReply, UnloadRequest, VersionReply, VersionRequest,
 };
 pub use frame::{decode_frame, encode_frame, read_frame, write_frame, FrameError};
 pub use handshake::{Hello, HelloReply};

@@ -13,9 +13,9 @@
 //! (`rename`, `rename_all`; no `tag`, `flatten`, `skip_serializing_if` or `untagged`).
 
 mod generate;
-mod inspect;
 pub mod gpu;
 pub mod health;
+mod inspect;
 mod models;
 mod plan;
 mod status;
