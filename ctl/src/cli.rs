@@ -79,8 +79,8 @@ pub struct PlanArgs {
 pub struct ReloadArgs {
     /// The model's name.
     pub name: String,
-    /// Split weights per device, comma-separated (e.g. 3,1) [default: proportional to each
-    /// device's free memory].
+    /// Split weights per device, comma-separated (e.g. 3,1) [default: with --devices,
+    /// proportional to each device's free memory; without, the current split].
     #[arg(long, value_name = "WEIGHTS")]
     pub split: Option<String>,
     /// Devices, comma-separated [default: those the model is on].

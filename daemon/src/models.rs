@@ -502,7 +502,26 @@ impl LoadedModel {
                 .sum()
         };
         let plan_devs = plan_devices(&chosen, memory_of, &own);
-        let p = make_plan(&self.sizes, &plan_devs, &req.split, None, ctx)?;
+        // Neither devices nor split given (e.g. only a new context): keep the layers where they
+        // are. Layer counts as split weights (the head counting as one more layer of the last
+        // device) reproduce the current ranges under llama.cpp's rule.
+        let split: Vec<f32> = if req.split.is_empty() && req.devices.is_empty() {
+            names
+                .iter()
+                .map(|n| {
+                    current
+                        .iter()
+                        .filter(|s| &s.device == n)
+                        .map(|s| {
+                            (s.layer_end - s.layer_start) as f32 + f32::from(u8::from(s.output))
+                        })
+                        .sum()
+                })
+                .collect()
+        } else {
+            req.split.clone()
+        };
+        let p = make_plan(&self.sizes, &plan_devs, &split, None, ctx)?;
         let reply_plan = plan_reply(
             &self.path.display().to_string(),
             &self.architecture,

@@ -61,6 +61,14 @@ fn split_outputs_equal_the_single_device_output() {
         assert_eq!(ranges(&r["placement"]), want, "{name}");
         let tokens = greedy(&d, name, N);
         assert_eq!(tokens, reference, "{name} ({split} over {devices}) differs");
+        // A new context alone keeps every layer where it is.
+        let r = split_util::last_json(&ok(&d, &["reload", name, "--ctx", "1024", "--json"]));
+        assert_eq!(
+            (r["ctx"].as_u64(), r["layers_moved"].as_u64()),
+            (Some(1024), Some(0)),
+            "{r}"
+        );
+        assert_eq!(ranges(&r["placement"]), want, "{name}");
         ok(&d, &["unload", name]);
     }
 }

@@ -321,7 +321,8 @@ fn check_split(split: &[f64], n: usize, what: &str) -> Result<(), PlanError> {
     Ok(())
 }
 
-/// Cuts the model into stages (in pipeline order) for devices `devices` by `split`.
+/// Cuts the model into stages (in pipeline order) for devices `devices` by split weights
+/// `split` (not necessarily normalised).
 fn stages_for(
     sizes: &ModelSizes,
     devices: &[PlanDevice],
@@ -553,7 +554,10 @@ pub fn plan(
     };
     let total: f64 = raw.iter().sum();
     let split: Vec<f64> = raw.iter().map(|w| w / total).collect();
-    let stages = stages_for(sizes, devices, &split, opts.gpu_layers, opts.ctx);
+    // The raw weights, not the normalised ones: with whole-number weights (such as layer
+    // counts) the cumulative fractions are then exact, as the layer fractions they are compared
+    // with, so ties fall as llama.cpp's rule says.
+    let stages = stages_for(sizes, devices, &raw, opts.gpu_layers, opts.ctx);
 
     let mut warnings = Vec::new();
     if devices.len() > 1 {
@@ -674,12 +678,10 @@ fn suggest(
             split: Some(split.clone()),
             ctx: opts.ctx,
         };
-        let total: f64 = split.iter().sum();
-        if total <= 0.0 {
+        if split.iter().sum::<f64>() <= 0.0 {
             break;
         }
-        let norm: Vec<f64> = split.iter().map(|w| w / total).collect();
-        let stages = stages_for(sizes, devices, &norm, o.gpu_layers, o.ctx);
+        let stages = stages_for(sizes, devices, &split, o.gpu_layers, o.ctx);
         if shortfalls(&stages, devices).is_empty() {
             return Some(format!("--gpu-layers {fewer} fits"));
         }
@@ -793,6 +795,24 @@ mod tests {
         let p = plan(&llama_70b(), &devs, &opts(&[10.0, 30.0, 41.0], 1024)).unwrap();
         let ranges: Vec<_> = p.stages.iter().map(|s| s.layers.clone()).collect();
         assert_eq!(ranges, vec![0..10, 10..40, 40..80]);
+        // Every way to cut small models over three devices round-trips through counts.
+        for n in 1..40usize {
+            let mut sizes = llama_70b();
+            sizes.n_layer = n;
+            sizes.layer_weight_bytes = vec![1; n];
+            for a in 0..=n {
+                for b in 0..=n - a {
+                    let c = n - a - b;
+                    let w = [a as f64, b as f64, c as f64 + 1.0];
+                    let p = plan(&sizes, &devs, &opts(&w, 16)).unwrap();
+                    let mut layers = [0usize; 3];
+                    for s in &p.stages {
+                        layers[s.device] += s.layers.len();
+                    }
+                    assert_eq!(layers, [a, b, c], "{n} layers split {w:?}");
+                }
+            }
+        }
     }
 
     #[test]

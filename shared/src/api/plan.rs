@@ -93,8 +93,8 @@ pub struct ResplitRequest {
     pub name: String,
     /// Devices to place it on (default: those it is on now).
     pub devices: Vec<String>,
-    /// Split weights per device (default: proportional to each device's free memory, counting
-    /// what the model itself holds as free).
+    /// Split weights per device (default: with `devices` given, proportional to each device's
+    /// free memory, counting what the model itself holds as free; without, the current split).
     pub split: Vec<f32>,
     /// New context length for generations started from now on (default: unchanged).
     pub ctx: Option<u32>,
