@@ -52,6 +52,13 @@ pub enum Command {
     Plan(PlanArgs),
     /// Change a loaded model's split (and context) live; running generations continue.
     Reload(ReloadArgs),
+    /// Check the box's health (NVML, PCIe links, PSU budget, splits, NVLink, P2P, thermals),
+    /// each OK / WARN / FAIL with how to fix it. Exits 0 when all OK, 1 on any WARN, 2 on any
+    /// FAIL (3 when the daemon cannot be reached).
+    Doctor(DoctorArgs),
+    /// Print GPU telemetry and the power budget in the Prometheus text format (for a
+    /// node-exporter textfile collector).
+    Metrics(MetricsArgs),
 }
 
 /// Arguments of `llmctl plan`.
@@ -230,9 +237,27 @@ pub struct BenchArgs {
     pub repetitions: u32,
 }
 
-/// Arguments of `llmctl status` (none yet).
+/// Arguments of `llmctl status`.
 #[derive(Debug, Clone, Default, Args)]
-pub struct StatusArgs {}
+pub struct StatusArgs {
+    /// Refresh in place every SECONDS until interrupted (with --json: one line per refresh).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        num_args = 0..=1,
+        default_missing_value = "2",
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    pub watch: Option<u64>,
+}
+
+/// Arguments of `llmctl doctor` (none).
+#[derive(Debug, Clone, Default, Args)]
+pub struct DoctorArgs {}
+
+/// Arguments of `llmctl metrics` (none).
+#[derive(Debug, Clone, Default, Args)]
+pub struct MetricsArgs {}
 
 /// Arguments of `llmctl version` (none yet).
 #[derive(Debug, Clone, Default, Args)]
@@ -255,5 +280,22 @@ mod tests {
         assert_eq!(cli.socket.as_deref(), Some(std::path::Path::new("/s")));
         let err = Cli::try_parse_from(["llmctl", "frobnicate"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn status_watch_defaults_to_two_seconds() {
+        let watch = |args: &[&str]| match Cli::try_parse_from(args).map(|cli| cli.command) {
+            Ok(Command::Status(status)) => Ok(status.watch),
+            Ok(other) => panic!("parsed as {other:?}"),
+            Err(e) => Err(e.exit_code()),
+        };
+        assert_eq!(watch(&["llmctl", "status"]), Ok(None));
+        assert_eq!(watch(&["llmctl", "status", "--watch"]), Ok(Some(2)));
+        assert_eq!(watch(&["llmctl", "status", "--watch", "5"]), Ok(Some(5)));
+        assert_eq!(
+            watch(&["llmctl", "status", "--watch", "--json"]),
+            Ok(Some(2))
+        );
+        assert_eq!(watch(&["llmctl", "status", "--watch", "0"]), Err(2));
     }
 }

@@ -7,7 +7,8 @@
 //! or `--json` output), [`output`] (printing helpers), [`error`] (errors and exit codes).
 //!
 //! Exit codes: 0 success, 1 the daemon reported an error (or speaks another protocol), 2 usage
-//! error, 3 the daemon cannot be reached.
+//! error, 3 the daemon cannot be reached. `llmctl doctor` exits with its verdict instead when it
+//! got a report: 0 all OK, 1 any WARN, 2 any FAIL.
 
 pub mod cli;
 pub mod client;
@@ -25,7 +26,7 @@ pub use error::CtlError;
 pub fn run(cli: cli::Cli) -> ExitCode {
     let ctx = commands::Ctx::new(&cli);
     match commands::run(cli.command, &ctx) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(CtlError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             if ctx.out.json {

@@ -2,6 +2,13 @@
 //!
 //! Locks here are `std::sync` locks held only for short, non-async sections (copying a snapshot
 //! out); long work (loading, inference) happens on dedicated threads and never under these locks.
+//!
+//! GPU telemetry comes from a [`GpuSampler`] started with the state: its thread samples NVML in
+//! the background and handlers only clone the latest sample ([`State::gpu_telemetry`]), so
+//! `status`, `doctor` and `metrics` never wait on the driver. The sampler keeps the `[gpu]`
+//! settings the daemon started with: a reload does not restart it (changes take effect on
+//! restart, as the config documents), while `[power]` is read from the config in force on every
+//! request.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,12 +16,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
+use llmd_shared::api::health::{DeviceLayers, DeviceRef, ModelPlacement};
 use llmd_shared::{DeviceInfo, DeviceKind, ModelInfo};
 use tokio::sync::Notify;
 
 use llmd_kernels::backend::CpuMemory;
 
 use crate::config::LoadedConfig;
+use crate::gpu::sampler::GpuSampler;
+use crate::gpu::{GpuTelemetry, NvmlStatus};
 use crate::models::LoadedModel;
 
 /// A device models may be placed on.
@@ -119,6 +129,46 @@ impl ModelRegistry {
             })
             .collect()
     }
+
+    /// Every resident model's layers per device, one entry per pipeline stage, sorted by name
+    /// (for `status` and the doctor's split and peer-to-peer checks).
+    pub fn placements(&self) -> Vec<ModelPlacement> {
+        self.models
+            .iter()
+            .map(|(name, m)| ModelPlacement {
+                name: name.clone(),
+                layers: m
+                    .placement()
+                    .into_iter()
+                    .filter_map(|stage| {
+                        device_ref(&stage.device).map(|device| DeviceLayers {
+                            device,
+                            layers: stage.layer_end.saturating_sub(stage.layer_start),
+                        })
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+/// The doctor's view of a device name: `cpu:N` is the CPU, `cuda:N` the GPU with NVML index N
+/// (llmd numbers GPUs as NVML does). `None` for a name of neither form.
+pub fn device_ref(name: &str) -> Option<DeviceRef> {
+    let (kind, index) = name.split_once(':')?;
+    match kind {
+        "cpu" => Some(DeviceRef::Cpu),
+        "cuda" => index.parse().ok().map(DeviceRef::Gpu),
+        _ => None,
+    }
+}
+
+/// Where GPU telemetry comes from.
+enum GpuSource {
+    /// The background sampler (the normal case).
+    Sampler(GpuSampler),
+    /// The sampler's thread could not be started; this sample says why, forever.
+    Failed(Arc<GpuTelemetry>),
 }
 
 /// Everything request handlers share.
@@ -147,12 +197,33 @@ pub struct State {
     /// Serialises loads, unloads and re-splits, so that memory checks and placement see a
     /// stable set of models.
     pub placement_lock: tokio::sync::Mutex<()>,
+    /// GPU telemetry, sampled in the background with the `[gpu]` settings of start-up.
+    gpu: GpuSource,
 }
 
 impl State {
-    /// Fresh state for a daemon listening on `socket_path` with `config`.
+    /// Fresh state for a daemon listening on `socket_path` with `config`; starts the GPU
+    /// telemetry sampler (a failure to start its thread is logged and reported by `status`).
     pub fn new(socket_path: PathBuf, config: LoadedConfig) -> Arc<State> {
         let devices = Device::from_config(&config);
+        let sampler = config.config.gpu.sampler_config();
+        tracing::debug!(
+            "GPU telemetry: loading {} every {:?}",
+            sampler.library.display(),
+            sampler.interval
+        );
+        let gpu = match GpuSampler::start(sampler) {
+            Ok(sampler) => GpuSource::Sampler(sampler),
+            Err(e) => {
+                tracing::error!("cannot start the GPU telemetry thread: {e}");
+                GpuSource::Failed(Arc::new(GpuTelemetry::unavailable(
+                    NvmlStatus::InitFailed {
+                        reason: format!("the telemetry thread could not start: {e}"),
+                    },
+                    crate::gpu::nvml::now_unix_ms(),
+                )))
+            }
+        };
         Arc::new(State {
             started: Instant::now(),
             pid: std::process::id(),
@@ -165,7 +236,16 @@ impl State {
             changed: Notify::new(),
             cpu_memory: Mutex::new(BTreeMap::new()),
             placement_lock: tokio::sync::Mutex::new(()),
+            gpu,
         })
+    }
+
+    /// The latest GPU telemetry sample; never blocks on NVML.
+    pub fn gpu_telemetry(&self) -> Arc<GpuTelemetry> {
+        match &self.gpu {
+            GpuSource::Sampler(sampler) => sampler.latest(),
+            GpuSource::Failed(telemetry) => Arc::clone(telemetry),
+        }
     }
 
     /// The configuration in force.
@@ -324,5 +404,15 @@ mod tests {
         assert_eq!(state.requests_running(), 0);
         assert_eq!(state.connections(), 1);
         assert_eq!(state.devices()[0].name, "cpu:0");
+    }
+
+    #[test]
+    fn device_names_map_to_doctor_devices() {
+        assert_eq!(device_ref("cpu:0"), Some(DeviceRef::Cpu));
+        assert_eq!(device_ref("cpu:3"), Some(DeviceRef::Cpu));
+        assert_eq!(device_ref("cuda:1"), Some(DeviceRef::Gpu(1)));
+        assert_eq!(device_ref("cuda:x"), None);
+        assert_eq!(device_ref("tpu:0"), None);
+        assert_eq!(device_ref("cuda"), None);
     }
 }

@@ -9,6 +9,8 @@
 //! - [`api`]: [`Request`] (a struct per variant, one file per request), [`Response`] (a stream of
 //!   zero or more [`Event`]s closed by exactly one [`Reply`] or [`ErrorReply`]).
 //! - [`socket`]: where the daemon's socket lives when no path is given.
+//! - [`render`]: human text of the GPU telemetry, power budget, model splits and doctor report,
+//!   shared by `llmctl` and the daemon's tests.
 //!
 //! A conversation on one connection:
 //!
@@ -28,15 +30,17 @@ pub mod api;
 pub mod async_io;
 pub mod frame;
 pub mod handshake;
+pub mod render;
 pub mod socket;
 
 pub use api::{
-    BenchReply, BenchRequest, ChatMessage, DeviceInfo, DeviceKind, ErrorCode, ErrorReply, Event,
-    GenerateReply, GenerateRequest, InspectReport, InspectRequest, ListReply, ListRequest,
-    LoadReply, LoadRequest, ModelDetails, ModelInfo, PlanReply, PlanRequest, PlannedDevice,
-    PlannedStage, Progress, Prompt, Reply, Request, ResplitReply, ResplitRequest, Response,
-    Sampling, StagePlacement, StatusReply, StatusRequest, Token, TokenPiece, TokenizeReply,
-    TokenizeRequest, UnloadReply, UnloadRequest, VersionReply, VersionRequest,
+    BenchReply, BenchRequest, ChatMessage, DeviceInfo, DeviceKind, DoctorRequest, ErrorCode,
+    ErrorReply, Event, GenerateReply, GenerateRequest, InspectReport, InspectRequest, ListReply,
+    ListRequest, LoadReply, LoadRequest, MetricsReply, MetricsRequest, ModelDetails, ModelInfo,
+    PlanReply, PlanRequest, PlannedDevice, PlannedStage, Progress, Prompt, Reply, Request,
+    ResplitReply, ResplitRequest, Response, Sampling, StagePlacement, StatusReply, StatusRequest,
+    Token, TokenPiece, TokenizeReply, TokenizeRequest, UnloadReply, UnloadRequest, VersionReply,
+    VersionRequest,
 };
 pub use frame::{decode_frame, encode_frame, read_frame, write_frame, FrameError};
 pub use handshake::{Hello, HelloReply};
@@ -45,7 +49,7 @@ pub use handshake::{Hello, HelloReply};
 /// changes incompatibly (a field added, removed or reordered, a variant inserted before another);
 /// appending a new variant at the end of [`Request`], [`Reply`] or [`Event`] also bumps it, so
 /// that an older peer gets a clear version error instead of an undecodable frame.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest payload (bytes after the 4-byte length prefix) either side accepts or sends: 16 MiB.
 /// Big enough for any prompt or token batch, small enough that a hostile length prefix cannot make

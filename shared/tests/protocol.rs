@@ -5,13 +5,17 @@
 
 use std::io::Read;
 
+use llmd_shared::api::gpu::{GpuTelemetry, NvmlStatus};
+use llmd_shared::api::health::{
+    Check, CheckKind, DeviceLayers, DeviceRef, DoctorReport, ModelPlacement, PowerBudget, Verdict,
+};
 use llmd_shared::frame::{read_frame_with_limit, HEADER_BYTES};
 use llmd_shared::handshake::MAX_HELLO_BYTES;
 use llmd_shared::{
-    decode_frame, encode_frame, read_frame, write_frame, DeviceInfo, DeviceKind, ErrorCode,
-    ErrorReply, Event, FrameError, Hello, HelloReply, ModelInfo, Reply, Request, Response,
-    StatusReply, StatusRequest, Token, VersionReply, VersionRequest, MAX_FRAME_BYTES,
-    PROTOCOL_VERSION,
+    decode_frame, encode_frame, read_frame, write_frame, DeviceInfo, DeviceKind, DoctorRequest,
+    ErrorCode, ErrorReply, Event, FrameError, Hello, HelloReply, MetricsReply, MetricsRequest,
+    ModelInfo, Reply, Request, Response, StatusReply, StatusRequest, Token, VersionReply,
+    VersionRequest, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 
 /// splitmix64: a tiny seeded PRNG so failures reproduce.
@@ -35,7 +39,7 @@ impl Rng {
 
 fn sample_responses() -> Vec<Response> {
     vec![
-        Response::Reply(Reply::Status(StatusReply {
+        Response::Reply(Reply::Status(Box::new(StatusReply {
             daemon_version: "0.1.0".into(),
             protocol_version: PROTOCOL_VERSION,
             pid: 4242,
@@ -56,6 +60,50 @@ fn sample_responses() -> Vec<Response> {
             }],
             connections: 3,
             requests_running: 1,
+            gpu: GpuTelemetry::unavailable(
+                NvmlStatus::LibraryMissing {
+                    reason: "libnvidia-ml.so.1: cannot open shared object file".into(),
+                },
+                1_700_000_000_000,
+            ),
+            power: PowerBudget {
+                psu_watts: Some(850.0),
+                system_watts: 150.0,
+                transient_factor: 1.3,
+                gpu_draw_watts: 0.0,
+                current_watts: 150.0,
+                gpu_limits_watts: 0.0,
+                worst_case_watts: 150.0,
+                current_headroom_percent: Some(82.4),
+                worst_case_headroom_percent: Some(82.4),
+                gpus_without_draw: vec![],
+                gpus_without_limit: vec![1],
+            },
+            model_layers: vec![ModelPlacement {
+                name: "gemma".into(),
+                layers: vec![
+                    DeviceLayers {
+                        device: DeviceRef::Cpu,
+                        layers: 10,
+                    },
+                    DeviceLayers {
+                        device: DeviceRef::Gpu(1),
+                        layers: 8,
+                    },
+                ],
+            }],
+        }))),
+        Response::Reply(Reply::Doctor(DoctorReport {
+            checks: vec![Check {
+                kind: CheckKind::Psu,
+                subject: "system".into(),
+                verdict: Verdict::Warn,
+                summary: "worst case 1060 W, 12% headroom".into(),
+                fix: Some("fit a bigger PSU".into()),
+            }],
+        })),
+        Response::Reply(Reply::Metrics(MetricsReply {
+            text: "# HELP llmd_gpu_power_watts Power draw\n".into(),
         })),
         Response::Reply(Reply::Version(VersionReply {
             daemon_version: "0.1.0".into(),
@@ -79,6 +127,8 @@ fn sample_requests() -> Vec<Request> {
     vec![
         Request::Status(StatusRequest {}),
         Request::Version(VersionRequest {}),
+        Request::Doctor(DoctorRequest {}),
+        Request::Metrics(MetricsRequest {}),
     ]
 }
 

@@ -3,10 +3,12 @@
 
 mod bench;
 mod chat;
+mod doctor;
 mod generate;
 mod inspect;
 mod list;
 mod load;
+mod metrics;
 mod plan;
 mod reload;
 mod status;
@@ -47,9 +49,9 @@ impl Ctx {
     }
 }
 
-/// Runs `command`.
-pub fn run(command: Command, ctx: &Ctx) -> Result<(), CtlError> {
-    match command {
+/// Runs `command`; returns the exit code (0, or `doctor`'s verdict code).
+pub fn run(command: Command, ctx: &Ctx) -> Result<u8, CtlError> {
+    let done = match command {
         Command::Status(args) => status::run(args, ctx),
         Command::Version(args) => version::run(args, ctx),
         Command::Load(args) => load::run(args, ctx),
@@ -62,7 +64,10 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<(), CtlError> {
         Command::Inspect(args) => inspect::run(args, ctx),
         Command::Plan(args) => plan::run(args, ctx),
         Command::Reload(args) => reload::run(args, ctx),
-    }
+        Command::Doctor(args) => return doctor::run(args, ctx),
+        Command::Metrics(args) => metrics::run(args, ctx),
+    };
+    done.map(|()| 0)
 }
 
 /// A table of a model's stages: device, layers, bytes.

@@ -1,28 +1,59 @@
 //! `llmctl status`: the daemon's state. `--json` prints the daemon's `StatusReply` as is
 //! (fields: daemon_version, protocol_version, pid, uptime_secs, socket, config, devices[{name,
 //! kind, memory_budget_bytes, memory_used_bytes}], models[{name, path, devices, memory_bytes}],
-//! connections, requests_running).
+//! connections, requests_running, gpu {nvml, driver_version, cuda_version, gpus[...], p2p[...],
+//! sampled_at_unix_ms}, power {psu_watts, ..., worst_case_headroom_percent, ...},
+//! model_layers[{name, layers[{device, layers}]}]). A GPU reading is `{"value": x}`,
+//! `"not_supported"` or `{"error": "why"}`.
+//!
+//! `--watch [SECONDS]` asks again every SECONDS (default 2) on one connection until interrupted:
+//! the human form clears the terminal and redraws in place; `--json` prints one line per refresh.
 
 use std::fmt::Write;
+use std::time::Duration;
 
+use llmd_shared::render::{render_gpus, render_power};
 use llmd_shared::{Reply, Request, StatusReply, StatusRequest};
 
 use super::{unexpected, Ctx};
 use crate::cli::StatusArgs;
+use crate::client::Client;
 use crate::output::{human_bytes, human_duration};
 use crate::CtlError;
 
-/// Asks the daemon for its state and prints it.
-pub fn run(_args: StatusArgs, ctx: &Ctx) -> Result<(), CtlError> {
+/// ANSI: cursor home, then erase the whole screen (redraw in place for `--watch`).
+const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
+
+/// Asks the daemon for its state and prints it (again every `--watch` seconds).
+pub fn run(args: StatusArgs, ctx: &Ctx) -> Result<(), CtlError> {
     let mut client = ctx.connect()?;
-    let reply = client.request(&Request::Status(StatusRequest {}), |_| Ok(()))?;
-    let Reply::Status(status) = reply else {
-        return Err(unexpected("status"));
+    let Some(every) = args.watch else {
+        let status = ask(&mut client)?;
+        return if ctx.out.json {
+            ctx.out.json_line(&status)
+        } else {
+            ctx.out.text(&render(&status))
+        };
     };
-    if ctx.out.json {
-        ctx.out.json_line(&status)
-    } else {
-        ctx.out.text(&render(&status))
+    loop {
+        let status = ask(&mut client)?;
+        if ctx.out.json {
+            ctx.out.json_line(&status)?;
+        } else {
+            ctx.out.text(&format!(
+                "{CLEAR_SCREEN}every {every}s (Ctrl-C to stop)\n\n{}",
+                render(&status)
+            ))?;
+        }
+        std::thread::sleep(Duration::from_secs(every));
+    }
+}
+
+/// One status request on `client`.
+fn ask(client: &mut Client) -> Result<Box<StatusReply>, CtlError> {
+    match client.request(&Request::Status(StatusRequest {}), |_| Ok(()))? {
+        Reply::Status(status) => Ok(status),
+        _ => Err(unexpected("status")),
     }
 }
 
@@ -80,12 +111,30 @@ fn render(s: &StatusReply) -> String {
             );
         }
     }
+    out.push('\n');
+    out.push_str(&render_gpus(&s.gpu));
+    out.push('\n');
+    out.push_str(&render_power(&s.power));
+    if !s.model_layers.is_empty() {
+        let _ = writeln!(out, "\nlayers per device:");
+        for model in &s.model_layers {
+            let split = model
+                .layers
+                .iter()
+                .map(|entry| format!("{} {}", entry.device, entry.layers))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(out, "  {:<20} {split}", model.name);
+        }
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use llmd_shared::api::gpu::{GpuTelemetry, NvmlStatus};
+    use llmd_shared::api::health::{DeviceLayers, DeviceRef, ModelPlacement, PowerBudget};
     use llmd_shared::{DeviceInfo, DeviceKind};
 
     #[test]
@@ -106,6 +155,38 @@ mod tests {
             models: vec![],
             connections: 1,
             requests_running: 1,
+            gpu: GpuTelemetry::unavailable(
+                NvmlStatus::LibraryMissing {
+                    reason: "libnvidia-ml.so.1: cannot open shared object file".into(),
+                },
+                1,
+            ),
+            power: PowerBudget {
+                psu_watts: Some(1000.0),
+                system_watts: 150.0,
+                transient_factor: 1.3,
+                gpu_draw_watts: 0.0,
+                current_watts: 150.0,
+                gpu_limits_watts: 0.0,
+                worst_case_watts: 150.0,
+                current_headroom_percent: Some(85.0),
+                worst_case_headroom_percent: Some(85.0),
+                gpus_without_draw: vec![],
+                gpus_without_limit: vec![],
+            },
+            model_layers: vec![ModelPlacement {
+                name: "gemma".into(),
+                layers: vec![
+                    DeviceLayers {
+                        device: DeviceRef::Cpu,
+                        layers: 10,
+                    },
+                    DeviceLayers {
+                        device: DeviceRef::Gpu(1),
+                        layers: 8,
+                    },
+                ],
+            }],
         };
         let text = render(&s);
         for needle in [
@@ -116,6 +197,12 @@ mod tests {
             "cpu:0",
             "1.0 GiB",
             "none resident",
+            "GPUs: none available (NVML library could not be loaded: libnvidia-ml.so.1: cannot open",
+            "Power: PSU 1000 W",
+            "worst case 150 W",
+            "85% headroom",
+            "layers per device:",
+            "gemma                CPU 10, GPU 1 8",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

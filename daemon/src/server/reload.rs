@@ -33,6 +33,12 @@ impl Reloader {
                 {
                     tracing::warn!("socket settings changed; they take effect on restart");
                 }
+                if new.config.gpu != old.config.gpu {
+                    tracing::warn!(
+                        "[gpu] settings changed; the telemetry sampler keeps the old ones until \
+                         restart"
+                    );
+                }
                 if let Some(log) = &self.log {
                     if let Err(e) = log.set_level(new.config.log_level.as_deref()) {
                         tracing::error!("{e}");

@@ -12,6 +12,7 @@
 //! so renaming a field breaks scripts. Keep the serde attributes to those bincode supports
 //! (`rename`, `rename_all`; no `tag`, `flatten`, `skip_serializing_if` or `untagged`).
 
+mod doctor;
 mod generate;
 pub mod gpu;
 pub mod health;
@@ -23,6 +24,7 @@ mod version;
 
 use serde::{Deserialize, Serialize};
 
+pub use doctor::{DoctorRequest, MetricsReply, MetricsRequest};
 pub use generate::{
     BenchReply, BenchRequest, ChatMessage, GenerateReply, GenerateRequest, Prompt, Sampling,
     TokenPiece, TokenizeReply, TokenizeRequest,
@@ -62,6 +64,10 @@ pub enum Request {
     Resplit(ResplitRequest),
     /// Describe a GGUF file from its header.
     Inspect(InspectRequest),
+    /// Check the box's health: NVML, PCIe links, PSU budget, splits, NVLink, P2P, thermals.
+    Doctor(DoctorRequest),
+    /// GPU telemetry and power budget in the Prometheus text format.
+    Metrics(MetricsRequest),
 }
 
 impl Request {
@@ -79,6 +85,8 @@ impl Request {
             Request::Plan(_) => "plan",
             Request::Resplit(_) => "resplit",
             Request::Inspect(_) => "inspect",
+            Request::Doctor(_) => "doctor",
+            Request::Metrics(_) => "metrics",
         }
     }
 }
@@ -87,8 +95,8 @@ impl Request {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
-    /// Answer to [`Request::Status`].
-    Status(StatusReply),
+    /// Answer to [`Request::Status`] (boxed: it carries the whole GPU telemetry).
+    Status(Box<StatusReply>),
     /// Answer to [`Request::Version`].
     Version(VersionReply),
     /// Answer to [`Request::Load`].
@@ -109,6 +117,10 @@ pub enum Reply {
     Resplit(ResplitReply),
     /// Answer to [`Request::Inspect`].
     Inspect(Box<InspectReport>),
+    /// Answer to [`Request::Doctor`].
+    Doctor(health::DoctorReport),
+    /// Answer to [`Request::Metrics`].
+    Metrics(MetricsReply),
 }
 
 /// An intermediate message of a streaming reply.

@@ -1,6 +1,10 @@
-//! `status`: the daemon's state (version, uptime, pid, socket, devices, resident models).
+//! `status`: the daemon's state (version, uptime, pid, socket, devices, resident models, GPU
+//! telemetry, power budget, layers per device).
 
 use serde::{Deserialize, Serialize};
+
+use super::gpu::GpuTelemetry;
+use super::health::{ModelPlacement, PowerBudget};
 
 /// Asks for the daemon's state. No arguments.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +33,14 @@ pub struct StatusReply {
     pub connections: u64,
     /// Requests being processed now (including this one).
     pub requests_running: u64,
+    /// The latest GPU telemetry sample, taken in the background (status never waits on NVML).
+    /// When NVML is unusable, `gpu.nvml` says why and `gpu.gpus` is empty.
+    pub gpu: GpuTelemetry,
+    /// The PSU power budget: that sample's draw and power limits against the `[power]` config.
+    pub power: PowerBudget,
+    /// Each resident model's layers per device, one entry per pipeline stage (CPU devices as
+    /// `cpu`, GPUs by NVML index), sorted by model name.
+    pub model_layers: Vec<ModelPlacement>,
 }
 
 /// Kind of compute device.

@@ -7,10 +7,12 @@
 //! (e.g. a cancellation flag set by a drop guard).
 
 mod bench;
+mod doctor;
 mod generate;
 mod inspect;
 mod list;
 pub mod load;
+mod metrics;
 mod plan;
 mod resplit;
 mod status;
@@ -102,6 +104,8 @@ pub async fn dispatch(request: Request, ctx: Context) -> Result<Reply, ErrorRepl
         Request::Plan(r) => plan::handle(r, &ctx).await.map(Reply::Plan),
         Request::Resplit(r) => resplit::handle(r, &ctx).await.map(Reply::Resplit),
         Request::Inspect(r) => inspect::handle(r, &ctx).await.map(Reply::Inspect),
+        Request::Doctor(r) => doctor::handle(r, &ctx).await.map(Reply::Doctor),
+        Request::Metrics(r) => metrics::handle(r, &ctx).await.map(Reply::Metrics),
     }
 }
 

@@ -1,14 +1,21 @@
-//! `status`: version, uptime, pid, socket, config file, devices, resident models, load.
+//! `status`: version, uptime, pid, socket, config file, devices, resident models, load, the
+//! latest GPU telemetry sample, the power budget and each model's layers per device.
 
 use llmd_shared::{ErrorReply, StatusReply, StatusRequest, PACKAGE_VERSION, PROTOCOL_VERSION};
 
 use super::Context;
+use crate::health::power;
 
-/// Snapshot of the daemon's state.
-pub async fn handle(_req: StatusRequest, ctx: &Context) -> Result<StatusReply, ErrorReply> {
+/// Snapshot of the daemon's state. GPU data is the sampler's latest sample: never waits on NVML.
+pub async fn handle(_req: StatusRequest, ctx: &Context) -> Result<Box<StatusReply>, ErrorReply> {
     let state = &ctx.state;
     let config = state.config();
-    Ok(StatusReply {
+    let telemetry = state.gpu_telemetry();
+    let (models, model_layers) = {
+        let registry = state.models();
+        (registry.infos(), registry.placements())
+    };
+    Ok(Box::new(StatusReply {
         daemon_version: PACKAGE_VERSION.to_string(),
         protocol_version: PROTOCOL_VERSION,
         pid: state.pid,
@@ -20,8 +27,11 @@ pub async fn handle(_req: StatusRequest, ctx: &Context) -> Result<StatusReply, E
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         devices: state.device_infos(),
-        models: state.models().infos(),
+        models,
         connections: state.connections(),
         requests_running: state.requests_running(),
-    })
+        power: power::budget(&config.config.power, &telemetry),
+        gpu: (*telemetry).clone(),
+        model_layers,
+    }))
 }
