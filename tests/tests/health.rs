@@ -212,7 +212,7 @@ fn doctor_exit_code_follows_the_worst_verdict() {
     // Healthy pair, big PSU: all OK, exit 0.
     let fake = FakeNvml::standard(&healthy_pair());
     let library = fake.library.to_str().expect("utf-8 path");
-    let d = start(library, "psu_watts = 1600");
+    let mut d = start(library, "psu_watts = 1600");
     status_when(&d, "two GPUs", |s| loaded_with(s, 2));
     let (code, text) = doctor(&d);
     println!("llmctl doctor, healthy pair, 1600 W PSU (exit {code}):\n{text}");
@@ -222,11 +222,14 @@ fn doctor_exit_code_follows_the_worst_verdict() {
         "{text}"
     );
     assert!(text.ends_with("0 WARN, 0 FAIL\n"), "{text}");
-    drop(d);
 
+    // [power] is applied again on reload (SIGHUP); the sampler keeps running.
     // 700 W of limits × 1.3 + 150 W = 1060 W on a 1200 W PSU: 12% headroom, WARN, exit 1.
-    let d = start(library, "psu_watts = 1200");
-    status_when(&d, "two GPUs", |s| loaded_with(s, 2));
+    std::fs::write(&d.config, config("psu_watts = 1200")).expect("rewrite the config");
+    common::signal(d.pid(), "HUP");
+    d.notify.expect_line("RELOADING=1");
+    d.notify.expect_line("READY=1");
+    assert_eq!(d.status_json()["power"]["psu_watts"], json!(1200.0));
     let out = d.llmctl(&["doctor", "--json"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let lines: Vec<&str> = std::str::from_utf8(&out.stdout)
@@ -398,5 +401,109 @@ fn status_watch_refreshes_until_interrupted() {
         human.matches("NVIDIA driver 550.54.14").count(),
         redraws,
         "{human}"
+    );
+}
+
+/// Writes a tiny random-weight model with 6 layers with `llmd make-model`; returns its path.
+fn tiny_model(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("tiny.gguf");
+    let mut cmd = common::command("llmd");
+    cmd.args([
+        "make-model",
+        "--arch",
+        "llama",
+        "--preset",
+        "tiny",
+        "--type",
+        "q8_0",
+        "--layers",
+        "6",
+        "-o",
+    ])
+    .arg(&path);
+    let out = common::run_bounded(cmd, Duration::from_secs(60));
+    assert!(out.status.success(), "make-model: {out:?}");
+    path
+}
+
+#[test]
+fn layers_per_device_in_status_and_the_split_check_in_doctor() {
+    let fake = FakeNvml::standard(&healthy_pair());
+    let d = Daemon::builder()
+        .env("LLMD_NVML_LIB", fake.library.to_str().expect("utf-8 path"))
+        .config(
+            "[[devices]]\nid = \"cpu:0\"\nmemory_budget = \"1GiB\"\n\n[[devices]]\nid = \
+             \"cpu:1\"\nmemory_budget = \"1GiB\"\n\n[gpu]\nsample_interval_ms = 100\n\n[power]\n\
+             psu_watts = 1600\n",
+        )
+        .start();
+    status_when(&d, "two GPUs", |s| loaded_with(s, 2));
+    let model = tiny_model(d.dir.path());
+    let model = model.to_str().expect("utf-8 path");
+
+    // Split over both CPU devices: two stages, every layer placed, the split check is OK.
+    let out = d.llmctl(&[
+        "load",
+        model,
+        "--name",
+        "tiny",
+        "--devices",
+        "cpu:0,cpu:1",
+        "--split",
+        "1,1",
+    ]);
+    assert!(out.status.success(), "{out:?}\n{}", d.stderr());
+    let status = d.status_json();
+    let placement = &status["model_layers"][0];
+    assert_eq!(placement["name"], "tiny");
+    let stages = placement["layers"].as_array().expect("layers");
+    assert_eq!(stages.len(), 2, "{placement}");
+    assert!(
+        stages
+            .iter()
+            .all(|s| s["device"] == "cpu" && s["layers"].as_u64() > Some(0)),
+        "{placement}"
+    );
+    let (first, second) = (
+        stages[0]["layers"].as_u64().unwrap_or(0),
+        stages[1]["layers"].as_u64().unwrap_or(0),
+    );
+    let text = stdout(&d.llmctl(&["status"]));
+    assert!(
+        text.contains(&format!("  tiny                 CPU {first}, CPU {second}")),
+        "{text}"
+    );
+    let (code, text) = doctor(&d);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!(
+            "OK    split    model tiny: split [CPU {first}, CPU {second}]"
+        )),
+        "{text}"
+    );
+
+    // Every layer on one device while both GPUs hold nothing: WARN, exit 1.
+    let out = d.llmctl(&[
+        "load",
+        model,
+        "--name",
+        "tiny",
+        "--devices",
+        "cpu:0",
+        "--replace",
+    ]);
+    assert!(out.status.success(), "{out:?}\n{}", d.stderr());
+    let status = d.status_json();
+    assert_eq!(
+        status["model_layers"][0]["layers"],
+        json!([{"device": "cpu", "layers": first + second}])
+    );
+    let (code, text) = doctor(&d);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(
+            "WARN  split    model tiny: every layer on CPU while GPU 0, GPU 1 holds nothing"
+        ),
+        "{text}"
     );
 }
