@@ -347,6 +347,55 @@ fn without_nvml_status_and_doctor_say_why_gpu_data_is_missing() {
     assert!(metrics.lines().any(|l| l == "llmd_nvml_up 0"), "{metrics}");
 }
 
+#[test]
+fn a_function_missing_from_the_library_shows_as_an_error_in_that_field_only() {
+    let fake = FakeNvml::new("no-energy", &["-DFAKE_NVML_OMIT_ENERGY"], &healthy_pair());
+    let d = start(
+        fake.library.to_str().expect("utf-8 path"),
+        "psu_watts = 1600",
+    );
+    let status = status_when(&d, "two GPUs", |s| loaded_with(s, 2));
+    for gpu in status["gpu"]["gpus"].as_array().expect("gpus") {
+        let message = gpu["energy_j"]["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("expected an error reading, got {}", gpu["energy_j"]));
+        assert!(
+            message.contains("nvmlDeviceGetTotalEnergyConsumption"),
+            "{message}"
+        );
+        assert_eq!(
+            gpu["temperature_c"],
+            json!({"value": 55}),
+            "other fields still read"
+        );
+    }
+    let text = stdout(&d.llmctl(&["status"]));
+    let power_lines: Vec<&str> = text.lines().filter(|l| l.starts_with("  power ")).collect();
+    assert_eq!(power_lines.len(), 2, "{text}");
+    for line in power_lines {
+        assert!(
+            line.contains("250 W of 350 W limit")
+                && line.contains("error: ")
+                && line.contains("nvmlDeviceGetTotalEnergyConsumption"),
+            "the energy figure says why it is missing: {line}"
+        );
+    }
+    let metrics = stdout(&d.llmctl(&["metrics"]));
+    assert!(
+        !metrics.contains("llmd_gpu_energy_joules_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("llmd_gpu_temperature_celsius{gpu=\"1\"} 55"),
+        "{metrics}"
+    );
+    let (code, text) = doctor(&d);
+    assert_eq!(
+        code, 0,
+        "a missing energy counter is no health problem: {text}"
+    );
+}
+
 /// Runs `llmctl status --watch 1` plus `extra` for about 2.5 s, then kills it; returns stdout.
 fn watch_for_a_while(d: &Daemon, extra: &[&str]) -> String {
     let mut child = common::command("llmctl")
