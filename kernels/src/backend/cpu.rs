@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use super::{
     AttentionParams, Backend, BackendError, GatedActivation, HostKv, HostTensor, OwnedHostTensor,
     RopeKind, RopeParams,
 };
-use crate::cpu::dot::vec_dot;
+use crate::cpu::dot::{axpy_f32, vec_dot};
 use crate::cpu::ops::{self, RopeMode};
 use crate::cpu::{matmul, MatmulScratch, QMatrix, ThreadPool};
 use crate::quant::{self, GgmlType};
@@ -499,18 +500,9 @@ impl Backend for CpuBackend {
                 ));
             }
             let row = first_row + i;
-            for (dst, &src) in kv.k[pos * w..(pos + 1) * w]
-                .iter_mut()
-                .zip(&k[row * w..(row + 1) * w])
-            {
-                *dst = f16::from_f32(src);
-            }
-            for (dst, &src) in kv.v[pos * w..(pos + 1) * w]
-                .iter_mut()
-                .zip(&v[row * w..(row + 1) * w])
-            {
-                *dst = f16::from_f32(src);
-            }
+            // Bulk conversions use F16C where the CPU has it (round to nearest even either way).
+            kv.k[pos * w..(pos + 1) * w].convert_from_f32_slice(&k[row * w..(row + 1) * w]);
+            kv.v[pos * w..(pos + 1) * w].convert_from_f32_slice(&v[row * w..(row + 1) * w]);
         }
         Ok(())
     }
@@ -557,6 +549,7 @@ impl Backend for CpuBackend {
             let mut qh = vec![f16::ZERO; hd];
             let mut scores: Vec<f32> = Vec::new();
             let mut acc = vec![0.0f32; hd];
+            let mut vbuf = vec![0.0f32; hd];
             let mut item = ti;
             while item < n_items {
                 let (i, h) = (item / p.n_heads, item % p.n_heads);
@@ -564,9 +557,7 @@ impl Backend for CpuBackend {
                 let first = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
                 let kvh = h / group;
                 let qrow = &q[(first_row + i) * qw + h * hd..(first_row + i) * qw + (h + 1) * hd];
-                for (d, &s) in qh.iter_mut().zip(qrow) {
-                    *d = f16::from_f32(s);
-                }
+                qh.convert_from_f32_slice(qrow);
                 scores.clear();
                 for j in first..=pos {
                     let krow = &kv.k[j * kvw + kvh * hd..j * kvw + (kvh + 1) * hd];
@@ -580,9 +571,8 @@ impl Backend for CpuBackend {
                 acc.iter_mut().for_each(|a| *a = 0.0);
                 for (j, &w) in (first..=pos).zip(&scores) {
                     let vrow = &kv.v[j * kvw + kvh * hd..j * kvw + (kvh + 1) * hd];
-                    for (a, &v) in acc.iter_mut().zip(vrow) {
-                        *a += w * v.to_f32();
-                    }
+                    vrow.convert_to_f32_slice(&mut vbuf);
+                    axpy_f32(w, &vbuf, &mut acc);
                 }
                 let at = i * qw + h * hd;
                 debug_assert!(at + hd <= out_len);
