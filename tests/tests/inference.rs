@@ -15,17 +15,7 @@ use serde_json::Value;
 
 /// The real model, or `None` (with a SKIPPED line) when the test data is not installed.
 fn gemma() -> Option<PathBuf> {
-    match std::env::var_os("LLMD_GEMMA_GGUF") {
-        Some(p) if PathBuf::from(&p).is_file() => Some(PathBuf::from(p)),
-        _ => {
-            assert!(
-                std::env::var_os("LLMD_REQUIRE_TEST_DATA").is_none(),
-                "LLMD_GEMMA_GGUF is not set or missing, but LLMD_REQUIRE_TEST_DATA is set"
-            );
-            println!("SKIPPED: LLMD_GEMMA_GGUF not set (scripts/test installs the model)");
-            None
-        }
-    }
+    common::test_data("LLMD_GEMMA_GGUF")
 }
 
 /// Runs llmctl and returns stdout, asserting success.

@@ -5,7 +5,7 @@
 mod common;
 
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::Daemon;
@@ -13,20 +13,6 @@ use llmd_shared::{
     read_frame, write_frame, Hello, HelloReply, InspectRequest, Reply, Request, Response,
 };
 use serde_json::Value;
-
-fn data_file(var: &str) -> Option<PathBuf> {
-    match std::env::var_os(var) {
-        Some(p) if PathBuf::from(&p).is_file() => Some(PathBuf::from(p)),
-        _ => {
-            assert!(
-                std::env::var_os("LLMD_REQUIRE_TEST_DATA").is_none(),
-                "{var} is not set or missing, but LLMD_REQUIRE_TEST_DATA is set"
-            );
-            println!("SKIPPED: {var} not set (scripts/test installs the models)");
-            None
-        }
-    }
-}
 
 fn inspect_json(d: &Daemon, path: &Path) -> Value {
     let out = d.llmctl(&["inspect", path.to_str().expect("utf-8 path"), "--json"]);
@@ -41,7 +27,7 @@ fn inspect_json(d: &Daemon, path: &Path) -> Value {
 #[test]
 fn inspect_reports_the_real_models() {
     let d = Daemon::start();
-    if let Some(gemma) = data_file("LLMD_GEMMA_GGUF") {
+    if let Some(gemma) = common::test_data("LLMD_GEMMA_GGUF") {
         let r = inspect_json(&d, &gemma);
         assert_eq!(r["architecture"], "gemma3");
         assert_eq!(r["layers"], 18);
@@ -75,7 +61,7 @@ fn inspect_reports_the_real_models() {
         let text = d.llmctl(&["inspect", gemma.to_str().expect("utf-8")]);
         assert!(String::from_utf8_lossy(&text.stdout).contains("gemma3"));
     }
-    if let Some(qwen) = data_file("LLMD_QWEN_HEADER_GGUF") {
+    if let Some(qwen) = common::test_data("LLMD_QWEN_HEADER_GGUF") {
         let r = inspect_json(&d, &qwen);
         assert_eq!(r["architecture"], "qwen2");
         assert_eq!(

@@ -34,6 +34,23 @@ const SCRUBBED_ENV: &[&str] = &[
     "RUST_LOG",
 ];
 
+/// A test data file named by the environment variable `var` (scripts/test-deps sets them), or
+/// `None` after printing a SKIPPED line. Panics when `LLMD_REQUIRE_TEST_DATA` is set (as in CI)
+/// and the file is missing, so CI never skips silently.
+pub fn test_data(var: &str) -> Option<PathBuf> {
+    let require =
+        std::env::var_os("LLMD_REQUIRE_TEST_DATA").is_some_and(|v| !v.is_empty() && v != "0");
+    match std::env::var_os(var).map(PathBuf::from) {
+        Some(p) if p.is_file() => Some(p),
+        Some(p) if require => panic!("{var}={} is not a file", p.display()),
+        None if require => panic!("{var} is not set but LLMD_REQUIRE_TEST_DATA is"),
+        _ => {
+            println!("SKIPPED: {var} is not set (scripts/test-deps installs the test models)");
+            None
+        }
+    }
+}
+
 /// Path of a workspace binary built alongside the tests.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("cannot locate the test executable");

@@ -16,19 +16,7 @@ use crate::common::{command, wait_bounded, Daemon};
 /// The Gemma 3 270M file, or `None` (after printing why) when the test should be skipped.
 /// Panics when `LLMD_REQUIRE_TEST_DATA` is set and the file is missing.
 pub fn gemma() -> Option<PathBuf> {
-    let require =
-        std::env::var_os("LLMD_REQUIRE_TEST_DATA").is_some_and(|v| !v.is_empty() && v != "0");
-    match std::env::var_os("LLMD_GEMMA_GGUF").map(PathBuf::from) {
-        Some(p) if p.is_file() => Some(p),
-        Some(p) if require => panic!("LLMD_GEMMA_GGUF={} is not a file", p.display()),
-        None if require => panic!("LLMD_GEMMA_GGUF is not set but LLMD_REQUIRE_TEST_DATA is"),
-        _ => {
-            println!(
-                "SKIPPED: LLMD_GEMMA_GGUF is not set (Gemma 3 270M Q4_K_M; scripts/test-deps)"
-            );
-            None
-        }
-    }
+    crate::common::test_data("LLMD_GEMMA_GGUF")
 }
 
 /// A daemon with CPU devices `cpu:0..` of the given budgets (TOML byte sizes).
