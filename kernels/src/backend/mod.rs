@@ -309,4 +309,6 @@ pub struct HostKv {
 }
 
 mod cpu;
+mod cuda;
 pub use cpu::{CpuBackend, CpuMemory};
+pub use cuda::{cuda_available, CudaBackend, CudaKv, CudaWeight};

@@ -1,0 +1,1396 @@
+//! The CUDA backend: [`Backend`] on one NVIDIA GPU through cudarc, with the kernels of
+//! `kernels/cuda/*.cu` embedded as compute_80 PTX (`kernels/cuda/ptx/`, generated and kept
+//! fresh by `scripts/check-cuda-kernels`) and JIT-loaded by the driver at start-up.
+//!
+//! libcuda is loaded at run time (cudarc's `dynamic-loading`), so building and running the binary
+//! needs no CUDA toolkit; [`cuda_available`] checks that the driver library is present before any
+//! CUDA call (cudarc panics on a missing library) and reports why CUDA cannot be used.
+//!
+//! The kernel signatures, launch configurations and host-side preconditions below follow
+//! `kernels/cuda/README.md`. Matrix products run the matrix-vector kernels over a grid of
+//! `n_tokens` rows (quantized weights: activations quantized to Q8_1 first); prefill therefore
+//! reads the weights once per token, which is correct but not yet fast.
+
+use std::collections::HashMap;
+use std::panic::catch_unwind;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtrMut, DriverError, LaunchConfig,
+    PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::{
+    AttentionParams, Backend, BackendError, GatedActivation, HostKv, HostTensor, OwnedHostTensor,
+    RopeKind, RopeParams,
+};
+use crate::quant::GgmlType;
+
+/// The embedded PTX modules: file stem, PTX text, kernels fetched from it.
+const MODULES: &[(&str, &str, &[&str])] = &[
+    (
+        "attention",
+        include_str!("../../cuda/ptx/attention.ptx"),
+        &[
+            "attn_prefill_f16kv",
+            "attn_decode_f16kv",
+            "attn_combine_f32",
+        ],
+    ),
+    (
+        "elementwise",
+        include_str!("../../cuda/ptx/elementwise.ptx"),
+        &[
+            "geglu_f32",
+            "swiglu_f32",
+            "add_f32",
+            "scale_f32",
+            "add_bias_f32",
+        ],
+    ),
+    (
+        "getrows",
+        include_str!("../../cuda/ptx/getrows.ptx"),
+        &[
+            "get_rows_f32",
+            "get_rows_f16",
+            "get_rows_q4_0",
+            "get_rows_q5_0",
+            "get_rows_q8_0",
+            "get_rows_q4_K",
+            "get_rows_q6_K",
+        ],
+    ),
+    (
+        "kvcache",
+        include_str!("../../cuda/ptx/kvcache.ptx"),
+        &["kv_store_f16"],
+    ),
+    (
+        "mmv",
+        include_str!("../../cuda/ptx/mmv.ptx"),
+        &["mul_mat_vec_f16", "mul_mat_vec_f32"],
+    ),
+    (
+        "mmvq",
+        include_str!("../../cuda/ptx/mmvq.ptx"),
+        &[
+            "mul_mat_vec_q4_0_q8_1",
+            "mul_mat_vec_q5_0_q8_1",
+            "mul_mat_vec_q8_0_q8_1",
+            "mul_mat_vec_q4_K_q8_1",
+            "mul_mat_vec_q6_K_q8_1",
+        ],
+    ),
+    (
+        "norm",
+        include_str!("../../cuda/ptx/norm.ptx"),
+        &["rms_norm_f32"],
+    ),
+    (
+        "quantize",
+        include_str!("../../cuda/ptx/quantize.ptx"),
+        &["quantize_q8_1"],
+    ),
+    (
+        "rope",
+        include_str!("../../cuda/ptx/rope.ptx"),
+        &["rope_f32"],
+    ),
+];
+
+/// Bytes of one Q8_1 block (32 quantized activations, f16 scale and f16 sum).
+const Q8_1_BLOCK_BYTES: usize = 36;
+/// Largest `head_dim` the attention kernels support.
+const MAX_HEAD_DIM: usize = 256;
+/// Largest grid y/z extent.
+const MAX_GRID_YZ: usize = 65_535;
+
+/// Whether CUDA can be used: `Ok(number of devices)`, or why not.
+///
+/// Checks that libcuda can be loaded before calling into it (cudarc panics otherwise), then
+/// initialises the driver and counts devices. Never panics: a panic inside cudarc (for example a
+/// driver too old to have a symbol) is caught and reported as the reason.
+pub fn cuda_available() -> Result<usize, String> {
+    // SAFETY: `is_culib_present` only tries to dlopen libcuda under its usual names and closes
+    // it again; it calls no CUDA function.
+    let present = unsafe { cudarc::driver::sys::is_culib_present() };
+    if !present {
+        return Err(
+            "libcuda (the NVIDIA driver library) was not found: no NVIDIA driver is \
+                    installed or it is not on the library path"
+                .to_string(),
+        );
+    }
+    let counted = catch_unwind(|| -> Result<i32, DriverError> {
+        cudarc::driver::result::init()?;
+        CudaContext::device_count()
+    });
+    match counted {
+        Ok(Ok(n)) if n > 0 => Ok(n as usize),
+        Ok(Ok(_)) => Err("the NVIDIA driver reports no CUDA devices".to_string()),
+        Ok(Err(e)) => Err(format!("the CUDA driver failed to initialise: {e}")),
+        Err(_) => Err("loading the CUDA driver library failed (driver too old?)".to_string()),
+    }
+}
+
+/// The memory budget of one CUDA backend and the bytes its weights and KV caches hold.
+#[derive(Debug)]
+struct Ledger {
+    used: AtomicU64,
+    budget: u64,
+}
+
+/// Bytes charged to a [`Ledger`]; returned on drop.
+#[derive(Debug)]
+struct Lease {
+    ledger: Arc<Ledger>,
+    bytes: u64,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.ledger.used.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
+
+/// A weight resident on the GPU: its raw GGML bytes as uploaded, with type and shape.
+#[derive(Debug)]
+pub struct CudaWeight {
+    /// The tensor's name.
+    name: String,
+    /// Element type.
+    ty: GgmlType,
+    /// Rows.
+    rows: usize,
+    /// Elements per row.
+    cols: usize,
+    /// The bytes, `rows * ty.row_bytes(cols)`.
+    data: CudaSlice<u8>,
+    /// The bytes charged to the budget.
+    lease: Lease,
+}
+
+/// One layer's KV cache of one sequence on the GPU: f16 keys and values, row `pos` at
+/// `pos * n_kv_heads * head_dim`.
+#[derive(Debug)]
+pub struct CudaKv {
+    /// Positions it can hold.
+    capacity: usize,
+    /// Key/value heads.
+    n_kv_heads: usize,
+    /// Dimension of each head.
+    head_dim: usize,
+    /// Keys as f16 bits: `(capacity, n_kv_heads * head_dim)`.
+    k: CudaSlice<u16>,
+    /// Values: same layout.
+    v: CudaSlice<u16>,
+    /// The bytes charged to the budget.
+    lease: Lease,
+}
+
+/// A CUDA device: one context (the device's primary context) and one stream of its own, so the
+/// same GPU may be opened twice as two devices.
+pub struct CudaBackend {
+    name: String,
+    ordinal: usize,
+    stream: Arc<CudaStream>,
+    functions: HashMap<&'static str, CudaFunction>,
+    ledger: Arc<Ledger>,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBackend")
+            .field("name", &self.name)
+            .field("ordinal", &self.ordinal)
+            .field("ledger", &self.ledger)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Blocks needed to cover `n` items at `per_block` items per block (at least one).
+fn blocks_for(n: usize, per_block: usize) -> u32 {
+    n.div_ceil(per_block).max(1) as u32
+}
+
+fn cfg(grid: (u32, u32, u32), block: (u32, u32, u32)) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: grid,
+        block_dim: block,
+        shared_mem_bytes: 0,
+    }
+}
+
+fn shape(op: &'static str, detail: String) -> BackendError {
+    BackendError::Shape { op, detail }
+}
+
+fn check_len(op: &'static str, have: usize, need: usize) -> Result<(), BackendError> {
+    if have < need {
+        return Err(shape(op, format!("buffer of {have} values, need {need}")));
+    }
+    Ok(())
+}
+
+fn to_i32(op: &'static str, what: &str, v: usize) -> Result<i32, BackendError> {
+    i32::try_from(v).map_err(|_| shape(op, format!("{what} = {v} exceeds the kernels' int range")))
+}
+
+fn grid_yz(op: &'static str, what: &str, v: usize) -> Result<u32, BackendError> {
+    if v == 0 || v > MAX_GRID_YZ {
+        return Err(shape(op, format!("{what} = {v} outside 1..={MAX_GRID_YZ}")));
+    }
+    Ok(v as u32)
+}
+
+/// The kernel-name suffix of a weight type the CUDA kernels compute with.
+fn type_suffix(ty: GgmlType) -> Option<&'static str> {
+    Some(match ty {
+        GgmlType::F32 => "f32",
+        GgmlType::F16 => "f16",
+        GgmlType::Q4_0 => "q4_0",
+        GgmlType::Q5_0 => "q5_0",
+        GgmlType::Q8_0 => "q8_0",
+        GgmlType::Q4_K => "q4_K",
+        GgmlType::Q6_K => "q6_K",
+        _ => return None,
+    })
+}
+
+impl CudaBackend {
+    /// Opens GPU `ordinal` as the device called `name` (`cuda:0`) with a budget of `budget`
+    /// bytes for weights and KV caches, and loads every kernel module (the driver JIT-compiles
+    /// the PTX on first use and caches the result).
+    pub fn new(name: impl Into<String>, ordinal: usize, budget: u64) -> Result<Self, BackendError> {
+        let name = name.into();
+        let device_err = |message: String| BackendError::Device {
+            device: name.clone(),
+            message,
+        };
+        let count = cuda_available().map_err(|reason| device_err(reason.clone()))?;
+        if ordinal >= count {
+            return Err(device_err(format!(
+                "no CUDA device {ordinal}: the driver reports {count}"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| device_err(format!("creating a context: {e}")))?;
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| device_err(format!("creating a stream: {e}")))?;
+        let mut functions = HashMap::new();
+        for &(file, ptx, names) in MODULES {
+            let module = ctx
+                .load_module(Ptx::from_src(ptx))
+                .map_err(|e| device_err(format!("loading kernels/cuda/ptx/{file}.ptx: {e}")))?;
+            for &kernel in names {
+                let function = module
+                    .load_function(kernel)
+                    .map_err(|e| device_err(format!("kernel {kernel} in {file}.ptx: {e}")))?;
+                functions.insert(kernel, function);
+            }
+        }
+        Ok(CudaBackend {
+            name,
+            ordinal,
+            stream,
+            functions,
+            ledger: Arc::new(Ledger {
+                used: AtomicU64::new(0),
+                budget,
+            }),
+        })
+    }
+
+    /// The GPU's ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    /// Bytes of weights and KV caches currently held.
+    pub fn used_bytes(&self) -> u64 {
+        self.ledger.used.load(Ordering::SeqCst)
+    }
+
+    /// The memory budget.
+    pub fn budget_bytes(&self) -> u64 {
+        self.ledger.budget
+    }
+
+    fn charge(&self, what: &str, bytes: u64) -> Result<Lease, BackendError> {
+        let mut used = self.ledger.used.load(Ordering::SeqCst);
+        loop {
+            let next = used.saturating_add(bytes);
+            if next > self.ledger.budget {
+                return Err(BackendError::OutOfMemory {
+                    device: self.name.clone(),
+                    what: what.to_string(),
+                    bytes,
+                });
+            }
+            match self
+                .ledger
+                .used
+                .compare_exchange(used, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => {
+                    return Ok(Lease {
+                        ledger: Arc::clone(&self.ledger),
+                        bytes,
+                    })
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    fn err(&self, what: &str, e: DriverError) -> BackendError {
+        BackendError::Device {
+            device: self.name.clone(),
+            message: format!("{what}: {e}"),
+        }
+    }
+
+    fn function(&self, name: &str) -> Result<&CudaFunction, BackendError> {
+        self.functions
+            .get(name)
+            .ok_or_else(|| BackendError::Device {
+                device: self.name.clone(),
+                message: format!("kernel {name} is not loaded"),
+            })
+    }
+
+    fn unsupported(&self, w: &CudaWeight) -> BackendError {
+        BackendError::UnsupportedType {
+            device: self.name.clone(),
+            ty: w.ty,
+            tensor: w.name.clone(),
+        }
+    }
+
+    /// The f32 values of a 1-row (or `len`-element) F32 weight, for norms and biases.
+    fn f32_vector<'w>(
+        &self,
+        op: &'static str,
+        w: &'w CudaWeight,
+        len: usize,
+    ) -> Result<&'w CudaSlice<u8>, BackendError> {
+        if w.ty != GgmlType::F32 {
+            return Err(self.unsupported(w));
+        }
+        if w.rows * w.cols != len {
+            return Err(shape(
+                op,
+                format!("{} has {} values, need {len}", w.name, w.rows * w.cols),
+            ));
+        }
+        Ok(&w.data)
+    }
+
+    fn alloc<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        what: &str,
+        len: usize,
+    ) -> Result<CudaSlice<T>, BackendError> {
+        self.stream
+            .alloc_zeros::<T>(len.max(1))
+            .map_err(|e| self.err(what, e))
+    }
+
+    /// Checks the shapes of an RMS norm and returns the weight's values and `dim` as an int.
+    fn rms_norm_args<'w>(
+        &self,
+        x_len: usize,
+        weight: &'w CudaWeight,
+        n_rows: usize,
+        dim: usize,
+    ) -> Result<(&'w CudaSlice<u8>, i32), BackendError> {
+        const OP: &str = "rms_norm";
+        check_len(OP, x_len, n_rows * dim)?;
+        let w = self.f32_vector(OP, weight, dim)?;
+        Ok((w, to_i32(OP, "dim", dim)?))
+    }
+}
+
+impl Backend for CudaBackend {
+    type Activations = CudaSlice<f32>;
+    type Weight = CudaWeight;
+    type KvCache = CudaKv;
+
+    fn device_name(&self) -> &str {
+        &self.name
+    }
+
+    fn upload_weight(&self, t: &HostTensor<'_>) -> Result<CudaWeight, BackendError> {
+        let expect =
+            t.ty.row_bytes(t.cols as u64)
+                .and_then(|r| r.checked_mul(t.rows as u64));
+        if expect != Some(t.data.len() as u64) {
+            return Err(shape(
+                "upload_weight",
+                format!(
+                    "{}: {} bytes for {} rows of {} {} values",
+                    t.name,
+                    t.data.len(),
+                    t.rows,
+                    t.cols,
+                    t.ty
+                ),
+            ));
+        }
+        if type_suffix(t.ty).is_none() {
+            return Err(BackendError::UnsupportedType {
+                device: self.name.clone(),
+                ty: t.ty,
+                tensor: t.name.to_string(),
+            });
+        }
+        let lease = self.charge(t.name, t.data.len() as u64)?;
+        let data = self
+            .stream
+            .clone_htod(t.data)
+            .map_err(|e| self.err("uploading a weight", e))?;
+        Ok(CudaWeight {
+            name: t.name.to_string(),
+            ty: t.ty,
+            rows: t.rows,
+            cols: t.cols,
+            data,
+            lease,
+        })
+    }
+
+    fn weight_bytes(&self, weight: &CudaWeight) -> u64 {
+        weight.lease.bytes
+    }
+
+    fn download_weight(&self, w: &CudaWeight) -> Result<OwnedHostTensor, BackendError> {
+        let data = self
+            .stream
+            .clone_dtoh(&w.data)
+            .map_err(|e| self.err("downloading a weight", e))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| self.err("downloading a weight", e))?;
+        Ok(OwnedHostTensor {
+            name: w.name.clone(),
+            ty: w.ty,
+            rows: w.rows,
+            cols: w.cols,
+            data,
+        })
+    }
+
+    fn alloc_activations(&self, len: usize) -> Result<CudaSlice<f32>, BackendError> {
+        self.alloc("activations", len)
+    }
+
+    fn write_activations(&self, dst: &mut CudaSlice<f32>, src: &[f32]) -> Result<(), BackendError> {
+        check_len("write_activations", dst.len(), src.len())?;
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.stream
+            .memcpy_htod(src, &mut dst.slice_mut(0..src.len()))
+            .map_err(|e| self.err("writing activations", e))
+    }
+
+    fn read_activations(&self, src: &CudaSlice<f32>, dst: &mut [f32]) -> Result<(), BackendError> {
+        check_len("read_activations", src.len(), dst.len())?;
+        if dst.is_empty() {
+            return Ok(());
+        }
+        self.stream
+            .memcpy_dtoh(&src.slice(0..dst.len()), dst)
+            .map_err(|e| self.err("reading activations", e))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| self.err("reading activations", e))
+    }
+
+    fn embed(
+        &self,
+        table: &CudaWeight,
+        ids: &[u32],
+        scale: f32,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<(), BackendError> {
+        const OP: &str = "embed";
+        let sfx = type_suffix(table.ty).ok_or_else(|| self.unsupported(table))?;
+        if !table.cols.is_multiple_of(8) {
+            return Err(shape(
+                OP,
+                format!("{} columns, need a multiple of 8", table.cols),
+            ));
+        }
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= table.rows) {
+            return Err(shape(
+                OP,
+                format!("token id {bad} beyond {} rows", table.rows),
+            ));
+        }
+        check_len(OP, out.len(), ids.len() * table.cols)?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let n = grid_yz(OP, "tokens", ids.len())?;
+        let cols = to_i32(OP, "cols", table.cols)?;
+        let ids_dev = self
+            .stream
+            .clone_htod(ids)
+            .map_err(|e| self.err("uploading token ids", e))?;
+        let name = format!("get_rows_{sfx}");
+        let f = self.function(&name)?;
+        let mut launch = self.stream.launch_builder(f);
+        launch
+            .arg(&table.data)
+            .arg(&ids_dev)
+            .arg(out)
+            .arg(&cols)
+            .arg(&scale);
+        // SAFETY: get_rows_<type>(const void* table, const u32* ids, float* out, int cols,
+        // float scale) over (ceil(cols/8/256), n_tokens) blocks of 256 reads rows ids[t] < rows
+        // of the table (checked) and writes n_tokens * cols values of out (length checked).
+        unsafe { launch.launch(cfg((blocks_for(table.cols, 8 * 256), n, 1), (256, 1, 1))) }
+            .map_err(|e| self.err(&name, e))?;
+        Ok(())
+    }
+
+    fn matmul(
+        &self,
+        w: &CudaWeight,
+        x: &CudaSlice<f32>,
+        n_tokens: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<(), BackendError> {
+        const OP: &str = "matmul";
+        check_len(OP, x.len(), n_tokens * w.cols)?;
+        check_len(OP, out.len(), n_tokens * w.rows)?;
+        if n_tokens == 0 || w.rows == 0 {
+            return Ok(());
+        }
+        let ny = grid_yz(OP, "n_tokens", n_tokens)?;
+        let rows = to_i32(OP, "rows", w.rows)?;
+        let cols = to_i32(OP, "cols", w.cols)?;
+        let grid = (blocks_for(w.rows, 4), ny, 1);
+        let block = (32, 4, 1);
+        match w.ty {
+            GgmlType::F32 | GgmlType::F16 => {
+                if !w.cols.is_multiple_of(2) {
+                    return Err(shape(
+                        OP,
+                        format!("{} has an odd number of columns", w.name),
+                    ));
+                }
+                let name = if w.ty == GgmlType::F32 {
+                    "mul_mat_vec_f32"
+                } else {
+                    "mul_mat_vec_f16"
+                };
+                let mut launch = self.stream.launch_builder(self.function(name)?);
+                launch.arg(&w.data).arg(x).arg(out).arg(&rows).arg(&cols);
+                // SAFETY: mul_mat_vec_f16/f32(const half*/float* w, const float* x, float* out,
+                // int rows, int cols) over (ceil(rows/4), n_tokens) blocks of (32,4) reads
+                // rows*cols weights (the upload checked the byte size), n_tokens*cols values of
+                // x and writes n_tokens*rows of out (lengths checked); cols is even.
+                unsafe { launch.launch(cfg(grid, block)) }.map_err(|e| self.err(name, e))?;
+            }
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K => {
+                // Q8_1 activations need whole 32-blocks; the weight's blocks divide cols (checked
+                // at upload), and K-quants need 256.
+                if !w.cols.is_multiple_of(32) {
+                    return Err(shape(
+                        OP,
+                        format!("{} columns, need a multiple of 32", w.cols),
+                    ));
+                }
+                let n_values = n_tokens * w.cols;
+                let mut q8 =
+                    self.alloc::<u8>("Q8_1 activations", n_values / 32 * Q8_1_BLOCK_BYTES)?;
+                let n_i64 = n_values as i64;
+                let mut quant = self.stream.launch_builder(self.function("quantize_q8_1")?);
+                quant.arg(x).arg(&mut q8).arg(&n_i64);
+                // SAFETY: quantize_q8_1(const float* x, q8_1* y, i64 n) over ceil(n/256) blocks
+                // of 256 reads n values of x (length checked) and writes n/32 blocks of 36 bytes
+                // into q8, allocated with exactly that size; n % 32 == 0.
+                unsafe { quant.launch(cfg((blocks_for(n_values, 256), 1, 1), (256, 1, 1))) }
+                    .map_err(|e| self.err("quantize_q8_1", e))?;
+                let name = match w.ty {
+                    GgmlType::Q4_0 => "mul_mat_vec_q4_0_q8_1",
+                    GgmlType::Q5_0 => "mul_mat_vec_q5_0_q8_1",
+                    GgmlType::Q8_0 => "mul_mat_vec_q8_0_q8_1",
+                    GgmlType::Q4_K => "mul_mat_vec_q4_K_q8_1",
+                    _ => "mul_mat_vec_q6_K_q8_1",
+                };
+                let mut launch = self.stream.launch_builder(self.function(name)?);
+                launch.arg(&w.data).arg(&q8).arg(out).arg(&rows).arg(&cols);
+                // SAFETY: mul_mat_vec_<type>_q8_1(const void* w, const q8_1* y, float* out, int
+                // rows, int cols) over (ceil(rows/4), n_tokens) blocks of (32,4) reads the
+                // rows*cols weights (byte size checked at upload), n_tokens*cols/32 Q8_1 blocks
+                // and writes n_tokens*rows values of out (length checked).
+                unsafe { launch.launch(cfg(grid, block)) }.map_err(|e| self.err(name, e))?;
+            }
+            _ => return Err(self.unsupported(w)),
+        }
+        Ok(())
+    }
+
+    fn add_bias(
+        &self,
+        x: &mut CudaSlice<f32>,
+        bias: &CudaWeight,
+        n_tokens: usize,
+    ) -> Result<(), BackendError> {
+        const OP: &str = "add_bias";
+        let width = bias.rows * bias.cols;
+        let b = self.f32_vector(OP, bias, width)?;
+        let n = n_tokens * width;
+        check_len(OP, x.len(), n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let width_i = to_i32(OP, "width", width)?;
+        let n_i64 = n as i64;
+        let mut launch = self.stream.launch_builder(self.function("add_bias_f32")?);
+        launch.arg(x).arg(b).arg(&width_i).arg(&n_i64);
+        // SAFETY: add_bias_f32(float* x, const float* bias, int width, i64 n) over ceil(n/256)
+        // blocks of 256 updates n values of x (checked) reading width values of bias (checked).
+        unsafe { launch.launch(cfg((blocks_for(n, 256), 1, 1), (256, 1, 1))) }
+            .map_err(|e| self.err("add_bias_f32", e))?;
+        Ok(())
+    }
+
+    fn rms_norm(
+        &self,
+        x: &mut CudaSlice<f32>,
+        weight: &CudaWeight,
+        n_rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<(), BackendError> {
+        let (w, dim_i) = self.rms_norm_args(x.len(), weight, n_rows, dim)?;
+        if n_rows == 0 {
+            return Ok(());
+        }
+        let rows = u32::try_from(n_rows).map_err(|_| shape("rms_norm", "too many rows".into()))?;
+        // The kernel is given x as both input and output (it allows out == x).
+        let (ptr, _record) = x.device_ptr_mut(&self.stream);
+        let mut launch = self.stream.launch_builder(self.function("rms_norm_f32")?);
+        launch.arg(&ptr).arg(w).arg(&ptr).arg(&dim_i).arg(&eps);
+        // SAFETY: rms_norm_f32(const float* x, const float* weight, float* out, int dim, float
+        // eps) with n_rows blocks of 256 reads and writes n_rows*dim values at `ptr` (x's
+        // length checked; each block reads its row fully before writing it, so out == x is
+        // allowed) and reads dim weights (checked). `_record` orders the launch on the stream.
+        unsafe { launch.launch(cfg((rows, 1, 1), (256, 1, 1))) }
+            .map_err(|e| self.err("rms_norm_f32", e))?;
+        Ok(())
+    }
+
+    fn rms_norm_into(
+        &self,
+        x: &CudaSlice<f32>,
+        weight: &CudaWeight,
+        n_rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<(), BackendError> {
+        let (w, dim_i) = self.rms_norm_args(x.len(), weight, n_rows, dim)?;
+        check_len("rms_norm", out.len(), n_rows * dim)?;
+        if n_rows == 0 {
+            return Ok(());
+        }
+        let rows = u32::try_from(n_rows).map_err(|_| shape("rms_norm", "too many rows".into()))?;
+        let mut launch = self.stream.launch_builder(self.function("rms_norm_f32")?);
+        launch.arg(x).arg(w).arg(out).arg(&dim_i).arg(&eps);
+        // SAFETY: rms_norm_f32 with n_rows blocks of 256 reads n_rows*dim values of x and dim
+        // weights and writes n_rows*dim values of out; all lengths were checked.
+        unsafe { launch.launch(cfg((rows, 1, 1), (256, 1, 1))) }
+            .map_err(|e| self.err("rms_norm_f32", e))?;
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut CudaSlice<f32>,
+        n_tokens: usize,
+        n_heads: usize,
+        head_dim: usize,
+        positions: &[u32],
+        p: RopeParams,
+    ) -> Result<(), BackendError> {
+        const OP: &str = "rope";
+        if positions.len() != n_tokens {
+            return Err(shape(
+                OP,
+                format!("{} positions for {n_tokens} tokens", positions.len()),
+            ));
+        }
+        if !p.n_dims.is_multiple_of(2) || p.n_dims > head_dim {
+            return Err(shape(
+                OP,
+                format!(
+                    "n_dims {} must be even and <= head_dim {head_dim}",
+                    p.n_dims
+                ),
+            ));
+        }
+        check_len(OP, x.len(), n_tokens * n_heads * head_dim)?;
+        if n_tokens == 0 || n_heads == 0 {
+            return Ok(());
+        }
+        let heads = u32::try_from(n_heads).map_err(|_| shape(OP, "too many heads".into()))?;
+        let ny = grid_yz(OP, "n_tokens", n_tokens)?;
+        let heads_i = to_i32(OP, "n_heads", n_heads)?;
+        let hd = to_i32(OP, "head_dim", head_dim)?;
+        let nd = to_i32(OP, "n_dims", p.n_dims)?;
+        let neox: i32 = (p.kind == RopeKind::Neox).into();
+        let pos = self
+            .stream
+            .clone_htod(positions)
+            .map_err(|e| self.err("uploading positions", e))?;
+        let mut launch = self.stream.launch_builder(self.function("rope_f32")?);
+        launch
+            .arg(x)
+            .arg(&pos)
+            .arg(&heads_i)
+            .arg(&hd)
+            .arg(&nd)
+            .arg(&p.freq_base)
+            .arg(&p.freq_scale)
+            .arg(&neox);
+        // SAFETY: rope_f32(float* x, const u32* positions, int n_heads, int head_dim, int
+        // n_dims, float freq_base, float freq_scale, int neox) over (n_heads, n_tokens) blocks
+        // of 64 rotates n_tokens*n_heads*head_dim values of x (checked) using n_tokens
+        // positions (checked); n_dims is even and <= head_dim.
+        unsafe { launch.launch(cfg((heads, ny, 1), (64, 1, 1))) }
+            .map_err(|e| self.err("rope_f32", e))?;
+        Ok(())
+    }
+
+    fn add(
+        &self,
+        dst: &mut CudaSlice<f32>,
+        src: &CudaSlice<f32>,
+        len: usize,
+    ) -> Result<(), BackendError> {
+        check_len("add", dst.len(), len)?;
+        check_len("add", src.len(), len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let n = len as i64;
+        let mut launch = self.stream.launch_builder(self.function("add_f32")?);
+        launch.arg(dst).arg(src).arg(&n);
+        // SAFETY: add_f32(float* dst, const float* src, i64 n) over ceil(n/256) blocks of 256
+        // touches n values of each buffer (both lengths checked).
+        unsafe { launch.launch(cfg((blocks_for(len, 256), 1, 1), (256, 1, 1))) }
+            .map_err(|e| self.err("add_f32", e))?;
+        Ok(())
+    }
+
+    fn scale(&self, x: &mut CudaSlice<f32>, factor: f32, len: usize) -> Result<(), BackendError> {
+        check_len("scale", x.len(), len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let n = len as i64;
+        let mut launch = self.stream.launch_builder(self.function("scale_f32")?);
+        launch.arg(x).arg(&factor).arg(&n);
+        // SAFETY: scale_f32(float* x, float factor, i64 n) over ceil(n/256) blocks of 256
+        // scales n values of x (length checked).
+        unsafe { launch.launch(cfg((blocks_for(len, 256), 1, 1), (256, 1, 1))) }
+            .map_err(|e| self.err("scale_f32", e))?;
+        Ok(())
+    }
+
+    fn gated_activation(
+        &self,
+        gate: &mut CudaSlice<f32>,
+        up: &CudaSlice<f32>,
+        len: usize,
+        act: GatedActivation,
+    ) -> Result<(), BackendError> {
+        check_len("gated_activation", gate.len(), len)?;
+        check_len("gated_activation", up.len(), len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let name = match act {
+            GatedActivation::Silu => "swiglu_f32",
+            GatedActivation::Gelu => "geglu_f32",
+        };
+        let n = len as i64;
+        let mut launch = self.stream.launch_builder(self.function(name)?);
+        launch.arg(gate).arg(up).arg(&n);
+        // SAFETY: geglu_f32/swiglu_f32(float* gate, const float* up, i64 n) over ceil(n/256)
+        // blocks of 256 touch n values of each buffer (both lengths checked).
+        unsafe { launch.launch(cfg((blocks_for(len, 256), 1, 1), (256, 1, 1))) }
+            .map_err(|e| self.err(name, e))?;
+        Ok(())
+    }
+
+    fn alloc_kv(
+        &self,
+        capacity: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<CudaKv, BackendError> {
+        let values = capacity
+            .checked_mul(n_kv_heads * head_dim)
+            .ok_or_else(|| shape("alloc_kv", "size overflows".into()))?;
+        let lease = self.charge("KV cache", values as u64 * 2 * 2)?;
+        Ok(CudaKv {
+            capacity,
+            n_kv_heads,
+            head_dim,
+            k: self.alloc("KV cache keys", values)?,
+            v: self.alloc("KV cache values", values)?,
+            lease,
+        })
+    }
+
+    fn kv_bytes(&self, kv: &CudaKv) -> u64 {
+        kv.lease.bytes
+    }
+
+    fn kv_store(
+        &self,
+        kv: &mut CudaKv,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        first_row: usize,
+        positions: &[u32],
+    ) -> Result<(), BackendError> {
+        const OP: &str = "kv_store";
+        let w = kv.n_kv_heads * kv.head_dim;
+        let end = (first_row + positions.len()) * w;
+        check_len(OP, k.len(), end)?;
+        check_len(OP, v.len(), end)?;
+        if let Some(&bad) = positions.iter().find(|&&p| p as usize >= kv.capacity) {
+            return Err(shape(
+                OP,
+                format!("position {bad} beyond a cache of {}", kv.capacity),
+            ));
+        }
+        if positions.is_empty() || w == 0 {
+            return Ok(());
+        }
+        let n = grid_yz(OP, "tokens", positions.len())?;
+        let width = to_i32(OP, "width", w)?;
+        let pos = self
+            .stream
+            .clone_htod(positions)
+            .map_err(|e| self.err("uploading positions", e))?;
+        let f = self.function("kv_store_f16")?;
+        for (src, cache) in [(k, &mut kv.k), (v, &mut kv.v)] {
+            let rows = src.slice(first_row * w..end);
+            let mut launch = self.stream.launch_builder(f);
+            launch.arg(&rows).arg(cache).arg(&pos).arg(&width);
+            // SAFETY: kv_store_f16(const float* src, half* cache, const u32* positions, int
+            // width) over (ceil(width/256), n_tokens) blocks of 256 reads n_tokens*width values
+            // of `rows` (a view of exactly that length) and writes width halves at each
+            // position < capacity (checked) of the cache, which holds capacity*width halves.
+            unsafe { launch.launch(cfg((blocks_for(w, 256), n, 1), (256, 1, 1))) }
+                .map_err(|e| self.err("kv_store_f16", e))?;
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &CudaSlice<f32>,
+        kv: &CudaKv,
+        first_row: usize,
+        positions: &[u32],
+        p: AttentionParams,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<(), BackendError> {
+        const OP: &str = "attention";
+        let hd = p.head_dim;
+        if !hd.is_multiple_of(8) || hd > MAX_HEAD_DIM || hd == 0 {
+            return Err(shape(
+                OP,
+                format!("head_dim {hd}: need a multiple of 8 up to {MAX_HEAD_DIM}"),
+            ));
+        }
+        if p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
+            return Err(shape(
+                OP,
+                format!("{} heads over {} KV heads", p.n_heads, p.n_kv_heads),
+            ));
+        }
+        if p.n_kv_heads != kv.n_kv_heads || hd != kv.head_dim {
+            return Err(shape(
+                OP,
+                format!(
+                    "cache holds {} KV heads of {}, asked for {} of {hd}",
+                    kv.n_kv_heads, kv.head_dim, p.n_kv_heads
+                ),
+            ));
+        }
+        if let Some(&bad) = positions.iter().find(|&&pos| pos as usize >= kv.capacity) {
+            return Err(shape(
+                OP,
+                format!("position {bad} beyond a cache of {}", kv.capacity),
+            ));
+        }
+        let window = match p.window {
+            None => 0,
+            Some(0) => return Err(shape(OP, "a sliding window of 0 positions".into())),
+            Some(w) => i32::try_from(w).unwrap_or(i32::MAX),
+        };
+        let softcap = p.softcap.unwrap_or(0.0);
+        let qw = p.n_heads * hd;
+        let n_queries = positions.len();
+        let end = (first_row + n_queries) * qw;
+        check_len(OP, q.len(), end)?;
+        check_len(OP, out.len(), end)?;
+        if n_queries == 0 || p.n_heads == 0 {
+            return Ok(());
+        }
+        let heads = u32::try_from(p.n_heads).map_err(|_| shape(OP, "too many heads".into()))?;
+        let nq = to_i32(OP, "queries", n_queries)?;
+        let heads_i = to_i32(OP, "n_heads", p.n_heads)?;
+        let kv_heads_i = to_i32(OP, "n_kv_heads", p.n_kv_heads)?;
+        let hd_i = to_i32(OP, "head_dim", hd)?;
+        let pos = self
+            .stream
+            .clone_htod(positions)
+            .map_err(|e| self.err("uploading positions", e))?;
+        let q_rows = q.slice(first_row * qw..end);
+        let mut out_rows = out.slice_mut(first_row * qw..end);
+        let null_part: u64 = 0;
+        if n_queries > 1 {
+            let blocks_y = grid_yz(OP, "query tiles", n_queries.div_ceil(8))?;
+            let mut launch = self
+                .stream
+                .launch_builder(self.function("attn_prefill_f16kv")?);
+            launch
+                .arg(&q_rows)
+                .arg(&kv.k)
+                .arg(&kv.v)
+                .arg(&mut out_rows)
+                .arg(&null_part)
+                .arg(&pos)
+                .arg(&nq)
+                .arg(&heads_i)
+                .arg(&kv_heads_i)
+                .arg(&hd_i)
+                .arg(&p.scale)
+                .arg(&window)
+                .arg(&softcap);
+            // SAFETY: attn_prefill_f16kv(q, k, v, out, part, positions, n_queries, n_heads,
+            // n_kv_heads, head_dim, scale, window, softcap) over (n_heads, ceil(n_queries/8), 1)
+            // blocks of 256 reads n_queries*n_heads*head_dim values of q_rows and writes as many
+            // of out_rows (views of exactly that length), reads cache rows at positions <=
+            // each query's (< capacity, checked); part is unused (null) with one split.
+            // head_dim % 8 == 0, <= 256 and n_heads % n_kv_heads == 0 were checked.
+            unsafe { launch.launch(cfg((heads, blocks_y, 1), (256, 1, 1))) }
+                .map_err(|e| self.err("attn_prefill_f16kv", e))?;
+            return Ok(());
+        }
+        let context = positions[0] as usize + 1;
+        let n_splits = context.div_ceil(512).clamp(1, 32);
+        let splits_i = n_splits as i32;
+        let mut part = if n_splits > 1 {
+            Some(self.alloc::<f32>("attention partials", p.n_heads * n_splits * (hd + 2))?)
+        } else {
+            None
+        };
+        let mut launch = self
+            .stream
+            .launch_builder(self.function("attn_decode_f16kv")?);
+        launch.arg(&q_rows).arg(&kv.k).arg(&kv.v).arg(&mut out_rows);
+        match part.as_mut() {
+            Some(part) => launch.arg(part),
+            None => launch.arg(&null_part),
+        };
+        launch
+            .arg(&pos)
+            .arg(&nq)
+            .arg(&heads_i)
+            .arg(&kv_heads_i)
+            .arg(&hd_i)
+            .arg(&p.scale)
+            .arg(&window)
+            .arg(&softcap);
+        // SAFETY: attn_decode_f16kv (same arguments as prefill) over (n_heads, 1, n_splits)
+        // blocks of 128 reads one query of n_heads*head_dim values and cache rows at positions
+        // <= positions[0] < capacity; with one split it writes out_rows directly, otherwise it
+        // writes n_heads*n_splits*(head_dim+2) partials into `part`, allocated with that size.
+        unsafe { launch.launch(cfg((heads, 1, n_splits as u32), (128, 1, 1))) }
+            .map_err(|e| self.err("attn_decode_f16kv", e))?;
+        if let Some(part) = part {
+            let mut combine = self
+                .stream
+                .launch_builder(self.function("attn_combine_f32")?);
+            combine
+                .arg(&part)
+                .arg(&mut out_rows)
+                .arg(&heads_i)
+                .arg(&hd_i)
+                .arg(&splits_i);
+            // SAFETY: attn_combine_f32(const float* part, float* out, int n_heads, int
+            // head_dim, int n_splits) over (n_heads, 1) blocks of 128 reads the partials the
+            // decode kernel wrote and writes n_heads*head_dim values of out_rows.
+            unsafe { combine.launch(cfg((heads, 1, 1), (128, 1, 1))) }
+                .map_err(|e| self.err("attn_combine_f32", e))?;
+        }
+        Ok(())
+    }
+
+    fn download_kv(&self, kv: &CudaKv, len: usize) -> Result<HostKv, BackendError> {
+        if len > kv.capacity {
+            return Err(shape(
+                "download_kv",
+                format!("{len} positions from a cache of {}", kv.capacity),
+            ));
+        }
+        let n = len * kv.n_kv_heads * kv.head_dim;
+        let k = self
+            .stream
+            .clone_dtoh(&kv.k.slice(0..n))
+            .map_err(|e| self.err("downloading keys", e))?;
+        let v = self
+            .stream
+            .clone_dtoh(&kv.v.slice(0..n))
+            .map_err(|e| self.err("downloading values", e))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| self.err("downloading a KV cache", e))?;
+        Ok(HostKv {
+            len,
+            n_kv_heads: kv.n_kv_heads,
+            head_dim: kv.head_dim,
+            k,
+            v,
+        })
+    }
+
+    fn upload_kv(&self, host: &HostKv, capacity: usize) -> Result<CudaKv, BackendError> {
+        let n = host.len * host.n_kv_heads * host.head_dim;
+        if host.len > capacity || host.k.len() != n || host.v.len() != n {
+            return Err(shape(
+                "upload_kv",
+                format!(
+                    "{} positions ({} keys, {} values) into a cache of {capacity}",
+                    host.len,
+                    host.k.len(),
+                    host.v.len()
+                ),
+            ));
+        }
+        let mut kv = self.alloc_kv(capacity, host.n_kv_heads, host.head_dim)?;
+        if n > 0 {
+            self.stream
+                .memcpy_htod(&host.k, &mut kv.k.slice_mut(0..n))
+                .map_err(|e| self.err("uploading keys", e))?;
+            self.stream
+                .memcpy_htod(&host.v, &mut kv.v.slice_mut(0..n))
+                .map_err(|e| self.err("uploading values", e))?;
+        }
+        Ok(kv)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{CpuBackend, CpuMemory};
+    use crate::cpu::ThreadPool;
+    use crate::quant::quantize;
+
+    /// A deterministic xorshift generator of values in [-1, 1).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> f32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+
+        fn vec(&mut self, n: usize) -> Vec<f32> {
+            (0..n).map(|_| self.next()).collect()
+        }
+    }
+
+    const TYPES: [GgmlType; 7] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Q4_0,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ];
+
+    /// An attention test case: name, query positions, window, softcap.
+    type AttentionCase = (&'static str, Vec<u32>, Option<usize>, Option<f32>);
+
+    fn upload<B: Backend>(
+        b: &B,
+        name: &str,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        values: &[f32],
+    ) -> B::Weight {
+        let data = quantize(ty, values).expect("quantizable test tensor");
+        b.upload_weight(&HostTensor {
+            name,
+            ty,
+            rows,
+            cols,
+            data: &data,
+        })
+        .expect("upload")
+    }
+
+    fn acts<B: Backend>(b: &B, values: &[f32]) -> B::Activations {
+        let mut a = b.alloc_activations(values.len()).expect("alloc");
+        b.write_activations(&mut a, values).expect("write");
+        a
+    }
+
+    fn read<B: Backend>(b: &B, a: &B::Activations, len: usize) -> Vec<f32> {
+        let mut out = vec![0.0; len];
+        b.read_activations(a, &mut out).expect("read");
+        out
+    }
+
+    /// Runs every op on deterministic inputs and returns each result by name with the relative
+    /// tolerance (RMS of the difference over RMS of the CPU result) it must meet.
+    fn run_ops<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut results = Vec::new();
+        let (rows, cols) = (48, 512);
+        for ty in TYPES {
+            let w = upload(b, "w", ty, rows, cols, &rng.vec(rows * cols));
+            let back = b.download_weight(&w).expect("download");
+            let again = b.upload_weight(&back.view()).expect("re-upload");
+            let again = b.download_weight(&again).expect("download");
+            let same = if again.data == back.data { 1.0 } else { 0.0 };
+            results.push((format!("weight round trip {ty}"), 0.0, vec![same]));
+            for n_tokens in [1, 3] {
+                let x = acts(b, &rng.vec(n_tokens * cols));
+                let mut out = b.alloc_activations(n_tokens * rows).expect("alloc");
+                b.matmul(&w, &x, n_tokens, &mut out).expect("matmul");
+                // Quantized weights: the GPU quantizes activations to Q8_1, the CPU to its own
+                // 8-bit format, so products differ by a fraction of a percent.
+                let tol = if matches!(ty, GgmlType::F32 | GgmlType::F16) {
+                    1e-5
+                } else {
+                    2e-2
+                };
+                results.push((
+                    format!("matmul {ty} x{n_tokens}"),
+                    tol,
+                    read(b, &out, n_tokens * rows),
+                ));
+            }
+            let ids = [3u32, 0, 47, 3];
+            let mut out = b.alloc_activations(ids.len() * cols).expect("alloc");
+            b.embed(&w, &ids, 0.5, &mut out).expect("embed");
+            results.push((format!("embed {ty}"), 1e-6, read(b, &out, ids.len() * cols)));
+        }
+
+        let (n_rows, dim) = (3, 320);
+        let norm_w = upload(b, "norm", GgmlType::F32, 1, dim, &rng.vec(dim));
+        let xv = rng.vec(n_rows * dim);
+        let mut x = acts(b, &xv);
+        let mut into = b.alloc_activations(n_rows * dim).expect("alloc");
+        b.rms_norm_into(&x, &norm_w, n_rows, dim, 1e-6, &mut into)
+            .expect("rms_norm_into");
+        results.push(("rms_norm_into".into(), 1e-5, read(b, &into, n_rows * dim)));
+        b.rms_norm(&mut x, &norm_w, n_rows, dim, 1e-6)
+            .expect("rms_norm");
+        results.push(("rms_norm".into(), 1e-5, read(b, &x, n_rows * dim)));
+
+        let (n_tokens, n_heads, head_dim) = (3, 4, 64);
+        let positions = [0u32, 17, 300];
+        for (kind, n_dims) in [
+            (RopeKind::Normal, 64),
+            (RopeKind::Neox, 64),
+            (RopeKind::Neox, 32),
+        ] {
+            let mut x = acts(b, &rng.vec(n_tokens * n_heads * head_dim));
+            let params = RopeParams {
+                kind,
+                n_dims,
+                freq_base: 10_000.0,
+                freq_scale: 1.0,
+            };
+            b.rope(&mut x, n_tokens, n_heads, head_dim, &positions, params)
+                .expect("rope");
+            results.push((
+                format!("rope {kind:?} {n_dims}"),
+                1e-4,
+                read(b, &x, n_tokens * n_heads * head_dim),
+            ));
+        }
+
+        let len = 1000;
+        let (av, bv) = (rng.vec(len), rng.vec(len));
+        let mut a = acts(b, &av);
+        let c = acts(b, &bv);
+        b.add(&mut a, &c, len).expect("add");
+        results.push(("add".into(), 1e-6, read(b, &a, len)));
+        b.scale(&mut a, -1.5, len).expect("scale");
+        results.push(("add, scale".into(), 1e-6, read(b, &a, len)));
+        let bias = upload(b, "bias", GgmlType::F32, 1, 250, &rng.vec(250));
+        b.add_bias(&mut a, &bias, 4).expect("add_bias");
+        results.push(("add, scale, add_bias".into(), 1e-6, read(b, &a, len)));
+        for act in [GatedActivation::Silu, GatedActivation::Gelu] {
+            let mut g = acts(b, &av.iter().map(|v| v * 4.0).collect::<Vec<_>>());
+            b.gated_activation(&mut g, &c, len, act).expect("gated");
+            results.push((format!("gated {act:?}"), 1e-4, read(b, &g, len)));
+        }
+
+        // KV cache and attention: GQA 8 query heads over 2 KV heads, a prefill of 5 tokens and a
+        // decode at position 700 (so the decode kernel splits the context).
+        let (n_heads, n_kv, hd, capacity) = (8, 2, 64, 768);
+        let kw = n_kv * hd;
+        let qw = n_heads * hd;
+        let mut kv = b.alloc_kv(capacity, n_kv, hd).expect("alloc_kv");
+        let fill: Vec<u32> = (0..capacity as u32 - 1).collect();
+        for chunk in fill.chunks(256) {
+            let k = acts(b, &rng.vec(chunk.len() * kw));
+            let v = acts(b, &rng.vec(chunk.len() * kw));
+            b.kv_store(&mut kv, &k, &v, 0, chunk).expect("kv_store");
+        }
+        let host = b.download_kv(&kv, capacity - 1).expect("download_kv");
+        let as_f32 = |bits: &[u16]| -> Vec<f32> {
+            bits.iter()
+                .map(|&h| half::f16::from_bits(h).to_f32())
+                .collect()
+        };
+        results.push(("kv_store keys".into(), 0.0, as_f32(&host.k)));
+        results.push(("kv_store values".into(), 0.0, as_f32(&host.v)));
+        let kv2 = b.upload_kv(&host, capacity).expect("upload_kv");
+        let host2 = b.download_kv(&kv2, capacity - 1).expect("download_kv");
+        let same = if host2.k == host.k && host2.v == host.v {
+            1.0
+        } else {
+            0.0
+        };
+        results.push(("kv round trip".into(), 0.0, vec![same]));
+        let cases: [AttentionCase; 4] = [
+            ("prefill", vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9], None, None),
+            (
+                "prefill window softcap",
+                vec![100, 101, 102, 103, 104],
+                Some(3),
+                Some(30.0),
+            ),
+            ("decode", vec![700], None, None),
+            ("decode window", vec![700], Some(100), Some(50.0)),
+        ];
+        for (what, positions, window, softcap) in cases {
+            let first_row = 1;
+            let n = first_row + positions.len();
+            let q = acts(b, &rng.vec(n * qw));
+            let mut out = acts(b, &vec![0.0; n * qw]);
+            let params = AttentionParams {
+                n_heads,
+                n_kv_heads: n_kv,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+                window,
+                softcap,
+            };
+            b.attention(&q, &kv2, first_row, &positions, params, &mut out)
+                .expect("attention");
+            results.push((format!("attention {what}"), 1e-3, read(b, &out, n * qw)));
+        }
+        results
+    }
+
+    #[test]
+    fn cuda_available_gives_a_reason_instead_of_panicking() {
+        // SAFETY: only probes whether libcuda can be dlopened.
+        let present = unsafe { cudarc::driver::sys::is_culib_present() };
+        match cuda_available() {
+            Ok(n) => assert!(
+                present && n > 0,
+                "Ok({n}) without libcuda or without devices"
+            ),
+            Err(reason) => {
+                assert!(!reason.is_empty());
+                if !present {
+                    assert!(reason.contains("libcuda"), "unclear reason: {reason}");
+                }
+                let err = CudaBackend::new("cuda:0", 0, 1 << 30).expect_err("no CUDA, no backend");
+                assert!(
+                    matches!(&err, BackendError::Device { device, .. } if device == "cuda:0"),
+                    "{err}"
+                );
+            }
+        }
+    }
+
+    /// The comparison suite itself must run on the CPU backend (so that a GPU session only
+    /// measures the GPU), with finite results and exact round trips.
+    #[test]
+    fn comparison_suite_runs_on_the_cpu_backend() {
+        let pool = Arc::new(ThreadPool::new(2).expect("thread pool"));
+        let cpu = CpuBackend::new("cpu:0", CpuMemory::new(1 << 30), pool);
+        let results = run_ops(&cpu);
+        assert!(results.len() > 40);
+        for (name, _, values) in &results {
+            assert!(!values.is_empty(), "{name}");
+            assert!(values.iter().all(|v| v.is_finite()), "{name}");
+            if name.contains("round trip") {
+                assert_eq!(values, &[1.0], "{name}");
+            }
+        }
+        assert_eq!(cpu.used_bytes(), 0, "leases returned on drop");
+    }
+
+    #[test]
+    fn cuda_backend_matches_cpu_when_a_gpu_is_present() {
+        if let Err(reason) = cuda_available() {
+            println!("SKIPPED: no CUDA device ({reason})");
+            return;
+        }
+        let pool = Arc::new(ThreadPool::new(2).expect("thread pool"));
+        let cpu = CpuBackend::new("cpu:0", CpuMemory::new(1 << 30), pool);
+        // The same GPU opened twice, as `cuda:0,cuda:0` would.
+        let gpu = CudaBackend::new("cuda:0", 0, 1 << 30).expect("cuda:0");
+        let twin = CudaBackend::new("cuda:0b", 0, 1 << 30).expect("cuda:0 again");
+        let want = run_ops(&cpu);
+        let mut failures = Vec::new();
+        for (backend, got) in [(&gpu, run_ops(&gpu)), (&twin, run_ops(&twin))] {
+            assert_eq!(got.len(), want.len());
+            for ((name, tol, expect), (_, _, have)) in want.iter().zip(&got) {
+                assert_eq!(expect.len(), have.len(), "{name}");
+                let diff: f64 = expect
+                    .iter()
+                    .zip(have)
+                    .map(|(a, b)| f64::from(a - b).powi(2))
+                    .sum();
+                let norm: f64 = expect.iter().map(|a| f64::from(*a).powi(2)).sum();
+                let rel = (diff / norm.max(1e-30)).sqrt();
+                let ok = rel <= f64::from(*tol) && have.iter().all(|v| v.is_finite());
+                println!(
+                    "{} {name}: relative RMS error {rel:.2e} (tolerance {tol:.0e}){}",
+                    backend.device_name(),
+                    if ok { "" } else { "  FAILED" }
+                );
+                if !ok {
+                    failures.push(format!(
+                        "{} {name}: {rel:.2e} > {tol:.0e}",
+                        backend.device_name()
+                    ));
+                }
+            }
+        }
+        assert_eq!(gpu.used_bytes(), 0, "leases returned on drop");
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+}
