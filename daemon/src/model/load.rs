@@ -58,6 +58,9 @@ impl TensorSource for ModelFile {
     }
 }
 
+/// The tensor of per-dimension rope frequency factors (Llama 3.1 and later).
+const ROPE_FREQ_FACTORS: &str = "rope_freqs.weight";
+
 /// Gemma 3's sliding-window layer period when the file does not state a pattern.
 const GEMMA3_SWA_PERIOD: u32 = 6;
 
@@ -127,6 +130,16 @@ impl OpenedModel {
     pub fn open(path: &Path) -> Result<Self, LoadError> {
         let file = GgufFile::open(path)?;
         file.check_supported()?;
+        if file.tensor(ROPE_FREQ_FACTORS).is_some() {
+            // Llama 3.1+ scales rope frequencies per dimension; running without the factors
+            // would produce wrong text, so such models are refused until they are supported.
+            return Err(ConfigError::Invalid {
+                key: ROPE_FREQ_FACTORS.into(),
+                reason: "per-dimension rope frequency factors (Llama 3.1 and later) are not supported yet"
+                    .into(),
+            }
+            .into());
+        }
         let description = ModelDescription::from_gguf(&file)?;
         let n_vocab = file
             .tensor("token_embd.weight")
