@@ -9,7 +9,7 @@ use llmd::model::load::{build_pipeline, OpenedModel, StageSpec};
 use llmd::model::placement::assign_layers;
 use llmd::model::Batch;
 use llmd::tokenizer::Tokenizer;
-use llmd_kernels::backend::{CpuBackend, CpuMemory};
+use llmd_kernels::backend::{CpuBackend, DeviceMemory};
 use llmd_kernels::cpu::ThreadPool;
 
 fn main() -> anyhow::Result<()> {
@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
         .map(|(i, r)| StageSpec {
             backend: Arc::new(CpuBackend::new(
                 format!("cpu:{i}"),
-                CpuMemory::new(u64::MAX),
+                DeviceMemory::new(u64::MAX),
                 pool.clone(),
             )),
             layers: r.clone(),

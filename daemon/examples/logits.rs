@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use llmd::model::load::{build_pipeline, OpenedModel, StageSpec};
 use llmd::model::Batch;
-use llmd_kernels::backend::{CpuBackend, CpuMemory};
+use llmd_kernels::backend::{CpuBackend, DeviceMemory};
 use llmd_kernels::cpu::ThreadPool;
 
 fn main() -> anyhow::Result<()> {
@@ -18,7 +18,7 @@ fn main() -> anyhow::Result<()> {
     let tokens: Vec<u32> = ids.split(',').map(str::parse).collect::<Result<_, _>>()?;
     let model = OpenedModel::open(path.as_ref())?;
     let pool = Arc::new(ThreadPool::new(2)?);
-    let backend = Arc::new(CpuBackend::new("cpu:0", CpuMemory::new(u64::MAX), pool));
+    let backend = Arc::new(CpuBackend::new("cpu:0", DeviceMemory::new(u64::MAX), pool));
     let stages = vec![StageSpec {
         backend,
         layers: 0..model.config.n_layer,

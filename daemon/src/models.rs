@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use llmd_kernels::backend::{CpuBackend, CpuMemory};
+use llmd_kernels::backend::{CpuBackend, DeviceMemory};
 use llmd_kernels::cpu::ThreadPool;
 use llmd_shared::{
     ErrorCode, ErrorReply, LoadRequest, ModelDetails, PlanReply, PlannedDevice, ResplitReply,
@@ -218,7 +218,7 @@ fn resolve_devices<'a>(
 /// bytes the model being re-split holds there and gives back).
 fn plan_devices(
     chosen: &[&Device],
-    memory_of: &dyn Fn(&Device) -> Arc<CpuMemory>,
+    memory_of: &dyn Fn(&Device) -> Arc<DeviceMemory>,
     own: &dyn Fn(&str) -> u64,
 ) -> Vec<PlanDevice> {
     chosen
@@ -321,7 +321,7 @@ pub fn plan_reply(path: &str, architecture: &str, sizes: &ModelSizes, p: &Plan) 
 pub fn plan_blocking(
     req: &llmd_shared::PlanRequest,
     devices: &[Device],
-    memory_of: &dyn Fn(&Device) -> Arc<CpuMemory>,
+    memory_of: &dyn Fn(&Device) -> Arc<DeviceMemory>,
 ) -> Result<PlanReply, ErrorReply> {
     let chosen = resolve_devices(&req.devices, devices)?;
     let (description, config, sizes) =
@@ -336,7 +336,7 @@ pub fn plan_blocking(
 fn backends_for(
     names: impl IntoIterator<Item = String>,
     devices: &[Device],
-    memory_of: &dyn Fn(&Device) -> Arc<CpuMemory>,
+    memory_of: &dyn Fn(&Device) -> Arc<DeviceMemory>,
     pool: &Arc<ThreadPool>,
 ) -> HashMap<String, Arc<CpuBackend>> {
     names
@@ -371,7 +371,7 @@ pub fn load_blocking(
     req: &LoadRequest,
     name: String,
     devices: &[Device],
-    memory_of: &dyn Fn(&Device) -> Arc<CpuMemory>,
+    memory_of: &dyn Fn(&Device) -> Arc<DeviceMemory>,
     progress: impl FnMut(usize, usize),
 ) -> Result<(LoadedModel, f64, u64), ErrorReply> {
     let started = Instant::now();
@@ -474,7 +474,7 @@ impl LoadedModel {
         &self,
         req: &ResplitRequest,
         devices: &[Device],
-        memory_of: &(dyn Fn(&Device) -> Arc<CpuMemory> + Sync),
+        memory_of: &(dyn Fn(&Device) -> Arc<DeviceMemory> + Sync),
     ) -> Result<ResplitReply, ErrorReply> {
         let current = self.refresh_placement().await;
         let names: Vec<String> = if req.devices.is_empty() {
@@ -550,7 +550,7 @@ impl LoadedModel {
             }
         }
         let backends = backends_for(all_names, devices, memory_of, &self.pool);
-        let ledgers: HashMap<String, (u64, Arc<CpuMemory>)> = devices
+        let ledgers: HashMap<String, (u64, Arc<DeviceMemory>)> = devices
             .iter()
             .map(|d| (d.name.clone(), (d.memory_budget_bytes, memory_of(d))))
             .collect();
@@ -630,7 +630,7 @@ fn check_live_fit(
     target: &[Layout],
     live: &[LiveSequence],
     sizes: &ModelSizes,
-    ledgers: &HashMap<String, (u64, Arc<CpuMemory>)>,
+    ledgers: &HashMap<String, (u64, Arc<DeviceMemory>)>,
 ) -> Result<(), ErrorReply> {
     let old = layout_of(pipeline);
     let positions: u64 = live.iter().map(|s| s.capacity as u64).sum();

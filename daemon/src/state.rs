@@ -20,7 +20,7 @@ use llmd_shared::api::health::{DeviceLayers, DeviceRef, ModelPlacement};
 use llmd_shared::{DeviceInfo, DeviceKind, ModelInfo};
 use tokio::sync::Notify;
 
-use llmd_kernels::backend::CpuMemory;
+use llmd_kernels::backend::DeviceMemory;
 
 use crate::config::LoadedConfig;
 use crate::gpu::sampler::GpuSampler;
@@ -193,7 +193,7 @@ pub struct State {
     pub changed: Notify,
     /// Memory ledgers of CPU devices by name, shared by every model placed on them; kept across
     /// configuration reloads so that accounting stays right while models are resident.
-    cpu_memory: Mutex<BTreeMap<String, Arc<CpuMemory>>>,
+    cpu_memory: Mutex<BTreeMap<String, Arc<DeviceMemory>>>,
     /// Serialises loads, unloads and re-splits, so that memory checks and placement see a
     /// stable set of models.
     pub placement_lock: tokio::sync::Mutex<()>,
@@ -279,14 +279,14 @@ impl State {
     }
 
     /// The memory ledger of a CPU device (created on first use with the device's budget).
-    pub fn cpu_memory(&self, device: &Device) -> Arc<CpuMemory> {
+    pub fn cpu_memory(&self, device: &Device) -> Arc<DeviceMemory> {
         let mut map = self
             .cpu_memory
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         Arc::clone(
             map.entry(device.name.clone())
-                .or_insert_with(|| CpuMemory::new(device.memory_budget_bytes)),
+                .or_insert_with(|| DeviceMemory::new(device.memory_budget_bytes)),
         )
     }
 

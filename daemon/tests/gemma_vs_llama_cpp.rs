@@ -15,7 +15,7 @@ use llmd::engine::sampler::argmax;
 use llmd::model::load::{build_pipeline, OpenedModel, StageSpec};
 use llmd::model::{Batch, Pipeline};
 use llmd::tokenizer::Tokenizer;
-use llmd_kernels::backend::{CpuBackend, CpuMemory};
+use llmd_kernels::backend::{CpuBackend, DeviceMemory};
 use llmd_kernels::cpu::ThreadPool;
 use serde_json::Value;
 
@@ -47,7 +47,7 @@ fn gemma() -> Option<PathBuf> {
 
 fn pipeline(model: &OpenedModel) -> Pipeline {
     let pool = Arc::new(ThreadPool::new(2).expect("threads"));
-    let backend = Arc::new(CpuBackend::new("cpu:0", CpuMemory::new(u64::MAX), pool));
+    let backend = Arc::new(CpuBackend::new("cpu:0", DeviceMemory::new(u64::MAX), pool));
     let stages = vec![StageSpec {
         backend,
         layers: 0..model.config.n_layer,

@@ -337,7 +337,7 @@ mod tests {
     use crate::make_model::{self, MakeModelArgs, Preset, WeightType};
     use crate::model::batch::Batch;
     use crate::model::load::{build_pipeline, OpenedModel, StageSpec};
-    use llmd_kernels::backend::CpuMemory;
+    use llmd_kernels::backend::DeviceMemory;
     use llmd_kernels::cpu::ThreadPool;
 
     /// A tiny random 4-layer llama written to `dir`.
@@ -381,10 +381,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let model = tiny_model(dir.path());
         let pool = Arc::new(ThreadPool::new(1).unwrap());
-        let mem: HashMap<&str, Arc<CpuMemory>> = [
-            ("a", CpuMemory::new(1 << 30)),
-            ("b", CpuMemory::new(1 << 30)),
-            ("tiny", CpuMemory::new(64 << 10)),
+        let mem: HashMap<&str, Arc<DeviceMemory>> = [
+            ("a", DeviceMemory::new(1 << 30)),
+            ("b", DeviceMemory::new(1 << 30)),
+            ("tiny", DeviceMemory::new(64 << 10)),
         ]
         .into_iter()
         .collect();

@@ -3,61 +3,19 @@
 //! and budgets, standing in for GPUs in tests. Matrix products use the quantized kernels of
 //! [`crate::cpu`]; attention reads an f16 KV cache like llama.cpp's default.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use super::{
-    AttentionParams, Backend, BackendError, GatedActivation, HostKv, HostTensor, OwnedHostTensor,
-    RopeKind, RopeParams,
+    AttentionParams, Backend, BackendError, DeviceMemory, GatedActivation, HostKv, HostTensor,
+    Lease, OwnedHostTensor, RopeKind, RopeParams,
 };
 use crate::cpu::dot::{axpy_f32, vec_dot};
 use crate::cpu::ops::{self, RopeMode};
 use crate::cpu::{matmul, MatmulScratch, QMatrix, ThreadPool};
 use crate::quant::{self, GgmlType};
-
-/// The memory of one CPU device: a budget and the bytes in use, shared by every allocation (and
-/// every model's backend on that device) so that dropping one gives its bytes back.
-#[derive(Debug)]
-pub struct CpuMemory {
-    used: AtomicU64,
-    budget: u64,
-}
-
-impl CpuMemory {
-    /// A device memory of `budget` bytes, none used.
-    pub fn new(budget: u64) -> Arc<Self> {
-        Arc::new(CpuMemory {
-            used: AtomicU64::new(0),
-            budget,
-        })
-    }
-
-    /// Bytes in use.
-    pub fn used(&self) -> u64 {
-        self.used.load(Ordering::SeqCst)
-    }
-
-    /// The budget.
-    pub fn budget(&self) -> u64 {
-        self.budget
-    }
-}
-
-/// Bytes charged to a [`Ledger`]; returned on drop.
-#[derive(Debug)]
-struct Lease {
-    ledger: Arc<CpuMemory>,
-    bytes: u64,
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.ledger.used.fetch_sub(self.bytes, Ordering::SeqCst);
-    }
-}
 
 /// A weight resident in host memory, 8-byte aligned so any block type can be viewed in place.
 #[derive(Debug)]
@@ -106,7 +64,7 @@ pub struct CpuKv {
 pub struct CpuBackend {
     name: String,
     pool: Arc<ThreadPool>,
-    ledger: Arc<CpuMemory>,
+    ledger: Arc<DeviceMemory>,
     /// Activation conversion buffers of the matrix products (one op runs at a time).
     scratch: Mutex<MatmulScratch>,
 }
@@ -114,7 +72,7 @@ pub struct CpuBackend {
 impl CpuBackend {
     /// A backend on the device called `name` whose memory is `memory`, computing on `pool`.
     /// Several backends (one per model) may share one device's memory.
-    pub fn new(name: impl Into<String>, memory: Arc<CpuMemory>, pool: Arc<ThreadPool>) -> Self {
+    pub fn new(name: impl Into<String>, memory: Arc<DeviceMemory>, pool: Arc<ThreadPool>) -> Self {
         CpuBackend {
             name: name.into(),
             pool,
@@ -125,39 +83,16 @@ impl CpuBackend {
 
     /// Bytes of weights and KV caches currently held.
     pub fn used_bytes(&self) -> u64 {
-        self.ledger.used.load(Ordering::SeqCst)
+        self.ledger.used()
     }
 
     /// The memory budget.
     pub fn budget_bytes(&self) -> u64 {
-        self.ledger.budget
+        self.ledger.budget()
     }
 
     fn charge(&self, what: &str, bytes: u64) -> Result<Lease, BackendError> {
-        let mut used = self.ledger.used.load(Ordering::SeqCst);
-        loop {
-            let next = used.saturating_add(bytes);
-            if next > self.ledger.budget {
-                return Err(BackendError::OutOfMemory {
-                    device: self.name.clone(),
-                    what: what.to_string(),
-                    bytes,
-                });
-            }
-            match self
-                .ledger
-                .used
-                .compare_exchange(used, next, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => {
-                    return Ok(Lease {
-                        ledger: Arc::clone(&self.ledger),
-                        bytes,
-                    })
-                }
-                Err(now) => used = now,
-            }
-        }
+        self.ledger.charge(&self.name, what, bytes)
     }
 
     fn shape(op: &'static str, detail: String) -> BackendError {
@@ -251,7 +186,7 @@ impl Backend for CpuBackend {
     }
 
     fn weight_bytes(&self, w: &CpuWeight) -> u64 {
-        w._lease.bytes
+        w._lease.bytes()
     }
 
     fn download_weight(&self, w: &CpuWeight) -> Result<OwnedHostTensor, BackendError> {
@@ -477,7 +412,7 @@ impl Backend for CpuBackend {
     }
 
     fn kv_bytes(&self, kv: &CpuKv) -> u64 {
-        kv._lease.bytes
+        kv._lease.bytes()
     }
 
     fn kv_store(

@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::panic::catch_unwind;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cudarc::driver::{
@@ -23,8 +22,8 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::{
-    AttentionParams, Backend, BackendError, GatedActivation, HostKv, HostTensor, OwnedHostTensor,
-    RopeKind, RopeParams,
+    AttentionParams, Backend, BackendError, DeviceMemory, GatedActivation, HostKv, HostTensor,
+    Lease, OwnedHostTensor, RopeKind, RopeParams,
 };
 use crate::quant::GgmlType;
 
@@ -136,26 +135,6 @@ pub fn cuda_available() -> Result<usize, String> {
     }
 }
 
-/// The memory budget of one CUDA backend and the bytes its weights and KV caches hold.
-#[derive(Debug)]
-struct Ledger {
-    used: AtomicU64,
-    budget: u64,
-}
-
-/// Bytes charged to a [`Ledger`]; returned on drop.
-#[derive(Debug)]
-struct Lease {
-    ledger: Arc<Ledger>,
-    bytes: u64,
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.ledger.used.fetch_sub(self.bytes, Ordering::SeqCst);
-    }
-}
-
 /// A weight resident on the GPU: its raw GGML bytes as uploaded, with type and shape.
 #[derive(Debug)]
 pub struct CudaWeight {
@@ -198,7 +177,7 @@ pub struct CudaBackend {
     ordinal: usize,
     stream: Arc<CudaStream>,
     functions: HashMap<&'static str, CudaFunction>,
-    ledger: Arc<Ledger>,
+    ledger: Arc<DeviceMemory>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -298,10 +277,7 @@ impl CudaBackend {
             ordinal,
             stream,
             functions,
-            ledger: Arc::new(Ledger {
-                used: AtomicU64::new(0),
-                budget,
-            }),
+            ledger: DeviceMemory::new(budget),
         })
     }
 
@@ -312,39 +288,16 @@ impl CudaBackend {
 
     /// Bytes of weights and KV caches currently held.
     pub fn used_bytes(&self) -> u64 {
-        self.ledger.used.load(Ordering::SeqCst)
+        self.ledger.used()
     }
 
     /// The memory budget.
     pub fn budget_bytes(&self) -> u64 {
-        self.ledger.budget
+        self.ledger.budget()
     }
 
     fn charge(&self, what: &str, bytes: u64) -> Result<Lease, BackendError> {
-        let mut used = self.ledger.used.load(Ordering::SeqCst);
-        loop {
-            let next = used.saturating_add(bytes);
-            if next > self.ledger.budget {
-                return Err(BackendError::OutOfMemory {
-                    device: self.name.clone(),
-                    what: what.to_string(),
-                    bytes,
-                });
-            }
-            match self
-                .ledger
-                .used
-                .compare_exchange(used, next, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => {
-                    return Ok(Lease {
-                        ledger: Arc::clone(&self.ledger),
-                        bytes,
-                    })
-                }
-                Err(now) => used = now,
-            }
-        }
+        self.ledger.charge(&self.name, what, bytes)
     }
 
     fn err(&self, what: &str, e: DriverError) -> BackendError {
@@ -464,7 +417,7 @@ impl Backend for CudaBackend {
     }
 
     fn weight_bytes(&self, weight: &CudaWeight) -> u64 {
-        weight.lease.bytes
+        weight.lease.bytes()
     }
 
     fn download_weight(&self, w: &CudaWeight) -> Result<OwnedHostTensor, BackendError> {
@@ -854,7 +807,7 @@ impl Backend for CudaBackend {
     }
 
     fn kv_bytes(&self, kv: &CudaKv) -> u64 {
-        kv.lease.bytes
+        kv.lease.bytes()
     }
 
     fn kv_store(
@@ -1100,7 +1053,7 @@ impl Backend for CudaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{CpuBackend, CpuMemory};
+    use crate::backend::{CpuBackend, DeviceMemory};
     use crate::cpu::ThreadPool;
     use crate::quant::quantize;
 
@@ -1339,7 +1292,7 @@ mod tests {
     #[test]
     fn comparison_suite_runs_on_the_cpu_backend() {
         let pool = Arc::new(ThreadPool::new(2).expect("thread pool"));
-        let cpu = CpuBackend::new("cpu:0", CpuMemory::new(1 << 30), pool);
+        let cpu = CpuBackend::new("cpu:0", DeviceMemory::new(1 << 30), pool);
         let results = run_ops(&cpu);
         assert!(results.len() > 40);
         for (name, _, values) in &results {
@@ -1359,7 +1312,7 @@ mod tests {
             return;
         }
         let pool = Arc::new(ThreadPool::new(2).expect("thread pool"));
-        let cpu = CpuBackend::new("cpu:0", CpuMemory::new(1 << 30), pool);
+        let cpu = CpuBackend::new("cpu:0", DeviceMemory::new(1 << 30), pool);
         // The same GPU opened twice, as `cuda:0,cuda:0` would.
         let gpu = CudaBackend::new("cuda:0", 0, 1 << 30).expect("cuda:0");
         let twin = CudaBackend::new("cuda:0b", 0, 1 << 30).expect("cuda:0 again");

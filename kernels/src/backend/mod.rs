@@ -310,5 +310,7 @@ pub struct HostKv {
 
 mod cpu;
 mod cuda;
-pub use cpu::{CpuBackend, CpuMemory};
+mod memory;
+pub use cpu::CpuBackend;
 pub use cuda::{cuda_available, CudaBackend, CudaKv, CudaWeight};
+pub use memory::{DeviceMemory, Lease};
