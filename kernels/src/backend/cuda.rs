@@ -135,6 +135,44 @@ pub fn cuda_available() -> Result<usize, String> {
     }
 }
 
+/// What the driver says of one GPU: its name and memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CudaDeviceInfo {
+    /// The product name ("NVIDIA H200").
+    pub name: String,
+    /// Bytes of device memory.
+    pub total_bytes: u64,
+    /// Bytes free now (other processes and contexts included).
+    pub free_bytes: u64,
+}
+
+/// Asks the driver about GPU `ordinal` (after [`cuda_available`] says CUDA works): its name,
+/// total and free memory. Creating the context to ask costs a few hundred MiB of device memory
+/// while it lives, which the free figure includes, as it will be in use once models load.
+pub fn cuda_device_info(ordinal: usize) -> Result<CudaDeviceInfo, String> {
+    let count = cuda_available()?;
+    if ordinal >= count {
+        return Err(format!(
+            "no CUDA device {ordinal}: the driver reports {count}"
+        ));
+    }
+    let asked = catch_unwind(|| -> Result<CudaDeviceInfo, DriverError> {
+        let ctx = CudaContext::new(ordinal)?;
+        let name = ctx.name()?;
+        let (free, total) = ctx.mem_get_info()?;
+        Ok(CudaDeviceInfo {
+            name,
+            total_bytes: total as u64,
+            free_bytes: free as u64,
+        })
+    });
+    match asked {
+        Ok(Ok(info)) => Ok(info),
+        Ok(Err(e)) => Err(format!("CUDA device {ordinal}: {e}")),
+        Err(_) => Err(format!("CUDA device {ordinal}: the driver call panicked")),
+    }
+}
+
 /// A weight resident on the GPU: its raw GGML bytes as uploaded, with type and shape.
 #[derive(Debug)]
 pub struct CudaWeight {
@@ -244,6 +282,17 @@ impl CudaBackend {
     /// bytes for weights and KV caches, and loads every kernel module (the driver JIT-compiles
     /// the PTX on first use and caches the result).
     pub fn new(name: impl Into<String>, ordinal: usize, budget: u64) -> Result<Self, BackendError> {
+        Self::with_memory(name, ordinal, DeviceMemory::new(budget))
+    }
+
+    /// Opens GPU `ordinal` as the device called `name`, charging weights and KV caches to
+    /// `ledger` (shared by every model on the device, so their budgets add up), and loads every
+    /// kernel module. Several backends may open the same GPU: each has its own stream.
+    pub fn with_memory(
+        name: impl Into<String>,
+        ordinal: usize,
+        ledger: Arc<DeviceMemory>,
+    ) -> Result<Self, BackendError> {
         let name = name.into();
         let device_err = |message: String| BackendError::Device {
             device: name.clone(),
@@ -277,7 +326,7 @@ impl CudaBackend {
             ordinal,
             stream,
             functions,
-            ledger: DeviceMemory::new(budget),
+            ledger,
         })
     }
 

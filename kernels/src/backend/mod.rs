@@ -312,5 +312,5 @@ mod cpu;
 mod cuda;
 mod memory;
 pub use cpu::CpuBackend;
-pub use cuda::{cuda_available, CudaBackend, CudaKv, CudaWeight};
+pub use cuda::{cuda_available, cuda_device_info, CudaBackend, CudaDeviceInfo, CudaKv, CudaWeight};
 pub use memory::{DeviceMemory, Lease};
