@@ -8,6 +8,7 @@ use llmd::engine::sampler::argmax;
 use llmd::model::load::{build_pipeline, OpenedModel, StageSpec};
 use llmd::model::placement::assign_layers;
 use llmd::model::Batch;
+use llmd::model::StageBackend;
 use llmd::tokenizer::Tokenizer;
 use llmd_kernels::backend::{CpuBackend, DeviceMemory};
 use llmd_kernels::cpu::ThreadPool;
@@ -35,11 +36,11 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .enumerate()
         .map(|(i, r)| StageSpec {
-            backend: Arc::new(CpuBackend::new(
+            backend: StageBackend::Cpu(Arc::new(CpuBackend::new(
                 format!("cpu:{i}"),
                 DeviceMemory::new(u64::MAX),
                 pool.clone(),
-            )),
+            ))),
             layers: r.clone(),
             head: i == head,
         })

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use llmd::model::load::{build_pipeline, OpenedModel, StageSpec};
-use llmd::model::Batch;
+use llmd::model::{Batch, StageBackend};
 use llmd_kernels::backend::{CpuBackend, DeviceMemory};
 use llmd_kernels::cpu::ThreadPool;
 
@@ -18,7 +18,11 @@ fn main() -> anyhow::Result<()> {
     let tokens: Vec<u32> = ids.split(',').map(str::parse).collect::<Result<_, _>>()?;
     let model = OpenedModel::open(path.as_ref())?;
     let pool = Arc::new(ThreadPool::new(2)?);
-    let backend = Arc::new(CpuBackend::new("cpu:0", DeviceMemory::new(u64::MAX), pool));
+    let backend = StageBackend::Cpu(Arc::new(CpuBackend::new(
+        "cpu:0",
+        DeviceMemory::new(u64::MAX),
+        pool,
+    )));
     let stages = vec![StageSpec {
         backend,
         layers: 0..model.config.n_layer,

@@ -10,8 +10,13 @@
 //! log_level = "info"               # or a tracing filter such as "llmd=debug,info"; RUST_LOG wins
 //!
 //! [[devices]]
-//! id = "cpu:0"                     # <kind>:<index>; kinds: cpu
+//! id = "cpu:0"                     # <kind>:<index>; kinds: cpu, cuda
 //! memory_budget = "16GiB"          # bytes (integer) or a string with B/KiB/MiB/GiB/TiB/KB/MB/GB/TB
+//!
+//! [[devices]]
+//! id = "cuda:0"                    # a GPU by CUDA ordinal; budget default: free memory less a
+//!                                  # margin (1 GiB + 2% of the card) for the CUDA context and
+//!                                  # activation buffers
 //!
 //! [[devices]]                      # more CPU devices (cpu:1, cpu:2, ...) are separate devices
 //! id = "cpu:1"                     # with their own budget, weights and KV caches, standing in
@@ -62,8 +67,9 @@ pub struct Config {
     /// on reload.
     #[serde(default)]
     pub log_level: Option<String>,
-    /// Devices models may be placed on, each with a memory budget. Absent or empty: one CPU device
-    /// `cpu:0` with three quarters of physical memory. Applied again on reload.
+    /// Devices models may be placed on, each with a memory budget. Absent or empty: every GPU
+    /// the CUDA driver reports (`cuda:0`, `cuda:1`, ...) and one CPU device `cpu:0` with three
+    /// quarters of physical memory. Applied again on reload.
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
     /// GPU telemetry: which NVML library to load and how often to sample (`[gpu]`). Changes
@@ -85,7 +91,7 @@ pub struct DeviceConfig {
     /// models can be split over as over GPUs (they share the host's memory and cores).
     pub id: DeviceId,
     /// Bytes of this device's memory that models and their caches may use. Absent: for the CPU,
-    /// three quarters of physical memory.
+    /// three quarters of physical memory; for a GPU, its free memory at start-up less a margin.
     #[serde(default)]
     pub memory_budget: Option<ByteSize>,
 }
@@ -137,8 +143,8 @@ impl std::str::FromStr for DeviceId {
             "cuda" => DeviceKindKey::Cuda,
             other => {
                 return Err(format!(
-                    "unknown device kind `{other}` in `{s}`; expected `cpu:<index>`"
-                ))
+                "unknown device kind `{other}` in `{s}`; expected `cpu:<index>` or `cuda:<index>`"
+            ))
             }
         };
         let index = match index {
@@ -406,15 +412,6 @@ impl Config {
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, d) in self.devices.iter().enumerate() {
-            if d.id.kind == DeviceKindKey::Cuda {
-                return Err(invalid(
-                    format!("devices[{i}].id"),
-                    format!(
-                        "device `{}`: CUDA devices are not supported by this build",
-                        d.id
-                    ),
-                ));
-            }
             if !seen.insert(d.id) {
                 return Err(invalid(
                     format!("devices[{i}].id"),
@@ -444,26 +441,14 @@ impl Config {
         Ok(())
     }
 
-    /// The devices in force: the configured ones, or the default CPU device, with budgets
-    /// resolved to bytes.
+    /// The configured devices with their budgets in bytes where given (`devices::from_config`
+    /// adds the defaults: the devices when none are configured, and budgets not given).
     pub fn resolved_devices(&self) -> Vec<ResolvedDevice> {
-        let default_cpu = || ResolvedDevice {
-            id: DeviceId {
-                kind: DeviceKindKey::Cpu,
-                index: 0,
-            },
-            memory_budget_bytes: default_cpu_budget(),
-        };
-        if self.devices.is_empty() {
-            return vec![default_cpu()];
-        }
         self.devices
             .iter()
             .map(|d| ResolvedDevice {
                 id: d.id,
-                memory_budget_bytes: d
-                    .memory_budget
-                    .map_or_else(default_cpu_budget, |ByteSize(b)| b),
+                memory_budget_bytes: d.memory_budget.map(|ByteSize(b)| b),
             })
             .collect()
     }
@@ -474,8 +459,9 @@ impl Config {
 pub struct ResolvedDevice {
     /// Which device.
     pub id: DeviceId,
-    /// Bytes models may use on it.
-    pub memory_budget_bytes: u64,
+    /// Bytes models may use on it, if configured (else the device's default: for the CPU three
+    /// quarters of physical memory, for a GPU its free memory less a margin).
+    pub memory_budget_bytes: Option<u64>,
 }
 
 /// Three quarters of physical memory (`MemTotal` of /proc/meminfo); 0 if it cannot be read.
@@ -517,7 +503,7 @@ memory_budget = "16GiB"
         .unwrap();
         assert_eq!(c.socket.as_deref(), Some(Path::new("/tmp/x.sock")));
         assert_eq!(c.devices[0].memory_budget, Some(ByteSize(16 << 30)));
-        assert_eq!(c.resolved_devices()[0].memory_budget_bytes, 16 << 30);
+        assert_eq!(c.resolved_devices()[0].memory_budget_bytes, Some(16 << 30));
         assert_eq!(c.devices[0].id.to_string(), "cpu:0");
     }
 
@@ -525,9 +511,9 @@ memory_budget = "16GiB"
     fn empty_file_means_defaults() {
         let c = parse("", p()).unwrap();
         assert_eq!(c, Config::default());
-        let devs = c.resolved_devices();
-        assert_eq!(devs.len(), 1);
-        assert!(devs[0].memory_budget_bytes > 0);
+        // No devices configured: `devices::from_config` picks the defaults (GPUs and cpu:0).
+        assert!(c.resolved_devices().is_empty());
+        assert!(default_cpu_budget() > 0);
     }
 
     #[test]
@@ -588,8 +574,8 @@ memory_budget = "16GiB"
         let d = c.resolved_devices();
         assert_eq!(d.len(), 3);
         assert_eq!(d[1].id.to_string(), "cpu:1");
-        assert_eq!(d[1].memory_budget_bytes, 512 << 20);
-        assert_eq!(d[2].memory_budget_bytes, default_cpu_budget());
+        assert_eq!(d[1].memory_budget_bytes, Some(512 << 20));
+        assert_eq!(d[2].memory_budget_bytes, None);
         let err = parse(
             "[[devices]]\nid = \"cpu:1\"\n[[devices]]\nid = \"cpu:1\"\n",
             p(),
@@ -597,6 +583,20 @@ memory_budget = "16GiB"
         .unwrap_err()
         .to_string();
         assert!(err.contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn cuda_devices_parse_with_optional_budgets() {
+        let c = parse(
+            "[[devices]]\nid = \"cuda:1\"\n[[devices]]\nid = \"cuda\"\nmemory_budget = \"20GiB\"\n",
+            p(),
+        )
+        .unwrap();
+        let d = c.resolved_devices();
+        assert_eq!(d[0].id.to_string(), "cuda:1");
+        assert_eq!(d[0].memory_budget_bytes, None);
+        assert_eq!(d[1].id.to_string(), "cuda:0");
+        assert_eq!(d[1].memory_budget_bytes, Some(20 << 30));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod devices;
 pub mod engine;
 pub mod gguf;
 pub mod gpu;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use llmd_kernels::backend::{CpuBackend, DeviceMemory};
+use llmd_kernels::backend::{CpuBackend, CudaBackend, DeviceMemory};
 use llmd_kernels::cpu::ThreadPool;
 use llmd_shared::{
     ErrorCode, ErrorReply, LoadRequest, ModelDetails, PlanReply, PlannedDevice, ResplitReply,
@@ -19,7 +19,7 @@ use crate::engine::{Job, ModelHandle, ResplitOutcome, WorkerLimits};
 use crate::model::load::{build_pipeline, LoadError, ModelFile, OpenedModel, StageSpec};
 use crate::model::plan::{self, ModelSizes, Plan, PlanDevice, PlanOptions};
 use crate::model::resplit::{layout_of, resplit, Layout, LiveSequence};
-use crate::model::{ModelConfig, Pipeline};
+use crate::model::{ModelConfig, Pipeline, StageBackend};
 use crate::state::Device;
 use crate::tokenizer::chat::ChatTemplate;
 use crate::tokenizer::Tokenizer;
@@ -175,14 +175,17 @@ pub fn default_name(path: &Path) -> String {
         .unwrap_or(file)
 }
 
-/// The devices named by `names` (default: the daemon's first device), resolved against the
-/// daemon's.
+/// The devices named by `names`, resolved against the daemon's; with no names, every usable GPU
+/// (else the daemon's first device). A device may be named more than once (`cuda:0,cuda:0`): it
+/// then holds several pipeline stages, each planned with an equal share of its memory, so that a
+/// single GPU exercises the multi-device path. Devices that cannot hold models are refused with
+/// the reason.
 fn resolve_devices<'a>(
     names: &[String],
     devices: &'a [Device],
 ) -> Result<Vec<&'a Device>, ErrorReply> {
     let chosen: Vec<&Device> = if names.is_empty() {
-        devices.first().into_iter().collect()
+        crate::devices::default_load_devices(devices)
     } else {
         names
             .iter()
@@ -203,11 +206,11 @@ fn resolve_devices<'a>(
             "no device to load the model on",
         ));
     }
-    for (i, d) in chosen.iter().enumerate() {
-        if chosen[..i].iter().any(|e| e.name == d.name) {
+    for d in &chosen {
+        if let Some(reason) = &d.unavailable {
             return Err(ErrorReply::new(
-                ErrorCode::BadRequest,
-                format!("device {} is named twice", d.name),
+                ErrorCode::Unsupported,
+                format!("device {} cannot hold models: {reason}", d.name),
             ));
         }
     }
@@ -215,7 +218,8 @@ fn resolve_devices<'a>(
 }
 
 /// The plan's view of `chosen`: budgets, and bytes free (the ledger's free bytes plus `own(name)`,
-/// bytes the model being re-split holds there and gives back).
+/// bytes the model being re-split holds there and gives back), each divided among the times the
+/// device is named.
 fn plan_devices(
     chosen: &[&Device],
     memory_of: &dyn Fn(&Device) -> Arc<DeviceMemory>,
@@ -225,11 +229,12 @@ fn plan_devices(
         .iter()
         .map(|d| {
             let used = memory_of(d).used().saturating_sub(own(&d.name));
+            let shares = chosen.iter().filter(|e| e.name == d.name).count() as u64;
             PlanDevice {
                 name: d.name.clone(),
-                gpu: d.kind != llmd_shared::DeviceKind::Cpu,
-                budget_bytes: d.memory_budget_bytes,
-                free_bytes: d.memory_budget_bytes.saturating_sub(used),
+                gpu: d.is_gpu(),
+                budget_bytes: d.memory_budget_bytes / shares,
+                free_bytes: d.memory_budget_bytes.saturating_sub(used) / shares,
             }
         })
         .collect()
@@ -332,35 +337,36 @@ pub fn plan_blocking(
     Ok(plan_reply(&req.path, &description.architecture, &sizes, &p))
 }
 
-/// One CPU backend per device of `plan`, all computing on `pool`.
+/// One backend per distinct device of `names`, all charging the devices' shared ledgers: CPU
+/// devices compute on `pool`; each GPU gets a CUDA backend (its own stream on the GPU's primary
+/// context) for this model.
 fn backends_for(
     names: impl IntoIterator<Item = String>,
     devices: &[Device],
     memory_of: &dyn Fn(&Device) -> Arc<DeviceMemory>,
     pool: &Arc<ThreadPool>,
-) -> HashMap<String, Arc<CpuBackend>> {
-    names
-        .into_iter()
-        .filter_map(|name| {
-            let dev = devices.iter().find(|d| d.name == name)?;
+) -> Result<HashMap<String, StageBackend>, ErrorReply> {
+    let mut backends = HashMap::new();
+    for name in names {
+        if backends.contains_key(&name) {
+            continue;
+        }
+        let dev = devices.iter().find(|d| d.name == name).ok_or_else(|| {
+            ErrorReply::new(ErrorCode::NotFound, format!("unknown device {name:?}"))
+        })?;
+        let backend = if dev.is_gpu() {
+            let b = CudaBackend::with_memory(dev.name.clone(), dev.index as usize, memory_of(dev))
+                .map_err(|e| {
+                    ErrorReply::new(ErrorCode::Unsupported, format!("cannot use {name}: {e}"))
+                })?;
+            StageBackend::Cuda(Arc::new(b))
+        } else {
             let b = CpuBackend::new(dev.name.clone(), memory_of(dev), Arc::clone(pool));
-            Some((name, Arc::new(b)))
-        })
-        .collect()
-}
-
-/// Checks that every device is one this build can compute on.
-fn check_cpu_only(chosen: &[&Device]) -> Result<(), ErrorReply> {
-    if chosen
-        .iter()
-        .any(|d| d.kind != llmd_shared::DeviceKind::Cpu)
-    {
-        return Err(ErrorReply::new(
-            ErrorCode::Unsupported,
-            "only CPU devices can hold models in this build",
-        ));
+            StageBackend::Cpu(Arc::new(b))
+        };
+        backends.insert(name, backend);
     }
-    Ok(())
+    Ok(backends)
 }
 
 /// Loads a model as `req` asks (blocking: run it on a blocking thread). `memory_of` gives each
@@ -377,7 +383,6 @@ pub fn load_blocking(
     let started = Instant::now();
     let path = PathBuf::from(&req.path);
     let chosen = resolve_devices(&req.devices, devices)?;
-    check_cpu_only(&chosen)?;
     let model = OpenedModel::open(&path).map_err(load_error)?;
     let tokenizer = Arc::new(
         Tokenizer::from_metadata(&model.description.tokenizer)
@@ -411,7 +416,7 @@ pub fn load_blocking(
         devices,
         memory_of,
         &pool,
-    );
+    )?;
     let specs: Vec<StageSpec> = p
         .stages
         .iter()
@@ -477,19 +482,14 @@ impl LoadedModel {
         memory_of: &(dyn Fn(&Device) -> Arc<DeviceMemory> + Sync),
     ) -> Result<ResplitReply, ErrorReply> {
         let current = self.refresh_placement().await;
+        // Without --devices, the devices of the current stages in order (a GPU named twice
+        // keeps its two stages).
         let names: Vec<String> = if req.devices.is_empty() {
-            let mut names: Vec<String> = Vec::new();
-            for s in &current {
-                if !names.contains(&s.device) {
-                    names.push(s.device.clone());
-                }
-            }
-            names
+            current.iter().map(|s| s.device.clone()).collect()
         } else {
             req.devices.clone()
         };
         let chosen = resolve_devices(&names, devices)?;
-        check_cpu_only(&chosen)?;
         let ctx = match req.ctx {
             Some(c) => resolve_ctx(Some(c), self.config.context_length),
             None => self.ctx(),
@@ -506,17 +506,9 @@ impl LoadedModel {
         // are. Layer counts as split weights (the head counting as one more layer of the last
         // device) reproduce the current ranges under llama.cpp's rule.
         let split: Vec<f32> = if req.split.is_empty() && req.devices.is_empty() {
-            names
+            current
                 .iter()
-                .map(|n| {
-                    current
-                        .iter()
-                        .filter(|s| &s.device == n)
-                        .map(|s| {
-                            (s.layer_end - s.layer_start) as f32 + f32::from(u8::from(s.output))
-                        })
-                        .sum()
-                })
+                .map(|s| (s.layer_end - s.layer_start) as f32 + f32::from(u8::from(s.output)))
                 .collect()
         } else {
             req.split.clone()
@@ -549,7 +541,7 @@ impl LoadedModel {
                 all_names.push(s.device.clone());
             }
         }
-        let backends = backends_for(all_names, devices, memory_of, &self.pool);
+        let backends = backends_for(all_names, devices, memory_of, &self.pool)?;
         let ledgers: HashMap<String, (u64, Arc<DeviceMemory>)> = devices
             .iter()
             .map(|d| (d.name.clone(), (d.memory_budget_bytes, memory_of(d))))

@@ -17,42 +17,18 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
 use llmd_shared::api::health::{DeviceLayers, DeviceRef, ModelPlacement};
-use llmd_shared::{DeviceInfo, DeviceKind, ModelInfo};
+use llmd_shared::{DeviceInfo, ModelInfo};
 use tokio::sync::Notify;
 
 use llmd_kernels::backend::DeviceMemory;
 
 use crate::config::LoadedConfig;
+use crate::devices;
 use crate::gpu::sampler::GpuSampler;
 use crate::gpu::{GpuTelemetry, NvmlStatus};
 use crate::models::LoadedModel;
 
-/// A device models may be placed on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Device {
-    /// `<kind>:<index>`, e.g. "cpu:0".
-    pub name: String,
-    /// Kind of device.
-    pub kind: DeviceKind,
-    /// Bytes of its memory the daemon may use.
-    pub memory_budget_bytes: u64,
-}
-
-impl Device {
-    /// The devices a configuration describes.
-    pub fn from_config(config: &LoadedConfig) -> Vec<Device> {
-        config
-            .config
-            .resolved_devices()
-            .into_iter()
-            .map(|d| Device {
-                name: d.id.to_string(),
-                kind: d.id.kind.into(),
-                memory_budget_bytes: d.memory_budget_bytes,
-            })
-            .collect()
-    }
-}
+pub use crate::devices::Device;
 
 /// A model resident in memory: shared by the registry and the requests using it, so that
 /// unloading or replacing it lets running generations finish on it.
@@ -191,9 +167,9 @@ pub struct State {
     requests_running: AtomicU64,
     /// Woken whenever a counter or the model set changes, so the status line can be refreshed.
     pub changed: Notify,
-    /// Memory ledgers of CPU devices by name, shared by every model placed on them; kept across
+    /// Memory ledgers of devices by name, shared by every model placed on them; kept across
     /// configuration reloads so that accounting stays right while models are resident.
-    cpu_memory: Mutex<BTreeMap<String, Arc<DeviceMemory>>>,
+    device_memory: Mutex<BTreeMap<String, Arc<DeviceMemory>>>,
     /// Serialises loads, unloads and re-splits, so that memory checks and placement see a
     /// stable set of models.
     pub placement_lock: tokio::sync::Mutex<()>,
@@ -205,7 +181,7 @@ impl State {
     /// Fresh state for a daemon listening on `socket_path` with `config`; starts the GPU
     /// telemetry sampler (a failure to start its thread is logged and reported by `status`).
     pub fn new(socket_path: PathBuf, config: LoadedConfig) -> Arc<State> {
-        let devices = Device::from_config(&config);
+        let devices = devices::from_config(&config);
         let sampler = config.config.gpu.sampler_config();
         tracing::debug!(
             "GPU telemetry: loading {} every {:?}",
@@ -234,7 +210,7 @@ impl State {
             connections: AtomicU64::new(0),
             requests_running: AtomicU64::new(0),
             changed: Notify::new(),
-            cpu_memory: Mutex::new(BTreeMap::new()),
+            device_memory: Mutex::new(BTreeMap::new()),
             placement_lock: tokio::sync::Mutex::new(()),
             gpu,
         })
@@ -266,7 +242,7 @@ impl State {
 
     /// Installs a reloaded configuration (and the devices it describes).
     pub fn replace_config(&self, config: LoadedConfig) {
-        let devices = Device::from_config(&config);
+        let devices = devices::from_config(&config);
         *self.devices.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(devices);
         *self.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
         self.changed.notify_one();
@@ -278,10 +254,10 @@ impl State {
         self.models.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The memory ledger of a CPU device (created on first use with the device's budget).
-    pub fn cpu_memory(&self, device: &Device) -> Arc<DeviceMemory> {
+    /// The memory ledger of a device (created on first use with the device's budget).
+    pub fn device_memory(&self, device: &Device) -> Arc<DeviceMemory> {
         let mut map = self
-            .cpu_memory
+            .device_memory
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         Arc::clone(
@@ -290,10 +266,10 @@ impl State {
         )
     }
 
-    /// Bytes in use on a device: the CPU ledger where there is one, else what models report.
+    /// Bytes in use on a device: its ledger where there is one, else what models report.
     fn used_on(&self, device: &Device) -> u64 {
         let ledger = self
-            .cpu_memory
+            .device_memory
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&device.name)
@@ -313,6 +289,8 @@ impl State {
                 kind: d.kind,
                 memory_budget_bytes: d.memory_budget_bytes,
                 memory_used_bytes: self.used_on(d),
+                description: d.description.clone(),
+                unavailable: d.unavailable.clone(),
             })
             .collect()
     }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use llmd::engine::sampler::argmax;
 use llmd::model::load::{build_pipeline, OpenedModel, StageSpec};
+use llmd::model::StageBackend;
 use llmd::model::{Batch, Pipeline};
 use llmd::tokenizer::Tokenizer;
 use llmd_kernels::backend::{CpuBackend, DeviceMemory};
@@ -47,7 +48,11 @@ fn gemma() -> Option<PathBuf> {
 
 fn pipeline(model: &OpenedModel) -> Pipeline {
     let pool = Arc::new(ThreadPool::new(2).expect("threads"));
-    let backend = Arc::new(CpuBackend::new("cpu:0", DeviceMemory::new(u64::MAX), pool));
+    let backend = StageBackend::Cpu(Arc::new(CpuBackend::new(
+        "cpu:0",
+        DeviceMemory::new(u64::MAX),
+        pool,
+    )));
     let stages = vec![StageSpec {
         backend,
         layers: 0..model.config.n_layer,

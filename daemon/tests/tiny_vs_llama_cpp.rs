@@ -11,6 +11,7 @@ use std::sync::Arc;
 use llmd::engine::sampler::argmax;
 use llmd::model::load::{build_pipeline, OpenedModel, StageSpec};
 use llmd::model::Batch;
+use llmd::model::StageBackend;
 use llmd_kernels::backend::{CpuBackend, DeviceMemory};
 use llmd_kernels::cpu::ThreadPool;
 use serde_json::Value;
@@ -81,7 +82,11 @@ fn check_model(name: &str, meta: &Value) {
     let model = OpenedModel::open(&file).expect("open tiny model");
     assert_eq!(model.config.n_vocab, n_vocab);
     let pool = Arc::new(ThreadPool::new(2).expect("threads"));
-    let backend = Arc::new(CpuBackend::new("cpu:0", DeviceMemory::new(u64::MAX), pool));
+    let backend = StageBackend::Cpu(Arc::new(CpuBackend::new(
+        "cpu:0",
+        DeviceMemory::new(u64::MAX),
+        pool,
+    )));
     let stages = vec![StageSpec {
         backend,
         layers: 0..model.config.n_layer,

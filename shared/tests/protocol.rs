@@ -12,10 +12,10 @@ use llmd_shared::api::health::{
 use llmd_shared::frame::{read_frame_with_limit, HEADER_BYTES};
 use llmd_shared::handshake::MAX_HELLO_BYTES;
 use llmd_shared::{
-    decode_frame, encode_frame, read_frame, write_frame, DeviceInfo, DeviceKind, DoctorRequest,
-    ErrorCode, ErrorReply, Event, FrameError, Hello, HelloReply, MetricsReply, MetricsRequest,
-    ModelInfo, Reply, Request, Response, StatusReply, StatusRequest, Token, VersionReply,
-    VersionRequest, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    decode_frame, encode_frame, read_frame, write_frame, CudaStatus, DeviceInfo, DeviceKind,
+    DoctorRequest, ErrorCode, ErrorReply, Event, FrameError, Hello, HelloReply, MetricsReply,
+    MetricsRequest, ModelInfo, Reply, Request, Response, StatusReply, StatusRequest, Token,
+    VersionReply, VersionRequest, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 
 /// splitmix64: a tiny seeded PRNG so failures reproduce.
@@ -51,6 +51,8 @@ fn sample_responses() -> Vec<Response> {
                 kind: DeviceKind::Cpu,
                 memory_budget_bytes: 16 << 30,
                 memory_used_bytes: 0,
+                description: "host memory".into(),
+                unavailable: None,
             }],
             models: vec![ModelInfo {
                 name: "gemma".into(),
@@ -60,6 +62,10 @@ fn sample_responses() -> Vec<Response> {
             }],
             connections: 3,
             requests_running: 1,
+            cuda: CudaStatus {
+                devices: 0,
+                unavailable: Some("libcuda was not found".into()),
+            },
             gpu: GpuTelemetry::unavailable(
                 NvmlStatus::LibraryMissing {
                     reason: "libnvidia-ml.so.1: cannot open shared object file".into(),

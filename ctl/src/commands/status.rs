@@ -1,7 +1,7 @@
 //! `llmctl status`: the daemon's state. `--json` prints the daemon's `StatusReply` as is
 //! (fields: daemon_version, protocol_version, pid, uptime_secs, socket, config, devices[{name,
-//! kind, memory_budget_bytes, memory_used_bytes}], models[{name, path, devices, memory_bytes}],
-//! connections, requests_running, gpu {nvml, driver_version, cuda_version, gpus[...], p2p[...],
+//! kind, memory_budget_bytes, memory_used_bytes, description, unavailable}], models[{name, path,
+//! devices, memory_bytes}], connections, requests_running, cuda {devices, unavailable}, gpu {nvml, driver_version, cuda_version, gpus[...], p2p[...],
 //! sampled_at_unix_ms}, power {psu_watts, ..., worst_case_headroom_percent, ...},
 //! model_layers[{name, layers[{device, layers}]}]). A GPU reading is `{"value": x}`,
 //! `"not_supported"` or `{"error": "why"}`.
@@ -85,16 +85,32 @@ fn render(s: &StatusReply) -> String {
         plural(s.connections, "connection"),
         plural(s.requests_running, "request")
     );
+    match (&s.cuda.unavailable, s.cuda.devices) {
+        (Some(reason), _) => {
+            let _ = writeln!(out, "cuda:     unavailable ({reason})");
+        }
+        (None, n) => {
+            let _ = writeln!(out, "cuda:     {}", plural(u64::from(n), "GPU"));
+        }
+    }
     let _ = writeln!(out, "devices:");
     for d in &s.devices {
-        let _ = writeln!(
-            out,
-            "  {:<8} {:<5} {} used of {}",
-            d.name,
-            d.kind,
-            human_bytes(d.memory_used_bytes),
-            human_bytes(d.memory_budget_bytes)
-        );
+        match &d.unavailable {
+            Some(reason) => {
+                let _ = writeln!(out, "  {:<8} {:<5} unavailable: {reason}", d.name, d.kind);
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "  {:<8} {:<5} {} used of {}  ({})",
+                    d.name,
+                    d.kind,
+                    human_bytes(d.memory_used_bytes),
+                    human_bytes(d.memory_budget_bytes),
+                    d.description
+                );
+            }
+        }
     }
     if s.models.is_empty() {
         let _ = writeln!(out, "models:   none resident");
@@ -135,7 +151,7 @@ mod tests {
     use super::*;
     use llmd_shared::api::gpu::{GpuTelemetry, NvmlStatus};
     use llmd_shared::api::health::{DeviceLayers, DeviceRef, ModelPlacement, PowerBudget};
-    use llmd_shared::{DeviceInfo, DeviceKind};
+    use llmd_shared::{CudaStatus, DeviceInfo, DeviceKind};
 
     #[test]
     fn renders_every_field() {
@@ -146,15 +162,31 @@ mod tests {
             uptime_secs: 65,
             socket: "/run/llmd/llmd.sock".into(),
             config: String::new(),
-            devices: vec![DeviceInfo {
-                name: "cpu:0".into(),
-                kind: DeviceKind::Cpu,
-                memory_budget_bytes: 1 << 30,
-                memory_used_bytes: 0,
-            }],
+            devices: vec![
+                DeviceInfo {
+                    name: "cpu:0".into(),
+                    kind: DeviceKind::Cpu,
+                    memory_budget_bytes: 1 << 30,
+                    memory_used_bytes: 0,
+                    description: "host memory".into(),
+                    unavailable: None,
+                },
+                DeviceInfo {
+                    name: "cuda:0".into(),
+                    kind: DeviceKind::Cuda,
+                    memory_budget_bytes: 0,
+                    memory_used_bytes: 0,
+                    description: "NVIDIA GPU".into(),
+                    unavailable: Some("CUDA is unavailable: libcuda was not found".into()),
+                },
+            ],
             models: vec![],
             connections: 1,
             requests_running: 1,
+            cuda: CudaStatus {
+                devices: 0,
+                unavailable: Some("libcuda was not found".into()),
+            },
             gpu: GpuTelemetry::unavailable(
                 NvmlStatus::LibraryMissing {
                     reason: "libnvidia-ml.so.1: cannot open shared object file".into(),
@@ -196,6 +228,9 @@ mod tests {
             "1 connection, 1 request running",
             "cpu:0",
             "1.0 GiB",
+            "(host memory)",
+            "cuda:     unavailable (libcuda was not found)",
+            "cuda:0   cuda  unavailable: CUDA is unavailable: libcuda was not found",
             "none resident",
             "GPUs: none available (NVML library could not be loaded: libnvidia-ml.so.1: cannot open",
             "Power: PSU 1000 W",

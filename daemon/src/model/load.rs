@@ -5,12 +5,13 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
-use llmd_kernels::backend::{CpuBackend, HostTensor};
+use llmd_kernels::backend::HostTensor;
 use thiserror::Error;
 
+use super::backend::StageBackend;
 use super::config::{ConfigError, Hyperparameters, ModelConfig};
 use super::pipeline::{Pipeline, PipelineStage};
-use super::stage::{ForwardError, Stage};
+use super::stage::ForwardError;
 use super::weights::{TensorSource, WeightError};
 use crate::gguf::{GgufError, GgufFile, MetadataError, ModelDescription};
 
@@ -157,7 +158,7 @@ impl OpenedModel {
 /// One stage to build: a backend and the layers it runs.
 pub struct StageSpec {
     /// The device's backend for this model.
-    pub backend: Arc<CpuBackend>,
+    pub backend: StageBackend,
     /// The layers.
     pub layers: Range<usize>,
     /// Whether it holds the output head.
@@ -175,8 +176,7 @@ pub fn build_pipeline(
     let total = stages.len();
     let mut built: Vec<Box<dyn PipelineStage>> = Vec::with_capacity(total);
     for (i, spec) in stages.into_iter().enumerate() {
-        let stage = Stage::load(
-            spec.backend,
+        let stage = spec.backend.load_stage(
             Arc::clone(&model.config),
             &*model.source,
             spec.layers,
@@ -184,7 +184,7 @@ pub fn build_pipeline(
             max_batch,
             max_logit_rows,
         )?;
-        built.push(Box::new(stage));
+        built.push(stage);
         progress(i + 1, total);
     }
     let source: Arc<dyn super::pipeline::ModelSource> = model.source.clone();

@@ -2,6 +2,7 @@
 //! ([`weights`]), the forward pass of one pipeline stage ([`stage`]) and the multi-device
 //! pipeline ([`pipeline`]).
 
+pub mod backend;
 pub mod batch;
 pub mod config;
 pub mod load;
@@ -12,6 +13,7 @@ pub mod resplit;
 pub mod stage;
 pub mod weights;
 
+pub use backend::StageBackend;
 pub use batch::{Batch, SeqId};
 pub use config::{Arch, ModelConfig};
 pub use pipeline::{Pipeline, PipelineStage};

@@ -17,12 +17,12 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
-use llmd_kernels::backend::{CpuBackend, HostKv};
+use llmd_kernels::backend::HostKv;
 use thiserror::Error;
 
+use super::backend::StageBackend;
 use super::batch::SeqId;
 use super::pipeline::{Pipeline, PipelineStage};
-use super::stage::Stage;
 use super::weights::TensorSource;
 
 /// A sequence running at the time of a re-split.
@@ -129,7 +129,7 @@ type Built = (Stages, u64, usize);
 /// with the sequences' caches uploaded. Returns the stage and the bytes copied onto its device.
 struct Builder<'a> {
     source: &'a dyn TensorSource,
-    backends: &'a HashMap<String, Arc<CpuBackend>>,
+    backends: &'a HashMap<String, StageBackend>,
     config: Arc<super::config::ModelConfig>,
     host: &'a HostCaches,
     live: &'a [LiveSequence],
@@ -143,16 +143,16 @@ impl Builder<'_> {
             .backends
             .get(&layout.device)
             .ok_or_else(|| format!("no backend for device {}", layout.device))?;
-        let mut stage = Stage::load(
-            Arc::clone(backend),
-            Arc::clone(&self.config),
-            self.source,
-            layout.layers.clone(),
-            layout.head,
-            self.max_batch,
-            self.max_logit_rows,
-        )
-        .map_err(|e| e.to_string())?;
+        let mut stage = backend
+            .load_stage(
+                Arc::clone(&self.config),
+                self.source,
+                layout.layers.clone(),
+                layout.head,
+                self.max_batch,
+                self.max_logit_rows,
+            )
+            .map_err(|e| e.to_string())?;
         for seq in self.live {
             let caches = self
                 .host
@@ -173,7 +173,7 @@ impl Builder<'_> {
                 .map_err(|e| e.to_string())?;
         }
         let bytes = stage.weight_bytes() + stage.kv_bytes();
-        Ok((Box::new(stage), bytes))
+        Ok((stage, bytes))
     }
 
     /// Builds `target`, taking kept stages from `kept` (by target index). On failure, the kept
@@ -226,7 +226,7 @@ pub fn resplit(
     pipeline: &mut Pipeline,
     source: &dyn TensorSource,
     target: &[Layout],
-    backends: &HashMap<String, Arc<CpuBackend>>,
+    backends: &HashMap<String, StageBackend>,
     live: &[LiveSequence],
     max_batch: usize,
     max_logit_rows: usize,
@@ -337,7 +337,7 @@ mod tests {
     use crate::make_model::{self, MakeModelArgs, Preset, WeightType};
     use crate::model::batch::Batch;
     use crate::model::load::{build_pipeline, OpenedModel, StageSpec};
-    use llmd_kernels::backend::DeviceMemory;
+    use llmd_kernels::backend::{CpuBackend, DeviceMemory};
     use llmd_kernels::cpu::ThreadPool;
 
     /// A tiny random 4-layer llama written to `dir`.
@@ -388,18 +388,18 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let backends: HashMap<String, Arc<CpuBackend>> = mem
+        let backends: HashMap<String, StageBackend> = mem
             .iter()
             .map(|(n, m)| {
                 let b = CpuBackend::new(*n, Arc::clone(m), Arc::clone(&pool));
-                (n.to_string(), Arc::new(b))
+                (n.to_string(), StageBackend::Cpu(Arc::new(b)))
             })
             .collect();
         let build = |layout: &[Layout]| {
             let specs = layout
                 .iter()
                 .map(|l| StageSpec {
-                    backend: Arc::clone(&backends[&l.device]),
+                    backend: backends[&l.device].clone(),
                     layers: l.layers.clone(),
                     head: l.head,
                 })

@@ -33,6 +33,8 @@ pub struct StatusReply {
     pub connections: u64,
     /// Requests being processed now (including this one).
     pub requests_running: u64,
+    /// Whether CUDA works here (checked once at start-up), and if not, why.
+    pub cuda: CudaStatus,
     /// The latest GPU telemetry sample, taken in the background (status never waits on NVML).
     /// When NVML is unusable, `gpu.nvml` says why and `gpu.gpus` is empty.
     pub gpu: GpuTelemetry,
@@ -80,6 +82,20 @@ pub struct DeviceInfo {
     pub memory_budget_bytes: u64,
     /// Bytes currently used by resident models on this device.
     pub memory_used_bytes: u64,
+    /// What it is: the GPU's product name and memory ("NVIDIA H200, 139.8 GiB"), or "host
+    /// memory" for CPU devices.
+    pub description: String,
+    /// Why models cannot be placed on it (e.g. no NVIDIA driver), if they cannot.
+    pub unavailable: Option<String>,
+}
+
+/// Whether this daemon can use CUDA GPUs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CudaStatus {
+    /// GPUs the CUDA driver reports (0 when unavailable).
+    pub devices: u32,
+    /// Why CUDA cannot be used (no driver library, initialisation failed, no devices), if so.
+    pub unavailable: Option<String>,
 }
 
 /// One resident model.

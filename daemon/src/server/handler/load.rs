@@ -60,7 +60,7 @@ pub async fn handle(req: LoadRequest, ctx: &Context) -> Result<LoadReply, ErrorR
                 &req,
                 name,
                 &devices,
-                &|d| state.cpu_memory(d),
+                &|d| state.device_memory(d),
                 |done, total| {
                     let _ = progress_tx.send((done, total));
                 },

@@ -20,7 +20,7 @@ pub async fn handle(req: PlanRequest, ctx: &Context) -> Result<PlanReply, ErrorR
     }
     let state = Arc::clone(&ctx.state);
     let devices = state.devices();
-    tokio::task::spawn_blocking(move || plan_blocking(&req, &devices, &|d| state.cpu_memory(d)))
+    tokio::task::spawn_blocking(move || plan_blocking(&req, &devices, &|d| state.device_memory(d)))
         .await
         .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("the plan task failed: {e}")))?
 }

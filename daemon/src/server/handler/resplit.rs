@@ -16,7 +16,7 @@ pub async fn handle(req: ResplitRequest, ctx: &Context) -> Result<ResplitReply, 
     let _placement = state.placement_lock.lock().await;
     let model = model_named(ctx, &req.name)?;
     let devices = state.devices();
-    let memory_of = |d: &crate::state::Device| state.cpu_memory(d);
+    let memory_of = |d: &crate::state::Device| state.device_memory(d);
     let reply = model.resplit(&req, &devices, &memory_of).await?;
     state.changed.notify_one();
     tracing::info!(

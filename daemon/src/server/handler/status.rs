@@ -30,6 +30,7 @@ pub async fn handle(_req: StatusRequest, ctx: &Context) -> Result<Box<StatusRepl
         models,
         connections: state.connections(),
         requests_running: state.requests_running(),
+        cuda: crate::devices::cuda_status(),
         power: power::budget(&config.config.power, &telemetry),
         gpu: (*telemetry).clone(),
         model_layers,
