@@ -1,0 +1,114 @@
+//! `cuda:N` devices in the daemon's configuration. Without an NVIDIA driver (CI) the daemon still
+//! starts, `status` says why CUDA is unavailable (for the daemon and for each configured GPU),
+//! a load onto the GPU is refused with that reason, and the CPU device keeps serving. On a
+//! machine with a GPU the same test checks that a model loads onto `cuda:0`, and onto `cuda:0`
+//! named twice as two pipeline stages, and generates the CPU's greedy tokens.
+
+mod common;
+mod split_util;
+
+use std::time::Duration;
+
+/// Tokens generated per comparison.
+const N: u32 = 12;
+
+use common::Daemon;
+use split_util::{greedy, last_json, ok};
+
+/// Writes a tiny random-weight llama with `llmd make-model`; returns its path.
+fn tiny_model(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("tiny.gguf");
+    let mut cmd = common::command("llmd");
+    cmd.args([
+        "make-model",
+        "--arch",
+        "llama",
+        "--preset",
+        "tiny",
+        "--type",
+        "q8_0",
+        "--layers",
+        "4",
+        "-o",
+    ])
+    .arg(&path);
+    let out = common::run_bounded(cmd, Duration::from_secs(60));
+    assert!(out.status.success(), "make-model: {out:?}");
+    path
+}
+
+#[test]
+fn configured_gpus_without_a_driver_are_reported_and_refused_while_the_cpu_serves() {
+    let d = Daemon::builder()
+        .config(
+            "[[devices]]\nid = \"cpu:0\"\nmemory_budget = \"2GiB\"\n\n\
+             [[devices]]\nid = \"cuda:0\"\n",
+        )
+        .start();
+    let model = tiny_model(d.dir.path());
+    let path = model.to_str().expect("utf-8 path");
+    let status = d.status_json();
+    let gpu = &status["devices"][1];
+    assert_eq!(gpu["name"], "cuda:0");
+    ok(&d, &["load", path, "--name", "cpu", "--devices", "cpu:0"]);
+    let on_cpu = greedy(&d, "cpu", N);
+    assert_eq!(on_cpu.len(), N as usize);
+
+    if let Some(reason) = status["cuda"]["unavailable"].as_str() {
+        println!("no CUDA here ({reason}): checking the refusal path");
+        assert_eq!(status["cuda"]["devices"], 0);
+        let why = gpu["unavailable"].as_str().expect("the GPU says why");
+        assert!(why.contains(reason), "{why}");
+        let human = ok(&d, &["status"]);
+        assert!(human.contains("cuda:     unavailable ("), "{human}");
+        assert!(human.contains("cuda:0   cuda  unavailable: "), "{human}");
+        let out = d.llmctl(&["load", path, "--name", "gpu", "--devices", "cuda:0"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("device cuda:0 cannot hold models") && err.contains(reason),
+            "{err}"
+        );
+        // The CPU model is untouched and still serves.
+        assert_eq!(greedy(&d, "cpu", N), on_cpu);
+        return;
+    }
+
+    // A GPU is present: the model runs there, on one stage and on two stages of the same GPU,
+    // with the CPU's greedy tokens (a tiny Q8_0 model's margins are wide).
+    assert!(gpu["unavailable"].is_null(), "{gpu}");
+    ok(&d, &["load", path, "--name", "gpu", "--devices", "cuda:0"]);
+    assert_eq!(greedy(&d, "gpu", N), on_cpu, "cuda:0 vs cpu:0");
+    ok(
+        &d,
+        &[
+            "load",
+            path,
+            "--name",
+            "twice",
+            "--devices",
+            "cuda:0,cuda:0",
+            "--split",
+            "1,1",
+        ],
+    );
+    let list = last_json(&ok(&d, &["list", "--json"]));
+    println!("{list}");
+    assert_eq!(greedy(&d, "twice", N), on_cpu, "cuda:0,cuda:0 vs cpu:0");
+    ok(
+        &d,
+        &[
+            "reload",
+            "twice",
+            "--devices",
+            "cuda:0,cpu:0",
+            "--split",
+            "1,1",
+        ],
+    );
+    assert_eq!(
+        greedy(&d, "twice", N),
+        on_cpu,
+        "after a re-split to cuda:0,cpu:0"
+    );
+}
