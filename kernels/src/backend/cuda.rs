@@ -7,14 +7,17 @@
 //! CUDA call (cudarc panics on a missing library) and reports why CUDA cannot be used.
 //!
 //! The kernel signatures, launch configurations and host-side preconditions below follow
-//! `kernels/cuda/README.md`. Matrix products run the matrix-vector kernels over a grid of
-//! `n_tokens` rows (quantized weights: activations quantized to Q8_1 first); prefill therefore
-//! reads the weights once per token, which is correct but not yet fast.
+//! `kernels/cuda/README.md`. Matrix products of few tokens (decode) run the matrix-vector kernels
+//! over a grid of `n_tokens` rows (quantized weights: activations quantized to Q8_1 first), which
+//! read the weights once per token; from [`PREFILL_GEMM_MIN_TOKENS`] tokens on (prefill) they run
+//! as one f32 matrix-matrix product (`gemm_f32_nt`), on F32 weights directly and on other types
+//! tile by tile of weight rows dequantized to f32 into a bounded scratch buffer.
 
 use std::collections::HashMap;
 use std::panic::catch_unwind;
 use std::sync::Arc;
 
+use cudarc::driver::sys::CUresult;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtrMut, DriverError, LaunchConfig,
     PushKernelArg,
@@ -39,6 +42,18 @@ const MODULES: &[(&str, &str, &[&str])] = &[
         ],
     ),
     (
+        "dequantize",
+        include_str!("../../cuda/ptx/dequantize.ptx"),
+        &[
+            "dequantize_q4_0_f32",
+            "dequantize_q5_0_f32",
+            "dequantize_q8_0_f32",
+            "dequantize_q4_K_f32",
+            "dequantize_q6_K_f32",
+            "dequantize_f16_f32",
+        ],
+    ),
+    (
         "elementwise",
         include_str!("../../cuda/ptx/elementwise.ptx"),
         &[
@@ -48,6 +63,11 @@ const MODULES: &[(&str, &str, &[&str])] = &[
             "scale_f32",
             "add_bias_f32",
         ],
+    ),
+    (
+        "gemm",
+        include_str!("../../cuda/ptx/gemm.ptx"),
+        &["gemm_f32_nt"],
     ),
     (
         "getrows",
@@ -106,6 +126,28 @@ const Q8_1_BLOCK_BYTES: usize = 36;
 const MAX_HEAD_DIM: usize = 256;
 /// Largest grid y/z extent.
 const MAX_GRID_YZ: usize = 65_535;
+/// Fewest tokens for which `matmul` runs as a matrix-matrix product (dequantize weight rows to
+/// f32, then `gemm_f32_nt`) instead of the matrix-vector kernels. The matrix-vector kernels
+/// re-read every weight for each token (0.56 bytes for Q4_K to 2 for F16, ~0.15-0.6 ps per
+/// weight and token at ~3.5 TB/s); the GEMM path reads the weight once and writes and reads back
+/// 4 bytes of f32 per weight (~2-3 ps per weight, once), then computes at roughly 0.1 ps per
+/// weight and token (2 flops at ~20 TFLOPS for this simple 64x64-tiled f32 kernel). That breaks
+/// even near 6 tokens for F16, 13 for Q8_0 and 20-35 for Q4_K (F32: 1-2). llama.cpp leaves the
+/// matrix-vector kernels above 8 tokens (`MMVQ_MAX_BATCH_SIZE`) for much faster tensor-core
+/// kernels; for this plain f32 GEMM, 16 keeps decode and small batches on the matrix-vector
+/// kernels and real prefill chunks (usually hundreds of tokens) on the GEMM path, which is also
+/// the more accurate (activations stay f32). Estimates, not yet measured on a GPU.
+const PREFILL_GEMM_MIN_TOKENS: usize = 16;
+/// Default size, in f32 values, of the scratch buffer that holds one dequantized weight tile on
+/// the GEMM path: 32 Mi floats = 128 MiB, so an 8192-column weight goes in tiles of 4096 rows,
+/// enough to fill the GPU with GEMM blocks, while the transient allocation stays small next to
+/// the weights themselves.
+const GEMM_SCRATCH_FLOATS: usize = 32 << 20;
+/// Rows and columns of `out` computed by one `gemm_f32_nt` thread block (GEMM_BM = GEMM_BN in
+/// gemm.cu); weight tiles are whole multiples of it, except the last.
+const GEMM_TILE: usize = 64;
+/// Values written by one thread of a `dequantize_*` kernel (blocks of 256 threads).
+const DEQUANT_VALUES_PER_THREAD: usize = 8;
 
 /// Whether CUDA can be used: `Ok(number of devices)`, or why not.
 ///
@@ -216,6 +258,9 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     functions: HashMap<&'static str, CudaFunction>,
     ledger: Arc<DeviceMemory>,
+    /// Most f32 values of the dequantized weight tile of the GEMM path ([`GEMM_SCRATCH_FLOATS`];
+    /// the tests lower it so that small weights take several tiles).
+    gemm_scratch_floats: usize,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -261,6 +306,41 @@ fn grid_yz(op: &'static str, what: &str, v: usize) -> Result<u32, BackendError> 
         return Err(shape(op, format!("{what} = {v} outside 1..={MAX_GRID_YZ}")));
     }
     Ok(v as u32)
+}
+
+/// Whether `matmul` of `n_tokens` rows by a `ty` weight of `rows` x `cols` takes the GEMM path:
+/// enough tokens, a type with a `dequantize_*_f32` kernel (or F32, multiplied as it is), whole
+/// groups of 8 values in every tile (`cols % 8 == 0`: tiles are whole rows; the quantized types'
+/// blocks are multiples of 8 already, F16 needs the check), and sizes within the kernels' int
+/// arguments and the grid's y extent. Otherwise the matrix-vector kernels run.
+fn gemm_applies(ty: GgmlType, rows: usize, cols: usize, n_tokens: usize) -> bool {
+    let typed = match ty {
+        GgmlType::F32 => true,
+        GgmlType::F16
+        | GgmlType::Q4_0
+        | GgmlType::Q5_0
+        | GgmlType::Q8_0
+        | GgmlType::Q4_K
+        | GgmlType::Q6_K => cols.is_multiple_of(DEQUANT_VALUES_PER_THREAD),
+        _ => false,
+    };
+    let int = |v: usize| i32::try_from(v).is_ok();
+    typed
+        && n_tokens >= PREFILL_GEMM_MIN_TOKENS
+        && rows > 0
+        && cols > 0
+        && int(rows)
+        && int(cols)
+        && int(n_tokens)
+        && n_tokens.div_ceil(GEMM_TILE) <= MAX_GRID_YZ
+}
+
+/// Rows of a weight dequantized at once on the GEMM path: as many as `budget_floats` f32 values
+/// hold, rounded down to whole [`GEMM_TILE`]s, at least one `GEMM_TILE` (a weight wider than
+/// `budget_floats / 64` columns exceeds the budget rather than fails) and at most `rows`.
+fn gemm_tile_rows(rows: usize, cols: usize, budget_floats: usize) -> usize {
+    let fit = budget_floats / cols.max(1) / GEMM_TILE * GEMM_TILE;
+    fit.max(GEMM_TILE).min(rows)
 }
 
 /// The kernel-name suffix of a weight type the CUDA kernels compute with.
@@ -327,6 +407,7 @@ impl CudaBackend {
             stream,
             functions,
             ledger,
+            gemm_scratch_floats: GEMM_SCRATCH_FLOATS,
         })
     }
 
@@ -414,6 +495,111 @@ impl CudaBackend {
         check_len(OP, x_len, n_rows * dim)?;
         let w = self.f32_vector(OP, weight, dim)?;
         Ok((w, to_i32(OP, "dim", dim)?))
+    }
+
+    /// The prefill path of `matmul` (for shapes [`gemm_applies`] accepts; `matmul` checked the
+    /// lengths of `x` and `out`): `out (n_tokens, rows) = x (n_tokens, cols) * w^T` with
+    /// `gemm_f32_nt`, on F32 weights directly, on other types tile by tile of
+    /// [`gemm_tile_rows`] whole rows dequantized to f32 into a scratch buffer; the product of
+    /// tile rows `[r0, r0 + n)` fills columns `r0..r0 + n` of `out` (offset by `r0`, row stride
+    /// `rows`). The scratch is allocated per call with the stream-ordered allocator (freed on the
+    /// stream after the last kernel that reads it, its memory kept in the driver's pool for the
+    /// next call), so no idle backend holds it and concurrent callers never share it. Returns
+    /// `Ok(false)`, having launched nothing, when the device is out of memory for the scratch,
+    /// so that the caller runs the matrix-vector kernels, which need far less memory.
+    fn matmul_gemm(
+        &self,
+        w: &CudaWeight,
+        x: &CudaSlice<f32>,
+        n_tokens: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<bool, BackendError> {
+        const OP: &str = "matmul";
+        let m = to_i32(OP, "n_tokens", n_tokens)?;
+        let k = to_i32(OP, "cols", w.cols)?;
+        let ldo = to_i32(OP, "rows", w.rows)?;
+        let grid_m = grid_yz(OP, "token tiles", n_tokens.div_ceil(GEMM_TILE))?;
+        let gemm = self.function("gemm_f32_nt")?;
+        let block = (256, 1, 1);
+        if w.ty == GgmlType::F32 {
+            let mut launch = self.stream.launch_builder(gemm);
+            launch
+                .arg(x)
+                .arg(&w.data)
+                .arg(out)
+                .arg(&m)
+                .arg(&ldo)
+                .arg(&k)
+                .arg(&ldo);
+            // SAFETY: gemm_f32_nt(const float* x, const float* w, float* out, int M, int N, int
+            // K, int ldo) with M = n_tokens, N = ldo = rows, K = cols over (ceil(N/64),
+            // ceil(M/64)) blocks of 256 reads M*K values of x (length checked by matmul) and the
+            // N*K f32 weights, which are w.data's rows*cols*4 bytes (byte size checked at
+            // upload; the allocation is 256-byte aligned), and writes out[m*rows + n] for m < M,
+            // n < N, all below n_tokens*rows (out's length checked by matmul).
+            unsafe { launch.launch(cfg((blocks_for(w.rows, GEMM_TILE), grid_m, 1), block)) }
+                .map_err(|e| self.err("gemm_f32_nt", e))?;
+            return Ok(true);
+        }
+        let sfx = type_suffix(w.ty).ok_or_else(|| self.unsupported(w))?;
+        let dequant_name = format!("dequantize_{sfx}_f32");
+        let dequant = self.function(&dequant_name)?;
+        let row_bytes =
+            w.ty.row_bytes(w.cols as u64)
+                .and_then(|b| usize::try_from(b).ok())
+                .ok_or_else(|| shape(OP, format!("{}: no whole blocks per row", w.name)))?;
+        let tile_rows = gemm_tile_rows(w.rows, w.cols, self.gemm_scratch_floats);
+        let mut tile = match self.stream.alloc_zeros::<f32>(tile_rows * w.cols) {
+            Ok(tile) => tile,
+            Err(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => return Ok(false),
+            Err(e) => return Err(self.err("allocating a GEMM weight tile", e)),
+        };
+        let end = n_tokens * w.rows;
+        let mut r0 = 0;
+        while r0 < w.rows {
+            let n_rows = tile_rows.min(w.rows - r0);
+            let n_values = n_rows * w.cols;
+            let n_i64 = n_values as i64;
+            let n_i = to_i32(OP, "tile rows", n_rows)?;
+            let src = w.data.slice(r0 * row_bytes..(r0 + n_rows) * row_bytes);
+            let mut launch = self.stream.launch_builder(dequant);
+            launch.arg(&src).arg(&mut tile).arg(&n_i64);
+            // SAFETY: dequantize_<type>_f32(const void* w, float* y, i64 n) over
+            // ceil(n/8/256) blocks of 256 (8 values per thread; threads past n return) reads the
+            // blocks of n = n_rows*cols weights from `src`, a view of exactly those n_rows whole
+            // rows (row_bytes each; it starts at a block boundary, byte size checked at upload),
+            // and writes n values into `tile`, allocated with tile_rows*cols >= n values (fresh
+            // allocation: 256-byte aligned for the float4 stores). n is a multiple of the block
+            // size (whole rows) and of 8 (cols % 8 == 0, checked by gemm_applies).
+            unsafe {
+                launch.launch(cfg(
+                    (blocks_for(n_values, DEQUANT_VALUES_PER_THREAD * 256), 1, 1),
+                    block,
+                ))
+            }
+            .map_err(|e| self.err(&dequant_name, e))?;
+            let mut out_cols = out.slice_mut(r0..end);
+            let mut launch = self.stream.launch_builder(gemm);
+            launch
+                .arg(x)
+                .arg(&tile)
+                .arg(&mut out_cols)
+                .arg(&m)
+                .arg(&n_i)
+                .arg(&k)
+                .arg(&ldo);
+            // SAFETY: gemm_f32_nt(const float* x, const float* w, float* out, int M, int N, int
+            // K, int ldo) with M = n_tokens, N = n_rows, K = cols, ldo = rows over (ceil(N/64),
+            // ceil(M/64)) blocks of 256 reads M*K values of x (length checked by matmul) and the
+            // N*K values the dequantize launch before it on this stream wrote into `tile`, and
+            // writes out_cols[m*rows + n] for m < M, n < N: out_cols starts at column r0 of out
+            // and holds n_tokens*rows - r0 values, and (M-1)*rows + N-1 < that because
+            // r0 + N <= rows.
+            unsafe { launch.launch(cfg((blocks_for(n_rows, GEMM_TILE), grid_m, 1), block)) }
+                .map_err(|e| self.err("gemm_f32_nt", e))?;
+            r0 += n_rows;
+        }
+        Ok(true)
     }
 }
 
@@ -572,6 +758,9 @@ impl Backend for CudaBackend {
         check_len(OP, x.len(), n_tokens * w.cols)?;
         check_len(OP, out.len(), n_tokens * w.rows)?;
         if n_tokens == 0 || w.rows == 0 {
+            return Ok(());
+        }
+        if gemm_applies(w.ty, w.rows, w.cols, n_tokens) && self.matmul_gemm(w, x, n_tokens, out)? {
             return Ok(());
         }
         let ny = grid_yz(OP, "n_tokens", n_tokens)?;
@@ -1171,7 +1360,9 @@ mod tests {
     fn run_ops<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let mut results = Vec::new();
-        let (rows, cols) = (48, 512);
+        // 200 rows: with the GPU test's scratch of 64 * 512 floats the GEMM path takes four
+        // weight tiles (64, 64, 64 and an edge of 8 rows).
+        let (rows, cols) = (200, 512);
         for ty in TYPES {
             let w = upload(b, "w", ty, rows, cols, &rng.vec(rows * cols));
             let back = b.download_weight(&w).expect("download");
@@ -1179,16 +1370,20 @@ mod tests {
             let again = b.download_weight(&again).expect("download");
             let same = if again.data == back.data { 1.0 } else { 0.0 };
             results.push((format!("weight round trip {ty}"), 0.0, vec![same]));
-            for n_tokens in [1, 3] {
+            // 1 and 3 tokens: matrix-vector kernels; 70 (>= PREFILL_GEMM_MIN_TOKENS): the GEMM
+            // path, with two token tiles, the second an edge of 6.
+            for n_tokens in [1, 3, 70] {
                 let x = acts(b, &rng.vec(n_tokens * cols));
                 let mut out = b.alloc_activations(n_tokens * rows).expect("alloc");
                 b.matmul(&w, &x, n_tokens, &mut out).expect("matmul");
-                // Quantized weights: the GPU quantizes activations to Q8_1, the CPU to its own
-                // 8-bit format, so products differ by a fraction of a percent.
-                let tol = if matches!(ty, GgmlType::F32 | GgmlType::F16) {
-                    1e-5
-                } else {
-                    2e-2
+                // Quantized weights: the CPU quantizes activations to its own 8-bit format, the
+                // GPU to Q8_1 (matrix-vector) or not at all (GEMM), so products differ by a
+                // fraction of a percent. F16 weights: the CPU rounds activations to f16 (as
+                // ggml does), the GPU keeps f32, a relative difference of about 2e-4.
+                let tol = match ty {
+                    GgmlType::F32 => 1e-5,
+                    GgmlType::F16 => 1e-3,
+                    _ => 2e-2,
                 };
                 results.push((
                     format!("matmul {ty} x{n_tokens}"),
@@ -1196,11 +1391,31 @@ mod tests {
                     read(b, &out, n_tokens * rows),
                 ));
             }
-            let ids = [3u32, 0, 47, 3];
+            let ids = [3u32, 0, 199, 3];
             let mut out = b.alloc_activations(ids.len() * cols).expect("alloc");
             b.embed(&w, &ids, 0.5, &mut out).expect("embed");
             results.push((format!("embed {ty}"), 1e-6, read(b, &out, ids.len() * cols)));
         }
+
+        // F16 with cols % 8 != 0: the GEMM path does not apply and 40 tokens go through the
+        // matrix-vector kernel.
+        let (f16_rows, f16_cols, n_tokens) = (70, 516, 40);
+        let w = upload(
+            b,
+            "w516",
+            GgmlType::F16,
+            f16_rows,
+            f16_cols,
+            &rng.vec(f16_rows * f16_cols),
+        );
+        let x = acts(b, &rng.vec(n_tokens * f16_cols));
+        let mut out = b.alloc_activations(n_tokens * f16_rows).expect("alloc");
+        b.matmul(&w, &x, n_tokens, &mut out).expect("matmul");
+        results.push((
+            format!("matmul f16 {f16_cols} columns x{n_tokens}"),
+            1e-3,
+            read(b, &out, n_tokens * f16_rows),
+        ));
 
         let (n_rows, dim) = (3, 320);
         let norm_w = upload(b, "norm", GgmlType::F32, 1, dim, &rng.vec(dim));
@@ -1251,7 +1466,13 @@ mod tests {
         for act in [GatedActivation::Silu, GatedActivation::Gelu] {
             let mut g = acts(b, &av.iter().map(|v| v * 4.0).collect::<Vec<_>>());
             b.gated_activation(&mut g, &c, len, act).expect("gated");
-            results.push((format!("gated {act:?}"), 1e-4, read(b, &g, len)));
+            // The CPU's GELU goes through ggml's f16 table (input and output rounded to f16),
+            // the GPU's is computed in f32: about 3e-4 apart.
+            let tol = match act {
+                GatedActivation::Silu => 1e-4,
+                GatedActivation::Gelu => 1e-3,
+            };
+            results.push((format!("gated {act:?}"), tol, read(b, &g, len)));
         }
 
         // KV cache and attention: GQA 8 query heads over 2 KV heads, a prefill of 5 tokens and a
@@ -1314,6 +1535,75 @@ mod tests {
     }
 
     #[test]
+    fn gemm_tiles_are_whole_64_row_tiles_within_the_budget() {
+        // The GPU test's budget: 64 rows of 512 columns.
+        assert_eq!(gemm_tile_rows(200, 512, GEMM_TILE * 512), 64);
+        // The default budget: 32 Mi floats.
+        assert_eq!(gemm_tile_rows(152_064, 3584, GEMM_SCRATCH_FLOATS), 9344);
+        assert_eq!(gemm_tile_rows(100_000, 8192, GEMM_SCRATCH_FLOATS), 4096);
+        assert_eq!(gemm_tile_rows(2048, 8192, GEMM_SCRATCH_FLOATS), 2048);
+        // Fewer rows than a tile: all of them.
+        assert_eq!(gemm_tile_rows(48, 512, GEMM_SCRATCH_FLOATS), 48);
+        // Rounded down to whole tiles; at least one tile even past the budget.
+        assert_eq!(gemm_tile_rows(1000, 10, 1279), 64);
+        assert_eq!(gemm_tile_rows(1000, 10, 1280), 128);
+        assert_eq!(gemm_tile_rows(1000, 1 << 22, GEMM_SCRATCH_FLOATS), 64);
+        for (rows, cols, budget) in [
+            (1, 8, 1),
+            (63, 8, 1 << 20),
+            (65, 4096, 1 << 18),
+            (999, 1, 0),
+        ] {
+            let t = gemm_tile_rows(rows, cols, budget);
+            assert!(t >= 1 && t <= rows, "{rows} {cols} {budget}: {t}");
+            assert!(
+                t == rows || t.is_multiple_of(GEMM_TILE),
+                "{rows} {cols}: {t}"
+            );
+            assert!(
+                t * cols <= budget.max(GEMM_TILE * cols),
+                "{rows} {cols}: {t}"
+            );
+        }
+    }
+
+    #[test]
+    fn gemm_path_only_where_its_kernels_apply() {
+        let n = PREFILL_GEMM_MIN_TOKENS;
+        for ty in TYPES {
+            assert!(gemm_applies(ty, 200, 512, n), "{ty}");
+            assert!(
+                !gemm_applies(ty, 200, 512, n - 1),
+                "{ty}: decode stays matrix-vector"
+            );
+        }
+        // F16 tiles must hold whole groups of 8 values; F32 is not dequantized.
+        assert!(!gemm_applies(GgmlType::F16, 70, 516, 40));
+        assert!(gemm_applies(GgmlType::F32, 70, 516, 40));
+        assert!(gemm_applies(GgmlType::F32, 70, 3, 40));
+        // No dequantize kernel.
+        assert!(!gemm_applies(GgmlType::BF16, 200, 512, n));
+        assert!(!gemm_applies(GgmlType::Q4_1, 200, 512, n));
+        // Empty or beyond the kernels' int arguments and grid.
+        assert!(!gemm_applies(GgmlType::F32, 0, 512, n));
+        assert!(!gemm_applies(GgmlType::F32, 200, 0, n));
+        assert!(!gemm_applies(GgmlType::Q8_0, 1 << 31, 512, n));
+        assert!(!gemm_applies(GgmlType::Q8_0, 200, 1 << 31, n));
+        assert!(gemm_applies(
+            GgmlType::Q8_0,
+            200,
+            512,
+            MAX_GRID_YZ * GEMM_TILE
+        ));
+        assert!(!gemm_applies(
+            GgmlType::Q8_0,
+            200,
+            512,
+            MAX_GRID_YZ * GEMM_TILE + 1
+        ));
+    }
+
+    #[test]
     fn cuda_available_gives_a_reason_instead_of_panicking() {
         // SAFETY: only probes whether libcuda can be dlopened.
         let present = unsafe { cudarc::driver::sys::is_culib_present() };
@@ -1362,8 +1652,10 @@ mod tests {
         }
         let pool = Arc::new(ThreadPool::new(2).expect("thread pool"));
         let cpu = CpuBackend::new("cpu:0", DeviceMemory::new(1 << 30), pool);
-        // The same GPU opened twice, as `cuda:0,cuda:0` would.
-        let gpu = CudaBackend::new("cuda:0", 0, 1 << 30).expect("cuda:0");
+        // The same GPU opened twice, as `cuda:0,cuda:0` would. The first multiplies weights in
+        // tiles of 64 rows (several per weight), its twin with the default scratch (one tile).
+        let mut gpu = CudaBackend::new("cuda:0", 0, 1 << 30).expect("cuda:0");
+        gpu.gemm_scratch_floats = GEMM_TILE * 512;
         let twin = CudaBackend::new("cuda:0b", 0, 1 << 30).expect("cuda:0 again");
         let want = run_ops(&cpu);
         let mut failures = Vec::new();
