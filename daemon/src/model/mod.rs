@@ -5,6 +5,8 @@
 pub mod backend;
 pub mod batch;
 pub mod config;
+#[cfg(test)]
+mod gpu_check;
 pub mod load;
 pub mod pipeline;
 pub mod placement;

@@ -1,0 +1,267 @@
+//! Whole models on the GPU against the CPU backend: tiny random models of every architecture and
+//! weight type, made here with `llmd make-model`'s writer, give the logits of a 64-token sequence
+//! at every position, once as one prefill batch (the GEMM path) and once token by token (the
+//! matrix-vector and decode-attention kernels), through `cuda:0` and through `cuda:0` named twice
+//! as two pipeline stages split 1,1. Without a GPU the GPU test prints SKIPPED; the harness
+//! itself is checked on the CPU (prefill against decode), so its tolerances are known to hold
+//! between two correct paths.
+//!
+//! Tolerance: the largest difference at a position, over the spread (max - min) of the CPU's
+//! logits there. Quantized weights: both backends quantize activations to 8 bits, in different
+//! block formats (and the GEMM path not at all), so 4% of the spread; F16/F32 weights: 1%.
+
+use std::sync::Arc;
+
+use clap::Parser;
+use llmd_kernels::backend::{cuda_available, CpuBackend, CudaBackend, DeviceMemory};
+use llmd_kernels::cpu::ThreadPool;
+
+use super::backend::StageBackend;
+use super::batch::Batch;
+use super::load::{build_pipeline, OpenedModel, StageSpec};
+use super::placement::assign_layers;
+use super::Pipeline;
+use crate::make_model::{self, MakeModelArgs};
+
+/// Tokens in the compared sequence.
+const N_TOKENS: usize = 64;
+
+/// `llmd make-model`'s arguments, parsed as on its command line.
+#[derive(Parser)]
+struct MakeModelCli {
+    #[command(flatten)]
+    args: MakeModelArgs,
+}
+
+/// A tiny random model of `arch` with `ty` weights, written to `dir`.
+fn make(dir: &std::path::Path, arch: &str, ty: &str) -> OpenedModel {
+    let path = dir.join(format!("{arch}-{ty}.gguf"));
+    let out = path.to_str().expect("utf-8 temp path");
+    let cli = MakeModelCli::try_parse_from([
+        "make-model",
+        "--arch",
+        arch,
+        "--preset",
+        "tiny",
+        "--type",
+        ty,
+        "--seed",
+        "11",
+        "--threads",
+        "2",
+        "-o",
+        out,
+    ])
+    .expect("valid make-model arguments");
+    make_model::run(cli.args).expect("make-model");
+    OpenedModel::open(&path).expect("open the made model")
+}
+
+/// The model on `backends`, its layers split evenly among them (llama.cpp's rule).
+fn pipeline(model: &OpenedModel, backends: &[StageBackend]) -> Pipeline {
+    let weights = vec![1.0; backends.len()];
+    let (ranges, head) = assign_layers(model.config.n_layer, &weights);
+    let specs = ranges
+        .into_iter()
+        .enumerate()
+        .filter(|(i, r)| !r.is_empty() || *i == head)
+        .map(|(i, layers)| StageSpec {
+            backend: backends[i].clone(),
+            layers,
+            head: i == head,
+        })
+        .collect();
+    build_pipeline(model, specs, N_TOKENS, N_TOKENS, |_, _| {}).expect("pipeline")
+}
+
+fn cpu(name: &str) -> StageBackend {
+    let pool = Arc::new(ThreadPool::new(2).expect("threads"));
+    StageBackend::Cpu(Arc::new(CpuBackend::new(
+        name,
+        DeviceMemory::new(u64::MAX),
+        pool,
+    )))
+}
+
+fn gpu(name: &str) -> StageBackend {
+    StageBackend::Cuda(Arc::new(
+        CudaBackend::new(name, 0, 8 << 30).expect("open CUDA device 0"),
+    ))
+}
+
+/// A deterministic token sequence within the vocabulary.
+fn tokens(n_vocab: usize) -> Vec<u32> {
+    (0..N_TOKENS)
+        .map(|i| ((i * 7919 + 13) % n_vocab) as u32)
+        .collect()
+}
+
+/// Logits at every position of `tokens`: one prefill batch, or one token per step.
+fn logits(p: &mut Pipeline, tokens: &[u32], one_batch: bool) -> Vec<Vec<f32>> {
+    let n_vocab = p.config().n_vocab;
+    p.add_sequence(1, tokens.len()).expect("KV caches");
+    let mut rows = Vec::with_capacity(tokens.len());
+    let mut out = Vec::new();
+    let chunk = if one_batch { tokens.len() } else { 1 };
+    for (c, part) in tokens.chunks(chunk).enumerate() {
+        let mut batch = Batch::default();
+        for (i, &t) in part.iter().enumerate() {
+            batch.push(t, (c * chunk + i) as u32, 1, true);
+        }
+        out.clear();
+        p.forward(&batch, &mut out).expect("forward");
+        rows.extend(out.chunks(n_vocab).map(<[f32]>::to_vec));
+    }
+    p.remove_sequence(1);
+    rows
+}
+
+/// The worst difference at any position over the reference's spread there, and the positions
+/// whose greedy token differs although the reference's top two are further apart than the
+/// tolerance allows the difference to be.
+fn compare(want: &[Vec<f32>], got: &[Vec<f32>], tol: f32) -> (f32, Vec<usize>) {
+    assert_eq!(want.len(), got.len(), "positions");
+    let mut worst = 0.0f32;
+    let mut flipped = Vec::new();
+    for (pos, (w, g)) in want.iter().zip(got).enumerate() {
+        assert_eq!(w.len(), g.len(), "vocabulary");
+        let (lo, hi) = w
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let spread = (hi - lo).max(1e-6);
+        let diff = w
+            .iter()
+            .zip(g)
+            .map(|(a, b)| {
+                if b.is_finite() {
+                    (a - b).abs()
+                } else {
+                    f32::INFINITY
+                }
+            })
+            .fold(0.0f32, f32::max);
+        worst = worst.max(diff / spread);
+        let argmax = |v: &[f32]| {
+            v.iter()
+                .enumerate()
+                .fold(
+                    (0, f32::MIN),
+                    |best, (i, &x)| if x > best.1 { (i, x) } else { best },
+                )
+                .0
+        };
+        let top = argmax(w);
+        let second = w
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != top)
+            .map(|(_, &v)| v)
+            .fold(f32::MIN, f32::max);
+        if argmax(g) != top && w[top] - second > 2.0 * tol * spread {
+            flipped.push(pos);
+        }
+    }
+    (worst, flipped)
+}
+
+/// Architectures and weight types compared, with their tolerances.
+const CASES: &[(&str, &str, f32)] = &[
+    ("llama", "f32", 0.01),
+    ("llama", "q8_0", 0.04),
+    ("llama", "q4_0", 0.04),
+    ("qwen2", "q5_0", 0.04),
+    ("qwen3", "q4_k_m", 0.04),
+    ("gemma3", "f16", 0.01),
+    ("gemma3", "q6_k", 0.04),
+];
+
+/// The harness on the CPU alone: one prefill batch and token-by-token decoding, on one device
+/// and split over two, give the same logits (the CPU computes each row the same way whatever
+/// the batch), and the comparison flags a difference beyond the tolerance and a flipped greedy
+/// token.
+#[test]
+fn comparison_harness_on_the_cpu() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for &(arch, ty, tol) in &CASES[..2] {
+        let model = make(dir.path(), arch, ty);
+        let toks = tokens(model.config.n_vocab);
+        let want = logits(&mut pipeline(&model, &[cpu("cpu:0")]), &toks, false);
+        let split = [cpu("cpu:0"), cpu("cpu:1")];
+        let got = logits(&mut pipeline(&model, &split), &toks, true);
+        let (worst, flipped) = compare(&want, &got, tol);
+        println!("{arch} {ty}: CPU prefill vs decode, worst {worst:.2e} of the spread");
+        assert!(worst <= tol && flipped.is_empty(), "{worst} {flipped:?}");
+
+        // A difference of twice the tolerance at one position is caught, and so is a greedy
+        // token changed where the reference is decisive.
+        let mut off = got.clone();
+        let row = &mut off[5];
+        let (lo, hi) = row
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+        row[3] += 2.0 * tol * (hi - lo);
+        let (worst, _) = compare(&want, &off, tol);
+        assert!(worst > tol, "{worst}");
+        let mut flip = got.clone();
+        let row = &mut flip[9];
+        let top = (0..row.len())
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .expect("logits");
+        let decisive = {
+            let (lo, hi) = row
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+            let second = (0..row.len())
+                .filter(|&i| i != top)
+                .map(|i| row[i])
+                .fold(f32::MIN, f32::max);
+            row[top] - second > 2.0 * tol * (hi - lo).max(1e-6)
+        };
+        row[top] = f32::MIN;
+        let (_, flipped) = compare(&want, &flip, tol);
+        assert_eq!(flipped.is_empty(), !decisive, "{flipped:?}");
+    }
+}
+
+#[test]
+fn gpu_whole_models_match_the_cpu_backend() {
+    if let Err(reason) = cuda_available() {
+        println!("SKIPPED: no CUDA device ({reason})");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut failures = Vec::new();
+    for &(arch, ty, tol) in CASES {
+        let model = make(dir.path(), arch, ty);
+        let toks = tokens(model.config.n_vocab);
+        let mut reference = pipeline(&model, &[cpu("cpu:0")]);
+        let want_decode = logits(&mut reference, &toks, false);
+        let want_prefill = logits(&mut reference, &toks, true);
+        let devices: [(&str, Vec<StageBackend>); 2] = [
+            ("cuda:0", vec![gpu("cuda:0")]),
+            ("cuda:0,cuda:0", vec![gpu("cuda:0"), gpu("cuda:0")]),
+        ];
+        for (what, backends) in devices {
+            let mut p = pipeline(&model, &backends);
+            for (mode, one_batch, want) in [
+                ("prefill", true, &want_prefill),
+                ("decode", false, &want_decode),
+            ] {
+                let got = logits(&mut p, &toks, one_batch);
+                let (worst, flipped) = compare(want, &got, tol);
+                let ok = worst <= tol && flipped.is_empty();
+                println!(
+                    "{arch} {ty} on {what}, {mode}: worst difference {worst:.2e} of the spread \
+                     (tolerance {tol:.0e}), greedy flips at decisive positions {flipped:?}{}",
+                    if ok { "" } else { "  FAILED" }
+                );
+                if !ok {
+                    failures.push(format!(
+                        "{arch} {ty} {what} {mode}: {worst:.2e} {flipped:?}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
