@@ -69,6 +69,14 @@ fn configured_gpus_without_a_driver_are_reported_and_refused_while_the_cpu_serve
             err.contains("device cuda:0 cannot hold models") && err.contains(reason),
             "{err}"
         );
+        // The doctor fails the configured GPU with the reason (exit code 2).
+        let out = d.llmctl(&["doctor"]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            report.contains("FAIL") && report.contains("configured GPUs cannot hold models"),
+            "{report}"
+        );
         // The CPU model is untouched and still serves.
         assert_eq!(greedy(&d, "cpu", N), on_cpu);
         return;

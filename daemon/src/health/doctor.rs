@@ -61,6 +61,49 @@ pub fn run(
     DoctorReport { checks }
 }
 
+/// Whether the GPU devices can compute: FAIL for a configured `cuda:N` that cannot hold models
+/// (no driver, no such GPU), OK naming the GPUs when CUDA works; no check on a machine without
+/// CUDA and without GPU devices. `gpus` are the GPU devices in force: name and, when unusable,
+/// the reason.
+pub fn check_cuda(
+    cuda: &llmd_shared::CudaStatus,
+    gpus: &[(String, Option<String>)],
+) -> Option<Check> {
+    let subject = "system";
+    let broken: Vec<String> = gpus
+        .iter()
+        .filter_map(|(name, why)| why.as_ref().map(|why| format!("{name}: {why}")))
+        .collect();
+    if !broken.is_empty() {
+        return Some(check(
+            CheckKind::Cuda,
+            subject,
+            Verdict::Fail,
+            format!("configured GPUs cannot hold models ({})", broken.join("; ")),
+            Some("install the NVIDIA driver (libcuda.so.1), check `nvidia-smi` and CUDA_VISIBLE_DEVICES, or fix the device ids in [[devices]]"),
+        ));
+    }
+    if cuda.unavailable.is_some() {
+        return None;
+    }
+    let names: Vec<&str> = gpus.iter().map(|(name, _)| name.as_str()).collect();
+    Some(check(
+        CheckKind::Cuda,
+        subject,
+        Verdict::Ok,
+        format!(
+            "CUDA works: the driver reports {} GPU(s); devices in use: {}",
+            cuda.devices,
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        ),
+        None,
+    ))
+}
+
 /// Builds a check.
 fn check(
     kind: CheckKind,
@@ -461,4 +504,49 @@ fn check_p2p(telemetry: &GpuTelemetry, models: &[ModelPlacement]) -> Vec<Check> 
         }
     }
     checks
+}
+
+#[cfg(test)]
+mod cuda_check_tests {
+    use super::*;
+    use llmd_shared::CudaStatus;
+
+    #[test]
+    fn cuda_check_fails_for_unusable_configured_gpus_and_is_absent_on_cpu_only_machines() {
+        let none = CudaStatus {
+            devices: 0,
+            unavailable: Some("libcuda was not found".into()),
+        };
+        assert_eq!(check_cuda(&none, &[]), None);
+        let c = check_cuda(
+            &none,
+            &[(
+                "cuda:0".into(),
+                Some("CUDA is unavailable: libcuda was not found".into()),
+            )],
+        )
+        .expect("a check");
+        assert_eq!((c.kind, c.verdict), (CheckKind::Cuda, Verdict::Fail));
+        assert!(
+            c.summary.contains("cuda:0: CUDA is unavailable"),
+            "{}",
+            c.summary
+        );
+        let two = CudaStatus {
+            devices: 2,
+            unavailable: None,
+        };
+        let c =
+            check_cuda(&two, &[("cuda:0".into(), None), ("cuda:1".into(), None)]).expect("a check");
+        assert_eq!(c.verdict, Verdict::Ok);
+        assert!(
+            c.summary
+                .contains("2 GPU(s); devices in use: cuda:0, cuda:1"),
+            "{}",
+            c.summary
+        );
+        let c = check_cuda(&two, &[("cuda:2".into(), Some("no CUDA device 2".into()))])
+            .expect("a check");
+        assert_eq!(c.verdict, Verdict::Fail);
+    }
 }

@@ -79,6 +79,8 @@ pub enum CheckKind {
     P2p,
     /// Temperature and throttling.
     Thermal,
+    /// CUDA (the driver's compute library) usable for the configured GPUs.
+    Cuda,
 }
 
 impl CheckKind {
@@ -92,6 +94,7 @@ impl CheckKind {
             CheckKind::Nvlink => "nvlink",
             CheckKind::P2p => "p2p",
             CheckKind::Thermal => "thermal",
+            CheckKind::Cuda => "cuda",
         }
     }
 }

@@ -12,9 +12,15 @@ pub async fn handle(_req: DoctorRequest, ctx: &Context) -> Result<DoctorReport, 
     let state = &ctx.state;
     let telemetry = state.gpu_telemetry();
     let models = state.models().placements();
-    Ok(doctor::run(
-        &telemetry,
-        &state.config().config.power,
-        &models,
-    ))
+    let mut report = doctor::run(&telemetry, &state.config().config.power, &models);
+    let gpus: Vec<(String, Option<String>)> = state
+        .devices()
+        .iter()
+        .filter(|d| d.is_gpu())
+        .map(|d| (d.name.clone(), d.unavailable.clone()))
+        .collect();
+    if let Some(check) = doctor::check_cuda(&crate::devices::cuda_status(), &gpus) {
+        report.checks.insert(1, check);
+    }
+    Ok(report)
 }
