@@ -6,6 +6,12 @@
 //! Tensors are generated, quantized and written in row batches on all cores, so full-size
 //! presets (8B, 70B) stream to disk without holding the model in memory; `--header-only`
 //! writes just the header (all tensor infos), which looks like a partial download.
+//!
+//! `--fill tiled` generates and quantizes only a small pool of rows per tensor
+//! ([`TILE_POOL_ROWS`]) and writes every row as a copy of a pool row chosen by a hash of its
+//! index, so full-size models for benchmarks are written at disk speed. The values have the same
+//! distribution as the default fill (pool row `j` is exactly the default fill's row `j`).
+//! `--json` prints a summary line on stdout, including the bytes of weights a decode step reads.
 
 pub mod vocab;
 
@@ -27,6 +33,19 @@ const BATCH_ELEMS: usize = 16 << 20;
 const WEIGHT_STD: f32 = 0.02;
 /// Standard deviation of the noise around 1 in norm weights, and of biases.
 const NORM_STD: f32 = 0.02;
+/// Distinct rows per tensor with `--fill tiled`.
+pub const TILE_POOL_ROWS: u64 = 64;
+
+/// How tensor rows are filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Fill {
+    /// Every row drawn and quantized on its own (slow for full-size models: CPU bound).
+    #[default]
+    Random,
+    /// A pool of [`TILE_POOL_ROWS`] random rows per tensor, quantized once; every row is a copy
+    /// of a pool row picked by a hash of its index (fast: disk bound).
+    Tiled,
+}
 
 /// The architectures `make-model` can write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -178,6 +197,14 @@ pub struct MakeModelArgs {
     /// Worker threads for generating and quantizing (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// How rows are filled: `random` draws every row; `tiled` repeats a small pool of random
+    /// rows per tensor, writing at disk speed (for benchmark-size models).
+    #[arg(long, value_enum, default_value = "random")]
+    pub fill: Fill,
+    /// Print a one-line JSON summary on stdout (sizes, and the bytes of weights a decode step
+    /// reads).
+    #[arg(long)]
+    pub json: bool,
     /// Output file.
     #[arg(short = 'o', long)]
     pub output: PathBuf,
@@ -642,49 +669,157 @@ fn encode_rows(
     quantize(t.ty, &vals).with_context(|| format!("quantizing {} to {}", t.name, t.ty))
 }
 
-/// Generates, encodes and writes one tensor in batches of rows, each batch split across
-/// `threads` workers.
+/// Generates and encodes rows `rows` of tensor `t` (number `index`), split across `threads`
+/// workers; the rows' bytes in order.
+fn encode_parallel(
+    t: &TensorPlan,
+    index: usize,
+    seed: u64,
+    rows: std::ops::Range<u64>,
+    threads: usize,
+) -> anyhow::Result<Vec<u8>> {
+    let (start, end) = (rows.start, rows.end);
+    let per = (end - start).div_ceil(threads as u64).max(1);
+    let parts: Vec<anyhow::Result<Vec<u8>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (start..end)
+            .step_by(per as usize)
+            .map(|a| {
+                let b = (a + per).min(end);
+                s.spawn(move || encode_rows(t, index, seed, a..b))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("worker thread panicked")))
+            })
+            .collect()
+    });
+    let mut data = Vec::new();
+    for p in parts {
+        data.extend_from_slice(&p?);
+    }
+    Ok(data)
+}
+
+/// Number of rows of a tensor (every dimension but the first).
+fn n_rows(t: &TensorPlan) -> u64 {
+    t.dims[1..].iter().product()
+}
+
+/// Bytes of one row of `t`.
+fn row_bytes(t: &TensorPlan) -> anyhow::Result<u64> {
+    t.ty.row_bytes(t.dims[0]).with_context(|| {
+        format!(
+            "{}: rows of {} elements are not whole {} blocks",
+            t.name, t.dims[0], t.ty
+        )
+    })
+}
+
+/// Bytes of the data of `t`.
+fn tensor_bytes(t: &TensorPlan) -> anyhow::Result<u64> {
+    row_bytes(t)?
+        .checked_mul(n_rows(t))
+        .with_context(|| format!("{}: size overflows", t.name))
+}
+
+/// Rows in the pool of a tensor of `n_rows` rows with `--fill tiled`.
+fn pool_rows(n_rows: u64) -> u64 {
+    n_rows.min(TILE_POOL_ROWS)
+}
+
+/// The pool row that row `row` of tensor number `index` copies with `--fill tiled`. Tensors
+/// with no more rows than the pool copy it in order (they equal the default fill).
+fn pool_pick(seed: u64, index: usize, row: u64, n_rows: u64) -> u64 {
+    let pool = pool_rows(n_rows);
+    if n_rows <= pool {
+        return row;
+    }
+    mix(row_rng(seed ^ 0x7469_6C65_645F_6669, index, row).next()) % pool
+}
+
+/// Bytes buffered per write with `--fill tiled`.
+const TILE_BATCH_BYTES: usize = 16 << 20;
+
+/// Generates, encodes and writes one tensor: with [`Fill::Random`] in batches of rows, each
+/// batch split across `threads` workers; with [`Fill::Tiled`] as copies of a pool of rows.
 fn write_tensor<W: Write>(
     stream: &mut crate::gguf::TensorStream<W>,
     t: &TensorPlan,
     index: usize,
     seed: u64,
     threads: usize,
+    fill: Fill,
 ) -> anyhow::Result<()> {
     let row_len = t.dims[0];
-    let n_rows: u64 = t.dims[1..].iter().product();
-    let batch_rows = (BATCH_ELEMS as u64 / row_len).max(1);
-    let mut data = Vec::new();
-    let mut start = 0;
+    let n_rows = n_rows(t);
     let mut sink = stream.tensor_writer()?;
-    while start < n_rows {
-        let end = (start + batch_rows).min(n_rows);
-        let per = (end - start).div_ceil(threads as u64).max(1);
-        let parts: Vec<anyhow::Result<Vec<u8>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (start..end)
-                .step_by(per as usize)
-                .map(|a| {
-                    let b = (a + per).min(end);
-                    s.spawn(move || encode_rows(t, index, seed, a..b))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("worker thread panicked")))
-                })
-                .collect()
-        });
-        data.clear();
-        for p in parts {
-            data.extend_from_slice(&p?);
+    match fill {
+        Fill::Random => {
+            let batch_rows = (BATCH_ELEMS as u64 / row_len).max(1);
+            let mut start = 0;
+            while start < n_rows {
+                let end = (start + batch_rows).min(n_rows);
+                sink.write_all(&encode_parallel(t, index, seed, start..end, threads)?)?;
+                start = end;
+            }
         }
-        sink.write_all(&data)?;
-        start = end;
+        Fill::Tiled => {
+            let pool = encode_parallel(t, index, seed, 0..pool_rows(n_rows), threads)?;
+            let rb = usize::try_from(row_bytes(t)?).context("row too large")?;
+            let batch_rows = (TILE_BATCH_BYTES / rb.max(1)).max(1) as u64;
+            let mut data = Vec::with_capacity(rb * batch_rows as usize);
+            let mut start = 0;
+            while start < n_rows {
+                let end = (start + batch_rows).min(n_rows);
+                data.clear();
+                for r in start..end {
+                    let j = pool_pick(seed, index, r, n_rows) as usize;
+                    data.extend_from_slice(&pool[j * rb..(j + 1) * rb]);
+                }
+                sink.write_all(&data)?;
+                start = end;
+            }
+        }
     }
     sink.finish()?;
     Ok(())
+}
+
+/// What `--json` prints: the written model's sizes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MakeModelSummary {
+    /// The output file.
+    pub path: String,
+    /// `general.architecture`.
+    pub arch: String,
+    /// The weight type option (`q4_k_m`, ...).
+    pub ty: String,
+    /// The fill option (`random` or `tiled`).
+    pub fill: String,
+    /// Transformer layers.
+    pub layers: u32,
+    /// Total elements of all tensors.
+    pub parameters: u64,
+    /// Number of tensors.
+    pub tensors: u64,
+    /// Size of the file (of the whole file even with `--header-only`).
+    pub file_bytes: u64,
+    /// Bytes of all tensor data (no padding).
+    pub tensor_bytes: u64,
+    /// Bytes of `token_embd.weight`.
+    pub token_embd_bytes: u64,
+    /// Whether the output projection is tied to the token embeddings (no `output.weight`).
+    pub tied_output: bool,
+    /// Bytes of weights one decode step reads: every tensor except the token embeddings, of
+    /// which only the looked-up rows are read, unless they double as the output projection.
+    pub decode_bytes_per_token: u64,
+    /// Whether only the header was written.
+    pub header_only: bool,
+    /// Seconds taken.
+    pub seconds: f64,
 }
 
 /// Runs `llmd make-model`.
@@ -719,7 +854,7 @@ pub fn run(args: MakeModelArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1);
         for (i, t) in tensors.iter().enumerate() {
-            write_tensor(&mut stream, t, i, args.seed, threads)?;
+            write_tensor(&mut stream, t, i, args.seed, threads, args.fill)?;
         }
         let out = stream.finish()?;
         out.into_inner()
@@ -729,11 +864,12 @@ pub fn run(args: MakeModelArgs) -> anyhow::Result<()> {
         // Read it back: what we wrote must parse.
         GgufFile::open(&args.output).context("reading back the written model")?;
     }
+    let ty_name = format!("{:?}", args.ty).to_lowercase();
     eprintln!(
         "wrote {}: {} {}, {} layers, {} tensors, {:.3}B parameters, {} vocabulary ({} learned), {} bytes{} in {:.1}s",
         args.output.display(),
         args.arch.name(),
-        format!("{:?}", args.ty).to_lowercase(),
+        ty_name,
         sh.n_layer,
         tensors.len(),
         n_params as f64 / 1e9,
@@ -743,7 +879,53 @@ pub fn run(args: MakeModelArgs) -> anyhow::Result<()> {
         if args.header_only { " (header only)" } else { "" },
         started.elapsed().as_secs_f64()
     );
+    if args.json {
+        let summary = summarize(&args, &sh, &tensors, total_size, started)?;
+        println!("{}", serde_json::to_string(&summary)?);
+    }
     Ok(())
+}
+
+/// The `--json` summary of the model just written.
+fn summarize(
+    args: &MakeModelArgs,
+    sh: &Shape,
+    tensors: &[TensorPlan],
+    file_bytes: u64,
+    started: Instant,
+) -> anyhow::Result<MakeModelSummary> {
+    let mut tensor_total = 0u64;
+    let mut token_embd_bytes = 0u64;
+    let mut tied_output = true;
+    for t in tensors {
+        let b = tensor_bytes(t)?;
+        tensor_total += b;
+        match t.role {
+            Role::TokenEmbd => token_embd_bytes = b,
+            Role::Output => tied_output = false,
+            _ => {}
+        }
+    }
+    Ok(MakeModelSummary {
+        path: args.output.display().to_string(),
+        arch: args.arch.name().to_owned(),
+        ty: format!("{:?}", args.ty).to_lowercase(),
+        fill: format!("{:?}", args.fill).to_lowercase(),
+        layers: sh.n_layer,
+        parameters: tensors.iter().map(|t| t.dims.iter().product::<u64>()).sum(),
+        tensors: tensors.len() as u64,
+        file_bytes,
+        tensor_bytes: tensor_total,
+        token_embd_bytes,
+        tied_output,
+        decode_bytes_per_token: if tied_output {
+            tensor_total
+        } else {
+            tensor_total - token_embd_bytes
+        },
+        header_only: args.header_only,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 #[cfg(test)]
@@ -797,5 +979,112 @@ mod tests {
         assert!(mean.abs() < 0.002, "{mean}");
         assert!((var.sqrt() - 0.02).abs() < 0.002, "{}", var.sqrt());
         assert_ne!(a, encode_rows(&t, 3, 8, 0..64).unwrap());
+    }
+
+    /// Parses `llmd make-model` arguments.
+    fn args(argv: &[&str]) -> MakeModelArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: MakeModelArgs,
+        }
+        // The output is required; tests set the path they want.
+        let argv = ["make-model", "-o", "unset.gguf"].iter().chain(argv);
+        Cli::try_parse_from(argv.copied()).unwrap().args
+    }
+
+    #[test]
+    fn tiled_fill_repeats_pool_rows_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+        let (tiled, random) = (out("tiled.gguf"), out("random.gguf"));
+        let common = ["--arch", "llama", "--type", "q4_k_m", "--seed", "5"];
+        let mut a = args(&common);
+        assert_eq!(a.fill, Fill::Random, "the default fill is unchanged");
+        a.output = random.clone().into();
+        run(a).unwrap();
+        let mut a = args(&[&common[..], &["--fill", "tiled", "--threads", "2"]].concat());
+        assert_eq!(a.fill, Fill::Tiled);
+        a.output = tiled.clone().into();
+        let sh = a.shape().unwrap();
+        run(a).unwrap();
+
+        let (ft, fr) = (
+            GgufFile::open(&tiled).unwrap(),
+            GgufFile::open(&random).unwrap(),
+        );
+        ft.check_supported().unwrap();
+        assert_eq!(ft.file_size(), fr.file_size());
+        let p = plan(Arch::Llama, &sh, WeightType::Q4_K_M);
+        assert_eq!(ft.tensors().len(), p.len());
+        let mut big = 0;
+        for (index, t) in p.iter().enumerate() {
+            let info = ft.tensor(&t.name).unwrap();
+            assert_eq!((&info.dims, info.ty), (&t.dims, t.ty), "{}", t.name);
+            let data = ft.tensor_data(info).unwrap();
+            assert_eq!(data.len() as u64, tensor_bytes(t).unwrap(), "{}", t.name);
+            assert_eq!(
+                (
+                    &fr.tensor(&t.name).unwrap().dims,
+                    fr.tensor(&t.name).unwrap().ty
+                ),
+                (&t.dims, t.ty)
+            );
+            let rows = n_rows(t);
+            let pool = encode_rows(t, index, 5, 0..pool_rows(rows)).unwrap();
+            let rb = row_bytes(t).unwrap() as usize;
+            if rows <= TILE_POOL_ROWS {
+                // Small tensors (norms, the tiny shape's k/v) equal the default fill.
+                assert_eq!(data, &pool[..], "{}", t.name);
+                assert_eq!(data, fr.tensor_data_by_name(&t.name).unwrap(), "{}", t.name);
+                continue;
+            }
+            big += 1;
+            // Pool rows are the default fill's first rows.
+            let random_data = fr.tensor_data_by_name(&t.name).unwrap();
+            assert_eq!(&random_data[..pool.len()], &pool[..], "{}", t.name);
+            let mut used = vec![false; TILE_POOL_ROWS as usize];
+            for (r, row) in data.chunks_exact(rb).enumerate() {
+                let j = pool_pick(5, index, r as u64, rows) as usize;
+                assert_eq!(row, &pool[j * rb..(j + 1) * rb], "{} row {r}", t.name);
+                used[j] = true;
+            }
+            let used = used.iter().filter(|&&u| u).count();
+            assert!(
+                used > TILE_POOL_ROWS as usize / 2,
+                "{}: {used} pool rows used",
+                t.name
+            );
+            assert_ne!(data, random_data, "{}", t.name);
+        }
+        assert!(big >= 8, "only {big} tensors have more rows than the pool");
+
+        // The values decode finite and scaled like the default fill's.
+        let emb = ft.tensor("token_embd.weight").unwrap();
+        let mut vals = vec![0f32; emb.n_elements() as usize];
+        llmd_kernels::quant::dequantize(emb.ty, ft.tensor_data(emb).unwrap(), &mut vals).unwrap();
+        assert!(vals.iter().all(|v| v.is_finite()));
+        let rms = (vals.iter().map(|v| v * v).sum::<f32>() / vals.len() as f32).sqrt();
+        assert!((rms - WEIGHT_STD).abs() < 0.005, "{rms}");
+    }
+
+    #[test]
+    fn summary_counts_the_bytes_a_decode_step_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        for (arch, tied) in [("llama", false), ("gemma3", true)] {
+            let mut a = args(&["--arch", arch, "--type", "q8_0", "--header-only"]);
+            a.output = dir.path().join(format!("{arch}.gguf"));
+            let sh = a.shape().unwrap();
+            let p = plan(a.arch, &sh, a.ty);
+            let s = summarize(&a, &sh, &p, 1, Instant::now()).unwrap();
+            assert_eq!(s.tied_output, tied);
+            let total: u64 = p.iter().map(|t| tensor_bytes(t).unwrap()).sum();
+            let emb = sh.n_vocab as u64 * sh.n_embd as u64 / 32 * 34;
+            assert_eq!((s.tensor_bytes, s.token_embd_bytes), (total, emb));
+            let expect = if tied { total } else { total - emb };
+            assert_eq!(s.decode_bytes_per_token, expect);
+            assert_eq!(s.tensors, p.len() as u64);
+        }
     }
 }

@@ -359,6 +359,8 @@ mod tests {
             seed: 7,
             header_only: false,
             threads: Some(1),
+            fill: make_model::Fill::Random,
+            json: false,
             output: path.clone(),
         })
         .unwrap();
