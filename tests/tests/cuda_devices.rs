@@ -79,6 +79,32 @@ fn configured_gpus_without_a_driver_are_reported_and_refused_while_the_cpu_serve
         );
         // The CPU model is untouched and still serves.
         assert_eq!(greedy(&d, "cpu", N), on_cpu);
+        // One device named twice runs as a two-stage pipeline, as `cuda:0,cuda:0` does, with
+        // the one-stage tokens (the CPU backend is exact across splits).
+        ok(
+            &d,
+            &[
+                "load",
+                path,
+                "--name",
+                "twice",
+                "--devices",
+                "cpu:0,cpu:0",
+                "--split",
+                "1,1",
+            ],
+        );
+        // `list --json` prints one object per model, sorted by name: "twice" comes last.
+        let list = last_json(&ok(&d, &["list", "--json"]));
+        assert_eq!(list["name"], "twice", "{list}");
+        let stages: Vec<&str> = list["placement"]
+            .as_array()
+            .expect("placement")
+            .iter()
+            .map(|s| s["device"].as_str().unwrap_or("?"))
+            .collect();
+        assert_eq!(stages, ["cpu:0", "cpu:0"], "{list}");
+        assert_eq!(greedy(&d, "twice", N), on_cpu);
         return;
     }
 
