@@ -31,7 +31,8 @@ impl StageBackend {
     }
 
     /// Loads `layers` (and the head if `head`) from `source` onto this device as a pipeline
-    /// stage (see [`Stage::load`]).
+    /// stage (see [`Stage::load`]); `loaded()` is called after each layer and the head.
+    #[allow(clippy::too_many_arguments)]
     pub fn load_stage<S: TensorSource + ?Sized>(
         &self,
         config: Arc<ModelConfig>,
@@ -40,6 +41,7 @@ impl StageBackend {
         head: bool,
         max_batch: usize,
         max_logit_rows: usize,
+        loaded: &mut dyn FnMut(),
     ) -> Result<Box<dyn PipelineStage>, WeightError> {
         Ok(match self {
             StageBackend::Cpu(b) => Box::new(Stage::load(
@@ -50,6 +52,7 @@ impl StageBackend {
                 head,
                 max_batch,
                 max_logit_rows,
+                loaded,
             )?),
             StageBackend::Cuda(b) => Box::new(Stage::load(
                 Arc::clone(b),
@@ -59,6 +62,7 @@ impl StageBackend {
                 head,
                 max_batch,
                 max_logit_rows,
+                loaded,
             )?),
         })
     }

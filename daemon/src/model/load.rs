@@ -165,7 +165,8 @@ pub struct StageSpec {
     pub head: bool,
 }
 
-/// Builds the stages and the pipeline; `progress(done, total)` is called after each stage.
+/// Builds the stages and the pipeline; `progress(done, total)` is called after each layer (the
+/// output head counting as one more), so a load onto GPUs reports as it uploads.
 pub fn build_pipeline(
     model: &OpenedModel,
     stages: Vec<StageSpec>,
@@ -173,9 +174,13 @@ pub fn build_pipeline(
     max_logit_rows: usize,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Pipeline, LoadError> {
-    let total = stages.len();
-    let mut built: Vec<Box<dyn PipelineStage>> = Vec::with_capacity(total);
-    for (i, spec) in stages.into_iter().enumerate() {
+    let total: usize = stages
+        .iter()
+        .map(|s| s.layers.len() + usize::from(s.head))
+        .sum();
+    let mut done = 0;
+    let mut built: Vec<Box<dyn PipelineStage>> = Vec::with_capacity(stages.len());
+    for spec in stages {
         let stage = spec.backend.load_stage(
             Arc::clone(&model.config),
             &*model.source,
@@ -183,9 +188,12 @@ pub fn build_pipeline(
             spec.head,
             max_batch,
             max_logit_rows,
+            &mut || {
+                done += 1;
+                progress(done, total);
+            },
         )?;
         built.push(stage);
-        progress(i + 1, total);
     }
     let source: Arc<dyn super::pipeline::ModelSource> = model.source.clone();
     Ok(Pipeline::new(Arc::clone(&model.config), source, built)?)

@@ -151,6 +151,7 @@ impl Builder<'_> {
                 layout.head,
                 self.max_batch,
                 self.max_logit_rows,
+                &mut || {},
             )
             .map_err(|e| e.to_string())?;
         for seq in self.live {

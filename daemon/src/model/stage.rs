@@ -77,6 +77,8 @@ pub enum ForwardError {
 impl<B: Backend> Stage<B> {
     /// Loads `layers` (and the head if `with_head`) from `source` onto `backend`, with buffers for
     /// batches of up to `max_tokens` tokens, `max_logit_rows` of which may want logits.
+    /// `loaded()` is called after each layer and after the head, for progress reports.
+    #[allow(clippy::too_many_arguments)]
     pub fn load<S: TensorSource + ?Sized>(
         backend: Arc<B>,
         config: Arc<ModelConfig>,
@@ -85,6 +87,7 @@ impl<B: Backend> Stage<B> {
         with_head: bool,
         max_tokens: usize,
         max_logit_rows: usize,
+        loaded: &mut dyn FnMut(),
     ) -> Result<Self, WeightError> {
         let max_logit_rows = max_logit_rows.clamp(1, max_tokens.max(1));
         let mut weights = Vec::with_capacity(layers.len());
@@ -93,10 +96,12 @@ impl<B: Backend> Stage<B> {
             let (w, bytes) = LayerWeights::load(&*backend, source, &config, il)?;
             weights.push(w);
             weight_bytes += bytes;
+            loaded();
         }
         let head = if with_head {
             let (h, bytes) = HeadWeights::load(&*backend, source, &config)?;
             weight_bytes += bytes;
+            loaded();
             Some(h)
         } else {
             None

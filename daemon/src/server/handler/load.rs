@@ -71,7 +71,7 @@ pub async fn handle(req: LoadRequest, ctx: &Context) -> Result<LoadReply, ErrorR
         ctx.event(Event::Progress(Progress {
             done: done as u64,
             total: total as u64,
-            what: "stages".into(),
+            what: "layers".into(),
         }))
         .await?;
     }
