@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::panic::catch_unwind;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use cudarc::driver::sys::CUresult;
 use cudarc::driver::{
@@ -261,6 +261,40 @@ pub struct CudaBackend {
     /// Most f32 values of the dequantized weight tile of the GEMM path ([`GEMM_SCRATCH_FLOATS`];
     /// the tests lower it so that small weights take several tiles).
     gemm_scratch_floats: usize,
+    /// Small device buffers reused across calls instead of allocated (and zeroed) per call.
+    reused: Mutex<Reused>,
+}
+
+/// Device buffers a backend keeps between calls. Every use is on the backend's one stream, so a
+/// buffer rewritten by a later call is only rewritten after the kernels of earlier calls that
+/// read it (stream order); the lock only guards the Rust-side bookkeeping.
+#[derive(Default)]
+struct Reused {
+    /// Token positions last uploaded (what `positions_dev` holds, in its first values): a forward
+    /// pass passes the same positions to rope, the KV store and attention of every layer, so they
+    /// cross to the device once per step instead of four times per layer.
+    positions: Vec<u32>,
+    /// The positions on the device (grown, never shrunk).
+    positions_dev: Option<CudaSlice<u32>>,
+    /// Q8_1-quantized activations of the matrix-vector path (grown, never shrunk).
+    q8: Option<CudaSlice<u8>>,
+    /// Partial results of split decode attention (grown, never shrunk).
+    partials: Option<CudaSlice<f32>>,
+}
+
+/// A buffer of at least `len` values in `slot`, allocating a larger one (zeroed) when it is
+/// too small.
+fn grown<'a, T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    stream: &Arc<CudaStream>,
+    slot: &'a mut Option<CudaSlice<T>>,
+    len: usize,
+) -> Result<&'a mut CudaSlice<T>, DriverError> {
+    let len = len.max(1);
+    if slot.as_ref().is_none_or(|b| b.len() < len) {
+        *slot = None;
+        *slot = Some(stream.alloc_zeros::<T>(len)?);
+    }
+    Ok(slot.as_mut().expect("just allocated"))
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -416,6 +450,7 @@ impl CudaBackend {
             functions,
             ledger,
             gemm_scratch_floats: GEMM_SCRATCH_FLOATS,
+            reused: Mutex::new(Reused::default()),
         })
     }
 
@@ -489,6 +524,45 @@ impl CudaBackend {
         self.stream
             .alloc_zeros::<T>(len.max(1))
             .map_err(|e| self.err(what, e))
+    }
+
+    /// The reused buffers (a poisoned lock is taken over: they hold no invariant a panic could
+    /// break, since every use rewrites what it reads).
+    fn reused(&self) -> std::sync::MutexGuard<'_, Reused> {
+        self.reused.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `positions` on the device, in the first `positions.len()` values of the returned buffer,
+    /// uploaded only when they differ from the last ones (`host`: what `dev` holds).
+    fn device_positions<'r>(
+        &self,
+        host: &mut Vec<u32>,
+        dev: &'r mut Option<CudaSlice<u32>>,
+        positions: &[u32],
+    ) -> Result<&'r CudaSlice<u32>, BackendError> {
+        let stale =
+            host.as_slice() != positions || dev.as_ref().is_none_or(|d| d.len() < positions.len());
+        if stale {
+            // Room for a whole prefill chunk at once, so decode steps never reallocate.
+            let buffer = grown(&self.stream, dev, positions.len().max(512))
+                .map_err(|e| self.err("allocating positions", e))?;
+            if !positions.is_empty() {
+                self.stream
+                    .memcpy_htod(positions, &mut buffer.slice_mut(0..positions.len()))
+                    .map_err(|e| self.err("uploading positions", e))?;
+            }
+            host.clear();
+            host.extend_from_slice(positions);
+        }
+        dev.as_ref()
+            .ok_or_else(|| self.err_msg("positions buffer missing"))
+    }
+
+    fn err_msg(&self, message: &str) -> BackendError {
+        BackendError::Device {
+            device: self.name.clone(),
+            message: message.to_string(),
+        }
     }
 
     /// Checks the shapes of an RMS norm and returns the weight's values and `dim` as an int.
@@ -807,16 +881,22 @@ impl Backend for CudaBackend {
                     ));
                 }
                 let n_values = n_tokens * w.cols;
-                let mut q8 =
-                    self.alloc::<u8>("Q8_1 activations", n_values / 32 * Q8_1_BLOCK_BYTES)?;
+                let mut reused = self.reused();
+                let q8 = grown(
+                    &self.stream,
+                    &mut reused.q8,
+                    n_values / 32 * Q8_1_BLOCK_BYTES,
+                )
+                .map_err(|e| self.err("allocating Q8_1 activations", e))?;
                 let n_i64 = n_values as i64;
                 let mut quant = self.stream.launch_builder(self.function("quantize_q8_1")?);
-                quant.arg(x).arg(&mut q8).arg(&n_i64);
+                quant.arg(x).arg(&mut *q8).arg(&n_i64);
                 // SAFETY: quantize_q8_1(const float* x, q8_1* y, i64 n) over ceil(n/256) blocks
                 // of 256 reads n values of x (length checked) and writes n/32 blocks of 36 bytes
-                // into q8, allocated with exactly that size; n % 32 == 0.
+                // into q8, which holds at least that many bytes (`grown`); n % 32 == 0.
                 unsafe { quant.launch(cfg((blocks_for(n_values, 256), 1, 1), (256, 1, 1))) }
                     .map_err(|e| self.err("quantize_q8_1", e))?;
+                drop(quant);
                 let name = match w.ty {
                     GgmlType::Q4_0 => "mul_mat_vec_q4_0_q8_1",
                     GgmlType::Q5_0 => "mul_mat_vec_q5_0_q8_1",
@@ -825,7 +905,7 @@ impl Backend for CudaBackend {
                     _ => "mul_mat_vec_q6_K_q8_1",
                 };
                 let mut launch = self.stream.launch_builder(self.function(name)?);
-                launch.arg(&w.data).arg(&q8).arg(out).arg(&rows).arg(&cols);
+                launch.arg(&w.data).arg(&*q8).arg(out).arg(&rows).arg(&cols);
                 // SAFETY: mul_mat_vec_<type>_q8_1(const void* w, const q8_1* y, float* out, int
                 // rows, int cols) over (ceil(rows/4), n_tokens) blocks of (32,4) reads the
                 // rows*cols weights (byte size checked at upload), n_tokens*cols/32 Q8_1 blocks
@@ -947,14 +1027,17 @@ impl Backend for CudaBackend {
         let hd = to_i32(OP, "head_dim", head_dim)?;
         let nd = to_i32(OP, "n_dims", p.n_dims)?;
         let neox: i32 = (p.kind == RopeKind::Neox).into();
-        let pos = self
-            .stream
-            .clone_htod(positions)
-            .map_err(|e| self.err("uploading positions", e))?;
+        let mut reused = self.reused();
+        let Reused {
+            positions: on_device,
+            positions_dev,
+            ..
+        } = &mut *reused;
+        let pos = self.device_positions(on_device, positions_dev, positions)?;
         let mut launch = self.stream.launch_builder(self.function("rope_f32")?);
         launch
             .arg(x)
-            .arg(&pos)
+            .arg(pos)
             .arg(&heads_i)
             .arg(&hd)
             .arg(&nd)
@@ -1080,15 +1163,18 @@ impl Backend for CudaBackend {
         }
         let n = grid_yz(OP, "tokens", positions.len())?;
         let width = to_i32(OP, "width", w)?;
-        let pos = self
-            .stream
-            .clone_htod(positions)
-            .map_err(|e| self.err("uploading positions", e))?;
+        let mut reused = self.reused();
+        let Reused {
+            positions: on_device,
+            positions_dev,
+            ..
+        } = &mut *reused;
+        let pos = self.device_positions(on_device, positions_dev, positions)?;
         let f = self.function("kv_store_f16")?;
         for (src, cache) in [(k, &mut kv.k), (v, &mut kv.v)] {
             let rows = src.slice(first_row * w..end);
             let mut launch = self.stream.launch_builder(f);
-            launch.arg(&rows).arg(cache).arg(&pos).arg(&width);
+            launch.arg(&rows).arg(cache).arg(pos).arg(&width);
             // SAFETY: kv_store_f16(const float* src, half* cache, const u32* positions, int
             // width) over (ceil(width/256), n_tokens) blocks of 256 reads n_tokens*width values
             // of `rows` (a view of exactly that length) and writes width halves at each
@@ -1156,10 +1242,14 @@ impl Backend for CudaBackend {
         let heads_i = to_i32(OP, "n_heads", p.n_heads)?;
         let kv_heads_i = to_i32(OP, "n_kv_heads", p.n_kv_heads)?;
         let hd_i = to_i32(OP, "head_dim", hd)?;
-        let pos = self
-            .stream
-            .clone_htod(positions)
-            .map_err(|e| self.err("uploading positions", e))?;
+        let mut reused = self.reused();
+        let Reused {
+            positions: on_device,
+            positions_dev,
+            partials,
+            ..
+        } = &mut *reused;
+        let pos = self.device_positions(on_device, positions_dev, positions)?;
         let q_rows = q.slice(first_row * qw..end);
         let mut out_rows = out.slice_mut(first_row * qw..end);
         let null_part: u64 = 0;
@@ -1174,7 +1264,7 @@ impl Backend for CudaBackend {
                 .arg(&kv.v)
                 .arg(&mut out_rows)
                 .arg(&null_part)
-                .arg(&pos)
+                .arg(pos)
                 .arg(&nq)
                 .arg(&heads_i)
                 .arg(&kv_heads_i)
@@ -1196,7 +1286,10 @@ impl Backend for CudaBackend {
         let n_splits = context.div_ceil(512).clamp(1, 32);
         let splits_i = n_splits as i32;
         let mut part = if n_splits > 1 {
-            Some(self.alloc::<f32>("attention partials", p.n_heads * n_splits * (hd + 2))?)
+            Some(
+                grown(&self.stream, partials, p.n_heads * n_splits * (hd + 2))
+                    .map_err(|e| self.err("allocating attention partials", e))?,
+            )
         } else {
             None
         };
@@ -1205,11 +1298,11 @@ impl Backend for CudaBackend {
             .launch_builder(self.function("attn_decode_f16kv")?);
         launch.arg(&q_rows).arg(&kv.k).arg(&kv.v).arg(&mut out_rows);
         match part.as_mut() {
-            Some(part) => launch.arg(part),
+            Some(part) => launch.arg(&mut **part),
             None => launch.arg(&null_part),
         };
         launch
-            .arg(&pos)
+            .arg(pos)
             .arg(&nq)
             .arg(&heads_i)
             .arg(&kv_heads_i)
@@ -1220,15 +1313,15 @@ impl Backend for CudaBackend {
         // SAFETY: attn_decode_f16kv (same arguments as prefill) over (n_heads, 1, n_splits)
         // blocks of 128 reads one query of n_heads*head_dim values and cache rows at positions
         // <= positions[0] < capacity; with one split it writes out_rows directly, otherwise it
-        // writes n_heads*n_splits*(head_dim+2) partials into `part`, allocated with that size.
+        // writes n_heads*n_splits*(head_dim+2) partials into `part`, which holds at least that many.
         unsafe { launch.launch(cfg((heads, 1, n_splits as u32), (128, 1, 1))) }
             .map_err(|e| self.err("attn_decode_f16kv", e))?;
-        if let Some(part) = part {
+        if let Some(part) = part.as_deref() {
             let mut combine = self
                 .stream
                 .launch_builder(self.function("attn_combine_f32")?);
             combine
-                .arg(&part)
+                .arg(part)
                 .arg(&mut out_rows)
                 .arg(&heads_i)
                 .arg(&hd_i)
