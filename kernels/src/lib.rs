@@ -3,4 +3,5 @@
 
 pub mod backend;
 pub mod cpu;
+pub mod fake_cuda;
 pub mod quant;

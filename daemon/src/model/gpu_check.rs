@@ -223,15 +223,45 @@ fn comparison_harness_on_the_cpu() {
     }
 }
 
+/// Set (by the fake-driver run) to compare only [`QUICK_CASES`]: the emulated GPU runs every
+/// GPU thread on the CPU, about 25 s per case here.
+const QUICK_ENV: &str = "LLMD_GPU_CHECK_QUICK";
+/// The cases of a quick run: K-quants with per-head q/k norms, and F16 with sliding windows and
+/// GeGLU.
+const QUICK_CASES: &[(&str, &str, f32)] = &[("qwen3", "q4_k_m", 0.04), ("gemma3", "f16", 0.01)];
+
+/// The comparison below through the CUDA backend on the fake driver (kernels under host
+/// emulation), so CI runs whole models through the GPU code path without a GPU.
+#[test]
+fn gpu_whole_models_on_the_fake_driver() {
+    use llmd_kernels::fake_cuda;
+    if fake_cuda::is_child() {
+        return;
+    }
+    let name = "model::gpu_check::gpu_whole_models_match_the_cpu_backend";
+    if let Some(out) = fake_cuda::rerun_test(name, &[(QUICK_ENV, "1")]).expect("fake CUDA driver") {
+        fake_cuda::assert_child_passed(&out, "gemma3 f16 on cuda:0,cuda:0, decode");
+    }
+}
+
 #[test]
 fn gpu_whole_models_match_the_cpu_backend() {
     if let Err(reason) = cuda_available() {
+        assert!(
+            !llmd_kernels::fake_cuda::cuda_required(),
+            "CUDA is required here but unavailable: {reason}"
+        );
         println!("SKIPPED: no CUDA device ({reason})");
         return;
     }
+    let cases = if std::env::var_os(QUICK_ENV).is_some() {
+        QUICK_CASES
+    } else {
+        CASES
+    };
     let dir = tempfile::tempdir().expect("temp dir");
     let mut failures = Vec::new();
-    for &(arch, ty, tol) in CASES {
+    for &(arch, ty, tol) in cases {
         let model = make(dir.path(), arch, ty);
         let toks = tokens(model.config.n_vocab);
         let mut reference = pipeline(&model, &[cpu("cpu:0")]);

@@ -1745,9 +1745,27 @@ mod tests {
         assert_eq!(cpu.used_bytes(), 0, "leases returned on drop");
     }
 
+    /// The comparison below through the real `CudaBackend` code on the fake driver (the kernels
+    /// under host emulation), so CI checks argument order and types, launch geometry, buffer
+    /// offsets and the reused buffers without a GPU.
+    #[test]
+    fn cuda_backend_matches_cpu_on_the_fake_driver() {
+        if crate::fake_cuda::is_child() {
+            return;
+        }
+        let name = "backend::cuda::tests::cuda_backend_matches_cpu_when_a_gpu_is_present";
+        if let Some(out) = crate::fake_cuda::rerun_test(name, &[]).expect("fake CUDA driver") {
+            crate::fake_cuda::assert_child_passed(&out, "cuda:0b attention decode window");
+        }
+    }
+
     #[test]
     fn cuda_backend_matches_cpu_when_a_gpu_is_present() {
         if let Err(reason) = cuda_available() {
+            assert!(
+                !crate::fake_cuda::cuda_required(),
+                "CUDA is required here but unavailable: {reason}"
+            );
             println!("SKIPPED: no CUDA device ({reason})");
             return;
         }

@@ -1,0 +1,122 @@
+//! Test support: the fake CUDA driver (`kernels/cuda/fake_driver/fake_cuda.cpp`), a
+//! `libcuda.so` whose "GPU" runs the real kernels under the host emulation, so that the CUDA
+//! backend and everything above it run end to end on machines without a GPU (CI).
+//!
+//! A process picks its CUDA library once, when it first touches CUDA, so tests run the GPU code
+//! in a child process started with the fake on `LD_LIBRARY_PATH` ([`rerun_test`]); the child
+//! sees [`CHILD_ENV`] set and the GPU test inside it refuses to skip ([`REQUIRE_CUDA_ENV`]).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// Set in a child test process that runs on the fake driver.
+pub const CHILD_ENV: &str = "LLMD_FAKE_CUDA_CHILD";
+/// When set, GPU tests fail instead of printing SKIPPED if CUDA is unavailable.
+pub const REQUIRE_CUDA_ENV: &str = "LLMD_REQUIRE_CUDA";
+
+/// Whether this process is a child test process running on the fake driver.
+pub fn is_child() -> bool {
+    std::env::var_os(CHILD_ENV).is_some()
+}
+
+/// Whether GPU tests must not skip (set by [`rerun_test`] and by `scripts/gpu-check`).
+pub fn cuda_required() -> bool {
+    std::env::var_os(REQUIRE_CUDA_ENV).is_some()
+}
+
+/// The fake driver's source, in this checkout.
+fn source() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda/fake_driver/fake_cuda.cpp")
+}
+
+/// Builds the fake `libcuda.so` (once per process) with the system C++ compiler (`$CXX`, else
+/// `g++`) into a temporary directory; returns that directory (to put on `LD_LIBRARY_PATH`).
+pub fn build() -> Result<PathBuf, String> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let src = source();
+            if !src.exists() {
+                return Err(format!(
+                    "{} is missing (not a source checkout?)",
+                    src.display()
+                ));
+            }
+            let dir = std::env::temp_dir().join(format!("llmd-fake-cuda-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            let compiler = std::env::var("CXX").unwrap_or_else(|_| "g++".to_owned());
+            let out = Command::new(&compiler)
+                .args([
+                    "-std=c++20",
+                    "-O2",
+                    "-shared",
+                    "-fPIC",
+                    "-Wall",
+                    "-Wextra",
+                    "-Werror",
+                ])
+                .args([
+                    "-Wno-unknown-pragmas",
+                    "-Wno-unused-function",
+                    "-Wno-unused-parameter",
+                ])
+                .arg("-o")
+                .arg(dir.join("libcuda.so"))
+                .arg(&src)
+                .output()
+                .map_err(|e| format!("running {compiler}: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "building the fake CUDA driver failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            Ok(dir)
+        })
+        .clone()
+}
+
+/// Runs the test `name` of this test binary again in a child process on the fake driver, with
+/// `env` added; `Ok(None)` (with the reason printed as SKIPPED) when the fake cannot be built
+/// and [`crate::fake_cuda`] tests are not required (`LLMD_REQUIRE_TEST_DATA` unset), or when a
+/// real CUDA driver is present (the GPU test then runs on it directly).
+pub fn rerun_test(name: &str, env: &[(&str, &str)]) -> Result<Option<Output>, String> {
+    if crate::backend::cuda_available().is_ok() {
+        println!("SKIPPED: a real CUDA driver is present; the GPU tests run on it directly");
+        return Ok(None);
+    }
+    let dir = match build() {
+        Ok(dir) => dir,
+        Err(reason) if std::env::var_os("LLMD_REQUIRE_TEST_DATA").is_none() => {
+            println!("SKIPPED: the fake CUDA driver cannot be built ({reason})");
+            return Ok(None);
+        }
+        Err(reason) => return Err(reason),
+    };
+    let exe = std::env::current_exe().map_err(|e| format!("finding this test binary: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env("LD_LIBRARY_PATH", &dir)
+        .env(CHILD_ENV, "1")
+        .env(REQUIRE_CUDA_ENV, "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output()
+        .map(Some)
+        .map_err(|e| format!("running {name} on the fake driver: {e}"))
+}
+
+/// Asserts that a child run by [`rerun_test`] passed its one test, printing its output.
+pub fn assert_child_passed(output: &Output, must_print: &str) {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success() && stdout.contains("1 passed") && stdout.contains(must_print),
+        "the test on the fake CUDA driver failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+}
