@@ -1,8 +1,9 @@
 //! `cuda:N` devices in the daemon's configuration. Without an NVIDIA driver (CI) the daemon still
 //! starts, `status` says why CUDA is unavailable (for the daemon and for each configured GPU),
 //! a load onto the GPU is refused with that reason, and the CPU device keeps serving. On a
-//! machine with a GPU the same test checks that a model loads onto `cuda:0`, and onto `cuda:0`
-//! named twice as two pipeline stages, and generates the CPU's greedy tokens.
+//! machine with a GPU (or on the fake CUDA driver, whose kernels run under host emulation) a
+//! model loads onto `cuda:0`, and onto `cuda:0` named twice as two pipeline stages, and
+//! generates the CPU's greedy tokens.
 
 mod common;
 mod split_util;
@@ -15,7 +16,9 @@ const N: u32 = 12;
 use common::Daemon;
 use split_util::{greedy, last_json, ok};
 
-/// Writes a tiny random-weight llama with `llmd make-model`; returns its path.
+/// Writes a tiny random-weight llama with `llmd make-model`; returns its path. F32 weights: the
+/// CPU and GPU products then differ only by rounding order (~1e-5 of the logits' spread), so
+/// even the near-ties of random weights give the same greedy tokens.
 fn tiny_model(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("tiny.gguf");
     let mut cmd = common::command("llmd");
@@ -26,7 +29,7 @@ fn tiny_model(dir: &std::path::Path) -> std::path::PathBuf {
         "--preset",
         "tiny",
         "--type",
-        "q8_0",
+        "f32",
         "--layers",
         "4",
         "-o",
@@ -108,13 +111,70 @@ fn configured_gpus_without_a_driver_are_reported_and_refused_while_the_cpu_serve
         return;
     }
 
-    // A GPU is present: the model runs there, on one stage and on two stages of the same GPU,
-    // with the CPU's greedy tokens (a tiny Q8_0 model's margins are wide).
+    gpu_path(&d, path, &on_cpu);
+}
+
+/// The same on the fake CUDA driver (llmd_kernels::fake_cuda: the kernels run under host
+/// emulation), so CI drives the daemon's GPU path end to end: devices, budgets, loads onto
+/// `cuda:0` and onto `cuda:0` twice, generation and a live re-split between GPU and CPU.
+#[test]
+fn the_gpu_path_end_to_end_on_the_fake_cuda_driver() {
+    if llmd_kernels::backend::cuda_available().is_ok() {
+        println!("SKIPPED: a real CUDA driver is present (the other test runs the GPU path on it)");
+        return;
+    }
+    let dir = match llmd_kernels::fake_cuda::build() {
+        Ok(dir) => dir,
+        Err(reason) if std::env::var_os("LLMD_REQUIRE_TEST_DATA").is_none() => {
+            println!("SKIPPED: the fake CUDA driver cannot be built ({reason})");
+            return;
+        }
+        Err(reason) => panic!("{reason}"),
+    };
+    let d = Daemon::builder()
+        .env("LD_LIBRARY_PATH", dir.to_str().expect("utf-8 path"))
+        .config(
+            "[[devices]]\nid = \"cpu:0\"\nmemory_budget = \"2GiB\"\n\n\
+             [[devices]]\nid = \"cuda:0\"\n",
+        )
+        .start();
+    let model = tiny_model(d.dir.path());
+    let path = model.to_str().expect("utf-8 path");
+    let status = d.status_json();
+    assert_eq!(status["cuda"]["devices"], 1, "{status}");
+    let gpu = &status["devices"][1];
+    let description = gpu["description"].as_str().expect("description");
+    assert!(description.contains("fake CUDA device 0"), "{gpu}");
+    // Default budget: free memory (16 GiB) less 1 GiB and 2%.
+    let budget = gpu["memory_budget_bytes"].as_u64().expect("budget");
+    assert_eq!(
+        budget,
+        (16u64 << 30) - (1 << 30) - (16u64 << 30) / 100 * 2,
+        "{gpu}"
+    );
+    ok(&d, &["load", path, "--name", "cpu", "--devices", "cpu:0"]);
+    let on_cpu = greedy(&d, "cpu", N);
+    gpu_path(&d, path, &on_cpu);
+    // (Its exit code reflects the NVML checks: this machine has no NVML.)
+    let doctor = d.llmctl(&["doctor"]);
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        report.contains("CUDA works: the driver reports 1 GPU(s); devices in use: cuda:0"),
+        "{report}"
+    );
+}
+
+/// Loads the model onto `cuda:0` and onto `cuda:0` named twice, and checks that both give the
+/// CPU's greedy tokens, also after a live re-split to
+/// `cuda:0,cpu:0`; unloading them returns the GPU's memory.
+fn gpu_path(d: &Daemon, path: &str, on_cpu: &[u64]) {
+    let status = d.status_json();
+    let gpu = &status["devices"][1];
     assert!(gpu["unavailable"].is_null(), "{gpu}");
-    ok(&d, &["load", path, "--name", "gpu", "--devices", "cuda:0"]);
-    assert_eq!(greedy(&d, "gpu", N), on_cpu, "cuda:0 vs cpu:0");
+    ok(d, &["load", path, "--name", "gpu", "--devices", "cuda:0"]);
+    assert_eq!(greedy(d, "gpu", N), on_cpu, "cuda:0 vs cpu:0");
     ok(
-        &d,
+        d,
         &[
             "load",
             path,
@@ -126,11 +186,18 @@ fn configured_gpus_without_a_driver_are_reported_and_refused_while_the_cpu_serve
             "1,1",
         ],
     );
-    let list = last_json(&ok(&d, &["list", "--json"]));
-    println!("{list}");
-    assert_eq!(greedy(&d, "twice", N), on_cpu, "cuda:0,cuda:0 vs cpu:0");
+    let list = last_json(&ok(d, &["list", "--json"]));
+    assert_eq!(list["name"], "twice", "{list}");
+    let stages: Vec<&str> = list["placement"]
+        .as_array()
+        .expect("placement")
+        .iter()
+        .map(|s| s["device"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(stages, ["cuda:0", "cuda:0"], "{list}");
+    assert_eq!(greedy(d, "twice", N), on_cpu, "cuda:0,cuda:0 vs cpu:0");
     ok(
-        &d,
+        d,
         &[
             "reload",
             "twice",
@@ -141,8 +208,12 @@ fn configured_gpus_without_a_driver_are_reported_and_refused_while_the_cpu_serve
         ],
     );
     assert_eq!(
-        greedy(&d, "twice", N),
+        greedy(d, "twice", N),
         on_cpu,
         "after a re-split to cuda:0,cpu:0"
     );
+    ok(d, &["unload", "gpu"]);
+    ok(d, &["unload", "twice"]);
+    let status = d.status_json();
+    assert_eq!(status["devices"][1]["memory_used_bytes"], 0, "{status}");
 }
