@@ -217,3 +217,46 @@ fn gpu_path(d: &Daemon, path: &str, on_cpu: &[u64]) {
     let status = d.status_json();
     assert_eq!(status["devices"][1]["memory_used_bytes"], 0, "{status}");
 }
+
+/// A GPU that runs out of memory although the budget allowed the load (another process took
+/// the memory): the load fails with the driver's error, the memory it had taken is returned, and
+/// the daemon keeps serving what it had loaded.
+#[test]
+fn a_gpu_out_of_memory_fails_the_load_cleanly_on_the_fake_cuda_driver() {
+    if llmd_kernels::backend::cuda_available().is_ok() {
+        println!("SKIPPED: a real CUDA driver is present");
+        return;
+    }
+    let dir = match llmd_kernels::fake_cuda::build() {
+        Ok(dir) => dir,
+        Err(reason) if std::env::var_os("LLMD_REQUIRE_TEST_DATA").is_none() => {
+            println!("SKIPPED: the fake CUDA driver cannot be built ({reason})");
+            return;
+        }
+        Err(reason) => panic!("{reason}"),
+    };
+    // The fake GPU has 8 MiB; the configured budget claims 1 GiB.
+    let d = Daemon::builder()
+        .env("LD_LIBRARY_PATH", dir.to_str().expect("utf-8 path"))
+        .env("LLMD_FAKE_CUDA_MEMORY", &(8u64 << 20).to_string())
+        .config(
+            "[[devices]]\nid = \"cpu:0\"\nmemory_budget = \"2GiB\"\n\n\
+             [[devices]]\nid = \"cuda:0\"\nmemory_budget = \"1GiB\"\n",
+        )
+        .start();
+    let model = tiny_model(d.dir.path());
+    let path = model.to_str().expect("utf-8 path");
+    ok(&d, &["load", path, "--name", "cpu", "--devices", "cpu:0"]);
+    let on_cpu = greedy(&d, "cpu", N);
+    let out = d.llmctl(&["load", path, "--name", "gpu", "--devices", "cuda:0"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("{err}");
+    assert!(
+        err.contains("out of memory on cuda:0") && err.contains("less free memory than the budget"),
+        "{err}"
+    );
+    let status = d.status_json();
+    assert_eq!(status["devices"][1]["memory_used_bytes"], 0, "{status}");
+    assert_eq!(greedy(&d, "cpu", N), on_cpu);
+}

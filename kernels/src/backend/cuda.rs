@@ -480,6 +480,23 @@ impl CudaBackend {
         }
     }
 
+    /// An allocation's error: the driver running out of memory becomes `OutOfMemory` (the load
+    /// is refused as not fitting), saying that the GPU had less free memory than its budget.
+    fn alloc_err(&self, what: &str, bytes: u64, e: DriverError) -> BackendError {
+        if e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            BackendError::OutOfMemory {
+                device: self.name.clone(),
+                what: format!(
+                    "{what} (the GPU has less free memory than the budget allows: another \
+                     process may be using it; lower memory_budget)"
+                ),
+                bytes,
+            }
+        } else {
+            self.err(what, e)
+        }
+    }
+
     fn function(&self, name: &str) -> Result<&CudaFunction, BackendError> {
         self.functions
             .get(name)
@@ -521,9 +538,10 @@ impl CudaBackend {
         what: &str,
         len: usize,
     ) -> Result<CudaSlice<T>, BackendError> {
+        let bytes = (len.max(1) * std::mem::size_of::<T>()) as u64;
         self.stream
             .alloc_zeros::<T>(len.max(1))
-            .map_err(|e| self.err(what, e))
+            .map_err(|e| self.alloc_err(what, bytes, e))
     }
 
     /// The reused buffers (a poisoned lock is taken over: they hold no invariant a panic could
@@ -722,7 +740,7 @@ impl Backend for CudaBackend {
         let data = self
             .stream
             .clone_htod(t.data)
-            .map_err(|e| self.err("uploading a weight", e))?;
+            .map_err(|e| self.alloc_err(t.name, t.data.len() as u64, e))?;
         Ok(CudaWeight {
             name: t.name.to_string(),
             ty: t.ty,
