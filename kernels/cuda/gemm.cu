@@ -70,3 +70,104 @@ extern "C" __global__ void __launch_bounds__(256)
         }
     }
 }
+
+// Tensor-core GEMM for prefill: out (M, N) f32 = x (M, K) f16 * w (N, K)^T f16, f32 accumulation
+// (WMMA 16x16x16), i.e. out[m][n] = sum_k x[m][k] * w[n][k]. The host converts the activations
+// to f16 once per matmul and dequantizes weight tiles to f16 (dequantize.cu).
+//
+// gemm_f16_tc(x, w, out, M, N, K, ldo): x row-major M x K, w row-major N x K, out row-major with
+// row stride ldo (>= N; the host offsets `out` by a tile's first column, as for gemm_f32_nt).
+// Preconditions: K % 32 == 0; x and w 16-byte aligned (each row is then too: K % 8 == 0).
+// Launch: blockDim.x = 128 (4 warps); gridDim = (ceil(N / 64), ceil(M / 64)). Each block computes
+// a 64 x 64 tile of out from 32-wide k slices staged in shared memory; each warp a 32 x 32
+// quarter as 2 x 2 accumulator fragments. Results go through shared memory, so M and N edges
+// are guarded and `out` needs no alignment.
+#ifndef LLMD_HOST_EMULATION
+#include <mma.h>
+#endif
+
+#define TC_BM 64
+#define TC_BN 64
+#define TC_BK 32
+// Row pitch of the staged tiles in halves: a multiple of 8 (WMMA's ldm rule for f16) that
+// shifts consecutive rows across shared-memory banks.
+#define TC_PITCH (TC_BK + 8)
+// Row pitch of the staged results in floats: a multiple of 4 (WMMA's ldm rule for f32).
+#define TC_OUT_PITCH (TC_BN + 4)
+
+extern "C" __global__ void __launch_bounds__(128)
+    gemm_f16_tc(const __half *__restrict__ x, const __half *__restrict__ w, float *__restrict__ out,
+                int M, int N, int K, int ldo) {
+    using namespace nvcuda;
+    __shared__ __align__(32) __half xs[TC_BM * TC_PITCH];
+    __shared__ __align__(32) __half ws[TC_BN * TC_PITCH];
+    __shared__ __align__(32) float cs[TC_BM * TC_OUT_PITCH];
+    const int tid = threadIdx.x;
+    const int warp = tid / LLMD_WARP;
+    const int m0 = blockIdx.y * TC_BM;
+    const int n0 = blockIdx.x * TC_BN;
+    const int wm = (warp / 2) * 32; // this warp's 32 x 32 quarter of the tile
+    const int wn = (warp % 2) * 32;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            wmma::fill_fragment(acc[i][j], 0.0f);
+        }
+    }
+    for (int k0 = 0; k0 < K; k0 += TC_BK) {
+        // 64 rows x 32 halves of each operand = 256 chunks of 8 halves; 2 per thread per operand.
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+            const int chunk = tid + 128 * c;
+            const int r = chunk / (TC_BK / 8);
+            const int kk = (chunk % (TC_BK / 8)) * 8;
+            uint4 xv = make_uint4(0, 0, 0, 0), wv = make_uint4(0, 0, 0, 0);
+            if (m0 + r < M) {
+                xv = *(const uint4 *)(x + (long long)(m0 + r) * K + k0 + kk);
+            }
+            if (n0 + r < N) {
+                wv = *(const uint4 *)(w + (long long)(n0 + r) * K + k0 + kk);
+            }
+            *(uint4 *)(xs + r * TC_PITCH + kk) = xv;
+            *(uint4 *)(ws + r * TC_PITCH + kk) = wv;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < TC_BK; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> b[2];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                wmma::load_matrix_sync(a[i], xs + (wm + 16 * i) * TC_PITCH + kk, TC_PITCH);
+                // B (k, n) = w (n, k): the staged w rows are B's columns.
+                wmma::load_matrix_sync(b[i], ws + (wn + 16 * i) * TC_PITCH + kk, TC_PITCH);
+            }
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+                }
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            wmma::store_matrix_sync(cs + (wm + 16 * i) * TC_OUT_PITCH + wn + 16 * j, acc[i][j],
+                                    TC_OUT_PITCH, wmma::mem_row_major);
+        }
+    }
+    __syncthreads();
+    for (int idx = tid; idx < TC_BM * TC_BN; idx += 128) {
+        const int r = idx / TC_BN;
+        const int c = idx % TC_BN;
+        if (m0 + r < M && n0 + c < N) {
+            out[(long long)(m0 + r) * ldo + n0 + c] = cs[r * TC_OUT_PITCH + c];
+        }
+    }
+}

@@ -224,10 +224,12 @@ static const std::unordered_map<std::string, std::function<void(void **)>> &kern
         K(mul_mat_vec_f16), K(mul_mat_vec_f32),
         K(mul_mat_vec_q4_0_q8_1), K(mul_mat_vec_q5_0_q8_1), K(mul_mat_vec_q8_0_q8_1),
         K(mul_mat_vec_q4_K_q8_1), K(mul_mat_vec_q6_K_q8_1),
-        K(rms_norm_f32), K(quantize_q8_1), K(rope_f32),
+        K(rms_norm_f32), K(quantize_q8_1), K(convert_f32_to_f16), K(rope_f32),
         K(dequantize_q4_0_f32), K(dequantize_q5_0_f32), K(dequantize_q8_0_f32),
         K(dequantize_q4_K_f32), K(dequantize_q6_K_f32), K(dequantize_f16_f32),
-        K(gemm_f32_nt),
+        K(dequantize_q4_0_f16), K(dequantize_q5_0_f16), K(dequantize_q8_0_f16),
+        K(dequantize_q4_K_f16), K(dequantize_q6_K_f16),
+        K(gemm_f32_nt), K(gemm_f16_tc),
 #undef K
     };
     return table;

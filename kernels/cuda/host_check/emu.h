@@ -20,6 +20,8 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <type_traits>
+#include <type_traits>
 #include <vector>
 
 #define __device__
@@ -58,7 +60,7 @@ static thread_local unsigned long long *emu_slots;
 static void emu_warp_barrier();
 static void emu_block_barrier();
 
-static float half_to_float(unsigned short h) {
+static float half_to_float_exact(unsigned short h) {
     const unsigned int sign = (h >> 15) & 1u, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
     float v;
     if (exp == 0) {
@@ -69,6 +71,17 @@ static float half_to_float(unsigned short h) {
         v = std::ldexp((float)(man | 0x400u), (int)exp - 25);
     }
     return sign ? -v : v;
+}
+// Every f16 value as f32, computed once (the emulated kernels convert halves constantly).
+static float half_to_float(unsigned short h) {
+    static const std::vector<float> table = [] {
+        std::vector<float> t(65536);
+        for (unsigned i = 0; i < 65536; ++i) {
+            t[i] = half_to_float_exact((unsigned short)i);
+        }
+        return t;
+    }();
+    return table[h];
 }
 static unsigned short float_to_half(float f) {
     // Round to nearest even through the exact f32 -> f16 grid (normal range only is enough here).
@@ -144,6 +157,73 @@ template <typename T> static inline T __shfl_sync(unsigned int, T x, int lane) {
 static inline void __syncthreads() { emu_block_barrier(); }
 using std::max;
 using std::min;
+
+static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) {
+    return {x, y, z, w};
+}
+
+// WMMA (tensor-core warp matrix ops), emulated with the API's warp-collective meaning: every
+// lane of a warp makes the same call, so each lane here holds the whole 16 x 16 fragment and
+// does the whole operation (the stores write the same values 32 times). The real fragments
+// spread elements over lanes in an unspecified way, which kernels may not depend on.
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+template <typename Use, int M, int N, int K, typename T, typename Layout = void> struct fragment {
+    static_assert(M == 16 && N == 16 && K == 16, "only 16x16x16 fragments are emulated");
+    float v[16][16]; // [row][col] of the fragment's matrix (A: m x k, B: k x n, C: m x n)
+};
+template <typename Use, typename T, typename L>
+static inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, L> &f, const __half *p, unsigned ldm) {
+    static_assert(!std::is_same_v<Use, accumulator>, "accumulators load through a layout_t");
+    for (int r = 0; r < 16; ++r) {
+        for (int c = 0; c < 16; ++c) {
+            // Row-major: element (r, c) at r * ldm + c; column-major: at c * ldm + r.
+            const size_t at = std::is_same_v<L, row_major> ? (size_t)r * ldm + c : (size_t)c * ldm + r;
+            f.v[r][c] = __half2float(p[at]);
+        }
+    }
+}
+template <typename T> static inline void fill_fragment(fragment<accumulator, 16, 16, 16, T> &f, T value) {
+    for (auto &row : f.v) {
+        for (float &x : row) {
+            x = value;
+        }
+    }
+}
+template <typename T>
+static inline void mma_sync(fragment<accumulator, 16, 16, 16, T> &d,
+                            const fragment<matrix_a, 16, 16, 16, __half, row_major> &a,
+                            const fragment<matrix_b, 16, 16, 16, __half, col_major> &b,
+                            const fragment<accumulator, 16, 16, 16, T> &c) {
+    float r[16][16];
+    for (int i = 0; i < 16; ++i) {
+        for (int j = 0; j < 16; ++j) {
+            float sum = c.v[i][j];
+            for (int k = 0; k < 16; ++k) {
+                sum += a.v[i][k] * b.v[k][j];
+            }
+            r[i][j] = sum;
+        }
+    }
+    std::memcpy(d.v, r, sizeof r);
+}
+template <typename T>
+static inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, T> &f,
+                                     unsigned ldm, layout_t layout) {
+    for (int r = 0; r < 16; ++r) {
+        for (int c = 0; c < 16; ++c) {
+            p[layout == mem_row_major ? (size_t)r * ldm + c : (size_t)c * ldm + r] = f.v[r][c];
+        }
+    }
+}
+} // namespace wmma
+} // namespace nvcuda
 
 #include "../attention.cu"
 #include "../dequantize.cu"

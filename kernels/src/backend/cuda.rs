@@ -10,8 +10,10 @@
 //! `kernels/cuda/README.md`. Matrix products of few tokens (decode) run the matrix-vector kernels
 //! over a grid of `n_tokens` rows (quantized weights: activations quantized to Q8_1 first), which
 //! read the weights once per token; from [`PREFILL_GEMM_MIN_TOKENS`] tokens on (prefill) they run
-//! as one f32 matrix-matrix product (`gemm_f32_nt`), on F32 weights directly and on other types
-//! tile by tile of weight rows dequantized to f32 into a bounded scratch buffer.
+//! as one matrix-matrix product: on tensor cores (`gemm_f16_tc`, WMMA with f32 accumulation) with
+//! the activations converted to f16 and the weights dequantized to f16 tile by tile into a
+//! bounded scratch buffer (F16 weights used as they lie); F32 weights, and F16 weights whose
+//! rows are not a multiple of 32, use the f32 SIMT kernel `gemm_f32_nt` instead.
 
 use std::collections::HashMap;
 use std::panic::catch_unwind;
@@ -51,6 +53,11 @@ const MODULES: &[(&str, &str, &[&str])] = &[
             "dequantize_q4_K_f32",
             "dequantize_q6_K_f32",
             "dequantize_f16_f32",
+            "dequantize_q4_0_f16",
+            "dequantize_q5_0_f16",
+            "dequantize_q8_0_f16",
+            "dequantize_q4_K_f16",
+            "dequantize_q6_K_f16",
         ],
     ),
     (
@@ -67,7 +74,7 @@ const MODULES: &[(&str, &str, &[&str])] = &[
     (
         "gemm",
         include_str!("../../cuda/ptx/gemm.ptx"),
-        &["gemm_f32_nt"],
+        &["gemm_f32_nt", "gemm_f16_tc"],
     ),
     (
         "getrows",
@@ -111,7 +118,7 @@ const MODULES: &[(&str, &str, &[&str])] = &[
     (
         "quantize",
         include_str!("../../cuda/ptx/quantize.ptx"),
-        &["quantize_q8_1"],
+        &["quantize_q8_1", "convert_f32_to_f16"],
     ),
     (
         "rope",
@@ -146,6 +153,9 @@ const GEMM_SCRATCH_FLOATS: usize = 32 << 20;
 /// Rows and columns of `out` computed by one `gemm_f32_nt` thread block (GEMM_BM = GEMM_BN in
 /// gemm.cu); weight tiles are whole multiples of it, except the last.
 const GEMM_TILE: usize = 64;
+/// `cols` must be a multiple of this for the tensor-core GEMM (`gemm_f16_tc` stages 32-wide k
+/// slices with 16-byte loads).
+const TC_K_MULTIPLE: usize = 32;
 /// Values written by one thread of a `dequantize_*` kernel (blocks of 256 threads).
 const DEQUANT_VALUES_PER_THREAD: usize = 8;
 
@@ -597,6 +607,124 @@ impl CudaBackend {
         Ok((w, to_i32(OP, "dim", dim)?))
     }
 
+    /// The tensor-core prefill path of `matmul` (weights other than F32 with `cols` a multiple of
+    /// [`TC_K_MULTIPLE`]): the activations are converted to f16 once, F16 weights are used as
+    /// they lie, other types are dequantized to f16 tile by tile of [`gemm_tile_rows`] rows, and
+    /// `gemm_f16_tc` (WMMA, f32 accumulation) fills columns `r0..r0 + n` of `out` per tile.
+    /// Returns `Ok(false)` having launched nothing when the device is out of memory for the f16
+    /// copies, so that the caller runs the matrix-vector kernels.
+    fn matmul_tensor_cores(
+        &self,
+        w: &CudaWeight,
+        x: &CudaSlice<f32>,
+        n_tokens: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<bool, BackendError> {
+        const OP: &str = "matmul";
+        let m = to_i32(OP, "n_tokens", n_tokens)?;
+        let k = to_i32(OP, "cols", w.cols)?;
+        let ldo = to_i32(OP, "rows", w.rows)?;
+        let grid_m = grid_yz(OP, "token tiles", n_tokens.div_ceil(GEMM_TILE))?;
+        let gemm = self.function("gemm_f16_tc")?;
+        let n_values = n_tokens * w.cols;
+        let mut x16 = match self.stream.alloc_zeros::<u16>(n_values) {
+            Ok(b) => b,
+            Err(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => return Ok(false),
+            Err(e) => return Err(self.err("allocating f16 activations", e)),
+        };
+        let n_i64 = n_values as i64;
+        let mut convert = self
+            .stream
+            .launch_builder(self.function("convert_f32_to_f16")?);
+        convert.arg(x).arg(&mut x16).arg(&n_i64);
+        // SAFETY: convert_f32_to_f16(const float* x, __half* y, i64 n) over ceil(n/256) blocks
+        // of 256 reads n = n_tokens*cols values of x (length checked by matmul) and writes n
+        // halves into x16, allocated with n.
+        unsafe { convert.launch(cfg((blocks_for(n_values, 256), 1, 1), (256, 1, 1))) }
+            .map_err(|e| self.err("convert_f32_to_f16", e))?;
+        drop(convert);
+        let block = (128, 1, 1);
+        if w.ty == GgmlType::F16 {
+            let mut launch = self.stream.launch_builder(gemm);
+            launch
+                .arg(&x16)
+                .arg(&w.data)
+                .arg(out)
+                .arg(&m)
+                .arg(&ldo)
+                .arg(&k)
+                .arg(&ldo);
+            // SAFETY: gemm_f16_tc(const __half* x, const __half* w, float* out, int M, int N,
+            // int K, int ldo) with M = n_tokens, N = ldo = rows, K = cols (a multiple of 32)
+            // over (ceil(N/64), ceil(M/64)) blocks of 128 reads M*K halves of x16 (allocated with
+            // that many) and the N*K f16 weights, w.data's rows*cols*2 bytes (checked at upload);
+            // both allocations are 256-byte aligned and rows are 64-byte multiples, as the
+            // kernel's 16-byte loads need; it writes out[m*rows + n] for m < M, n < N, below
+            // n_tokens*rows (out's length checked by matmul).
+            unsafe { launch.launch(cfg((blocks_for(w.rows, GEMM_TILE), grid_m, 1), block)) }
+                .map_err(|e| self.err("gemm_f16_tc", e))?;
+            return Ok(true);
+        }
+        let sfx = type_suffix(w.ty).ok_or_else(|| self.unsupported(w))?;
+        let dequant_name = format!("dequantize_{sfx}_f16");
+        let dequant = self.function(&dequant_name)?;
+        let row_bytes =
+            w.ty.row_bytes(w.cols as u64)
+                .and_then(|b| usize::try_from(b).ok())
+                .ok_or_else(|| shape(OP, format!("{}: no whole blocks per row", w.name)))?;
+        let tile_rows = gemm_tile_rows(w.rows, w.cols, self.gemm_scratch_floats);
+        let mut tile = match self.stream.alloc_zeros::<u16>(tile_rows * w.cols) {
+            Ok(tile) => tile,
+            Err(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => return Ok(false),
+            Err(e) => return Err(self.err("allocating a GEMM weight tile", e)),
+        };
+        let end = n_tokens * w.rows;
+        let mut r0 = 0;
+        while r0 < w.rows {
+            let n_rows = tile_rows.min(w.rows - r0);
+            let n_tile = n_rows * w.cols;
+            let n_tile_i64 = n_tile as i64;
+            let n_i = to_i32(OP, "tile rows", n_rows)?;
+            let src = w.data.slice(r0 * row_bytes..(r0 + n_rows) * row_bytes);
+            let mut launch = self.stream.launch_builder(dequant);
+            launch.arg(&src).arg(&mut tile).arg(&n_tile_i64);
+            // SAFETY: dequantize_<type>_f16(const void* w, __half* y, i64 n) over ceil(n/8/256)
+            // blocks of 256 (8 values per thread) reads the blocks of n = n_rows*cols weights
+            // from `src`, a view of exactly those whole rows (starting at a block boundary; byte
+            // size checked at upload), and writes n halves into `tile`, allocated with
+            // tile_rows*cols >= n (256-byte aligned for the 16-byte stores); n is a multiple of
+            // the block size and of 8.
+            unsafe {
+                launch.launch(cfg(
+                    (blocks_for(n_tile, DEQUANT_VALUES_PER_THREAD * 256), 1, 1),
+                    (256, 1, 1),
+                ))
+            }
+            .map_err(|e| self.err(&dequant_name, e))?;
+            drop(launch);
+            let mut out_cols = out.slice_mut(r0..end);
+            let mut launch = self.stream.launch_builder(gemm);
+            launch
+                .arg(&x16)
+                .arg(&tile)
+                .arg(&mut out_cols)
+                .arg(&m)
+                .arg(&n_i)
+                .arg(&k)
+                .arg(&ldo);
+            // SAFETY: gemm_f16_tc with M = n_tokens, N = n_rows, K = cols (a multiple of 32),
+            // ldo = rows over (ceil(N/64), ceil(M/64)) blocks of 128 reads M*K halves of x16 and
+            // the N*K halves the dequantize launch before it on this stream wrote into `tile`
+            // (both 256-byte aligned, rows 64-byte multiples), and writes out_cols[m*rows + n]
+            // for m < M, n < N: out_cols starts at column r0 and holds n_tokens*rows - r0 values,
+            // more than (M-1)*rows + N-1 since r0 + N <= rows.
+            unsafe { launch.launch(cfg((blocks_for(n_rows, GEMM_TILE), grid_m, 1), block)) }
+                .map_err(|e| self.err("gemm_f16_tc", e))?;
+            r0 += n_rows;
+        }
+        Ok(true)
+    }
+
     /// The prefill path of `matmul` (for shapes [`gemm_applies`] accepts; `matmul` checked the
     /// lengths of `x` and `out`): `out (n_tokens, rows) = x (n_tokens, cols) * w^T` with
     /// `gemm_f32_nt`, on F32 weights directly, on other types tile by tile of
@@ -640,6 +768,9 @@ impl CudaBackend {
             unsafe { launch.launch(cfg((blocks_for(w.rows, GEMM_TILE), grid_m, 1), block)) }
                 .map_err(|e| self.err("gemm_f32_nt", e))?;
             return Ok(true);
+        }
+        if w.cols.is_multiple_of(TC_K_MULTIPLE) {
+            return self.matmul_tensor_cores(w, x, n_tokens, out);
         }
         let sfx = type_suffix(w.ty).ok_or_else(|| self.unsupported(w))?;
         let dequant_name = format!("dequantize_{sfx}_f32");
