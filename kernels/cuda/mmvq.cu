@@ -11,11 +11,15 @@
 //   w:    the weight matrix, `rows` rows of `cols / QK` blocks (QK = 32, or 256 for K-quants);
 //   y:    activations, n_tokens rows of `cols / 32` Q8_1 blocks (row t at y + t * cols / 32);
 //   out:  f32, n_tokens rows of `rows` values (out[t * rows + r]);
-//   cols: a multiple of the weight type's block size (checked by the host).
-// Launch: blockDim = (32, MMVQ_ROWS) = (32, 4); gridDim = (ceil(rows / 4), n_tokens).
+//   cols: a multiple of the weight type's block size (checked by the host);
+//   n_tokens: rows of y and out.
+// Launch: blockDim = (32, MMVQ_ROWS) = (32, 4); gridDim = (ceil(rows / 4), ceil(n_tokens / 8)).
+// A block multiplies its rows with up to MMVQ_TOKENS tokens, so a batch of several sequences'
+// decode tokens reads each weight once per 8 tokens instead of once per token.
 #include "common.cuh"
 
 #define MMVQ_ROWS 4
+#define MMVQ_TOKENS 8
 
 // Q4_0 item k (0..3) of a block: bytes 4k..4k+3 of qs; low nibbles are weights 4k..4k+3, high
 // nibbles weights 16+4k..16+4k+3.
@@ -136,33 +140,47 @@ struct q6_K_traits {
 template <typename T>
 static __device__ __forceinline__ void mul_mat_vec_q(const void *__restrict__ w,
                                                      const block_q8_1 *__restrict__ y,
-                                                     float *__restrict__ out, int rows, int cols) {
+                                                     float *__restrict__ out, int rows, int cols,
+                                                     int n_tokens) {
     const int row = blockIdx.x * MMVQ_ROWS + threadIdx.y;
-    const int token = blockIdx.y;
+    const int token0 = blockIdx.y * MMVQ_TOKENS;
     if (row >= rows) {
         return;
     }
+    // The same for every thread of the block, so the branches below never split a warp.
+    const int n = min(MMVQ_TOKENS, n_tokens - token0);
     const int blocks_per_row = cols / T::qk;
+    const int y_blocks_per_row = cols / LLMD_QK;
     const typename T::block *wrow = (const typename T::block *)w + (long long)row * blocks_per_row;
-    const block_q8_1 *yrow = y + (long long)token * (cols / LLMD_QK);
+    const block_q8_1 *y0 = y + (long long)token0 * y_blocks_per_row;
     const int n_items = blocks_per_row * T::ni;
-    float sum = 0.0f;
+    float sum[MMVQ_TOKENS] = {};
     for (int item = threadIdx.x; item < n_items; item += LLMD_WARP) {
         const int ib = item / T::ni;
         const int k = item % T::ni;
-        sum += T::dot(wrow[ib], yrow + ib * (T::qk / LLMD_QK), k);
+#pragma unroll
+        for (int t = 0; t < MMVQ_TOKENS; ++t) {
+            if (t < n) {
+                sum[t] += T::dot(wrow[ib], y0 + (long long)t * y_blocks_per_row + ib * (T::qk / LLMD_QK), k);
+            }
+        }
     }
-    sum = warp_sum(sum);
-    if (threadIdx.x == 0) {
-        out[(long long)token * rows + row] = sum;
+#pragma unroll
+    for (int t = 0; t < MMVQ_TOKENS; ++t) {
+        if (t < n) {
+            const float s = warp_sum(sum[t]);
+            if (threadIdx.x == 0) {
+                out[(long long)(token0 + t) * rows + row] = s;
+            }
+        }
     }
 }
 
 #define MMVQ_KERNEL(name, traits)                                                                  \
     extern "C" __global__ void __launch_bounds__(LLMD_WARP *MMVQ_ROWS)                            \
         name(const void *__restrict__ w, const block_q8_1 *__restrict__ y, float *__restrict__ out, \
-             int rows, int cols) {                                                                 \
-        mul_mat_vec_q<traits>(w, y, out, rows, cols);                                              \
+             int rows, int cols, int n_tokens) {                                                   \
+        mul_mat_vec_q<traits>(w, y, out, rows, cols, n_tokens);                                    \
     }
 
 MMVQ_KERNEL(mul_mat_vec_q4_0_q8_1, q4_0_traits)

@@ -147,9 +147,9 @@ for act, want in refs.items():
     run("glu", act, work / "glu.bin", work / "glu_out.bin")
     compare(f"{act} * up", np.fromfile(work / "glu_out.bin", dtype=np.float32), want, 1e-5)
 
-# quantize_q8_1 (whole warps per block) and the full mmvq kernels: 2 tokens, rows not a multiple
-# of the 4 rows per thread block.
-rows, cols, n_tokens = 7, 512, 2
+# quantize_q8_1 (whole warps per block) and the full mmvq kernels: 10 tokens (a full group of 8
+# and a partial one), rows not a multiple of the 4 rows per thread block.
+rows, cols, n_tokens = 7, 512, 10
 x = (rng.standard_normal((n_tokens, cols)) * 3).astype(np.float32)
 x[0, :32] = 0.0  # an all-zero block: d = 0, q = 0
 (work / "x.bin").write_bytes(x.tobytes())

@@ -203,10 +203,14 @@ int main(int argc, char **argv) {
         const unsigned n_tokens = (unsigned)std::atoi(argv[8]);
         std::vector<float> out((size_t)n_tokens * rows, NAN);
         const dim3_t grid{ceil_div(rows, 4), n_tokens, 1}, block{32, 4, 1};
+        const dim3_t grid_q{ceil_div(rows, 4), ceil_div(n_tokens, 8), 1};
         const void *w = in.data();
         const block_q8_1 *yq = (const block_q8_1 *)y.data();
         float *o = out.data();
-        auto run = [&](auto kernel) { launch(grid, block, [&] { kernel(w, yq, o, rows, cols); }); };
+        const int nt = (int)n_tokens;
+        auto run = [&](auto kernel) {
+            launch(grid_q, block, [&] { kernel(w, yq, o, rows, cols, nt); });
+        };
         if (op == "mmv" && type == "f16") {
             launch(grid, block, [&] {
                 mul_mat_vec_f16((const __half *)w, (const float *)y.data(), o, rows, cols);

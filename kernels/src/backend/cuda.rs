@@ -153,6 +153,8 @@ const GEMM_SCRATCH_FLOATS: usize = 32 << 20;
 /// Rows and columns of `out` computed by one `gemm_f32_nt` thread block (GEMM_BM = GEMM_BN in
 /// gemm.cu); weight tiles are whole multiples of it, except the last.
 const GEMM_TILE: usize = 64;
+/// Tokens one block of the quantized matrix-vector kernels multiplies (MMVQ_TOKENS in mmvq.cu).
+const MMVQ_TOKENS: usize = 8;
 /// `cols` must be a multiple of this for the tensor-core GEMM (`gemm_f16_tc` stages 32-wide k
 /// slices with 16-byte loads).
 const TC_K_MULTIPLE: usize = 32;
@@ -1053,13 +1055,23 @@ impl Backend for CudaBackend {
                     GgmlType::Q4_K => "mul_mat_vec_q4_K_q8_1",
                     _ => "mul_mat_vec_q6_K_q8_1",
                 };
+                let n_tokens_i = to_i32(OP, "n_tokens", n_tokens)?;
+                let token_groups = grid_yz(OP, "token groups", n_tokens.div_ceil(MMVQ_TOKENS))?;
                 let mut launch = self.stream.launch_builder(self.function(name)?);
-                launch.arg(&w.data).arg(&*q8).arg(out).arg(&rows).arg(&cols);
+                launch
+                    .arg(&w.data)
+                    .arg(&*q8)
+                    .arg(out)
+                    .arg(&rows)
+                    .arg(&cols)
+                    .arg(&n_tokens_i);
                 // SAFETY: mul_mat_vec_<type>_q8_1(const void* w, const q8_1* y, float* out, int
-                // rows, int cols) over (ceil(rows/4), n_tokens) blocks of (32,4) reads the
-                // rows*cols weights (byte size checked at upload), n_tokens*cols/32 Q8_1 blocks
-                // and writes n_tokens*rows values of out (length checked).
-                unsafe { launch.launch(cfg(grid, block)) }.map_err(|e| self.err(name, e))?;
+                // rows, int cols, int n_tokens) over (ceil(rows/4), ceil(n_tokens/8)) blocks of
+                // (32,4) reads the rows*cols weights (byte size checked at upload),
+                // n_tokens*cols/32 Q8_1 blocks and writes n_tokens*rows values of out (length
+                // checked).
+                unsafe { launch.launch(cfg((grid.0, token_groups, 1), block)) }
+                    .map_err(|e| self.err(name, e))?;
             }
             _ => return Err(self.unsupported(w)),
         }
@@ -1620,9 +1632,10 @@ mod tests {
             let again = b.download_weight(&again).expect("download");
             let same = if again.data == back.data { 1.0 } else { 0.0 };
             results.push((format!("weight round trip {ty}"), 0.0, vec![same]));
-            // 1 and 3 tokens: matrix-vector kernels; 70 (>= PREFILL_GEMM_MIN_TOKENS): the GEMM
-            // path, with two token tiles, the second an edge of 6.
-            for n_tokens in [1, 3, 70] {
+            // 1, 3 and 10 tokens: matrix-vector kernels (10: a full group of 8 tokens per block
+            // and a partial one); 70 (>= PREFILL_GEMM_MIN_TOKENS): the GEMM path, with two token
+            // tiles, the second an edge of 6.
+            for n_tokens in [1, 3, 10, 70] {
                 let x = acts(b, &rng.vec(n_tokens * cols));
                 let mut out = b.alloc_activations(n_tokens * rows).expect("alloc");
                 b.matmul(&w, &x, n_tokens, &mut out).expect("matmul");
