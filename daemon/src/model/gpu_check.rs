@@ -194,7 +194,12 @@ fn comparison_harness_on_the_cpu() {
         let toks = tokens(model.config.n_vocab);
         let want = logits(&mut pipeline(&model, &[cpu("cpu:0")]), &toks, false);
         let split = [cpu("cpu:0"), cpu("cpu:1")];
-        let got = logits(&mut pipeline(&model, &split), &toks, true);
+        let mut on_cpus = pipeline(&model, &split);
+        let got = logits(&mut on_cpus, &toks, true);
+        assert!(
+            !on_cpus.uses_page_locked_staging(),
+            "CPU devices use ordinary memory"
+        );
         let (worst, flipped) = compare(&want, &got, tol);
         println!("{arch} {ty}: CPU prefill vs decode, worst {worst:.2e} of the spread");
         assert!(worst <= tol && flipped.is_empty(), "{worst} {flipped:?}");
@@ -285,6 +290,10 @@ fn gpu_whole_models_match_the_cpu_backend() {
                 ("decode", false, &want_decode),
             ] {
                 let got = logits(&mut p, &toks, one_batch);
+                assert!(
+                    p.uses_page_locked_staging(),
+                    "activations cross in pinned memory"
+                );
                 let (worst, flipped) = compare(want, &got, tol);
                 let ok = worst <= tol && flipped.is_empty();
                 println!(

@@ -5,7 +5,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use llmd_kernels::backend::{Backend, BackendError, HostKv};
+use llmd_kernels::backend::{Backend, BackendError, HostKv, HostStaging};
 use llmd_kernels::quant;
 
 use super::batch::{Batch, SeqId};
@@ -38,6 +38,9 @@ pub trait PipelineStage: Send {
         host: &[HostKv],
         capacity: usize,
     ) -> Result<(), ForwardError>;
+    /// Host memory its device copies activations from and to fastest, if not ordinary memory
+    /// (see [`Backend::alloc_host_staging`]).
+    fn alloc_host_staging(&self, len: usize) -> Option<Result<Box<dyn HostStaging>, BackendError>>;
     /// Runs the stage's layers (see [`Stage::forward`]).
     fn forward(
         &mut self,
@@ -80,6 +83,9 @@ impl<B: Backend> PipelineStage for Stage<B> {
     ) -> Result<(), ForwardError> {
         Stage::upload_sequence(self, seq, host, capacity)
     }
+    fn alloc_host_staging(&self, len: usize) -> Option<Result<Box<dyn HostStaging>, BackendError>> {
+        self.backend().alloc_host_staging(len)
+    }
     fn forward(
         &mut self,
         batch: &Batch,
@@ -105,6 +111,12 @@ pub struct Pipeline {
     stages: Vec<Box<dyn PipelineStage>>,
     /// Residual stream on the host between stages: `(batch, n_embd)`.
     hidden: Vec<f32>,
+    /// The same in page-locked memory when a stage's device offers it (a GPU copies from and to
+    /// it directly), else `None` and `hidden` serves.
+    staging: Option<Box<dyn HostStaging>>,
+    /// Whether page-locked memory is still worth asking for (no stage offers it, or allocating
+    /// it failed once: ordinary memory then serves).
+    want_staging: bool,
 }
 
 impl Pipeline {
@@ -136,6 +148,8 @@ impl Pipeline {
             source,
             stages,
             hidden: Vec::new(),
+            staging: None,
+            want_staging: true,
         })
     }
 
@@ -154,6 +168,9 @@ impl Pipeline {
         &mut self,
         stages: Vec<Box<dyn PipelineStage>>,
     ) -> Vec<Box<dyn PipelineStage>> {
+        // The new stages may sit on other devices: ask them for staging memory afresh.
+        self.staging = None;
+        self.want_staging = true;
         std::mem::replace(&mut self.stages, stages)
     }
 
@@ -183,44 +200,85 @@ impl Pipeline {
     }
 
     /// Runs the whole model over `batch`; writes the logits of the tokens that want them, in
-    /// batch order, `n_vocab` each.
+    /// batch order, `n_vocab` each. The residual stream crosses between stages in host memory:
+    /// page-locked when a stage's device offers it (GPU copies then run as direct DMA), else
+    /// ordinary memory.
     pub fn forward(&mut self, batch: &Batch, logits: &mut Vec<f32>) -> Result<(), ForwardError> {
-        let d = self.config.n_embd;
-        self.hidden.resize(batch.len() * d, 0.0);
-        self.embed(&batch.tokens)?;
+        let need = batch.len() * self.config.n_embd;
+        self.ensure_staging(need);
+        let hidden: &mut [f32] = match self.staging.as_mut() {
+            Some(staging) => &mut staging.values()?[..need],
+            None => {
+                self.hidden.resize(need, 0.0);
+                &mut self.hidden
+            }
+        };
+        embed(&*self.source, &self.config, &batch.tokens, hidden)?;
         for stage in &mut self.stages {
-            stage.forward(batch, &mut self.hidden, logits)?;
+            stage.forward(batch, hidden, logits)?;
         }
         Ok(())
     }
 
-    /// Looks the tokens up in the embedding table (dequantizing their rows) into `hidden`.
-    fn embed(&mut self, tokens: &[u32]) -> Result<(), ForwardError> {
-        let d = self.config.n_embd;
-        let table = self
-            .source
-            .tensor("token_embd.weight")
-            .ok_or_else(|| ForwardError::BadBatch("model has no token_embd.weight".into()))?;
-        let row_bytes =
-            table.ty.row_bytes(d as u64).ok_or_else(|| {
-                ForwardError::BadBatch("embedding rows are not whole blocks".into())
-            })? as usize;
-        for (t, &id) in tokens.iter().enumerate() {
-            let id = id as usize;
-            if id >= table.rows {
-                return Err(ForwardError::BadBatch(format!(
-                    "token id {id} is outside the vocabulary of {}",
-                    table.rows
-                )));
+    /// Whether the residual stream crosses in page-locked memory (after a forward step).
+    pub fn uses_page_locked_staging(&self) -> bool {
+        self.staging.is_some()
+    }
+
+    /// Makes `staging` hold at least `need` values if a stage offers page-locked memory (its
+    /// allocations are slow, so it grows to the largest batch seen and stays).
+    fn ensure_staging(&mut self, need: usize) {
+        if !self.want_staging || self.staging.as_ref().is_some_and(|s| s.len() >= need) {
+            return;
+        }
+        let offered = self.stages.iter().find_map(|s| s.alloc_host_staging(need));
+        match offered {
+            Some(Ok(staging)) => self.staging = Some(staging),
+            Some(Err(e)) => {
+                tracing::warn!("page-locked memory for activations: {e}; using ordinary memory");
+                self.staging = None;
+                self.want_staging = false;
             }
-            let row = &table.data[id * row_bytes..(id + 1) * row_bytes];
-            let out = &mut self.hidden[t * d..(t + 1) * d];
-            quant::dequantize(table.ty, row, out)
-                .map_err(|e| ForwardError::BadBatch(format!("embedding row {id}: {e}")))?;
-            if let Some(scale) = self.config.embed_scale {
-                out.iter_mut().for_each(|v| *v *= scale);
+            None => {
+                self.staging = None;
+                self.want_staging = false;
             }
         }
-        Ok(())
     }
+}
+
+/// Looks the tokens up in the embedding table of `source` (dequantizing their rows) into
+/// `hidden`, `(tokens, n_embd)`.
+fn embed(
+    source: &dyn ModelSource,
+    config: &ModelConfig,
+    tokens: &[u32],
+    hidden: &mut [f32],
+) -> Result<(), ForwardError> {
+    let d = config.n_embd;
+    let table = source
+        .tensor("token_embd.weight")
+        .ok_or_else(|| ForwardError::BadBatch("model has no token_embd.weight".into()))?;
+    let row_bytes = table
+        .ty
+        .row_bytes(d as u64)
+        .ok_or_else(|| ForwardError::BadBatch("embedding rows are not whole blocks".into()))?
+        as usize;
+    for (t, &id) in tokens.iter().enumerate() {
+        let id = id as usize;
+        if id >= table.rows {
+            return Err(ForwardError::BadBatch(format!(
+                "token id {id} is outside the vocabulary of {}",
+                table.rows
+            )));
+        }
+        let row = &table.data[id * row_bytes..(id + 1) * row_bytes];
+        let out = &mut hidden[t * d..(t + 1) * d];
+        quant::dequantize(table.ty, row, out)
+            .map_err(|e| ForwardError::BadBatch(format!("embedding row {id}: {e}")))?;
+        if let Some(scale) = config.embed_scale {
+            out.iter_mut().for_each(|v| *v *= scale);
+        }
+    }
+    Ok(())
 }

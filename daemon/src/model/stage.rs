@@ -148,6 +148,11 @@ impl<B: Backend> Stage<B> {
         self.layers.clone()
     }
 
+    /// The device's backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
     /// The device's name.
     pub fn device_name(&self) -> &str {
         self.backend.device_name()

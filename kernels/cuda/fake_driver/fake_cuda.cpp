@@ -430,6 +430,14 @@ API CUresult cuMemFreeAsync(unsigned long long ptr, void *) {
     GUARD;
     return release(ptr);
 }
+API CUresult cuMemHostAlloc(void **ptr, size_t bytes, unsigned) {
+    *ptr = std::calloc(1, std::max<size_t>(bytes, 1));
+    return *ptr ? kSuccess : kOutOfMemory;
+}
+API CUresult cuMemFreeHost(void *ptr) {
+    std::free(ptr);
+    return kSuccess;
+}
 API CUresult cuMemsetD8_v2(unsigned long long ptr, unsigned char value, size_t n) {
     std::memset((void *)ptr, value, n);
     return kSuccess;

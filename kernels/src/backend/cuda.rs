@@ -27,8 +27,8 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::{
-    AttentionParams, Backend, BackendError, DeviceMemory, GatedActivation, HostKv, HostTensor,
-    Lease, OwnedHostTensor, RopeKind, RopeParams,
+    AttentionParams, Backend, BackendError, DeviceMemory, GatedActivation, HostKv, HostStaging,
+    HostTensor, Lease, OwnedHostTensor, RopeKind, RopeParams,
 };
 use crate::quant::GgmlType;
 
@@ -224,6 +224,27 @@ pub fn cuda_device_info(ordinal: usize) -> Result<CudaDeviceInfo, String> {
         Ok(Ok(info)) => Ok(info),
         Ok(Err(e)) => Err(format!("CUDA device {ordinal}: {e}")),
         Err(_) => Err(format!("CUDA device {ordinal}: the driver call panicked")),
+    }
+}
+
+/// Page-locked host memory for activations crossing to and from a GPU: copies from it run as
+/// direct DMA instead of through the driver's own staging buffer.
+struct PinnedStaging {
+    slice: cudarc::driver::PinnedHostSlice<f32>,
+    device: String,
+}
+
+impl HostStaging for PinnedStaging {
+    fn values(&mut self) -> Result<&mut [f32], BackendError> {
+        let device = self.device.clone();
+        self.slice.as_mut_slice().map_err(|e| BackendError::Device {
+            device,
+            message: format!("page-locked host memory: {e}"),
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.slice.len()
     }
 }
 
@@ -1494,6 +1515,30 @@ impl Backend for CudaBackend {
                 .map_err(|e| self.err("attn_combine_f32", e))?;
         }
         Ok(())
+    }
+
+    fn alloc_host_staging(&self, len: usize) -> Option<Result<Box<dyn HostStaging>, BackendError>> {
+        // SAFETY: the allocation's contents are unspecified until written; `PinnedStaging`
+        // zeroes them before handing them out. Default flags (not write-combined): the host
+        // reads these values back.
+        let pinned = unsafe {
+            self.stream
+                .context()
+                .alloc_pinned_with_flags::<f32>(len.max(1), 0)
+        };
+        Some(match pinned {
+            Ok(mut slice) => match slice.as_mut_slice() {
+                Ok(values) => {
+                    values.fill(0.0);
+                    Ok(Box::new(PinnedStaging {
+                        slice,
+                        device: self.name.clone(),
+                    }) as Box<dyn HostStaging>)
+                }
+                Err(e) => Err(self.err("page-locked host memory", e)),
+            },
+            Err(e) => Err(self.alloc_err("page-locked host memory", len as u64 * 4, e)),
+        })
     }
 
     fn download_kv(&self, kv: &CudaKv, len: usize) -> Result<HostKv, BackendError> {

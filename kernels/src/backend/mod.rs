@@ -263,6 +263,29 @@ pub trait Backend: Send + Sync + 'static {
     fn download_kv(&self, kv: &Self::KvCache, len: usize) -> Result<HostKv, BackendError>;
     /// Creates a KV cache from host memory (as [`Backend::download_kv`] produced it).
     fn upload_kv(&self, host: &HostKv, capacity: usize) -> Result<Self::KvCache, BackendError>;
+
+    /// Host memory of `len` f32 values that this device copies activations from and to fastest
+    /// (page-locked memory for a GPU, which its DMA engines read and write directly), or `None`
+    /// when ordinary memory is as good (the CPU).
+    fn alloc_host_staging(
+        &self,
+        _len: usize,
+    ) -> Option<Result<Box<dyn HostStaging>, BackendError>> {
+        None
+    }
+}
+
+/// Host memory for activations crossing between devices (see
+/// [`Backend::alloc_host_staging`]).
+pub trait HostStaging: Send {
+    /// Its values, once the device's transfers that use them have finished.
+    fn values(&mut self) -> Result<&mut [f32], BackendError>;
+    /// How many values it holds.
+    fn len(&self) -> usize;
+    /// Whether it holds none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A tensor copied out of a device, to be uploaded to another.
