@@ -168,14 +168,18 @@ pub fn from_config(config: &LoadedConfig) -> Vec<Device> {
 }
 
 /// The devices a load uses when the request names none: every usable GPU (the model is split
-/// over them by free memory, as llama.cpp does with all GPUs), else the first device.
+/// over them by free memory, as llama.cpp does with all GPUs), else the first usable device.
 pub fn default_load_devices(devices: &[Device]) -> Vec<&Device> {
     let gpus: Vec<&Device> = devices
         .iter()
         .filter(|d| d.is_gpu() && d.unavailable.is_none())
         .collect();
     if gpus.is_empty() {
-        devices.first().into_iter().collect()
+        devices
+            .iter()
+            .find(|d| d.unavailable.is_none())
+            .into_iter()
+            .collect()
     } else {
         gpus
     }
@@ -235,9 +239,18 @@ mod tests {
             }
             None => assert!(gpu.unavailable.is_none()),
         }
-        // Loads without devices go to the usable GPUs, else the first device.
+        // Loads without devices go to the usable GPUs, else the first usable device, even when
+        // an unusable GPU is listed first.
         let chosen = default_load_devices(&devices);
-        assert!(chosen.iter().all(|d| d.unavailable.is_none()));
+        assert!(!chosen.is_empty() && chosen.iter().all(|d| d.unavailable.is_none()));
+        let gpu_first = from_config(&loaded(
+            "[[devices]]\nid = \"cuda:7\"\n[[devices]]\nid = \"cpu:0\"\nmemory_budget = \"1GiB\"\n",
+        ));
+        if gpu_first[0].unavailable.is_some() {
+            let chosen = default_load_devices(&gpu_first);
+            assert_eq!(chosen.len(), 1);
+            assert_eq!(chosen[0].name, "cpu:0");
+        }
     }
 
     #[test]

@@ -184,6 +184,24 @@ fn resolve_devices<'a>(
     names: &[String],
     devices: &'a [Device],
 ) -> Result<Vec<&'a Device>, ErrorReply> {
+    let chosen = name_devices(names, devices)?;
+    for d in &chosen {
+        if let Some(reason) = &d.unavailable {
+            return Err(ErrorReply::new(
+                ErrorCode::Unsupported,
+                format!("device {} cannot hold models: {reason}", d.name),
+            ));
+        }
+    }
+    Ok(chosen)
+}
+
+/// As [`resolve_devices`], but keeping devices that cannot hold models now: a plan is a dry run,
+/// and a GPU configured with a `memory_budget` can be planned for on a machine without it.
+fn name_devices<'a>(
+    names: &[String],
+    devices: &'a [Device],
+) -> Result<Vec<&'a Device>, ErrorReply> {
     let chosen: Vec<&Device> = if names.is_empty() {
         crate::devices::default_load_devices(devices)
     } else {
@@ -205,14 +223,6 @@ fn resolve_devices<'a>(
             ErrorCode::BadRequest,
             "no device to load the model on",
         ));
-    }
-    for d in &chosen {
-        if let Some(reason) = &d.unavailable {
-            return Err(ErrorReply::new(
-                ErrorCode::Unsupported,
-                format!("device {} cannot hold models: {reason}", d.name),
-            ));
-        }
     }
     Ok(chosen)
 }
@@ -328,7 +338,7 @@ pub fn plan_blocking(
     devices: &[Device],
     memory_of: &dyn Fn(&Device) -> Arc<DeviceMemory>,
 ) -> Result<PlanReply, ErrorReply> {
-    let chosen = resolve_devices(&req.devices, devices)?;
+    let chosen = name_devices(&req.devices, devices)?;
     let (description, config, sizes) =
         ModelSizes::open(Path::new(&req.path), MAX_BATCH, MAX_SEQUENCES).map_err(load_error)?;
     let ctx = resolve_ctx(req.ctx, config.context_length);
