@@ -133,15 +133,16 @@ fn the_gpu_path_end_to_end_on_the_fake_cuda_driver() {
     };
     let d = Daemon::builder()
         .env("LD_LIBRARY_PATH", dir.to_str().expect("utf-8 path"))
+        .env("LLMD_FAKE_CUDA_DEVICES", "2")
         .config(
             "[[devices]]\nid = \"cpu:0\"\nmemory_budget = \"2GiB\"\n\n\
-             [[devices]]\nid = \"cuda:0\"\n",
+             [[devices]]\nid = \"cuda:0\"\n\n[[devices]]\nid = \"cuda:1\"\n",
         )
         .start();
     let model = tiny_model(d.dir.path());
     let path = model.to_str().expect("utf-8 path");
     let status = d.status_json();
-    assert_eq!(status["cuda"]["devices"], 1, "{status}");
+    assert_eq!(status["cuda"]["devices"], 2, "{status}");
     let gpu = &status["devices"][1];
     let description = gpu["description"].as_str().expect("description");
     assert!(description.contains("fake CUDA device 0"), "{gpu}");
@@ -155,11 +156,26 @@ fn the_gpu_path_end_to_end_on_the_fake_cuda_driver() {
     ok(&d, &["load", path, "--name", "cpu", "--devices", "cpu:0"]);
     let on_cpu = greedy(&d, "cpu", N);
     gpu_path(&d, path, &on_cpu);
+    // Two GPUs: the activations cross between their contexts with a peer copy.
+    ok(
+        &d,
+        &[
+            "load",
+            path,
+            "--name",
+            "pair",
+            "--devices",
+            "cuda:0,cuda:1",
+            "--split",
+            "1,1",
+        ],
+    );
+    assert_eq!(greedy(&d, "pair", N), on_cpu, "cuda:0,cuda:1 vs cpu:0");
     // (Its exit code reflects the NVML checks: this machine has no NVML.)
     let doctor = d.llmctl(&["doctor"]);
     let report = String::from_utf8_lossy(&doctor.stdout);
     assert!(
-        report.contains("CUDA works: the driver reports 1 GPU(s); devices in use: cuda:0"),
+        report.contains("CUDA works: the driver reports 2 GPU(s); devices in use: cuda:0, cuda:1"),
         "{report}"
     );
 }

@@ -200,6 +200,11 @@ fn comparison_harness_on_the_cpu() {
             !on_cpus.uses_page_locked_staging(),
             "CPU devices use ordinary memory"
         );
+        assert_eq!(
+            on_cpus.device_handoffs(),
+            0,
+            "CPU stages hand over through the host"
+        );
         let (worst, flipped) = compare(&want, &got, tol);
         println!("{arch} {ty}: CPU prefill vs decode, worst {worst:.2e} of the spread");
         assert!(worst <= tol && flipped.is_empty(), "{worst} {flipped:?}");
@@ -294,6 +299,9 @@ fn gpu_whole_models_match_the_cpu_backend() {
                     p.uses_page_locked_staging(),
                     "activations cross in pinned memory"
                 );
+                if backends.len() > 1 {
+                    assert!(p.device_handoffs() > 0, "stages hand over on the GPU");
+                }
                 let (worst, flipped) = compare(want, &got, tol);
                 let ok = worst <= tol && flipped.is_empty();
                 println!(

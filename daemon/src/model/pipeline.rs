@@ -10,7 +10,7 @@ use llmd_kernels::quant;
 
 use super::batch::{Batch, SeqId};
 use super::config::ModelConfig;
-use super::stage::{ForwardError, Stage};
+use super::stage::{ForwardError, Handoff, Stage};
 use super::weights::TensorSource;
 
 /// A pipeline stage with its backend type erased, so one pipeline can mix devices.
@@ -41,12 +41,15 @@ pub trait PipelineStage: Send {
     /// Host memory its device copies activations from and to fastest, if not ordinary memory
     /// (see [`Backend::alloc_host_staging`]).
     fn alloc_host_staging(&self, len: usize) -> Option<Result<Box<dyn HostStaging>, BackendError>>;
+    /// Which devices it can take activations from directly (see [`Backend::handoff_kind`]).
+    fn handoff_kind(&self) -> Option<&'static str>;
     /// Runs the stage's layers (see [`Stage::forward`]).
     fn forward(
         &mut self,
         batch: &Batch,
         hidden: &mut [f32],
         logits: &mut Vec<f32>,
+        handoff: &mut Handoff,
     ) -> Result<(), ForwardError>;
 }
 
@@ -86,13 +89,17 @@ impl<B: Backend> PipelineStage for Stage<B> {
     fn alloc_host_staging(&self, len: usize) -> Option<Result<Box<dyn HostStaging>, BackendError>> {
         self.backend().alloc_host_staging(len)
     }
+    fn handoff_kind(&self) -> Option<&'static str> {
+        self.backend().handoff_kind()
+    }
     fn forward(
         &mut self,
         batch: &Batch,
         hidden: &mut [f32],
         logits: &mut Vec<f32>,
+        handoff: &mut Handoff,
     ) -> Result<(), ForwardError> {
-        Stage::forward(self, batch, hidden, logits)
+        Stage::forward(self, batch, hidden, logits, handoff)
     }
 }
 
@@ -117,6 +124,8 @@ pub struct Pipeline {
     /// Whether page-locked memory is still worth asking for (no stage offers it, or allocating
     /// it failed once: ordinary memory then serves).
     want_staging: bool,
+    /// Stage boundaries crossed device to device.
+    device_handoffs: u64,
 }
 
 impl Pipeline {
@@ -150,6 +159,7 @@ impl Pipeline {
             hidden: Vec::new(),
             staging: None,
             want_staging: true,
+            device_handoffs: 0,
         })
     }
 
@@ -214,10 +224,29 @@ impl Pipeline {
             }
         };
         embed(&*self.source, &self.config, &batch.tokens, hidden)?;
-        for stage in &mut self.stages {
-            stage.forward(batch, hidden, logits)?;
+        let kinds: Vec<Option<&'static str>> =
+            self.stages.iter().map(|s| s.handoff_kind()).collect();
+        let mut input = None;
+        for (i, stage) in self.stages.iter_mut().enumerate() {
+            // Device to device when this stage and the next can copy from each other.
+            let next = kinds.get(i + 1).copied().flatten();
+            let mut handoff = Handoff {
+                input: input.take(),
+                keep_output: next.is_some() && kinds[i] == next,
+                output: None,
+            };
+            stage.forward(batch, hidden, logits, &mut handoff)?;
+            if handoff.output.is_some() {
+                self.device_handoffs += 1;
+            }
+            input = handoff.output;
         }
         Ok(())
+    }
+
+    /// Stage boundaries crossed device to device so far (the others went through the host).
+    pub fn device_handoffs(&self) -> u64 {
+        self.device_handoffs
     }
 
     /// Whether the residual stream crosses in page-locked memory (after a forward step).

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
-use llmd_kernels::backend::{AttentionParams, Backend, BackendError, HostKv};
+use llmd_kernels::backend::{AttentionParams, Backend, BackendError, DeviceActivations, HostKv};
 
 use super::batch::{Batch, SeqId};
 use super::config::ModelConfig;
@@ -61,6 +61,18 @@ pub struct Stage<B: Backend> {
     weight_bytes: u64,
     /// Host copy of the hidden state rows that want logits (reused).
     picked: Vec<f32>,
+}
+
+/// How the residual stream enters and leaves a stage when it need not cross the host (see
+/// [`Stage::forward`]).
+#[derive(Debug, Default)]
+pub struct Handoff {
+    /// Activations the previous stage left on its device, to copy from directly.
+    pub input: Option<DeviceActivations>,
+    /// Whether to leave the output on this device for the next stage.
+    pub keep_output: bool,
+    /// The output left on this device (set by `forward` when `keep_output` could be honoured).
+    pub output: Option<DeviceActivations>,
 }
 
 /// Errors of a forward pass.
@@ -231,11 +243,17 @@ impl<B: Backend> Stage<B> {
     /// Runs this stage's layers over `batch`. `hidden` holds the residual stream in and out,
     /// `(batch.len(), n_embd)` on the host. On the last stage, the logits of the tokens with
     /// `batch.logits[t]` set are written to `logits` in batch order, `n_vocab` each.
+    ///
+    /// `handoff` lets the residual stream skip the host between stages on devices that can copy
+    /// from each other: with `handoff.input` set, it is copied from the previous stage's device
+    /// instead of from `hidden`; with `handoff.keep_output` (never on the last stage), it is left
+    /// on this device in `handoff.output` and `hidden` is not written.
     pub fn forward(
         &mut self,
         batch: &Batch,
         hidden: &mut [f32],
         logits: &mut Vec<f32>,
+        handoff: &mut Handoff,
     ) -> Result<(), ForwardError> {
         let n = batch.len();
         let c = Arc::clone(&self.config);
@@ -264,7 +282,20 @@ impl<B: Backend> Stage<B> {
         }
         let (d, qw) = (c.n_embd, c.q_width());
         let s = &mut self.scratch;
-        b.write_activations(&mut s.x, hidden)?;
+        match handoff.input.take() {
+            // The host copy is stale when the previous stage kept its output: it must be taken.
+            Some(src) => {
+                if src.len != n * d || !b.import_activations(&mut s.x, &src)? {
+                    return Err(ForwardError::BadBatch(format!(
+                        "cannot take {} values from {} on {} for {n} tokens",
+                        src.len,
+                        src.device,
+                        b.device_name()
+                    )));
+                }
+            }
+            None => b.write_activations(&mut s.x, hidden)?,
+        }
 
         for (slot, il) in self.layers.clone().enumerate() {
             let w = &self.weights[slot];
@@ -334,7 +365,13 @@ impl<B: Backend> Stage<B> {
             }
             b.add(&mut s.x, &s.out, n * d)?;
         }
-        b.read_activations(&s.x, hidden)?;
+        handoff.output = None;
+        if handoff.keep_output && self.head.is_none() {
+            handoff.output = b.export_activations(&s.x, n * d)?;
+        }
+        if handoff.output.is_none() {
+            b.read_activations(&s.x, hidden)?;
+        }
 
         // Output head: only the rows that want logits are normalised and projected.
         logits.clear();

@@ -21,14 +21,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use cudarc::driver::sys::CUresult;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtrMut, DriverError, LaunchConfig,
-    PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DriverError,
+    LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
 use super::{
-    AttentionParams, Backend, BackendError, DeviceMemory, GatedActivation, HostKv, HostStaging,
-    HostTensor, Lease, OwnedHostTensor, RopeKind, RopeParams,
+    ActivationsLocation, AttentionParams, Backend, BackendError, DeviceActivations, DeviceMemory,
+    GatedActivation, HostKv, HostStaging, HostTensor, Lease, OwnedHostTensor, RopeKind, RopeParams,
 };
 use crate::quant::GgmlType;
 
@@ -1515,6 +1515,77 @@ impl Backend for CudaBackend {
                 .map_err(|e| self.err("attn_combine_f32", e))?;
         }
         Ok(())
+    }
+
+    fn handoff_kind(&self) -> Option<&'static str> {
+        Some("cuda")
+    }
+
+    fn export_activations(
+        &self,
+        a: &CudaSlice<f32>,
+        len: usize,
+    ) -> Result<Option<DeviceActivations>, BackendError> {
+        check_len("export_activations", a.len(), len)?;
+        self.stream
+            .synchronize()
+            .map_err(|e| self.err("finishing a stage", e))?;
+        let (ptr, _record) = a.device_ptr(&self.stream);
+        Ok(Some(DeviceActivations {
+            kind: "cuda",
+            device: self.name.clone(),
+            len,
+            location: ActivationsLocation::Cuda {
+                ctx: Arc::clone(self.stream.context()),
+                ptr,
+            },
+        }))
+    }
+
+    fn import_activations(
+        &self,
+        dst: &mut CudaSlice<f32>,
+        src: &DeviceActivations,
+    ) -> Result<bool, BackendError> {
+        let ActivationsLocation::Cuda { ctx, ptr } = &src.location;
+        if src.kind != "cuda" {
+            return Ok(false);
+        }
+        check_len("import_activations", dst.len(), src.len)?;
+        if src.len == 0 {
+            return Ok(true);
+        }
+        let bytes = src.len * std::mem::size_of::<f32>();
+        let here = self.stream.context();
+        let stream = self.stream.cu_stream();
+        let (dst_ptr, _record) = dst.device_ptr_mut(&self.stream);
+        let copied = if here.cu_ctx() == ctx.cu_ctx() {
+            // SAFETY: both addresses are live allocations of this context: `dst` holds at least
+            // `len` values (checked), and the exporting stage's buffer holds `len` values and is
+            // not touched until this copy, ordered on this stream, has run (the pipeline imports
+            // before anything else uses either stage; the exporter waited for its writes).
+            unsafe { cudarc::driver::result::memcpy_dtod_async(dst_ptr, *ptr, bytes, stream) }
+        } else {
+            // SAFETY: as above, across contexts: the driver copies peer to peer where the GPUs
+            // can, else through host memory. `ctx` is kept alive by `src`.
+            unsafe {
+                cudarc::driver::result::memcpy_peer_async(
+                    here.cu_ctx(),
+                    dst_ptr,
+                    ctx.cu_ctx(),
+                    *ptr,
+                    bytes,
+                    stream,
+                )
+            }
+        };
+        copied.map_err(|e| {
+            self.err(
+                &format!("copying activations from {} to {}", src.device, self.name),
+                e,
+            )
+        })?;
+        Ok(true)
     }
 
     fn alloc_host_staging(&self, len: usize) -> Option<Result<Box<dyn HostStaging>, BackendError>> {

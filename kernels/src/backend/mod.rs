@@ -264,6 +264,35 @@ pub trait Backend: Send + Sync + 'static {
     /// Creates a KV cache from host memory (as [`Backend::download_kv`] produced it).
     fn upload_kv(&self, host: &HostKv, capacity: usize) -> Result<Self::KvCache, BackendError>;
 
+    /// Which devices this one can copy activations from directly (see
+    /// [`Backend::import_activations`]): backends with the same kind can; `None`: through the
+    /// host only.
+    fn handoff_kind(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Leaves the first `len` values of `a` on the device for the next pipeline stage to copy
+    /// directly, once the work writing them has finished (it waits for it). `None` when this
+    /// backend cannot (the CPU: the host copy is the handoff).
+    fn export_activations(
+        &self,
+        _a: &Self::Activations,
+        _len: usize,
+    ) -> Result<Option<DeviceActivations>, BackendError> {
+        Ok(None)
+    }
+
+    /// Copies activations another stage exported into the start of `dst`, device to device
+    /// (peer to peer between GPUs, the driver staging through host memory where P2P is not
+    /// possible). `Ok(false)`, copying nothing, when they are not of this backend's kind.
+    fn import_activations(
+        &self,
+        _dst: &mut Self::Activations,
+        _src: &DeviceActivations,
+    ) -> Result<bool, BackendError> {
+        Ok(false)
+    }
+
     /// Host memory of `len` f32 values that this device copies activations from and to fastest
     /// (page-locked memory for a GPU, which its DMA engines read and write directly), or `None`
     /// when ordinary memory is as good (the CPU).
@@ -273,6 +302,33 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Option<Result<Box<dyn HostStaging>, BackendError>> {
         None
     }
+}
+
+/// Activations one pipeline stage left on its device for the next stage to copy directly
+/// ([`Backend::export_activations`]). Valid while the exporting stage's buffer is untouched:
+/// the pipeline imports it into the next stage before anything else runs.
+#[derive(Clone, Debug)]
+pub struct DeviceActivations {
+    /// The device's kind ([`Backend::handoff_kind`]).
+    pub kind: &'static str,
+    /// Its name, for messages.
+    pub device: String,
+    /// f32 values exported.
+    pub len: usize,
+    /// Where they lie, in the terms of the backend that exported them.
+    pub(crate) location: ActivationsLocation,
+}
+
+/// Where exported activations lie.
+#[derive(Clone, Debug)]
+pub(crate) enum ActivationsLocation {
+    /// On a CUDA device: its context and the device address.
+    Cuda {
+        /// The context the address belongs to.
+        ctx: std::sync::Arc<cudarc::driver::CudaContext>,
+        /// The address of the first value.
+        ptr: u64,
+    },
 }
 
 /// Host memory for activations crossing between devices (see
