@@ -78,22 +78,30 @@ pub fn build() -> Result<PathBuf, String> {
         .clone()
 }
 
-/// Runs the test `name` of this test binary again in a child process on the fake driver, with
-/// `env` added; `Ok(None)` (with the reason printed as SKIPPED) when the fake cannot be built
-/// and [`crate::fake_cuda`] tests are not required (`LLMD_REQUIRE_TEST_DATA` unset), or when a
-/// real CUDA driver is present (the GPU test then runs on it directly).
-pub fn rerun_test(name: &str, env: &[(&str, &str)]) -> Result<Option<Output>, String> {
+/// The directory of the fake driver for a test to put on a child's `LD_LIBRARY_PATH`:
+/// `Ok(None)` (with the reason printed as SKIPPED) when a real CUDA driver is present (the GPU
+/// tests then run on it directly) or when the fake cannot be built and test data is not required
+/// (`LLMD_REQUIRE_TEST_DATA` unset); an error when it cannot be built but is required.
+pub fn driver_for_tests() -> Result<Option<PathBuf>, String> {
     if crate::backend::cuda_available().is_ok() {
         println!("SKIPPED: a real CUDA driver is present; the GPU tests run on it directly");
         return Ok(None);
     }
-    let dir = match build() {
-        Ok(dir) => dir,
+    match build() {
+        Ok(dir) => Ok(Some(dir)),
         Err(reason) if std::env::var_os("LLMD_REQUIRE_TEST_DATA").is_none() => {
             println!("SKIPPED: the fake CUDA driver cannot be built ({reason})");
-            return Ok(None);
+            Ok(None)
         }
-        Err(reason) => return Err(reason),
+        Err(reason) => Err(reason),
+    }
+}
+
+/// Runs the test `name` of this test binary again in a child process on the fake driver, with
+/// `env` added; `Ok(None)` when [`driver_for_tests`] skips.
+pub fn rerun_test(name: &str, env: &[(&str, &str)]) -> Result<Option<Output>, String> {
+    let Some(dir) = driver_for_tests()? else {
+        return Ok(None);
     };
     let exe = std::env::current_exe().map_err(|e| format!("finding this test binary: {e}"))?;
     let mut cmd = Command::new(exe);

@@ -119,17 +119,8 @@ fn configured_gpus_without_a_driver_are_reported_and_refused_while_the_cpu_serve
 /// `cuda:0` and onto `cuda:0` twice, generation and a live re-split between GPU and CPU.
 #[test]
 fn the_gpu_path_end_to_end_on_the_fake_cuda_driver() {
-    if llmd_kernels::backend::cuda_available().is_ok() {
-        println!("SKIPPED: a real CUDA driver is present (the other test runs the GPU path on it)");
+    let Some(dir) = llmd_kernels::fake_cuda::driver_for_tests().expect("fake CUDA driver") else {
         return;
-    }
-    let dir = match llmd_kernels::fake_cuda::build() {
-        Ok(dir) => dir,
-        Err(reason) if std::env::var_os("LLMD_REQUIRE_TEST_DATA").is_none() => {
-            println!("SKIPPED: the fake CUDA driver cannot be built ({reason})");
-            return;
-        }
-        Err(reason) => panic!("{reason}"),
     };
     let d = Daemon::builder()
         .env("LD_LIBRARY_PATH", dir.to_str().expect("utf-8 path"))
@@ -239,17 +230,8 @@ fn gpu_path(d: &Daemon, path: &str, on_cpu: &[u64]) {
 /// the daemon keeps serving what it had loaded.
 #[test]
 fn a_gpu_out_of_memory_fails_the_load_cleanly_on_the_fake_cuda_driver() {
-    if llmd_kernels::backend::cuda_available().is_ok() {
-        println!("SKIPPED: a real CUDA driver is present");
+    let Some(dir) = llmd_kernels::fake_cuda::driver_for_tests().expect("fake CUDA driver") else {
         return;
-    }
-    let dir = match llmd_kernels::fake_cuda::build() {
-        Ok(dir) => dir,
-        Err(reason) if std::env::var_os("LLMD_REQUIRE_TEST_DATA").is_none() => {
-            println!("SKIPPED: the fake CUDA driver cannot be built ({reason})");
-            return;
-        }
-        Err(reason) => panic!("{reason}"),
     };
     // The fake GPU has 8 MiB; the configured budget claims 1 GiB.
     let d = Daemon::builder()

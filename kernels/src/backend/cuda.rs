@@ -688,64 +688,12 @@ impl CudaBackend {
                 .map_err(|e| self.err("gemm_f16_tc", e))?;
             return Ok(true);
         }
-        let sfx = type_suffix(w.ty).ok_or_else(|| self.unsupported(w))?;
-        let dequant_name = format!("dequantize_{sfx}_f16");
-        let dequant = self.function(&dequant_name)?;
-        let row_bytes =
-            w.ty.row_bytes(w.cols as u64)
-                .and_then(|b| usize::try_from(b).ok())
-                .ok_or_else(|| shape(OP, format!("{}: no whole blocks per row", w.name)))?;
-        let tile_rows = gemm_tile_rows(w.rows, w.cols, self.gemm_scratch_floats);
-        let mut tile = match self.stream.alloc_zeros::<u16>(tile_rows * w.cols) {
-            Ok(tile) => tile,
-            Err(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => return Ok(false),
-            Err(e) => return Err(self.err("allocating a GEMM weight tile", e)),
+        let tiled = TiledGemm {
+            dequant_suffix: "f16",
+            gemm: "gemm_f16_tc",
+            block: 128,
         };
-        let end = n_tokens * w.rows;
-        let mut r0 = 0;
-        while r0 < w.rows {
-            let n_rows = tile_rows.min(w.rows - r0);
-            let n_tile = n_rows * w.cols;
-            let n_tile_i64 = n_tile as i64;
-            let n_i = to_i32(OP, "tile rows", n_rows)?;
-            let src = w.data.slice(r0 * row_bytes..(r0 + n_rows) * row_bytes);
-            let mut launch = self.stream.launch_builder(dequant);
-            launch.arg(&src).arg(&mut tile).arg(&n_tile_i64);
-            // SAFETY: dequantize_<type>_f16(const void* w, __half* y, i64 n) over ceil(n/8/256)
-            // blocks of 256 (8 values per thread) reads the blocks of n = n_rows*cols weights
-            // from `src`, a view of exactly those whole rows (starting at a block boundary; byte
-            // size checked at upload), and writes n halves into `tile`, allocated with
-            // tile_rows*cols >= n (256-byte aligned for the 16-byte stores); n is a multiple of
-            // the block size and of 8.
-            unsafe {
-                launch.launch(cfg(
-                    (blocks_for(n_tile, DEQUANT_VALUES_PER_THREAD * 256), 1, 1),
-                    (256, 1, 1),
-                ))
-            }
-            .map_err(|e| self.err(&dequant_name, e))?;
-            drop(launch);
-            let mut out_cols = out.slice_mut(r0..end);
-            let mut launch = self.stream.launch_builder(gemm);
-            launch
-                .arg(&x16)
-                .arg(&tile)
-                .arg(&mut out_cols)
-                .arg(&m)
-                .arg(&n_i)
-                .arg(&k)
-                .arg(&ldo);
-            // SAFETY: gemm_f16_tc with M = n_tokens, N = n_rows, K = cols (a multiple of 32),
-            // ldo = rows over (ceil(N/64), ceil(M/64)) blocks of 128 reads M*K halves of x16 and
-            // the N*K halves the dequantize launch before it on this stream wrote into `tile`
-            // (both 256-byte aligned, rows 64-byte multiples), and writes out_cols[m*rows + n]
-            // for m < M, n < N: out_cols starts at column r0 and holds n_tokens*rows - r0 values,
-            // more than (M-1)*rows + N-1 since r0 + N <= rows.
-            unsafe { launch.launch(cfg((blocks_for(n_rows, GEMM_TILE), grid_m, 1), block)) }
-                .map_err(|e| self.err("gemm_f16_tc", e))?;
-            r0 += n_rows;
-        }
-        Ok(true)
+        self.gemm_in_tiles::<u16, u16>(w, &x16, n_tokens, out, &tiled)
     }
 
     /// The prefill path of `matmul` (for shapes [`gemm_applies`] accepts; `matmul` checked the
@@ -795,15 +743,49 @@ impl CudaBackend {
         if w.cols.is_multiple_of(TC_K_MULTIPLE) {
             return self.matmul_tensor_cores(w, x, n_tokens, out);
         }
+        let tiled = TiledGemm {
+            dequant_suffix: "f32",
+            gemm: "gemm_f32_nt",
+            block: 256,
+        };
+        self.gemm_in_tiles::<f32, f32>(w, x, n_tokens, out, &tiled)
+    }
+
+    /// `out (n_tokens, rows) = x (n_tokens, cols) * w^T` by dequantizing `w` tile by tile of
+    /// [`gemm_tile_rows`] whole rows into a scratch buffer of `T` (`dequantize_<type>_<suffix>`)
+    /// and multiplying each tile into columns `r0..r0 + n` of `out` (offset by `r0`, row stride
+    /// `rows`) with `kernels.gemm` over activations `x` of `A` (the GEMM kernels share one
+    /// signature, `(x, w, out, M, N, K, ldo)`). The scratch is allocated per call with the
+    /// stream-ordered allocator (freed on the stream after the last kernel that reads it, its
+    /// memory kept in the driver's pool). `Ok(false)`, having launched nothing, when the device
+    /// is out of memory for it.
+    fn gemm_in_tiles<T, A>(
+        &self,
+        w: &CudaWeight,
+        x: &CudaSlice<A>,
+        n_tokens: usize,
+        out: &mut CudaSlice<f32>,
+        kernels: &TiledGemm,
+    ) -> Result<bool, BackendError>
+    where
+        T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits,
+        A: cudarc::driver::DeviceRepr,
+    {
+        const OP: &str = "matmul";
+        let m = to_i32(OP, "n_tokens", n_tokens)?;
+        let k = to_i32(OP, "cols", w.cols)?;
+        let ldo = to_i32(OP, "rows", w.rows)?;
+        let grid_m = grid_yz(OP, "token tiles", n_tokens.div_ceil(GEMM_TILE))?;
+        let gemm = self.function(kernels.gemm)?;
         let sfx = type_suffix(w.ty).ok_or_else(|| self.unsupported(w))?;
-        let dequant_name = format!("dequantize_{sfx}_f32");
+        let dequant_name = format!("dequantize_{sfx}_{}", kernels.dequant_suffix);
         let dequant = self.function(&dequant_name)?;
         let row_bytes =
             w.ty.row_bytes(w.cols as u64)
                 .and_then(|b| usize::try_from(b).ok())
                 .ok_or_else(|| shape(OP, format!("{}: no whole blocks per row", w.name)))?;
         let tile_rows = gemm_tile_rows(w.rows, w.cols, self.gemm_scratch_floats);
-        let mut tile = match self.stream.alloc_zeros::<f32>(tile_rows * w.cols) {
+        let mut tile = match self.stream.alloc_zeros::<T>(tile_rows * w.cols) {
             Ok(tile) => tile,
             Err(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => return Ok(false),
             Err(e) => return Err(self.err("allocating a GEMM weight tile", e)),
@@ -818,20 +800,22 @@ impl CudaBackend {
             let src = w.data.slice(r0 * row_bytes..(r0 + n_rows) * row_bytes);
             let mut launch = self.stream.launch_builder(dequant);
             launch.arg(&src).arg(&mut tile).arg(&n_i64);
-            // SAFETY: dequantize_<type>_f32(const void* w, float* y, i64 n) over
+            // SAFETY: dequantize_<type>_<f32|f16>(const void* w, float*/__half* y, i64 n) over
             // ceil(n/8/256) blocks of 256 (8 values per thread; threads past n return) reads the
             // blocks of n = n_rows*cols weights from `src`, a view of exactly those n_rows whole
             // rows (row_bytes each; it starts at a block boundary, byte size checked at upload),
-            // and writes n values into `tile`, allocated with tile_rows*cols >= n values (fresh
-            // allocation: 256-byte aligned for the float4 stores). n is a multiple of the block
-            // size (whole rows) and of 8 (cols % 8 == 0, checked by gemm_applies).
+            // and writes n values of T (f32 or f16, matching the suffix) into `tile`, allocated
+            // with tile_rows*cols >= n values (fresh allocation: 256-byte aligned for the 16-byte
+            // stores). n is a multiple of the block size (whole rows) and of 8 (cols % 8 == 0,
+            // checked by gemm_applies).
             unsafe {
                 launch.launch(cfg(
                     (blocks_for(n_values, DEQUANT_VALUES_PER_THREAD * 256), 1, 1),
-                    block,
+                    (256, 1, 1),
                 ))
             }
             .map_err(|e| self.err(&dequant_name, e))?;
+            drop(launch);
             let mut out_cols = out.slice_mut(r0..end);
             let mut launch = self.stream.launch_builder(gemm);
             launch
@@ -842,19 +826,37 @@ impl CudaBackend {
                 .arg(&n_i)
                 .arg(&k)
                 .arg(&ldo);
-            // SAFETY: gemm_f32_nt(const float* x, const float* w, float* out, int M, int N, int
-            // K, int ldo) with M = n_tokens, N = n_rows, K = cols, ldo = rows over (ceil(N/64),
-            // ceil(M/64)) blocks of 256 reads M*K values of x (length checked by matmul) and the
-            // N*K values the dequantize launch before it on this stream wrote into `tile`, and
-            // writes out_cols[m*rows + n] for m < M, n < N: out_cols starts at column r0 of out
-            // and holds n_tokens*rows - r0 values, and (M-1)*rows + N-1 < that because
-            // r0 + N <= rows.
-            unsafe { launch.launch(cfg((blocks_for(n_rows, GEMM_TILE), grid_m, 1), block)) }
-                .map_err(|e| self.err("gemm_f32_nt", e))?;
+            // SAFETY: gemm_f32_nt / gemm_f16_tc(const T* x, const T* w, float* out, int M, int
+            // N, int K, int ldo) with M = n_tokens, N = n_rows, K = cols (a multiple of 32 for
+            // gemm_f16_tc, checked by the caller), ldo = rows over (ceil(N/64), ceil(M/64))
+            // blocks of kernels.block threads reads M*K values of x (its length checked by the
+            // caller) and the N*K values the dequantize launch before it on this stream wrote
+            // into `tile` (both 256-byte aligned allocations; rows 64-byte multiples for the
+            // f16 kernel's 16-byte loads), and writes out_cols[m*rows + n] for m < M, n < N:
+            // out_cols starts at column r0 of out and holds n_tokens*rows - r0 values, more than
+            // (M-1)*rows + N-1 since r0 + N <= rows.
+            unsafe {
+                launch.launch(cfg(
+                    (blocks_for(n_rows, GEMM_TILE), grid_m, 1),
+                    (kernels.block, 1, 1),
+                ))
+            }
+            .map_err(|e| self.err(kernels.gemm, e))?;
             r0 += n_rows;
         }
         Ok(true)
     }
+}
+
+/// The kernels of one tiled GEMM path: the dequantize kernels' output suffix and the GEMM kernel
+/// with its block size.
+struct TiledGemm {
+    /// `f32` or `f16`: which `dequantize_<type>_<suffix>` kernels fill the tiles.
+    dequant_suffix: &'static str,
+    /// `gemm_f32_nt` or `gemm_f16_tc`.
+    gemm: &'static str,
+    /// Threads per block of that GEMM kernel.
+    block: u32,
 }
 
 impl Backend for CudaBackend {
