@@ -30,8 +30,50 @@ fn source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda/fake_driver/fake_cuda.cpp")
 }
 
-/// Builds the fake `libcuda.so` (once per process) with the system C++ compiler (`$CXX`, else
-/// `g++`) into a temporary directory; returns that directory (to put on `LD_LIBRARY_PATH`).
+/// The sources the fake driver is built from: its own file, the emulation header and every
+/// kernel file it includes.
+fn sources() -> Result<Vec<PathBuf>, String> {
+    let cuda = Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda");
+    let mut files = vec![source(), cuda.join("host_check/emu.h")];
+    let listing =
+        std::fs::read_dir(&cuda).map_err(|e| format!("listing {}: {e}", cuda.display()))?;
+    for entry in listing {
+        let path = entry
+            .map_err(|e| format!("listing {}: {e}", cuda.display()))?
+            .path();
+        if path
+            .extension()
+            .is_some_and(|ext| ext == "cu" || ext == "cuh")
+        {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// FNV-1a over the sources' names and contents and the compiler: a build is reused (across test
+/// processes too) exactly while none of them changed.
+fn fingerprint(files: &[PathBuf], compiler: &str) -> Result<u64, String> {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    feed(compiler.as_bytes());
+    for file in files {
+        feed(file.to_string_lossy().as_bytes());
+        feed(&std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?);
+    }
+    Ok(hash)
+}
+
+/// Builds the fake `libcuda.so` with the system C++ compiler (`$CXX`, else `g++`) into a
+/// directory of the system's temporary directory named after the sources' fingerprint (so test
+/// processes share one build, and a changed source builds anew); returns that directory (to put
+/// on `LD_LIBRARY_PATH`). Once per process at most.
 pub fn build() -> Result<PathBuf, String> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
@@ -43,10 +85,18 @@ pub fn build() -> Result<PathBuf, String> {
                     src.display()
                 ));
             }
-            let dir = std::env::temp_dir().join(format!("llmd-fake-cuda-{}", std::process::id()));
+            let compiler = std::env::var("CXX").unwrap_or_else(|_| "g++".to_owned());
+            let key = fingerprint(&sources()?, &compiler)?;
+            let dir = std::env::temp_dir().join(format!("llmd-fake-cuda-{key:016x}"));
+            let library = dir.join("libcuda.so");
+            if library.exists() {
+                return Ok(dir);
+            }
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("creating {}: {e}", dir.display()))?;
-            let compiler = std::env::var("CXX").unwrap_or_else(|_| "g++".to_owned());
+            // Built under a name of this process, then renamed into place: a concurrent build
+            // of the same sources never exposes a half-written library.
+            let partial = dir.join(format!("libcuda.so.{}.partial", std::process::id()));
             let out = Command::new(&compiler)
                 .args([
                     "-std=c++20",
@@ -63,16 +113,19 @@ pub fn build() -> Result<PathBuf, String> {
                     "-Wno-unused-parameter",
                 ])
                 .arg("-o")
-                .arg(dir.join("libcuda.so"))
+                .arg(&partial)
                 .arg(&src)
                 .output()
                 .map_err(|e| format!("running {compiler}: {e}"))?;
             if !out.status.success() {
+                let _ = std::fs::remove_file(&partial);
                 return Err(format!(
                     "building the fake CUDA driver failed:\n{}",
                     String::from_utf8_lossy(&out.stderr)
                 ));
             }
+            std::fs::rename(&partial, &library)
+                .map_err(|e| format!("installing {}: {e}", library.display()))?;
             Ok(dir)
         })
         .clone()
