@@ -631,11 +631,13 @@ impl CudaBackend {
     }
 
     /// The tensor-core prefill path of `matmul` (weights other than F32 with `cols` a multiple of
-    /// [`TC_K_MULTIPLE`]): the activations are converted to f16 once, F16 weights are used as
-    /// they lie, other types are dequantized to f16 tile by tile of [`gemm_tile_rows`] rows, and
-    /// `gemm_f16_tc` (WMMA, f32 accumulation) fills columns `r0..r0 + n` of `out` per tile.
-    /// Returns `Ok(false)` having launched nothing when the device is out of memory for the f16
-    /// copies, so that the caller runs the matrix-vector kernels.
+    /// [`TC_K_MULTIPLE`]): the activations are converted to f16 once, then [`gemm_in_tiles`]
+    /// multiplies with `gemm_f16_tc` (WMMA, f32 accumulation), F16 weights as they lie and other
+    /// types dequantized to f16 tile by tile. Returns `Ok(false)` having launched nothing when the
+    /// device is out of memory for the f16 copies, so that the caller runs the matrix-vector
+    /// kernels.
+    ///
+    /// [`gemm_in_tiles`]: CudaBackend::gemm_in_tiles
     fn matmul_tensor_cores(
         &self,
         w: &CudaWeight,
@@ -643,12 +645,6 @@ impl CudaBackend {
         n_tokens: usize,
         out: &mut CudaSlice<f32>,
     ) -> Result<bool, BackendError> {
-        const OP: &str = "matmul";
-        let m = to_i32(OP, "n_tokens", n_tokens)?;
-        let k = to_i32(OP, "cols", w.cols)?;
-        let ldo = to_i32(OP, "rows", w.rows)?;
-        let grid_m = grid_yz(OP, "token tiles", n_tokens.div_ceil(GEMM_TILE))?;
-        let gemm = self.function("gemm_f16_tc")?;
         let n_values = n_tokens * w.cols;
         let mut x16 = match self.stream.alloc_zeros::<u16>(n_values) {
             Ok(b) => b,
@@ -666,46 +662,15 @@ impl CudaBackend {
         unsafe { convert.launch(cfg((blocks_for(n_values, 256), 1, 1), (256, 1, 1))) }
             .map_err(|e| self.err("convert_f32_to_f16", e))?;
         drop(convert);
-        let block = (128, 1, 1);
-        if w.ty == GgmlType::F16 {
-            let mut launch = self.stream.launch_builder(gemm);
-            launch
-                .arg(&x16)
-                .arg(&w.data)
-                .arg(out)
-                .arg(&m)
-                .arg(&ldo)
-                .arg(&k)
-                .arg(&ldo);
-            // SAFETY: gemm_f16_tc(const __half* x, const __half* w, float* out, int M, int N,
-            // int K, int ldo) with M = n_tokens, N = ldo = rows, K = cols (a multiple of 32)
-            // over (ceil(N/64), ceil(M/64)) blocks of 128 reads M*K halves of x16 (allocated with
-            // that many) and the N*K f16 weights, w.data's rows*cols*2 bytes (checked at upload);
-            // both allocations are 256-byte aligned and rows are 64-byte multiples, as the
-            // kernel's 16-byte loads need; it writes out[m*rows + n] for m < M, n < N, below
-            // n_tokens*rows (out's length checked by matmul).
-            unsafe { launch.launch(cfg((blocks_for(w.rows, GEMM_TILE), grid_m, 1), block)) }
-                .map_err(|e| self.err("gemm_f16_tc", e))?;
-            return Ok(true);
-        }
-        let tiled = TiledGemm {
-            dequant_suffix: "f16",
-            gemm: "gemm_f16_tc",
-            block: 128,
-        };
-        self.gemm_in_tiles::<u16, u16>(w, &x16, n_tokens, out, &tiled)
+        self.gemm_in_tiles::<u16, u16>(w, &x16, n_tokens, out, &F16_GEMM)
     }
 
     /// The prefill path of `matmul` (for shapes [`gemm_applies`] accepts; `matmul` checked the
-    /// lengths of `x` and `out`): `out (n_tokens, rows) = x (n_tokens, cols) * w^T` with
-    /// `gemm_f32_nt`, on F32 weights directly, on other types tile by tile of
-    /// [`gemm_tile_rows`] whole rows dequantized to f32 into a scratch buffer; the product of
-    /// tile rows `[r0, r0 + n)` fills columns `r0..r0 + n` of `out` (offset by `r0`, row stride
-    /// `rows`). The scratch is allocated per call with the stream-ordered allocator (freed on the
-    /// stream after the last kernel that reads it, its memory kept in the driver's pool for the
-    /// next call), so no idle backend holds it and concurrent callers never share it. Returns
-    /// `Ok(false)`, having launched nothing, when the device is out of memory for the scratch,
-    /// so that the caller runs the matrix-vector kernels, which need far less memory.
+    /// lengths of `x` and `out`): `out (n_tokens, rows) = x (n_tokens, cols) * w^T`, on tensor
+    /// cores where `cols` allows ([`CudaBackend::matmul_tensor_cores`]), else with the f32 kernel
+    /// `gemm_f32_nt` ([`CudaBackend::gemm_in_tiles`]). Returns `Ok(false)`, having launched
+    /// nothing, when the device is out of memory for the scratch, so that the caller runs the
+    /// matrix-vector kernels, which need far less memory.
     fn matmul_gemm(
         &self,
         w: &CudaWeight,
@@ -713,52 +678,21 @@ impl CudaBackend {
         n_tokens: usize,
         out: &mut CudaSlice<f32>,
     ) -> Result<bool, BackendError> {
-        const OP: &str = "matmul";
-        let m = to_i32(OP, "n_tokens", n_tokens)?;
-        let k = to_i32(OP, "cols", w.cols)?;
-        let ldo = to_i32(OP, "rows", w.rows)?;
-        let grid_m = grid_yz(OP, "token tiles", n_tokens.div_ceil(GEMM_TILE))?;
-        let gemm = self.function("gemm_f32_nt")?;
-        let block = (256, 1, 1);
-        if w.ty == GgmlType::F32 {
-            let mut launch = self.stream.launch_builder(gemm);
-            launch
-                .arg(x)
-                .arg(&w.data)
-                .arg(out)
-                .arg(&m)
-                .arg(&ldo)
-                .arg(&k)
-                .arg(&ldo);
-            // SAFETY: gemm_f32_nt(const float* x, const float* w, float* out, int M, int N, int
-            // K, int ldo) with M = n_tokens, N = ldo = rows, K = cols over (ceil(N/64),
-            // ceil(M/64)) blocks of 256 reads M*K values of x (length checked by matmul) and the
-            // N*K f32 weights, which are w.data's rows*cols*4 bytes (byte size checked at
-            // upload; the allocation is 256-byte aligned), and writes out[m*rows + n] for m < M,
-            // n < N, all below n_tokens*rows (out's length checked by matmul).
-            unsafe { launch.launch(cfg((blocks_for(w.rows, GEMM_TILE), grid_m, 1), block)) }
-                .map_err(|e| self.err("gemm_f32_nt", e))?;
-            return Ok(true);
-        }
-        if w.cols.is_multiple_of(TC_K_MULTIPLE) {
+        if w.ty != GgmlType::F32 && w.cols.is_multiple_of(TC_K_MULTIPLE) {
             return self.matmul_tensor_cores(w, x, n_tokens, out);
         }
-        let tiled = TiledGemm {
-            dequant_suffix: "f32",
-            gemm: "gemm_f32_nt",
-            block: 256,
-        };
-        self.gemm_in_tiles::<f32, f32>(w, x, n_tokens, out, &tiled)
+        self.gemm_in_tiles::<f32, f32>(w, x, n_tokens, out, &F32_GEMM)
     }
 
-    /// `out (n_tokens, rows) = x (n_tokens, cols) * w^T` by dequantizing `w` tile by tile of
-    /// [`gemm_tile_rows`] whole rows into a scratch buffer of `T` (`dequantize_<type>_<suffix>`)
-    /// and multiplying each tile into columns `r0..r0 + n` of `out` (offset by `r0`, row stride
-    /// `rows`) with `kernels.gemm` over activations `x` of `A` (the GEMM kernels share one
-    /// signature, `(x, w, out, M, N, K, ldo)`). The scratch is allocated per call with the
-    /// stream-ordered allocator (freed on the stream after the last kernel that reads it, its
-    /// memory kept in the driver's pool). `Ok(false)`, having launched nothing, when the device
-    /// is out of memory for it.
+    /// `out (n_tokens, rows) = x (n_tokens, cols) * w^T` with `kernels.gemm` over activations `x`
+    /// of `A` (the GEMM kernels share one signature, `(x, w, out, M, N, K, ldo)`). Weights of
+    /// `kernels.native` type are multiplied as they lie, in one launch; others are dequantized
+    /// (`dequantize_<type>_<suffix>`) tile by tile of [`gemm_tile_rows`] whole rows into a
+    /// scratch buffer of `T`, each tile multiplied into columns `r0..r0 + n` of `out` (offset by
+    /// `r0`, row stride `rows`). The scratch is allocated per call with the stream-ordered
+    /// allocator (freed on the stream after the last kernel that reads it, its memory kept in
+    /// the driver's pool), so no idle backend holds it. `Ok(false)`, having launched nothing,
+    /// when the device is out of memory for it.
     fn gemm_in_tiles<T, A>(
         &self,
         w: &CudaWeight,
@@ -772,11 +706,23 @@ impl CudaBackend {
         A: cudarc::driver::DeviceRepr,
     {
         const OP: &str = "matmul";
-        let m = to_i32(OP, "n_tokens", n_tokens)?;
-        let k = to_i32(OP, "cols", w.cols)?;
-        let ldo = to_i32(OP, "rows", w.rows)?;
-        let grid_m = grid_yz(OP, "token tiles", n_tokens.div_ceil(GEMM_TILE))?;
-        let gemm = self.function(kernels.gemm)?;
+        let end = n_tokens * w.rows;
+        if w.ty == kernels.native {
+            let dims = GemmDims {
+                m: n_tokens,
+                n: w.rows,
+                k: w.cols,
+                ldo: w.rows,
+            };
+            self.launch_gemm(
+                kernels,
+                x,
+                &w.data.slice(..),
+                &mut out.slice_mut(0..end),
+                dims,
+            )?;
+            return Ok(true);
+        }
         let sfx = type_suffix(w.ty).ok_or_else(|| self.unsupported(w))?;
         let dequant_name = format!("dequantize_{sfx}_{}", kernels.dequant_suffix);
         let dequant = self.function(&dequant_name)?;
@@ -790,13 +736,11 @@ impl CudaBackend {
             Err(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => return Ok(false),
             Err(e) => return Err(self.err("allocating a GEMM weight tile", e)),
         };
-        let end = n_tokens * w.rows;
         let mut r0 = 0;
         while r0 < w.rows {
             let n_rows = tile_rows.min(w.rows - r0);
             let n_values = n_rows * w.cols;
             let n_i64 = n_values as i64;
-            let n_i = to_i32(OP, "tile rows", n_rows)?;
             let src = w.data.slice(r0 * row_bytes..(r0 + n_rows) * row_bytes);
             let mut launch = self.stream.launch_builder(dequant);
             launch.arg(&src).arg(&mut tile).arg(&n_i64);
@@ -816,47 +760,112 @@ impl CudaBackend {
             }
             .map_err(|e| self.err(&dequant_name, e))?;
             drop(launch);
-            let mut out_cols = out.slice_mut(r0..end);
-            let mut launch = self.stream.launch_builder(gemm);
-            launch
-                .arg(x)
-                .arg(&tile)
-                .arg(&mut out_cols)
-                .arg(&m)
-                .arg(&n_i)
-                .arg(&k)
-                .arg(&ldo);
-            // SAFETY: gemm_f32_nt / gemm_f16_tc(const T* x, const T* w, float* out, int M, int
-            // N, int K, int ldo) with M = n_tokens, N = n_rows, K = cols (a multiple of 32 for
-            // gemm_f16_tc, checked by the caller), ldo = rows over (ceil(N/64), ceil(M/64))
-            // blocks of kernels.block threads reads M*K values of x (its length checked by the
-            // caller) and the N*K values the dequantize launch before it on this stream wrote
-            // into `tile` (both 256-byte aligned allocations; rows 64-byte multiples for the
-            // f16 kernel's 16-byte loads), and writes out_cols[m*rows + n] for m < M, n < N:
-            // out_cols starts at column r0 of out and holds n_tokens*rows - r0 values, more than
-            // (M-1)*rows + N-1 since r0 + N <= rows.
-            unsafe {
-                launch.launch(cfg(
-                    (blocks_for(n_rows, GEMM_TILE), grid_m, 1),
-                    (kernels.block, 1, 1),
-                ))
-            }
-            .map_err(|e| self.err(kernels.gemm, e))?;
+            let dims = GemmDims {
+                m: n_tokens,
+                n: n_rows,
+                k: w.cols,
+                ldo: w.rows,
+            };
+            self.launch_gemm(
+                kernels,
+                x,
+                &tile.slice(0..n_values),
+                &mut out.slice_mut(r0..end),
+                dims,
+            )?;
             r0 += n_rows;
         }
         Ok(true)
     }
 }
 
-/// The kernels of one tiled GEMM path: the dequantize kernels' output suffix and the GEMM kernel
-/// with its block size.
+/// The kernels of one GEMM path: the weight type it multiplies as it lies, the dequantize
+/// kernels' output suffix for the other types, and the GEMM kernel with its block size.
 struct TiledGemm {
+    /// Weights of this type need no dequantization (`f32` weights for `gemm_f32_nt`, `f16` for
+    /// `gemm_f16_tc`).
+    native: GgmlType,
     /// `f32` or `f16`: which `dequantize_<type>_<suffix>` kernels fill the tiles.
     dequant_suffix: &'static str,
     /// `gemm_f32_nt` or `gemm_f16_tc`.
     gemm: &'static str,
     /// Threads per block of that GEMM kernel.
     block: u32,
+}
+
+/// f32 activations times f32 weight tiles on the SIMT kernel.
+const F32_GEMM: TiledGemm = TiledGemm {
+    native: GgmlType::F32,
+    dequant_suffix: "f32",
+    gemm: "gemm_f32_nt",
+    block: 256,
+};
+
+/// f16 activations times f16 weight tiles on tensor cores (`cols % 32 == 0`).
+const F16_GEMM: TiledGemm = TiledGemm {
+    native: GgmlType::F16,
+    dequant_suffix: "f16",
+    gemm: "gemm_f16_tc",
+    block: 128,
+};
+
+/// The shape of one GEMM launch: `out (m, n)` with row stride `ldo` = `x (m, k)` times
+/// `w (n, k)` transposed.
+#[derive(Clone, Copy)]
+struct GemmDims {
+    m: usize,
+    n: usize,
+    k: usize,
+    ldo: usize,
+}
+
+impl CudaBackend {
+    /// Launches `kernels.gemm(x, w, out, M, N, K, ldo)`. The callers pass `x` with `m * k` values
+    /// (checked by `matmul`), `w` a view of exactly `n * k` values of the kernel's element type
+    /// (the weight as uploaded, or a tile the dequantize launch before it on this stream wrote),
+    /// and `out` a view starting at the first output column with at least `(m - 1) * ldo + n`
+    /// values; `k` is a multiple of 32 for `gemm_f16_tc`.
+    fn launch_gemm<A: cudarc::driver::DeviceRepr, W>(
+        &self,
+        kernels: &TiledGemm,
+        x: &CudaSlice<A>,
+        w: &cudarc::driver::CudaView<'_, W>,
+        out: &mut cudarc::driver::CudaViewMut<'_, f32>,
+        dims: GemmDims,
+    ) -> Result<(), BackendError> {
+        const OP: &str = "matmul";
+        if dims.m > 0 && out.len() < (dims.m - 1) * dims.ldo + dims.n {
+            return Err(shape(OP, format!("output view of {} values", out.len())));
+        }
+        let m = to_i32(OP, "n_tokens", dims.m)?;
+        let n = to_i32(OP, "rows", dims.n)?;
+        let k = to_i32(OP, "cols", dims.k)?;
+        let ldo = to_i32(OP, "rows", dims.ldo)?;
+        let grid_m = grid_yz(OP, "token tiles", dims.m.div_ceil(GEMM_TILE))?;
+        let mut launch = self.stream.launch_builder(self.function(kernels.gemm)?);
+        launch
+            .arg(x)
+            .arg(w)
+            .arg(out)
+            .arg(&m)
+            .arg(&n)
+            .arg(&k)
+            .arg(&ldo);
+        // SAFETY: gemm_f32_nt / gemm_f16_tc(const T* x, const T* w, float* out, int M, int N,
+        // int K, int ldo) over (ceil(N/64), ceil(M/64)) blocks of kernels.block threads reads
+        // M*K values of x and N*K values of w and writes out[m*ldo + n] for m < M, n < N, all
+        // within `out` (its length checked above; x and w as the callers guarantee, see the doc
+        // comment). Fresh allocations are 256-byte aligned and rows are 64-byte multiples when
+        // K % 32 == 0, as gemm_f16_tc's 16-byte loads need.
+        unsafe {
+            launch.launch(cfg(
+                (blocks_for(dims.n, GEMM_TILE), grid_m, 1),
+                (kernels.block, 1, 1),
+            ))
+        }
+        .map_err(|e| self.err(kernels.gemm, e))?;
+        Ok(())
+    }
 }
 
 impl Backend for CudaBackend {
