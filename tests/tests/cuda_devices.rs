@@ -8,36 +8,17 @@
 mod common;
 mod split_util;
 
-use std::time::Duration;
+use common::Daemon;
+use split_util::{greedy, last_json, ok};
 
 /// Tokens generated per comparison.
 const N: u32 = 12;
 
-use common::Daemon;
-use split_util::{greedy, last_json, ok};
-
-/// Writes a tiny random-weight llama with `llmd make-model`; returns its path. F32 weights: the
-/// CPU and GPU products then differ only by rounding order (~1e-5 of the logits' spread), so
-/// even the near-ties of random weights give the same greedy tokens.
+/// The tiny model of these tests: F32 weights, so the CPU and GPU products differ only by
+/// rounding order (~1e-5 of the logits' spread) and even the near-ties of random weights give
+/// the same greedy tokens.
 fn tiny_model(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("tiny.gguf");
-    let mut cmd = common::command("llmd");
-    cmd.args([
-        "make-model",
-        "--arch",
-        "llama",
-        "--preset",
-        "tiny",
-        "--type",
-        "f32",
-        "--layers",
-        "4",
-        "-o",
-    ])
-    .arg(&path);
-    let out = common::run_bounded(cmd, Duration::from_secs(60));
-    assert!(out.status.success(), "make-model: {out:?}");
-    path
+    common::tiny_model(dir, "f32", Some(4))
 }
 
 #[test]

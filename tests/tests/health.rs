@@ -453,28 +453,6 @@ fn status_watch_refreshes_until_interrupted() {
     );
 }
 
-/// Writes a tiny random-weight model with 6 layers with `llmd make-model`; returns its path.
-fn tiny_model(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("tiny.gguf");
-    let mut cmd = common::command("llmd");
-    cmd.args([
-        "make-model",
-        "--arch",
-        "llama",
-        "--preset",
-        "tiny",
-        "--type",
-        "q8_0",
-        "--layers",
-        "6",
-        "-o",
-    ])
-    .arg(&path);
-    let out = common::run_bounded(cmd, Duration::from_secs(60));
-    assert!(out.status.success(), "make-model: {out:?}");
-    path
-}
-
 #[test]
 fn layers_per_device_in_status_and_the_split_check_in_doctor() {
     let fake = FakeNvml::standard(&healthy_pair());
@@ -487,7 +465,7 @@ fn layers_per_device_in_status_and_the_split_check_in_doctor() {
         )
         .start();
     status_when(&d, "two GPUs", |s| loaded_with(s, 2));
-    let model = tiny_model(d.dir.path());
+    let model = common::tiny_model(d.dir.path(), "q8_0", Some(6));
     let model = model.to_str().expect("utf-8 path");
 
     // Split over both CPU devices: two stages, every layer placed, the split check is OK.

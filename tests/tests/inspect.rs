@@ -76,25 +76,7 @@ fn inspect_reports_the_real_models() {
 
 /// A tiny valid model written by `llmd make-model`, and where its tensor data starts.
 fn tiny_model(dir: &Path) -> (Vec<u8>, usize) {
-    let path = dir.join("tiny.gguf");
-    let mut cmd = common::command("llmd");
-    cmd.args([
-        "make-model",
-        "--arch",
-        "llama",
-        "--preset",
-        "tiny",
-        "--type",
-        "q8_0",
-        "-o",
-    ])
-    .arg(&path);
-    let out = common::run_bounded(cmd, Duration::from_secs(60));
-    assert!(
-        out.status.success(),
-        "make-model: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let path = common::tiny_model(dir, "q8_0", None);
     let file = llmd::gguf::GgufFile::open(&path).expect("valid tiny model");
     let header = file.data_offset() as usize;
     (std::fs::read(&path).expect("read"), header)

@@ -85,6 +85,33 @@ pub fn llmctl(socket: &Path, args: &[&str]) -> Output {
     run_bounded(cmd, Duration::from_secs(20))
 }
 
+/// Writes `dir/tiny.gguf`, a tiny random-weight llama (`llmd make-model --preset tiny`) with
+/// `ty` weights and, when given, `layers` layers; returns its path.
+pub fn tiny_model(dir: &Path, ty: &str, layers: Option<u32>) -> PathBuf {
+    let path = dir.join("tiny.gguf");
+    let mut cmd = command("llmd");
+    cmd.args([
+        "make-model",
+        "--arch",
+        "llama",
+        "--preset",
+        "tiny",
+        "--type",
+        ty,
+    ]);
+    if let Some(layers) = layers {
+        cmd.arg("--layers").arg(layers.to_string());
+    }
+    cmd.arg("-o").arg(&path);
+    let out = run_bounded(cmd, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "make-model: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
 /// Runs `cmd` to completion, killing it after `limit`.
 pub fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
     let mut child = cmd
