@@ -3,57 +3,11 @@
 //! as single characters and the adjacent pair with the lowest merge rank is merged until no pair
 //! has a rank.
 
-use std::cmp::Ordering;
+use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use super::merge::{Bigram, Symbol};
 use super::Tokenizer;
-
-/// One symbol of the working word: a byte range, linked to its neighbours.
-#[derive(Clone, Copy, Debug)]
-struct Symbol {
-    /// Index of the previous live symbol, or -1.
-    prev: i32,
-    /// Index of the next live symbol, or -1.
-    next: i32,
-    /// Byte offset in the word.
-    start: usize,
-    /// Byte length; 0 once merged into its left neighbour.
-    len: usize,
-}
-
-/// A candidate merge.
-#[derive(Debug)]
-struct Bigram {
-    /// Left symbol index.
-    left: i32,
-    /// Right symbol index.
-    right: i32,
-    /// Merge rank (lower merges first).
-    rank: u32,
-    /// Byte length of the merged text, to detect stale candidates.
-    size: usize,
-}
-
-impl PartialEq for Bigram {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Bigram {}
-impl PartialOrd for Bigram {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Bigram {
-    /// `BinaryHeap` pops the greatest: lowest rank first, then the leftmost pair.
-    fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .rank
-            .cmp(&self.rank)
-            .then_with(|| other.left.cmp(&self.left))
-    }
-}
 
 /// Reusable buffers for tokenizing many words.
 #[derive(Debug, Default)]
@@ -61,7 +15,7 @@ pub(super) struct Scratch {
     /// Working symbols of the current word.
     symbols: Vec<Symbol>,
     /// Candidate merges.
-    queue: BinaryHeap<Bigram>,
+    queue: BinaryHeap<Bigram<Reverse<u32>>>,
     /// "left right" key buffer for merge look-ups.
     key: String,
 }
@@ -101,23 +55,25 @@ pub(super) fn tokenize_word(
         });
     }
 
-    let mut try_add =
-        |symbols: &[Symbol], queue: &mut BinaryHeap<Bigram>, left: i32, right: i32| {
-            if left < 0 || right < 0 {
-                return;
-            }
-            let (l, r) = (symbols[left as usize], symbols[right as usize]);
-            let left_text = &word[l.start..l.start + l.len];
-            let right_text = &word[r.start..r.start + r.len];
-            if let Some(rank) = vocab.merge_rank(key, left_text, right_text) {
-                queue.push(Bigram {
-                    left,
-                    right,
-                    rank,
-                    size: l.len + r.len,
-                });
-            }
-        };
+    let mut try_add = |symbols: &[Symbol],
+                       queue: &mut BinaryHeap<Bigram<Reverse<u32>>>,
+                       left: i32,
+                       right: i32| {
+        if left < 0 || right < 0 {
+            return;
+        }
+        let (l, r) = (symbols[left as usize], symbols[right as usize]);
+        let left_text = &word[l.start..l.start + l.len];
+        let right_text = &word[r.start..r.start + r.len];
+        if let Some(rank) = vocab.merge_rank(key, left_text, right_text) {
+            queue.push(Bigram {
+                left,
+                right,
+                priority: Reverse(rank),
+                size: l.len + r.len,
+            });
+        }
+    };
 
     for i in 1..symbols.len() as i32 {
         try_add(symbols, queue, i - 1, i);

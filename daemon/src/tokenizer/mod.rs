@@ -14,6 +14,7 @@
 
 mod bpe;
 pub mod chat;
+mod merge;
 pub mod pretokenize;
 mod spm;
 pub mod stream;

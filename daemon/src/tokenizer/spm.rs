@@ -5,56 +5,10 @@
 //!
 //! The caller has already escaped spaces as `▁` and added the space prefix.
 
-use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
+use super::merge::{Bigram, Symbol};
 use super::Tokenizer;
-
-/// One symbol of the working sequence: a byte range of the text, linked to its neighbours.
-#[derive(Clone, Copy, Debug)]
-struct Symbol {
-    /// Index of the previous live symbol, or -1.
-    prev: i32,
-    /// Index of the next live symbol, or -1.
-    next: i32,
-    /// Byte offset of the symbol in the text.
-    start: usize,
-    /// Byte length; 0 once merged into its left neighbour.
-    len: usize,
-}
-
-/// A candidate merge of two adjacent symbols.
-#[derive(Debug)]
-struct Bigram {
-    /// Left symbol index.
-    left: i32,
-    /// Right symbol index.
-    right: i32,
-    /// Score of the merged token.
-    score: f32,
-    /// Byte length of the merged text, to detect stale candidates.
-    size: usize,
-}
-
-impl PartialEq for Bigram {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Bigram {}
-impl PartialOrd for Bigram {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Bigram {
-    /// Highest score first; on a tie the leftmost pair first (llama.cpp's comparator).
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.score
-            .total_cmp(&other.score)
-            .then_with(|| other.left.cmp(&self.left))
-    }
-}
 
 /// Tokenizes one escaped text fragment, appending ids to `out`.
 pub(super) fn tokenize(vocab: &Tokenizer, text: &str, out: &mut Vec<u32>) {
@@ -74,24 +28,25 @@ pub(super) fn tokenize(vocab: &Tokenizer, text: &str, out: &mut Vec<u32>) {
     }
 
     let mut queue = BinaryHeap::new();
-    let try_add = |symbols: &[Symbol], queue: &mut BinaryHeap<Bigram>, left: i32, right: i32| {
-        if left < 0 || right < 0 {
-            return;
-        }
-        let (l, r) = (symbols[left as usize], symbols[right as usize]);
-        let size = l.len + r.len;
-        let Some(piece) = text.get(l.start..l.start + size) else {
-            return;
+    let try_add =
+        |symbols: &[Symbol], queue: &mut BinaryHeap<Bigram<f32>>, left: i32, right: i32| {
+            if left < 0 || right < 0 {
+                return;
+            }
+            let (l, r) = (symbols[left as usize], symbols[right as usize]);
+            let size = l.len + r.len;
+            let Some(piece) = text.get(l.start..l.start + size) else {
+                return;
+            };
+            if let Some(id) = vocab.text_to_token(piece) {
+                queue.push(Bigram {
+                    left,
+                    right,
+                    priority: vocab.score(id),
+                    size,
+                });
+            }
         };
-        if let Some(id) = vocab.text_to_token(piece) {
-            queue.push(Bigram {
-                left,
-                right,
-                score: vocab.score(id),
-                size,
-            });
-        }
-    };
 
     for i in 1..symbols.len() as i32 {
         try_add(&symbols, &mut queue, i - 1, i);
