@@ -349,6 +349,19 @@ impl Cursor<'_> {
         self.cpt(pos).map_or(CpFlags::NONE, unicode::flags)
     }
 
+    /// Where the last alternatives of the GPT-2 style patterns end a match at `pos` that starts
+    /// with `num_ws` whitespace codepoints: `\s+(?!\S)` (a run followed by more text leaves its
+    /// last whitespace to the next word), else `\s+`, else any single codepoint.
+    fn whitespace_run_end(&self, pos: usize, num_ws: usize) -> usize {
+        if num_ws > 1 && self.cpt(pos + num_ws).is_some() {
+            pos + num_ws - 1
+        } else if num_ws > 0 {
+            pos + num_ws
+        } else {
+            pos + 1
+        }
+    }
+
     /// Emits the word ending at `end` (if non-empty) and returns its length.
     fn emit(&mut self, end: usize, out: &mut Vec<usize>) -> usize {
         let len = end - self.prev_end;
@@ -440,19 +453,7 @@ fn split_gpt2(cpts: &[char], out: &mut Vec<usize>) {
         while c.flags(pos + num_ws).is_whitespace() {
             num_ws += 1;
         }
-        // `\s+(?!\S)`
-        if num_ws > 1 && c.cpt(pos + num_ws).is_some() {
-            pos += num_ws - 1;
-            c.emit(pos, out);
-            continue;
-        }
-        // `\s+`
-        if num_ws > 0 {
-            pos += num_ws;
-            c.emit(pos, out);
-            continue;
-        }
-        pos += 1;
+        pos = c.whitespace_run_end(pos, num_ws);
         c.emit(pos, out);
     }
 }
@@ -529,19 +530,7 @@ fn split_llama3(cpts: &[char], max_digits: usize, out: &mut Vec<usize>) {
             c.emit(pos, out);
             continue;
         }
-        // `\s+(?!\S)`
-        if num_ws > 1 && c.cpt(pos + num_ws).is_some() {
-            pos += num_ws - 1;
-            c.emit(pos, out);
-            continue;
-        }
-        // `\s+`
-        if num_ws > 0 {
-            pos += num_ws;
-            c.emit(pos, out);
-            continue;
-        }
-        pos += 1;
+        pos = c.whitespace_run_end(pos, num_ws);
         c.emit(pos, out);
     }
 }
