@@ -9,8 +9,8 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use super::{
-    AttentionParams, Backend, BackendError, DeviceMemory, GatedActivation, HostKv, HostTensor,
-    Lease, OwnedHostTensor, RopeKind, RopeParams,
+    check_len, shape, AttentionParams, Backend, BackendError, DeviceMemory, GatedActivation,
+    HostKv, HostTensor, Lease, OwnedHostTensor, RopeKind, RopeParams,
 };
 use crate::cpu::dot::{axpy_f32, vec_dot};
 use crate::cpu::ops::{self, RopeMode};
@@ -94,20 +94,6 @@ impl CpuBackend {
     fn charge(&self, what: &str, bytes: u64) -> Result<Lease, BackendError> {
         self.ledger.charge(&self.name, what, bytes)
     }
-
-    fn shape(op: &'static str, detail: String) -> BackendError {
-        BackendError::Shape { op, detail }
-    }
-}
-
-fn check_len(op: &'static str, have: usize, need: usize) -> Result<(), BackendError> {
-    if have < need {
-        return Err(CpuBackend::shape(
-            op,
-            format!("buffer of {have} values, need {need}"),
-        ));
-    }
-    Ok(())
 }
 
 fn rope_params(p: RopeParams) -> ops::RopeParams {
@@ -131,22 +117,7 @@ impl Backend for CpuBackend {
     }
 
     fn upload_weight(&self, t: &HostTensor<'_>) -> Result<CpuWeight, BackendError> {
-        let expect =
-            t.ty.row_bytes(t.cols as u64)
-                .and_then(|rb| rb.checked_mul(t.rows as u64));
-        if expect != Some(t.data.len() as u64) {
-            return Err(Self::shape(
-                "upload_weight",
-                format!(
-                    "{}: {} bytes for {}x{} {}",
-                    t.name,
-                    t.data.len(),
-                    t.rows,
-                    t.cols,
-                    t.ty
-                ),
-            ));
-        }
+        t.check_size()?;
         if !t.ty.is_supported() {
             return Err(BackendError::UnsupportedType {
                 device: self.name.clone(),
@@ -157,7 +128,7 @@ impl Backend for CpuBackend {
         let vector = if t.rows == 1 {
             let mut v = vec![0.0f32; t.cols];
             quant::dequantize(t.ty, t.data, &mut v)
-                .map_err(|e| Self::shape("upload_weight", format!("{}: {e}", t.name)))?;
+                .map_err(|e| shape("upload_weight", format!("{}: {e}", t.name)))?;
             Some(v)
         } else {
             None
@@ -228,14 +199,14 @@ impl Backend for CpuBackend {
         for (t, &id) in ids.iter().enumerate() {
             let id = id as usize;
             if id >= table.rows {
-                return Err(Self::shape(
+                return Err(shape(
                     "embed",
                     format!("token {id} outside {} rows", table.rows),
                 ));
             }
             let row = &mut out[t * d..(t + 1) * d];
             quant::dequantize(table.ty, &table.bytes()[id * rb..(id + 1) * rb], row)
-                .map_err(|e| Self::shape("embed", e.to_string()))?;
+                .map_err(|e| shape("embed", e.to_string()))?;
             if scale != 1.0 {
                 ops::scale(row, scale);
             }
@@ -298,7 +269,7 @@ impl Backend for CpuBackend {
         let w = weight.vector("rms_norm")?;
         check_len("rms_norm", x.len(), n_rows * dim)?;
         if w.len() != dim {
-            return Err(Self::shape(
+            return Err(shape(
                 "rms_norm",
                 format!("weight of {} for rows of {dim}", w.len()),
             ));
@@ -322,7 +293,7 @@ impl Backend for CpuBackend {
         check_len("rms_norm_into", x.len(), n_rows * dim)?;
         check_len("rms_norm_into", out.len(), n_rows * dim)?;
         if w.len() != dim {
-            return Err(Self::shape(
+            return Err(shape(
                 "rms_norm_into",
                 format!("weight of {} for rows of {dim}", w.len()),
             ));
@@ -349,7 +320,7 @@ impl Backend for CpuBackend {
         check_len("rope", x.len(), n_tokens * width)?;
         check_len("rope", positions.len(), n_tokens)?;
         if params.n_dims > head_dim || !params.n_dims.is_multiple_of(2) {
-            return Err(Self::shape(
+            return Err(shape(
                 "rope",
                 format!("{} rotated dims for heads of {head_dim}", params.n_dims),
             ));
@@ -399,7 +370,7 @@ impl Backend for CpuBackend {
     ) -> Result<CpuKv, BackendError> {
         let values = capacity
             .checked_mul(n_kv_heads * head_dim)
-            .ok_or_else(|| Self::shape("alloc_kv", "size overflows".into()))?;
+            .ok_or_else(|| shape("alloc_kv", "size overflows".into()))?;
         let lease = self.charge("KV cache", values as u64 * 2 * 2)?;
         Ok(CpuKv {
             capacity,
@@ -429,7 +400,7 @@ impl Backend for CpuBackend {
         for (i, &pos) in positions.iter().enumerate() {
             let pos = pos as usize;
             if pos >= kv.capacity {
-                return Err(Self::shape(
+                return Err(shape(
                     "kv_store",
                     format!("position {pos} beyond a cache of {}", kv.capacity),
                 ));
@@ -459,7 +430,7 @@ impl Backend for CpuBackend {
             || p.n_kv_heads == 0
             || !p.n_heads.is_multiple_of(p.n_kv_heads)
         {
-            return Err(Self::shape(
+            return Err(shape(
                 "attention",
                 format!(
                     "{p:?} over a cache of {} heads x {}",
@@ -470,7 +441,7 @@ impl Backend for CpuBackend {
         check_len("attention", q.len(), (first_row + positions.len()) * qw)?;
         check_len("attention", out.len(), (first_row + positions.len()) * qw)?;
         if let Some(&bad) = positions.iter().find(|&&pos| pos as usize >= kv.capacity) {
-            return Err(Self::shape(
+            return Err(shape(
                 "attention",
                 format!("position {bad} beyond a cache of {}", kv.capacity),
             ));
@@ -523,7 +494,7 @@ impl Backend for CpuBackend {
 
     fn download_kv(&self, kv: &CpuKv, len: usize) -> Result<HostKv, BackendError> {
         if len > kv.capacity {
-            return Err(Self::shape(
+            return Err(shape(
                 "download_kv",
                 format!("{len} positions from a cache of {}", kv.capacity),
             ));
@@ -541,7 +512,7 @@ impl Backend for CpuBackend {
     fn upload_kv(&self, host: &HostKv, capacity: usize) -> Result<CpuKv, BackendError> {
         let w = host.n_kv_heads * host.head_dim;
         if host.len > capacity || host.k.len() != host.len * w || host.v.len() != host.len * w {
-            return Err(Self::shape(
+            return Err(shape(
                 "upload_kv",
                 format!("{} positions into a cache of {capacity}", host.len),
             ));

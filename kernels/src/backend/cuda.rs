@@ -27,8 +27,9 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::{
-    ActivationsLocation, AttentionParams, Backend, BackendError, DeviceActivations, DeviceMemory,
-    GatedActivation, HostKv, HostStaging, HostTensor, Lease, OwnedHostTensor, RopeKind, RopeParams,
+    check_len, shape, ActivationsLocation, AttentionParams, Backend, BackendError,
+    DeviceActivations, DeviceMemory, GatedActivation, HostKv, HostStaging, HostTensor, Lease,
+    OwnedHostTensor, RopeKind, RopeParams,
 };
 use crate::quant::GgmlType;
 
@@ -351,17 +352,6 @@ fn cfg(grid: (u32, u32, u32), block: (u32, u32, u32)) -> LaunchConfig {
         block_dim: block,
         shared_mem_bytes: 0,
     }
-}
-
-fn shape(op: &'static str, detail: String) -> BackendError {
-    BackendError::Shape { op, detail }
-}
-
-fn check_len(op: &'static str, have: usize, need: usize) -> Result<(), BackendError> {
-    if have < need {
-        return Err(shape(op, format!("buffer of {have} values, need {need}")));
-    }
-    Ok(())
 }
 
 fn to_i32(op: &'static str, what: &str, v: usize) -> Result<i32, BackendError> {
@@ -878,22 +868,7 @@ impl Backend for CudaBackend {
     }
 
     fn upload_weight(&self, t: &HostTensor<'_>) -> Result<CudaWeight, BackendError> {
-        let expect =
-            t.ty.row_bytes(t.cols as u64)
-                .and_then(|r| r.checked_mul(t.rows as u64));
-        if expect != Some(t.data.len() as u64) {
-            return Err(shape(
-                "upload_weight",
-                format!(
-                    "{}: {} bytes for {} rows of {} {} values",
-                    t.name,
-                    t.data.len(),
-                    t.rows,
-                    t.cols,
-                    t.ty
-                ),
-            ));
-        }
+        t.check_size()?;
         if type_suffix(t.ty).is_none() {
             return Err(BackendError::UnsupportedType {
                 device: self.name.clone(),

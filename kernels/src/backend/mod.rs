@@ -70,6 +70,44 @@ pub struct HostTensor<'a> {
     pub data: &'a [u8],
 }
 
+impl HostTensor<'_> {
+    /// Checks that `data` holds exactly `rows` rows of `cols` values of `ty` (what every backend
+    /// checks before uploading).
+    pub fn check_size(&self) -> Result<(), BackendError> {
+        let expect = self
+            .ty
+            .row_bytes(self.cols as u64)
+            .and_then(|r| r.checked_mul(self.rows as u64));
+        if expect != Some(self.data.len() as u64) {
+            return Err(shape(
+                "upload_weight",
+                format!(
+                    "{}: {} bytes for {} rows of {} {} values",
+                    self.name,
+                    self.data.len(),
+                    self.rows,
+                    self.cols,
+                    self.ty
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A [`BackendError::Shape`] of `op`.
+pub(crate) fn shape(op: &'static str, detail: String) -> BackendError {
+    BackendError::Shape { op, detail }
+}
+
+/// Fails `op` when a buffer of `have` values is shorter than the `need` it must hold.
+pub(crate) fn check_len(op: &'static str, have: usize, need: usize) -> Result<(), BackendError> {
+    if have < need {
+        return Err(shape(op, format!("buffer of {have} values, need {need}")));
+    }
+    Ok(())
+}
+
 /// How rotary position embeddings pair up dimensions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RopeKind {
