@@ -181,3 +181,32 @@ pub fn assert_child_passed(output: &Output, must_print: &str) {
         output.status
     );
 }
+
+/// Whether the GPU test calling it should run: `true` when CUDA works (a real driver, or the fake
+/// one in a child of [`run_on_fake_driver`]); otherwise prints SKIPPED with the reason and
+/// returns `false`, or panics when CUDA is required ([`REQUIRE_CUDA_ENV`]).
+pub fn cuda_or_skip() -> bool {
+    match crate::backend::cuda_available() {
+        Ok(_) => true,
+        Err(reason) => {
+            assert!(
+                !cuda_required(),
+                "CUDA is required here but unavailable: {reason}"
+            );
+            println!("SKIPPED: no CUDA device ({reason})");
+            false
+        }
+    }
+}
+
+/// Runs the test `name` of this test binary on the fake driver (see [`rerun_test`], with `env`
+/// added) and asserts that it passed and printed `must_print`. Does nothing inside that child
+/// run itself, or when [`driver_for_tests`] skips.
+pub fn run_on_fake_driver(name: &str, env: &[(&str, &str)], must_print: &str) {
+    if is_child() {
+        return;
+    }
+    if let Some(out) = rerun_test(name, env).expect("fake CUDA driver") {
+        assert_child_passed(&out, must_print);
+    }
+}

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use llmd_kernels::backend::{cuda_available, CpuBackend, CudaBackend, DeviceMemory};
+use llmd_kernels::backend::{CpuBackend, CudaBackend, DeviceMemory};
 use llmd_kernels::cpu::ThreadPool;
 
 use super::backend::StageBackend;
@@ -251,24 +251,16 @@ const QUICK_CASES: &[(&str, &str, f32)] = &[("qwen3", "q4_k_m", 0.04), ("gemma3"
 /// emulation), so CI runs whole models through the GPU code path without a GPU.
 #[test]
 fn gpu_whole_models_on_the_fake_driver() {
-    use llmd_kernels::fake_cuda;
-    if fake_cuda::is_child() {
-        return;
-    }
-    let name = "model::gpu_check::gpu_whole_models_match_the_cpu_backend";
-    if let Some(out) = fake_cuda::rerun_test(name, &[(QUICK_ENV, "1")]).expect("fake CUDA driver") {
-        fake_cuda::assert_child_passed(&out, "gemma3 f16 on cuda:0,cuda:0, decode");
-    }
+    llmd_kernels::fake_cuda::run_on_fake_driver(
+        "model::gpu_check::gpu_whole_models_match_the_cpu_backend",
+        &[(QUICK_ENV, "1")],
+        "gemma3 f16 on cuda:0,cuda:0, decode",
+    );
 }
 
 #[test]
 fn gpu_whole_models_match_the_cpu_backend() {
-    if let Err(reason) = cuda_available() {
-        assert!(
-            !llmd_kernels::fake_cuda::cuda_required(),
-            "CUDA is required here but unavailable: {reason}"
-        );
-        println!("SKIPPED: no CUDA device ({reason})");
+    if !llmd_kernels::fake_cuda::cuda_or_skip() {
         return;
     }
     let cases = if std::env::var_os(QUICK_ENV).is_some() {

@@ -2014,23 +2014,16 @@ mod tests {
     /// offsets and the reused buffers without a GPU.
     #[test]
     fn cuda_backend_matches_cpu_on_the_fake_driver() {
-        if crate::fake_cuda::is_child() {
-            return;
-        }
-        let name = "backend::cuda::tests::cuda_backend_matches_cpu_when_a_gpu_is_present";
-        if let Some(out) = crate::fake_cuda::rerun_test(name, &[]).expect("fake CUDA driver") {
-            crate::fake_cuda::assert_child_passed(&out, "cuda:0b attention decode window");
-        }
+        crate::fake_cuda::run_on_fake_driver(
+            "backend::cuda::tests::cuda_backend_matches_cpu_when_a_gpu_is_present",
+            &[],
+            "cuda:0b attention decode window",
+        );
     }
 
     #[test]
     fn cuda_backend_matches_cpu_when_a_gpu_is_present() {
-        if let Err(reason) = cuda_available() {
-            assert!(
-                !crate::fake_cuda::cuda_required(),
-                "CUDA is required here but unavailable: {reason}"
-            );
-            println!("SKIPPED: no CUDA device ({reason})");
+        if !crate::fake_cuda::cuda_or_skip() {
             return;
         }
         let pool = Arc::new(ThreadPool::new(2).expect("thread pool"));
