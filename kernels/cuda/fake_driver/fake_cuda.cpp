@@ -262,7 +262,11 @@ struct Function {
 std::mutex lock; // one driver call at a time, like one launch at a time
 bool initialised = false;
 std::vector<Context> contexts;
-std::unordered_map<unsigned long long, size_t> allocations; // device pointer -> bytes
+struct Allocation {
+    size_t bytes;
+    int device;
+};
+std::unordered_map<unsigned long long, Allocation> allocations; // by device pointer
 std::vector<size_t> used;                                     // bytes per device
 thread_local Context *current = nullptr;
 
@@ -286,7 +290,7 @@ CUresult allocate(unsigned long long *ptr, size_t bytes) {
         return kOutOfMemory;
     }
     *ptr = (unsigned long long)p;
-    allocations[*ptr] = bytes;
+    allocations[*ptr] = Allocation{bytes, d};
     used[d] += bytes;
     return kSuccess;
 }
@@ -296,7 +300,8 @@ CUresult release(unsigned long long ptr) {
     if (it == allocations.end()) {
         return kInvalidValue;
     }
-    used[current_device()] -= it->second;
+    // Freed on the device it was allocated on, whichever context is current (as the driver does).
+    used[it->second.device] -= it->second.bytes;
     allocations.erase(it);
     std::free((void *)ptr);
     return kSuccess;
