@@ -608,6 +608,14 @@ impl LoadedModel {
             )
         })??;
         self.ctx.store(ctx, Ordering::SeqCst);
+        if report.through_host > 0 {
+            tracing::info!(
+                model = %self.name,
+                parts = report.through_host,
+                "re-split: devices traded layers without room to spare, so some went through \
+                 host memory (weights read again from the model file)"
+            );
+        }
         *self
             .placement
             .lock()

@@ -143,6 +143,28 @@ fn the_gpu_path_end_to_end_on_the_fake_cuda_driver() {
         ],
     );
     assert_eq!(greedy(&d, "pair", N), on_cpu, "cuda:0,cuda:1 vs cpu:0");
+    // Live re-splits between the two GPUs: layers and their caches copied peer to peer, first
+    // one way, then both ways at once (the GPUs trade places).
+    for (devices, split) in [("cuda:0,cuda:1", "3,1"), ("cuda:1,cuda:0", "1,1")] {
+        let reply = last_json(&ok(
+            &d,
+            &[
+                "reload",
+                "pair",
+                "--devices",
+                devices,
+                "--split",
+                split,
+                "--json",
+            ],
+        ));
+        assert!(reply["bytes_moved"].as_u64().unwrap_or(0) > 0, "{reply}");
+        assert_eq!(
+            greedy(&d, "pair", N),
+            on_cpu,
+            "after a re-split to {devices} {split}"
+        );
+    }
     // (Its exit code reflects the NVML checks: this machine has no NVML.)
     let doctor = d.llmctl(&["doctor"]);
     let report = String::from_utf8_lossy(&doctor.stdout);

@@ -5,9 +5,10 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use llmd_kernels::backend::{Backend, CpuBackend, CudaBackend};
+use llmd_kernels::backend::{kv_cache_bytes, Backend, CpuBackend, CudaBackend, WeightView};
 
 use super::config::ModelConfig;
+use super::parts::{DevicePart, KvCopy, Part, PartWeights, Slot};
 use super::pipeline::PipelineStage;
 use super::stage::Stage;
 use super::weights::{TensorSource, WeightError};
@@ -21,12 +22,55 @@ pub enum StageBackend {
     Cuda(Arc<CudaBackend>),
 }
 
+/// A backend type a [`StageBackend`] can hold.
+pub trait DeviceBackend: Backend + Sized {
+    /// It, shared, as a [`StageBackend`].
+    fn stage_backend(self: &Arc<Self>) -> StageBackend;
+}
+
+impl DeviceBackend for CpuBackend {
+    fn stage_backend(self: &Arc<Self>) -> StageBackend {
+        StageBackend::Cpu(Arc::clone(self))
+    }
+}
+
+impl DeviceBackend for CudaBackend {
+    fn stage_backend(self: &Arc<Self>) -> StageBackend {
+        StageBackend::Cuda(Arc::clone(self))
+    }
+}
+
+/// Where and how a stage is put together from parts: its layers and whether it has the head, on
+/// one device, with buffers for batches of up to `max_batch` tokens, `max_logit_rows` of which
+/// may want logits.
+pub struct StageShape<'a> {
+    /// The model.
+    pub config: &'a Arc<ModelConfig>,
+    /// The layers.
+    pub layers: Range<usize>,
+    /// Whether it holds the output head.
+    pub head: bool,
+    /// Tokens per forward call at most.
+    pub max_batch: usize,
+    /// Tokens per forward call whose logits may be wanted, at most.
+    pub max_logit_rows: usize,
+}
+
 impl StageBackend {
     /// The device's name.
     pub fn device_name(&self) -> &str {
         match self {
             StageBackend::Cpu(b) => b.device_name(),
             StageBackend::Cuda(b) => b.device_name(),
+        }
+    }
+
+    /// Whether `self` and `other` are the same backend (not only the same device name).
+    pub fn same(&self, other: &StageBackend) -> bool {
+        match (self, other) {
+            (StageBackend::Cpu(a), StageBackend::Cpu(b)) => Arc::ptr_eq(a, b),
+            (StageBackend::Cuda(a), StageBackend::Cuda(b)) => Arc::ptr_eq(a, b),
+            _ => false,
         }
     }
 
@@ -43,27 +87,124 @@ impl StageBackend {
         max_logit_rows: usize,
         loaded: &mut dyn FnMut(),
     ) -> Result<Box<dyn PipelineStage>, WeightError> {
+        fn load<B: DeviceBackend, S: TensorSource + ?Sized>(
+            b: &Arc<B>,
+            config: Arc<ModelConfig>,
+            source: &S,
+            (layers, head): (Range<usize>, bool),
+            (max_batch, max_logit_rows): (usize, usize),
+            loaded: &mut dyn FnMut(),
+        ) -> Result<Box<dyn PipelineStage>, WeightError> {
+            Ok(Box::new(Stage::load(
+                Arc::clone(b),
+                config,
+                source,
+                layers,
+                head,
+                max_batch,
+                max_logit_rows,
+                loaded,
+            )?))
+        }
+        let sizes = (max_batch, max_logit_rows);
+        match self {
+            StageBackend::Cpu(b) => load(b, config, source, (layers, head), sizes, loaded),
+            StageBackend::Cuda(b) => load(b, config, source, (layers, head), sizes, loaded),
+        }
+    }
+
+    /// Bytes a part with these weights and caches would take on this device (what
+    /// [`StageBackend::import`] charges its budget).
+    pub fn import_cost(&self, weights: &PartWeights<WeightView<'_>>, kv: &[KvCopy<'_>]) -> u64 {
+        let weights: u64 = weights
+            .tensors()
+            .into_iter()
+            .map(|w| match self {
+                StageBackend::Cpu(b) => b.import_cost(w),
+                StageBackend::Cuda(b) => b.import_cost(w),
+            })
+            .sum();
+        let kv: u64 = kv
+            .iter()
+            .map(|c| kv_cache_bytes(c.capacity, c.view.n_kv_heads, c.view.head_dim))
+            .sum();
+        weights + kv
+    }
+
+    /// Copies a part onto this device: its weights `weights` and its sequences' caches `kv`,
+    /// each tensor in one direct copy from wherever it lies.
+    pub fn import(
+        &self,
+        weights: &PartWeights<WeightView<'_>>,
+        kv: &[KvCopy<'_>],
+    ) -> Result<Box<dyn Part>, WeightError> {
         Ok(match self {
-            StageBackend::Cpu(b) => Box::new(Stage::load(
-                Arc::clone(b),
-                config,
-                source,
-                layers,
-                head,
-                max_batch,
-                max_logit_rows,
-                loaded,
-            )?),
-            StageBackend::Cuda(b) => Box::new(Stage::load(
-                Arc::clone(b),
-                config,
-                source,
-                layers,
-                head,
-                max_batch,
-                max_logit_rows,
-                loaded,
-            )?),
+            StageBackend::Cpu(b) => Box::new(DevicePart::import(b, weights, kv)?),
+            StageBackend::Cuda(b) => Box::new(DevicePart::import(b, weights, kv)?),
         })
     }
+
+    /// Puts a stage of `shape` together from the parts in `slots` (indexed as [`Slot::index`]),
+    /// which must already be on this backend. They are taken out of `slots` only once its
+    /// buffers are allocated, so on failure every part is still in its slot.
+    pub fn assemble(
+        &self,
+        shape: &StageShape<'_>,
+        slots: &mut [Option<Box<dyn Part>>],
+    ) -> Result<Box<dyn PipelineStage>, WeightError> {
+        match self {
+            StageBackend::Cpu(b) => assemble_on(b, shape, slots),
+            StageBackend::Cuda(b) => assemble_on(b, shape, slots),
+        }
+    }
+}
+
+/// [`StageBackend::assemble`] on a backend of type `B`.
+fn assemble_on<B: DeviceBackend>(
+    b: &Arc<B>,
+    shape: &StageShape<'_>,
+    slots: &mut [Option<Box<dyn Part>>],
+) -> Result<Box<dyn PipelineStage>, WeightError> {
+    let n_layer = shape.config.n_layer;
+    let wanted: Vec<usize> = shape
+        .layers
+        .clone()
+        .chain(shape.head.then_some(n_layer))
+        .collect();
+    for &i in &wanted {
+        let here = slots
+            .get(i)
+            .and_then(Option::as_ref)
+            .and_then(|p| p.as_any().downcast_ref::<DevicePart<B>>())
+            .is_some_and(|p| Arc::ptr_eq(&p.backend, b));
+        if !here {
+            return Err(WeightError::Misplaced(format!(
+                "{} is not on {}",
+                Slot::at(i, n_layer),
+                b.device_name()
+            )));
+        }
+    }
+    let scratch = Stage::alloc_scratch(
+        &**b,
+        shape.config,
+        shape.max_batch,
+        shape.head,
+        shape.max_logit_rows,
+    )?;
+    let parts = wanted
+        .iter()
+        .filter_map(|&i| slots[i].take())
+        .filter_map(|p| p.into_any().downcast::<DevicePart<B>>().ok())
+        .map(|p| *p)
+        .collect();
+    Ok(Box::new(Stage::from_parts(
+        Arc::clone(b),
+        Arc::clone(shape.config),
+        shape.layers.clone(),
+        parts,
+        scratch,
+        shape.max_batch,
+        shape.max_logit_rows,
+    )?))
 }

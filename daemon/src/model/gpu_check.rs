@@ -84,8 +84,12 @@ fn cpu(name: &str) -> StageBackend {
 }
 
 fn gpu(name: &str) -> StageBackend {
+    gpu_on(name, 0)
+}
+
+fn gpu_on(name: &str, ordinal: usize) -> StageBackend {
     StageBackend::Cuda(Arc::new(
-        CudaBackend::new(name, 0, 8 << 30).expect("open CUDA device 0"),
+        CudaBackend::new(name, ordinal, 8 << 30).expect("open the CUDA device"),
     ))
 }
 
@@ -105,12 +109,24 @@ fn tokens(n_vocab: usize) -> Vec<u32> {
 
 /// Logits at every position of `tokens`: one prefill batch, or one token per step.
 fn logits(p: &mut Pipeline, tokens: &[u32], one_batch: bool) -> Vec<Vec<f32>> {
+    logits_with(p, tokens, one_batch, |_, _| {})
+}
+
+/// [`logits`], calling `between(pipeline, position)` before each batch (to re-split it while the
+/// sequence lives).
+fn logits_with(
+    p: &mut Pipeline,
+    tokens: &[u32],
+    one_batch: bool,
+    mut between: impl FnMut(&mut Pipeline, usize),
+) -> Vec<Vec<f32>> {
     let n_vocab = p.config().n_vocab;
     p.add_sequence(1, tokens.len()).expect("KV caches");
     let mut rows = Vec::with_capacity(tokens.len());
     let mut out = Vec::new();
     let chunk = if one_batch { tokens.len() } else { 1 };
     for (c, part) in tokens.chunks(chunk).enumerate() {
+        between(p, c * chunk);
         let mut batch = Batch::default();
         for (i, &t) in part.iter().enumerate() {
             batch.push(t, (c * chunk + i) as u32, 1, true);
@@ -310,4 +326,110 @@ fn gpu_whole_models_match_the_cpu_backend() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The re-split check below on two fake GPUs (peer copies between their contexts).
+#[test]
+fn gpu_resplit_on_the_fake_driver() {
+    llmd_kernels::fake_cuda::run_on_fake_driver(
+        "model::gpu_check::gpu_resplit_moves_weights_and_caches_between_devices",
+        &[(QUICK_ENV, "1"), ("LLMD_FAKE_CUDA_DEVICES", "2")],
+        "re-split cpu:0 -> cuda:0 -> cuda:1 -> cpu:0",
+    );
+}
+
+/// A sequence decoded token by token while its model is re-split live, so that its layers and
+/// KV caches move host to GPU, GPU to GPU (peer to peer when there are two GPUs, else within one
+/// GPU between two backends) and GPU to host, gives the CPU's logits at every position.
+#[test]
+fn gpu_resplit_moves_weights_and_caches_between_devices() {
+    use super::resplit::{layout_of, resplit, Layout, LiveSequence};
+    use std::collections::HashMap;
+
+    if !llmd_kernels::fake_cuda::cuda_or_skip() {
+        return;
+    }
+    let second = usize::from(llmd_kernels::backend::cuda_available().is_ok_and(|n| n > 1));
+    let backends: HashMap<String, StageBackend> =
+        [cpu("cpu:0"), gpu("cuda:0"), gpu_on("cuda:1", second)]
+            .into_iter()
+            .map(|b| (b.device_name().to_string(), b))
+            .collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (arch, ty, tol) = ("qwen3", "q4_k_m", 0.04);
+    let model = make(dir.path(), arch, ty);
+    let n_layer = model.config.n_layer;
+    let half = n_layer / 2;
+    let toks = tokens(model.config.n_vocab);
+    let want = logits(&mut pipeline(&model, &[cpu("cpu:0")]), &toks, false);
+    let stage = |device: &str, layers: std::ops::Range<usize>, head: bool| Layout {
+        device: device.into(),
+        layers,
+        head,
+    };
+    // cpu:0 + cuda:0, then cuda:0 + cuda:1 (layers from the host onto cuda:0, from cuda:0 to
+    // cuda:1), then cuda:1 + cpu:0 (from cuda:1 to the host).
+    let layouts = [
+        vec![
+            stage("cpu:0", 0..half, false),
+            stage("cuda:0", half..n_layer, true),
+        ],
+        vec![
+            stage("cuda:0", 0..half, false),
+            stage("cuda:1", half..n_layer, true),
+        ],
+        vec![
+            stage("cuda:1", 0..half, false),
+            stage("cpu:0", half..n_layer, true),
+        ],
+    ];
+    let specs = layouts[0]
+        .iter()
+        .map(|l| StageSpec {
+            backend: backends[&l.device].clone(),
+            layers: l.layers.clone(),
+            head: l.head,
+        })
+        .collect();
+    let mut p = build_pipeline(&model, specs, N_TOKENS, N_TOKENS, |_, _| {}).expect("pipeline");
+    let every = toks.len() / layouts.len();
+    let capacity = toks.len();
+    let got = logits_with(&mut p, &toks, false, |p, pos| {
+        let next = pos / every;
+        if pos % every != 0 || next == 0 || next >= layouts.len() {
+            return;
+        }
+        let live = [LiveSequence {
+            id: 1,
+            len: pos,
+            capacity,
+        }];
+        let target = &layouts[next];
+        let r = resplit(
+            p,
+            &*model.source,
+            target,
+            &backends,
+            &live,
+            N_TOKENS,
+            N_TOKENS,
+        )
+        .expect("re-split");
+        assert_eq!(layout_of(p), *target);
+        assert_eq!((r.through_host, r.sequences), (0, 1), "{r:?}");
+        assert!(r.bytes_moved > 0);
+    });
+    let (worst, flipped) = compare(&want, &got, tol);
+    let ok = worst <= tol && flipped.is_empty();
+    println!(
+        "{arch} {ty} re-split cpu:0 -> cuda:0 -> cuda:1 -> cpu:0 while decoding: worst difference \
+         {worst:.2e} of the spread (tolerance {tol:.0e}), greedy flips {flipped:?}"
+    );
+    assert!(ok, "{worst} {flipped:?}");
+    for (name, b) in &backends {
+        if let StageBackend::Cuda(gpu) = b {
+            let held = layout_of(&p).iter().any(|l| l.device == *name);
+            assert_eq!(gpu.used_bytes() > 0, held, "{name} holds only what it runs");
+        }
+    }
 }

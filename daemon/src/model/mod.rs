@@ -8,6 +8,7 @@ pub mod config;
 #[cfg(test)]
 mod gpu_check;
 pub mod load;
+pub mod parts;
 pub mod pipeline;
 pub mod placement;
 pub mod plan;

@@ -5,11 +5,13 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use llmd_kernels::backend::{Backend, BackendError, HostKv, HostStaging};
+use llmd_kernels::backend::{BackendError, HostStaging};
 use llmd_kernels::quant;
 
+use super::backend::{DeviceBackend, StageBackend};
 use super::batch::{Batch, SeqId};
 use super::config::ModelConfig;
+use super::parts::Part;
 use super::stage::{ForwardError, Handoff, Stage};
 use super::weights::TensorSource;
 
@@ -29,19 +31,14 @@ pub trait PipelineStage: Send {
     fn add_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), BackendError>;
     /// Frees a sequence's KV caches.
     fn remove_sequence(&mut self, seq: SeqId);
-    /// Copies a sequence's first `len` cached positions to the host, one entry per layer.
-    fn download_sequence(&self, seq: SeqId, len: usize) -> Result<Vec<HostKv>, ForwardError>;
-    /// Installs a sequence's caches from the host.
-    fn upload_sequence(
-        &mut self,
-        seq: SeqId,
-        host: &[HostKv],
-        capacity: usize,
-    ) -> Result<(), ForwardError>;
+    /// Its device's backend.
+    fn backend(&self) -> StageBackend;
+    /// Takes it apart into its layers and head, still on its device (see [`Stage::into_parts`]).
+    fn into_parts(self: Box<Self>) -> Vec<Box<dyn Part>>;
     /// Host memory its device copies activations from and to fastest, if not ordinary memory
-    /// (see [`Backend::alloc_host_staging`]).
+    /// (see [`llmd_kernels::backend::Backend::alloc_host_staging`]).
     fn alloc_host_staging(&self, len: usize) -> Option<Result<Box<dyn HostStaging>, BackendError>>;
-    /// Which devices it can take activations from directly (see [`Backend::handoff_kind`]).
+    /// Which devices it can take activations from directly (see [`llmd_kernels::backend::Backend::handoff_kind`]).
     fn handoff_kind(&self) -> Option<&'static str>;
     /// Runs the stage's layers (see [`Stage::forward`]).
     fn forward(
@@ -53,7 +50,7 @@ pub trait PipelineStage: Send {
     ) -> Result<(), ForwardError>;
 }
 
-impl<B: Backend> PipelineStage for Stage<B> {
+impl<B: DeviceBackend> PipelineStage for Stage<B> {
     fn layers(&self) -> Range<usize> {
         Stage::layers(self)
     }
@@ -75,16 +72,14 @@ impl<B: Backend> PipelineStage for Stage<B> {
     fn remove_sequence(&mut self, seq: SeqId) {
         Stage::remove_sequence(self, seq)
     }
-    fn download_sequence(&self, seq: SeqId, len: usize) -> Result<Vec<HostKv>, ForwardError> {
-        Stage::download_sequence(self, seq, len)
+    fn backend(&self) -> StageBackend {
+        Stage::backend_arc(self).stage_backend()
     }
-    fn upload_sequence(
-        &mut self,
-        seq: SeqId,
-        host: &[HostKv],
-        capacity: usize,
-    ) -> Result<(), ForwardError> {
-        Stage::upload_sequence(self, seq, host, capacity)
+    fn into_parts(self: Box<Self>) -> Vec<Box<dyn Part>> {
+        Stage::into_parts(*self)
+            .into_iter()
+            .map(|p| Box::new(p) as Box<dyn Part>)
+            .collect()
     }
     fn alloc_host_staging(&self, len: usize) -> Option<Result<Box<dyn HostStaging>, BackendError>> {
         self.backend().alloc_host_staging(len)

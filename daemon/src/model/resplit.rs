@@ -2,39 +2,38 @@
 //! forward steps, carrying the KV caches of the running sequences along, so that they continue
 //! with exactly the tokens they would have produced.
 //!
-//! Memory: stages whose device, layers and head are unchanged are kept as they are. Every other
-//! stage is first copied out (the KV caches of the running sequences, layer by layer, to the
-//! host; weights need no copy, they are read again from the memory-mapped model file) and
-//! dropped, returning its memory, and only then are the new stages built. So a device never
-//! holds the old and the new copy of a layer at once: its peak is the larger of the old and the
-//! new placement, never their sum, and a re-split fits whenever the new placement fits.
-//! If building fails (another model took the memory meanwhile), the old placement is rebuilt the
-//! same way and the error reported; only if that fails too is the pipeline left without stages
-//! (reported as [`ResplitError::Broken`]: its generations must be stopped).
+//! Stages whose device, layers and head are unchanged are kept as they are. Every other stage is
+//! taken apart into its layers (weights and the running sequences' KV caches) and its head
+//! ([`super::parts`]), which stay resident. A part whose device does not change goes into its new
+//! stage as it is, without a copy; a part that changes device is copied straight from the old
+//! device to the new one (device to device, peer to peer between GPUs) and only then freed.
+//!
+//! Memory: a device never holds more of the model during the re-split than the larger of its old
+//! and its new share, so a re-split fits whenever the new placement fits. Moves are ordered to
+//! keep that bound: a part is copied only when its new device has room for it within the bound,
+//! and each copy frees room where it came from. When moves wait on each other in a cycle (two
+//! devices trading layers with no room to spare), one part is spilled instead: its caches are
+//! copied to the host and its weights dropped, to be read again from the model file.
+//!
+//! If a copy or a new stage fails (another model took the memory meanwhile), the parts are
+//! moved back the same way and the old placement is put together again; only if that fails too
+//! is the pipeline left without stages (reported as [`ResplitError::Broken`]: its generations
+//! must be stopped).
 
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
-use llmd_kernels::backend::HostKv;
 use thiserror::Error;
 
-use super::backend::StageBackend;
-use super::batch::SeqId;
+use super::backend::{StageBackend, StageShape};
+use super::config::ModelConfig;
+use super::parts::{HostPart, Part, Slot};
 use super::pipeline::{Pipeline, PipelineStage};
 use super::weights::TensorSource;
 
-/// A sequence running at the time of a re-split.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LiveSequence {
-    /// Its id.
-    pub id: SeqId,
-    /// Positions in its KV cache now.
-    pub len: usize,
-    /// Positions its KV cache has room for.
-    pub capacity: usize,
-}
+pub use super::parts::LiveSequence;
 
 /// Where one stage lives: device, layers, head.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,14 +49,17 @@ pub struct Layout {
 /// What a re-split did.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ResplitReport {
-    /// Seconds from the first copy to the last upload.
+    /// Seconds from taking the stages apart to the last new stage.
     pub secs: f64,
-    /// Bytes copied onto devices: weights and KV caches of the rebuilt stages.
+    /// Bytes copied onto devices: weights and KV caches of the parts that changed device.
     pub bytes_moved: u64,
     /// Layers now on another device than before.
     pub layers_moved: usize,
-    /// Stages built anew.
+    /// Stages put together anew.
     pub stages_rebuilt: usize,
+    /// Parts that went through the host (caches copied out, weights read again from the model
+    /// file) because devices trading layers had no room to copy them directly.
+    pub through_host: usize,
     /// Running sequences carried over.
     pub sequences: usize,
 }
@@ -116,113 +118,232 @@ fn check_layout(target: &[Layout], n_layer: usize) -> Result<(), ResplitError> {
     Ok(())
 }
 
-/// Host copies of the running sequences' caches, per sequence and global layer.
-type HostCaches = HashMap<SeqId, Vec<Option<HostKv>>>;
+/// The parts of the stages taken apart, indexed by [`super::parts::Slot::index`].
+type Slots = Vec<Option<Box<dyn Part>>>;
 
-/// Stages in pipeline order, as the pipeline holds them.
-type Stages = Vec<Box<dyn PipelineStage>>;
+/// Stages by their index in a layout; `None` where a stage is still to be put together.
+type StageSlots = Vec<Option<Box<dyn PipelineStage>>>;
 
-/// Stages built: the stages, bytes copied onto devices, stages built anew.
-type Built = (Stages, u64, usize);
+/// What moving parts did.
+#[derive(Default)]
+struct Moved {
+    /// Bytes copied onto devices.
+    bytes: u64,
+    /// Parts that went through the host.
+    through_host: usize,
+    /// Stages put together.
+    stages: usize,
+}
 
-/// Builds the stage for `layout`: the kept stage if there is one, else a new one from `source`
-/// with the sequences' caches uploaded. Returns the stage and the bytes copied onto its device.
-struct Builder<'a> {
+/// Moves parts between devices and puts them together into stages.
+struct Mover<'a> {
     source: &'a dyn TensorSource,
+    config: &'a Arc<ModelConfig>,
     backends: &'a HashMap<String, StageBackend>,
-    config: Arc<super::config::ModelConfig>,
-    host: &'a HostCaches,
     live: &'a [LiveSequence],
     max_batch: usize,
     max_logit_rows: usize,
 }
 
-impl Builder<'_> {
-    fn build(&self, layout: &Layout) -> Result<(Box<dyn PipelineStage>, u64), String> {
-        let backend = self
-            .backends
-            .get(&layout.device)
-            .ok_or_else(|| format!("no backend for device {}", layout.device))?;
-        let mut stage = backend
-            .load_stage(
-                Arc::clone(&self.config),
-                self.source,
-                layout.layers.clone(),
-                layout.head,
-                self.max_batch,
-                self.max_logit_rows,
-                &mut || {},
-            )
-            .map_err(|e| e.to_string())?;
-        for seq in self.live {
-            let caches = self
-                .host
-                .get(&seq.id)
-                .ok_or_else(|| format!("no host copy of sequence {}", seq.id))?;
-            let slice: Vec<HostKv> = layout
-                .layers
-                .clone()
-                .map(|il| {
-                    caches
-                        .get(il)
-                        .and_then(Option::clone)
-                        .ok_or_else(|| format!("no host copy of layer {il} of sequence {}", seq.id))
-                })
-                .collect::<Result<_, _>>()?;
-            stage
-                .upload_sequence(seq.id, &slice, seq.capacity)
-                .map_err(|e| e.to_string())?;
-        }
-        let bytes = stage.weight_bytes() + stage.kv_bytes();
-        Ok((stage, bytes))
+impl Mover<'_> {
+    fn backend(&self, device: &str) -> Result<&StageBackend, String> {
+        self.backends
+            .get(device)
+            .ok_or_else(|| format!("no backend for device {device}"))
     }
 
-    /// Builds `target`, taking kept stages from `kept` (by target index). On failure, the kept
-    /// stages are put back into `kept` and the error returned.
-    fn build_all(
+    /// Puts `target` together: its stages in `kept` as they are, the others from the parts in
+    /// `slots`, moved to their devices first. On failure, every part and kept stage is back in
+    /// `slots` and `kept` (wherever the parts are by then) and the error is returned.
+    fn place(
         &self,
         target: &[Layout],
-        kept: &mut [Option<Box<dyn PipelineStage>>],
-    ) -> Result<Built, String> {
-        let mut built: Vec<(usize, Box<dyn PipelineStage>)> = Vec::with_capacity(target.len());
-        let mut bytes = 0;
-        let mut rebuilt = 0;
-        for (i, layout) in target.iter().enumerate() {
-            if let Some(stage) = kept[i].take() {
-                built.push((i, stage));
+        kept: &mut StageSlots,
+        slots: &mut Slots,
+    ) -> Result<(Vec<Box<dyn PipelineStage>>, Moved), String> {
+        let n_layer = self.config.n_layer;
+        let mut dest: Vec<Option<&str>> = vec![None; n_layer + 1];
+        for (j, l) in target.iter().enumerate() {
+            if kept[j].is_none() {
+                for il in l.layers.clone().chain(l.head.then_some(n_layer)) {
+                    dest[il] = Some(&l.device);
+                }
+            }
+        }
+        let mut moved = self.arrange(slots, &dest)?;
+        let mut built: StageSlots = target.iter().map(|_| None).collect();
+        for (j, l) in target.iter().enumerate() {
+            if kept[j].is_some() {
                 continue;
             }
-            match self.build(layout) {
-                Ok((stage, b)) => {
-                    bytes += b;
-                    rebuilt += 1;
-                    built.push((i, stage));
-                }
+            let shape = StageShape {
+                config: self.config,
+                layers: l.layers.clone(),
+                head: l.head,
+                max_batch: self.max_batch,
+                max_logit_rows: self.max_logit_rows,
+            };
+            match self.backend(&l.device).and_then(|b| {
+                b.assemble(&shape, slots).map_err(|e| {
+                    format!(
+                        "putting layers {:?} together on {}: {e}",
+                        l.layers, l.device
+                    )
+                })
+            }) {
+                Ok(stage) => built[j] = Some(stage),
                 Err(e) => {
-                    // Give kept stages back; new ones are dropped here, freeing their memory.
-                    for (j, stage) in built {
-                        if kept_slot(target, j, &*stage) {
-                            kept[j] = Some(stage);
+                    // Take the stages already put together apart again.
+                    for stage in built.iter_mut().filter_map(Option::take) {
+                        for part in stage.into_parts() {
+                            let i = part.slot().index(n_layer);
+                            slots[i] = Some(part);
                         }
                     }
                     return Err(e);
                 }
             }
+            moved.stages += 1;
         }
-        Ok((built.into_iter().map(|(_, s)| s).collect(), bytes, rebuilt))
+        let stages = kept
+            .iter_mut()
+            .zip(built)
+            .filter_map(|(k, b)| k.take().or(b))
+            .collect();
+        Ok((stages, moved))
+    }
+
+    /// Moves every part in `slots` to the device `dest` names for it (see the module docs for the
+    /// order). On failure every part is still in its slot, on its old device or its new one.
+    fn arrange(&self, slots: &mut Slots, dest: &[Option<&str>]) -> Result<Moved, String> {
+        // This model's bytes per device now, what each part will take where it goes, and the
+        // most a device may hold while parts move: the larger of its share before and after.
+        let mut now: HashMap<String, u64> = HashMap::new();
+        let mut after: HashMap<String, u64> = HashMap::new();
+        let mut cost = vec![0; slots.len()];
+        for (i, (part, to)) in slots.iter().zip(dest).enumerate() {
+            let Some(part) = part else { continue };
+            if let Some(d) = part.device_name() {
+                *now.entry(d.to_string()).or_default() += part.bytes();
+            }
+            if let Some(d) = to {
+                cost[i] = self.cost_on(&**part, d)?;
+                *after.entry(d.to_string()).or_default() += cost[i];
+            }
+        }
+        let bound: HashMap<String, u64> = now
+            .keys()
+            .chain(after.keys())
+            .map(|d| {
+                let most = now
+                    .get(d)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(after.get(d).copied().unwrap_or(0));
+                (d.clone(), most)
+            })
+            .collect();
+        let mut moved = Moved::default();
+        loop {
+            let pending: Vec<usize> = (0..slots.len())
+                .filter(|&i| match (&slots[i], dest[i]) {
+                    (Some(part), Some(to)) => part.device_name() != Some(to),
+                    _ => false,
+                })
+                .collect();
+            if pending.is_empty() {
+                return Ok(moved);
+            }
+            let fits = |i: usize| {
+                dest[i].is_some_and(|to| {
+                    now.get(to).copied().unwrap_or(0) + cost[i]
+                        <= bound.get(to).copied().unwrap_or(0)
+                })
+            };
+            let ready = pending.iter().copied().find(|&i| fits(i));
+            // A part to spill if none is ready: preferably one on a device that others wait for.
+            let device_of = |i: usize| slots[i].as_ref().and_then(|p| p.device_name());
+            let awaited = |i: usize| pending.iter().any(|&j| dest[j] == device_of(i));
+            let on_device = pending
+                .iter()
+                .copied()
+                .filter(|&i| device_of(i).is_some())
+                .max_by_key(|&i| awaited(i));
+            if let (None, Some(i)) = (ready, on_device) {
+                // Moves wait on each other: free this part's device by spilling it to the host.
+                let Some(part) = slots[i].take() else {
+                    continue;
+                };
+                match HostPart::spill(&*part, self.live) {
+                    Ok(host) => {
+                        release(&mut now, &*part);
+                        slots[i] = Some(Box::new(host));
+                        moved.through_host += 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        slots[i] = Some(part);
+                        let slot = Slot::at(i, self.config.n_layer);
+                        return Err(format!("copying {slot} to the host: {e}"));
+                    }
+                }
+            }
+            // Ready, or nothing left to spill (then the device's budget has the last word).
+            let i = ready.unwrap_or(pending[0]);
+            let (Some(part), Some(to)) = (slots[i].take(), dest[i]) else {
+                continue;
+            };
+            match self.copy(&*part, to) {
+                Ok(copy) => {
+                    *now.entry(to.to_string()).or_default() += copy.bytes();
+                    moved.bytes += copy.bytes();
+                    release(&mut now, &*part);
+                    slots[i] = Some(copy);
+                }
+                Err(e) => {
+                    slots[i] = Some(part);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Bytes `part` will take on device `to`.
+    fn cost_on(&self, part: &dyn Part, to: &str) -> Result<u64, String> {
+        let describe = |e: &dyn std::fmt::Display| format!("sizing {} for {to}: {e}", part.slot());
+        let weights = part
+            .weight_views(self.source, self.config)
+            .map_err(|e| describe(&e))?;
+        let kv = part.kv_views(self.live).map_err(|e| describe(&e))?;
+        Ok(self.backend(to)?.import_cost(&weights, &kv))
+    }
+
+    /// Copies `part` onto device `to`.
+    fn copy(&self, part: &dyn Part, to: &str) -> Result<Box<dyn Part>, String> {
+        let what = |e: &dyn std::fmt::Display| {
+            let from = part.device_name().unwrap_or("the host");
+            format!("moving {} from {from} to {to}: {e}", part.slot())
+        };
+        let backend = self.backend(to)?;
+        let weights = part
+            .weight_views(self.source, self.config)
+            .map_err(|e| what(&e))?;
+        let kv = part.kv_views(self.live).map_err(|e| what(&e))?;
+        backend.import(&weights, &kv).map_err(|e| what(&e))
     }
 }
 
-/// Whether `stage` was a kept one (same layout as target slot `j`); new stages have it too, but
-/// then they are equal anyway and keeping them is just as right.
-fn kept_slot(target: &[Layout], j: usize, stage: &dyn PipelineStage) -> bool {
-    let l = &target[j];
-    stage.device_name() == l.device && stage.layers() == l.layers && stage.has_head() == l.head
+/// Takes `part`'s bytes off its device's count (it is about to be dropped).
+fn release(now: &mut HashMap<String, u64>, part: &dyn Part) {
+    if let Some(bytes) = part.device_name().and_then(|d| now.get_mut(d)) {
+        *bytes = bytes.saturating_sub(part.bytes());
+    }
 }
 
-/// Re-splits `pipeline` to `target` (see the module docs for the memory order). `source` is the
-/// model's file, `backends` the backend of every device of the old and new placement, `live` the
-/// running sequences (their caches move with their layers).
+/// Re-splits `pipeline` to `target` (see the module docs). `source` is the model's file,
+/// `backends` the backend of every device of the new placement (devices the pipeline already
+/// uses keep the backend its stages have), `live` the running sequences (their caches move with
+/// their layers).
 pub fn resplit(
     pipeline: &mut Pipeline,
     source: &dyn TensorSource,
@@ -234,86 +355,74 @@ pub fn resplit(
 ) -> Result<ResplitReport, ResplitError> {
     let started = Instant::now();
     let config = Arc::clone(pipeline.config());
-    check_layout(target, config.n_layer)?;
+    let n_layer = config.n_layer;
+    check_layout(target, n_layer)?;
     let old = layout_of(pipeline);
-    let mut report = ResplitReport {
-        sequences: live.len(),
-        ..ResplitReport::default()
-    };
     let device_of = |layouts: &[Layout], il: usize| {
         layouts
             .iter()
             .find(|l| l.layers.contains(&il))
             .map(|l| l.device.clone())
     };
-    report.layers_moved = (0..config.n_layer)
-        .filter(|&il| device_of(&old, il) != device_of(target, il))
-        .count();
+    let mut report = ResplitReport {
+        sequences: live.len(),
+        layers_moved: (0..n_layer)
+            .filter(|&il| device_of(&old, il) != device_of(target, il))
+            .count(),
+        ..ResplitReport::default()
+    };
     if old == target {
         report.secs = started.elapsed().as_secs_f64();
         return Ok(report);
     }
+    // Parts staying on a device go back on the backend they were made on.
+    let mut backends = backends.clone();
+    for stage in pipeline.stages() {
+        backends.insert(stage.device_name().to_string(), stage.backend());
+    }
 
-    // Copy out the caches of every stage that will not be kept.
-    let keep_old: Vec<bool> = old.iter().map(|l| target.contains(l)).collect();
-    let mut host: HostCaches = live
-        .iter()
-        .map(|s| (s.id, vec![None; config.n_layer]))
-        .collect();
-    for (i, stage) in pipeline.stages().iter().enumerate() {
-        if keep_old[i] {
-            continue;
-        }
-        for seq in live {
-            let caches = stage
-                .download_sequence(seq.id, seq.len)
-                .map_err(|e| ResplitError::Invalid(format!("copying sequence {}: {e}", seq.id)))?;
-            let slots = host.entry(seq.id).or_default();
-            for (il, kv) in stage.layers().zip(caches) {
-                slots[il] = Some(kv);
+    // Unchanged stages wait in their new place; the others are taken apart.
+    let mut kept: StageSlots = target.iter().map(|_| None).collect();
+    let mut slots: Slots = (0..=n_layer).map(|_| None).collect();
+    for (i, stage) in pipeline.replace_stages(Vec::new()).into_iter().enumerate() {
+        match target.iter().position(|l| *l == old[i]) {
+            Some(j) => kept[j] = Some(stage),
+            None => {
+                for part in stage.into_parts() {
+                    let at = part.slot().index(n_layer);
+                    slots[at] = Some(part);
+                }
             }
         }
     }
 
-    // Take the stages out: kept ones wait in their new slot, the others are dropped now.
-    let old_stages = pipeline.replace_stages(Vec::new());
-    let mut kept_new: Vec<Option<Box<dyn PipelineStage>>> = target.iter().map(|_| None).collect();
-    for (i, stage) in old_stages.into_iter().enumerate() {
-        if keep_old[i] {
-            if let Some(j) = target.iter().position(|l| l == &old[i]) {
-                kept_new[j] = Some(stage);
-            }
-        }
-    }
-
-    let builder = Builder {
+    let mover = Mover {
         source,
-        backends,
-        config: Arc::clone(&config),
-        host: &host,
+        config: &config,
+        backends: &backends,
         live,
         max_batch,
         max_logit_rows,
     };
-    match builder.build_all(target, &mut kept_new) {
-        Ok((stages, bytes, rebuilt)) => {
+    match mover.place(target, &mut kept, &mut slots) {
+        Ok((stages, moved)) => {
             pipeline.replace_stages(stages);
-            report.bytes_moved = bytes;
-            report.stages_rebuilt = rebuilt;
+            report.bytes_moved = moved.bytes;
+            report.stages_rebuilt = moved.stages;
+            report.through_host = moved.through_host;
             report.secs = started.elapsed().as_secs_f64();
             Ok(report)
         }
         Err(cause) => {
-            // Rebuild the old placement, with the kept stages back in their old slots.
-            let mut kept_old: Vec<Option<Box<dyn PipelineStage>>> =
-                old.iter().map(|_| None).collect();
-            for (j, slot) in kept_new.into_iter().enumerate() {
-                if let (Some(stage), Some(i)) = (slot, old.iter().position(|l| l == &target[j])) {
+            // Back to the old placement, the kept stages in their old places.
+            let mut kept_old: StageSlots = old.iter().map(|_| None).collect();
+            for (j, stage) in kept.into_iter().enumerate() {
+                if let (Some(stage), Some(i)) = (stage, old.iter().position(|l| *l == target[j])) {
                     kept_old[i] = Some(stage);
                 }
             }
-            match builder.build_all(&old, &mut kept_old) {
-                Ok((stages, _, _)) => {
+            match mover.place(&old, &mut kept_old, &mut slots) {
+                Ok((stages, _)) => {
                     pipeline.replace_stages(stages);
                     Err(ResplitError::Restored(cause))
                 }
@@ -439,6 +548,7 @@ mod tests {
         ];
         for (i, &t) in decode.iter().enumerate() {
             if let Some(target) = moves.get(i) {
+                let before = Usage::of(&mem);
                 let r = resplit(
                     &mut p,
                     &*model.source,
@@ -450,8 +560,16 @@ mod tests {
                 )
                 .unwrap();
                 assert_eq!(r.sequences, 1);
-                assert!(r.bytes_moved > 0);
                 assert_eq!(layout_of(&p), *target);
+                // Layers only move towards one device: each is copied once, directly, and
+                // only those layers are copied (the layers staying on a device are not).
+                assert_eq!(r.through_host, 0);
+                assert!(r.bytes_moved > 0);
+                before.check_peaks(&mem);
+                if i == 0 {
+                    let gained = mem["a"].used() - before.used["a"];
+                    assert_eq!(r.bytes_moved, gained, "only layer 2 was copied");
+                }
             }
             if i == moves.len() {
                 // Nothing fits on "tiny": refused, old placement rebuilt and still exact.
@@ -477,6 +595,102 @@ mod tests {
         assert_eq!(mem["a"].used(), 0);
         let s = &p.stages()[0];
         assert_eq!(mem["b"].used(), s.weight_bytes() + s.kv_bytes());
+    }
+
+    /// The bytes each device holds before a re-split, with the peaks started afresh.
+    struct Usage {
+        used: HashMap<String, u64>,
+    }
+
+    impl Usage {
+        fn of(mem: &HashMap<&str, Arc<DeviceMemory>>) -> Self {
+            for m in mem.values() {
+                m.reset_peak();
+            }
+            Usage {
+                used: mem.iter().map(|(n, m)| (n.to_string(), m.used())).collect(),
+            }
+        }
+
+        /// Asserts that no device held more during the re-split than the larger of what it held
+        /// before and after.
+        fn check_peaks(&self, mem: &HashMap<&str, Arc<DeviceMemory>>) {
+            for (n, m) in mem {
+                let bound = self.used[*n].max(m.used());
+                assert!(
+                    m.peak() <= bound,
+                    "{n} peaked at {} bytes, more than before ({}) or after ({})",
+                    m.peak(),
+                    self.used[*n],
+                    m.used()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn devices_trading_layers_stay_within_their_shares_and_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny_model(dir.path());
+        let pool = Arc::new(ThreadPool::new(1).unwrap());
+        let mem: HashMap<&str, Arc<DeviceMemory>> = ["a", "b", "c"]
+            .into_iter()
+            .map(|n| (n, DeviceMemory::new(1 << 30)))
+            .collect();
+        let backends: HashMap<String, StageBackend> = mem
+            .iter()
+            .map(|(n, m)| {
+                let b = CpuBackend::new(*n, Arc::clone(m), Arc::clone(&pool));
+                (n.to_string(), StageBackend::Cpu(Arc::new(b)))
+            })
+            .collect();
+        // Two devices with equal layers trade them: neither has room for a layer of the other
+        // before giving one away, so one goes through the host; the head stays where it is.
+        let start = [l("a", 0..2, false), l("b", 2..4, false), l("c", 4..4, true)];
+        let swapped = [l("b", 0..2, false), l("a", 2..4, false), l("c", 4..4, true)];
+        let specs = start
+            .iter()
+            .map(|l| StageSpec {
+                backend: backends[&l.device].clone(),
+                layers: l.layers.clone(),
+                head: l.head,
+            })
+            .collect();
+        let mut p = build_pipeline(&model, specs, 16, 1, |_, _| {}).unwrap();
+        p.add_sequence(1, 16).unwrap();
+        let prompt = [5, 6, 7, 8];
+        step(&mut p, &prompt, 0);
+        let want = {
+            let specs = swapped
+                .iter()
+                .map(|l| StageSpec {
+                    backend: backends[&l.device].clone(),
+                    layers: l.layers.clone(),
+                    head: l.head,
+                })
+                .collect();
+            let mut q = build_pipeline(&model, specs, 16, 1, |_, _| {}).unwrap();
+            q.add_sequence(1, 16).unwrap();
+            step(&mut q, &prompt, 0);
+            step(&mut q, &[9], prompt.len())
+        };
+        let before = Usage::of(&mem);
+        let live = [LiveSequence {
+            id: 1,
+            len: prompt.len(),
+            capacity: 16,
+        }];
+        let r = resplit(&mut p, &*model.source, &swapped, &backends, &live, 16, 1).unwrap();
+        assert_eq!(layout_of(&p), swapped);
+        assert_eq!((r.layers_moved, r.stages_rebuilt), (4, 2));
+        assert!(r.through_host >= 1, "{r:?}");
+        before.check_peaks(&mem);
+        assert_eq!(
+            before.used["c"],
+            mem["c"].used(),
+            "the head's stage was kept"
+        );
+        assert_eq!(step(&mut p, &[9], prompt.len()), want);
     }
 
     #[test]

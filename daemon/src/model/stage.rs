@@ -6,15 +6,16 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
-use llmd_kernels::backend::{AttentionParams, Backend, BackendError, DeviceActivations, HostKv};
+use llmd_kernels::backend::{AttentionParams, Backend, BackendError, DeviceActivations};
 
 use super::batch::{Batch, SeqId};
 use super::config::ModelConfig;
+use super::parts::{DevicePart, PartWeights, Slot};
 use super::weights::{HeadWeights, LayerWeights, TensorSource, WeightError};
 
 /// Activation buffers of one stage, sized once for the largest batch so the forward pass never
 /// allocates.
-struct Scratch<B: Backend> {
+pub struct Scratch<B: Backend> {
     /// Residual stream: `(max_tokens, n_embd)`.
     x: B::Activations,
     /// Normalised input of a block: `(max_tokens, n_embd)`.
@@ -46,11 +47,11 @@ pub struct Stage<B: Backend> {
     /// Global indices of the layers this stage runs.
     layers: Range<usize>,
     /// Weights of `layers`, in order.
-    weights: Vec<LayerWeights<B>>,
+    weights: Vec<LayerWeights<B::Weight>>,
     /// The output head, on the last stage only.
-    head: Option<HeadWeights<B>>,
-    /// KV caches of this stage's layers, per sequence: `kv[seq][il - layers.start]`.
-    kv: HashMap<SeqId, Vec<B::KvCache>>,
+    head: Option<HeadWeights<B::Weight>>,
+    /// KV caches of this stage's layers by sequence: `kv[il - layers.start][seq]`.
+    kv: Vec<HashMap<SeqId, B::KvCache>>,
     /// Reusable activation buffers.
     scratch: Scratch<B>,
     /// Tokens per forward call at most.
@@ -101,46 +102,127 @@ impl<B: Backend> Stage<B> {
         max_logit_rows: usize,
         loaded: &mut dyn FnMut(),
     ) -> Result<Self, WeightError> {
-        let max_logit_rows = max_logit_rows.clamp(1, max_tokens.max(1));
-        let mut weights = Vec::with_capacity(layers.len());
-        let mut weight_bytes = 0;
-        for il in layers.clone() {
-            let (w, bytes) = LayerWeights::load(&*backend, source, &config, il)?;
-            weights.push(w);
-            weight_bytes += bytes;
+        let slots = layers.clone().map(Slot::Layer);
+        let mut parts = Vec::with_capacity(layers.len() + 1);
+        for slot in slots.chain(with_head.then_some(Slot::Head)) {
+            let weights = PartWeights::from_source(source, &config, slot)?
+                .try_map(|t| Ok::<_, WeightError>(t.view()))?;
+            parts.push(DevicePart::import(&backend, &weights, &[])?);
             loaded();
         }
-        let head = if with_head {
-            let (h, bytes) = HeadWeights::load(&*backend, source, &config)?;
-            weight_bytes += bytes;
-            loaded();
-            Some(h)
-        } else {
-            None
-        };
-        let logit_rows = if with_head { max_logit_rows } else { 0 };
-        let scratch = Self::alloc_scratch(&*backend, &config, max_tokens, logit_rows)?;
+        let scratch =
+            Self::alloc_scratch(&*backend, &config, max_tokens, with_head, max_logit_rows)?;
+        Self::from_parts(
+            backend,
+            config,
+            layers,
+            parts,
+            scratch,
+            max_tokens,
+            max_logit_rows,
+        )
+    }
+
+    /// A stage of `parts` (the layers `layers` in order, then the head if it has one), all on
+    /// `backend`, computing in `scratch` (see [`Stage::alloc_scratch`]).
+    pub fn from_parts(
+        backend: Arc<B>,
+        config: Arc<ModelConfig>,
+        layers: Range<usize>,
+        parts: Vec<DevicePart<B>>,
+        scratch: Scratch<B>,
+        max_tokens: usize,
+        max_logit_rows: usize,
+    ) -> Result<Self, WeightError> {
+        let mut weights = Vec::with_capacity(layers.len());
+        let mut kv = Vec::with_capacity(layers.len());
+        let mut head = None;
+        let mut weight_bytes = 0;
+        for part in parts {
+            let on_backend = Arc::ptr_eq(&part.backend, &backend);
+            weight_bytes += part
+                .weights
+                .tensors()
+                .into_iter()
+                .map(|w| backend.weight_bytes(w))
+                .sum::<u64>();
+            match part.weights {
+                PartWeights::Layer(il, w)
+                    if on_backend && head.is_none() && il == layers.start + weights.len() =>
+                {
+                    weights.push(w);
+                    kv.push(part.kv);
+                }
+                PartWeights::Head(h) if on_backend && head.is_none() => head = Some(h),
+                other => {
+                    return Err(WeightError::Misplaced(format!(
+                        "{} does not belong at this place of a stage of layers {layers:?} on {}",
+                        other.slot(),
+                        backend.device_name()
+                    )))
+                }
+            }
+        }
+        if weights.len() != layers.len() {
+            return Err(WeightError::Misplaced(format!(
+                "{} layers for a stage of layers {layers:?}",
+                weights.len()
+            )));
+        }
         Ok(Stage {
             backend,
             config,
             layers,
             weights,
             head,
-            kv: HashMap::new(),
+            kv,
             scratch,
             max_tokens,
-            max_logit_rows,
+            max_logit_rows: max_logit_rows.clamp(1, max_tokens.max(1)),
             weight_bytes,
             picked: Vec::new(),
         })
     }
 
-    fn alloc_scratch(
+    /// Takes the stage apart into its layers (with their sequences' caches) and its head, still
+    /// on the device; the activation buffers are freed.
+    pub fn into_parts(self) -> Vec<DevicePart<B>> {
+        let backend = self.backend;
+        let mut parts: Vec<DevicePart<B>> = self
+            .layers
+            .zip(self.weights)
+            .zip(self.kv)
+            .map(|((il, w), kv)| DevicePart {
+                backend: Arc::clone(&backend),
+                weights: PartWeights::Layer(il, w),
+                kv,
+            })
+            .collect();
+        if let Some(h) = self.head {
+            parts.push(DevicePart {
+                backend,
+                weights: PartWeights::Head(h),
+                kv: HashMap::new(),
+            });
+        }
+        parts
+    }
+
+    /// Activation buffers for batches of up to `max_tokens` tokens, with logits for
+    /// `max_logit_rows` of them when the stage has the head.
+    pub fn alloc_scratch(
         b: &B,
         c: &ModelConfig,
-        n: usize,
-        logit_rows: usize,
+        max_tokens: usize,
+        with_head: bool,
+        max_logit_rows: usize,
     ) -> Result<Scratch<B>, BackendError> {
+        let logit_rows = if with_head {
+            max_logit_rows.clamp(1, max_tokens.max(1))
+        } else {
+            0
+        };
+        let n = max_tokens;
         Ok(Scratch {
             x: b.alloc_activations(n * c.n_embd)?,
             cur: b.alloc_activations(n * c.n_embd)?,
@@ -158,6 +240,11 @@ impl<B: Backend> Stage<B> {
     /// The layers this stage runs.
     pub fn layers(&self) -> Range<usize> {
         self.layers.clone()
+    }
+
+    /// The device's backend, shared.
+    pub fn backend_arc(&self) -> &Arc<B> {
+        &self.backend
     }
 
     /// The device's backend.
@@ -178,8 +265,8 @@ impl<B: Backend> Stage<B> {
     /// Bytes of KV cache resident on the device, over all sequences.
     pub fn kv_bytes(&self) -> u64 {
         self.kv
-            .values()
-            .flatten()
+            .iter()
+            .flat_map(HashMap::values)
             .map(|kv| self.backend.kv_bytes(kv))
             .sum()
     }
@@ -193,51 +280,21 @@ impl<B: Backend> Stage<B> {
     pub fn add_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), BackendError> {
         let c = &self.config;
         let caches = self
-            .layers
-            .clone()
+            .kv
+            .iter()
             .map(|_| self.backend.alloc_kv(capacity, c.n_head_kv, c.head_dim))
             .collect::<Result<Vec<_>, _>>()?;
-        self.kv.insert(seq, caches);
+        for (layer, cache) in self.kv.iter_mut().zip(caches) {
+            layer.insert(seq, cache);
+        }
         Ok(())
     }
 
     /// Frees the KV caches of `seq`.
     pub fn remove_sequence(&mut self, seq: SeqId) {
-        self.kv.remove(&seq);
-    }
-
-    /// Copies the first `len` positions of `seq`'s caches to the host, layer by layer.
-    pub fn download_sequence(&self, seq: SeqId, len: usize) -> Result<Vec<HostKv>, ForwardError> {
-        let caches = self
-            .kv
-            .get(&seq)
-            .ok_or_else(|| ForwardError::BadBatch(format!("unknown sequence {seq}")))?;
-        Ok(caches
-            .iter()
-            .map(|kv| self.backend.download_kv(kv, len))
-            .collect::<Result<_, _>>()?)
-    }
-
-    /// Installs host KV caches for `seq` (one per layer of this stage) with room for `capacity`.
-    pub fn upload_sequence(
-        &mut self,
-        seq: SeqId,
-        host: &[HostKv],
-        capacity: usize,
-    ) -> Result<(), ForwardError> {
-        if host.len() != self.layers.len() {
-            return Err(ForwardError::BadBatch(format!(
-                "{} KV layers for a stage of {} layers",
-                host.len(),
-                self.layers.len()
-            )));
+        for layer in &mut self.kv {
+            layer.remove(&seq);
         }
-        let caches = host
-            .iter()
-            .map(|h| self.backend.upload_kv(h, capacity))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.kv.insert(seq, caches);
-        Ok(())
     }
 
     /// Runs this stage's layers over `batch`. `hidden` holds the residual stream in and out,
@@ -273,7 +330,7 @@ impl<B: Backend> Stage<B> {
         }
         let segments = batch.segments();
         for seg in &segments {
-            if !self.kv.contains_key(&seg.seq) {
+            if !self.kv.iter().all(|layer| layer.contains_key(&seg.seq)) {
                 return Err(ForwardError::BadBatch(format!(
                     "sequence {} has no KV cache",
                     seg.seq
@@ -338,8 +395,8 @@ impl<B: Backend> Stage<B> {
             for seg in &segments {
                 let kv = self
                     .kv
-                    .get_mut(&seg.seq)
-                    .and_then(|layers| layers.get_mut(slot))
+                    .get_mut(slot)
+                    .and_then(|layer| layer.get_mut(&seg.seq))
                     .ok_or_else(|| {
                         ForwardError::BadBatch(format!("sequence {} lost its cache", seg.seq))
                     })?;

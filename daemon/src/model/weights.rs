@@ -1,7 +1,9 @@
-//! The weights of a contiguous range of transformer layers (and, for the last stage, the output
-//! head) resident on one device, loaded by tensor name from a [`TensorSource`].
+//! The weights of one transformer layer and of the output head, by role. The same structures hold
+//! the tensors as found in the model file ([`LayerWeights::from_source`], shape-checked), as
+//! resident on a device (`LayerWeights<B::Weight>`) and as views another device copies from:
+//! [`LayerWeights::try_map`] turns one into the other tensor by tensor.
 
-use llmd_kernels::backend::{Backend, BackendError, HostTensor};
+use llmd_kernels::backend::{BackendError, HostTensor};
 use thiserror::Error;
 
 use super::config::{Arch, ModelConfig};
@@ -32,69 +34,71 @@ pub enum WeightError {
         /// Columns expected.
         want_cols: usize,
     },
+    /// Parts of a model put together in the wrong place (a bug in the re-split).
+    #[error("misplaced weights: {0}")]
+    Misplaced(String),
     /// The device rejected it.
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
 
-/// One transformer block's weights on a device. Shapes are `(rows, cols)` with `cols` the input.
-pub struct LayerWeights<B: Backend> {
+/// One transformer block's weights (`W`: a tensor in the file, on a device, or a view of one).
+/// Shapes are `(rows, cols)` with `cols` the input.
+pub struct LayerWeights<W> {
     /// RMS norm before attention: `(n_embd)`.
-    pub attn_norm: B::Weight,
+    pub attn_norm: W,
     /// Query projection: `(n_head * head_dim, n_embd)`.
-    pub wq: B::Weight,
+    pub wq: W,
     /// Key projection: `(n_head_kv * head_dim, n_embd)`.
-    pub wk: B::Weight,
+    pub wk: W,
     /// Value projection: `(n_head_kv * head_dim, n_embd)`.
-    pub wv: B::Weight,
+    pub wv: W,
     /// Query/key/value biases (Qwen 2).
-    pub bq: Option<B::Weight>,
+    pub bq: Option<W>,
     /// Key bias.
-    pub bk: Option<B::Weight>,
+    pub bk: Option<W>,
     /// Value bias.
-    pub bv: Option<B::Weight>,
+    pub bv: Option<W>,
     /// Per-head RMS norm of queries and keys: `(head_dim)` (Qwen 3, Gemma 3).
-    pub q_norm: Option<B::Weight>,
+    pub q_norm: Option<W>,
     /// Key head norm.
-    pub k_norm: Option<B::Weight>,
+    pub k_norm: Option<W>,
     /// Attention output projection: `(n_embd, n_head * head_dim)`.
-    pub wo: B::Weight,
+    pub wo: W,
     /// RMS norm after attention (Gemma).
-    pub post_attn_norm: Option<B::Weight>,
+    pub post_attn_norm: Option<W>,
     /// RMS norm before the feed-forward block: `(n_embd)`.
-    pub ffn_norm: B::Weight,
+    pub ffn_norm: W,
     /// Feed-forward gate: `(n_ff, n_embd)`.
-    pub gate: B::Weight,
+    pub gate: W,
     /// Feed-forward up: `(n_ff, n_embd)`.
-    pub up: B::Weight,
+    pub up: W,
     /// Feed-forward down: `(n_embd, n_ff)`.
-    pub down: B::Weight,
+    pub down: W,
     /// RMS norm after the feed-forward block (Gemma).
-    pub post_ffn_norm: Option<B::Weight>,
+    pub post_ffn_norm: Option<W>,
 }
 
 /// The output head: final norm and the vocabulary projection.
-pub struct HeadWeights<B: Backend> {
+pub struct HeadWeights<W> {
     /// Final RMS norm: `(n_embd)`.
-    pub output_norm: B::Weight,
+    pub output_norm: W,
     /// Vocabulary projection `(n_vocab, n_embd)`; the token embedding when the model ties them.
-    pub output: B::Weight,
+    pub output: W,
 }
 
-/// Uploads tensors with shape checks.
-struct Loader<'a, B: Backend, S: TensorSource + ?Sized> {
-    backend: &'a B,
+/// Finds tensors by name with shape checks.
+struct Finder<'a, S: TensorSource + ?Sized> {
     source: &'a S,
-    bytes: u64,
 }
 
-impl<B: Backend, S: TensorSource + ?Sized> Loader<'_, B, S> {
+impl<'a, S: TensorSource + ?Sized> Finder<'a, S> {
     fn optional(
-        &mut self,
+        &self,
         name: &str,
         rows: usize,
         cols: usize,
-    ) -> Result<Option<B::Weight>, WeightError> {
+    ) -> Result<Option<HostTensor<'a>>, WeightError> {
         let Some(t) = self.source.tensor(name) else {
             return Ok(None);
         };
@@ -107,12 +111,15 @@ impl<B: Backend, S: TensorSource + ?Sized> Loader<'_, B, S> {
                 want_cols: cols,
             });
         }
-        let w = self.backend.upload_weight(&t)?;
-        self.bytes += self.backend.weight_bytes(&w);
-        Ok(Some(w))
+        Ok(Some(t))
     }
 
-    fn required(&mut self, name: &str, rows: usize, cols: usize) -> Result<B::Weight, WeightError> {
+    fn required(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<HostTensor<'a>, WeightError> {
         self.optional(name, rows, cols)?
             .ok_or_else(|| WeightError::Missing(name.to_string()))
     }
@@ -123,19 +130,14 @@ fn layer_tensor(il: usize, what: &str) -> String {
     format!("blk.{il}.{what}")
 }
 
-impl<B: Backend> LayerWeights<B> {
-    /// Loads layer `il` onto `backend`; returns the weights and the bytes they occupy.
-    pub fn load<S: TensorSource + ?Sized>(
-        backend: &B,
-        source: &S,
+impl<'a> LayerWeights<HostTensor<'a>> {
+    /// Layer `il`'s tensors in `source`, shape-checked against `config`.
+    pub fn from_source<S: TensorSource + ?Sized>(
+        source: &'a S,
         config: &ModelConfig,
         il: usize,
-    ) -> Result<(Self, u64), WeightError> {
-        let mut ld = Loader {
-            backend,
-            source,
-            bytes: 0,
-        };
+    ) -> Result<Self, WeightError> {
+        let ld = Finder { source };
         let (d, q, kv, ff, hd) = (
             config.n_embd,
             config.q_width(),
@@ -186,33 +188,102 @@ impl<B: Backend> LayerWeights<B> {
                 "attn_q.bias / attn_k.bias / attn_v.bias",
             )));
         }
-        Ok((weights, ld.bytes))
+        Ok(weights)
     }
 }
 
-impl<B: Backend> HeadWeights<B> {
-    /// Loads the output head onto `backend` (tied to `token_embd` when `output` is absent).
-    pub fn load<S: TensorSource + ?Sized>(
-        backend: &B,
-        source: &S,
+impl<W> LayerWeights<W> {
+    /// The same layer with every tensor passed through `f` (uploaded, viewed, copied).
+    pub fn try_map<'s, V, E>(
+        &'s self,
+        mut f: impl FnMut(&'s W) -> Result<V, E>,
+    ) -> Result<LayerWeights<V>, E> {
+        Ok(LayerWeights {
+            attn_norm: f(&self.attn_norm)?,
+            wq: f(&self.wq)?,
+            wk: f(&self.wk)?,
+            wv: f(&self.wv)?,
+            bq: map_optional(&self.bq, &mut f)?,
+            bk: map_optional(&self.bk, &mut f)?,
+            bv: map_optional(&self.bv, &mut f)?,
+            q_norm: map_optional(&self.q_norm, &mut f)?,
+            k_norm: map_optional(&self.k_norm, &mut f)?,
+            wo: f(&self.wo)?,
+            post_attn_norm: map_optional(&self.post_attn_norm, &mut f)?,
+            ffn_norm: f(&self.ffn_norm)?,
+            gate: f(&self.gate)?,
+            up: f(&self.up)?,
+            down: f(&self.down)?,
+            post_ffn_norm: map_optional(&self.post_ffn_norm, &mut f)?,
+        })
+    }
+
+    /// Every tensor of the layer.
+    pub fn tensors(&self) -> impl Iterator<Item = &W> {
+        [
+            Some(&self.attn_norm),
+            Some(&self.wq),
+            Some(&self.wk),
+            Some(&self.wv),
+            self.bq.as_ref(),
+            self.bk.as_ref(),
+            self.bv.as_ref(),
+            self.q_norm.as_ref(),
+            self.k_norm.as_ref(),
+            Some(&self.wo),
+            self.post_attn_norm.as_ref(),
+            Some(&self.ffn_norm),
+            Some(&self.gate),
+            Some(&self.up),
+            Some(&self.down),
+            self.post_ffn_norm.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+impl<'a> HeadWeights<HostTensor<'a>> {
+    /// The output head's tensors in `source` (the token embedding when the model ties them).
+    pub fn from_source<S: TensorSource + ?Sized>(
+        source: &'a S,
         config: &ModelConfig,
-    ) -> Result<(Self, u64), WeightError> {
-        let mut ld = Loader {
-            backend,
-            source,
-            bytes: 0,
-        };
+    ) -> Result<Self, WeightError> {
+        let ld = Finder { source };
         let output_norm = ld.required("output_norm.weight", 1, config.n_embd)?;
         let output = match ld.optional("output.weight", config.n_vocab, config.n_embd)? {
             Some(w) => w,
             None => ld.required("token_embd.weight", config.n_vocab, config.n_embd)?,
         };
-        Ok((
-            HeadWeights {
-                output_norm,
-                output,
-            },
-            ld.bytes,
-        ))
+        Ok(HeadWeights {
+            output_norm,
+            output,
+        })
     }
+}
+
+impl<W> HeadWeights<W> {
+    /// The same head with both tensors passed through `f`.
+    pub fn try_map<'s, V, E>(
+        &'s self,
+        mut f: impl FnMut(&'s W) -> Result<V, E>,
+    ) -> Result<HeadWeights<V>, E> {
+        Ok(HeadWeights {
+            output_norm: f(&self.output_norm)?,
+            output: f(&self.output)?,
+        })
+    }
+
+    /// Both tensors.
+    pub fn tensors(&self) -> impl Iterator<Item = &W> {
+        [&self.output_norm, &self.output].into_iter()
+    }
+}
+
+/// `f` of an optional tensor.
+fn map_optional<'s, W, V, E>(
+    w: &'s Option<W>,
+    f: &mut impl FnMut(&'s W) -> Result<V, E>,
+) -> Result<Option<V>, E> {
+    w.as_ref().map(f).transpose()
 }

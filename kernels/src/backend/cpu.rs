@@ -9,8 +9,9 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use super::{
-    check_len, shape, AttentionParams, Backend, BackendError, DeviceMemory, GatedActivation,
-    HostKv, HostTensor, Lease, OwnedHostTensor, RopeKind, RopeParams,
+    check_len, f16_bytes, f16_bytes_mut, kv_cache_bytes, shape, AttentionParams, Backend,
+    BackendError, DeviceBytes, DeviceMemory, GatedActivation, HostTensor, KvView, Lease, RopeKind,
+    RopeParams, WeightView,
 };
 use crate::cpu::dot::{axpy_f32, vec_dot};
 use crate::cpu::ops::{self, RopeMode};
@@ -94,6 +95,60 @@ impl CpuBackend {
     fn charge(&self, what: &str, bytes: u64) -> Result<Lease, BackendError> {
         self.ledger.charge(&self.name, what, bytes)
     }
+
+    /// A weight of `rows` rows of `cols` `ty` values (their byte size checked by the caller)
+    /// whose bytes `fill` writes, charged to the budget first.
+    fn new_weight(
+        &self,
+        name: &str,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), BackendError>,
+    ) -> Result<CpuWeight, BackendError> {
+        if !ty.is_supported() {
+            return Err(BackendError::UnsupportedType {
+                device: self.name.clone(),
+                ty,
+                tensor: name.to_string(),
+            });
+        }
+        let len = ty
+            .row_bytes(cols as u64)
+            .and_then(|r| r.checked_mul(rows as u64))
+            .ok_or_else(|| shape("upload_weight", format!("{name}: size overflows")))?
+            as usize;
+        let lease = self.charge(name, weight_charge(len as u64, rows, cols))?;
+        let mut words = vec![0u64; len.div_ceil(8)];
+        // SAFETY: `words` owns at least `len` bytes (len.div_ceil(8) words of 8 bytes); u8 has no
+        // alignment or validity requirements, and the slice is the only borrow of `words`.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) };
+        fill(bytes)?;
+        let vector = if rows == 1 {
+            let mut v = vec![0.0f32; cols];
+            quant::dequantize(ty, bytes, &mut v)
+                .map_err(|e| shape("upload_weight", format!("{name}: {e}")))?;
+            Some(v)
+        } else {
+            None
+        };
+        Ok(CpuWeight {
+            name: name.to_string(),
+            ty,
+            rows,
+            cols,
+            words,
+            len,
+            vector,
+            _lease: lease,
+        })
+    }
+}
+
+/// Bytes a weight of `len` bytes in `rows` rows of `cols` values takes: the bytes, plus the f32
+/// copy kept of one-row tensors (norm weights, biases).
+fn weight_charge(len: u64, rows: usize, cols: usize) -> u64 {
+    len + if rows == 1 { cols as u64 * 4 } else { 0 }
 }
 
 fn rope_params(p: RopeParams) -> ops::RopeParams {
@@ -118,41 +173,10 @@ impl Backend for CpuBackend {
 
     fn upload_weight(&self, t: &HostTensor<'_>) -> Result<CpuWeight, BackendError> {
         t.check_size()?;
-        if !t.ty.is_supported() {
-            return Err(BackendError::UnsupportedType {
-                device: self.name.clone(),
-                ty: t.ty,
-                tensor: t.name.to_string(),
-            });
-        }
-        let vector = if t.rows == 1 {
-            let mut v = vec![0.0f32; t.cols];
-            quant::dequantize(t.ty, t.data, &mut v)
-                .map_err(|e| shape("upload_weight", format!("{}: {e}", t.name)))?;
-            Some(v)
-        } else {
-            None
-        };
-        let bytes = t.data.len() as u64 + vector.as_ref().map_or(0, |v| v.len() as u64 * 4);
-        let lease = self.charge(t.name, bytes)?;
-        let mut words = vec![0u64; t.data.len().div_ceil(8)];
-        // SAFETY: `words` has at least `data.len()` bytes; regions do not overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                t.data.as_ptr(),
-                words.as_mut_ptr().cast::<u8>(),
-                t.data.len(),
-            )
-        };
-        Ok(CpuWeight {
-            name: t.name.to_string(),
-            ty: t.ty,
-            rows: t.rows,
-            cols: t.cols,
-            words,
-            len: t.data.len(),
-            vector,
-            _lease: lease,
+        let data = t.data;
+        self.new_weight(t.name, t.ty, t.rows, t.cols, |dst| {
+            dst.copy_from_slice(data);
+            Ok(())
         })
     }
 
@@ -160,13 +184,31 @@ impl Backend for CpuBackend {
         w._lease.bytes()
     }
 
-    fn download_weight(&self, w: &CpuWeight) -> Result<OwnedHostTensor, BackendError> {
-        Ok(OwnedHostTensor {
-            name: w.name.clone(),
+    fn weight_view<'a>(&'a self, w: &'a CpuWeight) -> Result<WeightView<'a>, BackendError> {
+        Ok(WeightView {
+            name: &w.name,
             ty: w.ty,
             rows: w.rows,
             cols: w.cols,
-            data: w.bytes().to_vec(),
+            bytes: DeviceBytes::host(&self.name, w.bytes()),
+        })
+    }
+
+    fn import_cost(&self, src: &WeightView<'_>) -> u64 {
+        weight_charge(src.bytes.len as u64, src.rows, src.cols)
+    }
+
+    fn import_weight(&self, src: &WeightView<'_>) -> Result<CpuWeight, BackendError> {
+        HostTensor {
+            name: src.name,
+            ty: src.ty,
+            rows: src.rows,
+            cols: src.cols,
+            data: &[],
+        }
+        .check_size_of(src.bytes.len as u64)?;
+        self.new_weight(src.name, src.ty, src.rows, src.cols, |dst| {
+            src.bytes.read_into(dst)
         })
     }
 
@@ -371,7 +413,7 @@ impl Backend for CpuBackend {
         let values = capacity
             .checked_mul(n_kv_heads * head_dim)
             .ok_or_else(|| shape("alloc_kv", "size overflows".into()))?;
-        let lease = self.charge("KV cache", values as u64 * 2 * 2)?;
+        let lease = self.charge("KV cache", kv_cache_bytes(capacity, n_kv_heads, head_dim))?;
         Ok(CpuKv {
             capacity,
             n_kv_heads,
@@ -492,38 +534,30 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn download_kv(&self, kv: &CpuKv, len: usize) -> Result<HostKv, BackendError> {
+    fn kv_view<'a>(&'a self, kv: &'a CpuKv, len: usize) -> Result<KvView<'a>, BackendError> {
         if len > kv.capacity {
             return Err(shape(
-                "download_kv",
+                "kv_view",
                 format!("{len} positions from a cache of {}", kv.capacity),
             ));
         }
-        let w = kv.n_kv_heads * kv.head_dim;
-        Ok(HostKv {
+        let n = len * kv.n_kv_heads * kv.head_dim;
+        Ok(KvView {
             len,
             n_kv_heads: kv.n_kv_heads,
             head_dim: kv.head_dim,
-            k: kv.k[..len * w].iter().map(|x| x.to_bits()).collect(),
-            v: kv.v[..len * w].iter().map(|x| x.to_bits()).collect(),
+            k: DeviceBytes::host(&self.name, f16_bytes(kv.k[..n].reinterpret_cast())),
+            v: DeviceBytes::host(&self.name, f16_bytes(kv.v[..n].reinterpret_cast())),
         })
     }
 
-    fn upload_kv(&self, host: &HostKv, capacity: usize) -> Result<CpuKv, BackendError> {
-        let w = host.n_kv_heads * host.head_dim;
-        if host.len > capacity || host.k.len() != host.len * w || host.v.len() != host.len * w {
-            return Err(shape(
-                "upload_kv",
-                format!("{} positions into a cache of {capacity}", host.len),
-            ));
-        }
-        let mut kv = self.alloc_kv(capacity, host.n_kv_heads, host.head_dim)?;
-        for (d, &s) in kv.k.iter_mut().zip(&host.k) {
-            *d = f16::from_bits(s);
-        }
-        for (d, &s) in kv.v.iter_mut().zip(&host.v) {
-            *d = f16::from_bits(s);
-        }
+    fn import_kv(&self, src: &KvView<'_>, capacity: usize) -> Result<CpuKv, BackendError> {
+        let n = src.check("import_kv", capacity)?;
+        let mut kv = self.alloc_kv(capacity, src.n_kv_heads, src.head_dim)?;
+        src.k
+            .read_into(f16_bytes_mut(kv.k[..n].reinterpret_cast_mut()))?;
+        src.v
+            .read_into(f16_bytes_mut(kv.v[..n].reinterpret_cast_mut()))?;
         Ok(kv)
     }
 }

@@ -27,9 +27,9 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::{
-    check_len, shape, ActivationsLocation, AttentionParams, Backend, BackendError,
-    DeviceActivations, DeviceMemory, GatedActivation, HostKv, HostStaging, HostTensor, Lease,
-    OwnedHostTensor, RopeKind, RopeParams,
+    check_len, kv_cache_bytes, shape, ActivationsLocation, AttentionParams, Backend, BackendError,
+    BytesAt, DeviceActivations, DeviceBytes, DeviceMemory, GatedActivation, HostStaging,
+    HostTensor, KvView, Lease, RopeKind, RopeParams, WeightView,
 };
 use crate::quant::GgmlType;
 
@@ -567,6 +567,114 @@ impl CudaBackend {
             .map_err(|e| self.alloc_err(what, bytes, e))
     }
 
+    /// Refuses weight types the kernels do not handle.
+    fn check_type(&self, name: &str, ty: GgmlType) -> Result<(), BackendError> {
+        if type_suffix(ty).is_none() {
+            return Err(BackendError::UnsupportedType {
+                device: self.name.clone(),
+                ty,
+                tensor: name.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The first `len` values of `buf` as bytes another device can copy, once the work queued
+    /// on this device's stream (which may still write them) has finished.
+    fn bytes_of<'a, T: cudarc::driver::DeviceRepr>(
+        &'a self,
+        buf: &'a CudaSlice<T>,
+        len: usize,
+    ) -> Result<DeviceBytes<'a>, BackendError> {
+        check_len("view", buf.len(), len)?;
+        self.stream
+            .synchronize()
+            .map_err(|e| self.err("finishing work before a copy", e))?;
+        let (ptr, _record) = buf.device_ptr(&self.stream);
+        Ok(DeviceBytes {
+            device: &self.name,
+            len: len * std::mem::size_of::<T>(),
+            at: BytesAt::Cuda {
+                ctx: self.stream.context(),
+                ptr,
+            },
+        })
+    }
+
+    /// Copies `src` into the start of `dst` and waits for the copy, so that `src` may be freed
+    /// as soon as this returns.
+    fn copy_in<T: cudarc::driver::DeviceRepr>(
+        &self,
+        dst: &mut cudarc::driver::CudaViewMut<'_, T>,
+        src: &DeviceBytes<'_>,
+        what: &str,
+    ) -> Result<(), BackendError> {
+        // SAFETY: `src` borrows its allocation (or host memory) for this whole call, and its
+        // owner finished writing it before lending it; the copy has run when `synchronize`
+        // returns, before the borrow ends.
+        unsafe { self.enqueue_copy_in(dst, src, what) }?;
+        self.stream
+            .synchronize()
+            .map_err(|e| self.err(&format!("copying {what} from {}", src.device), e))
+    }
+
+    /// Enqueues on this stream a copy of `src` into the start of `dst`: host to device, device to
+    /// device within this context, or peer to peer from another GPU's context (the driver
+    /// staging through the host where P2P is not possible).
+    ///
+    /// # Safety
+    /// `src` must stay valid and unwritten until the copy has run on this stream.
+    unsafe fn enqueue_copy_in<T: cudarc::driver::DeviceRepr>(
+        &self,
+        dst: &mut cudarc::driver::CudaViewMut<'_, T>,
+        src: &DeviceBytes<'_>,
+        what: &str,
+    ) -> Result<(), BackendError> {
+        let room = dst.len() * std::mem::size_of::<T>();
+        if src.len > room {
+            return Err(shape(
+                "copy",
+                format!("{} bytes of {what} into {room}", src.len),
+            ));
+        }
+        if src.len == 0 {
+            return Ok(());
+        }
+        let here = self.stream.context();
+        here.bind_to_thread()
+            .map_err(|e| self.err("binding the context", e))?;
+        let stream = self.stream.cu_stream();
+        let (dst_ptr, _record) = dst.device_ptr_mut(&self.stream);
+        let copied = match src.at {
+            // SAFETY: `dst` holds at least `src.len` bytes (checked); the host slice is valid
+            // for the copy (the caller's contract).
+            BytesAt::Host(bytes) => unsafe {
+                cudarc::driver::result::memcpy_htod_async(dst_ptr, bytes, stream)
+            },
+            // SAFETY: both addresses are live allocations of this context, `dst` large enough.
+            BytesAt::Cuda { ctx, ptr } if ctx.cu_ctx() == here.cu_ctx() => unsafe {
+                cudarc::driver::result::memcpy_dtod_async(dst_ptr, ptr, src.len, stream)
+            },
+            // SAFETY: as above across contexts; `ctx` outlives the borrow of `src`.
+            BytesAt::Cuda { ctx, ptr } => unsafe {
+                cudarc::driver::result::memcpy_peer_async(
+                    here.cu_ctx(),
+                    dst_ptr,
+                    ctx.cu_ctx(),
+                    ptr,
+                    src.len,
+                    stream,
+                )
+            },
+        };
+        copied.map_err(|e| {
+            self.err(
+                &format!("copying {what} from {} to {}", src.device, self.name),
+                e,
+            )
+        })
+    }
+
     /// The reused buffers (a poisoned lock is taken over: they hold no invariant a panic could
     /// break, since every use rewrites what it reads).
     fn reused(&self) -> std::sync::MutexGuard<'_, Reused> {
@@ -869,13 +977,7 @@ impl Backend for CudaBackend {
 
     fn upload_weight(&self, t: &HostTensor<'_>) -> Result<CudaWeight, BackendError> {
         t.check_size()?;
-        if type_suffix(t.ty).is_none() {
-            return Err(BackendError::UnsupportedType {
-                device: self.name.clone(),
-                ty: t.ty,
-                tensor: t.name.to_string(),
-            });
-        }
+        self.check_type(t.name, t.ty)?;
         let lease = self.charge(t.name, t.data.len() as u64)?;
         let data = self
             .stream
@@ -895,20 +997,41 @@ impl Backend for CudaBackend {
         weight.lease.bytes()
     }
 
-    fn download_weight(&self, w: &CudaWeight) -> Result<OwnedHostTensor, BackendError> {
-        let data = self
-            .stream
-            .clone_dtoh(&w.data)
-            .map_err(|e| self.err("downloading a weight", e))?;
-        self.stream
-            .synchronize()
-            .map_err(|e| self.err("downloading a weight", e))?;
-        Ok(OwnedHostTensor {
-            name: w.name.clone(),
+    fn weight_view<'a>(&'a self, w: &'a CudaWeight) -> Result<WeightView<'a>, BackendError> {
+        Ok(WeightView {
+            name: &w.name,
             ty: w.ty,
             rows: w.rows,
             cols: w.cols,
+            bytes: self.bytes_of(&w.data, w.data.len())?,
+        })
+    }
+
+    fn import_cost(&self, src: &WeightView<'_>) -> u64 {
+        src.bytes.len as u64
+    }
+
+    fn import_weight(&self, src: &WeightView<'_>) -> Result<CudaWeight, BackendError> {
+        let len = src.bytes.len;
+        HostTensor {
+            name: src.name,
+            ty: src.ty,
+            rows: src.rows,
+            cols: src.cols,
+            data: &[],
+        }
+        .check_size_of(len as u64)?;
+        self.check_type(src.name, src.ty)?;
+        let lease = self.charge(src.name, len as u64)?;
+        let mut data = self.alloc::<u8>(src.name, len)?;
+        self.copy_in(&mut data.slice_mut(..), &src.bytes, src.name)?;
+        Ok(CudaWeight {
+            name: src.name.to_string(),
+            ty: src.ty,
+            rows: src.rows,
+            cols: src.cols,
             data,
+            lease,
         })
     }
 
@@ -1292,7 +1415,7 @@ impl Backend for CudaBackend {
         let values = capacity
             .checked_mul(n_kv_heads * head_dim)
             .ok_or_else(|| shape("alloc_kv", "size overflows".into()))?;
-        let lease = self.charge("KV cache", values as u64 * 2 * 2)?;
+        let lease = self.charge("KV cache", kv_cache_bytes(capacity, n_kv_heads, head_dim))?;
         Ok(CudaKv {
             capacity,
             n_kv_heads,
@@ -1541,36 +1664,16 @@ impl Backend for CudaBackend {
         if src.len == 0 {
             return Ok(true);
         }
-        let bytes = src.len * std::mem::size_of::<f32>();
-        let here = self.stream.context();
-        let stream = self.stream.cu_stream();
-        let (dst_ptr, _record) = dst.device_ptr_mut(&self.stream);
-        let copied = if here.cu_ctx() == ctx.cu_ctx() {
-            // SAFETY: both addresses are live allocations of this context: `dst` holds at least
-            // `len` values (checked), and the exporting stage's buffer holds `len` values and is
-            // not touched until this copy, ordered on this stream, has run (the pipeline imports
-            // before anything else uses either stage; the exporter waited for its writes).
-            unsafe { cudarc::driver::result::memcpy_dtod_async(dst_ptr, *ptr, bytes, stream) }
-        } else {
-            // SAFETY: as above, across contexts: the driver copies peer to peer where the GPUs
-            // can, else through host memory. `ctx` is kept alive by `src`.
-            unsafe {
-                cudarc::driver::result::memcpy_peer_async(
-                    here.cu_ctx(),
-                    dst_ptr,
-                    ctx.cu_ctx(),
-                    *ptr,
-                    bytes,
-                    stream,
-                )
-            }
+        let from = DeviceBytes {
+            device: &src.device,
+            len: src.len * std::mem::size_of::<f32>(),
+            at: BytesAt::Cuda { ctx, ptr: *ptr },
         };
-        copied.map_err(|e| {
-            self.err(
-                &format!("copying activations from {} to {}", src.device, self.name),
-                e,
-            )
-        })?;
+        // SAFETY: the exporting stage's buffer holds `len` values and is not touched until this
+        // copy, ordered on this stream before anything else uses `dst`, has run (the pipeline
+        // imports before anything else uses either stage; the exporter waited for its writes).
+        // `ctx` is kept alive by `src`; `dst` holds at least `len` values (checked).
+        unsafe { self.enqueue_copy_in(&mut dst.slice_mut(..), &from, "activations") }?;
         Ok(true)
     }
 
@@ -1598,64 +1701,57 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn download_kv(&self, kv: &CudaKv, len: usize) -> Result<HostKv, BackendError> {
+    fn kv_view<'a>(&'a self, kv: &'a CudaKv, len: usize) -> Result<KvView<'a>, BackendError> {
         if len > kv.capacity {
             return Err(shape(
-                "download_kv",
+                "kv_view",
                 format!("{len} positions from a cache of {}", kv.capacity),
             ));
         }
         let n = len * kv.n_kv_heads * kv.head_dim;
-        let k = self
-            .stream
-            .clone_dtoh(&kv.k.slice(0..n))
-            .map_err(|e| self.err("downloading keys", e))?;
-        let v = self
-            .stream
-            .clone_dtoh(&kv.v.slice(0..n))
-            .map_err(|e| self.err("downloading values", e))?;
-        self.stream
-            .synchronize()
-            .map_err(|e| self.err("downloading a KV cache", e))?;
-        Ok(HostKv {
+        Ok(KvView {
             len,
             n_kv_heads: kv.n_kv_heads,
             head_dim: kv.head_dim,
-            k,
-            v,
+            k: self.bytes_of(&kv.k, n)?,
+            v: self.bytes_of(&kv.v, n)?,
         })
     }
 
-    fn upload_kv(&self, host: &HostKv, capacity: usize) -> Result<CudaKv, BackendError> {
-        let n = host.len * host.n_kv_heads * host.head_dim;
-        if host.len > capacity || host.k.len() != n || host.v.len() != n {
-            return Err(shape(
-                "upload_kv",
-                format!(
-                    "{} positions ({} keys, {} values) into a cache of {capacity}",
-                    host.len,
-                    host.k.len(),
-                    host.v.len()
-                ),
-            ));
-        }
-        let mut kv = self.alloc_kv(capacity, host.n_kv_heads, host.head_dim)?;
+    fn import_kv(&self, src: &KvView<'_>, capacity: usize) -> Result<CudaKv, BackendError> {
+        let n = src.check("import_kv", capacity)?;
+        let mut kv = self.alloc_kv(capacity, src.n_kv_heads, src.head_dim)?;
         if n > 0 {
-            self.stream
-                .memcpy_htod(&host.k, &mut kv.k.slice_mut(0..n))
-                .map_err(|e| self.err("uploading keys", e))?;
-            self.stream
-                .memcpy_htod(&host.v, &mut kv.v.slice_mut(0..n))
-                .map_err(|e| self.err("uploading values", e))?;
+            self.copy_in(&mut kv.k.slice_mut(0..n), &src.k, "KV cache keys")?;
+            self.copy_in(&mut kv.v.slice_mut(0..n), &src.v, "KV cache values")?;
         }
         Ok(kv)
     }
 }
 
+/// Copies `dst.len()` bytes at `ptr` in `ctx` to the host (a synchronous copy; the owner of the
+/// allocation finished writing it before handing out its address).
+pub(super) fn read_device_bytes(
+    ctx: &Arc<CudaContext>,
+    ptr: u64,
+    dst: &mut [u8],
+) -> Result<(), String> {
+    if dst.is_empty() {
+        return Ok(());
+    }
+    ctx.bind_to_thread()
+        .map_err(|e| format!("binding the context: {e}"))?;
+    // SAFETY: `ptr` is the start of a live allocation of `ctx` holding at least `dst.len()`
+    // bytes (a `DeviceBytes` borrows it for as long as this runs), and `dst` is host memory of
+    // exactly that length.
+    unsafe { cudarc::driver::result::memcpy_dtoh_sync(dst, ptr) }
+        .map_err(|e| format!("copying to the host: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{CpuBackend, DeviceMemory};
+    use crate::backend::{CpuBackend, DeviceMemory, HostKv};
     use crate::cpu::ThreadPool;
     use crate::quant::quantize;
 
@@ -1707,6 +1803,14 @@ mod tests {
         .expect("upload")
     }
 
+    /// A weight's bytes, read back to the host.
+    fn weight_bytes<B: Backend>(b: &B, w: &B::Weight) -> Vec<u8> {
+        let view = b.weight_view(w).expect("view");
+        let mut bytes = vec![0; view.bytes.len];
+        view.bytes.read_into(&mut bytes).expect("read back");
+        bytes
+    }
+
     fn acts<B: Backend>(b: &B, values: &[f32]) -> B::Activations {
         let mut a = b.alloc_activations(values.len()).expect("alloc");
         b.write_activations(&mut a, values).expect("write");
@@ -1729,11 +1833,15 @@ mod tests {
         let (rows, cols) = (200, 512);
         for ty in TYPES {
             let w = upload(b, "w", ty, rows, cols, &rng.vec(rows * cols));
-            let back = b.download_weight(&w).expect("download");
-            let again = b.upload_weight(&back.view()).expect("re-upload");
-            let again = b.download_weight(&again).expect("download");
-            let same = if again.data == back.data { 1.0 } else { 0.0 };
-            results.push((format!("weight round trip {ty}"), 0.0, vec![same]));
+            let copy = b
+                .import_weight(&b.weight_view(&w).expect("view"))
+                .expect("copy on the device");
+            let same = weight_bytes(b, &copy) == weight_bytes(b, &w);
+            results.push((
+                format!("weight copy {ty}"),
+                0.0,
+                vec![f32::from(u8::from(same))],
+            ));
             // 1, 3 and 10 tokens: matrix-vector kernels (10: a full group of 8 tokens per block
             // and a partial one); 70 (>= PREFILL_GEMM_MIN_TOKENS): the GEMM path, with two token
             // tiles, the second an edge of 6.
@@ -1852,7 +1960,8 @@ mod tests {
             let v = acts(b, &rng.vec(chunk.len() * kw));
             b.kv_store(&mut kv, &k, &v, 0, chunk).expect("kv_store");
         }
-        let host = b.download_kv(&kv, capacity - 1).expect("download_kv");
+        let len = capacity - 1;
+        let host = HostKv::download(&b.kv_view(&kv, len).expect("view")).expect("download");
         let as_f32 = |bits: &[u16]| -> Vec<f32> {
             bits.iter()
                 .map(|&h| half::f16::from_bits(h).to_f32())
@@ -1860,14 +1969,16 @@ mod tests {
         };
         results.push(("kv_store keys".into(), 0.0, as_f32(&host.k)));
         results.push(("kv_store values".into(), 0.0, as_f32(&host.v)));
-        let kv2 = b.upload_kv(&host, capacity).expect("upload_kv");
-        let host2 = b.download_kv(&kv2, capacity - 1).expect("download_kv");
-        let same = if host2.k == host.k && host2.v == host.v {
-            1.0
-        } else {
-            0.0
-        };
-        results.push(("kv round trip".into(), 0.0, vec![same]));
+        // A copy on the device and one from the host hold the same keys and values.
+        let on_device = b
+            .import_kv(&b.kv_view(&kv, len).expect("view"), capacity)
+            .expect("copy on the device");
+        let from_host = b.import_kv(&host.view(), capacity).expect("upload");
+        let same = [&on_device, &from_host].iter().all(|copy| {
+            let back = HostKv::download(&b.kv_view(copy, len).expect("view")).expect("download");
+            back.k == host.k && back.v == host.v
+        });
+        results.push(("kv copies".into(), 0.0, vec![f32::from(u8::from(same))]));
         let cases: [AttentionCase; 4] = [
             ("prefill", vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9], None, None),
             (
@@ -1892,7 +2003,7 @@ mod tests {
                 window,
                 softcap,
             };
-            b.attention(&q, &kv2, first_row, &positions, params, &mut out)
+            b.attention(&q, &on_device, first_row, &positions, params, &mut out)
                 .expect("attention");
             results.push((format!("attention {what}"), 1e-3, read(b, &out, n * qw)));
         }
@@ -2062,5 +2173,96 @@ mod tests {
         }
         assert_eq!(gpu.used_bytes(), 0, "leases returned on drop");
         assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    /// Direct copies between every pair of device kinds (what a live re-split does with the
+    /// layers it moves) on two fake GPUs.
+    #[test]
+    fn weights_and_kv_caches_move_between_devices_on_the_fake_driver() {
+        crate::fake_cuda::run_on_fake_driver(
+            "backend::cuda::tests::weights_and_kv_caches_move_between_devices_when_gpus_are_present",
+            &[("LLMD_FAKE_CUDA_DEVICES", "2")],
+            "moved through cpu:0 -> cuda:0 -> cuda:0b -> cuda:1 -> cpu:1",
+        );
+    }
+
+    #[test]
+    fn weights_and_kv_caches_move_between_devices_when_gpus_are_present() {
+        if !crate::fake_cuda::cuda_or_skip() {
+            return;
+        }
+        let pool = Arc::new(ThreadPool::new(1).expect("thread pool"));
+        let cpu0 = CpuBackend::new("cpu:0", DeviceMemory::new(1 << 30), Arc::clone(&pool));
+        let cpu1 = CpuBackend::new("cpu:1", DeviceMemory::new(1 << 30), pool);
+        let gpu0 = CudaBackend::new("cuda:0", 0, 1 << 30).expect("cuda:0");
+        let twin = CudaBackend::new("cuda:0b", 0, 1 << 30).expect("cuda:0 again");
+        // The second GPU when there is one (peer copies), else the first again.
+        let ordinal = usize::from(cuda_available().is_ok_and(|n| n > 1));
+        let gpu1 = CudaBackend::new("cuda:1", ordinal, 1 << 30).expect("second GPU");
+        let mut rng = Rng(7);
+        let (rows, cols) = (48, 256);
+        let w0 = upload(
+            &cpu0,
+            "w",
+            GgmlType::Q4_K,
+            rows,
+            cols,
+            &rng.vec(rows * cols),
+        );
+        let (capacity, n_kv, hd, len) = (40, 2, 64, 33);
+        let mut kv0 = cpu0.alloc_kv(capacity, n_kv, hd).expect("alloc_kv");
+        let positions: Vec<u32> = (0..len as u32).collect();
+        let k = acts(&cpu0, &rng.vec(len * n_kv * hd));
+        let v = acts(&cpu0, &rng.vec(len * n_kv * hd));
+        cpu0.kv_store(&mut kv0, &k, &v, 0, &positions)
+            .expect("kv_store");
+        let want_w = weight_bytes(&cpu0, &w0);
+        let want_kv = HostKv::download(&cpu0.kv_view(&kv0, len).expect("view")).expect("read");
+
+        /// Copies the weight and cache from `from` to `to` and checks them there.
+        fn hop<A: Backend, B: Backend>(
+            from: &A,
+            (w, kv): &(A::Weight, A::KvCache),
+            to: &B,
+            (want_w, want_kv, len, capacity): (&[u8], &HostKv, usize, usize),
+        ) -> (B::Weight, B::KvCache) {
+            let w2 = to
+                .import_weight(&from.weight_view(w).expect("view"))
+                .expect("weight copy");
+            let kv2 = to
+                .import_kv(&from.kv_view(kv, len).expect("view"), capacity)
+                .expect("kv copy");
+            assert_eq!(
+                weight_bytes(to, &w2),
+                want_w,
+                "weight on {}",
+                to.device_name()
+            );
+            let back = HostKv::download(&to.kv_view(&kv2, len).expect("view")).expect("read");
+            assert!(
+                back.k == want_kv.k && back.v == want_kv.v,
+                "KV cache on {}",
+                to.device_name()
+            );
+            assert_eq!(to.kv_bytes(&kv2), (capacity * n_kv_hd(want_kv) * 4) as u64);
+            (w2, kv2)
+        }
+        fn n_kv_hd(kv: &HostKv) -> usize {
+            kv.n_kv_heads * kv.head_dim
+        }
+        let want = (&want_w[..], &want_kv, len, capacity);
+        let on_gpu0 = hop(&cpu0, &(w0, kv0), &gpu0, want);
+        let on_twin = hop(&gpu0, &on_gpu0, &twin, want);
+        drop(on_gpu0);
+        assert_eq!(gpu0.used_bytes(), 0, "the source's memory is returned");
+        assert!(twin.used_bytes() > 0);
+        let on_gpu1 = hop(&twin, &on_twin, &gpu1, want);
+        let on_cpu1 = hop(&gpu1, &on_gpu1, &cpu1, want);
+        // The weight still multiplies as it did where it started.
+        let x = acts(&cpu1, &rng.vec(cols));
+        let mut out = cpu1.alloc_activations(rows).expect("alloc");
+        cpu1.matmul(&on_cpu1.0, &x, 1, &mut out).expect("matmul");
+        assert!(read(&cpu1, &out, rows).iter().all(|v| v.is_finite()));
+        println!("moved through cpu:0 -> cuda:0 -> cuda:0b -> cuda:1 -> cpu:1");
     }
 }

@@ -12,6 +12,8 @@ use super::BackendError;
 pub struct DeviceMemory {
     /// Bytes currently leased.
     used: AtomicU64,
+    /// The most bytes leased at once since creation or the last [`DeviceMemory::reset_peak`].
+    peak: AtomicU64,
     /// Bytes that may be leased at most.
     budget: u64,
 }
@@ -30,6 +32,7 @@ impl DeviceMemory {
     pub fn new(budget: u64) -> Arc<Self> {
         Arc::new(DeviceMemory {
             used: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
             budget,
         })
     }
@@ -37,6 +40,16 @@ impl DeviceMemory {
     /// Bytes in use.
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::SeqCst)
+    }
+
+    /// The most bytes in use at once since creation or the last [`DeviceMemory::reset_peak`].
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::SeqCst)
+    }
+
+    /// Starts the peak afresh from the bytes in use now.
+    pub fn reset_peak(&self) {
+        self.peak.store(self.used(), Ordering::SeqCst);
     }
 
     /// The budget.
@@ -67,10 +80,11 @@ impl DeviceMemory {
                 .compare_exchange(used, next, Ordering::SeqCst, Ordering::SeqCst)
             {
                 Ok(_) => {
+                    self.peak.fetch_max(next, Ordering::SeqCst);
                     return Ok(Lease {
                         memory: Arc::clone(self),
                         bytes,
-                    })
+                    });
                 }
                 Err(now) => used = now,
             }
@@ -108,6 +122,8 @@ mod tests {
         assert_eq!((m.used(), b.bytes()), (100, 40));
         drop(a);
         drop(b);
-        assert_eq!(m.used(), 0);
+        assert_eq!((m.used(), m.peak()), (0, 100));
+        m.reset_peak();
+        assert_eq!(m.peak(), 0);
     }
 }

@@ -70,29 +70,48 @@ pub struct HostTensor<'a> {
     pub data: &'a [u8],
 }
 
-impl HostTensor<'_> {
+impl<'a> HostTensor<'a> {
+    /// It as a view for [`Backend::import_weight`] (which then uploads it).
+    pub fn view(&self) -> WeightView<'a> {
+        WeightView {
+            name: self.name,
+            ty: self.ty,
+            rows: self.rows,
+            cols: self.cols,
+            bytes: DeviceBytes::host("host memory", self.data),
+        }
+    }
+
     /// Checks that `data` holds exactly `rows` rows of `cols` values of `ty` (what every backend
     /// checks before uploading).
     pub fn check_size(&self) -> Result<(), BackendError> {
+        self.check_size_of(self.data.len() as u64)
+    }
+
+    /// Checks that `bytes` bytes are exactly `rows` rows of `cols` values of `ty` (a tensor
+    /// described by this one but lying elsewhere).
+    pub(crate) fn check_size_of(&self, bytes: u64) -> Result<(), BackendError> {
         let expect = self
             .ty
             .row_bytes(self.cols as u64)
             .and_then(|r| r.checked_mul(self.rows as u64));
-        if expect != Some(self.data.len() as u64) {
+        if expect != Some(bytes) {
             return Err(shape(
                 "upload_weight",
                 format!(
-                    "{}: {} bytes for {} rows of {} {} values",
-                    self.name,
-                    self.data.len(),
-                    self.rows,
-                    self.cols,
-                    self.ty
+                    "{}: {bytes} bytes for {} rows of {} {} values",
+                    self.name, self.rows, self.cols, self.ty
                 ),
             ));
         }
         Ok(())
     }
+}
+
+/// Bytes of one layer's KV cache for one sequence with room for `capacity` positions: f16 keys
+/// and values, the same on every backend.
+pub fn kv_cache_bytes(capacity: usize, n_kv_heads: usize, head_dim: usize) -> u64 {
+    capacity as u64 * n_kv_heads as u64 * head_dim as u64 * 2 * 2
 }
 
 /// A [`BackendError::Shape`] of `op`.
@@ -175,8 +194,15 @@ pub trait Backend: Send + Sync + 'static {
     fn upload_weight(&self, tensor: &HostTensor<'_>) -> Result<Self::Weight, BackendError>;
     /// Bytes the weight occupies on the device.
     fn weight_bytes(&self, weight: &Self::Weight) -> u64;
-    /// Copies a weight back to host memory (type and bytes as uploaded), for moving it.
-    fn download_weight(&self, weight: &Self::Weight) -> Result<OwnedHostTensor, BackendError>;
+    /// The weight where it lies, for another device to copy directly with
+    /// [`Backend::import_weight`] (it waits for the device's pending work first).
+    fn weight_view<'a>(&'a self, weight: &'a Self::Weight) -> Result<WeightView<'a>, BackendError>;
+    /// Bytes [`Backend::import_weight`] of `src` would take on this device (its budget's charge).
+    fn import_cost(&self, src: &WeightView<'_>) -> u64;
+    /// Copies a weight another device holds (or host memory) onto this device in one direct
+    /// copy: device to device within a GPU, peer to peer between GPUs, host to device, device to
+    /// host or host to host. It has finished when this returns.
+    fn import_weight(&self, src: &WeightView<'_>) -> Result<Self::Weight, BackendError>;
 
     /// Allocates an activation buffer of `len` f32 values (contents unspecified).
     fn alloc_activations(&self, len: usize) -> Result<Self::Activations, BackendError>;
@@ -297,10 +323,14 @@ pub trait Backend: Send + Sync + 'static {
         params: AttentionParams,
         out: &mut Self::Activations,
     ) -> Result<(), BackendError>;
-    /// Copies the first `len` positions of a KV cache to host memory, for moving it.
-    fn download_kv(&self, kv: &Self::KvCache, len: usize) -> Result<HostKv, BackendError>;
-    /// Creates a KV cache from host memory (as [`Backend::download_kv`] produced it).
-    fn upload_kv(&self, host: &HostKv, capacity: usize) -> Result<Self::KvCache, BackendError>;
+    /// The first `len` positions of a KV cache where they lie, for another device to copy
+    /// directly with [`Backend::import_kv`] (it waits for the device's pending work first).
+    fn kv_view<'a>(&'a self, kv: &'a Self::KvCache, len: usize)
+        -> Result<KvView<'a>, BackendError>;
+    /// Creates a KV cache with room for `capacity` positions holding the positions of `src`
+    /// (another device's cache, or a [`HostKv`]), copied directly as
+    /// [`Backend::import_weight`] copies weights.
+    fn import_kv(&self, src: &KvView<'_>, capacity: usize) -> Result<Self::KvCache, BackendError>;
 
     /// Which devices this one can copy activations from directly (see
     /// [`Backend::import_activations`]): backends with the same kind can; `None`: through the
@@ -382,31 +412,118 @@ pub trait HostStaging: Send {
     }
 }
 
-/// A tensor copied out of a device, to be uploaded to another.
-#[derive(Clone, Debug)]
-pub struct OwnedHostTensor {
+/// Bytes resident on a device (or in host memory), borrowed so that another device can copy them
+/// directly (see [`Backend::import_weight`]).
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceBytes<'a> {
+    /// The device holding them, for messages.
+    pub device: &'a str,
+    /// How many bytes.
+    pub len: usize,
+    /// Where they lie.
+    pub(crate) at: BytesAt<'a>,
+}
+
+/// Where borrowed [`DeviceBytes`] lie.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum BytesAt<'a> {
+    /// In host memory (a CPU device's tensor, or a host copy).
+    Host(&'a [u8]),
+    /// On a CUDA device: the context the address belongs to and the address. The borrow keeps
+    /// the allocation alive; the owner finished writing it before handing out the view.
+    Cuda {
+        /// The allocation's context.
+        ctx: &'a std::sync::Arc<cudarc::driver::CudaContext>,
+        /// The address of the first byte.
+        ptr: u64,
+    },
+}
+
+impl<'a> DeviceBytes<'a> {
+    /// Bytes in host memory.
+    pub fn host(device: &'a str, bytes: &'a [u8]) -> Self {
+        DeviceBytes {
+            device,
+            len: bytes.len(),
+            at: BytesAt::Host(bytes),
+        }
+    }
+
+    /// Copies them into host memory `dst` of exactly `len` bytes.
+    pub(crate) fn read_into(&self, dst: &mut [u8]) -> Result<(), BackendError> {
+        if dst.len() != self.len {
+            return Err(shape(
+                "copy",
+                format!("{} bytes from {} into {}", self.len, self.device, dst.len()),
+            ));
+        }
+        match self.at {
+            BytesAt::Host(src) => dst.copy_from_slice(src),
+            BytesAt::Cuda { ctx, ptr } => {
+                cuda::read_device_bytes(ctx, ptr, dst).map_err(|message| BackendError::Device {
+                    device: self.device.to_string(),
+                    message,
+                })?
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A weight as another device can copy it ([`Backend::weight_view`]).
+#[derive(Clone, Copy, Debug)]
+pub struct WeightView<'a> {
     /// The tensor's name.
-    pub name: String,
+    pub name: &'a str,
     /// Element type.
     pub ty: GgmlType,
     /// Rows.
     pub rows: usize,
     /// Elements per row.
     pub cols: usize,
-    /// Raw bytes.
-    pub data: Vec<u8>,
+    /// Its bytes, `rows * ty.row_bytes(cols)`, as in the model file.
+    pub bytes: DeviceBytes<'a>,
 }
 
-impl OwnedHostTensor {
-    /// Borrows it as a [`HostTensor`].
-    pub fn view(&self) -> HostTensor<'_> {
-        HostTensor {
-            name: &self.name,
-            ty: self.ty,
-            rows: self.rows,
-            cols: self.cols,
-            data: &self.data,
+/// The first `len` positions of a KV cache as another device can copy them
+/// ([`Backend::kv_view`]).
+#[derive(Clone, Copy, Debug)]
+pub struct KvView<'a> {
+    /// Positions.
+    pub len: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Dimension of each head.
+    pub head_dim: usize,
+    /// Keys: `(len, n_kv_heads * head_dim)` f16 values.
+    pub k: DeviceBytes<'a>,
+    /// Values: same layout.
+    pub v: DeviceBytes<'a>,
+}
+
+impl KvView<'_> {
+    /// Fails `op` unless the view holds `len` positions of keys and values fitting `capacity`.
+    pub(crate) fn check(&self, op: &'static str, capacity: usize) -> Result<usize, BackendError> {
+        let values = self.len * self.n_kv_heads * self.head_dim;
+        if self.len > capacity || self.k.len != values * 2 || self.v.len != values * 2 {
+            return Err(shape(
+                op,
+                format!(
+                    "{} positions ({} key bytes, {} value bytes) into a cache of {capacity}",
+                    self.len, self.k.len, self.v.len
+                ),
+            ));
         }
+        Ok(values)
+    }
+}
+
+/// f16 values (as bits) viewed as bytes.
+pub(crate) fn f16_bytes(values: &[u16]) -> &[u8] {
+    // SAFETY: u8 has no alignment or validity requirements and the slice covers exactly the
+    // bytes of `values`, which it borrows.
+    unsafe {
+        std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values))
     }
 }
 
@@ -423,6 +540,42 @@ pub struct HostKv {
     pub k: Vec<u16>,
     /// Values: same layout as `k`.
     pub v: Vec<u16>,
+}
+
+impl HostKv {
+    /// Copies the first `len` positions of a cache another device holds into host memory.
+    pub fn download(src: &KvView<'_>) -> Result<Self, BackendError> {
+        let values = src.check("download_kv", src.len)?;
+        let mut k = vec![0u16; values];
+        let mut v = vec![0u16; values];
+        src.k.read_into(f16_bytes_mut(&mut k))?;
+        src.v.read_into(f16_bytes_mut(&mut v))?;
+        Ok(HostKv {
+            len: src.len,
+            n_kv_heads: src.n_kv_heads,
+            head_dim: src.head_dim,
+            k,
+            v,
+        })
+    }
+
+    /// It as a view for [`Backend::import_kv`].
+    pub fn view(&self) -> KvView<'_> {
+        KvView {
+            len: self.len,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            k: DeviceBytes::host("host", f16_bytes(&self.k)),
+            v: DeviceBytes::host("host", f16_bytes(&self.v)),
+        }
+    }
+}
+
+/// f16 values (as bits) viewed as bytes, to be written.
+pub(crate) fn f16_bytes_mut(values: &mut [u16]) -> &mut [u8] {
+    let len = std::mem::size_of_val(values);
+    // SAFETY: as `f16_bytes`, exclusively borrowed; every byte pattern is a valid u16.
+    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), len) }
 }
 
 mod cpu;
