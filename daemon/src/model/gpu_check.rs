@@ -343,7 +343,7 @@ fn gpu_resplit_on_the_fake_driver() {
 /// GPU between two backends) and GPU to host, gives the CPU's logits at every position.
 #[test]
 fn gpu_resplit_moves_weights_and_caches_between_devices() {
-    use super::resplit::{layout_of, resplit, Layout, LiveSequence};
+    use super::resplit::{build_layout, layout_of, resplit, Layout, LiveSequence};
     use std::collections::HashMap;
 
     if !llmd_kernels::fake_cuda::cuda_or_skip() {
@@ -383,15 +383,7 @@ fn gpu_resplit_moves_weights_and_caches_between_devices() {
             stage("cpu:0", half..n_layer, true),
         ],
     ];
-    let specs = layouts[0]
-        .iter()
-        .map(|l| StageSpec {
-            backend: backends[&l.device].clone(),
-            layers: l.layers.clone(),
-            head: l.head,
-        })
-        .collect();
-    let mut p = build_pipeline(&model, specs, N_TOKENS, N_TOKENS, |_, _| {}).expect("pipeline");
+    let mut p = build_layout(&model, &backends, &layouts[0], N_TOKENS, N_TOKENS);
     let every = toks.len() / layouts.len();
     let capacity = toks.len();
     let got = logits_with(&mut p, &toks, false, |p, pos| {

@@ -432,6 +432,27 @@ pub fn resplit(
     }
 }
 
+/// The pipeline of `layout` on `backends` (device name to backend), for tests.
+#[cfg(test)]
+pub(crate) fn build_layout(
+    model: &super::load::OpenedModel,
+    backends: &HashMap<String, StageBackend>,
+    layout: &[Layout],
+    max_batch: usize,
+    max_logit_rows: usize,
+) -> Pipeline {
+    let specs = layout
+        .iter()
+        .map(|l| super::load::StageSpec {
+            backend: backends[&l.device].clone(),
+            layers: l.layers.clone(),
+            head: l.head,
+        })
+        .collect();
+    super::load::build_pipeline(model, specs, max_batch, max_logit_rows, |_, _| {})
+        .expect("the layout's pipeline")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,7 +467,7 @@ mod tests {
 
     use crate::make_model::{self, MakeModelArgs, Preset, WeightType};
     use crate::model::batch::Batch;
-    use crate::model::load::{build_pipeline, OpenedModel, StageSpec};
+    use crate::model::load::OpenedModel;
     use llmd_kernels::backend::{CpuBackend, DeviceMemory};
     use llmd_kernels::cpu::ThreadPool;
 
@@ -477,6 +498,28 @@ mod tests {
         OpenedModel::open(&path).unwrap()
     }
 
+    /// CPU devices of the given names and budgets: their ledgers and backends.
+    fn cpu_devices(
+        budgets: &[(&'static str, u64)],
+    ) -> (
+        HashMap<&'static str, Arc<DeviceMemory>>,
+        HashMap<String, StageBackend>,
+    ) {
+        let pool = Arc::new(ThreadPool::new(1).unwrap());
+        let mem: HashMap<&str, Arc<DeviceMemory>> = budgets
+            .iter()
+            .map(|&(n, budget)| (n, DeviceMemory::new(budget)))
+            .collect();
+        let backends = mem
+            .iter()
+            .map(|(n, m)| {
+                let b = CpuBackend::new(*n, Arc::clone(m), Arc::clone(&pool));
+                (n.to_string(), StageBackend::Cpu(Arc::new(b)))
+            })
+            .collect();
+        (mem, backends)
+    }
+
     /// Feeds `tokens` from `pos` and returns the last row's logits.
     fn step(p: &mut Pipeline, tokens: &[u32], pos: usize) -> Vec<f32> {
         let mut b = Batch::default();
@@ -492,32 +535,8 @@ mod tests {
     fn resplit_keeps_a_live_sequence_exact_and_restores_when_it_cannot_build() {
         let dir = tempfile::tempdir().unwrap();
         let model = tiny_model(dir.path());
-        let pool = Arc::new(ThreadPool::new(1).unwrap());
-        let mem: HashMap<&str, Arc<DeviceMemory>> = [
-            ("a", DeviceMemory::new(1 << 30)),
-            ("b", DeviceMemory::new(1 << 30)),
-            ("tiny", DeviceMemory::new(64 << 10)),
-        ]
-        .into_iter()
-        .collect();
-        let backends: HashMap<String, StageBackend> = mem
-            .iter()
-            .map(|(n, m)| {
-                let b = CpuBackend::new(*n, Arc::clone(m), Arc::clone(&pool));
-                (n.to_string(), StageBackend::Cpu(Arc::new(b)))
-            })
-            .collect();
-        let build = |layout: &[Layout]| {
-            let specs = layout
-                .iter()
-                .map(|l| StageSpec {
-                    backend: backends[&l.device].clone(),
-                    layers: l.layers.clone(),
-                    head: l.head,
-                })
-                .collect();
-            build_pipeline(&model, specs, 16, 1, |_, _| {}).unwrap()
-        };
+        let (mem, backends) = cpu_devices(&[("a", 1 << 30), ("b", 1 << 30), ("tiny", 64 << 10)]);
+        let build = |layout: &[Layout]| build_layout(&model, &backends, layout, 16, 1);
         let start = [l("a", 0..2, false), l("b", 2..4, true)];
         let prompt = [1, 2, 3, 4, 5];
         let decode = [9, 8, 7, 6];
@@ -632,44 +651,17 @@ mod tests {
     fn devices_trading_layers_stay_within_their_shares_and_exact() {
         let dir = tempfile::tempdir().unwrap();
         let model = tiny_model(dir.path());
-        let pool = Arc::new(ThreadPool::new(1).unwrap());
-        let mem: HashMap<&str, Arc<DeviceMemory>> = ["a", "b", "c"]
-            .into_iter()
-            .map(|n| (n, DeviceMemory::new(1 << 30)))
-            .collect();
-        let backends: HashMap<String, StageBackend> = mem
-            .iter()
-            .map(|(n, m)| {
-                let b = CpuBackend::new(*n, Arc::clone(m), Arc::clone(&pool));
-                (n.to_string(), StageBackend::Cpu(Arc::new(b)))
-            })
-            .collect();
+        let (mem, backends) = cpu_devices(&[("a", 1 << 30), ("b", 1 << 30), ("c", 1 << 30)]);
         // Two devices with equal layers trade them: neither has room for a layer of the other
         // before giving one away, so one goes through the host; the head stays where it is.
         let start = [l("a", 0..2, false), l("b", 2..4, false), l("c", 4..4, true)];
         let swapped = [l("b", 0..2, false), l("a", 2..4, false), l("c", 4..4, true)];
-        let specs = start
-            .iter()
-            .map(|l| StageSpec {
-                backend: backends[&l.device].clone(),
-                layers: l.layers.clone(),
-                head: l.head,
-            })
-            .collect();
-        let mut p = build_pipeline(&model, specs, 16, 1, |_, _| {}).unwrap();
+        let mut p = build_layout(&model, &backends, &start, 16, 1);
         p.add_sequence(1, 16).unwrap();
         let prompt = [5, 6, 7, 8];
         step(&mut p, &prompt, 0);
         let want = {
-            let specs = swapped
-                .iter()
-                .map(|l| StageSpec {
-                    backend: backends[&l.device].clone(),
-                    layers: l.layers.clone(),
-                    head: l.head,
-                })
-                .collect();
-            let mut q = build_pipeline(&model, specs, 16, 1, |_, _| {}).unwrap();
+            let mut q = build_layout(&model, &backends, &swapped, 16, 1);
             q.add_sequence(1, 16).unwrap();
             step(&mut q, &prompt, 0);
             step(&mut q, &[9], prompt.len())

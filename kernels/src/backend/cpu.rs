@@ -199,14 +199,7 @@ impl Backend for CpuBackend {
     }
 
     fn import_weight(&self, src: &WeightView<'_>) -> Result<CpuWeight, BackendError> {
-        HostTensor {
-            name: src.name,
-            ty: src.ty,
-            rows: src.rows,
-            cols: src.cols,
-            data: &[],
-        }
-        .check_size_of(src.bytes.len as u64)?;
+        src.check_size()?;
         self.new_weight(src.name, src.ty, src.rows, src.cols, |dst| {
             src.bytes.read_into(dst)
         })

@@ -1013,14 +1013,7 @@ impl Backend for CudaBackend {
 
     fn import_weight(&self, src: &WeightView<'_>) -> Result<CudaWeight, BackendError> {
         let len = src.bytes.len;
-        HostTensor {
-            name: src.name,
-            ty: src.ty,
-            rows: src.rows,
-            cols: src.cols,
-            data: &[],
-        }
-        .check_size_of(len as u64)?;
+        src.check_size()?;
         self.check_type(src.name, src.ty)?;
         let lease = self.charge(src.name, len as u64)?;
         let mut data = self.alloc::<u8>(src.name, len)?;

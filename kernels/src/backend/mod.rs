@@ -485,6 +485,20 @@ pub struct WeightView<'a> {
     pub bytes: DeviceBytes<'a>,
 }
 
+impl WeightView<'_> {
+    /// Checks that its bytes are exactly `rows` rows of `cols` values of `ty`.
+    pub(crate) fn check_size(&self) -> Result<(), BackendError> {
+        HostTensor {
+            name: self.name,
+            ty: self.ty,
+            rows: self.rows,
+            cols: self.cols,
+            data: &[],
+        }
+        .check_size_of(self.bytes.len as u64)
+    }
+}
+
 /// The first `len` positions of a KV cache as another device can copy them
 /// ([`Backend::kv_view`]).
 #[derive(Clone, Copy, Debug)]
