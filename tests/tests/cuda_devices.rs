@@ -229,8 +229,8 @@ fn gpu_path(d: &Daemon, path: &str, on_cpu: &[u64]) {
 }
 
 /// A GPU that runs out of memory although the budget allowed the load (another process took
-/// the memory): the load fails with the driver's error, the memory it had taken is returned, and
-/// the daemon keeps serving what it had loaded.
+/// the memory): the load, or a re-split onto it, fails with the driver's error, the memory it had
+/// taken is returned, and the daemon keeps serving what it had loaded.
 #[test]
 fn a_gpu_out_of_memory_fails_the_load_cleanly_on_the_fake_cuda_driver() {
     let Some(dir) = llmd_kernels::fake_cuda::driver_for_tests().expect("fake CUDA driver") else {
@@ -260,4 +260,16 @@ fn a_gpu_out_of_memory_fails_the_load_cleanly_on_the_fake_cuda_driver() {
     let status = d.status_json();
     assert_eq!(status["devices"][1]["memory_used_bytes"], 0, "{status}");
     assert_eq!(greedy(&d, "cpu", N), on_cpu);
+    // A live re-split onto the GPU runs out of memory part way: the layers already copied move
+    // back, and the model keeps serving from the CPU with the same tokens.
+    let out = d.llmctl(&["reload", "cpu", "--devices", "cuda:0"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("out of memory on cuda:0") && err.contains("previous placement was restored"),
+        "{err}"
+    );
+    let status = d.status_json();
+    assert_eq!(status["devices"][1]["memory_used_bytes"], 0, "{status}");
+    assert_eq!(greedy(&d, "cpu", N), on_cpu, "after the failed re-split");
 }
