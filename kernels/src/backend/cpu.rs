@@ -9,8 +9,8 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use super::{
-    check_len, f16_bytes, f16_bytes_mut, kv_cache_bytes, shape, AttentionParams, Backend,
-    BackendError, DeviceBytes, DeviceMemory, GatedActivation, HostTensor, KvView, Lease, RopeKind,
+    check_len, f16_bytes, f16_bytes_mut, shape, AttentionParams, Backend, BackendError,
+    DeviceBytes, DeviceMemory, GatedActivation, HostTensor, KvShape, KvView, Lease, RopeKind,
     RopeParams, WeightView,
 };
 use crate::cpu::dot::{axpy_f32, vec_dot};
@@ -51,9 +51,7 @@ impl CpuWeight {
 /// One layer's KV cache of one sequence, f16 like llama.cpp's default cache type.
 #[derive(Debug)]
 pub struct CpuKv {
-    capacity: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
+    shape: KvShape,
     /// Keys: `(capacity, n_kv_heads * head_dim)`.
     k: Vec<f16>,
     /// Values: same layout.
@@ -403,16 +401,12 @@ impl Backend for CpuBackend {
         n_kv_heads: usize,
         head_dim: usize,
     ) -> Result<CpuKv, BackendError> {
-        let values = capacity
-            .checked_mul(n_kv_heads * head_dim)
-            .ok_or_else(|| shape("alloc_kv", "size overflows".into()))?;
-        let lease = self.charge("KV cache", kv_cache_bytes(capacity, n_kv_heads, head_dim))?;
+        let shape = KvShape::new(capacity, n_kv_heads, head_dim)?;
+        let lease = self.charge("KV cache", shape.bytes())?;
         Ok(CpuKv {
-            capacity,
-            n_kv_heads,
-            head_dim,
-            k: vec![f16::ZERO; values],
-            v: vec![f16::ZERO; values],
+            shape,
+            k: vec![f16::ZERO; shape.values()],
+            v: vec![f16::ZERO; shape.values()],
             _lease: lease,
         })
     }
@@ -429,17 +423,12 @@ impl Backend for CpuBackend {
         first_row: usize,
         positions: &[u32],
     ) -> Result<(), BackendError> {
-        let w = kv.n_kv_heads * kv.head_dim;
+        let w = kv.shape.width();
         check_len("kv_store", k.len(), (first_row + positions.len()) * w)?;
         check_len("kv_store", v.len(), (first_row + positions.len()) * w)?;
+        kv.shape.check_positions("kv_store", positions)?;
         for (i, &pos) in positions.iter().enumerate() {
             let pos = pos as usize;
-            if pos >= kv.capacity {
-                return Err(shape(
-                    "kv_store",
-                    format!("position {pos} beyond a cache of {}", kv.capacity),
-                ));
-            }
             let row = first_row + i;
             // Bulk conversions use F16C where the CPU has it (round to nearest even either way).
             kv.k[pos * w..(pos + 1) * w].convert_from_f32_slice(&k[row * w..(row + 1) * w]);
@@ -460,27 +449,10 @@ impl Backend for CpuBackend {
         let hd = p.head_dim;
         let qw = p.n_heads * hd;
         let kvw = p.n_kv_heads * hd;
-        if p.n_kv_heads != kv.n_kv_heads
-            || hd != kv.head_dim
-            || p.n_kv_heads == 0
-            || !p.n_heads.is_multiple_of(p.n_kv_heads)
-        {
-            return Err(shape(
-                "attention",
-                format!(
-                    "{p:?} over a cache of {} heads x {}",
-                    kv.n_kv_heads, kv.head_dim
-                ),
-            ));
-        }
+        kv.shape.check_attention("attention", &p)?;
         check_len("attention", q.len(), (first_row + positions.len()) * qw)?;
         check_len("attention", out.len(), (first_row + positions.len()) * qw)?;
-        if let Some(&bad) = positions.iter().find(|&&pos| pos as usize >= kv.capacity) {
-            return Err(shape(
-                "attention",
-                format!("position {bad} beyond a cache of {}", kv.capacity),
-            ));
-        }
+        kv.shape.check_positions("attention", positions)?;
         let group = p.n_heads / p.n_kv_heads;
         let n_items = positions.len() * p.n_heads;
         let out_rows = &mut out[first_row * qw..(first_row + positions.len()) * qw];
@@ -528,17 +500,11 @@ impl Backend for CpuBackend {
     }
 
     fn kv_view<'a>(&'a self, kv: &'a CpuKv, len: usize) -> Result<KvView<'a>, BackendError> {
-        if len > kv.capacity {
-            return Err(shape(
-                "kv_view",
-                format!("{len} positions from a cache of {}", kv.capacity),
-            ));
-        }
-        let n = len * kv.n_kv_heads * kv.head_dim;
+        let n = kv.shape.values_of("kv_view", len)?;
         Ok(KvView {
             len,
-            n_kv_heads: kv.n_kv_heads,
-            head_dim: kv.head_dim,
+            n_kv_heads: kv.shape.n_kv_heads,
+            head_dim: kv.shape.head_dim,
             k: DeviceBytes::host(&self.name, f16_bytes(kv.k[..n].reinterpret_cast())),
             v: DeviceBytes::host(&self.name, f16_bytes(kv.v[..n].reinterpret_cast())),
         })

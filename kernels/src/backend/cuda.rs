@@ -27,9 +27,9 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::{
-    check_len, kv_cache_bytes, shape, ActivationsLocation, AttentionParams, Backend, BackendError,
-    BytesAt, DeviceActivations, DeviceBytes, DeviceMemory, GatedActivation, HostStaging,
-    HostTensor, KvView, Lease, RopeKind, RopeParams, WeightView,
+    check_len, shape, ActivationsLocation, AttentionParams, Backend, BackendError, BytesAt,
+    DeviceActivations, DeviceBytes, DeviceMemory, GatedActivation, HostStaging, HostTensor,
+    KvShape, KvView, Lease, RopeKind, RopeParams, WeightView,
 };
 use crate::quant::GgmlType;
 
@@ -270,12 +270,8 @@ pub struct CudaWeight {
 /// `pos * n_kv_heads * head_dim`.
 #[derive(Debug)]
 pub struct CudaKv {
-    /// Positions it can hold.
-    capacity: usize,
-    /// Key/value heads.
-    n_kv_heads: usize,
-    /// Dimension of each head.
-    head_dim: usize,
+    /// Its shape.
+    shape: KvShape,
     /// Keys as f16 bits: `(capacity, n_kv_heads * head_dim)`.
     k: CudaSlice<u16>,
     /// Values: same layout.
@@ -1405,16 +1401,12 @@ impl Backend for CudaBackend {
         n_kv_heads: usize,
         head_dim: usize,
     ) -> Result<CudaKv, BackendError> {
-        let values = capacity
-            .checked_mul(n_kv_heads * head_dim)
-            .ok_or_else(|| shape("alloc_kv", "size overflows".into()))?;
-        let lease = self.charge("KV cache", kv_cache_bytes(capacity, n_kv_heads, head_dim))?;
+        let shape = KvShape::new(capacity, n_kv_heads, head_dim)?;
+        let lease = self.charge("KV cache", shape.bytes())?;
         Ok(CudaKv {
-            capacity,
-            n_kv_heads,
-            head_dim,
-            k: self.alloc("KV cache keys", values)?,
-            v: self.alloc("KV cache values", values)?,
+            shape,
+            k: self.alloc("KV cache keys", shape.values())?,
+            v: self.alloc("KV cache values", shape.values())?,
             lease,
         })
     }
@@ -1432,16 +1424,11 @@ impl Backend for CudaBackend {
         positions: &[u32],
     ) -> Result<(), BackendError> {
         const OP: &str = "kv_store";
-        let w = kv.n_kv_heads * kv.head_dim;
+        let w = kv.shape.width();
         let end = (first_row + positions.len()) * w;
         check_len(OP, k.len(), end)?;
         check_len(OP, v.len(), end)?;
-        if let Some(&bad) = positions.iter().find(|&&p| p as usize >= kv.capacity) {
-            return Err(shape(
-                OP,
-                format!("position {bad} beyond a cache of {}", kv.capacity),
-            ));
-        }
+        kv.shape.check_positions(OP, positions)?;
         if positions.is_empty() || w == 0 {
             return Ok(());
         }
@@ -1486,27 +1473,8 @@ impl Backend for CudaBackend {
                 format!("head_dim {hd}: need a multiple of 8 up to {MAX_HEAD_DIM}"),
             ));
         }
-        if p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
-            return Err(shape(
-                OP,
-                format!("{} heads over {} KV heads", p.n_heads, p.n_kv_heads),
-            ));
-        }
-        if p.n_kv_heads != kv.n_kv_heads || hd != kv.head_dim {
-            return Err(shape(
-                OP,
-                format!(
-                    "cache holds {} KV heads of {}, asked for {} of {hd}",
-                    kv.n_kv_heads, kv.head_dim, p.n_kv_heads
-                ),
-            ));
-        }
-        if let Some(&bad) = positions.iter().find(|&&pos| pos as usize >= kv.capacity) {
-            return Err(shape(
-                OP,
-                format!("position {bad} beyond a cache of {}", kv.capacity),
-            ));
-        }
+        kv.shape.check_attention(OP, &p)?;
+        kv.shape.check_positions(OP, positions)?;
         let window = match p.window {
             None => 0,
             Some(0) => return Err(shape(OP, "a sliding window of 0 positions".into())),
@@ -1695,17 +1663,11 @@ impl Backend for CudaBackend {
     }
 
     fn kv_view<'a>(&'a self, kv: &'a CudaKv, len: usize) -> Result<KvView<'a>, BackendError> {
-        if len > kv.capacity {
-            return Err(shape(
-                "kv_view",
-                format!("{len} positions from a cache of {}", kv.capacity),
-            ));
-        }
-        let n = len * kv.n_kv_heads * kv.head_dim;
+        let n = kv.shape.values_of("kv_view", len)?;
         Ok(KvView {
             len,
-            n_kv_heads: kv.n_kv_heads,
-            head_dim: kv.head_dim,
+            n_kv_heads: kv.shape.n_kv_heads,
+            head_dim: kv.shape.head_dim,
             k: self.bytes_of(&kv.k, n)?,
             v: self.bytes_of(&kv.v, n)?,
         })

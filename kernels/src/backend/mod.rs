@@ -114,6 +114,103 @@ pub fn kv_cache_bytes(capacity: usize, n_kv_heads: usize, head_dim: usize) -> u6
     capacity as u64 * n_kv_heads as u64 * head_dim as u64 * 2 * 2
 }
 
+/// The shape of one layer's KV cache for one sequence, as every backend lays it out: `capacity`
+/// rows of `n_kv_heads * head_dim` f16 keys, and as many values. The checks every backend makes
+/// against a cache live here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct KvShape {
+    /// Positions it can hold.
+    pub(crate) capacity: usize,
+    /// Key/value heads.
+    pub(crate) n_kv_heads: usize,
+    /// Dimension of each head.
+    pub(crate) head_dim: usize,
+}
+
+impl KvShape {
+    /// The shape, refused when its size in bytes overflows.
+    pub(crate) fn new(
+        capacity: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<Self, BackendError> {
+        capacity
+            .checked_mul(n_kv_heads)
+            .and_then(|v| v.checked_mul(head_dim))
+            .and_then(|v| v.checked_mul(4))
+            .ok_or_else(|| shape("alloc_kv", "size overflows".into()))?;
+        Ok(KvShape {
+            capacity,
+            n_kv_heads,
+            head_dim,
+        })
+    }
+
+    /// Values per position (of keys, and of values).
+    pub(crate) fn width(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// Values of keys (and of values) the whole cache holds.
+    pub(crate) fn values(&self) -> usize {
+        self.capacity * self.width()
+    }
+
+    /// Bytes the cache takes.
+    pub(crate) fn bytes(&self) -> u64 {
+        kv_cache_bytes(self.capacity, self.n_kv_heads, self.head_dim)
+    }
+
+    /// Values of keys (and of values) in the first `len` positions; fails `op` past the capacity.
+    pub(crate) fn values_of(&self, op: &'static str, len: usize) -> Result<usize, BackendError> {
+        if len > self.capacity {
+            return Err(shape(
+                op,
+                format!("{len} positions from a cache of {}", self.capacity),
+            ));
+        }
+        Ok(len * self.width())
+    }
+
+    /// Fails `op` when a position lies past the capacity.
+    pub(crate) fn check_positions(
+        &self,
+        op: &'static str,
+        positions: &[u32],
+    ) -> Result<(), BackendError> {
+        match positions.iter().find(|&&pos| pos as usize >= self.capacity) {
+            Some(bad) => Err(shape(
+                op,
+                format!("position {bad} beyond a cache of {}", self.capacity),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Fails `op` unless attention with `p` fits the cache: the same KV heads of the same
+    /// dimension, each serving a whole group of query heads.
+    pub(crate) fn check_attention(
+        &self,
+        op: &'static str,
+        p: &AttentionParams,
+    ) -> Result<(), BackendError> {
+        if p.n_kv_heads != self.n_kv_heads
+            || p.head_dim != self.head_dim
+            || p.n_kv_heads == 0
+            || !p.n_heads.is_multiple_of(p.n_kv_heads)
+        {
+            return Err(shape(
+                op,
+                format!(
+                    "{} heads of {} over a cache of {} KV heads of {}",
+                    p.n_heads, p.head_dim, self.n_kv_heads, self.head_dim
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A [`BackendError::Shape`] of `op`.
 pub(crate) fn shape(op: &'static str, detail: String) -> BackendError {
     BackendError::Shape { op, detail }
@@ -598,3 +695,41 @@ mod memory;
 pub use cpu::CpuBackend;
 pub use cuda::{cuda_available, cuda_device_info, CudaBackend, CudaDeviceInfo, CudaKv, CudaWeight};
 pub use memory::{DeviceMemory, Lease};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(n_heads: usize, n_kv_heads: usize, head_dim: usize) -> AttentionParams {
+        AttentionParams {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            scale: 1.0,
+            window: None,
+            softcap: None,
+        }
+    }
+
+    #[test]
+    fn kv_shapes_check_what_every_backend_checks() {
+        let kv = KvShape::new(16, 2, 64).expect("shape");
+        assert_eq!((kv.width(), kv.values(), kv.bytes()), (128, 2048, 8192));
+        assert!(
+            KvShape::new(usize::MAX / 2, 2, 64).is_err(),
+            "size overflow"
+        );
+        assert_eq!(kv.values_of("view", 16).expect("whole cache"), 2048);
+        assert!(kv.values_of("view", 17).is_err());
+        assert!(kv.check_positions("store", &[0, 15]).is_ok());
+        assert!(kv.check_positions("store", &[3, 16]).is_err());
+        assert!(kv.check_attention("attention", &params(8, 2, 64)).is_ok());
+        for bad in [params(8, 4, 64), params(8, 2, 32), params(7, 2, 64)] {
+            assert!(kv.check_attention("attention", &bad).is_err(), "{bad:?}");
+        }
+        let empty = KvShape::new(16, 0, 64).expect("shape");
+        assert!(empty
+            .check_attention("attention", &params(8, 0, 64))
+            .is_err());
+    }
+}
