@@ -90,19 +90,21 @@ impl<W> PartWeights<W> {
     }
 }
 
-impl<'a> PartWeights<HostTensor<'a>> {
-    /// The tensors of `slot` in `source`, shape-checked against `config`.
+impl<'a> PartWeights<WeightView<'a>> {
+    /// The tensors of `slot` in `source`, shape-checked against `config`, as views a device
+    /// uploads.
     pub fn from_source<S: TensorSource + ?Sized>(
         source: &'a S,
         config: &ModelConfig,
         slot: Slot,
     ) -> Result<Self, WeightError> {
-        Ok(match slot {
+        let found = match slot {
             Slot::Layer(il) => {
                 PartWeights::Layer(il, LayerWeights::from_source(source, config, il)?)
             }
             Slot::Head => PartWeights::Head(HeadWeights::from_source(source, config)?),
-        })
+        };
+        found.try_map(|t: &HostTensor<'a>| Ok(t.view()))
     }
 }
 
@@ -293,7 +295,7 @@ impl Part for HostPart {
         source: &'a dyn TensorSource,
         config: &ModelConfig,
     ) -> Result<PartWeights<WeightView<'a>>, WeightError> {
-        PartWeights::from_source(source, config, self.slot)?.try_map(|t| Ok(t.view()))
+        PartWeights::from_source(source, config, self.slot)
     }
 
     fn kv_views(&self, live: &[LiveSequence]) -> Result<Vec<KvCopy<'_>>, WeightError> {

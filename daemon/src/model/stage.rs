@@ -105,8 +105,7 @@ impl<B: Backend> Stage<B> {
         let slots = layers.clone().map(Slot::Layer);
         let mut parts = Vec::with_capacity(layers.len() + 1);
         for slot in slots.chain(with_head.then_some(Slot::Head)) {
-            let weights = PartWeights::from_source(source, &config, slot)?
-                .try_map(|t| Ok::<_, WeightError>(t.view()))?;
+            let weights = PartWeights::from_source(source, &config, slot)?;
             parts.push(DevicePart::import(&backend, &weights, &[])?);
             loaded();
         }
