@@ -179,13 +179,7 @@ pub fn render_models(models: &[ModelPlacement]) -> String {
     }
     let mut out = "Models:\n".to_owned();
     for model in models {
-        let split = model
-            .layers
-            .iter()
-            .map(|entry| format!("{} {} layers", entry.device, entry.layers))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let _ = writeln!(out, "  {}: {split}", model.name);
+        let _ = writeln!(out, "  {}: {}", model.name, model.split_summary(" layers"));
     }
     out
 }

@@ -134,13 +134,7 @@ fn render(s: &StatusReply) -> String {
     if !s.model_layers.is_empty() {
         let _ = writeln!(out, "\nlayers per device:");
         for model in &s.model_layers {
-            let split = model
-                .layers
-                .iter()
-                .map(|entry| format!("{} {}", entry.device, entry.layers))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let _ = writeln!(out, "  {:<20} {split}", model.name);
+            let _ = writeln!(out, "  {:<20} {}", model.name, model.split_summary(""));
         }
     }
     out

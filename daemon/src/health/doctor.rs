@@ -371,12 +371,7 @@ fn check_splits(telemetry: &GpuTelemetry, models: &[ModelPlacement]) -> Vec<Chec
         .iter()
         .map(|model| {
             let subject = format!("model {}", model.name);
-            let split = model
-                .layers
-                .iter()
-                .map(|entry| format!("{} {}", entry.device, entry.layers))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let split = model.split_summary("");
             let empty: Vec<String> = model
                 .layers
                 .iter()

@@ -179,6 +179,16 @@ pub struct ModelPlacement {
 }
 
 impl ModelPlacement {
+    /// Its layers per device, `"CPU 10, GPU 1 8"`, each count followed by `unit` (`""`,
+    /// `" layers"`).
+    pub fn split_summary(&self, unit: &str) -> String {
+        self.layers
+            .iter()
+            .map(|entry| format!("{} {}{unit}", entry.device, entry.layers))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The GPUs holding at least one layer, in index order.
     pub fn gpus_with_layers(&self) -> Vec<u32> {
         let mut gpus: Vec<u32> = self
