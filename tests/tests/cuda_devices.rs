@@ -8,7 +8,7 @@
 mod common;
 mod split_util;
 
-use common::Daemon;
+use common::{Daemon, DaemonBuilder};
 use split_util::{greedy, last_json, ok};
 
 /// Tokens generated per comparison.
@@ -21,6 +21,24 @@ fn tiny_model(dir: &std::path::Path) -> std::path::PathBuf {
     common::tiny_model(dir, "f32", Some(4))
 }
 
+/// Makes the tiny model and loads it as `cpu` on `cpu:0`: its path and the greedy tokens the
+/// CPU gives, which every other placement must reproduce.
+fn reference_on_cpu(d: &Daemon) -> (String, Vec<u64>) {
+    let model = tiny_model(d.dir.path());
+    let path = model.to_str().expect("utf-8 path").to_owned();
+    ok(d, &["load", &path, "--name", "cpu", "--devices", "cpu:0"]);
+    let on_cpu = greedy(d, "cpu", N);
+    assert_eq!(on_cpu.len(), N as usize);
+    (path, on_cpu)
+}
+
+/// A daemon on the fake CUDA driver in `dir`, with `gpus` fake GPUs.
+fn on_fake_driver(dir: &std::path::Path, gpus: &str) -> DaemonBuilder {
+    Daemon::builder()
+        .env("LD_LIBRARY_PATH", dir.to_str().expect("utf-8 path"))
+        .env("LLMD_FAKE_CUDA_DEVICES", gpus)
+}
+
 #[test]
 fn configured_gpus_without_a_driver_are_reported_and_refused_while_the_cpu_serves() {
     let d = Daemon::builder()
@@ -29,14 +47,11 @@ fn configured_gpus_without_a_driver_are_reported_and_refused_while_the_cpu_serve
              [[devices]]\nid = \"cuda:0\"\n",
         )
         .start();
-    let model = tiny_model(d.dir.path());
-    let path = model.to_str().expect("utf-8 path");
+    let (path, on_cpu) = reference_on_cpu(&d);
+    let path = path.as_str();
     let status = d.status_json();
     let gpu = &status["devices"][1];
     assert_eq!(gpu["name"], "cuda:0");
-    ok(&d, &["load", path, "--name", "cpu", "--devices", "cpu:0"]);
-    let on_cpu = greedy(&d, "cpu", N);
-    assert_eq!(on_cpu.len(), N as usize);
 
     if let Some(reason) = status["cuda"]["unavailable"].as_str() {
         println!("no CUDA here ({reason}): checking the refusal path");
@@ -103,16 +118,12 @@ fn the_gpu_path_end_to_end_on_the_fake_cuda_driver() {
     let Some(dir) = llmd_kernels::fake_cuda::driver_for_tests().expect("fake CUDA driver") else {
         return;
     };
-    let d = Daemon::builder()
-        .env("LD_LIBRARY_PATH", dir.to_str().expect("utf-8 path"))
-        .env("LLMD_FAKE_CUDA_DEVICES", "2")
+    let d = on_fake_driver(&dir, "2")
         .config(
             "[[devices]]\nid = \"cpu:0\"\nmemory_budget = \"2GiB\"\n\n\
              [[devices]]\nid = \"cuda:0\"\n\n[[devices]]\nid = \"cuda:1\"\n",
         )
         .start();
-    let model = tiny_model(d.dir.path());
-    let path = model.to_str().expect("utf-8 path");
     let status = d.status_json();
     assert_eq!(status["cuda"]["devices"], 2, "{status}");
     let gpu = &status["devices"][1];
@@ -125,8 +136,8 @@ fn the_gpu_path_end_to_end_on_the_fake_cuda_driver() {
         (16u64 << 30) - (1 << 30) - (16u64 << 30) / 100 * 2,
         "{gpu}"
     );
-    ok(&d, &["load", path, "--name", "cpu", "--devices", "cpu:0"]);
-    let on_cpu = greedy(&d, "cpu", N);
+    let (path, on_cpu) = reference_on_cpu(&d);
+    let path = path.as_str();
     gpu_path(&d, path, &on_cpu);
     // Two GPUs: the activations cross between their contexts with a peer copy.
     ok(
@@ -237,18 +248,15 @@ fn a_gpu_out_of_memory_fails_the_load_cleanly_on_the_fake_cuda_driver() {
         return;
     };
     // The fake GPU has 8 MiB; the configured budget claims 1 GiB.
-    let d = Daemon::builder()
-        .env("LD_LIBRARY_PATH", dir.to_str().expect("utf-8 path"))
+    let d = on_fake_driver(&dir, "1")
         .env("LLMD_FAKE_CUDA_MEMORY", &(8u64 << 20).to_string())
         .config(
             "[[devices]]\nid = \"cpu:0\"\nmemory_budget = \"2GiB\"\n\n\
              [[devices]]\nid = \"cuda:0\"\nmemory_budget = \"1GiB\"\n",
         )
         .start();
-    let model = tiny_model(d.dir.path());
-    let path = model.to_str().expect("utf-8 path");
-    ok(&d, &["load", path, "--name", "cpu", "--devices", "cpu:0"]);
-    let on_cpu = greedy(&d, "cpu", N);
+    let (path, on_cpu) = reference_on_cpu(&d);
+    let path = path.as_str();
     let out = d.llmctl(&["load", path, "--name", "gpu", "--devices", "cuda:0"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
