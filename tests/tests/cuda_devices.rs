@@ -32,6 +32,36 @@ fn reference_on_cpu(d: &Daemon) -> (String, Vec<u64>) {
     (path, on_cpu)
 }
 
+/// Loads the model as `twice` on `device` named twice (two pipeline stages split 1,1) and checks
+/// that it runs as two stages there with the CPU's tokens.
+fn load_twice(d: &Daemon, path: &str, device: &str, on_cpu: &[u64]) {
+    let devices = format!("{device},{device}");
+    ok(
+        d,
+        &[
+            "load",
+            path,
+            "--name",
+            "twice",
+            "--devices",
+            &devices,
+            "--split",
+            "1,1",
+        ],
+    );
+    // `list --json` prints one object per model, sorted by name: "twice" comes last.
+    let list = last_json(&ok(d, &["list", "--json"]));
+    assert_eq!(list["name"], "twice", "{list}");
+    let stages: Vec<&str> = list["placement"]
+        .as_array()
+        .expect("placement")
+        .iter()
+        .map(|s| s["device"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(stages, [device, device], "{list}");
+    assert_eq!(greedy(d, "twice", N), on_cpu, "{devices} vs cpu:0");
+}
+
 /// A daemon on the fake CUDA driver in `dir`, with `gpus` fake GPUs.
 fn on_fake_driver(dir: &std::path::Path, gpus: &str) -> DaemonBuilder {
     Daemon::builder()
@@ -80,30 +110,7 @@ fn configured_gpus_without_a_driver_are_reported_and_refused_while_the_cpu_serve
         assert_eq!(greedy(&d, "cpu", N), on_cpu);
         // One device named twice runs as a two-stage pipeline, as `cuda:0,cuda:0` does, with
         // the one-stage tokens (the CPU backend is exact across splits).
-        ok(
-            &d,
-            &[
-                "load",
-                path,
-                "--name",
-                "twice",
-                "--devices",
-                "cpu:0,cpu:0",
-                "--split",
-                "1,1",
-            ],
-        );
-        // `list --json` prints one object per model, sorted by name: "twice" comes last.
-        let list = last_json(&ok(&d, &["list", "--json"]));
-        assert_eq!(list["name"], "twice", "{list}");
-        let stages: Vec<&str> = list["placement"]
-            .as_array()
-            .expect("placement")
-            .iter()
-            .map(|s| s["device"].as_str().unwrap_or("?"))
-            .collect();
-        assert_eq!(stages, ["cpu:0", "cpu:0"], "{list}");
-        assert_eq!(greedy(&d, "twice", N), on_cpu);
+        load_twice(&d, path, "cpu:0", &on_cpu);
         return;
     }
 
@@ -194,29 +201,7 @@ fn gpu_path(d: &Daemon, path: &str, on_cpu: &[u64]) {
     assert!(gpu["unavailable"].is_null(), "{gpu}");
     ok(d, &["load", path, "--name", "gpu", "--devices", "cuda:0"]);
     assert_eq!(greedy(d, "gpu", N), on_cpu, "cuda:0 vs cpu:0");
-    ok(
-        d,
-        &[
-            "load",
-            path,
-            "--name",
-            "twice",
-            "--devices",
-            "cuda:0,cuda:0",
-            "--split",
-            "1,1",
-        ],
-    );
-    let list = last_json(&ok(d, &["list", "--json"]));
-    assert_eq!(list["name"], "twice", "{list}");
-    let stages: Vec<&str> = list["placement"]
-        .as_array()
-        .expect("placement")
-        .iter()
-        .map(|s| s["device"].as_str().unwrap_or("?"))
-        .collect();
-    assert_eq!(stages, ["cuda:0", "cuda:0"], "{list}");
-    assert_eq!(greedy(d, "twice", N), on_cpu, "cuda:0,cuda:0 vs cpu:0");
+    load_twice(d, path, "cuda:0", on_cpu);
     ok(
         d,
         &[
