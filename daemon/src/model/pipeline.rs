@@ -73,7 +73,7 @@ impl<B: DeviceBackend> PipelineStage for Stage<B> {
         Stage::remove_sequence(self, seq)
     }
     fn backend(&self) -> StageBackend {
-        Stage::backend_arc(self).stage_backend()
+        Stage::backend(self).stage_backend()
     }
     fn into_parts(self: Box<Self>) -> Vec<Box<dyn Part>> {
         Stage::into_parts(*self)

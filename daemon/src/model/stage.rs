@@ -241,13 +241,8 @@ impl<B: Backend> Stage<B> {
         self.layers.clone()
     }
 
-    /// The device's backend, shared.
-    pub fn backend_arc(&self) -> &Arc<B> {
-        &self.backend
-    }
-
     /// The device's backend.
-    pub fn backend(&self) -> &B {
+    pub fn backend(&self) -> &Arc<B> {
         &self.backend
     }
 
