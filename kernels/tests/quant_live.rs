@@ -28,7 +28,7 @@ for i in range(0, len(args), 4):
 "#;
 
 /// Types gguf.quants can dequantize (it has no Q8_K; the committed fixtures cover that one).
-const DEQUANT: [GgmlType; 13] = [
+const DEQUANT: [GgmlType; 25] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -42,6 +42,18 @@ const DEQUANT: [GgmlType; 13] = [
     GgmlType::Q4_K,
     GgmlType::Q5_K,
     GgmlType::Q6_K,
+    GgmlType::IQ2_XXS,
+    GgmlType::IQ2_XS,
+    GgmlType::IQ2_S,
+    GgmlType::IQ3_XXS,
+    GgmlType::IQ3_S,
+    GgmlType::IQ1_S,
+    GgmlType::IQ1_M,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+    GgmlType::TQ1_0,
+    GgmlType::TQ2_0,
+    GgmlType::MXFP4,
 ];
 
 /// Types gguf.quants can quantize that llmd quantizes too.

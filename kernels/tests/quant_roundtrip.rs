@@ -118,8 +118,8 @@ fn activation_blocks_carry_their_sums() {
 fn api_errors_are_typed() {
     let mut out = vec![0f32; 256];
     assert_eq!(
-        dequantize(GgmlType::IQ2_XXS, &[0; 66], &mut out),
-        Err(QuantError::Unsupported(GgmlType::IQ2_XXS))
+        dequantize(GgmlType::I32, &[0; 1024], &mut out),
+        Err(QuantError::Unsupported(GgmlType::I32))
     );
     assert_eq!(
         dequantize(GgmlType::Q4_K, &[0; 143], &mut out),
@@ -185,7 +185,7 @@ fn api_errors_are_typed() {
             &vec![0; ty.block_bytes()],
             &mut vec![0.0; ty.block_elems()],
         );
-        assert_eq!(supported.is_ok(), ty.is_supported(), "{ty}");
+        assert_eq!(supported.is_ok(), can_dequantize(ty), "{ty}");
     }
 }
 

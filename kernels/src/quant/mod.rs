@@ -5,6 +5,7 @@
 pub mod blocks;
 pub mod blocks_iq;
 pub mod dequant;
+pub mod dequant_iq;
 pub mod error;
 pub mod float;
 pub mod quantize;
@@ -14,7 +15,7 @@ pub mod view;
 
 pub use blocks::*;
 pub use blocks_iq::*;
-pub use dequant::dequantize;
+pub use dequant::{can_dequantize, dequantize};
 pub use error::QuantError;
 pub use quantize::{can_quantize, quantize, quantize_into};
 pub use types::{GgmlType, TypeError, QK, QK_K};

@@ -115,6 +115,16 @@ pub fn f16_scale_offsets(ty: GgmlType) -> &'static [usize] {
         GgmlType::Q2_K => &[80, 82],
         GgmlType::Q3_K => &[108],
         GgmlType::Q6_K => &[208],
+        GgmlType::IQ2_XXS
+        | GgmlType::IQ2_XS
+        | GgmlType::IQ2_S
+        | GgmlType::IQ3_XXS
+        | GgmlType::IQ3_S
+        | GgmlType::IQ1_S
+        | GgmlType::IQ4_NL
+        | GgmlType::IQ4_XS => &[0],
+        GgmlType::TQ1_0 => &[52],
+        GgmlType::TQ2_0 => &[64],
         _ => &[],
     }
 }
@@ -132,6 +142,18 @@ pub fn random_blocks(rng: &mut Rng, ty: GgmlType, n_blocks: usize) -> Vec<u8> {
         }
         match ty {
             GgmlType::Q8_K => block[..4].copy_from_slice(&(rng.scale() * 1e-2).to_le_bytes()),
+            GgmlType::IQ1_M => {
+                // The f16 scale's four nibbles are the top 4 bits of the four u16 scale words.
+                let d = f16::from_f32(rng.scale()).to_bits();
+                for k in 0..4 {
+                    let at = 48 + 2 * k;
+                    let w = u16::from_le_bytes([block[at], block[at + 1]]);
+                    let w = (w & 0x0fff) | (((d >> (4 * k)) & 0xf) << 12);
+                    block[at..at + 2].copy_from_slice(&w.to_le_bytes());
+                }
+            }
+            // An exponent byte: keep the block scale within 2^-30 .. 2^30.
+            GgmlType::MXFP4 => block[0] = 97 + (rng.next_u64() % 61) as u8,
             GgmlType::F16 => {
                 let h = u16::from_le_bytes([block[0], block[1]]);
                 if f16::from_bits(h).is_nan() {
