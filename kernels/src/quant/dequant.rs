@@ -27,11 +27,12 @@ use super::view::{read_block, Block};
 /// Dequantizes `dst.len()` elements of type `ty` from the raw little-endian bytes `src`.
 ///
 /// `src` may have any alignment. Fails with [`QuantError::Unsupported`] for types without a
-/// dequantizer (Q8_1, the integer types, F64), [`QuantError::PartialBlock`] when
+/// dequantizer ([`GgmlType::is_supported`] is false: Q8_1, the integer types, F64),
+/// [`QuantError::PartialBlock`] when
 /// `dst.len()` is not a whole number of blocks, and [`QuantError::ByteLength`] when `src` is not
 /// exactly the size `dst.len()` elements take.
 pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
-    if !can_dequantize(ty) {
+    if !ty.is_supported() {
         return Err(QuantError::Unsupported(ty));
     }
     let expected = byte_len(ty, dst.len())?;
@@ -81,12 +82,6 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
         other => return Err(QuantError::Unsupported(other)),
     }
     Ok(())
-}
-
-/// Whether [`dequantize`] can convert type `ty`: every weight format, plus Q8_K.
-pub const fn can_dequantize(ty: GgmlType) -> bool {
-    use GgmlType::*;
-    !matches!(ty, Q8_1 | I8 | I16 | I32 | I64 | F64)
 }
 
 /// Converts little-endian halves to f32 through the `half` crate's slice conversion (F16C
@@ -318,7 +313,7 @@ pub fn q2_k_block(b: &BlockQ2K, out: &mut [f32; QK_K]) {
 
 /// The 16 signed 6-bit scales of a Q3_K block (low nibbles in bytes 0..8, high pairs in 8..12).
 #[inline(always)]
-fn q3_k_scales(s: &[u8; 12]) -> [i32; 16] {
+pub(crate) fn q3_k_scales(s: &[u8; 12]) -> [i32; 16] {
     let mut out = [0i32; 16];
     for (i, o) in out.iter_mut().enumerate() {
         let low = if i < 8 { s[i] & 0x0f } else { s[i - 8] >> 4 };

@@ -15,7 +15,7 @@ pub mod view;
 
 pub use blocks::*;
 pub use blocks_iq::*;
-pub use dequant::{can_dequantize, dequantize};
+pub use dequant::dequantize;
 pub use error::QuantError;
 pub use quantize::{can_quantize, quantize, quantize_into};
 pub use types::{GgmlType, TypeError, QK, QK_K};

@@ -129,6 +129,28 @@ pub fn f16_scale_offsets(ty: GgmlType) -> &'static [usize] {
     }
 }
 
+/// Writes finite scales into one block of `ty`: every f16 scale field gets `scale()`, IQ1_M's
+/// scale (spread over the top nibbles of its four scale words) too, and MXFP4 an exponent byte
+/// for 2^-30 .. 2^30 chosen from `scale()`'s bits. Other bytes are left as they are.
+pub fn set_block_scales(ty: GgmlType, block: &mut [u8], mut scale: impl FnMut() -> f16) {
+    for &off in f16_scale_offsets(ty) {
+        block[off..off + 2].copy_from_slice(&scale().to_bits().to_le_bytes());
+    }
+    match ty {
+        GgmlType::IQ1_M => {
+            let d = scale().to_bits();
+            for k in 0..4 {
+                let at = 48 + 2 * k;
+                let w = u16::from_le_bytes([block[at], block[at + 1]]);
+                let w = (w & 0x0fff) | (((d >> (4 * k)) & 0xf) << 12);
+                block[at..at + 2].copy_from_slice(&w.to_le_bytes());
+            }
+        }
+        GgmlType::MXFP4 => block[0] = 97 + (scale().to_bits() % 61) as u8,
+        _ => {}
+    }
+}
+
 /// `n_blocks` random blocks of `ty` whose scales are finite (so no output is NaN or infinite).
 /// F16 gets random non-NaN halves, BF16 and F32 random bits.
 pub fn random_blocks(rng: &mut Rng, ty: GgmlType, n_blocks: usize) -> Vec<u8> {
@@ -136,24 +158,9 @@ pub fn random_blocks(rng: &mut Rng, ty: GgmlType, n_blocks: usize) -> Vec<u8> {
     let mut out = vec![0u8; n_blocks * bb];
     rng.fill(&mut out);
     for block in out.chunks_exact_mut(bb) {
-        for &off in f16_scale_offsets(ty) {
-            let s = f16::from_f32(rng.scale()).to_bits().to_le_bytes();
-            block[off..off + 2].copy_from_slice(&s);
-        }
+        set_block_scales(ty, block, || f16::from_f32(rng.scale()));
         match ty {
             GgmlType::Q8_K => block[..4].copy_from_slice(&(rng.scale() * 1e-2).to_le_bytes()),
-            GgmlType::IQ1_M => {
-                // The f16 scale's four nibbles are the top 4 bits of the four u16 scale words.
-                let d = f16::from_f32(rng.scale()).to_bits();
-                for k in 0..4 {
-                    let at = 48 + 2 * k;
-                    let w = u16::from_le_bytes([block[at], block[at + 1]]);
-                    let w = (w & 0x0fff) | (((d >> (4 * k)) & 0xf) << 12);
-                    block[at..at + 2].copy_from_slice(&w.to_le_bytes());
-                }
-            }
-            // An exponent byte: keep the block scale within 2^-30 .. 2^30.
-            GgmlType::MXFP4 => block[0] = 97 + (rng.next_u64() % 61) as u8,
             GgmlType::F16 => {
                 let h = u16::from_le_bytes([block[0], block[1]]);
                 if f16::from_bits(h).is_nan() {
