@@ -17,7 +17,9 @@ References: gguf.quants (the `gguf` pip package, 0.19.0) wherever it implements 
 (every dequantization but Q8_K's, including the IQ, TQ and MXFP4 formats, checked against ggml's
 C dequantizers bit for bit: the codebook formats' fixtures hold every codeword of their grid);
 ggml's own C functions from libggml-base (loaded with ctypes) for what numpy lacks (Q8_K
-dequantization; Q4_K, Q6_K, Q8_K, Q8_1 quantization). Where both exist the script checks that they
+dequantization; Q4_K, Q6_K, Q8_K, Q8_1 quantization), and ggml_quantize_chunk (what llama-quantize
+runs, no importance matrix) for the Q2_K, Q3_K, Q5_K, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0 and MXFP4
+quantization fixtures (numpy, where it has the format, must agree). Where both exist the script checks that they
 agree byte for byte (numpy's quantizers may differ from ggml only in the sign of a zero scale
 when a block holds -0.0; the quantization fixtures keep ggml's bytes, which llmd reproduces). Block bytes are random except for the f16/f32 scales, which are random finite
 values in a sane range (no NaN/inf), so every output is finite and comparable bit for bit.
@@ -205,6 +207,19 @@ class Ggml:
         self._fn(f"quantize_row_{CNAME[qtype]}_ref")(x.ctypes.data, out.ctypes.data, len(x))
         return out
 
+    def quantize_chunk(self, qtype, x, nbytes):
+        """ggml_quantize_chunk without an importance matrix: exactly what llama.cpp's quantizer
+        (llama-quantize) runs for a tensor. One row per 256 elements."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.zeros(nbytes, np.uint8)
+        f = self.lib.ggml_quantize_chunk
+        f.restype = ctypes.c_size_t
+        f.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                      ctypes.c_int64, ctypes.c_void_p]
+        written = f(int(qtype), x.ctypes.data, out.ctypes.data, 0, len(x) // 256, 256, None)
+        assert written == nbytes, f"{qtype.name}: ggml wrote {written} bytes, expected {nbytes}"
+        return out
+
     def dequantize(self, qtype, raw, n):
         raw = np.ascontiguousarray(raw, dtype=np.uint8)
         out = np.zeros(n, np.float32)
@@ -297,6 +312,22 @@ def main():
             if ref is not None:
                 check_numpy_matches_ggml(qtype, x, ref, c)
             ref = c
+        write(os.path.join(args.out, f"quant_{qtype.name}.bin"), b"LQQU", qtype, len(x), x, ref)
+    # The quantizers added with the IQ formats (their own generator, so the files above are
+    # unchanged): ggml_quantize_chunk, which is what llama-quantize runs; numpy where it has the
+    # format must agree.
+    rng_q = np.random.default_rng(20261207)
+    for qtype, (nbytes, elems) in {T.Q2_K: (84, 256), T.Q3_K: (110, 256), T.Q5_K: (176, 256),
+                                   T.IQ4_NL: (18, 32), T.IQ4_XS: (136, 256), T.TQ1_0: (54, 256),
+                                   T.TQ2_0: (66, 256), T.MXFP4: (17, 32)}.items():
+        # The searching quantizers (K-quants, IQ4) have the most data-dependent branches: more
+        # blocks, in rows of 256 either way.
+        n = 96 * 256 if qtype in (T.Q2_K, T.Q3_K, T.Q5_K, T.IQ4_NL, T.IQ4_XS) else 16 * 256
+        x = random_input(rng_q, n, elems)
+        ref = ggml.quantize_chunk(qtype, x, n // elems * nbytes)
+        if qtype in (T.TQ1_0, T.TQ2_0, T.MXFP4):
+            QBYTES[qtype], QELEMS[qtype] = nbytes, elems
+            check_numpy_matches_ggml(qtype, x, quants.quantize(x, qtype).reshape(-1).view(np.uint8), ref)
         write(os.path.join(args.out, f"quant_{qtype.name}.bin"), b"LQQU", qtype, len(x), x, ref)
     total = sum(os.path.getsize(os.path.join(args.out, f)) for f in os.listdir(args.out))
     print(f"wrote fixtures to {args.out}: {total} bytes", file=sys.stderr)

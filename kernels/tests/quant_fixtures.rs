@@ -15,8 +15,9 @@ const DEQUANT_TYPES: [&str; 25] = [
     "TQ1_0", "TQ2_0", "MXFP4",
 ];
 
-const QUANT_TYPES: [&str; 11] = [
-    "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q4_K", "Q6_K", "Q8_K",
+const QUANT_TYPES: [&str; 19] = [
+    "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q4_K", "Q6_K", "Q8_K", "Q2_K",
+    "Q3_K", "Q5_K", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4",
 ];
 
 #[test]
@@ -114,4 +115,12 @@ fn row_quantizers_match_reference_fixtures() {
     row_into_blocks::<BlockQ5_0>("Q5_0", quantize_row_q5_0);
     row_into_blocks::<BlockQ4K>("Q4_K", quantize_row_q4_k);
     row_into_blocks::<BlockQ6K>("Q6_K", quantize_row_q6_k);
+    row_into_blocks::<BlockQ2K>("Q2_K", quantize_row_q2_k);
+    row_into_blocks::<BlockQ3K>("Q3_K", quantize_row_q3_k);
+    row_into_blocks::<BlockQ5K>("Q5_K", quantize_row_q5_k);
+    row_into_blocks::<BlockIQ4NL>("IQ4_NL", quantize_row_iq4_nl);
+    row_into_blocks::<BlockIQ4XS>("IQ4_XS", quantize_row_iq4_xs);
+    row_into_blocks::<BlockTQ1_0>("TQ1_0", quantize_row_tq1_0);
+    row_into_blocks::<BlockTQ2_0>("TQ2_0", quantize_row_tq2_0);
+    row_into_blocks::<BlockMXFP4>("MXFP4", quantize_row_mxfp4);
 }

@@ -57,7 +57,7 @@ const DEQUANT: [GgmlType; 25] = [
 ];
 
 /// Types gguf.quants can quantize that llmd quantizes too.
-const QUANT: [GgmlType; 7] = [
+const QUANT: [GgmlType; 10] = [
     GgmlType::F16,
     GgmlType::BF16,
     GgmlType::Q4_0,
@@ -65,6 +65,9 @@ const QUANT: [GgmlType; 7] = [
     GgmlType::Q5_0,
     GgmlType::Q5_1,
     GgmlType::Q8_0,
+    GgmlType::TQ1_0,
+    GgmlType::TQ2_0,
+    GgmlType::MXFP4,
 ];
 
 #[test]
