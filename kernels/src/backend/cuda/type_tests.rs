@@ -1,5 +1,5 @@
-//! The CUDA backend against the CPU backend for the weight types the main comparison
-//! (`tests::TYPES`) leaves out ([`COMPARED`]): matrix products on the matrix-vector path
+//! The CUDA backend against the CPU backend for every weight type the kernels handle beyond the
+//! seven the main comparison covers (`tests::TYPES`): matrix products on the matrix-vector path
 //! (1, 3 and 10 tokens: one and two token groups of `mul_mat_vec_*`) and on the prefill GEMM path
 //! (20 tokens: weights dequantized to f16 in several tiles), and embedding rows (`get_rows_*`),
 //! through the real `CudaBackend` on the fake driver in CI (on a GPU when one is present).
@@ -26,18 +26,6 @@ use super::*;
 use crate::backend::{CpuBackend, DeviceMemory};
 use crate::cpu::ThreadPool;
 use crate::quant::quantize;
-
-/// The types compared here: those the main comparison (`tests::TYPES`) leaves out and the CPU
-/// backend computes today. The IQ, TQ and MXFP4 types join when the CPU side has their dot
-/// products (the `quant` branch); their kernels are checked by the host emulation meanwhile.
-const COMPARED: [GgmlType; 6] = [
-    GgmlType::BF16,
-    GgmlType::Q4_1,
-    GgmlType::Q5_1,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q5_K,
-];
 
 /// Weight rows: with the GPU's scratch of 64 rows of 512 columns the GEMM path takes three tiles
 /// (64, 64 and an edge of 8).
@@ -133,7 +121,7 @@ fn weight_data(t: &CudaType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8>
 fn run_types<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let mut results = Vec::new();
-    for t in CUDA_TYPES.iter().filter(|t| COMPARED.contains(&t.ty)) {
+    for t in CUDA_TYPES.iter().filter(|t| !TYPES.contains(&t.ty)) {
         let tol = if t.ty == GgmlType::BF16 { 1e-2 } else { 2e-2 };
         let data = weight_data(t, ROWS, COLS, &mut rng);
         let w = upload_bytes(b, t.ty, ROWS, COLS, &data);
@@ -180,7 +168,7 @@ fn every_weight_type_matches_cpu_on_the_fake_driver() {
     crate::fake_cuda::run_on_fake_driver(
         "backend::cuda::type_tests::every_weight_type_matches_cpu_when_a_gpu_is_present",
         &[],
-        "cuda:0 embed BF16",
+        "cuda:0 embed MXFP4",
     );
 }
 
@@ -219,15 +207,15 @@ fn every_weight_type_matches_cpu_when_a_gpu_is_present() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-/// The comparison itself on the CPU backend: every type it lists runs there with finite
-/// results, so a GPU session measures only the GPU.
+/// The comparison itself on the CPU backend: every CUDA type beyond the main comparison's runs
+/// there with finite results, so a GPU session measures only the GPU.
 #[test]
 fn type_comparison_runs_on_the_cpu_backend() {
     let pool = Arc::new(ThreadPool::new(2).expect("thread pool"));
     let cpu = CpuBackend::new("cpu:0", DeviceMemory::new(1 << 30), pool);
     let results = run_types(&cpu);
-    assert!(COMPARED.iter().all(|ty| !TYPES.contains(ty)));
-    assert_eq!(results.len(), COMPARED.len() * 5 + 2);
+    let compared = CUDA_TYPES.len() - TYPES.len();
+    assert_eq!(results.len(), compared * 5 + 2);
     for (name, _, values) in &results {
         assert!(
             !values.is_empty() && values.iter().all(|v| v.is_finite()),
