@@ -312,6 +312,46 @@ fn q8_0_quantization_is_ggml_cpu_x86() {
     }
 }
 
+/// ggml-cpu's x86 arithmetic written plainly: `round_ties_even(x * 127 / amax)` (Q8_0, Q8_1) and
+/// `round_ties_even(x * -127 / max)` capped at 127 (Q8_K).
+fn reference_q8(x: &[f32], mult: f32) -> Vec<i8> {
+    x.iter()
+        .map(|v| (v * mult).round_ties_even().clamp(-128.0, 127.0) as i8)
+        .collect()
+}
+
+#[test]
+fn activation_quantizers_round_ties_to_even_exactly() {
+    let mut rng = Rng(31);
+    for scale in [1e-3f32, 1.0, 300.0] {
+        // Rows whose block maximum is 127 hold exact half steps, the ties.
+        let mut x = rng.f32s(256 * 8, scale);
+        for (i, v) in x.iter_mut().enumerate().filter(|(i, _)| i % 7 == 0) {
+            *v = (i % 50) as f32 - 24.5;
+        }
+        for b in x.chunks_exact_mut(256).step_by(2) {
+            b[0] = 127.0;
+        }
+        let mut q0 = vec![Q8_0_ZERO; x.len() / 32];
+        let mut q1 = vec![<BlockQ8_1 as Activation>::ZERO; x.len() / 32];
+        let mut qk = vec![<BlockQ8K as Activation>::ZERO; x.len() / 256];
+        quantize::quantize_row_q8_0(&x, &mut q0);
+        quantize::quantize_row_q8_1(&x, &mut q1);
+        quantize::quantize_row_q8_k(&x, &mut qk);
+        for ((xb, b0), b1) in x.chunks_exact(32).zip(&q0).zip(&q1) {
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let want = reference_q8(xb, if amax != 0.0 { 127.0 / amax } else { 0.0 });
+            assert_eq!(&b0.qs[..], &want[..]);
+            assert_eq!(&b1.qs[..], &want[..]);
+        }
+        for (xb, b) in x.chunks_exact(256).zip(&qk) {
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let max = *xb.iter().find(|v| v.abs() == amax).unwrap();
+            assert_eq!(&b.qs[..], &reference_q8(xb, -127.0 / max)[..]);
+        }
+    }
+}
+
 #[test]
 fn q8_1_sum_is_scaled_quant_sum() {
     let mut rng = Rng(11);

@@ -194,7 +194,12 @@ pub fn iq1_s_block(b: &BlockIQ1S, out: &mut [f32; QK_K]) {
 #[inline(always)]
 pub(crate) fn iq1m_scale_words(b: &BlockIQ1M) -> [u16; 4] {
     let s = &b.scales;
-    [0, 2, 4, 6].map(|i| u16::from_le_bytes([s[i], s[i + 1]]))
+    [
+        u16::from_le_bytes([s[0], s[1]]),
+        u16::from_le_bytes([s[2], s[3]]),
+        u16::from_le_bytes([s[4], s[5]]),
+        u16::from_le_bytes([s[6], s[7]]),
+    ]
 }
 
 /// The f16 super-block scale of an IQ1_M block, gathered from the top nibbles of its scale words.

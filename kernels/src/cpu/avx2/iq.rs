@@ -241,11 +241,22 @@ unsafe fn dot_iq1_m_q8_k<const K: usize>(w: &[BlockIQ1M], a: [&[BlockQ8K]; K]) -
         a,
         iq1m_scale_words,
         |x, sc, g| {
-            let parts: [(usize, bool); 4] = std::array::from_fn(|l| iq1m_index(x, g, l));
-            let grid = parts.map(|(idx, _)| IQ1S_GRID[idx]);
-            let delta = words4(parts.map(|(_, neg)| delta_word(neg)));
-            let ls = [0, 1].map(|h| (2 * iq1m_group_scale(sc, g, h) + 1) as i16);
-            Group::signed(iq1_weights(grid, delta), ls[0], ls[1])
+            // Written out rather than with array closures, which keep LLVM from inlining this
+            // body into the kernel.
+            let (i0, n0) = iq1m_index(x, g, 0);
+            let (i1, n1) = iq1m_index(x, g, 1);
+            let (i2, n2) = iq1m_index(x, g, 2);
+            let (i3, n3) = iq1m_index(x, g, 3);
+            let grid = [IQ1S_GRID[i0], IQ1S_GRID[i1], IQ1S_GRID[i2], IQ1S_GRID[i3]];
+            let delta = words4([
+                delta_word(n0),
+                delta_word(n1),
+                delta_word(n2),
+                delta_word(n3),
+            ]);
+            let ls_lo = (2 * iq1m_group_scale(sc, g, 0) + 1) as i16;
+            let ls_hi = (2 * iq1m_group_scale(sc, g, 1) + 1) as i16;
+            Group::signed(iq1_weights(grid, delta), ls_lo, ls_hi)
         },
         |x, y, isum| (iq1m_scale(&iq1m_scale_words(x)) * y.d) * (isum as f32 * IQ1M_DELTA),
         1.0,
