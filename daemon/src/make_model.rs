@@ -91,7 +91,10 @@ pub enum Preset {
     B70,
 }
 
-/// Weight types, as llama.cpp's quantize names them.
+/// Weight types and mixes, as llama.cpp's quantize names them (`llama-quantize --help`), plus
+/// the pure `q4_k` and a dense `mxfp4`. Every type llmd can quantize is reachable: the mixes
+/// follow `llama_tensor_get_type` for a dense model without an importance matrix (see
+/// [`choose_type`]).
 #[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum WeightType {
@@ -99,52 +102,131 @@ pub enum WeightType {
     F32,
     /// Every matrix F16.
     F16,
+    /// Every matrix BF16.
+    #[value(name = "bf16")]
+    BF16,
     /// Q8_0 matrices.
     #[value(name = "q8_0")]
     Q8_0,
     /// Q4_0 matrices, Q6_K output.
     #[value(name = "q4_0")]
     Q4_0,
+    /// Q4_1 matrices, Q6_K output.
+    #[value(name = "q4_1")]
+    Q4_1,
     /// Q5_0 matrices, Q6_K output.
     #[value(name = "q5_0")]
     Q5_0,
-    /// Q4_K matrices, Q6_K output.
+    /// Q5_1 matrices, Q6_K output.
+    #[value(name = "q5_1")]
+    Q5_1,
+    /// llama.cpp's Q2_K mix: Q2_K, with Q3_K for ffn_down and attn_output, Q3_K (Q4_K with 4+
+    /// query heads per KV head) for attn_v, Q6_K output.
+    #[value(name = "q2_k")]
+    Q2_K,
+    /// llama.cpp's Q3_K_S: Q3_K matrices, Q6_K output.
+    #[value(name = "q3_k_s")]
+    Q3_K_S,
+    /// llama.cpp's Q3_K_M: Q3_K, with Q4_K attn_output, Q5_K attn_v on the first two layers
+    /// and Q4_K on the others, Q5_K ffn_down on the first 1/16 of the layers and Q4_K on the
+    /// others, Q6_K output.
+    #[value(name = "q3_k_m")]
+    Q3_K_M,
+    /// llama.cpp's Q3_K_L: Q3_K, with Q5_K attn_v, ffn_down and attn_output, Q6_K output.
+    #[value(name = "q3_k_l")]
+    Q3_K_L,
+    /// Q4_K matrices, Q6_K output (no per-layer bumps).
     #[value(name = "q4_k")]
     Q4_K,
-    /// Q6_K matrices.
-    #[value(name = "q6_k")]
-    Q6_K,
+    /// llama.cpp's Q4_K_S: Q4_K, with Q5_K attn_v on the first four layers and Q5_K ffn_down on
+    /// the first 1/8, Q6_K output.
+    #[value(name = "q4_k_s")]
+    Q4_K_S,
     /// llama.cpp's Q4_K_M mix: Q4_K, with Q6_K for the output and for attn_v / ffn_down on
     /// the layers llama.cpp gives more bits.
     #[value(name = "q4_k_m")]
     Q4_K_M,
+    /// llama.cpp's Q5_K_S: Q5_K matrices, Q6_K output.
+    #[value(name = "q5_k_s")]
+    Q5_K_S,
+    /// llama.cpp's Q5_K_M: Q5_K, with Q6_K for the output and for attn_v / ffn_down on the
+    /// layers llama.cpp gives more bits.
+    #[value(name = "q5_k_m")]
+    Q5_K_M,
+    /// Q6_K matrices.
+    #[value(name = "q6_k")]
+    Q6_K,
+    /// llama.cpp's IQ4_NL: IQ4_NL, with Q5_K attn_v (with 4+ query heads per KV head) and
+    /// Q5_K ffn_down on the first 1/8 of the layers, Q6_K output.
+    #[value(name = "iq4_nl")]
+    IQ4_NL,
+    /// llama.cpp's IQ4_XS: as `iq4_nl` with IQ4_XS matrices.
+    #[value(name = "iq4_xs")]
+    IQ4_XS,
+    /// llama.cpp's TQ1_0: ternary TQ1_0 matrices, Q4_K token embedding, Q6_K output.
+    #[value(name = "tq1_0")]
+    TQ1_0,
+    /// llama.cpp's TQ2_0: ternary TQ2_0 matrices, Q4_K token embedding, Q6_K output.
+    #[value(name = "tq2_0")]
+    TQ2_0,
+    /// MXFP4 matrices, Q8_0 token embedding and output. (llama.cpp's MXFP4_MOE gives MXFP4 to
+    /// mixture-of-experts tensors only and Q8_0 to the rest; the architectures here are dense.)
+    #[value(name = "mxfp4")]
+    MXFP4,
 }
 
 impl WeightType {
     /// The base matrix type.
     fn base(self) -> GgmlType {
+        use WeightType as W;
         match self {
-            WeightType::F32 => GgmlType::F32,
-            WeightType::F16 => GgmlType::F16,
-            WeightType::Q8_0 => GgmlType::Q8_0,
-            WeightType::Q4_0 => GgmlType::Q4_0,
-            WeightType::Q5_0 => GgmlType::Q5_0,
-            WeightType::Q4_K | WeightType::Q4_K_M => GgmlType::Q4_K,
-            WeightType::Q6_K => GgmlType::Q6_K,
+            W::F32 => GgmlType::F32,
+            W::F16 => GgmlType::F16,
+            W::BF16 => GgmlType::BF16,
+            W::Q8_0 => GgmlType::Q8_0,
+            W::Q4_0 => GgmlType::Q4_0,
+            W::Q4_1 => GgmlType::Q4_1,
+            W::Q5_0 => GgmlType::Q5_0,
+            W::Q5_1 => GgmlType::Q5_1,
+            W::Q2_K => GgmlType::Q2_K,
+            W::Q3_K_S | W::Q3_K_M | W::Q3_K_L => GgmlType::Q3_K,
+            W::Q4_K | W::Q4_K_S | W::Q4_K_M => GgmlType::Q4_K,
+            W::Q5_K_S | W::Q5_K_M => GgmlType::Q5_K,
+            W::Q6_K => GgmlType::Q6_K,
+            W::IQ4_NL => GgmlType::IQ4_NL,
+            W::IQ4_XS => GgmlType::IQ4_XS,
+            W::TQ1_0 => GgmlType::TQ1_0,
+            W::TQ2_0 => GgmlType::TQ2_0,
+            W::MXFP4 => GgmlType::MXFP4,
         }
     }
 
     /// llama.cpp's `llama_ftype` value for `general.file_type`.
     fn file_type(self) -> u32 {
+        use WeightType as W;
         match self {
-            WeightType::F32 => 0,
-            WeightType::F16 => 1,
-            WeightType::Q4_0 => 2,
-            WeightType::Q8_0 => 7,
-            WeightType::Q5_0 => 8,
-            WeightType::Q4_K => 14,
-            WeightType::Q4_K_M => 15,
-            WeightType::Q6_K => 18,
+            W::F32 => 0,
+            W::F16 => 1,
+            W::Q4_0 => 2,
+            W::Q4_1 => 3,
+            W::Q8_0 => 7,
+            W::Q5_0 => 8,
+            W::Q5_1 => 9,
+            W::Q2_K => 10,
+            W::Q3_K_S => 11,
+            W::Q3_K_M => 12,
+            W::Q3_K_L => 13,
+            W::Q4_K | W::Q4_K_S => 14,
+            W::Q4_K_M => 15,
+            W::Q5_K_S => 16,
+            W::Q5_K_M => 17,
+            W::Q6_K => 18,
+            W::IQ4_NL => 25,
+            W::IQ4_XS => 30,
+            W::BF16 => 32,
+            W::TQ1_0 => 36,
+            W::TQ2_0 => 37,
+            W::MXFP4 => 38,
         }
     }
 }
@@ -382,6 +464,8 @@ enum Role {
     AttnV,
     /// ffn_down: more bits on some layers in Q4_K_M.
     FfnDown,
+    /// attn_output: more bits in the Q2_K and Q3_K mixes.
+    AttnOutput,
     /// Any other weight matrix.
     Matrix,
 }
@@ -407,15 +491,18 @@ fn use_more_bits(i: u32, n: u32) -> bool {
     i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
-/// A type compatible with rows of `row` elements: llama.cpp's fallbacks for shapes that are
-/// not a whole number of blocks.
+/// A type compatible with rows of `row` elements: llama.cpp's fallbacks
+/// (`tensor_type_fallback`) for shapes that are not a whole number of blocks.
 fn fit(ty: GgmlType, row: u64) -> GgmlType {
     let fits = |t: GgmlType| row.is_multiple_of(t.block_elems() as u64);
     if fits(ty) {
         return ty;
     }
     let fallback = match ty {
+        GgmlType::IQ4_XS => GgmlType::IQ4_NL,
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::TQ1_0 | GgmlType::TQ2_0 => GgmlType::Q4_0,
         GgmlType::Q4_K => GgmlType::Q5_0,
+        GgmlType::Q5_K => GgmlType::Q5_1,
         GgmlType::Q6_K => GgmlType::Q8_0,
         _ => GgmlType::F16,
     };
@@ -426,39 +513,80 @@ fn fit(ty: GgmlType, row: u64) -> GgmlType {
     }
 }
 
-/// The storage type of a tensor, following llama.cpp's `llama_tensor_get_type` for the mixes
-/// it supports.
-fn choose_type(
-    wt: WeightType,
-    role: Role,
-    layer: Option<u32>,
+/// Where a tensor sits: its layer and the model's layer count and grouped-query ratio, which
+/// llama.cpp's mixes consult.
+#[derive(Debug, Clone, Copy)]
+struct Site {
+    /// The layer (0 for tensors outside the layers).
+    layer: u32,
+    /// Layers in the model.
     n_layer: u32,
-    tied: bool,
-    row: u64,
-) -> GgmlType {
+    /// Query heads per KV head (llama.cpp's `n_gqa`).
+    n_gqa: u32,
+}
+
+/// The type of an attn_v matrix in mix `wt` (`base` otherwise), as `llama_tensor_get_type`.
+fn attn_v_type(wt: WeightType, base: GgmlType, at: Site) -> GgmlType {
+    use WeightType as W;
+    match wt {
+        W::Q2_K if at.n_gqa >= 4 => GgmlType::Q4_K,
+        W::Q2_K => GgmlType::Q3_K,
+        W::Q3_K_M if at.layer < 2 => GgmlType::Q5_K,
+        W::Q3_K_M => GgmlType::Q4_K,
+        W::Q3_K_L => GgmlType::Q5_K,
+        W::IQ4_NL | W::IQ4_XS if at.n_gqa >= 4 => GgmlType::Q5_K,
+        W::Q4_K_M | W::Q5_K_M if use_more_bits(at.layer, at.n_layer) => GgmlType::Q6_K,
+        W::Q4_K_S if at.layer < 4 => GgmlType::Q5_K,
+        _ => base,
+    }
+}
+
+/// The type of an ffn_down matrix in mix `wt` (`base` otherwise), as `llama_tensor_get_type`.
+fn ffn_down_type(wt: WeightType, base: GgmlType, at: Site) -> GgmlType {
+    use WeightType as W;
+    let (i, n) = (at.layer, at.n_layer);
+    match wt {
+        W::Q2_K => GgmlType::Q3_K,
+        W::Q3_K_M if i < n / 16 => GgmlType::Q5_K,
+        W::Q3_K_M => GgmlType::Q4_K,
+        W::Q3_K_L => GgmlType::Q5_K,
+        W::Q4_K_M | W::Q5_K_M if use_more_bits(i, n) => GgmlType::Q6_K,
+        W::IQ4_NL | W::IQ4_XS | W::Q4_K_S if i < n / 8 => GgmlType::Q5_K,
+        _ => base,
+    }
+}
+
+/// The type of an attn_output matrix in mix `wt` (`base` otherwise).
+fn attn_output_type(wt: WeightType, base: GgmlType) -> GgmlType {
+    use WeightType as W;
+    match wt {
+        W::Q2_K => GgmlType::Q3_K,
+        W::Q3_K_M => GgmlType::Q4_K,
+        W::Q3_K_L => GgmlType::Q5_K,
+        _ => base,
+    }
+}
+
+/// The storage type of a tensor, following llama.cpp's `llama_tensor_get_type` for a dense
+/// model quantized without an importance matrix. (Not modelled: llama.cpp's extra bits for
+/// attn_v of its 70B models.)
+fn choose_type(wt: WeightType, role: Role, at: Site, tied: bool, row: u64) -> GgmlType {
+    use WeightType as W;
     let base = wt.base();
+    let output = matches!(role, Role::Output) || (tied && role == Role::TokenEmbd);
     let ty = match role {
         Role::Norm | Role::Bias => return GgmlType::F32,
-        _ if matches!(wt, WeightType::F32 | WeightType::F16) => base,
-        Role::Output => GgmlType::Q6_K,
-        Role::TokenEmbd if tied => GgmlType::Q6_K,
-        Role::AttnV | Role::FfnDown
-            if wt == WeightType::Q4_K_M && use_more_bits(layer.unwrap_or(0), n_layer) =>
-        {
-            GgmlType::Q6_K
-        }
+        _ if matches!(wt, W::F32 | W::F16 | W::BF16) => base,
+        _ if output && matches!(wt, W::Q8_0 | W::MXFP4) => GgmlType::Q8_0,
+        // The output (or tied embedding) takes Q8_0 when its rows do not fit K blocks.
+        _ if output && !row.is_multiple_of(256) => GgmlType::Q8_0,
+        _ if output => GgmlType::Q6_K,
+        Role::TokenEmbd if matches!(wt, W::TQ1_0 | W::TQ2_0) => GgmlType::Q4_K,
+        Role::TokenEmbd if wt == W::MXFP4 => GgmlType::Q8_0,
+        Role::AttnV => attn_v_type(wt, base, at),
+        Role::FfnDown => ffn_down_type(wt, base, at),
+        Role::AttnOutput => attn_output_type(wt, base),
         _ => base,
-    };
-    // The output (or tied embedding) keeps Q8_0 when that is the base type, and takes Q8_0
-    // when its rows do not fit K blocks, as llama.cpp does.
-    let ty = if matches!(role, Role::Output) || (tied && role == Role::TokenEmbd) {
-        if base == GgmlType::Q8_0 || !row.is_multiple_of(256) {
-            GgmlType::Q8_0
-        } else {
-            ty
-        }
-    } else {
-        ty
     };
     fit(ty, row)
 }
@@ -485,7 +613,12 @@ fn plan(arch: Arch, sh: &Shape, wt: WeightType) -> Vec<TensorPlan> {
             Role::TokenEmbd if tied => 0.5 / (e as f32).sqrt(),
             _ => WEIGHT_STD,
         };
-        let ty = choose_type(wt, role, layer, sh.n_layer, tied, dims[0]);
+        let at = Site {
+            layer: layer.unwrap_or(0),
+            n_layer: sh.n_layer,
+            n_gqa: sh.n_head / sh.n_head_kv.max(1),
+        };
+        let ty = choose_type(wt, role, at, tied, dims[0]);
         out.push(TensorPlan {
             name,
             dims,
@@ -516,7 +649,7 @@ fn plan(arch: Arch, sh: &Shape, wt: WeightType) -> Vec<TensorPlan> {
             add(b("attn_q_norm.weight"), vec![hd], Role::Norm, l);
             add(b("attn_k_norm.weight"), vec![hd], Role::Norm, l);
         }
-        add(b("attn_output.weight"), vec![q, e], Role::Matrix, l);
+        add(b("attn_output.weight"), vec![q, e], Role::AttnOutput, l);
         if arch == Arch::Gemma3 {
             add(b("post_attention_norm.weight"), vec![e], Role::Norm, l);
         }
@@ -956,6 +1089,79 @@ mod tests {
         assert_eq!(ty("token_embd.weight"), GgmlType::Q8_0);
         assert_eq!(ty("blk.1.attn_q.weight"), GgmlType::Q5_0);
         assert!(p.iter().all(|t| t.name != "output.weight"));
+    }
+
+    #[test]
+    fn k_quant_and_iq_mixes_follow_llama_cpp() {
+        // Llama 3 8B: 32 layers, 4 query heads per KV head.
+        let sh = preset_shape(Arch::Llama, Preset::B8);
+        let types = |wt| {
+            let p = plan(Arch::Llama, &sh, wt);
+            move |n: &str| p.iter().find(|t| t.name == n).unwrap().ty
+        };
+        let ty = types(WeightType::Q2_K);
+        assert_eq!(ty("blk.3.attn_q.weight"), GgmlType::Q2_K);
+        assert_eq!(ty("blk.3.attn_v.weight"), GgmlType::Q4_K);
+        assert_eq!(ty("blk.3.ffn_down.weight"), GgmlType::Q3_K);
+        assert_eq!(ty("blk.3.attn_output.weight"), GgmlType::Q3_K);
+        assert_eq!(ty("output.weight"), GgmlType::Q6_K);
+        let ty = types(WeightType::Q3_K_M);
+        assert_eq!(ty("blk.1.attn_v.weight"), GgmlType::Q5_K);
+        assert_eq!(ty("blk.2.attn_v.weight"), GgmlType::Q4_K);
+        assert_eq!(ty("blk.1.ffn_down.weight"), GgmlType::Q5_K);
+        assert_eq!(ty("blk.2.ffn_down.weight"), GgmlType::Q4_K);
+        assert_eq!(ty("blk.2.attn_output.weight"), GgmlType::Q4_K);
+        assert_eq!(ty("blk.2.ffn_up.weight"), GgmlType::Q3_K);
+        let ty = types(WeightType::Q4_K_S);
+        assert_eq!(ty("blk.3.attn_v.weight"), GgmlType::Q5_K);
+        assert_eq!(ty("blk.4.attn_v.weight"), GgmlType::Q4_K);
+        assert_eq!(ty("blk.3.ffn_down.weight"), GgmlType::Q5_K);
+        assert_eq!(ty("blk.4.ffn_down.weight"), GgmlType::Q4_K);
+        let ty = types(WeightType::Q5_K_M);
+        assert_eq!(ty("blk.0.attn_v.weight"), GgmlType::Q6_K);
+        assert_eq!(ty("blk.5.attn_v.weight"), GgmlType::Q5_K);
+        assert_eq!(ty("blk.6.ffn_down.weight"), GgmlType::Q6_K);
+        for wt in [WeightType::IQ4_NL, WeightType::IQ4_XS] {
+            let ty = types(wt);
+            assert_eq!(ty("blk.9.attn_q.weight"), wt.base());
+            assert_eq!(ty("blk.9.attn_v.weight"), GgmlType::Q5_K);
+            assert_eq!(ty("blk.3.ffn_down.weight"), GgmlType::Q5_K);
+            assert_eq!(ty("blk.4.ffn_down.weight"), wt.base());
+            assert_eq!(ty("output.weight"), GgmlType::Q6_K);
+        }
+        let ty = types(WeightType::TQ1_0);
+        assert_eq!(ty("token_embd.weight"), GgmlType::Q4_K);
+        assert_eq!(ty("blk.0.ffn_down.weight"), GgmlType::TQ1_0);
+        let ty = types(WeightType::MXFP4);
+        assert_eq!(ty("token_embd.weight"), GgmlType::Q8_0);
+        assert_eq!(ty("output.weight"), GgmlType::Q8_0);
+        assert_eq!(ty("blk.0.attn_v.weight"), GgmlType::MXFP4);
+        // Qwen3 1.7B: 2 query heads per KV head, so Q2_K's attn_v is Q3_K.
+        let sh = preset_shape(Arch::Qwen3, Preset::B1);
+        let p = plan(Arch::Qwen3, &sh, WeightType::Q2_K);
+        let v = p.iter().find(|t| t.name == "blk.0.attn_v.weight").unwrap();
+        assert_eq!(v.ty, GgmlType::Q3_K);
+        // Gemma 3 1B: 1152-wide rows take the fallbacks (IQ4_XS -> IQ4_NL, Q2_K / Q3_K / TQ ->
+        // Q4_0, Q5_K -> Q5_1).
+        let sh = preset_shape(Arch::Gemma3, Preset::B1);
+        let ty = |wt, n: &str| {
+            let p = plan(Arch::Gemma3, &sh, wt);
+            p.iter().find(|t| t.name == n).unwrap().ty
+        };
+        assert_eq!(
+            ty(WeightType::IQ4_XS, "blk.1.attn_q.weight"),
+            GgmlType::IQ4_NL
+        );
+        assert_eq!(
+            ty(WeightType::Q3_K_S, "blk.1.attn_q.weight"),
+            GgmlType::Q4_0
+        );
+        assert_eq!(ty(WeightType::TQ2_0, "blk.1.ffn_up.weight"), GgmlType::Q4_0);
+        assert_eq!(
+            ty(WeightType::Q5_K_S, "blk.1.attn_q.weight"),
+            GgmlType::Q5_1
+        );
+        assert_eq!(ty(WeightType::Q2_K, "token_embd.weight"), GgmlType::Q8_0);
     }
 
     #[test]

@@ -29,7 +29,9 @@ fn tiny_models_of_every_arch_read_back() {
     let dir = tempfile::tempdir().unwrap();
     for arch in ["llama", "qwen2", "qwen3", "gemma3"] {
         for ty in [
-            "f32", "f16", "q8_0", "q4_0", "q5_0", "q4_k", "q6_k", "q4_k_m",
+            "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s",
+            "q3_k_m", "q3_k_l", "q4_k", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "iq4_nl",
+            "iq4_xs", "tq1_0", "tq2_0", "mxfp4",
         ] {
             let path = make(
                 dir.path(),

@@ -380,9 +380,22 @@ fn specific_hostile_inputs_give_precise_errors() {
     );
     assert!(msg.contains("\"u\"") && msg.contains("\"t\""), "{msg}");
     // Unsupported (but known) types parse and fail check_supported with the tensor named.
-    let f = gguf::parse(&one(info("iq", &[256], 16, 0), 66)).unwrap();
+    let f = gguf::parse(&one(info("nv", &[256], 40, 0), 144)).unwrap();
     let msg = f.check_supported().unwrap_err().to_string();
-    assert_eq!(msg, "unsupported tensor type IQ2_XXS in tensor \"iq\"");
+    assert_eq!(msg, "unsupported tensor type NVFP4 in tensor \"nv\"");
+    // The IQ, TQ and MXFP4 formats are supported (issue 13).
+    for (id, bytes) in [
+        (16, 66),
+        (19, 50),
+        (23, 136),
+        (29, 56),
+        (34, 54),
+        (35, 66),
+        (39, 136),
+    ] {
+        let f = gguf::parse(&one(info("w", &[256], id, 0), bytes)).unwrap();
+        f.check_supported().unwrap();
+    }
     // Version 2 reads like version 3.
     let f = gguf::parse(&with_data(raw(2, 1, &[], &[info("t", &[4], 0, 0)]), 16)).unwrap();
     assert_eq!(f.version, 2);

@@ -39,6 +39,8 @@ static __device__ __forceinline__ void dequantize_to_f16(const void *__restrict_
     }
 }
 
+// dequantize_<name>_f32 and dequantize_<name>_f16 for every type of LLMD_QUANT_TYPES and
+// LLMD_HALF_TYPES (types.cuh).
 #define DEQUANTIZE_KERNELS(name, type)                                                             \
     extern "C" __global__ void __launch_bounds__(256)                                             \
         dequantize_##name##_f32(const void *__restrict__ w, float *__restrict__ y, long long n) {  \
@@ -49,9 +51,5 @@ static __device__ __forceinline__ void dequantize_to_f16(const void *__restrict_
         dequantize_to_f16<type>(w, y, n);                                                          \
     }
 
-DEQUANTIZE_KERNELS(q4_0, LLMD_TYPE_Q4_0)
-DEQUANTIZE_KERNELS(q5_0, LLMD_TYPE_Q5_0)
-DEQUANTIZE_KERNELS(q8_0, LLMD_TYPE_Q8_0)
-DEQUANTIZE_KERNELS(q4_K, LLMD_TYPE_Q4_K)
-DEQUANTIZE_KERNELS(q6_K, LLMD_TYPE_Q6_K)
-DEQUANTIZE_KERNELS(f16, LLMD_TYPE_F16)
+LLMD_QUANT_TYPES(DEQUANTIZE_KERNELS)
+LLMD_HALF_TYPES(DEQUANTIZE_KERNELS)

@@ -1,5 +1,5 @@
-// Embedding lookup: out[t][c] = dequant(table[ids[t]][c]) * scale, for tables in F32, F16, Q8_0,
-// Q4_0, Q5_0, Q4_K or Q6_K (Gemma scales embeddings by sqrt(width); others pass 1).
+// Embedding lookup: out[t][c] = dequant(table[ids[t]][c]) * scale, for tables of every weight
+// type of types.cuh (Gemma scales embeddings by sqrt(width); others pass 1).
 //
 // Common signature of every get_rows_<type> kernel:
 //   table: rows of `cols` weights (cols a multiple of the type's block size and of 8);
@@ -25,6 +25,7 @@ static __device__ __forceinline__ void get_rows(const void *__restrict__ table,
     o[1] = make_float4(v[4] * scale, v[5] * scale, v[6] * scale, v[7] * scale);
 }
 
+// get_rows_<name> for F32 and every type of LLMD_HALF_TYPES and LLMD_QUANT_TYPES (types.cuh).
 #define GET_ROWS_KERNEL(name, type)                                                                \
     extern "C" __global__ void __launch_bounds__(256)                                             \
         get_rows_##name(const void *__restrict__ table, const unsigned int *__restrict__ ids,      \
@@ -33,9 +34,5 @@ static __device__ __forceinline__ void get_rows(const void *__restrict__ table,
     }
 
 GET_ROWS_KERNEL(f32, LLMD_TYPE_F32)
-GET_ROWS_KERNEL(f16, LLMD_TYPE_F16)
-GET_ROWS_KERNEL(q4_0, LLMD_TYPE_Q4_0)
-GET_ROWS_KERNEL(q5_0, LLMD_TYPE_Q5_0)
-GET_ROWS_KERNEL(q8_0, LLMD_TYPE_Q8_0)
-GET_ROWS_KERNEL(q4_K, LLMD_TYPE_Q4_K)
-GET_ROWS_KERNEL(q6_K, LLMD_TYPE_Q6_K)
+LLMD_HALF_TYPES(GET_ROWS_KERNEL)
+LLMD_QUANT_TYPES(GET_ROWS_KERNEL)

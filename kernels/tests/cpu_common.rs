@@ -6,6 +6,10 @@
 use half::{bf16, f16};
 use llmd_kernels::quant::GgmlType;
 
+#[path = "quant_util/mod.rs"]
+mod quant_util;
+use quant_util::set_block_scales;
+
 /// xorshift64*: reproducible without a dependency.
 pub struct Rng(pub u64);
 
@@ -24,19 +28,6 @@ impl Rng {
 
     pub fn f32s(&mut self, n: usize, scale: f32) -> Vec<f32> {
         (0..n).map(|_| self.f32() * scale).collect()
-    }
-}
-
-/// Offsets of the f16 scale fields inside one block of `ty` (they get sane random values; all
-/// other bytes are uniformly random, which every quantized format accepts).
-fn scale_offsets(ty: GgmlType) -> &'static [usize] {
-    match ty {
-        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
-        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
-        GgmlType::Q2_K => &[80, 82],
-        GgmlType::Q3_K => &[108],
-        GgmlType::Q6_K => &[208],
-        _ => &[],
     }
 }
 
@@ -65,11 +56,12 @@ pub fn random_weights(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> 
             }
         }
         _ => {
+            // Sane positive scales; every other byte stays uniformly random, which every
+            // quantized format accepts.
             for block in bytes.chunks_exact_mut(ty.block_bytes()) {
-                for &off in scale_offsets(ty) {
-                    let v = f16::from_f32(0.001 + 0.01 * (rng.f32() + 1.0));
-                    block[off..off + 2].copy_from_slice(&v.to_le_bytes());
-                }
+                set_block_scales(ty, block, || {
+                    f16::from_f32(0.001 + 0.01 * (rng.f32() + 1.0))
+                });
             }
         }
     }
@@ -106,7 +98,7 @@ impl AlignedBytes {
 }
 
 /// Every weight type the matrix multiply supports.
-pub const TYPES: [GgmlType; 13] = [
+pub const TYPES: [GgmlType; 25] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -120,4 +112,16 @@ pub const TYPES: [GgmlType; 13] = [
     GgmlType::Q4_K,
     GgmlType::Q5_K,
     GgmlType::Q6_K,
+    GgmlType::IQ2_XXS,
+    GgmlType::IQ2_XS,
+    GgmlType::IQ2_S,
+    GgmlType::IQ3_XXS,
+    GgmlType::IQ3_S,
+    GgmlType::IQ1_S,
+    GgmlType::IQ1_M,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+    GgmlType::TQ1_0,
+    GgmlType::TQ2_0,
+    GgmlType::MXFP4,
 ];

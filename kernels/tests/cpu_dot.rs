@@ -3,10 +3,13 @@
 //! dot of dequantized values, and the activation quantizers against the reference quantizers in
 //! `quant`.
 //!
-//! Tolerances: the K-quant SIMD kernels sum each super-block's integers exactly and then do the
-//! scalar code's float operations in its order, so they must be bit-identical. The 32-wide and
-//! float kernels sum in another order; they must agree within 1e-5 of the sum of the absolute
-//! per-block terms (float rounding over at most a few hundred additions is far below that).
+//! Tolerances: the super-block SIMD kernels (K-quants, IQ and TQ formats against Q8_K) sum each
+//! super-block's integers exactly and then do the scalar code's float operations in its order,
+//! so they must be bit-identical. The 32-wide and float kernels sum in another order; they must
+//! agree within 1e-5 of the sum of the absolute per-block terms (float rounding over at most a
+//! few hundred additions is far below that). "Absolute terms" are the products of the
+//! dequantized weights and activations, `Σ |w_i · a_i|`: the lanes add partial products of a
+//! block before its integers cancel, so that, not the blocks' net values, bounds their rounding.
 
 mod cpu_common;
 
@@ -16,10 +19,7 @@ use llmd_kernels::cpu::dot::{vec_dot, Activation, Kernels, VecDot, TILE};
 use llmd_kernels::cpu::matmul::as_blocks;
 use llmd_kernels::cpu::quantize::{self, BlockQ8_0Act};
 use llmd_kernels::cpu::{self, Isa};
-use llmd_kernels::quant::{
-    self, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
-    BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
-};
+use llmd_kernels::quant::{self, *};
 
 const Q8_0_ZERO: BlockQ8_0 = BlockQ8_0 {
     d: f16::ZERO,
@@ -43,14 +43,20 @@ fn scalar<W: VecDot>() -> Kernels<W, W::Act> {
 }
 
 /// Every instruction set this CPU has, against the scalar kernels.
-fn check_simd_vs_scalar<W: VecDot>(exact: bool) {
+fn check_simd_vs_scalar<W: VecDot>(exact: bool)
+where
+    W::Act: Dequant,
+{
     for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
         let fast = W::kernels_for(isa).expect("available");
         check_kernels::<W>(fast, exact, isa == cpu::isa());
     }
 }
 
-fn check_kernels<W: VecDot>(fast: Kernels<W, W::Act>, exact: bool, in_use: bool) {
+fn check_kernels<W: VecDot>(fast: Kernels<W, W::Act>, exact: bool, in_use: bool)
+where
+    W::Act: Dequant,
+{
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ W::TYPE as u64);
     let slow = scalar::<W>();
     for n_blocks in [1usize, 2, 3, 7, 20, 33] {
@@ -58,6 +64,9 @@ fn check_kernels<W: VecDot>(fast: Kernels<W, W::Act>, exact: bool, in_use: bool)
         let bytes = random_weights(&mut rng, W::TYPE, 2, cols);
         let both = as_blocks::<W>(bytes.bytes()).expect("aligned weights");
         let (w, w2) = both.split_at(n_blocks);
+        let mut wf = vec![0.0f32; cols];
+        let row_bytes = W::TYPE.row_bytes(cols as u64).expect("whole blocks") as usize;
+        quant::dequantize(W::TYPE, &bytes.bytes()[..row_bytes], &mut wf).expect("dequantize");
         let acts = activations::<W>(&mut rng, TILE, cols);
         let tile: [&[W::Act]; TILE] = std::array::from_fn(|t| acts[t].as_slice());
         let fast_tile = fast.dot_tile(w, tile);
@@ -65,8 +74,10 @@ fn check_kernels<W: VecDot>(fast: Kernels<W, W::Act>, exact: bool, in_use: bool)
         for (t, a) in acts.iter().enumerate() {
             let f = fast.dot(w, a);
             let s = slow.dot(w, a);
-            let terms: f32 = (0..w.len())
-                .map(|i| slow.dot(&w[i..i + 1], &a[i..i + 1]).abs())
+            let terms: f32 = wf
+                .iter()
+                .zip(<W::Act as Dequant>::values(a))
+                .map(|(x, y)| (x * y).abs())
                 .sum();
             if exact {
                 assert_eq!(f.to_bits(), s.to_bits(), "{}: simd {f} scalar {s}", W::TYPE);
@@ -113,6 +124,8 @@ fn simd_matches_scalar_legacy_types() {
     check_simd_vs_scalar::<BlockQ5_0>(false);
     check_simd_vs_scalar::<BlockQ5_1>(false);
     check_simd_vs_scalar::<BlockQ8_0>(false);
+    check_simd_vs_scalar::<BlockIQ4NL>(false);
+    check_simd_vs_scalar::<BlockMXFP4>(false);
 }
 
 #[test]
@@ -122,6 +135,20 @@ fn simd_matches_scalar_k_quants_exactly() {
     check_simd_vs_scalar::<BlockQ4K>(true);
     check_simd_vs_scalar::<BlockQ5K>(true);
     check_simd_vs_scalar::<BlockQ6K>(true);
+}
+
+#[test]
+fn simd_matches_scalar_iq_and_ternary_exactly() {
+    check_simd_vs_scalar::<BlockIQ2XXS>(true);
+    check_simd_vs_scalar::<BlockIQ2XS>(true);
+    check_simd_vs_scalar::<BlockIQ2S>(true);
+    check_simd_vs_scalar::<BlockIQ3XXS>(true);
+    check_simd_vs_scalar::<BlockIQ3S>(true);
+    check_simd_vs_scalar::<BlockIQ1S>(true);
+    check_simd_vs_scalar::<BlockIQ1M>(true);
+    check_simd_vs_scalar::<BlockIQ4XS>(true);
+    check_simd_vs_scalar::<BlockTQ1_0>(true);
+    check_simd_vs_scalar::<BlockTQ2_0>(true);
 }
 
 #[test]
@@ -217,6 +244,18 @@ fn scalar_kernels_match_dequantized_dot() {
     check_scalar_vs_dequantized::<BlockQ4K>();
     check_scalar_vs_dequantized::<BlockQ5K>();
     check_scalar_vs_dequantized::<BlockQ6K>();
+    check_scalar_vs_dequantized::<BlockIQ2XXS>();
+    check_scalar_vs_dequantized::<BlockIQ2XS>();
+    check_scalar_vs_dequantized::<BlockIQ2S>();
+    check_scalar_vs_dequantized::<BlockIQ3XXS>();
+    check_scalar_vs_dequantized::<BlockIQ3S>();
+    check_scalar_vs_dequantized::<BlockIQ1S>();
+    check_scalar_vs_dequantized::<BlockIQ1M>();
+    check_scalar_vs_dequantized::<BlockIQ4NL>();
+    check_scalar_vs_dequantized::<BlockIQ4XS>();
+    check_scalar_vs_dequantized::<BlockTQ1_0>();
+    check_scalar_vs_dequantized::<BlockTQ2_0>();
+    check_scalar_vs_dequantized::<BlockMXFP4>();
     check_scalar_vs_dequantized::<f16>();
     check_scalar_vs_dequantized::<bf16>();
     check_scalar_vs_dequantized::<f32>();
@@ -269,6 +308,46 @@ fn q8_0_quantization_is_ggml_cpu_x86() {
         assert_eq!(a.d.to_bits(), b.d.to_bits());
         for (p, q) in a.qs.iter().zip(&b.qs) {
             assert!((i32::from(*p) - i32::from(*q)).abs() <= 1);
+        }
+    }
+}
+
+/// ggml-cpu's x86 arithmetic written plainly: `round_ties_even(x * 127 / amax)` (Q8_0, Q8_1) and
+/// `round_ties_even(x * -127 / max)` capped at 127 (Q8_K).
+fn reference_q8(x: &[f32], mult: f32) -> Vec<i8> {
+    x.iter()
+        .map(|v| (v * mult).round_ties_even().clamp(-128.0, 127.0) as i8)
+        .collect()
+}
+
+#[test]
+fn activation_quantizers_round_ties_to_even_exactly() {
+    let mut rng = Rng(31);
+    for scale in [1e-3f32, 1.0, 300.0] {
+        // Rows whose block maximum is 127 hold exact half steps, the ties.
+        let mut x = rng.f32s(256 * 8, scale);
+        for (i, v) in x.iter_mut().enumerate().filter(|(i, _)| i % 7 == 0) {
+            *v = (i % 50) as f32 - 24.5;
+        }
+        for b in x.chunks_exact_mut(256).step_by(2) {
+            b[0] = 127.0;
+        }
+        let mut q0 = vec![Q8_0_ZERO; x.len() / 32];
+        let mut q1 = vec![<BlockQ8_1 as Activation>::ZERO; x.len() / 32];
+        let mut qk = vec![<BlockQ8K as Activation>::ZERO; x.len() / 256];
+        quantize::quantize_row_q8_0(&x, &mut q0);
+        quantize::quantize_row_q8_1(&x, &mut q1);
+        quantize::quantize_row_q8_k(&x, &mut qk);
+        for ((xb, b0), b1) in x.chunks_exact(32).zip(&q0).zip(&q1) {
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let want = reference_q8(xb, if amax != 0.0 { 127.0 / amax } else { 0.0 });
+            assert_eq!(&b0.qs[..], &want[..]);
+            assert_eq!(&b1.qs[..], &want[..]);
+        }
+        for (xb, b) in x.chunks_exact(256).zip(&qk) {
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let max = *xb.iter().find(|v| v.abs() == amax).unwrap();
+            assert_eq!(&b.qs[..], &reference_q8(xb, -127.0 / max)[..]);
         }
     }
 }
@@ -330,6 +409,10 @@ fn vnni_and_plain_avx2_agree_bit_for_bit() {
         }
     }
     check::<BlockQ4_0>();
+    check::<BlockQ4_1>();
     check::<BlockQ5_0>();
+    check::<BlockQ5_1>();
     check::<BlockQ8_0>();
+    check::<BlockIQ4NL>();
+    check::<BlockMXFP4>();
 }

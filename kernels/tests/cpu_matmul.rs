@@ -9,10 +9,7 @@ use half::{bf16, f16};
 use llmd_kernels::cpu::dot::{vec_dot, Activation, VecDot};
 use llmd_kernels::cpu::matmul::as_blocks;
 use llmd_kernels::cpu::{matmul, KernelError, MatmulScratch, QMatrix, ThreadPool};
-use llmd_kernels::quant::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
-    BlockQ8_0, GgmlType,
-};
+use llmd_kernels::quant::*;
 
 /// `out[t][r]` computed one dot product at a time.
 fn expected<W: VecDot>(
@@ -57,6 +54,18 @@ fn expected_for(
         GgmlType::Q4_K => expected::<BlockQ4K>(data, rows, cols, x, n),
         GgmlType::Q5_K => expected::<BlockQ5K>(data, rows, cols, x, n),
         GgmlType::Q6_K => expected::<BlockQ6K>(data, rows, cols, x, n),
+        GgmlType::IQ2_XXS => expected::<BlockIQ2XXS>(data, rows, cols, x, n),
+        GgmlType::IQ2_XS => expected::<BlockIQ2XS>(data, rows, cols, x, n),
+        GgmlType::IQ2_S => expected::<BlockIQ2S>(data, rows, cols, x, n),
+        GgmlType::IQ3_XXS => expected::<BlockIQ3XXS>(data, rows, cols, x, n),
+        GgmlType::IQ3_S => expected::<BlockIQ3S>(data, rows, cols, x, n),
+        GgmlType::IQ1_S => expected::<BlockIQ1S>(data, rows, cols, x, n),
+        GgmlType::IQ1_M => expected::<BlockIQ1M>(data, rows, cols, x, n),
+        GgmlType::IQ4_NL => expected::<BlockIQ4NL>(data, rows, cols, x, n),
+        GgmlType::IQ4_XS => expected::<BlockIQ4XS>(data, rows, cols, x, n),
+        GgmlType::TQ1_0 => expected::<BlockTQ1_0>(data, rows, cols, x, n),
+        GgmlType::TQ2_0 => expected::<BlockTQ2_0>(data, rows, cols, x, n),
+        GgmlType::MXFP4 => expected::<BlockMXFP4>(data, rows, cols, x, n),
         other => panic!("no expectation for {other}"),
     }
 }
@@ -106,14 +115,14 @@ fn matmul_rejects_bad_arguments() {
     let mut out = vec![0.0f32; 4];
 
     let m = QMatrix {
-        ty: GgmlType::IQ2_XXS,
+        ty: GgmlType::I32,
         rows: 4,
         cols: 64,
         data: w.bytes(),
     };
     assert_eq!(
         matmul(&pool, &m, &x, 1, &mut out, &mut scratch),
-        Err(KernelError::UnsupportedType(GgmlType::IQ2_XXS))
+        Err(KernelError::UnsupportedType(GgmlType::I32))
     );
 
     let m = QMatrix {

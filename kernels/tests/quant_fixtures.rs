@@ -9,13 +9,15 @@ use llmd_kernels::quant::quantize::*;
 use llmd_kernels::quant::*;
 use quant_util::{assert_bits_eq, read_fixture};
 
-const DEQUANT_TYPES: [&str; 13] = [
+const DEQUANT_TYPES: [&str; 25] = [
     "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-    "Q8_K",
+    "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "IQ4_NL", "IQ4_XS",
+    "TQ1_0", "TQ2_0", "MXFP4",
 ];
 
-const QUANT_TYPES: [&str; 11] = [
-    "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q4_K", "Q6_K", "Q8_K",
+const QUANT_TYPES: [&str; 19] = [
+    "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q4_K", "Q6_K", "Q8_K", "Q2_K",
+    "Q3_K", "Q5_K", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4",
 ];
 
 #[test]
@@ -59,6 +61,18 @@ fn per_type_dequantizers_match_reference_fixtures() {
     via_blocks::<BlockQ5K>("Q5_K", dequantize_q5_k);
     via_blocks::<BlockQ6K>("Q6_K", dequantize_q6_k);
     via_blocks::<BlockQ8K>("Q8_K", dequantize_q8_k);
+    via_blocks::<BlockIQ2XXS>("IQ2_XXS", dequantize_iq2_xxs);
+    via_blocks::<BlockIQ2XS>("IQ2_XS", dequantize_iq2_xs);
+    via_blocks::<BlockIQ2S>("IQ2_S", dequantize_iq2_s);
+    via_blocks::<BlockIQ3XXS>("IQ3_XXS", dequantize_iq3_xxs);
+    via_blocks::<BlockIQ3S>("IQ3_S", dequantize_iq3_s);
+    via_blocks::<BlockIQ1S>("IQ1_S", dequantize_iq1_s);
+    via_blocks::<BlockIQ1M>("IQ1_M", dequantize_iq1_m);
+    via_blocks::<BlockIQ4NL>("IQ4_NL", dequantize_iq4_nl);
+    via_blocks::<BlockIQ4XS>("IQ4_XS", dequantize_iq4_xs);
+    via_blocks::<BlockTQ1_0>("TQ1_0", dequantize_tq1_0);
+    via_blocks::<BlockTQ2_0>("TQ2_0", dequantize_tq2_0);
+    via_blocks::<BlockMXFP4>("MXFP4", dequantize_mxfp4);
 }
 
 #[test]
@@ -101,4 +115,12 @@ fn row_quantizers_match_reference_fixtures() {
     row_into_blocks::<BlockQ5_0>("Q5_0", quantize_row_q5_0);
     row_into_blocks::<BlockQ4K>("Q4_K", quantize_row_q4_k);
     row_into_blocks::<BlockQ6K>("Q6_K", quantize_row_q6_k);
+    row_into_blocks::<BlockQ2K>("Q2_K", quantize_row_q2_k);
+    row_into_blocks::<BlockQ3K>("Q3_K", quantize_row_q3_k);
+    row_into_blocks::<BlockQ5K>("Q5_K", quantize_row_q5_k);
+    row_into_blocks::<BlockIQ4NL>("IQ4_NL", quantize_row_iq4_nl);
+    row_into_blocks::<BlockIQ4XS>("IQ4_XS", quantize_row_iq4_xs);
+    row_into_blocks::<BlockTQ1_0>("TQ1_0", quantize_row_tq1_0);
+    row_into_blocks::<BlockTQ2_0>("TQ2_0", quantize_row_tq2_0);
+    row_into_blocks::<BlockMXFP4>("MXFP4", quantize_row_mxfp4);
 }

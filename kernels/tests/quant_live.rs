@@ -28,7 +28,7 @@ for i in range(0, len(args), 4):
 "#;
 
 /// Types gguf.quants can dequantize (it has no Q8_K; the committed fixtures cover that one).
-const DEQUANT: [GgmlType; 13] = [
+const DEQUANT: [GgmlType; 25] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -42,10 +42,22 @@ const DEQUANT: [GgmlType; 13] = [
     GgmlType::Q4_K,
     GgmlType::Q5_K,
     GgmlType::Q6_K,
+    GgmlType::IQ2_XXS,
+    GgmlType::IQ2_XS,
+    GgmlType::IQ2_S,
+    GgmlType::IQ3_XXS,
+    GgmlType::IQ3_S,
+    GgmlType::IQ1_S,
+    GgmlType::IQ1_M,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+    GgmlType::TQ1_0,
+    GgmlType::TQ2_0,
+    GgmlType::MXFP4,
 ];
 
 /// Types gguf.quants can quantize that llmd quantizes too.
-const QUANT: [GgmlType; 7] = [
+const QUANT: [GgmlType; 10] = [
     GgmlType::F16,
     GgmlType::BF16,
     GgmlType::Q4_0,
@@ -53,6 +65,9 @@ const QUANT: [GgmlType; 7] = [
     GgmlType::Q5_0,
     GgmlType::Q5_1,
     GgmlType::Q8_0,
+    GgmlType::TQ1_0,
+    GgmlType::TQ2_0,
+    GgmlType::MXFP4,
 ];
 
 #[test]

@@ -216,20 +216,21 @@ template <typename... A> static std::function<void(void **)> entry(void (*k)(A..
 static const std::unordered_map<std::string, std::function<void(void **)>> &kernels() {
     static const std::unordered_map<std::string, std::function<void(void **)>> table = {
 #define K(name) {#name, entry(name)}
+// Every kernel of a type in types.cuh's lists.
+#define K_QUANT(name, type)                                                                        \
+    K(get_rows_##name), K(dequantize_##name##_f32), K(dequantize_##name##_f16),                    \
+        K(mul_mat_vec_##name##_q8_1),
+#define K_HALF(name, type) K(get_rows_##name), K(dequantize_##name##_f32), K(dequantize_##name##_f16),
+        LLMD_QUANT_TYPES(K_QUANT) LLMD_HALF_TYPES(K_HALF)
         K(attn_prefill_f16kv), K(attn_decode_f16kv), K(attn_combine_f32),
         K(geglu_f32), K(swiglu_f32), K(add_f32), K(scale_f32), K(add_bias_f32),
-        K(get_rows_f32), K(get_rows_f16), K(get_rows_q4_0), K(get_rows_q5_0), K(get_rows_q8_0),
-        K(get_rows_q4_K), K(get_rows_q6_K),
+        K(get_rows_f32),
         K(kv_store_f16),
-        K(mul_mat_vec_f16), K(mul_mat_vec_f32),
-        K(mul_mat_vec_q4_0_q8_1), K(mul_mat_vec_q5_0_q8_1), K(mul_mat_vec_q8_0_q8_1),
-        K(mul_mat_vec_q4_K_q8_1), K(mul_mat_vec_q6_K_q8_1),
+        K(mul_mat_vec_f16), K(mul_mat_vec_f32), K(mul_mat_vec_bf16),
         K(rms_norm_f32), K(quantize_q8_1), K(convert_f32_to_f16), K(rope_f32),
-        K(dequantize_q4_0_f32), K(dequantize_q5_0_f32), K(dequantize_q8_0_f32),
-        K(dequantize_q4_K_f32), K(dequantize_q6_K_f32), K(dequantize_f16_f32),
-        K(dequantize_q4_0_f16), K(dequantize_q5_0_f16), K(dequantize_q8_0_f16),
-        K(dequantize_q4_K_f16), K(dequantize_q6_K_f16),
         K(gemm_f32_nt), K(gemm_f16_tc),
+#undef K_QUANT
+#undef K_HALF
 #undef K
     };
     return table;

@@ -1,7 +1,7 @@
 """Checks the CUDA kernels' block arithmetic on the host (no GPU): builds emulate.cpp (the
 kernels compiled as plain C++) and compares its dequantize, get_rows and mmvq dot-product
-results with the `gguf` package's dequantizers, and its rope / GeGLU / SwiGLU with numpy
-formulas. Usage: python check.py EMULATE_BINARY WORK_DIR (run by scripts/check-cuda-kernels)."""
+results for every weight type with the `gguf` package's dequantizers (dequantization bit for
+bit, every IQ grid entry included), and its rope / GeGLU / SwiGLU with numpy formulas. Usage: python check.py EMULATE_BINARY WORK_DIR (run by scripts/check-cuda-kernels)."""
 import pathlib
 import subprocess
 import sys
@@ -15,14 +15,39 @@ work = pathlib.Path(sys.argv[2])
 work.mkdir(parents=True, exist_ok=True)
 rng = np.random.default_rng(7)
 
-# name: (gguf type, block weights, block bytes, byte offsets of f16 scale fields)
+# name: (gguf type, block weights, block bytes, byte offsets of f16 scale fields); every type of
+# LLMD_QUANT_TYPES (kernels/cuda/types.cuh). IQ1_M and MXFP4 have no plain f16 scale (see
+# random_blocks).
 TYPES = {
     "q4_0": (T.Q4_0, 32, 18, [0]),
+    "q4_1": (T.Q4_1, 32, 20, [0, 2]),
     "q5_0": (T.Q5_0, 32, 22, [0]),
+    "q5_1": (T.Q5_1, 32, 24, [0, 2]),
     "q8_0": (T.Q8_0, 32, 34, [0]),
+    "q2_K": (T.Q2_K, 256, 84, [80, 82]),
+    "q3_K": (T.Q3_K, 256, 110, [108]),
     "q4_K": (T.Q4_K, 256, 144, [0, 2]),
+    "q5_K": (T.Q5_K, 256, 176, [0, 2]),
     "q6_K": (T.Q6_K, 256, 210, [208]),
+    "iq2_xxs": (T.IQ2_XXS, 256, 66, [0]),
+    "iq2_xs": (T.IQ2_XS, 256, 74, [0]),
+    "iq2_s": (T.IQ2_S, 256, 82, [0]),
+    "iq3_xxs": (T.IQ3_XXS, 256, 98, [0]),
+    "iq3_s": (T.IQ3_S, 256, 110, [0]),
+    "iq1_s": (T.IQ1_S, 256, 50, [0]),
+    "iq1_m": (T.IQ1_M, 256, 56, []),
+    "iq4_nl": (T.IQ4_NL, 32, 18, [0]),
+    "iq4_xs": (T.IQ4_XS, 256, 136, [0]),
+    "tq1_0": (T.TQ1_0, 256, 54, [52]),
+    "tq2_0": (T.TQ2_0, 256, 66, [64]),
+    "mxfp4": (T.MXFP4, 32, 17, []),
 }
+# Types whose dot products round their scale products in integers as llama.cpp's CUDA code does
+# (vecdot_iq.cuh): the most each 32-weight sub-block's integer sum may lose, in units of
+# d (weight block) * d (Q8_1 block). IQ2_XXS truncates sumi * ls / 8 once (< 1); IQ2_XS and
+# IQ2_S truncate (sumi0 + sumi1) / 2 before dividing by 4, then the quotient (< 1/4 + 1);
+# IQ3_XXS truncates sumi / 2, then halves and truncates (< 1/2 + 1).
+ROUNDED = {"iq2_xxs": 1.0, "iq2_xs": 1.25, "iq2_s": 1.25, "iq3_xxs": 1.5}
 failures = []
 
 
@@ -30,13 +55,60 @@ def run(*args):
     subprocess.run([emulate, *map(str, args)], check=True, timeout=60)
 
 
+def f16_bytes(values):
+    return values.astype(np.float16).view(np.uint8).reshape(-1, 2)
+
+
 def random_blocks(name, n_blocks):
-    """Random quant bytes with finite, moderate f16 scales."""
+    """Random quant bytes with finite, moderate scales."""
     _, _, nbytes, scale_offsets = TYPES[name]
     raw = rng.integers(0, 256, size=(n_blocks, nbytes), dtype=np.uint8)
     for off in scale_offsets:
-        scales = rng.uniform(0.001, 0.05, size=n_blocks).astype(np.float16)
-        raw[:, off:off + 2] = scales.view(np.uint8).reshape(n_blocks, 2)
+        raw[:, off:off + 2] = f16_bytes(rng.uniform(0.001, 0.05, size=n_blocks))
+    if name == "iq1_m":
+        # The f16 scale's four nibbles are the top nibbles of the u16 words at bytes 48..56.
+        bits = rng.uniform(0.001, 0.05, size=n_blocks).astype(np.float16).view(np.uint16)
+        words = raw[:, 48:56].copy().view(np.uint16)
+        for k in range(4):
+            words[:, k] = (words[:, k] & 0x0FFF) | (((bits >> (4 * k)) & 0xF) << 12)
+        raw[:, 48:56] = words.view(np.uint8)
+    if name == "mxfp4":
+        raw[:, 0] = rng.integers(118, 132, size=n_blocks)  # 2^(e - 128): 2^-10 .. 2^3
+    return raw
+
+
+def set_grid_indices(name, raw, idx):
+    """Writes grid index idx[b, g] into group g of block b (the bit fields dequantize.cuh reads)."""
+    n_groups = idx.shape[1]
+    for g in range(n_groups):
+        i = idx[:, g].astype(np.uint32)
+        if name == "iq2_xxs":  # one byte per group: qs bytes 8(g / 4) + g % 4
+            raw[:, 2 + 8 * (g // 4) + g % 4] = i
+        elif name == "iq2_xs":  # low 9 bits of the u16 qs[g]
+            word = raw[:, 2 + 2 * g].astype(np.uint32) | (raw[:, 3 + 2 * g].astype(np.uint32) << 8)
+            word = (word & ~np.uint32(511)) | i
+            raw[:, 2 + 2 * g], raw[:, 3 + 2 * g] = word & 0xFF, word >> 8
+        elif name == "iq2_s":  # qs[g] and bits 2(g % 4).. of qh[g / 4]
+            raw[:, 2 + g] = i & 0xFF
+            qh = raw[:, 66 + g // 4] & ~np.uint8(3 << (2 * (g % 4)))
+            raw[:, 66 + g // 4] = qh | ((i >> 8) << (2 * (g % 4))).astype(np.uint8)
+        elif name == "iq3_xxs":  # qs[g], g = 0..63
+            raw[:, 2 + g] = i
+        elif name == "iq3_s":  # qs[g] and bit g % 8 of qh[g / 8]
+            raw[:, 2 + g] = i & 0xFF
+            qh = raw[:, 66 + g // 8] & ~np.uint8(1 << (g % 8))
+            raw[:, 66 + g // 8] = qh | ((i >> 8) << (g % 8)).astype(np.uint8)
+        elif name in ("iq1_s", "iq1_m"):
+            raw[:, g if name == "iq1_m" else 2 + g] = i & 0xFF
+            if name == "iq1_s":  # bits 3(g % 4).. of the u16 qh[g / 4]
+                at = 34 + 2 * (g // 4)
+                word = raw[:, at].astype(np.uint32) | (raw[:, at + 1].astype(np.uint32) << 8)
+                word = (word & ~np.uint32(7 << (3 * (g % 4)))) | ((i >> 8) << (3 * (g % 4)))
+                raw[:, at], raw[:, at + 1] = word & 0xFF, word >> 8
+            else:  # the low 3 bits of nibble g % 2 of qh[g / 2]
+                at = 32 + g // 2
+                qh = raw[:, at] & ~np.uint8(7 << (4 * (g % 2)))
+                raw[:, at] = qh | ((i >> 8) << (4 * (g % 2))).astype(np.uint8)
     return raw
 
 
@@ -70,6 +142,40 @@ def q8_1(x):
     return out, yq.reshape(-1)
 
 
+def q8_1_values(yraw):
+    """Q8_1 bytes -> (d, s, q) per block, as float64 / int arrays."""
+    blocks = yraw.reshape(-1, 36)
+    d = blocks[:, 0:2].copy().view(np.float16).astype(np.float64).reshape(-1)
+    s = blocks[:, 2:4].copy().view(np.float16).astype(np.float64).reshape(-1)
+    q = blocks[:, 4:].copy().view(np.int8).astype(np.int64)
+    return d, s, q
+
+
+def rounding_allowance(name, raw, yraw, cols):
+    """(n_tokens, rows): how far the kernels may lawfully be from the exact product of the
+    dequantized weights and the Q8_1 activations, beyond float rounding: the integer scale products
+    of ROUNDED types (ROUNDED[name] * |d_w| * |d_y| per 32-weight sub-block), and for the types that
+    use Q8_1's s = f16(d * sum(q)) instead of the exact sum (the min term of Q4_1 / Q5_1, IQ1_S's
+    shift) the coefficient times |s - d * sum(q)| per sub-block."""
+    y_d, y_s, y_q = q8_1_values(yraw)
+    per_sub = cols // 32
+    s_err = np.abs(y_s - y_d * y_q.sum(axis=1)).reshape(-1, per_sub)
+    y_d = np.abs(y_d).reshape(-1, per_sub)
+    nbytes = TYPES[name][2]
+    blocks = raw.reshape(-1, nbytes)
+    f16_at = lambda off: np.abs(blocks[:, off:off + 2].copy().view(np.float16).astype(np.float64)).reshape(-1)
+    if name in ROUNDED:
+        w_d = np.repeat(f16_at(0).reshape(-1, cols // 256), 8, axis=1)  # per 32-weight sub-block
+        return ROUNDED[name] * (y_d @ w_d.T)
+    if name in ("q4_1", "q5_1"):
+        return s_err @ f16_at(2).reshape(-1, per_sub).T
+    if name == "iq1_s":
+        qh = blocks[:, 34:50].copy().view(np.uint16).astype(np.int64)  # (blocks, 8)
+        dl = f16_at(0)[:, None] * (2 * ((qh >> 12) & 7) + 1)
+        return s_err @ (dl * (1 + 0.125)).reshape(-1, per_sub).T
+    return np.zeros((y_d.shape[0], 1))
+
+
 rows, cols = 6, 512
 for name in TYPES:
     raw = random_blocks(name, rows * cols // TYPES[name][1])
@@ -77,13 +183,13 @@ for name in TYPES:
     (work / "w.bin").write_bytes(raw.tobytes())
     run("dequantize", name, work / "w.bin", work / "deq.bin", rows * cols)
     got = np.fromfile(work / "deq.bin", dtype=np.float32).reshape(rows, cols)
-    compare(f"dequantize_{name}_f32", got, want, 1e-6)
+    compare(f"dequantize_{name}_f32", got, want, 0)
 
     ids = np.array([3, 0, 5, 3], dtype=np.uint32)
     (work / "ids.bin").write_bytes(ids.tobytes())
     run("get_rows", name, work / "w.bin", work / "rows.bin", cols, work / "ids.bin", 0.5)
     got = np.fromfile(work / "rows.bin", dtype=np.float32).reshape(len(ids), cols)
-    compare(f"get_rows_{name}", got, want[ids] * 0.5, 1e-6)
+    compare(f"get_rows_{name}", got, want[ids] * 0.5, 0)
 
     x = rng.standard_normal(cols).astype(np.float32)
     yraw, yq = q8_1(x)
@@ -93,19 +199,56 @@ for name in TYPES:
     want_dot = want.astype(np.float64) @ yq
     err = np.max(np.abs(got - want_dot))
     bound = np.max(np.abs(want.astype(np.float64)) @ np.abs(yq))
-    if err > 1e-5 * bound:
-        failures.append(f"mul_mat_vec_{name}_q8_1 item dots: error {err:.3g} (bound {bound:.3g})")
+    excess = np.abs(got - want_dot) - rounding_allowance(name, raw, yraw, cols)[0]
+    allowed = 1e-5 * bound
+    if np.max(excess) > allowed:
+        failures.append(f"mul_mat_vec_{name}_q8_1 item dots: error {err:.3g}, "
+                        f"{np.max(excess):.3g} beyond the rounding allowance (bound {allowed:.3g})")
     else:
-        print(f"ok  mul_mat_vec_{name}_q8_1 item dots: max abs error {err:.3g} (sum |w y| {bound:.3g})")
+        print(f"ok  mul_mat_vec_{name}_q8_1 item dots: max abs error {err:.3g}, "
+              f"{max(0.0, np.max(excess)):.3g} beyond the rounding allowance (sum |w y| {bound:.3g})")
 
-for name, ty in [("f32", np.float32), ("f16", np.float16)]:
-    table = rng.standard_normal((6, 64)).astype(ty)
-    (work / "w.bin").write_bytes(table.tobytes())
+# Every entry of every IQ grid: blocks whose groups use grid indices 0, 1, 2, ... in turn.
+GRIDS = {  # name: (grid entries, grid-indexed groups per block)
+    "iq2_xxs": (256, 32), "iq2_xs": (512, 32), "iq2_s": (1024, 32), "iq3_xxs": (256, 64),
+    "iq3_s": (512, 64), "iq1_s": (2048, 32), "iq1_m": (2048, 32),
+}
+for name, (entries, per_block) in GRIDS.items():
+    n_blocks = entries // per_block
+    idx = np.arange(entries).reshape(n_blocks, per_block)
+    raw = set_grid_indices(name, random_blocks(name, n_blocks), idx)
+    (work / "w.bin").write_bytes(raw.tobytes())
+    n = n_blocks * 256
+    run("dequantize", name, work / "w.bin", work / "deq.bin", n)
+    got = np.fromfile(work / "deq.bin", dtype=np.float32)
+    compare(f"dequantize_{name}_f32, all {entries} grid entries", got, reference(name, raw, 256).reshape(-1), 0)
+
+
+def bf16_table(shape):
+    """Random bf16 values: (bits as u16, their f32 values)."""
+    bits = (rng.standard_normal(shape).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    return bits, (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+for name in ("f32", "f16", "bf16"):
+    if name == "bf16":
+        stored, table = bf16_table((6, 64))
+    else:
+        stored = rng.standard_normal((6, 64)).astype(np.float32 if name == "f32" else np.float16)
+        table = stored.astype(np.float32)
+    (work / "w.bin").write_bytes(stored.tobytes())
     ids = np.array([5, 1], dtype=np.uint32)
     (work / "ids.bin").write_bytes(ids.tobytes())
     run("get_rows", name, work / "w.bin", work / "rows.bin", 64, work / "ids.bin", 2.0)
     got = np.fromfile(work / "rows.bin", dtype=np.float32).reshape(2, 64)
-    compare(f"get_rows_{name}", got, table[ids].astype(np.float32) * 2.0, 1e-6)
+    compare(f"get_rows_{name}", got, table[ids] * 2.0, 0)
+    if name != "f32":
+        run("dequantize", name, work / "w.bin", work / "deq.bin", table.size)
+        compare(f"dequantize_{name}_f32", np.fromfile(work / "deq.bin", dtype=np.float32),
+                table.reshape(-1), 0)
+        run("dequantize_f16", name, work / "w.bin", work / "d16.bin", table.size)
+        compare(f"dequantize_{name}_f16", np.fromfile(work / "d16.bin", dtype=np.float16),
+                table.reshape(-1).astype(np.float16), 0)
 
 
 def rope_ref(x, pos, n_dims, base, fs, neox):
@@ -155,6 +298,7 @@ x[0, :32] = 0.0  # an all-zero block: d = 0, q = 0
 (work / "x.bin").write_bytes(x.tobytes())
 run("quantize_q8_1", "f32", work / "x.bin", work / "q81.bin")
 got = np.fromfile(work / "q81.bin", dtype=np.uint8)
+q81_raw = got
 want_raw, yq = q8_1(x.reshape(-1))
 # Rounding of x / d may differ by one step where x / d lands on .5 (division vs reciprocal).
 got_q = got.reshape(-1, 36)[:, 4:].view(np.int8).astype(np.int32)
@@ -164,21 +308,33 @@ if not same_d or np.max(np.abs(got_q - want_q)) > 1:
     failures.append("quantize_q8_1: scales or quants differ from the Q8_1 reference")
 else:
     print(f"ok  quantize_q8_1: scales equal, {np.count_nonzero(got_q != want_q)} quants off by one")
-yq = yq.reshape(n_tokens, cols)
+# The mmvq kernels read the kernel's own Q8_1 blocks: the reference uses those.
+got_d, _, got_q = q8_1_values(got)
+yq = (got_q * got_d[:, None]).reshape(n_tokens, cols)
 for name in TYPES:
     raw = random_blocks(name, rows * cols // TYPES[name][1])
     want_w = reference(name, raw, cols).reshape(rows, cols).astype(np.float64)
     (work / "w.bin").write_bytes(raw.tobytes())
     run("mmvq", name, work / "w.bin", work / "mm.bin", work / "q81.bin", rows, cols, n_tokens)
     got = np.fromfile(work / "mm.bin", dtype=np.float32).reshape(n_tokens, rows)
-    compare(f"mul_mat_vec_{name}_q8_1 kernel", got, yq @ want_w.T, 1e-5)
+    # Within the rounding allowance of the exact product, up to float rounding (1e-5 of the
+    # largest output).
+    want_mm = yq @ want_w.T
+    allowance = rounding_allowance(name, raw, q81_raw, cols)
+    diff = got.astype(np.float64) - want_mm
+    lawful = want_mm + np.sign(diff) * np.minimum(np.abs(diff), allowance)
+    compare(f"mul_mat_vec_{name}_q8_1 kernel", got, lawful, 1e-5)
     run("dequantize_f16", name, work / "w.bin", work / "d16.bin", rows * cols)
     got = np.fromfile(work / "d16.bin", dtype=np.float16).reshape(rows, cols)
     compare(f"dequantize_{name}_f16", got, want_w.astype(np.float16), 0)
 
-for name, ty in [("f32", np.float32), ("f16", np.float16)]:
-    w = rng.standard_normal((rows, cols)).astype(ty)
-    (work / "w.bin").write_bytes(w.tobytes())
+for name in ("f32", "f16", "bf16"):
+    if name == "bf16":
+        stored, w = bf16_table((rows, cols))
+    else:
+        stored = rng.standard_normal((rows, cols)).astype(np.float32 if name == "f32" else np.float16)
+        w = stored
+    (work / "w.bin").write_bytes(stored.tobytes())
     run("mmv", name, work / "w.bin", work / "mm.bin", work / "x.bin", rows, cols, n_tokens)
     got = np.fromfile(work / "mm.bin", dtype=np.float32).reshape(n_tokens, rows)
     compare(f"mul_mat_vec_{name}", got, x.astype(np.float64) @ w.astype(np.float64).T, 1e-5)

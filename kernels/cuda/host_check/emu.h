@@ -138,6 +138,30 @@ static inline int __vsubss4(int a, int b) {
     }
     return (int)r;
 }
+static inline unsigned int __vsub4(unsigned int a, unsigned int b) {
+    unsigned int r = 0;
+    for (int i = 0; i < 4; ++i) {
+        r |= (((a >> (8 * i)) - (b >> (8 * i))) & 0xffu) << (8 * i);
+    }
+    return r;
+}
+static inline unsigned int __vcmpne4(unsigned int a, unsigned int b) {
+    unsigned int r = 0;
+    for (int i = 0; i < 4; ++i) {
+        r |= (((a >> (8 * i)) & 0xffu) != ((b >> (8 * i)) & 0xffu) ? 0xffu : 0u) << (8 * i);
+    }
+    return r;
+}
+// Byte n of the result is byte (s >> 4n) & 7 of the 8 bytes y:x (x the low word).
+static inline unsigned int __byte_perm(unsigned int x, unsigned int y, unsigned int s) {
+    const unsigned long long both = ((unsigned long long)y << 32) | x;
+    unsigned int r = 0;
+    for (int n = 0; n < 4; ++n) {
+        r |= (unsigned int)((both >> (8 * ((s >> (4 * n)) & 7))) & 0xff) << (8 * n);
+    }
+    return r;
+}
+static inline int __popc(unsigned int x) { return __builtin_popcount(x); }
 template <typename T> static T shuffle(T x, int src_lane) {
     static_assert(sizeof(T) <= 8, "shuffle of a wide type");
     const int warp = emu_thread_linear / 32;

@@ -14,6 +14,7 @@
 
 #include <barrier>
 #include <functional>
+#include <map>
 #include <memory>
 #include <thread>
 
@@ -93,15 +94,52 @@ static void launch(unsigned gx, unsigned gy, unsigned bx, const std::function<vo
 }
 static unsigned ceil_div(long long a, long long b) { return (unsigned)((a + b - 1) / b); }
 
+// The sum over a row of every item's dot product (vdot<TYPE>::dot), computed item by item on the
+// host thread (no launch), to check the per-type arithmetic on its own.
 template <typename T>
-static double dot_row(const unsigned char *w, const block_q8_1 *y, int n_blocks) {
+static double dot_row(const unsigned char *w, const block_q8_1 *y, int cols) {
     double sum = 0.0;
-    for (int ib = 0; ib < n_blocks; ++ib) {
+    for (int ib = 0; ib < cols / T::qk; ++ib) {
         for (int k = 0; k < T::ni; ++k) {
             sum += T::dot(((const typename T::block *)w)[ib], y + ib * (T::qk / LLMD_QK), k);
         }
     }
     return sum;
+}
+
+// The kernels of each weight type by its name in types.cuh's lists.
+using DequantF32 = void (*)(const void *, float *, long long);
+using DequantF16 = void (*)(const void *, __half *, long long);
+using GetRows = void (*)(const void *, const unsigned int *, float *, int, float);
+using Mmvq = void (*)(const void *, const block_q8_1 *, float *, int, int, int);
+using DotRow = double (*)(const unsigned char *, const block_q8_1 *, int);
+#define DEQ_F32(name, type) {#name, dequantize_##name##_f32},
+#define DEQ_F16(name, type) {#name, dequantize_##name##_f16},
+#define ROWS(name, type) {#name, get_rows_##name},
+#define MMVQ(name, type) {#name, mul_mat_vec_##name##_q8_1},
+#define DOT(name, type) {#name, dot_row<vdot<type>>},
+static const std::map<std::string, DequantF32> dequantize_f32_kernels = {
+    LLMD_QUANT_TYPES(DEQ_F32) LLMD_HALF_TYPES(DEQ_F32)};
+static const std::map<std::string, DequantF16> dequantize_f16_kernels = {
+    LLMD_QUANT_TYPES(DEQ_F16) LLMD_HALF_TYPES(DEQ_F16)};
+static const std::map<std::string, GetRows> get_rows_kernels = {
+    {"f32", get_rows_f32}, LLMD_HALF_TYPES(ROWS) LLMD_QUANT_TYPES(ROWS)};
+static const std::map<std::string, Mmvq> mmvq_kernels = {LLMD_QUANT_TYPES(MMVQ)};
+static const std::map<std::string, DotRow> dot_rows = {LLMD_QUANT_TYPES(DOT)};
+#undef DEQ_F32
+#undef DEQ_F16
+#undef ROWS
+#undef MMVQ
+#undef DOT
+
+// The entry for `type` in `kernels`, or exit with an error naming it.
+template <typename K> static K by_type(const std::map<std::string, K> &kernels, const std::string &type) {
+    const auto it = kernels.find(type);
+    if (it == kernels.end()) {
+        std::fprintf(stderr, "no kernel for type %s\n", type.c_str());
+        std::exit(2);
+    }
+    return it->second;
 }
 
 int main(int argc, char **argv) {
@@ -116,13 +154,8 @@ int main(int argc, char **argv) {
         const long long n = std::atoll(argv[5]);
         std::vector<float> out(n);
         const unsigned grid = (unsigned)((n / 8 + 255) / 256);
-        auto run = [&](auto kernel) { launch(grid, 1, 256, [&] { kernel(in.data(), out.data(), n); }); };
-        if (type == "q4_0") run(dequantize_q4_0_f32);
-        else if (type == "q5_0") run(dequantize_q5_0_f32);
-        else if (type == "q8_0") run(dequantize_q8_0_f32);
-        else if (type == "q4_K") run(dequantize_q4_K_f32);
-        else if (type == "q6_K") run(dequantize_q6_K_f32);
-        else { std::fprintf(stderr, "bad type\n"); return 2; }
+        const DequantF32 kernel = by_type(dequantize_f32_kernels, type);
+        launch(grid, 1, 256, [&] { kernel(in.data(), out.data(), n); });
         write_file(argv[4], out.data(), out.size() * 4);
     } else if (op == "get_rows") {
         // IN: table; ARGS: cols ids_file scale; OUT: n_ids rows of f32.
@@ -133,17 +166,8 @@ int main(int argc, char **argv) {
         std::vector<float> out((size_t)n_ids * cols);
         const unsigned *ids = (const unsigned *)ids_raw.data();
         const unsigned gx = (unsigned)((cols / 8 + 255) / 256);
-        auto run = [&](auto kernel) {
-            launch(gx, n_ids, 256, [&] { kernel(in.data(), ids, out.data(), cols, scale); });
-        };
-        if (type == "f32") run(get_rows_f32);
-        else if (type == "f16") run(get_rows_f16);
-        else if (type == "q4_0") run(get_rows_q4_0);
-        else if (type == "q5_0") run(get_rows_q5_0);
-        else if (type == "q8_0") run(get_rows_q8_0);
-        else if (type == "q4_K") run(get_rows_q4_K);
-        else if (type == "q6_K") run(get_rows_q6_K);
-        else { std::fprintf(stderr, "bad type\n"); return 2; }
+        const GetRows kernel = by_type(get_rows_kernels, type);
+        launch(gx, n_ids, 256, [&] { kernel(in.data(), ids, out.data(), cols, scale); });
         write_file(argv[4], out.data(), out.size() * 4);
     } else if (op == "dot") {
         // IN: rows of weight blocks; ARGS: q8_1_file rows cols; OUT: rows f64 dot products.
@@ -153,13 +177,7 @@ int main(int argc, char **argv) {
         std::vector<double> out(rows);
         for (int r = 0; r < rows; ++r) {
             const unsigned char *w = in.data() + r * row_bytes;
-            const block_q8_1 *yb = (const block_q8_1 *)y.data();
-            if (type == "q4_0") out[r] = dot_row<q4_0_traits>(w, yb, cols / 32);
-            else if (type == "q5_0") out[r] = dot_row<q5_0_traits>(w, yb, cols / 32);
-            else if (type == "q8_0") out[r] = dot_row<q8_0_traits>(w, yb, cols / 32);
-            else if (type == "q4_K") out[r] = dot_row<q4_K_traits>(w, yb, cols / 256);
-            else if (type == "q6_K") out[r] = dot_row<q6_K_traits>(w, yb, cols / 256);
-            else { std::fprintf(stderr, "bad type\n"); return 2; }
+            out[r] = by_type(dot_rows, type)(w, (const block_q8_1 *)y.data(), cols);
         }
         write_file(argv[4], out.data(), out.size() * 8);
     } else if (op == "rope") {
@@ -208,9 +226,6 @@ int main(int argc, char **argv) {
         const block_q8_1 *yq = (const block_q8_1 *)y.data();
         float *o = out.data();
         const int nt = (int)n_tokens;
-        auto run = [&](auto kernel) {
-            launch(grid_q, block, [&] { kernel(w, yq, o, rows, cols, nt); });
-        };
         if (op == "mmv" && type == "f16") {
             launch(grid, block, [&] {
                 mul_mat_vec_f16((const __half *)w, (const float *)y.data(), o, rows, cols);
@@ -219,25 +234,21 @@ int main(int argc, char **argv) {
             launch(grid, block, [&] {
                 mul_mat_vec_f32((const float *)w, (const float *)y.data(), o, rows, cols);
             });
-        } else if (type == "q4_0") run(mul_mat_vec_q4_0_q8_1);
-        else if (type == "q5_0") run(mul_mat_vec_q5_0_q8_1);
-        else if (type == "q8_0") run(mul_mat_vec_q8_0_q8_1);
-        else if (type == "q4_K") run(mul_mat_vec_q4_K_q8_1);
-        else if (type == "q6_K") run(mul_mat_vec_q6_K_q8_1);
-        else { std::fprintf(stderr, "bad type\n"); return 2; }
+        } else if (op == "mmv" && type == "bf16") {
+            launch(grid, block, [&] {
+                mul_mat_vec_bf16((const unsigned short *)w, (const float *)y.data(), o, rows, cols);
+            });
+        } else {
+            const Mmvq kernel = by_type(mmvq_kernels, type);
+            launch(grid_q, block, [&] { kernel(w, yq, o, rows, cols, nt); });
+        }
         write_file(argv[4], out.data(), out.size() * 4);
     } else if (op == "dequantize_f16") {
         // As dequantize, to f16 bits.
         const long long n = std::atoll(argv[5]);
         std::vector<__half> out(n);
-        auto run = [&](auto kernel) { launch(ceil_div(n / 8, 256), 1, 256, [&] { kernel(in.data(), out.data(), n); }); };
-        if (type == "q4_0") run(dequantize_q4_0_f16);
-        else if (type == "q5_0") run(dequantize_q5_0_f16);
-        else if (type == "q8_0") run(dequantize_q8_0_f16);
-        else if (type == "q4_K") run(dequantize_q4_K_f16);
-        else if (type == "q6_K") run(dequantize_q6_K_f16);
-        else if (type == "f16") run(dequantize_f16_f16);
-        else { std::fprintf(stderr, "bad type\n"); return 2; }
+        const DequantF16 kernel = by_type(dequantize_f16_kernels, type);
+        launch(ceil_div(n / 8, 256), 1, 256, [&] { kernel(in.data(), out.data(), n); });
         write_file(argv[4], out.data(), out.size() * 2);
     } else if (op == "rms_norm") {
         // IN: rows x dim f32; ARGS: weight_file rows dim eps block_threads; OUT: normalised

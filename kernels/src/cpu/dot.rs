@@ -1,6 +1,8 @@
 //! Dot-product dispatch: for each weight block type, its activation partner type (ggml's
-//! `vec_dot_type`), how to quantize activations into it, and the kernels for the detected
-//! instruction set ([`super::isa`]).
+//! `vec_dot_type`: Q8_0 for Q4_0, Q5_0, Q8_0, IQ4_NL and MXFP4; Q8_1 for Q4_1 and Q5_1; Q8_K for
+//! the K-quants, the other IQ formats and TQ1_0 / TQ2_0; the float formats themselves), how to
+//! quantize activations into it, and the kernels for the detected instruction set
+//! ([`super::isa`]).
 //!
 //! [`VecDot`] is implemented for the weight element/block types; [`Activation`] for the partner
 //! types. [`vec_dot`] is the safe single-row entry point; [`Kernels`] is what the matrix multiply
@@ -9,12 +11,9 @@
 use half::{bf16, f16};
 
 use super::quantize::BlockQ8_0Act;
-use super::{quantize, scalar, Isa};
+use super::{quantize, scalar, scalar_iq, Isa};
 use crate::quant::types::{QK, QK_K};
-use crate::quant::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
-    BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
-};
+use crate::quant::*;
 
 /// How many activation rows the multi-row kernel takes at once.
 pub const TILE: usize = 4;
@@ -126,6 +125,33 @@ scalar_k!(s_q6_k, scalar::dot_q6_k_q8_k, BlockQ6K, BlockQ8K);
 scalar_k!(s_f16, scalar::dot_f16_f16, f16, f16);
 scalar_k!(s_bf16, scalar::dot_bf16_bf16, bf16, bf16);
 scalar_k!(s_f32, scalar::dot_f32_f32, f32, f32);
+scalar_k!(
+    s_iq2_xxs,
+    scalar_iq::dot_iq2_xxs_q8_k,
+    BlockIQ2XXS,
+    BlockQ8K
+);
+scalar_k!(s_iq2_xs, scalar_iq::dot_iq2_xs_q8_k, BlockIQ2XS, BlockQ8K);
+scalar_k!(s_iq2_s, scalar_iq::dot_iq2_s_q8_k, BlockIQ2S, BlockQ8K);
+scalar_k!(
+    s_iq3_xxs,
+    scalar_iq::dot_iq3_xxs_q8_k,
+    BlockIQ3XXS,
+    BlockQ8K
+);
+scalar_k!(s_iq3_s, scalar_iq::dot_iq3_s_q8_k, BlockIQ3S, BlockQ8K);
+scalar_k!(s_iq1_s, scalar_iq::dot_iq1_s_q8_k, BlockIQ1S, BlockQ8K);
+scalar_k!(s_iq1_m, scalar_iq::dot_iq1_m_q8_k, BlockIQ1M, BlockQ8K);
+scalar_k!(
+    s_iq4_nl,
+    scalar_iq::dot_iq4_nl_q8_0,
+    BlockIQ4NL,
+    BlockQ8_0Act
+);
+scalar_k!(s_iq4_xs, scalar_iq::dot_iq4_xs_q8_k, BlockIQ4XS, BlockQ8K);
+scalar_k!(s_tq1_0, scalar_iq::dot_tq1_0_q8_k, BlockTQ1_0, BlockQ8K);
+scalar_k!(s_tq2_0, scalar_iq::dot_tq2_0_q8_k, BlockTQ2_0, BlockQ8K);
+scalar_k!(s_mxfp4, scalar_iq::dot_mxfp4_q8_0, BlockMXFP4, BlockQ8_0Act);
 
 /// The `one` / `pair` / `tile` instances of an `R × K` kernel.
 macro_rules! instances {
@@ -176,38 +202,86 @@ weight!(
     GgmlType::Q4_0,
     QK,
     s_q4_0,
-    avx2 = plain::dot_q4_0_q8_0,
-    vnni = vnni::dot_q4_0_q8_0
+    avx2 = legacy::plain::dot_q4_0_q8_0,
+    vnni = legacy::vnni::dot_q4_0_q8_0
 );
-weight!(BlockQ4_1, BlockQ8_1, GgmlType::Q4_1, QK, s_q4_1);
+weight!(
+    BlockQ4_1,
+    BlockQ8_1,
+    GgmlType::Q4_1,
+    QK,
+    s_q4_1,
+    avx2 = legacy::plain::dot_q4_1_q8_1,
+    vnni = legacy::vnni::dot_q4_1_q8_1
+);
 weight!(
     BlockQ5_0,
     BlockQ8_0Act,
     GgmlType::Q5_0,
     QK,
     s_q5_0,
-    avx2 = plain::dot_q5_0_q8_0,
-    vnni = vnni::dot_q5_0_q8_0
+    avx2 = legacy::plain::dot_q5_0_q8_0,
+    vnni = legacy::vnni::dot_q5_0_q8_0
 );
-weight!(BlockQ5_1, BlockQ8_1, GgmlType::Q5_1, QK, s_q5_1);
+weight!(
+    BlockQ5_1,
+    BlockQ8_1,
+    GgmlType::Q5_1,
+    QK,
+    s_q5_1,
+    avx2 = legacy::plain::dot_q5_1_q8_1,
+    vnni = legacy::vnni::dot_q5_1_q8_1
+);
 weight!(
     BlockQ8_0,
     BlockQ8_0Act,
     GgmlType::Q8_0,
     QK,
     s_q8_0,
-    avx2 = plain::dot_q8_0_q8_0,
-    vnni = vnni::dot_q8_0_q8_0
+    avx2 = legacy::plain::dot_q8_0_q8_0,
+    vnni = legacy::vnni::dot_q8_0_q8_0
 );
-weight!(BlockQ2K, BlockQ8K, GgmlType::Q2_K, QK_K, s_q2_k);
-weight!(BlockQ3K, BlockQ8K, GgmlType::Q3_K, QK_K, s_q3_k);
+weight!(
+    BlockIQ4NL,
+    BlockQ8_0Act,
+    GgmlType::IQ4_NL,
+    QK,
+    s_iq4_nl,
+    avx2 = legacy::plain::dot_iq4_nl_q8_0,
+    vnni = legacy::vnni::dot_iq4_nl_q8_0
+);
+weight!(
+    BlockMXFP4,
+    BlockQ8_0Act,
+    GgmlType::MXFP4,
+    QK,
+    s_mxfp4,
+    avx2 = legacy::plain::dot_mxfp4_q8_0,
+    vnni = legacy::vnni::dot_mxfp4_q8_0
+);
+weight!(
+    BlockQ2K,
+    BlockQ8K,
+    GgmlType::Q2_K,
+    QK_K,
+    s_q2_k,
+    avx2 = kquant::dot_q2_k_q8_k_rows
+);
+weight!(
+    BlockQ3K,
+    BlockQ8K,
+    GgmlType::Q3_K,
+    QK_K,
+    s_q3_k,
+    avx2 = kquant::dot_q3_k_q8_k_rows
+);
 weight!(
     BlockQ4K,
     BlockQ8K,
     GgmlType::Q4_K,
     QK_K,
     s_q4_k,
-    avx2 = dot_q4_k_q8_k_rows
+    avx2 = kquant::dot_q4_k_q8_k_rows
 );
 weight!(
     BlockQ5K,
@@ -215,7 +289,7 @@ weight!(
     GgmlType::Q5_K,
     QK_K,
     s_q5_k,
-    avx2 = dot_q5_k_q8_k_rows
+    avx2 = kquant::dot_q5_k_q8_k_rows
 );
 weight!(
     BlockQ6K,
@@ -223,11 +297,112 @@ weight!(
     GgmlType::Q6_K,
     QK_K,
     s_q6_k,
-    avx2 = dot_q6_k_q8_k_rows
+    avx2 = kquant::dot_q6_k_q8_k_rows
 );
-weight!(f16, f16, GgmlType::F16, 1, s_f16, avx2 = dot_f16_f16_rows);
-weight!(bf16, bf16, GgmlType::BF16, 1, s_bf16);
-weight!(f32, f32, GgmlType::F32, 1, s_f32, avx2 = dot_f32_f32_rows);
+weight!(
+    BlockIQ2XXS,
+    BlockQ8K,
+    GgmlType::IQ2_XXS,
+    QK_K,
+    s_iq2_xxs,
+    avx2 = iq::dot_iq2_xxs_q8_k_rows
+);
+weight!(
+    BlockIQ2XS,
+    BlockQ8K,
+    GgmlType::IQ2_XS,
+    QK_K,
+    s_iq2_xs,
+    avx2 = iq::dot_iq2_xs_q8_k_rows
+);
+weight!(
+    BlockIQ2S,
+    BlockQ8K,
+    GgmlType::IQ2_S,
+    QK_K,
+    s_iq2_s,
+    avx2 = iq::dot_iq2_s_q8_k_rows
+);
+weight!(
+    BlockIQ3XXS,
+    BlockQ8K,
+    GgmlType::IQ3_XXS,
+    QK_K,
+    s_iq3_xxs,
+    avx2 = iq::dot_iq3_xxs_q8_k_rows
+);
+weight!(
+    BlockIQ3S,
+    BlockQ8K,
+    GgmlType::IQ3_S,
+    QK_K,
+    s_iq3_s,
+    avx2 = iq::dot_iq3_s_q8_k_rows
+);
+weight!(
+    BlockIQ1S,
+    BlockQ8K,
+    GgmlType::IQ1_S,
+    QK_K,
+    s_iq1_s,
+    avx2 = iq::dot_iq1_s_q8_k_rows
+);
+weight!(
+    BlockIQ1M,
+    BlockQ8K,
+    GgmlType::IQ1_M,
+    QK_K,
+    s_iq1_m,
+    avx2 = iq::dot_iq1_m_q8_k_rows
+);
+weight!(
+    BlockIQ4XS,
+    BlockQ8K,
+    GgmlType::IQ4_XS,
+    QK_K,
+    s_iq4_xs,
+    avx2 = iq::dot_iq4_xs_q8_k_rows
+);
+weight!(
+    BlockTQ1_0,
+    BlockQ8K,
+    GgmlType::TQ1_0,
+    QK_K,
+    s_tq1_0,
+    avx2 = ternary::dot_tq1_0_q8_k_rows
+);
+weight!(
+    BlockTQ2_0,
+    BlockQ8K,
+    GgmlType::TQ2_0,
+    QK_K,
+    s_tq2_0,
+    avx2 = ternary::dot_tq2_0_q8_k_rows
+);
+weight!(
+    f16,
+    f16,
+    GgmlType::F16,
+    1,
+    s_f16,
+    avx2 = float::dot_f16_f16_rows
+);
+weight!(
+    bf16,
+    bf16,
+    GgmlType::BF16,
+    1,
+    s_bf16,
+    avx2 = float::dot_bf16_bf16_rows
+);
+weight!(
+    f32,
+    f32,
+    GgmlType::F32,
+    1,
+    s_f32,
+    avx2 = float::dot_f32_f32_rows
+);
 
 impl Activation for BlockQ8_0Act {
     const BLOCK: usize = QK;
@@ -297,7 +472,7 @@ pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if super::isa() >= Isa::Avx2 {
         // SAFETY: isa() detected AVX2, FMA and F16C.
-        return unsafe { super::avx2::dot_f32(x, y) };
+        return unsafe { super::avx2::float::dot_f32(x, y) };
     }
     x.iter().zip(y).map(|(a, b)| a * b).sum()
 }
@@ -311,7 +486,7 @@ pub fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if super::isa() >= Isa::Avx2 {
         // SAFETY: isa() detected AVX2, FMA and F16C.
-        unsafe { super::avx2::axpy_f32(alpha, x, y) };
+        unsafe { super::avx2::float::axpy_f32(alpha, x, y) };
         return;
     }
     for (o, v) in y.iter_mut().zip(x) {

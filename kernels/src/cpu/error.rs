@@ -7,7 +7,7 @@ use crate::quant::GgmlType;
 /// Why a CPU kernel refused its arguments.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum KernelError {
-    /// The weight type has no matrix multiply (for example an IQ type).
+    /// The weight type has no matrix multiply (Q8_K, Q8_1, the integer types, NVFP4, ...).
     #[error("no CPU matrix multiply for tensor type {0}")]
     UnsupportedType(GgmlType),
     /// The row length is not a whole number of the type's blocks.

@@ -14,10 +14,7 @@ use half::{bf16, f16};
 use super::dot::{Activation, Kernels, VecDot, TILE};
 use super::quantize::BlockQ8_0Act;
 use super::{KernelError, ThreadPool};
-use crate::quant::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
-    BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
-};
+use crate::quant::*;
 
 /// Bytes of weight rows a chunk should span for prefill: the chunk's rows stay in L1/L2 while
 /// every token tile streams past them.
@@ -114,6 +111,18 @@ pub fn matmul(
         GgmlType::Q4_K => run::<BlockQ4K>(pool, w, x, n_tokens, out, scratch),
         GgmlType::Q5_K => run::<BlockQ5K>(pool, w, x, n_tokens, out, scratch),
         GgmlType::Q6_K => run::<BlockQ6K>(pool, w, x, n_tokens, out, scratch),
+        GgmlType::IQ2_XXS => run::<BlockIQ2XXS>(pool, w, x, n_tokens, out, scratch),
+        GgmlType::IQ2_XS => run::<BlockIQ2XS>(pool, w, x, n_tokens, out, scratch),
+        GgmlType::IQ2_S => run::<BlockIQ2S>(pool, w, x, n_tokens, out, scratch),
+        GgmlType::IQ3_XXS => run::<BlockIQ3XXS>(pool, w, x, n_tokens, out, scratch),
+        GgmlType::IQ3_S => run::<BlockIQ3S>(pool, w, x, n_tokens, out, scratch),
+        GgmlType::IQ1_S => run::<BlockIQ1S>(pool, w, x, n_tokens, out, scratch),
+        GgmlType::IQ1_M => run::<BlockIQ1M>(pool, w, x, n_tokens, out, scratch),
+        GgmlType::IQ4_NL => run::<BlockIQ4NL>(pool, w, x, n_tokens, out, scratch),
+        GgmlType::IQ4_XS => run::<BlockIQ4XS>(pool, w, x, n_tokens, out, scratch),
+        GgmlType::TQ1_0 => run::<BlockTQ1_0>(pool, w, x, n_tokens, out, scratch),
+        GgmlType::TQ2_0 => run::<BlockTQ2_0>(pool, w, x, n_tokens, out, scratch),
+        GgmlType::MXFP4 => run::<BlockMXFP4>(pool, w, x, n_tokens, out, scratch),
         other => Err(KernelError::UnsupportedType(other)),
     }
 }

@@ -5,9 +5,10 @@
 //! Layout:
 //! - [`quantize`]: activation quantization (f32 rows to Q8_0 / Q8_1 / Q8_K / F16 / BF16), the
 //!   byte-exact partner formats llama.cpp's CPU backend uses on x86.
-//! - [`scalar`]: readable reference dot products for every weight type × activation type pair.
-//! - `avx2`: AVX2 + FMA + F16C versions of the hot dot products (x86-64 only), with an AVX-VNNI
-//!   variant of the 32-wide ones, chosen at run time ([`isa`]).
+//! - [`scalar`] (legacy, K-quant and float formats) and [`scalar_iq`] (IQ, TQ, MXFP4): readable
+//!   reference dot products for every weight type × activation type pair.
+//! - `avx2`: AVX2 + FMA + F16C versions of every dot product (x86-64 only), one file per family,
+//!   with an AVX-VNNI variant of the 32-wide ones, chosen at run time ([`isa`]).
 //! - [`dot`]: the weight/activation type pairing and the safe dispatch between the levels.
 //! - [`mod@matmul`]: `out = x · Wᵀ` for a quantized `W`, split over a [`pool::ThreadPool`].
 //! - [`ops`]: elementwise and row operations.
@@ -19,6 +20,7 @@ pub mod ops;
 pub mod pool;
 pub mod quantize;
 pub mod scalar;
+pub mod scalar_iq;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;

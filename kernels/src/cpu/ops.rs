@@ -260,7 +260,7 @@ pub fn gelu(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if super::isa() >= super::Isa::Avx2 {
         // SAFETY: isa() detected AVX2, FMA and F16C.
-        unsafe { super::avx2::gelu_table_mul(table, x, None) };
+        unsafe { super::avx2::float::gelu_table_mul(table, x, None) };
         return;
     }
     for v in x.iter_mut() {
@@ -278,7 +278,7 @@ pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     if super::isa() >= super::Isa::Avx2 {
         // SAFETY: isa() detected AVX2, FMA and F16C.
-        unsafe { super::avx2::gelu_table_mul(table, gate, Some(up)) };
+        unsafe { super::avx2::float::gelu_table_mul(table, gate, Some(up)) };
         return;
     }
     for (g, &u) in gate.iter_mut().zip(up) {

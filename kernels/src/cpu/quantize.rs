@@ -1,5 +1,6 @@
 //! Activation quantization: an f32 row into the partner format of a weight type's dot product
-//! (Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for the K-quants, F16, BF16).
+//! (Q8_0 for Q4_0/Q5_0/Q8_0/IQ4_NL/MXFP4, Q8_1 for Q4_1/Q5_1, Q8_K for the K-quants and the other
+//! IQ and TQ formats, F16, BF16).
 //!
 //! These must give the same bytes as the functions llama.cpp's CPU backend runs on x86, because
 //! the logits we compare against were computed from them:
@@ -14,8 +15,18 @@
 
 use half::{bf16, f16};
 
+use crate::quant::fit::{absmax, nearest_int};
 use crate::quant::types::{QK, QK_K};
 use crate::quant::{BlockQ8K, BlockQ8_0, BlockQ8_1};
+
+/// `x` rounded to the nearest integer, ties to even, as an i8 saturated to -128..=127: what
+/// ggml-cpu's x86 quantizers compute (`_mm256_round_ps` to nearest, then packs that saturate).
+/// Clamping first keeps the value where [`nearest_int`]'s exact 1.5 * 2^23 rounding applies, and
+/// avoids a libm `rintf` call per element, so the loops vectorize.
+#[inline(always)]
+fn round_i8(x: f32) -> i8 {
+    nearest_int(x.clamp(-128.0, 127.0)) as i8
+}
 
 /// Q8_0 activations as the dot products read them: ggml's `block_q8_0` with its f16 scale
 /// widened to f32 (the same value exactly), so the SIMD kernels broadcast it with one load
@@ -30,13 +41,14 @@ pub struct BlockQ8_0Act {
 }
 
 /// One Q8_0 block as ggml-cpu's x86 quantizer makes it: scale (as f16) and values.
+#[inline(always)]
 fn quantize_block_q8_0(xb: &[f32]) -> (f16, [i8; QK]) {
-    let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let amax = absmax(xb);
     let d = amax / 127.0;
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let mut qs = [0i8; QK];
     for (q, &v) in qs.iter_mut().zip(xb) {
-        *q = (v * id).round_ties_even().clamp(-128.0, 127.0) as i8;
+        *q = round_i8(v * id);
     }
     (f16::from_f32(d), qs)
 }
@@ -85,15 +97,14 @@ pub fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
         "quantize_row_q8_1: length mismatch"
     );
     for (xb, yb) in x.chunks_exact(QK).zip(out.iter_mut()) {
-        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let amax = absmax(xb);
         let d = amax / 127.0;
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         yb.d = f16::from_f32(d);
-        let mut sum = 0i32;
         for (q, &v) in yb.qs.iter_mut().zip(xb) {
-            *q = (v * id).round_ties_even().clamp(-128.0, 127.0) as i8;
-            sum += i32::from(*q);
+            *q = round_i8(v * id);
         }
+        let sum: i32 = yb.qs.iter().map(|&q| i32::from(q)).sum();
         yb.s = f16::from_f32(d * sum as f32);
     }
 }
@@ -111,7 +122,7 @@ pub fn quantize_row_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
     for (xb, yb) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
         // The first element of largest magnitude, with its sign (NaNs are skipped, as the
         // reference's `>` comparison skips them). Found in two passes so the first vectorizes.
-        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let amax = absmax(xb);
         let max = xb.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0);
         if amax == 0.0 {
             yb.d = 0.0;
@@ -121,7 +132,7 @@ pub fn quantize_row_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
         }
         let iscale = -127.0 / max;
         for (q, &v) in yb.qs.iter_mut().zip(xb) {
-            *q = (iscale * v).round_ties_even().min(127.0) as i8;
+            *q = round_i8(iscale * v);
         }
         for (s, qs) in yb.bsums.iter_mut().zip(yb.qs.chunks_exact(16)) {
             *s = qs.iter().map(|&q| i16::from(q)).sum();

@@ -15,6 +15,7 @@ use half::{bf16, f16};
 
 use super::quantize::BlockQ8_0Act;
 
+use crate::quant::dequant::q3_k_scales;
 use crate::quant::types::QK_K;
 
 use crate::quant::{
@@ -143,21 +144,6 @@ pub fn dot_q2_k_q8_k(w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
         sum += dall * isum as f32 - dmin * summs as f32;
     }
     sum
-}
-
-/// The sixteen 6-bit Q3_K scales (stored biased by 32), unpacked from their 12 bytes.
-fn q3_k_scales(packed: &[u8; 12]) -> [i32; 16] {
-    let mut s = [0i32; 16];
-    for j in 0..16 {
-        let low = if j < 8 {
-            packed[j] & 0x0f
-        } else {
-            packed[j - 8] >> 4
-        };
-        let high = (packed[8 + j % 4] >> (2 * (j / 4))) & 3;
-        s[j] = i32::from(low | (high << 4)) - 32;
-    }
-    s
 }
 
 /// Q3_K weights (3 bits, high bit in `hmask`, 16 groups of 16 with 6-bit scales) · Q8_K.

@@ -1,5 +1,7 @@
 //! Dequantization to f32 of every format llmd computes with, bit-exact with ggml's
-//! `dequantize_row_*` and with the gguf package's numpy reference (`gguf.quants`).
+//! `dequantize_row_*` and with the gguf package's numpy reference (`gguf.quants`). The per-block
+//! functions of the legacy and K-quant formats are here, those of the IQ, TQ and MXFP4 formats
+//! in [`super::dequant_iq`].
 //!
 //! Bit-exactness needs the same f32 operations in the same order as the reference: every
 //! formula below keeps ggml's grouping (for example Q6_K is `(d * scale) * q` and Q4_K is
@@ -15,6 +17,8 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use super::blocks::*;
+use super::blocks_iq::*;
+use super::dequant_iq::*;
 use super::error::{byte_len, QuantError};
 use super::float::{bf16_bits_to_f32, f16_to_f32};
 use super::types::{GgmlType, QK, QK_K};
@@ -23,7 +27,8 @@ use super::view::{read_block, Block};
 /// Dequantizes `dst.len()` elements of type `ty` from the raw little-endian bytes `src`.
 ///
 /// `src` may have any alignment. Fails with [`QuantError::Unsupported`] for types without a
-/// dequantizer (IQ*, TQ*, MXFP4, integer types, ...), [`QuantError::PartialBlock`] when
+/// dequantizer ([`GgmlType::is_supported`] is false: Q8_1, the integer types, F64),
+/// [`QuantError::PartialBlock`] when
 /// `dst.len()` is not a whole number of blocks, and [`QuantError::ByteLength`] when `src` is not
 /// exactly the size `dst.len()` elements take.
 pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
@@ -62,6 +67,18 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
         GgmlType::Q5_K => from_bytes::<BlockQ5K, QK_K>(src, dst, q5_k_block),
         GgmlType::Q6_K => from_bytes::<BlockQ6K, QK_K>(src, dst, q6_k_block),
         GgmlType::Q8_K => from_bytes::<BlockQ8K, QK_K>(src, dst, q8_k_block),
+        GgmlType::IQ2_XXS => from_bytes::<BlockIQ2XXS, QK_K>(src, dst, iq2_xxs_block),
+        GgmlType::IQ2_XS => from_bytes::<BlockIQ2XS, QK_K>(src, dst, iq2_xs_block),
+        GgmlType::IQ2_S => from_bytes::<BlockIQ2S, QK_K>(src, dst, iq2_s_block),
+        GgmlType::IQ3_XXS => from_bytes::<BlockIQ3XXS, QK_K>(src, dst, iq3_xxs_block),
+        GgmlType::IQ3_S => from_bytes::<BlockIQ3S, QK_K>(src, dst, iq3_s_block),
+        GgmlType::IQ1_S => from_bytes::<BlockIQ1S, QK_K>(src, dst, iq1_s_block),
+        GgmlType::IQ1_M => from_bytes::<BlockIQ1M, QK_K>(src, dst, iq1_m_block),
+        GgmlType::IQ4_NL => from_bytes::<BlockIQ4NL, QK>(src, dst, iq4_nl_block),
+        GgmlType::IQ4_XS => from_bytes::<BlockIQ4XS, QK_K>(src, dst, iq4_xs_block),
+        GgmlType::TQ1_0 => from_bytes::<BlockTQ1_0, QK_K>(src, dst, tq1_0_block),
+        GgmlType::TQ2_0 => from_bytes::<BlockTQ2_0, QK_K>(src, dst, tq2_0_block),
+        GgmlType::MXFP4 => from_bytes::<BlockMXFP4, QK>(src, dst, mxfp4_block),
         other => return Err(QuantError::Unsupported(other)),
     }
     Ok(())
@@ -170,6 +187,30 @@ slice_fn!(/// Dequantizes Q6_K super-blocks (256 elements each).
     dequantize_q6_k, BlockQ6K, QK_K, q6_k_block);
 slice_fn!(/// Dequantizes Q8_K super-blocks (256 elements each).
     dequantize_q8_k, BlockQ8K, QK_K, q8_k_block);
+slice_fn!(/// Dequantizes IQ2_XXS super-blocks (256 elements each).
+    dequantize_iq2_xxs, BlockIQ2XXS, QK_K, iq2_xxs_block);
+slice_fn!(/// Dequantizes IQ2_XS super-blocks (256 elements each).
+    dequantize_iq2_xs, BlockIQ2XS, QK_K, iq2_xs_block);
+slice_fn!(/// Dequantizes IQ2_S super-blocks (256 elements each).
+    dequantize_iq2_s, BlockIQ2S, QK_K, iq2_s_block);
+slice_fn!(/// Dequantizes IQ3_XXS super-blocks (256 elements each).
+    dequantize_iq3_xxs, BlockIQ3XXS, QK_K, iq3_xxs_block);
+slice_fn!(/// Dequantizes IQ3_S super-blocks (256 elements each).
+    dequantize_iq3_s, BlockIQ3S, QK_K, iq3_s_block);
+slice_fn!(/// Dequantizes IQ1_S super-blocks (256 elements each).
+    dequantize_iq1_s, BlockIQ1S, QK_K, iq1_s_block);
+slice_fn!(/// Dequantizes IQ1_M super-blocks (256 elements each).
+    dequantize_iq1_m, BlockIQ1M, QK_K, iq1_m_block);
+slice_fn!(/// Dequantizes IQ4_NL blocks (32 elements each).
+    dequantize_iq4_nl, BlockIQ4NL, QK, iq4_nl_block);
+slice_fn!(/// Dequantizes IQ4_XS super-blocks (256 elements each).
+    dequantize_iq4_xs, BlockIQ4XS, QK_K, iq4_xs_block);
+slice_fn!(/// Dequantizes TQ1_0 super-blocks (256 elements each).
+    dequantize_tq1_0, BlockTQ1_0, QK_K, tq1_0_block);
+slice_fn!(/// Dequantizes TQ2_0 super-blocks (256 elements each).
+    dequantize_tq2_0, BlockTQ2_0, QK_K, tq2_0_block);
+slice_fn!(/// Dequantizes MXFP4 blocks (32 elements each).
+    dequantize_mxfp4, BlockMXFP4, QK, mxfp4_block);
 
 /// One Q4_0 block: `d * (q - 8)`; byte `j` holds elements `j` (low nibble) and `j + 16`.
 #[inline(always)]
@@ -272,7 +313,7 @@ pub fn q2_k_block(b: &BlockQ2K, out: &mut [f32; QK_K]) {
 
 /// The 16 signed 6-bit scales of a Q3_K block (low nibbles in bytes 0..8, high pairs in 8..12).
 #[inline(always)]
-fn q3_k_scales(s: &[u8; 12]) -> [i32; 16] {
+pub(crate) fn q3_k_scales(s: &[u8; 12]) -> [i32; 16] {
     let mut out = [0i32; 16];
     for (i, o) in out.iter_mut().enumerate() {
         let low = if i < 8 { s[i] & 0x0f } else { s[i - 8] >> 4 };

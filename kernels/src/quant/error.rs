@@ -7,8 +7,9 @@ use super::types::GgmlType;
 /// Why a conversion to or from a quantized format could not be done.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum QuantError {
-    /// llmd has no conversion for this type in the requested direction (IQ*, TQ*, MXFP4, ... for
-    /// dequantization; most types for quantization).
+    /// llmd has no conversion for this type in the requested direction (the types
+    /// [`GgmlType::is_supported`] rejects, for dequantization; those `can_quantize` rejects, for
+    /// quantization).
     #[error("unsupported tensor type {0}")]
     Unsupported(GgmlType),
     /// The element count is not a whole number of the type's blocks.

@@ -1,15 +1,23 @@
-//! Quantized tensor formats (GGML's block layouts): the block structs, the type table, and
-//! conversions between f32 and each format.
+//! Quantized tensor formats (GGML's block layouts): the block structs (`blocks`: legacy and
+//! K-quants; `blocks_iq`: IQ, TQ and MXFP4), the IQ/MXFP4 lookup tables (`tables`), the type
+//! table, and conversions between f32 and each format.
 
 pub mod blocks;
+pub mod blocks_iq;
 pub mod dequant;
+pub mod dequant_iq;
 pub mod error;
+pub mod fit;
 pub mod float;
 pub mod quantize;
+pub mod quantize_iq;
+pub mod quantize_k;
+pub mod tables;
 pub mod types;
 pub mod view;
 
 pub use blocks::*;
+pub use blocks_iq::*;
 pub use dequant::dequantize;
 pub use error::QuantError;
 pub use quantize::{can_quantize, quantize, quantize_into};

@@ -12,8 +12,9 @@ pub enum TypeError {
 
 /// A tensor element type as GGML numbers it in GGUF files.
 ///
-/// Every type GGML defines is listed so that files using one we cannot compute with still parse
-/// and produce a precise "unsupported tensor type" error instead of a generic one.
+/// Every type GGML defines (as of the llama.cpp vendored in llama-cpp-python 0.3.36) is listed so
+/// that files using one we cannot compute with still parse and produce a precise "unsupported
+/// tensor type" error instead of a generic one.
 #[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum GgmlType {
@@ -49,6 +50,9 @@ pub enum GgmlType {
     TQ1_0,
     TQ2_0,
     MXFP4,
+    NVFP4,
+    Q1_0,
+    Q2_0,
 }
 
 /// Elements per block of the legacy 32-wide formats.
@@ -58,7 +62,7 @@ pub const QK_K: usize = 256;
 
 impl GgmlType {
     /// Every known type, in id order.
-    pub const ALL: [GgmlType; 32] = [
+    pub const ALL: [GgmlType; 35] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -91,6 +95,9 @@ impl GgmlType {
         GgmlType::TQ1_0,
         GgmlType::TQ2_0,
         GgmlType::MXFP4,
+        GgmlType::NVFP4,
+        GgmlType::Q1_0,
+        GgmlType::Q2_0,
     ];
 
     /// The id GGUF files use for this type.
@@ -129,6 +136,9 @@ impl GgmlType {
             TQ1_0 => 34,
             TQ2_0 => 35,
             MXFP4 => 39,
+            NVFP4 => 40,
+            Q1_0 => 41,
+            Q2_0 => 42,
         }
     }
 
@@ -177,6 +187,9 @@ impl GgmlType {
             TQ1_0 => "TQ1_0",
             TQ2_0 => "TQ2_0",
             MXFP4 => "MXFP4",
+            NVFP4 => "NVFP4",
+            Q1_0 => "Q1_0",
+            Q2_0 => "Q2_0",
         }
     }
 
@@ -186,7 +199,10 @@ impl GgmlType {
         match self {
             F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
             Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL | MXFP4 => QK,
-            _ => QK_K,
+            NVFP4 | Q2_0 => 64,
+            Q1_0 => 128,
+            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ2_XXS | IQ2_XS | IQ3_XXS | IQ1_S
+            | IQ3_S | IQ2_S | IQ4_XS | IQ1_M | TQ1_0 | TQ2_0 => QK_K,
         }
     }
 
@@ -222,6 +238,9 @@ impl GgmlType {
             TQ1_0 => 54,
             TQ2_0 => 66,
             MXFP4 => 17,
+            NVFP4 => 36,
+            Q1_0 => 18,
+            Q2_0 => 18,
         }
     }
 
@@ -235,24 +254,16 @@ impl GgmlType {
         (n / be).checked_mul(self.block_bytes() as u64)
     }
 
-    /// Whether llmd can dequantize (and so compute with) this type.
+    /// Whether llmd can dequantize and compute with this type: every weight format llama.cpp
+    /// reads (F32, F16, BF16, the legacy 32-wide formats, the K-quants, the IQ formats, TQ1_0,
+    /// TQ2_0, MXFP4) and Q8_K. Not Q8_1 (an activation format only), nor the integer types and
+    /// F64, which hold no weights, nor the formats newer than this table's kernels (NVFP4, Q1_0,
+    /// Q2_0: known, so their files parse and are refused at load naming type and tensor).
     pub const fn is_supported(self) -> bool {
         use GgmlType::*;
-        matches!(
+        !matches!(
             self,
-            F32 | F16
-                | BF16
-                | Q4_0
-                | Q4_1
-                | Q5_0
-                | Q5_1
-                | Q8_0
-                | Q2_K
-                | Q3_K
-                | Q4_K
-                | Q5_K
-                | Q6_K
-                | Q8_K
+            Q8_1 | I8 | I16 | I32 | I64 | F64 | NVFP4 | Q1_0 | Q2_0
         )
     }
 }

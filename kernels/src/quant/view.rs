@@ -1,9 +1,10 @@
 //! Safe views between raw bytes and slices of block structs.
 //!
-//! Every block struct in [`super::blocks`] is plain old data: `#[repr(C)]`, no padding, and every
-//! bit pattern of its fields (`u8`, `i8`, `i16`, `f32`, `half::f16`) is valid. So a byte slice of
-//! the right length *is* a slice of blocks, provided it is aligned for the struct: 2 bytes for
-//! every block holding an f16, 4 for [`BlockQ8K`] (its `d` is f32).
+//! Every block struct in [`super::blocks`] and [`super::blocks_iq`] is plain old data: `#[repr(C)]`, no padding, and every
+//! bit pattern of its fields (`u8`, `i8`, `u16`, `i16`, `f32`, `half::f16`) is valid. So a byte
+//! slice of the right length *is* a slice of blocks, provided it is aligned for the struct: 2
+//! bytes for every block holding an f16 or u16, 4 for [`BlockQ8K`] (its `d` is f32), 1 for
+//! [`BlockIQ1M`] and [`BlockMXFP4`] (bytes only).
 //!
 //! The choice made here: [`view_blocks`] reinterprets in place and fails with
 //! [`QuantError::Misaligned`] rather than copying behind the caller's back (GGUF tensor data is
@@ -16,6 +17,7 @@ use std::borrow::Cow;
 use std::mem::{align_of, size_of};
 
 use super::blocks::*;
+use super::blocks_iq::*;
 use super::error::QuantError;
 use super::types::GgmlType;
 
@@ -57,6 +59,18 @@ impl_block!(
     BlockQ5K => Q5_K,
     BlockQ6K => Q6_K,
     BlockQ8K => Q8_K,
+    BlockIQ2XXS => IQ2_XXS,
+    BlockIQ2XS => IQ2_XS,
+    BlockIQ2S => IQ2_S,
+    BlockIQ3XXS => IQ3_XXS,
+    BlockIQ3S => IQ3_S,
+    BlockIQ1S => IQ1_S,
+    BlockIQ1M => IQ1_M,
+    BlockIQ4NL => IQ4_NL,
+    BlockIQ4XS => IQ4_XS,
+    BlockTQ1_0 => TQ1_0,
+    BlockTQ2_0 => TQ2_0,
+    BlockMXFP4 => MXFP4,
 );
 
 fn check_len<B: Block>(bytes: &[u8]) -> Result<(), QuantError> {

@@ -115,7 +115,39 @@ pub fn f16_scale_offsets(ty: GgmlType) -> &'static [usize] {
         GgmlType::Q2_K => &[80, 82],
         GgmlType::Q3_K => &[108],
         GgmlType::Q6_K => &[208],
+        GgmlType::IQ2_XXS
+        | GgmlType::IQ2_XS
+        | GgmlType::IQ2_S
+        | GgmlType::IQ3_XXS
+        | GgmlType::IQ3_S
+        | GgmlType::IQ1_S
+        | GgmlType::IQ4_NL
+        | GgmlType::IQ4_XS => &[0],
+        GgmlType::TQ1_0 => &[52],
+        GgmlType::TQ2_0 => &[64],
         _ => &[],
+    }
+}
+
+/// Writes finite scales into one block of `ty`: every f16 scale field gets `scale()`, IQ1_M's
+/// scale (spread over the top nibbles of its four scale words) too, and MXFP4 an exponent byte
+/// for 2^-30 .. 2^30 chosen from `scale()`'s bits. Other bytes are left as they are.
+pub fn set_block_scales(ty: GgmlType, block: &mut [u8], mut scale: impl FnMut() -> f16) {
+    for &off in f16_scale_offsets(ty) {
+        block[off..off + 2].copy_from_slice(&scale().to_bits().to_le_bytes());
+    }
+    match ty {
+        GgmlType::IQ1_M => {
+            let d = scale().to_bits();
+            for k in 0..4 {
+                let at = 48 + 2 * k;
+                let w = u16::from_le_bytes([block[at], block[at + 1]]);
+                let w = (w & 0x0fff) | (((d >> (4 * k)) & 0xf) << 12);
+                block[at..at + 2].copy_from_slice(&w.to_le_bytes());
+            }
+        }
+        GgmlType::MXFP4 => block[0] = 97 + (scale().to_bits() % 61) as u8,
+        _ => {}
     }
 }
 
@@ -126,10 +158,7 @@ pub fn random_blocks(rng: &mut Rng, ty: GgmlType, n_blocks: usize) -> Vec<u8> {
     let mut out = vec![0u8; n_blocks * bb];
     rng.fill(&mut out);
     for block in out.chunks_exact_mut(bb) {
-        for &off in f16_scale_offsets(ty) {
-            let s = f16::from_f32(rng.scale()).to_bits().to_le_bytes();
-            block[off..off + 2].copy_from_slice(&s);
-        }
+        set_block_scales(ty, block, || f16::from_f32(rng.scale()));
         match ty {
             GgmlType::Q8_K => block[..4].copy_from_slice(&(rng.scale() * 1e-2).to_le_bytes()),
             GgmlType::F16 => {

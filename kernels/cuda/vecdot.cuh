@@ -1,0 +1,249 @@
+// Dot products of one weight block with Q8_1 activations, cut into "items" for mmvq.cu: for
+// each weight type, vdot<TYPE> gives the block type, its weights per block (qk), its items per
+// block (ni) and dot(b, y, k), item k's share of the dot product of block b with the Q8_1 blocks
+// y[0 .. qk / 32] holding the same positions of the activations. Summing dot over k = 0..ni-1
+// gives the block's whole product.
+//
+// The integer arithmetic is that of llama.cpp's CUDA vec_dot_*_q8_1 (its mmvq kernels): weights
+// unpacked to signed bytes four to an int, __dp4a against the Q8_1 quants, the weight scales and
+// d of the Q8_1 block applied once per group, Q8_1's s = d * sum(q) for the constant part of
+// types with a min (Q4_1, Q5_1, IQ1_S). The IQ2/IQ3 types round their scale products in integers
+// exactly as llama.cpp does, so results match llama.cpp's GPU path rather than its CPU path to
+// the last bit; the backend tests bound the difference from the CPU backend.
+#pragma once
+
+#include "types.cuh"
+#include "unpack.cuh"
+
+template <int TYPE> struct vdot;
+
+// Sum of the 4 signed bytes of `u` (the Q8_1 quants) times 1.
+static __device__ __forceinline__ int sum_bytes(int u, int acc) { return __dp4a(0x01010101, u, acc); }
+
+// Q4_0 item k (0..3): bytes 4k..4k+3 of qs; low nibbles are weights 4k..4k+3, high nibbles
+// weights 16+4k..16+4k+3.
+template <> struct vdot<LLMD_TYPE_Q4_0> {
+    typedef block_q4_0 block;
+    static constexpr int qk = LLMD_QK;
+    static constexpr int ni = 4;
+    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
+        const int v = load_int_b2(b.qs, k);
+        const int y0 = load_int_b4(y->qs, k);
+        const int y1 = load_int_b4(y->qs, k + 4);
+        const int sumi = __dp4a(v & 0x0F0F0F0F, y0, __dp4a((v >> 4) & 0x0F0F0F0F, y1, 0));
+        const int sumy = sum_bytes(y0, sum_bytes(y1, 0));
+        return __half2float(b.d) * __half2float(y->d) * (float)(sumi - 8 * sumy);
+    }
+};
+
+// Q4_1 item k: as Q4_0 without the offset; the min term m * s of the block (s = d * sum(q) of
+// its Q8_1 block) is shared equally by its ni items.
+template <> struct vdot<LLMD_TYPE_Q4_1> {
+    typedef block_q4_1 block;
+    static constexpr int qk = LLMD_QK;
+    static constexpr int ni = 4;
+    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
+        const int v = load_int_b4(b.qs, k);
+        const int sumi = __dp4a(v & 0x0F0F0F0F, load_int_b4(y->qs, k),
+                                __dp4a((v >> 4) & 0x0F0F0F0F, load_int_b4(y->qs, k + 4), 0));
+        return __half2float(b.d) * __half2float(y->d) * (float)sumi +
+               __half2float(b.m) * __half2float(y->s) * (1.0f / ni);
+    }
+};
+
+// The 5-bit weights of Q5_0 / Q5_1 item k: nibbles of `v` (bytes 4k..4k+3 of qs) with bits
+// 4k.. (low nibbles) and 16 + 4k.. (high nibbles) of qh as bit 4 of each byte.
+static __device__ __forceinline__ void q5_item(int v, unsigned int qh, int k, int &lo, int &hi) {
+    lo = v & 0x0F0F0F0F;
+    hi = (v >> 4) & 0x0F0F0F0F;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        lo |= (int)(((qh >> (4 * k + i)) & 1u) << (8 * i + 4));
+        hi |= (int)(((qh >> (16 + 4 * k + i)) & 1u) << (8 * i + 4));
+    }
+}
+
+// Q5_0 item k: as Q4_0, with the 5th bit of weight j in bit j of qh.
+template <> struct vdot<LLMD_TYPE_Q5_0> {
+    typedef block_q5_0 block;
+    static constexpr int qk = LLMD_QK;
+    static constexpr int ni = 4;
+    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
+        int lo, hi;
+        q5_item(load_int_b2(b.qs, k), (unsigned int)load_int_b2(b.qh, 0), k, lo, hi);
+        const int y0 = load_int_b4(y->qs, k);
+        const int y1 = load_int_b4(y->qs, k + 4);
+        const int sumi = __dp4a(lo, y0, __dp4a(hi, y1, 0));
+        const int sumy = sum_bytes(y0, sum_bytes(y1, 0));
+        return __half2float(b.d) * __half2float(y->d) * (float)(sumi - 16 * sumy);
+    }
+};
+
+// Q5_1 item k: Q5_0's weights without the offset, Q4_1's share of the min term.
+template <> struct vdot<LLMD_TYPE_Q5_1> {
+    typedef block_q5_1 block;
+    static constexpr int qk = LLMD_QK;
+    static constexpr int ni = 4;
+    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
+        int lo, hi;
+        q5_item(load_int_b4(b.qs, k), (unsigned int)load_int_b4(b.qh, 0), k, lo, hi);
+        const int sumi = __dp4a(lo, load_int_b4(y->qs, k), __dp4a(hi, load_int_b4(y->qs, k + 4), 0));
+        return __half2float(b.d) * __half2float(y->d) * (float)sumi +
+               __half2float(b.m) * __half2float(y->s) * (1.0f / ni);
+    }
+};
+
+// Q8_0 item k: weights 8k..8k+7.
+template <> struct vdot<LLMD_TYPE_Q8_0> {
+    typedef block_q8_0 block;
+    static constexpr int qk = LLMD_QK;
+    static constexpr int ni = 4;
+    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
+        const int sumi = __dp4a(load_int_b2(b.qs, 2 * k), load_int_b4(y->qs, 2 * k),
+                                __dp4a(load_int_b2(b.qs, 2 * k + 1), load_int_b4(y->qs, 2 * k + 1), 0));
+        return __half2float(b.d) * __half2float(y->d) * (float)sumi;
+    }
+};
+
+// Q2_K item k (0..15): half n = k / 8, bytes 4r..4r+3 (r = k % 8) of its 32 quant bytes; shift
+// 2j gives weights 128n + 32j + 4r.. (sub-block 8n + 2j + r / 4), which pair with int r of Q8_1
+// block 4n + j.
+template <> struct vdot<LLMD_TYPE_Q2_K> {
+    typedef block_q2_K block;
+    static constexpr int qk = LLMD_QK_K;
+    static constexpr int ni = 16;
+    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
+        const int n = k / 8, r = k % 8;
+        const int v = load_int_b4(b.qs, 8 * n + r);
+        float sum_d = 0.0f, sum_m = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const block_q8_1 *yj = y + 4 * n + j;
+            const int u = load_int_b4(yj->qs, r);
+            const int sc = b.scales[8 * n + 2 * j + r / 4];
+            const float dy = __half2float(yj->d);
+            sum_d += dy * (float)(__dp4a((v >> (2 * j)) & 0x03030303, u, 0) * (sc & 0xF));
+            sum_m += dy * (float)(sum_bytes(u, 0) * (sc >> 4));
+        }
+        return __half2float(b.d) * sum_d - __half2float(b.dmin) * sum_m;
+    }
+};
+
+// Q3_K item k (0..15): Q2_K's layout for the low bits; the high bits of those weights are bits
+// 4n + j of hmask bytes 4r..4r+3, and a clear bit subtracts 4.
+template <> struct vdot<LLMD_TYPE_Q3_K> {
+    typedef block_q3_K block;
+    static constexpr int qk = LLMD_QK_K;
+    static constexpr int ni = 16;
+    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
+        const int n = k / 8, r = k % 8;
+        const int v = load_int_b2(b.qs, 8 * n + r);
+        const int clear = ~load_int_b2(b.hmask, r);
+        float sum = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const block_q8_1 *yj = y + 4 * n + j;
+            const int low = (v >> (2 * j)) & 0x03030303;
+            const int minus4 = ((clear >> (4 * n + j)) & 0x01010101) << 2;
+            const int q = __vsub4(low, minus4);
+            const int sc = q3_K_scale(b.scales, 8 * n + 2 * j + r / 4);
+            sum += __half2float(yj->d) * (float)(__dp4a(q, load_int_b4(yj->qs, r), 0) * sc);
+        }
+        return __half2float(b.d) * sum;
+    }
+
+};
+
+// One Q4_K / Q5_K item: the 8 weights (qa0, qa1) of sub-block 2j and (qb0, qb1) of sub-block
+// 2j+1 at offset 8i, against ints 2i, 2i+1 of Q8_1 blocks y[2j] and y[2j+1]; value
+// d * sc * q - dmin * m per sub-block.
+static __device__ __forceinline__ float k_pair(const unsigned char *scales, __half d, __half dmin,
+                                               const block_q8_1 *y, int j, int i, int qa0, int qa1,
+                                               int qb0, int qb1) {
+    const block_q8_1 *ya = y + 2 * j;
+    const block_q8_1 *yb = y + 2 * j + 1;
+    const int a0 = load_int_b4(ya->qs, 2 * i), a1 = load_int_b4(ya->qs, 2 * i + 1);
+    const int b0 = load_int_b4(yb->qs, 2 * i), b1 = load_int_b4(yb->qs, 2 * i + 1);
+    const int dot_a = __dp4a(qa0, a0, __dp4a(qa1, a1, 0));
+    const int dot_b = __dp4a(qb0, b0, __dp4a(qb1, b1, 0));
+    const int sum_a = sum_bytes(a0, sum_bytes(a1, 0));
+    const int sum_b = sum_bytes(b0, sum_bytes(b1, 0));
+    int sc_a, m_a, sc_b, m_b;
+    q4_K_scale_min(2 * j, scales, sc_a, m_a);
+    q4_K_scale_min(2 * j + 1, scales, sc_b, m_b);
+    const float df = __half2float(d);
+    const float dminf = __half2float(dmin);
+    const float da = __half2float(ya->d);
+    const float db = __half2float(yb->d);
+    return da * (df * (float)(sc_a * dot_a) - dminf * (float)(m_a * sum_a)) +
+           db * (df * (float)(sc_b * dot_b) - dminf * (float)(m_b * sum_b));
+}
+
+// Q4_K item k (0..15): 64-weight chunk j = k / 4 uses qs bytes 32j..32j+31; the item takes bytes
+// 32j + 8(k%4) .. +7, whose low nibbles are weights 8(k%4).. of sub-block 2j and high nibbles the
+// same weights of sub-block 2j+1. `y` points at the Q8_1 block of the weight block's first
+// 32 values; sub-block s pairs with y[s].
+template <> struct vdot<LLMD_TYPE_Q4_K> {
+    typedef block_q4_K block;
+    static constexpr int qk = LLMD_QK_K;
+    static constexpr int ni = 16;
+    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
+        const int j = k / 4, i = k % 4;
+        const int v0 = load_int_b4(b.qs, 8 * j + 2 * i);
+        const int v1 = load_int_b4(b.qs, 8 * j + 2 * i + 1);
+        return k_pair(b.scales, b.d, b.dmin, y, j, i, v0 & 0x0F0F0F0F, v1 & 0x0F0F0F0F,
+                      (v0 >> 4) & 0x0F0F0F0F, (v1 >> 4) & 0x0F0F0F0F);
+    }
+};
+
+// Q5_K item k (0..15): Q4_K's nibbles, with bits 2j and 2j+1 of qh bytes 8i..8i+7 as bit 4 of
+// the weights of sub-blocks 2j and 2j+1.
+template <> struct vdot<LLMD_TYPE_Q5_K> {
+    typedef block_q5_K block;
+    static constexpr int qk = LLMD_QK_K;
+    static constexpr int ni = 16;
+    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
+        const int j = k / 4, i = k % 4;
+        const int v0 = load_int_b4(b.qs, 8 * j + 2 * i);
+        const int v1 = load_int_b4(b.qs, 8 * j + 2 * i + 1);
+        const int h0 = load_int_b4(b.qh, 2 * i);
+        const int h1 = load_int_b4(b.qh, 2 * i + 1);
+        const int a0 = (v0 & 0x0F0F0F0F) | (((h0 >> (2 * j)) & 0x01010101) << 4);
+        const int a1 = (v1 & 0x0F0F0F0F) | (((h1 >> (2 * j)) & 0x01010101) << 4);
+        const int b0 = ((v0 >> 4) & 0x0F0F0F0F) | (((h0 >> (2 * j + 1)) & 0x01010101) << 4);
+        const int b1 = ((v1 >> 4) & 0x0F0F0F0F) | (((h1 >> (2 * j + 1)) & 0x01010101) << 4);
+        return k_pair(b.scales, b.d, b.dmin, y, j, i, a0, a1, b0, b1);
+    }
+};
+
+// Q6_K item k (0..15): half n = k / 8 (128 weights), r = k % 8. For l in 4r..4r+3 the half holds
+// four weights l, l+32, l+64, l+96 (groups g = 0..3): the low 4 bits are nibbles of ql[64n + l]
+// (g = 0, 2) and ql[64n + 32 + l] (g = 1, 3), the high 2 bits are bits 2g.. of qh[32n + l]; the
+// scale of group g is scales[8n + l / 16 + 2g]; weight - 32 is the signed value. Group g pairs
+// with Q8_1 block y[4n + g], int r.
+template <> struct vdot<LLMD_TYPE_Q6_K> {
+    typedef block_q6_K block;
+    static constexpr int qk = LLMD_QK_K;
+    static constexpr int ni = 16;
+    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
+        const int n = k / 8;
+        const int r = k % 8;
+        const int ql0 = load_int_b2(b.ql, 16 * n + r);
+        const int ql1 = load_int_b2(b.ql, 16 * n + 8 + r);
+        const int qh = load_int_b2(b.qh, 8 * n + r);
+        const int is = r / 4;
+        float sum = 0.0f;
+#pragma unroll
+        for (int g = 0; g < 4; ++g) {
+            const int lo = ((g & 1) ? ql1 : ql0) >> (4 * (g >> 1)) & 0x0F0F0F0F;
+            const int hi = ((qh >> (2 * g)) & 0x03030303) << 4;
+            const int q = __vsubss4(lo | hi, 0x20202020);
+            const block_q8_1 *yg = y + 4 * n + g;
+            const int sumi = __dp4a(q, load_int_b4(yg->qs, r), 0);
+            sum += __half2float(yg->d) * (float)(b.scales[8 * n + is + 2 * g] * sumi);
+        }
+        return __half2float(b.d) * sum;
+    }
+};
+
+#include "vecdot_iq.cuh"
