@@ -2,7 +2,7 @@
 //! model's metadata. Everything architecture-specific that is not a weight lives here, so the
 //! forward pass reads as one sequence of steps with a few flags.
 
-use llmd_kernels::backend::{GatedActivation, RopeKind, RopeParams};
+use llmd_kernels::backend::{GatedActivation, RopeMode, RopeParams};
 use thiserror::Error;
 
 /// Errors resolving a model's configuration.
@@ -186,15 +186,13 @@ impl ModelConfig {
         if !(hp.rope_freq_base.is_finite() && hp.rope_freq_base > 0.0) {
             return Err(invalid("rope.freq_base", format!("{}", hp.rope_freq_base)));
         }
-        let rope_kind = match arch {
-            Arch::Llama => RopeKind::Normal,
-            Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma3 => RopeKind::Neox,
+        let rope_mode = match arch {
+            Arch::Llama => RopeMode::Normal,
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma3 => RopeMode::Neox,
         };
         let global_rope = RopeParams {
-            kind: rope_kind,
-            n_dims: hp.rope_dims,
-            freq_base: hp.rope_freq_base,
             freq_scale: hp.rope_freq_scale,
+            ..RopeParams::new(rope_mode, hp.rope_dims, hp.rope_freq_base)
         };
         let (rope, window) = match arch {
             Arch::Gemma3 => {

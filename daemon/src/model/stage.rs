@@ -368,8 +368,24 @@ impl<B: Backend> Stage<B> {
                 b.rms_norm(&mut s.q, qn, n * c.n_head, c.head_dim, c.norm_eps)?;
                 b.rms_norm(&mut s.k, kn, n * c.n_head_kv, c.head_dim, c.norm_eps)?;
             }
-            b.rope(&mut s.q, n, c.n_head, c.head_dim, &batch.positions, rope)?;
-            b.rope(&mut s.k, n, c.n_head_kv, c.head_dim, &batch.positions, rope)?;
+            b.rope(
+                &mut s.q,
+                n,
+                c.n_head,
+                c.head_dim,
+                &batch.positions,
+                rope,
+                None,
+            )?;
+            b.rope(
+                &mut s.k,
+                n,
+                c.n_head_kv,
+                c.head_dim,
+                &batch.positions,
+                rope,
+                None,
+            )?;
             let scale = match c.query_scale {
                 Some(qs) => {
                     b.scale(&mut s.q, qs, n * qw)?;

@@ -218,6 +218,7 @@ static const std::unordered_map<std::string, std::function<void(void **)>> &kern
 #define K(name) {#name, entry(name)}
         K(attn_prefill_f16kv), K(attn_decode_f16kv), K(attn_combine_f32),
         K(geglu_f32), K(swiglu_f32), K(add_f32), K(scale_f32), K(add_bias_f32),
+        K(softcap_f32),
         K(get_rows_f32), K(get_rows_f16), K(get_rows_q4_0), K(get_rows_q5_0), K(get_rows_q8_0),
         K(get_rows_q4_K), K(get_rows_q6_K),
         K(kv_store_f16),

@@ -224,26 +224,29 @@ pub(crate) fn check_len(op: &'static str, have: usize, need: usize) -> Result<()
     Ok(())
 }
 
-/// How rotary position embeddings pair up dimensions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RopeKind {
-    /// GGML's "normal" rope: rotates adjacent pairs `(x[2i], x[2i+1])` (Llama).
-    Normal,
-    /// GPT-NeoX rope: rotates `(x[i], x[i + n_dims/2])` (Qwen, Gemma).
-    Neox,
-}
+pub use crate::cpu::ops::{RopeMode, RopeParams};
 
-/// Parameters of one rope application.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RopeParams {
-    /// Pairing of dimensions.
-    pub kind: RopeKind,
-    /// Number of leading dimensions of each head that are rotated (`<= head_dim`).
-    pub n_dims: usize,
-    /// Base of the geometric frequency progression.
-    pub freq_base: f32,
-    /// Linear position scaling (1.0 = none).
-    pub freq_scale: f32,
+/// Fails unless `p` can rotate heads of `head_dim`: `n_dims` even and at most `head_dim`, and
+/// frequency factors (when given, `factors` values) covering every rotated pair. Every backend
+/// checks this before its rope.
+pub(crate) fn check_rope(
+    p: &RopeParams,
+    head_dim: usize,
+    factors: Option<usize>,
+) -> Result<(), BackendError> {
+    if !p.n_dims.is_multiple_of(2) || p.n_dims > head_dim {
+        return Err(shape(
+            "rope",
+            format!("{} rotated dims for heads of {head_dim}", p.n_dims),
+        ));
+    }
+    if let Some(n) = factors.filter(|&n| n < p.n_dims / 2) {
+        return Err(shape(
+            "rope",
+            format!("{n} frequency factors for {} rotated pairs", p.n_dims / 2),
+        ));
+    }
+    Ok(())
 }
 
 /// Parameters of one attention call over one sequence's KV cache.
@@ -360,7 +363,10 @@ pub trait Backend: Send + Sync + 'static {
         out: &mut Self::Activations,
     ) -> Result<(), BackendError>;
     /// Rotary embedding in place on `(n_tokens, n_heads, head_dim)`; token `t` is at
-    /// `positions[t]`.
+    /// `positions[t]`. `freq_factors` (an f32 vector of at least `n_dims / 2` values: Llama 3.1's
+    /// `rope_freqs`, Phi-3's long or short factors) divides each pair's angle, as ggml's
+    /// `ggml_rope_ext` does with its third source.
+    #[allow(clippy::too_many_arguments)]
     fn rope(
         &self,
         x: &mut Self::Activations,
@@ -369,7 +375,11 @@ pub trait Backend: Send + Sync + 'static {
         head_dim: usize,
         positions: &[u32],
         params: RopeParams,
+        freq_factors: Option<&Self::Weight>,
     ) -> Result<(), BackendError>;
+    /// Soft-capping over `len` values, as llama.cpp builds it for Gemma 2's final logits:
+    /// `x = tanh(x * (1 / cap)) * cap`.
+    fn softcap(&self, x: &mut Self::Activations, cap: f32, len: usize) -> Result<(), BackendError>;
     /// `dst += src` over `len` values.
     fn add(
         &self,
