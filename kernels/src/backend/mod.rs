@@ -82,6 +82,52 @@ impl<'a> HostTensor<'a> {
         }
     }
 
+    /// Rows `range` as a tensor of their own: a view of the same bytes (rows are contiguous), as
+    /// a fused projection (Phi-3's `attn_qkv`, `ffn_up`) is split at load.
+    pub fn row_range(&self, range: std::ops::Range<usize>) -> Result<HostTensor<'a>, BackendError> {
+        self.check_size()?;
+        if range.start > range.end || range.end > self.rows {
+            return Err(shape(
+                "row_range",
+                format!("{}: rows {range:?} of {}", self.name, self.rows),
+            ));
+        }
+        let row_bytes = self.data.len() / self.rows.max(1);
+        Ok(HostTensor {
+            rows: range.len(),
+            data: &self.data[range.start * row_bytes..range.end * row_bytes],
+            ..*self
+        })
+    }
+
+    /// Values `range` of a one-row tensor (a fused bias) as a vector of its own, a view of the
+    /// same bytes; both ends must fall on block boundaries of its type.
+    pub fn vector_range(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> Result<HostTensor<'a>, BackendError> {
+        self.check_size()?;
+        let bad = || {
+            shape(
+                "vector_range",
+                format!(
+                    "{}: values {range:?} of a {} vector of {} rows x {}",
+                    self.name, self.ty, self.rows, self.cols
+                ),
+            )
+        };
+        if self.rows != 1 || range.start > range.end || range.end > self.cols {
+            return Err(bad());
+        }
+        let start = self.ty.row_bytes(range.start as u64).ok_or_else(bad)? as usize;
+        let end = self.ty.row_bytes(range.end as u64).ok_or_else(bad)? as usize;
+        Ok(HostTensor {
+            cols: range.len(),
+            data: &self.data[start..end],
+            ..*self
+        })
+    }
+
     /// Checks that `data` holds exactly `rows` rows of `cols` values of `ty` (what every backend
     /// checks before uploading).
     pub fn check_size(&self) -> Result<(), BackendError> {
