@@ -52,6 +52,8 @@ CASES = {
     # An original context beyond the one llama.cpp runs with: the short factors.
     "phi3-longrope-short": (
         "phi3", ["--rope-scaling", "longrope", "--ctx", "32768", "--rope-orig-ctx", "1024"], N_POS),
+    # Gemma 3 4B+ scale their global layers' rope linearly by 8; the local layers are not.
+    "gemma3-linear": ("gemma3", ["--rope-scaling", "linear", "--rope-factor", "8"], N_POS),
     # Sliding window of 16 on every other layer: the 40 positions reach past it.
     "gemma2": ("gemma2", [], 40),
     # Soft-caps low enough to bend the tiny model's attention and output logits.

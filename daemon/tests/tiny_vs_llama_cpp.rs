@@ -1,5 +1,6 @@
 //! Tiny random models of every supported architecture (llama, qwen2, qwen3, gemma2, gemma3,
-//! phi3) and rope scaling (Llama 3.1's frequency factors, linear, YaRN past the original
+//! phi3) and rope scaling (Llama 3.1's frequency factors, linear on llama and on Gemma 3's global
+//! layers, YaRN past the original
 //! context, Phi-3's long and short factors, a Mistral-shaped llama) and Gemma 2's soft-caps,
 //! written by
 //! `llmd make-model` with a fixed seed, run on the CPU backend: the logits at every position of
@@ -165,7 +166,7 @@ fn tiny_models_of_every_architecture_match_llama_cpp_logits() {
         .keys()
         .cloned()
         .collect();
-    assert_eq!(names.len(), 28, "fourteen cases x two weight types");
+    assert_eq!(names.len(), 30, "fifteen cases x two weight types");
     for name in &names {
         check_model(name, &meta);
     }
