@@ -1,12 +1,12 @@
 //! Tiny random models of every supported architecture (llama, qwen2, qwen3, gemma2, gemma3,
-//! phi3) and rope scaling (Llama 3.1's frequency factors, linear on llama and on Gemma 3's global
-//! layers, YaRN past the original
-//! context, Phi-3's long and short factors, a Mistral-shaped llama) and Gemma 2's soft-caps,
-//! written by
-//! `llmd make-model` with a fixed seed, run on the CPU backend: the logits at every position of
-//! a fixed token sequence must be within a small tolerance of llama.cpp's (fixture made by
-//! scripts/gen-tiny-logits.py with the llama.cpp reference build from the llama-cpp-python
-//! package), and the argmax the same wherever llama.cpp's best two logits are not near-tied.
+//! phi3) and rope scaling (Llama 3.1's frequency factors, linear on llama and on Gemma 3's
+//! global layers, YaRN past the original context, Phi-3's long and short factors, a
+//! Mistral-shaped llama) and Gemma 2's soft-caps, written by `llmd make-model` with a fixed
+//! seed, run on the CPU backend: the logits at every position of a fixed token sequence must be
+//! within a small tolerance of llama.cpp's (fixture made by scripts/gen-tiny-logits.py with the
+//! llama.cpp reference build from the llama-cpp-python package), and the argmax the same
+//! wherever llama.cpp's best two logits are not near-tied. Each case loads with the context
+//! llama.cpp ran with, which picks Phi-3's long or short factors.
 
 use std::path::Path;
 use std::process::Command;
