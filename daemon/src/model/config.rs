@@ -379,12 +379,9 @@ impl ModelConfig {
 
         let swa_window = match arch {
             Arch::Gemma2 => Some(hp.sliding_window.unwrap_or(GEMMA2_DEFAULT_WINDOW)),
-            Arch::Gemma3 => Some(hp.sliding_window.ok_or_else(|| {
-                invalid(
-                    "attention.sliding_window",
-                    "gemma3 needs a sliding window".into(),
-                )
-            })?),
+            // Gemma 3 without a window (or a zero one) attends globally everywhere, as in
+            // llama.cpp.
+            Arch::Gemma3 => hp.sliding_window.filter(|&w| w > 0),
             _ => None,
         };
         let (rope, window) = match swa_window {
@@ -721,6 +718,15 @@ mod tests {
         assert_eq!(c.query_scale, Some(1.0 / 16.0));
         assert!(c.qk_norm && c.post_norms);
         assert_eq!((c.attn_softcap, c.final_softcap), (None, None));
+    }
+
+    #[test]
+    fn gemma3_without_a_window_is_global_everywhere() {
+        let mut hp = gemma_270m();
+        hp.sliding_window = None;
+        let c = ModelConfig::resolve(&hp).expect("valid");
+        assert!(c.window.iter().all(Option::is_none));
+        assert!(c.rope.iter().all(|r| r.freq_base == 1e6));
     }
 
     #[test]

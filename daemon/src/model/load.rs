@@ -160,9 +160,7 @@ impl OpenedModel {
             config,
         })
     }
-}
 
-impl OpenedModel {
     /// The model set up to run with contexts of `n_ctx` positions per sequence (Phi-3's long
     /// rope factors apply beyond its original context; see [`ModelConfig::with_context`]).
     /// Call it before building the pipeline.
