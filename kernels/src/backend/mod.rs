@@ -768,6 +768,50 @@ mod tests {
     }
 
     #[test]
+    fn row_and_vector_views_cover_the_bytes_asked_for() {
+        // 3 rows of 64 Q8_0 values (2 blocks of 34 bytes each per row).
+        let data: Vec<u8> = (0..3 * 68).map(|i| i as u8).collect();
+        let t = HostTensor {
+            name: "qkv",
+            ty: GgmlType::Q8_0,
+            rows: 3,
+            cols: 64,
+            data: &data,
+        };
+        let mid = t.row_range(1..3).expect("rows 1..3");
+        assert_eq!((mid.rows, mid.cols, mid.data), (2, 64, &data[68..]));
+        assert!(t.row_range(2..4).is_err(), "past the last row");
+        assert!(t.vector_range(0..32).is_err(), "not a vector");
+        let values: Vec<u8> = (0..4 * 96).map(|i| i as u8).collect();
+        let v = HostTensor {
+            name: "qkv.bias",
+            ty: GgmlType::F32,
+            rows: 1,
+            cols: 96,
+            data: &values,
+        };
+        let k = v.vector_range(64..80).expect("values 64..80");
+        assert_eq!((k.rows, k.cols, k.data), (1, 16, &values[256..320]));
+        assert!(v.vector_range(90..100).is_err());
+        let blocks = HostTensor {
+            ty: GgmlType::Q8_0,
+            cols: 64,
+            data: &data[..68],
+            ..v
+        };
+        assert!(blocks.vector_range(0..16).is_err(), "inside a block");
+        assert!(blocks.vector_range(32..64).is_ok());
+        let short = HostTensor {
+            data: &data[..10],
+            ..t
+        };
+        assert!(
+            short.row_range(0..1).is_err(),
+            "bytes do not match the shape"
+        );
+    }
+
+    #[test]
     fn kv_shapes_check_what_every_backend_checks() {
         let kv = KvShape::new(16, 2, 64).expect("shape");
         assert_eq!((kv.width(), kv.values(), kv.bytes()), (128, 2048, 8192));
