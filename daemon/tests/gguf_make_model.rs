@@ -516,3 +516,44 @@ fn new_architectures_and_rope_scaling_read_back() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+/// The presets of the new families, header-only: each opens for planning (the configuration
+/// resolves from the header) with about the parameter count of the model it copies.
+#[test]
+fn new_presets_plan_from_their_headers() {
+    use llmd::model::plan::ModelSizes;
+    let dir = tempfile::tempdir().unwrap();
+    for (arch, preset, billions) in [
+        ("phi3", "1b", 3.8),
+        ("phi3", "8b", 14.7),
+        ("gemma2", "1b", 2.6),
+        ("gemma2", "8b", 9.2),
+        ("gemma2", "70b", 27.2),
+        ("llama", "nemo-12b", 12.2),
+        ("llama", "mistral-small-24b", 23.6),
+    ] {
+        let path = make(
+            dir.path(),
+            &format!("{arch}-{preset}.gguf"),
+            &[
+                "--arch",
+                arch,
+                "--preset",
+                preset,
+                "--type",
+                "q4_k_m",
+                "--header-only",
+            ],
+        );
+        let f = GgufFile::open_header(&path).unwrap();
+        let r = InspectReport::from_file(&f);
+        let b = r.parameters as f64 / 1e9;
+        assert!(
+            (b / billions - 1.0).abs() < 0.05,
+            "{arch} {preset}: {b:.2}B"
+        );
+        let (_, config, sizes) = ModelSizes::open(&path, 512, 64).unwrap();
+        assert_eq!(sizes.layer_weight_bytes.len(), config.n_layer);
+        assert!(sizes.layer_weight_bytes.iter().all(|&b| b > 0));
+    }
+}
