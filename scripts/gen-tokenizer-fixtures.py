@@ -159,7 +159,7 @@ PIECE_HEAD = 600
 PIECE_STRIDE = 257
 
 # tokenizer.ggml.pre values checked on the Qwen2 vocabulary besides its own.
-OTHER_PRE_TOKENIZERS = ["llama-bpe", "deepseek-llm", "deepseek-coder", "gpt-2", "default"]
+OTHER_PRE_TOKENIZERS = ["llama-bpe", "deepseek-llm", "deepseek-coder", "gpt-2", "default", "tekken"]
 
 FLAGS = [(True, False), (False, False), (True, True), (False, True)]
 

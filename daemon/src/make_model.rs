@@ -1,6 +1,7 @@
 //! `llmd make-model`: writes a random-weight GGUF model of a real architecture (llama, qwen2,
-//! qwen3, gemma3) and shape, with every piece of metadata llama.cpp needs to load it and a real
-//! tokenizer vocabulary ([`vocab`]). Weights are seeded and deterministic, scaled like a trained
+//! qwen3, gemma2, gemma3, phi3) and shape, with every piece of metadata llama.cpp needs to load
+//! it and a real tokenizer vocabulary ([`vocab`]); optionally with rope scaling as converted
+//! models carry it ([`rope`]: Llama 3.1's `rope_freqs`, linear, YaRN, Phi-3's long/short). Weights are seeded and deterministic, scaled like a trained
 //! model's (matrices ~N(0, 0.02²), norms ≈ 1) so the forward pass gives finite, varied logits.
 //!
 //! Tensors are generated, quantized and written in row batches on all cores, so full-size
@@ -13,6 +14,7 @@
 //! distribution as the default fill (pool row `j` is exactly the default fill's row `j`).
 //! `--json` prints a summary line on stdout, including the bytes of weights a decode step reads.
 
+pub mod rope;
 pub mod vocab;
 
 use std::fs::File;
@@ -25,6 +27,7 @@ use clap::ValueEnum;
 use llmd_kernels::quant::{quantize, GgmlType};
 
 use crate::gguf::{GgufFile, GgufWriter, MetadataArray, MetadataValue};
+use rope::{RopeScalingArg, RopeScalingPlan};
 use vocab::{Flavor, Vocab, VocabKind};
 
 /// Elements generated per batch of a tensor (64 MiB of f32), bounding memory for any size.
@@ -56,8 +59,13 @@ pub enum Arch {
     Qwen2,
     /// Qwen3: as llama plus per-head q/k RMSNorm.
     Qwen3,
+    /// Gemma 2: post-attention/FFN norms, alternating sliding-window layers, soft-capped
+    /// attention and final logits, tied embeddings.
+    Gemma2,
     /// Gemma 3: q/k norms, post-attention/FFN norms, sliding-window layers, tied embeddings.
     Gemma3,
+    /// Phi-3 / Phi-4: fused q/k/v (`attn_qkv`) and gate+up (`ffn_up`) projections.
+    Phi3,
 }
 
 impl Arch {
@@ -67,15 +75,24 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Gemma2 => "gemma2",
             Arch::Gemma3 => "gemma3",
+            Arch::Phi3 => "phi3",
         }
+    }
+
+    /// Whether the output projection is the token embedding (no `output.weight`).
+    const fn tied(self) -> bool {
+        matches!(self, Arch::Gemma2 | Arch::Gemma3)
     }
 }
 
 /// Shape presets. Each is the real shape of a released model of the architecture:
-/// llama: Llama 3.2 1B / 3.1 8B / 3.1 70B; qwen2: Qwen2.5 1.5B / 7B / 72B; qwen3: Qwen3 1.7B /
-/// 8B / 32B (the largest dense Qwen3); gemma3: Gemma 3 1B / 12B / 27B. `tiny` is a small
-/// shape for tests.
+/// llama: Llama 3.2 1B / 3.1 8B / 3.1 70B / 3.1 405B, and Mistral Nemo 12B and Mistral Small
+/// 24B (llama files with a head size other than `embd / heads`); qwen2: Qwen2.5 1.5B / 7B /
+/// 72B; qwen3: Qwen3 1.7B / 8B / 32B (the largest dense Qwen3); gemma2: Gemma 2 2B / 9B / 27B;
+/// gemma3: Gemma 3 1B / 12B / 27B; phi3: Phi-3.5-mini (3.8B) / Phi-4 (14B). `tiny` is a small
+/// shape for tests. A preset the family has no model of is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Preset {
     /// A few layers of width 256, vocabulary 1024: for tests.
@@ -89,6 +106,30 @@ pub enum Preset {
     /// About 70B parameters (the largest dense model of the family).
     #[value(name = "70b")]
     B70,
+    /// Llama 3.1 405B.
+    #[value(name = "405b")]
+    B405,
+    /// Mistral Nemo 12B (llama).
+    #[value(name = "nemo-12b")]
+    Nemo12B,
+    /// Mistral Small 3 24B (llama).
+    #[value(name = "mistral-small-24b")]
+    MistralSmall24B,
+}
+
+impl Preset {
+    /// The name on the command line.
+    fn name(self) -> &'static str {
+        match self {
+            Preset::Tiny => "tiny",
+            Preset::B1 => "1b",
+            Preset::B8 => "8b",
+            Preset::B70 => "70b",
+            Preset::B405 => "405b",
+            Preset::Nemo12B => "nemo-12b",
+            Preset::MistralSmall24B => "mistral-small-24b",
+        }
+    }
 }
 
 /// Weight types and mixes, as llama.cpp's quantize names them (`llama-quantize --help`), plus
@@ -264,6 +305,34 @@ pub struct MakeModelArgs {
     /// Training context length written to the metadata.
     #[arg(long)]
     pub ctx: Option<u32>,
+    /// RoPE frequency base (default: the preset's).
+    #[arg(long)]
+    pub rope_base: Option<f32>,
+    /// Write Llama 3.1's `rope_freqs.weight` (the `llama3` rope scaling: factor 8, low/high
+    /// frequency factors 1/4, original context 8192); llama only.
+    #[arg(long)]
+    pub rope_freqs: bool,
+    /// Rope scaling keys (and, for longrope, Phi-3's long/short factor tensors) to write.
+    #[arg(long, value_enum)]
+    pub rope_scaling: Option<RopeScalingArg>,
+    /// `rope.scaling.factor` of linear and YaRN scaling (default 4); with `--rope-freqs`, the
+    /// `llama3` factor (default 8).
+    #[arg(long)]
+    pub rope_factor: Option<f32>,
+    /// `rope.scaling.original_context_length` of YaRN and longrope (default: the context over
+    /// the factor for YaRN, over 32 for longrope); with `--rope-freqs`, the `llama3` original
+    /// context (default 8192).
+    #[arg(long)]
+    pub rope_orig_ctx: Option<u32>,
+    /// `attn_logit_softcapping` of gemma2 (default 50, Gemma 2's).
+    #[arg(long)]
+    pub attn_softcap: Option<f32>,
+    /// `final_logit_softcapping` of gemma2 (default 30, Gemma 2's) or gemma3 (default: none).
+    #[arg(long)]
+    pub final_softcap: Option<f32>,
+    /// `rope.scaling.attn_factor` (default: none; Phi-3's for longrope).
+    #[arg(long)]
+    pub rope_attn_factor: Option<f32>,
     /// Weight type.
     #[arg(long = "type", value_enum, default_value = "f16")]
     pub ty: WeightType,
@@ -315,12 +384,16 @@ pub struct Shape {
     pub rope_base: f32,
     /// RMSNorm epsilon.
     pub norm_eps: f32,
-    /// Sliding window of windowed layers (gemma3).
+    /// Sliding window of windowed layers (gemma2, gemma3).
     pub sliding_window: Option<u32>,
+    /// Soft-cap of attention logits (gemma2).
+    pub attn_softcap: Option<f32>,
+    /// Soft-cap of the output logits (gemma2, optionally gemma3).
+    pub final_softcap: Option<f32>,
 }
 
-/// The preset shape of `arch`.
-pub fn preset_shape(arch: Arch, preset: Preset) -> Shape {
+/// The preset shape of `arch`, if the family has a model of that size.
+pub fn preset_shape(arch: Arch, preset: Preset) -> anyhow::Result<Shape> {
     #[allow(clippy::too_many_arguments)]
     let s = |n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, n_vocab, n_ctx| Shape {
         n_layer,
@@ -334,17 +407,26 @@ pub fn preset_shape(arch: Arch, preset: Preset) -> Shape {
         rope_base: 10000.0,
         norm_eps: 1e-6,
         sliding_window: None,
+        attn_softcap: None,
+        final_softcap: None,
     };
-    match arch {
+    let none = || anyhow::anyhow!("{} has no {} preset", arch.name(), preset.name());
+    Ok(match arch {
         Arch::Llama => {
             let mut sh = match preset {
                 Preset::Tiny => s(2, 256, 512, 4, 2, 64, 1024, 4096),
                 Preset::B1 => s(16, 2048, 8192, 32, 8, 64, 128256, 131072),
                 Preset::B8 => s(32, 4096, 14336, 32, 8, 128, 128256, 131072),
                 Preset::B70 => s(80, 8192, 28672, 64, 8, 128, 128256, 131072),
+                Preset::B405 => s(126, 16384, 53248, 128, 8, 128, 128256, 131072),
+                Preset::Nemo12B => s(40, 5120, 14336, 32, 8, 128, 131072, 1024000),
+                Preset::MistralSmall24B => s(40, 5120, 32768, 32, 8, 128, 131072, 32768),
             };
-            sh.rope_base = 500000.0;
-            sh.norm_eps = 1e-5;
+            (sh.rope_base, sh.norm_eps) = match preset {
+                Preset::Nemo12B => (1_000_000.0, 1e-5),
+                Preset::MistralSmall24B => (100_000_000.0, 1e-5),
+                _ => (500_000.0, 1e-5),
+            };
             sh
         }
         Arch::Qwen2 => {
@@ -353,6 +435,7 @@ pub fn preset_shape(arch: Arch, preset: Preset) -> Shape {
                 Preset::B1 => s(28, 1536, 8960, 12, 2, 128, 151936, 32768),
                 Preset::B8 => s(28, 3584, 18944, 28, 4, 128, 152064, 32768),
                 Preset::B70 => s(80, 8192, 29568, 64, 8, 128, 152064, 32768),
+                _ => return Err(none()),
             };
             sh.rope_base = 1_000_000.0;
             sh
@@ -363,8 +446,24 @@ pub fn preset_shape(arch: Arch, preset: Preset) -> Shape {
                 Preset::B1 => s(28, 2048, 6144, 16, 8, 128, 151936, 40960),
                 Preset::B8 => s(36, 4096, 12288, 32, 8, 128, 151936, 40960),
                 Preset::B70 => s(64, 5120, 25600, 64, 8, 128, 151936, 40960),
+                _ => return Err(none()),
             };
             sh.rope_base = 1_000_000.0;
+            sh
+        }
+        Arch::Gemma2 => {
+            let (mut sh, window) = match preset {
+                // Four layers: two windowed, two global. The window is small enough for the
+                // tests' sequences to reach past it.
+                Preset::Tiny => (s(4, 256, 512, 4, 2, 64, 1024, 4096), 16),
+                Preset::B1 => (s(26, 2304, 9216, 8, 4, 256, 256000, 8192), 4096),
+                Preset::B8 => (s(42, 3584, 14336, 16, 8, 256, 256000, 8192), 4096),
+                Preset::B70 => (s(46, 4608, 36864, 32, 16, 128, 256000, 8192), 4096),
+                _ => return Err(none()),
+            };
+            sh.sliding_window = Some(window);
+            // Gemma 2's soft-caps, as its converter writes them.
+            (sh.attn_softcap, sh.final_softcap) = (Some(50.0), Some(30.0));
             sh
         }
         Arch::Gemma3 => {
@@ -374,18 +473,34 @@ pub fn preset_shape(arch: Arch, preset: Preset) -> Shape {
                 Preset::B1 => (s(26, 1152, 6912, 4, 1, 256, 262144, 32768), 512),
                 Preset::B8 => (s(48, 3840, 15360, 16, 8, 256, 262144, 131072), 1024),
                 Preset::B70 => (s(62, 5376, 21504, 32, 16, 128, 262144, 131072), 1024),
+                _ => return Err(none()),
             };
             sh.rope_base = 1_000_000.0;
             sh.sliding_window = Some(window);
             sh
         }
-    }
+        Arch::Phi3 => {
+            let mut sh = match preset {
+                Preset::Tiny => s(2, 256, 512, 4, 4, 64, 1024, 4096),
+                Preset::B1 => s(32, 3072, 8192, 32, 32, 96, 32064, 131072),
+                Preset::B8 => s(40, 5120, 17920, 40, 10, 128, 100352, 16384),
+                _ => return Err(none()),
+            };
+            sh.rope_base = if preset == Preset::B8 {
+                250_000.0
+            } else {
+                10_000.0
+            };
+            sh.norm_eps = 1e-5;
+            sh
+        }
+    })
 }
 
 impl MakeModelArgs {
     /// The shape: the preset with the explicit options applied, validated.
     pub fn shape(&self) -> anyhow::Result<Shape> {
-        let mut sh = preset_shape(self.arch, self.preset);
+        let mut sh = preset_shape(self.arch, self.preset)?;
         let set = |f: &mut u32, v: Option<u32>| {
             if let Some(v) = v {
                 *f = v;
@@ -438,12 +553,64 @@ impl MakeModelArgs {
                 sh.head_dim
             );
         }
+        if self.arch == Arch::Phi3 && sh.n_head * sh.head_dim != sh.n_embd {
+            bail!(
+                "phi3 needs heads x head-dim = embd (llama.cpp's attn_output is embd x embd), \
+                 not {} x {} for {}",
+                sh.n_head,
+                sh.head_dim,
+                sh.n_embd
+            );
+        }
+        for (flag, value, archs) in [
+            ("attn-softcap", self.attn_softcap, &[Arch::Gemma2][..]),
+            (
+                "final-softcap",
+                self.final_softcap,
+                &[Arch::Gemma2, Arch::Gemma3][..],
+            ),
+        ] {
+            match value {
+                Some(_) if !archs.contains(&self.arch) => {
+                    bail!("--{flag} applies to {archs:?} models only")
+                }
+                Some(cap) if !(cap.is_finite() && cap > 0.0) => {
+                    bail!("--{flag} must be positive, not {cap}")
+                }
+                _ => {}
+            }
+        }
+        if let Some(cap) = self.attn_softcap {
+            sh.attn_softcap = Some(cap);
+        }
+        if let Some(cap) = self.final_softcap {
+            sh.final_softcap = Some(cap);
+        }
+        if let Some(base) = self.rope_base {
+            if !(base.is_finite() && base > 0.0) {
+                bail!("--rope-base must be positive, not {base}");
+            }
+            sh.rope_base = base;
+        }
         Ok(sh)
+    }
+
+    /// The rope scaling to write.
+    pub fn rope_plan(&self, sh: &Shape) -> anyhow::Result<RopeScalingPlan> {
+        RopeScalingPlan::new(
+            self.arch.name(),
+            sh.n_ctx,
+            self.rope_freqs,
+            self.rope_scaling,
+            self.rope_factor,
+            self.rope_orig_ctx,
+            self.rope_attn_factor,
+        )
     }
 
     fn vocab_kind(&self) -> VocabKind {
         self.vocab_kind.unwrap_or(match self.arch {
-            Arch::Gemma3 => VocabKind::Spm,
+            Arch::Gemma2 | Arch::Gemma3 | Arch::Phi3 => VocabKind::Spm,
             _ => VocabKind::Bpe,
         })
     }
@@ -468,6 +635,8 @@ enum Role {
     AttnOutput,
     /// Any other weight matrix.
     Matrix,
+    /// Values given in advance (rope frequency factors, always F32).
+    Fixed,
 }
 
 /// One tensor to write.
@@ -483,6 +652,8 @@ struct TensorPlan {
     ty: GgmlType,
     /// Standard deviation of the random values (around 1 for norms).
     std: f32,
+    /// The values of a [`Role::Fixed`] tensor.
+    fixed: Option<Vec<f32>>,
 }
 
 /// llama.cpp's rule for which layers get more bits in the *_M mixes.
@@ -523,12 +694,15 @@ struct Site {
     n_layer: u32,
     /// Query heads per KV head (llama.cpp's `n_gqa`).
     n_gqa: u32,
+    /// Whether llama.cpp classes the model as a 70B (80 layers of llama with grouped KV heads,
+    /// or of qwen2), whose small attn_v takes more bits.
+    is_70b: bool,
 }
 
 /// The type of an attn_v matrix in mix `wt` (`base` otherwise), as `llama_tensor_get_type`.
 fn attn_v_type(wt: WeightType, base: GgmlType, at: Site) -> GgmlType {
     use WeightType as W;
-    match wt {
+    let ty = match wt {
         W::Q2_K if at.n_gqa >= 4 => GgmlType::Q4_K,
         W::Q2_K => GgmlType::Q3_K,
         W::Q3_K_M if at.layer < 2 => GgmlType::Q5_K,
@@ -538,6 +712,11 @@ fn attn_v_type(wt: WeightType, base: GgmlType, at: Site) -> GgmlType {
         W::Q4_K_M | W::Q5_K_M if use_more_bits(at.layer, at.n_layer) => GgmlType::Q6_K,
         W::Q4_K_S if at.layer < 4 => GgmlType::Q5_K,
         _ => base,
+    };
+    // A 70B's eight query heads share each attn_v row, so llama.cpp spends more bits on it.
+    match ty {
+        GgmlType::Q3_K | GgmlType::Q4_K if at.is_70b => GgmlType::Q5_K,
+        other => other,
     }
 }
 
@@ -568,14 +747,13 @@ fn attn_output_type(wt: WeightType, base: GgmlType) -> GgmlType {
 }
 
 /// The storage type of a tensor, following llama.cpp's `llama_tensor_get_type` for a dense
-/// model quantized without an importance matrix. (Not modelled: llama.cpp's extra bits for
-/// attn_v of its 70B models.)
+/// model quantized without an importance matrix.
 fn choose_type(wt: WeightType, role: Role, at: Site, tied: bool, row: u64) -> GgmlType {
     use WeightType as W;
     let base = wt.base();
     let output = matches!(role, Role::Output) || (tied && role == Role::TokenEmbd);
     let ty = match role {
-        Role::Norm | Role::Bias => return GgmlType::F32,
+        Role::Norm | Role::Bias | Role::Fixed => return GgmlType::F32,
         _ if matches!(wt, W::F32 | W::F16 | W::BF16) => base,
         _ if output && matches!(wt, W::Q8_0 | W::MXFP4) => GgmlType::Q8_0,
         // The output (or tied embedding) takes Q8_0 when its rows do not fit K blocks.
@@ -592,14 +770,14 @@ fn choose_type(wt: WeightType, role: Role, at: Site, tied: bool, row: u64) -> Gg
 }
 
 /// Every tensor of the model, in file order.
-fn plan(arch: Arch, sh: &Shape, wt: WeightType) -> Vec<TensorPlan> {
+fn plan(arch: Arch, sh: &Shape, wt: WeightType, rope: &RopeScalingPlan) -> Vec<TensorPlan> {
     let (e, ff, v) = (sh.n_embd as u64, sh.n_ff as u64, sh.n_vocab as u64);
     let (q, kv, hd) = (
         (sh.n_head * sh.head_dim) as u64,
         (sh.n_head_kv * sh.head_dim) as u64,
         sh.head_dim as u64,
     );
-    let tied = arch == Arch::Gemma3;
+    let tied = arch.tied();
     let mut out = Vec::new();
     let mut add = |name: String, dims: Vec<u64>, role: Role, layer: Option<u32>| {
         let std = match role {
@@ -617,6 +795,12 @@ fn plan(arch: Arch, sh: &Shape, wt: WeightType) -> Vec<TensorPlan> {
             layer: layer.unwrap_or(0),
             n_layer: sh.n_layer,
             n_gqa: sh.n_head / sh.n_head_kv.max(1),
+            is_70b: sh.n_layer == 80
+                && match arch {
+                    Arch::Llama => sh.n_head != sh.n_head_kv,
+                    Arch::Qwen2 => true,
+                    _ => false,
+                },
         };
         let ty = choose_type(wt, role, at, tied, dims[0]);
         out.push(TensorPlan {
@@ -625,6 +809,7 @@ fn plan(arch: Arch, sh: &Shape, wt: WeightType) -> Vec<TensorPlan> {
             role,
             ty,
             std,
+            fixed: None,
         });
     };
     add(
@@ -633,13 +818,19 @@ fn plan(arch: Arch, sh: &Shape, wt: WeightType) -> Vec<TensorPlan> {
         Role::TokenEmbd,
         None,
     );
+    let gemma = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
     for il in 0..sh.n_layer {
         let l = Some(il);
         let b = |s: &str| format!("blk.{il}.{s}");
         add(b("attn_norm.weight"), vec![e], Role::Norm, l);
-        add(b("attn_q.weight"), vec![e, q], Role::Matrix, l);
-        add(b("attn_k.weight"), vec![e, kv], Role::Matrix, l);
-        add(b("attn_v.weight"), vec![e, kv], Role::AttnV, l);
+        if arch == Arch::Phi3 {
+            // llama.cpp's mixes treat a fused q/k/v like attn_v.
+            add(b("attn_qkv.weight"), vec![e, q + 2 * kv], Role::AttnV, l);
+        } else {
+            add(b("attn_q.weight"), vec![e, q], Role::Matrix, l);
+            add(b("attn_k.weight"), vec![e, kv], Role::Matrix, l);
+            add(b("attn_v.weight"), vec![e, kv], Role::AttnV, l);
+        }
         if arch == Arch::Qwen2 {
             add(b("attn_q.bias"), vec![q], Role::Bias, l);
             add(b("attn_k.bias"), vec![kv], Role::Bias, l);
@@ -650,20 +841,37 @@ fn plan(arch: Arch, sh: &Shape, wt: WeightType) -> Vec<TensorPlan> {
             add(b("attn_k_norm.weight"), vec![hd], Role::Norm, l);
         }
         add(b("attn_output.weight"), vec![q, e], Role::AttnOutput, l);
-        if arch == Arch::Gemma3 {
+        if gemma {
             add(b("post_attention_norm.weight"), vec![e], Role::Norm, l);
         }
         add(b("ffn_norm.weight"), vec![e], Role::Norm, l);
-        add(b("ffn_gate.weight"), vec![e, ff], Role::Matrix, l);
-        add(b("ffn_up.weight"), vec![e, ff], Role::Matrix, l);
+        if arch == Arch::Phi3 {
+            // Gate and up in one tensor, gate first.
+            add(b("ffn_up.weight"), vec![e, 2 * ff], Role::Matrix, l);
+        } else {
+            add(b("ffn_gate.weight"), vec![e, ff], Role::Matrix, l);
+            add(b("ffn_up.weight"), vec![e, ff], Role::Matrix, l);
+        }
         add(b("ffn_down.weight"), vec![ff, e], Role::FfnDown, l);
-        if arch == Arch::Gemma3 {
+        if gemma {
             add(b("post_ffw_norm.weight"), vec![e], Role::Norm, l);
         }
     }
     add("output_norm.weight".into(), vec![e], Role::Norm, None);
     if !tied {
         add("output.weight".into(), vec![e, v], Role::Output, None);
+    }
+    // Rope frequency factors last, so the random tensors (seeded by their index) are the same
+    // with and without them.
+    for (name, values) in rope.tensors(sh.head_dim, sh.rope_base) {
+        out.push(TensorPlan {
+            name: name.into(),
+            dims: vec![values.len() as u64],
+            role: Role::Fixed,
+            ty: GgmlType::F32,
+            std: 0.0,
+            fixed: Some(values),
+        });
     }
     out
 }
@@ -675,22 +883,24 @@ fn metadata(
     wt: WeightType,
     vocab: &Vocab,
     preset: Preset,
+    rope: &RopeScalingPlan,
 ) -> Vec<(String, MetadataValue)> {
     use MetadataValue as V;
     let a = arch.name();
     let k = |s: &str| format!("{a}.{s}");
-    let preset_name = match preset {
-        Preset::Tiny => "tiny",
-        Preset::B1 => "1b",
-        Preset::B8 => "8b",
-        Preset::B70 => "70b",
+    let preset_name = preset.name();
+    // llama.cpp gives vocabularies of models named "phi3" Phi-3.5's token attributes, which
+    // need its SentencePiece tokens; a byte-level BPE phi3 vocabulary is Phi-4's.
+    let family = match arch {
+        Arch::Phi3 if vocab.model == "gpt2" => "phi4",
+        _ => a,
     };
     let mut m: Vec<(String, MetadataValue)> = vec![
         ("general.architecture".into(), V::String(a.into())),
         ("general.type".into(), V::String("model".into())),
         (
             "general.name".into(),
-            V::String(format!("llmd synthetic {a} {preset_name}")),
+            V::String(format!("llmd synthetic {family} {preset_name}")),
         ),
         ("general.file_type".into(), V::U32(wt.file_type())),
         ("general.quantization_version".into(), V::U32(2)),
@@ -709,6 +919,15 @@ fn metadata(
     ];
     if let Some(w) = sh.sliding_window {
         m.push((k("attention.sliding_window"), V::U32(w)));
+    }
+    if let Some(cap) = sh.attn_softcap {
+        m.push((k("attn_logit_softcapping"), V::F32(cap)));
+    }
+    if let Some(cap) = sh.final_softcap {
+        m.push((k("final_logit_softcapping"), V::F32(cap)));
+    }
+    for (key, value) in rope.metadata(a) {
+        m.push((k(key), value));
     }
     let t = |s: &str| format!("tokenizer.{s}");
     m.push((t("ggml.model"), V::String(vocab.model.into())));
@@ -793,6 +1012,13 @@ fn encode_rows(
     rows: std::ops::Range<u64>,
 ) -> anyhow::Result<Vec<u8>> {
     let row_len = t.dims[0] as usize;
+    if let Some(values) = &t.fixed {
+        let (a, b) = (rows.start as usize * row_len, rows.end as usize * row_len);
+        let part = values
+            .get(a..b)
+            .with_context(|| format!("{}: rows {rows:?} beyond its values", t.name))?;
+        return quantize(t.ty, part).with_context(|| format!("encoding {}", t.name));
+    }
     let mut vals = Vec::with_capacity(row_len * (rows.end - rows.start) as usize);
     for r in rows {
         let mut rng = row_rng(seed, index, r);
@@ -959,16 +1185,18 @@ pub struct MakeModelSummary {
 pub fn run(args: MakeModelArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let sh = args.shape()?;
+    let rope = args.rope_plan(&sh)?;
     let flavor = match args.arch {
         Arch::Llama => Flavor::Llama,
+        Arch::Phi3 => Flavor::Phi3,
         Arch::Qwen2 | Arch::Qwen3 => Flavor::Qwen,
-        Arch::Gemma3 => Flavor::Gemma,
+        Arch::Gemma2 | Arch::Gemma3 => Flavor::Gemma,
     };
     let vocab = vocab::build(args.vocab_kind(), flavor, sh.n_vocab as usize)?;
-    let tensors = plan(args.arch, &sh, args.ty);
+    let tensors = plan(args.arch, &sh, args.ty, &rope);
 
     let mut w = GgufWriter::new();
-    for (k, v) in metadata(args.arch, &sh, args.ty, &vocab, args.preset) {
+    for (k, v) in metadata(args.arch, &sh, args.ty, &vocab, args.preset, &rope) {
         w.add_metadata(k, v)?;
     }
     for t in &tensors {
@@ -1065,10 +1293,15 @@ fn summarize(
 mod tests {
     use super::*;
 
+    /// No rope scaling.
+    fn no_rope() -> RopeScalingPlan {
+        RopeScalingPlan::new("llama", 4096, false, None, None, None, None).unwrap()
+    }
+
     #[test]
     fn q4_k_m_mix_follows_llama_cpp() {
-        let sh = preset_shape(Arch::Llama, Preset::B8);
-        let p = plan(Arch::Llama, &sh, WeightType::Q4_K_M);
+        let sh = preset_shape(Arch::Llama, Preset::B8).unwrap();
+        let p = plan(Arch::Llama, &sh, WeightType::Q4_K_M, &no_rope());
         let ty = |n: &str| p.iter().find(|t| t.name == n).unwrap().ty;
         assert_eq!(ty("output.weight"), GgmlType::Q6_K);
         assert_eq!(ty("token_embd.weight"), GgmlType::Q4_K);
@@ -1083,8 +1316,8 @@ mod tests {
         let n: u64 = p.iter().map(|t| t.dims.iter().product::<u64>()).sum();
         assert!((8.0e9..8.1e9).contains(&(n as f64)), "{n}");
         // Gemma: tied embedding takes the output's type; 1152-wide rows fall back.
-        let sh = preset_shape(Arch::Gemma3, Preset::B1);
-        let p = plan(Arch::Gemma3, &sh, WeightType::Q4_K_M);
+        let sh = preset_shape(Arch::Gemma3, Preset::B1).unwrap();
+        let p = plan(Arch::Gemma3, &sh, WeightType::Q4_K_M, &no_rope());
         let ty = |n: &str| p.iter().find(|t| t.name == n).unwrap().ty;
         assert_eq!(ty("token_embd.weight"), GgmlType::Q8_0);
         assert_eq!(ty("blk.1.attn_q.weight"), GgmlType::Q5_0);
@@ -1094,9 +1327,9 @@ mod tests {
     #[test]
     fn k_quant_and_iq_mixes_follow_llama_cpp() {
         // Llama 3 8B: 32 layers, 4 query heads per KV head.
-        let sh = preset_shape(Arch::Llama, Preset::B8);
+        let sh = preset_shape(Arch::Llama, Preset::B8).unwrap();
         let types = |wt| {
-            let p = plan(Arch::Llama, &sh, wt);
+            let p = plan(Arch::Llama, &sh, wt, &no_rope());
             move |n: &str| p.iter().find(|t| t.name == n).unwrap().ty
         };
         let ty = types(WeightType::Q2_K);
@@ -1136,16 +1369,23 @@ mod tests {
         assert_eq!(ty("token_embd.weight"), GgmlType::Q8_0);
         assert_eq!(ty("output.weight"), GgmlType::Q8_0);
         assert_eq!(ty("blk.0.attn_v.weight"), GgmlType::MXFP4);
+        // Llama 3 70B: llama.cpp's 70B rule lifts a Q3_K/Q4_K attn_v to Q5_K.
+        let sh70 = preset_shape(Arch::Llama, Preset::B70).unwrap();
+        let p = plan(Arch::Llama, &sh70, WeightType::Q4_K_M, &no_rope());
+        let ty70 = |n: &str| p.iter().find(|t| t.name == n).unwrap().ty;
+        assert_eq!(ty70("blk.20.attn_v.weight"), GgmlType::Q5_K);
+        assert_eq!(ty70("blk.0.attn_v.weight"), GgmlType::Q6_K);
+        assert_eq!(ty70("blk.20.attn_q.weight"), GgmlType::Q4_K);
         // Qwen3 1.7B: 2 query heads per KV head, so Q2_K's attn_v is Q3_K.
-        let sh = preset_shape(Arch::Qwen3, Preset::B1);
-        let p = plan(Arch::Qwen3, &sh, WeightType::Q2_K);
+        let sh = preset_shape(Arch::Qwen3, Preset::B1).unwrap();
+        let p = plan(Arch::Qwen3, &sh, WeightType::Q2_K, &no_rope());
         let v = p.iter().find(|t| t.name == "blk.0.attn_v.weight").unwrap();
         assert_eq!(v.ty, GgmlType::Q3_K);
         // Gemma 3 1B: 1152-wide rows take the fallbacks (IQ4_XS -> IQ4_NL, Q2_K / Q3_K / TQ ->
         // Q4_0, Q5_K -> Q5_1).
-        let sh = preset_shape(Arch::Gemma3, Preset::B1);
+        let sh = preset_shape(Arch::Gemma3, Preset::B1).unwrap();
         let ty = |wt, n: &str| {
-            let p = plan(Arch::Gemma3, &sh, wt);
+            let p = plan(Arch::Gemma3, &sh, wt, &no_rope());
             p.iter().find(|t| t.name == n).unwrap().ty
         };
         assert_eq!(
@@ -1172,6 +1412,7 @@ mod tests {
             role: Role::Matrix,
             ty: GgmlType::F32,
             std: 0.02,
+            fixed: None,
         };
         let a = encode_rows(&t, 3, 7, 0..64).unwrap();
         let b = encode_rows(&t, 3, 7, 32..64).unwrap();
@@ -1222,7 +1463,7 @@ mod tests {
         );
         ft.check_supported().unwrap();
         assert_eq!(ft.file_size(), fr.file_size());
-        let p = plan(Arch::Llama, &sh, WeightType::Q4_K_M);
+        let p = plan(Arch::Llama, &sh, WeightType::Q4_K_M, &no_rope());
         assert_eq!(ft.tensors().len(), p.len());
         let mut big = 0;
         for (index, t) in p.iter().enumerate() {
@@ -1282,7 +1523,7 @@ mod tests {
             let mut a = args(&["--arch", arch, "--type", "q8_0", "--header-only"]);
             a.output = dir.path().join(format!("{arch}.gguf"));
             let sh = a.shape().unwrap();
-            let p = plan(a.arch, &sh, a.ty);
+            let p = plan(a.arch, &sh, a.ty, &a.rope_plan(&sh).unwrap());
             let s = summarize(&a, &sh, &p, 1, Instant::now()).unwrap();
             assert_eq!(s.tied_output, tied);
             let total: u64 = p.iter().map(|t| tensor_bytes(t).unwrap()).sum();

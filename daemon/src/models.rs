@@ -404,6 +404,7 @@ pub fn load_blocking(
     )
     .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, format!("chat template: {e}")))?;
     let ctx = resolve_ctx(req.ctx, model.config.context_length);
+    let model = model.with_context(ctx as usize);
     let sizes = ModelSizes::new(&model.source.file, &model.config, MAX_BATCH, MAX_SEQUENCES);
     let plan_devs = plan_devices(&chosen, memory_of, &|_| 0);
     let p = make_plan(&sizes, &plan_devs, &req.split, None, ctx)?;
@@ -504,6 +505,18 @@ impl LoadedModel {
             Some(c) => resolve_ctx(Some(c), self.config.context_length),
             None => self.ctx(),
         };
+        if self.config.with_context(ctx as usize) != *self.config {
+            // Phi-3's rope factors are chosen by the context at load; running sequences were
+            // computed with the current ones, so the switch needs a fresh load.
+            return Err(ErrorReply::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "a context of {ctx} changes which rope factors the model uses (long beyond \
+                     its original context of {}); load it again with --ctx {ctx} (--replace)",
+                    self.config.rope_original_context
+                ),
+            ));
+        }
         let own = |name: &str| -> u64 {
             current
                 .iter()

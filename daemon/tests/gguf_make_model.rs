@@ -1,6 +1,8 @@
 //! `llmd make-model`: tiny models of every architecture and type are written, read back by our
 //! reader with the intended shape, metadata and tokenizer, are deterministic per seed, and a
-//! 70B header-only file opens header-only with every tensor listed as missing. Also checks
+//! 70B header-only file opens header-only with every tensor listed as missing; a 405B one is
+//! planned from its header; gemma2, phi3 and the rope scaling options write what their
+//! converters write. Also checks
 //! `InspectReport` on these files and on the real models when installed.
 
 use std::path::{Path, PathBuf};
@@ -301,5 +303,259 @@ fn inspect_report_of_real_models() {
         assert_eq!(r.layers, Some(28));
         assert_eq!(r.tokenizer.as_ref().unwrap().kind, "byte-level BPE");
         assert!(r.chat_template);
+    }
+}
+
+/// Llama 3.1 405B as a header (with its `rope_freqs`): the planner sizes it from the header
+/// alone, every layer charged its copy of the rope factors, and says it does not fit two
+/// 24 GB GPUs.
+#[test]
+fn header_only_405b_with_rope_freqs_is_planned() {
+    use llmd::model::plan::{plan, ModelSizes, PlanDevice, PlanOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let path = make(
+        dir.path(),
+        "405b.gguf",
+        &[
+            "--arch",
+            "llama",
+            "--preset",
+            "405b",
+            "--type",
+            "q4_k_m",
+            "--rope-freqs",
+            "--header-only",
+        ],
+    );
+    let f = GgufFile::open_header(&path).unwrap();
+    let m = ModelDescription::from_gguf(&f).unwrap();
+    assert_eq!(
+        (
+            m.n_layer,
+            m.n_embd,
+            m.n_ff[0],
+            m.n_head[0],
+            m.n_head_kv[0],
+            m.vocab_size
+        ),
+        (126, 16384, 53248, 128, 8, 128256)
+    );
+    let freqs = f.tensor("rope_freqs.weight").unwrap();
+    assert_eq!(
+        (freqs.dims.as_slice(), freqs.ty),
+        (&[64u64][..], GgmlType::F32)
+    );
+    let r = InspectReport::from_file(&f);
+    assert!(
+        (405e9..407e9).contains(&(r.parameters as f64)),
+        "{}",
+        r.parameters
+    );
+    let (_, config, sizes) = ModelSizes::open(&path, 512, 64).unwrap();
+    assert!(config.rope_factors.is_some());
+    // Each layer: its tensors plus the 64 factors (256 bytes and their f32 copy).
+    let blk0: u64 = f
+        .tensors()
+        .iter()
+        .filter(|t| t.name.starts_with("blk.0."))
+        .map(|t| t.n_bytes + if t.n_rows() == 1 { t.dims[0] * 4 } else { 0 })
+        .sum();
+    assert_eq!(sizes.layer_weight_bytes[0], blk0 + 512);
+    let gpu = |name: &str| PlanDevice {
+        name: name.into(),
+        gpu: true,
+        budget_bytes: 24 << 30,
+        free_bytes: 24 << 30,
+    };
+    let opts = PlanOptions {
+        split: None,
+        gpu_layers: None,
+        ctx: 8192,
+    };
+    let p = plan(&sizes, &[gpu("cuda:0"), gpu("cuda:1")], &opts).unwrap();
+    assert!(!p.fits(), "405B in Q4_K_M needs far more than 48 GB");
+}
+
+/// Gemma 2 and Phi-3 (plain and with long/short rope factors), Llama 3.1-shaped, YaRN and
+/// Mistral-shaped llama files read back with the metadata and tensors their converters write,
+/// and open as llmd models.
+#[test]
+fn new_architectures_and_rope_scaling_read_back() {
+    use llmd::model::config::{Arch, RopeFactors};
+    use llmd::model::load::OpenedModel;
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str, args: &[&str]| {
+        let path = make(dir.path(), name, args);
+        let f = GgufFile::open(&path).unwrap();
+        f.check_supported().unwrap();
+        let m = ModelDescription::from_gguf(&f).unwrap();
+        let model = OpenedModel::open(&path).unwrap();
+        (f, m, model)
+    };
+
+    let (f, m, g) = open("gemma2.gguf", &["--arch", "gemma2", "--type", "q8_0"]);
+    assert_eq!((m.n_layer, m.sliding_window), (4, Some(16)));
+    assert_eq!(
+        (m.attn_logit_softcapping, m.final_logit_softcapping),
+        (Some(50.0), Some(30.0))
+    );
+    assert!(
+        f.tensor("blk.0.post_ffw_norm.weight").is_some() && f.tensor("output.weight").is_none()
+    );
+    assert_eq!(g.config.arch, Arch::Gemma2);
+    assert_eq!(g.config.window, vec![Some(16), None, Some(16), None]);
+
+    let (f, m, p) = open("phi3.gguf", &["--arch", "phi3", "--type", "f16"]);
+    assert_eq!(m.tokenizer.model, "llama");
+    assert_eq!(
+        f.tensor("blk.0.attn_qkv.weight").unwrap().dims,
+        vec![256, 256 * 3]
+    );
+    assert_eq!(
+        f.tensor("blk.1.ffn_up.weight").unwrap().dims,
+        vec![256, 1024]
+    );
+    assert!(
+        f.tensor("blk.0.ffn_gate.weight").is_none() && f.tensor("blk.0.attn_q.weight").is_none()
+    );
+    assert!(p.config.fused_gate_up && p.config.rope_factors.is_none());
+
+    let (f, m, p) = open(
+        "phi3-long.gguf",
+        &[
+            "--arch",
+            "phi3",
+            "--rope-scaling",
+            "longrope",
+            "--ctx",
+            "4096",
+            "--rope-orig-ctx",
+            "32",
+        ],
+    );
+    assert_eq!(m.rope.scaling_original_context, Some(32));
+    assert_eq!(
+        m.rope.scaling_type, None,
+        "the phi3 converter writes no scaling type"
+    );
+    let a = m.rope.scaling_attn_factor.unwrap();
+    assert!(
+        (a - (1.0 + 128f32.ln() / 32f32.ln()).sqrt()).abs() < 1e-6,
+        "{a}"
+    );
+    for name in ["rope_factors_long.weight", "rope_factors_short.weight"] {
+        assert_eq!(f.tensor(name).unwrap().dims, vec![32], "{name}");
+    }
+    let choice = |n_ctx| p.config.with_context(n_ctx).rope_factors;
+    assert_eq!(choice(32), Some(RopeFactors::LongShort { long: false }));
+    assert_eq!(choice(33), Some(RopeFactors::LongShort { long: true }));
+
+    let (f, m, l) = open("llama31.gguf", &["--arch", "llama", "--rope-freqs"]);
+    assert_eq!(m.rope.scaling_type, None);
+    assert_eq!(f.tensor("rope_freqs.weight").unwrap().dims, vec![32]);
+    assert_eq!(l.config.rope_factors, Some(RopeFactors::Freqs));
+
+    let (_, m, y) = open(
+        "yarn.gguf",
+        &[
+            "--arch",
+            "qwen2",
+            "--rope-scaling",
+            "yarn",
+            "--ctx",
+            "128",
+            "--rope-orig-ctx",
+            "32",
+        ],
+    );
+    assert_eq!(m.rope.scaling_type.as_deref(), Some("yarn"));
+    assert_eq!((m.rope.scaling_factor, m.context_length), (Some(4.0), 128));
+    let r = y.config.rope[0];
+    assert_eq!((r.freq_scale, r.ext_factor, r.n_ctx_orig), (0.25, 1.0, 32));
+
+    let (_, m, n) = open(
+        "nemo.gguf",
+        &[
+            "--arch",
+            "llama",
+            "--head-dim",
+            "128",
+            "--rope-base",
+            "1000000",
+        ],
+    );
+    assert_eq!((m.head_dim_k, m.rope.freq_base), (128, 1e6));
+    assert_eq!(
+        n.config.q_width(),
+        512,
+        "4 heads of 128 over a 256-wide stream"
+    );
+
+    // Options a family does not take are refused with a message.
+    for (args, want) in [
+        (
+            &["--arch", "qwen2", "--rope-freqs"][..],
+            "llama models only",
+        ),
+        (
+            &["--arch", "phi3", "--heads", "8", "--head-dim", "64"][..],
+            "phi3 needs",
+        ),
+        (
+            &["--arch", "qwen3", "--preset", "405b"][..],
+            "no 405b preset",
+        ),
+        (
+            &["--arch", "llama", "--final-softcap", "3"][..],
+            "--final-softcap",
+        ),
+    ] {
+        let mut argv = vec!["make-model", "-o", "/nonexistent/x"];
+        argv.extend_from_slice(args);
+        let err = make_model::run(Cli::parse_from(argv).args)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+/// The presets of the new families, header-only: each opens for planning (the configuration
+/// resolves from the header) with about the parameter count of the model it copies.
+#[test]
+fn new_presets_plan_from_their_headers() {
+    use llmd::model::plan::ModelSizes;
+    let dir = tempfile::tempdir().unwrap();
+    for (arch, preset, billions) in [
+        ("phi3", "1b", 3.8),
+        ("phi3", "8b", 14.7),
+        ("gemma2", "1b", 2.6),
+        ("gemma2", "8b", 9.2),
+        ("gemma2", "70b", 27.2),
+        ("llama", "nemo-12b", 12.2),
+        ("llama", "mistral-small-24b", 23.6),
+    ] {
+        let path = make(
+            dir.path(),
+            &format!("{arch}-{preset}.gguf"),
+            &[
+                "--arch",
+                arch,
+                "--preset",
+                preset,
+                "--type",
+                "q4_k_m",
+                "--header-only",
+            ],
+        );
+        let f = GgufFile::open_header(&path).unwrap();
+        let r = InspectReport::from_file(&f);
+        let b = r.parameters as f64 / 1e9;
+        assert!(
+            (b / billions - 1.0).abs() < 0.05,
+            "{arch} {preset}: {b:.2}B"
+        );
+        let (_, config, sizes) = ModelSizes::open(&path, 512, 64).unwrap();
+        assert_eq!(sizes.layer_weight_bytes.len(), config.n_layer);
+        assert!(sizes.layer_weight_bytes.iter().all(|&b| b > 0));
     }
 }

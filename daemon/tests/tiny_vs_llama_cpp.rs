@@ -1,8 +1,12 @@
-//! Tiny random models of every supported architecture (llama, qwen2, qwen3, gemma3), written by
-//! `llmd make-model` with a fixed seed, run on the CPU backend: the logits at every position of
-//! a fixed token sequence must be within a small tolerance of llama.cpp's (fixture made by
-//! scripts/gen-tiny-logits.py with the llama.cpp reference build from the llama-cpp-python
-//! package), and the argmax the same wherever llama.cpp's best two logits are not near-tied.
+//! Tiny random models of every supported architecture (llama, qwen2, qwen3, gemma2, gemma3,
+//! phi3) and rope scaling (Llama 3.1's frequency factors, linear on llama and on Gemma 3's
+//! global layers, YaRN past the original context, Phi-3's long and short factors, a
+//! Mistral-shaped llama) and Gemma 2's soft-caps, written by `llmd make-model` with a fixed
+//! seed, run on the CPU backend: the logits at every position of a fixed token sequence must be
+//! within a small tolerance of llama.cpp's (fixture made by scripts/gen-tiny-logits.py with the
+//! llama.cpp reference build from the llama-cpp-python package), and the argmax the same
+//! wherever llama.cpp's best two logits are not near-tied. Each case loads with the context
+//! llama.cpp ran with, which picks Phi-3's long or short factors.
 
 use std::path::Path;
 use std::process::Command;
@@ -51,6 +55,12 @@ fn check_model(name: &str, meta: &Value) {
     let tol = tolerance(ty);
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join(format!("{name}.gguf"));
+    let extra: Vec<&str> = info["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("argument"))
+        .collect();
     let status = Command::new(env!("CARGO_BIN_EXE_llmd"))
         .args([
             "make-model",
@@ -59,7 +69,9 @@ fn check_model(name: &str, meta: &Value) {
             "--preset",
             meta["preset"].as_str().expect("preset"),
         ])
-        .args(["--type", ty, "--seed", &meta["seed"].to_string(), "-o"])
+        .args(["--type", ty, "--seed", &meta["seed"].to_string()])
+        .args(&extra)
+        .arg("-o")
         .arg(&file)
         .output()
         .expect("run llmd make-model");
@@ -79,7 +91,11 @@ fn check_model(name: &str, meta: &Value) {
     let reference = read_f32(&fixture_dir().join(format!("{name}.logits.f32")));
     assert_eq!(reference.len(), tokens.len() * n_vocab);
 
-    let model = OpenedModel::open(&file).expect("open tiny model");
+    // The context llama.cpp ran with decides Phi-3's long or short rope factors.
+    let n_ctx = info["n_ctx"].as_u64().expect("n_ctx") as usize;
+    let model = OpenedModel::open(&file)
+        .expect("open tiny model")
+        .with_context(n_ctx);
     assert_eq!(model.config.n_vocab, n_vocab);
     let pool = Arc::new(ThreadPool::new(2).expect("threads"));
     let backend = StageBackend::Cpu(Arc::new(CpuBackend::new(
@@ -150,7 +166,7 @@ fn tiny_models_of_every_architecture_match_llama_cpp_logits() {
         .keys()
         .cloned()
         .collect();
-    assert_eq!(names.len(), 8, "four architectures x two weight types");
+    assert_eq!(names.len(), 30, "fifteen cases x two weight types");
     for name in &names {
         check_model(name, &meta);
     }

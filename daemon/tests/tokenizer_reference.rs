@@ -166,8 +166,8 @@ fn qwen2_matches_llama_cpp() {
     check_fixture(&tokenizer, &fixture("qwen2"));
 }
 
-/// The other byte-level BPE pre-tokenizers (Llama 3, DeepSeek LLM and Coder, GPT-2, llama.cpp's
-/// default), each run by llama.cpp over the Qwen2 vocabulary and merges with
+/// The other byte-level BPE pre-tokenizers (Llama 3, DeepSeek LLM and Coder, GPT-2, Mistral's
+/// Tekken, llama.cpp's default), each run by llama.cpp over the Qwen2 vocabulary and merges with
 /// `tokenizer.ggml.pre` replaced.
 #[test]
 fn other_pre_tokenizers_match_llama_cpp() {
@@ -180,6 +180,7 @@ fn other_pre_tokenizers_match_llama_cpp() {
         "deepseek-coder",
         "gpt-2",
         "default",
+        "tekken",
     ] {
         let mut meta = meta.clone();
         meta.pre = Some(pre.to_owned());

@@ -54,3 +54,13 @@ extern "C" __global__ void __launch_bounds__(256)
         x[i] += bias[i % width];
     }
 }
+
+// x[i] = tanh(x[i] * (1 / cap)) * cap for i < n (soft-capping of Gemma 2's final logits, as
+// llama.cpp builds it: scale by 1 / cap, tanh, scale by cap).
+extern "C" __global__ void __launch_bounds__(256)
+    softcap_f32(float *__restrict__ x, float cap, long long n) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        x[i] = tanhf(x[i] * (1.0f / cap)) * cap;
+    }
+}

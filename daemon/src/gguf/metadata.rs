@@ -368,7 +368,8 @@ pub struct RopeConfig {
     pub dimension_count: u32,
     /// `{arch}.rope.scaling.type` ("none", "linear", "yarn", "llama3", ...).
     pub scaling_type: Option<String>,
-    /// `{arch}.rope.scaling.factor`.
+    /// `{arch}.rope.scaling.factor`, else the older `{arch}.rope.scale_linear` (as llama.cpp
+    /// reads them).
     pub scaling_factor: Option<f32>,
     /// `{arch}.rope.scaling.original_context_length`.
     pub scaling_original_context: Option<u32>,
@@ -486,7 +487,10 @@ impl ModelDescription {
             freq_base_swa: t.f32_opt(&k("rope.freq_base_swa"))?,
             dimension_count: t.u32_opt(&k("rope.dimension_count"))?.unwrap_or(head_dim_k),
             scaling_type: t.str_opt(&k("rope.scaling.type"))?,
-            scaling_factor: t.f32_opt(&k("rope.scaling.factor"))?,
+            scaling_factor: match t.f32_opt(&k("rope.scaling.factor"))? {
+                Some(f) => Some(f),
+                None => t.f32_opt(&k("rope.scale_linear"))?,
+            },
             scaling_original_context: t.u32_opt(&k("rope.scaling.original_context_length"))?,
             scaling_attn_factor: t.f32_opt(&k("rope.scaling.attn_factor"))?,
         };
@@ -566,9 +570,12 @@ impl ModelDescription {
     /// a window is set; a pattern from the file wins, otherwise `default_period` (llama.cpp uses
     /// 6 for gemma3) is applied.
     pub fn is_sliding_window_layer(&self, il: u32, default_period: u32) -> bool {
-        if self.sliding_window.unwrap_or(0) == 0 {
-            return false;
-        }
+        self.sliding_window.unwrap_or(0) != 0 && self.in_swa_pattern(il, default_period)
+    }
+
+    /// Whether the sliding-window pattern marks layer `il` as windowed, whether or not the file
+    /// states a window (Gemma 2 has a default one): the file's pattern, else `default_period`.
+    pub fn in_swa_pattern(&self, il: u32, default_period: u32) -> bool {
         match &self.sliding_window_pattern {
             Some(SlidingWindowPattern::PerLayer(v)) => v.get(il as usize).copied().unwrap_or(false),
             Some(SlidingWindowPattern::Period(n)) => period_is_swa(il, *n),

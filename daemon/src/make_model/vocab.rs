@@ -61,6 +61,9 @@ pub enum Flavor {
     Qwen,
     /// Gemma: `<pad>`, `<eos>`, `<bos>`, `<unk>`, turn markers.
     Gemma,
+    /// Phi-3: `<|endoftext|>` (which llama.cpp requires of a phi3 vocabulary) and the
+    /// `<|user|>` / `<|assistant|>` / `<|end|>` turn markers.
+    Phi3,
 }
 
 /// A complete tokenizer vocabulary, ready to be written as `tokenizer.*` metadata.
@@ -101,7 +104,17 @@ pub struct Vocab {
 const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 const LLAMA3_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";
 const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}";
+const PHI3_TEMPLATE: &str = "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}";
 const LLAMA2_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] | trim + ' [/INST]' }}{% else %}{{ ' ' + message['content'] | trim + eos_token }}{% endif %}{% endfor %}";
+
+/// Phi-3's special tokens beyond SentencePiece's own, end of turn last.
+const PHI3_SPECIALS: [&str; 5] = [
+    "<|endoftext|>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|end|>",
+];
 
 /// Builds a vocabulary of exactly `n_vocab` tokens.
 pub fn build(kind: VocabKind, flavor: Flavor, n_vocab: usize) -> Result<Vocab, VocabError> {
@@ -278,6 +291,7 @@ fn build_bpe(flavor: Flavor, n_vocab: usize) -> Result<Vocab, VocabError> {
             "<|eot_id|>",
         ],
         Flavor::Gemma => &["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"],
+        Flavor::Phi3 => &PHI3_SPECIALS,
     };
     let minimum = 256 + specials.len();
     if n_vocab < minimum {
@@ -341,6 +355,16 @@ fn build_bpe(flavor: Flavor, n_vocab: usize) -> Result<Vocab, VocabError> {
             "default",
             GEMMA_TEMPLATE,
         ),
+        // Phi-4's cl100k-style pre-tokenizer.
+        Flavor::Phi3 => (
+            id(0),
+            id(0),
+            Some(id(4)),
+            None,
+            false,
+            "dbrx",
+            PHI3_TEMPLATE,
+        ),
     };
     Ok(Vocab {
         model: "gpt2",
@@ -381,6 +405,16 @@ fn build_spm(flavor: Flavor, n_vocab: usize) -> Result<Vocab, VocabError> {
             ("<unk>", TOKEN_UNKNOWN),
             ("<s>", TOKEN_CONTROL),
             ("</s>", TOKEN_CONTROL),
+        ],
+        Flavor::Phi3 => &[
+            ("<unk>", TOKEN_UNKNOWN),
+            ("<s>", TOKEN_CONTROL),
+            ("</s>", TOKEN_CONTROL),
+            (PHI3_SPECIALS[0], TOKEN_CONTROL),
+            (PHI3_SPECIALS[1], TOKEN_CONTROL),
+            (PHI3_SPECIALS[2], TOKEN_CONTROL),
+            (PHI3_SPECIALS[3], TOKEN_CONTROL),
+            (PHI3_SPECIALS[4], TOKEN_CONTROL),
         ],
     };
     // Words: each space-separated word gets the boundary marker; newlines are their own pieces.
@@ -454,6 +488,8 @@ fn build_spm(flavor: Flavor, n_vocab: usize) -> Result<Vocab, VocabError> {
     let (bos, eos, eot, pad_id, unk, template) = match flavor {
         Flavor::Gemma => (2, 1, Some(5), Some(0), 3, GEMMA_TEMPLATE),
         Flavor::Llama | Flavor::Qwen => (1, 2, None, None, 0, LLAMA2_TEMPLATE),
+        // Phi-3.5: BOS <s>, EOS <|endoftext|>, end of turn <|end|>.
+        Flavor::Phi3 => (1, 3, Some(7), None, 0, PHI3_TEMPLATE),
     };
     Ok(Vocab {
         model: "llama",

@@ -1,5 +1,7 @@
-//! Whole models on the GPU against the CPU backend: tiny random models of every architecture and
-//! of weight types and mixes from F32 to Q2_K and IQ4_XS ([`CASES`]), made here with `llmd make-model`'s writer, give the logits of a 64-token sequence
+//! Whole models on the GPU against the CPU backend: tiny random models of every architecture,
+//! weight type and mix (F32 to Q2_K and IQ4_XS) and rope scaling (Llama 3.1's factors, linear,
+//! YaRN, Phi-3's long factors), made here with `llmd make-model`'s writer, give the logits of a
+//! 64-token sequence
 //! at every position, once as one prefill batch (the GEMM path) and once token by token (the
 //! matrix-vector and decode-attention kernels), through `cuda:0` and through `cuda:0` named twice
 //! as two pipeline stages split 1,1. Without a GPU the GPU test prints SKIPPED; the harness
@@ -35,11 +37,12 @@ struct MakeModelCli {
     args: MakeModelArgs,
 }
 
-/// A tiny random model of `arch` with `ty` weights, written to `dir`.
-fn make(dir: &std::path::Path, arch: &str, ty: &str) -> OpenedModel {
-    let path = dir.join(format!("{arch}-{ty}.gguf"));
+/// A tiny random model of `arch` with `ty` weights and the further make-model arguments
+/// `extra`, written to `dir`, set up for contexts of [`N_TOKENS`].
+fn make(dir: &std::path::Path, arch: &str, ty: &str, extra: &[&str]) -> OpenedModel {
+    let path = dir.join(format!("{arch}-{ty}-{}.gguf", extra.join("")));
     let out = path.to_str().expect("utf-8 temp path");
-    let cli = MakeModelCli::try_parse_from([
+    let argv = [
         "make-model",
         "--arch",
         arch,
@@ -53,10 +56,13 @@ fn make(dir: &std::path::Path, arch: &str, ty: &str) -> OpenedModel {
         "2",
         "-o",
         out,
-    ])
-    .expect("valid make-model arguments");
+    ];
+    let cli =
+        MakeModelCli::try_parse_from(argv.iter().chain(extra)).expect("valid make-model arguments");
     make_model::run(cli.args).expect("make-model");
-    OpenedModel::open(&path).expect("open the made model")
+    OpenedModel::open(&path)
+        .expect("open the made model")
+        .with_context(N_TOKENS)
 }
 
 /// The model on `backends`, its layers split evenly among them (llama.cpp's rule).
@@ -189,26 +195,136 @@ fn compare(want: &[Vec<f32>], got: &[Vec<f32>], tol: f32) -> (f32, Vec<usize>) {
     (worst, flipped)
 }
 
-/// Architectures and weight types compared, with their tolerances: every architecture, the float
-/// types, the legacy quants, llama-quantize's K-quant mixes (which mix Q2_K..Q6_K) and the IQ4
-/// mixes (IQ4_NL / IQ4_XS with Q5_K and Q6_K tensors).
-const CASES: &[(&str, &str, f32)] = &[
-    ("llama", "f32", 0.01),
-    ("llama", "q8_0", 0.04),
-    ("llama", "q4_0", 0.04),
-    ("qwen2", "q5_0", 0.04),
-    ("qwen3", "q4_k_m", 0.04),
-    ("gemma3", "f16", 0.01),
-    ("gemma3", "q6_k", 0.04),
-    ("qwen2", "bf16", 0.01),
-    ("llama", "q4_1", 0.04),
-    ("qwen3", "q5_1", 0.04),
-    ("llama", "q2_k", 0.04),
-    ("llama", "q3_k_m", 0.04),
-    ("qwen2", "q5_k_m", 0.04),
-    ("qwen3", "iq4_xs", 0.04),
-    ("gemma3", "iq4_nl", 0.04),
+/// One model compared.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    /// Architecture.
+    arch: &'static str,
+    /// Weight type.
+    ty: &'static str,
+    /// Further make-model arguments (rope scaling, shape).
+    extra: &'static [&'static str],
+    /// Tolerance (see the module's documentation).
+    tol: f32,
+    /// Whether a quick run (the fake driver) compares it, and on which devices: `Twin` on
+    /// `cuda:0` and on `cuda:0,cuda:0`, `One` on `cuda:0` only (an emulated case costs ~10 s
+    /// per device set).
+    quick: Quick,
+}
+
+/// Which devices a quick run compares a case on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Quick {
+    /// Not in a quick run.
+    No,
+    /// `cuda:0` only.
+    One,
+    /// `cuda:0` and `cuda:0,cuda:0`.
+    Twin,
+}
+
+/// The cases compared, with their tolerances.
+const CASES: &[Case] = &[
+    case("llama", "f32", &[], 0.01, Quick::No),
+    case("llama", "q8_0", &[], 0.04, Quick::No),
+    case("llama", "q4_0", &[], 0.04, Quick::No),
+    case("qwen2", "q5_0", &[], 0.04, Quick::No),
+    // K-quants with per-head q/k norms.
+    case("qwen3", "q4_k_m", &[], 0.04, Quick::Twin),
+    // F16 with sliding windows and GeGLU.
+    case("gemma3", "f16", &[], 0.01, Quick::Twin),
+    case("gemma3", "q6_k", &[], 0.04, Quick::No),
+    // The other float and legacy types, llama-quantize's K-quant mixes (Q2_K..Q6_K tensors) and
+    // the IQ4 mixes (IQ4_NL / IQ4_XS with Q5_K and Q6_K tensors).
+    case("qwen2", "bf16", &[], 0.01, Quick::No),
+    case("llama", "q4_1", &[], 0.04, Quick::No),
+    case("qwen3", "q5_1", &[], 0.04, Quick::No),
+    case("llama", "q2_k", &[], 0.04, Quick::No),
+    case("llama", "q3_k_m", &[], 0.04, Quick::One),
+    case("qwen2", "q5_k_m", &[], 0.04, Quick::No),
+    case("qwen3", "iq4_xs", &[], 0.04, Quick::One),
+    case("gemma3", "iq4_nl", &[], 0.04, Quick::No),
+    // Llama 3.1's frequency factors (a weight the rope kernel reads).
+    case(
+        "llama",
+        "q8_0",
+        &["--rope-freqs", "--rope-orig-ctx", "32"],
+        0.04,
+        Quick::One,
+    ),
+    case(
+        "llama",
+        "f16",
+        &["--rope-scaling", "linear"],
+        0.01,
+        Quick::No,
+    ),
+    // YaRN past its original context, neox layout.
+    case(
+        "qwen2",
+        "q8_0",
+        &[
+            "--rope-scaling",
+            "yarn",
+            "--ctx",
+            "128",
+            "--rope-orig-ctx",
+            "32",
+        ],
+        0.04,
+        Quick::One,
+    ),
+    // Heads of 128 over a 256-wide stream (Mistral Nemo's shape), rope base 1e6.
+    case(
+        "llama",
+        "q4_k_m",
+        &["--head-dim", "128", "--rope-base", "1000000"],
+        0.04,
+        Quick::One,
+    ),
+    // Fused q/k/v and gate/up split into views, long rope factors, query scaling.
+    case(
+        "phi3",
+        "q8_0",
+        &[
+            "--rope-scaling",
+            "longrope",
+            "--ctx",
+            "4096",
+            "--rope-orig-ctx",
+            "32",
+        ],
+        0.04,
+        Quick::One,
+    ),
+    case("phi3", "f16", &[], 0.01, Quick::No),
+    // Attention and final soft-caps that bend the logits, alternating 16-wide windows.
+    case(
+        "gemma2",
+        "f16",
+        &["--attn-softcap", "0.5", "--final-softcap", "1"],
+        0.01,
+        Quick::One,
+    ),
+    case("gemma2", "q4_k_m", &[], 0.04, Quick::No),
 ];
+
+/// A [`Case`] (a `const fn` keeps the table short).
+const fn case(
+    arch: &'static str,
+    ty: &'static str,
+    extra: &'static [&'static str],
+    tol: f32,
+    quick: Quick,
+) -> Case {
+    Case {
+        arch,
+        ty,
+        extra,
+        tol,
+        quick,
+    }
+}
 
 /// The harness on the CPU alone: one prefill batch and token-by-token decoding, on one device
 /// and split over two, give the same logits (the CPU computes each row the same way whatever
@@ -217,8 +333,8 @@ const CASES: &[(&str, &str, f32)] = &[
 #[test]
 fn comparison_harness_on_the_cpu() {
     let dir = tempfile::tempdir().expect("temp dir");
-    for &(arch, ty, tol) in &CASES[..2] {
-        let model = make(dir.path(), arch, ty);
+    for &Case { arch, ty, tol, .. } in &CASES[..2] {
+        let model = make(dir.path(), arch, ty, &[]);
         let toks = tokens(model.config.n_vocab);
         let want = logits(&mut pipeline(&model, &[cpu("cpu:0")]), &toks, false);
         let split = [cpu("cpu:0"), cpu("cpu:1")];
@@ -268,17 +384,9 @@ fn comparison_harness_on_the_cpu() {
     }
 }
 
-/// Set (by the fake-driver run) to compare only [`QUICK_CASES`] over [`QUICK_TOKENS`]: the
-/// emulated GPU runs every GPU thread on the CPU, about 25 s per full case here.
+/// Set (by the fake-driver run) to compare only the cases marked for it (see [`Quick`]) over
+/// [`QUICK_TOKENS`]: the emulated GPU runs every GPU thread on the CPU.
 const QUICK_ENV: &str = "LLMD_GPU_CHECK_QUICK";
-/// The cases of a quick run: K-quants with per-head q/k norms, F16 with sliding windows and
-/// GeGLU, the Q3_K_M mix (Q3_K, Q4_K and Q5_K tensors, Q6_K output) and the IQ4_XS mix.
-const QUICK_CASES: &[(&str, &str, f32)] = &[
-    ("qwen3", "q4_k_m", 0.04),
-    ("gemma3", "f16", 0.01),
-    ("llama", "q3_k_m", 0.04),
-    ("qwen3", "iq4_xs", 0.04),
-];
 
 /// The comparison below through the CUDA backend on the fake driver (kernels under host
 /// emulation), so CI runs whole models through the GPU code path without a GPU.
@@ -287,7 +395,8 @@ fn gpu_whole_models_on_the_fake_driver() {
     llmd_kernels::fake_cuda::run_on_fake_driver(
         "model::gpu_check::gpu_whole_models_match_the_cpu_backend",
         &[(QUICK_ENV, "1")],
-        "qwen3 iq4_xs on cuda:0,cuda:0, decode",
+        // The last case of a quick run.
+        "gemma2 f16 --attn-softcap 0.5 --final-softcap 1 on cuda:0, decode",
     );
 }
 
@@ -296,23 +405,32 @@ fn gpu_whole_models_match_the_cpu_backend() {
     if !llmd_kernels::fake_cuda::cuda_or_skip() {
         return;
     }
-    let cases = if std::env::var_os(QUICK_ENV).is_some() {
-        QUICK_CASES
-    } else {
-        CASES
-    };
+    let quick = std::env::var_os(QUICK_ENV).is_some();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut failures = Vec::new();
-    for &(arch, ty, tol) in cases {
-        let model = make(dir.path(), arch, ty);
+    for c in CASES.iter().filter(|c| !quick || c.quick != Quick::No) {
+        let Case {
+            arch,
+            ty,
+            extra,
+            tol,
+            ..
+        } = *c;
+        let model = make(dir.path(), arch, ty, extra);
         let toks = tokens(model.config.n_vocab);
         let mut reference = pipeline(&model, &[cpu("cpu:0")]);
         let want_decode = logits(&mut reference, &toks, false);
         let want_prefill = logits(&mut reference, &toks, true);
-        let devices: [(&str, Vec<StageBackend>); 2] = [
-            ("cuda:0", vec![gpu("cuda:0")]),
-            ("cuda:0,cuda:0", vec![gpu("cuda:0"), gpu("cuda:0")]),
-        ];
+        let mut devices: Vec<(&str, Vec<StageBackend>)> = vec![("cuda:0", vec![gpu("cuda:0")])];
+        if !quick || c.quick == Quick::Twin {
+            devices.push(("cuda:0,cuda:0", vec![gpu("cuda:0"), gpu("cuda:0")]));
+        }
+        let name = [arch, ty]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
         for (what, backends) in devices {
             let mut p = pipeline(&model, &backends);
             for (mode, one_batch, want) in [
@@ -330,14 +448,12 @@ fn gpu_whole_models_match_the_cpu_backend() {
                 let (worst, flipped) = compare(want, &got, tol);
                 let ok = worst <= tol && flipped.is_empty();
                 println!(
-                    "{arch} {ty} on {what}, {mode}: worst difference {worst:.2e} of the spread \
+                    "{name} on {what}, {mode}: worst difference {worst:.2e} of the spread \
                      (tolerance {tol:.0e}), greedy flips at decisive positions {flipped:?}{}",
                     if ok { "" } else { "  FAILED" }
                 );
                 if !ok {
-                    failures.push(format!(
-                        "{arch} {ty} {what} {mode}: {worst:.2e} {flipped:?}"
-                    ));
+                    failures.push(format!("{name} {what} {mode}: {worst:.2e} {flipped:?}"));
                 }
             }
         }
@@ -374,7 +490,7 @@ fn gpu_resplit_moves_weights_and_caches_between_devices() {
             .collect();
     let dir = tempfile::tempdir().expect("temp dir");
     let (arch, ty, tol) = ("qwen3", "q4_k_m", 0.04);
-    let model = make(dir.path(), arch, ty);
+    let model = make(dir.path(), arch, ty, &[]);
     let n_layer = model.config.n_layer;
     let half = n_layer / 2;
     let toks = tokens(model.config.n_vocab);

@@ -9,7 +9,10 @@ use llmd_kernels::backend::HostTensor;
 use thiserror::Error;
 
 use super::backend::StageBackend;
-use super::config::{ConfigError, Hyperparameters, ModelConfig};
+use super::config::{
+    Arch, ConfigError, Hyperparameters, ModelConfig, RopeFactorTensors, RopeScaling,
+    RopeScalingType, ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT, ROPE_FREQS,
+};
 use super::pipeline::{Pipeline, PipelineStage};
 use super::stage::ForwardError;
 use super::weights::{TensorSource, WeightError};
@@ -59,14 +62,13 @@ impl TensorSource for ModelFile {
     }
 }
 
-/// The tensor of per-dimension rope frequency factors (Llama 3.1 and later).
-const ROPE_FREQ_FACTORS: &str = "rope_freqs.weight";
-
-/// Gemma 3's sliding-window layer period when the file does not state a pattern.
-const GEMMA3_SWA_PERIOD: u32 = 6;
-
-/// The forward-pass configuration of a described model.
-pub fn model_config(desc: &ModelDescription, n_vocab: usize) -> Result<ModelConfig, ConfigError> {
+/// The forward-pass configuration of a described model whose file has the tensors `has_tensor`
+/// says it has (the rope frequency factor tensors decide part of it).
+pub fn model_config(
+    desc: &ModelDescription,
+    n_vocab: usize,
+    has_tensor: &dyn Fn(&str) -> bool,
+) -> Result<ModelConfig, ConfigError> {
     let uniform = |v: &[u32], key: &str| -> Result<usize, ConfigError> {
         match v.first() {
             Some(&first) if v.iter().all(|&x| x == first) => Ok(first as usize),
@@ -76,22 +78,25 @@ pub fn model_config(desc: &ModelDescription, n_vocab: usize) -> Result<ModelConf
             }),
         }
     };
-    let freq_scale = match desc.rope.scaling_type.as_deref() {
-        None | Some("none") => 1.0,
-        Some("linear") => 1.0 / desc.rope.scaling_factor.filter(|f| *f > 0.0).unwrap_or(1.0),
-        Some(other) => {
-            return Err(ConfigError::Invalid {
-                key: "rope.scaling.type".into(),
-                reason: format!("rope scaling {other:?} is not supported yet"),
-            })
-        }
-    };
     if desc.expert_count.unwrap_or(0) > 0 {
         return Err(ConfigError::Invalid {
             key: "expert_count".into(),
             reason: "mixture-of-experts models are not supported".into(),
         });
     }
+    let rope_scaling = RopeScaling {
+        kind: RopeScalingType::from_name(desc.rope.scaling_type.as_deref())?,
+        factor: desc.rope.scaling_factor.unwrap_or(0.0),
+        // llama.cpp: the original context defaults to the training context, and a zero one
+        // falls back to it as well.
+        original_context: desc
+            .rope
+            .scaling_original_context
+            .filter(|&n| n > 0)
+            .unwrap_or(desc.context_length) as usize,
+        attn_factor: desc.rope.scaling_attn_factor.unwrap_or(1.0),
+    };
+    let swa_period = Arch::from_name(&desc.architecture)?.swa_period();
     let hp = Hyperparameters {
         arch: desc.architecture.clone(),
         n_layer: desc.n_layer as usize,
@@ -106,11 +111,21 @@ pub fn model_config(desc: &ModelDescription, n_vocab: usize) -> Result<ModelConf
         rope_freq_base: desc.rope.freq_base,
         rope_freq_base_swa: desc.rope.freq_base_swa,
         rope_dims: desc.rope.dimension_count as usize,
-        rope_freq_scale: freq_scale,
+        rope_scaling,
+        rope_factor_tensors: RopeFactorTensors {
+            freqs: has_tensor(ROPE_FREQS),
+            long: has_tensor(ROPE_FACTORS_LONG),
+            short: has_tensor(ROPE_FACTORS_SHORT),
+        },
         sliding_window: desc.sliding_window.map(|w| w as usize),
         swa_layers: (0..desc.n_layer)
-            .map(|il| desc.is_sliding_window_layer(il, GEMMA3_SWA_PERIOD))
+            .map(|il| match swa_period {
+                Some(period) => desc.in_swa_pattern(il, period),
+                None => false,
+            })
             .collect(),
+        attn_softcap: desc.attn_logit_softcapping,
+        final_softcap: desc.final_logit_softcapping,
         context_length: desc.context_length as usize,
     };
     ModelConfig::resolve(&hp)
@@ -131,27 +146,27 @@ impl OpenedModel {
     pub fn open(path: &Path) -> Result<Self, LoadError> {
         let file = GgufFile::open(path)?;
         file.check_supported()?;
-        if file.tensor(ROPE_FREQ_FACTORS).is_some() {
-            // Llama 3.1+ scales rope frequencies per dimension; running without the factors
-            // would produce wrong text, so such models are refused until they are supported.
-            return Err(ConfigError::Invalid {
-                key: ROPE_FREQ_FACTORS.into(),
-                reason: "per-dimension rope frequency factors (Llama 3.1 and later) are not supported yet"
-                    .into(),
-            }
-            .into());
-        }
         let description = ModelDescription::from_gguf(&file)?;
         let n_vocab = file
             .tensor("token_embd.weight")
             .map(|t| t.n_rows() as usize)
             .ok_or_else(|| WeightError::Missing("token_embd.weight".into()))?;
-        let config = Arc::new(model_config(&description, n_vocab)?);
+        let config = Arc::new(model_config(&description, n_vocab, &|name| {
+            file.tensor(name).is_some()
+        })?);
         Ok(OpenedModel {
             source: Arc::new(ModelFile { file }),
             description,
             config,
         })
+    }
+
+    /// The model set up to run with contexts of `n_ctx` positions per sequence (Phi-3's long
+    /// rope factors apply beyond its original context; see [`ModelConfig::with_context`]).
+    /// Call it before building the pipeline.
+    pub fn with_context(mut self, n_ctx: usize) -> Self {
+        self.config = Arc::new(self.config.with_context(n_ctx));
+        self
     }
 }
 

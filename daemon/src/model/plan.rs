@@ -22,6 +22,7 @@ use thiserror::Error;
 
 use super::config::ModelConfig;
 use super::load::{model_config, LoadError};
+use super::weights::layer_source_names;
 use crate::gguf::{GgufFile, ModelDescription, TensorInfo};
 
 /// Errors in a plan's input (a plan that does not fit is not an error: see [`Plan::verdict`]).
@@ -63,34 +64,6 @@ pub struct ModelSizes {
     pub context_length: usize,
 }
 
-/// The per-layer tensors a stage uploads (see `LayerWeights::load`); optional ones count only
-/// when the file has them.
-const LAYER_TENSORS: &[&str] = &[
-    "attn_norm.weight",
-    "attn_q.weight",
-    "attn_k.weight",
-    "attn_v.weight",
-    "attn_q.bias",
-    "attn_k.bias",
-    "attn_v.bias",
-    "attn_q_norm.weight",
-    "attn_k_norm.weight",
-    "attn_output.weight",
-    "post_attention_norm.weight",
-    "ffn_norm.weight",
-    "ffn_gate.weight",
-    "ffn_up.weight",
-    "ffn_down.weight",
-    "post_ffw_norm.weight",
-];
-
-/// Whether a stage of `config`'s model uploads the layer tensor `what` (when present).
-fn loaded_by(config: &ModelConfig, what: &str) -> bool {
-    let qk_norm = what.starts_with("attn_q_norm") || what.starts_with("attn_k_norm");
-    let post_norm = what.starts_with("post_");
-    (config.qk_norm || !qk_norm) && (config.post_norms || !post_norm)
-}
-
 /// Bytes a device is charged for `t`: its data, plus an f32 copy of one-row tensors (norms and
 /// biases are kept dequantized for direct use, as the CPU backend does).
 fn device_bytes(t: &TensorInfo) -> u64 {
@@ -114,10 +87,9 @@ impl ModelSizes {
         let bytes_of = |name: &str| file.tensor(name).map_or(0, device_bytes);
         let layer_weight_bytes = (0..config.n_layer)
             .map(|il| {
-                LAYER_TENSORS
+                layer_source_names(config, il)
                     .iter()
-                    .filter(|what| loaded_by(config, what))
-                    .map(|what| bytes_of(&format!("blk.{il}.{what}")))
+                    .map(|name| bytes_of(name))
                     .sum()
             })
             .collect();
@@ -161,7 +133,9 @@ impl ModelSizes {
                     "token_embd.weight".into(),
                 ))
             })?;
-        let config = Arc::new(model_config(&description, n_vocab)?);
+        let config = Arc::new(model_config(&description, n_vocab, &|name| {
+            file.tensor(name).is_some()
+        })?);
         let sizes = ModelSizes::new(&file, &config, max_batch, max_logit_rows);
         Ok((description, config, sizes))
     }

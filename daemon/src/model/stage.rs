@@ -363,13 +363,31 @@ impl<B: Backend> Stage<B> {
                 b.add_bias(&mut s.k, bk, n)?;
                 b.add_bias(&mut s.v, bv, n)?;
             }
-            // Per-head norm of queries and keys (Qwen 3, Gemma 3), then rotary positions.
+            // Per-head norm of queries and keys (Qwen 3, Gemma 3), then rotary positions (with
+            // the model's frequency factors: Llama 3.1, Phi-3).
             if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
                 b.rms_norm(&mut s.q, qn, n * c.n_head, c.head_dim, c.norm_eps)?;
                 b.rms_norm(&mut s.k, kn, n * c.n_head_kv, c.head_dim, c.norm_eps)?;
             }
-            b.rope(&mut s.q, n, c.n_head, c.head_dim, &batch.positions, rope)?;
-            b.rope(&mut s.k, n, c.n_head_kv, c.head_dim, &batch.positions, rope)?;
+            let factors = w.rope_factors.as_ref();
+            b.rope(
+                &mut s.q,
+                n,
+                c.n_head,
+                c.head_dim,
+                &batch.positions,
+                rope,
+                factors,
+            )?;
+            b.rope(
+                &mut s.k,
+                n,
+                c.n_head_kv,
+                c.head_dim,
+                &batch.positions,
+                rope,
+                factors,
+            )?;
             let scale = match c.query_scale {
                 Some(qs) => {
                     b.scale(&mut s.q, qs, n * qw)?;
@@ -384,7 +402,7 @@ impl<B: Backend> Stage<B> {
                 head_dim: c.head_dim,
                 scale,
                 window: c.window[il],
-                softcap: None,
+                softcap: c.attn_softcap,
             };
             for seg in &segments {
                 let kv = self
@@ -424,7 +442,8 @@ impl<B: Backend> Stage<B> {
             b.read_activations(&s.x, hidden)?;
         }
 
-        // Output head: only the rows that want logits are normalised and projected.
+        // Output head: only the rows that want logits are normalised, projected and (Gemma 2)
+        // soft-capped.
         logits.clear();
         if let Some(head) = &self.head {
             let wanted: Vec<usize> = (0..n).filter(|&t| batch.logits[t]).collect();
@@ -439,6 +458,9 @@ impl<B: Backend> Stage<B> {
             b.write_activations(&mut s.cur, &self.picked)?;
             b.rms_norm(&mut s.cur, &head.output_norm, m, d, c.norm_eps)?;
             b.matmul(&head.output, &s.cur, m, &mut s.logits)?;
+            if let Some(cap) = c.final_softcap {
+                b.softcap(&mut s.logits, cap, m * c.n_vocab)?;
+            }
             logits.resize(m * c.n_vocab, 0.0);
             b.read_activations(&s.logits, logits)?;
         }

@@ -2,6 +2,14 @@
 //! the tensors as found in the model file ([`LayerWeights::from_source`], shape-checked), as
 //! resident on a device (`LayerWeights<B::Weight>`) and as views another device copies from:
 //! [`LayerWeights::try_map`] turns one into the other tensor by tensor.
+//!
+//! Fused projections are split into row views here, so the forward pass has one path: a fused
+//! `attn_qkv` (Phi-3, and any file llama.cpp's `create_tensor_qkv` accepts) gives `wq`, `wk`,
+//! `wv` (and `attn_qkv.bias` the three biases); Phi-3's `ffn_up` of `2 * n_ff` rows gives the
+//! gate (first half) and up (second half). Each row of a view is the same row of the fused
+//! tensor, so every product is exactly what the fused one computes. The rope frequency factors
+//! (one tensor shared by every layer in the file) are uploaded with each layer, so a layer moves
+//! between devices with everything it needs.
 
 use llmd_kernels::backend::{BackendError, HostTensor};
 use thiserror::Error;
@@ -77,6 +85,9 @@ pub struct LayerWeights<W> {
     pub down: W,
     /// RMS norm after the feed-forward block (Gemma).
     pub post_ffn_norm: Option<W>,
+    /// Rope frequency factors: `(n_dims / 2)` (Llama 3.1's `rope_freqs`, Phi-3's long or short
+    /// factors), this layer's copy of the model's one tensor.
+    pub rope_factors: Option<W>,
 }
 
 /// The output head: final norm and the vocabulary projection.
@@ -131,7 +142,8 @@ fn layer_tensor(il: usize, what: &str) -> String {
 }
 
 impl<'a> LayerWeights<HostTensor<'a>> {
-    /// Layer `il`'s tensors in `source`, shape-checked against `config`.
+    /// Layer `il`'s tensors in `source`, shape-checked against `config`, fused projections split
+    /// into views.
     pub fn from_source<S: TensorSource + ?Sized>(
         source: &'a S,
         config: &ModelConfig,
@@ -147,14 +159,51 @@ impl<'a> LayerWeights<HostTensor<'a>> {
         );
         let name = |what: &str| layer_tensor(il, what);
         let qk_norm = config.qk_norm;
+        let (wq, wk, wv) = match ld.optional(&name("attn_qkv.weight"), q + 2 * kv, d)? {
+            Some(qkv) => (
+                qkv.row_range(0..q)?,
+                qkv.row_range(q..q + kv)?,
+                qkv.row_range(q + kv..q + 2 * kv)?,
+            ),
+            None => (
+                ld.required(&name("attn_q.weight"), q, d)?,
+                ld.required(&name("attn_k.weight"), kv, d)?,
+                ld.required(&name("attn_v.weight"), kv, d)?,
+            ),
+        };
+        let (bq, bk, bv) = match ld.optional(&name("attn_qkv.bias"), 1, q + 2 * kv)? {
+            Some(b) => (
+                Some(b.vector_range(0..q)?),
+                Some(b.vector_range(q..q + kv)?),
+                Some(b.vector_range(q + kv..q + 2 * kv)?),
+            ),
+            None => (
+                ld.optional(&name("attn_q.bias"), 1, q)?,
+                ld.optional(&name("attn_k.bias"), 1, kv)?,
+                ld.optional(&name("attn_v.bias"), 1, kv)?,
+            ),
+        };
+        let (gate, up) = if config.fused_gate_up {
+            let fused = ld.required(&name("ffn_up.weight"), 2 * ff, d)?;
+            (fused.row_range(0..ff)?, fused.row_range(ff..2 * ff)?)
+        } else {
+            (
+                ld.required(&name("ffn_gate.weight"), ff, d)?,
+                ld.required(&name("ffn_up.weight"), ff, d)?,
+            )
+        };
+        let rope_factors = match config.rope_factors {
+            Some(f) => Some(ld.required(f.tensor_name(), 1, config.rope[il].n_dims / 2)?),
+            None => None,
+        };
         let weights = LayerWeights {
             attn_norm: ld.required(&name("attn_norm.weight"), 1, d)?,
-            wq: ld.required(&name("attn_q.weight"), q, d)?,
-            wk: ld.required(&name("attn_k.weight"), kv, d)?,
-            wv: ld.required(&name("attn_v.weight"), kv, d)?,
-            bq: ld.optional(&name("attn_q.bias"), 1, q)?,
-            bk: ld.optional(&name("attn_k.bias"), 1, kv)?,
-            bv: ld.optional(&name("attn_v.bias"), 1, kv)?,
+            wq,
+            wk,
+            wv,
+            bq,
+            bk,
+            bv,
             q_norm: if qk_norm {
                 Some(ld.required(&name("attn_q_norm.weight"), 1, hd)?)
             } else {
@@ -172,14 +221,15 @@ impl<'a> LayerWeights<HostTensor<'a>> {
                 None
             },
             ffn_norm: ld.required(&name("ffn_norm.weight"), 1, d)?,
-            gate: ld.required(&name("ffn_gate.weight"), ff, d)?,
-            up: ld.required(&name("ffn_up.weight"), ff, d)?,
+            gate,
+            up,
             down: ld.required(&name("ffn_down.weight"), d, ff)?,
             post_ffn_norm: if config.post_norms {
                 Some(ld.required(&name("post_ffw_norm.weight"), 1, d)?)
             } else {
                 None
             },
+            rope_factors,
         };
         if config.arch == Arch::Qwen2
             && (weights.bq.is_none() || weights.bk.is_none() || weights.bv.is_none())
@@ -190,6 +240,40 @@ impl<'a> LayerWeights<HostTensor<'a>> {
         }
         Ok(weights)
     }
+}
+
+/// The file tensors layer `il` of `config`'s model loads from, by name: what it is charged for
+/// on a device is their bytes (the views of a fused tensor together cover all of it; the shared
+/// rope factors count with every layer, which each holds a copy). Optional ones are listed too:
+/// a planner counts the ones the file has. [`LayerWeights::from_source`] loads exactly these.
+pub fn layer_source_names(config: &ModelConfig, il: usize) -> Vec<String> {
+    let mut what = vec![
+        "attn_norm.weight",
+        "attn_qkv.weight",
+        "attn_q.weight",
+        "attn_k.weight",
+        "attn_v.weight",
+        "attn_qkv.bias",
+        "attn_q.bias",
+        "attn_k.bias",
+        "attn_v.bias",
+        "attn_output.weight",
+        "ffn_norm.weight",
+        "ffn_up.weight",
+        "ffn_down.weight",
+    ];
+    if config.qk_norm {
+        what.extend(["attn_q_norm.weight", "attn_k_norm.weight"]);
+    }
+    if config.post_norms {
+        what.extend(["post_attention_norm.weight", "post_ffw_norm.weight"]);
+    }
+    if !config.fused_gate_up {
+        what.push("ffn_gate.weight");
+    }
+    let mut names: Vec<String> = what.iter().map(|w| layer_tensor(il, w)).collect();
+    names.extend(config.rope_factors.map(|f| f.tensor_name().to_string()));
+    names
 }
 
 impl<W> LayerWeights<W> {
@@ -215,6 +299,7 @@ impl<W> LayerWeights<W> {
             up: f(&self.up)?,
             down: f(&self.down)?,
             post_ffn_norm: map_optional(&self.post_ffn_norm, &mut f)?,
+            rope_factors: map_optional(&self.rope_factors, &mut f)?,
         })
     }
 
@@ -237,6 +322,7 @@ impl<W> LayerWeights<W> {
             Some(&self.up),
             Some(&self.down),
             self.post_ffn_norm.as_ref(),
+            self.rope_factors.as_ref(),
         ]
         .into_iter()
         .flatten()

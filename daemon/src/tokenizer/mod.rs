@@ -5,7 +5,8 @@
 //!   and [`Tokenizer::decode`] (ids to bytes), [`Tokenizer::is_eog`].
 //! - `spm`: SentencePiece-style merges by score with byte fallback (`"llama"` vocabularies,
 //!   e.g. Gemma 3). `bpe` and [`pretokenize`]: byte-level BPE (`"gpt2"` vocabularies, e.g.
-//!   Llama 3, Qwen2) with the pre-tokenizer of `tokenizer.ggml.pre`.
+//!   Llama 3, Qwen2) with the pre-tokenizer of `tokenizer.ggml.pre` (`tekken`: Mistral's,
+//!   whose lookaheads get a matcher of their own).
 //! - [`stream`]: [`StreamDecoder`], which turns a stream of ids into text only at complete
 //!   UTF-8 characters. [`chat`]: chat templates.
 //! - `unicode`: codepoint categories and the GPT-2 byte map.
@@ -18,6 +19,7 @@ mod merge;
 pub mod pretokenize;
 mod spm;
 pub mod stream;
+mod tekken;
 #[cfg(test)]
 mod tests;
 mod unicode;

@@ -34,6 +34,9 @@ pub enum PreTokenizerKind {
     DeepseekLlm,
     /// DeepSeek Coder (`"deepseek-coder"`).
     DeepseekCoder,
+    /// Mistral's Tekken (`"tekken"`: Mistral Nemo, Small 3, Ministral): words split at case
+    /// changes, single digits, merges ignored for words that are whole tokens.
+    Tekken,
 }
 
 impl PreTokenizerKind {
@@ -48,6 +51,7 @@ impl PreTokenizerKind {
             | "hunyuan" | "solar-open" => Self::Qwen2,
             "deepseek-llm" => Self::DeepseekLlm,
             "deepseek-coder" => Self::DeepseekCoder,
+            "tekken" => Self::Tekken,
             "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es"
             | "jina-v2-de" | "a.x-4.0" | "mellum" | "modern-bert" | "jina-v1-en"
             | "jina-v2-code" | "roberta-bpe" | "mpt" | "olmo" | "jais" | "trillion"
@@ -59,17 +63,20 @@ impl PreTokenizerKind {
 
     /// llama.cpp's `ignore_merges`: a word that is itself a token is emitted whole.
     pub fn ignore_merges(self) -> bool {
-        self == Self::Llama3
+        matches!(self, Self::Llama3 | Self::Tekken)
     }
 
     /// llama.cpp's default for `add_bos` with this pre-tokenizer (before the GGUF key overrides it).
     pub fn default_add_bos(self) -> bool {
-        self == Self::Llama3
+        matches!(self, Self::Llama3 | Self::Tekken)
     }
 
     /// llama.cpp's `clean_spaces` (detokenizer clean-up of " ." and " 's") for this pre-tokenizer.
     pub fn clean_spaces(self) -> bool {
-        !matches!(self, Self::Qwen2 | Self::DeepseekLlm | Self::DeepseekCoder)
+        !matches!(
+            self,
+            Self::Qwen2 | Self::DeepseekLlm | Self::DeepseekCoder | Self::Tekken
+        )
     }
 }
 
@@ -82,6 +89,8 @@ enum Custom {
     Llama3,
     /// Like [`Custom::Llama3`] with `\p{N}` instead of `\p{N}{1,3}`.
     Qwen2,
+    /// Tekken's expression with lookaheads, over the collapsed text (see [`super::tekken`]).
+    Tekken,
 }
 
 /// One splitting step.
@@ -165,6 +174,7 @@ impl PreTokenizer {
             PreTokenizerKind::Gpt2 => vec![Step::Custom(Custom::Gpt2)],
             PreTokenizerKind::Llama3 => vec![Step::Custom(Custom::Llama3)],
             PreTokenizerKind::Qwen2 => vec![Step::Custom(Custom::Qwen2)],
+            PreTokenizerKind::Tekken => vec![Step::Custom(Custom::Tekken)],
             PreTokenizerKind::DeepseekLlm => vec![
                 wide(r"[\r\n]".to_owned())?,
                 wide(format!("{s}?[{DEEPSEEK_LETTERS}]+"))?,
@@ -324,6 +334,7 @@ fn split_custom(custom: Custom, cpts: &[char], offsets: &[usize]) -> Vec<usize> 
             Custom::Gpt2 => split_gpt2(piece, &mut out),
             Custom::Llama3 => split_llama3(piece, 3, &mut out),
             Custom::Qwen2 => split_llama3(piece, 1, &mut out),
+            Custom::Tekken => super::tekken::split(&collapse(piece), &mut out),
         }
         start += len;
     }
@@ -560,6 +571,7 @@ mod tests {
             PreTokenizerKind::Qwen2,
             PreTokenizerKind::DeepseekLlm,
             PreTokenizerKind::DeepseekCoder,
+            PreTokenizerKind::Tekken,
         ] {
             PreTokenizer::new(kind).expect("compiles");
         }

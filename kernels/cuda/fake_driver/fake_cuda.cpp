@@ -224,6 +224,7 @@ static const std::unordered_map<std::string, std::function<void(void **)>> &kern
         LLMD_QUANT_TYPES(K_QUANT) LLMD_HALF_TYPES(K_HALF)
         K(attn_prefill_f16kv), K(attn_decode_f16kv), K(attn_combine_f32),
         K(geglu_f32), K(swiglu_f32), K(add_f32), K(scale_f32), K(add_bias_f32),
+        K(softcap_f32),
         K(get_rows_f32),
         K(kv_store_f16),
         K(mul_mat_vec_f16), K(mul_mat_vec_f32), K(mul_mat_vec_bf16),

@@ -1,7 +1,8 @@
 """Checks the CUDA kernels' block arithmetic on the host (no GPU): builds emulate.cpp (the
 kernels compiled as plain C++) and compares its dequantize, get_rows and mmvq dot-product
 results for every weight type with the `gguf` package's dequantizers (dequantization bit for
-bit, every IQ grid entry included), and its rope / GeGLU / SwiGLU with numpy formulas. Usage: python check.py EMULATE_BINARY WORK_DIR (run by scripts/check-cuda-kernels)."""
+bit, every IQ grid entry included), and its rope (with frequency factors, linear scaling and
+YaRN) / GeGLU / SwiGLU / softcap with numpy formulas. Usage: python check.py EMULATE_BINARY WORK_DIR (run by scripts/check-cuda-kernels)."""
 import pathlib
 import subprocess
 import sys
@@ -251,13 +252,29 @@ for name in ("f32", "f16", "bf16"):
                 table.reshape(-1).astype(np.float16), 0)
 
 
-def rope_ref(x, pos, n_dims, base, fs, neox):
+def yarn_corr_dims(n_dims, n_ctx_orig, base, beta_fast=32.0, beta_slow=1.0):
+    """ggml_rope_yarn_corr_dims: the pairs over which YaRN ramps from extrapolation to
+    interpolation."""
+    def corr_dim(n_rot):
+        return n_dims * np.log(n_ctx_orig / (n_rot * 2 * np.pi)) / (2 * np.log(base))
+    return max(0.0, np.floor(corr_dim(beta_fast))), min(n_dims - 1.0, np.ceil(corr_dim(beta_slow)))
+
+
+def rope_ref(x, pos, n_dims, base, fs, neox, factors=None, ext=0.0, attn=1.0, corr=(0.0, 0.0)):
+    """ggml's rope_ext in float64: frequency factors, linear scaling, YaRN ramp and magnitude."""
     x = x.astype(np.float64).copy()
     half = n_dims // 2
     for t, p in enumerate(pos):
         for i in range(half):
-            theta = p * fs * base ** (-2.0 * i / n_dims)
-            c, s = np.cos(theta), np.sin(theta)
+            extrap = p * base ** (-2.0 * i / n_dims) / (1.0 if factors is None else factors[i])
+            interp = fs * extrap
+            theta, mscale = interp, attn
+            if ext != 0.0:
+                ramp = 1.0 - min(1.0, max(0.0, (i - corr[0]) / max(0.001, corr[1] - corr[0])))
+                mix = ramp * ext
+                theta = interp * (1 - mix) + extrap * mix
+                mscale *= 1.0 + 0.1 * np.log(1.0 / fs)
+            c, s = np.cos(theta) * mscale, np.sin(theta) * mscale
             a_idx, b_idx = (i, i + half) if neox else (2 * i, 2 * i + 1)
             a, b = x[t, :, a_idx].copy(), x[t, :, b_idx].copy()
             x[t, :, a_idx] = a * c - b * s
@@ -267,16 +284,30 @@ def rope_ref(x, pos, n_dims, base, fs, neox):
 
 n_heads, head_dim = 3, 64
 pos = np.array([0, 1, 17, 300], dtype=np.uint32)
-for neox in (0, 1):
-    for n_dims in (64, 32):
-        x = rng.standard_normal((len(pos), n_heads, head_dim)).astype(np.float32)
-        (work / "x.bin").write_bytes(x.tobytes())
-        (work / "pos.bin").write_bytes(pos.tobytes())
-        run("rope", "f32", work / "x.bin", work / "rope.bin", work / "pos.bin", n_heads, head_dim,
-            n_dims, 10000.0, 0.5, neox)
-        got = np.fromfile(work / "rope.bin", dtype=np.float32).reshape(x.shape)
-        compare(f"rope_f32 neox={neox} n_dims={n_dims}", got,
-                rope_ref(x, pos, n_dims, 10000.0, 0.5, neox), 1e-4)
+(work / "pos.bin").write_bytes(pos.tobytes())
+rope_factors = (1.0 + 7.0 * np.arange(32) / 31.0).astype(np.float32)
+(work / "ff.bin").write_bytes(rope_factors.tobytes())
+# name, neox, n_dims, base, freq_scale, factors, ext_factor, attn_factor, YaRN n_ctx_orig
+rope_cases = [
+    ("plain", 0, 64, 10000.0, 0.5, None, 0.0, 1.0, 0),
+    ("plain", 1, 64, 10000.0, 0.5, None, 0.0, 1.0, 0),
+    ("plain", 0, 32, 10000.0, 0.5, None, 0.0, 1.0, 0),
+    ("plain", 1, 32, 10000.0, 0.5, None, 0.0, 1.0, 0),
+    ("factors attn_factor", 0, 64, 500000.0, 1.0, rope_factors, 0.0, 1.2, 0),
+    ("yarn", 1, 64, 10000.0, 0.25, None, 1.0, 0.9, 64),
+    ("yarn factors", 0, 64, 1000000.0, 0.125, rope_factors, 1.0, 1.0, 4096),
+    ("yarn partial", 1, 32, 10000.0, 0.25, None, 1.0, 1.0, 256),
+]
+for what, neox, n_dims, base, fs, factors, ext, attn, n_orig in rope_cases:
+    x = rng.standard_normal((len(pos), n_heads, head_dim)).astype(np.float32)
+    (work / "x.bin").write_bytes(x.tobytes())
+    corr = yarn_corr_dims(n_dims, n_orig, base) if ext != 0.0 else (0.0, 0.0)
+    run("rope", "f32", work / "x.bin", work / "rope.bin", work / "pos.bin",
+        "-" if factors is None else work / "ff.bin", n_heads, head_dim, n_dims, base, fs, ext, attn,
+        corr[0], corr[1], neox)
+    got = np.fromfile(work / "rope.bin", dtype=np.float32).reshape(x.shape)
+    compare(f"rope_f32 {what} neox={neox} n_dims={n_dims}", got,
+            rope_ref(x, pos, n_dims, base, fs, neox, factors, ext, attn, corr), 1e-4)
 
 gate = rng.standard_normal(1000).astype(np.float32) * 4
 up = rng.standard_normal(1000).astype(np.float32)
@@ -387,6 +418,9 @@ compare("add_f32", np.fromfile(work / "s.bin", dtype=np.float32), a + b, 0)
 (work / "a.bin").write_bytes(a.tobytes())
 run("simple", "scale", work / "a.bin", work / "s.bin", 0.25)
 compare("scale_f32", np.fromfile(work / "s.bin", dtype=np.float32), a * np.float32(0.25), 0)
+run("simple", "softcap", work / "a.bin", work / "s.bin", 0.5)
+compare("softcap_f32", np.fromfile(work / "s.bin", dtype=np.float32),
+        np.tanh(a.astype(np.float64) / 0.5) * 0.5, 1e-6)
 run("simple", "to_f16", work / "a.bin", work / "s.bin")
 compare("convert_f32_to_f16", np.fromfile(work / "s.bin", dtype=np.float16), a.astype(np.float16), 0)
 

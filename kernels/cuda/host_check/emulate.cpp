@@ -181,19 +181,26 @@ int main(int argc, char **argv) {
         }
         write_file(argv[4], out.data(), out.size() * 8);
     } else if (op == "rope") {
-        // IN: (n_tokens, n_heads, head_dim) f32; ARGS: positions_file n_heads head_dim n_dims
-        // base freq_scale neox; OUT: rotated values.
+        // IN: (n_tokens, n_heads, head_dim) f32; ARGS: positions_file factors_file (or "-")
+        // n_heads head_dim n_dims base freq_scale ext_factor attn_factor corr_low corr_high neox;
+        // OUT: rotated values.
         std::vector<unsigned char> pos = read_file(argv[5]);
-        const int n_heads = std::atoi(argv[6]), head_dim = std::atoi(argv[7]);
-        const int n_dims = std::atoi(argv[8]);
-        const float base = (float)std::atof(argv[9]), fs = (float)std::atof(argv[10]);
-        const int neox = std::atoi(argv[11]);
+        const bool has_factors = std::string(argv[6]) != "-";
+        std::vector<unsigned char> factors = has_factors ? read_file(argv[6])
+                                                         : std::vector<unsigned char>();
+        const int n_heads = std::atoi(argv[7]), head_dim = std::atoi(argv[8]);
+        const int n_dims = std::atoi(argv[9]);
+        const float base = (float)std::atof(argv[10]), fs = (float)std::atof(argv[11]);
+        const float ext = (float)std::atof(argv[12]), attn = (float)std::atof(argv[13]);
+        const float corr_low = (float)std::atof(argv[14]), corr_high = (float)std::atof(argv[15]);
+        const int neox = std::atoi(argv[16]);
         std::vector<float> x(in.size() / 4);
         std::memcpy(x.data(), in.data(), in.size());
         const unsigned n_tokens = (unsigned)(pos.size() / 4);
+        const float *ff = has_factors ? (const float *)factors.data() : nullptr;
         launch(n_heads, n_tokens, 64, [&] {
-            rope_f32(x.data(), (const unsigned *)pos.data(), n_heads, head_dim, n_dims, base, fs,
-                     neox);
+            rope_f32(x.data(), (const unsigned *)pos.data(), ff, n_heads, head_dim, n_dims, base,
+                     fs, ext, attn, corr_low, corr_high, neox);
         });
         write_file(argv[4], x.data(), x.size() * 4);
     } else if (op == "glu") {
@@ -284,8 +291,8 @@ int main(int argc, char **argv) {
         });
         write_file(argv[4], cache.data(), cache.size() * 2);
     } else if (op == "simple") {
-        // TYPE: add (IN: dst then src, n f32 each), scale (IN: n f32; ARGS: factor) or
-        // to_f16 (IN: n f32; OUT: f16 bits).
+        // TYPE: add (IN: dst then src, n f32 each), scale (IN: n f32; ARGS: factor), softcap
+        // (IN: n f32; ARGS: cap) or to_f16 (IN: n f32; OUT: f16 bits).
         const long long n = type == "add" ? (long long)(in.size() / 8) : (long long)(in.size() / 4);
         std::vector<float> x(n);
         std::memcpy(x.data(), in.data(), n * 4);
@@ -295,6 +302,9 @@ int main(int argc, char **argv) {
         } else if (type == "scale") {
             const float factor = (float)std::atof(argv[5]);
             launch(ceil_div(n, 256), 1, 256, [&] { scale_f32(x.data(), factor, n); });
+        } else if (type == "softcap") {
+            const float cap = (float)std::atof(argv[5]);
+            launch(ceil_div(n, 256), 1, 256, [&] { softcap_f32(x.data(), cap, n); });
         } else {
             std::vector<__half> h(n);
             launch(ceil_div(n, 256), 1, 256, [&] { convert_f32_to_f16(x.data(), h.data(), n); });

@@ -9,12 +9,12 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use super::{
-    check_len, f16_bytes, f16_bytes_mut, shape, AttentionParams, Backend, BackendError,
-    DeviceBytes, DeviceMemory, GatedActivation, HostTensor, KvShape, KvView, Lease, RopeKind,
-    RopeParams, WeightView,
+    check_len, check_rope, f16_bytes, f16_bytes_mut, shape, AttentionParams, Backend, BackendError,
+    DeviceBytes, DeviceMemory, GatedActivation, HostTensor, KvShape, KvView, Lease, RopeParams,
+    WeightView,
 };
 use crate::cpu::dot::{axpy_f32, vec_dot};
-use crate::cpu::ops::{self, RopeMode};
+use crate::cpu::ops;
 use crate::cpu::{matmul, MatmulScratch, QMatrix, ThreadPool};
 use crate::quant::{self, GgmlType};
 
@@ -147,17 +147,6 @@ impl CpuBackend {
 /// copy kept of one-row tensors (norm weights, biases).
 fn weight_charge(len: u64, rows: usize, cols: usize) -> u64 {
     len + if rows == 1 { cols as u64 * 4 } else { 0 }
-}
-
-fn rope_params(p: RopeParams) -> ops::RopeParams {
-    let mode = match p.kind {
-        RopeKind::Normal => RopeMode::Normal,
-        RopeKind::Neox => RopeMode::Neox,
-    };
-    ops::RopeParams {
-        freq_scale: p.freq_scale,
-        ..ops::RopeParams::new(mode, p.n_dims, p.freq_base)
-    }
 }
 
 impl Backend for CpuBackend {
@@ -348,21 +337,30 @@ impl Backend for CpuBackend {
         head_dim: usize,
         positions: &[u32],
         params: RopeParams,
+        freq_factors: Option<&CpuWeight>,
     ) -> Result<(), BackendError> {
         let width = n_heads * head_dim;
         check_len("rope", x.len(), n_tokens * width)?;
         check_len("rope", positions.len(), n_tokens)?;
-        if params.n_dims > head_dim || !params.n_dims.is_multiple_of(2) {
-            return Err(shape(
-                "rope",
-                format!("{} rotated dims for heads of {head_dim}", params.n_dims),
-            ));
-        }
-        let p = rope_params(params);
+        let factors = freq_factors.map(|f| f.vector("rope")).transpose()?;
+        check_rope(&params, head_dim, factors.map(<[f32]>::len))?;
         let mut cache = vec![0.0f32; params.n_dims];
         for (t, row) in x[..n_tokens * width].chunks_exact_mut(width).enumerate() {
-            ops::rope(&p, positions[t] as i32, None, row, head_dim, &mut cache);
+            ops::rope(
+                &params,
+                positions[t] as i32,
+                factors,
+                row,
+                head_dim,
+                &mut cache,
+            );
         }
+        Ok(())
+    }
+
+    fn softcap(&self, x: &mut Vec<f32>, cap: f32, len: usize) -> Result<(), BackendError> {
+        check_len("softcap", x.len(), len)?;
+        ops::softcap(&mut x[..len], cap);
         Ok(())
     }
 

@@ -24,9 +24,9 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::{
-    check_len, shape, ActivationsLocation, AttentionParams, Backend, BackendError, BytesAt,
-    DeviceActivations, DeviceBytes, DeviceMemory, GatedActivation, HostStaging, HostTensor,
-    KvShape, KvView, Lease, RopeKind, RopeParams, WeightView,
+    check_len, check_rope, shape, ActivationsLocation, AttentionParams, Backend, BackendError,
+    BytesAt, DeviceActivations, DeviceBytes, DeviceMemory, GatedActivation, HostStaging,
+    HostTensor, KvShape, KvView, Lease, RopeMode, RopeParams, WeightView,
 };
 use crate::quant::GgmlType;
 
@@ -66,6 +66,7 @@ const MODULES: &[(&str, &str, &[&str])] = &[
             "add_f32",
             "scale_f32",
             "add_bias_f32",
+            "softcap_f32",
         ],
     ),
     (
@@ -847,6 +848,7 @@ impl Backend for CudaBackend {
         head_dim: usize,
         positions: &[u32],
         p: RopeParams,
+        freq_factors: Option<&CudaWeight>,
     ) -> Result<(), BackendError> {
         const OP: &str = "rope";
         if positions.len() != n_tokens {
@@ -855,15 +857,10 @@ impl Backend for CudaBackend {
                 format!("{} positions for {n_tokens} tokens", positions.len()),
             ));
         }
-        if !p.n_dims.is_multiple_of(2) || p.n_dims > head_dim {
-            return Err(shape(
-                OP,
-                format!(
-                    "n_dims {} must be even and <= head_dim {head_dim}",
-                    p.n_dims
-                ),
-            ));
+        if let Some(f) = freq_factors.filter(|f| f.ty != GgmlType::F32) {
+            return Err(self.unsupported(f));
         }
+        check_rope(&p, head_dim, freq_factors.map(|f| f.rows * f.cols))?;
         check_len(OP, x.len(), n_tokens * n_heads * head_dim)?;
         if n_tokens == 0 || n_heads == 0 {
             return Ok(());
@@ -873,7 +870,9 @@ impl Backend for CudaBackend {
         let heads_i = to_i32(OP, "n_heads", n_heads)?;
         let hd = to_i32(OP, "head_dim", head_dim)?;
         let nd = to_i32(OP, "n_dims", p.n_dims)?;
-        let neox: i32 = (p.kind == RopeKind::Neox).into();
+        let neox: i32 = (p.mode == RopeMode::Neox).into();
+        let [corr_low, corr_high] = p.corr_dims();
+        let no_factors: u64 = 0;
         let mut reused = self.reused();
         let Reused {
             positions: on_device,
@@ -882,21 +881,45 @@ impl Backend for CudaBackend {
         } = &mut *reused;
         let pos = self.device_positions(on_device, positions_dev, positions)?;
         let mut launch = self.stream.launch_builder(self.function("rope_f32")?);
+        launch.arg(x).arg(pos);
+        match freq_factors {
+            Some(f) => launch.arg(&f.data),
+            None => launch.arg(&no_factors),
+        };
         launch
-            .arg(x)
-            .arg(pos)
             .arg(&heads_i)
             .arg(&hd)
             .arg(&nd)
             .arg(&p.freq_base)
             .arg(&p.freq_scale)
+            .arg(&p.ext_factor)
+            .arg(&p.attn_factor)
+            .arg(&corr_low)
+            .arg(&corr_high)
             .arg(&neox);
-        // SAFETY: rope_f32(float* x, const u32* positions, int n_heads, int head_dim, int
-        // n_dims, float freq_base, float freq_scale, int neox) over (n_heads, n_tokens) blocks
-        // of 64 rotates n_tokens*n_heads*head_dim values of x (checked) using n_tokens
-        // positions (checked); n_dims is even and <= head_dim.
+        // SAFETY: rope_f32(float* x, const u32* positions, const float* freq_factors, int
+        // n_heads, int head_dim, int n_dims, float freq_base, float freq_scale, float ext_factor,
+        // float attn_factor, float corr_low, float corr_high, int neox) over (n_heads, n_tokens)
+        // blocks of 64 rotates n_tokens*n_heads*head_dim values of x (checked) using n_tokens
+        // positions (checked) and, when not null, n_dims/2 f32 frequency factors (an F32 weight
+        // of at least that many values, checked); n_dims is even and <= head_dim.
         unsafe { launch.launch(cfg((heads, ny, 1), (64, 1, 1))) }
             .map_err(|e| self.err("rope_f32", e))?;
+        Ok(())
+    }
+
+    fn softcap(&self, x: &mut CudaSlice<f32>, cap: f32, len: usize) -> Result<(), BackendError> {
+        check_len("softcap", x.len(), len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let n = len as i64;
+        let mut launch = self.stream.launch_builder(self.function("softcap_f32")?);
+        launch.arg(x).arg(&cap).arg(&n);
+        // SAFETY: softcap_f32(float* x, float cap, i64 n) over ceil(n/256) blocks of 256
+        // rewrites n values of x (length checked).
+        unsafe { launch.launch(cfg((blocks_for(len, 256), 1, 1), (256, 1, 1))) }
+            .map_err(|e| self.err("softcap_f32", e))?;
         Ok(())
     }
 
@@ -1427,26 +1450,72 @@ mod tests {
 
         let (n_tokens, n_heads, head_dim) = (3, 4, 64);
         let positions = [0u32, 17, 300];
-        for (kind, n_dims) in [
-            (RopeKind::Normal, 64),
-            (RopeKind::Neox, 64),
-            (RopeKind::Neox, 32),
-        ] {
+        // Llama-3.1-like factors (1 to 8) over the 32 pairs of a 64-wide head.
+        let factors: Vec<f32> = (0..32).map(|i| 1.0 + 7.0 * (i as f32 / 31.0)).collect();
+        let factor_w = upload(b, "rope_freqs", GgmlType::F32, 1, 32, &factors);
+        let yarn = |mode, n_dims| RopeParams {
+            freq_scale: 0.25,
+            ext_factor: 1.0,
+            attn_factor: 0.9,
+            n_ctx_orig: 64,
+            ..RopeParams::new(mode, n_dims, 10_000.0)
+        };
+        let cases = [
+            (
+                "plain",
+                RopeParams::new(RopeMode::Normal, 64, 10_000.0),
+                false,
+            ),
+            (
+                "plain",
+                RopeParams::new(RopeMode::Neox, 64, 10_000.0),
+                false,
+            ),
+            (
+                "plain",
+                RopeParams::new(RopeMode::Neox, 32, 10_000.0),
+                false,
+            ),
+            (
+                "linear, factors",
+                RopeParams {
+                    freq_scale: 0.5,
+                    attn_factor: 1.2,
+                    ..RopeParams::new(RopeMode::Normal, 64, 500_000.0)
+                },
+                true,
+            ),
+            ("yarn", yarn(RopeMode::Neox, 64), false),
+            ("yarn, factors", yarn(RopeMode::Normal, 64), true),
+            ("yarn", yarn(RopeMode::Neox, 32), false),
+        ];
+        for (what, params, with_factors) in cases {
             let mut x = acts(b, &rng.vec(n_tokens * n_heads * head_dim));
-            let params = RopeParams {
-                kind,
-                n_dims,
-                freq_base: 10_000.0,
-                freq_scale: 1.0,
-            };
-            b.rope(&mut x, n_tokens, n_heads, head_dim, &positions, params)
+            let ff = with_factors.then_some(&factor_w);
+            b.rope(&mut x, n_tokens, n_heads, head_dim, &positions, params, ff)
                 .expect("rope");
             results.push((
-                format!("rope {kind:?} {n_dims}"),
+                format!("rope {what} {:?} {}", params.mode, params.n_dims),
                 1e-4,
                 read(b, &x, n_tokens * n_heads * head_dim),
             ));
         }
+        let short = upload(b, "short", GgmlType::F32, 1, 16, &factors[..16]);
+        let mut x = acts(b, &rng.vec(n_heads * head_dim));
+        let too_few = b.rope(
+            &mut x,
+            1,
+            n_heads,
+            head_dim,
+            &positions[..1],
+            RopeParams::new(RopeMode::Neox, 64, 10_000.0),
+            Some(&short),
+        );
+        results.push((
+            "rope refuses too few frequency factors".into(),
+            0.0,
+            vec![f32::from(u8::from(too_few.is_err()))],
+        ));
 
         let len = 1000;
         let (av, bv) = (rng.vec(len), rng.vec(len));
@@ -1456,6 +1525,9 @@ mod tests {
         results.push(("add".into(), 1e-6, read(b, &a, len)));
         b.scale(&mut a, -1.5, len).expect("scale");
         results.push(("add, scale".into(), 1e-6, read(b, &a, len)));
+        let mut capped = acts(b, &av.iter().map(|v| v * 80.0).collect::<Vec<_>>());
+        b.softcap(&mut capped, 30.0, len).expect("softcap");
+        results.push(("softcap".into(), 1e-6, read(b, &capped, len)));
         let bias = upload(b, "bias", GgmlType::F32, 1, 250, &rng.vec(250));
         b.add_bias(&mut a, &bias, 4).expect("add_bias");
         results.push(("add, scale, add_bias".into(), 1e-6, read(b, &a, len)));
@@ -1639,7 +1711,7 @@ mod tests {
         for (name, _, values) in &results {
             assert!(!values.is_empty(), "{name}");
             assert!(values.iter().all(|v| v.is_finite()), "{name}");
-            if name.contains("round trip") {
+            if name.contains("round trip") || name.contains("refuses") {
                 assert_eq!(values, &[1.0], "{name}");
             }
         }

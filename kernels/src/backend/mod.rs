@@ -82,6 +82,52 @@ impl<'a> HostTensor<'a> {
         }
     }
 
+    /// Rows `range` as a tensor of their own: a view of the same bytes (rows are contiguous), as
+    /// a fused projection (Phi-3's `attn_qkv`, `ffn_up`) is split at load.
+    pub fn row_range(&self, range: std::ops::Range<usize>) -> Result<HostTensor<'a>, BackendError> {
+        self.check_size()?;
+        if range.start > range.end || range.end > self.rows {
+            return Err(shape(
+                "row_range",
+                format!("{}: rows {range:?} of {}", self.name, self.rows),
+            ));
+        }
+        let row_bytes = self.data.len() / self.rows.max(1);
+        Ok(HostTensor {
+            rows: range.len(),
+            data: &self.data[range.start * row_bytes..range.end * row_bytes],
+            ..*self
+        })
+    }
+
+    /// Values `range` of a one-row tensor (a fused bias) as a vector of its own, a view of the
+    /// same bytes; both ends must fall on block boundaries of its type.
+    pub fn vector_range(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> Result<HostTensor<'a>, BackendError> {
+        self.check_size()?;
+        let bad = || {
+            shape(
+                "vector_range",
+                format!(
+                    "{}: values {range:?} of a {} vector of {} rows x {}",
+                    self.name, self.ty, self.rows, self.cols
+                ),
+            )
+        };
+        if self.rows != 1 || range.start > range.end || range.end > self.cols {
+            return Err(bad());
+        }
+        let start = self.ty.row_bytes(range.start as u64).ok_or_else(bad)? as usize;
+        let end = self.ty.row_bytes(range.end as u64).ok_or_else(bad)? as usize;
+        Ok(HostTensor {
+            cols: range.len(),
+            data: &self.data[start..end],
+            ..*self
+        })
+    }
+
     /// Checks that `data` holds exactly `rows` rows of `cols` values of `ty` (what every backend
     /// checks before uploading).
     pub fn check_size(&self) -> Result<(), BackendError> {
@@ -224,26 +270,29 @@ pub(crate) fn check_len(op: &'static str, have: usize, need: usize) -> Result<()
     Ok(())
 }
 
-/// How rotary position embeddings pair up dimensions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RopeKind {
-    /// GGML's "normal" rope: rotates adjacent pairs `(x[2i], x[2i+1])` (Llama).
-    Normal,
-    /// GPT-NeoX rope: rotates `(x[i], x[i + n_dims/2])` (Qwen, Gemma).
-    Neox,
-}
+pub use crate::cpu::ops::{RopeMode, RopeParams};
 
-/// Parameters of one rope application.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RopeParams {
-    /// Pairing of dimensions.
-    pub kind: RopeKind,
-    /// Number of leading dimensions of each head that are rotated (`<= head_dim`).
-    pub n_dims: usize,
-    /// Base of the geometric frequency progression.
-    pub freq_base: f32,
-    /// Linear position scaling (1.0 = none).
-    pub freq_scale: f32,
+/// Fails unless `p` can rotate heads of `head_dim`: `n_dims` even and at most `head_dim`, and
+/// frequency factors (when given, `factors` values) covering every rotated pair. Every backend
+/// checks this before its rope.
+pub(crate) fn check_rope(
+    p: &RopeParams,
+    head_dim: usize,
+    factors: Option<usize>,
+) -> Result<(), BackendError> {
+    if !p.n_dims.is_multiple_of(2) || p.n_dims > head_dim {
+        return Err(shape(
+            "rope",
+            format!("{} rotated dims for heads of {head_dim}", p.n_dims),
+        ));
+    }
+    if let Some(n) = factors.filter(|&n| n < p.n_dims / 2) {
+        return Err(shape(
+            "rope",
+            format!("{n} frequency factors for {} rotated pairs", p.n_dims / 2),
+        ));
+    }
+    Ok(())
 }
 
 /// Parameters of one attention call over one sequence's KV cache.
@@ -360,7 +409,10 @@ pub trait Backend: Send + Sync + 'static {
         out: &mut Self::Activations,
     ) -> Result<(), BackendError>;
     /// Rotary embedding in place on `(n_tokens, n_heads, head_dim)`; token `t` is at
-    /// `positions[t]`.
+    /// `positions[t]`. `freq_factors` (an f32 vector of at least `n_dims / 2` values: Llama 3.1's
+    /// `rope_freqs`, Phi-3's long or short factors) divides each pair's angle, as ggml's
+    /// `ggml_rope_ext` does with its third source.
+    #[allow(clippy::too_many_arguments)]
     fn rope(
         &self,
         x: &mut Self::Activations,
@@ -369,7 +421,11 @@ pub trait Backend: Send + Sync + 'static {
         head_dim: usize,
         positions: &[u32],
         params: RopeParams,
+        freq_factors: Option<&Self::Weight>,
     ) -> Result<(), BackendError>;
+    /// Soft-capping over `len` values, as llama.cpp builds it for Gemma 2's final logits:
+    /// `x = tanh(x * (1 / cap)) * cap`.
+    fn softcap(&self, x: &mut Self::Activations, cap: f32, len: usize) -> Result<(), BackendError>;
     /// `dst += src` over `len` values.
     fn add(
         &self,
@@ -709,6 +765,50 @@ mod tests {
             window: None,
             softcap: None,
         }
+    }
+
+    #[test]
+    fn row_and_vector_views_cover_the_bytes_asked_for() {
+        // 3 rows of 64 Q8_0 values (2 blocks of 34 bytes each per row).
+        let data: Vec<u8> = (0..3 * 68).map(|i| i as u8).collect();
+        let t = HostTensor {
+            name: "qkv",
+            ty: GgmlType::Q8_0,
+            rows: 3,
+            cols: 64,
+            data: &data,
+        };
+        let mid = t.row_range(1..3).expect("rows 1..3");
+        assert_eq!((mid.rows, mid.cols, mid.data), (2, 64, &data[68..]));
+        assert!(t.row_range(2..4).is_err(), "past the last row");
+        assert!(t.vector_range(0..32).is_err(), "not a vector");
+        let values: Vec<u8> = (0..4 * 96).map(|i| i as u8).collect();
+        let v = HostTensor {
+            name: "qkv.bias",
+            ty: GgmlType::F32,
+            rows: 1,
+            cols: 96,
+            data: &values,
+        };
+        let k = v.vector_range(64..80).expect("values 64..80");
+        assert_eq!((k.rows, k.cols, k.data), (1, 16, &values[256..320]));
+        assert!(v.vector_range(90..100).is_err());
+        let blocks = HostTensor {
+            ty: GgmlType::Q8_0,
+            cols: 64,
+            data: &data[..68],
+            ..v
+        };
+        assert!(blocks.vector_range(0..16).is_err(), "inside a block");
+        assert!(blocks.vector_range(32..64).is_ok());
+        let short = HostTensor {
+            data: &data[..10],
+            ..t
+        };
+        assert!(
+            short.row_range(0..1).is_err(),
+            "bytes do not match the shape"
+        );
     }
 
     #[test]

@@ -58,20 +58,22 @@ pub enum RopeMode {
     Neox,
 }
 
-/// Rope parameters, as `ggml_rope_ext` takes them.
+/// Rope parameters, as `ggml_rope_ext` takes them (the frequency factors, a tensor, are passed
+/// beside them). A small `Copy` value: the backends' rope op takes it as is.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RopeParams {
     /// The pairing layout.
     pub mode: RopeMode,
     /// Rotated dimensions per head (even, at most the head size); the rest pass through.
     pub n_dims: usize,
-    /// `rope.freq_base`.
+    /// `rope.freq_base` (per layer: sliding-window layers may have their own).
     pub freq_base: f32,
-    /// `1 / rope.scaling.factor` for linear scaling, 1 otherwise.
+    /// `1 / rope.scaling.factor` for linear and YaRN scaling, 1 otherwise.
     pub freq_scale: f32,
-    /// YaRN extrapolation mix (0 disables YaRN).
+    /// YaRN extrapolation mix: 1 with YaRN scaling, 0 disables YaRN.
     pub ext_factor: f32,
-    /// Magnitude scale of cos/sin (`attn_factor`, 1 normally).
+    /// Magnitude scale of cos/sin (llama.cpp's `yarn_attn_factor`: 1 normally, the file's
+    /// `rope.scaling.attn_factor` for Phi-3's long-context models).
     pub attn_factor: f32,
     /// YaRN `beta_fast` (32 in llama.cpp).
     pub beta_fast: f32,
@@ -97,8 +99,9 @@ impl RopeParams {
         }
     }
 
-    /// ggml's YaRN correction range `[start, end]` in dimension pairs.
-    fn corr_dims(&self) -> [f32; 2] {
+    /// ggml's YaRN correction range `[start, end]` in dimension pairs
+    /// (`ggml_rope_yarn_corr_dims`).
+    pub fn corr_dims(&self) -> [f32; 2] {
         let n_dims = self.n_dims as f32;
         let corr_dim = |n_rot: f32| {
             n_dims * (self.n_ctx_orig as f32 / (n_rot * 2.0 * std::f32::consts::PI)).ln()
