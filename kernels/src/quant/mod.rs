@@ -13,6 +13,7 @@ pub mod error;
 pub mod fit;
 pub mod float;
 pub mod quantize;
+pub mod quantize_grid;
 pub mod quantize_iq;
 pub mod quantize_k;
 pub mod tables;
