@@ -7,15 +7,16 @@ f32 / q8_0 pair of tests/fixtures/tiny. Checked by daemon/tests/quant_types_vs_l
     python scripts/gen-quant-logits.py path/to/llmd tests/fixtures/quant-types
 
 It also checks that llama-quantize, given the same model in f32, writes exactly the tensors
-`llmd make-model` writes for each of its types (same mix, same bytes), except the dense `mxfp4`
-(llama.cpp's MXFP4_MOE quantizes only expert tensors to MXFP4).
+`llmd make-model` writes for each of its types (same mix, same bytes), except those llama-quantize
+makes only with an importance matrix (iq2_m, iq3_xxs, iq3_xs) and the dense `mxfp4` (llama.cpp's
+MXFP4_MOE quantizes only expert tensors to MXFP4).
 
 Two sources of models:
   - the types `llmd make-model` writes (its quantizers are byte-exact with ggml's, and it is
     deterministic per seed): the test rebuilds the same files, so only the logits are committed;
-  - the IQ1/IQ2/IQ3 formats, which llmd cannot quantize: llama-quantize writes them (its mixes
-    for those types, with a synthetic importance matrix, which IQ1/IQ2 require) from the f32
-    model; the files are small and committed.
+  - llama-quantize's IQ1/IQ2/IQ3 mixes (`lq-*`), made with a synthetic importance matrix (which
+    IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS need, and llmd cannot quantize to) from the f32 model; the
+    files are small and committed.
 """
 import json
 import os
@@ -33,7 +34,10 @@ SHAPE = ["--arch", "llama", "--layers", "1", "--vocab", "288", "--ff", "256"]
 SEED = 7
 N_POS = 16
 MAKE_MODEL_TYPES = ["bf16", "q4_1", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s",
-                    "q5_k_s", "q5_k_m", "iq4_nl", "iq4_xs", "tq1_0", "tq2_0", "mxfp4"]
+                    "q5_k_s", "q5_k_m", "iq2_m", "iq3_xxs", "iq3_xs", "iq3_s", "iq3_m", "iq4_nl",
+                    "iq4_xs", "tq1_0", "tq2_0", "mxfp4"]
+# Mixes llama-quantize does not write without an importance matrix (or, mxfp4, at all).
+NOT_LLAMA_QUANTIZE = {"iq2_m", "iq3_xxs", "iq3_xs", "mxfp4"}
 LLAMA_QUANTIZE_TYPES = ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S"]
 
 
@@ -91,7 +95,7 @@ def main() -> None:
         f32 = make("f32")
         for ty in MAKE_MODEL_TYPES:
             path = make(ty)
-            if ty != "mxfp4":
+            if ty not in NOT_LLAMA_QUANTIZE:
                 theirs = os.path.join(tmp, f"llama-quantize-{ty}.gguf")
                 subprocess.run(["llama-quantize", f32, theirs, ty.upper()], check=True, capture_output=True)
                 assert_same_tensors(path, theirs)
@@ -100,13 +104,14 @@ def main() -> None:
             meta["models"][ty] = {"make_model_type": ty, "tokens": ids, "n_vocab": n_vocab,
                                   "tensor_types": tensor_types(path)}
 
-        imatrix = os.path.join(tmp, "imatrix.dat")
-        write_imatrix(f32, imatrix)
+        # llama-quantize records the importance matrix's path in the file: a relative one keeps
+        # the files the same from run to run.
+        write_imatrix(f32, os.path.join(tmp, "imatrix.dat"))
         for ftype in LLAMA_QUANTIZE_TYPES:
-            name = ftype.lower()
-            path = os.path.join(out_dir, f"{name}.gguf")
-            subprocess.run(["llama-quantize", "--imatrix", imatrix, f32, path, ftype],
-                           check=True, capture_output=True)
+            name = f"lq-{ftype.lower()}"
+            path = os.path.abspath(os.path.join(out_dir, f"{name}.gguf"))
+            subprocess.run(["llama-quantize", "--imatrix", "imatrix.dat", f32, path, ftype],
+                           check=True, capture_output=True, cwd=tmp)
             ids, n_vocab, lg = logits(path)
             lg.tofile(os.path.join(out_dir, f"{name}.logits.f32"))
             meta["models"][name] = {"file": f"{name}.gguf", "tokens": ids, "n_vocab": n_vocab,

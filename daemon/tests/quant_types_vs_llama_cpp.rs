@@ -2,8 +2,8 @@
 //! random llama run on the CPU backend against llama.cpp's logits (fixture made by
 //! scripts/gen-quant-logits.py with the llama.cpp reference build): the types `llmd make-model`
 //! writes (the test rebuilds the same deterministic files; the script checked that llama-quantize
-//! writes the same bytes from the f32 model), and the IQ1/IQ2/IQ3 mixes llama-quantize wrote
-//! (committed files). Each logit within a small tolerance of llama.cpp's, relative to the
+//! writes the same bytes from the f32 model wherever it makes that mix without an importance
+//! matrix), and the IQ1/IQ2/IQ3 mixes llama-quantize wrote with one (`lq-*`, committed files). Each logit within a small tolerance of llama.cpp's, relative to the
 //! position's spread, and the argmax the same where llama.cpp's best two are not near-tied.
 
 mod llama_cpp_logits;
