@@ -248,12 +248,12 @@ fn search<const N: usize, const G: usize>(
     for is in -s.tries..=s.tries {
         let id = (top + is as f32 * s.step) / max;
         let this_scale = 1.0 / id;
-        for k in 0..G / N {
+        for (k, on) in on_grid_aux.iter_mut().enumerate() {
             let r = N * k..N * k + N;
             snap(id, &xval[r.clone()], &mut laux[r.clone()], s.levels);
-            on_grid_aux[k] = true;
+            *on = true;
             if let Err(p) = g.lookup(&laux[r.clone()]) {
-                on_grid_aux[k] = false;
+                *on = false;
                 let j = g.best_neighbour(p, &xval[r.clone()], &waux[r.clone()], this_scale);
                 g.levels_of(j, &mut laux[r]);
             }
@@ -268,8 +268,8 @@ fn search<const N: usize, const G: usize>(
     }
     if on_grid.iter().any(|&o| !o) && scale > 0.0 {
         let id = 1.0 / scale;
-        for k in 0..G / N {
-            if s.resnap_off_grid_only && on_grid[k] {
+        for (k, &on) in on_grid.iter().enumerate() {
+            if s.resnap_off_grid_only && on {
                 continue;
             }
             let r = N * k..N * k + N;
