@@ -18,8 +18,8 @@ References: gguf.quants (the `gguf` pip package, 0.19.0) wherever it implements 
 C dequantizers bit for bit: the codebook formats' fixtures hold every codeword of their grid);
 ggml's own C functions from libggml-base (loaded with ctypes) for what numpy lacks (Q8_K
 dequantization; Q4_K, Q6_K, Q8_K, Q8_1 quantization), and ggml_quantize_chunk (what llama-quantize
-runs, no importance matrix) for the Q2_K, Q3_K, Q5_K, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0 and MXFP4
-quantization fixtures (numpy, where it has the format, must agree). Where both exist the script checks that they
+runs, no importance matrix) for the Q2_K, Q3_K, Q5_K, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS,
+TQ1_0, TQ2_0 and MXFP4 quantization fixtures (numpy, where it has the format, must agree). Where both exist the script checks that they
 agree byte for byte (numpy's quantizers may differ from ggml only in the sign of a zero scale
 when a block holds -0.0; the quantization fixtures keep ggml's bytes, which llmd reproduces). Block bytes are random except for the f16/f32 scales, which are random finite
 values in a sane range (no NaN/inf), so every output is finite and comparable bit for bit.
@@ -328,6 +328,17 @@ def main():
         if qtype in (T.TQ1_0, T.TQ2_0, T.MXFP4):
             QBYTES[qtype], QELEMS[qtype] = nbytes, elems
             check_numpy_matches_ggml(qtype, x, quants.quantize(x, qtype).reshape(-1).view(np.uint8), ref)
+        write(os.path.join(args.out, f"quant_{qtype.name}.bin"), b"LQQU", qtype, len(x), x, ref)
+    # The codebook quantizers (added later still, own generator): rows with all-zero groups in
+    # nonzero super-blocks too, which ggml's IQ3_S handles by shifting the later groups' codes.
+    rng_g = np.random.default_rng(20261208)
+    for qtype, nbytes in {T.IQ2_S: 82, T.IQ3_XXS: 98, T.IQ3_S: 110}.items():
+        n = 96 * 256
+        x = random_input(rng_g, n, 256)
+        for b in range(10, 20):
+            g = 16 * (b % 16)
+            x[256 * b + g:256 * b + g + 32] = 0
+        ref = ggml.quantize_chunk(qtype, x, n // 256 * nbytes)
         write(os.path.join(args.out, f"quant_{qtype.name}.bin"), b"LQQU", qtype, len(x), x, ref)
     total = sum(os.path.getsize(os.path.join(args.out, f)) for f in os.listdir(args.out))
     print(f"wrote fixtures to {args.out}: {total} bytes", file=sys.stderr)

@@ -204,6 +204,31 @@ pub enum WeightType {
     /// llama.cpp's IQ4_XS: as `iq4_nl` with IQ4_XS matrices.
     #[value(name = "iq4_xs")]
     IQ4_XS,
+    /// llama.cpp's IQ2_M (whose matrices are IQ2_S): IQ2_S, with IQ3_S token embedding,
+    /// attn_output, ffn_down on the first 1/8 of the layers and attn_v (Q4_K with 4+ query heads
+    /// per KV head), Q5_K output. llama-quantize makes this mix only with an importance matrix;
+    /// here its rules apply to ggml's quantizers without one.
+    #[value(name = "iq2_m")]
+    IQ2_M,
+    /// llama.cpp's IQ3_XXS without an importance matrix: IQ3_XXS, with IQ2_S attn_q / attn_k,
+    /// IQ3_S token embedding, attn_output and attn_v (Q4_K with 4+ query heads per KV head),
+    /// Q4_K ffn_down on the first 1/8 of the layers and Q3_K on the others, Q5_K output.
+    /// (llama-quantize makes IQ3_XXS only with an importance matrix, which changes the attn_v
+    /// and ffn_down rules.)
+    #[value(name = "iq3_xxs")]
+    IQ3_XXS,
+    /// llama.cpp's IQ3_XS: IQ3_S, with IQ3_XXS attn_q / attn_k and ffn_gate / ffn_up on the
+    /// middle 3/4 of the layers, Q4_K attn_v with 4+ query heads per KV head, Q6_K output.
+    /// (llama-quantize makes it only with an importance matrix.)
+    #[value(name = "iq3_xs")]
+    IQ3_XS,
+    /// llama.cpp's IQ3_S: IQ3_S, with Q4_K attn_v with 4+ query heads per KV head, Q6_K output.
+    #[value(name = "iq3_s")]
+    IQ3_S,
+    /// llama.cpp's IQ3_M: IQ3_S, with Q4_K attn_v, attn_output and ffn_down on the first 1/8 of
+    /// the layers, Q6_K output.
+    #[value(name = "iq3_m")]
+    IQ3_M,
     /// llama.cpp's TQ1_0: ternary TQ1_0 matrices, Q4_K token embedding, Q6_K output.
     #[value(name = "tq1_0")]
     TQ1_0,
@@ -234,6 +259,9 @@ impl WeightType {
             W::Q4_K | W::Q4_K_S | W::Q4_K_M => GgmlType::Q4_K,
             W::Q5_K_S | W::Q5_K_M => GgmlType::Q5_K,
             W::Q6_K => GgmlType::Q6_K,
+            W::IQ2_M => GgmlType::IQ2_S,
+            W::IQ3_XXS => GgmlType::IQ3_XXS,
+            W::IQ3_XS | W::IQ3_S | W::IQ3_M => GgmlType::IQ3_S,
             W::IQ4_NL => GgmlType::IQ4_NL,
             W::IQ4_XS => GgmlType::IQ4_XS,
             W::TQ1_0 => GgmlType::TQ1_0,
@@ -262,7 +290,12 @@ impl WeightType {
             W::Q5_K_S => 16,
             W::Q5_K_M => 17,
             W::Q6_K => 18,
+            W::IQ3_XS => 22,
+            W::IQ3_XXS => 23,
             W::IQ4_NL => 25,
+            W::IQ3_S => 26,
+            W::IQ3_M => 27,
+            W::IQ2_M => 29,
             W::IQ4_XS => 30,
             W::BF16 => 32,
             W::TQ1_0 => 36,
@@ -631,10 +664,14 @@ enum Role {
     AttnV,
     /// ffn_down: more bits on some layers in Q4_K_M.
     FfnDown,
-    /// attn_output: more bits in the Q2_K and Q3_K mixes.
+    /// attn_output: more bits in the Q2_K, Q3_K and IQ mixes.
     AttnOutput,
-    /// Any other weight matrix.
-    Matrix,
+    /// attn_q: fewer bits in the IQ3_XXS and IQ3_XS mixes.
+    AttnQ,
+    /// attn_k: fewer bits in the IQ3_XXS and IQ3_XS mixes.
+    AttnK,
+    /// ffn_gate and ffn_up: fewer bits on the middle layers in the IQ3_XS mix.
+    FfnGateUp,
     /// Values given in advance (rope frequency factors, always F32).
     Fixed,
 }
@@ -670,7 +707,9 @@ fn fit(ty: GgmlType, row: u64) -> GgmlType {
         return ty;
     }
     let fallback = match ty {
-        GgmlType::IQ4_XS => GgmlType::IQ4_NL,
+        GgmlType::IQ2_S | GgmlType::IQ3_XXS | GgmlType::IQ3_S | GgmlType::IQ4_XS => {
+            GgmlType::IQ4_NL
+        }
         GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::TQ1_0 | GgmlType::TQ2_0 => GgmlType::Q4_0,
         GgmlType::Q4_K => GgmlType::Q5_0,
         GgmlType::Q5_K => GgmlType::Q5_1,
@@ -703,7 +742,9 @@ struct Site {
 fn attn_v_type(wt: WeightType, base: GgmlType, at: Site) -> GgmlType {
     use WeightType as W;
     let ty = match wt {
-        W::Q2_K if at.n_gqa >= 4 => GgmlType::Q4_K,
+        W::Q2_K | W::IQ2_M | W::IQ3_XXS | W::IQ3_XS | W::IQ3_S if at.n_gqa >= 4 => GgmlType::Q4_K,
+        W::IQ2_M | W::IQ3_XXS => GgmlType::IQ3_S,
+        W::IQ3_M => GgmlType::Q4_K,
         W::Q2_K => GgmlType::Q3_K,
         W::Q3_K_M if at.layer < 2 => GgmlType::Q5_K,
         W::Q3_K_M => GgmlType::Q4_K,
@@ -713,9 +754,10 @@ fn attn_v_type(wt: WeightType, base: GgmlType, at: Site) -> GgmlType {
         W::Q4_K_S if at.layer < 4 => GgmlType::Q5_K,
         _ => base,
     };
-    // A 70B's eight query heads share each attn_v row, so llama.cpp spends more bits on it.
+    // A 70B's eight query heads share each attn_v row, so llama.cpp spends more bits on it
+    // (in every mix but the IQ1/IQ2 ones, which it types in a branch of their own).
     match ty {
-        GgmlType::Q3_K | GgmlType::Q4_K if at.is_70b => GgmlType::Q5_K,
+        GgmlType::Q3_K | GgmlType::Q4_K if at.is_70b && wt != W::IQ2_M => GgmlType::Q5_K,
         other => other,
     }
 }
@@ -726,6 +768,9 @@ fn ffn_down_type(wt: WeightType, base: GgmlType, at: Site) -> GgmlType {
     let (i, n) = (at.layer, at.n_layer);
     match wt {
         W::Q2_K => GgmlType::Q3_K,
+        W::IQ2_M if i < n / 8 => GgmlType::IQ3_S,
+        W::IQ3_XXS | W::IQ3_M if i < n / 8 => GgmlType::Q4_K,
+        W::IQ3_XXS => GgmlType::Q3_K,
         W::Q3_K_M if i < n / 16 => GgmlType::Q5_K,
         W::Q3_K_M => GgmlType::Q4_K,
         W::Q3_K_L => GgmlType::Q5_K,
@@ -740,9 +785,30 @@ fn attn_output_type(wt: WeightType, base: GgmlType) -> GgmlType {
     use WeightType as W;
     match wt {
         W::Q2_K => GgmlType::Q3_K,
-        W::Q3_K_M => GgmlType::Q4_K,
+        W::Q3_K_M | W::IQ3_M => GgmlType::Q4_K,
         W::Q3_K_L => GgmlType::Q5_K,
+        W::IQ2_M | W::IQ3_XXS => GgmlType::IQ3_S,
         _ => base,
+    }
+}
+
+/// The type of an attn_q or attn_k matrix in mix `wt` (`base` otherwise).
+fn attn_qk_type(wt: WeightType, base: GgmlType) -> GgmlType {
+    use WeightType as W;
+    match wt {
+        W::IQ3_XS => GgmlType::IQ3_XXS,
+        W::IQ3_XXS => GgmlType::IQ2_S,
+        _ => base,
+    }
+}
+
+/// The type of an ffn_gate or ffn_up matrix in mix `wt` (`base` otherwise).
+fn ffn_gate_up_type(wt: WeightType, base: GgmlType, at: Site) -> GgmlType {
+    let (i, n) = (at.layer, at.n_layer);
+    if wt == WeightType::IQ3_XS && i >= n / 8 && i < 7 * n / 8 {
+        GgmlType::IQ3_XXS
+    } else {
+        base
     }
 }
 
@@ -758,12 +824,16 @@ fn choose_type(wt: WeightType, role: Role, at: Site, tied: bool, row: u64) -> Gg
         _ if output && matches!(wt, W::Q8_0 | W::MXFP4) => GgmlType::Q8_0,
         // The output (or tied embedding) takes Q8_0 when its rows do not fit K blocks.
         _ if output && !row.is_multiple_of(256) => GgmlType::Q8_0,
+        _ if output && matches!(wt, W::IQ2_M | W::IQ3_XXS) => GgmlType::Q5_K,
         _ if output => GgmlType::Q6_K,
         Role::TokenEmbd if matches!(wt, W::TQ1_0 | W::TQ2_0) => GgmlType::Q4_K,
+        Role::TokenEmbd if matches!(wt, W::IQ2_M | W::IQ3_XXS) => GgmlType::IQ3_S,
         Role::TokenEmbd if wt == W::MXFP4 => GgmlType::Q8_0,
         Role::AttnV => attn_v_type(wt, base, at),
         Role::FfnDown => ffn_down_type(wt, base, at),
         Role::AttnOutput => attn_output_type(wt, base),
+        Role::AttnQ | Role::AttnK => attn_qk_type(wt, base),
+        Role::FfnGateUp => ffn_gate_up_type(wt, base, at),
         _ => base,
     };
     fit(ty, row)
@@ -827,8 +897,8 @@ fn plan(arch: Arch, sh: &Shape, wt: WeightType, rope: &RopeScalingPlan) -> Vec<T
             // llama.cpp's mixes treat a fused q/k/v like attn_v.
             add(b("attn_qkv.weight"), vec![e, q + 2 * kv], Role::AttnV, l);
         } else {
-            add(b("attn_q.weight"), vec![e, q], Role::Matrix, l);
-            add(b("attn_k.weight"), vec![e, kv], Role::Matrix, l);
+            add(b("attn_q.weight"), vec![e, q], Role::AttnQ, l);
+            add(b("attn_k.weight"), vec![e, kv], Role::AttnK, l);
             add(b("attn_v.weight"), vec![e, kv], Role::AttnV, l);
         }
         if arch == Arch::Qwen2 {
@@ -846,11 +916,11 @@ fn plan(arch: Arch, sh: &Shape, wt: WeightType, rope: &RopeScalingPlan) -> Vec<T
         }
         add(b("ffn_norm.weight"), vec![e], Role::Norm, l);
         if arch == Arch::Phi3 {
-            // Gate and up in one tensor, gate first.
-            add(b("ffn_up.weight"), vec![e, 2 * ff], Role::Matrix, l);
+            // Gate and up in one tensor, gate first (llama.cpp's mixes see an ffn_up).
+            add(b("ffn_up.weight"), vec![e, 2 * ff], Role::FfnGateUp, l);
         } else {
-            add(b("ffn_gate.weight"), vec![e, ff], Role::Matrix, l);
-            add(b("ffn_up.weight"), vec![e, ff], Role::Matrix, l);
+            add(b("ffn_gate.weight"), vec![e, ff], Role::FfnGateUp, l);
+            add(b("ffn_up.weight"), vec![e, ff], Role::FfnGateUp, l);
         }
         add(b("ffn_down.weight"), vec![ff, e], Role::FfnDown, l);
         if gemma {
@@ -1362,6 +1432,28 @@ mod tests {
             assert_eq!(ty("blk.4.ffn_down.weight"), wt.base());
             assert_eq!(ty("output.weight"), GgmlType::Q6_K);
         }
+        let ty = types(WeightType::IQ3_XXS);
+        assert_eq!(ty("token_embd.weight"), GgmlType::IQ3_S);
+        assert_eq!(ty("blk.3.attn_q.weight"), GgmlType::IQ2_S);
+        assert_eq!(ty("blk.3.attn_v.weight"), GgmlType::Q4_K);
+        assert_eq!(ty("blk.3.ffn_down.weight"), GgmlType::Q4_K);
+        assert_eq!(ty("blk.4.ffn_down.weight"), GgmlType::Q3_K);
+        assert_eq!(ty("blk.4.attn_output.weight"), GgmlType::IQ3_S);
+        assert_eq!(ty("blk.4.ffn_up.weight"), GgmlType::IQ3_XXS);
+        assert_eq!(ty("output.weight"), GgmlType::Q5_K);
+        let ty = types(WeightType::IQ3_XS);
+        assert_eq!(ty("blk.3.ffn_up.weight"), GgmlType::IQ3_S);
+        assert_eq!(ty("blk.4.ffn_up.weight"), GgmlType::IQ3_XXS);
+        assert_eq!(ty("blk.28.ffn_gate.weight"), GgmlType::IQ3_S);
+        assert_eq!(ty("blk.4.attn_k.weight"), GgmlType::IQ3_XXS);
+        let ty = types(WeightType::IQ2_M);
+        assert_eq!(ty("blk.9.attn_q.weight"), GgmlType::IQ2_S);
+        assert_eq!(ty("blk.3.ffn_down.weight"), GgmlType::IQ3_S);
+        assert_eq!(ty("blk.9.attn_output.weight"), GgmlType::IQ3_S);
+        let ty = types(WeightType::IQ3_M);
+        assert_eq!(ty("blk.9.attn_v.weight"), GgmlType::Q4_K);
+        assert_eq!(ty("blk.9.attn_output.weight"), GgmlType::Q4_K);
+        assert_eq!(ty("blk.9.ffn_down.weight"), GgmlType::IQ3_S);
         let ty = types(WeightType::TQ1_0);
         assert_eq!(ty("token_embd.weight"), GgmlType::Q4_K);
         assert_eq!(ty("blk.0.ffn_down.weight"), GgmlType::TQ1_0);
@@ -1409,7 +1501,7 @@ mod tests {
         let t = TensorPlan {
             name: "x".into(),
             dims: vec![256, 64],
-            role: Role::Matrix,
+            role: Role::FfnGateUp,
             ty: GgmlType::F32,
             std: 0.02,
             fixed: None,

@@ -8,16 +8,12 @@
 //! wherever llama.cpp's best two logits are not near-tied. Each case loads with the context
 //! llama.cpp ran with, which picks Phi-3's long or short factors.
 
+mod llama_cpp_logits;
+
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 
-use llmd::engine::sampler::argmax;
-use llmd::model::load::{build_pipeline, OpenedModel, StageSpec};
-use llmd::model::Batch;
-use llmd::model::StageBackend;
-use llmd_kernels::backend::{CpuBackend, DeviceMemory};
-use llmd_kernels::cpu::ThreadPool;
+use llama_cpp_logits::{compare_logits, cpu_logits, read_f32};
 use serde_json::Value;
 
 /// Largest allowed |ours - llama.cpp| for a logit, relative to the spread (max - min) of that
@@ -36,14 +32,6 @@ fn fixture_dir() -> &'static Path {
         env!("CARGO_MANIFEST_DIR"),
         "/../tests/fixtures/tiny"
     ))
-}
-
-fn read_f32(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
 }
 
 fn check_model(name: &str, meta: &Value) {
@@ -93,61 +81,8 @@ fn check_model(name: &str, meta: &Value) {
 
     // The context llama.cpp ran with decides Phi-3's long or short rope factors.
     let n_ctx = info["n_ctx"].as_u64().expect("n_ctx") as usize;
-    let model = OpenedModel::open(&file)
-        .expect("open tiny model")
-        .with_context(n_ctx);
-    assert_eq!(model.config.n_vocab, n_vocab);
-    let pool = Arc::new(ThreadPool::new(2).expect("threads"));
-    let backend = StageBackend::Cpu(Arc::new(CpuBackend::new(
-        "cpu:0",
-        DeviceMemory::new(u64::MAX),
-        pool,
-    )));
-    let stages = vec![StageSpec {
-        backend,
-        layers: 0..model.config.n_layer,
-        head: true,
-    }];
-    let mut p = build_pipeline(&model, stages, 64, tokens.len(), |_, _| {}).expect("pipeline");
-    p.add_sequence(1, tokens.len()).expect("kv");
-    let mut batch = Batch::default();
-    for (i, &t) in tokens.iter().enumerate() {
-        batch.push(t, i as u32, 1, true);
-    }
-    let mut logits = Vec::new();
-    p.forward(&batch, &mut logits).expect("forward");
-    assert_eq!(logits.len(), reference.len());
-
-    let mut worst = 0.0f32;
-    for (pos, (ours, theirs)) in logits
-        .chunks_exact(n_vocab)
-        .zip(reference.chunks_exact(n_vocab))
-        .enumerate()
-    {
-        let (lo, hi) = theirs
-            .iter()
-            .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        let spread = (hi - lo).max(1e-6);
-        let max_diff = ours
-            .iter()
-            .zip(theirs)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
-        worst = worst.max(max_diff / spread);
-        assert!(
-            max_diff <= tol * spread,
-            "{name} position {pos}: max |diff| {max_diff} exceeds {tol} of the spread {spread}"
-        );
-        let mut sorted: Vec<f32> = theirs.to_vec();
-        sorted.sort_by(|a, b| b.total_cmp(a));
-        if sorted[0] - sorted[1] > 2.0 * tol * spread {
-            assert_eq!(
-                argmax(ours),
-                argmax(theirs),
-                "{name} position {pos}: argmax differs"
-            );
-        }
-    }
+    let logits = cpu_logits(&file, &tokens, n_vocab, n_ctx);
+    let worst = compare_logits(name, &logits, &reference, n_vocab, tol);
     println!(
         "{name}: worst |diff| / spread = {worst:.5} over {} positions",
         tokens.len()

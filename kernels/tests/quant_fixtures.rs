@@ -15,9 +15,9 @@ const DEQUANT_TYPES: [&str; 25] = [
     "TQ1_0", "TQ2_0", "MXFP4",
 ];
 
-const QUANT_TYPES: [&str; 19] = [
+const QUANT_TYPES: [&str; 22] = [
     "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q4_K", "Q6_K", "Q8_K", "Q2_K",
-    "Q3_K", "Q5_K", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4",
+    "Q3_K", "Q5_K", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4", "IQ2_S", "IQ3_XXS", "IQ3_S",
 ];
 
 #[test]
@@ -123,4 +123,7 @@ fn row_quantizers_match_reference_fixtures() {
     row_into_blocks::<BlockTQ1_0>("TQ1_0", quantize_row_tq1_0);
     row_into_blocks::<BlockTQ2_0>("TQ2_0", quantize_row_tq2_0);
     row_into_blocks::<BlockMXFP4>("MXFP4", quantize_row_mxfp4);
+    row_into_blocks::<BlockIQ2S>("IQ2_S", quantize_row_iq2_s);
+    row_into_blocks::<BlockIQ3XXS>("IQ3_XXS", quantize_row_iq3_xxs);
+    row_into_blocks::<BlockIQ3S>("IQ3_S", quantize_row_iq3_s);
 }

@@ -11,7 +11,7 @@ use quant_util::Rng;
 
 /// Worst relative RMS error `|dequant(quant(x)) - x|_2 / |x|_2` allowed on gaussian rows, and the
 /// worst per-element error allowed relative to the largest magnitude of its block.
-const BOUNDS: [(GgmlType, f64, f32); 20] = [
+const BOUNDS: [(GgmlType, f64, f32); 23] = [
     (GgmlType::F32, 0.0, 0.0),
     (GgmlType::F16, 3e-4, 1e-3),
     (GgmlType::BF16, 2.5e-3, 4e-3),
@@ -30,6 +30,11 @@ const BOUNDS: [(GgmlType, f64, f32); 20] = [
     (GgmlType::Q3_K, 0.18, 0.2),
     (GgmlType::Q2_K, 0.35, 0.5),
     (GgmlType::IQ4_NL, 0.09, 0.1),
+    // The codebook formats fit each 4 or 8 weights to one codeword of a fixed grid: a weight can
+    // land well off its value when its group picks the codeword.
+    (GgmlType::IQ3_S, 0.18, 0.5),
+    (GgmlType::IQ3_XXS, 0.23, 0.5),
+    (GgmlType::IQ2_S, 0.3, 0.6),
     (GgmlType::IQ4_XS, 0.09, 0.1),
     // MXFP4's shared exponent puts the block maximum (in [4, 8) times a power of two) on the top
     // E2M1 magnitude 6: values near 8 clip by up to a quarter.
@@ -153,6 +158,10 @@ fn api_errors_are_typed() {
     assert_eq!(
         quantize(GgmlType::IQ2_XXS, &[0.0; 256]),
         Err(QuantError::Unsupported(GgmlType::IQ2_XXS))
+    );
+    assert_eq!(
+        quantize(GgmlType::IQ1_M, &[0.0; 256]),
+        Err(QuantError::Unsupported(GgmlType::IQ1_M))
     );
     assert_eq!(
         quantize(GgmlType::Q8_0, &[0.0; 33]),

@@ -1,6 +1,9 @@
 //! Quantized tensor formats (GGML's block layouts): the block structs (`blocks`: legacy and
 //! K-quants; `blocks_iq`: IQ, TQ and MXFP4), the IQ/MXFP4 lookup tables (`tables`), the type
-//! table, and conversions between f32 and each format.
+//! table (`types`), and conversions between f32 and each format: dequantization (`dequant`,
+//! per-block IQ/TQ/MXFP4 in `dequant_iq`) and quantization (`quantize` dispatches and holds the
+//! legacy formats, `quantize_k` the K-quants, `quantize_iq` IQ4/TQ/MXFP4, `fit` the scale
+//! searches they share).
 
 pub mod blocks;
 pub mod blocks_iq;
@@ -10,6 +13,7 @@ pub mod error;
 pub mod fit;
 pub mod float;
 pub mod quantize;
+pub mod quantize_grid;
 pub mod quantize_iq;
 pub mod quantize_k;
 pub mod tables;

@@ -24,12 +24,14 @@ use super::types::{GgmlType, QK, QK_K};
 use super::view::{blocks_as_bytes, zeroed_block, Block};
 
 pub use super::fit::nearest_int;
+pub use super::quantize_grid::*;
 pub use super::quantize_iq::*;
 pub use super::quantize_k::*;
 
 /// Whether [`quantize`] can produce type `ty`: the float formats, the legacy and K-quant
-/// formats, the activation formats Q8_1 and Q8_K, and IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, MXFP4. (The
-/// other IQ formats need ggml's codebook searches, which llmd does not implement.)
+/// formats, the activation formats Q8_1 and Q8_K, and IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS,
+/// TQ1_0, TQ2_0, MXFP4. (Not IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, which ggml quantizes only with an
+/// importance matrix.)
 pub const fn can_quantize(ty: GgmlType) -> bool {
     use GgmlType::*;
     matches!(
@@ -48,6 +50,9 @@ pub const fn can_quantize(ty: GgmlType) -> bool {
             | Q5_K
             | Q6_K
             | Q8_K
+            | IQ2_S
+            | IQ3_XXS
+            | IQ3_S
             | IQ4_NL
             | IQ4_XS
             | TQ1_0
@@ -115,6 +120,9 @@ pub fn quantize_into(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Qu
         GgmlType::Q5_K => into_bytes::<BlockQ5K>(src, dst, quantize_row_q5_k),
         GgmlType::Q6_K => into_bytes::<BlockQ6K>(src, dst, quantize_row_q6_k),
         GgmlType::Q8_K => into_bytes::<BlockQ8K>(src, dst, quantize_row_q8_k),
+        GgmlType::IQ2_S => into_bytes::<BlockIQ2S>(src, dst, quantize_row_iq2_s),
+        GgmlType::IQ3_XXS => into_bytes::<BlockIQ3XXS>(src, dst, quantize_row_iq3_xxs),
+        GgmlType::IQ3_S => into_bytes::<BlockIQ3S>(src, dst, quantize_row_iq3_s),
         GgmlType::IQ4_NL => into_bytes::<BlockIQ4NL>(src, dst, quantize_row_iq4_nl),
         GgmlType::IQ4_XS => into_bytes::<BlockIQ4XS>(src, dst, quantize_row_iq4_xs),
         GgmlType::TQ1_0 => into_bytes::<BlockTQ1_0>(src, dst, quantize_row_tq1_0),
