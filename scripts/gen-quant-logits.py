@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Regenerates tests/fixtures/quant-types/: llama.cpp's logits at every position of a fixed token
-sequence for a small random llama model in every weight type llmd computes with, beyond the
+sequence, and its greedy continuation of that sequence with each step's top-1 margin, for a small random Llama-3.1-shaped model (with `rope_freqs`) in every weight type llmd computes with, beyond the
 f32 / q8_0 pair of tests/fixtures/tiny. Checked by daemon/tests/quant_types_vs_llama_cpp.rs.
 
     . ~/.cache/llmd-llama-ref/env.sh
@@ -30,9 +30,14 @@ from gguf import GGUFReader
 from llama_cpp import Llama
 
 # One layer, rows of 256 (every block size), a small vocabulary: small files, every code path.
-SHAPE = ["--arch", "llama", "--layers", "1", "--vocab", "288", "--ff", "256"]
+# Llama-3.1-shaped: rope frequency factors, with an original context short enough (32) that
+# they change the rotation of the 16 positions compared.
+SHAPE = ["--arch", "llama", "--layers", "1", "--vocab", "288", "--ff", "256",
+         "--rope-freqs", "--rope-orig-ctx", "32"]
 SEED = 7
 N_POS = 16
+# Greedy tokens generated after the prompt (N_POS + N_GEN must fit the context of 64).
+N_GEN = 16
 MAKE_MODEL_TYPES = ["bf16", "q4_1", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s",
                     "q5_k_s", "q5_k_m", "iq2_m", "iq3_xxs", "iq3_xs", "iq3_s", "iq3_m", "iq4_nl",
                     "iq4_xs", "tq1_0", "tq2_0", "mxfp4"]
@@ -59,12 +64,23 @@ def write_imatrix(model: str, path: str) -> None:
         f.write(struct.pack("<i", 1) + struct.pack("<i", 9) + b"synthetic")
 
 
-def logits(path: str) -> tuple[list[int], int, np.ndarray]:
+def logits(path: str) -> tuple[list[int], int, np.ndarray, list[int], list[float]]:
+    """The logits of every prompt position, then llama.cpp's greedy continuation of the prompt
+    (N_GEN tokens) with each step's top-1 margin as a fraction of that step's logit spread."""
     llm = Llama(model_path=path, n_ctx=64, n_threads=2, n_batch=64, logits_all=True, verbose=False)
     ids = tokens(llm.n_vocab())
     llm.reset()
     llm.eval(ids)
-    return ids, llm.n_vocab(), np.array(llm.scores[: len(ids)], dtype="<f4")
+    prompt_logits = np.array(llm.scores[: len(ids)], dtype="<f4")
+    greedy, margins = [], []
+    for _ in range(N_GEN):
+        last = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+        order = np.argsort(-last, kind="stable")
+        spread = float(last.max() - last.min())
+        margins.append(float(last[order[0]] - last[order[1]]) / max(spread, 1e-6))
+        greedy.append(int(order[0]))
+        llm.eval([int(order[0])])
+    return ids, llm.n_vocab(), prompt_logits, greedy, margins
 
 
 def tensor_types(path: str) -> list[str]:
@@ -99,10 +115,11 @@ def main() -> None:
                 theirs = os.path.join(tmp, f"llama-quantize-{ty}.gguf")
                 subprocess.run(["llama-quantize", f32, theirs, ty.upper()], check=True, capture_output=True)
                 assert_same_tensors(path, theirs)
-            ids, n_vocab, lg = logits(path)
+            ids, n_vocab, lg, greedy, margins = logits(path)
             lg.tofile(os.path.join(out_dir, f"{ty}.logits.f32"))
             meta["models"][ty] = {"make_model_type": ty, "tokens": ids, "n_vocab": n_vocab,
-                                  "tensor_types": tensor_types(path)}
+                                  "tensor_types": tensor_types(path), "greedy": greedy,
+                                  "margins": margins}
 
         # llama-quantize records the importance matrix's path in the file: a relative one keeps
         # the files the same from run to run.
@@ -112,10 +129,11 @@ def main() -> None:
             path = os.path.abspath(os.path.join(out_dir, f"{name}.gguf"))
             subprocess.run(["llama-quantize", "--imatrix", "imatrix.dat", f32, path, ftype],
                            check=True, capture_output=True, cwd=tmp)
-            ids, n_vocab, lg = logits(path)
+            ids, n_vocab, lg, greedy, margins = logits(path)
             lg.tofile(os.path.join(out_dir, f"{name}.logits.f32"))
             meta["models"][name] = {"file": f"{name}.gguf", "tokens": ids, "n_vocab": n_vocab,
-                                    "tensor_types": tensor_types(path)}
+                                    "tensor_types": tensor_types(path), "greedy": greedy,
+                                    "margins": margins}
     with open(os.path.join(out_dir, "models.json"), "w") as f:
         json.dump(meta, f, indent=1)
         f.write("\n")

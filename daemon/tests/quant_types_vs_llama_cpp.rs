@@ -1,10 +1,13 @@
 //! Every weight type llmd computes with, beyond tiny_vs_llama_cpp's f32 and q8_0, in a small
-//! random llama run on the CPU backend against llama.cpp's logits (fixture made by
-//! scripts/gen-quant-logits.py with the llama.cpp reference build): the types `llmd make-model`
-//! writes (the test rebuilds the same deterministic files; the script checked that llama-quantize
-//! writes the same bytes from the f32 model wherever it makes that mix without an importance
-//! matrix), and the IQ1/IQ2/IQ3 mixes llama-quantize wrote with one (`lq-*`, committed files). Each logit within a small tolerance of llama.cpp's, relative to the
-//! position's spread, and the argmax the same where llama.cpp's best two are not near-tied.
+//! random Llama-3.1-shaped model (with `rope_freqs`) run on the CPU backend against llama.cpp
+//! (fixture made by scripts/gen-quant-logits.py with the llama.cpp reference build): the types
+//! `llmd make-model` writes (the test rebuilds the same deterministic files; the script checked
+//! that llama-quantize writes the same bytes from the f32 model wherever it makes that mix
+//! without an importance matrix), and the IQ1/IQ2/IQ3 mixes llama-quantize wrote with one
+//! (`lq-*`, committed files). Each logit of a fixed sequence within a small tolerance of
+//! llama.cpp's, relative to the position's spread, the argmax the same where llama.cpp's best
+//! two are not near-tied, and the free-running greedy continuation equal to llama.cpp's up to
+//! its first near-tie (a top-1 margin under 0.5% of the spread).
 
 mod llama_cpp_logits;
 
@@ -12,7 +15,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use llama_cpp_logits::{compare_logits, cpu_logits, read_f32};
+use llama_cpp_logits::{compare_greedy, compare_logits, cpu_greedy, cpu_logits, read_f32};
 use llmd::gguf::GgufFile;
 use serde_json::Value;
 
@@ -76,6 +79,7 @@ fn every_weight_type_matches_llama_cpp_logits() {
     .expect("models.json is JSON");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut seen = BTreeSet::new();
+    let mut greedy_compared = 0;
     for (name, info) in meta["models"].as_object().expect("models") {
         let file = model_file(dir.path(), name, info, &meta);
         let f = GgufFile::open(&file).expect("open model");
@@ -91,8 +95,34 @@ fn every_weight_type_matches_llama_cpp_logits() {
         let reference = read_f32(&fixture_dir().join(format!("{name}.logits.f32")));
         let logits = cpu_logits(&file, &tokens, n_vocab, N_CTX);
         let worst = compare_logits(name, &logits, &reference, n_vocab, TOLERANCE);
-        println!("{name}: worst |diff| / spread = {worst:.5}");
+        let ids = |v: &Value| -> Vec<u32> {
+            v.as_array()
+                .expect("ids")
+                .iter()
+                .map(|t| t.as_u64().expect("id") as u32)
+                .collect()
+        };
+        let greedy = ids(&info["greedy"]);
+        let margins: Vec<f64> = info["margins"]
+            .as_array()
+            .expect("margins")
+            .iter()
+            .map(|m| m.as_f64().expect("margin"))
+            .collect();
+        let ours = cpu_greedy(&file, &tokens, greedy.len(), N_CTX);
+        let compared = compare_greedy(name, &ours, &greedy, &margins);
+        greedy_compared += compared;
+        println!(
+            "{name}: worst |diff| / spread = {worst:.5}; greedy equal for {compared} of {} tokens \
+             (to llama.cpp's first near-tie)",
+            greedy.len()
+        );
     }
+    // Near-ties are rare enough that most continuations are compared for several tokens.
+    assert!(
+        greedy_compared >= 3 * meta["models"].as_object().map_or(0, |m| m.len()),
+        "too few greedy tokens compared: {greedy_compared}"
+    );
     for ty in TYPES {
         assert!(seen.contains(ty), "no fixture model has {ty} tensors");
     }

@@ -50,6 +50,62 @@ pub fn cpu_logits(file: &Path, tokens: &[u32], n_vocab: usize, n_ctx: usize) -> 
     logits
 }
 
+/// A top-1 margin below this fraction of the step's logit spread is a near-tie: past the first
+/// one, llama.cpp's greedy continuation may fairly differ from ours.
+pub const NEAR_TIE: f64 = 0.005;
+
+/// Free-running greedy continuation of `prompt` (`n` tokens) on the CPU backend, for a model
+/// loaded with context `n_ctx`.
+pub fn cpu_greedy(file: &Path, prompt: &[u32], n: usize, n_ctx: usize) -> Vec<u32> {
+    let model = OpenedModel::open(file)
+        .expect("open model")
+        .with_context(n_ctx);
+    let pool = Arc::new(ThreadPool::new(2).expect("threads"));
+    let backend = StageBackend::Cpu(Arc::new(CpuBackend::new(
+        "cpu:0",
+        DeviceMemory::new(u64::MAX),
+        pool,
+    )));
+    let stages = vec![StageSpec {
+        backend,
+        layers: 0..model.config.n_layer,
+        head: true,
+    }];
+    let mut p = build_pipeline(&model, stages, 64, 1, |_, _| {}).expect("pipeline");
+    p.add_sequence(1, prompt.len() + n).expect("kv");
+    let mut logits = Vec::new();
+    let mut batch = Batch::default();
+    for (i, &t) in prompt.iter().enumerate() {
+        batch.push(t, i as u32, 1, i + 1 == prompt.len());
+    }
+    p.forward(&batch, &mut logits).expect("forward");
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = argmax(&logits);
+        out.push(t);
+        let mut batch = Batch::default();
+        batch.push(t, (prompt.len() + i) as u32, 1, true);
+        p.forward(&batch, &mut logits).expect("forward");
+    }
+    out
+}
+
+/// Checks our greedy continuation against llama.cpp's up to its first near-tie (see
+/// [`NEAR_TIE`]; `margins` are llama.cpp's top-1 margins over each step's spread). Returns how
+/// many tokens were compared.
+pub fn compare_greedy(name: &str, ours: &[u32], theirs: &[u32], margins: &[f64]) -> usize {
+    let first_tie = margins
+        .iter()
+        .position(|&m| m < NEAR_TIE)
+        .unwrap_or(theirs.len());
+    assert_eq!(
+        ours[..first_tie],
+        theirs[..first_tie],
+        "{name}: greedy continuation differs before llama.cpp's first near-tie (step {first_tie})"
+    );
+    first_tie
+}
+
 /// Checks `ours` against llama.cpp's `theirs` (`n_vocab` logits per position): every logit
 /// within `tol` of its position's spread (max - min), and the same argmax wherever llama.cpp's
 /// best two logits are more than twice that apart. Returns the worst |diff| / spread.
