@@ -30,22 +30,27 @@ fn source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda/fake_driver/fake_cuda.cpp")
 }
 
-/// The sources the fake driver is built from: its own file, the emulation header and every
-/// kernel file it includes.
+/// The sources the fake driver is built from: its own files (the driver and its strict device
+/// model), the emulation header and every kernel file it includes.
 fn sources() -> Result<Vec<PathBuf>, String> {
     let cuda = Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda");
-    let mut files = vec![source(), cuda.join("host_check/emu.h")];
-    let listing =
-        std::fs::read_dir(&cuda).map_err(|e| format!("listing {}: {e}", cuda.display()))?;
-    for entry in listing {
-        let path = entry
-            .map_err(|e| format!("listing {}: {e}", cuda.display()))?
-            .path();
-        if path
-            .extension()
-            .is_some_and(|ext| ext == "cu" || ext == "cuh")
-        {
-            files.push(path);
+    let mut files = vec![cuda.join("host_check/emu.h")];
+    for (dir, wanted) in [
+        (cuda.clone(), &["cu", "cuh"][..]),
+        (cuda.join("fake_driver"), &["cpp", "h"][..]),
+    ] {
+        let listing =
+            std::fs::read_dir(&dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
+        for entry in listing {
+            let path = entry
+                .map_err(|e| format!("listing {}: {e}", dir.display()))?
+                .path();
+            if path
+                .extension()
+                .is_some_and(|ext| wanted.iter().any(|w| ext == *w))
+            {
+                files.push(path);
+            }
         }
     }
     files.sort();
@@ -101,6 +106,7 @@ pub fn build() -> Result<PathBuf, String> {
                 .args([
                     "-std=c++20",
                     "-O2",
+                    "-pthread",
                     "-shared",
                     "-fPIC",
                     "-Wall",
