@@ -713,13 +713,8 @@ API CUresult cuEventCreate(void **event, unsigned) {
     return kSuccess;
 }
 API CUresult cuEventDestroy_v2(void *event) {
-    auto *e = static_cast<Event *>(event);
-    if (e->stream) {
-        // The driver lets an event go while its record is pending; the record must still land
-        // on a live object, so wait for it here.
-        wait_event(e, e->stream, e->recorded);
-    }
-    delete e;
+    // Queued records and waits hold the event's state, not the handle.
+    delete static_cast<Event *>(event);
     return kSuccess;
 }
 API CUresult cuEventRecord(void *event, void *stream) {
@@ -736,19 +731,17 @@ API CUresult cuEventRecord(void *event, void *stream) {
     }
     if (!s) {
         e->stream = nullptr;
-        e->completed.store(++e->recorded);
+        e->state->completed.store(++e->recorded);
         return kSuccess;
     }
     const long long gen = ++e->recorded;
     e->stream = s;
-    s->push([e, gen] {
-        e->completed.store(gen);
-    });
+    s->push([state = e->state, gen] { state->completed.store(gen); });
     return kSuccess;
 }
 API CUresult cuEventSynchronize(void *event) {
     auto *e = static_cast<Event *>(event);
-    wait_event(e, e->stream, e->recorded);
+    wait_event(e->state, e->stream, e->recorded);
     host_sync();
     return e->ctx->sticky.load();
 }
@@ -757,7 +750,7 @@ API CUresult cuEventQuery(void *event) {
     if (e->stream) {
         e->stream->kick();
     }
-    return e->completed.load() >= e->recorded ? kSuccess : kNotReady;
+    return e->state->completed.load() >= e->recorded ? kSuccess : kNotReady;
 }
 API CUresult cuEventElapsedTime(float *ms, void *, void *) {
     *ms = 0.0f;
@@ -772,11 +765,11 @@ API CUresult cuStreamWaitEvent(void *stream, void *event, unsigned) {
     Stream *from = e->stream;
     const long long gen = e->recorded;
     if (!s) {
-        wait_event(e, from, gen);
+        wait_event(e->state, from, gen);
         return kSuccess;
     }
     // Not through enqueue: the wait must not hold the execution lock the awaited work needs.
-    s->push([e, from, gen] { wait_event(e, from, gen); });
+    s->push([state = e->state, from, gen] { wait_event(state, from, gen); });
     return kSuccess;
 }
 
@@ -828,7 +821,7 @@ API CUresult cuMemFreeAsync(unsigned long long ptr, void *stream) {
     enqueue(s, [ptr] { finish_free(ptr); });
     return kSuccess;
 }
-API CUresult cuMemHostAlloc(void **ptr, size_t bytes, unsigned) {
+API CUresult cuMemHostAlloc(void **ptr, size_t bytes, unsigned flags) {
     if (CUresult r = check_current()) {
         return r;
     }
@@ -837,7 +830,9 @@ API CUresult cuMemHostAlloc(void **ptr, size_t bytes, unsigned) {
         return kOutOfMemory;
     }
     GUARD;
-    driver().pinned[(unsigned long long)*ptr] = std::max<size_t>(bytes, 1);
+    // CU_MEMHOSTALLOC_PORTABLE (1): page-locked for every context, not only the current one.
+    driver().pinned[(unsigned long long)*ptr] =
+        Driver::Pinned{std::max<size_t>(bytes, 1), current, (flags & 1u) != 0};
     return kSuccess;
 }
 API CUresult cuMemFreeHost(void *ptr) {
@@ -897,7 +892,10 @@ static CUresult htod(unsigned long long dst, const void *src, size_t n, Stream *
     bool pinned;
     {
         GUARD;
-        pinned = is_pinned(src, n);
+        pinned = is_pinned(src, n, current);
+    }
+    if (!pinned && s && !sync) {
+        counters().pageable_copies++;
     }
     if (sync || !s) {
         if (s) {
@@ -930,7 +928,10 @@ static CUresult dtoh(void *dst, unsigned long long src, size_t n, Stream *s, boo
     bool pinned;
     {
         GUARD;
-        pinned = is_pinned(dst, n);
+        pinned = is_pinned(dst, n, current);
+    }
+    if (!pinned && s && !sync) {
+        counters().pageable_copies++;
     }
     if (s && pinned && !sync) {
         enqueue(s, [dst, src, n] { std::memcpy(dst, (const void *)src, n); });

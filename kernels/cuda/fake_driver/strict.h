@@ -160,7 +160,7 @@ inline const Config &config() {
 struct Counters {
     std::atomic<long long> launches{0}, host_syncs{0}, h2d_bytes{0}, d2h_bytes{0},
         peer_direct{0}, peer_staged{0}, peer_direct_bytes{0}, peer_staged_bytes{0},
-        refused_context{0}, faults{0}, allocations{0}, frees{0};
+        refused_context{0}, faults{0}, allocations{0}, frees{0}, pageable_copies{0};
 };
 inline Counters &counters() {
     static auto *c = new Counters;
@@ -184,11 +184,11 @@ inline void write_stats() {
                  "strict 1\nlaunches %lld\nhost_syncs %lld\nh2d_bytes %lld\nd2h_bytes %lld\n"
                  "peer_copies_direct %lld\npeer_copies_staged %lld\npeer_bytes_direct %lld\n"
                  "peer_bytes_staged %lld\nrefused_context %lld\nfaults %lld\nallocations %lld\n"
-                 "frees %lld\n",
+                 "frees %lld\npageable_copies %lld\n",
                  n.launches.load(), n.host_syncs.load(), n.h2d_bytes.load(), n.d2h_bytes.load(),
                  n.peer_direct.load(), n.peer_staged.load(), n.peer_direct_bytes.load(),
                  n.peer_staged_bytes.load(), n.refused_context.load(), n.faults.load(),
-                 n.allocations.load(), n.frees.load());
+                 n.allocations.load(), n.frees.load(), n.pageable_copies.load());
     std::fclose(f);
     std::rename(partial.c_str(), c.stats_path.c_str());
 }
@@ -234,7 +234,14 @@ struct Driver {
     std::vector<Pool> pools;
     std::vector<size_t> used;
     std::map<unsigned long long, Allocation> allocations; // by start address
-    std::map<unsigned long long, size_t> pinned;          // page-locked host memory
+    // Page-locked host memory: size, the context that allocated it, whether it is portable
+    // (page-locked for every context, not only that one).
+    struct Pinned {
+        size_t bytes;
+        Context *ctx;
+        bool portable;
+    };
+    std::map<unsigned long long, Pinned> pinned;
     std::deque<std::pair<void *, size_t>> quarantine;
     size_t quarantined = 0;
     std::vector<Stream *> streams;
@@ -262,7 +269,8 @@ inline Allocation *find_allocation(unsigned long long p, size_t n, unsigned long
     return &it->second;
 }
 
-inline bool is_pinned(const void *p, size_t n) {
+// Whether [p, p + n) is page-locked for context `ctx`.
+inline bool is_pinned(const void *p, size_t n, const Context *ctx) {
     Driver &d = driver();
     const auto a = (unsigned long long)p;
     auto it = d.pinned.upper_bound(a);
@@ -270,7 +278,7 @@ inline bool is_pinned(const void *p, size_t n) {
         return false;
     }
     --it;
-    return a + n <= it->first + it->second;
+    return a + n <= it->first + it->second.bytes && (it->second.portable || it->second.ctx == ctx);
 }
 
 // Whether device `dev` (running in context `ctx`) may touch allocation `a` directly.
@@ -299,11 +307,16 @@ inline void quarantine_push(void *p, size_t bytes) {
 // ---------------------------------------------------------------------------------------------
 // Streams and events.
 
+// What queued work refers to of an event: it outlives the handle (an event may be destroyed
+// while its record, or a stream waiting on it, is still queued, as the driver allows).
+struct EventState {
+    std::atomic<long long> completed{0}; // generation the recording stream has reached
+};
 struct Event {
     Context *ctx = nullptr;
-    Stream *stream = nullptr;     // where it was last recorded
-    long long recorded = 0;       // generation of the last record
-    std::atomic<long long> completed{0}; // generation the stream has reached
+    Stream *stream = nullptr; // where it was last recorded
+    long long recorded = 0;   // generation of the last record
+    std::shared_ptr<EventState> state = std::make_shared<EventState>();
 };
 
 // Work done on a stream thread, in order.
@@ -418,8 +431,9 @@ struct Stream {
     }
 };
 
-// Waits until `ev`'s record of generation `gen` has been reached (kicking its stream).
-inline void wait_event(Event *ev, Stream *stream, long long gen) {
+// Waits until an event's record of generation `gen` on `stream` has been reached (kicking the
+// stream).
+inline void wait_event(const std::shared_ptr<EventState> &ev, Stream *stream, long long gen) {
     if (!stream || gen == 0) {
         return;
     }

@@ -30,10 +30,18 @@ use super::{
 };
 use crate::quant::GgmlType;
 
+mod context;
 mod matmul;
+mod peer;
+#[cfg(test)]
+mod strict_tests;
 #[cfg(test)]
 mod type_tests;
 mod types;
+
+pub use context::{cuda_gpu_fault, DeviceBuf};
+pub use peer::{cuda_peer_paths, PeerPath};
+use context::GpuState;
 
 use matmul::GEMM_SCRATCH_FLOATS;
 #[cfg(test)]
@@ -201,7 +209,7 @@ pub struct CudaWeight {
     /// Elements per row.
     cols: usize,
     /// The bytes, `rows * ty.row_bytes(cols)`.
-    data: CudaSlice<u8>,
+    data: DeviceBuf<u8>,
     /// The bytes charged to the budget.
     lease: Lease,
 }
@@ -213,9 +221,9 @@ pub struct CudaKv {
     /// Its shape.
     shape: KvShape,
     /// Keys as f16 bits: `(capacity, n_kv_heads * head_dim)`.
-    k: CudaSlice<u16>,
+    k: DeviceBuf<u16>,
     /// Values: same layout.
-    v: CudaSlice<u16>,
+    v: DeviceBuf<u16>,
     /// The bytes charged to the budget.
     lease: Lease,
 }
@@ -225,6 +233,9 @@ pub struct CudaKv {
 pub struct CudaBackend {
     name: String,
     ordinal: usize,
+    /// What the process knows of this GPU (a sticky fault, failed frees), shared by every
+    /// backend on it.
+    gpu: Arc<GpuState>,
     stream: Arc<CudaStream>,
     functions: HashMap<String, CudaFunction>,
     ledger: Arc<DeviceMemory>,
@@ -245,26 +256,31 @@ struct Reused {
     /// cross to the device once per step instead of four times per layer.
     positions: Vec<u32>,
     /// The positions on the device (grown, never shrunk).
-    positions_dev: Option<CudaSlice<u32>>,
+    positions_dev: Option<DeviceBuf<u32>>,
     /// Q8_1-quantized activations of the matrix-vector path (grown, never shrunk).
-    q8: Option<CudaSlice<u8>>,
+    q8: Option<DeviceBuf<u8>>,
     /// Partial results of split decode attention (grown, never shrunk).
-    partials: Option<CudaSlice<f32>>,
+    partials: Option<DeviceBuf<f32>>,
 }
 
 /// A buffer of at least `len` values in `slot`, allocating a larger one (zeroed) when it is
 /// too small.
 fn grown<'a, T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
     stream: &Arc<CudaStream>,
-    slot: &'a mut Option<CudaSlice<T>>,
+    gpu: &Arc<GpuState>,
+    slot: &'a mut Option<DeviceBuf<T>>,
     len: usize,
-) -> Result<&'a mut CudaSlice<T>, DriverError> {
+) -> Result<&'a mut DeviceBuf<T>, DriverError> {
     let len = len.max(1);
     if slot.as_ref().is_none_or(|b| b.len() < len) {
         *slot = None;
-        *slot = Some(stream.alloc_zeros::<T>(len)?);
+        *slot = Some(DeviceBuf::new(
+            stream.alloc_zeros::<T>(len)?,
+            Arc::clone(gpu),
+        ));
     }
-    Ok(slot.as_mut().expect("just allocated"))
+    slot.as_mut()
+        .ok_or(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY))
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -328,6 +344,11 @@ impl CudaBackend {
                 "no CUDA device {ordinal}: the driver reports {count}"
             )));
         }
+        if let Some(fault) = GpuState::of(ordinal).fault() {
+            return Err(device_err(format!(
+                "GPU {ordinal} failed ({fault}); it cannot be used until llmd restarts"
+            )));
+        }
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| device_err(format!("creating a context: {e}")))?;
         // cudarc records a CUDA event on every buffer at every launch to order streams that
@@ -341,6 +362,8 @@ impl CudaBackend {
         let stream = ctx
             .new_stream()
             .map_err(|e| device_err(format!("creating a stream: {e}")))?;
+        // Copies to and from the other GPUs in use go peer to peer where the hardware allows.
+        peer::connect(&ctx);
         let mut functions = HashMap::new();
         for &(file, ptx, names) in MODULES {
             let module = ctx
@@ -357,6 +380,7 @@ impl CudaBackend {
         Ok(CudaBackend {
             name,
             ordinal,
+            gpu: GpuState::of(ordinal),
             stream,
             functions,
             ledger,
@@ -368,6 +392,11 @@ impl CudaBackend {
     /// The GPU's ordinal.
     pub fn ordinal(&self) -> usize {
         self.ordinal
+    }
+
+    /// Device buffers of this GPU whose free the driver refused, and the last refusal.
+    pub fn free_failures(&self) -> (u64, Option<String>) {
+        self.gpu.free_failures()
     }
 
     /// Bytes of weights and KV caches currently held.
@@ -384,11 +413,27 @@ impl CudaBackend {
         self.ledger.charge(&self.name, what, bytes)
     }
 
+    /// A driver error of `what`. A sticky fault is recorded for the GPU (every backend on it
+    /// then refuses work with that reason) and said to be one.
     fn err(&self, what: &str, e: DriverError) -> BackendError {
+        self.gpu.note(&format!("{} ({what})", self.name), &e);
+        let message = match self.gpu.fault() {
+            Some(fault) => format!(
+                "{what}: {e}; GPU {} failed ({fault}): its context is unusable until llmd \
+                 restarts",
+                self.ordinal
+            ),
+            None => format!("{what}: {e}"),
+        };
         BackendError::Device {
             device: self.name.clone(),
-            message: format!("{what}: {e}"),
+            message,
         }
+    }
+
+    /// A device buffer of this GPU around a fresh allocation.
+    fn wrap<T>(&self, slice: CudaSlice<T>) -> DeviceBuf<T> {
+        DeviceBuf::new(slice, Arc::clone(&self.gpu))
     }
 
     /// An allocation's error: the driver running out of memory becomes `OutOfMemory` (the load
@@ -431,7 +476,7 @@ impl CudaBackend {
         op: &'static str,
         w: &'w CudaWeight,
         len: usize,
-    ) -> Result<&'w CudaSlice<u8>, BackendError> {
+    ) -> Result<&'w DeviceBuf<u8>, BackendError> {
         if w.ty != GgmlType::F32 {
             return Err(self.unsupported(w));
         }
@@ -448,10 +493,11 @@ impl CudaBackend {
         &self,
         what: &str,
         len: usize,
-    ) -> Result<CudaSlice<T>, BackendError> {
+    ) -> Result<DeviceBuf<T>, BackendError> {
         let bytes = (len.max(1) * std::mem::size_of::<T>()) as u64;
         self.stream
             .alloc_zeros::<T>(len.max(1))
+            .map(|s| self.wrap(s))
             .map_err(|e| self.alloc_err(what, bytes, e))
     }
 
@@ -574,14 +620,14 @@ impl CudaBackend {
     fn device_positions<'r>(
         &self,
         host: &mut Vec<u32>,
-        dev: &'r mut Option<CudaSlice<u32>>,
+        dev: &'r mut Option<DeviceBuf<u32>>,
         positions: &[u32],
-    ) -> Result<&'r CudaSlice<u32>, BackendError> {
+    ) -> Result<&'r DeviceBuf<u32>, BackendError> {
         let stale =
             host.as_slice() != positions || dev.as_ref().is_none_or(|d| d.len() < positions.len());
         if stale {
             // Room for a whole prefill chunk at once, so decode steps never reallocate.
-            let buffer = grown(&self.stream, dev, positions.len().max(512))
+            let buffer = grown(&self.stream, &self.gpu, dev, positions.len().max(512))
                 .map_err(|e| self.err("allocating positions", e))?;
             if !positions.is_empty() {
                 self.stream
@@ -609,7 +655,7 @@ impl CudaBackend {
         weight: &'w CudaWeight,
         n_rows: usize,
         dim: usize,
-    ) -> Result<(&'w CudaSlice<u8>, i32), BackendError> {
+    ) -> Result<(&'w DeviceBuf<u8>, i32), BackendError> {
         const OP: &str = "rms_norm";
         check_len(OP, x_len, n_rows * dim)?;
         let w = self.f32_vector(OP, weight, dim)?;
@@ -618,7 +664,7 @@ impl CudaBackend {
 }
 
 impl Backend for CudaBackend {
-    type Activations = CudaSlice<f32>;
+    type Activations = DeviceBuf<f32>;
     type Weight = CudaWeight;
     type KvCache = CudaKv;
 
@@ -633,6 +679,7 @@ impl Backend for CudaBackend {
         let data = self
             .stream
             .clone_htod(t.data)
+            .map(|s| self.wrap(s))
             .map_err(|e| self.alloc_err(t.name, t.data.len() as u64, e))?;
         Ok(CudaWeight {
             name: t.name.to_string(),
@@ -679,11 +726,11 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn alloc_activations(&self, len: usize) -> Result<CudaSlice<f32>, BackendError> {
+    fn alloc_activations(&self, len: usize) -> Result<DeviceBuf<f32>, BackendError> {
         self.alloc("activations", len)
     }
 
-    fn write_activations(&self, dst: &mut CudaSlice<f32>, src: &[f32]) -> Result<(), BackendError> {
+    fn write_activations(&self, dst: &mut DeviceBuf<f32>, src: &[f32]) -> Result<(), BackendError> {
         check_len("write_activations", dst.len(), src.len())?;
         if src.is_empty() {
             return Ok(());
@@ -693,7 +740,7 @@ impl Backend for CudaBackend {
             .map_err(|e| self.err("writing activations", e))
     }
 
-    fn read_activations(&self, src: &CudaSlice<f32>, dst: &mut [f32]) -> Result<(), BackendError> {
+    fn read_activations(&self, src: &DeviceBuf<f32>, dst: &mut [f32]) -> Result<(), BackendError> {
         check_len("read_activations", src.len(), dst.len())?;
         if dst.is_empty() {
             return Ok(());
@@ -711,7 +758,7 @@ impl Backend for CudaBackend {
         table: &CudaWeight,
         ids: &[u32],
         scale: f32,
-        out: &mut CudaSlice<f32>,
+        out: &mut DeviceBuf<f32>,
     ) -> Result<(), BackendError> {
         const OP: &str = "embed";
         let t = cuda_type(table.ty).ok_or_else(|| self.unsupported(table))?;
@@ -736,6 +783,7 @@ impl Backend for CudaBackend {
         let ids_dev = self
             .stream
             .clone_htod(ids)
+            .map(|s| self.wrap(s))
             .map_err(|e| self.err("uploading token ids", e))?;
         let name = format!("get_rows_{}", t.suffix);
         let f = self.function(&name)?;
@@ -757,16 +805,16 @@ impl Backend for CudaBackend {
     fn matmul(
         &self,
         w: &CudaWeight,
-        x: &CudaSlice<f32>,
+        x: &DeviceBuf<f32>,
         n_tokens: usize,
-        out: &mut CudaSlice<f32>,
+        out: &mut DeviceBuf<f32>,
     ) -> Result<(), BackendError> {
         self.matmul_on_device(w, x, n_tokens, out)
     }
 
     fn add_bias(
         &self,
-        x: &mut CudaSlice<f32>,
+        x: &mut DeviceBuf<f32>,
         bias: &CudaWeight,
         n_tokens: usize,
     ) -> Result<(), BackendError> {
@@ -791,7 +839,7 @@ impl Backend for CudaBackend {
 
     fn rms_norm(
         &self,
-        x: &mut CudaSlice<f32>,
+        x: &mut DeviceBuf<f32>,
         weight: &CudaWeight,
         n_rows: usize,
         dim: usize,
@@ -817,12 +865,12 @@ impl Backend for CudaBackend {
 
     fn rms_norm_into(
         &self,
-        x: &CudaSlice<f32>,
+        x: &DeviceBuf<f32>,
         weight: &CudaWeight,
         n_rows: usize,
         dim: usize,
         eps: f32,
-        out: &mut CudaSlice<f32>,
+        out: &mut DeviceBuf<f32>,
     ) -> Result<(), BackendError> {
         let (w, dim_i) = self.rms_norm_args(x.len(), weight, n_rows, dim)?;
         check_len("rms_norm", out.len(), n_rows * dim)?;
@@ -841,7 +889,7 @@ impl Backend for CudaBackend {
 
     fn rope(
         &self,
-        x: &mut CudaSlice<f32>,
+        x: &mut DeviceBuf<f32>,
         n_tokens: usize,
         n_heads: usize,
         head_dim: usize,
@@ -902,8 +950,8 @@ impl Backend for CudaBackend {
 
     fn add(
         &self,
-        dst: &mut CudaSlice<f32>,
-        src: &CudaSlice<f32>,
+        dst: &mut DeviceBuf<f32>,
+        src: &DeviceBuf<f32>,
         len: usize,
     ) -> Result<(), BackendError> {
         check_len("add", dst.len(), len)?;
@@ -921,7 +969,7 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn scale(&self, x: &mut CudaSlice<f32>, factor: f32, len: usize) -> Result<(), BackendError> {
+    fn scale(&self, x: &mut DeviceBuf<f32>, factor: f32, len: usize) -> Result<(), BackendError> {
         check_len("scale", x.len(), len)?;
         if len == 0 {
             return Ok(());
@@ -938,8 +986,8 @@ impl Backend for CudaBackend {
 
     fn gated_activation(
         &self,
-        gate: &mut CudaSlice<f32>,
-        up: &CudaSlice<f32>,
+        gate: &mut DeviceBuf<f32>,
+        up: &DeviceBuf<f32>,
         len: usize,
         act: GatedActivation,
     ) -> Result<(), BackendError> {
@@ -985,8 +1033,8 @@ impl Backend for CudaBackend {
     fn kv_store(
         &self,
         kv: &mut CudaKv,
-        k: &CudaSlice<f32>,
-        v: &CudaSlice<f32>,
+        k: &DeviceBuf<f32>,
+        v: &DeviceBuf<f32>,
         first_row: usize,
         positions: &[u32],
     ) -> Result<(), BackendError> {
@@ -1025,12 +1073,12 @@ impl Backend for CudaBackend {
 
     fn attention(
         &self,
-        q: &CudaSlice<f32>,
+        q: &DeviceBuf<f32>,
         kv: &CudaKv,
         first_row: usize,
         positions: &[u32],
         p: AttentionParams,
-        out: &mut CudaSlice<f32>,
+        out: &mut DeviceBuf<f32>,
     ) -> Result<(), BackendError> {
         const OP: &str = "attention";
         let hd = p.head_dim;
@@ -1106,7 +1154,12 @@ impl Backend for CudaBackend {
         let splits_i = n_splits as i32;
         let mut part = if n_splits > 1 {
             Some(
-                grown(&self.stream, partials, p.n_heads * n_splits * (hd + 2))
+                grown(
+                    &self.stream,
+                    &self.gpu,
+                    partials,
+                    p.n_heads * n_splits * (hd + 2),
+                )
                     .map_err(|e| self.err("allocating attention partials", e))?,
             )
         } else {
@@ -1160,13 +1213,15 @@ impl Backend for CudaBackend {
 
     fn export_activations(
         &self,
-        a: &CudaSlice<f32>,
+        a: &DeviceBuf<f32>,
         len: usize,
     ) -> Result<Option<DeviceActivations>, BackendError> {
         check_len("export_activations", a.len(), len)?;
-        self.stream
-            .synchronize()
-            .map_err(|e| self.err("finishing a stage", e))?;
+        // No host wait: the importer's stream waits for this event, recorded after the writes.
+        let ready = self
+            .stream
+            .record_event(None)
+            .map_err(|e| self.err("recording the end of a stage", e))?;
         let (ptr, _record) = a.device_ptr(&self.stream);
         Ok(Some(DeviceActivations {
             kind: "cuda",
@@ -1175,16 +1230,23 @@ impl Backend for CudaBackend {
             location: ActivationsLocation::Cuda {
                 ctx: Arc::clone(self.stream.context()),
                 ptr,
+                stream: Arc::clone(&self.stream),
+                ready: Arc::new(ready),
             },
         }))
     }
 
     fn import_activations(
         &self,
-        dst: &mut CudaSlice<f32>,
+        dst: &mut DeviceBuf<f32>,
         src: &DeviceActivations,
     ) -> Result<bool, BackendError> {
-        let ActivationsLocation::Cuda { ctx, ptr } = &src.location;
+        let ActivationsLocation::Cuda {
+            ctx,
+            ptr,
+            stream: producer,
+            ready,
+        } = &src.location;
         if src.kind != "cuda" {
             return Ok(false);
         }
@@ -1197,22 +1259,43 @@ impl Backend for CudaBackend {
             len: src.len * std::mem::size_of::<f32>(),
             at: BytesAt::Cuda { ctx, ptr: *ptr },
         };
-        // SAFETY: the exporting stage's buffer holds `len` values and is not touched until this
-        // copy, ordered on this stream before anything else uses `dst`, has run (the pipeline
-        // imports before anything else uses either stage; the exporter waited for its writes).
-        // `ctx` is kept alive by `src`; `dst` holds at least `len` values (checked).
+        // The copy runs after the producer's writes ...
+        self.stream
+            .wait(ready)
+            .map_err(|e| self.err("waiting for the previous stage", e))?;
+        // SAFETY: the exporting stage's buffer holds `len` values; this stream waits for the
+        // event recorded after the writes, and the producer's stream waits (below) for the copy
+        // before it writes the buffer again. `ctx` is kept alive by `src`; `dst` holds at least
+        // `len` values (checked).
         unsafe { self.enqueue_copy_in(&mut dst.slice_mut(..), &from, "activations") }?;
+        // ... and before the producer writes its buffer again.
+        let copied = self
+            .stream
+            .record_event(None)
+            .map_err(|e| self.err("recording the activations' copy", e))?;
+        let waited = producer.wait(&copied);
+        // Back in this backend's context for what follows.
+        self.stream
+            .context()
+            .bind_to_thread()
+            .and(waited)
+            .map_err(|e| self.err("ordering the previous stage after the copy", e))?;
         Ok(true)
     }
 
     fn alloc_host_staging(&self, len: usize) -> Option<Result<Box<dyn HostStaging>, BackendError>> {
         // SAFETY: the allocation's contents are unspecified until written; `PinnedStaging`
-        // zeroes them before handing them out. Default flags (not write-combined): the host
-        // reads these values back.
+        // zeroes them before handing them out. PORTABLE: the pipeline's one staging buffer is
+        // copied from and to by every GPU stage, and only portable memory is page-locked for
+        // the contexts of the GPUs other than the allocating one (the others would fall back
+        // to staged, pageable copies). Not write-combined: the host reads these values back.
         let pinned = unsafe {
             self.stream
                 .context()
-                .alloc_pinned_with_flags::<f32>(len.max(1), 0)
+                .alloc_pinned_with_flags::<f32>(
+                    len.max(1),
+                    cudarc::driver::sys::CU_MEMHOSTALLOC_PORTABLE,
+                )
         };
         Some(match pinned {
             Ok(mut slice) => match slice.as_mut_slice() {
