@@ -124,7 +124,8 @@ struct Config {
 };
 
 inline const Config &config() {
-    static const Config c = [] {
+    // Never destroyed: the counters are written once more when the library unloads.
+    static const Config *c = new Config([] {
         Config c;
         c.devices = (int)std::max(0LL, env_int("LLMD_FAKE_CUDA_DEVICES", 1));
         c.memory = (size_t)env_int("LLMD_FAKE_CUDA_MEMORY", (long long)c.memory);
@@ -150,8 +151,8 @@ inline const Config &config() {
         c.uuids = env_list("LLMD_FAKE_CUDA_UUIDS");
         c.pci = env_list("LLMD_FAKE_CUDA_PCI");
         return c;
-    }();
-    return c;
+    }());
+    return *c;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DriverError,
     LaunchConfig, PushKernelArg,
 };
-use cudarc::nvrtc::Ptx;
 
 use super::{
     check_len, shape, ActivationsLocation, AttentionParams, Backend, BackendError, BytesAt,
@@ -32,6 +31,7 @@ use crate::quant::GgmlType;
 
 mod context;
 mod matmul;
+mod modules;
 mod peer;
 #[cfg(test)]
 mod strict_tests;
@@ -40,6 +40,7 @@ mod type_tests;
 mod types;
 
 pub use context::{cuda_gpu_fault, DeviceBuf};
+pub use modules::{check_compute_capability, check_driver, ModuleImage, MIN_DRIVER_RELEASE};
 pub use peer::{cuda_peer_paths, PeerPath};
 use context::GpuState;
 
@@ -48,26 +49,20 @@ use matmul::GEMM_SCRATCH_FLOATS;
 use matmul::{gemm_applies, gemm_tile_rows, GEMM_TILE, PREFILL_GEMM_MIN_TOKENS};
 use types::cuda_type;
 
-/// The embedded PTX modules: file stem, PTX text, the kernels fetched from it besides its
-/// per-type ones ([`types::type_kernels`]).
-const MODULES: &[(&str, &str, &[&str])] = &[
+/// The kernels fetched from each kernel file ([`modules::FILES`]) besides its per-type ones
+/// ([`types::type_kernels`]).
+const MODULE_KERNELS: &[(&str, &[&str])] = &[
     (
         "attention",
-        include_str!("../../cuda/ptx/attention.ptx"),
         &[
             "attn_prefill_f16kv",
             "attn_decode_f16kv",
             "attn_combine_f32",
         ],
     ),
-    (
-        "dequantize",
-        include_str!("../../cuda/ptx/dequantize.ptx"),
-        &[],
-    ),
+    ("dequantize", &[]),
     (
         "elementwise",
-        include_str!("../../cuda/ptx/elementwise.ptx"),
         &[
             "geglu_f32",
             "swiglu_f32",
@@ -76,34 +71,14 @@ const MODULES: &[(&str, &str, &[&str])] = &[
             "add_bias_f32",
         ],
     ),
-    (
-        "gemm",
-        include_str!("../../cuda/ptx/gemm.ptx"),
-        &["gemm_f32_nt", "gemm_f16_tc"],
-    ),
-    ("getrows", include_str!("../../cuda/ptx/getrows.ptx"), &[]),
-    (
-        "kvcache",
-        include_str!("../../cuda/ptx/kvcache.ptx"),
-        &["kv_store_f16"],
-    ),
-    ("mmv", include_str!("../../cuda/ptx/mmv.ptx"), &[]),
-    ("mmvq", include_str!("../../cuda/ptx/mmvq.ptx"), &[]),
-    (
-        "norm",
-        include_str!("../../cuda/ptx/norm.ptx"),
-        &["rms_norm_f32"],
-    ),
-    (
-        "quantize",
-        include_str!("../../cuda/ptx/quantize.ptx"),
-        &["quantize_q8_1", "convert_f32_to_f16"],
-    ),
-    (
-        "rope",
-        include_str!("../../cuda/ptx/rope.ptx"),
-        &["rope_f32"],
-    ),
+    ("gemm", &["gemm_f32_nt", "gemm_f16_tc"]),
+    ("getrows", &[]),
+    ("kvcache", &["kv_store_f16"]),
+    ("mmv", &[]),
+    ("mmvq", &[]),
+    ("norm", &["rms_norm_f32"]),
+    ("quantize", &["quantize_q8_1", "convert_f32_to_f16"]),
+    ("rope", &["rope_f32"]),
 ];
 
 /// Largest `head_dim` the attention kernels support.
@@ -126,13 +101,22 @@ pub fn cuda_available() -> Result<usize, String> {
                 .to_string(),
         );
     }
-    let counted = catch_unwind(|| -> Result<i32, DriverError> {
+    let counted = catch_unwind(|| -> Result<(i32, i32), DriverError> {
         cudarc::driver::result::init()?;
-        CudaContext::device_count()
+        let mut version = 0;
+        // SAFETY: an out-pointer to a local int, after cuInit.
+        unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) }.result()?;
+        Ok((version, CudaContext::device_count()?))
     });
     match counted {
-        Ok(Ok(n)) if n > 0 => Ok(n as usize),
-        Ok(Ok(_)) => Err("the NVIDIA driver reports no CUDA devices".to_string()),
+        Ok(Ok((version, n))) => {
+            check_driver(version)?;
+            if n > 0 {
+                Ok(n as usize)
+            } else {
+                Err("the NVIDIA driver reports no CUDA devices".to_string())
+            }
+        }
         Ok(Err(e)) => Err(format!("the CUDA driver failed to initialise: {e}")),
         Err(_) => Err("loading the CUDA driver library failed (driver too old?)".to_string()),
     }
@@ -236,6 +220,8 @@ pub struct CudaBackend {
     /// What the process knows of this GPU (a sticky fault, failed frees), shared by every
     /// backend on it.
     gpu: Arc<GpuState>,
+    /// How each kernel file was loaded (CUBIN or PTX), in [`MODULE_KERNELS`] order.
+    images: Vec<ModuleImage>,
     stream: Arc<CudaStream>,
     functions: HashMap<String, CudaFunction>,
     ledger: Arc<DeviceMemory>,
@@ -364,11 +350,21 @@ impl CudaBackend {
             .map_err(|e| device_err(format!("creating a stream: {e}")))?;
         // Copies to and from the other GPUs in use go peer to peer where the hardware allows.
         peer::connect(&ctx);
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| device_err(format!("asking for the compute capability: {e}")))?;
+        let gpu_name = ctx.name().unwrap_or_else(|_| format!("GPU {ordinal}"));
+        check_compute_capability(&gpu_name, (major, minor)).map_err(device_err)?;
         let mut functions = HashMap::new();
-        for &(file, ptx, names) in MODULES {
-            let module = ctx
-                .load_module(Ptx::from_src(ptx))
-                .map_err(|e| device_err(format!("loading kernels/cuda/ptx/{file}.ptx: {e}")))?;
+        let mut images = Vec::new();
+        for &(file, names) in MODULE_KERNELS {
+            let compiled = modules::FILES
+                .iter()
+                .find(|f| f.name == file)
+                .ok_or_else(|| device_err(format!("kernel file {file} is not embedded")))?;
+            let (module, image) =
+                modules::load(&ctx, compiled, major * 10 + minor).map_err(device_err)?;
+            images.push(image);
             let per_type = types::type_kernels(file);
             for kernel in names.iter().map(|n| n.to_string()).chain(per_type) {
                 let function = module
@@ -380,6 +376,7 @@ impl CudaBackend {
         Ok(CudaBackend {
             name,
             ordinal,
+            images,
             gpu: GpuState::of(ordinal),
             stream,
             functions,
@@ -392,6 +389,11 @@ impl CudaBackend {
     /// The GPU's ordinal.
     pub fn ordinal(&self) -> usize {
         self.ordinal
+    }
+
+    /// How each kernel file was loaded: the CUBIN for this GPU's architecture, or the PTX.
+    pub fn module_images(&self) -> &[ModuleImage] {
+        &self.images
     }
 
     /// Device buffers of this GPU whose free the driver refused, and the last refusal.

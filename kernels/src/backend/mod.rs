@@ -704,8 +704,9 @@ mod cuda;
 mod memory;
 pub use cpu::CpuBackend;
 pub use cuda::{
-    cuda_available, cuda_device_info, cuda_gpu_fault, cuda_peer_paths, CudaBackend, CudaDeviceInfo,
-    CudaKv, CudaWeight, DeviceBuf, PeerPath,
+    check_compute_capability, check_driver, cuda_available, cuda_device_info, cuda_gpu_fault,
+    cuda_peer_paths, CudaBackend, CudaDeviceInfo, CudaKv, CudaWeight, DeviceBuf, ModuleImage,
+    PeerPath, MIN_DRIVER_RELEASE,
 };
 pub use memory::{DeviceMemory, Lease};
 

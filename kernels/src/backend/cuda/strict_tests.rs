@@ -266,3 +266,67 @@ fn a_kernel_fault_marks_the_gpu_failed() {
     assert_eq!(cuda_gpu_fault(1), None);
     println!("cuda:0 failed, cuda:1 serves");
 }
+
+#[test]
+fn kernels_load_for_each_gpu_and_driver_on_the_fake_driver() {
+    for (expect, env) in [
+        ("cubin", &[][..]),
+        ("cubin", &[("LLMD_FAKE_CUDA_CC", "8.6")][..]),
+        ("cubin", &[("LLMD_FAKE_CUDA_CC", "9.0")][..]),
+        ("ptx", &[("LLMD_FAKE_CUDA_CC", "12.0")][..]),
+        (
+            "old-driver",
+            &[("LLMD_FAKE_CUDA_DRIVER", "12020"), ("LLMD_FAKE_CUDA_PTX_ISA", "8.2")][..],
+        ),
+        ("old-gpu", &[("LLMD_FAKE_CUDA_CC", "7.0")][..]),
+    ] {
+        let mut env = env.to_vec();
+        env.push(("LLMD_TEST_EXPECT", expect));
+        run_on_fake_driver(
+            "backend::cuda::strict_tests::kernels_load_for_each_gpu_and_driver",
+            &env,
+            &format!("kernels: {expect}"),
+        );
+    }
+}
+
+/// The CUBIN of the GPU's architecture loads where one is shipped (the fake driver checks the
+/// image's architecture against the device), the PTX on newer GPUs; a driver older than 550 is
+/// refused with the requirement and what was found, a GPU older than Ampere by its compute
+/// capability.
+#[test]
+fn kernels_load_for_each_gpu_and_driver() {
+    let expect = std::env::var("LLMD_TEST_EXPECT").unwrap_or_default();
+    if expect == "old-driver" {
+        let err = cuda_available().expect_err("the driver is too old");
+        assert_eq!(
+            err,
+            "NVIDIA driver 550 or newer is required, found a driver for CUDA 12.2 (release 535)"
+        );
+        println!("kernels: {expect}");
+        return;
+    }
+    if !crate::fake_cuda::cuda_or_skip() {
+        return;
+    }
+    if expect == "old-gpu" {
+        let err = CudaBackend::new("cuda:0", 0, 1 << 30).map(|_| ()).expect_err("refused");
+        assert!(err.to_string().contains("compute capability 7.0"), "{err}");
+        println!("kernels: {expect}");
+        return;
+    }
+    let gpu = CudaBackend::new("cuda:0", 0, 1 << 30).expect("cuda:0");
+    let want = if expect == "ptx" { ModuleImage::Ptx } else { ModuleImage::Cubin };
+    assert!(
+        gpu.module_images().iter().all(|&image| image == want),
+        "{:?}",
+        gpu.module_images()
+    );
+    // And they run.
+    let values: Vec<f32> = (0..256).map(|i| i as f32).collect();
+    let mut a = acts(&gpu, &values);
+    gpu.scale(&mut a, 0.5, 256).expect("scale");
+    let half: Vec<f32> = values.iter().map(|v| v * 0.5).collect();
+    assert_eq!(read(&gpu, &a, 256), half);
+    println!("kernels: {expect}");
+}
