@@ -160,7 +160,11 @@ impl GpuIndex {
         for d in devices.iter().filter(|d| d.is_gpu()) {
             let found = telemetry.gpus.iter().find(|g| {
                 let uuid = g.uuid.value().zip(d.uuid.as_ref());
-                let pci = g.pci_bus_id.value().and_then(|p| norm(p)).zip(d.pci_bus_id.as_deref().and_then(norm));
+                let pci = g
+                    .pci_bus_id
+                    .value()
+                    .and_then(|p| norm(p))
+                    .zip(d.pci_bus_id.as_deref().and_then(norm));
                 match (uuid, pci) {
                     (Some((a, b)), _) => a.eq_ignore_ascii_case(b),
                     (None, Some((a, b))) => a == b,

@@ -34,11 +34,11 @@ pub mod render;
 pub mod socket;
 
 pub use api::{
-    BenchReply, BenchRequest, ChatMessage, CudaPeer, CudaStatus, DeviceInfo, DeviceKind, DoctorRequest,
-    ErrorCode, ErrorReply, Event, GenerateReply, GenerateRequest, InspectReport, InspectRequest,
-    ListReply, ListRequest, LoadReply, LoadRequest, MetricsReply, MetricsRequest, ModelDetails,
-    ModelInfo, PlanReply, PlanRequest, PlannedDevice, PlannedStage, Progress, Prompt, Reply,
-    Request, ResplitReply, ResplitRequest, Response, Sampling, StagePlacement, StatusReply,
+    BenchReply, BenchRequest, ChatMessage, CudaPeer, CudaStatus, DeviceInfo, DeviceKind,
+    DoctorRequest, ErrorCode, ErrorReply, Event, GenerateReply, GenerateRequest, InspectReport,
+    InspectRequest, ListReply, ListRequest, LoadReply, LoadRequest, MetricsReply, MetricsRequest,
+    ModelDetails, ModelInfo, PlanReply, PlanRequest, PlannedDevice, PlannedStage, Progress, Prompt,
+    Reply, Request, ResplitReply, ResplitRequest, Response, Sampling, StagePlacement, StatusReply,
     StatusRequest, Token, TokenPiece, TokenizeReply, TokenizeRequest, UnloadReply, UnloadRequest,
     VersionReply, VersionRequest,
 };

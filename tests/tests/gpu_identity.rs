@@ -30,8 +30,14 @@ fn cuda_and_nvml_numbering_are_matched_by_uuid() {
     };
     // NVML lists cuda:1 first and cuda:0 second, and gives them different PCI slots.
     let nvml_config = healthy_pair()
-        .replace("gpu0.uuid GPU-0000", &format!("gpu0.uuid {}", CUDA_UUIDS[1]))
-        .replace("gpu1.uuid GPU-1111", &format!("gpu1.uuid {}", CUDA_UUIDS[0]))
+        .replace(
+            "gpu0.uuid GPU-0000",
+            &format!("gpu0.uuid {}", CUDA_UUIDS[1]),
+        )
+        .replace(
+            "gpu1.uuid GPU-1111",
+            &format!("gpu1.uuid {}", CUDA_UUIDS[0]),
+        )
         .replace("gpu1.temp 55", "gpu1.temp 77");
     let nvml = FakeNvml::standard(&nvml_config);
     let dir = tempfile::tempdir().expect("temp dir");

@@ -624,8 +624,13 @@ mod cuda_check_tests {
         };
         let checks = check_cuda_peers(&status);
         assert_eq!(checks.len(), 2);
-        assert_eq!((checks[0].verdict, checks[0].subject.as_str()), (Verdict::Ok, "cuda:0 + cuda:1"));
+        assert_eq!(
+            (checks[0].verdict, checks[0].subject.as_str()),
+            (Verdict::Ok, "cuda:0 + cuda:1")
+        );
         assert_eq!(checks[1].verdict, Verdict::Warn);
-        assert!(checks[1].summary.contains("through host memory: the driver reports no peer access"));
+        assert!(checks[1]
+            .summary
+            .contains("through host memory: the driver reports no peer access"));
     }
 }

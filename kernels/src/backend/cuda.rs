@@ -39,10 +39,10 @@ mod strict_tests;
 mod type_tests;
 mod types;
 
+use context::GpuState;
 pub use context::{cuda_gpu_fault, DeviceBuf};
 pub use modules::{check_compute_capability, check_driver, ModuleImage, MIN_DRIVER_RELEASE};
 pub use peer::{cuda_peer_paths, PeerPath};
-use context::GpuState;
 
 use matmul::GEMM_SCRATCH_FLOATS;
 #[cfg(test)]
@@ -198,7 +198,10 @@ pub fn cuda_device_info(ordinal: usize) -> Result<CudaDeviceInfo, String> {
         let ctx = CudaContext::new(ordinal)?;
         let name = ctx.name()?;
         let (free, total) = ctx.mem_get_info()?;
-        let uuid = ctx.uuid().ok().map(|u| uuid_text(&u.bytes.map(|b| b as u8)));
+        let uuid = ctx
+            .uuid()
+            .ok()
+            .map(|u| uuid_text(&u.bytes.map(|b| b as u8)));
         let info = CudaDeviceInfo {
             name,
             total_bytes: total as u64,
@@ -1220,7 +1223,7 @@ impl Backend for CudaBackend {
                     partials,
                     p.n_heads * n_splits * (hd + 2),
                 )
-                    .map_err(|e| self.err("allocating attention partials", e))?,
+                .map_err(|e| self.err("allocating attention partials", e))?,
             )
         } else {
             None
@@ -1350,12 +1353,10 @@ impl Backend for CudaBackend {
         // the contexts of the GPUs other than the allocating one (the others would fall back
         // to staged, pageable copies). Not write-combined: the host reads these values back.
         let pinned = unsafe {
-            self.stream
-                .context()
-                .alloc_pinned_with_flags::<f32>(
-                    len.max(1),
-                    cudarc::driver::sys::CU_MEMHOSTALLOC_PORTABLE,
-                )
+            self.stream.context().alloc_pinned_with_flags::<f32>(
+                len.max(1),
+                cudarc::driver::sys::CU_MEMHOSTALLOC_PORTABLE,
+            )
         };
         Some(match pinned {
             Ok(mut slice) => match slice.as_mut_slice() {

@@ -181,14 +181,20 @@ mod tests {
             err,
             "NVIDIA driver 550 or newer is required, found a driver for CUDA 12.2 (release 535)"
         );
-        assert!(check_driver(11040).expect_err("too old").contains("CUDA 11.4"));
+        assert!(check_driver(11040)
+            .expect_err("too old")
+            .contains("CUDA 11.4"));
     }
 
     #[test]
     fn gpus_before_ampere_are_refused_by_name() {
         assert!(check_compute_capability("A100", (8, 0)).is_ok());
         assert!(check_compute_capability("RTX 5090", (12, 0)).is_ok());
-        for (cc, card) in [((6, 1), "Tesla P40"), ((7, 0), "Tesla V100"), ((7, 5), "T4")] {
+        for (cc, card) in [
+            ((6, 1), "Tesla P40"),
+            ((7, 0), "Tesla V100"),
+            ((7, 5), "T4"),
+        ] {
             let err = check_compute_capability(card, cc).expect_err("refused");
             assert!(err.contains(card) && err.contains("8.0 or newer"), "{err}");
         }

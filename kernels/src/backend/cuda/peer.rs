@@ -81,7 +81,13 @@ fn open_both_ways(a: &Arc<CudaContext>, b: &Arc<CudaContext>) -> Result<(), Stri
         // SAFETY: an out-pointer to a local int and two device handles from live contexts.
         unsafe { sys::cuDeviceCanAccessPeer(&mut can, dev_from, dev_to) }
             .result()
-            .map_err(|e| format!("asking whether GPU {} can reach GPU {}: {e}", from.ordinal(), to.ordinal()))?;
+            .map_err(|e| {
+                format!(
+                    "asking whether GPU {} can reach GPU {}: {e}",
+                    from.ordinal(),
+                    to.ordinal()
+                )
+            })?;
         if can == 0 {
             return Err(format!(
                 "the driver reports no peer access from GPU {} to GPU {}",

@@ -48,7 +48,11 @@ fn buffers_free_in_their_own_context() {
         assert_eq!(read(&gpu1, &on1, 256), values);
         drop(on1);
         let again = acts(&gpu0, &values);
-        assert_eq!(read(&gpu0, &again, 256), values, "cuda:0 works after the drops");
+        assert_eq!(
+            read(&gpu0, &again, 256),
+            values,
+            "cuda:0 works after the drops"
+        );
     }
     assert_eq!(gpu0.free_failures().0, 0, "{:?}", gpu0.free_failures());
     assert_eq!(gpu1.free_failures().0, 0, "{:?}", gpu1.free_failures());
@@ -111,7 +115,11 @@ fn peer_copies_go_direct() {
         .expect("a GPU exports");
     let mut b = gpu1.alloc_activations(cols).expect("alloc");
     assert!(gpu1.import_activations(&mut b, &exported).expect("import"));
-    assert_eq!(read(&gpu1, &b, cols), values, "the activations arrived whole");
+    assert_eq!(
+        read(&gpu1, &b, cols),
+        values,
+        "the activations arrived whole"
+    );
     let paths = cuda_peer_paths();
     let pair = paths
         .iter()
@@ -163,7 +171,10 @@ fn stage_handoffs_wait_on_events() {
         // Queued on cuda:0 and not run yet (the fake's streams are lazy): the handoff must
         // order the copy after it.
         gpu0.scale(&mut a, 2.0, n).expect("scale");
-        let exported = gpu0.export_activations(&a, n).expect("export").expect("GPU");
+        let exported = gpu0
+            .export_activations(&a, n)
+            .expect("export")
+            .expect("GPU");
         assert!(gpu1.import_activations(&mut b, &exported).expect("import"));
         // cuda:0 overwrites its buffer at once: the copy must already have been ordered first.
         gpu0.write_activations(&mut a, &second).expect("overwrite");
@@ -251,14 +262,21 @@ fn a_kernel_fault_marks_the_gpu_failed() {
     // fault shows when the work is waited for.
     gpu0.add(&mut a, &b, 512).expect("queued");
     let mut out = vec![0.0; 512];
-    let err = gpu0.read_activations(&a, &mut out).expect_err("the fault surfaces");
+    let err = gpu0
+        .read_activations(&a, &mut out)
+        .expect_err("the fault surfaces");
     let fault = cuda_gpu_fault(0).expect("GPU 0 is marked failed");
     assert!(fault.contains("illegal memory access"), "{fault}");
     assert!(err.to_string().contains("GPU 0 failed"), "{err}");
     // Every backend on GPU 0 refuses, naming the fault; no new one opens.
-    let twin_err = twin.alloc_activations(16).map(|_| ()).expect_err("cuda:0b refuses");
+    let twin_err = twin
+        .alloc_activations(16)
+        .map(|_| ())
+        .expect_err("cuda:0b refuses");
     assert!(twin_err.to_string().contains("GPU 0 failed"), "{twin_err}");
-    let reopen = CudaBackend::new("cuda:0c", 0, 1 << 30).map(|_| ()).expect_err("no new backend");
+    let reopen = CudaBackend::new("cuda:0c", 0, 1 << 30)
+        .map(|_| ())
+        .expect_err("no new backend");
     assert!(reopen.to_string().contains("failed"), "{reopen}");
     // GPU 1 keeps serving.
     let c = acts(&gpu1, &ones);
@@ -276,7 +294,10 @@ fn kernels_load_for_each_gpu_and_driver_on_the_fake_driver() {
         ("ptx", &[("LLMD_FAKE_CUDA_CC", "12.0")][..]),
         (
             "old-driver",
-            &[("LLMD_FAKE_CUDA_DRIVER", "12020"), ("LLMD_FAKE_CUDA_PTX_ISA", "8.2")][..],
+            &[
+                ("LLMD_FAKE_CUDA_DRIVER", "12020"),
+                ("LLMD_FAKE_CUDA_PTX_ISA", "8.2"),
+            ][..],
         ),
         ("old-gpu", &[("LLMD_FAKE_CUDA_CC", "7.0")][..]),
     ] {
@@ -310,13 +331,19 @@ fn kernels_load_for_each_gpu_and_driver() {
         return;
     }
     if expect == "old-gpu" {
-        let err = CudaBackend::new("cuda:0", 0, 1 << 30).map(|_| ()).expect_err("refused");
+        let err = CudaBackend::new("cuda:0", 0, 1 << 30)
+            .map(|_| ())
+            .expect_err("refused");
         assert!(err.to_string().contains("compute capability 7.0"), "{err}");
         println!("kernels: {expect}");
         return;
     }
     let gpu = CudaBackend::new("cuda:0", 0, 1 << 30).expect("cuda:0");
-    let want = if expect == "ptx" { ModuleImage::Ptx } else { ModuleImage::Cubin };
+    let want = if expect == "ptx" {
+        ModuleImage::Ptx
+    } else {
+        ModuleImage::Cubin
+    };
     assert!(
         gpu.module_images().iter().all(|&image| image == want),
         "{:?}",
