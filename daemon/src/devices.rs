@@ -37,6 +37,10 @@ pub struct Device {
     pub description: String,
     /// Why models cannot be placed on it, if they cannot.
     pub unavailable: Option<String>,
+    /// A GPU's UUID as CUDA reports it (NVML's form), to find its NVML index.
+    pub uuid: Option<String>,
+    /// A GPU's PCI bus id ("00000000:01:00.0"), the other way to find its NVML index.
+    pub pci_bus_id: Option<String>,
 }
 
 impl Device {
@@ -56,6 +60,7 @@ pub fn cuda_status() -> CudaStatus {
                 CudaStatus {
                     devices: n as u32,
                     unavailable: None,
+                    peers: Vec::new(),
                 }
             }
             Err(reason) => {
@@ -63,10 +68,33 @@ pub fn cuda_status() -> CudaStatus {
                 CudaStatus {
                     devices: 0,
                     unavailable: Some(reason),
+                    peers: Vec::new(),
                 }
             }
         })
         .clone()
+}
+
+/// [`cuda_status`] with how each pair of GPUs opened so far copies between them (peer to peer,
+/// or through host memory and why), for `status` and `doctor`.
+pub fn cuda_report() -> CudaStatus {
+    let mut status = cuda_status();
+    status.peers = llmd_kernels::backend::cuda_peer_paths()
+        .into_iter()
+        .map(|(a, b, path)| {
+            let reason = match path {
+                llmd_kernels::backend::PeerPath::Direct => None,
+                llmd_kernels::backend::PeerPath::ThroughHost(why) => Some(why),
+            };
+            llmd_shared::CudaPeer {
+                gpu_a: format!("cuda:{a}"),
+                gpu_b: format!("cuda:{b}"),
+                direct: reason.is_none(),
+                reason,
+            }
+        })
+        .collect();
+    status
 }
 
 /// What the driver said of GPU `ordinal` when first asked in this process.
@@ -104,6 +132,8 @@ fn resolve(d: &ResolvedDevice) -> Device {
             memory_budget_bytes: d.memory_budget_bytes.unwrap_or_else(default_cpu_budget),
             description: "host memory".into(),
             unavailable: None,
+            uuid: None,
+            pci_bus_id: None,
         },
         DeviceKindKey::Cuda => match gpu_info(d.id.index) {
             Ok(info) => Device {
@@ -115,6 +145,8 @@ fn resolve(d: &ResolvedDevice) -> Device {
                     .unwrap_or_else(|| gpu_default_budget(&info)),
                 description: format!("{}, {}", info.name, gib(info.total_bytes)),
                 unavailable: None,
+                uuid: info.uuid.clone(),
+                pci_bus_id: info.pci_bus_id.clone(),
             },
             Err(reason) => Device {
                 name,
@@ -123,6 +155,8 @@ fn resolve(d: &ResolvedDevice) -> Device {
                 memory_budget_bytes: d.memory_budget_bytes.unwrap_or(0),
                 description: "NVIDIA GPU".into(),
                 unavailable: Some(reason),
+                uuid: None,
+                pci_bus_id: None,
             },
         },
     }
@@ -167,6 +201,26 @@ pub fn from_config(config: &LoadedConfig) -> Vec<Device> {
     devices
 }
 
+/// `devices` with each GPU that has failed since (a sticky kernel fault: its context answers
+/// every call with the error until the daemon restarts) marked unavailable with the reason, so
+/// that `status` shows it, `doctor` fails it and loads are refused there.
+pub fn with_faults(devices: &[Device]) -> Vec<Device> {
+    devices
+        .iter()
+        .map(|d| {
+            let mut d = d.clone();
+            if d.is_gpu() && d.unavailable.is_none() {
+                if let Some(fault) = llmd_kernels::backend::cuda_gpu_fault(d.index as usize) {
+                    d.unavailable = Some(format!(
+                        "GPU failed: {fault}; restart llmd (or reset the GPU) to use it again"
+                    ));
+                }
+            }
+            d
+        })
+        .collect()
+}
+
 /// The devices a load uses when the request names none: every usable GPU (the model is split
 /// over them by free memory, as llama.cpp does with all GPUs), else the first usable device.
 pub fn default_load_devices(devices: &[Device]) -> Vec<&Device> {
@@ -203,12 +257,14 @@ mod tests {
             name: "NVIDIA GeForce RTX 3090".into(),
             total_bytes: 24 << 30,
             free_bytes: 23 << 30,
+            uuid: None,
+            pci_bus_id: None,
         };
         let margin = (1u64 << 30) + (24u64 << 30) / 100 * 2;
         assert_eq!(gpu_default_budget(&info), (23 << 30) - margin);
         let tiny = CudaDeviceInfo {
             free_bytes: 1 << 20,
-            ..info
+            ..info.clone()
         };
         assert_eq!(gpu_default_budget(&tiny), 0);
     }

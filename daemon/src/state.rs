@@ -107,8 +107,9 @@ impl ModelRegistry {
     }
 
     /// Every resident model's layers per device, one entry per pipeline stage, sorted by name
-    /// (for `status` and the doctor's split and peer-to-peer checks).
-    pub fn placements(&self) -> Vec<ModelPlacement> {
+    /// (for `status` and the doctor's split and peer-to-peer checks), each GPU by its NVML index
+    /// as `gpus` finds it.
+    pub fn placements(&self, gpus: &GpuIndex) -> Vec<ModelPlacement> {
         self.models
             .iter()
             .map(|(name, m)| ModelPlacement {
@@ -117,7 +118,7 @@ impl ModelRegistry {
                     .placement()
                     .into_iter()
                     .filter_map(|stage| {
-                        device_ref(&stage.device).map(|device| DeviceLayers {
+                        gpus.device_ref(&stage.device).map(|device| DeviceLayers {
                             device,
                             layers: stage.layer_end.saturating_sub(stage.layer_start),
                         })
@@ -128,14 +129,69 @@ impl ModelRegistry {
     }
 }
 
-/// The doctor's view of a device name: `cpu:N` is the CPU, `cuda:N` the GPU with NVML index N
-/// (llmd numbers GPUs as NVML does). `None` for a name of neither form.
+/// The doctor's view of a device name as written: `cpu:N` is the CPU, `cuda:N` GPU number N.
+/// `None` for a name of neither form. [`GpuIndex::device_ref`] turns the CUDA number into the
+/// NVML index.
 pub fn device_ref(name: &str) -> Option<DeviceRef> {
     let (kind, index) = name.split_once(':')?;
     match kind {
         "cpu" => Some(DeviceRef::Cpu),
         "cuda" => index.parse().ok().map(DeviceRef::Gpu),
         _ => None,
+    }
+}
+
+/// Which NVML index each CUDA GPU has. CUDA numbers GPUs fastest first (unless
+/// `CUDA_DEVICE_ORDER=PCI_BUS_ID`), NVML by PCI bus, so on a box with two different cards
+/// `cuda:0` may be NVML's GPU 1: the two are matched by UUID, else by PCI bus id.
+#[derive(Debug, Default, Clone)]
+pub struct GpuIndex {
+    /// CUDA ordinal -> NVML index, for the GPUs matched.
+    by_ordinal: BTreeMap<u32, u32>,
+    /// Whether NVML reported GPUs at all (without it, the CUDA number is all there is).
+    nvml_has_gpus: bool,
+}
+
+impl GpuIndex {
+    /// Matches the CUDA `devices` (their UUIDs and PCI bus ids) with the GPUs of `telemetry`.
+    pub fn new(devices: &[Device], telemetry: &GpuTelemetry) -> Self {
+        let norm = |pci: &str| llmd_kernels::backend::normalize_pci_bus_id(pci);
+        let mut by_ordinal = BTreeMap::new();
+        for d in devices.iter().filter(|d| d.is_gpu()) {
+            let found = telemetry.gpus.iter().find(|g| {
+                let uuid = g.uuid.value().zip(d.uuid.as_ref());
+                let pci = g
+                    .pci_bus_id
+                    .value()
+                    .and_then(|p| norm(p))
+                    .zip(d.pci_bus_id.as_deref().and_then(norm));
+                match (uuid, pci) {
+                    (Some((a, b)), _) => a.eq_ignore_ascii_case(b),
+                    (None, Some((a, b))) => a == b,
+                    _ => false,
+                }
+            });
+            if let Some(g) = found {
+                by_ordinal.insert(d.index, g.index);
+            }
+        }
+        GpuIndex {
+            by_ordinal,
+            nvml_has_gpus: !telemetry.gpus.is_empty(),
+        }
+    }
+
+    /// The doctor's view of device `name`: the CPU, or the GPU by its NVML index; a GPU NVML
+    /// does not know is `None` (its CUDA number is used only when NVML reports no GPU at all).
+    pub fn device_ref(&self, name: &str) -> Option<DeviceRef> {
+        match device_ref(name)? {
+            DeviceRef::Gpu(ordinal) => match self.by_ordinal.get(&ordinal) {
+                Some(&index) => Some(DeviceRef::Gpu(index)),
+                None if !self.nvml_has_gpus => Some(DeviceRef::Gpu(ordinal)),
+                None => None,
+            },
+            cpu => Some(cpu),
+        }
     }
 }
 
@@ -216,6 +272,11 @@ impl State {
         })
     }
 
+    /// Which NVML index each CUDA GPU in force has, by the latest telemetry sample.
+    pub fn gpu_index(&self, telemetry: &GpuTelemetry) -> GpuIndex {
+        GpuIndex::new(&self.devices(), telemetry)
+    }
+
     /// The latest GPU telemetry sample; never blocks on NVML.
     pub fn gpu_telemetry(&self) -> Arc<GpuTelemetry> {
         match &self.gpu {
@@ -232,12 +293,15 @@ impl State {
             .clone()
     }
 
-    /// The devices in force.
+    /// The devices in force, each GPU that has failed since marked unavailable with the reason
+    /// ([`devices::with_faults`]).
     pub fn devices(&self) -> Arc<Vec<Device>> {
-        self.devices
+        let configured = self
+            .devices
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .clone();
+        Arc::new(devices::with_faults(&configured))
     }
 
     /// Installs a reloaded configuration (and the devices it describes).

@@ -12,6 +12,8 @@ use std::sync::OnceLock;
 
 /// Set in a child test process that runs on the fake driver.
 pub const CHILD_ENV: &str = "LLMD_FAKE_CUDA_CHILD";
+/// Where the fake driver writes its counters (after every host synchronisation).
+pub const STATS_ENV: &str = "LLMD_FAKE_CUDA_STATS";
 /// When set, GPU tests fail instead of printing SKIPPED if CUDA is unavailable.
 pub const REQUIRE_CUDA_ENV: &str = "LLMD_REQUIRE_CUDA";
 
@@ -30,22 +32,27 @@ fn source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda/fake_driver/fake_cuda.cpp")
 }
 
-/// The sources the fake driver is built from: its own file, the emulation header and every
-/// kernel file it includes.
+/// The sources the fake driver is built from: its own files (the driver and its strict device
+/// model), the emulation header and every kernel file it includes.
 fn sources() -> Result<Vec<PathBuf>, String> {
     let cuda = Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda");
-    let mut files = vec![source(), cuda.join("host_check/emu.h")];
-    let listing =
-        std::fs::read_dir(&cuda).map_err(|e| format!("listing {}: {e}", cuda.display()))?;
-    for entry in listing {
-        let path = entry
-            .map_err(|e| format!("listing {}: {e}", cuda.display()))?
-            .path();
-        if path
-            .extension()
-            .is_some_and(|ext| ext == "cu" || ext == "cuh")
-        {
-            files.push(path);
+    let mut files = vec![cuda.join("host_check/emu.h")];
+    for (dir, wanted) in [
+        (cuda.clone(), &["cu", "cuh"][..]),
+        (cuda.join("fake_driver"), &["cpp", "h"][..]),
+    ] {
+        let listing =
+            std::fs::read_dir(&dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
+        for entry in listing {
+            let path = entry
+                .map_err(|e| format!("listing {}: {e}", dir.display()))?
+                .path();
+            if path
+                .extension()
+                .is_some_and(|ext| wanted.iter().any(|w| ext == *w))
+            {
+                files.push(path);
+            }
         }
     }
     files.sort();
@@ -101,6 +108,7 @@ pub fn build() -> Result<PathBuf, String> {
                 .args([
                     "-std=c++20",
                     "-O2",
+                    "-pthread",
                     "-shared",
                     "-fPIC",
                     "-Wall",
@@ -157,17 +165,49 @@ pub fn rerun_test(name: &str, env: &[(&str, &str)]) -> Result<Option<Output>, St
         return Ok(None);
     };
     let exe = std::env::current_exe().map_err(|e| format!("finding this test binary: {e}"))?;
+    // Each child its own counters file, so that its test can read the fake driver's counters.
+    static CHILDREN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let stats = std::env::temp_dir().join(format!(
+        "llmd-fake-cuda-stats-{}-{}",
+        std::process::id(),
+        CHILDREN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let mut cmd = Command::new(exe);
     cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env("LD_LIBRARY_PATH", &dir)
         .env(CHILD_ENV, "1")
-        .env(REQUIRE_CUDA_ENV, "1");
+        .env(REQUIRE_CUDA_ENV, "1")
+        .env(STATS_ENV, &stats);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output()
+    let out = cmd
+        .output()
         .map(Some)
-        .map_err(|e| format!("running {name} on the fake driver: {e}"))
+        .map_err(|e| format!("running {name} on the fake driver: {e}"));
+    let _ = std::fs::remove_file(&stats);
+    out
+}
+
+/// The fake driver's counters as of its last host synchronisation (`launches`, `host_syncs`,
+/// `h2d_bytes`, `d2h_bytes`, `peer_copies_direct`, `peer_copies_staged`, `pageable_copies`,
+/// `faults`, ...), read from [`STATS_ENV`]'s file; empty when it is not set or not written yet
+/// (not running on the fake driver).
+pub fn stats() -> std::collections::BTreeMap<String, i64> {
+    let Some(path) = std::env::var_os(STATS_ENV) else {
+        return Default::default();
+    };
+    parse_stats(&std::fs::read_to_string(path).unwrap_or_default())
+}
+
+/// Parses the fake driver's "key value" lines.
+pub fn parse_stats(text: &str) -> std::collections::BTreeMap<String, i64> {
+    text.lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            Some((key.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// Asserts that a child run by [`rerun_test`] passed its one test, printing its output.

@@ -65,6 +65,7 @@ fn sample_responses() -> Vec<Response> {
             cuda: CudaStatus {
                 devices: 0,
                 unavailable: Some("libcuda was not found".into()),
+                peers: Vec::new(),
             },
             gpu: GpuTelemetry::unavailable(
                 NvmlStatus::LibraryMissing {

@@ -93,6 +93,13 @@ fn render(s: &StatusReply) -> String {
             let _ = writeln!(out, "cuda:     {}", plural(u64::from(n), "GPU"));
         }
     }
+    for peer in &s.cuda.peers {
+        let path = match &peer.reason {
+            None => "peer to peer".to_owned(),
+            Some(reason) => format!("through host memory ({reason})"),
+        };
+        let _ = writeln!(out, "  {} <-> {}: {path}", peer.gpu_a, peer.gpu_b);
+    }
     let _ = writeln!(out, "devices:");
     for d in &s.devices {
         match &d.unavailable {
@@ -180,6 +187,7 @@ mod tests {
             cuda: CudaStatus {
                 devices: 0,
                 unavailable: Some("libcuda was not found".into()),
+                peers: Vec::new(),
             },
             gpu: GpuTelemetry::unavailable(
                 NvmlStatus::LibraryMissing {

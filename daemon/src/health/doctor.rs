@@ -83,8 +83,20 @@ pub fn check_cuda(
             Some("install the NVIDIA driver (libcuda.so.1), check `nvidia-smi` and CUDA_VISIBLE_DEVICES, or fix the device ids in [[devices]]"),
         ));
     }
-    if cuda.unavailable.is_some() {
-        return None;
+    match &cuda.unavailable {
+        // A driver too old for the kernels fails even when no GPU is configured: the machine has
+        // GPUs that llmd cannot use until the driver is updated.
+        Some(reason) if reason.contains("or newer is required") => {
+            return Some(check(
+                CheckKind::Cuda,
+                subject,
+                Verdict::Fail,
+                reason.clone(),
+                Some("update the NVIDIA driver (e.g. the distribution's nvidia-driver-550 or newer package) and reboot"),
+            ));
+        }
+        Some(_) => return None,
+        None => {}
     }
     let names: Vec<&str> = gpus.iter().map(|(name, _)| name.as_str()).collect();
     Some(check(
@@ -102,6 +114,33 @@ pub fn check_cuda(
         ),
         None,
     ))
+}
+
+/// How each pair of GPUs in use copies between them: OK peer to peer, WARN through host memory
+/// with the reason (every stage boundary and re-split between them then crosses the host).
+pub fn check_cuda_peers(cuda: &llmd_shared::CudaStatus) -> Vec<Check> {
+    cuda.peers
+        .iter()
+        .map(|peer| {
+            let subject = format!("{} + {}", peer.gpu_a, peer.gpu_b);
+            match &peer.reason {
+                None => check(
+                    CheckKind::P2p,
+                    subject,
+                    Verdict::Ok,
+                    "copies go peer to peer (peer access and memory pools enabled)".to_owned(),
+                    None,
+                ),
+                Some(reason) => check(
+                    CheckKind::P2p,
+                    subject,
+                    Verdict::Warn,
+                    format!("copies go through host memory: {reason}"),
+                    Some("activations and re-splits between these GPUs cross the host: fit an NVLink bridge, put both cards under the same CPU root complex, or disable ACS/IOMMU isolation in the BIOS"),
+                ),
+            }
+        })
+        .collect()
 }
 
 /// Builds a check.
@@ -511,6 +550,7 @@ mod cuda_check_tests {
         let none = CudaStatus {
             devices: 0,
             unavailable: Some("libcuda was not found".into()),
+            peers: Vec::new(),
         };
         assert_eq!(check_cuda(&none, &[]), None);
         let c = check_cuda(
@@ -530,6 +570,7 @@ mod cuda_check_tests {
         let two = CudaStatus {
             devices: 2,
             unavailable: None,
+            peers: Vec::new(),
         };
         let c =
             check_cuda(&two, &[("cuda:0".into(), None), ("cuda:1".into(), None)]).expect("a check");
@@ -543,5 +584,53 @@ mod cuda_check_tests {
         let c = check_cuda(&two, &[("cuda:2".into(), Some("no CUDA device 2".into()))])
             .expect("a check");
         assert_eq!(c.verdict, Verdict::Fail);
+    }
+
+    #[test]
+    fn a_driver_too_old_fails_the_doctor_with_the_requirement() {
+        let reason = llmd_kernels::backend::check_driver(12020).expect_err("535 is too old");
+        let old = CudaStatus {
+            devices: 0,
+            unavailable: Some(reason.clone()),
+            peers: Vec::new(),
+        };
+        let c = check_cuda(&old, &[]).expect("a check even without configured GPUs");
+        assert_eq!((c.kind, c.verdict), (CheckKind::Cuda, Verdict::Fail));
+        assert_eq!(
+            c.summary,
+            "NVIDIA driver 550 or newer is required, found a driver for CUDA 12.2 (release 535)"
+        );
+    }
+
+    #[test]
+    fn gpu_pairs_report_peer_to_peer_or_through_the_host() {
+        let status = CudaStatus {
+            devices: 3,
+            unavailable: None,
+            peers: vec![
+                llmd_shared::CudaPeer {
+                    gpu_a: "cuda:0".into(),
+                    gpu_b: "cuda:1".into(),
+                    direct: true,
+                    reason: None,
+                },
+                llmd_shared::CudaPeer {
+                    gpu_a: "cuda:0".into(),
+                    gpu_b: "cuda:2".into(),
+                    direct: false,
+                    reason: Some("the driver reports no peer access from GPU 0 to GPU 2".into()),
+                },
+            ],
+        };
+        let checks = check_cuda_peers(&status);
+        assert_eq!(checks.len(), 2);
+        assert_eq!(
+            (checks[0].verdict, checks[0].subject.as_str()),
+            (Verdict::Ok, "cuda:0 + cuda:1")
+        );
+        assert_eq!(checks[1].verdict, Verdict::Warn);
+        assert!(checks[1]
+            .summary
+            .contains("through host memory: the driver reports no peer access"));
     }
 }

@@ -5,13 +5,14 @@
 // daemon's GPU code paths (argument marshalling, launch geometry, buffer offsets, streams,
 // memory accounting) run end to end in CI and be compared with the CPU backend.
 //
-// What it is not: a GPU. Streams execute synchronously in call order, memory is host memory, one
-// launch runs at a time, and the PTX handed to cuModuleLoadData is not compiled: kernels are
-// found by name in the table below. Numerical agreement here says the host code drives the
-// kernels as they are written; it says nothing about the GPU's speed or its own rounding.
+// It is strict (strict.h): streams run asynchronously on threads of their own, memory is
+// poisoned, contexts, peer access, alignment, shared memory and the PTX version are checked as a
+// GPU and its driver check them, so host code that only works on a forgiving driver fails here.
 //
-// Environment: LLMD_FAKE_CUDA_DEVICES (default 1) GPUs, LLMD_FAKE_CUDA_MEMORY bytes each
-// (default 16 GiB).
+// What it is not: a GPU. Memory is host memory, one operation runs at a time, and the PTX or
+// CUBIN handed to cuModuleLoadData is parsed but not compiled: kernels are found by name in the
+// table below. Numerical agreement here says the host code drives the kernels as they are
+// written; it says nothing about the GPU's speed or its own rounding.
 #include "../host_check/emu.h"
 
 #include <mutex>
@@ -173,7 +174,7 @@ static void emu_block_barrier() { yield(Wait::Block); }
 
 // Runs a grid, block after block, on fibers.
 static void fiber_launch(dim3_t grid, dim3_t block, const std::function<void()> &body) {
-    static Scheduler s; // launches are serialised by the launch mutex
+    static Scheduler s; // launches are serialised by strict::exec_lock()
     gridDim = grid;
     blockDim = block;
     const int n = (int)(block.x * block.y * block.z);
@@ -201,20 +202,55 @@ static void fiber_launch(dim3_t grid, dim3_t block, const std::function<void()> 
     sched = nullptr;
 }
 
+// A fault of the running kernel (a misaligned vector access), reported when the launch ends.
+static thread_local int launch_fault = 0;
+static thread_local std::string launch_fault_what;
+
+static void emu_misaligned(const void *p, unsigned align, const char *what) {
+    if (launch_fault == 0) {
+        char text[160];
+        std::snprintf(text, sizeof text, "%s at %p, which is not %u-byte aligned", what, p, align);
+        launch_fault = 716; // CUDA_ERROR_MISALIGNED_ADDRESS
+        launch_fault_what = text;
+    }
+}
+
+#include "strict.h"
+
 // ---------------------------------------------------------------------------------------------
-// Kernels by name: each entry unpacks cuLaunchKernel's parameter array by the kernel's own
-// parameter types, so a host-side argument of the wrong type or order shows up as wrong results.
+// Kernels by name: each entry copies cuLaunchKernel's parameters by the kernel's own parameter
+// types (the launch runs later, on the stream's thread), so a host-side argument of the wrong
+// type or order shows up as wrong results, and lists the pointer arguments for the address check.
+
+struct Launch {
+    // Runs the kernel with the captured arguments.
+    std::function<void()> run;
+    // Its pointer arguments (device addresses to check).
+    std::vector<unsigned long long> pointers;
+};
+using Capture = std::function<Launch(void **)>;
 
 template <typename... A, size_t... I>
-static void call_with(void (*k)(A...), void **params, std::index_sequence<I...>) {
-    k(*static_cast<std::remove_reference_t<A> *>(params[I])...);
+static Launch capture(void (*k)(A...), void **params, std::index_sequence<I...>) {
+    auto args = std::make_shared<std::tuple<std::decay_t<A>...>>(
+        *static_cast<std::remove_reference_t<A> *>(params[I])...);
+    Launch l;
+    (
+        [&] {
+            if constexpr (std::is_pointer_v<std::decay_t<A>>) {
+                l.pointers.push_back((unsigned long long)std::get<I>(*args));
+            }
+        }(),
+        ...);
+    l.run = [k, args] { std::apply(k, *args); };
+    return l;
 }
-template <typename... A> static std::function<void(void **)> entry(void (*k)(A...)) {
-    return [k](void **params) { call_with(k, params, std::index_sequence_for<A...>{}); };
+template <typename... A> static Capture entry(void (*k)(A...)) {
+    return [k](void **params) { return capture(k, params, std::index_sequence_for<A...>{}); };
 }
 
-static const std::unordered_map<std::string, std::function<void(void **)>> &kernels() {
-    static const std::unordered_map<std::string, std::function<void(void **)>> table = {
+static const std::unordered_map<std::string, Capture> &kernels() {
+    static const std::unordered_map<std::string, Capture> table = {
 #define K(name) {#name, entry(name)}
 // Every kernel of a type in types.cuh's lists.
 #define K_QUANT(name, type)                                                                        \
@@ -242,95 +278,169 @@ static const std::unordered_map<std::string, std::function<void(void **)>> &kern
 
 namespace {
 
-using CUresult = int;
-constexpr CUresult kSuccess = 0;
-constexpr CUresult kInvalidValue = 1;
-constexpr CUresult kOutOfMemory = 2;
-constexpr CUresult kNotInitialized = 3;
-constexpr CUresult kInvalidDevice = 101;
-constexpr CUresult kNotFound = 500;
+using namespace strict;
 
-struct Context {
-    int device;
-};
-struct Module {
-    int unused;
-};
 struct Function {
     std::string name;
-    const std::function<void(void **)> *run;
+    const Capture *capture;
+    Context *ctx;
+    size_t shared;
 };
 
-std::mutex lock; // one driver call at a time, like one launch at a time
-bool initialised = false;
-std::vector<Context> contexts;
-struct Allocation {
-    size_t bytes;
-    int device;
-};
-std::unordered_map<unsigned long long, Allocation> allocations; // by device pointer
-std::vector<size_t> used;                                     // bytes per device
 thread_local Context *current = nullptr;
 
-int device_count() {
-    const char *n = std::getenv("LLMD_FAKE_CUDA_DEVICES");
-    return n ? std::max(0, std::atoi(n)) : 1;
-}
-size_t device_memory() {
-    const char *m = std::getenv("LLMD_FAKE_CUDA_MEMORY");
-    return m ? (size_t)std::strtoull(m, nullptr, 10) : (size_t)16 << 30;
-}
-int current_device() { return current ? current->device : 0; }
+int device_count() { return config().devices; }
 
-CUresult allocate(unsigned long long *ptr, size_t bytes) {
-    const int d = current_device();
-    if (used[d] + bytes > device_memory()) {
+// The current context's sticky fault, or INVALID_CONTEXT when none is current.
+CUresult check_current() {
+    if (!current) {
+        counters().refused_context++;
+        return kInvalidContext;
+    }
+    return current->sticky.load();
+}
+
+// Whether `s` may be used now: its context current and not faulted.
+CUresult check_stream(Stream *s) {
+    if (!s) {
+        // The legacy default stream: the current context's.
+        return check_current();
+    }
+    if (s->ctx != current) {
+        counters().refused_context++;
+        std::fprintf(stderr,
+                     "fake libcuda: a stream of device %d used while %s is current (refused: "
+                     "CUDA_ERROR_INVALID_CONTEXT)\n",
+                     s->ctx->device,
+                     current ? ("device " + std::to_string(current->device) + "'s context").c_str()
+                             : "no context");
+        return kInvalidContext;
+    }
+    return s->ctx->sticky.load();
+}
+
+CUresult allocate(unsigned long long *ptr, size_t bytes, bool pooled) {
+    Driver &d = driver();
+    const int dev = current->device;
+    if (d.used[dev] + bytes > config().memory) {
         return kOutOfMemory;
     }
-    void *p = std::calloc(1, std::max<size_t>(bytes, 1));
+    // Aligned like cuMemAlloc (256 bytes), and poisoned: 0xFF bytes are NaN in f32, f16 and bf16.
+    const size_t size = (std::max<size_t>(bytes, 1) + 255) / 256 * 256;
+    void *p = std::aligned_alloc(256, size);
     if (!p) {
         return kOutOfMemory;
     }
+    std::memset(p, 0xFF, size);
     *ptr = (unsigned long long)p;
-    allocations[*ptr] = Allocation{bytes, d};
-    used[d] += bytes;
+    d.allocations[*ptr] = Allocation{bytes, dev, pooled, false};
+    d.used[dev] += bytes;
+    counters().allocations++;
     return kSuccess;
 }
 
-CUresult release(unsigned long long ptr) {
-    auto it = allocations.find(ptr);
-    if (it == allocations.end()) {
-        return kInvalidValue;
+// Marks an allocation freed (no later work may use it) and returns it, or null.
+Allocation *begin_free(unsigned long long ptr) {
+    Driver &d = driver();
+    auto it = d.allocations.find(ptr);
+    if (it == d.allocations.end() || it->second.freed) {
+        return nullptr;
     }
-    // Freed on the device it was allocated on, whichever context is current (as the driver does).
-    used[it->second.device] -= it->second.bytes;
-    allocations.erase(it);
-    std::free((void *)ptr);
-    return kSuccess;
+    it->second.freed = true;
+    d.used[it->second.device] -= it->second.bytes;
+    counters().frees++;
+    return &it->second;
+}
+
+// Poisons a freed allocation and moves it to quarantine (when its stream reaches the free).
+void finish_free(unsigned long long ptr) {
+    Driver &d = driver();
+    std::lock_guard<std::mutex> guard(d.lock);
+    auto it = d.allocations.find(ptr);
+    if (it == d.allocations.end()) {
+        return;
+    }
+    std::memset((void *)ptr, 0xFF, std::max<size_t>(it->second.bytes, 1));
+    quarantine_push((void *)ptr, it->second.bytes);
+    d.allocations.erase(it);
+}
+
+// Whether a peer copy on `ctx`'s stream touching `other`'s memory at [p, p + n) is direct.
+bool peer_direct(const Context &ctx, unsigned long long p, size_t n) {
+    Allocation *a = find_allocation(p, n, nullptr);
+    return a && accessible(ctx, *a);
+}
+
+// Counts and performs a device-to-device copy between devices (or within one).
+void count_copy(const Context &ctx, unsigned long long dst, unsigned long long src, size_t n) {
+    Allocation *ad = find_allocation(dst, n, nullptr);
+    Allocation *as = find_allocation(src, n, nullptr);
+    if (!ad || !as || ad->device == as->device) {
+        return;
+    }
+    const unsigned long long other = ad->device == ctx.device ? src : dst;
+    if (peer_direct(ctx, other, n)) {
+        counters().peer_direct++;
+        counters().peer_direct_bytes += (long long)n;
+    } else {
+        counters().peer_staged++;
+        counters().peer_staged_bytes += (long long)n;
+    }
+}
+
+// Runs `op` on stream `s` (the current context's legacy stream, which runs at once, when null).
+void enqueue(Stream *s, Op op) {
+    if (!s) {
+        std::lock_guard<std::mutex> g(exec_lock());
+        op();
+        return;
+    }
+    s->push([op = std::move(op)] {
+        std::lock_guard<std::mutex> g(exec_lock());
+        op();
+    });
+}
+
+void host_sync() {
+    counters().host_syncs++;
+    write_stats();
+}
+
+// Faults `ctx` (sticky) with `code`, saying why.
+void fault(Context *ctx, int code, const std::string &what) {
+    counters().faults++;
+    int expected = 0;
+    ctx->sticky.compare_exchange_strong(expected, code);
+    std::fprintf(stderr, "fake libcuda: device %d faulted (%d): %s\n", ctx->device, code, what.c_str());
 }
 
 } // namespace
 
 #define API extern "C" __attribute__((visibility("default")))
-#define GUARD std::lock_guard<std::mutex> guard(lock)
+#define GUARD std::lock_guard<std::mutex> guard(driver().lock)
 
 API CUresult cuInit(unsigned) {
     GUARD;
-    initialised = true;
-    contexts.resize(device_count());
-    used.resize(device_count(), 0);
-    for (int d = 0; d < device_count(); ++d) {
-        contexts[d].device = d;
+    Driver &d = driver();
+    if (!d.initialised) {
+        d.initialised = true;
+        for (int i = 0; i < device_count(); ++i) {
+            auto c = std::make_unique<Context>();
+            c->device = i;
+            d.contexts.push_back(std::move(c));
+            d.pools.push_back(Pool{i, {}});
+        }
+        d.used.assign(device_count(), 0);
     }
     return kSuccess;
 }
 API CUresult cuDriverGetVersion(int *v) {
-    *v = 12040;
+    *v = config().driver_version;
     return kSuccess;
 }
 API CUresult cuDeviceGetCount(int *n) {
     GUARD;
-    if (!initialised) {
+    if (!driver().initialised) {
         return kNotInitialized;
     }
     *n = device_count();
@@ -348,24 +458,80 @@ API CUresult cuDeviceGetName(char *name, int len, int dev) {
     return kSuccess;
 }
 API CUresult cuDeviceTotalMem_v2(size_t *bytes, int) {
-    *bytes = device_memory();
+    *bytes = config().memory;
     return kSuccess;
 }
-API CUresult cuDeviceGetAttribute(int *value, int attribute, int) {
+// "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" (NVML's form) of GPU `dev`: configured, or made up.
+static std::string uuid_text(int dev) {
+    const auto &u = config().uuids;
+    if (dev < (int)u.size() && !u[dev].empty()) {
+        return u[dev];
+    }
+    char text[64];
+    std::snprintf(text, sizeof text, "GPU-fa4ec0da-0000-4000-8000-%012x", dev);
+    return text;
+}
+API CUresult cuDeviceGetUuid(unsigned char *uuid, int dev) {
+    if (dev < 0 || dev >= device_count()) {
+        return kInvalidDevice;
+    }
+    std::string hex;
+    for (char c : uuid_text(dev).substr(4)) {
+        if (c != '-') {
+            hex += c;
+        }
+    }
+    for (int i = 0; i < 16; ++i) {
+        uuid[i] = (unsigned char)std::strtoul(hex.substr(2 * i, 2).c_str(), nullptr, 16);
+    }
+    return kSuccess;
+}
+API CUresult cuDeviceGetUuid_v2(unsigned char *uuid, int dev) { return cuDeviceGetUuid(uuid, dev); }
+// "0000DDDD:BB:DD.0" of GPU `dev`: configured, or bus dev + 1.
+static std::string pci_text(int dev) {
+    const auto &p = config().pci;
+    if (dev < (int)p.size() && !p[dev].empty()) {
+        return p[dev];
+    }
+    char text[32];
+    std::snprintf(text, sizeof text, "00000000:%02x:00.0", dev + 1);
+    return text;
+}
+API CUresult cuDeviceGetPCIBusId(char *out, int len, int dev) {
+    if (dev < 0 || dev >= device_count()) {
+        return kInvalidDevice;
+    }
+    std::snprintf(out, (size_t)len, "%s", pci_text(dev).c_str());
+    return kSuccess;
+}
+API CUresult cuDeviceGetAttribute(int *value, int attribute, int dev) {
+    const std::string pci = pci_text(dev);
     switch (attribute) {
-    case 75: *value = 8; break;  // compute capability major
-    case 76: *value = 0; break;  // minor
-    case 115: *value = 1; break; // memory pools supported
+    case 75: *value = config().cc / 10; break;  // compute capability major
+    case 76: *value = config().cc % 10; break;  // minor
+    case 115: *value = 1; break;                // memory pools supported
+    case 41: *value = 1; break;                 // unified addressing
+    case 33: *value = (int)std::strtol(pci.substr(9, 2).c_str(), nullptr, 16); break; // bus
+    case 34: *value = (int)std::strtol(pci.substr(12, 2).c_str(), nullptr, 16); break; // device
+    case 50: *value = (int)std::strtol(pci.substr(0, 8).c_str(), nullptr, 16); break; // domain
+    case 8: *value = 48 * 1024; break;          // max shared memory per block
     default: *value = 0; break;
     }
     return kSuccess;
 }
-API CUresult cuDevicePrimaryCtxRetain(void **ctx, int dev) {
-    GUARD;
-    if (dev < 0 || dev >= (int)contexts.size()) {
+API CUresult cuDeviceCanAccessPeer(int *can, int dev, int peer) {
+    if (dev < 0 || dev >= device_count() || peer < 0 || peer >= device_count()) {
         return kInvalidDevice;
     }
-    *ctx = &contexts[dev];
+    *can = config().p2p && dev != peer;
+    return kSuccess;
+}
+API CUresult cuDevicePrimaryCtxRetain(void **ctx, int dev) {
+    GUARD;
+    if (dev < 0 || dev >= (int)driver().contexts.size()) {
+        return kInvalidDevice;
+    }
+    *ctx = driver().contexts[dev].get();
     return kSuccess;
 }
 API CUresult cuDevicePrimaryCtxRelease_v2(int) { return kSuccess; }
@@ -377,139 +543,530 @@ API CUresult cuCtxGetCurrent(void **ctx) {
     *ctx = current;
     return kSuccess;
 }
-API CUresult cuCtxSynchronize() { return kSuccess; }
 API CUresult cuCtxGetDevice(int *dev) {
-    *dev = current_device();
+    if (!current) {
+        return kInvalidContext;
+    }
+    *dev = current->device;
+    return kSuccess;
+}
+API CUresult cuCtxSynchronize() {
+    if (CUresult r = check_current()) {
+        return r;
+    }
+    std::vector<Stream *> mine;
+    {
+        GUARD;
+        for (Stream *s : driver().streams) {
+            if (s->ctx == current) {
+                mine.push_back(s);
+            }
+        }
+    }
+    for (Stream *s : mine) {
+        s->drain();
+    }
+    host_sync();
+    return current->sticky.load();
+}
+API CUresult cuCtxEnablePeerAccess(void *peer_ctx, unsigned) {
+    if (CUresult r = check_current()) {
+        return r;
+    }
+    auto *peer = static_cast<Context *>(peer_ctx);
+    if (!peer || peer == current) {
+        return kInvalidDevice;
+    }
+    if (!config().p2p) {
+        return kPeerAccessUnsupported;
+    }
+    GUARD;
+    if (!current->peers.insert(peer->device).second) {
+        return kPeerAccessAlreadyEnabled;
+    }
+    return kSuccess;
+}
+API CUresult cuCtxDisablePeerAccess(void *peer_ctx) {
+    if (CUresult r = check_current()) {
+        return r;
+    }
+    auto *peer = static_cast<Context *>(peer_ctx);
+    GUARD;
+    if (!peer || !current->peers.erase(peer->device)) {
+        return kPeerAccessNotEnabled;
+    }
     return kSuccess;
 }
 API CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total) {
+    if (CUresult r = check_current()) {
+        return r;
+    }
     GUARD;
-    *total = device_memory();
-    *free_bytes = device_memory() - used[current_device()];
+    *total = config().memory;
+    *free_bytes = config().memory - driver().used[current->device];
+    return kSuccess;
+}
+
+// Memory pools: one default pool per device; its handle is the Pool's address.
+API CUresult cuDeviceGetDefaultMemPool(void **pool, int dev) {
+    GUARD;
+    if (dev < 0 || dev >= (int)driver().pools.size()) {
+        return kInvalidDevice;
+    }
+    *pool = &driver().pools[dev];
+    return kSuccess;
+}
+// CUmemAccessDesc: { CUmemLocation { int type; int id; }; int flags; } (type 1: a device;
+// flags 0: none, 1: read, 3: read and write).
+struct AccessDesc {
+    int type, id, flags;
+};
+API CUresult cuMemPoolSetAccess(void *pool_handle, const AccessDesc *desc, size_t count) {
+    GUARD;
+    auto *pool = static_cast<Pool *>(pool_handle);
+    for (size_t i = 0; i < count; ++i) {
+        if (desc[i].type != 1 || desc[i].id < 0 || desc[i].id >= device_count()) {
+            return kInvalidValue;
+        }
+        if (desc[i].id == pool->device) {
+            continue; // the owner always has access
+        }
+        if (desc[i].flags != 0 && !config().p2p) {
+            return kPeerAccessUnsupported;
+        }
+        if (desc[i].flags == 0) {
+            pool->access.erase(desc[i].id);
+        } else {
+            pool->access.insert(desc[i].id);
+        }
+    }
+    return kSuccess;
+}
+API CUresult cuMemPoolGetAccess(int *flags, void *pool_handle, const int *location) {
+    GUARD;
+    auto *pool = static_cast<Pool *>(pool_handle);
+    *flags = location[1] == pool->device || pool->access.count(location[1]) ? 3 : 0;
     return kSuccess;
 }
 
 API CUresult cuStreamCreate(void **stream, unsigned) {
-    *stream = new int(0);
+    if (CUresult r = check_current()) {
+        return r;
+    }
+    auto *s = new Stream(current);
+    GUARD;
+    driver().streams.push_back(s);
+    *stream = s;
     return kSuccess;
 }
-API CUresult cuStreamCreateWithPriority(void **stream, unsigned, int) {
-    *stream = new int(0);
-    return kSuccess;
+API CUresult cuStreamCreateWithPriority(void **stream, unsigned flags, int) {
+    return cuStreamCreate(stream, flags);
 }
 API CUresult cuStreamDestroy_v2(void *stream) {
-    delete static_cast<int *>(stream);
+    auto *s = static_cast<Stream *>(stream);
+    if (CUresult r = check_stream(s)) {
+        // A faulted context still lets its streams go.
+        if (r != kInvalidContext) {
+            r = kSuccess;
+        } else {
+            return r;
+        }
+    }
+    {
+        GUARD;
+        auto &v = driver().streams;
+        v.erase(std::remove(v.begin(), v.end(), s), v.end());
+    }
+    s->stop(); // runs what is queued (as the driver does), then ends the thread
+    delete s;
     return kSuccess;
 }
-API CUresult cuStreamSynchronize(void *) { return kSuccess; }
-API CUresult cuStreamWaitEvent(void *, void *, unsigned) { return kSuccess; }
-API CUresult cuStreamQuery(void *) { return kSuccess; }
+API CUresult cuStreamSynchronize(void *stream) {
+    auto *s = static_cast<Stream *>(stream);
+    if (s) {
+        // Waiting is allowed from any context, but the stream's own fault is reported.
+        s->drain();
+        host_sync();
+        return s->ctx->sticky.load();
+    }
+    host_sync();
+    return check_current();
+}
+API CUresult cuStreamQuery(void *stream) {
+    auto *s = static_cast<Stream *>(stream);
+    if (!s) {
+        return kSuccess;
+    }
+    const long long seq = s->kick();
+    if (s->ctx->sticky.load()) {
+        return s->ctx->sticky.load();
+    }
+    return s->done.load() >= seq ? kSuccess : kNotReady;
+}
 
 API CUresult cuEventCreate(void **event, unsigned) {
-    *event = new int(0);
+    if (CUresult r = check_current()) {
+        return r;
+    }
+    auto *e = new Event;
+    e->ctx = current;
+    *event = e;
     return kSuccess;
 }
 API CUresult cuEventDestroy_v2(void *event) {
-    delete static_cast<int *>(event);
+    // Queued records and waits hold the event's state, not the handle.
+    delete static_cast<Event *>(event);
     return kSuccess;
 }
-API CUresult cuEventRecord(void *, void *) { return kSuccess; }
-API CUresult cuEventSynchronize(void *) { return kSuccess; }
-API CUresult cuEventQuery(void *) { return kSuccess; }
+API CUresult cuEventRecord(void *event, void *stream) {
+    auto *e = static_cast<Event *>(event);
+    auto *s = static_cast<Stream *>(stream);
+    if (CUresult r = check_stream(s)) {
+        return r;
+    }
+    if (e->ctx != current) {
+        counters().refused_context++;
+        std::fprintf(stderr, "fake libcuda: an event of device %d recorded in another context\n",
+                     e->ctx->device);
+        return kInvalidContext;
+    }
+    if (!s) {
+        e->stream = nullptr;
+        e->state->completed.store(++e->recorded);
+        return kSuccess;
+    }
+    const long long gen = ++e->recorded;
+    e->stream = s;
+    s->push([state = e->state, gen] { state->completed.store(gen); });
+    return kSuccess;
+}
+API CUresult cuEventSynchronize(void *event) {
+    auto *e = static_cast<Event *>(event);
+    wait_event(e->state, e->stream, e->recorded);
+    host_sync();
+    return e->ctx->sticky.load();
+}
+API CUresult cuEventQuery(void *event) {
+    auto *e = static_cast<Event *>(event);
+    if (e->stream) {
+        e->stream->kick();
+    }
+    return e->state->completed.load() >= e->recorded ? kSuccess : kNotReady;
+}
 API CUresult cuEventElapsedTime(float *ms, void *, void *) {
     *ms = 0.0f;
     return kSuccess;
 }
+API CUresult cuStreamWaitEvent(void *stream, void *event, unsigned) {
+    auto *s = static_cast<Stream *>(stream);
+    auto *e = static_cast<Event *>(event);
+    if (CUresult r = check_stream(s)) {
+        return r;
+    }
+    Stream *from = e->stream;
+    const long long gen = e->recorded;
+    if (!s) {
+        wait_event(e->state, from, gen);
+        return kSuccess;
+    }
+    // Not through enqueue: the wait must not hold the execution lock the awaited work needs.
+    s->push([state = e->state, from, gen] { wait_event(state, from, gen); });
+    return kSuccess;
+}
 
 API CUresult cuMemAlloc_v2(unsigned long long *ptr, size_t bytes) {
+    if (CUresult r = check_current()) {
+        return r;
+    }
     GUARD;
-    return allocate(ptr, bytes);
+    return allocate(ptr, bytes, false);
 }
-API CUresult cuMemAllocAsync(unsigned long long *ptr, size_t bytes, void *) {
+API CUresult cuMemAllocAsync(unsigned long long *ptr, size_t bytes, void *stream) {
+    if (CUresult r = check_stream(static_cast<Stream *>(stream))) {
+        return r;
+    }
     GUARD;
-    return allocate(ptr, bytes);
+    return allocate(ptr, bytes, true);
 }
 API CUresult cuMemFree_v2(unsigned long long ptr) {
-    GUARD;
-    return release(ptr);
+    if (CUresult r = check_current()) {
+        return r;
+    }
+    {
+        GUARD;
+        Allocation *a = begin_free(ptr);
+        if (!a) {
+            return kInvalidValue;
+        }
+    }
+    finish_free(ptr);
+    return kSuccess;
 }
-API CUresult cuMemFreeAsync(unsigned long long ptr, void *) {
-    GUARD;
-    return release(ptr);
+API CUresult cuMemFreeAsync(unsigned long long ptr, void *stream) {
+    auto *s = static_cast<Stream *>(stream);
+    if (CUresult r = check_stream(s)) {
+        return r;
+    }
+    {
+        GUARD;
+        Allocation *a = begin_free(ptr);
+        if (!a) {
+            return kInvalidValue;
+        }
+        if (a->device != current->device) {
+            std::fprintf(stderr, "fake libcuda: memory of device %d freed on a stream of device %d\n",
+                         a->device, current->device);
+            return kInvalidValue;
+        }
+    }
+    enqueue(s, [ptr] { finish_free(ptr); });
+    return kSuccess;
 }
-API CUresult cuMemHostAlloc(void **ptr, size_t bytes, unsigned) {
+API CUresult cuMemHostAlloc(void **ptr, size_t bytes, unsigned flags) {
+    if (CUresult r = check_current()) {
+        return r;
+    }
     *ptr = std::calloc(1, std::max<size_t>(bytes, 1));
-    return *ptr ? kSuccess : kOutOfMemory;
+    if (!*ptr) {
+        return kOutOfMemory;
+    }
+    GUARD;
+    // CU_MEMHOSTALLOC_PORTABLE (1): page-locked for every context, not only the current one.
+    driver().pinned[(unsigned long long)*ptr] =
+        Driver::Pinned{std::max<size_t>(bytes, 1), current, (flags & 1u) != 0};
+    return kSuccess;
 }
 API CUresult cuMemFreeHost(void *ptr) {
+    {
+        GUARD;
+        driver().pinned.erase((unsigned long long)ptr);
+    }
     std::free(ptr);
     return kSuccess;
 }
-API CUresult cuMemsetD8_v2(unsigned long long ptr, unsigned char value, size_t n) {
-    std::memset((void *)ptr, value, n);
-    return kSuccess;
-}
-API CUresult cuMemsetD8Async(unsigned long long ptr, unsigned char value, size_t n, void *) {
-    std::memset((void *)ptr, value, n);
-    return kSuccess;
-}
-API CUresult cuMemcpyHtoD_v2(unsigned long long dst, const void *src, size_t n) {
-    std::memcpy((void *)dst, src, n);
-    return kSuccess;
-}
-API CUresult cuMemcpyHtoDAsync_v2(unsigned long long dst, const void *src, size_t n, void *) {
-    std::memcpy((void *)dst, src, n);
-    return kSuccess;
-}
-API CUresult cuMemcpyDtoH_v2(void *dst, unsigned long long src, size_t n) {
-    std::memcpy(dst, (const void *)src, n);
-    return kSuccess;
-}
-API CUresult cuMemcpyDtoHAsync_v2(void *dst, unsigned long long src, size_t n, void *) {
-    std::memcpy(dst, (const void *)src, n);
-    return kSuccess;
-}
-API CUresult cuMemcpyDtoD_v2(unsigned long long dst, unsigned long long src, size_t n) {
-    std::memmove((void *)dst, (const void *)src, n);
-    return kSuccess;
-}
-API CUresult cuMemcpyDtoDAsync_v2(unsigned long long dst, unsigned long long src, size_t n,
-                                  void *) {
-    std::memmove((void *)dst, (const void *)src, n);
+
+// Whether [dst, dst + n) (or the source) is device memory this context may write (read): a live
+// allocation it can access.
+static CUresult check_device_range(unsigned long long p, size_t n, const char *what) {
+    GUARD;
+    Allocation *a = find_allocation(p, n, nullptr);
+    if (!a || a->freed) {
+        std::fprintf(stderr, "fake libcuda: %s of %zu bytes at 0x%llx: not live device memory\n",
+                     what, n, p);
+        return kInvalidValue;
+    }
     return kSuccess;
 }
 
-API CUresult cuMemcpyPeerAsync(unsigned long long dst, void *, unsigned long long src, void *,
-                               size_t n, void *) {
-    std::memmove((void *)dst, (const void *)src, n);
+API CUresult cuMemsetD8_v2(unsigned long long ptr, unsigned char value, size_t n) {
+    if (CUresult r = check_current()) {
+        return r;
+    }
+    if (CUresult r = check_device_range(ptr, n, "memset")) {
+        return r;
+    }
+    std::memset((void *)ptr, value, n);
     return kSuccess;
 }
-API CUresult cuModuleLoadData(void **module, const void *) {
-    *module = new Module{0};
+API CUresult cuMemsetD8Async(unsigned long long ptr, unsigned char value, size_t n, void *stream) {
+    auto *s = static_cast<Stream *>(stream);
+    if (CUresult r = check_stream(s)) {
+        return r;
+    }
+    if (CUresult r = check_device_range(ptr, n, "memset")) {
+        return r;
+    }
+    enqueue(s, [ptr, value, n] { std::memset((void *)ptr, value, n); });
+    return kSuccess;
+}
+
+// Host to device: from page-locked memory when the stream gets there, from pageable memory
+// staged now (the caller may reuse its buffer as soon as the call returns).
+static CUresult htod(unsigned long long dst, const void *src, size_t n, Stream *s, bool sync) {
+    if (CUresult r = s ? check_stream(s) : check_current()) {
+        return r;
+    }
+    if (CUresult r = check_device_range(dst, n, "copy to the device")) {
+        return r;
+    }
+    counters().h2d_bytes += (long long)n;
+    bool pinned;
+    {
+        GUARD;
+        pinned = is_pinned(src, n, current);
+    }
+    if (!pinned && s && !sync) {
+        counters().pageable_copies++;
+    }
+    if (sync || !s) {
+        if (s) {
+            s->drain();
+        }
+        std::lock_guard<std::mutex> g(exec_lock());
+        std::memcpy((void *)dst, src, n);
+        host_sync();
+        return kSuccess;
+    }
+    if (pinned) {
+        enqueue(s, [dst, src, n] { std::memcpy((void *)dst, src, n); });
+    } else {
+        auto staged = std::make_shared<std::vector<unsigned char>>(
+            (const unsigned char *)src, (const unsigned char *)src + n);
+        enqueue(s, [dst, staged] { std::memcpy((void *)dst, staged->data(), staged->size()); });
+    }
+    return kSuccess;
+}
+// Device to host: into page-locked memory when the stream gets there; into pageable memory the
+// call waits for the stream (as the driver does).
+static CUresult dtoh(void *dst, unsigned long long src, size_t n, Stream *s, bool sync) {
+    if (CUresult r = s ? check_stream(s) : check_current()) {
+        return r;
+    }
+    if (CUresult r = check_device_range(src, n, "copy from the device")) {
+        return r;
+    }
+    counters().d2h_bytes += (long long)n;
+    bool pinned;
+    {
+        GUARD;
+        pinned = is_pinned(dst, n, current);
+    }
+    if (!pinned && s && !sync) {
+        counters().pageable_copies++;
+    }
+    if (s && pinned && !sync) {
+        enqueue(s, [dst, src, n] { std::memcpy(dst, (const void *)src, n); });
+        return kSuccess;
+    }
+    if (s) {
+        enqueue(s, [dst, src, n] { std::memcpy(dst, (const void *)src, n); });
+        s->drain();
+        host_sync();
+        return s->ctx->sticky.load();
+    }
+    std::lock_guard<std::mutex> g(exec_lock());
+    std::memcpy(dst, (const void *)src, n);
+    host_sync();
+    return kSuccess;
+}
+static CUresult dtod(unsigned long long dst, unsigned long long src, size_t n, Stream *s) {
+    if (CUresult r = s ? check_stream(s) : check_current()) {
+        return r;
+    }
+    if (CUresult r = check_device_range(dst, n, "copy to the device")) {
+        return r;
+    }
+    if (CUresult r = check_device_range(src, n, "copy from the device")) {
+        return r;
+    }
+    {
+        GUARD;
+        count_copy(*current, dst, src, n);
+    }
+    enqueue(s, [dst, src, n] { std::memmove((void *)dst, (const void *)src, n); });
+    return kSuccess;
+}
+
+API CUresult cuMemcpyHtoD_v2(unsigned long long dst, const void *src, size_t n) {
+    return htod(dst, src, n, nullptr, true);
+}
+API CUresult cuMemcpyHtoDAsync_v2(unsigned long long dst, const void *src, size_t n, void *stream) {
+    return htod(dst, src, n, static_cast<Stream *>(stream), false);
+}
+API CUresult cuMemcpyDtoH_v2(void *dst, unsigned long long src, size_t n) {
+    return dtoh(dst, src, n, nullptr, true);
+}
+API CUresult cuMemcpyDtoHAsync_v2(void *dst, unsigned long long src, size_t n, void *stream) {
+    return dtoh(dst, src, n, static_cast<Stream *>(stream), false);
+}
+API CUresult cuMemcpyDtoD_v2(unsigned long long dst, unsigned long long src, size_t n) {
+    return dtod(dst, src, n, nullptr);
+}
+API CUresult cuMemcpyDtoDAsync_v2(unsigned long long dst, unsigned long long src, size_t n,
+                                  void *stream) {
+    return dtod(dst, src, n, static_cast<Stream *>(stream));
+}
+API CUresult cuMemcpyPeerAsync(unsigned long long dst, void *dst_ctx, unsigned long long src,
+                               void *src_ctx, size_t n, void *stream) {
+    auto *s = static_cast<Stream *>(stream);
+    if (CUresult r = s ? check_stream(s) : check_current()) {
+        return r;
+    }
+    auto *dc = static_cast<Context *>(dst_ctx);
+    auto *sc = static_cast<Context *>(src_ctx);
+    {
+        GUARD;
+        Allocation *ad = find_allocation(dst, n, nullptr);
+        Allocation *as = find_allocation(src, n, nullptr);
+        if (!ad || ad->freed || !as || as->freed || ad->device != dc->device ||
+            as->device != sc->device) {
+            std::fprintf(stderr, "fake libcuda: peer copy of %zu bytes between memory that is not "
+                                 "live on the contexts named\n", n);
+            return kInvalidValue;
+        }
+        count_copy(*current, dst, src, n);
+    }
+    enqueue(s, [dst, src, n] { std::memmove((void *)dst, (const void *)src, n); });
+    return kSuccess;
+}
+
+API CUresult cuModuleLoadData(void **module, const void *image) {
+    if (CUresult r = check_current()) {
+        return r;
+    }
+    auto m = std::make_unique<Module>();
+    m->ctx = current;
+    const auto *bytes = static_cast<const unsigned char *>(image);
+    std::string why;
+    const bool elf = bytes[0] == 0x7f && bytes[1] == 'E' && bytes[2] == 'L' && bytes[3] == 'F';
+    CUresult r = elf ? parse_cubin(bytes, *m, why) : parse_ptx((const char *)image, *m, why);
+    if (r != kSuccess) {
+        std::fprintf(stderr, "fake libcuda: module refused (%d): %s\n", r, why.c_str());
+        return r;
+    }
+    for (const auto &[name, shared] : m->entries) {
+        if (shared > kStaticSharedLimit) {
+            std::fprintf(stderr, "fake libcuda: kernel %s declares %zu bytes of static shared "
+                                 "memory, over the %zu-byte limit\n",
+                         name.c_str(), shared, kStaticSharedLimit);
+            return elf ? kInvalidImage : kInvalidPtx;
+        }
+    }
+    *module = m.release();
     return kSuccess;
 }
 API CUresult cuModuleUnload(void *module) {
     delete static_cast<Module *>(module);
     return kSuccess;
 }
-API CUresult cuModuleGetFunction(void **function, void *, const char *name) {
-    auto it = kernels().find(name);
-    if (it == kernels().end()) {
+API CUresult cuModuleGetFunction(void **function, void *module, const char *name) {
+    auto *m = static_cast<Module *>(module);
+    auto entry = m->entries.find(name);
+    if (entry == m->entries.end()) {
         return kNotFound;
     }
-    *function = new Function{name, &it->second};
+    auto it = kernels().find(name);
+    if (it == kernels().end()) {
+        std::fprintf(stderr, "fake libcuda: kernel %s has no host emulation\n", name);
+        return kNotFound;
+    }
+    *function = new Function{name, &it->second, m->ctx, entry->second};
     return kSuccess;
 }
-API CUresult cuFuncGetAttribute(int *value, int, void *) {
-    *value = 0;
+API CUresult cuFuncGetAttribute(int *value, int attribute, void *function) {
+    const auto *f = static_cast<const Function *>(function);
+    *value = attribute == 1 && f ? (int)f->shared : 0; // CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES
     return kSuccess;
 }
 API CUresult cuFuncSetAttribute(void *, int, int) { return kSuccess; }
 API CUresult cuLaunchKernel(void *function, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
-                            unsigned by, unsigned bz, unsigned shared_bytes, void *,
+                            unsigned by, unsigned bz, unsigned shared_bytes, void *stream,
                             void **params, void **extra) {
-    GUARD;
     const auto *f = static_cast<const Function *>(function);
+    auto *s = static_cast<Stream *>(stream);
+    if (CUresult r = s ? check_stream(s) : check_current()) {
+        return r;
+    }
     const unsigned threads = bx * by * bz;
     if (!f || extra || shared_bytes != 0 || threads == 0 || threads > 1024 || gx == 0 ||
         gy == 0 || gz == 0 || gy > 65535 || gz > 65535) {
@@ -517,7 +1074,59 @@ API CUresult cuLaunchKernel(void *function, unsigned gx, unsigned gy, unsigned g
                      f ? f->name.c_str() : "?", gx, gy, gz, bx, by, bz);
         return kInvalidValue;
     }
-    fiber_launch(dim3_t{gx, gy, gz}, dim3_t{bx, by, bz}, [&] { (*f->run)(params); });
+    if (f->ctx != current) {
+        counters().refused_context++;
+        std::fprintf(stderr, "fake libcuda: kernel %s of device %d launched in device %d's "
+                             "context\n", f->name.c_str(), f->ctx->device, current->device);
+        return kInvalidContext;
+    }
+    Launch launch = (*f->capture)(params);
+    counters().launches++;
+    Context *ctx = current;
+    // Every pointer argument must point into live memory this device may access; the launch
+    // runs later, so a bad one faults the context as the GPU's MMU would.
+    std::string bad;
+    bool injected = false;
+    {
+        GUARD;
+        for (unsigned long long p : launch.pointers) {
+            if (p == 0) {
+                continue; // optional buffers are passed as null
+            }
+            Allocation *a = find_allocation(p, 1, nullptr);
+            if (!a || a->freed || !accessible(*ctx, *a)) {
+                char text[200];
+                std::snprintf(text, sizeof text, "kernel %s: argument 0x%llx is %s", f->name.c_str(),
+                              p, !a ? "not device memory" : a->freed ? "freed memory"
+                                                        : "another GPU's memory without peer access");
+                bad = text;
+                break;
+            }
+        }
+        if (!config().fault_kernel.empty() && config().fault_kernel == f->name) {
+            injected = ++driver().launches_of[f->name] == config().fault_nth;
+        }
+    }
+    const dim3_t grid{gx, gy, gz}, block{bx, by, bz};
+    const std::string name = f->name;
+    enqueue(s, [ctx, grid, block, launch = std::move(launch), bad, injected, name] {
+        if (ctx->sticky.load()) {
+            return; // a faulted context runs nothing more
+        }
+        if (!bad.empty()) {
+            fault(ctx, kIllegalAddress, bad);
+            return;
+        }
+        if (injected) {
+            fault(ctx, kIllegalAddress, "kernel " + name + ": injected fault (LLMD_FAKE_CUDA_FAULT)");
+            return;
+        }
+        launch_fault = 0;
+        fiber_launch(grid, block, launch.run);
+        if (launch_fault) {
+            fault(ctx, launch_fault, "kernel " + name + ": " + launch_fault_what);
+        }
+    });
     return kSuccess;
 }
 
@@ -528,9 +1137,24 @@ API CUresult cuGetErrorString(CUresult error, const char **text) {
     case kOutOfMemory: *text = "out of memory (fake libcuda)"; break;
     case kNotInitialized: *text = "not initialised (fake libcuda)"; break;
     case kInvalidDevice: *text = "invalid device ordinal (fake libcuda)"; break;
+    case kInvalidImage: *text = "device kernel image is invalid (fake libcuda)"; break;
+    case kInvalidContext: *text = "invalid device context (fake libcuda)"; break;
+    case kNoBinaryForGpu: *text = "no kernel image is available for execution on the device (fake libcuda)"; break;
+    case kPeerAccessUnsupported: *text = "peer access is not supported between these two devices (fake libcuda)"; break;
+    case kInvalidPtx: *text = "a PTX JIT compilation failed (fake libcuda)"; break;
+    case kUnsupportedPtxVersion: *text = "the provided PTX was compiled with an unsupported toolchain (fake libcuda)"; break;
+    case kInvalidHandle: *text = "invalid resource handle (fake libcuda)"; break;
     case kNotFound: *text = "named symbol not found (fake libcuda)"; break;
+    case kNotReady: *text = "device not ready (fake libcuda)"; break;
+    case kIllegalAddress: *text = "an illegal memory access was encountered (fake libcuda)"; break;
+    case kPeerAccessAlreadyEnabled: *text = "peer access is already enabled (fake libcuda)"; break;
+    case kPeerAccessNotEnabled: *text = "peer access has not been enabled (fake libcuda)"; break;
+    case kMisalignedAddress: *text = "misaligned address (fake libcuda)"; break;
     default: *text = "unknown error (fake libcuda)"; break;
     }
     return kSuccess;
 }
 API CUresult cuGetErrorName(CUresult error, const char **text) { return cuGetErrorString(error, text); }
+
+// The counters, once more at unload.
+__attribute__((destructor)) static void write_final_stats() { write_stats(); }

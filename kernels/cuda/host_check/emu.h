@@ -5,8 +5,10 @@
 //   static void emu_warp_barrier();   // all live threads of this thread's warp arrive
 //   static void emu_block_barrier();  // all live threads of this block arrive
 // and sets threadIdx / blockIdx / emu_thread_linear for the thread that runs.
-// What emulation cannot show: performance, memory-coalescing, alignment faults, real
-// warp-synchronous timing, or the GPU's own rounding of transcendental functions.
+// Vector loads and stores (float2, float4, uint4, __half2) and WMMA loads and stores assert the
+// alignment the GPU requires (emu_check_aligned; the includer defines emu_misaligned()).
+// What emulation cannot show: performance, memory-coalescing, real warp-synchronous timing, or
+// the GPU's own rounding of transcendental functions.
 #pragma once
 #define LLMD_HOST_EMULATION 1
 
@@ -21,7 +23,6 @@
 #include <functional>
 #include <string>
 #include <type_traits>
-#include <type_traits>
 #include <vector>
 
 #define __device__
@@ -35,23 +36,57 @@
 struct __half {
     unsigned short x;
 };
-struct __half2 {
+
+// Alignment of vector accesses. A CUDA vector type (float2, float4, uint4, __half2) lies at a
+// multiple of its size, and a load or store through a misaligned pointer is a "misaligned
+// address" fault on the GPU that kills the context. Here every copy from or to such a value
+// asserts it: the includer defines emu_misaligned() (the host check aborts, the fake driver
+// faults the launch).
+static void emu_misaligned(const void *p, unsigned align, const char *what);
+static inline void emu_check_aligned(const void *p, unsigned align, const char *what) {
+    uintptr_t v = (uintptr_t)p;
+    asm volatile("" : "+r"(v)); // the type's alignment must not let the optimiser fold the test
+    if (v % align != 0) {
+        emu_misaligned(p, align, what);
+    }
+}
+#define EMU_VECTOR_COPIES(T, A)                                                                    \
+    T() = default;                                                                                 \
+    T(const T &o) {                                                                                \
+        emu_check_aligned(&o, A, "load of " #T);                                                   \
+        std::memcpy((void *)this, (const void *)&o, sizeof(T));                                    \
+    }                                                                                              \
+    T &operator=(const T &o) {                                                                     \
+        emu_check_aligned(this, A, "store of " #T);                                                \
+        emu_check_aligned(&o, A, "load of " #T);                                                   \
+        std::memcpy((void *)this, (const void *)&o, sizeof(T));                                    \
+        return *this;                                                                              \
+    }
+struct alignas(4) __half2 {
     __half a, b;
+    EMU_VECTOR_COPIES(__half2, 4)
+    __half2(__half a_, __half b_) : a(a_), b(b_) {}
 };
-struct float2 {
+struct alignas(8) float2 {
     float x, y;
+    EMU_VECTOR_COPIES(float2, 8)
+    float2(float x_, float y_) : x(x_), y(y_) {}
 };
-struct float4 {
+struct alignas(16) float4 {
     float x, y, z, w;
+    EMU_VECTOR_COPIES(float4, 16)
+    float4(float x_, float y_, float z_, float w_) : x(x_), y(y_), z(z_), w(w_) {}
 };
-struct uint4 {
+struct alignas(16) uint4 {
     unsigned int x, y, z, w;
+    EMU_VECTOR_COPIES(uint4, 16)
+    uint4(unsigned x_, unsigned y_, unsigned z_, unsigned w_) : x(x_), y(y_), z(z_), w(w_) {}
 };
 struct dim3_t {
     unsigned int x = 1, y = 1, z = 1;
 };
 static thread_local dim3_t threadIdx, blockIdx;
-static dim3_t blockDim, gridDim;
+static thread_local dim3_t blockDim, gridDim;
 // Index of the running thread within its block (x fastest).
 static thread_local int emu_thread_linear;
 // Shuffle exchange slots of the running block, one per thread.
@@ -109,13 +144,13 @@ static unsigned short float_to_half(float f) {
 static inline float __half2float(__half h) { return half_to_float(h.x); }
 static inline __half __float2half(float f) { return __half{float_to_half(f)}; }
 static inline __half __ushort_as_half(unsigned short u) { return __half{u}; }
-static inline float2 __half22float2(__half2 h) { return {__half2float(h.a), __half2float(h.b)}; }
+static inline float2 __half22float2(__half2 h) { return float2(__half2float(h.a), __half2float(h.b)); }
 static inline __half2 __floats2half2_rn(float a, float b) {
-    return {__float2half(a), __float2half(b)};
+    return __half2(__float2half(a), __float2half(b));
 }
-static inline __half2 __float2half2_rn(float a) { return {__float2half(a), __float2half(a)}; }
-static inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
-static inline float2 make_float2(float x, float y) { return {x, y}; }
+static inline __half2 __float2half2_rn(float a) { return __half2(__float2half(a), __float2half(a)); }
+static inline float4 make_float4(float x, float y, float z, float w) { return float4(x, y, z, w); }
+static inline float2 make_float2(float x, float y) { return float2(x, y); }
 static inline int __float2int_rn(float f) { return (int)std::nearbyint(f); }
 static inline float __int_as_float(unsigned int u) {
     float f;
@@ -183,7 +218,7 @@ using std::max;
 using std::min;
 
 static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) {
-    return {x, y, z, w};
+    return uint4(x, y, z, w);
 }
 
 // WMMA (tensor-core warp matrix ops), emulated with the API's warp-collective meaning: every
@@ -205,6 +240,11 @@ template <typename Use, int M, int N, int K, typename T, typename Layout = void>
 template <typename Use, typename T, typename L>
 static inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, L> &f, const __half *p, unsigned ldm) {
     static_assert(!std::is_same_v<Use, accumulator>, "accumulators load through a layout_t");
+    // The API's rules: a 256-bit aligned pointer, ldm a multiple of 16 bytes.
+    emu_check_aligned(p, 32, "wmma::load_matrix_sync");
+    if (ldm % 8 != 0) {
+        emu_misaligned(p, 16, "wmma::load_matrix_sync leading dimension");
+    }
     for (int r = 0; r < 16; ++r) {
         for (int c = 0; c < 16; ++c) {
             // Row-major: element (r, c) at r * ldm + c; column-major: at c * ldm + r.
@@ -240,6 +280,10 @@ static inline void mma_sync(fragment<accumulator, 16, 16, 16, T> &d,
 template <typename T>
 static inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, T> &f,
                                      unsigned ldm, layout_t layout) {
+    emu_check_aligned(p, 32, "wmma::store_matrix_sync");
+    if (ldm % 4 != 0) {
+        emu_misaligned(p, 16, "wmma::store_matrix_sync leading dimension");
+    }
     for (int r = 0; r < 16; ++r) {
         for (int c = 0; c < 16; ++c) {
             p[layout == mem_row_major ? (size_t)r * ldm + c : (size_t)c * ldm + r] = f.v[r][c];

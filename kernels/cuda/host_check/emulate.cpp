@@ -33,6 +33,11 @@ static thread_local BlockContext *block_ctx;
 
 static void emu_warp_barrier() { block_ctx->warp_barriers[emu_thread_linear / 32]->arrive_and_wait(); }
 static void emu_block_barrier() { block_ctx->block_barrier.arrive_and_wait(); }
+// A misaligned vector access (a "misaligned address" fault on the GPU) fails the check at once.
+static void emu_misaligned(const void *p, unsigned align, const char *what) {
+    std::fprintf(stderr, "emulate: %s at %p, which is not %u-byte aligned\n", what, p, align);
+    std::abort();
+}
 
 
 static std::vector<unsigned char> read_file(const char *path) {
@@ -76,6 +81,8 @@ template <typename F> static void launch(dim3_t grid, dim3_t block, F f) {
                         emu_slots = ctx.slots.data();
                         emu_thread_linear = t;
                         blockIdx = {x, y, z};
+                        gridDim = grid; // per thread: the fake driver runs launches on several
+                        blockDim = block; // stream threads, so these are thread-local
                         threadIdx = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
                         f();
                         ctx.warp_barriers[t / 32]->arrive_and_drop();

@@ -21,7 +21,6 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DriverError,
     LaunchConfig, PushKernelArg,
 };
-use cudarc::nvrtc::Ptx;
 
 use super::{
     check_len, check_rope, shape, ActivationsLocation, AttentionParams, Backend, BackendError,
@@ -30,36 +29,40 @@ use super::{
 };
 use crate::quant::GgmlType;
 
+mod context;
 mod matmul;
+mod modules;
+mod peer;
+#[cfg(test)]
+mod strict_tests;
 #[cfg(test)]
 mod type_tests;
 mod types;
+
+use context::GpuState;
+pub use context::{cuda_gpu_fault, DeviceBuf};
+pub use modules::{check_compute_capability, check_driver, ModuleImage, MIN_DRIVER_RELEASE};
+pub use peer::{cuda_peer_paths, PeerPath};
 
 use matmul::GEMM_SCRATCH_FLOATS;
 #[cfg(test)]
 use matmul::{gemm_applies, gemm_tile_rows, GEMM_TILE, PREFILL_GEMM_MIN_TOKENS};
 use types::cuda_type;
 
-/// The embedded PTX modules: file stem, PTX text, the kernels fetched from it besides its
-/// per-type ones ([`types::type_kernels`]).
-const MODULES: &[(&str, &str, &[&str])] = &[
+/// The kernels fetched from each kernel file ([`modules::FILES`]) besides its per-type ones
+/// ([`types::type_kernels`]).
+const MODULE_KERNELS: &[(&str, &[&str])] = &[
     (
         "attention",
-        include_str!("../../cuda/ptx/attention.ptx"),
         &[
             "attn_prefill_f16kv",
             "attn_decode_f16kv",
             "attn_combine_f32",
         ],
     ),
-    (
-        "dequantize",
-        include_str!("../../cuda/ptx/dequantize.ptx"),
-        &[],
-    ),
+    ("dequantize", &[]),
     (
         "elementwise",
-        include_str!("../../cuda/ptx/elementwise.ptx"),
         &[
             "geglu_f32",
             "swiglu_f32",
@@ -69,34 +72,14 @@ const MODULES: &[(&str, &str, &[&str])] = &[
             "softcap_f32",
         ],
     ),
-    (
-        "gemm",
-        include_str!("../../cuda/ptx/gemm.ptx"),
-        &["gemm_f32_nt", "gemm_f16_tc"],
-    ),
-    ("getrows", include_str!("../../cuda/ptx/getrows.ptx"), &[]),
-    (
-        "kvcache",
-        include_str!("../../cuda/ptx/kvcache.ptx"),
-        &["kv_store_f16"],
-    ),
-    ("mmv", include_str!("../../cuda/ptx/mmv.ptx"), &[]),
-    ("mmvq", include_str!("../../cuda/ptx/mmvq.ptx"), &[]),
-    (
-        "norm",
-        include_str!("../../cuda/ptx/norm.ptx"),
-        &["rms_norm_f32"],
-    ),
-    (
-        "quantize",
-        include_str!("../../cuda/ptx/quantize.ptx"),
-        &["quantize_q8_1", "convert_f32_to_f16"],
-    ),
-    (
-        "rope",
-        include_str!("../../cuda/ptx/rope.ptx"),
-        &["rope_f32"],
-    ),
+    ("gemm", &["gemm_f32_nt", "gemm_f16_tc"]),
+    ("getrows", &[]),
+    ("kvcache", &["kv_store_f16"]),
+    ("mmv", &[]),
+    ("mmvq", &[]),
+    ("norm", &["rms_norm_f32"]),
+    ("quantize", &["quantize_q8_1", "convert_f32_to_f16"]),
+    ("rope", &["rope_f32"]),
 ];
 
 /// Largest `head_dim` the attention kernels support.
@@ -119,19 +102,28 @@ pub fn cuda_available() -> Result<usize, String> {
                 .to_string(),
         );
     }
-    let counted = catch_unwind(|| -> Result<i32, DriverError> {
+    let counted = catch_unwind(|| -> Result<(i32, i32), DriverError> {
         cudarc::driver::result::init()?;
-        CudaContext::device_count()
+        let mut version = 0;
+        // SAFETY: an out-pointer to a local int, after cuInit.
+        unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) }.result()?;
+        Ok((version, CudaContext::device_count()?))
     });
     match counted {
-        Ok(Ok(n)) if n > 0 => Ok(n as usize),
-        Ok(Ok(_)) => Err("the NVIDIA driver reports no CUDA devices".to_string()),
+        Ok(Ok((version, n))) => {
+            check_driver(version)?;
+            if n > 0 {
+                Ok(n as usize)
+            } else {
+                Err("the NVIDIA driver reports no CUDA devices".to_string())
+            }
+        }
         Ok(Err(e)) => Err(format!("the CUDA driver failed to initialise: {e}")),
         Err(_) => Err("loading the CUDA driver library failed (driver too old?)".to_string()),
     }
 }
 
-/// What the driver says of one GPU: its name and memory.
+/// What the driver says of one GPU: its name, memory and identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CudaDeviceInfo {
     /// The product name ("NVIDIA H200").
@@ -140,6 +132,52 @@ pub struct CudaDeviceInfo {
     pub total_bytes: u64,
     /// Bytes free now (other processes and contexts included).
     pub free_bytes: u64,
+    /// Its UUID as NVML writes it ("GPU-5f3e...-..."): how the daemon finds this GPU's NVML
+    /// index (CUDA numbers GPUs fastest first, NVML by PCI bus).
+    pub uuid: Option<String>,
+    /// Its PCI bus id ("00000000:01:00.0"), the second way to match NVML.
+    pub pci_bus_id: Option<String>,
+}
+
+/// A CUDA UUID in NVML's text form: "GPU-" and 32 hex digits grouped 8-4-4-4-12.
+fn uuid_text(bytes: &[u8; 16]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "GPU-{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// The PCI bus id of device `dev` as NVML writes it (8-digit domain, upper-case hex).
+fn pci_bus_id(dev: cudarc::driver::sys::CUdevice) -> Option<String> {
+    let mut buf = [0 as std::ffi::c_char; 32];
+    // SAFETY: the buffer holds 32 bytes and its length is passed; `dev` comes from a context.
+    unsafe { cudarc::driver::sys::cuDeviceGetPCIBusId(buf.as_mut_ptr(), 32, dev) }
+        .result()
+        .ok()?;
+    // SAFETY: the driver wrote a NUL-terminated string into the buffer.
+    let text = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy();
+    normalize_pci_bus_id(&text)
+}
+
+/// "0000:01:00.0" or "00000000:01:00.0" (any case) as "00000000:01:00.0": CUDA writes a 4-digit
+/// domain, NVML an 8-digit one.
+pub fn normalize_pci_bus_id(text: &str) -> Option<String> {
+    let (domain, rest) = text.trim().split_once(':')?;
+    let (bus, rest) = rest.split_once(':')?;
+    let (device, function) = rest.split_once('.')?;
+    let hex = |s: &str| u32::from_str_radix(s, 16).ok();
+    Some(format!(
+        "{:08X}:{:02X}:{:02X}.{:X}",
+        hex(domain)?,
+        hex(bus)?,
+        hex(device)?,
+        hex(function)?
+    ))
 }
 
 /// Asks the driver about GPU `ordinal` (after [`cuda_available`] says CUDA works): its name,
@@ -152,18 +190,33 @@ pub fn cuda_device_info(ordinal: usize) -> Result<CudaDeviceInfo, String> {
             "no CUDA device {ordinal}: the driver reports {count}"
         ));
     }
-    let asked = catch_unwind(|| -> Result<CudaDeviceInfo, DriverError> {
+    if let Some(fault) = GpuState::of(ordinal).fault() {
+        return Err(format!(
+            "GPU {ordinal} failed ({fault}); it cannot be used until llmd restarts"
+        ));
+    }
+    let asked = catch_unwind(|| -> Result<(CudaDeviceInfo, (i32, i32)), DriverError> {
         let ctx = CudaContext::new(ordinal)?;
         let name = ctx.name()?;
         let (free, total) = ctx.mem_get_info()?;
-        Ok(CudaDeviceInfo {
+        let uuid = ctx
+            .uuid()
+            .ok()
+            .map(|u| uuid_text(&u.bytes.map(|b| b as u8)));
+        let info = CudaDeviceInfo {
             name,
             total_bytes: total as u64,
             free_bytes: free as u64,
-        })
+            uuid,
+            pci_bus_id: pci_bus_id(ctx.cu_device()),
+        };
+        Ok((info, ctx.compute_capability()?))
     });
     match asked {
-        Ok(Ok(info)) => Ok(info),
+        Ok(Ok((info, cc))) => {
+            check_compute_capability(&format!("CUDA device {ordinal} ({})", info.name), cc)?;
+            Ok(info)
+        }
         Ok(Err(e)) => Err(format!("CUDA device {ordinal}: {e}")),
         Err(_) => Err(format!("CUDA device {ordinal}: the driver call panicked")),
     }
@@ -202,7 +255,7 @@ pub struct CudaWeight {
     /// Elements per row.
     cols: usize,
     /// The bytes, `rows * ty.row_bytes(cols)`.
-    data: CudaSlice<u8>,
+    data: DeviceBuf<u8>,
     /// The bytes charged to the budget.
     lease: Lease,
 }
@@ -214,9 +267,9 @@ pub struct CudaKv {
     /// Its shape.
     shape: KvShape,
     /// Keys as f16 bits: `(capacity, n_kv_heads * head_dim)`.
-    k: CudaSlice<u16>,
+    k: DeviceBuf<u16>,
     /// Values: same layout.
-    v: CudaSlice<u16>,
+    v: DeviceBuf<u16>,
     /// The bytes charged to the budget.
     lease: Lease,
 }
@@ -226,6 +279,11 @@ pub struct CudaKv {
 pub struct CudaBackend {
     name: String,
     ordinal: usize,
+    /// What the process knows of this GPU (a sticky fault, failed frees), shared by every
+    /// backend on it.
+    gpu: Arc<GpuState>,
+    /// How each kernel file was loaded (CUBIN or PTX), in [`MODULE_KERNELS`] order.
+    images: Vec<ModuleImage>,
     stream: Arc<CudaStream>,
     functions: HashMap<String, CudaFunction>,
     ledger: Arc<DeviceMemory>,
@@ -246,26 +304,31 @@ struct Reused {
     /// cross to the device once per step instead of four times per layer.
     positions: Vec<u32>,
     /// The positions on the device (grown, never shrunk).
-    positions_dev: Option<CudaSlice<u32>>,
+    positions_dev: Option<DeviceBuf<u32>>,
     /// Q8_1-quantized activations of the matrix-vector path (grown, never shrunk).
-    q8: Option<CudaSlice<u8>>,
+    q8: Option<DeviceBuf<u8>>,
     /// Partial results of split decode attention (grown, never shrunk).
-    partials: Option<CudaSlice<f32>>,
+    partials: Option<DeviceBuf<f32>>,
 }
 
 /// A buffer of at least `len` values in `slot`, allocating a larger one (zeroed) when it is
 /// too small.
 fn grown<'a, T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
     stream: &Arc<CudaStream>,
-    slot: &'a mut Option<CudaSlice<T>>,
+    gpu: &Arc<GpuState>,
+    slot: &'a mut Option<DeviceBuf<T>>,
     len: usize,
-) -> Result<&'a mut CudaSlice<T>, DriverError> {
+) -> Result<&'a mut DeviceBuf<T>, DriverError> {
     let len = len.max(1);
     if slot.as_ref().is_none_or(|b| b.len() < len) {
         *slot = None;
-        *slot = Some(stream.alloc_zeros::<T>(len)?);
+        *slot = Some(DeviceBuf::new(
+            stream.alloc_zeros::<T>(len)?,
+            Arc::clone(gpu),
+        ));
     }
-    Ok(slot.as_mut().expect("just allocated"))
+    slot.as_mut()
+        .ok_or(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY))
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -329,6 +392,11 @@ impl CudaBackend {
                 "no CUDA device {ordinal}: the driver reports {count}"
             )));
         }
+        if let Some(fault) = GpuState::of(ordinal).fault() {
+            return Err(device_err(format!(
+                "GPU {ordinal} failed ({fault}); it cannot be used until llmd restarts"
+            )));
+        }
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| device_err(format!("creating a context: {e}")))?;
         // cudarc records a CUDA event on every buffer at every launch to order streams that
@@ -342,11 +410,23 @@ impl CudaBackend {
         let stream = ctx
             .new_stream()
             .map_err(|e| device_err(format!("creating a stream: {e}")))?;
+        // Copies to and from the other GPUs in use go peer to peer where the hardware allows.
+        peer::connect(&ctx);
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| device_err(format!("asking for the compute capability: {e}")))?;
+        let gpu_name = ctx.name().unwrap_or_else(|_| format!("GPU {ordinal}"));
+        check_compute_capability(&gpu_name, (major, minor)).map_err(device_err)?;
         let mut functions = HashMap::new();
-        for &(file, ptx, names) in MODULES {
-            let module = ctx
-                .load_module(Ptx::from_src(ptx))
-                .map_err(|e| device_err(format!("loading kernels/cuda/ptx/{file}.ptx: {e}")))?;
+        let mut images = Vec::new();
+        for &(file, names) in MODULE_KERNELS {
+            let compiled = modules::FILES
+                .iter()
+                .find(|f| f.name == file)
+                .ok_or_else(|| device_err(format!("kernel file {file} is not embedded")))?;
+            let (module, image) =
+                modules::load(&ctx, compiled, major * 10 + minor).map_err(device_err)?;
+            images.push(image);
             let per_type = types::type_kernels(file);
             for kernel in names.iter().map(|n| n.to_string()).chain(per_type) {
                 let function = module
@@ -358,6 +438,8 @@ impl CudaBackend {
         Ok(CudaBackend {
             name,
             ordinal,
+            images,
+            gpu: GpuState::of(ordinal),
             stream,
             functions,
             ledger,
@@ -369,6 +451,16 @@ impl CudaBackend {
     /// The GPU's ordinal.
     pub fn ordinal(&self) -> usize {
         self.ordinal
+    }
+
+    /// How each kernel file was loaded: the CUBIN for this GPU's architecture, or the PTX.
+    pub fn module_images(&self) -> &[ModuleImage] {
+        &self.images
+    }
+
+    /// Device buffers of this GPU whose free the driver refused, and the last refusal.
+    pub fn free_failures(&self) -> (u64, Option<String>) {
+        self.gpu.free_failures()
     }
 
     /// Bytes of weights and KV caches currently held.
@@ -385,11 +477,27 @@ impl CudaBackend {
         self.ledger.charge(&self.name, what, bytes)
     }
 
+    /// A driver error of `what`. A sticky fault is recorded for the GPU (every backend on it
+    /// then refuses work with that reason) and said to be one.
     fn err(&self, what: &str, e: DriverError) -> BackendError {
+        self.gpu.note(&format!("{} ({what})", self.name), &e);
+        let message = match self.gpu.fault() {
+            Some(fault) => format!(
+                "{what}: {e}; GPU {} failed ({fault}): its context is unusable until llmd \
+                 restarts",
+                self.ordinal
+            ),
+            None => format!("{what}: {e}"),
+        };
         BackendError::Device {
             device: self.name.clone(),
-            message: format!("{what}: {e}"),
+            message,
         }
+    }
+
+    /// A device buffer of this GPU around a fresh allocation.
+    fn wrap<T>(&self, slice: CudaSlice<T>) -> DeviceBuf<T> {
+        DeviceBuf::new(slice, Arc::clone(&self.gpu))
     }
 
     /// An allocation's error: the driver running out of memory becomes `OutOfMemory` (the load
@@ -432,7 +540,7 @@ impl CudaBackend {
         op: &'static str,
         w: &'w CudaWeight,
         len: usize,
-    ) -> Result<&'w CudaSlice<u8>, BackendError> {
+    ) -> Result<&'w DeviceBuf<u8>, BackendError> {
         if w.ty != GgmlType::F32 {
             return Err(self.unsupported(w));
         }
@@ -449,10 +557,11 @@ impl CudaBackend {
         &self,
         what: &str,
         len: usize,
-    ) -> Result<CudaSlice<T>, BackendError> {
+    ) -> Result<DeviceBuf<T>, BackendError> {
         let bytes = (len.max(1) * std::mem::size_of::<T>()) as u64;
         self.stream
             .alloc_zeros::<T>(len.max(1))
+            .map(|s| self.wrap(s))
             .map_err(|e| self.alloc_err(what, bytes, e))
     }
 
@@ -575,14 +684,14 @@ impl CudaBackend {
     fn device_positions<'r>(
         &self,
         host: &mut Vec<u32>,
-        dev: &'r mut Option<CudaSlice<u32>>,
+        dev: &'r mut Option<DeviceBuf<u32>>,
         positions: &[u32],
-    ) -> Result<&'r CudaSlice<u32>, BackendError> {
+    ) -> Result<&'r DeviceBuf<u32>, BackendError> {
         let stale =
             host.as_slice() != positions || dev.as_ref().is_none_or(|d| d.len() < positions.len());
         if stale {
             // Room for a whole prefill chunk at once, so decode steps never reallocate.
-            let buffer = grown(&self.stream, dev, positions.len().max(512))
+            let buffer = grown(&self.stream, &self.gpu, dev, positions.len().max(512))
                 .map_err(|e| self.err("allocating positions", e))?;
             if !positions.is_empty() {
                 self.stream
@@ -610,7 +719,7 @@ impl CudaBackend {
         weight: &'w CudaWeight,
         n_rows: usize,
         dim: usize,
-    ) -> Result<(&'w CudaSlice<u8>, i32), BackendError> {
+    ) -> Result<(&'w DeviceBuf<u8>, i32), BackendError> {
         const OP: &str = "rms_norm";
         check_len(OP, x_len, n_rows * dim)?;
         let w = self.f32_vector(OP, weight, dim)?;
@@ -619,7 +728,7 @@ impl CudaBackend {
 }
 
 impl Backend for CudaBackend {
-    type Activations = CudaSlice<f32>;
+    type Activations = DeviceBuf<f32>;
     type Weight = CudaWeight;
     type KvCache = CudaKv;
 
@@ -634,6 +743,7 @@ impl Backend for CudaBackend {
         let data = self
             .stream
             .clone_htod(t.data)
+            .map(|s| self.wrap(s))
             .map_err(|e| self.alloc_err(t.name, t.data.len() as u64, e))?;
         Ok(CudaWeight {
             name: t.name.to_string(),
@@ -680,11 +790,11 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn alloc_activations(&self, len: usize) -> Result<CudaSlice<f32>, BackendError> {
+    fn alloc_activations(&self, len: usize) -> Result<DeviceBuf<f32>, BackendError> {
         self.alloc("activations", len)
     }
 
-    fn write_activations(&self, dst: &mut CudaSlice<f32>, src: &[f32]) -> Result<(), BackendError> {
+    fn write_activations(&self, dst: &mut DeviceBuf<f32>, src: &[f32]) -> Result<(), BackendError> {
         check_len("write_activations", dst.len(), src.len())?;
         if src.is_empty() {
             return Ok(());
@@ -694,7 +804,7 @@ impl Backend for CudaBackend {
             .map_err(|e| self.err("writing activations", e))
     }
 
-    fn read_activations(&self, src: &CudaSlice<f32>, dst: &mut [f32]) -> Result<(), BackendError> {
+    fn read_activations(&self, src: &DeviceBuf<f32>, dst: &mut [f32]) -> Result<(), BackendError> {
         check_len("read_activations", src.len(), dst.len())?;
         if dst.is_empty() {
             return Ok(());
@@ -712,7 +822,7 @@ impl Backend for CudaBackend {
         table: &CudaWeight,
         ids: &[u32],
         scale: f32,
-        out: &mut CudaSlice<f32>,
+        out: &mut DeviceBuf<f32>,
     ) -> Result<(), BackendError> {
         const OP: &str = "embed";
         let t = cuda_type(table.ty).ok_or_else(|| self.unsupported(table))?;
@@ -737,6 +847,7 @@ impl Backend for CudaBackend {
         let ids_dev = self
             .stream
             .clone_htod(ids)
+            .map(|s| self.wrap(s))
             .map_err(|e| self.err("uploading token ids", e))?;
         let name = format!("get_rows_{}", t.suffix);
         let f = self.function(&name)?;
@@ -758,16 +869,16 @@ impl Backend for CudaBackend {
     fn matmul(
         &self,
         w: &CudaWeight,
-        x: &CudaSlice<f32>,
+        x: &DeviceBuf<f32>,
         n_tokens: usize,
-        out: &mut CudaSlice<f32>,
+        out: &mut DeviceBuf<f32>,
     ) -> Result<(), BackendError> {
         self.matmul_on_device(w, x, n_tokens, out)
     }
 
     fn add_bias(
         &self,
-        x: &mut CudaSlice<f32>,
+        x: &mut DeviceBuf<f32>,
         bias: &CudaWeight,
         n_tokens: usize,
     ) -> Result<(), BackendError> {
@@ -792,7 +903,7 @@ impl Backend for CudaBackend {
 
     fn rms_norm(
         &self,
-        x: &mut CudaSlice<f32>,
+        x: &mut DeviceBuf<f32>,
         weight: &CudaWeight,
         n_rows: usize,
         dim: usize,
@@ -818,12 +929,12 @@ impl Backend for CudaBackend {
 
     fn rms_norm_into(
         &self,
-        x: &CudaSlice<f32>,
+        x: &DeviceBuf<f32>,
         weight: &CudaWeight,
         n_rows: usize,
         dim: usize,
         eps: f32,
-        out: &mut CudaSlice<f32>,
+        out: &mut DeviceBuf<f32>,
     ) -> Result<(), BackendError> {
         let (w, dim_i) = self.rms_norm_args(x.len(), weight, n_rows, dim)?;
         check_len("rms_norm", out.len(), n_rows * dim)?;
@@ -842,7 +953,7 @@ impl Backend for CudaBackend {
 
     fn rope(
         &self,
-        x: &mut CudaSlice<f32>,
+        x: &mut DeviceBuf<f32>,
         n_tokens: usize,
         n_heads: usize,
         head_dim: usize,
@@ -925,8 +1036,8 @@ impl Backend for CudaBackend {
 
     fn add(
         &self,
-        dst: &mut CudaSlice<f32>,
-        src: &CudaSlice<f32>,
+        dst: &mut DeviceBuf<f32>,
+        src: &DeviceBuf<f32>,
         len: usize,
     ) -> Result<(), BackendError> {
         check_len("add", dst.len(), len)?;
@@ -944,7 +1055,7 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn scale(&self, x: &mut CudaSlice<f32>, factor: f32, len: usize) -> Result<(), BackendError> {
+    fn scale(&self, x: &mut DeviceBuf<f32>, factor: f32, len: usize) -> Result<(), BackendError> {
         check_len("scale", x.len(), len)?;
         if len == 0 {
             return Ok(());
@@ -961,8 +1072,8 @@ impl Backend for CudaBackend {
 
     fn gated_activation(
         &self,
-        gate: &mut CudaSlice<f32>,
-        up: &CudaSlice<f32>,
+        gate: &mut DeviceBuf<f32>,
+        up: &DeviceBuf<f32>,
         len: usize,
         act: GatedActivation,
     ) -> Result<(), BackendError> {
@@ -1008,8 +1119,8 @@ impl Backend for CudaBackend {
     fn kv_store(
         &self,
         kv: &mut CudaKv,
-        k: &CudaSlice<f32>,
-        v: &CudaSlice<f32>,
+        k: &DeviceBuf<f32>,
+        v: &DeviceBuf<f32>,
         first_row: usize,
         positions: &[u32],
     ) -> Result<(), BackendError> {
@@ -1048,12 +1159,12 @@ impl Backend for CudaBackend {
 
     fn attention(
         &self,
-        q: &CudaSlice<f32>,
+        q: &DeviceBuf<f32>,
         kv: &CudaKv,
         first_row: usize,
         positions: &[u32],
         p: AttentionParams,
-        out: &mut CudaSlice<f32>,
+        out: &mut DeviceBuf<f32>,
     ) -> Result<(), BackendError> {
         const OP: &str = "attention";
         let hd = p.head_dim;
@@ -1129,8 +1240,13 @@ impl Backend for CudaBackend {
         let splits_i = n_splits as i32;
         let mut part = if n_splits > 1 {
             Some(
-                grown(&self.stream, partials, p.n_heads * n_splits * (hd + 2))
-                    .map_err(|e| self.err("allocating attention partials", e))?,
+                grown(
+                    &self.stream,
+                    &self.gpu,
+                    partials,
+                    p.n_heads * n_splits * (hd + 2),
+                )
+                .map_err(|e| self.err("allocating attention partials", e))?,
             )
         } else {
             None
@@ -1183,13 +1299,15 @@ impl Backend for CudaBackend {
 
     fn export_activations(
         &self,
-        a: &CudaSlice<f32>,
+        a: &DeviceBuf<f32>,
         len: usize,
     ) -> Result<Option<DeviceActivations>, BackendError> {
         check_len("export_activations", a.len(), len)?;
-        self.stream
-            .synchronize()
-            .map_err(|e| self.err("finishing a stage", e))?;
+        // No host wait: the importer's stream waits for this event, recorded after the writes.
+        let ready = self
+            .stream
+            .record_event(None)
+            .map_err(|e| self.err("recording the end of a stage", e))?;
         let (ptr, _record) = a.device_ptr(&self.stream);
         Ok(Some(DeviceActivations {
             kind: "cuda",
@@ -1198,16 +1316,23 @@ impl Backend for CudaBackend {
             location: ActivationsLocation::Cuda {
                 ctx: Arc::clone(self.stream.context()),
                 ptr,
+                stream: Arc::clone(&self.stream),
+                ready: Arc::new(ready),
             },
         }))
     }
 
     fn import_activations(
         &self,
-        dst: &mut CudaSlice<f32>,
+        dst: &mut DeviceBuf<f32>,
         src: &DeviceActivations,
     ) -> Result<bool, BackendError> {
-        let ActivationsLocation::Cuda { ctx, ptr } = &src.location;
+        let ActivationsLocation::Cuda {
+            ctx,
+            ptr,
+            stream: producer,
+            ready,
+        } = &src.location;
         if src.kind != "cuda" {
             return Ok(false);
         }
@@ -1220,22 +1345,41 @@ impl Backend for CudaBackend {
             len: src.len * std::mem::size_of::<f32>(),
             at: BytesAt::Cuda { ctx, ptr: *ptr },
         };
-        // SAFETY: the exporting stage's buffer holds `len` values and is not touched until this
-        // copy, ordered on this stream before anything else uses `dst`, has run (the pipeline
-        // imports before anything else uses either stage; the exporter waited for its writes).
-        // `ctx` is kept alive by `src`; `dst` holds at least `len` values (checked).
+        // The copy runs after the producer's writes ...
+        self.stream
+            .wait(ready)
+            .map_err(|e| self.err("waiting for the previous stage", e))?;
+        // SAFETY: the exporting stage's buffer holds `len` values; this stream waits for the
+        // event recorded after the writes, and the producer's stream waits (below) for the copy
+        // before it writes the buffer again. `ctx` is kept alive by `src`; `dst` holds at least
+        // `len` values (checked).
         unsafe { self.enqueue_copy_in(&mut dst.slice_mut(..), &from, "activations") }?;
+        // ... and before the producer writes its buffer again.
+        let copied = self
+            .stream
+            .record_event(None)
+            .map_err(|e| self.err("recording the activations' copy", e))?;
+        let waited = producer.wait(&copied);
+        // Back in this backend's context for what follows.
+        self.stream
+            .context()
+            .bind_to_thread()
+            .and(waited)
+            .map_err(|e| self.err("ordering the previous stage after the copy", e))?;
         Ok(true)
     }
 
     fn alloc_host_staging(&self, len: usize) -> Option<Result<Box<dyn HostStaging>, BackendError>> {
         // SAFETY: the allocation's contents are unspecified until written; `PinnedStaging`
-        // zeroes them before handing them out. Default flags (not write-combined): the host
-        // reads these values back.
+        // zeroes them before handing them out. PORTABLE: the pipeline's one staging buffer is
+        // copied from and to by every GPU stage, and only portable memory is page-locked for
+        // the contexts of the GPUs other than the allocating one (the others would fall back
+        // to staged, pageable copies). Not write-combined: the host reads these values back.
         let pinned = unsafe {
-            self.stream
-                .context()
-                .alloc_pinned_with_flags::<f32>(len.max(1), 0)
+            self.stream.context().alloc_pinned_with_flags::<f32>(
+                len.max(1),
+                cudarc::driver::sys::CU_MEMHOSTALLOC_PORTABLE,
+            )
         };
         Some(match pinned {
             Ok(mut slice) => match slice.as_mut_slice() {

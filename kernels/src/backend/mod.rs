@@ -493,8 +493,9 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// Leaves the first `len` values of `a` on the device for the next pipeline stage to copy
-    /// directly, once the work writing them has finished (it waits for it). `None` when this
-    /// backend cannot (the CPU: the host copy is the handoff).
+    /// directly, once the work writing them has finished (ordered by an event on the device, the
+    /// host does not wait). `None` when this backend cannot (the CPU: the host copy is the
+    /// handoff).
     fn export_activations(
         &self,
         _a: &Self::Activations,
@@ -505,7 +506,9 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Copies activations another stage exported into the start of `dst`, device to device
     /// (peer to peer between GPUs, the driver staging through host memory where P2P is not
-    /// possible). `Ok(false)`, copying nothing, when they are not of this backend's kind.
+    /// possible), after the exporter's writes and before the exporter writes the buffer again
+    /// (both ordered by events between the two devices' streams). `Ok(false)`, copying nothing,
+    /// when they are not of this backend's kind.
     fn import_activations(
         &self,
         _dst: &mut Self::Activations,
@@ -543,12 +546,19 @@ pub struct DeviceActivations {
 /// Where exported activations lie.
 #[derive(Clone, Debug)]
 pub(crate) enum ActivationsLocation {
-    /// On a CUDA device: its context and the device address.
+    /// On a CUDA device: its context, the device address, and the stream that writes them, with
+    /// an event recorded on it after the writes (the importer's stream waits for it instead of
+    /// the host waiting for the producer).
     Cuda {
         /// The context the address belongs to.
         ctx: std::sync::Arc<cudarc::driver::CudaContext>,
         /// The address of the first value.
         ptr: u64,
+        /// The producing stage's stream; it waits for the importer's copy before it writes the
+        /// buffer again.
+        stream: std::sync::Arc<cudarc::driver::CudaStream>,
+        /// Recorded on `stream` once the values are written.
+        ready: std::sync::Arc<cudarc::driver::CudaEvent>,
     },
 }
 
@@ -749,7 +759,11 @@ mod cpu;
 mod cuda;
 mod memory;
 pub use cpu::CpuBackend;
-pub use cuda::{cuda_available, cuda_device_info, CudaBackend, CudaDeviceInfo, CudaKv, CudaWeight};
+pub use cuda::{
+    check_compute_capability, check_driver, cuda_available, cuda_device_info, cuda_gpu_fault,
+    cuda_peer_paths, normalize_pci_bus_id, CudaBackend, CudaDeviceInfo, CudaKv, CudaWeight,
+    DeviceBuf, ModuleImage, PeerPath, MIN_DRIVER_RELEASE,
+};
 pub use memory::{DeviceMemory, Lease};
 
 #[cfg(test)]

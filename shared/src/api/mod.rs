@@ -35,7 +35,9 @@ pub use models::{
     UnloadRequest,
 };
 pub use plan::{PlanReply, PlanRequest, PlannedDevice, PlannedStage, ResplitReply, ResplitRequest};
-pub use status::{CudaStatus, DeviceInfo, DeviceKind, ModelInfo, StatusReply, StatusRequest};
+pub use status::{
+    CudaPeer, CudaStatus, DeviceInfo, DeviceKind, ModelInfo, StatusReply, StatusRequest,
+};
 pub use version::{VersionReply, VersionRequest};
 
 /// A client request. New variants go at the end.

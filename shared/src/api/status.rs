@@ -94,8 +94,23 @@ pub struct DeviceInfo {
 pub struct CudaStatus {
     /// GPUs the CUDA driver reports (0 when unavailable).
     pub devices: u32,
-    /// Why CUDA cannot be used (no driver library, initialisation failed, no devices), if so.
+    /// Why CUDA cannot be used (no driver library, a driver too old, no devices), if so.
     pub unavailable: Option<String>,
+    /// How each pair of GPUs opened so far copies between them, by CUDA number.
+    pub peers: Vec<CudaPeer>,
+}
+
+/// How activations, weights and caches cross between two GPUs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CudaPeer {
+    /// The first GPU's device name (`cuda:0`).
+    pub gpu_a: String,
+    /// The second GPU's device name (`cuda:1`).
+    pub gpu_b: String,
+    /// Whether copies go peer to peer (both contexts and memory pools opened to each other).
+    pub direct: bool,
+    /// Why they go through host memory instead, if they do.
+    pub reason: Option<String>,
 }
 
 /// One resident model.

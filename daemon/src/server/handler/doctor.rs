@@ -11,7 +11,7 @@ use crate::health::doctor;
 pub async fn handle(_req: DoctorRequest, ctx: &Context) -> Result<DoctorReport, ErrorReply> {
     let state = &ctx.state;
     let telemetry = state.gpu_telemetry();
-    let models = state.models().placements();
+    let models = state.models().placements(&state.gpu_index(&telemetry));
     let mut report = doctor::run(&telemetry, &state.config().config.power, &models);
     let gpus: Vec<(String, Option<String>)> = state
         .devices()
@@ -19,8 +19,10 @@ pub async fn handle(_req: DoctorRequest, ctx: &Context) -> Result<DoctorReport, 
         .filter(|d| d.is_gpu())
         .map(|d| (d.name.clone(), d.unavailable.clone()))
         .collect();
-    if let Some(check) = doctor::check_cuda(&crate::devices::cuda_status(), &gpus) {
+    let cuda = crate::devices::cuda_report();
+    if let Some(check) = doctor::check_cuda(&cuda, &gpus) {
         report.checks.insert(1, check);
     }
+    report.checks.extend(doctor::check_cuda_peers(&cuda));
     Ok(report)
 }

@@ -11,9 +11,10 @@ pub async fn handle(_req: StatusRequest, ctx: &Context) -> Result<Box<StatusRepl
     let state = &ctx.state;
     let config = state.config();
     let telemetry = state.gpu_telemetry();
+    let gpus = state.gpu_index(&telemetry);
     let (models, model_layers) = {
         let registry = state.models();
-        (registry.infos(), registry.placements())
+        (registry.infos(), registry.placements(&gpus))
     };
     Ok(Box::new(StatusReply {
         daemon_version: PACKAGE_VERSION.to_string(),
@@ -30,7 +31,7 @@ pub async fn handle(_req: StatusRequest, ctx: &Context) -> Result<Box<StatusRepl
         models,
         connections: state.connections(),
         requests_running: state.requests_running(),
-        cuda: crate::devices::cuda_status(),
+        cuda: crate::devices::cuda_report(),
         power: power::budget(&config.config.power, &telemetry),
         gpu: (*telemetry).clone(),
         model_layers,

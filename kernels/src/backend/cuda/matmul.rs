@@ -5,12 +5,12 @@
 //! [`super::types`].
 
 use cudarc::driver::sys::CUresult;
-use cudarc::driver::{CudaSlice, DriverError, PushKernelArg};
+use cudarc::driver::{DriverError, PushKernelArg};
 
 use super::types::{cuda_type, matvec_kernel, MatVec};
 use super::{
     blocks_for, cfg, check_len, grid_yz, grown, shape, to_i32, BackendError, CudaBackend,
-    CudaWeight, MAX_GRID_YZ,
+    CudaWeight, DeviceBuf, MAX_GRID_YZ,
 };
 use crate::quant::GgmlType;
 
@@ -77,9 +77,9 @@ impl CudaBackend {
     pub(super) fn matmul_on_device(
         &self,
         w: &CudaWeight,
-        x: &CudaSlice<f32>,
+        x: &DeviceBuf<f32>,
         n_tokens: usize,
-        out: &mut CudaSlice<f32>,
+        out: &mut DeviceBuf<f32>,
     ) -> Result<(), BackendError> {
         const OP: &str = "matmul";
         check_len(OP, x.len(), n_tokens * w.cols)?;
@@ -126,6 +126,7 @@ impl CudaBackend {
                 let mut reused = self.reused();
                 let q8 = grown(
                     &self.stream,
+                    &self.gpu,
                     &mut reused.q8,
                     n_values / 32 * Q8_1_BLOCK_BYTES,
                 )
@@ -172,13 +173,13 @@ impl CudaBackend {
     fn matmul_tensor_cores(
         &self,
         w: &CudaWeight,
-        x: &CudaSlice<f32>,
+        x: &DeviceBuf<f32>,
         n_tokens: usize,
-        out: &mut CudaSlice<f32>,
+        out: &mut DeviceBuf<f32>,
     ) -> Result<bool, BackendError> {
         let n_values = n_tokens * w.cols;
         let mut x16 = match self.stream.alloc_zeros::<u16>(n_values) {
-            Ok(b) => b,
+            Ok(b) => self.wrap(b),
             Err(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => return Ok(false),
             Err(e) => return Err(self.err("allocating f16 activations", e)),
         };
@@ -205,9 +206,9 @@ impl CudaBackend {
     fn matmul_gemm(
         &self,
         w: &CudaWeight,
-        x: &CudaSlice<f32>,
+        x: &DeviceBuf<f32>,
         n_tokens: usize,
-        out: &mut CudaSlice<f32>,
+        out: &mut DeviceBuf<f32>,
     ) -> Result<bool, BackendError> {
         if w.ty != GgmlType::F32 && w.cols.is_multiple_of(TC_K_MULTIPLE) {
             return self.matmul_tensor_cores(w, x, n_tokens, out);
@@ -227,9 +228,9 @@ impl CudaBackend {
     fn gemm_in_tiles<T, A>(
         &self,
         w: &CudaWeight,
-        x: &CudaSlice<A>,
+        x: &DeviceBuf<A>,
         n_tokens: usize,
-        out: &mut CudaSlice<f32>,
+        out: &mut DeviceBuf<f32>,
         kernels: &TiledGemm,
     ) -> Result<bool, BackendError>
     where
@@ -263,7 +264,7 @@ impl CudaBackend {
                 .ok_or_else(|| shape(OP, format!("{}: no whole blocks per row", w.name)))?;
         let tile_rows = gemm_tile_rows(w.rows, w.cols, self.gemm_scratch_floats);
         let mut tile = match self.stream.alloc_zeros::<T>(tile_rows * w.cols) {
-            Ok(tile) => tile,
+            Ok(tile) => self.wrap(tile),
             Err(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => return Ok(false),
             Err(e) => return Err(self.err("allocating a GEMM weight tile", e)),
         };
@@ -359,7 +360,7 @@ impl CudaBackend {
     fn launch_gemm<A: cudarc::driver::DeviceRepr, W>(
         &self,
         kernels: &TiledGemm,
-        x: &CudaSlice<A>,
+        x: &DeviceBuf<A>,
         w: &cudarc::driver::CudaView<'_, W>,
         out: &mut cudarc::driver::CudaViewMut<'_, f32>,
         dims: GemmDims,
