@@ -2,6 +2,9 @@
 //! quant_types_vs_llama_cpp.rs): running a model file through the CPU backend, and comparing
 //! logits position by position.
 
+// Each test binary that includes this module uses a part of it.
+#![allow(dead_code)]
+
 use std::path::Path;
 use std::sync::Arc;
 

@@ -1019,7 +1019,7 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn softcap(&self, x: &mut CudaSlice<f32>, cap: f32, len: usize) -> Result<(), BackendError> {
+    fn softcap(&self, x: &mut DeviceBuf<f32>, cap: f32, len: usize) -> Result<(), BackendError> {
         check_len("softcap", x.len(), len)?;
         if len == 0 {
             return Ok(());
