@@ -12,6 +12,13 @@
 //                  of byte j, element j + 16 in its high nibble.
 // Launch: blockDim.x = 256, gridDim = (ceil(width / 256), n_tokens); for the quantized types
 // width is a multiple of 32 (one warp per block of 32 values).
+//
+// kv_rotate_f32(src, dst, n): the orthonormal Walsh-Hadamard rotation llama.cpp applies to the
+// keys, queries, values and attention outputs of quantized caches: each chunk of n values (n a
+// power of two, 64 ..= 256) becomes H x, H[i][j] = (-1)^popcount(i & j) / sqrt(n), computed as
+// ggml-cpu's fwht (and the CPU backend's hadamard::rotate): x * (1 / sqrt(n)), then log2(n)
+// butterfly passes (u, v) -> (u + v, u - v) of widths 1, 2, 4, ..., the same f32 results. dst may
+// be src. Launch: blockDim.x = n, gridDim = number of chunks.
 #include "common.cuh"
 #include "kv.cuh"
 
@@ -72,4 +79,28 @@ extern "C" __global__ void __launch_bounds__(256)
     if (lane == 0) {
         b->d = __float2half(d);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    kv_rotate_f32(const float *src, float *dst, int n) {
+    __shared__ float x[256];
+    const int i = threadIdx.x;
+    const long long at = (long long)blockIdx.x * n + i;
+    x[i] = src[at] * (1.0f / sqrtf((float)n));
+    __syncthreads();
+    for (int len = 1; len < n; len <<= 1) {
+        const bool lead = (i & len) == 0;
+        float u = 0.0f, v = 0.0f;
+        if (lead) {
+            u = x[i];
+            v = x[i + len];
+        }
+        __syncthreads();
+        if (lead) {
+            x[i] = u + v;
+            x[i + len] = u - v;
+        }
+        __syncthreads();
+    }
+    dst[at] = x[i];
 }

@@ -226,7 +226,7 @@ static const std::unordered_map<std::string, std::function<void(void **)>> &kern
         K(geglu_f32), K(swiglu_f32), K(add_f32), K(scale_f32), K(add_bias_f32),
         K(get_rows_f32), K(get_rows_f16), K(get_rows_q4_0), K(get_rows_q5_0), K(get_rows_q8_0),
         K(get_rows_q4_K), K(get_rows_q6_K),
-        K(kv_store_f16), K(kv_store_q8_0), K(kv_store_q4_0),
+        K(kv_store_f16), K(kv_store_q8_0), K(kv_store_q4_0), K(kv_rotate_f32),
         K(mul_mat_vec_f16), K(mul_mat_vec_f32),
         K(mul_mat_vec_q4_0_q8_1), K(mul_mat_vec_q5_0_q8_1), K(mul_mat_vec_q8_0_q8_1),
         K(mul_mat_vec_q4_K_q8_1), K(mul_mat_vec_q6_K_q8_1),

@@ -262,6 +262,28 @@ for name, spec in KV_TYPES.items():
     step = np.max(np.abs(src)) / (127 if name == "q8_0" else 7)
     compare(f"kv_store_{name} (bytes equal, dequantized by gguf)", back, src, step / np.max(np.abs(src)))
 
+def fwht(x, n):
+    """Chunks of n values rotated as ggml-cpu's fwht, in f32: x / sqrt(n), then butterflies."""
+    y = (x.reshape(-1, n).astype(np.float32) * (np.float32(1) / np.sqrt(np.float32(n)))).copy()
+    length = 1
+    while length < n:
+        y = y.reshape(-1, n // (2 * length), 2, length)
+        u, v = y[:, :, 0, :].copy(), y[:, :, 1, :].copy()
+        y[:, :, 0, :], y[:, :, 1, :] = u + v, u - v
+        length *= 2
+    return y.reshape(x.shape)
+
+
+for n in (64, 128, 256):
+    xr = rng.standard_normal(3 * n).astype(np.float32)
+    (work / "x.bin").write_bytes(xr.tobytes())
+    run("kv_rotate", "f32", work / "x.bin", work / "rot.bin", n)
+    got = np.fromfile(work / "rot.bin", dtype=np.float32)
+    compare(f"kv_rotate_f32 n={n} (ggml's fwht, bit for bit)", got, fwht(xr, n), 0)
+    h = np.array([[(-1) ** bin(i & j).count("1") for j in range(n)] for i in range(n)]) / np.sqrt(n)
+    compare(f"kv_rotate_f32 n={n} (the Hadamard matrix)", got,
+            (xr.reshape(-1, n).astype(np.float64) @ h.T).reshape(-1), 1e-6)
+
 xb = rng.standard_normal((3, 40)).astype(np.float32)
 bias = rng.standard_normal(40).astype(np.float32)
 (work / "x.bin").write_bytes(xb.tobytes())

@@ -282,6 +282,14 @@ int main(int argc, char **argv) {
         else if (type == "q4_0") run(kv_store_q4_0, (block_q4_0 *)cache.data());
         else { std::fprintf(stderr, "bad type\n"); return 2; }
         write_file(argv[4], cache.data(), cache.size());
+    } else if (op == "kv_rotate") {
+        // IN: f32 values (whole chunks); ARGS: n (chunk size); OUT: each chunk rotated.
+        const int n = std::atoi(argv[5]);
+        std::vector<float> x(in.size() / 4);
+        std::memcpy(x.data(), in.data(), in.size());
+        launch((unsigned)(x.size() / n), 1, (unsigned)n,
+               [&] { kv_rotate_f32(x.data(), x.data(), n); });
+        write_file(argv[4], x.data(), x.size() * 4);
     } else if (op == "simple") {
         // TYPE: add (IN: dst then src, n f32 each), scale (IN: n f32; ARGS: factor) or
         // to_f16 (IN: n f32; OUT: f16 bits).

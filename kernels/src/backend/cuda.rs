@@ -92,7 +92,7 @@ const MODULES: &[(&str, &str, &[&str])] = &[
     (
         "kvcache",
         include_str!("../../cuda/ptx/kvcache.ptx"),
-        kv::KV_STORE_KERNELS,
+        kv::KVCACHE_KERNELS,
     ),
     (
         "mmv",
@@ -295,6 +295,8 @@ struct Reused {
     q8: Option<CudaSlice<u8>>,
     /// Partial results of split decode attention (grown, never shrunk).
     partials: Option<CudaSlice<f32>>,
+    /// Keys, values or queries rotated for a quantized KV cache (grown, never shrunk).
+    rotated: Option<CudaSlice<f32>>,
 }
 
 /// A buffer of at least `len` values in `slot`, allocating a larger one (zeroed) when it is
@@ -1798,6 +1800,49 @@ mod tests {
                         read(b, &out, n * qw),
                     ));
                 }
+            }
+        }
+        // Heads of 128 (keys rotated in chunks of 128, values of 64) and of 96 (quantized but
+        // not rotated: 96 % 64 != 0), a prefill and a decode each.
+        let types = KvTypes {
+            k: KvType::Q8_0,
+            v: KvType::Q4_0,
+        };
+        for hd in [128, 96] {
+            let (n_heads, n_kv, capacity) = (4, 2, 64);
+            let (kw, qw) = (n_kv * hd, n_heads * hd);
+            let mut kv = b.alloc_kv(capacity, n_kv, hd, types).expect("alloc_kv");
+            let fill: Vec<u32> = (0..capacity as u32).collect();
+            let k = acts(b, &rng.vec(capacity * kw));
+            let v = acts(b, &rng.vec(capacity * kw));
+            b.kv_store(&mut kv, &k, &v, 0, &fill).expect("kv_store");
+            let host = HostKv::download(&b.kv_view(&kv, capacity).expect("view")).expect("host");
+            let bytes: Vec<f32> = host
+                .k
+                .iter()
+                .chain(&host.v)
+                .map(|&x| f32::from(x))
+                .collect();
+            results.push((format!("kv_store bytes {types} d={hd}"), 0.0, bytes));
+            for positions in [vec![40u32, 41, 42, 43, 44, 45], vec![63]] {
+                let n = positions.len();
+                let q = acts(b, &rng.vec(n * qw));
+                let mut out = acts(b, &vec![0.0; n * qw]);
+                let params = AttentionParams {
+                    n_heads,
+                    n_kv_heads: n_kv,
+                    head_dim: hd,
+                    scale: 1.0 / (hd as f32).sqrt(),
+                    window: None,
+                    softcap: None,
+                };
+                b.attention(&q, &kv, 0, &positions, params, &mut out)
+                    .expect("attention");
+                results.push((
+                    format!("attention x{n} {types} d={hd}"),
+                    1e-5,
+                    read(b, &out, n * qw),
+                ));
             }
         }
         results

@@ -7,6 +7,14 @@
 //! row stored in its type as ggml stores a row of that type: f16 values, or blocks of 32 values
 //! along the head dimension (so a head's keys are whole blocks, never sharing one with another
 //! head). Keys and values may have different types.
+//!
+//! Rotation: like llama.cpp (`llama_kv_cache`'s `attn_rot_k` / `attn_rot_v`, on by default), a
+//! quantized cache holds its keys and values rotated by an orthonormal Walsh-Hadamard matrix
+//! ([`KvRotation`]), which spreads outliers over a block before quantization: keys (and the
+//! queries dotted with them) in chunks of the largest power of two dividing the head dimension,
+//! values in chunks of 64, the attention output rotated back. Rotation changes no exact result
+//! (`H` is orthonormal and its own inverse), only the quantization error, so the bytes and the
+//! logits agree with llama.cpp's.
 
 use std::fmt;
 use std::str::FromStr;
@@ -164,6 +172,33 @@ impl fmt::Display for KvTypes {
     }
 }
 
+/// The Walsh-Hadamard rotations of a cache (see the module's documentation): the chunk size of
+/// each rotated side, `None` where values are stored as they are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvRotation {
+    /// Keys, and the queries dotted with them.
+    pub k: Option<usize>,
+    /// Values, and the attention output (rotated back).
+    pub v: Option<usize>,
+}
+
+/// Smallest head dimension multiple llama.cpp rotates (`n_embd_head % 64 == 0`), and the chunk
+/// size of its value rotation.
+const ROTATION_MIN: usize = 64;
+
+impl KvTypes {
+    /// llama.cpp's rotations for heads of `head_dim` values: a quantized side is rotated when
+    /// the head dimension is a multiple of 64, keys in chunks of the largest power of two that
+    /// divides it, values in chunks of 64 (`build_input_k_rot` / `build_input_v_rot`).
+    pub fn rotation(&self, head_dim: usize) -> KvRotation {
+        let rotated = |ty: KvType| ty.is_quantized() && head_dim.is_multiple_of(ROTATION_MIN);
+        KvRotation {
+            k: rotated(self.k).then(|| 1 << head_dim.trailing_zeros()),
+            v: rotated(self.v).then_some(ROTATION_MIN),
+        }
+    }
+}
+
 /// Bytes of one layer's KV cache for one sequence with room for `capacity` positions of
 /// `n_kv_heads` heads of `head_dim` keys and values of `types`, the same on every backend.
 /// `head_dim` must be a whole number of blocks of both types ([`KvTypes::check_head_dim`]).
@@ -208,6 +243,11 @@ impl KvShape {
             head_dim,
             types,
         })
+    }
+
+    /// Its Walsh-Hadamard rotations.
+    pub(crate) fn rotation(&self) -> KvRotation {
+        self.types.rotation(self.head_dim)
     }
 
     /// Values per position (of keys, and of values).
@@ -467,6 +507,37 @@ mod tests {
         assert!(e.to_string().contains("q4_0 V cache"), "{e}");
         assert!(KvTypes::F16.check_head_dim(80).is_ok());
         assert!(KvTypes::both(KvType::Q4_0).check_head_dim(96).is_ok());
+    }
+
+    #[test]
+    fn quantized_sides_rotate_as_llama_cpp() {
+        let q8 = KvTypes::both(KvType::Q8_0);
+        assert_eq!(
+            q8.rotation(128),
+            KvRotation {
+                k: Some(128),
+                v: Some(64)
+            }
+        );
+        assert_eq!(q8.rotation(256).k, Some(256));
+        assert_eq!(
+            q8.rotation(192).k,
+            Some(64),
+            "largest power of two dividing 192"
+        );
+        assert_eq!(q8.rotation(96), KvRotation::default(), "96 % 64 != 0");
+        assert_eq!(KvTypes::F16.rotation(128), KvRotation::default());
+        let k_only = KvTypes {
+            k: KvType::Q4_0,
+            v: KvType::F16,
+        };
+        assert_eq!(
+            k_only.rotation(64),
+            KvRotation {
+                k: Some(64),
+                v: None
+            }
+        );
     }
 
     #[test]

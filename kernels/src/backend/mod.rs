@@ -507,5 +507,5 @@ mod memory;
 pub use cpu::CpuBackend;
 pub use cuda::{cuda_available, cuda_device_info, CudaBackend, CudaDeviceInfo, CudaKv, CudaWeight};
 pub(crate) use kv::{f16_bytes, f16_bytes_mut, KvShape};
-pub use kv::{kv_cache_bytes, HostKv, KvType, KvTypeError, KvTypes, KvView};
+pub use kv::{kv_cache_bytes, HostKv, KvRotation, KvType, KvTypeError, KvTypes, KvView};
 pub use memory::{DeviceMemory, Lease};

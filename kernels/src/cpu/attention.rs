@@ -19,6 +19,9 @@
 //!   `1 / S`. (For f16 values beside quantized keys ggml accumulates in an f16 vector; here the
 //!   accumulator stays f32.)
 //!
+//! The caller rotates the query (and the output) where the cache is rotated
+//! (`KvTypes::rotation`, [`super::hadamard`]); this module computes over the cache as it lies.
+//!
 //! The value accumulation of quantized rows has a scalar reference here and AVX2 twins in
 //! `attention_avx2`, bit-identical to it (the products `d * q` are exact in f32, then one FMA
 //! each), chosen at run time by [`super::isa`].

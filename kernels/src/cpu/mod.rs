@@ -12,11 +12,13 @@
 //! - [`mod@matmul`]: `out = x · Wᵀ` for a quantized `W`, split over a [`pool::ThreadPool`].
 //! - [`ops`]: elementwise and row operations.
 //! - [`attention`]: one query head over a KV cache of f16, Q8_0 or Q4_0 rows, as llama.cpp's CPU
-//!   backend computes it (AVX2 twins of its value accumulation in `attention_avx2`).
+//!   backend computes it (AVX2 twins of its value accumulation in `attention_avx2`);
+//!   [`hadamard`]: the rotation llama.cpp applies around quantized caches.
 
 pub mod attention;
 pub mod dot;
 pub mod error;
+pub mod hadamard;
 pub mod matmul;
 pub mod ops;
 pub mod pool;

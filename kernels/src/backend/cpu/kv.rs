@@ -1,17 +1,19 @@
 //! The CPU backend's KV caches: storage in the cache's types (f16 values or ggml's Q8_0 / Q4_0
-//! blocks), the store that converts keys and values as llama.cpp's CPU backend does, attention
-//! over a cache split between the pool's threads (the arithmetic is `crate::cpu::attention`'s),
-//! and the byte views a cache is copied through.
+//! blocks), the store that converts keys and values as llama.cpp's CPU backend does (rotated
+//! first where the cache's [`super::super::KvRotation`] says), attention over a cache split
+//! between the pool's threads (the arithmetic is `crate::cpu::attention`'s, around it the query
+//! and output rotations), and the byte views a cache is copied through.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use super::super::{
-    check_len, f16_bytes, f16_bytes_mut, AttentionParams, BackendError, DeviceBytes, KvShape,
-    KvType, KvTypes, KvView, Lease,
+    check_len, f16_bytes, f16_bytes_mut, AttentionParams, BackendError, DeviceBytes, KvRotation,
+    KvShape, KvType, KvTypes, KvView, Lease,
 };
 use super::CpuBackend;
 use crate::cpu::attention::{attend, AttentionScratch, CacheRows, KvRows, Logits};
+use crate::cpu::hadamard;
 use crate::cpu::quantize::quantize_row_q8_0;
 use crate::quant::quantize::quantize_row_q4_0;
 use crate::quant::view::zeroed_block;
@@ -79,6 +81,20 @@ impl KvData {
         }
     }
 
+    /// [`KvData::store`] of `src` rotated in chunks of `rot` values first if `Some` (through
+    /// `buf`), as llama.cpp rotates a quantized cache's rows before storing them.
+    fn store_rotated(&mut self, at: usize, src: &[f32], rot: Option<usize>, buf: &mut Vec<f32>) {
+        match rot {
+            None => self.store(at, src),
+            Some(n) => {
+                buf.clear();
+                buf.extend_from_slice(src);
+                hadamard::rotate(buf, n);
+                self.store(at, buf);
+            }
+        }
+    }
+
     /// The bytes of the first `values` values.
     fn bytes(&self, values: usize) -> &[u8] {
         match self {
@@ -130,10 +146,12 @@ impl CpuBackend {
         check_len("kv_store", k.len(), (first_row + positions.len()) * w)?;
         check_len("kv_store", v.len(), (first_row + positions.len()) * w)?;
         kv.shape.check_positions("kv_store", positions)?;
+        let rot = kv.shape.rotation();
+        let mut buf = Vec::with_capacity(if rot == KvRotation::default() { 0 } else { w });
         for (i, &pos) in positions.iter().enumerate() {
-            let row = first_row + i;
-            kv.k.store(pos as usize * w, &k[row * w..(row + 1) * w]);
-            kv.v.store(pos as usize * w, &v[row * w..(row + 1) * w]);
+            let (row, at) = (first_row + i, pos as usize * w);
+            kv.k.store_rotated(at, &k[row * w..(row + 1) * w], rot.k, &mut buf);
+            kv.v.store_rotated(at, &v[row * w..(row + 1) * w], rot.v, &mut buf);
         }
         Ok(())
     }
@@ -170,15 +188,26 @@ impl CpuBackend {
         let out_rows = &mut out[first_row * qw..(first_row + positions.len()) * qw];
         let out_ptr = SharedOut(out_rows.as_mut_ptr());
         let out_len = out_rows.len();
+        let rot = kv.shape.rotation();
         self.pool.run(&|ti, nt| {
             let mut scratch = AttentionScratch::default();
             let mut acc = vec![0.0f32; hd];
+            let mut q_rot = Vec::new();
             let mut item = ti;
             while item < n_items {
                 let (i, h) = (item / p.n_heads, item % p.n_heads);
                 let pos = positions[i] as usize;
                 let first = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                let qrow = &q[(first_row + i) * qw + h * hd..(first_row + i) * qw + (h + 1) * hd];
+                let mut qrow =
+                    &q[(first_row + i) * qw + h * hd..(first_row + i) * qw + (h + 1) * hd];
+                // Rotated keys are dotted with the query rotated alike; a rotated value
+                // accumulation is rotated back.
+                if let Some(n) = rot.k {
+                    q_rot.clear();
+                    q_rot.extend_from_slice(qrow);
+                    hadamard::rotate(&mut q_rot, n);
+                    qrow = &q_rot;
+                }
                 attend(
                     &cache,
                     h / group,
@@ -188,6 +217,9 @@ impl CpuBackend {
                     &mut scratch,
                     &mut acc,
                 );
+                if let Some(n) = rot.v {
+                    hadamard::rotate(&mut acc, n);
+                }
                 let at = i * qw + h * hd;
                 debug_assert!(at + hd <= out_len);
                 // SAFETY: each (token, head) item writes its own disjoint `hd`-wide slice of the
@@ -267,11 +299,35 @@ mod tests {
             .collect()
     }
 
-    /// The bytes `ty`'s store writes for `x` (one whole row).
-    fn stored(ty: KvType, x: &[f32]) -> Vec<u8> {
+    /// The bytes `ty`'s store writes for `x` (one whole row), rotated first by `rot`.
+    fn stored(ty: KvType, x: &[f32], rot: Option<usize>) -> Vec<u8> {
+        let mut x = x.to_vec();
+        if let Some(n) = rot {
+            hadamard::rotate(&mut x, n);
+        }
         let mut data = KvData::zeroed(ty, x.len());
-        data.store(0, x);
+        data.store(0, &x);
         data.bytes(x.len()).to_vec()
+    }
+
+    /// `x` rotated by the normalised Hadamard matrix of size `n`, in f64 from its definition.
+    fn rotate_f64(x: &[f64], n: Option<usize>) -> Vec<f64> {
+        let Some(n) = n else {
+            return x.to_vec();
+        };
+        let s = 1.0 / (n as f64).sqrt();
+        x.chunks(n)
+            .flat_map(|c| {
+                (0..n).map(move |i| {
+                    (0..n)
+                        .map(|j| {
+                            let sign = if (i & j).count_ones() % 2 == 0 { s } else { -s };
+                            sign * c[j]
+                        })
+                        .sum::<f64>()
+                })
+            })
+            .collect()
     }
 
     #[test]
@@ -296,19 +352,25 @@ mod tests {
                 let (k, v) = (values(6 * kw, 1), values(6 * kw, 2));
                 let positions = [0u32, 1, 2, 3, 4];
                 b.kv_store(&mut kv, &k, &v, 1, &positions).expect("store");
-                // Row r of the activations went to position r - 1, converted by the type's
-                // quantizer (llama.cpp's set_rows).
+                // Row r of the activations went to position r - 1, rotated as llama.cpp rotates
+                // a quantized side of heads of 64 (in chunks of 64), then converted by the
+                // type's quantizer (llama.cpp's set_rows).
+                let rot = types.rotation(hd);
+                assert_eq!(rot.k.is_some(), k_ty != KvType::F16);
+                assert_eq!(rot.v.is_some(), v_ty != KvType::F16);
                 let host = HostKv::download(&b.kv_view(&kv, 5).expect("view")).expect("host");
                 let row_k: Vec<u8> = (1..6)
-                    .flat_map(|r| stored(k_ty, &k[r * kw..(r + 1) * kw]))
+                    .flat_map(|r| stored(k_ty, &k[r * kw..(r + 1) * kw], rot.k))
                     .collect();
                 let row_v: Vec<u8> = (1..6)
-                    .flat_map(|r| stored(v_ty, &v[r * kw..(r + 1) * kw]))
+                    .flat_map(|r| stored(v_ty, &v[r * kw..(r + 1) * kw], rot.v))
                     .collect();
                 assert_eq!((host.k == row_k, host.v == row_v), (true, true), "{types}");
                 if k_ty == KvType::Q8_0 {
                     // ggml-cpu's x86 quantize_row_q8_0: the values of the first block.
-                    let x = &k[kw..kw + QK];
+                    let mut x = k[kw..kw + 64].to_vec();
+                    hadamard::rotate(&mut x, 64);
+                    let x = &x[..QK];
                     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                     let q: Vec<u8> = x
                         .iter()
@@ -343,7 +405,12 @@ mod tests {
                         let first = window.map_or(0, |w| pos as usize + 1 - w);
                         for h in 0..n_heads {
                             let g = h / (n_heads / n_kv);
-                            let qh = &q[(2 + i) * qw + h * hd..(2 + i) * qw + (h + 1) * hd];
+                            let mut qh =
+                                q[(2 + i) * qw + h * hd..(2 + i) * qw + (h + 1) * hd].to_vec();
+                            if let Some(n) = rot.k {
+                                hadamard::rotate(&mut qh, n);
+                            }
+                            let qh = &qh[..];
                             let qr: Vec<f64> = match k_ty {
                                 KvType::F16 => {
                                     qh.iter().map(|&x| f64::from(f16::from_f32(x))).collect()
@@ -375,11 +442,18 @@ mod tests {
                             let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                             let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
                             let total: f64 = e.iter().sum();
-                            for d in 0..hd {
-                                let want: f64 = (first..=pos as usize)
-                                    .zip(&e)
-                                    .map(|(j, w)| w / total * f64::from(vr[j * kw + g * hd + d]))
-                                    .sum();
+                            let rotated: Vec<f64> = (0..hd)
+                                .map(|d| {
+                                    (first..=pos as usize)
+                                        .zip(&e)
+                                        .map(|(j, w)| {
+                                            w / total * f64::from(vr[j * kw + g * hd + d])
+                                        })
+                                        .sum()
+                                })
+                                .collect();
+                            let want_row = rotate_f64(&rotated, rot.v);
+                            for (d, &want) in want_row.iter().enumerate() {
                                 let got = f64::from(out[(2 + i) * qw + h * hd + d]);
                                 assert!(
                                     (got - want).abs() < 1e-5,

@@ -4,9 +4,11 @@
 //! (`kernels/cuda/kvcache.cu`: Q8_0 and Q4_0 quantized as the CPU backend quantizes them), and
 //! attention over a cache of any pair of types (`kernels/cuda/attention.cu`, one kernel per
 //! pair: quantized keys are dotted with the query quantized to Q8_0 in integer arithmetic, as the
-//! CPU does; quantized values are dequantized as they are accumulated).
+//! CPU does; quantized values are dequantized as they are accumulated), and around both the
+//! Walsh-Hadamard rotations of a quantized side (`kv_rotate_f32`, into a reused buffer: keys and
+//! values before the store, queries before attention; the output rotated back in place).
 
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, DevicePtrMut, PushKernelArg};
 
 use super::{
     blocks_for, cfg, check_len, grid_yz, grown, shape, to_i32, AttentionParams, BackendError,
@@ -38,8 +40,13 @@ pub(super) const ATTENTION_KERNELS: &[&str] = &[
     "attn_combine_f32",
 ];
 
-/// Kernels of `kvcache.cu`, one per cache type ([`store_kernel`]).
-pub(super) const KV_STORE_KERNELS: &[&str] = &["kv_store_f16", "kv_store_q8_0", "kv_store_q4_0"];
+/// Kernels of `kvcache.cu`: the store of each cache type ([`store_kernel`]), then the rotation.
+pub(super) const KVCACHE_KERNELS: &[&str] = &[
+    "kv_store_f16",
+    "kv_store_q8_0",
+    "kv_store_q4_0",
+    "kv_rotate_f32",
+];
 
 /// A cache type's index in the kernel tables (the order of [`KvType::ALL`]).
 fn type_index(ty: KvType) -> usize {
@@ -58,7 +65,7 @@ fn attn_kernel(prefill: bool, types: KvTypes) -> &'static str {
 
 /// The store kernel of a cache type.
 fn store_kernel(ty: KvType) -> &'static str {
-    KV_STORE_KERNELS[type_index(ty)]
+    KVCACHE_KERNELS[type_index(ty)]
 }
 
 /// One layer's KV cache of one sequence on the GPU: keys and values as the bytes of their types,
@@ -83,6 +90,33 @@ impl CudaKv {
 }
 
 impl CudaBackend {
+    /// Rotates `values` f32 values (whole chunks of `n`) of `src` into `dst` with
+    /// `kv_rotate_f32`.
+    fn rotate(
+        &self,
+        src: &CudaView<'_, f32>,
+        dst: &mut cudarc::driver::CudaViewMut<'_, f32>,
+        values: usize,
+        n: usize,
+    ) -> Result<(), BackendError> {
+        const OP: &str = "kv_rotate";
+        check_len(OP, src.len(), values)?;
+        check_len(OP, dst.len(), values)?;
+        if values == 0 {
+            return Ok(());
+        }
+        let chunks = u32::try_from(values / n).map_err(|_| shape(OP, "too many values".into()))?;
+        let n_i = to_i32(OP, "chunk", n)?;
+        let mut launch = self.stream.launch_builder(self.function("kv_rotate_f32")?);
+        launch.arg(src).arg(dst).arg(&n_i);
+        // SAFETY: kv_rotate_f32(const float* src, float* dst, int n) over `chunks` blocks of n
+        // (64..=256, a power of two: KvTypes::rotation) threads reads `values` = chunks * n
+        // values of `src` and writes as many of `dst` (lengths checked).
+        unsafe { launch.launch(cfg((chunks, 1, 1), (n as u32, 1, 1))) }
+            .map_err(|e| self.err("kv_rotate_f32", e))?;
+        Ok(())
+    }
+
     /// [`crate::backend::Backend::alloc_kv`].
     pub(super) fn new_kv(
         &self,
@@ -127,13 +161,27 @@ impl CudaBackend {
         let Reused {
             positions: on_device,
             positions_dev,
+            rotated,
             ..
         } = &mut *reused;
         let pos = self.device_positions(on_device, positions_dev, positions)?;
         let types = kv.shape.types;
-        for (src, cache, ty) in [(k, &mut kv.k, types.k), (v, &mut kv.v, types.v)] {
+        let rot = kv.shape.rotation();
+        let values = positions.len() * w;
+        for (src, cache, ty, chunk) in [
+            (k, &mut kv.k, types.k, rot.k),
+            (v, &mut kv.v, types.v, rot.v),
+        ] {
             let name = store_kernel(ty);
-            let rows = src.slice(first_row * w..end);
+            let mut rows = src.slice(first_row * w..end);
+            if let Some(n) = chunk {
+                // Rotated into the reused buffer first; the previous side's store, earlier on
+                // the stream, has read it by then.
+                let buf = grown(&self.stream, rotated, values)
+                    .map_err(|e| self.err("allocating rotated rows", e))?;
+                self.rotate(&rows, &mut buf.slice_mut(0..values), values, n)?;
+                rows = buf.slice(0..values);
+            }
             let mut launch = self.stream.launch_builder(self.function(name)?);
             launch.arg(&rows).arg(cache).arg(pos).arg(&width);
             // SAFETY: kv_store_<type>(const float* src, <type>* cache, const u32* positions, int
@@ -192,10 +240,20 @@ impl CudaBackend {
             positions: on_device,
             positions_dev,
             partials,
+            rotated,
             ..
         } = &mut *reused;
         let pos = self.device_positions(on_device, positions_dev, positions)?;
-        let q_rows = q.slice(first_row * qw..end);
+        let rot = kv.shape.rotation();
+        let mut q_rows = q.slice(first_row * qw..end);
+        if let Some(n) = rot.k {
+            // Rotated keys are dotted with the queries rotated alike.
+            let values = n_queries * qw;
+            let buf = grown(&self.stream, rotated, values)
+                .map_err(|e| self.err("allocating rotated queries", e))?;
+            self.rotate(&q_rows, &mut buf.slice_mut(0..values), values, n)?;
+            q_rows = buf.slice(0..values);
+        }
         let mut out_rows = out.slice_mut(first_row * qw..end);
         let null_part: u64 = 0;
         let types = kv.shape.types;
@@ -226,7 +284,7 @@ impl CudaBackend {
             // n_heads % n_kv_heads == 0 were checked.
             unsafe { launch.launch(cfg((heads, blocks_y, 1), (256, 1, 1))) }
                 .map_err(|e| self.err(name, e))?;
-            return Ok(());
+            return self.rotate_output(&mut out_rows, n_queries * qw, rot.v);
         }
         let context = positions[0] as usize + 1;
         let n_splits = context.div_ceil(512).clamp(1, 32);
@@ -277,6 +335,35 @@ impl CudaBackend {
             unsafe { combine.launch(cfg((heads, 1, 1), (128, 1, 1))) }
                 .map_err(|e| self.err("attn_combine_f32", e))?;
         }
+        self.rotate_output(&mut out_rows, n_queries * qw, rot.v)
+    }
+
+    /// Rotates an attention output over rotated values back, in place (`None`: nothing to do).
+    fn rotate_output(
+        &self,
+        out: &mut cudarc::driver::CudaViewMut<'_, f32>,
+        values: usize,
+        chunk: Option<usize>,
+    ) -> Result<(), BackendError> {
+        const OP: &str = "kv_rotate";
+        let Some(n) = chunk else {
+            return Ok(());
+        };
+        check_len(OP, out.len(), values)?;
+        if values == 0 {
+            return Ok(());
+        }
+        let chunks = u32::try_from(values / n).map_err(|_| shape(OP, "too many values".into()))?;
+        let n_i = to_i32(OP, "chunk", n)?;
+        let (ptr, _record) = out.device_ptr_mut(&self.stream);
+        let mut launch = self.stream.launch_builder(self.function("kv_rotate_f32")?);
+        launch.arg(&ptr).arg(&ptr).arg(&n_i);
+        // SAFETY: kv_rotate_f32(const float* src, float* dst, int n) with src == dst == `out`
+        // (borrowed mutably for the launch) over `chunks` blocks of n threads reads and writes
+        // chunks * n = `values` values (checked); each block reads its chunk into shared memory
+        // before writing it back.
+        unsafe { launch.launch(cfg((chunks, 1, 1), (n as u32, 1, 1))) }
+            .map_err(|e| self.err("kv_rotate_f32", e))?;
         Ok(())
     }
 
