@@ -8,12 +8,14 @@
 //!
 //! Tolerance: the largest difference at a position, over the spread (max - min) of the CPU's
 //! logits there. Quantized weights: both backends quantize activations to 8 bits, in different
-//! block formats (and the GEMM path not at all), so 4% of the spread; F16/F32 weights: 1%.
+//! block formats (and the GEMM path not at all), so 4% of the spread; F16/F32 weights: 1%. The
+//! same with quantized KV caches ([`KV_CASES`]): both backends quantize (and rotate) keys and
+//! values identically, so only a value on a rounding boundary may land one step apart.
 
 use std::sync::Arc;
 
 use clap::Parser;
-use llmd_kernels::backend::{CpuBackend, CudaBackend, DeviceMemory};
+use llmd_kernels::backend::{CpuBackend, CudaBackend, DeviceMemory, KvType, KvTypes};
 use llmd_kernels::cpu::ThreadPool;
 
 use super::backend::StageBackend;
@@ -256,6 +258,15 @@ fn comparison_harness_on_the_cpu() {
     }
 }
 
+/// Architectures and weight types compared with quantized KV caches (keys Q8_0, values Q4_0:
+/// both quantizers, both rotations), with their tolerances; run in quick runs too.
+const KV_CASES: &[(&str, &str, f32)] = &[("llama", "f32", 0.01)];
+/// The KV cache types of [`KV_CASES`].
+const KV_TYPES: KvTypes = KvTypes {
+    k: KvType::Q8_0,
+    v: KvType::Q4_0,
+};
+
 /// Set (by the fake-driver run) to compare only [`QUICK_CASES`] over [`QUICK_TOKENS`]: the
 /// emulated GPU runs every GPU thread on the CPU, about 25 s per full case here.
 const QUICK_ENV: &str = "LLMD_GPU_CHECK_QUICK";
@@ -286,10 +297,21 @@ fn gpu_whole_models_match_the_cpu_backend() {
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let mut failures = Vec::new();
-    for &(arch, ty, tol) in cases {
+    let with_kv =
+        |types| move |&(arch, ty, tol): &(&'static str, &'static str, f32)| (arch, ty, tol, types);
+    let all = cases
+        .iter()
+        .map(with_kv(KvTypes::F16))
+        .chain(KV_CASES.iter().map(with_kv(KV_TYPES)));
+    for (arch, ty, tol, kv) in all {
         let model = make(dir.path(), arch, ty);
         let toks = tokens(model.config.n_vocab);
-        let mut reference = pipeline(&model, &[cpu("cpu:0")]);
+        let ty = if kv == KvTypes::F16 {
+            ty.to_string()
+        } else {
+            format!("{ty} KV {kv}")
+        };
+        let mut reference = pipeline(&model, &[cpu("cpu:0")]).with_kv_types(kv);
         let want_decode = logits(&mut reference, &toks, false);
         let want_prefill = logits(&mut reference, &toks, true);
         let devices: [(&str, Vec<StageBackend>); 2] = [
@@ -297,7 +319,7 @@ fn gpu_whole_models_match_the_cpu_backend() {
             ("cuda:0,cuda:0", vec![gpu("cuda:0"), gpu("cuda:0")]),
         ];
         for (what, backends) in devices {
-            let mut p = pipeline(&model, &backends);
+            let mut p = pipeline(&model, &backends).with_kv_types(kv);
             for (mode, one_batch, want) in [
                 ("prefill", true, &want_prefill),
                 ("decode", false, &want_decode),
@@ -340,10 +362,10 @@ fn gpu_resplit_on_the_fake_driver() {
 
 /// A sequence decoded token by token while its model is re-split live, so that its layers and
 /// KV caches move host to GPU, GPU to GPU (peer to peer when there are two GPUs, else within one
-/// GPU between two backends) and GPU to host, gives the CPU's logits at every position.
+/// GPU between two backends) and GPU to host, gives the CPU's logits at every position, with f16
+/// and with quantized KV caches.
 #[test]
 fn gpu_resplit_moves_weights_and_caches_between_devices() {
-    use super::resplit::{build_layout, layout_of, resplit, Layout, LiveSequence};
     use std::collections::HashMap;
 
     if !llmd_kernels::fake_cuda::cuda_or_skip() {
@@ -358,10 +380,30 @@ fn gpu_resplit_moves_weights_and_caches_between_devices() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (arch, ty, tol) = ("qwen3", "q4_k_m", 0.04);
     let model = make(dir.path(), arch, ty);
+    // f16 caches, then quantized ones (moved as bytes, still rotated).
+    for kv in [KvTypes::F16, KV_TYPES] {
+        resplit_while_decoding(&model, &backends, kv, tol);
+    }
+}
+
+/// Decodes [`tokens`] on `model` while re-splitting it cpu:0 + cuda:0 -> cuda:0 + cuda:1 ->
+/// cuda:1 + cpu:0, with KV caches of `kv`, and compares the logits with the CPU's.
+fn resplit_while_decoding(
+    model: &OpenedModel,
+    backends: &std::collections::HashMap<String, StageBackend>,
+    kv: KvTypes,
+    tol: f32,
+) {
+    use super::resplit::{build_layout, layout_of, resplit, Layout, LiveSequence};
+
     let n_layer = model.config.n_layer;
     let half = n_layer / 2;
     let toks = tokens(model.config.n_vocab);
-    let want = logits(&mut pipeline(&model, &[cpu("cpu:0")]), &toks, false);
+    let want = logits(
+        &mut pipeline(model, &[cpu("cpu:0")]).with_kv_types(kv),
+        &toks,
+        false,
+    );
     let stage = |device: &str, layers: std::ops::Range<usize>, head: bool| Layout {
         device: device.into(),
         layers,
@@ -383,7 +425,7 @@ fn gpu_resplit_moves_weights_and_caches_between_devices() {
             stage("cpu:0", half..n_layer, true),
         ],
     ];
-    let mut p = build_layout(&model, &backends, &layouts[0], N_TOKENS, N_TOKENS);
+    let mut p = build_layout(model, backends, &layouts[0], N_TOKENS, N_TOKENS).with_kv_types(kv);
     let every = toks.len() / layouts.len();
     let capacity = toks.len();
     let got = logits_with(&mut p, &toks, false, |p, pos| {
@@ -401,7 +443,7 @@ fn gpu_resplit_moves_weights_and_caches_between_devices() {
             p,
             &*model.source,
             target,
-            &backends,
+            backends,
             &live,
             N_TOKENS,
             N_TOKENS,
@@ -414,11 +456,11 @@ fn gpu_resplit_moves_weights_and_caches_between_devices() {
     let (worst, flipped) = compare(&want, &got, tol);
     let ok = worst <= tol && flipped.is_empty();
     println!(
-        "{arch} {ty} re-split cpu:0 -> cuda:0 -> cuda:1 -> cpu:0 while decoding: worst difference \
+        "KV {kv} re-split cpu:0 -> cuda:0 -> cuda:1 -> cpu:0 while decoding: worst difference \
          {worst:.2e} of the spread (tolerance {tol:.0e}), greedy flips {flipped:?}"
     );
-    assert!(ok, "{worst} {flipped:?}");
-    for (name, b) in &backends {
+    assert!(ok, "KV {kv}: {worst} {flipped:?}");
+    for (name, b) in backends {
         if let StageBackend::Cuda(gpu) = b {
             let held = layout_of(&p).iter().any(|l| l.device == *name);
             assert_eq!(gpu.used_bytes() > 0, held, "{name} holds only what it runs");
