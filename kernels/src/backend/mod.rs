@@ -301,7 +301,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Stores keys and values of the `positions.len()` tokens in rows `first_row..` of `k` and
     /// `v` (each row `n_kv_heads * head_dim` wide) at cache positions `positions`, converted to
     /// the cache's types as llama.cpp's CPU backend converts them (f16 rounding to nearest even;
-    /// Q8_0 as ggml-cpu's x86 `quantize_row_q8_0`; Q4_0 as `quantize_row_q4_0_ref`).
+    /// Q8_0 as ggml-cpu's x86 `quantize_row_q8_0`; Q4_0 as `quantize_row_q4_0_ref`), a rotated
+    /// side ([`KvTypes::rotation`]) rotated first.
     fn kv_store(
         &self,
         kv: &mut Self::KvCache,
@@ -314,7 +315,7 @@ pub trait Backend: Send + Sync + 'static {
     /// `n_heads * head_dim` wide) over the cache, which holds every position `<=` each query's.
     /// Writes the same rows of `out`. An f16 cache is read as llama.cpp reads it without flash
     /// attention, a cache with a quantized type as its flash-attention path does (see
-    /// `crate::cpu::attention`).
+    /// `crate::cpu::attention`), the queries and the output rotated where the cache is.
     fn attention(
         &self,
         q: &Self::Activations,
