@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 pub use doctor::{DoctorRequest, MetricsReply, MetricsRequest};
 pub use generate::{
     BenchReply, BenchRequest, ChatMessage, GenerateReply, GenerateRequest, Prompt, Sampling,
-    TokenPiece, TokenizeReply, TokenizeRequest,
+    TokenPiece, TokenizeReply, TokenizeRequest, MAX_CHAT_MESSAGES, MAX_PRESENCE_PENALTY,
+    MAX_STOP_BYTES, MAX_STOP_STRINGS, MAX_TOKENIZE_BYTES, MAX_TOKENS_LIMIT,
 };
 pub use inspect::{InspectReport, InspectRequest, TokenizerSummary, TypeStats};
 pub use models::{
