@@ -15,6 +15,7 @@ use llmd_shared::{
     ResplitRequest, StagePlacement,
 };
 
+use crate::engine::prompt::{PromptModel, PromptSlots};
 use crate::engine::{Job, ModelHandle, ResplitOutcome, WorkerLimits};
 use crate::model::load::{build_pipeline, LoadError, ModelFile, OpenedModel, StageSpec};
 use crate::model::plan::{self, ModelSizes, Plan, PlanDevice, PlanOptions};
@@ -43,8 +44,11 @@ pub struct LoadedModel {
     pub config: Arc<ModelConfig>,
     /// Tokenizer.
     pub tokenizer: Arc<Tokenizer>,
-    /// Chat template (the model's or a documented fallback).
-    pub chat: ChatTemplate,
+    /// Chat template (the model's or a documented fallback), shared with the threads that
+    /// render it.
+    pub chat: Arc<ChatTemplate>,
+    /// Limits on the template renders and tokenizations of this model's prompts running at once.
+    pub prompts: PromptSlots,
     /// Context length per sequence (changed by a re-split with a new context).
     ctx: AtomicU32,
     /// CPU threads.
@@ -76,6 +80,16 @@ impl LoadedModel {
     /// Context length per sequence for generations started now.
     pub fn ctx(&self) -> u32 {
         self.ctx.load(Ordering::SeqCst)
+    }
+
+    /// What preparing this model's prompts needs (`engine::prompt`).
+    pub fn prompt_model(&self) -> PromptModel<'_> {
+        PromptModel {
+            name: &self.name,
+            tokenizer: &self.tokenizer,
+            chat: &self.chat,
+            slots: &self.prompts,
+        }
     }
 
     /// The placement as last recorded.
@@ -251,12 +265,18 @@ fn plan_devices(
 }
 
 /// The context length for a request asking `asked`: else [`DEFAULT_CTX`], at most the model's
-/// training context.
-pub fn resolve_ctx(asked: Option<u32>, context_length: usize) -> u32 {
-    asked
+/// training context. Asking for 0 is refused (`bad_request`), not rounded up.
+pub fn resolve_ctx(asked: Option<u32>, context_length: usize) -> Result<u32, ErrorReply> {
+    if asked == Some(0) {
+        return Err(ErrorReply::new(
+            ErrorCode::BadRequest,
+            "a context of 0 tokens cannot hold a prompt: --ctx must be at least 1",
+        ));
+    }
+    Ok(asked
         .unwrap_or(DEFAULT_CTX)
         .min(context_length.clamp(1, u32::MAX as usize) as u32)
-        .max(1)
+        .max(1))
 }
 
 /// Plans `sizes` on `devices`; input errors become `bad_request`.
@@ -341,7 +361,7 @@ pub fn plan_blocking(
     let chosen = name_devices(&req.devices, devices)?;
     let (description, config, sizes) =
         ModelSizes::open(Path::new(&req.path), MAX_BATCH, MAX_SEQUENCES).map_err(load_error)?;
-    let ctx = resolve_ctx(req.ctx, config.context_length);
+    let ctx = resolve_ctx(req.ctx, config.context_length)?;
     let plan_devs = plan_devices(&chosen, memory_of, &|_| 0);
     let p = make_plan(&sizes, &plan_devs, &req.split, req.gpu_layers, ctx)?;
     Ok(plan_reply(&req.path, &description.architecture, &sizes, &p))
@@ -398,12 +418,14 @@ pub fn load_blocking(
         Tokenizer::from_metadata(&model.description.tokenizer)
             .map_err(|e| ErrorReply::new(ErrorCode::Unsupported, format!("tokenizer: {e}")))?,
     );
-    let chat = ChatTemplate::new(
-        model.description.tokenizer.chat_template.as_deref(),
-        &tokenizer,
-    )
-    .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, format!("chat template: {e}")))?;
-    let ctx = resolve_ctx(req.ctx, model.config.context_length);
+    let chat = Arc::new(
+        ChatTemplate::new(
+            model.description.tokenizer.chat_template.as_deref(),
+            &tokenizer,
+        )
+        .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, format!("chat template: {e}")))?,
+    );
+    let ctx = resolve_ctx(req.ctx, model.config.context_length)?;
     let sizes = ModelSizes::new(&model.source.file, &model.config, MAX_BATCH, MAX_SEQUENCES);
     let plan_devs = plan_devices(&chosen, memory_of, &|_| 0);
     let p = make_plan(&sizes, &plan_devs, &req.split, None, ctx)?;
@@ -465,6 +487,7 @@ pub fn load_blocking(
         config: Arc::clone(&model.config),
         tokenizer,
         chat,
+        prompts: PromptSlots::default(),
         ctx: AtomicU32::new(ctx),
         threads,
         source: Arc::clone(&model.source),
@@ -501,7 +524,7 @@ impl LoadedModel {
         };
         let chosen = resolve_devices(&names, devices)?;
         let ctx = match req.ctx {
-            Some(c) => resolve_ctx(Some(c), self.config.context_length),
+            Some(c) => resolve_ctx(Some(c), self.config.context_length)?,
             None => self.ctx(),
         };
         let own = |name: &str| -> u64 {

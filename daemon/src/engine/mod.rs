@@ -2,6 +2,7 @@
 //! pipeline; async request handlers talk to it through a [`ModelHandle`]. Inference never runs
 //! inside an async task.
 
+pub mod prompt;
 pub mod sampler;
 pub mod text;
 pub mod worker;
