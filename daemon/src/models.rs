@@ -399,21 +399,25 @@ fn backends_for(
     Ok(backends)
 }
 
-/// Loads a model as `req` asks (blocking: run it on a blocking thread). `memory_of` gives each
-/// CPU device's shared memory ledger; `progress(done, total)` reports stages loaded. The split
-/// plan is checked against the devices' free memory before anything is allocated: a load that
-/// does not fit is refused with the numbers and a suggestion that fits (`does_not_fit`).
-pub fn load_blocking(
-    req: &LoadRequest,
-    name: String,
-    devices: &[Device],
-    memory_of: &dyn Fn(&Device) -> Arc<DeviceMemory>,
-    progress: impl FnMut(usize, usize),
-) -> Result<(LoadedModel, f64, u64), ErrorReply> {
+/// A model file opened for a load, with its tokenizer and chat template: everything a load reads
+/// from the file's header. Made by [`prepare_load`] before the placement lock is taken, so a
+/// slow or stalled file never holds up other loads, unloads and re-splits.
+pub struct PreparedLoad {
+    /// When the load began, for its reported duration.
+    started: Instant,
+    /// The opened file and its configuration.
+    model: OpenedModel,
+    /// Its tokenizer.
+    tokenizer: Arc<Tokenizer>,
+    /// Its chat template.
+    chat: Arc<ChatTemplate>,
+}
+
+/// Opens `path` for a load (blocking: run it on a blocking thread): a regular file only, its
+/// header parsed and checked, its tokenizer and chat template built.
+pub fn prepare_load(path: &Path) -> Result<PreparedLoad, ErrorReply> {
     let started = Instant::now();
-    let path = PathBuf::from(&req.path);
-    let chosen = resolve_devices(&req.devices, devices)?;
-    let model = OpenedModel::open(&path).map_err(load_error)?;
+    let model = OpenedModel::open(path).map_err(load_error)?;
     let tokenizer = Arc::new(
         Tokenizer::from_metadata(&model.description.tokenizer)
             .map_err(|e| ErrorReply::new(ErrorCode::Unsupported, format!("tokenizer: {e}")))?,
@@ -425,6 +429,35 @@ pub fn load_blocking(
         )
         .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, format!("chat template: {e}")))?,
     );
+    Ok(PreparedLoad {
+        started,
+        model,
+        tokenizer,
+        chat,
+    })
+}
+
+/// Loads a model `prepare_load` opened, as `req` asks (blocking: run it on a blocking thread,
+/// holding the placement lock). `memory_of` gives each device's shared memory ledger;
+/// `progress(done, total)` reports stages loaded. The split plan is checked against the
+/// devices' free memory before anything is allocated: a load that does not fit is refused with
+/// the numbers and a suggestion that fits (`does_not_fit`).
+pub fn load_blocking(
+    req: &LoadRequest,
+    name: String,
+    prepared: PreparedLoad,
+    devices: &[Device],
+    memory_of: &dyn Fn(&Device) -> Arc<DeviceMemory>,
+    progress: impl FnMut(usize, usize),
+) -> Result<(LoadedModel, f64, u64), ErrorReply> {
+    let PreparedLoad {
+        started,
+        model,
+        tokenizer,
+        chat,
+    } = prepared;
+    let path = PathBuf::from(&req.path);
+    let chosen = resolve_devices(&req.devices, devices)?;
     let ctx = resolve_ctx(req.ctx, model.config.context_length)?;
     let sizes = ModelSizes::new(&model.source.file, &model.config, MAX_BATCH, MAX_SEQUENCES);
     let plan_devs = plan_devices(&chosen, memory_of, &|_| 0);

@@ -1,4 +1,9 @@
 //! `load`: makes a model resident (or replaces one atomically), reporting progress per stage.
+//!
+//! The file is opened and its header read (`prepare_load`) before the placement lock is taken,
+//! so a slow or stalled file holds up only its own load; the wait for the lock is bounded
+//! (`State::placement`), and the lock then moves with the load to its thread, so a client that
+//! hangs up cannot release it while the load still allocates.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -6,7 +11,7 @@ use std::sync::Arc;
 use llmd_shared::{ErrorCode, ErrorReply, Event, LoadReply, LoadRequest, Progress};
 
 use super::Context;
-use crate::models::{default_name, load_blocking};
+use crate::models::{default_name, load_blocking, prepare_load};
 
 /// Longest model name accepted.
 const MAX_NAME_LEN: usize = 128;
@@ -42,7 +47,15 @@ pub async fn handle(req: LoadRequest, ctx: &Context) -> Result<LoadReply, ErrorR
     let name = req.name.clone().unwrap_or_else(|| default_name(path));
     check_name(&name)?;
     let state = Arc::clone(&ctx.state);
-    let _placement = state.placement_lock.lock().await;
+    let prepared = {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || prepare_load(&path))
+            .await
+            .map_err(|e| {
+                ErrorReply::new(ErrorCode::Internal, format!("the load task failed: {e}"))
+            })??
+    };
+    let placement = state.placement(format!("loading {name:?}")).await?;
     if !req.replace && state.models().get(&name).is_some() {
         return Err(ErrorReply::new(
             ErrorCode::AlreadyExists,
@@ -56,9 +69,11 @@ pub async fn handle(req: LoadRequest, ctx: &Context) -> Result<LoadReply, ErrorR
         let req = req.clone();
         let name = name.clone();
         tokio::task::spawn_blocking(move || {
+            let _placement = placement;
             load_blocking(
                 &req,
                 name,
+                prepared,
                 &devices,
                 &|d| state.device_memory(d),
                 |done, total| {

@@ -13,7 +13,9 @@ use super::{model_named, Context};
 pub async fn handle(req: ResplitRequest, ctx: &Context) -> Result<ResplitReply, ErrorReply> {
     let state = Arc::clone(&ctx.state);
     // Loads, unloads and re-splits take turns, so the free memory the plan sees stays true.
-    let _placement = state.placement_lock.lock().await;
+    let _placement = state
+        .placement(format!("re-splitting {:?}", req.name))
+        .await?;
     let model = model_named(ctx, &req.name)?;
     let devices = state.devices();
     let memory_of = |d: &crate::state::Device| state.device_memory(d);
