@@ -14,6 +14,7 @@ use llmd_shared::{
     ErrorCode, ErrorReply, LoadRequest, ModelDetails, PlanReply, PlannedDevice, ResplitReply,
     ResplitRequest, StagePlacement,
 };
+use tokio::sync::Notify;
 
 use crate::engine::prompt::{PromptModel, PromptSlots};
 use crate::engine::{Job, ModelHandle, ResplitOutcome, WorkerLimits};
@@ -92,12 +93,50 @@ impl LoadedModel {
         }
     }
 
-    /// The placement as last recorded.
+    /// The placement as last recorded; none once the model has failed (its worker freed the
+    /// stages).
     pub fn placement(&self) -> Vec<StagePlacement> {
+        if self.failure().is_some() {
+            return Vec::new();
+        }
+        self.last_placement()
+    }
+
+    /// The placement as last recorded, even for a failed model (a reload puts it back there).
+    fn last_placement(&self) -> Vec<StagePlacement> {
         self.placement
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Why the model failed (a step of its worker panicked), if it has; it then refuses every
+    /// request with this reason until a reload.
+    pub fn failure(&self) -> Option<String> {
+        self.handle.failure()
+    }
+
+    /// Queues a job on the model's worker; refused with the reason once the model has failed.
+    pub fn submit(&self, job: Job) -> Result<(), ErrorReply> {
+        self.handle
+            .submit(job)
+            .map_err(|e| self.unavailable(e.to_string()))
+    }
+
+    /// The error for a request the worker could not finish: the model's failure when it has
+    /// failed (naming how to recover), else `otherwise`.
+    pub fn unavailable(&self, otherwise: impl Into<String>) -> ErrorReply {
+        match self.failure() {
+            Some(why) => ErrorReply::new(
+                ErrorCode::Internal,
+                format!(
+                    "model {:?} is not serving: {why} (llmctl reload {}, or load it again with \
+                     --replace)",
+                    self.name, self.name
+                ),
+            ),
+            None => ErrorReply::new(ErrorCode::Internal, otherwise),
+        }
     }
 
     /// Asks the worker for the current placement (KV bytes change as sequences come and go) and
@@ -107,7 +146,7 @@ impl LoadedModel {
         let job = Job::WithPipeline(Box::new(move |p: &mut Pipeline| {
             let _ = tx.send(placement_of(p));
         }));
-        if self.handle.submit(job).is_ok() {
+        if self.submit(job).is_ok() {
             if let Ok(p) = rx.await {
                 *self
                     .placement
@@ -135,6 +174,32 @@ impl LoadedModel {
             .sum()
     }
 
+    /// The load that puts this (failed) model back: its file, name, threads, context and last
+    /// placement (its stages' devices, with their layer counts as split weights), each replaced
+    /// by what the re-split request `req` gives.
+    pub fn reload_request(&self, req: &ResplitRequest) -> LoadRequest {
+        let last = self.last_placement();
+        let devices = if req.devices.is_empty() {
+            last.iter().map(|s| s.device.clone()).collect()
+        } else {
+            req.devices.clone()
+        };
+        let split = if req.split.is_empty() && req.devices.is_empty() {
+            layer_counts(&last)
+        } else {
+            req.split.clone()
+        };
+        LoadRequest {
+            path: self.path.display().to_string(),
+            name: Some(self.name.clone()),
+            ctx: Some(req.ctx.unwrap_or_else(|| self.ctx())),
+            threads: Some(self.threads),
+            devices,
+            split,
+            replace: true,
+        }
+    }
+
     /// The wire description.
     pub fn details(&self) -> ModelDetails {
         ModelDetails {
@@ -146,6 +211,7 @@ impl LoadedModel {
             threads: self.threads,
             placement: self.placement(),
             running: self.running.load(Ordering::SeqCst),
+            failed: self.failure(),
         }
     }
 }
@@ -162,6 +228,15 @@ pub fn placement_of(p: &Pipeline) -> Vec<StagePlacement> {
             weight_bytes: s.weight_bytes(),
             kv_bytes: s.kv_bytes(),
         })
+        .collect()
+}
+
+/// Split weights that put the layers where `stages` have them: layer counts, the head counting
+/// as one more layer of its device, reproduce the ranges under llama.cpp's rule.
+fn layer_counts(stages: &[StagePlacement]) -> Vec<f32> {
+    stages
+        .iter()
+        .map(|s| (s.layer_end - s.layer_start) as f32 + f32::from(u8::from(s.output)))
         .collect()
 }
 
@@ -448,6 +523,7 @@ pub fn load_blocking(
     prepared: PreparedLoad,
     devices: &[Device],
     memory_of: &dyn Fn(&Device) -> Arc<DeviceMemory>,
+    changed: Option<Arc<Notify>>,
     progress: impl FnMut(usize, usize),
 ) -> Result<(LoadedModel, f64, u64), ErrorReply> {
     let PreparedLoad {
@@ -501,13 +577,9 @@ pub fn load_blocking(
         build_pipeline(&model, specs, MAX_BATCH, MAX_SEQUENCES, progress).map_err(load_error)?;
     let placement = placement_of(&pipeline);
     let bytes: u64 = placement.iter().map(|s| s.weight_bytes).sum();
-    let limits = WorkerLimits {
-        n_ctx: ctx as usize,
-        max_batch: MAX_BATCH,
-        max_sequences: MAX_SEQUENCES,
-    };
-    let handle =
-        ModelHandle::spawn(&name, pipeline, Arc::clone(&tokenizer), limits).map_err(|e| {
+    let limits = WorkerLimits::new(ctx as usize, MAX_BATCH, MAX_SEQUENCES);
+    let handle = ModelHandle::spawn(&name, pipeline, Arc::clone(&tokenizer), limits, changed)
+        .map_err(|e| {
             ErrorReply::new(
                 ErrorCode::Internal,
                 format!("cannot start the model's worker: {e}"),
@@ -569,13 +641,9 @@ impl LoadedModel {
         };
         let plan_devs = plan_devices(&chosen, memory_of, &own);
         // Neither devices nor split given (e.g. only a new context): keep the layers where they
-        // are. Layer counts as split weights (the head counting as one more layer of the last
-        // device) reproduce the current ranges under llama.cpp's rule.
+        // are.
         let split: Vec<f32> = if req.split.is_empty() && req.devices.is_empty() {
-            current
-                .iter()
-                .map(|s| (s.layer_end - s.layer_start) as f32 + f32::from(u8::from(s.output)))
-                .collect()
+            layer_counts(&current)
         } else {
             req.split.clone()
         };
@@ -654,15 +722,10 @@ impl LoadedModel {
                 }
             },
         ));
-        self.handle
-            .submit(job)
-            .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("cannot re-split: {e}")))?;
-        let (report, placement) = rx.await.map_err(|_| {
-            ErrorReply::new(
-                ErrorCode::Internal,
-                "the model's worker stopped during the re-split",
-            )
-        })??;
+        self.submit(job)?;
+        let (report, placement) = rx
+            .await
+            .map_err(|_| self.unavailable("the model's worker stopped during the re-split"))??;
         self.ctx.store(ctx, Ordering::SeqCst);
         if report.through_host > 0 {
             tracing::info!(

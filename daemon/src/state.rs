@@ -83,6 +83,23 @@ impl ModelRegistry {
         self.models.values().cloned().collect()
     }
 
+    /// Names of the resident models that failed, sorted.
+    pub fn failed(&self) -> Vec<String> {
+        self.models
+            .iter()
+            .filter(|(_, m)| m.failure().is_some())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Every failed model with the reason, sorted by name (for `doctor`).
+    pub fn failures(&self) -> Vec<(String, String)> {
+        self.models
+            .iter()
+            .filter_map(|(name, m)| m.failure().map(|why| (name.clone(), why)))
+            .collect()
+    }
+
     /// Bytes used on the device named `device` by all resident models.
     pub fn bytes_on(&self, device: &str) -> u64 {
         self.models.values().map(|m| m.bytes_on(device)).sum()
@@ -101,6 +118,7 @@ impl ModelRegistry {
                     path: m.path.display().to_string(),
                     devices,
                     memory_bytes: m.memory_bytes(),
+                    failed: m.failure(),
                 }
             })
             .collect()
@@ -165,8 +183,9 @@ pub struct State {
     connections: AtomicU64,
     /// Requests being processed.
     requests_running: AtomicU64,
-    /// Woken whenever a counter or the model set changes, so the status line can be refreshed.
-    pub changed: Notify,
+    /// Woken whenever a counter or the model set changes or a model fails, so the status line
+    /// can be refreshed (shared with the models' workers).
+    pub changed: Arc<Notify>,
     /// Memory ledgers of devices by name, shared by every model placed on them; kept across
     /// configuration reloads so that accounting stays right while models are resident.
     device_memory: Mutex<BTreeMap<String, Arc<DeviceMemory>>>,
@@ -212,7 +231,7 @@ impl State {
             models: Mutex::new(ModelRegistry::default()),
             connections: AtomicU64::new(0),
             requests_running: AtomicU64::new(0),
-            changed: Notify::new(),
+            changed: Arc::new(Notify::new()),
             device_memory: Mutex::new(BTreeMap::new()),
             placement_lock: Arc::new(tokio::sync::Mutex::new(())),
             placement_holder: Arc::new(Mutex::new(None)),
@@ -360,12 +379,21 @@ impl State {
         CounterGuard::new(self.clone(), Counter::Requests)
     }
 
-    /// The `STATUS=` line for systemd: "N models resident, M requests running".
+    /// The `STATUS=` line for systemd: "N models resident, M requests running", with the
+    /// failed models named ("2 models resident (1 failed: gemma), ...").
     pub fn status_line(&self) -> String {
-        let models = self.models().len();
+        let (models, failed) = {
+            let registry = self.models();
+            (registry.len(), registry.failed())
+        };
         let requests = self.requests_running();
+        let failed = if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} failed: {})", failed.len(), failed.join(", "))
+        };
         format!(
-            "{models} model{} resident, {requests} request{} running",
+            "{models} model{} resident{failed}, {requests} request{} running",
             if models == 1 { "" } else { "s" },
             if requests == 1 { "" } else { "s" },
         )

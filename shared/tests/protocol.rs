@@ -54,12 +54,22 @@ fn sample_responses() -> Vec<Response> {
                 description: "host memory".into(),
                 unavailable: None,
             }],
-            models: vec![ModelInfo {
-                name: "gemma".into(),
-                path: "/models/gemma.gguf".into(),
-                devices: vec!["cpu:0".into()],
-                memory_bytes: 253 << 20,
-            }],
+            models: vec![
+                ModelInfo {
+                    name: "gemma".into(),
+                    path: "/models/gemma.gguf".into(),
+                    devices: vec!["cpu:0".into()],
+                    memory_bytes: 253 << 20,
+                    failed: None,
+                },
+                ModelInfo {
+                    name: "qwen".into(),
+                    path: "/models/qwen.gguf".into(),
+                    devices: Vec::new(),
+                    memory_bytes: 0,
+                    failed: Some("the model failed (a step panicked: boom); reload it".into()),
+                },
+            ],
             connections: 3,
             requests_running: 1,
             cuda: CudaStatus {
@@ -100,13 +110,22 @@ fn sample_responses() -> Vec<Response> {
             }],
         }))),
         Response::Reply(Reply::Doctor(DoctorReport {
-            checks: vec![Check {
-                kind: CheckKind::Psu,
-                subject: "system".into(),
-                verdict: Verdict::Warn,
-                summary: "worst case 1060 W, 12% headroom".into(),
-                fix: Some("fit a bigger PSU".into()),
-            }],
+            checks: vec![
+                Check {
+                    kind: CheckKind::Psu,
+                    subject: "system".into(),
+                    verdict: Verdict::Warn,
+                    summary: "worst case 1060 W, 12% headroom".into(),
+                    fix: Some("fit a bigger PSU".into()),
+                },
+                Check {
+                    kind: CheckKind::Model,
+                    subject: "model qwen".into(),
+                    verdict: Verdict::Fail,
+                    summary: "not serving: the model failed".into(),
+                    fix: Some("llmctl reload qwen".into()),
+                },
+            ],
         })),
         Response::Reply(Reply::Metrics(MetricsReply {
             text: "# HELP llmd_gpu_power_watts Power draw\n".into(),
@@ -126,6 +145,10 @@ fn sample_responses() -> Vec<Response> {
         })),
         Response::Error(ErrorReply::new(ErrorCode::ShuttingDown, "llmd is stopping")),
         Response::Error(ErrorReply::new(ErrorCode::VersionMismatch, "")),
+        Response::Error(ErrorReply::new(
+            ErrorCode::Forbidden,
+            "user 1000 may not unload models",
+        )),
     ]
 }
 

@@ -201,6 +201,8 @@ pub enum ErrorCode {
     VersionMismatch,
     /// The request took longer than allowed.
     Timeout,
+    /// The client's user may not make this request (the daemon's `[access]` configuration).
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -219,6 +221,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::VersionMismatch => "version_mismatch",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }

@@ -111,4 +111,6 @@ pub struct ModelDetails {
     pub placement: Vec<StagePlacement>,
     /// Generations running now.
     pub running: u32,
+    /// Why it no longer serves (its worker failed), if so; `llmctl reload` loads it again.
+    pub failed: Option<String>,
 }

@@ -109,4 +109,7 @@ pub struct ModelInfo {
     pub devices: Vec<String>,
     /// Bytes of device memory it occupies in all.
     pub memory_bytes: u64,
+    /// Why it no longer serves (its worker failed), if so: every request for it is refused with
+    /// this reason until `llmctl reload` (or `load --replace`) loads it again.
+    pub failed: Option<String>,
 }

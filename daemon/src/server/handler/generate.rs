@@ -38,10 +38,7 @@ pub async fn handle(req: GenerateRequest, ctx: &Context) -> Result<GenerateReply
         stops: req.stop.clone(),
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(EVENT_BUFFER);
-    model
-        .handle
-        .submit(Job::Generate(job, tx))
-        .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))?;
+    model.submit(Job::Generate(job, tx))?;
     model.running.fetch_add(1, Ordering::SeqCst);
     let _running = RunningGuard(&model.running);
     while let Some(event) = rx.recv().await {
@@ -63,9 +60,11 @@ pub async fn handle(req: GenerateRequest, ctx: &Context) -> Result<GenerateReply
             }
         }
     }
-    Err(ErrorReply::new(
-        ErrorCode::Internal,
-        "the model's worker stopped",
+    // The channel closed without a final event: the model failed, or its worker dropped the
+    // generation because this client stopped reading its tokens.
+    Err(model.unavailable(
+        "the generation ended without a result: the model's worker dropped it (was its client \
+         reading?) or stopped",
     ))
 }
 

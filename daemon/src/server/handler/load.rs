@@ -11,7 +11,8 @@ use std::sync::Arc;
 use llmd_shared::{ErrorCode, ErrorReply, Event, LoadReply, LoadRequest, Progress};
 
 use super::Context;
-use crate::models::{default_name, load_blocking, prepare_load};
+use crate::models::{default_name, load_blocking, prepare_load, PreparedLoad};
+use crate::state::PlacementGuard;
 
 /// Longest model name accepted.
 const MAX_NAME_LEN: usize = 128;
@@ -62,24 +63,41 @@ pub async fn handle(req: LoadRequest, ctx: &Context) -> Result<LoadReply, ErrorR
             format!("a model named {name:?} is already loaded (unload it, or load with --replace)"),
         ));
     }
+    place(req, name, prepared, placement, ctx).await
+}
+
+/// Loads a prepared model under the placement lock held by `placement`, forwarding progress,
+/// and registers it under `name` (replacing a model of that name). The lock goes to the load's
+/// thread and comes back with its result, so it is held until the model is registered even if
+/// the request is cancelled meanwhile.
+pub(super) async fn place(
+    req: LoadRequest,
+    name: String,
+    prepared: PreparedLoad,
+    placement: PlacementGuard,
+    ctx: &Context,
+) -> Result<LoadReply, ErrorReply> {
+    let state = Arc::clone(&ctx.state);
     let devices = state.devices();
     let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
     let task = {
         let state = Arc::clone(&state);
         let req = req.clone();
         let name = name.clone();
+        let changed = Some(Arc::clone(&state.changed));
         tokio::task::spawn_blocking(move || {
-            let _placement = placement;
-            load_blocking(
+            let loaded = load_blocking(
                 &req,
                 name,
                 prepared,
                 &devices,
                 &|d| state.device_memory(d),
+                changed,
                 |done, total| {
                     let _ = progress_tx.send((done, total));
                 },
-            )
+            );
+            (loaded, placement)
         })
     };
     while let Some((done, total)) = progress_rx.recv().await {
@@ -90,9 +108,10 @@ pub async fn handle(req: LoadRequest, ctx: &Context) -> Result<LoadReply, ErrorR
         }))
         .await?;
     }
-    let (model, load_secs, bytes_loaded) = task.await.map_err(|e| {
-        ErrorReply::new(ErrorCode::Internal, format!("the load task failed: {e}"))
-    })??;
+    let (loaded, _placement) = task
+        .await
+        .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("the load task failed: {e}")))?;
+    let (model, load_secs, bytes_loaded) = loaded?;
     let reply = LoadReply {
         name: name.clone(),
         path: req.path.clone(),
