@@ -6,6 +6,7 @@
 //! runs the request's own handler file against the shared [`State`] → the connection writes the
 //! handler's events and then its final reply (or error) as frames, and waits for the next request.
 
+pub mod access;
 pub mod admission;
 pub mod connection;
 pub mod frame_budget;
@@ -140,6 +141,7 @@ pub async fn run(
             ""
         }
     );
+    access::log_policy(state.config().config.access.as_ref());
     notify::ready(&state.status_line());
 
     loop {
