@@ -4,17 +4,21 @@
 //! The daemon accepts every connection at once (a client waiting in the listen backlog behind
 //! a flood would time out), then admits it here. Two caps apply: [`MAX_CONNECTIONS`] in all and
 //! [`MAX_CONNECTIONS_PER_UID`] per user. When a new connection would pass one, the daemon closes
-//! the **oldest connection that is not running a request** (still in its handshake, idle
-//! between requests, or sending a request frame) of that user, or, for the total cap, of the
-//! user holding the most connections. So a flood of idle, silent or half-sent connections
-//! (issue 14) only ever pushes out its own oldest members, and other users keep their room.
-//! A new connection is refused only when every candidate is running a request.
+//! a connection that is not running a request (still in its handshake, idle between requests,
+//! or sending a request frame) of that user, or, for the total cap, of the user holding the
+//! most connections: one whose client has already hung up if there is one (a busy daemon may
+//! not have noticed yet), else the **oldest**. So a flood of idle, silent or half-sent
+//! connections (issue 14) only ever pushes out its own oldest members, and other users keep
+//! their room. A new connection is refused only when every candidate is running a request.
 
 use std::collections::BTreeMap;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Notify;
+
+use super::peek::has_hung_up;
 
 /// Most connections open at once; each costs a task, a file descriptor and its buffers. Under
 /// systemd's default soft limit of 1,024 descriptors this leaves room for model files.
@@ -45,6 +49,9 @@ struct Table {
 struct Slot {
     /// Its user.
     uid: u32,
+    /// Its socket, to see whether its client hung up. Valid while the slot exists: a
+    /// connection gives up its slot before closing its socket.
+    fd: RawFd,
     /// Whether it is running a request (never closed to make room).
     busy: bool,
     /// Tells its task it was closed to make room.
@@ -85,12 +92,13 @@ impl Admission {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Admits a connection of user `uid`, closing another one to make room if a cap is reached.
-    pub fn admit(self: &Arc<Self>, uid: u32) -> Admit {
+    /// Admits a connection of user `uid` on socket `fd`, closing another one to make room if a
+    /// cap is reached.
+    pub fn admit(self: &Arc<Self>, uid: u32, fd: RawFd) -> Admit {
         let mut table = self.table();
         let of_uid = table.slots.values().filter(|s| s.uid == uid).count();
         let victim = if of_uid >= MAX_CONNECTIONS_PER_UID {
-            match table.oldest_idle(|s| s.uid == uid) {
+            match table.victim(|s| s.uid == uid) {
                 Some(id) => Some(id),
                 None => {
                     return Admit::Refused(format!(
@@ -126,6 +134,7 @@ impl Admission {
             id,
             Slot {
                 uid,
+                fd,
                 busy: false,
                 signal: Arc::clone(&signal),
             },
@@ -152,17 +161,26 @@ impl Admission {
 }
 
 impl Table {
-    /// The oldest connection not running a request among those `pick` selects.
-    fn oldest_idle(&self, pick: impl Fn(&Slot) -> bool) -> Option<u64> {
-        self.slots
-            .iter()
-            .find(|(_, s)| !s.busy && pick(s))
+    /// The connection to close among those `pick` selects that are not running a request: one
+    /// whose client hung up, else the oldest.
+    fn victim(&self, pick: impl Fn(&Slot) -> bool) -> Option<u64> {
+        let mut idle = self.slots.iter().filter(|(_, s)| !s.busy && pick(s));
+        let oldest = idle.clone().next().map(|(&id, _)| id);
+        idle.find(|(_, s)| has_hung_up(s.fd))
             .map(|(&id, _)| id)
+            .or(oldest)
     }
 
-    /// The oldest connection not running a request of the user holding the most connections
-    /// (among users that have one that can give way).
+    /// The connection to close at the total cap: any whose client hung up, else the oldest of
+    /// the user holding the most connections (among users that have one that can give way).
     fn hog_victim(&self) -> Option<u64> {
+        if let Some((&id, _)) = self
+            .slots
+            .iter()
+            .find(|(_, s)| !s.busy && has_hung_up(s.fd))
+        {
+            return Some(id);
+        }
         let mut counts: BTreeMap<u32, (usize, Option<u64>)> = BTreeMap::new();
         for (&id, s) in &self.slots {
             let entry = counts.entry(s.uid).or_insert((0, None));
@@ -230,8 +248,22 @@ impl Drop for Ticket {
 mod tests {
     use super::*;
 
+    /// A client socket whose peer is alive (its other end is kept open).
+    fn live() -> RawFd {
+        use std::os::fd::AsRawFd;
+        thread_local! {
+            static PAIR: (std::os::unix::net::UnixStream, std::os::unix::net::UnixStream) =
+                std::os::unix::net::UnixStream::pair().unwrap();
+        }
+        PAIR.with(|(ours, _theirs)| ours.as_raw_fd())
+    }
+
     fn admitted(a: &Arc<Admission>, uid: u32) -> (Ticket, Option<u32>) {
-        match a.admit(uid) {
+        admitted_on(a, uid, live())
+    }
+
+    fn admitted_on(a: &Arc<Admission>, uid: u32, fd: RawFd) -> (Ticket, Option<u32>) {
+        match a.admit(uid, fd) {
             Admit::Admitted { ticket, evicted } => (ticket, evicted),
             Admit::Refused(why) => panic!("refused: {why}"),
         }
@@ -262,7 +294,7 @@ mod tests {
             assert!(t.set_busy(true));
         }
         assert!(newest.set_busy(true));
-        match a.admit(1000) {
+        match a.admit(1000, live()) {
             Admit::Refused(why) => assert!(why.contains("per user"), "{why}"),
             Admit::Admitted { .. } => panic!("admitted past the cap"),
         }
@@ -295,13 +327,33 @@ mod tests {
         for t in &tickets[1..] {
             assert!(t.set_busy(true));
         }
-        match a.admit(6) {
+        match a.admit(6, live()) {
             Admit::Refused(why) => assert!(why.contains("all running requests"), "{why}"),
             Admit::Admitted { .. } => panic!("admitted past the cap"),
         }
         // A connection that ends frees its slot.
         tickets.truncate(1);
-        assert!(matches!(a.admit(6), Admit::Admitted { evicted: None, .. }));
+        assert!(matches!(
+            a.admit(6, live()),
+            Admit::Admitted { evicted: None, .. }
+        ));
+    }
+
+    /// A connection whose client already hung up gives way before older live ones.
+    #[test]
+    fn a_hung_up_connection_gives_way_first() {
+        use std::os::fd::AsRawFd;
+        let a = Admission::new();
+        let mut tickets: Vec<Ticket> = (0..MAX_CONNECTIONS_PER_UID - 1)
+            .map(|_| admitted(&a, 9).0)
+            .collect();
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        tickets.push(admitted_on(&a, 9, ours.as_raw_fd()).0);
+        drop(theirs);
+        let (_new, evicted) = admitted(&a, 9);
+        assert_eq!(evicted, Some(9));
+        assert!(tickets.last().unwrap().is_evicted(), "the hung-up one");
+        assert!(!tickets[0].is_evicted(), "not the oldest live one");
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@
 //! running (and holding its slot) until it finishes.
 
 use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,13 +29,13 @@ use llmd_shared::{
 };
 use serde::Serialize;
 use tokio::io::{AsyncWrite, Interest};
-use tokio::net::unix::ReadHalf;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use super::admission::Ticket;
 use super::frame_budget::{FrameBudget, MAX_FRAME_BYTES_IN_FLIGHT};
 use super::handler::{self, Context, Peer};
+use super::peek::peek_one;
 use crate::shutdown::Shutdown;
 use crate::state::State;
 
@@ -97,6 +98,10 @@ pub async fn serve(
         }
         Err(e) => tracing::info!(uid = peer.uid, pid = peer.pid, "dropping connection: {e}"),
     }
+    // The slot goes before the socket closes: the table may look at the socket while it holds
+    // the slot (`Admission`), and the descriptor must still be this connection's then.
+    drop(limits);
+    drop(stream);
 }
 
 /// What ends a wait on the client besides the client itself.
@@ -171,7 +176,13 @@ async fn run(
                 .await
             }
         };
-        let reserve = async { Ok(frames.reserve(len).await) };
+        // A client that hangs up while its frame waits for room gives the wait up.
+        let reserve = async {
+            tokio::select! {
+                r = frames.reserve(len) => Ok(r),
+                _ = hung_up(stream) => Err(ConnectionError::HungUp),
+            }
+        };
         let Some(reservation) = stop
             .wait(FRAME_TIMEOUT, "waiting for room", reserve)
             .await?
@@ -285,7 +296,7 @@ async fn answer(
         shutdown,
         handler::dispatch(request, ctx),
         events_rx,
-        hung_up(&reader),
+        hung_up(reader.as_ref()),
     )
     .await;
     let outcome = match outcome {
@@ -330,13 +341,24 @@ async fn answer(
 }
 
 /// Completes when the client has closed its end of the connection (end of stream, or a reset).
-/// Bytes sent ahead of the reply are not a hang-up: they are left for the next request, and the
-/// watch ends there (it would otherwise wake at once again and again).
-async fn hung_up(reader: &ReadHalf<'_>) {
-    match reader.ready(Interest::READABLE).await {
-        Ok(ready) if ready.is_read_closed() => {}
-        Err(_) => {}
-        Ok(_) => std::future::pending().await,
+/// Bytes sent ahead of the reply are not a hang-up: they are left (unread) for the next
+/// request, and the watch ends there (it would otherwise wake at once again and again).
+async fn hung_up(stream: &UnixStream) {
+    loop {
+        match stream.ready(Interest::READABLE).await {
+            Ok(ready) if ready.is_read_closed() => return,
+            Err(_) => return,
+            Ok(_) => {}
+        }
+        // Readable: an end of stream, bytes sent ahead, or a stale readiness (the request's
+        // last read did not drain the socket to "would block"). A peek tells them apart
+        // without taking anything; "would block" clears the stale readiness.
+        match stream.try_io(Interest::READABLE, || peek_one(stream.as_raw_fd())) {
+            Ok(0) => return,
+            Ok(_) => return std::future::pending().await,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
     }
 }
 

@@ -12,8 +12,10 @@ pub mod connection;
 pub mod frame_budget;
 pub mod handler;
 pub mod listener;
+pub mod peek;
 mod reload;
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,7 +163,7 @@ pub async fn run(
             accepted = bound.listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let peer = Peer::of(&stream);
-                    match admission.admit(peer.uid) {
+                    match admission.admit(peer.uid, stream.as_raw_fd()) {
                         Admit::Admitted { ticket, evicted } => {
                             if let Some(uid) = evicted {
                                 tracing::debug!(
