@@ -44,6 +44,7 @@ fn assert_responsive(d: &mut Daemon, during: &str) {
         d.stderr()
     );
     let took = answer_time(&d.socket);
+    eprintln!("another client answered in {took:?} {during}");
     assert!(
         took < ANSWER_LIMIT,
         "another client waited {took:?} {during}; log:\n{}",
@@ -432,6 +433,7 @@ fn hostile_half_sent_frames_do_not_grow_memory() {
     );
     let peak = status_kib(d.pid(), "VmHWM");
     let grew_mib = peak.saturating_sub(before) / 1024;
+    eprintln!("{n} half-sent frames: RSS {before} KiB before, peak {peak} KiB (+{grew_mib} MiB)");
     assert!(
         grew_mib < 200,
         "the daemon's peak memory grew by {grew_mib} MiB ({before} KiB before, peak {peak} KiB)"

@@ -77,16 +77,16 @@ pub struct Limits {
     pub frames: Arc<FrameBudget>,
 }
 
-/// Serves one client until it disconnects, misbehaves, idles out, is closed to make room, or
-/// the daemon shuts down.
+/// Serves one client (whose credentials the accept loop read as `peer`) until it disconnects,
+/// misbehaves, idles out, is closed to make room, or the daemon shuts down.
 pub async fn serve(
     mut stream: UnixStream,
+    peer: Peer,
     state: Arc<State>,
     mut shutdown: Shutdown,
     limits: Limits,
 ) {
     let _connection = state.track_connection();
-    let peer = Peer::of(&stream);
     let mut stop = Stop {
         shutdown: &mut shutdown,
         ticket: &limits.ticket,

@@ -180,7 +180,7 @@ pub async fn run(
                                 frames: Arc::clone(&frames),
                             };
                             tokio::spawn(async move {
-                                connection::serve(stream, state, shutdown, limits).await;
+                                connection::serve(stream, peer, state, shutdown, limits).await;
                                 drop(guard);
                             });
                         }
