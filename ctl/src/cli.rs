@@ -185,8 +185,13 @@ pub struct SamplingArgs {
 pub struct GenerateArgs {
     /// The model's name.
     pub name: String,
-    /// The prompt.
-    pub prompt: String,
+    /// The prompt (or give --prompt-file).
+    #[arg(required_unless_present = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from FILE (UTF-8, at most 16 MiB); `-` reads standard input. For prompts
+    /// too long for a shell argument.
+    #[arg(long, value_name = "FILE", conflicts_with = "prompt")]
+    pub prompt_file: Option<PathBuf>,
     /// Tokens to generate at most.
     #[arg(long, short = 'n', default_value_t = 256)]
     pub max_tokens: u32,
@@ -329,6 +334,28 @@ mod tests {
             .map(|cli| cli.command);
         assert!(
             matches!(plan, Ok(Command::Plan(p)) if p.cache.cache_type_k == Some(KvCacheType::Q4_0)),
+        );
+    }
+
+    #[test]
+    fn generate_takes_a_prompt_or_a_prompt_file_not_both() {
+        let parse = |args: &[&str]| match Cli::try_parse_from(args).map(|cli| cli.command) {
+            Ok(Command::Generate(g)) => Ok((g.prompt, g.prompt_file)),
+            Ok(other) => panic!("parsed as {other:?}"),
+            Err(e) => Err(e.exit_code()),
+        };
+        assert_eq!(
+            parse(&["llmctl", "generate", "m", "hi"]),
+            Ok((Some("hi".into()), None))
+        );
+        assert_eq!(
+            parse(&["llmctl", "generate", "m", "--prompt-file", "-"]),
+            Ok((None, Some(PathBuf::from("-"))))
+        );
+        assert_eq!(parse(&["llmctl", "generate", "m"]), Err(2));
+        assert_eq!(
+            parse(&["llmctl", "generate", "m", "hi", "--prompt-file", "p.txt"]),
+            Err(2)
         );
     }
 

@@ -55,14 +55,26 @@ fn sample_responses() -> Vec<Response> {
                 description: "host memory".into(),
                 unavailable: None,
             }],
-            models: vec![ModelInfo {
-                name: "gemma".into(),
-                path: "/models/gemma.gguf".into(),
-                devices: vec!["cpu:0".into()],
-                memory_bytes: 253 << 20,
-                cache_type_k: KvCacheType::Q8_0,
-                cache_type_v: KvCacheType::F16,
-            }],
+            models: vec![
+                ModelInfo {
+                    name: "gemma".into(),
+                    path: "/models/gemma.gguf".into(),
+                    devices: vec!["cpu:0".into()],
+                    memory_bytes: 253 << 20,
+                    cache_type_k: KvCacheType::Q8_0,
+                    cache_type_v: KvCacheType::F16,
+                    failed: None,
+                },
+                ModelInfo {
+                    name: "qwen".into(),
+                    path: "/models/qwen.gguf".into(),
+                    devices: Vec::new(),
+                    memory_bytes: 0,
+                    cache_type_k: KvCacheType::F16,
+                    cache_type_v: KvCacheType::F16,
+                    failed: Some("the model failed (a step panicked: boom); reload it".into()),
+                },
+            ],
             connections: 3,
             requests_running: 1,
             cuda: CudaStatus {
@@ -104,13 +116,22 @@ fn sample_responses() -> Vec<Response> {
             }],
         }))),
         Response::Reply(Reply::Doctor(DoctorReport {
-            checks: vec![Check {
-                kind: CheckKind::Psu,
-                subject: "system".into(),
-                verdict: Verdict::Warn,
-                summary: "worst case 1060 W, 12% headroom".into(),
-                fix: Some("fit a bigger PSU".into()),
-            }],
+            checks: vec![
+                Check {
+                    kind: CheckKind::Psu,
+                    subject: "system".into(),
+                    verdict: Verdict::Warn,
+                    summary: "worst case 1060 W, 12% headroom".into(),
+                    fix: Some("fit a bigger PSU".into()),
+                },
+                Check {
+                    kind: CheckKind::Model,
+                    subject: "model qwen".into(),
+                    verdict: Verdict::Fail,
+                    summary: "not serving: the model failed".into(),
+                    fix: Some("llmctl reload qwen".into()),
+                },
+            ],
         })),
         Response::Reply(Reply::Metrics(MetricsReply {
             text: "# HELP llmd_gpu_power_watts Power draw\n".into(),
@@ -140,6 +161,7 @@ fn sample_responses() -> Vec<Response> {
                 running: 0,
                 cache_type_k: KvCacheType::F16,
                 cache_type_v: KvCacheType::Q4_0,
+                failed: Some("the model failed (a step panicked: boom); reload it".into()),
             }],
         })),
         Response::Reply(Reply::Version(VersionReply {
@@ -157,6 +179,10 @@ fn sample_responses() -> Vec<Response> {
         })),
         Response::Error(ErrorReply::new(ErrorCode::ShuttingDown, "llmd is stopping")),
         Response::Error(ErrorReply::new(ErrorCode::VersionMismatch, "")),
+        Response::Error(ErrorReply::new(
+            ErrorCode::Forbidden,
+            "user 1000 may not unload models",
+        )),
     ]
 }
 

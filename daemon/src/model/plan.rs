@@ -390,15 +390,15 @@ fn shortfalls(stages: &[PlannedStage], devices: &[PlanDevice]) -> Vec<String> {
         let need: u64 = on.iter().map(|s| s.total_bytes()).sum();
         if need > dev.free_bytes {
             let sum = |f: fn(&PlannedStage) -> u64| on.iter().map(|s| f(s)).sum::<u64>();
+            let [need_text, free_text, budget_text] =
+                human_all([need, dev.free_bytes, dev.budget_bytes]);
             out.push(format!(
-                "{} needs {} (weights {}, KV cache {}, scratch {}) but has {} free of its {} budget",
+                "{} needs {need_text} (weights {}, KV cache {}, scratch {}) but has {free_text} \
+                 free of its {budget_text} budget",
                 dev.name,
-                human(need),
                 human(sum(|s| s.weight_bytes)),
                 human(sum(|s| s.kv_bytes)),
                 human(sum(|s| s.scratch_bytes)),
-                human(dev.free_bytes),
-                human(dev.budget_bytes)
             ));
         }
     }
@@ -407,6 +407,11 @@ fn shortfalls(stages: &[PlannedStage], devices: &[PlanDevice]) -> Vec<String> {
 
 /// Bytes in binary units with one decimal.
 pub fn human(bytes: u64) -> String {
+    human_with(bytes, 1)
+}
+
+/// Bytes in binary units with `decimals` decimals.
+fn human_with(bytes: u64, decimals: usize) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut u = 0;
@@ -417,8 +422,30 @@ pub fn human(bytes: u64) -> String {
     if u == 0 {
         format!("{bytes} B")
     } else {
-        format!("{v:.1} {}", UNITS[u])
+        format!("{v:.decimals$} {}", UNITS[u])
     }
+}
+
+/// Amounts that a message compares ("needs A but has B free of its C budget"), with as many
+/// decimals as it takes for different amounts to read differently (exact bytes as a last
+/// resort), so that a refusal never reads "needs 1.2 GiB but has 1.2 GiB free".
+pub fn human_all<const N: usize>(amounts: [u64; N]) -> [String; N] {
+    let distinct = |texts: &[String; N]| {
+        (0..N).all(|i| (0..N).all(|j| amounts[i] == amounts[j] || texts[i] != texts[j]))
+    };
+    for decimals in 1..=3 {
+        let texts = amounts.map(|a| human_with(a, decimals));
+        if distinct(&texts) {
+            return texts;
+        }
+    }
+    amounts.map(|a| format!("{a} B"))
+}
+
+/// [`human_all`] for two amounts.
+pub fn human_pair(a: u64, b: u64) -> (String, String) {
+    let [x, y] = human_all([a, b]);
+    (x, y)
 }
 
 /// The split (as layer counts, which llama.cpp's rule maps back to the same ranges) that fills
@@ -592,6 +619,34 @@ pub fn plan(
     })
 }
 
+/// Why no split fits even at context 1, with the model's least need on one device (weights, the
+/// scratch buffers of one stage and the head, one KV position per layer) against the free
+/// memory of all devices: either there is too little in all, or enough in all but in pieces
+/// too small for whole layers.
+fn no_split_fits(sizes: &ModelSizes, devices: &[PlanDevice]) -> String {
+    let weights = sizes.device_weight_bytes();
+    let scratch = sizes.stage_scratch_bytes + sizes.head_scratch_bytes;
+    let kv = sizes.n_layer as u64 * sizes.kv_bytes_per_layer_position;
+    let least = weights + scratch + kv;
+    let free: u64 = devices.iter().map(|d| d.free_bytes).sum();
+    let (least_text, free_text) = human_pair(least, free);
+    let need = format!(
+        "no split fits even at context 1: the model needs at least {least_text} (weights {}, \
+         scratch buffers {}, KV cache {})",
+        human(weights),
+        human(scratch),
+        human(kv)
+    );
+    if least > free {
+        format!("{need} and {free_text} is free on the chosen devices in all: add devices or free memory")
+    } else {
+        format!(
+            "{need}; {free_text} is free on the chosen devices in all, but no device has room \
+             for its share in whole layers: free memory on one of them, or add a device"
+        )
+    }
+}
+
 /// A change that makes the plan fit: another split at the same context, else a shorter context
 /// (with a split that fits it), else fewer GPU layers.
 fn suggest(
@@ -637,22 +692,15 @@ fn suggest(
             let head =
                 sizes.head_weight_bytes + sizes.stage_scratch_bytes + sizes.head_scratch_bytes;
             if head > last.free_bytes {
+                let (head_text, free_text) = human_pair(head, last.free_bytes);
                 return Some(format!(
-                    "the output layer alone needs {} on the last device, {}, which has {} free: \
-                     list a device with more free memory last",
-                    human(head),
+                    "the output layer alone needs {head_text} on the last device, {}, which has \
+                     {free_text} free: list a device with more free memory last",
                     last.name,
-                    human(last.free_bytes)
                 ));
             }
         }
-        let free: u64 = devices.iter().map(|d| d.free_bytes).sum();
-        return Some(format!(
-            "the weights alone need {} on devices and {} is free in all: add devices or free \
-             memory",
-            human(sizes.device_weight_bytes()),
-            human(free)
-        ));
+        return Some(no_split_fits(sizes, devices));
     }
     // With -ngl: fewer GPU layers at the same split and context.
     let ngl = opts.gpu_layers.unwrap_or(0);
@@ -762,6 +810,54 @@ mod tests {
                 .fits(),
             "{s}"
         );
+    }
+
+    /// Issue 14: the weights alone fit the free memory, but weights and scratch do not. The
+    /// message used to say "the weights alone need 1.2 GiB ... 1.2 GiB is free in all".
+    #[test]
+    fn out_of_budget_message_does_not_contradict_itself() {
+        let sizes = ModelSizes {
+            n_layer: 4,
+            layer_weight_bytes: vec![300 << 20; 4],
+            head_weight_bytes: 50 << 20,
+            embedding_bytes: 50 << 20,
+            kv_bytes_per_layer_position: 1024,
+            stage_scratch_bytes: 80 << 20,
+            head_scratch_bytes: 10 << 20,
+            context_length: 4096,
+            kv_types: KvTypes::F16,
+        };
+        // 1250 MiB of weights, 1290 MiB free: the weights fit, weights + scratch do not.
+        let dev = PlanDevice {
+            name: "cpu:0".into(),
+            gpu: false,
+            budget_bytes: 1290 << 20,
+            free_bytes: 1290 << 20,
+        };
+        let p = plan(&sizes, &[dev], &opts(&[1.0], 1024)).unwrap();
+        let v = p.verdict.expect("must not fit").to_string();
+        assert!(!v.contains("weights alone"), "{v}");
+        assert!(v.contains("no split fits even at context 1"), "{v}");
+        // The amounts compared differ, so they must read differently.
+        let (need, free) = human_pair(1340 << 20, 1290 << 20);
+        assert_ne!(need, free);
+        assert!(v.contains(&format!("at least {need}")), "{v}");
+        assert!(v.contains(&format!("{free} is free")), "{v}");
+        assert!(v.contains("add devices or free memory"), "{v}");
+        // Same amounts in a shortfall line read differently too.
+        assert!(!v.contains("needs 1.3 GiB (weights 1.2 GiB, KV cache 1.0 MiB, scratch 90.0 MiB) but has 1.3 GiB"), "{v}");
+    }
+
+    #[test]
+    fn amounts_compared_read_differently() {
+        assert_eq!(
+            human_pair(1 << 30, 1 << 30),
+            ("1.0 GiB".into(), "1.0 GiB".into())
+        );
+        let (a, b) = human_pair(1_300_000_000, 1_290_000_000);
+        assert_ne!(a, b);
+        let (a, b) = human_pair(1 << 30, (1 << 30) + 1);
+        assert_eq!((a.as_str(), b.as_str()), ("1073741824 B", "1073741825 B"));
     }
 
     #[test]

@@ -125,4 +125,6 @@ pub struct ModelDetails {
     pub cache_type_k: KvCacheType,
     /// Type of its KV cache's values.
     pub cache_type_v: KvCacheType,
+    /// Why it no longer serves (its worker failed), if so; `llmctl reload` loads it again.
+    pub failed: Option<String>,
 }

@@ -129,4 +129,7 @@ pub struct ModelInfo {
     pub cache_type_k: KvCacheType,
     /// Type of its KV cache's values.
     pub cache_type_v: KvCacheType,
+    /// Why it no longer serves (its worker failed), if so: every request for it is refused with
+    /// this reason until `llmctl reload` (or `load --replace`) loads it again.
+    pub failed: Option<String>,
 }
