@@ -4,8 +4,9 @@
 //!
 //! Placement follows llama.cpp's rule (`--tensor-split`, `-ngl`): the cumulative split fractions
 //! cut the sequence of `n_layer + 1` layers, the output layer counting as layer `n_layer`; with
-//! `gpu_layers = N` only the last `N` layers (and the output when `N > n_layer`) go on the GPU
-//! devices, the rest on the CPU device. Costs are what llmd's backends charge: a weight's bytes as
+//! `gpu_layers = N` only the last `N` of those `n_layer + 1` layers go on the GPU devices (so
+//! the output first, as llama.cpp's `i_gpu_start = n_layer + 1 - N`), the rest on the CPU
+//! device. Costs are what llmd's backends charge: a weight's bytes as
 //! stored (plus an f32 copy of one-row tensors, the norms and biases), a K and V per layer and
 //! position in the load's cache types (f16 by default, Q8_0 or Q4_0 blocks:
 //! [`llmd_kernels::backend::kv_cache_bytes`], what the backends charge), and the activation
@@ -330,7 +331,8 @@ fn stages_for(
         ),
     };
     let ngl = gpu_layers.unwrap_or(n + 1);
-    let gpu_start = n.saturating_sub(ngl);
+    // llama.cpp's i_gpu_start: the output counts as layer n, so it is offloaded first.
+    let gpu_start = (n + 1).saturating_sub(ngl);
     let act = ngl.min(n + 1);
     let slots = layer_devices(n, split, gpu_start, act);
     let device_of = |il: usize| match slots[il] {
@@ -947,7 +949,8 @@ mod tests {
             gpu_layers: Some(ngl),
             ctx: 1024,
         };
-        // -ngl 40: layers 0..40 on the CPU, 40..80 split over the GPUs, output on the CPU.
+        // -ngl 40 (as llama.cpp, checked with its load log): of the 81 layers counting the
+        // output, the last 40 go to the GPUs: 0..41 on the CPU, 41..61 and 61..80 + output.
         let p = plan(&llama_70b(), &devs, &o(40)).unwrap();
         let got: Vec<_> = p
             .stages
@@ -956,12 +959,7 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            vec![
-                (0, 0..40, false),
-                (1, 40..60, false),
-                (2, 60..80, false),
-                (0, 80..80, true)
-            ]
+            vec![(0, 0..41, false), (1, 41..61, false), (2, 61..80, true)]
         );
         // -ngl 81: everything on GPUs, as without it.
         let p = plan(&llama_70b(), &devs, &o(81)).unwrap();
