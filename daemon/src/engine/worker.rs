@@ -861,10 +861,15 @@ mod tests {
         let memory = DeviceMemory::new(1 << 30);
         let handle = tiny_worker(dir.path(), &memory, WorkerLimits::new(4096, 64, 4));
         assert!(memory.used() > 0);
+        // A long prompt keeps the generation in prefill (64 tokens a step) when the fault comes,
+        // so it is running then whatever tokens the model would pick (an end-of-generation
+        // token could end a short one first).
         let (tx, mut running) = channel(1 << 16);
-        handle
-            .submit(Job::Generate(generation(3000), tx))
-            .expect("submit");
+        let long = GenerateJob {
+            prompt: (0..2000).map(|i| 5 + i % 900).collect(),
+            ..generation(16)
+        };
+        handle.submit(Job::Generate(long, tx)).expect("submit");
         handle
             .submit(Job::WithPipeline(Box::new(|_| panic!("injected fault"))))
             .expect("submit");
