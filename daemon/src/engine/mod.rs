@@ -3,6 +3,7 @@
 //! inside an async task.
 
 pub mod sampler;
+pub mod select;
 pub mod text;
 pub mod worker;
 
