@@ -1,0 +1,170 @@
+//! The packed weight layout and its AVX-512 kernels: packing is undone exactly (whole matrices
+//! and single rows), and the matrix multiply over packed weights equals the scalar reference dot
+//! products bit for bit, for every packed type, row-group count, token count (below, at and past
+//! the kernels' token tile) and thread count. On a CPU without the AVX-512 kernels, weights must
+//! not be packed and a packed matrix is refused.
+
+mod cpu_common;
+
+use cpu_common::{random_weights, Rng};
+use llmd_kernels::cpu::dot::{Activation, VecDot};
+use llmd_kernels::cpu::matmul::as_blocks;
+use llmd_kernels::cpu::packed::{self, PACK_ROWS};
+use llmd_kernels::cpu::{
+    self, matmul, Isa, KernelError, Layout, MatmulScratch, QMatrix, ThreadPool,
+};
+use llmd_kernels::quant::*;
+
+/// The packed types.
+const PACKED: [GgmlType; 4] = [
+    GgmlType::Q4_K,
+    GgmlType::Q6_K,
+    GgmlType::Q8_0,
+    GgmlType::Q5_0,
+];
+
+#[test]
+fn packing_is_undone_exactly() {
+    let mut rng = Rng(0x51);
+    for ty in PACKED {
+        for (rows, blocks) in [(16usize, 1usize), (48, 3)] {
+            let cols = blocks * ty.block_elems();
+            let w = random_weights(&mut rng, ty, rows, cols);
+            let mut p = vec![0u8; w.bytes().len()];
+            packed::pack(ty, rows, cols, w.bytes(), &mut p).expect("pack");
+            assert_ne!(p, w.bytes(), "{ty}: packing moves bytes");
+            let mut back = vec![0u8; p.len()];
+            packed::unpack(ty, rows, cols, &p, &mut back).expect("unpack");
+            assert_eq!(back, w.bytes(), "{ty} {rows}x{cols}");
+            let rb = w.bytes().len() / rows;
+            let mut row = vec![0u8; rb];
+            for r in 0..rows {
+                packed::unpack_row(ty, rows, cols, &p, r, &mut row).expect("row");
+                assert_eq!(row, &w.bytes()[r * rb..(r + 1) * rb], "{ty} row {r}");
+            }
+        }
+    }
+}
+
+#[test]
+fn packing_refuses_bad_shapes() {
+    let ty = GgmlType::Q8_0;
+    let rb = 34;
+    let src = vec![0u8; 16 * rb];
+    let mut dst = vec![0u8; 16 * rb];
+    assert!(matches!(
+        packed::pack(ty, 8, 32, &src[..8 * rb], &mut dst[..8 * rb]),
+        Err(KernelError::Length { .. })
+    ));
+    assert!(matches!(
+        packed::pack(ty, 16, 40, &src, &mut dst),
+        Err(KernelError::RowNotBlocks { .. })
+    ));
+    assert!(matches!(
+        packed::pack(ty, 16, 32, &src, &mut dst[1..]),
+        Err(KernelError::Length { .. })
+    ));
+    assert!(matches!(
+        packed::pack(GgmlType::Q4_0, 16, 32, &src[..16 * 18], &mut dst[..16 * 18]),
+        Err(KernelError::UnsupportedType(GgmlType::Q4_0))
+    ));
+    let mut row = vec![0u8; rb];
+    assert!(packed::unpack_row(ty, 16, 32, &src, 16, &mut row).is_err());
+    assert!(packed::unpack_row(ty, 16, 32, &src, 0, &mut row[1..]).is_err());
+}
+
+/// `out[t][r]` from the scalar reference, one dot product at a time.
+fn reference<W: VecDot>(data: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<f32> {
+    let w = as_blocks::<W>(data).expect("aligned");
+    let scalar = W::kernels_for(Isa::Scalar).expect("scalar kernels");
+    let rb = cols / W::BLOCK;
+    let mut out = vec![0.0; rows * n];
+    for t in 0..n {
+        let mut a = vec![<W::Act as Activation>::ZERO; rb];
+        <W::Act as Activation>::quantize(&x[t * cols..(t + 1) * cols], &mut a);
+        for r in 0..rows {
+            out[t * rows + r] = scalar.dot(&w[r * rb..(r + 1) * rb], &a);
+        }
+    }
+    out
+}
+
+fn reference_for(
+    ty: GgmlType,
+    data: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+) -> Vec<f32> {
+    match ty {
+        GgmlType::Q4_K => reference::<BlockQ4K>(data, rows, cols, x, n),
+        GgmlType::Q6_K => reference::<BlockQ6K>(data, rows, cols, x, n),
+        GgmlType::Q8_0 => reference::<BlockQ8_0>(data, rows, cols, x, n),
+        GgmlType::Q5_0 => reference::<BlockQ5_0>(data, rows, cols, x, n),
+        other => panic!("{other} is not packed"),
+    }
+}
+
+#[test]
+fn packed_matmul_equals_the_scalar_reference() {
+    let mut rng = Rng(0x77);
+    let pools: Vec<ThreadPool> = [1, 2, 3].map(|n| ThreadPool::new(n).expect("spawn")).into();
+    let mut scratch = MatmulScratch::new();
+    for ty in PACKED {
+        for (rows, blocks) in [(16usize, 1usize), (64, 3)] {
+            let cols = blocks * ty.block_elems();
+            let w = random_weights(&mut rng, ty, rows, cols);
+            let mut p = vec![0u8; w.bytes().len()];
+            packed::pack(ty, rows, cols, w.bytes(), &mut p).expect("pack");
+            let m = QMatrix {
+                ty,
+                rows,
+                cols,
+                data: &p,
+                layout: Layout::Packed,
+            };
+            for n in [1usize, 2, 3, 4, 5, 7, 8, 9, 16, 19] {
+                // Activations from small to large magnitudes, with exact zeros.
+                let mut x = rng.f32s(n * cols, 4.0);
+                x.iter_mut().step_by(7).for_each(|v| *v = 0.0);
+                let want = reference_for(ty, w.bytes(), rows, cols, &x, n);
+                for pool in &pools {
+                    let mut out = vec![f32::NAN; rows * n];
+                    let got = matmul(pool, &m, &x, n, &mut out, &mut scratch);
+                    if cpu::isa() >= Isa::Avx512 {
+                        got.expect("packed matmul");
+                        for (i, (g, e)) in out.iter().zip(&want).enumerate() {
+                            assert_eq!(
+                                g.to_bits(),
+                                e.to_bits(),
+                                "{ty} {rows}x{cols}, {n} tokens, {} threads, token {} row {}: \
+                                 {g} vs {e}",
+                                pool.n_threads(),
+                                i / rows,
+                                i % rows
+                            );
+                        }
+                    } else {
+                        assert_eq!(got, Err(KernelError::UnsupportedType(ty)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn weights_are_packed_exactly_when_the_kernels_run() {
+    let fast = cpu::isa() >= Isa::Avx512;
+    for ty in PACKED {
+        assert_eq!(packed::should_pack(ty, 32, 256), fast, "{ty}");
+        assert!(
+            !packed::should_pack(ty, 24, 256),
+            "{ty}: not whole row groups"
+        );
+    }
+    assert!(!packed::should_pack(GgmlType::Q4_0, 32, 256));
+    assert!(!packed::should_pack(GgmlType::F16, 32, 256));
+    assert_eq!(PACK_ROWS, 16);
+}
