@@ -46,7 +46,12 @@ pub struct CpuWeight {
 }
 
 impl CpuWeight {
-    fn bytes(&self) -> &[u8] {
+    /// Whether the weight is stored in GGUF's layout or packed for the AVX-512 kernels.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
         // SAFETY: `words` owns at least `len` initialised bytes (len <= words.len() * 8) and u8
         // has no alignment or validity requirements.
         unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }

@@ -796,6 +796,8 @@ pub(crate) fn f16_bytes_mut(values: &mut [u16]) -> &mut [u8] {
 }
 
 mod cpu;
+#[cfg(test)]
+mod cpu_tests;
 mod cuda;
 mod memory;
 pub use cpu::CpuBackend;
