@@ -8,8 +8,10 @@
 //! - [`packed_legacy`]: Q8_0 and Q5_0 against Q8_0 (with block sums).
 //!
 //! Every kernel takes `T` activation rows (tokens), `1 ..= MAX_TOKENS`, and computes the integer
-//! sums of each block exactly and then the scalar reference's float operations in its order per
-//! row, so its outputs equal [`super::scalar`]'s bit for bit.
+//! sums of each block exactly. The super-block kernels then do the scalar reference's float
+//! operations in its order per row, so their outputs equal [`super::scalar`]'s bit for bit; the
+//! 32-wide ones add each block's product with a fused multiply-add as llama.cpp does, agreeing
+//! with the scalar reference to float rounding.
 //!
 //! # Safety
 //! Every function here requires AVX-512 F, BW, VL and VNNI (plus AVX2, FMA and F16C);

@@ -5,7 +5,10 @@ use crate::cpu::packed::act::BlockQ8_0Sum;
 use crate::cpu::packed::layout::{tile_offset, PACK_ROWS};
 use crate::quant::GgmlType;
 
-/// `acc[t] += isum[t] as f32 * (d * a[t].d)`, the scalar reference's float operations.
+/// `acc[t] += isum[t] as f32 * (d * a[t].d)` with one rounding (a fused multiply-add), as
+/// llama.cpp's x86 kernels for these formats accumulate; the scalar reference rounds the product
+/// first, so the two agree to float rounding. (Gemma 3's logits are sensitive to which: its
+/// Q5_0 projections with the scalar order land further from llama.cpp's.)
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn finish<const T: usize>(
@@ -16,7 +19,7 @@ unsafe fn finish<const T: usize>(
 ) {
     for t in 0..T {
         let dd = _mm512_mul_ps(d, _mm512_set1_ps(a[t].d));
-        acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(isum[t]), dd));
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), dd, acc[t]);
     }
 }
 
