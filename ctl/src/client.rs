@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use llmd_shared::frame::{read_frame, read_frame_with_limit, write_frame};
 use llmd_shared::handshake::MAX_HELLO_BYTES;
-use llmd_shared::{Event, FrameError, Hello, HelloReply, Reply, Request, Response};
+use llmd_shared::{
+    Event, FrameError, Hello, HelloReply, Reply, Request, Response, PROTOCOL_VERSION,
+};
 
 use crate::CtlError;
 
@@ -73,6 +75,13 @@ impl Client {
                 client.set_reply_timeout(Some(DEFAULT_REPLY_TIMEOUT))?;
                 Ok(client)
             }
+            // A rejection by a daemon of our own protocol is not about versions: it is at a
+            // connection limit and says so.
+            HelloReply::Rejected {
+                protocol_version: PROTOCOL_VERSION,
+                message,
+                ..
+            } => Err(CtlError::Refused(message)),
             HelloReply::Rejected {
                 protocol_version,
                 server_version,

@@ -44,6 +44,9 @@ pub enum CtlError {
         /// The daemon's protocol version.
         daemon_protocol_version: u32,
     },
+    /// The daemon refused the connection (its connection limits), saying why.
+    #[error("{0}")]
+    Refused(String),
     /// The daemon answered with an error.
     #[error("{0}")]
     Daemon(ErrorReply),
@@ -69,7 +72,7 @@ pub struct JsonError {
 #[derive(Debug, Serialize)]
 pub struct JsonErrorBody {
     /// The daemon's error code (`not_found`, ...) or one of llmctl's own: `unreachable`,
-    /// `disconnected`, `timeout`, `version_mismatch`, `protocol`, `output`.
+    /// `disconnected`, `timeout`, `version_mismatch`, `refused`, `protocol`, `output`.
     pub code: String,
     /// The message printed to stderr.
     pub message: String,
@@ -83,6 +86,7 @@ impl CtlError {
                 EXIT_UNREACHABLE
             }
             CtlError::VersionMismatch { .. }
+            | CtlError::Refused(_)
             | CtlError::Daemon(_)
             | CtlError::Protocol(_)
             | CtlError::Output(_) => EXIT_DAEMON_ERROR,
@@ -107,6 +111,7 @@ impl CtlError {
             CtlError::Disconnected(_) => "disconnected",
             CtlError::Timeout(_) => "timeout",
             CtlError::VersionMismatch { .. } => "version_mismatch",
+            CtlError::Refused(_) => "refused",
             CtlError::Daemon(e) => e.code.as_str(),
             CtlError::Protocol(_) => "protocol",
             CtlError::Output(_) => "output",

@@ -30,6 +30,10 @@
 //! psu_watts = 1200                 # the PSU's rating; unset: the budget is not judged
 //! system_watts = 150               # CPU, board, drives, fans
 //! transient_factor = 1.3           # multiplier on GPU power limits for millisecond spikes
+//!
+//! [access]                         # absent: every socket user may manage models
+//! manage_users = ["alice", 1001]   # may load, unload, replace, re-split, inspect, plan
+//! manage_groups = ["llmd-admin"]   # (root and the daemon's own user always may)
 //! ```
 
 use std::fmt;
@@ -80,6 +84,75 @@ pub struct Config {
     /// again on reload.
     #[serde(default)]
     pub power: crate::health::power::PowerConfig,
+    /// Who may manage models (`[access]`). Absent: every user who can open the socket may (the
+    /// daemon logs so at start). Applied again on reload.
+    #[serde(default)]
+    pub access: Option<AccessConfig>,
+}
+
+/// `[access]`: the users and groups who may manage models — load (and replace), unload,
+/// reload / re-split, and inspect or plan files (which the daemon reads with its own rights).
+/// Root and the daemon's own user always may; every other user who can open the socket may
+/// generate, chat, tokenize, bench and read status, list, doctor, metrics and version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Users (names or uids) who may manage models.
+    #[serde(default)]
+    pub manage_users: Vec<Principal>,
+    /// Groups (names or gids) whose members (primary or supplementary) may manage models.
+    #[serde(default)]
+    pub manage_groups: Vec<Principal>,
+}
+
+/// A user or group, by name or by number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A numeric uid or gid.
+    Id(u32),
+    /// A name, looked up when needed (so renumbering needs no config change).
+    Name(String),
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Principal::Id(id) => write!(f, "{id}"),
+            Principal::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Principal {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Principal;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a user or group name, or a numeric id")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Principal, E> {
+                u32::try_from(v)
+                    .map(Principal::Id)
+                    .map_err(|_| E::custom(format!("id {v} is out of range")))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Principal, E> {
+                u32::try_from(v)
+                    .map(Principal::Id)
+                    .map_err(|_| E::custom(format!("id {v} is out of range")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Principal, E> {
+                if v.is_empty() {
+                    return Err(E::custom("a name must not be empty"));
+                }
+                Ok(match v.parse::<u32>() {
+                    Ok(id) => Principal::Id(id),
+                    Err(_) => Principal::Name(v.to_owned()),
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// One `[[devices]]` entry.
@@ -425,6 +498,30 @@ impl Config {
                 ));
             }
         }
+        if let Some(access) = &self.access {
+            // Names must exist now, so a typo is an error at start or reload, not a refusal
+            // later; they are looked up again at each check.
+            for (i, user) in access.manage_users.iter().enumerate() {
+                if let Principal::Name(name) = user {
+                    crate::users::lookup_user(name).map_err(|e| {
+                        invalid(
+                            format!("access.manage_users[{i}]"),
+                            format!("`{name}`: {e}"),
+                        )
+                    })?;
+                }
+            }
+            for (i, group) in access.manage_groups.iter().enumerate() {
+                if let Principal::Name(name) = group {
+                    crate::users::lookup_group(name).map_err(|e| {
+                        invalid(
+                            format!("access.manage_groups[{i}]"),
+                            format!("`{name}`: {e}"),
+                        )
+                    })?;
+                }
+            }
+        }
         self.gpu
             .validate()
             .map_err(|(key, reason)| invalid(key, reason))?;
@@ -597,6 +694,53 @@ memory_budget = "16GiB"
         assert_eq!(d[0].memory_budget_bytes, None);
         assert_eq!(d[1].id.to_string(), "cuda:0");
         assert_eq!(d[1].memory_budget_bytes, Some(20 << 30));
+    }
+
+    #[test]
+    fn access_section_by_names_and_ids() {
+        let c = parse(
+            "[access]\nmanage_users = [\"root\", 1001, \"1002\"]\nmanage_groups = [\"root\"]\n",
+            p(),
+        )
+        .unwrap();
+        let access = c.access.expect("present");
+        assert_eq!(
+            access.manage_users,
+            [
+                Principal::Name("root".into()),
+                Principal::Id(1001),
+                Principal::Id(1002)
+            ]
+        );
+        assert_eq!(access.manage_groups, [Principal::Name("root".into())]);
+        // Present but empty: only root and the daemon's user manage.
+        assert_eq!(
+            parse("[access]\n", p()).unwrap().access,
+            Some(AccessConfig::default())
+        );
+        assert_eq!(parse("", p()).unwrap().access, None);
+        let err = parse("[access]\nmanage_users = [\"no-such-user-llmd\"]\n", p())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("access.manage_users[0]") && err.contains("no such user"),
+            "{err}"
+        );
+        let err = parse(
+            "[access]\nmanage_groups = [1, \"no-such-group-llmd\"]\n",
+            p(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("access.manage_groups[1]"), "{err}");
+        let err = parse("[access]\nmanage_users = [-1]\n", p())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("out of range"), "{err}");
+        let err = parse("[access]\nmanagers = []\n", p())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("managers"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! - [`cli`]: the `llmd` command line; [`config`]: the TOML configuration file; [`logging`]:
 //!   tracing to journald or stderr; [`notify`]: sd_notify; [`shutdown`]: stop signalling.
 //! - [`state`]: the shared daemon state (config, devices, model registry, counters).
-//! - [`server`]: socket, accept loop, connections, one handler file per request.
+//! - [`server`]: socket, accept loop, connections, one handler file per request; [`users`]:
+//!   user and group lookups for the socket group and the `[access]` section.
 
 pub mod cli;
 pub mod config;
@@ -24,3 +25,4 @@ pub mod server;
 pub mod shutdown;
 pub mod state;
 pub mod tokenizer;
+pub mod users;

@@ -204,6 +204,22 @@ pub enum WeightType {
     /// llama.cpp's IQ4_XS: as `iq4_nl` with IQ4_XS matrices.
     #[value(name = "iq4_xs")]
     IQ4_XS,
+    /// llama.cpp's IQ1_S mix: IQ1_S, with Q2_K token embedding, attn_v (Q4_K with 4+ query heads
+    /// per KV head) and ffn_down on the first 1/8 of the layers, IQ2_XXS attn_output, Q5_K
+    /// output. Header only (`--header-only`): ggml quantizes IQ1 and IQ2_XXS/XS only with an
+    /// importance matrix.
+    #[value(name = "iq1_s")]
+    IQ1_S,
+    /// llama.cpp's IQ1_M mix: as `iq1_s` with IQ1_M matrices. Header only.
+    #[value(name = "iq1_m")]
+    IQ1_M,
+    /// llama.cpp's IQ2_XXS mix: IQ2_XXS, with Q2_K token embedding, attn_v (Q4_K with 4+ query
+    /// heads per KV head) and ffn_down on the first 1/8 of the layers, Q5_K output. Header only.
+    #[value(name = "iq2_xxs")]
+    IQ2_XXS,
+    /// llama.cpp's IQ2_XS mix: as `iq2_xxs` with IQ2_XS matrices. Header only.
+    #[value(name = "iq2_xs")]
+    IQ2_XS,
     /// llama.cpp's IQ2_M (whose matrices are IQ2_S): IQ2_S, with IQ3_S token embedding,
     /// attn_output, ffn_down on the first 1/8 of the layers and attn_v (Q4_K with 4+ query heads
     /// per KV head), Q5_K output. llama-quantize makes this mix only with an importance matrix;
@@ -259,6 +275,10 @@ impl WeightType {
             W::Q4_K | W::Q4_K_S | W::Q4_K_M => GgmlType::Q4_K,
             W::Q5_K_S | W::Q5_K_M => GgmlType::Q5_K,
             W::Q6_K => GgmlType::Q6_K,
+            W::IQ1_S => GgmlType::IQ1_S,
+            W::IQ1_M => GgmlType::IQ1_M,
+            W::IQ2_XXS => GgmlType::IQ2_XXS,
+            W::IQ2_XS => GgmlType::IQ2_XS,
             W::IQ2_M => GgmlType::IQ2_S,
             W::IQ3_XXS => GgmlType::IQ3_XXS,
             W::IQ3_XS | W::IQ3_S | W::IQ3_M => GgmlType::IQ3_S,
@@ -268,6 +288,25 @@ impl WeightType {
             W::TQ2_0 => GgmlType::TQ2_0,
             W::MXFP4 => GgmlType::MXFP4,
         }
+    }
+
+    /// Whether llama.cpp types this mix in its own IQ1/IQ2 branch (`llama_tensor_get_type`),
+    /// which skips some of the other mixes' rules (the 70B attn_v bump among them).
+    fn is_iq1_iq2(self) -> bool {
+        use WeightType as W;
+        matches!(
+            self,
+            W::IQ1_S | W::IQ1_M | W::IQ2_XXS | W::IQ2_XS | W::IQ2_M
+        )
+    }
+
+    /// Whether make-model can write the mix's tensors, not only its header: ggml quantizes IQ1
+    /// and IQ2_XXS/XS only with an importance matrix, which make-model does not have.
+    pub fn has_quantizer(self) -> bool {
+        !matches!(
+            self,
+            WeightType::IQ1_S | WeightType::IQ1_M | WeightType::IQ2_XXS | WeightType::IQ2_XS
+        )
     }
 
     /// llama.cpp's `llama_ftype` value for `general.file_type`.
@@ -290,13 +329,17 @@ impl WeightType {
             W::Q5_K_S => 16,
             W::Q5_K_M => 17,
             W::Q6_K => 18,
+            W::IQ2_XXS => 19,
+            W::IQ2_XS => 20,
             W::IQ3_XS => 22,
             W::IQ3_XXS => 23,
             W::IQ4_NL => 25,
+            W::IQ1_S => 24,
             W::IQ3_S => 26,
             W::IQ3_M => 27,
             W::IQ2_M => 29,
             W::IQ4_XS => 30,
+            W::IQ1_M => 31,
             W::BF16 => 32,
             W::TQ1_0 => 36,
             W::TQ2_0 => 37,
@@ -707,9 +750,14 @@ fn fit(ty: GgmlType, row: u64) -> GgmlType {
         return ty;
     }
     let fallback = match ty {
-        GgmlType::IQ2_S | GgmlType::IQ3_XXS | GgmlType::IQ3_S | GgmlType::IQ4_XS => {
-            GgmlType::IQ4_NL
-        }
+        GgmlType::IQ1_S
+        | GgmlType::IQ1_M
+        | GgmlType::IQ2_XXS
+        | GgmlType::IQ2_XS
+        | GgmlType::IQ2_S
+        | GgmlType::IQ3_XXS
+        | GgmlType::IQ3_S
+        | GgmlType::IQ4_XS => GgmlType::IQ4_NL,
         GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::TQ1_0 | GgmlType::TQ2_0 => GgmlType::Q4_0,
         GgmlType::Q4_K => GgmlType::Q5_0,
         GgmlType::Q5_K => GgmlType::Q5_1,
@@ -743,6 +791,8 @@ fn attn_v_type(wt: WeightType, base: GgmlType, at: Site) -> GgmlType {
     use WeightType as W;
     let ty = match wt {
         W::Q2_K | W::IQ2_M | W::IQ3_XXS | W::IQ3_XS | W::IQ3_S if at.n_gqa >= 4 => GgmlType::Q4_K,
+        W::IQ1_S | W::IQ1_M | W::IQ2_XXS | W::IQ2_XS if at.n_gqa >= 4 => GgmlType::Q4_K,
+        W::IQ1_S | W::IQ1_M | W::IQ2_XXS | W::IQ2_XS => GgmlType::Q2_K,
         W::IQ2_M | W::IQ3_XXS => GgmlType::IQ3_S,
         W::IQ3_M => GgmlType::Q4_K,
         W::Q2_K => GgmlType::Q3_K,
@@ -757,7 +807,7 @@ fn attn_v_type(wt: WeightType, base: GgmlType, at: Site) -> GgmlType {
     // A 70B's eight query heads share each attn_v row, so llama.cpp spends more bits on it
     // (in every mix but the IQ1/IQ2 ones, which it types in a branch of their own).
     match ty {
-        GgmlType::Q3_K | GgmlType::Q4_K if at.is_70b && wt != W::IQ2_M => GgmlType::Q5_K,
+        GgmlType::Q3_K | GgmlType::Q4_K if at.is_70b && !wt.is_iq1_iq2() => GgmlType::Q5_K,
         other => other,
     }
 }
@@ -769,6 +819,7 @@ fn ffn_down_type(wt: WeightType, base: GgmlType, at: Site) -> GgmlType {
     match wt {
         W::Q2_K => GgmlType::Q3_K,
         W::IQ2_M if i < n / 8 => GgmlType::IQ3_S,
+        W::IQ1_S | W::IQ1_M | W::IQ2_XXS | W::IQ2_XS if i < n / 8 => GgmlType::Q2_K,
         W::IQ3_XXS | W::IQ3_M if i < n / 8 => GgmlType::Q4_K,
         W::IQ3_XXS => GgmlType::Q3_K,
         W::Q3_K_M if i < n / 16 => GgmlType::Q5_K,
@@ -788,6 +839,7 @@ fn attn_output_type(wt: WeightType, base: GgmlType) -> GgmlType {
         W::Q3_K_M | W::IQ3_M => GgmlType::Q4_K,
         W::Q3_K_L => GgmlType::Q5_K,
         W::IQ2_M | W::IQ3_XXS => GgmlType::IQ3_S,
+        W::IQ1_S | W::IQ1_M => GgmlType::IQ2_XXS,
         _ => base,
     }
 }
@@ -824,10 +876,11 @@ fn choose_type(wt: WeightType, role: Role, at: Site, tied: bool, row: u64) -> Gg
         _ if output && matches!(wt, W::Q8_0 | W::MXFP4) => GgmlType::Q8_0,
         // The output (or tied embedding) takes Q8_0 when its rows do not fit K blocks.
         _ if output && !row.is_multiple_of(256) => GgmlType::Q8_0,
-        _ if output && matches!(wt, W::IQ2_M | W::IQ3_XXS) => GgmlType::Q5_K,
+        _ if output && (wt.is_iq1_iq2() || wt == W::IQ3_XXS) => GgmlType::Q5_K,
         _ if output => GgmlType::Q6_K,
         Role::TokenEmbd if matches!(wt, W::TQ1_0 | W::TQ2_0) => GgmlType::Q4_K,
         Role::TokenEmbd if matches!(wt, W::IQ2_M | W::IQ3_XXS) => GgmlType::IQ3_S,
+        Role::TokenEmbd if wt.is_iq1_iq2() => GgmlType::Q2_K,
         Role::TokenEmbd if wt == W::MXFP4 => GgmlType::Q8_0,
         Role::AttnV => attn_v_type(wt, base, at),
         Role::FfnDown => ffn_down_type(wt, base, at),
@@ -1254,6 +1307,14 @@ pub struct MakeModelSummary {
 /// Runs `llmd make-model`.
 pub fn run(args: MakeModelArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    if !args.header_only && !args.ty.has_quantizer() {
+        anyhow::bail!(
+            "make-model cannot quantize to {} (ggml quantizes it only with an importance \
+             matrix): write the header alone with --header-only, e.g. for `llmctl plan`, or \
+             quantize an f16 model with llama-quantize --imatrix",
+            args.ty.base()
+        );
+    }
     let sh = args.shape()?;
     let rope = args.rope_plan(&sh)?;
     let flavor = match args.arch {
@@ -1468,6 +1529,30 @@ mod tests {
         assert_eq!(ty70("blk.20.attn_v.weight"), GgmlType::Q5_K);
         assert_eq!(ty70("blk.0.attn_v.weight"), GgmlType::Q6_K);
         assert_eq!(ty70("blk.20.attn_q.weight"), GgmlType::Q4_K);
+        // The IQ1/IQ2 mixes (header only): Q2_K token embedding, Q5_K output, Q4_K attn_v with
+        // 4+ query heads per KV head (no 70B bump), Q2_K ffn_down on the first 1/8 of the layers.
+        for wt in [
+            WeightType::IQ2_XXS,
+            WeightType::IQ2_XS,
+            WeightType::IQ1_S,
+            WeightType::IQ1_M,
+        ] {
+            let p = plan(Arch::Llama, &sh70, wt, &no_rope());
+            let ty = |n: &str| p.iter().find(|t| t.name == n).unwrap().ty;
+            assert_eq!(ty("token_embd.weight"), GgmlType::Q2_K);
+            assert_eq!(ty("output.weight"), GgmlType::Q5_K);
+            assert_eq!(ty("blk.40.attn_v.weight"), GgmlType::Q4_K);
+            assert_eq!(ty("blk.2.ffn_down.weight"), GgmlType::Q2_K);
+            assert_eq!(ty("blk.40.ffn_down.weight"), wt.base());
+            assert_eq!(ty("blk.40.attn_q.weight"), wt.base());
+            let attn_output = if matches!(wt, WeightType::IQ1_S | WeightType::IQ1_M) {
+                GgmlType::IQ2_XXS
+            } else {
+                wt.base()
+            };
+            assert_eq!(ty("blk.40.attn_output.weight"), attn_output);
+            assert!(!wt.has_quantizer());
+        }
         // Qwen3 1.7B: 2 query heads per KV head, so Q2_K's attn_v is Q3_K.
         let sh = preset_shape(Arch::Qwen3, Preset::B1).unwrap();
         let p = plan(Arch::Qwen3, &sh, WeightType::Q2_K, &no_rope());

@@ -8,13 +8,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use llmd_kernels::backend::{CpuBackend, CudaBackend, DeviceMemory};
+use llmd_kernels::backend::{CpuBackend, CudaBackend, DeviceMemory, KvType, KvTypes};
 use llmd_kernels::cpu::ThreadPool;
 use llmd_shared::{
-    ErrorCode, ErrorReply, LoadRequest, ModelDetails, PlanReply, PlannedDevice, ResplitReply,
-    ResplitRequest, StagePlacement,
+    ErrorCode, ErrorReply, KvCacheType, LoadRequest, ModelDetails, PlanReply, PlannedDevice,
+    ResplitReply, ResplitRequest, StagePlacement,
 };
+use tokio::sync::Notify;
 
+use crate::engine::prompt::{PromptModel, PromptSlots};
 use crate::engine::{Job, ModelHandle, ResplitOutcome, WorkerLimits};
 use crate::model::load::{build_pipeline, LoadError, ModelFile, OpenedModel, StageSpec};
 use crate::model::plan::{self, ModelSizes, Plan, PlanDevice, PlanOptions};
@@ -43,15 +45,19 @@ pub struct LoadedModel {
     pub config: Arc<ModelConfig>,
     /// Tokenizer.
     pub tokenizer: Arc<Tokenizer>,
-    /// Chat template (the model's or a documented fallback).
-    pub chat: ChatTemplate,
+    /// Chat template (the model's or a documented fallback), shared with the threads that
+    /// render it.
+    pub chat: Arc<ChatTemplate>,
+    /// Limits on the template renders and tokenizations of this model's prompts running at once.
+    pub prompts: PromptSlots,
     /// Context length per sequence (changed by a re-split with a new context).
     ctx: AtomicU32,
     /// CPU threads.
     pub threads: u32,
     /// The memory-mapped file the weights come from (re-read when layers move).
     source: Arc<ModelFile>,
-    /// What the model's pieces cost on a device, for plans.
+    /// What the model's pieces cost on a device, for plans (with its KV cache types, which the
+    /// pipeline allocates and a re-split keeps).
     sizes: ModelSizes,
     /// The threads every stage of this model computes on.
     pool: Arc<ThreadPool>,
@@ -78,12 +84,60 @@ impl LoadedModel {
         self.ctx.load(Ordering::SeqCst)
     }
 
-    /// The placement as last recorded.
+    /// What preparing this model's prompts needs (`engine::prompt`).
+    pub fn prompt_model(&self) -> PromptModel<'_> {
+        PromptModel {
+            name: &self.name,
+            tokenizer: &self.tokenizer,
+            chat: &self.chat,
+            slots: &self.prompts,
+        }
+    }
+
+    /// The placement as last recorded; none once the model has failed (its worker freed the
+    /// stages).
     pub fn placement(&self) -> Vec<StagePlacement> {
+        if self.failure().is_some() {
+            return Vec::new();
+        }
+        self.last_placement()
+    }
+
+    /// The placement as last recorded, even for a failed model (a reload puts it back there).
+    fn last_placement(&self) -> Vec<StagePlacement> {
         self.placement
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Why the model failed (a step of its worker panicked), if it has; it then refuses every
+    /// request with this reason until a reload.
+    pub fn failure(&self) -> Option<String> {
+        self.handle.failure()
+    }
+
+    /// Queues a job on the model's worker; refused with the reason once the model has failed.
+    pub fn submit(&self, job: Job) -> Result<(), ErrorReply> {
+        self.handle
+            .submit(job)
+            .map_err(|e| self.unavailable(e.to_string()))
+    }
+
+    /// The error for a request the worker could not finish: the model's failure when it has
+    /// failed (naming how to recover), else `otherwise`.
+    pub fn unavailable(&self, otherwise: impl Into<String>) -> ErrorReply {
+        match self.failure() {
+            Some(why) => ErrorReply::new(
+                ErrorCode::Internal,
+                format!(
+                    "model {:?} is not serving: {why} (llmctl reload {}, or load it again with \
+                     --replace)",
+                    self.name, self.name
+                ),
+            ),
+            None => ErrorReply::new(ErrorCode::Internal, otherwise),
+        }
     }
 
     /// Asks the worker for the current placement (KV bytes change as sequences come and go) and
@@ -93,7 +147,7 @@ impl LoadedModel {
         let job = Job::WithPipeline(Box::new(move |p: &mut Pipeline| {
             let _ = tx.send(placement_of(p));
         }));
-        if self.handle.submit(job).is_ok() {
+        if self.submit(job).is_ok() {
             if let Ok(p) = rx.await {
                 *self
                     .placement
@@ -102,6 +156,12 @@ impl LoadedModel {
             }
         }
         self.placement()
+    }
+
+    /// Element types of its KV caches' keys and values, as the wire names them.
+    pub fn cache_types(&self) -> (KvCacheType, KvCacheType) {
+        let t = self.sizes.kv_types;
+        (wire_cache_type(t.k), wire_cache_type(t.v))
     }
 
     /// Bytes held on `device`.
@@ -121,8 +181,38 @@ impl LoadedModel {
             .sum()
     }
 
+    /// The load that puts this (failed) model back: its file, name, threads, context, KV cache
+    /// types and last placement (its stages' devices, with their layer counts as split weights), each replaced
+    /// by what the re-split request `req` gives.
+    pub fn reload_request(&self, req: &ResplitRequest) -> LoadRequest {
+        let last = self.last_placement();
+        let devices = if req.devices.is_empty() {
+            last.iter().map(|s| s.device.clone()).collect()
+        } else {
+            req.devices.clone()
+        };
+        let split = if req.split.is_empty() && req.devices.is_empty() {
+            layer_counts(&last)
+        } else {
+            req.split.clone()
+        };
+        let (cache_type_k, cache_type_v) = self.cache_types();
+        LoadRequest {
+            path: self.path.display().to_string(),
+            name: Some(self.name.clone()),
+            ctx: Some(req.ctx.unwrap_or_else(|| self.ctx())),
+            threads: Some(self.threads),
+            devices,
+            split,
+            replace: true,
+            cache_type_k: Some(cache_type_k),
+            cache_type_v: Some(cache_type_v),
+        }
+    }
+
     /// The wire description.
     pub fn details(&self) -> ModelDetails {
+        let (cache_type_k, cache_type_v) = self.cache_types();
         ModelDetails {
             name: self.name.clone(),
             path: self.path.display().to_string(),
@@ -132,8 +222,45 @@ impl LoadedModel {
             threads: self.threads,
             placement: self.placement(),
             running: self.running.load(Ordering::SeqCst),
+            cache_type_k,
+            cache_type_v,
+            failed: self.failure(),
         }
     }
+}
+
+/// The kernels' cache type of a wire cache type.
+fn kernel_cache_type(t: KvCacheType) -> KvType {
+    match t {
+        KvCacheType::F16 => KvType::F16,
+        KvCacheType::Q8_0 => KvType::Q8_0,
+        KvCacheType::Q4_0 => KvType::Q4_0,
+    }
+}
+
+/// The wire name of a kernels' cache type.
+fn wire_cache_type(t: KvType) -> KvCacheType {
+    match t {
+        KvType::F16 => KvCacheType::F16,
+        KvType::Q8_0 => KvCacheType::Q8_0,
+        KvType::Q4_0 => KvCacheType::Q4_0,
+    }
+}
+
+/// The KV cache types a request asks for: f16 where it names none.
+fn requested_cache_types(k: Option<KvCacheType>, v: Option<KvCacheType>) -> KvTypes {
+    KvTypes {
+        k: kernel_cache_type(k.unwrap_or_default()),
+        v: kernel_cache_type(v.unwrap_or_default()),
+    }
+}
+
+/// Refuses (`unsupported`, with the reason) cache types whose blocks do not tile the model's
+/// heads.
+fn check_cache_types(types: KvTypes, config: &ModelConfig) -> Result<(), ErrorReply> {
+    types
+        .check_head_dim(config.head_dim)
+        .map_err(|e| ErrorReply::new(ErrorCode::Unsupported, e.to_string()))
 }
 
 /// The placement of a pipeline's stages.
@@ -148,6 +275,15 @@ pub fn placement_of(p: &Pipeline) -> Vec<StagePlacement> {
             weight_bytes: s.weight_bytes(),
             kv_bytes: s.kv_bytes(),
         })
+        .collect()
+}
+
+/// Split weights that put the layers where `stages` have them: layer counts, the head counting
+/// as one more layer of its device, reproduce the ranges under llama.cpp's rule.
+fn layer_counts(stages: &[StagePlacement]) -> Vec<f32> {
+    stages
+        .iter()
+        .map(|s| (s.layer_end - s.layer_start) as f32 + f32::from(u8::from(s.output)))
         .collect()
 }
 
@@ -251,12 +387,18 @@ fn plan_devices(
 }
 
 /// The context length for a request asking `asked`: else [`DEFAULT_CTX`], at most the model's
-/// training context.
-pub fn resolve_ctx(asked: Option<u32>, context_length: usize) -> u32 {
-    asked
+/// training context. Asking for 0 is refused (`bad_request`), not rounded up.
+pub fn resolve_ctx(asked: Option<u32>, context_length: usize) -> Result<u32, ErrorReply> {
+    if asked == Some(0) {
+        return Err(ErrorReply::new(
+            ErrorCode::BadRequest,
+            "a context of 0 tokens cannot hold a prompt: --ctx must be at least 1",
+        ));
+    }
+    Ok(asked
         .unwrap_or(DEFAULT_CTX)
         .min(context_length.clamp(1, u32::MAX as usize) as u32)
-        .max(1)
+        .max(1))
 }
 
 /// Plans `sizes` on `devices`; input errors become `bad_request`.
@@ -294,6 +436,8 @@ pub fn plan_reply(path: &str, architecture: &str, sizes: &ModelSizes, p: &Plan) 
         n_layer: sizes.n_layer as u32,
         ctx: p.ctx as u32,
         batch: MAX_BATCH as u32,
+        cache_type_k: wire_cache_type(sizes.kv_types.k),
+        cache_type_v: wire_cache_type(sizes.kv_types.v),
         embedding_bytes: sizes.embedding_bytes,
         devices: p
             .devices
@@ -339,9 +483,12 @@ pub fn plan_blocking(
     memory_of: &dyn Fn(&Device) -> Arc<DeviceMemory>,
 ) -> Result<PlanReply, ErrorReply> {
     let chosen = name_devices(&req.devices, devices)?;
+    let kv_types = requested_cache_types(req.cache_type_k, req.cache_type_v);
     let (description, config, sizes) =
-        ModelSizes::open(Path::new(&req.path), MAX_BATCH, MAX_SEQUENCES).map_err(load_error)?;
-    let ctx = resolve_ctx(req.ctx, config.context_length);
+        ModelSizes::open(Path::new(&req.path), MAX_BATCH, MAX_SEQUENCES, kv_types)
+            .map_err(load_error)?;
+    check_cache_types(kv_types, &config)?;
+    let ctx = resolve_ctx(req.ctx, config.context_length)?;
     let plan_devs = plan_devices(&chosen, memory_of, &|_| 0);
     let p = make_plan(&sizes, &plan_devs, &req.split, req.gpu_layers, ctx)?;
     Ok(plan_reply(&req.path, &description.architecture, &sizes, &p))
@@ -379,33 +526,77 @@ fn backends_for(
     Ok(backends)
 }
 
-/// Loads a model as `req` asks (blocking: run it on a blocking thread). `memory_of` gives each
-/// CPU device's shared memory ledger; `progress(done, total)` reports stages loaded. The split
-/// plan is checked against the devices' free memory before anything is allocated: a load that
-/// does not fit is refused with the numbers and a suggestion that fits (`does_not_fit`).
-pub fn load_blocking(
-    req: &LoadRequest,
-    name: String,
-    devices: &[Device],
-    memory_of: &dyn Fn(&Device) -> Arc<DeviceMemory>,
-    progress: impl FnMut(usize, usize),
-) -> Result<(LoadedModel, f64, u64), ErrorReply> {
+/// A model file opened for a load, with its tokenizer and chat template: everything a load reads
+/// from the file's header. Made by [`prepare_load`] before the placement lock is taken, so a
+/// slow or stalled file never holds up other loads, unloads and re-splits.
+pub struct PreparedLoad {
+    /// When the load began, for its reported duration.
+    started: Instant,
+    /// The opened file and its configuration.
+    model: OpenedModel,
+    /// Its tokenizer.
+    tokenizer: Arc<Tokenizer>,
+    /// Its chat template.
+    chat: Arc<ChatTemplate>,
+}
+
+/// Opens `path` for a load (blocking: run it on a blocking thread): a regular file only, its
+/// header parsed and checked, its tokenizer and chat template built.
+pub fn prepare_load(path: &Path) -> Result<PreparedLoad, ErrorReply> {
     let started = Instant::now();
-    let path = PathBuf::from(&req.path);
-    let chosen = resolve_devices(&req.devices, devices)?;
-    let model = OpenedModel::open(&path).map_err(load_error)?;
+    let model = OpenedModel::open(path).map_err(load_error)?;
     let tokenizer = Arc::new(
         Tokenizer::from_metadata(&model.description.tokenizer)
             .map_err(|e| ErrorReply::new(ErrorCode::Unsupported, format!("tokenizer: {e}")))?,
     );
-    let chat = ChatTemplate::new(
-        model.description.tokenizer.chat_template.as_deref(),
-        &tokenizer,
-    )
-    .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, format!("chat template: {e}")))?;
-    let ctx = resolve_ctx(req.ctx, model.config.context_length);
+    let chat = Arc::new(
+        ChatTemplate::new(
+            model.description.tokenizer.chat_template.as_deref(),
+            &tokenizer,
+        )
+        .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, format!("chat template: {e}")))?,
+    );
+    Ok(PreparedLoad {
+        started,
+        model,
+        tokenizer,
+        chat,
+    })
+}
+
+/// Loads a model `prepare_load` opened, as `req` asks (blocking: run it on a blocking thread,
+/// holding the placement lock). `memory_of` gives each device's shared memory ledger;
+/// `progress(done, total)` reports stages loaded. The split plan is checked against the
+/// devices' free memory before anything is allocated: a load that does not fit is refused with
+/// the numbers and a suggestion that fits (`does_not_fit`).
+pub fn load_blocking(
+    req: &LoadRequest,
+    name: String,
+    prepared: PreparedLoad,
+    devices: &[Device],
+    memory_of: &dyn Fn(&Device) -> Arc<DeviceMemory>,
+    changed: Option<Arc<Notify>>,
+    progress: impl FnMut(usize, usize),
+) -> Result<(LoadedModel, f64, u64), ErrorReply> {
+    let PreparedLoad {
+        started,
+        model,
+        tokenizer,
+        chat,
+    } = prepared;
+    let path = PathBuf::from(&req.path);
+    let chosen = resolve_devices(&req.devices, devices)?;
+    let ctx = resolve_ctx(req.ctx, model.config.context_length)?;
     let model = model.with_context(ctx as usize);
-    let sizes = ModelSizes::new(&model.source.file, &model.config, MAX_BATCH, MAX_SEQUENCES);
+    let kv_types = requested_cache_types(req.cache_type_k, req.cache_type_v);
+    check_cache_types(kv_types, &model.config)?;
+    let sizes = ModelSizes::new(
+        &model.source.file,
+        &model.config,
+        MAX_BATCH,
+        MAX_SEQUENCES,
+        kv_types,
+    );
     let plan_devs = plan_devices(&chosen, memory_of, &|_| 0);
     let p = make_plan(&sizes, &plan_devs, &req.split, None, ctx)?;
     if let Some(v) = &p.verdict {
@@ -443,17 +634,14 @@ pub fn load_blocking(
             })
         })
         .collect::<Result<_, ErrorReply>>()?;
-    let pipeline =
-        build_pipeline(&model, specs, MAX_BATCH, MAX_SEQUENCES, progress).map_err(load_error)?;
+    let pipeline = build_pipeline(&model, specs, MAX_BATCH, MAX_SEQUENCES, progress)
+        .map_err(load_error)?
+        .with_kv_types(kv_types);
     let placement = placement_of(&pipeline);
     let bytes: u64 = placement.iter().map(|s| s.weight_bytes).sum();
-    let limits = WorkerLimits {
-        n_ctx: ctx as usize,
-        max_batch: MAX_BATCH,
-        max_sequences: MAX_SEQUENCES,
-    };
-    let handle =
-        ModelHandle::spawn(&name, pipeline, Arc::clone(&tokenizer), limits).map_err(|e| {
+    let limits = WorkerLimits::new(ctx as usize, MAX_BATCH, MAX_SEQUENCES);
+    let handle = ModelHandle::spawn(&name, pipeline, Arc::clone(&tokenizer), limits, changed)
+        .map_err(|e| {
             ErrorReply::new(
                 ErrorCode::Internal,
                 format!("cannot start the model's worker: {e}"),
@@ -466,6 +654,7 @@ pub fn load_blocking(
         config: Arc::clone(&model.config),
         tokenizer,
         chat,
+        prompts: PromptSlots::default(),
         ctx: AtomicU32::new(ctx),
         threads,
         source: Arc::clone(&model.source),
@@ -502,7 +691,7 @@ impl LoadedModel {
         };
         let chosen = resolve_devices(&names, devices)?;
         let ctx = match req.ctx {
-            Some(c) => resolve_ctx(Some(c), self.config.context_length),
+            Some(c) => resolve_ctx(Some(c), self.config.context_length)?,
             None => self.ctx(),
         };
         if self.config.with_context(ctx as usize) != *self.config {
@@ -526,13 +715,9 @@ impl LoadedModel {
         };
         let plan_devs = plan_devices(&chosen, memory_of, &own);
         // Neither devices nor split given (e.g. only a new context): keep the layers where they
-        // are. Layer counts as split weights (the head counting as one more layer of the last
-        // device) reproduce the current ranges under llama.cpp's rule.
+        // are.
         let split: Vec<f32> = if req.split.is_empty() && req.devices.is_empty() {
-            current
-                .iter()
-                .map(|s| (s.layer_end - s.layer_start) as f32 + f32::from(u8::from(s.output)))
-                .collect()
+            layer_counts(&current)
         } else {
             req.split.clone()
         };
@@ -611,15 +796,10 @@ impl LoadedModel {
                 }
             },
         ));
-        self.handle
-            .submit(job)
-            .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("cannot re-split: {e}")))?;
-        let (report, placement) = rx.await.map_err(|_| {
-            ErrorReply::new(
-                ErrorCode::Internal,
-                "the model's worker stopped during the re-split",
-            )
-        })??;
+        self.submit(job)?;
+        let (report, placement) = rx
+            .await
+            .map_err(|_| self.unavailable("the model's worker stopped during the re-split"))??;
         self.ctx.store(ctx, Ordering::SeqCst);
         if report.through_host > 0 {
             tracing::info!(

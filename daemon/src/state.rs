@@ -14,10 +14,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use llmd_shared::api::health::{DeviceLayers, DeviceRef, ModelPlacement};
-use llmd_shared::{DeviceInfo, ModelInfo};
+use llmd_shared::{DeviceInfo, ErrorCode, ErrorReply, ModelInfo};
 use tokio::sync::Notify;
 
 use llmd_kernels::backend::DeviceMemory;
@@ -83,6 +83,23 @@ impl ModelRegistry {
         self.models.values().cloned().collect()
     }
 
+    /// Names of the resident models that failed, sorted.
+    pub fn failed(&self) -> Vec<String> {
+        self.models
+            .iter()
+            .filter(|(_, m)| m.failure().is_some())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Every failed model with the reason, sorted by name (for `doctor`).
+    pub fn failures(&self) -> Vec<(String, String)> {
+        self.models
+            .iter()
+            .filter_map(|(name, m)| m.failure().map(|why| (name.clone(), why)))
+            .collect()
+    }
+
     /// Bytes used on the device named `device` by all resident models.
     pub fn bytes_on(&self, device: &str) -> u64 {
         self.models.values().map(|m| m.bytes_on(device)).sum()
@@ -96,11 +113,15 @@ impl ModelRegistry {
                 let mut devices: Vec<String> =
                     m.placement().into_iter().map(|s| s.device).collect();
                 devices.dedup();
+                let (cache_type_k, cache_type_v) = m.cache_types();
                 ModelInfo {
                     name: name.clone(),
                     path: m.path.display().to_string(),
                     devices,
                     memory_bytes: m.memory_bytes(),
+                    cache_type_k,
+                    cache_type_v,
+                    failed: m.failure(),
                 }
             })
             .collect()
@@ -221,14 +242,18 @@ pub struct State {
     connections: AtomicU64,
     /// Requests being processed.
     requests_running: AtomicU64,
-    /// Woken whenever a counter or the model set changes, so the status line can be refreshed.
-    pub changed: Notify,
+    /// Woken whenever a counter or the model set changes or a model fails, so the status line
+    /// can be refreshed (shared with the models' workers).
+    pub changed: Arc<Notify>,
     /// Memory ledgers of devices by name, shared by every model placed on them; kept across
     /// configuration reloads so that accounting stays right while models are resident.
     device_memory: Mutex<BTreeMap<String, Arc<DeviceMemory>>>,
     /// Serialises loads, unloads and re-splits, so that memory checks and placement see a
-    /// stable set of models.
-    pub placement_lock: tokio::sync::Mutex<()>,
+    /// stable set of models. Taken through [`State::placement`], which bounds the wait.
+    placement_lock: Arc<tokio::sync::Mutex<()>>,
+    /// What holds `placement_lock` now and since when, for the `busy` message of a wait that
+    /// runs out.
+    placement_holder: Arc<Mutex<Option<(String, Instant)>>>,
     /// GPU telemetry, sampled in the background with the `[gpu]` settings of start-up.
     gpu: GpuSource,
 }
@@ -265,9 +290,10 @@ impl State {
             models: Mutex::new(ModelRegistry::default()),
             connections: AtomicU64::new(0),
             requests_running: AtomicU64::new(0),
-            changed: Notify::new(),
+            changed: Arc::new(Notify::new()),
             device_memory: Mutex::new(BTreeMap::new()),
-            placement_lock: tokio::sync::Mutex::new(()),
+            placement_lock: Arc::new(tokio::sync::Mutex::new(())),
+            placement_holder: Arc::new(Mutex::new(None)),
             gpu,
         })
     }
@@ -275,6 +301,47 @@ impl State {
     /// Which NVML index each CUDA GPU in force has, by the latest telemetry sample.
     pub fn gpu_index(&self, telemetry: &GpuTelemetry) -> GpuIndex {
         GpuIndex::new(&self.devices(), telemetry)
+    }
+
+    /// Takes the placement lock for `what` (e.g. "loading gemma"), waiting at most
+    /// [`PLACEMENT_WAIT`]; then `busy`, naming what holds it and for how long. The guard may
+    /// move to the thread doing the work, so the lock is held until the work really ends even if
+    /// the request is cancelled.
+    pub async fn placement(&self, what: String) -> Result<PlacementGuard, ErrorReply> {
+        let lock = Arc::clone(&self.placement_lock);
+        match tokio::time::timeout(PLACEMENT_WAIT, lock.lock_owned()).await {
+            Ok(guard) => {
+                *self
+                    .placement_holder
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some((what, Instant::now()));
+                Ok(PlacementGuard {
+                    _guard: guard,
+                    holder: Arc::clone(&self.placement_holder),
+                })
+            }
+            Err(_) => {
+                let holder = self
+                    .placement_holder
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                let held = match holder {
+                    Some((what, since)) => {
+                        format!("{what} ({} s so far)", since.elapsed().as_secs())
+                    }
+                    None => "another load, unload or re-split".to_owned(),
+                };
+                Err(ErrorReply::new(
+                    ErrorCode::Busy,
+                    format!(
+                        "models are being placed: {held} did not finish within {} s; retry when \
+                         it has",
+                        PLACEMENT_WAIT.as_secs()
+                    ),
+                ))
+            }
+        }
     }
 
     /// The latest GPU telemetry sample; never blocks on NVML.
@@ -379,12 +446,21 @@ impl State {
         CounterGuard::new(self.clone(), Counter::Requests)
     }
 
-    /// The `STATUS=` line for systemd: "N models resident, M requests running".
+    /// The `STATUS=` line for systemd: "N models resident, M requests running", with the
+    /// failed models named ("2 models resident (1 failed: gemma), ...").
     pub fn status_line(&self) -> String {
-        let models = self.models().len();
+        let (models, failed) = {
+            let registry = self.models();
+            (registry.len(), registry.failed())
+        };
         let requests = self.requests_running();
+        let failed = if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} failed: {})", failed.len(), failed.join(", "))
+        };
         format!(
-            "{models} model{} resident, {requests} request{} running",
+            "{models} model{} resident{failed}, {requests} request{} running",
             if models == 1 { "" } else { "s" },
             if requests == 1 { "" } else { "s" },
         )
@@ -395,6 +471,26 @@ impl State {
             Counter::Connections => &self.connections,
             Counter::Requests => &self.requests_running,
         }
+    }
+}
+
+/// How long a load, unload or re-split waits for the one before it (a large model loads in
+/// minutes, so waits are long, but not unbounded: a wedged operation must not wedge every
+/// later one).
+pub const PLACEMENT_WAIT: Duration = Duration::from_secs(120);
+
+/// Holds the placement lock (see [`State::placement`]); releases it when dropped.
+pub struct PlacementGuard {
+    /// The lock.
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+    /// Cleared on drop.
+    holder: Arc<Mutex<Option<(String, Instant)>>>,
+}
+
+impl Drop for PlacementGuard {
+    fn drop(&mut self) {
+        // Cleared before the lock itself is released (fields drop after this).
+        *self.holder.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 }
 
@@ -446,6 +542,23 @@ mod tests {
         assert_eq!(state.requests_running(), 0);
         assert_eq!(state.connections(), 1);
         assert_eq!(state.devices()[0].name, "cpu:0");
+    }
+
+    /// Issue 14: a wedged placement no longer wedges every later load, unload and re-split.
+    #[tokio::test(start_paused = true)]
+    async fn a_held_placement_lock_makes_later_waits_busy_naming_the_holder() {
+        let state = State::new("/tmp/s".into(), LoadedConfig::default());
+        let held = state.placement("loading \"big\"".into()).await.unwrap();
+        let err = match state.placement("unloading \"x\"".into()).await {
+            Ok(_) => panic!("the lock was taken twice"),
+            Err(e) => e,
+        };
+        assert_eq!(err.code, ErrorCode::Busy);
+        assert!(err.message.contains("loading \"big\""), "{}", err.message);
+        assert!(err.message.contains("120 s"), "{}", err.message);
+        drop(held);
+        let again = state.placement("unloading \"x\"".into()).await;
+        assert!(again.is_ok());
     }
 
     #[test]

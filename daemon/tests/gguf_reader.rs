@@ -156,10 +156,7 @@ fn open_from_disk_maps_the_file() {
     // An empty file is an error, not a crash.
     let empty = dir.path().join("empty.gguf");
     std::fs::write(&empty, b"").unwrap();
-    assert!(matches!(
-        GgufFile::open(&empty),
-        Err(GgufError::BadMagic { .. })
-    ));
+    assert!(matches!(GgufFile::open(&empty), Err(GgufError::BadMagic)));
     assert!(matches!(
         GgufFile::open(dir.path().join("missing.gguf")),
         Err(GgufError::Io { .. })
@@ -257,10 +254,8 @@ fn specific_hostile_inputs_give_precise_errors() {
         assert!(pred(&err), "unexpected error: {err}");
         err.to_string()
     };
-    check(b"GGU".to_vec(), &|e| matches!(e, E::BadMagic { .. }));
-    check(b"GGML\x03\0\0\0".to_vec(), &|e| {
-        matches!(e, E::BadMagic { .. })
-    });
+    check(b"GGU".to_vec(), &|e| matches!(e, E::BadMagic));
+    check(b"GGML\x03\0\0\0".to_vec(), &|e| matches!(e, E::BadMagic));
     let msg = check(raw(1, 0, &[], &[]), &|e| {
         matches!(e, E::UnsupportedVersion { version: 1 })
     });

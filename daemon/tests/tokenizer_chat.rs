@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use llmd::tokenizer::chat::TemplateOrigin;
+use llmd::tokenizer::chat::{ChatError, TemplateOrigin};
 use llmd::tokenizer::{ChatMessage, ChatTemplate};
 use serde::Deserialize;
 
@@ -41,13 +41,16 @@ struct Fixture {
     templates: Vec<Template>,
 }
 
-#[test]
-fn real_templates_render_like_jinja2() {
+fn fixture() -> Fixture {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/tokenizer/chat_templates.json");
-    let fixture: Fixture =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture readable"))
-            .expect("fixture parses");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture readable"))
+        .expect("fixture parses")
+}
+
+#[test]
+fn real_templates_render_like_jinja2() {
+    let fixture = fixture();
     assert!(fixture.templates.len() >= 5);
     let mut failures = Vec::new();
     for template in &fixture.templates {
@@ -75,4 +78,34 @@ fn real_templates_render_like_jinja2() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The step budget (issue 14) leaves every real template room for long conversations: 2,000
+/// alternating turns render within it.
+#[test]
+fn real_templates_fit_the_step_budget_for_long_conversations() {
+    for template in &fixture().templates {
+        let compiled = ChatTemplate::from_source(
+            template.source.clone(),
+            TemplateOrigin::Model,
+            "<BOS>".into(),
+            "<EOS>".into(),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", template.name));
+        let mut messages = Vec::new();
+        for i in 0..2001 {
+            let role = if i % 2 == 0 { "user" } else { "assistant" };
+            messages.push(ChatMessage::new(
+                role,
+                format!("message {i} of a long chat"),
+            ));
+        }
+        match compiled.render(&messages, true) {
+            Ok(text) => assert!(text.contains("message 2000 of"), "{}", template.name),
+            Err(e @ ChatError::OutOfSteps { .. }) => panic!("{}: {e}", template.name),
+            // A template's own refusal (e.g. of a role) is not the budget's doing.
+            Err(ChatError::Render(_)) => {}
+            Err(e) => panic!("{}: {e}", template.name),
+        }
+    }
 }

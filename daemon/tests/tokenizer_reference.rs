@@ -126,6 +126,16 @@ fn check_fixture(tokenizer: &Tokenizer, fixture: &Fixture) {
     }
     for case in &fixture.cases {
         let ids = tokenizer.encode(&case.text, case.add_special, case.parse_special);
+        // The length bound the daemon refuses over-long prompts with (issue 14) holds.
+        if ids.len() * tokenizer.max_token_bytes() < case.text.len() {
+            failures.push(format!(
+                "encode({:?}) gave {} tokens, fewer than its {} bytes / max_token_bytes {}",
+                case.text,
+                ids.len(),
+                case.text.len(),
+                tokenizer.max_token_bytes()
+            ));
+        }
         if ids != case.ids {
             failures.push(format!(
                 "encode({:?}, add_special={}, parse_special={}):\n   ours  {:?}\n   llama {:?}",

@@ -81,6 +81,35 @@ where
     decode_payload(&payload)
 }
 
+/// Reads and decodes a payload of exactly `len` bytes whose length the caller has already
+/// checked (with [`payload_len`](crate::frame::payload_len)) and accounted for: the buffer is
+/// reserved whole, so it never grows past `len` (a growing buffer may briefly hold twice as
+/// much while it is copied). For servers that budget the memory of frames in flight.
+pub async fn read_payload_of_len<R, T>(reader: &mut R, len: usize) -> Result<T, FrameError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge {
+            len: len as u64,
+            max: MAX_FRAME_BYTES,
+        });
+    }
+    let mut payload = Vec::with_capacity(len);
+    (&mut *reader)
+        .take(len as u64)
+        .read_to_end(&mut payload)
+        .await?;
+    if payload.len() < len {
+        return Err(FrameError::Truncated {
+            got: HEADER_BYTES + payload.len(),
+            expected: HEADER_BYTES + len,
+        });
+    }
+    decode_payload(&payload)
+}
+
 /// Encodes `msg`, writes it as one frame and flushes.
 pub async fn write_frame<W, T>(writer: &mut W, msg: &T) -> Result<(), FrameError>
 where
@@ -111,6 +140,24 @@ mod tests {
         assert_eq!(big.len(), 1000);
         let end = read_frame::<_, String>(&mut b).await.unwrap_err();
         assert!(matches!(end, FrameError::Closed), "{end}");
+    }
+
+    #[tokio::test]
+    async fn payload_of_a_known_length() {
+        let frame = encode_frame(&"sized".to_string()).unwrap();
+        let len = payload_len(frame[..HEADER_BYTES].try_into().unwrap(), MAX_FRAME_BYTES).unwrap();
+        let mut rest = &frame[HEADER_BYTES..];
+        let msg: String = read_payload_of_len(&mut rest, len).await.unwrap();
+        assert_eq!(msg, "sized");
+        let mut short = &frame[HEADER_BYTES..frame.len() - 1];
+        let err = read_payload_of_len::<_, String>(&mut short, len)
+            .await
+            .unwrap_err();
+        assert!(err.is_disconnect(), "{err}");
+        let err = read_payload_of_len::<_, String>(&mut &[][..], MAX_FRAME_BYTES + 1)
+            .await
+            .unwrap_err();
+        assert!(err.is_protocol_error(), "{err}");
     }
 
     #[tokio::test]

@@ -10,29 +10,12 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{llmctl, Daemon};
+use common::{connect, handshaken, llmctl, Daemon};
 use llmd_shared::frame::{read_frame, write_frame};
 use llmd_shared::{
     ErrorCode, Hello, HelloReply, Reply, Request, Response, StatusRequest, VersionRequest,
     PROTOCOL_VERSION,
 };
-
-/// Raw client: connect with bounded reads and writes.
-fn connect(socket: &Path) -> UnixStream {
-    let s = UnixStream::connect(socket).expect("cannot connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
-}
-
-/// Raw client: connect and complete the handshake.
-fn handshaken(socket: &Path) -> UnixStream {
-    let mut s = connect(socket);
-    write_frame(&mut s, &Hello::current()).unwrap();
-    let reply: HelloReply = read_frame(&mut s).unwrap();
-    assert!(matches!(reply, HelloReply::Accepted { .. }), "{reply:?}");
-    s
-}
 
 /// Reads until the daemon closes the connection (or 10 s pass); returns the bytes received.
 fn read_until_closed(s: &mut UnixStream) -> Vec<u8> {

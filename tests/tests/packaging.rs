@@ -11,15 +11,20 @@ fn example_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/llmd.toml")
 }
 
-/// The example with every "#key = value" line uncommented.
+/// The example with every "#key = value" and "#[section]" line uncommented.
 fn with_examples_enabled(text: &str) -> String {
     text.lines()
         .map(|line| {
             let rest = line.strip_prefix('#').unwrap_or(line);
+            let is_key = |key: &str| {
+                !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            };
             let is_example = line.starts_with('#')
-                && rest.split_once(" = ").is_some_and(|(key, _)| {
-                    !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                });
+                && (rest.split_once(" = ").is_some_and(|(key, _)| is_key(key))
+                    || rest
+                        .strip_prefix('[')
+                        .and_then(|r| r.strip_suffix(']'))
+                        .is_some_and(is_key));
             if is_example {
                 rest
             } else {
@@ -43,6 +48,7 @@ fn shipped_example_config_is_accepted() {
     assert_eq!(config.socket_group.as_deref(), Some("llmd"));
     assert_eq!(config.gpu, llmd::gpu::GpuConfig::default());
     assert_eq!(config.power, llmd::health::power::PowerConfig::default());
+    assert_eq!(config.access, None, "as shipped, [access] is an example");
 }
 
 #[test]
@@ -64,8 +70,14 @@ fn every_commented_example_is_valid_and_every_key_is_documented() {
         devices,
         gpu,
         power,
+        access,
     } = config;
     assert!(socket.is_some() && socket_group.is_some() && log_level.is_some());
+    let access = access.expect("[access] documented");
+    assert!(
+        !access.manage_users.is_empty() && !access.manage_groups.is_empty(),
+        "access.manage_users and access.manage_groups documented"
+    );
     assert_eq!(devices.len(), 1);
     assert!(
         devices[0].memory_budget.is_some(),

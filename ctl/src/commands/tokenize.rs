@@ -8,13 +8,15 @@ use crate::CtlError;
 
 /// Tokenizes the text.
 pub fn run(args: TokenizeArgs, ctx: &Ctx) -> Result<(), CtlError> {
-    let mut client = ctx.connect()?;
-    let request = Request::Tokenize(TokenizeRequest {
+    let request = TokenizeRequest {
         model: args.name,
         text: args.text,
         add_special: !args.no_special,
         parse_special: !args.no_parse_special,
-    });
+    };
+    request.validate().map_err(|e| CtlError::Usage(e.message))?;
+    let request = Request::Tokenize(request);
+    let mut client = ctx.connect()?;
     let reply = client.request(&request, |_| Ok(()))?;
     let Reply::Tokenize(r) = reply else {
         return Err(unexpected("tokenize"));

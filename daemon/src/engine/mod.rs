@@ -1,13 +1,17 @@
 //! Running models: each loaded model gets a dedicated worker thread ([`worker`]) that owns its
-//! pipeline; async request handlers talk to it through a [`ModelHandle`]. Inference never runs
-//! inside an async task.
+//! pipeline; async request handlers talk to it through a [`ModelHandle`], which also reports
+//! whether the worker failed ([`WorkerHealth`]). Prompts become tokens off the runtime in
+//! [`prompt`]. Inference never runs inside an async task.
 
+pub mod prompt;
 pub mod sampler;
 pub mod select;
 pub mod text;
 pub mod worker;
 
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+
+use tokio::sync::Notify;
 
 pub use sampler::{Sampler, SamplingParams};
 pub use worker::{
@@ -17,37 +21,100 @@ pub use worker::{
 
 use crate::model::Pipeline;
 
+/// Whether a model's worker still serves: shared by the worker, which records a failure (a
+/// contained panic), and the handle through which requests, `status` and `doctor` see it.
+#[derive(Debug, Default)]
+pub struct WorkerHealth {
+    /// Why the model failed, once it has.
+    failure: Mutex<Option<String>>,
+    /// Woken when the model fails, so the `STATUS=` line is refreshed.
+    changed: Option<Arc<Notify>>,
+}
+
+impl WorkerHealth {
+    /// Health that wakes `changed` when the model fails.
+    pub fn new(changed: Option<Arc<Notify>>) -> Self {
+        WorkerHealth {
+            failure: Mutex::new(None),
+            changed,
+        }
+    }
+
+    /// Why the model failed, if it has.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records that the model failed.
+    pub fn set_failed(&self, why: String) {
+        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+        if let Some(changed) = &self.changed {
+            changed.notify_one();
+        }
+    }
+}
+
 /// The channel to a model's worker thread. Dropping the handle closes the channel: the worker
 /// finishes the generations it is running (or notices their clients are gone), frees the
 /// pipeline and exits on its own, so dropping never blocks an async runtime thread.
 pub struct ModelHandle {
     /// Sends jobs to the worker.
     jobs: mpsc::Sender<Job>,
+    /// The worker's health.
+    health: Arc<WorkerHealth>,
 }
 
-/// The worker thread has exited (it panicked or the model was unloaded).
+/// The worker thread no longer takes jobs.
 #[derive(Debug, thiserror::Error)]
-#[error("the model's worker has stopped")]
-pub struct WorkerGone;
+pub enum WorkerGone {
+    /// It failed (a step panicked) and the model must be reloaded.
+    #[error("{0}")]
+    Failed(String),
+    /// It has stopped (the model was unloaded).
+    #[error("the model's worker has stopped")]
+    Stopped,
+}
 
 impl ModelHandle {
-    /// Starts a worker thread named `llmd-model-<name>` for `pipeline`.
+    /// Starts a worker thread named `llmd-model-<name>` for `pipeline`; a failure wakes
+    /// `changed`.
     pub fn spawn(
         name: &str,
         pipeline: Pipeline,
-        tokenizer: std::sync::Arc<crate::tokenizer::Tokenizer>,
+        tokenizer: Arc<crate::tokenizer::Tokenizer>,
         limits: WorkerLimits,
+        changed: Option<Arc<Notify>>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
+        let health = Arc::new(WorkerHealth::new(changed));
+        let worker_health = Arc::clone(&health);
         // The thread is detached: it exits when the channel closes and its work is done.
         std::thread::Builder::new()
             .name(format!("llmd-model-{name}"))
-            .spawn(move || worker::Worker::new(pipeline, tokenizer, limits, rx).run())?;
-        Ok(ModelHandle { jobs: tx })
+            .spawn(move || {
+                worker::Worker::new(pipeline, tokenizer, limits, rx, worker_health).run()
+            })?;
+        Ok(ModelHandle { jobs: tx, health })
     }
 
-    /// Queues a job.
+    /// Queues a job; refused with the reason once the model has failed.
     pub fn submit(&self, job: Job) -> Result<(), WorkerGone> {
-        self.jobs.send(job).map_err(|_| WorkerGone)
+        if let Some(why) = self.health.failure() {
+            return Err(WorkerGone::Failed(why));
+        }
+        self.jobs
+            .send(job)
+            .map_err(|_| match self.health.failure() {
+                Some(why) => WorkerGone::Failed(why),
+                None => WorkerGone::Stopped,
+            })
+    }
+
+    /// Why the model failed, if it has.
+    pub fn failure(&self) -> Option<String> {
+        self.health.failure()
     }
 }

@@ -16,11 +16,20 @@ pub enum GgufError {
         /// The operating-system error.
         source: std::io::Error,
     },
-    /// The first four bytes are not `GGUF`.
-    #[error("not a GGUF file: magic at byte 0 is {found:02x?}, expected \"GGUF\"")]
-    BadMagic {
-        /// The bytes found (fewer than four if the file is that short).
-        found: Vec<u8>,
+    /// The first four bytes are not `GGUF` (or the file is shorter). The bytes found are
+    /// deliberately not kept: the daemon may be able to read files its client cannot, and an
+    /// error must never echo a file's content.
+    #[error("not a GGUF file (it does not begin with the GGUF magic)")]
+    BadMagic,
+    /// The path names something other than a regular file (a directory, a FIFO, a device or a
+    /// socket). Refused before the file is opened for reading, since opening or reading such
+    /// things can block for ever (a FIFO without a writer) or have side effects (devices).
+    #[error("cannot read {path}: it is {kind}, not a regular file")]
+    NotRegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead ("a directory", "a FIFO (named pipe)", ...).
+        kind: &'static str,
     },
     /// The version is not 2 or 3 (version 1 used 32-bit counts and is long obsolete).
     #[error("GGUF version {version} at byte 4 is not supported (llmd reads versions 2 and 3)")]

@@ -1,7 +1,12 @@
 //! [`GgufFile`]: a GGUF file opened from disk (memory-mapped) or from bytes, its parsed header,
 //! and tensor data as views into the mapping.
+//!
+//! Only regular files are opened ([`open_regular`]): a path naming a directory, FIFO, device or
+//! socket is refused from its `stat` before any `open`, and the opened descriptor is checked
+//! again (`fstat`), so a path swapped for a FIFO in between cannot make the daemon block.
 
-use std::fs::File;
+use std::fs::{File, FileType};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -48,6 +53,52 @@ impl std::fmt::Debug for GgufFile {
     }
 }
 
+/// Opens `path` for reading if it is a regular file (following symlinks); anything else is
+/// [`GgufError::NotRegularFile`] naming what it is. The open itself is non-blocking, so even a
+/// path replaced by a FIFO between the check and the open returns at once (and is refused by the
+/// second check, on the descriptor).
+pub fn open_regular(path: &Path) -> Result<File, GgufError> {
+    let io = |source| GgufError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let not_regular = |kind| GgufError::NotRegularFile {
+        path: path.to_owned(),
+        kind,
+    };
+    if let Some(kind) = not_regular_kind(std::fs::metadata(path).map_err(io)?.file_type()) {
+        return Err(not_regular(kind));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(io)?;
+    if let Some(kind) = not_regular_kind(file.metadata().map_err(io)?.file_type()) {
+        return Err(not_regular(kind));
+    }
+    Ok(file)
+}
+
+/// What a file type is when it is not a regular file; `None` for a regular file.
+fn not_regular_kind(t: FileType) -> Option<&'static str> {
+    if t.is_file() {
+        None
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if t.is_char_device() {
+        Some("a character device")
+    } else if t.is_block_device() {
+        Some("a block device")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else {
+        Some("an unknown kind of file")
+    }
+}
+
 impl GgufFile {
     /// Opens a complete GGUF file: every tensor's data must be present.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
@@ -67,7 +118,7 @@ impl GgufFile {
             path: path.to_owned(),
             source,
         };
-        let file = File::open(path).map_err(io)?;
+        let file = open_regular(path)?;
         let len = file.metadata().map_err(io)?.len();
         let storage = if len == 0 {
             Storage::Owned(Vec::new())
@@ -177,5 +228,56 @@ impl GgufFile {
     /// compute with.
     pub fn check_supported(&self) -> Result<(), GgufError> {
         self.header.check_supported()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn directories_and_fifos_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = GgufFile::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                GgufError::NotRegularFile {
+                    kind: "a directory",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("is a directory"), "{err}");
+
+        let fifo = dir.path().join("pipe.gguf");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo failed");
+        let started = Instant::now();
+        for open in [GgufFile::open, GgufFile::open_header] {
+            let err = open(&fifo).unwrap_err();
+            assert!(err.to_string().contains("FIFO"), "{err}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(1));
+
+        let err = GgufFile::open_header("/dev/null").unwrap_err();
+        assert!(err.to_string().contains("character device"), "{err}");
+    }
+
+    #[test]
+    fn bad_magic_never_echoes_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("shadow");
+        std::fs::write(&secret, b"root:$6$secret:19000:0:99999:7:::\n").unwrap();
+        let err = GgufFile::open_header(&secret).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "not a GGUF file (it does not begin with the GGUF magic)"
+        );
+        for needle in ["72", "6f", "root", "[", "secret"] {
+            assert!(!err.contains(needle), "{err}");
+        }
     }
 }

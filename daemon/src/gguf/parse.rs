@@ -161,11 +161,8 @@ impl GgufHeader {
     /// Parses the header in `bytes`, checking tensor data presence as `check` says.
     pub fn parse_with(bytes: &[u8], check: DataCheck) -> Result<Self, GgufError> {
         let mut r = Reader { buf: bytes, pos: 0 };
-        let magic = r.buf.get(..4).unwrap_or(r.buf);
-        if magic != GGUF_MAGIC {
-            return Err(GgufError::BadMagic {
-                found: magic.to_vec(),
-            });
+        if r.buf.get(..4) != Some(&GGUF_MAGIC[..]) {
+            return Err(GgufError::BadMagic);
         }
         r.pos = 4;
         let version = r.u32(|| "the version".into())?;

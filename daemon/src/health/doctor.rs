@@ -143,6 +143,27 @@ pub fn check_cuda_peers(cuda: &llmd_shared::CudaStatus) -> Vec<Check> {
         .collect()
 }
 
+/// FAIL for each resident model whose worker failed (`failures`: name and reason), naming how
+/// to recover; nothing for models that serve.
+pub fn check_models(failures: &[(String, String)]) -> Vec<Check> {
+    failures
+        .iter()
+        .map(|(name, why)| {
+            let fix = format!(
+                "llmctl reload {name} loads it again from its file (or: llmctl load FILE --name \
+                 {name} --replace); the daemon log has the failure's details"
+            );
+            check(
+                CheckKind::Model,
+                format!("model {name}"),
+                Verdict::Fail,
+                format!("not serving: {why}"),
+                Some(&fix),
+            )
+        })
+        .collect()
+}
+
 /// Builds a check.
 fn check(
     kind: CheckKind,

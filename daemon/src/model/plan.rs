@@ -6,9 +6,11 @@
 //! cut the sequence of `n_layer + 1` layers, the output layer counting as layer `n_layer`; with
 //! `gpu_layers = N` only the last `N` layers (and the output when `N > n_layer`) go on the GPU
 //! devices, the rest on the CPU device. Costs are what llmd's backends charge: a weight's bytes as
-//! stored (plus an f32 copy of one-row tensors, the norms and biases), an f16 K and V per layer and
-//! position, and the activation buffers of [`super::stage::Stage`] for the largest batch. The KV
-//! figure is for **one sequence of the full context**; the daemon allocates each running
+//! stored (plus an f32 copy of one-row tensors, the norms and biases), a K and V per layer and
+//! position in the load's cache types (f16 by default, Q8_0 or Q4_0 blocks:
+//! [`llmd_kernels::backend::kv_cache_bytes`], what the backends charge), and the activation
+//! buffers of [`super::stage::Stage`] for the largest batch. The KV figure is for **one sequence
+//! of the full context**; the daemon allocates each running
 //! generation `min(ctx, prompt + max_tokens)` positions, up to `MAX_SEQUENCES` at once, on demand.
 //!
 //! A plan that does not fit says by how much on which device and suggests what does fit: another
@@ -18,6 +20,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
+use llmd_kernels::backend::{kv_cache_bytes, KvTypes};
 use thiserror::Error;
 
 use super::config::ModelConfig;
@@ -54,7 +57,10 @@ pub struct ModelSizes {
     /// Bytes of the token embedding table, read from the memory-mapped file on the host (not
     /// placed on any device).
     pub embedding_bytes: u64,
-    /// KV cache bytes per layer and position (f16 K and V: `2 * n_head_kv * head_dim * 2`).
+    /// Element types of the KV cache the sizes count.
+    pub kv_types: KvTypes,
+    /// KV cache bytes per layer and position: K and V of `kv_types` (f16:
+    /// `2 * n_head_kv * head_dim * 2`; Q8_0 34 and Q4_0 18 bytes per 32 values).
     pub kv_bytes_per_layer_position: u64,
     /// Activation buffers of a stage that runs layers or the head, for the largest batch.
     pub stage_scratch_bytes: u64,
@@ -77,12 +83,14 @@ fn device_bytes(t: &TensorInfo) -> u64 {
 
 impl ModelSizes {
     /// The sizes of `file`'s model with `config`, for stages sized for batches of `max_batch`
-    /// tokens of which `max_logit_rows` may want logits.
+    /// tokens of which `max_logit_rows` may want logits, and KV caches of `kv_types` (whose fit
+    /// to the model's heads the caller checked: [`KvTypes::check_head_dim`]).
     pub fn new(
         file: &GgufFile,
         config: &ModelConfig,
         max_batch: usize,
         max_logit_rows: usize,
+        kv_types: KvTypes,
     ) -> Self {
         let bytes_of = |name: &str| file.tensor(name).map_or(0, device_bytes);
         let layer_weight_bytes = (0..config.n_layer)
@@ -110,18 +118,26 @@ impl ModelSizes {
             layer_weight_bytes,
             head_weight_bytes,
             embedding_bytes: file.tensor("token_embd.weight").map_or(0, |t| t.n_bytes),
-            kv_bytes_per_layer_position: 2 * config.kv_width() as u64 * 2,
+            kv_types,
+            kv_bytes_per_layer_position: kv_cache_bytes(
+                1,
+                config.n_head_kv,
+                config.head_dim,
+                kv_types,
+            ),
             stage_scratch_bytes: floats * 4,
             head_scratch_bytes: logit_rows * config.n_vocab as u64 * 4,
             context_length: config.context_length,
         }
     }
 
-    /// Opens `path`'s header (the tensor data may be missing) and sizes its model.
+    /// Opens `path`'s header (the tensor data may be missing) and sizes its model with KV caches
+    /// of `kv_types` (the caller checks them against the returned configuration's heads).
     pub fn open(
         path: &Path,
         max_batch: usize,
         max_logit_rows: usize,
+        kv_types: KvTypes,
     ) -> Result<(ModelDescription, Arc<ModelConfig>, ModelSizes), LoadError> {
         let file = GgufFile::open_header(path)?;
         let description = ModelDescription::from_gguf(&file)?;
@@ -136,7 +152,7 @@ impl ModelSizes {
         let config = Arc::new(model_config(&description, n_vocab, &|name| {
             file.tensor(name).is_some()
         })?);
-        let sizes = ModelSizes::new(&file, &config, max_batch, max_logit_rows);
+        let sizes = ModelSizes::new(&file, &config, max_batch, max_logit_rows, kv_types);
         Ok((description, config, sizes))
     }
 
@@ -374,15 +390,15 @@ fn shortfalls(stages: &[PlannedStage], devices: &[PlanDevice]) -> Vec<String> {
         let need: u64 = on.iter().map(|s| s.total_bytes()).sum();
         if need > dev.free_bytes {
             let sum = |f: fn(&PlannedStage) -> u64| on.iter().map(|s| f(s)).sum::<u64>();
+            let [need_text, free_text, budget_text] =
+                human_all([need, dev.free_bytes, dev.budget_bytes]);
             out.push(format!(
-                "{} needs {} (weights {}, KV cache {}, scratch {}) but has {} free of its {} budget",
+                "{} needs {need_text} (weights {}, KV cache {}, scratch {}) but has {free_text} \
+                 free of its {budget_text} budget",
                 dev.name,
-                human(need),
                 human(sum(|s| s.weight_bytes)),
                 human(sum(|s| s.kv_bytes)),
                 human(sum(|s| s.scratch_bytes)),
-                human(dev.free_bytes),
-                human(dev.budget_bytes)
             ));
         }
     }
@@ -391,6 +407,11 @@ fn shortfalls(stages: &[PlannedStage], devices: &[PlanDevice]) -> Vec<String> {
 
 /// Bytes in binary units with one decimal.
 pub fn human(bytes: u64) -> String {
+    human_with(bytes, 1)
+}
+
+/// Bytes in binary units with `decimals` decimals.
+fn human_with(bytes: u64, decimals: usize) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut u = 0;
@@ -401,8 +422,30 @@ pub fn human(bytes: u64) -> String {
     if u == 0 {
         format!("{bytes} B")
     } else {
-        format!("{v:.1} {}", UNITS[u])
+        format!("{v:.decimals$} {}", UNITS[u])
     }
+}
+
+/// Amounts that a message compares ("needs A but has B free of its C budget"), with as many
+/// decimals as it takes for different amounts to read differently (exact bytes as a last
+/// resort), so that a refusal never reads "needs 1.2 GiB but has 1.2 GiB free".
+pub fn human_all<const N: usize>(amounts: [u64; N]) -> [String; N] {
+    let distinct = |texts: &[String; N]| {
+        (0..N).all(|i| (0..N).all(|j| amounts[i] == amounts[j] || texts[i] != texts[j]))
+    };
+    for decimals in 1..=3 {
+        let texts = amounts.map(|a| human_with(a, decimals));
+        if distinct(&texts) {
+            return texts;
+        }
+    }
+    amounts.map(|a| format!("{a} B"))
+}
+
+/// [`human_all`] for two amounts.
+pub fn human_pair(a: u64, b: u64) -> (String, String) {
+    let [x, y] = human_all([a, b]);
+    (x, y)
 }
 
 /// The split (as layer counts, which llama.cpp's rule maps back to the same ranges) that fills
@@ -576,6 +619,34 @@ pub fn plan(
     })
 }
 
+/// Why no split fits even at context 1, with the model's least need on one device (weights, the
+/// scratch buffers of one stage and the head, one KV position per layer) against the free
+/// memory of all devices: either there is too little in all, or enough in all but in pieces
+/// too small for whole layers.
+fn no_split_fits(sizes: &ModelSizes, devices: &[PlanDevice]) -> String {
+    let weights = sizes.device_weight_bytes();
+    let scratch = sizes.stage_scratch_bytes + sizes.head_scratch_bytes;
+    let kv = sizes.n_layer as u64 * sizes.kv_bytes_per_layer_position;
+    let least = weights + scratch + kv;
+    let free: u64 = devices.iter().map(|d| d.free_bytes).sum();
+    let (least_text, free_text) = human_pair(least, free);
+    let need = format!(
+        "no split fits even at context 1: the model needs at least {least_text} (weights {}, \
+         scratch buffers {}, KV cache {})",
+        human(weights),
+        human(scratch),
+        human(kv)
+    );
+    if least > free {
+        format!("{need} and {free_text} is free on the chosen devices in all: add devices or free memory")
+    } else {
+        format!(
+            "{need}; {free_text} is free on the chosen devices in all, but no device has room \
+             for its share in whole layers: free memory on one of them, or add a device"
+        )
+    }
+}
+
 /// A change that makes the plan fit: another split at the same context, else a shorter context
 /// (with a split that fits it), else fewer GPU layers.
 fn suggest(
@@ -621,22 +692,15 @@ fn suggest(
             let head =
                 sizes.head_weight_bytes + sizes.stage_scratch_bytes + sizes.head_scratch_bytes;
             if head > last.free_bytes {
+                let (head_text, free_text) = human_pair(head, last.free_bytes);
                 return Some(format!(
-                    "the output layer alone needs {} on the last device, {}, which has {} free: \
-                     list a device with more free memory last",
-                    human(head),
+                    "the output layer alone needs {head_text} on the last device, {}, which has \
+                     {free_text} free: list a device with more free memory last",
                     last.name,
-                    human(last.free_bytes)
                 ));
             }
         }
-        let free: u64 = devices.iter().map(|d| d.free_bytes).sum();
-        return Some(format!(
-            "the weights alone need {} on devices and {} is free in all: add devices or free \
-             memory",
-            human(sizes.device_weight_bytes()),
-            human(free)
-        ));
+        return Some(no_split_fits(sizes, devices));
     }
     // With -ngl: fewer GPU layers at the same split and context.
     let ngl = opts.gpu_layers.unwrap_or(0);
@@ -676,6 +740,7 @@ mod tests {
             layer_weight_bytes: vec![530_000_000; 80],
             head_weight_bytes: 1_000_000_000,
             embedding_bytes: 1_000_000_000,
+            kv_types: KvTypes::F16,
             kv_bytes_per_layer_position: 2 * 8 * 128 * 2,
             stage_scratch_bytes: 200_000_000,
             head_scratch_bytes: 4_000_000,
@@ -745,6 +810,54 @@ mod tests {
                 .fits(),
             "{s}"
         );
+    }
+
+    /// Issue 14: the weights alone fit the free memory, but weights and scratch do not. The
+    /// message used to say "the weights alone need 1.2 GiB ... 1.2 GiB is free in all".
+    #[test]
+    fn out_of_budget_message_does_not_contradict_itself() {
+        let sizes = ModelSizes {
+            n_layer: 4,
+            layer_weight_bytes: vec![300 << 20; 4],
+            head_weight_bytes: 50 << 20,
+            embedding_bytes: 50 << 20,
+            kv_bytes_per_layer_position: 1024,
+            stage_scratch_bytes: 80 << 20,
+            head_scratch_bytes: 10 << 20,
+            context_length: 4096,
+            kv_types: KvTypes::F16,
+        };
+        // 1250 MiB of weights, 1290 MiB free: the weights fit, weights + scratch do not.
+        let dev = PlanDevice {
+            name: "cpu:0".into(),
+            gpu: false,
+            budget_bytes: 1290 << 20,
+            free_bytes: 1290 << 20,
+        };
+        let p = plan(&sizes, &[dev], &opts(&[1.0], 1024)).unwrap();
+        let v = p.verdict.expect("must not fit").to_string();
+        assert!(!v.contains("weights alone"), "{v}");
+        assert!(v.contains("no split fits even at context 1"), "{v}");
+        // The amounts compared differ, so they must read differently.
+        let (need, free) = human_pair(1340 << 20, 1290 << 20);
+        assert_ne!(need, free);
+        assert!(v.contains(&format!("at least {need}")), "{v}");
+        assert!(v.contains(&format!("{free} is free")), "{v}");
+        assert!(v.contains("add devices or free memory"), "{v}");
+        // Same amounts in a shortfall line read differently too.
+        assert!(!v.contains("needs 1.3 GiB (weights 1.2 GiB, KV cache 1.0 MiB, scratch 90.0 MiB) but has 1.3 GiB"), "{v}");
+    }
+
+    #[test]
+    fn amounts_compared_read_differently() {
+        assert_eq!(
+            human_pair(1 << 30, 1 << 30),
+            ("1.0 GiB".into(), "1.0 GiB".into())
+        );
+        let (a, b) = human_pair(1_300_000_000, 1_290_000_000);
+        assert_ne!(a, b);
+        let (a, b) = human_pair(1 << 30, (1 << 30) + 1);
+        assert_eq!((a.as_str(), b.as_str()), ("1073741824 B", "1073741825 B"));
     }
 
     #[test]
@@ -880,6 +993,45 @@ mod tests {
             .and_then(|n| n.parse().ok())
             .unwrap();
         assert!(n < 40 && n > 0, "{s}");
+    }
+
+    /// The case quantized caches are for: a 70B at 32k context on two 24 GiB GPUs. With an f16
+    /// cache it does not fit at any split; with a Q8_0 cache (34 bytes per 32 values instead of
+    /// 64) the plan fits, its KV bytes exactly those of the kernels' Q8_0 cache.
+    #[test]
+    fn a_q8_0_cache_fits_a_70b_at_32k_on_two_24_gib_gpus() {
+        let devs = [device("cuda:0", 24), device("cuda:1", 24)];
+        let at_32k = |sizes: &ModelSizes| {
+            plan(
+                sizes,
+                &devs,
+                &PlanOptions {
+                    split: None,
+                    gpu_layers: None,
+                    ctx: 32768,
+                },
+            )
+            .unwrap()
+        };
+        let f16 = at_32k(&llama_70b());
+        assert!(!f16.fits(), "f16 at 32k must not fit");
+        let q8 = KvTypes::both(llmd_kernels::backend::KvType::Q8_0);
+        let sizes = ModelSizes {
+            kv_types: q8,
+            kv_bytes_per_layer_position: kv_cache_bytes(1, 8, 128, q8),
+            ..llama_70b()
+        };
+        assert_eq!(sizes.kv_bytes_per_layer_position, 2 * 8 * 128 / 32 * 34);
+        let p = at_32k(&sizes);
+        assert!(p.fits(), "{:?}", p.verdict);
+        let layers = p.stages[0].layers.len();
+        assert_eq!(
+            p.stages[0].kv_bytes,
+            kv_cache_bytes(32768, 8, 128, q8) * layers as u64
+        );
+        // Per layer, 34 bytes where f16 takes 64.
+        let per_layer = |p: &Plan| p.stages[0].kv_bytes / p.stages[0].layers.len() as u64;
+        assert_eq!(per_layer(&p) * 64, per_layer(&f16) * 34);
     }
 
     #[test]

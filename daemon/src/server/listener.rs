@@ -5,7 +5,6 @@
 //! at its path: it is bound under a temporary name in the same directory, its permissions set,
 //! and then renamed into place.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
@@ -19,9 +18,6 @@ pub const SOCKET_MODE: u32 = 0o660;
 
 /// Permissions of a socket directory the daemon creates itself (e.g. `$XDG_RUNTIME_DIR/llmd`).
 const SOCKET_DIR_MODE: u32 = 0o755;
-
-/// Largest buffer `getgrnam_r` may ask for before we give up (groups with huge member lists).
-const MAX_GROUP_BUFFER: usize = 1 << 20;
 
 /// Why the daemon could not obtain its listening socket.
 #[derive(Debug, thiserror::Error)]
@@ -245,46 +241,12 @@ fn temporary_name(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Resolves a group name (or a numeric gid) to a gid with `getgrnam_r`.
+/// Resolves a group name (or a numeric gid) to a gid.
 pub fn lookup_group(group: &str) -> Result<u32, ListenerError> {
-    if let Ok(gid) = group.parse::<u32>() {
-        return Ok(gid);
-    }
-    let err = |reason: String| ListenerError::Group {
+    crate::users::lookup_group(group).map_err(|e| ListenerError::Group {
         group: group.to_string(),
-        reason,
-    };
-    let name = CString::new(group).map_err(|_| err("contains a NUL byte".into()))?;
-    let mut buf: Vec<libc::c_char> = vec![0; 1024];
-    loop {
-        let mut grp = std::mem::MaybeUninit::<libc::group>::uninit();
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: `name` is a valid NUL-terminated string; `grp` points to writable storage for
-        // one `group`; `buf` is a writable buffer of `buf.len()` chars that outlives the call and
-        // the use of `result` below; `result` is a valid out-pointer.
-        let rc = unsafe {
-            libc::getgrnam_r(
-                name.as_ptr(),
-                grp.as_mut_ptr(),
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < MAX_GROUP_BUFFER {
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        if rc != 0 {
-            return Err(err(io::Error::from_raw_os_error(rc).to_string()));
-        }
-        if result.is_null() {
-            return Err(err("no such group".into()));
-        }
-        // SAFETY: on success with a non-null result, getgrnam_r filled `grp` (and `result`
-        // points to it); `gr_gid` is a plain integer field.
-        return Ok(unsafe { (*result).gr_gid });
-    }
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -6,17 +6,26 @@
 //! runs the request's own handler file against the shared [`State`] → the connection writes the
 //! handler's events and then its final reply (or error) as frames, and waits for the next request.
 
+pub mod access;
+pub mod admission;
 pub mod connection;
+pub mod frame_budget;
 pub mod handler;
 pub mod listener;
+pub mod peek;
 mod reload;
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use llmd_shared::async_io::{read_frame_with_limit, write_frame};
+use llmd_shared::handshake::MAX_HELLO_BYTES;
+use llmd_shared::{Hello, HelloReply, PACKAGE_VERSION, PROTOCOL_VERSION};
+use tokio::net::UnixStream;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::cli::ServeArgs;
 use crate::config::{Config, ConfigError, ConfigSource};
@@ -24,12 +33,20 @@ use crate::logging::{self, LoggingError};
 use crate::notify;
 use crate::shutdown::ShutdownTrigger;
 use crate::state::State;
+use admission::{Admission, Admit};
+use frame_budget::FrameBudget;
+use handler::Peer;
 use listener::{BoundSocket, ListenerError};
 pub use reload::Reloader;
 
-/// Most client connections served at once; further clients wait in the listen backlog until a
-/// slot frees. Bounds the memory and tasks a flood of clients can claim.
-pub const MAX_CONNECTIONS: usize = 256;
+pub use admission::{MAX_CONNECTIONS, MAX_CONNECTIONS_PER_UID};
+
+/// Connections being refused at once (each gets the reason in a handshake reply); past this a
+/// refused connection is just closed, so a flood cannot turn refusals into work.
+const MAX_REFUSALS: usize = 16;
+
+/// How long a refused client has to send its `Hello` before it is closed without a reply.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long running requests get to finish (or be answered `shutting_down`) after SIGTERM
 /// before the daemon exits anyway. Well under systemd's default stop timeout of 90 s.
@@ -105,7 +122,9 @@ pub async fn run(
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServerError::Runtime)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(ServerError::Runtime)?;
     let trigger = ShutdownTrigger::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let admission = Admission::new();
+    let frames = Arc::new(FrameBudget::default());
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let (ping_tx, mut ping_rx) = mpsc::channel::<oneshot::Sender<()>>(1);
     let watchdog = notify::watchdog_timeout().map(|t| {
         tracing::info!("systemd watchdog enabled: timeout {t:?}");
@@ -124,6 +143,7 @@ pub async fn run(
             ""
         }
     );
+    access::log_policy(state.config().config.access.as_ref());
     notify::ready(&state.status_line());
 
     loop {
@@ -140,15 +160,40 @@ pub async fn run(
             Some(pong) = ping_rx.recv() => {
                 let _ = pong.send(());
             }
-            accepted = accept(&bound, &slots) => match accepted {
-                Ok((stream, permit)) => {
-                    let (shutdown, guard) = trigger.subscribe();
-                    let state = state.clone();
-                    tokio::spawn(async move {
-                        connection::serve(stream, state, shutdown).await;
-                        drop(permit);
-                        drop(guard);
-                    });
+            accepted = bound.listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let peer = Peer::of(&stream);
+                    match admission.admit(peer.uid, stream.as_raw_fd()) {
+                        Admit::Admitted { ticket, evicted } => {
+                            if let Some(uid) = evicted {
+                                tracing::debug!(
+                                    uid = peer.uid,
+                                    evicted_uid = uid,
+                                    "connection limit reached: closed the oldest idle connection \
+                                     to make room"
+                                );
+                            }
+                            let (shutdown, guard) = trigger.subscribe();
+                            let state = state.clone();
+                            let limits = connection::Limits {
+                                ticket,
+                                frames: Arc::clone(&frames),
+                            };
+                            tokio::spawn(async move {
+                                connection::serve(stream, peer, state, shutdown, limits).await;
+                                drop(guard);
+                            });
+                        }
+                        Admit::Refused(reason) => {
+                            tracing::warn!(uid = peer.uid, pid = peer.pid, "refusing a connection: {reason}");
+                            if let Ok(permit) = Arc::clone(&refusals).try_acquire_owned() {
+                                tokio::spawn(async move {
+                                    refuse(stream, reason).await;
+                                    drop(permit);
+                                });
+                            }
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
@@ -174,19 +219,20 @@ pub async fn run(
     Ok(())
 }
 
-/// Waits for a free connection slot, then for a client. Cancel-safe.
-async fn accept(
-    bound: &BoundSocket,
-    slots: &Arc<Semaphore>,
-) -> std::io::Result<(tokio::net::UnixStream, OwnedSemaphorePermit)> {
-    // The semaphore is never closed, so acquiring can only succeed.
-    let permit = slots
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let (stream, _) = bound.listener.accept().await?;
-    Ok((stream, permit))
+/// Tells a client that could not be admitted why, in the handshake's own terms (a rejection
+/// naming the daemon's protocol version, which llmctl tells apart from a version mismatch),
+/// then closes the connection. Bounded by [`REFUSAL_TIMEOUT`].
+async fn refuse(mut stream: UnixStream, reason: String) {
+    let exchange = async {
+        let _: Hello = read_frame_with_limit(&mut stream, MAX_HELLO_BYTES).await?;
+        let reply = HelloReply::Rejected {
+            protocol_version: PROTOCOL_VERSION,
+            server_version: PACKAGE_VERSION.to_string(),
+            message: format!("llmd refused the connection: {reason}"),
+        };
+        write_frame(&mut stream, &reply).await
+    };
+    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, exchange).await;
 }
 
 /// Sends `WATCHDOG=1` every `interval`, but only after the accept loop answered a ping: a

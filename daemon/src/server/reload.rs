@@ -44,6 +44,9 @@ impl Reloader {
                         tracing::error!("{e}");
                     }
                 }
+                if new.config.access != old.config.access {
+                    crate::server::access::log_policy(new.config.access.as_ref());
+                }
                 let from = new.path.as_ref().map_or_else(
                     || "built-in defaults".to_string(),
                     |p| p.display().to_string(),

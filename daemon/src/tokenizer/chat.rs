@@ -8,6 +8,12 @@
 //! (`.strip()`, `.startswith()`, `.split()`, `.items()`, ...) through minijinja-contrib's pycompat
 //! callback; blocks trimmed as Hugging Face does (`trim_blocks`, `lstrip_blocks`).
 //!
+//! A template is code from the model file, so every render runs on a step budget (minijinja's
+//! fuel): [`TEMPLATE_FUEL_BASE`] plus [`TEMPLATE_FUEL_PER_MESSAGE`] per message. A template that
+//! loops without end fails with [`ChatError::OutOfSteps`] instead of running for ever. The
+//! budget bounds steps, not the cost of one step (one step may copy a long string), so callers
+//! also render off their async runtime with a time limit (`server::prepare`).
+//!
 //! Fallback when a model has no template, chosen from its vocabulary:
 //! - `<start_of_turn>` / `<end_of_turn>` present (Gemma): Gemma's turn format, a system message
 //!   folded into the first user turn, BOS first.
@@ -23,6 +29,16 @@ use super::Tokenizer;
 
 /// Name of the template inside the environment.
 const TEMPLATE_NAME: &str = "chat";
+
+/// Steps (minijinja instructions) a render may take besides those per message. The real
+/// templates in `tests/fixtures/tokenizer/chat_templates.json` (Qwen 2.5 and 3, Llama 3.1,
+/// Phi-3.5, Mistral Nemo, DeepSeek-R1) take 110 to 260 steps for a two-message conversation;
+/// a runaway loop exhausts this in about 3 ms.
+pub const TEMPLATE_FUEL_BASE: u64 = 100_000;
+
+/// Steps a render may take per message: the same templates take 28 to 66 per message (1,000
+/// messages: 27,555 to 65,118 steps), so this leaves fifteen times that.
+pub const TEMPLATE_FUEL_PER_MESSAGE: u64 = 1_000;
 
 /// Gemma's turn format (used when a Gemma model has no template).
 const GEMMA_TEMPLATE: &str = r#"{{ bos_token }}
@@ -74,6 +90,18 @@ pub enum ChatError {
     /// Rendering failed (including the template's own `raise_exception`).
     #[error("chat template failed to render: {0}")]
     Render(String),
+    /// The render used up its step budget: the template loops without end, or far longer than
+    /// any real template for this many messages.
+    #[error(
+        "the chat template did not finish within its budget of {steps} steps for {messages} \
+         messages (does it loop without end?); use --raw to bypass it"
+    )]
+    OutOfSteps {
+        /// The budget it had.
+        steps: u64,
+        /// Messages in the conversation.
+        messages: usize,
+    },
 }
 
 /// One chat message.
@@ -181,8 +209,11 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, ChatError> {
-        let template = self
-            .env
+        let steps = fuel_for(messages.len());
+        // Fuel is a setting of the environment; a clone shares the compiled template.
+        let mut env = self.env.clone();
+        env.set_fuel(Some(steps));
+        let template = env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| ChatError::Render(describe(&e)))?;
         template
@@ -192,7 +223,13 @@ impl ChatTemplate {
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
             })
-            .map_err(|e| ChatError::Render(describe(&e)))
+            .map_err(|e| match e.kind() {
+                ErrorKind::OutOfFuel => ChatError::OutOfSteps {
+                    steps,
+                    messages: messages.len(),
+                },
+                _ => ChatError::Render(describe(&e)),
+            })
     }
 
     /// Renders `messages` and tokenizes the prompt with special tokens parsed. BOS is added as
@@ -204,9 +241,20 @@ impl ChatTemplate {
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>, ChatError> {
         let prompt = self.render(messages, add_generation_prompt)?;
-        let starts_with_bos = !self.bos_token.is_empty() && prompt.starts_with(&self.bos_token);
-        Ok(tokenizer.encode(&prompt, !starts_with_bos, true))
+        Ok(self.encode_rendered(tokenizer, &prompt))
     }
+
+    /// Tokenizes a prompt this template rendered, with special tokens parsed; BOS is added as
+    /// the model asks unless the text already starts with it.
+    pub fn encode_rendered(&self, tokenizer: &Tokenizer, prompt: &str) -> Vec<u32> {
+        let starts_with_bos = !self.bos_token.is_empty() && prompt.starts_with(&self.bos_token);
+        tokenizer.encode(prompt, !starts_with_bos, true)
+    }
+}
+
+/// The step budget of a render of `messages` messages.
+pub fn fuel_for(messages: usize) -> u64 {
+    TEMPLATE_FUEL_BASE.saturating_add(TEMPLATE_FUEL_PER_MESSAGE.saturating_mul(messages as u64))
 }
 
 /// An error with its chain of causes, for messages.
@@ -430,6 +478,24 @@ mod tests {
         let err =
             render("{{ raise_exception('no system role') }}", &[], false).expect_err("must fail");
         assert!(err.to_string().contains("no system role"), "{err}");
+    }
+
+    /// Issue 14: a template that loops (nearly) for ever fails quickly with a clear error.
+    #[test]
+    fn a_runaway_loop_runs_out_of_steps() {
+        let started = std::time::Instant::now();
+        let err = render(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            &[ChatMessage::new("user", "hi")],
+            true,
+        )
+        .expect_err("must not finish");
+        assert!(
+            matches!(err, ChatError::OutOfSteps { steps, messages: 1 } if steps == fuel_for(1)),
+            "{err}"
+        );
+        assert!(err.to_string().contains("loop without end"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
     }
 
     #[test]

@@ -21,7 +21,7 @@ mod spm;
 pub mod stream;
 mod tekken;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod unicode;
 
 use std::collections::{BTreeSet, HashMap};
@@ -32,6 +32,10 @@ pub use pretokenize::PreTokenizerKind;
 pub use stream::StreamDecoder;
 
 use pretokenize::PreTokenizer;
+
+/// The least [`Tokenizer::max_token_bytes`] reports: one UTF-8 character, the most input a
+/// character missing from the vocabulary (and without byte tokens) takes with it.
+pub const MIN_TOKEN_COVER_BYTES: usize = 4;
 
 /// Errors building a [`Tokenizer`] from metadata.
 #[derive(Debug, thiserror::Error)]
@@ -256,6 +260,9 @@ pub struct Tokenizer {
     clean_spaces: bool,
     /// BPE: emit a pre-tokenized word whole when it is a token.
     ignore_merges: bool,
+    /// Most bytes of input text one token can stand for (see [`Tokenizer::max_token_bytes`]),
+    /// so a prompt too long for a context is refused from its length, before tokenizing.
+    max_token_bytes: usize,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -564,15 +571,26 @@ impl Tokenizer {
             add_space_prefix,
             clean_spaces,
             ignore_merges,
+            max_token_bytes: MIN_TOKEN_COVER_BYTES,
         };
         for id in 0..n_tokens as u32 {
             let piece = tokenizer.render_piece(id);
+            tokenizer.max_token_bytes = tokenizer.max_token_bytes.max(piece.len());
             tokenizer.piece_bytes.extend_from_slice(&piece);
             let end = u32::try_from(tokenizer.piece_bytes.len())
                 .map_err(|_| TokenizerError::TooManyTokens(n_tokens))?;
             tokenizer.piece_ends.push(end);
         }
         Ok(tokenizer)
+    }
+
+    /// Most bytes of input text one token of [`Tokenizer::encode`] can stand for: the longest
+    /// token rendering (with special tokens), and at least [`MIN_TOKEN_COVER_BYTES`] (a character
+    /// that no token spells is dropped, not tokenized). A text of `n` bytes therefore gives at
+    /// least `n / max_token_bytes()` tokens, so one too long for a context can be refused from
+    /// its length alone.
+    pub fn max_token_bytes(&self) -> usize {
+        self.max_token_bytes
     }
 
     /// Number of tokens in the vocabulary.

@@ -4,13 +4,14 @@
 use super::*;
 
 /// Token types as in `tokenizer.ggml.token_type`.
-const NORMAL: i32 = 1;
+pub(crate) const NORMAL: i32 = 1;
 const CONTROL: i32 = 3;
 const USER: i32 = 4;
 const BYTE: i32 = 6;
 
-/// A SentencePiece vocabulary: `<unk> <s> </s>`, the 256 byte tokens, then `extra`.
-fn spm(extra: &[(&str, f32, i32)]) -> TokenizerMetadata {
+/// A SentencePiece vocabulary: `<unk> <s> </s>`, the 256 byte tokens, then `extra` (also used
+/// by other modules' unit tests).
+pub(crate) fn spm(extra: &[(&str, f32, i32)]) -> TokenizerMetadata {
     let mut meta = TokenizerMetadata {
         model: "llama".into(),
         ..Default::default()

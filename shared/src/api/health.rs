@@ -81,6 +81,8 @@ pub enum CheckKind {
     Thermal,
     /// CUDA (the driver's compute library) usable for the configured GPUs.
     Cuda,
+    /// A resident model still serves (its worker has not failed).
+    Model,
 }
 
 impl CheckKind {
@@ -95,6 +97,7 @@ impl CheckKind {
             CheckKind::P2p => "p2p",
             CheckKind::Thermal => "thermal",
             CheckKind::Cuda => "cuda",
+            CheckKind::Model => "model",
         }
     }
 }

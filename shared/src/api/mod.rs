@@ -12,6 +12,7 @@
 //! so renaming a field breaks scripts. Keep the serde attributes to those bincode supports
 //! (`rename`, `rename_all`; no `tag`, `flatten`, `skip_serializing_if` or `untagged`).
 
+mod cache;
 mod doctor;
 mod generate;
 pub mod gpu;
@@ -24,10 +25,12 @@ mod version;
 
 use serde::{Deserialize, Serialize};
 
+pub use cache::KvCacheType;
 pub use doctor::{DoctorRequest, MetricsReply, MetricsRequest};
 pub use generate::{
     BenchReply, BenchRequest, ChatMessage, GenerateReply, GenerateRequest, Prompt, Sampling,
-    TokenPiece, TokenizeReply, TokenizeRequest,
+    TokenPiece, TokenizeReply, TokenizeRequest, MAX_CHAT_MESSAGES, MAX_PRESENCE_PENALTY,
+    MAX_STOP_BYTES, MAX_STOP_STRINGS, MAX_TOKENIZE_BYTES, MAX_TOKENS_LIMIT,
 };
 pub use inspect::{InspectReport, InspectRequest, TokenizerSummary, TypeStats};
 pub use models::{
@@ -202,6 +205,8 @@ pub enum ErrorCode {
     VersionMismatch,
     /// The request took longer than allowed.
     Timeout,
+    /// The client's user may not make this request (the daemon's `[access]` configuration).
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -220,6 +225,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::VersionMismatch => "version_mismatch",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }

@@ -186,13 +186,67 @@ pub fn signal(pid: u32, sig: &str) {
 
 /// Resident set size of process `pid` in KiB (`VmRSS` of /proc/PID/status).
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS")
+}
+
+/// A KiB figure of /proc/PID/status: `VmRSS` (resident now), `VmHWM` (the peak resident size
+/// so far), ...
+pub fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process gone");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .expect("no VmRSS line")
+        .unwrap_or_else(|| panic!("no {field} line"))
+}
+
+/// True when this process runs as root (uid 0), read from /proc/self/status.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next().map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Raw protocol client: connects to `socket` with reads and writes bounded by 10 s.
+pub fn connect(socket: &Path) -> std::os::unix::net::UnixStream {
+    let s = std::os::unix::net::UnixStream::connect(socket).expect("cannot connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Raw protocol client: connects and completes the handshake.
+pub fn handshaken(socket: &Path) -> std::os::unix::net::UnixStream {
+    use llmd_shared::frame::{read_frame, write_frame};
+    let mut s = connect(socket);
+    write_frame(&mut s, &llmd_shared::Hello::current()).unwrap();
+    let reply: llmd_shared::HelloReply = read_frame(&mut s).unwrap();
+    assert!(
+        matches!(reply, llmd_shared::HelloReply::Accepted { .. }),
+        "{reply:?}"
+    );
+    s
+}
+
+/// Raw protocol client: sends `request` and returns its final response, skipping events.
+pub fn request(
+    s: &mut std::os::unix::net::UnixStream,
+    request: &llmd_shared::Request,
+) -> llmd_shared::Response {
+    use llmd_shared::frame::{read_frame, write_frame};
+    write_frame(s, request).expect("send the request");
+    loop {
+        let response: llmd_shared::Response = read_frame(s).expect("read a response");
+        if response.is_final() {
+            return response;
+        }
+    }
 }
 
 /// The test's end of `NOTIFY_SOCKET`: collects the daemon's sd_notify datagrams.

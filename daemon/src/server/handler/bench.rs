@@ -30,13 +30,10 @@ pub async fn handle(req: BenchRequest, ctx: &Context) -> Result<BenchReply, Erro
             n_gen: req.n_gen as usize,
             reply: tx,
         };
-        model
-            .handle
-            .submit(job)
-            .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))?;
+        model.submit(job)?;
         let r = rx
             .await
-            .map_err(|_| ErrorReply::new(ErrorCode::Internal, "the model's worker stopped"))?
+            .map_err(|_| model.unavailable("the model's worker stopped"))?
             .map_err(|m| ErrorReply::new(ErrorCode::BadRequest, m))?;
         pp.push(r.pp_tokens_per_s);
         tg.push(r.tg_tokens_per_s);

@@ -1,5 +1,5 @@
-//! `doctor`: the health checks over the latest telemetry sample, the `[power]` config in force
-//! and the resident models' splits. Never waits on NVML.
+//! `doctor`: the health checks over the latest telemetry sample, the `[power]` config in force,
+//! the resident models' splits and whether each still serves. Never waits on NVML.
 
 use llmd_shared::api::health::DoctorReport;
 use llmd_shared::{DoctorRequest, ErrorReply};
@@ -11,8 +11,15 @@ use crate::health::doctor;
 pub async fn handle(_req: DoctorRequest, ctx: &Context) -> Result<DoctorReport, ErrorReply> {
     let state = &ctx.state;
     let telemetry = state.gpu_telemetry();
-    let models = state.models().placements(&state.gpu_index(&telemetry));
+    let (models, failures) = {
+        let registry = state.models();
+        (
+            registry.placements(&state.gpu_index(&telemetry)),
+            registry.failures(),
+        )
+    };
     let mut report = doctor::run(&telemetry, &state.config().config.power, &models);
+    report.checks.extend(doctor::check_models(&failures));
     let gpus: Vec<(String, Option<String>)> = state
         .devices()
         .iter()

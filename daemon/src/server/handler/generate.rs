@@ -1,44 +1,24 @@
-//! `generate`: tokenizes the prompt (raw or through the chat template), queues it on the model's
-//! worker and streams tokens back. If the client goes away, dropping this handler closes the
-//! event channel and the worker frees the sequence before its next step.
+//! `generate`: checks the request's values, turns the prompt into tokens off the runtime (raw,
+//! or through the chat template on its step budget and time limit: `engine::prompt`), queues it
+//! on the model's worker and streams tokens back. If the client goes away, dropping this handler
+//! closes the event channel and the worker frees the sequence before its next step.
 
 use std::sync::atomic::Ordering;
 
-use llmd_shared::{ErrorCode, ErrorReply, Event, GenerateReply, GenerateRequest, Prompt, Token};
+use llmd_shared::{ErrorCode, ErrorReply, Event, GenerateReply, GenerateRequest, Token};
 
 use super::{model_named, Context};
+use crate::engine::prompt::prompt_tokens;
 use crate::engine::{GenEvent, GenerateJob, Job, SamplingParams};
-use crate::tokenizer::chat::ChatMessage;
 
-/// Most tokens one request may ask for.
-const MAX_TOKENS_LIMIT: u32 = 1 << 20;
 /// Token events buffered between the worker and a slow client.
 const EVENT_BUFFER: usize = 256;
 
 /// Runs the generation.
 pub async fn handle(req: GenerateRequest, ctx: &Context) -> Result<GenerateReply, ErrorReply> {
+    req.validate()?;
     let model = model_named(ctx, &req.model)?;
-    if req.max_tokens == 0 || req.max_tokens > MAX_TOKENS_LIMIT {
-        return Err(ErrorReply::new(
-            ErrorCode::BadRequest,
-            format!("max_tokens must be 1..={MAX_TOKENS_LIMIT}"),
-        ));
-    }
-    let prompt = match &req.prompt {
-        Prompt::Raw(text) => model.tokenizer.encode(text, true, true),
-        Prompt::Chat(messages) => {
-            let messages: Vec<ChatMessage> = messages
-                .iter()
-                .map(|m| ChatMessage::new(&m.role, &m.content))
-                .collect();
-            model
-                .chat
-                .encode(&model.tokenizer, &messages, true)
-                .map_err(|e| {
-                    ErrorReply::new(ErrorCode::BadRequest, format!("chat template: {e}"))
-                })?
-        }
-    };
+    let prompt = prompt_tokens(model.prompt_model(), req.prompt, model.ctx() as usize).await?;
     let defaults = SamplingParams::default();
     let s = &req.sampling;
     let sampling = SamplingParams {
@@ -58,10 +38,7 @@ pub async fn handle(req: GenerateRequest, ctx: &Context) -> Result<GenerateReply
         stops: req.stop.clone(),
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(EVENT_BUFFER);
-    model
-        .handle
-        .submit(Job::Generate(job, tx))
-        .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))?;
+    model.submit(Job::Generate(job, tx))?;
     model.running.fetch_add(1, Ordering::SeqCst);
     let _running = RunningGuard(&model.running);
     while let Some(event) = rx.recv().await {
@@ -83,9 +60,11 @@ pub async fn handle(req: GenerateRequest, ctx: &Context) -> Result<GenerateReply
             }
         }
     }
-    Err(ErrorReply::new(
-        ErrorCode::Internal,
-        "the model's worker stopped",
+    // The channel closed without a final event: the model failed, or its worker dropped the
+    // generation because this client stopped reading its tokens.
+    Err(model.unavailable(
+        "the generation ended without a result: the model's worker dropped it (was its client \
+         reading?) or stopped",
     ))
 }
 

@@ -26,9 +26,10 @@ use llmd_shared::{ErrorCode, ErrorReply, Event, Reply, Request};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
+use super::access;
 use crate::state::State;
 
-/// The client's credentials (SO_PEERCRED), for logging and later authorisation.
+/// The client's credentials (SO_PEERCRED), for logging and authorisation (`server::access`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     /// User id of the client process (`u32::MAX` if unknown).
@@ -90,8 +91,21 @@ impl Context {
     }
 }
 
-/// Runs the handler for `request`.
+/// Runs the handler for `request`, once the client's user may make it (`server::access`).
 pub async fn dispatch(request: Request, ctx: Context) -> Result<Reply, ErrorReply> {
+    if let Some(action) = access::managed_action(&request) {
+        let config = ctx.state.config();
+        if config.config.access.is_some() {
+            let peer = ctx.peer.clone();
+            tokio::task::spawn_blocking(move || {
+                access::authorize(config.config.access.as_ref(), &peer, action)
+            })
+            .await
+            .map_err(|e| {
+                ErrorReply::new(ErrorCode::Internal, format!("the access check failed: {e}"))
+            })??;
+        }
+    }
     match request {
         Request::Status(r) => status::handle(r, &ctx).await.map(Reply::Status),
         Request::Version(r) => version::handle(r, &ctx).await.map(Reply::Version),

@@ -1,21 +1,25 @@
-//! `tokenize`: a model's token ids and pieces for a text.
+//! `tokenize`: a model's token ids and pieces for a text, computed off the runtime
+//! (`engine::prompt`).
 
 use llmd_shared::{ErrorReply, TokenPiece, TokenizeReply, TokenizeRequest};
 
 use super::{model_named, Context};
+use crate::engine::prompt::tokenize_with_pieces;
 
 /// Tokenizes the text.
 pub async fn handle(req: TokenizeRequest, ctx: &Context) -> Result<TokenizeReply, ErrorReply> {
+    req.validate()?;
     let model = model_named(ctx, &req.model)?;
-    let ids = model
-        .tokenizer
-        .encode(&req.text, req.add_special, req.parse_special);
-    let tokens = ids
+    let pieces = tokenize_with_pieces(
+        model.prompt_model(),
+        req.text,
+        req.add_special,
+        req.parse_special,
+    )
+    .await?;
+    let tokens = pieces
         .into_iter()
-        .map(|id| TokenPiece {
-            id,
-            piece: String::from_utf8_lossy(model.tokenizer.token_to_piece(id, true)).into_owned(),
-        })
+        .map(|(id, piece)| TokenPiece { id, piece })
         .collect();
     Ok(TokenizeReply { tokens })
 }

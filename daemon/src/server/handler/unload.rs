@@ -7,7 +7,10 @@ use super::Context;
 
 /// Unregisters the model.
 pub async fn handle(req: UnloadRequest, ctx: &Context) -> Result<UnloadReply, ErrorReply> {
-    let _placement = ctx.state.placement_lock.lock().await;
+    let _placement = ctx
+        .state
+        .placement(format!("unloading {:?}", req.name))
+        .await?;
     let model = ctx.state.models().remove(&req.name).ok_or_else(|| {
         ErrorReply::new(
             ErrorCode::NotFound,
