@@ -19,6 +19,7 @@
 //!   [`hadamard`]: the rotation llama.cpp applies around quantized caches.
 
 pub mod attention;
+pub mod attention_tile;
 pub mod dot;
 pub mod error;
 pub mod hadamard;

@@ -5,7 +5,8 @@
 //! row block after block, and sixteen finished outputs are stored at once.
 //!
 //! - [`packed_k`]: Q4_K and Q6_K against Q8_K (with paired group sums);
-//! - [`packed_legacy`]: Q8_0 and Q5_0 against Q8_0 (with block sums).
+//! - [`packed_legacy`]: Q8_0 and Q5_0 against Q8_0 (with block sums);
+//! - [`attention`]: flash attention of a tile of queries over f16 keys and values.
 //!
 //! Every kernel takes `T` activation rows (tokens), `1 ..= MAX_TOKENS`, and computes the integer
 //! sums of each block exactly. The super-block kernels then do the scalar reference's float
@@ -19,6 +20,7 @@
 
 use std::arch::x86_64::*;
 
+pub(super) mod attention;
 pub(super) mod packed_k;
 pub(super) mod packed_legacy;
 
