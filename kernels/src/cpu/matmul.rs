@@ -22,7 +22,7 @@ use crate::quant::*;
 
 /// Bytes of weight rows a chunk should span for prefill: the chunk's rows stay in L1/L2 while
 /// every token tile streams past them.
-pub(super) const PREFILL_CHUNK_BYTES: usize = 32 * 1024;
+const PREFILL_CHUNK_BYTES: usize = 32 * 1024;
 
 /// Chunks per thread to aim for, so threads that finish early can take over work.
 pub(super) const CHUNKS_PER_THREAD: usize = 8;

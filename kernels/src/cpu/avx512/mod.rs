@@ -8,7 +8,9 @@
 //! - [`packed_legacy`]: Q8_0 and Q5_0 against Q8_0 (with block sums);
 //! - [`attention`]: flash attention of a tile of queries over f16 keys and values.
 //!
-//! Every kernel takes `T` activation rows (tokens), `1 ..= MAX_TOKENS`, and computes the integer
+//! Every kernel takes `T` activation rows (tokens), `1 ..= MAX_TOKENS`, and a run of blocks;
+//! with `accumulate` it adds to the outputs (the sums of the row's earlier blocks, so a row can
+//! be computed a range of blocks at a time in the same order of additions). It computes the integer
 //! sums of each block exactly. The super-block kernels then do the scalar reference's float
 //! operations in its order per row, so their outputs equal [`super::scalar`]'s bit for bit; the
 //! 32-wide ones add each block's product with a fused multiply-add as llama.cpp does, agreeing
@@ -27,6 +29,20 @@ pub(super) mod packed_legacy;
 /// The most activation rows a kernel call takes: enough that unpacking a weight tile is shared
 /// by eight tokens, few enough that the per-token accumulators stay in the 32 registers.
 pub(super) const MAX_TOKENS: usize = 8;
+
+/// The accumulators a kernel starts from: zero, or (`accumulate`, continuing the row sums of
+/// earlier blocks) the outputs `out[t][0..16]` as they are.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn start<const T: usize>(out: &[*mut f32; T], accumulate: bool) -> [__m512; T] {
+    let mut acc = [_mm512_setzero_ps(); T];
+    if accumulate {
+        for (a, &o) in acc.iter_mut().zip(out) {
+            *a = _mm512_loadu_ps(o);
+        }
+    }
+    acc
+}
 
 /// The four bytes at `p` broadcast to every 32-bit lane (the compiler folds this into the
 /// memory operand of the `vpdpbusd` that uses it).

@@ -13,13 +13,15 @@ use crate::quant::GgmlType;
 ///
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI; `tiles` points at `blocks` consecutive Q4_K tiles, every `acts[t]` at
-/// `blocks` activation blocks, every `out[t]` at 16 writable floats.
+/// `blocks` activation blocks, every `out[t]` at 16 writable floats
+/// (read first with `accumulate`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(in crate::cpu) unsafe fn q4_k<const T: usize>(
     tiles: *const u8,
     blocks: usize,
     acts: [*const BlockQ8KPairs; T],
     out: [*mut f32; T],
+    accumulate: bool,
 ) {
     const TY: GgmlType = GgmlType::Q4_K;
     const TILE: usize = PACK_ROWS * 144;
@@ -33,7 +35,7 @@ pub(in crate::cpu) unsafe fn q4_k<const T: usize>(
     let kmask2 = _mm512_set1_epi32(0x0f0f_0f0f);
     let kmask3 = _mm512_set1_epi32(0x0303_0303);
     let low16 = _mm512_set1_epi32(0x00ff_00ff);
-    let mut acc = [_mm512_setzero_ps(); T];
+    let mut acc = start::<T>(&out, accumulate);
     for b in 0..blocks {
         let tile = tiles.add(b * TILE);
         let a: [&BlockQ8KPairs; T] = std::array::from_fn(|t| &*acts[t].add(b));
@@ -140,6 +142,7 @@ pub(in crate::cpu) unsafe fn q6_k<const T: usize>(
     blocks: usize,
     acts: [*const BlockQ8KPairs; T],
     out: [*mut f32; T],
+    accumulate: bool,
 ) {
     const TY: GgmlType = GgmlType::Q6_K;
     const TILE: usize = PACK_ROWS * 210;
@@ -149,7 +152,7 @@ pub(in crate::cpu) unsafe fn q6_k<const T: usize>(
     const QH: usize = tile_offset(TY, 3);
     let m4 = _mm512_set1_epi8(0x0f);
     let m30 = _mm512_set1_epi8(0x30);
-    let mut acc = [_mm512_setzero_ps(); T];
+    let mut acc = start::<T>(&out, accumulate);
     for b in 0..blocks {
         let tile = tiles.add(b * TILE);
         let a: [&BlockQ8KPairs; T] = std::array::from_fn(|t| &*acts[t].add(b));

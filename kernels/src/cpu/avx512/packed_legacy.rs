@@ -28,19 +28,21 @@ unsafe fn finish<const T: usize>(
 ///
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI; `tiles` points at `blocks` consecutive Q8_0 tiles, every `acts[t]` at
-/// `blocks` activation blocks, every `out[t]` at 16 writable floats.
+/// `blocks` activation blocks, every `out[t]` at 16 writable floats
+/// (read first with `accumulate`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(in crate::cpu) unsafe fn q8_0<const T: usize>(
     tiles: *const u8,
     blocks: usize,
     acts: [*const BlockQ8_0Sum; T],
     out: [*mut f32; T],
+    accumulate: bool,
 ) {
     const TY: GgmlType = GgmlType::Q8_0;
     const TILE: usize = PACK_ROWS * 34;
     const D: usize = tile_offset(TY, 0);
     const QS: usize = tile_offset(TY, 1);
-    let mut acc = [_mm512_setzero_ps(); T];
+    let mut acc = start::<T>(&out, accumulate);
     for b in 0..blocks {
         let tile = tiles.add(b * TILE);
         let a: [&BlockQ8_0Sum; T] = std::array::from_fn(|t| &*acts[t].add(b));
@@ -85,6 +87,7 @@ pub(in crate::cpu) unsafe fn q5_0<const T: usize>(
     blocks: usize,
     acts: [*const BlockQ8_0Sum; T],
     out: [*mut f32; T],
+    accumulate: bool,
 ) {
     const TY: GgmlType = GgmlType::Q5_0;
     const TILE: usize = PACK_ROWS * 22;
@@ -92,7 +95,7 @@ pub(in crate::cpu) unsafe fn q5_0<const T: usize>(
     const QH: usize = tile_offset(TY, 1);
     const QS: usize = tile_offset(TY, 2);
     let m4 = _mm512_set1_epi8(0x0f);
-    let mut acc = [_mm512_setzero_ps(); T];
+    let mut acc = start::<T>(&out, accumulate);
     for b in 0..blocks {
         let tile = tiles.add(b * TILE);
         let a: [&BlockQ8_0Sum; T] = std::array::from_fn(|t| &*acts[t].add(b));

@@ -1,8 +1,12 @@
 //! The matrix multiply over packed weights: `out[t][r] = Σ_c W[r][c] · x[t][c]`, with `W` in
 //! the packed layout. Activations are converted once per call (over the pool for long
-//! batches); the threads take chunks of row groups from a shared counter, and within a chunk
-//! walk the tokens in tiles of up to [`MAX_TOKENS`], each tile running the chunk's groups so
-//! that their weights stay in cache while the tokens go past.
+//! batches); the threads take chunks of row groups from a shared counter.
+//!
+//! Many tokens (prefill): within a chunk the columns are taken a span of blocks at a time
+//! ([`SPAN_BYTES`] of weights per group), and for each span the tokens in tiles of up to
+//! [`MAX_TOKENS`], each tile running over the chunk's groups: a tile's activations for the span
+//! stay in L1 while the groups' weights go past, and the kernels add each span to the row sums
+//! of the previous ones (the same additions in the same order as one pass).
 //!
 //! One token (decode) or a few (a batch of decoding sequences) stream each weight once: the
 //! chunks are then sized for balance only.
@@ -14,7 +18,7 @@ use super::layout::PACK_ROWS;
 use crate::cpu::dot::Activation;
 use crate::cpu::matmul::{
     convert_activations, expect_len, MatmulScratch, OutPtr, QMatrix, ScratchBuffer,
-    CHUNKS_PER_THREAD, PREFILL_CHUNK_BYTES,
+    CHUNKS_PER_THREAD,
 };
 use crate::cpu::{Isa, KernelError, ThreadPool};
 use crate::quant::types::{QK, QK_K};
@@ -25,9 +29,17 @@ use crate::cpu::avx512::{packed_k, packed_legacy, MAX_TOKENS};
 #[cfg(not(target_arch = "x86_64"))]
 const MAX_TOKENS: usize = 8;
 
-/// A kernel over one row group: `(tiles, blocks, acts, out)` for `n ∈ 1..=MAX_TOKENS` tokens
-/// (the slices hold `n` pointers).
-type GroupKernel<A> = unsafe fn(*const u8, usize, &[*const A], &[*mut f32]);
+/// A kernel over one row group: `(tiles, blocks, acts, out, accumulate)` for
+/// `n ∈ 1..=MAX_TOKENS` tokens (the slices hold `n` pointers).
+type GroupKernel<A> = unsafe fn(*const u8, usize, &[*const A], &[*mut f32], bool);
+
+/// Weight bytes of one row group a prefill pass covers at a time: with the activations of a
+/// tile of tokens over the same columns (about as many bytes) they fit in L1.
+const SPAN_BYTES: usize = 12 * 1024;
+
+/// Row groups a prefill chunk holds at most: their weights for a span stay in L2 while every
+/// token tile goes past.
+const PREFILL_CHUNK_GROUPS: usize = 16;
 
 /// `[p[0], .., p[N - 1]]`.
 fn first<T: Copy, const N: usize>(p: &[T]) -> [T; N] {
@@ -40,18 +52,24 @@ macro_rules! by_tokens {
         /// # Safety
         /// As the kernel it calls; `acts` and `out` hold `1..=MAX_TOKENS` pointers each.
         #[cfg(target_arch = "x86_64")]
-        unsafe fn $name(tiles: *const u8, blocks: usize, acts: &[*const $act], out: &[*mut f32]) {
+        unsafe fn $name(
+            tiles: *const u8,
+            blocks: usize,
+            acts: &[*const $act],
+            out: &[*mut f32],
+            accumulate: bool,
+        ) {
             // SAFETY: the caller's contract, forwarded.
             unsafe {
                 match acts.len() {
-                    1 => $module::$kernel::<1>(tiles, blocks, first(acts), first(out)),
-                    2 => $module::$kernel::<2>(tiles, blocks, first(acts), first(out)),
-                    3 => $module::$kernel::<3>(tiles, blocks, first(acts), first(out)),
-                    4 => $module::$kernel::<4>(tiles, blocks, first(acts), first(out)),
-                    5 => $module::$kernel::<5>(tiles, blocks, first(acts), first(out)),
-                    6 => $module::$kernel::<6>(tiles, blocks, first(acts), first(out)),
-                    7 => $module::$kernel::<7>(tiles, blocks, first(acts), first(out)),
-                    8 => $module::$kernel::<8>(tiles, blocks, first(acts), first(out)),
+                    1 => $module::$kernel::<1>(tiles, blocks, first(acts), first(out), accumulate),
+                    2 => $module::$kernel::<2>(tiles, blocks, first(acts), first(out), accumulate),
+                    3 => $module::$kernel::<3>(tiles, blocks, first(acts), first(out), accumulate),
+                    4 => $module::$kernel::<4>(tiles, blocks, first(acts), first(out), accumulate),
+                    5 => $module::$kernel::<5>(tiles, blocks, first(acts), first(out), accumulate),
+                    6 => $module::$kernel::<6>(tiles, blocks, first(acts), first(out), accumulate),
+                    7 => $module::$kernel::<7>(tiles, blocks, first(acts), first(out), accumulate),
+                    8 => $module::$kernel::<8>(tiles, blocks, first(acts), first(out), accumulate),
                     n => unreachable!("{n} tokens for a packed kernel"),
                 }
             }
@@ -142,10 +160,14 @@ fn run<A: ScratchBuffer>(
 
     let groups = rows / PACK_ROWS;
     let balanced = groups.div_ceil(pool.n_threads() * CHUNKS_PER_THREAD).max(1);
-    let chunk = if n_tokens > MAX_TOKENS {
-        (PREFILL_CHUNK_BYTES / group_bytes).clamp(1, balanced)
+    let tile_bytes = PACK_ROWS * ty.block_bytes();
+    let (chunk, span) = if n_tokens > MAX_TOKENS {
+        (
+            balanced.min(PREFILL_CHUNK_GROUPS),
+            (SPAN_BYTES / tile_bytes).clamp(1, blocks),
+        )
     } else {
-        balanced
+        (balanced, blocks)
     };
     let next = AtomicUsize::new(0);
     let out_ptr = OutPtr(out.as_mut_ptr());
@@ -160,26 +182,34 @@ fn run<A: ScratchBuffer>(
                 break;
             }
             let g1 = (g0 + chunk).min(groups);
-            let mut t0 = 0;
-            while t0 < n_tokens {
-                let n = (n_tokens - t0).min(MAX_TOKENS);
-                for g in g0..g1 {
+            let mut b0 = 0;
+            while b0 < blocks {
+                let nb = (blocks - b0).min(span);
+                let mut t0 = 0;
+                while t0 < n_tokens {
+                    let n = (n_tokens - t0).min(MAX_TOKENS);
                     for i in 0..n {
-                        let t = t0 + i;
-                        // SAFETY: t < n_tokens, so token t's `blocks` activation blocks lie
-                        // inside `acts` (n_tokens * blocks long), and its output row's columns
-                        // 16g..16g+16 inside `out` (n_tokens * rows long, 16g + 16 <= rows).
-                        act_rows[i] = unsafe { acts_ptr.0.add(t * blocks) };
-                        out_rows[i] = unsafe { out_ptr.0.add(t * rows + g * PACK_ROWS) };
+                        // SAFETY: token t0 + i < n_tokens, so its blocks b0..b0+nb lie inside
+                        // `acts` (n_tokens * blocks long).
+                        act_rows[i] = unsafe { acts_ptr.0.add((t0 + i) * blocks + b0) };
                     }
-                    let tiles = (data + g * group_bytes) as *const u8;
-                    // SAFETY: `run` is only reached when isa() is Avx512 (checked above), so the
-                    // CPU has the kernel's features; group g's tiles are `blocks` consecutive
-                    // tiles inside the weight bytes (length checked); the pointers are valid as
-                    // shown above, and each output slice belongs to this chunk's thread alone.
-                    unsafe { kernel(tiles, blocks, &act_rows[..n], &out_rows[..n]) };
+                    for g in g0..g1 {
+                        for i in 0..n {
+                            // SAFETY: columns 16g..16g+16 of token t0 + i's output row lie
+                            // inside `out` (n_tokens * rows long, 16g + 16 <= rows).
+                            out_rows[i] = unsafe { out_ptr.0.add((t0 + i) * rows + g * PACK_ROWS) };
+                        }
+                        let tiles = (data + g * group_bytes + b0 * tile_bytes) as *const u8;
+                        // SAFETY: `run` is only reached when isa() is Avx512 (checked above), so
+                        // the CPU has the kernel's features; tiles b0..b0+nb of group g lie inside
+                        // the weight bytes (length checked); the pointers are valid as shown
+                        // above; each output slice belongs to this chunk's thread alone, and with
+                        // `b0 > 0` holds the sums of blocks 0..b0 written by the previous span.
+                        unsafe { kernel(tiles, nb, &act_rows[..n], &out_rows[..n], b0 > 0) };
+                    }
+                    t0 += n;
                 }
-                t0 += n;
+                b0 += nb;
             }
         }
     };
