@@ -6,7 +6,8 @@
 //!
 //! - [`packed_k`]: Q4_K and Q6_K against Q8_K (with paired group sums);
 //! - [`packed_legacy`]: Q8_0 and Q5_0 against Q8_0 (with block sums);
-//! - [`attention`]: flash attention of a tile of queries over f16 keys and values.
+//! - [`attention`]: flash attention of a tile of queries over f16 keys and values;
+//! - [`float`]: elementwise f32 operations (SwiGLU).
 //!
 //! Every kernel takes `T` activation rows (tokens), `1 ..= MAX_TOKENS`, and a run of blocks;
 //! with `accumulate` it adds to the outputs (the sums of the row's earlier blocks, so a row can
@@ -23,6 +24,7 @@
 use std::arch::x86_64::*;
 
 pub(super) mod attention;
+pub(super) mod float;
 pub(super) mod packed_k;
 pub(super) mod packed_legacy;
 
