@@ -1,18 +1,19 @@
-//! Matrix-multiply throughput for the Gemma 3 270M Q4_K_M shapes on the CPU, plus the thread
-//! pool's per-call overhead.
+//! Matrix-multiply throughput for the shapes of Gemma 3 270M Q4_K_M and of an 8B Llama
+//! Q4_K_M on the CPU, in GGUF's layout and (where this CPU runs the AVX-512 kernels) packed,
+//! plus the thread pool's per-call overhead.
 //!
 //! `cargo bench -p llmd-kernels --bench cpu_matmul [-- THREADS [NAME]]` (default 2 threads; NAME
-//! keeps only the matrices whose name contains it). Prints, per shape and token count, the time
-//! per call, GFLOP/s (2·rows·cols·tokens per call) and the weight bytes read per second, and an
-//! estimate of the matmul time per decoded token for the whole model (18 layers + the output
-//! layer).
+//! keeps only the matrices whose name contains it, e.g. `gemma` or `8b`). Prints, per shape,
+//! layout and token count, the time per call, GFLOP/s (2·rows·cols·tokens per call) and the
+//! weight bytes read per second, and per model an estimate of the matmul time per decoded token
+//! and per 128-token prefill.
 
 use std::time::{Duration, Instant};
 
-use llmd_kernels::cpu::{self, matmul, MatmulScratch, QMatrix, ThreadPool};
+use llmd_kernels::cpu::{self, matmul, packed, Layout, MatmulScratch, QMatrix, ThreadPool};
 use llmd_kernels::quant::GgmlType;
 
-/// One weight matrix of the model: name, type, rows (out), cols (in), uses per token.
+/// One weight matrix of a model: name, type, rows (out), cols (in), uses per token.
 struct Shape {
     name: &'static str,
     ty: GgmlType,
@@ -21,58 +22,123 @@ struct Shape {
     per_token: usize,
 }
 
-const LAYERS: usize = 18;
+const fn shape(
+    name: &'static str,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    per_token: usize,
+) -> Shape {
+    Shape {
+        name,
+        ty,
+        rows,
+        cols,
+        per_token,
+    }
+}
 
-const SHAPES: [Shape; 7] = [
-    Shape {
-        name: "attn_q 640->1024",
-        ty: GgmlType::Q5_0,
-        rows: 1024,
-        cols: 640,
-        per_token: LAYERS,
-    },
-    Shape {
-        name: "attn_k 640->256",
-        ty: GgmlType::Q5_0,
-        rows: 256,
-        cols: 640,
-        per_token: LAYERS,
-    },
-    Shape {
-        name: "attn_v 640->256",
-        ty: GgmlType::Q8_0,
-        rows: 256,
-        cols: 640,
-        per_token: LAYERS,
-    },
-    Shape {
-        name: "attn_output 1024->640",
-        ty: GgmlType::Q4_K,
-        rows: 640,
-        cols: 1024,
-        per_token: LAYERS,
-    },
-    Shape {
-        name: "ffn_gate/up 640->2048",
-        ty: GgmlType::Q5_0,
-        rows: 2048,
-        cols: 640,
-        per_token: 2 * LAYERS,
-    },
-    Shape {
-        name: "ffn_down 2048->640",
-        ty: GgmlType::Q6_K,
-        rows: 640,
-        cols: 2048,
-        per_token: LAYERS,
-    },
-    Shape {
-        name: "output 640->262144",
-        ty: GgmlType::Q8_0,
-        rows: 262144,
-        cols: 640,
-        per_token: 1,
-    },
+const GEMMA_LAYERS: usize = 18;
+const LLAMA_LAYERS: usize = 32;
+
+/// The models: name and matrices (the output layer is the one used once per token).
+const MODELS: [(&str, &[Shape]); 2] = [
+    (
+        "gemma",
+        &[
+            shape(
+                "gemma attn_q 640->1024",
+                GgmlType::Q5_0,
+                1024,
+                640,
+                GEMMA_LAYERS,
+            ),
+            shape(
+                "gemma attn_k 640->256",
+                GgmlType::Q5_0,
+                256,
+                640,
+                GEMMA_LAYERS,
+            ),
+            shape(
+                "gemma attn_v 640->256",
+                GgmlType::Q8_0,
+                256,
+                640,
+                GEMMA_LAYERS,
+            ),
+            shape(
+                "gemma attn_out 1024->640",
+                GgmlType::Q4_K,
+                640,
+                1024,
+                GEMMA_LAYERS,
+            ),
+            shape(
+                "gemma ffn_gate/up 640->2048",
+                GgmlType::Q5_0,
+                2048,
+                640,
+                2 * GEMMA_LAYERS,
+            ),
+            shape(
+                "gemma ffn_down 2048->640",
+                GgmlType::Q6_K,
+                640,
+                2048,
+                GEMMA_LAYERS,
+            ),
+            shape("gemma output 640->262144", GgmlType::Q8_0, 262_144, 640, 1),
+        ],
+    ),
+    (
+        "8b",
+        &[
+            shape(
+                "8b attn_q/out 4096->4096",
+                GgmlType::Q4_K,
+                4096,
+                4096,
+                2 * LLAMA_LAYERS,
+            ),
+            shape(
+                "8b attn_k 4096->1024",
+                GgmlType::Q4_K,
+                1024,
+                4096,
+                LLAMA_LAYERS,
+            ),
+            shape(
+                "8b attn_v 4096->1024",
+                GgmlType::Q6_K,
+                1024,
+                4096,
+                LLAMA_LAYERS,
+            ),
+            shape(
+                "8b ffn_gate/up 4096->14336",
+                GgmlType::Q4_K,
+                14336,
+                4096,
+                2 * LLAMA_LAYERS,
+            ),
+            shape(
+                "8b ffn_down Q4_K 14336->4096",
+                GgmlType::Q4_K,
+                4096,
+                14336,
+                LLAMA_LAYERS / 2,
+            ),
+            shape(
+                "8b ffn_down Q6_K 14336->4096",
+                GgmlType::Q6_K,
+                4096,
+                14336,
+                LLAMA_LAYERS / 2,
+            ),
+            shape("8b output 4096->128256", GgmlType::Q6_K, 128_256, 4096, 1),
+        ],
+    ),
 ];
 
 /// Fills a buffer with pseudo-random bytes, with sane f16 scales where the block keeps them.
@@ -151,69 +217,103 @@ fn main() {
     );
 
     let mut scratch = MatmulScratch::new();
-    let mut decode_total = Duration::ZERO;
-    let mut prefill_total = Duration::ZERO;
-    let mut prefill_layers = Duration::ZERO;
     println!("times are the best of many runs; GFLOP/s and GB/s from the best, median after");
     println!(
-        "{:<24} {:>6} {:>11} {:>9} {:>11} {:>11}",
-        "matrix", "tokens", "best", "GFLOP/s", "weight GB/s", "median"
+        "{:<30} {:>6} {:>6} {:>11} {:>9} {:>11} {:>11}",
+        "matrix", "layout", "tokens", "best", "GFLOP/s", "weight GB/s", "median"
     );
-    for s in SHAPES.iter().filter(|s| s.name.contains(filter.as_str())) {
-        let words = weights(s.ty, s.rows, s.cols);
-        let len = s.ty.row_bytes(s.cols as u64).expect("whole blocks") as usize * s.rows;
-        // SAFETY: `words` holds at least `len` initialised bytes and outlives `data`.
-        let data = unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), len) };
-        let m = QMatrix {
-            ty: s.ty,
-            rows: s.rows,
-            cols: s.cols,
-            data,
-        };
-        for n_tokens in [1usize, 128] {
-            let x: Vec<f32> = (0..n_tokens * s.cols)
-                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-                .collect();
-            let mut out = vec![0.0f32; n_tokens * s.rows];
-            let budget = Duration::from_millis(if n_tokens == 1 { 300 } else { 600 });
-            let (t, median) = time(budget, || {
-                matmul(&pool, &m, &x, n_tokens, &mut out, &mut scratch).expect("matmul");
+    for (model, shapes) in MODELS {
+        let shapes: Vec<&Shape> = shapes
+            .iter()
+            .filter(|s| s.name.contains(filter.as_str()))
+            .collect();
+        if shapes.is_empty() {
+            continue;
+        }
+        // Per layout: decode time per token, prefill of 128 tokens (all rows through the
+        // output layer), and the same with the output layer for the last token only.
+        let mut totals = [(Duration::ZERO, Duration::ZERO, Duration::ZERO); 2];
+        for s in shapes {
+            let words = weights(s.ty, s.rows, s.cols);
+            let len = s.ty.row_bytes(s.cols as u64).expect("whole blocks") as usize * s.rows;
+            // SAFETY: `words` holds at least `len` initialised bytes and outlives `data`.
+            let data = unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), len) };
+            let packed_bytes = packed::should_pack(s.ty, s.rows, s.cols).then(|| {
+                let mut p = vec![0u8; len];
+                packed::pack(s.ty, s.rows, s.cols, data, &mut p).expect("pack");
+                p
             });
-            let secs = t.as_secs_f64();
-            let gflops = 2.0 * (s.rows * s.cols * n_tokens) as f64 / secs / 1e9;
-            let gbs = len as f64 / secs / 1e9;
-            println!(
-                "{:<24} {:>6} {:>11} {:>9.1} {:>11.1} {:>11}",
-                s.name,
-                n_tokens,
-                format!("{t:.2?}"),
-                gflops,
-                gbs,
-                format!("{median:.2?}")
-            );
-            if n_tokens == 1 {
-                decode_total += t * s.per_token as u32;
-                if s.per_token == 1 {
-                    prefill_layers += t;
-                }
-            } else {
-                prefill_total += t * s.per_token as u32;
-                if s.per_token != 1 {
-                    prefill_layers += t * s.per_token as u32;
+            let mut layouts = vec![(Layout::Gguf, data)];
+            if let Some(p) = &packed_bytes {
+                layouts.push((Layout::Packed, p.as_slice()));
+            }
+            let has_packed = layouts.len() == 2;
+            for (li, (layout, bytes)) in layouts.into_iter().enumerate() {
+                let m = QMatrix {
+                    ty: s.ty,
+                    rows: s.rows,
+                    cols: s.cols,
+                    data: bytes,
+                    layout,
+                };
+                for n_tokens in [1usize, 128] {
+                    let x: Vec<f32> = (0..n_tokens * s.cols)
+                        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                        .collect();
+                    let mut out = vec![0.0f32; n_tokens * s.rows];
+                    let budget = Duration::from_millis(if n_tokens == 1 { 300 } else { 600 });
+                    let (t, median) = time(budget, || {
+                        matmul(&pool, &m, &x, n_tokens, &mut out, &mut scratch).expect("matmul");
+                    });
+                    let secs = t.as_secs_f64();
+                    let gflops = 2.0 * (s.rows * s.cols * n_tokens) as f64 / secs / 1e9;
+                    let gbs = len as f64 / secs / 1e9;
+                    println!(
+                        "{:<30} {:>6} {:>6} {:>11} {:>9.1} {:>11.1} {:>11}",
+                        s.name,
+                        if layout == Layout::Packed {
+                            "packed"
+                        } else {
+                            "gguf"
+                        },
+                        n_tokens,
+                        format!("{t:.2?}"),
+                        gflops,
+                        gbs,
+                        format!("{median:.2?}")
+                    );
+                    // A shape without a packed layout counts in both columns.
+                    let slots = match (li, has_packed) {
+                        (0, true) => 0..1,
+                        (0, false) => 0..2,
+                        _ => 1..2,
+                    };
+                    for slot in slots {
+                        let total = &mut totals[slot];
+                        if n_tokens == 1 {
+                            total.0 += t * s.per_token as u32;
+                            if s.per_token == 1 {
+                                total.2 += t;
+                            }
+                        } else {
+                            total.1 += t * s.per_token as u32;
+                            if s.per_token != 1 {
+                                total.2 += t * s.per_token as u32;
+                            }
+                        }
+                    }
                 }
             }
         }
+        for (slot, name) in ["gguf", "packed where possible"].iter().enumerate() {
+            let (decode, prefill, prefill_last) = totals[slot];
+            println!(
+                "{model} ({name}): matmuls per decoded token {decode:.2?} (at most {:.1} tokens/s); \
+                 per 128-token prefill {prefill:.2?}, with the output layer for the last token \
+                 only {prefill_last:.2?} (at most {:.1} tokens/s)",
+                1.0 / decode.as_secs_f64(),
+                128.0 / prefill_last.as_secs_f64()
+            );
+        }
     }
-    println!(
-        "matmuls per decoded token: {decode_total:.2?} (at most {:.1} tokens/s)",
-        1.0 / decode_total.as_secs_f64()
-    );
-    println!(
-        "matmuls per 128-token prefill, all 128 rows through the output layer: {prefill_total:.2?}"
-    );
-    println!(
-        "matmuls per 128-token prefill, output layer for the last token only (as llama-bench): \
-         {prefill_layers:.2?} (at most {:.1} tokens/s)",
-        128.0 / prefill_layers.as_secs_f64()
-    );
 }

@@ -8,7 +8,7 @@ use cpu_common::{random_weights, Rng, TYPES};
 use half::{bf16, f16};
 use llmd_kernels::cpu::dot::{vec_dot, Activation, VecDot};
 use llmd_kernels::cpu::matmul::as_blocks;
-use llmd_kernels::cpu::{matmul, KernelError, MatmulScratch, QMatrix, ThreadPool};
+use llmd_kernels::cpu::{matmul, KernelError, Layout, MatmulScratch, QMatrix, ThreadPool};
 use llmd_kernels::quant::*;
 
 /// `out[t][r]` computed one dot product at a time.
@@ -84,6 +84,7 @@ fn matmul_equals_row_by_row_dots() {
                 rows,
                 cols,
                 data: w.bytes(),
+                layout: Layout::Gguf,
             };
             for n_tokens in [1usize, 3, 4, 9] {
                 let x = rng.f32s(n_tokens * cols, 2.0);
@@ -119,6 +120,7 @@ fn matmul_rejects_bad_arguments() {
         rows: 4,
         cols: 64,
         data: w.bytes(),
+        layout: Layout::Gguf,
     };
     assert_eq!(
         matmul(&pool, &m, &x, 1, &mut out, &mut scratch),
@@ -130,6 +132,7 @@ fn matmul_rejects_bad_arguments() {
         rows: 4,
         cols: 60,
         data: w.bytes(),
+        layout: Layout::Gguf,
     };
     assert!(matches!(
         matmul(&pool, &m, &x[..60], 1, &mut out, &mut scratch),
@@ -141,6 +144,7 @@ fn matmul_rejects_bad_arguments() {
         rows: 4,
         cols: 64,
         data: w.bytes(),
+        layout: Layout::Gguf,
     };
     assert!(matches!(
         matmul(&pool, &m, &x[..32], 1, &mut out, &mut scratch),
@@ -158,6 +162,7 @@ fn matmul_rejects_bad_arguments() {
         rows: 4,
         cols: 64,
         data: &w.bytes()[..3 * 68],
+        layout: Layout::Gguf,
     };
     assert!(matches!(
         matmul(&pool, &short, &x, 1, &mut out, &mut scratch),
@@ -173,6 +178,7 @@ fn matmul_rejects_bad_arguments() {
         rows: 4,
         cols: 64,
         data: &shifted.bytes()[1..],
+        layout: Layout::Gguf,
     };
     assert_eq!(
         matmul(&pool, &odd, &x, 1, &mut out, &mut scratch),

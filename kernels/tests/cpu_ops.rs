@@ -168,6 +168,22 @@ fn silu_and_elementwise_ops() {
     let mut g = vec![-2.0f32, 0.0, 3.0];
     ops::silu_mul(&mut g, &[2.0, 5.0, -1.0]);
     assert_eq!(g, vec![x[0] * 2.0, 0.0, -x[2]]);
+    // Long rows (the SIMD path where the CPU has one) agree with the scalar SiLU to a few ulp,
+    // including large magnitudes where e^-x over- or underflows.
+    let gate: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.21).collect();
+    let up: Vec<f32> = (0..1000).map(|i| 1.0 + (i % 7) as f32 * 0.5).collect();
+    let mut got = gate.clone();
+    ops::silu_mul(&mut got, &up);
+    for i in 0..1000 {
+        let want = ops::silu_f32(gate[i]) * up[i];
+        assert!(
+            (got[i] - want).abs() <= 4.0 * f32::EPSILON * want.abs() + 1e-30,
+            "silu({}) * {}: {} vs {want}",
+            gate[i],
+            up[i],
+            got[i]
+        );
+    }
 
     let mut y = vec![1.0f32, 2.0, 3.0];
     ops::add(&mut y, &[1.0, 1.0, 1.0]);

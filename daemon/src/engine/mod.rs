@@ -5,6 +5,7 @@
 
 pub mod prompt;
 pub mod sampler;
+pub mod select;
 pub mod text;
 pub mod worker;
 

@@ -1,7 +1,12 @@
-//! Choosing the next token from logits: greedy, or llama.cpp's default chain of penalties,
-//! top-k, top-p, min-p, temperature and a seeded draw, so that a seed makes a run reproducible.
+//! Choosing the next token from logits: greedy (a plain argmax), or llama.cpp's default chain of
+//! penalties, top-k, top-p, min-p, temperature and a seeded draw, so that a seed makes a run
+//! reproducible. The chain never sorts the vocabulary: top-k is a partial selection
+//! ([`super::select`]), and top-p and min-p work on the candidates it keeps.
 
 use serde::{Deserialize, Serialize};
+
+pub use super::select::argmax;
+use super::select::{sort_ranked, top_k, Candidate};
 
 /// How to pick tokens. The defaults match llama.cpp's command-line tools.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -68,13 +73,6 @@ impl SplitMix64 {
     }
 }
 
-/// A token candidate: id and logit (later probability).
-#[derive(Clone, Copy, Debug)]
-struct Candidate {
-    id: u32,
-    value: f32,
-}
-
 /// Samples tokens for one sequence.
 #[derive(Clone, Debug)]
 pub struct Sampler {
@@ -84,18 +82,15 @@ pub struct Sampler {
     rng: SplitMix64,
     /// Reused candidate list.
     candidates: Vec<Candidate>,
+    /// Reused copy of the logits with the repetition penalties applied (empty without them).
+    penalised: Vec<f32>,
+    /// Reused list of the distinct recent tokens the penalties apply to.
+    seen: Vec<u32>,
 }
 
-/// The index of the largest value (the first one on ties, as llama.cpp's greedy sampler).
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
+/// Candidates the full-vocabulary top-p cut (top-k off) ranks first; it ranks eight times more
+/// each time they do not reach `top_p`, so a peaked distribution never ranks the vocabulary.
+const FIRST_TOP_P_CANDIDATES: usize = 64;
 
 impl Sampler {
     /// A sampler with these settings.
@@ -105,89 +100,151 @@ impl Sampler {
             params,
             rng,
             candidates: Vec::new(),
+            penalised: Vec::new(),
+            seen: Vec::new(),
         }
     }
 
     /// Picks the next token given the logits and the tokens so far (prompt and generated).
+    ///
+    /// Greedy decoding is a plain [`argmax`]. Otherwise the chain is llama.cpp's: penalties,
+    /// top-k (a partial selection, never a sort of the vocabulary), softmax, top-p, min-p,
+    /// temperature, a seeded draw.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        let p = &self.params;
-        let penalised = p.repeat_penalty != 1.0 || p.presence_penalty != 0.0;
-        if p.temperature <= 0.0 && !penalised {
+        let Sampler {
+            params: p,
+            rng,
+            candidates,
+            penalised,
+            seen,
+        } = self;
+        let is_penalised = p.repeat_penalty != 1.0 || p.presence_penalty != 0.0;
+        if p.temperature <= 0.0 && !is_penalised {
             return argmax(logits);
         }
-        self.candidates.clear();
-        self.candidates
-            .extend(logits.iter().enumerate().map(|(i, &v)| Candidate {
-                id: i as u32,
-                value: v,
-            }));
-        if penalised {
+        let values: &[f32] = if is_penalised {
+            penalised.clear();
+            penalised.extend_from_slice(logits);
             let recent = &history[history.len().saturating_sub(p.penalty_last_n)..];
-            let mut seen: Vec<u32> = recent.to_vec();
+            seen.clear();
+            seen.extend_from_slice(recent);
             seen.sort_unstable();
             seen.dedup();
-            for id in seen {
-                if let Some(c) = self.candidates.get_mut(id as usize) {
-                    c.value = if c.value > 0.0 {
-                        c.value / p.repeat_penalty
+            for &id in seen.iter() {
+                if let Some(v) = penalised.get_mut(id as usize) {
+                    *v = if *v > 0.0 {
+                        *v / p.repeat_penalty
                     } else {
-                        c.value * p.repeat_penalty
+                        *v * p.repeat_penalty
                     };
-                    c.value -= p.presence_penalty;
+                    *v -= p.presence_penalty;
                 }
             }
-        }
+            penalised
+        } else {
+            logits
+        };
         if p.temperature <= 0.0 {
-            let best = self.candidates.iter().enumerate().fold(0, |b, (i, c)| {
-                if c.value > self.candidates[b].value {
-                    i
-                } else {
-                    b
-                }
-            });
-            return self.candidates[best].id;
+            return argmax(values);
         }
-        // Sort by logit, descending (stable, so ties keep id order).
-        self.candidates.sort_by(|a, b| b.value.total_cmp(&a.value));
-        if p.top_k > 0 && p.top_k < self.candidates.len() {
-            self.candidates.truncate(p.top_k);
+        if values.is_empty() {
+            return 0;
         }
-        softmax(&mut self.candidates, 1.0);
-        if p.top_p < 1.0 {
-            let mut cum = 0.0;
-            let mut keep = self.candidates.len();
-            for (i, c) in self.candidates.iter().enumerate() {
-                cum += c.value;
-                if cum >= p.top_p {
-                    keep = i + 1;
-                    break;
+        if p.top_k > 0 && p.top_k < values.len() {
+            top_k(values, p.top_k, candidates);
+            softmax(candidates, 1.0);
+            if p.top_p < 1.0 {
+                let mut cum = 0.0;
+                let mut keep = candidates.len();
+                for (i, c) in candidates.iter().enumerate() {
+                    cum += c.value;
+                    if cum >= p.top_p {
+                        keep = i + 1;
+                        break;
+                    }
                 }
+                candidates.truncate(keep.max(1));
             }
-            self.candidates.truncate(keep.max(1));
+        } else {
+            full_vocabulary(values, p.top_p, p.min_p, candidates);
         }
         if p.min_p > 0.0 {
-            let threshold = self.candidates[0].value * p.min_p;
-            let keep = self
-                .candidates
+            // Whenever min-p is on, the candidates are in rank order here.
+            let threshold = candidates[0].value * p.min_p;
+            let keep = candidates
                 .iter()
                 .take_while(|c| c.value >= threshold)
                 .count();
-            self.candidates.truncate(keep.max(1));
+            candidates.truncate(keep.max(1));
         }
         // Temperature on the surviving tokens' log-probabilities, then a draw.
-        for c in &mut self.candidates {
+        for c in candidates.iter_mut() {
             c.value = c.value.max(f32::MIN_POSITIVE).ln() / p.temperature;
         }
-        softmax(&mut self.candidates, 1.0);
-        let r = self.rng.next_f64();
+        softmax(candidates, 1.0);
+        let r = rng.next_f64();
         let mut cum = 0.0f64;
-        for c in &self.candidates {
+        for c in candidates.iter() {
             cum += c.value as f64;
             if r < cum {
                 return c.id;
             }
         }
-        self.candidates.last().map_or(0, |c| c.id)
+        candidates.last().map_or(0, |c| c.id)
+    }
+}
+
+/// The candidates of the whole vocabulary (top-k off) with their probabilities. With top-p:
+/// the shortest rank-order prefix whose probabilities add up to `top_p`, found by ranking ever
+/// longer prefixes rather than the whole vocabulary. Without top-p but with min-p: the tokens at
+/// least `min_p` times as likely as the best one, in rank order. With neither: every token, in
+/// id order. The softmax sums the vocabulary in id order.
+fn full_vocabulary(values: &[f32], top_p: f32, min_p: f32, out: &mut Vec<Candidate>) {
+    let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = values.iter().map(|&v| (v - max).exp()).sum();
+    let prob = |v: f32| (v - max).exp() / sum;
+    if top_p < 1.0 {
+        let mut m = FIRST_TOP_P_CANDIDATES;
+        loop {
+            top_k(values, m, out);
+            let mut cum = 0.0;
+            let mut keep = None;
+            for (i, c) in out.iter_mut().enumerate() {
+                c.value = prob(c.value);
+                cum += c.value;
+                if cum >= top_p {
+                    keep = Some(i + 1);
+                    break;
+                }
+            }
+            if let Some(keep) = keep {
+                out.truncate(keep);
+                return;
+            }
+            if m >= values.len() {
+                return;
+            }
+            m = m.saturating_mul(8);
+        }
+    }
+    out.clear();
+    if min_p > 0.0 {
+        let threshold = prob(max) * min_p;
+        out.extend(values.iter().enumerate().filter_map(|(i, &v)| {
+            (prob(v) >= threshold).then_some(Candidate {
+                id: i as u32,
+                value: v,
+            })
+        }));
+        sort_ranked(out);
+    } else {
+        out.extend(values.iter().enumerate().map(|(i, &v)| Candidate {
+            id: i as u32,
+            value: v,
+        }));
+    }
+    for c in out.iter_mut() {
+        c.value = prob(c.value);
     }
 }
 
@@ -210,6 +267,254 @@ fn softmax(cands: &mut [Candidate], temperature: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sampler as it was before the partial selection (it sorted every candidate), kept to
+    /// check that the new one draws the same tokens.
+    mod before {
+        use super::super::{SamplingParams, SplitMix64};
+
+        #[derive(Clone, Copy)]
+        struct Candidate {
+            id: u32,
+            value: f32,
+        }
+
+        pub struct Sampler {
+            params: SamplingParams,
+            rng: SplitMix64,
+            candidates: Vec<Candidate>,
+        }
+
+        fn argmax(logits: &[f32]) -> u32 {
+            let mut best = 0;
+            for (i, &v) in logits.iter().enumerate() {
+                if v > logits[best] {
+                    best = i;
+                }
+            }
+            best as u32
+        }
+
+        fn softmax(cands: &mut [Candidate], temperature: f32) {
+            let max = cands
+                .iter()
+                .map(|c| c.value)
+                .fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f32;
+            for c in cands.iter_mut() {
+                c.value = ((c.value - max) / temperature).exp();
+                sum += c.value;
+            }
+            for c in cands.iter_mut() {
+                c.value /= sum;
+            }
+        }
+
+        impl Sampler {
+            pub fn new(params: SamplingParams) -> Self {
+                let rng = SplitMix64(params.seed);
+                Sampler {
+                    params,
+                    rng,
+                    candidates: Vec::new(),
+                }
+            }
+
+            pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+                let p = &self.params;
+                let penalised = p.repeat_penalty != 1.0 || p.presence_penalty != 0.0;
+                if p.temperature <= 0.0 && !penalised {
+                    return argmax(logits);
+                }
+                self.candidates.clear();
+                self.candidates
+                    .extend(logits.iter().enumerate().map(|(i, &v)| Candidate {
+                        id: i as u32,
+                        value: v,
+                    }));
+                if penalised {
+                    let recent = &history[history.len().saturating_sub(p.penalty_last_n)..];
+                    let mut seen: Vec<u32> = recent.to_vec();
+                    seen.sort_unstable();
+                    seen.dedup();
+                    for id in seen {
+                        if let Some(c) = self.candidates.get_mut(id as usize) {
+                            c.value = if c.value > 0.0 {
+                                c.value / p.repeat_penalty
+                            } else {
+                                c.value * p.repeat_penalty
+                            };
+                            c.value -= p.presence_penalty;
+                        }
+                    }
+                }
+                if p.temperature <= 0.0 {
+                    let best = self.candidates.iter().enumerate().fold(0, |b, (i, c)| {
+                        if c.value > self.candidates[b].value {
+                            i
+                        } else {
+                            b
+                        }
+                    });
+                    return self.candidates[best].id;
+                }
+                self.candidates.sort_by(|a, b| b.value.total_cmp(&a.value));
+                if p.top_k > 0 && p.top_k < self.candidates.len() {
+                    self.candidates.truncate(p.top_k);
+                }
+                softmax(&mut self.candidates, 1.0);
+                if p.top_p < 1.0 {
+                    let mut cum = 0.0;
+                    let mut keep = self.candidates.len();
+                    for (i, c) in self.candidates.iter().enumerate() {
+                        cum += c.value;
+                        if cum >= p.top_p {
+                            keep = i + 1;
+                            break;
+                        }
+                    }
+                    self.candidates.truncate(keep.max(1));
+                }
+                if p.min_p > 0.0 {
+                    let threshold = self.candidates[0].value * p.min_p;
+                    let keep = self
+                        .candidates
+                        .iter()
+                        .take_while(|c| c.value >= threshold)
+                        .count();
+                    self.candidates.truncate(keep.max(1));
+                }
+                for c in &mut self.candidates {
+                    c.value = c.value.max(f32::MIN_POSITIVE).ln() / p.temperature;
+                }
+                softmax(&mut self.candidates, 1.0);
+                let r = self.rng.next_f64();
+                let mut cum = 0.0f64;
+                for c in &self.candidates {
+                    cum += c.value as f64;
+                    if r < cum {
+                        return c.id;
+                    }
+                }
+                self.candidates.last().map_or(0, |c| c.id)
+            }
+        }
+    }
+
+    /// Logits shaped like a language model's: a few likely tokens over a long flat tail, with
+    /// exact ties among them.
+    fn lm_logits(seed: u64, n: usize) -> Vec<f32> {
+        let mut rng = SplitMix64(seed);
+        (0..n)
+            .map(|_| {
+                let u = rng.next_f64();
+                let tail = (rng.next_u64() % 64) as f32 * 0.05 - 2.0;
+                if u < 0.002 {
+                    8.0 + (rng.next_u64() % 16) as f32 * 0.25
+                } else {
+                    tail
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn same_tokens_as_the_sorting_sampler_for_every_seed() {
+        let settings = [
+            SamplingParams::default(),
+            SamplingParams {
+                top_k: 1,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: 1.3,
+                top_k: 200,
+                top_p: 0.8,
+                min_p: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: 0.6,
+                top_k: 5000,
+                top_p: 1.0,
+                min_p: 0.1,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: 0.9,
+                repeat_penalty: 1.3,
+                presence_penalty: 0.4,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: 0.0,
+                repeat_penalty: 1.5,
+                ..Default::default()
+            },
+            SamplingParams::greedy(),
+        ];
+        for (i, params) in settings.iter().enumerate() {
+            for seed in 0..40u64 {
+                let params = SamplingParams {
+                    seed,
+                    ..params.clone()
+                };
+                let mut new = Sampler::new(params.clone());
+                let mut old = before::Sampler::new(params);
+                let mut history: Vec<u32> = (0..30).map(|t| (t * 977) % 20_000).collect();
+                for step in 0..8u64 {
+                    let logits = lm_logits(seed * 1000 + step, 20_000);
+                    let a = new.sample(&logits, &history);
+                    let b = old.sample(&logits, &history);
+                    assert_eq!(a, b, "settings {i}, seed {seed}, step {step}");
+                    history.push(a);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn full_vocabulary_cuts_match_their_definition() {
+        // Top-k off: the cuts rank only what they need; the draw must still be a token the
+        // sorted definition allows, and equal seeds draw equal tokens.
+        let logits = lm_logits(5, 50_000);
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        for (top_p, min_p) in [(0.9f32, 0.0f32), (1.0, 0.2), (0.5, 0.05), (1.0, 0.0)] {
+            let params = SamplingParams {
+                temperature: 1.0,
+                top_k: 0,
+                top_p,
+                min_p,
+                seed: 11,
+                ..Default::default()
+            };
+            let mut c = Vec::new();
+            full_vocabulary(&logits, top_p, min_p, &mut c);
+            if top_p < 1.0 {
+                // A rank-order prefix whose mass reaches top_p, one shorter does not.
+                let ids: Vec<usize> = c.iter().map(|c| c.id as usize).collect();
+                assert_eq!(ids, order[..ids.len()]);
+                let mass: f32 = c.iter().map(|c| c.value).sum();
+                assert!(mass >= top_p * 0.999 && mass - c.last().unwrap().value < top_p);
+            } else if min_p > 0.0 {
+                let ids: Vec<usize> = c.iter().map(|c| c.id as usize).collect();
+                assert_eq!(ids, order[..ids.len()]);
+                let best = c[0].value;
+                assert!(c.iter().all(|c| c.value >= best * min_p));
+                assert!(logits[order[ids.len()]] < logits[ids[ids.len() - 1]]);
+            } else {
+                assert_eq!(c.len(), logits.len());
+                let total: f32 = c.iter().map(|c| c.value).sum();
+                assert!((total - 1.0).abs() < 1e-3);
+            }
+            let run = || {
+                let mut s = Sampler::new(params.clone());
+                (0..20).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+            };
+            assert_eq!(run(), run());
+        }
+    }
 
     #[test]
     fn greedy_picks_first_maximum() {

@@ -2,15 +2,20 @@
 //! Several CPU devices (`cpu:0`, `cpu:1`) are separate devices with their own weights, KV caches
 //! and budgets, standing in for GPUs in tests. Matrix products use the quantized kernels of
 //! [`crate::cpu`]; KV caches (f16, Q8_0 or Q4_0) and attention over them live in `cpu/kv.rs`.
+//!
+//! Weights of the types the AVX-512 kernels cover are repacked at upload into their layout
+//! ([`crate::cpu::packed`], the same number of bytes, so the ledger's charge is unchanged);
+//! [`Backend::weight_view`] hands them to other devices unpacked, in GGUF's layout.
 
 use std::sync::{Arc, Mutex};
 
 use super::{
-    check_len, check_rope, shape, AttentionParams, Backend, BackendError, DeviceBytes,
+    check_len, check_rope, shape, AttentionParams, Backend, BackendError, BytesAt, DeviceBytes,
     DeviceMemory, GatedActivation, HostTensor, KvTypes, KvView, Lease, RopeParams, WeightView,
 };
 use crate::cpu::ops;
-use crate::cpu::{matmul, MatmulScratch, QMatrix, ThreadPool};
+use crate::cpu::packed;
+use crate::cpu::{matmul, Layout, MatmulScratch, QMatrix, ThreadPool};
 use crate::quant::{self, GgmlType};
 
 mod kv;
@@ -19,23 +24,46 @@ pub use kv::CpuKv;
 /// A weight resident in host memory, 8-byte aligned so any block type can be viewed in place.
 #[derive(Debug)]
 pub struct CpuWeight {
+    /// The tensor's name, for messages and views.
     name: String,
+    /// Its element type.
     ty: GgmlType,
+    /// Its rows (output features).
     rows: usize,
+    /// Its elements per row.
     cols: usize,
     /// The bytes, in 8-byte words for alignment; `len` bytes are meaningful.
     words: Vec<u64>,
+    /// How many bytes of `words` are the tensor's.
     len: usize,
+    /// Whether the bytes are in GGUF's order or repacked for the AVX-512 kernels.
+    layout: Layout,
     /// The f32 values of 1-row F32 tensors (norm weights, biases), for direct use.
     vector: Option<Vec<f32>>,
     _lease: Lease,
 }
 
 impl CpuWeight {
-    fn bytes(&self) -> &[u8] {
+    /// Whether the weight is stored in GGUF's layout or packed for the AVX-512 kernels.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
         // SAFETY: `words` owns at least `len` initialised bytes (len <= words.len() * 8) and u8
         // has no alignment or validity requirements.
         unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+
+    /// The weight as the matrix multiply reads it.
+    fn matrix(&self) -> QMatrix<'_> {
+        QMatrix {
+            ty: self.ty,
+            rows: self.rows,
+            cols: self.cols,
+            data: self.bytes(),
+            layout: self.layout,
+        }
     }
 
     fn vector(&self, op: &'static str) -> Result<&[f32], BackendError> {
@@ -82,14 +110,15 @@ impl CpuBackend {
     }
 
     /// A weight of `rows` rows of `cols` `ty` values (their byte size checked by the caller)
-    /// whose bytes `fill` writes, charged to the budget first.
+    /// from `source` (GGUF's layout), charged to the budget first, repacked when the packed
+    /// kernels cover it ([`packed::should_pack`]).
     fn new_weight(
         &self,
         name: &str,
         ty: GgmlType,
         rows: usize,
         cols: usize,
-        fill: impl FnOnce(&mut [u8]) -> Result<(), BackendError>,
+        source: &DeviceBytes<'_>,
     ) -> Result<CpuWeight, BackendError> {
         if !ty.is_supported() {
             return Err(BackendError::UnsupportedType {
@@ -103,12 +132,37 @@ impl CpuBackend {
             .and_then(|r| r.checked_mul(rows as u64))
             .ok_or_else(|| shape("upload_weight", format!("{name}: size overflows")))?
             as usize;
+        check_len("upload_weight", len, source.len)?;
         let lease = self.charge(name, weight_charge(len as u64, rows, cols))?;
         let mut words = vec![0u64; len.div_ceil(8)];
         // SAFETY: `words` owns at least `len` bytes (len.div_ceil(8) words of 8 bytes); u8 has no
         // alignment or validity requirements, and the slice is the only borrow of `words`.
         let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) };
-        fill(bytes)?;
+        let layout = if packed::should_pack(ty, rows, cols) {
+            let pack = |gguf: &[u8], bytes: &mut [u8]| {
+                packed::pack(ty, rows, cols, gguf, bytes)
+                    .map_err(|e| shape("upload_weight", format!("{name}: {e}")))
+            };
+            match source.at {
+                BytesAt::Host(gguf) => pack(gguf, bytes)?,
+                // Already packed the same way on another CPU device: the bytes as they are.
+                BytesAt::HostPacked {
+                    bytes: src,
+                    ty: t,
+                    rows: r,
+                    cols: c,
+                } if (t, r, c) == (ty, rows, cols) => bytes.copy_from_slice(src),
+                _ => {
+                    let mut gguf = vec![0u8; len];
+                    source.read_into(&mut gguf)?;
+                    pack(&gguf, bytes)?;
+                }
+            }
+            Layout::Packed
+        } else {
+            source.read_into(bytes)?;
+            Layout::Gguf
+        };
         let vector = if rows == 1 {
             let mut v = vec![0.0f32; cols];
             quant::dequantize(ty, bytes, &mut v)
@@ -124,6 +178,7 @@ impl CpuBackend {
             cols,
             words,
             len,
+            layout,
             vector,
             _lease: lease,
         })
@@ -147,11 +202,8 @@ impl Backend for CpuBackend {
 
     fn upload_weight(&self, t: &HostTensor<'_>) -> Result<CpuWeight, BackendError> {
         t.check_size()?;
-        let data = t.data;
-        self.new_weight(t.name, t.ty, t.rows, t.cols, |dst| {
-            dst.copy_from_slice(data);
-            Ok(())
-        })
+        let data = DeviceBytes::host(&self.name, t.data);
+        self.new_weight(t.name, t.ty, t.rows, t.cols, &data)
     }
 
     fn weight_bytes(&self, w: &CpuWeight) -> u64 {
@@ -159,12 +211,16 @@ impl Backend for CpuBackend {
     }
 
     fn weight_view<'a>(&'a self, w: &'a CpuWeight) -> Result<WeightView<'a>, BackendError> {
+        let bytes = match w.layout {
+            Layout::Gguf => DeviceBytes::host(&self.name, w.bytes()),
+            Layout::Packed => DeviceBytes::host_packed(&self.name, w.bytes(), w.ty, w.rows, w.cols),
+        };
         Ok(WeightView {
             name: &w.name,
             ty: w.ty,
             rows: w.rows,
             cols: w.cols,
-            bytes: DeviceBytes::host(&self.name, w.bytes()),
+            bytes,
         })
     }
 
@@ -174,9 +230,7 @@ impl Backend for CpuBackend {
 
     fn import_weight(&self, src: &WeightView<'_>) -> Result<CpuWeight, BackendError> {
         src.check_size()?;
-        self.new_weight(src.name, src.ty, src.rows, src.cols, |dst| {
-            src.bytes.read_into(dst)
-        })
+        self.new_weight(src.name, src.ty, src.rows, src.cols, &src.bytes)
     }
 
     fn alloc_activations(&self, len: usize) -> Result<Vec<f32>, BackendError> {
@@ -205,6 +259,15 @@ impl Backend for CpuBackend {
         let d = table.cols;
         check_len("embed", out.len(), ids.len() * d)?;
         let rb = table.ty.row_bytes(d as u64).unwrap_or(0) as usize;
+        // A packed table's rows are gathered back into GGUF blocks first.
+        let mut unpacked = vec![
+            0u8;
+            if table.layout == Layout::Packed {
+                rb
+            } else {
+                0
+            }
+        ];
         for (t, &id) in ids.iter().enumerate() {
             let id = id as usize;
             if id >= table.rows {
@@ -213,8 +276,23 @@ impl Backend for CpuBackend {
                     format!("token {id} outside {} rows", table.rows),
                 ));
             }
+            let gguf_row = match table.layout {
+                Layout::Gguf => &table.bytes()[id * rb..(id + 1) * rb],
+                Layout::Packed => {
+                    packed::unpack_row(
+                        table.ty,
+                        table.rows,
+                        table.cols,
+                        table.bytes(),
+                        id,
+                        &mut unpacked,
+                    )
+                    .map_err(|e| shape("embed", e.to_string()))?;
+                    &unpacked
+                }
+            };
             let row = &mut out[t * d..(t + 1) * d];
-            quant::dequantize(table.ty, &table.bytes()[id * rb..(id + 1) * rb], row)
+            quant::dequantize(table.ty, gguf_row, row)
                 .map_err(|e| shape("embed", e.to_string()))?;
             if scale != 1.0 {
                 ops::scale(row, scale);
@@ -232,12 +310,7 @@ impl Backend for CpuBackend {
     ) -> Result<(), BackendError> {
         check_len("matmul", x.len(), n_tokens * w.cols)?;
         check_len("matmul", out.len(), n_tokens * w.rows)?;
-        let m = QMatrix {
-            ty: w.ty,
-            rows: w.rows,
-            cols: w.cols,
-            data: w.bytes(),
-        };
+        let m = w.matrix();
         let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         matmul(
             &self.pool,

@@ -590,6 +590,16 @@ impl CudaBackend {
         src: &DeviceBytes<'_>,
         what: &str,
     ) -> Result<(), BackendError> {
+        // A CPU weight held packed is unpacked into GGUF's layout on the host first.
+        let unpacked;
+        let src = if let BytesAt::HostPacked { .. } = src.at {
+            let mut host = vec![0u8; src.len];
+            src.read_into(&mut host)?;
+            unpacked = host;
+            &DeviceBytes::host(src.device, &unpacked)
+        } else {
+            src
+        };
         // SAFETY: `src` borrows its allocation (or host memory) for this whole call, and its
         // owner finished writing it before lending it; the copy has run when `synchronize`
         // returns, before the borrow ends.
@@ -632,6 +642,13 @@ impl CudaBackend {
             BytesAt::Host(bytes) => unsafe {
                 cudarc::driver::result::memcpy_htod_async(dst_ptr, bytes, stream)
             },
+            // `copy_in` unpacks these first; an asynchronous copy has nowhere to unpack them.
+            BytesAt::HostPacked { .. } => {
+                return Err(shape(
+                    "copy",
+                    format!("packed {what} from {} need a synchronous copy", src.device),
+                ))
+            }
             // SAFETY: both addresses are live allocations of this context, `dst` large enough.
             BytesAt::Cuda { ctx, ptr } if ctx.cu_ctx() == here.cu_ctx() => unsafe {
                 cudarc::driver::result::memcpy_dtod_async(dst_ptr, ptr, src.len, stream)

@@ -497,6 +497,18 @@ pub struct DeviceBytes<'a> {
 pub(crate) enum BytesAt<'a> {
     /// In host memory (a CPU device's tensor, or a host copy).
     Host(&'a [u8]),
+    /// In host memory in the packed layout of a CPU weight ([`crate::cpu::packed`]): reading
+    /// them unpacks them into GGUF's layout, so the bytes others see are always GGUF's.
+    HostPacked {
+        /// The packed bytes.
+        bytes: &'a [u8],
+        /// The weight's type.
+        ty: crate::quant::GgmlType,
+        /// Its rows.
+        rows: usize,
+        /// Its elements per row.
+        cols: usize,
+    },
     /// On a CUDA device: the context the address belongs to and the address. The borrow keeps
     /// the allocation alive; the owner finished writing it before handing out the view.
     Cuda {
@@ -517,6 +529,27 @@ impl<'a> DeviceBytes<'a> {
         }
     }
 
+    /// The GGUF bytes of a weight that a CPU device holds packed (`bytes`, as
+    /// [`crate::cpu::packed::pack`] made them from a `rows × cols` matrix of `ty`).
+    pub(crate) fn host_packed(
+        device: &'a str,
+        bytes: &'a [u8],
+        ty: crate::quant::GgmlType,
+        rows: usize,
+        cols: usize,
+    ) -> Self {
+        DeviceBytes {
+            device,
+            len: bytes.len(),
+            at: BytesAt::HostPacked {
+                bytes,
+                ty,
+                rows,
+                cols,
+            },
+        }
+    }
+
     /// Copies them into host memory `dst` of exactly `len` bytes.
     pub(crate) fn read_into(&self, dst: &mut [u8]) -> Result<(), BackendError> {
         if dst.len() != self.len {
@@ -527,6 +560,13 @@ impl<'a> DeviceBytes<'a> {
         }
         match self.at {
             BytesAt::Host(src) => dst.copy_from_slice(src),
+            BytesAt::HostPacked {
+                bytes,
+                ty,
+                rows,
+                cols,
+            } => crate::cpu::packed::unpack(ty, rows, cols, bytes, dst)
+                .map_err(|e| shape("copy", format!("unpacking from {}: {e}", self.device)))?,
             BytesAt::Cuda { ctx, ptr } => {
                 cuda::read_device_bytes(ctx, ptr, dst).map_err(|message| BackendError::Device {
                     device: self.device.to_string(),
@@ -568,6 +608,8 @@ impl WeightView<'_> {
 }
 
 mod cpu;
+#[cfg(test)]
+mod cpu_tests;
 mod cuda;
 mod kv;
 mod memory;

@@ -6,14 +6,18 @@
 //! threads of the pool then take chunks of weight rows from a shared counter (so a thread slowed
 //! by another process does not hold the others up) and, within a chunk, walk the tokens in tiles
 //! of [`TILE`]: each weight block is loaded and unpacked once per tile of tokens.
+//!
+//! A matrix in the packed layout ([`Layout::Packed`], see [`super::packed`]) goes to the packed
+//! kernels instead; the activation conversion and the work split are shared.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use half::{bf16, f16};
 
 use super::dot::{Activation, Kernels, VecDot, TILE};
+use super::packed::act::{BlockQ8KPairs, BlockQ8_0Sum};
 use super::quantize::BlockQ8_0Act;
-use super::{KernelError, ThreadPool};
+use super::{packed, KernelError, ThreadPool};
 use crate::quant::*;
 
 /// Bytes of weight rows a chunk should span for prefill: the chunk's rows stay in L1/L2 while
@@ -21,7 +25,16 @@ use crate::quant::*;
 const PREFILL_CHUNK_BYTES: usize = 32 * 1024;
 
 /// Chunks per thread to aim for, so threads that finish early can take over work.
-const CHUNKS_PER_THREAD: usize = 8;
+pub(super) const CHUNKS_PER_THREAD: usize = 8;
+
+/// How a weight matrix's bytes are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// As in the GGUF file: row after row of blocks.
+    Gguf,
+    /// Repacked by [`packed::pack`] (rows interleaved in groups of [`packed::PACK_ROWS`]).
+    Packed,
+}
 
 /// A weight matrix as stored in a GGUF file: `rows` rows of `cols` elements of type `ty`.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +48,8 @@ pub struct QMatrix<'a> {
     /// `rows * ty.row_bytes(cols)` bytes of blocks, aligned as the block struct needs (2 bytes
     /// for the quantized types, 4 for F32; GGUF data is 32-aligned).
     pub data: &'a [u8],
+    /// The order of those bytes.
+    pub layout: Layout,
 }
 
 /// Reusable buffers for the converted activations, so that steady-state calls never allocate.
@@ -53,6 +68,10 @@ pub struct MatmulScratch {
     bf16: Vec<bf16>,
     /// F32 activations (a copy of `x`, for F32 weights).
     f32: Vec<f32>,
+    /// Q8_0 activations with block sums (for packed Q8_0, Q5_0 weights).
+    q8_0_sum: Vec<BlockQ8_0Sum>,
+    /// Q8_K activations with paired sums (for packed Q4_K, Q6_K weights).
+    q8_k_pairs: Vec<BlockQ8KPairs>,
 }
 
 impl MatmulScratch {
@@ -63,7 +82,7 @@ impl MatmulScratch {
 }
 
 /// Activation types that have a buffer in [`MatmulScratch`].
-trait ScratchBuffer: Activation {
+pub(super) trait ScratchBuffer: Activation {
     fn buffer(s: &mut MatmulScratch) -> &mut Vec<Self>;
 }
 
@@ -82,6 +101,8 @@ scratch_buffer!(BlockQ8K, q8_k);
 scratch_buffer!(f16, f16);
 scratch_buffer!(bf16, bf16);
 scratch_buffer!(f32, f32);
+scratch_buffer!(BlockQ8_0Sum, q8_0_sum);
+scratch_buffer!(BlockQ8KPairs, q8_k_pairs);
 
 /// `out[t * w.rows + r] = Σ_c W[r][c] · x[t * w.cols + c]` for `t < n_tokens`, `r < w.rows`,
 /// using every thread of `pool`.
@@ -97,6 +118,9 @@ pub fn matmul(
     out: &mut [f32],
     scratch: &mut MatmulScratch,
 ) -> Result<(), KernelError> {
+    if w.layout == Layout::Packed {
+        return packed::matmul_packed(pool, w, x, n_tokens, out, scratch);
+    }
     match w.ty {
         GgmlType::F32 => run::<f32>(pool, w, x, n_tokens, out, scratch),
         GgmlType::F16 => run::<f16>(pool, w, x, n_tokens, out, scratch),
@@ -152,7 +176,7 @@ pub fn as_blocks<W: VecDot>(data: &[u8]) -> Result<&[W], KernelError> {
 
 /// A raw pointer to the output that the pool's threads may share.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: threads write disjoint elements through it (each row chunk belongs to one thread),
 // and `matmul` keeps the `&mut [f32]` borrowed until the pool has finished.
 unsafe impl Send for OutPtr {}
@@ -181,32 +205,13 @@ where
     }
     let row_blocks = cols / W::BLOCK;
     let weights = as_blocks::<W>(w.data)?;
-    let expect = |what, expected: usize, got| {
-        if expected == got {
-            Ok(())
-        } else {
-            Err(KernelError::Length {
-                what,
-                expected,
-                got,
-            })
-        }
-    };
-    expect("weight blocks", rows * row_blocks, weights.len())?;
-    expect("activations x", n_tokens * cols, x.len())?;
-    expect("output", n_tokens * rows, out.len())?;
+    expect_len("weight blocks", rows * row_blocks, weights.len())?;
+    expect_len("activations x", n_tokens * cols, x.len())?;
+    expect_len("output", n_tokens * rows, out.len())?;
     if rows == 0 || n_tokens == 0 {
         return Ok(());
     }
-
-    let acts = <W::Act as ScratchBuffer>::buffer(scratch);
-    let act_blocks = n_tokens * row_blocks;
-    if acts.len() < act_blocks {
-        acts.resize(act_blocks, W::Act::ZERO);
-    }
-    let acts = &mut acts[..act_blocks];
-    quantize_activations(pool, x, cols, acts, row_blocks, n_tokens);
-    let acts: &[W::Act] = acts;
+    let acts = convert_activations::<W::Act>(pool, x, cols, row_blocks, n_tokens, scratch);
 
     let kernels = W::kernels();
     let n_threads = pool.n_threads();
@@ -245,6 +250,43 @@ where
 /// Tokens from which the activation conversion is split over the pool (below, one thread
 /// converts faster than the hand-off costs).
 const PARALLEL_QUANTIZE_TOKENS: usize = 8;
+
+/// Checks that a buffer's length is what the shape implies.
+pub(super) fn expect_len(
+    what: &'static str,
+    expected: usize,
+    got: usize,
+) -> Result<(), KernelError> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(KernelError::Length {
+            what,
+            expected,
+            got,
+        })
+    }
+}
+
+/// Converts every token row of `x` into the scratch buffer of `A` (grown as needed) and returns
+/// the converted rows, `row_blocks` blocks per token.
+pub(super) fn convert_activations<'s, A: ScratchBuffer>(
+    pool: &ThreadPool,
+    x: &[f32],
+    cols: usize,
+    row_blocks: usize,
+    n_tokens: usize,
+    scratch: &'s mut MatmulScratch,
+) -> &'s [A] {
+    let acts = A::buffer(scratch);
+    let act_blocks = n_tokens * row_blocks;
+    if acts.len() < act_blocks {
+        acts.resize(act_blocks, A::ZERO);
+    }
+    let acts = &mut acts[..act_blocks];
+    quantize_activations(pool, x, cols, acts, row_blocks, n_tokens);
+    acts
+}
 
 /// A raw pointer to the activation buffer that the pool's threads may share.
 struct ActsPtr<A>(*mut A);

@@ -10,6 +10,8 @@
 //! - `avx2`: AVX2 + FMA + F16C versions of every dot product (x86-64 only), one file per family,
 //!   with an AVX-VNNI variant of the 32-wide ones, chosen at run time ([`isa`]).
 //! - [`dot`]: the weight/activation type pairing and the safe dispatch between the levels.
+//! - `avx512`: AVX-512 VNNI kernels over the packed weight layout of [`packed`] (Q4_K, Q6_K,
+//!   Q8_0, Q5_0), sixteen rows per register, chosen at load when the CPU has them.
 //! - [`mod@matmul`]: `out = x · Wᵀ` for a quantized `W`, split over a [`pool::ThreadPool`].
 //! - [`ops`]: elementwise and row operations.
 //! - [`attention`]: one query head over a KV cache of f16, Q8_0 or Q4_0 rows, as llama.cpp's CPU
@@ -17,11 +19,13 @@
 //!   [`hadamard`]: the rotation llama.cpp applies around quantized caches.
 
 pub mod attention;
+pub mod attention_tile;
 pub mod dot;
 pub mod error;
 pub mod hadamard;
 pub mod matmul;
 pub mod ops;
+pub mod packed;
 pub mod pool;
 pub mod quantize;
 pub mod scalar;
@@ -31,9 +35,11 @@ pub mod scalar_iq;
 mod attention_avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 pub use error::KernelError;
-pub use matmul::{matmul, MatmulScratch, QMatrix};
+pub use matmul::{matmul, Layout, MatmulScratch, QMatrix};
 pub use pool::ThreadPool;
 
 use std::sync::OnceLock;
@@ -47,6 +53,9 @@ pub enum Isa {
     Avx2,
     /// [`Isa::Avx2`] plus AVX-VNNI (256-bit `vpdpbusd`), used by the 32-wide quant kernels.
     Avx2Vnni,
+    /// [`Isa::Avx2Vnni`] plus AVX-512 F, BW, VL and VNNI: the packed weight layout and its
+    /// kernels ([`packed`]), 512-bit attention helpers.
+    Avx512,
 }
 
 impl Isa {
@@ -56,11 +65,12 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx2Vnni => "avx2+vnni",
+            Isa::Avx512 => "avx512",
         }
     }
 
     /// Every level, lowest first.
-    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx2Vnni];
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx2Vnni, Isa::Avx512];
 
     /// Whether this CPU can run kernels of this level (detected once).
     pub fn is_available(self) -> bool {
@@ -69,8 +79,8 @@ impl Isa {
 }
 
 /// The instruction set the kernels use: the best this CPU supports, unless the environment
-/// variable `LLMD_CPU_ISA` names a lower one (`scalar`, `avx2`, `avx2+vnni`) for debugging and
-/// comparisons. Read once, on the first call.
+/// variable `LLMD_CPU_ISA` names a lower one (`scalar`, `avx2`, `avx2+vnni`, `avx512`) for
+/// debugging and comparisons. Read once, on the first call.
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
@@ -97,10 +107,18 @@ fn detect() -> Isa {
         && is_x86_feature_detected!("f16c"))
     {
         Isa::Scalar
-    } else if is_x86_feature_detected!("avxvnni") {
-        Isa::Avx2Vnni
-    } else {
+    } else if !is_x86_feature_detected!("avxvnni") {
+        // AVX-512 without AVX-VNNI (Skylake-X to Ice Lake) stays at AVX2: the levels are a
+        // chain, and the 256-bit VNNI kernels need the VEX encoding.
         Isa::Avx2
+    } else if is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+    {
+        Isa::Avx512
+    } else {
+        Isa::Avx2Vnni
     }
 }
 

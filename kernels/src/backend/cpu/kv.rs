@@ -13,6 +13,7 @@ use super::super::{
 };
 use super::CpuBackend;
 use crate::cpu::attention::{attend, AttentionScratch, CacheRows, KvRows, Logits};
+use crate::cpu::attention_tile::{attend_f16_tiled, Queries};
 use crate::cpu::hadamard;
 use crate::cpu::quantize::quantize_row_q8_0;
 use crate::quant::quantize::quantize_row_q4_0;
@@ -156,8 +157,9 @@ impl CpuBackend {
         Ok(())
     }
 
-    /// [`super::super::Backend::attention`]: the (token, head) items are split between the
-    /// pool's threads, each computed by [`attend`].
+    /// [`super::super::Backend::attention`]: unrotated f16 caches by tiles of queries sharing a
+    /// KV head ([`attend_f16_tiled`]) where the CPU has its kernels; otherwise the (token, head)
+    /// items are split between the pool's threads, each computed by [`attend`].
     pub(super) fn attend_kv(
         &self,
         q: &[f32],
@@ -186,9 +188,21 @@ impl CpuBackend {
         let group = p.n_heads / p.n_kv_heads;
         let n_items = positions.len() * p.n_heads;
         let out_rows = &mut out[first_row * qw..(first_row + positions.len()) * qw];
+        let rot = kv.shape.rotation();
+        // Unrotated f16 caches go by tiles of queries where the CPU has the kernels.
+        if rot == KvRotation::default() {
+            let queries = Queries {
+                q: &q[first_row * qw..(first_row + positions.len()) * qw],
+                n_heads: p.n_heads,
+                positions,
+                window: p.window,
+            };
+            if attend_f16_tiled(&self.pool, &cache, queries, logits, out_rows) {
+                return Ok(());
+            }
+        }
         let out_ptr = SharedOut(out_rows.as_mut_ptr());
         let out_len = out_rows.len();
-        let rot = kv.shape.rotation();
         self.pool.run(&|ti, nt| {
             let mut scratch = AttentionScratch::default();
             let mut acc = vec![0.0f32; hd];

@@ -1,0 +1,69 @@
+//! AVX-512 kernels (F, BW, VL and VNNI; x86-64 only) over the packed weight layout of
+//! [`super::packed`]: sixteen weight rows sit in the sixteen 32-bit lanes of a register, so one
+//! `vpdpbusd` multiplies four weights of every row by the same four activation bytes (broadcast
+//! from memory) and adds them into that row's lane. No horizontal sums: a lane accumulates its
+//! row block after block, and sixteen finished outputs are stored at once.
+//!
+//! - [`packed_k`]: Q4_K and Q6_K against Q8_K (with paired group sums);
+//! - [`packed_legacy`]: Q8_0 and Q5_0 against Q8_0 (with block sums);
+//! - [`attention`]: flash attention of a tile of queries over f16 keys and values;
+//! - [`float`]: elementwise f32 operations (SwiGLU).
+//!
+//! Every kernel takes `T` activation rows (tokens), `1 ..= MAX_TOKENS`, and a run of blocks;
+//! with `accumulate` it adds to the outputs (the sums of the row's earlier blocks, so a row can
+//! be computed a range of blocks at a time in the same order of additions). It computes the integer
+//! sums of each block exactly. The super-block kernels then do the scalar reference's float
+//! operations in its order per row, so their outputs equal [`super::scalar`]'s bit for bit; the
+//! 32-wide ones add each block's product with a fused multiply-add as llama.cpp does, agreeing
+//! with the scalar reference to float rounding.
+//!
+//! # Safety
+//! Every function here requires AVX-512 F, BW, VL and VNNI (plus AVX2, FMA and F16C);
+//! [`super::packed`] only calls them when [`super::isa`] is [`super::Isa::Avx512`].
+
+use std::arch::x86_64::*;
+
+pub(super) mod attention;
+pub(super) mod float;
+pub(super) mod packed_k;
+pub(super) mod packed_legacy;
+
+/// The most activation rows a kernel call takes: enough that unpacking a weight tile is shared
+/// by eight tokens, few enough that the per-token accumulators stay in the 32 registers.
+pub(super) const MAX_TOKENS: usize = 8;
+
+/// The accumulators a kernel starts from: zero, or (`accumulate`, continuing the row sums of
+/// earlier blocks) the outputs `out[t][0..16]` as they are.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn start<const T: usize>(out: &[*mut f32; T], accumulate: bool) -> [__m512; T] {
+    let mut acc = [_mm512_setzero_ps(); T];
+    if accumulate {
+        for (a, &o) in acc.iter_mut().zip(out) {
+            *a = _mm512_loadu_ps(o);
+        }
+    }
+    acc
+}
+
+/// The four bytes at `p` broadcast to every 32-bit lane (the compiler folds this into the
+/// memory operand of the `vpdpbusd` that uses it).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn bcast4(p: *const i8) -> __m512i {
+    _mm512_set1_epi32(p.cast::<i32>().read_unaligned())
+}
+
+/// Sixteen f16 values at `p` as f32 lanes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn load_f16x16(p: *const u8) -> __m512 {
+    _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+}
+
+/// 64 bytes at `p`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn load64(p: *const u8) -> __m512i {
+    _mm512_loadu_si512(p.cast())
+}
