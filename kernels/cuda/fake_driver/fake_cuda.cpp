@@ -186,7 +186,7 @@ static void fiber_launch(dim3_t grid, dim3_t block, const std::function<void()> 
             }
         }
     }
-    s.slots.assign(n, 0);
+    s.slots.assign((size_t)n * EMU_SLOT_WORDS, 0);
     s.n_threads = n;
     s.body = &body;
     sched = &s;
@@ -254,9 +254,9 @@ static const std::unordered_map<std::string, Capture> &kernels() {
 #define K(name) {#name, entry(name)}
 // Every kernel of a type in types.cuh's lists.
 #define K_QUANT(name, type)                                                                        \
-    K(get_rows_##name), K(dequantize_##name##_f32), K(dequantize_##name##_f16),                    \
-        K(mul_mat_vec_##name##_q8_1),
-#define K_HALF(name, type) K(get_rows_##name), K(dequantize_##name##_f32), K(dequantize_##name##_f16),
+    K(get_rows_##name), K(dequantize_##name##_f32), K(mul_mat_vec_##name##_q8_1),                  \
+        K(mul_mat_q_##name),
+#define K_HALF(name, type) K(get_rows_##name), K(dequantize_##name##_f32),
         LLMD_QUANT_TYPES(K_QUANT) LLMD_HALF_TYPES(K_HALF)
         K(attn_prefill_f16kv), K(attn_decode_f16kv), K(attn_combine_f32),
         K(geglu_f32), K(swiglu_f32), K(add_f32), K(scale_f32), K(add_bias_f32),
@@ -264,8 +264,9 @@ static const std::unordered_map<std::string, Capture> &kernels() {
         K(get_rows_f32),
         K(kv_store_f16),
         K(mul_mat_vec_f16), K(mul_mat_vec_f32), K(mul_mat_vec_bf16),
-        K(rms_norm_f32), K(quantize_q8_1), K(convert_f32_to_f16), K(rope_f32),
-        K(gemm_f32_nt), K(gemm_f16_tc),
+        K(rms_norm_f32), K(quantize_q8_1), K(rope_f32),
+        K(quantize_mmq), K(convert_f32_to_f16_rows), K(convert_f32_to_bf16),
+        K(gemm_f32_nt), K(gemm_f16_tc), K(gemm_bf16_tc),
 #undef K_QUANT
 #undef K_HALF
 #undef K

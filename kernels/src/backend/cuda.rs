@@ -34,6 +34,8 @@ mod matmul;
 mod modules;
 mod peer;
 #[cfg(test)]
+mod shape_tests;
+#[cfg(test)]
 mod strict_tests;
 #[cfg(test)]
 mod type_tests;
@@ -46,7 +48,7 @@ pub use peer::{cuda_peer_paths, PeerPath};
 
 use matmul::GEMM_SCRATCH_FLOATS;
 #[cfg(test)]
-use matmul::{gemm_applies, gemm_tile_rows, GEMM_TILE, PREFILL_GEMM_MIN_TOKENS};
+use matmul::GEMM_TILE;
 use types::cuda_type;
 
 /// The kernels fetched from each kernel file ([`modules::FILES`]) besides its per-type ones
@@ -72,13 +74,22 @@ const MODULE_KERNELS: &[(&str, &[&str])] = &[
             "softcap_f32",
         ],
     ),
-    ("gemm", &["gemm_f32_nt", "gemm_f16_tc"]),
+    ("gemm", &["gemm_f32_nt", "gemm_f16_tc", "gemm_bf16_tc"]),
     ("getrows", &[]),
     ("kvcache", &["kv_store_f16"]),
+    ("mmq", &[]),
     ("mmv", &[]),
     ("mmvq", &[]),
     ("norm", &["rms_norm_f32"]),
-    ("quantize", &["quantize_q8_1", "convert_f32_to_f16"]),
+    (
+        "quantize",
+        &[
+            "quantize_q8_1",
+            "quantize_mmq",
+            "convert_f32_to_f16_rows",
+            "convert_f32_to_bf16",
+        ],
+    ),
     ("rope", &["rope_f32"]),
 ];
 
@@ -1532,10 +1543,10 @@ mod tests {
                 0.0,
                 vec![f32::from(u8::from(same))],
             ));
-            // 1, 3 and 10 tokens: matrix-vector kernels (10: a full group of 8 tokens per block
-            // and a partial one); 70 (>= PREFILL_GEMM_MIN_TOKENS): the GEMM path, with two token
+            // 1, 3 and 8 tokens: matrix-vector kernels (8: a full group of tokens per block);
+            // 10 and 70 (>= PREFILL_GEMM_MIN_TOKENS): the matrix-matrix kernels, 70 in two token
             // tiles, the second an edge of 6.
-            for n_tokens in [1, 3, 10, 70] {
+            for n_tokens in [1, 3, 8, 10, 70] {
                 let x = acts(b, &rng.vec(n_tokens * cols));
                 let mut out = b.alloc_activations(n_tokens * rows).expect("alloc");
                 b.matmul(&w, &x, n_tokens, &mut out).expect("matmul");
@@ -1747,78 +1758,6 @@ mod tests {
             results.push((format!("attention {what}"), 1e-3, read(b, &out, n * qw)));
         }
         results
-    }
-
-    #[test]
-    fn gemm_tiles_are_whole_64_row_tiles_within_the_budget() {
-        // The GPU test's budget: 64 rows of 512 columns.
-        assert_eq!(gemm_tile_rows(200, 512, GEMM_TILE * 512), 64);
-        // The default budget: 32 Mi floats.
-        assert_eq!(gemm_tile_rows(152_064, 3584, GEMM_SCRATCH_FLOATS), 9344);
-        assert_eq!(gemm_tile_rows(100_000, 8192, GEMM_SCRATCH_FLOATS), 4096);
-        assert_eq!(gemm_tile_rows(2048, 8192, GEMM_SCRATCH_FLOATS), 2048);
-        // Fewer rows than a tile: all of them.
-        assert_eq!(gemm_tile_rows(48, 512, GEMM_SCRATCH_FLOATS), 48);
-        // Rounded down to whole tiles; at least one tile even past the budget.
-        assert_eq!(gemm_tile_rows(1000, 10, 1279), 64);
-        assert_eq!(gemm_tile_rows(1000, 10, 1280), 128);
-        assert_eq!(gemm_tile_rows(1000, 1 << 22, GEMM_SCRATCH_FLOATS), 64);
-        for (rows, cols, budget) in [
-            (1, 8, 1),
-            (63, 8, 1 << 20),
-            (65, 4096, 1 << 18),
-            (999, 1, 0),
-        ] {
-            let t = gemm_tile_rows(rows, cols, budget);
-            assert!(t >= 1 && t <= rows, "{rows} {cols} {budget}: {t}");
-            assert!(
-                t == rows || t.is_multiple_of(GEMM_TILE),
-                "{rows} {cols}: {t}"
-            );
-            assert!(
-                t * cols <= budget.max(GEMM_TILE * cols),
-                "{rows} {cols}: {t}"
-            );
-        }
-    }
-
-    #[test]
-    fn gemm_path_only_where_its_kernels_apply() {
-        let n = PREFILL_GEMM_MIN_TOKENS;
-        for ty in TYPES {
-            assert!(gemm_applies(ty, 200, 512, n), "{ty}");
-            assert!(
-                !gemm_applies(ty, 200, 512, n - 1),
-                "{ty}: decode stays matrix-vector"
-            );
-        }
-        // F16 tiles must hold whole groups of 8 values; F32 is not dequantized.
-        assert!(!gemm_applies(GgmlType::F16, 70, 516, 40));
-        assert!(gemm_applies(GgmlType::F32, 70, 516, 40));
-        assert!(gemm_applies(GgmlType::F32, 70, 3, 40));
-        // Every type with kernels, BF16 with whole groups of 8 like F16; none without kernels.
-        assert!(gemm_applies(GgmlType::BF16, 200, 512, n));
-        assert!(!gemm_applies(GgmlType::BF16, 70, 516, 40));
-        assert!(gemm_applies(GgmlType::IQ1_M, 200, 512, n));
-        assert!(!gemm_applies(GgmlType::Q8_K, 200, 512, n));
-        assert!(!gemm_applies(GgmlType::I32, 200, 512, n));
-        // Empty or beyond the kernels' int arguments and grid.
-        assert!(!gemm_applies(GgmlType::F32, 0, 512, n));
-        assert!(!gemm_applies(GgmlType::F32, 200, 0, n));
-        assert!(!gemm_applies(GgmlType::Q8_0, 1 << 31, 512, n));
-        assert!(!gemm_applies(GgmlType::Q8_0, 200, 1 << 31, n));
-        assert!(gemm_applies(
-            GgmlType::Q8_0,
-            200,
-            512,
-            MAX_GRID_YZ * GEMM_TILE
-        ));
-        assert!(!gemm_applies(
-            GgmlType::Q8_0,
-            200,
-            512,
-            MAX_GRID_YZ * GEMM_TILE + 1
-        ));
     }
 
     #[test]

@@ -1,0 +1,162 @@
+//! The CUDA backend against the CPU backend where real models take it (issue 23, items 6 and 9):
+//! prefill products whose activations exceed f16's range (65504), as outlier features of large
+//! models do, and ops at the shapes of real models (K of 4096 and 14336, heads of 128 and 256,
+//! contexts of 8k), through the real `CudaBackend` on the fake driver in CI (on a GPU when one
+//! is present).
+//!
+//! The emulated GPU runs every thread of every block on the CPU, so each op is checked at a few
+//! real shapes rather than a grid of them; the test prints how long each took.
+
+use std::sync::Arc;
+
+use super::tests::{acts, compare_results, read, Rng};
+use super::*;
+use crate::backend::{CpuBackend, DeviceMemory};
+use crate::cpu::ThreadPool;
+use crate::quant::{dequantize, quantize};
+
+/// Activations of outlier features: far beyond f16's largest value (65504).
+const OUTLIER: f32 = 1.0e5;
+
+/// Random activations in [-1, 1) with about one value in 64 an outlier of +-[`OUTLIER`], and the
+/// first row's first value always one.
+fn with_outliers(rng: &mut Rng, n: usize) -> Vec<f32> {
+    let mut x = rng.vec(n);
+    for (i, v) in x.iter_mut().enumerate() {
+        if i == 0 || rng.next() > 31.0 / 32.0 {
+            *v = if rng.next() < 0.0 { -OUTLIER } else { OUTLIER };
+        }
+    }
+    x
+}
+
+/// The exact product `x (n_tokens, cols) * w^T` of the weight's dequantized values, in f64.
+fn exact_product(ty: GgmlType, data: &[u8], rows: usize, cols: usize, x: &[f32]) -> Vec<f32> {
+    let mut w = vec![0.0f32; rows * cols];
+    dequantize(ty, data, &mut w).expect("dequantize");
+    let n_tokens = x.len() / cols;
+    let mut out = vec![0.0f32; n_tokens * rows];
+    for t in 0..n_tokens {
+        for r in 0..rows {
+            let xs = &x[t * cols..(t + 1) * cols];
+            let ws = &w[r * cols..(r + 1) * cols];
+            let dot: f64 = xs
+                .iter()
+                .zip(ws)
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
+            out[t * rows + r] = dot as f32;
+        }
+    }
+    out
+}
+
+/// Prefill products (the GEMM path's token counts) with outlier activations on `b`, by name
+/// with their tolerances, and the exact products of the same weights (for F16, whose CPU
+/// product rounds activations to f16 as ggml does, and so overflows to infinity itself).
+#[allow(clippy::type_complexity)]
+fn run_outliers<B: Backend>(b: &B) -> (Vec<(String, f32, Vec<f32>)>, Vec<(String, Vec<f32>)>) {
+    let mut rng = Rng(0x5851_f42d_4c95_7f2d);
+    let (rows, cols) = (72, 512);
+    let mut results = Vec::new();
+    let mut exact = Vec::new();
+    for ty in [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+        GgmlType::IQ4_XS,
+    ] {
+        let data = quantize(ty, &rng.vec(rows * cols)).expect("quantizable weight");
+        let w = b
+            .upload_weight(&HostTensor {
+                name: "w",
+                ty,
+                rows,
+                cols,
+                data: &data,
+            })
+            .expect("upload");
+        for n_tokens in [20, 70] {
+            let xv = with_outliers(&mut rng, n_tokens * cols);
+            let x = acts(b, &xv);
+            let mut out = b.alloc_activations(n_tokens * rows).expect("alloc");
+            b.matmul(&w, &x, n_tokens, &mut out).expect("matmul");
+            let name = format!("matmul {ty} x{n_tokens} with outliers");
+            // The outliers dominate every product; their blocks' other activations lose their
+            // precision to the block scale on both backends, differently (Q8_K per 256 values
+            // on the CPU, 8-bit blocks of 32 on the GPU), a small part of the product.
+            let tol = match ty {
+                GgmlType::F32 => 1e-5,
+                GgmlType::F16 | GgmlType::BF16 => 1e-2,
+                _ => 2e-2,
+            };
+            results.push((name.clone(), tol, read(b, &out, n_tokens * rows)));
+            exact.push((name, exact_product(ty, &data, rows, cols, &xv)));
+        }
+    }
+    (results, exact)
+}
+
+#[test]
+fn prefill_with_outlier_activations_matches_the_cpu_on_the_fake_driver() {
+    crate::fake_cuda::run_on_fake_driver(
+        "backend::cuda::shape_tests::prefill_with_outlier_activations_matches_the_cpu_when_a_gpu_is_present",
+        &[],
+        "cuda:0 matmul IQ4_XS x70 with outliers",
+    );
+}
+
+/// Products of 20 and 70 tokens (the prefill path) whose activations hold values of 1e5:
+/// finite and within tolerance of the CPU's (of the exact product for F16, whose CPU product
+/// overflows like ggml's).
+#[test]
+fn prefill_with_outlier_activations_matches_the_cpu_when_a_gpu_is_present() {
+    if !crate::fake_cuda::cuda_or_skip() {
+        return;
+    }
+    let pool = Arc::new(ThreadPool::new(2).expect("thread pool"));
+    let cpu = CpuBackend::new("cpu:0", DeviceMemory::new(1 << 30), pool);
+    let gpu = CudaBackend::new("cuda:0", 0, 1 << 30).expect("cuda:0");
+    let (mut want, exact) = run_outliers(&cpu);
+    for (name, _, values) in &mut want {
+        if name.contains("F16") && !name.contains("BF16") {
+            let (_, product) = exact
+                .iter()
+                .find(|(n, _)| n == name)
+                .expect("exact product");
+            assert!(
+                values.iter().any(|v| !v.is_finite()),
+                "the CPU's F16 product (activations rounded to f16) no longer overflows: compare \
+                 with it again"
+            );
+            values.clone_from(product);
+        }
+    }
+    let (got, _) = run_outliers(&gpu);
+    let failures = compare_results("cuda:0", &want, &got);
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The outlier comparison runs on the CPU backend, every product but F16's finite there.
+#[test]
+fn outlier_comparison_runs_on_the_cpu_backend() {
+    let pool = Arc::new(ThreadPool::new(2).expect("thread pool"));
+    let cpu = CpuBackend::new("cpu:0", DeviceMemory::new(1 << 30), pool);
+    let (results, exact) = run_outliers(&cpu);
+    assert_eq!(results.len(), exact.len());
+    for ((name, tol, values), (_, product)) in results.iter().zip(&exact) {
+        if name.contains("F16") && !name.contains("BF16") {
+            continue;
+        }
+        let failures = compare_results(
+            "cpu:0 against the exact product",
+            &[(name.clone(), *tol, product.clone())],
+            &[(name.clone(), *tol, values.clone())],
+        );
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+}
