@@ -8,6 +8,7 @@
 //! real shapes rather than a grid of them; the test prints how long each took.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::tests::{acts, compare_results, read, Rng};
 use super::*;
@@ -159,4 +160,171 @@ fn outlier_comparison_runs_on_the_cpu_backend() {
         );
         assert!(failures.is_empty(), "{failures:#?}");
     }
+}
+
+/// One op at a real model's shape: its results by name with their tolerances, and how long
+/// `b` took for it.
+type Timed = (String, f32, Vec<f32>, f64);
+
+/// Runs `op` on `b`, timing it (the results' read-back included).
+fn timed(name: String, tol: f32, op: impl FnOnce() -> Vec<f32>) -> Timed {
+    let start = Instant::now();
+    let values = op();
+    (name, tol, values, start.elapsed().as_secs_f64())
+}
+
+/// Matrix products at real K sizes: 4096 (Llama 8B's n_embd: q/k/v/o and gate/up) and 14336
+/// (its n_ff: down), a slice of 64 or 72 rows of each, for one decode token, 8 tokens (a full
+/// matrix-vector group) and 20 (the int8 tensor-core path).
+fn real_matmuls<B: Backend>(b: &B, rng: &mut Rng, out: &mut Vec<Timed>) {
+    for (ty, rows, cols) in [
+        (GgmlType::Q4_K, 72, 4096),
+        (GgmlType::Q6_K, 64, 14336),
+        (GgmlType::Q8_0, 64, 4096),
+        (GgmlType::F16, 64, 4096),
+    ] {
+        let data = quantize(ty, &rng.vec(rows * cols)).expect("quantizable weight");
+        let w = b
+            .upload_weight(&HostTensor {
+                name: "w",
+                ty,
+                rows,
+                cols,
+                data: &data,
+            })
+            .expect("upload");
+        for n_tokens in [1, 8, 20] {
+            let x = acts(b, &rng.vec(n_tokens * cols));
+            let tol = if ty == GgmlType::F16 { 1e-3 } else { 2e-2 };
+            out.push(timed(
+                format!("matmul {ty} {rows}x{cols} x{n_tokens}"),
+                tol,
+                || {
+                    let mut y = b.alloc_activations(n_tokens * rows).expect("alloc");
+                    b.matmul(&w, &x, n_tokens, &mut y).expect("matmul");
+                    read(b, &y, n_tokens * rows)
+                },
+            ));
+        }
+    }
+}
+
+/// RMS norm over 4096 values and rope of heads of 128 and 256 at positions near 8k.
+fn real_row_ops<B: Backend>(b: &B, rng: &mut Rng, out: &mut Vec<Timed>) {
+    let dim = 4096;
+    let norm = b
+        .upload_weight(&HostTensor {
+            name: "norm",
+            ty: GgmlType::F32,
+            rows: 1,
+            cols: dim,
+            data: &quantize(GgmlType::F32, &rng.vec(dim)).expect("f32"),
+        })
+        .expect("upload");
+    let mut x = acts(b, &rng.vec(3 * dim));
+    out.push(timed(format!("rms_norm {dim}"), 1e-5, || {
+        b.rms_norm(&mut x, &norm, 3, dim, 1e-5).expect("rms_norm");
+        read(b, &x, 3 * dim)
+    }));
+    let positions = [0u32, 4095, 8191];
+    for (head_dim, n_heads, params) in [
+        (128, 32, RopeParams::new(RopeMode::Normal, 128, 500_000.0)),
+        (256, 8, RopeParams::new(RopeMode::Neox, 256, 10_000.0)),
+    ] {
+        let n = positions.len() * n_heads * head_dim;
+        let mut x = acts(b, &rng.vec(n));
+        // At position 8191 the f32 angle itself is only good to about 1e-3 radians, and the two
+        // backends reach it differently: the CPU multiplies the pairs' frequencies up one after
+        // another as ggml-cpu does (theta *= base^(-2/n_dims)), the GPU raises the base to each
+        // pair's power as ggml-cuda does; about 1e-4 of the result apart at 8k positions.
+        out.push(timed(format!("rope head_dim {head_dim}"), 5e-4, || {
+            b.rope(&mut x, 3, n_heads, head_dim, &positions, params, None)
+                .expect("rope");
+            read(b, &x, n)
+        }));
+    }
+}
+
+/// Attention over 8k-token contexts: Llama 3 8B's heads (32 of 128 over 8 KV heads, here 8 over
+/// 2) and Gemma 2's (head_dim 256, 8 over 4; a 4096-position window), a decode step at the last
+/// position and a prefill chunk of 16 queries ending there.
+fn real_attention<B: Backend>(b: &B, rng: &mut Rng, out: &mut Vec<Timed>) {
+    const CONTEXT: usize = 8192;
+    for (n_heads, n_kv, hd, window) in [(8, 2, 128, None), (8, 4, 256, Some(4096))] {
+        let kw = n_kv * hd;
+        let mut kv = b.alloc_kv(CONTEXT, n_kv, hd).expect("alloc_kv");
+        let fill: Vec<u32> = (0..CONTEXT as u32).collect();
+        for chunk in fill.chunks(1024) {
+            let k = acts(b, &rng.vec(chunk.len() * kw));
+            let v = acts(b, &rng.vec(chunk.len() * kw));
+            b.kv_store(&mut kv, &k, &v, 0, chunk).expect("kv_store");
+        }
+        let params = AttentionParams {
+            n_heads,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            window,
+            softcap: None,
+        };
+        let last = CONTEXT as u32 - 1;
+        for (what, positions) in [
+            ("decode", vec![last]),
+            ("prefill", (last - 15..=last).collect::<Vec<_>>()),
+        ] {
+            let n = positions.len() * n_heads * hd;
+            let q = acts(b, &rng.vec(n));
+            out.push(timed(
+                format!("attention {what} head_dim {hd} at {CONTEXT} positions"),
+                1e-3,
+                || {
+                    let mut o = acts(b, &vec![0.0; n]);
+                    b.attention(&q, &kv, 0, &positions, params, &mut o)
+                        .expect("attention");
+                    read(b, &o, n)
+                },
+            ));
+        }
+    }
+}
+
+/// Every real-shape op on `b`.
+fn run_real_shapes<B: Backend>(b: &B) -> Vec<Timed> {
+    let mut rng = Rng(0x1405_7b7e_f767_814f);
+    let mut out = Vec::new();
+    real_matmuls(b, &mut rng, &mut out);
+    real_row_ops(b, &mut rng, &mut out);
+    real_attention(b, &mut rng, &mut out);
+    out
+}
+
+#[test]
+fn real_shapes_match_the_cpu_on_the_fake_driver() {
+    crate::fake_cuda::run_on_fake_driver(
+        "backend::cuda::shape_tests::real_shapes_match_the_cpu_when_a_gpu_is_present",
+        &[],
+        "cuda:0 attention prefill head_dim 256 at 8192 positions",
+    );
+}
+
+/// Ops at real models' shapes against the CPU backend, with how long each took on the GPU
+/// (emulated on the fake driver: seconds, where a GPU takes microseconds).
+#[test]
+fn real_shapes_match_the_cpu_when_a_gpu_is_present() {
+    if !crate::fake_cuda::cuda_or_skip() {
+        return;
+    }
+    let pool = Arc::new(ThreadPool::new(2).expect("thread pool"));
+    let cpu = CpuBackend::new("cpu:0", DeviceMemory::new(1 << 30), pool);
+    let gpu = CudaBackend::new("cuda:0", 0, 1 << 30).expect("cuda:0");
+    let strip = |v: Vec<Timed>| -> Vec<(String, f32, Vec<f32>)> {
+        v.into_iter().map(|(n, t, r, _)| (n, t, r)).collect()
+    };
+    let want = run_real_shapes(&cpu);
+    let got = run_real_shapes(&gpu);
+    for (name, _, _, seconds) in &got {
+        println!("cuda:0 {name}: {seconds:.2} s");
+    }
+    let failures = compare_results("cuda:0", &strip(want), &strip(got));
+    assert!(failures.is_empty(), "{failures:#?}");
 }
