@@ -2,11 +2,15 @@
 """Regenerates tests/fixtures/gemma3_greedy.json: llama.cpp's greedy continuations of Gemma 3 270M
 Q4_K_M on a set of prompts, with the margin between the two best logits at every step (so the
 test can stop comparing at the first near-tie) and the top-5 token ids at the last prompt
-position (and the ten best ids with their logits, to compare values).
+position (and the ten best ids with their logits, to compare values). With a KV cache type
+(q8_0 or q4_0), the same with llama.cpp's quantized KV cache (keys and values of that type,
+flash attention, which a quantized V cache needs) on the first half of the prompts:
+tests/fixtures/gemma3_greedy_<type>.json.
 
 Run with the llama.cpp reference build (../shared/tools/llama-cpp-ref):
     . ~/.cache/llmd-llama-ref/env.sh
     python scripts/gen-inference-fixtures.py MODEL.gguf > tests/fixtures/gemma3_greedy.json
+    python scripts/gen-inference-fixtures.py MODEL.gguf q8_0 > tests/fixtures/gemma3_greedy_q8_0.json
 """
 import json
 import sys
@@ -29,13 +33,18 @@ PROMPTS = [
     "To make a cup of tea, first",
 ]
 N_GEN = 32
+# GGML type ids of the KV cache types (ggml.h: GGML_TYPE_Q4_0 = 2, GGML_TYPE_Q8_0 = 8).
+CACHE_IDS = {"q8_0": 8, "q4_0": 2}
 
 
 def main() -> None:
     model = sys.argv[1]
-    llm = Llama(model_path=model, n_ctx=512, n_threads=2, n_batch=512, logits_all=True, verbose=False)
+    cache = sys.argv[2] if len(sys.argv) > 2 else None
+    kv = {} if cache is None else {"type_k": CACHE_IDS[cache], "type_v": CACHE_IDS[cache], "flash_attn": True}
+    prompts = PROMPTS if cache is None else PROMPTS[: len(PROMPTS) // 2]
+    llm = Llama(model_path=model, n_ctx=512, n_threads=2, n_batch=512, logits_all=True, verbose=False, **kv)
     cases = []
-    for prompt in PROMPTS:
+    for prompt in prompts:
         ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
         llm.reset()
         llm.eval(ids)
@@ -53,7 +62,10 @@ def main() -> None:
         cases.append(
             {"prompt": prompt, "prompt_ids": ids, "top5": top5, "top10": top10, "greedy": gen, "margins": margins}
         )
-    json.dump({"model": "gemma-3-270m-q4_k_m.gguf", "n_gen": N_GEN, "cases": cases}, sys.stdout, indent=1)
+    out = {"model": "gemma-3-270m-q4_k_m.gguf", "n_gen": N_GEN, "cases": cases}
+    if cache is not None:
+        out["cache_type_k"] = out["cache_type_v"] = cache
+    json.dump(out, sys.stdout, indent=1)
     sys.stdout.write("\n")
 
 

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use llmd_shared::KvCacheType;
 
 /// llmctl: control and query the llmd daemon.
 ///
@@ -79,6 +80,21 @@ pub struct PlanArgs {
     /// Context length per generation [default: 4096, at most the model's].
     #[arg(long)]
     pub ctx: Option<u32>,
+    /// KV cache types to plan for.
+    #[command(flatten)]
+    pub cache: CacheTypeArgs,
+}
+
+/// The KV cache types of `load` and `plan`, as llama.cpp's `-ctk` / `-ctv`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CacheTypeArgs {
+    /// Type of the KV cache's keys: f16, q8_0 (about half the bytes) or q4_0 (about a quarter)
+    /// [default: f16].
+    #[arg(long, visible_alias = "ctk", value_name = "TYPE", value_parser = clap::value_parser!(KvCacheType))]
+    pub cache_type_k: Option<KvCacheType>,
+    /// Type of the KV cache's values: f16, q8_0 or q4_0 [default: f16].
+    #[arg(long, visible_alias = "ctv", value_name = "TYPE", value_parser = clap::value_parser!(KvCacheType))]
+    pub cache_type_v: Option<KvCacheType>,
 }
 
 /// Arguments of `llmctl reload`.
@@ -122,6 +138,9 @@ pub struct LoadArgs {
     /// Replace a model already loaded under this name; running requests finish on the old one.
     #[arg(long)]
     pub replace: bool,
+    /// KV cache types (kept by later re-splits).
+    #[command(flatten)]
+    pub cache: CacheTypeArgs,
 }
 
 /// Arguments of `llmctl unload`.
@@ -280,6 +299,37 @@ mod tests {
         assert_eq!(cli.socket.as_deref(), Some(std::path::Path::new("/s")));
         let err = Cli::try_parse_from(["llmctl", "frobnicate"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn cache_types_are_parsed_and_bad_ones_refused_with_the_valid_list() {
+        let load = |args: &[&str]| match Cli::try_parse_from(args).map(|cli| cli.command) {
+            Ok(Command::Load(load)) => Ok((load.cache.cache_type_k, load.cache.cache_type_v)),
+            Ok(other) => panic!("parsed as {other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(load(&["llmctl", "load", "m.gguf"]).unwrap(), (None, None));
+        assert_eq!(
+            load(&[
+                "llmctl",
+                "load",
+                "m.gguf",
+                "--cache-type-k",
+                "q8_0",
+                "--ctv",
+                "q4_0"
+            ])
+            .unwrap(),
+            (Some(KvCacheType::Q8_0), Some(KvCacheType::Q4_0))
+        );
+        let e = load(&["llmctl", "load", "m.gguf", "--cache-type-v", "q5_1"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("valid: f16, q8_0, q4_0"), "{e}");
+        let plan = Cli::try_parse_from(["llmctl", "plan", "m.gguf", "--cache-type-k", "q4_0"])
+            .map(|cli| cli.command);
+        assert!(
+            matches!(plan, Ok(Command::Plan(p)) if p.cache.cache_type_k == Some(KvCacheType::Q4_0)),
+        );
     }
 
     #[test]

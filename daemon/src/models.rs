@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use llmd_kernels::backend::{CpuBackend, CudaBackend, DeviceMemory};
+use llmd_kernels::backend::{CpuBackend, CudaBackend, DeviceMemory, KvType, KvTypes};
 use llmd_kernels::cpu::ThreadPool;
 use llmd_shared::{
-    ErrorCode, ErrorReply, LoadRequest, ModelDetails, PlanReply, PlannedDevice, ResplitReply,
-    ResplitRequest, StagePlacement,
+    ErrorCode, ErrorReply, KvCacheType, LoadRequest, ModelDetails, PlanReply, PlannedDevice,
+    ResplitReply, ResplitRequest, StagePlacement,
 };
 
 use crate::engine::{Job, ModelHandle, ResplitOutcome, WorkerLimits};
@@ -51,7 +51,8 @@ pub struct LoadedModel {
     pub threads: u32,
     /// The memory-mapped file the weights come from (re-read when layers move).
     source: Arc<ModelFile>,
-    /// What the model's pieces cost on a device, for plans.
+    /// What the model's pieces cost on a device, for plans (with its KV cache types, which the
+    /// pipeline allocates and a re-split keeps).
     sizes: ModelSizes,
     /// The threads every stage of this model computes on.
     pool: Arc<ThreadPool>,
@@ -104,6 +105,12 @@ impl LoadedModel {
         self.placement()
     }
 
+    /// Element types of its KV caches' keys and values, as the wire names them.
+    pub fn cache_types(&self) -> (KvCacheType, KvCacheType) {
+        let t = self.sizes.kv_types;
+        (wire_cache_type(t.k), wire_cache_type(t.v))
+    }
+
     /// Bytes held on `device`.
     pub fn bytes_on(&self, device: &str) -> u64 {
         self.placement()
@@ -123,6 +130,7 @@ impl LoadedModel {
 
     /// The wire description.
     pub fn details(&self) -> ModelDetails {
+        let (cache_type_k, cache_type_v) = self.cache_types();
         ModelDetails {
             name: self.name.clone(),
             path: self.path.display().to_string(),
@@ -132,8 +140,44 @@ impl LoadedModel {
             threads: self.threads,
             placement: self.placement(),
             running: self.running.load(Ordering::SeqCst),
+            cache_type_k,
+            cache_type_v,
         }
     }
+}
+
+/// The kernels' cache type of a wire cache type.
+fn kernel_cache_type(t: KvCacheType) -> KvType {
+    match t {
+        KvCacheType::F16 => KvType::F16,
+        KvCacheType::Q8_0 => KvType::Q8_0,
+        KvCacheType::Q4_0 => KvType::Q4_0,
+    }
+}
+
+/// The wire name of a kernels' cache type.
+fn wire_cache_type(t: KvType) -> KvCacheType {
+    match t {
+        KvType::F16 => KvCacheType::F16,
+        KvType::Q8_0 => KvCacheType::Q8_0,
+        KvType::Q4_0 => KvCacheType::Q4_0,
+    }
+}
+
+/// The KV cache types a request asks for: f16 where it names none.
+fn requested_cache_types(k: Option<KvCacheType>, v: Option<KvCacheType>) -> KvTypes {
+    KvTypes {
+        k: kernel_cache_type(k.unwrap_or_default()),
+        v: kernel_cache_type(v.unwrap_or_default()),
+    }
+}
+
+/// Refuses (`unsupported`, with the reason) cache types whose blocks do not tile the model's
+/// heads.
+fn check_cache_types(types: KvTypes, config: &ModelConfig) -> Result<(), ErrorReply> {
+    types
+        .check_head_dim(config.head_dim)
+        .map_err(|e| ErrorReply::new(ErrorCode::Unsupported, e.to_string()))
 }
 
 /// The placement of a pipeline's stages.
@@ -294,6 +338,8 @@ pub fn plan_reply(path: &str, architecture: &str, sizes: &ModelSizes, p: &Plan) 
         n_layer: sizes.n_layer as u32,
         ctx: p.ctx as u32,
         batch: MAX_BATCH as u32,
+        cache_type_k: wire_cache_type(sizes.kv_types.k),
+        cache_type_v: wire_cache_type(sizes.kv_types.v),
         embedding_bytes: sizes.embedding_bytes,
         devices: p
             .devices
@@ -339,8 +385,11 @@ pub fn plan_blocking(
     memory_of: &dyn Fn(&Device) -> Arc<DeviceMemory>,
 ) -> Result<PlanReply, ErrorReply> {
     let chosen = name_devices(&req.devices, devices)?;
+    let kv_types = requested_cache_types(req.cache_type_k, req.cache_type_v);
     let (description, config, sizes) =
-        ModelSizes::open(Path::new(&req.path), MAX_BATCH, MAX_SEQUENCES).map_err(load_error)?;
+        ModelSizes::open(Path::new(&req.path), MAX_BATCH, MAX_SEQUENCES, kv_types)
+            .map_err(load_error)?;
+    check_cache_types(kv_types, &config)?;
     let ctx = resolve_ctx(req.ctx, config.context_length);
     let plan_devs = plan_devices(&chosen, memory_of, &|_| 0);
     let p = make_plan(&sizes, &plan_devs, &req.split, req.gpu_layers, ctx)?;
@@ -405,7 +454,15 @@ pub fn load_blocking(
     .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, format!("chat template: {e}")))?;
     let ctx = resolve_ctx(req.ctx, model.config.context_length);
     let model = model.with_context(ctx as usize);
-    let sizes = ModelSizes::new(&model.source.file, &model.config, MAX_BATCH, MAX_SEQUENCES);
+    let kv_types = requested_cache_types(req.cache_type_k, req.cache_type_v);
+    check_cache_types(kv_types, &model.config)?;
+    let sizes = ModelSizes::new(
+        &model.source.file,
+        &model.config,
+        MAX_BATCH,
+        MAX_SEQUENCES,
+        kv_types,
+    );
     let plan_devs = plan_devices(&chosen, memory_of, &|_| 0);
     let p = make_plan(&sizes, &plan_devs, &req.split, None, ctx)?;
     if let Some(v) = &p.verdict {
@@ -443,8 +500,9 @@ pub fn load_blocking(
             })
         })
         .collect::<Result<_, ErrorReply>>()?;
-    let pipeline =
-        build_pipeline(&model, specs, MAX_BATCH, MAX_SEQUENCES, progress).map_err(load_error)?;
+    let pipeline = build_pipeline(&model, specs, MAX_BATCH, MAX_SEQUENCES, progress)
+        .map_err(load_error)?
+        .with_kv_types(kv_types);
     let placement = placement_of(&pipeline);
     let bytes: u64 = placement.iter().map(|s| s.weight_bytes).sum();
     let limits = WorkerLimits {

@@ -96,11 +96,14 @@ impl ModelRegistry {
                 let mut devices: Vec<String> =
                     m.placement().into_iter().map(|s| s.device).collect();
                 devices.dedup();
+                let (cache_type_k, cache_type_v) = m.cache_types();
                 ModelInfo {
                     name: name.clone(),
                     path: m.path.display().to_string(),
                     devices,
                     memory_bytes: m.memory_bytes(),
+                    cache_type_k,
+                    cache_type_v,
                 }
             })
             .collect()

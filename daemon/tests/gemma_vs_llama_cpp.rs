@@ -7,6 +7,9 @@
 //!   llama.cpp's token at every step where llama.cpp's two best logits are at least 0.5 apart
 //!   (closer than that, llama.cpp's own f16 and f32 KV caches part ways);
 //! - free-running greedy generation identical up to the first near-tie.
+//!
+//! Once with llmd's and llama.cpp's default f16 KV cache, once with q8_0 keys and values
+//! (llama.cpp with flash attention and its Hadamard-rotated quantized cache; half the prompts).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use llmd::model::load::{build_pipeline, OpenedModel, StageSpec};
 use llmd::model::StageBackend;
 use llmd::model::{Batch, Pipeline};
 use llmd::tokenizer::Tokenizer;
-use llmd_kernels::backend::{CpuBackend, DeviceMemory};
+use llmd_kernels::backend::{CpuBackend, DeviceMemory, KvType, KvTypes};
 use llmd_kernels::cpu::ThreadPool;
 use serde_json::Value;
 
@@ -46,7 +49,7 @@ fn gemma() -> Option<PathBuf> {
     }
 }
 
-fn pipeline(model: &OpenedModel) -> Pipeline {
+fn pipeline(model: &OpenedModel, kv: KvTypes) -> Pipeline {
     let pool = Arc::new(ThreadPool::new(2).expect("threads"));
     let backend = StageBackend::Cpu(Arc::new(CpuBackend::new(
         "cpu:0",
@@ -58,7 +61,9 @@ fn pipeline(model: &OpenedModel) -> Pipeline {
         layers: 0..model.config.n_layer,
         head: true,
     }];
-    build_pipeline(model, stages, 64, 1, |_, _| {}).expect("pipeline")
+    build_pipeline(model, stages, 64, 1, |_, _| {})
+        .expect("pipeline")
+        .with_kv_types(kv)
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -81,12 +86,40 @@ fn step(p: &mut Pipeline, seq: u64, tokens: &[u32], start: usize, logits: &mut V
 #[test]
 fn gemma3_matches_llama_cpp() {
     let Some(path) = gemma() else { return };
-    let fixture: Value =
-        serde_json::from_str(include_str!("../../tests/fixtures/gemma3_greedy.json"))
-            .expect("fixture");
     let model = OpenedModel::open(&path).expect("open");
+    check(
+        &model,
+        include_str!("../../tests/fixtures/gemma3_greedy.json"),
+        200,
+    );
+}
+
+#[test]
+fn gemma3_with_a_q8_0_kv_cache_matches_llama_cpp_with_one() {
+    let Some(path) = gemma() else { return };
+    let model = OpenedModel::open(&path).expect("open");
+    check(
+        &model,
+        include_str!("../../tests/fixtures/gemma3_greedy_q8_0.json"),
+        100,
+    );
+}
+
+/// Checks `model` against the fixture `json` (its KV cache types, f16 when it names none),
+/// requiring at least `min_checked` decisive teacher-forced steps.
+fn check(model: &OpenedModel, json: &str, min_checked: usize) {
+    let fixture: Value = serde_json::from_str(json).expect("fixture");
+    let cache = |side: &str| {
+        fixture[side]
+            .as_str()
+            .map_or(KvType::F16, |t| t.parse().expect("cache type"))
+    };
+    let kv = KvTypes {
+        k: cache("cache_type_k"),
+        v: cache("cache_type_v"),
+    };
     let tokenizer = Tokenizer::from_metadata(&model.description.tokenizer).expect("tokenizer");
-    let mut p = pipeline(&model);
+    let mut p = pipeline(model, kv);
     let mut logits = Vec::new();
     let (mut checked, mut agreed, mut free_compared) = (0, 0, 0);
     let mut worst_logit = 0.0f32;
@@ -187,11 +220,11 @@ fn gemma3_matches_llama_cpp() {
         free_compared += first_tie;
     }
     println!(
-        "teacher-forced steps checked: {checked} (all agreed: {agreed}); free-running tokens compared: \
-         {free_compared}; worst top-10 logit difference {worst_logit:.4}"
+        "KV {kv}: teacher-forced steps checked: {checked} (all agreed: {agreed}); free-running \
+         tokens compared: {free_compared}; worst top-10 logit difference {worst_logit:.4}"
     );
     assert!(
-        checked >= 200,
+        checked >= min_checked,
         "too few decisive steps in the fixture: {checked}"
     );
 }

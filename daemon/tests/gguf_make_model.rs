@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use llmd::gguf::{GgufError, GgufFile, InspectReport, ModelDescription, NormKind, ReportFromFile};
 use llmd::make_model::{self, MakeModelArgs};
+use llmd_kernels::backend::KvTypes;
 use llmd_kernels::quant::{dequantize, GgmlType};
 
 #[derive(Parser)]
@@ -351,7 +352,7 @@ fn header_only_405b_with_rope_freqs_is_planned() {
         "{}",
         r.parameters
     );
-    let (_, config, sizes) = ModelSizes::open(&path, 512, 64).unwrap();
+    let (_, config, sizes) = ModelSizes::open(&path, 512, 64, KvTypes::F16).unwrap();
     assert!(config.rope_factors.is_some());
     // Each layer: its tensors plus the 64 factors (256 bytes and their f32 copy).
     let blk0: u64 = f
@@ -554,7 +555,7 @@ fn new_presets_plan_from_their_headers() {
             (b / billions - 1.0).abs() < 0.05,
             "{arch} {preset}: {b:.2}B"
         );
-        let (_, config, sizes) = ModelSizes::open(&path, 512, 64).unwrap();
+        let (_, config, sizes) = ModelSizes::open(&path, 512, 64, KvTypes::F16).unwrap();
         assert_eq!(sizes.layer_weight_bytes.len(), config.n_layer);
         assert!(sizes.layer_weight_bytes.iter().all(|&b| b > 0));
     }

@@ -1,23 +1,29 @@
-// Attention of f32 queries over one sequence's f16 KV cache, with grouped-query attention,
+// Attention of f32 queries over one sequence's KV cache, with grouped-query attention,
 // sliding windows, a logit scale and optional tanh soft-capping; online softmax (running max
-// and sum), f32 accumulation.
+// and sum), f32 accumulation. One kernel per pair of cache types: attn_{prefill,decode}_<k>_<v>
+// with <k>, <v> in f16, q8_0, q4_0 (kv.cuh). f16 keys are dotted with the f32 query; Q8_0 and
+// Q4_0 keys with the query quantized to Q8_0 (warp_quantize_q8_0, as the CPU backend does, after
+// llama.cpp), summing each block's integer products exactly (__dp4a) and scaling by the two
+// block scales. Quantized values are dequantized (scale times integer) as they are accumulated.
 //
 // Shapes and conventions shared by the kernels:
 //   q, out:     n_queries rows of n_heads * head_dim f32 (the host offsets both to the first
 //               row); head h of query i at [(i * n_heads + h) * head_dim].
-//   k, v:       the layer's cache: capacity positions of n_kv_heads * head_dim f16; key of
-//               position p, kv head g at [(p * n_kv_heads + g) * head_dim]. Query head h uses kv
-//               head h / (n_heads / n_kv_heads).
+//   k, v:       the layer's cache: capacity positions of n_kv_heads * head_dim values of the
+//               kernel's types (kv.cuh); key of position p, kv head g starts at value
+//               (p * n_kv_heads + g) * head_dim. Query head h uses kv head h / (n_heads /
+//               n_kv_heads).
 //   positions:  n_queries u32: the cache position of each query; it sees keys kp with
 //               kp <= pos and (window == 0 or pos - kp < window). Every such position must have
-//               been stored (kv_store_f16) before the call.
+//               been stored (kv_store_<type>) before the call.
 //   logit:      s = scale * (q . k); with softcap > 0, s = softcap * tanh(s / softcap).
-//   head_dim:   a multiple of 8, at most 256 (host-checked).
+//   head_dim:   a multiple of 8 (of 32 with a quantized type), at most 256 (host-checked).
 //   part:       with n_splits = gridDim.z > 1, each (query, head, split) writes (max, sum,
 //               acc[head_dim]) to part[((i * n_heads + h) * n_splits + z) * (head_dim + 2)]
 //               and attn_combine_f32 produces out; with n_splits = 1 out is written directly
 //               and part is unused (may be null).
 #include "common.cuh"
+#include "kv.cuh"
 
 #define ATT_TILE 32
 #define ATT_MAX_D 256
@@ -77,23 +83,127 @@ static __device__ __forceinline__ void split_range(int range_lo, int range_hi, i
     hi = min(range_hi, lo + chunk);
 }
 
-// attn_prefill_f16kv: causal attention of many queries (prefill), flash-attention style. A block
-// takes ATT_PREFILL_WARPS = 8 consecutive queries of one head (one warp each); tiles of 32 keys
-// and values are staged in shared memory once for all 8 queries (K rows padded to an odd number
-// of words, so lane j reading key j is bank-conflict free); lane j scores key j of the tile,
-// then every lane accumulates head dims lane, lane + 32, ... of the weighted values.
-// Shared memory: 16.1 KiB K + 16 KiB V + 8 KiB queries.
+// Words (ints of 4 signed 8-bit values) per staged key row of a quantized tile in prefill: an odd
+// number, so lane j reading word w of key j is bank-conflict free.
+#define ATT_KQ_STRIDE (ATT_MAX_D / 4 + 1)
+// Blocks of 32 values per head at most.
+#define ATT_MAX_BLOCKS (ATT_MAX_D / LLMD_QK)
+
+// Shared memory of one staged tile of keys (or values) of type T in prefill: f16 keys as half2
+// rows padded to an odd number of words, f16 values as unpadded half2 rows; quantized keys as
+// int words (ATT_KQ_STRIDE per row) then one float scale per block, quantized values as signed
+// bytes (ATT_MAX_D per row) then one float scale per block.
+template <int T, bool KEYS> static constexpr int att_stage_bytes() {
+    return T == KV_F16 ? ATT_TILE * (KEYS ? ATT_MAX_D / 2 + 1 : ATT_MAX_D / 2) * 4
+                       : ATT_TILE * (KEYS ? ATT_KQ_STRIDE * 4 : ATT_MAX_D) +
+                             ATT_TILE * ATT_MAX_BLOCKS * 4;
+}
+
+// Stages keys (KEYS) or values of positions t0 .. t0 + ATT_TILE - 1 of kv head kvh from `cache`
+// into `st`, zeros past `hi`; all threads of the block take part.
+template <int T, bool KEYS>
+static __device__ __forceinline__ void att_stage(unsigned char *st, const void *cache, int t0,
+                                                 int hi, int n_kv_heads, int kvh, int head_dim) {
+    if constexpr (T == KV_F16) {
+        const int d2 = head_dim / 2;
+        const int stride = KEYS ? d2 | 1 : d2;
+        const __half2 *c2 = (const __half2 *)cache;
+        __half2 *s2 = (__half2 *)st;
+        for (int idx = threadIdx.x; idx < ATT_TILE * d2; idx += blockDim.x) {
+            const int j = idx / d2;
+            const int w = idx % d2;
+            const int kp = t0 + j;
+            __half2 x = __float2half2_rn(0.0f);
+            if (kp < hi) {
+                x = c2[((long long)kp * n_kv_heads + kvh) * d2 + w];
+            }
+            s2[j * stride + w] = x;
+        }
+    } else {
+        const int d4 = head_dim / 4;
+        const int nb = head_dim / LLMD_QK;
+        int *words = (int *)st;
+        float *scales = (float *)(st + ATT_TILE * (KEYS ? ATT_KQ_STRIDE * 4 : ATT_MAX_D));
+        for (int idx = threadIdx.x; idx < ATT_TILE * d4; idx += blockDim.x) {
+            const int j = idx / d4;
+            const int w = idx % d4;
+            const int kp = t0 + j;
+            int x = 0;
+            if (kp < hi) {
+                const long long o = ((long long)kp * n_kv_heads + kvh) * head_dim + 4 * w;
+                x = kv_block_word<T>(kv_block<T>(cache, o), w % 8);
+            }
+            words[j * (KEYS ? ATT_KQ_STRIDE : ATT_MAX_D / 4) + w] = x;
+        }
+        for (int idx = threadIdx.x; idx < ATT_TILE * nb; idx += blockDim.x) {
+            const int j = idx / nb;
+            const int b = idx % nb;
+            const int kp = t0 + j;
+            float d = 0.0f;
+            if (kp < hi) {
+                const long long o = ((long long)kp * n_kv_heads + kvh) * head_dim + b * LLMD_QK;
+                d = kv_block_scale(kv_block<T>(cache, o));
+            }
+            scales[j * ATT_MAX_BLOCKS + b] = d;
+        }
+    }
+}
+
+// Quantizes this warp's query (head_dim values in `qf`) to Q8_0: signed bytes into `qq` (as int
+// words), block scales into `qd`. Every lane of the warp takes part; lane-private reads of `qf`
+// (each lane reads the values it wrote), so only `qq`/`qd` need a barrier before use.
+static __device__ __forceinline__ void att_quantize_query(const float *qf, int *qq, float *qd,
+                                                          int head_dim, int first_block,
+                                                          int block_step) {
+    const int lane = threadIdx.x % LLMD_WARP;
+    for (int b = first_block; b < head_dim / LLMD_QK; b += block_step) {
+        __half d;
+        const int q = warp_quantize_q8_0(qf[b * LLMD_QK + lane], d);
+        ((signed char *)qq)[b * LLMD_QK + lane] = (signed char)q;
+        if (lane == 0) {
+            qd[b] = __half2float(d);
+        }
+    }
+}
+
+// `key · query` for quantized keys given by `word(w)` (int word w of the key row) and
+// `scale(b)` (block b's scale): per block the exact integer sum of products, times the two
+// scales.
+template <typename W, typename S>
+static __device__ __forceinline__ float att_dot_q8(W word, S scale, const int *qq, const float *qd,
+                                                   int head_dim) {
+    float dot = 0.0f;
+    for (int b = 0; b < head_dim / LLMD_QK; ++b) {
+        int sum = 0;
+#pragma unroll
+        for (int w = 0; w < 8; ++w) {
+            sum = __dp4a(word(b * 8 + w), qq[b * 8 + w], sum);
+        }
+        dot = fmaf(scale(b) * qd[b], (float)sum, dot);
+    }
+    return dot;
+}
+
+// attn_prefill_<k>_<v>: causal attention of many queries (prefill), flash-attention style. A
+// block takes ATT_PREFILL_WARPS = 8 consecutive queries of one head (one warp each); tiles of 32
+// keys and values are staged in shared memory once for all 8 queries (key rows padded to an odd
+// number of words, so lane j reading key j is bank-conflict free); lane j scores key j of the
+// tile, then every lane accumulates head dims lane, lane + 32, ... of the weighted values.
+// Shared memory: f16 tiles 16.1 KiB K + 16 KiB V, quantized ones 9.1 / 9 KiB; 8 KiB queries (and
+// 2.3 KiB for the queries as Q8_0 with quantized keys).
 // Launch: blockDim.x = 256, gridDim = (n_heads, ceil(n_queries / 8), n_splits) (n_splits = 1
 // usually; more only to fill the GPU when there are few queries).
-extern "C" __global__ void __launch_bounds__(LLMD_WARP *ATT_PREFILL_WARPS)
-    attn_prefill_f16kv(const float *__restrict__ q, const __half *__restrict__ k,
-                       const __half *__restrict__ v, float *__restrict__ out,
-                       float *__restrict__ part, const unsigned int *__restrict__ positions,
-                       int n_queries, int n_heads, int n_kv_heads, int head_dim, float scale,
-                       int window, float softcap) {
-    __shared__ __half2 ks[ATT_TILE * (ATT_MAX_D / 2 + 1)];
-    __shared__ __half2 vs[ATT_TILE * (ATT_MAX_D / 2)];
+template <int KT, int VT>
+static __device__ __forceinline__ void
+attn_prefill(const float *__restrict__ q, const void *__restrict__ k, const void *__restrict__ v,
+             float *__restrict__ out, float *__restrict__ part,
+             const unsigned int *__restrict__ positions, int n_queries, int n_heads,
+             int n_kv_heads, int head_dim, float scale, int window, float softcap) {
+    __shared__ __align__(16) unsigned char ks[att_stage_bytes<KT, true>()];
+    __shared__ __align__(16) unsigned char vs[att_stage_bytes<VT, false>()];
     __shared__ __align__(16) float qs[ATT_PREFILL_WARPS][ATT_MAX_D];
+    __shared__ int qq[ATT_PREFILL_WARPS][KT == KV_F16 ? 1 : ATT_MAX_D / 4];
+    __shared__ float qd[ATT_PREFILL_WARPS][KT == KV_F16 ? 1 : ATT_MAX_BLOCKS];
     __shared__ int range[2];
 
     const int lane = threadIdx.x % LLMD_WARP;
@@ -104,11 +214,12 @@ extern "C" __global__ void __launch_bounds__(LLMD_WARP *ATT_PREFILL_WARPS)
     const bool valid = qi < n_queries;
     const int pos = valid ? (int)positions[qi] : 0;
     const int start = (valid && window > 0) ? max(0, pos - window + 1) : 0;
-    const int d2 = head_dim / 2;
-    const int kstride = d2 | 1; // odd number of words per staged K row
 
     for (int d = lane; d < head_dim; d += LLMD_WARP) {
         qs[warp][d] = valid ? q[((long long)qi * n_heads + h) * head_dim + d] : 0.0f;
+    }
+    if constexpr (KT != KV_F16) {
+        att_quantize_query(qs[warp], qq[warp], qd[warp], head_dim, 0, 1);
     }
     if (threadIdx.x == 0) {
         int lo = 0x7fffffff, hi = 0;
@@ -127,8 +238,6 @@ extern "C" __global__ void __launch_bounds__(LLMD_WARP *ATT_PREFILL_WARPS)
     int lo, hi;
     split_range(range[0], range[1], lo, hi);
 
-    const __half2 *k2 = (const __half2 *)k;
-    const __half2 *v2 = (const __half2 *)v;
     float m = LLMD_NEG_INF, l = 0.0f;
     float acc[ATT_MAX_PER_LANE];
 #pragma unroll
@@ -137,19 +246,8 @@ extern "C" __global__ void __launch_bounds__(LLMD_WARP *ATT_PREFILL_WARPS)
     }
     for (int t0 = lo; t0 < hi; t0 += ATT_TILE) {
         __syncthreads(); // the previous tile is no longer read
-        for (int idx = threadIdx.x; idx < ATT_TILE * d2; idx += blockDim.x) {
-            const int j = idx / d2;
-            const int w = idx % d2;
-            const int kp = t0 + j;
-            __half2 kv = __float2half2_rn(0.0f), vv = __float2half2_rn(0.0f);
-            if (kp < hi) {
-                const long long off = ((long long)kp * n_kv_heads + kvh) * d2 + w;
-                kv = k2[off];
-                vv = v2[off];
-            }
-            ks[j * kstride + w] = kv;
-            vs[j * d2 + w] = vv;
-        }
+        att_stage<KT, true>(ks, k, t0, hi, n_kv_heads, kvh, head_dim);
+        att_stage<VT, false>(vs, v, t0, hi, n_kv_heads, kvh, head_dim);
         __syncthreads();
 
         const int kp = t0 + lane;
@@ -157,12 +255,21 @@ extern "C" __global__ void __launch_bounds__(LLMD_WARP *ATT_PREFILL_WARPS)
         float s = LLMD_NEG_INF;
         if (allowed) {
             float dot = 0.0f;
-            const __half2 *kr = ks + lane * kstride;
-            const float2 *qr = (const float2 *)qs[warp];
-            for (int w = 0; w < d2; ++w) {
-                const float2 kf = __half22float2(kr[w]);
-                const float2 qf = qr[w];
-                dot = fmaf(qf.x, kf.x, fmaf(qf.y, kf.y, dot));
+            if constexpr (KT == KV_F16) {
+                const int d2 = head_dim / 2;
+                const __half2 *kr = (const __half2 *)ks + lane * (d2 | 1);
+                const float2 *qr = (const float2 *)qs[warp];
+                for (int w = 0; w < d2; ++w) {
+                    const float2 kf = __half22float2(kr[w]);
+                    const float2 qf = qr[w];
+                    dot = fmaf(qf.x, kf.x, fmaf(qf.y, kf.y, dot));
+                }
+            } else {
+                const int *kr = (const int *)ks + lane * ATT_KQ_STRIDE;
+                const float *kd = (const float *)(ks + ATT_TILE * ATT_KQ_STRIDE * 4) +
+                                  lane * ATT_MAX_BLOCKS;
+                dot = att_dot_q8([&](int w) { return kr[w]; }, [&](int b) { return kd[b]; },
+                                 qq[warp], qd[warp], head_dim);
             }
             s = attn_logit(dot, scale, softcap);
         }
@@ -178,7 +285,6 @@ extern "C" __global__ void __launch_bounds__(LLMD_WARP *ATT_PREFILL_WARPS)
         for (int i = 0; i < ATT_MAX_PER_LANE; ++i) {
             acc[i] *= corr;
         }
-        const __half *vh = (const __half *)vs;
         for (int j = 0; j < ATT_TILE; ++j) {
             const float pj = __shfl_sync(LLMD_FULL_MASK, p, j);
             if (pj == 0.0f) {
@@ -188,7 +294,15 @@ extern "C" __global__ void __launch_bounds__(LLMD_WARP *ATT_PREFILL_WARPS)
             for (int i = 0; i < ATT_MAX_PER_LANE; ++i) {
                 const int d = lane + LLMD_WARP * i;
                 if (d < head_dim) {
-                    acc[i] = fmaf(pj, __half2float(vh[j * head_dim + d]), acc[i]);
+                    float x;
+                    if constexpr (VT == KV_F16) {
+                        x = __half2float(((const __half *)vs)[j * head_dim + d]);
+                    } else {
+                        const float *vd = (const float *)(vs + ATT_TILE * ATT_MAX_D);
+                        x = vd[j * ATT_MAX_BLOCKS + i] *
+                            (float)((const signed char *)vs)[j * ATT_MAX_D + d];
+                    }
+                    acc[i] = fmaf(pj, x, acc[i]);
                 }
             }
         }
@@ -199,20 +313,23 @@ extern "C" __global__ void __launch_bounds__(LLMD_WARP *ATT_PREFILL_WARPS)
     }
 }
 
-// attn_decode_f16kv: attention of few queries (decode: one per sequence step), each over the
+// attn_decode_<k>_<v>: attention of few queries (decode: one per sequence step), each over the
 // whole cache. A block takes one (head, query, split); its 4 warps take interleaved tiles of 32
-// keys; lane j of a warp scores key j reading the key row straight from global memory in 16-byte
-// pieces, values are read coalesced (lane = head dim). The 4 warps' states are merged in shared
-// memory at the end. Long caches should use n_splits > 1 (e.g. one split per 512 keys, enough to
-// give every SM a few blocks) followed by attn_combine_f32.
+// keys; lane j of a warp scores key j reading the key row straight from global memory (f16 in
+// 16-byte pieces, quantized blocks in 4-byte words), values are read coalesced (lane = head dim).
+// The 4 warps' states are merged in shared memory at the end. Long caches should use n_splits > 1
+// (e.g. one split per 512 keys, enough to give every SM a few blocks) followed by
+// attn_combine_f32.
 // Launch: blockDim.x = 128, gridDim = (n_heads, n_queries, n_splits).
-extern "C" __global__ void __launch_bounds__(LLMD_WARP *ATT_DECODE_WARPS)
-    attn_decode_f16kv(const float *__restrict__ q, const __half *__restrict__ k,
-                      const __half *__restrict__ v, float *__restrict__ out,
-                      float *__restrict__ part, const unsigned int *__restrict__ positions,
-                      int n_queries, int n_heads, int n_kv_heads, int head_dim, float scale,
-                      int window, float softcap) {
+template <int KT, int VT>
+static __device__ __forceinline__ void
+attn_decode(const float *__restrict__ q, const void *__restrict__ k, const void *__restrict__ v,
+            float *__restrict__ out, float *__restrict__ part,
+            const unsigned int *__restrict__ positions, int n_queries, int n_heads, int n_kv_heads,
+            int head_dim, float scale, int window, float softcap) {
     __shared__ float qs[ATT_MAX_D];
+    __shared__ int qq[KT == KV_F16 ? 1 : ATT_MAX_D / 4];
+    __shared__ float qd[KT == KV_F16 ? 1 : ATT_MAX_BLOCKS];
     __shared__ float states[ATT_DECODE_WARPS][ATT_MAX_D + 2];
 
     const int lane = threadIdx.x % LLMD_WARP;
@@ -227,10 +344,13 @@ extern "C" __global__ void __launch_bounds__(LLMD_WARP *ATT_DECODE_WARPS)
         qs[d] = q[qh * head_dim + d];
     }
     __syncthreads();
+    if constexpr (KT != KV_F16) {
+        att_quantize_query(qs, qq, qd, head_dim, warp, ATT_DECODE_WARPS);
+        __syncthreads();
+    }
     int lo, hi;
     split_range(start, pos + 1, lo, hi);
 
-    const int d8 = head_dim / 8;
     float m = LLMD_NEG_INF, l = 0.0f;
     float acc[ATT_MAX_PER_LANE];
 #pragma unroll
@@ -242,17 +362,29 @@ extern "C" __global__ void __launch_bounds__(LLMD_WARP *ATT_DECODE_WARPS)
         const bool allowed = kp < hi;
         float s = LLMD_NEG_INF;
         if (allowed) {
-            const uint4 *kr = (const uint4 *)(k + ((long long)kp * n_kv_heads + kvh) * head_dim);
+            const long long row = ((long long)kp * n_kv_heads + kvh) * head_dim;
             float dot = 0.0f;
-            for (int w = 0; w < d8; ++w) {
-                const uint4 raw = kr[w];
-                const unsigned int words[4] = {raw.x, raw.y, raw.z, raw.w};
-                const float *qp = qs + 8 * w;
+            if constexpr (KT == KV_F16) {
+                const uint4 *kr = (const uint4 *)((const __half *)k + row);
+                for (int w = 0; w < head_dim / 8; ++w) {
+                    const uint4 raw = kr[w];
+                    const unsigned int words[4] = {raw.x, raw.y, raw.z, raw.w};
+                    const float *qp = qs + 8 * w;
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const float2 kf = u32_to_float2(words[e]);
-                    dot = fmaf(qp[2 * e], kf.x, fmaf(qp[2 * e + 1], kf.y, dot));
+                    for (int e = 0; e < 4; ++e) {
+                        const float2 kf = u32_to_float2(words[e]);
+                        dot = fmaf(qp[2 * e], kf.x, fmaf(qp[2 * e + 1], kf.y, dot));
+                    }
                 }
+            } else {
+                const void *first = kv_block<KT>(k, row);
+                const int block_bytes = KT == KV_Q8_0 ? (int)sizeof(block_q8_0)
+                                                      : (int)sizeof(block_q4_0);
+                const unsigned char *kb = (const unsigned char *)first;
+                dot = att_dot_q8(
+                    [&](int w) { return kv_block_word<KT>(kb + (w / 8) * block_bytes, w % 8); },
+                    [&](int b) { return kv_block_scale(kb + b * block_bytes); }, qq, qd,
+                    head_dim);
             }
             s = attn_logit(dot, scale, softcap);
         }
@@ -271,12 +403,12 @@ extern "C" __global__ void __launch_bounds__(LLMD_WARP *ATT_DECODE_WARPS)
         const int n_keys = min(ATT_TILE, hi - t0);
         for (int j = 0; j < n_keys; ++j) {
             const float pj = __shfl_sync(LLMD_FULL_MASK, p, j);
-            const __half *vr = v + ((long long)(t0 + j) * n_kv_heads + kvh) * head_dim;
+            const long long row = ((long long)(t0 + j) * n_kv_heads + kvh) * head_dim;
 #pragma unroll
             for (int i = 0; i < ATT_MAX_PER_LANE; ++i) {
                 const int d = lane + LLMD_WARP * i;
                 if (d < head_dim) {
-                    acc[i] = fmaf(pj, __half2float(vr[d]), acc[i]);
+                    acc[i] = fmaf(pj, kv_value<VT>(v, row + d), acc[i]);
                 }
             }
         }
@@ -324,6 +456,37 @@ extern "C" __global__ void __launch_bounds__(LLMD_WARP *ATT_DECODE_WARPS)
     }
     attn_write(out, part, qh, head_dim, gridDim.z, mt, lt, acc_t);
 }
+
+// The kernels of one pair of cache types (see attn_prefill / attn_decode for launches).
+#define ATT_KERNELS(kname, KT, vname, VT)                                                        \
+    extern "C" __global__ void __launch_bounds__(LLMD_WARP *ATT_PREFILL_WARPS)                   \
+        attn_prefill_##kname##_##vname(                                                          \
+            const float *__restrict__ q, const void *__restrict__ k, const void *__restrict__ v, \
+            float *__restrict__ out, float *__restrict__ part,                                   \
+            const unsigned int *__restrict__ positions, int n_queries, int n_heads,              \
+            int n_kv_heads, int head_dim, float scale, int window, float softcap) {              \
+        attn_prefill<KT, VT>(q, k, v, out, part, positions, n_queries, n_heads, n_kv_heads,      \
+                             head_dim, scale, window, softcap);                                  \
+    }                                                                                            \
+    extern "C" __global__ void __launch_bounds__(LLMD_WARP *ATT_DECODE_WARPS)                    \
+        attn_decode_##kname##_##vname(                                                           \
+            const float *__restrict__ q, const void *__restrict__ k, const void *__restrict__ v, \
+            float *__restrict__ out, float *__restrict__ part,                                   \
+            const unsigned int *__restrict__ positions, int n_queries, int n_heads,              \
+            int n_kv_heads, int head_dim, float scale, int window, float softcap) {              \
+        attn_decode<KT, VT>(q, k, v, out, part, positions, n_queries, n_heads, n_kv_heads,       \
+                            head_dim, scale, window, softcap);                                   \
+    }
+
+ATT_KERNELS(f16, KV_F16, f16, KV_F16)
+ATT_KERNELS(f16, KV_F16, q8_0, KV_Q8_0)
+ATT_KERNELS(f16, KV_F16, q4_0, KV_Q4_0)
+ATT_KERNELS(q8_0, KV_Q8_0, f16, KV_F16)
+ATT_KERNELS(q8_0, KV_Q8_0, q8_0, KV_Q8_0)
+ATT_KERNELS(q8_0, KV_Q8_0, q4_0, KV_Q4_0)
+ATT_KERNELS(q4_0, KV_Q4_0, f16, KV_F16)
+ATT_KERNELS(q4_0, KV_Q4_0, q8_0, KV_Q8_0)
+ATT_KERNELS(q4_0, KV_Q4_0, q4_0, KV_Q4_0)
 
 // attn_combine_f32: merges n_splits partial states (max m_z, sum l_z, acc_z) of each (query,
 // head): out = sum_z exp(m_z - M) acc_z / sum_z exp(m_z - M) l_z with M = max_z m_z (0 when no

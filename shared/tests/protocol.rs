@@ -13,9 +13,10 @@ use llmd_shared::frame::{read_frame_with_limit, HEADER_BYTES};
 use llmd_shared::handshake::MAX_HELLO_BYTES;
 use llmd_shared::{
     decode_frame, encode_frame, read_frame, write_frame, CudaStatus, DeviceInfo, DeviceKind,
-    DoctorRequest, ErrorCode, ErrorReply, Event, FrameError, Hello, HelloReply, MetricsReply,
-    MetricsRequest, ModelInfo, Reply, Request, Response, StatusReply, StatusRequest, Token,
-    VersionReply, VersionRequest, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    DoctorRequest, ErrorCode, ErrorReply, Event, FrameError, Hello, HelloReply, KvCacheType,
+    ListReply, LoadReply, LoadRequest, MetricsReply, MetricsRequest, ModelDetails, ModelInfo,
+    Reply, Request, Response, StatusReply, StatusRequest, Token, VersionReply, VersionRequest,
+    MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 
 /// splitmix64: a tiny seeded PRNG so failures reproduce.
@@ -59,6 +60,8 @@ fn sample_responses() -> Vec<Response> {
                 path: "/models/gemma.gguf".into(),
                 devices: vec!["cpu:0".into()],
                 memory_bytes: 253 << 20,
+                cache_type_k: KvCacheType::Q8_0,
+                cache_type_v: KvCacheType::F16,
             }],
             connections: 3,
             requests_running: 1,
@@ -112,6 +115,33 @@ fn sample_responses() -> Vec<Response> {
         Response::Reply(Reply::Metrics(MetricsReply {
             text: "# HELP llmd_gpu_power_watts Power draw\n".into(),
         })),
+        Response::Reply(Reply::Load(LoadReply {
+            name: "gemma".into(),
+            path: "/models/gemma.gguf".into(),
+            architecture: "gemma3".into(),
+            n_layer: 18,
+            ctx: 4096,
+            placement: vec![],
+            load_secs: 0.5,
+            bytes_loaded: 1 << 20,
+            replaced: false,
+            cache_type_k: KvCacheType::Q4_0,
+            cache_type_v: KvCacheType::Q8_0,
+        })),
+        Response::Reply(Reply::List(ListReply {
+            models: vec![ModelDetails {
+                name: "gemma".into(),
+                path: "/models/gemma.gguf".into(),
+                architecture: "gemma3".into(),
+                n_layer: 18,
+                ctx: 4096,
+                threads: 2,
+                placement: vec![],
+                running: 0,
+                cache_type_k: KvCacheType::F16,
+                cache_type_v: KvCacheType::Q4_0,
+            }],
+        })),
         Response::Reply(Reply::Version(VersionReply {
             daemon_version: "0.1.0".into(),
             protocol_version: PROTOCOL_VERSION,
@@ -136,6 +166,16 @@ fn sample_requests() -> Vec<Request> {
         Request::Version(VersionRequest {}),
         Request::Doctor(DoctorRequest {}),
         Request::Metrics(MetricsRequest {}),
+        Request::Load(LoadRequest {
+            path: "/models/gemma.gguf".into(),
+            cache_type_k: Some(KvCacheType::Q8_0),
+            cache_type_v: Some(KvCacheType::Q4_0),
+            ..LoadRequest::default()
+        }),
+        Request::Load(LoadRequest {
+            path: "/models/gemma.gguf".into(),
+            ..LoadRequest::default()
+        }),
     ]
 }
 

@@ -1,16 +1,16 @@
 //! `llmctl plan` on a 70B-shaped model (80 layers, Q4_K_M, header only, made by
 //! `llmd make-model`): two 24 GiB devices at split 1,1 get llama.cpp's layer ranges, it fits at
-//! 8k context, and at 64k it does not, with the numbers and a context that fits.
+//! 8k context, and at 64k it does not, with the numbers and a context that fits; at 32k it fits
+//! only with a quantized KV cache.
 
 mod common;
 
 use common::{command, run_bounded, Daemon};
 use std::time::Duration;
 
-#[test]
-fn seventy_b_on_two_24_gib_devices() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("70b.gguf");
+/// A header-only 70B-shaped Q4_K_M model (`llmd make-model --preset 70b --header-only`).
+fn seventy_b(dir: &std::path::Path) -> std::path::PathBuf {
+    let file = dir.join("70b.gguf");
     let mut make = command("llmd");
     make.args([
         "make-model",
@@ -30,39 +30,61 @@ fn seventy_b_on_two_24_gib_devices() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    file
+}
 
-    let d = Daemon::builder()
+/// A daemon with two CPU devices of 24 GiB, standing in for two 24 GiB GPUs.
+fn two_24_gib_devices() -> Daemon {
+    Daemon::builder()
         .config(
             "[[devices]]\nid = \"cpu:0\"\nmemory_budget = \"24GiB\"\n\
              [[devices]]\nid = \"cpu:1\"\nmemory_budget = \"24GiB\"\n",
         )
-        .start();
+        .start()
+}
+
+/// `llmctl plan FILE --devices cpu:0,cpu:1 --split 1,1 --ctx CTX --json EXTRA..`: exit code,
+/// the plan, stderr.
+fn plan_json(
+    d: &Daemon,
+    file: &str,
+    ctx: &str,
+    extra: &[&str],
+) -> (Option<i32>, serde_json::Value, String) {
+    let mut args = vec![
+        "plan",
+        file,
+        "--devices",
+        "cpu:0,cpu:1",
+        "--split",
+        "1,1",
+        "--ctx",
+        ctx,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = d.llmctl(&args);
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let v: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("{e}: {line}\n{}", String::from_utf8_lossy(&out.stderr)));
+    (
+        out.status.code(),
+        v,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn seventy_b_on_two_24_gib_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = seventy_b(dir.path());
+    let d = two_24_gib_devices();
     let f = file.to_str().unwrap();
-    let plan = |ctx: &str| {
-        let out = d.llmctl(&[
-            "plan",
-            f,
-            "--devices",
-            "cpu:0,cpu:1",
-            "--split",
-            "1,1",
-            "--ctx",
-            ctx,
-            "--json",
-        ]);
-        let line = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string();
-        let v: serde_json::Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("{e}: {line}\n{}", String::from_utf8_lossy(&out.stderr)));
-        (
-            out.status.code(),
-            v,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let plan = |ctx: &str| plan_json(&d, f, ctx, &[]);
 
     let (code, p, _) = plan("8192");
     assert_eq!(code, Some(0), "{p}");
@@ -140,4 +162,59 @@ fn seventy_b_on_two_24_gib_devices() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("warning: every layer is on cpu:0"), "{text}");
     assert!(text.contains("warning: cpu:1 gets no layers"), "{text}");
+}
+
+/// The case quantized KV caches are for: a 70B at 32k context on two 24 GiB devices does not
+/// fit with an f16 cache, and fits with a q8_0 one, whose plan counts 34 bytes per 32 values of
+/// K and of V (`plan` shows the smaller KV and the type it assumed).
+#[test]
+fn seventy_b_at_32k_fits_two_24_gib_devices_only_with_a_q8_0_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = seventy_b(dir.path());
+    let d = two_24_gib_devices();
+    let f = file.to_str().unwrap();
+    let (code, f16, err) = plan_json(&d, f, "32768", &[]);
+    assert_eq!(code, Some(1), "f16 at 32k must not fit: {f16}");
+    assert!(err.contains("does not fit"), "{err}");
+    assert_eq!(f16["cache_type_k"], "f16");
+    let (code, q8, _) = plan_json(
+        &d,
+        f,
+        "32768",
+        &["--cache-type-k", "q8_0", "--cache-type-v", "q8_0"],
+    );
+    assert_eq!(code, Some(0), "q8_0 at 32k must fit: {q8}");
+    assert_eq!(
+        (&q8["cache_type_k"], &q8["cache_type_v"]),
+        (&"q8_0".into(), &"q8_0".into())
+    );
+    let stages = q8["stages"].as_array().unwrap();
+    // 41 layers, 32768 positions, 8 KV heads of 128: 1024 values of K and of V per layer and
+    // position, 32 blocks of 34 bytes each.
+    assert_eq!(stages[0]["layer_end"], 41);
+    assert_eq!(stages[0]["kv_bytes"], 41u64 * 32768 * 2 * 1024 / 32 * 34);
+    assert_eq!(
+        stages[0]["kv_bytes"].as_u64().unwrap() * 64,
+        f16["stages"][0]["kv_bytes"].as_u64().unwrap() * 34
+    );
+    let text = String::from_utf8_lossy(
+        &d.llmctl(&[
+            "plan",
+            f,
+            "--devices",
+            "cpu:0,cpu:1",
+            "--ctx",
+            "32768",
+            "--ctk",
+            "q8_0",
+            "--ctv",
+            "q8_0",
+        ])
+        .stdout,
+    )
+    .into_owned();
+    assert!(
+        text.contains("KV cache q8_0/q8_0") && text.contains("fits"),
+        "{text}"
+    );
 }

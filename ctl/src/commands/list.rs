@@ -1,5 +1,6 @@
 //! `llmctl list`: resident models and their placement. `--json`: one `ModelDetails` object per
-//! line (name, path, architecture, n_layer, ctx, threads, placement[...], running).
+//! line (name, path, architecture, n_layer, ctx, threads, placement[...], running, cache_type_k,
+//! cache_type_v).
 
 use llmd_shared::{ListRequest, Reply, Request};
 
@@ -26,11 +27,13 @@ pub fn run(_args: ListArgs, ctx: &Ctx) -> Result<(), CtlError> {
     let mut text = String::new();
     for m in &r.models {
         text.push_str(&format!(
-            "{} ({}, {} layers, ctx {}, {} threads, {} running)\n  {}\n{}",
+            "{} ({}, {} layers, ctx {}, KV cache {}/{}, {} threads, {} running)\n  {}\n{}",
             m.name,
             m.architecture,
             m.n_layer,
             m.ctx,
+            m.cache_type_k,
+            m.cache_type_v,
             m.threads,
             m.running,
             m.path,

@@ -1,6 +1,7 @@
 //! `llmctl load FILE`: makes a model resident; shows progress on a terminal. `--json` prints the
 //! daemon's `LoadReply` (name, path, architecture, n_layer, ctx, placement[{device, layer_start,
-//! layer_end, output, weight_bytes, kv_bytes}], load_secs, bytes_loaded, replaced).
+//! layer_end, output, weight_bytes, kv_bytes}], load_secs, bytes_loaded, replaced, cache_type_k,
+//! cache_type_v).
 
 use std::io::{IsTerminal, Write};
 
@@ -26,6 +27,8 @@ pub fn run(args: LoadArgs, ctx: &Ctx) -> Result<(), CtlError> {
             None => Vec::new(),
         },
         replace: args.replace,
+        cache_type_k: args.cache.cache_type_k,
+        cache_type_v: args.cache.cache_type_v,
     });
     let mut client = ctx.connect()?;
     client.set_reply_timeout(None)?;
@@ -49,11 +52,13 @@ pub fn run(args: LoadArgs, ctx: &Ctx) -> Result<(), CtlError> {
     }
     let verb = if r.replaced { "replaced" } else { "loaded" };
     ctx.out.text(&format!(
-        "{verb} {} ({}, {} layers, ctx {}) in {:.2}s, {} of weights\n{}",
+        "{verb} {} ({}, {} layers, ctx {}, KV cache {}/{}) in {:.2}s, {} of weights\n{}",
         r.name,
         r.architecture,
         r.n_layer,
         r.ctx,
+        r.cache_type_k,
+        r.cache_type_v,
         r.load_secs,
         human_bytes(r.bytes_loaded),
         placement_table(&r.placement)

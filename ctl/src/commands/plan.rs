@@ -1,5 +1,6 @@
 //! `llmctl plan FILE`: the daemon's split plan for a model file, without loading it. `--json`
-//! prints the daemon's `PlanReply` (path, architecture, n_layer, ctx, batch, embedding_bytes,
+//! prints the daemon's `PlanReply` (path, architecture, n_layer, ctx, batch, cache_type_k,
+//! cache_type_v, embedding_bytes,
 //! devices[{name, budget_bytes, free_bytes, need_bytes, split}], stages[{device, layer_start,
 //! layer_end, output, weight_bytes, kv_bytes, scratch_bytes}], fits, problems, suggestion,
 //! warnings). A plan that does not fit is printed, then reported as a `does_not_fit` error
@@ -26,6 +27,8 @@ pub fn run(args: PlanArgs, ctx: &Ctx) -> Result<(), CtlError> {
         },
         gpu_layers: args.gpu_layers,
         ctx: args.ctx,
+        cache_type_k: args.cache.cache_type_k,
+        cache_type_v: args.cache.cache_type_v,
     });
     let mut client = ctx.connect()?;
     let reply = client.request(&request, |_| Ok(()))?;
@@ -54,12 +57,15 @@ pub fn run(args: PlanArgs, ctx: &Ctx) -> Result<(), CtlError> {
 /// The human-readable plan: one line per stage, one per device, then warnings.
 pub fn plan_text(r: &PlanReply) -> String {
     let mut out = format!(
-        "{} ({}, {} layers) at ctx {}, batch {}; embedding {} stays in the mapped file\n",
+        "{} ({}, {} layers) at ctx {}, batch {}, KV cache {}/{}; embedding {} stays in the \
+         mapped file\n",
         r.path,
         r.architecture,
         r.n_layer,
         r.ctx,
         r.batch,
+        r.cache_type_k,
+        r.cache_type_v,
         human_bytes(r.embedding_bytes)
     );
     for s in &r.stages {

@@ -1,7 +1,7 @@
 //! `llmctl status`: the daemon's state. `--json` prints the daemon's `StatusReply` as is
 //! (fields: daemon_version, protocol_version, pid, uptime_secs, socket, config, devices[{name,
 //! kind, memory_budget_bytes, memory_used_bytes, description, unavailable}], models[{name, path,
-//! devices, memory_bytes}], connections, requests_running, cuda {devices, unavailable}, gpu {nvml, driver_version, cuda_version, gpus[...], p2p[...],
+//! devices, memory_bytes, cache_type_k, cache_type_v}], connections, requests_running, cuda {devices, unavailable}, gpu {nvml, driver_version, cuda_version, gpus[...], p2p[...],
 //! sampled_at_unix_ms}, power {psu_watts, ..., worst_case_headroom_percent, ...},
 //! model_layers[{name, layers[{device, layers}]}]). A GPU reading is `{"value": x}`,
 //! `"not_supported"` or `{"error": "why"}`.
@@ -126,10 +126,12 @@ fn render(s: &StatusReply) -> String {
         for m in &s.models {
             let _ = writeln!(
                 out,
-                "  {:<20} {:>10}  on {}  ({})",
+                "  {:<20} {:>10}  on {}  KV cache {}/{}  ({})",
                 m.name,
                 human_bytes(m.memory_bytes),
                 m.devices.join(", "),
+                m.cache_type_k,
+                m.cache_type_v,
                 m.path
             );
         }

@@ -126,7 +126,7 @@ impl StageBackend {
             .sum();
         let kv: u64 = kv
             .iter()
-            .map(|c| kv_cache_bytes(c.capacity, c.view.n_kv_heads, c.view.head_dim))
+            .map(|c| kv_cache_bytes(c.capacity, c.view.n_kv_heads, c.view.head_dim, c.view.types))
             .sum();
         weights + kv
     }

@@ -12,12 +12,14 @@
 //! logits there. Quantized weights: both backends quantize activations to 8 bits, in different
 //! block formats (and the GEMM path not at all), so 4% of the spread; F32/F16/BF16 weights: 1%
 //! (BF16: the CPU rounds activations to bf16 as ggml does, the GPU keeps f32 or f16; 0.23%
-//! measured on the fake driver).
+//! measured on the fake driver). The same with quantized KV caches (cases with
+//! [`Case::kv`] set): both backends quantize (and rotate) keys and values identically, so only
+//! a value on a rounding boundary may land one step apart.
 
 use std::sync::Arc;
 
 use clap::Parser;
-use llmd_kernels::backend::{CpuBackend, CudaBackend, DeviceMemory};
+use llmd_kernels::backend::{CpuBackend, CudaBackend, DeviceMemory, KvType, KvTypes};
 use llmd_kernels::cpu::ThreadPool;
 
 use super::backend::StageBackend;
@@ -206,6 +208,8 @@ struct Case {
     extra: &'static [&'static str],
     /// Tolerance (see the module's documentation).
     tol: f32,
+    /// KV cache types.
+    kv: KvTypes,
     /// Whether a quick run (the fake driver) compares it, and on which devices: `Twin` on
     /// `cuda:0` and on `cuda:0,cuda:0`, `One` on `cuda:0` only (an emulated case costs ~10 s
     /// per device set).
@@ -244,6 +248,8 @@ const CASES: &[Case] = &[
     case("qwen2", "q5_k_m", &[], 0.04, Quick::No),
     case("qwen3", "iq4_xs", &[], 0.04, Quick::One),
     case("gemma3", "iq4_nl", &[], 0.04, Quick::No),
+    // Quantized KV caches (Q8_0 keys, Q4_0 values, both rotated).
+    case_kv("llama", "f32", 0.01, Quick::One),
     // Llama 3.1's frequency factors (a weight the rope kernel reads).
     case(
         "llama",
@@ -322,7 +328,16 @@ const fn case(
         ty,
         extra,
         tol,
+        kv: KvTypes::F16,
         quick,
+    }
+}
+
+/// A [`Case`] with KV caches of [`KV_TYPES`].
+const fn case_kv(arch: &'static str, ty: &'static str, tol: f32, quick: Quick) -> Case {
+    Case {
+        kv: KV_TYPES,
+        ..case(arch, ty, &[], tol, quick)
     }
 }
 
@@ -384,6 +399,13 @@ fn comparison_harness_on_the_cpu() {
     }
 }
 
+/// Quantized KV caches for the cases that test them (keys Q8_0, values Q4_0: both quantizers,
+/// both rotations).
+const KV_TYPES: KvTypes = KvTypes {
+    k: KvType::Q8_0,
+    v: KvType::Q4_0,
+};
+
 /// Set (by the fake-driver run) to compare only the cases marked for it (see [`Quick`]) over
 /// [`QUICK_TOKENS`]: the emulated GPU runs every GPU thread on the CPU.
 const QUICK_ENV: &str = "LLMD_GPU_CHECK_QUICK";
@@ -414,11 +436,13 @@ fn gpu_whole_models_match_the_cpu_backend() {
             ty,
             extra,
             tol,
+            kv,
             ..
         } = *c;
         let model = make(dir.path(), arch, ty, extra);
         let toks = tokens(model.config.n_vocab);
-        let mut reference = pipeline(&model, &[cpu("cpu:0")]);
+        let kv_name = (kv != KvTypes::F16).then(|| format!("KV {kv}"));
+        let mut reference = pipeline(&model, &[cpu("cpu:0")]).with_kv_types(kv);
         let want_decode = logits(&mut reference, &toks, false);
         let want_prefill = logits(&mut reference, &toks, true);
         let mut devices: Vec<(&str, Vec<StageBackend>)> = vec![("cuda:0", vec![gpu("cuda:0")])];
@@ -429,10 +453,11 @@ fn gpu_whole_models_match_the_cpu_backend() {
             .iter()
             .chain(extra)
             .copied()
+            .chain(kv_name.as_deref())
             .collect::<Vec<_>>()
             .join(" ");
         for (what, backends) in devices {
-            let mut p = pipeline(&model, &backends);
+            let mut p = pipeline(&model, &backends).with_kv_types(kv);
             for (mode, one_batch, want) in [
                 ("prefill", true, &want_prefill),
                 ("decode", false, &want_decode),
@@ -473,10 +498,10 @@ fn gpu_resplit_on_the_fake_driver() {
 
 /// A sequence decoded token by token while its model is re-split live, so that its layers and
 /// KV caches move host to GPU, GPU to GPU (peer to peer when there are two GPUs, else within one
-/// GPU between two backends) and GPU to host, gives the CPU's logits at every position.
+/// GPU between two backends) and GPU to host, gives the CPU's logits at every position, with f16
+/// and with quantized KV caches.
 #[test]
 fn gpu_resplit_moves_weights_and_caches_between_devices() {
-    use super::resplit::{build_layout, layout_of, resplit, Layout, LiveSequence};
     use std::collections::HashMap;
 
     if !llmd_kernels::fake_cuda::cuda_or_skip() {
@@ -491,10 +516,30 @@ fn gpu_resplit_moves_weights_and_caches_between_devices() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (arch, ty, tol) = ("qwen3", "q4_k_m", 0.04);
     let model = make(dir.path(), arch, ty, &[]);
+    // f16 caches, then quantized ones (moved as bytes, still rotated).
+    for kv in [KvTypes::F16, KV_TYPES] {
+        resplit_while_decoding(&model, &backends, kv, tol);
+    }
+}
+
+/// Decodes [`tokens`] on `model` while re-splitting it cpu:0 + cuda:0 -> cuda:0 + cuda:1 ->
+/// cuda:1 + cpu:0, with KV caches of `kv`, and compares the logits with the CPU's.
+fn resplit_while_decoding(
+    model: &OpenedModel,
+    backends: &std::collections::HashMap<String, StageBackend>,
+    kv: KvTypes,
+    tol: f32,
+) {
+    use super::resplit::{build_layout, layout_of, resplit, Layout, LiveSequence};
+
     let n_layer = model.config.n_layer;
     let half = n_layer / 2;
     let toks = tokens(model.config.n_vocab);
-    let want = logits(&mut pipeline(&model, &[cpu("cpu:0")]), &toks, false);
+    let want = logits(
+        &mut pipeline(model, &[cpu("cpu:0")]).with_kv_types(kv),
+        &toks,
+        false,
+    );
     let stage = |device: &str, layers: std::ops::Range<usize>, head: bool| Layout {
         device: device.into(),
         layers,
@@ -516,7 +561,7 @@ fn gpu_resplit_moves_weights_and_caches_between_devices() {
             stage("cpu:0", half..n_layer, true),
         ],
     ];
-    let mut p = build_layout(&model, &backends, &layouts[0], N_TOKENS, N_TOKENS);
+    let mut p = build_layout(model, backends, &layouts[0], N_TOKENS, N_TOKENS).with_kv_types(kv);
     let every = toks.len() / layouts.len();
     let capacity = toks.len();
     let got = logits_with(&mut p, &toks, false, |p, pos| {
@@ -534,7 +579,7 @@ fn gpu_resplit_moves_weights_and_caches_between_devices() {
             p,
             &*model.source,
             target,
-            &backends,
+            backends,
             &live,
             N_TOKENS,
             N_TOKENS,
@@ -547,11 +592,11 @@ fn gpu_resplit_moves_weights_and_caches_between_devices() {
     let (worst, flipped) = compare(&want, &got, tol);
     let ok = worst <= tol && flipped.is_empty();
     println!(
-        "{arch} {ty} re-split cpu:0 -> cuda:0 -> cuda:1 -> cpu:0 while decoding: worst difference \
+        "KV {kv} re-split cpu:0 -> cuda:0 -> cuda:1 -> cpu:0 while decoding: worst difference \
          {worst:.2e} of the spread (tolerance {tol:.0e}), greedy flips {flipped:?}"
     );
-    assert!(ok, "{worst} {flipped:?}");
-    for (name, b) in &backends {
+    assert!(ok, "KV {kv}: {worst} {flipped:?}");
+    for (name, b) in backends {
         if let StageBackend::Cuda(gpu) = b {
             let held = layout_of(&p).iter().any(|l| l.device == *name);
             assert_eq!(gpu.used_bytes() > 0, held, "{name} holds only what it runs");

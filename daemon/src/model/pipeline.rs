@@ -5,7 +5,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use llmd_kernels::backend::{BackendError, HostStaging};
+use llmd_kernels::backend::{BackendError, HostStaging, KvTypes};
 use llmd_kernels::quant;
 
 use super::backend::{DeviceBackend, StageBackend};
@@ -27,8 +27,13 @@ pub trait PipelineStage: Send {
     fn kv_bytes(&self) -> u64;
     /// Whether it holds the output head.
     fn has_head(&self) -> bool;
-    /// Allocates KV caches for a new sequence.
-    fn add_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), BackendError>;
+    /// Allocates KV caches of `types` for a new sequence.
+    fn add_sequence(
+        &mut self,
+        seq: SeqId,
+        capacity: usize,
+        types: KvTypes,
+    ) -> Result<(), BackendError>;
     /// Frees a sequence's KV caches.
     fn remove_sequence(&mut self, seq: SeqId);
     /// Its device's backend.
@@ -66,8 +71,13 @@ impl<B: DeviceBackend> PipelineStage for Stage<B> {
     fn has_head(&self) -> bool {
         Stage::has_head(self)
     }
-    fn add_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), BackendError> {
-        Stage::add_sequence(self, seq, capacity)
+    fn add_sequence(
+        &mut self,
+        seq: SeqId,
+        capacity: usize,
+        types: KvTypes,
+    ) -> Result<(), BackendError> {
+        Stage::add_sequence(self, seq, capacity, types)
     }
     fn remove_sequence(&mut self, seq: SeqId) {
         Stage::remove_sequence(self, seq)
@@ -121,6 +131,9 @@ pub struct Pipeline {
     want_staging: bool,
     /// Stage boundaries crossed device to device.
     device_handoffs: u64,
+    /// Element types of the KV caches of sequences added from now on (f16 unless the load asked
+    /// otherwise; a re-split keeps the running sequences' caches as they are).
+    kv_types: KvTypes,
 }
 
 impl Pipeline {
@@ -155,7 +168,20 @@ impl Pipeline {
             staging: None,
             want_staging: true,
             device_handoffs: 0,
+            kv_types: KvTypes::F16,
         })
+    }
+
+    /// The pipeline with KV caches of `types` for the sequences it adds (the caller has checked
+    /// that the model's heads are whole blocks of them: [`KvTypes::check_head_dim`]).
+    pub fn with_kv_types(mut self, types: KvTypes) -> Self {
+        self.kv_types = types;
+        self
+    }
+
+    /// Element types of the KV caches it allocates.
+    pub fn kv_types(&self) -> KvTypes {
+        self.kv_types
     }
 
     /// Hyperparameters.
@@ -184,10 +210,10 @@ impl Pipeline {
         &mut self.stages
     }
 
-    /// Allocates KV caches for a sequence on every stage.
+    /// Allocates KV caches (of [`Pipeline::kv_types`]) for a sequence on every stage.
     pub fn add_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), BackendError> {
         for i in 0..self.stages.len() {
-            if let Err(e) = self.stages[i].add_sequence(seq, capacity) {
+            if let Err(e) = self.stages[i].add_sequence(seq, capacity, self.kv_types) {
                 for s in &mut self.stages[..i] {
                     s.remove_sequence(seq);
                 }

@@ -6,9 +6,11 @@
 //! cut the sequence of `n_layer + 1` layers, the output layer counting as layer `n_layer`; with
 //! `gpu_layers = N` only the last `N` layers (and the output when `N > n_layer`) go on the GPU
 //! devices, the rest on the CPU device. Costs are what llmd's backends charge: a weight's bytes as
-//! stored (plus an f32 copy of one-row tensors, the norms and biases), an f16 K and V per layer and
-//! position, and the activation buffers of [`super::stage::Stage`] for the largest batch. The KV
-//! figure is for **one sequence of the full context**; the daemon allocates each running
+//! stored (plus an f32 copy of one-row tensors, the norms and biases), a K and V per layer and
+//! position in the load's cache types (f16 by default, Q8_0 or Q4_0 blocks:
+//! [`llmd_kernels::backend::kv_cache_bytes`], what the backends charge), and the activation
+//! buffers of [`super::stage::Stage`] for the largest batch. The KV figure is for **one sequence
+//! of the full context**; the daemon allocates each running
 //! generation `min(ctx, prompt + max_tokens)` positions, up to `MAX_SEQUENCES` at once, on demand.
 //!
 //! A plan that does not fit says by how much on which device and suggests what does fit: another
@@ -18,6 +20,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
+use llmd_kernels::backend::{kv_cache_bytes, KvTypes};
 use thiserror::Error;
 
 use super::config::ModelConfig;
@@ -54,7 +57,10 @@ pub struct ModelSizes {
     /// Bytes of the token embedding table, read from the memory-mapped file on the host (not
     /// placed on any device).
     pub embedding_bytes: u64,
-    /// KV cache bytes per layer and position (f16 K and V: `2 * n_head_kv * head_dim * 2`).
+    /// Element types of the KV cache the sizes count.
+    pub kv_types: KvTypes,
+    /// KV cache bytes per layer and position: K and V of `kv_types` (f16:
+    /// `2 * n_head_kv * head_dim * 2`; Q8_0 34 and Q4_0 18 bytes per 32 values).
     pub kv_bytes_per_layer_position: u64,
     /// Activation buffers of a stage that runs layers or the head, for the largest batch.
     pub stage_scratch_bytes: u64,
@@ -77,12 +83,14 @@ fn device_bytes(t: &TensorInfo) -> u64 {
 
 impl ModelSizes {
     /// The sizes of `file`'s model with `config`, for stages sized for batches of `max_batch`
-    /// tokens of which `max_logit_rows` may want logits.
+    /// tokens of which `max_logit_rows` may want logits, and KV caches of `kv_types` (whose fit
+    /// to the model's heads the caller checked: [`KvTypes::check_head_dim`]).
     pub fn new(
         file: &GgufFile,
         config: &ModelConfig,
         max_batch: usize,
         max_logit_rows: usize,
+        kv_types: KvTypes,
     ) -> Self {
         let bytes_of = |name: &str| file.tensor(name).map_or(0, device_bytes);
         let layer_weight_bytes = (0..config.n_layer)
@@ -110,18 +118,26 @@ impl ModelSizes {
             layer_weight_bytes,
             head_weight_bytes,
             embedding_bytes: file.tensor("token_embd.weight").map_or(0, |t| t.n_bytes),
-            kv_bytes_per_layer_position: 2 * config.kv_width() as u64 * 2,
+            kv_types,
+            kv_bytes_per_layer_position: kv_cache_bytes(
+                1,
+                config.n_head_kv,
+                config.head_dim,
+                kv_types,
+            ),
             stage_scratch_bytes: floats * 4,
             head_scratch_bytes: logit_rows * config.n_vocab as u64 * 4,
             context_length: config.context_length,
         }
     }
 
-    /// Opens `path`'s header (the tensor data may be missing) and sizes its model.
+    /// Opens `path`'s header (the tensor data may be missing) and sizes its model with KV caches
+    /// of `kv_types` (the caller checks them against the returned configuration's heads).
     pub fn open(
         path: &Path,
         max_batch: usize,
         max_logit_rows: usize,
+        kv_types: KvTypes,
     ) -> Result<(ModelDescription, Arc<ModelConfig>, ModelSizes), LoadError> {
         let file = GgufFile::open_header(path)?;
         let description = ModelDescription::from_gguf(&file)?;
@@ -136,7 +152,7 @@ impl ModelSizes {
         let config = Arc::new(model_config(&description, n_vocab, &|name| {
             file.tensor(name).is_some()
         })?);
-        let sizes = ModelSizes::new(&file, &config, max_batch, max_logit_rows);
+        let sizes = ModelSizes::new(&file, &config, max_batch, max_logit_rows, kv_types);
         Ok((description, config, sizes))
     }
 
@@ -676,6 +692,7 @@ mod tests {
             layer_weight_bytes: vec![530_000_000; 80],
             head_weight_bytes: 1_000_000_000,
             embedding_bytes: 1_000_000_000,
+            kv_types: KvTypes::F16,
             kv_bytes_per_layer_position: 2 * 8 * 128 * 2,
             stage_scratch_bytes: 200_000_000,
             head_scratch_bytes: 4_000_000,
@@ -880,6 +897,45 @@ mod tests {
             .and_then(|n| n.parse().ok())
             .unwrap();
         assert!(n < 40 && n > 0, "{s}");
+    }
+
+    /// The case quantized caches are for: a 70B at 32k context on two 24 GiB GPUs. With an f16
+    /// cache it does not fit at any split; with a Q8_0 cache (34 bytes per 32 values instead of
+    /// 64) the plan fits, its KV bytes exactly those of the kernels' Q8_0 cache.
+    #[test]
+    fn a_q8_0_cache_fits_a_70b_at_32k_on_two_24_gib_gpus() {
+        let devs = [device("cuda:0", 24), device("cuda:1", 24)];
+        let at_32k = |sizes: &ModelSizes| {
+            plan(
+                sizes,
+                &devs,
+                &PlanOptions {
+                    split: None,
+                    gpu_layers: None,
+                    ctx: 32768,
+                },
+            )
+            .unwrap()
+        };
+        let f16 = at_32k(&llama_70b());
+        assert!(!f16.fits(), "f16 at 32k must not fit");
+        let q8 = KvTypes::both(llmd_kernels::backend::KvType::Q8_0);
+        let sizes = ModelSizes {
+            kv_types: q8,
+            kv_bytes_per_layer_position: kv_cache_bytes(1, 8, 128, q8),
+            ..llama_70b()
+        };
+        assert_eq!(sizes.kv_bytes_per_layer_position, 2 * 8 * 128 / 32 * 34);
+        let p = at_32k(&sizes);
+        assert!(p.fits(), "{:?}", p.verdict);
+        let layers = p.stages[0].layers.len();
+        assert_eq!(
+            p.stages[0].kv_bytes,
+            kv_cache_bytes(32768, 8, 128, q8) * layers as u64
+        );
+        // Per layer, 34 bytes where f16 takes 64.
+        let per_layer = |p: &Plan| p.stages[0].kv_bytes / p.stages[0].layers.len() as u64;
+        assert_eq!(per_layer(&p) * 64, per_layer(&f16) * 34);
     }
 
     #[test]

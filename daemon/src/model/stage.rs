@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
-use llmd_kernels::backend::{AttentionParams, Backend, BackendError, DeviceActivations};
+use llmd_kernels::backend::{AttentionParams, Backend, BackendError, DeviceActivations, KvTypes};
 
 use super::batch::{Batch, SeqId};
 use super::config::ModelConfig;
@@ -270,13 +270,21 @@ impl<B: Backend> Stage<B> {
         self.head.is_some()
     }
 
-    /// Allocates KV caches for `seq` with room for `capacity` positions.
-    pub fn add_sequence(&mut self, seq: SeqId, capacity: usize) -> Result<(), BackendError> {
+    /// Allocates KV caches of `types` for `seq` with room for `capacity` positions.
+    pub fn add_sequence(
+        &mut self,
+        seq: SeqId,
+        capacity: usize,
+        types: KvTypes,
+    ) -> Result<(), BackendError> {
         let c = &self.config;
         let caches = self
             .kv
             .iter()
-            .map(|_| self.backend.alloc_kv(capacity, c.n_head_kv, c.head_dim))
+            .map(|_| {
+                self.backend
+                    .alloc_kv(capacity, c.n_head_kv, c.head_dim, types)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         for (layer, cache) in self.kv.iter_mut().zip(caches) {
             layer.insert(seq, cache);

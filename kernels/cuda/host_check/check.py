@@ -433,16 +433,84 @@ want = np.zeros((M, ldo))
 want[:, :N] = xg.astype(np.float64) @ wg.astype(np.float64).T
 compare("gemm_f32_nt", got, want, 1e-5)
 
-width, capacity = 300, 10
+def kv_q8_0(x):
+    """Rows -> Q8_0 bytes as ggml-cpu's x86 quantize_row_q8_0 (the CPU backend's KV store):
+    d = amax / 127 as f16, q = round-half-even(x * (127 / amax)), all in f32."""
+    b = x.reshape(-1, 32).astype(np.float32)
+    amax = np.max(np.abs(b), axis=1)
+    d = (amax / np.float32(127)).astype(np.float32)
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    q = np.rint(b * inv[:, None]).astype(np.int8)
+    out = np.zeros((b.shape[0], 34), dtype=np.uint8)
+    out[:, 0:2] = d.astype(np.float16).view(np.uint8).reshape(-1, 2)
+    out[:, 2:] = q.view(np.uint8)
+    return out
+
+
+def kv_q4_0(x):
+    """Rows -> Q4_0 bytes as ggml's quantize_row_q4_0_ref: d = m / -8 (m the first value of
+    largest magnitude), q = min(15, trunc(x * (1 / d) + 8.5)), all in f32."""
+    b = x.reshape(-1, 32).astype(np.float32)
+    m = b[np.arange(b.shape[0]), np.argmax(np.abs(b), axis=1)]
+    d = (m / np.float32(-8)).astype(np.float32)
+    inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
+    q = np.minimum(15, np.maximum(0, np.trunc(b * inv[:, None] + np.float32(8.5)))).astype(np.uint8)
+    out = np.zeros((b.shape[0], 18), dtype=np.uint8)
+    out[:, 0:2] = d.astype(np.float16).view(np.uint8).reshape(-1, 2)
+    out[:, 2:] = q[:, :16] | (q[:, 16:] << 4)
+    return out
+
+
+KV_TYPES = {"f16": None, "q8_0": (T.Q8_0, kv_q8_0), "q4_0": (T.Q4_0, kv_q4_0)}
+
+width, capacity = 320, 10
 src = rng.standard_normal((3, width)).astype(np.float32)
+src[1, 32:64] = 0.0  # an all-zero block: d = 0, q = 0 (q4_0: 8)
 kv_pos = np.array([4, 0, 9], dtype=np.uint32)
 (work / "x.bin").write_bytes(src.tobytes())
 (work / "pos.bin").write_bytes(kv_pos.tobytes())
-run("kv_store", "f16", work / "x.bin", work / "kv.bin", work / "pos.bin", width, capacity)
-got = np.fromfile(work / "kv.bin", dtype=np.float16).reshape(capacity, width)
-want = np.zeros((capacity, width), dtype=np.float16)
-want[kv_pos] = src.astype(np.float16)
-compare("kv_store_f16", got, want, 0)
+for name, spec in KV_TYPES.items():
+    run("kv_store", name, work / "x.bin", work / "kv.bin", work / "pos.bin", width, capacity)
+    raw = np.fromfile(work / "kv.bin", dtype=np.uint8)
+    if spec is None:
+        got = raw.view(np.float16).reshape(capacity, width)
+        want = np.zeros((capacity, width), dtype=np.float16)
+        want[kv_pos] = src.astype(np.float16)
+        compare("kv_store_f16", got, want, 0)
+        continue
+    ty, quantizer = spec
+    got = raw.reshape(capacity, -1)
+    want = np.zeros_like(got)
+    want[kv_pos] = quantizer(src).reshape(len(kv_pos), -1)
+    if not np.array_equal(got, want):
+        failures.append(f"kv_store_{name}: bytes differ from the CPU's quantizer")
+        continue
+    # The layout is ggml's: gguf's dequantizer reads the input back within a step.
+    back = quants.dequantize(got[kv_pos].reshape(len(kv_pos), -1), ty).reshape(src.shape)
+    step = np.max(np.abs(src)) / (127 if name == "q8_0" else 7)
+    compare(f"kv_store_{name} (bytes equal, dequantized by gguf)", back, src, step / np.max(np.abs(src)))
+
+def fwht(x, n):
+    """Chunks of n values rotated as ggml-cpu's fwht, in f32: x / sqrt(n), then butterflies."""
+    y = (x.reshape(-1, n).astype(np.float32) * (np.float32(1) / np.sqrt(np.float32(n)))).copy()
+    length = 1
+    while length < n:
+        y = y.reshape(-1, n // (2 * length), 2, length)
+        u, v = y[:, :, 0, :].copy(), y[:, :, 1, :].copy()
+        y[:, :, 0, :], y[:, :, 1, :] = u + v, u - v
+        length *= 2
+    return y.reshape(x.shape)
+
+
+for n in (64, 128, 256):
+    xr = rng.standard_normal(3 * n).astype(np.float32)
+    (work / "x.bin").write_bytes(xr.tobytes())
+    run("kv_rotate", "f32", work / "x.bin", work / "rot.bin", n)
+    got = np.fromfile(work / "rot.bin", dtype=np.float32)
+    compare(f"kv_rotate_f32 n={n} (ggml's fwht, bit for bit)", got, fwht(xr, n), 0)
+    h = np.array([[(-1) ** bin(i & j).count("1") for j in range(n)] for i in range(n)]) / np.sqrt(n)
+    compare(f"kv_rotate_f32 n={n} (the Hadamard matrix)", got,
+            (xr.reshape(-1, n).astype(np.float64) @ h.T).reshape(-1), 1e-6)
 
 xb = rng.standard_normal((3, 40)).astype(np.float32)
 bias = rng.standard_normal(40).astype(np.float32)
@@ -494,38 +562,69 @@ def attention_ref(q, k, v, pos, n_heads, n_kv, scale, window, softcap):
     return out
 
 
+def q8_0_query(x):
+    """The query as kernels with quantized keys use it: Q8_0 (kv_q8_0's rounding), dequantized."""
+    raw = kv_q8_0(x)
+    d = raw[:, 0:2].copy().view(np.float16).astype(np.float64)
+    return (raw[:, 2:].view(np.int8).astype(np.float64) * d).reshape(x.shape)
+
+
+def kv_cache(name, shape, garbage_from):
+    """A cache of `shape` (capacity, n_kv, head_dim) in type `name`: (bytes, values as read).
+    Positions from `garbage_from` hold NaN (f16 values, or block scales) that must never be read
+    into a result."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    if name == "f16":
+        h = x.astype(np.float16)
+        h[garbage_from:] = np.float16(np.nan)
+        return h.tobytes(), h.astype(np.float64)
+    ty = KV_TYPES[name][0]
+    raw = quants.quantize(x.reshape(shape[0], -1), ty).reshape(shape[0], -1, TYPES[name][2])
+    values = quants.dequantize(raw.reshape(shape[0], -1), ty).reshape(shape).astype(np.float64)
+    raw[garbage_from:, :, 0:2] = np.array([np.nan], dtype=np.float16).view(np.uint8)
+    return raw.tobytes(), values
+
+
 capacity = 400
 cases = [
-    # kernel, n_heads, n_kv, head_dim, positions, window, softcap, n_splits
-    ("prefill", 4, 2, 64, np.arange(60, 80), 0, 0.0, 1),
-    ("prefill", 2, 1, 256, np.arange(0, 11), 5, 30.0, 1),
-    ("prefill", 3, 3, 40, np.arange(30, 39), 0, 0.0, 3),
-    ("decode", 4, 1, 128, np.array([99, 7]), 0, 0.0, 1),
-    ("decode", 4, 2, 64, np.array([95]), 40, 0.0, 4),
-    ("decode", 2, 2, 256, np.array([3, 50]), 0, 20.0, 7),
+    # kernel, n_heads, n_kv, head_dim, positions, window, softcap, n_splits, K type, V type
+    ("prefill", 4, 2, 64, np.arange(60, 80), 0, 0.0, 1, "f16", "f16"),
+    ("prefill", 2, 1, 256, np.arange(0, 11), 5, 30.0, 1, "f16", "f16"),
+    ("prefill", 3, 3, 40, np.arange(30, 39), 0, 0.0, 3, "f16", "f16"),
+    ("decode", 4, 1, 128, np.array([99, 7]), 0, 0.0, 1, "f16", "f16"),
+    ("decode", 4, 2, 64, np.array([95]), 40, 0.0, 4, "f16", "f16"),
+    ("decode", 2, 2, 256, np.array([3, 50]), 0, 20.0, 7, "f16", "f16"),
     # several tiles per warp: the running max must rescale earlier tiles
-    ("decode", 4, 2, 64, np.array([330]), 0, 0.0, 1),
-    ("decode", 2, 1, 128, np.array([350, 200]), 300, 0.0, 2),
-    ("prefill", 2, 2, 32, np.arange(200, 204), 0, 0.0, 1),
+    ("decode", 4, 2, 64, np.array([330]), 0, 0.0, 1, "f16", "f16"),
+    ("decode", 2, 1, 128, np.array([350, 200]), 300, 0.0, 2, "f16", "f16"),
+    ("prefill", 2, 2, 32, np.arange(200, 204), 0, 0.0, 1, "f16", "f16"),
+    # quantized caches: every type as keys and as values, GQA, windows, softcap, splits
+    ("prefill", 4, 2, 64, np.arange(60, 80), 0, 0.0, 1, "q8_0", "q8_0"),
+    ("prefill", 2, 1, 256, np.arange(0, 11), 5, 30.0, 1, "q4_0", "q4_0"),
+    ("prefill", 2, 2, 32, np.arange(200, 204), 0, 0.0, 3, "q8_0", "f16"),
+    ("prefill", 4, 1, 128, np.arange(90, 100), 0, 0.0, 1, "f16", "q4_0"),
+    ("decode", 4, 1, 128, np.array([99, 7]), 0, 0.0, 1, "q4_0", "q8_0"),
+    ("decode", 4, 2, 64, np.array([95]), 40, 0.0, 4, "q8_0", "q4_0"),
+    ("decode", 2, 2, 256, np.array([3, 50]), 0, 20.0, 7, "q4_0", "f16"),
+    ("decode", 4, 2, 64, np.array([330]), 0, 0.0, 1, "f16", "q8_0"),
+    ("decode", 2, 1, 96, np.array([350, 200]), 300, 0.0, 2, "q8_0", "q8_0"),
 ]
-for kernel, n_heads, n_kv, hd, apos, window, softcap, n_splits in cases:
+for kernel, n_heads, n_kv, hd, apos, window, softcap, n_splits, kt, vt in cases:
     apos = apos.astype(np.uint32)
     q = rng.standard_normal((len(apos), n_heads, hd)).astype(np.float32)
-    k = rng.standard_normal((capacity, n_kv, hd)).astype(np.float16)
-    v = rng.standard_normal((capacity, n_kv, hd)).astype(np.float16)
-    # Positions beyond every query hold garbage that must never be read into the result.
-    k[apos.max() + 1:] = np.float16(np.nan)
-    v[apos.max() + 1:] = np.float16(np.nan)
+    k_raw, k = kv_cache(kt, (capacity, n_kv, hd), apos.max() + 1)
+    v_raw, v = kv_cache(vt, (capacity, n_kv, hd), apos.max() + 1)
+    q_used = q.astype(np.float64) if kt == "f16" else q8_0_query(q)
     scale = 1.0 / np.sqrt(hd)
     (work / "q.bin").write_bytes(q.tobytes())
-    (work / "k.bin").write_bytes(k.tobytes())
-    (work / "v.bin").write_bytes(v.tobytes())
+    (work / "k.bin").write_bytes(k_raw)
+    (work / "v.bin").write_bytes(v_raw)
     (work / "pos.bin").write_bytes(apos.tobytes())
     run("attention", kernel, work / "q.bin", work / "att.bin", work / "k.bin", work / "v.bin",
-        work / "pos.bin", n_heads, n_kv, hd, scale, window, softcap, n_splits)
+        work / "pos.bin", n_heads, n_kv, hd, scale, window, softcap, n_splits, kt, vt)
     got = np.fromfile(work / "att.bin", dtype=np.float32).reshape(q.shape)
-    want = attention_ref(q, k, v, apos, n_heads, n_kv, scale, window, softcap)
-    compare(f"attn_{kernel}_f16kv heads={n_heads}/{n_kv} d={hd} window={window} "
+    want = attention_ref(q_used, k, v, apos, n_heads, n_kv, scale, window, softcap)
+    compare(f"attn_{kernel}_{kt}_{vt} heads={n_heads}/{n_kv} d={hd} window={window} "
             f"softcap={softcap} splits={n_splits}", got, want, 1e-5)
 
 if failures:

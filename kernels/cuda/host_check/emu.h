@@ -180,6 +180,9 @@ static inline float __int_as_float(unsigned int u) {
     return f;
 }
 static inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+// Round-to-nearest f32 product and sum that are never fused (plain IEEE operations on the host).
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline int __dp4a(int a, int b, int c) {
     for (int i = 0; i < 4; ++i) {
         c += (int)(signed char)(a >> (8 * i)) * (int)(signed char)(b >> (8 * i));

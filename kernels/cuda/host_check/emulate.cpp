@@ -349,15 +349,33 @@ int main(int argc, char **argv) {
         });
         write_file(argv[4], out.data(), out.size() * 4);
     } else if (op == "kv_store") {
-        // IN: n_tokens x width f32; ARGS: pos_file width capacity; OUT: capacity x width f16
-        // (unwritten positions 0).
+        // TYPE: f16, q8_0 or q4_0. IN: n_tokens x width f32; ARGS: pos_file width capacity;
+        // OUT: capacity rows of width values of TYPE (unwritten positions 0).
         std::vector<unsigned char> pos = read_file(argv[5]);
         const int width = std::atoi(argv[6]), capacity = std::atoi(argv[7]);
-        std::vector<__half> cache((size_t)capacity * width, __half{0});
-        launch(ceil_div(width, 256), (unsigned)(pos.size() / 4), 256, [&] {
-            kv_store_f16((const float *)in.data(), cache.data(), (const unsigned *)pos.data(), width);
-        });
-        write_file(argv[4], cache.data(), cache.size() * 2);
+        const size_t row_bytes = type == "f16" ? (size_t)width * 2
+                                 : type == "q8_0" ? (size_t)width / 32 * sizeof(block_q8_0)
+                                                  : (size_t)width / 32 * sizeof(block_q4_0);
+        std::vector<unsigned char> cache((size_t)capacity * row_bytes, 0);
+        const float *x = (const float *)in.data();
+        const unsigned *p = (const unsigned *)pos.data();
+        auto run = [&](auto kernel, auto *typed) {
+            launch(ceil_div(width, 256), (unsigned)(pos.size() / 4), 256,
+                   [&] { kernel(x, typed, p, width); });
+        };
+        if (type == "f16") run(kv_store_f16, (__half *)cache.data());
+        else if (type == "q8_0") run(kv_store_q8_0, (block_q8_0 *)cache.data());
+        else if (type == "q4_0") run(kv_store_q4_0, (block_q4_0 *)cache.data());
+        else { std::fprintf(stderr, "bad type\n"); return 2; }
+        write_file(argv[4], cache.data(), cache.size());
+    } else if (op == "kv_rotate") {
+        // IN: f32 values (whole chunks); ARGS: n (chunk size); OUT: each chunk rotated.
+        const int n = std::atoi(argv[5]);
+        std::vector<float> x(in.size() / 4);
+        std::memcpy(x.data(), in.data(), in.size());
+        launch((unsigned)(x.size() / n), 1, (unsigned)n,
+               [&] { kv_rotate_f32(x.data(), x.data(), n); });
+        write_file(argv[4], x.data(), x.size() * 4);
     } else if (op == "simple") {
         // TYPE: add (IN: dst then src, n f32 each), scale (IN: n f32; ARGS: factor), softcap
         // (IN: n f32; ARGS: cap).
@@ -390,7 +408,8 @@ int main(int argc, char **argv) {
         write_file(argv[4], x.data(), x.size() * 4);
     } else if (op == "attention") {
         // TYPE: prefill or decode. IN: q; ARGS: k_file v_file pos_file n_heads n_kv_heads
-        // head_dim scale window softcap n_splits; OUT: n_queries x n_heads x head_dim f32.
+        // head_dim scale window softcap n_splits k_type v_type (f16, q8_0 or q4_0);
+        // OUT: n_queries x n_heads x head_dim f32.
         std::vector<unsigned char> k = read_file(argv[5]), v = read_file(argv[6]);
         std::vector<unsigned char> pos = read_file(argv[7]);
         const int n_heads = std::atoi(argv[8]), n_kv = std::atoi(argv[9]);
@@ -399,23 +418,39 @@ int main(int argc, char **argv) {
         const int window = std::atoi(argv[12]);
         const float softcap = (float)std::atof(argv[13]);
         const unsigned n_splits = (unsigned)std::atoi(argv[14]);
+        const std::string kv_types = std::string(argv[15]) + "_" + argv[16];
         const int n_queries = (int)(pos.size() / 4);
         std::vector<float> out((size_t)n_queries * n_heads * head_dim, NAN);
         std::vector<float> part((size_t)n_queries * n_heads * n_splits * (head_dim + 2), NAN);
         const float *q = (const float *)in.data();
-        const __half *kh = (const __half *)k.data(), *vh = (const __half *)v.data();
         const unsigned *p = (const unsigned *)pos.data();
-        if (type == "prefill") {
-            launch(dim3_t{(unsigned)n_heads, ceil_div(n_queries, 8), n_splits}, dim3_t{256, 1, 1}, [&] {
-                attn_prefill_f16kv(q, kh, vh, out.data(), part.data(), p, n_queries, n_heads, n_kv,
-                                   head_dim, scale, window, softcap);
-            });
-        } else {
-            launch(dim3_t{(unsigned)n_heads, (unsigned)n_queries, n_splits}, dim3_t{128, 1, 1}, [&] {
-                attn_decode_f16kv(q, kh, vh, out.data(), part.data(), p, n_queries, n_heads, n_kv,
-                                  head_dim, scale, window, softcap);
-            });
+        using Kernel = void (*)(const float *, const void *, const void *, float *, float *,
+                                const unsigned *, int, int, int, int, float, int, float);
+        const bool prefill = type == "prefill";
+#define ATT_PAIR(kname, vname)                                                                    \
+    {#kname "_" #vname, {attn_prefill_##kname##_##vname, attn_decode_##kname##_##vname}}
+        const std::vector<std::pair<std::string, std::pair<Kernel, Kernel>>> kernels = {
+            ATT_PAIR(f16, f16),  ATT_PAIR(f16, q8_0),  ATT_PAIR(f16, q4_0),
+            ATT_PAIR(q8_0, f16), ATT_PAIR(q8_0, q8_0), ATT_PAIR(q8_0, q4_0),
+            ATT_PAIR(q4_0, f16), ATT_PAIR(q4_0, q8_0), ATT_PAIR(q4_0, q4_0),
+        };
+#undef ATT_PAIR
+        Kernel kernel = nullptr;
+        for (const auto &[name, pair] : kernels) {
+            if (name == kv_types) {
+                kernel = prefill ? pair.first : pair.second;
+            }
         }
+        if (!kernel) {
+            std::fprintf(stderr, "bad cache types %s\n", kv_types.c_str());
+            return 2;
+        }
+        const dim3_t grid = prefill ? dim3_t{(unsigned)n_heads, ceil_div(n_queries, 8), n_splits}
+                                    : dim3_t{(unsigned)n_heads, (unsigned)n_queries, n_splits};
+        launch(grid, dim3_t{prefill ? 256u : 128u, 1, 1}, [&] {
+            kernel(q, k.data(), v.data(), out.data(), part.data(), p, n_queries, n_heads, n_kv,
+                   head_dim, scale, window, softcap);
+        });
         if (n_splits > 1) {
             launch(dim3_t{(unsigned)n_heads, (unsigned)n_queries, 1}, dim3_t{128, 1, 1}, [&] {
                 attn_combine_f32(part.data(), out.data(), n_heads, head_dim, (int)n_splits);

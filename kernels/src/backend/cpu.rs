@@ -1,22 +1,20 @@
 //! The CPU backend: a "device" made of host memory with a memory budget and a thread pool.
 //! Several CPU devices (`cpu:0`, `cpu:1`) are separate devices with their own weights, KV caches
 //! and budgets, standing in for GPUs in tests. Matrix products use the quantized kernels of
-//! [`crate::cpu`]; attention reads an f16 KV cache like llama.cpp's default.
+//! [`crate::cpu`]; KV caches (f16, Q8_0 or Q4_0) and attention over them live in `cpu/kv.rs`.
 
 use std::sync::{Arc, Mutex};
 
-use half::f16;
-use half::slice::HalfFloatSliceExt;
-
 use super::{
-    check_len, check_rope, f16_bytes, f16_bytes_mut, shape, AttentionParams, Backend, BackendError,
-    DeviceBytes, DeviceMemory, GatedActivation, HostTensor, KvShape, KvView, Lease, RopeParams,
-    WeightView,
+    check_len, check_rope, shape, AttentionParams, Backend, BackendError, DeviceBytes,
+    DeviceMemory, GatedActivation, HostTensor, KvTypes, KvView, Lease, RopeParams, WeightView,
 };
-use crate::cpu::dot::{axpy_f32, vec_dot};
 use crate::cpu::ops;
 use crate::cpu::{matmul, MatmulScratch, QMatrix, ThreadPool};
 use crate::quant::{self, GgmlType};
+
+mod kv;
+pub use kv::CpuKv;
 
 /// A weight resident in host memory, 8-byte aligned so any block type can be viewed in place.
 #[derive(Debug)]
@@ -46,17 +44,6 @@ impl CpuWeight {
             detail: format!("{} is not an f32 vector", self.name),
         })
     }
-}
-
-/// One layer's KV cache of one sequence, f16 like llama.cpp's default cache type.
-#[derive(Debug)]
-pub struct CpuKv {
-    shape: KvShape,
-    /// Keys: `(capacity, n_kv_heads * head_dim)`.
-    k: Vec<f16>,
-    /// Values: same layout.
-    v: Vec<f16>,
-    _lease: Lease,
 }
 
 /// A CPU device.
@@ -398,19 +385,13 @@ impl Backend for CpuBackend {
         capacity: usize,
         n_kv_heads: usize,
         head_dim: usize,
+        types: KvTypes,
     ) -> Result<CpuKv, BackendError> {
-        let shape = KvShape::new(capacity, n_kv_heads, head_dim)?;
-        let lease = self.charge("KV cache", shape.bytes())?;
-        Ok(CpuKv {
-            shape,
-            k: vec![f16::ZERO; shape.values()],
-            v: vec![f16::ZERO; shape.values()],
-            _lease: lease,
-        })
+        self.new_kv(capacity, n_kv_heads, head_dim, types)
     }
 
     fn kv_bytes(&self, kv: &CpuKv) -> u64 {
-        kv._lease.bytes()
+        kv.bytes()
     }
 
     fn kv_store(
@@ -421,18 +402,7 @@ impl Backend for CpuBackend {
         first_row: usize,
         positions: &[u32],
     ) -> Result<(), BackendError> {
-        let w = kv.shape.width();
-        check_len("kv_store", k.len(), (first_row + positions.len()) * w)?;
-        check_len("kv_store", v.len(), (first_row + positions.len()) * w)?;
-        kv.shape.check_positions("kv_store", positions)?;
-        for (i, &pos) in positions.iter().enumerate() {
-            let pos = pos as usize;
-            let row = first_row + i;
-            // Bulk conversions use F16C where the CPU has it (round to nearest even either way).
-            kv.k[pos * w..(pos + 1) * w].convert_from_f32_slice(&k[row * w..(row + 1) * w]);
-            kv.v[pos * w..(pos + 1) * w].convert_from_f32_slice(&v[row * w..(row + 1) * w]);
-        }
-        Ok(())
+        self.store_kv(kv, k, v, first_row, positions)
     }
 
     fn attention(
@@ -444,93 +414,14 @@ impl Backend for CpuBackend {
         p: AttentionParams,
         out: &mut Vec<f32>,
     ) -> Result<(), BackendError> {
-        let hd = p.head_dim;
-        let qw = p.n_heads * hd;
-        let kvw = p.n_kv_heads * hd;
-        kv.shape.check_attention("attention", &p)?;
-        check_len("attention", q.len(), (first_row + positions.len()) * qw)?;
-        check_len("attention", out.len(), (first_row + positions.len()) * qw)?;
-        kv.shape.check_positions("attention", positions)?;
-        let group = p.n_heads / p.n_kv_heads;
-        let n_items = positions.len() * p.n_heads;
-        let out_rows = &mut out[first_row * qw..(first_row + positions.len()) * qw];
-        let out_ptr = SharedOut(out_rows.as_mut_ptr());
-        let out_len = out_rows.len();
-        self.pool.run(&|ti, nt| {
-            let mut qh = vec![f16::ZERO; hd];
-            let mut scores: Vec<f32> = Vec::new();
-            let mut acc = vec![0.0f32; hd];
-            let mut vbuf = vec![0.0f32; hd];
-            let mut item = ti;
-            while item < n_items {
-                let (i, h) = (item / p.n_heads, item % p.n_heads);
-                let pos = positions[i] as usize;
-                let first = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                let kvh = h / group;
-                let qrow = &q[(first_row + i) * qw + h * hd..(first_row + i) * qw + (h + 1) * hd];
-                qh.convert_from_f32_slice(qrow);
-                scores.clear();
-                for j in first..=pos {
-                    let krow = &kv.k[j * kvw + kvh * hd..j * kvw + (kvh + 1) * hd];
-                    let mut s = vec_dot::<f16>(krow, &qh) * p.scale;
-                    if let Some(cap) = p.softcap {
-                        s = (s / cap).tanh() * cap;
-                    }
-                    scores.push(s);
-                }
-                ops::softmax(&mut scores);
-                acc.iter_mut().for_each(|a| *a = 0.0);
-                for (j, &w) in (first..=pos).zip(&scores) {
-                    let vrow = &kv.v[j * kvw + kvh * hd..j * kvw + (kvh + 1) * hd];
-                    vrow.convert_to_f32_slice(&mut vbuf);
-                    axpy_f32(w, &vbuf, &mut acc);
-                }
-                let at = i * qw + h * hd;
-                debug_assert!(at + hd <= out_len);
-                // SAFETY: each (token, head) item writes its own disjoint `hd`-wide slice of the
-                // output rows, inside `out_rows` (at + hd <= out_len); items are split between
-                // threads without overlap and `run` returns only after every thread finished.
-                unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out_ptr.get().add(at), hd) };
-                item += nt;
-            }
-        });
-        Ok(())
+        self.attend_kv(q, kv, first_row, positions, p, out)
     }
 
     fn kv_view<'a>(&'a self, kv: &'a CpuKv, len: usize) -> Result<KvView<'a>, BackendError> {
-        let n = kv.shape.values_of("kv_view", len)?;
-        Ok(KvView {
-            len,
-            n_kv_heads: kv.shape.n_kv_heads,
-            head_dim: kv.shape.head_dim,
-            k: DeviceBytes::host(&self.name, f16_bytes(kv.k[..n].reinterpret_cast())),
-            v: DeviceBytes::host(&self.name, f16_bytes(kv.v[..n].reinterpret_cast())),
-        })
+        self.view_kv(kv, len)
     }
 
     fn import_kv(&self, src: &KvView<'_>, capacity: usize) -> Result<CpuKv, BackendError> {
-        let n = src.check("import_kv", capacity)?;
-        let mut kv = self.alloc_kv(capacity, src.n_kv_heads, src.head_dim)?;
-        src.k
-            .read_into(f16_bytes_mut(kv.k[..n].reinterpret_cast_mut()))?;
-        src.v
-            .read_into(f16_bytes_mut(kv.v[..n].reinterpret_cast_mut()))?;
-        Ok(kv)
+        self.copy_kv(src, capacity)
     }
 }
-
-/// A raw output pointer shared by the attention workers, each writing a disjoint part.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-
-impl SharedOut {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-// SAFETY: the pointer is only used to write disjoint slices while `ThreadPool::run` holds the
-// borrow of the output buffer (see the attention loop).
-unsafe impl Send for SharedOut {}
-// SAFETY: as above.
-unsafe impl Sync for SharedOut {}

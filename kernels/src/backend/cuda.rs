@@ -25,11 +25,12 @@ use cudarc::driver::{
 use super::{
     check_len, check_rope, shape, ActivationsLocation, AttentionParams, Backend, BackendError,
     BytesAt, DeviceActivations, DeviceBytes, DeviceMemory, GatedActivation, HostStaging,
-    HostTensor, KvShape, KvView, Lease, RopeMode, RopeParams, WeightView,
+    HostTensor, KvShape, KvTypes, KvView, Lease, RopeMode, RopeParams, WeightView,
 };
 use crate::quant::GgmlType;
 
 mod context;
+mod kv;
 mod matmul;
 mod modules;
 mod peer;
@@ -43,6 +44,7 @@ mod types;
 
 use context::GpuState;
 pub use context::{cuda_gpu_fault, DeviceBuf};
+pub use kv::CudaKv;
 pub use modules::{check_compute_capability, check_driver, ModuleImage, MIN_DRIVER_RELEASE};
 pub use peer::{cuda_peer_paths, PeerPath};
 
@@ -54,14 +56,7 @@ use types::cuda_type;
 /// The kernels fetched from each kernel file ([`modules::FILES`]) besides its per-type ones
 /// ([`types::type_kernels`]).
 const MODULE_KERNELS: &[(&str, &[&str])] = &[
-    (
-        "attention",
-        &[
-            "attn_prefill_f16kv",
-            "attn_decode_f16kv",
-            "attn_combine_f32",
-        ],
-    ),
+    ("attention", kv::ATTENTION_KERNELS),
     ("dequantize", &[]),
     (
         "elementwise",
@@ -76,7 +71,7 @@ const MODULE_KERNELS: &[(&str, &[&str])] = &[
     ),
     ("gemm", &["gemm_f32_nt", "gemm_f16_tc", "gemm_bf16_tc"]),
     ("getrows", &[]),
-    ("kvcache", &["kv_store_f16"]),
+    ("kvcache", kv::KVCACHE_KERNELS),
     ("mmq", &[]),
     ("mmv", &[]),
     ("mmvq", &[]),
@@ -271,20 +266,6 @@ pub struct CudaWeight {
     lease: Lease,
 }
 
-/// One layer's KV cache of one sequence on the GPU: f16 keys and values, row `pos` at
-/// `pos * n_kv_heads * head_dim`.
-#[derive(Debug)]
-pub struct CudaKv {
-    /// Its shape.
-    shape: KvShape,
-    /// Keys as f16 bits: `(capacity, n_kv_heads * head_dim)`.
-    k: DeviceBuf<u16>,
-    /// Values: same layout.
-    v: DeviceBuf<u16>,
-    /// The bytes charged to the budget.
-    lease: Lease,
-}
-
 /// A CUDA device: one context (the device's primary context) and one stream of its own, so the
 /// same GPU may be opened twice as two devices.
 pub struct CudaBackend {
@@ -320,6 +301,8 @@ struct Reused {
     q8: Option<DeviceBuf<u8>>,
     /// Partial results of split decode attention (grown, never shrunk).
     partials: Option<DeviceBuf<f32>>,
+    /// Keys, values or queries rotated for a quantized KV cache (grown, never shrunk).
+    rotated: Option<DeviceBuf<f32>>,
 }
 
 /// A buffer of at least `len` values in `slot`, allocating a larger one (zeroed) when it is
@@ -1112,19 +1095,13 @@ impl Backend for CudaBackend {
         capacity: usize,
         n_kv_heads: usize,
         head_dim: usize,
+        types: KvTypes,
     ) -> Result<CudaKv, BackendError> {
-        let shape = KvShape::new(capacity, n_kv_heads, head_dim)?;
-        let lease = self.charge("KV cache", shape.bytes())?;
-        Ok(CudaKv {
-            shape,
-            k: self.alloc("KV cache keys", shape.values())?,
-            v: self.alloc("KV cache values", shape.values())?,
-            lease,
-        })
+        self.new_kv(capacity, n_kv_heads, head_dim, types)
     }
 
     fn kv_bytes(&self, kv: &CudaKv) -> u64 {
-        kv.lease.bytes()
+        kv.bytes()
     }
 
     fn kv_store(
@@ -1135,37 +1112,7 @@ impl Backend for CudaBackend {
         first_row: usize,
         positions: &[u32],
     ) -> Result<(), BackendError> {
-        const OP: &str = "kv_store";
-        let w = kv.shape.width();
-        let end = (first_row + positions.len()) * w;
-        check_len(OP, k.len(), end)?;
-        check_len(OP, v.len(), end)?;
-        kv.shape.check_positions(OP, positions)?;
-        if positions.is_empty() || w == 0 {
-            return Ok(());
-        }
-        let n = grid_yz(OP, "tokens", positions.len())?;
-        let width = to_i32(OP, "width", w)?;
-        let mut reused = self.reused();
-        let Reused {
-            positions: on_device,
-            positions_dev,
-            ..
-        } = &mut *reused;
-        let pos = self.device_positions(on_device, positions_dev, positions)?;
-        let f = self.function("kv_store_f16")?;
-        for (src, cache) in [(k, &mut kv.k), (v, &mut kv.v)] {
-            let rows = src.slice(first_row * w..end);
-            let mut launch = self.stream.launch_builder(f);
-            launch.arg(&rows).arg(cache).arg(pos).arg(&width);
-            // SAFETY: kv_store_f16(const float* src, half* cache, const u32* positions, int
-            // width) over (ceil(width/256), n_tokens) blocks of 256 reads n_tokens*width values
-            // of `rows` (a view of exactly that length) and writes width halves at each
-            // position < capacity (checked) of the cache, which holds capacity*width halves.
-            unsafe { launch.launch(cfg((blocks_for(w, 256), n, 1), (256, 1, 1))) }
-                .map_err(|e| self.err("kv_store_f16", e))?;
-        }
-        Ok(())
+        self.store_kv(kv, k, v, first_row, positions)
     }
 
     fn attention(
@@ -1177,131 +1124,7 @@ impl Backend for CudaBackend {
         p: AttentionParams,
         out: &mut DeviceBuf<f32>,
     ) -> Result<(), BackendError> {
-        const OP: &str = "attention";
-        let hd = p.head_dim;
-        if !hd.is_multiple_of(8) || hd > MAX_HEAD_DIM || hd == 0 {
-            return Err(shape(
-                OP,
-                format!("head_dim {hd}: need a multiple of 8 up to {MAX_HEAD_DIM}"),
-            ));
-        }
-        kv.shape.check_attention(OP, &p)?;
-        kv.shape.check_positions(OP, positions)?;
-        let window = match p.window {
-            None => 0,
-            Some(0) => return Err(shape(OP, "a sliding window of 0 positions".into())),
-            Some(w) => i32::try_from(w).unwrap_or(i32::MAX),
-        };
-        let softcap = p.softcap.unwrap_or(0.0);
-        let qw = p.n_heads * hd;
-        let n_queries = positions.len();
-        let end = (first_row + n_queries) * qw;
-        check_len(OP, q.len(), end)?;
-        check_len(OP, out.len(), end)?;
-        if n_queries == 0 || p.n_heads == 0 {
-            return Ok(());
-        }
-        let heads = u32::try_from(p.n_heads).map_err(|_| shape(OP, "too many heads".into()))?;
-        let nq = to_i32(OP, "queries", n_queries)?;
-        let heads_i = to_i32(OP, "n_heads", p.n_heads)?;
-        let kv_heads_i = to_i32(OP, "n_kv_heads", p.n_kv_heads)?;
-        let hd_i = to_i32(OP, "head_dim", hd)?;
-        let mut reused = self.reused();
-        let Reused {
-            positions: on_device,
-            positions_dev,
-            partials,
-            ..
-        } = &mut *reused;
-        let pos = self.device_positions(on_device, positions_dev, positions)?;
-        let q_rows = q.slice(first_row * qw..end);
-        let mut out_rows = out.slice_mut(first_row * qw..end);
-        let null_part: u64 = 0;
-        if n_queries > 1 {
-            let blocks_y = grid_yz(OP, "query tiles", n_queries.div_ceil(8))?;
-            let mut launch = self
-                .stream
-                .launch_builder(self.function("attn_prefill_f16kv")?);
-            launch
-                .arg(&q_rows)
-                .arg(&kv.k)
-                .arg(&kv.v)
-                .arg(&mut out_rows)
-                .arg(&null_part)
-                .arg(pos)
-                .arg(&nq)
-                .arg(&heads_i)
-                .arg(&kv_heads_i)
-                .arg(&hd_i)
-                .arg(&p.scale)
-                .arg(&window)
-                .arg(&softcap);
-            // SAFETY: attn_prefill_f16kv(q, k, v, out, part, positions, n_queries, n_heads,
-            // n_kv_heads, head_dim, scale, window, softcap) over (n_heads, ceil(n_queries/8), 1)
-            // blocks of 256 reads n_queries*n_heads*head_dim values of q_rows and writes as many
-            // of out_rows (views of exactly that length), reads cache rows at positions <=
-            // each query's (< capacity, checked); part is unused (null) with one split.
-            // head_dim % 8 == 0, <= 256 and n_heads % n_kv_heads == 0 were checked.
-            unsafe { launch.launch(cfg((heads, blocks_y, 1), (256, 1, 1))) }
-                .map_err(|e| self.err("attn_prefill_f16kv", e))?;
-            return Ok(());
-        }
-        let context = positions[0] as usize + 1;
-        let n_splits = context.div_ceil(512).clamp(1, 32);
-        let splits_i = n_splits as i32;
-        let mut part = if n_splits > 1 {
-            Some(
-                grown(
-                    &self.stream,
-                    &self.gpu,
-                    partials,
-                    p.n_heads * n_splits * (hd + 2),
-                )
-                .map_err(|e| self.err("allocating attention partials", e))?,
-            )
-        } else {
-            None
-        };
-        let mut launch = self
-            .stream
-            .launch_builder(self.function("attn_decode_f16kv")?);
-        launch.arg(&q_rows).arg(&kv.k).arg(&kv.v).arg(&mut out_rows);
-        match part.as_mut() {
-            Some(part) => launch.arg(&mut **part),
-            None => launch.arg(&null_part),
-        };
-        launch
-            .arg(pos)
-            .arg(&nq)
-            .arg(&heads_i)
-            .arg(&kv_heads_i)
-            .arg(&hd_i)
-            .arg(&p.scale)
-            .arg(&window)
-            .arg(&softcap);
-        // SAFETY: attn_decode_f16kv (same arguments as prefill) over (n_heads, 1, n_splits)
-        // blocks of 128 reads one query of n_heads*head_dim values and cache rows at positions
-        // <= positions[0] < capacity; with one split it writes out_rows directly, otherwise it
-        // writes n_heads*n_splits*(head_dim+2) partials into `part`, which holds at least that many.
-        unsafe { launch.launch(cfg((heads, 1, n_splits as u32), (128, 1, 1))) }
-            .map_err(|e| self.err("attn_decode_f16kv", e))?;
-        if let Some(part) = part.as_deref() {
-            let mut combine = self
-                .stream
-                .launch_builder(self.function("attn_combine_f32")?);
-            combine
-                .arg(part)
-                .arg(&mut out_rows)
-                .arg(&heads_i)
-                .arg(&hd_i)
-                .arg(&splits_i);
-            // SAFETY: attn_combine_f32(const float* part, float* out, int n_heads, int
-            // head_dim, int n_splits) over (n_heads, 1) blocks of 128 reads the partials the
-            // decode kernel wrote and writes n_heads*head_dim values of out_rows.
-            unsafe { combine.launch(cfg((heads, 1, 1), (128, 1, 1))) }
-                .map_err(|e| self.err("attn_combine_f32", e))?;
-        }
-        Ok(())
+        self.attend_kv(q, kv, first_row, positions, p, out)
     }
 
     fn handoff_kind(&self) -> Option<&'static str> {
@@ -1408,24 +1231,11 @@ impl Backend for CudaBackend {
     }
 
     fn kv_view<'a>(&'a self, kv: &'a CudaKv, len: usize) -> Result<KvView<'a>, BackendError> {
-        let n = kv.shape.values_of("kv_view", len)?;
-        Ok(KvView {
-            len,
-            n_kv_heads: kv.shape.n_kv_heads,
-            head_dim: kv.shape.head_dim,
-            k: self.bytes_of(&kv.k, n)?,
-            v: self.bytes_of(&kv.v, n)?,
-        })
+        self.view_kv(kv, len)
     }
 
     fn import_kv(&self, src: &KvView<'_>, capacity: usize) -> Result<CudaKv, BackendError> {
-        let n = src.check("import_kv", capacity)?;
-        let mut kv = self.alloc_kv(capacity, src.n_kv_heads, src.head_dim)?;
-        if n > 0 {
-            self.copy_in(&mut kv.k.slice_mut(0..n), &src.k, "KV cache keys")?;
-            self.copy_in(&mut kv.v.slice_mut(0..n), &src.v, "KV cache values")?;
-        }
-        Ok(kv)
+        self.copy_kv(src, capacity)
     }
 }
 
@@ -1451,7 +1261,7 @@ pub(super) fn read_device_bytes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{CpuBackend, DeviceMemory, HostKv};
+    use crate::backend::{kv_cache_bytes, CpuBackend, DeviceMemory, HostKv, KvType};
     use crate::cpu::ThreadPool;
     use crate::quant::quantize;
 
@@ -1698,64 +1508,128 @@ mod tests {
             results.push((format!("gated {act:?}"), tol, read(b, &g, len)));
         }
 
-        // KV cache and attention: GQA 8 query heads over 2 KV heads, a prefill of 5 tokens and a
-        // decode at position 700 (so the decode kernel splits the context).
+        // KV caches and attention, for every pair of key and value types: GQA 8 query heads
+        // over 2 KV heads, prefills of 10 and 5 queries and decodes at position 700 (so the
+        // decode kernel splits the context). The stored caches must be the same bytes as the
+        // CPU's (both quantize Q8_0 / Q4_0 with the same f32 operations); attention differs by
+        // float rounding only (f16 keys: the CPU rounds the query to f16, the GPU keeps f32, as
+        // for f16 weights; quantized keys: both quantize the query to Q8_0 and sum integers).
         let (n_heads, n_kv, hd, capacity) = (8, 2, 64, 768);
         let kw = n_kv * hd;
         let qw = n_heads * hd;
-        let mut kv = b.alloc_kv(capacity, n_kv, hd).expect("alloc_kv");
-        let fill: Vec<u32> = (0..capacity as u32 - 1).collect();
-        for chunk in fill.chunks(256) {
-            let k = acts(b, &rng.vec(chunk.len() * kw));
-            let v = acts(b, &rng.vec(chunk.len() * kw));
-            b.kv_store(&mut kv, &k, &v, 0, chunk).expect("kv_store");
+        for k in KvType::ALL {
+            for v in KvType::ALL {
+                let types = KvTypes { k, v };
+                let mut kv = b.alloc_kv(capacity, n_kv, hd, types).expect("alloc_kv");
+                let fill: Vec<u32> = (0..capacity as u32 - 1).collect();
+                for chunk in fill.chunks(256) {
+                    let k = acts(b, &rng.vec(chunk.len() * kw));
+                    let v = acts(b, &rng.vec(chunk.len() * kw));
+                    b.kv_store(&mut kv, &k, &v, 0, chunk).expect("kv_store");
+                }
+                let len = capacity - 1;
+                let host = HostKv::download(&b.kv_view(&kv, len).expect("view")).expect("download");
+                let values = |ty: KvType, bytes: &[u8]| -> Vec<f32> {
+                    let mut out = vec![0.0; len * kw];
+                    crate::quant::dequantize(ty.ggml_type(), bytes, &mut out).expect("dequantize");
+                    out
+                };
+                results.push((format!("kv_store keys {types}"), 0.0, values(k, &host.k)));
+                results.push((format!("kv_store values {types}"), 0.0, values(v, &host.v)));
+                // A copy on the device and one from the host hold the same keys and values.
+                let on_device = b
+                    .import_kv(&b.kv_view(&kv, len).expect("view"), capacity)
+                    .expect("copy on the device");
+                let from_host = b.import_kv(&host.view(), capacity).expect("upload");
+                let same = [&on_device, &from_host].iter().all(|copy| {
+                    let back =
+                        HostKv::download(&b.kv_view(copy, len).expect("view")).expect("download");
+                    back.k == host.k && back.v == host.v && back.types == types
+                });
+                results.push((
+                    format!("kv copies {types}"),
+                    0.0,
+                    vec![f32::from(u8::from(same))],
+                ));
+                let cases: [AttentionCase; 4] = [
+                    ("prefill", vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9], None, None),
+                    (
+                        "prefill window softcap",
+                        vec![100, 101, 102, 103, 104],
+                        Some(3),
+                        Some(30.0),
+                    ),
+                    ("decode", vec![700], None, None),
+                    ("decode window", vec![700], Some(100), Some(50.0)),
+                ];
+                for (what, positions, window, softcap) in cases {
+                    let first_row = 1;
+                    let n = first_row + positions.len();
+                    let q = acts(b, &rng.vec(n * qw));
+                    let mut out = acts(b, &vec![0.0; n * qw]);
+                    let params = AttentionParams {
+                        n_heads,
+                        n_kv_heads: n_kv,
+                        head_dim: hd,
+                        scale: 1.0 / (hd as f32).sqrt(),
+                        window,
+                        softcap,
+                    };
+                    b.attention(&q, &on_device, first_row, &positions, params, &mut out)
+                        .expect("attention");
+                    // Quantized keys: the same integer sums on both sides, so only the
+                    // softmax's and the scales' rounding differs (seen: below 1e-6).
+                    let tol = if k == KvType::F16 { 1e-3 } else { 1e-5 };
+                    results.push((
+                        format!("attention {what} {types}"),
+                        tol,
+                        read(b, &out, n * qw),
+                    ));
+                }
+            }
         }
-        let len = capacity - 1;
-        let host = HostKv::download(&b.kv_view(&kv, len).expect("view")).expect("download");
-        let as_f32 = |bits: &[u16]| -> Vec<f32> {
-            bits.iter()
-                .map(|&h| half::f16::from_bits(h).to_f32())
-                .collect()
+        // Heads of 128 (keys rotated in chunks of 128, values of 64) and of 96 (quantized but
+        // not rotated: 96 % 64 != 0), a prefill and a decode each.
+        let types = KvTypes {
+            k: KvType::Q8_0,
+            v: KvType::Q4_0,
         };
-        results.push(("kv_store keys".into(), 0.0, as_f32(&host.k)));
-        results.push(("kv_store values".into(), 0.0, as_f32(&host.v)));
-        // A copy on the device and one from the host hold the same keys and values.
-        let on_device = b
-            .import_kv(&b.kv_view(&kv, len).expect("view"), capacity)
-            .expect("copy on the device");
-        let from_host = b.import_kv(&host.view(), capacity).expect("upload");
-        let same = [&on_device, &from_host].iter().all(|copy| {
-            let back = HostKv::download(&b.kv_view(copy, len).expect("view")).expect("download");
-            back.k == host.k && back.v == host.v
-        });
-        results.push(("kv copies".into(), 0.0, vec![f32::from(u8::from(same))]));
-        let cases: [AttentionCase; 4] = [
-            ("prefill", vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9], None, None),
-            (
-                "prefill window softcap",
-                vec![100, 101, 102, 103, 104],
-                Some(3),
-                Some(30.0),
-            ),
-            ("decode", vec![700], None, None),
-            ("decode window", vec![700], Some(100), Some(50.0)),
-        ];
-        for (what, positions, window, softcap) in cases {
-            let first_row = 1;
-            let n = first_row + positions.len();
-            let q = acts(b, &rng.vec(n * qw));
-            let mut out = acts(b, &vec![0.0; n * qw]);
-            let params = AttentionParams {
-                n_heads,
-                n_kv_heads: n_kv,
-                head_dim: hd,
-                scale: 1.0 / (hd as f32).sqrt(),
-                window,
-                softcap,
-            };
-            b.attention(&q, &on_device, first_row, &positions, params, &mut out)
-                .expect("attention");
-            results.push((format!("attention {what}"), 1e-3, read(b, &out, n * qw)));
+        for hd in [128, 96] {
+            let (n_heads, n_kv, capacity) = (4, 2, 64);
+            let (kw, qw) = (n_kv * hd, n_heads * hd);
+            let mut kv = b.alloc_kv(capacity, n_kv, hd, types).expect("alloc_kv");
+            let fill: Vec<u32> = (0..capacity as u32).collect();
+            let k = acts(b, &rng.vec(capacity * kw));
+            let v = acts(b, &rng.vec(capacity * kw));
+            b.kv_store(&mut kv, &k, &v, 0, &fill).expect("kv_store");
+            let host = HostKv::download(&b.kv_view(&kv, capacity).expect("view")).expect("host");
+            let bytes: Vec<f32> = host
+                .k
+                .iter()
+                .chain(&host.v)
+                .map(|&x| f32::from(x))
+                .collect();
+            results.push((format!("kv_store bytes {types} d={hd}"), 0.0, bytes));
+            for positions in [vec![40u32, 41, 42, 43, 44, 45], vec![63]] {
+                let n = positions.len();
+                let q = acts(b, &rng.vec(n * qw));
+                let mut out = acts(b, &vec![0.0; n * qw]);
+                let params = AttentionParams {
+                    n_heads,
+                    n_kv_heads: n_kv,
+                    head_dim: hd,
+                    scale: 1.0 / (hd as f32).sqrt(),
+                    window: None,
+                    softcap: None,
+                };
+                b.attention(&q, &kv, 0, &positions, params, &mut out)
+                    .expect("attention");
+                results.push((
+                    format!("attention x{n} {types} d={hd}"),
+                    1e-5,
+                    read(b, &out, n * qw),
+                ));
+            }
         }
         results
     }
@@ -1809,7 +1683,7 @@ mod tests {
         crate::fake_cuda::run_on_fake_driver(
             "backend::cuda::tests::cuda_backend_matches_cpu_when_a_gpu_is_present",
             &[],
-            "cuda:0b attention decode window",
+            "cuda:0b attention decode window K q4_0 / V q4_0",
         );
     }
 
@@ -1899,8 +1773,13 @@ mod tests {
             cols,
             &rng.vec(rows * cols),
         );
+        // Quantized keys and values of different types move as they are, byte for byte.
         let (capacity, n_kv, hd, len) = (40, 2, 64, 33);
-        let mut kv0 = cpu0.alloc_kv(capacity, n_kv, hd).expect("alloc_kv");
+        let types = KvTypes {
+            k: KvType::Q8_0,
+            v: KvType::Q4_0,
+        };
+        let mut kv0 = cpu0.alloc_kv(capacity, n_kv, hd, types).expect("alloc_kv");
         let positions: Vec<u32> = (0..len as u32).collect();
         let k = acts(&cpu0, &rng.vec(len * n_kv * hd));
         let v = acts(&cpu0, &rng.vec(len * n_kv * hd));
@@ -1930,15 +1809,20 @@ mod tests {
             );
             let back = HostKv::download(&to.kv_view(&kv2, len).expect("view")).expect("read");
             assert!(
-                back.k == want_kv.k && back.v == want_kv.v,
+                back.k == want_kv.k && back.v == want_kv.v && back.types == want_kv.types,
                 "KV cache on {}",
                 to.device_name()
             );
-            assert_eq!(to.kv_bytes(&kv2), (capacity * n_kv_hd(want_kv) * 4) as u64);
+            assert_eq!(
+                to.kv_bytes(&kv2),
+                kv_cache_bytes(
+                    capacity,
+                    want_kv.n_kv_heads,
+                    want_kv.head_dim,
+                    want_kv.types
+                )
+            );
             (w2, kv2)
-        }
-        fn n_kv_hd(kv: &HostKv) -> usize {
-            kv.n_kv_heads * kv.head_dim
         }
         let want = (&want_w[..], &want_kv, len, capacity);
         let on_gpu0 = hop(&cpu0, &(w0, kv0), &gpu0, want);

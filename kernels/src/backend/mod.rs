@@ -8,7 +8,8 @@
 //! - Weight matrices are `(rows, cols)` with `cols` contiguous, in any GGML type the backend
 //!   supports; `matmul` computes `out[t][r] = sum_c w[r][c] * x[t][c]`.
 //! - The KV cache of one layer of one sequence is a [`Backend::KvCache`]: `capacity` positions of
-//!   `n_kv_heads * head_dim` keys and as many values, stored as f16 like llama.cpp's default cache.
+//!   `n_kv_heads * head_dim` keys and as many values, each stored as f16 (llama.cpp's default) or
+//!   in ggml's Q8_0 / Q4_0 blocks ([`KvTypes`], laid out as `kv.rs` describes).
 
 use thiserror::Error;
 
@@ -147,109 +148,6 @@ impl<'a> HostTensor<'a> {
                 format!(
                     "{}: {bytes} bytes for {} rows of {} {} values",
                     self.name, self.rows, self.cols, self.ty
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Bytes of one layer's KV cache for one sequence with room for `capacity` positions: f16 keys
-/// and values, the same on every backend.
-pub fn kv_cache_bytes(capacity: usize, n_kv_heads: usize, head_dim: usize) -> u64 {
-    capacity as u64 * n_kv_heads as u64 * head_dim as u64 * 2 * 2
-}
-
-/// The shape of one layer's KV cache for one sequence, as every backend lays it out: `capacity`
-/// rows of `n_kv_heads * head_dim` f16 keys, and as many values. The checks every backend makes
-/// against a cache live here.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct KvShape {
-    /// Positions it can hold.
-    pub(crate) capacity: usize,
-    /// Key/value heads.
-    pub(crate) n_kv_heads: usize,
-    /// Dimension of each head.
-    pub(crate) head_dim: usize,
-}
-
-impl KvShape {
-    /// The shape, refused when its size in bytes overflows.
-    pub(crate) fn new(
-        capacity: usize,
-        n_kv_heads: usize,
-        head_dim: usize,
-    ) -> Result<Self, BackendError> {
-        capacity
-            .checked_mul(n_kv_heads)
-            .and_then(|v| v.checked_mul(head_dim))
-            .and_then(|v| v.checked_mul(4))
-            .ok_or_else(|| shape("alloc_kv", "size overflows".into()))?;
-        Ok(KvShape {
-            capacity,
-            n_kv_heads,
-            head_dim,
-        })
-    }
-
-    /// Values per position (of keys, and of values).
-    pub(crate) fn width(&self) -> usize {
-        self.n_kv_heads * self.head_dim
-    }
-
-    /// Values of keys (and of values) the whole cache holds.
-    pub(crate) fn values(&self) -> usize {
-        self.capacity * self.width()
-    }
-
-    /// Bytes the cache takes.
-    pub(crate) fn bytes(&self) -> u64 {
-        kv_cache_bytes(self.capacity, self.n_kv_heads, self.head_dim)
-    }
-
-    /// Values of keys (and of values) in the first `len` positions; fails `op` past the capacity.
-    pub(crate) fn values_of(&self, op: &'static str, len: usize) -> Result<usize, BackendError> {
-        if len > self.capacity {
-            return Err(shape(
-                op,
-                format!("{len} positions from a cache of {}", self.capacity),
-            ));
-        }
-        Ok(len * self.width())
-    }
-
-    /// Fails `op` when a position lies past the capacity.
-    pub(crate) fn check_positions(
-        &self,
-        op: &'static str,
-        positions: &[u32],
-    ) -> Result<(), BackendError> {
-        match positions.iter().find(|&&pos| pos as usize >= self.capacity) {
-            Some(bad) => Err(shape(
-                op,
-                format!("position {bad} beyond a cache of {}", self.capacity),
-            )),
-            None => Ok(()),
-        }
-    }
-
-    /// Fails `op` unless attention with `p` fits the cache: the same KV heads of the same
-    /// dimension, each serving a whole group of query heads.
-    pub(crate) fn check_attention(
-        &self,
-        op: &'static str,
-        p: &AttentionParams,
-    ) -> Result<(), BackendError> {
-        if p.n_kv_heads != self.n_kv_heads
-            || p.head_dim != self.head_dim
-            || p.n_kv_heads == 0
-            || !p.n_heads.is_multiple_of(p.n_kv_heads)
-        {
-            return Err(shape(
-                op,
-                format!(
-                    "{} heads of {} over a cache of {} KV heads of {}",
-                    p.n_heads, p.head_dim, self.n_kv_heads, self.head_dim
                 ),
             ));
         }
@@ -445,17 +343,22 @@ pub trait Backend: Send + Sync + 'static {
         act: GatedActivation,
     ) -> Result<(), BackendError>;
 
-    /// Allocates one layer's KV cache with room for `capacity` positions.
+    /// Allocates one layer's KV cache with room for `capacity` positions, its keys and values
+    /// of `types` (refused unless `head_dim` is whole blocks of both).
     fn alloc_kv(
         &self,
         capacity: usize,
         n_kv_heads: usize,
         head_dim: usize,
+        types: KvTypes,
     ) -> Result<Self::KvCache, BackendError>;
     /// Bytes a KV cache occupies on the device.
     fn kv_bytes(&self, kv: &Self::KvCache) -> u64;
     /// Stores keys and values of the `positions.len()` tokens in rows `first_row..` of `k` and
-    /// `v` (each row `n_kv_heads * head_dim` wide) at cache positions `positions`.
+    /// `v` (each row `n_kv_heads * head_dim` wide) at cache positions `positions`, converted to
+    /// the cache's types as llama.cpp's CPU backend converts them (f16 rounding to nearest even;
+    /// Q8_0 as ggml-cpu's x86 `quantize_row_q8_0`; Q4_0 as `quantize_row_q4_0_ref`), a rotated
+    /// side ([`KvTypes::rotation`]) rotated first.
     fn kv_store(
         &self,
         kv: &mut Self::KvCache,
@@ -466,7 +369,9 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<(), BackendError>;
     /// Causal attention of the `positions.len()` queries in rows `first_row..` of `q` (each
     /// `n_heads * head_dim` wide) over the cache, which holds every position `<=` each query's.
-    /// Writes the same rows of `out`.
+    /// Writes the same rows of `out`. An f16 cache is read as llama.cpp reads it without flash
+    /// attention, a cache with a quantized type as its flash-attention path does (see
+    /// `crate::cpu::attention`), the queries and the output rotated where the cache is.
     fn attention(
         &self,
         q: &Self::Activations,
@@ -662,101 +567,9 @@ impl WeightView<'_> {
     }
 }
 
-/// The first `len` positions of a KV cache as another device can copy them
-/// ([`Backend::kv_view`]).
-#[derive(Clone, Copy, Debug)]
-pub struct KvView<'a> {
-    /// Positions.
-    pub len: usize,
-    /// Key/value heads.
-    pub n_kv_heads: usize,
-    /// Dimension of each head.
-    pub head_dim: usize,
-    /// Keys: `(len, n_kv_heads * head_dim)` f16 values.
-    pub k: DeviceBytes<'a>,
-    /// Values: same layout.
-    pub v: DeviceBytes<'a>,
-}
-
-impl KvView<'_> {
-    /// Fails `op` unless the view holds `len` positions of keys and values fitting `capacity`.
-    pub(crate) fn check(&self, op: &'static str, capacity: usize) -> Result<usize, BackendError> {
-        let values = self.len * self.n_kv_heads * self.head_dim;
-        if self.len > capacity || self.k.len != values * 2 || self.v.len != values * 2 {
-            return Err(shape(
-                op,
-                format!(
-                    "{} positions ({} key bytes, {} value bytes) into a cache of {capacity}",
-                    self.len, self.k.len, self.v.len
-                ),
-            ));
-        }
-        Ok(values)
-    }
-}
-
-/// f16 values (as bits) viewed as bytes.
-pub(crate) fn f16_bytes(values: &[u16]) -> &[u8] {
-    // SAFETY: u8 has no alignment or validity requirements and the slice covers exactly the
-    // bytes of `values`, which it borrows.
-    unsafe {
-        std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values))
-    }
-}
-
-/// A KV cache copied out of a device: `len` positions of keys and values as f16 bits.
-#[derive(Clone, Debug)]
-pub struct HostKv {
-    /// Positions held.
-    pub len: usize,
-    /// Key/value heads.
-    pub n_kv_heads: usize,
-    /// Dimension of each head.
-    pub head_dim: usize,
-    /// Keys: `(len, n_kv_heads * head_dim)` as f16 bits.
-    pub k: Vec<u16>,
-    /// Values: same layout as `k`.
-    pub v: Vec<u16>,
-}
-
-impl HostKv {
-    /// Copies the first `len` positions of a cache another device holds into host memory.
-    pub fn download(src: &KvView<'_>) -> Result<Self, BackendError> {
-        let values = src.check("download_kv", src.len)?;
-        let mut k = vec![0u16; values];
-        let mut v = vec![0u16; values];
-        src.k.read_into(f16_bytes_mut(&mut k))?;
-        src.v.read_into(f16_bytes_mut(&mut v))?;
-        Ok(HostKv {
-            len: src.len,
-            n_kv_heads: src.n_kv_heads,
-            head_dim: src.head_dim,
-            k,
-            v,
-        })
-    }
-
-    /// It as a view for [`Backend::import_kv`].
-    pub fn view(&self) -> KvView<'_> {
-        KvView {
-            len: self.len,
-            n_kv_heads: self.n_kv_heads,
-            head_dim: self.head_dim,
-            k: DeviceBytes::host("host", f16_bytes(&self.k)),
-            v: DeviceBytes::host("host", f16_bytes(&self.v)),
-        }
-    }
-}
-
-/// f16 values (as bits) viewed as bytes, to be written.
-pub(crate) fn f16_bytes_mut(values: &mut [u16]) -> &mut [u8] {
-    let len = std::mem::size_of_val(values);
-    // SAFETY: as `f16_bytes`, exclusively borrowed; every byte pattern is a valid u16.
-    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), len) }
-}
-
 mod cpu;
 mod cuda;
+mod kv;
 mod memory;
 pub use cpu::CpuBackend;
 pub use cuda::{
@@ -764,22 +577,13 @@ pub use cuda::{
     cuda_peer_paths, normalize_pci_bus_id, CudaBackend, CudaDeviceInfo, CudaKv, CudaWeight,
     DeviceBuf, ModuleImage, PeerPath, MIN_DRIVER_RELEASE,
 };
+pub(crate) use kv::{f16_bytes, f16_bytes_mut, KvShape};
+pub use kv::{kv_cache_bytes, HostKv, KvRotation, KvType, KvTypeError, KvTypes, KvView};
 pub use memory::{DeviceMemory, Lease};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn params(n_heads: usize, n_kv_heads: usize, head_dim: usize) -> AttentionParams {
-        AttentionParams {
-            n_heads,
-            n_kv_heads,
-            head_dim,
-            scale: 1.0,
-            window: None,
-            softcap: None,
-        }
-    }
 
     #[test]
     fn row_and_vector_views_cover_the_bytes_asked_for() {
@@ -823,27 +627,5 @@ mod tests {
             short.row_range(0..1).is_err(),
             "bytes do not match the shape"
         );
-    }
-
-    #[test]
-    fn kv_shapes_check_what_every_backend_checks() {
-        let kv = KvShape::new(16, 2, 64).expect("shape");
-        assert_eq!((kv.width(), kv.values(), kv.bytes()), (128, 2048, 8192));
-        assert!(
-            KvShape::new(usize::MAX / 2, 2, 64).is_err(),
-            "size overflow"
-        );
-        assert_eq!(kv.values_of("view", 16).expect("whole cache"), 2048);
-        assert!(kv.values_of("view", 17).is_err());
-        assert!(kv.check_positions("store", &[0, 15]).is_ok());
-        assert!(kv.check_positions("store", &[3, 16]).is_err());
-        assert!(kv.check_attention("attention", &params(8, 2, 64)).is_ok());
-        for bad in [params(8, 4, 64), params(8, 2, 32), params(7, 2, 64)] {
-            assert!(kv.check_attention("attention", &bad).is_err(), "{bad:?}");
-        }
-        let empty = KvShape::new(16, 0, 64).expect("shape");
-        assert!(empty
-            .check_attention("attention", &params(8, 0, 64))
-            .is_err());
     }
 }

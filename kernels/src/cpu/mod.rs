@@ -12,9 +12,14 @@
 //! - [`dot`]: the weight/activation type pairing and the safe dispatch between the levels.
 //! - [`mod@matmul`]: `out = x · Wᵀ` for a quantized `W`, split over a [`pool::ThreadPool`].
 //! - [`ops`]: elementwise and row operations.
+//! - [`attention`]: one query head over a KV cache of f16, Q8_0 or Q4_0 rows, as llama.cpp's CPU
+//!   backend computes it (AVX2 twins of its value accumulation in `attention_avx2`);
+//!   [`hadamard`]: the rotation llama.cpp applies around quantized caches.
 
+pub mod attention;
 pub mod dot;
 pub mod error;
+pub mod hadamard;
 pub mod matmul;
 pub mod ops;
 pub mod pool;
@@ -22,6 +27,8 @@ pub mod quantize;
 pub mod scalar;
 pub mod scalar_iq;
 
+#[cfg(target_arch = "x86_64")]
+mod attention_avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 

@@ -12,6 +12,7 @@
 //! so renaming a field breaks scripts. Keep the serde attributes to those bincode supports
 //! (`rename`, `rename_all`; no `tag`, `flatten`, `skip_serializing_if` or `untagged`).
 
+mod cache;
 mod doctor;
 mod generate;
 pub mod gpu;
@@ -24,6 +25,7 @@ mod version;
 
 use serde::{Deserialize, Serialize};
 
+pub use cache::KvCacheType;
 pub use doctor::{DoctorRequest, MetricsReply, MetricsRequest};
 pub use generate::{
     BenchReply, BenchRequest, ChatMessage, GenerateReply, GenerateRequest, Prompt, Sampling,

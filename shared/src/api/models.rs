@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::cache::KvCacheType;
+
 /// Loads a GGUF model and keeps it resident.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoadRequest {
@@ -23,6 +25,10 @@ pub struct LoadRequest {
     /// Replace a model already loaded under this name: requests running on the old model
     /// finish on it, new ones go to the new one.
     pub replace: bool,
+    /// Type of the KV cache's keys (default: f16, as llama.cpp's `-ctk`).
+    pub cache_type_k: Option<KvCacheType>,
+    /// Type of the KV cache's values (default: f16, as llama.cpp's `-ctv`).
+    pub cache_type_v: Option<KvCacheType>,
 }
 
 /// Where one stage of a model lives.
@@ -63,6 +69,10 @@ pub struct LoadReply {
     pub bytes_loaded: u64,
     /// Whether it replaced a model of the same name.
     pub replaced: bool,
+    /// Type of its KV cache's keys.
+    pub cache_type_k: KvCacheType,
+    /// Type of its KV cache's values.
+    pub cache_type_v: KvCacheType,
 }
 
 /// Frees a resident model. Generations running on it finish first.
@@ -111,4 +121,8 @@ pub struct ModelDetails {
     pub placement: Vec<StagePlacement>,
     /// Generations running now.
     pub running: u32,
+    /// Type of its KV cache's keys.
+    pub cache_type_k: KvCacheType,
+    /// Type of its KV cache's values.
+    pub cache_type_v: KvCacheType,
 }

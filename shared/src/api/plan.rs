@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::cache::KvCacheType;
 use super::models::StagePlacement;
 
 /// Plans a model file's placement without loading it (the header is enough).
@@ -20,6 +21,10 @@ pub struct PlanRequest {
     /// Context length per sequence (default: the daemon's, capped by the model's training
     /// context).
     pub ctx: Option<u32>,
+    /// Type of the KV cache's keys to plan for (default: f16).
+    pub cache_type_k: Option<KvCacheType>,
+    /// Type of the KV cache's values to plan for (default: f16).
+    pub cache_type_v: Option<KvCacheType>,
 }
 
 /// One stage of a plan.
@@ -35,7 +40,7 @@ pub struct PlannedStage {
     pub output: bool,
     /// Bytes of weights.
     pub weight_bytes: u64,
-    /// Bytes of KV cache for one sequence of the full context.
+    /// Bytes of KV cache for one sequence of the full context (of the plan's cache types).
     pub kv_bytes: u64,
     /// Bytes of activation buffers (for the largest batch).
     pub scratch_bytes: u64,
@@ -69,6 +74,10 @@ pub struct PlanReply {
     pub ctx: u32,
     /// Tokens per forward step at most (activation buffers are sized for it).
     pub batch: u32,
+    /// Type of the KV cache's keys the plan counts.
+    pub cache_type_k: KvCacheType,
+    /// Type of the KV cache's values the plan counts.
+    pub cache_type_v: KvCacheType,
     /// Bytes of the token embedding table, read from the memory-mapped file on the host.
     pub embedding_bytes: u64,
     /// The devices, in the order given.
@@ -134,6 +143,8 @@ mod tests {
             n_layer: 80,
             ctx: 8192,
             batch: 512,
+            cache_type_k: KvCacheType::Q8_0,
+            cache_type_v: KvCacheType::Q4_0,
             embedding_bytes: 1 << 30,
             devices: vec![PlannedDevice {
                 name: "cpu:0".into(),
@@ -163,6 +174,8 @@ mod tests {
                 split: vec![1.0, 1.0],
                 gpu_layers: Some(40),
                 ctx: Some(8192),
+                cache_type_k: Some(KvCacheType::Q8_0),
+                cache_type_v: None,
             }),
             Request::Resplit(ResplitRequest {
                 name: "m".into(),

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::cache::KvCacheType;
 use super::gpu::GpuTelemetry;
 use super::health::{ModelPlacement, PowerBudget};
 
@@ -124,4 +125,8 @@ pub struct ModelInfo {
     pub devices: Vec<String>,
     /// Bytes of device memory it occupies in all.
     pub memory_bytes: u64,
+    /// Type of its KV cache's keys.
+    pub cache_type_k: KvCacheType,
+    /// Type of its KV cache's values.
+    pub cache_type_v: KvCacheType,
 }

@@ -78,6 +78,7 @@ pub async fn handle(req: LoadRequest, ctx: &Context) -> Result<LoadReply, ErrorR
     let (model, load_secs, bytes_loaded) = task.await.map_err(|e| {
         ErrorReply::new(ErrorCode::Internal, format!("the load task failed: {e}"))
     })??;
+    let (cache_type_k, cache_type_v) = model.cache_types();
     let reply = LoadReply {
         name: name.clone(),
         path: req.path.clone(),
@@ -88,6 +89,8 @@ pub async fn handle(req: LoadRequest, ctx: &Context) -> Result<LoadReply, ErrorR
         load_secs,
         bytes_loaded,
         replaced: false,
+        cache_type_k,
+        cache_type_v,
     };
     let old = state.models().replace(name.clone(), Arc::new(model));
     state.changed.notify_one();

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use super::tests::{acts, compare_results, read, Rng};
 use super::*;
-use crate::backend::{CpuBackend, DeviceMemory};
+use crate::backend::{CpuBackend, DeviceMemory, KvType, KvTypes};
 use crate::cpu::ThreadPool;
 use crate::quant::{dequantize, quantize};
 
@@ -246,13 +246,22 @@ fn real_row_ops<B: Backend>(b: &B, rng: &mut Rng, out: &mut Vec<Timed>) {
 }
 
 /// Attention over 8k-token contexts: Llama 3 8B's heads (32 of 128 over 8 KV heads, here 8 over
-/// 2) and Gemma 2's (head_dim 256, 8 over 4; a 4096-position window), a decode step at the last
-/// position and a prefill chunk of 16 queries ending there.
+/// 2) with an f16 cache and with q8_0 keys and q4_0 values, and Gemma 2's (head_dim 256, 8 over
+/// 4; a 4096-position window) with an f16 cache, a decode step at the last position and a
+/// prefill chunk of 16 queries ending there.
 fn real_attention<B: Backend>(b: &B, rng: &mut Rng, out: &mut Vec<Timed>) {
     const CONTEXT: usize = 8192;
-    for (n_heads, n_kv, hd, window) in [(8, 2, 128, None), (8, 4, 256, Some(4096))] {
+    let quantized = KvTypes {
+        k: KvType::Q8_0,
+        v: KvType::Q4_0,
+    };
+    for (n_heads, n_kv, hd, window, types) in [
+        (8, 2, 128, None, KvTypes::F16),
+        (8, 2, 128, None, quantized),
+        (8, 4, 256, Some(4096), KvTypes::F16),
+    ] {
         let kw = n_kv * hd;
-        let mut kv = b.alloc_kv(CONTEXT, n_kv, hd).expect("alloc_kv");
+        let mut kv = b.alloc_kv(CONTEXT, n_kv, hd, types).expect("alloc_kv");
         let fill: Vec<u32> = (0..CONTEXT as u32).collect();
         for chunk in fill.chunks(1024) {
             let k = acts(b, &rng.vec(chunk.len() * kw));
@@ -275,7 +284,10 @@ fn real_attention<B: Backend>(b: &B, rng: &mut Rng, out: &mut Vec<Timed>) {
             let n = positions.len() * n_heads * hd;
             let q = acts(b, &rng.vec(n));
             out.push(timed(
-                format!("attention {what} head_dim {hd} at {CONTEXT} positions"),
+                format!(
+                    "attention {what} head_dim {hd} {}/{} cache at {CONTEXT} positions",
+                    types.k, types.v
+                ),
                 1e-3,
                 || {
                     let mut o = acts(b, &vec![0.0; n]);
@@ -303,7 +315,7 @@ fn real_shapes_match_the_cpu_on_the_fake_driver() {
     crate::fake_cuda::run_on_fake_driver(
         "backend::cuda::shape_tests::real_shapes_match_the_cpu_when_a_gpu_is_present",
         &[],
-        "cuda:0 attention prefill head_dim 256 at 8192 positions",
+        "cuda:0 attention prefill head_dim 256 f16/f16 cache at 8192 positions",
     );
 }
 
