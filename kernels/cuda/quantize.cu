@@ -16,18 +16,7 @@ extern "C" __global__ void __launch_bounds__(256)
     if (i - threadIdx.x % LLMD_WARP >= n_values) {
         return;
     }
-    const float v = x[i];
-    const float amax = warp_max(fabsf(v));
-    const float d = amax / 127.0f;
-    const int q = amax == 0.0f ? 0 : __float2int_rn(v / d);
-    const int sum = warp_sum_int(q);
-    block_q8_1 &b = y[i / LLMD_QK];
-    const int lane = threadIdx.x % LLMD_WARP;
-    b.qs[lane] = (signed char)q;
-    if (lane == 0) {
-        b.d = __float2half(d);
-        b.s = __float2half(d * (float)sum);
-    }
+    warp_quantize_q8_1(x[i], y[i / LLMD_QK]);
 }
 
 // quantize_mmq: the activations of mul_mat_q (mmq.cu) from rows of f32 values (row length a

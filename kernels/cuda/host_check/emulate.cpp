@@ -139,7 +139,8 @@ template <int TYPE> static void unpack_blocks(const unsigned char *w, long long 
 // The kernels of each weight type by its name in types.cuh's lists.
 using DequantF32 = void (*)(const void *, float *, long long);
 using GetRows = void (*)(const void *, const unsigned int *, float *, int, float);
-using Mmvq = void (*)(const void *, const block_q8_1 *, float *, int, int, int);
+using Mmvq = void (*)(const block_q8_1 *, int, int, int, const void *, float *, int, const void *,
+                     float *, int, const void *, float *, int);
 using DotRow = double (*)(const unsigned char *, const block_q8_1 *, int);
 using Unpack = void (*)(const unsigned char *, long long, float *);
 using Mmq = void (*)(const void *, const signed char *, const float *, const float *, float *, int,
@@ -322,7 +323,9 @@ int main(int argc, char **argv) {
             });
         } else {
             const Mmvq kernel = by_type(mmvq_kernels, type);
-            launch(grid_q, block, [&] { kernel(w, yq, o, rows, cols, nt); });
+            launch(grid_q, block, [&] {
+                kernel(yq, cols, nt, 0, w, o, rows, nullptr, nullptr, 0, nullptr, nullptr, 0);
+            });
         }
         write_file(argv[4], out.data(), out.size() * 4);
     } else if (op == "rms_norm") {

@@ -25,11 +25,14 @@ use cudarc::driver::{
 use super::{
     check_len, check_rope, shape, ActivationsLocation, AttentionParams, Backend, BackendError,
     BytesAt, DeviceActivations, DeviceBytes, DeviceMemory, GatedActivation, HostStaging,
-    HostTensor, KvShape, KvTypes, KvView, Lease, RopeMode, RopeParams, WeightView,
+    HostTensor, KvShape, KvTypes, KvView, Lease, QkvParams, RopeMode, RopeParams, WeightView,
 };
 use crate::quant::GgmlType;
 
 mod context;
+mod fused;
+#[cfg(test)]
+mod fused_tests;
 mod kv;
 mod matmul;
 mod modules;
@@ -67,6 +70,7 @@ const MODULE_KERNELS: &[(&str, &[&str])] = &[
             "scale_f32",
             "add_bias_f32",
             "softcap_f32",
+            "glu_q8_1",
         ],
     ),
     ("gemm", &["gemm_f32_nt", "gemm_f16_tc", "gemm_bf16_tc"]),
@@ -75,7 +79,7 @@ const MODULE_KERNELS: &[(&str, &[&str])] = &[
     ("mmq", &[]),
     ("mmv", &[]),
     ("mmvq", &[]),
-    ("norm", &["rms_norm_f32"]),
+    ("norm", &["rms_norm_f32", "rms_norm_q8_1"]),
     (
         "quantize",
         &[
@@ -85,7 +89,7 @@ const MODULE_KERNELS: &[(&str, &[&str])] = &[
             "convert_f32_to_bf16",
         ],
     ),
-    ("rope", &["rope_f32"]),
+    ("rope", &["rope_f32", "rope_store_f16"]),
 ];
 
 /// Largest `head_dim` the attention kernels support.
@@ -229,19 +233,24 @@ pub fn cuda_device_info(ordinal: usize) -> Result<CudaDeviceInfo, String> {
 }
 
 /// Page-locked host memory for activations crossing to and from a GPU: copies from it run as
-/// direct DMA instead of through the driver's own staging buffer.
+/// direct DMA instead of through the driver's own staging buffer. Its values are handed out
+/// without a wait (see [`HostStaging::values`]: the callers order the transfers).
 struct PinnedStaging {
+    /// The allocation (freed on drop).
     slice: cudarc::driver::PinnedHostSlice<f32>,
-    device: String,
+    /// Its first value, taken once at allocation (cudarc's accessors wait on an event per call).
+    ptr: *mut f32,
 }
+
+// SAFETY: the memory is owned by `slice` (page-locked host memory, valid from any thread until
+// freed) and only reached through `&mut self`, so moving the owner between threads is sound.
+unsafe impl Send for PinnedStaging {}
 
 impl HostStaging for PinnedStaging {
     fn values(&mut self) -> Result<&mut [f32], BackendError> {
-        let device = self.device.clone();
-        self.slice.as_mut_slice().map_err(|e| BackendError::Device {
-            device,
-            message: format!("page-locked host memory: {e}"),
-        })
+        // SAFETY: `ptr` points at `slice.len()` f32 values of the live allocation `slice`
+        // owns, zeroed at allocation; the exclusive borrow of `self` is the only way to them.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.ptr, self.slice.len()) })
     }
 
     fn len(&self) -> usize {
@@ -811,6 +820,102 @@ impl Backend for CudaBackend {
             .map_err(|e| self.err("reading activations", e))
     }
 
+    fn matmuls(
+        &self,
+        ws: &[&CudaWeight],
+        x: &DeviceBuf<f32>,
+        n_tokens: usize,
+        outs: &mut [&mut DeviceBuf<f32>],
+    ) -> Result<(), BackendError> {
+        self.matmuls_on_device(ws, x, n_tokens, outs)
+    }
+
+    fn norm_matmuls(
+        &self,
+        x: &DeviceBuf<f32>,
+        norm: &CudaWeight,
+        n_rows: usize,
+        dim: usize,
+        eps: f32,
+        normed: &mut DeviceBuf<f32>,
+        ws: &[&CudaWeight],
+        outs: &mut [&mut DeviceBuf<f32>],
+    ) -> Result<(), BackendError> {
+        self.norm_matmuls_on_device(x, norm, n_rows, dim, eps, normed, ws, outs)
+    }
+
+    fn matmul_residual(
+        &self,
+        w: &CudaWeight,
+        x: &DeviceBuf<f32>,
+        n_tokens: usize,
+        width: usize,
+        post_norm: Option<(&CudaWeight, f32)>,
+        scratch: &mut DeviceBuf<f32>,
+        residual: &mut DeviceBuf<f32>,
+    ) -> Result<(), BackendError> {
+        self.matmul_residual_on_device(w, x, n_tokens, width, post_norm, scratch, residual)
+    }
+
+    fn gated_matmul_residual(
+        &self,
+        gate: &mut DeviceBuf<f32>,
+        up: &DeviceBuf<f32>,
+        ff: usize,
+        act: GatedActivation,
+        w: &CudaWeight,
+        n_tokens: usize,
+        width: usize,
+        post_norm: Option<(&CudaWeight, f32)>,
+        scratch: &mut DeviceBuf<f32>,
+        residual: &mut DeviceBuf<f32>,
+    ) -> Result<(), BackendError> {
+        self.gated_matmul_residual_on_device(
+            gate, up, ff, act, w, n_tokens, width, post_norm, scratch, residual,
+        )
+    }
+
+    fn rope_store(
+        &self,
+        q: &mut DeviceBuf<f32>,
+        k: &mut DeviceBuf<f32>,
+        v: &mut DeviceBuf<f32>,
+        positions: &[u32],
+        p: &QkvParams<'_, CudaWeight>,
+        caches: &mut [(&mut CudaKv, std::ops::Range<usize>)],
+    ) -> Result<(), BackendError> {
+        self.rope_store_on_device(q, k, v, positions, p, caches)
+    }
+
+    fn gather_rows(
+        &self,
+        src: &DeviceBuf<f32>,
+        rows: &[u32],
+        width: usize,
+        out: &mut DeviceBuf<f32>,
+    ) -> Result<(), BackendError> {
+        const OP: &str = "gather_rows";
+        check_len(OP, out.len(), rows.len() * width)?;
+        let mut i = 0;
+        while i < rows.len() {
+            // A run of consecutive source rows is one device-to-device copy (decode: one).
+            let first = rows[i] as usize;
+            let mut n = 1;
+            while i + n < rows.len() && rows[i + n] as usize == first + n {
+                n += 1;
+            }
+            check_len(OP, src.len(), (first + n) * width)?;
+            self.stream
+                .memcpy_dtod(
+                    &src.slice(first * width..(first + n) * width),
+                    &mut out.slice_mut(i * width..(i + n) * width),
+                )
+                .map_err(|e| self.err("gathering rows", e))?;
+            i += n;
+        }
+        Ok(())
+    }
+
     fn embed(
         &self,
         table: &CudaWeight,
@@ -1219,10 +1324,8 @@ impl Backend for CudaBackend {
             Ok(mut slice) => match slice.as_mut_slice() {
                 Ok(values) => {
                     values.fill(0.0);
-                    Ok(Box::new(PinnedStaging {
-                        slice,
-                        device: self.name.clone(),
-                    }) as Box<dyn HostStaging>)
+                    let ptr = values.as_mut_ptr();
+                    Ok(Box::new(PinnedStaging { slice, ptr }) as Box<dyn HostStaging>)
                 }
                 Err(e) => Err(self.err("page-locked host memory", e)),
             },

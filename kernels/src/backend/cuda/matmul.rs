@@ -26,10 +26,14 @@ use super::{
 use crate::quant::GgmlType;
 
 /// Bytes of one Q8_1 block (32 quantized activations, f16 scale and f16 sum).
-const Q8_1_BLOCK_BYTES: usize = 36;
+pub(super) const Q8_1_BLOCK_BYTES: usize = 36;
 /// Tokens one block of the quantized matrix-vector kernels multiplies (MMVQ_TOKENS in mmvq.cu):
 /// up to this many tokens they read each weight once.
 pub(super) const MMVQ_TOKENS: usize = 8;
+/// Weight rows one block of the quantized matrix-vector kernels computes (MMVQ_ROWS in mmvq.cu).
+const MMVQ_ROWS: usize = 4;
+/// Weights one launch of the quantized matrix-vector kernels multiplies (q, k and v).
+pub(super) const MMVQ_WEIGHTS: usize = 3;
 /// Fewest tokens for which `matmul` runs as a matrix-matrix product. The matrix-vector kernels
 /// read every weight once per [`MMVQ_TOKENS`] tokens (mmv: once per token), at the memory's
 /// speed; the matrix-matrix kernels read a weight tile once per [`GEMM_TILE`] tokens and, for
@@ -172,73 +176,137 @@ impl CudaBackend {
     ) -> Result<(), BackendError> {
         const OP: &str = "matmul";
         let t = cuda_type(w.ty).ok_or_else(|| self.unsupported(w))?;
+        if t.matvec == MatVec::Q8_1 {
+            let mut reused = self.reused();
+            let q8 = self.quantize_q8_1(&mut reused.q8, x, n_tokens * w.cols)?;
+            return self.launch_mmvq(q8, n_tokens, false, &mut [(w, out)]);
+        }
         let ny = grid_yz(OP, "n_tokens", n_tokens)?;
         let rows = to_i32(OP, "rows", w.rows)?;
         let cols = to_i32(OP, "cols", w.cols)?;
-        let grid = (blocks_for(w.rows, 4), ny, 1);
-        let block = (32, 4, 1);
+        if !w.cols.is_multiple_of(2) {
+            return Err(shape(
+                OP,
+                format!("{} has an odd number of columns", w.name),
+            ));
+        }
         let name = matvec_kernel(t);
-        match t.matvec {
-            MatVec::Float => {
-                if !w.cols.is_multiple_of(2) {
+        let mut launch = self.stream.launch_builder(self.function(&name)?);
+        launch.arg(&w.data).arg(x).arg(out).arg(&rows).arg(&cols);
+        // SAFETY: mul_mat_vec_f32/f16/bf16(const float*/half*/u16* w, const float* x, float*
+        // out, int rows, int cols) over (ceil(rows/4), n_tokens) blocks of (32,4) reads rows*cols
+        // weights (the upload checked the byte size), n_tokens*cols values of x and writes
+        // n_tokens*rows of out (lengths checked); cols is even.
+        unsafe { launch.launch(cfg((blocks_for(w.rows, 4), ny, 1), (32, 4, 1))) }
+            .map_err(|e| self.err(&name, e))?;
+        Ok(())
+    }
+
+    /// `quantize_q8_1` of the first `n_values` values of `x` (a multiple of 32: rows of whole
+    /// blocks) into the reused buffer `slot`, which it returns.
+    pub(super) fn quantize_q8_1<'r>(
+        &self,
+        slot: &'r mut Option<DeviceBuf<u8>>,
+        x: &DeviceBuf<f32>,
+        n_values: usize,
+    ) -> Result<&'r DeviceBuf<u8>, BackendError> {
+        const OP: &str = "quantize_q8_1";
+        check_len(OP, x.len(), n_values)?;
+        if !n_values.is_multiple_of(32) {
+            return Err(shape(
+                OP,
+                format!("{n_values} values, need whole blocks of 32"),
+            ));
+        }
+        let q8 = grown(
+            &self.stream,
+            &self.gpu,
+            slot,
+            n_values / 32 * Q8_1_BLOCK_BYTES,
+        )
+        .map_err(|e| self.err("allocating Q8_1 activations", e))?;
+        let n_i64 = n_values as i64;
+        let mut quant = self.stream.launch_builder(self.function("quantize_q8_1")?);
+        quant.arg(x).arg(&mut *q8).arg(&n_i64);
+        // SAFETY: quantize_q8_1(const float* x, q8_1* y, i64 n) over ceil(n/256) blocks of 256
+        // reads n values of x (length checked) and writes n/32 blocks of 36 bytes into q8, which
+        // holds at least that many bytes (`grown`); n % 32 == 0 (checked).
+        unsafe { quant.launch(cfg((blocks_for(n_values, 256), 1, 1), (256, 1, 1))) }
+            .map_err(|e| self.err("quantize_q8_1", e))?;
+        Ok(q8)
+    }
+
+    /// One launch of `mul_mat_vec_<type>_q8_1` for 1 to [`MMVQ_WEIGHTS`] weights of one
+    /// block-quantized type and of equal `cols`, each into its output (`accumulate`: added to
+    /// it), over `n_tokens` rows of Q8_1 activations `q8` (as [`CudaBackend::quantize_q8_1`]
+    /// left them). Larger groups go in several launches.
+    pub(super) fn launch_mmvq(
+        &self,
+        q8: &DeviceBuf<u8>,
+        n_tokens: usize,
+        accumulate: bool,
+        targets: &mut [(&CudaWeight, &mut DeviceBuf<f32>)],
+    ) -> Result<(), BackendError> {
+        const OP: &str = "matmul";
+        for group in targets.chunks_mut(MMVQ_WEIGHTS) {
+            let (first, _) = &group[0];
+            let t = cuda_type(first.ty).ok_or_else(|| self.unsupported(first))?;
+            let cols = first.cols;
+            if t.matvec != MatVec::Q8_1 || !cols.is_multiple_of(32) {
+                return Err(shape(
+                    OP,
+                    format!(
+                        "{}: not a block-quantized weight of whole blocks",
+                        first.name
+                    ),
+                ));
+            }
+            let mut blocks = 0;
+            for (w, out) in group.iter() {
+                if w.ty != first.ty || w.cols != cols {
                     return Err(shape(
                         OP,
-                        format!("{} has an odd number of columns", w.name),
+                        format!("{} and {} in one product", w.name, first.name),
                     ));
                 }
-                let mut launch = self.stream.launch_builder(self.function(&name)?);
-                launch.arg(&w.data).arg(x).arg(out).arg(&rows).arg(&cols);
-                // SAFETY: mul_mat_vec_f32/f16/bf16(const float*/half*/u16* w, const float* x,
-                // float* out, int rows, int cols) over (ceil(rows/4), n_tokens) blocks of (32,4)
-                // reads rows*cols weights (the upload checked the byte size), n_tokens*cols
-                // values of x and writes n_tokens*rows of out (lengths checked); cols is even.
-                unsafe { launch.launch(cfg(grid, block)) }.map_err(|e| self.err(&name, e))?;
+                check_len(OP, out.len(), n_tokens * w.rows)?;
+                to_i32(OP, "rows", w.rows)?;
+                blocks += w.rows.div_ceil(MMVQ_ROWS);
             }
-            MatVec::Q8_1 => {
-                // Q8_1 activations need whole 32-blocks; every block-quantized type's blocks
-                // (32 or 256 weights) divide cols (checked at upload).
-                if !w.cols.is_multiple_of(32) {
-                    return Err(shape(
-                        OP,
-                        format!("{} columns, need a multiple of 32", w.cols),
-                    ));
-                }
-                let n_values = n_tokens * w.cols;
-                let mut reused = self.reused();
-                let q8 = grown(
-                    &self.stream,
-                    &self.gpu,
-                    &mut reused.q8,
-                    n_values / 32 * Q8_1_BLOCK_BYTES,
-                )
-                .map_err(|e| self.err("allocating Q8_1 activations", e))?;
-                let n_i64 = n_values as i64;
-                let mut quant = self.stream.launch_builder(self.function("quantize_q8_1")?);
-                quant.arg(x).arg(&mut *q8).arg(&n_i64);
-                // SAFETY: quantize_q8_1(const float* x, q8_1* y, i64 n) over ceil(n/256) blocks
-                // of 256 reads n values of x (length checked) and writes n/32 blocks of 36 bytes
-                // into q8, which holds at least that many bytes (`grown`); n % 32 == 0.
-                unsafe { quant.launch(cfg((blocks_for(n_values, 256), 1, 1), (256, 1, 1))) }
-                    .map_err(|e| self.err("quantize_q8_1", e))?;
-                drop(quant);
-                let n_tokens_i = to_i32(OP, "n_tokens", n_tokens)?;
-                let token_groups = grid_yz(OP, "token groups", n_tokens.div_ceil(MMVQ_TOKENS))?;
-                let mut launch = self.stream.launch_builder(self.function(&name)?);
-                launch
-                    .arg(&w.data)
-                    .arg(&*q8)
-                    .arg(out)
-                    .arg(&rows)
-                    .arg(&cols)
-                    .arg(&n_tokens_i);
-                // SAFETY: mul_mat_vec_<type>_q8_1(const void* w, const q8_1* y, float* out, int
-                // rows, int cols, int n_tokens) over (ceil(rows/4), ceil(n_tokens/8)) blocks of
-                // (32,4) reads the rows*cols weights (byte size checked at upload),
-                // n_tokens*cols/32 Q8_1 blocks and writes n_tokens*rows values of out (length
-                // checked).
-                unsafe { launch.launch(cfg((grid.0, token_groups, 1), block)) }
-                    .map_err(|e| self.err(&name, e))?;
+            check_len(OP, q8.len(), n_tokens * cols / 32 * Q8_1_BLOCK_BYTES)?;
+            let name = matvec_kernel(t);
+            let token_groups = grid_yz(OP, "token groups", n_tokens.div_ceil(MMVQ_TOKENS))?;
+            let grid_x = u32::try_from(blocks).map_err(|_| shape(OP, "too many rows".into()))?;
+            let cols_i = to_i32(OP, "cols", cols)?;
+            let n_tokens_i = to_i32(OP, "n_tokens", n_tokens)?;
+            let accumulate_i = i32::from(accumulate);
+            let rows: Vec<i32> = (0..MMVQ_WEIGHTS)
+                .map(|i| group.get(i).map_or(0, |(w, _)| w.rows as i32))
+                .collect();
+            let null: u64 = 0;
+            let mut launch = self.stream.launch_builder(self.function(&name)?);
+            launch
+                .arg(q8)
+                .arg(&cols_i)
+                .arg(&n_tokens_i)
+                .arg(&accumulate_i);
+            let mut pushed = 0;
+            for (i, (w, out)) in group.iter_mut().enumerate() {
+                launch.arg(&w.data).arg(&mut **out).arg(&rows[i]);
+                pushed += 1;
             }
+            for unused in &rows[pushed..] {
+                launch.arg(&null).arg(&null).arg(unused);
+            }
+            // SAFETY: mul_mat_vec_<type>_q8_1(const q8_1* y, int cols, int n_tokens, int
+            // accumulate, then (const void* w, float* out, int rows) three times) over (the sum
+            // of ceil(rows_i/4), ceil(n_tokens/8)) blocks of (32,4): each block reads the rows
+            // of its weight (byte sizes checked at upload, all of type `t` with `cols` columns,
+            // checked), n_tokens*cols/32 Q8_1 blocks of q8 (length checked) and reads/writes
+            // n_tokens*rows_i values of out_i (lengths checked); unused weights have rows 0 and
+            // null pointers, which no block reaches.
+            unsafe { launch.launch(cfg((grid_x, token_groups, 1), (32, MMVQ_ROWS as u32, 1))) }
+                .map_err(|e| self.err(&name, e))?;
         }
         Ok(())
     }
@@ -267,12 +335,31 @@ impl CudaBackend {
         n_tokens: usize,
         out: &mut DeviceBuf<f32>,
     ) -> Result<bool, BackendError> {
-        const OP: &str = "matmul";
-        let t = cuda_type(w.ty).ok_or_else(|| self.unsupported(w))?;
-        let n_values = n_tokens * w.cols;
+        let Some(q8) = self.quantize_mmq(x, n_tokens * w.cols)? else {
+            return Ok(false);
+        };
+        self.launch_mmq(w, &q8, n_tokens, out)?;
+        Ok(true)
+    }
+
+    /// `quantize_mmq` of the first `n_values` values of `x` (rows of whole blocks of 32) into a
+    /// fresh scratch buffer laid out as [`MmqLayout`], or `None` when it does not fit.
+    pub(super) fn quantize_mmq(
+        &self,
+        x: &DeviceBuf<f32>,
+        n_values: usize,
+    ) -> Result<Option<DeviceBuf<u8>>, BackendError> {
+        const OP: &str = "quantize_mmq";
+        check_len(OP, x.len(), n_values)?;
+        if !n_values.is_multiple_of(32) {
+            return Err(shape(
+                OP,
+                format!("{n_values} values, need whole blocks of 32"),
+            ));
+        }
         let layout = MmqLayout::new(n_values);
         let Some(mut q8) = self.scratch::<u8>("8-bit activations", layout.bytes)? else {
-            return Ok(false);
+            return Ok(None);
         };
         let n_i64 = n_values as i64;
         {
@@ -286,20 +373,37 @@ impl CudaBackend {
                 .arg(&mut sums)
                 .arg(&n_i64);
             // SAFETY: quantize_mmq(const float* x, i8* q, float* d, float* s, i64 n) over
-            // ceil(n/256) blocks of 256 reads n = n_tokens*cols values of x (length checked by
-            // matmul; n % 32 == 0 since cols is) and writes n bytes of q, n/32 floats of d and
-            // n/16 floats of s: the three disjoint parts of q8 that MmqLayout sizes exactly
-            // (scales and sums 4-byte aligned).
+            // ceil(n/256) blocks of 256 reads n values of x (length checked; n % 32 == 0) and
+            // writes n bytes of q, n/32 floats of d and n/16 floats of s: the three disjoint
+            // parts of q8 that MmqLayout sizes exactly (scales and sums 4-byte aligned).
             unsafe { quant.launch(cfg((blocks_for(n_values, 256), 1, 1), (256, 1, 1))) }
                 .map_err(|e| self.err("quantize_mmq", e))?;
         }
+        Ok(Some(q8))
+    }
+
+    /// `mul_mat_q_<type>` of `w` by `n_tokens` rows of activations as
+    /// [`CudaBackend::quantize_mmq`] left them in `q8`, into `out`.
+    pub(super) fn launch_mmq(
+        &self,
+        w: &CudaWeight,
+        q8: &DeviceBuf<u8>,
+        n_tokens: usize,
+        out: &mut DeviceBuf<f32>,
+    ) -> Result<(), BackendError> {
+        const OP: &str = "matmul";
+        let t = cuda_type(w.ty).ok_or_else(|| self.unsupported(w))?;
+        let layout = MmqLayout::new(n_tokens * w.cols);
+        check_len(OP, q8.len(), layout.bytes)?;
+        check_len(OP, out.len(), n_tokens * w.rows)?;
         let name = format!("mul_mat_q_{}", t.suffix);
         let m = to_i32(OP, "n_tokens", n_tokens)?;
         let n = to_i32(OP, "rows", w.rows)?;
         let k = to_i32(OP, "cols", w.cols)?;
+        let row_tiles = grid_yz(OP, "row tiles", w.rows.div_ceil(GEMM_TILE))?;
         let values = q8.slice(..layout.scales);
         let scales = q8.slice(layout.scales..layout.sums);
-        let sums = q8.slice(layout.sums..);
+        let sums = q8.slice(layout.sums..layout.bytes);
         let mut launch = self.stream.launch_builder(self.function(&name)?);
         launch
             .arg(&w.data)
@@ -315,20 +419,16 @@ impl CudaBackend {
         // xs, float* out, int M, int N, int K, int ldo) over (ceil(M/64), ceil(N/64)) blocks of
         // 128 reads the N rows of K/qk blocks of w (byte size checked at upload; K a multiple
         // of the block size and of 32), M*K bytes of xq (16-byte aligned: the allocation's
-        // start), M*K/32 scales and M*K/16 sums (written by quantize_mmq above on this stream)
-        // and writes out[m*N + n] for m < M, n < N (out's length checked by matmul).
+        // start), M*K/32 scales and M*K/16 sums (q8's length checked against the layout) and
+        // writes out[m*N + n] for m < M, n < N (out's length checked).
         unsafe {
             launch.launch(cfg(
-                (
-                    blocks_for(n_tokens, GEMM_TILE),
-                    blocks_for(w.rows, GEMM_TILE),
-                    1,
-                ),
+                (blocks_for(n_tokens, GEMM_TILE), row_tiles, 1),
                 (128, 1, 1),
             ))
         }
         .map_err(|e| self.err(&name, e))?;
-        Ok(true)
+        Ok(())
     }
 
     /// [`MatmulPath::F16TensorCores`]: the activations as f16, each token's row scaled by a
