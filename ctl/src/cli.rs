@@ -253,7 +253,7 @@ pub struct BenchArgs {
     /// Prompt tokens (pp test); 0 skips it.
     #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
     pub n_prompt: u32,
-    /// Generated tokens (tg test); 0 skips it.
+    /// Generated tokens (tg test, decoding after the prompt of -p tokens); 0 skips it.
     #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
     pub n_gen: u32,
     /// Repetitions (the mean is reported).

@@ -7,6 +7,7 @@
 #pragma once
 
 #ifndef LLMD_HOST_EMULATION // host_check/emulate.cpp supplies its own definitions
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #endif
 
@@ -69,6 +70,38 @@ static __device__ __forceinline__ float block_sum(float x, float *scratch) {
     __syncthreads();
     x = lane < n_warps ? scratch[lane] : 0.0f;
     return warp_sum(x);
+}
+
+// Maximum over a whole thread block (blockDim.x a multiple of 32, at most 1024). Every thread
+// gets the result. `scratch` holds 32 floats of shared memory.
+static __device__ __forceinline__ float block_max(float x, float *scratch) {
+    const int lane = threadIdx.x % LLMD_WARP;
+    const int warp = threadIdx.x / LLMD_WARP;
+    const int n_warps = blockDim.x / LLMD_WARP;
+    x = warp_max(x);
+    __syncthreads();
+    if (lane == 0) {
+        scratch[warp] = x;
+    }
+    __syncthreads();
+    x = lane < n_warps ? scratch[lane] : LLMD_NEG_INF;
+    return warp_max(x);
+}
+
+// Quantizes one block of 32 values held one per lane of a warp (`v`, lane = index in the block)
+// to Q8_1 into `b`, as quantize_q8_1 (quantize.cu) does: d = max|v| / 127, q = round(v / d),
+// s = d * sum(q). Every lane of the warp must call it.
+static __device__ __forceinline__ void warp_quantize_q8_1(float v, block_q8_1 &b) {
+    const float amax = warp_max(fabsf(v));
+    const float d = amax / 127.0f;
+    const int q = amax == 0.0f ? 0 : __float2int_rn(v / d);
+    const int sum = warp_sum_int(q);
+    const int lane = threadIdx.x % LLMD_WARP;
+    b.qs[lane] = (signed char)q;
+    if (lane == 0) {
+        b.d = __float2half(d);
+        b.s = __float2half(d * (float)sum);
+    }
 }
 
 // Q4_K's packed 6-bit scale and min of sub-block j (0..7), as in GGML's get_scale_min_k4.

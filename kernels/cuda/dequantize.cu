@@ -1,8 +1,10 @@
-// Dequantization of weight tiles for the prefill matmul path: the host dequantizes a tile of
-// rows of a quantized weight into a scratch buffer and multiplies it with cuBLAS (f16 x f16 ->
-// f32 GEMM on the f16 output, or SGEMM / gemm_f32_nt on the f32 output).
+// Dequantization of weight tiles to f32: the prefill matmul path of F16 and BF16 rows that the
+// tensor-core GEMMs cannot take (the host dequantizes a tile of rows into a scratch buffer and
+// multiplies it with gemm_f32_nt). The block-quantized types' kernels are checked by the host
+// emulation against the gguf package's dequantizers bit for bit (their dequant8 is also what
+// get_rows and int8w must agree with); the backend multiplies those types with mmq.cu instead.
 //
-// Common signature of every dequantize_<type>_<out> kernel:
+// Common signature of every dequantize_<type>_f32 kernel:
 //   w: the first block of the tile (a tile is whole rows, so it starts at a block boundary);
 //   y: n output values, row-major like the weight;
 //   n: number of weights, a multiple of the type's block size (rows * cols of the tile).
@@ -23,32 +25,11 @@ static __device__ __forceinline__ void dequantize_to_f32(const void *__restrict_
     out[1] = make_float4(v[4], v[5], v[6], v[7]);
 }
 
-template <int TYPE>
-static __device__ __forceinline__ void dequantize_to_f16(const void *__restrict__ w,
-                                                         __half *__restrict__ y, long long n) {
-    const long long group = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (8 * group >= n) {
-        return;
-    }
-    float v[8];
-    dequant8<TYPE>(w, group, v);
-    __half2 *out = (__half2 *)(y + 8 * group);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        out[i] = __floats2half2_rn(v[2 * i], v[2 * i + 1]);
-    }
-}
-
-// dequantize_<name>_f32 and dequantize_<name>_f16 for every type of LLMD_QUANT_TYPES and
-// LLMD_HALF_TYPES (types.cuh).
+// dequantize_<name>_f32 for every type of LLMD_QUANT_TYPES and LLMD_HALF_TYPES (types.cuh).
 #define DEQUANTIZE_KERNELS(name, type)                                                             \
     extern "C" __global__ void __launch_bounds__(256)                                             \
         dequantize_##name##_f32(const void *__restrict__ w, float *__restrict__ y, long long n) {  \
         dequantize_to_f32<type>(w, y, n);                                                          \
-    }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(256)                                             \
-        dequantize_##name##_f16(const void *__restrict__ w, __half *__restrict__ y, long long n) { \
-        dequantize_to_f16<type>(w, y, n);                                                          \
     }
 
 LLMD_QUANT_TYPES(DEQUANTIZE_KERNELS)

@@ -28,6 +28,23 @@ extern "C" __global__ void __launch_bounds__(256)
     }
 }
 
+// glu_q8_1(gate, up, y, n, gelu): act(gate[i]) * up[i] for i < n (GeGLU when gelu, else SwiGLU,
+// exactly as geglu_f32 / swiglu_f32 compute it), quantized to Q8_1 into y (n / 32 blocks) as
+// quantize_q8_1 would quantize it: the input of the down projection's matrix-vector product,
+// without writing the f32 values. n % 32 == 0 and rows of whole blocks.
+// Launch: blockDim.x = 256 (one warp per block of 32 values), gridDim.x = ceil(n / 256).
+extern "C" __global__ void __launch_bounds__(256)
+    glu_q8_1(const float *__restrict__ gate, const float *__restrict__ up,
+             block_q8_1 *__restrict__ y, long long n, int gelu) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i - threadIdx.x % LLMD_WARP >= n) {
+        return; // the whole warp is past the end (n is whole warps)
+    }
+    const float g = gate[i];
+    const float v = gelu ? gelu_tanh(g) * up[i] : g / (1.0f + expf(-g)) * up[i];
+    warp_quantize_q8_1(v, y[i / LLMD_QK]);
+}
+
 // dst[i] += src[i] for i < n (residual connections).
 extern "C" __global__ void __launch_bounds__(256)
     add_f32(float *__restrict__ dst, const float *__restrict__ src, long long n) {

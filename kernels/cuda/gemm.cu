@@ -71,12 +71,15 @@ extern "C" __global__ void __launch_bounds__(256)
     }
 }
 
-// Tensor-core GEMM for prefill: out (M, N) f32 = x (M, K) f16 * w (N, K)^T f16, f32 accumulation
-// (WMMA 16x16x16), i.e. out[m][n] = sum_k x[m][k] * w[n][k]. The host converts the activations
-// to f16 once per matmul and dequantizes weight tiles to f16 (dequantize.cu).
+// Tensor-core GEMMs for prefill with F16 and BF16 weights: out (M, N) f32 = x (M, K) * w (N, K)^T
+// in f16 (gemm_f16_tc) or bf16 (gemm_bf16_tc), f32 accumulation (WMMA 16x16x16), i.e.
+// out[m][n] = row_scale[m] * sum_k x[m][k] * w[n][k]. The weights are multiplied as they lie; the
+// host converts the activations once per matmul: to f16 with each row scaled by a power of two
+// into f16's range (convert_f32_to_f16_rows, which writes row_scale), or to bf16, whose range is
+// f32's (row_scale null: 1).
 //
-// gemm_f16_tc(x, w, out, M, N, K, ldo): x row-major M x K, w row-major N x K, out row-major with
-// row stride ldo (>= N; the host offsets `out` by a tile's first column, as for gemm_f32_nt).
+// gemm_<f16|bf16>_tc(x, w, out, M, N, K, ldo, row_scale): x row-major M x K, w row-major N x K,
+// out row-major with row stride ldo (>= N; the host may offset `out` to a first column).
 // Preconditions: K % 32 == 0; x and w 16-byte aligned (each row is then too: K % 8 == 0).
 // Launch: blockDim.x = 128 (4 warps); gridDim = (ceil(N / 64), ceil(M / 64)). Each block computes
 // a 64 x 64 tile of out from 32-wide k slices staged in shared memory; each warp a 32 x 32
@@ -89,18 +92,19 @@ extern "C" __global__ void __launch_bounds__(256)
 #define TC_BM 64
 #define TC_BN 64
 #define TC_BK 32
-// Row pitch of the staged tiles in halves: a multiple of 8 (WMMA's ldm rule for f16) that
-// shifts consecutive rows across shared-memory banks.
+// Row pitch of the staged tiles in elements: a multiple of 8 (WMMA's ldm rule for 16-bit
+// types) that shifts consecutive rows across shared-memory banks.
 #define TC_PITCH (TC_BK + 8)
 // Row pitch of the staged results in floats: a multiple of 4 (WMMA's ldm rule for f32).
 #define TC_OUT_PITCH (TC_BN + 4)
 
-extern "C" __global__ void __launch_bounds__(128)
-    gemm_f16_tc(const __half *__restrict__ x, const __half *__restrict__ w, float *__restrict__ out,
-                int M, int N, int K, int ldo) {
+template <typename T>
+static __device__ __forceinline__ void gemm_tc(const T *__restrict__ x, const T *__restrict__ w,
+                                               float *__restrict__ out, int M, int N, int K,
+                                               int ldo, const float *__restrict__ row_scale) {
     using namespace nvcuda;
-    __shared__ __align__(32) __half xs[TC_BM * TC_PITCH];
-    __shared__ __align__(32) __half ws[TC_BN * TC_PITCH];
+    __shared__ __align__(32) T xs[TC_BM * TC_PITCH];
+    __shared__ __align__(32) T ws[TC_BN * TC_PITCH];
     __shared__ __align__(32) float cs[TC_BM * TC_OUT_PITCH];
     const int tid = threadIdx.x;
     const int warp = tid / LLMD_WARP;
@@ -117,7 +121,7 @@ extern "C" __global__ void __launch_bounds__(128)
         }
     }
     for (int k0 = 0; k0 < K; k0 += TC_BK) {
-        // 64 rows x 32 halves of each operand = 256 chunks of 8 halves; 2 per thread per operand.
+        // 64 rows x 32 elements of each operand = 256 chunks of 8; 2 per thread per operand.
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
             const int chunk = tid + 128 * c;
@@ -136,8 +140,8 @@ extern "C" __global__ void __launch_bounds__(128)
         __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < TC_BK; kk += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a[2];
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> b[2];
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b[2];
 #pragma unroll
             for (int i = 0; i < 2; ++i) {
                 wmma::load_matrix_sync(a[i], xs + (wm + 16 * i) * TC_PITCH + kk, TC_PITCH);
@@ -167,7 +171,21 @@ extern "C" __global__ void __launch_bounds__(128)
         const int r = idx / TC_BN;
         const int c = idx % TC_BN;
         if (m0 + r < M && n0 + c < N) {
-            out[(long long)(m0 + r) * ldo + n0 + c] = cs[r * TC_OUT_PITCH + c];
+            const float scale = row_scale ? row_scale[m0 + r] : 1.0f;
+            out[(long long)(m0 + r) * ldo + n0 + c] = cs[r * TC_OUT_PITCH + c] * scale;
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    gemm_f16_tc(const __half *__restrict__ x, const __half *__restrict__ w, float *__restrict__ out,
+                int M, int N, int K, int ldo, const float *__restrict__ row_scale) {
+    gemm_tc<__half>(x, w, out, M, N, K, ldo, row_scale);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    gemm_bf16_tc(const __nv_bfloat16 *__restrict__ x, const __nv_bfloat16 *__restrict__ w,
+                 float *__restrict__ out, int M, int N, int K, int ldo,
+                 const float *__restrict__ row_scale) {
+    gemm_tc<__nv_bfloat16>(x, w, out, M, N, K, ldo, row_scale);
 }

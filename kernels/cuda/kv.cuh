@@ -10,6 +10,17 @@
 
 #include "common.cuh"
 
+// The KV caches of the sequences of one batch, by value in a kernel's arguments (no upload, and
+// fixed in a captured CUDA graph): segment s holds the batch rows first[s] .. first[s + 1] - 1, its
+// keys at k[s] and values at v[s] (device addresses), for s < n <= KV_MAX_SEQS.
+#define KV_MAX_SEQS 8
+struct KvSeqs {
+    unsigned long long k[KV_MAX_SEQS];
+    unsigned long long v[KV_MAX_SEQS];
+    int first[KV_MAX_SEQS + 1];
+    int n;
+};
+
 // Cache type tags (template arguments).
 #define KV_F16 0
 #define KV_Q8_0 1

@@ -8,16 +8,21 @@
 // weights each); the 32 lanes of a warp stride over the items of one row, so consecutive lanes
 // read consecutive bytes. Each thread block holds MMVQ_ROWS warps = MMVQ_ROWS rows.
 //
-// Common signature of every mul_mat_vec_<type>_q8_1 kernel:
-//   w:    the weight matrix, `rows` rows of `cols / QK` blocks (QK = 32, or 256 for the K, IQ
-//         and TQ types except IQ4_NL);
+// Common signature of every mul_mat_vec_<type>_q8_1 kernel: up to three weights of the type
+// multiplied by the same activations in one launch (q, k, v; gate, up), each into its own output:
 //   y:    activations, n_tokens rows of `cols / 32` Q8_1 blocks (row t at y + t * cols / 32);
-//   out:  f32, n_tokens rows of `rows` values (out[t * rows + r]);
 //   cols: a multiple of the weight type's block size (checked by the host);
-//   n_tokens: rows of y and out.
-// Launch: blockDim = (32, MMVQ_ROWS) = (32, 4); gridDim = (ceil(rows / 4), ceil(n_tokens / 8)).
-// A block multiplies its rows with up to MMVQ_TOKENS tokens, so a batch of several sequences'
-// decode tokens reads each weight once per 8 tokens instead of once per token.
+//   n_tokens: rows of y and of each output (at most MMVQ_TOKENS per block row of the grid);
+//   accumulate: 0: out = product; 1: out += product (a projection added to the residual);
+//   w<i>, out<i>, rows<i> (i = 0, 1, 2): weight i, `rows<i>` rows of `cols / QK` blocks (QK = 32,
+//         or 256 for the K, IQ and TQ types except IQ4_NL), its output, n_tokens rows of rows<i>
+//         f32 values (out<i>[t * rows<i> + r]); an unused weight has rows<i> = 0 (and null
+//         pointers).
+// Launch: blockDim = (32, MMVQ_ROWS) = (32, 4); gridDim = (ceil(rows0 / 4) + ceil(rows1 / 4) +
+// ceil(rows2 / 4), ceil(n_tokens / 8)): the first ceil(rows0 / 4) blocks of x take weight 0, the
+// next weight 1, then weight 2. A block multiplies its rows with up to MMVQ_TOKENS tokens, so a
+// batch of several sequences' decode tokens reads each weight once per 8 tokens instead of once
+// per token.
 #include "vecdot.cuh"
 
 #define MMVQ_ROWS 4
@@ -27,8 +32,9 @@ template <typename T>
 static __device__ __forceinline__ void mul_mat_vec_q(const void *__restrict__ w,
                                                      const block_q8_1 *__restrict__ y,
                                                      float *__restrict__ out, int rows, int cols,
-                                                     int n_tokens) {
-    const int row = blockIdx.x * MMVQ_ROWS + threadIdx.y;
+                                                     int n_tokens, int block_row,
+                                                     int accumulate) {
+    const int row = block_row * MMVQ_ROWS + threadIdx.y;
     const int token0 = blockIdx.y * MMVQ_TOKENS;
     if (row >= rows) {
         return;
@@ -56,18 +62,41 @@ static __device__ __forceinline__ void mul_mat_vec_q(const void *__restrict__ w,
         if (t < n) {
             const float s = warp_sum(sum[t]);
             if (threadIdx.x == 0) {
-                out[(long long)(token0 + t) * rows + row] = s;
+                float *o = out + (long long)(token0 + t) * rows + row;
+                *o = accumulate ? *o + s : s;
             }
         }
+    }
+}
+
+// The weight a block of the grid takes (see the launch above) and its first row block.
+template <typename T>
+static __device__ __forceinline__ void mul_mat_vec_q3(const block_q8_1 *__restrict__ y, int cols,
+                                                      int n_tokens, int accumulate,
+                                                      const void *w0, float *out0, int rows0,
+                                                      const void *w1, float *out1, int rows1,
+                                                      const void *w2, float *out2, int rows2) {
+    const int blocks0 = (rows0 + MMVQ_ROWS - 1) / MMVQ_ROWS;
+    const int blocks1 = (rows1 + MMVQ_ROWS - 1) / MMVQ_ROWS;
+    const int bx = blockIdx.x;
+    if (bx < blocks0) {
+        mul_mat_vec_q<T>(w0, y, out0, rows0, cols, n_tokens, bx, accumulate);
+    } else if (bx < blocks0 + blocks1) {
+        mul_mat_vec_q<T>(w1, y, out1, rows1, cols, n_tokens, bx - blocks0, accumulate);
+    } else {
+        mul_mat_vec_q<T>(w2, y, out2, rows2, cols, n_tokens, bx - blocks0 - blocks1, accumulate);
     }
 }
 
 // mul_mat_vec_<name>_q8_1 for every type of LLMD_QUANT_TYPES.
 #define MMVQ_KERNEL(name, type)                                                                    \
     extern "C" __global__ void __launch_bounds__(LLMD_WARP *MMVQ_ROWS)                            \
-        mul_mat_vec_##name##_q8_1(const void *__restrict__ w, const block_q8_1 *__restrict__ y,    \
-                                  float *__restrict__ out, int rows, int cols, int n_tokens) {     \
-        mul_mat_vec_q<vdot<type>>(w, y, out, rows, cols, n_tokens);                                \
+        mul_mat_vec_##name##_q8_1(const block_q8_1 *__restrict__ y, int cols, int n_tokens,        \
+                                  int accumulate, const void *w0, float *out0, int rows0,          \
+                                  const void *w1, float *out1, int rows1, const void *w2,          \
+                                  float *out2, int rows2) {                                        \
+        mul_mat_vec_q3<vdot<type>>(y, cols, n_tokens, accumulate, w0, out0, rows0, w1, out1,       \
+                                   rows1, w2, out2, rows2);                                        \
     }
 
 LLMD_QUANT_TYPES(MMVQ_KERNEL)

@@ -1,5 +1,5 @@
 // The weight types the kernels compute with: GGML's type ids, and the lists that instantiate
-// each type's kernels (dequantize.cu, getrows.cu, mmvq.cu) and register them by name (the host
+// each type's kernels (dequantize.cu, getrows.cu, mmvq.cu, mmq.cu) and register them by name (the host
 // emulation and the fake driver). The CUDA backend's table of the same types is
 // kernels/src/backend/cuda/types.rs.
 #pragma once
@@ -30,8 +30,8 @@
 #define LLMD_TYPE_TQ2_0 35
 #define LLMD_TYPE_MXFP4 39
 
-// X(name, TYPE) for every block-quantized type: each has dequantize_<name>_f32 and _f16,
-// get_rows_<name> and mul_mat_vec_<name>_q8_1.
+// X(name, TYPE) for every block-quantized type: each has dequantize_<name>_f32,
+// get_rows_<name>, mul_mat_vec_<name>_q8_1 and mul_mat_q_<name>.
 #define LLMD_QUANT_TYPES(X)                                                                        \
     X(q4_0, LLMD_TYPE_Q4_0)                                                                        \
     X(q4_1, LLMD_TYPE_Q4_1)                                                                        \
@@ -57,7 +57,8 @@
     X(mxfp4, LLMD_TYPE_MXFP4)
 
 // X(name, TYPE) for the element types other than F32 (which the GEMM multiplies as it lies):
-// dequantize_<name>_f32 and _f16 and get_rows_<name>; their matrix-vector products are mmv.cu's.
+// dequantize_<name>_f32 and get_rows_<name>; their matrix-vector products are mmv.cu's, their
+// prefill products gemm.cu's tensor-core GEMMs.
 #define LLMD_HALF_TYPES(X)                                                                         \
     X(f16, LLMD_TYPE_F16)                                                                          \
     X(bf16, LLMD_TYPE_BF16)

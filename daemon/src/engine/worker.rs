@@ -649,8 +649,10 @@ fn sample_one(s: &mut Sequence, tokenizer: &Tokenizer, logits: &[f32]) -> Option
 }
 
 impl Worker {
-    /// Prefill of `n_prompt` tokens in one batch, then `n_gen` single-token steps, on a scratch
-    /// sequence (as llama-bench's `pp` and `tg` tests).
+    /// Prefill of `n_prompt` tokens in batches of the step limit (llama-bench's `pp` test), then
+    /// `n_gen` single-token steps continuing the same sequence at positions `n_prompt..` (the
+    /// `tg` test at a depth of `n_prompt`, as llama-bench's `-d` runs it: decode speed with a
+    /// context to attend over, not on an empty cache), on a scratch sequence.
     fn bench(&mut self, n_prompt: usize, n_gen: usize) -> Result<BenchResult, String> {
         if let Some(msg) = &self.broken {
             return Err(msg.clone());
@@ -668,11 +670,11 @@ impl Worker {
         // Pseudo-random but valid token ids, as llama-bench uses.
         let token = |i: usize| ((i as u64 * 2_654_435_761) % n_vocab as u64) as u32;
         let mut run = || -> Result<(f64, f64), String> {
+            self.pipeline
+                .add_sequence(id, capacity)
+                .map_err(|e| e.to_string())?;
             let mut pp = 0.0;
             if n_prompt > 0 {
-                self.pipeline
-                    .add_sequence(id, capacity)
-                    .map_err(|e| e.to_string())?;
                 let start = Instant::now();
                 let mut done = 0;
                 while done < n_prompt {
@@ -687,15 +689,11 @@ impl Worker {
                     done += take;
                 }
                 pp = n_prompt as f64 / start.elapsed().as_secs_f64();
-                self.pipeline.remove_sequence(id);
             }
             let mut tg = 0.0;
             if n_gen > 0 {
-                self.pipeline
-                    .add_sequence(id, capacity)
-                    .map_err(|e| e.to_string())?;
                 let start = Instant::now();
-                for i in 0..n_gen {
+                for i in n_prompt..n_prompt + n_gen {
                     self.batch.clear();
                     self.batch.push(token(i), i as u32, id, true);
                     self.pipeline

@@ -41,7 +41,7 @@ struct MakeModelCli {
 
 /// A tiny random model of `arch` with `ty` weights and the further make-model arguments
 /// `extra`, written to `dir`, set up for contexts of [`N_TOKENS`].
-fn make(dir: &std::path::Path, arch: &str, ty: &str, extra: &[&str]) -> OpenedModel {
+pub(super) fn make(dir: &std::path::Path, arch: &str, ty: &str, extra: &[&str]) -> OpenedModel {
     let path = dir.join(format!("{arch}-{ty}-{}.gguf", extra.join("")));
     let out = path.to_str().expect("utf-8 temp path");
     let argv = [
@@ -68,7 +68,7 @@ fn make(dir: &std::path::Path, arch: &str, ty: &str, extra: &[&str]) -> OpenedMo
 }
 
 /// The model on `backends`, its layers split evenly among them (llama.cpp's rule).
-fn pipeline(model: &OpenedModel, backends: &[StageBackend]) -> Pipeline {
+pub(super) fn pipeline(model: &OpenedModel, backends: &[StageBackend]) -> Pipeline {
     let weights = vec![1.0; backends.len()];
     let (ranges, head) = assign_layers(model.config.n_layer, &weights);
     let specs = ranges
@@ -97,7 +97,7 @@ fn gpu(name: &str) -> StageBackend {
     gpu_on(name, 0)
 }
 
-fn gpu_on(name: &str, ordinal: usize) -> StageBackend {
+pub(super) fn gpu_on(name: &str, ordinal: usize) -> StageBackend {
     StageBackend::Cuda(Arc::new(
         CudaBackend::new(name, ordinal, 8 << 30).expect("open the CUDA device"),
     ))

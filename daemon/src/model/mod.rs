@@ -6,6 +6,8 @@ pub mod backend;
 pub mod batch;
 pub mod config;
 #[cfg(test)]
+mod gpu_budget;
+#[cfg(test)]
 mod gpu_check;
 pub mod load;
 pub mod parts;

@@ -6,9 +6,11 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
-use llmd_kernels::backend::{AttentionParams, Backend, BackendError, DeviceActivations, KvTypes};
+use llmd_kernels::backend::{
+    AttentionParams, Backend, BackendError, DeviceActivations, HostStaging, KvTypes, QkvParams,
+};
 
-use super::batch::{Batch, SeqId};
+use super::batch::{Batch, Segment, SeqId};
 use super::config::ModelConfig;
 use super::parts::{DevicePart, PartWeights, Slot};
 use super::weights::{HeadWeights, LayerWeights, TensorSource, WeightError};
@@ -60,8 +62,9 @@ pub struct Stage<B: Backend> {
     max_logit_rows: usize,
     /// Bytes of weights resident.
     weight_bytes: u64,
-    /// Host copy of the hidden state rows that want logits (reused).
-    picked: Vec<f32>,
+    /// Page-locked host memory the logits are read into (`max_logit_rows * n_vocab` values),
+    /// allocated at the first step that wants logits when the device offers it.
+    logits_host: LogitsHost,
 }
 
 /// How the residual stream enters and leaves a stage when it need not cross the host (see
@@ -179,7 +182,7 @@ impl<B: Backend> Stage<B> {
             max_tokens,
             max_logit_rows: max_logit_rows.clamp(1, max_tokens.max(1)),
             weight_bytes,
-            picked: Vec::new(),
+            logits_host: LogitsHost::Unasked,
         })
     }
 
@@ -339,7 +342,8 @@ impl<B: Backend> Stage<B> {
                 )));
             }
         }
-        let (d, qw) = (c.n_embd, c.q_width());
+        let seg_rows = segment_rows(&segments)?;
+        let d = c.n_embd;
         let s = &mut self.scratch;
         match handoff.input.take() {
             // The host copy is stale when the previous stage kept its output: it must be taken.
@@ -359,51 +363,53 @@ impl<B: Backend> Stage<B> {
         for (slot, il) in self.layers.clone().enumerate() {
             let w = &self.weights[slot];
             let ff = c.n_ff[il];
-            let rope = c.rope[il];
 
-            // Attention block: normalise, project to q/k/v, add biases.
-            b.rms_norm_into(&s.x, &w.attn_norm, n, d, c.norm_eps, &mut s.cur)?;
-            b.matmul(&w.wq, &s.cur, n, &mut s.q)?;
-            b.matmul(&w.wk, &s.cur, n, &mut s.k)?;
-            b.matmul(&w.wv, &s.cur, n, &mut s.v)?;
-            if let (Some(bq), Some(bk), Some(bv)) = (&w.bq, &w.bk, &w.bv) {
-                b.add_bias(&mut s.q, bq, n)?;
-                b.add_bias(&mut s.k, bk, n)?;
-                b.add_bias(&mut s.v, bv, n)?;
-            }
-            // Per-head norm of queries and keys (Qwen 3, Gemma 3), then rotary positions (with
-            // the model's frequency factors: Llama 3.1, Phi-3).
-            if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
-                b.rms_norm(&mut s.q, qn, n * c.n_head, c.head_dim, c.norm_eps)?;
-                b.rms_norm(&mut s.k, kn, n * c.n_head_kv, c.head_dim, c.norm_eps)?;
-            }
-            let factors = w.rope_factors.as_ref();
-            b.rope(
-                &mut s.q,
+            // Attention block: normalise, then project to q, k and v in one pass over the
+            // normalised input.
+            b.norm_matmuls(
+                &s.x,
+                &w.attn_norm,
                 n,
-                c.n_head,
-                c.head_dim,
-                &batch.positions,
-                rope,
-                factors,
+                d,
+                c.norm_eps,
+                &mut s.cur,
+                &[&w.wq, &w.wk, &w.wv],
+                &mut [&mut s.q, &mut s.k, &mut s.v],
             )?;
-            b.rope(
-                &mut s.k,
-                n,
-                c.n_head_kv,
-                c.head_dim,
-                &batch.positions,
-                rope,
-                factors,
-            )?;
+            // Biases (Qwen 2), per-head norms of queries and keys (Qwen 3, Gemma 3), rotary
+            // positions (with the model's frequency factors: Llama 3.1, Phi-3) and Gemma's query
+            // scale; then each sequence's keys and values into its own cache.
             let scale = match c.query_scale {
-                Some(qs) => {
-                    b.scale(&mut s.q, qs, n * qw)?;
-                    1.0
-                }
+                Some(_) => 1.0,
                 None => 1.0 / (c.head_dim as f32).sqrt(),
             };
-            // Each sequence stores its keys/values and attends over its own cache.
+            let qkv = QkvParams {
+                n_heads: c.n_head,
+                n_kv_heads: c.n_head_kv,
+                head_dim: c.head_dim,
+                biases: match (&w.bq, &w.bk, &w.bv) {
+                    (Some(bq), Some(bk), Some(bv)) => Some((bq, bk, bv)),
+                    _ => None,
+                },
+                qk_norm: match (&w.q_norm, &w.k_norm) {
+                    (Some(qn), Some(kn)) => Some((qn, kn)),
+                    _ => None,
+                },
+                norm_eps: c.norm_eps,
+                rope: c.rope[il],
+                freq_factors: w.rope_factors.as_ref(),
+                q_scale: c.query_scale,
+            };
+            let mut caches = layer_caches(&mut self.kv[slot], &seg_rows)?;
+            b.rope_store(
+                &mut s.q,
+                &mut s.k,
+                &mut s.v,
+                &batch.positions,
+                &qkv,
+                &mut caches,
+            )?;
+            // Each sequence attends over its own cache.
             let params = AttentionParams {
                 n_heads: c.n_head,
                 n_kv_heads: c.n_head_kv,
@@ -412,66 +418,156 @@ impl<B: Backend> Stage<B> {
                 window: c.window[il],
                 softcap: c.attn_softcap,
             };
-            for seg in &segments {
-                let kv = self
-                    .kv
-                    .get_mut(slot)
-                    .and_then(|layer| layer.get_mut(&seg.seq))
-                    .ok_or_else(|| {
-                        ForwardError::BadBatch(format!("sequence {} lost its cache", seg.seq))
-                    })?;
-                let positions = &batch.positions[seg.rows.clone()];
-                b.kv_store(kv, &s.k, &s.v, seg.rows.start, positions)?;
-                b.attention(&s.q, kv, seg.rows.start, positions, params, &mut s.attn)?;
-            }
-            // Output projection, optional post-norm, residual.
-            b.matmul(&w.wo, &s.attn, n, &mut s.out)?;
-            if let Some(pn) = &w.post_attn_norm {
-                b.rms_norm(&mut s.out, pn, n, d, c.norm_eps)?;
-            }
-            b.add(&mut s.x, &s.out, n * d)?;
+            let read: Vec<_> = caches
+                .iter()
+                .map(|(kv, rows)| (&**kv, rows.clone()))
+                .collect();
+            b.attention_batch(&s.q, &read, &batch.positions, params, &mut s.attn)?;
+            // Output projection, optional post-norm (Gemma), residual.
+            let post_attn = w.post_attn_norm.as_ref().map(|pn| (pn, c.norm_eps));
+            b.matmul_residual(&w.wo, &s.attn, n, d, post_attn, &mut s.out, &mut s.x)?;
 
-            // Feed-forward block: normalise, gated activation, down projection, residual.
-            b.rms_norm_into(&s.x, &w.ffn_norm, n, d, c.norm_eps, &mut s.cur)?;
-            b.matmul(&w.gate, &s.cur, n, &mut s.gate)?;
-            b.matmul(&w.up, &s.cur, n, &mut s.up)?;
-            b.gated_activation(&mut s.gate, &s.up, n * ff, c.activation)?;
-            b.matmul(&w.down, &s.gate, n, &mut s.out)?;
-            if let Some(pn) = &w.post_ffn_norm {
-                b.rms_norm(&mut s.out, pn, n, d, c.norm_eps)?;
-            }
-            b.add(&mut s.x, &s.out, n * d)?;
+            // Feed-forward block: normalise, gate and up in one pass, gated activation, down
+            // projection, optional post-norm, residual.
+            b.norm_matmuls(
+                &s.x,
+                &w.ffn_norm,
+                n,
+                d,
+                c.norm_eps,
+                &mut s.cur,
+                &[&w.gate, &w.up],
+                &mut [&mut s.gate, &mut s.up],
+            )?;
+            let post_ffn = w.post_ffn_norm.as_ref().map(|pn| (pn, c.norm_eps));
+            b.gated_matmul_residual(
+                &mut s.gate,
+                &s.up,
+                ff,
+                c.activation,
+                &w.down,
+                n,
+                d,
+                post_ffn,
+                &mut s.out,
+                &mut s.x,
+            )?;
         }
         handoff.output = None;
         if handoff.keep_output && self.head.is_none() {
             handoff.output = b.export_activations(&s.x, n * d)?;
         }
-        if handoff.output.is_none() {
+        // The next stage takes the residual stream from the host unless it copies it from this
+        // device; the last stage's stays here (its logits rows are picked on the device).
+        if handoff.output.is_none() && self.head.is_none() {
             b.read_activations(&s.x, hidden)?;
         }
 
-        // Output head: only the rows that want logits are normalised, projected and (Gemma 2)
-        // soft-capped.
+        // Output head: only the rows that want logits are picked, normalised, projected and
+        // (Gemma 2) soft-capped.
         logits.clear();
         if let Some(head) = &self.head {
-            let wanted: Vec<usize> = (0..n).filter(|&t| batch.logits[t]).collect();
+            let wanted: Vec<u32> = (0..n as u32)
+                .filter(|&t| batch.logits[t as usize])
+                .collect();
             if wanted.is_empty() {
                 return Ok(());
             }
-            self.picked.clear();
-            for &t in &wanted {
-                self.picked.extend_from_slice(&hidden[t * d..(t + 1) * d]);
-            }
             let m = wanted.len();
-            b.write_activations(&mut s.cur, &self.picked)?;
-            b.rms_norm(&mut s.cur, &head.output_norm, m, d, c.norm_eps)?;
-            b.matmul(&head.output, &s.cur, m, &mut s.logits)?;
+            b.gather_rows(&s.x, &wanted, d, &mut s.out)?;
+            b.norm_matmuls(
+                &s.out,
+                &head.output_norm,
+                m,
+                d,
+                c.norm_eps,
+                &mut s.cur,
+                &[&head.output],
+                &mut [&mut s.logits],
+            )?;
             if let Some(cap) = c.final_softcap {
                 b.softcap(&mut s.logits, cap, m * c.n_vocab)?;
             }
-            logits.resize(m * c.n_vocab, 0.0);
-            b.read_activations(&s.logits, logits)?;
+            // Read into page-locked memory where the device offers it: one direct copy and
+            // one wait, where pageable memory costs the driver a staging copy and a second wait.
+            let len = m * c.n_vocab;
+            match pinned_logits(&*b, &mut self.logits_host, self.max_logit_rows * c.n_vocab)? {
+                Some(host) => {
+                    let values = &mut host.values()?[..len];
+                    b.read_activations(&s.logits, values)?;
+                    logits.extend_from_slice(values);
+                }
+                None => {
+                    logits.resize(len, 0.0);
+                    b.read_activations(&s.logits, logits)?;
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// Page-locked memory for a stage's logits, as far as its device offers it.
+enum LogitsHost {
+    /// Not asked for yet.
+    Unasked,
+    /// The device offers none (the CPU), or allocating it failed once: ordinary memory serves.
+    Ordinary,
+    /// The buffer.
+    Pinned(Box<dyn HostStaging>),
+}
+
+/// The page-locked logits buffer of `len` values, allocated from `b` on first use; `None` when
+/// ordinary memory serves.
+fn pinned_logits<'h, B: Backend>(
+    b: &B,
+    host: &'h mut LogitsHost,
+    len: usize,
+) -> Result<Option<&'h mut Box<dyn HostStaging>>, BackendError> {
+    if matches!(host, LogitsHost::Unasked) {
+        *host = match b.alloc_host_staging(len) {
+            Some(Ok(pinned)) => LogitsHost::Pinned(pinned),
+            Some(Err(e)) => {
+                tracing::warn!("page-locked memory for logits: {e}; using ordinary memory");
+                LogitsHost::Ordinary
+            }
+            None => LogitsHost::Ordinary,
+        };
+    }
+    Ok(match host {
+        LogitsHost::Pinned(pinned) => Some(pinned),
+        _ => None,
+    })
+}
+
+/// The rows of each sequence of a batch (`segments` in order), refused when a sequence's tokens
+/// are not contiguous (each sequence's cache takes one run of rows).
+fn segment_rows(segments: &[Segment]) -> Result<HashMap<SeqId, Range<usize>>, ForwardError> {
+    let mut rows = HashMap::with_capacity(segments.len());
+    for seg in segments {
+        if rows.insert(seg.seq, seg.rows.clone()).is_some() {
+            return Err(ForwardError::BadBatch(format!(
+                "the tokens of sequence {} are not contiguous",
+                seg.seq
+            )));
+        }
+    }
+    Ok(rows)
+}
+
+/// One layer's caches of the batch's sequences, each with its rows.
+fn layer_caches<'c, K>(
+    layer: &'c mut HashMap<SeqId, K>,
+    rows: &HashMap<SeqId, Range<usize>>,
+) -> Result<Vec<(&'c mut K, Range<usize>)>, ForwardError> {
+    let caches: Vec<_> = layer
+        .iter_mut()
+        .filter_map(|(seq, kv)| rows.get(seq).map(|r| (kv, r.clone())))
+        .collect();
+    if caches.len() != rows.len() {
+        return Err(ForwardError::BadBatch(
+            "a sequence of the batch lost its cache".into(),
+        ));
+    }
+    Ok(caches)
 }

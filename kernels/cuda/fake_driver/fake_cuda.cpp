@@ -186,7 +186,7 @@ static void fiber_launch(dim3_t grid, dim3_t block, const std::function<void()> 
             }
         }
     }
-    s.slots.assign(n, 0);
+    s.slots.assign((size_t)n * EMU_SLOT_WORDS, 0);
     s.n_threads = n;
     s.body = &body;
     sched = &s;
@@ -220,7 +220,8 @@ static void emu_misaligned(const void *p, unsigned align, const char *what) {
 // ---------------------------------------------------------------------------------------------
 // Kernels by name: each entry copies cuLaunchKernel's parameters by the kernel's own parameter
 // types (the launch runs later, on the stream's thread), so a host-side argument of the wrong
-// type or order shows up as wrong results, and lists the pointer arguments for the address check.
+// type or order shows up as wrong results, and lists the pointer arguments for the address check
+// (those inside a KvSeqs table included).
 
 struct Launch {
     // Runs the kernel with the captured arguments.
@@ -239,6 +240,13 @@ static Launch capture(void (*k)(A...), void **params, std::index_sequence<I...>)
         [&] {
             if constexpr (std::is_pointer_v<std::decay_t<A>>) {
                 l.pointers.push_back((unsigned long long)std::get<I>(*args));
+            } else if constexpr (std::is_same_v<std::decay_t<A>, KvSeqs>) {
+                // The caches a batch's kernels reach through their by-value table.
+                const KvSeqs &seqs = std::get<I>(*args);
+                for (int s = 0; s < seqs.n && s < KV_MAX_SEQS; ++s) {
+                    l.pointers.push_back(seqs.k[s]);
+                    l.pointers.push_back(seqs.v[s]);
+                }
             }
         }(),
         ...);
@@ -254,9 +262,9 @@ static const std::unordered_map<std::string, Capture> &kernels() {
 #define K(name) {#name, entry(name)}
 // Every kernel of a type in types.cuh's lists.
 #define K_QUANT(name, type)                                                                        \
-    K(get_rows_##name), K(dequantize_##name##_f32), K(dequantize_##name##_f16),                    \
-        K(mul_mat_vec_##name##_q8_1),
-#define K_HALF(name, type) K(get_rows_##name), K(dequantize_##name##_f32), K(dequantize_##name##_f16),
+    K(get_rows_##name), K(dequantize_##name##_f32), K(mul_mat_vec_##name##_q8_1),                  \
+        K(mul_mat_q_##name),
+#define K_HALF(name, type) K(get_rows_##name), K(dequantize_##name##_f32),
         LLMD_QUANT_TYPES(K_QUANT) LLMD_HALF_TYPES(K_HALF)
         K(attn_prefill_f16_f16), K(attn_prefill_f16_q8_0), K(attn_prefill_f16_q4_0),
         K(attn_prefill_q8_0_f16), K(attn_prefill_q8_0_q8_0), K(attn_prefill_q8_0_q4_0),
@@ -270,8 +278,10 @@ static const std::unordered_map<std::string, Capture> &kernels() {
         K(get_rows_f32),
         K(kv_store_f16), K(kv_store_q8_0), K(kv_store_q4_0), K(kv_rotate_f32),
         K(mul_mat_vec_f16), K(mul_mat_vec_f32), K(mul_mat_vec_bf16),
-        K(rms_norm_f32), K(quantize_q8_1), K(convert_f32_to_f16), K(rope_f32),
-        K(gemm_f32_nt), K(gemm_f16_tc),
+        K(rms_norm_f32), K(rms_norm_q8_1), K(glu_q8_1), K(rope_store_f16),
+        K(quantize_q8_1), K(rope_f32),
+        K(quantize_mmq), K(convert_f32_to_f16_rows), K(convert_f32_to_bf16),
+        K(gemm_f32_nt), K(gemm_f16_tc), K(gemm_bf16_tc),
 #undef K_QUANT
 #undef K_HALF
 #undef K
@@ -896,6 +906,7 @@ static CUresult htod(unsigned long long dst, const void *src, size_t n, Stream *
         return r;
     }
     counters().h2d_bytes += (long long)n;
+    counters().h2d_copies++;
     bool pinned;
     {
         GUARD;
@@ -932,6 +943,7 @@ static CUresult dtoh(void *dst, unsigned long long src, size_t n, Stream *s, boo
         return r;
     }
     counters().d2h_bytes += (long long)n;
+    counters().d2h_copies++;
     bool pinned;
     {
         GUARD;

@@ -209,6 +209,11 @@ for name in TYPES:
         print(f"ok  mul_mat_vec_{name}_q8_1 item dots: max abs error {err:.3g}, "
               f"{max(0.0, np.max(excess)):.3g} beyond the rounding allowance (sum |w y| {bound:.3g})")
 
+    # The int8 form of mmq.cu (int8.cuh): scale * q + offset is dequantize's value, bit for bit.
+    run("unpack", name, work / "w.bin", work / "unpack.bin", rows * cols)
+    got = np.fromfile(work / "unpack.bin", dtype=np.float32).reshape(rows, cols)
+    compare(f"int8w<{name}>::unpack8", got, want, 0)
+
 # Every entry of every IQ grid: blocks whose groups use grid indices 0, 1, 2, ... in turn.
 GRIDS = {  # name: (grid entries, grid-indexed groups per block)
     "iq2_xxs": (256, 32), "iq2_xs": (512, 32), "iq2_s": (1024, 32), "iq3_xxs": (256, 64),
@@ -223,6 +228,48 @@ for name, (entries, per_block) in GRIDS.items():
     run("dequantize", name, work / "w.bin", work / "deq.bin", n)
     got = np.fromfile(work / "deq.bin", dtype=np.float32)
     compare(f"dequantize_{name}_f32, all {entries} grid entries", got, reference(name, raw, 256).reshape(-1), 0)
+    run("unpack", name, work / "w.bin", work / "unpack.bin", n)
+    got = np.fromfile(work / "unpack.bin", dtype=np.float32)
+    compare(f"int8w<{name}>::unpack8, all {entries} grid entries", got, reference(name, raw, 256).reshape(-1), 0)
+
+# quantize_mmq and the int8 tensor-core products (mmq.cu): 70 tokens (two token tiles) by 72
+# rows (two row tiles) of 416 columns for the 32-weight block types (three 128-value k slices and
+# a partial one) and 768 for the others, activations with outliers beyond f16's range. The
+# products must equal the exact product of the dequantized weights and the kernel's own 8-bit
+# activations up to f32 rounding.
+mq_rows, mq_tokens = 72, 70
+for name in TYPES:
+    mq_cols = 416 if TYPES[name][1] == 32 else 768
+    xm = rng.standard_normal((mq_tokens, mq_cols)).astype(np.float32)
+    xm[rng.random(xm.shape) < 1 / 64] = 1.0e5
+    xm[:, :32] = 0.0  # an all-zero block (scale 0)
+    (work / "xm.bin").write_bytes(xm.tobytes())
+    raw = random_blocks(name, mq_rows * mq_cols // TYPES[name][1])
+    want_w = reference(name, raw, mq_cols).reshape(mq_rows, mq_cols).astype(np.float64)
+    (work / "w.bin").write_bytes(raw.tobytes())
+    run("mmq", name, work / "w.bin", work / "mmq.bin", work / "xm.bin", mq_rows, mq_cols, mq_tokens)
+    blob = np.fromfile(work / "mmq.bin", dtype=np.uint8)
+    n_out, n_x = mq_tokens * mq_rows, mq_tokens * mq_cols
+    got = blob[:4 * n_out].view(np.float32).reshape(mq_tokens, mq_rows)
+    q = blob[4 * n_out:4 * n_out + n_x].view(np.int8).reshape(mq_tokens, mq_cols // 32, 32)
+    d = blob[4 * n_out + n_x:4 * n_out + n_x + n_x // 8].view(np.float32).reshape(mq_tokens, -1)
+    s = blob[4 * n_out + n_x + n_x // 8:].view(np.float32).reshape(mq_tokens, -1)
+    if name == "q4_0":
+        # quantize_mmq itself: d = amax / 127, q = round(x / d) (at most one step off where x / d
+        # lands on .5), s = d * sum(q) per 16 values.
+        blocks = xm.reshape(mq_tokens, -1, 32)
+        want_d = (np.max(np.abs(blocks), axis=2) / np.float32(127)).astype(np.float32)
+        safe = np.where(want_d > 0, want_d, 1)[..., None]
+        want_q = np.where(want_d[..., None] > 0, np.rint(blocks / safe), 0)
+        want_s = (q.reshape(mq_tokens, -1, 16).astype(np.float64).sum(axis=2) *
+                  np.repeat(d, 2, axis=1))
+        if (not np.array_equal(d, want_d) or np.max(np.abs(q - want_q)) > 1
+                or np.max(np.abs(s - want_s)) > 1e-6 * np.max(np.abs(want_s))):
+            failures.append("quantize_mmq: scales, values or sums differ from the reference")
+        else:
+            print(f"ok  quantize_mmq: scales equal, {np.count_nonzero(q != want_q)} values off by one")
+    xq = (q.astype(np.float64) * d[..., None].astype(np.float64)).reshape(mq_tokens, mq_cols)
+    compare(f"mul_mat_q_{name} kernel", got, xq @ want_w.T, 1e-5)
 
 
 def bf16_table(shape):
@@ -247,9 +294,6 @@ for name in ("f32", "f16", "bf16"):
         run("dequantize", name, work / "w.bin", work / "deq.bin", table.size)
         compare(f"dequantize_{name}_f32", np.fromfile(work / "deq.bin", dtype=np.float32),
                 table.reshape(-1), 0)
-        run("dequantize_f16", name, work / "w.bin", work / "d16.bin", table.size)
-        compare(f"dequantize_{name}_f16", np.fromfile(work / "d16.bin", dtype=np.float16),
-                table.reshape(-1).astype(np.float16), 0)
 
 
 def yarn_corr_dims(n_dims, n_ctx_orig, base, beta_fast=32.0, beta_slow=1.0):
@@ -355,9 +399,6 @@ for name in TYPES:
     diff = got.astype(np.float64) - want_mm
     lawful = want_mm + np.sign(diff) * np.minimum(np.abs(diff), allowance)
     compare(f"mul_mat_vec_{name}_q8_1 kernel", got, lawful, 1e-5)
-    run("dequantize_f16", name, work / "w.bin", work / "d16.bin", rows * cols)
-    got = np.fromfile(work / "d16.bin", dtype=np.float16).reshape(rows, cols)
-    compare(f"dequantize_{name}_f16", got, want_w.astype(np.float16), 0)
 
 for name in ("f32", "f16", "bf16"):
     if name == "bf16":
@@ -489,8 +530,18 @@ compare("scale_f32", np.fromfile(work / "s.bin", dtype=np.float32), a * np.float
 run("simple", "softcap", work / "a.bin", work / "s.bin", 0.5)
 compare("softcap_f32", np.fromfile(work / "s.bin", dtype=np.float32),
         np.tanh(a.astype(np.float64) / 0.5) * 0.5, 1e-6)
-run("simple", "to_f16", work / "a.bin", work / "s.bin")
-compare("convert_f32_to_f16", np.fromfile(work / "s.bin", dtype=np.float16), a.astype(np.float16), 0)
+# Rows within f16's range convert exactly; a row with values up to 1e5 is scaled by 2^-2.
+rows16 = rng.standard_normal((3, 300)).astype(np.float32)
+rows16[1, 7] = -1.0e5
+rows16[2, :] *= 32768.0 / np.max(np.abs(rows16[2, :]))
+(work / "r16.bin").write_bytes(rows16.tobytes())
+run("f16_rows", "f32", work / "r16.bin", work / "s.bin", 300)
+blob = np.fromfile(work / "s.bin", dtype=np.uint8)
+got_h = blob[:3 * 300 * 2].view(np.float16).reshape(3, 300)
+got_s = blob[3 * 300 * 2:].view(np.float32)
+want_s = np.array([1.0, 4.0, 1.0], dtype=np.float32)
+compare("convert_f32_to_f16_rows scales", got_s, want_s, 0)
+compare("convert_f32_to_f16_rows", got_h, (rows16 / want_s[:, None]).astype(np.float16), 0)
 
 
 def attention_ref(q, k, v, pos, n_heads, n_kv, scale, window, softcap):

@@ -89,7 +89,10 @@ static thread_local dim3_t threadIdx, blockIdx;
 static thread_local dim3_t blockDim, gridDim;
 // Index of the running thread within its block (x fastest).
 static thread_local int emu_thread_linear;
-// Shuffle exchange slots of the running block, one per thread.
+// Exchange slots of the running block: EMU_SLOT_WORDS words per thread, for warp shuffles and
+// the warp-collective tensor-core products (emu_mma_s8_16x8x16). Includers allocate
+// blockDim * EMU_SLOT_WORDS words per block.
+#define EMU_SLOT_WORDS 2
 static thread_local unsigned long long *emu_slots;
 
 static void emu_warp_barrier();
@@ -149,6 +152,25 @@ static inline __half2 __floats2half2_rn(float a, float b) {
     return __half2(__float2half(a), __float2half(b));
 }
 static inline __half2 __float2half2_rn(float a) { return __half2(__float2half(a), __float2half(a)); }
+// bf16: the top half of an f32, rounded to nearest even (the CUDA conversion's rounding).
+struct __nv_bfloat16 {
+    unsigned short x;
+};
+static inline float __bfloat162float(__nv_bfloat16 h) {
+    const unsigned int bits = (unsigned int)h.x << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+static inline __nv_bfloat16 __float2bfloat16(float f) {
+    unsigned int bits;
+    std::memcpy(&bits, &f, 4);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) {
+        return __nv_bfloat16{(unsigned short)((bits >> 16) | 0x40)}; // NaN stays NaN
+    }
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return __nv_bfloat16{(unsigned short)(bits >> 16)};
+}
 static inline float4 make_float4(float x, float y, float z, float w) { return float4(x, y, z, w); }
 static inline float2 make_float2(float x, float y) { return float2(x, y); }
 static inline int __float2int_rn(float f) { return (int)std::nearbyint(f); }
@@ -203,10 +225,10 @@ static inline int __popc(unsigned int x) { return __builtin_popcount(x); }
 template <typename T> static T shuffle(T x, int src_lane) {
     static_assert(sizeof(T) <= 8, "shuffle of a wide type");
     const int warp = emu_thread_linear / 32;
-    std::memcpy(&emu_slots[emu_thread_linear], &x, sizeof(T));
+    std::memcpy(&emu_slots[emu_thread_linear * EMU_SLOT_WORDS], &x, sizeof(T));
     emu_warp_barrier();
     T y;
-    std::memcpy(&y, &emu_slots[warp * 32 + src_lane], sizeof(T));
+    std::memcpy(&y, &emu_slots[(warp * 32 + src_lane) * EMU_SLOT_WORDS], sizeof(T));
     emu_warp_barrier();
     return y;
 }
@@ -222,6 +244,36 @@ using std::min;
 
 static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) {
     return uint4(x, y, z, w);
+}
+
+// The tensor cores' int8 product of one warp (PTX mma.sync.m16n8k16.row.col.s32.s8.s8.s32),
+// warp-collective as on the GPU: every lane passes its fragments, with the PTX ISA's layout
+// (g = lane / 4, t = lane % 4): a0 = A[g][4t..4t+3], a1 = A[g+8][4t..4t+3] (4 signed bytes each,
+// low byte first), b = B[4t..4t+3][g]; each lane gets d[0..3] += C[g][2t], C[g][2t+1],
+// C[g+8][2t], C[g+8][2t+1] of C = A (16 x 16) * B (16 x 8), exactly, in 32-bit integers.
+static inline void emu_mma_s8_16x8x16(int (&d)[4], int a0, int a1, int b) {
+    const int lane = emu_thread_linear % 32;
+    const int warp = emu_thread_linear / 32;
+    unsigned long long *mine = &emu_slots[emu_thread_linear * EMU_SLOT_WORDS];
+    mine[0] = (unsigned int)a0 | ((unsigned long long)(unsigned int)a1 << 32);
+    mine[1] = (unsigned int)b;
+    emu_warp_barrier();
+    const auto byte = [](unsigned long long word, int k) { return (int)(signed char)(word >> (8 * k)); };
+    const int g = lane / 4, t = lane % 4;
+    for (int e = 0; e < 4; ++e) {
+        const int row = g + 8 * (e / 2); // of C (and A)
+        const int col = 2 * t + e % 2;   // of C (and B)
+        int sum = 0;
+        for (int k = 0; k < 16; ++k) {
+            // A[row][k] is byte k % 4 of a(row / 8) of lane 4 * (row % 8) + k / 4; B[k][col] is
+            // byte k % 4 of b of lane 4 * col + k / 4.
+            const unsigned long long *la = &emu_slots[(warp * 32 + 4 * (row % 8) + k / 4) * EMU_SLOT_WORDS];
+            const unsigned long long *lb = &emu_slots[(warp * 32 + 4 * col + k / 4) * EMU_SLOT_WORDS];
+            sum += byte(la[0] >> (32 * (row / 8)), k % 4) * byte(lb[1], k % 4);
+        }
+        d[e] += sum;
+    }
+    emu_warp_barrier();
 }
 
 // WMMA (tensor-core warp matrix ops), emulated with the API's warp-collective meaning: every
@@ -240,8 +292,11 @@ template <typename Use, int M, int N, int K, typename T, typename Layout = void>
     static_assert(M == 16 && N == 16 && K == 16, "only 16x16x16 fragments are emulated");
     float v[16][16]; // [row][col] of the fragment's matrix (A: m x k, B: k x n, C: m x n)
 };
+// An f16 or bf16 element as f32.
+static inline float element(__half h) { return __half2float(h); }
+static inline float element(__nv_bfloat16 h) { return __bfloat162float(h); }
 template <typename Use, typename T, typename L>
-static inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, L> &f, const __half *p, unsigned ldm) {
+static inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, L> &f, const T *p, unsigned ldm) {
     static_assert(!std::is_same_v<Use, accumulator>, "accumulators load through a layout_t");
     // The API's rules: a 256-bit aligned pointer, ldm a multiple of 16 bytes.
     emu_check_aligned(p, 32, "wmma::load_matrix_sync");
@@ -252,7 +307,7 @@ static inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, L> &f, const __
         for (int c = 0; c < 16; ++c) {
             // Row-major: element (r, c) at r * ldm + c; column-major: at c * ldm + r.
             const size_t at = std::is_same_v<L, row_major> ? (size_t)r * ldm + c : (size_t)c * ldm + r;
-            f.v[r][c] = __half2float(p[at]);
+            f.v[r][c] = element(p[at]);
         }
     }
 }
@@ -263,10 +318,10 @@ template <typename T> static inline void fill_fragment(fragment<accumulator, 16,
         }
     }
 }
-template <typename T>
+template <typename T, typename E>
 static inline void mma_sync(fragment<accumulator, 16, 16, 16, T> &d,
-                            const fragment<matrix_a, 16, 16, 16, __half, row_major> &a,
-                            const fragment<matrix_b, 16, 16, 16, __half, col_major> &b,
+                            const fragment<matrix_a, 16, 16, 16, E, row_major> &a,
+                            const fragment<matrix_b, 16, 16, 16, E, col_major> &b,
                             const fragment<accumulator, 16, 16, 16, T> &c) {
     float r[16][16];
     for (int i = 0; i < 16; ++i) {
@@ -302,6 +357,7 @@ static inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 1
 #include "../gemm.cu"
 #include "../getrows.cu"
 #include "../kvcache.cu"
+#include "../mmq.cu"
 #include "../mmv.cu"
 #include "../mmvq.cu"
 #include "../norm.cu"

@@ -20,7 +20,7 @@
 
 // One thread block being run: its barriers and the shuffle exchange slots.
 struct BlockContext {
-    explicit BlockContext(int n_threads) : block_barrier(n_threads), slots(n_threads) {
+    explicit BlockContext(int n_threads) : block_barrier(n_threads), slots((size_t)n_threads * EMU_SLOT_WORDS) {
         for (int w = 0; w < n_threads; w += 32) {
             warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32, n_threads - w)));
         }
@@ -114,30 +114,57 @@ static double dot_row(const unsigned char *w, const block_q8_1 *y, int cols) {
     return sum;
 }
 
+// Every group of every block of `w` (n weights of TYPE) as int8w<TYPE>::unpack8 gives it:
+// scale * q + offset in f32, weight by weight, computed on the host thread (no launch) to check
+// that the int8 form of mmq.cu is exactly dequant8's. A group whose scale or offset differs from
+// its chunk partner's (groups 2c and 2c + 1 must share them) gives NaN.
+template <int TYPE> static void unpack_blocks(const unsigned char *w, long long n, float *out) {
+    typedef deq<TYPE> D;
+    const typename D::block *blocks = (const typename D::block *)w;
+    for (long long ib = 0; ib < n / D::qk; ++ib) {
+        for (int g = 0; g < D::qk / 8; g += 2) {
+            int q[4];
+            float scale[2], offset[2];
+            int8w<TYPE>::unpack8(blocks[ib], g, q[0], q[1], scale[0], offset[0]);
+            int8w<TYPE>::unpack8(blocks[ib], g + 1, q[2], q[3], scale[1], offset[1]);
+            const bool shared = scale[0] == scale[1] && offset[0] == offset[1];
+            for (int i = 0; i < 16; ++i) {
+                const float v = scale[0] * (float)(signed char)(q[i / 4] >> (8 * (i % 4))) + offset[0];
+                out[ib * D::qk + 8 * g + i] = shared ? v : NAN;
+            }
+        }
+    }
+}
+
 // The kernels of each weight type by its name in types.cuh's lists.
 using DequantF32 = void (*)(const void *, float *, long long);
-using DequantF16 = void (*)(const void *, __half *, long long);
 using GetRows = void (*)(const void *, const unsigned int *, float *, int, float);
-using Mmvq = void (*)(const void *, const block_q8_1 *, float *, int, int, int);
+using Mmvq = void (*)(const block_q8_1 *, int, int, int, const void *, float *, int, const void *,
+                     float *, int, const void *, float *, int);
 using DotRow = double (*)(const unsigned char *, const block_q8_1 *, int);
+using Unpack = void (*)(const unsigned char *, long long, float *);
+using Mmq = void (*)(const void *, const signed char *, const float *, const float *, float *, int,
+                     int, int, int);
 #define DEQ_F32(name, type) {#name, dequantize_##name##_f32},
-#define DEQ_F16(name, type) {#name, dequantize_##name##_f16},
 #define ROWS(name, type) {#name, get_rows_##name},
 #define MMVQ(name, type) {#name, mul_mat_vec_##name##_q8_1},
 #define DOT(name, type) {#name, dot_row<vdot<type>>},
+#define UNPACK(name, type) {#name, unpack_blocks<type>},
+#define MMQ(name, type) {#name, mul_mat_q_##name},
 static const std::map<std::string, DequantF32> dequantize_f32_kernels = {
     LLMD_QUANT_TYPES(DEQ_F32) LLMD_HALF_TYPES(DEQ_F32)};
-static const std::map<std::string, DequantF16> dequantize_f16_kernels = {
-    LLMD_QUANT_TYPES(DEQ_F16) LLMD_HALF_TYPES(DEQ_F16)};
 static const std::map<std::string, GetRows> get_rows_kernels = {
     {"f32", get_rows_f32}, LLMD_HALF_TYPES(ROWS) LLMD_QUANT_TYPES(ROWS)};
 static const std::map<std::string, Mmvq> mmvq_kernels = {LLMD_QUANT_TYPES(MMVQ)};
 static const std::map<std::string, DotRow> dot_rows = {LLMD_QUANT_TYPES(DOT)};
+static const std::map<std::string, Unpack> unpackers = {LLMD_QUANT_TYPES(UNPACK)};
+static const std::map<std::string, Mmq> mmq_kernels = {LLMD_QUANT_TYPES(MMQ)};
 #undef DEQ_F32
-#undef DEQ_F16
 #undef ROWS
 #undef MMVQ
 #undef DOT
+#undef UNPACK
+#undef MMQ
 
 // The entry for `type` in `kernels`, or exit with an error naming it.
 template <typename K> static K by_type(const std::map<std::string, K> &kernels, const std::string &type) {
@@ -164,6 +191,12 @@ int main(int argc, char **argv) {
         const DequantF32 kernel = by_type(dequantize_f32_kernels, type);
         launch(grid, 1, 256, [&] { kernel(in.data(), out.data(), n); });
         write_file(argv[4], out.data(), out.size() * 4);
+    } else if (op == "unpack") {
+        // IN: whole blocks; OUT: f32 values (unpack_blocks). ARGS: n (number of weights).
+        const long long n = std::atoll(argv[5]);
+        std::vector<float> out(n);
+        by_type(unpackers, type)(in.data(), n, out.data());
+        write_file(argv[4], out.data(), out.size() * 4);
     } else if (op == "get_rows") {
         // IN: table; ARGS: cols ids_file scale; OUT: n_ids rows of f32.
         const int cols = std::atoi(argv[5]);
@@ -187,6 +220,42 @@ int main(int argc, char **argv) {
             out[r] = by_type(dot_rows, type)(w, (const block_q8_1 *)y.data(), cols);
         }
         write_file(argv[4], out.data(), out.size() * 8);
+    } else if (op == "mmq") {
+        // IN: weights; ARGS: x_file (f32, n_tokens x cols) rows cols n_tokens; OUT: the
+        // n_tokens x rows products, then quantize_mmq's values (n_tokens * cols bytes), scales
+        // (n_tokens * cols / 32 f32) and sums (n_tokens * cols / 16 f32).
+        std::vector<unsigned char> xf = read_file(argv[5]);
+        const int rows = std::atoi(argv[6]), cols = std::atoi(argv[7]), n_tokens = std::atoi(argv[8]);
+        const long long n = (long long)n_tokens * cols;
+        std::vector<signed char> q(n);
+        std::vector<float> d(n / 32), s16(n / 16), out((size_t)n_tokens * rows, NAN);
+        launch(ceil_div(n, 256), 1, 256,
+               [&] { quantize_mmq((const float *)xf.data(), q.data(), d.data(), s16.data(), n); });
+        const Mmq kernel = by_type(mmq_kernels, type);
+        launch(dim3_t{ceil_div(n_tokens, 64), ceil_div(rows, 64), 1}, dim3_t{128, 1, 1}, [&] {
+            kernel(in.data(), q.data(), d.data(), s16.data(), out.data(), n_tokens, rows, cols, rows);
+        });
+        std::vector<unsigned char> all(out.size() * 4 + q.size() + d.size() * 4 + s16.size() * 4);
+        unsigned char *at = all.data();
+        for (auto [p, bytes] : {std::pair<const void *, size_t>{out.data(), out.size() * 4},
+                                {q.data(), q.size()}, {d.data(), d.size() * 4}, {s16.data(), s16.size() * 4}}) {
+            std::memcpy(at, p, bytes);
+            at += bytes;
+        }
+        write_file(argv[4], all.data(), all.size());
+    } else if (op == "f16_rows") {
+        // IN: rows x cols f32; ARGS: cols; OUT: the f16 values, then one f32 scale per row.
+        const int cols = std::atoi(argv[5]);
+        const unsigned n_rows = (unsigned)(in.size() / 4 / cols);
+        std::vector<__half> h((size_t)n_rows * cols);
+        std::vector<float> scale(n_rows);
+        launch(n_rows, 1, 256, [&] {
+            convert_f32_to_f16_rows((const float *)in.data(), h.data(), scale.data(), cols);
+        });
+        std::vector<unsigned char> all(h.size() * 2 + scale.size() * 4);
+        std::memcpy(all.data(), h.data(), h.size() * 2);
+        std::memcpy(all.data() + h.size() * 2, scale.data(), scale.size() * 4);
+        write_file(argv[4], all.data(), all.size());
     } else if (op == "rope") {
         // IN: (n_tokens, n_heads, head_dim) f32; ARGS: positions_file factors_file (or "-")
         // n_heads head_dim n_dims base freq_scale ext_factor attn_factor corr_low corr_high neox;
@@ -254,16 +323,11 @@ int main(int argc, char **argv) {
             });
         } else {
             const Mmvq kernel = by_type(mmvq_kernels, type);
-            launch(grid_q, block, [&] { kernel(w, yq, o, rows, cols, nt); });
+            launch(grid_q, block, [&] {
+                kernel(yq, cols, nt, 0, w, o, rows, nullptr, nullptr, 0, nullptr, nullptr, 0);
+            });
         }
         write_file(argv[4], out.data(), out.size() * 4);
-    } else if (op == "dequantize_f16") {
-        // As dequantize, to f16 bits.
-        const long long n = std::atoll(argv[5]);
-        std::vector<__half> out(n);
-        const DequantF16 kernel = by_type(dequantize_f16_kernels, type);
-        launch(ceil_div(n / 8, 256), 1, 256, [&] { kernel(in.data(), out.data(), n); });
-        write_file(argv[4], out.data(), out.size() * 2);
     } else if (op == "rms_norm") {
         // IN: rows x dim f32; ARGS: weight_file rows dim eps block_threads; OUT: normalised
         // (computed in place).
@@ -317,7 +381,7 @@ int main(int argc, char **argv) {
         write_file(argv[4], x.data(), x.size() * 4);
     } else if (op == "simple") {
         // TYPE: add (IN: dst then src, n f32 each), scale (IN: n f32; ARGS: factor), softcap
-        // (IN: n f32; ARGS: cap) or to_f16 (IN: n f32; OUT: f16 bits).
+        // (IN: n f32; ARGS: cap).
         const long long n = type == "add" ? (long long)(in.size() / 8) : (long long)(in.size() / 4);
         std::vector<float> x(n);
         std::memcpy(x.data(), in.data(), n * 4);
@@ -331,10 +395,8 @@ int main(int argc, char **argv) {
             const float cap = (float)std::atof(argv[5]);
             launch(ceil_div(n, 256), 1, 256, [&] { softcap_f32(x.data(), cap, n); });
         } else {
-            std::vector<__half> h(n);
-            launch(ceil_div(n, 256), 1, 256, [&] { convert_f32_to_f16(x.data(), h.data(), n); });
-            write_file(argv[4], h.data(), h.size() * 2);
-            return 0;
+            std::fprintf(stderr, "unknown simple op %s\n", type.c_str());
+            return 2;
         }
         write_file(argv[4], x.data(), x.size() * 4);
     } else if (op == "add_bias") {

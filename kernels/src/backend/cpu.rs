@@ -249,6 +249,22 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn gather_rows(
+        &self,
+        src: &Vec<f32>,
+        rows: &[u32],
+        width: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        check_len("gather_rows", out.len(), rows.len() * width)?;
+        for (i, &r) in rows.iter().enumerate() {
+            let at = r as usize * width;
+            check_len("gather_rows", src.len(), at + width)?;
+            out[i * width..(i + 1) * width].copy_from_slice(&src[at..at + width]);
+        }
+        Ok(())
+    }
+
     fn embed(
         &self,
         table: &CpuWeight,

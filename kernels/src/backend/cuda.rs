@@ -25,15 +25,20 @@ use cudarc::driver::{
 use super::{
     check_len, check_rope, shape, ActivationsLocation, AttentionParams, Backend, BackendError,
     BytesAt, DeviceActivations, DeviceBytes, DeviceMemory, GatedActivation, HostStaging,
-    HostTensor, KvShape, KvTypes, KvView, Lease, RopeMode, RopeParams, WeightView,
+    HostTensor, KvShape, KvTypes, KvView, Lease, QkvParams, RopeMode, RopeParams, WeightView,
 };
 use crate::quant::GgmlType;
 
 mod context;
+mod fused;
+#[cfg(test)]
+mod fused_tests;
 mod kv;
 mod matmul;
 mod modules;
 mod peer;
+#[cfg(test)]
+mod shape_tests;
 #[cfg(test)]
 mod strict_tests;
 #[cfg(test)]
@@ -48,7 +53,7 @@ pub use peer::{cuda_peer_paths, PeerPath};
 
 use matmul::GEMM_SCRATCH_FLOATS;
 #[cfg(test)]
-use matmul::{gemm_applies, gemm_tile_rows, GEMM_TILE, PREFILL_GEMM_MIN_TOKENS};
+use matmul::GEMM_TILE;
 use types::cuda_type;
 
 /// The kernels fetched from each kernel file ([`modules::FILES`]) besides its per-type ones
@@ -65,16 +70,26 @@ const MODULE_KERNELS: &[(&str, &[&str])] = &[
             "scale_f32",
             "add_bias_f32",
             "softcap_f32",
+            "glu_q8_1",
         ],
     ),
-    ("gemm", &["gemm_f32_nt", "gemm_f16_tc"]),
+    ("gemm", &["gemm_f32_nt", "gemm_f16_tc", "gemm_bf16_tc"]),
     ("getrows", &[]),
     ("kvcache", kv::KVCACHE_KERNELS),
+    ("mmq", &[]),
     ("mmv", &[]),
     ("mmvq", &[]),
-    ("norm", &["rms_norm_f32"]),
-    ("quantize", &["quantize_q8_1", "convert_f32_to_f16"]),
-    ("rope", &["rope_f32"]),
+    ("norm", &["rms_norm_f32", "rms_norm_q8_1"]),
+    (
+        "quantize",
+        &[
+            "quantize_q8_1",
+            "quantize_mmq",
+            "convert_f32_to_f16_rows",
+            "convert_f32_to_bf16",
+        ],
+    ),
+    ("rope", &["rope_f32", "rope_store_f16"]),
 ];
 
 /// Largest `head_dim` the attention kernels support.
@@ -218,19 +233,24 @@ pub fn cuda_device_info(ordinal: usize) -> Result<CudaDeviceInfo, String> {
 }
 
 /// Page-locked host memory for activations crossing to and from a GPU: copies from it run as
-/// direct DMA instead of through the driver's own staging buffer.
+/// direct DMA instead of through the driver's own staging buffer. Its values are handed out
+/// without a wait (see [`HostStaging::values`]: the callers order the transfers).
 struct PinnedStaging {
+    /// The allocation (freed on drop).
     slice: cudarc::driver::PinnedHostSlice<f32>,
-    device: String,
+    /// Its first value, taken once at allocation (cudarc's accessors wait on an event per call).
+    ptr: *mut f32,
 }
+
+// SAFETY: the memory is owned by `slice` (page-locked host memory, valid from any thread until
+// freed) and only reached through `&mut self`, so moving the owner between threads is sound.
+unsafe impl Send for PinnedStaging {}
 
 impl HostStaging for PinnedStaging {
     fn values(&mut self) -> Result<&mut [f32], BackendError> {
-        let device = self.device.clone();
-        self.slice.as_mut_slice().map_err(|e| BackendError::Device {
-            device,
-            message: format!("page-locked host memory: {e}"),
-        })
+        // SAFETY: `ptr` points at `slice.len()` f32 values of the live allocation `slice`
+        // owns, zeroed at allocation; the exclusive borrow of `self` is the only way to them.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.ptr, self.slice.len()) })
     }
 
     fn len(&self) -> usize {
@@ -817,6 +837,102 @@ impl Backend for CudaBackend {
             .map_err(|e| self.err("reading activations", e))
     }
 
+    fn matmuls(
+        &self,
+        ws: &[&CudaWeight],
+        x: &DeviceBuf<f32>,
+        n_tokens: usize,
+        outs: &mut [&mut DeviceBuf<f32>],
+    ) -> Result<(), BackendError> {
+        self.matmuls_on_device(ws, x, n_tokens, outs)
+    }
+
+    fn norm_matmuls(
+        &self,
+        x: &DeviceBuf<f32>,
+        norm: &CudaWeight,
+        n_rows: usize,
+        dim: usize,
+        eps: f32,
+        normed: &mut DeviceBuf<f32>,
+        ws: &[&CudaWeight],
+        outs: &mut [&mut DeviceBuf<f32>],
+    ) -> Result<(), BackendError> {
+        self.norm_matmuls_on_device(x, norm, n_rows, dim, eps, normed, ws, outs)
+    }
+
+    fn matmul_residual(
+        &self,
+        w: &CudaWeight,
+        x: &DeviceBuf<f32>,
+        n_tokens: usize,
+        width: usize,
+        post_norm: Option<(&CudaWeight, f32)>,
+        scratch: &mut DeviceBuf<f32>,
+        residual: &mut DeviceBuf<f32>,
+    ) -> Result<(), BackendError> {
+        self.matmul_residual_on_device(w, x, n_tokens, width, post_norm, scratch, residual)
+    }
+
+    fn gated_matmul_residual(
+        &self,
+        gate: &mut DeviceBuf<f32>,
+        up: &DeviceBuf<f32>,
+        ff: usize,
+        act: GatedActivation,
+        w: &CudaWeight,
+        n_tokens: usize,
+        width: usize,
+        post_norm: Option<(&CudaWeight, f32)>,
+        scratch: &mut DeviceBuf<f32>,
+        residual: &mut DeviceBuf<f32>,
+    ) -> Result<(), BackendError> {
+        self.gated_matmul_residual_on_device(
+            gate, up, ff, act, w, n_tokens, width, post_norm, scratch, residual,
+        )
+    }
+
+    fn rope_store(
+        &self,
+        q: &mut DeviceBuf<f32>,
+        k: &mut DeviceBuf<f32>,
+        v: &mut DeviceBuf<f32>,
+        positions: &[u32],
+        p: &QkvParams<'_, CudaWeight>,
+        caches: &mut [(&mut CudaKv, std::ops::Range<usize>)],
+    ) -> Result<(), BackendError> {
+        self.rope_store_on_device(q, k, v, positions, p, caches)
+    }
+
+    fn gather_rows(
+        &self,
+        src: &DeviceBuf<f32>,
+        rows: &[u32],
+        width: usize,
+        out: &mut DeviceBuf<f32>,
+    ) -> Result<(), BackendError> {
+        const OP: &str = "gather_rows";
+        check_len(OP, out.len(), rows.len() * width)?;
+        let mut i = 0;
+        while i < rows.len() {
+            // A run of consecutive source rows is one device-to-device copy (decode: one).
+            let first = rows[i] as usize;
+            let mut n = 1;
+            while i + n < rows.len() && rows[i + n] as usize == first + n {
+                n += 1;
+            }
+            check_len(OP, src.len(), (first + n) * width)?;
+            self.stream
+                .memcpy_dtod(
+                    &src.slice(first * width..(first + n) * width),
+                    &mut out.slice_mut(i * width..(i + n) * width),
+                )
+                .map_err(|e| self.err("gathering rows", e))?;
+            i += n;
+        }
+        Ok(())
+    }
+
     fn embed(
         &self,
         table: &CudaWeight,
@@ -1225,10 +1341,8 @@ impl Backend for CudaBackend {
             Ok(mut slice) => match slice.as_mut_slice() {
                 Ok(values) => {
                     values.fill(0.0);
-                    Ok(Box::new(PinnedStaging {
-                        slice,
-                        device: self.name.clone(),
-                    }) as Box<dyn HostStaging>)
+                    let ptr = values.as_mut_ptr();
+                    Ok(Box::new(PinnedStaging { slice, ptr }) as Box<dyn HostStaging>)
                 }
                 Err(e) => Err(self.err("page-locked host memory", e)),
             },
@@ -1359,10 +1473,10 @@ mod tests {
                 0.0,
                 vec![f32::from(u8::from(same))],
             ));
-            // 1, 3 and 10 tokens: matrix-vector kernels (10: a full group of 8 tokens per block
-            // and a partial one); 70 (>= PREFILL_GEMM_MIN_TOKENS): the GEMM path, with two token
+            // 1, 3 and 8 tokens: matrix-vector kernels (8: a full group of tokens per block);
+            // 10 and 70 (>= PREFILL_GEMM_MIN_TOKENS): the matrix-matrix kernels, 70 in two token
             // tiles, the second an edge of 6.
-            for n_tokens in [1, 3, 10, 70] {
+            for n_tokens in [1, 3, 8, 10, 70] {
                 let x = acts(b, &rng.vec(n_tokens * cols));
                 let mut out = b.alloc_activations(n_tokens * rows).expect("alloc");
                 b.matmul(&w, &x, n_tokens, &mut out).expect("matmul");
@@ -1638,78 +1752,6 @@ mod tests {
             }
         }
         results
-    }
-
-    #[test]
-    fn gemm_tiles_are_whole_64_row_tiles_within_the_budget() {
-        // The GPU test's budget: 64 rows of 512 columns.
-        assert_eq!(gemm_tile_rows(200, 512, GEMM_TILE * 512), 64);
-        // The default budget: 32 Mi floats.
-        assert_eq!(gemm_tile_rows(152_064, 3584, GEMM_SCRATCH_FLOATS), 9344);
-        assert_eq!(gemm_tile_rows(100_000, 8192, GEMM_SCRATCH_FLOATS), 4096);
-        assert_eq!(gemm_tile_rows(2048, 8192, GEMM_SCRATCH_FLOATS), 2048);
-        // Fewer rows than a tile: all of them.
-        assert_eq!(gemm_tile_rows(48, 512, GEMM_SCRATCH_FLOATS), 48);
-        // Rounded down to whole tiles; at least one tile even past the budget.
-        assert_eq!(gemm_tile_rows(1000, 10, 1279), 64);
-        assert_eq!(gemm_tile_rows(1000, 10, 1280), 128);
-        assert_eq!(gemm_tile_rows(1000, 1 << 22, GEMM_SCRATCH_FLOATS), 64);
-        for (rows, cols, budget) in [
-            (1, 8, 1),
-            (63, 8, 1 << 20),
-            (65, 4096, 1 << 18),
-            (999, 1, 0),
-        ] {
-            let t = gemm_tile_rows(rows, cols, budget);
-            assert!(t >= 1 && t <= rows, "{rows} {cols} {budget}: {t}");
-            assert!(
-                t == rows || t.is_multiple_of(GEMM_TILE),
-                "{rows} {cols}: {t}"
-            );
-            assert!(
-                t * cols <= budget.max(GEMM_TILE * cols),
-                "{rows} {cols}: {t}"
-            );
-        }
-    }
-
-    #[test]
-    fn gemm_path_only_where_its_kernels_apply() {
-        let n = PREFILL_GEMM_MIN_TOKENS;
-        for ty in TYPES {
-            assert!(gemm_applies(ty, 200, 512, n), "{ty}");
-            assert!(
-                !gemm_applies(ty, 200, 512, n - 1),
-                "{ty}: decode stays matrix-vector"
-            );
-        }
-        // F16 tiles must hold whole groups of 8 values; F32 is not dequantized.
-        assert!(!gemm_applies(GgmlType::F16, 70, 516, 40));
-        assert!(gemm_applies(GgmlType::F32, 70, 516, 40));
-        assert!(gemm_applies(GgmlType::F32, 70, 3, 40));
-        // Every type with kernels, BF16 with whole groups of 8 like F16; none without kernels.
-        assert!(gemm_applies(GgmlType::BF16, 200, 512, n));
-        assert!(!gemm_applies(GgmlType::BF16, 70, 516, 40));
-        assert!(gemm_applies(GgmlType::IQ1_M, 200, 512, n));
-        assert!(!gemm_applies(GgmlType::Q8_K, 200, 512, n));
-        assert!(!gemm_applies(GgmlType::I32, 200, 512, n));
-        // Empty or beyond the kernels' int arguments and grid.
-        assert!(!gemm_applies(GgmlType::F32, 0, 512, n));
-        assert!(!gemm_applies(GgmlType::F32, 200, 0, n));
-        assert!(!gemm_applies(GgmlType::Q8_0, 1 << 31, 512, n));
-        assert!(!gemm_applies(GgmlType::Q8_0, 200, 1 << 31, n));
-        assert!(gemm_applies(
-            GgmlType::Q8_0,
-            200,
-            512,
-            MAX_GRID_YZ * GEMM_TILE
-        ));
-        assert!(!gemm_applies(
-            GgmlType::Q8_0,
-            200,
-            512,
-            MAX_GRID_YZ * GEMM_TILE + 1
-        ));
     }
 
     #[test]

@@ -343,6 +343,116 @@ pub trait Backend: Send + Sync + 'static {
         act: GatedActivation,
     ) -> Result<(), BackendError>;
 
+    /// `out[i] = src[rows[i]]` for rows of `width` values: the rows of a batch that want logits,
+    /// picked where the activations lie.
+    fn gather_rows(
+        &self,
+        src: &Self::Activations,
+        rows: &[u32],
+        width: usize,
+        out: &mut Self::Activations,
+    ) -> Result<(), BackendError>;
+
+    // The fused steps of a layer (`fused.rs`): each defined as the single ops above, which the
+    // provided methods run; a backend may override them to run the same sequence in fewer
+    // launches, with the same results up to float rounding.
+
+    /// `outs[i] (n_tokens, rows of ws[i]) = x * ws[i]^T` for each weight: several products of
+    /// one input (q, k and v; gate and up), whose input a backend may convert once.
+    fn matmuls(
+        &self,
+        ws: &[&Self::Weight],
+        x: &Self::Activations,
+        n_tokens: usize,
+        outs: &mut [&mut Self::Activations],
+    ) -> Result<(), BackendError> {
+        fused::matmuls(self, ws, x, n_tokens, outs)
+    }
+
+    /// `normed = rms_norm(x) * norm` over `n_rows` rows of `dim` (as [`Backend::rms_norm_into`]),
+    /// then [`Backend::matmuls`] of `normed`.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_matmuls(
+        &self,
+        x: &Self::Activations,
+        norm: &Self::Weight,
+        n_rows: usize,
+        dim: usize,
+        eps: f32,
+        normed: &mut Self::Activations,
+        ws: &[&Self::Weight],
+        outs: &mut [&mut Self::Activations],
+    ) -> Result<(), BackendError> {
+        fused::norm_matmuls(self, x, norm, n_rows, dim, eps, normed, ws, outs)
+    }
+
+    /// A block's output projection added to the residual stream: `residual += post(x * w^T)`
+    /// over `n_tokens` rows of `width` values, `post` the optional RMS norm (weight, epsilon)
+    /// of Gemma's post-norms. `scratch` (room for the product) is left unspecified.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_residual(
+        &self,
+        w: &Self::Weight,
+        x: &Self::Activations,
+        n_tokens: usize,
+        width: usize,
+        post_norm: Option<(&Self::Weight, f32)>,
+        scratch: &mut Self::Activations,
+        residual: &mut Self::Activations,
+    ) -> Result<(), BackendError> {
+        fused::matmul_residual(self, w, x, n_tokens, width, post_norm, scratch, residual)
+    }
+
+    /// The feed-forward block's down projection: `residual += post((act(gate) * up) * w^T)`
+    /// with `gate` and `up` rows of `ff` values (as [`Backend::gated_activation`], then
+    /// [`Backend::matmul_residual`]). `gate` and `scratch` are left unspecified.
+    #[allow(clippy::too_many_arguments)]
+    fn gated_matmul_residual(
+        &self,
+        gate: &mut Self::Activations,
+        up: &Self::Activations,
+        ff: usize,
+        act: GatedActivation,
+        w: &Self::Weight,
+        n_tokens: usize,
+        width: usize,
+        post_norm: Option<(&Self::Weight, f32)>,
+        scratch: &mut Self::Activations,
+        residual: &mut Self::Activations,
+    ) -> Result<(), BackendError> {
+        fused::gated_matmul_residual(
+            self, gate, up, ff, act, w, n_tokens, width, post_norm, scratch, residual,
+        )
+    }
+
+    /// A layer's fresh queries, keys and values of the `positions.len()` tokens of a batch:
+    /// biases, per-head norms, rope and the query scale as `p` says (in place on `q` and `k`),
+    /// then the keys and values of each cache's rows stored in it (as [`Backend::kv_store`]).
+    /// `k` and `v` are left unspecified.
+    fn rope_store(
+        &self,
+        q: &mut Self::Activations,
+        k: &mut Self::Activations,
+        v: &mut Self::Activations,
+        positions: &[u32],
+        p: &QkvParams<'_, Self::Weight>,
+        caches: &mut [(&mut Self::KvCache, std::ops::Range<usize>)],
+    ) -> Result<(), BackendError> {
+        fused::rope_store(self, q, k, v, positions, p, caches)
+    }
+
+    /// [`Backend::attention`] of each cache's rows of a batch over that cache.
+    fn attention_batch(
+        &self,
+        q: &Self::Activations,
+        caches: &[(&Self::KvCache, std::ops::Range<usize>)],
+        positions: &[u32],
+        params: AttentionParams,
+        out: &mut Self::Activations,
+    ) -> Result<(), BackendError> {
+        fused::attention_batch(self, q, caches, positions, params, out)
+    }
+
     /// Allocates one layer's KV cache with room for `capacity` positions, its keys and values
     /// of `types` (refused unless `head_dim` is whole blocks of both).
     fn alloc_kv(
@@ -470,7 +580,10 @@ pub(crate) enum ActivationsLocation {
 /// Host memory for activations crossing between devices (see
 /// [`Backend::alloc_host_staging`]).
 pub trait HostStaging: Send {
-    /// Its values, once the device's transfers that use them have finished.
+    /// Its values. Transfers from and to it run asynchronously on the device's stream: the
+    /// caller orders them (a read into it has finished when [`Backend::read_activations`]
+    /// returns; a write from it must have run before its values are written again, as the end
+    /// of a pipeline step, which waits for its last stage, guarantees).
     fn values(&mut self) -> Result<&mut [f32], BackendError>;
     /// How many values it holds.
     fn len(&self) -> usize;
@@ -611,6 +724,7 @@ mod cpu;
 #[cfg(test)]
 mod cpu_tests;
 mod cuda;
+mod fused;
 mod kv;
 mod memory;
 pub use cpu::CpuBackend;
@@ -619,6 +733,7 @@ pub use cuda::{
     cuda_peer_paths, normalize_pci_bus_id, CudaBackend, CudaDeviceInfo, CudaKv, CudaWeight,
     DeviceBuf, ModuleImage, PeerPath, MIN_DRIVER_RELEASE,
 };
+pub use fused::QkvParams;
 pub(crate) use kv::{f16_bytes, f16_bytes_mut, KvShape};
 pub use kv::{kv_cache_bytes, HostKv, KvRotation, KvType, KvTypeError, KvTypes, KvView};
 pub use memory::{DeviceMemory, Lease};

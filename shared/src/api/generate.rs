@@ -242,7 +242,7 @@ pub struct BenchRequest {
     pub model: String,
     /// Prompt tokens (`pp` test); 0 skips it.
     pub n_prompt: u32,
-    /// Generated tokens (`tg` test); 0 skips it.
+    /// Generated tokens (`tg` test, decoding after the `n_prompt` prompt tokens); 0 skips it.
     pub n_gen: u32,
     /// Repetitions; the reply gives the mean.
     pub repetitions: u32,

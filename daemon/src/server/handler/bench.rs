@@ -1,5 +1,6 @@
-//! `bench`: prompt processing (`pp`) and generation (`tg`) speed on an empty context, as
-//! llama-bench measures them, averaged over repetitions.
+//! `bench`: prompt processing (`pp`) speed on an empty context, and generation (`tg`) speed
+//! continuing after that prompt (llama-bench's `tg` at a depth of `n_prompt`, `-d`), averaged
+//! over repetitions.
 
 use llmd_shared::{BenchReply, BenchRequest, ErrorCode, ErrorReply, Event, Progress};
 

@@ -135,6 +135,16 @@ impl<T> DeviceBuf<T> {
     }
 }
 
+impl<T> DeviceBuf<T> {
+    /// Its device address, for a table of addresses a kernel takes by value. The backends turn
+    /// cudarc's per-buffer event tracking off (see `CudaBackend::with_memory`), so nothing is
+    /// recorded for the use.
+    pub(super) fn device_address(&self, stream: &Arc<cudarc::driver::CudaStream>) -> u64 {
+        let (ptr, _record) = cudarc::driver::DevicePtr::device_ptr(&*self.slice, stream);
+        ptr
+    }
+}
+
 impl<T> Deref for DeviceBuf<T> {
     type Target = CudaSlice<T>;
     fn deref(&self) -> &CudaSlice<T> {

@@ -73,11 +73,11 @@ fn store_kernel(ty: KvType) -> &'static str {
 #[derive(Debug)]
 pub struct CudaKv {
     /// Its shape and types.
-    shape: KvShape,
+    pub(super) shape: KvShape,
     /// Keys: `capacity` rows of `n_kv_heads * head_dim` values of `shape.types.k`.
-    k: DeviceBuf<u8>,
+    pub(super) k: DeviceBuf<u8>,
     /// Values: the same layout, of `shape.types.v`.
-    v: DeviceBuf<u8>,
+    pub(super) v: DeviceBuf<u8>,
     /// The bytes charged to the budget.
     lease: Lease,
 }

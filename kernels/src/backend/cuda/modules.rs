@@ -63,6 +63,7 @@ pub(super) const FILES: &[KernelFile] = &[
     kernel_file!("gemm"),
     kernel_file!("getrows"),
     kernel_file!("kvcache"),
+    kernel_file!("mmq"),
     kernel_file!("mmv"),
     kernel_file!("mmvq"),
     kernel_file!("norm"),

@@ -1,7 +1,8 @@
 //! The CUDA backend against the CPU backend for every weight type the kernels handle beyond the
 //! seven the main comparison covers (`tests::TYPES`): matrix products on the matrix-vector path
-//! (1, 3 and 10 tokens: one and two token groups of `mul_mat_vec_*`) and on the prefill GEMM path
-//! (20 tokens: weights dequantized to f16 in several tiles), and embedding rows (`get_rows_*`),
+//! (1, 3 and 8 tokens: partial and full token groups of `mul_mat_vec_*`) and on the prefill path
+//! (20 tokens: `mul_mat_q_*` on the int8 tensor cores, BF16 `gemm_bf16_tc`), and embedding rows
+//! (`get_rows_*`),
 //! through the real `CudaBackend` on the fake driver in CI (on a GPU when one is present).
 //!
 //! Weights are random blocks with sane scales (every bit pattern of the quants occurs), made
@@ -11,12 +12,12 @@
 //! Tolerances (relative RMS error over RMS of the CPU result, as `tests::compare_results`):
 //! embedding rows are dequantized exactly by both, 1e-6. Products with block-quantized weights:
 //! the CPU quantizes activations to ggml's partner format (Q8_K per 256 values for the K, IQ and
-//! TQ types, Q8_0 / Q8_1 per 32 for the others), the GPU to Q8_1 per 32 (matrix-vector) or f16
-//! (GEMM), each off by about 0.5% of the product, and the IQ2 / IQ3_XXS kernels round their scale
+//! TQ types, Q8_0 / Q8_1 per 32 for the others), the GPU to Q8_1 per 32 (matrix-vector) or to
+//! 8 bits per 32 with f32 scales (mmq), each off by about 0.5% of the product, and the IQ2 / IQ3_XXS kernels round their scale
 //! products in integers as llama.cpp's do (about 1e-4): 2e-2, as for the seven main types. BF16:
 //! the CPU rounds activations to bf16 (ggml's partner type for BF16, 8 significant bits: ~0.2%
 //! per value, a few 1e-3 on a product), the GPU keeps them f32 (matrix-vector) or rounds them to
-//! f16 (GEMM, 11 bits): 1e-2.
+//! bf16 as well (tensor cores): 1e-2.
 
 use std::sync::Arc;
 
@@ -27,8 +28,7 @@ use crate::backend::{CpuBackend, DeviceMemory};
 use crate::cpu::ThreadPool;
 use crate::quant::quantize;
 
-/// Weight rows: with the GPU's scratch of 64 rows of 512 columns the GEMM path takes three tiles
-/// (64, 64 and an edge of 8).
+/// Weight rows: two whole 64-row tiles of the matrix-matrix kernels and an edge of 8.
 const ROWS: usize = 136;
 /// Weight columns: two 256-weight super-blocks per row.
 const COLS: usize = 512;
@@ -125,7 +125,7 @@ fn run_types<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
         let tol = if t.ty == GgmlType::BF16 { 1e-2 } else { 2e-2 };
         let data = weight_data(t, ROWS, COLS, &mut rng);
         let w = upload_bytes(b, t.ty, ROWS, COLS, &data);
-        for n_tokens in [1, 3, 10, 20] {
+        for n_tokens in [1, 3, 8, 20] {
             let x = acts(b, &rng.vec(n_tokens * COLS));
             let mut out = b.alloc_activations(n_tokens * ROWS).expect("alloc");
             b.matmul(&w, &x, n_tokens, &mut out).expect("matmul");
@@ -145,7 +145,8 @@ fn run_types<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
         ));
     }
     // BF16 rows of 520 values (a multiple of 8, not of 32): prefill through dequantize_bf16_f32
-    // tiles and the f32 GEMM instead of tensor cores.
+    // tiles (several: the test lowers the tile scratch to 64 rows) and the f32 GEMM instead of
+    // tensor cores.
     let (rows, cols) = (70, 520);
     let data = quantize(GgmlType::BF16, &rng.vec(rows * cols)).expect("bf16 rounding");
     let w = upload_bytes(b, GgmlType::BF16, rows, cols, &data);

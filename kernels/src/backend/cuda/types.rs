@@ -25,9 +25,12 @@ pub(super) struct CudaType {
     pub matvec: MatVec,
 }
 
-/// Every type with kernels: `get_rows_<suffix>` for all; `dequantize_<suffix>_{f32,f16}` for
-/// all but F32 (which the f32 GEMM multiplies as it lies); `mul_mat_vec_<suffix>` or
-/// `mul_mat_vec_<suffix>_q8_1` by [`MatVec`]. Q8_1 and Q8_K are activation formats and the
+/// Every type with kernels: `get_rows_<suffix>` for all; `mul_mat_vec_<suffix>` or
+/// `mul_mat_vec_<suffix>_q8_1` by [`MatVec`]; `mul_mat_q_<suffix>` (the int8 tensor-core
+/// products of prefill) for the block-quantized types, `dequantize_<suffix>_f32` for F16 and
+/// BF16 rows that the tensor-core GEMMs cannot take (`dequantize.cu` has a `_f32` and an `_f16`
+/// kernel for every type; the host check verifies them, the backend loads only these two).
+/// Q8_1 and Q8_K are activation formats and the
 /// integer types hold no weights; the newest GGML formats (NVFP4, Q1_0, Q2_0) have no kernels on
 /// either backend yet: weights of those types are refused at upload, naming type and tensor.
 pub(super) const CUDA_TYPES: &[CudaType] = &[
@@ -94,12 +97,12 @@ pub(super) fn type_kernels(stem: &str) -> Vec<String> {
     for t in CUDA_TYPES {
         match stem {
             "getrows" => names.push(format!("get_rows_{}", t.suffix)),
-            "dequantize" if t.ty != GgmlType::F32 => {
+            "dequantize" if t.matvec == MatVec::Float && t.ty != GgmlType::F32 => {
                 names.push(format!("dequantize_{}_f32", t.suffix));
-                names.push(format!("dequantize_{}_f16", t.suffix));
             }
             "mmv" if t.matvec == MatVec::Float => names.push(matvec_kernel(t)),
             "mmvq" if t.matvec == MatVec::Q8_1 => names.push(matvec_kernel(t)),
+            "mmq" if t.matvec == MatVec::Q8_1 => names.push(format!("mul_mat_q_{}", t.suffix)),
             _ => {}
         }
     }
@@ -130,10 +133,10 @@ mod tests {
 
     #[test]
     fn kernel_names_follow_the_cuda_lists() {
-        let dequantize = type_kernels("dequantize");
-        assert!(dequantize.contains(&"dequantize_iq4_xs_f16".to_string()));
-        assert!(dequantize.contains(&"dequantize_bf16_f32".to_string()));
-        assert!(!dequantize.iter().any(|n| n.starts_with("dequantize_f32")));
+        assert_eq!(
+            type_kernels("dequantize"),
+            ["dequantize_f16_f32", "dequantize_bf16_f32"]
+        );
         assert_eq!(type_kernels("getrows").len(), CUDA_TYPES.len());
         assert_eq!(
             type_kernels("mmv"),
@@ -141,6 +144,8 @@ mod tests {
         );
         assert!(type_kernels("mmvq").contains(&"mul_mat_vec_q2_K_q8_1".to_string()));
         assert_eq!(type_kernels("mmvq").len(), CUDA_TYPES.len() - 3);
+        assert_eq!(type_kernels("mmq").len(), CUDA_TYPES.len() - 3);
+        assert!(type_kernels("mmq").contains(&"mul_mat_q_iq1_m".to_string()));
         assert!(type_kernels("rope").is_empty());
     }
 }
