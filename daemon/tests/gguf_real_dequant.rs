@@ -7,15 +7,13 @@
 //! dequantization (gguf.quants); the Rust side hashes llmd's little-endian f32 output and checks
 //! both the layout the reader found and the hashes.
 
-#[path = "../../kernels/tests/quant_util/mod.rs"]
-mod quant_util;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use llmd::gguf::GgufFile;
 use llmd_kernels::quant::{dequantize, GgmlType};
-use quant_util::{spawn_python, test_data_var};
+use llmd_testkit::data::test_data_var;
+use llmd_testkit::python::spawn_python;
 use sha2::{Digest, Sha256};
 
 const HASH: &str = r#"

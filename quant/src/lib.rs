@@ -1,4 +1,5 @@
-//! Quantized tensor formats (GGML's block layouts): the block structs (`blocks`: legacy and
+//! GGML's quantized tensor formats, usable without any device code (the GGUF crate reads its type
+//! table, the kernels compute on its blocks): the block structs (`blocks`: legacy and
 //! K-quants; `blocks_iq`: IQ, TQ and MXFP4), the IQ/MXFP4 lookup tables (`tables`), the type
 //! table (`types`), and conversions between f32 and each format: dequantization (`dequant`,
 //! per-block IQ/TQ/MXFP4 in `dequant_iq`) and quantization (`quantize` dispatches and holds the

@@ -2,9 +2,7 @@
 //! linear scaling), softmax, GELU (ggml's f16 table), SiLU, elementwise ops, soft-capping, and
 //! the SIMD f32 dot / axpy against plain loops.
 
-mod cpu_common;
-
-use cpu_common::Rng;
+use crate::cpu_common::Rng;
 use llmd_kernels::cpu::dot::{axpy_f32, dot_f32};
 use llmd_kernels::cpu::ops::{self, RopeMode, RopeParams};
 

@@ -44,7 +44,7 @@ fn grid4(out: &mut [f32], db: f32, grid: u32, signs: u8, first: usize) {
 
 /// The two `u32` words of IQ2_XXS group `ib` (grid indices, then signs and scale).
 #[inline(always)]
-pub(crate) fn iq2xxs_words(b: &BlockIQ2XXS, ib: usize) -> (u32, u32) {
+pub fn iq2xxs_words(b: &BlockIQ2XXS, ib: usize) -> (u32, u32) {
     let q = &b.qs[4 * ib..4 * ib + 4];
     (
         u32::from(q[0]) | (u32::from(q[1]) << 16),
@@ -87,7 +87,7 @@ pub fn iq2_xs_block(b: &BlockIQ2XS, out: &mut [f32; QK_K]) {
 
 /// The 10-bit grid index of the `l`-th 8 weights of IQ2_S group `ib`.
 #[inline(always)]
-pub(crate) fn iq2s_index(b: &BlockIQ2S, ib: usize, l: usize) -> usize {
+pub fn iq2s_index(b: &BlockIQ2S, ib: usize, l: usize) -> usize {
     usize::from(b.qs[4 * ib + l]) | ((usize::from(b.qh[ib]) << (8 - 2 * l)) & 0x300)
 }
 
@@ -110,7 +110,7 @@ pub fn iq2_s_block(b: &BlockIQ2S, out: &mut [f32; QK_K]) {
 
 /// The sign-and-scale word of IQ3_XXS group `ib`.
 #[inline(always)]
-pub(crate) fn iq3xxs_word(b: &BlockIQ3XXS, ib: usize) -> u32 {
+pub fn iq3xxs_word(b: &BlockIQ3XXS, ib: usize) -> u32 {
     let at = QK_K / 4 + 4 * ib;
     u32::from_le_bytes([b.qs[at], b.qs[at + 1], b.qs[at + 2], b.qs[at + 3]])
 }
@@ -133,7 +133,7 @@ pub fn iq3_xxs_block(b: &BlockIQ3XXS, out: &mut [f32; QK_K]) {
 
 /// The two 9-bit grid indices of the `l`-th 8 weights of IQ3_S group `ib`.
 #[inline(always)]
-pub(crate) fn iq3s_indices(b: &BlockIQ3S, ib: usize, l: usize) -> (usize, usize) {
+pub fn iq3s_indices(b: &BlockIQ3S, ib: usize, l: usize) -> (usize, usize) {
     let qh = usize::from(b.qh[ib]);
     let q = &b.qs[8 * ib + 2 * l..];
     (
@@ -160,7 +160,7 @@ pub fn iq3_s_block(b: &BlockIQ3S, out: &mut [f32; QK_K]) {
 
 /// The 11-bit grid index of the `l`-th 8 weights of IQ1_S group `ib`.
 #[inline(always)]
-pub(crate) fn iq1s_index(b: &BlockIQ1S, ib: usize, l: usize) -> usize {
+pub fn iq1s_index(b: &BlockIQ1S, ib: usize, l: usize) -> usize {
     usize::from(b.qs[4 * ib + l]) | (((usize::from(b.qh[ib]) >> (3 * l)) & 7) << 8)
 }
 
@@ -192,7 +192,7 @@ pub fn iq1_s_block(b: &BlockIQ1S, out: &mut [f32; QK_K]) {
 
 /// The four `u16` scale words of an IQ1_M block.
 #[inline(always)]
-pub(crate) fn iq1m_scale_words(b: &BlockIQ1M) -> [u16; 4] {
+pub fn iq1m_scale_words(b: &BlockIQ1M) -> [u16; 4] {
     let s = &b.scales;
     [
         u16::from_le_bytes([s[0], s[1]]),
@@ -204,14 +204,14 @@ pub(crate) fn iq1m_scale_words(b: &BlockIQ1M) -> [u16; 4] {
 
 /// The f16 super-block scale of an IQ1_M block, gathered from the top nibbles of its scale words.
 #[inline(always)]
-pub(crate) fn iq1m_scale(sc: &[u16; 4]) -> f32 {
+pub fn iq1m_scale(sc: &[u16; 4]) -> f32 {
     let bits = (sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000);
     super::float::f16_bits_to_f32(bits)
 }
 
 /// The grid index of the `l`-th 8 weights of IQ1_M group `ib`, and whether its delta is negative.
 #[inline(always)]
-pub(crate) fn iq1m_index(b: &BlockIQ1M, ib: usize, l: usize) -> (usize, bool) {
+pub fn iq1m_index(b: &BlockIQ1M, ib: usize, l: usize) -> (usize, bool) {
     let qh = usize::from(b.qh[2 * ib + l / 2]);
     // Even l: index bits 0..3 and delta sign bit 3; odd l: bits 4..7 and sign bit 7.
     let (shift, sign_bit) = [(8, 0x08), (4, 0x80)][l % 2];
@@ -221,7 +221,7 @@ pub(crate) fn iq1m_index(b: &BlockIQ1M, ib: usize, l: usize) -> (usize, bool) {
 
 /// The 3-bit scale of the `half`-th 16 weights of IQ1_M group `ib`.
 #[inline(always)]
-pub(crate) fn iq1m_group_scale(sc: &[u16; 4], ib: usize, half: usize) -> i32 {
+pub fn iq1m_group_scale(sc: &[u16; 4], ib: usize, half: usize) -> i32 {
     i32::from((sc[ib / 2] >> (6 * (ib % 2) + 3 * half)) & 7)
 }
 
@@ -253,7 +253,7 @@ pub fn iq4_nl_block(b: &BlockIQ4NL, out: &mut [f32; QK]) {
 
 /// The signed 6-bit scale (-32..32) of IQ4_XS group `ib`.
 #[inline(always)]
-pub(crate) fn iq4xs_scale(b: &BlockIQ4XS, ib: usize) -> i32 {
+pub fn iq4xs_scale(b: &BlockIQ4XS, ib: usize) -> i32 {
     let low = (b.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xf;
     let high = ((b.scales_h >> (2 * ib)) & 3) as u8;
     i32::from(low | (high << 4)) - 32
@@ -279,14 +279,14 @@ const POW3: [u8; 5] = [1, 3, 9, 27, 81];
 
 /// Trit `n` (0, 1 or 2) of a TQ1_0 byte: the byte times `3^n` (wrapping), times 3, top byte.
 #[inline(always)]
-pub(crate) fn tq1_trit(q: u8, n: usize) -> i32 {
+pub fn tq1_trit(q: u8, n: usize) -> i32 {
     let q = q.wrapping_mul(POW3[n]);
     i32::from((u16::from(q) * 3) >> 8)
 }
 
 /// The 256 ternary values (-1, 0, 1) of a TQ1_0 block, in element order.
 #[inline(always)]
-pub(crate) fn tq1_values(b: &BlockTQ1_0) -> [i8; QK_K] {
+pub fn tq1_values(b: &BlockTQ1_0) -> [i8; QK_K] {
     let mut v = [0i8; QK_K];
     // Bytes 0..32 give elements 0..160 (trit n of byte m is element 32n + m), bytes 32..48
     // elements 160..240 (16n + m), and the four qh bytes elements 240..256 (4n + j).

@@ -3,12 +3,10 @@
 //! gguf.quants and by llmd and compared bit for bit; random rows are quantized by both to every
 //! format numpy can quantize and compared byte for byte.
 
-mod quant_util;
-
 use std::time::Duration;
 
-use llmd_kernels::quant::{dequantize, quantize, GgmlType};
-use quant_util::{assert_bits_eq, random_blocks, random_row, run_python, test_data_var, Rng};
+use crate::util::{assert_bits_eq, random_blocks, random_row, run_python, test_data_var, Rng};
+use llmd_quant::{dequantize, quantize, GgmlType};
 
 /// Reads `op type_id src dst` quadruples: `d` dequantizes the bytes in src to f32, `q` quantizes
 /// the f32 in src; the result goes to dst.

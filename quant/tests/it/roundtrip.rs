@@ -2,12 +2,10 @@
 //! (the K-quants have no numpy reference to compare against live), the activation blocks' extra
 //! fields (Q8_1 `s`, Q8_K `bsums`), zero rows, and the typed errors of the public API.
 
-mod quant_util;
-
-use llmd_kernels::quant::quantize::{quantize_row_q8_1, quantize_row_q8_k};
-use llmd_kernels::quant::view::zeroed_block;
-use llmd_kernels::quant::*;
-use quant_util::Rng;
+use crate::util::Rng;
+use llmd_quant::quantize::{quantize_row_q8_1, quantize_row_q8_k};
+use llmd_quant::view::zeroed_block;
+use llmd_quant::*;
 
 /// Worst relative RMS error `|dequant(quant(x)) - x|_2 / |x|_2` allowed on gaussian rows, and the
 /// worst per-element error allowed relative to the largest magnitude of its block.

@@ -2,9 +2,7 @@
 //! at and past the token tile), each output equals the one-row dot product of that weight row
 //! with that token's quantized activations, bit for bit; and bad arguments are typed errors.
 
-mod cpu_common;
-
-use cpu_common::{random_weights, Rng, TYPES};
+use crate::cpu_common::{random_weights, Rng, TYPES};
 use half::{bf16, f16};
 use llmd_kernels::cpu::dot::{vec_dot, Activation, VecDot};
 use llmd_kernels::cpu::matmul::as_blocks;
@@ -167,7 +165,7 @@ fn matmul_rejects_bad_arguments() {
         })
     ));
 
-    let shifted = cpu_common::AlignedBytes::new(&[&[0u8][..], w.bytes()].concat());
+    let shifted = crate::cpu_common::AlignedBytes::new(&[&[0u8][..], w.bytes()].concat());
     let odd = QMatrix {
         ty: GgmlType::Q8_0,
         rows: 4,

@@ -313,7 +313,7 @@ pub fn q2_k_block(b: &BlockQ2K, out: &mut [f32; QK_K]) {
 
 /// The 16 signed 6-bit scales of a Q3_K block (low nibbles in bytes 0..8, high pairs in 8..12).
 #[inline(always)]
-pub(crate) fn q3_k_scales(s: &[u8; 12]) -> [i32; 16] {
+pub fn q3_k_scales(s: &[u8; 12]) -> [i32; 16] {
     let mut out = [0i32; 16];
     for (i, o) in out.iter_mut().enumerate() {
         let low = if i < 8 { s[i] & 0x0f } else { s[i - 8] >> 4 };

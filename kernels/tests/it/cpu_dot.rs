@@ -11,9 +11,7 @@
 //! dequantized weights and activations, `Σ |w_i · a_i|`: the lanes add partial products of a
 //! block before its integers cancel, so that, not the blocks' net values, bounds their rounding.
 
-mod cpu_common;
-
-use cpu_common::{random_weights, Rng};
+use crate::cpu_common::{random_weights, Rng};
 use half::{bf16, f16};
 use llmd_kernels::cpu::dot::{vec_dot, Activation, Kernels, VecDot, TILE};
 use llmd_kernels::cpu::matmul::as_blocks;

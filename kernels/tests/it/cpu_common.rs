@@ -1,35 +1,11 @@
-//! Shared helpers for the CPU kernel tests: a seeded generator and random weight rows of every
-//! type (included by each `cpu_*.rs` test file with `mod cpu_common;`).
-
-#![allow(dead_code)]
+//! Shared helpers for the CPU kernel tests: random weight rows of every type, drawn from the
+//! test kit's seeded generator.
 
 use half::{bf16, f16};
 use llmd_kernels::quant::GgmlType;
 
-#[path = "quant_util/mod.rs"]
-mod quant_util;
-use quant_util::set_block_scales;
-
-/// xorshift64*: reproducible without a dependency.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in [-1, 1).
-    pub fn f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-
-    pub fn f32s(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.f32() * scale).collect()
-    }
-}
+use llmd_testkit::blocks::set_block_scales;
+pub use llmd_testkit::Rng;
 
 /// `rows` random rows of `cols` elements of `ty`, as GGUF bytes, in a buffer aligned to 8.
 pub fn random_weights(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> AlignedBytes {

@@ -29,7 +29,7 @@ pub(crate) fn round_away(x: f32) -> i32 {
 /// The largest magnitude in `x`. Equal to ggml's sequential `MAX(amax, fabsf(v))` scan for any
 /// input without NaNs (max is exact, so the order does not matter); eight lanes let it vectorize.
 #[inline(always)]
-pub(crate) fn absmax(x: &[f32]) -> f32 {
+pub fn absmax(x: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let mut chunks = x.chunks_exact(8);
     for c in &mut chunks {
