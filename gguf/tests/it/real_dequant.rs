@@ -10,8 +10,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use llmd::gguf::GgufFile;
-use llmd_kernels::quant::{dequantize, GgmlType};
+use llmd_gguf::GgufFile;
+use llmd_quant::{dequantize, GgmlType};
 use llmd_testkit::data::test_data_var;
 use llmd_testkit::python::spawn_python;
 use sha2::{Digest, Sha256};

@@ -6,10 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use clap::Parser;
-use llmd::gguf::{GgufFile, GgufWriter, MetadataArray, MetadataValue};
-use llmd::make_model::{self, MakeModelArgs};
-use llmd_kernels::quant::GgmlType;
+use llmd_gguf::synth::{write_model, Arch, ModelSpec, WeightType};
+use llmd_gguf::{GgufFile, GgufWriter, MetadataArray, MetadataValue};
+use llmd_quant::GgmlType;
 use serde_json::Value;
 
 /// Dumps every key/value and tensor of a GGUF file as JSON, using the `gguf` package.
@@ -45,16 +44,8 @@ json.dump(out, sys.stdout)
 
 /// The Python to use, or `None` (after printing SKIPPED) when not configured and not required.
 fn python() -> Option<PathBuf> {
-    match std::env::var_os("LLMD_TEST_PYTHON") {
-        Some(p) => Some(p.into()),
-        None if std::env::var_os("LLMD_REQUIRE_TEST_DATA").is_some() => {
-            panic!("LLMD_TEST_PYTHON is not set but LLMD_REQUIRE_TEST_DATA is")
-        }
-        None => {
-            println!("SKIPPED: LLMD_TEST_PYTHON is not set (scripts/test-deps creates it)");
-            None
-        }
-    }
+    llmd_testkit::data::test_data_var("LLMD_TEST_PYTHON", "scripts/test-deps creates it")
+        .map(PathBuf::from)
 }
 
 fn dump(python: &Path, file: &Path) -> Value {
@@ -227,33 +218,22 @@ fn gguf_package_reads_what_the_writer_writes() {
     compare(&py, &path);
 }
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    args: MakeModelArgs,
-}
-
 #[test]
 fn gguf_package_reads_make_model_files() {
     let Some(py) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
     for (arch, ty) in [
-        ("llama", "q4_k_m"),
-        ("qwen2", "q8_0"),
-        ("qwen3", "f16"),
-        ("gemma3", "q4_k_m"),
+        (Arch::Llama, WeightType::Q4_K_M),
+        (Arch::Qwen2, WeightType::Q8_0),
+        (Arch::Qwen3, WeightType::F16),
+        (Arch::Gemma3, WeightType::Q4_K_M),
     ] {
-        let path = dir.path().join(format!("{arch}.gguf"));
-        let cli = Cli::parse_from([
-            "make-model",
-            "--arch",
-            arch,
-            "--type",
+        let path = dir.path().join(format!("{}.gguf", arch.name()));
+        let spec = ModelSpec {
             ty,
-            "-o",
-            path.to_str().unwrap(),
-        ]);
-        make_model::run(cli.args).unwrap();
+            ..ModelSpec::new(arch)
+        };
+        write_model(&spec, &path).unwrap();
         compare(&py, &path);
     }
 }

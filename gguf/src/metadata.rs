@@ -347,7 +347,7 @@ impl TokenizerMetadata {
 }
 
 /// Which normalisation the epsilon belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NormKind {
     /// RMSNorm (`{arch}.attention.layer_norm_rms_epsilon`).
     Rms,
@@ -356,7 +356,7 @@ pub enum NormKind {
 }
 
 /// Rotary position embedding settings.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RopeConfig {
     /// `{arch}.rope.freq_base` (default 10000).
     pub freq_base: f32,
@@ -378,7 +378,7 @@ pub struct RopeConfig {
 }
 
 /// Which layers use sliding-window attention, when the file says.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SlidingWindowPattern {
     /// `{arch}.attention.sliding_window_pattern` as an integer n: in each group of n layers the
     /// last is global and the others use the sliding window (n = 0: every layer is windowed).

@@ -44,7 +44,8 @@ pub enum VocabError {
 }
 
 /// Which tokenizer family to build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum VocabKind {
     /// Byte-level BPE (GPT-2 style, `tokenizer.ggml.model = "gpt2"`).
     Bpe,

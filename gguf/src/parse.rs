@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use llmd_kernels::quant::GgmlType;
+use llmd_quant::GgmlType;
 
 use super::error::GgufError;
 use super::value::{MetadataArray, MetadataValue, ValueType};

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use llmd_kernels::quant::GgmlType;
+use llmd_quant::GgmlType;
 
 /// Why a GGUF file (or byte buffer) could not be read.
 #[derive(Debug, thiserror::Error)]

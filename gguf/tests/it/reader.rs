@@ -2,11 +2,11 @@
 //! infos and data views, alignment, header-only opening of truncated files, specific hostile
 //! inputs with the error they must give, and typed model/tokenizer metadata.
 
-use llmd::gguf::{
-    self, DataCheck, GgufError, GgufFile, GgufWriter, MetadataArray, MetadataError, MetadataValue,
-    ModelDescription, NormKind, SlidingWindowPattern, TokenizerMetadata,
+use llmd_gguf::{
+    self as gguf, DataCheck, GgufError, GgufFile, GgufWriter, MetadataArray, MetadataError,
+    MetadataValue, ModelDescription, NormKind, SlidingWindowPattern, TokenizerMetadata,
 };
-use llmd_kernels::quant::GgmlType;
+use llmd_quant::GgmlType;
 
 /// Every scalar and array value type, plus a nested array.
 fn all_values() -> Vec<(&'static str, MetadataValue)> {
@@ -614,20 +614,7 @@ fn writer_rejects_bad_input() {
     ));
 }
 
-/// Reads a path from `var`; `None` (after printing SKIPPED) when the data is not installed and
-/// not required.
-fn test_data(var: &str) -> Option<std::path::PathBuf> {
-    match std::env::var_os(var) {
-        Some(p) => Some(p.into()),
-        None if std::env::var_os("LLMD_REQUIRE_TEST_DATA").is_some() => {
-            panic!("{var} is not set but LLMD_REQUIRE_TEST_DATA is")
-        }
-        None => {
-            println!("SKIPPED: {var} is not set (run scripts/test-deps to fetch the model)");
-            None
-        }
-    }
-}
+use llmd_testkit::data::test_data_file as test_data;
 
 #[test]
 fn real_gemma3_file_reads_completely() {

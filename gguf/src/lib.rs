@@ -1,25 +1,30 @@
-//! Reading and writing GGUF model files.
+//! The GGUF model file format: reading (hardened against hostile files), writing, typed
+//! metadata, and synthetic models of real architectures. Depends on the quantized formats'
+//! type table (`llmd-quant`) and nothing of llmd's devices, runtime or wire protocol, so it can
+//! be fuzzed and reused on its own.
 //!
 //! - [`parse`]: the hardened header parser over untrusted bytes ([`GgufHeader::parse`]).
 //! - [`file`]: [`GgufFile`], a memory-mapped file whose tensors are views into the map, opened
 //!   whole ([`GgufFile::open`]) or header-only for partial downloads ([`GgufFile::open_header`]).
 //! - [`value`]: metadata value types. [`error`]: [`GgufError`].
-//! - [`metadata`]: typed [`ModelDescription`] and [`TokenizerMetadata`].
-//! - [`inspect`]: [`InspectReport`], what `llmctl inspect` shows (works header-only).
+//! - [`metadata`]: typed [`ModelDescription`] and [`TokenizerMetadata`]; [`file_type`]:
+//!   llama.cpp's file type names.
 //! - [`writer`]: [`GgufWriter`], streaming tensor data for files larger than memory.
+//! - [`synth`]: random-weight models of every supported architecture, shape preset and weight
+//!   type, with llama-quantize's mixes (what `llmd make-model` writes). With the `clap` feature
+//!   its option enums are also command-line values.
 
 pub mod error;
 pub mod file;
-pub mod inspect;
+pub mod file_type;
 pub mod metadata;
 pub mod parse;
+pub mod synth;
 pub mod value;
 pub mod writer;
 
 pub use error::GgufError;
 pub use file::GgufFile;
-pub use inspect::ReportFromFile;
-pub use llmd_shared::api::{InspectReport, TokenizerSummary, TypeStats};
 pub use metadata::{
     MetadataError, ModelDescription, NormKind, RopeConfig, SlidingWindowPattern, TokenizerMetadata,
 };

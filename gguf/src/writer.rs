@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::io::Write;
 
-use llmd_kernels::quant::GgmlType;
+use llmd_quant::GgmlType;
 
 use super::parse::{align_up, DEFAULT_ALIGNMENT, GGUF_MAGIC, KEY_ALIGNMENT, MAX_DIMS};
 use super::value::{MetadataArray, MetadataValue};

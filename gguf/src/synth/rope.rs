@@ -13,13 +13,12 @@
 //!   the Phi-3 converter writes them (it writes no scaling type for phi3; a llama file says
 //!   `longrope`).
 
-use anyhow::bail;
-use clap::ValueEnum;
-
-use crate::gguf::MetadataValue;
+use super::SynthError;
+use crate::MetadataValue;
 
 /// `--rope-scaling`: the rope scaling kinds `make-model` writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum RopeScalingArg {
     /// Positions divided by the factor.
     Linear,
@@ -73,25 +72,33 @@ impl RopeScalingPlan {
         factor: Option<f32>,
         original_context: Option<u32>,
         attn_factor: Option<f32>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, SynthError> {
         if freqs && arch_name != "llama" {
-            bail!("--rope-freqs writes Llama 3.1's rope_freqs.weight: llama models only");
+            return Err(SynthError::Spec(
+                "--rope-freqs writes Llama 3.1's rope_freqs.weight: llama models only".into(),
+            ));
         }
         if freqs && scaling.is_some() {
-            bail!("--rope-freqs and --rope-scaling do not go together (Llama 3.1 has no scaling keys)");
+            return Err(SynthError::Spec("--rope-freqs and --rope-scaling do not go together (Llama 3.1 has no scaling keys)".into()));
         }
         match scaling {
             Some(RopeScalingArg::Longrope) if !matches!(arch_name, "llama" | "phi3") => {
-                bail!("--rope-scaling longrope: phi3 and llama models only")
+                return Err(SynthError::Spec(
+                    "--rope-scaling longrope: phi3 and llama models only".into(),
+                ))
             }
             Some(RopeScalingArg::Linear | RopeScalingArg::Yarn) if matches!(arch_name, "phi3") => {
-                bail!("llama.cpp's phi3 models take only longrope scaling")
+                return Err(SynthError::Spec(
+                    "llama.cpp's phi3 models take only longrope scaling".into(),
+                ))
             }
             _ => {}
         }
         let factor = factor.unwrap_or(if freqs { LLAMA3_FACTOR } else { DEFAULT_FACTOR });
         if !(factor.is_finite() && factor >= 1.0) {
-            bail!("--rope-factor must be at least 1, not {factor}");
+            return Err(SynthError::Spec(format!(
+                "--rope-factor must be at least 1, not {factor}"
+            )));
         }
         let original_context = match (original_context, scaling) {
             (Some(n), _) => n,
@@ -100,10 +107,14 @@ impl RopeScalingPlan {
             (None, _) => (n_ctx as f32 / factor) as u32,
         };
         if (freqs || scaling.is_some()) && original_context == 0 {
-            bail!("the original context (--rope-orig-ctx) must be nonzero");
+            return Err(SynthError::Spec(
+                "the original context (--rope-orig-ctx) must be nonzero".into(),
+            ));
         }
         if let Some(a) = attn_factor.filter(|a| !(a.is_finite() && *a > 0.0)) {
-            bail!("--rope-attn-factor must be positive, not {a}");
+            return Err(SynthError::Spec(format!(
+                "--rope-attn-factor must be positive, not {a}"
+            )));
         }
         let attn_factor = match scaling {
             Some(RopeScalingArg::Longrope) => attn_factor.or_else(|| {

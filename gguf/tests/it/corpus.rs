@@ -9,8 +9,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-use llmd::gguf::{self, DataCheck, GgufHeader, GgufWriter, MetadataArray, MetadataValue};
-use llmd_kernels::quant::GgmlType;
+use llmd_gguf::{self as gguf, DataCheck, GgufHeader, GgufWriter, MetadataArray, MetadataValue};
+use llmd_quant::GgmlType;
 
 /// Counts the bytes allocated by the current thread, so a parse's peak allocation can be
 /// measured.
@@ -67,20 +67,8 @@ fn peak_alloc<T>(f: impl FnOnce() -> T) -> (T, usize) {
     (out, peak.max(0) as usize)
 }
 
-/// A small deterministic PRNG (xorshift64*), so the corpus is the same on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+/// The test kit's seeded generator, so the corpus is the same on every run.
+use llmd_testkit::Rng;
 
 /// The valid seed files: a model-like file with tokenizer arrays, one with every value type
 /// and a custom alignment, and a minimal one.
@@ -335,9 +323,7 @@ fn corpus() -> Vec<(String, Vec<u8>, Expect)> {
                 put(&mut b, at, 4, u64::from(id));
                 let expect = match kind {
                     Field::NDims => Expect::Err,
-                    Field::TensorType if llmd_kernels::quant::GgmlType::from_id(id).is_err() => {
-                        Expect::Err
-                    }
+                    Field::TensorType if llmd_quant::GgmlType::from_id(id).is_err() => Expect::Err,
                     Field::ValueType if id > 12 => Expect::Err,
                     _ => Expect::Either,
                 };
@@ -384,7 +370,7 @@ fn corpus() -> Vec<(String, Vec<u8>, Expect)> {
                 b[at] = match rng.below(3) {
                     0 => b[at] ^ (1 << rng.below(8)),
                     1 => 0xFF,
-                    _ => rng.next() as u8,
+                    _ => rng.next_u64() as u8,
                 };
             }
             out.push((format!("seed{si} random mutation {n}"), b, Expect::Either));
@@ -393,7 +379,7 @@ fn corpus() -> Vec<(String, Vec<u8>, Expect)> {
         // Random garbage appended, and random-length prefixes of garbage.
         for n in 0..20 {
             let mut b = seed.clone();
-            b.extend((0..rng.below(100)).map(|_| rng.next() as u8));
+            b.extend((0..rng.below(100)).map(|_| rng.next_u64() as u8));
             out.push((format!("seed{si} trailing garbage {n}"), b, Expect::Either));
         }
     }
@@ -531,7 +517,7 @@ fn random_bytes_never_panic() {
     let mut rng = Rng(42);
     for n in 0..2000 {
         let len = rng.below(512);
-        let mut bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let mut bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         // Half of them with a valid magic and version so parsing goes deeper.
         if n % 2 == 0 && len >= 8 {
             bytes[..4].copy_from_slice(b"GGUF");
