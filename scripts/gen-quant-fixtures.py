@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generates the committed quantization fixtures in kernels/tests/fixtures/quant/.
+"""Generates the committed quantization fixtures in quant/tests/fixtures/.
 
 Usage:
   . ~/.cache/llmd-llama-ref/env.sh   # llama.cpp reference build: python gguf + numpy, libggml-base
@@ -250,7 +250,7 @@ def write(path, magic, qtype, n, first, second):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ggml-lib", default=os.path.expanduser("~/.cache/llmd-llama-ref/build/bin/libggml-base.so"))
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "kernels", "tests", "fixtures", "quant"))
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "quant", "tests", "fixtures"))
     args = ap.parse_args()
     ggml = Ggml(args.ggml_lib)
     os.makedirs(args.out, exist_ok=True)

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         None => llmd::server::serve(cli.serve).map_err(Into::into),
         Some(Command::Serve(args)) => llmd::server::serve(args).map_err(Into::into),
-        Some(Command::MakeModel(args)) => llmd::make_model::run(args),
+        Some(Command::MakeModel(args)) => llmd::make_model::run(args).map(drop).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -290,7 +290,7 @@ fn layer_counts(stages: &[StagePlacement]) -> Vec<f32> {
 /// Maps a load failure to the error the client sees.
 fn load_error(e: LoadError) -> ErrorReply {
     let code = match &e {
-        LoadError::Gguf(crate::gguf::GgufError::Io { .. }) => ErrorCode::Io,
+        LoadError::Gguf(llmd_gguf::GgufError::Io { .. }) => ErrorCode::Io,
         LoadError::Config(_) => ErrorCode::Unsupported,
         LoadError::Weights(crate::model::weights::WeightError::Backend(
             llmd_kernels::backend::BackendError::OutOfMemory { .. },

@@ -8,10 +8,12 @@
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use llmd::gguf::{GgufError, GgufFile, InspectReport, ModelDescription, NormKind, ReportFromFile};
+use llmd::inspect::ReportFromFile;
 use llmd::make_model::{self, MakeModelArgs};
+use llmd_gguf::{GgufError, GgufFile, ModelDescription, NormKind};
 use llmd_kernels::backend::KvTypes;
 use llmd_kernels::quant::{dequantize, GgmlType};
+use llmd_shared::InspectReport;
 
 #[derive(Parser)]
 struct Cli {

@@ -9,8 +9,8 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use llmd::gguf::{GgufFile, GgufWriter, MetadataValue};
 use llmd::model::load::{LoadError, OpenedModel};
+use llmd_gguf::{GgufFile, GgufWriter, MetadataValue};
 use llmd_kernels::quant::GgmlType;
 
 /// A tiny model of `arch` written by `llmd make-model` with `extra` arguments.

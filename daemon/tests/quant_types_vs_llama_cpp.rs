@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use llama_cpp_logits::{compare_greedy, compare_logits, cpu_greedy, cpu_logits, read_f32};
-use llmd::gguf::GgufFile;
+use llmd_gguf::GgufFile;
 use serde_json::Value;
 
 /// Largest allowed |ours - llama.cpp| for a logit, relative to its position's spread. Weights and

@@ -9,8 +9,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use llmd::gguf::{GgufFile, TokenizerMetadata};
 use llmd::tokenizer::{ChatMessage, ChatTemplate, StreamDecoder, Tokenizer};
+use llmd_gguf::{GgufFile, TokenizerMetadata};
 use serde::Deserialize;
 
 /// One fixture case.

@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use llmd::gguf::{self, DataCheck, GgufHeader};
+use llmd_gguf::{self as gguf, DataCheck, GgufHeader};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(h) = gguf::parse(data) {

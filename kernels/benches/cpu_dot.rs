@@ -7,9 +7,6 @@
 //! contains it). Prints, per type and level, the best time per matrix, the weight bytes read per
 //! second, and the speed-up over the scalar kernels.
 
-#[path = "../tests/quant_util/mod.rs"]
-mod quant_util;
-
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -18,7 +15,8 @@ use llmd_kernels::cpu::dot::{Activation, VecDot, TILE};
 use llmd_kernels::cpu::matmul::as_blocks;
 use llmd_kernels::cpu::Isa;
 use llmd_kernels::quant::{self, *};
-use quant_util::{random_blocks, Rng};
+use llmd_testkit::blocks::random_blocks;
+use llmd_testkit::Rng;
 
 /// Weight rows per matrix.
 const ROWS: usize = 512;

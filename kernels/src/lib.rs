@@ -1,7 +1,11 @@
-//! Compute for llmd: GGML's quantized block formats ([`quant`]), the CPU kernels, and (later) the
-//! CUDA kernels, behind one backend trait that model code calls.
+//! Compute for llmd: the CPU kernels ([`cpu`]) and the CUDA backend, behind one backend trait
+//! that model code calls ([`backend`]), over GGML's quantized block formats ([`quant`], the
+//! `llmd-quant` crate).
 
 pub mod backend;
 pub mod cpu;
 pub mod fake_cuda;
-pub mod quant;
+
+/// The quantized block formats, from their own crate (`llmd-quant`), under the name kernel code
+/// has always used for them.
+pub use llmd_quant as quant;

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{handshaken, request, status_kib, tiny_model, ChildGuard, Daemon};
-use llmd::gguf::{GgufFile, GgufWriter, MetadataValue};
+use llmd_gguf::{GgufFile, GgufWriter, MetadataValue};
 use llmd_shared::frame::{encode_frame, write_frame};
 use llmd_shared::{
     ErrorCode, GenerateRequest, Hello, Prompt, Reply, Request, Response, Sampling, TokenizeRequest,

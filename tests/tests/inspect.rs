@@ -77,7 +77,7 @@ fn inspect_reports_the_real_models() {
 /// A tiny valid model written by `llmd make-model`, and where its tensor data starts.
 fn tiny_model(dir: &Path) -> (Vec<u8>, usize) {
     let path = common::tiny_model(dir, "q8_0", None);
-    let file = llmd::gguf::GgufFile::open(&path).expect("valid tiny model");
+    let file = llmd_gguf::GgufFile::open(&path).expect("valid tiny model");
     let header = file.data_offset() as usize;
     (std::fs::read(&path).expect("read"), header)
 }

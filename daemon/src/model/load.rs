@@ -16,7 +16,7 @@ use super::config::{
 use super::pipeline::{Pipeline, PipelineStage};
 use super::stage::ForwardError;
 use super::weights::{TensorSource, WeightError};
-use crate::gguf::{GgufError, GgufFile, MetadataError, ModelDescription};
+use llmd_gguf::{GgufError, GgufFile, MetadataError, ModelDescription};
 
 /// Errors loading a model.
 #[derive(Debug, Error)]

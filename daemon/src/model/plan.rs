@@ -27,7 +27,7 @@ use thiserror::Error;
 use super::config::ModelConfig;
 use super::load::{model_config, LoadError};
 use super::weights::layer_source_names;
-use crate::gguf::{GgufFile, ModelDescription, TensorInfo};
+use llmd_gguf::{GgufFile, ModelDescription, TensorInfo};
 
 /// Errors in a plan's input (a plan that does not fit is not an error: see [`Plan::verdict`]).
 #[derive(Debug, Error, PartialEq)]

@@ -465,44 +465,23 @@ mod tests {
         }
     }
 
-    use crate::make_model::{self, MakeModelArgs, Preset, WeightType};
     use crate::model::batch::Batch;
     use crate::model::load::OpenedModel;
+    use llmd_gguf::synth::{write_model, Arch, ModelSpec, WeightType};
     use llmd_kernels::backend::{CpuBackend, DeviceMemory};
     use llmd_kernels::cpu::ThreadPool;
 
     /// A tiny random 4-layer llama written to `dir`.
     fn tiny_model(dir: &std::path::Path) -> OpenedModel {
         let path = dir.join("tiny.gguf");
-        make_model::run(MakeModelArgs {
-            arch: make_model::Arch::Llama,
-            preset: Preset::Tiny,
+        let spec = ModelSpec {
             layers: Some(4),
-            embd: None,
-            ff: None,
-            heads: None,
-            kv_heads: None,
-            head_dim: None,
-            vocab: None,
-            ctx: None,
-            rope_base: None,
-            rope_freqs: false,
-            rope_scaling: None,
-            rope_factor: None,
-            rope_orig_ctx: None,
-            rope_attn_factor: None,
-            attn_softcap: None,
-            final_softcap: None,
             ty: WeightType::Q8_0,
-            vocab_kind: None,
             seed: 7,
-            header_only: false,
             threads: Some(1),
-            fill: make_model::Fill::Random,
-            json: false,
-            output: path.clone(),
-        })
-        .unwrap();
+            ..ModelSpec::new(Arch::Llama)
+        };
+        write_model(&spec, &path).unwrap();
         OpenedModel::open(&path).unwrap()
     }
 

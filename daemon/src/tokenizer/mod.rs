@@ -26,8 +26,8 @@ mod unicode;
 
 use std::collections::{BTreeSet, HashMap};
 
-pub use crate::gguf::TokenizerMetadata;
 pub use chat::{ChatError, ChatMessage, ChatTemplate, TemplateOrigin};
+pub use llmd_gguf::TokenizerMetadata;
 pub use pretokenize::PreTokenizerKind;
 pub use stream::StreamDecoder;
 

@@ -5,7 +5,9 @@ use std::path::Path;
 use llmd_shared::{ErrorCode, ErrorReply, InspectReport, InspectRequest};
 
 use super::Context;
-use crate::gguf::{GgufError, GgufFile, ReportFromFile};
+use llmd_gguf::{GgufError, GgufFile};
+
+use crate::inspect::ReportFromFile;
 
 /// Reads the header on a blocking thread and builds the report.
 pub async fn handle(req: InspectRequest, _ctx: &Context) -> Result<Box<InspectReport>, ErrorReply> {
