@@ -14,6 +14,7 @@ pub mod handler;
 pub mod listener;
 pub mod peek;
 mod reload;
+pub mod wire;
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;

@@ -11,7 +11,7 @@ mod doctor;
 mod generate;
 mod inspect;
 mod list;
-pub mod load;
+mod load;
 mod metrics;
 mod plan;
 mod resplit;
@@ -124,11 +124,6 @@ pub async fn dispatch(request: Request, ctx: Context) -> Result<Reply, ErrorRepl
 }
 
 /// The resident model called `name`, or a `not_found` error.
-pub fn model_named(ctx: &Context, name: &str) -> Result<crate::state::ResidentModel, ErrorReply> {
-    ctx.state.models().get(name).cloned().ok_or_else(|| {
-        ErrorReply::new(
-            ErrorCode::NotFound,
-            format!("no model named {name:?} is loaded"),
-        )
-    })
+pub fn model_named(ctx: &Context, name: &str) -> Result<crate::runtime::ResidentModel, ErrorReply> {
+    Ok(ctx.state.runtime.model(name)?)
 }
