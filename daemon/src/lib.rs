@@ -10,6 +10,7 @@
 //! - [`state`]: the shared daemon state (config, devices, the runtime, counters).
 //! - [`server`]: socket, accept loop, connections, one handler file per request; [`users`]:
 //!   user and group lookups for the socket group and the `[access]` section.
+//! - [`http`]: the OpenAI-compatible HTTP API (the `[http]` section), on the same runtime.
 
 pub mod cli;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod devices;
 pub mod engine;
 pub mod gpu;
 pub mod health;
+pub mod http;
 pub mod inspect;
 pub mod logging;
 pub mod make_model;
