@@ -24,6 +24,8 @@ use crate::config::LoadedConfig;
 use crate::devices;
 use crate::gpu::sampler::GpuSampler;
 use crate::gpu::{GpuTelemetry, NvmlStatus};
+use crate::health::registry::{Metrics, ModelLoad};
+use crate::health::{metrics, power};
 use crate::runtime::Runtime;
 
 pub use crate::devices::Device;
@@ -117,6 +119,8 @@ pub struct State {
     /// The resident models and what placing them needs: the domain layer every front end
     /// calls.
     pub runtime: Runtime,
+    /// Request, token and latency metrics, shared with the runtime and both front ends.
+    pub metrics: Arc<Metrics>,
     /// Open client connections.
     connections: AtomicU64,
     /// Requests being processed.
@@ -152,13 +156,15 @@ impl State {
             }
         };
         let changed = Arc::new(Notify::new());
+        let metrics = Arc::new(Metrics::new());
         Arc::new(State {
             started: Instant::now(),
             pid: std::process::id(),
             socket_path,
             config: RwLock::new(Arc::new(config)),
             devices: RwLock::new(Arc::new(devices)),
-            runtime: Runtime::new(Arc::clone(&changed)),
+            runtime: Runtime::new(Arc::clone(&changed), Arc::clone(&metrics)),
+            metrics,
             connections: AtomicU64::new(0),
             requests_running: AtomicU64::new(0),
             changed,
@@ -177,6 +183,30 @@ impl State {
             GpuSource::Sampler(sampler) => sampler.latest(),
             GpuSource::Failed(telemetry) => Arc::clone(telemetry),
         }
+    }
+
+    /// The Prometheus text `llmctl metrics` and `GET /metrics` print: the latest telemetry
+    /// sample's GPU gauges and the power budget, then the request metrics with each model's
+    /// load now. Never waits on NVML.
+    pub fn metrics_text(&self) -> String {
+        let telemetry = self.gpu_telemetry();
+        let budget = power::budget(&self.config().config.power, &telemetry);
+        let gpu = metrics::render(&telemetry, Some(&budget));
+        let loads: Vec<ModelLoad> = self
+            .runtime
+            .models()
+            .all()
+            .iter()
+            .map(|m| {
+                let (running, queued) = m.load_now();
+                ModelLoad {
+                    model: m.name.clone(),
+                    running,
+                    queued,
+                }
+            })
+            .collect();
+        self.metrics.exposition(&gpu, &loads)
     }
 
     /// The configuration in force.

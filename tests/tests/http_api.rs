@@ -195,6 +195,36 @@ fn greedy_completion_equals_llmctl_and_chat_streams() {
     assert_eq!(usage["usage"]["completion_tokens"], 6, "{body}");
     let finish = &chunks[chunks.len() - 2];
     assert_eq!(finish["choices"][0]["finish_reason"], "length", "{body}");
+
+    // /metrics counts what was asked, through both front ends, and prints what llmctl prints.
+    let auth = format!("Authorization: Bearer {KEY}");
+    let (code, metrics) = curl(&base, "/metrics", &["-H", &auth]);
+    assert_eq!(code, 200, "{metrics}");
+    for line in [
+        "llmd_requests_total{front_end=\"http\",route=\"/v1/completions\",outcome=\"200\"} 1",
+        "llmd_requests_total{front_end=\"http\",route=\"/v1/chat/completions\",outcome=\"200\"} 1",
+        "llmd_requests_total{front_end=\"socket\",route=\"generate\",outcome=\"ok\"} 1",
+        "llmd_generated_tokens_total{model=\"tiny\"} 22",
+        "llmd_time_to_first_token_seconds_count{model=\"tiny\"} 3",
+        "llmd_running_sequences{model=\"tiny\"} 0",
+        "llmd_nvml_up ",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
+    let out = d.llmctl(&["metrics"]);
+    assert!(out.status.success());
+    let ctl = String::from_utf8_lossy(&out.stdout);
+    let families = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("# TYPE"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(families(&ctl), families(&metrics), "llmctl metrics:\n{ctl}");
+    assert!(
+        ctl.contains("llmd_generated_tokens_total{model=\"tiny\"} 22"),
+        "{ctl}"
+    );
     drop(d);
 }
 

@@ -3,7 +3,10 @@
 //!
 //! - `config`: the `[http]` section; `error`: OpenAI-shaped errors; `openai`: the request
 //!   bodies and their translation into the runtime's checked request.
-//! - `generate`: chat and text completions, whole or streamed; `routes`: models and health.
+//! - `generate`: chat and text completions, whole or streamed; `routes`: models, health and
+//!   metrics (the same text as `llmctl metrics`).
+//!
+//! Every answer is counted in the daemon's metrics by route and status.
 //!
 //! Every route but `/health` needs the API key when one is configured. At most
 //! `max_concurrent_requests` requests are served at once (a stream holds its slot until it
@@ -89,6 +92,7 @@ pub fn router(api: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .route("/v1/models", get(routes::models))
         .route("/v1/chat/completions", post(generate::chat))
         .route("/v1/completions", post(generate::completions))
+        .route("/metrics", get(routes::metrics))
         .layer(middleware::from_fn_with_state(Arc::clone(&api), take_slot))
         .layer(middleware::from_fn_with_state(Arc::clone(&api), check_key));
     Router::new()
@@ -96,6 +100,7 @@ pub fn router(api: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .merge(guarded)
         .fallback(|req: Request| async move { ApiError::no_route(req.uri().path()) })
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(Arc::clone(&api), count))
         .with_state(api)
 }
 
@@ -147,6 +152,31 @@ pub async fn start(
         bound.push(local);
     }
     Ok(bound)
+}
+
+/// The routes counted by name; anything else counts as "other" (so that scans of random paths
+/// cannot grow the metrics without bound).
+const ROUTES: [&str; 5] = [
+    "/v1/models",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/health",
+    "/metrics",
+];
+
+/// Counts the request by route and status once answered (a stream when its headers go out).
+async fn count(AxumState(api): AxumState<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let route = ROUTES
+        .iter()
+        .find(|r| **r == path)
+        .copied()
+        .unwrap_or("other");
+    let response = next.run(req).await;
+    api.state
+        .metrics
+        .request("http", route, response.status().as_str());
+    response
 }
 
 /// Refuses a request without the configured key (401).

@@ -1,10 +1,13 @@
-//! `GET /v1/models` (the resident models, OpenAI's list shape) and `GET /health` (200 with
-//! every model's state while the daemon serves).
+//! `GET /v1/models` (the resident models, OpenAI's list shape), `GET /health` (200 with every
+//! model's state while the daemon serves) and `GET /metrics` (the Prometheus text, the same as
+//! `llmctl metrics`).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::{json, Value};
 
@@ -33,6 +36,14 @@ pub async fn models(State(api): State<Arc<ApiState>>) -> Json<Value> {
         })
         .collect();
     Json(json!({"object": "list", "data": data}))
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(api): State<Arc<ApiState>>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        api.state.metrics_text(),
+    )
 }
 
 /// `GET /health`.

@@ -6,6 +6,8 @@
 //! the sequence before its next step: that is how a client that goes away cancels.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
 
 use llmd_shared::{GenerateRequest, Prompt};
 use tokio::sync::mpsc;
@@ -14,6 +16,7 @@ use super::error::{ErrorKind, RuntimeError};
 use super::prompt::prompt_tokens;
 use super::{ResidentModel, Runtime};
 use crate::engine::{GenEvent, GenerateJob, GenerationSummary, Job, SamplingParams};
+use crate::health::registry::Metrics;
 
 /// Token events buffered between the worker and a slow client.
 const EVENT_BUFFER: usize = 256;
@@ -86,6 +89,12 @@ pub struct Generation {
     prompt_tokens: usize,
     /// The worker's events for it.
     events: mpsc::Receiver<GenEvent>,
+    /// Where its tokens and latencies are recorded.
+    metrics: Arc<Metrics>,
+    /// When it started (before its prompt was tokenized), for the time to the first token.
+    started: Instant,
+    /// When its latest token came, for the time per token.
+    last_token: Option<Instant>,
 }
 
 impl Generation {
@@ -103,8 +112,25 @@ impl Generation {
     /// worker dropped it without a result (the model failed, or its client stopped reading).
     pub async fn next(&mut self) -> Result<Step, RuntimeError> {
         match self.events.recv().await {
-            Some(GenEvent::Token { id, text }) => Ok(Step::Token { id, text }),
-            Some(GenEvent::Done(summary)) => Ok(Step::Done(summary)),
+            Some(GenEvent::Token { id, text }) => {
+                let now = Instant::now();
+                match self.last_token {
+                    None => self
+                        .metrics
+                        .first_token(&self.model.name, now - self.started),
+                    Some(last) => self.metrics.next_token(&self.model.name, now - last),
+                }
+                self.last_token = Some(now);
+                Ok(Step::Token { id, text })
+            }
+            Some(GenEvent::Done(summary)) => {
+                self.metrics.finished(
+                    &self.model.name,
+                    summary.prompt_tokens,
+                    summary.tokens.len(),
+                );
+                Ok(Step::Done(summary))
+            }
             Some(GenEvent::Failed(message)) => {
                 Err(RuntimeError::new(ErrorKind::BadRequest, message))
             }
@@ -133,6 +159,7 @@ impl Runtime {
     /// Starts a generation: the model for `params.model` ([`Runtime::serving_model`]), its
     /// prompt tokenized within its context, queued on its worker.
     pub async fn generate(&self, params: GenerateParams) -> Result<Generation, RuntimeError> {
+        let started = Instant::now();
         let model = self.serving_model(&params.model).await?;
         let prompt =
             prompt_tokens(model.prompt_model(), params.prompt, model.ctx() as usize).await?;
@@ -150,6 +177,9 @@ impl Runtime {
             model,
             prompt_tokens,
             events,
+            metrics: Arc::clone(&self.metrics),
+            started,
+            last_token: None,
         })
     }
 }

@@ -26,6 +26,7 @@ use llmd_kernels::backend::DeviceMemory;
 use tokio::sync::Notify;
 
 use crate::devices::Device;
+use crate::health::registry::Metrics;
 
 pub use error::{ErrorKind, RuntimeError};
 pub use generate::{GenerateParams, Generation, Step};
@@ -58,17 +59,21 @@ pub struct Runtime {
     /// What holds `placement_lock` now and since when, for the `busy` message of a wait that
     /// runs out.
     placement_holder: Arc<Mutex<Option<(String, Instant)>>>,
+    /// Where generations record their tokens and latencies.
+    metrics: Arc<Metrics>,
 }
 
 impl Runtime {
-    /// An empty runtime that wakes `changed` when its models change.
-    pub fn new(changed: Arc<Notify>) -> Self {
+    /// An empty runtime that wakes `changed` when its models change and records generations
+    /// in `metrics`.
+    pub fn new(changed: Arc<Notify>, metrics: Arc<Metrics>) -> Self {
         Runtime {
             models: Mutex::new(ModelRegistry::default()),
             changed,
             device_memory: Mutex::new(BTreeMap::new()),
             placement_lock: Arc::new(tokio::sync::Mutex::new(())),
             placement_holder: Arc::new(Mutex::new(None)),
+            metrics,
         }
     }
 
@@ -202,7 +207,7 @@ mod tests {
     /// Issue 14: a wedged placement no longer wedges every later load, unload and re-split.
     #[tokio::test(start_paused = true)]
     async fn a_held_placement_lock_makes_later_waits_busy_naming_the_holder() {
-        let runtime = Runtime::new(Arc::new(Notify::new()));
+        let runtime = Runtime::new(Arc::new(Notify::new()), Arc::default());
         let held = runtime.placement("loading \"big\"".into()).await.unwrap();
         let err = match runtime.placement("unloading \"x\"".into()).await {
             Ok(_) => panic!("the lock was taken twice"),
@@ -218,7 +223,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_models_are_not_found_by_name() {
-        let runtime = Runtime::new(Arc::new(Notify::new()));
+        let runtime = Runtime::new(Arc::new(Notify::new()), Arc::default());
         let err = runtime.model("nope").unwrap_err();
         assert_eq!(err.kind, ErrorKind::NotFound);
         assert!(err.message.contains("\"nope\""), "{}", err.message);

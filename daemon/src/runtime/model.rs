@@ -195,6 +195,14 @@ impl LoadedModel {
             .sum()
     }
 
+    /// Generations decoding now and generations waiting for one of the worker's
+    /// [`MAX_SEQUENCES`] decoding slots.
+    pub fn load_now(&self) -> (u64, u64) {
+        let n = u64::from(self.running.load(Ordering::SeqCst));
+        let slots = MAX_SEQUENCES as u64;
+        (n.min(slots), n.saturating_sub(slots))
+    }
+
     /// The distinct devices the model's stages run on, in stage order.
     pub fn devices(&self) -> Vec<String> {
         let mut devices: Vec<String> = self.placement().into_iter().map(|s| s.device).collect();
