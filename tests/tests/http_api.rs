@@ -18,10 +18,17 @@ const CURL_LIMIT: Duration = Duration::from_secs(60);
 
 /// A daemon serving HTTP with [`KEY`] and the tiny model loaded as "tiny"; its base URL.
 fn daemon_with_model() -> (Daemon, tempfile::TempDir, String) {
+    daemon_with_limits(16)
+}
+
+/// As [`daemon_with_model`], serving at most `requests` HTTP requests at once and bodies of at
+/// most 64 KiB.
+fn daemon_with_limits(requests: usize) -> (Daemon, tempfile::TempDir, String) {
     let d = Daemon::builder()
         .config(&format!(
             "[[devices]]\nid = \"cpu:0\"\nmemory_budget = \"1GiB\"\n\n[http]\nlisten = \
-             [\"127.0.0.1:0\"]\napi_key = \"{KEY}\"\nmax_concurrent_requests = 16\n"
+             [\"127.0.0.1:0\"]\napi_key = \"{KEY}\"\nmax_concurrent_requests = {requests}\n\
+             max_body_bytes = 65536\n"
         ))
         .start();
     let base = base_url(&d);
@@ -290,6 +297,65 @@ fn eight_concurrent_streams_and_a_disconnect_frees_its_sequence() {
         log.contains("generation cancelled by the client"),
         "no cancellation in the log:\n{log}"
     );
+}
+
+#[test]
+fn bodies_over_the_limit_get_413_and_a_full_server_429() {
+    let (d, _dir, base) = daemon_with_limits(1);
+    let big = format!(r#"{{"model":"tiny","prompt":"{}"}}"#, "a".repeat(100_000));
+    let file = d.dir.path().join("big.json");
+    std::fs::write(&file, big).expect("write the body");
+    let auth = format!("Authorization: Bearer {KEY}");
+    let at = format!("@{}", file.display());
+    let (code, body) = curl(
+        &base,
+        "/v1/completions",
+        &[
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &at,
+        ],
+    );
+    assert_eq!(code, 413, "{body}");
+    assert!(json(&body)["error"]["message"].is_string(), "{body}");
+
+    // One slot, held by a stream: the next request gets 429 until the stream ends.
+    let long = r#"{"model":"tiny","prompt":"Once","max_tokens":1000000,"stream":true}"#;
+    let mut child = Command::new("curl")
+        .args(["-sS", "-N", "--max-time", "50", "-H", &auth])
+        .args(["-H", "Content-Type: application/json", "-d", long])
+        .arg(format!("{base}/v1/completions"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("curl");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a first event").expect("readable");
+    assert!(first.starts_with("data: "), "{first}");
+    let (code, body) = curl(&base, "/v1/models", &["-H", &auth]);
+    assert_eq!(code, 429, "{body}");
+    assert_eq!(
+        json(&body)["error"]["code"],
+        "rate_limit_exceeded",
+        "{body}"
+    );
+    child.kill().expect("kill curl");
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = curl(&base, "/v1/models", &["-H", &auth]);
+        if code == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slot is still held 10 s after its stream's client left: {code} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
