@@ -64,11 +64,11 @@ impl ApiState {
 
 /// A request's slot, held until its answer (a whole stream) is sent.
 #[derive(Clone)]
-pub struct RequestSlot(
-    /// The semaphore permit; shared because extensions must be `Clone`.
-    #[allow(dead_code)]
-    Arc<OwnedSemaphorePermit>,
-);
+pub struct RequestSlot {
+    /// The semaphore permit, released when the last clone drops; shared because request
+    /// extensions must be `Clone`.
+    _permit: Arc<OwnedSemaphorePermit>,
+}
 
 /// Why the HTTP API could not start.
 #[derive(Debug, thiserror::Error)]
@@ -208,7 +208,9 @@ async fn take_slot(
 ) -> Response {
     match Arc::clone(&api.slots).try_acquire_owned() {
         Ok(permit) => {
-            req.extensions_mut().insert(RequestSlot(Arc::new(permit)));
+            req.extensions_mut().insert(RequestSlot {
+                _permit: Arc::new(permit),
+            });
             next.run(req).await
         }
         Err(_) => ApiError::full(api.max_requests).into_response(),
