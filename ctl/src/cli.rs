@@ -57,8 +57,8 @@ pub enum Command {
     /// each OK / WARN / FAIL with how to fix it. Exits 0 when all OK, 1 on any WARN, 2 on any
     /// FAIL (3 when the daemon cannot be reached).
     Doctor(DoctorArgs),
-    /// Print GPU telemetry and the power budget in the Prometheus text format (for a
-    /// node-exporter textfile collector).
+    /// Print GPU telemetry, the power budget and the request metrics (requests, tokens,
+    /// latencies, queues) in the Prometheus text format, as the HTTP API's /metrics does.
     Metrics(MetricsArgs),
 }
 

@@ -88,6 +88,10 @@ pub struct Config {
     /// daemon logs so at start). Applied again on reload.
     #[serde(default)]
     pub access: Option<AccessConfig>,
+    /// The OpenAI-compatible HTTP API (`[http]`: addresses, API key, limits). Absent: off.
+    /// Changes take effect on restart.
+    #[serde(default)]
+    pub http: Option<crate::http::HttpConfig>,
 }
 
 /// `[access]`: the users and groups who may manage models — load (and replace), unload,

@@ -71,6 +71,7 @@ fn every_commented_example_is_valid_and_every_key_is_documented() {
         gpu,
         power,
         access,
+        http,
     } = config;
     assert!(socket.is_some() && socket_group.is_some() && log_level.is_some());
     let access = access.expect("[access] documented");
@@ -88,6 +89,14 @@ fn every_commented_example_is_valid_and_every_key_is_documented() {
     assert_eq!(power.psu_watts, Some(1200.0));
     assert_eq!(power.system_watts, 150.0);
     assert_eq!(power.transient_factor, 1.3);
+    let http = http.expect("[http] documented");
+    assert_eq!(http.listen.len(), 1, "http.listen documented");
+    assert!(
+        http.api_key.is_some() && http.api_key_file.is_some(),
+        "http.api_key and http.api_key_file documented"
+    );
+    assert_eq!(http.max_body_bytes, 4 << 20);
+    assert_eq!(http.max_concurrent_requests, 64);
 }
 
 #[test]

@@ -4,9 +4,12 @@
 //! - [`power`]: power budget configuration and arithmetic.
 //! - [`doctor`]: the checks, each OK / WARN / FAIL with one line on how to fix it.
 //! - [`metrics`]: the Prometheus text exposition of the same figures.
+//! - [`registry`]: request, token and latency metrics (`prometheus-client`) and the one
+//!   exposition `llmctl metrics` and `GET /metrics` both print.
 //! - [`render`]: the human status table and doctor report.
 
 pub mod doctor;
 pub mod metrics;
 pub mod power;
+pub mod registry;
 pub mod render;

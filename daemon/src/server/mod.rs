@@ -14,6 +14,7 @@ pub mod handler;
 pub mod listener;
 pub mod peek;
 mod reload;
+pub mod wire;
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -73,6 +74,9 @@ pub enum ServerError {
     /// The async runtime or the signal handlers could not be set up.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    /// The HTTP API (`[http]`) could not start.
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
 }
 
 /// The socket path when not socket-activated: `--socket` / `LLMD_SOCKET` (clap reads both into
@@ -144,6 +148,9 @@ pub async fn run(
         }
     );
     access::log_policy(state.config().config.access.as_ref());
+    if let Some(http) = state.config().config.http.clone() {
+        crate::http::start(&http, Arc::clone(&state), || trigger.subscribe()).await?;
+    }
     notify::ready(&state.status_line());
 
     loop {

@@ -1,17 +1,13 @@
-//! `metrics`: the latest telemetry sample and the power budget in the Prometheus text format.
-//! Never waits on NVML.
+//! `metrics`: the daemon's Prometheus text ([`State::metrics_text`](crate::state::State::metrics_text)),
+//! the same as the HTTP API's `GET /metrics`. Never waits on NVML.
 
 use llmd_shared::{ErrorReply, MetricsReply, MetricsRequest};
 
 use super::Context;
-use crate::health::{metrics, power};
 
 /// Renders the metrics.
 pub async fn handle(_req: MetricsRequest, ctx: &Context) -> Result<MetricsReply, ErrorReply> {
-    let state = &ctx.state;
-    let telemetry = state.gpu_telemetry();
-    let budget = power::budget(&state.config().config.power, &telemetry);
     Ok(MetricsReply {
-        text: metrics::render(&telemetry, Some(&budget)),
+        text: ctx.state.metrics_text(),
     })
 }

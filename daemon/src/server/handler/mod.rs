@@ -11,7 +11,7 @@ mod doctor;
 mod generate;
 mod inspect;
 mod list;
-pub mod load;
+mod load;
 mod metrics;
 mod plan;
 mod resplit;
@@ -93,6 +93,38 @@ impl Context {
 
 /// Runs the handler for `request`, once the client's user may make it (`server::access`).
 pub async fn dispatch(request: Request, ctx: Context) -> Result<Reply, ErrorReply> {
+    let route = route_of(&request);
+    let state = Arc::clone(&ctx.state);
+    let reply = run(request, ctx).await;
+    let outcome = match &reply {
+        Ok(_) => "ok",
+        Err(e) => e.code.as_str(),
+    };
+    state.metrics.request("socket", route, outcome);
+    reply
+}
+
+/// The request's name, as metrics count it.
+fn route_of(request: &Request) -> &'static str {
+    match request {
+        Request::Status(_) => "status",
+        Request::Version(_) => "version",
+        Request::Load(_) => "load",
+        Request::Unload(_) => "unload",
+        Request::List(_) => "list",
+        Request::Generate(_) => "generate",
+        Request::Tokenize(_) => "tokenize",
+        Request::Bench(_) => "bench",
+        Request::Plan(_) => "plan",
+        Request::Resplit(_) => "resplit",
+        Request::Inspect(_) => "inspect",
+        Request::Doctor(_) => "doctor",
+        Request::Metrics(_) => "metrics",
+    }
+}
+
+/// Checks access and runs the request's handler.
+async fn run(request: Request, ctx: Context) -> Result<Reply, ErrorReply> {
     if let Some(action) = access::managed_action(&request) {
         let config = ctx.state.config();
         if config.config.access.is_some() {
@@ -124,11 +156,6 @@ pub async fn dispatch(request: Request, ctx: Context) -> Result<Reply, ErrorRepl
 }
 
 /// The resident model called `name`, or a `not_found` error.
-pub fn model_named(ctx: &Context, name: &str) -> Result<crate::state::ResidentModel, ErrorReply> {
-    ctx.state.models().get(name).cloned().ok_or_else(|| {
-        ErrorReply::new(
-            ErrorCode::NotFound,
-            format!("no model named {name:?} is loaded"),
-        )
-    })
+pub fn model_named(ctx: &Context, name: &str) -> Result<crate::runtime::ResidentModel, ErrorReply> {
+    Ok(ctx.state.runtime.model(name)?)
 }

@@ -1,0 +1,233 @@
+//! The model runtime: the domain layer both front ends (the Unix socket's handlers in
+//! `server::handler`, the HTTP API in `http`) call, so that every line of model logic is shared.
+//! It never speaks a wire protocol: operations take domain specs and return domain types and a
+//! [`RuntimeError`]; each front end converts them to its own replies.
+//!
+//! - [`Runtime`]: the registry of resident models, the devices' memory ledgers and the placement
+//!   lock that makes loads, unloads and re-splits take turns.
+//! - `model`: a resident model ([`LoadedModel`]) and its placement.
+//! - `load`: plans and loads ([`LoadSpec`], [`PlanSpec`]); `unload` here; `resplit`: live
+//!   re-splits and the recovery of a failed model.
+//! - `generate`: a generation with its stream of token events ([`Generation`]).
+
+mod error;
+mod generate;
+mod load;
+mod model;
+pub mod prompt;
+mod registry;
+mod resplit;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use llmd_kernels::backend::DeviceMemory;
+use tokio::sync::Notify;
+
+use crate::devices::Device;
+use crate::health::registry::Metrics;
+
+pub use error::{ErrorKind, RuntimeError};
+pub use generate::{GenerateParams, Generation, Step};
+pub use load::{
+    check_name, default_name, plan_blocking, prepare_load, resolve_ctx, LoadSpec, Loaded, PlanSpec,
+    PlannedModel, PreparedLoad,
+};
+pub use model::{placement_of, LoadedModel, StagePlacement, DEFAULT_CTX, MAX_BATCH, MAX_SEQUENCES};
+pub use registry::{ModelRegistry, ResidentModel};
+pub use resplit::{Resplit, ResplitSpec};
+
+/// How long a load, unload or re-split waits for the one before it (a large model loads in
+/// minutes, so waits are long, but not unbounded: a wedged operation must not wedge every
+/// later one).
+pub const PLACEMENT_WAIT: Duration = Duration::from_secs(120);
+
+/// The resident models and what placing them needs.
+pub struct Runtime {
+    /// Resident models.
+    models: Mutex<ModelRegistry>,
+    /// Woken whenever the model set changes or a model fails, so the daemon's status line can be
+    /// refreshed (shared with the models' workers).
+    changed: Arc<Notify>,
+    /// Memory ledgers of devices by name, shared by every model placed on them; kept across
+    /// configuration reloads so that accounting stays right while models are resident.
+    device_memory: Mutex<BTreeMap<String, Arc<DeviceMemory>>>,
+    /// Serialises loads, unloads and re-splits, so that memory checks and placement see a
+    /// stable set of models. Taken through [`Runtime::placement`], which bounds the wait.
+    placement_lock: Arc<tokio::sync::Mutex<()>>,
+    /// What holds `placement_lock` now and since when, for the `busy` message of a wait that
+    /// runs out.
+    placement_holder: Arc<Mutex<Option<(String, Instant)>>>,
+    /// Where generations record their tokens and latencies.
+    metrics: Arc<Metrics>,
+}
+
+impl Runtime {
+    /// An empty runtime that wakes `changed` when its models change and records generations
+    /// in `metrics`.
+    pub fn new(changed: Arc<Notify>, metrics: Arc<Metrics>) -> Self {
+        Runtime {
+            models: Mutex::new(ModelRegistry::default()),
+            changed,
+            device_memory: Mutex::new(BTreeMap::new()),
+            placement_lock: Arc::new(tokio::sync::Mutex::new(())),
+            placement_holder: Arc::new(Mutex::new(None)),
+            metrics,
+        }
+    }
+
+    /// Locks the model registry (a poisoned lock is taken over: the registry stays consistent
+    /// because every mutation is a single map operation).
+    pub fn models(&self) -> std::sync::MutexGuard<'_, ModelRegistry> {
+        self.models.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The resident model called `name`, or `not_found`.
+    pub fn model(&self, name: &str) -> Result<ResidentModel, RuntimeError> {
+        self.models().get(name).cloned().ok_or_else(|| {
+            RuntimeError::new(
+                ErrorKind::NotFound,
+                format!("no model named {name:?} is loaded"),
+            )
+        })
+    }
+
+    /// Every resident model, each one's placement refreshed from its worker first.
+    pub async fn list(&self) -> Vec<ResidentModel> {
+        let models = self.models().all();
+        for m in &models {
+            m.refresh_placement().await;
+        }
+        models
+    }
+
+    /// The memory ledger of a device (created on first use with the device's budget).
+    pub fn device_memory(&self, device: &Device) -> Arc<DeviceMemory> {
+        let mut map = self
+            .device_memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(
+            map.entry(device.name.clone())
+                .or_insert_with(|| DeviceMemory::new(device.memory_budget_bytes)),
+        )
+    }
+
+    /// Bytes in use on a device: its ledger where there is one, else what models report.
+    pub fn used_on(&self, device: &Device) -> u64 {
+        let ledger = self
+            .device_memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&device.name)
+            .cloned();
+        match ledger {
+            Some(l) => l.used(),
+            None => self.models().bytes_on(&device.name),
+        }
+    }
+
+    /// Takes the placement lock for `what` (e.g. "loading gemma"), waiting at most
+    /// [`PLACEMENT_WAIT`]; then `busy`, naming what holds it and for how long. The guard may
+    /// move to the thread doing the work, so the lock is held until the work really ends even if
+    /// the request is cancelled.
+    pub async fn placement(&self, what: String) -> Result<PlacementGuard, RuntimeError> {
+        let lock = Arc::clone(&self.placement_lock);
+        match tokio::time::timeout(PLACEMENT_WAIT, lock.lock_owned()).await {
+            Ok(guard) => {
+                *self
+                    .placement_holder
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some((what, Instant::now()));
+                Ok(PlacementGuard {
+                    _guard: guard,
+                    holder: Arc::clone(&self.placement_holder),
+                })
+            }
+            Err(_) => {
+                let holder = self
+                    .placement_holder
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                let held = match holder {
+                    Some((what, since)) => {
+                        format!("{what} ({} s so far)", since.elapsed().as_secs())
+                    }
+                    None => "another load, unload or re-split".to_owned(),
+                };
+                Err(RuntimeError::new(
+                    ErrorKind::Busy,
+                    format!(
+                        "models are being placed: {held} did not finish within {} s; retry when \
+                         it has",
+                        PLACEMENT_WAIT.as_secs()
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Unregisters the model called `name`; its memory is freed once the generations still
+    /// running on it finish. Returns the model (for what it held).
+    pub async fn unload(&self, name: &str) -> Result<ResidentModel, RuntimeError> {
+        let _placement = self.placement(format!("unloading {name:?}")).await?;
+        let model = self.models().remove(name).ok_or_else(|| {
+            RuntimeError::new(
+                ErrorKind::NotFound,
+                format!("no model named {name:?} is loaded"),
+            )
+        })?;
+        self.changed.notify_one();
+        tracing::info!(model = %name, freed_bytes = model.memory_bytes(), "model unloaded");
+        Ok(model)
+    }
+}
+
+/// Holds the placement lock (see [`Runtime::placement`]); releases it when dropped.
+pub struct PlacementGuard {
+    /// The lock.
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+    /// Cleared on drop.
+    holder: Arc<Mutex<Option<(String, Instant)>>>,
+}
+
+impl Drop for PlacementGuard {
+    fn drop(&mut self) {
+        // Cleared before the lock itself is released (fields drop after this).
+        *self.holder.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14: a wedged placement no longer wedges every later load, unload and re-split.
+    #[tokio::test(start_paused = true)]
+    async fn a_held_placement_lock_makes_later_waits_busy_naming_the_holder() {
+        let runtime = Runtime::new(Arc::new(Notify::new()), Arc::default());
+        let held = runtime.placement("loading \"big\"".into()).await.unwrap();
+        let err = match runtime.placement("unloading \"x\"".into()).await {
+            Ok(_) => panic!("the lock was taken twice"),
+            Err(e) => e,
+        };
+        assert_eq!(err.kind, ErrorKind::Busy);
+        assert!(err.message.contains("loading \"big\""), "{}", err.message);
+        assert!(err.message.contains("120 s"), "{}", err.message);
+        drop(held);
+        let again = runtime.placement("unloading \"x\"".into()).await;
+        assert!(again.is_ok());
+    }
+
+    #[tokio::test]
+    async fn unknown_models_are_not_found_by_name() {
+        let runtime = Runtime::new(Arc::new(Notify::new()), Arc::default());
+        let err = runtime.model("nope").unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NotFound);
+        assert!(err.message.contains("\"nope\""), "{}", err.message);
+        let err = runtime.unload("nope").await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NotFound);
+    }
+}
