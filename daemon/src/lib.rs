@@ -6,6 +6,8 @@
 //! - [`cli`]: the `llmd` command line; [`config`]: the TOML configuration file; [`logging`]:
 //!   tracing to journald or stderr; [`notify`]: sd_notify; [`shutdown`]: stop signalling.
 //! - [`state`]: the shared daemon state (config, devices, model registry, counters).
+//! - [`runtime`]: the domain calls every front end shares to make models resident (on-demand
+//!   loads, declared `[[models]]` reconciled at start and on reload, keep-alive, eviction).
 //! - [`server`]: socket, accept loop, connections, one handler file per request; [`users`]:
 //!   user and group lookups for the socket group and the `[access]` section.
 
@@ -21,6 +23,7 @@ pub mod make_model;
 pub mod model;
 pub mod models;
 pub mod notify;
+pub mod runtime;
 pub mod server;
 pub mod shutdown;
 pub mod state;

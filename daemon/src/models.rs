@@ -207,6 +207,8 @@ impl LoadedModel {
             replace: true,
             cache_type_k: Some(cache_type_k),
             cache_type_v: Some(cache_type_v),
+            // The devices named above are the stages' own, CPU ones included.
+            gpu_layers: None,
         }
     }
 
@@ -564,6 +566,23 @@ pub fn prepare_load(path: &Path) -> Result<PreparedLoad, ErrorReply> {
     })
 }
 
+impl PreparedLoad {
+    /// Uses `template` (Jinja source, as in GGUF metadata) instead of the file's chat template:
+    /// a `[[models]]` entry's `chat_template`.
+    pub fn with_chat_template(self, template: &str) -> Result<Self, ErrorReply> {
+        let chat = ChatTemplate::new(Some(template), &self.tokenizer).map_err(|e| {
+            ErrorReply::new(
+                ErrorCode::BadRequest,
+                format!("chat template from the config: {e}"),
+            )
+        })?;
+        Ok(PreparedLoad {
+            chat: Arc::new(chat),
+            ..self
+        })
+    }
+}
+
 /// Loads a model `prepare_load` opened, as `req` asks (blocking: run it on a blocking thread,
 /// holding the placement lock). `memory_of` gives each device's shared memory ledger;
 /// `progress(done, total)` reports stages loaded. The split plan is checked against the
@@ -598,7 +617,7 @@ pub fn load_blocking(
         kv_types,
     );
     let plan_devs = plan_devices(&chosen, memory_of, &|_| 0);
-    let p = make_plan(&sizes, &plan_devs, &req.split, None, ctx)?;
+    let p = make_plan(&sizes, &plan_devs, &req.split, req.gpu_layers, ctx)?;
     if let Some(v) = &p.verdict {
         return Err(ErrorReply::new(ErrorCode::DoesNotFit, v.to_string()));
     }

@@ -256,6 +256,8 @@ pub struct State {
     placement_holder: Arc<Mutex<Option<(String, Instant)>>>,
     /// GPU telemetry, sampled in the background with the `[gpu]` settings of start-up.
     gpu: GpuSource,
+    /// Where each model the configuration declares (`[[models]]`) stands (`runtime::book`).
+    pub declared: crate::runtime::book::Book,
 }
 
 impl State {
@@ -295,6 +297,7 @@ impl State {
             placement_lock: Arc::new(tokio::sync::Mutex::new(())),
             placement_holder: Arc::new(Mutex::new(None)),
             gpu,
+            declared: Default::default(),
         })
     }
 
@@ -447,7 +450,8 @@ impl State {
     }
 
     /// The `STATUS=` line for systemd: "N models resident, M requests running", with the
-    /// failed models named ("2 models resident (1 failed: gemma), ...").
+    /// failed models named ("2 models resident (1 failed: gemma), ...") and, when the config
+    /// declares models, where they stand ("; declared 1/2 resident, loading big 3/18").
     pub fn status_line(&self) -> String {
         let (models, failed) = {
             let registry = self.models();
@@ -460,9 +464,10 @@ impl State {
             format!(" ({} failed: {})", failed.len(), failed.join(", "))
         };
         format!(
-            "{models} model{} resident{failed}, {requests} request{} running",
+            "{models} model{} resident{failed}, {requests} request{} running{}",
             if models == 1 { "" } else { "s" },
             if requests == 1 { "" } else { "s" },
+            self.declared.status_suffix(),
         )
     }
 

@@ -114,6 +114,26 @@ fn sample_responses() -> Vec<Response> {
                     },
                 ],
             }],
+            declared: vec![
+                llmd_shared::DeclaredModel {
+                    name: "gemma".into(),
+                    path: "/var/lib/llmd/models/gemma.gguf".into(),
+                    on_demand: false,
+                    keep_alive: "forever".into(),
+                    state: llmd_shared::DeclaredState::Resident,
+                    note: None,
+                },
+                llmd_shared::DeclaredModel {
+                    name: "big".into(),
+                    path: "/m/big.gguf".into(),
+                    on_demand: true,
+                    keep_alive: "300s".into(),
+                    state: llmd_shared::DeclaredState::Failed {
+                        reason: "does not fit".into(),
+                    },
+                    note: Some("evicted to make room for \"x\"".into()),
+                },
+            ],
         }))),
         Response::Reply(Reply::Doctor(DoctorReport {
             checks: vec![

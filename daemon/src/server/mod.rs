@@ -145,6 +145,9 @@ pub async fn run(
     );
     access::log_policy(state.config().config.access.as_ref());
     notify::ready(&state.status_line());
+    // After READY: declared models load in the background while the socket serves.
+    crate::runtime::reconcile::spawn(&state);
+    let keep_alive = tokio::spawn(crate::runtime::keep_alive::run(state.clone()));
 
     loop {
         tokio::select! {
@@ -215,6 +218,7 @@ pub async fn run(
         );
     }
     status.abort();
+    keep_alive.abort();
     tracing::info!("stopped");
     Ok(())
 }

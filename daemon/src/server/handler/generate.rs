@@ -5,9 +5,12 @@
 
 use std::sync::atomic::Ordering;
 
-use llmd_shared::{ErrorCode, ErrorReply, Event, GenerateReply, GenerateRequest, Token};
+use llmd_shared::{
+    ChatMessage, ErrorCode, ErrorReply, Event, GenerateReply, GenerateRequest, Prompt, Sampling,
+    Token,
+};
 
-use super::{model_named, Context};
+use super::{model_for_request, Context};
 use crate::engine::prompt::prompt_tokens;
 use crate::engine::{GenEvent, GenerateJob, Job, SamplingParams};
 
@@ -17,10 +20,19 @@ const EVENT_BUFFER: usize = 256;
 /// Runs the generation.
 pub async fn handle(req: GenerateRequest, ctx: &Context) -> Result<GenerateReply, ErrorReply> {
     req.validate()?;
-    let model = model_named(ctx, &req.model)?;
-    let prompt = prompt_tokens(model.prompt_model(), req.prompt, model.ctx() as usize).await?;
+    let model = model_for_request(ctx, &req.model).await?;
+    // The config's defaults for this model, where the request leaves a value unset.
+    let declared = ctx.state.config().config.declared(&req.model).cloned();
+    let (prompt, s) = match &declared {
+        Some(d) => (
+            with_system_prompt(req.prompt, d.system_prompt.as_deref()),
+            with_defaults(&req.sampling, &d.sampling()),
+        ),
+        None => (req.prompt, req.sampling.clone()),
+    };
+    let prompt = prompt_tokens(model.prompt_model(), prompt, model.ctx() as usize).await?;
     let defaults = SamplingParams::default();
-    let s = &req.sampling;
+    let s = &s;
     let sampling = SamplingParams {
         temperature: s.temperature.unwrap_or(defaults.temperature),
         top_k: s.top_k.map_or(defaults.top_k, |k| k as usize),
@@ -66,6 +78,38 @@ pub async fn handle(req: GenerateRequest, ctx: &Context) -> Result<GenerateReply
         "the generation ended without a result: the model's worker dropped it (was its client \
          reading?) or stopped",
     ))
+}
+
+/// `prompt` with `system` put first when it is a conversation that has no system message.
+fn with_system_prompt(prompt: Prompt, system: Option<&str>) -> Prompt {
+    match (prompt, system) {
+        (Prompt::Chat(mut messages), Some(system))
+            if messages.first().is_none_or(|m| m.role != "system") =>
+        {
+            messages.insert(
+                0,
+                ChatMessage {
+                    role: "system".into(),
+                    content: system.into(),
+                },
+            );
+            Prompt::Chat(messages)
+        }
+        (prompt, _) => prompt,
+    }
+}
+
+/// The request's sampling values, each unset one taken from `defaults`.
+fn with_defaults(req: &Sampling, defaults: &Sampling) -> Sampling {
+    Sampling {
+        temperature: req.temperature.or(defaults.temperature),
+        top_k: req.top_k.or(defaults.top_k),
+        top_p: req.top_p.or(defaults.top_p),
+        min_p: req.min_p.or(defaults.min_p),
+        repeat_penalty: req.repeat_penalty.or(defaults.repeat_penalty),
+        presence_penalty: req.presence_penalty.or(defaults.presence_penalty),
+        seed: req.seed.or(defaults.seed),
+    }
 }
 
 /// Counts a running generation until dropped.

@@ -8,10 +8,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use llmd_shared::{ErrorCode, ErrorReply, Event, LoadReply, LoadRequest, Progress};
+use llmd_shared::{ErrorCode, ErrorReply, LoadReply, LoadRequest};
 
-use super::Context;
-use crate::models::{default_name, load_blocking, prepare_load, PreparedLoad};
+use super::{with_progress, Context};
+use crate::models::{default_name, prepare_load, PreparedLoad};
 use crate::state::PlacementGuard;
 
 /// Longest model name accepted.
@@ -66,10 +66,8 @@ pub async fn handle(req: LoadRequest, ctx: &Context) -> Result<LoadReply, ErrorR
     place(req, name, prepared, placement, ctx).await
 }
 
-/// Loads a prepared model under the placement lock held by `placement`, forwarding progress,
-/// and registers it under `name` (replacing a model of that name). The lock goes to the load's
-/// thread and comes back with its result, so it is held until the model is registered even if
-/// the request is cancelled meanwhile.
+/// Loads a prepared model under the placement lock held by `placement` (`runtime::place`),
+/// forwarding its progress to the client, and registers it under `name`.
 pub(super) async fn place(
     req: LoadRequest,
     name: String,
@@ -77,60 +75,7 @@ pub(super) async fn place(
     placement: PlacementGuard,
     ctx: &Context,
 ) -> Result<LoadReply, ErrorReply> {
-    let state = Arc::clone(&ctx.state);
-    let devices = state.devices();
-    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
-    let task = {
-        let state = Arc::clone(&state);
-        let req = req.clone();
-        let name = name.clone();
-        let changed = Some(Arc::clone(&state.changed));
-        tokio::task::spawn_blocking(move || {
-            let loaded = load_blocking(
-                &req,
-                name,
-                prepared,
-                &devices,
-                &|d| state.device_memory(d),
-                changed,
-                |done, total| {
-                    let _ = progress_tx.send((done, total));
-                },
-            );
-            (loaded, placement)
-        })
-    };
-    while let Some((done, total)) = progress_rx.recv().await {
-        ctx.event(Event::Progress(Progress {
-            done: done as u64,
-            total: total as u64,
-            what: "layers".into(),
-        }))
-        .await?;
-    }
-    let (loaded, _placement) = task
-        .await
-        .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("the load task failed: {e}")))?;
-    let (model, load_secs, bytes_loaded) = loaded?;
-    let (cache_type_k, cache_type_v) = model.cache_types();
-    let reply = LoadReply {
-        name: name.clone(),
-        path: req.path.clone(),
-        architecture: model.architecture.clone(),
-        n_layer: model.config.n_layer as u32,
-        ctx: model.ctx(),
-        placement: model.placement(),
-        load_secs,
-        bytes_loaded,
-        replaced: false,
-        cache_type_k,
-        cache_type_v,
-    };
-    let old = state.models().replace(name.clone(), Arc::new(model));
-    state.changed.notify_one();
-    tracing::info!(model = %name, path = %req.path, load_secs, bytes_loaded, replaced = old.is_some(), "model loaded");
-    Ok(LoadReply {
-        replaced: old.is_some(),
-        ..reply
-    })
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let load = crate::runtime::place(&ctx.state, req, name, prepared, placement, tx);
+    with_progress(ctx, rx, load).await
 }

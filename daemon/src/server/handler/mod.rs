@@ -123,6 +123,38 @@ pub async fn dispatch(request: Request, ctx: Context) -> Result<Reply, ErrorRepl
     }
 }
 
+/// Runs `work` while forwarding the progress it sends to `rx` to the client as
+/// `Event::Progress`, in order, the last ones before its result.
+pub async fn with_progress<T>(
+    ctx: &Context,
+    mut rx: mpsc::UnboundedReceiver<llmd_shared::Progress>,
+    work: impl std::future::Future<Output = Result<T, ErrorReply>>,
+) -> Result<T, ErrorReply> {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            result = &mut work => {
+                while let Ok(p) = rx.try_recv() {
+                    ctx.event(Event::Progress(p)).await?;
+                }
+                return result;
+            }
+            Some(p) = rx.recv() => ctx.event(Event::Progress(p)).await?,
+        }
+    }
+}
+
+/// The model `name` for a request that uses it (generate, chat, tokenize): the resident one,
+/// or one the configuration declares on demand, loaded now with its progress sent to the client
+/// (`runtime::acquire`).
+pub async fn model_for_request(
+    ctx: &Context,
+    name: &str,
+) -> Result<crate::runtime::InUse, ErrorReply> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    with_progress(ctx, rx, crate::runtime::acquire(&ctx.state, name, tx)).await
+}
+
 /// The resident model called `name`, or a `not_found` error.
 pub fn model_named(ctx: &Context, name: &str) -> Result<crate::state::ResidentModel, ErrorReply> {
     ctx.state.models().get(name).cloned().ok_or_else(|| {
