@@ -5,9 +5,9 @@
 //! - [`tokenizer`]: SentencePiece and byte-level BPE tokenizers, detokenization, chat templates.
 //! - [`cli`]: the `llmd` command line; [`config`]: the TOML configuration file; [`logging`]:
 //!   tracing to journald or stderr; [`notify`]: sd_notify; [`shutdown`]: stop signalling.
-//! - [`state`]: the shared daemon state (config, devices, model registry, counters).
-//! - [`runtime`]: the domain calls every front end shares to make models resident (on-demand
-//!   loads, declared `[[models]]` reconciled at start and on reload, keep-alive, eviction).
+//! - [`runtime`]: the domain layer (resident models, loads, re-splits, generations) that every
+//!   front end calls; it never speaks a wire protocol.
+//! - [`state`]: the shared daemon state (config, devices, the runtime, counters).
 //! - [`server`]: socket, accept loop, connections, one handler file per request; [`users`]:
 //!   user and group lookups for the socket group and the `[access]` section.
 
@@ -21,7 +21,6 @@ pub mod inspect;
 pub mod logging;
 pub mod make_model;
 pub mod model;
-pub mod models;
 pub mod notify;
 pub mod runtime;
 pub mod server;

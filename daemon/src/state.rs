@@ -13,142 +13,20 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Instant;
 
-use llmd_shared::api::health::{DeviceLayers, DeviceRef, ModelPlacement};
-use llmd_shared::{DeviceInfo, ErrorCode, ErrorReply, ModelInfo};
+use llmd_shared::api::health::DeviceRef;
+use llmd_shared::DeviceInfo;
 use tokio::sync::Notify;
-
-use llmd_kernels::backend::DeviceMemory;
 
 use crate::config::LoadedConfig;
 use crate::devices;
 use crate::gpu::sampler::GpuSampler;
 use crate::gpu::{GpuTelemetry, NvmlStatus};
-use crate::models::LoadedModel;
+use crate::runtime::Runtime;
 
 pub use crate::devices::Device;
-
-/// A model resident in memory: shared by the registry and the requests using it, so that
-/// unloading or replacing it lets running generations finish on it.
-pub type ResidentModel = Arc<LoadedModel>;
-
-/// The models resident in memory, by the name they were loaded under.
-#[derive(Debug, Default)]
-pub struct ModelRegistry {
-    /// Sorted by name, so listings are stable.
-    models: BTreeMap<String, ResidentModel>,
-}
-
-impl ModelRegistry {
-    /// Number of resident models.
-    pub fn len(&self) -> usize {
-        self.models.len()
-    }
-
-    /// True when no model is resident.
-    pub fn is_empty(&self) -> bool {
-        self.models.is_empty()
-    }
-
-    /// The model registered under `name`.
-    pub fn get(&self, name: &str) -> Option<&ResidentModel> {
-        self.models.get(name)
-    }
-
-    /// Registers `model` under `name`; returns it back if the name is taken.
-    pub fn insert(&mut self, name: String, model: ResidentModel) -> Result<(), ResidentModel> {
-        match self.models.entry(name) {
-            std::collections::btree_map::Entry::Occupied(_) => Err(model),
-            std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(model);
-                Ok(())
-            }
-        }
-    }
-
-    /// Removes and returns the model registered under `name`.
-    pub fn remove(&mut self, name: &str) -> Option<ResidentModel> {
-        self.models.remove(name)
-    }
-
-    /// Replaces the model registered under `name` (or registers it); returns the old one.
-    pub fn replace(&mut self, name: String, model: ResidentModel) -> Option<ResidentModel> {
-        self.models.insert(name, model)
-    }
-
-    /// Every resident model, sorted by name.
-    pub fn all(&self) -> Vec<ResidentModel> {
-        self.models.values().cloned().collect()
-    }
-
-    /// Names of the resident models that failed, sorted.
-    pub fn failed(&self) -> Vec<String> {
-        self.models
-            .iter()
-            .filter(|(_, m)| m.failure().is_some())
-            .map(|(name, _)| name.clone())
-            .collect()
-    }
-
-    /// Every failed model with the reason, sorted by name (for `doctor`).
-    pub fn failures(&self) -> Vec<(String, String)> {
-        self.models
-            .iter()
-            .filter_map(|(name, m)| m.failure().map(|why| (name.clone(), why)))
-            .collect()
-    }
-
-    /// Bytes used on the device named `device` by all resident models.
-    pub fn bytes_on(&self, device: &str) -> u64 {
-        self.models.values().map(|m| m.bytes_on(device)).sum()
-    }
-
-    /// Wire descriptions of every resident model, sorted by name.
-    pub fn infos(&self) -> Vec<ModelInfo> {
-        self.models
-            .iter()
-            .map(|(name, m)| {
-                let mut devices: Vec<String> =
-                    m.placement().into_iter().map(|s| s.device).collect();
-                devices.dedup();
-                let (cache_type_k, cache_type_v) = m.cache_types();
-                ModelInfo {
-                    name: name.clone(),
-                    path: m.path.display().to_string(),
-                    devices,
-                    memory_bytes: m.memory_bytes(),
-                    cache_type_k,
-                    cache_type_v,
-                    failed: m.failure(),
-                }
-            })
-            .collect()
-    }
-
-    /// Every resident model's layers per device, one entry per pipeline stage, sorted by name
-    /// (for `status` and the doctor's split and peer-to-peer checks), each GPU by its NVML index
-    /// as `gpus` finds it.
-    pub fn placements(&self, gpus: &GpuIndex) -> Vec<ModelPlacement> {
-        self.models
-            .iter()
-            .map(|(name, m)| ModelPlacement {
-                name: name.clone(),
-                layers: m
-                    .placement()
-                    .into_iter()
-                    .filter_map(|stage| {
-                        gpus.device_ref(&stage.device).map(|device| DeviceLayers {
-                            device,
-                            layers: stage.layer_end.saturating_sub(stage.layer_start),
-                        })
-                    })
-                    .collect(),
-            })
-            .collect()
-    }
-}
 
 /// The doctor's view of a device name as written: `cpu:N` is the CPU, `cuda:N` GPU number N.
 /// `None` for a name of neither form. [`GpuIndex::device_ref`] turns the CUDA number into the
@@ -234,30 +112,18 @@ pub struct State {
     pub socket_path: PathBuf,
     /// The configuration in force; replaced as a whole on reload.
     config: RwLock<Arc<LoadedConfig>>,
-    /// The devices in force; replaced on reload.
-    devices: RwLock<Arc<Vec<Device>>>,
-    /// Resident models.
-    pub models: Mutex<ModelRegistry>,
+    /// The resident models and what placing them needs: the domain layer every front end
+    /// calls.
+    pub runtime: Runtime,
     /// Open client connections.
     connections: AtomicU64,
     /// Requests being processed.
     requests_running: AtomicU64,
     /// Woken whenever a counter or the model set changes or a model fails, so the status line
-    /// can be refreshed (shared with the models' workers).
+    /// can be refreshed (shared with the runtime and the models' workers).
     pub changed: Arc<Notify>,
-    /// Memory ledgers of devices by name, shared by every model placed on them; kept across
-    /// configuration reloads so that accounting stays right while models are resident.
-    device_memory: Mutex<BTreeMap<String, Arc<DeviceMemory>>>,
-    /// Serialises loads, unloads and re-splits, so that memory checks and placement see a
-    /// stable set of models. Taken through [`State::placement`], which bounds the wait.
-    placement_lock: Arc<tokio::sync::Mutex<()>>,
-    /// What holds `placement_lock` now and since when, for the `busy` message of a wait that
-    /// runs out.
-    placement_holder: Arc<Mutex<Option<(String, Instant)>>>,
     /// GPU telemetry, sampled in the background with the `[gpu]` settings of start-up.
     gpu: GpuSource,
-    /// Where each model the configuration declares (`[[models]]`) stands (`runtime::book`).
-    pub declared: crate::runtime::book::Book,
 }
 
 impl State {
@@ -283,68 +149,23 @@ impl State {
                 )))
             }
         };
+        let changed = Arc::new(Notify::new());
         Arc::new(State {
             started: Instant::now(),
             pid: std::process::id(),
             socket_path,
             config: RwLock::new(Arc::new(config)),
-            devices: RwLock::new(Arc::new(devices)),
-            models: Mutex::new(ModelRegistry::default()),
+            runtime: Runtime::new(Arc::clone(&changed), devices),
             connections: AtomicU64::new(0),
             requests_running: AtomicU64::new(0),
-            changed: Arc::new(Notify::new()),
-            device_memory: Mutex::new(BTreeMap::new()),
-            placement_lock: Arc::new(tokio::sync::Mutex::new(())),
-            placement_holder: Arc::new(Mutex::new(None)),
+            changed,
             gpu,
-            declared: Default::default(),
         })
     }
 
     /// Which NVML index each CUDA GPU in force has, by the latest telemetry sample.
     pub fn gpu_index(&self, telemetry: &GpuTelemetry) -> GpuIndex {
         GpuIndex::new(&self.devices(), telemetry)
-    }
-
-    /// Takes the placement lock for `what` (e.g. "loading gemma"), waiting at most
-    /// [`PLACEMENT_WAIT`]; then `busy`, naming what holds it and for how long. The guard may
-    /// move to the thread doing the work, so the lock is held until the work really ends even if
-    /// the request is cancelled.
-    pub async fn placement(&self, what: String) -> Result<PlacementGuard, ErrorReply> {
-        let lock = Arc::clone(&self.placement_lock);
-        match tokio::time::timeout(PLACEMENT_WAIT, lock.lock_owned()).await {
-            Ok(guard) => {
-                *self
-                    .placement_holder
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some((what, Instant::now()));
-                Ok(PlacementGuard {
-                    _guard: guard,
-                    holder: Arc::clone(&self.placement_holder),
-                })
-            }
-            Err(_) => {
-                let holder = self
-                    .placement_holder
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone();
-                let held = match holder {
-                    Some((what, since)) => {
-                        format!("{what} ({} s so far)", since.elapsed().as_secs())
-                    }
-                    None => "another load, unload or re-split".to_owned(),
-                };
-                Err(ErrorReply::new(
-                    ErrorCode::Busy,
-                    format!(
-                        "models are being placed: {held} did not finish within {} s; retry when \
-                         it has",
-                        PLACEMENT_WAIT.as_secs()
-                    ),
-                ))
-            }
-        }
     }
 
     /// The latest GPU telemetry sample; never blocks on NVML.
@@ -364,54 +185,16 @@ impl State {
     }
 
     /// The devices in force, each GPU that has failed since marked unavailable with the reason
-    /// ([`devices::with_faults`]).
+    /// (the runtime holds them: `Runtime::devices`).
     pub fn devices(&self) -> Arc<Vec<Device>> {
-        let configured = self
-            .devices
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        Arc::new(devices::with_faults(&configured))
+        self.runtime.devices()
     }
 
     /// Installs a reloaded configuration (and the devices it describes).
     pub fn replace_config(&self, config: LoadedConfig) {
-        let devices = devices::from_config(&config);
-        *self.devices.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(devices);
+        self.runtime.set_devices(devices::from_config(&config));
         *self.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
         self.changed.notify_one();
-    }
-
-    /// Locks the model registry (a poisoned lock is taken over: the registry stays consistent
-    /// because every mutation is a single map operation).
-    pub fn models(&self) -> std::sync::MutexGuard<'_, ModelRegistry> {
-        self.models.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The memory ledger of a device (created on first use with the device's budget).
-    pub fn device_memory(&self, device: &Device) -> Arc<DeviceMemory> {
-        let mut map = self
-            .device_memory
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(
-            map.entry(device.name.clone())
-                .or_insert_with(|| DeviceMemory::new(device.memory_budget_bytes)),
-        )
-    }
-
-    /// Bytes in use on a device: its ledger where there is one, else what models report.
-    fn used_on(&self, device: &Device) -> u64 {
-        let ledger = self
-            .device_memory
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&device.name)
-            .cloned();
-        match ledger {
-            Some(l) => l.used(),
-            None => self.models().bytes_on(&device.name),
-        }
     }
 
     /// Wire descriptions of the devices, with the bytes resident models use on each.
@@ -422,7 +205,7 @@ impl State {
                 name: d.name.clone(),
                 kind: d.kind,
                 memory_budget_bytes: d.memory_budget_bytes,
-                memory_used_bytes: self.used_on(d),
+                memory_used_bytes: self.runtime.used_on(d),
                 description: d.description.clone(),
                 unavailable: d.unavailable.clone(),
             })
@@ -454,7 +237,7 @@ impl State {
     /// declares models, where they stand ("; declared 1/2 resident, loading big 3/18").
     pub fn status_line(&self) -> String {
         let (models, failed) = {
-            let registry = self.models();
+            let registry = self.runtime.models();
             (registry.len(), registry.failed())
         };
         let requests = self.requests_running();
@@ -467,7 +250,7 @@ impl State {
             "{models} model{} resident{failed}, {requests} request{} running{}",
             if models == 1 { "" } else { "s" },
             if requests == 1 { "" } else { "s" },
-            self.declared.status_suffix(),
+            self.runtime.declared.status_suffix(),
         )
     }
 
@@ -476,26 +259,6 @@ impl State {
             Counter::Connections => &self.connections,
             Counter::Requests => &self.requests_running,
         }
-    }
-}
-
-/// How long a load, unload or re-split waits for the one before it (a large model loads in
-/// minutes, so waits are long, but not unbounded: a wedged operation must not wedge every
-/// later one).
-pub const PLACEMENT_WAIT: Duration = Duration::from_secs(120);
-
-/// Holds the placement lock (see [`State::placement`]); releases it when dropped.
-pub struct PlacementGuard {
-    /// The lock.
-    _guard: tokio::sync::OwnedMutexGuard<()>,
-    /// Cleared on drop.
-    holder: Arc<Mutex<Option<(String, Instant)>>>,
-}
-
-impl Drop for PlacementGuard {
-    fn drop(&mut self) {
-        // Cleared before the lock itself is released (fields drop after this).
-        *self.holder.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 }
 
@@ -547,23 +310,6 @@ mod tests {
         assert_eq!(state.requests_running(), 0);
         assert_eq!(state.connections(), 1);
         assert_eq!(state.devices()[0].name, "cpu:0");
-    }
-
-    /// Issue 14: a wedged placement no longer wedges every later load, unload and re-split.
-    #[tokio::test(start_paused = true)]
-    async fn a_held_placement_lock_makes_later_waits_busy_naming_the_holder() {
-        let state = State::new("/tmp/s".into(), LoadedConfig::default());
-        let held = state.placement("loading \"big\"".into()).await.unwrap();
-        let err = match state.placement("unloading \"x\"".into()).await {
-            Ok(_) => panic!("the lock was taken twice"),
-            Err(e) => e,
-        };
-        assert_eq!(err.code, ErrorCode::Busy);
-        assert!(err.message.contains("loading \"big\""), "{}", err.message);
-        assert!(err.message.contains("120 s"), "{}", err.message);
-        drop(held);
-        let again = state.placement("unloading \"x\"".into()).await;
-        assert!(again.is_ok());
     }
 
     #[test]

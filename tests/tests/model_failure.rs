@@ -77,7 +77,12 @@ fn hostile_a_panicking_model_is_reported_failed_and_reload_recovers_it() {
     ok(&socket, &["generate", "tiny", "hi", "--raw", "-n", "4"]);
 
     // A step of the model's worker panics.
-    let resident = state.models().get("tiny").cloned().expect("registered");
+    let resident = state
+        .runtime
+        .models()
+        .get("tiny")
+        .cloned()
+        .expect("registered");
     resident
         .submit(Job::WithPipeline(Box::new(|_| {
             panic!("injected fault for the test")

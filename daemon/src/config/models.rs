@@ -218,21 +218,10 @@ impl ModelDecl {
         }
     }
 
-    /// Whether a change from `self` to `new` moves the model (devices, split or GPU layers)
-    /// without needing a fresh load.
+    /// Whether a change from `self` to `new` moves the model between devices (devices or
+    /// split), which a live re-split does.
     pub fn placement_differs(&self, new: &ModelDecl) -> bool {
-        self.devices != new.devices || self.split != new.split || self.gpu_layers != new.gpu_layers
-    }
-
-    /// Whether a change from `self` to `new` needs the model loaded again (its file, context,
-    /// threads, cache types or chat template change); `models_dir` resolves both paths.
-    pub fn needs_reload(&self, new: &ModelDecl, old_dir: &Path, new_dir: &Path) -> bool {
-        self.resolved_path(old_dir) != new.resolved_path(new_dir)
-            || self.ctx != new.ctx
-            || self.threads != new.threads
-            || self.cache_type_k != new.cache_type_k
-            || self.cache_type_v != new.cache_type_v
-            || self.chat_template != new.chat_template
+        self.devices != new.devices || self.split != new.split
     }
 
     /// Checks the values of entry `i`; `Err((key, reason))` names the bad key.

@@ -1,9 +1,8 @@
 //! Running models: each loaded model gets a dedicated worker thread ([`worker`]) that owns its
 //! pipeline; async request handlers talk to it through a [`ModelHandle`], which also reports
-//! whether the worker failed ([`WorkerHealth`]). Prompts become tokens off the runtime in
-//! [`prompt`]. Inference never runs inside an async task.
+//! whether the worker failed ([`WorkerHealth`]). Prompts become tokens off the async runtime in
+//! `runtime::prompt`. Inference never runs inside an async task.
 
-pub mod prompt;
 pub mod sampler;
 pub mod select;
 pub mod text;

@@ -6,12 +6,12 @@
 //! Models loaded by hand (`llmctl load`) are not in the book: the registry holds them, and
 //! nothing here touches them.
 
-use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use llmd_shared::{DeclaredModel, DeclaredState};
 
+use super::LoadSpec;
 use crate::config::{LoadPolicy, ModelDecl};
 
 /// One declared model.
@@ -19,8 +19,9 @@ use crate::config::{LoadPolicy, ModelDecl};
 pub struct Entry {
     /// Its declaration as last applied (the one its resident copy was loaded or moved with).
     pub decl: ModelDecl,
-    /// Its file, `decl.path` resolved against `models_dir`.
-    pub path: PathBuf,
+    /// What loading it takes: its file (`decl.path` resolved against `models_dir`), devices,
+    /// split, context, threads, cache types, GPU layers.
+    pub spec: LoadSpec,
     /// Where it stands.
     pub state: DeclaredState,
     /// When a request last started or ended on it: the keep-alive clock and the LRU order.
@@ -32,14 +33,14 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn new(decl: ModelDecl, path: PathBuf) -> Self {
+    fn new(decl: ModelDecl, spec: LoadSpec) -> Self {
         let state = match decl.load {
             LoadPolicy::Start => DeclaredState::Waiting,
             LoadPolicy::OnDemand => DeclaredState::NotLoaded,
         };
         Entry {
             decl,
-            path,
+            spec,
             state,
             last_used: Instant::now(),
             users: 0,
@@ -89,27 +90,27 @@ impl Book {
         self.update(name, |e| e.state = state);
     }
 
-    /// Makes the book list exactly `new` (declaration and resolved path each), in that order:
+    /// Makes the book list exactly `new` (declaration and load specification each), in that order:
     /// entries of names kept keep their state, clock and users (their declaration is replaced
     /// by the reconciler once applied, [`Book::applied`]); new names start waiting (start
     /// models) or not loaded (on demand).
-    pub fn set_declared(&self, new: &[(ModelDecl, PathBuf)]) {
+    pub fn set_declared(&self, new: &[(ModelDecl, LoadSpec)]) {
         let mut entries = self.lock();
         let mut next = Vec::with_capacity(new.len());
-        for (decl, path) in new {
+        for (decl, spec) in new {
             match entries.iter().position(|e| e.decl.name == decl.name) {
                 Some(i) => next.push(entries.swap_remove(i)),
-                None => next.push(Entry::new(decl.clone(), path.clone())),
+                None => next.push(Entry::new(decl.clone(), spec.clone())),
             }
         }
         *entries = next;
     }
 
-    /// Records `decl` (at `path`) as applied to `name`.
-    pub fn applied(&self, decl: &ModelDecl, path: PathBuf) {
+    /// Records `decl` (as `spec`) as applied to its model.
+    pub fn applied(&self, decl: &ModelDecl, spec: &LoadSpec) {
         self.update(&decl.name, |e| {
             e.decl = decl.clone();
-            e.path = path;
+            e.spec = spec.clone();
         });
     }
 
@@ -135,7 +136,7 @@ impl Book {
             .iter()
             .map(|e| DeclaredModel {
                 name: e.decl.name.clone(),
-                path: e.path.display().to_string(),
+                path: e.spec.path.display().to_string(),
                 on_demand: e.decl.load == LoadPolicy::OnDemand,
                 keep_alive: e.decl.keep_alive().to_string(),
                 state: e.state.clone(),

@@ -1,389 +1,263 @@
-//! The domain calls that make models resident, shared by every front end (the socket's
-//! handlers, and an HTTP front end): placing a prepared model in the registry ([`place`]),
-//! getting a model for a request, loading it first when the configuration declares it on demand
-//! ([`acquire`]), loading a declared model with least-recently-used eviction of idle on-demand
-//! models when memory is short ([`load_declared`]).
+//! The model runtime: the domain layer both front ends (the Unix socket's handlers in
+//! `server::handler`, the HTTP API in `http`) call, so that every line of model logic is shared.
+//! It never speaks a wire protocol: operations take domain specs and return domain types and a
+//! [`RuntimeError`]; each front end converts them to its own replies.
 //!
-//! - [`book`]: where each `[[models]]` entry stands (for `status` and `STATUS=`).
-//! - [`reconcile`]: makes the resident set match the configuration, at start and on reload.
-//! - [`keep_alive`]: unloads on-demand models idle past their `keep_alive`.
-//!
-//! None of this speaks the wire protocol beyond its reply types: progress goes to a channel the
-//! caller forwards as it likes.
+//! - [`Runtime`]: the registry of resident models, the devices' memory ledgers and the placement
+//!   lock that makes loads, unloads and re-splits take turns.
+//! - `model`: a resident model ([`LoadedModel`]) and its placement.
+//! - `load`: plans and loads ([`LoadSpec`], [`PlanSpec`]); `unload` here; `resplit`: live
+//!   re-splits and the recovery of a failed model.
+//! - `generate`: a generation with its stream of token events ([`Generation`]).
+//! - `on_demand`: the model for a request, loaded first when the configuration declares it on
+//!   demand ([`Runtime::acquire`]), declared loads with least-recently-used eviction of idle
+//!   on-demand models ([`Runtime::load_declared`]).
+//! - [`book`]: where each declared model (`[[models]]`) stands; [`reconcile`]: makes the
+//!   resident declared models match the configuration; [`keep_alive`]: unloads idle on-demand
+//!   models.
 
 pub mod book;
+mod error;
+mod generate;
 pub mod keep_alive;
+mod load;
+mod model;
+mod on_demand;
+pub mod prompt;
 pub mod reconcile;
+mod registry;
+mod resplit;
 
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use llmd_shared::{DeclaredState, ErrorCode, ErrorReply, LoadReply, LoadRequest, Progress};
-use tokio::sync::mpsc::UnboundedSender;
+use llmd_kernels::backend::DeviceMemory;
+use tokio::sync::Notify;
 
-use crate::config::{LoadPolicy, ModelDecl};
-use crate::models::{load_blocking, prepare_load, PreparedLoad};
-use crate::state::{PlacementGuard, ResidentModel, State};
+use crate::devices::Device;
 
-/// Idle on-demand models evicted at most for one load: each eviction is followed by a new try,
-/// and a model that does not fit with every idle one gone is refused with the planner's reason.
-const MAX_EVICTIONS_PER_LOAD: usize = 16;
+pub use error::{ErrorKind, RuntimeError};
+pub use generate::{GenerateParams, Generation, Step};
+pub use load::{
+    check_name, default_name, plan_blocking, prepare_load, resolve_ctx, LoadSpec, Loaded, PlanSpec,
+    PlannedModel, PreparedLoad,
+};
+pub use model::{placement_of, LoadedModel, StagePlacement, DEFAULT_CTX, MAX_BATCH, MAX_SEQUENCES};
+pub use on_demand::InUse;
+pub use registry::{ModelRegistry, ResidentModel};
+pub use resplit::{Resplit, ResplitSpec};
 
-/// How long an eviction waits for the evicted model's worker to return its memory to the
-/// ledgers before the load is tried anyway (the worker frees its pipeline between two steps,
-/// normally within milliseconds).
-const EVICTION_WAIT: Duration = Duration::from_secs(10);
+/// How long a load, unload or re-split waits for the one before it (a large model loads in
+/// minutes, so waits are long, but not unbounded: a wedged operation must not wedge every
+/// later one).
+pub const PLACEMENT_WAIT: Duration = Duration::from_secs(120);
 
-/// How often that wait looks at the ledgers.
-const EVICTION_POLL: Duration = Duration::from_millis(20);
-
-/// Loads a prepared model under the placement lock held by `placement`, sending progress
-/// (stages loaded) to `progress`, and registers it under `name` (replacing a model of that
-/// name). The lock goes to the load's thread and comes back with its result, so it is held
-/// until the model is registered even if the caller is cancelled meanwhile.
-pub async fn place(
-    state: &Arc<State>,
-    req: LoadRequest,
-    name: String,
-    prepared: PreparedLoad,
-    placement: PlacementGuard,
-    progress: UnboundedSender<Progress>,
-) -> Result<LoadReply, ErrorReply> {
-    let devices = state.devices();
-    let task = {
-        let state = Arc::clone(state);
-        let req = req.clone();
-        let name = name.clone();
-        let changed = Some(Arc::clone(&state.changed));
-        tokio::task::spawn_blocking(move || {
-            let loaded = load_blocking(
-                &req,
-                name.clone(),
-                prepared,
-                &devices,
-                &|d| state.device_memory(d),
-                changed,
-                |done, total| {
-                    let _ = progress.send(Progress {
-                        done: done as u64,
-                        total: total as u64,
-                        what: "layers".into(),
-                    });
-                },
-            );
-            // Registered before the lock is released, so the next placement sees it.
-            let registered = loaded.map(|(model, secs, bytes)| {
-                let model = Arc::new(model);
-                let old = state.models().replace(name.clone(), Arc::clone(&model));
-                (model, secs, bytes, old.is_some())
-            });
-            drop(placement);
-            registered
-        })
-    };
-    let (model, load_secs, bytes_loaded, replaced) = task.await.map_err(|e| {
-        ErrorReply::new(ErrorCode::Internal, format!("the load task failed: {e}"))
-    })??;
-    state.changed.notify_one();
-    let (cache_type_k, cache_type_v) = model.cache_types();
-    tracing::info!(model = %name, path = %req.path, load_secs, bytes_loaded, replaced, "model loaded");
-    Ok(LoadReply {
-        name,
-        path: req.path.clone(),
-        architecture: model.architecture.clone(),
-        n_layer: model.config.n_layer as u32,
-        ctx: model.ctx(),
-        placement: model.placement(),
-        load_secs,
-        bytes_loaded,
-        replaced,
-        cache_type_k,
-        cache_type_v,
-    })
+/// The resident models and what placing them needs.
+pub struct Runtime {
+    /// Resident models.
+    models: Mutex<ModelRegistry>,
+    /// Woken whenever the model set changes or a model fails, so the daemon's status line can be
+    /// refreshed (shared with the models' workers).
+    changed: Arc<Notify>,
+    /// Memory ledgers of devices by name, shared by every model placed on them; kept across
+    /// configuration reloads so that accounting stays right while models are resident.
+    device_memory: Mutex<BTreeMap<String, Arc<DeviceMemory>>>,
+    /// Serialises loads, unloads and re-splits, so that memory checks and placement see a
+    /// stable set of models. Taken through [`Runtime::placement`], which bounds the wait.
+    placement_lock: Arc<tokio::sync::Mutex<()>>,
+    /// What holds `placement_lock` now and since when, for the `busy` message of a wait that
+    /// runs out.
+    placement_holder: Arc<Mutex<Option<(String, Instant)>>>,
+    /// The devices in force as configured (replaced on reload); [`Runtime::devices`] marks the
+    /// GPUs that failed since.
+    devices: RwLock<Arc<Vec<Device>>>,
+    /// Where each model the configuration declares (`[[models]]`) stands; shared with the
+    /// [`InUse`] guards that note the end of each request.
+    pub declared: Arc<book::Book>,
 }
 
-/// A model held by a request. While any is alive a declared model is not unloaded by its
-/// keep-alive nor evicted; dropping it restarts the model's keep-alive clock.
-pub struct InUse {
-    /// The model.
-    pub model: ResidentModel,
-    /// To note the end of the use.
-    state: Arc<State>,
-}
-
-impl std::ops::Deref for InUse {
-    type Target = ResidentModel;
-    fn deref(&self) -> &ResidentModel {
-        &self.model
-    }
-}
-
-impl Drop for InUse {
-    fn drop(&mut self) {
-        self.state.declared.end_use(&self.model.name);
-    }
-}
-
-/// The model `name` for a request (generate, chat, tokenize): the resident one, or, when the
-/// configuration declares `name` with `load = "on_demand"` and it is not resident, the one
-/// loaded now, with the load's progress sent to `progress` (a request waiting on another's load
-/// of it waits for that one). A declared start model that is not resident is refused with the
-/// reason its load failed. This is the one entry point every front end uses.
-pub async fn acquire(
-    state: &Arc<State>,
-    name: &str,
-    progress: UnboundedSender<Progress>,
-) -> Result<InUse, ErrorReply> {
-    if let Some(model) = in_use(state, name) {
-        return Ok(model);
-    }
-    let Some(entry) = state.declared.get(name) else {
-        return Err(not_loaded(name));
-    };
-    if entry.decl.load != LoadPolicy::OnDemand {
-        let why = match entry.state {
-            DeclaredState::Failed { reason } => format!("its load failed: {reason}"),
-            DeclaredState::Waiting | DeclaredState::Loading { .. } => {
-                "it is still being loaded at start (see llmctl status)".to_owned()
-            }
-            _ => "it is not resident".to_owned(),
-        };
-        return Err(ErrorReply::new(
-            ErrorCode::NotFound,
-            format!("model {name:?} is declared in the configuration but not loaded: {why}"),
-        ));
-    }
-    load_declared(state, name, progress, false).await?;
-    in_use(state, name).ok_or_else(|| not_loaded(name))
-}
-
-/// The resident model `name` as an [`InUse`].
-fn in_use(state: &Arc<State>, name: &str) -> Option<InUse> {
-    // The use is noted under the registry lock, so the keep-alive (which checks users under
-    // that lock) cannot unload the model between the look-up and the note.
-    let registry = state.models();
-    let model = registry.get(name).cloned()?;
-    state.declared.begin_use(name);
-    drop(registry);
-    Some(InUse {
-        model,
-        state: Arc::clone(state),
-    })
-}
-
-fn not_loaded(name: &str) -> ErrorReply {
-    ErrorReply::new(
-        ErrorCode::NotFound,
-        format!("no model named {name:?} is loaded"),
-    )
-}
-
-/// The load request a declaration makes, for the file at `path`.
-pub fn load_request(decl: &ModelDecl, path: &Path) -> LoadRequest {
-    LoadRequest {
-        path: path.display().to_string(),
-        name: Some(decl.name.clone()),
-        ctx: decl.ctx,
-        threads: decl.threads,
-        devices: decl.devices.iter().map(ToString::to_string).collect(),
-        split: decl.split.clone(),
-        replace: true,
-        cache_type_k: decl.cache_type_k,
-        cache_type_v: decl.cache_type_v,
-        gpu_layers: decl.gpu_layers,
-    }
-}
-
-/// Loads the declared model `name` as the book's entry says (replacing a resident copy
-/// atomically), keeping the book's state current (loading with progress, resident, or failed
-/// with the reason) and forwarding progress to `progress`. When it does not fit, idle
-/// on-demand models are evicted, least recently used first, and the load is tried again.
-/// `fresh`: load it even if it is resident (a reload whose file or context changed); otherwise
-/// a copy that became resident while this waited for the placement lock is taken as is.
-pub async fn load_declared(
-    state: &Arc<State>,
-    name: &str,
-    progress: UnboundedSender<Progress>,
-    fresh: bool,
-) -> Result<LoadReply, ErrorReply> {
-    let result = load_declared_inner(state, name, progress, fresh).await;
-    match &result {
-        Ok(_) => state.declared.set_state(name, DeclaredState::Resident),
-        Err(e) => {
-            tracing::error!(model = %name, "declared model failed to load: {}", e.message);
-            state.declared.set_state(
-                name,
-                DeclaredState::Failed {
-                    reason: e.message.clone(),
-                },
-            );
+impl Runtime {
+    /// An empty runtime on `devices` that wakes `changed` when its models change.
+    pub fn new(changed: Arc<Notify>, devices: Vec<Device>) -> Self {
+        Runtime {
+            models: Mutex::new(ModelRegistry::default()),
+            changed,
+            device_memory: Mutex::new(BTreeMap::new()),
+            placement_lock: Arc::new(tokio::sync::Mutex::new(())),
+            placement_holder: Arc::new(Mutex::new(None)),
+            devices: RwLock::new(Arc::new(devices)),
+            declared: Arc::default(),
         }
     }
-    state.changed.notify_one();
-    result
-}
 
-async fn load_declared_inner(
-    state: &Arc<State>,
-    name: &str,
-    progress: UnboundedSender<Progress>,
-    fresh: bool,
-) -> Result<LoadReply, ErrorReply> {
-    let mut evicted = 0;
-    loop {
-        let entry = state.declared.get(name).ok_or_else(|| {
-            ErrorReply::new(
-                ErrorCode::NotFound,
-                format!("model {name:?} is no longer declared in the configuration"),
+    /// The devices in force, each GPU that has failed since marked unavailable with the reason
+    /// ([`crate::devices::with_faults`]).
+    pub fn devices(&self) -> Arc<Vec<Device>> {
+        let configured = self
+            .devices
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Arc::new(crate::devices::with_faults(&configured))
+    }
+
+    /// Installs the devices of a reloaded configuration.
+    pub fn set_devices(&self, devices: Vec<Device>) {
+        *self.devices.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(devices);
+    }
+
+    /// Locks the model registry (a poisoned lock is taken over: the registry stays consistent
+    /// because every mutation is a single map operation).
+    pub fn models(&self) -> std::sync::MutexGuard<'_, ModelRegistry> {
+        self.models.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The resident model called `name`, or `not_found`.
+    pub fn model(&self, name: &str) -> Result<ResidentModel, RuntimeError> {
+        self.models().get(name).cloned().ok_or_else(|| {
+            RuntimeError::new(
+                ErrorKind::NotFound,
+                format!("no model named {name:?} is loaded"),
+            )
+        })
+    }
+
+    /// Every resident model, each one's placement refreshed from its worker first.
+    pub async fn list(&self) -> Vec<ResidentModel> {
+        let models = self.models().all();
+        for m in &models {
+            m.refresh_placement().await;
+        }
+        models
+    }
+
+    /// The memory ledger of a device (created on first use with the device's budget).
+    pub fn device_memory(&self, device: &Device) -> Arc<DeviceMemory> {
+        let mut map = self
+            .device_memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(
+            map.entry(device.name.clone())
+                .or_insert_with(|| DeviceMemory::new(device.memory_budget_bytes)),
+        )
+    }
+
+    /// Bytes in use on a device: its ledger where there is one, else what models report.
+    pub fn used_on(&self, device: &Device) -> u64 {
+        let ledger = self
+            .device_memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&device.name)
+            .cloned();
+        match ledger {
+            Some(l) => l.used(),
+            None => self.models().bytes_on(&device.name),
+        }
+    }
+
+    /// Takes the placement lock for `what` (e.g. "loading gemma"), waiting at most
+    /// [`PLACEMENT_WAIT`]; then `busy`, naming what holds it and for how long. The guard may
+    /// move to the thread doing the work, so the lock is held until the work really ends even if
+    /// the request is cancelled.
+    pub async fn placement(&self, what: String) -> Result<PlacementGuard, RuntimeError> {
+        let lock = Arc::clone(&self.placement_lock);
+        match tokio::time::timeout(PLACEMENT_WAIT, lock.lock_owned()).await {
+            Ok(guard) => {
+                *self
+                    .placement_holder
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some((what, Instant::now()));
+                Ok(PlacementGuard {
+                    _guard: guard,
+                    holder: Arc::clone(&self.placement_holder),
+                })
+            }
+            Err(_) => {
+                let holder = self
+                    .placement_holder
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                let held = match holder {
+                    Some((what, since)) => {
+                        format!("{what} ({} s so far)", since.elapsed().as_secs())
+                    }
+                    None => "another load, unload or re-split".to_owned(),
+                };
+                Err(RuntimeError::new(
+                    ErrorKind::Busy,
+                    format!(
+                        "models are being placed: {held} did not finish within {} s; retry when \
+                         it has",
+                        PLACEMENT_WAIT.as_secs()
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Unregisters the model called `name`; its memory is freed once the generations still
+    /// running on it finish. Returns the model (for what it held).
+    pub async fn unload(&self, name: &str) -> Result<ResidentModel, RuntimeError> {
+        let _placement = self.placement(format!("unloading {name:?}")).await?;
+        let model = self.models().remove(name).ok_or_else(|| {
+            RuntimeError::new(
+                ErrorKind::NotFound,
+                format!("no model named {name:?} is loaded"),
             )
         })?;
-        let req = load_request(&entry.decl, &entry.path);
-        let template = entry.decl.chat_template.clone();
-        let path = entry.path.clone();
-        let prepared = tokio::task::spawn_blocking(move || {
-            let prepared = prepare_load(&path)?;
-            match template {
-                Some(t) => prepared.with_chat_template(&t),
-                None => Ok(prepared),
-            }
-        })
-        .await
-        .map_err(|e| {
-            ErrorReply::new(ErrorCode::Internal, format!("the load task failed: {e}"))
-        })??;
-        let placement = state
-            .placement(format!("loading declared model {name:?}"))
-            .await?;
-        // Another request may have loaded it while this one waited for the lock.
-        if !fresh {
-            if let Some(model) = state.models().get(name).cloned() {
-                drop(placement);
-                return Ok(reply_for_resident(&model));
-            }
-        }
-        state
-            .declared
-            .set_state(name, DeclaredState::Loading { done: 0, total: 0 });
-        state.changed.notify_one();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
-        let book_progress = {
-            let state = Arc::clone(state);
-            let name = name.to_owned();
-            let progress = progress.clone();
-            async move {
-                while let Some(p) = rx.recv().await {
-                    state.declared.set_state(
-                        &name,
-                        DeclaredState::Loading {
-                            done: p.done,
-                            total: p.total,
-                        },
-                    );
-                    state.changed.notify_one();
-                    let _ = progress.send(p);
-                }
-            }
+        self.changed.notify_one();
+        tracing::info!(model = %name, freed_bytes = model.memory_bytes(), "model unloaded");
+        Ok(model)
+    }
+}
+
+/// Holds the placement lock (see [`Runtime::placement`]); releases it when dropped.
+pub struct PlacementGuard {
+    /// The lock.
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+    /// Cleared on drop.
+    holder: Arc<Mutex<Option<(String, Instant)>>>,
+}
+
+impl Drop for PlacementGuard {
+    fn drop(&mut self) {
+        // Cleared before the lock itself is released (fields drop after this).
+        *self.holder.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14: a wedged placement no longer wedges every later load, unload and re-split.
+    #[tokio::test(start_paused = true)]
+    async fn a_held_placement_lock_makes_later_waits_busy_naming_the_holder() {
+        let runtime = Runtime::new(Arc::new(Notify::new()), Vec::new());
+        let held = runtime.placement("loading \"big\"".into()).await.unwrap();
+        let err = match runtime.placement("unloading \"x\"".into()).await {
+            Ok(_) => panic!("the lock was taken twice"),
+            Err(e) => e,
         };
-        let (result, ()) = tokio::join!(
-            place(state, req, name.to_owned(), prepared, placement, tx),
-            book_progress
-        );
-        match result {
-            Err(e) if e.code == ErrorCode::DoesNotFit && evicted < MAX_EVICTIONS_PER_LOAD => {
-                if !evict_lru(state, name).await? {
-                    return Err(e);
-                }
-                evicted += 1;
-            }
-            other => return other,
-        }
+        assert_eq!(err.kind, ErrorKind::Busy);
+        assert!(err.message.contains("loading \"big\""), "{}", err.message);
+        assert!(err.message.contains("120 s"), "{}", err.message);
+        drop(held);
+        let again = runtime.placement("unloading \"x\"".into()).await;
+        assert!(again.is_ok());
     }
-}
 
-/// A load reply describing a model already resident (a request that found it loaded by
-/// another while it waited).
-fn reply_for_resident(model: &ResidentModel) -> LoadReply {
-    let (cache_type_k, cache_type_v) = model.cache_types();
-    LoadReply {
-        name: model.name.clone(),
-        path: model.path.display().to_string(),
-        architecture: model.architecture.clone(),
-        n_layer: model.config.n_layer as u32,
-        ctx: model.ctx(),
-        placement: model.placement(),
-        load_secs: 0.0,
-        bytes_loaded: 0,
-        replaced: false,
-        cache_type_k,
-        cache_type_v,
-    }
-}
-
-/// Unloads the least recently used idle on-demand model other than `for_name` (resident, no
-/// request on it) to make room for `for_name`, and waits (bounded) for its memory to come back.
-/// False when there is none.
-async fn evict_lru(state: &Arc<State>, for_name: &str) -> Result<bool, ErrorReply> {
-    let _placement = state
-        .placement(format!("evicting an idle model for {for_name:?}"))
-        .await?;
-    let victim = {
-        let registry = state.models();
-        let mut candidates: Vec<_> = state
-            .declared
-            .snapshot()
-            .into_iter()
-            .filter(|e| {
-                e.decl.name != for_name
-                    && e.decl.load == LoadPolicy::OnDemand
-                    && e.state == DeclaredState::Resident
-                    && e.users == 0
-                    && registry
-                        .get(&e.decl.name)
-                        .is_some_and(|m| m.running.load(std::sync::atomic::Ordering::SeqCst) == 0)
-            })
-            .collect();
-        candidates.sort_by_key(|e| e.last_used);
-        candidates.into_iter().next()
-    };
-    let Some(victim) = victim else {
-        return Ok(false);
-    };
-    let name = victim.decl.name;
-    let idle = victim.last_used.elapsed();
-    let used_before = used_bytes(state);
-    let Some(model) = state.models().remove(&name) else {
-        return Ok(false);
-    };
-    let bytes = model.memory_bytes();
-    drop(model);
-    let note = format!(
-        "evicted after {} s idle to make room for {for_name:?}",
-        idle.as_secs()
-    );
-    tracing::info!(model = %name, freed_bytes = bytes, "{note}");
-    state.declared.update(&name, |e| {
-        e.state = DeclaredState::NotLoaded;
-        e.note = Some(note);
-    });
-    state.changed.notify_one();
-    wait_freed(state, used_before.saturating_sub(bytes)).await;
-    Ok(true)
-}
-
-/// Bytes the ledgers hold on every device.
-fn used_bytes(state: &State) -> u64 {
-    state
-        .device_infos()
-        .iter()
-        .map(|d| d.memory_used_bytes)
-        .sum()
-}
-
-/// Waits until the ledgers hold at most `target` bytes, or [`EVICTION_WAIT`].
-async fn wait_freed(state: &State, target: u64) {
-    let start = Instant::now();
-    while used_bytes(state) > target && start.elapsed() < EVICTION_WAIT {
-        tokio::time::sleep(EVICTION_POLL).await;
+    #[tokio::test]
+    async fn unknown_models_are_not_found_by_name() {
+        let runtime = Runtime::new(Arc::new(Notify::new()), Vec::new());
+        let err = runtime.model("nope").unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NotFound);
+        assert!(err.message.contains("\"nope\""), "{}", err.message);
+        let err = runtime.unload("nope").await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NotFound);
     }
 }

@@ -15,14 +15,14 @@
 //!
 //! Models loaded by hand (`llmctl load`) are not declared and never touched; a declaration whose
 //! name a hand-loaded model holds is reported failed instead of replacing it.
+//!
+//! The caller (the server, which owns the configuration) turns each `[[models]]` entry into a
+//! [`LoadSpec`]; this module never reads the configuration file itself.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use llmd_shared::DeclaredState;
 
-use llmd_shared::{DeclaredState, ErrorReply, ResplitRequest};
-
+use super::{LoadSpec, ResplitSpec, Runtime};
 use crate::config::{LoadPolicy, ModelDecl};
-use crate::state::State;
 
 /// What to do for one declared name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,8 +39,22 @@ pub enum Action {
     Keep(String),
 }
 
-/// A declaration with its file resolved against `models_dir`.
-pub type Resolved = (ModelDecl, PathBuf);
+/// A declaration with the load specification it makes (its file resolved against
+/// `models_dir`).
+pub type Resolved = (ModelDecl, LoadSpec);
+
+/// Whether a declared model must be loaded again to go from `old` to `new`: its file, context,
+/// threads, cache types, GPU layers (which change the devices a re-split would move between) or
+/// chat template changed.
+fn needs_reload(old: &Resolved, new: &Resolved) -> bool {
+    let ((o, os), (n, ns)) = (old, new);
+    os.path != ns.path
+        || os.ctx != ns.ctx
+        || os.threads != ns.threads
+        || os.kv_types != ns.kv_types
+        || os.gpu_layers != ns.gpu_layers
+        || o.chat_template != n.chat_template
+}
 
 /// The actions that take the declarations `old` (as applied) to `new`, in `new`'s order after
 /// the unloads (which free memory first). `resident(name)` says whether the declared model is
@@ -52,18 +66,15 @@ pub fn plan(old: &[Resolved], new: &[Resolved], resident: &dyn Fn(&str) -> bool)
         .filter(|(o, _)| resident(&o.name))
         .map(|(o, _)| Action::Unload(o.name.clone()))
         .collect();
-    for (n, n_path) in new {
+    for resolved in new {
+        let n = &resolved.0;
         let name = n.name.clone();
         let before = old.iter().find(|(o, _)| o.name == n.name);
         let action = match before {
-            Some((o, o_path)) if resident(&name) => {
-                if o_path != n_path || o.needs_reload(n, o_path, n_path) {
+            Some(prev) if resident(&name) => {
+                if needs_reload(prev, resolved) {
                     Action::Replace(name)
-                } else if o.gpu_layers != n.gpu_layers {
-                    // A re-split moves layers between the devices named; GPU layers change
-                    // which devices there are, so the model is loaded again.
-                    Action::Replace(name)
-                } else if o.placement_differs(n) {
+                } else if prev.0.placement_differs(n) {
                     Action::Resplit(name)
                 } else {
                     Action::Keep(name)
@@ -78,155 +89,119 @@ pub fn plan(old: &[Resolved], new: &[Resolved], resident: &dyn Fn(&str) -> bool)
     actions
 }
 
-/// Reconciles with the configuration in force now, in the background.
-pub fn spawn(state: &Arc<State>) {
-    let state = Arc::clone(state);
-    tokio::spawn(async move { run(&state).await });
-}
-
-/// Reconciles with the configuration in force (waiting for a reconciliation already running, so
-/// the last configuration wins).
-pub async fn run(state: &Arc<State>) {
-    let _turn = state.declared.reconcile.lock().await;
-    let config = state.config();
-    let dir = config.config.models_dir();
-    let new: Vec<Resolved> = config
-        .config
-        .models
-        .iter()
-        .map(|d| (d.clone(), d.resolved_path(dir)))
-        .collect();
-    let before = state.declared.snapshot();
-    let old: Vec<Resolved> = before
-        .iter()
-        .map(|e| (e.decl.clone(), e.path.clone()))
-        .collect();
-    let ours = |name: &str| {
-        before
+impl Runtime {
+    /// Makes the resident declared models match `new` (the configuration's `[[models]]`, in
+    /// its order), waiting for a reconciliation already running so that the last configuration
+    /// wins. Runs until every action is done: spawn it to serve meanwhile.
+    pub async fn reconcile(&self, new: Vec<Resolved>) {
+        let _turn = self.declared.reconcile.lock().await;
+        let before = self.declared.snapshot();
+        let old: Vec<Resolved> = before
             .iter()
-            .any(|e| e.decl.name == name && e.state == DeclaredState::Resident)
-            && state.models().get(name).is_some()
-    };
-    let actions = plan(&old, &new, &ours);
-    state.declared.set_declared(&new);
-    state.changed.notify_one();
-    for action in actions {
-        apply(state, &action, &new).await;
+            .map(|e| (e.decl.clone(), e.spec.clone()))
+            .collect();
+        let ours = |name: &str| {
+            before
+                .iter()
+                .any(|e| e.decl.name == name && e.state == DeclaredState::Resident)
+                && self.models().get(name).is_some()
+        };
+        let actions = plan(&old, &new, &ours);
+        self.declared.set_declared(&new);
+        self.changed.notify_one();
+        for action in actions {
+            self.apply(&action, &new).await;
+            self.changed.notify_one();
+        }
     }
-    state.changed.notify_one();
-}
 
-/// Carries out one action, recording the outcome in the book.
-async fn apply(state: &Arc<State>, action: &Action, new: &[Resolved]) {
-    let find = |name: &str| new.iter().find(|(d, _)| d.name == name).cloned();
-    match action {
-        Action::Unload(name) => {
-            let Ok(_placement) = state
-                .placement(format!("unloading {name:?} (removed from the config)"))
-                .await
-            else {
-                tracing::error!(model = %name, "removed from the config but could not be unloaded: placement busy");
-                return;
-            };
-            if let Some(model) = state.models().remove(name) {
-                tracing::info!(model = %name, freed_bytes = model.memory_bytes(), "unloaded: no longer declared in the config");
-            }
-            state.changed.notify_one();
-        }
-        Action::Keep(name) => {
-            if let Some((decl, path)) = find(name) {
-                state.declared.applied(&decl, path);
-            }
-        }
-        Action::Load(name) | Action::Replace(name) => {
-            let Some((decl, path)) = find(name) else {
-                return;
-            };
-            let fresh = matches!(action, Action::Replace(_));
-            if !fresh && state.models().get(name).is_some() {
-                state.declared.set_state(
-                    name,
-                    DeclaredState::Failed {
-                        reason: format!(
-                            "a model named {name:?} was loaded by hand (llmctl load); unload it \
-                             and reload the config to load the declared one"
-                        ),
-                    },
-                );
-                return;
-            }
-            state.declared.applied(&decl, path);
-            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-            match super::load_declared(state, name, tx, fresh).await {
-                Ok(r) => {
-                    tracing::info!(model = %name, secs = r.load_secs, replaced = r.replaced, "declared model resident");
+    /// Carries out one action, recording the outcome in the book.
+    async fn apply(&self, action: &Action, new: &[Resolved]) {
+        let find = |name: &str| new.iter().find(|(d, _)| d.name == name).cloned();
+        match action {
+            Action::Unload(name) => match self.unload(name).await {
+                Ok(_) => {
+                    tracing::info!(model = %name, "unloaded: no longer declared in the config")
                 }
-                Err(e) if fresh => {
-                    // The old copy still serves (a replace swaps only on success).
-                    tracing::error!(model = %name, "reloading the declared model failed; the previous copy keeps serving: {}", e.message);
-                    if state.models().get(name).is_some() {
-                        state.declared.update(name, |entry| {
+                Err(e) => {
+                    tracing::error!(model = %name, "removed from the config but not unloaded: {e}")
+                }
+            },
+            Action::Keep(name) => {
+                if let Some((decl, spec)) = find(name) {
+                    self.declared.applied(&decl, &spec);
+                }
+            }
+            Action::Load(name) | Action::Replace(name) => {
+                let Some((decl, spec)) = find(name) else {
+                    return;
+                };
+                let fresh = matches!(action, Action::Replace(_));
+                if !fresh && self.models().get(name).is_some() {
+                    self.declared.set_state(
+                        name,
+                        DeclaredState::Failed {
+                            reason: format!(
+                                "a model named {name:?} was loaded by hand (llmctl load); unload \
+                                 it and reload the config to load the declared one"
+                            ),
+                        },
+                    );
+                    return;
+                }
+                self.declared.applied(&decl, &spec);
+                let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+                match self.load_declared(name, tx, fresh).await {
+                    Ok(loaded) => tracing::info!(
+                        model = %name,
+                        secs = loaded.as_ref().map_or(0.0, |l| l.load_secs),
+                        "declared model resident"
+                    ),
+                    Err(e) if fresh && self.models().get(name).is_some() => {
+                        // A replace swaps only on success: the previous copy still serves.
+                        tracing::error!(model = %name, "reloading the declared model failed; the previous copy keeps serving: {e}");
+                        self.declared.update(name, |entry| {
                             entry.state = DeclaredState::Resident;
                             entry.note = Some(format!(
-                                "reloading it with the new settings failed ({}); the previous \
-                                 copy serves",
-                                e.message
+                                "loading it with the new settings failed ({e}); the previous \
+                                 copy serves"
                             ));
                         });
                     }
+                    Err(_) => {}
                 }
-                Err(_) => {}
             }
-        }
-        Action::Resplit(name) => {
-            let Some((decl, path)) = find(name) else {
-                return;
-            };
-            match resplit(state, &decl).await {
-                Ok(()) => state.declared.applied(&decl, path),
-                Err(e) => {
-                    tracing::error!(model = %name, "re-splitting the declared model failed; the old placement keeps serving: {}", e.message);
-                    state.declared.update(name, |entry| {
-                        entry.note = Some(format!(
-                            "re-splitting it as the config says failed: {}",
-                            e.message
-                        ));
-                    });
+            Action::Resplit(name) => {
+                let Some((decl, spec)) = find(name) else {
+                    return;
+                };
+                let resplit = ResplitSpec {
+                    devices: spec.devices.clone(),
+                    split: spec.split.clone(),
+                    ctx: None,
+                };
+                match self.resplit(name, &resplit, self.devices()).await {
+                    Ok(done) => {
+                        tracing::info!(
+                            model = %name,
+                            secs = done.secs,
+                            layers_moved = done.layers_moved,
+                            sequences = done.sequences_moved,
+                            "declared model re-split as the config says"
+                        );
+                        self.declared.applied(&decl, &spec);
+                    }
+                    Err(e) => {
+                        tracing::error!(model = %name, "re-splitting the declared model failed; the old placement keeps serving: {e}");
+                        self.declared.update(name, |entry| {
+                            entry.note =
+                                Some(format!("re-splitting it as the config says failed: {e}"));
+                        });
+                    }
                 }
             }
         }
     }
-    state.changed.notify_one();
-}
-
-/// Moves the resident `decl.name` to `decl`'s devices and split, live.
-async fn resplit(state: &Arc<State>, decl: &ModelDecl) -> Result<(), ErrorReply> {
-    let _placement = state
-        .placement(format!("re-splitting {:?} (config changed)", decl.name))
-        .await?;
-    let model = state.models().get(&decl.name).cloned().ok_or_else(|| {
-        ErrorReply::new(
-            llmd_shared::ErrorCode::NotFound,
-            format!("{:?} is no longer resident", decl.name),
-        )
-    })?;
-    let req = ResplitRequest {
-        name: decl.name.clone(),
-        devices: decl.devices.iter().map(ToString::to_string).collect(),
-        split: decl.split.clone(),
-        ctx: None,
-    };
-    let devices = state.devices();
-    let memory_of = |d: &crate::state::Device| state.device_memory(d);
-    let reply = model.resplit(&req, &devices, &memory_of).await?;
-    tracing::info!(
-        model = %decl.name,
-        secs = reply.secs,
-        layers_moved = reply.layers_moved,
-        sequences = reply.sequences_moved,
-        "declared model re-split as the config says"
-    );
-    Ok(())
 }
 
 #[cfg(test)]
@@ -237,8 +212,16 @@ mod tests {
         let text = format!("[[models]]\nname = \"{name}\"\npath = \"/m/{name}.gguf\"\n{extra}");
         let c = crate::config::parse(&text, std::path::Path::new("/t.toml")).unwrap();
         let d = c.models[0].clone();
-        let p = d.resolved_path(c.models_dir());
-        (d, p)
+        let spec = LoadSpec {
+            path: d.resolved_path(c.models_dir()),
+            ctx: d.ctx,
+            threads: d.threads,
+            devices: d.devices.iter().map(ToString::to_string).collect(),
+            split: d.split.clone(),
+            kv_types: Default::default(),
+            gpu_layers: d.gpu_layers,
+        };
+        (d, spec)
     }
 
     #[test]
@@ -277,7 +260,7 @@ mod tests {
     fn a_changed_file_replaces_and_a_failed_start_model_loads_again() {
         let old = vec![decl("a", ""), decl("b", "")];
         let mut moved = decl("a", "");
-        moved.1 = PathBuf::from("/elsewhere/a.gguf");
+        moved.1.path = "/elsewhere/a.gguf".into();
         let new = vec![moved, decl("b", "")];
         // b is not resident (its load failed): the reload tries again.
         let actions = plan(&old, &new, &|n| n == "a");

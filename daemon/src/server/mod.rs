@@ -9,11 +9,13 @@
 pub mod access;
 pub mod admission;
 pub mod connection;
+pub mod declared;
 pub mod frame_budget;
 pub mod handler;
 pub mod listener;
 pub mod peek;
 mod reload;
+pub mod wire;
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -146,8 +148,8 @@ pub async fn run(
     access::log_policy(state.config().config.access.as_ref());
     notify::ready(&state.status_line());
     // After READY: declared models load in the background while the socket serves.
-    crate::runtime::reconcile::spawn(&state);
-    let keep_alive = tokio::spawn(crate::runtime::keep_alive::run(state.clone()));
+    declared::spawn_reconcile(&state);
+    let keep_alive = tokio::spawn(declared::keep_alive(state.clone()));
 
     loop {
         tokio::select! {

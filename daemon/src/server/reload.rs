@@ -55,7 +55,7 @@ impl Reloader {
                 tracing::info!("configuration reloaded from {from}");
                 // Declared models follow the new file in the background: added ones load,
                 // removed ones unload, moved ones re-split live.
-                crate::runtime::reconcile::spawn(state);
+                super::declared::spawn_reconcile(state);
             }
             Err(e) => tracing::error!("reload failed, keeping the previous configuration: {e}"),
         }

@@ -6,15 +6,16 @@ use llmd_shared::{DoctorRequest, ErrorReply};
 
 use super::Context;
 use crate::health::doctor;
+use crate::server::wire;
 
 /// Runs every check.
 pub async fn handle(_req: DoctorRequest, ctx: &Context) -> Result<DoctorReport, ErrorReply> {
     let state = &ctx.state;
     let telemetry = state.gpu_telemetry();
     let (models, failures) = {
-        let registry = state.models();
+        let registry = state.runtime.models();
         (
-            registry.placements(&state.gpu_index(&telemetry)),
+            wire::model_placements(&registry, &state.gpu_index(&telemetry)),
             registry.failures(),
         )
     };
@@ -32,6 +33,7 @@ pub async fn handle(_req: DoctorRequest, ctx: &Context) -> Result<DoctorReport, 
     );
     report.checks.extend(doctor::check_models(&failures));
     let declared_failures: Vec<(String, String)> = state
+        .runtime
         .declared
         .snapshot()
         .into_iter()

@@ -11,7 +11,7 @@ mod doctor;
 mod generate;
 mod inspect;
 mod list;
-pub mod load;
+mod load;
 mod metrics;
 mod plan;
 mod resplit;
@@ -123,23 +123,30 @@ pub async fn dispatch(request: Request, ctx: Context) -> Result<Reply, ErrorRepl
     }
 }
 
-/// Runs `work` while forwarding the progress it sends to `rx` to the client as
-/// `Event::Progress`, in order, the last ones before its result.
+/// Runs `work` while forwarding the load progress it sends to `rx` (`(stages done, stages)`)
+/// to the client as `Event::Progress`, in order, the last ones before its result.
 pub async fn with_progress<T>(
     ctx: &Context,
-    mut rx: mpsc::UnboundedReceiver<llmd_shared::Progress>,
+    mut rx: mpsc::UnboundedReceiver<(usize, usize)>,
     work: impl std::future::Future<Output = Result<T, ErrorReply>>,
 ) -> Result<T, ErrorReply> {
+    let send = |(done, total): (usize, usize)| {
+        ctx.event(Event::Progress(llmd_shared::Progress {
+            done: done as u64,
+            total: total as u64,
+            what: "layers".into(),
+        }))
+    };
     tokio::pin!(work);
     loop {
         tokio::select! {
             result = &mut work => {
                 while let Ok(p) = rx.try_recv() {
-                    ctx.event(Event::Progress(p)).await?;
+                    send(p).await?;
                 }
                 return result;
             }
-            Some(p) = rx.recv() => ctx.event(Event::Progress(p)).await?,
+            Some(p) = rx.recv() => send(p).await?,
         }
     }
 }
@@ -152,15 +159,17 @@ pub async fn model_for_request(
     name: &str,
 ) -> Result<crate::runtime::InUse, ErrorReply> {
     let (tx, rx) = mpsc::unbounded_channel();
-    with_progress(ctx, rx, crate::runtime::acquire(&ctx.state, name, tx)).await
+    let acquire = async {
+        ctx.state
+            .runtime
+            .acquire(name, tx)
+            .await
+            .map_err(ErrorReply::from)
+    };
+    with_progress(ctx, rx, acquire).await
 }
 
 /// The resident model called `name`, or a `not_found` error.
-pub fn model_named(ctx: &Context, name: &str) -> Result<crate::state::ResidentModel, ErrorReply> {
-    ctx.state.models().get(name).cloned().ok_or_else(|| {
-        ErrorReply::new(
-            ErrorCode::NotFound,
-            format!("no model named {name:?} is loaded"),
-        )
-    })
+pub fn model_named(ctx: &Context, name: &str) -> Result<crate::runtime::ResidentModel, ErrorReply> {
+    Ok(ctx.state.runtime.model(name)?)
 }

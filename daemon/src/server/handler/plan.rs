@@ -8,7 +8,8 @@ use std::sync::Arc;
 use llmd_shared::{ErrorCode, ErrorReply, PlanReply, PlanRequest};
 
 use super::Context;
-use crate::models::plan_blocking;
+use crate::runtime::{plan_blocking, PlanSpec};
+use crate::server::wire;
 
 /// Plans the model.
 pub async fn handle(req: PlanRequest, ctx: &Context) -> Result<PlanReply, ErrorReply> {
@@ -18,9 +19,20 @@ pub async fn handle(req: PlanRequest, ctx: &Context) -> Result<PlanReply, ErrorR
             format!("model path {:?} must be absolute", req.path),
         ));
     }
+    let spec = PlanSpec {
+        path: req.path.into(),
+        devices: req.devices,
+        split: req.split,
+        gpu_layers: req.gpu_layers,
+        ctx: req.ctx,
+        kv_types: wire::requested_cache_types(req.cache_type_k, req.cache_type_v),
+    };
     let state = Arc::clone(&ctx.state);
     let devices = state.devices();
-    tokio::task::spawn_blocking(move || plan_blocking(&req, &devices, &|d| state.device_memory(d)))
-        .await
-        .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("the plan task failed: {e}")))?
+    let planned = tokio::task::spawn_blocking(move || {
+        plan_blocking(&spec, &devices, &|d| state.runtime.device_memory(d))
+    })
+    .await
+    .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("the plan task failed: {e}")))??;
+    Ok(wire::plan_reply(&planned))
 }

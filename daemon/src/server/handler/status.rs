@@ -5,6 +5,7 @@ use llmd_shared::{ErrorReply, StatusReply, StatusRequest, PACKAGE_VERSION, PROTO
 
 use super::Context;
 use crate::health::power;
+use crate::server::wire;
 
 /// Snapshot of the daemon's state. GPU data is the sampler's latest sample: never waits on NVML.
 pub async fn handle(_req: StatusRequest, ctx: &Context) -> Result<Box<StatusReply>, ErrorReply> {
@@ -13,8 +14,11 @@ pub async fn handle(_req: StatusRequest, ctx: &Context) -> Result<Box<StatusRepl
     let telemetry = state.gpu_telemetry();
     let gpus = state.gpu_index(&telemetry);
     let (models, model_layers) = {
-        let registry = state.models();
-        (registry.infos(), registry.placements(&gpus))
+        let registry = state.runtime.models();
+        (
+            wire::model_infos(&registry),
+            wire::model_placements(&registry, &gpus),
+        )
     };
     Ok(Box::new(StatusReply {
         daemon_version: PACKAGE_VERSION.to_string(),
@@ -36,6 +40,6 @@ pub async fn handle(_req: StatusRequest, ctx: &Context) -> Result<Box<StatusRepl
         power: power::budget(&config.config.power, &telemetry),
         gpu: (*telemetry).clone(),
         model_layers,
-        declared: state.declared.infos(),
+        declared: state.runtime.declared.infos(),
     }))
 }

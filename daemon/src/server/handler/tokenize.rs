@@ -1,10 +1,10 @@
 //! `tokenize`: a model's token ids and pieces for a text, computed off the runtime
-//! (`engine::prompt`).
+//! (`runtime::prompt`).
 
 use llmd_shared::{ErrorReply, TokenPiece, TokenizeReply, TokenizeRequest};
 
 use super::{model_for_request, Context};
-use crate::engine::prompt::tokenize_with_pieces;
+use crate::runtime::prompt::tokenize_with_pieces;
 
 /// Tokenizes the text.
 pub async fn handle(req: TokenizeRequest, ctx: &Context) -> Result<TokenizeReply, ErrorReply> {

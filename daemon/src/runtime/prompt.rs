@@ -16,9 +16,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use llmd_shared::{ErrorCode, ErrorReply, Prompt};
+use llmd_shared::Prompt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::error::{ErrorKind, RuntimeError};
 use crate::tokenizer::chat::{ChatMessage, ChatTemplate};
 use crate::tokenizer::Tokenizer;
 
@@ -74,12 +75,12 @@ pub fn check_prompt_bytes(
     bytes: usize,
     n_ctx: usize,
     tokenizer: &Tokenizer,
-) -> Result<(), ErrorReply> {
+) -> Result<(), RuntimeError> {
     let per_token = tokenizer.max_token_bytes();
     let most = n_ctx.saturating_sub(1).saturating_mul(per_token);
     if bytes > most {
-        return Err(ErrorReply::new(
-            ErrorCode::BadRequest,
+        return Err(RuntimeError::new(
+            ErrorKind::BadRequest,
             format!(
                 "the prompt is {bytes} bytes, more than a context of {n_ctx} tokens can hold for \
                  this model ({most} bytes: no token of its vocabulary stands for more than \
@@ -97,7 +98,7 @@ pub async fn prompt_tokens(
     model: PromptModel<'_>,
     prompt: Prompt,
     n_ctx: usize,
-) -> Result<Vec<u32>, ErrorReply> {
+) -> Result<Vec<u32>, RuntimeError> {
     match prompt {
         Prompt::Raw(text) => {
             check_prompt_bytes(text.len(), n_ctx, model.tokenizer)?;
@@ -123,7 +124,7 @@ pub async fn tokenize_with_pieces(
     text: String,
     add_special: bool,
     parse_special: bool,
-) -> Result<Vec<(u32, String)>, ErrorReply> {
+) -> Result<Vec<(u32, String)>, RuntimeError> {
     let tokenizer = Arc::clone(model.tokenizer);
     run_tokenizer(model, move || {
         tokenizer
@@ -142,26 +143,29 @@ pub async fn tokenize_with_pieces(
 async fn run_tokenizer<T: Send + 'static>(
     model: PromptModel<'_>,
     work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ErrorReply> {
+) -> Result<T, RuntimeError> {
     let slot = acquire(&model.slots.tokenize).await?;
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
         work()
     })
     .await
-    .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("tokenizing failed: {e}")))
+    .map_err(|e| RuntimeError::new(ErrorKind::Internal, format!("tokenizing failed: {e}")))
 }
 
 /// Renders `messages` through the model's chat template (with the generation prompt) on a
 /// blocking thread, waiting at most [`TEMPLATE_TIMEOUT`] for a slot and the render together.
-async fn render(model: PromptModel<'_>, messages: Vec<ChatMessage>) -> Result<String, ErrorReply> {
+async fn render(
+    model: PromptModel<'_>,
+    messages: Vec<ChatMessage>,
+) -> Result<String, RuntimeError> {
     let deadline = Instant::now() + TEMPLATE_TIMEOUT;
     let slots = Arc::clone(&model.slots.render);
     let slot = match tokio::time::timeout_at(deadline.into(), acquire(&slots)).await {
         Ok(slot) => slot?,
         Err(_) => {
-            return Err(ErrorReply::new(
-                ErrorCode::Busy,
+            return Err(RuntimeError::new(
+                ErrorKind::Busy,
                 format!(
                     "every chat template render of model {:?} is still busy after {} s (its \
                      template runs long); retry later, or use --raw",
@@ -179,9 +183,9 @@ async fn render(model: PromptModel<'_>, messages: Vec<ChatMessage>) -> Result<St
     });
     match tokio::time::timeout_at(deadline.into(), task).await {
         Ok(Ok(Ok(text))) => Ok(text),
-        Ok(Ok(Err(e))) => Err(ErrorReply::new(ErrorCode::BadRequest, e.to_string())),
-        Ok(Err(e)) => Err(ErrorReply::new(
-            ErrorCode::Internal,
+        Ok(Ok(Err(e))) => Err(RuntimeError::new(ErrorKind::BadRequest, e.to_string())),
+        Ok(Err(e)) => Err(RuntimeError::new(
+            ErrorKind::Internal,
             format!("the chat template render failed: {e}"),
         )),
         Err(_) => {
@@ -190,8 +194,8 @@ async fn render(model: PromptModel<'_>, messages: Vec<ChatMessage>) -> Result<St
                 "a chat template render overran {TEMPLATE_TIMEOUT:?}; it keeps a render slot \
                  until its step budget ends it"
             );
-            Err(ErrorReply::new(
-                ErrorCode::Timeout,
+            Err(RuntimeError::new(
+                ErrorKind::Timeout,
                 format!(
                     "the chat template of model {:?} did not finish rendering within {} s; use \
                      --raw to bypass it",
@@ -204,11 +208,11 @@ async fn render(model: PromptModel<'_>, messages: Vec<ChatMessage>) -> Result<St
 }
 
 /// A slot of `slots` (which are never closed).
-async fn acquire(slots: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit, ErrorReply> {
+async fn acquire(slots: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit, RuntimeError> {
     Arc::clone(slots)
         .acquire_owned()
         .await
-        .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("prompt slots closed: {e}")))
+        .map_err(|e| RuntimeError::new(ErrorKind::Internal, format!("prompt slots closed: {e}")))
 }
 
 #[cfg(test)]
@@ -243,7 +247,7 @@ mod tests {
         assert_eq!(t.max_token_bytes(), 6);
         check_prompt_bytes(60, 11, &t).expect("10 tokens of 6 bytes fit a context of 11");
         let err = check_prompt_bytes(61, 11, &t).unwrap_err();
-        assert_eq!(err.code, ErrorCode::BadRequest);
+        assert_eq!(err.kind, ErrorKind::BadRequest);
         assert!(err.message.contains("61 bytes"), "{}", err.message);
         assert!(err.message.contains("--ctx"), "{}", err.message);
         assert!(check_prompt_bytes(1, 1, &t).is_err(), "no room to generate");
@@ -269,7 +273,7 @@ mod tests {
             .unwrap_err();
         assert!(started.elapsed() < TEMPLATE_TIMEOUT + Duration::from_secs(1));
         assert!(
-            matches!(err.code, ErrorCode::BadRequest | ErrorCode::Timeout),
+            matches!(err.kind, ErrorKind::BadRequest | ErrorKind::Timeout),
             "{err:?}"
         );
         assert!(err.message.contains("chat template"), "{}", err.message);

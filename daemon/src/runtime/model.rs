@@ -1,0 +1,255 @@
+//! A model resident on its devices ([`LoadedModel`]): the handle through which requests reach
+//! its worker, its health, and its placement ([`StagePlacement`]) as the worker last reported it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use llmd_kernels::backend::KvTypes;
+use llmd_kernels::cpu::ThreadPool;
+
+use super::error::{ErrorKind, RuntimeError};
+use super::load::LoadSpec;
+use super::prompt::{PromptModel, PromptSlots};
+use super::resplit::ResplitSpec;
+use crate::engine::{Job, ModelHandle};
+use crate::model::load::ModelFile;
+use crate::model::plan::ModelSizes;
+use crate::model::{ModelConfig, Pipeline};
+use crate::tokenizer::chat::ChatTemplate;
+use crate::tokenizer::Tokenizer;
+
+/// Context length when neither the request nor the model says less.
+pub const DEFAULT_CTX: u32 = 4096;
+/// Tokens per forward step at most (the prefill chunk), as llama.cpp's default micro-batch.
+pub const MAX_BATCH: usize = 512;
+/// Generations of one model decoded together at most; more wait their turn.
+pub const MAX_SEQUENCES: usize = 8;
+
+/// One pipeline stage of a resident model: where it runs and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagePlacement {
+    /// Device name.
+    pub device: String,
+    /// First layer (inclusive).
+    pub layer_start: u32,
+    /// Last layer (exclusive).
+    pub layer_end: u32,
+    /// Whether the output head (final norm and vocabulary projection) is on this device.
+    pub output: bool,
+    /// Bytes of weights on the device.
+    pub weight_bytes: u64,
+    /// Bytes of KV cache on the device now.
+    pub kv_bytes: u64,
+}
+
+/// A model resident on its devices, shared by the requests that use it.
+pub struct LoadedModel {
+    /// The name it is registered under.
+    pub name: String,
+    /// Its file.
+    pub path: PathBuf,
+    /// Its architecture's name.
+    pub architecture: String,
+    /// Forward-pass configuration.
+    pub config: Arc<ModelConfig>,
+    /// Tokenizer.
+    pub tokenizer: Arc<Tokenizer>,
+    /// Chat template (the model's or a documented fallback), shared with the threads that
+    /// render it.
+    pub chat: Arc<ChatTemplate>,
+    /// Limits on the template renders and tokenizations of this model's prompts running at once.
+    pub prompts: PromptSlots,
+    /// Context length per sequence (changed by a re-split with a new context).
+    pub(super) ctx: AtomicU32,
+    /// CPU threads.
+    pub threads: u32,
+    /// The memory-mapped file the weights come from (re-read when layers move).
+    pub(super) source: Arc<ModelFile>,
+    /// What the model's pieces cost on a device, for plans (with its KV cache types, which the
+    /// pipeline allocates and a re-split keeps).
+    pub(super) sizes: ModelSizes,
+    /// The threads every stage of this model computes on.
+    pub(super) pool: Arc<ThreadPool>,
+    /// The worker thread that owns the pipeline.
+    pub handle: ModelHandle,
+    /// Placement as last reported by the worker.
+    pub(super) placement: Mutex<Vec<StagePlacement>>,
+    /// Generations running now.
+    pub running: AtomicU32,
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedModel {
+    /// Context length per sequence for generations started now.
+    pub fn ctx(&self) -> u32 {
+        self.ctx.load(Ordering::SeqCst)
+    }
+
+    /// What preparing this model's prompts needs (`runtime::prompt`).
+    pub fn prompt_model(&self) -> PromptModel<'_> {
+        PromptModel {
+            name: &self.name,
+            tokenizer: &self.tokenizer,
+            chat: &self.chat,
+            slots: &self.prompts,
+        }
+    }
+
+    /// The placement as last recorded; none once the model has failed (its worker freed the
+    /// stages).
+    pub fn placement(&self) -> Vec<StagePlacement> {
+        if self.failure().is_some() {
+            return Vec::new();
+        }
+        self.last_placement()
+    }
+
+    /// The placement as last recorded, even for a failed model (a reload puts it back there).
+    fn last_placement(&self) -> Vec<StagePlacement> {
+        self.placement
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records `placement` as the model's current one.
+    pub(super) fn set_placement(&self, placement: Vec<StagePlacement>) {
+        *self
+            .placement
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = placement;
+    }
+
+    /// Why the model failed (a step of its worker panicked), if it has; it then refuses every
+    /// request with this reason until a reload.
+    pub fn failure(&self) -> Option<String> {
+        self.handle.failure()
+    }
+
+    /// Queues a job on the model's worker; refused with the reason once the model has failed.
+    pub fn submit(&self, job: Job) -> Result<(), RuntimeError> {
+        self.handle
+            .submit(job)
+            .map_err(|e| self.unavailable(e.to_string()))
+    }
+
+    /// The error for a request the worker could not finish: the model's failure when it has
+    /// failed (naming how to recover), else `otherwise`.
+    pub fn unavailable(&self, otherwise: impl Into<String>) -> RuntimeError {
+        match self.failure() {
+            Some(why) => RuntimeError::new(
+                ErrorKind::Internal,
+                format!(
+                    "model {:?} is not serving: {why} (llmctl reload {}, or load it again with \
+                     --replace)",
+                    self.name, self.name
+                ),
+            ),
+            None => RuntimeError::new(ErrorKind::Internal, otherwise),
+        }
+    }
+
+    /// Asks the worker for the current placement (KV bytes change as sequences come and go) and
+    /// records it. Waits at most for the current forward step.
+    pub async fn refresh_placement(&self) -> Vec<StagePlacement> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job::WithPipeline(Box::new(move |p: &mut Pipeline| {
+            let _ = tx.send(placement_of(p));
+        }));
+        if self.submit(job).is_ok() {
+            if let Ok(p) = rx.await {
+                self.set_placement(p);
+            }
+        }
+        self.placement()
+    }
+
+    /// Element types of its KV caches' keys and values.
+    pub fn kv_types(&self) -> KvTypes {
+        self.sizes.kv_types
+    }
+
+    /// Bytes held on `device`.
+    pub fn bytes_on(&self, device: &str) -> u64 {
+        self.placement()
+            .iter()
+            .filter(|s| s.device == device)
+            .map(|s| s.weight_bytes + s.kv_bytes)
+            .sum()
+    }
+
+    /// Bytes held on every device.
+    pub fn memory_bytes(&self) -> u64 {
+        self.placement()
+            .iter()
+            .map(|s| s.weight_bytes + s.kv_bytes)
+            .sum()
+    }
+
+    /// The distinct devices the model's stages run on, in stage order.
+    pub fn devices(&self) -> Vec<String> {
+        let mut devices: Vec<String> = self.placement().into_iter().map(|s| s.device).collect();
+        devices.dedup();
+        devices
+    }
+
+    /// The load that puts this (failed) model back: its file, name, threads, context, KV cache
+    /// types and last placement (its stages' devices, with their layer counts as split
+    /// weights), each replaced by what the re-split `spec` gives.
+    pub fn reload_spec(&self, spec: &ResplitSpec) -> LoadSpec {
+        let last = self.last_placement();
+        let devices = if spec.devices.is_empty() {
+            last.iter().map(|s| s.device.clone()).collect()
+        } else {
+            spec.devices.clone()
+        };
+        let split = if spec.split.is_empty() && spec.devices.is_empty() {
+            layer_counts(&last)
+        } else {
+            spec.split.clone()
+        };
+        LoadSpec {
+            path: self.path.clone(),
+            ctx: Some(spec.ctx.unwrap_or_else(|| self.ctx())),
+            threads: Some(self.threads),
+            devices,
+            split,
+            kv_types: self.kv_types(),
+            // The devices named above are the stages' own, CPU ones included.
+            gpu_layers: None,
+        }
+    }
+}
+
+/// The placement of a pipeline's stages.
+pub fn placement_of(p: &Pipeline) -> Vec<StagePlacement> {
+    p.stages()
+        .iter()
+        .map(|s| StagePlacement {
+            device: s.device_name().to_string(),
+            layer_start: s.layers().start as u32,
+            layer_end: s.layers().end as u32,
+            output: s.has_head(),
+            weight_bytes: s.weight_bytes(),
+            kv_bytes: s.kv_bytes(),
+        })
+        .collect()
+}
+
+/// Split weights that put the layers where `stages` have them: layer counts, the head counting
+/// as one more layer of its device, reproduce the ranges under llama.cpp's rule.
+pub(super) fn layer_counts(stages: &[StagePlacement]) -> Vec<f32> {
+    stages
+        .iter()
+        .map(|s| (s.layer_end - s.layer_start) as f32 + f32::from(u8::from(s.output)))
+        .collect()
+}

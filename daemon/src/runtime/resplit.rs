@@ -1,0 +1,366 @@
+//! Re-splitting a resident model live ([`Runtime::resplit`](super::Runtime::resplit)): the new
+//! plan is checked first (a plan that does not fit is refused and the old placement keeps
+//! serving); the switch happens on the model's worker between two forward steps, so running
+//! generations continue with the tokens they would have produced.
+//!
+//! A model whose worker failed (issue 14) has no pipeline left to move: for it, a re-split loads
+//! the model again from its file onto its last placement (with the request's changes) and puts
+//! it back under its name, which recovers it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use llmd_kernels::backend::DeviceMemory;
+
+use super::error::{ErrorKind, RuntimeError};
+use super::load::{
+    backends_for, make_plan, plan_blocking, plan_devices, prepare_load, resolve_ctx,
+    resolve_devices, PlanSpec, PlannedModel,
+};
+use super::model::{
+    layer_counts, placement_of, LoadedModel, StagePlacement, MAX_BATCH, MAX_SEQUENCES,
+};
+use super::{PlacementGuard, ResidentModel, Runtime};
+use crate::devices::Device;
+use crate::engine::{Job, ResplitOutcome};
+use crate::model::plan::{self, ModelSizes};
+use crate::model::resplit::{layout_of, resplit, Layout, LiveSequence};
+use crate::model::Pipeline;
+
+/// A re-split as asked: what changes (empty or `None`: as it is).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResplitSpec {
+    /// Devices by name, in stage order; empty keeps the current ones.
+    pub devices: Vec<String>,
+    /// Split weights per device; empty keeps the layers where they are (with no devices given).
+    pub split: Vec<f32>,
+    /// A new context length.
+    pub ctx: Option<u32>,
+}
+
+/// A finished re-split (or the reload of a failed model).
+#[derive(Debug, Clone)]
+pub struct Resplit {
+    /// Context length per sequence now.
+    pub ctx: u32,
+    /// The plan it followed.
+    pub plan: PlannedModel,
+    /// The stages now.
+    pub placement: Vec<StagePlacement>,
+    /// Seconds it took.
+    pub secs: f64,
+    /// Bytes copied between devices (or loaded, for a reload).
+    pub bytes_moved: u64,
+    /// Layers that changed device (all of them, for a reload).
+    pub layers_moved: u32,
+    /// Running generations carried along.
+    pub sequences_moved: u32,
+}
+
+impl Runtime {
+    /// Re-splits the model called `name` on `devices` as `spec` asks, taking turns with loads
+    /// and unloads; a failed model is loaded again from its file instead.
+    pub async fn resplit(
+        &self,
+        name: &str,
+        spec: &ResplitSpec,
+        devices: Arc<Vec<Device>>,
+    ) -> Result<Resplit, RuntimeError> {
+        // Loads, unloads and re-splits take turns, so the free memory the plan sees stays true.
+        let placement = self.placement(format!("re-splitting {name:?}")).await?;
+        let model = self.model(name)?;
+        if model.failure().is_some() {
+            return self.recover(spec, model, placement, devices).await;
+        }
+        let memory_of = |d: &Device| self.device_memory(d);
+        let done = model.resplit(spec, &devices, &memory_of).await?;
+        drop(placement);
+        self.changed.notify_one();
+        tracing::info!(
+            model = %name,
+            secs = done.secs,
+            bytes_moved = done.bytes_moved,
+            layers_moved = done.layers_moved,
+            sequences = done.sequences_moved,
+            "model re-split"
+        );
+        Ok(done)
+    }
+
+    /// Loads the failed `model` again from its file, as [`LoadedModel::reload_spec`] says, and
+    /// registers it in its place.
+    async fn recover(
+        &self,
+        spec: &ResplitSpec,
+        model: ResidentModel,
+        placement: PlacementGuard,
+        devices: Arc<Vec<Device>>,
+    ) -> Result<Resplit, RuntimeError> {
+        let load = model.reload_spec(spec);
+        tracing::info!(model = %model.name, path = %load.path.display(), "reloading a failed model from its file");
+        let plan_spec = PlanSpec {
+            path: load.path.clone(),
+            devices: load.devices.clone(),
+            split: load.split.clone(),
+            gpu_layers: None,
+            ctx: load.ctx,
+            kv_types: load.kv_types,
+        };
+        let ledgers: HashMap<String, Arc<DeviceMemory>> = devices
+            .iter()
+            .map(|d| (d.name.clone(), self.device_memory(d)))
+            .collect();
+        let blocking = {
+            let devices = Arc::clone(&devices);
+            let path: PathBuf = load.path.clone();
+            tokio::task::spawn_blocking(move || {
+                let memory_of = |d: &Device| {
+                    ledgers
+                        .get(&d.name)
+                        .cloned()
+                        .unwrap_or_else(|| DeviceMemory::new(d.memory_budget_bytes))
+                };
+                let plan = plan_blocking(&plan_spec, &devices, &memory_of)?;
+                let prepared = prepare_load(&path)?;
+                Ok::<_, RuntimeError>((plan, prepared))
+            })
+        };
+        let (plan, prepared) = blocking.await.map_err(|e| {
+            RuntimeError::new(ErrorKind::Internal, format!("the reload task failed: {e}"))
+        })??;
+        let (progress, _) = tokio::sync::mpsc::unbounded_channel();
+        let loaded = self
+            .place(
+                load,
+                model.name.clone(),
+                prepared,
+                placement,
+                devices,
+                progress,
+            )
+            .await?;
+        Ok(Resplit {
+            ctx: loaded.model.ctx(),
+            plan,
+            placement: loaded.model.placement(),
+            secs: loaded.load_secs,
+            bytes_moved: loaded.bytes_loaded,
+            layers_moved: loaded.model.config.n_layer as u32,
+            sequences_moved: 0,
+        })
+    }
+}
+
+/// What the worker reports back from a re-split.
+type ResplitResult =
+    Result<(crate::model::resplit::ResplitReport, Vec<StagePlacement>), RuntimeError>;
+
+impl LoadedModel {
+    /// Re-splits the model live as `spec` asks: plans the new placement (refused with
+    /// `does_not_fit` if it does not fit, the old placement serving on), then switches between
+    /// two forward steps of its worker, carrying running generations' KV caches along.
+    pub async fn resplit(
+        &self,
+        spec: &ResplitSpec,
+        devices: &[Device],
+        memory_of: &(dyn Fn(&Device) -> Arc<DeviceMemory> + Sync),
+    ) -> Result<Resplit, RuntimeError> {
+        let current = self.refresh_placement().await;
+        // Without --devices, the devices of the current stages in order (a GPU named twice
+        // keeps its two stages).
+        let names: Vec<String> = if spec.devices.is_empty() {
+            current.iter().map(|s| s.device.clone()).collect()
+        } else {
+            spec.devices.clone()
+        };
+        let chosen = resolve_devices(&names, devices)?;
+        let ctx = match spec.ctx {
+            Some(c) => resolve_ctx(Some(c), self.config.context_length)?,
+            None => self.ctx(),
+        };
+        if self.config.with_context(ctx as usize) != *self.config {
+            // Phi-3's rope factors are chosen by the context at load; running sequences were
+            // computed with the current ones, so the switch needs a fresh load.
+            return Err(RuntimeError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "a context of {ctx} changes which rope factors the model uses (long beyond \
+                     its original context of {}); load it again with --ctx {ctx} (--replace)",
+                    self.config.rope_original_context
+                ),
+            ));
+        }
+        let own = |name: &str| -> u64 {
+            current
+                .iter()
+                .filter(|s| s.device == name)
+                .map(|s| s.weight_bytes + s.kv_bytes)
+                .sum()
+        };
+        let plan_devs = plan_devices(&chosen, memory_of, &own);
+        // Neither devices nor split given (e.g. only a new context): keep the layers where they
+        // are.
+        let split: Vec<f32> = if spec.split.is_empty() && spec.devices.is_empty() {
+            layer_counts(&current)
+        } else {
+            spec.split.clone()
+        };
+        let p = make_plan(&self.sizes, &plan_devs, &split, None, ctx)?;
+        if let Some(v) = &p.verdict {
+            return Err(RuntimeError::new(
+                ErrorKind::DoesNotFit,
+                format!("re-split refused, the current placement keeps serving: {v}"),
+            ));
+        }
+        let target: Vec<Layout> = p
+            .stages
+            .iter()
+            .map(|s| Layout {
+                device: p.devices[s.device].name.clone(),
+                layers: s.layers.clone(),
+                head: s.head,
+            })
+            .collect();
+        let mut all_names: Vec<String> = names.clone();
+        for s in &current {
+            if !all_names.contains(&s.device) {
+                all_names.push(s.device.clone());
+            }
+        }
+        let backends = backends_for(all_names, devices, memory_of, &self.pool)?;
+        let ledgers: HashMap<String, (u64, Arc<DeviceMemory>)> = devices
+            .iter()
+            .map(|d| (d.name.clone(), (d.memory_budget_bytes, memory_of(d))))
+            .collect();
+        let source = Arc::clone(&self.source);
+        let sizes = self.sizes.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<ResplitResult>();
+        let job = Job::Resplit(Box::new(
+            move |pipeline: &mut Pipeline, live: &[LiveSequence]| {
+                if let Err(e) = check_live_fit(pipeline, &target, live, &sizes, &ledgers) {
+                    let _ = tx.send(Err(e));
+                    return ResplitOutcome::Unchanged;
+                }
+                match resplit(
+                    pipeline,
+                    &*source,
+                    &target,
+                    &backends,
+                    live,
+                    MAX_BATCH,
+                    MAX_SEQUENCES,
+                ) {
+                    Ok(report) => {
+                        let _ = tx.send(Ok((report, placement_of(pipeline))));
+                        ResplitOutcome::Applied {
+                            n_ctx: Some(ctx as usize),
+                        }
+                    }
+                    Err(e @ crate::model::resplit::ResplitError::Broken { .. }) => {
+                        let msg = e.to_string();
+                        let _ = tx.send(Err(RuntimeError::new(ErrorKind::Internal, msg.clone())));
+                        ResplitOutcome::Broken(msg)
+                    }
+                    Err(e) => {
+                        let code = match e {
+                            crate::model::resplit::ResplitError::Restored(_) => {
+                                ErrorKind::DoesNotFit
+                            }
+                            _ => ErrorKind::Internal,
+                        };
+                        let _ = tx.send(Err(RuntimeError::new(code, e.to_string())));
+                        ResplitOutcome::Unchanged
+                    }
+                }
+            },
+        ));
+        self.submit(job)?;
+        let (report, placement) = rx
+            .await
+            .map_err(|_| self.unavailable("the model's worker stopped during the re-split"))??;
+        self.ctx.store(ctx, Ordering::SeqCst);
+        if report.through_host > 0 {
+            tracing::info!(
+                model = %self.name,
+                parts = report.through_host,
+                "re-split: devices traded layers without room to spare, so some went through \
+                 host memory (weights read again from the model file)"
+            );
+        }
+        self.set_placement(placement.clone());
+        Ok(Resplit {
+            ctx,
+            plan: PlannedModel {
+                path: self.path.clone(),
+                architecture: self.architecture.clone(),
+                sizes: self.sizes.clone(),
+                plan: p,
+            },
+            placement,
+            secs: report.secs,
+            bytes_moved: report.bytes_moved,
+            layers_moved: report.layers_moved as u32,
+            sequences_moved: report.sequences as u32,
+        })
+    }
+}
+
+/// Checks, with the running sequences' real KV caches, that the stages to be rebuilt fit each
+/// device once the stages they replace are freed (the plan counted one full-context sequence).
+fn check_live_fit(
+    pipeline: &Pipeline,
+    target: &[Layout],
+    live: &[LiveSequence],
+    sizes: &ModelSizes,
+    ledgers: &HashMap<String, (u64, Arc<DeviceMemory>)>,
+) -> Result<(), RuntimeError> {
+    let old = layout_of(pipeline);
+    let positions: u64 = live.iter().map(|s| s.capacity as u64).sum();
+    let mut freed: HashMap<&str, u64> = HashMap::new();
+    for (l, s) in old.iter().zip(pipeline.stages()) {
+        if !target.contains(l) {
+            *freed.entry(l.device.as_str()).or_default() += s.weight_bytes() + s.kv_bytes();
+        }
+    }
+    let mut need: HashMap<&str, u64> = HashMap::new();
+    for l in target.iter().filter(|l| !old.contains(l)) {
+        let weights: u64 = sizes.layer_weight_bytes[l.layers.clone()]
+            .iter()
+            .sum::<u64>()
+            + if l.head { sizes.head_weight_bytes } else { 0 };
+        let kv = l.layers.len() as u64 * positions * sizes.kv_bytes_per_layer_position;
+        *need.entry(l.device.as_str()).or_default() += weights + kv;
+    }
+    let mut problems = Vec::new();
+    for (device, bytes) in need {
+        let Some((budget, ledger)) = ledgers.get(device) else {
+            problems.push(format!("unknown device {device}"));
+            continue;
+        };
+        let free = budget
+            .saturating_sub(ledger.used())
+            .saturating_add(freed.get(device).copied().unwrap_or(0));
+        if bytes > free {
+            problems.push(format!(
+                "{device} needs {} for the moved layers and the KV caches of {} running \
+                 generations but has {} free",
+                plan::human(bytes),
+                live.len(),
+                plan::human(free)
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(RuntimeError::new(
+            ErrorKind::DoesNotFit,
+            format!(
+                "re-split refused, the current placement keeps serving: {}",
+                problems.join("; ")
+            ),
+        ))
+    }
+}
