@@ -64,6 +64,7 @@ fn sample_responses() -> Vec<Response> {
                     cache_type_k: KvCacheType::Q8_0,
                     cache_type_v: KvCacheType::F16,
                     failed: None,
+                    template_warning: None,
                 },
                 ModelInfo {
                     name: "qwen".into(),
@@ -73,6 +74,7 @@ fn sample_responses() -> Vec<Response> {
                     cache_type_k: KvCacheType::F16,
                     cache_type_v: KvCacheType::F16,
                     failed: Some("the model failed (a step panicked: boom); reload it".into()),
+                    template_warning: Some("no chat template".into()),
                 },
             ],
             connections: 3,

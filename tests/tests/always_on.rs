@@ -260,6 +260,9 @@ fn on_demand_models_load_at_first_request_and_unload_after_keep_alive() {
     });
     assert_eq!(declared(&status, "lazy")["state"], "not_loaded");
     assert!(resident(&status).is_empty());
+    // Nothing resident: `list --json` still prints a result that parses.
+    let listed: Value = serde_json::from_str(ok(&d, &["list", "--json"]).trim()).expect("JSON");
+    assert_eq!(listed, serde_json::json!({ "models": [] }));
     // The first request loads it (its stream carries the load's progress) and is answered.
     assert_eq!(generate(&d, "lazy", &[]).len(), 8);
     let status = d.status_json();
@@ -365,4 +368,89 @@ fn per_model_defaults_apply_unless_the_request_sets_them() {
         })
         .collect();
     assert!(hot.iter().any(|t| *t != a), "{hot:?} vs {a:?}");
+}
+
+/// A copy of `file` whose chat template is blanked (spaces of the same length, which the
+/// daemon treats as none): GGUF stores it as the key, a u32 type (8, string), a u64 length and
+/// the bytes.
+fn without_chat_template(file: &Path) -> PathBuf {
+    let mut bytes = std::fs::read(file).expect("read the model");
+    let key = b"tokenizer.chat_template";
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("the synthetic model has a chat template");
+    let len_at = at + key.len() + 4;
+    let len = u64::from_le_bytes(bytes[len_at..len_at + 8].try_into().expect("8 bytes")) as usize;
+    let start = len_at + 8;
+    bytes[start..start + len].fill(b' ');
+    let out = file.with_file_name("no-template.gguf");
+    std::fs::write(&out, bytes).expect("write the copy");
+    out
+}
+
+#[test]
+fn system_prompt_and_chat_template_from_the_config_and_the_fallback_warning() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = without_chat_template(&tiny(dir.path(), "t"));
+    let template =
+        "chat_template = \"{% for m in messages %}{{ m.role }}: {{ m.content }}\\n{% endfor %}\"\n";
+    let config = format!(
+        "[[devices]]\nid = \"cpu:0\"\nmemory_budget = \"1GiB\"\n{}{}{}",
+        entry("bare", &file, ""),
+        entry("templated", &file, template),
+        entry(
+            "system",
+            &file,
+            &format!("{template}system_prompt = \"Answer in one short sentence, please.\"\n")
+        )
+    );
+    let d = Daemon::builder().config(&config).start();
+    let status = status_when(&d, "all resident", |s| {
+        all_resident(s, &["bare", "templated", "system"])
+    });
+    let warning_of = |name: &str| {
+        status["models"]
+            .as_array()
+            .and_then(|a| a.iter().find(|m| m["name"] == name))
+            .map(|m| m["template_warning"].clone())
+            .expect("listed")
+    };
+    // The tiny model's file has no chat template: status and a chat reply say so.
+    let warning = warning_of("bare");
+    assert!(
+        warning
+            .as_str()
+            .is_some_and(|w| w.contains("no chat template") && w.contains("--raw")),
+        "{warning}"
+    );
+    assert_eq!(warning_of("templated"), Value::Null);
+    let chat = |model: &str| last_json(&ok(&d, &["generate", model, "Hi", "-n", "2", "--json"]));
+    let bare = chat("bare");
+    assert!(
+        bare["warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("fallback")),
+        "{bare}"
+    );
+    let templated = chat("templated");
+    assert_eq!(templated["warning"], Value::Null, "{templated}");
+    // A raw prompt uses no template: no warning.
+    let raw = last_json(&ok(
+        &d,
+        &["generate", "bare", "Hi", "--raw", "-n", "2", "--json"],
+    ));
+    assert_eq!(raw["warning"], Value::Null, "{raw}");
+    // The system prompt is put first: the same chat has more prompt tokens.
+    let with_system = chat("system");
+    let more = with_system["prompt_tokens"]
+        .as_u64()
+        .expect("prompt tokens");
+    let fewer = templated["prompt_tokens"].as_u64().expect("prompt tokens");
+    assert!(more > fewer + 4, "{more} vs {fewer}");
+    let human = ok(&d, &["status"]);
+    assert!(
+        human.contains("warning: the model's file has no chat template"),
+        "{human}"
+    );
 }

@@ -705,8 +705,9 @@ fn hostile_client_that_stops_reading_does_not_slow_others() {
     // limit): nothing runs any more.
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let list: serde_json::Value =
+        let all: serde_json::Value =
             serde_json::from_str(succeeds(&d, &["list", "--json"]).trim()).expect("json");
+        let list = &all["models"][0];
         if list["running"] == 0 {
             break;
         }

@@ -54,6 +54,9 @@ pub fn stream(ctx: &Ctx, request: GenerateRequest) -> Result<GenerateReply, CtlE
     };
     if !json {
         ctx.out.text(&r.trailing_text)?;
+        if let Some(warning) = &r.warning {
+            eprintln!("\nllmctl: warning: {warning}");
+        }
     }
     Ok(r)
 }

@@ -159,6 +159,9 @@ fn render(s: &StatusReply) -> String {
                         m.cache_type_v,
                         m.path
                     );
+                    if let Some(warning) = &m.template_warning {
+                        let _ = writeln!(out, "  {:<20} warning: {warning}", "");
+                    }
                 }
                 Some(why) => {
                     let _ = writeln!(

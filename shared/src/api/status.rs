@@ -191,4 +191,7 @@ pub struct ModelInfo {
     /// Why it no longer serves (its worker failed), if so: every request for it is refused with
     /// this reason until `llmctl reload` (or `load --replace`) loads it again.
     pub failed: Option<String>,
+    /// When the model's file has no chat template: which fallback chats are rendered with, and
+    /// that a base model may answer with junk (`--raw` avoids the template).
+    pub template_warning: Option<String>,
 }

@@ -11,6 +11,7 @@ use crate::runtime::{GenerateParams, Step};
 /// Runs the generation.
 pub async fn handle(req: GenerateRequest, ctx: &Context) -> Result<GenerateReply, ErrorReply> {
     let runtime = &ctx.state.runtime;
+    let chat = matches!(req.prompt, llmd_shared::Prompt::Chat(_));
     let params = GenerateParams::from_request(runtime.with_declared_defaults(req))?;
     let (progress, rx) = tokio::sync::mpsc::unbounded_channel();
     let start = async {
@@ -32,6 +33,11 @@ pub async fn handle(req: GenerateRequest, ctx: &Context) -> Result<GenerateReply
                     prefill_tokens_per_s: s.prefill_tokens_per_s,
                     decode_tokens_per_s: s.decode_tokens_per_s,
                     stop_reason: s.stop_reason.as_str().to_string(),
+                    warning: if chat {
+                        generation.model().chat.fallback_warning()
+                    } else {
+                        None
+                    },
                 })
             }
         }
