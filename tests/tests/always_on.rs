@@ -286,8 +286,33 @@ fn on_demand_models_load_at_first_request_and_unload_after_keep_alive() {
         .to_owned();
     assert!(note.contains("keep_alive"), "{note}");
     assert_eq!(status["devices"][0]["memory_used_bytes"], 0, "{status}");
-    // And the next request loads it again.
-    assert_eq!(generate(&d, "lazy", &[]).len(), 8);
+    // And the next request (a tokenize, on the raw protocol) loads it again, its stream saying
+    // so with the load's progress before the answer.
+    use llmd_shared::frame::{read_frame, write_frame};
+    use llmd_shared::{Event, Reply, Request, Response, TokenizeRequest};
+    let mut s = common::handshaken(&d.socket);
+    let ask = Request::Tokenize(TokenizeRequest {
+        model: "lazy".into(),
+        text: "Hello".into(),
+        add_special: true,
+        parse_special: false,
+    });
+    write_frame(&mut s, &ask).expect("send");
+    let mut progress = Vec::new();
+    let last = loop {
+        match read_frame::<_, Response>(&mut s).expect("a response") {
+            Response::Event(Event::Progress(p)) => progress.push((p.done, p.total)),
+            Response::Event(other) => panic!("unexpected event {other:?}"),
+            last => break last,
+        }
+    };
+    assert!(
+        matches!(&last, Response::Reply(Reply::Tokenize(r)) if !r.tokens.is_empty()),
+        "{last:?}"
+    );
+    let &(done, total) = progress.last().expect("progress events before the answer");
+    assert!(total > 0 && done == total, "{progress:?}");
+    assert_eq!(declared(&d.status_json(), "lazy")["state"], "resident");
 }
 
 #[test]
