@@ -137,6 +137,17 @@ fn declared_models_load_after_ready_and_again_after_a_restart_a_missing_one_repo
         let text = ok(&d, &["status"]);
         assert!(text.contains("declared (config [[models]]):"), "{text}");
         assert!(text.contains("FAILED: "), "{text}");
+        // Unloaded by hand, a declared model says so (the restart loads it again).
+        ok(&d, &["unload", "b"]);
+        let status = d.status_json();
+        assert_eq!(declared(&status, "b")["state"], "not_loaded", "{run}");
+        assert!(
+            declared(&status, "b")["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("by hand")),
+            "{run}: {}",
+            status["declared"]
+        );
         common::signal(d.pid(), "TERM");
         assert!(d.wait(Duration::from_secs(15)).is_some(), "{run}: no exit");
     }
@@ -478,4 +489,32 @@ fn system_prompt_and_chat_template_from_the_config_and_the_fallback_warning() {
         human.contains("warning: the model's file has no chat template"),
         "{human}"
     );
+}
+
+/// Issue 15: `load` takes `--gpu-layers` as `plan` does; the planner judges it (here, on CPU
+/// devices only, it is refused naming the flag, not ignored).
+#[test]
+fn load_takes_gpu_layers_like_plan() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = tiny(dir.path(), "t");
+    let d = Daemon::start();
+    let out = d.llmctl(&[
+        "load",
+        file.to_str().expect("utf-8"),
+        "--name",
+        "t",
+        "--gpu-layers",
+        "1",
+    ]);
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--gpu-layers") && err.contains("all CPU devices"),
+        "{err}"
+    );
+    let help = String::from_utf8_lossy(&d.llmctl(&["load", "--help"]).stdout).into_owned();
+    assert!(help.contains("--gpu-layers"), "{help}");
+    assert!(help.contains("every usable GPU"), "{help}");
+    // Without it the same load works.
+    ok(&d, &["load", file.to_str().expect("utf-8"), "--name", "t"]);
 }

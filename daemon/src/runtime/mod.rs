@@ -209,6 +209,14 @@ impl Runtime {
                 format!("no model named {name:?} is loaded"),
             )
         })?;
+        // A declared model unloaded by hand: the book says so (an on-demand one loads again at
+        // its next request, a start one at the next reload).
+        self.declared.update(name, |e| {
+            if e.state == llmd_shared::DeclaredState::Resident {
+                e.state = llmd_shared::DeclaredState::NotLoaded;
+                e.note = Some("unloaded by hand (llmctl unload)".into());
+            }
+        });
         self.changed.notify_one();
         tracing::info!(model = %name, freed_bytes = model.memory_bytes(), "model unloaded");
         Ok(model)
