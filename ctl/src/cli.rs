@@ -128,13 +128,17 @@ pub struct LoadArgs {
     /// CPU threads [default: all cores].
     #[arg(long)]
     pub threads: Option<u32>,
-    /// Devices to place it on, comma-separated (e.g. cpu:0,cpu:1) [default: the first device].
+    /// Devices to place it on, comma-separated (e.g. cpu:0,cpu:1) [default: every usable GPU,
+    /// else the first device].
     #[arg(long, value_name = "LIST")]
     pub devices: Option<String>,
     /// Split weights per device, comma-separated, as llama.cpp's --tensor-split (e.g. 3,1)
     /// [default: proportional to each device's memory].
     #[arg(long, value_name = "WEIGHTS")]
     pub split: Option<String>,
+    /// Layers on GPU devices, the rest on the CPU device, as llama.cpp's -ngl [default: all].
+    #[arg(long, value_name = "N")]
+    pub gpu_layers: Option<u32>,
     /// Replace a model already loaded under this name; running requests finish on the old one.
     #[arg(long)]
     pub replace: bool,

@@ -17,6 +17,39 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 const UNREACHABLE_HINT: &str = "is llmd running? try `systemctl status llmd`, or point llmctl at \
                                 its socket with --socket or LLMD_SOCKET";
 
+/// The hint for a socket at `path` this user may not open: join the group that owns it.
+fn permission_hint(path: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let group = std::fs::metadata(path)
+        .ok()
+        .map(|m| m.gid())
+        .map(|gid| group_name(gid).unwrap_or_else(|| gid.to_string()));
+    match group {
+        Some(group) => format!(
+            "llmd is running, but only members of the group `{group}` may use its socket {}: \
+             add yourself with `sudo usermod -aG {group} $USER`, then log in again (or run \
+             `newgrp {group}`)",
+            path.display()
+        ),
+        None => format!(
+            "you may not open {} (or a directory above it): ask for access to the group that \
+             owns llmd's socket (`usermod -aG llmd USER` with the packaged service)",
+            path.display()
+        ),
+    }
+}
+
+/// The name of group `gid` from /etc/group, if listed there.
+fn group_name(gid: u32) -> Option<String> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id = fields.nth(1)?.parse::<u32>().ok()?;
+        (id == gid).then(|| name.to_owned())
+    })
+}
+
 /// Everything that can go wrong in llmctl.
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
@@ -94,11 +127,17 @@ impl CtlError {
         }
     }
 
-    /// A suggestion printed after the error, if any.
-    pub fn hint(&self) -> Option<&'static str> {
+    /// A suggestion printed after the error, if any. A socket the user may not open is not a
+    /// daemon that is down: that hint names the socket's group to join.
+    pub fn hint(&self) -> Option<String> {
         match self {
+            CtlError::Unreachable { path, source }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                Some(permission_hint(path))
+            }
             CtlError::Unreachable { .. } | CtlError::Disconnected(_) | CtlError::Timeout(_) => {
-                Some(UNREACHABLE_HINT)
+                Some(UNREACHABLE_HINT.to_owned())
             }
             _ => None,
         }
@@ -127,5 +166,35 @@ impl CtlError {
                 message: self.to_string(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 15: a user outside the socket's group is told to join it, naming the group, not
+    /// asked whether llmd is running.
+    #[test]
+    fn permission_denied_names_the_group_to_join() {
+        use std::os::unix::fs::MetadataExt;
+        let path = std::env::temp_dir();
+        let gid = std::fs::metadata(&path).expect("temp dir").gid();
+        let group = group_name(gid).unwrap_or_else(|| gid.to_string());
+        let e = CtlError::Unreachable {
+            path: path.clone(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        let hint = e.hint().expect("a hint");
+        assert!(
+            hint.contains(&format!("sudo usermod -aG {group} $USER")),
+            "{hint}"
+        );
+        assert!(!hint.contains("is llmd running"), "{hint}");
+        let down = CtlError::Unreachable {
+            path,
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        assert_eq!(down.hint().as_deref(), Some(UNREACHABLE_HINT));
     }
 }

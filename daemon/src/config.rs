@@ -34,7 +34,17 @@
 //! [access]                         # absent: every socket user may manage models
 //! manage_users = ["alice", 1001]   # may load, unload, replace, re-split, inspect, plan
 //! manage_groups = ["llmd-admin"]   # (root and the daemon's own user always may)
+//!
+//! models_dir = "/var/lib/llmd/models"   # (top level) relative [[models]] paths start here
+//!
+//! [[models]]                       # declared models: see `config::models`
+//! name = "gemma"
+//! path = "gemma-3-270m-Q4_K_M.gguf"
+//! load = "on_demand"               # or "start" (the default)
+//! keep_alive = "10m"
 //! ```
+
+pub mod models;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -42,6 +52,8 @@ use std::path::{Path, PathBuf};
 use llmd_shared::DeviceKind;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
+
+pub use models::{KeepAlive, LoadPolicy, ModelDecl, DEFAULT_MODELS_DIR};
 
 /// Where the daemon looks for its configuration when `--config` is not given. Optional: when the
 /// file does not exist, built-in defaults apply.
@@ -92,6 +104,14 @@ pub struct Config {
     /// Changes take effect on restart.
     #[serde(default)]
     pub http: Option<crate::http::HttpConfig>,
+    /// The directory relative `[[models]]` paths are relative to. Absent:
+    /// [`DEFAULT_MODELS_DIR`]. Applied again on reload.
+    #[serde(default)]
+    pub models_dir: Option<PathBuf>,
+    /// Declared models (`[[models]]`): loaded at start or on their first request, reconciled on
+    /// every reload (`runtime::reconcile`).
+    #[serde(default)]
+    pub models: Vec<ModelDecl>,
 }
 
 /// `[access]`: the users and groups who may manage models — load (and replace), unload,
@@ -342,10 +362,12 @@ pub enum ConfigError {
         message: String,
     },
     /// A value is well-formed but not acceptable.
-    #[error("config file {}: key `{key}`: {reason}", path.display())]
+    #[error("config file {}{}: key `{key}`: {reason}", path.display(), location(*line, None))]
     Invalid {
         /// The file.
         path: PathBuf,
+        /// 1-based line of the key, where it can be found in the text.
+        line: Option<usize>,
         /// The key involved (dotted path, e.g. `devices[1].id`).
         key: String,
         /// What is wrong.
@@ -429,8 +451,60 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
 /// Parses and validates configuration text; `path` is only used in error messages.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let config: Config = toml::from_str(text).map_err(|e| parse_error(text, path, &e))?;
-    config.validate(path)?;
+    config.validate(path).map_err(|e| match e {
+        ConfigError::Invalid {
+            path, key, reason, ..
+        } => ConfigError::Invalid {
+            line: line_of_key(text, &key),
+            path,
+            key,
+            reason,
+        },
+        other => other,
+    })?;
     Ok(config)
+}
+
+/// The line of a dotted key such as `models[2].split` or `power.psu_watts` in `text`: the key's
+/// line inside the table (the `n`-th `[[models]]`, the `[power]` section, or the top level).
+/// `None` when the text does not spell it plainly (inline tables, quoted keys).
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let (table, leaf) = match key.rsplit_once('.') {
+        Some((t, l)) => (Some(t), l),
+        None => (None, key),
+    };
+    let leaf = leaf.split('[').next()?;
+    // (header text, which occurrence)
+    let header = table.map(|t| match t.split_once('[') {
+        Some((name, rest)) => (
+            format!("[[{name}]]"),
+            rest.trim_end_matches(']').parse::<usize>().unwrap_or(0),
+        ),
+        None => (format!("[{t}]"), 0),
+    });
+    let mut inside = header.is_none();
+    let mut seen = 0;
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.starts_with('[') {
+            inside = match &header {
+                Some((h, want)) if line == h => {
+                    seen += 1;
+                    seen == want + 1
+                }
+                _ => false,
+            };
+            continue;
+        }
+        if inside {
+            if let Some((k, _)) = line.split_once('=') {
+                if k.trim().trim_matches('"') == leaf {
+                    return Some(n + 1);
+                }
+            }
+        }
+    }
+    None
 }
 
 fn parse_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
@@ -470,6 +544,7 @@ impl Config {
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key: String, reason: String| ConfigError::Invalid {
             path: path.to_path_buf(),
+            line: None,
             key,
             reason,
         };
@@ -539,7 +614,28 @@ impl Config {
             };
             invalid(key.into(), e.to_string())
         })?;
+        if let Some(dir) = &self.models_dir {
+            if !dir.is_absolute() {
+                return Err(invalid(
+                    "models_dir".into(),
+                    format!("{} must be an absolute path", dir.display()),
+                ));
+            }
+        }
+        models::validate_all(&self.models).map_err(|(key, reason)| invalid(key, reason))?;
         Ok(())
+    }
+
+    /// The directory relative `[[models]]` paths are relative to.
+    pub fn models_dir(&self) -> &Path {
+        self.models_dir
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_MODELS_DIR))
+    }
+
+    /// The declared model called `name`.
+    pub fn declared(&self, name: &str) -> Option<&ModelDecl> {
+        self.models.iter().find(|m| m.name == name)
     }
 
     /// The configured devices with their budgets in bytes where given (`devices::from_config`
@@ -745,6 +841,132 @@ memory_budget = "16GiB"
             .unwrap_err()
             .to_string();
         assert!(err.contains("managers"), "{err}");
+    }
+
+    #[test]
+    fn models_parse_with_defaults_and_every_key() {
+        let c = parse(
+            r#"
+models_dir = "/srv/models"
+
+[[models]]
+name = "a"
+path = "a.gguf"
+
+[[models]]
+name = "b"
+path = "/abs/b.gguf"
+devices = ["cpu:0", "cpu:1"]
+split = [3, 1]
+gpu_layers = 10
+ctx = 2048
+threads = 4
+cache_type_k = "q8_0"
+cache_type_v = "q4_0"
+load = "on_demand"
+keep_alive = "90s"
+temperature = 0.5
+top_k = 20
+top_p = 0.9
+min_p = 0.05
+repeat_penalty = 1.1
+presence_penalty = 0.5
+system_prompt = "Be brief."
+chat_template = "{{ messages }}"
+"#,
+            p(),
+        )
+        .unwrap();
+        let a = &c.models[0];
+        assert_eq!(a.load, LoadPolicy::Start);
+        assert_eq!(a.keep_alive(), KeepAlive::Forever);
+        assert_eq!(
+            a.resolved_path(c.models_dir()),
+            PathBuf::from("/srv/models/a.gguf")
+        );
+        let b = c.declared("b").unwrap();
+        assert_eq!(b.load, LoadPolicy::OnDemand);
+        assert_eq!(
+            b.keep_alive(),
+            KeepAlive::After(std::time::Duration::from_secs(90))
+        );
+        assert_eq!(
+            b.resolved_path(c.models_dir()),
+            PathBuf::from("/abs/b.gguf")
+        );
+        assert_eq!(b.devices[1].to_string(), "cpu:1");
+        assert_eq!(b.split, [3.0, 1.0]);
+        assert_eq!(b.cache_type_k, Some(llmd_shared::KvCacheType::Q8_0));
+        assert_eq!(b.sampling().top_k, Some(20));
+        assert_eq!(
+            parse("", p()).unwrap().models_dir(),
+            Path::new(DEFAULT_MODELS_DIR)
+        );
+        // On-demand without keep_alive: the default limit.
+        let c = parse(
+            "[[models]]\nname = \"x\"\npath = \"/x\"\nload = \"on_demand\"\n",
+            p(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.models[0].keep_alive(),
+            KeepAlive::After(models::DEFAULT_ON_DEMAND_KEEP_ALIVE)
+        );
+    }
+
+    #[test]
+    fn bad_models_name_file_line_and_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            // (text, key named, reason fragment)
+            ("[[models]]\nname = \"a\"\npath = \"/a\"\nbogus = 1\n", "bogus", "line 4"),
+            ("[[models]]\nname = \"a\"\npath = \"/a\"\nload = \"later\"\n", "load", "later"),
+            ("[[models]]\nname = \"a\"\npath = \"/a\"\nkeep_alive = \"5 fortnights\"\n", "keep_alive", "fortnights"),
+            ("[[models]]\nname = \"a\"\npath = \"/a\"\nkeep_alive = \"0s\"\n", "keep_alive", "more than zero"),
+            ("[[models]]\nname = \"a b\"\npath = \"/a\"\n", "models[0].name", "line 2"),
+            (
+                "[[models]]\nname = \"a\"\npath = \"/a\"\n\n[[models]]\nname = \"a\"\npath = \"/b\"\n",
+                "models[1].name",
+                "line 6",
+            ),
+            ("[[models]]\nname = \"a\"\npath = \"/a\"\nsplit = [1, -1]\n", "models[0].split", "line 4"),
+            (
+                "[[models]]\nname = \"a\"\npath = \"/a\"\ndevices = [\"cpu:0\"]\nsplit = [1, 1]\n",
+                "models[0].split",
+                "one weight per device",
+            ),
+            ("[[models]]\nname = \"a\"\npath = \"/a\"\nctx = 0\n", "models[0].ctx", "greater than zero"),
+            ("[[models]]\nname = \"a\"\npath = \"/a\"\nthreads = 999\n", "models[0].threads", "between 1"),
+            ("[[models]]\nname = \"a\"\npath = \"/a\"\ntemperature = -1\n", "models[0].temperature", "line 4"),
+            ("[[models]]\nname = \"a\"\npath = \"/a\"\ntop_p = 2\n", "models[0].top_p", "between 0 and 1"),
+            ("[[models]]\nname = \"a\"\npath = \"/a\"\nkeep_alive = \"5m\"\n", "models[0].keep_alive", "on_demand"),
+            ("[[models]]\nname = \"a\"\npath = \"/a\"\ndevices = [\"tpu:0\"]\n", "devices", "tpu"),
+            ("[[models]]\nname = \"a\"\n", "missing field `path`", "line 1"),
+            ("models_dir = \"rel\"\n", "models_dir", "absolute"),
+        ];
+        for (text, key, why) in cases {
+            let err = parse(text, p()).unwrap_err().to_string();
+            assert!(err.contains("/etc/llmd/test.toml"), "{text}: {err}");
+            assert!(err.contains(key), "{text}: want key {key}: {err}");
+            assert!(err.contains(why), "{text}: want {why}: {err}");
+        }
+    }
+
+    #[test]
+    fn keep_alive_values() {
+        use std::time::Duration;
+        for (s, want) in [
+            ("forever", KeepAlive::Forever),
+            ("500ms", KeepAlive::After(Duration::from_millis(500))),
+            ("2s", KeepAlive::After(Duration::from_secs(2))),
+            ("5m", KeepAlive::After(Duration::from_secs(300))),
+            ("1.5h", KeepAlive::After(Duration::from_secs(5400))),
+            ("1d", KeepAlive::After(Duration::from_secs(86400))),
+        ] {
+            assert_eq!(s.parse::<KeepAlive>(), Ok(want), "{s}");
+        }
+        for s in ["", "5", "m", "-1s", "1y", "never"] {
+            assert!(s.parse::<KeepAlive>().is_err(), "{s}");
+        }
     }
 
     #[test]

@@ -114,8 +114,6 @@ pub struct State {
     pub socket_path: PathBuf,
     /// The configuration in force; replaced as a whole on reload.
     config: RwLock<Arc<LoadedConfig>>,
-    /// The devices in force; replaced on reload.
-    devices: RwLock<Arc<Vec<Device>>>,
     /// The resident models and what placing them needs: the domain layer every front end
     /// calls.
     pub runtime: Runtime,
@@ -162,8 +160,7 @@ impl State {
             pid: std::process::id(),
             socket_path,
             config: RwLock::new(Arc::new(config)),
-            devices: RwLock::new(Arc::new(devices)),
-            runtime: Runtime::new(Arc::clone(&changed), Arc::clone(&metrics)),
+            runtime: Runtime::new(Arc::clone(&changed), devices, Arc::clone(&metrics)),
             metrics,
             connections: AtomicU64::new(0),
             requests_running: AtomicU64::new(0),
@@ -218,20 +215,14 @@ impl State {
     }
 
     /// The devices in force, each GPU that has failed since marked unavailable with the reason
-    /// ([`devices::with_faults`]).
+    /// (the runtime holds them: `Runtime::devices`).
     pub fn devices(&self) -> Arc<Vec<Device>> {
-        let configured = self
-            .devices
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        Arc::new(devices::with_faults(&configured))
+        self.runtime.devices()
     }
 
     /// Installs a reloaded configuration (and the devices it describes).
     pub fn replace_config(&self, config: LoadedConfig) {
-        let devices = devices::from_config(&config);
-        *self.devices.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(devices);
+        self.runtime.set_devices(devices::from_config(&config));
         *self.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
         self.changed.notify_one();
     }
@@ -272,7 +263,8 @@ impl State {
     }
 
     /// The `STATUS=` line for systemd: "N models resident, M requests running", with the
-    /// failed models named ("2 models resident (1 failed: gemma), ...").
+    /// failed models named ("2 models resident (1 failed: gemma), ...") and, when the config
+    /// declares models, where they stand ("; declared 1/2 resident, loading big 3/18").
     pub fn status_line(&self) -> String {
         let (models, failed) = {
             let registry = self.runtime.models();
@@ -285,9 +277,10 @@ impl State {
             format!(" ({} failed: {})", failed.len(), failed.join(", "))
         };
         format!(
-            "{models} model{} resident{failed}, {requests} request{} running",
+            "{models} model{} resident{failed}, {requests} request{} running{}",
             if models == 1 { "" } else { "s" },
             if requests == 1 { "" } else { "s" },
+            self.runtime.declared.status_suffix(),
         )
     }
 

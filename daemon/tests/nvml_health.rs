@@ -186,7 +186,7 @@ fn telemetry_and_doctor_reports_survive_the_wire_encoding() {
         "llama",
         &[(DeviceRef::Gpu(0), 10), (DeviceRef::Cpu, 22)],
     )];
-    let report = doctor::run(&telemetry, &power(1000.0), &models);
+    let report = doctor::run(&telemetry, &power(1000.0), &models, true);
     let frame = llmd_shared::encode_frame(&report).expect("encode report");
     let (back, _): (doctor::DoctorReport, usize) =
         llmd_shared::decode_frame(&frame).expect("decode");
@@ -240,7 +240,7 @@ fn doctor_flags_each_problem_of_the_troubled_pair() {
         split("qwen", &[(DeviceRef::Gpu(0), 28), (DeviceRef::Gpu(1), 0)]),
         split("llama", &[(DeviceRef::Gpu(0), 10), (DeviceRef::Gpu(1), 22)]),
     ];
-    let report = doctor::run(&telemetry, &power(1000.0), &models);
+    let report = doctor::run(&telemetry, &power(1000.0), &models, true);
     assert_eq!(verdict_of(&report, CheckKind::Nvml, "system"), Verdict::Ok);
     assert_eq!(
         verdict_of(&report, CheckKind::Pcie, "GPU 0"),
@@ -321,7 +321,7 @@ fn doctor_exit_codes_follow_the_worst_verdict() {
         "llama",
         &[(DeviceRef::Gpu(0), 16), (DeviceRef::Gpu(1), 16)],
     )];
-    let healthy = doctor::run(&telemetry, &power(1600.0), &models);
+    let healthy = doctor::run(&telemetry, &power(1600.0), &models, true);
     assert!(
         healthy
             .checks
@@ -340,13 +340,13 @@ fn doctor_exit_codes_follow_the_worst_verdict() {
     );
 
     // 1060 W worst case on 1200 W: fits, but only 12% headroom.
-    let tight = doctor::run(&telemetry, &power(1200.0), &models);
+    let tight = doctor::run(&telemetry, &power(1200.0), &models, true);
     assert_eq!(verdict_of(&tight, CheckKind::Psu, "system"), Verdict::Warn);
     assert_eq!(tight.exit_code(), 1);
 
     // Everything on GPU 0 while GPU 1 holds nothing.
     let lopsided = [split("llama", &[(DeviceRef::Gpu(0), 32)])];
-    let report = doctor::run(&telemetry, &power(1600.0), &lopsided);
+    let report = doctor::run(&telemetry, &power(1600.0), &lopsided, true);
     assert_eq!(
         verdict_of(&report, CheckKind::Split, "model llama"),
         Verdict::Warn
@@ -356,7 +356,7 @@ fn doctor_exit_codes_follow_the_worst_verdict() {
     // Hardware thermal slowdown on GPU 1 is a failure; 94 of 98 °C as well.
     let hot = healthy_pair().replace("gpu1.throttle 0\n", "gpu1.throttle 0x40\n");
     fake.set_config(&hot);
-    let report = doctor::run(&sample(&fake), &power(1600.0), &models);
+    let report = doctor::run(&sample(&fake), &power(1600.0), &models, true);
     assert_eq!(
         verdict_of(&report, CheckKind::Thermal, "GPU 1"),
         Verdict::Fail
@@ -364,7 +364,7 @@ fn doctor_exit_codes_follow_the_worst_verdict() {
     assert_eq!(report.exit_code(), 2);
     let near_shutdown = healthy_pair().replace("gpu0.temp 55\n", "gpu0.temp 94\n");
     fake.set_config(&near_shutdown);
-    let report = doctor::run(&sample(&fake), &power(1600.0), &models);
+    let report = doctor::run(&sample(&fake), &power(1600.0), &models, true);
     assert_eq!(
         verdict_of(&report, CheckKind::Thermal, "GPU 0"),
         Verdict::Fail
@@ -373,11 +373,11 @@ fn doctor_exit_codes_follow_the_worst_verdict() {
     // Busy at a lower PCIe generation than the card supports.
     let slow = healthy_pair().replace("gpu1.pcie_gen 4\n", "gpu1.pcie_gen 3\n");
     fake.set_config(&slow);
-    let report = doctor::run(&sample(&fake), &power(1600.0), &models);
+    let report = doctor::run(&sample(&fake), &power(1600.0), &models, true);
     assert_eq!(verdict_of(&report, CheckKind::Pcie, "GPU 1"), Verdict::Warn);
 
     // No PSU rating configured.
-    let report = doctor::run(&telemetry, &PowerConfig::default(), &models);
+    let report = doctor::run(&telemetry, &PowerConfig::default(), &models, true);
     assert_eq!(verdict_of(&report, CheckKind::Psu, "system"), Verdict::Warn);
 }
 
@@ -512,7 +512,7 @@ fn nvml_failing_to_initialize_is_reported_with_the_reason() {
         other => panic!("expected InitFailed, got {other:?}"),
     }
     assert!(telemetry.gpus.is_empty());
-    let report = doctor::run(&telemetry, &power(1000.0), &[]);
+    let report = doctor::run(&telemetry, &power(1000.0), &[], true);
     assert_eq!(
         verdict_of(&report, CheckKind::Nvml, "system"),
         Verdict::Fail
@@ -536,7 +536,7 @@ fn without_nvml_status_doctor_and_metrics_still_work() {
     let text = render::render_gpus(&telemetry);
     assert!(text.starts_with("GPUs: none available (NVML library could not be loaded: /nonexistent/llmd-test/libnvidia-ml.so.1"), "{text}");
     let models = [split("tiny", &[(DeviceRef::Cpu, 12)])];
-    let report = doctor::run(&telemetry, &power(500.0), &models);
+    let report = doctor::run(&telemetry, &power(500.0), &models, true);
     assert_eq!(
         verdict_of(&report, CheckKind::Nvml, "system"),
         Verdict::Warn

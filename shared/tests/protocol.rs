@@ -64,6 +64,7 @@ fn sample_responses() -> Vec<Response> {
                     cache_type_k: KvCacheType::Q8_0,
                     cache_type_v: KvCacheType::F16,
                     failed: None,
+                    template_warning: None,
                 },
                 ModelInfo {
                     name: "qwen".into(),
@@ -73,6 +74,7 @@ fn sample_responses() -> Vec<Response> {
                     cache_type_k: KvCacheType::F16,
                     cache_type_v: KvCacheType::F16,
                     failed: Some("the model failed (a step panicked: boom); reload it".into()),
+                    template_warning: Some("no chat template".into()),
                 },
             ],
             connections: 3,
@@ -114,6 +116,26 @@ fn sample_responses() -> Vec<Response> {
                     },
                 ],
             }],
+            declared: vec![
+                llmd_shared::DeclaredModel {
+                    name: "gemma".into(),
+                    path: "/var/lib/llmd/models/gemma.gguf".into(),
+                    on_demand: false,
+                    keep_alive: "forever".into(),
+                    state: llmd_shared::DeclaredState::Resident,
+                    note: None,
+                },
+                llmd_shared::DeclaredModel {
+                    name: "big".into(),
+                    path: "/m/big.gguf".into(),
+                    on_demand: true,
+                    keep_alive: "300s".into(),
+                    state: llmd_shared::DeclaredState::Failed {
+                        reason: "does not fit".into(),
+                    },
+                    note: Some("evicted to make room for \"x\"".into()),
+                },
+            ],
         }))),
         Response::Reply(Reply::Doctor(DoctorReport {
             checks: vec![

@@ -49,8 +49,13 @@ fn load_twice(d: &Daemon, path: &str, device: &str, on_cpu: &[u64]) {
             "1,1",
         ],
     );
-    // `list --json` prints one object per model, sorted by name: "twice" comes last.
-    let list = last_json(&ok(d, &["list", "--json"]));
+    // `list --json` prints `{"models": [...]}`, sorted by name: "twice" comes last.
+    let all = last_json(&ok(d, &["list", "--json"]));
+    let list = all["models"]
+        .as_array()
+        .and_then(|m| m.last())
+        .cloned()
+        .unwrap_or_else(|| panic!("no models in {all}"));
     assert_eq!(list["name"], "twice", "{list}");
     let stages: Vec<&str> = list["placement"]
         .as_array()

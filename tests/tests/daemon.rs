@@ -58,7 +58,8 @@ fn ready_then_status_and_version_answer() {
     assert_eq!(s["devices"][0]["memory_used_bytes"], 0);
     assert_eq!(s["models"], serde_json::json!([]));
     assert_eq!(s["connections"], 1);
-    assert_eq!(s["requests_running"], 1);
+    // Issue 15: the status request does not count itself.
+    assert_eq!(s["requests_running"], 0);
 
     let human = d.llmctl(&["status"]);
     assert!(human.status.success(), "{}", stderr_of(&human));

@@ -32,6 +32,15 @@ fn ok(d: &Daemon, args: &[&str]) -> String {
 }
 
 /// The JSON lines of an output.
+/// The models of `llmctl list --json` (`{"models": [...]}`).
+fn listed(s: &str) -> Vec<Value> {
+    let v: Value = serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("bad JSON {s:?}: {e}"));
+    v["models"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("no models in {v}"))
+}
+
 fn json_lines(s: &str) -> Vec<Value> {
     s.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
@@ -206,7 +215,7 @@ fn load_generate_tokenize_bench_unload() {
     assert_eq!(ids, vec![2, 9259, 1902]);
 
     // List shows the placement; bench gives both speeds.
-    let list = json_lines(&ok(&d, &["list", "--json"]));
+    let list = listed(&ok(&d, &["list", "--json"]));
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["name"], "gemma");
     assert_eq!(
@@ -284,7 +293,7 @@ fn cancelled_generation_stops_and_frees_its_kv_cache() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(json_lines(&ok(&d, &["list", "--json"]))[0]["running"], 0);
+    assert_eq!(listed(&ok(&d, &["list", "--json"]))[0]["running"], 0);
 }
 
 #[test]

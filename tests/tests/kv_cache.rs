@@ -39,7 +39,7 @@ fn q8_0_cache_generates_and_moves_live_with_unchanged_tokens() {
         (&"q8_0".into(), &"q8_0".into()),
         "{r}"
     );
-    let listed = last_json(&ok(&d, &["list", "--json"]));
+    let listed = last_json(&ok(&d, &["list", "--json"]))["models"][0].clone();
     assert_eq!(listed["cache_type_k"], "q8_0", "{listed}");
     let status = d.status_json();
     assert_eq!(status["models"][0]["cache_type_v"], "q8_0", "{status}");
@@ -55,7 +55,7 @@ fn q8_0_cache_generates_and_moves_live_with_unchanged_tokens() {
         "the generation ended early: {:?}",
         gen.seen
     );
-    let running = last_json(&ok(&d, &["list", "--json"]));
+    let running = last_json(&ok(&d, &["list", "--json"]))["models"][0].clone();
     let held = kv_bytes(&running["placement"]);
     assert!(held > 0, "a running generation holds a cache: {running}");
     let steps: [&[&str]; 2] = [&["--split", "3,1"], &["--devices", "cpu:0", "--split", "1"]];

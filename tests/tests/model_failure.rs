@@ -104,7 +104,7 @@ fn hostile_a_panicking_model_is_reported_failed_and_reload_recovers_it() {
         "the failed model's memory is returned: {status}"
     );
     assert!(ok(&socket, &["status"]).contains("FAILED"));
-    let list = json(&socket, &["list", "--json"]);
+    let list = json(&socket, &["list", "--json"])["models"][0].clone();
     assert!(list["failed"].as_str().is_some(), "{list}");
     let line = state.status_line();
     assert!(line.contains("(1 failed: tiny)"), "{line}");

@@ -24,6 +24,7 @@ fn with_examples_enabled(text: &str) -> String {
                     || rest
                         .strip_prefix('[')
                         .and_then(|r| r.strip_suffix(']'))
+                        .map(|r| r.trim_start_matches('[').trim_end_matches(']'))
                         .is_some_and(is_key));
             if is_example {
                 rest
@@ -72,6 +73,8 @@ fn every_commented_example_is_valid_and_every_key_is_documented() {
         power,
         access,
         http,
+        models_dir,
+        models,
     } = config;
     assert!(socket.is_some() && socket_group.is_some() && log_level.is_some());
     let access = access.expect("[access] documented");
@@ -97,6 +100,47 @@ fn every_commented_example_is_valid_and_every_key_is_documented() {
     );
     assert_eq!(http.max_body_bytes, 4 << 20);
     assert_eq!(http.max_concurrent_requests, 64);
+    assert!(models_dir.is_some(), "models_dir documented");
+    // Every [[models]] key is set by the example.
+    assert_eq!(models.len(), 1, "one [[models]] example");
+    let llmd::config::ModelDecl {
+        name,
+        path,
+        devices,
+        split,
+        gpu_layers,
+        ctx,
+        threads,
+        cache_type_k,
+        cache_type_v,
+        load,
+        keep_alive,
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        repeat_penalty,
+        presence_penalty,
+        system_prompt,
+        chat_template,
+    } = models[0].clone();
+    assert!(!name.is_empty() && !path.as_os_str().is_empty());
+    assert!(!devices.is_empty() && !split.is_empty());
+    assert_eq!(load, llmd::config::LoadPolicy::OnDemand);
+    assert!(
+        [gpu_layers, ctx, threads, top_k]
+            .iter()
+            .all(Option::is_some)
+            && cache_type_k.is_some()
+            && cache_type_v.is_some()
+            && keep_alive.is_some()
+            && [temperature, top_p, min_p, repeat_penalty, presence_penalty]
+                .iter()
+                .all(Option::is_some)
+            && system_prompt.is_some()
+            && chat_template.is_some(),
+        "every [[models]] key documented"
+    );
 }
 
 #[test]

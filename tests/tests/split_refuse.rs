@@ -31,7 +31,7 @@ fn resplit_that_does_not_fit_is_refused_while_generation_continues() {
     assert_eq!(split_util::tokens_of(&done), reference);
 
     // Placement unchanged; a load onto the small device is refused before allocating anything.
-    let list = split_util::last_json(&split_util::ok(&d, &["list", "--json"]));
+    let list = split_util::last_json(&split_util::ok(&d, &["list", "--json"]))["models"][0].clone();
     assert_eq!(ranges(&list["placement"]), ranges(&loaded["placement"]));
     let used_before = d.status_json()["devices"][1]["memory_used_bytes"].clone();
     let out = d.llmctl(&[

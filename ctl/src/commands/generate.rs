@@ -37,15 +37,24 @@ pub fn stream(ctx: &Ctx, request: GenerateRequest) -> Result<GenerateReply, CtlE
     let mut client = ctx.connect()?;
     client.set_reply_timeout(None)?;
     let json = ctx.out.json;
+    // An on-demand model is loaded by the request first: its progress goes to a terminal.
+    let show_progress = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let reply = client.request(&Request::Generate(request), |event| {
-        if let Event::Token(t) = event {
-            if json {
-                ctx.out.json_line(&t)?;
-            } else {
+        match event {
+            Event::Token(t) if json => ctx.out.json_line(&t)?,
+            Event::Token(t) => {
                 let mut out = std::io::stdout().lock();
                 out.write_all(t.text.as_bytes()).map_err(CtlError::Output)?;
                 out.flush().map_err(CtlError::Output)?;
             }
+            Event::Progress(p) if show_progress => {
+                let end = if p.done == p.total { "\n" } else { "" };
+                eprint!(
+                    "\rloading the model: {}/{} {}{end}",
+                    p.done, p.total, p.what
+                );
+            }
+            _ => {}
         }
         Ok(())
     })?;
@@ -54,6 +63,9 @@ pub fn stream(ctx: &Ctx, request: GenerateRequest) -> Result<GenerateReply, CtlE
     };
     if !json {
         ctx.out.text(&r.trailing_text)?;
+        if let Some(warning) = &r.warning {
+            eprintln!("\nllmctl: warning: {warning}");
+        }
     }
     Ok(r)
 }

@@ -1,6 +1,7 @@
-//! `llmctl list`: resident models and their placement. `--json`: one `ModelDetails` object per
-//! line (name, path, architecture, n_layer, ctx, threads, placement[...], running, cache_type_k,
-//! cache_type_v, failed).
+//! `llmctl list`: resident models and their placement. `--json`: the daemon's `ListReply` as one
+//! line, `{"models": [...]}` with one `ModelDetails` per model (name, path, architecture,
+//! n_layer, ctx, threads, placement[...], running, cache_type_k, cache_type_v, failed);
+//! `{"models":[]}` when none is loaded, so the output always parses.
 
 use llmd_shared::{ListRequest, Reply, Request};
 
@@ -16,10 +17,7 @@ pub fn run(_args: ListArgs, ctx: &Ctx) -> Result<(), CtlError> {
         return Err(unexpected("list"));
     };
     if ctx.out.json {
-        for m in &r.models {
-            ctx.out.json_line(m)?;
-        }
-        return Ok(());
+        return ctx.out.json_line(&r);
     }
     if r.models.is_empty() {
         return ctx.out.text("no models loaded\n");

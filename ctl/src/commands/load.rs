@@ -29,6 +29,7 @@ pub fn run(args: LoadArgs, ctx: &Ctx) -> Result<(), CtlError> {
         replace: args.replace,
         cache_type_k: args.cache.cache_type_k,
         cache_type_v: args.cache.cache_type_v,
+        gpu_layers: args.gpu_layers,
     });
     let mut client = ctx.connect()?;
     client.set_reply_timeout(None)?;

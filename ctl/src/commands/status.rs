@@ -3,7 +3,9 @@
 //! kind, memory_budget_bytes, memory_used_bytes, description, unavailable}], models[{name, path,
 //! devices, memory_bytes, cache_type_k, cache_type_v, failed}], connections, requests_running, cuda {devices, unavailable}, gpu {nvml, driver_version, cuda_version, gpus[...], p2p[...],
 //! sampled_at_unix_ms}, power {psu_watts, ..., worst_case_headroom_percent, ...},
-//! model_layers[{name, layers[{device, layers}]}]). A GPU reading is `{"value": x}`,
+//! model_layers[{name, layers[{device, layers}]}], declared[{name, path, on_demand, keep_alive,
+//! state, note}]: state is "waiting", {"loading": {done, total}}, "resident", "not_loaded" or
+//! {"failed": {reason}}). A GPU reading is `{"value": x}`,
 //! `"not_supported"` or `{"error": "why"}`.
 //!
 //! `--watch [SECONDS]` asks again every SECONDS (default 2) on one connection until interrupted:
@@ -59,6 +61,27 @@ fn ask(client: &mut Client) -> Result<Box<StatusReply>, CtlError> {
 
 fn plural(n: u64, word: &str) -> String {
     format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+}
+
+/// One `[[models]]` entry: name, state (with progress or the reason), policy, note.
+fn declared_line(m: &llmd_shared::DeclaredModel) -> String {
+    use llmd_shared::DeclaredState;
+    let state = match &m.state {
+        DeclaredState::Loading { done, total } => format!("loading {done}/{total}"),
+        DeclaredState::Failed { reason } => format!("FAILED: {reason}"),
+        other => other.word().to_owned(),
+    };
+    let policy = if m.on_demand {
+        format!("on demand, keep alive {}", m.keep_alive)
+    } else {
+        format!("at start, keep alive {}", m.keep_alive)
+    };
+    let note = m
+        .note
+        .as_ref()
+        .map(|n| format!("; {n}"))
+        .unwrap_or_default();
+    format!("{:<20} {state}  ({policy}{note}; {})", m.name, m.path)
 }
 
 /// The human-readable form.
@@ -136,6 +159,9 @@ fn render(s: &StatusReply) -> String {
                         m.cache_type_v,
                         m.path
                     );
+                    if let Some(warning) = &m.template_warning {
+                        let _ = writeln!(out, "  {:<20} warning: {warning}", "");
+                    }
                 }
                 Some(why) => {
                     let _ = writeln!(
@@ -151,6 +177,12 @@ fn render(s: &StatusReply) -> String {
     out.push_str(&render_gpus(&s.gpu));
     out.push('\n');
     out.push_str(&render_power(&s.power));
+    if !s.declared.is_empty() {
+        let _ = writeln!(out, "declared (config [[models]]):");
+        for m in &s.declared {
+            let _ = writeln!(out, "  {}", declared_line(m));
+        }
+    }
     if !s.model_layers.is_empty() {
         let _ = writeln!(out, "\nlayers per device:");
         for model in &s.model_layers {
@@ -234,6 +266,26 @@ mod tests {
                     },
                 ],
             }],
+            declared: vec![
+                llmd_shared::DeclaredModel {
+                    name: "chat".into(),
+                    path: "/m/chat.gguf".into(),
+                    on_demand: true,
+                    keep_alive: "300s".into(),
+                    state: llmd_shared::DeclaredState::NotLoaded,
+                    note: Some("unloaded after 300 s without requests".into()),
+                },
+                llmd_shared::DeclaredModel {
+                    name: "gone".into(),
+                    path: "/m/gone.gguf".into(),
+                    on_demand: false,
+                    keep_alive: "forever".into(),
+                    state: llmd_shared::DeclaredState::Failed {
+                        reason: "cannot open /m/gone.gguf: No such file".into(),
+                    },
+                    note: None,
+                },
+            ],
         };
         let text = render(&s);
         for needle in [
@@ -253,6 +305,11 @@ mod tests {
             "85% headroom",
             "layers per device:",
             "gemma                CPU 10, GPU 1 8",
+            "declared (config [[models]]):",
+            "chat                 not loaded  (on demand, keep alive 300s; unloaded after 300 s \
+             without requests; /m/chat.gguf)",
+            "gone                 FAILED: cannot open /m/gone.gguf: No such file  (at start, keep \
+             alive forever; /m/gone.gguf)",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

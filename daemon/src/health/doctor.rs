@@ -2,6 +2,9 @@
 //! fix it. Pure functions over a telemetry sample, the power config and the model placements.
 //!
 //! Exit code: 0 when every check is OK, 1 when any is WARN (and none FAIL), 2 on any FAIL.
+//! A check that does not apply is OK, so that `doctor` can serve as a health check: on a
+//! machine without GPUs (no GPU device in force and none in the telemetry) a missing NVML
+//! library and an unset PSU rating are expected, not warnings.
 
 pub use llmd_shared::api::health::{
     Check, CheckKind, DeviceLayers, DeviceRef, DoctorReport, ModelPlacement, Verdict,
@@ -41,13 +44,15 @@ pub const NVLINK_CAPABLE_NAMES: &[&str] = &[
     "Quadro GP100",
 ];
 
-/// Runs every check.
+/// Runs every check. `gpu_devices`: whether any GPU device is in force (configured, or found
+/// by the driver); without one, and with no GPU in the telemetry, the GPU checks do not apply.
 pub fn run(
     telemetry: &GpuTelemetry,
     power: &PowerConfig,
     models: &[ModelPlacement],
+    gpu_devices: bool,
 ) -> DoctorReport {
-    let mut checks = vec![check_nvml(telemetry)];
+    let mut checks = vec![check_nvml(telemetry, gpu_devices)];
     if telemetry.nvml == NvmlStatus::Loaded {
         checks.extend(telemetry.gpus.iter().map(check_pcie));
         checks.extend(telemetry.gpus.iter().map(check_thermal));
@@ -164,6 +169,26 @@ pub fn check_models(failures: &[(String, String)]) -> Vec<Check> {
         .collect()
 }
 
+/// FAIL for each declared model (`[[models]]`) whose load failed (`failures`: name and
+/// reason), naming the fix; nothing for the others.
+pub fn check_declared(failures: &[(String, String)]) -> Vec<Check> {
+    failures
+        .iter()
+        .map(|(name, why)| {
+            check(
+                CheckKind::Model,
+                format!("model {name}"),
+                Verdict::Fail,
+                format!("declared in the config but not loaded: {why}"),
+                Some(
+                    "fix the [[models]] entry (or the file: it must be readable by the daemon's \
+                     user), then `systemctl reload llmd` loads it",
+                ),
+            )
+        })
+        .collect()
+}
+
 /// Builds a check.
 fn check(
     kind: CheckKind,
@@ -189,10 +214,24 @@ fn gpu_subject(gpu: &GpuSnapshot) -> String {
     }
 }
 
-/// NVML or the driver missing.
-fn check_nvml(telemetry: &GpuTelemetry) -> Check {
+/// NVML or the driver missing (expected, so OK, on a machine with no GPU device in force).
+fn check_nvml(telemetry: &GpuTelemetry, gpu_devices: bool) -> Check {
     let subject = "system";
     match &telemetry.nvml {
+        NvmlStatus::LibraryMissing { reason } if !gpu_devices => check(
+            CheckKind::Nvml,
+            subject,
+            Verdict::Ok,
+            format!("no GPU in use and no NVIDIA driver ({reason}): GPU checks do not apply"),
+            None,
+        ),
+        NvmlStatus::NotSampledYet if !gpu_devices => check(
+            CheckKind::Nvml,
+            subject,
+            Verdict::Ok,
+            "no GPU in use; GPU telemetry has not been sampled yet".to_owned(),
+            None,
+        ),
         NvmlStatus::Loaded if telemetry.gpus.is_empty() => check(
             CheckKind::Nvml,
             subject,
@@ -353,6 +392,17 @@ fn check_thermal(gpu: &GpuSnapshot) -> Check {
 fn check_psu(telemetry: &GpuTelemetry, config: &PowerConfig) -> Check {
     let subject = "system";
     let Some(psu) = config.psu_watts else {
+        if telemetry.gpus.is_empty() {
+            return check(
+                CheckKind::Psu,
+                subject,
+                Verdict::Ok,
+                "no GPU power data and no PSU rating configured: the power budget does not \
+                 apply"
+                    .to_owned(),
+                None,
+            );
+        }
         return check(
             CheckKind::Psu,
             subject,

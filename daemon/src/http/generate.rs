@@ -77,7 +77,11 @@ async fn run(
     common: &Common,
     prompt: llmd_shared::Prompt,
 ) -> Result<Response, ApiError> {
-    let params = GenerateParams::from_request(common.generate_request(prompt)?)?;
+    let request = api
+        .state
+        .runtime
+        .with_declared_defaults(common.generate_request(prompt)?);
+    let params = GenerateParams::from_request(request)?;
     let generation = api.state.runtime.generate(params).await?;
     let meta = Meta {
         kind,

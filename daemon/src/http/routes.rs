@@ -1,4 +1,4 @@
-//! `GET /v1/models` (the resident models, OpenAI's list shape), `GET /health` (200 with every
+//! `GET /v1/models` (the resident models and the declared ones, OpenAI's list shape), `GET /health` (200 with every
 //! model's state while the daemon serves) and `GET /metrics` (the Prometheus text, the same as
 //! `llmctl metrics`).
 
@@ -20,15 +20,25 @@ pub async fn models(State(api): State<Arc<ApiState>>) -> Json<Value> {
         .checked_sub(api.state.started.elapsed())
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
-    let data: Vec<Value> = api
-        .state
-        .runtime
+    let runtime = &api.state.runtime;
+    // The resident models, then the declared ones not resident now (an on-demand model is
+    // loaded by its first request, so clients must see it to ask for it).
+    let mut names: Vec<String> = runtime
         .models()
         .all()
         .iter()
-        .map(|m| {
+        .map(|m| m.name.clone())
+        .collect();
+    for entry in runtime.declared.snapshot() {
+        if !names.contains(&entry.decl.name) {
+            names.push(entry.decl.name);
+        }
+    }
+    let data: Vec<Value> = names
+        .iter()
+        .map(|name| {
             json!({
-                "id": m.name,
+                "id": name,
                 "object": "model",
                 "created": started,
                 "owned_by": "llmd",

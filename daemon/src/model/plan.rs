@@ -684,6 +684,10 @@ fn suggest(
             }
             // Prefer a round number.
             let round = if lo >= 1024 { lo / 256 * 256 } else { lo };
+            // On one device a split means nothing (and would be printed as its layer count).
+            if devices.len() == 1 {
+                return Some(format!("--ctx {round} fits"));
+            }
             let split = fits(round).unwrap_or_default();
             return Some(format!(
                 "--ctx {round} fits (with --split {})",
@@ -788,6 +792,31 @@ mod tests {
         );
         assert!(p.fits(), "{:?}", p.verdict);
         assert!(p.warnings.is_empty());
+    }
+
+    /// Issue 15: on one device the suggestion is a context alone, one that really fits.
+    #[test]
+    fn one_device_suggests_a_context_without_a_split() {
+        let devs = [device("cpu:0", 48)];
+        let p = plan(&llama_70b(), &devs, &opts(&[1.0], 131_072)).unwrap();
+        let s = p
+            .verdict
+            .expect("must not fit")
+            .suggestion
+            .expect("a suggestion");
+        assert!(!s.contains("--split"), "{s}");
+        let ctx: usize = s
+            .strip_prefix("--ctx ")
+            .and_then(|r| r.strip_suffix(" fits"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not a context suggestion: {s}"));
+        assert!(ctx > 0 && ctx < 131_072, "{s}");
+        let again = plan(&llama_70b(), &devs, &opts(&[1.0], ctx)).unwrap();
+        assert!(
+            again.fits(),
+            "the suggested context does not fit: {:?}",
+            again.verdict
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::error::{ErrorKind, RuntimeError};
 use super::prompt::prompt_tokens;
-use super::{ResidentModel, Runtime};
+use super::{InUse, ResidentModel, Runtime};
 use crate::engine::{GenEvent, GenerateJob, GenerationSummary, Job, SamplingParams};
 use crate::health::registry::Metrics;
 
@@ -83,8 +83,9 @@ pub enum Step {
 /// A generation running on a model's worker. Read its events with [`Generation::next`]; drop
 /// it to cancel.
 pub struct Generation {
-    /// The model it runs on (kept resident while it runs, even if unloaded meanwhile).
-    model: ResidentModel,
+    /// The model it runs on (kept resident while it runs, even if unloaded meanwhile; a
+    /// declared model's keep-alive waits for it).
+    model: InUse,
     /// Prompt length in tokens.
     prompt_tokens: usize,
     /// The worker's events for it.
@@ -100,7 +101,7 @@ pub struct Generation {
 impl Generation {
     /// The model it runs on.
     pub fn model(&self) -> &ResidentModel {
-        &self.model
+        &self.model.model
     }
 
     /// Prompt length in tokens.
@@ -149,18 +150,30 @@ impl Drop for Generation {
 }
 
 impl Runtime {
-    /// The model a request for `name` runs on: the resident one, else `not_found`. On-demand
-    /// models (issue 15) are to be loaded here, the one place both front ends ask for a model to
-    /// serve a request.
+    /// The model a request for `name` runs on: the resident one, or one the configuration
+    /// declares on demand, loaded now ([`Runtime::acquire`], which also reports the load's
+    /// progress), else `not_found`.
     pub async fn serving_model(&self, name: &str) -> Result<ResidentModel, RuntimeError> {
-        self.model(name)
+        let (progress, _) = mpsc::unbounded_channel();
+        Ok(self.acquire(name, progress).await?.model.clone())
     }
 
-    /// Starts a generation: the model for `params.model` ([`Runtime::serving_model`]), its
-    /// prompt tokenized within its context, queued on its worker.
+    /// Starts a generation: the model for `params.model` ([`Runtime::acquire`]), its prompt
+    /// tokenized within its context, queued on its worker.
     pub async fn generate(&self, params: GenerateParams) -> Result<Generation, RuntimeError> {
+        let (progress, _) = mpsc::unbounded_channel();
+        self.generate_with_progress(params, progress).await
+    }
+
+    /// [`Runtime::generate`], sending the progress of an on-demand load of the model, when one
+    /// is needed, to `progress` as `(stages done, stages)`.
+    pub async fn generate_with_progress(
+        &self,
+        params: GenerateParams,
+        progress: mpsc::UnboundedSender<(usize, usize)>,
+    ) -> Result<Generation, RuntimeError> {
         let started = Instant::now();
-        let model = self.serving_model(&params.model).await?;
+        let model = self.acquire(&params.model, progress).await?;
         let prompt =
             prompt_tokens(model.prompt_model(), params.prompt, model.ctx() as usize).await?;
         let prompt_tokens = prompt.len();
@@ -181,6 +194,38 @@ impl Runtime {
             started,
             last_token: None,
         })
+    }
+}
+
+impl Runtime {
+    /// `req` with the configuration's defaults for its model (a `[[models]]` entry's sampling
+    /// values and system prompt) where it leaves them unset; unchanged for other models. Front
+    /// ends call it before [`GenerateParams::from_request`].
+    pub fn with_declared_defaults(&self, mut req: GenerateRequest) -> GenerateRequest {
+        let Some(entry) = self.declared.get(&req.model) else {
+            return req;
+        };
+        let d = entry.decl.sampling();
+        let s = &mut req.sampling;
+        s.temperature = s.temperature.or(d.temperature);
+        s.top_k = s.top_k.or(d.top_k);
+        s.top_p = s.top_p.or(d.top_p);
+        s.min_p = s.min_p.or(d.min_p);
+        s.repeat_penalty = s.repeat_penalty.or(d.repeat_penalty);
+        s.presence_penalty = s.presence_penalty.or(d.presence_penalty);
+        if let (Prompt::Chat(messages), Some(system)) = (&mut req.prompt, &entry.decl.system_prompt)
+        {
+            if messages.first().is_none_or(|m| m.role != "system") {
+                messages.insert(
+                    0,
+                    llmd_shared::ChatMessage {
+                        role: "system".into(),
+                        content: system.clone(),
+                    },
+                );
+            }
+        }
+        req
     }
 }
 

@@ -42,6 +42,9 @@ pub struct LoadSpec {
     pub split: Vec<f32>,
     /// Element types of the KV caches' keys and values.
     pub kv_types: KvTypes,
+    /// Layers on the GPUs at most (llama.cpp's `-ngl`), the first ones going to the CPU;
+    /// `None` for every layer on the devices named.
+    pub gpu_layers: Option<u32>,
 }
 
 /// What to plan: a model file on devices, as `llmctl plan` asks.
@@ -301,6 +304,23 @@ pub struct PreparedLoad {
     chat: Arc<ChatTemplate>,
 }
 
+impl PreparedLoad {
+    /// Uses `template` (Jinja source, as in GGUF metadata) instead of the file's chat template:
+    /// a `[[models]]` entry's `chat_template`.
+    pub fn with_chat_template(self, template: &str) -> Result<Self, RuntimeError> {
+        let chat = ChatTemplate::new(Some(template), &self.tokenizer).map_err(|e| {
+            RuntimeError::new(
+                ErrorKind::BadRequest,
+                format!("chat template from the config: {e}"),
+            )
+        })?;
+        Ok(PreparedLoad {
+            chat: Arc::new(chat),
+            ..self
+        })
+    }
+}
+
 /// Opens `path` for a load (blocking: run it on a blocking thread): a regular file only, its
 /// header parsed and checked, its tokenizer and chat template built.
 pub fn prepare_load(path: &Path) -> Result<PreparedLoad, RuntimeError> {
@@ -359,7 +379,7 @@ pub fn load_blocking(
         kv_types,
     );
     let plan_devs = plan_devices(&chosen, memory_of, &|_| 0);
-    let p = make_plan(&sizes, &plan_devs, &spec.split, None, ctx)?;
+    let p = make_plan(&sizes, &plan_devs, &spec.split, spec.gpu_layers, ctx)?;
     if let Some(v) = &p.verdict {
         return Err(RuntimeError::new(ErrorKind::DoesNotFit, v.to_string()));
     }

@@ -9,17 +9,27 @@
 //! - `load`: plans and loads ([`LoadSpec`], [`PlanSpec`]); `unload` here; `resplit`: live
 //!   re-splits and the recovery of a failed model.
 //! - `generate`: a generation with its stream of token events ([`Generation`]).
+//! - `on_demand`: the model for a request, loaded first when the configuration declares it on
+//!   demand ([`Runtime::acquire`]), declared loads with least-recently-used eviction of idle
+//!   on-demand models ([`Runtime::load_declared`]).
+//! - [`book`]: where each declared model (`[[models]]`) stands; [`reconcile`]: makes the
+//!   resident declared models match the configuration; [`keep_alive`]: unloads idle on-demand
+//!   models.
 
+pub mod book;
 mod error;
 mod generate;
+pub mod keep_alive;
 mod load;
 mod model;
+mod on_demand;
 pub mod prompt;
+pub mod reconcile;
 mod registry;
 mod resplit;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use llmd_kernels::backend::DeviceMemory;
@@ -35,6 +45,7 @@ pub use load::{
     PlannedModel, PreparedLoad,
 };
 pub use model::{placement_of, LoadedModel, StagePlacement, DEFAULT_CTX, MAX_BATCH, MAX_SEQUENCES};
+pub use on_demand::InUse;
 pub use registry::{ModelRegistry, ResidentModel};
 pub use resplit::{Resplit, ResplitSpec};
 
@@ -61,12 +72,18 @@ pub struct Runtime {
     placement_holder: Arc<Mutex<Option<(String, Instant)>>>,
     /// Where generations record their tokens and latencies.
     metrics: Arc<Metrics>,
+    /// The devices in force as configured (replaced on reload); [`Runtime::devices`] marks the
+    /// GPUs that failed since.
+    devices: RwLock<Arc<Vec<Device>>>,
+    /// Where each model the configuration declares (`[[models]]`) stands; shared with the
+    /// [`InUse`] guards that note the end of each request.
+    pub declared: Arc<book::Book>,
 }
 
 impl Runtime {
-    /// An empty runtime that wakes `changed` when its models change and records generations
-    /// in `metrics`.
-    pub fn new(changed: Arc<Notify>, metrics: Arc<Metrics>) -> Self {
+    /// An empty runtime on `devices` that wakes `changed` when its models change and records
+    /// generations in `metrics`.
+    pub fn new(changed: Arc<Notify>, devices: Vec<Device>, metrics: Arc<Metrics>) -> Self {
         Runtime {
             models: Mutex::new(ModelRegistry::default()),
             changed,
@@ -74,7 +91,25 @@ impl Runtime {
             placement_lock: Arc::new(tokio::sync::Mutex::new(())),
             placement_holder: Arc::new(Mutex::new(None)),
             metrics,
+            devices: RwLock::new(Arc::new(devices)),
+            declared: Arc::default(),
         }
+    }
+
+    /// The devices in force, each GPU that has failed since marked unavailable with the reason
+    /// ([`crate::devices::with_faults`]).
+    pub fn devices(&self) -> Arc<Vec<Device>> {
+        let configured = self
+            .devices
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Arc::new(crate::devices::with_faults(&configured))
+    }
+
+    /// Installs the devices of a reloaded configuration.
+    pub fn set_devices(&self, devices: Vec<Device>) {
+        *self.devices.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(devices);
     }
 
     /// Locks the model registry (a poisoned lock is taken over: the registry stays consistent
@@ -179,6 +214,14 @@ impl Runtime {
                 format!("no model named {name:?} is loaded"),
             )
         })?;
+        // A declared model unloaded by hand: the book says so (an on-demand one loads again at
+        // its next request, a start one at the next reload).
+        self.declared.update(name, |e| {
+            if e.state == llmd_shared::DeclaredState::Resident {
+                e.state = llmd_shared::DeclaredState::NotLoaded;
+                e.note = Some("unloaded by hand (llmctl unload)".into());
+            }
+        });
         self.changed.notify_one();
         tracing::info!(model = %name, freed_bytes = model.memory_bytes(), "model unloaded");
         Ok(model)
@@ -207,7 +250,7 @@ mod tests {
     /// Issue 14: a wedged placement no longer wedges every later load, unload and re-split.
     #[tokio::test(start_paused = true)]
     async fn a_held_placement_lock_makes_later_waits_busy_naming_the_holder() {
-        let runtime = Runtime::new(Arc::new(Notify::new()), Arc::default());
+        let runtime = Runtime::new(Arc::new(Notify::new()), Vec::new(), Arc::default());
         let held = runtime.placement("loading \"big\"".into()).await.unwrap();
         let err = match runtime.placement("unloading \"x\"".into()).await {
             Ok(_) => panic!("the lock was taken twice"),
@@ -223,7 +266,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_models_are_not_found_by_name() {
-        let runtime = Runtime::new(Arc::new(Notify::new()), Arc::default());
+        let runtime = Runtime::new(Arc::new(Notify::new()), Vec::new(), Arc::default());
         let err = runtime.model("nope").unwrap_err();
         assert_eq!(err.kind, ErrorKind::NotFound);
         assert!(err.message.contains("\"nope\""), "{}", err.message);

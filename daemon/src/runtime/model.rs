@@ -232,6 +232,8 @@ impl LoadedModel {
             devices,
             split,
             kv_types: self.kv_types(),
+            // The devices named above are the stages' own, CPU ones included.
+            gpu_layers: None,
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod access;
 pub mod admission;
 pub mod connection;
+pub mod declared;
 pub mod frame_budget;
 pub mod handler;
 pub mod listener;
@@ -152,6 +153,9 @@ pub async fn run(
         crate::http::start(&http, Arc::clone(&state), || trigger.subscribe()).await?;
     }
     notify::ready(&state.status_line());
+    // After READY: declared models load in the background while the socket serves.
+    declared::spawn_reconcile(&state);
+    let keep_alive = tokio::spawn(declared::keep_alive(state.clone()));
 
     loop {
         tokio::select! {
@@ -222,6 +226,7 @@ pub async fn run(
         );
     }
     status.abort();
+    keep_alive.abort();
     tracing::info!("stopped");
     Ok(())
 }

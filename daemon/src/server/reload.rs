@@ -22,7 +22,7 @@ impl Reloader {
 
     /// Reloads, applying what can change at run time (log level, devices); socket settings
     /// only take effect on restart.
-    pub fn reload(&self, state: &State) {
+    pub fn reload(&self, state: &std::sync::Arc<State>) {
         notify::reloading();
         tracing::info!("SIGHUP received: reloading configuration");
         match self.source.load() {
@@ -53,6 +53,9 @@ impl Reloader {
                 );
                 state.replace_config(new);
                 tracing::info!("configuration reloaded from {from}");
+                // Declared models follow the new file in the background: added ones load,
+                // removed ones unload, moved ones re-split live.
+                super::declared::spawn_reconcile(state);
             }
             Err(e) => tracing::error!("reload failed, keeping the previous configuration: {e}"),
         }

@@ -105,6 +105,7 @@ pub fn model_infos(registry: &ModelRegistry) -> Vec<ModelInfo> {
                 cache_type_k: wire_cache_type(kv.k),
                 cache_type_v: wire_cache_type(kv.v),
                 failed: m.failure(),
+                template_warning: m.chat.fallback_warning(),
             }
         })
         .collect()

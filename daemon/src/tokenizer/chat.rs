@@ -203,6 +203,22 @@ impl ChatTemplate {
         self.origin
     }
 
+    /// When the model's file has no chat template: a warning naming the fallback used, that a
+    /// base model may answer with junk, and `--raw` (for `status` and chat replies).
+    pub fn fallback_warning(&self) -> Option<String> {
+        let fallback = match self.origin {
+            TemplateOrigin::Model => return None,
+            TemplateOrigin::FallbackGemma => "Gemma",
+            TemplateOrigin::FallbackChatMl => "ChatML",
+            TemplateOrigin::FallbackPlain => "plain-text",
+        };
+        Some(format!(
+            "the model's file has no chat template, so a {fallback} fallback template was used: a \
+             base (non-chat) model may answer with junk; use --raw for plain completion, or set a \
+             chat_template"
+        ))
+    }
+
     /// Renders `messages` to the prompt text.
     pub fn render(
         &self,

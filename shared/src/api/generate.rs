@@ -204,6 +204,9 @@ pub struct GenerateReply {
     pub decode_tokens_per_s: f64,
     /// Why it ended: "eog", "stop_string", "max_tokens" or "context_full".
     pub stop_reason: String,
+    /// Why the output may be poor, e.g. a chat rendered with a fallback template because the
+    /// model's file has none.
+    pub warning: Option<String>,
 }
 
 /// Tokenizes text with a model's tokenizer.

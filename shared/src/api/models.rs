@@ -29,6 +29,9 @@ pub struct LoadRequest {
     pub cache_type_k: Option<KvCacheType>,
     /// Type of the KV cache's values (default: f16, as llama.cpp's `-ctv`).
     pub cache_type_v: Option<KvCacheType>,
+    /// Layers on GPU devices, the first ones going to the CPU device, as llama.cpp's `-ngl`
+    /// (default: every layer on the chosen devices).
+    pub gpu_layers: Option<u32>,
 }
 
 /// Where one stage of a model lives.

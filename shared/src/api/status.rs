@@ -32,7 +32,7 @@ pub struct StatusReply {
     pub models: Vec<ModelInfo>,
     /// Client connections open now (including the one asking).
     pub connections: u64,
-    /// Requests being processed now (including this one).
+    /// Requests being processed now, not counting the `status` request itself.
     pub requests_running: u64,
     /// Whether CUDA works here (checked once at start-up), and if not, why.
     pub cuda: CudaStatus,
@@ -44,6 +44,65 @@ pub struct StatusReply {
     /// Each resident model's layers per device, one entry per pipeline stage (CPU devices as
     /// `cpu`, GPUs by NVML index), sorted by model name.
     pub model_layers: Vec<ModelPlacement>,
+    /// The models the configuration declares (`[[models]]`), in its order, with where each
+    /// stands: waiting, loading, resident, not loaded (on demand), or failed with the reason.
+    pub declared: Vec<DeclaredModel>,
+}
+
+/// One `[[models]]` entry of the configuration in force and where it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeclaredModel {
+    /// Its name.
+    pub name: String,
+    /// Its file, resolved against `models_dir`.
+    pub path: String,
+    /// Whether it loads at its first request (`load = "on_demand"`) rather than at start.
+    pub on_demand: bool,
+    /// How long it stays without requests: "forever" or seconds ("300s").
+    pub keep_alive: String,
+    /// Where it stands.
+    pub state: DeclaredState,
+    /// The last thing that happened to it besides loading, e.g. "unloaded after 300 s without
+    /// requests" or "evicted to make room for \"big\"".
+    pub note: Option<String>,
+}
+
+/// Where a declared model stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeclaredState {
+    /// A start model waiting for the models before it to load.
+    Waiting,
+    /// Being loaded: `done` of `total` stages.
+    Loading {
+        /// Stages loaded so far.
+        done: u64,
+        /// Stages in all.
+        total: u64,
+    },
+    /// Resident and serving.
+    Resident,
+    /// Not resident: an on-demand model before its first request or after its keep-alive.
+    NotLoaded,
+    /// Its load (or re-split) failed; it is retried on the next reload (an on-demand model also
+    /// on its next request).
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl DeclaredState {
+    /// A short word for tables: waiting, loading, resident, not loaded, failed.
+    pub fn word(&self) -> &'static str {
+        match self {
+            DeclaredState::Waiting => "waiting",
+            DeclaredState::Loading { .. } => "loading",
+            DeclaredState::Resident => "resident",
+            DeclaredState::NotLoaded => "not loaded",
+            DeclaredState::Failed { .. } => "failed",
+        }
+    }
 }
 
 /// Kind of compute device.
@@ -132,4 +191,7 @@ pub struct ModelInfo {
     /// Why it no longer serves (its worker failed), if so: every request for it is refused with
     /// this reason until `llmctl reload` (or `load --replace`) loads it again.
     pub failed: Option<String>,
+    /// When the model's file has no chat template: which fallback chats are rendered with, and
+    /// that a base model may answer with junk (`--raw` avoids the template).
+    pub template_warning: Option<String>,
 }

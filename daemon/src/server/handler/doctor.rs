@@ -19,14 +19,32 @@ pub async fn handle(_req: DoctorRequest, ctx: &Context) -> Result<DoctorReport, 
             registry.failures(),
         )
     };
-    let mut report = doctor::run(&telemetry, &state.config().config.power, &models);
-    report.checks.extend(doctor::check_models(&failures));
     let gpus: Vec<(String, Option<String>)> = state
         .devices()
         .iter()
         .filter(|d| d.is_gpu())
         .map(|d| (d.name.clone(), d.unavailable.clone()))
         .collect();
+    let mut report = doctor::run(
+        &telemetry,
+        &state.config().config.power,
+        &models,
+        !gpus.is_empty(),
+    );
+    report.checks.extend(doctor::check_models(&failures));
+    let declared_failures: Vec<(String, String)> = state
+        .runtime
+        .declared
+        .snapshot()
+        .into_iter()
+        .filter_map(|e| match e.state {
+            llmd_shared::DeclaredState::Failed { reason } => Some((e.decl.name, reason)),
+            _ => None,
+        })
+        .collect();
+    report
+        .checks
+        .extend(doctor::check_declared(&declared_failures));
     let cuda = crate::devices::cuda_report();
     if let Some(check) = doctor::check_cuda(&cuda, &gpus) {
         report.checks.insert(1, check);

@@ -5,13 +5,22 @@
 
 use llmd_shared::{ErrorReply, Event, GenerateReply, GenerateRequest, Token};
 
-use super::Context;
+use super::{with_progress, Context};
 use crate::runtime::{GenerateParams, Step};
 
 /// Runs the generation.
 pub async fn handle(req: GenerateRequest, ctx: &Context) -> Result<GenerateReply, ErrorReply> {
-    let params = GenerateParams::from_request(req)?;
-    let mut generation = ctx.state.runtime.generate(params).await?;
+    let runtime = &ctx.state.runtime;
+    let chat = matches!(req.prompt, llmd_shared::Prompt::Chat(_));
+    let params = GenerateParams::from_request(runtime.with_declared_defaults(req))?;
+    let (progress, rx) = tokio::sync::mpsc::unbounded_channel();
+    let start = async {
+        runtime
+            .generate_with_progress(params, progress)
+            .await
+            .map_err(ErrorReply::from)
+    };
+    let mut generation = with_progress(ctx, rx, start).await?;
     loop {
         match generation.next().await? {
             Step::Token { id, text } => ctx.event(Event::Token(Token { id, text })).await?,
@@ -24,6 +33,11 @@ pub async fn handle(req: GenerateRequest, ctx: &Context) -> Result<GenerateReply
                     prefill_tokens_per_s: s.prefill_tokens_per_s,
                     decode_tokens_per_s: s.decode_tokens_per_s,
                     stop_reason: s.stop_reason.as_str().to_string(),
+                    warning: if chat {
+                        generation.model().chat.fallback_warning()
+                    } else {
+                        None
+                    },
                 })
             }
         }

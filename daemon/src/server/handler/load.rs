@@ -1,9 +1,9 @@
 //! `load`: makes a model resident (or replaces one atomically) through
 //! [`Runtime::load`](crate::runtime::Runtime::load), reporting progress per stage as events.
 
-use llmd_shared::{ErrorReply, Event, LoadReply, LoadRequest, Progress};
+use llmd_shared::{ErrorReply, LoadReply, LoadRequest};
 
-use super::Context;
+use super::{with_progress, Context};
 use crate::runtime::LoadSpec;
 use crate::server::wire;
 
@@ -16,27 +16,23 @@ pub async fn handle(req: LoadRequest, ctx: &Context) -> Result<LoadReply, ErrorR
         devices: req.devices,
         split: req.split,
         kv_types: wire::requested_cache_types(req.cache_type_k, req.cache_type_v),
+        gpu_layers: req.gpu_layers,
     };
-    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
-    let load = ctx.state.runtime.load(
-        spec,
-        req.name,
-        req.replace,
-        ctx.state.devices(),
-        progress_tx,
-    );
-    tokio::pin!(load);
-    // Progress is forwarded while the load runs; the sender drops with the load, so the
-    // events still queued are sent before the reply.
-    let loaded = loop {
-        tokio::select! {
-            Some((done, total)) = progress_rx.recv() => send_progress(ctx, done, total).await?,
-            loaded = &mut load => break loaded?,
-        }
+    let (progress_tx, progress_rx) = tokio::sync::mpsc::unbounded_channel();
+    let load = async {
+        ctx.state
+            .runtime
+            .load(
+                spec,
+                req.name,
+                req.replace,
+                ctx.state.devices(),
+                progress_tx,
+            )
+            .await
+            .map_err(ErrorReply::from)
     };
-    while let Ok((done, total)) = progress_rx.try_recv() {
-        send_progress(ctx, done, total).await?;
-    }
+    let loaded = with_progress(ctx, progress_rx, load).await?;
     let model = &loaded.model;
     let kv = model.kv_types();
     Ok(LoadReply {
@@ -52,14 +48,4 @@ pub async fn handle(req: LoadRequest, ctx: &Context) -> Result<LoadReply, ErrorR
         cache_type_k: wire::wire_cache_type(kv.k),
         cache_type_v: wire::wire_cache_type(kv.v),
     })
-}
-
-/// Tells the client `done` of `total` stages are loaded.
-async fn send_progress(ctx: &Context, done: usize, total: usize) -> Result<(), ErrorReply> {
-    ctx.event(Event::Progress(Progress {
-        done: done as u64,
-        total: total as u64,
-        what: "layers".into(),
-    }))
-    .await
 }

@@ -155,6 +155,52 @@ async fn run(request: Request, ctx: Context) -> Result<Reply, ErrorReply> {
     }
 }
 
+/// Runs `work` while forwarding the load progress it sends to `rx` (`(stages done, stages)`)
+/// to the client as `Event::Progress`, in order, the last ones before its result.
+pub async fn with_progress<T>(
+    ctx: &Context,
+    mut rx: mpsc::UnboundedReceiver<(usize, usize)>,
+    work: impl std::future::Future<Output = Result<T, ErrorReply>>,
+) -> Result<T, ErrorReply> {
+    let send = |(done, total): (usize, usize)| {
+        ctx.event(Event::Progress(llmd_shared::Progress {
+            done: done as u64,
+            total: total as u64,
+            what: "layers".into(),
+        }))
+    };
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            result = &mut work => {
+                while let Ok(p) = rx.try_recv() {
+                    send(p).await?;
+                }
+                return result;
+            }
+            Some(p) = rx.recv() => send(p).await?,
+        }
+    }
+}
+
+/// The model `name` for a request that uses it (generate, chat, tokenize): the resident one,
+/// or one the configuration declares on demand, loaded now with its progress sent to the client
+/// (`runtime::acquire`).
+pub async fn model_for_request(
+    ctx: &Context,
+    name: &str,
+) -> Result<crate::runtime::InUse, ErrorReply> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let acquire = async {
+        ctx.state
+            .runtime
+            .acquire(name, tx)
+            .await
+            .map_err(ErrorReply::from)
+    };
+    with_progress(ctx, rx, acquire).await
+}
+
 /// The resident model called `name`, or a `not_found` error.
 pub fn model_named(ctx: &Context, name: &str) -> Result<crate::runtime::ResidentModel, ErrorReply> {
     Ok(ctx.state.runtime.model(name)?)

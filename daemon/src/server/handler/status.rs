@@ -34,10 +34,12 @@ pub async fn handle(_req: StatusRequest, ctx: &Context) -> Result<Box<StatusRepl
         devices: state.device_infos(),
         models,
         connections: state.connections(),
-        requests_running: state.requests_running(),
+        // Not counting this request itself.
+        requests_running: state.requests_running().saturating_sub(1),
         cuda: crate::devices::cuda_report(),
         power: power::budget(&config.config.power, &telemetry),
         gpu: (*telemetry).clone(),
         model_layers,
+        declared: state.runtime.declared.infos(),
     }))
 }

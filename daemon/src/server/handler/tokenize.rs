@@ -3,13 +3,13 @@
 
 use llmd_shared::{ErrorReply, TokenPiece, TokenizeReply, TokenizeRequest};
 
-use super::{model_named, Context};
+use super::{model_for_request, Context};
 use crate::runtime::prompt::tokenize_with_pieces;
 
 /// Tokenizes the text.
 pub async fn handle(req: TokenizeRequest, ctx: &Context) -> Result<TokenizeReply, ErrorReply> {
     req.validate()?;
-    let model = model_named(ctx, &req.model)?;
+    let model = model_for_request(ctx, &req.model).await?;
     let pieces = tokenize_with_pieces(
         model.prompt_model(),
         req.text,
