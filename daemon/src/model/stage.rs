@@ -12,8 +12,9 @@ use llmd_kernels::backend::{
 
 use super::batch::{Batch, Segment, SeqId};
 use super::config::ModelConfig;
+use super::host_tensors::{OwnedTensor, PartSource};
 use super::parts::{DevicePart, PartWeights, Slot};
-use super::weights::{HeadWeights, LayerWeights, TensorSource, WeightError};
+use super::weights::{HeadWeights, LayerWeights, WeightError};
 
 /// Activation buffers of one stage, sized once for the largest batch so the forward pass never
 /// allocates.
@@ -93,12 +94,14 @@ pub enum ForwardError {
 impl<B: Backend> Stage<B> {
     /// Loads `layers` (and the head if `with_head`) from `source` onto `backend`, with buffers for
     /// batches of up to `max_tokens` tokens, `max_logit_rows` of which may want logits.
-    /// `loaded()` is called after each layer and after the head, for progress reports.
+    /// Each part is read into host memory, uploaded and its host copy dropped before the next
+    /// (a CPU device's upload is the one copy that stays). `loaded()` is called after each layer
+    /// and after the head, for progress reports.
     #[allow(clippy::too_many_arguments)]
-    pub fn load<S: TensorSource + ?Sized>(
+    pub fn load(
         backend: Arc<B>,
         config: Arc<ModelConfig>,
-        source: &S,
+        source: &dyn PartSource,
         layers: Range<usize>,
         with_head: bool,
         max_tokens: usize,
@@ -108,8 +111,11 @@ impl<B: Backend> Stage<B> {
         let slots = layers.clone().map(Slot::Layer);
         let mut parts = Vec::with_capacity(layers.len() + 1);
         for slot in slots.chain(with_head.then_some(Slot::Head)) {
-            let weights = PartWeights::from_source(source, &config, slot)?;
+            let read = source.read_part(&config, slot)?;
+            let weights = PartWeights::from_source(&read, &config, slot)?;
             parts.push(DevicePart::import(&backend, &weights, &[])?);
+            drop(weights);
+            drop(read);
             loaded();
         }
         let scratch =
@@ -271,6 +277,32 @@ impl<B: Backend> Stage<B> {
     /// Whether this stage holds the output head.
     pub fn has_head(&self) -> bool {
         self.head.is_some()
+    }
+
+    /// Looks `ids` up in the head's output weight into host memory `out`, where the device holds
+    /// weights in host memory (see [`Backend::embed_host`]); `None` otherwise or without a head.
+    pub fn embed_from_head(
+        &self,
+        ids: &[u32],
+        scale: f32,
+        out: &mut [f32],
+    ) -> Option<Result<(), BackendError>> {
+        let head = self.head.as_ref()?;
+        self.backend.embed_host(&head.output, ids, scale, out)
+    }
+
+    /// A host copy of the head's output weight, in the file's layout; `None` without a head.
+    pub fn head_output_host(&self) -> Option<Result<OwnedTensor, BackendError>> {
+        let head = self.head.as_ref()?;
+        Some(self.backend.weight_view(&head.output).and_then(|v| {
+            Ok(OwnedTensor {
+                name: v.name.to_string(),
+                ty: v.ty,
+                rows: v.rows,
+                cols: v.cols,
+                data: v.to_host()?,
+            })
+        }))
     }
 
     /// Allocates KV caches of `types` for `seq` with room for `capacity` positions.

@@ -191,6 +191,58 @@ fn weight_charge(len: u64, rows: usize, cols: usize) -> u64 {
     len + if rows == 1 { cols as u64 * 4 } else { 0 }
 }
 
+/// `out[t] = table[ids[t]] * scale`, rows dequantized to f32 (a packed table's rows gathered
+/// back into GGUF blocks first): [`Backend::embed`] and [`Backend::embed_host`].
+fn embed_rows(
+    table: &CpuWeight,
+    ids: &[u32],
+    scale: f32,
+    out: &mut [f32],
+) -> Result<(), BackendError> {
+    let d = table.cols;
+    check_len("embed", out.len(), ids.len() * d)?;
+    let rb = table.ty.row_bytes(d as u64).unwrap_or(0) as usize;
+    // A packed table's rows are gathered back into GGUF blocks first.
+    let mut unpacked = vec![
+        0u8;
+        if table.layout == Layout::Packed {
+            rb
+        } else {
+            0
+        }
+    ];
+    for (t, &id) in ids.iter().enumerate() {
+        let id = id as usize;
+        if id >= table.rows {
+            return Err(shape(
+                "embed",
+                format!("token {id} outside {} rows", table.rows),
+            ));
+        }
+        let gguf_row = match table.layout {
+            Layout::Gguf => &table.bytes()[id * rb..(id + 1) * rb],
+            Layout::Packed => {
+                packed::unpack_row(
+                    table.ty,
+                    table.rows,
+                    table.cols,
+                    table.bytes(),
+                    id,
+                    &mut unpacked,
+                )
+                .map_err(|e| shape("embed", e.to_string()))?;
+                &unpacked
+            }
+        };
+        let row = &mut out[t * d..(t + 1) * d];
+        quant::dequantize(table.ty, gguf_row, row).map_err(|e| shape("embed", e.to_string()))?;
+        if scale != 1.0 {
+            ops::scale(row, scale);
+        }
+    }
+    Ok(())
+}
+
 impl Backend for CpuBackend {
     type Activations = Vec<f32>;
     type Weight = CpuWeight;
@@ -272,49 +324,17 @@ impl Backend for CpuBackend {
         scale: f32,
         out: &mut Vec<f32>,
     ) -> Result<(), BackendError> {
-        let d = table.cols;
-        check_len("embed", out.len(), ids.len() * d)?;
-        let rb = table.ty.row_bytes(d as u64).unwrap_or(0) as usize;
-        // A packed table's rows are gathered back into GGUF blocks first.
-        let mut unpacked = vec![
-            0u8;
-            if table.layout == Layout::Packed {
-                rb
-            } else {
-                0
-            }
-        ];
-        for (t, &id) in ids.iter().enumerate() {
-            let id = id as usize;
-            if id >= table.rows {
-                return Err(shape(
-                    "embed",
-                    format!("token {id} outside {} rows", table.rows),
-                ));
-            }
-            let gguf_row = match table.layout {
-                Layout::Gguf => &table.bytes()[id * rb..(id + 1) * rb],
-                Layout::Packed => {
-                    packed::unpack_row(
-                        table.ty,
-                        table.rows,
-                        table.cols,
-                        table.bytes(),
-                        id,
-                        &mut unpacked,
-                    )
-                    .map_err(|e| shape("embed", e.to_string()))?;
-                    &unpacked
-                }
-            };
-            let row = &mut out[t * d..(t + 1) * d];
-            quant::dequantize(table.ty, gguf_row, row)
-                .map_err(|e| shape("embed", e.to_string()))?;
-            if scale != 1.0 {
-                ops::scale(row, scale);
-            }
-        }
-        Ok(())
+        embed_rows(table, ids, scale, out)
+    }
+
+    fn embed_host(
+        &self,
+        table: &CpuWeight,
+        ids: &[u32],
+        scale: f32,
+        out: &mut [f32],
+    ) -> Option<Result<(), BackendError>> {
+        Some(embed_rows(table, ids, scale, out))
     }
 
     fn matmul(

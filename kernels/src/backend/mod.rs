@@ -271,6 +271,18 @@ pub trait Backend: Send + Sync + 'static {
         scale: f32,
         out: &mut Self::Activations,
     ) -> Result<(), BackendError>;
+    /// [`Backend::embed`] into host memory `out`, for a device whose weights lie in host memory
+    /// (the CPU): a model's token embedding then reads the rows of its tied output head there
+    /// and needs no copy of its own. `None` (the default) where weights lie elsewhere.
+    fn embed_host(
+        &self,
+        _table: &Self::Weight,
+        _ids: &[u32],
+        _scale: f32,
+        _out: &mut [f32],
+    ) -> Option<Result<(), BackendError>> {
+        None
+    }
     /// `out (n_tokens, w.rows) = x (n_tokens, w.cols) * w^T`.
     fn matmul(
         &self,
@@ -707,6 +719,15 @@ pub struct WeightView<'a> {
 }
 
 impl WeightView<'_> {
+    /// Its bytes copied into host memory, in GGUF's layout (a packed CPU weight unpacked, a GPU
+    /// weight downloaded).
+    pub fn to_host(&self) -> Result<Vec<u8>, BackendError> {
+        self.check_size()?;
+        let mut bytes = vec![0u8; self.bytes.len];
+        self.bytes.read_into(&mut bytes)?;
+        Ok(bytes)
+    }
+
     /// Checks that its bytes are exactly `rows` rows of `cols` values of `ty`.
     pub(crate) fn check_size(&self) -> Result<(), BackendError> {
         HostTensor {
