@@ -5,6 +5,8 @@
 //! - [`tokenizer`]: SentencePiece and byte-level BPE tokenizers, detokenization, chat templates.
 //! - [`cli`]: the `llmd` command line; [`config`]: the TOML configuration file; [`logging`]:
 //!   tracing to journald or stderr; [`notify`]: sd_notify; [`shutdown`]: stop signalling.
+//! - [`host_memory`]: the daemon's resident memory and the allocator policy that returns freed
+//!   memory to the system.
 //! - [`state`]: the shared daemon state (config, devices, model registry, counters).
 //! - [`server`]: socket, accept loop, connections, one handler file per request; [`users`]:
 //!   user and group lookups for the socket group and the `[access]` section.
@@ -15,6 +17,7 @@ pub mod devices;
 pub mod engine;
 pub mod gpu;
 pub mod health;
+pub mod host_memory;
 pub mod inspect;
 pub mod logging;
 pub mod make_model;

@@ -4,15 +4,15 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use llmd_kernels::backend::{CpuBackend, CudaBackend, DeviceMemory, KvType, KvTypes};
 use llmd_kernels::cpu::ThreadPool;
 use llmd_shared::{
-    ErrorCode, ErrorReply, KvCacheType, LoadRequest, ModelDetails, PlanReply, PlannedDevice,
-    ResplitReply, ResplitRequest, StagePlacement,
+    ErrorCode, ErrorReply, HostMemory, KvCacheType, LoadRequest, ModelDetails, PlanReply,
+    PlannedDevice, ResplitReply, ResplitRequest, StagePlacement,
 };
 use tokio::sync::Notify;
 
@@ -54,8 +54,12 @@ pub struct LoadedModel {
     ctx: AtomicU32,
     /// CPU threads.
     pub threads: u32,
-    /// The memory-mapped file the weights come from (re-read when layers move).
+    /// The file the weights come from, open but not mapped (read again when a re-split spills
+    /// a layer, refused once it changed).
     source: Arc<ModelFile>,
+    /// Bytes of the host copy of the token embedding table (0 when the lookups read a tied head
+    /// on a CPU device), as last recorded by the worker.
+    embedding_bytes: Arc<AtomicU64>,
     /// What the model's pieces cost on a device, for plans (with its KV cache types, which the
     /// pipeline allocates and a re-split keeps).
     sizes: ModelSizes,
@@ -144,7 +148,9 @@ impl LoadedModel {
     /// records it. Waits at most for the current forward step.
     pub async fn refresh_placement(&self) -> Vec<StagePlacement> {
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let embedding = Arc::clone(&self.embedding_bytes);
         let job = Job::WithPipeline(Box::new(move |p: &mut Pipeline| {
+            embedding.store(p.embedding_bytes(), Ordering::SeqCst);
             let _ = tx.send(placement_of(p));
         }));
         if self.submit(job).is_ok() {
@@ -171,6 +177,26 @@ impl LoadedModel {
             .filter(|s| s.device == device)
             .map(|s| s.weight_bytes + s.kv_bytes)
             .sum()
+    }
+
+    /// Host memory it holds: its stages on CPU devices (weights and KV caches) and its
+    /// embedding table's own copy; nothing file-backed, the model file is never mapped.
+    pub fn host_memory(&self) -> HostMemory {
+        let on_cpu: u64 = self
+            .placement()
+            .iter()
+            .filter(|s| crate::devices::is_cpu_device(&s.device))
+            .map(|s| s.weight_bytes + s.kv_bytes)
+            .sum();
+        let embedding = if self.failure().is_some() {
+            0
+        } else {
+            self.embedding_bytes.load(Ordering::SeqCst)
+        };
+        HostMemory {
+            anon_bytes: on_cpu + embedding,
+            file_bytes: 0,
+        }
     }
 
     /// Bytes held on every device.
@@ -225,6 +251,7 @@ impl LoadedModel {
             cache_type_k,
             cache_type_v,
             failed: self.failure(),
+            host_memory: self.host_memory(),
         }
     }
 }
@@ -638,6 +665,7 @@ pub fn load_blocking(
         .map_err(load_error)?
         .with_kv_types(kv_types);
     let placement = placement_of(&pipeline);
+    let embedding_bytes = Arc::new(AtomicU64::new(pipeline.embedding_bytes()));
     let bytes: u64 = placement.iter().map(|s| s.weight_bytes).sum();
     let limits = WorkerLimits::new(ctx as usize, MAX_BATCH, MAX_SEQUENCES);
     let handle = ModelHandle::spawn(&name, pipeline, Arc::clone(&tokenizer), limits, changed)
@@ -658,6 +686,7 @@ pub fn load_blocking(
         ctx: AtomicU32::new(ctx),
         threads,
         source: Arc::clone(&model.source),
+        embedding_bytes,
         sizes,
         pool,
         handle,
@@ -755,6 +784,7 @@ impl LoadedModel {
             .map(|d| (d.name.clone(), (d.memory_budget_bytes, memory_of(d))))
             .collect();
         let source = Arc::clone(&self.source);
+        let embedding = Arc::clone(&self.embedding_bytes);
         let sizes = self.sizes.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<ResplitResult>();
         let job = Job::Resplit(Box::new(
@@ -773,6 +803,7 @@ impl LoadedModel {
                     MAX_SEQUENCES,
                 ) {
                     Ok(report) => {
+                        embedding.store(pipeline.embedding_bytes(), Ordering::SeqCst);
                         let _ = tx.send(Ok((report, placement_of(pipeline))));
                         ResplitOutcome::Applied {
                             n_ctx: Some(ctx as usize),

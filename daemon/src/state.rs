@@ -119,6 +119,7 @@ impl ModelRegistry {
                     path: m.path.display().to_string(),
                     devices,
                     memory_bytes: m.memory_bytes(),
+                    host_memory: m.host_memory(),
                     cache_type_k,
                     cache_type_v,
                     failed: m.failure(),

@@ -44,6 +44,31 @@ pub struct StatusReply {
     /// Each resident model's layers per device, one entry per pipeline stage (CPU devices as
     /// `cpu`, GPUs by NVML index), sorted by model name.
     pub model_layers: Vec<ModelPlacement>,
+    /// The daemon process's resident memory.
+    pub memory: DaemonMemory,
+}
+
+/// Host memory a model holds, split as the kernel counts it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostMemory {
+    /// Anonymous memory the daemon owns: weights and KV caches on CPU devices and the host copy
+    /// of the token embedding table (none when it is shared with a tied head on a CPU device).
+    pub anon_bytes: u64,
+    /// Pages of the model file mapped and resident: none, the file is read, never mapped.
+    pub file_bytes: u64,
+}
+
+/// The daemon process's resident memory (`/proc/self/status`), in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonMemory {
+    /// Resident now (`VmRSS`).
+    pub rss_bytes: u64,
+    /// Of which anonymous (`RssAnon`).
+    pub anon_bytes: u64,
+    /// Of which file-backed (`RssFile`: the binary and libraries).
+    pub file_bytes: u64,
+    /// The most resident so far (`VmHWM`).
+    pub peak_bytes: u64,
 }
 
 /// Kind of compute device.
@@ -125,6 +150,8 @@ pub struct ModelInfo {
     pub devices: Vec<String>,
     /// Bytes of device memory it occupies in all.
     pub memory_bytes: u64,
+    /// Host memory it holds (part of `memory_bytes` on CPU devices, plus its embedding table).
+    pub host_memory: HostMemory,
     /// Type of its KV cache's keys.
     pub cache_type_k: KvCacheType,
     /// Type of its KV cache's values.

@@ -1,5 +1,5 @@
-//! `metrics`: the latest telemetry sample and the power budget in the Prometheus text format.
-//! Never waits on NVML.
+//! `metrics`: the latest telemetry sample, the power budget and the daemon's resident memory in
+//! the Prometheus text format. Never waits on NVML.
 
 use llmd_shared::{ErrorReply, MetricsReply, MetricsRequest};
 
@@ -12,6 +12,7 @@ pub async fn handle(_req: MetricsRequest, ctx: &Context) -> Result<MetricsReply,
     let telemetry = state.gpu_telemetry();
     let budget = power::budget(&state.config().config.power, &telemetry);
     Ok(MetricsReply {
-        text: metrics::render(&telemetry, Some(&budget)),
+        text: metrics::render(&telemetry, Some(&budget))
+            + &metrics::render_process(&crate::host_memory::ResidentMemory::of_self()),
     })
 }
