@@ -78,4 +78,9 @@ impl TensorSource for HostTensors {
 pub trait PartSource: Send + Sync {
     /// The tensors of `slot` of `config`'s model (shape checks are the caller's).
     fn read_part(&self, config: &ModelConfig, slot: Slot) -> Result<HostTensors, WeightError>;
+    /// Type, rows and elements per row of the tensor `name`, if the model has it.
+    fn shape_of(&self, name: &str) -> Option<(GgmlType, usize, usize)>;
+    /// Reads the tensor `name` into `dst` (exactly its size): straight into a device's buffer,
+    /// so a large tensor is never in host memory twice.
+    fn read_into(&self, name: &str, dst: &mut [u8]) -> Result<(), WeightError>;
 }

@@ -17,7 +17,7 @@ use super::config::{
     Arch, ConfigError, Hyperparameters, ModelConfig, RopeFactorTensors, RopeScaling,
     RopeScalingType, ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT, ROPE_FREQS,
 };
-use super::embedding::{Embedding, OUTPUT, TOKEN_EMBD};
+use super::embedding::{Embedding, OUTPUT, OUTPUT_NORM, TOKEN_EMBD};
 use super::host_tensors::{HostTensors, OwnedTensor, PartSource};
 use super::parts::Slot;
 use super::pipeline::{Pipeline, PipelineStage};
@@ -25,6 +25,7 @@ use super::stage::ForwardError;
 use super::weights::{layer_source_names, WeightError};
 use llmd_gguf::{DataCheck, GgufError, GgufFile, MetadataError, ModelDescription, TensorInfo};
 use llmd_kernels::backend::BackendError;
+use llmd_kernels::quant::GgmlType;
 
 /// Errors loading a model.
 #[derive(Debug, Error)]
@@ -119,9 +120,25 @@ impl PartSource for ModelFile {
             }
             Slot::Head => {
                 let embd = self.tied_embeddings().then_some(TOKEN_EMBD);
-                self.read_tensors(["output_norm.weight", OUTPUT].into_iter().chain(embd))
+                self.read_tensors([OUTPUT_NORM, OUTPUT].into_iter().chain(embd))
             }
         }
+    }
+
+    fn shape_of(&self, name: &str) -> Option<(GgmlType, usize, usize)> {
+        let info = self.file.tensor(name)?;
+        let cols = info.dims.first().copied().unwrap_or(1) as usize;
+        Some((info.ty, info.n_rows() as usize, cols))
+    }
+
+    fn read_into(&self, name: &str, dst: &mut [u8]) -> Result<(), WeightError> {
+        let info = self
+            .file
+            .tensor(name)
+            .ok_or_else(|| WeightError::Missing(name.into()))?;
+        self.file.read_tensor_data(info, dst)?;
+        self.file.drop_cached(info);
+        Ok(())
     }
 }
 

@@ -12,6 +12,7 @@ use llmd_kernels::backend::{
 
 use super::batch::{Batch, Segment, SeqId};
 use super::config::ModelConfig;
+use super::embedding::{OUTPUT, OUTPUT_NORM as NORM, TOKEN_EMBD};
 use super::host_tensors::{OwnedTensor, PartSource};
 use super::parts::{DevicePart, PartWeights, Slot};
 use super::weights::{HeadWeights, LayerWeights, WeightError};
@@ -111,11 +112,13 @@ impl<B: Backend> Stage<B> {
         let slots = layers.clone().map(Slot::Layer);
         let mut parts = Vec::with_capacity(layers.len() + 1);
         for slot in slots.chain(with_head.then_some(Slot::Head)) {
-            let read = source.read_part(&config, slot)?;
-            let weights = PartWeights::from_source(&read, &config, slot)?;
-            parts.push(DevicePart::import(&backend, &weights, &[])?);
-            drop(weights);
-            drop(read);
+            if slot == Slot::Head {
+                parts.push(Self::load_head(&backend, &config, source)?);
+            } else {
+                let read = source.read_part(&config, slot)?;
+                let weights = PartWeights::from_source(&read, &config, slot)?;
+                parts.push(DevicePart::import(&backend, &weights, &[])?);
+            }
             loaded();
         }
         let scratch =
@@ -129,6 +132,61 @@ impl<B: Backend> Stage<B> {
             max_tokens,
             max_logit_rows,
         )
+    }
+
+    /// The output head read from `source` straight into `backend`'s buffers (the vocabulary
+    /// projection is often the largest tensor: it is never staged in host memory beside a CPU
+    /// device's copy). The token embedding serves as the projection when the model ties them.
+    fn load_head(
+        backend: &Arc<B>,
+        config: &ModelConfig,
+        source: &dyn PartSource,
+    ) -> Result<DevicePart<B>, WeightError> {
+        let load =
+            |name: &str, rows: usize, cols: usize| -> Result<Option<B::Weight>, WeightError> {
+                let Some((ty, r, c)) = source.shape_of(name) else {
+                    return Ok(None);
+                };
+                if (r, c) != (rows, cols) {
+                    return Err(WeightError::Shape {
+                        name: name.into(),
+                        rows: r,
+                        cols: c,
+                        want_rows: rows,
+                        want_cols: cols,
+                    });
+                }
+                let mut failed = None;
+                let uploaded = backend.upload_weight_filled(name, ty, rows, cols, &mut |dst| {
+                    source.read_into(name, dst).map_err(|e| {
+                        let message = e.to_string();
+                        failed = Some(e);
+                        BackendError::Device {
+                            device: "the model file".into(),
+                            message,
+                        }
+                    })
+                });
+                match (uploaded, failed) {
+                    (Err(_), Some(e)) => Err(e),
+                    (uploaded, _) => Ok(Some(uploaded?)),
+                }
+            };
+        let (d, vocab) = (config.n_embd, config.n_vocab);
+        let output_norm = load(NORM, 1, d)?.ok_or_else(|| WeightError::Missing(NORM.into()))?;
+        let output = match load(OUTPUT, vocab, d)? {
+            Some(w) => w,
+            None => load(TOKEN_EMBD, vocab, d)?
+                .ok_or_else(|| WeightError::Missing(TOKEN_EMBD.into()))?,
+        };
+        Ok(DevicePart {
+            backend: Arc::clone(backend),
+            weights: PartWeights::Head(HeadWeights {
+                output_norm,
+                output,
+            }),
+            kv: HashMap::new(),
+        })
     }
 
     /// A stage of `parts` (the layers `layers` in order, then the head if it has one), all on

@@ -236,6 +236,33 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Copies a tensor onto the device.
     fn upload_weight(&self, tensor: &HostTensor<'_>) -> Result<Self::Weight, BackendError>;
+    /// Copies onto the device a weight of `rows` rows of `cols` `ty` values whose bytes (GGUF's
+    /// layout) `fill` writes into a buffer of exactly their size. A device whose weights lie in
+    /// host memory (the CPU) hands it its own buffer, so the weight is never in host memory
+    /// twice; the default fills a host buffer and uploads it ([`Backend::upload_weight`]).
+    fn upload_weight_filled(
+        &self,
+        name: &str,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Result<(), BackendError>,
+    ) -> Result<Self::Weight, BackendError> {
+        let len = ty
+            .row_bytes(cols as u64)
+            .and_then(|r| r.checked_mul(rows as u64))
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| shape("upload_weight", format!("{name}: size overflows")))?;
+        let mut data = vec![0u8; len];
+        fill(&mut data)?;
+        self.upload_weight(&HostTensor {
+            name,
+            ty,
+            rows,
+            cols,
+            data: &data,
+        })
+    }
     /// Bytes the weight occupies on the device.
     fn weight_bytes(&self, weight: &Self::Weight) -> u64;
     /// The weight where it lies, for another device to copy directly with
