@@ -26,6 +26,16 @@ pub fn return_freed_memory_to_the_system() {
     });
 }
 
+/// Returns the free memory at the top of the allocator's heaps to the system
+/// (`malloc_trim`), after a model was freed: its many small allocations (a vocabulary's
+/// strings, norms, small caches) live on the heap, below the mmap threshold.
+pub fn trim() {
+    // SAFETY: malloc_trim only releases free memory of glibc's own heaps; no pointer is passed.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The process's resident memory, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ResidentMemory {

@@ -20,6 +20,10 @@ pub async fn handle(req: UnloadRequest, ctx: &Context) -> Result<UnloadReply, Er
     ctx.state.changed.notify_one();
     let freed_bytes = model.memory_bytes();
     tracing::info!(model = %req.name, freed_bytes, "model unloaded");
+    // Its tokenizer and metadata go with the last reference (requests still running keep it);
+    // the weights go on its worker thread, which trims the heap itself.
+    drop(model);
+    crate::host_memory::trim();
     Ok(UnloadReply {
         name: req.name,
         freed_bytes,
