@@ -50,6 +50,11 @@ impl Device {
     }
 }
 
+/// Whether the device called `name` is a CPU device (`cpu:N`), whose memory is host memory.
+pub fn is_cpu_device(name: &str) -> bool {
+    name.starts_with("cpu:")
+}
+
 /// Whether CUDA can be used in this process (asked of the driver once, then remembered).
 pub fn cuda_status() -> CudaStatus {
     static STATUS: OnceLock<CudaStatus> = OnceLock::new();

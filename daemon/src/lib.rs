@@ -5,6 +5,8 @@
 //! - [`tokenizer`]: SentencePiece and byte-level BPE tokenizers, detokenization, chat templates.
 //! - [`cli`]: the `llmd` command line; [`config`]: the TOML configuration file; [`logging`]:
 //!   tracing to journald or stderr; [`notify`]: sd_notify; [`shutdown`]: stop signalling.
+//! - [`host_memory`]: the daemon's resident memory and the allocator policy that returns freed
+//!   memory to the system.
 //! - [`runtime`]: the domain layer (resident models, loads, re-splits, generations) that every
 //!   front end calls; it never speaks a wire protocol.
 //! - [`state`]: the shared daemon state (config, devices, the runtime, counters).
@@ -18,6 +20,7 @@ pub mod devices;
 pub mod engine;
 pub mod gpu;
 pub mod health;
+pub mod host_memory;
 pub mod http;
 pub mod inspect;
 pub mod logging;

@@ -188,7 +188,8 @@ impl State {
     pub fn metrics_text(&self) -> String {
         let telemetry = self.gpu_telemetry();
         let budget = power::budget(&self.config().config.power, &telemetry);
-        let gpu = metrics::render(&telemetry, Some(&budget));
+        let gpu = metrics::render(&telemetry, Some(&budget))
+            + &metrics::render_process(&crate::host_memory::ResidentMemory::of_self());
         let loads: Vec<ModelLoad> = self
             .runtime
             .models()

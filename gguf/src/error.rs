@@ -251,4 +251,22 @@ pub enum GgufError {
     /// No tensor has the requested name.
     #[error("no tensor named {0:?}")]
     NoSuchTensor(String),
+    /// The file was opened to be read through its descriptor ([`crate::GgufFile::open_unmapped`]):
+    /// its tensor data is not in memory to be borrowed, only read
+    /// ([`crate::GgufFile::read_tensor_data`]).
+    #[error("tensor {name:?}: the file is read through its descriptor, not mapped")]
+    NotMapped {
+        /// The tensor.
+        name: String,
+    },
+    /// The file opened earlier is no longer the file that was opened: it was truncated,
+    /// rewritten or modified in place since (its size, modification or change time differ).
+    /// Renaming or deleting it is not a change (the open descriptor still reads the same bytes).
+    #[error("the model file {path} changed since it was loaded ({what}); load it again")]
+    Changed {
+        /// The file.
+        path: PathBuf,
+        /// What differs, e.g. "its size went from 1000 to 10 bytes".
+        what: String,
+    },
 }

@@ -1,5 +1,11 @@
-//! [`GgufFile`]: a GGUF file opened from disk (memory-mapped) or from bytes, its parsed header,
-//! and tensor data as views into the mapping.
+//! [`GgufFile`]: a GGUF file opened from disk (memory-mapped, or read through its descriptor) or
+//! from bytes, its parsed header, and tensor data as views into the mapping or read on demand.
+//!
+//! The daemon opens model files unmapped ([`GgufFile::open_unmapped`]): the header is read with
+//! `pread`, tensor data is copied out when asked for ([`GgufFile::read_tensor_data`]), each read
+//! checked against the file's identity at open ([`crate::descriptor`]), so a file truncated or
+//! rewritten under the daemon gives an error, never a SIGBUS or other bytes. Tools and tests that
+//! want views keep the mapping ([`GgufFile::open`]).
 //!
 //! Only regular files are opened ([`open_regular`]): a path naming a directory, FIFO, device or
 //! socket is refused from its `stat` before any `open`, and the opened descriptor is checked
@@ -11,8 +17,13 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
+use super::descriptor::DescriptorFile;
 use super::error::GgufError;
 use super::parse::{DataCheck, GgufHeader, Metadata, TensorInfo};
+
+/// Bytes of a file read first to parse its header unmapped; doubled until the header fits (real
+/// headers are a few MiB: a 150k-token vocabulary with its merges is about 8 MiB).
+const HEADER_READ_START: u64 = 16 << 20;
 
 /// Where the file's bytes live.
 enum Storage {
@@ -20,13 +31,17 @@ enum Storage {
     Mapped(Mmap),
     /// Bytes held in memory (tests, small generated files, empty files that cannot be mapped).
     Owned(Vec<u8>),
+    /// Nothing in memory: tensor data is read through the descriptor when asked for.
+    Read(DescriptorFile),
 }
 
 impl Storage {
-    fn bytes(&self) -> &[u8] {
+    /// The bytes, for the storages that hold them in memory.
+    fn bytes(&self) -> Option<&[u8]> {
         match self {
-            Storage::Mapped(m) => m,
-            Storage::Owned(v) => v,
+            Storage::Mapped(m) => Some(m),
+            Storage::Owned(v) => Some(v),
+            Storage::Read(_) => None,
         }
     }
 }
@@ -129,10 +144,38 @@ impl GgufFile {
             // immutable while open.
             Storage::Mapped(unsafe { Mmap::map(&file) }.map_err(io)?)
         };
-        let header = GgufHeader::parse_with(storage.bytes(), check)?;
+        let header = GgufHeader::parse_with(storage.bytes().unwrap_or_default(), check)?;
         Ok(GgufFile {
             path: path.to_owned(),
             storage,
+            header,
+        })
+    }
+
+    /// Opens `path` without mapping it, checking tensor data as `check` says: the header is read
+    /// with `pread` (the first 16 MiB, more if the header is longer), tensor data only by
+    /// [`GgufFile::read_tensor_data`], which fails cleanly once the file has changed
+    /// ([`GgufError::Changed`]). [`GgufFile::tensor_data`] is [`GgufError::NotMapped`].
+    pub fn open_unmapped(path: &Path, check: DataCheck) -> Result<Self, GgufError> {
+        let file = DescriptorFile::new(path, open_regular(path)?)?;
+        let size = file.len();
+        let mut want = size.min(HEADER_READ_START);
+        let header = loop {
+            let mut prefix = vec![0u8; want as usize];
+            file.read_exact_at(&mut prefix, 0)?;
+            match GgufHeader::parse_prefix(&prefix, size, check) {
+                Err(GgufError::Truncated { .. } | GgufError::CountTooLarge { .. })
+                    if want < size =>
+                {
+                    want = want.saturating_mul(2).min(size);
+                }
+                other => break other?,
+            }
+        };
+        file.drop_cache(0, want);
+        Ok(GgufFile {
+            path: path.to_owned(),
+            storage: Storage::Read(file),
             header,
         })
     }
@@ -202,9 +245,12 @@ impl GgufFile {
         self.header.missing.iter().map(|&i| &self.header.tensors[i])
     }
 
-    /// The raw bytes of `tensor`'s data, a view into the map.
+    /// The raw bytes of `tensor`'s data, a view into the map ([`GgufError::NotMapped`] for a
+    /// file opened with [`GgufFile::open_unmapped`]).
     pub fn tensor_data(&self, tensor: &TensorInfo) -> Result<&[u8], GgufError> {
-        let bytes = self.storage.bytes();
+        let bytes = self.storage.bytes().ok_or_else(|| GgufError::NotMapped {
+            name: tensor.name.clone(),
+        })?;
         let missing = || GgufError::TensorDataMissing {
             name: tensor.name.clone(),
             start: tensor.data_start,
@@ -214,6 +260,55 @@ impl GgufFile {
         let start = usize::try_from(tensor.data_start).map_err(|_| missing())?;
         let end = usize::try_from(tensor.data_end()).map_err(|_| missing())?;
         bytes.get(start..end).ok_or_else(missing)
+    }
+
+    /// Copies `tensor`'s data into `dst` (exactly its size), from memory or, for a file opened
+    /// unmapped, from the file as it was opened (a changed file is [`GgufError::Changed`]).
+    pub fn read_tensor_data(&self, tensor: &TensorInfo, dst: &mut [u8]) -> Result<(), GgufError> {
+        let missing = |file_size| GgufError::TensorDataMissing {
+            name: tensor.name.clone(),
+            start: tensor.data_start,
+            end: tensor.data_end(),
+            file_size,
+        };
+        if dst.len() as u64 != tensor.n_bytes {
+            return Err(missing(self.header.file_size));
+        }
+        match &self.storage {
+            Storage::Read(file) => {
+                if tensor.data_end() > file.len() {
+                    return Err(missing(file.len()));
+                }
+                file.read_exact_at(dst, tensor.data_start)
+            }
+            _ => {
+                dst.copy_from_slice(self.tensor_data(tensor)?);
+                Ok(())
+            }
+        }
+    }
+
+    /// Fails with [`GgufError::Changed`] if the file opened unmapped has changed since (always
+    /// `Ok` for mapped files and bytes).
+    pub fn check_unchanged(&self) -> Result<(), GgufError> {
+        match &self.storage {
+            Storage::Read(file) => file.check_unchanged(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Lets the page cache of `tensor`'s data go (after it was read into memory of the caller's
+    /// own); nothing for mapped files and bytes.
+    pub fn drop_cached(&self, tensor: &TensorInfo) {
+        if let Storage::Read(file) = &self.storage {
+            file.drop_cache(tensor.data_start, tensor.n_bytes);
+        }
+    }
+
+    /// Whether tensor data lives in a memory map of the file (else in owned bytes or not in
+    /// memory at all).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.storage, Storage::Mapped(_))
     }
 
     /// The raw bytes of the tensor named `name`.

@@ -5,7 +5,10 @@
 //!
 //! - [`parse`]: the hardened header parser over untrusted bytes ([`GgufHeader::parse`]).
 //! - [`file`]: [`GgufFile`], a memory-mapped file whose tensors are views into the map, opened
-//!   whole ([`GgufFile::open`]) or header-only for partial downloads ([`GgufFile::open_header`]).
+//!   whole ([`GgufFile::open`]) or header-only for partial downloads ([`GgufFile::open_header`]),
+//!   or a file read through its descriptor ([`GgufFile::open_unmapped`], what the daemon uses).
+//! - [`descriptor`]: positioned reads checked against the file's identity at open, and dropping
+//!   the page cache of what was read.
 //! - [`value`]: metadata value types. [`error`]: [`GgufError`].
 //! - [`metadata`]: typed [`ModelDescription`] and [`TokenizerMetadata`]; [`file_type`]:
 //!   llama.cpp's file type names.
@@ -14,6 +17,7 @@
 //!   type, with llama-quantize's mixes (what `llmd make-model` writes). With the `clap` feature
 //!   its option enums are also command-line values.
 
+pub mod descriptor;
 pub mod error;
 pub mod file;
 pub mod file_type;

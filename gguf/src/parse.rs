@@ -160,6 +160,20 @@ impl GgufHeader {
 
     /// Parses the header in `bytes`, checking tensor data presence as `check` says.
     pub fn parse_with(bytes: &[u8], check: DataCheck) -> Result<Self, GgufError> {
+        Self::parse_prefix(bytes, bytes.len() as u64, check)
+    }
+
+    /// Parses the header in `prefix`, the first bytes of a file of `file_size` bytes (a file
+    /// read through its descriptor rather than mapped), checking tensor data presence against
+    /// `file_size` as `check` says. A prefix that ends inside the header fails as a truncated
+    /// input would ([`GgufError::Truncated`], [`GgufError::CountTooLarge`]): the caller reads
+    /// more and tries again.
+    pub fn parse_prefix(
+        prefix: &[u8],
+        file_size: u64,
+        check: DataCheck,
+    ) -> Result<Self, GgufError> {
+        let bytes = prefix;
         let mut r = Reader { buf: bytes, pos: 0 };
         if r.buf.get(..4) != Some(&GGUF_MAGIC[..]) {
             return Err(GgufError::BadMagic);
@@ -238,7 +252,6 @@ impl GgufHeader {
             align_up(end_of_infos, alignment).ok_or(GgufError::DataOffsetOverflow {
                 offset: end_of_infos,
             })?;
-        let file_size = bytes.len() as u64;
         for t in &mut tensors {
             let start =
                 data_offset

@@ -12,11 +12,11 @@ use llmd_shared::api::health::{
 use llmd_shared::frame::{read_frame_with_limit, HEADER_BYTES};
 use llmd_shared::handshake::MAX_HELLO_BYTES;
 use llmd_shared::{
-    decode_frame, encode_frame, read_frame, write_frame, CudaStatus, DeviceInfo, DeviceKind,
-    DoctorRequest, ErrorCode, ErrorReply, Event, FrameError, Hello, HelloReply, KvCacheType,
-    ListReply, LoadReply, LoadRequest, MetricsReply, MetricsRequest, ModelDetails, ModelInfo,
-    Reply, Request, Response, StatusReply, StatusRequest, Token, VersionReply, VersionRequest,
-    MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    decode_frame, encode_frame, read_frame, write_frame, CudaStatus, DaemonMemory, DeviceInfo,
+    DeviceKind, DoctorRequest, ErrorCode, ErrorReply, Event, FrameError, Hello, HelloReply,
+    HostMemory, KvCacheType, ListReply, LoadReply, LoadRequest, MetricsReply, MetricsRequest,
+    ModelDetails, ModelInfo, Reply, Request, Response, StatusReply, StatusRequest, Token,
+    VersionReply, VersionRequest, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 
 /// splitmix64: a tiny seeded PRNG so failures reproduce.
@@ -61,6 +61,10 @@ fn sample_responses() -> Vec<Response> {
                     path: "/models/gemma.gguf".into(),
                     devices: vec!["cpu:0".into()],
                     memory_bytes: 253 << 20,
+                    host_memory: HostMemory {
+                        anon_bytes: 253 << 20,
+                        file_bytes: 0,
+                    },
                     cache_type_k: KvCacheType::Q8_0,
                     cache_type_v: KvCacheType::F16,
                     failed: None,
@@ -71,6 +75,7 @@ fn sample_responses() -> Vec<Response> {
                     path: "/models/qwen.gguf".into(),
                     devices: Vec::new(),
                     memory_bytes: 0,
+                    host_memory: HostMemory::default(),
                     cache_type_k: KvCacheType::F16,
                     cache_type_v: KvCacheType::F16,
                     failed: Some("the model failed (a step panicked: boom); reload it".into()),
@@ -136,6 +141,12 @@ fn sample_responses() -> Vec<Response> {
                     note: Some("evicted to make room for \"x\"".into()),
                 },
             ],
+            memory: DaemonMemory {
+                rss_bytes: 330 << 20,
+                anon_bytes: 320 << 20,
+                file_bytes: 10 << 20,
+                peak_bytes: 400 << 20,
+            },
         }))),
         Response::Reply(Reply::Doctor(DoctorReport {
             checks: vec![
@@ -184,6 +195,7 @@ fn sample_responses() -> Vec<Response> {
                 cache_type_k: KvCacheType::F16,
                 cache_type_v: KvCacheType::Q4_0,
                 failed: Some("the model failed (a step panicked: boom); reload it".into()),
+                host_memory: HostMemory::default(),
             }],
         })),
         Response::Reply(Reply::Version(VersionReply {

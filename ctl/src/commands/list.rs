@@ -1,12 +1,14 @@
 //! `llmctl list`: resident models and their placement. `--json`: the daemon's `ListReply` as one
 //! line, `{"models": [...]}` with one `ModelDetails` per model (name, path, architecture,
-//! n_layer, ctx, threads, placement[...], running, cache_type_k, cache_type_v, failed);
-//! `{"models":[]}` when none is loaded, so the output always parses.
+//! n_layer, ctx, threads, placement[...], running, cache_type_k, cache_type_v, failed,
+//! host_memory {anon_bytes, file_bytes}); `{"models":[]}` when none is loaded, so the output
+//! always parses.
 
 use llmd_shared::{ListRequest, Reply, Request};
 
 use super::{placement_table, unexpected, Ctx};
 use crate::cli::ListArgs;
+use crate::output::human_bytes;
 use crate::CtlError;
 
 /// Lists the models.
@@ -32,7 +34,8 @@ pub fn run(_args: ListArgs, ctx: &Ctx) -> Result<(), CtlError> {
             continue;
         }
         text.push_str(&format!(
-            "{} ({}, {} layers, ctx {}, KV cache {}/{}, {} threads, {} running)\n  {}\n{}",
+            "{} ({}, {} layers, ctx {}, KV cache {}/{}, {} threads, {} running)\n  {}\n  host \
+             memory: {} anonymous, {} file-backed\n{}",
             m.name,
             m.architecture,
             m.n_layer,
@@ -42,6 +45,8 @@ pub fn run(_args: ListArgs, ctx: &Ctx) -> Result<(), CtlError> {
             m.threads,
             m.running,
             m.path,
+            human_bytes(m.host_memory.anon_bytes),
+            human_bytes(m.host_memory.file_bytes),
             placement_table(&m.placement)
         ));
     }

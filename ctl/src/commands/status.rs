@@ -1,11 +1,13 @@
 //! `llmctl status`: the daemon's state. `--json` prints the daemon's `StatusReply` as is
 //! (fields: daemon_version, protocol_version, pid, uptime_secs, socket, config, devices[{name,
 //! kind, memory_budget_bytes, memory_used_bytes, description, unavailable}], models[{name, path,
-//! devices, memory_bytes, cache_type_k, cache_type_v, failed}], connections, requests_running, cuda {devices, unavailable}, gpu {nvml, driver_version, cuda_version, gpus[...], p2p[...],
-//! sampled_at_unix_ms}, power {psu_watts, ..., worst_case_headroom_percent, ...},
-//! model_layers[{name, layers[{device, layers}]}], declared[{name, path, on_demand, keep_alive,
-//! state, note}]: state is "waiting", {"loading": {done, total}}, "resident", "not_loaded" or
-//! {"failed": {reason}}). A GPU reading is `{"value": x}`,
+//! devices, memory_bytes, host_memory {anon_bytes, file_bytes}, cache_type_k, cache_type_v,
+//! failed}], connections, requests_running, cuda {devices, unavailable}, gpu {nvml,
+//! driver_version, cuda_version, gpus[...], p2p[...], sampled_at_unix_ms}, power {psu_watts,
+//! ..., worst_case_headroom_percent, ...}, model_layers[{name, layers[{device, layers}]}],
+//! declared[{name, path, on_demand, keep_alive, state, note}]: state is "waiting",
+//! {"loading": {done, total}}, "resident", "not_loaded" or {"failed": {reason}}), memory
+//! {rss_bytes, anon_bytes, file_bytes, peak_bytes}: the daemon's resident memory). A GPU reading is `{"value": x}`,
 //! `"not_supported"` or `{"error": "why"}`.
 //!
 //! `--watch [SECONDS]` asks again every SECONDS (default 2) on one connection until interrupted:
@@ -123,6 +125,15 @@ fn render(s: &StatusReply) -> String {
         };
         let _ = writeln!(out, "  {} <-> {}: {path}", peer.gpu_a, peer.gpu_b);
     }
+    let m = &s.memory;
+    let _ = writeln!(
+        out,
+        "memory:   {} resident ({} anonymous, {} file-backed), peak {}",
+        human_bytes(m.rss_bytes),
+        human_bytes(m.anon_bytes),
+        human_bytes(m.file_bytes),
+        human_bytes(m.peak_bytes)
+    );
     let _ = writeln!(out, "devices:");
     for d in &s.devices {
         match &d.unavailable {
@@ -151,10 +162,13 @@ fn render(s: &StatusReply) -> String {
                 None => {
                     let _ = writeln!(
                         out,
-                        "  {:<20} {:>10}  on {}  KV cache {}/{}  ({})",
+                        "  {:<20} {:>10}  on {}  host {} anonymous, {} file-backed  KV cache \
+                         {}/{}  ({})",
                         m.name,
                         human_bytes(m.memory_bytes),
                         m.devices.join(", "),
+                        human_bytes(m.host_memory.anon_bytes),
+                        human_bytes(m.host_memory.file_bytes),
                         m.cache_type_k,
                         m.cache_type_v,
                         m.path
@@ -197,7 +211,7 @@ mod tests {
     use super::*;
     use llmd_shared::api::gpu::{GpuTelemetry, NvmlStatus};
     use llmd_shared::api::health::{DeviceLayers, DeviceRef, ModelPlacement, PowerBudget};
-    use llmd_shared::{CudaStatus, DeviceInfo, DeviceKind};
+    use llmd_shared::{CudaStatus, DaemonMemory, DeviceInfo, DeviceKind};
 
     #[test]
     fn renders_every_field() {
@@ -286,9 +300,16 @@ mod tests {
                     note: None,
                 },
             ],
+            memory: DaemonMemory {
+                rss_bytes: 330 << 20,
+                anon_bytes: 320 << 20,
+                file_bytes: 10 << 20,
+                peak_bytes: 400 << 20,
+            },
         };
         let text = render(&s);
         for needle in [
+            "memory:   330.0 MiB resident (320.0 MiB anonymous, 10.0 MiB file-backed), peak 400.0 MiB",
             "llmd 0.1.0 (protocol 1), pid 77, up 1m 05s",
             "/run/llmd/llmd.sock",
             "built-in defaults",

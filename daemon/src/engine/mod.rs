@@ -94,7 +94,9 @@ impl ModelHandle {
         std::thread::Builder::new()
             .name(format!("llmd-model-{name}"))
             .spawn(move || {
-                worker::Worker::new(pipeline, tokenizer, limits, rx, worker_health).run()
+                worker::Worker::new(pipeline, tokenizer, limits, rx, worker_health).run();
+                // The model's weights and caches are freed: give the heap's share back too.
+                crate::host_memory::trim();
             })?;
         Ok(ModelHandle { jobs: tx, health })
     }

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use super::power::PowerBudget;
 use crate::gpu::{GpuSnapshot, GpuTelemetry, NvmlStatus, P2pState, ThrottleReason};
+use crate::host_memory::ResidentMemory;
 
 /// One metric family being written: its HELP/TYPE header and samples.
 struct Family<'a> {
@@ -76,6 +77,35 @@ fn gpu_gauge(
     for (gpu, value) in &samples {
         family.sample(name, &[("gpu", gpu)], *value);
     }
+}
+
+/// Renders the daemon process's resident memory: `llmd_resident_memory_bytes` by `kind`
+/// (`total`, `anon`, `file`) and `llmd_resident_memory_peak_bytes`.
+pub fn render_process(memory: &ResidentMemory) -> String {
+    let mut out = String::new();
+    let name = "llmd_resident_memory_bytes";
+    let mut family = Family::new(
+        &mut out,
+        name,
+        "gauge",
+        "Resident memory of the llmd process (total, anonymous, file-backed).",
+    );
+    for (kind, bytes) in [
+        ("total", memory.rss),
+        ("anon", memory.anon),
+        ("file", memory.file),
+    ] {
+        family.sample(name, &[("kind", kind)], bytes as f64);
+    }
+    let name = "llmd_resident_memory_peak_bytes";
+    Family::new(
+        &mut out,
+        name,
+        "gauge",
+        "The most memory the llmd process has had resident.",
+    )
+    .sample(name, &[], memory.peak as f64);
+    out
 }
 
 /// Renders every metric. `budget` is absent when no power config applies.
@@ -467,5 +497,26 @@ mod tests {
             text,
             "# HELP llmd_nvml_up Whether NVML was usable for the latest sample (1) or not (0).\n# TYPE llmd_nvml_up gauge\nllmd_nvml_up 0\n"
         );
+    }
+
+    #[test]
+    fn process_memory_is_exported_by_kind() {
+        let text = render_process(&ResidentMemory {
+            rss: 300,
+            anon: 290,
+            file: 10,
+            peak: 400,
+        });
+        for line in [
+            "llmd_resident_memory_bytes{kind=\"total\"} 300",
+            "llmd_resident_memory_bytes{kind=\"anon\"} 290",
+            "llmd_resident_memory_bytes{kind=\"file\"} 10",
+            "llmd_resident_memory_peak_bytes 400",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
     }
 }

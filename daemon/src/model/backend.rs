@@ -8,10 +8,11 @@ use std::sync::Arc;
 use llmd_kernels::backend::{kv_cache_bytes, Backend, CpuBackend, CudaBackend, WeightView};
 
 use super::config::ModelConfig;
+use super::host_tensors::PartSource;
 use super::parts::{DevicePart, KvCopy, Part, PartWeights, Slot};
 use super::pipeline::PipelineStage;
 use super::stage::Stage;
-use super::weights::{TensorSource, WeightError};
+use super::weights::WeightError;
 
 /// A device's backend, shared by the stages of one model on that device.
 #[derive(Clone)]
@@ -77,20 +78,20 @@ impl StageBackend {
     /// Loads `layers` (and the head if `head`) from `source` onto this device as a pipeline
     /// stage (see [`Stage::load`]); `loaded()` is called after each layer and the head.
     #[allow(clippy::too_many_arguments)]
-    pub fn load_stage<S: TensorSource + ?Sized>(
+    pub fn load_stage(
         &self,
         config: Arc<ModelConfig>,
-        source: &S,
+        source: &dyn PartSource,
         layers: Range<usize>,
         head: bool,
         max_batch: usize,
         max_logit_rows: usize,
         loaded: &mut dyn FnMut(),
     ) -> Result<Box<dyn PipelineStage>, WeightError> {
-        fn load<B: DeviceBackend, S: TensorSource + ?Sized>(
+        fn load<B: DeviceBackend>(
             b: &Arc<B>,
             config: Arc<ModelConfig>,
-            source: &S,
+            source: &dyn PartSource,
             (layers, head): (Range<usize>, bool),
             (max_batch, max_logit_rows): (usize, usize),
             loaded: &mut dyn FnMut(),

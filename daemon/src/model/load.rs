@@ -1,11 +1,15 @@
 //! Loading a GGUF model onto devices: resolve its configuration, cut its layers into stages by
 //! the split, upload each stage's weights to its device, and assemble the pipeline.
+//!
+//! The file is never mapped ([`GgufFile::open_unmapped`]): each part's tensors are read with
+//! `pread` into host memory, uploaded, and the host copy and the file's page cache dropped, so a
+//! CPU device's upload is the one resident copy of each weight; the descriptor stays open for
+//! the re-reads of a live re-split, which are refused once the file has changed.
 
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
-use llmd_kernels::backend::HostTensor;
 use thiserror::Error;
 
 use super::backend::StageBackend;
@@ -13,10 +17,15 @@ use super::config::{
     Arch, ConfigError, Hyperparameters, ModelConfig, RopeFactorTensors, RopeScaling,
     RopeScalingType, ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT, ROPE_FREQS,
 };
+use super::embedding::{Embedding, OUTPUT, OUTPUT_NORM, TOKEN_EMBD};
+use super::host_tensors::{HostTensors, OwnedTensor, PartSource};
+use super::parts::Slot;
 use super::pipeline::{Pipeline, PipelineStage};
 use super::stage::ForwardError;
-use super::weights::{TensorSource, WeightError};
-use llmd_gguf::{GgufError, GgufFile, MetadataError, ModelDescription};
+use super::weights::{layer_source_names, WeightError};
+use llmd_gguf::{DataCheck, GgufError, GgufFile, MetadataError, ModelDescription, TensorInfo};
+use llmd_kernels::backend::BackendError;
+use llmd_kernels::quant::GgmlType;
 
 /// Errors loading a model.
 #[derive(Debug, Error)]
@@ -41,24 +50,95 @@ pub enum LoadError {
     Placement(String),
 }
 
-/// A GGUF file as a source of weights.
+/// A GGUF file as a source of weights, open (not mapped) for as long as the model is loaded.
 pub struct ModelFile {
-    /// The parsed, memory-mapped file.
+    /// The parsed file, read through its descriptor.
     pub file: GgufFile,
 }
 
-impl TensorSource for ModelFile {
-    fn tensor(&self, name: &str) -> Option<HostTensor<'_>> {
-        let info = self.file.tensor(name)?;
-        let data = self.file.tensor_data(info).ok()?;
-        let cols = *info.dims.first()? as usize;
-        Some(HostTensor {
-            name: &info.name,
+impl ModelFile {
+    /// Whether the output head is the token embedding (the file has no `output.weight`).
+    pub fn tied_embeddings(&self) -> bool {
+        self.file.tensor(OUTPUT).is_none()
+    }
+
+    /// Reads the tensor `info` into host memory, then lets its page cache go.
+    fn read(&self, info: &TensorInfo) -> Result<OwnedTensor, WeightError> {
+        let out_of_memory = || {
+            WeightError::Backend(BackendError::OutOfMemory {
+                device: "host".into(),
+                what: format!("reading {} from the model file", info.name),
+                bytes: info.n_bytes,
+            })
+        };
+        let len = usize::try_from(info.n_bytes).map_err(|_| out_of_memory())?;
+        let mut data = Vec::new();
+        data.try_reserve_exact(len).map_err(|_| out_of_memory())?;
+        data.resize(len, 0);
+        self.file.read_tensor_data(info, &mut data)?;
+        self.file.drop_cached(info);
+        let cols = info.dims.first().copied().unwrap_or(1) as usize;
+        Ok(OwnedTensor {
+            name: info.name.clone(),
             ty: info.ty,
             rows: info.n_rows() as usize,
             cols,
             data,
         })
+    }
+
+    /// Reads the tensors among `names` that the file has (shape checks are the caller's).
+    pub fn read_tensors<'n>(
+        &self,
+        names: impl IntoIterator<Item = &'n str>,
+    ) -> Result<HostTensors, WeightError> {
+        let mut read = Vec::new();
+        for name in names {
+            if let Some(info) = self.file.tensor(name) {
+                read.push(self.read(info)?);
+            }
+        }
+        Ok(HostTensors::new(read))
+    }
+
+    /// Reads the tensor `name`, which must be there.
+    pub fn read_tensor(&self, name: &str) -> Result<OwnedTensor, WeightError> {
+        let info = self
+            .file
+            .tensor(name)
+            .ok_or_else(|| WeightError::Missing(name.into()))?;
+        self.read(info)
+    }
+}
+
+impl PartSource for ModelFile {
+    fn read_part(&self, config: &ModelConfig, slot: Slot) -> Result<HostTensors, WeightError> {
+        match slot {
+            Slot::Layer(il) => {
+                let names = layer_source_names(config, il);
+                self.read_tensors(names.iter().map(String::as_str))
+            }
+            Slot::Head => {
+                let embd = self.tied_embeddings().then_some(TOKEN_EMBD);
+                self.read_tensors([OUTPUT_NORM, OUTPUT].into_iter().chain(embd))
+            }
+        }
+    }
+
+    fn shape_of(&self, name: &str) -> Option<(GgmlType, usize, usize)> {
+        let info = self.file.tensor(name)?;
+        let cols = info.dims.first().copied().unwrap_or(1) as usize;
+        Some((info.ty, info.n_rows() as usize, cols))
+    }
+
+    fn read_into(&self, name: &str, dst: &mut [u8]) -> Result<(), WeightError> {
+        let info = self
+            .file
+            .tensor(name)
+            .ok_or_else(|| WeightError::Missing(name.into()))?;
+        self.file.read_tensor_data(info, dst)?;
+        self.file.drop_cached(info);
+        Ok(())
     }
 }
 
@@ -142,15 +222,16 @@ pub struct OpenedModel {
 }
 
 impl OpenedModel {
-    /// Opens and checks `path` (complete file, supported tensor types and architecture).
+    /// Opens and checks `path` (complete file, supported tensor types and architecture),
+    /// unmapped: weights are read when the pipeline is built.
     pub fn open(path: &Path) -> Result<Self, LoadError> {
-        let file = GgufFile::open(path)?;
+        let file = GgufFile::open_unmapped(path, DataCheck::Complete)?;
         file.check_supported()?;
         let description = ModelDescription::from_gguf(&file)?;
         let n_vocab = file
-            .tensor("token_embd.weight")
+            .tensor(TOKEN_EMBD)
             .map(|t| t.n_rows() as usize)
-            .ok_or_else(|| WeightError::Missing("token_embd.weight".into()))?;
+            .ok_or_else(|| WeightError::Missing(TOKEN_EMBD.into()))?;
         let config = Arc::new(model_config(&description, n_vocab, &|name| {
             file.tensor(name).is_some()
         })?);
@@ -181,7 +262,9 @@ pub struct StageSpec {
 }
 
 /// Builds the stages and the pipeline; `progress(done, total)` is called after each layer (the
-/// output head counting as one more), so a load onto GPUs reports as it uploads.
+/// output head counting as one more), so a load onto GPUs reports as it uploads. The token
+/// embedding reads the head's weight where a tied head lies in host memory, else its own copy
+/// read from the file (see [`super::embedding`]).
 pub fn build_pipeline(
     model: &OpenedModel,
     stages: Vec<StageSpec>,
@@ -210,6 +293,81 @@ pub fn build_pipeline(
         )?;
         built.push(stage);
     }
-    let source: Arc<dyn super::pipeline::ModelSource> = model.source.clone();
-    Ok(Pipeline::new(Arc::clone(&model.config), source, built)?)
+    let tied = model.source.tied_embeddings();
+    let embedding = if tied && built.last().is_some_and(|s| s.head_in_host_memory()) {
+        Embedding::SharedWithHead
+    } else {
+        let table = model.source.read_tensor(TOKEN_EMBD)?;
+        let (rows, cols) = (model.config.n_vocab, model.config.n_embd);
+        if (table.rows, table.cols) != (rows, cols) {
+            return Err(WeightError::Shape {
+                name: TOKEN_EMBD.into(),
+                rows: table.rows,
+                cols: table.cols,
+                want_rows: rows,
+                want_cols: cols,
+            }
+            .into());
+        }
+        Embedding::Owned(table)
+    };
+    Ok(Pipeline::new(
+        Arc::clone(&model.config),
+        embedding,
+        tied,
+        built,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmd_gguf::synth::{write_model, Arch, ModelSpec, WeightType};
+    use llmd_kernels::backend::{CpuBackend, DeviceMemory};
+    use llmd_kernels::cpu::ThreadPool;
+
+    /// The lines of `/proc/self/smaps` that head a mapping of `path`.
+    fn mappings_of(path: &Path) -> Vec<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("read /proc/self/smaps");
+        let name = path.to_str().expect("a UTF-8 temporary path");
+        smaps
+            .lines()
+            .filter(|l| l.ends_with(name))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_loaded_model_keeps_no_mapping_of_its_file_beside_its_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resident.gguf");
+        let spec = ModelSpec {
+            layers: Some(2),
+            ty: WeightType::Q4_K,
+            seed: 11,
+            threads: Some(1),
+            ..ModelSpec::new(Arch::Llama)
+        };
+        write_model(&spec, &path).unwrap();
+        let model = OpenedModel::open(&path).unwrap();
+        assert!(!model.source.file.is_mapped());
+        let memory = DeviceMemory::new(1 << 30);
+        let pool = Arc::new(ThreadPool::new(1).unwrap());
+        let backend = StageBackend::Cpu(Arc::new(CpuBackend::new("cpu:0", memory, pool)));
+        let stages = vec![StageSpec {
+            backend,
+            layers: 0..model.config.n_layer,
+            head: true,
+        }];
+        let pipeline = build_pipeline(&model, stages, 8, 1, |_, _| {}).unwrap();
+        assert!(pipeline.stages()[0].weight_bytes() > 0);
+        assert_eq!(
+            mappings_of(&path),
+            Vec::<String>::new(),
+            "the model's file is mapped beside its owned weights"
+        );
+        // The weights are the daemon's own: the file may go without the model noticing.
+        std::fs::remove_file(&path).unwrap();
+        drop(pipeline);
+    }
 }

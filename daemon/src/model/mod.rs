@@ -1,14 +1,16 @@
 //! Transformer models: hyperparameters per architecture ([`config`]), weights on devices
-//! ([`weights`]), the forward pass of one pipeline stage ([`stage`]) and the multi-device
+//! ([`weights`]), read from the model file into owned memory ([`host_tensors`]), the forward pass of one pipeline stage ([`stage`]) and the multi-device
 //! pipeline ([`pipeline`]).
 
 pub mod backend;
 pub mod batch;
 pub mod config;
+pub mod embedding;
 #[cfg(test)]
 mod gpu_budget;
 #[cfg(test)]
 mod gpu_check;
+pub mod host_tensors;
 pub mod load;
 pub mod parts;
 pub mod pipeline;

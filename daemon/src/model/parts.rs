@@ -3,8 +3,8 @@
 //! part moves to another device in one direct copy per tensor (device to device on a GPU, peer
 //! to peer between GPUs, host to device and back; see `Backend::import_weight`), goes back into a
 //! stage on the device it is on without any copy, or is spilled: its KV caches copied to the
-//! host and its weights dropped, to be read again from the model file, when no device has room
-//! to take it while it is still resident.
+//! host and its weights read again from the model file into host memory (refused if the file
+//! changed since the load), when no device has room to take it while it is still resident.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -14,6 +14,7 @@ use llmd_kernels::backend::{Backend, BackendError, HostKv, HostTensor, KvView, W
 
 use super::batch::SeqId;
 use super::config::ModelConfig;
+use super::host_tensors::{HostTensors, PartSource};
 use super::weights::{HeadWeights, LayerWeights, TensorSource, WeightError};
 
 /// Which part of the model: a layer, or the output head.
@@ -138,10 +139,9 @@ pub trait Part: Send {
     /// Bytes it holds on its device (weights and KV caches); when spilled, the bytes it held on
     /// the device it came from (about what it needs on the next).
     fn bytes(&self) -> u64;
-    /// Its weights as a device copies them (spilled parts: from `source`).
+    /// Its weights as a device copies them (spilled parts: from their host copy).
     fn weight_views<'a>(
         &'a self,
-        source: &'a dyn TensorSource,
         config: &ModelConfig,
     ) -> Result<PartWeights<WeightView<'a>>, WeightError>;
     /// The KV caches of the `live` sequences, each with its cached positions.
@@ -228,7 +228,6 @@ impl<B: Backend> Part for DevicePart<B> {
 
     fn weight_views<'a>(
         &'a self,
-        _source: &'a dyn TensorSource,
         _config: &ModelConfig,
     ) -> Result<PartWeights<WeightView<'a>>, WeightError> {
         Ok(self.weights.try_map(|w| self.backend.weight_view(w))?)
@@ -249,11 +248,13 @@ impl<B: Backend> Part for DevicePart<B> {
     }
 }
 
-/// A part spilled to the host: its sequences' caches copied out, its weights left in the model
-/// file.
+/// A part spilled to the host: its sequences' caches copied out, its weights read again from the
+/// model file.
 pub struct HostPart {
     /// Which part.
     slot: Slot,
+    /// Its weights, read from the model file when it was spilled.
+    weights: HostTensors,
     /// KV caches by sequence.
     kv: HashMap<SeqId, HostKv>,
     /// Bytes it held on its device.
@@ -261,9 +262,18 @@ pub struct HostPart {
 }
 
 impl HostPart {
-    /// Copies `part`'s caches of the `live` sequences to the host; dropping `part` afterwards
-    /// frees its device memory.
-    pub fn spill(part: &dyn Part, live: &[LiveSequence]) -> Result<Self, WeightError> {
+    /// Reads `part`'s weights from `source` (the model file: refused if it changed since the
+    /// load, and `part` stays where it is) and copies its caches of the `live` sequences to the
+    /// host; dropping `part` afterwards frees its device memory.
+    pub fn spill(
+        part: &dyn Part,
+        live: &[LiveSequence],
+        source: &dyn PartSource,
+        config: &ModelConfig,
+    ) -> Result<Self, WeightError> {
+        let weights = source.read_part(config, part.slot())?;
+        // Shape-checked now, so a part that could not come back is never spilled.
+        PartWeights::from_source(&weights, config, part.slot())?;
         let kv = part
             .kv_views(live)?
             .iter()
@@ -271,6 +281,7 @@ impl HostPart {
             .collect::<Result<_, BackendError>>()?;
         Ok(HostPart {
             slot: part.slot(),
+            weights,
             kv,
             bytes: part.bytes(),
         })
@@ -292,10 +303,9 @@ impl Part for HostPart {
 
     fn weight_views<'a>(
         &'a self,
-        source: &'a dyn TensorSource,
         config: &ModelConfig,
     ) -> Result<PartWeights<WeightView<'a>>, WeightError> {
-        PartWeights::from_source(source, config, self.slot)
+        PartWeights::from_source(&self.weights, config, self.slot)
     }
 
     fn kv_views(&self, live: &[LiveSequence]) -> Result<Vec<KvCopy<'_>>, WeightError> {

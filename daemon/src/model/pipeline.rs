@@ -1,19 +1,20 @@
 //! A model split by layers over one or more devices: the token embedding lookup on the host
-//! (as llama.cpp keeps its input layer on the CPU), then each stage's layers in order, with the
-//! residual stream crossing between devices at stage boundaries. The last stage produces logits.
+//! (as llama.cpp keeps its input layer on the CPU; from one copy of the table, see
+//! [`super::embedding`]), then each stage's layers in order, with the residual stream crossing
+//! between devices at stage boundaries. The last stage produces logits.
 
 use std::ops::Range;
 use std::sync::Arc;
 
 use llmd_kernels::backend::{BackendError, HostStaging, KvTypes};
-use llmd_kernels::quant;
 
 use super::backend::{DeviceBackend, StageBackend};
 use super::batch::{Batch, SeqId};
 use super::config::ModelConfig;
+use super::embedding::Embedding;
+use super::host_tensors::OwnedTensor;
 use super::parts::Part;
 use super::stage::{ForwardError, Handoff, Stage};
-use super::weights::TensorSource;
 
 /// A pipeline stage with its backend type erased, so one pipeline can mix devices.
 pub trait PipelineStage: Send {
@@ -45,6 +46,21 @@ pub trait PipelineStage: Send {
     fn alloc_host_staging(&self, len: usize) -> Option<Result<Box<dyn HostStaging>, BackendError>>;
     /// Which devices it can take activations from directly (see [`llmd_kernels::backend::Backend::handoff_kind`]).
     fn handoff_kind(&self) -> Option<&'static str>;
+    /// Looks `ids` up in its head's output weight into host memory `out` (a tied embedding read
+    /// where the head lies); `None` without a head or when its device does not hold weights in
+    /// host memory (see [`llmd_kernels::backend::Backend::embed_host`]).
+    fn embed_from_head(
+        &self,
+        ids: &[u32],
+        scale: f32,
+        out: &mut [f32],
+    ) -> Option<Result<(), BackendError>>;
+    /// A host copy of its head's output weight in the file's layout; `None` without a head.
+    fn head_output_host(&self) -> Option<Result<OwnedTensor, BackendError>>;
+    /// Whether it holds the head in host memory, so a tied embedding can read it there.
+    fn head_in_host_memory(&self) -> bool {
+        self.embed_from_head(&[], 1.0, &mut []).is_some()
+    }
     /// Runs the stage's layers (see [`Stage::forward`]).
     fn forward(
         &mut self,
@@ -97,6 +113,17 @@ impl<B: DeviceBackend> PipelineStage for Stage<B> {
     fn handoff_kind(&self) -> Option<&'static str> {
         self.backend().handoff_kind()
     }
+    fn embed_from_head(
+        &self,
+        ids: &[u32],
+        scale: f32,
+        out: &mut [f32],
+    ) -> Option<Result<(), BackendError>> {
+        Stage::embed_from_head(self, ids, scale, out)
+    }
+    fn head_output_host(&self) -> Option<Result<OwnedTensor, BackendError>> {
+        Stage::head_output_host(self)
+    }
     fn forward(
         &mut self,
         batch: &Batch,
@@ -108,17 +135,14 @@ impl<B: DeviceBackend> PipelineStage for Stage<B> {
     }
 }
 
-/// Where the model's tensors come from; kept alive as long as the model (the embedding table is
-/// read from it on every step).
-pub trait ModelSource: TensorSource + Send + Sync {}
-impl<T: TensorSource + Send + Sync> ModelSource for T {}
-
 /// A loaded model: host embedding plus stages covering every layer in order.
 pub struct Pipeline {
     /// Hyperparameters.
     config: Arc<ModelConfig>,
-    /// The file the weights came from (source of the embedding table).
-    source: Arc<dyn ModelSource>,
+    /// Where token embedding rows are read: an owned table, or the tied head's weight.
+    embedding: Embedding,
+    /// Whether the output head is the token embedding (the file has no `output.weight`).
+    tied: bool,
     /// Stages in layer order; the last holds the head.
     stages: Vec<Box<dyn PipelineStage>>,
     /// Residual stream on the host between stages: `(batch, n_embd)`.
@@ -138,10 +162,13 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Assembles a pipeline; the stages must cover `0..n_layer` in order and the last must hold
-    /// the head.
+    /// the head. `embedding` is where token rows are read (shared with the head only if `tied`
+    /// and the last stage holds it in host memory); `tied` says whether the head is the token
+    /// embedding.
     pub fn new(
         config: Arc<ModelConfig>,
-        source: Arc<dyn ModelSource>,
+        embedding: Embedding,
+        tied: bool,
         stages: Vec<Box<dyn PipelineStage>>,
     ) -> Result<Self, ForwardError> {
         let mut next = 0;
@@ -160,9 +187,17 @@ impl Pipeline {
                 "stages do not cover the model".into(),
             ));
         }
+        if matches!(embedding, Embedding::SharedWithHead)
+            && !(tied && stages.last().is_some_and(|s| s.head_in_host_memory()))
+        {
+            return Err(ForwardError::BadBatch(
+                "the embedding can be shared only with a tied head in host memory".into(),
+            ));
+        }
         Ok(Pipeline {
             config,
-            source,
+            embedding,
+            tied,
             stages,
             hidden: Vec::new(),
             staging: None,
@@ -192,6 +227,29 @@ impl Pipeline {
     /// The stages, in layer order.
     pub fn stages(&self) -> &[Box<dyn PipelineStage>] {
         &self.stages
+    }
+
+    /// Bytes of host memory the embedding table holds of its own (0 when it reads the tied head
+    /// where that lies).
+    pub fn embedding_bytes(&self) -> u64 {
+        self.embedding.owned_bytes()
+    }
+
+    /// Whether the embedding lookups read the tied head's weight (no copy of their own).
+    pub fn embedding_shared(&self) -> bool {
+        matches!(self.embedding, Embedding::SharedWithHead)
+    }
+
+    /// Before the stages are taken apart with the head going to another device: an embedding
+    /// shared with the head is copied into owned memory first (see [`Embedding::unshare`]).
+    pub fn unshare_embedding(&mut self) -> Result<(), ForwardError> {
+        self.embedding.unshare(&self.stages)
+    }
+
+    /// After the stages changed: shares the embedding with the head again if the head is tied and
+    /// in host memory, dropping the owned copy.
+    pub fn share_embedding(&mut self) {
+        self.embedding.share(self.tied, &self.stages);
     }
 
     /// Replaces the stages (a re-split), returning the old ones.
@@ -244,7 +302,8 @@ impl Pipeline {
                 &mut self.hidden
             }
         };
-        embed(&*self.source, &self.config, &batch.tokens, hidden)?;
+        self.embedding
+            .lookup(&self.config, &self.stages, &batch.tokens, hidden)?;
         let kinds: Vec<Option<&'static str>> =
             self.stages.iter().map(|s| s.handoff_kind()).collect();
         let mut input = None;
@@ -295,40 +354,4 @@ impl Pipeline {
             }
         }
     }
-}
-
-/// Looks the tokens up in the embedding table of `source` (dequantizing their rows) into
-/// `hidden`, `(tokens, n_embd)`.
-fn embed(
-    source: &dyn ModelSource,
-    config: &ModelConfig,
-    tokens: &[u32],
-    hidden: &mut [f32],
-) -> Result<(), ForwardError> {
-    let d = config.n_embd;
-    let table = source
-        .tensor("token_embd.weight")
-        .ok_or_else(|| ForwardError::BadBatch("model has no token_embd.weight".into()))?;
-    let row_bytes = table
-        .ty
-        .row_bytes(d as u64)
-        .ok_or_else(|| ForwardError::BadBatch("embedding rows are not whole blocks".into()))?
-        as usize;
-    for (t, &id) in tokens.iter().enumerate() {
-        let id = id as usize;
-        if id >= table.rows {
-            return Err(ForwardError::BadBatch(format!(
-                "token id {id} is outside the vocabulary of {}",
-                table.rows
-            )));
-        }
-        let row = &table.data[id * row_bytes..(id + 1) * row_bytes];
-        let out = &mut hidden[t * d..(t + 1) * d];
-        quant::dequantize(table.ty, row, out)
-            .map_err(|e| ForwardError::BadBatch(format!("embedding row {id}: {e}")))?;
-        if let Some(scale) = config.embed_scale {
-            out.iter_mut().for_each(|v| *v *= scale);
-        }
-    }
-    Ok(())
 }

@@ -140,7 +140,7 @@ impl ModelSizes {
         max_logit_rows: usize,
         kv_types: KvTypes,
     ) -> Result<(ModelDescription, Arc<ModelConfig>, ModelSizes), LoadError> {
-        let file = GgufFile::open_header(path)?;
+        let file = GgufFile::open_unmapped(path, llmd_gguf::DataCheck::HeaderOnly)?;
         let description = ModelDescription::from_gguf(&file)?;
         let n_vocab = file
             .tensor("token_embd.weight")

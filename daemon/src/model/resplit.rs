@@ -13,7 +13,12 @@
 //! keep that bound: a part is copied only when its new device has room for it within the bound,
 //! and each copy frees room where it came from. When moves wait on each other in a cycle (two
 //! devices trading layers with no room to spare), one part is spilled instead: its caches are
-//! copied to the host and its weights dropped, to be read again from the model file.
+//! copied to the host and its weights read again from the model file (refused, the old
+//! placement serving on, if the file changed since the load).
+//!
+//! A token embedding shared with a tied head (see [`super::embedding`]) is copied out of the
+//! head before a head that changes device moves, and shared again afterwards where it lands in
+//! host memory.
 //!
 //! If a copy or a new stage fails (another model took the memory meanwhile), the parts are
 //! moved back the same way and the old placement is put together again; only if that fails too
@@ -29,9 +34,9 @@ use thiserror::Error;
 
 use super::backend::{StageBackend, StageShape};
 use super::config::ModelConfig;
+use super::host_tensors::PartSource;
 use super::parts::{HostPart, Part, Slot};
 use super::pipeline::{Pipeline, PipelineStage};
-use super::weights::TensorSource;
 
 pub use super::parts::LiveSequence;
 
@@ -137,7 +142,7 @@ struct Moved {
 
 /// Moves parts between devices and puts them together into stages.
 struct Mover<'a> {
-    source: &'a dyn TensorSource,
+    source: &'a dyn PartSource,
     config: &'a Arc<ModelConfig>,
     backends: &'a HashMap<String, StageBackend>,
     live: &'a [LiveSequence],
@@ -274,7 +279,7 @@ impl Mover<'_> {
                 let Some(part) = slots[i].take() else {
                     continue;
                 };
-                match HostPart::spill(&*part, self.live) {
+                match HostPart::spill(&*part, self.live, self.source, self.config) {
                     Ok(host) => {
                         release(&mut now, &*part);
                         slots[i] = Some(Box::new(host));
@@ -311,9 +316,7 @@ impl Mover<'_> {
     /// Bytes `part` will take on device `to`.
     fn cost_on(&self, part: &dyn Part, to: &str) -> Result<u64, String> {
         let describe = |e: &dyn std::fmt::Display| format!("sizing {} for {to}: {e}", part.slot());
-        let weights = part
-            .weight_views(self.source, self.config)
-            .map_err(|e| describe(&e))?;
+        let weights = part.weight_views(self.config).map_err(|e| describe(&e))?;
         let kv = part.kv_views(self.live).map_err(|e| describe(&e))?;
         Ok(self.backend(to)?.import_cost(&weights, &kv))
     }
@@ -325,9 +328,7 @@ impl Mover<'_> {
             format!("moving {} from {from} to {to}: {e}", part.slot())
         };
         let backend = self.backend(to)?;
-        let weights = part
-            .weight_views(self.source, self.config)
-            .map_err(|e| what(&e))?;
+        let weights = part.weight_views(self.config).map_err(|e| what(&e))?;
         let kv = part.kv_views(self.live).map_err(|e| what(&e))?;
         backend.import(&weights, &kv).map_err(|e| what(&e))
     }
@@ -346,7 +347,7 @@ fn release(now: &mut HashMap<String, u64>, part: &dyn Part) {
 /// their layers).
 pub fn resplit(
     pipeline: &mut Pipeline,
-    source: &dyn TensorSource,
+    source: &dyn PartSource,
     target: &[Layout],
     backends: &HashMap<String, StageBackend>,
     live: &[LiveSequence],
@@ -381,6 +382,17 @@ pub fn resplit(
         backends.insert(stage.device_name().to_string(), stage.backend());
     }
 
+    // The head changes device: a token embedding read from it needs a copy of its own first.
+    let head_device =
+        |layouts: &[Layout]| layouts.iter().find(|l| l.head).map(|l| l.device.clone());
+    if head_device(&old) != head_device(target) {
+        pipeline.unshare_embedding().map_err(|e| {
+            ResplitError::Restored(format!(
+                "copying the token embedding out of the output head: {e}"
+            ))
+        })?;
+    }
+
     // Unchanged stages wait in their new place; the others are taken apart.
     let mut kept: StageSlots = target.iter().map(|_| None).collect();
     let mut slots: Slots = (0..=n_layer).map(|_| None).collect();
@@ -407,6 +419,7 @@ pub fn resplit(
     match mover.place(target, &mut kept, &mut slots) {
         Ok((stages, moved)) => {
             pipeline.replace_stages(stages);
+            pipeline.share_embedding();
             report.bytes_moved = moved.bytes;
             report.stages_rebuilt = moved.stages;
             report.through_host = moved.through_host;
@@ -424,6 +437,7 @@ pub fn resplit(
             match mover.place(&old, &mut kept_old, &mut slots) {
                 Ok((stages, _)) => {
                     pipeline.replace_stages(stages);
+                    pipeline.share_embedding();
                     Err(ResplitError::Restored(cause))
                 }
                 Err(restore) => Err(ResplitError::Broken { cause, restore }),
@@ -670,6 +684,100 @@ mod tests {
             "the head's stage was kept"
         );
         assert_eq!(step(&mut p, &[9], prompt.len()), want);
+    }
+
+    #[test]
+    fn a_spill_after_the_file_changed_is_refused_and_the_old_placement_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny_model(dir.path());
+        let (mem, backends) = cpu_devices(&[("a", 1 << 30), ("b", 1 << 30), ("c", 1 << 30)]);
+        let start = [l("a", 0..2, false), l("b", 2..4, false), l("c", 4..4, true)];
+        let swapped = [l("b", 0..2, false), l("a", 2..4, false), l("c", 4..4, true)];
+        let prompt = [5, 6, 7, 8];
+        let want = {
+            let mut q = build_layout(&model, &backends, &start, 16, 1);
+            q.add_sequence(1, 16).unwrap();
+            step(&mut q, &prompt, 0);
+            step(&mut q, &[9], prompt.len())
+        };
+        let mut p = build_layout(&model, &backends, &start, 16, 1);
+        p.add_sequence(1, 16).unwrap();
+        step(&mut p, &prompt, 0);
+        let before = Usage::of(&mem);
+        // The file is cut short under the loaded model: the weights it holds are its own, but
+        // the spill that trading layers needs must read the file again.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("tiny.gguf"))
+            .unwrap();
+        file.set_len(1000).unwrap();
+        let live = [LiveSequence {
+            id: 1,
+            len: prompt.len(),
+            capacity: 16,
+        }];
+        let err = resplit(&mut p, &*model.source, &swapped, &backends, &live, 16, 1).unwrap_err();
+        assert!(matches!(err, ResplitError::Restored(_)), "{err}");
+        assert!(
+            err.to_string().contains("changed since it was loaded"),
+            "{err}"
+        );
+        assert_eq!(layout_of(&p), start);
+        for (n, m) in &mem {
+            assert_eq!(before.used[*n], m.used(), "{n}");
+        }
+        assert_eq!(step(&mut p, &[9], prompt.len()), want);
+    }
+
+    #[test]
+    fn a_tied_embedding_is_read_from_the_head_and_follows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gemma.gguf");
+        let spec = ModelSpec {
+            layers: Some(2),
+            ty: WeightType::Q8_0,
+            seed: 3,
+            threads: Some(1),
+            ..ModelSpec::new(Arch::Gemma3)
+        };
+        write_model(&spec, &path).unwrap();
+        let model = OpenedModel::open(&path).unwrap();
+        assert!(model.source.tied_embeddings());
+        let (_mem, backends) = cpu_devices(&[("a", 1 << 30), ("b", 1 << 30)]);
+        let start = [l("a", 0..2, true)];
+        let moved = [l("a", 0..1, false), l("b", 1..2, true)];
+        let prompt = [3, 1, 4, 1, 5];
+        let want = {
+            let mut q = build_layout(&model, &backends, &moved, 16, 1);
+            assert!(q.embedding_shared());
+            assert_eq!(q.embedding_bytes(), 0);
+            q.add_sequence(1, 16).unwrap();
+            step(&mut q, &prompt, 0);
+            step(&mut q, &[9], prompt.len())
+        };
+        let mut p = build_layout(&model, &backends, &start, 16, 1);
+        assert!(p.embedding_shared());
+        p.add_sequence(1, 16).unwrap();
+        step(&mut p, &prompt, 0);
+        let live = [LiveSequence {
+            id: 1,
+            len: prompt.len(),
+            capacity: 16,
+        }];
+        resplit(&mut p, &*model.source, &moved, &backends, &live, 16, 1).unwrap();
+        assert!(
+            p.embedding_shared(),
+            "the copy taken for the move is dropped again"
+        );
+        assert_eq!(step(&mut p, &[9], prompt.len()), want);
+
+        // An untied model keeps one owned table.
+        let llama = tiny_model(dir.path());
+        assert!(!llama.source.tied_embeddings());
+        let q = build_layout(&llama, &backends, &[l("a", 0..4, true)], 16, 1);
+        assert!(!q.embedding_shared());
+        let table = llama.source.file.tensor("token_embd.weight").unwrap();
+        assert_eq!(q.embedding_bytes(), table.n_bytes);
     }
 
     #[test]

@@ -12,8 +12,10 @@ use llmd_kernels::backend::{
 
 use super::batch::{Batch, Segment, SeqId};
 use super::config::ModelConfig;
+use super::embedding::{OUTPUT, OUTPUT_NORM as NORM, TOKEN_EMBD};
+use super::host_tensors::{OwnedTensor, PartSource};
 use super::parts::{DevicePart, PartWeights, Slot};
-use super::weights::{HeadWeights, LayerWeights, TensorSource, WeightError};
+use super::weights::{HeadWeights, LayerWeights, WeightError};
 
 /// Activation buffers of one stage, sized once for the largest batch so the forward pass never
 /// allocates.
@@ -93,12 +95,14 @@ pub enum ForwardError {
 impl<B: Backend> Stage<B> {
     /// Loads `layers` (and the head if `with_head`) from `source` onto `backend`, with buffers for
     /// batches of up to `max_tokens` tokens, `max_logit_rows` of which may want logits.
-    /// `loaded()` is called after each layer and after the head, for progress reports.
+    /// Each part is read into host memory, uploaded and its host copy dropped before the next
+    /// (a CPU device's upload is the one copy that stays). `loaded()` is called after each layer
+    /// and after the head, for progress reports.
     #[allow(clippy::too_many_arguments)]
-    pub fn load<S: TensorSource + ?Sized>(
+    pub fn load(
         backend: Arc<B>,
         config: Arc<ModelConfig>,
-        source: &S,
+        source: &dyn PartSource,
         layers: Range<usize>,
         with_head: bool,
         max_tokens: usize,
@@ -108,8 +112,13 @@ impl<B: Backend> Stage<B> {
         let slots = layers.clone().map(Slot::Layer);
         let mut parts = Vec::with_capacity(layers.len() + 1);
         for slot in slots.chain(with_head.then_some(Slot::Head)) {
-            let weights = PartWeights::from_source(source, &config, slot)?;
-            parts.push(DevicePart::import(&backend, &weights, &[])?);
+            if slot == Slot::Head {
+                parts.push(Self::load_head(&backend, &config, source)?);
+            } else {
+                let read = source.read_part(&config, slot)?;
+                let weights = PartWeights::from_source(&read, &config, slot)?;
+                parts.push(DevicePart::import(&backend, &weights, &[])?);
+            }
             loaded();
         }
         let scratch =
@@ -123,6 +132,61 @@ impl<B: Backend> Stage<B> {
             max_tokens,
             max_logit_rows,
         )
+    }
+
+    /// The output head read from `source` straight into `backend`'s buffers (the vocabulary
+    /// projection is often the largest tensor: it is never staged in host memory beside a CPU
+    /// device's copy). The token embedding serves as the projection when the model ties them.
+    fn load_head(
+        backend: &Arc<B>,
+        config: &ModelConfig,
+        source: &dyn PartSource,
+    ) -> Result<DevicePart<B>, WeightError> {
+        let load =
+            |name: &str, rows: usize, cols: usize| -> Result<Option<B::Weight>, WeightError> {
+                let Some((ty, r, c)) = source.shape_of(name) else {
+                    return Ok(None);
+                };
+                if (r, c) != (rows, cols) {
+                    return Err(WeightError::Shape {
+                        name: name.into(),
+                        rows: r,
+                        cols: c,
+                        want_rows: rows,
+                        want_cols: cols,
+                    });
+                }
+                let mut failed = None;
+                let uploaded = backend.upload_weight_filled(name, ty, rows, cols, &mut |dst| {
+                    source.read_into(name, dst).map_err(|e| {
+                        let message = e.to_string();
+                        failed = Some(e);
+                        BackendError::Device {
+                            device: "the model file".into(),
+                            message,
+                        }
+                    })
+                });
+                match (uploaded, failed) {
+                    (Err(_), Some(e)) => Err(e),
+                    (uploaded, _) => Ok(Some(uploaded?)),
+                }
+            };
+        let (d, vocab) = (config.n_embd, config.n_vocab);
+        let output_norm = load(NORM, 1, d)?.ok_or_else(|| WeightError::Missing(NORM.into()))?;
+        let output = match load(OUTPUT, vocab, d)? {
+            Some(w) => w,
+            None => load(TOKEN_EMBD, vocab, d)?
+                .ok_or_else(|| WeightError::Missing(TOKEN_EMBD.into()))?,
+        };
+        Ok(DevicePart {
+            backend: Arc::clone(backend),
+            weights: PartWeights::Head(HeadWeights {
+                output_norm,
+                output,
+            }),
+            kv: HashMap::new(),
+        })
     }
 
     /// A stage of `parts` (the layers `layers` in order, then the head if it has one), all on
@@ -271,6 +335,32 @@ impl<B: Backend> Stage<B> {
     /// Whether this stage holds the output head.
     pub fn has_head(&self) -> bool {
         self.head.is_some()
+    }
+
+    /// Looks `ids` up in the head's output weight into host memory `out`, where the device holds
+    /// weights in host memory (see [`Backend::embed_host`]); `None` otherwise or without a head.
+    pub fn embed_from_head(
+        &self,
+        ids: &[u32],
+        scale: f32,
+        out: &mut [f32],
+    ) -> Option<Result<(), BackendError>> {
+        let head = self.head.as_ref()?;
+        self.backend.embed_host(&head.output, ids, scale, out)
+    }
+
+    /// A host copy of the head's output weight, in the file's layout; `None` without a head.
+    pub fn head_output_host(&self) -> Option<Result<OwnedTensor, BackendError>> {
+        let head = self.head.as_ref()?;
+        Some(self.backend.weight_view(&head.output).and_then(|v| {
+            Ok(OwnedTensor {
+                name: v.name.to_string(),
+                ty: v.ty,
+                rows: v.rows,
+                cols: v.cols,
+                data: v.to_host()?,
+            })
+        }))
     }
 
     /// Allocates KV caches of `types` for `seq` with room for `capacity` positions.

@@ -16,7 +16,8 @@ use thiserror::Error;
 
 use super::config::{Arch, ModelConfig};
 
-/// Where tensors come from (a memory-mapped GGUF file, or host copies being moved).
+/// Where tensors come from (a part's tensors read from the model file, or host copies being
+/// moved).
 pub trait TensorSource {
     /// The tensor called `name`, if the model has it.
     fn tensor(&self, name: &str) -> Option<HostTensor<'_>>;
@@ -48,6 +49,9 @@ pub enum WeightError {
     /// The device rejected it.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The model file could not be read (it changed since the load, or an I/O error).
+    #[error(transparent)]
+    File(#[from] llmd_gguf::GgufError),
 }
 
 /// One transformer block's weights (`W`: a tensor in the file, on a device, or a view of one).

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -418,6 +418,7 @@ pub fn load_blocking(
         .map_err(load_error)?
         .with_kv_types(kv_types);
     let placement = placement_of(&pipeline);
+    let embedding_bytes = Arc::new(AtomicU64::new(pipeline.embedding_bytes()));
     let bytes: u64 = placement.iter().map(|s| s.weight_bytes).sum();
     let limits = WorkerLimits::new(ctx as usize, MAX_BATCH, MAX_SEQUENCES);
     let handle = ModelHandle::spawn(&name, pipeline, Arc::clone(&tokenizer), limits, changed)
@@ -438,6 +439,7 @@ pub fn load_blocking(
         ctx: AtomicU32::new(ctx),
         threads,
         source: Arc::clone(&model.source),
+        embedding_bytes,
         sizes,
         pool,
         handle,

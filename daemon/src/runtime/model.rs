@@ -2,7 +2,7 @@
 //! its worker, its health, and its placement ([`StagePlacement`]) as the worker last reported it.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use llmd_kernels::backend::KvTypes;
@@ -64,8 +64,12 @@ pub struct LoadedModel {
     pub(super) ctx: AtomicU32,
     /// CPU threads.
     pub threads: u32,
-    /// The memory-mapped file the weights come from (re-read when layers move).
+    /// The file the weights come from, open but not mapped (read again when a re-split spills
+    /// a layer, refused once it changed).
     pub(super) source: Arc<ModelFile>,
+    /// Bytes of the host copy of the token embedding table (0 when the lookups read a tied head
+    /// on a CPU device), as last recorded by the worker.
+    pub(super) embedding_bytes: Arc<AtomicU64>,
     /// What the model's pieces cost on a device, for plans (with its KV cache types, which the
     /// pipeline allocates and a re-split keeps).
     pub(super) sizes: ModelSizes,
@@ -162,7 +166,9 @@ impl LoadedModel {
     /// records it. Waits at most for the current forward step.
     pub async fn refresh_placement(&self) -> Vec<StagePlacement> {
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let embedding = Arc::clone(&self.embedding_bytes);
         let job = Job::WithPipeline(Box::new(move |p: &mut Pipeline| {
+            embedding.store(p.embedding_bytes(), Ordering::SeqCst);
             let _ = tx.send(placement_of(p));
         }));
         if self.submit(job).is_ok() {
@@ -185,6 +191,26 @@ impl LoadedModel {
             .filter(|s| s.device == device)
             .map(|s| s.weight_bytes + s.kv_bytes)
             .sum()
+    }
+
+    /// Host memory it holds: its stages on CPU devices (weights and KV caches) and its
+    /// embedding table's own copy; nothing file-backed, the model file is never mapped.
+    pub fn host_memory(&self) -> HostBytes {
+        let on_cpu: u64 = self
+            .placement()
+            .iter()
+            .filter(|s| crate::devices::is_cpu_device(&s.device))
+            .map(|s| s.weight_bytes + s.kv_bytes)
+            .sum();
+        let embedding = if self.failure().is_some() {
+            0
+        } else {
+            self.embedding_bytes.load(Ordering::SeqCst)
+        };
+        HostBytes {
+            anon: on_cpu + embedding,
+            file: 0,
+        }
     }
 
     /// Bytes held on every device.
@@ -239,6 +265,15 @@ impl LoadedModel {
 }
 
 /// The placement of a pipeline's stages.
+/// Host memory a model holds, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HostBytes {
+    /// Anonymous memory (owned copies of weights, KV caches, the embedding table).
+    pub anon: u64,
+    /// Pages of the model file (0: the file is read, never mapped).
+    pub file: u64,
+}
+
 pub fn placement_of(p: &Pipeline) -> Vec<StagePlacement> {
     p.stages()
         .iter()

@@ -235,6 +235,7 @@ impl LoadedModel {
             .map(|d| (d.name.clone(), (d.memory_budget_bytes, memory_of(d))))
             .collect();
         let source = Arc::clone(&self.source);
+        let embedding = Arc::clone(&self.embedding_bytes);
         let sizes = self.sizes.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<ResplitResult>();
         let job = Job::Resplit(Box::new(
@@ -253,6 +254,7 @@ impl LoadedModel {
                     MAX_SEQUENCES,
                 ) {
                     Ok(report) => {
+                        embedding.store(pipeline.embedding_bytes(), Ordering::SeqCst);
                         let _ = tx.send(Ok((report, placement_of(pipeline))));
                         ResplitOutcome::Applied {
                             n_ctx: Some(ctx as usize),

@@ -96,6 +96,7 @@ pub fn serve(args: ServeArgs) -> Result<(), ServerError> {
     let log = logging::init(config.config.log_level.as_deref())?;
     // Before the runtime starts any thread: this unsets LISTEN_PID/LISTEN_FDS.
     let activated = listener::take_activated_socket()?;
+    crate::host_memory::return_freed_memory_to_the_system();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("llmd-io")

@@ -4,8 +4,8 @@
 use llmd_kernels::backend::{KvType, KvTypes};
 use llmd_shared::api::health::{DeviceLayers, ModelPlacement};
 use llmd_shared::{
-    ErrorCode, ErrorReply, KvCacheType, ModelDetails, ModelInfo, PlanReply, PlannedDevice,
-    PlannedStage,
+    ErrorCode, ErrorReply, HostMemory, KvCacheType, ModelDetails, ModelInfo, PlanReply,
+    PlannedDevice, PlannedStage,
 };
 
 use crate::runtime::{
@@ -87,6 +87,16 @@ pub fn model_details(m: &LoadedModel) -> ModelDetails {
         cache_type_k: wire_cache_type(kv.k),
         cache_type_v: wire_cache_type(kv.v),
         failed: m.failure(),
+        host_memory: host_memory(m),
+    }
+}
+
+/// The wire form of the host memory `m` holds.
+fn host_memory(m: &LoadedModel) -> HostMemory {
+    let h = m.host_memory();
+    HostMemory {
+        anon_bytes: h.anon,
+        file_bytes: h.file,
     }
 }
 
@@ -102,6 +112,7 @@ pub fn model_infos(registry: &ModelRegistry) -> Vec<ModelInfo> {
                 path: m.path.display().to_string(),
                 devices: m.devices(),
                 memory_bytes: m.memory_bytes(),
+                host_memory: host_memory(m),
                 cache_type_k: wire_cache_type(kv.k),
                 cache_type_v: wire_cache_type(kv.v),
                 failed: m.failure(),

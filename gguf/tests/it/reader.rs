@@ -164,6 +164,41 @@ fn open_from_disk_maps_the_file() {
 }
 
 #[test]
+fn unmapped_open_reads_what_the_map_holds_until_the_file_changes() {
+    let (bytes, datas) = sample(None);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    std::fs::write(&path, &bytes).unwrap();
+    let f = GgufFile::open_unmapped(&path, DataCheck::Complete).unwrap();
+    assert!(!f.is_mapped());
+    let mapped = GgufFile::open(&path).unwrap();
+    assert_eq!(f.tensors(), mapped.tensors());
+    assert_eq!(f.metadata().len(), mapped.metadata().len());
+    let c = f.tensor("c.weight").unwrap();
+    let mut got = vec![0u8; c.n_bytes as usize];
+    f.read_tensor_data(c, &mut got).unwrap();
+    assert_eq!(got, datas[2]);
+    assert!(matches!(f.tensor_data(c), Err(GgufError::NotMapped { .. })));
+    // Truncated under the reader: an error naming the change, never a crash.
+    let f = GgufFile::open_unmapped(&path, DataCheck::Complete).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(10).unwrap();
+    let err = f.read_tensor_data(c, &mut got).unwrap_err();
+    assert!(matches!(err, GgufError::Changed { .. }), "{err}");
+    assert!(f.check_unchanged().is_err());
+    // Partial files open header-only, unmapped too.
+    std::fs::write(&path, &bytes[..(c.data_start + 10) as usize]).unwrap();
+    let f = GgufFile::open_unmapped(&path, DataCheck::HeaderOnly).unwrap();
+    assert_eq!(f.missing_tensors().count(), 2);
+    assert!(GgufFile::open_unmapped(&path, DataCheck::Complete).is_err());
+    std::fs::write(&path, b"").unwrap();
+    assert!(matches!(
+        GgufFile::open_unmapped(&path, DataCheck::Complete),
+        Err(GgufError::BadMagic)
+    ));
+}
+
+#[test]
 fn header_only_open_reports_missing_tensors() {
     let (bytes, datas) = sample(None);
     let full = GgufFile::from_bytes(bytes.clone(), DataCheck::Complete).unwrap();

@@ -66,7 +66,7 @@ impl CpuWeight {
         }
     }
 
-    fn vector(&self, op: &'static str) -> Result<&[f32], BackendError> {
+    pub(crate) fn vector(&self, op: &'static str) -> Result<&[f32], BackendError> {
         self.vector.as_deref().ok_or_else(|| BackendError::Shape {
             op,
             detail: format!("{} is not an f32 vector", self.name),
@@ -185,10 +185,128 @@ impl CpuBackend {
     }
 }
 
+impl CpuBackend {
+    /// A weight of `rows` rows of `cols` `ty` values whose GGUF bytes `fill` writes straight
+    /// into the weight's own buffer (then repacked in place, one row group at a time, when the
+    /// packed kernels cover it): no host copy is made beside it.
+    fn new_weight_filled(
+        &self,
+        name: &str,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Result<(), BackendError>,
+    ) -> Result<CpuWeight, BackendError> {
+        if !ty.is_supported() {
+            return Err(BackendError::UnsupportedType {
+                device: self.name.clone(),
+                ty,
+                tensor: name.to_string(),
+            });
+        }
+        let row_bytes = ty
+            .row_bytes(cols as u64)
+            .ok_or_else(|| shape("upload_weight", format!("{name}: rows of {cols} {ty}")))?
+            as usize;
+        let len = row_bytes
+            .checked_mul(rows)
+            .ok_or_else(|| shape("upload_weight", format!("{name}: size overflows")))?;
+        let lease = self.charge(name, weight_charge(len as u64, rows, cols))?;
+        let mut words = vec![0u64; len.div_ceil(8)];
+        // SAFETY: `words` owns at least `len` bytes (len.div_ceil(8) words of 8 bytes); u8 has no
+        // alignment or validity requirements, and the slice is the only borrow of `words`.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) };
+        fill(bytes)?;
+        let layout = if packed::should_pack(ty, rows, cols) {
+            let group = packed::PACK_ROWS * row_bytes;
+            let mut gguf = vec![0u8; group];
+            for tile_rows in bytes.chunks_exact_mut(group) {
+                gguf.copy_from_slice(tile_rows);
+                packed::pack(ty, packed::PACK_ROWS, cols, &gguf, tile_rows)
+                    .map_err(|e| shape("upload_weight", format!("{name}: {e}")))?;
+            }
+            Layout::Packed
+        } else {
+            Layout::Gguf
+        };
+        let vector = if rows == 1 {
+            let mut v = vec![0.0f32; cols];
+            quant::dequantize(ty, bytes, &mut v)
+                .map_err(|e| shape("upload_weight", format!("{name}: {e}")))?;
+            Some(v)
+        } else {
+            None
+        };
+        Ok(CpuWeight {
+            name: name.to_string(),
+            ty,
+            rows,
+            cols,
+            words,
+            len,
+            layout,
+            vector,
+            _lease: lease,
+        })
+    }
+}
+
 /// Bytes a weight of `len` bytes in `rows` rows of `cols` values takes: the bytes, plus the f32
 /// copy kept of one-row tensors (norm weights, biases).
 fn weight_charge(len: u64, rows: usize, cols: usize) -> u64 {
     len + if rows == 1 { cols as u64 * 4 } else { 0 }
+}
+
+/// `out[t] = table[ids[t]] * scale`, rows dequantized to f32 (a packed table's rows gathered
+/// back into GGUF blocks first): [`Backend::embed`] and [`Backend::embed_host`].
+fn embed_rows(
+    table: &CpuWeight,
+    ids: &[u32],
+    scale: f32,
+    out: &mut [f32],
+) -> Result<(), BackendError> {
+    let d = table.cols;
+    check_len("embed", out.len(), ids.len() * d)?;
+    let rb = table.ty.row_bytes(d as u64).unwrap_or(0) as usize;
+    // A packed table's rows are gathered back into GGUF blocks first.
+    let mut unpacked = vec![
+        0u8;
+        if table.layout == Layout::Packed {
+            rb
+        } else {
+            0
+        }
+    ];
+    for (t, &id) in ids.iter().enumerate() {
+        let id = id as usize;
+        if id >= table.rows {
+            return Err(shape(
+                "embed",
+                format!("token {id} outside {} rows", table.rows),
+            ));
+        }
+        let gguf_row = match table.layout {
+            Layout::Gguf => &table.bytes()[id * rb..(id + 1) * rb],
+            Layout::Packed => {
+                packed::unpack_row(
+                    table.ty,
+                    table.rows,
+                    table.cols,
+                    table.bytes(),
+                    id,
+                    &mut unpacked,
+                )
+                .map_err(|e| shape("embed", e.to_string()))?;
+                &unpacked
+            }
+        };
+        let row = &mut out[t * d..(t + 1) * d];
+        quant::dequantize(table.ty, gguf_row, row).map_err(|e| shape("embed", e.to_string()))?;
+        if scale != 1.0 {
+            ops::scale(row, scale);
+        }
+    }
+    Ok(())
 }
 
 impl Backend for CpuBackend {
@@ -272,49 +390,28 @@ impl Backend for CpuBackend {
         scale: f32,
         out: &mut Vec<f32>,
     ) -> Result<(), BackendError> {
-        let d = table.cols;
-        check_len("embed", out.len(), ids.len() * d)?;
-        let rb = table.ty.row_bytes(d as u64).unwrap_or(0) as usize;
-        // A packed table's rows are gathered back into GGUF blocks first.
-        let mut unpacked = vec![
-            0u8;
-            if table.layout == Layout::Packed {
-                rb
-            } else {
-                0
-            }
-        ];
-        for (t, &id) in ids.iter().enumerate() {
-            let id = id as usize;
-            if id >= table.rows {
-                return Err(shape(
-                    "embed",
-                    format!("token {id} outside {} rows", table.rows),
-                ));
-            }
-            let gguf_row = match table.layout {
-                Layout::Gguf => &table.bytes()[id * rb..(id + 1) * rb],
-                Layout::Packed => {
-                    packed::unpack_row(
-                        table.ty,
-                        table.rows,
-                        table.cols,
-                        table.bytes(),
-                        id,
-                        &mut unpacked,
-                    )
-                    .map_err(|e| shape("embed", e.to_string()))?;
-                    &unpacked
-                }
-            };
-            let row = &mut out[t * d..(t + 1) * d];
-            quant::dequantize(table.ty, gguf_row, row)
-                .map_err(|e| shape("embed", e.to_string()))?;
-            if scale != 1.0 {
-                ops::scale(row, scale);
-            }
-        }
-        Ok(())
+        embed_rows(table, ids, scale, out)
+    }
+
+    fn upload_weight_filled(
+        &self,
+        name: &str,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Result<(), BackendError>,
+    ) -> Result<CpuWeight, BackendError> {
+        self.new_weight_filled(name, ty, rows, cols, fill)
+    }
+
+    fn embed_host(
+        &self,
+        table: &CpuWeight,
+        ids: &[u32],
+        scale: f32,
+        out: &mut [f32],
+    ) -> Option<Result<(), BackendError>> {
+        Some(embed_rows(table, ids, scale, out))
     }
 
     fn matmul(

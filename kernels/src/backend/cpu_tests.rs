@@ -107,3 +107,51 @@ fn packed_weights_keep_their_gguf_bytes_charge_and_results() {
         }
     }
 }
+
+#[test]
+fn weights_filled_in_place_equal_uploaded_ones() {
+    let pool = Arc::new(ThreadPool::new(1).expect("threads"));
+    let memory = DeviceMemory::new(1 << 30);
+    let cpu = CpuBackend::new("cpu:0", Arc::clone(&memory), pool);
+    for (ty, rows) in [
+        (GgmlType::Q4_K, 48),
+        (GgmlType::Q6_K, 32),
+        (GgmlType::Q8_0, 16),
+        (GgmlType::Q5_0, 17),
+        (GgmlType::F32, 1),
+        (GgmlType::F16, 3),
+    ] {
+        let cols = 512;
+        let gguf = quant::quantize(ty, &values(rows * cols, 5)).expect("quantize");
+        let t = HostTensor {
+            name: "w",
+            ty,
+            rows,
+            cols,
+            data: &gguf,
+        };
+        let uploaded = cpu.upload_weight(&t).expect("upload");
+        let before = memory.used();
+        let filled = cpu
+            .upload_weight_filled("w", ty, rows, cols, &mut |dst| {
+                dst.copy_from_slice(&gguf);
+                Ok(())
+            })
+            .expect("filled");
+        assert_eq!(filled.layout(), uploaded.layout(), "{ty}");
+        assert_eq!(filled.bytes(), uploaded.bytes(), "{ty}");
+        assert_eq!(
+            filled.vector("test").ok(),
+            uploaded.vector("test").ok(),
+            "{ty}"
+        );
+        assert_eq!(memory.used() - before, cpu.weight_bytes(&filled), "{ty}");
+        let err = cpu
+            .upload_weight_filled("w", ty, rows, cols, &mut |_| {
+                Err(shape("fill", "the file changed".into()))
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("the file changed"), "{err}");
+        assert_eq!(memory.used() - before, cpu.weight_bytes(&filled), "{ty}");
+    }
+}

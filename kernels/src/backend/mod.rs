@@ -236,6 +236,33 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Copies a tensor onto the device.
     fn upload_weight(&self, tensor: &HostTensor<'_>) -> Result<Self::Weight, BackendError>;
+    /// Copies onto the device a weight of `rows` rows of `cols` `ty` values whose bytes (GGUF's
+    /// layout) `fill` writes into a buffer of exactly their size. A device whose weights lie in
+    /// host memory (the CPU) hands it its own buffer, so the weight is never in host memory
+    /// twice; the default fills a host buffer and uploads it ([`Backend::upload_weight`]).
+    fn upload_weight_filled(
+        &self,
+        name: &str,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Result<(), BackendError>,
+    ) -> Result<Self::Weight, BackendError> {
+        let len = ty
+            .row_bytes(cols as u64)
+            .and_then(|r| r.checked_mul(rows as u64))
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| shape("upload_weight", format!("{name}: size overflows")))?;
+        let mut data = vec![0u8; len];
+        fill(&mut data)?;
+        self.upload_weight(&HostTensor {
+            name,
+            ty,
+            rows,
+            cols,
+            data: &data,
+        })
+    }
     /// Bytes the weight occupies on the device.
     fn weight_bytes(&self, weight: &Self::Weight) -> u64;
     /// The weight where it lies, for another device to copy directly with
@@ -271,6 +298,18 @@ pub trait Backend: Send + Sync + 'static {
         scale: f32,
         out: &mut Self::Activations,
     ) -> Result<(), BackendError>;
+    /// [`Backend::embed`] into host memory `out`, for a device whose weights lie in host memory
+    /// (the CPU): a model's token embedding then reads the rows of its tied output head there
+    /// and needs no copy of its own. `None` (the default) where weights lie elsewhere.
+    fn embed_host(
+        &self,
+        _table: &Self::Weight,
+        _ids: &[u32],
+        _scale: f32,
+        _out: &mut [f32],
+    ) -> Option<Result<(), BackendError>> {
+        None
+    }
     /// `out (n_tokens, w.rows) = x (n_tokens, w.cols) * w^T`.
     fn matmul(
         &self,
@@ -707,6 +746,15 @@ pub struct WeightView<'a> {
 }
 
 impl WeightView<'_> {
+    /// Its bytes copied into host memory, in GGUF's layout (a packed CPU weight unpacked, a GPU
+    /// weight downloaded).
+    pub fn to_host(&self) -> Result<Vec<u8>, BackendError> {
+        self.check_size()?;
+        let mut bytes = vec![0u8; self.bytes.len];
+        self.bytes.read_into(&mut bytes)?;
+        Ok(bytes)
+    }
+
     /// Checks that its bytes are exactly `rows` rows of `cols` values of `ty`.
     pub(crate) fn check_size(&self) -> Result<(), BackendError> {
         HostTensor {

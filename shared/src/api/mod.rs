@@ -39,8 +39,8 @@ pub use models::{
 };
 pub use plan::{PlanReply, PlanRequest, PlannedDevice, PlannedStage, ResplitReply, ResplitRequest};
 pub use status::{
-    CudaPeer, CudaStatus, DeclaredModel, DeclaredState, DeviceInfo, DeviceKind, ModelInfo,
-    StatusReply, StatusRequest,
+    CudaPeer, CudaStatus, DaemonMemory, DeclaredModel, DeclaredState, DeviceInfo, DeviceKind,
+    HostMemory, ModelInfo, StatusReply, StatusRequest,
 };
 pub use version::{VersionReply, VersionRequest};
 

@@ -130,4 +130,6 @@ pub struct ModelDetails {
     pub cache_type_v: KvCacheType,
     /// Why it no longer serves (its worker failed), if so; `llmctl reload` loads it again.
     pub failed: Option<String>,
+    /// Host memory it holds: its stages on CPU devices and its embedding table.
+    pub host_memory: super::status::HostMemory,
 }

@@ -47,6 +47,8 @@ pub struct StatusReply {
     /// The models the configuration declares (`[[models]]`), in its order, with where each
     /// stands: waiting, loading, resident, not loaded (on demand), or failed with the reason.
     pub declared: Vec<DeclaredModel>,
+    /// The daemon process's resident memory.
+    pub memory: DaemonMemory,
 }
 
 /// One `[[models]]` entry of the configuration in force and where it stands.
@@ -103,6 +105,29 @@ impl DeclaredState {
             DeclaredState::Failed { .. } => "failed",
         }
     }
+}
+
+/// Host memory a model holds, split as the kernel counts it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostMemory {
+    /// Anonymous memory the daemon owns: weights and KV caches on CPU devices and the host copy
+    /// of the token embedding table (none when it is shared with a tied head on a CPU device).
+    pub anon_bytes: u64,
+    /// Pages of the model file mapped and resident: none, the file is read, never mapped.
+    pub file_bytes: u64,
+}
+
+/// The daemon process's resident memory (`/proc/self/status`), in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonMemory {
+    /// Resident now (`VmRSS`).
+    pub rss_bytes: u64,
+    /// Of which anonymous (`RssAnon`).
+    pub anon_bytes: u64,
+    /// Of which file-backed (`RssFile`: the binary and libraries).
+    pub file_bytes: u64,
+    /// The most resident so far (`VmHWM`).
+    pub peak_bytes: u64,
 }
 
 /// Kind of compute device.
@@ -184,6 +209,8 @@ pub struct ModelInfo {
     pub devices: Vec<String>,
     /// Bytes of device memory it occupies in all.
     pub memory_bytes: u64,
+    /// Host memory it holds (part of `memory_bytes` on CPU devices, plus its embedding table).
+    pub host_memory: HostMemory,
     /// Type of its KV cache's keys.
     pub cache_type_k: KvCacheType,
     /// Type of its KV cache's values.

@@ -19,7 +19,11 @@ pub async fn handle(req: InspectRequest, _ctx: &Context) -> Result<Box<InspectRe
     }
     let path = req.path.clone();
     tokio::task::spawn_blocking(move || {
-        let file = GgufFile::open_header(&path).map_err(|e| {
+        let file = GgufFile::open_unmapped(
+            std::path::Path::new(&path),
+            llmd_gguf::DataCheck::HeaderOnly,
+        )
+        .map_err(|e| {
             let code = if matches!(e, GgufError::Io { .. }) {
                 ErrorCode::Io
             } else {

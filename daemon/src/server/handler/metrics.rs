@@ -1,5 +1,6 @@
-//! `metrics`: the daemon's Prometheus text ([`State::metrics_text`](crate::state::State::metrics_text)),
-//! the same as the HTTP API's `GET /metrics`. Never waits on NVML.
+//! `metrics`: the daemon's Prometheus text ([`State::metrics_text`](crate::state::State::metrics_text):
+//! telemetry, power budget, the daemon's resident memory and the request metrics), the same as
+//! the HTTP API's `GET /metrics`. Never waits on NVML.
 
 use llmd_shared::{ErrorReply, MetricsReply, MetricsRequest};
 

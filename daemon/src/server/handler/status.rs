@@ -1,7 +1,9 @@
 //! `status`: version, uptime, pid, socket, config file, devices, resident models, load, the
 //! latest GPU telemetry sample, the power budget and each model's layers per device.
 
-use llmd_shared::{ErrorReply, StatusReply, StatusRequest, PACKAGE_VERSION, PROTOCOL_VERSION};
+use llmd_shared::{
+    DaemonMemory, ErrorReply, StatusReply, StatusRequest, PACKAGE_VERSION, PROTOCOL_VERSION,
+};
 
 use super::Context;
 use crate::health::power;
@@ -41,5 +43,14 @@ pub async fn handle(_req: StatusRequest, ctx: &Context) -> Result<Box<StatusRepl
         gpu: (*telemetry).clone(),
         model_layers,
         declared: state.runtime.declared.infos(),
+        memory: {
+            let m = crate::host_memory::ResidentMemory::of_self();
+            DaemonMemory {
+                rss_bytes: m.rss,
+                anon_bytes: m.anon,
+                file_bytes: m.file,
+                peak_bytes: m.peak,
+            }
+        },
     }))
 }
