@@ -8,10 +8,11 @@ use std::sync::Arc;
 use llmd_kernels::backend::{kv_cache_bytes, Backend, CpuBackend, CudaBackend, WeightView};
 
 use super::config::ModelConfig;
+use super::moe::{DeviceExperts, ExpertStage, ExpertsElsewhere};
 use super::parts::{DevicePart, KvCopy, Part, PartWeights, Slot};
 use super::pipeline::PipelineStage;
 use super::stage::Stage;
-use super::weights::{TensorSource, WeightError};
+use super::weights::{ExpertWeights, TensorSource, WeightError};
 
 /// A device's backend, shared by the stages of one model on that device.
 #[derive(Clone)]
@@ -85,6 +86,7 @@ impl StageBackend {
         head: bool,
         max_batch: usize,
         max_logit_rows: usize,
+        experts: Option<&ExpertsElsewhere<'_>>,
         loaded: &mut dyn FnMut(),
     ) -> Result<Box<dyn PipelineStage>, WeightError> {
         fn load<B: DeviceBackend, S: TensorSource + ?Sized>(
@@ -93,6 +95,7 @@ impl StageBackend {
             source: &S,
             (layers, head): (Range<usize>, bool),
             (max_batch, max_logit_rows): (usize, usize),
+            experts: Option<&ExpertsElsewhere<'_>>,
             loaded: &mut dyn FnMut(),
         ) -> Result<Box<dyn PipelineStage>, WeightError> {
             Ok(Box::new(Stage::load(
@@ -103,14 +106,40 @@ impl StageBackend {
                 head,
                 max_batch,
                 max_logit_rows,
+                experts,
                 loaded,
             )?))
         }
         let sizes = (max_batch, max_logit_rows);
+        let at = (layers, head);
         match self {
-            StageBackend::Cpu(b) => load(b, config, source, (layers, head), sizes, loaded),
-            StageBackend::Cuda(b) => load(b, config, source, (layers, head), sizes, loaded),
+            StageBackend::Cpu(b) => load(b, config, source, at, sizes, experts, loaded),
+            StageBackend::Cuda(b) => load(b, config, source, at, sizes, experts, loaded),
         }
+    }
+
+    /// Uploads one layer's experts to this device (`--cpu-moe`), with buffers for batches of up
+    /// to `max_batch` tokens.
+    pub fn load_experts(
+        &self,
+        config: &ModelConfig,
+        weights: &ExpertWeights<WeightView<'_>>,
+        max_batch: usize,
+    ) -> Result<Box<dyn ExpertStage>, WeightError> {
+        Ok(match self {
+            StageBackend::Cpu(b) => Box::new(DeviceExperts::load(
+                Arc::clone(b),
+                config,
+                weights,
+                max_batch,
+            )?),
+            StageBackend::Cuda(b) => Box::new(DeviceExperts::load(
+                Arc::clone(b),
+                config,
+                weights,
+                max_batch,
+            )?),
+        })
     }
 
     /// Bytes a part with these weights and caches would take on this device (what

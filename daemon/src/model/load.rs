@@ -5,7 +5,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
-use llmd_kernels::backend::HostTensor;
+use llmd_kernels::backend::{HostTensor, WeightView};
 use thiserror::Error;
 
 use super::backend::StageBackend;
@@ -13,9 +13,10 @@ use super::config::{
     Arch, ConfigError, Hyperparameters, ModelConfig, RopeFactorTensors, RopeScaling,
     RopeScalingType, ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT, ROPE_FREQS,
 };
+use super::moe::ExpertsElsewhere;
 use super::pipeline::{Pipeline, PipelineStage};
 use super::stage::ForwardError;
-use super::weights::{TensorSource, WeightError};
+use super::weights::{ExpertWeights, TensorSource, WeightError};
 use llmd_gguf::{GgufError, GgufFile, MetadataError, ModelDescription};
 
 /// Errors loading a model.
@@ -78,12 +79,6 @@ pub fn model_config(
             }),
         }
     };
-    if desc.expert_count.unwrap_or(0) > 0 {
-        return Err(ConfigError::Invalid {
-            key: "expert_count".into(),
-            reason: "mixture-of-experts models are not supported".into(),
-        });
-    }
     let rope_scaling = RopeScaling {
         kind: RopeScalingType::from_name(desc.rope.scaling_type.as_deref())?,
         factor: desc.rope.scaling_factor.unwrap_or(0.0),
@@ -127,6 +122,9 @@ pub fn model_config(
         attn_softcap: desc.attn_logit_softcapping,
         final_softcap: desc.final_logit_softcapping,
         context_length: desc.context_length as usize,
+        n_expert: desc.expert_count.unwrap_or(0) as usize,
+        n_expert_used: desc.expert_used_count.unwrap_or(0) as usize,
+        n_ff_exp: desc.expert_feed_forward_length.map(|f| f as usize),
     };
     ModelConfig::resolve(&hp)
 }
@@ -180,6 +178,15 @@ pub struct StageSpec {
     pub head: bool,
 }
 
+/// Where the experts of a mixture-of-experts model's first layers live instead of their layers'
+/// devices (`--cpu-moe`, `--n-cpu-moe N`: the host's CPU device).
+pub struct ExpertPlacement {
+    /// The experts' device.
+    pub backend: StageBackend,
+    /// The layers whose experts it holds (`0..N`).
+    pub layers: Range<usize>,
+}
+
 /// Builds the stages and the pipeline; `progress(done, total)` is called after each layer (the
 /// output head counting as one more), so a load onto GPUs reports as it uploads.
 pub fn build_pipeline(
@@ -187,8 +194,36 @@ pub fn build_pipeline(
     stages: Vec<StageSpec>,
     max_batch: usize,
     max_logit_rows: usize,
+    progress: impl FnMut(usize, usize),
+) -> Result<Pipeline, LoadError> {
+    build_pipeline_with_experts(model, stages, None, max_batch, max_logit_rows, progress)
+}
+
+/// [`build_pipeline`] with the experts of some layers on a device of their own.
+pub fn build_pipeline_with_experts(
+    model: &OpenedModel,
+    stages: Vec<StageSpec>,
+    experts: Option<&ExpertPlacement>,
+    max_batch: usize,
+    max_logit_rows: usize,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Pipeline, LoadError> {
+    if let Some(e) = experts {
+        if model.config.moe.is_none() && !e.layers.is_empty() {
+            return Err(LoadError::Placement(
+                "--cpu-moe / --n-cpu-moe place experts, and this model has none".into(),
+            ));
+        }
+    }
+    let config = &model.config;
+    let load = |w: &ExpertWeights<WeightView<'_>>| match experts {
+        Some(e) => e.backend.load_experts(config, w, max_batch),
+        None => Err(WeightError::Misplaced("no device for experts".into())),
+    };
+    let elsewhere = experts.map(|e| ExpertsElsewhere {
+        layers: e.layers.clone(),
+        load: &load,
+    });
     let total: usize = stages
         .iter()
         .map(|s| s.layers.len() + usize::from(s.head))
@@ -203,6 +238,7 @@ pub fn build_pipeline(
             spec.head,
             max_batch,
             max_logit_rows,
+            elsewhere.as_ref(),
             &mut || {
                 done += 1;
                 progress(done, total);

@@ -1,6 +1,6 @@
 //! Transformer models: hyperparameters per architecture ([`config`]), weights on devices
-//! ([`weights`]), the forward pass of one pipeline stage ([`stage`]) and the multi-device
-//! pipeline ([`pipeline`]).
+//! ([`weights`]), the forward pass of one pipeline stage ([`stage`]), its mixture-of-experts
+//! feed-forward block ([`moe`]) and the multi-device pipeline ([`pipeline`]).
 
 pub mod backend;
 pub mod batch;
@@ -10,6 +10,7 @@ mod gpu_budget;
 #[cfg(test)]
 mod gpu_check;
 pub mod load;
+pub mod moe;
 pub mod parts;
 pub mod pipeline;
 pub mod placement;

@@ -113,6 +113,10 @@ impl ModelSizes {
                 + 2 * config.q_width() as u64
                 + 2 * config.kv_width() as u64
                 + 2 * config.max_ff() as u64);
+        let moe_floats = config.moe.as_ref().map_or(0, |moe| {
+            super::moe::scratch_floats(moe, config.n_embd, max_batch) as u64
+        });
+        let floats = floats + moe_floats;
         let logit_rows = max_logit_rows.clamp(1, max_batch.max(1)) as u64;
         ModelSizes {
             n_layer: config.n_layer,
