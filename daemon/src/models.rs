@@ -413,6 +413,7 @@ fn make_plan(
         split: (!split.is_empty()).then(|| split.iter().map(|&w| w as f64).collect()),
         gpu_layers: gpu_layers.map(|n| n as usize),
         ctx: ctx as usize,
+        experts: None,
     };
     plan::plan(sizes, devices, &opts)
         .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))

@@ -3,12 +3,12 @@
 //! place that picks the concrete type, so loading and re-splitting stay device-agnostic.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use llmd_kernels::backend::{kv_cache_bytes, Backend, CpuBackend, CudaBackend, WeightView};
 
 use super::config::ModelConfig;
-use super::moe::{DeviceExperts, ExpertStage, ExpertsElsewhere};
+use super::moe::{DeviceExperts, ExpertStage, ExpertsElsewhere, MoeScratch};
 use super::parts::{DevicePart, KvCopy, Part, PartWeights, Slot};
 use super::pipeline::PipelineStage;
 use super::stage::Stage;
@@ -21,6 +21,16 @@ pub enum StageBackend {
     Cpu(Arc<CpuBackend>),
     /// An NVIDIA GPU.
     Cuda(Arc<CudaBackend>),
+}
+
+/// The mixture-of-experts buffers that every layer's experts on one device share (see
+/// [`DeviceExperts`]), allocated by the first layer loaded there.
+#[derive(Default)]
+pub struct ExpertScratch {
+    /// On a CPU device.
+    cpu: Option<Arc<Mutex<MoeScratch<CpuBackend>>>>,
+    /// On a GPU.
+    cuda: Option<Arc<Mutex<MoeScratch<CudaBackend>>>>,
 }
 
 /// A backend type a [`StageBackend`] can hold.
@@ -124,6 +134,7 @@ impl StageBackend {
         &self,
         config: &ModelConfig,
         weights: &ExpertWeights<WeightView<'_>>,
+        scratch: &mut ExpertScratch,
         max_batch: usize,
     ) -> Result<Box<dyn ExpertStage>, WeightError> {
         Ok(match self {
@@ -131,12 +142,14 @@ impl StageBackend {
                 Arc::clone(b),
                 config,
                 weights,
+                &mut scratch.cpu,
                 max_batch,
             )?),
             StageBackend::Cuda(b) => Box::new(DeviceExperts::load(
                 Arc::clone(b),
                 config,
                 weights,
+                &mut scratch.cuda,
                 max_batch,
             )?),
         })

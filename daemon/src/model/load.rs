@@ -8,7 +8,7 @@ use std::sync::Arc;
 use llmd_kernels::backend::{HostTensor, WeightView};
 use thiserror::Error;
 
-use super::backend::StageBackend;
+use super::backend::{ExpertScratch, StageBackend};
 use super::config::{
     Arch, ConfigError, Hyperparameters, ModelConfig, RopeFactorTensors, RopeScaling,
     RopeScalingType, ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT, ROPE_FREQS,
@@ -216,8 +216,11 @@ pub fn build_pipeline_with_experts(
         }
     }
     let config = &model.config;
+    let scratch = std::cell::RefCell::new(ExpertScratch::default());
     let load = |w: &ExpertWeights<WeightView<'_>>| match experts {
-        Some(e) => e.backend.load_experts(config, w, max_batch),
+        Some(e) => e
+            .backend
+            .load_experts(config, w, &mut scratch.borrow_mut(), max_batch),
         None => Err(WeightError::Misplaced("no device for experts".into())),
     };
     let elsewhere = experts.map(|e| ExpertsElsewhere {

@@ -11,7 +11,7 @@
 //! leaves its output in host memory, so the experts may live on another device than the layer's
 //! attention.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use llmd_kernels::backend::{Backend, BackendError, GatedActivation, WeightView};
 use llmd_kernels::moe::ExpertGroups;
@@ -183,9 +183,9 @@ pub trait ExpertStage: Send {
     fn device_name(&self) -> &str;
     /// Bytes of weights resident there.
     fn weight_bytes(&self) -> u64;
-    /// Runs the block over the `n` rows of `input` (`n * n_embd` values on the host); the
-    /// output, as many values, is returned.
-    fn forward(&mut self, input: &[f32], n: usize) -> Result<&[f32], BackendError>;
+    /// Runs the block over the `n` rows of `input` (`n * n_embd` values on the host) into as
+    /// many values of `output`.
+    fn forward(&mut self, input: &[f32], n: usize, output: &mut [f32]) -> Result<(), BackendError>;
 }
 
 /// [`ExpertStage`] on a backend of type `E`.
@@ -200,19 +200,22 @@ pub struct DeviceExperts<E: Backend> {
     act: GatedActivation,
     /// Width of the residual stream.
     n_embd: usize,
-    /// The block's buffers on `backend` and the host.
-    scratch: MoeScratch<E>,
+    /// The block's buffers on `backend` and the host, shared by every layer's experts on that
+    /// device (layers run one at a time), so they are allocated once, not once per layer.
+    scratch: Arc<Mutex<MoeScratch<E>>>,
     /// Bytes of `weights`.
     weight_bytes: u64,
 }
 
 impl<E: Backend> DeviceExperts<E> {
-    /// Copies `weights` (one layer's experts, in the file or on another device) to `backend`, with buffers for
-    /// batches of up to `max_tokens` tokens.
+    /// Copies `weights` (one layer's experts, in the file or on another device) to `backend`,
+    /// computing in `scratch` (the device's shared buffers; allocated here for batches of up to
+    /// `max_tokens` tokens when `None`).
     pub fn load(
         backend: Arc<E>,
         config: &ModelConfig,
         weights: &ExpertWeights<WeightView<'_>>,
+        scratch: &mut Option<Arc<Mutex<MoeScratch<E>>>>,
         max_tokens: usize,
     ) -> Result<Self, WeightError> {
         let moe = config
@@ -220,7 +223,19 @@ impl<E: Backend> DeviceExperts<E> {
             .ok_or_else(|| WeightError::Misplaced("experts of a model that has none".into()))?;
         let weights = weights.try_map(&mut |t| backend.import_weight(t))?;
         let weight_bytes = weights.tensors().map(|w| backend.weight_bytes(w)).sum();
-        let scratch = MoeScratch::alloc(&*backend, &moe, config.n_embd, max_tokens)?;
+        let scratch = match scratch {
+            Some(s) => Arc::clone(s),
+            None => {
+                let s = Arc::new(Mutex::new(MoeScratch::alloc(
+                    &*backend,
+                    &moe,
+                    config.n_embd,
+                    max_tokens,
+                )?));
+                *scratch = Some(Arc::clone(&s));
+                s
+            }
+        };
         Ok(DeviceExperts {
             backend,
             weights,
@@ -242,27 +257,33 @@ impl<E: Backend> ExpertStage for DeviceExperts<E> {
         self.weight_bytes
     }
 
-    fn forward(&mut self, input: &[f32], n: usize) -> Result<&[f32], BackendError> {
+    fn forward(&mut self, input: &[f32], n: usize, output: &mut [f32]) -> Result<(), BackendError> {
         let d = self.n_embd;
-        if input.len() != n * d {
+        if input.len() != n * d || output.len() < n * d {
             return Err(BackendError::Shape {
                 op: "experts",
-                detail: format!("{} values for {n} rows of {d}", input.len()),
+                detail: format!(
+                    "{} values in and {} out for {n} rows of {d}",
+                    input.len(),
+                    output.len()
+                ),
             });
         }
-        self.backend
-            .write_activations(&mut self.scratch.input, input)?;
+        let mut scratch = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
+        let s = &mut *scratch;
+        self.backend.write_activations(&mut s.input, input)?;
         moe_ffn(
             &*self.backend,
             &self.weights,
             &self.moe,
             self.act,
-            &mut self.scratch,
+            s,
             MoeInput::Scratch,
             n,
             d,
         )?;
-        Ok(&self.scratch.out[..n * d])
+        output[..n * d].copy_from_slice(&s.out[..n * d]);
+        Ok(())
     }
 }
 

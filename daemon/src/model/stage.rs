@@ -68,8 +68,8 @@ pub struct Stage<B: Backend> {
     /// The experts of each layer (`experts[il - layers.start]`) that live on another device
     /// (`--cpu-moe`); `None` where they are in the layer's weights.
     experts: Vec<Option<Box<dyn ExpertStage>>>,
-    /// The normalised input of a block whose experts are elsewhere, on the host:
-    /// `(max_tokens, n_embd)` when any are, else empty.
+    /// The normalised input and the output of a block whose experts are elsewhere, on the
+    /// host: `(2, max_tokens, n_embd)` when any are, else empty.
     host_ffn: Vec<f32>,
     /// Page-locked host memory the logits are read into (`max_logit_rows * n_vocab` values),
     /// allocated at the first step that wants logits when the device offers it.
@@ -146,7 +146,7 @@ impl<B: Backend> Stage<B> {
             max_logit_rows,
         )?;
         if elsewhere.iter().any(Option::is_some) {
-            stage.host_ffn = vec![0.0; max_tokens * stage.config.n_embd];
+            stage.host_ffn = vec![0.0; 2 * max_tokens * stage.config.n_embd];
             stage.experts = elsewhere;
         }
         Ok(stage)
@@ -534,10 +534,10 @@ impl<B: Backend> Stage<B> {
                         )));
                     };
                     b.rms_norm_into(&s.x, &w.ffn_norm, n, d, c.norm_eps, &mut s.cur)?;
-                    let host = &mut self.host_ffn[..n * d];
-                    b.read_activations(&s.cur, host)?;
-                    let out = experts.forward(host, n)?;
-                    b.write_activations(&mut s.out, out)?;
+                    let (input, output) = self.host_ffn.split_at_mut(n * d);
+                    b.read_activations(&s.cur, input)?;
+                    experts.forward(input, n, &mut output[..n * d])?;
+                    b.write_activations(&mut s.out, &output[..n * d])?;
                     b.add(&mut s.x, &s.out, n * d)?;
                 }
             }
