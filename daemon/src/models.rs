@@ -18,8 +18,10 @@ use tokio::sync::Notify;
 
 use crate::engine::prompt::{PromptModel, PromptSlots};
 use crate::engine::{Job, ModelHandle, ResplitOutcome, WorkerLimits};
-use crate::model::load::{build_pipeline, LoadError, ModelFile, OpenedModel, StageSpec};
-use crate::model::plan::{self, ModelSizes, Plan, PlanDevice, PlanOptions};
+use crate::model::load::{
+    build_pipeline_with_experts, ExpertPlacement, LoadError, ModelFile, OpenedModel, StageSpec,
+};
+use crate::model::plan::{self, ExpertsOn, ModelSizes, Plan, PlanDevice, PlanOptions};
 use crate::model::resplit::{layout_of, resplit, Layout, LiveSequence};
 use crate::model::{ModelConfig, Pipeline, StageBackend};
 use crate::state::Device;
@@ -197,6 +199,12 @@ impl LoadedModel {
             req.split.clone()
         };
         let (cache_type_k, cache_type_v) = self.cache_types();
+        // Experts kept where they were (`--n-cpu-moe` of the last placement).
+        let n_cpu_moe = last
+            .iter()
+            .filter(|s| s.expert_device.is_some())
+            .map(|s| s.expert_layers.1)
+            .max();
         LoadRequest {
             path: self.path.display().to_string(),
             name: Some(self.name.clone()),
@@ -207,6 +215,7 @@ impl LoadedModel {
             replace: true,
             cache_type_k: Some(cache_type_k),
             cache_type_v: Some(cache_type_v),
+            n_cpu_moe,
         }
     }
 
@@ -267,13 +276,21 @@ fn check_cache_types(types: KvTypes, config: &ModelConfig) -> Result<(), ErrorRe
 pub fn placement_of(p: &Pipeline) -> Vec<StagePlacement> {
     p.stages()
         .iter()
-        .map(|s| StagePlacement {
-            device: s.device_name().to_string(),
-            layer_start: s.layers().start as u32,
-            layer_end: s.layers().end as u32,
-            output: s.has_head(),
-            weight_bytes: s.weight_bytes(),
-            kv_bytes: s.kv_bytes(),
+        .map(|s| {
+            let experts = s.experts_elsewhere();
+            StagePlacement {
+                device: s.device_name().to_string(),
+                layer_start: s.layers().start as u32,
+                layer_end: s.layers().end as u32,
+                output: s.has_head(),
+                weight_bytes: s.weight_bytes(),
+                kv_bytes: s.kv_bytes(),
+                expert_layers: experts
+                    .as_ref()
+                    .map_or((0, 0), |(_, l, _)| (l.start as u32, l.end as u32)),
+                expert_bytes: experts.as_ref().map_or(0, |(_, _, b)| *b),
+                expert_device: experts.map(|(d, _, _)| d),
+            }
         })
         .collect()
 }
@@ -401,6 +418,39 @@ pub fn resolve_ctx(asked: Option<u32>, context_length: usize) -> Result<u32, Err
         .max(1))
 }
 
+/// Where `--cpu-moe` / `--n-cpu-moe N` put a mixture of experts' experts: the daemon's first
+/// CPU device (the host), for the first `n_cpu_moe` layers. Refused for a dense model and when
+/// no CPU device is configured.
+fn experts_on(
+    n_cpu_moe: Option<u32>,
+    config: &ModelConfig,
+    devices: &[Device],
+    memory_of: &dyn Fn(&Device) -> Arc<DeviceMemory>,
+) -> Result<Option<(ExpertsOn, Device)>, ErrorReply> {
+    let Some(n) = n_cpu_moe.filter(|&n| n > 0) else {
+        return Ok(None);
+    };
+    if config.moe.is_none() {
+        return Err(ErrorReply::new(
+            ErrorCode::BadRequest,
+            "--cpu-moe / --n-cpu-moe place the experts of a mixture-of-experts model, and this \
+             model has none",
+        ));
+    }
+    let host = devices.iter().find(|d| !d.is_gpu()).ok_or_else(|| {
+        ErrorReply::new(
+            ErrorCode::BadRequest,
+            "--cpu-moe puts experts on the host's CPU device, and none is configured (add a \
+             cpu:0 device to [[devices]])",
+        )
+    })?;
+    let device = plan_devices(&[host], memory_of, &|_| 0)
+        .pop()
+        .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "no plan device for the host"))?;
+    let layers = (n as usize).min(config.n_layer);
+    Ok(Some((ExpertsOn { device, layers }, host.clone())))
+}
+
 /// Plans `sizes` on `devices`; input errors become `bad_request`.
 fn make_plan(
     sizes: &ModelSizes,
@@ -408,12 +458,13 @@ fn make_plan(
     split: &[f32],
     gpu_layers: Option<u32>,
     ctx: u32,
+    experts: Option<ExpertsOn>,
 ) -> Result<Plan, ErrorReply> {
     let opts = PlanOptions {
         split: (!split.is_empty()).then(|| split.iter().map(|&w| w as f64).collect()),
         gpu_layers: gpu_layers.map(|n| n as usize),
         ctx: ctx as usize,
-        experts: None,
+        experts,
     };
     plan::plan(sizes, devices, &opts)
         .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))
@@ -473,6 +524,13 @@ pub fn plan_reply(path: &str, architecture: &str, sizes: &ModelSizes, p: &Plan) 
             .unwrap_or_default(),
         suggestion: p.verdict.as_ref().and_then(|v| v.suggestion.clone()),
         warnings: p.warnings.clone(),
+        experts: p.experts.as_ref().map(|e| llmd_shared::PlannedExperts {
+            device: e.device.name.clone(),
+            layer_start: e.layers.start as u32,
+            layer_end: e.layers.end as u32,
+            weight_bytes: e.weight_bytes,
+            scratch_bytes: e.scratch_bytes,
+        }),
     }
 }
 
@@ -491,7 +549,8 @@ pub fn plan_blocking(
     check_cache_types(kv_types, &config)?;
     let ctx = resolve_ctx(req.ctx, config.context_length)?;
     let plan_devs = plan_devices(&chosen, memory_of, &|_| 0);
-    let p = make_plan(&sizes, &plan_devs, &req.split, req.gpu_layers, ctx)?;
+    let experts = experts_on(req.n_cpu_moe, &config, devices, memory_of)?.map(|(e, _)| e);
+    let p = make_plan(&sizes, &plan_devs, &req.split, req.gpu_layers, ctx, experts)?;
     Ok(plan_reply(&req.path, &description.architecture, &sizes, &p))
 }
 
@@ -599,7 +658,15 @@ pub fn load_blocking(
         kv_types,
     );
     let plan_devs = plan_devices(&chosen, memory_of, &|_| 0);
-    let p = make_plan(&sizes, &plan_devs, &req.split, None, ctx)?;
+    let experts = experts_on(req.n_cpu_moe, &model.config, devices, memory_of)?;
+    let p = make_plan(
+        &sizes,
+        &plan_devs,
+        &req.split,
+        None,
+        ctx,
+        experts.as_ref().map(|(e, _)| e.clone()),
+    )?;
     if let Some(v) = &p.verdict {
         return Err(ErrorReply::new(ErrorCode::DoesNotFit, v.to_string()));
     }
@@ -615,11 +682,23 @@ pub fn load_blocking(
             ErrorReply::new(ErrorCode::Internal, format!("cannot start threads: {e}"))
         })?);
     let backends = backends_for(
-        chosen.iter().map(|d| d.name.clone()),
+        chosen
+            .iter()
+            .map(|d| d.name.clone())
+            .chain(experts.as_ref().map(|(_, host)| host.name.clone())),
         devices,
         memory_of,
         &pool,
     )?;
+    let expert_placement = match (&experts, &p.experts) {
+        (Some((_, host)), Some(planned)) => Some(ExpertPlacement {
+            backend: backends.get(&host.name).cloned().ok_or_else(|| {
+                ErrorReply::new(ErrorCode::Internal, format!("no backend for {}", host.name))
+            })?,
+            layers: planned.layers.clone(),
+        }),
+        _ => None,
+    };
     let specs: Vec<StageSpec> = p
         .stages
         .iter()
@@ -635,11 +714,21 @@ pub fn load_blocking(
             })
         })
         .collect::<Result<_, ErrorReply>>()?;
-    let pipeline = build_pipeline(&model, specs, MAX_BATCH, MAX_SEQUENCES, progress)
-        .map_err(load_error)?
-        .with_kv_types(kv_types);
+    let pipeline = build_pipeline_with_experts(
+        &model,
+        specs,
+        expert_placement.as_ref(),
+        MAX_BATCH,
+        MAX_SEQUENCES,
+        progress,
+    )
+    .map_err(load_error)?
+    .with_kv_types(kv_types);
     let placement = placement_of(&pipeline);
-    let bytes: u64 = placement.iter().map(|s| s.weight_bytes).sum();
+    let bytes: u64 = placement
+        .iter()
+        .map(|s| s.weight_bytes + s.expert_bytes)
+        .sum();
     let limits = WorkerLimits::new(ctx as usize, MAX_BATCH, MAX_SEQUENCES);
     let handle = ModelHandle::spawn(&name, pipeline, Arc::clone(&tokenizer), limits, changed)
         .map_err(|e| {
@@ -683,6 +772,19 @@ impl LoadedModel {
         memory_of: &(dyn Fn(&Device) -> Arc<DeviceMemory> + Sync),
     ) -> Result<ResplitReply, ErrorReply> {
         let current = self.refresh_placement().await;
+        if let Some(s) = current.iter().find(|s| s.expert_device.is_some()) {
+            return Err(ErrorReply::new(
+                ErrorCode::Unsupported,
+                format!(
+                    "the experts of layers {}..{} are on {} (--cpu-moe): a live re-split of \
+                     such a model is not supported yet; load it again with the new split \
+                     (load --replace)",
+                    s.expert_layers.0,
+                    s.expert_layers.1,
+                    s.expert_device.as_deref().unwrap_or("another device")
+                ),
+            ));
+        }
         // Without --devices, the devices of the current stages in order (a GPU named twice
         // keeps its two stages).
         let names: Vec<String> = if req.devices.is_empty() {
@@ -722,7 +824,7 @@ impl LoadedModel {
         } else {
             req.split.clone()
         };
-        let p = make_plan(&self.sizes, &plan_devs, &split, None, ctx)?;
+        let p = make_plan(&self.sizes, &plan_devs, &split, None, ctx, None)?;
         let reply_plan = plan_reply(
             &self.path.display().to_string(),
             &self.architecture,

@@ -37,10 +37,10 @@ pub use api::{
     BenchReply, BenchRequest, ChatMessage, CudaPeer, CudaStatus, DeviceInfo, DeviceKind,
     DoctorRequest, ErrorCode, ErrorReply, Event, GenerateReply, GenerateRequest, InspectReport,
     InspectRequest, KvCacheType, ListReply, ListRequest, LoadReply, LoadRequest, MetricsReply,
-    MetricsRequest, ModelDetails, ModelInfo, PlanReply, PlanRequest, PlannedDevice, PlannedStage,
-    Progress, Prompt, Reply, Request, ResplitReply, ResplitRequest, Response, Sampling,
-    StagePlacement, StatusReply, StatusRequest, Token, TokenPiece, TokenizeReply, TokenizeRequest,
-    UnloadReply, UnloadRequest, VersionReply, VersionRequest,
+    MetricsRequest, ModelDetails, ModelInfo, PlanReply, PlanRequest, PlannedDevice, PlannedExperts,
+    PlannedStage, Progress, Prompt, Reply, Request, ResplitReply, ResplitRequest, Response,
+    Sampling, StagePlacement, StatusReply, StatusRequest, Token, TokenPiece, TokenizeReply,
+    TokenizeRequest, UnloadReply, UnloadRequest, VersionReply, VersionRequest,
 };
 pub use frame::{decode_frame, encode_frame, read_frame, write_frame, FrameError};
 pub use handshake::{Hello, HelloReply};
@@ -49,7 +49,7 @@ pub use handshake::{Hello, HelloReply};
 /// changes incompatibly (a field added, removed or reordered, a variant inserted before another);
 /// appending a new variant at the end of [`Request`], [`Reply`] or [`Event`] also bumps it, so
 /// that an older peer gets a clear version error instead of an undecodable frame.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// Largest payload (bytes after the 4-byte length prefix) either side accepts or sends: 16 MiB.
 /// Big enough for any prompt or token batch, small enough that a hostile length prefix cannot make

@@ -65,6 +65,7 @@ async fn recover(
         ctx: load.ctx,
         cache_type_k: load.cache_type_k,
         cache_type_v: load.cache_type_v,
+        n_cpu_moe: load.n_cpu_moe,
     };
     let path = load.path.clone();
     let blocking = tokio::task::spawn_blocking(move || {
