@@ -10,7 +10,8 @@ It also renders real chat templates (llama.cpp's models/templates/*.jinja, found
 llama-cpp-python source tree or $LLAMA_CPP_TEMPLATES) with Python's jinja2 into
 chat_templates.json, for daemon/tests/tokenizer_chat.rs.
 
-Usage (with the llama.cpp reference build's Python binding, `llama_cpp`, on the path):
+Usage (with the llama.cpp reference build's Python binding, `llama_cpp`, on the path, and
+llmd built: target/release/llmd or $LLMD_BIN writes the Phi-3 vocabulary):
     scripts/gen-tokenizer-fixtures.py GEMMA_GGUF QWEN_HEADER_GGUF [OUT_DIR]
 
 QWEN_HEADER_GGUF may be a file whose tensor data is truncated (only the header is needed):
@@ -22,6 +23,7 @@ import ctypes
 import json
 import os
 import struct
+import subprocess
 import sys
 import tempfile
 
@@ -37,9 +39,16 @@ GGUF_ARRAY = 9
 HEADER_READ_LIMIT = 256 << 20
 
 
-def vocab_only_copy(src, dst, pre=None):
+def vocab_only_copy(src, dst, pre=None, name=None):
     """Write dst: src's magic, version and metadata with zero tensors; with `pre`, the value of
-    tokenizer.ggml.pre replaced."""
+    tokenizer.ggml.pre replaced; with `name`, the value of general.name (llama.cpp sets some
+    special tokens' whitespace stripping by the model's name)."""
+    replace = {}
+    if pre is not None:
+        replace["tokenizer.ggml.pre"] = pre
+    if name is not None:
+        replace["general.name"] = name
+    replaced = set()
     with open(src, "rb") as f:
         data = f.read(HEADER_READ_LIMIT)
     magic, version, _n_tensors, n_kv = struct.unpack_from("<4sIQQ", data, 0)
@@ -71,12 +80,15 @@ def vocab_only_copy(src, dst, pre=None):
         key = data[off + 8 : key_end].decode("utf-8")
         (t,) = struct.unpack_from("<I", data, key_end)
         end = skip_val(key_end + 4, t)
-        if pre is not None and key == "tokenizer.ggml.pre" and t == GGUF_STRING:
-            value = pre.encode("utf-8")
+        if key in replace and t == GGUF_STRING:
+            value = replace[key].encode("utf-8")
             out += data[off : key_end + 4] + struct.pack("<Q", len(value)) + value
+            replaced.add(key)
         else:
             out += data[off:end]
         off = end
+    if replaced != set(replace):
+        raise SystemExit(f"{src}: no string value for {sorted(set(replace) - replaced)}")
     out += b"\0" * ((-len(out)) % 32)
     with open(dst, "wb") as f:
         f.write(out)
@@ -140,6 +152,10 @@ CORPUS = [
     "<bos>text<eos>",
     "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n",
     "<|endoftext|>after",
+    "<|im_start|>  \t\n spaced<|im_end|> \n\x0b\x0c\r end <|endoftext|>  x",
+    "a \n<start_of_turn>\n\n user<end_of_turn>  \n<eos>  <bos> y",
+    "<s> one </s>  two <unk>  three",
+    "<|user|>\nHi there<|end|>\n<|assistant|>\n  Hello!<|end|>\n<|endoftext|>\n",
     "<｜User｜>What is 2+2?<｜Assistant｜>",
     "<unk> <pad> <mask> [multimodal]",
     "Text with <0x41> byte token text",
@@ -350,6 +366,20 @@ def main():
             path = os.path.join(tmp, f"{pre}.gguf")
             vocab_only_copy(qwen, path, pre=pre)
             generate(f"qwen2-vocab-pre-{pre}", path, out_dir, flags=[(False, False)], with_pieces=False)
+        # llama.cpp's by-name rules: a model named like Phi-3 ("llmd synthetic phi3 tiny") has
+        # special tokens that swallow the whitespace after them. make-model's Phi-3 SentencePiece
+        # vocabulary (llama.cpp refuses a Phi-3-named vocabulary without "</s>", such as Gemma's
+        # or Qwen2's).
+        phi3 = os.path.join(tmp, "phi3-spm.gguf")
+        llmd = os.environ.get("LLMD_BIN", os.path.join(here, "..", "target", "release", "llmd"))
+        subprocess.run(
+            [llmd, "make-model", "--arch", "phi3", "--vocab-kind", "spm", "--header-only",
+             "--output", phi3],
+            check=True, stderr=subprocess.DEVNULL,
+        )
+        path = os.path.join(tmp, "phi3-spm-vocab.gguf")
+        vocab_only_copy(phi3, path)
+        generate("phi3-spm", path, out_dir, with_pieces=False)
 
 if __name__ == "__main__":
     main()

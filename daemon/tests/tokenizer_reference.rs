@@ -176,6 +176,43 @@ fn qwen2_matches_llama_cpp() {
     check_fixture(&tokenizer, &fixture("qwen2"));
 }
 
+/// llama.cpp's rules by model name: the special tokens of a model named like Phi-3 swallow the
+/// whitespace after them (except `<unk>`, `<s>` and `<|endoftext|>`). The vocabulary is
+/// make-model's Phi-3 SentencePiece one ("llmd synthetic phi3 tiny"), written here; the
+/// fixture holds llama.cpp's ids for it. The same vocabulary under another name tokenizes
+/// the turn markers' newlines, so the fixture tells the rule's presence apart.
+#[test]
+fn phi3_special_tokens_strip_whitespace_as_llama_cpp() {
+    use llmd_gguf::synth::{write_model, Arch, ModelSpec, VocabKind};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("phi3.gguf");
+    let spec = ModelSpec {
+        vocab_kind: Some(VocabKind::Spm),
+        header_only: true,
+        ..ModelSpec::new(Arch::Phi3)
+    };
+    write_model(&spec, &path).expect("make-model writes the header");
+    let file = GgufFile::open_header(&path).expect("gguf header opens");
+    let meta = TokenizerMetadata::from_gguf(&file).expect("tokenizer metadata");
+    assert!(meta
+        .model_name
+        .as_deref()
+        .is_some_and(|n| n.contains("phi3")));
+    let tokenizer = Tokenizer::from_metadata(&meta).expect("tokenizer builds");
+    let fixture = fixture("phi3-spm");
+    check_fixture(&tokenizer, &fixture);
+
+    let mut renamed = meta.clone();
+    renamed.model_name = Some("llmd synthetic model".to_owned());
+    let unstripped = Tokenizer::from_metadata(&renamed).expect("tokenizer builds");
+    let differing = fixture
+        .cases
+        .iter()
+        .filter(|c| unstripped.encode(&c.text, c.add_special, c.parse_special) != c.ids)
+        .count();
+    assert!(differing > 0, "no case shows the stripping");
+}
+
 /// The other byte-level BPE pre-tokenizers (Llama 3, DeepSeek LLM and Coder, GPT-2, Mistral's
 /// Tekken, llama.cpp's default), each run by llama.cpp over the Qwen2 vocabulary and merges with
 /// `tokenizer.ggml.pre` replaced.

@@ -90,6 +90,11 @@ pub struct TokenizerMetadata {
     pub add_space_prefix: Option<bool>,
     /// `tokenizer.chat_template`: the Jinja chat template.
     pub chat_template: Option<String>,
+    /// `general.name`: llama.cpp gives some models' special tokens whitespace-stripping
+    /// attributes by name (Phi-3's strip the whitespace after them).
+    pub model_name: Option<String>,
+    /// `general.architecture`: as `model_name`, for the architectures named by such rules.
+    pub architecture: Option<String>,
 }
 
 /// GGUF keys of the tokenizer metadata.
@@ -342,6 +347,8 @@ impl TokenizerMetadata {
             add_eos_token: t.bool_opt(keys::ADD_EOS)?,
             add_space_prefix: t.bool_opt(keys::ADD_SPACE_PREFIX)?,
             chat_template: t.str_opt(keys::CHAT_TEMPLATE)?,
+            model_name: t.str_opt(keys::NAME)?,
+            architecture: t.str_opt(keys::ARCHITECTURE)?,
         })
     }
 }

@@ -92,6 +92,53 @@ mod attr {
     pub const USER_DEFINED: u16 = 1 << 4;
     /// Byte fallback token `<0xXX>`.
     pub const BYTE: u16 = 1 << 5;
+    /// A special token that swallows the whitespace before it when split out of text.
+    pub const LSTRIP: u16 = 1 << 6;
+    /// A special token that swallows the whitespace after it when split out of text.
+    pub const RSTRIP: u16 = 1 << 7;
+}
+
+/// C's `isspace` in the "C" locale, which llama.cpp's stripping uses (it includes the vertical
+/// tab, which `u8::is_ascii_whitespace` does not).
+fn is_c_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
+/// llama.cpp's per-model stripping attributes (`llama_vocab::impl::load`, "set attributes by
+/// model/tokenizer/architecture name"): Phi-3's special tokens strip the whitespace after them
+/// (except `<unk>`, `<s>` and `<|endoftext|>`), a few encoders' mask token the whitespace before
+/// it. `special` are the special tokens' ids.
+fn set_strip_attributes(
+    tokens: &mut [TokenData],
+    token_to_id: &HashMap<String, u32>,
+    special: &[u32],
+    meta: &TokenizerMetadata,
+) {
+    let name = meta.model_name.as_deref().unwrap_or("").to_lowercase();
+    let pre = meta.pre.as_deref().unwrap_or("");
+    let arch = meta.architecture.as_deref().unwrap_or("");
+    let contains_any = |s: &str, needles: &[&str]| needles.iter().any(|n| s.contains(n));
+    let set = |tokens: &mut [TokenData], text: &str, bit: u16, on: bool| {
+        if let Some(&id) = token_to_id.get(text) {
+            let t = &mut tokens[id as usize];
+            t.attr = if on { t.attr | bit } else { t.attr & !bit };
+        }
+    };
+    if contains_any(pre, &["jina-v2-de", "jina-v2-es", "jina-v2-code"])
+        || contains_any(arch, &["nomic-bert-moe", "jina-bert-v3"])
+    {
+        set(tokens, "<mask>", attr::LSTRIP, true);
+    } else if contains_any(&name, &["phi-3", "phi3"]) {
+        for &id in special {
+            tokens[id as usize].attr |= attr::RSTRIP;
+        }
+        set(tokens, "</s>", attr::RSTRIP, true);
+        for text in ["<unk>", "<s>", "<|endoftext|>"] {
+            set(tokens, text, attr::RSTRIP, false);
+        }
+    } else if name.contains("modern-bert") {
+        set(tokens, "[MASK]", attr::LSTRIP, true);
+    }
 }
 
 /// Token type codes of `tokenizer.ggml.token_type`.
@@ -536,6 +583,8 @@ impl Tokenizer {
                 .then(a.cmp(&b))
         });
 
+        set_strip_attributes(&mut tokens, &token_to_id, &special_tokens, meta);
+
         let mut byte_tokens = [None; 256];
         if let Algorithm::Spm = algorithm {
             for (b, slot) in byte_tokens.iter_mut().enumerate() {
@@ -809,7 +858,8 @@ impl Tokenizer {
     }
 
     /// Splits special-token texts out of `text` (llama.cpp's `tokenizer_st_partition`): each
-    /// special token in turn, longest first, replaces every occurrence in the remaining text.
+    /// special token in turn, longest first, replaces every occurrence in the remaining text,
+    /// swallowing the whitespace around it that its strip attributes name.
     fn partition(&self, text: &str, parse_special: bool) -> Vec<Fragment> {
         let mut fragments = Vec::new();
         if text.is_empty() {
@@ -835,14 +885,26 @@ impl Tokenizer {
                     next.push(fragment);
                     continue;
                 };
+                let bytes = text.as_bytes();
                 let mut cursor = start;
                 while let Some(found) = text[cursor..end].find(needle) {
                     let at = cursor + found;
-                    if at > cursor {
-                        next.push(Fragment::Text(cursor, at));
+                    let mut left_end = at;
+                    if data.attr & attr::LSTRIP != 0 {
+                        while left_end > cursor && is_c_space(bytes[left_end - 1]) {
+                            left_end -= 1;
+                        }
+                    }
+                    if left_end > cursor {
+                        next.push(Fragment::Text(cursor, left_end));
                     }
                     next.push(Fragment::Token(id));
                     cursor = at + needle.len();
+                    if data.attr & attr::RSTRIP != 0 {
+                        while cursor < end && is_c_space(bytes[cursor]) {
+                            cursor += 1;
+                        }
+                    }
                 }
                 if cursor < end {
                     next.push(Fragment::Text(cursor, end));
