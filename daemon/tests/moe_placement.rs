@@ -33,8 +33,12 @@ struct Placement {
     experts: Option<(StageBackend, Range<usize>)>,
 }
 
-/// The prompt's logits (every position) and the greedy continuation's tokens.
-fn run(file: &Path, place: Placement) -> (Vec<f32>, Vec<u32>, Vec<Option<(String, Range<usize>)>>) {
+/// What a run gives: the prompt's logits (every position), the greedy continuation's tokens,
+/// and per stage the device and layers of the experts it holds elsewhere.
+type Run = (Vec<f32>, Vec<u32>, Vec<Option<(String, Range<usize>)>>);
+
+/// Runs the prompt and the greedy continuation with `place`.
+fn run(file: &Path, place: Placement) -> Run {
     let model = OpenedModel::open(file).expect("open").with_context(64);
     let n_vocab = model.config.n_vocab;
     let prompt: Vec<u32> = PROMPT.iter().map(|t| t % n_vocab as u32).collect();

@@ -12,9 +12,9 @@ use thiserror::Error;
 
 use crate::cpu::ops::softmax;
 
-/// The smallest weight sum llama.cpp divides by (f16's smallest normal value), so that a token
-/// whose chosen probabilities all underflow does not divide by zero.
-const MIN_WEIGHT_SUM: f32 = 6.103_515_625e-5;
+/// The smallest weight sum llama.cpp divides by (f16's smallest normal value, 2^-14), so that a
+/// token whose chosen probabilities all underflow does not divide by zero.
+const MIN_WEIGHT_SUM: f32 = 1.0 / 16384.0;
 
 /// How a model turns router logits into expert weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

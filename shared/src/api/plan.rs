@@ -187,6 +187,13 @@ mod tests {
             problems: vec!["cpu:0 needs more".into()],
             suggestion: Some("--ctx 4096".into()),
             warnings: vec![],
+            experts: Some(PlannedExperts {
+                device: "cpu:0".into(),
+                layer_start: 0,
+                layer_end: 94,
+                weight_bytes: 10,
+                scratch_bytes: 11,
+            }),
         };
         let requests = [
             Request::Plan(PlanRequest {
@@ -197,6 +204,7 @@ mod tests {
                 ctx: Some(8192),
                 cache_type_k: Some(KvCacheType::Q8_0),
                 cache_type_v: None,
+                n_cpu_moe: Some(u32::MAX),
             }),
             Request::Resplit(ResplitRequest {
                 name: "m".into(),
