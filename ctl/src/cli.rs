@@ -83,6 +83,32 @@ pub struct PlanArgs {
     /// KV cache types to plan for.
     #[command(flatten)]
     pub cache: CacheTypeArgs,
+    /// Where a mixture of experts' experts go.
+    #[command(flatten)]
+    pub experts: ExpertArgs,
+}
+
+/// Expert placement of `load` and `plan`, as llama.cpp's `--cpu-moe` / `--n-cpu-moe N`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ExpertArgs {
+    /// Keep every layer's experts (router and ffn_*_exps) in host memory on the CPU device,
+    /// attention and the rest on the chosen devices.
+    #[arg(long, conflicts_with = "n_cpu_moe")]
+    pub cpu_moe: bool,
+    /// Keep the experts of the first N layers on the CPU device.
+    #[arg(long, value_name = "N")]
+    pub n_cpu_moe: Option<u32>,
+}
+
+impl ExpertArgs {
+    /// The request's `n_cpu_moe`: every layer for `--cpu-moe`.
+    pub fn n_cpu_moe(&self) -> Option<u32> {
+        if self.cpu_moe {
+            Some(u32::MAX)
+        } else {
+            self.n_cpu_moe
+        }
+    }
 }
 
 /// The KV cache types of `load` and `plan`, as llama.cpp's `-ctk` / `-ctv`.
@@ -145,6 +171,9 @@ pub struct LoadArgs {
     /// KV cache types (kept by later re-splits).
     #[command(flatten)]
     pub cache: CacheTypeArgs,
+    /// Where a mixture of experts' experts go.
+    #[command(flatten)]
+    pub experts: ExpertArgs,
 }
 
 /// Arguments of `llmctl unload`.

@@ -440,6 +440,9 @@ pub struct ModelDescription {
     pub expert_count: Option<u32>,
     /// `{arch}.expert_used_count`: experts used per token, if MoE.
     pub expert_used_count: Option<u32>,
+    /// `{arch}.expert_feed_forward_length`: the feed-forward width of each expert, where it
+    /// differs from `feed_forward_length` (Qwen3-MoE).
+    pub expert_feed_forward_length: Option<u32>,
     /// The tokenizer.
     pub tokenizer: TokenizerMetadata,
 }
@@ -568,6 +571,7 @@ impl ModelDescription {
             final_logit_softcapping: t.f32_opt(&k("final_logit_softcapping"))?,
             expert_count: t.u32_opt(&k("expert_count"))?,
             expert_used_count: t.u32_opt(&k("expert_used_count"))?,
+            expert_feed_forward_length: t.u32_opt(&k("expert_feed_forward_length"))?,
             tokenizer,
             architecture: arch,
         })

@@ -109,6 +109,7 @@ fn every_commented_example_is_valid_and_every_key_is_documented() {
         devices,
         split,
         gpu_layers,
+        n_cpu_moe,
         ctx,
         threads,
         cache_type_k,
@@ -128,7 +129,7 @@ fn every_commented_example_is_valid_and_every_key_is_documented() {
     assert!(!devices.is_empty() && !split.is_empty());
     assert_eq!(load, llmd::config::LoadPolicy::OnDemand);
     assert!(
-        [gpu_layers, ctx, threads, top_k]
+        [gpu_layers, n_cpu_moe, ctx, threads, top_k]
             .iter()
             .all(Option::is_some)
             && cache_type_k.is_some()

@@ -1,7 +1,7 @@
 //! `llmctl load FILE`: makes a model resident; shows progress on a terminal. `--json` prints the
 //! daemon's `LoadReply` (name, path, architecture, n_layer, ctx, placement[{device, layer_start,
-//! layer_end, output, weight_bytes, kv_bytes}], load_secs, bytes_loaded, replaced, cache_type_k,
-//! cache_type_v).
+//! layer_end, output, weight_bytes, kv_bytes, expert_device, expert_layers, expert_bytes}],
+//! load_secs, bytes_loaded, replaced, cache_type_k, cache_type_v).
 
 use std::io::{IsTerminal, Write};
 
@@ -30,6 +30,7 @@ pub fn run(args: LoadArgs, ctx: &Ctx) -> Result<(), CtlError> {
         cache_type_k: args.cache.cache_type_k,
         cache_type_v: args.cache.cache_type_v,
         gpu_layers: args.gpu_layers,
+        n_cpu_moe: args.experts.n_cpu_moe(),
     });
     let mut client = ctx.connect()?;
     client.set_reply_timeout(None)?;

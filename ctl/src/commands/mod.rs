@@ -88,6 +88,15 @@ fn placement_table(stages: &[llmd_shared::StagePlacement]) -> String {
             human_bytes(s.weight_bytes),
             human_bytes(s.kv_bytes)
         ));
+        if let Some(d) = &s.expert_device {
+            out.push_str(&format!(
+                "  {:<8} experts of layers {}..{}: weights {:>10}\n",
+                d,
+                s.expert_layers.0,
+                s.expert_layers.1,
+                human_bytes(s.expert_bytes)
+            ));
+        }
     }
     out
 }

@@ -3,7 +3,8 @@
 //! cache_type_v, embedding_bytes,
 //! devices[{name, budget_bytes, free_bytes, need_bytes, split}], stages[{device, layer_start,
 //! layer_end, output, weight_bytes, kv_bytes, scratch_bytes}], fits, problems, suggestion,
-//! warnings). A plan that does not fit is printed, then reported as a `does_not_fit` error
+//! warnings, experts{device, layer_start, layer_end, weight_bytes, scratch_bytes} (with
+//! `--cpu-moe` / `--n-cpu-moe`)). A plan that does not fit is printed, then reported as a `does_not_fit` error
 //! (exit status 1).
 
 use llmd_shared::{ErrorCode, ErrorReply, PlanReply, PlanRequest, Reply, Request};
@@ -29,6 +30,7 @@ pub fn run(args: PlanArgs, ctx: &Ctx) -> Result<(), CtlError> {
         ctx: args.ctx,
         cache_type_k: args.cache.cache_type_k,
         cache_type_v: args.cache.cache_type_v,
+        n_cpu_moe: args.experts.n_cpu_moe(),
     });
     let mut client = ctx.connect()?;
     let reply = client.request(&request, |_| Ok(()))?;
@@ -82,6 +84,16 @@ pub fn plan_text(r: &PlanReply) -> String {
             human_bytes(s.weight_bytes),
             human_bytes(s.kv_bytes),
             human_bytes(s.scratch_bytes)
+        ));
+    }
+    if let Some(e) = &r.experts {
+        out.push_str(&format!(
+            "  {:<8} experts of layers {}..{}: weights {:>10}  scratch {:>10}\n",
+            e.device,
+            e.layer_start,
+            e.layer_end,
+            human_bytes(e.weight_bytes),
+            human_bytes(e.scratch_bytes)
         ));
     }
     for d in &r.devices {

@@ -137,6 +137,10 @@ pub struct ModelDecl {
     /// Layers on GPUs, as `--gpu-layers` (the first layers go to the CPU).
     #[serde(default)]
     pub gpu_layers: Option<u32>,
+    /// A mixture of experts' experts of the first N layers on the host's CPU device, as
+    /// `--n-cpu-moe N` (a number at least the model's layer count: every layer, `--cpu-moe`).
+    #[serde(default)]
+    pub n_cpu_moe: Option<u32>,
     /// Context length per sequence (default: the model's, capped as `load` caps it).
     #[serde(default)]
     pub ctx: Option<u32>,

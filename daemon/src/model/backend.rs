@@ -3,16 +3,17 @@
 //! place that picks the concrete type, so loading and re-splitting stay device-agnostic.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use llmd_kernels::backend::{kv_cache_bytes, Backend, CpuBackend, CudaBackend, WeightView};
 
 use super::config::ModelConfig;
 use super::host_tensors::PartSource;
+use super::moe::{DeviceExperts, ExpertStage, ExpertsElsewhere, MoeScratch};
 use super::parts::{DevicePart, KvCopy, Part, PartWeights, Slot};
 use super::pipeline::PipelineStage;
 use super::stage::Stage;
-use super::weights::WeightError;
+use super::weights::{ExpertWeights, WeightError};
 
 /// A device's backend, shared by the stages of one model on that device.
 #[derive(Clone)]
@@ -21,6 +22,16 @@ pub enum StageBackend {
     Cpu(Arc<CpuBackend>),
     /// An NVIDIA GPU.
     Cuda(Arc<CudaBackend>),
+}
+
+/// The mixture-of-experts buffers that every layer's experts on one device share (see
+/// [`DeviceExperts`]), allocated by the first layer loaded there.
+#[derive(Default)]
+pub struct ExpertScratch {
+    /// On a CPU device.
+    cpu: Option<Arc<Mutex<MoeScratch<CpuBackend>>>>,
+    /// On a GPU.
+    cuda: Option<Arc<Mutex<MoeScratch<CudaBackend>>>>,
 }
 
 /// A backend type a [`StageBackend`] can hold.
@@ -86,6 +97,7 @@ impl StageBackend {
         head: bool,
         max_batch: usize,
         max_logit_rows: usize,
+        experts: Option<&ExpertsElsewhere<'_>>,
         loaded: &mut dyn FnMut(),
     ) -> Result<Box<dyn PipelineStage>, WeightError> {
         fn load<B: DeviceBackend>(
@@ -94,6 +106,7 @@ impl StageBackend {
             source: &dyn PartSource,
             (layers, head): (Range<usize>, bool),
             (max_batch, max_logit_rows): (usize, usize),
+            experts: Option<&ExpertsElsewhere<'_>>,
             loaded: &mut dyn FnMut(),
         ) -> Result<Box<dyn PipelineStage>, WeightError> {
             Ok(Box::new(Stage::load(
@@ -104,14 +117,43 @@ impl StageBackend {
                 head,
                 max_batch,
                 max_logit_rows,
+                experts,
                 loaded,
             )?))
         }
         let sizes = (max_batch, max_logit_rows);
+        let at = (layers, head);
         match self {
-            StageBackend::Cpu(b) => load(b, config, source, (layers, head), sizes, loaded),
-            StageBackend::Cuda(b) => load(b, config, source, (layers, head), sizes, loaded),
+            StageBackend::Cpu(b) => load(b, config, source, at, sizes, experts, loaded),
+            StageBackend::Cuda(b) => load(b, config, source, at, sizes, experts, loaded),
         }
+    }
+
+    /// Uploads one layer's experts to this device (`--cpu-moe`), with buffers for batches of up
+    /// to `max_batch` tokens.
+    pub fn load_experts(
+        &self,
+        config: &ModelConfig,
+        weights: &ExpertWeights<WeightView<'_>>,
+        scratch: &mut ExpertScratch,
+        max_batch: usize,
+    ) -> Result<Box<dyn ExpertStage>, WeightError> {
+        Ok(match self {
+            StageBackend::Cpu(b) => Box::new(DeviceExperts::load(
+                Arc::clone(b),
+                config,
+                weights,
+                &mut scratch.cpu,
+                max_batch,
+            )?),
+            StageBackend::Cuda(b) => Box::new(DeviceExperts::load(
+                Arc::clone(b),
+                config,
+                weights,
+                &mut scratch.cuda,
+                max_batch,
+            )?),
+        })
     }
 
     /// Bytes a part with these weights and caches would take on this device (what

@@ -13,6 +13,7 @@
 //! `rope_factors_long` / `rope_factors_short`, chosen by the context a model is loaded with.
 
 use llmd_kernels::backend::{GatedActivation, RopeMode, RopeParams};
+use llmd_kernels::moe::Routing;
 use thiserror::Error;
 
 /// Errors resolving a model's configuration.
@@ -20,7 +21,8 @@ use thiserror::Error;
 pub enum ConfigError {
     /// The architecture is not one llmd implements.
     #[error(
-        "unsupported architecture {0:?} (llmd supports llama, qwen2, qwen3, gemma2, gemma3, phi3)"
+        "unsupported architecture {0:?} (llmd supports llama, qwen2, qwen3, qwen3moe, gemma2, gemma3, \
+     phi3)"
     )]
     UnsupportedArchitecture(String),
     /// A hyperparameter is missing or out of range.
@@ -42,6 +44,9 @@ pub enum Arch {
     Qwen2,
     /// Qwen 3 (RMS norm on q and k).
     Qwen3,
+    /// Qwen 3 mixture of experts (Qwen3-30B-A3B, Qwen3-235B-A22B): Qwen 3's attention, routed
+    /// experts in every layer.
+    Qwen3Moe,
     /// Gemma 2 (alternating sliding-window layers, post norms, GeGLU, soft-capped attention
     /// and final logits, scaled embeddings).
     Gemma2,
@@ -58,6 +63,7 @@ impl Arch {
             "llama" => Ok(Arch::Llama),
             "qwen2" => Ok(Arch::Qwen2),
             "qwen3" => Ok(Arch::Qwen3),
+            "qwen3moe" => Ok(Arch::Qwen3Moe),
             "gemma2" => Ok(Arch::Gemma2),
             "gemma3" => Ok(Arch::Gemma3),
             "phi3" => Ok(Arch::Phi3),
@@ -71,6 +77,7 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Qwen3Moe => "qwen3moe",
             Arch::Gemma2 => "gemma2",
             Arch::Gemma3 => "gemma3",
             Arch::Phi3 => "phi3",
@@ -81,7 +88,12 @@ impl Arch {
     fn rope_mode(self) -> RopeMode {
         match self {
             Arch::Llama => RopeMode::Normal,
-            Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma2 | Arch::Gemma3 | Arch::Phi3 => RopeMode::Neox,
+            Arch::Qwen2
+            | Arch::Qwen3
+            | Arch::Qwen3Moe
+            | Arch::Gemma2
+            | Arch::Gemma3
+            | Arch::Phi3 => RopeMode::Neox,
         }
     }
 
@@ -92,7 +104,7 @@ impl Arch {
         match self {
             Arch::Gemma2 => Some(2),
             Arch::Gemma3 => Some(6),
-            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 => None,
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Phi3 => None,
         }
     }
 
@@ -242,6 +254,21 @@ pub struct Hyperparameters {
     pub final_softcap: Option<f32>,
     /// `{arch}.context_length`.
     pub context_length: usize,
+    /// `{arch}.expert_count` (0: a dense model).
+    pub n_expert: usize,
+    /// `{arch}.expert_used_count`.
+    pub n_expert_used: usize,
+    /// `{arch}.expert_feed_forward_length`, if the file states it.
+    pub n_ff_exp: Option<usize>,
+}
+
+/// A mixture-of-experts feed-forward block, as every layer of the model has it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MoeConfig {
+    /// Experts per layer, used per token, and how their weights are computed.
+    pub routing: Routing,
+    /// Feed-forward width of each expert.
+    pub n_ff_exp: usize,
 }
 
 /// Everything the forward pass needs to know about a model, resolved for its architecture.
@@ -292,6 +319,9 @@ pub struct ModelConfig {
     pub activation: GatedActivation,
     /// The context length the model was trained with.
     pub context_length: usize,
+    /// Routed experts instead of a dense feed-forward block in every layer (Mixtral,
+    /// Qwen3-MoE); `None`: a dense model.
+    pub moe: Option<MoeConfig>,
 }
 
 /// Gemma's rope base for sliding-window layers when the file does not set one (llama.cpp's
@@ -437,7 +467,7 @@ impl ModelConfig {
             }
             // Phi-3 scales the queries itself and attends with a scale of 1.
             Arch::Phi3 => Some(1.0 / (hp.head_dim as f32).sqrt()),
-            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => None,
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe => None,
         };
         let positive = |key: &str, v: Option<f32>| match v {
             Some(cap) if !(cap.is_finite() && cap > 0.0) => {
@@ -466,6 +496,7 @@ impl ModelConfig {
             ),
             _ => (None, None),
         };
+        let moe = Self::moe(arch, hp)?;
         Ok(ModelConfig {
             arch,
             n_layer: hp.n_layer,
@@ -484,7 +515,7 @@ impl ModelConfig {
             query_scale,
             attn_softcap,
             final_softcap,
-            qk_norm: matches!(arch, Arch::Qwen3 | Arch::Gemma3),
+            qk_norm: matches!(arch, Arch::Qwen3 | Arch::Qwen3Moe | Arch::Gemma3),
             post_norms: gemma,
             fused_gate_up: arch == Arch::Phi3,
             activation: if gemma {
@@ -493,7 +524,63 @@ impl ModelConfig {
                 GatedActivation::Silu
             },
             context_length: hp.context_length,
+            moe,
         })
+    }
+
+    /// The experts of a mixture-of-experts model, as llama.cpp reads them: Qwen3-MoE must have
+    /// experts (each `expert_feed_forward_length` wide, else `feed_forward_length / used`);
+    /// a llama file with `expert_count` is Mixtral-style (experts `feed_forward_length` wide).
+    /// Both normalise the chosen experts' weights. Other architectures with experts are
+    /// refused.
+    fn moe(arch: Arch, hp: &Hyperparameters) -> Result<Option<MoeConfig>, ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            key: key.to_string(),
+            reason,
+        };
+        let n_ff = hp.n_ff.first().copied().unwrap_or(0);
+        let n_ff_exp = match arch {
+            Arch::Qwen3Moe if hp.n_expert == 0 || hp.n_expert_used == 0 => {
+                return Err(invalid(
+                    "expert_count",
+                    format!(
+                        "qwen3moe needs experts ({} experts, {} used)",
+                        hp.n_expert, hp.n_expert_used
+                    ),
+                ))
+            }
+            Arch::Qwen3Moe => hp
+                .n_ff_exp
+                .filter(|&f| f > 0)
+                .unwrap_or(n_ff / hp.n_expert_used),
+            _ if hp.n_expert == 0 => return Ok(None),
+            Arch::Llama => n_ff,
+            other => {
+                return Err(invalid(
+                    "expert_count",
+                    format!(
+                        "mixture-of-experts {} models are not supported (llmd runs qwen3moe and \
+                         llama files with experts)",
+                        other.name()
+                    ),
+                ))
+            }
+        };
+        let routing = Routing {
+            n_expert: hp.n_expert,
+            n_used: hp.n_expert_used,
+            normalize: true,
+        };
+        routing
+            .check()
+            .map_err(|e| invalid("expert_used_count", e.to_string()))?;
+        if n_ff_exp == 0 {
+            return Err(invalid(
+                "expert_feed_forward_length",
+                "experts of width 0".into(),
+            ));
+        }
+        Ok(Some(MoeConfig { routing, n_ff_exp }))
     }
 
     /// The rope of global layers as llama.cpp's context computes it (frequency scale, YaRN
@@ -613,7 +700,7 @@ impl ModelConfig {
                 }
                 long_short()
             }
-            Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma2 | Arch::Gemma3 => {
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Gemma2 | Arch::Gemma3 => {
                 match [
                     (t.freqs, ROPE_FREQS),
                     (t.long, ROPE_FACTORS_LONG),
@@ -650,9 +737,12 @@ impl ModelConfig {
         self.n_head_kv * self.head_dim
     }
 
-    /// The largest feed-forward width.
+    /// The largest feed-forward width (an expert's, in a mixture of experts).
     pub fn max_ff(&self) -> usize {
-        self.n_ff.iter().copied().max().unwrap_or(0)
+        match &self.moe {
+            Some(m) => m.n_ff_exp,
+            None => self.n_ff.iter().copied().max().unwrap_or(0),
+        }
     }
 }
 
@@ -687,6 +777,9 @@ mod tests {
             attn_softcap: None,
             final_softcap: None,
             context_length: 32_768,
+            n_expert: 0,
+            n_expert_used: 0,
+            n_ff_exp: None,
         }
     }
 
@@ -821,6 +914,43 @@ mod tests {
         assert_eq!(name(4097), Some(ROPE_FACTORS_LONG));
         hp.rope_factor_tensors.short = false;
         assert!(ModelConfig::resolve(&hp).is_err(), "long without short");
+    }
+
+    #[test]
+    fn experts_as_llama_cpp_reads_them() {
+        let mut hp = llama();
+        hp.arch = "qwen3moe".into();
+        assert!(
+            ModelConfig::resolve(&hp).is_err(),
+            "qwen3moe without experts is refused, as llama.cpp does"
+        );
+        (hp.n_expert, hp.n_expert_used) = (8, 2);
+        let c = ModelConfig::resolve(&hp).expect("qwen3moe");
+        let moe = c.moe.expect("experts");
+        assert_eq!(
+            moe.n_ff_exp, 256,
+            "n_ff / used without expert_feed_forward_length"
+        );
+        assert!(moe.routing.normalize && c.qk_norm);
+        hp.n_ff_exp = Some(64);
+        assert_eq!(ModelConfig::resolve(&hp).expect("qwen3moe").max_ff(), 64);
+        // A llama file with experts is Mixtral: experts as wide as feed_forward_length.
+        let mut hp = llama();
+        (hp.n_expert, hp.n_expert_used) = (8, 2);
+        let c = ModelConfig::resolve(&hp).expect("mixtral");
+        assert_eq!(c.moe.map(|m| m.n_ff_exp), Some(512));
+        hp.n_expert_used = 9;
+        assert!(
+            ModelConfig::resolve(&hp).is_err(),
+            "more used than there are"
+        );
+        let mut hp = llama();
+        hp.arch = "qwen2".into();
+        (hp.n_expert, hp.n_expert_used) = (8, 2);
+        assert!(matches!(
+            ModelConfig::resolve(&hp),
+            Err(ConfigError::Invalid { key, .. }) if key == "expert_count"
+        ));
     }
 
     #[test]

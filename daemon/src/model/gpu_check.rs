@@ -304,6 +304,10 @@ const CASES: &[Case] = &[
         Quick::One,
     ),
     case("phi3", "f16", &[], 0.01, Quick::No),
+    // Mixtures of experts: routing on the host, each expert's rows gathered on the device
+    // (Qwen3-MoE with q/k norms; Mixtral, a llama file with experts, in a K-quant mix).
+    case("qwen3moe", "q8_0", &[], 0.04, Quick::One),
+    case("mixtral", "q4_k_m", &[], 0.04, Quick::One),
     // Attention and final soft-caps that bend the logits, alternating 16-wide windows.
     case(
         "gemma2",

@@ -10,19 +10,21 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
+use llmd_kernels::backend::WeightView;
 use thiserror::Error;
 
-use super::backend::StageBackend;
+use super::backend::{ExpertScratch, StageBackend};
 use super::config::{
     Arch, ConfigError, Hyperparameters, ModelConfig, RopeFactorTensors, RopeScaling,
     RopeScalingType, ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT, ROPE_FREQS,
 };
 use super::embedding::{Embedding, OUTPUT, OUTPUT_NORM, TOKEN_EMBD};
 use super::host_tensors::{HostTensors, OwnedTensor, PartSource};
+use super::moe::ExpertsElsewhere;
 use super::parts::Slot;
 use super::pipeline::{Pipeline, PipelineStage};
 use super::stage::ForwardError;
-use super::weights::{layer_source_names, WeightError};
+use super::weights::{layer_source_names, ExpertWeights, WeightError};
 use llmd_gguf::{DataCheck, GgufError, GgufFile, MetadataError, ModelDescription, TensorInfo};
 use llmd_kernels::backend::BackendError;
 use llmd_kernels::quant::GgmlType;
@@ -158,12 +160,6 @@ pub fn model_config(
             }),
         }
     };
-    if desc.expert_count.unwrap_or(0) > 0 {
-        return Err(ConfigError::Invalid {
-            key: "expert_count".into(),
-            reason: "mixture-of-experts models are not supported".into(),
-        });
-    }
     let rope_scaling = RopeScaling {
         kind: RopeScalingType::from_name(desc.rope.scaling_type.as_deref())?,
         factor: desc.rope.scaling_factor.unwrap_or(0.0),
@@ -207,6 +203,9 @@ pub fn model_config(
         attn_softcap: desc.attn_logit_softcapping,
         final_softcap: desc.final_logit_softcapping,
         context_length: desc.context_length as usize,
+        n_expert: desc.expert_count.unwrap_or(0) as usize,
+        n_expert_used: desc.expert_used_count.unwrap_or(0) as usize,
+        n_ff_exp: desc.expert_feed_forward_length.map(|f| f as usize),
     };
     ModelConfig::resolve(&hp)
 }
@@ -261,6 +260,15 @@ pub struct StageSpec {
     pub head: bool,
 }
 
+/// Where the experts of a mixture-of-experts model's first layers live instead of their layers'
+/// devices (`--cpu-moe`, `--n-cpu-moe N`: the host's CPU device).
+pub struct ExpertPlacement {
+    /// The experts' device.
+    pub backend: StageBackend,
+    /// The layers whose experts it holds (`0..N`).
+    pub layers: Range<usize>,
+}
+
 /// Builds the stages and the pipeline; `progress(done, total)` is called after each layer (the
 /// output head counting as one more), so a load onto GPUs reports as it uploads. The token
 /// embedding reads the head's weight where a tied head lies in host memory, else its own copy
@@ -270,8 +278,39 @@ pub fn build_pipeline(
     stages: Vec<StageSpec>,
     max_batch: usize,
     max_logit_rows: usize,
+    progress: impl FnMut(usize, usize),
+) -> Result<Pipeline, LoadError> {
+    build_pipeline_with_experts(model, stages, None, max_batch, max_logit_rows, progress)
+}
+
+/// [`build_pipeline`] with the experts of some layers on a device of their own.
+pub fn build_pipeline_with_experts(
+    model: &OpenedModel,
+    stages: Vec<StageSpec>,
+    experts: Option<&ExpertPlacement>,
+    max_batch: usize,
+    max_logit_rows: usize,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Pipeline, LoadError> {
+    if let Some(e) = experts {
+        if model.config.moe.is_none() && !e.layers.is_empty() {
+            return Err(LoadError::Placement(
+                "--cpu-moe / --n-cpu-moe place experts, and this model has none".into(),
+            ));
+        }
+    }
+    let config = &model.config;
+    let scratch = std::cell::RefCell::new(ExpertScratch::default());
+    let load = |w: &ExpertWeights<WeightView<'_>>| match experts {
+        Some(e) => e
+            .backend
+            .load_experts(config, w, &mut scratch.borrow_mut(), max_batch),
+        None => Err(WeightError::Misplaced("no device for experts".into())),
+    };
+    let elsewhere = experts.map(|e| ExpertsElsewhere {
+        layers: e.layers.clone(),
+        load: &load,
+    });
     let total: usize = stages
         .iter()
         .map(|s| s.layers.len() + usize::from(s.head))
@@ -286,6 +325,7 @@ pub fn build_pipeline(
             spec.head,
             max_batch,
             max_logit_rows,
+            elsewhere.as_ref(),
             &mut || {
                 done += 1;
                 progress(done, total);

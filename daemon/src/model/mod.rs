@@ -1,6 +1,7 @@
 //! Transformer models: hyperparameters per architecture ([`config`]), weights on devices
-//! ([`weights`]), read from the model file into owned memory ([`host_tensors`]), the forward pass of one pipeline stage ([`stage`]) and the multi-device
-//! pipeline ([`pipeline`]).
+//! ([`weights`]), read from the model file into owned memory ([`host_tensors`]), the forward pass
+//! of one pipeline stage ([`stage`]), its mixture-of-experts feed-forward block ([`moe`]) and the
+//! multi-device pipeline ([`pipeline`]).
 
 pub mod backend;
 pub mod batch;
@@ -12,6 +13,7 @@ mod gpu_budget;
 mod gpu_check;
 pub mod host_tensors;
 pub mod load;
+pub mod moe;
 pub mod parts;
 pub mod pipeline;
 pub mod placement;

@@ -28,6 +28,9 @@ pub trait PipelineStage: Send {
     fn kv_bytes(&self) -> u64;
     /// Whether it holds the output head.
     fn has_head(&self) -> bool;
+    /// The device holding experts of its layers elsewhere, those layers and their bytes (see
+    /// [`Stage::experts_elsewhere`]).
+    fn experts_elsewhere(&self) -> Option<(String, Range<usize>, u64)>;
     /// Allocates KV caches of `types` for a new sequence.
     fn add_sequence(
         &mut self,
@@ -86,6 +89,9 @@ impl<B: DeviceBackend> PipelineStage for Stage<B> {
     }
     fn has_head(&self) -> bool {
         Stage::has_head(self)
+    }
+    fn experts_elsewhere(&self) -> Option<(String, Range<usize>, u64)> {
+        Stage::experts_elsewhere(self)
     }
     fn add_sequence(
         &mut self,

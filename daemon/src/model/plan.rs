@@ -16,6 +16,11 @@
 //!
 //! A plan that does not fit says by how much on which device and suggests what does fit: another
 //! split, else a shorter context, else fewer GPU layers.
+//!
+//! For a mixture of experts, `--cpu-moe` / `--n-cpu-moe N` ([`ExpertsOn`]) put the router and
+//! experts of the first `N` layers (every layer with `--cpu-moe`) on the host's CPU device, as
+//! llama.cpp's `-ot exps=CPU` does: those bytes, and the experts' shared activation buffers,
+//! are counted on that device ([`PlannedExperts`]), the rest of each layer on its own device.
 
 use std::ops::Range;
 use std::path::Path;
@@ -26,7 +31,7 @@ use thiserror::Error;
 
 use super::config::ModelConfig;
 use super::load::{model_config, LoadError};
-use super::weights::layer_source_names;
+use super::weights::{layer_source_names, EXPERT_TENSORS};
 use llmd_gguf::{GgufFile, ModelDescription, TensorInfo};
 
 /// Errors in a plan's input (a plan that does not fit is not an error: see [`Plan::verdict`]).
@@ -53,6 +58,11 @@ pub struct ModelSizes {
     pub n_layer: usize,
     /// Bytes of each layer's weights on a device.
     pub layer_weight_bytes: Vec<u64>,
+    /// Bytes of each layer's router and experts (part of `layer_weight_bytes`; 0 for a dense
+    /// model): what `--cpu-moe` moves to the host.
+    pub layer_expert_bytes: Vec<u64>,
+    /// Activation buffers of the experts on a device of their own (0 for a dense model).
+    pub expert_scratch_bytes: u64,
     /// Bytes of the output head (final norm and vocabulary projection) on a device.
     pub head_weight_bytes: u64,
     /// Bytes of the token embedding table, read from the memory-mapped file on the host (not
@@ -102,6 +112,15 @@ impl ModelSizes {
                     .sum()
             })
             .collect();
+        let layer_expert_bytes = (0..config.n_layer)
+            .map(|il| match config.moe {
+                Some(_) => EXPERT_TENSORS
+                    .iter()
+                    .map(|what| bytes_of(&format!("blk.{il}.{what}")))
+                    .sum(),
+                None => 0,
+            })
+            .collect();
         let output = match file.tensor("output.weight") {
             Some(t) => device_bytes(t),
             None => bytes_of("token_embd.weight"),
@@ -113,10 +132,18 @@ impl ModelSizes {
                 + 2 * config.q_width() as u64
                 + 2 * config.kv_width() as u64
                 + 2 * config.max_ff() as u64);
+        let moe_floats = config.moe.as_ref().map_or(0, |moe| {
+            super::moe::scratch_floats(moe, config.n_embd, max_batch) as u64
+        });
+        // A stage whose experts are elsewhere also crosses the block's input and output through
+        // host memory, which no device ledger counts.
+        let floats = floats + moe_floats;
         let logit_rows = max_logit_rows.clamp(1, max_batch.max(1)) as u64;
         ModelSizes {
             n_layer: config.n_layer,
             layer_weight_bytes,
+            layer_expert_bytes,
+            expert_scratch_bytes: moe_floats * 4,
             head_weight_bytes,
             embedding_bytes: file.tensor("token_embd.weight").map_or(0, |t| t.n_bytes),
             kv_types,
@@ -186,6 +213,37 @@ pub struct PlanOptions {
     pub gpu_layers: Option<usize>,
     /// Context length per sequence.
     pub ctx: usize,
+    /// Where the experts of the first layers go instead (`--cpu-moe`, `--n-cpu-moe N`).
+    pub experts: Option<ExpertsOn>,
+}
+
+/// Where a mixture of experts' first layers keep their experts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExpertsOn {
+    /// The device (the host's CPU device); it may also be one of the plan's devices.
+    pub device: PlanDevice,
+    /// The experts of layers `0..layers` (clamped to the model's layers) go there.
+    pub layers: usize,
+}
+
+/// The experts a plan puts on a device of their own.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedExperts {
+    /// The device.
+    pub device: PlanDevice,
+    /// The layers whose router and experts it holds.
+    pub layers: Range<usize>,
+    /// Bytes of those weights.
+    pub weight_bytes: u64,
+    /// Bytes of their shared activation buffers.
+    pub scratch_bytes: u64,
+}
+
+impl PlannedExperts {
+    /// Everything the experts need on their device.
+    pub fn total_bytes(&self) -> u64 {
+        self.weight_bytes + self.scratch_bytes
+    }
 }
 
 /// One stage of a plan, in pipeline order.
@@ -244,18 +302,25 @@ pub struct Plan {
     pub ctx: usize,
     /// Placements that work but are probably not what was meant.
     pub warnings: Vec<String>,
+    /// The experts placed on a device of their own, if any.
+    pub experts: Option<PlannedExperts>,
     /// `Some` when the plan does not fit.
     pub verdict: Option<DoesNotFit>,
 }
 
 impl Plan {
-    /// Bytes the plan needs on device `d`.
+    /// Bytes the plan needs on device `d` (with the experts when they are on it).
     pub fn need_on(&self, d: usize) -> u64 {
+        let experts = match &self.experts {
+            Some(e) if e.device.name == self.devices[d].name => e.total_bytes(),
+            _ => 0,
+        };
         self.stages
             .iter()
             .filter(|s| s.device == d)
             .map(PlannedStage::total_bytes)
-            .sum()
+            .sum::<u64>()
+            + experts
     }
 
     /// Whether it fits.
@@ -573,6 +638,9 @@ pub fn plan(
     };
     let total: f64 = raw.iter().sum();
     let split: Vec<f64> = raw.iter().map(|w| w / total).collect();
+    // Experts elsewhere: the layers' own devices carry the rest of them.
+    let (moved, experts) = experts_off(sizes, opts.experts.as_ref());
+    let sizes = &moved;
     // The raw weights, not the normalised ones: with whole-number weights (such as layer
     // counts) the cumulative fractions are then exact, as the layer fractions they are compared
     // with, so ties fall as llama.cpp's rule says.
@@ -602,7 +670,29 @@ pub fn plan(
         }
     }
 
-    let problems = shortfalls(&stages, devices);
+    let mut problems = shortfalls(&stages, devices);
+    if let Some(e) = &experts {
+        let on_plan = devices.iter().position(|d| d.name == e.device.name);
+        let need = e.total_bytes()
+            + on_plan.map_or(0, |d| {
+                stages
+                    .iter()
+                    .filter(|s| s.device == d)
+                    .map(PlannedStage::total_bytes)
+                    .sum()
+            });
+        if need > e.device.free_bytes {
+            let [need_text, free_text] = human_all([need, e.device.free_bytes]);
+            problems.push(format!(
+                "{} needs {need_text} (the experts of layers {:?}: weights {}, scratch {}) but \
+                 has {free_text} free: place the experts of fewer layers there (--n-cpu-moe)",
+                e.device.name,
+                e.layers,
+                human(e.weight_bytes),
+                human(e.scratch_bytes),
+            ));
+        }
+    }
     let verdict = if problems.is_empty() {
         None
     } else {
@@ -618,7 +708,34 @@ pub fn plan(
         ctx: opts.ctx,
         warnings,
         verdict,
+        experts,
     })
+}
+
+/// The sizes with the experts of the layers `on` names taken off their layers, and those
+/// experts as planned on their device (`None` for a dense model or no `on`).
+fn experts_off(sizes: &ModelSizes, on: Option<&ExpertsOn>) -> (ModelSizes, Option<PlannedExperts>) {
+    let mut moved = sizes.clone();
+    let Some(on) = on else {
+        return (moved, None);
+    };
+    let n = on.layers.min(sizes.n_layer);
+    if n == 0 || sizes.layer_expert_bytes.iter().all(|&b| b == 0) {
+        return (moved, None);
+    }
+    let mut weight_bytes = 0;
+    for il in 0..n {
+        let e = sizes.layer_expert_bytes.get(il).copied().unwrap_or(0);
+        moved.layer_weight_bytes[il] -= e.min(moved.layer_weight_bytes[il]);
+        weight_bytes += e;
+    }
+    let planned = PlannedExperts {
+        device: on.device.clone(),
+        layers: 0..n,
+        weight_bytes,
+        scratch_bytes: sizes.expert_scratch_bytes,
+    };
+    (moved, Some(planned))
 }
 
 /// Why no split fits even at context 1, with the model's least need on one device (weights, the
@@ -721,6 +838,7 @@ fn suggest(
             gpu_layers: Some(fewer),
             split: Some(split.clone()),
             ctx: opts.ctx,
+            experts: None,
         };
         if split.iter().sum::<f64>() <= 0.0 {
             break;
@@ -744,6 +862,8 @@ mod tests {
         ModelSizes {
             n_layer: 80,
             layer_weight_bytes: vec![530_000_000; 80],
+            layer_expert_bytes: vec![0; 80],
+            expert_scratch_bytes: 0,
             head_weight_bytes: 1_000_000_000,
             embedding_bytes: 1_000_000_000,
             kv_types: KvTypes::F16,
@@ -768,7 +888,88 @@ mod tests {
             split: Some(split.to_vec()),
             gpu_layers: None,
             ctx,
+            experts: None,
         }
+    }
+
+    /// Issue 17: Qwen3-235B-A22B in Q4_K_M (about 133 GiB) on two 24 GiB GPUs plus host RAM: it
+    /// fits only with experts on the host, with all of them (`--cpu-moe`) or with those of the
+    /// first N layers (`--n-cpu-moe N`), and the per-device bytes add up.
+    #[test]
+    fn qwen3_235b_fits_two_24_gib_gpus_with_experts_on_the_host() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("235b.gguf");
+        let mut spec = llmd_gguf::synth::ModelSpec::new(llmd_gguf::synth::Arch::Qwen3Moe);
+        spec.preset = llmd_gguf::synth::Preset::A22B235;
+        spec.ty = llmd_gguf::synth::WeightType::Q4_K_M;
+        spec.header_only = true;
+        llmd_gguf::synth::write_model(&spec, &file).expect("header");
+        let (_, config, sizes) =
+            ModelSizes::open(&file, 512, 8, KvTypes::F16).expect("sizes from the header");
+        assert_eq!(config.n_layer, 94);
+        let total = sizes.device_weight_bytes();
+        assert!((125 * GIB..145 * GIB).contains(&total), "{}", human(total));
+        let experts: u64 = sizes.layer_expert_bytes.iter().sum();
+        assert!(experts > total * 9 / 10, "experts are most of it");
+        // Two GPUs with 24 GiB (less the daemon's reserve) and 192 GiB of host RAM.
+        let gpus = [device("cuda:0", 23), device("cuda:1", 23)];
+        let host = device("cpu:0", 192);
+        let ctx = 16384;
+        let with = |layers: Option<usize>| PlanOptions {
+            split: None,
+            gpu_layers: None,
+            ctx,
+            experts: layers.map(|layers| ExpertsOn {
+                device: host.clone(),
+                layers,
+            }),
+        };
+        assert!(!plan(&sizes, &gpus, &with(None)).unwrap().fits());
+        let all = plan(&sizes, &gpus, &with(Some(usize::MAX))).unwrap();
+        assert!(all.fits(), "{:?}", all.verdict);
+        let e = all.experts.clone().expect("experts on the host");
+        assert_eq!((e.device.name.as_str(), e.layers.clone()), ("cpu:0", 0..94));
+        assert_eq!(e.weight_bytes, experts);
+        let on_gpus = all.need_on(0) + all.need_on(1);
+        let planned: u64 = all.stages.iter().map(|s| s.weight_bytes).sum();
+        assert_eq!(planned + e.weight_bytes, total, "every byte counted once");
+        assert!(on_gpus < 46 * GIB);
+        println!(
+            "--cpu-moe: cuda:0 {}, cuda:1 {}, cpu:0 {} (experts {})",
+            human(all.need_on(0)),
+            human(all.need_on(1)),
+            human(e.total_bytes()),
+            human(e.weight_bytes)
+        );
+        // The fewest layers whose experts must leave the GPUs.
+        let n = (1..=94)
+            .find(|&n| plan(&sizes, &gpus, &with(Some(n))).unwrap().fits())
+            .expect("some N fits");
+        assert!(n < 94, "--n-cpu-moe keeps some experts on the GPUs");
+        let p = plan(&sizes, &gpus, &with(Some(n))).unwrap();
+        println!(
+            "--n-cpu-moe {n}: cuda:0 {}, cuda:1 {}, cpu:0 {}",
+            human(p.need_on(0)),
+            human(p.need_on(1)),
+            human(p.experts.as_ref().map_or(0, PlannedExperts::total_bytes))
+        );
+        assert!(!plan(&sizes, &gpus, &with(Some(n - 1))).unwrap().fits());
+        // Too little host memory for the experts is refused naming the host.
+        let small = PlanOptions {
+            experts: Some(ExpertsOn {
+                device: device("cpu:0", 16),
+                layers: 94,
+            }),
+            ..with(None)
+        };
+        let v = plan(&sizes, &gpus, &small)
+            .unwrap()
+            .verdict
+            .expect("no fit");
+        assert!(
+            v.problems.iter().any(|p| p.starts_with("cpu:0 needs")),
+            "{v}"
+        );
     }
 
     #[test]
@@ -850,6 +1051,8 @@ mod tests {
         let sizes = ModelSizes {
             n_layer: 4,
             layer_weight_bytes: vec![300 << 20; 4],
+            layer_expert_bytes: vec![0; 4],
+            expert_scratch_bytes: 0,
             head_weight_bytes: 50 << 20,
             embedding_bytes: 50 << 20,
             kv_bytes_per_layer_position: 1024,
@@ -959,6 +1162,7 @@ mod tests {
                 split: None,
                 gpu_layers: None,
                 ctx: 1024,
+                experts: None,
             },
         )
         .unwrap();
@@ -977,6 +1181,7 @@ mod tests {
             split: Some(vec![1.0, 1.0]),
             gpu_layers: Some(ngl),
             ctx: 1024,
+            experts: None,
         };
         // -ngl 40 (as llama.cpp, checked with its load log): of the 81 layers counting the
         // output, the last 40 go to the GPUs: 0..41 on the CPU, 41..61 and 61..80 + output.
@@ -1010,6 +1215,7 @@ mod tests {
                 split: Some(vec![1.0]),
                 gpu_layers: Some(40),
                 ctx: 1024,
+                experts: None,
             },
         )
         .unwrap();
@@ -1036,6 +1242,7 @@ mod tests {
                     split: None,
                     gpu_layers: None,
                     ctx: 32768,
+                    experts: None,
                 },
             )
             .unwrap()

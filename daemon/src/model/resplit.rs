@@ -358,6 +358,13 @@ pub fn resplit(
     let config = Arc::clone(pipeline.config());
     let n_layer = config.n_layer;
     check_layout(target, n_layer)?;
+    if let Some((device, layers, _)) = pipeline.stages().iter().find_map(|s| s.experts_elsewhere())
+    {
+        return Err(ResplitError::Invalid(format!(
+            "the experts of layers {layers:?} are on {device} (--cpu-moe): a live re-split of \
+             such a model is not supported yet; reload it with the new split"
+        )));
+    }
     let old = layout_of(pipeline);
     let device_of = |layouts: &[Layout], il: usize| {
         layouts

@@ -14,8 +14,9 @@ use super::batch::{Batch, Segment, SeqId};
 use super::config::ModelConfig;
 use super::embedding::{OUTPUT, OUTPUT_NORM as NORM, TOKEN_EMBD};
 use super::host_tensors::{OwnedTensor, PartSource};
+use super::moe::{moe_ffn, ExpertStage, ExpertsElsewhere, MoeInput, MoeScratch};
 use super::parts::{DevicePart, PartWeights, Slot};
-use super::weights::{HeadWeights, LayerWeights, WeightError};
+use super::weights::{FeedForward, HeadWeights, LayerWeights, WeightError};
 
 /// Activation buffers of one stage, sized once for the largest batch so the forward pass never
 /// allocates.
@@ -40,6 +41,8 @@ pub struct Scratch<B: Backend> {
     up: B::Activations,
     /// Logits: `(max_tokens, n_vocab)` on the last stage, else empty.
     logits: B::Activations,
+    /// The mixture-of-experts block's buffers, for a model with experts.
+    moe: Option<MoeScratch<B>>,
 }
 
 /// A range of layers resident on one device.
@@ -64,6 +67,12 @@ pub struct Stage<B: Backend> {
     max_logit_rows: usize,
     /// Bytes of weights resident.
     weight_bytes: u64,
+    /// The experts of each layer (`experts[il - layers.start]`) that live on another device
+    /// (`--cpu-moe`); `None` where they are in the layer's weights.
+    experts: Vec<Option<Box<dyn ExpertStage>>>,
+    /// The normalised input and the output of a block whose experts are elsewhere, on the
+    /// host: `(2, max_tokens, n_embd)` when any are, else empty.
+    host_ffn: Vec<f32>,
     /// Page-locked host memory the logits are read into (`max_logit_rows * n_vocab` values),
     /// allocated at the first step that wants logits when the device offers it.
     logits_host: LogitsHost,
@@ -96,8 +105,9 @@ impl<B: Backend> Stage<B> {
     /// Loads `layers` (and the head if `with_head`) from `source` onto `backend`, with buffers for
     /// batches of up to `max_tokens` tokens, `max_logit_rows` of which may want logits.
     /// Each part is read into host memory, uploaded and its host copy dropped before the next
-    /// (a CPU device's upload is the one copy that stays). `loaded()` is called after each layer
-    /// and after the head, for progress reports.
+    /// (a CPU device's upload is the one copy that stays). The experts of the layers in
+    /// `experts.layers` go to another device instead. `loaded()` is called after each layer and
+    /// after the head, for progress reports.
     #[allow(clippy::too_many_arguments)]
     pub fn load(
         backend: Arc<B>,
@@ -107,23 +117,35 @@ impl<B: Backend> Stage<B> {
         with_head: bool,
         max_tokens: usize,
         max_logit_rows: usize,
+        experts: Option<&ExpertsElsewhere<'_>>,
         loaded: &mut dyn FnMut(),
     ) -> Result<Self, WeightError> {
         let slots = layers.clone().map(Slot::Layer);
         let mut parts = Vec::with_capacity(layers.len() + 1);
+        let mut elsewhere = Vec::with_capacity(layers.len());
         for slot in slots.chain(with_head.then_some(Slot::Head)) {
             if slot == Slot::Head {
                 parts.push(Self::load_head(&backend, &config, source)?);
             } else {
                 let read = source.read_part(&config, slot)?;
-                let weights = PartWeights::from_source(&read, &config, slot)?;
+                let mut weights = PartWeights::from_source(&read, &config, slot)?;
+                if let (PartWeights::Layer(il, w), Some(to)) = (&mut weights, experts) {
+                    let moved = match to.layers.contains(il) {
+                        true => std::mem::replace(&mut w.ffn, FeedForward::Elsewhere),
+                        false => FeedForward::Elsewhere,
+                    };
+                    elsewhere.push(match moved {
+                        FeedForward::Experts(x) => Some((to.load)(&x)?),
+                        _ => None,
+                    });
+                }
                 parts.push(DevicePart::import(&backend, &weights, &[])?);
             }
             loaded();
         }
         let scratch =
             Self::alloc_scratch(&*backend, &config, max_tokens, with_head, max_logit_rows)?;
-        Self::from_parts(
+        let mut stage = Self::from_parts(
             backend,
             config,
             layers,
@@ -131,7 +153,12 @@ impl<B: Backend> Stage<B> {
             scratch,
             max_tokens,
             max_logit_rows,
-        )
+        )?;
+        if elsewhere.iter().any(Option::is_some) {
+            stage.host_ffn = vec![0.0; 2 * max_tokens * stage.config.n_embd];
+            stage.experts = elsewhere;
+        }
+        Ok(stage)
     }
 
     /// The output head read from `source` straight into `backend`'s buffers (the vocabulary
@@ -236,6 +263,8 @@ impl<B: Backend> Stage<B> {
             )));
         }
         Ok(Stage {
+            experts: layers.clone().map(|_| None).collect(),
+            host_ffn: Vec::new(),
             backend,
             config,
             layers,
@@ -300,6 +329,10 @@ impl<B: Backend> Stage<B> {
             gate: b.alloc_activations(n * c.max_ff())?,
             up: b.alloc_activations(n * c.max_ff())?,
             logits: b.alloc_activations(logit_rows * c.n_vocab)?,
+            moe: match &c.moe {
+                Some(moe) => Some(MoeScratch::alloc(b, moe, c.n_embd, n)?),
+                None => None,
+            },
         })
     }
 
@@ -321,6 +354,21 @@ impl<B: Backend> Stage<B> {
     /// Bytes of weights resident on the device.
     pub fn weight_bytes(&self) -> u64 {
         self.weight_bytes
+    }
+
+    /// The device holding experts of this stage's layers elsewhere, the layers whose experts
+    /// it holds, and their bytes (`--cpu-moe`); `None` when every layer has its experts here.
+    pub fn experts_elsewhere(&self) -> Option<(String, Range<usize>, u64)> {
+        let held: Vec<(usize, &Box<dyn ExpertStage>)> = self
+            .experts
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, e)| e.as_ref().map(|e| (self.layers.start + slot, e)))
+            .collect();
+        let (first, e) = held.first()?;
+        let last = held.last().map_or(*first, |(il, _)| *il);
+        let bytes = held.iter().map(|(_, e)| e.weight_bytes()).sum();
+        Some((e.device_name().to_string(), *first..last + 1, bytes))
     }
 
     /// Bytes of KV cache resident on the device, over all sequences.
@@ -517,31 +565,72 @@ impl<B: Backend> Stage<B> {
             let post_attn = w.post_attn_norm.as_ref().map(|pn| (pn, c.norm_eps));
             b.matmul_residual(&w.wo, &s.attn, n, d, post_attn, &mut s.out, &mut s.x)?;
 
-            // Feed-forward block: normalise, gate and up in one pass, gated activation, down
-            // projection, optional post-norm, residual.
-            b.norm_matmuls(
-                &s.x,
-                &w.ffn_norm,
-                n,
-                d,
-                c.norm_eps,
-                &mut s.cur,
-                &[&w.gate, &w.up],
-                &mut [&mut s.gate, &mut s.up],
-            )?;
-            let post_ffn = w.post_ffn_norm.as_ref().map(|pn| (pn, c.norm_eps));
-            b.gated_matmul_residual(
-                &mut s.gate,
-                &s.up,
-                ff,
-                c.activation,
-                &w.down,
-                n,
-                d,
-                post_ffn,
-                &mut s.out,
-                &mut s.x,
-            )?;
+            match &w.ffn {
+                // Feed-forward block: normalise, gate and up in one pass, gated activation,
+                // down projection, optional post-norm, residual.
+                FeedForward::Dense { gate, up, down } => {
+                    b.norm_matmuls(
+                        &s.x,
+                        &w.ffn_norm,
+                        n,
+                        d,
+                        c.norm_eps,
+                        &mut s.cur,
+                        &[gate, up],
+                        &mut [&mut s.gate, &mut s.up],
+                    )?;
+                    let post_ffn = w.post_ffn_norm.as_ref().map(|pn| (pn, c.norm_eps));
+                    b.gated_matmul_residual(
+                        &mut s.gate,
+                        &s.up,
+                        ff,
+                        c.activation,
+                        down,
+                        n,
+                        d,
+                        post_ffn,
+                        &mut s.out,
+                        &mut s.x,
+                    )?;
+                }
+                // Mixture of experts: normalise, route each token to its experts, each expert
+                // over its rows, the weighted sum back into the residual.
+                FeedForward::Experts(experts) => {
+                    let (Some(moe), Some(ms)) = (&c.moe, s.moe.as_mut()) else {
+                        return Err(ForwardError::BadBatch(format!(
+                            "layer {il} has experts but the model is not a mixture of experts"
+                        )));
+                    };
+                    b.rms_norm_into(&s.x, &w.ffn_norm, n, d, c.norm_eps, &mut s.cur)?;
+                    moe_ffn(
+                        &*b,
+                        experts,
+                        moe,
+                        c.activation,
+                        ms,
+                        MoeInput::Device(&s.cur),
+                        n,
+                        d,
+                    )?;
+                    b.write_activations(&mut s.out, &ms.out[..n * d])?;
+                    b.add(&mut s.x, &s.out, n * d)?;
+                }
+                // Experts on another device: the normalised input crosses to it through the
+                // host, the block's output comes back and joins the residual here.
+                FeedForward::Elsewhere => {
+                    let Some(experts) = self.experts[slot].as_mut() else {
+                        return Err(ForwardError::BadBatch(format!(
+                            "layer {il} lost its experts"
+                        )));
+                    };
+                    b.rms_norm_into(&s.x, &w.ffn_norm, n, d, c.norm_eps, &mut s.cur)?;
+                    let (input, output) = self.host_ffn.split_at_mut(n * d);
+                    b.read_activations(&s.cur, input)?;
+                    experts.forward(input, n, &mut output[..n * d])?;
+                    b.write_activations(&mut s.out, &output[..n * d])?;
+                    b.add(&mut s.x, &s.out, n * d)?;
+                }
+            }
         }
         handoff.output = None;
         if handoff.keep_output && self.head.is_none() {

@@ -10,11 +10,16 @@
 //! tensor, so every product is exactly what the fused one computes. The rope frequency factors
 //! (one tensor shared by every layer in the file) are uploaded with each layer, so a layer moves
 //! between devices with everything it needs.
+//!
+//! A mixture-of-experts layer's expert tensors are 3-D (`ffn_gate_exps` is
+//! `[n_embd, n_ff_exp, n_expert]` in ggml's order): expert `e` is the `e`-th block of rows, so
+//! each expert is split into its own row views here too ([`ExpertWeights`]), and a routed
+//! matmul is an ordinary matmul of the tokens routed to that expert.
 
 use llmd_kernels::backend::{BackendError, HostTensor};
 use thiserror::Error;
 
-use super::config::{Arch, ModelConfig};
+use super::config::{Arch, ModelConfig, MoeConfig};
 
 /// Where tensors come from (a part's tensors read from the model file, or host copies being
 /// moved).
@@ -81,17 +86,43 @@ pub struct LayerWeights<W> {
     pub post_attn_norm: Option<W>,
     /// RMS norm before the feed-forward block: `(n_embd)`.
     pub ffn_norm: W,
-    /// Feed-forward gate: `(n_ff, n_embd)`.
-    pub gate: W,
-    /// Feed-forward up: `(n_ff, n_embd)`.
-    pub up: W,
-    /// Feed-forward down: `(n_embd, n_ff)`.
-    pub down: W,
+    /// The feed-forward block: one gated MLP, or routed experts.
+    pub ffn: FeedForward<W>,
     /// RMS norm after the feed-forward block (Gemma).
     pub post_ffn_norm: Option<W>,
     /// Rope frequency factors: `(n_dims / 2)` (Llama 3.1's `rope_freqs`, Phi-3's long or short
     /// factors), this layer's copy of the model's one tensor.
     pub rope_factors: Option<W>,
+}
+
+/// A layer's feed-forward block.
+pub enum FeedForward<W> {
+    /// One gated MLP.
+    Dense {
+        /// Gate: `(n_ff, n_embd)`.
+        gate: W,
+        /// Up: `(n_ff, n_embd)`.
+        up: W,
+        /// Down: `(n_embd, n_ff)`.
+        down: W,
+    },
+    /// A mixture of experts.
+    Experts(ExpertWeights<W>),
+    /// A mixture of experts whose experts live on another device (`--cpu-moe`), held by the
+    /// stage beside this layer ([`super::moe::ExpertStage`]).
+    Elsewhere,
+}
+
+/// The experts of a mixture-of-experts layer, each a gated MLP of its own.
+pub struct ExpertWeights<W> {
+    /// Router: `(n_expert, n_embd)`, one logit per expert (`ffn_gate_inp`).
+    pub router: W,
+    /// Gate of each expert: `(n_ff_exp, n_embd)`, rows of `ffn_gate_exps`.
+    pub gate: Vec<W>,
+    /// Up of each expert: `(n_ff_exp, n_embd)`, rows of `ffn_up_exps`.
+    pub up: Vec<W>,
+    /// Down of each expert: `(n_embd, n_ff_exp)`, rows of `ffn_down_exps`.
+    pub down: Vec<W>,
 }
 
 /// The output head: final norm and the vocabulary projection.
@@ -187,14 +218,24 @@ impl<'a> LayerWeights<HostTensor<'a>> {
                 ld.optional(&name("attn_v.bias"), 1, kv)?,
             ),
         };
-        let (gate, up) = if config.fused_gate_up {
-            let fused = ld.required(&name("ffn_up.weight"), 2 * ff, d)?;
-            (fused.row_range(0..ff)?, fused.row_range(ff..2 * ff)?)
-        } else {
-            (
-                ld.required(&name("ffn_gate.weight"), ff, d)?,
-                ld.required(&name("ffn_up.weight"), ff, d)?,
-            )
+        let ffn = match &config.moe {
+            Some(moe) => FeedForward::Experts(ExpertWeights::from_source(&ld, moe, d, il)?),
+            None => {
+                let (gate, up) = if config.fused_gate_up {
+                    let fused = ld.required(&name("ffn_up.weight"), 2 * ff, d)?;
+                    (fused.row_range(0..ff)?, fused.row_range(ff..2 * ff)?)
+                } else {
+                    (
+                        ld.required(&name("ffn_gate.weight"), ff, d)?,
+                        ld.required(&name("ffn_up.weight"), ff, d)?,
+                    )
+                };
+                FeedForward::Dense {
+                    gate,
+                    up,
+                    down: ld.required(&name("ffn_down.weight"), d, ff)?,
+                }
+            }
         };
         let rope_factors = match config.rope_factors {
             Some(f) => Some(ld.required(f.tensor_name(), 1, config.rope[il].n_dims / 2)?),
@@ -225,9 +266,7 @@ impl<'a> LayerWeights<HostTensor<'a>> {
                 None
             },
             ffn_norm: ld.required(&name("ffn_norm.weight"), 1, d)?,
-            gate,
-            up,
-            down: ld.required(&name("ffn_down.weight"), d, ff)?,
+            ffn,
             post_ffn_norm: if config.post_norms {
                 Some(ld.required(&name("post_ffw_norm.weight"), 1, d)?)
             } else {
@@ -243,6 +282,31 @@ impl<'a> LayerWeights<HostTensor<'a>> {
             )));
         }
         Ok(weights)
+    }
+}
+
+impl<'a> ExpertWeights<HostTensor<'a>> {
+    /// Layer `il`'s router and experts in `source`, each expert a row view of the 3-D tensors.
+    fn from_source<S: TensorSource + ?Sized>(
+        ld: &Finder<'a, S>,
+        moe: &MoeConfig,
+        d: usize,
+        il: usize,
+    ) -> Result<Self, WeightError> {
+        let (n, ff) = (moe.routing.n_expert, moe.n_ff_exp);
+        let name = |what: &str| layer_tensor(il, what);
+        let router = ld.required(&name("ffn_gate_inp.weight"), n, d)?;
+        let split = |t: HostTensor<'a>, rows: usize| -> Result<Vec<HostTensor<'a>>, WeightError> {
+            (0..n)
+                .map(|e| Ok(t.row_range(e * rows..(e + 1) * rows)?))
+                .collect()
+        };
+        Ok(ExpertWeights {
+            router,
+            gate: split(ld.required(&name("ffn_gate_exps.weight"), n * ff, d)?, ff)?,
+            up: split(ld.required(&name("ffn_up_exps.weight"), n * ff, d)?, ff)?,
+            down: split(ld.required(&name("ffn_down_exps.weight"), n * d, ff)?, d)?,
+        })
     }
 }
 
@@ -263,22 +327,35 @@ pub fn layer_source_names(config: &ModelConfig, il: usize) -> Vec<String> {
         "attn_v.bias",
         "attn_output.weight",
         "ffn_norm.weight",
-        "ffn_up.weight",
-        "ffn_down.weight",
     ];
+    if config.moe.is_some() {
+        what.extend(EXPERT_TENSORS);
+    } else {
+        what.extend(["ffn_up.weight", "ffn_down.weight"]);
+    }
     if config.qk_norm {
         what.extend(["attn_q_norm.weight", "attn_k_norm.weight"]);
     }
     if config.post_norms {
         what.extend(["post_attention_norm.weight", "post_ffw_norm.weight"]);
     }
-    if !config.fused_gate_up {
+    if !config.fused_gate_up && config.moe.is_none() {
         what.push("ffn_gate.weight");
     }
     let mut names: Vec<String> = what.iter().map(|w| layer_tensor(il, w)).collect();
     names.extend(config.rope_factors.map(|f| f.tensor_name().to_string()));
     names
 }
+
+/// The tensors of a mixture-of-experts layer's feed-forward block, by their name in the layer:
+/// the router, then the experts (what `--cpu-moe` places on the host, as llama.cpp's
+/// `ffn_(up|down|gate)_exps` override does).
+pub const EXPERT_TENSORS: [&str; 4] = [
+    "ffn_gate_inp.weight",
+    "ffn_gate_exps.weight",
+    "ffn_up_exps.weight",
+    "ffn_down_exps.weight",
+];
 
 impl<W> LayerWeights<W> {
     /// The same layer with every tensor passed through `f` (uploaded, viewed, copied).
@@ -299,9 +376,7 @@ impl<W> LayerWeights<W> {
             wo: f(&self.wo)?,
             post_attn_norm: map_optional(&self.post_attn_norm, &mut f)?,
             ffn_norm: f(&self.ffn_norm)?,
-            gate: f(&self.gate)?,
-            up: f(&self.up)?,
-            down: f(&self.down)?,
+            ffn: self.ffn.try_map(&mut f)?,
             post_ffn_norm: map_optional(&self.post_ffn_norm, &mut f)?,
             rope_factors: map_optional(&self.rope_factors, &mut f)?,
         })
@@ -322,14 +397,67 @@ impl<W> LayerWeights<W> {
             Some(&self.wo),
             self.post_attn_norm.as_ref(),
             Some(&self.ffn_norm),
-            Some(&self.gate),
-            Some(&self.up),
-            Some(&self.down),
             self.post_ffn_norm.as_ref(),
             self.rope_factors.as_ref(),
         ]
         .into_iter()
         .flatten()
+        .chain(self.ffn.tensors())
+    }
+}
+
+impl<W> FeedForward<W> {
+    /// The same block with every tensor passed through `f`.
+    pub fn try_map<'s, V, E>(
+        &'s self,
+        f: &mut impl FnMut(&'s W) -> Result<V, E>,
+    ) -> Result<FeedForward<V>, E> {
+        Ok(match self {
+            FeedForward::Dense { gate, up, down } => FeedForward::Dense {
+                gate: f(gate)?,
+                up: f(up)?,
+                down: f(down)?,
+            },
+            FeedForward::Experts(x) => FeedForward::Experts(x.try_map(f)?),
+            FeedForward::Elsewhere => FeedForward::Elsewhere,
+        })
+    }
+
+    /// Every tensor of the block.
+    pub fn tensors(&self) -> Box<dyn Iterator<Item = &W> + '_> {
+        match self {
+            FeedForward::Dense { gate, up, down } => Box::new([gate, up, down].into_iter()),
+            FeedForward::Experts(x) => Box::new(
+                std::iter::once(&x.router)
+                    .chain(&x.gate)
+                    .chain(&x.up)
+                    .chain(&x.down),
+            ),
+            FeedForward::Elsewhere => Box::new(std::iter::empty()),
+        }
+    }
+}
+
+impl<W> ExpertWeights<W> {
+    /// The same experts with every tensor passed through `f`.
+    pub fn try_map<'s, V, E>(
+        &'s self,
+        f: &mut impl FnMut(&'s W) -> Result<V, E>,
+    ) -> Result<ExpertWeights<V>, E> {
+        Ok(ExpertWeights {
+            router: f(&self.router)?,
+            gate: self.gate.iter().map(&mut *f).collect::<Result<_, E>>()?,
+            up: self.up.iter().map(&mut *f).collect::<Result<_, E>>()?,
+            down: self.down.iter().map(&mut *f).collect::<Result<_, E>>()?,
+        })
+    }
+
+    /// Every tensor: the router, then each expert's gate, up and down.
+    pub fn tensors(&self) -> impl Iterator<Item = &W> {
+        std::iter::once(&self.router)
+            .chain(&self.gate)
+            .chain(&self.up)
+            .chain(&self.down)
     }
 }
 

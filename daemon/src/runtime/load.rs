@@ -18,8 +18,10 @@ use super::model::{placement_of, LoadedModel, DEFAULT_CTX, MAX_BATCH, MAX_SEQUEN
 use super::prompt::PromptSlots;
 use crate::devices::Device;
 use crate::engine::{ModelHandle, WorkerLimits};
-use crate::model::load::{build_pipeline, LoadError, OpenedModel, StageSpec};
-use crate::model::plan::{self, ModelSizes, Plan, PlanDevice, PlanOptions};
+use crate::model::load::{
+    build_pipeline_with_experts, ExpertPlacement, LoadError, OpenedModel, StageSpec,
+};
+use crate::model::plan::{self, ExpertsOn, ModelSizes, Plan, PlanDevice, PlanOptions};
 use crate::model::{ModelConfig, StageBackend};
 use crate::tokenizer::chat::ChatTemplate;
 use crate::tokenizer::Tokenizer;
@@ -45,6 +47,10 @@ pub struct LoadSpec {
     /// Layers on the GPUs at most (llama.cpp's `-ngl`), the first ones going to the CPU;
     /// `None` for every layer on the devices named.
     pub gpu_layers: Option<u32>,
+    /// A mixture of experts' router and experts of the first N layers on the host's CPU device
+    /// (`--n-cpu-moe N`; `u32::MAX` for every layer, `--cpu-moe`); `None` to keep them with
+    /// their layers.
+    pub n_cpu_moe: Option<u32>,
 }
 
 /// What to plan: a model file on devices, as `llmctl plan` asks.
@@ -62,6 +68,8 @@ pub struct PlanSpec {
     pub ctx: Option<u32>,
     /// Element types of the KV caches' keys and values.
     pub kv_types: KvTypes,
+    /// As [`LoadSpec::n_cpu_moe`].
+    pub n_cpu_moe: Option<u32>,
 }
 
 /// A plan with what it was made for, so a front end can describe it.
@@ -218,18 +226,54 @@ pub fn resolve_ctx(asked: Option<u32>, context_length: usize) -> Result<u32, Run
         .max(1))
 }
 
-/// Plans `sizes` on `devices`; input errors become `bad_request`.
+/// Where `--cpu-moe` / `--n-cpu-moe N` put a mixture of experts' experts: the daemon's first
+/// CPU device (the host), for the first `n_cpu_moe` layers. Refused for a dense model and when
+/// no CPU device is configured.
+fn experts_on(
+    n_cpu_moe: Option<u32>,
+    config: &ModelConfig,
+    devices: &[Device],
+    memory_of: &dyn Fn(&Device) -> Arc<DeviceMemory>,
+) -> Result<Option<(ExpertsOn, Device)>, RuntimeError> {
+    let Some(n) = n_cpu_moe.filter(|&n| n > 0) else {
+        return Ok(None);
+    };
+    if config.moe.is_none() {
+        return Err(RuntimeError::new(
+            ErrorKind::BadRequest,
+            "--cpu-moe / --n-cpu-moe place the experts of a mixture-of-experts model, and this \
+             model has none",
+        ));
+    }
+    let host = devices.iter().find(|d| !d.is_gpu()).ok_or_else(|| {
+        RuntimeError::new(
+            ErrorKind::BadRequest,
+            "--cpu-moe puts experts on the host's CPU device, and none is configured (add a \
+             cpu:0 device to [[devices]])",
+        )
+    })?;
+    let device = plan_devices(&[host], memory_of, &|_| 0)
+        .pop()
+        .ok_or_else(|| RuntimeError::new(ErrorKind::Internal, "no plan device for the host"))?;
+    let layers = (n as usize).min(config.n_layer);
+    Ok(Some((ExpertsOn { device, layers }, host.clone())))
+}
+
+/// Plans `sizes` on `devices` (the experts of some layers on `experts`' device); input errors
+/// become `bad_request`.
 pub(super) fn make_plan(
     sizes: &ModelSizes,
     devices: &[PlanDevice],
     split: &[f32],
     gpu_layers: Option<u32>,
     ctx: u32,
+    experts: Option<ExpertsOn>,
 ) -> Result<Plan, RuntimeError> {
     let opts = PlanOptions {
         split: (!split.is_empty()).then(|| split.iter().map(|&w| w as f64).collect()),
         gpu_layers: gpu_layers.map(|n| n as usize),
         ctx: ctx as usize,
+        experts,
     };
     plan::plan(sizes, devices, &opts)
         .map_err(|e| RuntimeError::new(ErrorKind::BadRequest, e.to_string()))
@@ -249,7 +293,15 @@ pub fn plan_blocking(
     check_cache_types(spec.kv_types, &config)?;
     let ctx = resolve_ctx(spec.ctx, config.context_length)?;
     let plan_devs = plan_devices(&chosen, memory_of, &|_| 0);
-    let plan = make_plan(&sizes, &plan_devs, &spec.split, spec.gpu_layers, ctx)?;
+    let experts = experts_on(spec.n_cpu_moe, &config, devices, memory_of)?.map(|(e, _)| e);
+    let plan = make_plan(
+        &sizes,
+        &plan_devs,
+        &spec.split,
+        spec.gpu_layers,
+        ctx,
+        experts,
+    )?;
     Ok(PlannedModel {
         path: spec.path.clone(),
         architecture: description.architecture,
@@ -379,7 +431,15 @@ pub fn load_blocking(
         kv_types,
     );
     let plan_devs = plan_devices(&chosen, memory_of, &|_| 0);
-    let p = make_plan(&sizes, &plan_devs, &spec.split, spec.gpu_layers, ctx)?;
+    let experts = experts_on(spec.n_cpu_moe, &model.config, devices, memory_of)?;
+    let p = make_plan(
+        &sizes,
+        &plan_devs,
+        &spec.split,
+        spec.gpu_layers,
+        ctx,
+        experts.as_ref().map(|(e, _)| e.clone()),
+    )?;
     if let Some(v) = &p.verdict {
         return Err(RuntimeError::new(ErrorKind::DoesNotFit, v.to_string()));
     }
@@ -394,11 +454,23 @@ pub fn load_blocking(
         RuntimeError::new(ErrorKind::Internal, format!("cannot start threads: {e}"))
     })?);
     let backends = backends_for(
-        chosen.iter().map(|d| d.name.clone()),
+        chosen
+            .iter()
+            .map(|d| d.name.clone())
+            .chain(experts.as_ref().map(|(_, host)| host.name.clone())),
         devices,
         memory_of,
         &pool,
     )?;
+    let expert_placement = match (&experts, &p.experts) {
+        (Some((_, host)), Some(planned)) => Some(ExpertPlacement {
+            backend: backends.get(&host.name).cloned().ok_or_else(|| {
+                RuntimeError::new(ErrorKind::Internal, format!("no backend for {}", host.name))
+            })?,
+            layers: planned.layers.clone(),
+        }),
+        _ => None,
+    };
     let specs: Vec<StageSpec> = p
         .stages
         .iter()
@@ -414,12 +486,22 @@ pub fn load_blocking(
             })
         })
         .collect::<Result<_, RuntimeError>>()?;
-    let pipeline = build_pipeline(&model, specs, MAX_BATCH, MAX_SEQUENCES, progress)
-        .map_err(load_error)?
-        .with_kv_types(kv_types);
+    let pipeline = build_pipeline_with_experts(
+        &model,
+        specs,
+        expert_placement.as_ref(),
+        MAX_BATCH,
+        MAX_SEQUENCES,
+        progress,
+    )
+    .map_err(load_error)?
+    .with_kv_types(kv_types);
     let placement = placement_of(&pipeline);
     let embedding_bytes = Arc::new(AtomicU64::new(pipeline.embedding_bytes()));
-    let bytes: u64 = placement.iter().map(|s| s.weight_bytes).sum();
+    let bytes: u64 = placement
+        .iter()
+        .map(|s| s.weight_bytes + s.expert_bytes)
+        .sum();
     let limits = WorkerLimits::new(ctx as usize, MAX_BATCH, MAX_SEQUENCES);
     let handle = ModelHandle::spawn(&name, pipeline, Arc::clone(&tokenizer), limits, changed)
         .map_err(|e| {

@@ -41,6 +41,12 @@ pub struct StagePlacement {
     pub weight_bytes: u64,
     /// Bytes of KV cache on the device now.
     pub kv_bytes: u64,
+    /// The device holding the experts of `expert_layers` instead (`--cpu-moe`), if any.
+    pub expert_device: Option<String>,
+    /// The layers of this stage whose experts are on `expert_device` (start, end).
+    pub expert_layers: (u32, u32),
+    /// Bytes of those experts (charged to `expert_device`).
+    pub expert_bytes: u64,
 }
 
 /// A model resident on its devices, shared by the requests that use it.
@@ -260,6 +266,12 @@ impl LoadedModel {
             kv_types: self.kv_types(),
             // The devices named above are the stages' own, CPU ones included.
             gpu_layers: None,
+            // Experts kept where they were (`--n-cpu-moe` of the last placement).
+            n_cpu_moe: last
+                .iter()
+                .filter(|s| s.expert_device.is_some())
+                .map(|s| s.expert_layers.1)
+                .max(),
         }
     }
 }
@@ -277,13 +289,21 @@ pub struct HostBytes {
 pub fn placement_of(p: &Pipeline) -> Vec<StagePlacement> {
     p.stages()
         .iter()
-        .map(|s| StagePlacement {
-            device: s.device_name().to_string(),
-            layer_start: s.layers().start as u32,
-            layer_end: s.layers().end as u32,
-            output: s.has_head(),
-            weight_bytes: s.weight_bytes(),
-            kv_bytes: s.kv_bytes(),
+        .map(|s| {
+            let experts = s.experts_elsewhere();
+            StagePlacement {
+                device: s.device_name().to_string(),
+                layer_start: s.layers().start as u32,
+                layer_end: s.layers().end as u32,
+                output: s.has_head(),
+                weight_bytes: s.weight_bytes(),
+                kv_bytes: s.kv_bytes(),
+                expert_layers: experts
+                    .as_ref()
+                    .map_or((0, 0), |(_, l, _)| (l.start as u32, l.end as u32)),
+                expert_bytes: experts.as_ref().map_or(0, |(_, _, b)| *b),
+                expert_device: experts.map(|(d, _, _)| d),
+            }
         })
         .collect()
 }

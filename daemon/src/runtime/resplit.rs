@@ -107,6 +107,7 @@ impl Runtime {
             gpu_layers: None,
             ctx: load.ctx,
             kv_types: load.kv_types,
+            n_cpu_moe: load.n_cpu_moe,
         };
         let ledgers: HashMap<String, Arc<DeviceMemory>> = devices
             .iter()
@@ -168,6 +169,19 @@ impl LoadedModel {
         memory_of: &(dyn Fn(&Device) -> Arc<DeviceMemory> + Sync),
     ) -> Result<Resplit, RuntimeError> {
         let current = self.refresh_placement().await;
+        if let Some(s) = current.iter().find(|s| s.expert_device.is_some()) {
+            return Err(RuntimeError::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "the experts of layers {}..{} are on {} (--cpu-moe): a live re-split of \
+                     such a model is not supported yet; load it again with the new split \
+                     (load --replace)",
+                    s.expert_layers.0,
+                    s.expert_layers.1,
+                    s.expert_device.as_deref().unwrap_or("another device")
+                ),
+            ));
+        }
         // Without --devices, the devices of the current stages in order (a GPU named twice
         // keeps its two stages).
         let names: Vec<String> = if spec.devices.is_empty() {
@@ -207,7 +221,7 @@ impl LoadedModel {
         } else {
             spec.split.clone()
         };
-        let p = make_plan(&self.sizes, &plan_devs, &split, None, ctx)?;
+        let p = make_plan(&self.sizes, &plan_devs, &split, None, ctx, None)?;
         if let Some(v) = &p.verdict {
             return Err(RuntimeError::new(
                 ErrorKind::DoesNotFit,

@@ -28,6 +28,7 @@ pub fn resolved(config: &Config) -> Vec<Resolved> {
                 split: d.split.clone(),
                 kv_types: wire::requested_cache_types(d.cache_type_k, d.cache_type_v),
                 gpu_layers: d.gpu_layers,
+                n_cpu_moe: d.n_cpu_moe,
             };
             (d.clone(), spec)
         })

@@ -68,6 +68,9 @@ pub fn placement(stages: Vec<StagePlacement>) -> Vec<llmd_shared::StagePlacement
             output: s.output,
             weight_bytes: s.weight_bytes,
             kv_bytes: s.kv_bytes,
+            expert_device: s.expert_device,
+            expert_layers: s.expert_layers,
+            expert_bytes: s.expert_bytes,
         })
         .collect()
 }
@@ -201,5 +204,12 @@ pub fn plan_reply(planned: &PlannedModel) -> PlanReply {
             .unwrap_or_default(),
         suggestion: p.verdict.as_ref().and_then(|v| v.suggestion.clone()),
         warnings: p.warnings.clone(),
+        experts: p.experts.as_ref().map(|e| llmd_shared::PlannedExperts {
+            device: e.device.name.clone(),
+            layer_start: e.layers.start as u32,
+            layer_end: e.layers.end as u32,
+            weight_bytes: e.weight_bytes,
+            scratch_bytes: e.scratch_bytes,
+        }),
     }
 }

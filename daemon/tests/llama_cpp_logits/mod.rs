@@ -97,9 +97,21 @@ pub fn cpu_greedy(file: &Path, prompt: &[u32], n: usize, n_ctx: usize) -> Vec<u3
 /// [`NEAR_TIE`]; `margins` are llama.cpp's top-1 margins over each step's spread). Returns how
 /// many tokens were compared.
 pub fn compare_greedy(name: &str, ours: &[u32], theirs: &[u32], margins: &[f64]) -> usize {
+    compare_greedy_within(name, ours, theirs, margins, NEAR_TIE)
+}
+
+/// [`compare_greedy`] with a near-tie of `near_tie` (a fraction of each step's spread), for
+/// models whose logits are known to agree more tightly than [`NEAR_TIE`] assumes.
+pub fn compare_greedy_within(
+    name: &str,
+    ours: &[u32],
+    theirs: &[u32],
+    margins: &[f64],
+    near_tie: f64,
+) -> usize {
     let first_tie = margins
         .iter()
-        .position(|&m| m < NEAR_TIE)
+        .position(|&m| m < near_tie)
         .unwrap_or(theirs.len());
     assert_eq!(
         ours[..first_tie],

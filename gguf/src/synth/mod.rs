@@ -137,6 +137,12 @@ pub enum Arch {
     Gemma3,
     /// Phi-3 / Phi-4: fused q/k/v (`attn_qkv`) and gate+up (`ffn_up`) projections.
     Phi3,
+    /// Qwen3-MoE: Qwen3's attention, routed experts (`ffn_*_exps`, router `ffn_gate_inp`) in
+    /// every layer, each `expert_feed_forward_length` wide.
+    #[cfg_attr(feature = "clap", value(name = "qwen3moe"))]
+    Qwen3Moe,
+    /// Mixtral: a `llama` file with experts (`expert_count`), each `feed_forward_length` wide.
+    Mixtral,
 }
 
 impl Arch {
@@ -149,7 +155,22 @@ impl Arch {
             Arch::Gemma2 => "gemma2",
             Arch::Gemma3 => "gemma3",
             Arch::Phi3 => "phi3",
+            Arch::Qwen3Moe => "qwen3moe",
+            Arch::Mixtral => "mixtral",
         }
+    }
+
+    /// The `general.architecture` value (Mixtral files are `llama` files with experts).
+    pub const fn gguf_arch(self) -> &'static str {
+        match self {
+            Arch::Mixtral => "llama",
+            other => other.name(),
+        }
+    }
+
+    /// Whether every layer's feed-forward block is routed experts.
+    pub const fn has_experts(self) -> bool {
+        matches!(self, Arch::Qwen3Moe | Arch::Mixtral)
     }
 
     /// Whether the output projection is the token embedding (no `output.weight`).
@@ -187,6 +208,18 @@ pub enum Preset {
     /// Mistral Small 3 24B (llama).
     #[cfg_attr(feature = "clap", value(name = "mistral-small-24b"))]
     MistralSmall24B,
+    /// Qwen3-30B-A3B (qwen3moe): 128 experts, 8 used.
+    #[cfg_attr(feature = "clap", value(name = "30b-a3b"))]
+    A3B30,
+    /// Qwen3-235B-A22B (qwen3moe): 128 experts, 8 used.
+    #[cfg_attr(feature = "clap", value(name = "235b-a22b"))]
+    A22B235,
+    /// Mixtral 8x7B: 8 experts, 2 used.
+    #[cfg_attr(feature = "clap", value(name = "8x7b"))]
+    X8_7B,
+    /// Mixtral 8x22B: 8 experts, 2 used.
+    #[cfg_attr(feature = "clap", value(name = "8x22b"))]
+    X8_22B,
 }
 
 impl Preset {
@@ -200,6 +233,10 @@ impl Preset {
             Preset::B405 => "405b",
             Preset::Nemo12B => "nemo-12b",
             Preset::MistralSmall24B => "mistral-small-24b",
+            Preset::A3B30 => "30b-a3b",
+            Preset::A22B235 => "235b-a22b",
+            Preset::X8_7B => "8x7b",
+            Preset::X8_22B => "8x22b",
         }
     }
 }
@@ -510,6 +547,13 @@ pub struct Shape {
     pub attn_softcap: Option<f32>,
     /// Soft-cap of the output logits (gemma2, optionally gemma3).
     pub final_softcap: Option<f32>,
+    /// Experts per layer (0: a dense model).
+    pub n_expert: u32,
+    /// Experts used per token.
+    pub n_expert_used: u32,
+    /// Feed-forward width of each expert (Qwen3-MoE's `expert_feed_forward_length`; Mixtral's
+    /// experts are `n_ff` wide).
+    pub n_ff_exp: u32,
 }
 
 /// The preset shape of `arch`, if the family has a model of that size.
@@ -529,6 +573,9 @@ pub fn preset_shape(arch: Arch, preset: Preset) -> Result<Shape, SynthError> {
         sliding_window: None,
         attn_softcap: None,
         final_softcap: None,
+        n_expert: 0,
+        n_expert_used: 0,
+        n_ff_exp: 0,
     };
     let none = || SynthError::NoPreset {
         arch: arch.name(),
@@ -544,6 +591,7 @@ pub fn preset_shape(arch: Arch, preset: Preset) -> Result<Shape, SynthError> {
                 Preset::B405 => s(126, 16384, 53248, 128, 8, 128, 128256, 131072),
                 Preset::Nemo12B => s(40, 5120, 14336, 32, 8, 128, 131072, 1024000),
                 Preset::MistralSmall24B => s(40, 5120, 32768, 32, 8, 128, 131072, 32768),
+                _ => return Err(none()),
             };
             (sh.rope_base, sh.norm_eps) = match preset {
                 Preset::Nemo12B => (1_000_000.0, 1e-5),
@@ -600,6 +648,32 @@ pub fn preset_shape(arch: Arch, preset: Preset) -> Result<Shape, SynthError> {
             };
             sh.rope_base = 1_000_000.0;
             sh.sliding_window = Some(window);
+            sh
+        }
+        Arch::Qwen3Moe => {
+            // (experts, used, expert width) beside the dense shape.
+            let (mut sh, experts) = match preset {
+                Preset::Tiny => (s(2, 256, 512, 4, 2, 64, 1024, 4096), (8, 2, 128)),
+                Preset::A3B30 => (s(48, 2048, 6144, 32, 4, 128, 151936, 40960), (128, 8, 768)),
+                Preset::A22B235 => (
+                    s(94, 4096, 12288, 64, 4, 128, 151936, 40960),
+                    (128, 8, 1536),
+                ),
+                _ => return Err(none()),
+            };
+            (sh.n_expert, sh.n_expert_used, sh.n_ff_exp) = experts;
+            sh.rope_base = 1_000_000.0;
+            sh
+        }
+        Arch::Mixtral => {
+            let (mut sh, n_expert) = match preset {
+                Preset::Tiny => (s(2, 256, 256, 4, 2, 64, 1024, 4096), 4),
+                Preset::X8_7B => (s(32, 4096, 14336, 32, 8, 128, 32000, 32768), 8),
+                Preset::X8_22B => (s(56, 6144, 16384, 48, 8, 128, 32768, 65536), 8),
+                _ => return Err(none()),
+            };
+            (sh.n_expert, sh.n_expert_used, sh.n_ff_exp) = (n_expert, 2, sh.n_ff);
+            (sh.rope_base, sh.norm_eps) = (1_000_000.0, 1e-5);
             sh
         }
         Arch::Phi3 => {
@@ -663,6 +737,10 @@ impl ModelSpec {
         set(&mut sh.n_layer, self.layers);
         set(&mut sh.n_embd, self.embd);
         set(&mut sh.n_ff, self.ff);
+        if self.arch == Arch::Mixtral {
+            // Mixtral's experts are the feed-forward width.
+            sh.n_ff_exp = sh.n_ff;
+        }
         set(&mut sh.n_head, self.heads);
         set(&mut sh.n_head_kv, self.kv_heads);
         set(&mut sh.n_vocab, self.vocab);
@@ -752,7 +830,7 @@ impl ModelSpec {
     /// The rope scaling to write.
     pub fn rope_plan(&self, sh: &Shape) -> Result<RopeScalingPlan, SynthError> {
         RopeScalingPlan::new(
-            self.arch.name(),
+            self.arch.gguf_arch(),
             sh.n_ctx,
             self.rope_freqs,
             self.rope_scaling,
@@ -793,6 +871,9 @@ enum Role {
     AttnK,
     /// ffn_gate and ffn_up: fewer bits on the middle layers in the IQ3_XS mix.
     FfnGateUp,
+    /// A mixture of experts' router (`ffn_gate_inp`): never quantized (F32, as converters
+    /// write it and llama-quantize leaves it).
+    Router,
     /// Values given in advance (rope frequency factors, always F32).
     Fixed,
 }
@@ -862,6 +943,9 @@ struct Site {
     /// Whether llama.cpp classes the model as a 70B (80 layers of llama with grouped KV heads,
     /// or of qwen2), whose small attn_v takes more bits.
     is_70b: bool,
+    /// Experts per layer (llama-quantize gives an 8-expert model's attn_k/attn_v Q8_0 and its
+    /// attn_output Q5_K in the K and IQ3/IQ4 mixes).
+    n_expert: u32,
 }
 
 /// The type of an attn_v matrix in mix `wt` (`base` otherwise), as `llama_tensor_get_type`.
@@ -942,6 +1026,25 @@ fn ffn_gate_up_type(wt: WeightType, base: GgmlType, at: Site) -> GgmlType {
     }
 }
 
+/// Whether llama-quantize gives an 8-expert model's attn_output Q5_K in mix `wt`.
+fn eight_expert_output_bump(wt: WeightType) -> bool {
+    use WeightType as W;
+    matches!(
+        wt,
+        W::Q2_K
+            | W::IQ3_XS
+            | W::IQ3_XXS
+            | W::Q3_K_S
+            | W::Q3_K_M
+            | W::IQ4_NL
+            | W::Q4_K_S
+            | W::Q4_K_M
+            | W::IQ3_S
+            | W::IQ3_M
+            | W::IQ4_XS
+    )
+}
+
 /// The storage type of a tensor, following llama.cpp's `llama_tensor_get_type` for a dense
 /// model quantized without an importance matrix.
 fn choose_type(wt: WeightType, role: Role, at: Site, tied: bool, row: u64) -> GgmlType {
@@ -949,7 +1052,7 @@ fn choose_type(wt: WeightType, role: Role, at: Site, tied: bool, row: u64) -> Gg
     let base = wt.base();
     let output = matches!(role, Role::Output) || (tied && role == Role::TokenEmbd);
     let ty = match role {
-        Role::Norm | Role::Bias | Role::Fixed => return GgmlType::F32,
+        Role::Norm | Role::Bias | Role::Fixed | Role::Router => return GgmlType::F32,
         _ if matches!(wt, W::F32 | W::F16 | W::BF16) => base,
         _ if output && matches!(wt, W::Q8_0 | W::MXFP4) => GgmlType::Q8_0,
         // The output (or tied embedding) takes Q8_0 when its rows do not fit K blocks.
@@ -960,6 +1063,8 @@ fn choose_type(wt: WeightType, role: Role, at: Site, tied: bool, row: u64) -> Gg
         Role::TokenEmbd if matches!(wt, W::IQ2_M | W::IQ3_XXS) => GgmlType::IQ3_S,
         Role::TokenEmbd if wt.is_iq1_iq2() => GgmlType::Q2_K,
         Role::TokenEmbd if wt == W::MXFP4 => GgmlType::Q8_0,
+        Role::AttnV | Role::AttnK if at.n_expert == 8 => GgmlType::Q8_0,
+        Role::AttnOutput if at.n_expert == 8 && eight_expert_output_bump(wt) => GgmlType::Q5_K,
         Role::AttnV => attn_v_type(wt, base, at),
         Role::FfnDown => ffn_down_type(wt, base, at),
         Role::AttnOutput => attn_output_type(wt, base),
@@ -1002,6 +1107,7 @@ fn plan(arch: Arch, sh: &Shape, wt: WeightType, rope: &RopeScalingPlan) -> Vec<T
                     Arch::Qwen2 => true,
                     _ => false,
                 },
+            n_expert: sh.n_expert,
         };
         let ty = choose_type(wt, role, at, tied, dims[0]);
         out.push(TensorPlan {
@@ -1037,7 +1143,7 @@ fn plan(arch: Arch, sh: &Shape, wt: WeightType, rope: &RopeScalingPlan) -> Vec<T
             add(b("attn_k.bias"), vec![kv], Role::Bias, l);
             add(b("attn_v.bias"), vec![kv], Role::Bias, l);
         }
-        if matches!(arch, Arch::Qwen3 | Arch::Gemma3) {
+        if matches!(arch, Arch::Qwen3 | Arch::Qwen3Moe | Arch::Gemma3) {
             add(b("attn_q_norm.weight"), vec![hd], Role::Norm, l);
             add(b("attn_k_norm.weight"), vec![hd], Role::Norm, l);
         }
@@ -1046,14 +1152,28 @@ fn plan(arch: Arch, sh: &Shape, wt: WeightType, rope: &RopeScalingPlan) -> Vec<T
             add(b("post_attention_norm.weight"), vec![e], Role::Norm, l);
         }
         add(b("ffn_norm.weight"), vec![e], Role::Norm, l);
-        if arch == Arch::Phi3 {
+        if arch.has_experts() {
+            // ggml's dims: expert `x` is the `x`-th block of rows of each 3-D tensor.
+            let (n, fx) = (sh.n_expert as u64, sh.n_ff_exp as u64);
+            add(b("ffn_gate_inp.weight"), vec![e, n], Role::Router, l);
+            add(
+                b("ffn_gate_exps.weight"),
+                vec![e, fx, n],
+                Role::FfnGateUp,
+                l,
+            );
+            add(b("ffn_up_exps.weight"), vec![e, fx, n], Role::FfnGateUp, l);
+            add(b("ffn_down_exps.weight"), vec![fx, e, n], Role::FfnDown, l);
+        } else if arch == Arch::Phi3 {
             // Gate and up in one tensor, gate first (llama.cpp's mixes see an ffn_up).
             add(b("ffn_up.weight"), vec![e, 2 * ff], Role::FfnGateUp, l);
         } else {
             add(b("ffn_gate.weight"), vec![e, ff], Role::FfnGateUp, l);
             add(b("ffn_up.weight"), vec![e, ff], Role::FfnGateUp, l);
         }
-        add(b("ffn_down.weight"), vec![ff, e], Role::FfnDown, l);
+        if !arch.has_experts() {
+            add(b("ffn_down.weight"), vec![ff, e], Role::FfnDown, l);
+        }
         if gemma {
             add(b("post_ffw_norm.weight"), vec![e], Role::Norm, l);
         }
@@ -1087,14 +1207,14 @@ fn metadata(
     rope: &RopeScalingPlan,
 ) -> Vec<(String, MetadataValue)> {
     use MetadataValue as V;
-    let a = arch.name();
+    let a = arch.gguf_arch();
     let k = |s: &str| format!("{a}.{s}");
     let preset_name = preset.name();
     // llama.cpp gives vocabularies of models named "phi3" Phi-3.5's token attributes, which
     // need its SentencePiece tokens; a byte-level BPE phi3 vocabulary is Phi-4's.
     let family = match arch {
         Arch::Phi3 if vocab.model == "gpt2" => "phi4",
-        _ => a,
+        _ => arch.name(),
     };
     let mut m: Vec<(String, MetadataValue)> = vec![
         ("general.architecture".into(), V::String(a.into())),
@@ -1118,6 +1238,13 @@ fn metadata(
         (k("rope.freq_base"), V::F32(sh.rope_base)),
         (k("attention.layer_norm_rms_epsilon"), V::F32(sh.norm_eps)),
     ];
+    if arch.has_experts() {
+        m.push((k("expert_count"), V::U32(sh.n_expert)));
+        m.push((k("expert_used_count"), V::U32(sh.n_expert_used)));
+    }
+    if arch == Arch::Qwen3Moe {
+        m.push((k("expert_feed_forward_length"), V::U32(sh.n_ff_exp)));
+    }
     if let Some(w) = sh.sliding_window {
         m.push((k("attention.sliding_window"), V::U32(w)));
     }
@@ -1394,7 +1521,8 @@ pub struct ModelSummary {
     /// Whether the output projection is tied to the token embeddings (no `output.weight`).
     pub tied_output: bool,
     /// Bytes of weights one decode step reads: every tensor except the token embeddings, of
-    /// which only the looked-up rows are read, unless they double as the output projection.
+    /// which only the looked-up rows are read, unless they double as the output projection, and
+    /// of a mixture of experts only the experts one token uses.
     pub decode_bytes_per_token: u64,
     /// Whether only the header was written.
     pub header_only: bool,
@@ -1417,9 +1545,9 @@ pub fn write_model(spec: &ModelSpec, output: &Path) -> Result<ModelSummary, Synt
     let sh = spec.shape()?;
     let rope = spec.rope_plan(&sh)?;
     let flavor = match spec.arch {
-        Arch::Llama => Flavor::Llama,
+        Arch::Llama | Arch::Mixtral => Flavor::Llama,
         Arch::Phi3 => Flavor::Phi3,
-        Arch::Qwen2 | Arch::Qwen3 => Flavor::Qwen,
+        Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe => Flavor::Qwen,
         Arch::Gemma2 | Arch::Gemma3 => Flavor::Gemma,
     };
     let vocab = vocab::build(spec.vocab_kind(), flavor, sh.n_vocab as usize)?;
@@ -1476,9 +1604,14 @@ fn summarize(
     let mut tensor_total = 0u64;
     let mut token_embd_bytes = 0u64;
     let mut tied_output = true;
+    // Bytes of experts a decode step does not read (a token uses `n_expert_used` of them).
+    let mut unused_expert_bytes = 0u64;
     for t in tensors {
         let b = tensor_bytes(t)?;
         tensor_total += b;
+        if t.dims.len() == 3 && sh.n_expert > 0 {
+            unused_expert_bytes += b / sh.n_expert as u64 * (sh.n_expert - sh.n_expert_used) as u64;
+        }
         match t.role {
             Role::TokenEmbd => token_embd_bytes = b,
             Role::Output => tied_output = false,
@@ -1487,7 +1620,7 @@ fn summarize(
     }
     Ok(ModelSummary {
         path: output.to_owned(),
-        arch: spec.arch.name().to_owned(),
+        arch: spec.arch.gguf_arch().to_owned(),
         ty: format!("{:?}", spec.ty).to_lowercase(),
         fill: format!("{:?}", spec.fill).to_lowercase(),
         layers: sh.n_layer,
@@ -1503,7 +1636,7 @@ fn summarize(
             tensor_total
         } else {
             tensor_total - token_embd_bytes
-        },
+        } - unused_expert_bytes,
         header_only: spec.header_only,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -1542,6 +1675,36 @@ mod tests {
         assert_eq!(ty("token_embd.weight"), GgmlType::Q8_0);
         assert_eq!(ty("blk.1.attn_q.weight"), GgmlType::Q5_0);
         assert!(p.iter().all(|t| t.name != "output.weight"));
+    }
+
+    #[test]
+    fn moe_presets_write_3d_experts_and_an_f32_router() {
+        let sh = preset_shape(Arch::Qwen3Moe, Preset::A3B30).unwrap();
+        assert_eq!((sh.n_expert, sh.n_expert_used, sh.n_ff_exp), (128, 8, 768));
+        let p = plan(Arch::Qwen3Moe, &sh, WeightType::Q4_K_M, &no_rope());
+        let t = |n: &str| p.iter().find(|t| t.name == n).unwrap();
+        assert_eq!(t("blk.0.ffn_gate_exps.weight").dims, vec![2048, 768, 128]);
+        assert_eq!(t("blk.0.ffn_down_exps.weight").dims, vec![768, 2048, 128]);
+        assert_eq!(t("blk.0.ffn_gate_inp.weight").ty, GgmlType::F32);
+        assert_eq!(t("blk.0.ffn_down_exps.weight").ty, GgmlType::Q6_K);
+        assert!(p.iter().all(|t| t.name != "blk.0.ffn_gate.weight"));
+        // Qwen3-30B-A3B: 30.5B parameters.
+        let n: u64 = p.iter().map(|t| t.dims.iter().product::<u64>()).sum();
+        assert!((30.4e9..30.6e9).contains(&(n as f64)), "{n}");
+        // Mixtral: a llama file; 8 experts give attn_v and attn_k Q8_0.
+        let sh = preset_shape(Arch::Mixtral, Preset::X8_7B).unwrap();
+        let p = plan(Arch::Mixtral, &sh, WeightType::Q4_K_M, &no_rope());
+        let ty = |n: &str| p.iter().find(|t| t.name == n).unwrap().ty;
+        assert_eq!(ty("blk.3.attn_v.weight"), GgmlType::Q8_0);
+        assert_eq!(ty("blk.3.attn_k.weight"), GgmlType::Q8_0);
+        assert_eq!(ty("blk.3.attn_output.weight"), GgmlType::Q5_K);
+        let n: u64 = p.iter().map(|t| t.dims.iter().product::<u64>()).sum();
+        assert!(
+            (46.6e9..46.8e9).contains(&(n as f64)),
+            "Mixtral 8x7B: 46.7B, not {n}"
+        );
+        assert_eq!(Arch::Mixtral.gguf_arch(), "llama");
+        assert!(preset_shape(Arch::Mixtral, Preset::A3B30).is_err());
     }
 
     #[test]

@@ -37,7 +37,10 @@ pub use models::{
     ListReply, ListRequest, LoadReply, LoadRequest, ModelDetails, StagePlacement, UnloadReply,
     UnloadRequest,
 };
-pub use plan::{PlanReply, PlanRequest, PlannedDevice, PlannedStage, ResplitReply, ResplitRequest};
+pub use plan::{
+    PlanReply, PlanRequest, PlannedDevice, PlannedExperts, PlannedStage, ResplitReply,
+    ResplitRequest,
+};
 pub use status::{
     CudaPeer, CudaStatus, DaemonMemory, DeclaredModel, DeclaredState, DeviceInfo, DeviceKind,
     HostMemory, ModelInfo, StatusReply, StatusRequest,

@@ -32,6 +32,9 @@ pub struct LoadRequest {
     /// Layers on GPU devices, the first ones going to the CPU device, as llama.cpp's `-ngl`
     /// (default: every layer on the chosen devices).
     pub gpu_layers: Option<u32>,
+    /// A mixture of experts' router and experts of the first N layers on the host's CPU device
+    /// (`--n-cpu-moe N`; `--cpu-moe` sends `u32::MAX`: every layer), as llama.cpp's.
+    pub n_cpu_moe: Option<u32>,
 }
 
 /// Where one stage of a model lives.
@@ -49,6 +52,12 @@ pub struct StagePlacement {
     pub weight_bytes: u64,
     /// Bytes of KV cache on the device now.
     pub kv_bytes: u64,
+    /// The device holding the experts of some of its layers (`--cpu-moe`), if any.
+    pub expert_device: Option<String>,
+    /// Those layers, as `[start, end)`.
+    pub expert_layers: (u32, u32),
+    /// Bytes of those experts on `expert_device`.
+    pub expert_bytes: u64,
 }
 
 /// A model made resident.

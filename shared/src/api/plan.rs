@@ -25,6 +25,24 @@ pub struct PlanRequest {
     pub cache_type_k: Option<KvCacheType>,
     /// Type of the KV cache's values to plan for (default: f16).
     pub cache_type_v: Option<KvCacheType>,
+    /// A mixture of experts' router and experts of the first N layers on the host's CPU device
+    /// (`--n-cpu-moe N`; `--cpu-moe` sends `u32::MAX`: every layer), as llama.cpp's.
+    pub n_cpu_moe: Option<u32>,
+}
+
+/// A mixture of experts' experts placed on a device of their own (`--cpu-moe`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedExperts {
+    /// Device name (the host's CPU device).
+    pub device: String,
+    /// First layer whose experts it holds (inclusive).
+    pub layer_start: u32,
+    /// Last layer whose experts it holds (exclusive).
+    pub layer_end: u32,
+    /// Bytes of their weights (routers and experts).
+    pub weight_bytes: u64,
+    /// Bytes of their activation buffers.
+    pub scratch_bytes: u64,
 }
 
 /// One stage of a plan.
@@ -93,6 +111,9 @@ pub struct PlanReply {
     /// Placements that fit but are probably not what was meant (every layer on one of several
     /// devices, a device left without layers).
     pub warnings: Vec<String>,
+    /// Experts on a device of their own (`--cpu-moe`, `--n-cpu-moe`), counted there and not in
+    /// the stages' weights.
+    pub experts: Option<PlannedExperts>,
 }
 
 /// Changes a loaded model's split (and context) live; running generations continue.
@@ -166,6 +187,13 @@ mod tests {
             problems: vec!["cpu:0 needs more".into()],
             suggestion: Some("--ctx 4096".into()),
             warnings: vec![],
+            experts: Some(PlannedExperts {
+                device: "cpu:0".into(),
+                layer_start: 0,
+                layer_end: 94,
+                weight_bytes: 10,
+                scratch_bytes: 11,
+            }),
         };
         let requests = [
             Request::Plan(PlanRequest {
@@ -176,6 +204,7 @@ mod tests {
                 ctx: Some(8192),
                 cache_type_k: Some(KvCacheType::Q8_0),
                 cache_type_v: None,
+                n_cpu_moe: Some(u32::MAX),
             }),
             Request::Resplit(ResplitRequest {
                 name: "m".into(),

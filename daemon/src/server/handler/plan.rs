@@ -26,6 +26,7 @@ pub async fn handle(req: PlanRequest, ctx: &Context) -> Result<PlanReply, ErrorR
         gpu_layers: req.gpu_layers,
         ctx: req.ctx,
         kv_types: wire::requested_cache_types(req.cache_type_k, req.cache_type_v),
+        n_cpu_moe: req.n_cpu_moe,
     };
     let state = Arc::clone(&ctx.state);
     let devices = state.devices();

@@ -1,0 +1,298 @@
+//! The mixture-of-experts feed-forward block of one layer (Mixtral, Qwen3-MoE), as llama.cpp's
+//! `build_moe_ffn` computes it: router logits, softmax, the top `k` experts per token with their
+//! probabilities (normalised to sum 1), each chosen expert's gated MLP, and the weighted sum of
+//! the `k` results in slot order.
+//!
+//! The experts run batched: the tokens of a batch are grouped by expert
+//! ([`llmd_kernels::moe::ExpertGroups`]) and each expert multiplies all of its rows in one
+//! matmul of the backend's kernels (so prefill never goes token by token, and every row's dot
+//! products are the ones ggml's `mul_mat_id` computes). Routing and the weighted sum run on the
+//! host, with buffers allocated once: the block reads its input from one device buffer and
+//! leaves its output in host memory, so the experts may live on another device than the layer's
+//! attention.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use llmd_kernels::backend::{Backend, BackendError, GatedActivation, WeightView};
+use llmd_kernels::moe::ExpertGroups;
+
+use super::config::{ModelConfig, MoeConfig};
+use super::weights::{ExpertWeights, WeightError};
+
+/// Buffers of the mixture-of-experts block for batches of up to `max_tokens` tokens, on the
+/// experts' device and on the host.
+pub struct MoeScratch<B: Backend> {
+    /// Normalised input when it comes from another device: `(max_tokens, n_embd)`.
+    pub input: B::Activations,
+    /// Router logits: `(max_tokens, n_expert)`.
+    logits: B::Activations,
+    /// The rows routed to one expert: `(max_tokens, n_embd)`.
+    rows: B::Activations,
+    /// Expert gate: `(max_tokens, n_ff_exp)`.
+    gate: B::Activations,
+    /// Expert up: `(max_tokens, n_ff_exp)`.
+    up: B::Activations,
+    /// Expert output: `(max_tokens, n_embd)`.
+    down: B::Activations,
+    /// Router probabilities on the host: `(max_tokens, n_expert)`.
+    host_logits: Vec<f32>,
+    /// Chosen experts: `(max_tokens, k)`.
+    ids: Vec<u32>,
+    /// Their weights: `(max_tokens, k)`.
+    weights: Vec<f32>,
+    /// The batch's rows grouped by expert.
+    groups: ExpertGroups,
+    /// One expert's output on the host: `(max_tokens, n_embd)`.
+    host_down: Vec<f32>,
+    /// Each token's weighted expert outputs by slot: `(max_tokens, k, n_embd)`, summed in slot
+    /// order as llama.cpp adds them.
+    slots: Vec<f32>,
+    /// The block's output on the host: `(max_tokens, n_embd)`.
+    pub out: Vec<f32>,
+    /// Tokens per call at most.
+    max_tokens: usize,
+}
+
+impl<B: Backend> MoeScratch<B> {
+    /// Buffers for batches of up to `max_tokens` tokens of width `n_embd`.
+    pub fn alloc(
+        b: &B,
+        moe: &MoeConfig,
+        n_embd: usize,
+        max_tokens: usize,
+    ) -> Result<Self, BackendError> {
+        let (n, d) = (max_tokens, n_embd);
+        let (e, k, ff) = (moe.routing.n_expert, moe.routing.n_used, moe.n_ff_exp);
+        Ok(MoeScratch {
+            input: b.alloc_activations(n * d)?,
+            logits: b.alloc_activations(n * e)?,
+            rows: b.alloc_activations(n * d)?,
+            gate: b.alloc_activations(n * ff)?,
+            up: b.alloc_activations(n * ff)?,
+            down: b.alloc_activations(n * d)?,
+            host_logits: vec![0.0; n * e],
+            ids: vec![0; n * k],
+            weights: vec![0.0; n * k],
+            groups: ExpertGroups::default(),
+            host_down: vec![0.0; n * d],
+            slots: vec![0.0; n * k * d],
+            out: vec![0.0; n * d],
+            max_tokens,
+        })
+    }
+}
+
+/// f32 values of device activations [`MoeScratch`] takes for `moe` (what a planner counts).
+pub fn scratch_floats(moe: &MoeConfig, n_embd: usize, max_tokens: usize) -> usize {
+    max_tokens * (3 * n_embd + moe.routing.n_expert + 2 * moe.n_ff_exp)
+}
+
+/// Which buffer holds the block's normalised input.
+pub enum MoeInput<'a, B: Backend> {
+    /// A buffer of the experts' device (the layer runs there).
+    Device(&'a B::Activations),
+    /// [`MoeScratch::input`], written by the caller from another device.
+    Scratch,
+}
+
+/// Runs the block over `n` rows of width `d`: the result is in `s.out[..n * d]`.
+#[allow(clippy::too_many_arguments)]
+pub fn moe_ffn<B: Backend>(
+    b: &B,
+    w: &ExpertWeights<B::Weight>,
+    moe: &MoeConfig,
+    act: GatedActivation,
+    s: &mut MoeScratch<B>,
+    input: MoeInput<'_, B>,
+    n: usize,
+    d: usize,
+) -> Result<(), BackendError> {
+    let (e, k, ff) = (moe.routing.n_expert, moe.routing.n_used, moe.n_ff_exp);
+    let shape = |detail: String| BackendError::Shape {
+        op: "moe_ffn",
+        detail,
+    };
+    if n > s.max_tokens || w.gate.len() != e || w.up.len() != e || w.down.len() != e {
+        return Err(shape(format!(
+            "{n} tokens (at most {}), {}/{}/{} experts of {e}",
+            s.max_tokens,
+            w.gate.len(),
+            w.up.len(),
+            w.down.len()
+        )));
+    }
+    let x = match input {
+        MoeInput::Device(x) => x,
+        MoeInput::Scratch => &s.input,
+    };
+    // Router: one logit per expert, then on the host the softmax, top-k and weights.
+    b.matmul(&w.router, x, n, &mut s.logits)?;
+    b.read_activations(&s.logits, &mut s.host_logits[..n * e])?;
+    let (ids, weights) = (&mut s.ids[..n * k], &mut s.weights[..n * k]);
+    let routing_error = |err: llmd_kernels::moe::RoutingError| shape(err.to_string());
+    moe.routing
+        .route(&mut s.host_logits, n, ids, weights)
+        .map_err(routing_error)?;
+    s.groups.group(ids, e, k).map_err(routing_error)?;
+
+    // Each expert with tokens: its rows gathered, gate and up in one pass, the gated
+    // activation, down; each result row weighted into its token's slot.
+    for ex in 0..e {
+        let (tokens, slots) = s.groups.expert(ex);
+        let m = tokens.len();
+        if m == 0 {
+            continue;
+        }
+        b.gather_rows(x, tokens, d, &mut s.rows)?;
+        b.matmuls(
+            &[&w.gate[ex], &w.up[ex]],
+            &s.rows,
+            m,
+            &mut [&mut s.gate, &mut s.up],
+        )?;
+        b.gated_activation(&mut s.gate, &s.up, m * ff, act)?;
+        b.matmul(&w.down[ex], &s.gate, m, &mut s.down)?;
+        b.read_activations(&s.down, &mut s.host_down[..m * d])?;
+        for (row, &slot) in s.host_down.chunks_exact(d).zip(slots) {
+            let slot = slot as usize;
+            let wgt = s.weights[slot];
+            for (o, &v) in s.slots[slot * d..(slot + 1) * d].iter_mut().zip(row) {
+                *o = v * wgt;
+            }
+        }
+    }
+    // The k weighted results of each token added in slot order.
+    for t in 0..n {
+        let out = &mut s.out[t * d..(t + 1) * d];
+        out.copy_from_slice(&s.slots[t * k * d..(t * k + 1) * d]);
+        for j in 1..k {
+            let slot = &s.slots[(t * k + j) * d..(t * k + j + 1) * d];
+            for (o, &v) in out.iter_mut().zip(slot) {
+                *o += v;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A layer's experts resident on a device other than the layer's (llama.cpp's `--cpu-moe`: the
+/// experts in host memory, attention on a GPU). The block's normalised input crosses to that
+/// device through host memory and its output comes back the same way, like a stage boundary.
+pub trait ExpertStage: Send {
+    /// The experts' device.
+    fn device_name(&self) -> &str;
+    /// Bytes of weights resident there.
+    fn weight_bytes(&self) -> u64;
+    /// Runs the block over the `n` rows of `input` (`n * n_embd` values on the host) into as
+    /// many values of `output`.
+    fn forward(&mut self, input: &[f32], n: usize, output: &mut [f32]) -> Result<(), BackendError>;
+}
+
+/// [`ExpertStage`] on a backend of type `E`.
+pub struct DeviceExperts<E: Backend> {
+    /// The experts' device.
+    backend: Arc<E>,
+    /// The router and experts, resident on `backend`.
+    weights: ExpertWeights<E::Weight>,
+    /// Expert counts and routing.
+    moe: MoeConfig,
+    /// The experts' gated activation.
+    act: GatedActivation,
+    /// Width of the residual stream.
+    n_embd: usize,
+    /// The block's buffers on `backend` and the host, shared by every layer's experts on that
+    /// device (layers run one at a time), so they are allocated once, not once per layer.
+    scratch: Arc<Mutex<MoeScratch<E>>>,
+    /// Bytes of `weights`.
+    weight_bytes: u64,
+}
+
+impl<E: Backend> DeviceExperts<E> {
+    /// Copies `weights` (one layer's experts, in the file or on another device) to `backend`,
+    /// computing in `scratch` (the device's shared buffers; allocated here for batches of up to
+    /// `max_tokens` tokens when `None`).
+    pub fn load(
+        backend: Arc<E>,
+        config: &ModelConfig,
+        weights: &ExpertWeights<WeightView<'_>>,
+        scratch: &mut Option<Arc<Mutex<MoeScratch<E>>>>,
+        max_tokens: usize,
+    ) -> Result<Self, WeightError> {
+        let moe = config
+            .moe
+            .ok_or_else(|| WeightError::Misplaced("experts of a model that has none".into()))?;
+        let weights = weights.try_map(&mut |t| backend.import_weight(t))?;
+        let weight_bytes = weights.tensors().map(|w| backend.weight_bytes(w)).sum();
+        let scratch = match scratch {
+            Some(s) => Arc::clone(s),
+            None => {
+                let s = Arc::new(Mutex::new(MoeScratch::alloc(
+                    &*backend,
+                    &moe,
+                    config.n_embd,
+                    max_tokens,
+                )?));
+                *scratch = Some(Arc::clone(&s));
+                s
+            }
+        };
+        Ok(DeviceExperts {
+            backend,
+            weights,
+            moe,
+            act: config.activation,
+            n_embd: config.n_embd,
+            scratch,
+            weight_bytes,
+        })
+    }
+}
+
+impl<E: Backend> ExpertStage for DeviceExperts<E> {
+    fn device_name(&self) -> &str {
+        self.backend.device_name()
+    }
+
+    fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    fn forward(&mut self, input: &[f32], n: usize, output: &mut [f32]) -> Result<(), BackendError> {
+        let d = self.n_embd;
+        if input.len() != n * d || output.len() < n * d {
+            return Err(BackendError::Shape {
+                op: "experts",
+                detail: format!(
+                    "{} values in and {} out for {n} rows of {d}",
+                    input.len(),
+                    output.len()
+                ),
+            });
+        }
+        let mut scratch = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
+        let s = &mut *scratch;
+        self.backend.write_activations(&mut s.input, input)?;
+        moe_ffn(
+            &*self.backend,
+            &self.weights,
+            &self.moe,
+            self.act,
+            s,
+            MoeInput::Scratch,
+            n,
+            d,
+        )?;
+        output[..n * d].copy_from_slice(&s.out[..n * d]);
+        Ok(())
+    }
+}
+
+/// The layers whose experts a stage loads onto another device, and how.
+pub struct ExpertsElsewhere<'a> {
+    /// The layers (global indices) whose experts move.
+    pub layers: std::ops::Range<usize>,
+    /// Loads one layer's experts (as found in the file) onto their device.
+    #[allow(clippy::type_complexity)]
+    pub load:
+        &'a dyn Fn(&ExpertWeights<WeightView<'_>>) -> Result<Box<dyn ExpertStage>, WeightError>,
+}
