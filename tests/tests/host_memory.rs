@@ -96,7 +96,7 @@ fn one_resident_copy_reported_and_returned() {
         "{memory}"
     );
     assert!(memory["anon_bytes"].as_u64() >= Some(anon), "{memory}");
-    let listed = last_json(&ok(&d, &["list", "--json"]));
+    let listed = last_json(&ok(&d, &["list", "--json"]))["models"][0].clone();
     assert_eq!(
         listed["host_memory"]["anon_bytes"].as_u64(),
         Some(anon),

@@ -175,8 +175,9 @@ fn hostile_resplit_after_the_file_changed_refuses_and_keeps_serving() {
     let file = dir.path().join("model.gguf");
     let mut d = traded_layers_daemon(&file);
     let before = greedy(&d, "m", N);
-    let placement =
-        |d: &Daemon| ranges(&last_json(&split_util::ok(d, &["list", "--json"]))["placement"]);
+    let placement = |d: &Daemon| {
+        ranges(&last_json(&split_util::ok(d, &["list", "--json"]))["models"][0]["placement"])
+    };
     let was = placement(&d);
     truncate(&file, 1000);
 
