@@ -1,8 +1,9 @@
 //! llmd: the daemon that keeps language models resident across devices.
 //!
 //! Layout (see docs/ARCHITECTURE.md):
-//! - [`gguf`]: reading and writing GGUF model files.
-//! - [`tokenizer`]: SentencePiece and byte-level BPE tokenizers, detokenization, chat templates.
+//! The GGUF format (`llmd-gguf`), the tokenizers and chat templates (`llmd-tokenizer`), the
+//! quant block formats (`llmd-quant`) and the compute kernels (`llmd-kernels`) are crates of
+//! their own; this crate is the daemon around them.
 //! - [`cli`]: the `llmd` command line; [`config`]: the TOML configuration file; [`logging`]:
 //!   tracing to journald or stderr; [`notify`]: sd_notify; [`shutdown`]: stop signalling.
 //! - [`state`]: the shared daemon state (config, devices, model registry, counters).
@@ -24,5 +25,4 @@ pub mod notify;
 pub mod server;
 pub mod shutdown;
 pub mod state;
-pub mod tokenizer;
 pub mod users;

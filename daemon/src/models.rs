@@ -23,8 +23,8 @@ use crate::model::plan::{self, ModelSizes, Plan, PlanDevice, PlanOptions};
 use crate::model::resplit::{layout_of, resplit, Layout, LiveSequence};
 use crate::model::{ModelConfig, Pipeline, StageBackend};
 use crate::state::Device;
-use crate::tokenizer::chat::ChatTemplate;
-use crate::tokenizer::Tokenizer;
+use llmd_tokenizer::chat::ChatTemplate;
+use llmd_tokenizer::Tokenizer;
 
 /// Context length when neither the request nor the model says less.
 pub const DEFAULT_CTX: u32 = 4096;

@@ -18,9 +18,9 @@ use llmd::engine::sampler::argmax;
 use llmd::model::load::{build_pipeline, OpenedModel, StageSpec};
 use llmd::model::StageBackend;
 use llmd::model::{Batch, Pipeline};
-use llmd::tokenizer::Tokenizer;
 use llmd_kernels::backend::{CpuBackend, DeviceMemory, KvType, KvTypes};
 use llmd_kernels::cpu::ThreadPool;
+use llmd_tokenizer::Tokenizer;
 use serde_json::Value;
 
 /// Margin below which a step is a near-tie.

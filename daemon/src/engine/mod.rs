@@ -84,7 +84,7 @@ impl ModelHandle {
     pub fn spawn(
         name: &str,
         pipeline: Pipeline,
-        tokenizer: Arc<crate::tokenizer::Tokenizer>,
+        tokenizer: Arc<llmd_tokenizer::Tokenizer>,
         limits: WorkerLimits,
         changed: Option<Arc<Notify>>,
     ) -> std::io::Result<Self> {

@@ -29,7 +29,7 @@ use super::text::TextStream;
 use super::WorkerHealth;
 use crate::model::resplit::LiveSequence;
 use crate::model::{Batch, Pipeline, SeqId};
-use crate::tokenizer::Tokenizer;
+use llmd_tokenizer::Tokenizer;
 
 /// How long a generation whose client does not read its tokens stays parked before it is
 /// dropped (its KV cache and slot freed). The connection itself gives up on such a client

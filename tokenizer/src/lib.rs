@@ -10,8 +10,12 @@
 //! - [`stream`]: [`StreamDecoder`], which turns a stream of ids into text only at complete
 //!   UTF-8 characters. [`chat`]: chat templates.
 //! - `unicode`: codepoint categories and the GPT-2 byte map.
+//! - `testing` (feature `testing`, for other crates' unit tests): hand-made vocabularies.
 //! - `tests`: unit tests on hand-made vocabularies; the real ones are compared with llama.cpp in
-//!   `daemon/tests/tokenizer_reference.rs` and `tokenizer_chat.rs`.
+//!   `tests/it/reference.rs` and `tests/it/chat.rs`.
+//!
+//! Depends on the GGUF crate for [`TokenizerMetadata`] and on nothing of the daemon: no async
+//! runtime, no device library, no wire protocol.
 
 mod bpe;
 pub mod chat;
@@ -20,8 +24,10 @@ pub mod pretokenize;
 mod spm;
 pub mod stream;
 mod tekken;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;
 mod unicode;
 
 use std::collections::{BTreeSet, HashMap};
@@ -95,7 +101,7 @@ mod attr {
 }
 
 /// Token type codes of `tokenizer.ggml.token_type`.
-mod token_type {
+pub mod token_type {
     /// Normal.
     pub const NORMAL: i32 = 1;
     /// Unknown.

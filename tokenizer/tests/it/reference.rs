@@ -9,8 +9,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use llmd::tokenizer::{ChatMessage, ChatTemplate, StreamDecoder, Tokenizer};
 use llmd_gguf::{GgufFile, TokenizerMetadata};
+use llmd_testkit::data::test_data_file;
+use llmd_tokenizer::{ChatMessage, ChatTemplate, StreamDecoder, Tokenizer};
 use serde::Deserialize;
 
 /// One fixture case.
@@ -58,41 +59,14 @@ struct Fixture {
 
 fn fixture(name: &str) -> Fixture {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tokenizer")
+        .join("tests/fixtures")
         .join(format!("{name}.json"));
     let text = std::fs::read_to_string(&path).expect("fixture readable");
     serde_json::from_str(&text).expect("fixture parses")
 }
 
-/// The model file named by `var`, or `None` (after printing why) when the test must skip.
-fn model_path(var: &str) -> Option<PathBuf> {
-    match std::env::var_os(var) {
-        Some(p) if !p.is_empty() => {
-            let path = PathBuf::from(p);
-            if path.is_file() {
-                return Some(path);
-            }
-            assert!(
-                std::env::var_os("LLMD_REQUIRE_TEST_DATA").is_none(),
-                "{var} points to a missing file {}",
-                path.display()
-            );
-            println!("SKIPPED: {var}={} does not exist", path.display());
-            None
-        }
-        _ => {
-            assert!(
-                std::env::var_os("LLMD_REQUIRE_TEST_DATA").is_none(),
-                "{var} is not set but LLMD_REQUIRE_TEST_DATA is"
-            );
-            println!("SKIPPED: {var} is not set (run scripts/test-deps to fetch the models)");
-            None
-        }
-    }
-}
-
 fn load(var: &str) -> Option<(Tokenizer, TokenizerMetadata)> {
-    let path = model_path(var)?;
+    let path = test_data_file(var)?;
     let file = GgufFile::open_header(&path).expect("gguf header opens");
     let meta = TokenizerMetadata::from_gguf(&file).expect("tokenizer metadata");
     let tokenizer = Tokenizer::from_metadata(&meta).expect("tokenizer builds");

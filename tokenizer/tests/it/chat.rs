@@ -2,12 +2,12 @@
 //! distill) rendered by llmd's minijinja set-up give exactly the text Python's jinja2 gives with
 //! Hugging Face's `apply_chat_template` settings, including the templates' own
 //! `raise_exception` errors. The expected renderings are in
-//! `fixtures/tokenizer/chat_templates.json`, made by `scripts/gen-tokenizer-fixtures.py`.
+//! `tokenizer/tests/fixtures/chat_templates.json`, made by `scripts/gen-tokenizer-fixtures.py`.
 
 use std::path::PathBuf;
 
-use llmd::tokenizer::chat::{ChatError, TemplateOrigin};
-use llmd::tokenizer::{ChatMessage, ChatTemplate};
+use llmd_tokenizer::chat::{ChatError, TemplateOrigin};
+use llmd_tokenizer::{ChatMessage, ChatTemplate};
 use serde::Deserialize;
 
 /// One rendering.
@@ -42,8 +42,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tokenizer/chat_templates.json");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat_templates.json");
     serde_json::from_str(&std::fs::read_to_string(path).expect("fixture readable"))
         .expect("fixture parses")
 }

@@ -1,39 +1,9 @@
 //! Unit tests on small hand-made vocabularies (the real vocabularies are checked against
-//! llama.cpp in `daemon/tests/tokenizer_reference.rs`).
+//! llama.cpp in `tests/it/reference.rs`).
 
 use super::*;
-
-/// Token types as in `tokenizer.ggml.token_type`.
-pub(crate) const NORMAL: i32 = 1;
-const CONTROL: i32 = 3;
-const USER: i32 = 4;
-const BYTE: i32 = 6;
-
-/// A SentencePiece vocabulary: `<unk> <s> </s>`, the 256 byte tokens, then `extra` (also used
-/// by other modules' unit tests).
-pub(crate) fn spm(extra: &[(&str, f32, i32)]) -> TokenizerMetadata {
-    let mut meta = TokenizerMetadata {
-        model: "llama".into(),
-        ..Default::default()
-    };
-    let mut tokens = vec!["<unk>".to_owned(), "<s>".to_owned(), "</s>".to_owned()];
-    let mut scores = vec![0.0, 0.0, 0.0];
-    let mut types = vec![2, CONTROL, CONTROL];
-    for b in 0..=255u8 {
-        tokens.push(format!("<0x{b:02X}>"));
-        scores.push(0.0);
-        types.push(BYTE);
-    }
-    for &(text, score, ty) in extra {
-        tokens.push(text.to_owned());
-        scores.push(score);
-        types.push(ty);
-    }
-    meta.tokens = tokens;
-    meta.scores = Some(scores);
-    meta.token_types = Some(types);
-    meta
-}
+use crate::testing::spm;
+use crate::token_type::{CONTROL, NORMAL, USER_DEFINED as USER};
 
 fn id(t: &Tokenizer, text: &str) -> u32 {
     t.text_to_token(text).expect(text)
