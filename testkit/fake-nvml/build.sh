@@ -2,7 +2,7 @@
 # Builds the fake libnvidia-ml.so.1 (see fake_nvml.c) into DIR; extra arguments go to the compiler
 # (e.g. -DFAKE_NVML_OMIT_ENERGY). The tests call the compiler themselves; this is for trying the
 # fake by hand: LLMD_NVML_LIB=DIR/libnvidia-ml.so.1 FAKE_NVML_CONFIG=readings.txt llmd ...
-# Usage: tests/fake-nvml/build.sh DIR [CFLAGS...]
+# Usage: testkit/fake-nvml/build.sh DIR [CFLAGS...]
 set -euo pipefail
 out=${1:?usage: build.sh DIR [CFLAGS...]}
 shift

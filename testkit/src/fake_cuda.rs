@@ -1,10 +1,17 @@
-//! Test support: the fake CUDA driver (`kernels/cuda/fake_driver/fake_cuda.cpp`), a
-//! `libcuda.so` whose "GPU" runs the real kernels under the host emulation, so that the CUDA
-//! backend and everything above it run end to end on machines without a GPU (CI).
+//! The fake CUDA driver (`kernels/cuda/fake_driver/fake_cuda.cpp`), a `libcuda.so` whose "GPU"
+//! runs the real kernels under the host emulation, so that the CUDA backend and everything above
+//! it run end to end on machines without a GPU (CI).
 //!
-//! A process picks its CUDA library once, when it first touches CUDA, so tests run the GPU code
-//! in a child process started with the fake on `LD_LIBRARY_PATH` ([`rerun_test`]); the child
-//! sees [`CHILD_ENV`] set and the GPU test inside it refuses to skip ([`REQUIRE_CUDA_ENV`]).
+//! A process picks its CUDA library once, when it first touches CUDA, so a GPU test comes in two
+//! halves: the test itself, `#[ignore]`d (it cannot run in a process without CUDA, and an ignored
+//! test shows as ignored, never as passed) and starting with [`require_cuda`]; and a launcher,
+//! an ordinary test calling [`run_on_fake_driver`], which runs the ignored test with `--ignored`
+//! in a child process started with the fake on `LD_LIBRARY_PATH`. On a machine with a real
+//! driver the launcher leaves the test to be run directly (`--include-ignored`, as
+//! `scripts/gpu-check` does).
+//!
+//! This crate does not link the CUDA backend: callers pass what
+//! `llmd_kernels::backend::cuda_available()` says.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -14,28 +21,26 @@ use std::sync::OnceLock;
 pub const CHILD_ENV: &str = "LLMD_FAKE_CUDA_CHILD";
 /// Where the fake driver writes its counters (after every host synchronisation).
 pub const STATS_ENV: &str = "LLMD_FAKE_CUDA_STATS";
-/// When set, GPU tests fail instead of printing SKIPPED if CUDA is unavailable.
-pub const REQUIRE_CUDA_ENV: &str = "LLMD_REQUIRE_CUDA";
 
 /// Whether this process is a child test process running on the fake driver.
 pub fn is_child() -> bool {
     std::env::var_os(CHILD_ENV).is_some()
 }
 
-/// Whether GPU tests must not skip (set by [`rerun_test`] and by `scripts/gpu-check`).
-pub fn cuda_required() -> bool {
-    std::env::var_os(REQUIRE_CUDA_ENV).is_some()
+/// The kernels' CUDA folder (kernel sources, the emulation, the fake driver), in this checkout.
+fn cuda_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/cuda")
 }
 
 /// The fake driver's source, in this checkout.
 fn source() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda/fake_driver/fake_cuda.cpp")
+    cuda_dir().join("fake_driver/fake_cuda.cpp")
 }
 
 /// The sources the fake driver is built from: its own files (the driver and its strict device
 /// model), the emulation header and every kernel file it includes.
 fn sources() -> Result<Vec<PathBuf>, String> {
-    let cuda = Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda");
+    let cuda = cuda_dir();
     let mut files = vec![cuda.join("host_check/emu.h")];
     for (dir, wanted) in [
         (cuda.clone(), &["cu", "cuh"][..]),
@@ -139,18 +144,19 @@ pub fn build() -> Result<PathBuf, String> {
         .clone()
 }
 
-/// The directory of the fake driver for a test to put on a child's `LD_LIBRARY_PATH`:
-/// `Ok(None)` (with the reason printed as SKIPPED) when a real CUDA driver is present (the GPU
-/// tests then run on it directly) or when the fake cannot be built and test data is not required
-/// (`LLMD_REQUIRE_TEST_DATA` unset); an error when it cannot be built but is required.
-pub fn driver_for_tests() -> Result<Option<PathBuf>, String> {
-    if crate::backend::cuda_available().is_ok() {
+/// The directory of the fake driver for a test to put on a child's `LD_LIBRARY_PATH`, given
+/// whether a real CUDA driver works here (`real_cuda`): `Ok(None)` (with the reason printed as
+/// SKIPPED) when one does (the GPU tests then run on it directly) or when the fake cannot be
+/// built and test data is not required (`LLMD_REQUIRE_TEST_DATA` unset); an error when it cannot
+/// be built but is required.
+pub fn driver_for_tests(real_cuda: bool) -> Result<Option<PathBuf>, String> {
+    if real_cuda {
         println!("SKIPPED: a real CUDA driver is present; the GPU tests run on it directly");
         return Ok(None);
     }
     match build() {
         Ok(dir) => Ok(Some(dir)),
-        Err(reason) if std::env::var_os("LLMD_REQUIRE_TEST_DATA").is_none() => {
+        Err(reason) if !crate::data::require_test_data() => {
             println!("SKIPPED: the fake CUDA driver cannot be built ({reason})");
             Ok(None)
         }
@@ -158,10 +164,15 @@ pub fn driver_for_tests() -> Result<Option<PathBuf>, String> {
     }
 }
 
-/// Runs the test `name` of this test binary again in a child process on the fake driver, with
-/// `env` added; `Ok(None)` when [`driver_for_tests`] skips.
-pub fn rerun_test(name: &str, env: &[(&str, &str)]) -> Result<Option<Output>, String> {
-    let Some(dir) = driver_for_tests()? else {
+/// Runs the ignored test `name` of this test binary in a child process on the fake driver, with
+/// `env` added; `Ok(None)` when [`driver_for_tests`] skips (`real_cuda`: whether a real driver
+/// works here).
+pub fn rerun_test(
+    real_cuda: bool,
+    name: &str,
+    env: &[(&str, &str)],
+) -> Result<Option<Output>, String> {
+    let Some(dir) = driver_for_tests(real_cuda)? else {
         return Ok(None);
     };
     let exe = std::env::current_exe().map_err(|e| format!("finding this test binary: {e}"))?;
@@ -173,11 +184,16 @@ pub fn rerun_test(name: &str, env: &[(&str, &str)]) -> Result<Option<Output>, St
         CHILDREN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let mut cmd = Command::new(exe);
-    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env("LD_LIBRARY_PATH", &dir)
-        .env(CHILD_ENV, "1")
-        .env(REQUIRE_CUDA_ENV, "1")
-        .env(STATS_ENV, &stats);
+    cmd.args([
+        name,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("LD_LIBRARY_PATH", &dir)
+    .env(CHILD_ENV, "1")
+    .env(STATS_ENV, &stats);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -222,31 +238,24 @@ pub fn assert_child_passed(output: &Output, must_print: &str) {
     );
 }
 
-/// Whether the GPU test calling it should run: `true` when CUDA works (a real driver, or the fake
-/// one in a child of [`run_on_fake_driver`]); otherwise prints SKIPPED with the reason and
-/// returns `false`, or panics when CUDA is required ([`REQUIRE_CUDA_ENV`]).
-pub fn cuda_or_skip() -> bool {
-    match crate::backend::cuda_available() {
-        Ok(_) => true,
-        Err(reason) => {
-            assert!(
-                !cuda_required(),
-                "CUDA is required here but unavailable: {reason}"
-            );
-            println!("SKIPPED: no CUDA device ({reason})");
-            false
-        }
+/// The first line of every `#[ignore]`d GPU test: panics with the reason unless CUDA works
+/// (`available`: what `llmd_kernels::backend::cuda_available()` returned), so that an ignored
+/// test run where it cannot run fails rather than passes.
+pub fn require_cuda<T>(available: Result<T, String>) {
+    if let Err(reason) = available {
+        panic!("this GPU test needs CUDA (a real driver, or the fake one in its launcher's child): {reason}");
     }
 }
 
-/// Runs the test `name` of this test binary on the fake driver (see [`rerun_test`], with `env`
-/// added) and asserts that it passed and printed `must_print`. Does nothing inside that child
-/// run itself, or when [`driver_for_tests`] skips.
-pub fn run_on_fake_driver(name: &str, env: &[(&str, &str)], must_print: &str) {
+/// The launcher of the ignored GPU test `name` of this test binary: runs it on the fake driver
+/// (see [`rerun_test`], with `env` added) and asserts that it passed and printed `must_print`.
+/// Does nothing inside that child run itself, or when [`driver_for_tests`] skips (`real_cuda`:
+/// whether a real driver works here).
+pub fn run_on_fake_driver(real_cuda: bool, name: &str, env: &[(&str, &str)], must_print: &str) {
     if is_child() {
         return;
     }
-    if let Some(out) = rerun_test(name, env).expect("fake CUDA driver") {
+    if let Some(out) = rerun_test(real_cuda, name, env).expect("fake CUDA driver") {
         assert_child_passed(&out, must_print);
     }
 }

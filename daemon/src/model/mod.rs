@@ -5,10 +5,6 @@
 pub mod backend;
 pub mod batch;
 pub mod config;
-#[cfg(test)]
-mod gpu_budget;
-#[cfg(test)]
-mod gpu_check;
 pub mod load;
 pub mod parts;
 pub mod pipeline;

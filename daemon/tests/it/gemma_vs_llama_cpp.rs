@@ -89,7 +89,7 @@ fn gemma3_matches_llama_cpp() {
     let model = OpenedModel::open(&path).expect("open");
     check(
         &model,
-        include_str!("../../tests/fixtures/gemma3_greedy.json"),
+        include_str!("../../../tests/fixtures/gemma3_greedy.json"),
         200,
     );
 }
@@ -100,7 +100,7 @@ fn gemma3_with_a_q8_0_kv_cache_matches_llama_cpp_with_one() {
     let model = OpenedModel::open(&path).expect("open");
     check(
         &model,
-        include_str!("../../tests/fixtures/gemma3_greedy_q8_0.json"),
+        include_str!("../../../tests/fixtures/gemma3_greedy_q8_0.json"),
         100,
     );
 }

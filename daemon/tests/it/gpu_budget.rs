@@ -14,12 +14,11 @@
 
 use std::collections::BTreeMap;
 
-use llmd_kernels::fake_cuda::{run_on_fake_driver, stats};
+use llmd::model::{Batch, Pipeline, StageBackend};
+use llmd_testkit::fake_cuda::{is_child, stats};
 
-use super::backend::StageBackend;
-use super::batch::Batch;
-use super::gpu_check::{gpu_on, make, pipeline};
-use super::Pipeline;
+use crate::gpu::{require_cuda, run_on_fake_driver};
+use crate::gpu_check::{gpu_on, make, pipeline};
 
 /// Kernel launches per layer of a decoded token of a pure Q4_K model, as measured (budget: 12):
 /// the norm with the quantization of its output, q/k/v in one launch, rope with the KV store,
@@ -93,7 +92,7 @@ fn decode_cost(p: &mut Pipeline) -> BTreeMap<String, f64> {
 #[test]
 fn gpu_decode_budget_on_the_fake_driver() {
     run_on_fake_driver(
-        "model::gpu_budget::gpu_decode_stays_within_its_launch_and_sync_budget",
+        "gpu_budget::gpu_decode_stays_within_its_launch_and_sync_budget",
         &[("LLMD_FAKE_CUDA_DEVICES", "2")],
         "decode budget kept",
     );
@@ -102,12 +101,11 @@ fn gpu_decode_budget_on_the_fake_driver() {
 /// Counts a decoded token's launches, synchronisations and copies (see the module's
 /// documentation) and holds them to the measured values.
 #[test]
+#[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
 fn gpu_decode_stays_within_its_launch_and_sync_budget() {
-    if !llmd_kernels::fake_cuda::cuda_or_skip() {
-        return;
-    }
+    require_cuda();
     // The counters are the fake driver's; on a real GPU there are none to read.
-    if !llmd_kernels::fake_cuda::is_child() {
+    if !is_child() {
         println!("SKIPPED: the counters are the fake driver's (a real GPU runs this)");
         return;
     }

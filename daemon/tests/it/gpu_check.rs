@@ -1,12 +1,12 @@
 //! Whole models on the GPU against the CPU backend: tiny random models of every architecture,
 //! weight type and mix (F32 to Q2_K and IQ4_XS) and rope scaling (Llama 3.1's factors, linear,
 //! YaRN, Phi-3's long factors), made here with `llmd make-model`'s writer, give the logits of a
-//! 64-token sequence
-//! at every position, once as one prefill batch (the GEMM path) and once token by token (the
-//! matrix-vector and decode-attention kernels), through `cuda:0` and through `cuda:0` named twice
-//! as two pipeline stages split 1,1. Without a GPU the GPU test prints SKIPPED; the harness
-//! itself is checked on the CPU (prefill against decode), so its tolerances are known to hold
-//! between two correct paths.
+//! 64-token sequence at every position, once as one prefill batch (the GEMM path) and once token
+//! by token (the matrix-vector and decode-attention kernels), through `cuda:0` and through
+//! `cuda:0` named twice as two pipeline stages split 1,1. The GPU tests are `#[ignore]`d (they
+//! need CUDA) and their launchers run them on the fake driver; the harness itself is checked on
+//! the CPU (prefill against decode), so its tolerances are known to hold between two correct
+//! paths.
 //!
 //! Tolerance: the largest difference at a position, over the spread (max - min) of the CPU's
 //! logits there. Quantized weights: both backends quantize activations to 8 bits, in different
@@ -22,12 +22,12 @@ use clap::Parser;
 use llmd_kernels::backend::{CpuBackend, CudaBackend, DeviceMemory, KvType, KvTypes};
 use llmd_kernels::cpu::ThreadPool;
 
-use super::backend::StageBackend;
-use super::batch::Batch;
-use super::load::{build_pipeline, OpenedModel, StageSpec};
-use super::placement::assign_layers;
-use super::Pipeline;
-use crate::make_model::{self, MakeModelArgs};
+use llmd::make_model::{self, MakeModelArgs};
+use llmd::model::load::{build_pipeline, OpenedModel, StageSpec};
+use llmd::model::placement::assign_layers;
+use llmd::model::{Batch, Pipeline, StageBackend};
+
+use crate::gpu::{require_cuda, run_on_fake_driver};
 
 /// Tokens in the compared sequence.
 const N_TOKENS: usize = 64;
@@ -41,7 +41,7 @@ struct MakeModelCli {
 
 /// A tiny random model of `arch` with `ty` weights and the further make-model arguments
 /// `extra`, written to `dir`, set up for contexts of [`N_TOKENS`].
-pub(super) fn make(dir: &std::path::Path, arch: &str, ty: &str, extra: &[&str]) -> OpenedModel {
+pub(crate) fn make(dir: &std::path::Path, arch: &str, ty: &str, extra: &[&str]) -> OpenedModel {
     let path = dir.join(format!("{arch}-{ty}-{}.gguf", extra.join("")));
     let out = path.to_str().expect("utf-8 temp path");
     let argv = [
@@ -68,7 +68,7 @@ pub(super) fn make(dir: &std::path::Path, arch: &str, ty: &str, extra: &[&str]) 
 }
 
 /// The model on `backends`, its layers split evenly among them (llama.cpp's rule).
-pub(super) fn pipeline(model: &OpenedModel, backends: &[StageBackend]) -> Pipeline {
+pub(crate) fn pipeline(model: &OpenedModel, backends: &[StageBackend]) -> Pipeline {
     let weights = vec![1.0; backends.len()];
     let (ranges, head) = assign_layers(model.config.n_layer, &weights);
     let specs = ranges
@@ -97,7 +97,7 @@ fn gpu(name: &str) -> StageBackend {
     gpu_on(name, 0)
 }
 
-pub(super) fn gpu_on(name: &str, ordinal: usize) -> StageBackend {
+pub(crate) fn gpu_on(name: &str, ordinal: usize) -> StageBackend {
     StageBackend::Cuda(Arc::new(
         CudaBackend::new(name, ordinal, 8 << 30).expect("open the CUDA device"),
     ))
@@ -414,8 +414,8 @@ const QUICK_ENV: &str = "LLMD_GPU_CHECK_QUICK";
 /// emulation), so CI runs whole models through the GPU code path without a GPU.
 #[test]
 fn gpu_whole_models_on_the_fake_driver() {
-    llmd_kernels::fake_cuda::run_on_fake_driver(
-        "model::gpu_check::gpu_whole_models_match_the_cpu_backend",
+    run_on_fake_driver(
+        "gpu_check::gpu_whole_models_match_the_cpu_backend",
         &[(QUICK_ENV, "1")],
         // The last case of a quick run.
         "gemma2 f16 --attn-softcap 0.5 --final-softcap 1 on cuda:0, decode",
@@ -423,10 +423,9 @@ fn gpu_whole_models_on_the_fake_driver() {
 }
 
 #[test]
+#[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
 fn gpu_whole_models_match_the_cpu_backend() {
-    if !llmd_kernels::fake_cuda::cuda_or_skip() {
-        return;
-    }
+    require_cuda();
     let quick = std::env::var_os(QUICK_ENV).is_some();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut failures = Vec::new();
@@ -489,8 +488,8 @@ fn gpu_whole_models_match_the_cpu_backend() {
 /// The re-split check below on two fake GPUs (peer copies between their contexts).
 #[test]
 fn gpu_resplit_on_the_fake_driver() {
-    llmd_kernels::fake_cuda::run_on_fake_driver(
-        "model::gpu_check::gpu_resplit_moves_weights_and_caches_between_devices",
+    run_on_fake_driver(
+        "gpu_check::gpu_resplit_moves_weights_and_caches_between_devices",
         &[(QUICK_ENV, "1"), ("LLMD_FAKE_CUDA_DEVICES", "2")],
         "re-split cpu:0 -> cuda:0 -> cuda:1 -> cpu:0",
     );
@@ -501,12 +500,11 @@ fn gpu_resplit_on_the_fake_driver() {
 /// GPU between two backends) and GPU to host, gives the CPU's logits at every position, with f16
 /// and with quantized KV caches.
 #[test]
+#[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
 fn gpu_resplit_moves_weights_and_caches_between_devices() {
     use std::collections::HashMap;
 
-    if !llmd_kernels::fake_cuda::cuda_or_skip() {
-        return;
-    }
+    require_cuda();
     let second = usize::from(llmd_kernels::backend::cuda_available().is_ok_and(|n| n > 1));
     let backends: HashMap<String, StageBackend> =
         [cpu("cpu:0"), gpu("cuda:0"), gpu_on("cuda:1", second)]
@@ -530,7 +528,7 @@ fn resplit_while_decoding(
     kv: KvTypes,
     tol: f32,
 ) {
-    use super::resplit::{build_layout, layout_of, resplit, Layout, LiveSequence};
+    use llmd::model::resplit::{build_layout, layout_of, resplit, Layout, LiveSequence};
 
     let n_layer = model.config.n_layer;
     let half = n_layer / 2;
@@ -561,7 +559,9 @@ fn resplit_while_decoding(
             stage("cpu:0", half..n_layer, true),
         ],
     ];
-    let mut p = build_layout(model, backends, &layouts[0], N_TOKENS, N_TOKENS).with_kv_types(kv);
+    let mut p = build_layout(model, backends, &layouts[0], N_TOKENS, N_TOKENS)
+        .expect("the first layout's pipeline")
+        .with_kv_types(kv);
     let every = toks.len() / layouts.len();
     let capacity = toks.len();
     let got = logits_with(&mut p, &toks, false, |p, pos| {

@@ -3,7 +3,6 @@
 //! logits position by position.
 
 // Each test binary that includes this module uses a part of it.
-#![allow(dead_code)]
 
 use std::path::Path;
 use std::sync::Arc;

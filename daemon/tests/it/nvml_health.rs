@@ -1,9 +1,7 @@
 //! GPU telemetry, power budget, doctor verdicts and metrics against a fake libnvidia-ml.so.1
-//! compiled by the test (tests/fake-nvml): two GPUs with different readings, fields NVML reports
+//! compiled by the test (testkit/fake-nvml): two GPUs with different readings, fields NVML reports
 //! as not supported, a function missing from the library, NVML failing to initialize, and no
 //! NVML at all.
-
-mod nvml_support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -14,7 +12,7 @@ use llmd::gpu::{GpuTelemetry, NvmlStatus, P2pState, Reading, ThrottleReason};
 use llmd::health::doctor::{self, CheckKind, DeviceLayers, DeviceRef, ModelPlacement, Verdict};
 use llmd::health::power::{self, PowerConfig};
 use llmd::health::{metrics, render};
-use nvml_support::{healthy_pair, troubled_pair, FakeNvml};
+use llmd_testkit::fake_nvml::{healthy_pair, troubled_pair, FakeNvml};
 
 /// Samples the fake once.
 fn sample(fake: &FakeNvml) -> GpuTelemetry {

@@ -9,13 +9,11 @@
 //! two are not near-tied, and the free-running greedy continuation equal to llama.cpp's up to
 //! its first near-tie (a top-1 margin under 0.5% of the spread).
 
-mod llama_cpp_logits;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use llama_cpp_logits::{compare_greedy, compare_logits, cpu_greedy, cpu_logits, read_f32};
+use crate::llama_cpp_logits::{compare_greedy, compare_logits, cpu_greedy, cpu_logits, read_f32};
 use llmd_gguf::GgufFile;
 use serde_json::Value;
 

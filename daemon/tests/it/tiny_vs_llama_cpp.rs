@@ -8,12 +8,10 @@
 //! wherever llama.cpp's best two logits are not near-tied. Each case loads with the context
 //! llama.cpp ran with, which picks Phi-3's long or short factors.
 
-mod llama_cpp_logits;
-
 use std::path::Path;
 use std::process::Command;
 
-use llama_cpp_logits::{compare_logits, cpu_logits, read_f32};
+use crate::llama_cpp_logits::{compare_logits, cpu_logits, read_f32};
 use serde_json::Value;
 
 /// Largest allowed |ours - llama.cpp| for a logit, relative to the spread (max - min) of that

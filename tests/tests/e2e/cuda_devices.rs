@@ -5,8 +5,8 @@
 //! model loads onto `cuda:0`, and onto `cuda:0` named twice as two pipeline stages, and
 //! generates the CPU's greedy tokens.
 
-mod common;
-mod split_util;
+use crate::split_util;
+use llmd_testkit::e2e as common;
 
 use common::{Daemon, DaemonBuilder};
 use split_util::{greedy, last_json, ok};
@@ -117,12 +117,15 @@ fn configured_gpus_without_a_driver_are_reported_and_refused_while_the_cpu_serve
     gpu_path(&d, path, &on_cpu);
 }
 
-/// The same on the fake CUDA driver (llmd_kernels::fake_cuda: the kernels run under host
+/// The same on the fake CUDA driver (llmd_testkit::fake_cuda: the kernels run under host
 /// emulation), so CI drives the daemon's GPU path end to end: devices, budgets, loads onto
 /// `cuda:0` and onto `cuda:0` twice, generation and a live re-split between GPU and CPU.
 #[test]
 fn the_gpu_path_end_to_end_on_the_fake_cuda_driver() {
-    let Some(dir) = llmd_kernels::fake_cuda::driver_for_tests().expect("fake CUDA driver") else {
+    let Some(dir) =
+        llmd_testkit::fake_cuda::driver_for_tests(llmd_kernels::backend::cuda_available().is_ok())
+            .expect("fake CUDA driver")
+    else {
         return;
     };
     let d = on_fake_driver(&dir, "2")
@@ -229,7 +232,10 @@ fn gpu_path(d: &Daemon, path: &str, on_cpu: &[u64]) {
 /// taken is returned, and the daemon keeps serving what it had loaded.
 #[test]
 fn a_gpu_out_of_memory_fails_the_load_cleanly_on_the_fake_cuda_driver() {
-    let Some(dir) = llmd_kernels::fake_cuda::driver_for_tests().expect("fake CUDA driver") else {
+    let Some(dir) =
+        llmd_testkit::fake_cuda::driver_for_tests(llmd_kernels::backend::cuda_available().is_ok())
+            .expect("fake CUDA driver")
+    else {
         return;
     };
     // The fake GPU has 8 MiB; the configured budget claims 1 GiB.

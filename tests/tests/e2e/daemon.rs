@@ -2,7 +2,7 @@
 //! the real `llmctl` and by raw protocol clients, with systemd's notification socket played by
 //! the test.
 
-mod common;
+use llmd_testkit::e2e as common;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;

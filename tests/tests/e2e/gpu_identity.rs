@@ -4,9 +4,8 @@
 //! model on `cuda:0` against NVML's GPU 1, the one with `cuda:0`'s UUID, in `status` and
 //! `doctor`. Every wait is bounded.
 
-mod common;
-#[path = "../../daemon/tests/nvml_support/mod.rs"]
-mod nvml_support;
+use llmd_testkit::e2e as common;
+use llmd_testkit::fake_nvml as nvml_support;
 
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,10 @@ const SAMPLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[test]
 fn cuda_and_nvml_numbering_are_matched_by_uuid() {
-    let Some(cuda) = llmd_kernels::fake_cuda::driver_for_tests().expect("fake CUDA driver") else {
+    let Some(cuda) =
+        llmd_testkit::fake_cuda::driver_for_tests(llmd_kernels::backend::cuda_available().is_ok())
+            .expect("fake CUDA driver")
+    else {
         return;
     };
     // NVML lists cuda:1 first and cuda:0 second, and gives them different PCI slots.

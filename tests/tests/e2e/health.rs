@@ -1,12 +1,11 @@
 //! GPU and PSU health end to end (issue 6): a real daemon loads a fake `libnvidia-ml.so.1`
-//! (compiled here from tests/fake-nvml/fake_nvml.c, via `LLMD_NVML_LIB`), and the real `llmctl`
+//! (compiled here from testkit/fake-nvml/fake_nvml.c, via `LLMD_NVML_LIB`), and the real `llmctl`
 //! shows its readings in `status` (human and `--json`, once and `--watch`), `metrics` and
 //! `doctor` (each verdict and its exit code). Also: NVML failing to initialize, and no NVML at
 //! all. Every wait is bounded.
 
-mod common;
-#[path = "../../daemon/tests/nvml_support/mod.rs"]
-mod nvml_support;
+use llmd_testkit::e2e as common;
+use llmd_testkit::fake_nvml as nvml_support;
 
 use std::io::Read;
 use std::process::{Output, Stdio};

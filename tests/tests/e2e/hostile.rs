@@ -4,7 +4,7 @@
 //! (or right after) the attack runs, and, for floods, that the daemon's memory stays bounded.
 //! Every wait is bounded.
 
-mod common;
+use llmd_testkit::e2e as common;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

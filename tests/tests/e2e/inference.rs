@@ -3,7 +3,7 @@
 //! cache; bad model files and models that do not fit get clear errors while the daemon keeps
 //! serving what is loaded.
 
-mod common;
+use llmd_testkit::e2e as common;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! download are described from their headers; 1,000+ corrupted files each get an error reply
 //! (never a dropped connection), and the daemon keeps answering afterwards.
 
-mod common;
+use llmd_testkit::e2e as common;
 
 use std::os::unix::net::UnixStream;
 use std::path::Path;

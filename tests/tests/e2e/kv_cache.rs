@@ -5,8 +5,8 @@
 //! exactly the bytes `plan` counts for its positions at those types; and cache types a model's
 //! heads cannot hold, or that do not exist, are refused with the reason.
 
-mod common;
-mod split_util;
+use crate::split_util;
+use llmd_testkit::e2e as common;
 
 use std::time::Duration;
 

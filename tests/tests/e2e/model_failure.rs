@@ -6,7 +6,7 @@
 //!
 //! In a file of its own: the in-process server installs the daemon's signal handlers.
 
-mod common;
+use llmd_testkit::e2e as common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -13,7 +13,7 @@
 //!   layers that fit (llama.cpp's `-ngl`, the first layers kept in host memory), which fit
 //!   while one more does not.
 
-mod common;
+use llmd_testkit::e2e as common;
 
 use std::path::Path;
 use std::time::Duration;
@@ -32,7 +32,7 @@ const CTX: u64 = 32768;
 const MIB: f64 = (1u64 << 20) as f64;
 
 fn fixture() -> Value {
-    serde_json::from_str(include_str!("../fixtures/model_matrix.json")).expect("fixture JSON")
+    serde_json::from_str(include_str!("../../fixtures/model_matrix.json")).expect("fixture JSON")
 }
 
 /// Two 24 GiB GPUs (configured, planned for without a driver) and the host's CPU.

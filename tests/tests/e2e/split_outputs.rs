@@ -3,8 +3,7 @@
 //! `--tensor-split` would place them; `load --replace` swaps a model atomically and reports time
 //! and bytes.
 
-mod common;
-mod split_util;
+use crate::split_util;
 
 use split_util::{daemon_with_devices, gemma, greedy, load, ok, ranges, Range};
 

@@ -3,7 +3,7 @@
 //! 8k context, and at 64k it does not, with the numbers and a context that fits; at 32k it fits
 //! only with a quantized KV cache.
 
-mod common;
+use llmd_testkit::e2e as common;
 
 use common::{command, run_bounded, Daemon};
 use std::time::Duration;

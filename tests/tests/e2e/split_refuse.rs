@@ -1,8 +1,7 @@
 //! A re-split (or a load) that cannot fit is refused up front with a clear error, and the model
 //! keeps serving: a generation running meanwhile produces its undisturbed tokens.
 
-mod common;
-mod split_util;
+use crate::split_util;
 
 use split_util::{daemon_with_devices, gemma, greedy, load, ranges, Background};
 

@@ -2,8 +2,7 @@
 //! produces exactly the tokens of an undisturbed run, and afterwards each device holds exactly
 //! what the plan says.
 
-mod common;
-mod split_util;
+use crate::split_util;
 
 use split_util::{
     daemon_with_devices, gemma, greedy, last_json, load, ok, ranges, Background, Range,

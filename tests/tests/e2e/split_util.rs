@@ -3,20 +3,18 @@
 //! devices, greedy generations (in the foreground or streaming in the background) and JSON
 //! parsing of llmctl's output.
 
-#![allow(dead_code)] // Each test file uses a different subset.
-
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use crate::common::{command, wait_bounded, Daemon};
+use llmd_testkit::e2e::{command, wait_bounded, Daemon};
 
 /// The Gemma 3 270M file, or `None` (after printing why) when the test should be skipped.
 /// Panics when `LLMD_REQUIRE_TEST_DATA` is set and the file is missing.
 pub fn gemma() -> Option<PathBuf> {
-    crate::common::test_data("LLMD_GEMMA_GGUF")
+    llmd_testkit::e2e::test_data("LLMD_GEMMA_GGUF")
 }
 
 /// A daemon with CPU devices `cpu:0..` of the given budgets (TOML byte sizes).
