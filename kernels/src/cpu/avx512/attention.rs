@@ -189,9 +189,9 @@ pub(in crate::cpu) unsafe fn attend_f16_tile(
                 if factor != 1.0 {
                     a = _mm512_mul_ps(a, f);
                 }
-                for i in lo - j0..hi - j0 {
+                for (i, &w) in weights.iter().enumerate().take(hi - j0).skip(lo - j0) {
                     a = _mm512_fmadd_ps(
-                        _mm512_set1_ps(weights[i]),
+                        _mm512_set1_ps(w),
                         _mm512_loadu_ps(st.vf.as_ptr().add(i * hd + 16 * c)),
                         a,
                     );

@@ -188,16 +188,16 @@ fn run<A: ScratchBuffer>(
                 let mut t0 = 0;
                 while t0 < n_tokens {
                     let n = (n_tokens - t0).min(MAX_TOKENS);
-                    for i in 0..n {
+                    for (i, row) in act_rows.iter_mut().enumerate().take(n) {
                         // SAFETY: token t0 + i < n_tokens, so its blocks b0..b0+nb lie inside
                         // `acts` (n_tokens * blocks long).
-                        act_rows[i] = unsafe { acts_ptr.0.add((t0 + i) * blocks + b0) };
+                        *row = unsafe { acts_ptr.0.add((t0 + i) * blocks + b0) };
                     }
                     for g in g0..g1 {
-                        for i in 0..n {
+                        for (i, row) in out_rows.iter_mut().enumerate().take(n) {
                             // SAFETY: columns 16g..16g+16 of token t0 + i's output row lie
                             // inside `out` (n_tokens * rows long, 16g + 16 <= rows).
-                            out_rows[i] = unsafe { out_ptr.0.add((t0 + i) * rows + g * PACK_ROWS) };
+                            *row = unsafe { out_ptr.0.add((t0 + i) * rows + g * PACK_ROWS) };
                         }
                         let tiles = (data + g * group_bytes + b0 * tile_bytes) as *const u8;
                         // SAFETY: `run` is only reached when isa() is Avx512 (checked above), so
