@@ -16,6 +16,7 @@ use llmd_shared::{
     ErrorCode, Hello, HelloReply, Reply, Request, Response, StatusRequest, VersionRequest,
     PROTOCOL_VERSION,
 };
+use llmd_testkit::Rng;
 
 /// Reads until the daemon closes the connection (or 10 s pass); returns the bytes received.
 fn read_until_closed(s: &mut UnixStream) -> Vec<u8> {
@@ -183,25 +184,6 @@ fn sigint_also_stops_with_exit_0() {
     assert!(!d.socket.exists());
 }
 
-/// splitmix64, seeded, so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
-/// One hostile client of kind `kind`. Errors (the daemon hanging up on us) are expected and
-/// ignored; only a daemon that stops answering fails the test (later). Returns whether it got a
-/// reply it could check (a refusal of the wrong version, a `bad_request`).
 fn hostile_client(socket: &Path, kind: u64, rng: &mut Rng) -> bool {
     let mut s = UnixStream::connect(socket).expect("the daemon refused a connection");
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
@@ -210,7 +192,7 @@ fn hostile_client(socket: &Path, kind: u64, rng: &mut Rng) -> bool {
     match kind {
         // Random bytes instead of a handshake.
         0 => {
-            let n = 1 + (rng.next() % 512) as usize;
+            let n = 1 + (rng.next_u64() % 512) as usize;
             let _ = s.write_all(&rng.bytes(n));
         }
         // A 4 GiB length prefix, then garbage.
@@ -256,7 +238,7 @@ fn hostile_client(socket: &Path, kind: u64, rng: &mut Rng) -> bool {
         // Valid handshake, then random bytes as a request.
         6 => {
             let _ = s.write_all(&hello);
-            let n = 1 + (rng.next() % 64) as usize;
+            let n = 1 + (rng.next_u64() % 64) as usize;
             let mut frame = (n as u32).to_be_bytes().to_vec();
             frame.extend(rng.bytes(n));
             let _ = s.write_all(&frame);
