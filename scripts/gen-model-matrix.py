@@ -3,7 +3,7 @@
 seed's matrix split over two GPUs (`--tensor-split 1,1 -ngl 999`), read from its own estimator
 (`llama-fit-params --fit-print`, which loads the model with `no_alloc` and prints each device's
 model, context (KV) and compute buffers) and its load log (which device each layer goes to).
-Checked by tests/tests/model_matrix.rs against `llmctl plan` on the same headers.
+Checked by tests/tests/e2e/model_matrix.rs against `llmctl plan` on the same headers.
 
 No GPU is needed: the two "GPUs" are llama.cpp RPC servers (CPU backends) on localhost, which
 llama.cpp places layers on exactly as on GPUs. The model files are `llmd make-model

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerates tests/fixtures/quant-types/: llama.cpp's logits at every position of a fixed token
 sequence, and its greedy continuation of that sequence with each step's top-1 margin, for a small random Llama-3.1-shaped model (with `rope_freqs`) in every weight type llmd computes with, beyond the
-f32 / q8_0 pair of tests/fixtures/tiny. Checked by daemon/tests/quant_types_vs_llama_cpp.rs.
+f32 / q8_0 pair of tests/fixtures/tiny. Checked by daemon/tests/it/quant_types_vs_llama_cpp.rs.
 
     . ~/.cache/llmd-llama-ref/env.sh
     python scripts/gen-quant-logits.py path/to/llmd tests/fixtures/quant-types

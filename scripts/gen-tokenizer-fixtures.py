@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
-"""Generate the tokenizer fixtures in daemon/tests/fixtures/tokenizer/ with llama.cpp.
+"""Generate the tokenizer fixtures in tokenizer/tests/fixtures/ with llama.cpp.
 
 The fixtures hold, for a corpus of strings and every combination of add_special/parse_special,
 the token ids llama.cpp's llama_tokenize produces and the bytes llama_detokenize gives back.
-daemon/tests/tokenizer_reference.rs compares llmd's tokenizer against them; the tests never run
+tokenizer/tests/it/reference.rs compares llmd's tokenizer against them; the tests never run
 llama.cpp themselves.
 
 It also renders real chat templates (llama.cpp's models/templates/*.jinja, found in the
 llama-cpp-python source tree or $LLAMA_CPP_TEMPLATES) with Python's jinja2 into
-chat_templates.json, for daemon/tests/tokenizer_chat.rs.
+chat_templates.json, for tokenizer/tests/it/chat.rs.
 
 Usage (with the llama.cpp reference build's Python binding, `llama_cpp`, on the path, and
 llmd built: target/release/llmd or $LLMD_BIN writes the Phi-3 vocabulary):
@@ -346,7 +346,7 @@ def main():
     out_dir = (
         sys.argv[3]
         if len(sys.argv) == 4
-        else os.path.join(here, "..", "daemon", "tests", "fixtures", "tokenizer")
+        else os.path.join(here, "..", "tokenizer", "tests", "fixtures")
     )
     os.makedirs(out_dir, exist_ok=True)
     template_dir = os.path.join(

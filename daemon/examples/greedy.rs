@@ -9,9 +9,9 @@ use llmd::model::load::{build_pipeline, OpenedModel, StageSpec};
 use llmd::model::placement::assign_layers;
 use llmd::model::Batch;
 use llmd::model::StageBackend;
-use llmd::tokenizer::Tokenizer;
 use llmd_kernels::backend::{CpuBackend, DeviceMemory};
 use llmd_kernels::cpu::ThreadPool;
+use llmd_tokenizer::Tokenizer;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();

@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use llmd::tokenizer::chat::{ChatMessage, ChatTemplate, TemplateOrigin};
+use llmd_tokenizer::chat::{ChatMessage, ChatTemplate, TemplateOrigin};
 
 /// Roles given to the messages in turn.
 const ROLES: [&str; 3] = ["user", "assistant", "system"];

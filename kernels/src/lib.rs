@@ -4,7 +4,6 @@
 
 pub mod backend;
 pub mod cpu;
-pub mod fake_cuda;
 pub mod moe;
 
 /// The quantized block formats, from their own crate (`llmd-quant`), under the name kernel code

@@ -1,1 +1,1 @@
-//! Helpers shared by the end-to-end tests live in `tests/tests/common`.
+//! The end-to-end tests (tests/e2e/) have no library code; their harness is `llmd_testkit::e2e`.

@@ -1,10 +1,21 @@
-//! Running models: each loaded model gets a dedicated worker thread ([`worker`]) that owns its
-//! pipeline; async request handlers talk to it through a [`ModelHandle`], which also reports
-//! whether the worker failed ([`WorkerHealth`]). Prompts become tokens off the async runtime in
+//! Running models: each loaded model gets a dedicated worker thread that owns its pipeline;
+//! async request handlers talk to it through a [`ModelHandle`], which also reports whether the
+//! worker failed ([`WorkerHealth`]). Prompts become tokens off the async runtime in
 //! `runtime::prompt`. Inference never runs inside an async task.
+//!
+//! - [`job`]: what the worker is asked ([`Job`]) and answers ([`GenEvent`]), its limits.
+//! - [`worker`]: the loop: jobs in, a forward step over the scheduler's batch, sampling.
+//! - `scheduler`: admission (slots, context, KV cache), cancelled and parked generations, the
+//!   composition of each step's batch.
+//! - `sequence`: one running generation: sampler, text, events on their way out.
+//! - [`sampler`] (and [`select`], its top-k/top-p selection): the next token from logits;
+//!   [`text`]: text released at complete characters with stop strings held back.
 
+pub mod job;
 pub mod sampler;
+mod scheduler;
 pub mod select;
+mod sequence;
 pub mod text;
 pub mod worker;
 
@@ -12,11 +23,11 @@ use std::sync::{mpsc, Arc, Mutex, PoisonError};
 
 use tokio::sync::Notify;
 
-pub use sampler::{Sampler, SamplingParams};
-pub use worker::{
+pub use job::{
     BenchResult, GenEvent, GenerateJob, GenerationSummary, Job, ResplitFn, ResplitOutcome,
     StopReason, WorkerLimits,
 };
+pub use sampler::{Sampler, SamplingParams};
 
 use crate::model::Pipeline;
 
@@ -83,7 +94,7 @@ impl ModelHandle {
     pub fn spawn(
         name: &str,
         pipeline: Pipeline,
-        tokenizer: Arc<crate::tokenizer::Tokenizer>,
+        tokenizer: Arc<llmd_tokenizer::Tokenizer>,
         limits: WorkerLimits,
         changed: Option<Arc<Notify>>,
     ) -> std::io::Result<Self> {

@@ -1,18 +1,24 @@
 //! The backend a stage is built on, with its type chosen at run time: the CPU backend for `cpu:N`
 //! devices, the CUDA backend for `cuda:N`. Stages are generic over [`Backend`]; this is the one
-//! place that picks the concrete type, so loading and re-splitting stay device-agnostic.
+//! place that picks the concrete type, so loading and re-splitting stay device-agnostic. The
+//! stages of a pipeline are held as [`PipelineStage`] trait objects, implemented here for every
+//! [`Stage`] on a [`DeviceBackend`].
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use llmd_kernels::backend::{kv_cache_bytes, Backend, CpuBackend, CudaBackend, WeightView};
+use llmd_kernels::backend::{
+    kv_cache_bytes, Backend, BackendError, CpuBackend, CudaBackend, HostStaging, KvTypes,
+    WeightView,
+};
 
+use super::batch::{Batch, SeqId};
 use super::config::ModelConfig;
+use super::host_tensors::OwnedTensor;
 use super::host_tensors::PartSource;
 use super::moe::{DeviceExperts, ExpertStage, ExpertsElsewhere, MoeScratch};
 use super::parts::{DevicePart, KvCopy, Part, PartWeights, Slot};
-use super::pipeline::PipelineStage;
-use super::stage::Stage;
+use super::stage::{ForwardError, Handoff, Stage};
 use super::weights::{ExpertWeights, WeightError};
 
 /// A device's backend, shared by the stages of one model on that device.
@@ -250,4 +256,129 @@ fn assemble_on<B: DeviceBackend>(
         shape.max_batch,
         shape.max_logit_rows,
     )?))
+}
+
+/// A pipeline stage with its backend type erased, so one pipeline can mix devices.
+pub trait PipelineStage: Send {
+    /// Global indices of the layers it runs.
+    fn layers(&self) -> Range<usize>;
+    /// Its device's name.
+    fn device_name(&self) -> &str;
+    /// Bytes of weights resident.
+    fn weight_bytes(&self) -> u64;
+    /// Bytes of KV cache resident.
+    fn kv_bytes(&self) -> u64;
+    /// Whether it holds the output head.
+    fn has_head(&self) -> bool;
+    /// The device holding experts of its layers elsewhere, those layers and their bytes (see
+    /// [`Stage::experts_elsewhere`]).
+    fn experts_elsewhere(&self) -> Option<(String, Range<usize>, u64)>;
+    /// Allocates KV caches of `types` for a new sequence.
+    fn add_sequence(
+        &mut self,
+        seq: SeqId,
+        capacity: usize,
+        types: KvTypes,
+    ) -> Result<(), BackendError>;
+    /// Frees a sequence's KV caches.
+    fn remove_sequence(&mut self, seq: SeqId);
+    /// Its device's backend.
+    fn backend(&self) -> StageBackend;
+    /// Takes it apart into its layers and head, still on its device (see [`Stage::into_parts`]).
+    fn into_parts(self: Box<Self>) -> Vec<Box<dyn Part>>;
+    /// Host memory its device copies activations from and to fastest, if not ordinary memory
+    /// (see [`llmd_kernels::backend::Backend::alloc_host_staging`]).
+    fn alloc_host_staging(&self, len: usize) -> Option<Result<Box<dyn HostStaging>, BackendError>>;
+    /// Which devices it can take activations from directly (see [`llmd_kernels::backend::Backend::handoff_kind`]).
+    fn handoff_kind(&self) -> Option<&'static str>;
+    /// Looks `ids` up in its head's output weight into host memory `out` (a tied embedding read
+    /// where the head lies); `None` without a head or when its device does not hold weights in
+    /// host memory (see [`llmd_kernels::backend::Backend::embed_host`]).
+    fn embed_from_head(
+        &self,
+        ids: &[u32],
+        scale: f32,
+        out: &mut [f32],
+    ) -> Option<Result<(), BackendError>>;
+    /// A host copy of its head's output weight in the file's layout; `None` without a head.
+    fn head_output_host(&self) -> Option<Result<OwnedTensor, BackendError>>;
+    /// Whether it holds the head in host memory, so a tied embedding can read it there.
+    fn head_in_host_memory(&self) -> bool {
+        self.embed_from_head(&[], 1.0, &mut []).is_some()
+    }
+    /// Runs the stage's layers (see [`Stage::forward`]).
+    fn forward(
+        &mut self,
+        batch: &Batch,
+        hidden: &mut [f32],
+        logits: &mut Vec<f32>,
+        handoff: &mut Handoff,
+    ) -> Result<(), ForwardError>;
+}
+
+impl<B: DeviceBackend> PipelineStage for Stage<B> {
+    fn layers(&self) -> Range<usize> {
+        Stage::layers(self)
+    }
+    fn device_name(&self) -> &str {
+        Stage::device_name(self)
+    }
+    fn weight_bytes(&self) -> u64 {
+        Stage::weight_bytes(self)
+    }
+    fn kv_bytes(&self) -> u64 {
+        Stage::kv_bytes(self)
+    }
+    fn has_head(&self) -> bool {
+        Stage::has_head(self)
+    }
+    fn experts_elsewhere(&self) -> Option<(String, Range<usize>, u64)> {
+        Stage::experts_elsewhere(self)
+    }
+    fn add_sequence(
+        &mut self,
+        seq: SeqId,
+        capacity: usize,
+        types: KvTypes,
+    ) -> Result<(), BackendError> {
+        Stage::add_sequence(self, seq, capacity, types)
+    }
+    fn remove_sequence(&mut self, seq: SeqId) {
+        Stage::remove_sequence(self, seq)
+    }
+    fn backend(&self) -> StageBackend {
+        Stage::backend(self).stage_backend()
+    }
+    fn into_parts(self: Box<Self>) -> Vec<Box<dyn Part>> {
+        Stage::into_parts(*self)
+            .into_iter()
+            .map(|p| Box::new(p) as Box<dyn Part>)
+            .collect()
+    }
+    fn alloc_host_staging(&self, len: usize) -> Option<Result<Box<dyn HostStaging>, BackendError>> {
+        self.backend().alloc_host_staging(len)
+    }
+    fn handoff_kind(&self) -> Option<&'static str> {
+        self.backend().handoff_kind()
+    }
+    fn embed_from_head(
+        &self,
+        ids: &[u32],
+        scale: f32,
+        out: &mut [f32],
+    ) -> Option<Result<(), BackendError>> {
+        Stage::embed_from_head(self, ids, scale, out)
+    }
+    fn head_output_host(&self) -> Option<Result<OwnedTensor, BackendError>> {
+        Stage::head_output_host(self)
+    }
+    fn forward(
+        &mut self,
+        batch: &Batch,
+        hidden: &mut [f32],
+        logits: &mut Vec<f32>,
+        handoff: &mut Handoff,
+    ) -> Result<(), ForwardError> {
+        Stage::forward(self, batch, hidden, logits, handoff)
+    }
 }

@@ -7,10 +7,6 @@ pub mod backend;
 pub mod batch;
 pub mod config;
 pub mod embedding;
-#[cfg(test)]
-mod gpu_budget;
-#[cfg(test)]
-mod gpu_check;
 pub mod host_tensors;
 pub mod load;
 pub mod moe;

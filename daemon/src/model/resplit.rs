@@ -453,25 +453,30 @@ pub fn resplit(
     }
 }
 
-/// The pipeline of `layout` on `backends` (device name to backend), for tests.
-#[cfg(test)]
-pub(crate) fn build_layout(
+/// The pipeline of `layout` on `backends` (device name to backend), with `max_batch` rows a step
+/// and `max_logit_rows` rows of logits: a layout built from scratch, which tests compare a live
+/// re-split with. A device of the layout missing from `backends` is a placement error.
+pub fn build_layout(
     model: &super::load::OpenedModel,
     backends: &HashMap<String, StageBackend>,
     layout: &[Layout],
     max_batch: usize,
     max_logit_rows: usize,
-) -> Pipeline {
+) -> Result<Pipeline, super::load::LoadError> {
     let specs = layout
         .iter()
-        .map(|l| super::load::StageSpec {
-            backend: backends[&l.device].clone(),
-            layers: l.layers.clone(),
-            head: l.head,
+        .map(|l| {
+            let backend = backends.get(&l.device).ok_or_else(|| {
+                super::load::LoadError::Placement(format!("no backend for device {}", l.device))
+            })?;
+            Ok(super::load::StageSpec {
+                backend: backend.clone(),
+                layers: l.layers.clone(),
+                head: l.head,
+            })
         })
-        .collect();
+        .collect::<Result<_, super::load::LoadError>>()?;
     super::load::build_pipeline(model, specs, max_batch, max_logit_rows, |_, _| {})
-        .expect("the layout's pipeline")
 }
 
 #[cfg(test)]
@@ -544,7 +549,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let model = tiny_model(dir.path());
         let (mem, backends) = cpu_devices(&[("a", 1 << 30), ("b", 1 << 30), ("tiny", 64 << 10)]);
-        let build = |layout: &[Layout]| build_layout(&model, &backends, layout, 16, 1);
+        let build = |layout: &[Layout]| {
+            build_layout(&model, &backends, layout, 16, 1).expect("the layout's pipeline")
+        };
         let start = [l("a", 0..2, false), l("b", 2..4, true)];
         let prompt = [1, 2, 3, 4, 5];
         let decode = [9, 8, 7, 6];
@@ -664,12 +671,13 @@ mod tests {
         // before giving one away, so one goes through the host; the head stays where it is.
         let start = [l("a", 0..2, false), l("b", 2..4, false), l("c", 4..4, true)];
         let swapped = [l("b", 0..2, false), l("a", 2..4, false), l("c", 4..4, true)];
-        let mut p = build_layout(&model, &backends, &start, 16, 1);
+        let mut p = build_layout(&model, &backends, &start, 16, 1).expect("the layout's pipeline");
         p.add_sequence(1, 16).unwrap();
         let prompt = [5, 6, 7, 8];
         step(&mut p, &prompt, 0);
         let want = {
-            let mut q = build_layout(&model, &backends, &swapped, 16, 1);
+            let mut q =
+                build_layout(&model, &backends, &swapped, 16, 1).expect("the layout's pipeline");
             q.add_sequence(1, 16).unwrap();
             step(&mut q, &prompt, 0);
             step(&mut q, &[9], prompt.len())
@@ -702,12 +710,13 @@ mod tests {
         let swapped = [l("b", 0..2, false), l("a", 2..4, false), l("c", 4..4, true)];
         let prompt = [5, 6, 7, 8];
         let want = {
-            let mut q = build_layout(&model, &backends, &start, 16, 1);
+            let mut q =
+                build_layout(&model, &backends, &start, 16, 1).expect("the layout's pipeline");
             q.add_sequence(1, 16).unwrap();
             step(&mut q, &prompt, 0);
             step(&mut q, &[9], prompt.len())
         };
-        let mut p = build_layout(&model, &backends, &start, 16, 1);
+        let mut p = build_layout(&model, &backends, &start, 16, 1).expect("the layout's pipeline");
         p.add_sequence(1, 16).unwrap();
         step(&mut p, &prompt, 0);
         let before = Usage::of(&mem);
@@ -755,14 +764,15 @@ mod tests {
         let moved = [l("a", 0..1, false), l("b", 1..2, true)];
         let prompt = [3, 1, 4, 1, 5];
         let want = {
-            let mut q = build_layout(&model, &backends, &moved, 16, 1);
+            let mut q =
+                build_layout(&model, &backends, &moved, 16, 1).expect("the layout's pipeline");
             assert!(q.embedding_shared());
             assert_eq!(q.embedding_bytes(), 0);
             q.add_sequence(1, 16).unwrap();
             step(&mut q, &prompt, 0);
             step(&mut q, &[9], prompt.len())
         };
-        let mut p = build_layout(&model, &backends, &start, 16, 1);
+        let mut p = build_layout(&model, &backends, &start, 16, 1).expect("the layout's pipeline");
         assert!(p.embedding_shared());
         p.add_sequence(1, 16).unwrap();
         step(&mut p, &prompt, 0);
@@ -781,7 +791,8 @@ mod tests {
         // An untied model keeps one owned table.
         let llama = tiny_model(dir.path());
         assert!(!llama.source.tied_embeddings());
-        let q = build_layout(&llama, &backends, &[l("a", 0..4, true)], 16, 1);
+        let q = build_layout(&llama, &backends, &[l("a", 0..4, true)], 16, 1)
+            .expect("the layout's pipeline");
         assert!(!q.embedding_shared());
         let table = llama.source.file.tensor("token_embd.weight").unwrap();
         assert_eq!(q.embedding_bytes(), table.n_bytes);

@@ -23,8 +23,8 @@ use crate::model::load::{
 };
 use crate::model::plan::{self, ExpertsOn, ModelSizes, Plan, PlanDevice, PlanOptions};
 use crate::model::{ModelConfig, StageBackend};
-use crate::tokenizer::chat::ChatTemplate;
-use crate::tokenizer::Tokenizer;
+use llmd_tokenizer::chat::ChatTemplate;
+use llmd_tokenizer::Tokenizer;
 
 /// Longest model name accepted.
 const MAX_NAME_LEN: usize = 128;

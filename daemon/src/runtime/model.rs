@@ -16,8 +16,8 @@ use crate::engine::{Job, ModelHandle};
 use crate::model::load::ModelFile;
 use crate::model::plan::ModelSizes;
 use crate::model::{ModelConfig, Pipeline};
-use crate::tokenizer::chat::ChatTemplate;
-use crate::tokenizer::Tokenizer;
+use llmd_tokenizer::chat::ChatTemplate;
+use llmd_tokenizer::Tokenizer;
 
 /// Context length when neither the request nor the model says less.
 pub const DEFAULT_CTX: u32 = 4096;

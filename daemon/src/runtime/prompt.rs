@@ -20,8 +20,8 @@ use llmd_shared::Prompt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::{ErrorKind, RuntimeError};
-use crate::tokenizer::chat::{ChatMessage, ChatTemplate};
-use crate::tokenizer::Tokenizer;
+use llmd_tokenizer::chat::{ChatMessage, ChatTemplate};
+use llmd_tokenizer::Tokenizer;
 
 /// How long a request waits for its chat template to render (slot and render together). Real
 /// templates render in milliseconds (1,000 messages: under 5 ms); a render still running
@@ -218,8 +218,9 @@ async fn acquire(slots: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit, Runtime
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokenizer::chat::TemplateOrigin;
-    use crate::tokenizer::tests::{spm, NORMAL};
+    use llmd_tokenizer::chat::TemplateOrigin;
+    use llmd_tokenizer::testing::spm;
+    use llmd_tokenizer::token_type::NORMAL;
 
     /// A byte-fallback SentencePiece vocabulary with the words "▁hello" and "▁world" (which
     /// only bound the longest token: merges need their parts too).

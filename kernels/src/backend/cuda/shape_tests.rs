@@ -104,7 +104,7 @@ fn run_outliers<B: Backend>(b: &B) -> (Vec<(String, f32, Vec<f32>)>, Vec<(String
 
 #[test]
 fn prefill_with_outlier_activations_matches_the_cpu_on_the_fake_driver() {
-    crate::fake_cuda::run_on_fake_driver(
+    crate::backend::cuda::gpu_test::run_on_fake_driver(
         "backend::cuda::shape_tests::prefill_with_outlier_activations_matches_the_cpu_when_a_gpu_is_present",
         &[],
         "cuda:0 matmul IQ4_XS x70 with outliers",
@@ -115,10 +115,9 @@ fn prefill_with_outlier_activations_matches_the_cpu_on_the_fake_driver() {
 /// finite and within tolerance of the CPU's (of the exact product for F16, whose CPU product
 /// overflows like ggml's).
 #[test]
+#[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
 fn prefill_with_outlier_activations_matches_the_cpu_when_a_gpu_is_present() {
-    if !crate::fake_cuda::cuda_or_skip() {
-        return;
-    }
+    crate::backend::cuda::gpu_test::require_cuda();
     let pool = Arc::new(ThreadPool::new(2).expect("thread pool"));
     let cpu = CpuBackend::new("cpu:0", DeviceMemory::new(1 << 30), pool);
     let gpu = CudaBackend::new("cuda:0", 0, 1 << 30).expect("cuda:0");
@@ -312,7 +311,7 @@ fn run_real_shapes<B: Backend>(b: &B) -> Vec<Timed> {
 
 #[test]
 fn real_shapes_match_the_cpu_on_the_fake_driver() {
-    crate::fake_cuda::run_on_fake_driver(
+    crate::backend::cuda::gpu_test::run_on_fake_driver(
         "backend::cuda::shape_tests::real_shapes_match_the_cpu_when_a_gpu_is_present",
         &[],
         "cuda:0 attention prefill head_dim 256 f16/f16 cache at 8192 positions",
@@ -322,10 +321,9 @@ fn real_shapes_match_the_cpu_on_the_fake_driver() {
 /// Ops at real models' shapes against the CPU backend, with how long each took on the GPU
 /// (emulated on the fake driver: seconds, where a GPU takes microseconds).
 #[test]
+#[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
 fn real_shapes_match_the_cpu_when_a_gpu_is_present() {
-    if !crate::fake_cuda::cuda_or_skip() {
-        return;
-    }
+    crate::backend::cuda::gpu_test::require_cuda();
     let pool = Arc::new(ThreadPool::new(2).expect("thread pool"));
     let cpu = CpuBackend::new("cpu:0", DeviceMemory::new(1 << 30), pool);
     let gpu = CudaBackend::new("cuda:0", 0, 1 << 30).expect("cuda:0");

@@ -6,7 +6,7 @@
 
 use super::tests::{acts, read, Rng};
 use super::*;
-use crate::fake_cuda::{run_on_fake_driver, stats};
+use crate::backend::cuda::gpu_test::{run_on_fake_driver, stats};
 
 /// Two fake GPUs.
 const TWO: (&str, &str) = ("LLMD_FAKE_CUDA_DEVICES", "2");
@@ -35,10 +35,9 @@ fn buffers_free_in_their_own_context_on_the_fake_driver() {
 /// stages) is freed in its own context: nothing is refused, and no later call of either GPU
 /// reports a stale error.
 #[test]
+#[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
 fn buffers_free_in_their_own_context() {
-    if !crate::fake_cuda::cuda_or_skip() {
-        return;
-    }
+    crate::backend::cuda::gpu_test::require_cuda();
     let (gpu0, gpu1) = gpus();
     let values: Vec<f32> = (0..256).map(|i| i as f32).collect();
     for _ in 0..4 {
@@ -79,10 +78,9 @@ fn peer_copies_go_direct_on_the_fake_driver() {
 /// Where the hardware does not allow it, the pair is reported as going through the host, with
 /// the reason, and the copies still arrive.
 #[test]
+#[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
 fn peer_copies_go_direct() {
-    if !crate::fake_cuda::cuda_or_skip() {
-        return;
-    }
+    crate::backend::cuda::gpu_test::require_cuda();
     let p2p = std::env::var("LLMD_FAKE_CUDA_P2P").map_or(true, |v| v != "0");
     let (gpu0, gpu1) = gpus();
     let mut rng = Rng(5);
@@ -155,10 +153,9 @@ fn stage_handoffs_wait_on_events_on_the_fake_driver() {
 /// consumer's stream waits for the producer's writes (an event), and the producer's stream
 /// waits for the consumer's copy before it overwrites its buffer.
 #[test]
+#[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
 fn stage_handoffs_wait_on_events() {
-    if !crate::fake_cuda::cuda_or_skip() {
-        return;
-    }
+    crate::backend::cuda::gpu_test::require_cuda();
     let (gpu0, gpu1) = gpus();
     let n = 4096;
     let first: Vec<f32> = (0..n).map(|i| i as f32).collect();
@@ -205,10 +202,9 @@ fn staging_memory_is_pinned_for_every_gpu_on_the_fake_driver() {
 /// copies from and to it: it must be page-locked for all of them (portable), or the other GPUs'
 /// copies fall back to staged, pageable ones.
 #[test]
+#[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
 fn staging_memory_is_pinned_for_every_gpu() {
-    if !crate::fake_cuda::cuda_or_skip() {
-        return;
-    }
+    crate::backend::cuda::gpu_test::require_cuda();
     let (gpu0, gpu1) = gpus();
     let n = 1024;
     let mut staging = gpu0
@@ -246,10 +242,9 @@ fn a_kernel_fault_marks_the_gpu_failed_on_the_fake_driver() {
 /// A kernel fault is sticky: the GPU is recorded as failed with the reason, every backend on it
 /// refuses work naming it, no new backend opens there, and the other GPU keeps working.
 #[test]
+#[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
 fn a_kernel_fault_marks_the_gpu_failed() {
-    if !crate::fake_cuda::cuda_or_skip() {
-        return;
-    }
+    crate::backend::cuda::gpu_test::require_cuda();
     let (gpu0, gpu1) = gpus();
     let twin = CudaBackend::new("cuda:0b", 0, 1 << 30).expect("cuda:0 again");
     let ones = vec![1.0f32; 512];
@@ -316,6 +311,7 @@ fn kernels_load_for_each_gpu_and_driver_on_the_fake_driver() {
 /// refused with the requirement and what was found, a GPU older than Ampere by its compute
 /// capability.
 #[test]
+#[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
 fn kernels_load_for_each_gpu_and_driver() {
     let expect = std::env::var("LLMD_TEST_EXPECT").unwrap_or_default();
     if expect == "old-driver" {
@@ -327,9 +323,7 @@ fn kernels_load_for_each_gpu_and_driver() {
         println!("kernels: {expect}");
         return;
     }
-    if !crate::fake_cuda::cuda_or_skip() {
-        return;
-    }
+    crate::backend::cuda::gpu_test::require_cuda();
     if expect == "old-gpu" {
         let err = CudaBackend::new("cuda:0", 0, 1 << 30)
             .map(|_| ())

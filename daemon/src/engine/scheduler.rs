@@ -1,0 +1,240 @@
+//! Which generations run, and what each step computes: requests wait in order until a slot and
+//! their KV cache are free (admission, refusing what can never fit the context), cancelled and
+//! long-stalled generations are dropped, and each step's batch is composed of one decode token
+//! per running sequence first, then prompt chunks, within the step's row budget. Sequences whose
+//! client does not read are parked: left out of batches until it does.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use tokio::sync::mpsc::Sender;
+
+use super::job::{GenEvent, GenerateJob, StopReason, WorkerLimits};
+use super::sequence::{Outbox, Sequence};
+use crate::model::resplit::LiveSequence;
+use crate::model::{Batch, Pipeline, SeqId};
+
+/// The generations of one model: waiting, running, and finished but still delivering.
+pub(super) struct Scheduler {
+    /// The context, batch and sequence limits (the context may change with a re-split).
+    pub(super) limits: WorkerLimits,
+    /// Requests not admitted yet, oldest first.
+    waiting: VecDeque<(GenerateJob, Sender<GenEvent>)>,
+    /// Admitted generations, each with its KV cache in the pipeline.
+    pub(super) running: Vec<Sequence>,
+    /// Finished generations whose last events wait for their client to read them.
+    draining: Vec<Outbox>,
+    /// The id the next sequence (or benchmark run) gets.
+    next_seq: SeqId,
+    /// Set when a failed re-split left the pipeline without stages: every generation fails
+    /// with this message until a re-split succeeds or the model is unloaded.
+    pub(super) broken: Option<String>,
+}
+
+impl Scheduler {
+    /// No generations yet, under `limits`.
+    pub(super) fn new(limits: WorkerLimits) -> Self {
+        Scheduler {
+            limits,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            draining: Vec::new(),
+            next_seq: 1,
+            broken: None,
+        }
+    }
+
+    /// Queues a generation request.
+    pub(super) fn enqueue(&mut self, job: GenerateJob, events: Sender<GenEvent>) {
+        self.waiting.push_back((job, events));
+    }
+
+    /// A fresh sequence id.
+    pub(super) fn next_id(&mut self) -> SeqId {
+        let id = self.next_seq;
+        self.next_seq += 1;
+        id
+    }
+
+    /// True when some running sequence can take part in a step (is not parked).
+    pub(super) fn runnable(&self) -> bool {
+        self.running.iter().any(|s| !s.out.stalled())
+    }
+
+    /// True when anything is left: running, waiting or still-delivering generations.
+    pub(super) fn busy(&self) -> bool {
+        !self.running.is_empty() || !self.draining.is_empty() || !self.waiting.is_empty()
+    }
+
+    /// The running sequences as a re-split sees them: their cached lengths and capacities.
+    pub(super) fn live(&self) -> Vec<LiveSequence> {
+        self.running
+            .iter()
+            .map(|s| LiveSequence {
+                id: s.id,
+                len: s.cached_len(),
+                capacity: s.capacity,
+            })
+            .collect()
+    }
+
+    /// Frees sequences whose client went away (closed the event channel), and forgets waiting
+    /// requests whose client did.
+    pub(super) fn drop_cancelled(&mut self, pipeline: &mut Pipeline) {
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].out.is_closed() {
+                let seq = self.running.swap_remove(i);
+                pipeline.remove_sequence(seq.id);
+                tracing::info!(seq = seq.id, "generation cancelled by the client");
+            } else {
+                i += 1;
+            }
+        }
+        self.waiting.retain(|(_, events)| !events.is_closed());
+    }
+
+    /// Delivers what parked generations' clients now read; drops a generation parked longer
+    /// than its park limit (`park_limit`, or `park_limit_when_wanted` while requests wait for a
+    /// slot), and finished ones whose last events cannot be delivered in that time.
+    pub(super) fn tend_parked(&mut self, pipeline: &mut Pipeline) {
+        let now = Instant::now();
+        let limit = if self.waiting.is_empty() {
+            self.limits.park_limit
+        } else {
+            self.limits.park_limit_when_wanted
+        };
+        let mut i = 0;
+        while i < self.running.len() {
+            let out = &mut self.running[i].out;
+            if out.stalled() && !out.flush() && out.stalled_for(now).is_some_and(|t| t > limit) {
+                let seq = self.running.swap_remove(i);
+                pipeline.remove_sequence(seq.id);
+                tracing::warn!(
+                    seq = seq.id,
+                    "generation dropped: its client read no tokens for {limit:?}"
+                );
+            } else {
+                i += 1;
+            }
+        }
+        let limit = self.limits.park_limit;
+        self.draining
+            .retain_mut(|out| !out.flush() && out.stalled_for(now).is_none_or(|t| t <= limit));
+    }
+
+    /// Starts waiting generations while there is a slot, each with a KV cache for its prompt
+    /// and reply (at most the context); refuses those that can never run.
+    pub(super) fn admit(&mut self, pipeline: &mut Pipeline) {
+        while self.running.len() < self.limits.max_sequences {
+            let Some((job, events)) = self.waiting.pop_front() else {
+                break;
+            };
+            if let Some(msg) = &self.broken {
+                let _ = events.try_send(GenEvent::Failed(msg.clone()));
+                continue;
+            }
+            if job.prompt.is_empty() {
+                let _ = events.try_send(GenEvent::Failed("the prompt is empty".into()));
+                continue;
+            }
+            if job.prompt.len() >= self.limits.n_ctx {
+                let _ = events.try_send(GenEvent::Failed(format!(
+                    "the prompt has {} tokens; the context holds {}",
+                    job.prompt.len(),
+                    self.limits.n_ctx
+                )));
+                continue;
+            }
+            let capacity = (job.prompt.len() + job.max_tokens).min(self.limits.n_ctx);
+            let id = self.next_id();
+            if let Err(e) = pipeline.add_sequence(id, capacity) {
+                let _ = events.try_send(GenEvent::Failed(format!(
+                    "cannot allocate the KV cache: {e}"
+                )));
+                continue;
+            }
+            self.running.push(Sequence::new(id, job, events, capacity));
+        }
+    }
+
+    /// Composes the next step into `batch`: one decode token per running sequence that is not
+    /// parked, then prompt chunks with the rows left of `max_batch` (advancing the sequences'
+    /// prefill as if the step ran).
+    pub(super) fn compose(&mut self, batch: &mut Batch) {
+        batch.clear();
+        let mut budget = self.limits.max_batch;
+        for s in self
+            .running
+            .iter()
+            .filter(|s| !s.prefilling() && !s.out.stalled())
+        {
+            if budget == 0 {
+                break;
+            }
+            let pos = (s.history.len() - 1) as u32;
+            if let Some(&last) = s.history.last() {
+                batch.push(last, pos, s.id, true);
+                budget -= 1;
+            }
+        }
+        for s in self
+            .running
+            .iter_mut()
+            .filter(|s| s.prefilling() && !s.out.stalled())
+        {
+            if budget == 0 {
+                break;
+            }
+            let take = (s.job.prompt.len() - s.prefilled).min(budget);
+            for i in s.prefilled..s.prefilled + take {
+                let last = i + 1 == s.job.prompt.len();
+                batch.push(s.job.prompt[i], i as u32, s.id, last);
+            }
+            s.prefilled += take;
+            budget -= take;
+        }
+    }
+
+    /// The running sequence `id`, if it is still running.
+    pub(super) fn running_mut(&mut self, id: SeqId) -> Option<&mut Sequence> {
+        self.running.iter_mut().find(|s| s.id == id)
+    }
+
+    /// Ends the running sequence `id` for `reason`: frees its KV cache, sends its summary, and
+    /// keeps its outbox while its client has events to read.
+    pub(super) fn finish(&mut self, id: SeqId, reason: StopReason, pipeline: &mut Pipeline) {
+        if let Some(idx) = self.running.iter().position(|s| s.id == id) {
+            let s = self.running.swap_remove(idx);
+            pipeline.remove_sequence(s.id);
+            let out = s.finish(reason);
+            if out.stalled() {
+                self.draining.push(out);
+            }
+        }
+    }
+
+    /// Fails every running generation with `msg` (their events are delivered as the clients
+    /// read them), freeing their KV caches in `pipeline` when given.
+    pub(super) fn fail_running(&mut self, msg: &str, mut pipeline: Option<&mut Pipeline>) {
+        for mut s in self.running.drain(..) {
+            if let Some(p) = pipeline.as_deref_mut() {
+                p.remove_sequence(s.id);
+            }
+            s.out.send(GenEvent::Failed(msg.to_owned()));
+            self.draining.push(s.out);
+        }
+    }
+
+    /// Fails every running and waiting generation with `msg` at once, without waiting for any
+    /// client, and forgets them (the worker is stopping).
+    pub(super) fn abandon(&mut self, msg: &str) {
+        for s in self.running.drain(..) {
+            s.out.try_send_now(GenEvent::Failed(msg.to_owned()));
+        }
+        for (_, events) in self.waiting.drain(..) {
+            let _ = events.try_send(GenEvent::Failed(msg.to_owned()));
+        }
+        self.draining.clear();
+    }
+}
