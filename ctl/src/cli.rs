@@ -208,6 +208,9 @@ pub struct SamplingArgs {
     /// Presence penalty over the last 64 tokens; 0 disables [default: 0].
     #[arg(long)]
     pub presence_penalty: Option<f32>,
+    /// Frequency penalty over the last 64 tokens, once per occurrence; 0 disables [default: 0].
+    #[arg(long)]
+    pub frequency_penalty: Option<f32>,
     /// Seed of the random draw, for reproducible runs [default: random].
     #[arg(long)]
     pub seed: Option<u64>,

@@ -26,6 +26,7 @@ pub fn sampling(args: &SamplingArgs) -> Sampling {
         min_p: args.min_p,
         repeat_penalty: args.repeat_penalty,
         presence_penalty: args.presence_penalty,
+        frequency_penalty: args.frequency_penalty,
         seed: args.seed,
     }
 }

@@ -178,6 +178,9 @@ pub struct ModelDecl {
     /// Default presence penalty.
     #[serde(default)]
     pub presence_penalty: Option<f32>,
+    /// Default frequency penalty.
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
     /// A system message put first in chat requests that have none.
     #[serde(default)]
     pub system_prompt: Option<String>,
@@ -209,6 +212,7 @@ impl ModelDecl {
             min_p: self.min_p,
             repeat_penalty: self.repeat_penalty,
             presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
             seed: None,
         }
     }

@@ -23,6 +23,8 @@ pub struct SamplingParams {
     pub repeat_penalty: f32,
     /// Subtract this from the logits of recently seen tokens (0 = off).
     pub presence_penalty: f32,
+    /// Subtract this times the number of times a token was seen recently (0 = off).
+    pub frequency_penalty: f32,
     /// How many of the latest tokens the penalties look at.
     pub penalty_last_n: usize,
     /// Seed of the random draw.
@@ -38,6 +40,7 @@ impl Default for SamplingParams {
             min_p: 0.05,
             repeat_penalty: 1.0,
             presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             penalty_last_n: 64,
             seed: 0,
         }
@@ -118,7 +121,8 @@ impl Sampler {
             penalised,
             seen,
         } = self;
-        let is_penalised = p.repeat_penalty != 1.0 || p.presence_penalty != 0.0;
+        let is_penalised =
+            p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
         if p.temperature <= 0.0 && !is_penalised {
             return argmax(logits);
         }
@@ -129,15 +133,16 @@ impl Sampler {
             seen.clear();
             seen.extend_from_slice(recent);
             seen.sort_unstable();
-            seen.dedup();
-            for &id in seen.iter() {
-                if let Some(v) = penalised.get_mut(id as usize) {
+            // As llama.cpp's penalties sampler: each distinct recent token once, the repetition
+            // penalty, then its count times the frequency penalty and the presence penalty.
+            for run in seen.chunk_by(|a, b| a == b) {
+                if let Some(v) = penalised.get_mut(run[0] as usize) {
                     *v = if *v > 0.0 {
                         *v / p.repeat_penalty
                     } else {
                         *v * p.repeat_penalty
                     };
-                    *v -= p.presence_penalty;
+                    *v -= run.len() as f32 * p.frequency_penalty + p.presence_penalty;
                 }
             }
             penalised
@@ -561,6 +566,36 @@ mod tests {
         };
         let mut s = Sampler::new(params);
         assert_eq!(s.sample(&[1.0, 1.5, 0.2], &[1]), 0);
+    }
+
+    #[test]
+    fn frequency_penalty_counts_repeats_and_presence_does_not() {
+        // Token 0 seen three times, token 1 once; 0 leads 1 by 0.5 and 2 by 1.
+        let logits = [10.0, 9.5, 9.0];
+        let history = [0, 0, 1, 0];
+        let greedy = |frequency_penalty, presence_penalty| {
+            Sampler::new(SamplingParams {
+                temperature: 0.0,
+                frequency_penalty,
+                presence_penalty,
+                ..Default::default()
+            })
+            .sample(&logits, &history)
+        };
+        // Presence: 9.7 and 9.2, the leader keeps its lead.
+        assert_eq!(greedy(0.0, 0.3), 0);
+        // Frequency: 10 - 3 * 0.3 = 9.1 against 9.5 - 0.3 = 9.2.
+        assert_eq!(greedy(0.3, 0.0), 1);
+        // Both: 10 - 1.2 - 0.5 = 8.3, 9.5 - 0.4 - 0.5 = 8.6, the unseen token's 9.0 wins.
+        assert_eq!(greedy(0.4, 0.5), 2);
+        // Only the last `penalty_last_n` tokens count.
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 0.0,
+            frequency_penalty: 0.3,
+            penalty_last_n: 1,
+            ..Default::default()
+        });
+        assert_eq!(s.sample(&logits, &history), 0);
     }
 
     #[test]

@@ -127,11 +127,6 @@ impl Common {
                 "n must be 1: this server returns one choice per request",
             ));
         }
-        if self.frequency_penalty.is_some_and(|f| f != 0.0) {
-            return Err(ApiError::bad_request(
-                "frequency_penalty is not supported (only 0); use presence_penalty",
-            ));
-        }
         let logprobs = match &self.logprobs {
             None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => false,
             Some(_) => true,
@@ -155,6 +150,7 @@ impl Common {
                 temperature: self.temperature,
                 top_p: self.top_p,
                 presence_penalty: self.presence_penalty,
+                frequency_penalty: self.frequency_penalty,
                 seed: self.seed,
                 ..Sampling::default()
             },
@@ -257,12 +253,19 @@ mod tests {
         let r: CompletionRequest =
             serde_json::from_str(r#"{"model":"m","prompt":["a","b"]}"#).unwrap();
         assert!(r.prompt().is_err());
-        let r: CompletionRequest =
-            serde_json::from_str(r#"{"model":"m","prompt":"a","frequency_penalty":0.5}"#).unwrap();
-        let e = r
+    }
+
+    #[test]
+    fn penalties_reach_the_sampling_settings() {
+        let r: CompletionRequest = serde_json::from_str(
+            r#"{"model":"m","prompt":"a","frequency_penalty":0.5,"presence_penalty":-0.25}"#,
+        )
+        .unwrap();
+        let g = r
             .common
             .generate_request(Prompt::Raw("a".into()))
-            .unwrap_err();
-        assert!(e.message.contains("frequency_penalty"), "{}", e.message);
+            .expect("penalties are accepted");
+        assert_eq!(g.sampling.frequency_penalty, Some(0.5));
+        assert_eq!(g.sampling.presence_penalty, Some(-0.25));
     }
 }

@@ -52,6 +52,7 @@ impl GenerateParams {
             min_p: s.min_p.unwrap_or(defaults.min_p),
             repeat_penalty: s.repeat_penalty.unwrap_or(defaults.repeat_penalty),
             presence_penalty: s.presence_penalty.unwrap_or(defaults.presence_penalty),
+            frequency_penalty: s.frequency_penalty.unwrap_or(defaults.frequency_penalty),
             penalty_last_n: defaults.penalty_last_n,
             seed: s.seed.unwrap_or_else(random_seed),
         };
@@ -213,6 +214,7 @@ impl Runtime {
         s.min_p = s.min_p.or(d.min_p);
         s.repeat_penalty = s.repeat_penalty.or(d.repeat_penalty);
         s.presence_penalty = s.presence_penalty.or(d.presence_penalty);
+        s.frequency_penalty = s.frequency_penalty.or(d.frequency_penalty);
         if let (Prompt::Chat(messages), Some(system)) = (&mut req.prompt, &entry.decl.system_prompt)
         {
             if messages.first().is_none_or(|m| m.role != "system") {

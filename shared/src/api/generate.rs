@@ -64,6 +64,9 @@ pub struct Sampling {
     pub repeat_penalty: Option<f32>,
     /// Presence penalty (0 = off).
     pub presence_penalty: Option<f32>,
+    /// Frequency penalty: subtracted once per recent occurrence of a token (0 = off).
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
     /// Seed of the random draw (default: random).
     pub seed: Option<u64>,
 }
@@ -71,7 +74,7 @@ pub struct Sampling {
 impl Sampling {
     /// Refuses values the sampler cannot use, naming the valid range: NaN or infinite numbers,
     /// a negative temperature, `top_p`/`min_p` outside 0..=1, a repetition penalty that is not
-    /// positive, a presence penalty beyond ±[`MAX_PRESENCE_PENALTY`].
+    /// positive, a presence or frequency penalty beyond ±[`MAX_PRESENCE_PENALTY`].
     pub fn validate(&self) -> Result<(), ErrorReply> {
         let check = |name: &str, value: Option<f32>, ok: fn(f32) -> bool, range: &str| match value {
             Some(v) if !(v.is_finite() && ok(v)) => Err(ErrorReply::new(
@@ -107,6 +110,12 @@ impl Sampling {
         check(
             "presence_penalty",
             self.presence_penalty,
+            |v| v.abs() <= MAX_PRESENCE_PENALTY,
+            "between -100 and 100 (0 disables it)",
+        )?;
+        check(
+            "frequency_penalty",
+            self.frequency_penalty,
             |v| v.abs() <= MAX_PRESENCE_PENALTY,
             "between -100 and 100 (0 disables it)",
         )
@@ -288,7 +297,7 @@ mod tests {
 
     #[test]
     fn hostile_sampling_values_are_refused_naming_the_range() {
-        let cases: [(Sampling, &str); 9] = [
+        let cases: [(Sampling, &str); 11] = [
             (
                 Sampling {
                     temperature: Some(f32::NAN),
@@ -347,6 +356,20 @@ mod tests {
             ),
             (
                 Sampling {
+                    frequency_penalty: Some(f32::NAN),
+                    ..Default::default()
+                },
+                "frequency_penalty NaN",
+            ),
+            (
+                Sampling {
+                    frequency_penalty: Some(101.0),
+                    ..Default::default()
+                },
+                "-100 and 100",
+            ),
+            (
+                Sampling {
                     temperature: Some(f32::INFINITY),
                     ..Default::default()
                 },
@@ -369,6 +392,7 @@ mod tests {
             min_p: Some(0.0),
             repeat_penalty: Some(1.1),
             presence_penalty: Some(-0.5),
+            frequency_penalty: Some(0.5),
             seed: Some(1),
         };
         request(ok).validate().unwrap();

@@ -379,6 +379,7 @@ fn the_official_openai_client_works_unmodified() {
     assert_eq!(seen["models"][0], "tiny", "{seen}");
     assert_eq!(seen["completion"]["finish"], "length", "{seen}");
     assert_eq!(seen["completion"]["completion_tokens"], 6, "{seen}");
+    assert_eq!(seen["penalised"]["completion_tokens"], 6, "{seen}");
     assert_eq!(seen["chat_stream"]["usage"], 5, "{seen}");
     let chunks = seen["chat_stream"]["chunks"].as_array().expect("chunks");
     assert_eq!(

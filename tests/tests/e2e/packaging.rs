@@ -122,6 +122,7 @@ fn every_commented_example_is_valid_and_every_key_is_documented() {
         min_p,
         repeat_penalty,
         presence_penalty,
+        frequency_penalty,
         system_prompt,
         chat_template,
     } = models[0].clone();
@@ -135,9 +136,16 @@ fn every_commented_example_is_valid_and_every_key_is_documented() {
             && cache_type_k.is_some()
             && cache_type_v.is_some()
             && keep_alive.is_some()
-            && [temperature, top_p, min_p, repeat_penalty, presence_penalty]
-                .iter()
-                .all(Option::is_some)
+            && [
+                temperature,
+                top_p,
+                min_p,
+                repeat_penalty,
+                presence_penalty,
+                frequency_penalty,
+            ]
+            .iter()
+            .all(Option::is_some)
             && system_prompt.is_some()
             && chat_template.is_some(),
         "every [[models]] key documented"

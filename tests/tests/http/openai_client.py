@@ -15,6 +15,11 @@ seen["models"] = [m.id for m in client.models.list()]
 c = client.completions.create(model=model, prompt="Hello", max_tokens=6, temperature=0)
 seen["completion"] = {"text": c.choices[0].text, "finish": c.choices[0].finish_reason,
                       "completion_tokens": c.usage.completion_tokens}
+# The sampler's penalties, as Open WebUI sends them when a user sets them.
+p = client.completions.create(model=model, prompt="Hello", max_tokens=6, temperature=0.7,
+                              seed=3, frequency_penalty=0.5, presence_penalty=0.25)
+seen["penalised"] = {"finish": p.choices[0].finish_reason,
+                     "completion_tokens": p.usage.completion_tokens}
 chunks = []
 usage = None
 stream = client.chat.completions.create(
