@@ -120,24 +120,11 @@ impl CpuBackend {
         cols: usize,
         source: &DeviceBytes<'_>,
     ) -> Result<CpuWeight, BackendError> {
-        if !ty.is_supported() {
-            return Err(BackendError::UnsupportedType {
-                device: self.name.clone(),
-                ty,
-                tensor: name.to_string(),
-            });
-        }
-        let len = ty
-            .row_bytes(cols as u64)
-            .and_then(|r| r.checked_mul(rows as u64))
-            .ok_or_else(|| shape("upload_weight", format!("{name}: size overflows")))?
-            as usize;
+        let (_, len) = self.weight_len(name, ty, rows, cols)?;
         check_len("upload_weight", len, source.len)?;
         let lease = self.charge(name, weight_charge(len as u64, rows, cols))?;
         let mut words = vec![0u64; len.div_ceil(8)];
-        // SAFETY: `words` owns at least `len` bytes (len.div_ceil(8) words of 8 bytes); u8 has no
-        // alignment or validity requirements, and the slice is the only borrow of `words`.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) };
+        let bytes = words_as_bytes(&mut words, len);
         let layout = if packed::should_pack(ty, rows, cols) {
             let pack = |gguf: &[u8], bytes: &mut [u8]| {
                 packed::pack(ty, rows, cols, gguf, bytes)
@@ -163,40 +150,20 @@ impl CpuBackend {
             source.read_into(bytes)?;
             Layout::Gguf
         };
-        let vector = if rows == 1 {
-            let mut v = vec![0.0f32; cols];
-            quant::dequantize(ty, bytes, &mut v)
-                .map_err(|e| shape("upload_weight", format!("{name}: {e}")))?;
-            Some(v)
-        } else {
-            None
-        };
-        Ok(CpuWeight {
-            name: name.to_string(),
-            ty,
-            rows,
-            cols,
-            words,
-            len,
-            layout,
-            vector,
-            _lease: lease,
-        })
+        Self::finish_weight(name, ty, rows, cols, words, len, layout, lease)
     }
 }
 
 impl CpuBackend {
-    /// A weight of `rows` rows of `cols` `ty` values whose GGUF bytes `fill` writes straight
-    /// into the weight's own buffer (then repacked in place, one row group at a time, when the
-    /// packed kernels cover it): no host copy is made beside it.
-    fn new_weight_filled(
+    /// The bytes of one row and of the whole weight of `rows` rows of `cols` `ty` values;
+    /// refuses a type this backend has no kernels for and a size that overflows.
+    fn weight_len(
         &self,
         name: &str,
         ty: GgmlType,
         rows: usize,
         cols: usize,
-        fill: &mut dyn FnMut(&mut [u8]) -> Result<(), BackendError>,
-    ) -> Result<CpuWeight, BackendError> {
+    ) -> Result<(usize, usize), BackendError> {
         if !ty.is_supported() {
             return Err(BackendError::UnsupportedType {
                 device: self.name.clone(),
@@ -211,27 +178,25 @@ impl CpuBackend {
         let len = row_bytes
             .checked_mul(rows)
             .ok_or_else(|| shape("upload_weight", format!("{name}: size overflows")))?;
-        let lease = self.charge(name, weight_charge(len as u64, rows, cols))?;
-        let mut words = vec![0u64; len.div_ceil(8)];
-        // SAFETY: `words` owns at least `len` bytes (len.div_ceil(8) words of 8 bytes); u8 has no
-        // alignment or validity requirements, and the slice is the only borrow of `words`.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) };
-        fill(bytes)?;
-        let layout = if packed::should_pack(ty, rows, cols) {
-            let group = packed::PACK_ROWS * row_bytes;
-            let mut gguf = vec![0u8; group];
-            for tile_rows in bytes.chunks_exact_mut(group) {
-                gguf.copy_from_slice(tile_rows);
-                packed::pack(ty, packed::PACK_ROWS, cols, &gguf, tile_rows)
-                    .map_err(|e| shape("upload_weight", format!("{name}: {e}")))?;
-            }
-            Layout::Packed
-        } else {
-            Layout::Gguf
-        };
+        Ok((row_bytes, len))
+    }
+
+    /// The weight over its filled buffer `words` (`len` bytes in `layout`), with the f32 copy
+    /// kept of one-row tensors (norm weights, biases).
+    #[allow(clippy::too_many_arguments)]
+    fn finish_weight(
+        name: &str,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        mut words: Vec<u64>,
+        len: usize,
+        layout: Layout,
+        lease: Lease,
+    ) -> Result<CpuWeight, BackendError> {
         let vector = if rows == 1 {
             let mut v = vec![0.0f32; cols];
-            quant::dequantize(ty, bytes, &mut v)
+            quant::dequantize(ty, words_as_bytes(&mut words, len), &mut v)
                 .map_err(|e| shape("upload_weight", format!("{name}: {e}")))?;
             Some(v)
         } else {
@@ -249,6 +214,50 @@ impl CpuBackend {
             _lease: lease,
         })
     }
+
+    /// A weight of `rows` rows of `cols` `ty` values whose GGUF bytes `fill` writes straight
+    /// into the weight's own buffer (then repacked in place, one row group at a time, when the
+    /// packed kernels cover it): no host copy is made beside it.
+    fn new_weight_filled(
+        &self,
+        name: &str,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Result<(), BackendError>,
+    ) -> Result<CpuWeight, BackendError> {
+        let (row_bytes, len) = self.weight_len(name, ty, rows, cols)?;
+        let lease = self.charge(name, weight_charge(len as u64, rows, cols))?;
+        let mut words = vec![0u64; len.div_ceil(8)];
+        let bytes = words_as_bytes(&mut words, len);
+        fill(bytes)?;
+        let layout = if packed::should_pack(ty, rows, cols) {
+            let group = packed::PACK_ROWS * row_bytes;
+            let mut gguf = vec![0u8; group];
+            for tile_rows in bytes.chunks_exact_mut(group) {
+                gguf.copy_from_slice(tile_rows);
+                packed::pack(ty, packed::PACK_ROWS, cols, &gguf, tile_rows)
+                    .map_err(|e| shape("upload_weight", format!("{name}: {e}")))?;
+            }
+            Layout::Packed
+        } else {
+            Layout::Gguf
+        };
+        Self::finish_weight(name, ty, rows, cols, words, len, layout, lease)
+    }
+}
+
+/// The first `len` bytes of `words` (a weight's buffer, u64 words for the kernels' alignment).
+fn words_as_bytes(words: &mut [u64], len: usize) -> &mut [u8] {
+    assert!(
+        len <= words.len() * 8,
+        "{len} bytes past a buffer of {} words",
+        words.len()
+    );
+    // SAFETY: `words` holds at least `len` bytes (checked above); u8 has no alignment or
+    // validity requirements, and the returned slice borrows `words` mutably, so it is the only
+    // borrow.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) }
 }
 
 /// Bytes a weight of `len` bytes in `rows` rows of `cols` values takes: the bytes, plus the f32
