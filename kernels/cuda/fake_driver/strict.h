@@ -162,7 +162,9 @@ struct Counters {
     std::atomic<long long> launches{0}, host_syncs{0}, h2d_bytes{0}, d2h_bytes{0},
         peer_direct{0}, peer_staged{0}, peer_direct_bytes{0}, peer_staged_bytes{0},
         refused_context{0}, faults{0}, allocations{0}, frees{0}, pageable_copies{0},
-        h2d_copies{0}, d2h_copies{0};
+        h2d_copies{0}, d2h_copies{0},
+        // Launches of the routed matmul of mixtures of experts (mul_mat_vec_id_*).
+        routed_launches{0};
 };
 inline Counters &counters() {
     static auto *c = new Counters;
@@ -186,12 +188,13 @@ inline void write_stats() {
                  "strict 1\nlaunches %lld\nhost_syncs %lld\nh2d_bytes %lld\nd2h_bytes %lld\n"
                  "peer_copies_direct %lld\npeer_copies_staged %lld\npeer_bytes_direct %lld\n"
                  "peer_bytes_staged %lld\nrefused_context %lld\nfaults %lld\nallocations %lld\n"
-                 "frees %lld\npageable_copies %lld\nh2d_copies %lld\nd2h_copies %lld\n",
+                 "frees %lld\npageable_copies %lld\nh2d_copies %lld\nd2h_copies %lld\n"
+                 "routed_launches %lld\n",
                  n.launches.load(), n.host_syncs.load(), n.h2d_bytes.load(), n.d2h_bytes.load(),
                  n.peer_direct.load(), n.peer_staged.load(), n.peer_direct_bytes.load(),
                  n.peer_staged_bytes.load(), n.refused_context.load(), n.faults.load(),
                  n.allocations.load(), n.frees.load(), n.pageable_copies.load(),
-                 n.h2d_copies.load(), n.d2h_copies.load());
+                 n.h2d_copies.load(), n.d2h_copies.load(), n.routed_launches.load());
     std::fclose(f);
     std::rename(partial.c_str(), c.stats_path.c_str());
 }

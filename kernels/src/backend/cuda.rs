@@ -14,9 +14,10 @@
 //! `types` (which kernels each weight type uses), `weights` (upload, import, views), `transfer`
 //! (host and peer copies, stage hand-offs, pinned staging), `reused` (device buffers kept between
 //! calls), `norm` (`norm.cu`), `rope` (`rope.cu`), `elementwise` (`elementwise.cu`), `getrows`
-//! (`getrows.cu`), [`matmul`] (`mmv.cu`, `mmvq.cu`, `gemm.cu`, `mmq.cu`), `fused` (the fused
-//! projections), `kv` (`attention.cu`, `kvcache.cu`), `peer` (GPU-to-GPU paths); the tests in
-//! `tests` (op by op against the CPU backend), `type_tests`, `shape_tests`, `fused_tests` and
+//! (`getrows.cu`), [`matmul`] (`mmv.cu`, `mmvq.cu`, `gemm.cu`, `mmq.cu`), `moe` (the routed
+//! matmul of mixtures of experts, `mmvq.cu`), `fused` (the fused projections), `kv`
+//! (`attention.cu`, `kvcache.cu`), `peer` (GPU-to-GPU paths); the tests in `tests` (op by op
+//! against the CPU backend), `type_tests`, `shape_tests`, `fused_tests`, `moe_tests` and
 //! `strict_tests` (the strict fake driver's faults), with `gpu_test` their launcher glue.
 //!
 //! The kernel signatures, launch configurations and host-side preconditions below follow
@@ -50,6 +51,9 @@ mod gpu_test;
 mod kv;
 mod matmul;
 mod modules;
+mod moe;
+#[cfg(test)]
+mod moe_tests;
 mod norm;
 mod open;
 mod peer;
@@ -351,6 +355,22 @@ impl Backend for CudaBackend {
         out: &mut DeviceBuf<f32>,
     ) -> Result<(), BackendError> {
         self.gather_rows_on_device(src, rows, width, out)
+    }
+
+    fn routes(&self, expert: &CudaWeight, n_tokens: usize) -> bool {
+        self.routes_on_device(expert, n_tokens)
+    }
+
+    fn matmul_id(
+        &self,
+        experts: &[CudaWeight],
+        x: &DeviceBuf<f32>,
+        n_tokens: usize,
+        x_per_pair: bool,
+        ids: &[u32],
+        out: &mut DeviceBuf<f32>,
+    ) -> Result<(), BackendError> {
+        self.matmul_id_on_device(experts, x, n_tokens, x_per_pair, ids, out)
     }
 
     fn embed(

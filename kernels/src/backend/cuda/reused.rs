@@ -26,6 +26,9 @@ pub(super) struct Reused {
     pub(super) partials: Option<DeviceBuf<f32>>,
     /// Keys, values or queries rotated for a quantized KV cache (grown, never shrunk).
     pub(super) rotated: Option<DeviceBuf<f32>>,
+    /// The routed matmul's table: the experts' weight addresses, then the pairs' expert ids
+    /// (grown, never shrunk).
+    pub(super) routed: Option<DeviceBuf<u64>>,
 }
 
 /// A buffer of at least `len` values in `slot`, allocating a larger one (zeroed) when it is
