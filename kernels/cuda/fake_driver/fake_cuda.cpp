@@ -531,6 +531,7 @@ API CUresult cuDeviceGetAttribute(int *value, int attribute, int dev) {
     case 34: *value = (int)std::strtol(pci.substr(12, 2).c_str(), nullptr, 16); break; // device
     case 50: *value = (int)std::strtol(pci.substr(0, 8).c_str(), nullptr, 16); break; // domain
     case 8: *value = 48 * 1024; break;          // max shared memory per block
+    case 16: *value = config().sms; break;      // multiprocessors
     default: *value = 0; break;
     }
     return kSuccess;

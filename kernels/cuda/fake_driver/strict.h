@@ -29,7 +29,8 @@
 //
 // Configuration (environment): LLMD_FAKE_CUDA_DEVICES (1), LLMD_FAKE_CUDA_MEMORY (16 GiB each),
 // LLMD_FAKE_CUDA_DRIVER (cuDriverGetVersion, 12040), LLMD_FAKE_CUDA_PTX_ISA ("8.4"),
-// LLMD_FAKE_CUDA_CC (compute capability, "8.0"), LLMD_FAKE_CUDA_UUIDS and LLMD_FAKE_CUDA_PCI
+// LLMD_FAKE_CUDA_CC (compute capability, "8.0"), LLMD_FAKE_CUDA_SMS (multiprocessors, 4),
+// LLMD_FAKE_CUDA_UUIDS and LLMD_FAKE_CUDA_PCI
 // (comma-separated, one per GPU in CUDA order), LLMD_FAKE_CUDA_P2P (1: every pair may access each
 // other, 0: none), LLMD_FAKE_CUDA_FAULT ("kernel:N": the Nth launch of that kernel faults with
 // CUDA_ERROR_ILLEGAL_ADDRESS), LLMD_FAKE_CUDA_STATS (a file the counters are written to after
@@ -114,6 +115,7 @@ struct Config {
     int driver_version = 12040;
     int max_ptx_isa = 84;
     int cc = 80; // major * 10 + minor
+    int sms = 4; // multiprocessors (decode attention splits its keys by them)
     bool p2p = true;
     std::string fault_kernel;
     long long fault_nth = 0;
@@ -137,6 +139,7 @@ inline const Config &config() {
             c.cc = version_number(cc);
         }
         c.p2p = env_int("LLMD_FAKE_CUDA_P2P", 1) != 0;
+        c.sms = (int)std::max(1LL, env_int("LLMD_FAKE_CUDA_SMS", c.sms));
         if (const char *f = env("LLMD_FAKE_CUDA_FAULT")) {
             std::string s(f);
             const auto colon = s.find(':');

@@ -121,6 +121,9 @@ pub struct CudaBackend {
     gemm_scratch_floats: usize,
     /// Small device buffers reused across calls instead of allocated (and zeroed) per call.
     reused: Mutex<Reused>,
+    /// Streaming multiprocessors of the GPU (0 when the driver does not say): decode attention
+    /// splits its keys to give each a few blocks.
+    sm_count: usize,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -333,6 +336,17 @@ impl Backend for CudaBackend {
         self.gated_matmul_residual_on_device(
             gate, up, ff, act, w, n_tokens, width, post_norm, scratch, residual,
         )
+    }
+
+    fn attention_batch(
+        &self,
+        q: &DeviceBuf<f32>,
+        caches: &[(&CudaKv, std::ops::Range<usize>)],
+        positions: &[u32],
+        params: AttentionParams,
+        out: &mut DeviceBuf<f32>,
+    ) -> Result<(), BackendError> {
+        self.attend(q, out, 0, positions, caches, params)
     }
 
     fn rope_store(

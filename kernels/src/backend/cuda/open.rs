@@ -101,6 +101,11 @@ impl CudaBackend {
             .compute_capability()
             .map_err(|e| device_err(format!("asking for the compute capability: {e}")))?;
         let gpu_name = ctx.name().unwrap_or_else(|_| format!("GPU {ordinal}"));
+        let sm_count = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_or(0, |n| usize::try_from(n).unwrap_or(0));
         check_compute_capability(&gpu_name, (major, minor)).map_err(device_err)?;
         let mut functions = HashMap::new();
         let mut images = Vec::new();
@@ -130,6 +135,7 @@ impl CudaBackend {
             ledger,
             gemm_scratch_floats: GEMM_SCRATCH_FLOATS,
             reused: Mutex::new(Reused::default()),
+            sm_count,
         })
     }
 
