@@ -19,13 +19,6 @@ use super::config::ModelConfig;
 use super::host_tensors::OwnedTensor;
 use super::stage::ForwardError;
 
-/// The name of the token embedding table in GGUF files.
-pub const TOKEN_EMBD: &str = "token_embd.weight";
-/// The name of the output projection; absent when the model ties it to the embedding.
-pub const OUTPUT: &str = "output.weight";
-/// The name of the final norm, the output head's other tensor.
-pub const OUTPUT_NORM: &str = "output_norm.weight";
-
 /// Where a pipeline reads its token embedding rows.
 #[derive(Debug)]
 pub enum Embedding {

@@ -18,13 +18,15 @@ use super::config::{
     Arch, ConfigError, Hyperparameters, ModelConfig, RopeFactorTensors, RopeScaling,
     RopeScalingType, ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT, ROPE_FREQS,
 };
-use super::embedding::{Embedding, OUTPUT, OUTPUT_NORM, TOKEN_EMBD};
+use super::embedding::Embedding;
 use super::host_tensors::{HostTensors, OwnedTensor, PartSource};
 use super::moe::ExpertsElsewhere;
 use super::parts::Slot;
 use super::pipeline::Pipeline;
 use super::stage::ForwardError;
-use super::weights::{layer_source_names, ExpertWeights, WeightError};
+use super::weights::{
+    layer_source_names, ExpertWeights, WeightError, OUTPUT, OUTPUT_NORM, TOKEN_EMBD,
+};
 use llmd_gguf::{DataCheck, GgufError, GgufFile, MetadataError, ModelDescription, TensorInfo};
 use llmd_kernels::backend::BackendError;
 use llmd_kernels::quant::GgmlType;

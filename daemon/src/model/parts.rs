@@ -17,44 +17,9 @@ use llmd_kernels::backend::{Backend, BackendError, HostKv, HostTensor, KvView, W
 use super::batch::SeqId;
 use super::config::ModelConfig;
 use super::host_tensors::{HostTensors, PartSource};
+/// Named here too, beside the parts it numbers.
+pub use super::weights::Slot;
 use super::weights::{HeadWeights, LayerWeights, TensorSource, WeightError};
-
-/// Which part of the model: a layer, or the output head.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Slot {
-    /// Transformer layer `il`.
-    Layer(usize),
-    /// The output head.
-    Head,
-}
-
-impl Slot {
-    /// Its index among `n_layer + 1` parts (the head last).
-    pub fn index(self, n_layer: usize) -> usize {
-        match self {
-            Slot::Layer(il) => il,
-            Slot::Head => n_layer,
-        }
-    }
-
-    /// The slot at `index` among `n_layer + 1` parts.
-    pub fn at(index: usize, n_layer: usize) -> Slot {
-        if index < n_layer {
-            Slot::Layer(index)
-        } else {
-            Slot::Head
-        }
-    }
-}
-
-impl std::fmt::Display for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Slot::Layer(il) => write!(f, "layer {il}"),
-            Slot::Head => f.write_str("the output head"),
-        }
-    }
-}
 
 /// The weights of one part (`W`: in the file, on a device, or a view).
 pub enum PartWeights<W> {
