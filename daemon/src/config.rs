@@ -44,6 +44,7 @@
 //! keep_alive = "10m"
 //! ```
 
+pub mod http;
 pub mod models;
 
 use std::fmt;
@@ -53,6 +54,7 @@ use llmd_shared::DeviceKind;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
+pub use http::{HttpConfig, HttpConfigError};
 pub use models::{KeepAlive, LoadPolicy, ModelDecl, DEFAULT_MODELS_DIR};
 
 /// Where the daemon looks for its configuration when `--config` is not given. Optional: when the
@@ -103,7 +105,7 @@ pub struct Config {
     /// The OpenAI-compatible HTTP API (`[http]`: addresses, API key, limits). Absent: off.
     /// Changes take effect on restart.
     #[serde(default)]
-    pub http: Option<crate::http::HttpConfig>,
+    pub http: Option<HttpConfig>,
     /// The directory relative `[[models]]` paths are relative to. Absent:
     /// [`DEFAULT_MODELS_DIR`]. Applied again on reload.
     #[serde(default)]

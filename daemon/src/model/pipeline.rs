@@ -7,9 +7,7 @@ use std::sync::Arc;
 
 use llmd_kernels::backend::{BackendError, HostStaging, KvTypes};
 
-/// The stage trait lives with the backend choice it erases (`backend.rs`); named here too, where
-/// the pipeline's users have always found it.
-pub use super::backend::PipelineStage;
+use super::backend::AnyStage;
 use super::batch::{Batch, SeqId};
 use super::config::ModelConfig;
 use super::embedding::Embedding;
@@ -24,7 +22,7 @@ pub struct Pipeline {
     /// Whether the output head is the token embedding (the file has no `output.weight`).
     tied: bool,
     /// Stages in layer order; the last holds the head.
-    stages: Vec<Box<dyn PipelineStage>>,
+    stages: Vec<AnyStage>,
     /// Residual stream on the host between stages: `(batch, n_embd)`.
     hidden: Vec<f32>,
     /// The same in page-locked memory when a stage's device offers it (a GPU copies from and to
@@ -49,7 +47,7 @@ impl Pipeline {
         config: Arc<ModelConfig>,
         embedding: Embedding,
         tied: bool,
-        stages: Vec<Box<dyn PipelineStage>>,
+        stages: Vec<AnyStage>,
     ) -> Result<Self, ForwardError> {
         let mut next = 0;
         for s in &stages {
@@ -105,7 +103,7 @@ impl Pipeline {
     }
 
     /// The stages, in layer order.
-    pub fn stages(&self) -> &[Box<dyn PipelineStage>] {
+    pub fn stages(&self) -> &[AnyStage] {
         &self.stages
     }
 
@@ -133,10 +131,7 @@ impl Pipeline {
     }
 
     /// Replaces the stages (a re-split), returning the old ones.
-    pub fn replace_stages(
-        &mut self,
-        stages: Vec<Box<dyn PipelineStage>>,
-    ) -> Vec<Box<dyn PipelineStage>> {
+    pub fn replace_stages(&mut self, stages: Vec<AnyStage>) -> Vec<AnyStage> {
         // The new stages may sit on other devices: ask them for staging memory afresh.
         self.staging = None;
         self.want_staging = true;
@@ -144,7 +139,7 @@ impl Pipeline {
     }
 
     /// Mutable access to the stages.
-    pub fn stages_mut(&mut self) -> &mut [Box<dyn PipelineStage>] {
+    pub fn stages_mut(&mut self) -> &mut [AnyStage] {
         &mut self.stages
     }
 

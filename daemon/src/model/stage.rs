@@ -12,11 +12,12 @@ use llmd_kernels::backend::{
 
 use super::batch::{Batch, Segment, SeqId};
 use super::config::ModelConfig;
-use super::embedding::{OUTPUT, OUTPUT_NORM as NORM, TOKEN_EMBD};
 use super::host_tensors::{OwnedTensor, PartSource};
 use super::moe::{moe_ffn, ExpertStage, ExpertsElsewhere, MoeInput, MoeScratch};
 use super::parts::{DevicePart, PartWeights, Slot};
-use super::weights::{FeedForward, HeadWeights, LayerWeights, WeightError};
+use super::weights::{
+    FeedForward, HeadWeights, LayerWeights, WeightError, OUTPUT, OUTPUT_NORM as NORM, TOKEN_EMBD,
+};
 
 /// Activation buffers of one stage, sized once for the largest batch so the forward pass never
 /// allocates.

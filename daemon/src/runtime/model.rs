@@ -9,9 +9,7 @@ use llmd_kernels::backend::KvTypes;
 use llmd_kernels::cpu::ThreadPool;
 
 use super::error::{ErrorKind, RuntimeError};
-use super::load::LoadSpec;
 use super::prompt::{PromptModel, PromptSlots};
-use super::resplit::ResplitSpec;
 use crate::engine::{Job, ModelHandle};
 use crate::model::load::ModelFile;
 use crate::model::plan::ModelSizes;
@@ -124,7 +122,7 @@ impl LoadedModel {
     }
 
     /// The placement as last recorded, even for a failed model (a reload puts it back there).
-    fn last_placement(&self) -> Vec<StagePlacement> {
+    pub(super) fn last_placement(&self) -> Vec<StagePlacement> {
         self.placement
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -240,39 +238,6 @@ impl LoadedModel {
         let mut devices: Vec<String> = self.placement().into_iter().map(|s| s.device).collect();
         devices.dedup();
         devices
-    }
-
-    /// The load that puts this (failed) model back: its file, name, threads, context, KV cache
-    /// types and last placement (its stages' devices, with their layer counts as split
-    /// weights), each replaced by what the re-split `spec` gives.
-    pub fn reload_spec(&self, spec: &ResplitSpec) -> LoadSpec {
-        let last = self.last_placement();
-        let devices = if spec.devices.is_empty() {
-            last.iter().map(|s| s.device.clone()).collect()
-        } else {
-            spec.devices.clone()
-        };
-        let split = if spec.split.is_empty() && spec.devices.is_empty() {
-            layer_counts(&last)
-        } else {
-            spec.split.clone()
-        };
-        LoadSpec {
-            path: self.path.clone(),
-            ctx: Some(spec.ctx.unwrap_or_else(|| self.ctx())),
-            threads: Some(self.threads),
-            devices,
-            split,
-            kv_types: self.kv_types(),
-            // The devices named above are the stages' own, CPU ones included.
-            gpu_layers: None,
-            // Experts kept where they were (`--n-cpu-moe` of the last placement).
-            n_cpu_moe: last
-                .iter()
-                .filter(|s| s.expert_device.is_some())
-                .map(|s| s.expert_layers.1)
-                .max(),
-        }
     }
 }
 

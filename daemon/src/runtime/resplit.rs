@@ -17,7 +17,7 @@ use llmd_kernels::backend::DeviceMemory;
 use super::error::{ErrorKind, RuntimeError};
 use super::load::{
     backends_for, make_plan, plan_blocking, plan_devices, prepare_load, resolve_ctx,
-    resolve_devices, PlanSpec, PlannedModel,
+    resolve_devices, LoadSpec, PlanSpec, PlannedModel,
 };
 use super::model::{
     layer_counts, placement_of, LoadedModel, StagePlacement, MAX_BATCH, MAX_SEQUENCES,
@@ -38,6 +38,41 @@ pub struct ResplitSpec {
     pub split: Vec<f32>,
     /// A new context length.
     pub ctx: Option<u32>,
+}
+
+impl ResplitSpec {
+    /// The load that puts the failed `model` back: its file, name, threads, context, KV cache
+    /// types and last placement (its stages' devices, with their layer counts as split
+    /// weights), each replaced by what this re-split gives.
+    pub fn reload_of(&self, model: &LoadedModel) -> LoadSpec {
+        let last = model.last_placement();
+        let devices = if self.devices.is_empty() {
+            last.iter().map(|s| s.device.clone()).collect()
+        } else {
+            self.devices.clone()
+        };
+        let split = if self.split.is_empty() && self.devices.is_empty() {
+            layer_counts(&last)
+        } else {
+            self.split.clone()
+        };
+        LoadSpec {
+            path: model.path.clone(),
+            ctx: Some(self.ctx.unwrap_or_else(|| model.ctx())),
+            threads: Some(model.threads),
+            devices,
+            split,
+            kv_types: model.kv_types(),
+            // The devices named above are the stages' own, CPU ones included.
+            gpu_layers: None,
+            // Experts kept where they were (`--n-cpu-moe` of the last placement).
+            n_cpu_moe: last
+                .iter()
+                .filter(|s| s.expert_device.is_some())
+                .map(|s| s.expert_layers.1)
+                .max(),
+        }
+    }
 }
 
 /// A finished re-split (or the reload of a failed model).
@@ -89,7 +124,7 @@ impl Runtime {
         Ok(done)
     }
 
-    /// Loads the failed `model` again from its file, as [`LoadedModel::reload_spec`] says, and
+    /// Loads the failed `model` again from its file, as [`ResplitSpec::reload_of`] says, and
     /// registers it in its place.
     async fn recover(
         &self,
@@ -98,7 +133,7 @@ impl Runtime {
         placement: PlacementGuard,
         devices: Arc<Vec<Device>>,
     ) -> Result<Resplit, RuntimeError> {
-        let load = model.reload_spec(spec);
+        let load = spec.reload_of(&model);
         tracing::info!(model = %model.name, path = %load.path.display(), "reloading a failed model from its file");
         let plan_spec = PlanSpec {
             path: load.path.clone(),
