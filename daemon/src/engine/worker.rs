@@ -170,6 +170,8 @@ impl Worker {
             ResplitOutcome::Broken(msg) => {
                 tracing::error!("{msg}");
                 self.scheduler.fail_running(&msg, None);
+                // The stages, and the retained caches with them, are gone.
+                self.scheduler.drop_retained(None);
                 self.scheduler.broken = Some(msg);
             }
         }
@@ -288,6 +290,9 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 #[cfg(test)]
+mod prefix_tests;
+
+#[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
@@ -311,7 +316,7 @@ mod tests {
 
     /// A tiny random llama (Q8_0 weights) on one CPU device charging `memory`, with its
     /// tokenizer, set up for `limits`.
-    fn tiny_model(
+    pub(super) fn tiny_model(
         dir: &std::path::Path,
         memory: &Arc<DeviceMemory>,
         limits: WorkerLimits,
@@ -366,7 +371,7 @@ mod tests {
         ModelHandle::spawn("tiny", pipeline, tokenizer, limits, None).expect("worker")
     }
 
-    fn generation(max_tokens: usize) -> GenerateJob {
+    pub(super) fn generation(max_tokens: usize) -> GenerateJob {
         GenerateJob {
             prompt: vec![1, 2, 3, 4],
             max_tokens,
@@ -476,7 +481,7 @@ mod tests {
     /// The steps of `worker` until every generation queued in it has ended, on this thread;
     /// returns each sequence's logits rows (as bits) in the order it got them, and whether some
     /// step mixed a prompt chunk of one sequence with rows of another.
-    fn run_to_end(worker: &mut Worker) -> (BTreeMap<SeqId, Vec<Vec<u32>>>, bool) {
+    pub(super) fn run_to_end(worker: &mut Worker) -> (BTreeMap<SeqId, Vec<Vec<u32>>>, bool) {
         let mut rows: BTreeMap<SeqId, Vec<Vec<u32>>> = BTreeMap::new();
         let mut mixed = false;
         for _ in 0..10_000 {

@@ -280,6 +280,17 @@ pub trait PipelineStage: Send {
         capacity: usize,
         types: KvTypes,
     ) -> Result<(), BackendError>;
+    /// Allocates KV caches for a new sequence holding the first `len` positions of another's
+    /// (see [`Stage::fork_sequence`]).
+    fn fork_sequence(
+        &mut self,
+        src: SeqId,
+        seq: SeqId,
+        len: usize,
+        capacity: usize,
+    ) -> Result<(), BackendError>;
+    /// Bytes of one sequence's KV caches.
+    fn sequence_kv_bytes(&self, seq: SeqId) -> u64;
     /// Frees a sequence's KV caches.
     fn remove_sequence(&mut self, seq: SeqId);
     /// Its device's backend.
@@ -342,6 +353,18 @@ impl<B: DeviceBackend> PipelineStage for Stage<B> {
         types: KvTypes,
     ) -> Result<(), BackendError> {
         Stage::add_sequence(self, seq, capacity, types)
+    }
+    fn fork_sequence(
+        &mut self,
+        src: SeqId,
+        seq: SeqId,
+        len: usize,
+        capacity: usize,
+    ) -> Result<(), BackendError> {
+        Stage::fork_sequence(self, src, seq, len, capacity)
+    }
+    fn sequence_kv_bytes(&self, seq: SeqId) -> u64 {
+        Stage::sequence_kv_bytes(self, seq)
     }
     fn remove_sequence(&mut self, seq: SeqId) {
         Stage::remove_sequence(self, seq)

@@ -87,6 +87,8 @@ pub struct LoadedModel {
     pub(super) placement: Mutex<Vec<StagePlacement>>,
     /// Generations running now.
     pub running: AtomicU32,
+    /// Its prefix cache's budget in bytes (kept for a reload from the same specification).
+    pub prefix_cache_bytes: u64,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -272,6 +274,7 @@ impl LoadedModel {
                 .filter(|s| s.expert_device.is_some())
                 .map(|s| s.expert_layers.1)
                 .max(),
+            prefix_cache_bytes: self.prefix_cache_bytes,
         }
     }
 }
