@@ -85,10 +85,16 @@ impl Scheduler {
             id: s.id,
             len: s.cached_len(),
             capacity: s.capacity,
+            retained: false,
         });
         let retained = self.prefix.retained().into_iter().filter_map(|id| {
             let (len, capacity) = self.prefix.retained_shape(id)?;
-            Some(LiveSequence { id, len, capacity })
+            Some(LiveSequence {
+                id,
+                len,
+                capacity,
+                retained: true,
+            })
         });
         running.chain(retained).collect()
     }

@@ -361,9 +361,10 @@ fn check_live_fit(
         if bytes > free {
             problems.push(format!(
                 "{device} needs {} for the moved layers and the KV caches of {} running \
-                 generations but has {} free",
+                 generations (and {} kept by the prefix cache) but has {} free",
                 plan::human(bytes),
-                live.len(),
+                live.iter().filter(|s| !s.retained).count(),
+                live.iter().filter(|s| s.retained).count(),
                 plan::human(free)
             ));
         }
