@@ -957,6 +957,35 @@ chat_template = "{{ messages }}"
     }
 
     #[test]
+    fn prefix_cache_budgets_resolve_model_then_daemon_then_default() {
+        let c = parse("", p()).unwrap();
+        assert_eq!(c.prefix_cache_bytes(None), DEFAULT_PREFIX_CACHE_MIB << 20);
+        let c = parse(
+            "prefix_cache_mib = 8\n[[models]]\nname = \"a\"\npath = \"/a\"\n\
+             [[models]]\nname = \"b\"\npath = \"/b\"\nprefix_cache_mib = 0\n",
+            p(),
+        )
+        .unwrap();
+        assert_eq!(c.prefix_cache_bytes(None), 8 << 20, "loaded by hand");
+        assert_eq!(
+            c.prefix_cache_bytes(c.declared("a")),
+            8 << 20,
+            "the daemon's"
+        );
+        assert_eq!(c.prefix_cache_bytes(c.declared("b")), 0, "its own: off");
+        for text in [
+            "prefix_cache_mib = 1048577\n",
+            "[[models]]\nname = \"a\"\npath = \"/a\"\nprefix_cache_mib = 1048577\n",
+        ] {
+            let e = parse(text, p()).expect_err("over the limit").to_string();
+            assert!(
+                e.contains("prefix_cache_mib") && e.contains("1048576 MiB allowed"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn bad_models_name_file_line_and_key() {
         let cases: &[(&str, &str, &str)] = &[
             // (text, key named, reason fragment)

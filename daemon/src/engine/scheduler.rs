@@ -15,6 +15,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use llmd_kernels::backend::BackendError;
 use tokio::sync::mpsc::Sender;
 
 use super::job::{GenEvent, GenerateJob, StopReason, WorkerLimits};
@@ -258,18 +259,33 @@ impl Scheduler {
         id: SeqId,
         prompt: &[u32],
         capacity: usize,
-    ) -> Result<Option<Hit>, llmd_kernels::backend::BackendError> {
-        let mut hit = if self.caching() {
+    ) -> Result<Option<Hit>, BackendError> {
+        let hit = if self.caching() {
             let running = &self.running;
-            self.prefix.lookup(prompt, prompt.len() - 1, |src| {
-                running
-                    .iter()
-                    .find(|s| s.id == src)
-                    .map_or(usize::MAX, Sequence::cached_len)
-            })
+            self.prefix
+                .lookup(prompt, prompt.len().saturating_sub(1), |src| {
+                    running
+                        .iter()
+                        .find(|s| s.id == src)
+                        .map_or(usize::MAX, Sequence::cached_len)
+                })
         } else {
             None
         };
+        self.allocate_evicting(pipeline, id, hit, capacity)
+    }
+
+    /// Allocates sequence `id`'s KV cache of `capacity` positions, a copy of `hit`'s prefix if
+    /// given; when memory runs short, retained caches are evicted (least recently used first,
+    /// `hit`'s source last, the prefix then computed) until it fits or none is left. Returns
+    /// the prefix copied, if any.
+    pub(super) fn allocate_evicting(
+        &mut self,
+        pipeline: &mut Pipeline,
+        id: SeqId,
+        mut hit: Option<Hit>,
+        capacity: usize,
+    ) -> Result<Option<Hit>, BackendError> {
         loop {
             let result = match hit {
                 Some(h) => pipeline.fork_sequence(h.source, id, h.len, capacity),

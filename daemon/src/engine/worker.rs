@@ -232,8 +232,9 @@ impl Worker {
         // Pseudo-random but valid token ids, as llama-bench uses.
         let token = |i: usize| ((i as u64 * 2_654_435_761) % n_vocab as u64) as u32;
         let mut run = || -> Result<(f64, f64), String> {
-            self.pipeline
-                .add_sequence(id, capacity)
+            // Retained prefix caches make room for it as for a generation.
+            self.scheduler
+                .allocate_evicting(&mut self.pipeline, id, None, capacity)
                 .map_err(|e| e.to_string())?;
             let mut pp = 0.0;
             if n_prompt > 0 {

@@ -264,3 +264,24 @@ fn a_zero_budget_keeps_nothing() {
     assert_eq!(again.cached_prompt_tokens, 0);
     assert_eq!(memory.used(), weights);
 }
+
+#[test]
+fn a_benchmark_evicts_retained_caches_it_needs_the_memory_of() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let probe = DeviceMemory::new(1 << 30);
+    let limits = WorkerLimits::new(512, 64, 4);
+    let w = worker(dir.path(), &probe, limits);
+    let weights = probe.used();
+    let one = cache_bytes(&w, 208);
+    drop(w);
+    let memory = DeviceMemory::new(weights + one + one / 2);
+    let mut w = worker(dir.path(), &memory, limits.with_prefix_cache(1 << 30));
+    run(&mut w, &prompt(200, 51), 8);
+    assert_eq!(w.scheduler.prefix.retained().len(), 1);
+    let result = w
+        .bench(200, 8)
+        .expect("the bench runs after evicting the retained cache");
+    assert_eq!((result.n_prompt, result.n_gen), (200, 8));
+    assert!(w.scheduler.prefix.retained().is_empty());
+    assert_eq!(memory.used(), weights, "the bench freed its sequence");
+}
