@@ -187,6 +187,10 @@ pub struct ModelDecl {
     /// A chat template (Jinja, as in GGUF metadata) used instead of the file's.
     #[serde(default)]
     pub chat_template: Option<String>,
+    /// MiB of KV cache its finished generations may keep for prompts sharing their prefix
+    /// (default: the daemon's `prefix_cache_mib`); 0 turns its prefix cache off.
+    #[serde(default)]
+    pub prefix_cache_mib: Option<u64>,
 }
 
 // Validation rejects NaN in the float fields, so equality is reflexive (lets `Config` derive
@@ -278,6 +282,10 @@ impl ModelDecl {
         }
         if self.ctx == Some(0) {
             return Err((key("ctx"), "must be greater than zero".into()));
+        }
+        if let Some(mib) = self.prefix_cache_mib {
+            super::check_prefix_cache_mib(mib)
+                .map_err(|reason| (key("prefix_cache_mib"), reason))?;
         }
         if let Some(t) = self.threads {
             if t == 0 || t > MAX_THREADS {

@@ -327,6 +327,23 @@ impl AnyStage {
         each_backend!(self, AnyStage, s => s.add_sequence(seq, capacity, types))
     }
 
+    /// Allocates KV caches for a new sequence holding the first `len` positions of another's
+    /// (see [`Stage::fork_sequence`]).
+    pub fn fork_sequence(
+        &mut self,
+        src: SeqId,
+        seq: SeqId,
+        len: usize,
+        capacity: usize,
+    ) -> Result<(), BackendError> {
+        each_backend!(self, AnyStage, s => s.fork_sequence(src, seq, len, capacity))
+    }
+
+    /// Bytes of one sequence's KV caches.
+    pub fn sequence_kv_bytes(&self, seq: SeqId) -> u64 {
+        each_backend!(self, AnyStage, s => s.sequence_kv_bytes(seq))
+    }
+
     /// Frees a sequence's KV caches.
     pub fn remove_sequence(&mut self, seq: SeqId) {
         each_backend!(self, AnyStage, s => s.remove_sequence(seq))

@@ -86,7 +86,8 @@ pub struct KvCopy<'a> {
     pub capacity: usize,
 }
 
-/// A running sequence: how much of its cache to move and how much room it needs.
+/// A sequence whose caches move with their layers: how much of its cache to move and how much
+/// room it needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LiveSequence {
     /// Its id.
@@ -95,6 +96,9 @@ pub struct LiveSequence {
     pub len: usize,
     /// Positions its KV cache has room for.
     pub capacity: usize,
+    /// A finished generation's cache kept by the prefix cache, not a running generation (a
+    /// re-split moves it alike but does not count it among the generations carried over).
+    pub retained: bool,
 }
 
 /// The KV caches of the `live` sequences found by `view` (a layer must have one for each; the

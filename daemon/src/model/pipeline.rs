@@ -156,6 +156,32 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Allocates KV caches for sequence `seq` with room for `capacity` positions on every stage,
+    /// holding the first `len` positions of sequence `src`'s caches (a copy on each device; the
+    /// types are `src`'s). Nothing is left allocated for `seq` on failure.
+    pub fn fork_sequence(
+        &mut self,
+        src: SeqId,
+        seq: SeqId,
+        len: usize,
+        capacity: usize,
+    ) -> Result<(), BackendError> {
+        for i in 0..self.stages.len() {
+            if let Err(e) = self.stages[i].fork_sequence(src, seq, len, capacity) {
+                for s in &mut self.stages[..i] {
+                    s.remove_sequence(seq);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of sequence `seq`'s KV caches over every stage.
+    pub fn sequence_kv_bytes(&self, seq: SeqId) -> u64 {
+        self.stages.iter().map(|s| s.sequence_kv_bytes(seq)).sum()
+    }
+
     /// Frees a sequence's KV caches on every stage.
     pub fn remove_sequence(&mut self, seq: SeqId) {
         for s in &mut self.stages {

@@ -373,7 +373,7 @@ pub fn resplit(
             .map(|l| l.device.clone())
     };
     let mut report = ResplitReport {
-        sequences: live.len(),
+        sequences: live.iter().filter(|s| !s.retained).count(),
         layers_moved: (0..n_layer)
             .filter(|&il| device_of(&old, il) != device_of(target, il))
             .count(),
@@ -573,6 +573,7 @@ mod tests {
                 id: 1,
                 len,
                 capacity: 16,
+                retained: false,
             }]
         };
         // Move layer 2 and the head between steps, then everything to one device.
@@ -687,6 +688,7 @@ mod tests {
             id: 1,
             len: prompt.len(),
             capacity: 16,
+            retained: false,
         }];
         let r = resplit(&mut p, &*model.source, &swapped, &backends, &live, 16, 1).unwrap();
         assert_eq!(layout_of(&p), swapped);
@@ -731,6 +733,7 @@ mod tests {
             id: 1,
             len: prompt.len(),
             capacity: 16,
+            retained: false,
         }];
         let err = resplit(&mut p, &*model.source, &swapped, &backends, &live, 16, 1).unwrap_err();
         assert!(matches!(err, ResplitError::Restored(_)), "{err}");
@@ -780,6 +783,7 @@ mod tests {
             id: 1,
             len: prompt.len(),
             capacity: 16,
+            retained: false,
         }];
         resplit(&mut p, &*model.source, &moved, &backends, &live, 16, 1).unwrap();
         assert!(

@@ -51,6 +51,9 @@ pub struct LoadSpec {
     /// (`--n-cpu-moe N`; `u32::MAX` for every layer, `--cpu-moe`); `None` to keep them with
     /// their layers.
     pub n_cpu_moe: Option<u32>,
+    /// Bytes of KV cache finished generations may keep for later prompts sharing their prefix
+    /// (the prefix cache; the front end resolves `prefix_cache_mib`); 0 turns it off.
+    pub prefix_cache_bytes: u64,
 }
 
 /// What to plan: a model file on devices, as `llmctl plan` asks.
@@ -502,7 +505,8 @@ pub fn load_blocking(
         .iter()
         .map(|s| s.weight_bytes + s.expert_bytes)
         .sum();
-    let limits = WorkerLimits::new(ctx as usize, MAX_BATCH, MAX_SEQUENCES);
+    let limits = WorkerLimits::new(ctx as usize, MAX_BATCH, MAX_SEQUENCES)
+        .with_prefix_cache(spec.prefix_cache_bytes);
     let handle = ModelHandle::spawn(&name, pipeline, Arc::clone(&tokenizer), limits, changed)
         .map_err(|e| {
             RuntimeError::new(
@@ -511,6 +515,7 @@ pub fn load_blocking(
             )
         })?;
     let loaded = LoadedModel {
+        prefix_cache_bytes: spec.prefix_cache_bytes,
         name,
         path,
         architecture: model.config.arch.name().to_string(),

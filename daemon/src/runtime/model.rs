@@ -85,6 +85,8 @@ pub struct LoadedModel {
     pub(super) placement: Mutex<Vec<StagePlacement>>,
     /// Generations running now.
     pub running: AtomicU32,
+    /// Its prefix cache's budget in bytes (kept for a reload from the same specification).
+    pub prefix_cache_bytes: u64,
 }
 
 impl std::fmt::Debug for LoadedModel {

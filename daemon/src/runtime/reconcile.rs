@@ -54,6 +54,7 @@ fn needs_reload(old: &Resolved, new: &Resolved) -> bool {
         || os.kv_types != ns.kv_types
         || os.gpu_layers != ns.gpu_layers
         || os.n_cpu_moe != ns.n_cpu_moe
+        || os.prefix_cache_bytes != ns.prefix_cache_bytes
         || o.chat_template != n.chat_template
 }
 
@@ -222,6 +223,7 @@ mod tests {
             kv_types: Default::default(),
             gpu_layers: d.gpu_layers,
             n_cpu_moe: d.n_cpu_moe,
+            prefix_cache_bytes: 0,
         };
         (d, spec)
     }

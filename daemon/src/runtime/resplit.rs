@@ -71,6 +71,7 @@ impl ResplitSpec {
                 .filter(|s| s.expert_device.is_some())
                 .map(|s| s.expert_layers.1)
                 .max(),
+            prefix_cache_bytes: model.prefix_cache_bytes,
         }
     }
 }
@@ -396,9 +397,10 @@ fn check_live_fit(
         if bytes > free {
             problems.push(format!(
                 "{device} needs {} for the moved layers and the KV caches of {} running \
-                 generations but has {} free",
+                 generations (and {} kept by the prefix cache) but has {} free",
                 plan::human(bytes),
-                live.len(),
+                live.iter().filter(|s| !s.retained).count(),
+                live.iter().filter(|s| s.retained).count(),
                 plan::human(free)
             ));
         }

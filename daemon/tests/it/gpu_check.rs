@@ -590,6 +590,7 @@ fn resplit_while_decoding(
             id: 1,
             len: pos,
             capacity,
+            retained: false,
         }];
         let target = &layouts[next];
         let r = resplit(

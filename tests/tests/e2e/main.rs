@@ -7,7 +7,7 @@
 //!   `always_on` (declared models, reconcile, on-demand loading), `host_memory` (one resident
 //!   copy, memory returned);
 //! - front ends: `http_api` (the OpenAI-compatible API with curl and the openai client);
-//! - models: `inference` (Gemma 3 270M end to end), `inspect`, `kv_cache`, `model_matrix` and
+//! - models: `inference` (Gemma 3 270M end to end), `inspect`, `kv_cache`, `prefix_cache`, `model_matrix` and
 //!   `split_plan` (plans), `split_outputs`, `split_refuse` and `split_resplit` (pipelines over
 //!   several devices, with `split_util`), `moe_cpu_experts` (experts on the host);
 //! - GPUs: `cuda_devices` and `gpu_identity` (on the fake CUDA driver), `health` (on the fake
@@ -29,6 +29,7 @@ mod model_file_changes;
 mod model_matrix;
 mod moe_cpu_experts;
 mod packaging;
+mod prefix_cache;
 mod split_outputs;
 mod split_plan;
 mod split_refuse;
