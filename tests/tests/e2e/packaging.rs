@@ -75,6 +75,7 @@ fn every_commented_example_is_valid_and_every_key_is_documented() {
         http,
         models_dir,
         models,
+        threads,
     } = config;
     assert!(socket.is_some() && socket_group.is_some() && log_level.is_some());
     let access = access.expect("[access] documented");
@@ -101,6 +102,7 @@ fn every_commented_example_is_valid_and_every_key_is_documented() {
     assert_eq!(http.max_body_bytes, 4 << 20);
     assert_eq!(http.max_concurrent_requests, 64);
     assert!(models_dir.is_some(), "models_dir documented");
+    assert_eq!(threads, Some(8), "threads (the compute pool) documented");
     // Every [[models]] key is set by the example.
     assert_eq!(models.len(), 1, "one [[models]] example");
     let llmd::config::ModelDecl {
