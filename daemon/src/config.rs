@@ -132,6 +132,10 @@ pub struct Config {
     /// every reload (`runtime::reconcile`).
     #[serde(default)]
     pub models: Vec<ModelDecl>,
+    /// Threads of the one compute pool every model's CPU work shares (a model's own `threads`
+    /// is its share of these). Absent: one per core. Changes take effect on restart.
+    #[serde(default)]
+    pub threads: Option<u32>,
 }
 
 /// `[access]`: the users and groups who may manage models — load (and replace), unload,
@@ -646,6 +650,14 @@ impl Config {
             check_prefix_cache_mib(mib)
                 .map_err(|reason| invalid("prefix_cache_mib".into(), reason))?;
         }
+        if let Some(t) = self.threads {
+            if t == 0 || t > models::MAX_THREADS {
+                return Err(invalid(
+                    "threads".into(),
+                    format!("{t} is not between 1 and {}", models::MAX_THREADS),
+                ));
+            }
+        }
         models::validate_all(&self.models).map_err(|(key, reason)| invalid(key, reason))?;
         Ok(())
     }
@@ -658,6 +670,14 @@ impl Config {
             .or(self.prefix_cache_mib)
             .unwrap_or(DEFAULT_PREFIX_CACHE_MIB);
         mib.min(MAX_PREFIX_CACHE_MIB) << 20
+    }
+
+    /// Threads of the daemon's compute pool: `threads`, or one per core.
+    pub fn compute_threads(&self) -> usize {
+        self.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |t| t as usize,
+        )
     }
 
     /// The directory relative `[[models]]` paths are relative to.

@@ -38,8 +38,9 @@ pub const DEFAULT_ON_DEMAND_KEEP_ALIVE: Duration = Duration::from_secs(5 * 60);
 /// Longest model name accepted (the same limit `llmctl load --name` has).
 pub const MAX_MODEL_NAME_LEN: usize = 128;
 
-/// Most threads a model may ask for (the same clamp `load` applies).
-const MAX_THREADS: u32 = 256;
+/// Most threads a model may ask for, and most the daemon's compute pool may have (the same
+/// clamp `load` applies): a sanity bound far above any host's core count.
+pub const MAX_THREADS: u32 = 256;
 
 /// Longest system prompt or chat template override accepted in the file: generous for real
 /// templates (the longest common ones are ~10 KiB), small enough to keep configs sane.
@@ -144,7 +145,8 @@ pub struct ModelDecl {
     /// Context length per sequence (default: the model's, capped as `load` caps it).
     #[serde(default)]
     pub ctx: Option<u32>,
-    /// CPU threads for this model (default: every core).
+    /// This model's share of the daemon's compute pool: how many of its threads the model's
+    /// CPU work may use at once (default: the whole pool, top-level `threads`).
     #[serde(default)]
     pub threads: Option<u32>,
     /// Type of the KV cache's keys (`f16`, `q8_0`, `q4_0`).

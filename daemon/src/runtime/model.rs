@@ -66,7 +66,7 @@ pub struct LoadedModel {
     pub prompts: PromptSlots,
     /// Context length per sequence (changed by a re-split with a new context).
     pub(super) ctx: AtomicU32,
-    /// CPU threads.
+    /// Threads of the compute pool this model's CPU work may use at once (its share).
     pub threads: u32,
     /// The file the weights come from, open but not mapped (read again when a re-split spills
     /// a layer, refused once it changed).
@@ -77,7 +77,7 @@ pub struct LoadedModel {
     /// What the model's pieces cost on a device, for plans (with its KV cache types, which the
     /// pipeline allocates and a re-split keeps).
     pub(super) sizes: ModelSizes,
-    /// The threads every stage of this model computes on.
+    /// The share of the daemon's compute pool every CPU stage of this model computes on.
     pub(super) pool: Arc<ThreadPool>,
     /// The worker thread that owns the pipeline.
     pub handle: ModelHandle,

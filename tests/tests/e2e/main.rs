@@ -4,6 +4,7 @@
 //! - the daemon itself: `daemon` (foundation, signals, socket activation), `hostile` (attacks),
 //!   `model_file_changes` (a model's file truncated, overwritten, renamed, deleted),
 //!   `model_failure` (a panicking worker), `packaging` (the shipped configuration),
+//!   `compute_pool` (one pool shared by the models, parked when idle),
 //!   `always_on` (declared models, reconcile, on-demand loading), `host_memory` (one resident
 //!   copy, memory returned);
 //! - front ends: `http_api` (the OpenAI-compatible API with curl and the openai client);
@@ -14,6 +15,7 @@
 //!   NVML).
 
 mod always_on;
+mod compute_pool;
 mod cuda_devices;
 mod daemon;
 mod gpu_identity;

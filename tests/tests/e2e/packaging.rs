@@ -76,6 +76,7 @@ fn every_commented_example_is_valid_and_every_key_is_documented() {
         models_dir,
         prefix_cache_mib,
         models,
+        threads,
     } = config;
     assert!(socket.is_some() && socket_group.is_some() && log_level.is_some());
     let access = access.expect("[access] documented");
@@ -103,6 +104,7 @@ fn every_commented_example_is_valid_and_every_key_is_documented() {
     assert_eq!(http.max_concurrent_requests, 64);
     assert!(models_dir.is_some(), "models_dir documented");
     assert_eq!(prefix_cache_mib, Some(256), "prefix_cache_mib documented");
+    assert_eq!(threads, Some(8), "threads (the compute pool) documented");
     // Every [[models]] key is set by the example.
     assert_eq!(models.len(), 1, "one [[models]] example");
     let llmd::config::ModelDecl {
