@@ -50,7 +50,7 @@ pub use handshake::{Hello, HelloReply};
 /// changes incompatibly (a field added, removed or reordered, a variant inserted before another);
 /// appending a new variant at the end of [`Request`], [`Reply`] or [`Event`] also bumps it, so
 /// that an older peer gets a clear version error instead of an undecodable frame.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// Largest payload (bytes after the 4-byte length prefix) either side accepts or sends: 16 MiB.
 /// Big enough for any prompt or token batch, small enough that a hostile length prefix cannot make

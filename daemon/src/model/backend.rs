@@ -16,7 +16,7 @@ use super::batch::{Batch, SeqId};
 use super::config::ModelConfig;
 use super::host_tensors::OwnedTensor;
 use super::host_tensors::PartSource;
-use super::moe::{DeviceExperts, ExpertStage, ExpertsElsewhere, MoeScratch};
+use super::moe::{DeviceExperts, ExpertLoader, ExpertStage, ExpertsElsewhere, MoeScratch};
 use super::parts::{DevicePart, KvCopy, Part, PartWeights, Slot};
 use super::stage::{ForwardError, Handoff, Stage};
 use super::weights::{ExpertWeights, WeightError};
@@ -273,6 +273,14 @@ pub trait PipelineStage: Send {
     /// The device holding experts of its layers elsewhere, those layers and their bytes (see
     /// [`Stage::experts_elsewhere`]).
     fn experts_elsewhere(&self) -> Option<(String, Range<usize>, u64)>;
+    /// Takes out the experts its layers hold elsewhere, by layer (see [`Stage::take_experts`]).
+    fn take_experts(&mut self) -> Vec<(usize, Box<dyn ExpertStage>)>;
+    /// Gives layer `il` its experts held elsewhere (see [`Stage::put_experts`]).
+    fn put_experts(&mut self, il: usize, experts: Box<dyn ExpertStage>) -> Result<(), WeightError>;
+    /// Moves layer `il`'s experts off its device (see [`Stage::experts_out`]).
+    fn experts_out(&mut self, il: usize, load: &ExpertLoader<'_>) -> Result<u64, WeightError>;
+    /// Brings layer `il`'s experts back onto its device (see [`Stage::experts_home`]).
+    fn experts_home(&mut self, il: usize) -> Result<u64, WeightError>;
     /// Allocates KV caches of `types` for a new sequence.
     fn add_sequence(
         &mut self,
@@ -334,6 +342,18 @@ impl<B: DeviceBackend> PipelineStage for Stage<B> {
     }
     fn experts_elsewhere(&self) -> Option<(String, Range<usize>, u64)> {
         Stage::experts_elsewhere(self)
+    }
+    fn take_experts(&mut self) -> Vec<(usize, Box<dyn ExpertStage>)> {
+        Stage::take_experts(self)
+    }
+    fn put_experts(&mut self, il: usize, experts: Box<dyn ExpertStage>) -> Result<(), WeightError> {
+        Stage::put_experts(self, il, experts)
+    }
+    fn experts_out(&mut self, il: usize, load: &ExpertLoader<'_>) -> Result<u64, WeightError> {
+        Stage::experts_out(self, il, load)
+    }
+    fn experts_home(&mut self, il: usize) -> Result<u64, WeightError> {
+        Stage::experts_home(self, il)
     }
     fn add_sequence(
         &mut self,

@@ -183,6 +183,9 @@ pub trait ExpertStage: Send {
     fn device_name(&self) -> &str;
     /// Bytes of weights resident there.
     fn weight_bytes(&self) -> u64;
+    /// The router and experts as another device copies them (a live re-split bringing them
+    /// back to their layer's device).
+    fn weight_views(&self) -> Result<ExpertWeights<WeightView<'_>>, BackendError>;
     /// Runs the block over the `n` rows of `input` (`n * n_embd` values on the host) into as
     /// many values of `output`.
     fn forward(&mut self, input: &[f32], n: usize, output: &mut [f32]) -> Result<(), BackendError>;
@@ -257,6 +260,10 @@ impl<E: Backend> ExpertStage for DeviceExperts<E> {
         self.weight_bytes
     }
 
+    fn weight_views(&self) -> Result<ExpertWeights<WeightView<'_>>, BackendError> {
+        self.weights.try_map(&mut |w| self.backend.weight_view(w))
+    }
+
     fn forward(&mut self, input: &[f32], n: usize, output: &mut [f32]) -> Result<(), BackendError> {
         let d = self.n_embd;
         if input.len() != n * d || output.len() < n * d {
@@ -287,12 +294,15 @@ impl<E: Backend> ExpertStage for DeviceExperts<E> {
     }
 }
 
+/// Uploads one layer's router and experts (in the file or on another device) onto the experts'
+/// device.
+pub type ExpertLoader<'a> =
+    dyn Fn(&ExpertWeights<WeightView<'_>>) -> Result<Box<dyn ExpertStage>, WeightError> + 'a;
+
 /// The layers whose experts a stage loads onto another device, and how.
 pub struct ExpertsElsewhere<'a> {
     /// The layers (global indices) whose experts move.
     pub layers: std::ops::Range<usize>,
     /// Loads one layer's experts (as found in the file) onto their device.
-    #[allow(clippy::type_complexity)]
-    pub load:
-        &'a dyn Fn(&ExpertWeights<WeightView<'_>>) -> Result<Box<dyn ExpertStage>, WeightError>,
+    pub load: &'a ExpertLoader<'a>,
 }

@@ -15,7 +15,7 @@ use llmd_kernels::backend::{Backend, BackendError, HostKv, HostTensor, KvView, W
 use super::batch::SeqId;
 use super::config::ModelConfig;
 use super::host_tensors::{HostTensors, PartSource};
-use super::weights::{HeadWeights, LayerWeights, TensorSource, WeightError};
+use super::weights::{FeedForward, HeadWeights, LayerWeights, TensorSource, WeightError};
 
 /// Which part of the model: a layer, or the output head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -259,6 +259,9 @@ pub struct HostPart {
     kv: HashMap<SeqId, HostKv>,
     /// Bytes it held on its device.
     bytes: u64,
+    /// Whether its layer's experts live on another device (`--cpu-moe`): they stay there, and
+    /// the copy read from the file with the layer is left out of its weights.
+    experts_elsewhere: bool,
 }
 
 impl HostPart {
@@ -271,6 +274,16 @@ impl HostPart {
         source: &dyn PartSource,
         config: &ModelConfig,
     ) -> Result<Self, WeightError> {
+        let experts_elsewhere = matches!(
+            part.weight_views(config)?,
+            PartWeights::Layer(
+                _,
+                LayerWeights {
+                    ffn: FeedForward::Elsewhere,
+                    ..
+                }
+            )
+        );
         let weights = source.read_part(config, part.slot())?;
         // Shape-checked now, so a part that could not come back is never spilled.
         PartWeights::from_source(&weights, config, part.slot())?;
@@ -284,6 +297,7 @@ impl HostPart {
             weights,
             kv,
             bytes: part.bytes(),
+            experts_elsewhere,
         })
     }
 }
@@ -305,7 +319,11 @@ impl Part for HostPart {
         &'a self,
         config: &ModelConfig,
     ) -> Result<PartWeights<WeightView<'a>>, WeightError> {
-        PartWeights::from_source(&self.weights, config, self.slot)
+        let mut weights = PartWeights::from_source(&self.weights, config, self.slot)?;
+        if let (PartWeights::Layer(_, layer), true) = (&mut weights, self.experts_elsewhere) {
+            layer.ffn = FeedForward::Elsewhere;
+        }
+        Ok(weights)
     }
 
     fn kv_views(&self, live: &[LiveSequence]) -> Result<Vec<KvCopy<'_>>, WeightError> {

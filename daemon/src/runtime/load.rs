@@ -228,12 +228,14 @@ pub fn resolve_ctx(asked: Option<u32>, context_length: usize) -> Result<u32, Run
 
 /// Where `--cpu-moe` / `--n-cpu-moe N` put a mixture of experts' experts: the daemon's first
 /// CPU device (the host), for the first `n_cpu_moe` layers. Refused for a dense model and when
-/// no CPU device is configured.
-fn experts_on(
+/// no CPU device is configured. `own(device)` is what the model itself holds there already
+/// (counted as free: a re-split), as [`plan_devices`] takes it.
+pub(super) fn experts_on(
     n_cpu_moe: Option<u32>,
     config: &ModelConfig,
     devices: &[Device],
     memory_of: &dyn Fn(&Device) -> Arc<DeviceMemory>,
+    own: &dyn Fn(&str) -> u64,
 ) -> Result<Option<(ExpertsOn, Device)>, RuntimeError> {
     let Some(n) = n_cpu_moe.filter(|&n| n > 0) else {
         return Ok(None);
@@ -252,7 +254,7 @@ fn experts_on(
              cpu:0 device to [[devices]])",
         )
     })?;
-    let device = plan_devices(&[host], memory_of, &|_| 0)
+    let device = plan_devices(&[host], memory_of, own)
         .pop()
         .ok_or_else(|| RuntimeError::new(ErrorKind::Internal, "no plan device for the host"))?;
     let layers = (n as usize).min(config.n_layer);
@@ -293,7 +295,7 @@ pub fn plan_blocking(
     check_cache_types(spec.kv_types, &config)?;
     let ctx = resolve_ctx(spec.ctx, config.context_length)?;
     let plan_devs = plan_devices(&chosen, memory_of, &|_| 0);
-    let experts = experts_on(spec.n_cpu_moe, &config, devices, memory_of)?.map(|(e, _)| e);
+    let experts = experts_on(spec.n_cpu_moe, &config, devices, memory_of, &|_| 0)?.map(|(e, _)| e);
     let plan = make_plan(
         &sizes,
         &plan_devs,
@@ -431,7 +433,7 @@ pub fn load_blocking(
         kv_types,
     );
     let plan_devs = plan_devices(&chosen, memory_of, &|_| 0);
-    let experts = experts_on(spec.n_cpu_moe, &model.config, devices, memory_of)?;
+    let experts = experts_on(spec.n_cpu_moe, &model.config, devices, memory_of, &|_| 0)?;
     let p = make_plan(
         &sizes,
         &plan_devs,

@@ -266,12 +266,8 @@ impl LoadedModel {
             kv_types: self.kv_types(),
             // The devices named above are the stages' own, CPU ones included.
             gpu_layers: None,
-            // Experts kept where they were (`--n-cpu-moe` of the last placement).
-            n_cpu_moe: last
-                .iter()
-                .filter(|s| s.expert_device.is_some())
-                .map(|s| s.expert_layers.1)
-                .max(),
+            // Experts where the re-split asks, else where they were.
+            n_cpu_moe: spec.n_cpu_moe.or_else(|| n_cpu_moe_of(&last)),
         }
     }
 }
@@ -306,6 +302,16 @@ pub fn placement_of(p: &Pipeline) -> Vec<StagePlacement> {
             }
         })
         .collect()
+}
+
+/// The `--n-cpu-moe` that puts the experts where `stages` have them: the end of the last layer
+/// range whose experts live on another device; `None` when none do.
+pub(super) fn n_cpu_moe_of(stages: &[StagePlacement]) -> Option<u32> {
+    stages
+        .iter()
+        .filter(|s| s.expert_device.is_some())
+        .map(|s| s.expert_layers.1)
+        .max()
 }
 
 /// Split weights that put the layers where `stages` have them: layer counts, the head counting

@@ -583,6 +583,7 @@ fn resplit_while_decoding(
             p,
             &*model.source,
             target,
+            None,
             backends,
             &live,
             N_TOKENS,
