@@ -16,8 +16,8 @@ use llmd_kernels::backend::DeviceMemory;
 
 use super::error::{ErrorKind, RuntimeError};
 use super::load::{
-    backends_for, experts_on, make_plan, plan_blocking, plan_devices, prepare_load, resolve_ctx,
-    resolve_devices, PlanSpec, PlannedModel,
+    backends_for, expert_host, experts_on, make_plan, plan_blocking, plan_devices, prepare_load,
+    resolve_ctx, resolve_devices, PlanSpec, PlannedModel,
 };
 use super::model::{
     layer_counts, n_cpu_moe_of, placement_of, LoadedModel, StagePlacement, MAX_BATCH, MAX_SEQUENCES,
@@ -228,7 +228,10 @@ impl LoadedModel {
             &split,
             None,
             ctx,
-            experts.as_ref().map(|(e, _)| e.clone()),
+            (
+                experts.as_ref().map(|(e, _)| e.clone()),
+                expert_host(devices, memory_of, &own).map(|(d, _)| d),
+            ),
         )?;
         if let Some(v) = &p.verdict {
             return Err(RuntimeError::new(
@@ -426,6 +429,13 @@ fn check_live_fit(
             let sign = if to.is_none() { 1 } else { -1 };
             *delta.entry(l.device.as_str()).or_default() += sign * bytes;
         }
+    }
+    // The buffers the experts on the host share: allocated with the first, freed with the last.
+    let scratch = sizes.expert_scratch_bytes as i128;
+    match (held.first(), experts.layers.is_empty()) {
+        (None, false) => *delta.entry(experts.device.as_str()).or_default() += scratch,
+        (Some((device, _)), true) => *delta.entry(device.as_str()).or_default() -= scratch,
+        _ => {}
     }
     let mut problems = Vec::new();
     for (device, bytes) in delta {
