@@ -1,7 +1,8 @@
 //! Issue 17: a tiny qwen3moe model from make-model in a real daemon with three CPU devices
 //! (cpu:0 standing in for the host, cpu:1 and cpu:2 for GPUs) gives the same greedy tokens on
 //! one device, split 1,1 over two, and with `--cpu-moe` (experts on cpu:0, the rest on cpu:1);
-//! `plan --n-cpu-moe` counts the experts on the host, `list` shows where they are; a live
+//! `plan --n-cpu-moe` counts the experts on the host, `list` shows where they are, `status`
+//! counts the experts and their buffers in the host's used memory; a live
 //! re-split moves the layers of a model with experts on the host and leaves the experts there,
 //! and `reload --cpu-moe` / `--n-cpu-moe N` / `--n-cpu-moe 0` move experts to and from the host
 //! under a running generation without changing its tokens.
@@ -50,6 +51,23 @@ fn cpu_moe_gives_the_single_device_tokens() {
     assert_eq!(stage["expert_layers"], serde_json::json!([0, 2]), "{moe}");
     assert!(stage["expert_bytes"].as_u64().unwrap_or(0) > 0, "{moe}");
     assert_eq!(greedy(&d, "moe", N), reference, "--cpu-moe differs");
+    // The host's ledger holds the experts and their buffers, as the plan counts them.
+    let planned = last_json(&ok(
+        &d,
+        &["plan", path, "--devices", "cpu:1", "--cpu-moe", "--json"],
+    ));
+    let buffers = planned["experts"]["scratch_bytes"].as_u64().unwrap_or(0);
+    assert!(buffers > 0, "{planned}");
+    let status = d.status_json();
+    let host = status["devices"]
+        .as_array()
+        .and_then(|a| a.iter().find(|d| d["name"] == "cpu:0"))
+        .unwrap_or_else(|| panic!("no cpu:0 in {status}"));
+    assert_eq!(
+        host["memory_used_bytes"].as_u64(),
+        Some(stage["expert_bytes"].as_u64().unwrap_or(0) + buffers),
+        "{status}"
+    );
 
     let list = ok(&d, &["list"]);
     assert!(list.contains("experts of layers 0..2"), "{list}");
