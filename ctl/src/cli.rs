@@ -138,6 +138,10 @@ pub struct ReloadArgs {
     /// Context length for generations started from now on [default: unchanged].
     #[arg(long)]
     pub ctx: Option<u32>,
+    /// Where a mixture of experts' experts go from now on (`--n-cpu-moe 0`: back to their
+    /// layers' devices) [default: unchanged].
+    #[command(flatten)]
+    pub experts: ExpertArgs,
 }
 
 /// Arguments of `llmctl load`.

@@ -1,4 +1,5 @@
-//! `llmctl reload NAME --split 3,1 [--devices ..] [--ctx N]`: re-splits a loaded model live.
+//! `llmctl reload NAME --split 3,1 [--devices ..] [--ctx N] [--cpu-moe | --n-cpu-moe N]`:
+//! re-splits a loaded model live, its experts moving to or from the host as asked.
 //! `--json` prints the daemon's `ResplitReply` (name, ctx, plan{...}, placement[...], secs,
 //! bytes_moved, layers_moved, sequences_moved).
 
@@ -20,6 +21,7 @@ pub fn run(args: ReloadArgs, ctx: &Ctx) -> Result<(), CtlError> {
             None => Vec::new(),
         },
         ctx: args.ctx,
+        n_cpu_moe: args.experts.n_cpu_moe(),
     });
     let mut client = ctx.connect()?;
     client.set_reply_timeout(None)?;

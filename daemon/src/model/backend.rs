@@ -24,10 +24,10 @@ use super::batch::{Batch, SeqId};
 use super::config::ModelConfig;
 use super::host_tensors::OwnedTensor;
 use super::host_tensors::PartSource;
-use super::moe::{DeviceExperts, ExpertStage, ExpertsElsewhere, MoeScratch};
+use super::moe::{DeviceExperts, ExpertLoader, ExpertStage, ExpertsElsewhere, MoeScratch};
 use super::parts::{DevicePart, HostPart, KvCopy, LiveSequence, PartWeights, Slot};
 use super::stage::{ForwardError, Handoff, Stage};
-use super::weights::{ExpertWeights, WeightError};
+use super::weights::{ExpertWeights, FeedForward, LayerWeights, WeightError};
 
 /// Runs `$body` with `$x` bound to the value inside whichever backend variant of enum `$ty`
 /// `$value` is; further `pattern => body` arms cover variants beyond `Cpu` and `Cuda`.
@@ -317,6 +317,30 @@ impl AnyStage {
         each_backend!(self, AnyStage, s => s.experts_elsewhere())
     }
 
+    /// Takes out the experts its layers hold elsewhere, by layer (see [`Stage::take_experts`]).
+    pub fn take_experts(&mut self) -> Vec<(usize, Box<dyn ExpertStage>)> {
+        each_backend!(self, AnyStage, s => s.take_experts())
+    }
+
+    /// Gives layer `il` its experts held elsewhere (see [`Stage::put_experts`]).
+    pub fn put_experts(
+        &mut self,
+        il: usize,
+        experts: Box<dyn ExpertStage>,
+    ) -> Result<(), WeightError> {
+        each_backend!(self, AnyStage, s => s.put_experts(il, experts))
+    }
+
+    /// Moves layer `il`'s experts off its device (see [`Stage::experts_out`]).
+    pub fn experts_out(&mut self, il: usize, load: &ExpertLoader<'_>) -> Result<u64, WeightError> {
+        each_backend!(self, AnyStage, s => s.experts_out(il, load))
+    }
+
+    /// Brings layer `il`'s experts back onto its device (see [`Stage::experts_home`]).
+    pub fn experts_home(&mut self, il: usize) -> Result<u64, WeightError> {
+        each_backend!(self, AnyStage, s => s.experts_home(il))
+    }
+
     /// Allocates KV caches of `types` for a new sequence.
     pub fn add_sequence(
         &mut self,
@@ -466,9 +490,20 @@ impl AnyPart {
         config: &ModelConfig,
     ) -> Result<AnyPart, WeightError> {
         let kv = || self.kv_views(live);
+        let experts_elsewhere = matches!(
+            self.weight_views(config)?,
+            PartWeights::Layer(
+                _,
+                LayerWeights {
+                    ffn: FeedForward::Elsewhere,
+                    ..
+                }
+            )
+        );
         Ok(AnyPart::Host(HostPart::spill(
             self.slot(),
             self.bytes(),
+            experts_elsewhere,
             kv,
             source,
             config,

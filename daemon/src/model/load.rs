@@ -353,12 +353,10 @@ pub fn build_pipeline_with_experts(
         }
         Embedding::Owned(table)
     };
-    Ok(Pipeline::new(
-        Arc::clone(&model.config),
-        embedding,
-        tied,
-        built,
-    )?)
+    Ok(
+        Pipeline::new(Arc::clone(&model.config), embedding, tied, built)?
+            .with_expert_scratch(scratch.into_inner()),
+    )
 }
 
 #[cfg(test)]

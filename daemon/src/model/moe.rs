@@ -16,7 +16,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use llmd_kernels::backend::{Backend, BackendError, GatedActivation, WeightView};
+use llmd_kernels::backend::{Backend, BackendError, GatedActivation, Lease, WeightView};
 use llmd_kernels::moe::ExpertGroups;
 
 use super::config::{ModelConfig, MoeConfig};
@@ -54,6 +54,10 @@ pub struct MoeScratch<B: Backend> {
     pub out: Vec<f32>,
     /// Tokens per call at most.
     max_tokens: usize,
+    /// The buffers' bytes charged to the ledger of the device whose memory they are (a CPU
+    /// device: all of them are host memory; `None` on a GPU, whose ledger counts weights and
+    /// caches only), returned when the buffers are freed.
+    _lease: Option<Lease>,
 }
 
 impl<B: Backend> MoeScratch<B> {
@@ -66,7 +70,12 @@ impl<B: Backend> MoeScratch<B> {
     ) -> Result<Self, BackendError> {
         let (n, d) = (max_tokens, n_embd);
         let (e, k, ff) = (moe.routing.n_expert, moe.routing.n_used, moe.n_ff_exp);
+        let lease = b.charge_host_buffers(
+            "mixture-of-experts buffers",
+            scratch_bytes(moe, n_embd, max_tokens),
+        )?;
         Ok(MoeScratch {
+            _lease: lease,
             input: b.alloc_activations(n * d)?,
             logits: b.alloc_activations(n * e)?,
             rows: b.alloc_activations(n * d)?,
@@ -85,9 +94,24 @@ impl<B: Backend> MoeScratch<B> {
     }
 }
 
-/// f32 values of device activations [`MoeScratch`] takes for `moe` (what a planner counts).
+/// f32 values of device activations [`MoeScratch`] takes for `moe`.
 pub fn scratch_floats(moe: &MoeConfig, n_embd: usize, max_tokens: usize) -> usize {
     max_tokens * (3 * n_embd + moe.routing.n_expert + 2 * moe.n_ff_exp)
+}
+
+/// Bytes of the host buffers [`MoeScratch`] keeps beside its device activations: router
+/// probabilities, chosen experts and their weights, one expert's output, the weighted slots
+/// and the block's output.
+pub fn host_scratch_bytes(moe: &MoeConfig, n_embd: usize, max_tokens: usize) -> u64 {
+    let (n, d) = (max_tokens as u64, n_embd as u64);
+    let (e, k) = (moe.routing.n_expert as u64, moe.routing.n_used as u64);
+    4 * n * (e + 2 * k + d + k * d + d)
+}
+
+/// Bytes of every buffer of [`MoeScratch`] for `moe`: what a CPU device's ledger is charged
+/// for it and what a planner counts.
+pub fn scratch_bytes(moe: &MoeConfig, n_embd: usize, max_tokens: usize) -> u64 {
+    4 * scratch_floats(moe, n_embd, max_tokens) as u64 + host_scratch_bytes(moe, n_embd, max_tokens)
 }
 
 /// Which buffer holds the block's normalised input.
@@ -206,6 +230,9 @@ pub trait ExpertStage: Send {
     fn device_name(&self) -> &str;
     /// Bytes of weights resident there.
     fn weight_bytes(&self) -> u64;
+    /// The router and experts as another device copies them (a live re-split bringing them
+    /// back to their layer's device).
+    fn weight_views(&self) -> Result<ExpertWeights<WeightView<'_>>, BackendError>;
     /// Runs the block over the `n` rows of `input` (`n * n_embd` values on the host) into as
     /// many values of `output`.
     fn forward(&mut self, input: &[f32], n: usize, output: &mut [f32]) -> Result<(), BackendError>;
@@ -280,6 +307,10 @@ impl<E: Backend> ExpertStage for DeviceExperts<E> {
         self.weight_bytes
     }
 
+    fn weight_views(&self) -> Result<ExpertWeights<WeightView<'_>>, BackendError> {
+        self.weights.try_map(&mut |w| self.backend.weight_view(w))
+    }
+
     fn forward(&mut self, input: &[f32], n: usize, output: &mut [f32]) -> Result<(), BackendError> {
         let d = self.n_embd;
         if input.len() != n * d || output.len() < n * d {
@@ -310,12 +341,15 @@ impl<E: Backend> ExpertStage for DeviceExperts<E> {
     }
 }
 
+/// Uploads one layer's router and experts (in the file or on another device) onto the experts'
+/// device.
+pub type ExpertLoader<'a> =
+    dyn Fn(&ExpertWeights<WeightView<'_>>) -> Result<Box<dyn ExpertStage>, WeightError> + 'a;
+
 /// The layers whose experts a stage loads onto another device, and how.
 pub struct ExpertsElsewhere<'a> {
     /// The layers (global indices) whose experts move.
     pub layers: std::ops::Range<usize>,
     /// Loads one layer's experts (as found in the file) onto their device.
-    #[allow(clippy::type_complexity)]
-    pub load:
-        &'a dyn Fn(&ExpertWeights<WeightView<'_>>) -> Result<Box<dyn ExpertStage>, WeightError>,
+    pub load: &'a ExpertLoader<'a>,
 }

@@ -19,7 +19,7 @@ use super::config::ModelConfig;
 use super::host_tensors::{HostTensors, PartSource};
 /// Named here too, beside the parts it numbers.
 pub use super::weights::Slot;
-use super::weights::{HeadWeights, LayerWeights, TensorSource, WeightError};
+use super::weights::{FeedForward, HeadWeights, LayerWeights, TensorSource, WeightError};
 
 /// The weights of one part (`W`: in the file, on a device, or a view).
 pub enum PartWeights<W> {
@@ -200,16 +200,21 @@ pub struct HostPart {
     kv: HashMap<SeqId, HostKv>,
     /// Bytes it held on its device.
     bytes: u64,
+    /// Whether its layer's experts live on another device (`--cpu-moe`): they stay there, and
+    /// the copy read from the file with the layer is left out of its weights.
+    experts_elsewhere: bool,
 }
 
 impl HostPart {
     /// Reads the weights of the part in `slot` from `source` (the model file: refused if it
     /// changed since the load, and the part stays where it is) and copies its caches (`kv`: the
     /// running sequences' caches where the part is resident) to the host; `bytes` is what it held
-    /// on its device. Dropping the part afterwards frees its device memory.
+    /// on its device; `experts_elsewhere`, whether its layer's experts live on another device.
+    /// Dropping the part afterwards frees its device memory.
     pub fn spill<'k>(
         slot: Slot,
         bytes: u64,
+        experts_elsewhere: bool,
         kv: impl FnOnce() -> Result<Vec<KvCopy<'k>>, WeightError>,
         source: &dyn PartSource,
         config: &ModelConfig,
@@ -226,6 +231,7 @@ impl HostPart {
             weights,
             kv,
             bytes,
+            experts_elsewhere,
         })
     }
 
@@ -244,7 +250,11 @@ impl HostPart {
         &'a self,
         config: &ModelConfig,
     ) -> Result<PartWeights<WeightView<'a>>, WeightError> {
-        PartWeights::from_source(&self.weights, config, self.slot)
+        let mut weights = PartWeights::from_source(&self.weights, config, self.slot)?;
+        if let (PartWeights::Layer(_, layer), true) = (&mut weights, self.experts_elsewhere) {
+            layer.ffn = FeedForward::Elsewhere;
+        }
+        Ok(weights)
     }
 
     /// The KV caches of the `live` sequences, each with its cached positions.

@@ -3,15 +3,19 @@
 //! [`super::embedding`]), then each stage's layers in order, with the residual stream crossing
 //! between devices at stage boundaries. The last stage produces logits.
 
+use std::cell::RefCell;
+use std::ops::Range;
 use std::sync::Arc;
 
-use llmd_kernels::backend::{BackendError, HostStaging, KvTypes};
+use llmd_kernels::backend::{BackendError, HostStaging, KvTypes, WeightView};
 
-use super::backend::AnyStage;
+use super::backend::{AnyStage, ExpertScratch, StageBackend};
 use super::batch::{Batch, SeqId};
 use super::config::ModelConfig;
 use super::embedding::Embedding;
+use super::moe::ExpertStage;
 use super::stage::{ForwardError, Handoff};
+use super::weights::{ExpertWeights, WeightError};
 
 /// A loaded model: host embedding plus stages covering every layer in order.
 pub struct Pipeline {
@@ -36,6 +40,10 @@ pub struct Pipeline {
     /// Element types of the KV caches of sequences added from now on (f16 unless the load asked
     /// otherwise; a re-split keeps the running sequences' caches as they are).
     kv_types: KvTypes,
+    /// The buffers that experts living off their layers' devices share (`--cpu-moe`), kept so
+    /// that experts moved there by a live re-split share them too; dropped when no layer's
+    /// experts are elsewhere any more.
+    expert_scratch: ExpertScratch,
 }
 
 impl Pipeline {
@@ -82,6 +90,7 @@ impl Pipeline {
             want_staging: true,
             device_handoffs: 0,
             kv_types: KvTypes::F16,
+            expert_scratch: ExpertScratch::default(),
         })
     }
 
@@ -90,6 +99,80 @@ impl Pipeline {
     pub fn with_kv_types(mut self, types: KvTypes) -> Self {
         self.kv_types = types;
         self
+    }
+
+    /// The pipeline with `scratch`, the buffers its experts living elsewhere share.
+    pub fn with_expert_scratch(mut self, scratch: ExpertScratch) -> Self {
+        self.expert_scratch = scratch;
+        self
+    }
+
+    /// Layers whose experts live on another device than the layer's, by that device.
+    pub fn experts_elsewhere(&self) -> Vec<(String, Range<usize>)> {
+        self.stages
+            .iter()
+            .filter_map(|s| s.experts_elsewhere())
+            .map(|(device, layers, _)| (device, layers))
+            .collect()
+    }
+
+    /// The stage running layer `il`.
+    fn stage_of(&mut self, il: usize) -> Result<&mut AnyStage, WeightError> {
+        self.stages
+            .iter_mut()
+            .find(|s| s.layers().contains(&il))
+            .ok_or_else(|| WeightError::Misplaced(format!("no stage runs layer {il}")))
+    }
+
+    /// Moves layer `il`'s experts from its stage's device to `to` (`--n-cpu-moe` raised live),
+    /// where they share the buffers of the experts already there; `max_batch` sizes those
+    /// buffers if they are the first. Returns the bytes copied.
+    pub fn experts_out(
+        &mut self,
+        il: usize,
+        to: &StageBackend,
+        max_batch: usize,
+    ) -> Result<u64, WeightError> {
+        let config = Arc::clone(&self.config);
+        let scratch = RefCell::new(std::mem::take(&mut self.expert_scratch));
+        let load = |w: &ExpertWeights<WeightView<'_>>| -> Result<Box<dyn ExpertStage>, _> {
+            to.load_experts(&config, w, &mut scratch.borrow_mut(), max_batch)
+        };
+        let moved = self.stage_of(il).and_then(|s| s.experts_out(il, &load));
+        self.expert_scratch = scratch.into_inner();
+        moved
+    }
+
+    /// Brings layer `il`'s experts back onto its stage's device (`--n-cpu-moe` lowered live).
+    /// Returns the bytes copied.
+    pub fn experts_home(&mut self, il: usize) -> Result<u64, WeightError> {
+        let moved = self.stage_of(il)?.experts_home(il)?;
+        if self.experts_elsewhere().is_empty() {
+            self.expert_scratch = ExpertScratch::default();
+        }
+        Ok(moved)
+    }
+
+    /// Takes every layer's experts living elsewhere out of the stages, by layer, before the
+    /// stages are taken apart; [`Pipeline::put_experts`] gives them to the new ones.
+    pub fn take_experts(&mut self) -> Vec<(usize, Box<dyn ExpertStage>)> {
+        self.stages
+            .iter_mut()
+            .flat_map(|s| s.take_experts())
+            .collect()
+    }
+
+    /// Gives each layer of `experts` its experts living elsewhere (see
+    /// [`Pipeline::take_experts`]). Fails only for a layer no stage runs or one holding its
+    /// experts itself (a bug); the experts not given are then freed.
+    pub fn put_experts(
+        &mut self,
+        experts: Vec<(usize, Box<dyn ExpertStage>)>,
+    ) -> Result<(), WeightError> {
+        for (il, e) in experts {
+            self.stage_of(il)?.put_experts(il, e)?;
+        }
+        Ok(())
     }
 
     /// Element types of the KV caches it allocates.

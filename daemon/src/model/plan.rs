@@ -61,7 +61,8 @@ pub struct ModelSizes {
     /// Bytes of each layer's router and experts (part of `layer_weight_bytes`; 0 for a dense
     /// model): what `--cpu-moe` moves to the host.
     pub layer_expert_bytes: Vec<u64>,
-    /// Activation buffers of the experts on a device of their own (0 for a dense model).
+    /// Buffers of the experts on a device of their own, device and host (0 for a dense model):
+    /// what a CPU device's ledger is charged for them ([`super::moe::scratch_bytes`]).
     pub expert_scratch_bytes: u64,
     /// Bytes of the output head (final norm and vocabulary projection) on a device.
     pub head_weight_bytes: u64,
@@ -132,18 +133,18 @@ impl ModelSizes {
                 + 2 * config.q_width() as u64
                 + 2 * config.kv_width() as u64
                 + 2 * config.max_ff() as u64);
-        let moe_floats = config.moe.as_ref().map_or(0, |moe| {
-            super::moe::scratch_floats(moe, config.n_embd, max_batch) as u64
+        // The mixture-of-experts buffers, device and host (a CPU device's ledger is charged for
+        // both). A stage whose experts are elsewhere also crosses the block's input and output
+        // through host memory, which no device ledger counts.
+        let moe_bytes = config.moe.as_ref().map_or(0, |moe| {
+            super::moe::scratch_bytes(moe, config.n_embd, max_batch)
         });
-        // A stage whose experts are elsewhere also crosses the block's input and output through
-        // host memory, which no device ledger counts.
-        let floats = floats + moe_floats;
         let logit_rows = max_logit_rows.clamp(1, max_batch.max(1)) as u64;
         ModelSizes {
             n_layer: config.n_layer,
             layer_weight_bytes,
             layer_expert_bytes,
-            expert_scratch_bytes: moe_floats * 4,
+            expert_scratch_bytes: moe_bytes,
             head_weight_bytes,
             embedding_bytes: file.tensor("token_embd.weight").map_or(0, |t| t.n_bytes),
             kv_types,
@@ -153,7 +154,7 @@ impl ModelSizes {
                 config.head_dim,
                 kv_types,
             ),
-            stage_scratch_bytes: floats * 4,
+            stage_scratch_bytes: floats * 4 + moe_bytes,
             head_scratch_bytes: logit_rows * config.n_vocab as u64 * 4,
             context_length: config.context_length,
         }
@@ -215,6 +216,9 @@ pub struct PlanOptions {
     pub ctx: usize,
     /// Where the experts of the first layers go instead (`--cpu-moe`, `--n-cpu-moe N`).
     pub experts: Option<ExpertsOn>,
+    /// The device `--n-cpu-moe` would put experts on (the host's CPU device), so that a plan
+    /// that does not fit can suggest moving experts there; `None`: not suggested.
+    pub expert_host: Option<PlanDevice>,
 }
 
 /// Where a mixture of experts' first layers keep their experts.
@@ -578,6 +582,17 @@ pub fn plan(
     devices: &[PlanDevice],
     opts: &PlanOptions,
 ) -> Result<Plan, PlanError> {
+    plan_with(sizes, devices, opts, true)
+}
+
+/// [`plan`], with a suggestion for a plan that does not fit only if `suggesting` (a search over
+/// plans asks only whether each fits).
+fn plan_with(
+    sizes: &ModelSizes,
+    devices: &[PlanDevice],
+    opts: &PlanOptions,
+    suggesting: bool,
+) -> Result<Plan, PlanError> {
     if devices.is_empty() {
         return Err(PlanError::NoDevices);
     }
@@ -640,6 +655,7 @@ pub fn plan(
     let split: Vec<f64> = raw.iter().map(|w| w / total).collect();
     // Experts elsewhere: the layers' own devices carry the rest of them.
     let (moved, experts) = experts_off(sizes, opts.experts.as_ref());
+    let whole = sizes;
     let sizes = &moved;
     // The raw weights, not the normalised ones: with whole-number weights (such as layer
     // counts) the cumulative fractions are then exact, as the layer fractions they are compared
@@ -697,7 +713,9 @@ pub fn plan(
         None
     } else {
         Some(DoesNotFit {
-            suggestion: suggest(sizes, devices, opts, &targets),
+            suggestion: suggesting
+                .then(|| suggest(whole, sizes, devices, opts, &targets))
+                .flatten(),
             problems,
         })
     };
@@ -766,9 +784,64 @@ fn no_split_fits(sizes: &ModelSizes, devices: &[PlanDevice]) -> String {
     }
 }
 
-/// A change that makes the plan fit: another split at the same context, else a shorter context
-/// (with a split that fits it), else fewer GPU layers.
+/// The fewest layers whose experts, moved to the host (`opts.expert_host`, or where the
+/// experts asked for go), make the plan fit with the rest of `opts` as asked: more than asked,
+/// for a mixture of experts without `--gpu-layers`. `sizes` are the model's with every expert
+/// on its layer.
+fn fewest_cpu_moe(sizes: &ModelSizes, devices: &[PlanDevice], opts: &PlanOptions) -> Option<usize> {
+    let host = opts
+        .experts
+        .as_ref()
+        .map(|e| &e.device)
+        .or(opts.expert_host.as_ref())?;
+    if opts.gpu_layers.is_some() || sizes.layer_expert_bytes.iter().all(|&b| b == 0) {
+        return None;
+    }
+    let asked = opts
+        .experts
+        .as_ref()
+        .map_or(0, |e| e.layers.min(sizes.n_layer));
+    (asked + 1..=sizes.n_layer).find(|&layers| {
+        let o = PlanOptions {
+            split: opts.split.clone(),
+            gpu_layers: None,
+            ctx: opts.ctx,
+            experts: Some(ExpertsOn {
+                device: host.clone(),
+                layers,
+            }),
+            expert_host: None,
+        };
+        plan_with(sizes, devices, &o, false).is_ok_and(|p| p.fits())
+    })
+}
+
+/// [`fewest_cpu_moe`] as a suggestion.
+fn suggest_cpu_moe(
+    sizes: &ModelSizes,
+    devices: &[PlanDevice],
+    opts: &PlanOptions,
+) -> Option<String> {
+    let n = fewest_cpu_moe(sizes, devices, opts)?;
+    let host = opts
+        .experts
+        .as_ref()
+        .map(|e| &e.device)
+        .or(opts.expert_host.as_ref())
+        .map_or("the host", |d| d.name.as_str());
+    Some(if n == sizes.n_layer {
+        format!("--cpu-moe fits (every layer's experts on {host})")
+    } else {
+        format!("--n-cpu-moe {n} fits (the experts of layers 0..{n} on {host})")
+    })
+}
+
+/// A change that makes the plan fit: another split at the same context, else the experts of
+/// more layers on the host (`--n-cpu-moe`), else a shorter context (with a split that fits it),
+/// else fewer GPU layers. `whole` are the model's sizes with every expert on its layer, `sizes`
+/// with the experts asked for elsewhere taken off.
 fn suggest(
+    whole: &ModelSizes,
     sizes: &ModelSizes,
     devices: &[PlanDevice],
     opts: &PlanOptions,
@@ -786,6 +859,9 @@ fn suggest(
             split_text(&split),
             opts.ctx
         ));
+    }
+    if let Some(s) = suggest_cpu_moe(whole, devices, opts) {
+        return Some(s);
     }
     if opts.gpu_layers.is_none() {
         // The longest context at which some split fits, by bisection.
@@ -839,6 +915,7 @@ fn suggest(
             split: Some(split.clone()),
             ctx: opts.ctx,
             experts: None,
+            expert_host: None,
         };
         if split.iter().sum::<f64>() <= 0.0 {
             break;
@@ -889,6 +966,7 @@ mod tests {
             gpu_layers: None,
             ctx,
             experts: None,
+            expert_host: None,
         }
     }
 
@@ -923,8 +1001,10 @@ mod tests {
                 device: host.clone(),
                 layers,
             }),
+            expert_host: Some(host.clone()),
         };
-        assert!(!plan(&sizes, &gpus, &with(None)).unwrap().fits());
+        let dense = plan(&sizes, &gpus, &with(None)).unwrap();
+        assert!(!dense.fits());
         let all = plan(&sizes, &gpus, &with(Some(usize::MAX))).unwrap();
         assert!(all.fits(), "{:?}", all.verdict);
         let e = all.experts.clone().expect("experts on the host");
@@ -954,6 +1034,25 @@ mod tests {
             human(p.experts.as_ref().map_or(0, PlannedExperts::total_bytes))
         );
         assert!(!plan(&sizes, &gpus, &with(Some(n - 1))).unwrap().fits());
+        // The plan that does not fit suggests exactly that N, and so does one asking too few.
+        let want = format!("--n-cpu-moe {n} fits (the experts of layers 0..{n} on cpu:0)");
+        let suggested = dense.verdict.expect("no fit").suggestion;
+        assert_eq!(suggested.as_deref(), Some(want.as_str()));
+        let few = plan(&sizes, &gpus, &with(Some(n / 2))).unwrap().verdict;
+        assert_eq!(
+            few.and_then(|v| v.suggestion).as_deref(),
+            Some(want.as_str())
+        );
+        // Without a host to put experts on, no such suggestion.
+        let no_host = PlanOptions {
+            expert_host: None,
+            ..with(None)
+        };
+        let v = plan(&sizes, &gpus, &no_host)
+            .unwrap()
+            .verdict
+            .expect("no fit");
+        assert!(!v.suggestion.unwrap_or_default().contains("cpu-moe"));
         // Too little host memory for the experts is refused naming the host.
         let small = PlanOptions {
             experts: Some(ExpertsOn {
@@ -1163,6 +1262,7 @@ mod tests {
                 gpu_layers: None,
                 ctx: 1024,
                 experts: None,
+                expert_host: None,
             },
         )
         .unwrap();
@@ -1182,6 +1282,7 @@ mod tests {
             gpu_layers: Some(ngl),
             ctx: 1024,
             experts: None,
+            expert_host: None,
         };
         // -ngl 40 (as llama.cpp, checked with its load log): of the 81 layers counting the
         // output, the last 40 go to the GPUs: 0..41 on the CPU, 41..61 and 61..80 + output.
@@ -1216,6 +1317,7 @@ mod tests {
                 gpu_layers: Some(40),
                 ctx: 1024,
                 experts: None,
+                expert_host: None,
             },
         )
         .unwrap();
@@ -1243,6 +1345,7 @@ mod tests {
                     gpu_layers: None,
                     ctx: 32768,
                     experts: None,
+                    expert_host: None,
                 },
             )
             .unwrap()

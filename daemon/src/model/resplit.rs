@@ -35,6 +35,7 @@ use thiserror::Error;
 use super::backend::{AnyPart, AnyStage, StageBackend, StageShape};
 use super::config::ModelConfig;
 use super::host_tensors::PartSource;
+use super::load::ExpertPlacement;
 use super::parts::Slot;
 use super::pipeline::Pipeline;
 
@@ -67,6 +68,8 @@ pub struct ResplitReport {
     pub through_host: usize,
     /// Running sequences carried over.
     pub sequences: usize,
+    /// Layers whose experts changed device (`--n-cpu-moe` changed).
+    pub experts_moved: usize,
 }
 
 /// Errors of a re-split.
@@ -341,11 +344,171 @@ fn release(now: &mut HashMap<String, u64>, part: &AnyPart) {
     }
 }
 
-/// Re-splits `pipeline` to `target` (see the module docs). `source` is the model's file,
-/// `backends` the backend of every device of the new placement (devices the pipeline already
-/// uses keep the backend its stages have), `live` the running sequences (their caches move with
-/// their layers).
+/// The layers whose experts change device in a re-split (`--n-cpu-moe` changed live).
+struct ExpertMoves {
+    /// The experts' device of the new placement.
+    to: Option<StageBackend>,
+    /// Layers whose experts leave their layer's device for `to`.
+    out: Vec<usize>,
+    /// Layers whose experts come back to their layer's device.
+    home: Vec<usize>,
+    /// Tokens per forward call at most (sizes the experts' buffers on `to` if they are the
+    /// first there).
+    max_batch: usize,
+}
+
+impl ExpertMoves {
+    /// What moving from the pipeline's experts to `experts` (`None`: every layer's experts on
+    /// its own device) takes. Experts are on one device at a time: moving them live from one
+    /// device elsewhere to another is refused.
+    fn plan(
+        pipeline: &Pipeline,
+        experts: Option<&ExpertPlacement>,
+        max_batch: usize,
+    ) -> Result<Self, ResplitError> {
+        let config = pipeline.config();
+        let wanted = experts.map_or(0..0, |e| e.layers.start..e.layers.end.min(config.n_layer));
+        if !wanted.is_empty() && config.moe.is_none() {
+            return Err(ResplitError::Invalid(
+                "--cpu-moe / --n-cpu-moe place experts, and this model has none".into(),
+            ));
+        }
+        let held = pipeline.experts_elsewhere();
+        if let Some(e) = experts.filter(|_| !wanted.is_empty()) {
+            let to = e.backend.device_name();
+            if let Some((device, layers)) = held.iter().find(|(d, _)| d != to) {
+                return Err(ResplitError::Invalid(format!(
+                    "the experts of layers {layers:?} are on {device}: moving them live to {to} \
+                     is not supported (bring them back with --n-cpu-moe 0 first)"
+                )));
+            }
+        }
+        let is_held = |il: usize| held.iter().any(|(_, l)| l.contains(&il));
+        Ok(ExpertMoves {
+            to: experts.map(|e| e.backend.clone()),
+            out: wanted.clone().filter(|&il| !is_held(il)).collect(),
+            home: (0..config.n_layer)
+                .filter(|&il| is_held(il) && !wanted.contains(&il))
+                .collect(),
+            max_batch,
+        })
+    }
+
+    /// Moves `layers`' experts off their layers' devices to `to` (a move that fails leaves its
+    /// layer as it was); on failure the ones moved come back. Returns the bytes copied.
+    fn go_out(&self, pipeline: &mut Pipeline, layers: &[usize]) -> Result<u64, String> {
+        let Some(to) = &self.to else {
+            return match layers.first() {
+                Some(il) => Err(format!("no device for the experts of layer {il}")),
+                None => Ok(0),
+            };
+        };
+        let mut bytes = 0;
+        for (done, &il) in layers.iter().enumerate() {
+            match pipeline.experts_out(il, to, self.max_batch) {
+                Ok(b) => bytes += b,
+                Err(e) => {
+                    let cause = format!(
+                        "moving the experts of layer {il} to {}: {e}",
+                        to.device_name()
+                    );
+                    return Err(with_undo(cause, self.go_home(pipeline, &layers[..done])));
+                }
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Brings `layers`' experts back to their layers' devices; on failure the ones brought back
+    /// leave again. Returns the bytes copied.
+    fn go_home(&self, pipeline: &mut Pipeline, layers: &[usize]) -> Result<u64, String> {
+        let mut bytes = 0;
+        for (done, &il) in layers.iter().enumerate() {
+            match pipeline.experts_home(il) {
+                Ok(b) => bytes += b,
+                Err(e) => {
+                    let cause = format!("bringing the experts of layer {il} back: {e}");
+                    return Err(with_undo(cause, self.go_out(pipeline, &layers[..done])));
+                }
+            }
+        }
+        Ok(bytes)
+    }
+}
+
+/// `cause`, with why undoing what was done failed if it did (every layer still runs, with its
+/// experts where the failed undo left them).
+fn with_undo(cause: String, undo: Result<u64, String>) -> String {
+    match undo {
+        Ok(_) => cause,
+        Err(e) => format!("{cause}; undoing it failed too, some experts stay where they are: {e}"),
+    }
+}
+
+/// Re-splits `pipeline` to `target` (see the module docs), with the experts of `experts`'
+/// layers on its device and every other layer's experts on the layer's own device (`None`:
+/// all of them there). `source` is the model's file, `backends` the backend of every device of
+/// the new placement (devices the pipeline already uses keep the backend its stages have),
+/// `live` the running sequences (their caches move with their layers).
+///
+/// Experts leaving their layers' devices move first (freeing room there for layers coming),
+/// then the layers (a layer's experts elsewhere stay where they are and follow it into its new
+/// stage), and experts coming back move last, onto their layers' new devices. Each expert move
+/// is one layer's router and experts copied directly, then freed where they were.
+#[allow(clippy::too_many_arguments)]
 pub fn resplit(
+    pipeline: &mut Pipeline,
+    source: &dyn PartSource,
+    target: &[Layout],
+    experts: Option<&ExpertPlacement>,
+    backends: &HashMap<String, StageBackend>,
+    live: &[LiveSequence],
+    max_batch: usize,
+    max_logit_rows: usize,
+) -> Result<ResplitReport, ResplitError> {
+    let started = Instant::now();
+    check_layout(target, pipeline.config().n_layer)?;
+    let moves = ExpertMoves::plan(pipeline, experts, max_batch)?;
+    let old = layout_of(pipeline);
+    let out_bytes = moves
+        .go_out(pipeline, &moves.out)
+        .map_err(ResplitError::Restored)?;
+    let layers = |p: &mut Pipeline, to: &[Layout]| {
+        resplit_layers(p, source, to, backends, live, max_batch, max_logit_rows)
+    };
+    let mut report = match layers(pipeline, target) {
+        Ok(report) => report,
+        Err(ResplitError::Broken { cause, restore }) => {
+            return Err(ResplitError::Broken { cause, restore })
+        }
+        Err(e) => {
+            let cause = e.to_string();
+            let undo = moves.go_home(pipeline, &moves.out);
+            return Err(ResplitError::Restored(with_undo(cause, undo)));
+        }
+    };
+    match moves.go_home(pipeline, &moves.home) {
+        Ok(home_bytes) => {
+            report.bytes_moved += out_bytes + home_bytes;
+            report.experts_moved = moves.out.len() + moves.home.len();
+            report.secs = started.elapsed().as_secs_f64();
+            Ok(report)
+        }
+        Err(cause) => match layers(pipeline, &old) {
+            Ok(_) => {
+                let undo = moves.go_home(pipeline, &moves.out);
+                Err(ResplitError::Restored(with_undo(cause, undo)))
+            }
+            Err(restore) => Err(ResplitError::Broken {
+                cause,
+                restore: restore.to_string(),
+            }),
+        },
+    }
+}
+
+/// Moves the layers of `pipeline` to `target`, their experts elsewhere staying where they are.
+fn resplit_layers(
     pipeline: &mut Pipeline,
     source: &dyn PartSource,
     target: &[Layout],
@@ -357,14 +520,6 @@ pub fn resplit(
     let started = Instant::now();
     let config = Arc::clone(pipeline.config());
     let n_layer = config.n_layer;
-    check_layout(target, n_layer)?;
-    if let Some((device, layers, _)) = pipeline.stages().iter().find_map(|s| s.experts_elsewhere())
-    {
-        return Err(ResplitError::Invalid(format!(
-            "the experts of layers {layers:?} are on {device} (--cpu-moe): a live re-split of \
-             such a model is not supported yet; reload it with the new split"
-        )));
-    }
     let old = layout_of(pipeline);
     let device_of = |layouts: &[Layout], il: usize| {
         layouts
@@ -400,7 +555,9 @@ pub fn resplit(
         })?;
     }
 
-    // Unchanged stages wait in their new place; the others are taken apart.
+    // Experts living elsewhere stay there, out of the stages, and go to their layers' new
+    // stages. Unchanged stages wait in their new place; the others are taken apart.
+    let carried = pipeline.take_experts();
     let mut kept: StageSlots = target.iter().map(|_| None).collect();
     let mut slots: Slots = (0..=n_layer).map(|_| None).collect();
     for (i, stage) in pipeline.replace_stages(Vec::new()).into_iter().enumerate() {
@@ -423,7 +580,7 @@ pub fn resplit(
         max_batch,
         max_logit_rows,
     };
-    match mover.place(target, &mut kept, &mut slots) {
+    let outcome = match mover.place(target, &mut kept, &mut slots) {
         Ok((stages, moved)) => {
             pipeline.replace_stages(stages);
             pipeline.share_embedding();
@@ -447,10 +604,17 @@ pub fn resplit(
                     pipeline.share_embedding();
                     Err(ResplitError::Restored(cause))
                 }
-                Err(restore) => Err(ResplitError::Broken { cause, restore }),
+                Err(restore) => return Err(ResplitError::Broken { cause, restore }),
             }
         }
+    };
+    if let Err(e) = pipeline.put_experts(carried) {
+        return Err(ResplitError::Broken {
+            cause: "giving the layers their experts living elsewhere".into(),
+            restore: e.to_string(),
+        });
     }
+    outcome
 }
 
 /// The pipeline of `layout` on `backends` (device name to backend), with `max_batch` rows a step
@@ -588,6 +752,7 @@ mod tests {
                     &mut p,
                     &*model.source,
                     target,
+                    None,
                     &backends,
                     &live(prompt.len() + i),
                     16,
@@ -613,6 +778,7 @@ mod tests {
                     &mut p,
                     &*model.source,
                     &target,
+                    None,
                     &backends,
                     &live(prompt.len() + i),
                     16,
@@ -690,7 +856,17 @@ mod tests {
             capacity: 16,
             retained: false,
         }];
-        let r = resplit(&mut p, &*model.source, &swapped, &backends, &live, 16, 1).unwrap();
+        let r = resplit(
+            &mut p,
+            &*model.source,
+            &swapped,
+            None,
+            &backends,
+            &live,
+            16,
+            1,
+        )
+        .unwrap();
         assert_eq!(layout_of(&p), swapped);
         assert_eq!((r.layers_moved, r.stages_rebuilt), (4, 2));
         assert!(r.through_host >= 1, "{r:?}");
@@ -735,7 +911,17 @@ mod tests {
             capacity: 16,
             retained: false,
         }];
-        let err = resplit(&mut p, &*model.source, &swapped, &backends, &live, 16, 1).unwrap_err();
+        let err = resplit(
+            &mut p,
+            &*model.source,
+            &swapped,
+            None,
+            &backends,
+            &live,
+            16,
+            1,
+        )
+        .unwrap_err();
         assert!(matches!(err, ResplitError::Restored(_)), "{err}");
         assert!(
             err.to_string().contains("changed since it was loaded"),
@@ -785,7 +971,17 @@ mod tests {
             capacity: 16,
             retained: false,
         }];
-        resplit(&mut p, &*model.source, &moved, &backends, &live, 16, 1).unwrap();
+        resplit(
+            &mut p,
+            &*model.source,
+            &moved,
+            None,
+            &backends,
+            &live,
+            16,
+            1,
+        )
+        .unwrap();
         assert!(
             p.embedding_shared(),
             "the copy taken for the move is dropped again"

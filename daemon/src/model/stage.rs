@@ -13,7 +13,7 @@ use llmd_kernels::backend::{
 use super::batch::{Batch, Segment, SeqId};
 use super::config::ModelConfig;
 use super::host_tensors::{OwnedTensor, PartSource};
-use super::moe::{moe_ffn, ExpertStage, ExpertsElsewhere, MoeInput, MoeScratch};
+use super::moe::{moe_ffn, ExpertLoader, ExpertStage, ExpertsElsewhere, MoeInput, MoeScratch};
 use super::parts::{DevicePart, PartWeights, Slot};
 use super::weights::{
     FeedForward, HeadWeights, LayerWeights, WeightError, OUTPUT, OUTPUT_NORM as NORM, TOKEN_EMBD,
@@ -156,8 +156,8 @@ impl<B: Backend> Stage<B> {
             max_logit_rows,
         )?;
         if elsewhere.iter().any(Option::is_some) {
-            stage.host_ffn = vec![0.0; 2 * max_tokens * stage.config.n_embd];
             stage.experts = elsewhere;
+            stage.fit_host_ffn();
         }
         Ok(stage)
     }
@@ -370,6 +370,106 @@ impl<B: Backend> Stage<B> {
         let last = held.last().map_or(*first, |(il, _)| *il);
         let bytes = held.iter().map(|(_, e)| e.weight_bytes()).sum();
         Some((e.device_name().to_string(), *first..last + 1, bytes))
+    }
+
+    /// Where layer `il` is among this stage's layers.
+    fn layer_slot(&self, il: usize) -> Result<usize, WeightError> {
+        if self.layers.contains(&il) {
+            Ok(il - self.layers.start)
+        } else {
+            Err(WeightError::Misplaced(format!(
+                "layer {il} is not in the stage of layers {:?} on {}",
+                self.layers,
+                self.device_name()
+            )))
+        }
+    }
+
+    /// Host buffers for blocks whose experts are elsewhere, allocated when the first layer's
+    /// experts leave and freed when the last come back.
+    fn fit_host_ffn(&mut self) {
+        if self.experts.iter().all(Option::is_none) {
+            self.host_ffn = Vec::new();
+        } else if self.host_ffn.is_empty() {
+            self.host_ffn = vec![0.0; 2 * self.max_tokens * self.config.n_embd];
+        }
+    }
+
+    /// Takes out the experts its layers hold on another device, by layer: a live re-split
+    /// carries them, where they are, to the stage their layer goes to ([`Stage::put_experts`]).
+    pub fn take_experts(&mut self) -> Vec<(usize, Box<dyn ExpertStage>)> {
+        let start = self.layers.start;
+        let taken = self
+            .experts
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(slot, e)| e.take().map(|e| (start + slot, e)))
+            .collect();
+        self.fit_host_ffn();
+        taken
+    }
+
+    /// Gives layer `il`, whose experts live on another device, the [`ExpertStage`] holding
+    /// them.
+    pub fn put_experts(
+        &mut self,
+        il: usize,
+        experts: Box<dyn ExpertStage>,
+    ) -> Result<(), WeightError> {
+        let slot = self.layer_slot(il)?;
+        if !matches!(self.weights[slot].ffn, FeedForward::Elsewhere) || self.experts[slot].is_some()
+        {
+            return Err(WeightError::Misplaced(format!(
+                "layer {il} on {} has its experts already",
+                self.device_name()
+            )));
+        }
+        self.experts[slot] = Some(experts);
+        self.fit_host_ffn();
+        Ok(())
+    }
+
+    /// Moves layer `il`'s experts off this device (`--n-cpu-moe` raised live): `load` copies
+    /// them where they go, then this device's copy is freed. Returns the bytes copied.
+    pub fn experts_out(&mut self, il: usize, load: &ExpertLoader<'_>) -> Result<u64, WeightError> {
+        let slot = self.layer_slot(il)?;
+        let FeedForward::Experts(own) = &self.weights[slot].ffn else {
+            return Err(WeightError::Misplaced(format!(
+                "layer {il} on {} holds no experts of its own",
+                self.device_name()
+            )));
+        };
+        let views = own.try_map(&mut |w| self.backend.weight_view(w))?;
+        let moved = load(&views)?;
+        drop(views);
+        let freed: u64 = own.tensors().map(|w| self.backend.weight_bytes(w)).sum();
+        self.weights[slot].ffn = FeedForward::Elsewhere;
+        self.weight_bytes = self.weight_bytes.saturating_sub(freed);
+        let bytes = moved.weight_bytes();
+        self.experts[slot] = Some(moved);
+        self.fit_host_ffn();
+        Ok(bytes)
+    }
+
+    /// Brings layer `il`'s experts back onto this device from the one holding them
+    /// (`--n-cpu-moe` lowered live), freeing them there. Returns the bytes copied.
+    pub fn experts_home(&mut self, il: usize) -> Result<u64, WeightError> {
+        let slot = self.layer_slot(il)?;
+        let Some(elsewhere) = self.experts[slot].as_ref() else {
+            return Err(WeightError::Misplaced(format!(
+                "layer {il} on {} has no experts elsewhere",
+                self.device_name()
+            )));
+        };
+        let views = elsewhere.weight_views()?;
+        let own = views.try_map(&mut |v| self.backend.import_weight(v))?;
+        drop(views);
+        let bytes: u64 = own.tensors().map(|w| self.backend.weight_bytes(w)).sum();
+        self.weights[slot].ffn = FeedForward::Experts(own);
+        self.weight_bytes += bytes;
+        self.experts[slot] = None;
+        self.fit_host_ffn();
+        Ok(bytes)
     }
 
     /// Bytes of KV cache resident on the device, over all sequences.

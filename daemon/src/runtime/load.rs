@@ -232,12 +232,14 @@ pub fn resolve_ctx(asked: Option<u32>, context_length: usize) -> Result<u32, Run
 
 /// Where `--cpu-moe` / `--n-cpu-moe N` put a mixture of experts' experts: the daemon's first
 /// CPU device (the host), for the first `n_cpu_moe` layers. Refused for a dense model and when
-/// no CPU device is configured.
-fn experts_on(
+/// no CPU device is configured. `own(device)` is what the model itself holds there already
+/// (counted as free: a re-split), as [`plan_devices`] takes it.
+pub(super) fn experts_on(
     n_cpu_moe: Option<u32>,
     config: &ModelConfig,
     devices: &[Device],
     memory_of: &dyn Fn(&Device) -> Arc<DeviceMemory>,
+    own: &dyn Fn(&str) -> u64,
 ) -> Result<Option<(ExpertsOn, Device)>, RuntimeError> {
     let Some(n) = n_cpu_moe.filter(|&n| n > 0) else {
         return Ok(None);
@@ -249,35 +251,45 @@ fn experts_on(
              model has none",
         ));
     }
-    let host = devices.iter().find(|d| !d.is_gpu()).ok_or_else(|| {
+    let (device, host) = expert_host(devices, memory_of, own).ok_or_else(|| {
         RuntimeError::new(
             ErrorKind::BadRequest,
             "--cpu-moe puts experts on the host's CPU device, and none is configured (add a \
              cpu:0 device to [[devices]])",
         )
     })?;
-    let device = plan_devices(&[host], memory_of, &|_| 0)
-        .pop()
-        .ok_or_else(|| RuntimeError::new(ErrorKind::Internal, "no plan device for the host"))?;
     let layers = (n as usize).min(config.n_layer);
-    Ok(Some((ExpertsOn { device, layers }, host.clone())))
+    Ok(Some((ExpertsOn { device, layers }, host)))
 }
 
-/// Plans `sizes` on `devices` (the experts of some layers on `experts`' device); input errors
-/// become `bad_request`.
+/// The device `--cpu-moe` puts experts on: the daemon's first CPU device, as planned (`own`
+/// as [`plan_devices`] takes it); `None` when no CPU device is configured.
+pub(super) fn expert_host(
+    devices: &[Device],
+    memory_of: &dyn Fn(&Device) -> Arc<DeviceMemory>,
+    own: &dyn Fn(&str) -> u64,
+) -> Option<(PlanDevice, Device)> {
+    let host = devices.iter().find(|d| !d.is_gpu())?;
+    let device = plan_devices(&[host], memory_of, own).pop()?;
+    Some((device, host.clone()))
+}
+
+/// Plans `sizes` on `devices` (the experts of some layers on `experts`' device; a plan that does
+/// not fit may suggest experts on `host`); input errors become `bad_request`.
 pub(super) fn make_plan(
     sizes: &ModelSizes,
     devices: &[PlanDevice],
     split: &[f32],
     gpu_layers: Option<u32>,
     ctx: u32,
-    experts: Option<ExpertsOn>,
+    (experts, host): (Option<ExpertsOn>, Option<PlanDevice>),
 ) -> Result<Plan, RuntimeError> {
     let opts = PlanOptions {
         split: (!split.is_empty()).then(|| split.iter().map(|&w| w as f64).collect()),
         gpu_layers: gpu_layers.map(|n| n as usize),
         ctx: ctx as usize,
         experts,
+        expert_host: host,
     };
     plan::plan(sizes, devices, &opts)
         .map_err(|e| RuntimeError::new(ErrorKind::BadRequest, e.to_string()))
@@ -297,14 +309,15 @@ pub fn plan_blocking(
     check_cache_types(spec.kv_types, &config)?;
     let ctx = resolve_ctx(spec.ctx, config.context_length)?;
     let plan_devs = plan_devices(&chosen, memory_of, &|_| 0);
-    let experts = experts_on(spec.n_cpu_moe, &config, devices, memory_of)?.map(|(e, _)| e);
+    let experts = experts_on(spec.n_cpu_moe, &config, devices, memory_of, &|_| 0)?.map(|(e, _)| e);
+    let host = expert_host(devices, memory_of, &|_| 0).map(|(d, _)| d);
     let plan = make_plan(
         &sizes,
         &plan_devs,
         &spec.split,
         spec.gpu_layers,
         ctx,
-        experts,
+        (experts, host),
     )?;
     Ok(PlannedModel {
         path: spec.path.clone(),
@@ -439,14 +452,17 @@ pub fn load_blocking(
         kv_types,
     );
     let plan_devs = plan_devices(&chosen, memory_of, &|_| 0);
-    let experts = experts_on(spec.n_cpu_moe, &model.config, devices, memory_of)?;
+    let experts = experts_on(spec.n_cpu_moe, &model.config, devices, memory_of, &|_| 0)?;
     let p = make_plan(
         &sizes,
         &plan_devs,
         &spec.split,
         spec.gpu_layers,
         ctx,
-        experts.as_ref().map(|(e, _)| e.clone()),
+        (
+            experts.as_ref().map(|(e, _)| e.clone()),
+            expert_host(devices, memory_of, &|_| 0).map(|(d, _)| d),
+        ),
     )?;
     if let Some(v) = &p.verdict {
         return Err(RuntimeError::new(ErrorKind::DoesNotFit, v.to_string()));

@@ -275,6 +275,16 @@ pub fn placement_of(p: &Pipeline) -> Vec<StagePlacement> {
         .collect()
 }
 
+/// The `--n-cpu-moe` that puts the experts where `stages` have them: the end of the last layer
+/// range whose experts live on another device; `None` when none do.
+pub(super) fn n_cpu_moe_of(stages: &[StagePlacement]) -> Option<u32> {
+    stages
+        .iter()
+        .filter(|s| s.expert_device.is_some())
+        .map(|s| s.expert_layers.1)
+        .max()
+}
+
 /// Split weights that put the layers where `stages` have them: layer counts, the head counting
 /// as one more layer of its device, reproduce the ranges under llama.cpp's rule.
 pub(super) fn layer_counts(stages: &[StagePlacement]) -> Vec<f32> {

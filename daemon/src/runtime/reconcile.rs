@@ -45,7 +45,7 @@ pub type Resolved = (ModelDecl, LoadSpec);
 
 /// Whether a declared model must be loaded again to go from `old` to `new`: its file, context,
 /// threads, cache types, GPU layers (which change the devices a re-split would move between),
-/// experts on the host (which a live re-split does not move) or chat template changed.
+/// prefix cache budget or chat template changed (experts moving to or from the host are a live re-split's).
 fn needs_reload(old: &Resolved, new: &Resolved) -> bool {
     let ((o, os), (n, ns)) = (old, new);
     os.path != ns.path
@@ -53,7 +53,6 @@ fn needs_reload(old: &Resolved, new: &Resolved) -> bool {
         || os.threads != ns.threads
         || os.kv_types != ns.kv_types
         || os.gpu_layers != ns.gpu_layers
-        || os.n_cpu_moe != ns.n_cpu_moe
         || os.prefix_cache_bytes != ns.prefix_cache_bytes
         || o.chat_template != n.chat_template
 }
@@ -76,7 +75,7 @@ pub fn plan(old: &[Resolved], new: &[Resolved], resident: &dyn Fn(&str) -> bool)
             Some(prev) if resident(&name) => {
                 if needs_reload(prev, resolved) {
                     Action::Replace(name)
-                } else if prev.0.placement_differs(n) {
+                } else if prev.0.placement_differs(n) || prev.1.n_cpu_moe != resolved.1.n_cpu_moe {
                     Action::Resplit(name)
                 } else {
                     Action::Keep(name)
@@ -181,6 +180,7 @@ impl Runtime {
                     devices: spec.devices.clone(),
                     split: spec.split.clone(),
                     ctx: None,
+                    n_cpu_moe: Some(spec.n_cpu_moe.unwrap_or(0)),
                 };
                 match self.resplit(name, &resplit, self.devices()).await {
                     Ok(done) => {
@@ -236,12 +236,14 @@ mod tests {
             decl("move", "devices = [\"cpu:0\", \"cpu:1\"]\nsplit = [1, 1]\n"),
             decl("ctx", "ctx = 512\n"),
             decl("defaults", "temperature = 0.5\n"),
+            decl("experts", ""),
         ];
         let new = vec![
             decl("keep", ""),
             decl("move", "devices = [\"cpu:0\", \"cpu:1\"]\nsplit = [3, 1]\n"),
             decl("ctx", "ctx = 1024\n"),
             decl("defaults", "temperature = 0.9\n"),
+            decl("experts", "n_cpu_moe = 4\n"),
             decl("added", ""),
             decl("lazy", "load = \"on_demand\"\n"),
         ];
@@ -254,6 +256,7 @@ mod tests {
                 Action::Resplit("move".into()),
                 Action::Replace("ctx".into()),
                 Action::Keep("defaults".into()),
+                Action::Resplit("experts".into()),
                 Action::Load("added".into()),
                 Action::Keep("lazy".into()),
             ]

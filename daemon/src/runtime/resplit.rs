@@ -16,15 +16,16 @@ use llmd_kernels::backend::DeviceMemory;
 
 use super::error::{ErrorKind, RuntimeError};
 use super::load::{
-    backends_for, make_plan, plan_blocking, plan_devices, prepare_load, resolve_ctx,
-    resolve_devices, LoadSpec, PlanSpec, PlannedModel,
+    backends_for, expert_host, experts_on, make_plan, plan_blocking, plan_devices, prepare_load,
+    resolve_ctx, resolve_devices, LoadSpec, PlanSpec, PlannedModel,
 };
 use super::model::{
-    layer_counts, placement_of, LoadedModel, StagePlacement, MAX_BATCH, MAX_SEQUENCES,
+    layer_counts, n_cpu_moe_of, placement_of, LoadedModel, StagePlacement, MAX_BATCH, MAX_SEQUENCES,
 };
 use super::{PlacementGuard, ResidentModel, Runtime};
 use crate::devices::Device;
 use crate::engine::{Job, ResplitOutcome};
+use crate::model::load::ExpertPlacement;
 use crate::model::plan::{self, ModelSizes};
 use crate::model::resplit::{layout_of, resplit, Layout, LiveSequence};
 use crate::model::Pipeline;
@@ -38,6 +39,9 @@ pub struct ResplitSpec {
     pub split: Vec<f32>,
     /// A new context length.
     pub ctx: Option<u32>,
+    /// Layers whose experts live on the host's CPU device from now on (`--n-cpu-moe N`; 0:
+    /// none); `None` keeps them where they are.
+    pub n_cpu_moe: Option<u32>,
 }
 
 impl ResplitSpec {
@@ -65,12 +69,8 @@ impl ResplitSpec {
             kv_types: model.kv_types(),
             // The devices named above are the stages' own, CPU ones included.
             gpu_layers: None,
-            // Experts kept where they were (`--n-cpu-moe` of the last placement).
-            n_cpu_moe: last
-                .iter()
-                .filter(|s| s.expert_device.is_some())
-                .map(|s| s.expert_layers.1)
-                .max(),
+            // Experts where the re-split asks, else where they were.
+            n_cpu_moe: self.n_cpu_moe.or_else(|| n_cpu_moe_of(&last)),
             prefix_cache_bytes: model.prefix_cache_bytes,
         }
     }
@@ -205,19 +205,6 @@ impl LoadedModel {
         memory_of: &(dyn Fn(&Device) -> Arc<DeviceMemory> + Sync),
     ) -> Result<Resplit, RuntimeError> {
         let current = self.refresh_placement().await;
-        if let Some(s) = current.iter().find(|s| s.expert_device.is_some()) {
-            return Err(RuntimeError::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "the experts of layers {}..{} are on {} (--cpu-moe): a live re-split of \
-                     such a model is not supported yet; load it again with the new split \
-                     (load --replace)",
-                    s.expert_layers.0,
-                    s.expert_layers.1,
-                    s.expert_device.as_deref().unwrap_or("another device")
-                ),
-            ));
-        }
         // Without --devices, the devices of the current stages in order (a GPU named twice
         // keeps its two stages).
         let names: Vec<String> = if spec.devices.is_empty() {
@@ -242,14 +229,24 @@ impl LoadedModel {
                 ),
             ));
         }
+        // What the model holds on a device counts as free there: its stages, and the experts
+        // it keeps there for layers on other devices.
         let own = |name: &str| -> u64 {
-            current
+            let stages: u64 = current
                 .iter()
                 .filter(|s| s.device == name)
                 .map(|s| s.weight_bytes + s.kv_bytes)
-                .sum()
+                .sum();
+            let experts: u64 = current
+                .iter()
+                .filter(|s| s.expert_device.as_deref() == Some(name))
+                .map(|s| s.expert_bytes)
+                .sum();
+            stages + experts
         };
         let plan_devs = plan_devices(&chosen, memory_of, &own);
+        let n_cpu_moe = spec.n_cpu_moe.or_else(|| n_cpu_moe_of(&current));
+        let experts = experts_on(n_cpu_moe, &self.config, devices, memory_of, &own)?;
         // Neither devices nor split given (e.g. only a new context): keep the layers where they
         // are.
         let split: Vec<f32> = if spec.split.is_empty() && spec.devices.is_empty() {
@@ -257,7 +254,17 @@ impl LoadedModel {
         } else {
             spec.split.clone()
         };
-        let p = make_plan(&self.sizes, &plan_devs, &split, None, ctx, None)?;
+        let p = make_plan(
+            &self.sizes,
+            &plan_devs,
+            &split,
+            None,
+            ctx,
+            (
+                experts.as_ref().map(|(e, _)| e.clone()),
+                expert_host(devices, memory_of, &own).map(|(d, _)| d),
+            ),
+        )?;
         if let Some(v) = &p.verdict {
             return Err(RuntimeError::new(
                 ErrorKind::DoesNotFit,
@@ -274,12 +281,30 @@ impl LoadedModel {
             })
             .collect();
         let mut all_names: Vec<String> = names.clone();
-        for s in &current {
-            if !all_names.contains(&s.device) {
-                all_names.push(s.device.clone());
+        let expert_devices = current.iter().filter_map(|s| s.expert_device.clone());
+        let host = experts.as_ref().map(|(_, host)| host.name.clone());
+        for name in current
+            .iter()
+            .map(|s| s.device.clone())
+            .chain(expert_devices)
+            .chain(host.clone())
+        {
+            if !all_names.contains(&name) {
+                all_names.push(name);
             }
         }
         let backends = backends_for(all_names, devices, memory_of, &self.pool)?;
+        // The experts' device keeps the backend the experts already there use.
+        let expert_placement = match (&host, &p.experts) {
+            (Some(host), Some(planned)) => Some(ExpertPlacement {
+                backend: backends.get(host).cloned().ok_or_else(|| {
+                    RuntimeError::new(ErrorKind::Internal, format!("no backend for {host}"))
+                })?,
+                layers: planned.layers.clone(),
+            }),
+            _ => None,
+        };
+        let expert_layers = expert_placement.as_ref().map_or(0..0, |e| e.layers.clone());
         let ledgers: HashMap<String, (u64, Arc<DeviceMemory>)> = devices
             .iter()
             .map(|d| (d.name.clone(), (d.memory_budget_bytes, memory_of(d))))
@@ -287,10 +312,15 @@ impl LoadedModel {
         let source = Arc::clone(&self.source);
         let embedding = Arc::clone(&self.embedding_bytes);
         let sizes = self.sizes.clone();
+        let expert_target = ExpertTarget {
+            device: host.unwrap_or_default(),
+            layers: expert_layers,
+        };
         let (tx, rx) = tokio::sync::oneshot::channel::<ResplitResult>();
         let job = Job::Resplit(Box::new(
             move |pipeline: &mut Pipeline, live: &[LiveSequence]| {
-                if let Err(e) = check_live_fit(pipeline, &target, live, &sizes, &ledgers) {
+                let fit = check_live_fit(pipeline, &target, &expert_target, live, &sizes, &ledgers);
+                if let Err(e) = fit {
                     let _ = tx.send(Err(e));
                     return ResplitOutcome::Unchanged;
                 }
@@ -298,6 +328,7 @@ impl LoadedModel {
                     pipeline,
                     &*source,
                     &target,
+                    expert_placement.as_ref(),
                     &backends,
                     live,
                     MAX_BATCH,
@@ -359,45 +390,99 @@ impl LoadedModel {
     }
 }
 
-/// Checks, with the running sequences' real KV caches, that the stages to be rebuilt fit each
-/// device once the stages they replace are freed (the plan counted one full-context sequence).
+/// Where a re-split puts the experts living off their layers' devices.
+struct ExpertTarget {
+    /// Their device (empty when none are).
+    device: String,
+    /// The layers whose experts live there.
+    layers: std::ops::Range<usize>,
+}
+
+/// Checks, with the running sequences' real KV caches, that the stages to be rebuilt and the
+/// experts that change device fit each device once what they replace is freed (the plan
+/// counted one full-context sequence).
 fn check_live_fit(
     pipeline: &Pipeline,
     target: &[Layout],
+    experts: &ExpertTarget,
     live: &[LiveSequence],
     sizes: &ModelSizes,
     ledgers: &HashMap<String, (u64, Arc<DeviceMemory>)>,
 ) -> Result<(), RuntimeError> {
     let old = layout_of(pipeline);
     let positions: u64 = live.iter().map(|s| s.capacity as u64).sum();
-    let mut freed: HashMap<&str, u64> = HashMap::new();
+    let expert_bytes = |il: usize| sizes.layer_expert_bytes.get(il).copied().unwrap_or(0);
+    let held: Vec<(String, std::ops::Range<usize>)> = pipeline.experts_elsewhere();
+    let held_at = |il: usize| held.iter().find(|(_, l)| l.contains(&il)).map(|(d, _)| d);
+    let wanted_at = |il: usize| experts.layers.contains(&il).then_some(&experts.device);
+    // Bytes each device gains (negative: frees) once the re-split is done.
+    let mut delta: HashMap<&str, i128> = HashMap::new();
     for (l, s) in old.iter().zip(pipeline.stages()) {
         if !target.contains(l) {
-            *freed.entry(l.device.as_str()).or_default() += s.weight_bytes() + s.kv_bytes();
+            *delta.entry(l.device.as_str()).or_default() -=
+                (s.weight_bytes() + s.kv_bytes()) as i128;
         }
     }
-    let mut need: HashMap<&str, u64> = HashMap::new();
     for l in target.iter().filter(|l| !old.contains(l)) {
-        let weights: u64 = sizes.layer_weight_bytes[l.layers.clone()]
-            .iter()
+        let weights: u64 = l
+            .layers
+            .clone()
+            .map(|il| {
+                let away = if wanted_at(il).is_some() {
+                    expert_bytes(il)
+                } else {
+                    0
+                };
+                sizes.layer_weight_bytes[il] - away
+            })
             .sum::<u64>()
             + if l.head { sizes.head_weight_bytes } else { 0 };
         let kv = l.layers.len() as u64 * positions * sizes.kv_bytes_per_layer_position;
-        *need.entry(l.device.as_str()).or_default() += weights + kv;
+        *delta.entry(l.device.as_str()).or_default() += (weights + kv) as i128;
+    }
+    // Experts changing device: off (or onto) their layer's device, onto (or off) the host.
+    for il in 0..pipeline.config().n_layer {
+        let (from, to) = (held_at(il), wanted_at(il));
+        if from.map(String::as_str) == to.map(String::as_str) {
+            continue;
+        }
+        let bytes = expert_bytes(il) as i128;
+        if let Some(device) = from {
+            *delta.entry(device.as_str()).or_default() -= bytes;
+        }
+        if let Some(device) = to {
+            *delta.entry(device.as_str()).or_default() += bytes;
+        }
+        // The layer's own device, where a kept stage gains or frees them.
+        if let Some(l) = target
+            .iter()
+            .find(|l| l.layers.contains(&il) && old.contains(l))
+        {
+            let sign = if to.is_none() { 1 } else { -1 };
+            *delta.entry(l.device.as_str()).or_default() += sign * bytes;
+        }
+    }
+    // The buffers the experts on the host share: allocated with the first, freed with the last.
+    let scratch = sizes.expert_scratch_bytes as i128;
+    match (held.first(), experts.layers.is_empty()) {
+        (None, false) => *delta.entry(experts.device.as_str()).or_default() += scratch,
+        (Some((device, _)), true) => *delta.entry(device.as_str()).or_default() -= scratch,
+        _ => {}
     }
     let mut problems = Vec::new();
-    for (device, bytes) in need {
+    for (device, bytes) in delta {
+        let Ok(bytes) = u64::try_from(bytes) else {
+            continue;
+        };
         let Some((budget, ledger)) = ledgers.get(device) else {
             problems.push(format!("unknown device {device}"));
             continue;
         };
-        let free = budget
-            .saturating_sub(ledger.used())
-            .saturating_add(freed.get(device).copied().unwrap_or(0));
+        let free = budget.saturating_sub(ledger.used());
         if bytes > free {
             problems.push(format!(
-                "{device} needs {} for the moved layers and the KV caches of {} running \
-                 generations (and {} kept by the prefix cache) but has {} free",
+                "{device} needs {} more for the moved layers and experts and the KV caches of \
+                 {} running generations (and {} kept by the prefix cache) but has {} free",
                 plan::human(bytes),
                 live.iter().filter(|s| !s.retained).count(),
                 live.iter().filter(|s| s.retained).count(),

@@ -375,6 +375,7 @@ fn header_only_405b_with_rope_freqs_is_planned() {
         gpu_layers: None,
         ctx: 8192,
         experts: None,
+        expert_host: None,
     };
     let p = plan(&sizes, &[gpu("cuda:0"), gpu("cuda:1")], &opts).unwrap();
     assert!(!p.fits(), "405B in Q4_K_M needs far more than 48 GB");

@@ -597,6 +597,7 @@ fn resplit_while_decoding(
             p,
             &*model.source,
             target,
+            None,
             backends,
             &live,
             N_TOKENS,

@@ -360,6 +360,10 @@ impl Backend for CpuBackend {
         self.new_weight(src.name, src.ty, src.rows, src.cols, &src.bytes)
     }
 
+    fn charge_host_buffers(&self, what: &str, bytes: u64) -> Result<Option<Lease>, BackendError> {
+        self.charge(what, bytes).map(Some)
+    }
+
     fn alloc_activations(&self, len: usize) -> Result<Vec<f32>, BackendError> {
         Ok(vec![0.0; len])
     }

@@ -609,6 +609,14 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Option<Result<Box<dyn HostStaging>, BackendError>> {
         None
     }
+
+    /// Charges `bytes` of ordinary host memory that buffers of work on this device hold (a
+    /// mixture of experts' router outputs, gathered rows and per-expert results) to this
+    /// device's ledger when its memory is host memory (the CPU), failing with `OutOfMemory`
+    /// beyond the budget; `None` for a device whose ledger counts only its own memory (a GPU).
+    fn charge_host_buffers(&self, _what: &str, _bytes: u64) -> Result<Option<Lease>, BackendError> {
+        Ok(None)
+    }
 }
 
 /// Activations one pipeline stage left on its device for the next stage to copy directly

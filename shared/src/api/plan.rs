@@ -128,6 +128,9 @@ pub struct ResplitRequest {
     pub split: Vec<f32>,
     /// New context length for generations started from now on (default: unchanged).
     pub ctx: Option<u32>,
+    /// Layers whose experts live on the host's CPU device from now on (`--n-cpu-moe N`,
+    /// `u32::MAX` for every layer, 0 for none; default: unchanged).
+    pub n_cpu_moe: Option<u32>,
 }
 
 /// A re-split done.
@@ -211,6 +214,7 @@ mod tests {
                 devices: vec![],
                 split: vec![3.0, 1.0],
                 ctx: None,
+                n_cpu_moe: Some(0),
             }),
         ];
         for r in requests {

@@ -13,6 +13,7 @@ pub async fn handle(req: ResplitRequest, ctx: &Context) -> Result<ResplitReply, 
         devices: req.devices,
         split: req.split,
         ctx: req.ctx,
+        n_cpu_moe: req.n_cpu_moe,
     };
     let done = ctx
         .state
