@@ -48,11 +48,13 @@ static __device__ __forceinline__ void mul_mat_vec_q(const void *__restrict__ w,
     float sum[MMVQ_TOKENS] = {};
     for (int item = threadIdx.x; item < n_items; item += LLMD_WARP) {
         const int ib = item / T::ni;
-        const int k = item % T::ni;
+        // The item's weights (for the K quants: unpacked, with scales and mins) once for all
+        // tokens.
+        const vprep<T> wi = vprep<T>::load(wrow[ib], item % T::ni);
 #pragma unroll
         for (int t = 0; t < MMVQ_TOKENS; ++t) {
             if (t < n) {
-                sum[t] += T::dot(wrow[ib], y0 + (long long)t * y_blocks_per_row + ib * (T::qk / LLMD_QK), k);
+                sum[t] += wi.dot(y0 + (long long)t * y_blocks_per_row + ib * (T::qk / LLMD_QK));
             }
         }
     }

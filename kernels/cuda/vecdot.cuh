@@ -154,29 +154,65 @@ template <> struct vdot<LLMD_TYPE_Q3_K> {
 
 };
 
-// One Q4_K / Q5_K item: the 8 weights (qa0, qa1) of sub-block 2j and (qb0, qb1) of sub-block
-// 2j+1 at offset 8i, against ints 2i, 2i+1 of Q8_1 blocks y[2j] and y[2j+1]; value
-// d * sc * q - dmin * m per sub-block.
-static __device__ __forceinline__ float k_pair(const unsigned char *scales, __half d, __half dmin,
-                                               const block_q8_1 *y, int j, int i, int qa0, int qa1,
-                                               int qb0, int qb1) {
-    const block_q8_1 *ya = y + 2 * j;
-    const block_q8_1 *yb = y + 2 * j + 1;
-    const int a0 = load_int_b4(ya->qs, 2 * i), a1 = load_int_b4(ya->qs, 2 * i + 1);
-    const int b0 = load_int_b4(yb->qs, 2 * i), b1 = load_int_b4(yb->qs, 2 * i + 1);
-    const int dot_a = __dp4a(qa0, a0, __dp4a(qa1, a1, 0));
-    const int dot_b = __dp4a(qb0, b0, __dp4a(qb1, b1, 0));
+// Scales and mins of sub-blocks 2j and 2j+1 of a Q4_K / Q5_K block (ggml's get_scale_min_k4
+// for the pair, as llama.cpp's vec_dot_q4_K_q8_1 reads them) without a branch: the 12 scale
+// bytes as three ints, both 6-bit layouts built and one kept by a mask; sc and m hold sub-block
+// 2j's value in byte 0 and 2j+1's in byte 1.
+static __device__ __forceinline__ void k_scale_min_pair(const unsigned char *scales, int j, int &sc,
+                                                        int &m) {
+    const int sh = 16 * (j & 1);
+    const unsigned int s0 = (unsigned int)load_int_b4(scales, 0) >> sh;
+    const unsigned int s1 = (unsigned int)load_int_b4(scales, 1) >> sh;
+    const unsigned int s2 = (unsigned int)load_int_b4(scales, 2) >> sh;
+    const unsigned int high = 0u - (unsigned int)(j >> 1); // all ones for sub-blocks 4..7
+    const unsigned int sc_low = s0 & 0x3f3fu;
+    const unsigned int m_low = s1 & 0x3f3fu;
+    const unsigned int sc_high = (s2 & 0x0f0fu) | ((s0 >> 2) & 0x3030u);
+    const unsigned int m_high = ((s2 >> 4) & 0x0f0fu) | ((s1 >> 2) & 0x3030u);
+    sc = (int)((sc_high & high) | (sc_low & ~high));
+    m = (int)((m_high & high) | (m_low & ~high));
+}
+
+// The weight side of one Q4_K / Q5_K item, unpacked once and dotted with the activations of
+// every token (k_dot): the 8 weights (qa0, qa1) of sub-block 2j and (qb0, qb1) of sub-block 2j+1
+// at offset 8i, their scales and mins (k_scale_min_pair) and the block's d and dmin.
+struct k_item {
+    int qa0, qa1, qb0, qb1;
+    int sc, m;
+    float d, dmin;
+    int j, i;
+};
+
+static __device__ __forceinline__ k_item k_load(const unsigned char *scales, __half d, __half dmin,
+                                                int j, int i, int qa0, int qa1, int qb0, int qb1) {
+    k_item w;
+    w.qa0 = qa0;
+    w.qa1 = qa1;
+    w.qb0 = qb0;
+    w.qb1 = qb1;
+    k_scale_min_pair(scales, j, w.sc, w.m);
+    w.d = __half2float(d);
+    w.dmin = __half2float(dmin);
+    w.j = j;
+    w.i = i;
+    return w;
+}
+
+// Item w against ints 2i, 2i+1 of Q8_1 blocks y[2j] and y[2j+1]: value d * sc * q - dmin * m per
+// sub-block.
+static __device__ __forceinline__ float k_dot(const k_item &w, const block_q8_1 *y) {
+    const block_q8_1 *ya = y + 2 * w.j;
+    const block_q8_1 *yb = y + 2 * w.j + 1;
+    const int a0 = load_int_b4(ya->qs, 2 * w.i), a1 = load_int_b4(ya->qs, 2 * w.i + 1);
+    const int b0 = load_int_b4(yb->qs, 2 * w.i), b1 = load_int_b4(yb->qs, 2 * w.i + 1);
+    const int dot_a = __dp4a(w.qa0, a0, __dp4a(w.qa1, a1, 0));
+    const int dot_b = __dp4a(w.qb0, b0, __dp4a(w.qb1, b1, 0));
     const int sum_a = sum_bytes(a0, sum_bytes(a1, 0));
     const int sum_b = sum_bytes(b0, sum_bytes(b1, 0));
-    int sc_a, m_a, sc_b, m_b;
-    q4_K_scale_min(2 * j, scales, sc_a, m_a);
-    q4_K_scale_min(2 * j + 1, scales, sc_b, m_b);
-    const float df = __half2float(d);
-    const float dminf = __half2float(dmin);
     const float da = __half2float(ya->d);
     const float db = __half2float(yb->d);
-    return da * (df * (float)(sc_a * dot_a) - dminf * (float)(m_a * sum_a)) +
-           db * (df * (float)(sc_b * dot_b) - dminf * (float)(m_b * sum_b));
+    return da * (w.d * (float)((w.sc & 0xff) * dot_a) - w.dmin * (float)((w.m & 0xff) * sum_a)) +
+           db * (w.d * (float)((w.sc >> 8) * dot_b) - w.dmin * (float)((w.m >> 8) * sum_b));
 }
 
 // Q4_K item k (0..15): 64-weight chunk j = k / 4 uses qs bytes 32j..32j+31; the item takes bytes
@@ -187,12 +223,15 @@ template <> struct vdot<LLMD_TYPE_Q4_K> {
     typedef block_q4_K block;
     static constexpr int qk = LLMD_QK_K;
     static constexpr int ni = 16;
-    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
+    static __device__ __forceinline__ k_item load(const block &b, int k) {
         const int j = k / 4, i = k % 4;
         const int v0 = load_int_b4(b.qs, 8 * j + 2 * i);
         const int v1 = load_int_b4(b.qs, 8 * j + 2 * i + 1);
-        return k_pair(b.scales, b.d, b.dmin, y, j, i, v0 & 0x0F0F0F0F, v1 & 0x0F0F0F0F,
+        return k_load(b.scales, b.d, b.dmin, j, i, v0 & 0x0F0F0F0F, v1 & 0x0F0F0F0F,
                       (v0 >> 4) & 0x0F0F0F0F, (v1 >> 4) & 0x0F0F0F0F);
+    }
+    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
+        return k_dot(load(b, k), y);
     }
 };
 
@@ -202,7 +241,7 @@ template <> struct vdot<LLMD_TYPE_Q5_K> {
     typedef block_q5_K block;
     static constexpr int qk = LLMD_QK_K;
     static constexpr int ni = 16;
-    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
+    static __device__ __forceinline__ k_item load(const block &b, int k) {
         const int j = k / 4, i = k % 4;
         const int v0 = load_int_b4(b.qs, 8 * j + 2 * i);
         const int v1 = load_int_b4(b.qs, 8 * j + 2 * i + 1);
@@ -212,7 +251,10 @@ template <> struct vdot<LLMD_TYPE_Q5_K> {
         const int a1 = (v1 & 0x0F0F0F0F) | (((h1 >> (2 * j)) & 0x01010101) << 4);
         const int b0 = ((v0 >> 4) & 0x0F0F0F0F) | (((h0 >> (2 * j + 1)) & 0x01010101) << 4);
         const int b1 = ((v1 >> 4) & 0x0F0F0F0F) | (((h1 >> (2 * j + 1)) & 0x01010101) << 4);
-        return k_pair(b.scales, b.d, b.dmin, y, j, i, a0, a1, b0, b1);
+        return k_load(b.scales, b.d, b.dmin, j, i, a0, a1, b0, b1);
+    }
+    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
+        return k_dot(load(b, k), y);
     }
 };
 
@@ -247,3 +289,30 @@ template <> struct vdot<LLMD_TYPE_Q6_K> {
 };
 
 #include "vecdot_iq.cuh"
+
+// The weight side of item k of a block as mmvq's token loop uses it: loaded once per item and
+// dotted with each token's activations. Types whose dot re-reads the block per token keep the
+// block and item (vdot<T>::dot); Q4_K and Q5_K unpack their weights, scales and mins once
+// (k_item).
+template <typename T> struct vprep {
+    const typename T::block *b;
+    int k;
+    static __device__ __forceinline__ vprep load(const typename T::block &b, int k) {
+        return vprep{&b, k};
+    }
+    __device__ __forceinline__ float dot(const block_q8_1 *y) const { return T::dot(*b, y, k); }
+};
+template <> struct vprep<vdot<LLMD_TYPE_Q4_K>> {
+    k_item w;
+    static __device__ __forceinline__ vprep load(const block_q4_K &b, int k) {
+        return vprep{vdot<LLMD_TYPE_Q4_K>::load(b, k)};
+    }
+    __device__ __forceinline__ float dot(const block_q8_1 *y) const { return k_dot(w, y); }
+};
+template <> struct vprep<vdot<LLMD_TYPE_Q5_K>> {
+    k_item w;
+    static __device__ __forceinline__ vprep load(const block_q5_K &b, int k) {
+        return vprep{vdot<LLMD_TYPE_Q5_K>::load(b, k)};
+    }
+    __device__ __forceinline__ float dot(const block_q8_1 *y) const { return k_dot(w, y); }
+};
