@@ -3,12 +3,12 @@
 
 The fixtures hold, for a corpus of strings and every combination of add_special/parse_special,
 the token ids llama.cpp's llama_tokenize produces and the bytes llama_detokenize gives back.
-tokenizer/tests/it/reference.rs compares llmd's tokenizer against them; the tests never run
+tokenizer/src/it/reference.rs compares llmd's tokenizer against them; the tests never run
 llama.cpp themselves.
 
 It also renders real chat templates (llama.cpp's models/templates/*.jinja, found in the
 llama-cpp-python source tree or $LLAMA_CPP_TEMPLATES) with Python's jinja2 into
-chat_templates.json, for tokenizer/tests/it/chat.rs.
+chat_templates.json, for tokenizer/src/it/chat.rs.
 
 Usage (with the llama.cpp reference build's Python binding, `llama_cpp`, on the path, and
 llmd built: target/release/llmd or $LLMD_BIN writes the Phi-3 vocabulary):

@@ -36,6 +36,8 @@
 //! manage_groups = ["llmd-admin"]   # (root and the daemon's own user always may)
 //!
 //! models_dir = "/var/lib/llmd/models"   # (top level) relative [[models]] paths start here
+//! prefix_cache_mib = 256           # (top level) KV of finished generations kept per model for
+//!                                  # prompts sharing their prefix; 0: off ([[models]] may override)
 //!
 //! [[models]]                       # declared models: see `config::models`
 //! name = "gemma"
@@ -44,6 +46,7 @@
 //! keep_alive = "10m"
 //! ```
 
+pub mod http;
 pub mod models;
 
 use std::fmt;
@@ -53,6 +56,7 @@ use llmd_shared::DeviceKind;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
+pub use http::{HttpConfig, HttpConfigError};
 pub use models::{KeepAlive, LoadPolicy, ModelDecl, DEFAULT_MODELS_DIR};
 
 /// Where the daemon looks for its configuration when `--config` is not given. Optional: when the
@@ -63,6 +67,15 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/llmd/llmd.toml";
 /// three quarters, leaving the rest to the OS and other processes.
 const DEFAULT_CPU_BUDGET_NUMERATOR: u64 = 3;
 const DEFAULT_CPU_BUDGET_DENOMINATOR: u64 = 4;
+
+/// The prefix cache's budget per model when neither the config nor its `[[models]]` entry sets
+/// one: 256 MiB holds a few thousand positions of a 7B model's f16 KV (56 KiB each), enough
+/// for a long shared system prompt and some conversations.
+pub const DEFAULT_PREFIX_CACHE_MIB: u64 = 256;
+
+/// The largest prefix cache budget accepted, 1 TiB: past any device's memory, and far from
+/// overflowing a byte count.
+pub const MAX_PREFIX_CACHE_MIB: u64 = 1 << 20;
 
 /// Contents of the configuration file. All keys are optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -103,15 +116,26 @@ pub struct Config {
     /// The OpenAI-compatible HTTP API (`[http]`: addresses, API key, limits). Absent: off.
     /// Changes take effect on restart.
     #[serde(default)]
-    pub http: Option<crate::http::HttpConfig>,
+    pub http: Option<HttpConfig>,
     /// The directory relative `[[models]]` paths are relative to. Absent:
     /// [`DEFAULT_MODELS_DIR`]. Applied again on reload.
     #[serde(default)]
     pub models_dir: Option<PathBuf>,
+    /// MiB of KV cache each model's finished generations may keep for later prompts sharing
+    /// their prefix (charged to the devices' ledgers; evicted least recently used first, and
+    /// before a request is refused for lack of KV memory); 0 turns the prefix cache off.
+    /// Absent: [`DEFAULT_PREFIX_CACHE_MIB`]. A `[[models]]` entry may set its own. Applies to
+    /// models loaded afterwards.
+    #[serde(default)]
+    pub prefix_cache_mib: Option<u64>,
     /// Declared models (`[[models]]`): loaded at start or on their first request, reconciled on
     /// every reload (`runtime::reconcile`).
     #[serde(default)]
     pub models: Vec<ModelDecl>,
+    /// Threads of the one compute pool every model's CPU work shares (a model's own `threads`
+    /// is its share of these). Absent: one per core. Changes take effect on restart.
+    #[serde(default)]
+    pub threads: Option<u32>,
 }
 
 /// `[access]`: the users and groups who may manage models — load (and replace), unload,
@@ -622,8 +646,38 @@ impl Config {
                 ));
             }
         }
+        if let Some(mib) = self.prefix_cache_mib {
+            check_prefix_cache_mib(mib)
+                .map_err(|reason| invalid("prefix_cache_mib".into(), reason))?;
+        }
+        if let Some(t) = self.threads {
+            if t == 0 || t > models::MAX_THREADS {
+                return Err(invalid(
+                    "threads".into(),
+                    format!("{t} is not between 1 and {}", models::MAX_THREADS),
+                ));
+            }
+        }
         models::validate_all(&self.models).map_err(|(key, reason)| invalid(key, reason))?;
         Ok(())
+    }
+
+    /// The prefix cache budget in bytes of a model declared as `decl` (its own, else the
+    /// daemon's, else [`DEFAULT_PREFIX_CACHE_MIB`]), or loaded by hand (`None`).
+    pub fn prefix_cache_bytes(&self, decl: Option<&ModelDecl>) -> u64 {
+        let mib = decl
+            .and_then(|d| d.prefix_cache_mib)
+            .or(self.prefix_cache_mib)
+            .unwrap_or(DEFAULT_PREFIX_CACHE_MIB);
+        mib.min(MAX_PREFIX_CACHE_MIB) << 20
+    }
+
+    /// Threads of the daemon's compute pool: `threads`, or one per core.
+    pub fn compute_threads(&self) -> usize {
+        self.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |t| t as usize,
+        )
     }
 
     /// The directory relative `[[models]]` paths are relative to.
@@ -673,6 +727,16 @@ fn physical_memory_bytes() -> Option<u64> {
     let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     kib.checked_mul(1024)
+}
+
+/// Fails with the reason unless `mib` is a prefix cache budget the daemon accepts.
+pub(crate) fn check_prefix_cache_mib(mib: u64) -> Result<(), String> {
+    if mib > MAX_PREFIX_CACHE_MIB {
+        return Err(format!(
+            "{mib} MiB is more than the {MAX_PREFIX_CACHE_MIB} MiB allowed"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -912,6 +976,35 @@ chat_template = "{{ messages }}"
             c.models[0].keep_alive(),
             KeepAlive::After(models::DEFAULT_ON_DEMAND_KEEP_ALIVE)
         );
+    }
+
+    #[test]
+    fn prefix_cache_budgets_resolve_model_then_daemon_then_default() {
+        let c = parse("", p()).unwrap();
+        assert_eq!(c.prefix_cache_bytes(None), DEFAULT_PREFIX_CACHE_MIB << 20);
+        let c = parse(
+            "prefix_cache_mib = 8\n[[models]]\nname = \"a\"\npath = \"/a\"\n\
+             [[models]]\nname = \"b\"\npath = \"/b\"\nprefix_cache_mib = 0\n",
+            p(),
+        )
+        .unwrap();
+        assert_eq!(c.prefix_cache_bytes(None), 8 << 20, "loaded by hand");
+        assert_eq!(
+            c.prefix_cache_bytes(c.declared("a")),
+            8 << 20,
+            "the daemon's"
+        );
+        assert_eq!(c.prefix_cache_bytes(c.declared("b")), 0, "its own: off");
+        for text in [
+            "prefix_cache_mib = 1048577\n",
+            "[[models]]\nname = \"a\"\npath = \"/a\"\nprefix_cache_mib = 1048577\n",
+        ] {
+            let e = parse(text, p()).expect_err("over the limit").to_string();
+            assert!(
+                e.contains("prefix_cache_mib") && e.contains("1048576 MiB allowed"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
+use llmd_kernels::cpu::ComputePool;
 use llmd_shared::api::health::DeviceRef;
 use llmd_shared::DeviceInfo;
 use tokio::sync::Notify;
@@ -155,12 +156,21 @@ impl State {
         };
         let changed = Arc::new(Notify::new());
         let metrics = Arc::new(Metrics::new());
+        let threads = config.config.compute_threads();
+        let compute = ComputePool::new(threads).unwrap_or_else(|e| {
+            tracing::error!(
+                "cannot start the {threads} compute threads ({e}): models compute on their \
+                 request threads alone"
+            );
+            ComputePool::single()
+        });
+        tracing::info!("compute pool: {} threads", compute.threads());
         Arc::new(State {
             started: Instant::now(),
             pid: std::process::id(),
             socket_path,
             config: RwLock::new(Arc::new(config)),
-            runtime: Runtime::new(Arc::clone(&changed), devices, Arc::clone(&metrics)),
+            runtime: Runtime::new(Arc::clone(&changed), devices, Arc::clone(&metrics), compute),
             metrics,
             connections: AtomicU64::new(0),
             requests_running: AtomicU64::new(0),

@@ -27,6 +27,9 @@ pub mod synth;
 pub mod value;
 pub mod writer;
 
+#[cfg(test)]
+mod it;
+
 pub use error::GgufError;
 pub use file::GgufFile;
 pub use metadata::{

@@ -36,12 +36,6 @@ static __device__ __forceinline__ float attn_logit(float dot, float scale, float
     return softcap > 0.0f ? softcap * tanhf(s / softcap) : s;
 }
 
-// Two packed f16 (low half first) as floats.
-static __device__ __forceinline__ float2 u32_to_float2(unsigned int u) {
-    return make_float2(__half2float(__ushort_as_half((unsigned short)(u & 0xffffu))),
-                       __half2float(__ushort_as_half((unsigned short)(u >> 16))));
-}
-
 // Writes one (query, head, split) result: normalised output, or the partial state.
 static __device__ __forceinline__ void attn_write(float *__restrict__ out, float *__restrict__ part,
                                                   long long qh, int head_dim, int n_splits,
@@ -313,148 +307,202 @@ attn_prefill(const float *__restrict__ q, const void *__restrict__ k, const void
     }
 }
 
-// attn_decode_<k>_<v>: attention of few queries (decode: one per sequence step), each over the
-// whole cache. A block takes one (head, query, split); its 4 warps take interleaved tiles of 32
-// keys; lane j of a warp scores key j reading the key row straight from global memory (f16 in
-// 16-byte pieces, quantized blocks in 4-byte words), values are read coalesced (lane = head dim).
-// The 4 warps' states are merged in shared memory at the end. Long caches should use n_splits > 1
-// (e.g. one split per 512 keys, enough to give every SM a few blocks) followed by
-// attn_combine_f32.
-// Launch: blockDim.x = 128, gridDim = (n_heads, n_queries, n_splits).
+// Query heads of a GQA group one decode block serves (a larger group takes several blocks).
+#define ATT_GROUP 8
+
+// Copies 16 bytes from global to shared memory without passing through registers (cp.async on
+// sm_80+; the host emulation copies at once). Both addresses 16-byte aligned. The copies of a
+// thread are complete after att_copy_wait().
+static __device__ __forceinline__ void att_copy16(void *dst_shared, const void *src) {
+#ifdef LLMD_HOST_EMULATION
+    emu_check_aligned(dst_shared, 16, "cp.async destination");
+    emu_check_aligned(src, 16, "cp.async source");
+    std::memcpy(dst_shared, src, 16);
+#else
+    const unsigned int dst = (unsigned int)__cvta_generic_to_shared(dst_shared);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+#endif
+}
+static __device__ __forceinline__ void att_copy_wait() {
+#ifndef LLMD_HOST_EMULATION
+    asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+
+// Stages keys (KEYS) or values of positions t0 .. t0 + ATT_TILE - 1 of kv head kvh of `cache`
+// for the decode kernel: as att_stage (same shared layout), f16 rows copied 16 bytes at a time
+// with cp.async; rows past `hi` are zeros. All threads of the block take part; the caller waits
+// (att_copy_wait, then a barrier) before reading.
+template <int T, bool KEYS>
+static __device__ __forceinline__ void att_stage_async(unsigned char *st, const void *cache,
+                                                       int t0, int hi, int n_kv_heads, int kvh,
+                                                       int head_dim) {
+    if constexpr (T == KV_F16 && !KEYS) {
+        // Unpadded rows of head_dim halves: 16-byte pieces line up (head_dim % 8 == 0).
+        const int pieces = head_dim / 8;
+        for (int idx = threadIdx.x; idx < ATT_TILE * pieces; idx += blockDim.x) {
+            const int j = idx / pieces;
+            const int w = idx % pieces;
+            const int kp = t0 + j;
+            unsigned char *dst = st + (j * head_dim + 8 * w) * 2;
+            if (kp < hi) {
+                att_copy16(dst, (const __half *)cache + ((long long)kp * n_kv_heads + kvh) * head_dim + 8 * w);
+            } else {
+                *(uint4 *)dst = make_uint4(0, 0, 0, 0);
+            }
+        }
+    } else {
+        // Padded f16 key rows (bank-conflict free reads) and quantized blocks (34 or 18-byte
+        // blocks: not 16-byte aligned) take ordinary loads.
+        att_stage<T, KEYS>(st, cache, t0, hi, n_kv_heads, kvh, head_dim);
+    }
+}
+
+// attn_decode_<k>_<v>: attention of few queries (decode: one per sequence and step), each over
+// its own sequence's cache, all sequences of a batch in one launch. A block takes one KV head
+// and up to ATT_GROUP query heads of its group for one query and one split of its keys, so the
+// group's keys and values are read once for all its heads: tiles of 32 keys and values are
+// staged in shared memory (f16 values with cp.async), then warp w takes the group's heads w,
+// w + 4, ... : lane j scores key j of the tile for each of them, online softmax per head, and
+// the lanes accumulate head dims lane, lane + 32, ... of the weighted values.
+// caches: the batch's sequences (KvSeqs, kv.cuh): query i reads the cache of the segment s with
+// first[s] <= i < first[s + 1]. Shared memory: f16 tiles 16.1 KiB K + 16 KiB V, quantized ones
+// 9.1 / 9 KiB, the group's queries 8 KiB (+ 2.3 KiB as Q8_0).
+// Launch: blockDim.x = 128, gridDim = (n_kv_heads * ceil(group / 8), n_queries, n_splits) with
+// group = n_heads / n_kv_heads; n_splits > 1 (chosen to give every SM a few blocks) writes
+// partials for attn_combine_f32, indexed by query head as for the prefill kernel.
 template <int KT, int VT>
 static __device__ __forceinline__ void
-attn_decode(const float *__restrict__ q, const void *__restrict__ k, const void *__restrict__ v,
-            float *__restrict__ out, float *__restrict__ part,
-            const unsigned int *__restrict__ positions, int n_queries, int n_heads, int n_kv_heads,
-            int head_dim, float scale, int window, float softcap) {
-    __shared__ float qs[ATT_MAX_D];
-    __shared__ int qq[KT == KV_F16 ? 1 : ATT_MAX_D / 4];
-    __shared__ float qd[KT == KV_F16 ? 1 : ATT_MAX_BLOCKS];
-    __shared__ float states[ATT_DECODE_WARPS][ATT_MAX_D + 2];
+attn_decode(const float *__restrict__ q, const KvSeqs &caches, float *__restrict__ out,
+            float *__restrict__ part, const unsigned int *__restrict__ positions, int n_queries,
+            int n_heads, int n_kv_heads, int head_dim, float scale, int window, float softcap) {
+    __shared__ __align__(16) unsigned char ks[att_stage_bytes<KT, true>()];
+    __shared__ __align__(16) unsigned char vs[att_stage_bytes<VT, false>()];
+    __shared__ __align__(16) float qs[ATT_GROUP][ATT_MAX_D];
+    __shared__ int qq[ATT_GROUP][KT == KV_F16 ? 1 : ATT_MAX_D / 4];
+    __shared__ float qd[ATT_GROUP][KT == KV_F16 ? 1 : ATT_MAX_BLOCKS];
 
     const int lane = threadIdx.x % LLMD_WARP;
     const int warp = threadIdx.x / LLMD_WARP;
-    const int h = blockIdx.x;
+    const int group = n_heads / n_kv_heads;
+    const int parts = (group + ATT_GROUP - 1) / ATT_GROUP;
+    const int kvh = blockIdx.x / parts;
+    const int h0 = kvh * group + (blockIdx.x % parts) * ATT_GROUP; // this block's first head
+    const int n_h = min(ATT_GROUP, kvh * group + group - h0);      // and how many
     const int qi = blockIdx.y;
-    const int kvh = h / (n_heads / n_kv_heads);
+    int seg = 0;
+    while (seg + 1 < caches.n && qi >= caches.first[seg + 1]) {
+        ++seg;
+    }
+    const void *k = (const void *)caches.k[seg];
+    const void *v = (const void *)caches.v[seg];
     const int pos = (int)positions[qi];
     const int start = window > 0 ? max(0, pos - window + 1) : 0;
-    const long long qh = (long long)qi * n_heads + h;
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        qs[d] = q[qh * head_dim + d];
+
+    for (int idx = threadIdx.x; idx < n_h * head_dim; idx += blockDim.x) {
+        const int g = idx / head_dim;
+        const int d = idx % head_dim;
+        qs[g][d] = q[((long long)qi * n_heads + h0 + g) * head_dim + d];
     }
     __syncthreads();
     if constexpr (KT != KV_F16) {
-        att_quantize_query(qs, qq, qd, head_dim, warp, ATT_DECODE_WARPS);
-        __syncthreads();
+        for (int g = warp; g < n_h; g += ATT_DECODE_WARPS) {
+            att_quantize_query(qs[g], qq[g], qd[g], head_dim, 0, 1);
+        }
     }
     int lo, hi;
     split_range(start, pos + 1, lo, hi);
 
-    float m = LLMD_NEG_INF, l = 0.0f;
-    float acc[ATT_MAX_PER_LANE];
+    // This warp's heads: g = warp + 4 * r for r < ATT_GROUP / 4.
+    constexpr int PER_WARP = ATT_GROUP / ATT_DECODE_WARPS;
+    float m[PER_WARP], l[PER_WARP];
+    float acc[PER_WARP][ATT_MAX_PER_LANE];
 #pragma unroll
-    for (int i = 0; i < ATT_MAX_PER_LANE; ++i) {
-        acc[i] = 0.0f;
-    }
-    for (int t0 = lo + warp * ATT_TILE; t0 < hi; t0 += ATT_DECODE_WARPS * ATT_TILE) {
-        const int kp = t0 + lane;
-        const bool allowed = kp < hi;
-        float s = LLMD_NEG_INF;
-        if (allowed) {
-            const long long row = ((long long)kp * n_kv_heads + kvh) * head_dim;
-            float dot = 0.0f;
-            if constexpr (KT == KV_F16) {
-                const uint4 *kr = (const uint4 *)((const __half *)k + row);
-                for (int w = 0; w < head_dim / 8; ++w) {
-                    const uint4 raw = kr[w];
-                    const unsigned int words[4] = {raw.x, raw.y, raw.z, raw.w};
-                    const float *qp = qs + 8 * w;
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const float2 kf = u32_to_float2(words[e]);
-                        dot = fmaf(qp[2 * e], kf.x, fmaf(qp[2 * e + 1], kf.y, dot));
-                    }
-                }
-            } else {
-                const void *first = kv_block<KT>(k, row);
-                const int block_bytes = KT == KV_Q8_0 ? (int)sizeof(block_q8_0)
-                                                      : (int)sizeof(block_q4_0);
-                const unsigned char *kb = (const unsigned char *)first;
-                dot = att_dot_q8(
-                    [&](int w) { return kv_block_word<KT>(kb + (w / 8) * block_bytes, w % 8); },
-                    [&](int b) { return kv_block_scale(kb + b * block_bytes); }, qq, qd,
-                    head_dim);
-            }
-            s = attn_logit(dot, scale, softcap);
-        }
-        const float tile_max = warp_max(s);
-        if (tile_max == LLMD_NEG_INF) {
-            continue; // no finite logit in this tile
-        }
-        const float m_new = fmaxf(m, tile_max);
-        const float corr = expf(m - m_new);
-        const float p = allowed ? expf(s - m_new) : 0.0f;
-        l = l * corr + warp_sum(p);
+    for (int r = 0; r < PER_WARP; ++r) {
+        m[r] = LLMD_NEG_INF;
+        l[r] = 0.0f;
 #pragma unroll
         for (int i = 0; i < ATT_MAX_PER_LANE; ++i) {
-            acc[i] *= corr;
+            acc[r][i] = 0.0f;
         }
+    }
+    for (int t0 = lo; t0 < hi; t0 += ATT_TILE) {
+        __syncthreads(); // the previous tile is no longer read (and the queries are quantized)
+        att_stage_async<KT, true>(ks, k, t0, hi, n_kv_heads, kvh, head_dim);
+        att_stage_async<VT, false>(vs, v, t0, hi, n_kv_heads, kvh, head_dim);
+        att_copy_wait();
+        __syncthreads();
+        const int kp = t0 + lane;
+        const bool allowed = kp < hi;
         const int n_keys = min(ATT_TILE, hi - t0);
-        for (int j = 0; j < n_keys; ++j) {
-            const float pj = __shfl_sync(LLMD_FULL_MASK, p, j);
-            const long long row = ((long long)(t0 + j) * n_kv_heads + kvh) * head_dim;
+#pragma unroll
+        for (int r = 0; r < PER_WARP; ++r) {
+            const int g = warp + ATT_DECODE_WARPS * r;
+            if (g >= n_h) {
+                break; // the same for the whole warp
+            }
+            float s = LLMD_NEG_INF;
+            if (allowed) {
+                float dot = 0.0f;
+                if constexpr (KT == KV_F16) {
+                    const int d2 = head_dim / 2;
+                    const __half2 *kr = (const __half2 *)ks + lane * (d2 | 1);
+                    const float2 *qr = (const float2 *)qs[g];
+                    for (int w = 0; w < d2; ++w) {
+                        const float2 kf = __half22float2(kr[w]);
+                        const float2 qf = qr[w];
+                        dot = fmaf(qf.x, kf.x, fmaf(qf.y, kf.y, dot));
+                    }
+                } else {
+                    const int *kr = (const int *)ks + lane * ATT_KQ_STRIDE;
+                    const float *kd = (const float *)(ks + ATT_TILE * ATT_KQ_STRIDE * 4) +
+                                      lane * ATT_MAX_BLOCKS;
+                    dot = att_dot_q8([&](int w) { return kr[w]; }, [&](int b) { return kd[b]; },
+                                     qq[g], qd[g], head_dim);
+                }
+                s = attn_logit(dot, scale, softcap);
+            }
+            const float tile_max = warp_max(s);
+            if (tile_max == LLMD_NEG_INF) {
+                continue; // no finite logit in this tile
+            }
+            const float m_new = fmaxf(m[r], tile_max);
+            const float corr = expf(m[r] - m_new);
+            const float p = allowed ? expf(s - m_new) : 0.0f;
+            l[r] = l[r] * corr + warp_sum(p);
 #pragma unroll
             for (int i = 0; i < ATT_MAX_PER_LANE; ++i) {
-                const int d = lane + LLMD_WARP * i;
-                if (d < head_dim) {
-                    acc[i] = fmaf(pj, kv_value<VT>(v, row + d), acc[i]);
+                acc[r][i] *= corr;
+            }
+            for (int j = 0; j < n_keys; ++j) {
+                const float pj = __shfl_sync(LLMD_FULL_MASK, p, j);
+#pragma unroll
+                for (int i = 0; i < ATT_MAX_PER_LANE; ++i) {
+                    const int d = lane + LLMD_WARP * i;
+                    if (d < head_dim) {
+                        float x;
+                        if constexpr (VT == KV_F16) {
+                            x = __half2float(((const __half *)vs)[j * head_dim + d]);
+                        } else {
+                            const float *vd = (const float *)(vs + ATT_TILE * ATT_MAX_D);
+                            x = vd[j * ATT_MAX_BLOCKS + i] *
+                                (float)((const signed char *)vs)[j * ATT_MAX_D + d];
+                        }
+                        acc[r][i] = fmaf(pj, x, acc[r][i]);
+                    }
                 }
             }
-        }
-        m = m_new;
-    }
-
-    // Merge the warps' states.
-    if (lane == 0) {
-        states[warp][0] = m;
-        states[warp][1] = l;
-    }
-#pragma unroll
-    for (int i = 0; i < ATT_MAX_PER_LANE; ++i) {
-        const int d = lane + LLMD_WARP * i;
-        if (d < head_dim) {
-            states[warp][2 + d] = acc[i];
+            m[r] = m_new;
         }
     }
-    __syncthreads();
-    if (warp != 0) {
-        return;
-    }
-    float mt = LLMD_NEG_INF;
-    for (int w = 0; w < ATT_DECODE_WARPS; ++w) {
-        mt = fmaxf(mt, states[w][0]);
-    }
-    float lt = 0.0f;
-    float acc_t[ATT_MAX_PER_LANE];
 #pragma unroll
-    for (int i = 0; i < ATT_MAX_PER_LANE; ++i) {
-        acc_t[i] = 0.0f;
-    }
-    if (mt > LLMD_NEG_INF) {
-        for (int w = 0; w < ATT_DECODE_WARPS; ++w) {
-            const float f = expf(states[w][0] - mt);
-            lt += f * states[w][1];
-#pragma unroll
-            for (int i = 0; i < ATT_MAX_PER_LANE; ++i) {
-                const int d = lane + LLMD_WARP * i;
-                if (d < head_dim) {
-                    acc_t[i] = fmaf(f, states[w][2 + d], acc_t[i]);
-                }
-            }
+    for (int r = 0; r < PER_WARP; ++r) {
+        const int g = warp + ATT_DECODE_WARPS * r;
+        if (g < n_h) {
+            attn_write(out, part, (long long)qi * n_heads + h0 + g, head_dim, gridDim.z, m[r],
+                       l[r], acc[r]);
         }
     }
-    attn_write(out, part, qh, head_dim, gridDim.z, mt, lt, acc_t);
 }
 
 // The kernels of one pair of cache types (see attn_prefill / attn_decode for launches).
@@ -469,12 +517,12 @@ attn_decode(const float *__restrict__ q, const void *__restrict__ k, const void 
                              head_dim, scale, window, softcap);                                  \
     }                                                                                            \
     extern "C" __global__ void __launch_bounds__(LLMD_WARP *ATT_DECODE_WARPS)                    \
-        attn_decode_##kname##_##vname(                                                           \
-            const float *__restrict__ q, const void *__restrict__ k, const void *__restrict__ v, \
-            float *__restrict__ out, float *__restrict__ part,                                   \
-            const unsigned int *__restrict__ positions, int n_queries, int n_heads,              \
-            int n_kv_heads, int head_dim, float scale, int window, float softcap) {              \
-        attn_decode<KT, VT>(q, k, v, out, part, positions, n_queries, n_heads, n_kv_heads,       \
+        attn_decode_##kname##_##vname(const float *__restrict__ q, KvSeqs caches,                \
+                                      float *__restrict__ out, float *__restrict__ part,         \
+                                      const unsigned int *__restrict__ positions, int n_queries, \
+                                      int n_heads, int n_kv_heads, int head_dim, float scale,    \
+                                      int window, float softcap) {                               \
+        attn_decode<KT, VT>(q, caches, out, part, positions, n_queries, n_heads, n_kv_heads,     \
                             head_dim, scale, window, softcap);                                   \
     }
 

@@ -32,10 +32,9 @@ template <typename T>
 static __device__ __forceinline__ void mul_mat_vec_q(const void *__restrict__ w,
                                                      const block_q8_1 *__restrict__ y,
                                                      float *__restrict__ out, int rows, int cols,
-                                                     int n_tokens, int block_row,
+                                                     int n_tokens, int token0, int block_row,
                                                      int accumulate) {
     const int row = block_row * MMVQ_ROWS + threadIdx.y;
-    const int token0 = blockIdx.y * MMVQ_TOKENS;
     if (row >= rows) {
         return;
     }
@@ -79,12 +78,14 @@ static __device__ __forceinline__ void mul_mat_vec_q3(const block_q8_1 *__restri
     const int blocks0 = (rows0 + MMVQ_ROWS - 1) / MMVQ_ROWS;
     const int blocks1 = (rows1 + MMVQ_ROWS - 1) / MMVQ_ROWS;
     const int bx = blockIdx.x;
+    const int token0 = blockIdx.y * MMVQ_TOKENS;
     if (bx < blocks0) {
-        mul_mat_vec_q<T>(w0, y, out0, rows0, cols, n_tokens, bx, accumulate);
+        mul_mat_vec_q<T>(w0, y, out0, rows0, cols, n_tokens, token0, bx, accumulate);
     } else if (bx < blocks0 + blocks1) {
-        mul_mat_vec_q<T>(w1, y, out1, rows1, cols, n_tokens, bx - blocks0, accumulate);
+        mul_mat_vec_q<T>(w1, y, out1, rows1, cols, n_tokens, token0, bx - blocks0, accumulate);
     } else {
-        mul_mat_vec_q<T>(w2, y, out2, rows2, cols, n_tokens, bx - blocks0 - blocks1, accumulate);
+        mul_mat_vec_q<T>(w2, y, out2, rows2, cols, n_tokens, token0, bx - blocks0 - blocks1,
+                         accumulate);
     }
 }
 
@@ -100,3 +101,36 @@ static __device__ __forceinline__ void mul_mat_vec_q3(const block_q8_1 *__restri
     }
 
 LLMD_QUANT_TYPES(MMVQ_KERNEL)
+
+// Routed matrix-vector products for mixtures of experts (ggml's mul_mat_id), for decode: each of
+// n_pairs (token, expert) pairs multiplies one row of activations by its expert's weight, all
+// pairs of a batch in one launch, the experts' weights read where they lie.
+//   y:      activations, Q8_1 rows of `cols / 32` blocks; pair p reads row p / pairs_per_row
+//           (gate and up: the pair's token, k pairs per row; down: the pair's own row, 1);
+//   cols:   a multiple of the weight type's block size (checked by the host);
+//   table:  n_expert device addresses of the experts' weights (each `rows` rows of the type),
+//           then n_pairs expert ids, each below n_expert (checked by the host);
+//   out:    n_pairs rows of `rows` f32 values (out[p * rows + r]).
+// Launch: blockDim = (32, MMVQ_ROWS); gridDim = (ceil(rows / 4), n_pairs).
+template <typename T>
+static __device__ __forceinline__ void mul_mat_vec_id_q(const block_q8_1 *__restrict__ y, int cols,
+                                                        const unsigned long long *__restrict__ table,
+                                                        int n_expert, int pairs_per_row,
+                                                        float *__restrict__ out, int rows) {
+    const int pair = blockIdx.y;
+    const unsigned long long expert = table[n_expert + pair];
+    const void *w = (const void *)table[expert];
+    const block_q8_1 *yp = y + (long long)(pair / pairs_per_row) * (cols / LLMD_QK);
+    mul_mat_vec_q<T>(w, yp, out + (long long)pair * rows, rows, cols, 1, 0, blockIdx.x, 0);
+}
+
+// mul_mat_vec_id_<name>_q8_1 for every type of LLMD_QUANT_TYPES.
+#define MMVQ_ID_KERNEL(name, type)                                                                 \
+    extern "C" __global__ void __launch_bounds__(LLMD_WARP *MMVQ_ROWS)                            \
+        mul_mat_vec_id_##name##_q8_1(const block_q8_1 *__restrict__ y, int cols,                   \
+                                     const unsigned long long *__restrict__ table, int n_expert,   \
+                                     int pairs_per_row, float *__restrict__ out, int rows) {       \
+        mul_mat_vec_id_q<vdot<type>>(y, cols, table, n_expert, pairs_per_row, out, rows);         \
+    }
+
+LLMD_QUANT_TYPES(MMVQ_ID_KERNEL)

@@ -21,6 +21,9 @@ pub mod tables;
 pub mod types;
 pub mod view;
 
+#[cfg(test)]
+mod it;
+
 pub use blocks::*;
 pub use blocks_iq::*;
 pub use dequant::dequantize;

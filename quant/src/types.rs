@@ -268,6 +268,16 @@ impl GgmlType {
     }
 }
 
+/// [`GgmlType::from_id`], for code that holds a GGUF id and wants whichever `GgmlType` the
+/// context names.
+impl TryFrom<u32> for GgmlType {
+    type Error = TypeError;
+
+    fn try_from(id: u32) -> Result<Self, TypeError> {
+        GgmlType::from_id(id)
+    }
+}
+
 impl std::fmt::Display for GgmlType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())

@@ -33,6 +33,9 @@ pub mod handshake;
 pub mod render;
 pub mod socket;
 
+#[cfg(test)]
+mod protocol_tests;
+
 pub use api::{
     BenchReply, BenchRequest, ChatMessage, CudaPeer, CudaStatus, DaemonMemory, DeclaredModel,
     DeclaredState, DeviceInfo, DeviceKind, DoctorRequest, ErrorCode, ErrorReply, Event,

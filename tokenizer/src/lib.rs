@@ -12,13 +12,15 @@
 //! - `unicode`: codepoint categories and the GPT-2 byte map.
 //! - `testing` (feature `testing`, for other crates' unit tests): hand-made vocabularies.
 //! - `tests`: unit tests on hand-made vocabularies; the real ones are compared with llama.cpp in
-//!   `tests/it/reference.rs` and `tests/it/chat.rs`.
+//!   `src/it/reference.rs` and `src/it/chat.rs`.
 //!
 //! Depends on the GGUF crate for [`TokenizerMetadata`] and on nothing of the daemon: no async
 //! runtime, no device library, no wire protocol.
 
 mod bpe;
 pub mod chat;
+#[cfg(test)]
+mod it;
 mod merge;
 pub mod pretokenize;
 mod spm;

@@ -1,5 +1,5 @@
 //! Unit tests on small hand-made vocabularies (the real vocabularies are checked against
-//! llama.cpp in `tests/it/reference.rs`).
+//! llama.cpp in `src/it/reference.rs`).
 
 use super::*;
 use crate::testing::spm;

@@ -3,7 +3,8 @@
 //! The request's values are checked here with the daemon's own rules
 //! ([`GenerateRequest::validate`]) before connecting, so a bad value is a usage error (exit 2). `--json` prints one line per token
 //! (`{"id", "text"}`) and a final line with the daemon's `GenerateReply` (tokens, text,
-//! trailing_text, prompt_tokens, prefill_tokens_per_s, decode_tokens_per_s, stop_reason).
+//! trailing_text, prompt_tokens, cached_prompt_tokens, time_to_first_token_s,
+//! prefill_tokens_per_s, decode_tokens_per_s, stop_reason).
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -128,9 +129,12 @@ pub fn run(args: GenerateArgs, ctx: &Ctx) -> Result<(), CtlError> {
         let mut err = std::io::stderr().lock();
         let _ = writeln!(
             err,
-            "\n[{} prompt tokens, {} generated, prefill {:.1} tok/s, decode {:.1} tok/s, stop: {}]",
+            "\n[{} prompt tokens ({} cached), {} generated, first token {:.3} s, prefill {:.1} tok/s, \
+             decode {:.1} tok/s, stop: {}]",
             r.prompt_tokens,
+            r.cached_prompt_tokens,
             r.tokens.len(),
+            r.time_to_first_token_s,
             r.prefill_tokens_per_s,
             r.decode_tokens_per_s,
             r.stop_reason

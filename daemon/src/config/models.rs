@@ -38,8 +38,9 @@ pub const DEFAULT_ON_DEMAND_KEEP_ALIVE: Duration = Duration::from_secs(5 * 60);
 /// Longest model name accepted (the same limit `llmctl load --name` has).
 pub const MAX_MODEL_NAME_LEN: usize = 128;
 
-/// Most threads a model may ask for (the same clamp `load` applies).
-const MAX_THREADS: u32 = 256;
+/// Most threads a model may ask for, and most the daemon's compute pool may have (the same
+/// clamp `load` applies): a sanity bound far above any host's core count.
+pub const MAX_THREADS: u32 = 256;
 
 /// Longest system prompt or chat template override accepted in the file: generous for real
 /// templates (the longest common ones are ~10 KiB), small enough to keep configs sane.
@@ -144,7 +145,8 @@ pub struct ModelDecl {
     /// Context length per sequence (default: the model's, capped as `load` caps it).
     #[serde(default)]
     pub ctx: Option<u32>,
-    /// CPU threads for this model (default: every core).
+    /// This model's share of the daemon's compute pool: how many of its threads the model's
+    /// CPU work may use at once (default: the whole pool, top-level `threads`).
     #[serde(default)]
     pub threads: Option<u32>,
     /// Type of the KV cache's keys (`f16`, `q8_0`, `q4_0`).
@@ -187,6 +189,10 @@ pub struct ModelDecl {
     /// A chat template (Jinja, as in GGUF metadata) used instead of the file's.
     #[serde(default)]
     pub chat_template: Option<String>,
+    /// MiB of KV cache its finished generations may keep for prompts sharing their prefix
+    /// (default: the daemon's `prefix_cache_mib`); 0 turns its prefix cache off.
+    #[serde(default)]
+    pub prefix_cache_mib: Option<u64>,
 }
 
 // Validation rejects NaN in the float fields, so equality is reflexive (lets `Config` derive
@@ -278,6 +284,10 @@ impl ModelDecl {
         }
         if self.ctx == Some(0) {
             return Err((key("ctx"), "must be greater than zero".into()));
+        }
+        if let Some(mib) = self.prefix_cache_mib {
+            super::check_prefix_cache_mib(mib)
+                .map_err(|reason| (key("prefix_cache_mib"), reason))?;
         }
         if let Some(t) = self.threads {
             if t == 0 || t > MAX_THREADS {

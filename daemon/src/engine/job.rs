@@ -84,7 +84,11 @@ pub struct GenerationSummary {
     pub flushed: String,
     /// Prompt length in tokens.
     pub prompt_tokens: usize,
-    /// Prompt tokens per second.
+    /// Prompt tokens whose KV came from the prefix cache (not computed).
+    pub cached_prompt_tokens: usize,
+    /// Seconds from admission (a slot and KV cache given) to the first sampled token.
+    pub time_to_first_token_s: f64,
+    /// Prompt tokens computed (not taken from the prefix cache) per second.
     pub prefill_tokens_per_s: f64,
     /// Generated tokens per second after the first.
     pub decode_tokens_per_s: f64,
@@ -156,10 +160,13 @@ pub struct WorkerLimits {
     pub park_limit: Duration,
     /// The same while other requests wait for a slot ([`PARK_LIMIT_WHEN_WANTED`]).
     pub park_limit_when_wanted: Duration,
+    /// Bytes of KV cache finished generations may keep for later prompts sharing their prefix
+    /// (the prefix cache, charged to the devices' ledgers); 0 turns the prefix cache off.
+    pub prefix_cache_bytes: u64,
 }
 
 impl WorkerLimits {
-    /// Limits with the default parking times.
+    /// Limits with the default parking times and no prefix cache.
     pub fn new(n_ctx: usize, max_batch: usize, max_sequences: usize) -> Self {
         WorkerLimits {
             n_ctx,
@@ -167,6 +174,13 @@ impl WorkerLimits {
             max_sequences,
             park_limit: PARK_LIMIT,
             park_limit_when_wanted: PARK_LIMIT_WHEN_WANTED,
+            prefix_cache_bytes: 0,
         }
+    }
+
+    /// The same limits with a prefix cache of `bytes` (0: off).
+    pub fn with_prefix_cache(mut self, bytes: u64) -> Self {
+        self.prefix_cache_bytes = bytes;
+        self
     }
 }

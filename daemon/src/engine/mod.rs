@@ -5,13 +5,16 @@
 //!
 //! - [`job`]: what the worker is asked ([`Job`]) and answers ([`GenEvent`]), its limits.
 //! - [`worker`]: the loop: jobs in, a forward step over the scheduler's batch, sampling.
-//! - `scheduler`: admission (slots, context, KV cache), cancelled and parked generations, the
-//!   composition of each step's batch.
+//! - `scheduler`: admission (slots, context, KV cache, prefix reuse), cancelled and parked
+//!   generations, the composition of each step's batch.
+//! - `prefix`: the prefix cache's bookkeeping: which caches hold which prompt prefixes, and the
+//!   finished sequences' caches retained within a budget, least recently used evicted first.
 //! - `sequence`: one running generation: sampler, text, events on their way out.
 //! - [`sampler`] (and [`select`], its top-k/top-p selection): the next token from logits;
 //!   [`text`]: text released at complete characters with stop strings held back.
 
 pub mod job;
+mod prefix;
 pub mod sampler;
 mod scheduler;
 pub mod select;

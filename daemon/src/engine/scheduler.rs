@@ -3,13 +3,23 @@
 //! long-stalled generations are dropped, and each step's batch is composed of one decode token
 //! per running sequence first, then prompt chunks, within the step's row budget. Sequences whose
 //! client does not read are parked: left out of batches until it does.
+//!
+//! The prefix cache (`prefix`): a new sequence whose prompt starts with tokens some running or
+//! retained sequence's KV cache already holds gets its cache as a copy of those positions (one
+//! device copy per layer) and prefills only the rest, always at least its last token (whose
+//! logits it samples from). A finished sequence's cache is retained, shrunk to the positions it
+//! holds, within the budget (least recently used evicted first); retained caches are evicted
+//! before a new request is refused for lack of KV memory, move with their layers in a re-split
+//! (they are in [`Scheduler::live`]) and are dropped with the pipeline.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use llmd_kernels::backend::BackendError;
 use tokio::sync::mpsc::Sender;
 
 use super::job::{GenEvent, GenerateJob, StopReason, WorkerLimits};
+use super::prefix::{Hit, PrefixCache};
 use super::sequence::{Outbox, Sequence};
 use crate::model::resplit::LiveSequence;
 use crate::model::{Batch, Pipeline, SeqId};
@@ -29,6 +39,8 @@ pub(super) struct Scheduler {
     /// Set when a failed re-split left the pipeline without stages: every generation fails
     /// with this message until a re-split succeeds or the model is unloaded.
     pub(super) broken: Option<String>,
+    /// Which caches hold which prompt prefixes, and the finished sequences retained for theirs.
+    pub(super) prefix: PrefixCache,
 }
 
 impl Scheduler {
@@ -41,6 +53,7 @@ impl Scheduler {
             draining: Vec::new(),
             next_seq: 1,
             broken: None,
+            prefix: PrefixCache::new(limits.prefix_cache_bytes),
         }
     }
 
@@ -66,16 +79,82 @@ impl Scheduler {
         !self.running.is_empty() || !self.draining.is_empty() || !self.waiting.is_empty()
     }
 
-    /// The running sequences as a re-split sees them: their cached lengths and capacities.
+    /// The sequences whose KV caches a re-split moves with their layers: the running ones and
+    /// the retained ones, with their cached lengths and capacities.
     pub(super) fn live(&self) -> Vec<LiveSequence> {
-        self.running
-            .iter()
-            .map(|s| LiveSequence {
-                id: s.id,
-                len: s.cached_len(),
-                capacity: s.capacity,
+        let running = self.running.iter().map(|s| LiveSequence {
+            id: s.id,
+            len: s.cached_len(),
+            capacity: s.capacity,
+            retained: false,
+        });
+        let retained = self.prefix.retained().into_iter().filter_map(|id| {
+            let (len, capacity) = self.prefix.retained_shape(id)?;
+            Some(LiveSequence {
+                id,
+                len,
+                capacity,
+                retained: true,
             })
-            .collect()
+        });
+        running.chain(retained).collect()
+    }
+
+    /// Whether the prefix cache is on (a budget above 0).
+    fn caching(&self) -> bool {
+        self.prefix.budget() > 0
+    }
+
+    /// Frees sequence `s`'s KV cache, or keeps it in the prefix cache (shrunk to the positions it
+    /// holds) when it is on and the cache fits its budget.
+    fn release(&mut self, s: &Sequence, pipeline: &mut Pipeline) {
+        self.prefix.forget(s.id);
+        let len = s.cached_len();
+        if !self.caching() || len == 0 {
+            pipeline.remove_sequence(s.id);
+            return;
+        }
+        // A cache with room to spare is copied into one of exactly `len` positions, so the
+        // budget holds only what can be reused.
+        let mut kept = (s.id, s.capacity);
+        if s.capacity > len {
+            let id = self.next_id();
+            if pipeline.fork_sequence(s.id, id, len, len).is_ok() {
+                pipeline.remove_sequence(s.id);
+                kept = (id, len);
+            }
+        }
+        let bytes = pipeline.sequence_kv_bytes(kept.0);
+        let tokens = s.history[..len].to_vec();
+        for evicted in self.prefix.retain(kept.0, tokens, kept.1, bytes) {
+            pipeline.remove_sequence(evicted);
+            tracing::debug!(seq = evicted, "prefix cache: evicted");
+        }
+        tracing::debug!(
+            seq = kept.0,
+            len,
+            retained_bytes = self.prefix.retained_bytes(),
+            "prefix cache: retained"
+        );
+    }
+
+    /// Frees running sequence `s`'s KV cache without retaining it (its cache may be unsound).
+    fn discard(&mut self, s: &Sequence, pipeline: Option<&mut Pipeline>) {
+        self.prefix.forget(s.id);
+        if let Some(p) = pipeline {
+            p.remove_sequence(s.id);
+        }
+    }
+
+    /// Drops every retained cache (freed in `pipeline` when given: a pipeline without stages
+    /// holds none).
+    pub(super) fn drop_retained(&mut self, pipeline: Option<&mut Pipeline>) {
+        let ids = self.prefix.drop_retained();
+        if let Some(p) = pipeline {
+            for id in ids {
+                p.remove_sequence(id);
+            }
+        }
     }
 
     /// Frees sequences whose client went away (closed the event channel), and forgets waiting
@@ -85,7 +164,7 @@ impl Scheduler {
         while i < self.running.len() {
             if self.running[i].out.is_closed() {
                 let seq = self.running.swap_remove(i);
-                pipeline.remove_sequence(seq.id);
+                self.release(&seq, pipeline);
                 tracing::info!(seq = seq.id, "generation cancelled by the client");
             } else {
                 i += 1;
@@ -109,7 +188,7 @@ impl Scheduler {
             let out = &mut self.running[i].out;
             if out.stalled() && !out.flush() && out.stalled_for(now).is_some_and(|t| t > limit) {
                 let seq = self.running.swap_remove(i);
-                pipeline.remove_sequence(seq.id);
+                self.release(&seq, pipeline);
                 tracing::warn!(
                     seq = seq.id,
                     "generation dropped: its client read no tokens for {limit:?}"
@@ -146,15 +225,88 @@ impl Scheduler {
                 )));
                 continue;
             }
+            let admitted = Instant::now();
             let capacity = (job.prompt.len() + job.max_tokens).min(self.limits.n_ctx);
             let id = self.next_id();
-            if let Err(e) = pipeline.add_sequence(id, capacity) {
-                let _ = events.try_send(GenEvent::Failed(format!(
-                    "cannot allocate the KV cache: {e}"
-                )));
-                continue;
+            let hit = match self.allocate(pipeline, id, &job.prompt, capacity) {
+                Ok(hit) => hit,
+                Err(e) => {
+                    let _ = events.try_send(GenEvent::Failed(format!(
+                        "cannot allocate the KV cache: {e}"
+                    )));
+                    continue;
+                }
+            };
+            if self.caching() {
+                self.prefix.track(id, &job.prompt);
             }
-            self.running.push(Sequence::new(id, job, events, capacity));
+            let cached = hit.map_or(0, |h| h.len);
+            if cached > 0 {
+                tracing::debug!(seq = id, cached, "prefix cache hit");
+            }
+            self.running
+                .push(Sequence::new(id, job, events, capacity, cached, admitted));
+        }
+    }
+
+    /// Allocates sequence `id`'s KV cache of `capacity` positions, holding the longest prefix
+    /// of `prompt` (all but its last token at most) that a running or retained sequence's cache
+    /// holds; retained caches are evicted, least recently used first, when memory runs short.
+    /// Returns the prefix copied, if any.
+    fn allocate(
+        &mut self,
+        pipeline: &mut Pipeline,
+        id: SeqId,
+        prompt: &[u32],
+        capacity: usize,
+    ) -> Result<Option<Hit>, BackendError> {
+        let hit = if self.caching() {
+            let running = &self.running;
+            self.prefix
+                .lookup(prompt, prompt.len().saturating_sub(1), |src| {
+                    running
+                        .iter()
+                        .find(|s| s.id == src)
+                        .map_or(usize::MAX, Sequence::cached_len)
+                })
+        } else {
+            None
+        };
+        self.allocate_evicting(pipeline, id, hit, capacity)
+    }
+
+    /// Allocates sequence `id`'s KV cache of `capacity` positions, a copy of `hit`'s prefix if
+    /// given; when memory runs short, retained caches are evicted (least recently used first,
+    /// `hit`'s source last, the prefix then computed) until it fits or none is left. Returns
+    /// the prefix copied, if any.
+    pub(super) fn allocate_evicting(
+        &mut self,
+        pipeline: &mut Pipeline,
+        id: SeqId,
+        mut hit: Option<Hit>,
+        capacity: usize,
+    ) -> Result<Option<Hit>, BackendError> {
+        loop {
+            let result = match hit {
+                Some(h) => pipeline.fork_sequence(h.source, id, h.len, capacity),
+                None => pipeline.add_sequence(id, capacity),
+            };
+            let Err(e) = result else {
+                return Ok(hit);
+            };
+            let source = hit.map(|h| h.source);
+            if let Some(victim) = self.prefix.evict_lru(source) {
+                pipeline.remove_sequence(victim);
+                tracing::debug!(seq = victim, "prefix cache: evicted for a new sequence");
+            } else if let Some(src) = source.filter(|&src| self.prefix.retained_len(src).is_some())
+            {
+                // The source itself is the last retained cache: free it and compute the prefix.
+                self.prefix.forget(src);
+                pipeline.remove_sequence(src);
+                hit = None;
+            } else {
+                return Err(e);
+            }
         }
     }
 
@@ -206,7 +358,7 @@ impl Scheduler {
     pub(super) fn finish(&mut self, id: SeqId, reason: StopReason, pipeline: &mut Pipeline) {
         if let Some(idx) = self.running.iter().position(|s| s.id == id) {
             let s = self.running.swap_remove(idx);
-            pipeline.remove_sequence(s.id);
+            self.release(&s, pipeline);
             let out = s.finish(reason);
             if out.stalled() {
                 self.draining.push(out);
@@ -217,10 +369,9 @@ impl Scheduler {
     /// Fails every running generation with `msg` (their events are delivered as the clients
     /// read them), freeing their KV caches in `pipeline` when given.
     pub(super) fn fail_running(&mut self, msg: &str, mut pipeline: Option<&mut Pipeline>) {
-        for mut s in self.running.drain(..) {
-            if let Some(p) = pipeline.as_deref_mut() {
-                p.remove_sequence(s.id);
-            }
+        let running = std::mem::take(&mut self.running);
+        for mut s in running {
+            self.discard(&s, pipeline.as_deref_mut());
             s.out.send(GenEvent::Failed(msg.to_owned()));
             self.draining.push(s.out);
         }
@@ -236,5 +387,6 @@ impl Scheduler {
             let _ = events.try_send(GenEvent::Failed(msg.to_owned()));
         }
         self.draining.clear();
+        self.prefix = PrefixCache::new(0);
     }
 }

@@ -101,19 +101,26 @@ pub(super) struct Sequence {
     text: TextStream,
     /// KV capacity.
     pub(super) capacity: usize,
-    /// When it was admitted (the start of its prefill).
+    /// Prompt tokens whose KV was copied from another sequence's cache at admission (the prefix
+    /// cache), not computed.
+    pub(super) cached_prompt: usize,
+    /// When it was admitted (before its prefix was looked up and copied; the start of its
+    /// prefill).
     started: Instant,
     /// When its first token was sampled (the end of its prefill).
     prefill_done: Option<Instant>,
 }
 
 impl Sequence {
-    /// Generation `id` of `job` with a KV cache of `capacity` positions, reporting to `events`.
+    /// Generation `id` of `job` admitted at `started` with a KV cache of `capacity` positions
+    /// whose first `cached` hold the prompt's first tokens already, reporting to `events`.
     pub(super) fn new(
         id: SeqId,
         job: GenerateJob,
         events: Sender<GenEvent>,
         capacity: usize,
+        cached: usize,
+        started: Instant,
     ) -> Self {
         Sequence {
             id,
@@ -122,10 +129,11 @@ impl Sequence {
             text: TextStream::new(job.stops.clone()),
             job,
             out: Outbox::new(events),
-            prefilled: 0,
+            prefilled: cached,
             generated: Vec::new(),
             capacity,
-            started: Instant::now(),
+            cached_prompt: cached,
+            started,
             prefill_done: None,
         }
     }
@@ -196,13 +204,16 @@ impl Sequence {
         let prefill_s = prefill_end.duration_since(self.started).as_secs_f64();
         let decode_s = now.duration_since(prefill_end).as_secs_f64();
         let decoded_after_first = self.generated.len().saturating_sub(1);
+        let computed = self.job.prompt.len() - self.cached_prompt;
         GenerationSummary {
             tokens: self.generated.clone(),
             text: self.text.released().to_string(),
             flushed,
             prompt_tokens: self.job.prompt.len(),
+            cached_prompt_tokens: self.cached_prompt,
+            time_to_first_token_s: prefill_s,
             prefill_tokens_per_s: if prefill_s > 0.0 {
-                self.job.prompt.len() as f64 / prefill_s
+                computed as f64 / prefill_s
             } else {
                 0.0
             },

@@ -170,6 +170,8 @@ impl Worker {
             ResplitOutcome::Broken(msg) => {
                 tracing::error!("{msg}");
                 self.scheduler.fail_running(&msg, None);
+                // The stages, and the retained caches with them, are gone.
+                self.scheduler.drop_retained(None);
                 self.scheduler.broken = Some(msg);
             }
         }
@@ -230,8 +232,9 @@ impl Worker {
         // Pseudo-random but valid token ids, as llama-bench uses.
         let token = |i: usize| ((i as u64 * 2_654_435_761) % n_vocab as u64) as u32;
         let mut run = || -> Result<(f64, f64), String> {
-            self.pipeline
-                .add_sequence(id, capacity)
+            // Retained prefix caches make room for it as for a generation.
+            self.scheduler
+                .allocate_evicting(&mut self.pipeline, id, None, capacity)
                 .map_err(|e| e.to_string())?;
             let mut pp = 0.0;
             if n_prompt > 0 {
@@ -288,6 +291,9 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 #[cfg(test)]
+mod prefix_tests;
+
+#[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
@@ -311,7 +317,7 @@ mod tests {
 
     /// A tiny random llama (Q8_0 weights) on one CPU device charging `memory`, with its
     /// tokenizer, set up for `limits`.
-    fn tiny_model(
+    pub(super) fn tiny_model(
         dir: &std::path::Path,
         memory: &Arc<DeviceMemory>,
         limits: WorkerLimits,
@@ -366,7 +372,7 @@ mod tests {
         ModelHandle::spawn("tiny", pipeline, tokenizer, limits, None).expect("worker")
     }
 
-    fn generation(max_tokens: usize) -> GenerateJob {
+    pub(super) fn generation(max_tokens: usize) -> GenerateJob {
         GenerateJob {
             prompt: vec![1, 2, 3, 4],
             max_tokens,
@@ -476,7 +482,7 @@ mod tests {
     /// The steps of `worker` until every generation queued in it has ended, on this thread;
     /// returns each sequence's logits rows (as bits) in the order it got them, and whether some
     /// step mixed a prompt chunk of one sequence with rows of another.
-    fn run_to_end(worker: &mut Worker) -> (BTreeMap<SeqId, Vec<Vec<u32>>>, bool) {
+    pub(super) fn run_to_end(worker: &mut Worker) -> (BTreeMap<SeqId, Vec<Vec<u32>>>, bool) {
         let mut rows: BTreeMap<SeqId, Vec<Vec<u32>>> = BTreeMap::new();
         let mut mixed = false;
         for _ in 0..10_000 {

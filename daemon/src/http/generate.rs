@@ -127,12 +127,14 @@ fn finish_reason(reason: StopReason) -> &'static str {
     }
 }
 
-/// The `usage` object.
+/// The `usage` object, with OpenAI's `prompt_tokens_details.cached_tokens`: the prompt tokens
+/// the prefix cache served.
 fn usage(s: &GenerationSummary) -> Value {
     json!({
         "prompt_tokens": s.prompt_tokens,
         "completion_tokens": s.tokens.len(),
         "total_tokens": s.prompt_tokens + s.tokens.len(),
+        "prompt_tokens_details": { "cached_tokens": s.cached_prompt_tokens },
     })
 }
 

@@ -1,7 +1,7 @@
 //! The OpenAI-compatible HTTP API: a second front end to the same [`Runtime`] as the Unix
 //! socket, on the daemon's tokio runtime, when the config has an `[http]` section.
 //!
-//! - `config`: the `[http]` section; `error`: OpenAI-shaped errors; `openai`: the request
+//! - `error`: OpenAI-shaped errors (the `[http]` section is `crate::config::http`); `openai`: the request
 //!   bodies and their translation into the runtime's checked request.
 //! - `generate`: chat and text completions, whole or streamed; `routes`: models, health and
 //!   metrics (the same text as `llmctl metrics`).
@@ -14,7 +14,6 @@
 //!
 //! [`Runtime`]: crate::runtime::Runtime
 
-pub mod config;
 mod error;
 mod generate;
 pub mod openai;
@@ -33,7 +32,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub use config::{HttpConfig, HttpConfigError};
+use crate::config::{HttpConfig, HttpConfigError};
 use error::ApiError;
 
 use crate::shutdown::{Shutdown, ShutdownGuard};

@@ -1,8 +1,16 @@
-//! The backend a stage is built on, with its type chosen at run time: the CPU backend for `cpu:N`
-//! devices, the CUDA backend for `cuda:N`. Stages are generic over [`Backend`]; this is the one
-//! place that picks the concrete type, so loading and re-splitting stay device-agnostic. The
-//! stages of a pipeline are held as [`PipelineStage`] trait objects, implemented here for every
-//! [`Stage`] on a [`DeviceBackend`].
+//! The one place that picks the concrete backend type at run time, so loading, the pipeline and
+//! re-splitting stay device-agnostic without trait objects or downcasts: the CPU backend for
+//! `cpu:N` devices, the CUDA backend for `cuda:N`. Stages and parts are generic over
+//! [`Backend`] (the kernels' interface); here three enums with a `Cpu` and a `Cuda` variant
+//! hold them once the type is chosen:
+//!
+//! - [`StageBackend`]: a device's backend, chosen where devices are opened;
+//! - [`AnyStage`]: a pipeline stage on either, so one pipeline can mix devices;
+//! - [`AnyPart`]: a part of a stage taken apart for a re-split (or spilled to the host), which
+//!   goes back into a stage of its own variant only.
+//!
+//! Each method matches once over the variants with [`each_backend!`] (same result type) or
+//! [`map_backend!`] (the result wrapped in the matching variant of another of these enums).
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -17,9 +25,32 @@ use super::config::ModelConfig;
 use super::host_tensors::OwnedTensor;
 use super::host_tensors::PartSource;
 use super::moe::{DeviceExperts, ExpertLoader, ExpertStage, ExpertsElsewhere, MoeScratch};
-use super::parts::{DevicePart, KvCopy, Part, PartWeights, Slot};
+use super::parts::{DevicePart, HostPart, KvCopy, LiveSequence, PartWeights, Slot};
 use super::stage::{ForwardError, Handoff, Stage};
-use super::weights::{ExpertWeights, WeightError};
+use super::weights::{ExpertWeights, FeedForward, LayerWeights, WeightError};
+
+/// Runs `$body` with `$x` bound to the value inside whichever backend variant of enum `$ty`
+/// `$value` is; further `pattern => body` arms cover variants beyond `Cpu` and `Cuda`.
+macro_rules! each_backend {
+    ($value:expr, $ty:ident, $x:ident => $body:expr $(, $more:pat => $more_body:expr)* $(,)?) => {
+        match $value {
+            $ty::Cpu($x) => $body,
+            $ty::Cuda($x) => $body,
+            $($more => $more_body,)*
+        }
+    };
+}
+
+/// Like [`each_backend!`], the result wrapped in the same variant of enum `$out`, so a value on
+/// one backend type stays with that type.
+macro_rules! map_backend {
+    ($value:expr, $ty:ident => $out:ident, $x:ident => $body:expr) => {
+        match $value {
+            $ty::Cpu($x) => $out::Cpu($body),
+            $ty::Cuda($x) => $out::Cuda($body),
+        }
+    };
+}
 
 /// A device's backend, shared by the stages of one model on that device.
 #[derive(Clone)]
@@ -38,24 +69,6 @@ pub struct ExpertScratch {
     cpu: Option<Arc<Mutex<MoeScratch<CpuBackend>>>>,
     /// On a GPU.
     cuda: Option<Arc<Mutex<MoeScratch<CudaBackend>>>>,
-}
-
-/// A backend type a [`StageBackend`] can hold.
-pub trait DeviceBackend: Backend + Sized {
-    /// It, shared, as a [`StageBackend`].
-    fn stage_backend(self: &Arc<Self>) -> StageBackend;
-}
-
-impl DeviceBackend for CpuBackend {
-    fn stage_backend(self: &Arc<Self>) -> StageBackend {
-        StageBackend::Cpu(Arc::clone(self))
-    }
-}
-
-impl DeviceBackend for CudaBackend {
-    fn stage_backend(self: &Arc<Self>) -> StageBackend {
-        StageBackend::Cuda(Arc::clone(self))
-    }
 }
 
 /// Where and how a stage is put together from parts: its layers and whether it has the head, on
@@ -77,10 +90,7 @@ pub struct StageShape<'a> {
 impl StageBackend {
     /// The device's name.
     pub fn device_name(&self) -> &str {
-        match self {
-            StageBackend::Cpu(b) => b.device_name(),
-            StageBackend::Cuda(b) => b.device_name(),
-        }
+        each_backend!(self, StageBackend, b => b.device_name())
     }
 
     /// Whether `self` and `other` are the same backend (not only the same device name).
@@ -105,34 +115,20 @@ impl StageBackend {
         max_logit_rows: usize,
         experts: Option<&ExpertsElsewhere<'_>>,
         loaded: &mut dyn FnMut(),
-    ) -> Result<Box<dyn PipelineStage>, WeightError> {
-        fn load<B: DeviceBackend>(
-            b: &Arc<B>,
-            config: Arc<ModelConfig>,
-            source: &dyn PartSource,
-            (layers, head): (Range<usize>, bool),
-            (max_batch, max_logit_rows): (usize, usize),
-            experts: Option<&ExpertsElsewhere<'_>>,
-            loaded: &mut dyn FnMut(),
-        ) -> Result<Box<dyn PipelineStage>, WeightError> {
-            Ok(Box::new(Stage::load(
-                Arc::clone(b),
-                config,
-                source,
-                layers,
-                head,
-                max_batch,
-                max_logit_rows,
-                experts,
-                loaded,
-            )?))
-        }
-        let sizes = (max_batch, max_logit_rows);
-        let at = (layers, head);
-        match self {
-            StageBackend::Cpu(b) => load(b, config, source, at, sizes, experts, loaded),
-            StageBackend::Cuda(b) => load(b, config, source, at, sizes, experts, loaded),
-        }
+    ) -> Result<AnyStage, WeightError> {
+        Ok(
+            map_backend!(self, StageBackend => AnyStage, b => Stage::load(
+            Arc::clone(b),
+            config,
+            source,
+            layers,
+            head,
+            max_batch,
+            max_logit_rows,
+            experts,
+            loaded,
+        )?),
+        )
     }
 
     /// Uploads one layer's experts to this device (`--cpu-moe`), with buffers for batches of up
@@ -168,10 +164,7 @@ impl StageBackend {
         let weights: u64 = weights
             .tensors()
             .into_iter()
-            .map(|w| match self {
-                StageBackend::Cpu(b) => b.import_cost(w),
-                StageBackend::Cuda(b) => b.import_cost(w),
-            })
+            .map(|w| each_backend!(self, StageBackend, b => b.import_cost(w)))
             .sum();
         let kv: u64 = kv
             .iter()
@@ -186,11 +179,8 @@ impl StageBackend {
         &self,
         weights: &PartWeights<WeightView<'_>>,
         kv: &[KvCopy<'_>],
-    ) -> Result<Box<dyn Part>, WeightError> {
-        Ok(match self {
-            StageBackend::Cpu(b) => Box::new(DevicePart::import(b, weights, kv)?),
-            StageBackend::Cuda(b) => Box::new(DevicePart::import(b, weights, kv)?),
-        })
+    ) -> Result<AnyPart, WeightError> {
+        Ok(map_backend!(self, StageBackend => AnyPart, b => DevicePart::import(b, weights, kv)?))
     }
 
     /// Puts a stage of `shape` together from the parts in `slots` (indexed as [`Slot::index`]),
@@ -199,21 +189,48 @@ impl StageBackend {
     pub fn assemble(
         &self,
         shape: &StageShape<'_>,
-        slots: &mut [Option<Box<dyn Part>>],
-    ) -> Result<Box<dyn PipelineStage>, WeightError> {
-        match self {
-            StageBackend::Cpu(b) => assemble_on(b, shape, slots),
-            StageBackend::Cuda(b) => assemble_on(b, shape, slots),
-        }
+        slots: &mut [Option<AnyPart>],
+    ) -> Result<AnyStage, WeightError> {
+        Ok(match self {
+            StageBackend::Cpu(b) => AnyStage::Cpu(assemble_on(
+                b,
+                shape,
+                slots,
+                |p| match p {
+                    AnyPart::Cpu(p) => Some(p),
+                    _ => None,
+                },
+                |p| match p {
+                    AnyPart::Cpu(p) => Some(p),
+                    _ => None,
+                },
+            )?),
+            StageBackend::Cuda(b) => AnyStage::Cuda(assemble_on(
+                b,
+                shape,
+                slots,
+                |p| match p {
+                    AnyPart::Cuda(p) => Some(p),
+                    _ => None,
+                },
+                |p| match p {
+                    AnyPart::Cuda(p) => Some(p),
+                    _ => None,
+                },
+            )?),
+        })
     }
 }
 
-/// [`StageBackend::assemble`] on a backend of type `B`.
-fn assemble_on<B: DeviceBackend>(
+/// [`StageBackend::assemble`] on a backend of type `B`, whose parts `typed` finds and `take`
+/// unwraps among parts of every type.
+fn assemble_on<B: Backend>(
     b: &Arc<B>,
     shape: &StageShape<'_>,
-    slots: &mut [Option<Box<dyn Part>>],
-) -> Result<Box<dyn PipelineStage>, WeightError> {
+    slots: &mut [Option<AnyPart>],
+    typed: impl Fn(&AnyPart) -> Option<&DevicePart<B>>,
+    take: impl Fn(AnyPart) -> Option<DevicePart<B>>,
+) -> Result<Stage<B>, WeightError> {
     let n_layer = shape.config.n_layer;
     let wanted: Vec<usize> = shape
         .layers
@@ -224,7 +241,7 @@ fn assemble_on<B: DeviceBackend>(
         let here = slots
             .get(i)
             .and_then(Option::as_ref)
-            .and_then(|p| p.as_any().downcast_ref::<DevicePart<B>>())
+            .and_then(&typed)
             .is_some_and(|p| Arc::ptr_eq(&p.backend, b));
         if !here {
             return Err(WeightError::Misplaced(format!(
@@ -244,10 +261,9 @@ fn assemble_on<B: DeviceBackend>(
     let parts = wanted
         .iter()
         .filter_map(|&i| slots[i].take())
-        .filter_map(|p| p.into_any().downcast::<DevicePart<B>>().ok())
-        .map(|p| *p)
+        .filter_map(take)
         .collect();
-    Ok(Box::new(Stage::from_parts(
+    Stage::from_parts(
         Arc::clone(b),
         Arc::clone(shape.config),
         shape.layers.clone(),
@@ -255,150 +271,242 @@ fn assemble_on<B: DeviceBackend>(
         scratch,
         shape.max_batch,
         shape.max_logit_rows,
-    )?))
+    )
 }
 
-/// A pipeline stage with its backend type erased, so one pipeline can mix devices.
-pub trait PipelineStage: Send {
+/// A pipeline stage on whichever backend its device has, so one pipeline can mix devices.
+// The variants differ by a few hundred bytes of buffer handles; a pipeline holds one stage per
+// device and moves them only at load and re-split, so they stay unboxed.
+#[allow(clippy::large_enum_variant)]
+pub enum AnyStage {
+    /// On a CPU device.
+    Cpu(Stage<CpuBackend>),
+    /// On a GPU.
+    Cuda(Stage<CudaBackend>),
+}
+
+impl AnyStage {
     /// Global indices of the layers it runs.
-    fn layers(&self) -> Range<usize>;
+    pub fn layers(&self) -> Range<usize> {
+        each_backend!(self, AnyStage, s => s.layers())
+    }
+
     /// Its device's name.
-    fn device_name(&self) -> &str;
+    pub fn device_name(&self) -> &str {
+        each_backend!(self, AnyStage, s => s.device_name())
+    }
+
     /// Bytes of weights resident.
-    fn weight_bytes(&self) -> u64;
+    pub fn weight_bytes(&self) -> u64 {
+        each_backend!(self, AnyStage, s => s.weight_bytes())
+    }
+
     /// Bytes of KV cache resident.
-    fn kv_bytes(&self) -> u64;
+    pub fn kv_bytes(&self) -> u64 {
+        each_backend!(self, AnyStage, s => s.kv_bytes())
+    }
+
     /// Whether it holds the output head.
-    fn has_head(&self) -> bool;
+    pub fn has_head(&self) -> bool {
+        each_backend!(self, AnyStage, s => s.has_head())
+    }
+
     /// The device holding experts of its layers elsewhere, those layers and their bytes (see
     /// [`Stage::experts_elsewhere`]).
-    fn experts_elsewhere(&self) -> Option<(String, Range<usize>, u64)>;
-    /// Takes out the experts its layers hold elsewhere, by layer (see [`Stage::take_experts`]).
-    fn take_experts(&mut self) -> Vec<(usize, Box<dyn ExpertStage>)>;
-    /// Gives layer `il` its experts held elsewhere (see [`Stage::put_experts`]).
-    fn put_experts(&mut self, il: usize, experts: Box<dyn ExpertStage>) -> Result<(), WeightError>;
-    /// Moves layer `il`'s experts off its device (see [`Stage::experts_out`]).
-    fn experts_out(&mut self, il: usize, load: &ExpertLoader<'_>) -> Result<u64, WeightError>;
-    /// Brings layer `il`'s experts back onto its device (see [`Stage::experts_home`]).
-    fn experts_home(&mut self, il: usize) -> Result<u64, WeightError>;
-    /// Allocates KV caches of `types` for a new sequence.
-    fn add_sequence(
-        &mut self,
-        seq: SeqId,
-        capacity: usize,
-        types: KvTypes,
-    ) -> Result<(), BackendError>;
-    /// Frees a sequence's KV caches.
-    fn remove_sequence(&mut self, seq: SeqId);
-    /// Its device's backend.
-    fn backend(&self) -> StageBackend;
-    /// Takes it apart into its layers and head, still on its device (see [`Stage::into_parts`]).
-    fn into_parts(self: Box<Self>) -> Vec<Box<dyn Part>>;
-    /// Host memory its device copies activations from and to fastest, if not ordinary memory
-    /// (see [`llmd_kernels::backend::Backend::alloc_host_staging`]).
-    fn alloc_host_staging(&self, len: usize) -> Option<Result<Box<dyn HostStaging>, BackendError>>;
-    /// Which devices it can take activations from directly (see [`llmd_kernels::backend::Backend::handoff_kind`]).
-    fn handoff_kind(&self) -> Option<&'static str>;
-    /// Looks `ids` up in its head's output weight into host memory `out` (a tied embedding read
-    /// where the head lies); `None` without a head or when its device does not hold weights in
-    /// host memory (see [`llmd_kernels::backend::Backend::embed_host`]).
-    fn embed_from_head(
-        &self,
-        ids: &[u32],
-        scale: f32,
-        out: &mut [f32],
-    ) -> Option<Result<(), BackendError>>;
-    /// A host copy of its head's output weight in the file's layout; `None` without a head.
-    fn head_output_host(&self) -> Option<Result<OwnedTensor, BackendError>>;
-    /// Whether it holds the head in host memory, so a tied embedding can read it there.
-    fn head_in_host_memory(&self) -> bool {
-        self.embed_from_head(&[], 1.0, &mut []).is_some()
+    pub fn experts_elsewhere(&self) -> Option<(String, Range<usize>, u64)> {
+        each_backend!(self, AnyStage, s => s.experts_elsewhere())
     }
-    /// Runs the stage's layers (see [`Stage::forward`]).
-    fn forward(
-        &mut self,
-        batch: &Batch,
-        hidden: &mut [f32],
-        logits: &mut Vec<f32>,
-        handoff: &mut Handoff,
-    ) -> Result<(), ForwardError>;
-}
 
-impl<B: DeviceBackend> PipelineStage for Stage<B> {
-    fn layers(&self) -> Range<usize> {
-        Stage::layers(self)
+    /// Takes out the experts its layers hold elsewhere, by layer (see [`Stage::take_experts`]).
+    pub fn take_experts(&mut self) -> Vec<(usize, Box<dyn ExpertStage>)> {
+        each_backend!(self, AnyStage, s => s.take_experts())
     }
-    fn device_name(&self) -> &str {
-        Stage::device_name(self)
+
+    /// Gives layer `il` its experts held elsewhere (see [`Stage::put_experts`]).
+    pub fn put_experts(
+        &mut self,
+        il: usize,
+        experts: Box<dyn ExpertStage>,
+    ) -> Result<(), WeightError> {
+        each_backend!(self, AnyStage, s => s.put_experts(il, experts))
     }
-    fn weight_bytes(&self) -> u64 {
-        Stage::weight_bytes(self)
+
+    /// Moves layer `il`'s experts off its device (see [`Stage::experts_out`]).
+    pub fn experts_out(&mut self, il: usize, load: &ExpertLoader<'_>) -> Result<u64, WeightError> {
+        each_backend!(self, AnyStage, s => s.experts_out(il, load))
     }
-    fn kv_bytes(&self) -> u64 {
-        Stage::kv_bytes(self)
+
+    /// Brings layer `il`'s experts back onto its device (see [`Stage::experts_home`]).
+    pub fn experts_home(&mut self, il: usize) -> Result<u64, WeightError> {
+        each_backend!(self, AnyStage, s => s.experts_home(il))
     }
-    fn has_head(&self) -> bool {
-        Stage::has_head(self)
-    }
-    fn experts_elsewhere(&self) -> Option<(String, Range<usize>, u64)> {
-        Stage::experts_elsewhere(self)
-    }
-    fn take_experts(&mut self) -> Vec<(usize, Box<dyn ExpertStage>)> {
-        Stage::take_experts(self)
-    }
-    fn put_experts(&mut self, il: usize, experts: Box<dyn ExpertStage>) -> Result<(), WeightError> {
-        Stage::put_experts(self, il, experts)
-    }
-    fn experts_out(&mut self, il: usize, load: &ExpertLoader<'_>) -> Result<u64, WeightError> {
-        Stage::experts_out(self, il, load)
-    }
-    fn experts_home(&mut self, il: usize) -> Result<u64, WeightError> {
-        Stage::experts_home(self, il)
-    }
-    fn add_sequence(
+
+    /// Allocates KV caches of `types` for a new sequence.
+    pub fn add_sequence(
         &mut self,
         seq: SeqId,
         capacity: usize,
         types: KvTypes,
     ) -> Result<(), BackendError> {
-        Stage::add_sequence(self, seq, capacity, types)
+        each_backend!(self, AnyStage, s => s.add_sequence(seq, capacity, types))
     }
-    fn remove_sequence(&mut self, seq: SeqId) {
-        Stage::remove_sequence(self, seq)
+
+    /// Allocates KV caches for a new sequence holding the first `len` positions of another's
+    /// (see [`Stage::fork_sequence`]).
+    pub fn fork_sequence(
+        &mut self,
+        src: SeqId,
+        seq: SeqId,
+        len: usize,
+        capacity: usize,
+    ) -> Result<(), BackendError> {
+        each_backend!(self, AnyStage, s => s.fork_sequence(src, seq, len, capacity))
     }
-    fn backend(&self) -> StageBackend {
-        Stage::backend(self).stage_backend()
+
+    /// Bytes of one sequence's KV caches.
+    pub fn sequence_kv_bytes(&self, seq: SeqId) -> u64 {
+        each_backend!(self, AnyStage, s => s.sequence_kv_bytes(seq))
     }
-    fn into_parts(self: Box<Self>) -> Vec<Box<dyn Part>> {
-        Stage::into_parts(*self)
-            .into_iter()
-            .map(|p| Box::new(p) as Box<dyn Part>)
-            .collect()
+
+    /// Frees a sequence's KV caches.
+    pub fn remove_sequence(&mut self, seq: SeqId) {
+        each_backend!(self, AnyStage, s => s.remove_sequence(seq))
     }
-    fn alloc_host_staging(&self, len: usize) -> Option<Result<Box<dyn HostStaging>, BackendError>> {
-        self.backend().alloc_host_staging(len)
+
+    /// Its device's backend.
+    pub fn backend(&self) -> StageBackend {
+        map_backend!(self, AnyStage => StageBackend, s => Arc::clone(s.backend()))
     }
-    fn handoff_kind(&self) -> Option<&'static str> {
-        self.backend().handoff_kind()
+
+    /// Takes it apart into its layers and head, still on its device (see [`Stage::into_parts`]).
+    pub fn into_parts(self) -> Vec<AnyPart> {
+        match self {
+            AnyStage::Cpu(s) => s.into_parts().into_iter().map(AnyPart::Cpu).collect(),
+            AnyStage::Cuda(s) => s.into_parts().into_iter().map(AnyPart::Cuda).collect(),
+        }
     }
-    fn embed_from_head(
+
+    /// Host memory its device copies activations from and to fastest, if not ordinary memory
+    /// (see [`Backend::alloc_host_staging`]).
+    pub fn alloc_host_staging(
+        &self,
+        len: usize,
+    ) -> Option<Result<Box<dyn HostStaging>, BackendError>> {
+        each_backend!(self, AnyStage, s => s.backend().alloc_host_staging(len))
+    }
+
+    /// Which devices it can take activations from directly (see [`Backend::handoff_kind`]).
+    pub fn handoff_kind(&self) -> Option<&'static str> {
+        each_backend!(self, AnyStage, s => s.backend().handoff_kind())
+    }
+
+    /// Looks `ids` up in its head's output weight into host memory `out` (a tied embedding read
+    /// where the head lies); `None` without a head or when its device does not hold weights in
+    /// host memory (see [`Backend::embed_host`]).
+    pub fn embed_from_head(
         &self,
         ids: &[u32],
         scale: f32,
         out: &mut [f32],
     ) -> Option<Result<(), BackendError>> {
-        Stage::embed_from_head(self, ids, scale, out)
+        each_backend!(self, AnyStage, s => s.embed_from_head(ids, scale, out))
     }
-    fn head_output_host(&self) -> Option<Result<OwnedTensor, BackendError>> {
-        Stage::head_output_host(self)
+
+    /// A host copy of its head's output weight in the file's layout; `None` without a head.
+    pub fn head_output_host(&self) -> Option<Result<OwnedTensor, BackendError>> {
+        each_backend!(self, AnyStage, s => s.head_output_host())
     }
-    fn forward(
+
+    /// Whether it holds the head in host memory, so a tied embedding can read it there.
+    pub fn head_in_host_memory(&self) -> bool {
+        self.embed_from_head(&[], 1.0, &mut []).is_some()
+    }
+
+    /// Runs the stage's layers (see [`Stage::forward`]).
+    pub fn forward(
         &mut self,
         batch: &Batch,
         hidden: &mut [f32],
         logits: &mut Vec<f32>,
         handoff: &mut Handoff,
     ) -> Result<(), ForwardError> {
-        Stage::forward(self, batch, hidden, logits, handoff)
+        each_backend!(self, AnyStage, s => s.forward(batch, hidden, logits, handoff))
+    }
+}
+
+/// One part of a model taken apart, wherever it is: resident on a device of either backend, or
+/// spilled to the host.
+pub enum AnyPart {
+    /// Resident on a CPU device.
+    Cpu(DevicePart<CpuBackend>),
+    /// Resident on a GPU.
+    Cuda(DevicePart<CudaBackend>),
+    /// Spilled to the host.
+    Host(HostPart),
+}
+
+impl AnyPart {
+    /// Which part.
+    pub fn slot(&self) -> Slot {
+        each_backend!(self, AnyPart, p => p.slot(), AnyPart::Host(h) => h.slot())
+    }
+
+    /// The device it is resident on; `None` when spilled to the host.
+    pub fn device_name(&self) -> Option<&str> {
+        each_backend!(self, AnyPart, p => Some(p.device_name()), AnyPart::Host(_) => None)
+    }
+
+    /// Bytes it holds on its device (weights and KV caches); when spilled, the bytes it held on
+    /// the device it came from (about what it needs on the next).
+    pub fn bytes(&self) -> u64 {
+        each_backend!(self, AnyPart, p => p.bytes(), AnyPart::Host(h) => h.bytes())
+    }
+
+    /// Its weights as a device copies them (spilled parts: from their host copy).
+    pub fn weight_views<'a>(
+        &'a self,
+        config: &ModelConfig,
+    ) -> Result<PartWeights<WeightView<'a>>, WeightError> {
+        each_backend!(
+            self,
+            AnyPart,
+            p => p.weight_views(),
+            AnyPart::Host(h) => h.weight_views(config),
+        )
+    }
+
+    /// The KV caches of the `live` sequences, each with its cached positions.
+    pub fn kv_views(&self, live: &[LiveSequence]) -> Result<Vec<KvCopy<'_>>, WeightError> {
+        each_backend!(self, AnyPart, p => p.kv_views(live), AnyPart::Host(h) => h.kv_views(live))
+    }
+
+    /// Spills it to the host (see [`HostPart::spill`]): its weights read again from `source`,
+    /// its caches of the `live` sequences copied out; dropping `self` afterwards frees its
+    /// device memory.
+    pub fn spill(
+        &self,
+        live: &[LiveSequence],
+        source: &dyn PartSource,
+        config: &ModelConfig,
+    ) -> Result<AnyPart, WeightError> {
+        let kv = || self.kv_views(live);
+        let experts_elsewhere = matches!(
+            self.weight_views(config)?,
+            PartWeights::Layer(
+                _,
+                LayerWeights {
+                    ffn: FeedForward::Elsewhere,
+                    ..
+                }
+            )
+        );
+        Ok(AnyPart::Host(HostPart::spill(
+            self.slot(),
+            self.bytes(),
+            experts_elsewhere,
+            kv,
+            source,
+            config,
+        )?))
     }
 }

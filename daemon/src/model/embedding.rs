@@ -14,17 +14,10 @@
 
 use llmd_kernels::quant;
 
+use super::backend::AnyStage;
 use super::config::ModelConfig;
 use super::host_tensors::OwnedTensor;
-use super::pipeline::PipelineStage;
 use super::stage::ForwardError;
-
-/// The name of the token embedding table in GGUF files.
-pub const TOKEN_EMBD: &str = "token_embd.weight";
-/// The name of the output projection; absent when the model ties it to the embedding.
-pub const OUTPUT: &str = "output.weight";
-/// The name of the final norm, the output head's other tensor.
-pub const OUTPUT_NORM: &str = "output_norm.weight";
 
 /// Where a pipeline reads its token embedding rows.
 #[derive(Debug)]
@@ -49,7 +42,7 @@ impl Embedding {
     pub fn lookup(
         &self,
         config: &ModelConfig,
-        stages: &[Box<dyn PipelineStage>],
+        stages: &[AnyStage],
         tokens: &[u32],
         hidden: &mut [f32],
     ) -> Result<(), ForwardError> {
@@ -78,7 +71,7 @@ impl Embedding {
 
     /// Before a re-split that moves the head off its device: a shared table is copied out of
     /// the head into owned memory (from the device, not the file, which may have changed).
-    pub fn unshare(&mut self, stages: &[Box<dyn PipelineStage>]) -> Result<(), ForwardError> {
+    pub fn unshare(&mut self, stages: &[AnyStage]) -> Result<(), ForwardError> {
         if let Embedding::SharedWithHead = self {
             let head = stages
                 .last()
@@ -93,7 +86,7 @@ impl Embedding {
 
     /// After the stages changed: for a tied model whose head is now on a host-memory device, the
     /// owned copy is dropped and the head's weight serves the lookups.
-    pub fn share(&mut self, tied: bool, stages: &[Box<dyn PipelineStage>]) {
+    pub fn share(&mut self, tied: bool, stages: &[AnyStage]) {
         if tied && stages.last().is_some_and(|s| s.head_in_host_memory()) {
             *self = Embedding::SharedWithHead;
         }

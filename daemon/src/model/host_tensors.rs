@@ -8,8 +8,7 @@ use llmd_kernels::backend::HostTensor;
 use llmd_kernels::quant::GgmlType;
 
 use super::config::ModelConfig;
-use super::parts::Slot;
-use super::weights::{TensorSource, WeightError};
+use super::weights::{Slot, TensorSource, WeightError};
 
 /// One tensor's bytes in host memory, as in the file.
 #[derive(Debug)]

@@ -13,18 +13,20 @@ use std::sync::Arc;
 use llmd_kernels::backend::WeightView;
 use thiserror::Error;
 
-use super::backend::{ExpertScratch, StageBackend};
+use super::backend::{AnyStage, ExpertScratch, StageBackend};
 use super::config::{
     Arch, ConfigError, Hyperparameters, ModelConfig, RopeFactorTensors, RopeScaling,
     RopeScalingType, ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT, ROPE_FREQS,
 };
-use super::embedding::{Embedding, OUTPUT, OUTPUT_NORM, TOKEN_EMBD};
+use super::embedding::Embedding;
 use super::host_tensors::{HostTensors, OwnedTensor, PartSource};
 use super::moe::ExpertsElsewhere;
 use super::parts::Slot;
-use super::pipeline::{Pipeline, PipelineStage};
+use super::pipeline::Pipeline;
 use super::stage::ForwardError;
-use super::weights::{layer_source_names, ExpertWeights, WeightError};
+use super::weights::{
+    layer_source_names, ExpertWeights, WeightError, OUTPUT, OUTPUT_NORM, TOKEN_EMBD,
+};
 use llmd_gguf::{DataCheck, GgufError, GgufFile, MetadataError, ModelDescription, TensorInfo};
 use llmd_kernels::backend::BackendError;
 use llmd_kernels::quant::GgmlType;
@@ -316,7 +318,7 @@ pub fn build_pipeline_with_experts(
         .map(|s| s.layers.len() + usize::from(s.head))
         .sum();
     let mut done = 0;
-    let mut built: Vec<Box<dyn PipelineStage>> = Vec::with_capacity(stages.len());
+    let mut built: Vec<AnyStage> = Vec::with_capacity(stages.len());
     for spec in stages {
         let stage = spec.backend.load_stage(
             Arc::clone(&model.config),

@@ -18,8 +18,8 @@ pub mod resplit;
 pub mod stage;
 pub mod weights;
 
-pub use backend::StageBackend;
+pub use backend::{AnyPart, AnyStage, StageBackend};
 pub use batch::{Batch, SeqId};
 pub use config::{Arch, ModelConfig};
-pub use pipeline::{Pipeline, PipelineStage};
+pub use pipeline::Pipeline;
 pub use stage::{ForwardError, Stage};

@@ -3,13 +3,16 @@
 //! probabilities (normalised to sum 1), each chosen expert's gated MLP, and the weighted sum of
 //! the `k` results in slot order.
 //!
-//! The experts run batched: the tokens of a batch are grouped by expert
-//! ([`llmd_kernels::moe::ExpertGroups`]) and each expert multiplies all of its rows in one
-//! matmul of the backend's kernels (so prefill never goes token by token, and every row's dot
-//! products are the ones ggml's `mul_mat_id` computes). Routing and the weighted sum run on the
-//! host, with buffers allocated once: the block reads its input from one device buffer and
-//! leaves its output in host memory, so the experts may live on another device than the layer's
-//! attention.
+//! The experts run batched. Where the backend has a routed kernel for the batch
+//! ([`Backend::routes`]: the GPU, for decode-sized batches of block-quantized experts), every
+//! (token, expert) pair's gate, up and down run in one routed matmul each
+//! ([`Backend::matmul_id`], ggml's `mul_mat_id`) and the results are read once. Otherwise the
+//! tokens of a batch are grouped by expert ([`llmd_kernels::moe::ExpertGroups`]) and each expert
+//! multiplies all of its rows in one matmul of the backend's kernels (so prefill never goes
+//! token by token), its results read per expert. Either way every row's dot products are the
+//! ones ggml's `mul_mat_id` computes. Routing and the weighted sum run on the host, with buffers
+//! allocated once: the block reads its input from one device buffer and leaves its output in
+//! host memory, so the experts may live on another device than the layer's attention.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -157,31 +160,51 @@ pub fn moe_ffn<B: Backend>(
     moe.routing
         .route(&mut s.host_logits, n, ids, weights)
         .map_err(routing_error)?;
-    s.groups.group(ids, e, k).map_err(routing_error)?;
 
-    // Each expert with tokens: its rows gathered, gate and up in one pass, the gated
-    // activation, down; each result row weighted into its token's slot.
-    for ex in 0..e {
-        let (tokens, slots) = s.groups.expert(ex);
-        let m = tokens.len();
-        if m == 0 {
-            continue;
+    // Decode-sized batches where the backend has the routed kernel: gate, up and down of every
+    // (token, expert) pair in one launch each, and one read of the results.
+    let pairs = n * k;
+    let routed = pairs <= s.max_tokens
+        && [&w.gate, &w.up, &w.down]
+            .into_iter()
+            .all(|experts| experts.first().is_some_and(|first| b.routes(first, n)));
+    if routed {
+        b.matmul_id(&w.gate, x, n, false, ids, &mut s.gate)?;
+        b.matmul_id(&w.up, x, n, false, ids, &mut s.up)?;
+        b.gated_activation(&mut s.gate, &s.up, pairs * ff, act)?;
+        b.matmul_id(&w.down, &s.gate, n, true, ids, &mut s.down)?;
+        b.read_activations(&s.down, &mut s.slots[..pairs * d])?;
+        for (row, &wgt) in s.slots[..pairs * d].chunks_exact_mut(d).zip(&*weights) {
+            for v in row {
+                *v *= wgt;
+            }
         }
-        b.gather_rows(x, tokens, d, &mut s.rows)?;
-        b.matmuls(
-            &[&w.gate[ex], &w.up[ex]],
-            &s.rows,
-            m,
-            &mut [&mut s.gate, &mut s.up],
-        )?;
-        b.gated_activation(&mut s.gate, &s.up, m * ff, act)?;
-        b.matmul(&w.down[ex], &s.gate, m, &mut s.down)?;
-        b.read_activations(&s.down, &mut s.host_down[..m * d])?;
-        for (row, &slot) in s.host_down.chunks_exact(d).zip(slots) {
-            let slot = slot as usize;
-            let wgt = s.weights[slot];
-            for (o, &v) in s.slots[slot * d..(slot + 1) * d].iter_mut().zip(row) {
-                *o = v * wgt;
+    } else {
+        s.groups.group(ids, e, k).map_err(routing_error)?;
+        // Each expert with tokens: its rows gathered, gate and up in one pass, the gated
+        // activation, down; each result row weighted into its token's slot.
+        for ex in 0..e {
+            let (tokens, slots) = s.groups.expert(ex);
+            let m = tokens.len();
+            if m == 0 {
+                continue;
+            }
+            b.gather_rows(x, tokens, d, &mut s.rows)?;
+            b.matmuls(
+                &[&w.gate[ex], &w.up[ex]],
+                &s.rows,
+                m,
+                &mut [&mut s.gate, &mut s.up],
+            )?;
+            b.gated_activation(&mut s.gate, &s.up, m * ff, act)?;
+            b.matmul(&w.down[ex], &s.gate, m, &mut s.down)?;
+            b.read_activations(&s.down, &mut s.host_down[..m * d])?;
+            for (row, &slot) in s.host_down.chunks_exact(d).zip(slots) {
+                let slot = slot as usize;
+                let wgt = s.weights[slot];
+                for (o, &v) in s.slots[slot * d..(slot + 1) * d].iter_mut().zip(row) {
+                    *o = v * wgt;
+                }
             }
         }
     }

@@ -5,8 +5,10 @@
 //! stage on the device it is on without any copy, or is spilled: its KV caches copied to the
 //! host and its weights read again from the model file into host memory (refused if the file
 //! changed since the load), when no device has room to take it while it is still resident.
+//!
+//! The parts here are typed by their backend; `super::backend::AnyPart` holds one whatever its
+//! device.
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -15,44 +17,9 @@ use llmd_kernels::backend::{Backend, BackendError, HostKv, HostTensor, KvView, W
 use super::batch::SeqId;
 use super::config::ModelConfig;
 use super::host_tensors::{HostTensors, PartSource};
+/// Named here too, beside the parts it numbers.
+pub use super::weights::Slot;
 use super::weights::{FeedForward, HeadWeights, LayerWeights, TensorSource, WeightError};
-
-/// Which part of the model: a layer, or the output head.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Slot {
-    /// Transformer layer `il`.
-    Layer(usize),
-    /// The output head.
-    Head,
-}
-
-impl Slot {
-    /// Its index among `n_layer + 1` parts (the head last).
-    pub fn index(self, n_layer: usize) -> usize {
-        match self {
-            Slot::Layer(il) => il,
-            Slot::Head => n_layer,
-        }
-    }
-
-    /// The slot at `index` among `n_layer + 1` parts.
-    pub fn at(index: usize, n_layer: usize) -> Slot {
-        if index < n_layer {
-            Slot::Layer(index)
-        } else {
-            Slot::Head
-        }
-    }
-}
-
-impl std::fmt::Display for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Slot::Layer(il) => write!(f, "layer {il}"),
-            Slot::Head => f.write_str("the output head"),
-        }
-    }
-}
 
 /// The weights of one part (`W`: in the file, on a device, or a view).
 pub enum PartWeights<W> {
@@ -119,7 +86,8 @@ pub struct KvCopy<'a> {
     pub capacity: usize,
 }
 
-/// A running sequence: how much of its cache to move and how much room it needs.
+/// A sequence whose caches move with their layers: how much of its cache to move and how much
+/// room it needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LiveSequence {
     /// Its id.
@@ -128,28 +96,9 @@ pub struct LiveSequence {
     pub len: usize,
     /// Positions its KV cache has room for.
     pub capacity: usize,
-}
-
-/// One part of a model taken apart, wherever it is.
-pub trait Part: Send {
-    /// Which part.
-    fn slot(&self) -> Slot;
-    /// The device it is resident on; `None` when spilled to the host.
-    fn device_name(&self) -> Option<&str>;
-    /// Bytes it holds on its device (weights and KV caches); when spilled, the bytes it held on
-    /// the device it came from (about what it needs on the next).
-    fn bytes(&self) -> u64;
-    /// Its weights as a device copies them (spilled parts: from their host copy).
-    fn weight_views<'a>(
-        &'a self,
-        config: &ModelConfig,
-    ) -> Result<PartWeights<WeightView<'a>>, WeightError>;
-    /// The KV caches of the `live` sequences, each with its cached positions.
-    fn kv_views(&self, live: &[LiveSequence]) -> Result<Vec<KvCopy<'_>>, WeightError>;
-    /// Itself, to check its type before taking it back.
-    fn as_any(&self) -> &dyn Any;
-    /// Itself, to take it back into a stage of its type.
-    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+    /// A finished generation's cache kept by the prefix cache, not a running generation (a
+    /// re-split moves it alike but does not count it among the generations carried over).
+    pub retained: bool,
 }
 
 /// The KV caches of the `live` sequences found by `view` (a layer must have one for each; the
@@ -204,18 +153,19 @@ impl<B: Backend> DevicePart<B> {
             kv,
         })
     }
-}
 
-impl<B: Backend> Part for DevicePart<B> {
-    fn slot(&self) -> Slot {
+    /// Which part.
+    pub fn slot(&self) -> Slot {
         self.weights.slot()
     }
 
-    fn device_name(&self) -> Option<&str> {
-        Some(self.backend.device_name())
+    /// The device it is resident on.
+    pub fn device_name(&self) -> &str {
+        self.backend.device_name()
     }
 
-    fn bytes(&self) -> u64 {
+    /// Bytes it holds on its device (weights and KV caches).
+    pub fn bytes(&self) -> u64 {
         let weights: u64 = self
             .weights
             .tensors()
@@ -226,25 +176,16 @@ impl<B: Backend> Part for DevicePart<B> {
         weights + kv
     }
 
-    fn weight_views<'a>(
-        &'a self,
-        _config: &ModelConfig,
-    ) -> Result<PartWeights<WeightView<'a>>, WeightError> {
+    /// Its weights as a device copies them.
+    pub fn weight_views(&self) -> Result<PartWeights<WeightView<'_>>, WeightError> {
         Ok(self.weights.try_map(|w| self.backend.weight_view(w))?)
     }
 
-    fn kv_views(&self, live: &[LiveSequence]) -> Result<Vec<KvCopy<'_>>, WeightError> {
+    /// The KV caches of the `live` sequences, each with its cached positions.
+    pub fn kv_views(&self, live: &[LiveSequence]) -> Result<Vec<KvCopy<'_>>, WeightError> {
         live_kv_views(self.slot(), live, |seq, len| {
             self.kv.get(&seq).map(|kv| self.backend.kv_view(kv, len))
         })
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn into_any(self: Box<Self>) -> Box<dyn Any> {
-        self
     }
 }
 
@@ -265,57 +206,47 @@ pub struct HostPart {
 }
 
 impl HostPart {
-    /// Reads `part`'s weights from `source` (the model file: refused if it changed since the
-    /// load, and `part` stays where it is) and copies its caches of the `live` sequences to the
-    /// host; dropping `part` afterwards frees its device memory.
-    pub fn spill(
-        part: &dyn Part,
-        live: &[LiveSequence],
+    /// Reads the weights of the part in `slot` from `source` (the model file: refused if it
+    /// changed since the load, and the part stays where it is) and copies its caches (`kv`: the
+    /// running sequences' caches where the part is resident) to the host; `bytes` is what it held
+    /// on its device; `experts_elsewhere`, whether its layer's experts live on another device.
+    /// Dropping the part afterwards frees its device memory.
+    pub fn spill<'k>(
+        slot: Slot,
+        bytes: u64,
+        experts_elsewhere: bool,
+        kv: impl FnOnce() -> Result<Vec<KvCopy<'k>>, WeightError>,
         source: &dyn PartSource,
         config: &ModelConfig,
     ) -> Result<Self, WeightError> {
-        let experts_elsewhere = matches!(
-            part.weight_views(config)?,
-            PartWeights::Layer(
-                _,
-                LayerWeights {
-                    ffn: FeedForward::Elsewhere,
-                    ..
-                }
-            )
-        );
-        let weights = source.read_part(config, part.slot())?;
+        let weights = source.read_part(config, slot)?;
         // Shape-checked now, so a part that could not come back is never spilled.
-        PartWeights::from_source(&weights, config, part.slot())?;
-        let kv = part
-            .kv_views(live)?
+        PartWeights::from_source(&weights, config, slot)?;
+        let kv = kv()?
             .iter()
             .map(|c| Ok((c.seq, HostKv::download(&c.view)?)))
             .collect::<Result<_, BackendError>>()?;
         Ok(HostPart {
-            slot: part.slot(),
+            slot,
             weights,
             kv,
-            bytes: part.bytes(),
+            bytes,
             experts_elsewhere,
         })
     }
-}
 
-impl Part for HostPart {
-    fn slot(&self) -> Slot {
+    /// Which part.
+    pub fn slot(&self) -> Slot {
         self.slot
     }
 
-    fn device_name(&self) -> Option<&str> {
-        None
-    }
-
-    fn bytes(&self) -> u64 {
+    /// The bytes it held on the device it came from (about what it needs on the next).
+    pub fn bytes(&self) -> u64 {
         self.bytes
     }
 
-    fn weight_views<'a>(
+    /// Its weights as a device copies them, from their host copy.
+    pub fn weight_views<'a>(
         &'a self,
         config: &ModelConfig,
     ) -> Result<PartWeights<WeightView<'a>>, WeightError> {
@@ -326,17 +257,10 @@ impl Part for HostPart {
         Ok(weights)
     }
 
-    fn kv_views(&self, live: &[LiveSequence]) -> Result<Vec<KvCopy<'_>>, WeightError> {
+    /// The KV caches of the `live` sequences, each with its cached positions.
+    pub fn kv_views(&self, live: &[LiveSequence]) -> Result<Vec<KvCopy<'_>>, WeightError> {
         live_kv_views(self.slot, live, |seq, _| {
             self.kv.get(&seq).map(|kv| Ok(kv.view()))
         })
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn into_any(self: Box<Self>) -> Box<dyn Any> {
-        self
     }
 }

@@ -9,10 +9,7 @@ use std::sync::Arc;
 
 use llmd_kernels::backend::{BackendError, HostStaging, KvTypes, WeightView};
 
-/// The stage trait lives with the backend choice it erases (`backend.rs`); named here too, where
-/// the pipeline's users have always found it.
-pub use super::backend::PipelineStage;
-use super::backend::{ExpertScratch, StageBackend};
+use super::backend::{AnyStage, ExpertScratch, StageBackend};
 use super::batch::{Batch, SeqId};
 use super::config::ModelConfig;
 use super::embedding::Embedding;
@@ -29,7 +26,7 @@ pub struct Pipeline {
     /// Whether the output head is the token embedding (the file has no `output.weight`).
     tied: bool,
     /// Stages in layer order; the last holds the head.
-    stages: Vec<Box<dyn PipelineStage>>,
+    stages: Vec<AnyStage>,
     /// Residual stream on the host between stages: `(batch, n_embd)`.
     hidden: Vec<f32>,
     /// The same in page-locked memory when a stage's device offers it (a GPU copies from and to
@@ -58,7 +55,7 @@ impl Pipeline {
         config: Arc<ModelConfig>,
         embedding: Embedding,
         tied: bool,
-        stages: Vec<Box<dyn PipelineStage>>,
+        stages: Vec<AnyStage>,
     ) -> Result<Self, ForwardError> {
         let mut next = 0;
         for s in &stages {
@@ -120,7 +117,7 @@ impl Pipeline {
     }
 
     /// The stage running layer `il`.
-    fn stage_of(&mut self, il: usize) -> Result<&mut Box<dyn PipelineStage>, WeightError> {
+    fn stage_of(&mut self, il: usize) -> Result<&mut AnyStage, WeightError> {
         self.stages
             .iter_mut()
             .find(|s| s.layers().contains(&il))
@@ -189,7 +186,7 @@ impl Pipeline {
     }
 
     /// The stages, in layer order.
-    pub fn stages(&self) -> &[Box<dyn PipelineStage>] {
+    pub fn stages(&self) -> &[AnyStage] {
         &self.stages
     }
 
@@ -217,10 +214,7 @@ impl Pipeline {
     }
 
     /// Replaces the stages (a re-split), returning the old ones.
-    pub fn replace_stages(
-        &mut self,
-        stages: Vec<Box<dyn PipelineStage>>,
-    ) -> Vec<Box<dyn PipelineStage>> {
+    pub fn replace_stages(&mut self, stages: Vec<AnyStage>) -> Vec<AnyStage> {
         // The new stages may sit on other devices: ask them for staging memory afresh.
         self.staging = None;
         self.want_staging = true;
@@ -228,7 +222,7 @@ impl Pipeline {
     }
 
     /// Mutable access to the stages.
-    pub fn stages_mut(&mut self) -> &mut [Box<dyn PipelineStage>] {
+    pub fn stages_mut(&mut self) -> &mut [AnyStage] {
         &mut self.stages
     }
 
@@ -243,6 +237,32 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    /// Allocates KV caches for sequence `seq` with room for `capacity` positions on every stage,
+    /// holding the first `len` positions of sequence `src`'s caches (a copy on each device; the
+    /// types are `src`'s). Nothing is left allocated for `seq` on failure.
+    pub fn fork_sequence(
+        &mut self,
+        src: SeqId,
+        seq: SeqId,
+        len: usize,
+        capacity: usize,
+    ) -> Result<(), BackendError> {
+        for i in 0..self.stages.len() {
+            if let Err(e) = self.stages[i].fork_sequence(src, seq, len, capacity) {
+                for s in &mut self.stages[..i] {
+                    s.remove_sequence(seq);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of sequence `seq`'s KV caches over every stage.
+    pub fn sequence_kv_bytes(&self, seq: SeqId) -> u64 {
+        self.stages.iter().map(|s| s.sequence_kv_bytes(seq)).sum()
     }
 
     /// Frees a sequence's KV caches on every stage.

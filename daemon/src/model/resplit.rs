@@ -32,12 +32,12 @@ use std::time::Instant;
 
 use thiserror::Error;
 
-use super::backend::{StageBackend, StageShape};
+use super::backend::{AnyPart, AnyStage, StageBackend, StageShape};
 use super::config::ModelConfig;
 use super::host_tensors::PartSource;
 use super::load::ExpertPlacement;
-use super::parts::{HostPart, Part, Slot};
-use super::pipeline::{Pipeline, PipelineStage};
+use super::parts::Slot;
+use super::pipeline::Pipeline;
 
 pub use super::parts::LiveSequence;
 
@@ -127,10 +127,10 @@ fn check_layout(target: &[Layout], n_layer: usize) -> Result<(), ResplitError> {
 }
 
 /// The parts of the stages taken apart, indexed by [`super::parts::Slot::index`].
-type Slots = Vec<Option<Box<dyn Part>>>;
+type Slots = Vec<Option<AnyPart>>;
 
 /// Stages by their index in a layout; `None` where a stage is still to be put together.
-type StageSlots = Vec<Option<Box<dyn PipelineStage>>>;
+type StageSlots = Vec<Option<AnyStage>>;
 
 /// What moving parts did.
 #[derive(Default)]
@@ -168,7 +168,7 @@ impl Mover<'_> {
         target: &[Layout],
         kept: &mut StageSlots,
         slots: &mut Slots,
-    ) -> Result<(Vec<Box<dyn PipelineStage>>, Moved), String> {
+    ) -> Result<(Vec<AnyStage>, Moved), String> {
         let n_layer = self.config.n_layer;
         let mut dest: Vec<Option<&str>> = vec![None; n_layer + 1];
         for (j, l) in target.iter().enumerate() {
@@ -235,7 +235,7 @@ impl Mover<'_> {
                 *now.entry(d.to_string()).or_default() += part.bytes();
             }
             if let Some(d) = to {
-                cost[i] = self.cost_on(&**part, d)?;
+                cost[i] = self.cost_on(part, d)?;
                 *after.entry(d.to_string()).or_default() += cost[i];
             }
         }
@@ -282,10 +282,10 @@ impl Mover<'_> {
                 let Some(part) = slots[i].take() else {
                     continue;
                 };
-                match HostPart::spill(&*part, self.live, self.source, self.config) {
+                match part.spill(self.live, self.source, self.config) {
                     Ok(host) => {
-                        release(&mut now, &*part);
-                        slots[i] = Some(Box::new(host));
+                        release(&mut now, &part);
+                        slots[i] = Some(host);
                         moved.through_host += 1;
                         continue;
                     }
@@ -301,11 +301,11 @@ impl Mover<'_> {
             let (Some(part), Some(to)) = (slots[i].take(), dest[i]) else {
                 continue;
             };
-            match self.copy(&*part, to) {
+            match self.copy(&part, to) {
                 Ok(copy) => {
                     *now.entry(to.to_string()).or_default() += copy.bytes();
                     moved.bytes += copy.bytes();
-                    release(&mut now, &*part);
+                    release(&mut now, &part);
                     slots[i] = Some(copy);
                 }
                 Err(e) => {
@@ -317,7 +317,7 @@ impl Mover<'_> {
     }
 
     /// Bytes `part` will take on device `to`.
-    fn cost_on(&self, part: &dyn Part, to: &str) -> Result<u64, String> {
+    fn cost_on(&self, part: &AnyPart, to: &str) -> Result<u64, String> {
         let describe = |e: &dyn std::fmt::Display| format!("sizing {} for {to}: {e}", part.slot());
         let weights = part.weight_views(self.config).map_err(|e| describe(&e))?;
         let kv = part.kv_views(self.live).map_err(|e| describe(&e))?;
@@ -325,7 +325,7 @@ impl Mover<'_> {
     }
 
     /// Copies `part` onto device `to`.
-    fn copy(&self, part: &dyn Part, to: &str) -> Result<Box<dyn Part>, String> {
+    fn copy(&self, part: &AnyPart, to: &str) -> Result<AnyPart, String> {
         let what = |e: &dyn std::fmt::Display| {
             let from = part.device_name().unwrap_or("the host");
             format!("moving {} from {from} to {to}: {e}", part.slot())
@@ -338,7 +338,7 @@ impl Mover<'_> {
 }
 
 /// Takes `part`'s bytes off its device's count (it is about to be dropped).
-fn release(now: &mut HashMap<String, u64>, part: &dyn Part) {
+fn release(now: &mut HashMap<String, u64>, part: &AnyPart) {
     if let Some(bytes) = part.device_name().and_then(|d| now.get_mut(d)) {
         *bytes = bytes.saturating_sub(part.bytes());
     }
@@ -528,7 +528,7 @@ fn resplit_layers(
             .map(|l| l.device.clone())
     };
     let mut report = ResplitReport {
-        sequences: live.len(),
+        sequences: live.iter().filter(|s| !s.retained).count(),
         layers_moved: (0..n_layer)
             .filter(|&il| device_of(&old, il) != device_of(target, il))
             .count(),
@@ -737,6 +737,7 @@ mod tests {
                 id: 1,
                 len,
                 capacity: 16,
+                retained: false,
             }]
         };
         // Move layer 2 and the head between steps, then everything to one device.
@@ -853,6 +854,7 @@ mod tests {
             id: 1,
             len: prompt.len(),
             capacity: 16,
+            retained: false,
         }];
         let r = resplit(
             &mut p,
@@ -907,6 +909,7 @@ mod tests {
             id: 1,
             len: prompt.len(),
             capacity: 16,
+            retained: false,
         }];
         let err = resplit(
             &mut p,
@@ -966,6 +969,7 @@ mod tests {
             id: 1,
             len: prompt.len(),
             capacity: 16,
+            retained: false,
         }];
         resplit(
             &mut p,

@@ -12,11 +12,12 @@ use llmd_kernels::backend::{
 
 use super::batch::{Batch, Segment, SeqId};
 use super::config::ModelConfig;
-use super::embedding::{OUTPUT, OUTPUT_NORM as NORM, TOKEN_EMBD};
 use super::host_tensors::{OwnedTensor, PartSource};
 use super::moe::{moe_ffn, ExpertLoader, ExpertStage, ExpertsElsewhere, MoeInput, MoeScratch};
 use super::parts::{DevicePart, PartWeights, Slot};
-use super::weights::{FeedForward, HeadWeights, LayerWeights, WeightError};
+use super::weights::{
+    FeedForward, HeadWeights, LayerWeights, WeightError, OUTPUT, OUTPUT_NORM as NORM, TOKEN_EMBD,
+};
 
 /// Activation buffers of one stage, sized once for the largest batch so the forward pass never
 /// allocates.
@@ -531,6 +532,43 @@ impl<B: Backend> Stage<B> {
             layer.insert(seq, cache);
         }
         Ok(())
+    }
+
+    /// Allocates KV caches for `seq` with room for `capacity` positions holding the first `len`
+    /// positions of `src`'s caches, copied on the device (one [`Backend::import_kv`] per layer:
+    /// the bytes as they lie, whatever their type, so the copy is exact).
+    pub fn fork_sequence(
+        &mut self,
+        src: SeqId,
+        seq: SeqId,
+        len: usize,
+        capacity: usize,
+    ) -> Result<(), BackendError> {
+        let caches = self
+            .kv
+            .iter()
+            .map(|layer| {
+                let from = layer.get(&src).ok_or_else(|| BackendError::Shape {
+                    op: "fork_sequence",
+                    detail: format!("no KV cache for sequence {src}"),
+                })?;
+                let view = self.backend.kv_view(from, len)?;
+                self.backend.import_kv(&view, capacity)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (layer, cache) in self.kv.iter_mut().zip(caches) {
+            layer.insert(seq, cache);
+        }
+        Ok(())
+    }
+
+    /// Bytes of `seq`'s KV caches on this stage's device.
+    pub fn sequence_kv_bytes(&self, seq: SeqId) -> u64 {
+        self.kv
+            .iter()
+            .filter_map(|layer| layer.get(&seq))
+            .map(|kv| self.backend.kv_bytes(kv))
+            .sum()
     }
 
     /// Frees the KV caches of `seq`.

@@ -21,6 +21,50 @@ use thiserror::Error;
 
 use super::config::{Arch, ModelConfig, MoeConfig};
 
+/// The name of the token embedding table in GGUF files.
+pub const TOKEN_EMBD: &str = "token_embd.weight";
+/// The name of the output projection; absent when the model ties it to the embedding.
+pub const OUTPUT: &str = "output.weight";
+/// The name of the final norm, the output head's other tensor.
+pub const OUTPUT_NORM: &str = "output_norm.weight";
+
+/// Which part of the model: a layer, or the output head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Slot {
+    /// Transformer layer `il`.
+    Layer(usize),
+    /// The output head.
+    Head,
+}
+
+impl Slot {
+    /// Its index among `n_layer + 1` parts (the head last).
+    pub fn index(self, n_layer: usize) -> usize {
+        match self {
+            Slot::Layer(il) => il,
+            Slot::Head => n_layer,
+        }
+    }
+
+    /// The slot at `index` among `n_layer + 1` parts.
+    pub fn at(index: usize, n_layer: usize) -> Slot {
+        if index < n_layer {
+            Slot::Layer(index)
+        } else {
+            Slot::Head
+        }
+    }
+}
+
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Slot::Layer(il) => write!(f, "layer {il}"),
+            Slot::Head => f.write_str("the output head"),
+        }
+    }
+}
+
 /// Where tensors come from (a part's tensors read from the model file, or host copies being
 /// moved).
 pub trait TensorSource {
@@ -468,10 +512,10 @@ impl<'a> HeadWeights<HostTensor<'a>> {
         config: &ModelConfig,
     ) -> Result<Self, WeightError> {
         let ld = Finder { source };
-        let output_norm = ld.required("output_norm.weight", 1, config.n_embd)?;
-        let output = match ld.optional("output.weight", config.n_vocab, config.n_embd)? {
+        let output_norm = ld.required(OUTPUT_NORM, 1, config.n_embd)?;
+        let output = match ld.optional(OUTPUT, config.n_vocab, config.n_embd)? {
             Some(w) => w,
-            None => ld.required("token_embd.weight", config.n_vocab, config.n_embd)?,
+            None => ld.required(TOKEN_EMBD, config.n_vocab, config.n_embd)?,
         };
         Ok(HeadWeights {
             output_norm,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use llmd_kernels::backend::{CpuBackend, CudaBackend, DeviceMemory, KvTypes};
-use llmd_kernels::cpu::ThreadPool;
+use llmd_kernels::cpu::{ComputePool, ThreadPool};
 use tokio::sync::Notify;
 
 use super::error::{ErrorKind, RuntimeError};
@@ -36,7 +36,8 @@ pub struct LoadSpec {
     pub path: PathBuf,
     /// Context length per sequence; `None` for [`DEFAULT_CTX`] (at most the training context).
     pub ctx: Option<u32>,
-    /// CPU threads; `None` for one per core.
+    /// The model's share of the daemon's compute pool (threads its CPU work may use at once,
+    /// at most the pool's size); `None` for the whole pool.
     pub threads: Option<u32>,
     /// Devices by name, in stage order (a name may repeat); empty for the default devices.
     pub devices: Vec<String>,
@@ -51,6 +52,9 @@ pub struct LoadSpec {
     /// (`--n-cpu-moe N`; `u32::MAX` for every layer, `--cpu-moe`); `None` to keep them with
     /// their layers.
     pub n_cpu_moe: Option<u32>,
+    /// Bytes of KV cache finished generations may keep for later prompts sharing their prefix
+    /// (the prefix cache; the front end resolves `prefix_cache_mib`); 0 turns it off.
+    pub prefix_cache_bytes: u64,
 }
 
 /// What to plan: a model file on devices, as `llmctl plan` asks.
@@ -411,10 +415,13 @@ pub fn prepare_load(path: &Path) -> Result<PreparedLoad, RuntimeError> {
 }
 
 /// Loads a model `prepare_load` opened, as `spec` asks (blocking: run it on a blocking thread,
-/// holding the placement lock). `memory_of` gives each device's shared memory ledger;
-/// `progress(done, total)` reports stages loaded. The split plan is checked against the
+/// holding the placement lock). `memory_of` gives each device's shared memory ledger; CPU
+/// stages compute on a share of `compute`, the daemon's one pool; `progress(done, total)` reports stages loaded. The split plan is checked against the
 /// devices' free memory before anything is allocated: a load that does not fit is refused with
 /// the numbers and a suggestion that fits (`does_not_fit`).
+// What to load, where (devices, their ledgers, the compute pool) and whom to tell: each a separate
+// concern of the caller's, so they stay separate arguments.
+#[allow(clippy::too_many_arguments)]
 pub fn load_blocking(
     spec: &LoadSpec,
     name: String,
@@ -422,6 +429,7 @@ pub fn load_blocking(
     devices: &[Device],
     memory_of: &dyn Fn(&Device) -> Arc<DeviceMemory>,
     changed: Option<Arc<Notify>>,
+    compute: &Arc<ComputePool>,
     progress: impl FnMut(usize, usize),
 ) -> Result<(LoadedModel, f64, u64), RuntimeError> {
     let PreparedLoad {
@@ -462,13 +470,10 @@ pub fn load_blocking(
     for w in &p.warnings {
         tracing::warn!(model = %name, "placement: {w}");
     }
-    let threads = spec
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
-        .clamp(1, 256);
-    let pool = Arc::new(ThreadPool::new(threads as usize).map_err(|e| {
-        RuntimeError::new(ErrorKind::Internal, format!("cannot start threads: {e}"))
-    })?);
+    // The model's share of the daemon's pool (all of it by default); what it may use at once.
+    let share = compute.share(spec.threads.map_or(compute.threads(), |t| t as usize));
+    let threads = share.n_threads() as u32;
+    let pool = Arc::new(share);
     let backends = backends_for(
         chosen
             .iter()
@@ -518,7 +523,8 @@ pub fn load_blocking(
         .iter()
         .map(|s| s.weight_bytes + s.expert_bytes)
         .sum();
-    let limits = WorkerLimits::new(ctx as usize, MAX_BATCH, MAX_SEQUENCES);
+    let limits = WorkerLimits::new(ctx as usize, MAX_BATCH, MAX_SEQUENCES)
+        .with_prefix_cache(spec.prefix_cache_bytes);
     let handle = ModelHandle::spawn(&name, pipeline, Arc::clone(&tokenizer), limits, changed)
         .map_err(|e| {
             RuntimeError::new(
@@ -527,6 +533,7 @@ pub fn load_blocking(
             )
         })?;
     let loaded = LoadedModel {
+        prefix_cache_bytes: spec.prefix_cache_bytes,
         name,
         path,
         architecture: model.config.arch.name().to_string(),
@@ -628,6 +635,7 @@ impl super::Runtime {
             let spec = spec.clone();
             let name = name.clone();
             let changed = Some(Arc::clone(&self.changed));
+            let compute = Arc::clone(&self.compute);
             tokio::task::spawn_blocking(move || {
                 let memory_of = |d: &Device| {
                     ledgers
@@ -642,6 +650,7 @@ impl super::Runtime {
                     &devices,
                     &memory_of,
                     changed,
+                    &compute,
                     |done, total| {
                         let _ = progress.send((done, total));
                     },

@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use llmd_kernels::backend::DeviceMemory;
+use llmd_kernels::cpu::ComputePool;
 use tokio::sync::Notify;
 
 use crate::devices::Device;
@@ -78,12 +79,19 @@ pub struct Runtime {
     /// Where each model the configuration declares (`[[models]]`) stands; shared with the
     /// [`InUse`] guards that note the end of each request.
     pub declared: Arc<book::Book>,
+    /// The one compute pool of the process: every model's CPU stages run on a share of it.
+    compute: Arc<ComputePool>,
 }
 
 impl Runtime {
-    /// An empty runtime on `devices` that wakes `changed` when its models change and records
-    /// generations in `metrics`.
-    pub fn new(changed: Arc<Notify>, devices: Vec<Device>, metrics: Arc<Metrics>) -> Self {
+    /// An empty runtime on `devices` that wakes `changed` when its models change, records
+    /// generations in `metrics` and computes on shares of `compute`.
+    pub fn new(
+        changed: Arc<Notify>,
+        devices: Vec<Device>,
+        metrics: Arc<Metrics>,
+        compute: Arc<ComputePool>,
+    ) -> Self {
         Runtime {
             models: Mutex::new(ModelRegistry::default()),
             changed,
@@ -93,6 +101,7 @@ impl Runtime {
             metrics,
             devices: RwLock::new(Arc::new(devices)),
             declared: Arc::default(),
+            compute,
         }
     }
 
@@ -250,7 +259,12 @@ mod tests {
     /// Issue 14: a wedged placement no longer wedges every later load, unload and re-split.
     #[tokio::test(start_paused = true)]
     async fn a_held_placement_lock_makes_later_waits_busy_naming_the_holder() {
-        let runtime = Runtime::new(Arc::new(Notify::new()), Vec::new(), Arc::default());
+        let runtime = Runtime::new(
+            Arc::new(Notify::new()),
+            Vec::new(),
+            Arc::default(),
+            ComputePool::single(),
+        );
         let held = runtime.placement("loading \"big\"".into()).await.unwrap();
         let err = match runtime.placement("unloading \"x\"".into()).await {
             Ok(_) => panic!("the lock was taken twice"),
@@ -266,7 +280,12 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_models_are_not_found_by_name() {
-        let runtime = Runtime::new(Arc::new(Notify::new()), Vec::new(), Arc::default());
+        let runtime = Runtime::new(
+            Arc::new(Notify::new()),
+            Vec::new(),
+            Arc::default(),
+            ComputePool::single(),
+        );
         let err = runtime.model("nope").unwrap_err();
         assert_eq!(err.kind, ErrorKind::NotFound);
         assert!(err.message.contains("\"nope\""), "{}", err.message);

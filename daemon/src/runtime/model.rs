@@ -9,9 +9,7 @@ use llmd_kernels::backend::KvTypes;
 use llmd_kernels::cpu::ThreadPool;
 
 use super::error::{ErrorKind, RuntimeError};
-use super::load::LoadSpec;
 use super::prompt::{PromptModel, PromptSlots};
-use super::resplit::ResplitSpec;
 use crate::engine::{Job, ModelHandle};
 use crate::model::load::ModelFile;
 use crate::model::plan::ModelSizes;
@@ -68,7 +66,7 @@ pub struct LoadedModel {
     pub prompts: PromptSlots,
     /// Context length per sequence (changed by a re-split with a new context).
     pub(super) ctx: AtomicU32,
-    /// CPU threads.
+    /// Threads of the compute pool this model's CPU work may use at once (its share).
     pub threads: u32,
     /// The file the weights come from, open but not mapped (read again when a re-split spills
     /// a layer, refused once it changed).
@@ -79,7 +77,7 @@ pub struct LoadedModel {
     /// What the model's pieces cost on a device, for plans (with its KV cache types, which the
     /// pipeline allocates and a re-split keeps).
     pub(super) sizes: ModelSizes,
-    /// The threads every stage of this model computes on.
+    /// The share of the daemon's compute pool every CPU stage of this model computes on.
     pub(super) pool: Arc<ThreadPool>,
     /// The worker thread that owns the pipeline.
     pub handle: ModelHandle,
@@ -87,6 +85,8 @@ pub struct LoadedModel {
     pub(super) placement: Mutex<Vec<StagePlacement>>,
     /// Generations running now.
     pub running: AtomicU32,
+    /// Its prefix cache's budget in bytes (kept for a reload from the same specification).
+    pub prefix_cache_bytes: u64,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -124,7 +124,7 @@ impl LoadedModel {
     }
 
     /// The placement as last recorded, even for a failed model (a reload puts it back there).
-    fn last_placement(&self) -> Vec<StagePlacement> {
+    pub(super) fn last_placement(&self) -> Vec<StagePlacement> {
         self.placement
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -240,35 +240,6 @@ impl LoadedModel {
         let mut devices: Vec<String> = self.placement().into_iter().map(|s| s.device).collect();
         devices.dedup();
         devices
-    }
-
-    /// The load that puts this (failed) model back: its file, name, threads, context, KV cache
-    /// types and last placement (its stages' devices, with their layer counts as split
-    /// weights), each replaced by what the re-split `spec` gives.
-    pub fn reload_spec(&self, spec: &ResplitSpec) -> LoadSpec {
-        let last = self.last_placement();
-        let devices = if spec.devices.is_empty() {
-            last.iter().map(|s| s.device.clone()).collect()
-        } else {
-            spec.devices.clone()
-        };
-        let split = if spec.split.is_empty() && spec.devices.is_empty() {
-            layer_counts(&last)
-        } else {
-            spec.split.clone()
-        };
-        LoadSpec {
-            path: self.path.clone(),
-            ctx: Some(spec.ctx.unwrap_or_else(|| self.ctx())),
-            threads: Some(self.threads),
-            devices,
-            split,
-            kv_types: self.kv_types(),
-            // The devices named above are the stages' own, CPU ones included.
-            gpu_layers: None,
-            // Experts where the re-split asks, else where they were.
-            n_cpu_moe: spec.n_cpu_moe.or_else(|| n_cpu_moe_of(&last)),
-        }
     }
 }
 

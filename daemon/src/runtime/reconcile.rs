@@ -44,8 +44,8 @@ pub enum Action {
 pub type Resolved = (ModelDecl, LoadSpec);
 
 /// Whether a declared model must be loaded again to go from `old` to `new`: its file, context,
-/// threads, cache types, GPU layers (which change the devices a re-split would move between)
-/// or chat template changed (experts moving to or from the host are a live re-split's).
+/// threads, cache types, GPU layers (which change the devices a re-split would move between),
+/// prefix cache budget or chat template changed (experts moving to or from the host are a live re-split's).
 fn needs_reload(old: &Resolved, new: &Resolved) -> bool {
     let ((o, os), (n, ns)) = (old, new);
     os.path != ns.path
@@ -53,6 +53,7 @@ fn needs_reload(old: &Resolved, new: &Resolved) -> bool {
         || os.threads != ns.threads
         || os.kv_types != ns.kv_types
         || os.gpu_layers != ns.gpu_layers
+        || os.prefix_cache_bytes != ns.prefix_cache_bytes
         || o.chat_template != n.chat_template
 }
 
@@ -222,6 +223,7 @@ mod tests {
             kv_types: Default::default(),
             gpu_layers: d.gpu_layers,
             n_cpu_moe: d.n_cpu_moe,
+            prefix_cache_bytes: 0,
         };
         (d, spec)
     }

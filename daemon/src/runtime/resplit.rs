@@ -17,7 +17,7 @@ use llmd_kernels::backend::DeviceMemory;
 use super::error::{ErrorKind, RuntimeError};
 use super::load::{
     backends_for, expert_host, experts_on, make_plan, plan_blocking, plan_devices, prepare_load,
-    resolve_ctx, resolve_devices, PlanSpec, PlannedModel,
+    resolve_ctx, resolve_devices, LoadSpec, PlanSpec, PlannedModel,
 };
 use super::model::{
     layer_counts, n_cpu_moe_of, placement_of, LoadedModel, StagePlacement, MAX_BATCH, MAX_SEQUENCES,
@@ -42,6 +42,38 @@ pub struct ResplitSpec {
     /// Layers whose experts live on the host's CPU device from now on (`--n-cpu-moe N`; 0:
     /// none); `None` keeps them where they are.
     pub n_cpu_moe: Option<u32>,
+}
+
+impl ResplitSpec {
+    /// The load that puts the failed `model` back: its file, name, threads, context, KV cache
+    /// types and last placement (its stages' devices, with their layer counts as split
+    /// weights), each replaced by what this re-split gives.
+    pub fn reload_of(&self, model: &LoadedModel) -> LoadSpec {
+        let last = model.last_placement();
+        let devices = if self.devices.is_empty() {
+            last.iter().map(|s| s.device.clone()).collect()
+        } else {
+            self.devices.clone()
+        };
+        let split = if self.split.is_empty() && self.devices.is_empty() {
+            layer_counts(&last)
+        } else {
+            self.split.clone()
+        };
+        LoadSpec {
+            path: model.path.clone(),
+            ctx: Some(self.ctx.unwrap_or_else(|| model.ctx())),
+            threads: Some(model.threads),
+            devices,
+            split,
+            kv_types: model.kv_types(),
+            // The devices named above are the stages' own, CPU ones included.
+            gpu_layers: None,
+            // Experts where the re-split asks, else where they were.
+            n_cpu_moe: self.n_cpu_moe.or_else(|| n_cpu_moe_of(&last)),
+            prefix_cache_bytes: model.prefix_cache_bytes,
+        }
+    }
 }
 
 /// A finished re-split (or the reload of a failed model).
@@ -93,7 +125,7 @@ impl Runtime {
         Ok(done)
     }
 
-    /// Loads the failed `model` again from its file, as [`LoadedModel::reload_spec`] says, and
+    /// Loads the failed `model` again from its file, as [`ResplitSpec::reload_of`] says, and
     /// registers it in its place.
     async fn recover(
         &self,
@@ -102,7 +134,7 @@ impl Runtime {
         placement: PlacementGuard,
         devices: Arc<Vec<Device>>,
     ) -> Result<Resplit, RuntimeError> {
-        let load = model.reload_spec(spec);
+        let load = spec.reload_of(&model);
         tracing::info!(model = %model.name, path = %load.path.display(), "reloading a failed model from its file");
         let plan_spec = PlanSpec {
             path: load.path.clone(),
@@ -450,9 +482,10 @@ fn check_live_fit(
         if bytes > free {
             problems.push(format!(
                 "{device} needs {} more for the moved layers and experts and the KV caches of \
-                 {} running generations but has {} free",
+                 {} running generations (and {} kept by the prefix cache) but has {} free",
                 plan::human(bytes),
-                live.len(),
+                live.iter().filter(|s| !s.retained).count(),
+                live.iter().filter(|s| s.retained).count(),
                 plan::human(free)
             ));
         }

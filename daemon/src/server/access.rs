@@ -10,7 +10,7 @@
 
 use llmd_shared::{ErrorCode, ErrorReply, Request};
 
-use super::handler::Peer;
+use super::peer::Peer;
 use crate::config::{AccessConfig, Principal};
 use crate::users;
 

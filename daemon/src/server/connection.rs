@@ -34,8 +34,9 @@ use tokio::sync::mpsc;
 
 use super::admission::Ticket;
 use super::frame_budget::{FrameBudget, MAX_FRAME_BYTES_IN_FLIGHT};
-use super::handler::{self, Context, Peer};
+use super::handler::{self, Context};
 use super::peek::peek_one;
+use super::peer::Peer;
 use crate::shutdown::Shutdown;
 use crate::state::State;
 

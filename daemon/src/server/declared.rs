@@ -12,8 +12,8 @@ use crate::server::wire;
 use crate::state::State;
 
 /// Each `[[models]]` entry of `config` with the load specification it makes: its file
-/// resolved against `models_dir`, its devices, split, context, threads, cache types and GPU
-/// layers.
+/// resolved against `models_dir`, its devices, split, context, threads, cache types, GPU
+/// layers and prefix cache budget.
 pub fn resolved(config: &Config) -> Vec<Resolved> {
     let dir = config.models_dir();
     config
@@ -29,6 +29,7 @@ pub fn resolved(config: &Config) -> Vec<Resolved> {
                 kv_types: wire::requested_cache_types(d.cache_type_k, d.cache_type_v),
                 gpu_layers: d.gpu_layers,
                 n_cpu_moe: d.n_cpu_moe,
+                prefix_cache_bytes: config.prefix_cache_bytes(Some(d)),
             };
             (d.clone(), spec)
         })

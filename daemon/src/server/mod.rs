@@ -14,6 +14,7 @@ pub mod frame_budget;
 pub mod handler;
 pub mod listener;
 pub mod peek;
+pub mod peer;
 mod reload;
 pub mod wire;
 
@@ -37,8 +38,8 @@ use crate::shutdown::ShutdownTrigger;
 use crate::state::State;
 use admission::{Admission, Admit};
 use frame_budget::FrameBudget;
-use handler::Peer;
 use listener::{BoundSocket, ListenerError};
+use peer::Peer;
 pub use reload::Reloader;
 
 pub use admission::{MAX_CONNECTIONS, MAX_CONNECTIONS_PER_UID};

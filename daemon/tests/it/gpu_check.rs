@@ -21,6 +21,7 @@ use std::sync::Arc;
 use clap::Parser;
 use llmd_kernels::backend::{CpuBackend, CudaBackend, DeviceMemory, KvType, KvTypes};
 use llmd_kernels::cpu::ThreadPool;
+use llmd_testkit::fake_cuda::stats;
 
 use llmd::make_model::{self, MakeModelArgs};
 use llmd::model::load::{build_pipeline, OpenedModel, StageSpec};
@@ -304,10 +305,11 @@ const CASES: &[Case] = &[
         Quick::One,
     ),
     case("phi3", "f16", &[], 0.01, Quick::No),
-    // Mixtures of experts: routing on the host, each expert's rows gathered on the device
+    // Mixtures of experts: routing on the host; prefill gathers each expert's rows on the
+    // device, decode runs the routed matmul (`mul_mat_vec_id_*`; counted by the fake driver)
     // (Qwen3-MoE with q/k norms; Mixtral, a llama file with experts, in a K-quant mix).
-    case("qwen3moe", "q8_0", &[], 0.04, Quick::One),
-    case("mixtral", "q4_k_m", &[], 0.04, Quick::One),
+    case("qwen3moe", "q8_0", &[], 0.04, Quick::Twin),
+    case("mixtral", "q4_k_m", &[], 0.04, Quick::Twin),
     // Attention and final soft-caps that bend the logits, alternating 16-wide windows.
     case(
         "gemma2",
@@ -465,7 +467,18 @@ fn gpu_whole_models_match_the_cpu_backend() {
                 ("prefill", true, &want_prefill),
                 ("decode", false, &want_decode),
             ] {
+                let routed_before = stats().get("routed_launches").copied();
                 let got = logits(&mut p, &toks, one_batch);
+                if let (Some(before), false) = (routed_before, one_batch) {
+                    // On the fake driver: decoding a mixture of experts routes its experts.
+                    let routed = stats()["routed_launches"] - before;
+                    let moe = model.config.moe.is_some();
+                    assert_eq!(
+                        routed > 0,
+                        moe,
+                        "{name} on {what}: {routed} routed launches"
+                    );
+                }
                 assert!(
                     p.uses_page_locked_staging(),
                     "activations cross in pinned memory"
@@ -577,6 +590,7 @@ fn resplit_while_decoding(
             id: 1,
             len: pos,
             capacity,
+            retained: false,
         }];
         let target = &layouts[next];
         let r = resplit(

@@ -263,7 +263,7 @@ static const std::unordered_map<std::string, Capture> &kernels() {
 // Every kernel of a type in types.cuh's lists.
 #define K_QUANT(name, type)                                                                        \
     K(get_rows_##name), K(dequantize_##name##_f32), K(mul_mat_vec_##name##_q8_1),                  \
-        K(mul_mat_q_##name),
+        K(mul_mat_vec_id_##name##_q8_1), K(mul_mat_q_##name),
 #define K_HALF(name, type) K(get_rows_##name), K(dequantize_##name##_f32),
         LLMD_QUANT_TYPES(K_QUANT) LLMD_HALF_TYPES(K_HALF)
         K(attn_prefill_f16_f16), K(attn_prefill_f16_q8_0), K(attn_prefill_f16_q4_0),
@@ -531,6 +531,7 @@ API CUresult cuDeviceGetAttribute(int *value, int attribute, int dev) {
     case 34: *value = (int)std::strtol(pci.substr(12, 2).c_str(), nullptr, 16); break; // device
     case 50: *value = (int)std::strtol(pci.substr(0, 8).c_str(), nullptr, 16); break; // domain
     case 8: *value = 48 * 1024; break;          // max shared memory per block
+    case 16: *value = config().sms; break;      // multiprocessors
     default: *value = 0; break;
     }
     return kSuccess;
@@ -1100,6 +1101,9 @@ API CUresult cuLaunchKernel(void *function, unsigned gx, unsigned gy, unsigned g
     }
     Launch launch = (*f->capture)(params);
     counters().launches++;
+    if (f->name.rfind("mul_mat_vec_id_", 0) == 0) {
+        counters().routed_launches++;
+    }
     Context *ctx = current;
     // Every pointer argument must point into live memory this device may access; the launch
     // runs later, so a bad one faults the context as the GPU's MMU would.

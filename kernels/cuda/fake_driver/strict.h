@@ -29,7 +29,8 @@
 //
 // Configuration (environment): LLMD_FAKE_CUDA_DEVICES (1), LLMD_FAKE_CUDA_MEMORY (16 GiB each),
 // LLMD_FAKE_CUDA_DRIVER (cuDriverGetVersion, 12040), LLMD_FAKE_CUDA_PTX_ISA ("8.4"),
-// LLMD_FAKE_CUDA_CC (compute capability, "8.0"), LLMD_FAKE_CUDA_UUIDS and LLMD_FAKE_CUDA_PCI
+// LLMD_FAKE_CUDA_CC (compute capability, "8.0"), LLMD_FAKE_CUDA_SMS (multiprocessors, 4),
+// LLMD_FAKE_CUDA_UUIDS and LLMD_FAKE_CUDA_PCI
 // (comma-separated, one per GPU in CUDA order), LLMD_FAKE_CUDA_P2P (1: every pair may access each
 // other, 0: none), LLMD_FAKE_CUDA_FAULT ("kernel:N": the Nth launch of that kernel faults with
 // CUDA_ERROR_ILLEGAL_ADDRESS), LLMD_FAKE_CUDA_STATS (a file the counters are written to after
@@ -114,6 +115,7 @@ struct Config {
     int driver_version = 12040;
     int max_ptx_isa = 84;
     int cc = 80; // major * 10 + minor
+    int sms = 4; // multiprocessors (decode attention splits its keys by them)
     bool p2p = true;
     std::string fault_kernel;
     long long fault_nth = 0;
@@ -137,6 +139,7 @@ inline const Config &config() {
             c.cc = version_number(cc);
         }
         c.p2p = env_int("LLMD_FAKE_CUDA_P2P", 1) != 0;
+        c.sms = (int)std::max(1LL, env_int("LLMD_FAKE_CUDA_SMS", c.sms));
         if (const char *f = env("LLMD_FAKE_CUDA_FAULT")) {
             std::string s(f);
             const auto colon = s.find(':');
@@ -162,7 +165,9 @@ struct Counters {
     std::atomic<long long> launches{0}, host_syncs{0}, h2d_bytes{0}, d2h_bytes{0},
         peer_direct{0}, peer_staged{0}, peer_direct_bytes{0}, peer_staged_bytes{0},
         refused_context{0}, faults{0}, allocations{0}, frees{0}, pageable_copies{0},
-        h2d_copies{0}, d2h_copies{0};
+        h2d_copies{0}, d2h_copies{0},
+        // Launches of the routed matmul of mixtures of experts (mul_mat_vec_id_*).
+        routed_launches{0};
 };
 inline Counters &counters() {
     static auto *c = new Counters;
@@ -186,12 +191,13 @@ inline void write_stats() {
                  "strict 1\nlaunches %lld\nhost_syncs %lld\nh2d_bytes %lld\nd2h_bytes %lld\n"
                  "peer_copies_direct %lld\npeer_copies_staged %lld\npeer_bytes_direct %lld\n"
                  "peer_bytes_staged %lld\nrefused_context %lld\nfaults %lld\nallocations %lld\n"
-                 "frees %lld\npageable_copies %lld\nh2d_copies %lld\nd2h_copies %lld\n",
+                 "frees %lld\npageable_copies %lld\nh2d_copies %lld\nd2h_copies %lld\n"
+                 "routed_launches %lld\n",
                  n.launches.load(), n.host_syncs.load(), n.h2d_bytes.load(), n.d2h_bytes.load(),
                  n.peer_direct.load(), n.peer_staged.load(), n.peer_direct_bytes.load(),
                  n.peer_staged_bytes.load(), n.refused_context.load(), n.faults.load(),
                  n.allocations.load(), n.frees.load(), n.pageable_copies.load(),
-                 n.h2d_copies.load(), n.d2h_copies.load());
+                 n.h2d_copies.load(), n.d2h_copies.load(), n.routed_launches.load());
     std::fclose(f);
     std::rename(partial.c_str(), c.stats_path.c_str());
 }

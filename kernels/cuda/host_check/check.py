@@ -596,6 +596,9 @@ cases = [
     ("decode", 2, 2, 256, np.array([3, 50]), 0, 20.0, 7, "f16", "f16"),
     # several tiles per warp: the running max must rescale earlier tiles
     ("decode", 4, 2, 64, np.array([330]), 0, 0.0, 1, "f16", "f16"),
+    # a GQA group of 12 query heads: two decode blocks per KV head (8 + 4 heads)
+    ("decode", 24, 2, 64, np.array([150, 9]), 0, 0.0, 3, "f16", "f16"),
+    ("decode", 24, 2, 64, np.array([150]), 0, 0.0, 2, "q8_0", "q4_0"),
     ("decode", 2, 1, 128, np.array([350, 200]), 300, 0.0, 2, "f16", "f16"),
     ("prefill", 2, 2, 32, np.arange(200, 204), 0, 0.0, 1, "f16", "f16"),
     # quantized caches: every type as keys and as values, GQA, windows, softcap, splits

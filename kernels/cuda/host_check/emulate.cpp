@@ -427,33 +427,48 @@ int main(int argc, char **argv) {
         std::vector<float> part((size_t)n_queries * n_heads * n_splits * (head_dim + 2), NAN);
         const float *q = (const float *)in.data();
         const unsigned *p = (const unsigned *)pos.data();
-        using Kernel = void (*)(const float *, const void *, const void *, float *, float *,
-                                const unsigned *, int, int, int, int, float, int, float);
+        using Prefill = void (*)(const float *, const void *, const void *, float *, float *,
+                                 const unsigned *, int, int, int, int, float, int, float);
+        using Decode = void (*)(const float *, KvSeqs, float *, float *, const unsigned *, int,
+                                int, int, int, float, int, float);
         const bool prefill = type == "prefill";
 #define ATT_PAIR(kname, vname)                                                                    \
     {#kname "_" #vname, {attn_prefill_##kname##_##vname, attn_decode_##kname##_##vname}}
-        const std::vector<std::pair<std::string, std::pair<Kernel, Kernel>>> kernels = {
+        const std::vector<std::pair<std::string, std::pair<Prefill, Decode>>> kernels = {
             ATT_PAIR(f16, f16),  ATT_PAIR(f16, q8_0),  ATT_PAIR(f16, q4_0),
             ATT_PAIR(q8_0, f16), ATT_PAIR(q8_0, q8_0), ATT_PAIR(q8_0, q4_0),
             ATT_PAIR(q4_0, f16), ATT_PAIR(q4_0, q8_0), ATT_PAIR(q4_0, q4_0),
         };
 #undef ATT_PAIR
-        Kernel kernel = nullptr;
-        for (const auto &[name, pair] : kernels) {
+        const std::pair<Prefill, Decode> *pair = nullptr;
+        for (const auto &[name, kernel] : kernels) {
             if (name == kv_types) {
-                kernel = prefill ? pair.first : pair.second;
+                pair = &kernel;
             }
         }
-        if (!kernel) {
+        if (!pair) {
             std::fprintf(stderr, "bad cache types %s\n", kv_types.c_str());
             return 2;
         }
-        const dim3_t grid = prefill ? dim3_t{(unsigned)n_heads, ceil_div(n_queries, 8), n_splits}
-                                    : dim3_t{(unsigned)n_heads, (unsigned)n_queries, n_splits};
-        launch(grid, dim3_t{prefill ? 256u : 128u, 1, 1}, [&] {
-            kernel(q, k.data(), v.data(), out.data(), part.data(), p, n_queries, n_heads, n_kv,
-                   head_dim, scale, window, softcap);
-        });
+        if (prefill) {
+            launch(dim3_t{(unsigned)n_heads, ceil_div(n_queries, 8), n_splits}, dim3_t{256, 1, 1}, [&] {
+                pair->first(q, k.data(), v.data(), out.data(), part.data(), p, n_queries, n_heads,
+                            n_kv, head_dim, scale, window, softcap);
+            });
+        } else {
+            // One sequence holding every query; a block per KV head and group of 8 query heads.
+            KvSeqs seqs{};
+            seqs.k[0] = (unsigned long long)k.data();
+            seqs.v[0] = (unsigned long long)v.data();
+            seqs.first[0] = 0;
+            seqs.first[1] = n_queries;
+            seqs.n = 1;
+            const unsigned groups = (unsigned)(n_kv * ((n_heads / n_kv + 7) / 8));
+            launch(dim3_t{groups, (unsigned)n_queries, n_splits}, dim3_t{128, 1, 1}, [&] {
+                pair->second(q, seqs, out.data(), part.data(), p, n_queries, n_heads, n_kv,
+                             head_dim, scale, window, softcap);
+            });
+        }
         if (n_splits > 1) {
             launch(dim3_t{(unsigned)n_heads, (unsigned)n_queries, 1}, dim3_t{128, 1, 1}, [&] {
                 attn_combine_f32(part.data(), out.data(), n_heads, head_dim, (int)n_splits);

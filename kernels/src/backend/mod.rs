@@ -392,6 +392,35 @@ pub trait Backend: Send + Sync + 'static {
         out: &mut Self::Activations,
     ) -> Result<(), BackendError>;
 
+    /// Whether [`Backend::matmul_id`] multiplies experts of `expert`'s type and shape for a
+    /// batch of `n_tokens` tokens; when not, the caller groups the rows by expert and runs
+    /// [`Backend::matmuls`] per expert.
+    fn routes(&self, _expert: &Self::Weight, _n_tokens: usize) -> bool {
+        false
+    }
+
+    /// The routed matmul of a mixture of experts (ggml's `mul_mat_id`), where
+    /// [`Backend::routes`] says so: `ids` holds `ids.len() / n_tokens` expert ids per token (its
+    /// pairs, one per expert it uses); for each pair p, row p of `out` (`rows` values of the
+    /// experts) = `x` row r * `experts[ids[p]]^T`, where r is the pair's token (`x_per_pair`
+    /// false: `x` holds `n_tokens` rows; the gate and up of the block) or the pair itself
+    /// (`x_per_pair` true: `x` holds `ids.len()` rows; the down). The experts share type and
+    /// shape.
+    fn matmul_id(
+        &self,
+        _experts: &[Self::Weight],
+        _x: &Self::Activations,
+        _n_tokens: usize,
+        _x_per_pair: bool,
+        _ids: &[u32],
+        _out: &mut Self::Activations,
+    ) -> Result<(), BackendError> {
+        Err(BackendError::Device {
+            device: self.device_name().to_string(),
+            message: "no routed matmul (mul_mat_id) on this device".into(),
+        })
+    }
+
     // The fused steps of a layer (`fused.rs`): each defined as the single ops above, which the
     // provided methods run; a backend may override them to run the same sequence in fewer
     // launches, with the same results up to float rounding.

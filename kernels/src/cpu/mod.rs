@@ -1,5 +1,5 @@
 //! CPU compute: quantized dot products (scalar reference + AVX2 / AVX-VNNI), the quantized matrix
-//! multiply of the forward pass, a low-overhead thread pool, and the f32 row operations (norms,
+//! multiply of the forward pass, the process-wide compute pool and its per-model shares, and the f32 row operations (norms,
 //! rope, softmax, activations) the supported architectures need.
 //!
 //! Layout:
@@ -40,7 +40,7 @@ mod avx512;
 
 pub use error::KernelError;
 pub use matmul::{matmul, Layout, MatmulScratch, QMatrix};
-pub use pool::ThreadPool;
+pub use pool::{ComputePool, ThreadPool};
 
 use std::sync::OnceLock;
 

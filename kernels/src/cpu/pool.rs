@@ -1,21 +1,26 @@
-//! A fixed pool of worker threads that run one closure on every thread at once, for the
-//! fork-join parallelism of a forward pass (a matrix multiply splits its rows over the threads).
+//! The process-wide compute pool and the shares of it that models run their forward passes on:
+//! fork-join parallelism where one closure runs once per share index at once (a matrix multiply
+//! splits its rows over the indices).
 //!
-//! A forward pass calls [`ThreadPool::run`] about ten times per layer per token, so the hand-off
-//! must cost microseconds, not the tens of microseconds of waking sleeping threads: a worker that
-//! has just finished spins on a generation counter for [`SPIN_TIME`] before it parks, and the
-//! caller runs share 0 itself. Between bursts (idle daemon) the workers park and use no CPU.
-//!
-//! Each share is claimed exactly once, by its worker or by the caller: when the caller has
-//! finished its own share it claims (and runs) the shares of workers that have not started yet.
-//! On a machine shared with other processes a descheduled worker then costs nothing, instead of
+//! A daemon starts one [`ComputePool`] of `threads` threads in all (the config's total): the
+//! calling thread of each job is one of them, so the pool spawns `threads - 1` workers. Every
+//! model gets a [`ThreadPool`], a *share* of `n` threads of that pool ([`ComputePool::share`]):
+//! its jobs always run as `n` indices, whatever else is running, so results never depend on
+//! what other models do. A job reserves up to `n - 1` idle workers (the lowest-numbered first, so
+//! one busy model keeps reusing the same warm workers); the indices that found no idle worker
+//! (another model holds them) and those of workers that have not woken up yet are run by the
+//! caller itself. On a shared machine a descheduled worker therefore costs nothing, instead of
 //! making every call wait a scheduler time slice for it.
+//!
+//! A forward pass runs about ten jobs per layer per token, so the hand-off must cost
+//! microseconds: a worker that has just finished spins on its slot for [`SPIN_TIME`] before it
+//! parks. Between bursts (an idle daemon) every worker is parked and uses no CPU.
 
 use std::any::Any;
 use std::cell::UnsafeCell;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -27,153 +32,139 @@ pub const SPIN_TIME: Duration = Duration::from_micros(300);
 /// How long the caller polls for workers to finish before it starts yielding its core.
 const CALLER_SPIN_TIME: Duration = Duration::from_micros(100);
 
-/// The most threads a pool may have (a sanity bound on the argument).
+/// The most threads a pool or a share may have (a sanity bound on the argument; the daemon
+/// clamps its config lower).
 pub const MAX_THREADS: usize = 1024;
 
-/// A job: called as `job(thread_index, n_threads)` on every thread of the pool.
+/// A job: called as `job(index, n)` once for every index `0..n` of a share.
 type Job = dyn Fn(usize, usize) + Sync;
 
-/// State shared by the caller and the workers.
-struct Shared {
-    /// Incremented once per job; a worker runs the job when it sees a new value.
-    generation: AtomicU64,
-    /// The current job. Written by the caller only while no worker can read it (before the
-    /// generation increment that publishes it, after every worker reported done).
-    job: UnsafeCell<Option<&'static Job>>,
-    /// Shares (of workers 1..n) not yet finished in the current job.
-    pending: AtomicUsize,
-    /// Per worker: the last generation whose share was claimed, by the worker or by the caller.
-    /// Always `generation - 1` for a share not yet claimed.
-    claimed: Vec<AtomicU64>,
-    /// Set when a worker's share of the current job panicked.
-    panicked: AtomicBool,
-    /// Set when the pool is dropped: workers exit.
-    shutdown: AtomicBool,
-    /// Total threads including the caller.
-    n_threads: usize,
+/// What a reserved worker runs for one generation of its slot.
+#[derive(Clone, Copy)]
+struct Task {
+    /// The job (its lifetime erased: see [`ThreadPool::run`]).
+    job: &'static Job,
+    /// The share index the worker runs.
+    index: usize,
+    /// The share's size (the job's `n`).
+    n: usize,
 }
 
-// SAFETY: `job` is only written by the thread holding `ThreadPool::run_lock` while every worker
-// is idle (pending == 0 and the new generation not yet published); workers read it only after
-// observing the new generation with Acquire ordering, which happens-after the write. The
-// referenced closure is `Sync`, so calling it from several threads is allowed.
-unsafe impl Sync for Shared {}
+/// One worker's mailbox. A caller reserves it (`busy`), writes `task`, publishes a new
+/// `generation`; the worker or, if the worker is late, the caller claims that generation
+/// (`claimed`), exactly once; the worker reports `done` when it ran it.
+struct Slot {
+    /// Held by the caller that reserved this worker for its current job.
+    busy: AtomicBool,
+    /// Incremented once per job given to this worker (only by the reserving caller).
+    generation: AtomicU64,
+    /// The last generation whose task was claimed, by the worker or by the caller; always
+    /// `generation - 1` while a published task is unclaimed.
+    claimed: AtomicU64,
+    /// The last generation the worker finished running.
+    done: AtomicU64,
+    /// Set when the worker's task of the current generation panicked.
+    panicked: AtomicBool,
+    /// The current task. Written only by the reserving caller while the worker cannot read it
+    /// (before the generation that publishes it; after the worker is done or the caller
+    /// claimed it).
+    task: UnsafeCell<Option<Task>>,
+}
 
-/// A pool of `n_threads - 1` worker threads plus the calling thread.
-pub struct ThreadPool {
+// SAFETY: `task` is written only by the caller holding `busy`, before it publishes the generation
+// (Release) and after the generation's claim is settled; the worker reads it only after claiming
+// a generation it observed with Acquire, which happens-after the write. The job is `Sync`, so
+// calling it from several threads is allowed.
+unsafe impl Sync for Slot {}
+
+/// State shared by callers and workers.
+struct Shared {
+    /// One per worker.
+    slots: Vec<Slot>,
+    /// Set when the pool is dropped: workers exit.
+    shutdown: AtomicBool,
+}
+
+/// The process-wide pool: `threads - 1` workers, each parked when idle.
+pub struct ComputePool {
     /// State shared with the workers.
     shared: Arc<Shared>,
     /// Worker handles: to unpark them for a job and join them on drop.
     workers: Vec<JoinHandle<()>>,
-    /// Serializes `run` calls from different threads (one job at a time).
-    run_lock: Mutex<()>,
 }
 
-impl ThreadPool {
-    /// Starts a pool of `n_threads` threads in all (at least 1; the caller of [`Self::run`] is
-    /// thread 0, so `n_threads - 1` workers are spawned).
+impl ComputePool {
+    /// Starts a pool of `threads` threads in all (at least 1): the caller of each job is one of
+    /// them, so `threads - 1` workers are spawned.
     ///
     /// # Errors
     /// If the operating system refuses to start a thread.
-    pub fn new(n_threads: usize) -> std::io::Result<Self> {
-        let n_threads = n_threads.clamp(1, MAX_THREADS);
+    pub fn new(threads: usize) -> std::io::Result<Arc<Self>> {
+        let threads = threads.clamp(1, MAX_THREADS);
         let shared = Arc::new(Shared {
-            generation: AtomicU64::new(0),
-            job: UnsafeCell::new(None),
-            pending: AtomicUsize::new(0),
-            claimed: (1..n_threads).map(|_| AtomicU64::new(0)).collect(),
-            panicked: AtomicBool::new(false),
+            slots: (1..threads)
+                .map(|_| Slot {
+                    busy: AtomicBool::new(false),
+                    generation: AtomicU64::new(0),
+                    claimed: AtomicU64::new(0),
+                    done: AtomicU64::new(0),
+                    panicked: AtomicBool::new(false),
+                    task: UnsafeCell::new(None),
+                })
+                .collect(),
             shutdown: AtomicBool::new(false),
-            n_threads,
         });
-        let mut pool = ThreadPool {
+        let mut pool = ComputePool {
             shared,
             workers: Vec::new(),
-            run_lock: Mutex::new(()),
         };
-        for index in 1..n_threads {
+        for index in 0..threads - 1 {
             let shared = Arc::clone(&pool.shared);
             let handle = thread::Builder::new()
-                .name(format!("llmd-cpu-{index}"))
+                .name(format!("llmd-cpu-{}", index + 1))
                 .spawn(move || worker(&shared, index))?;
             pool.workers.push(handle);
         }
-        Ok(pool)
+        Ok(Arc::new(pool))
     }
 
-    /// Threads in the pool, the caller included.
-    pub fn n_threads(&self) -> usize {
-        self.shared.n_threads
+    /// A pool without workers: every job runs on its caller (starts no thread, so it cannot
+    /// fail).
+    pub fn single() -> Arc<Self> {
+        Arc::new(ComputePool {
+            shared: Arc::new(Shared {
+                slots: Vec::new(),
+                shutdown: AtomicBool::new(false),
+            }),
+            workers: Vec::new(),
+        })
     }
 
-    /// Runs `job(thread_index, n_threads)` once on each of the pool's threads (the caller is
-    /// thread 0) and returns when all have finished.
-    ///
-    /// Calls from several threads at once are serialized.
-    ///
-    /// # Panics
-    /// If the job panicked on any thread (after every thread has finished).
-    pub fn run<'j>(&self, job: &'j (dyn Fn(usize, usize) + Sync + 'j)) {
-        let n = self.shared.n_threads;
-        if n == 1 {
-            job(0, 1);
-            return;
-        }
-        let _guard = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let shared = &*self.shared;
-        // SAFETY: we erase the closure's lifetime to store it where the workers can see it. It
-        // stays valid: this function does not return (or unwind) before `pending` is 0, i.e.
-        // before every worker has finished calling it, and the slot is cleared before return.
-        let job_static: &'static Job = unsafe {
-            std::mem::transmute::<&'j (dyn Fn(usize, usize) + Sync + 'j), &'static Job>(job)
-        };
-        // SAFETY: no worker reads `job` now: all finished the previous job (pending == 0) and
-        // the new generation is not yet published. We hold `run_lock`.
-        unsafe { *shared.job.get() = Some(job_static) };
-        shared.panicked.store(false, Ordering::Relaxed);
-        shared.pending.store(n - 1, Ordering::Relaxed);
-        let generation = shared.generation.fetch_add(1, Ordering::Release) + 1;
-        for w in &self.workers {
-            w.thread().unpark();
-        }
+    /// Threads in the pool, a job's caller included.
+    pub fn threads(&self) -> usize {
+        self.workers.len() + 1
+    }
 
-        let own = panic::catch_unwind(AssertUnwindSafe(|| job(0, n)));
-        // Run the shares of workers that have not woken up yet.
-        for (i, slot) in shared.claimed.iter().enumerate() {
-            if claim(slot, generation) {
-                let r = panic::catch_unwind(AssertUnwindSafe(|| job(i + 1, n)));
-                if r.is_err() {
-                    shared.panicked.store(true, Ordering::Relaxed);
-                }
-                shared.pending.fetch_sub(1, Ordering::Release);
-            }
+    /// A share of `n` threads (at least 1, at most the pool's size) for one model's work.
+    pub fn share(self: &Arc<Self>, n: usize) -> ThreadPool {
+        ThreadPool {
+            pool: Arc::clone(self),
+            n_threads: n.clamp(1, self.threads()),
         }
+    }
 
-        let start = Instant::now();
-        let mut spins = 0u32;
-        while shared.pending.load(Ordering::Acquire) != 0 {
-            spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(64) && start.elapsed() > CALLER_SPIN_TIME {
-                thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
-        }
-        // SAFETY: every share has been claimed and finished (pending == 0, Acquire pairs with the
-        // Release decrements); a worker that lost its claim never reads the job. We still hold
-        // `run_lock`.
-        unsafe { *shared.job.get() = None };
-
-        if let Err(payload) = own {
-            panic::resume_unwind(payload);
-        }
-        if shared.panicked.load(Ordering::Relaxed) {
-            panic!("a thread-pool job panicked on a worker thread");
-        }
+    /// Reserves an idle worker at or after `from`: its index, or `None` when all are busy.
+    fn reserve(&self, from: usize) -> Option<usize> {
+        (from..self.workers.len()).find(|&w| {
+            self.shared.slots[w]
+                .busy
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        })
     }
 }
 
-impl Drop for ThreadPool {
+impl Drop for ComputePool {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::Release);
         for w in &self.workers {
@@ -187,20 +178,153 @@ impl Drop for ThreadPool {
     }
 }
 
-/// Claims the share guarded by `slot` for `generation`; true for exactly one claimant.
-fn claim(slot: &AtomicU64, generation: u64) -> bool {
-    slot.compare_exchange(
-        generation - 1,
-        generation,
-        Ordering::AcqRel,
-        Ordering::Relaxed,
-    )
-    .is_ok()
+/// A share of a [`ComputePool`]: jobs run as `n_threads` indices, on the calling thread and on
+/// whichever of the pool's workers are idle. Cheap to hold; any number of shares (and calls
+/// from several threads on one share) may run at once.
+pub struct ThreadPool {
+    /// The pool whose workers run the share's indices.
+    pool: Arc<ComputePool>,
+    /// Indices per job: the model's configured share.
+    n_threads: usize,
 }
 
-/// A worker's loop: wait for a new generation, claim and run its share, report done.
+impl ThreadPool {
+    /// A pool of its own with `n_threads` threads in all, wholly this share's (tests, tools and
+    /// anything outside the daemon's shared pool).
+    ///
+    /// # Errors
+    /// If the operating system refuses to start a thread.
+    pub fn new(n_threads: usize) -> std::io::Result<Self> {
+        let pool = ComputePool::new(n_threads)?;
+        Ok(pool.share(n_threads))
+    }
+
+    /// Indices per job (the share's size), the caller included.
+    pub fn n_threads(&self) -> usize {
+        self.n_threads
+    }
+
+    /// Runs `job(index, n_threads)` once for each index (the caller runs index 0) and returns
+    /// when all have finished.
+    ///
+    /// # Panics
+    /// If the job panicked on any thread (after every index has finished).
+    pub fn run<'j>(&self, job: &'j (dyn Fn(usize, usize) + Sync + 'j)) {
+        let n = self.n_threads;
+        if n == 1 {
+            job(0, 1);
+            return;
+        }
+        let pool = &*self.pool;
+        let slots = &pool.shared.slots;
+        // SAFETY: we erase the closure's lifetime to store it where the workers can see it. It
+        // stays valid: this function does not return (or unwind) before every reserved worker
+        // has either finished its task (`done`) or lost its claim to us, and a worker reads the
+        // task only after winning the claim.
+        let job_static: &'static Job = unsafe {
+            std::mem::transmute::<&'j (dyn Fn(usize, usize) + Sync + 'j), &'static Job>(job)
+        };
+
+        // Reserve up to n - 1 idle workers and hand each its index.
+        // (worker, its generation, whether we ran its index ourselves)
+        let mut reserved = [(0u32, 0u64, false); MAX_RESERVED];
+        let mut count = 0;
+        let mut next = 0;
+        while count + 1 < n.min(MAX_RESERVED + 1) {
+            let Some(w) = pool.reserve(next) else { break };
+            next = w + 1;
+            let slot = &slots[w];
+            // SAFETY: we hold `busy`; the worker finished (or lost) its previous generation
+            // before the previous holder released `busy`, and the new generation is not yet
+            // published, so nobody reads `task` now.
+            unsafe {
+                *slot.task.get() = Some(Task {
+                    job: job_static,
+                    index: count + 1,
+                    n,
+                })
+            };
+            slot.panicked.store(false, Ordering::Relaxed);
+            let generation = slot.generation.load(Ordering::Relaxed) + 1;
+            slot.generation.store(generation, Ordering::Release);
+            pool.workers[w].thread().unpark();
+            reserved[count] = (w as u32, generation, false);
+            count += 1;
+        }
+
+        let mut failed = false;
+        let mut run_here = |index: usize| {
+            if panic::catch_unwind(AssertUnwindSafe(|| job(index, n))).is_err() {
+                failed = true;
+            }
+        };
+        let own = panic::catch_unwind(AssertUnwindSafe(|| job(0, n)));
+        // Indices no idle worker took.
+        for index in count + 1..n {
+            run_here(index);
+        }
+        // Indices of reserved workers that have not woken up yet.
+        for (i, (w, generation, revoked)) in reserved[..count].iter_mut().enumerate() {
+            if claim(&slots[*w as usize].claimed, *generation) {
+                *revoked = true;
+                run_here(i + 1);
+            }
+        }
+        // Wait for the workers that did wake up, then give every reservation back.
+        for &(w, generation, revoked) in &reserved[..count] {
+            let slot = &slots[w as usize];
+            if !revoked {
+                wait_done(slot, generation);
+            }
+            failed |= slot.panicked.load(Ordering::Relaxed);
+            // SAFETY: the generation's claim is settled and, if the worker won it, the worker
+            // is done with the task; we still hold `busy`.
+            unsafe { *slot.task.get() = None };
+            slot.busy.store(false, Ordering::Release);
+        }
+
+        if let Err(payload) = own {
+            panic::resume_unwind(payload);
+        }
+        if failed {
+            panic!("a thread-pool job panicked on one of its indices");
+        }
+    }
+}
+
+/// The most workers one job reserves: its other indices run on the caller. Bounds the caller's
+/// stack record of its reservations (the daemon's shares are at most 256 threads).
+const MAX_RESERVED: usize = 255;
+
+/// Waits until the worker of `slot` has finished `generation` (whose claim it won).
+fn wait_done(slot: &Slot, generation: u64) {
+    let start = Instant::now();
+    let mut spins = 0u32;
+    while slot.done.load(Ordering::Acquire) != generation {
+        spins = spins.wrapping_add(1);
+        if spins.is_multiple_of(64) && start.elapsed() > CALLER_SPIN_TIME {
+            thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// Claims `generation` of a slot; true for exactly one claimant (the worker or the caller).
+fn claim(claimed: &AtomicU64, generation: u64) -> bool {
+    claimed
+        .compare_exchange(
+            generation - 1,
+            generation,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        )
+        .is_ok()
+}
+
+/// A worker's loop: wait for a new generation of its slot, claim and run it, report done.
 fn worker(shared: &Shared, index: usize) {
-    let slot = &shared.claimed[index - 1];
+    let slot = &shared.slots[index];
     let mut seen = 0u64;
     loop {
         let start = Instant::now();
@@ -209,35 +333,35 @@ fn worker(shared: &Shared, index: usize) {
             if shared.shutdown.load(Ordering::Acquire) {
                 return;
             }
-            let g = shared.generation.load(Ordering::Acquire);
+            let g = slot.generation.load(Ordering::Acquire);
             if g != seen {
                 seen = g;
                 break;
             }
             spins = spins.wrapping_add(1);
             if spins.is_multiple_of(64) && start.elapsed() > SPIN_TIME {
-                // `run` unparks us after publishing a generation, and an unpark that comes
+                // A caller unparks us after publishing a generation, and an unpark that comes
                 // before this park makes it return at once, so no job is missed.
                 thread::park();
             } else {
                 std::hint::spin_loop();
             }
         }
-        if !claim(slot, seen) {
-            // The caller ran this share already (we were late); wait for the next job.
+        if !claim(&slot.claimed, seen) {
+            // The caller ran this index already (we were late); wait for the next job.
             continue;
         }
-        // SAFETY: we observed the new generation with Acquire, which happens-after the caller's
-        // write of `job`, and we hold the claim for it; the caller does not touch the slot again
-        // until `pending` reaches 0, which needs our decrement below.
-        let job = unsafe { *shared.job.get() };
-        if let Some(job) = job {
+        // SAFETY: we observed the generation with Acquire, which happens-after the caller's
+        // write of `task`, and we hold its claim; the caller does not write `task` again until
+        // it has seen our `done` below.
+        let task = unsafe { *slot.task.get() };
+        if let Some(task) = task {
             let r: Result<(), Box<dyn Any + Send>> =
-                panic::catch_unwind(AssertUnwindSafe(|| job(index, shared.n_threads)));
+                panic::catch_unwind(AssertUnwindSafe(|| (task.job)(task.index, task.n)));
             if r.is_err() {
-                shared.panicked.store(true, Ordering::Relaxed);
+                slot.panicked.store(true, Ordering::Relaxed);
             }
         }
-        shared.pending.fetch_sub(1, Ordering::Release);
+        slot.done.store(seen, Ordering::Release);
     }
 }

@@ -207,7 +207,13 @@ pub struct GenerateReply {
     pub trailing_text: String,
     /// Prompt length in tokens.
     pub prompt_tokens: u32,
-    /// Prompt processing speed.
+    /// Prompt tokens whose KV came from the prefix cache instead of being computed (protocol
+    /// 10).
+    pub cached_prompt_tokens: u32,
+    /// Seconds from admission (a slot and KV cache given) to the first sampled token (protocol
+    /// 10).
+    pub time_to_first_token_s: f64,
+    /// Speed of the prompt tokens computed (those not from the prefix cache).
     pub prefill_tokens_per_s: f64,
     /// Generation speed after the first token.
     pub decode_tokens_per_s: f64,

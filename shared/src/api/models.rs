@@ -15,7 +15,8 @@ pub struct LoadRequest {
     /// Context length per sequence (default: the daemon's, capped by the model's training
     /// context).
     pub ctx: Option<u32>,
-    /// CPU threads for this model (default: the daemon's).
+    /// This model's share of the daemon's compute pool: how many of its threads the model's CPU
+    /// work may use at once (default and most: the whole pool, the config's `threads`).
     pub threads: Option<u32>,
     /// Devices to place it on, e.g. `["cpu:0", "cpu:1"]` (default: the daemon's first device).
     pub devices: Vec<String>,
@@ -127,7 +128,7 @@ pub struct ModelDetails {
     pub n_layer: u32,
     /// Context length per sequence.
     pub ctx: u32,
-    /// CPU threads it computes with.
+    /// Its share of the daemon's compute pool (threads its CPU work uses at once).
     pub threads: u32,
     /// Stages, in layer order.
     pub placement: Vec<StagePlacement>,

@@ -277,3 +277,73 @@ fn a_gpu_out_of_memory_fails_the_load_cleanly_on_the_fake_cuda_driver() {
     assert_eq!(status["devices"][1]["memory_used_bytes"], 0, "{status}");
     assert_eq!(greedy(&d, "cpu", N), on_cpu, "after the failed re-split");
 }
+
+/// The prefix cache on a GPU (the fake driver): a repeated long prompt on `cuda:0` copies its
+/// cached prefix on the device (`import_kv` within the GPU's context) and still gives the CPU's
+/// greedy tokens, also after a live re-split moved the retained cache to the CPU and back.
+#[test]
+fn a_prefix_cache_hit_on_the_fake_gpu_gives_the_cpus_tokens() {
+    let Some(dir) =
+        llmd_testkit::fake_cuda::driver_for_tests(llmd_kernels::backend::cuda_available().is_ok())
+            .expect("fake CUDA driver")
+    else {
+        return;
+    };
+    let d = on_fake_driver(&dir, "1")
+        .config(
+            "[[devices]]\nid = \"cpu:0\"\nmemory_budget = \"2GiB\"\n\n\
+             [[devices]]\nid = \"cuda:0\"\n",
+        )
+        .start();
+    let model = tiny_model(d.dir.path());
+    let path = model.to_str().expect("utf-8 path");
+    ok(&d, &["load", path, "--name", "cpu", "--devices", "cpu:0"]);
+    ok(&d, &["load", path, "--name", "gpu", "--devices", "cuda:0"]);
+    let prompt = "Once upon a time, in a city by a river, there lived a baker who rose before \
+                  dawn every day to light the ovens and knead the dough for the whole street.";
+    let run = |model: &str| {
+        last_json(&ok(
+            &d,
+            &[
+                "generate",
+                model,
+                prompt,
+                "--raw",
+                "--temperature",
+                "0",
+                "-n",
+                "8",
+                "--json",
+            ],
+        ))
+    };
+    let want = split_util::tokens_of(&run("cpu"));
+    let first = run("gpu");
+    assert_eq!(first["cached_prompt_tokens"], 0, "{first}");
+    assert_eq!(
+        split_util::tokens_of(&first),
+        want,
+        "cuda:0, nothing cached"
+    );
+    let n = first["prompt_tokens"].as_u64().expect("prompt_tokens");
+    for step in ["repeated", "after a re-split to the CPU and back"] {
+        if step != "repeated" {
+            ok(&d, &["reload", "gpu", "--devices", "cpu:0", "--split", "1"]);
+            ok(
+                &d,
+                &["reload", "gpu", "--devices", "cuda:0", "--split", "1"],
+            );
+        }
+        let again = run("gpu");
+        assert_eq!(
+            again["cached_prompt_tokens"].as_u64(),
+            Some(n - 1),
+            "{step}: {again}"
+        );
+        assert_eq!(
+            split_util::tokens_of(&again),
+            want,
+            "{step}: cuda:0 with a cached prefix"
+        );
+    }
+}

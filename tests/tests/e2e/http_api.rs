@@ -153,6 +153,40 @@ fn keys_models_errors_and_health() {
 }
 
 #[test]
+fn a_repeated_prompt_reports_its_cached_tokens() {
+    let (_d, _dir, base) = daemon_with_model();
+    let prompt = "Once upon a time, in a city by a river, there lived a baker who rose before \
+                  dawn every day to light the ovens and knead the dough for the whole street.";
+    let body = format!(r#"{{"model":"tiny","prompt":"{prompt}","max_tokens":4,"temperature":0}}"#);
+    let (code, first) = post(&base, "/v1/completions", &body);
+    assert_eq!(code, 200, "{first}");
+    let first = json(&first);
+    assert_eq!(
+        first["usage"]["prompt_tokens_details"]["cached_tokens"], 0,
+        "{first}"
+    );
+    let (code, again) = post(&base, "/v1/completions", &body);
+    assert_eq!(code, 200, "{again}");
+    let again = json(&again);
+    let prompt_tokens = again["usage"]["prompt_tokens"]
+        .as_u64()
+        .expect("prompt_tokens");
+    assert!(
+        prompt_tokens > 17,
+        "a prompt of more than one block: {again}"
+    );
+    assert_eq!(
+        again["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64(),
+        Some(prompt_tokens - 1),
+        "all but the last prompt token reused: {again}"
+    );
+    assert_eq!(
+        again["choices"][0]["text"], first["choices"][0]["text"],
+        "the same greedy text"
+    );
+}
+
+#[test]
 fn greedy_completion_equals_llmctl_and_chat_streams() {
     let (d, _dir, base) = daemon_with_model();
     let prompt = "The capital of France is";

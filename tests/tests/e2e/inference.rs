@@ -63,6 +63,12 @@ fn load_gemma(d: &Daemon, model: &std::path::Path) -> Value {
     json_lines(&out).pop().expect("load printed nothing")
 }
 
+/// A daemon with the prefix cache off: these tests pin each device's memory to the weights once
+/// generations end (`prefix_cache.rs` checks what the cache keeps).
+fn daemon_without_prefix_cache() -> Daemon {
+    Daemon::builder().config("prefix_cache_mib = 0\n").start()
+}
+
 fn used_bytes(d: &Daemon) -> u64 {
     d.status_json()["devices"][0]["memory_used_bytes"]
         .as_u64()
@@ -72,7 +78,7 @@ fn used_bytes(d: &Daemon) -> u64 {
 #[test]
 fn load_generate_tokenize_bench_unload() {
     let Some(model) = gemma() else { return };
-    let d = Daemon::start();
+    let d = daemon_without_prefix_cache();
     let loaded = load_gemma(&d, &model);
     assert_eq!(loaded["architecture"], "gemma3");
     assert_eq!(loaded["n_layer"], 18);
@@ -252,7 +258,7 @@ fn load_generate_tokenize_bench_unload() {
 #[test]
 fn cancelled_generation_stops_and_frees_its_kv_cache() {
     let Some(model) = gemma() else { return };
-    let d = Daemon::start();
+    let d = daemon_without_prefix_cache();
     let weights = load_gemma(&d, &model)["placement"][0]["weight_bytes"]
         .as_u64()
         .expect("weights");

@@ -4,16 +4,18 @@
 //! - the daemon itself: `daemon` (foundation, signals, socket activation), `hostile` (attacks),
 //!   `model_file_changes` (a model's file truncated, overwritten, renamed, deleted),
 //!   `model_failure` (a panicking worker), `packaging` (the shipped configuration),
+//!   `compute_pool` (one pool shared by the models, parked when idle),
 //!   `always_on` (declared models, reconcile, on-demand loading), `host_memory` (one resident
 //!   copy, memory returned);
 //! - front ends: `http_api` (the OpenAI-compatible API with curl and the openai client);
-//! - models: `inference` (Gemma 3 270M end to end), `inspect`, `kv_cache`, `model_matrix` and
+//! - models: `inference` (Gemma 3 270M end to end), `inspect`, `kv_cache`, `prefix_cache`, `model_matrix` and
 //!   `split_plan` (plans), `split_outputs`, `split_refuse` and `split_resplit` (pipelines over
 //!   several devices, with `split_util`), `moe_cpu_experts` (experts on the host);
 //! - GPUs: `cuda_devices` and `gpu_identity` (on the fake CUDA driver), `health` (on the fake
 //!   NVML).
 
 mod always_on;
+mod compute_pool;
 mod cuda_devices;
 mod daemon;
 mod gpu_identity;
@@ -29,6 +31,7 @@ mod model_file_changes;
 mod model_matrix;
 mod moe_cpu_experts;
 mod packaging;
+mod prefix_cache;
 mod split_outputs;
 mod split_plan;
 mod split_refuse;

@@ -74,7 +74,9 @@ fn every_commented_example_is_valid_and_every_key_is_documented() {
         access,
         http,
         models_dir,
+        prefix_cache_mib,
         models,
+        threads,
     } = config;
     assert!(socket.is_some() && socket_group.is_some() && log_level.is_some());
     let access = access.expect("[access] documented");
@@ -101,6 +103,8 @@ fn every_commented_example_is_valid_and_every_key_is_documented() {
     assert_eq!(http.max_body_bytes, 4 << 20);
     assert_eq!(http.max_concurrent_requests, 64);
     assert!(models_dir.is_some(), "models_dir documented");
+    assert_eq!(prefix_cache_mib, Some(256), "prefix_cache_mib documented");
+    assert_eq!(threads, Some(8), "threads (the compute pool) documented");
     // Every [[models]] key is set by the example.
     assert_eq!(models.len(), 1, "one [[models]] example");
     let llmd::config::ModelDecl {
@@ -125,6 +129,7 @@ fn every_commented_example_is_valid_and_every_key_is_documented() {
         frequency_penalty,
         system_prompt,
         chat_template,
+        prefix_cache_mib,
     } = models[0].clone();
     assert!(!name.is_empty() && !path.as_os_str().is_empty());
     assert!(!devices.is_empty() && !split.is_empty());
@@ -147,7 +152,8 @@ fn every_commented_example_is_valid_and_every_key_is_documented() {
             .iter()
             .all(Option::is_some)
             && system_prompt.is_some()
-            && chat_template.is_some(),
+            && chat_template.is_some()
+            && prefix_cache_mib == Some(512),
         "every [[models]] key documented"
     );
 }

@@ -17,9 +17,11 @@ pub fn gemma() -> Option<PathBuf> {
     llmd_testkit::e2e::test_data("LLMD_GEMMA_GGUF")
 }
 
-/// A daemon with CPU devices `cpu:0..` of the given budgets (TOML byte sizes).
+/// A daemon with CPU devices `cpu:0..` of the given budgets (TOML byte sizes), its prefix
+/// cache off: the split tests pin each device's memory to the plan's weights once generations
+/// end, and count the generations a re-split moves (`prefix_cache.rs` checks the cache there).
 pub fn daemon_with_devices(budgets: &[&str]) -> Daemon {
-    let mut toml = String::new();
+    let mut toml = String::from("prefix_cache_mib = 0\n");
     for (i, b) in budgets.iter().enumerate() {
         toml.push_str(&format!(
             "[[devices]]\nid = \"cpu:{i}\"\nmemory_budget = \"{b}\"\n"

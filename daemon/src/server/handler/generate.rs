@@ -30,6 +30,8 @@ pub async fn handle(req: GenerateRequest, ctx: &Context) -> Result<GenerateReply
                     text: s.text,
                     trailing_text: s.flushed,
                     prompt_tokens: s.prompt_tokens as u32,
+                    cached_prompt_tokens: s.cached_prompt_tokens as u32,
+                    time_to_first_token_s: s.time_to_first_token_s,
                     prefill_tokens_per_s: s.prefill_tokens_per_s,
                     decode_tokens_per_s: s.decode_tokens_per_s,
                     stop_reason: s.stop_reason.as_str().to_string(),

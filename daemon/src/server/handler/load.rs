@@ -18,6 +18,7 @@ pub async fn handle(req: LoadRequest, ctx: &Context) -> Result<LoadReply, ErrorR
         kv_types: wire::requested_cache_types(req.cache_type_k, req.cache_type_v),
         gpu_layers: req.gpu_layers,
         n_cpu_moe: req.n_cpu_moe,
+        prefix_cache_bytes: ctx.state.config().config.prefix_cache_bytes(None),
     };
     let (progress_tx, progress_rx) = tokio::sync::mpsc::unbounded_channel();
     let load = async {

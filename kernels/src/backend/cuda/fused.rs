@@ -53,6 +53,38 @@ pub(super) struct KvSeqs {
 // SAFETY: a plain #[repr(C)] struct of integers, laid out as the kernel's KvSeqs (kv.cuh).
 unsafe impl DeviceRepr for KvSeqs {}
 
+impl KvSeqs {
+    /// Sets segment `s`: its caches' addresses and first row.
+    pub(super) fn set(
+        &mut self,
+        s: usize,
+        k: u64,
+        v: u64,
+        first: usize,
+    ) -> Result<(), BackendError> {
+        if s >= KV_MAX_SEQS {
+            return Err(shape(
+                "kv batch",
+                format!("more than {KV_MAX_SEQS} sequences"),
+            ));
+        }
+        self.k[s] = k;
+        self.v[s] = v;
+        self.first[s] = to_i32("kv batch", "row", first)?;
+        Ok(())
+    }
+
+    /// Closes the table after `n` segments covering `rows` rows.
+    pub(super) fn finish(&mut self, n: usize, rows: usize) -> Result<(), BackendError> {
+        if n == 0 || n > KV_MAX_SEQS {
+            return Err(shape("kv batch", format!("{n} sequences")));
+        }
+        self.first[n] = to_i32("kv batch", "rows", rows)?;
+        self.n = n as i32;
+        Ok(())
+    }
+}
+
 /// `rope_f32`'s parameters by value (RopeArgs in rope.cu).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -344,16 +376,18 @@ impl CudaBackend {
                 ));
             }
             kv.shape.check_positions(OP, &positions[rows.clone()])?;
-            seqs.k[s] = kv.k.device_address(&self.stream);
-            seqs.v[s] = kv.v.device_address(&self.stream);
-            seqs.first[s] = to_i32(OP, "row", rows.start)?;
+            seqs.set(
+                s,
+                kv.k.device_address(&self.stream),
+                kv.v.device_address(&self.stream),
+                rows.start,
+            )?;
             next = rows.end;
         }
         if next != n {
             return Err(shape(OP, format!("the caches hold {next} of {n} rows")));
         }
-        seqs.first[caches.len()] = to_i32(OP, "rows", n)?;
-        seqs.n = caches.len() as i32;
+        seqs.finish(caches.len(), n)?;
         let biases = match p.biases {
             Some((bq, bk, bv)) => Some((
                 self.f32_vector(OP, bq, qw)?,

@@ -8,8 +8,11 @@
 //! Walsh-Hadamard rotations of a quantized side (`kv_rotate_f32`, into a reused buffer: keys and
 //! values before the store, queries before attention; the output rotated back in place).
 
-use cudarc::driver::{CudaView, DevicePtrMut, PushKernelArg};
+use std::ops::Range;
 
+use cudarc::driver::{CudaView, DevicePtrMut, LaunchArgs, PushKernelArg};
+
+use super::fused::{KvSeqs, KV_MAX_SEQS};
 use super::{
     blocks_for, cfg, check_len, grid_yz, grown, shape, to_i32, AttentionParams, BackendError,
     CudaBackend, DeviceBuf, KvShape, KvTypes, KvView, Lease, Reused, MAX_HEAD_DIM,
@@ -54,6 +57,63 @@ fn type_index(ty: KvType) -> usize {
         KvType::F16 => 0,
         KvType::Q8_0 => 1,
         KvType::Q4_0 => 2,
+    }
+}
+
+/// Most queries of a batch that attend in one decode launch (more: one launch per sequence):
+/// the matrix-vector kernels' token group, beyond which a batch is a prefill.
+pub(super) const DECODE_MAX_QUERIES: usize = 8;
+/// Query heads one decode block serves (ATT_GROUP in attention.cu).
+const DECODE_GROUP: usize = 8;
+/// Most key splits of a decode launch (the partials buffer grows with them).
+const MAX_SPLITS: usize = 32;
+/// Fewest keys a split takes: less work per block than this costs more in the combine.
+const MIN_SPLIT_KEYS: usize = 128;
+/// Blocks per streaming multiprocessor a decode launch aims at, so that every SM has a few.
+const BLOCKS_PER_SM: usize = 2;
+
+/// Key splits of a decode launch of `blocks` (KV head groups x queries) blocks over at most
+/// `max_context` keys on a GPU of `sm_count` multiprocessors (0: unknown, taken as 32): enough
+/// blocks for [`BLOCKS_PER_SM`] per SM, at least [`MIN_SPLIT_KEYS`] keys each, at most
+/// [`MAX_SPLITS`].
+pub(super) fn decode_splits(sm_count: usize, blocks: usize, max_context: usize) -> usize {
+    let sms = if sm_count == 0 { 32 } else { sm_count };
+    let to_fill = (sms * BLOCKS_PER_SM).div_ceil(blocks.max(1));
+    let by_length = max_context.div_ceil(MIN_SPLIT_KEYS);
+    to_fill.min(by_length).clamp(1, MAX_SPLITS)
+}
+
+/// The scalar arguments every attention kernel takes after the positions.
+struct AttentionShape {
+    /// Query heads.
+    n_heads: i32,
+    /// Key/value heads.
+    n_kv_heads: i32,
+    /// Dimension of each head.
+    head_dim: i32,
+    /// Logit scale.
+    scale: f32,
+    /// Sliding window (0: none).
+    window: i32,
+    /// Soft-cap of the logits (0: none).
+    softcap: f32,
+}
+
+/// The positions argument of an attention launch: the reused buffer or a view of it.
+trait PushPositions {
+    /// Pushes it as the next kernel argument.
+    fn push<'a>(&'a self, launch: &mut LaunchArgs<'a>);
+}
+
+impl PushPositions for DeviceBuf<u32> {
+    fn push<'a>(&'a self, launch: &mut LaunchArgs<'a>) {
+        launch.arg(self);
+    }
+}
+
+impl PushPositions for CudaView<'_, u32> {
+    fn push<'a>(&'a self, launch: &mut LaunchArgs<'a>) {
+        launch.arg(self);
     }
 }
 
@@ -195,8 +255,7 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// [`crate::backend::Backend::attention`]: `attn_prefill_<k>_<v>` for several queries,
-    /// `attn_decode_<k>_<v>` (split over the context, then `attn_combine_f32`) for one.
+    /// [`crate::backend::Backend::attention`]: [`CudaBackend::attend`] of one cache's rows.
     pub(super) fn attend_kv(
         &self,
         q: &DeviceBuf<f32>,
@@ -206,6 +265,25 @@ impl CudaBackend {
         p: AttentionParams,
         out: &mut DeviceBuf<f32>,
     ) -> Result<(), BackendError> {
+        self.attend(q, out, first_row, positions, &[(kv, 0..positions.len())], p)
+    }
+
+    /// Attention of the `positions.len()` queries in rows `row0..` of `q` (written to the same
+    /// rows of `out`), each cache's rows (relative to `row0`, covering them in order) over that
+    /// cache. Up to [`DECODE_MAX_QUERIES`] queries of up to [`KV_MAX_SEQS`] sequences: one
+    /// `attn_decode_<k>_<v>` launch for all (each query over its own cache, a block per KV head
+    /// serving its whole query group, keys split to fill the GPU, then `attn_combine_f32`);
+    /// larger batches: per sequence `attn_prefill_<k>_<v>` (or the decode kernel for a single
+    /// query). A quantized cache's rotations run once over all rows.
+    pub(super) fn attend(
+        &self,
+        q: &DeviceBuf<f32>,
+        out: &mut DeviceBuf<f32>,
+        row0: usize,
+        positions: &[u32],
+        caches: &[(&CudaKv, Range<usize>)],
+        p: AttentionParams,
+    ) -> Result<(), BackendError> {
         const OP: &str = "attention";
         let hd = p.head_dim;
         if !hd.is_multiple_of(8) || hd > MAX_HEAD_DIM || hd == 0 {
@@ -214,27 +292,51 @@ impl CudaBackend {
                 format!("head_dim {hd}: need a multiple of 8 up to {MAX_HEAD_DIM}"),
             ));
         }
-        kv.shape.check_attention(OP, &p)?;
-        kv.shape.check_positions(OP, positions)?;
         let window = match p.window {
             None => 0,
             Some(0) => return Err(shape(OP, "a sliding window of 0 positions".into())),
             Some(w) => i32::try_from(w).unwrap_or(i32::MAX),
         };
-        let softcap = p.softcap.unwrap_or(0.0);
+        let n = positions.len();
+        let Some((first, _)) = caches.first() else {
+            return Ok(());
+        };
+        let types = first.shape.types;
+        let mut ordered: Vec<&(&CudaKv, Range<usize>)> = caches.iter().collect();
+        ordered.sort_by_key(|(_, rows)| rows.start);
+        let mut next = 0;
+        for (kv, rows) in &ordered {
+            if rows.start != next || rows.end > n || rows.is_empty() {
+                return Err(shape(
+                    OP,
+                    format!("rows {rows:?} do not continue {n} queries at row {next}"),
+                ));
+            }
+            if kv.shape.types != types {
+                return Err(shape(OP, "caches of different types in one batch".into()));
+            }
+            kv.shape.check_attention(OP, &p)?;
+            kv.shape.check_positions(OP, &positions[rows.clone()])?;
+            next = rows.end;
+        }
+        if next != n {
+            return Err(shape(OP, format!("the caches hold {next} of {n} queries")));
+        }
         let qw = p.n_heads * hd;
-        let n_queries = positions.len();
-        let end = (first_row + n_queries) * qw;
+        let end = (row0 + n) * qw;
         check_len(OP, q.len(), end)?;
         check_len(OP, out.len(), end)?;
-        if n_queries == 0 || p.n_heads == 0 {
+        if n == 0 || p.n_heads == 0 {
             return Ok(());
         }
-        let heads = u32::try_from(p.n_heads).map_err(|_| shape(OP, "too many heads".into()))?;
-        let nq = to_i32(OP, "queries", n_queries)?;
-        let heads_i = to_i32(OP, "n_heads", p.n_heads)?;
-        let kv_heads_i = to_i32(OP, "n_kv_heads", p.n_kv_heads)?;
-        let hd_i = to_i32(OP, "head_dim", hd)?;
+        let shapes = AttentionShape {
+            n_heads: to_i32(OP, "n_heads", p.n_heads)?,
+            n_kv_heads: to_i32(OP, "n_kv_heads", p.n_kv_heads)?,
+            head_dim: to_i32(OP, "head_dim", hd)?,
+            scale: p.scale,
+            window,
+            softcap: p.softcap.unwrap_or(0.0),
+        };
         let mut reused = self.reused();
         let Reused {
             positions: on_device,
@@ -244,58 +346,146 @@ impl CudaBackend {
             ..
         } = &mut *reused;
         let pos = self.device_positions(on_device, positions_dev, positions)?;
-        let rot = kv.shape.rotation();
-        let mut q_rows = q.slice(first_row * qw..end);
-        if let Some(n) = rot.k {
+        let rot = first.shape.rotation();
+        let mut q_rows = q.slice(row0 * qw..end);
+        if let Some(chunk) = rot.k {
             // Rotated keys are dotted with the queries rotated alike.
-            let values = n_queries * qw;
+            let values = n * qw;
             let buf = grown(&self.stream, &self.gpu, rotated, values)
                 .map_err(|e| self.err("allocating rotated queries", e))?;
-            self.rotate(&q_rows, &mut buf.slice_mut(0..values), values, n)?;
+            self.rotate(&q_rows, &mut buf.slice_mut(0..values), values, chunk)?;
             q_rows = buf.slice(0..values);
         }
-        let mut out_rows = out.slice_mut(first_row * qw..end);
-        let null_part: u64 = 0;
-        let types = kv.shape.types;
-        if n_queries > 1 {
-            let name = attn_kernel(true, types);
-            let blocks_y = grid_yz(OP, "query tiles", n_queries.div_ceil(8))?;
-            let mut launch = self.stream.launch_builder(self.function(name)?);
-            launch
-                .arg(&q_rows)
-                .arg(&kv.k)
-                .arg(&kv.v)
-                .arg(&mut out_rows)
-                .arg(&null_part)
-                .arg(pos)
-                .arg(&nq)
-                .arg(&heads_i)
-                .arg(&kv_heads_i)
-                .arg(&hd_i)
-                .arg(&p.scale)
-                .arg(&window)
-                .arg(&softcap);
-            // SAFETY: attn_prefill_<k>_<v>(q, k, v, out, part, positions, n_queries, n_heads,
-            // n_kv_heads, head_dim, scale, window, softcap) over (n_heads, ceil(n_queries/8), 1)
-            // blocks of 256 reads n_queries*n_heads*head_dim values of q_rows and writes as many
-            // of out_rows (views of exactly that length), reads cache rows of the cache's types
-            // at positions <= each query's (< capacity, checked); part is unused (null) with one
-            // split. head_dim % 8 == 0 (% 32 for quantized types, KvShape), <= 256 and
-            // n_heads % n_kv_heads == 0 were checked.
-            unsafe { launch.launch(cfg((heads, blocks_y, 1), (256, 1, 1))) }
-                .map_err(|e| self.err(name, e))?;
-            return self.rotate_output(&mut out_rows, n_queries * qw, rot.v);
+        let mut out_rows = out.slice_mut(row0 * qw..end);
+        if n <= DECODE_MAX_QUERIES && caches.len() <= KV_MAX_SEQS {
+            let max_context = positions.iter().map(|&x| x as usize + 1).max().unwrap_or(1);
+            self.attend_decode(
+                &q_rows,
+                &mut out_rows,
+                pos,
+                &ordered,
+                n,
+                max_context,
+                types,
+                &shapes,
+                partials,
+            )?;
+        } else {
+            for (kv, rows) in &ordered {
+                let q_seg = q_rows.slice(rows.start * qw..rows.end * qw);
+                let mut out_seg = out_rows.slice_mut(rows.start * qw..rows.end * qw);
+                let pos_seg = pos.slice(rows.start..rows.end);
+                if rows.len() == 1 {
+                    let context = positions[rows.start] as usize + 1;
+                    self.attend_decode(
+                        &q_seg,
+                        &mut out_seg,
+                        &pos_seg,
+                        &[&(*kv, 0..1)],
+                        1,
+                        context,
+                        types,
+                        &shapes,
+                        partials,
+                    )?;
+                } else {
+                    self.attend_prefill(
+                        &q_seg,
+                        &mut out_seg,
+                        &pos_seg,
+                        kv,
+                        rows.len(),
+                        types,
+                        &shapes,
+                    )?;
+                }
+            }
         }
-        let context = positions[0] as usize + 1;
-        let n_splits = context.div_ceil(512).clamp(1, 32);
-        let splits_i = n_splits as i32;
+        self.rotate_output(&mut out_rows, n * qw, rot.v)
+    }
+
+    /// One `attn_prefill_<k>_<v>` launch: `n_queries` queries over one cache.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_prefill(
+        &self,
+        q: &CudaView<'_, f32>,
+        out: &mut cudarc::driver::CudaViewMut<'_, f32>,
+        pos: &impl PushPositions,
+        kv: &CudaKv,
+        n_queries: usize,
+        types: KvTypes,
+        a: &AttentionShape,
+    ) -> Result<(), BackendError> {
+        const OP: &str = "attention";
+        let name = attn_kernel(true, types);
+        let heads = u32::try_from(a.n_heads).map_err(|_| shape(OP, "too many heads".into()))?;
+        let blocks_y = grid_yz(OP, "query tiles", n_queries.div_ceil(8))?;
+        let nq = to_i32(OP, "queries", n_queries)?;
+        let null_part: u64 = 0;
+        let mut launch = self.stream.launch_builder(self.function(name)?);
+        launch.arg(q).arg(&kv.k).arg(&kv.v).arg(out).arg(&null_part);
+        pos.push(&mut launch);
+        launch
+            .arg(&nq)
+            .arg(&a.n_heads)
+            .arg(&a.n_kv_heads)
+            .arg(&a.head_dim)
+            .arg(&a.scale)
+            .arg(&a.window)
+            .arg(&a.softcap);
+        // SAFETY: attn_prefill_<k>_<v>(q, k, v, out, part, positions, n_queries, n_heads,
+        // n_kv_heads, head_dim, scale, window, softcap) over (n_heads, ceil(n_queries/8), 1)
+        // blocks of 256 reads n_queries*n_heads*head_dim values of q and writes as many of out
+        // (views of exactly that length), reads cache rows of the cache's types at positions <=
+        // each query's (< capacity, checked by `attend`); part is unused (null) with one split.
+        // head_dim % 8 == 0 (% 32 for quantized types, KvShape), <= 256 and n_heads % n_kv_heads
+        // == 0 were checked.
+        unsafe { launch.launch(cfg((heads, blocks_y, 1), (256, 1, 1))) }
+            .map_err(|e| self.err(name, e))?;
+        Ok(())
+    }
+
+    /// One `attn_decode_<k>_<v>` launch for `n_queries` queries of the segments `caches` (rows
+    /// in order, covering them), split over the keys to fill the GPU, then `attn_combine_f32`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_decode(
+        &self,
+        q: &CudaView<'_, f32>,
+        out: &mut cudarc::driver::CudaViewMut<'_, f32>,
+        pos: &impl PushPositions,
+        caches: &[&(&CudaKv, Range<usize>)],
+        n_queries: usize,
+        max_context: usize,
+        types: KvTypes,
+        a: &AttentionShape,
+        partials: &mut Option<DeviceBuf<f32>>,
+    ) -> Result<(), BackendError> {
+        const OP: &str = "attention";
+        let mut seqs = KvSeqs::default();
+        for (s, (kv, rows)) in caches.iter().enumerate() {
+            seqs.set(
+                s,
+                kv.k.device_address(&self.stream),
+                kv.v.device_address(&self.stream),
+                rows.start,
+            )?;
+        }
+        seqs.finish(caches.len(), n_queries)?;
+        let (n_heads, head_dim) = (a.n_heads as usize, a.head_dim as usize);
+        let group = n_heads / a.n_kv_heads as usize;
+        let grid_x = a.n_kv_heads as usize * group.div_ceil(DECODE_GROUP);
+        let n_splits = decode_splits(self.sm_count, grid_x * n_queries, max_context);
+        let ny = grid_yz(OP, "queries", n_queries)?;
+        let nq = to_i32(OP, "queries", n_queries)?;
+        let gx = u32::try_from(grid_x).map_err(|_| shape(OP, "too many heads".into()))?;
+        let null_part: u64 = 0;
         let mut part = if n_splits > 1 {
             Some(
                 grown(
                     &self.stream,
                     &self.gpu,
                     partials,
-                    p.n_heads * n_splits * (hd + 2),
+                    n_queries * n_heads * n_splits * (head_dim + 2),
                 )
                 .map_err(|e| self.err("allocating attention partials", e))?,
             )
@@ -304,43 +494,50 @@ impl CudaBackend {
         };
         let name = attn_kernel(false, types);
         let mut launch = self.stream.launch_builder(self.function(name)?);
-        launch.arg(&q_rows).arg(&kv.k).arg(&kv.v).arg(&mut out_rows);
+        launch.arg(q).arg(&seqs).arg(&mut *out);
         match part.as_mut() {
             Some(part) => launch.arg(&mut **part),
             None => launch.arg(&null_part),
         };
+        pos.push(&mut launch);
         launch
-            .arg(pos)
             .arg(&nq)
-            .arg(&heads_i)
-            .arg(&kv_heads_i)
-            .arg(&hd_i)
-            .arg(&p.scale)
-            .arg(&window)
-            .arg(&softcap);
-        // SAFETY: attn_decode_<k>_<v> (same arguments as prefill) over (n_heads, 1, n_splits)
-        // blocks of 128 reads one query of n_heads*head_dim values and cache rows at positions
-        // <= positions[0] < capacity; with one split it writes out_rows directly, otherwise it
-        // writes n_heads*n_splits*(head_dim+2) partials into `part`, which holds at least that many.
-        unsafe { launch.launch(cfg((heads, 1, n_splits as u32), (128, 1, 1))) }
+            .arg(&a.n_heads)
+            .arg(&a.n_kv_heads)
+            .arg(&a.head_dim)
+            .arg(&a.scale)
+            .arg(&a.window)
+            .arg(&a.softcap);
+        // SAFETY: attn_decode_<k>_<v>(q, KvSeqs caches, out, part, positions, n_queries, n_heads,
+        // n_kv_heads, head_dim, scale, window, softcap) over (n_kv_heads * ceil(group/8),
+        // n_queries, n_splits) blocks of 128 reads n_queries*n_heads*head_dim values of q and
+        // (one split) writes as many of out (views of exactly that length); each query reads
+        // the cache of its segment (caches' rows cover the queries in order, checked) at
+        // positions <= its own < capacity (checked by `attend`); with splits it writes
+        // n_queries*n_heads*n_splits*(head_dim+2) partials into `part`, which holds that many.
+        unsafe { launch.launch(cfg((gx, ny, n_splits as u32), (128, 1, 1))) }
             .map_err(|e| self.err(name, e))?;
+        drop(launch);
         if let Some(part) = part.as_deref() {
+            let heads = u32::try_from(n_heads).map_err(|_| shape(OP, "too many heads".into()))?;
+            let splits_i = n_splits as i32;
             let mut combine = self
                 .stream
                 .launch_builder(self.function("attn_combine_f32")?);
             combine
                 .arg(part)
-                .arg(&mut out_rows)
-                .arg(&heads_i)
-                .arg(&hd_i)
+                .arg(out)
+                .arg(&a.n_heads)
+                .arg(&a.head_dim)
                 .arg(&splits_i);
             // SAFETY: attn_combine_f32(const float* part, float* out, int n_heads, int
-            // head_dim, int n_splits) over (n_heads, 1) blocks of 128 reads the partials the
-            // decode kernel wrote and writes n_heads*head_dim values of out_rows.
-            unsafe { combine.launch(cfg((heads, 1, 1), (128, 1, 1))) }
+            // head_dim, int n_splits) over (n_heads, n_queries) blocks of 128 reads the
+            // partials the decode kernel wrote and writes n_queries*n_heads*head_dim values of
+            // out (a view of that length).
+            unsafe { combine.launch(cfg((heads, ny, 1), (128, 1, 1))) }
                 .map_err(|e| self.err("attn_combine_f32", e))?;
         }
-        self.rotate_output(&mut out_rows, n_queries * qw, rot.v)
+        Ok(())
     }
 
     /// Rotates an attention output over rotated values back, in place (`None`: nothing to do).

@@ -1,7 +1,7 @@
 //! The CUDA backend against the CPU backend where real models take it (issue 23, items 6 and 9):
 //! prefill products whose activations exceed f16's range (65504), as outlier features of large
-//! models do, and ops at the shapes of real models (K of 4096 and 14336, heads of 128 and 256,
-//! contexts of 8k), through the real `CudaBackend` on the fake driver in CI (on a GPU when one
+//! models do, and ops at the shapes of real models (K of 4096 and 14336, heads of 64, 128 and
+//! 256, GQA ratios 1, 4 and 8, contexts of 8k, a decode batch of several sequences), through the real `CudaBackend` on the fake driver in CI (on a GPU when one
 //! is present).
 //!
 //! The emulated GPU runs every thread of every block on the CPU, so each op is checked at a few
@@ -299,6 +299,70 @@ fn real_attention<B: Backend>(b: &B, rng: &mut Rng, out: &mut Vec<Timed>) {
     }
 }
 
+/// Decode attention (one block per KV head serving its query-head group, keys split to fill the
+/// GPU) at each head size (64, 128, 256) and GQA ratio (1, 4, 8), and one batch of three
+/// sequences of different contexts (up to 8k) in one call: an f16 cache, and q8_0 keys with
+/// q4_0 values for the batch.
+fn decode_attention<B: Backend>(b: &B, rng: &mut Rng, out: &mut Vec<Timed>) {
+    let quantized = KvTypes {
+        k: KvType::Q8_0,
+        v: KvType::Q4_0,
+    };
+    // (query heads, KV heads, head_dim, contexts of the batch's sequences, cache types)
+    let cases: [(usize, usize, usize, &[usize], KvTypes); 6] = [
+        (4, 4, 64, &[8192], KvTypes::F16),
+        (8, 1, 64, &[8192], KvTypes::F16),
+        (16, 4, 128, &[4096], KvTypes::F16),
+        (8, 8, 256, &[2048], KvTypes::F16),
+        (8, 1, 256, &[2048], KvTypes::F16),
+        (16, 2, 128, &[8192, 700, 33], quantized),
+    ];
+    for (n_heads, n_kv, hd, contexts, types) in cases {
+        let kw = n_kv * hd;
+        let mut caches = Vec::new();
+        for &context in contexts {
+            let mut kv = b.alloc_kv(context, n_kv, hd, types).expect("alloc_kv");
+            let fill: Vec<u32> = (0..context as u32).collect();
+            for chunk in fill.chunks(1024) {
+                let k = acts(b, &rng.vec(chunk.len() * kw));
+                let v = acts(b, &rng.vec(chunk.len() * kw));
+                b.kv_store(&mut kv, &k, &v, 0, chunk).expect("kv_store");
+            }
+            caches.push(kv);
+        }
+        let params = AttentionParams {
+            n_heads,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            window: None,
+            softcap: None,
+        };
+        // Each sequence's query at its last position, one row each.
+        let positions: Vec<u32> = contexts.iter().map(|&c| c as u32 - 1).collect();
+        let segments: Vec<(&B::KvCache, std::ops::Range<usize>)> = caches
+            .iter()
+            .enumerate()
+            .map(|(i, kv)| (kv, i..i + 1))
+            .collect();
+        let n = positions.len() * n_heads * hd;
+        let q = acts(b, &rng.vec(n));
+        out.push(timed(
+            format!(
+                "decode attention {n_heads}/{n_kv} heads of {hd}, {}/{} cache, contexts {contexts:?}",
+                types.k, types.v
+            ),
+            1e-3,
+            || {
+                let mut o = acts(b, &vec![0.0; n]);
+                b.attention_batch(&q, &segments, &positions, params, &mut o)
+                    .expect("attention_batch");
+                read(b, &o, n)
+            },
+        ));
+    }
+}
+
 /// Every real-shape op on `b`.
 fn run_real_shapes<B: Backend>(b: &B) -> Vec<Timed> {
     let mut rng = Rng(0x1405_7b7e_f767_814f);
@@ -306,6 +370,7 @@ fn run_real_shapes<B: Backend>(b: &B) -> Vec<Timed> {
     real_matmuls(b, &mut rng, &mut out);
     real_row_ops(b, &mut rng, &mut out);
     real_attention(b, &mut rng, &mut out);
+    decode_attention(b, &mut rng, &mut out);
     out
 }
 
@@ -314,7 +379,7 @@ fn real_shapes_match_the_cpu_on_the_fake_driver() {
     crate::backend::cuda::gpu_test::run_on_fake_driver(
         "backend::cuda::shape_tests::real_shapes_match_the_cpu_when_a_gpu_is_present",
         &[],
-        "cuda:0 attention prefill head_dim 256 f16/f16 cache at 8192 positions",
+        "cuda:0 decode attention 16/2 heads of 128, q8_0/q4_0 cache, contexts [8192, 700, 33]",
     );
 }
 

@@ -287,6 +287,19 @@ fn run_ops<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
                     HostKv::download(&b.kv_view(copy, len).expect("view")).expect("download");
                 back.k == host.k && back.v == host.v && back.types == types
             });
+            // The prefix cache's copy: the first positions of a cache into a new one of another
+            // capacity, on the device.
+            let part = len / 3;
+            let prefix = b
+                .import_kv(&b.kv_view(&kv, part).expect("view"), capacity + 32)
+                .expect("prefix copy on the device");
+            let back =
+                HostKv::download(&b.kv_view(&prefix, part).expect("view")).expect("download");
+            let (k_row, v_row) = (host.k.len() / len, host.v.len() / len);
+            let same = same
+                && back.k == host.k[..part * k_row]
+                && back.v == host.v[..part * v_row]
+                && b.kv_bytes(&prefix) == kv_cache_bytes(capacity + 32, n_kv, hd, types);
             results.push((
                 format!("kv copies {types}"),
                 0.0,
@@ -409,7 +422,7 @@ fn comparison_suite_runs_on_the_cpu_backend() {
     for (name, _, values) in &results {
         assert!(!values.is_empty(), "{name}");
         assert!(values.iter().all(|v| v.is_finite()), "{name}");
-        if name.contains("round trip") || name.contains("refuses") {
+        if name.contains("round trip") || name.contains("refuses") || name.contains("kv copies") {
             assert_eq!(values, &[1.0], "{name}");
         }
     }

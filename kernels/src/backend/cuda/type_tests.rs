@@ -90,7 +90,7 @@ fn random_blocks(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u
 }
 
 /// A weight of type `ty` on `b` from the given bytes.
-fn upload_bytes<B: Backend>(
+pub(super) fn upload_bytes<B: Backend>(
     b: &B,
     ty: GgmlType,
     rows: usize,
@@ -109,7 +109,7 @@ fn upload_bytes<B: Backend>(
 
 /// The bytes of a `rows` x `cols` weight of `t`'s type: BF16 rounded from random values, block
 /// types random blocks.
-fn weight_data(t: &CudaType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
+pub(super) fn weight_data(t: &CudaType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
     if t.ty == GgmlType::BF16 {
         quantize(t.ty, &rng.vec(rows * cols)).expect("bf16 rounding")
     } else {

@@ -90,6 +90,12 @@ pub(super) fn matvec_kernel(t: &CudaType) -> String {
     }
 }
 
+/// The name of `t`'s routed matrix-vector kernel (mixtures of experts: `mul_mat_vec_id_<suffix>_q8_1`,
+/// block-quantized types only).
+pub(super) fn routed_matvec_kernel(t: &CudaType) -> String {
+    format!("mul_mat_vec_id_{}_q8_1", t.suffix)
+}
+
 /// The per-type kernels the module built from `kernels/cuda/<stem>.cu` defines (empty for the
 /// modules without per-type kernels).
 pub(super) fn type_kernels(stem: &str) -> Vec<String> {
@@ -101,7 +107,10 @@ pub(super) fn type_kernels(stem: &str) -> Vec<String> {
                 names.push(format!("dequantize_{}_f32", t.suffix));
             }
             "mmv" if t.matvec == MatVec::Float => names.push(matvec_kernel(t)),
-            "mmvq" if t.matvec == MatVec::Q8_1 => names.push(matvec_kernel(t)),
+            "mmvq" if t.matvec == MatVec::Q8_1 => {
+                names.push(matvec_kernel(t));
+                names.push(routed_matvec_kernel(t));
+            }
             "mmq" if t.matvec == MatVec::Q8_1 => names.push(format!("mul_mat_q_{}", t.suffix)),
             _ => {}
         }
@@ -143,7 +152,8 @@ mod tests {
             ["mul_mat_vec_f32", "mul_mat_vec_f16", "mul_mat_vec_bf16"]
         );
         assert!(type_kernels("mmvq").contains(&"mul_mat_vec_q2_K_q8_1".to_string()));
-        assert_eq!(type_kernels("mmvq").len(), CUDA_TYPES.len() - 3);
+        assert!(type_kernels("mmvq").contains(&"mul_mat_vec_id_q2_K_q8_1".to_string()));
+        assert_eq!(type_kernels("mmvq").len(), 2 * (CUDA_TYPES.len() - 3));
         assert_eq!(type_kernels("mmq").len(), CUDA_TYPES.len() - 3);
         assert!(type_kernels("mmq").contains(&"mul_mat_q_iq1_m".to_string()));
         assert!(type_kernels("rope").is_empty());

@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use llmd_gguf::synth::{write_model, Arch, ModelSpec, WeightType};
-use llmd_gguf::{GgufFile, GgufWriter, MetadataArray, MetadataValue};
+use crate::synth::{write_model, Arch, ModelSpec, WeightType};
+use crate::{GgufFile, GgufWriter, MetadataArray, MetadataValue};
 use llmd_quant::GgmlType;
 use serde_json::Value;
 

@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use llmd_gguf::GgufFile;
+use crate::GgufFile;
 use llmd_quant::{dequantize, GgmlType};
 use llmd_testkit::data::test_data_var;
 use llmd_testkit::python::spawn_python;

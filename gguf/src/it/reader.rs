@@ -2,7 +2,7 @@
 //! infos and data views, alignment, header-only opening of truncated files, specific hostile
 //! inputs with the error they must give, and typed model/tokenizer metadata.
 
-use llmd_gguf::{
+use crate::{
     self as gguf, DataCheck, GgufError, GgufFile, GgufWriter, MetadataArray, MetadataError,
     MetadataValue, ModelDescription, NormKind, SlidingWindowPattern, TokenizerMetadata,
 };

@@ -9,9 +9,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::{ChatMessage, ChatTemplate, StreamDecoder, Tokenizer};
 use llmd_gguf::{GgufFile, TokenizerMetadata};
 use llmd_testkit::data::test_data_file;
-use llmd_tokenizer::{ChatMessage, ChatTemplate, StreamDecoder, Tokenizer};
 use serde::Deserialize;
 
 /// One fixture case.

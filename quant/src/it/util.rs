@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use llmd_quant::GgmlType;
+use crate::GgmlType;
 
 pub use llmd_testkit::blocks::{random_blocks, random_row};
 pub use llmd_testkit::check::assert_bits_eq;

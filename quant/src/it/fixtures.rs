@@ -2,10 +2,10 @@
 //! scripts/gen-quant-fixtures.py from the gguf package's numpy code and ggml's C reference):
 //! every supported format, compared bit for bit.
 
-use crate::util::{assert_bits_eq, read_fixture};
-use llmd_quant::dequant::*;
-use llmd_quant::quantize::*;
-use llmd_quant::*;
+use super::util::{assert_bits_eq, read_fixture};
+use crate::dequant::*;
+use crate::quantize::*;
+use crate::*;
 
 const DEQUANT_TYPES: [&str; 25] = [
     "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
@@ -96,7 +96,7 @@ fn quantize_matches_reference_fixtures() {
 /// Runs an allocation-free row quantizer into block structs and compares with the fixture.
 fn row_into_blocks<B: Block>(name: &str, f: fn(&[f32], &mut [B])) {
     let fx = read_fixture(&format!("quant_{name}.bin"));
-    let mut blocks = vec![llmd_quant::view::zeroed_block::<B>(); fx.n / B::ELEMS];
+    let mut blocks = vec![crate::view::zeroed_block::<B>(); fx.n / B::ELEMS];
     f(&fx.floats, &mut blocks);
     assert!(
         blocks_as_bytes(&blocks) == fx.bytes.as_slice(),

@@ -2,10 +2,10 @@
 //! (the K-quants have no numpy reference to compare against live), the activation blocks' extra
 //! fields (Q8_1 `s`, Q8_K `bsums`), zero rows, and the typed errors of the public API.
 
-use crate::util::Rng;
-use llmd_quant::quantize::{quantize_row_q8_1, quantize_row_q8_k};
-use llmd_quant::view::zeroed_block;
-use llmd_quant::*;
+use super::util::Rng;
+use crate::quantize::{quantize_row_q8_1, quantize_row_q8_k};
+use crate::view::zeroed_block;
+use crate::*;
 
 /// Worst relative RMS error `|dequant(quant(x)) - x|_2 / |x|_2` allowed on gaussian rows, and the
 /// worst per-element error allowed relative to the largest magnitude of its block.

@@ -9,7 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-use llmd_gguf::{self as gguf, DataCheck, GgufHeader, GgufWriter, MetadataArray, MetadataValue};
+use crate::{self as gguf, DataCheck, GgufHeader, GgufWriter, MetadataArray, MetadataValue};
 use llmd_quant::GgmlType;
 
 /// Counts the bytes allocated by the current thread, so a parse's peak allocation can be

@@ -5,13 +5,13 @@
 
 use std::io::Read;
 
-use llmd_shared::api::gpu::{GpuTelemetry, NvmlStatus};
-use llmd_shared::api::health::{
+use crate::api::gpu::{GpuTelemetry, NvmlStatus};
+use crate::api::health::{
     Check, CheckKind, DeviceLayers, DeviceRef, DoctorReport, ModelPlacement, PowerBudget, Verdict,
 };
-use llmd_shared::frame::{read_frame_with_limit, HEADER_BYTES};
-use llmd_shared::handshake::MAX_HELLO_BYTES;
-use llmd_shared::{
+use crate::frame::{read_frame_with_limit, HEADER_BYTES};
+use crate::handshake::MAX_HELLO_BYTES;
+use crate::{
     decode_frame, encode_frame, read_frame, write_frame, CudaStatus, DaemonMemory, DeviceInfo,
     DeviceKind, DoctorRequest, ErrorCode, ErrorReply, Event, FrameError, Hello, HelloReply,
     HostMemory, KvCacheType, ListReply, LoadReply, LoadRequest, MetricsReply, MetricsRequest,
@@ -122,20 +122,20 @@ fn sample_responses() -> Vec<Response> {
                 ],
             }],
             declared: vec![
-                llmd_shared::DeclaredModel {
+                crate::DeclaredModel {
                     name: "gemma".into(),
                     path: "/var/lib/llmd/models/gemma.gguf".into(),
                     on_demand: false,
                     keep_alive: "forever".into(),
-                    state: llmd_shared::DeclaredState::Resident,
+                    state: crate::DeclaredState::Resident,
                     note: None,
                 },
-                llmd_shared::DeclaredModel {
+                crate::DeclaredModel {
                     name: "big".into(),
                     path: "/m/big.gguf".into(),
                     on_demand: true,
                     keep_alive: "300s".into(),
-                    state: llmd_shared::DeclaredState::Failed {
+                    state: crate::DeclaredState::Failed {
                         reason: "does not fit".into(),
                     },
                     note: Some("evicted to make room for \"x\"".into()),
@@ -206,7 +206,7 @@ fn sample_responses() -> Vec<Response> {
             id: 151_643,
             text: "héllo ✓".into(),
         })),
-        Response::Event(Event::Progress(llmd_shared::Progress {
+        Response::Event(Event::Progress(crate::Progress {
             done: 5,
             total: 10,
             what: "tensors".into(),

@@ -6,8 +6,8 @@
 
 use std::path::PathBuf;
 
-use llmd_tokenizer::chat::{ChatError, TemplateOrigin};
-use llmd_tokenizer::{ChatMessage, ChatTemplate};
+use crate::chat::{ChatError, TemplateOrigin};
+use crate::{ChatMessage, ChatTemplate};
 use serde::Deserialize;
 
 /// One rendering.

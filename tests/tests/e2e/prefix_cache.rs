@@ -1,0 +1,146 @@
+//! The prefix cache end to end on Gemma 3 270M over two CPU devices: a repeated prompt, a
+//! prompt extending it, and an unrelated one report the prompt tokens they reused
+//! (`cached_prompt_tokens`, `time_to_first_token_s` on `generate --json`'s final line) and give
+//! the greedy tokens of a daemon without the cache; the retained caches are counted in the
+//! devices' memory; a live re-split moves them with their layers, and the next request reuses
+//! them with unchanged tokens.
+
+use llmd_testkit::e2e::Daemon;
+
+use crate::split_util::{gemma, last_json, load, ok, tokens_of};
+
+/// Tokens each generation makes.
+const N: &str = "12";
+
+/// A daemon with two CPU devices of 1 GiB and a prefix cache of `mib` MiB.
+fn daemon(mib: u32) -> Daemon {
+    Daemon::builder()
+        .config(&format!(
+            "prefix_cache_mib = {mib}\n\
+             [[devices]]\nid = \"cpu:0\"\nmemory_budget = \"1GiB\"\n\
+             [[devices]]\nid = \"cpu:1\"\nmemory_budget = \"1GiB\"\n"
+        ))
+        .start()
+}
+
+/// A raw greedy generation of `prompt`: its final `generate --json` line.
+fn generate(d: &Daemon, prompt: &str) -> serde_json::Value {
+    let out = ok(
+        d,
+        &[
+            "generate",
+            "m",
+            prompt,
+            "--raw",
+            "--temperature",
+            "0",
+            "-n",
+            N,
+            "--json",
+        ],
+    );
+    last_json(&out)
+}
+
+/// A prompt of a few hundred tokens.
+fn long_prompt() -> String {
+    let mut text = String::from("Notes on the history of Paris, for a guide book. ");
+    for i in 0..24 {
+        text.push_str(&format!(
+            "Chapter {i}: the city grew along the Seine, its bridges and markets busy. "
+        ));
+    }
+    text
+}
+
+/// Bytes used on every device, from `status`.
+fn used(d: &Daemon) -> u64 {
+    let status = d.status_json();
+    status["devices"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no devices in {status}"))
+        .iter()
+        .map(|dev| {
+            dev["memory_used_bytes"]
+                .as_u64()
+                .expect("memory_used_bytes")
+        })
+        .sum()
+}
+
+#[test]
+fn reused_prefixes_give_a_fresh_daemons_tokens_and_survive_a_resplit() {
+    let Some(file) = gemma() else { return };
+    let two = ["--devices", "cpu:0,cpu:1", "--split", "1,1"];
+    let fresh = daemon(0);
+    load(&fresh, &file, "m", &two);
+    let d = daemon(64);
+    let loaded = load(&d, &file, "m", &two);
+    let weights: u64 = loaded["placement"]
+        .as_array()
+        .expect("placement")
+        .iter()
+        .map(|s| s["weight_bytes"].as_u64().expect("weight_bytes"))
+        .sum();
+
+    let p = long_prompt();
+    let first = generate(&d, &p);
+    let n = first["prompt_tokens"].as_u64().expect("prompt_tokens");
+    assert!(n > 200, "{first}");
+    assert_eq!(
+        first["cached_prompt_tokens"], 0,
+        "nothing cached yet: {first}"
+    );
+    assert!(
+        first["time_to_first_token_s"].as_f64() > Some(0.0),
+        "{first}"
+    );
+    assert!(
+        used(&d) > weights,
+        "the finished generation's cache is kept"
+    );
+
+    let extended = format!("{p}Chapter 24: the river froze one winter.");
+    let unrelated = "A recipe for bread: flour, water, salt and yeast, kneaded and left to rise.";
+    let cases: [(&str, &str); 3] = [
+        ("the same prompt", &p),
+        ("a prompt extending it", &extended),
+        ("an unrelated prompt", unrelated),
+    ];
+    for (what, prompt) in cases {
+        let got = generate(&d, prompt);
+        let want = generate(&fresh, prompt);
+        assert_eq!(tokens_of(&got), tokens_of(&want), "{what}: {got}");
+        assert_eq!(
+            want["cached_prompt_tokens"], 0,
+            "{what}: the cache is off: {want}"
+        );
+        let cached = got["cached_prompt_tokens"]
+            .as_u64()
+            .expect("cached_prompt_tokens");
+        let total = got["prompt_tokens"].as_u64().expect("prompt_tokens");
+        match what {
+            "the same prompt" => assert_eq!(cached, n - 1, "{what}: {got}"),
+            // The first prompt's tokens, but perhaps its last one, which the new text may
+            // merge with.
+            "a prompt extending it" => assert!(cached >= n - 2 && cached < total, "{what}: {got}"),
+            _ => assert_eq!(cached, 0, "{what}: {got}"),
+        }
+    }
+
+    // A live re-split moves the retained caches with their layers; the next request reuses
+    // them and still gets the fresh daemon's tokens.
+    let r = last_json(&ok(&d, &["reload", "m", "--split", "3,1", "--json"]));
+    assert_eq!(r["sequences_moved"], 0, "no generation was running: {r}");
+    assert!(r["bytes_moved"].as_u64() > Some(0), "{r}");
+    let after = generate(&d, &p);
+    assert_eq!(
+        after["cached_prompt_tokens"].as_u64(),
+        Some(n - 1),
+        "{after}"
+    );
+    assert_eq!(tokens_of(&after), tokens_of(&first), "after the re-split");
+
+    // The budget holds: 64 MiB of retained caches at most beside the weights.
+    assert!(used(&d) <= weights + (64 << 20), "{}", d.status_json());
+}
