@@ -119,8 +119,23 @@ fn make_qwen3moe(file: &std::path::Path, layers: &str) {
     );
 }
 
-/// The `(device, expert_device, expert_layers)` of each stage of a placement array.
-fn experts_of(placement: &serde_json::Value) -> Vec<(String, Option<String>, serde_json::Value)> {
+/// A stage's device, its experts' device (if elsewhere) and their layers.
+type StageExperts = (String, Option<String>, serde_json::Value);
+
+/// A stage on `device` with the experts of `on_host` layers (start, end) on cpu:0.
+fn stage(device: &str, on_host: Option<(u64, u64)>) -> StageExperts {
+    match on_host {
+        Some((a, b)) => (
+            device.to_string(),
+            Some("cpu:0".to_string()),
+            serde_json::json!([a, b]),
+        ),
+        None => (device.to_string(), None, serde_json::json!([0, 0])),
+    }
+}
+
+/// The [`StageExperts`] of each stage of a placement array.
+fn experts_of(placement: &serde_json::Value) -> Vec<StageExperts> {
     placement
         .as_array()
         .expect("placement array")
@@ -148,10 +163,8 @@ fn n_cpu_moe_changes_live_under_a_running_generation() {
     assert_eq!(reference.len(), LONG as usize);
 
     let mut gen = Background::start(&d, "m", LONG);
-    let host = |a: u64, b: u64| (Some("cpu:0".to_string()), serde_json::json!([a, b]));
-    let none = (None, serde_json::json!([0, 0]));
-    let steps: [(&[&str], Vec<(&str, (Option<String>, serde_json::Value))>); 3] = [
-        (&["--cpu-moe"], vec![("cpu:1", host(0, 4))]),
+    let steps: [(&[&str], Vec<StageExperts>); 3] = [
+        (&["--cpu-moe"], vec![stage("cpu:1", Some((0, 4)))]),
         (
             &[
                 "--devices",
@@ -161,11 +174,11 @@ fn n_cpu_moe_changes_live_under_a_running_generation() {
                 "--n-cpu-moe",
                 "1",
             ],
-            vec![("cpu:1", host(0, 1)), ("cpu:2", none.clone())],
+            vec![stage("cpu:1", Some((0, 1))), stage("cpu:2", None)],
         ),
         (
             &["--devices", "cpu:2", "--n-cpu-moe", "0"],
-            vec![("cpu:2", none.clone())],
+            vec![stage("cpu:2", None)],
         ),
     ];
     for (i, (args, want)) in steps.iter().enumerate() {
@@ -177,11 +190,7 @@ fn n_cpu_moe_changes_live_under_a_running_generation() {
         let mut cmd = vec!["reload", "m", "--json"];
         cmd.extend_from_slice(args);
         let r = last_json(&ok(&d, &cmd));
-        let want: Vec<_> = want
-            .iter()
-            .map(|(dev, (ed, el))| (dev.to_string(), ed.clone(), el.clone()))
-            .collect();
-        assert_eq!(experts_of(&r["placement"]), want, "step {i}: {r}");
+        assert_eq!(experts_of(&r["placement"]), *want, "step {i}: {r}");
         assert_eq!(r["sequences_moved"], 1, "not mid-generation: {r}");
         assert!(r["bytes_moved"].as_u64().unwrap_or(0) > 0, "{r}");
     }
