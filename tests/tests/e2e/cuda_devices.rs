@@ -67,12 +67,11 @@ fn load_twice(d: &Daemon, path: &str, device: &str, on_cpu: &[u64]) {
     assert_eq!(greedy(d, "twice", N), on_cpu, "{devices} vs cpu:0");
 }
 
-/// The fake driver's directory, also on a machine with a real GPU: the daemon finds the fake
-/// `libcuda` first on the `LD_LIBRARY_PATH` [`on_fake_driver`] gives it, so the checks below
-/// (which assert the fake devices they were given) run there too instead of passing as skipped.
-/// `None` only when the fake cannot be built and test data is not required (CI requires it).
+/// The fake driver's directory for [`on_fake_driver`], also on a machine with a real GPU (see
+/// [`llmd_testkit::fake_cuda::driver_for_daemon`]): the checks below assert the fake devices
+/// they were given.
 fn fake_driver() -> Option<std::path::PathBuf> {
-    llmd_testkit::fake_cuda::driver_for_tests(false).expect("fake CUDA driver")
+    llmd_testkit::fake_cuda::driver_for_daemon().expect("fake CUDA driver")
 }
 
 /// A daemon on the fake CUDA driver in `dir`, with `gpus` fake GPUs.
