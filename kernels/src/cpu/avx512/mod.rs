@@ -21,6 +21,11 @@
 //! Every function here requires AVX-512 F, BW, VL and VNNI (plus AVX2, FMA and F16C);
 //! [`super::packed`] only calls them when [`super::isa`] is [`super::Isa::Avx512`].
 
+// Not yet split into one `unsafe {}` block per operation with its SAFETY comment (the
+// workspace lint `unsafe_op_in_unsafe_fn`): the unsafe fns here still use their fn-wide
+// unsafe context, each fn's `# Safety` section stating the contract.
+#![allow(unsafe_op_in_unsafe_fn)]
+
 use std::arch::x86_64::*;
 
 pub(super) mod attention;
