@@ -5,6 +5,8 @@
 
 use std::io::Read;
 
+use llmd_testkit::Rng;
+
 use crate::api::gpu::{GpuTelemetry, NvmlStatus};
 use crate::api::health::{
     Check, CheckKind, DeviceLayers, DeviceRef, DoctorReport, ModelPlacement, PowerBudget, Verdict,
@@ -18,25 +20,6 @@ use crate::{
     ModelDetails, ModelInfo, Reply, Request, Response, StatusReply, StatusRequest, Token,
     VersionReply, VersionRequest, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
-
-/// splitmix64: a tiny seeded PRNG so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 fn sample_responses() -> Vec<Response> {
     vec![
@@ -314,7 +297,7 @@ fn corrupted_frames_never_panic() {
         let mut f = frames[rng.below(frames.len())].clone();
         for _ in 0..=rng.below(4) {
             let i = HEADER_BYTES + rng.below(f.len() - HEADER_BYTES);
-            f[i] = rng.next() as u8;
+            f[i] = rng.next_u64() as u8;
         }
         match decode_frame::<Response>(&f) {
             Ok(_) => {}

@@ -164,6 +164,16 @@ pub fn driver_for_tests(real_cuda: bool) -> Result<Option<PathBuf>, String> {
     }
 }
 
+/// The directory of the fake driver for a daemon that a test starts with it on its
+/// `LD_LIBRARY_PATH`, also on a machine with a real GPU: the daemon, a process of its own, finds
+/// the fake `libcuda` there first, so a test that asserts the fake devices it asked for runs (and
+/// fails if they are missing) instead of passing as skipped. `Ok(None)` only as
+/// [`driver_for_tests`] without a real driver: the fake cannot be built and test data is not
+/// required.
+pub fn driver_for_daemon() -> Result<Option<PathBuf>, String> {
+    driver_for_tests(false)
+}
+
 /// Runs the ignored test `name` of this test binary in a child process on the fake driver, with
 /// `env` added; `Ok(None)` when [`driver_for_tests`] skips (`real_cuda`: whether a real driver
 /// works here).

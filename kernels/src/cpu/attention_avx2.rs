@@ -9,6 +9,11 @@
 //! Every function here requires AVX2, FMA and F16C; [`super::attention`] only calls them after
 //! [`super::isa`] has detected those features.
 
+// Not yet split into one `unsafe {}` block per operation with its SAFETY comment (the
+// workspace lint `unsafe_op_in_unsafe_fn`): the unsafe fns here still use their fn-wide
+// unsafe context, each fn's `# Safety` section stating the contract.
+#![allow(unsafe_op_in_unsafe_fn)]
+
 use std::arch::x86_64::*;
 
 use crate::quant::{BlockQ4_0, BlockQ8_0, QK};

@@ -321,5 +321,7 @@ fn run(pool: &ThreadPool, cache: &CacheRows<'_>, qs: Queries<'_>, logits: Logits
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn exp_scalar(x: f32) -> f32 {
     use std::arch::x86_64::*;
-    _mm_cvtss_f32(_mm512_castps512_ps128(exp_ps(_mm512_set1_ps(x))))
+    // SAFETY: the caller guarantees AVX-512 F (this fn's contract), all `exp_ps` needs.
+    let e = unsafe { exp_ps(_mm512_set1_ps(x)) };
+    _mm_cvtss_f32(_mm512_castps512_ps128(e))
 }

@@ -73,31 +73,11 @@ impl AlignedBytes {
     }
 }
 
-/// Every weight type the matrix multiply supports.
-pub const TYPES: [GgmlType; 25] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-    GgmlType::IQ2_XXS,
-    GgmlType::IQ2_XS,
-    GgmlType::IQ2_S,
-    GgmlType::IQ3_XXS,
-    GgmlType::IQ3_S,
-    GgmlType::IQ1_S,
-    GgmlType::IQ1_M,
-    GgmlType::IQ4_NL,
-    GgmlType::IQ4_XS,
-    GgmlType::TQ1_0,
-    GgmlType::TQ2_0,
-    GgmlType::MXFP4,
-];
+/// Every weight type the matrix multiply supports: the quant crate's type table less what
+/// llmd does not compute with ([`GgmlType::is_supported`]) and Q8_K, the K-quants' activation
+/// format, which no model's weights use.
+pub fn weight_types() -> impl Iterator<Item = GgmlType> {
+    GgmlType::ALL
+        .into_iter()
+        .filter(|t| t.is_supported() && *t != GgmlType::Q8_K)
+}

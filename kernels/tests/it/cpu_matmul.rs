@@ -2,7 +2,7 @@
 //! at and past the token tile), each output equals the one-row dot product of that weight row
 //! with that token's quantized activations, bit for bit; and bad arguments are typed errors.
 
-use crate::cpu_common::{random_weights, Rng, TYPES};
+use crate::cpu_common::{random_weights, weight_types, Rng};
 use half::{bf16, f16};
 use llmd_kernels::cpu::dot::{vec_dot, Activation, VecDot};
 use llmd_kernels::cpu::matmul::as_blocks;
@@ -73,7 +73,7 @@ fn matmul_equals_row_by_row_dots() {
     let mut rng = Rng(42);
     let pools: Vec<ThreadPool> = [1, 2, 3].map(|n| ThreadPool::new(n).expect("spawn")).into();
     let mut scratch = MatmulScratch::new();
-    for ty in TYPES {
+    for ty in weight_types() {
         let cols = 2 * ty.block_elems().max(32);
         for rows in [1usize, 37, 300] {
             let w = random_weights(&mut rng, ty, rows, cols);

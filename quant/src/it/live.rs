@@ -25,34 +25,14 @@ for i in range(0, len(args), 4):
     np.ascontiguousarray(out).tofile(dst)
 "#;
 
-/// Types gguf.quants can dequantize (it has no Q8_K; the committed fixtures cover that one).
-const DEQUANT: [GgmlType; 25] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-    GgmlType::IQ2_XXS,
-    GgmlType::IQ2_XS,
-    GgmlType::IQ2_S,
-    GgmlType::IQ3_XXS,
-    GgmlType::IQ3_S,
-    GgmlType::IQ1_S,
-    GgmlType::IQ1_M,
-    GgmlType::IQ4_NL,
-    GgmlType::IQ4_XS,
-    GgmlType::TQ1_0,
-    GgmlType::TQ2_0,
-    GgmlType::MXFP4,
-];
+/// Types gguf.quants can dequantize: the type table's types llmd computes with
+/// ([`GgmlType::is_supported`]) but Q8_K, which gguf.quants lacks (the committed fixtures cover
+/// that one).
+fn dequant_types() -> impl Iterator<Item = GgmlType> {
+    GgmlType::ALL
+        .into_iter()
+        .filter(|t| t.is_supported() && *t != GgmlType::Q8_K)
+}
 
 /// Types gguf.quants can quantize that llmd quantizes too.
 const QUANT: [GgmlType; 10] = [
@@ -93,7 +73,7 @@ fn random_blocks_match_gguf_python_reference() {
     }
     let mut cases = Vec::new();
     let mut args = Vec::new();
-    for ty in DEQUANT {
+    for ty in dequant_types() {
         let n_blocks = if ty.block_elems() == 1 {
             8192
         } else {

@@ -67,6 +67,13 @@ fn load_twice(d: &Daemon, path: &str, device: &str, on_cpu: &[u64]) {
     assert_eq!(greedy(d, "twice", N), on_cpu, "{devices} vs cpu:0");
 }
 
+/// The fake driver's directory for [`on_fake_driver`], also on a machine with a real GPU (see
+/// [`llmd_testkit::fake_cuda::driver_for_daemon`]): the checks below assert the fake devices
+/// they were given.
+fn fake_driver() -> Option<std::path::PathBuf> {
+    llmd_testkit::fake_cuda::driver_for_daemon().expect("fake CUDA driver")
+}
+
 /// A daemon on the fake CUDA driver in `dir`, with `gpus` fake GPUs.
 fn on_fake_driver(dir: &std::path::Path, gpus: &str) -> DaemonBuilder {
     Daemon::builder()
@@ -127,10 +134,7 @@ fn configured_gpus_without_a_driver_are_reported_and_refused_while_the_cpu_serve
 /// `cuda:0` and onto `cuda:0` twice, generation and a live re-split between GPU and CPU.
 #[test]
 fn the_gpu_path_end_to_end_on_the_fake_cuda_driver() {
-    let Some(dir) =
-        llmd_testkit::fake_cuda::driver_for_tests(llmd_kernels::backend::cuda_available().is_ok())
-            .expect("fake CUDA driver")
-    else {
+    let Some(dir) = fake_driver() else {
         return;
     };
     let d = on_fake_driver(&dir, "2")
@@ -237,10 +241,7 @@ fn gpu_path(d: &Daemon, path: &str, on_cpu: &[u64]) {
 /// taken is returned, and the daemon keeps serving what it had loaded.
 #[test]
 fn a_gpu_out_of_memory_fails_the_load_cleanly_on_the_fake_cuda_driver() {
-    let Some(dir) =
-        llmd_testkit::fake_cuda::driver_for_tests(llmd_kernels::backend::cuda_available().is_ok())
-            .expect("fake CUDA driver")
-    else {
+    let Some(dir) = fake_driver() else {
         return;
     };
     // The fake GPU has 8 MiB; the configured budget claims 1 GiB.

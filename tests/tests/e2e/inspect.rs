@@ -12,6 +12,7 @@ use common::Daemon;
 use llmd_shared::{
     read_frame, write_frame, Hello, HelloReply, InspectRequest, Reply, Request, Response,
 };
+use llmd_testkit::Rng;
 use serde_json::Value;
 
 fn inspect_json(d: &Daemon, path: &Path) -> Value {
@@ -82,17 +83,6 @@ fn tiny_model(dir: &Path) -> (Vec<u8>, usize) {
     (std::fs::read(&path).expect("read"), header)
 }
 
-/// A deterministic generator for the corruptions.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 #[test]
 fn a_thousand_corrupted_files_each_get_an_error_and_the_daemon_keeps_answering() {
     let d = Daemon::start();
@@ -109,13 +99,14 @@ fn a_thousand_corrupted_files_each_get_an_error_and_the_daemon_keeps_answering()
     for i in 0..400u64 {
         let mut f = valid.clone();
         match i % 4 {
-            0 => f[(rng.next() % 4) as usize] ^= 1 + (rng.next() % 255) as u8,
+            0 => f[(rng.next_u64() % 4) as usize] ^= 1 + (rng.next_u64() % 255) as u8,
             1 => {
-                let v = [0u32, 1, 4, 7, 0x0300_0000, u32::MAX][(rng.next() % 6) as usize];
+                let v = [0u32, 1, 4, 7, 0x0300_0000, u32::MAX][(rng.next_u64() % 6) as usize];
                 f[4..8].copy_from_slice(&v.to_le_bytes());
             }
-            2 => f[8..16].copy_from_slice(&(u64::MAX - rng.next() % 1000).to_le_bytes()),
-            _ => f[16..24].copy_from_slice(&((1u64 << 40) + rng.next() % (1 << 40)).to_le_bytes()),
+            2 => f[8..16].copy_from_slice(&(u64::MAX - rng.next_u64() % 1000).to_le_bytes()),
+            _ => f[16..24]
+                .copy_from_slice(&((1u64 << 40) + rng.next_u64() % (1 << 40)).to_le_bytes()),
         }
         corpus.push(f);
     }

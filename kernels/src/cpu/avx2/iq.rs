@@ -9,6 +9,11 @@
 //! `sumi + sumi1 / 8` exactly because both sides are exact below 2^24 (the largest `|isum|` is
 //! 9 · 127 · 256 · 15 < 4.4 · 10^6).
 
+// Not yet split into one `unsafe {}` block per operation with its SAFETY comment (the
+// workspace lint `unsafe_op_in_unsafe_fn`): the unsafe fns here still use their fn-wide
+// unsafe context, each fn's `# Safety` section stating the contract.
+#![allow(unsafe_op_in_unsafe_fn)]
+
 use super::groups::{dot_groups, sign_bytes, Group};
 use super::*;
 use crate::cpu::scalar_iq::{IQ2_FACTOR, IQ3XXS_FACTOR};

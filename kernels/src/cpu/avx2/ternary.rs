@@ -3,6 +3,11 @@
 //! The block term is the scalar reference's ([`crate::cpu::scalar_iq`]), so the kernels equal
 //! it bit for bit.
 
+// Not yet split into one `unsafe {}` block per operation with its SAFETY comment (the
+// workspace lint `unsafe_op_in_unsafe_fn`): the unsafe fns here still use their fn-wide
+// unsafe context, each fn's `# Safety` section stating the contract.
+#![allow(unsafe_op_in_unsafe_fn)]
+
 use super::groups::{dot_groups, Group};
 use super::*;
 use crate::quant::{BlockQ8K, BlockTQ1_0, BlockTQ2_0};

@@ -13,11 +13,15 @@ pub(in crate::cpu) unsafe fn silu_mul(gate: &mut [f32], up: &[f32]) -> usize {
     let n = gate.len() - gate.len() % 16;
     let one = _mm512_set1_ps(1.0);
     for i in (0..n).step_by(16) {
-        let g = _mm512_loadu_ps(gate.as_ptr().add(i));
-        let u = _mm512_loadu_ps(up.as_ptr().add(i));
-        let e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), g));
+        // SAFETY: i + 16 <= n <= gate.len(): 16 values in bounds.
+        let g = unsafe { _mm512_loadu_ps(gate.as_ptr().add(i)) };
+        // SAFETY: as `g`, with up.len() == gate.len() (the contract).
+        let u = unsafe { _mm512_loadu_ps(up.as_ptr().add(i)) };
+        // SAFETY: the caller guarantees AVX-512 F (the contract), all `exp_ps` needs.
+        let e = unsafe { exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), g)) };
         let s = _mm512_div_ps(g, _mm512_add_ps(one, e));
-        _mm512_storeu_ps(gate.as_mut_ptr().add(i), _mm512_mul_ps(s, u));
+        // SAFETY: the 16 values of `g`, in bounds of `gate`.
+        unsafe { _mm512_storeu_ps(gate.as_mut_ptr().add(i), _mm512_mul_ps(s, u)) };
     }
     n
 }

@@ -34,13 +34,17 @@ pub(super) const MAX_TOKENS: usize = 8;
 
 /// The accumulators a kernel starts from: zero, or (`accumulate`, continuing the row sums of
 /// earlier blocks) the outputs `out[t][0..16]` as they are.
+///
+/// # Safety
+/// AVX-512 F; with `accumulate`, each pointer of `out` reads 16 f32.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn start<const T: usize>(out: &[*mut f32; T], accumulate: bool) -> [__m512; T] {
     let mut acc = [_mm512_setzero_ps(); T];
     if accumulate {
         for (a, &o) in acc.iter_mut().zip(out) {
-            *a = _mm512_loadu_ps(o);
+            // SAFETY: `o` reads 16 f32 (the contract).
+            *a = unsafe { _mm512_loadu_ps(o) };
         }
     }
     acc
@@ -48,22 +52,34 @@ unsafe fn start<const T: usize>(out: &[*mut f32; T], accumulate: bool) -> [__m51
 
 /// The four bytes at `p` broadcast to every 32-bit lane (the compiler folds this into the
 /// memory operand of the `vpdpbusd` that uses it).
+///
+/// # Safety
+/// AVX-512 F; `p` reads 4 bytes (any alignment).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn bcast4(p: *const i8) -> __m512i {
-    _mm512_set1_epi32(p.cast::<i32>().read_unaligned())
+    // SAFETY: `p` reads 4 bytes (the contract), read unaligned.
+    _mm512_set1_epi32(unsafe { p.cast::<i32>().read_unaligned() })
 }
 
 /// Sixteen f16 values at `p` as f32 lanes.
+///
+/// # Safety
+/// AVX-512 F and F16C; `p` reads 32 bytes (any alignment).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn load_f16x16(p: *const u8) -> __m512 {
-    _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+    // SAFETY: `p` reads 32 bytes (the contract); an unaligned load.
+    _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(p.cast()) })
 }
 
 /// 64 bytes at `p`.
+///
+/// # Safety
+/// AVX-512 F; `p` reads 64 bytes (any alignment).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn load64(p: *const u8) -> __m512i {
-    _mm512_loadu_si512(p.cast())
+    // SAFETY: `p` reads 64 bytes (the contract); an unaligned load.
+    unsafe { _mm512_loadu_si512(p.cast()) }
 }

@@ -1,5 +1,10 @@
 //! Packed Q8_0 and Q5_0 against Q8_0 activations with block sums ([`BlockQ8_0Sum`]).
 
+// Not yet split into one `unsafe {}` block per operation with its SAFETY comment (the
+// workspace lint `unsafe_op_in_unsafe_fn`): the unsafe fns here still use their fn-wide
+// unsafe context, each fn's `# Safety` section stating the contract.
+#![allow(unsafe_op_in_unsafe_fn)]
+
 use super::*;
 use crate::cpu::packed::act::BlockQ8_0Sum;
 use crate::cpu::packed::layout::{tile_offset, PACK_ROWS};
