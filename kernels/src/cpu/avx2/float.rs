@@ -1,11 +1,6 @@
 //! The float formats (F32, F16, BF16 against themselves), and the f32 helpers of attention
 //! (`dot_f32`, `axpy_f32`) and of GELU.
 
-// Not yet split into one `unsafe {}` block per operation with its SAFETY comment (the
-// workspace lint `unsafe_op_in_unsafe_fn`): the unsafe fns here still use their fn-wide
-// unsafe context, each fn's `# Safety` section stating the contract.
-#![allow(unsafe_op_in_unsafe_fn)]
-
 use half::bf16;
 
 use super::*;
@@ -15,6 +10,10 @@ rows_of!(dot_bf16_bf16_rows, dot_bf16_bf16, bf16, bf16);
 rows_of!(dot_f32_f32_rows, dot_f32_f32, f32, f32);
 
 /// Shared body of the float kernels: `load(row, i)` gives eight f32 lanes at element `i`.
+///
+/// # Safety
+/// AVX2, FMA and F16C; `load` is only called with `i + 8 <= row.len()` (the rows' lengths are
+/// asserted equal first).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_float<T, const K: usize>(
@@ -58,40 +57,47 @@ unsafe fn dot_float<T, const K: usize>(
 /// F16 × F16 for `K` activation rows.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_f16_f16<const K: usize>(w: &[f16], a: [&[f16]; K]) -> [f32; K] {
-    dot_float(
-        w,
-        a,
-        // SAFETY (of the closure body): callers only pass i + 8 <= row.len().
-        |row, i| _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(i).cast())),
-        |v| v.to_f32(),
-    )
+    let load = |row: &[f16], i: usize| {
+        // SAFETY: 8 halves from `i`, in bounds as `dot_float` promises (i + 8 <= row.len()).
+        let h = unsafe { _mm_loadu_si128(row.as_ptr().add(i).cast()) };
+        _mm256_cvtph_ps(h)
+    };
+    // SAFETY: the caller guarantees the target features (the contract); `load` reads only the
+    // eight values `dot_float` asks for.
+    unsafe { dot_float(w, a, load, |v| v.to_f32()) }
 }
 
 /// BF16 × BF16 for `K` activation rows: each bfloat16 widened to f32 by a 16-bit shift.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_bf16_bf16<const K: usize>(w: &[bf16], a: [&[bf16]; K]) -> [f32; K] {
-    dot_float(
-        w,
-        a,
-        // SAFETY (of the closure body): callers only pass i + 8 <= row.len().
-        |row, i| {
-            let h = _mm_loadu_si128(row.as_ptr().add(i).cast());
-            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
-        },
-        |v| v.to_f32(),
-    )
+    let load = |row: &[bf16], i: usize| {
+        // SAFETY: 8 bfloat16 from `i`, in bounds as `dot_float` promises (i + 8 <= row.len()).
+        let h = unsafe { _mm_loadu_si128(row.as_ptr().add(i).cast()) };
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+    };
+    // SAFETY: the caller guarantees the target features (the contract); `load` reads only the
+    // eight values `dot_float` asks for.
+    unsafe { dot_float(w, a, load, |v| v.to_f32()) }
 }
 
 /// F32 × F32 for `K` activation rows.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_f32_f32<const K: usize>(w: &[f32], a: [&[f32]; K]) -> [f32; K] {
-    dot_float(w, a, |row, i| _mm256_loadu_ps(row.as_ptr().add(i)), |v| *v)
+    let load = |row: &[f32], i: usize| {
+        // SAFETY: 8 floats from `i`, in bounds as `dot_float` promises (i + 8 <= row.len()).
+        unsafe { _mm256_loadu_ps(row.as_ptr().add(i)) }
+    };
+    // SAFETY: the caller guarantees the target features (the contract); `load` reads only the
+    // eight values `dot_float` asks for.
+    unsafe { dot_float(w, a, load, |v| *v) }
 }
 
 /// `Σ x_i y_i` over two f32 slices of equal length (attention scores).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(in crate::cpu) unsafe fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
-    dot_f32_f32::<1>(x, [y])[0]
+    // SAFETY: the same target features (the caller's contract); `dot_f32_f32` asserts the
+    // lengths equal.
+    unsafe { dot_f32_f32::<1>(x, [y])[0] }
 }
 
 /// `y += alpha * x` over two f32 slices of equal length (attention value accumulation).
@@ -103,12 +109,16 @@ pub(in crate::cpu) unsafe fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
     let va = _mm256_set1_ps(alpha);
     let mut i = 0;
     while i < main {
-        let px = x.as_ptr().add(i);
-        let py = y.as_mut_ptr().add(i);
-        _mm256_storeu_ps(
-            py,
-            _mm256_fmadd_ps(va, _mm256_loadu_ps(px), _mm256_loadu_ps(py)),
-        );
+        // SAFETY: i + 8 <= main <= n == x.len() == y.len() (asserted): 8 floats in bounds of
+        // both slices, read and written through their own pointers.
+        unsafe {
+            let px = x.as_ptr().add(i);
+            let py = y.as_mut_ptr().add(i);
+            _mm256_storeu_ps(
+                py,
+                _mm256_fmadd_ps(va, _mm256_loadu_ps(px), _mm256_loadu_ps(py)),
+            );
+        }
         i += 8;
     }
     for j in main..n {
@@ -132,28 +142,34 @@ pub(in crate::cpu) unsafe fn gelu_table_mul(table: &[f16], gate: &mut [f32], up:
     let mut idx = [0u16; 8];
     let mut i = 0;
     while i < main {
-        let x = _mm256_loadu_ps(gate.as_ptr().add(i));
+        // SAFETY: i + 8 <= main <= gate.len(): 8 floats in bounds.
+        let x = unsafe { _mm256_loadu_ps(gate.as_ptr().add(i)) };
         let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
-        _mm_storeu_si128(idx.as_mut_ptr().cast(), h);
-        // SAFETY (of the unchecked reads): the table has 65536 entries, one per u16 index.
-        let looked = _mm_setr_epi16(
-            table.get_unchecked(usize::from(idx[0])).to_bits() as i16,
-            table.get_unchecked(usize::from(idx[1])).to_bits() as i16,
-            table.get_unchecked(usize::from(idx[2])).to_bits() as i16,
-            table.get_unchecked(usize::from(idx[3])).to_bits() as i16,
-            table.get_unchecked(usize::from(idx[4])).to_bits() as i16,
-            table.get_unchecked(usize::from(idx[5])).to_bits() as i16,
-            table.get_unchecked(usize::from(idx[6])).to_bits() as i16,
-            table.get_unchecked(usize::from(idx[7])).to_bits() as i16,
-        );
+        // SAFETY: the 16 bytes of `idx` (eight u16).
+        unsafe { _mm_storeu_si128(idx.as_mut_ptr().cast(), h) };
+        // SAFETY: the table has 65536 entries (asserted), one per u16 index.
+        let looked = unsafe {
+            _mm_setr_epi16(
+                table.get_unchecked(usize::from(idx[0])).to_bits() as i16,
+                table.get_unchecked(usize::from(idx[1])).to_bits() as i16,
+                table.get_unchecked(usize::from(idx[2])).to_bits() as i16,
+                table.get_unchecked(usize::from(idx[3])).to_bits() as i16,
+                table.get_unchecked(usize::from(idx[4])).to_bits() as i16,
+                table.get_unchecked(usize::from(idx[5])).to_bits() as i16,
+                table.get_unchecked(usize::from(idx[6])).to_bits() as i16,
+                table.get_unchecked(usize::from(idx[7])).to_bits() as i16,
+            )
+        };
         let mut y = _mm256_cvtph_ps(looked);
         // x >= 10 passes through, x <= -10 gives 0 (ggml's clamps).
         y = _mm256_blendv_ps(y, x, _mm256_cmp_ps::<_CMP_GE_OQ>(x, hi));
         y = _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(x, lo), y);
         if let Some(up) = up {
-            y = _mm256_mul_ps(y, _mm256_loadu_ps(up.as_ptr().add(i)));
+            // SAFETY: up.len() == gate.len() (asserted): 8 floats in bounds as for `x`.
+            y = _mm256_mul_ps(y, unsafe { _mm256_loadu_ps(up.as_ptr().add(i)) });
         }
-        _mm256_storeu_ps(gate.as_mut_ptr().add(i), y);
+        // SAFETY: the 8 floats of `x`, in bounds of `gate`.
+        unsafe { _mm256_storeu_ps(gate.as_mut_ptr().add(i), y) };
         i += 8;
     }
     for j in main..n {

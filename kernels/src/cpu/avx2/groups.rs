@@ -8,11 +8,6 @@
 //! `finish`, which does the scalar reference's float operations. So each kernel built on it is
 //! bit-identical to its scalar twin.
 
-// Not yet split into one `unsafe {}` block per operation with its SAFETY comment (the
-// workspace lint `unsafe_op_in_unsafe_fn`): the unsafe fns here still use their fn-wide
-// unsafe context, each fn's `# Safety` section stating the contract.
-#![allow(unsafe_op_in_unsafe_fn)]
-
 use super::*;
 use crate::quant::BlockQ8K;
 
@@ -33,7 +28,7 @@ impl Group {
     /// A group of signed weights `w` (bytes, -127..=127) with one scale per 16 weights.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn signed(w: __m256i, scale_lo: i16, scale_hi: i16) -> Group {
+    pub(super) fn signed(w: __m256i, scale_lo: i16, scale_hi: i16) -> Group {
         Group {
             mag: _mm256_sign_epi8(w, w),
             sign: w,
@@ -44,12 +39,7 @@ impl Group {
     /// A group of magnitudes `mag` with sign bytes `sign` (negative where the weight is).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn with_signs(
-        mag: __m256i,
-        sign: __m256i,
-        scale_lo: i16,
-        scale_hi: i16,
-    ) -> Group {
+    pub(super) fn with_signs(mag: __m256i, sign: __m256i, scale_lo: i16, scale_hi: i16) -> Group {
         Group {
             mag,
             sign,
@@ -60,7 +50,7 @@ impl Group {
     /// A group of non-negative weights `w` (bytes, 0..=127) with one scale per 16 weights.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn unsigned(w: __m256i, scale_lo: i16, scale_hi: i16) -> Group {
+    pub(super) fn unsigned(w: __m256i, scale_lo: i16, scale_hi: i16) -> Group {
         Group {
             mag: w,
             sign: w,
@@ -72,7 +62,7 @@ impl Group {
 /// Eight i16 lanes of `lo`, then eight of `hi`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn halves(lo: i16, hi: i16) -> __m256i {
+fn halves(lo: i16, hi: i16) -> __m256i {
     _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
 }
 
@@ -80,7 +70,7 @@ unsafe fn halves(lo: i16, hi: i16) -> __m256i {
 /// negative, 0 elsewhere): zero bytes become 1 so `_mm256_sign_epi8` keeps the activation.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn sign_bytes(neg: __m256i) -> __m256i {
+pub(super) fn sign_bytes(neg: __m256i) -> __m256i {
     _mm256_or_si256(neg, _mm256_set1_epi8(1))
 }
 
@@ -90,7 +80,7 @@ pub(super) unsafe fn sign_bytes(neg: __m256i) -> __m256i {
 /// negative (when not, the activations are used as they are).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_groups<B, P, const K: usize, const SIGNED: bool>(
+pub(super) fn dot_groups<B, P, const K: usize, const SIGNED: bool>(
     w: &[B],
     a: [&[BlockQ8K]; K],
     prep: impl Fn(&B) -> P,
@@ -117,8 +107,10 @@ pub(super) unsafe fn dot_groups<B, P, const K: usize, const SIGNED: bool>(
             for t in 0..K {
                 // SAFETY: every activation row has w.len() blocks (asserted above), and
                 // 32 * g + 32 <= 256 bytes of its quants.
-                let y = a[t].get_unchecked(i);
-                let q8 = _mm256_loadu_si256(y.qs.as_ptr().add(32 * g).cast());
+                let q8 = unsafe {
+                    let y = a[t].get_unchecked(i);
+                    _mm256_loadu_si256(y.qs.as_ptr().add(32 * g).cast())
+                };
                 let q8 = if SIGNED {
                     _mm256_sign_epi8(q8, gr.sign)
                 } else {
@@ -129,7 +121,8 @@ pub(super) unsafe fn dot_groups<B, P, const K: usize, const SIGNED: bool>(
             }
         }
         for t in 0..K {
-            let y = a[t].get_unchecked(i);
+            // SAFETY: every activation row has w.len() blocks (asserted above).
+            let y = unsafe { a[t].get_unchecked(i) };
             out[t] += finish(x, y, hsum_epi32(sumi[t]));
         }
     }

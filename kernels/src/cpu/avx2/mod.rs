@@ -23,11 +23,6 @@
 //! rows must not contain -128 (the quantizers in [`super::quantize`] never produce it), because
 //! `_mm256_sign_epi8` cannot negate it.
 
-// Not yet split into one `unsafe {}` block per operation with its SAFETY comment (the
-// workspace lint `unsafe_op_in_unsafe_fn`): the unsafe fns here still use their fn-wide
-// unsafe context, each fn's `# Safety` section stating the contract.
-#![allow(unsafe_op_in_unsafe_fn)]
-
 use std::arch::x86_64::*;
 
 use half::f16;
@@ -39,21 +34,21 @@ use half::f16;
 /// which otherwise chains every block's scale to the previous block's accumulator.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16x4(h: f16) -> __m128 {
+fn f16x4(h: f16) -> __m128 {
     _mm_cvtph_ps(_mm_set1_epi16(h.to_bits() as i16))
 }
 
 /// One half float to f32 with the F16C instruction.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_to_f32(h: f16) -> f32 {
+fn f16_to_f32(h: f16) -> f32 {
     _mm_cvtss_f32(f16x4(h))
 }
 
 /// Sum of the eight lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum_ps(v: __m256) -> f32 {
+fn hsum_ps(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -63,7 +58,7 @@ unsafe fn hsum_ps(v: __m256) -> f32 {
 /// Sum of the eight i32 lanes (exact while it fits in i32).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum_epi32(v: __m256i) -> i32 {
+fn hsum_epi32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
@@ -73,7 +68,7 @@ unsafe fn hsum_epi32(v: __m256i) -> i32 {
 /// Pairwise-summed products of signed bytes `x · y` as eight i32 lanes, given `ax = |x|`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_i8_pairs(ax: __m256i, x: __m256i, y: __m256i) -> __m256i {
+fn dot_i8_pairs(ax: __m256i, x: __m256i, y: __m256i) -> __m256i {
     let sy = _mm256_sign_epi8(y, x);
     _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
 }
@@ -82,7 +77,7 @@ unsafe fn dot_i8_pairs(ax: __m256i, x: __m256i, y: __m256i) -> __m256i {
 /// same integers; no 16-bit intermediate).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-unsafe fn dot_i8_pairs_vnni(ax: __m256i, x: __m256i, y: __m256i) -> __m256i {
+fn dot_i8_pairs_vnni(ax: __m256i, x: __m256i, y: __m256i) -> __m256i {
     _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), ax, _mm256_sign_epi8(y, x))
 }
 
@@ -90,14 +85,14 @@ unsafe fn dot_i8_pairs_vnni(ax: __m256i, x: __m256i, y: __m256i) -> __m256i {
 /// i32 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_u8_pairs(x: __m256i, y: __m256i) -> __m256i {
+fn dot_u8_pairs(x: __m256i, y: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1))
 }
 
 /// [`dot_u8_pairs`] with one AVX-VNNI instruction (the same integers).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-unsafe fn dot_u8_pairs_vnni(x: __m256i, y: __m256i) -> __m256i {
+fn dot_u8_pairs_vnni(x: __m256i, y: __m256i) -> __m256i {
     _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), x, y)
 }
 
@@ -105,8 +100,10 @@ unsafe fn dot_u8_pairs_vnni(x: __m256i, y: __m256i) -> __m256i {
 /// `2 (g % 4)` of the 32 bytes at `32 (g / 4)`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn low2_bits(qs: &[u8; 64], g: usize) -> __m256i {
-    let bits = _mm256_loadu_si256(qs.as_ptr().add(32 * (g / 4)).cast());
+fn low2_bits(qs: &[u8; 64], g: usize) -> __m256i {
+    // SAFETY: 32 bytes from 32 (g / 4) of the 64 in `qs`, in bounds for g < 8 (the indexing
+    // panics on a larger `g` before the load).
+    let bits = unsafe { _mm256_loadu_si256(qs[32 * (g / 4)..][..32].as_ptr().cast()) };
     let shifted = _mm256_srl_epi16(bits, _mm_cvtsi32_si128(2 * (g % 4) as i32));
     _mm256_and_si256(shifted, _mm256_set1_epi8(3))
 }
@@ -114,8 +111,9 @@ unsafe fn low2_bits(qs: &[u8; 64], g: usize) -> __m256i {
 /// 32 bytes: the 16 low nibbles of `p[0..16]`, then the 16 high nibbles.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn bytes_from_nibbles_32(p: &[u8; 16]) -> __m256i {
-    let v = _mm_loadu_si128(p.as_ptr().cast());
+fn bytes_from_nibbles_32(p: &[u8; 16]) -> __m256i {
+    // SAFETY: the 16 bytes of `p`.
+    let v = unsafe { _mm_loadu_si128(p.as_ptr().cast()) };
     let both = _mm256_set_m128i(_mm_srli_epi16(v, 4), v);
     _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
 }
@@ -123,7 +121,7 @@ unsafe fn bytes_from_nibbles_32(p: &[u8; 16]) -> __m256i {
 /// 32 bytes, byte `j` = 0xFF if bit `j` of the little-endian `bits` is set, else 0.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn bytes_from_bits_32(bits: [u8; 4]) -> __m256i {
+fn bytes_from_bits_32(bits: [u8; 4]) -> __m256i {
     let x = _mm256_set1_epi32(i32::from_le_bytes(bits));
     // Byte j takes byte j/8 of x ...
     let shuf = _mm256_set_epi64x(
@@ -143,7 +141,7 @@ unsafe fn bytes_from_bits_32(bits: [u8; 4]) -> __m256i {
 /// Prefetches never fault, so an address past the matrix is harmless.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn prefetch_next_row<B>(row: &[B], i: usize) {
+fn prefetch_next_row<B>(row: &[B], i: usize) {
     let size = std::mem::size_of::<B>();
     let next = row.as_ptr().wrapping_add(row.len() + i).cast::<u8>();
     for off in (0..size).step_by(64) {
@@ -154,9 +152,10 @@ unsafe fn prefetch_next_row<B>(row: &[B], i: usize) {
 /// Load 32 bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load32<T>(p: &[T; 32]) -> __m256i {
+fn load32<T>(p: &[T; 32]) -> __m256i {
     debug_assert_eq!(std::mem::size_of::<T>(), 1);
-    _mm256_loadu_si256(p.as_ptr().cast())
+    // SAFETY: 32 bytes from the start of `p`, which holds 32 elements of at least one byte.
+    unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
 }
 
 /// An `R` weight rows × `K` activation rows kernel from a one-weight-row kernel (for formats
@@ -171,7 +170,9 @@ macro_rules! rows_of {
         ) -> [[f32; K]; R] {
             let mut out = [[0.0f32; K]; R];
             for r in 0..R {
-                out[r] = $inner::<K>(w[r], a);
+                // SAFETY: this fn's contract is `$inner`'s (the same target features, each
+                // weight row with the activation rows).
+                out[r] = unsafe { $inner::<K>(w[r], a) };
             }
             out
         }
