@@ -9,11 +9,6 @@
 //! `sumi + sumi1 / 8` exactly because both sides are exact below 2^24 (the largest `|isum|` is
 //! 9 · 127 · 256 · 15 < 4.4 · 10^6).
 
-// Not yet split into one `unsafe {}` block per operation with its SAFETY comment (the
-// workspace lint `unsafe_op_in_unsafe_fn`): the unsafe fns here still use their fn-wide
-// unsafe context, each fn's `# Safety` section stating the contract.
-#![allow(unsafe_op_in_unsafe_fn)]
-
 use super::groups::{dot_groups, sign_bytes, Group};
 use super::*;
 use crate::cpu::scalar_iq::{IQ2_FACTOR, IQ3XXS_FACTOR};
@@ -50,14 +45,14 @@ const _: () = assert!(IQ1_UNITS as f32 * IQ1S_DELTA == 1.0 && IQ1S_DELTA == IQ1M
 /// Four 8-byte codewords as one register, the first in the lowest bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn words4(w: [u64; 4]) -> __m256i {
+fn words4(w: [u64; 4]) -> __m256i {
     _mm256_set_epi64x(w[3] as i64, w[2] as i64, w[1] as i64, w[0] as i64)
 }
 
 /// Eight 4-byte codewords as one register, the first in the lowest bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn words8(w: [u32; 8]) -> __m256i {
+fn words8(w: [u32; 8]) -> __m256i {
     _mm256_set_epi32(
         w[7] as i32,
         w[6] as i32,
@@ -73,7 +68,7 @@ unsafe fn words8(w: [u32; 8]) -> __m256i {
 /// The sign bytes of four 7-bit sign indices packed at bits `7l` of `bits`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn ksigns4(bits: u32) -> __m256i {
+fn ksigns4(bits: u32) -> __m256i {
     sign_bytes(words4(std::array::from_fn(|l| {
         KSIGNS64[((bits >> (7 * l)) & 127) as usize]
     })))
@@ -88,7 +83,7 @@ fn odd(s: u32) -> i16 {
 /// The block term `(d_w · d_a) · isum` of the formats with one f16 super-block scale.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn term(d: half::f16, y: &BlockQ8K, isum: i32) -> f32 {
+fn term(d: half::f16, y: &BlockQ8K, isum: i32) -> f32 {
     (f16_to_f32(d) * y.d) * isum as f32
 }
 
@@ -204,7 +199,7 @@ unsafe fn dot_iq3_s_q8_k<const K: usize>(w: &[BlockIQ3S], a: [&[BlockQ8K]; K]) -
 /// -1 in every byte of its word).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn iq1_weights(grid: [u64; 4], delta: __m256i) -> __m256i {
+fn iq1_weights(grid: [u64; 4], delta: __m256i) -> __m256i {
     let scaled = _mm256_sign_epi8(_mm256_set1_epi8(IQ1_UNITS), words4(grid));
     _mm256_add_epi8(scaled, delta)
 }
@@ -272,7 +267,9 @@ unsafe fn dot_iq1_m_q8_k<const K: usize>(w: &[BlockIQ1M], a: [&[BlockQ8K]; K]) -
 /// shuffle; the signed 6-bit group scales multiply the pair sums.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq4_xs_q8_k<const K: usize>(w: &[BlockIQ4XS], a: [&[BlockQ8K]; K]) -> [f32; K] {
-    let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast()));
+    // SAFETY: the 16 bytes of the IQ4_NL level table.
+    let levels = unsafe { _mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast()) };
+    let table = _mm256_broadcastsi128_si256(levels);
     dot_groups::<_, _, K, true>(
         w,
         a,

@@ -1,11 +1,6 @@
 //! The K-quants against Q8_K activations: Q2_K and Q3_K through the shared group body
 //! ([`super::groups`]), Q4_K / Q5_K (one body, 6-bit scales and mins) and Q6_K with their own.
 
-// Not yet split into one `unsafe {}` block per operation with its SAFETY comment (the
-// workspace lint `unsafe_op_in_unsafe_fn`): the unsafe fns here still use their fn-wide
-// unsafe context, each fn's `# Safety` section stating the contract.
-#![allow(unsafe_op_in_unsafe_fn)]
-
 use super::groups::{dot_groups, Group};
 use super::*;
 use crate::quant::dequant::q3_k_scales;
@@ -31,9 +26,11 @@ unsafe fn dot_q2_k_q8_k<const K: usize>(w: &[BlockQ2K], a: [&[BlockQ8K]; K]) -> 
         },
         |x, y, isum| {
             // Σ_j min_j × bsums_j, the sixteen mins widened to i16.
-            let scales = _mm_loadu_si128(x.scales.as_ptr().cast());
+            // SAFETY: the 16 bytes of `scales`.
+            let scales = unsafe { _mm_loadu_si128(x.scales.as_ptr().cast()) };
             let mins = _mm_and_si128(_mm_srli_epi16(scales, 4), _mm_set1_epi8(0x0f));
-            let bsums = _mm256_loadu_si256(y.bsums.as_ptr().cast());
+            // SAFETY: the 32 bytes of `bsums` (sixteen i16).
+            let bsums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
             let summs = hsum_epi32(_mm256_madd_epi16(_mm256_cvtepu8_epi16(mins), bsums));
             let dall = y.d * f16_to_f32(x.d);
             let dmin = y.d * f16_to_f32(x.dmin);
@@ -86,7 +83,7 @@ fn k4_scales_mins_packed(packed: &[u8; 12]) -> [u32; 4] {
 /// Reduces the eight i32 lanes of `a` and the four of `b` to their two sums (exact).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum2_epi32(a: __m256i, b: __m128i) -> (i32, i32) {
+fn hsum2_epi32(a: __m256i, b: __m128i) -> (i32, i32) {
     let a4 = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
     let h = _mm_hadd_epi32(a4, b); // [a0+a1, a2+a3, b0+b1, b2+b3]
     let h = _mm_hadd_epi32(h, h); // [Σa, Σb, Σa, Σb]
@@ -97,7 +94,7 @@ unsafe fn hsum2_epi32(a: __m256i, b: __m128i) -> (i32, i32) {
 /// 2c+1 of super-block `x`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_k4<B, const K: usize>(
+fn dot_k4<B, const K: usize>(
     w: &[B],
     a: [&[BlockQ8K]; K],
     parts: impl Fn(&B) -> (f16, f16, &[u8; 12]),
@@ -134,11 +131,15 @@ unsafe fn dot_k4<B, const K: usize>(
             let sl = _mm256_shuffle_epi8(scales, pick(2 * c as i16));
             let sh = _mm256_shuffle_epi8(scales, pick(2 * c as i16 + 1));
             for t in 0..K {
-                // SAFETY: every activation row has w.len() blocks (asserted above).
-                let y = a[t].get_unchecked(i);
-                let q8 = y.qs.as_ptr().add(64 * c);
-                let yl = _mm256_loadu_si256(q8.cast());
-                let yh = _mm256_loadu_si256(q8.add(32).cast());
+                // SAFETY: every activation row has w.len() blocks (asserted above), and
+                // 64 c + 64 <= 256 bytes of its quants for c < 4.
+                let (yl, yh) = unsafe {
+                    let q8 = a[t].get_unchecked(i).qs.as_ptr().add(64 * c);
+                    (
+                        _mm256_loadu_si256(q8.cast()),
+                        _mm256_loadu_si256(q8.add(32).cast()),
+                    )
+                };
                 let pl = _mm256_madd_epi16(sl, _mm256_maddubs_epi16(ql, yl));
                 let ph = _mm256_madd_epi16(sh, _mm256_maddubs_epi16(qh, yh));
                 sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(pl, ph));
@@ -147,9 +148,11 @@ unsafe fn dot_k4<B, const K: usize>(
         let xd = f16_to_f32(xd);
         let xdmin = f16_to_f32(xdmin);
         for t in 0..K {
-            let y = a[t].get_unchecked(i);
+            // SAFETY: every activation row has w.len() blocks (asserted above).
+            let y = unsafe { a[t].get_unchecked(i) };
             // Σ_j min_j × (bsums[2j] + bsums[2j+1]).
-            let bsums = _mm256_loadu_si256(y.bsums.as_ptr().cast());
+            // SAFETY: the 32 bytes of `bsums` (sixteen i16).
+            let bsums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
             let pairs = _mm_hadd_epi16(
                 _mm256_castsi256_si128(bsums),
                 _mm256_extracti128_si256(bsums, 1),
@@ -172,7 +175,8 @@ unsafe fn dot_q4_k_q8_k<const K: usize>(w: &[BlockQ4K], a: [&[BlockQ8K]; K]) -> 
         |x| (x.d, x.dmin, &x.scales),
         |x, c| {
             let m4 = _mm256_set1_epi8(0x0f);
-            let bits = _mm256_loadu_si256(x.qs.as_ptr().add(32 * c).cast());
+            // SAFETY: `dot_k4` passes c < 4: bytes 32 c .. 32 c + 32 of the 128 of `qs`.
+            let bits = unsafe { _mm256_loadu_si256(x.qs.as_ptr().add(32 * c).cast()) };
             (
                 _mm256_and_si256(bits, m4),
                 _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
@@ -190,7 +194,8 @@ unsafe fn dot_q5_k_q8_k<const K: usize>(w: &[BlockQ5K], a: [&[BlockQ8K]; K]) -> 
         |x| (x.d, x.dmin, &x.scales),
         |x, c| {
             let m4 = _mm256_set1_epi8(0x0f);
-            let bits = _mm256_loadu_si256(x.qs.as_ptr().add(32 * c).cast());
+            // SAFETY: `dot_k4` passes c < 4: bytes 32 c .. 32 c + 32 of the 128 of `qs`.
+            let bits = unsafe { _mm256_loadu_si256(x.qs.as_ptr().add(32 * c).cast()) };
             let hbits = load32(&x.qh);
             // Sub-block j takes its fifth bit from bit j of qh.
             let fifth = |j: usize| {
@@ -225,14 +230,21 @@ unsafe fn dot_q6_k_q8_k<const K: usize>(w: &[BlockQ6K], a: [&[BlockQ8K]; K]) -> 
         if K == 1 {
             prefetch_next_row(w, i);
         }
-        let scales8 = _mm_loadu_si128(x.scales.as_ptr().cast());
+        // SAFETY: the 16 bytes of `scales`.
+        let scales8 = unsafe { _mm_loadu_si128(x.scales.as_ptr().cast()) };
         // All sixteen scales as i16, for the `- 32` correction against the group sums.
         let scales16 = _mm256_cvtepi8_epi16(scales8);
         let mut sumi = [_mm256_setzero_si256(); K];
         for h in 0..2 {
-            let ql1 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * h).cast());
-            let ql2 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * h + 32).cast());
-            let qh = _mm256_loadu_si256(x.qh.as_ptr().add(32 * h).cast());
+            // SAFETY: h < 2: bytes 64 h .. 64 h + 64 of the 128 of `ql` and 32 h .. 32 h + 32
+            // of the 64 of `qh`.
+            let (ql1, ql2, qh) = unsafe {
+                (
+                    _mm256_loadu_si256(x.ql.as_ptr().add(64 * h).cast()),
+                    _mm256_loadu_si256(x.ql.as_ptr().add(64 * h + 32).cast()),
+                    _mm256_loadu_si256(x.qh.as_ptr().add(32 * h).cast()),
+                )
+            };
             let high = |s: i32| {
                 let bits = match s {
                     0 => qh,
@@ -258,9 +270,12 @@ unsafe fn dot_q6_k_q8_k<const K: usize>(w: &[BlockQ6K], a: [&[BlockQ8K]; K]) -> 
                 );
                 let scales = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales8, pick));
                 for t in 0..K {
-                    // SAFETY: every activation row has w.len() blocks (asserted above).
-                    let y = a[t].get_unchecked(i);
-                    let q8 = _mm256_loadu_si256(y.qs.as_ptr().add(128 * h + 32 * s).cast());
+                    // SAFETY: every activation row has w.len() blocks (asserted above), and
+                    // 128 h + 32 s + 32 <= 256 bytes of its quants for h < 2, s < 4.
+                    let q8 = unsafe {
+                        let y = a[t].get_unchecked(i);
+                        _mm256_loadu_si256(y.qs.as_ptr().add(128 * h + 32 * s).cast())
+                    };
                     let p = _mm256_madd_epi16(scales, _mm256_maddubs_epi16(qs, q8));
                     sumi[t] = _mm256_add_epi32(sumi[t], p);
                 }
@@ -268,9 +283,11 @@ unsafe fn dot_q6_k_q8_k<const K: usize>(w: &[BlockQ6K], a: [&[BlockQ8K]; K]) -> 
         }
         let xd = f16_to_f32(x.d);
         for t in 0..K {
-            let y = a[t].get_unchecked(i);
+            // SAFETY: every activation row has w.len() blocks (asserted above).
+            let y = unsafe { a[t].get_unchecked(i) };
             // Σ scale × (q - 32) × q8 = Σ scale × q × q8 - 32 Σ scale × (group sum of q8).
-            let bsums = _mm256_loadu_si256(y.bsums.as_ptr().cast());
+            // SAFETY: the 32 bytes of `bsums` (sixteen i16).
+            let bsums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
             let offset = _mm256_slli_epi32(_mm256_madd_epi16(scales16, bsums), 5);
             let isum = hsum_epi32(_mm256_sub_epi32(sumi[t], offset));
             out[t] += xd * y.d * isum as f32;

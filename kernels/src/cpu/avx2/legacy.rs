@@ -2,11 +2,6 @@
 //! Q5_1 against Q8_1, for `R` weight rows × `K` activation rows. Each block's integer dot is
 //! computed exactly and accumulated with its scale product in eight f32 lanes.
 
-// Not yet split into one `unsafe {}` block per operation with its SAFETY comment (the
-// workspace lint `unsafe_op_in_unsafe_fn`): the unsafe fns here still use their fn-wide
-// unsafe context, each fn's `# Safety` section stating the contract.
-#![allow(unsafe_op_in_unsafe_fn)]
-
 use super::*;
 use crate::cpu::quantize::BlockQ8_0Act;
 use crate::quant::tables::{e8m0_to_f32_half, KVALUES_IQ4NL, KVALUES_MXFP4};
@@ -27,14 +22,15 @@ fn common_len<B, A, const R: usize, const K: usize>(w: &[&[B]; R], a: &[&[A]; K]
 /// The 16 values of a 4-bit lookup table in both 128-bit halves, for `_mm256_shuffle_epi8`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn table16(values: &[i8; 16]) -> __m256i {
-    _mm256_broadcastsi128_si256(_mm_loadu_si128(values.as_ptr().cast()))
+fn table16(values: &[i8; 16]) -> __m256i {
+    // SAFETY: the 16 bytes of `values`.
+    _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(values.as_ptr().cast()) })
 }
 
 /// The signed weights of a 4-bit non-linear block: `values[nibble]`, element order.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn lookup_nibbles(table: __m256i, qs: &[u8; 16]) -> __m256i {
+fn lookup_nibbles(table: __m256i, qs: &[u8; 16]) -> __m256i {
     _mm256_shuffle_epi8(table, bytes_from_nibbles_32(qs))
 }
 
@@ -46,7 +42,7 @@ macro_rules! legacy_kernels {
         /// `unpack` gives a block's signed weight bytes and its scale in four f32 lanes.
         #[inline]
         #[target_feature(enable = $feat)]
-        unsafe fn dot_legacy_q8_0<B, const R: usize, const K: usize>(
+        fn dot_legacy_q8_0<B, const R: usize, const K: usize>(
             w: [&[B]; R],
             a: [&[BlockQ8_0Act]; K],
             unpack: impl Fn(&B) -> (__m256i, __m128),
@@ -65,15 +61,21 @@ macro_rules! legacy_kernels {
                         _mm_prefetch::<_MM_HINT_T0>(p.cast());
                     }
                 }
-                // SAFETY (all get_unchecked below): every row has n blocks (checked above).
-                let ys: [__m256i; K] = std::array::from_fn(|t| load32(&a[t].get_unchecked(i).qs));
+                let ys: [__m256i; K] = std::array::from_fn(|t| {
+                    // SAFETY: every row has n blocks (checked by `common_len`) and i < n (so
+                    // for every get_unchecked below).
+                    load32(unsafe { &a[t].get_unchecked(i).qs })
+                });
                 for r in 0..R {
-                    let (qx, dx) = unpack(w[r].get_unchecked(i));
+                    // SAFETY: as above.
+                    let (qx, dx) = unpack(unsafe { w[r].get_unchecked(i) });
                     let dx = _mm256_broadcastss_ps(dx);
                     let ax = _mm256_sign_epi8(qx, qx);
                     for t in 0..K {
                         let p = $pairs(ax, qx, ys[t]);
-                        let d = _mm256_mul_ps(dx, _mm256_set1_ps(a[t].get_unchecked(i).d));
+                        // SAFETY: as above.
+                        let da = unsafe { a[t].get_unchecked(i).d };
+                        let d = _mm256_mul_ps(dx, _mm256_set1_ps(da));
                         acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][t]);
                     }
                 }
@@ -92,7 +94,7 @@ macro_rules! legacy_kernels {
         /// block adds `(d · d_a) · Σ q · q_a` (in eight lanes) and `m · s_a` (in a scalar).
         #[inline]
         #[target_feature(enable = $feat)]
-        unsafe fn dot_legacy_q8_1<B, const R: usize, const K: usize>(
+        fn dot_legacy_q8_1<B, const R: usize, const K: usize>(
             w: [&[B]; R],
             a: [&[BlockQ8_1]; K],
             unpack: impl Fn(&B) -> (__m256i, __m128, f32),
@@ -109,12 +111,22 @@ macro_rules! legacy_kernels {
                         _mm_prefetch::<_MM_HINT_T0>(p.cast());
                     }
                 }
-                // SAFETY (all get_unchecked below): every row has n blocks (checked above).
-                let ys: [__m256i; K] = std::array::from_fn(|t| load32(&a[t].get_unchecked(i).qs));
-                let dys: [__m128; K] = std::array::from_fn(|t| f16x4(a[t].get_unchecked(i).d));
-                let sys: [f32; K] = std::array::from_fn(|t| f16_to_f32(a[t].get_unchecked(i).s));
+                let ys: [__m256i; K] = std::array::from_fn(|t| {
+                    // SAFETY: every row has n blocks (checked by `common_len`) and i < n (so
+                    // for every get_unchecked below).
+                    load32(unsafe { &a[t].get_unchecked(i).qs })
+                });
+                let dys: [__m128; K] = std::array::from_fn(|t| {
+                    // SAFETY: as above.
+                    f16x4(unsafe { a[t].get_unchecked(i).d })
+                });
+                let sys: [f32; K] = std::array::from_fn(|t| {
+                    // SAFETY: as above.
+                    f16_to_f32(unsafe { a[t].get_unchecked(i).s })
+                });
                 for r in 0..R {
-                    let (qx, dx, mx) = unpack(w[r].get_unchecked(i));
+                    // SAFETY: as above.
+                    let (qx, dx, mx) = unpack(unsafe { w[r].get_unchecked(i) });
                     let d = _mm256_broadcastss_ps(dx);
                     for t in 0..K {
                         let p = $upairs(qx, ys[t]);

@@ -3,11 +3,6 @@
 //! The block term is the scalar reference's ([`crate::cpu::scalar_iq`]), so the kernels equal
 //! it bit for bit.
 
-// Not yet split into one `unsafe {}` block per operation with its SAFETY comment (the
-// workspace lint `unsafe_op_in_unsafe_fn`): the unsafe fns here still use their fn-wide
-// unsafe context, each fn's `# Safety` section stating the contract.
-#![allow(unsafe_op_in_unsafe_fn)]
-
 use super::groups::{dot_groups, Group};
 use super::*;
 use crate::quant::{BlockQ8K, BlockTQ1_0, BlockTQ2_0};
@@ -19,7 +14,7 @@ rows_of!(dot_tq2_0_q8_k_rows, dot_tq2_0_q8_k, BlockTQ2_0, BlockQ8K);
 /// `n_k` (`mult` holds `3^n_k`): the byte times `3^n` modulo 256, times 3, top byte.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn trits16(bytes: __m128i, mult: __m256i) -> __m256i {
+fn trits16(bytes: __m128i, mult: __m256i) -> __m256i {
     let v = _mm256_cvtepu8_epi16(bytes);
     let q = _mm256_and_si256(_mm256_mullo_epi16(v, mult), _mm256_set1_epi16(0xff));
     _mm256_srli_epi16(_mm256_mullo_epi16(q, _mm256_set1_epi16(3)), 8)
@@ -28,7 +23,7 @@ unsafe fn trits16(bytes: __m128i, mult: __m256i) -> __m256i {
 /// Two sets of 16 i16 lanes (each 0..=2) as 32 bytes `value - 1`, `lo` first.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn ternary_bytes(lo: __m256i, hi: __m256i) -> __m256i {
+fn ternary_bytes(lo: __m256i, hi: __m256i) -> __m256i {
     // packus interleaves the 128-bit halves (lo 0..8, hi 0..8, lo 8..16, hi 8..16): reorder.
     let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi16(lo, hi));
     _mm256_sub_epi8(packed, _mm256_set1_epi8(1))
@@ -37,7 +32,7 @@ unsafe fn ternary_bytes(lo: __m256i, hi: __m256i) -> __m256i {
 /// `3^n` in every i16 lane.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pow3(n: usize) -> __m256i {
+fn pow3(n: usize) -> __m256i {
     _mm256_set1_epi16([1, 3, 9, 27, 81][n])
 }
 
@@ -51,7 +46,11 @@ unsafe fn dot_tq1_0_q8_k<const K: usize>(w: &[BlockTQ1_0], a: [&[BlockQ8K]; K]) 
         a,
         |_| (),
         |x, _, g| {
-            let load16 = |at: usize| _mm_loadu_si128(x.qs.as_ptr().add(at).cast());
+            let load16 = |at: usize| {
+                // SAFETY: called below only with `at` 0, 16 or 32: 16 bytes in bounds of the
+                // 48 of `qs`.
+                unsafe { _mm_loadu_si128(x.qs.as_ptr().add(at).cast()) }
+            };
             let v = match g {
                 0..5 => ternary_bytes(trits16(load16(0), pow3(g)), trits16(load16(16), pow3(g))),
                 5 | 6 => {
