@@ -9,27 +9,28 @@
 //! Every function here requires AVX2, FMA and F16C; [`super::attention`] only calls them after
 //! [`super::isa`] has detected those features.
 
-// Not yet split into one `unsafe {}` block per operation with its SAFETY comment (the
-// workspace lint `unsafe_op_in_unsafe_fn`): the unsafe fns here still use their fn-wide
-// unsafe context, each fn's `# Safety` section stating the contract.
-#![allow(unsafe_op_in_unsafe_fn)]
-
 use std::arch::x86_64::*;
 
 use crate::quant::{BlockQ4_0, BlockQ8_0, QK};
 
 /// `acc[0..8] += alpha * (d * q[0..8])` with `q` eight i32 lanes.
+///
+/// # Safety
+/// AVX2, FMA and F16C; `acc` valid for reading and writing eight f32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn fma8(acc: *mut f32, q: __m256i, d: __m256, alpha: __m256) {
     let v = _mm256_mul_ps(d, _mm256_cvtepi32_ps(q));
-    _mm256_storeu_ps(acc, _mm256_fmadd_ps(v, alpha, _mm256_loadu_ps(acc)));
+    // SAFETY: `acc` holds eight f32 (the contract).
+    let old = unsafe { _mm256_loadu_ps(acc) };
+    // SAFETY: as for `old`.
+    unsafe { _mm256_storeu_ps(acc, _mm256_fmadd_ps(v, alpha, old)) };
 }
 
 /// The block scale in all eight lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn scale8(d: half::f16) -> __m256 {
+fn scale8(d: half::f16) -> __m256 {
     _mm256_cvtph_ps(_mm_set1_epi16(d.to_bits() as i16))
 }
 
@@ -46,8 +47,11 @@ pub(super) unsafe fn axpy_q8_0(alpha: f32, blocks: &[BlockQ8_0], acc: &mut [f32]
         let qs = b.qs.as_ptr();
         for g in 0..QK / 8 {
             // Eight i8 values, sign-extended to i32 lanes.
-            let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(qs.add(8 * g).cast()));
-            fma8(out.as_mut_ptr().add(8 * g), q, d, va);
+            // SAFETY: 8 g + 8 <= 32 bytes of the block's quants.
+            let q = _mm256_cvtepi8_epi32(unsafe { _mm_loadl_epi64(qs.add(8 * g).cast()) });
+            // SAFETY: the target features are the caller's (the contract); 8 g + 8 <= 32
+            // values of this block's chunk of `acc`.
+            unsafe { fma8(out.as_mut_ptr().add(8 * g), q, d, va) };
         }
     }
 }
@@ -65,19 +69,24 @@ pub(super) unsafe fn axpy_q4_0(alpha: f32, blocks: &[BlockQ4_0], acc: &mut [f32]
     let eight = _mm_set1_epi8(8);
     for (b, out) in blocks.iter().zip(acc.chunks_exact_mut(QK)) {
         let d = scale8(b.d);
-        let bytes = _mm_loadu_si128(b.qs.as_ptr().cast());
+        // SAFETY: the 16 bytes of the block's quants.
+        let bytes = unsafe { _mm_loadu_si128(b.qs.as_ptr().cast()) };
         // Values 0..16 from the low nibbles, 16..32 from the high ones, each minus 8.
         let lo = _mm_sub_epi8(_mm_and_si128(bytes, low), eight);
         let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), low), eight);
         let o = out.as_mut_ptr();
-        fma8(o, _mm256_cvtepi8_epi32(lo), d, va);
-        fma8(o.add(8), _mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)), d, va);
-        fma8(o.add(16), _mm256_cvtepi8_epi32(hi), d, va);
-        fma8(
-            o.add(24),
-            _mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)),
-            d,
-            va,
-        );
+        // SAFETY: the target features are the caller's (the contract); each call updates eight
+        // of the 32 values of this block's chunk of `acc`, at offsets 0, 8, 16 and 24.
+        unsafe {
+            fma8(o, _mm256_cvtepi8_epi32(lo), d, va);
+            fma8(o.add(8), _mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)), d, va);
+            fma8(o.add(16), _mm256_cvtepi8_epi32(hi), d, va);
+            fma8(
+                o.add(24),
+                _mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)),
+                d,
+                va,
+            );
+        }
     }
 }

@@ -4,11 +4,6 @@
 //! reduction), and each query keeps an online softmax (running maximum, running sum, f32
 //! accumulator), so the work is independent of how many keys a query sees.
 
-// Not yet split into one `unsafe {}` block per operation with its SAFETY comment (the
-// workspace lint `unsafe_op_in_unsafe_fn`): the unsafe fns here still use their fn-wide
-// unsafe context, each fn's `# Safety` section stating the contract.
-#![allow(unsafe_op_in_unsafe_fn)]
-
 use half::f16;
 
 use super::*;
@@ -18,6 +13,9 @@ pub(in crate::cpu) const KEY_BLOCK: usize = 16;
 
 /// `e^x` in every lane (about 1 ulp): `x = n ln 2 + r`, a degree-7 polynomial for `e^r`, scaled
 /// by `2^n`. Lanes below -104 (including -inf and NaN) give 0.
+///
+/// # Safety
+/// AVX-512 F.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(in crate::cpu) unsafe fn exp_ps(x: __m512) -> __m512 {
@@ -45,14 +43,14 @@ pub(in crate::cpu) unsafe fn exp_ps(x: __m512) -> __m512 {
 /// Within each 128-bit lane: `[a0 + a2, b0 + b2, a1 + a3, b1 + b3]`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn sum_pairs(a: __m512, b: __m512) -> __m512 {
+fn sum_pairs(a: __m512, b: __m512) -> __m512 {
     _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b))
 }
 
 /// From two [`sum_pairs`] results: within each 128-bit lane, `[Σa, Σb, Σc, Σd]` of that lane.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn sum_quads(ab: __m512, cd: __m512) -> __m512 {
+fn sum_quads(ab: __m512, cd: __m512) -> __m512 {
     // Move 64-bit pairs of floats, add as floats.
     let (ab, cd) = (_mm512_castps_pd(ab), _mm512_castps_pd(cd));
     _mm512_add_ps(
@@ -64,7 +62,7 @@ unsafe fn sum_quads(ab: __m512, cd: __m512) -> __m512 {
 /// `[x.l0 + x.l1, x.l2 + x.l3, y.l0 + y.l1, y.l2 + y.l3]` of the 128-bit lanes `l`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn sum_lanes(x: __m512, y: __m512) -> __m512 {
+fn sum_lanes(x: __m512, y: __m512) -> __m512 {
     _mm512_add_ps(
         _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
         _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
@@ -74,7 +72,7 @@ unsafe fn sum_lanes(x: __m512, y: __m512) -> __m512 {
 /// Lane `i` = the sum of the lanes of `v[i]`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn transpose_sum(v: &[__m512; 16]) -> __m512 {
+fn transpose_sum(v: &[__m512; 16]) -> __m512 {
     let u0 = sum_quads(sum_pairs(v[0], v[1]), sum_pairs(v[2], v[3]));
     let u1 = sum_quads(sum_pairs(v[4], v[5]), sum_pairs(v[6], v[7]));
     let u2 = sum_quads(sum_pairs(v[8], v[9]), sum_pairs(v[10], v[11]));
@@ -136,12 +134,20 @@ pub(in crate::cpu) unsafe fn attend_f16_tile(
         }
         for i in 0..nb {
             let at = (j0 + i) * width + kv_head * hd;
-            let (kr, vr) = (k.as_ptr().add(at), v.as_ptr().add(at));
+            // SAFETY: row j0 + i of `keys` is in `k` and `v` (the contract), with head
+            // `kv_head`'s `hd` values from `at`.
+            let (kr, vr) = unsafe { (k.as_ptr().add(at), v.as_ptr().add(at)) };
             for c in 0..chunks {
-                let kh = _mm256_loadu_si256(kr.add(16 * c).cast());
-                let vh = _mm256_loadu_si256(vr.add(16 * c).cast());
-                _mm512_storeu_ps(st.kf.as_mut_ptr().add(i * hd + 16 * c), _mm512_cvtph_ps(kh));
-                _mm512_storeu_ps(st.vf.as_mut_ptr().add(i * hd + 16 * c), _mm512_cvtph_ps(vh));
+                // SAFETY: 16 c + 16 <= hd halves of the head row `kr`.
+                let kh = unsafe { _mm256_loadu_si256(kr.add(16 * c).cast()) };
+                // SAFETY: as `kh`, in `vr`.
+                let vh = unsafe { _mm256_loadu_si256(vr.add(16 * c).cast()) };
+                // SAFETY: i < nb <= KEY_BLOCK and 16 c + 16 <= hd: in the KEY_BLOCK × hd
+                // values of `kf` and `vf` (the contract).
+                unsafe {
+                    _mm512_storeu_ps(st.kf.as_mut_ptr().add(i * hd + 16 * c), _mm512_cvtph_ps(kh));
+                    _mm512_storeu_ps(st.vf.as_mut_ptr().add(i * hd + 16 * c), _mm512_cvtph_ps(vh));
+                }
             }
         }
         for (qi, t) in tile.iter().enumerate() {
@@ -150,26 +156,37 @@ pub(in crate::cpu) unsafe fn attend_f16_tile(
                 continue;
             }
             // Sixteen scores: key i of the block · the query.
-            let q = queries.as_ptr().add(qi * hd);
+            // SAFETY: qi < tile.len() and queries.len() == tile.len() * hd (the contract): the
+            // query's `hd` values from `q`.
+            let q = unsafe { queries.as_ptr().add(qi * hd) };
             let mut dots = [_mm512_setzero_ps(); 16];
             for (i, d) in dots.iter_mut().enumerate().take(nb) {
-                let kr = st.kf.as_ptr().add(i * hd);
-                let mut a = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(kr));
+                // SAFETY: i < nb <= KEY_BLOCK: key i's `hd` values in `kf` (the contract), and
+                // hd >= 16 values in both rows (a multiple of 16, the contract).
+                let (kr, mut a) = unsafe {
+                    let kr = st.kf.as_ptr().add(i * hd);
+                    (kr, _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(kr)))
+                };
                 for c in 1..chunks {
-                    a = _mm512_fmadd_ps(
-                        _mm512_loadu_ps(q.add(16 * c)),
-                        _mm512_loadu_ps(kr.add(16 * c)),
-                        a,
-                    );
+                    // SAFETY: 16 c + 16 <= hd values of both rows.
+                    let (qc, kc) = unsafe {
+                        (
+                            _mm512_loadu_ps(q.add(16 * c)),
+                            _mm512_loadu_ps(kr.add(16 * c)),
+                        )
+                    };
+                    a = _mm512_fmadd_ps(qc, kc, a);
                 }
                 *d = a;
             }
             let mut s = _mm512_mul_ps(transpose_sum(&dots), _mm512_set1_ps(scale));
             if let Some(cap) = softcap {
                 let mut lanes = [0.0f32; 16];
-                _mm512_storeu_ps(lanes.as_mut_ptr(), s);
+                // SAFETY: the 16 floats of `lanes`.
+                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), s) };
                 lanes.iter_mut().for_each(|x| *x = (*x / cap).tanh() * cap);
-                s = _mm512_loadu_ps(lanes.as_ptr());
+                // SAFETY: the 16 floats of `lanes`.
+                s = unsafe { _mm512_loadu_ps(lanes.as_ptr()) };
             }
             // Lanes of keys this query does not see take no part.
             let seen: u32 = ((1u64 << (hi - j0)) - (1u64 << (lo - j0))) as u32;
@@ -177,31 +194,39 @@ pub(in crate::cpu) unsafe fn attend_f16_tile(
             let s = _mm512_mask_mov_ps(_mm512_set1_ps(f32::NEG_INFINITY), seen, s);
             let old = st.max[qi];
             let new = old.max(_mm512_reduce_max_ps(s));
-            let p = _mm512_maskz_mov_ps(seen, exp_ps(_mm512_sub_ps(s, _mm512_set1_ps(new))));
+            // SAFETY: AVX-512 F (the contract), all `exp_ps` needs.
+            let e = unsafe { exp_ps(_mm512_sub_ps(s, _mm512_set1_ps(new))) };
+            let p = _mm512_maskz_mov_ps(seen, e);
             let factor = if old == new {
                 1.0
             } else {
-                _mm_cvtss_f32(_mm512_castps512_ps128(exp_ps(_mm512_set1_ps(old - new))))
+                // SAFETY: as for `e`.
+                let e = unsafe { exp_ps(_mm512_set1_ps(old - new)) };
+                _mm_cvtss_f32(_mm512_castps512_ps128(e))
             };
             st.sum[qi] = st.sum[qi] * factor + _mm512_reduce_add_ps(p);
             st.max[qi] = new;
             let mut weights = [0.0f32; 16];
-            _mm512_storeu_ps(weights.as_mut_ptr(), p);
-            let acc = st.acc.as_mut_ptr().add(qi * hd);
+            // SAFETY: the 16 floats of `weights`.
+            unsafe { _mm512_storeu_ps(weights.as_mut_ptr(), p) };
+            // SAFETY: qi < tile.len(), and `acc` holds `hd` values per query of the tile (the
+            // contract).
+            let acc = unsafe { st.acc.as_mut_ptr().add(qi * hd) };
             let f = _mm512_set1_ps(factor);
             for c in 0..chunks {
-                let mut a = _mm512_loadu_ps(acc.add(16 * c));
+                // SAFETY: 16 c + 16 <= hd values of the query's accumulator.
+                let mut a = unsafe { _mm512_loadu_ps(acc.add(16 * c)) };
                 if factor != 1.0 {
                     a = _mm512_mul_ps(a, f);
                 }
                 for (i, &w) in weights.iter().enumerate().take(hi - j0).skip(lo - j0) {
-                    a = _mm512_fmadd_ps(
-                        _mm512_set1_ps(w),
-                        _mm512_loadu_ps(st.vf.as_ptr().add(i * hd + 16 * c)),
-                        a,
-                    );
+                    // SAFETY: i < hi - j0 <= nb <= KEY_BLOCK and 16 c + 16 <= hd: in the
+                    // KEY_BLOCK × hd values of `vf` (the contract).
+                    let vc = unsafe { _mm512_loadu_ps(st.vf.as_ptr().add(i * hd + 16 * c)) };
+                    a = _mm512_fmadd_ps(_mm512_set1_ps(w), vc, a);
                 }
-                _mm512_storeu_ps(acc.add(16 * c), a);
+                // SAFETY: as the load of `a`.
+                unsafe { _mm512_storeu_ps(acc.add(16 * c), a) };
             }
         }
         j0 = j1;
@@ -218,10 +243,12 @@ mod tests {
     unsafe fn sums(lanes: &[[f32; 16]; 16]) -> [f32; 16] {
         let mut v = [_mm512_setzero_ps(); 16];
         for (v, l) in v.iter_mut().zip(lanes) {
-            *v = _mm512_loadu_ps(l.as_ptr());
+            // SAFETY: the 16 floats of `l`.
+            *v = unsafe { _mm512_loadu_ps(l.as_ptr()) };
         }
         let mut out = [0.0f32; 16];
-        _mm512_storeu_ps(out.as_mut_ptr(), transpose_sum(&v));
+        // SAFETY: the 16 floats of `out`.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), transpose_sum(&v)) };
         out
     }
 
@@ -229,7 +256,8 @@ mod tests {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn exps(x: &[f32; 16]) -> [f32; 16] {
         let mut out = [0.0f32; 16];
-        _mm512_storeu_ps(out.as_mut_ptr(), exp_ps(_mm512_loadu_ps(x.as_ptr())));
+        // SAFETY: the 16 floats of `x` and of `out`; AVX-512 F is the caller's (the contract).
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), exp_ps(_mm512_loadu_ps(x.as_ptr()))) };
         out
     }
 

@@ -1,10 +1,5 @@
 //! Packed Q4_K and Q6_K against Q8_K activations with paired group sums ([`BlockQ8KPairs`]).
 
-// Not yet split into one `unsafe {}` block per operation with its SAFETY comment (the
-// workspace lint `unsafe_op_in_unsafe_fn`): the unsafe fns here still use their fn-wide
-// unsafe context, each fn's `# Safety` section stating the contract.
-#![allow(unsafe_op_in_unsafe_fn)]
-
 use super::*;
 use crate::cpu::packed::act::BlockQ8KPairs;
 use crate::cpu::packed::layout::{tile_offset, PACK_ROWS};
@@ -40,15 +35,25 @@ pub(in crate::cpu) unsafe fn q4_k<const T: usize>(
     let kmask2 = _mm512_set1_epi32(0x0f0f_0f0f);
     let kmask3 = _mm512_set1_epi32(0x0303_0303);
     let low16 = _mm512_set1_epi32(0x00ff_00ff);
-    let mut acc = start::<T>(&out, accumulate);
+    // SAFETY: AVX-512 F and, with `accumulate`, 16 readable floats per `out[t]` (the contract).
+    let mut acc = unsafe { start::<T>(&out, accumulate) };
     for b in 0..blocks {
-        let tile = tiles.add(b * TILE);
-        let a: [&BlockQ8KPairs; T] = std::array::from_fn(|t| &*acts[t].add(b));
+        // SAFETY: b < blocks tiles of TILE bytes from `tiles` (the contract).
+        let tile = unsafe { tiles.add(b * TILE) };
+        let a: [&BlockQ8KPairs; T] = std::array::from_fn(|t| {
+            // SAFETY: b < blocks activation blocks from `acts[t]` (the contract).
+            unsafe { &*acts[t].add(b) }
+        });
         // Each row's three scale words, unpacked as ggml does: bytes 0..4 of `sc_lo` are scales
         // 0..3, of `sc_hi` scales 4..7; likewise the minimums.
-        let u0 = load64(tile.add(SCALES));
-        let u1 = load64(tile.add(SCALES + 64));
-        let u2 = load64(tile.add(SCALES + 128));
+        // SAFETY: the three 64-byte scale words of the tile (16 rows × 12 bytes from SCALES).
+        let (u0, u1, u2) = unsafe {
+            (
+                load64(tile.add(SCALES)),
+                load64(tile.add(SCALES + 64)),
+                load64(tile.add(SCALES + 128)),
+            )
+        };
         let sc_lo = _mm512_and_si512(u0, kmask1);
         let sc_hi = _mm512_or_si512(
             _mm512_and_si512(u2, kmask2),
@@ -76,13 +81,20 @@ pub(in crate::cpu) unsafe fn q4_k<const T: usize>(
             let mut al = [_mm512_setzero_si512(); T];
             let mut ah = [_mm512_setzero_si512(); T];
             for k in 0..8 {
-                let w = load64(tile.add(QS + (8 * c + k) * 64));
+                // SAFETY: c < 4, k < 8: quant word 8 c + k of the 32 (16 rows × 128 bytes from
+                // QS) of the tile.
+                let w = unsafe { load64(tile.add(QS + (8 * c + k) * 64)) };
                 let lo = _mm512_and_si512(w, m4);
                 let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(w), m4);
                 for t in 0..T {
-                    let q = a[t].qs.as_ptr().add(64 * c + 4 * k);
-                    al[t] = _mm512_dpbusd_epi32(al[t], lo, bcast4(q));
-                    ah[t] = _mm512_dpbusd_epi32(ah[t], hi, bcast4(q.add(32)));
+                    // SAFETY: 64 c + 4 k + 36 <= 256 bytes of the activation quants (c < 4,
+                    // k < 8), four at `q` and four at `q + 32`.
+                    let (yl, yh) = unsafe {
+                        let q = a[t].qs.as_ptr().add(64 * c + 4 * k);
+                        (bcast4(q), bcast4(q.add(32)))
+                    };
+                    al[t] = _mm512_dpbusd_epi32(al[t], lo, yl);
+                    ah[t] = _mm512_dpbusd_epi32(ah[t], hi, yh);
                 }
             }
             for t in 0..T {
@@ -99,8 +111,8 @@ pub(in crate::cpu) unsafe fn q4_k<const T: usize>(
             _mm512_and_si512(mn_hi, low16),
             _mm512_and_si512(_mm512_srli_epi32::<8>(mn_hi), low16),
         ];
-        let d = load_f16x16(tile.add(D));
-        let dmin = load_f16x16(tile.add(DMIN));
+        // SAFETY: the tile's sixteen f16 scales at D and sixteen minimum scales at DMIN.
+        let (d, dmin) = unsafe { (load_f16x16(tile.add(D)), load_f16x16(tile.add(DMIN))) };
         for t in 0..T {
             let mut msum = _mm512_setzero_si512();
             for (i, &m) in mins.iter().enumerate() {
@@ -118,14 +130,15 @@ pub(in crate::cpu) unsafe fn q4_k<const T: usize>(
         }
     }
     for t in 0..T {
-        _mm512_storeu_ps(out[t], acc[t]);
+        // SAFETY: `out[t]` writes 16 floats (the contract).
+        unsafe { _mm512_storeu_ps(out[t], acc[t]) };
     }
 }
 
 /// Scale `g % 4` of the packed scale word (signed byte, sign-extended to the 32-bit lane).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn signed_byte(word: __m512i, g: usize) -> __m512i {
+fn signed_byte(word: __m512i, g: usize) -> __m512i {
     match g % 4 {
         0 => _mm512_srai_epi32::<24>(_mm512_slli_epi32::<24>(word)),
         1 => _mm512_srai_epi32::<24>(_mm512_slli_epi32::<16>(word)),
@@ -157,11 +170,20 @@ pub(in crate::cpu) unsafe fn q6_k<const T: usize>(
     const QH: usize = tile_offset(TY, 3);
     let m4 = _mm512_set1_epi8(0x0f);
     let m30 = _mm512_set1_epi8(0x30);
-    let mut acc = start::<T>(&out, accumulate);
+    // SAFETY: AVX-512 F and, with `accumulate`, 16 readable floats per `out[t]` (the contract).
+    let mut acc = unsafe { start::<T>(&out, accumulate) };
     for b in 0..blocks {
-        let tile = tiles.add(b * TILE);
-        let a: [&BlockQ8KPairs; T] = std::array::from_fn(|t| &*acts[t].add(b));
-        let words: [__m512i; 4] = std::array::from_fn(|w| load64(tile.add(SCALES + 64 * w)));
+        // SAFETY: b < blocks tiles of TILE bytes from `tiles` (the contract).
+        let tile = unsafe { tiles.add(b * TILE) };
+        let a: [&BlockQ8KPairs; T] = std::array::from_fn(|t| {
+            // SAFETY: b < blocks activation blocks from `acts[t]` (the contract).
+            unsafe { &*acts[t].add(b) }
+        });
+        let words: [__m512i; 4] = std::array::from_fn(|w| {
+            // SAFETY: w < 4: the four 64-byte scale words of the tile (16 rows × 16 bytes from
+            // SCALES).
+            unsafe { load64(tile.add(SCALES + 64 * w)) }
+        });
         let mut isum = [_mm512_setzero_si512(); T];
         for h in 0..2 {
             for kh in 0..2 {
@@ -171,8 +193,15 @@ pub(in crate::cpu) unsafe fn q6_k<const T: usize>(
                     let scale = signed_byte(words[(8 * h + 2 * s + kh) / 4], 8 * h + 2 * s + kh);
                     let mut gsum = [_mm512_setzero_si512(); T];
                     for k in 4 * kh..4 * kh + 4 {
-                        let ql = load64(tile.add(QL + (16 * h + 8 * (s % 2) + k) * 64));
-                        let qh = load64(tile.add(QH + (8 * h + k) * 64));
+                        // SAFETY: h < 2, k < 8: low-bits word 16 h + 8 (s % 2) + k of the 32
+                        // (16 rows × 128 bytes from QL) and high-bits word 8 h + k of the 16
+                        // (16 rows × 64 bytes from QH) of the tile.
+                        let (ql, qh) = unsafe {
+                            (
+                                load64(tile.add(QL + (16 * h + 8 * (s % 2) + k) * 64)),
+                                load64(tile.add(QH + (8 * h + k) * 64)),
+                            )
+                        };
                         let low = if s < 2 {
                             _mm512_and_si512(ql, m4)
                         } else {
@@ -186,8 +215,11 @@ pub(in crate::cpu) unsafe fn q6_k<const T: usize>(
                         };
                         let v = _mm512_or_si512(low, _mm512_and_si512(high, m30));
                         for t in 0..T {
-                            let q = a[t].qs.as_ptr().add(128 * h + 32 * s + 4 * k);
-                            gsum[t] = _mm512_dpbusd_epi32(gsum[t], v, bcast4(q));
+                            // SAFETY: 128 h + 32 s + 4 k + 4 <= 256 bytes of the activation
+                            // quants (h < 2, s < 4, k < 8).
+                            let y =
+                                unsafe { bcast4(a[t].qs.as_ptr().add(128 * h + 32 * s + 4 * k)) };
+                            gsum[t] = _mm512_dpbusd_epi32(gsum[t], v, y);
                         }
                     }
                     for t in 0..T {
@@ -205,7 +237,8 @@ pub(in crate::cpu) unsafe fn q6_k<const T: usize>(
                 _mm512_srai_epi16::<8>(w)
             }
         });
-        let d = load_f16x16(tile.add(D));
+        // SAFETY: the tile's sixteen f16 scales at D.
+        let d = unsafe { load_f16x16(tile.add(D)) };
         for t in 0..T {
             let mut off = _mm512_setzero_si512();
             for (i, &p) in pairs.iter().enumerate() {
@@ -218,6 +251,7 @@ pub(in crate::cpu) unsafe fn q6_k<const T: usize>(
         }
     }
     for t in 0..T {
-        _mm512_storeu_ps(out[t], acc[t]);
+        // SAFETY: `out[t]` writes 16 floats (the contract).
+        unsafe { _mm512_storeu_ps(out[t], acc[t]) };
     }
 }

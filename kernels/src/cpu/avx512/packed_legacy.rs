@@ -1,10 +1,5 @@
 //! Packed Q8_0 and Q5_0 against Q8_0 activations with block sums ([`BlockQ8_0Sum`]).
 
-// Not yet split into one `unsafe {}` block per operation with its SAFETY comment (the
-// workspace lint `unsafe_op_in_unsafe_fn`): the unsafe fns here still use their fn-wide
-// unsafe context, each fn's `# Safety` section stating the contract.
-#![allow(unsafe_op_in_unsafe_fn)]
-
 use super::*;
 use crate::cpu::packed::act::BlockQ8_0Sum;
 use crate::cpu::packed::layout::{tile_offset, PACK_ROWS};
@@ -16,7 +11,7 @@ use crate::quant::GgmlType;
 /// Q5_0 projections with the scalar order land further from llama.cpp's.)
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn finish<const T: usize>(
+fn finish<const T: usize>(
     acc: &mut [__m512; T],
     isum: &[__m512i; T],
     d: __m512,
@@ -47,21 +42,32 @@ pub(in crate::cpu) unsafe fn q8_0<const T: usize>(
     const TILE: usize = PACK_ROWS * 34;
     const D: usize = tile_offset(TY, 0);
     const QS: usize = tile_offset(TY, 1);
-    let mut acc = start::<T>(&out, accumulate);
+    // SAFETY: AVX-512 F and, with `accumulate`, 16 readable floats per `out[t]` (the contract).
+    let mut acc = unsafe { start::<T>(&out, accumulate) };
     for b in 0..blocks {
-        let tile = tiles.add(b * TILE);
-        let a: [&BlockQ8_0Sum; T] = std::array::from_fn(|t| &*acts[t].add(b));
+        // SAFETY: b < blocks tiles of TILE bytes from `tiles` (the contract).
+        let tile = unsafe { tiles.add(b * TILE) };
+        let a: [&BlockQ8_0Sum; T] = std::array::from_fn(|t| {
+            // SAFETY: b < blocks activation blocks from `acts[t]` (the contract).
+            unsafe { &*acts[t].add(b) }
+        });
         let mut isum: [__m512i; T] = std::array::from_fn(|t| _mm512_set1_epi32(-128 * a[t].sum));
         for k in 0..8 {
-            let w = load64(tile.add(QS + 64 * k));
+            // SAFETY: k < 8: quant word k of the 8 (16 rows × 32 bytes from QS) of the tile.
+            let w = unsafe { load64(tile.add(QS + 64 * k)) };
             for t in 0..T {
-                isum[t] = _mm512_dpbusd_epi32(isum[t], w, bcast4(a[t].qs.as_ptr().add(4 * k)));
+                // SAFETY: 4 k + 4 <= 32 bytes of the activation quants (k < 8).
+                let y = unsafe { bcast4(a[t].qs.as_ptr().add(4 * k)) };
+                isum[t] = _mm512_dpbusd_epi32(isum[t], w, y);
             }
         }
-        finish(&mut acc, &isum, load_f16x16(tile.add(D)), &a);
+        // SAFETY: the tile's sixteen f16 scales at D.
+        let d = unsafe { load_f16x16(tile.add(D)) };
+        finish(&mut acc, &isum, d, &a);
     }
     for t in 0..T {
-        _mm512_storeu_ps(out[t], acc[t]);
+        // SAFETY: `out[t]` writes 16 floats (the contract).
+        unsafe { _mm512_storeu_ps(out[t], acc[t]) };
     }
 }
 
@@ -69,7 +75,7 @@ pub(in crate::cpu) unsafe fn q8_0<const T: usize>(
 /// `0 .. 4`, added to `nibbles` (bytes `0 .. 4` of each lane hold four 4-bit values).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn with_fifth_bits(nibbles: __m512i, qh: __m512i, first: usize) -> __m512i {
+fn with_fifth_bits(nibbles: __m512i, qh: __m512i, first: usize) -> __m512i {
     // Every byte of a lane takes the lane's byte holding those bits ...
     let lane_base = _mm512_set4_epi32(0x0c0c_0c0c, 0x0808_0808, 0x0404_0404, 0);
     let pick = _mm512_add_epi8(lane_base, _mm512_set1_epi8((first / 8) as i8));
@@ -100,15 +106,22 @@ pub(in crate::cpu) unsafe fn q5_0<const T: usize>(
     const QH: usize = tile_offset(TY, 1);
     const QS: usize = tile_offset(TY, 2);
     let m4 = _mm512_set1_epi8(0x0f);
-    let mut acc = start::<T>(&out, accumulate);
+    // SAFETY: AVX-512 F and, with `accumulate`, 16 readable floats per `out[t]` (the contract).
+    let mut acc = unsafe { start::<T>(&out, accumulate) };
     for b in 0..blocks {
-        let tile = tiles.add(b * TILE);
-        let a: [&BlockQ8_0Sum; T] = std::array::from_fn(|t| &*acts[t].add(b));
-        let qh = load64(tile.add(QH));
+        // SAFETY: b < blocks tiles of TILE bytes from `tiles` (the contract).
+        let tile = unsafe { tiles.add(b * TILE) };
+        let a: [&BlockQ8_0Sum; T] = std::array::from_fn(|t| {
+            // SAFETY: b < blocks activation blocks from `acts[t]` (the contract).
+            unsafe { &*acts[t].add(b) }
+        });
+        // SAFETY: the tile's 64 bytes of fifth bits (16 rows × 4 bytes from QH).
+        let qh = unsafe { load64(tile.add(QH)) };
         let mut isum: [__m512i; T] = std::array::from_fn(|t| _mm512_set1_epi32(-16 * a[t].sum));
         for k in 0..4 {
             // Bytes 4k..4k+4 of each row: elements 4k.. in the low nibbles, 16+4k.. in the high.
-            let w = load64(tile.add(QS + 64 * k));
+            // SAFETY: k < 4: quant word k of the 4 (16 rows × 16 bytes from QS) of the tile.
+            let w = unsafe { load64(tile.add(QS + 64 * k)) };
             let lo = with_fifth_bits(_mm512_and_si512(w, m4), qh, 4 * k);
             let hi = with_fifth_bits(
                 _mm512_and_si512(_mm512_srli_epi16::<4>(w), m4),
@@ -116,14 +129,22 @@ pub(in crate::cpu) unsafe fn q5_0<const T: usize>(
                 16 + 4 * k,
             );
             for t in 0..T {
-                let q = a[t].qs.as_ptr().add(4 * k);
-                isum[t] = _mm512_dpbusd_epi32(isum[t], lo, bcast4(q));
-                isum[t] = _mm512_dpbusd_epi32(isum[t], hi, bcast4(q.add(16)));
+                // SAFETY: 4 k + 20 <= 32 bytes of the activation quants (k < 4), four at `q`
+                // and four at `q + 16`.
+                let (yl, yh) = unsafe {
+                    let q = a[t].qs.as_ptr().add(4 * k);
+                    (bcast4(q), bcast4(q.add(16)))
+                };
+                isum[t] = _mm512_dpbusd_epi32(isum[t], lo, yl);
+                isum[t] = _mm512_dpbusd_epi32(isum[t], hi, yh);
             }
         }
-        finish(&mut acc, &isum, load_f16x16(tile.add(D)), &a);
+        // SAFETY: the tile's sixteen f16 scales at D.
+        let d = unsafe { load_f16x16(tile.add(D)) };
+        finish(&mut acc, &isum, d, &a);
     }
     for t in 0..T {
-        _mm512_storeu_ps(out[t], acc[t]);
+        // SAFETY: `out[t]` writes 16 floats (the contract).
+        unsafe { _mm512_storeu_ps(out[t], acc[t]) };
     }
 }
