@@ -8,11 +8,12 @@
 
 use std::sync::Arc;
 
-use super::tests::{acts, compare_results, read, Rng};
+use super::tests::{acts, compare_results, read};
 use super::*;
 use crate::backend::{CpuBackend, DeviceMemory, HostKv, KvType, KvTypes, QkvParams};
 use crate::cpu::ThreadPool;
 use crate::quant::quantize;
+use llmd_testkit::Rng;
 
 /// Width of the residual stream.
 const D: usize = 256;
@@ -29,7 +30,7 @@ fn weight<B: Backend>(
     cols: usize,
     rng: &mut Rng,
 ) -> B::Weight {
-    let data = quantize(ty, &rng.vec(rows * cols)).expect("quantizable");
+    let data = quantize(ty, &rng.f32s(rows * cols, 1.0)).expect("quantizable");
     b.upload_weight(&HostTensor {
         name,
         ty,
@@ -54,7 +55,7 @@ fn run_fused<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
     let down = weight(b, "down", GgmlType::Q6_K, D, FF, &mut rng);
     let post = weight(b, "post", GgmlType::F32, 1, D, &mut rng);
     for n in [1, 3, 20] {
-        let x = acts(b, &rng.vec(n * D));
+        let x = acts(b, &rng.f32s(n * D, 1.0));
         let mut normed = b.alloc_activations(n * D).expect("alloc");
         let mut q = b.alloc_activations(n * QW).expect("alloc");
         let mut k = b.alloc_activations(n * 64).expect("alloc");
@@ -89,8 +90,8 @@ fn run_fused<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
         results.push((format!("matmuls x{n} q4_K"), 2e-2, read(b, &k, n * 64)));
 
         // Output projections into a residual, without and with a post-norm.
-        let attn = acts(b, &rng.vec(n * QW));
-        let base = rng.vec(n * D);
+        let attn = acts(b, &rng.f32s(n * QW, 1.0));
+        let base = rng.f32s(n * D, 1.0);
         for post_norm in [None, Some((&post, 1e-5))] {
             let mut residual = acts(b, &base);
             let mut scratch = b.alloc_activations(n * D).expect("alloc");
@@ -105,9 +106,12 @@ fn run_fused<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
         for act in [GatedActivation::Silu, GatedActivation::Gelu] {
             let mut gate = acts(
                 b,
-                &rng.vec(n * FF).iter().map(|g| g * 3.0).collect::<Vec<_>>(),
+                &rng.f32s(n * FF, 1.0)
+                    .iter()
+                    .map(|g| g * 3.0)
+                    .collect::<Vec<_>>(),
             );
-            let up = acts(b, &rng.vec(n * FF));
+            let up = acts(b, &rng.f32s(n * FF, 1.0));
             let mut residual = acts(b, &base);
             let mut scratch = b.alloc_activations(n * D).expect("alloc");
             b.gated_matmul_residual(
@@ -179,9 +183,9 @@ fn run_fused<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
             q_scale: extras.then_some(0.125),
         };
         let n = positions.len();
-        let mut q = acts(b, &rng.vec(n * n_heads * hd));
-        let mut k = acts(b, &rng.vec(n * n_kv * hd));
-        let mut v = acts(b, &rng.vec(n * n_kv * hd));
+        let mut q = acts(b, &rng.f32s(n * n_heads * hd, 1.0));
+        let mut k = acts(b, &rng.f32s(n * n_kv * hd, 1.0));
+        let mut v = acts(b, &rng.f32s(n * n_kv * hd, 1.0));
         let mut kvs: Vec<_> = (0..3)
             .map(|_| b.alloc_kv(128, n_kv, hd, types).expect("alloc_kv"))
             .collect();
@@ -221,7 +225,7 @@ fn run_fused<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
     }
 
     // The rows that want logits, picked on the device.
-    let src = acts(b, &rng.vec(6 * D));
+    let src = acts(b, &rng.f32s(6 * D, 1.0));
     let mut out = b.alloc_activations(4 * D).expect("alloc");
     b.gather_rows(&src, &[1, 2, 3, 5], D, &mut out)
         .expect("gather_rows");

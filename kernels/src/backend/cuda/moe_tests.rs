@@ -7,12 +7,13 @@
 
 use std::sync::Arc;
 
-use super::tests::{acts, compare_results, read, Rng};
+use super::tests::{acts, compare_results, read};
 use super::type_tests::{upload_bytes, weight_data};
 use super::types::{MatVec, CUDA_TYPES};
 use super::*;
 use crate::backend::{CpuBackend, DeviceMemory};
 use crate::cpu::ThreadPool;
+use llmd_testkit::Rng;
 
 /// Experts per weight set.
 const N_EXPERT: usize = 4;
@@ -57,7 +58,7 @@ fn run_routed<B: Backend>(b: &B, routed: bool) -> Vec<(String, f32, Vec<f32>)> {
             .map(|_| upload_bytes(b, t.ty, ROWS, COLS, &weight_data(t, ROWS, COLS, &mut rng)))
             .collect();
         for (what, x_per_pair, x_rows) in [("gate", false, N_TOKENS), ("down", true, IDS.len())] {
-            let x = acts(b, &rng.vec(x_rows * COLS));
+            let x = acts(b, &rng.f32s(x_rows * COLS, 1.0));
             let values = if routed {
                 let mut out = b.alloc_activations(IDS.len() * ROWS).expect("alloc");
                 assert!(b.routes(&ws[0], N_TOKENS), "{}: decode batches route", t.ty);
@@ -118,11 +119,11 @@ fn routed_matmul_matches_pair_by_pair_when_a_gpu_is_present() {
         GgmlType::F16,
         ROWS,
         COLS,
-        &crate::quant::quantize(GgmlType::F16, &rng.vec(ROWS * COLS)).expect("f16"),
+        &crate::quant::quantize(GgmlType::F16, &rng.f32s(ROWS * COLS, 1.0)).expect("f16"),
     );
     assert!(!gpu.routes(&q, 16), "16 tokens go the grouped way");
     assert!(!gpu.routes(&f, 1), "float experts go the grouped way");
-    let x = acts(&gpu, &rng.vec(2 * COLS));
+    let x = acts(&gpu, &rng.f32s(2 * COLS, 1.0));
     let mut out = gpu.alloc_activations(2 * ROWS).expect("alloc");
     let refused = gpu
         .matmul_id(std::slice::from_ref(&f), &x, 2, false, &[0, 0], &mut out)

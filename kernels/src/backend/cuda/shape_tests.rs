@@ -10,11 +10,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::tests::{acts, compare_results, read, Rng};
+use super::tests::{acts, compare_results, read};
 use super::*;
 use crate::backend::{CpuBackend, DeviceMemory, KvType, KvTypes};
 use crate::cpu::ThreadPool;
 use crate::quant::{dequantize, quantize};
+use llmd_testkit::Rng;
 
 /// Activations of outlier features: far beyond f16's largest value (65504).
 const OUTLIER: f32 = 1.0e5;
@@ -22,10 +23,10 @@ const OUTLIER: f32 = 1.0e5;
 /// Random activations in [-1, 1) with about one value in 64 an outlier of +-[`OUTLIER`], and the
 /// first row's first value always one.
 fn with_outliers(rng: &mut Rng, n: usize) -> Vec<f32> {
-    let mut x = rng.vec(n);
+    let mut x = rng.f32s(n, 1.0);
     for (i, v) in x.iter_mut().enumerate() {
-        if i == 0 || rng.next() > 31.0 / 32.0 {
-            *v = if rng.next() < 0.0 { -OUTLIER } else { OUTLIER };
+        if i == 0 || rng.f32() > 31.0 / 32.0 {
+            *v = if rng.f32() < 0.0 { -OUTLIER } else { OUTLIER };
         }
     }
     x
@@ -71,7 +72,7 @@ fn run_outliers<B: Backend>(b: &B) -> (Vec<(String, f32, Vec<f32>)>, Vec<(String
         GgmlType::Q6_K,
         GgmlType::IQ4_XS,
     ] {
-        let data = quantize(ty, &rng.vec(rows * cols)).expect("quantizable weight");
+        let data = quantize(ty, &rng.f32s(rows * cols, 1.0)).expect("quantizable weight");
         let w = b
             .upload_weight(&HostTensor {
                 name: "w",
@@ -182,7 +183,7 @@ fn real_matmuls<B: Backend>(b: &B, rng: &mut Rng, out: &mut Vec<Timed>) {
         (GgmlType::Q8_0, 64, 4096),
         (GgmlType::F16, 64, 4096),
     ] {
-        let data = quantize(ty, &rng.vec(rows * cols)).expect("quantizable weight");
+        let data = quantize(ty, &rng.f32s(rows * cols, 1.0)).expect("quantizable weight");
         let w = b
             .upload_weight(&HostTensor {
                 name: "w",
@@ -193,7 +194,7 @@ fn real_matmuls<B: Backend>(b: &B, rng: &mut Rng, out: &mut Vec<Timed>) {
             })
             .expect("upload");
         for n_tokens in [1, 8, 20] {
-            let x = acts(b, &rng.vec(n_tokens * cols));
+            let x = acts(b, &rng.f32s(n_tokens * cols, 1.0));
             let tol = if ty == GgmlType::F16 { 1e-3 } else { 2e-2 };
             out.push(timed(
                 format!("matmul {ty} {rows}x{cols} x{n_tokens}"),
@@ -217,10 +218,10 @@ fn real_row_ops<B: Backend>(b: &B, rng: &mut Rng, out: &mut Vec<Timed>) {
             ty: GgmlType::F32,
             rows: 1,
             cols: dim,
-            data: &quantize(GgmlType::F32, &rng.vec(dim)).expect("f32"),
+            data: &quantize(GgmlType::F32, &rng.f32s(dim, 1.0)).expect("f32"),
         })
         .expect("upload");
-    let mut x = acts(b, &rng.vec(3 * dim));
+    let mut x = acts(b, &rng.f32s(3 * dim, 1.0));
     out.push(timed(format!("rms_norm {dim}"), 1e-5, || {
         b.rms_norm(&mut x, &norm, 3, dim, 1e-5).expect("rms_norm");
         read(b, &x, 3 * dim)
@@ -231,7 +232,7 @@ fn real_row_ops<B: Backend>(b: &B, rng: &mut Rng, out: &mut Vec<Timed>) {
         (256, 8, RopeParams::new(RopeMode::Neox, 256, 10_000.0)),
     ] {
         let n = positions.len() * n_heads * head_dim;
-        let mut x = acts(b, &rng.vec(n));
+        let mut x = acts(b, &rng.f32s(n, 1.0));
         // At position 8191 the f32 angle itself is only good to about 1e-3 radians, and the two
         // backends reach it differently: the CPU multiplies the pairs' frequencies up one after
         // another as ggml-cpu does (theta *= base^(-2/n_dims)), the GPU raises the base to each
@@ -263,8 +264,8 @@ fn real_attention<B: Backend>(b: &B, rng: &mut Rng, out: &mut Vec<Timed>) {
         let mut kv = b.alloc_kv(CONTEXT, n_kv, hd, types).expect("alloc_kv");
         let fill: Vec<u32> = (0..CONTEXT as u32).collect();
         for chunk in fill.chunks(1024) {
-            let k = acts(b, &rng.vec(chunk.len() * kw));
-            let v = acts(b, &rng.vec(chunk.len() * kw));
+            let k = acts(b, &rng.f32s(chunk.len() * kw, 1.0));
+            let v = acts(b, &rng.f32s(chunk.len() * kw, 1.0));
             b.kv_store(&mut kv, &k, &v, 0, chunk).expect("kv_store");
         }
         let params = AttentionParams {
@@ -281,7 +282,7 @@ fn real_attention<B: Backend>(b: &B, rng: &mut Rng, out: &mut Vec<Timed>) {
             ("prefill", (last - 15..=last).collect::<Vec<_>>()),
         ] {
             let n = positions.len() * n_heads * hd;
-            let q = acts(b, &rng.vec(n));
+            let q = acts(b, &rng.f32s(n, 1.0));
             out.push(timed(
                 format!(
                     "attention {what} head_dim {hd} {}/{} cache at {CONTEXT} positions",
@@ -324,8 +325,8 @@ fn decode_attention<B: Backend>(b: &B, rng: &mut Rng, out: &mut Vec<Timed>) {
             let mut kv = b.alloc_kv(context, n_kv, hd, types).expect("alloc_kv");
             let fill: Vec<u32> = (0..context as u32).collect();
             for chunk in fill.chunks(1024) {
-                let k = acts(b, &rng.vec(chunk.len() * kw));
-                let v = acts(b, &rng.vec(chunk.len() * kw));
+                let k = acts(b, &rng.f32s(chunk.len() * kw, 1.0));
+                let v = acts(b, &rng.f32s(chunk.len() * kw, 1.0));
                 b.kv_store(&mut kv, &k, &v, 0, chunk).expect("kv_store");
             }
             caches.push(kv);
@@ -346,7 +347,7 @@ fn decode_attention<B: Backend>(b: &B, rng: &mut Rng, out: &mut Vec<Timed>) {
             .map(|(i, kv)| (kv, i..i + 1))
             .collect();
         let n = positions.len() * n_heads * hd;
-        let q = acts(b, &rng.vec(n));
+        let q = acts(b, &rng.f32s(n, 1.0));
         out.push(timed(
             format!(
                 "decode attention {n_heads}/{n_kv} heads of {hd}, {}/{} cache, contexts {contexts:?}",

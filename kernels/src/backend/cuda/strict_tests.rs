@@ -4,9 +4,10 @@
 //! syncs, staging memory pinned for one GPU only, and a kernel fault that must mark the GPU
 //! failed.
 
-use super::tests::{acts, read, Rng};
+use super::tests::{acts, read};
 use super::*;
 use crate::backend::cuda::gpu_test::{run_on_fake_driver, stats};
+use llmd_testkit::Rng;
 
 /// Two fake GPUs.
 const TWO: (&str, &str) = ("LLMD_FAKE_CUDA_DEVICES", "2");
@@ -85,7 +86,8 @@ fn peer_copies_go_direct() {
     let (gpu0, gpu1) = gpus();
     let mut rng = Rng(5);
     let (rows, cols) = (32, 256);
-    let data = crate::quant::quantize(GgmlType::Q8_0, &rng.vec(rows * cols)).expect("quantize");
+    let data =
+        crate::quant::quantize(GgmlType::Q8_0, &rng.f32s(rows * cols, 1.0)).expect("quantize");
     let w0 = gpu0
         .upload_weight(&HostTensor {
             name: "w",
@@ -105,7 +107,7 @@ fn peer_copies_go_direct() {
         .read_into(&mut back)
         .expect("read");
     assert_eq!(back, data, "the weight arrived whole");
-    let values = rng.vec(cols);
+    let values = rng.f32s(cols, 1.0);
     let a = acts(&gpu0, &values);
     let exported = gpu0
         .export_activations(&a, cols)

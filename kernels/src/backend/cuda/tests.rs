@@ -5,22 +5,7 @@ use super::*;
 use crate::backend::{kv_cache_bytes, CpuBackend, DeviceMemory, HostKv, KvType};
 use crate::cpu::ThreadPool;
 use crate::quant::quantize;
-
-/// A deterministic xorshift generator of values in [-1, 1).
-pub(super) struct Rng(pub(super) u64);
-
-impl Rng {
-    pub(super) fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-
-    pub(super) fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.next()).collect()
-    }
-}
+use llmd_testkit::Rng;
 
 /// The weight types [`run_ops`] compares (`type_tests` compares the others).
 pub(super) const TYPES: [GgmlType; 7] = [
@@ -84,7 +69,7 @@ fn run_ops<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
     // weight tiles (64, 64, 64 and an edge of 8 rows).
     let (rows, cols) = (200, 512);
     for ty in TYPES {
-        let w = upload(b, "w", ty, rows, cols, &rng.vec(rows * cols));
+        let w = upload(b, "w", ty, rows, cols, &rng.f32s(rows * cols, 1.0));
         let copy = b
             .import_weight(&b.weight_view(&w).expect("view"))
             .expect("copy on the device");
@@ -98,7 +83,7 @@ fn run_ops<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
         // 10 and 70 (>= PREFILL_GEMM_MIN_TOKENS): the matrix-matrix kernels, 70 in two token
         // tiles, the second an edge of 6.
         for n_tokens in [1, 3, 8, 10, 70] {
-            let x = acts(b, &rng.vec(n_tokens * cols));
+            let x = acts(b, &rng.f32s(n_tokens * cols, 1.0));
             let mut out = b.alloc_activations(n_tokens * rows).expect("alloc");
             b.matmul(&w, &x, n_tokens, &mut out).expect("matmul");
             // Quantized weights: the CPU quantizes activations to its own 8-bit format, the
@@ -131,9 +116,9 @@ fn run_ops<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
         GgmlType::F16,
         f16_rows,
         f16_cols,
-        &rng.vec(f16_rows * f16_cols),
+        &rng.f32s(f16_rows * f16_cols, 1.0),
     );
-    let x = acts(b, &rng.vec(n_tokens * f16_cols));
+    let x = acts(b, &rng.f32s(n_tokens * f16_cols, 1.0));
     let mut out = b.alloc_activations(n_tokens * f16_rows).expect("alloc");
     b.matmul(&w, &x, n_tokens, &mut out).expect("matmul");
     results.push((
@@ -143,8 +128,8 @@ fn run_ops<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
     ));
 
     let (n_rows, dim) = (3, 320);
-    let norm_w = upload(b, "norm", GgmlType::F32, 1, dim, &rng.vec(dim));
-    let xv = rng.vec(n_rows * dim);
+    let norm_w = upload(b, "norm", GgmlType::F32, 1, dim, &rng.f32s(dim, 1.0));
+    let xv = rng.f32s(n_rows * dim, 1.0);
     let mut x = acts(b, &xv);
     let mut into = b.alloc_activations(n_rows * dim).expect("alloc");
     b.rms_norm_into(&x, &norm_w, n_rows, dim, 1e-6, &mut into)
@@ -196,7 +181,7 @@ fn run_ops<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
         ("yarn", yarn(RopeMode::Neox, 32), false),
     ];
     for (what, params, with_factors) in cases {
-        let mut x = acts(b, &rng.vec(n_tokens * n_heads * head_dim));
+        let mut x = acts(b, &rng.f32s(n_tokens * n_heads * head_dim, 1.0));
         let ff = with_factors.then_some(&factor_w);
         b.rope(&mut x, n_tokens, n_heads, head_dim, &positions, params, ff)
             .expect("rope");
@@ -207,7 +192,7 @@ fn run_ops<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
         ));
     }
     let short = upload(b, "short", GgmlType::F32, 1, 16, &factors[..16]);
-    let mut x = acts(b, &rng.vec(n_heads * head_dim));
+    let mut x = acts(b, &rng.f32s(n_heads * head_dim, 1.0));
     let too_few = b.rope(
         &mut x,
         1,
@@ -224,7 +209,7 @@ fn run_ops<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
     ));
 
     let len = 1000;
-    let (av, bv) = (rng.vec(len), rng.vec(len));
+    let (av, bv) = (rng.f32s(len, 1.0), rng.f32s(len, 1.0));
     let mut a = acts(b, &av);
     let c = acts(b, &bv);
     b.add(&mut a, &c, len).expect("add");
@@ -234,7 +219,7 @@ fn run_ops<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
     let mut capped = acts(b, &av.iter().map(|v| v * 80.0).collect::<Vec<_>>());
     b.softcap(&mut capped, 30.0, len).expect("softcap");
     results.push(("softcap".into(), 1e-6, read(b, &capped, len)));
-    let bias = upload(b, "bias", GgmlType::F32, 1, 250, &rng.vec(250));
+    let bias = upload(b, "bias", GgmlType::F32, 1, 250, &rng.f32s(250, 1.0));
     b.add_bias(&mut a, &bias, 4).expect("add_bias");
     results.push(("add, scale, add_bias".into(), 1e-6, read(b, &a, len)));
     for act in [GatedActivation::Silu, GatedActivation::Gelu] {
@@ -264,8 +249,8 @@ fn run_ops<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
             let mut kv = b.alloc_kv(capacity, n_kv, hd, types).expect("alloc_kv");
             let fill: Vec<u32> = (0..capacity as u32 - 1).collect();
             for chunk in fill.chunks(256) {
-                let k = acts(b, &rng.vec(chunk.len() * kw));
-                let v = acts(b, &rng.vec(chunk.len() * kw));
+                let k = acts(b, &rng.f32s(chunk.len() * kw, 1.0));
+                let v = acts(b, &rng.f32s(chunk.len() * kw, 1.0));
                 b.kv_store(&mut kv, &k, &v, 0, chunk).expect("kv_store");
             }
             let len = capacity - 1;
@@ -319,7 +304,7 @@ fn run_ops<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
             for (what, positions, window, softcap) in cases {
                 let first_row = 1;
                 let n = first_row + positions.len();
-                let q = acts(b, &rng.vec(n * qw));
+                let q = acts(b, &rng.f32s(n * qw, 1.0));
                 let mut out = acts(b, &vec![0.0; n * qw]);
                 let params = AttentionParams {
                     n_heads,
@@ -353,8 +338,8 @@ fn run_ops<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
         let (kw, qw) = (n_kv * hd, n_heads * hd);
         let mut kv = b.alloc_kv(capacity, n_kv, hd, types).expect("alloc_kv");
         let fill: Vec<u32> = (0..capacity as u32).collect();
-        let k = acts(b, &rng.vec(capacity * kw));
-        let v = acts(b, &rng.vec(capacity * kw));
+        let k = acts(b, &rng.f32s(capacity * kw, 1.0));
+        let v = acts(b, &rng.f32s(capacity * kw, 1.0));
         b.kv_store(&mut kv, &k, &v, 0, &fill).expect("kv_store");
         let host = HostKv::download(&b.kv_view(&kv, capacity).expect("view")).expect("host");
         let bytes: Vec<f32> = host
@@ -366,7 +351,7 @@ fn run_ops<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
         results.push((format!("kv_store bytes {types} d={hd}"), 0.0, bytes));
         for positions in [vec![40u32, 41, 42, 43, 44, 45], vec![63]] {
             let n = positions.len();
-            let q = acts(b, &rng.vec(n * qw));
+            let q = acts(b, &rng.f32s(n * qw, 1.0));
             let mut out = acts(b, &vec![0.0; n * qw]);
             let params = AttentionParams {
                 n_heads,
@@ -523,7 +508,7 @@ fn weights_and_kv_caches_move_between_devices_when_gpus_are_present() {
         GgmlType::Q4_K,
         rows,
         cols,
-        &rng.vec(rows * cols),
+        &rng.f32s(rows * cols, 1.0),
     );
     // Quantized keys and values of different types move as they are, byte for byte.
     let (capacity, n_kv, hd, len) = (40, 2, 64, 33);
@@ -533,8 +518,8 @@ fn weights_and_kv_caches_move_between_devices_when_gpus_are_present() {
     };
     let mut kv0 = cpu0.alloc_kv(capacity, n_kv, hd, types).expect("alloc_kv");
     let positions: Vec<u32> = (0..len as u32).collect();
-    let k = acts(&cpu0, &rng.vec(len * n_kv * hd));
-    let v = acts(&cpu0, &rng.vec(len * n_kv * hd));
+    let k = acts(&cpu0, &rng.f32s(len * n_kv * hd, 1.0));
+    let v = acts(&cpu0, &rng.f32s(len * n_kv * hd, 1.0));
     cpu0.kv_store(&mut kv0, &k, &v, 0, &positions)
         .expect("kv_store");
     let want_w = weight_bytes(&cpu0, &w0);
@@ -585,7 +570,7 @@ fn weights_and_kv_caches_move_between_devices_when_gpus_are_present() {
     let on_gpu1 = hop(&twin, &on_twin, &gpu1, want);
     let on_cpu1 = hop(&gpu1, &on_gpu1, &cpu1, want);
     // The weight still multiplies as it did where it started.
-    let x = acts(&cpu1, &rng.vec(cols));
+    let x = acts(&cpu1, &rng.f32s(cols, 1.0));
     let mut out = cpu1.alloc_activations(rows).expect("alloc");
     cpu1.matmul(&on_cpu1.0, &x, 1, &mut out).expect("matmul");
     assert!(read(&cpu1, &out, rows).iter().all(|v| v.is_finite()));

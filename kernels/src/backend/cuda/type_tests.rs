@@ -21,12 +21,13 @@
 
 use std::sync::Arc;
 
-use super::tests::{acts, compare_results, read, Rng, TYPES};
+use super::tests::{acts, compare_results, read, TYPES};
 use super::types::{CudaType, CUDA_TYPES};
 use super::*;
 use crate::backend::{CpuBackend, DeviceMemory};
 use crate::cpu::ThreadPool;
 use crate::quant::quantize;
+use llmd_testkit::Rng;
 
 /// Weight rows: two whole 64-row tiles of the matrix-matrix kernels and an edge of 8.
 const ROWS: usize = 136;
@@ -65,9 +66,9 @@ fn random_blocks(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u
     let n_blocks = rows * cols / ty.block_elems();
     let size = ty.block_bytes();
     let mut bytes: Vec<u8> = (0..n_blocks * size)
-        .map(|_| (rng.next() * 128.0 + 128.0) as u8)
+        .map(|_| (rng.f32() * 128.0 + 128.0) as u8)
         .collect();
-    let mut scale = || half::f16::from_f32(0.0255 + 0.0245 * rng.next()).to_bits();
+    let mut scale = || half::f16::from_f32(0.0255 + 0.0245 * rng.f32()).to_bits();
     for block in bytes.chunks_exact_mut(size) {
         for &at in f16_scale_offsets(ty) {
             block[at..at + 2].copy_from_slice(&scale().to_le_bytes());
@@ -111,7 +112,7 @@ pub(super) fn upload_bytes<B: Backend>(
 /// types random blocks.
 pub(super) fn weight_data(t: &CudaType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
     if t.ty == GgmlType::BF16 {
-        quantize(t.ty, &rng.vec(rows * cols)).expect("bf16 rounding")
+        quantize(t.ty, &rng.f32s(rows * cols, 1.0)).expect("bf16 rounding")
     } else {
         random_blocks(t.ty, rows, cols, rng)
     }
@@ -126,7 +127,7 @@ fn run_types<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
         let data = weight_data(t, ROWS, COLS, &mut rng);
         let w = upload_bytes(b, t.ty, ROWS, COLS, &data);
         for n_tokens in [1, 3, 8, 20] {
-            let x = acts(b, &rng.vec(n_tokens * COLS));
+            let x = acts(b, &rng.f32s(n_tokens * COLS, 1.0));
             let mut out = b.alloc_activations(n_tokens * ROWS).expect("alloc");
             b.matmul(&w, &x, n_tokens, &mut out).expect("matmul");
             results.push((
@@ -148,10 +149,10 @@ fn run_types<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
     // tiles (several: the test lowers the tile scratch to 64 rows) and the f32 GEMM instead of
     // tensor cores.
     let (rows, cols) = (70, 520);
-    let data = quantize(GgmlType::BF16, &rng.vec(rows * cols)).expect("bf16 rounding");
+    let data = quantize(GgmlType::BF16, &rng.f32s(rows * cols, 1.0)).expect("bf16 rounding");
     let w = upload_bytes(b, GgmlType::BF16, rows, cols, &data);
     for n_tokens in [2, 20] {
-        let x = acts(b, &rng.vec(n_tokens * cols));
+        let x = acts(b, &rng.f32s(n_tokens * cols, 1.0));
         let mut out = b.alloc_activations(n_tokens * rows).expect("alloc");
         b.matmul(&w, &x, n_tokens, &mut out).expect("matmul");
         results.push((
