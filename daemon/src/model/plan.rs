@@ -132,7 +132,10 @@ impl ModelSizes {
             * (3 * config.n_embd as u64
                 + 2 * config.q_width() as u64
                 + 2 * config.kv_width() as u64
-                + 2 * config.max_ff() as u64);
+                + 2 * config.max_ff() as u64)
+            + config.moe.and_then(|m| m.n_ff_shexp).map_or(0, |_| {
+                super::shared_expert::scratch_floats(max_batch) as u64
+            });
         // The mixture-of-experts buffers, device and host (a CPU device's ledger is charged for
         // both). A stage whose experts are elsewhere also crosses the block's input and output
         // through host memory, which no device ledger counts.

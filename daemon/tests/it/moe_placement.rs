@@ -1,5 +1,6 @@
 //! Expert placement (`--cpu-moe`, `--n-cpu-moe N`) on CPU devices standing in for a GPU and the
-//! host: a tiny qwen3moe and a tiny mixtral model from make-model give bit-identical logits and
+//! host: tiny qwen3moe, qwen2moe (whose shared expert stays
+//! with its layer) and mixtral models from make-model give bit-identical logits and
 //! greedy tokens on one device, split 1,1 over two devices, with every layer's experts on
 //! another device than the attention, and with the first layer's experts there only; and a
 //! generation running across live re-splits that change `--n-cpu-moe` (with and without
@@ -173,6 +174,11 @@ fn qwen3moe_gives_identical_tokens_on_one_device_split_and_with_cpu_experts() {
 }
 
 #[test]
+fn qwen2moe_gives_identical_tokens_on_one_device_split_and_with_cpu_experts() {
+    check("qwen2moe");
+}
+
+#[test]
 fn mixtral_gives_identical_tokens_on_one_device_split_and_with_cpu_experts() {
     check("mixtral");
 }
@@ -277,6 +283,7 @@ fn a_live_resplit_moves_experts_to_and_from_the_host_and_the_tokens_stay_exact()
                 id: 1,
                 len: prompt.len() + i,
                 capacity: 32,
+                retained: false,
             }];
             let r = resplit(
                 &mut p,
@@ -321,6 +328,7 @@ fn a_live_resplit_moves_experts_to_and_from_the_host_and_the_tokens_stay_exact()
             id: 1,
             len: prompt.len() + decode.len(),
             capacity: 32,
+            retained: false,
         }],
         64,
         8,
