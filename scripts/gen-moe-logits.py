@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Regenerates tests/fixtures/moe/: llama.cpp's logits at every position of a fixed token
 sequence, and its greedy continuation of a short prompt, for tiny random mixture-of-experts
-models written by `llmd make-model` (qwen3moe, and mixtral: a llama file with experts). The
+models written by `llmd make-model` (qwen3moe; qwen2moe, with its shared expert; and mixtral: a
+llama file with experts). The
 models are deterministic for a given seed, so the test rebuilds the same files instead of
 committing them.
 
@@ -34,6 +35,8 @@ CASES = {
     "qwen3moe-f32": ("qwen3moe", "f32"),
     "qwen3moe-q8_0": ("qwen3moe", "q8_0"),
     "qwen3moe-q4_k_m": ("qwen3moe", "q4_k_m"),
+    "qwen2moe-f32": ("qwen2moe", "f32"),
+    "qwen2moe-q8_0": ("qwen2moe", "q8_0"),
     "mixtral-f32": ("mixtral", "f32"),
     "mixtral-q8_0": ("mixtral", "q8_0"),
 }

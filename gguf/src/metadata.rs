@@ -443,6 +443,9 @@ pub struct ModelDescription {
     /// `{arch}.expert_feed_forward_length`: the feed-forward width of each expert, where it
     /// differs from `feed_forward_length` (Qwen3-MoE).
     pub expert_feed_forward_length: Option<u32>,
+    /// `{arch}.expert_shared_feed_forward_length`: the width of the shared expert every token
+    /// goes through beside its routed ones (Qwen2-MoE), where the file states it.
+    pub expert_shared_feed_forward_length: Option<u32>,
     /// The tokenizer.
     pub tokenizer: TokenizerMetadata,
 }
@@ -572,6 +575,8 @@ impl ModelDescription {
             expert_count: t.u32_opt(&k("expert_count"))?,
             expert_used_count: t.u32_opt(&k("expert_used_count"))?,
             expert_feed_forward_length: t.u32_opt(&k("expert_feed_forward_length"))?,
+            expert_shared_feed_forward_length: t
+                .u32_opt(&k("expert_shared_feed_forward_length"))?,
             tokenizer,
             architecture: arch,
         })

@@ -21,8 +21,8 @@ use thiserror::Error;
 pub enum ConfigError {
     /// The architecture is not one llmd implements.
     #[error(
-        "unsupported architecture {0:?} (llmd supports llama, qwen2, qwen3, qwen3moe, gemma2, gemma3, \
-     phi3)"
+        "unsupported architecture {0:?} (llmd supports llama, qwen2, qwen2moe, qwen3, qwen3moe, \
+     gemma2, gemma3, phi3)"
     )]
     UnsupportedArchitecture(String),
     /// A hyperparameter is missing or out of range.
@@ -47,6 +47,10 @@ pub enum Arch {
     /// Qwen 3 mixture of experts (Qwen3-30B-A3B, Qwen3-235B-A22B): Qwen 3's attention, routed
     /// experts in every layer.
     Qwen3Moe,
+    /// Qwen 2 mixture of experts (Qwen1.5-MoE-A2.7B, Qwen2-57B-A14B): Qwen 2's attention (q/k/v
+    /// biases), routed experts whose weights are not renormalised, and a sigmoid-gated shared
+    /// expert in every layer.
+    Qwen2Moe,
     /// Gemma 2 (alternating sliding-window layers, post norms, GeGLU, soft-capped attention
     /// and final logits, scaled embeddings).
     Gemma2,
@@ -64,6 +68,7 @@ impl Arch {
             "qwen2" => Ok(Arch::Qwen2),
             "qwen3" => Ok(Arch::Qwen3),
             "qwen3moe" => Ok(Arch::Qwen3Moe),
+            "qwen2moe" => Ok(Arch::Qwen2Moe),
             "gemma2" => Ok(Arch::Gemma2),
             "gemma3" => Ok(Arch::Gemma3),
             "phi3" => Ok(Arch::Phi3),
@@ -78,6 +83,7 @@ impl Arch {
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
             Arch::Qwen3Moe => "qwen3moe",
+            Arch::Qwen2Moe => "qwen2moe",
             Arch::Gemma2 => "gemma2",
             Arch::Gemma3 => "gemma3",
             Arch::Phi3 => "phi3",
@@ -91,6 +97,7 @@ impl Arch {
             Arch::Qwen2
             | Arch::Qwen3
             | Arch::Qwen3Moe
+            | Arch::Qwen2Moe
             | Arch::Gemma2
             | Arch::Gemma3
             | Arch::Phi3 => RopeMode::Neox,
@@ -104,7 +111,12 @@ impl Arch {
         match self {
             Arch::Gemma2 => Some(2),
             Arch::Gemma3 => Some(6),
-            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Phi3 => None,
+            Arch::Llama
+            | Arch::Qwen2
+            | Arch::Qwen3
+            | Arch::Qwen3Moe
+            | Arch::Qwen2Moe
+            | Arch::Phi3 => None,
         }
     }
 
@@ -260,6 +272,8 @@ pub struct Hyperparameters {
     pub n_expert_used: usize,
     /// `{arch}.expert_feed_forward_length`, if the file states it.
     pub n_ff_exp: Option<usize>,
+    /// `{arch}.expert_shared_feed_forward_length`, if the file states it.
+    pub n_ff_shexp: Option<usize>,
 }
 
 /// A mixture-of-experts feed-forward block, as every layer of the model has it.
@@ -269,6 +283,9 @@ pub struct MoeConfig {
     pub routing: Routing,
     /// Feed-forward width of each expert.
     pub n_ff_exp: usize,
+    /// Feed-forward width of the shared expert every token goes through beside its routed ones
+    /// (Qwen2-MoE); `None`: no shared expert.
+    pub n_ff_shexp: Option<usize>,
 }
 
 /// Everything the forward pass needs to know about a model, resolved for its architecture.
@@ -467,7 +484,7 @@ impl ModelConfig {
             }
             // Phi-3 scales the queries itself and attends with a scale of 1.
             Arch::Phi3 => Some(1.0 / (hp.head_dim as f32).sqrt()),
-            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe => None,
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Qwen2Moe => None,
         };
         let positive = |key: &str, v: Option<f32>| match v {
             Some(cap) if !(cap.is_finite() && cap > 0.0) => {
@@ -528,11 +545,13 @@ impl ModelConfig {
         })
     }
 
-    /// The experts of a mixture-of-experts model, as llama.cpp reads them: Qwen3-MoE must have
-    /// experts (each `expert_feed_forward_length` wide, else `feed_forward_length / used`);
-    /// a llama file with `expert_count` is Mixtral-style (experts `feed_forward_length` wide).
-    /// Both normalise the chosen experts' weights. Other architectures with experts are
-    /// refused.
+    /// The experts of a mixture-of-experts model, as llama.cpp reads them: Qwen3-MoE and
+    /// Qwen2-MoE must have experts (each `expert_feed_forward_length` wide, else
+    /// `feed_forward_length / used`); a llama file with `expert_count` is Mixtral-style (experts
+    /// `feed_forward_length` wide). Both normalise the chosen experts' weights; Qwen2-MoE does
+    /// not (llama.cpp's `norm_w = false`), and adds a shared expert
+    /// `expert_shared_feed_forward_length` wide (else `feed_forward_length`). Other
+    /// architectures with experts are refused.
     fn moe(arch: Arch, hp: &Hyperparameters) -> Result<Option<MoeConfig>, ConfigError> {
         let invalid = |key: &str, reason: String| ConfigError::Invalid {
             key: key.to_string(),
@@ -540,16 +559,18 @@ impl ModelConfig {
         };
         let n_ff = hp.n_ff.first().copied().unwrap_or(0);
         let n_ff_exp = match arch {
-            Arch::Qwen3Moe if hp.n_expert == 0 || hp.n_expert_used == 0 => {
+            Arch::Qwen3Moe | Arch::Qwen2Moe if hp.n_expert == 0 || hp.n_expert_used == 0 => {
                 return Err(invalid(
                     "expert_count",
                     format!(
-                        "qwen3moe needs experts ({} experts, {} used)",
-                        hp.n_expert, hp.n_expert_used
+                        "{} needs experts ({} experts, {} used)",
+                        arch.name(),
+                        hp.n_expert,
+                        hp.n_expert_used
                     ),
                 ))
             }
-            Arch::Qwen3Moe => hp
+            Arch::Qwen3Moe | Arch::Qwen2Moe => hp
                 .n_ff_exp
                 .filter(|&f| f > 0)
                 .unwrap_or(n_ff / hp.n_expert_used),
@@ -559,8 +580,8 @@ impl ModelConfig {
                 return Err(invalid(
                     "expert_count",
                     format!(
-                        "mixture-of-experts {} models are not supported (llmd runs qwen3moe and \
-                         llama files with experts)",
+                        "mixture-of-experts {} models are not supported (llmd runs qwen3moe, \
+                         qwen2moe and llama files with experts)",
                         other.name()
                     ),
                 ))
@@ -569,7 +590,7 @@ impl ModelConfig {
         let routing = Routing {
             n_expert: hp.n_expert,
             n_used: hp.n_expert_used,
-            normalize: true,
+            normalize: arch != Arch::Qwen2Moe,
         };
         routing
             .check()
@@ -580,7 +601,23 @@ impl ModelConfig {
                 "experts of width 0".into(),
             ));
         }
-        Ok(Some(MoeConfig { routing, n_ff_exp }))
+        let n_ff_shexp = match arch {
+            Arch::Qwen2Moe => match hp.n_ff_shexp.filter(|&f| f > 0).unwrap_or(n_ff) {
+                0 => {
+                    return Err(invalid(
+                        "expert_shared_feed_forward_length",
+                        "a shared expert of width 0".into(),
+                    ))
+                }
+                f => Some(f),
+            },
+            _ => None,
+        };
+        Ok(Some(MoeConfig {
+            routing,
+            n_ff_exp,
+            n_ff_shexp,
+        }))
     }
 
     /// The rope of global layers as llama.cpp's context computes it (frequency scale, YaRN
@@ -700,7 +737,12 @@ impl ModelConfig {
                 }
                 long_short()
             }
-            Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Gemma2 | Arch::Gemma3 => {
+            Arch::Qwen2
+            | Arch::Qwen3
+            | Arch::Qwen3Moe
+            | Arch::Qwen2Moe
+            | Arch::Gemma2
+            | Arch::Gemma3 => {
                 match [
                     (t.freqs, ROPE_FREQS),
                     (t.long, ROPE_FACTORS_LONG),
@@ -737,10 +779,11 @@ impl ModelConfig {
         self.n_head_kv * self.head_dim
     }
 
-    /// The largest feed-forward width (an expert's, in a mixture of experts).
+    /// The largest feed-forward width (an expert's or the shared expert's, in a mixture of
+    /// experts).
     pub fn max_ff(&self) -> usize {
         match &self.moe {
-            Some(m) => m.n_ff_exp,
+            Some(m) => m.n_ff_exp.max(m.n_ff_shexp.unwrap_or(0)),
             None => self.n_ff.iter().copied().max().unwrap_or(0),
         }
     }
@@ -780,6 +823,7 @@ mod tests {
             n_expert: 0,
             n_expert_used: 0,
             n_ff_exp: None,
+            n_ff_shexp: None,
         }
     }
 
@@ -934,6 +978,23 @@ mod tests {
         assert!(moe.routing.normalize && c.qk_norm);
         hp.n_ff_exp = Some(64);
         assert_eq!(ModelConfig::resolve(&hp).expect("qwen3moe").max_ff(), 64);
+        assert_eq!(moe.n_ff_shexp, None, "qwen3moe has no shared expert");
+        // Qwen2-MoE: raw (not renormalised) weights, a shared expert of feed_forward_length
+        // unless the file states its width, Qwen 2's attention (no q/k norm).
+        hp.arch = "qwen2moe".into();
+        let c = ModelConfig::resolve(&hp).expect("qwen2moe");
+        let moe = c.moe.expect("experts");
+        assert!(!moe.routing.normalize && !c.qk_norm);
+        assert_eq!((moe.n_ff_exp, moe.n_ff_shexp), (64, Some(512)));
+        assert_eq!(c.max_ff(), 512, "the shared expert is the widest block");
+        hp.n_ff_shexp = Some(96);
+        let moe = ModelConfig::resolve(&hp).expect("qwen2moe").moe;
+        assert_eq!(moe.and_then(|m| m.n_ff_shexp), Some(96));
+        (hp.n_expert, hp.n_expert_used) = (0, 0);
+        assert!(
+            ModelConfig::resolve(&hp).is_err(),
+            "qwen2moe without experts is refused, as llama.cpp does"
+        );
         // A llama file with experts is Mixtral: experts as wide as feed_forward_length.
         let mut hp = llama();
         (hp.n_expert, hp.n_expert_used) = (8, 2);

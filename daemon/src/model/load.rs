@@ -208,6 +208,7 @@ pub fn model_config(
         n_expert: desc.expert_count.unwrap_or(0) as usize,
         n_expert_used: desc.expert_used_count.unwrap_or(0) as usize,
         n_ff_exp: desc.expert_feed_forward_length.map(|f| f as usize),
+        n_ff_shexp: desc.expert_shared_feed_forward_length.map(|f| f as usize),
     };
     ModelConfig::resolve(&hp)
 }

@@ -1,7 +1,7 @@
 //! Transformer models: hyperparameters per architecture ([`config`]), weights on devices
 //! ([`weights`]), read from the model file into owned memory ([`host_tensors`]), the forward pass
-//! of one pipeline stage ([`stage`]), its mixture-of-experts feed-forward block ([`moe`]) and the
-//! multi-device pipeline ([`pipeline`]).
+//! of one pipeline stage ([`stage`]), its mixture-of-experts feed-forward block ([`moe`]) with
+//! its shared expert ([`shared_expert`]) and the multi-device pipeline ([`pipeline`]).
 
 pub mod backend;
 pub mod batch;
@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod placement;
 pub mod plan;
 pub mod resplit;
+pub mod shared_expert;
 pub mod stage;
 pub mod weights;
 

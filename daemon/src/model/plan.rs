@@ -132,7 +132,10 @@ impl ModelSizes {
             * (3 * config.n_embd as u64
                 + 2 * config.q_width() as u64
                 + 2 * config.kv_width() as u64
-                + 2 * config.max_ff() as u64);
+                + 2 * config.max_ff() as u64)
+            + config.moe.and_then(|m| m.n_ff_shexp).map_or(0, |_| {
+                super::shared_expert::scratch_floats(max_batch) as u64
+            });
         // The mixture-of-experts buffers, device and host (a CPU device's ledger is charged for
         // both). A stage whose experts are elsewhere also crosses the block's input and output
         // through host memory, which no device ledger counts.
@@ -968,6 +971,34 @@ mod tests {
             experts: None,
             expert_host: None,
         }
+    }
+
+    /// Issue 17: Qwen1.5-MoE-A2.7B's shared expert is layer weight, not routed experts: the
+    /// bytes `--cpu-moe` moves are the router and routed experts only (llama.cpp's `exps=CPU`).
+    #[test]
+    fn qwen2moe_shared_expert_stays_with_its_layer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("a2.7b.gguf");
+        let mut spec = llmd_gguf::synth::ModelSpec::new(llmd_gguf::synth::Arch::Qwen2Moe);
+        spec.preset = llmd_gguf::synth::Preset::A2_7B;
+        spec.ty = llmd_gguf::synth::WeightType::Q8_0;
+        spec.header_only = true;
+        llmd_gguf::synth::write_model(&spec, &file).expect("header");
+        let (_, config, sizes) =
+            ModelSizes::open(&file, 512, 8, KvTypes::F16).expect("sizes from the header");
+        assert_eq!(config.n_layer, 24);
+        // Q8_0: 34 bytes per 32 values; the router is F32.
+        let q8 = |values: u64| values / 32 * 34;
+        let routed = q8(60 * 3 * 2048 * 1408) + 60 * 2048 * 4;
+        let shared = q8(3 * 2048 * 5632);
+        assert_eq!(sizes.layer_expert_bytes[0], routed);
+        let rest = sizes.layer_weight_bytes[0] - sizes.layer_expert_bytes[0];
+        assert!(
+            rest > shared,
+            "{} left with the layer, the shared expert alone is {}",
+            human(rest),
+            human(shared)
+        );
     }
 
     /// Issue 17: Qwen3-235B-A22B in Q4_K_M (about 133 GiB) on two 24 GiB GPUs plus host RAM: it

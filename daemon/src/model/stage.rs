@@ -15,6 +15,7 @@ use super::config::ModelConfig;
 use super::host_tensors::{OwnedTensor, PartSource};
 use super::moe::{moe_ffn, ExpertLoader, ExpertStage, ExpertsElsewhere, MoeInput, MoeScratch};
 use super::parts::{DevicePart, PartWeights, Slot};
+use super::shared_expert::{add_shared_expert, SharedBuffers, SharedScratch};
 use super::weights::{
     FeedForward, HeadWeights, LayerWeights, WeightError, OUTPUT, OUTPUT_NORM as NORM, TOKEN_EMBD,
 };
@@ -44,6 +45,8 @@ pub struct Scratch<B: Backend> {
     logits: B::Activations,
     /// The mixture-of-experts block's buffers, for a model with experts.
     moe: Option<MoeScratch<B>>,
+    /// The shared expert's buffers, for a model with one (Qwen2-MoE).
+    shared: Option<SharedScratch<B>>,
 }
 
 /// A range of layers resident on one device.
@@ -332,6 +335,10 @@ impl<B: Backend> Stage<B> {
             logits: b.alloc_activations(logit_rows * c.n_vocab)?,
             moe: match &c.moe {
                 Some(moe) => Some(MoeScratch::alloc(b, moe, c.n_embd, n)?),
+                None => None,
+            },
+            shared: match c.moe.and_then(|m| m.n_ff_shexp) {
+                Some(_) => Some(SharedScratch::alloc(b, c.n_embd, n)?),
                 None => None,
             },
         })
@@ -750,6 +757,21 @@ impl<B: Backend> Stage<B> {
                         n,
                         d,
                     )?;
+                    let bufs = SharedBuffers {
+                        input: &s.cur,
+                        gate: &mut s.gate,
+                        up: &mut s.up,
+                        out: &mut s.out,
+                    };
+                    shared_expert(
+                        &*b,
+                        &c,
+                        w,
+                        il,
+                        s.shared.as_mut(),
+                        bufs,
+                        &mut ms.out[..n * d],
+                    )?;
                     b.write_activations(&mut s.out, &ms.out[..n * d])?;
                     b.add(&mut s.x, &s.out, n * d)?;
                 }
@@ -765,6 +787,21 @@ impl<B: Backend> Stage<B> {
                     let (input, output) = self.host_ffn.split_at_mut(n * d);
                     b.read_activations(&s.cur, input)?;
                     experts.forward(input, n, &mut output[..n * d])?;
+                    let bufs = SharedBuffers {
+                        input: &s.cur,
+                        gate: &mut s.gate,
+                        up: &mut s.up,
+                        out: &mut s.out,
+                    };
+                    shared_expert(
+                        &*b,
+                        &c,
+                        w,
+                        il,
+                        s.shared.as_mut(),
+                        bufs,
+                        &mut output[..n * d],
+                    )?;
                     b.write_activations(&mut s.out, &output[..n * d])?;
                     b.add(&mut s.x, &s.out, n * d)?;
                 }
@@ -822,6 +859,31 @@ impl<B: Backend> Stage<B> {
         }
         Ok(())
     }
+}
+
+/// Adds layer `il`'s shared expert (Qwen2-MoE), if it has one, into `routed`, the routed
+/// experts' output on the host for the `routed.len() / n_embd` rows of the block's input.
+fn shared_expert<B: Backend>(
+    b: &B,
+    c: &ModelConfig,
+    w: &LayerWeights<B::Weight>,
+    il: usize,
+    scratch: Option<&mut SharedScratch<B>>,
+    bufs: SharedBuffers<'_, B>,
+    routed: &mut [f32],
+) -> Result<(), ForwardError> {
+    let Some(shared) = &w.shared_expert else {
+        return Ok(());
+    };
+    let (Some(n_ff), Some(scratch)) = (c.moe.and_then(|m| m.n_ff_shexp), scratch) else {
+        return Err(ForwardError::BadBatch(format!(
+            "layer {il} has a shared expert but the model has none"
+        )));
+    };
+    let d = c.n_embd;
+    let n = routed.len() / d;
+    add_shared_expert(b, shared, n_ff, c.activation, scratch, bufs, n, d, routed)?;
+    Ok(())
 }
 
 /// Page-locked memory for a stage's logits, as far as its device offers it.

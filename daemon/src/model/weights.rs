@@ -14,7 +14,9 @@
 //! A mixture-of-experts layer's expert tensors are 3-D (`ffn_gate_exps` is
 //! `[n_embd, n_ff_exp, n_expert]` in ggml's order): expert `e` is the `e`-th block of rows, so
 //! each expert is split into its own row views here too ([`ExpertWeights`]), and a routed
-//! matmul is an ordinary matmul of the tokens routed to that expert.
+//! matmul is an ordinary matmul of the tokens routed to that expert. A shared expert
+//! (Qwen2-MoE's `ffn_*_shexp`, [`SharedExpert`]) is a layer weight like a dense block: it stays
+//! with its layer when the routed experts move (`--cpu-moe`).
 
 use llmd_kernels::backend::{BackendError, HostTensor};
 use thiserror::Error;
@@ -132,6 +134,8 @@ pub struct LayerWeights<W> {
     pub ffn_norm: W,
     /// The feed-forward block: one gated MLP, or routed experts.
     pub ffn: FeedForward<W>,
+    /// The shared expert beside the routed ones (Qwen2-MoE).
+    pub shared_expert: Option<SharedExpert<W>>,
     /// RMS norm after the feed-forward block (Gemma).
     pub post_ffn_norm: Option<W>,
     /// Rope frequency factors: `(n_dims / 2)` (Llama 3.1's `rope_freqs`, Phi-3's long or short
@@ -167,6 +171,19 @@ pub struct ExpertWeights<W> {
     pub up: Vec<W>,
     /// Down of each expert: `(n_embd, n_ff_exp)`, rows of `ffn_down_exps`.
     pub down: Vec<W>,
+}
+
+/// The shared expert of a mixture-of-experts layer (Qwen2-MoE): a gated MLP every token goes
+/// through, its output scaled by `sigmoid(gate_inp · x)` and added to the routed experts'.
+pub struct SharedExpert<W> {
+    /// Its gate logit: `(1, n_embd)`, one value per token (`ffn_gate_inp_shexp`).
+    pub gate_inp: W,
+    /// Gate: `(n_ff_shexp, n_embd)` (`ffn_gate_shexp`).
+    pub gate: W,
+    /// Up: `(n_ff_shexp, n_embd)` (`ffn_up_shexp`).
+    pub up: W,
+    /// Down: `(n_embd, n_ff_shexp)` (`ffn_down_shexp`).
+    pub down: W,
 }
 
 /// The output head: final norm and the vocabulary projection.
@@ -281,6 +298,15 @@ impl<'a> LayerWeights<HostTensor<'a>> {
                 }
             }
         };
+        let shared_expert = match config.moe.and_then(|m| m.n_ff_shexp) {
+            Some(fs) => Some(SharedExpert {
+                gate_inp: ld.required(&name("ffn_gate_inp_shexp.weight"), 1, d)?,
+                gate: ld.required(&name("ffn_gate_shexp.weight"), fs, d)?,
+                up: ld.required(&name("ffn_up_shexp.weight"), fs, d)?,
+                down: ld.required(&name("ffn_down_shexp.weight"), d, fs)?,
+            }),
+            None => None,
+        };
         let rope_factors = match config.rope_factors {
             Some(f) => Some(ld.required(f.tensor_name(), 1, config.rope[il].n_dims / 2)?),
             None => None,
@@ -311,6 +337,7 @@ impl<'a> LayerWeights<HostTensor<'a>> {
             },
             ffn_norm: ld.required(&name("ffn_norm.weight"), 1, d)?,
             ffn,
+            shared_expert,
             post_ffn_norm: if config.post_norms {
                 Some(ld.required(&name("post_ffw_norm.weight"), 1, d)?)
             } else {
@@ -318,7 +345,7 @@ impl<'a> LayerWeights<HostTensor<'a>> {
             },
             rope_factors,
         };
-        if config.arch == Arch::Qwen2
+        if matches!(config.arch, Arch::Qwen2 | Arch::Qwen2Moe)
             && (weights.bq.is_none() || weights.bk.is_none() || weights.bv.is_none())
         {
             return Err(WeightError::Missing(name(
@@ -377,6 +404,9 @@ pub fn layer_source_names(config: &ModelConfig, il: usize) -> Vec<String> {
     } else {
         what.extend(["ffn_up.weight", "ffn_down.weight"]);
     }
+    if config.moe.is_some_and(|m| m.n_ff_shexp.is_some()) {
+        what.extend(SHARED_EXPERT_TENSORS);
+    }
     if config.qk_norm {
         what.extend(["attn_q_norm.weight", "attn_k_norm.weight"]);
     }
@@ -401,6 +431,15 @@ pub const EXPERT_TENSORS: [&str; 4] = [
     "ffn_down_exps.weight",
 ];
 
+/// The tensors of a layer's shared expert (Qwen2-MoE), by their name in the layer: layer weights
+/// that stay with their layer under `--cpu-moe`, as under llama.cpp's `exps=CPU` override.
+pub const SHARED_EXPERT_TENSORS: [&str; 4] = [
+    "ffn_gate_inp_shexp.weight",
+    "ffn_gate_shexp.weight",
+    "ffn_up_shexp.weight",
+    "ffn_down_shexp.weight",
+];
+
 impl<W> LayerWeights<W> {
     /// The same layer with every tensor passed through `f` (uploaded, viewed, copied).
     pub fn try_map<'s, V, E>(
@@ -421,6 +460,10 @@ impl<W> LayerWeights<W> {
             post_attn_norm: map_optional(&self.post_attn_norm, &mut f)?,
             ffn_norm: f(&self.ffn_norm)?,
             ffn: self.ffn.try_map(&mut f)?,
+            shared_expert: match &self.shared_expert {
+                Some(x) => Some(x.try_map(&mut f)?),
+                None => None,
+            },
             post_ffn_norm: map_optional(&self.post_ffn_norm, &mut f)?,
             rope_factors: map_optional(&self.rope_factors, &mut f)?,
         })
@@ -447,6 +490,27 @@ impl<W> LayerWeights<W> {
         .into_iter()
         .flatten()
         .chain(self.ffn.tensors())
+        .chain(self.shared_expert.iter().flat_map(SharedExpert::tensors))
+    }
+}
+
+impl<W> SharedExpert<W> {
+    /// The same shared expert with every tensor passed through `f`.
+    pub fn try_map<'s, V, E>(
+        &'s self,
+        f: &mut impl FnMut(&'s W) -> Result<V, E>,
+    ) -> Result<SharedExpert<V>, E> {
+        Ok(SharedExpert {
+            gate_inp: f(&self.gate_inp)?,
+            gate: f(&self.gate)?,
+            up: f(&self.up)?,
+            down: f(&self.down)?,
+        })
+    }
+
+    /// Its four tensors.
+    pub fn tensors(&self) -> impl Iterator<Item = &W> {
+        [&self.gate_inp, &self.gate, &self.up, &self.down].into_iter()
     }
 }
 

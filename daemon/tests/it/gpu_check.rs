@@ -310,6 +310,9 @@ const CASES: &[Case] = &[
     // (Qwen3-MoE with q/k norms; Mixtral, a llama file with experts, in a K-quant mix).
     case("qwen3moe", "q8_0", &[], 0.04, Quick::Twin),
     case("mixtral", "q4_k_m", &[], 0.04, Quick::Twin),
+    // Qwen2-MoE: raw routing weights and a sigmoid-gated shared expert run on the layer's
+    // device (its 1-row F32 gate a matmul of its own).
+    case("qwen2moe", "q8_0", &[], 0.04, Quick::One),
     // Attention and final soft-caps that bend the logits, alternating 16-wide windows.
     case(
         "gemma2",

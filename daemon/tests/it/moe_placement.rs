@@ -1,5 +1,6 @@
 //! Expert placement (`--cpu-moe`, `--n-cpu-moe N`) on CPU devices standing in for a GPU and the
-//! host: a tiny qwen3moe and a tiny mixtral model from make-model give bit-identical logits and
+//! host: tiny qwen3moe, qwen2moe (whose shared expert stays
+//! with its layer) and mixtral models from make-model give bit-identical logits and
 //! greedy tokens on one device, split 1,1 over two devices, with every layer's experts on
 //! another device than the attention, and with the first layer's experts there only; and a
 //! generation running across live re-splits that change `--n-cpu-moe` (with and without
@@ -170,6 +171,11 @@ fn check(arch: &str) {
 #[test]
 fn qwen3moe_gives_identical_tokens_on_one_device_split_and_with_cpu_experts() {
     check("qwen3moe");
+}
+
+#[test]
+fn qwen2moe_gives_identical_tokens_on_one_device_split_and_with_cpu_experts() {
+    check("qwen2moe");
 }
 
 #[test]

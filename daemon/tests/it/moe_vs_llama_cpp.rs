@@ -1,4 +1,5 @@
-//! Tiny mixture-of-experts models (qwen3moe, and mixtral: a llama file with experts), written by
+//! Tiny mixture-of-experts models (qwen3moe; qwen2moe, whose raw routing weights and sigmoid-gated
+//! shared expert a mistake would move far; and mixtral: a llama file with experts), written by
 //! `llmd make-model` with a fixed seed and run on the CPU backend: the logits at every position
 //! of a fixed token sequence must be within a small tolerance of llama.cpp's, the argmax the same
 //! wherever llama.cpp's best two logits are not near-tied, and the greedy continuation of a
@@ -91,7 +92,11 @@ fn tiny_moe_models_match_llama_cpp_logits_and_greedy() {
         .keys()
         .cloned()
         .collect();
-    assert_eq!(names.len(), 5, "qwen3moe x3 types, mixtral x2 types");
+    assert_eq!(
+        names.len(),
+        7,
+        "qwen3moe x3 types, qwen2moe x2 types, mixtral x2 types"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     for name in &names {
         let info = &meta["models"][name.as_str()];

@@ -141,6 +141,11 @@ pub enum Arch {
     /// every layer, each `expert_feed_forward_length` wide.
     #[cfg_attr(feature = "clap", value(name = "qwen3moe"))]
     Qwen3Moe,
+    /// Qwen2-MoE (Qwen1.5-MoE, Qwen2-57B-A14B): Qwen2's attention (q/k/v biases), routed
+    /// experts plus a shared expert (`ffn_*_shexp`, gated by `ffn_gate_inp_shexp`) in every
+    /// layer.
+    #[cfg_attr(feature = "clap", value(name = "qwen2moe"))]
+    Qwen2Moe,
     /// Mixtral: a `llama` file with experts (`expert_count`), each `feed_forward_length` wide.
     Mixtral,
 }
@@ -156,6 +161,7 @@ impl Arch {
             Arch::Gemma3 => "gemma3",
             Arch::Phi3 => "phi3",
             Arch::Qwen3Moe => "qwen3moe",
+            Arch::Qwen2Moe => "qwen2moe",
             Arch::Mixtral => "mixtral",
         }
     }
@@ -170,7 +176,12 @@ impl Arch {
 
     /// Whether every layer's feed-forward block is routed experts.
     pub const fn has_experts(self) -> bool {
-        matches!(self, Arch::Qwen3Moe | Arch::Mixtral)
+        matches!(self, Arch::Qwen3Moe | Arch::Qwen2Moe | Arch::Mixtral)
+    }
+
+    /// Whether every layer also has a shared expert (`ffn_*_shexp`) beside the routed ones.
+    pub const fn has_shared_expert(self) -> bool {
+        matches!(self, Arch::Qwen2Moe)
     }
 
     /// Whether the output projection is the token embedding (no `output.weight`).
@@ -214,6 +225,9 @@ pub enum Preset {
     /// Qwen3-235B-A22B (qwen3moe): 128 experts, 8 used.
     #[cfg_attr(feature = "clap", value(name = "235b-a22b"))]
     A22B235,
+    /// Qwen1.5-MoE-A2.7B (qwen2moe): 60 experts, 4 used, a shared expert.
+    #[cfg_attr(feature = "clap", value(name = "a2.7b"))]
+    A2_7B,
     /// Mixtral 8x7B: 8 experts, 2 used.
     #[cfg_attr(feature = "clap", value(name = "8x7b"))]
     X8_7B,
@@ -235,6 +249,7 @@ impl Preset {
             Preset::MistralSmall24B => "mistral-small-24b",
             Preset::A3B30 => "30b-a3b",
             Preset::A22B235 => "235b-a22b",
+            Preset::A2_7B => "a2.7b",
             Preset::X8_7B => "8x7b",
             Preset::X8_22B => "8x22b",
         }
@@ -554,6 +569,9 @@ pub struct Shape {
     /// Feed-forward width of each expert (Qwen3-MoE's `expert_feed_forward_length`; Mixtral's
     /// experts are `n_ff` wide).
     pub n_ff_exp: u32,
+    /// Feed-forward width of the shared expert (Qwen2-MoE's
+    /// `expert_shared_feed_forward_length`; 0: none).
+    pub n_ff_shexp: u32,
 }
 
 /// The preset shape of `arch`, if the family has a model of that size.
@@ -576,6 +594,7 @@ pub fn preset_shape(arch: Arch, preset: Preset) -> Result<Shape, SynthError> {
         n_expert: 0,
         n_expert_used: 0,
         n_ff_exp: 0,
+        n_ff_shexp: 0,
     };
     let none = || SynthError::NoPreset {
         arch: arch.name(),
@@ -662,6 +681,20 @@ pub fn preset_shape(arch: Arch, preset: Preset) -> Result<Shape, SynthError> {
                 _ => return Err(none()),
             };
             (sh.n_expert, sh.n_expert_used, sh.n_ff_exp) = experts;
+            sh.rope_base = 1_000_000.0;
+            sh
+        }
+        Arch::Qwen2Moe => {
+            // (experts, used, expert width, shared expert width) beside the dense shape.
+            let (mut sh, experts) = match preset {
+                Preset::Tiny => (s(4, 256, 512, 4, 2, 64, 1024, 4096), (8, 2, 128, 256)),
+                Preset::A2_7B => (
+                    s(24, 2048, 5632, 16, 16, 128, 151936, 8192),
+                    (60, 4, 1408, 5632),
+                ),
+                _ => return Err(none()),
+            };
+            (sh.n_expert, sh.n_expert_used, sh.n_ff_exp, sh.n_ff_shexp) = experts;
             sh.rope_base = 1_000_000.0;
             sh
         }
@@ -1138,7 +1171,7 @@ fn plan(arch: Arch, sh: &Shape, wt: WeightType, rope: &RopeScalingPlan) -> Vec<T
             add(b("attn_k.weight"), vec![e, kv], Role::AttnK, l);
             add(b("attn_v.weight"), vec![e, kv], Role::AttnV, l);
         }
-        if arch == Arch::Qwen2 {
+        if matches!(arch, Arch::Qwen2 | Arch::Qwen2Moe) {
             add(b("attn_q.bias"), vec![q], Role::Bias, l);
             add(b("attn_k.bias"), vec![kv], Role::Bias, l);
             add(b("attn_v.bias"), vec![kv], Role::Bias, l);
@@ -1164,6 +1197,15 @@ fn plan(arch: Arch, sh: &Shape, wt: WeightType, rope: &RopeScalingPlan) -> Vec<T
             );
             add(b("ffn_up_exps.weight"), vec![e, fx, n], Role::FfnGateUp, l);
             add(b("ffn_down_exps.weight"), vec![fx, e, n], Role::FfnDown, l);
+            if arch.has_shared_expert() {
+                // The shared expert's gate is one logit per token (1-D, kept f32 as llama.cpp
+                // keeps every 1-D tensor).
+                let fs = sh.n_ff_shexp as u64;
+                add(b("ffn_gate_inp_shexp.weight"), vec![e], Role::Router, l);
+                add(b("ffn_gate_shexp.weight"), vec![e, fs], Role::FfnGateUp, l);
+                add(b("ffn_up_shexp.weight"), vec![e, fs], Role::FfnGateUp, l);
+                add(b("ffn_down_shexp.weight"), vec![fs, e], Role::FfnDown, l);
+            }
         } else if arch == Arch::Phi3 {
             // Gate and up in one tensor, gate first (llama.cpp's mixes see an ffn_up).
             add(b("ffn_up.weight"), vec![e, 2 * ff], Role::FfnGateUp, l);
@@ -1242,8 +1284,14 @@ fn metadata(
         m.push((k("expert_count"), V::U32(sh.n_expert)));
         m.push((k("expert_used_count"), V::U32(sh.n_expert_used)));
     }
-    if arch == Arch::Qwen3Moe {
+    if matches!(arch, Arch::Qwen3Moe | Arch::Qwen2Moe) {
         m.push((k("expert_feed_forward_length"), V::U32(sh.n_ff_exp)));
+    }
+    if arch.has_shared_expert() {
+        m.push((
+            k("expert_shared_feed_forward_length"),
+            V::U32(sh.n_ff_shexp),
+        ));
     }
     if let Some(w) = sh.sliding_window {
         m.push((k("attention.sliding_window"), V::U32(w)));
@@ -1547,7 +1595,7 @@ pub fn write_model(spec: &ModelSpec, output: &Path) -> Result<ModelSummary, Synt
     let flavor = match spec.arch {
         Arch::Llama | Arch::Mixtral => Flavor::Llama,
         Arch::Phi3 => Flavor::Phi3,
-        Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe => Flavor::Qwen,
+        Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Qwen2Moe => Flavor::Qwen,
         Arch::Gemma2 | Arch::Gemma3 => Flavor::Gemma,
     };
     let vocab = vocab::build(spec.vocab_kind(), flavor, sh.n_vocab as usize)?;
@@ -1675,6 +1723,28 @@ mod tests {
         assert_eq!(ty("token_embd.weight"), GgmlType::Q8_0);
         assert_eq!(ty("blk.1.attn_q.weight"), GgmlType::Q5_0);
         assert!(p.iter().all(|t| t.name != "output.weight"));
+    }
+
+    #[test]
+    fn qwen2moe_preset_has_a_shared_expert_beside_the_routed_ones() {
+        let sh = preset_shape(Arch::Qwen2Moe, Preset::A2_7B).unwrap();
+        assert_eq!(
+            (sh.n_expert, sh.n_expert_used, sh.n_ff_exp, sh.n_ff_shexp),
+            (60, 4, 1408, 5632)
+        );
+        let p = plan(Arch::Qwen2Moe, &sh, WeightType::Q8_0, &no_rope());
+        let t = |n: &str| p.iter().find(|t| t.name == n).unwrap();
+        assert_eq!(t("blk.0.ffn_gate_exps.weight").dims, vec![2048, 1408, 60]);
+        assert_eq!(t("blk.0.ffn_gate_shexp.weight").dims, vec![2048, 5632]);
+        assert_eq!(t("blk.0.ffn_down_shexp.weight").dims, vec![5632, 2048]);
+        assert_eq!(t("blk.0.ffn_gate_inp_shexp.weight").dims, vec![2048]);
+        assert_eq!(t("blk.0.ffn_gate_inp_shexp.weight").ty, GgmlType::F32);
+        assert_eq!(t("blk.23.attn_q.bias").ty, GgmlType::F32);
+        assert!(p.iter().all(|t| !t.name.contains("attn_q_norm")));
+        // Qwen1.5-MoE-A2.7B: 14.3B parameters.
+        let n: u64 = p.iter().map(|t| t.dims.iter().product::<u64>()).sum();
+        assert!((14.2e9..14.4e9).contains(&(n as f64)), "{n}");
+        assert!(preset_shape(Arch::Qwen2Moe, Preset::A3B30).is_err());
     }
 
     #[test]
