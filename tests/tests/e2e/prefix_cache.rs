@@ -3,8 +3,9 @@
 //! (`cached_prompt_tokens`, `time_to_first_token_s` on `generate --json`'s final line) and give
 //! the greedy tokens of a daemon without the cache; the retained caches are counted in the
 //! devices' memory; a live re-split moves them with their layers, and the next request reuses
-//! them with unchanged tokens. A load that fits only once another model's retained caches are
-//! dropped drops them and loads.
+//! them with unchanged tokens. A load, and a live re-split, that fit only once another model's
+//! retained caches are dropped drop them and go ahead; `status`, `list` and the metrics report
+//! the retained caches and the hits.
 
 use llmd_testkit::e2e::Daemon;
 
@@ -162,7 +163,7 @@ fn fill(d: &Daemon, name: &str, prompts: &[String]) {
 }
 
 #[test]
-fn a_load_that_fits_only_without_retained_caches_drops_them_and_loads() {
+fn a_load_or_resplit_that_fits_only_without_retained_caches_drops_them() {
     let Some(file) = gemma() else { return };
     let f = file.to_str().expect("path");
     let one = ["--devices", "cpu:0", "--ctx", "512"];
@@ -247,6 +248,31 @@ fn a_load_that_fits_only_without_retained_caches_drops_them_and_loads() {
         tokens_of(&again),
         "the same file gives the same tokens"
     );
+
+    // A live re-split that fits only without them drops them too: "b" moves from a second
+    // device onto the first, where "a" has retained caches again.
+    drop(d);
+    let d = Daemon::builder()
+        .config(&format!(
+            "prefix_cache_mib = 64\n\
+             [[devices]]\nid = \"cpu:0\"\nmemory_budget = {budget}\n\
+             [[devices]]\nid = \"cpu:1\"\nmemory_budget = \"8GiB\"\n"
+        ))
+        .start();
+    load(&d, &file, "a", &one);
+    fill(&d, "a", &prompts);
+    load(&d, &file, "b", &["--devices", "cpu:1", "--ctx", "512"]);
+    let on_first = |d: &Daemon| {
+        d.status_json()["devices"][0]["memory_used_bytes"]
+            .as_u64()
+            .expect("memory_used_bytes")
+    };
+    assert_eq!(on_first(&d), weights + retained);
+    let r = last_json(&ok(&d, &["reload", "b", "--devices", "cpu:0", "--json"]));
+    assert!(r["bytes_moved"].as_u64() > Some(0), "{r}");
+    assert!(on_first(&d) <= budget, "{}", d.status_json());
+    let b = generate_on(&d, "b", &prompts[0]);
+    assert_eq!(tokens_of(&b), tokens_of(&again), "after the re-split");
 }
 
 /// A raw greedy generation of `prompt` on model `name`: its final `generate --json` line.
