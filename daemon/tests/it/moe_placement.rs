@@ -277,6 +277,7 @@ fn a_live_resplit_moves_experts_to_and_from_the_host_and_the_tokens_stay_exact()
                 id: 1,
                 len: prompt.len() + i,
                 capacity: 32,
+                retained: false,
             }];
             let r = resplit(
                 &mut p,
@@ -321,6 +322,7 @@ fn a_live_resplit_moves_experts_to_and_from_the_host_and_the_tokens_stay_exact()
             id: 1,
             len: prompt.len() + decode.len(),
             capacity: 32,
+            retained: false,
         }],
         64,
         8,

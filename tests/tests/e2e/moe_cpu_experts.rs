@@ -135,6 +135,10 @@ fn experts_of(placement: &serde_json::Value) -> Vec<(String, Option<String>, ser
         .collect()
 }
 
+/// A stage's device, and where its experts live with their layer range (`expert_device`,
+/// `expert_layers`), as a re-split step expects them.
+type ExpectedStage = (&'static str, (Option<String>, serde_json::Value));
+
 #[test]
 fn n_cpu_moe_changes_live_under_a_running_generation() {
     // Long enough that three re-splits land while it runs.
@@ -150,7 +154,7 @@ fn n_cpu_moe_changes_live_under_a_running_generation() {
     let mut gen = Background::start(&d, "m", LONG);
     let host = |a: u64, b: u64| (Some("cpu:0".to_string()), serde_json::json!([a, b]));
     let none = (None, serde_json::json!([0, 0]));
-    let steps: [(&[&str], Vec<(&str, (Option<String>, serde_json::Value))>); 3] = [
+    let steps: [(&[&str], Vec<ExpectedStage>); 3] = [
         (&["--cpu-moe"], vec![("cpu:1", host(0, 4))]),
         (
             &[
