@@ -211,6 +211,7 @@ impl State {
                     model: m.name.clone(),
                     running,
                     queued,
+                    prefix_cache_bytes: m.handle.prefix_retained().0,
                 }
             })
             .collect();

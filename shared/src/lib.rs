@@ -41,10 +41,10 @@ pub use api::{
     DeclaredState, DeviceInfo, DeviceKind, DoctorRequest, ErrorCode, ErrorReply, Event,
     GenerateReply, GenerateRequest, HostMemory, InspectReport, InspectRequest, KvCacheType,
     ListReply, ListRequest, LoadReply, LoadRequest, MetricsReply, MetricsRequest, ModelDetails,
-    ModelInfo, PlanReply, PlanRequest, PlannedDevice, PlannedExperts, PlannedStage, Progress,
-    Prompt, Reply, Request, ResplitReply, ResplitRequest, Response, Sampling, StagePlacement,
-    StatusReply, StatusRequest, Token, TokenPiece, TokenizeReply, TokenizeRequest, UnloadReply,
-    UnloadRequest, VersionReply, VersionRequest,
+    ModelInfo, PlanReply, PlanRequest, PlannedDevice, PlannedExperts, PlannedStage,
+    PrefixCacheUsage, Progress, Prompt, Reply, Request, ResplitReply, ResplitRequest, Response,
+    Sampling, StagePlacement, StatusReply, StatusRequest, Token, TokenPiece, TokenizeReply,
+    TokenizeRequest, UnloadReply, UnloadRequest, VersionReply, VersionRequest,
 };
 pub use frame::{decode_frame, encode_frame, read_frame, write_frame, FrameError};
 pub use handshake::{Hello, HelloReply};

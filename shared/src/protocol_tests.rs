@@ -17,8 +17,8 @@ use crate::{
     decode_frame, encode_frame, read_frame, write_frame, CudaStatus, DaemonMemory, DeviceInfo,
     DeviceKind, DoctorRequest, ErrorCode, ErrorReply, Event, FrameError, Hello, HelloReply,
     HostMemory, KvCacheType, ListReply, LoadReply, LoadRequest, MetricsReply, MetricsRequest,
-    ModelDetails, ModelInfo, Reply, Request, Response, StatusReply, StatusRequest, Token,
-    VersionReply, VersionRequest, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    ModelDetails, ModelInfo, PrefixCacheUsage, Reply, Request, Response, StatusReply,
+    StatusRequest, Token, VersionReply, VersionRequest, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 
 fn sample_responses() -> Vec<Response> {
@@ -52,6 +52,10 @@ fn sample_responses() -> Vec<Response> {
                     cache_type_v: KvCacheType::F16,
                     failed: None,
                     template_warning: None,
+                    prefix_cache: PrefixCacheUsage {
+                        retained_bytes: 9 << 20,
+                        retained_sequences: 3,
+                    },
                 },
                 ModelInfo {
                     name: "qwen".into(),
@@ -63,6 +67,7 @@ fn sample_responses() -> Vec<Response> {
                     cache_type_v: KvCacheType::F16,
                     failed: Some("the model failed (a step panicked: boom); reload it".into()),
                     template_warning: Some("no chat template".into()),
+                    prefix_cache: PrefixCacheUsage::default(),
                 },
             ],
             connections: 3,
@@ -179,6 +184,10 @@ fn sample_responses() -> Vec<Response> {
                 cache_type_v: KvCacheType::Q4_0,
                 failed: Some("the model failed (a step panicked: boom); reload it".into()),
                 host_memory: HostMemory::default(),
+                prefix_cache: PrefixCacheUsage {
+                    retained_bytes: 1 << 20,
+                    retained_sequences: 1,
+                },
             }],
         })),
         Response::Reply(Reply::Version(VersionReply {

@@ -1,7 +1,9 @@
 //! `llmctl list`: resident models and their placement. `--json`: the daemon's `ListReply` as one
 //! line, `{"models": [...]}` with one `ModelDetails` per model (name, path, architecture,
 //! n_layer, ctx, threads, placement[...], running, cache_type_k, cache_type_v, failed,
-//! host_memory {anon_bytes, file_bytes}); `{"models":[]}` when none is loaded, so the output
+//! host_memory {anon_bytes, file_bytes}, prefix_cache {retained_bytes, retained_sequences}: the
+//! finished generations' KV kept for prompts sharing their prefix, part of the placement's
+//! kv_bytes); `{"models":[]}` when none is loaded, so the output
 //! always parses.
 
 use llmd_shared::{ListRequest, Reply, Request};
@@ -35,7 +37,8 @@ pub fn run(_args: ListArgs, ctx: &Ctx) -> Result<(), CtlError> {
         }
         text.push_str(&format!(
             "{} ({}, {} layers, ctx {}, KV cache {}/{}, {} threads, {} running)\n  {}\n  host \
-             memory: {} anonymous, {} file-backed\n{}",
+             memory: {} anonymous, {} file-backed\n  prefix cache: {} in {} finished \
+             sequences (part of the KV below)\n{}",
             m.name,
             m.architecture,
             m.n_layer,
@@ -47,6 +50,8 @@ pub fn run(_args: ListArgs, ctx: &Ctx) -> Result<(), CtlError> {
             m.path,
             human_bytes(m.host_memory.anon_bytes),
             human_bytes(m.host_memory.file_bytes),
+            human_bytes(m.prefix_cache.retained_bytes),
+            m.prefix_cache.retained_sequences,
             placement_table(&m.placement)
         ));
     }

@@ -2,7 +2,8 @@
 //! (fields: daemon_version, protocol_version, pid, uptime_secs, socket, config, devices[{name,
 //! kind, memory_budget_bytes, memory_used_bytes, description, unavailable}], models[{name, path,
 //! devices, memory_bytes, host_memory {anon_bytes, file_bytes}, cache_type_k, cache_type_v,
-//! failed}], connections, requests_running, cuda {devices, unavailable}, gpu {nvml,
+//! failed, template_warning, prefix_cache {retained_bytes, retained_sequences}: finished
+//! generations' KV kept for prompts sharing their prefix, part of memory_bytes}], connections, requests_running, cuda {devices, unavailable}, gpu {nvml,
 //! driver_version, cuda_version, gpus[...], p2p[...], sampled_at_unix_ms}, power {psu_watts,
 //! ..., worst_case_headroom_percent, ...}, model_layers[{name, layers[{device, layers}]}],
 //! declared[{name, path, on_demand, keep_alive, state, note}]: state is "waiting",
@@ -173,6 +174,16 @@ fn render(s: &StatusReply) -> String {
                         m.cache_type_v,
                         m.path
                     );
+                    if m.prefix_cache.retained_sequences > 0 {
+                        let _ = writeln!(
+                            out,
+                            "  {:<20} prefix cache: {} in {} finished sequences (part of the \
+                             above)",
+                            "",
+                            human_bytes(m.prefix_cache.retained_bytes),
+                            m.prefix_cache.retained_sequences
+                        );
+                    }
                     if let Some(warning) = &m.template_warning {
                         let _ = writeln!(out, "  {:<20} warning: {warning}", "");
                     }

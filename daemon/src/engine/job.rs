@@ -1,5 +1,5 @@
 //! What the worker is asked and what it answers: [`Job`]s in (a generation, a benchmark, a
-//! closure on the pipeline, a re-split), [`GenEvent`]s out, and the [`WorkerLimits`] it runs
+//! closure on the pipeline, a re-split, dropping the retained prefix caches), [`GenEvent`]s out, and the [`WorkerLimits`] it runs
 //! under. The types every other engine module and the request handlers share; no logic.
 
 use std::time::Duration;
@@ -127,6 +127,10 @@ pub enum Job {
     /// Re-split between two steps: the closure gets the running sequences (whose KV caches must
     /// move with their layers) and says what it did.
     Resplit(ResplitFn),
+    /// Drop every retained prefix cache now, freeing its KV memory for other work (a load or a
+    /// re-split that would not fit otherwise: retained caches never make the daemon refuse
+    /// what it could do without them); the reply is the bytes freed.
+    DropRetained(std::sync::mpsc::Sender<u64>),
 }
 
 /// A re-split run by the worker between two steps.

@@ -30,18 +30,22 @@ pub use job::{
     BenchResult, GenEvent, GenerateJob, GenerationSummary, Job, ResplitFn, ResplitOutcome,
     StopReason, WorkerLimits,
 };
+pub use prefix::PrefixUsage;
 pub use sampler::{Sampler, SamplingParams};
 
 use crate::model::Pipeline;
 
-/// Whether a model's worker still serves: shared by the worker, which records a failure (a
-/// contained panic), and the handle through which requests, `status` and `doctor` see it.
+/// Whether a model's worker still serves, and what its prefix cache retains: shared by the
+/// worker, which records a failure (a contained panic) and publishes its retained caches, and
+/// the handle through which requests, `status`, `list`, the metrics and `doctor` see them.
 #[derive(Debug, Default)]
 pub struct WorkerHealth {
     /// Why the model failed, once it has.
     failure: Mutex<Option<String>>,
     /// Woken when the model fails, so the `STATUS=` line is refreshed.
     changed: Option<Arc<Notify>>,
+    /// What the worker's prefix cache retains now (its scheduler publishes every change).
+    prefix: Arc<PrefixUsage>,
 }
 
 impl WorkerHealth {
@@ -50,7 +54,13 @@ impl WorkerHealth {
         WorkerHealth {
             failure: Mutex::new(None),
             changed,
+            prefix: Arc::default(),
         }
+    }
+
+    /// Where the worker publishes what its prefix cache retains.
+    pub fn prefix(&self) -> Arc<PrefixUsage> {
+        Arc::clone(&self.prefix)
     }
 
     /// Why the model failed, if it has.
@@ -131,5 +141,11 @@ impl ModelHandle {
     /// Why the model failed, if it has.
     pub fn failure(&self) -> Option<String> {
         self.health.failure()
+    }
+
+    /// Bytes of KV cache the model's prefix cache retains, and how many finished sequences
+    /// hold them.
+    pub fn prefix_retained(&self) -> (u64, u64) {
+        self.health.prefix.get()
     }
 }

@@ -12,6 +12,8 @@
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::model::SeqId;
 
@@ -53,6 +55,26 @@ pub(super) struct Hit {
     pub(super) len: usize,
 }
 
+/// What a model's prefix cache retains now, published by its worker on every change for
+/// `status`, `list` and the metrics to read without asking the worker.
+#[derive(Debug, Default)]
+pub struct PrefixUsage {
+    /// Bytes of KV cache the retained (finished) sequences hold over every device.
+    bytes: AtomicU64,
+    /// How many finished sequences are retained.
+    sequences: AtomicU64,
+}
+
+impl PrefixUsage {
+    /// Bytes retained and retained sequences, as last published.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.bytes.load(Ordering::Relaxed),
+            self.sequences.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// Sequences by the prefixes their caches hold, and the retained ones within their budget.
 pub(super) struct PrefixCache {
     /// Bytes retained (finished) sequences may hold at most; 0 keeps none.
@@ -63,8 +85,12 @@ pub(super) struct PrefixCache {
     index: HashMap<u64, Vec<SeqId>>,
     /// Bytes the retained sequences hold now.
     retained_bytes: u64,
+    /// How many sequences are retained now.
+    retained_count: u64,
     /// Ticks on every retain and hit: the recency of retained entries.
     clock: u64,
+    /// Where `retained_bytes` and `retained_count` are published on every change.
+    usage: Arc<PrefixUsage>,
 }
 
 /// The prefix hash after each whole block of `tokens`.
@@ -94,8 +120,32 @@ impl PrefixCache {
             entries: HashMap::new(),
             index: HashMap::new(),
             retained_bytes: 0,
+            retained_count: 0,
             clock: 0,
+            usage: Arc::default(),
         }
+    }
+
+    /// The same (empty) cache publishing what it retains to `usage` (set to nothing now).
+    pub(super) fn with_usage(mut self, usage: Arc<PrefixUsage>) -> Self {
+        self.usage = usage;
+        self.publish();
+        self
+    }
+
+    /// Where this cache publishes what it retains.
+    pub(super) fn usage(&self) -> Arc<PrefixUsage> {
+        Arc::clone(&self.usage)
+    }
+
+    /// Publishes the retained bytes and count.
+    fn publish(&self) {
+        self.usage
+            .bytes
+            .store(self.retained_bytes, Ordering::Relaxed);
+        self.usage
+            .sequences
+            .store(self.retained_count, Ordering::Relaxed);
     }
 
     /// Bytes finished sequences may hold at most.
@@ -190,6 +240,8 @@ impl PrefixCache {
         };
         if let Some(r) = entry.retained {
             self.retained_bytes -= r.bytes;
+            self.retained_count -= 1;
+            self.publish();
         }
         for h in entry.hashes {
             if let Some(ids) = self.index.get_mut(&h) {
@@ -206,6 +258,28 @@ impl PrefixCache {
     /// retained sequence makes it the most recently used.
     pub(super) fn lookup(
         &mut self,
+        prompt: &[u32],
+        max_len: usize,
+        cached: impl Fn(SeqId) -> usize,
+    ) -> Option<Hit> {
+        let best = self.find(prompt, max_len, cached);
+        if let Some(hit) = best {
+            self.clock += 1;
+            let clock = self.clock;
+            if let Some(r) = self
+                .entries
+                .get_mut(&hit.source)
+                .and_then(|e| e.retained.as_mut())
+            {
+                r.last_used = clock;
+            }
+        }
+        best
+    }
+
+    /// What [`PrefixCache::lookup`] would find, without touching the recency of any entry.
+    pub(super) fn find(
+        &self,
         prompt: &[u32],
         max_len: usize,
         cached: impl Fn(SeqId) -> usize,
@@ -229,17 +303,6 @@ impl PrefixCache {
                 best = Some(Hit { source: id, len });
             }
         }
-        if let Some(hit) = best {
-            self.clock += 1;
-            let clock = self.clock;
-            if let Some(r) = self
-                .entries
-                .get_mut(&hit.source)
-                .and_then(|e| e.retained.as_mut())
-            {
-                r.last_used = clock;
-            }
-        }
         best
     }
 
@@ -252,6 +315,8 @@ impl PrefixCache {
         }
         if let Some(r) = retained {
             self.retained_bytes += r.bytes;
+            self.retained_count += 1;
+            self.publish();
         }
         self.entries.insert(
             id,
@@ -323,6 +388,22 @@ mod tests {
         assert!(c.lookup(&tokens(33, 6), 32, |_| 32).is_some());
         c.forget(6);
         assert!(c.index.is_empty() && c.entries.is_empty());
+    }
+
+    #[test]
+    fn what_is_retained_is_published() {
+        let usage = Arc::new(PrefixUsage::default());
+        let mut c = PrefixCache::new(250).with_usage(Arc::clone(&usage));
+        c.retain(1, tokens(32, 1), 32, 100);
+        c.retain(2, tokens(32, 2), 32, 100);
+        c.track(3, &tokens(32, 3));
+        assert_eq!(usage.get(), (200, 2), "running sequences are not retained");
+        c.retain(3, tokens(32, 3), 32, 100);
+        assert_eq!(usage.get(), (200, 2), "1 was evicted for 3");
+        c.forget(2);
+        assert_eq!(usage.get(), (100, 1));
+        c.drop_retained();
+        assert_eq!(usage.get(), (0, 0));
     }
 
     #[test]

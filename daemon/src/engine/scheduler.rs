@@ -13,13 +13,14 @@
 //! (they are in [`Scheduler::live`]) and are dropped with the pipeline.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use llmd_kernels::backend::BackendError;
 use tokio::sync::mpsc::Sender;
 
 use super::job::{GenEvent, GenerateJob, StopReason, WorkerLimits};
-use super::prefix::{Hit, PrefixCache};
+use super::prefix::{Hit, PrefixCache, PrefixUsage};
 use super::sequence::{Outbox, Sequence};
 use crate::model::resplit::LiveSequence;
 use crate::model::{Batch, Pipeline, SeqId};
@@ -44,8 +45,9 @@ pub(super) struct Scheduler {
 }
 
 impl Scheduler {
-    /// No generations yet, under `limits`.
-    pub(super) fn new(limits: WorkerLimits) -> Self {
+    /// No generations yet, under `limits`; what the prefix cache retains is published to
+    /// `usage`.
+    pub(super) fn new(limits: WorkerLimits, usage: Arc<PrefixUsage>) -> Self {
         Scheduler {
             limits,
             waiting: VecDeque::new(),
@@ -53,7 +55,7 @@ impl Scheduler {
             draining: Vec::new(),
             next_seq: 1,
             broken: None,
-            prefix: PrefixCache::new(limits.prefix_cache_bytes),
+            prefix: PrefixCache::new(limits.prefix_cache_bytes).with_usage(usage),
         }
     }
 
@@ -147,14 +149,16 @@ impl Scheduler {
     }
 
     /// Drops every retained cache (freed in `pipeline` when given: a pipeline without stages
-    /// holds none).
-    pub(super) fn drop_retained(&mut self, pipeline: Option<&mut Pipeline>) {
+    /// holds none); returns the bytes they held.
+    pub(super) fn drop_retained(&mut self, pipeline: Option<&mut Pipeline>) -> u64 {
+        let bytes = self.prefix.retained_bytes();
         let ids = self.prefix.drop_retained();
         if let Some(p) = pipeline {
             for id in ids {
                 p.remove_sequence(id);
             }
         }
+        bytes
     }
 
     /// Frees sequences whose client went away (closed the event channel), and forgets waiting
@@ -205,10 +209,16 @@ impl Scheduler {
     /// Starts waiting generations while there is a slot, each with a KV cache for its prompt
     /// and reply (at most the context); refuses those that can never run.
     pub(super) fn admit(&mut self, pipeline: &mut Pipeline) {
+        // Requests waiting for a running sequence to prefill the prefix they share with it.
+        let mut deferred = Vec::new();
         while self.running.len() < self.limits.max_sequences {
             let Some((job, events)) = self.waiting.pop_front() else {
                 break;
             };
+            if !events.is_closed() && self.prefill_to_share(&job.prompt) {
+                deferred.push((job, events));
+                continue;
+            }
             if let Some(msg) = &self.broken {
                 let _ = events.try_send(GenEvent::Failed(msg.clone()));
                 continue;
@@ -247,6 +257,28 @@ impl Scheduler {
             self.running
                 .push(Sequence::new(id, job, events, capacity, cached, admitted));
         }
+        // Back at the head of the queue, in their order.
+        for item in deferred.into_iter().rev() {
+            self.waiting.push_front(item);
+        }
+    }
+
+    /// Whether `prompt` should wait before its admission: a running sequence that is not parked
+    /// is still prefilling a prefix of at least a block it shares with `prompt` (two requests
+    /// with the same long prefix arriving together). Admitted now, it would compute that prefix
+    /// a second time beside it; waiting, it copies it once computed, and it waits no longer
+    /// than computing it itself would take, since the two would share the steps' rows.
+    fn prefill_to_share(&self, prompt: &[u32]) -> bool {
+        if !self.caching() {
+            return false;
+        }
+        let max = prompt.len().saturating_sub(1);
+        let Some(hit) = self.prefix.find(prompt, max, |_| usize::MAX) else {
+            return false;
+        };
+        self.running.iter().any(|s| {
+            s.id == hit.source && s.prefilling() && !s.out.stalled() && s.cached_len() < hit.len
+        })
     }
 
     /// Allocates sequence `id`'s KV cache of `capacity` positions, holding the longest prefix
@@ -387,6 +419,6 @@ impl Scheduler {
             let _ = events.try_send(GenEvent::Failed(msg.to_owned()));
         }
         self.draining.clear();
-        self.prefix = PrefixCache::new(0);
+        self.prefix = PrefixCache::new(0).with_usage(self.prefix.usage());
     }
 }

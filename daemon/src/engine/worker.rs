@@ -65,7 +65,7 @@ impl Worker {
             pipeline,
             tokenizer,
             jobs,
-            scheduler: Scheduler::new(limits),
+            scheduler: Scheduler::new(limits, health.prefix()),
             health,
             batch: Batch::default(),
             logits: Vec::new(),
@@ -152,6 +152,14 @@ impl Worker {
             }
             Job::WithPipeline(f) => f(&mut self.pipeline),
             Job::Resplit(f) => self.resplit(f),
+            Job::DropRetained(reply) => {
+                let freed = self.scheduler.drop_retained(Some(&mut self.pipeline));
+                tracing::debug!(
+                    freed,
+                    "prefix cache: retained caches dropped for other work"
+                );
+                let _ = reply.send(freed);
+            }
         }
     }
 

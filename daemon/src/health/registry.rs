@@ -40,6 +40,8 @@ pub struct ModelLoad {
     pub running: u64,
     /// Generations waiting for a decoding slot.
     pub queued: u64,
+    /// Bytes of KV cache its prefix cache retains.
+    pub prefix_cache_bytes: u64,
 }
 
 /// The registry and handles to its metrics.
@@ -61,6 +63,12 @@ pub struct Metrics {
     queue_depth: Family<ModelLabels, Gauge>,
     /// Generations decoding, by model (set at each scrape).
     running: Family<ModelLabels, Gauge>,
+    /// Bytes of KV cache the prefix cache retains, by model (set at each scrape).
+    prefix_cache_bytes: Family<ModelLabels, Gauge>,
+    /// Finished generations whose prompt reused a cached prefix, by model.
+    prefix_cache_hits: Family<ModelLabels, Counter>,
+    /// Prompt tokens taken from the prefix cache (not computed), by model.
+    prefix_cache_tokens: Family<ModelLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -113,6 +121,24 @@ impl Metrics {
         );
         let running = Family::<ModelLabels, Gauge>::default();
         registry.register("running_sequences", "Generations decoding", running.clone());
+        let prefix_cache_bytes = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "prefix_cache_bytes",
+            "Bytes of KV cache finished generations keep for prompts sharing their prefix",
+            prefix_cache_bytes.clone(),
+        );
+        let prefix_cache_hits = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "prefix_cache_hits",
+            "Finished generations whose prompt reused a cached prefix",
+            prefix_cache_hits.clone(),
+        );
+        let prefix_cache_tokens = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "prefix_cache_tokens",
+            "Prompt tokens of finished generations taken from the prefix cache, not computed",
+            prefix_cache_tokens.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -122,6 +148,9 @@ impl Metrics {
             time_per_token,
             queue_depth,
             running,
+            prefix_cache_bytes,
+            prefix_cache_hits,
+            prefix_cache_tokens,
         }
     }
 
@@ -160,11 +189,25 @@ impl Metrics {
             .inc_by(generated_tokens as u64);
     }
 
+    /// Counts a finished generation of `model` whose prompt took `tokens` from the prefix cache
+    /// (a hit when more than 0).
+    pub fn prefix_reused(&self, model: &str, tokens: usize) {
+        if tokens == 0 {
+            return;
+        }
+        let labels = model_labels(model);
+        self.prefix_cache_hits.get_or_create(&labels).inc();
+        self.prefix_cache_tokens
+            .get_or_create(&labels)
+            .inc_by(tokens as u64);
+    }
+
     /// The Prometheus text: `gpu_text` (the GPU/PSU gauges), then this registry with the
     /// per-model gauges set from `models` (models no longer resident dropped).
     pub fn exposition(&self, gpu_text: &str, models: &[ModelLoad]) -> String {
         self.queue_depth.clear();
         self.running.clear();
+        self.prefix_cache_bytes.clear();
         for m in models {
             let labels = model_labels(&m.model);
             self.queue_depth
@@ -173,6 +216,9 @@ impl Metrics {
             self.running
                 .get_or_create(&labels)
                 .set(m.running.min(i64::MAX as u64) as i64);
+            self.prefix_cache_bytes
+                .get_or_create(&labels)
+                .set(m.prefix_cache_bytes.min(i64::MAX as u64) as i64);
         }
         let mut out = gpu_text.to_owned();
         // Writing to a String cannot fail.
@@ -198,10 +244,14 @@ mod tests {
         m.first_token("tiny", Duration::from_millis(30));
         m.next_token("tiny", Duration::from_millis(2));
         m.finished("tiny", 5, 7);
+        m.prefix_reused("tiny", 0);
+        m.prefix_reused("tiny", 40);
+        m.prefix_reused("tiny", 2);
         let loads = [ModelLoad {
             model: "tiny".into(),
             running: 8,
             queued: 2,
+            prefix_cache_bytes: 3 << 20,
         }];
         let text = m.exposition("# gpu\n", &loads);
         assert!(text.starts_with("# gpu\n"), "{text}");
@@ -231,8 +281,16 @@ mod tests {
             text.contains("llmd_time_to_first_token_seconds_count{model=\"tiny\"} 1"),
             "{text}"
         );
+        for line in [
+            "llmd_prefix_cache_bytes{model=\"tiny\"} 3145728",
+            "llmd_prefix_cache_hits_total{model=\"tiny\"} 2",
+            "llmd_prefix_cache_tokens_total{model=\"tiny\"} 42",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
         // A model gone is no longer reported.
         let text = m.exposition("", &[]);
         assert!(!text.contains("llmd_queue_depth{"), "{text}");
+        assert!(!text.contains("llmd_prefix_cache_bytes{"), "{text}");
     }
 }

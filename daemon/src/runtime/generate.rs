@@ -131,6 +131,8 @@ impl Generation {
                     summary.prompt_tokens,
                     summary.tokens.len(),
                 );
+                self.metrics
+                    .prefix_reused(&self.model.name, summary.cached_prompt_tokens);
                 Ok(Step::Done(summary))
             }
             Some(GenEvent::Failed(message)) => {

@@ -418,7 +418,9 @@ pub fn prepare_load(path: &Path) -> Result<PreparedLoad, RuntimeError> {
 /// holding the placement lock). `memory_of` gives each device's shared memory ledger; CPU
 /// stages compute on a share of `compute`, the daemon's one pool; `progress(done, total)` reports stages loaded. The split plan is checked against the
 /// devices' free memory before anything is allocated: a load that does not fit is refused with
-/// the numbers and a suggestion that fits (`does_not_fit`).
+/// the numbers and a suggestion that fits (`does_not_fit`); before that, `reclaim(devices)` is
+/// asked to drop the retained prefix caches on the devices concerned (returning the bytes
+/// freed), and the plan is made again.
 // What to load, where (devices, their ledgers, the compute pool) and whom to tell: each a separate
 // concern of the caller's, so they stay separate arguments.
 #[allow(clippy::too_many_arguments)]
@@ -430,6 +432,7 @@ pub fn load_blocking(
     memory_of: &dyn Fn(&Device) -> Arc<DeviceMemory>,
     changed: Option<Arc<Notify>>,
     compute: &Arc<ComputePool>,
+    reclaim: &dyn Fn(&[String]) -> u64,
     progress: impl FnMut(usize, usize),
 ) -> Result<(LoadedModel, f64, u64), RuntimeError> {
     let PreparedLoad {
@@ -451,19 +454,34 @@ pub fn load_blocking(
         MAX_SEQUENCES,
         kv_types,
     );
-    let plan_devs = plan_devices(&chosen, memory_of, &|_| 0);
-    let experts = experts_on(spec.n_cpu_moe, &model.config, devices, memory_of, &|_| 0)?;
-    let p = make_plan(
-        &sizes,
-        &plan_devs,
-        &spec.split,
-        spec.gpu_layers,
-        ctx,
-        (
-            experts.as_ref().map(|(e, _)| e.clone()),
-            expert_host(devices, memory_of, &|_| 0).map(|(d, _)| d),
-        ),
-    )?;
+    let plan_now = || -> Result<_, RuntimeError> {
+        let plan_devs = plan_devices(&chosen, memory_of, &|_| 0);
+        let experts = experts_on(spec.n_cpu_moe, &model.config, devices, memory_of, &|_| 0)?;
+        let p = make_plan(
+            &sizes,
+            &plan_devs,
+            &spec.split,
+            spec.gpu_layers,
+            ctx,
+            (
+                experts.as_ref().map(|(e, _)| e.clone()),
+                expert_host(devices, memory_of, &|_| 0).map(|(d, _)| d),
+            ),
+        )?;
+        Ok((experts, p))
+    };
+    let (mut experts, mut p) = plan_now()?;
+    if p.verdict.is_some() {
+        // Retained prefix caches give way: drop those on the devices concerned, plan again.
+        let concerned: Vec<String> = chosen
+            .iter()
+            .map(|d| d.name.clone())
+            .chain(experts.as_ref().map(|(_, host)| host.name.clone()))
+            .collect();
+        if reclaim(&concerned) > 0 {
+            (experts, p) = plan_now()?;
+        }
+    }
     if let Some(v) = &p.verdict {
         return Err(RuntimeError::new(ErrorKind::DoesNotFit, v.to_string()));
     }
@@ -636,6 +654,9 @@ impl super::Runtime {
             let name = name.clone();
             let changed = Some(Arc::clone(&self.changed));
             let compute = Arc::clone(&self.compute);
+            // The models resident now (the one this load replaces among them): their retained
+            // prefix caches give way if the plan does not fit otherwise.
+            let resident = self.models().all();
             tokio::task::spawn_blocking(move || {
                 let memory_of = |d: &Device| {
                     ledgers
@@ -651,6 +672,9 @@ impl super::Runtime {
                     &memory_of,
                     changed,
                     &compute,
+                    &|concerned: &[String]| {
+                        super::reclaim::drop_retained_blocking(&resident, concerned)
+                    },
                     |done, total| {
                         let _ = progress.send((done, total));
                     },

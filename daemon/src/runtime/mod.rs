@@ -7,7 +7,8 @@
 //!   lock that makes loads, unloads and re-splits take turns.
 //! - `model`: a resident model ([`LoadedModel`]) and its placement.
 //! - `load`: plans and loads ([`LoadSpec`], [`PlanSpec`]); `unload` here; `resplit`: live
-//!   re-splits and the recovery of a failed model.
+//!   re-splits and the recovery of a failed model; `reclaim`: retained prefix caches dropped
+//!   when a load or a re-split does not fit because of them.
 //! - `generate`: a generation with its stream of token events ([`Generation`]).
 //! - `on_demand`: the model for a request, loaded first when the configuration declares it on
 //!   demand ([`Runtime::acquire`]), declared loads with least-recently-used eviction of idle
@@ -24,6 +25,7 @@ mod load;
 mod model;
 mod on_demand;
 pub mod prompt;
+mod reclaim;
 pub mod reconcile;
 mod registry;
 mod resplit;

@@ -111,7 +111,25 @@ impl Runtime {
             return self.recover(spec, model, placement, devices).await;
         }
         let memory_of = |d: &Device| self.device_memory(d);
-        let done = model.resplit(spec, &devices, &memory_of).await?;
+        let done = match model.resplit(spec, &devices, &memory_of).await {
+            // Retained prefix caches give way: drop those on the devices concerned, try again.
+            Err(e) if e.kind == ErrorKind::DoesNotFit => {
+                let concerned = concerned_devices(&model, spec, &devices);
+                let resident = self.models().all();
+                let freed = tokio::task::spawn_blocking(move || {
+                    super::reclaim::drop_retained_blocking(&resident, &concerned)
+                })
+                .await
+                .map_err(|e| {
+                    RuntimeError::new(ErrorKind::Internal, format!("the reclaim task failed: {e}"))
+                })?;
+                if freed == 0 {
+                    return Err(e);
+                }
+                model.resplit(spec, &devices, &memory_of).await?
+            }
+            other => other?,
+        };
         drop(placement);
         self.changed.notify_one();
         tracing::info!(
@@ -388,6 +406,30 @@ impl LoadedModel {
             sequences_moved: report.sequences as u32,
         })
     }
+}
+
+/// The devices a re-split of `model` as `spec` asks touches: those it names, those the model is
+/// on now, and the host's CPU device when experts are to go there.
+fn concerned_devices(model: &LoadedModel, spec: &ResplitSpec, devices: &[Device]) -> Vec<String> {
+    let current = model.last_placement();
+    let host = spec
+        .n_cpu_moe
+        .and_then(|_| devices.iter().find(|d| !d.is_gpu()))
+        .map(|d| d.name.clone());
+    let mut names: Vec<String> = Vec::new();
+    for name in spec
+        .devices
+        .iter()
+        .cloned()
+        .chain(current.iter().map(|s| s.device.clone()))
+        .chain(current.iter().filter_map(|s| s.expert_device.clone()))
+        .chain(host)
+    {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
 }
 
 /// Where a re-split puts the experts living off their layers' devices.

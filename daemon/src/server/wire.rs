@@ -5,7 +5,7 @@ use llmd_kernels::backend::{KvType, KvTypes};
 use llmd_shared::api::health::{DeviceLayers, ModelPlacement};
 use llmd_shared::{
     ErrorCode, ErrorReply, HostMemory, KvCacheType, ModelDetails, ModelInfo, PlanReply,
-    PlannedDevice, PlannedStage,
+    PlannedDevice, PlannedStage, PrefixCacheUsage,
 };
 
 use crate::runtime::{
@@ -91,6 +91,16 @@ pub fn model_details(m: &LoadedModel) -> ModelDetails {
         cache_type_v: wire_cache_type(kv.v),
         failed: m.failure(),
         host_memory: host_memory(m),
+        prefix_cache: prefix_cache(m),
+    }
+}
+
+/// The wire form of what `m`'s prefix cache retains.
+fn prefix_cache(m: &LoadedModel) -> PrefixCacheUsage {
+    let (retained_bytes, retained_sequences) = m.handle.prefix_retained();
+    PrefixCacheUsage {
+        retained_bytes,
+        retained_sequences,
     }
 }
 
@@ -120,6 +130,7 @@ pub fn model_infos(registry: &ModelRegistry) -> Vec<ModelInfo> {
                 cache_type_v: wire_cache_type(kv.v),
                 failed: m.failure(),
                 template_warning: m.chat.fallback_warning(),
+                prefix_cache: prefix_cache(m),
             }
         })
         .collect()

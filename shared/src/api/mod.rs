@@ -43,7 +43,7 @@ pub use plan::{
 };
 pub use status::{
     CudaPeer, CudaStatus, DaemonMemory, DeclaredModel, DeclaredState, DeviceInfo, DeviceKind,
-    HostMemory, ModelInfo, StatusReply, StatusRequest,
+    HostMemory, ModelInfo, PrefixCacheUsage, StatusReply, StatusRequest,
 };
 pub use version::{VersionReply, VersionRequest};
 

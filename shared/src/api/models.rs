@@ -142,4 +142,6 @@ pub struct ModelDetails {
     pub failed: Option<String>,
     /// Host memory it holds: its stages on CPU devices and its embedding table.
     pub host_memory: super::status::HostMemory,
+    /// What its prefix cache retains (part of its stages' `kv_bytes`).
+    pub prefix_cache: super::status::PrefixCacheUsage,
 }

@@ -117,6 +117,18 @@ pub struct HostMemory {
     pub file_bytes: u64,
 }
 
+/// What a model's prefix cache retains: finished generations' KV caches kept for later prompts
+/// that share their prefix. Part of the model's KV bytes (`kv_bytes` of its stages) and of the
+/// devices' used memory, reported apart from the running generations' caches; dropped first
+/// when a load or a re-split needs the memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixCacheUsage {
+    /// Bytes of KV cache retained, over every device.
+    pub retained_bytes: u64,
+    /// Finished sequences retained.
+    pub retained_sequences: u64,
+}
+
 /// The daemon process's resident memory (`/proc/self/status`), in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DaemonMemory {
@@ -221,4 +233,6 @@ pub struct ModelInfo {
     /// When the model's file has no chat template: which fallback chats are rendered with, and
     /// that a base model may answer with junk (`--raw` avoids the template).
     pub template_warning: Option<String>,
+    /// What its prefix cache retains (part of `memory_bytes`).
+    pub prefix_cache: PrefixCacheUsage,
 }

@@ -3,7 +3,9 @@
 //! (`cached_prompt_tokens`, `time_to_first_token_s` on `generate --json`'s final line) and give
 //! the greedy tokens of a daemon without the cache; the retained caches are counted in the
 //! devices' memory; a live re-split moves them with their layers, and the next request reuses
-//! them with unchanged tokens.
+//! them with unchanged tokens. A load, and a live re-split, that fit only once another model's
+//! retained caches are dropped drop them and go ahead; `status`, `list` and the metrics report
+//! the retained caches and the hits.
 
 use llmd_testkit::e2e::Daemon;
 
@@ -23,23 +25,9 @@ fn daemon(mib: u32) -> Daemon {
         .start()
 }
 
-/// A raw greedy generation of `prompt`: its final `generate --json` line.
+/// A raw greedy generation of `prompt` on model `m`: its final `generate --json` line.
 fn generate(d: &Daemon, prompt: &str) -> serde_json::Value {
-    let out = ok(
-        d,
-        &[
-            "generate",
-            "m",
-            prompt,
-            "--raw",
-            "--temperature",
-            "0",
-            "-n",
-            N,
-            "--json",
-        ],
-    );
-    last_json(&out)
+    generate_on(d, "m", prompt)
 }
 
 /// A prompt of a few hundred tokens.
@@ -143,4 +131,162 @@ fn reused_prefixes_give_a_fresh_daemons_tokens_and_survive_a_resplit() {
 
     // The budget holds: 64 MiB of retained caches at most beside the weights.
     assert!(used(&d) <= weights + (64 << 20), "{}", d.status_json());
+}
+
+/// A daemon with one CPU device of `budget` bytes and a prefix cache of 64 MiB.
+fn one_device(budget: u64) -> Daemon {
+    Daemon::builder()
+        .config(&format!(
+            "prefix_cache_mib = 64\n\
+             [[devices]]\nid = \"cpu:0\"\nmemory_budget = {budget}\n"
+        ))
+        .start()
+}
+
+/// Raw greedy generations of `prompts` on model `name` (finished, so their caches are retained).
+fn fill(d: &Daemon, name: &str, prompts: &[String]) {
+    for p in prompts {
+        ok(
+            d,
+            &[
+                "generate",
+                name,
+                p,
+                "--raw",
+                "--temperature",
+                "0",
+                "-n",
+                "4",
+            ],
+        );
+    }
+}
+
+#[test]
+fn a_load_or_resplit_that_fits_only_without_retained_caches_drops_them() {
+    let Some(file) = gemma() else { return };
+    let f = file.to_str().expect("path");
+    let one = ["--devices", "cpu:0", "--ctx", "512"];
+    // Four unrelated prompts of a few hundred tokens, each retained after its generation.
+    let prompts: Vec<String> = (0..4)
+        .map(|k| format!("Volume {k}. {}", long_prompt()))
+        .collect();
+
+    // A probe daemon with room to spare measures what the first model and its retained caches
+    // take, and what the second model's plan needs.
+    let probe = one_device(8 << 30);
+    load(&probe, &file, "a", &one);
+    let weights = used(&probe);
+    fill(&probe, "a", &prompts);
+    let retained = used(&probe) - weights;
+    assert!(
+        retained > 8 << 20,
+        "four prompts retain some MiB: {retained}"
+    );
+    // `status`, `list` and the metrics report them, apart from the weights.
+    let want = serde_json::json!({"retained_bytes": retained, "retained_sequences": 4});
+    let status = probe.status_json();
+    assert_eq!(status["models"][0]["prefix_cache"], want, "{status}");
+    let list = last_json(&ok(&probe, &["list", "--json"]));
+    assert_eq!(list["models"][0]["prefix_cache"], want, "{list}");
+    let text = ok(&probe, &["list"]);
+    assert!(text.contains("in 4 finished sequences"), "{text}");
+    let metrics = ok(&probe, &["metrics"]);
+    let line = format!("llmd_prefix_cache_bytes{{model=\"a\"}} {retained}");
+    assert!(metrics.contains(&line), "{line} in {metrics}");
+    assert!(
+        !metrics.contains("llmd_prefix_cache_hits_total{"),
+        "{metrics}"
+    );
+    // A repeated prompt is a hit reusing all of it but its last token.
+    let hit = generate_on(&probe, "a", &prompts[0]);
+    let reused = hit["cached_prompt_tokens"]
+        .as_u64()
+        .expect("cached_prompt_tokens");
+    assert!(reused > 200, "{hit}");
+    let metrics = ok(&probe, &["metrics"]);
+    for line in [
+        "llmd_prefix_cache_hits_total{model=\"a\"} 1".to_owned(),
+        format!("llmd_prefix_cache_tokens_total{{model=\"a\"}} {reused}"),
+    ] {
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+    let plan = last_json(&ok(
+        &probe,
+        &["plan", f, "--devices", "cpu:0", "--ctx", "512", "--json"],
+    ));
+    let need = plan["devices"][0]["need_bytes"]
+        .as_u64()
+        .expect("need_bytes");
+    drop(probe);
+
+    // The second model fits beside the first and half its retained caches, not all of them.
+    let budget = weights + need + retained / 2;
+    let d = one_device(budget);
+    load(&d, &file, "a", &one);
+    assert_eq!(used(&d), weights, "the same load takes the same memory");
+    fill(&d, "a", &prompts);
+    assert_eq!(used(&d), weights + retained);
+    assert!(budget - used(&d) < need, "the caches are in the way");
+    load(&d, &file, "b", &one);
+    assert!(
+        used(&d) <= budget,
+        "the first model's retained caches went: {}",
+        d.status_json()
+    );
+    let status = d.status_json();
+    assert_eq!(
+        status["models"][0]["prefix_cache"]["retained_sequences"], 0,
+        "{status}"
+    );
+    // Both models serve; the first computes its prompt again (its caches are gone).
+    let again = generate_on(&d, "a", &prompts[0]);
+    assert_eq!(again["cached_prompt_tokens"], 0, "{again}");
+    let b = generate_on(&d, "b", &prompts[0]);
+    assert_eq!(
+        tokens_of(&b),
+        tokens_of(&again),
+        "the same file gives the same tokens"
+    );
+
+    // A live re-split that fits only without them drops them too: "b" moves from a second
+    // device onto the first, where "a" has retained caches again.
+    drop(d);
+    let d = Daemon::builder()
+        .config(&format!(
+            "prefix_cache_mib = 64\n\
+             [[devices]]\nid = \"cpu:0\"\nmemory_budget = {budget}\n\
+             [[devices]]\nid = \"cpu:1\"\nmemory_budget = \"8GiB\"\n"
+        ))
+        .start();
+    load(&d, &file, "a", &one);
+    fill(&d, "a", &prompts);
+    load(&d, &file, "b", &["--devices", "cpu:1", "--ctx", "512"]);
+    let on_first = |d: &Daemon| {
+        d.status_json()["devices"][0]["memory_used_bytes"]
+            .as_u64()
+            .expect("memory_used_bytes")
+    };
+    assert_eq!(on_first(&d), weights + retained);
+    let r = last_json(&ok(&d, &["reload", "b", "--devices", "cpu:0", "--json"]));
+    assert!(r["bytes_moved"].as_u64() > Some(0), "{r}");
+    assert!(on_first(&d) <= budget, "{}", d.status_json());
+    let b = generate_on(&d, "b", &prompts[0]);
+    assert_eq!(tokens_of(&b), tokens_of(&again), "after the re-split");
+}
+
+/// A raw greedy generation of `prompt` on model `name`: its final `generate --json` line.
+fn generate_on(d: &Daemon, name: &str, prompt: &str) -> serde_json::Value {
+    let args = [
+        "generate",
+        name,
+        prompt,
+        "--raw",
+        "--temperature",
+        "0",
+        "-n",
+        N,
+        "--json",
+    ];
+    last_json(&ok(d, &args))
 }

@@ -1,7 +1,8 @@
 //! The prefix cache through the worker on a tiny CPU model: a request reusing another's KV
 //! gets bit for bit the logits of a worker without the cache, reports the tokens it reused
 //! (full, partial and no hit, a prompt equal to a cached one, a prompt extending a finished
-//! conversation, a prefix of a sequence still running), and retained caches stay within their
+//! conversation, a prefix of a sequence still running, requests sharing a prefix admitted
+//! together), and retained caches stay within their
 //! budget on the device's ledger, least recently used evicted first, and before a request is
 //! refused for lack of memory.
 
@@ -177,6 +178,55 @@ fn a_prefix_of_a_running_sequence_is_reused_by_sequences_admitted_beside_it() {
             rows[k + 1] == want_rows,
             "sequence {k}: the logits differ in bits"
         );
+    }
+}
+
+#[test]
+fn requests_sharing_a_prefix_admitted_together_compute_it_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let memory = DeviceMemory::new(1 << 30);
+    // Prompts of 68 tokens in chunks of 16 rows: the first takes five steps to prefill.
+    let limits = WorkerLimits::new(512, 16, 4);
+    let mut cached = worker(dir.path(), &memory, limits.with_prefix_cache(64 << 20));
+    let mut fresh = worker(dir.path(), &memory, limits);
+    let shared = prompt(48, 7);
+    let prompts: Vec<Vec<u32>> = (0..3).map(|k| cat(&shared, &prompt(20, 30 + k))).collect();
+    // An unrelated request queued behind them is admitted past the waiting ones.
+    let other = prompt(30, 99);
+    let mut receivers = Vec::new();
+    for p in prompts.iter().chain([&other]) {
+        let (tx, rx) = channel(1 << 12);
+        receivers.push(rx);
+        cached.scheduler.enqueue(
+            GenerateJob {
+                prompt: p.clone(),
+                ..generation(6)
+            },
+            tx,
+        );
+    }
+    cached.prepare_step();
+    assert_eq!(
+        cached.scheduler.running.len(),
+        2,
+        "the first and the unrelated one run, the two sharing the first's prefix wait"
+    );
+    run_to_end(&mut cached);
+    for (k, (p, rx)) in prompts
+        .iter()
+        .chain([&other])
+        .zip(&mut receivers)
+        .enumerate()
+    {
+        let got = summary(rx);
+        let (_, want) = run(&mut fresh, p, 6);
+        let reused = match k {
+            0 | 3 => 0,
+            // The shared prefix, computed once by the first.
+            _ => 48,
+        };
+        assert_eq!(got.cached_prompt_tokens, reused, "request {k}");
+        assert_eq!(got.tokens, want.tokens, "request {k}: tokens");
     }
 }
 
