@@ -318,7 +318,7 @@ impl Pipeline {
         let parts = if self.overlap {
             micro_batches(batch, n_stages)
         } else {
-            vec![0..batch.len()]
+            whole_batch(batch)
         };
         let whole = parts.len() == 1;
         let sub: Vec<Batch> = if whole {
@@ -414,7 +414,7 @@ pub fn micro_batches(batch: &Batch, n_stages: usize) -> Vec<Range<usize>> {
         .all(|(i, s)| segments[..i].iter().all(|o| o.seq != s.seq));
     let count = n_stages.min(segments.len());
     if count < 2 || !distinct {
-        return vec![0..batch.len()];
+        return whole_batch(batch);
     }
     let mut out = Vec::with_capacity(count);
     let mut start = 0;
@@ -436,6 +436,11 @@ pub fn micro_batches(batch: &Batch, n_stages: usize) -> Vec<Range<usize>> {
         start = end;
     }
     out
+}
+
+/// The whole of `batch` as its one micro-batch.
+fn whole_batch(batch: &Batch) -> Vec<Range<usize>> {
+    std::iter::once(0..batch.len()).collect()
 }
 
 /// Rows `rows` of `batch` as a batch of their own.
