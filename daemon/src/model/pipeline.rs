@@ -44,14 +44,57 @@ pub struct Pipeline {
     /// that experts moved there by a live re-split share them too; dropped when no layer's
     /// experts are elsewhere any more.
     expert_scratch: ExpertScratch,
-    /// Whether a step of several sequences over several stages runs as micro-batches that the
-    /// stages work on at the same time (on by default; `LLMD_STAGE_OVERLAP=0` or
-    /// [`Pipeline::with_stage_overlap`] turns it off).
-    overlap: bool,
+    /// When a step of several sequences over several stages runs as micro-batches that the
+    /// stages work on at the same time ([`StageOverlap::from_env`] unless
+    /// [`Pipeline::with_stage_overlap`] says otherwise).
+    overlap: StageOverlap,
 }
 
-/// The environment variable that turns stage overlap off (`0`), to compare or to rule it out.
+/// The environment variable that sets the stage overlap: `0` off, `1` always, unset (or anything
+/// else) [`StageOverlap::Auto`].
 pub const STAGE_OVERLAP_ENV: &str = "LLMD_STAGE_OVERLAP";
+
+/// Rows every micro-batch needs for [`StageOverlap::Auto`] to cut a step. Below it a stage's time
+/// is its weight reads, whatever the rows (decode is memory-bound: matrix-vector kernels and
+/// small products), so two micro-batches over two stages would take T0 + max(T0, T1) + T1
+/// instead of T0 + T1; from here the products are compute-bound and the overlap pays. A round
+/// figure above the GEMM path's threshold, not yet measured on a GPU.
+pub const MIN_OVERLAP_ROWS: usize = 32;
+
+/// When the stages work on micro-batches of a step at the same time (see [`Pipeline::forward`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageOverlap {
+    /// Never: each stage runs on the whole batch.
+    Off,
+    /// When every micro-batch has at least [`MIN_OVERLAP_ROWS`] rows (prompts of several
+    /// sequences), where it pays.
+    Auto,
+    /// Whenever the batch can be cut (several sequences and stages): for tests and measurements.
+    Always,
+}
+
+impl StageOverlap {
+    /// The setting [`STAGE_OVERLAP_ENV`] asks for.
+    pub fn from_env() -> Self {
+        match std::env::var(STAGE_OVERLAP_ENV).as_deref() {
+            Ok("0") => StageOverlap::Off,
+            Ok("1") => StageOverlap::Always,
+            _ => StageOverlap::Auto,
+        }
+    }
+
+    /// The micro-batches of `batch` over `n_stages` stages under this setting.
+    fn parts(self, batch: &Batch, n_stages: usize) -> Vec<Range<usize>> {
+        let parts = match self {
+            StageOverlap::Off => return whole_batch(batch),
+            StageOverlap::Auto | StageOverlap::Always => micro_batches(batch, n_stages),
+        };
+        if self == StageOverlap::Auto && parts.iter().any(|r| r.len() < MIN_OVERLAP_ROWS) {
+            return whole_batch(batch);
+        }
+        parts
+    }
+}
 
 impl Pipeline {
     /// Assembles a pipeline; the stages must cover `0..n_layer` in order and the last must hold
@@ -98,13 +141,13 @@ impl Pipeline {
             device_handoffs: 0,
             kv_types: KvTypes::F16,
             expert_scratch: ExpertScratch::default(),
-            overlap: std::env::var(STAGE_OVERLAP_ENV).map_or(true, |v| v != "0"),
+            overlap: StageOverlap::from_env(),
         })
     }
 
-    /// The pipeline with stage overlap on or off (see [`Pipeline::forward`]).
-    pub fn with_stage_overlap(mut self, on: bool) -> Self {
-        self.overlap = on;
+    /// The pipeline with stage overlap as `overlap` says (see [`Pipeline::forward`]).
+    pub fn with_stage_overlap(mut self, overlap: StageOverlap) -> Self {
+        self.overlap = overlap;
         self
     }
 
@@ -291,8 +334,8 @@ impl Pipeline {
     /// page-locked when a stage's device offers it (GPU copies then run as direct DMA), else
     /// ordinary memory.
     ///
-    /// Stage overlap: with several stages and several sequences, the batch is cut into
-    /// micro-batches of whole sequences (see [`micro_batches`]) and the stages are issued as a
+    /// Stage overlap (as [`StageOverlap`] allows): with several stages and several sequences,
+    /// the batch is cut into micro-batches of whole sequences (see [`micro_batches`]) and the stages are issued as a
     /// wavefront: stage `i + 1` takes micro-batch `k` (its copy ordered after stage `i`'s writes
     /// by an event, and stage `i`'s next writes after the copy) before stage `i` is issued on
     /// micro-batch `k + 1`, so devices whose work is queued without host waits run both at
@@ -315,11 +358,7 @@ impl Pipeline {
         let kinds: Vec<Option<&'static str>> =
             self.stages.iter().map(|s| s.handoff_kind()).collect();
         let n_stages = self.stages.len();
-        let parts = if self.overlap {
-            micro_batches(batch, n_stages)
-        } else {
-            whole_batch(batch)
-        };
+        let parts = self.overlap.parts(batch, n_stages);
         let whole = parts.len() == 1;
         let sub: Vec<Batch> = if whole {
             Vec::new()
@@ -489,5 +528,21 @@ mod tests {
         // Sequence 1 in two runs.
         let split = batch_of(&[(1, 1), (2, 1), (1, 1)]);
         assert_eq!(micro_batches(&split, 2), vec![0..3]);
+    }
+
+    #[test]
+    fn auto_overlap_cuts_only_batches_of_long_runs() {
+        let decode = batch_of(&[(1, 1), (2, 1), (3, 1), (4, 1)]);
+        assert_eq!(StageOverlap::Auto.parts(&decode, 2), vec![0..4]);
+        assert_eq!(StageOverlap::Always.parts(&decode, 2), vec![0..2, 2..4]);
+        assert_eq!(StageOverlap::Off.parts(&decode, 2), vec![0..4]);
+        let n = MIN_OVERLAP_ROWS;
+        let prompts = batch_of(&[(1, n), (2, n + 3)]);
+        assert_eq!(
+            StageOverlap::Auto.parts(&prompts, 2),
+            vec![0..n, n..2 * n + 3]
+        );
+        let short = batch_of(&[(1, n), (2, n - 1)]);
+        assert_eq!(StageOverlap::Auto.parts(&short, 2), vec![0..2 * n - 1]);
     }
 }

@@ -1,14 +1,15 @@
 //! Stage overlap (issue 18): a step of several sequences over two stages runs as micro-batches
 //! the stages work on at once (`Pipeline::forward`), and must decode the tokens the whole batch
 //! decodes. Greedy decoding of 2 to 4 sequences on a tiny Llama split 1,1, with overlap and
-//! without (`Pipeline::with_stage_overlap(false)`): on two CPU stages here, and on the strict
+//! without (`Pipeline::with_stage_overlap`: `Always` against `Off`; decode steps are below
+//! `Auto`'s threshold): on two CPU stages here, and on the strict
 //! fake driver over `cuda:0 + cuda:1` and `cuda:0 + cpu`, where the driver's counters per step
 //! are printed for both and the host synchronisations held to the step's one read-back when the
 //! stages hand over device to device.
 
 use std::collections::BTreeMap;
 
-use llmd::model::{Batch, Pipeline, SeqId, StageBackend};
+use llmd::model::{Batch, Pipeline, SeqId, StageBackend, StageOverlap};
 use llmd_testkit::fake_cuda::{is_child, stats};
 
 use crate::gpu::{require_cuda, run_on_fake_driver};
@@ -96,8 +97,8 @@ fn decode(p: &mut Pipeline, n: usize) -> (Vec<Vec<u32>>, BTreeMap<String, f64>) 
 fn compare(what: &str, backends: &[StageBackend]) -> Vec<(usize, [BTreeMap<String, f64>; 2])> {
     let dir = tempfile::tempdir().expect("temp dir");
     let model = make(dir.path(), "llama", "q4_k", &["--layers", "4"]);
-    let mut with = pipeline(&model, backends).with_stage_overlap(true);
-    let mut without = pipeline(&model, backends).with_stage_overlap(false);
+    let mut with = pipeline(&model, backends).with_stage_overlap(StageOverlap::Always);
+    let mut without = pipeline(&model, backends).with_stage_overlap(StageOverlap::Off);
     let mut out = Vec::new();
     for n in SEQUENCES {
         let (a, ca) = decode(&mut with, n);
