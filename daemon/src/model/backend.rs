@@ -432,6 +432,11 @@ impl AnyStage {
     ) -> Result<(), ForwardError> {
         each_backend!(self, AnyStage, s => s.forward(batch, hidden, logits, handoff))
     }
+
+    /// Runs the head over the rows gathered for it (see [`Stage::head`]).
+    pub fn head(&mut self, m: usize, logits: &mut Vec<f32>) -> Result<(), ForwardError> {
+        each_backend!(self, AnyStage, s => s.head(m, logits))
+    }
 }
 
 /// One part of a model taken apart, wherever it is: resident on a device of either backend, or

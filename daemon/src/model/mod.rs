@@ -22,5 +22,5 @@ pub mod weights;
 pub use backend::{AnyPart, AnyStage, StageBackend};
 pub use batch::{Batch, SeqId};
 pub use config::{Arch, ModelConfig};
-pub use pipeline::Pipeline;
+pub use pipeline::{Pipeline, StageOverlap};
 pub use stage::{ForwardError, Stage};

@@ -189,7 +189,7 @@ pub fn moe_ffn<B: Backend>(
             if m == 0 {
                 continue;
             }
-            b.gather_rows(x, tokens, d, &mut s.rows)?;
+            b.gather_rows(x, tokens, d, 0, &mut s.rows)?;
             b.matmuls(
                 &[&w.gate[ex], &w.up[ex]],
                 &s.rows,

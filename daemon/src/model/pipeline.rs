@@ -44,6 +44,56 @@ pub struct Pipeline {
     /// that experts moved there by a live re-split share them too; dropped when no layer's
     /// experts are elsewhere any more.
     expert_scratch: ExpertScratch,
+    /// When a step of several sequences over several stages runs as micro-batches that the
+    /// stages work on at the same time ([`StageOverlap::from_env`] unless
+    /// [`Pipeline::with_stage_overlap`] says otherwise).
+    overlap: StageOverlap,
+}
+
+/// The environment variable that sets the stage overlap: `0` off, `1` always, unset (or anything
+/// else) [`StageOverlap::Auto`].
+pub const STAGE_OVERLAP_ENV: &str = "LLMD_STAGE_OVERLAP";
+
+/// Rows every micro-batch needs for [`StageOverlap::Auto`] to cut a step. Below it a stage's time
+/// is its weight reads, whatever the rows (decode is memory-bound: matrix-vector kernels and
+/// small products), so two micro-batches over two stages would take T0 + max(T0, T1) + T1
+/// instead of T0 + T1; from here the products are compute-bound and the overlap pays. A round
+/// figure above the GEMM path's threshold, not yet measured on a GPU.
+pub const MIN_OVERLAP_ROWS: usize = 32;
+
+/// When the stages work on micro-batches of a step at the same time (see [`Pipeline::forward`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageOverlap {
+    /// Never: each stage runs on the whole batch.
+    Off,
+    /// When every micro-batch has at least [`MIN_OVERLAP_ROWS`] rows (prompts of several
+    /// sequences), where it pays.
+    Auto,
+    /// Whenever the batch can be cut (several sequences and stages): for tests and measurements.
+    Always,
+}
+
+impl StageOverlap {
+    /// The setting [`STAGE_OVERLAP_ENV`] asks for.
+    pub fn from_env() -> Self {
+        match std::env::var(STAGE_OVERLAP_ENV).as_deref() {
+            Ok("0") => StageOverlap::Off,
+            Ok("1") => StageOverlap::Always,
+            _ => StageOverlap::Auto,
+        }
+    }
+
+    /// The micro-batches of `batch` over `n_stages` stages under this setting.
+    fn parts(self, batch: &Batch, n_stages: usize) -> Vec<Range<usize>> {
+        let parts = match self {
+            StageOverlap::Off => return whole_batch(batch),
+            StageOverlap::Auto | StageOverlap::Always => micro_batches(batch, n_stages),
+        };
+        if self == StageOverlap::Auto && parts.iter().any(|r| r.len() < MIN_OVERLAP_ROWS) {
+            return whole_batch(batch);
+        }
+        parts
+    }
 }
 
 impl Pipeline {
@@ -91,7 +141,14 @@ impl Pipeline {
             device_handoffs: 0,
             kv_types: KvTypes::F16,
             expert_scratch: ExpertScratch::default(),
+            overlap: StageOverlap::from_env(),
         })
+    }
+
+    /// The pipeline with stage overlap as `overlap` says (see [`Pipeline::forward`]).
+    pub fn with_stage_overlap(mut self, overlap: StageOverlap) -> Self {
+        self.overlap = overlap;
+        self
     }
 
     /// The pipeline with KV caches of `types` for the sequences it adds (the caller has checked
@@ -276,8 +333,18 @@ impl Pipeline {
     /// batch order, `n_vocab` each. The residual stream crosses between stages in host memory:
     /// page-locked when a stage's device offers it (GPU copies then run as direct DMA), else
     /// ordinary memory.
+    ///
+    /// Stage overlap (as [`StageOverlap`] allows): with several stages and several sequences,
+    /// the batch is cut into micro-batches of whole sequences (see [`micro_batches`]) and the stages are issued as a
+    /// wavefront: stage `i + 1` takes micro-batch `k` (its copy ordered after stage `i`'s writes
+    /// by an event, and stage `i`'s next writes after the copy) before stage `i` is issued on
+    /// micro-batch `k + 1`, so devices whose work is queued without host waits run both at
+    /// once. The last stage only gathers each micro-batch's rows wanting logits; the head runs
+    /// once at the end, with the step's one read-back. Each sequence's rows stay together, so
+    /// its attention, and every token, is what the whole batch gives.
     pub fn forward(&mut self, batch: &Batch, logits: &mut Vec<f32>) -> Result<(), ForwardError> {
-        let need = batch.len() * self.config.n_embd;
+        let d = self.config.n_embd;
+        let need = batch.len() * d;
         self.ensure_staging(need);
         let hidden: &mut [f32] = match self.staging.as_mut() {
             Some(staging) => &mut staging.values()?[..need],
@@ -290,20 +357,53 @@ impl Pipeline {
             .lookup(&self.config, &self.stages, &batch.tokens, hidden)?;
         let kinds: Vec<Option<&'static str>> =
             self.stages.iter().map(|s| s.handoff_kind()).collect();
-        let mut input = None;
-        for (i, stage) in self.stages.iter_mut().enumerate() {
-            // Device to device when this stage and the next can copy from each other.
-            let next = kinds.get(i + 1).copied().flatten();
-            let mut handoff = Handoff {
-                input: input.take(),
-                keep_output: next.is_some() && kinds[i] == next,
-                output: None,
-            };
-            stage.forward(batch, hidden, logits, &mut handoff)?;
-            if handoff.output.is_some() {
-                self.device_handoffs += 1;
+        let n_stages = self.stages.len();
+        let parts = self.overlap.parts(batch, n_stages);
+        let whole = parts.len() == 1;
+        let sub: Vec<Batch> = if whole {
+            Vec::new()
+        } else {
+            parts.iter().map(|r| rows_of(batch, r.clone())).collect()
+        };
+        // What stage i left on its device for stage i + 1, by micro-batch.
+        let mut inputs: Vec<Vec<Option<_>>> = (0..n_stages)
+            .map(|_| (0..parts.len()).map(|_| None).collect())
+            .collect();
+        // Rows wanting logits gathered for the head so far.
+        let mut head_row = 0;
+        // Wavefront: at step t stage i works on micro-batch t - i, later stages issued first.
+        for t in 0..parts.len() + n_stages - 1 {
+            for i in (0..n_stages).rev() {
+                let Some(k) = t.checked_sub(i).filter(|&k| k < parts.len()) else {
+                    continue;
+                };
+                let part = if whole { batch } else { &sub[k] };
+                let rows = parts[k].clone();
+                // Device to device when this stage and the next can copy from each other.
+                let next = kinds.get(i + 1).copied().flatten();
+                let mut handoff = Handoff {
+                    input: inputs[i][k].take(),
+                    keep_output: next.is_some() && kinds[i] == next,
+                    output: None,
+                    head_row,
+                    defer_head: !whole,
+                };
+                let hidden_part = &mut hidden[rows.start * d..rows.end * d];
+                self.stages[i].forward(part, hidden_part, logits, &mut handoff)?;
+                if handoff.output.is_some() {
+                    self.device_handoffs += 1;
+                }
+                if i + 1 < n_stages {
+                    inputs[i + 1][k] = handoff.output;
+                } else {
+                    head_row += part.n_logits();
+                }
             }
-            input = handoff.output;
+        }
+        if !whole {
+            if let Some(last) = self.stages.last_mut() {
+                last.head(head_row, logits)?;
+            }
         }
         Ok(())
     }
@@ -337,5 +437,112 @@ impl Pipeline {
                 self.want_staging = false;
             }
         }
+    }
+}
+
+/// The micro-batches of a step over `n_stages` stages, as row ranges of `batch` in order: one
+/// per stage at most, each of whole runs of one sequence and as even in rows as the runs allow.
+/// One range (the whole batch) when there is nothing to overlap: a single stage, a single
+/// sequence, or a sequence whose rows are not all in one run (its attention would then span
+/// micro-batches).
+pub fn micro_batches(batch: &Batch, n_stages: usize) -> Vec<Range<usize>> {
+    let segments = batch.segments();
+    let distinct = segments
+        .iter()
+        .enumerate()
+        .all(|(i, s)| segments[..i].iter().all(|o| o.seq != s.seq));
+    let count = n_stages.min(segments.len());
+    if count < 2 || !distinct {
+        return whole_batch(batch);
+    }
+    let mut out = Vec::with_capacity(count);
+    let mut start = 0;
+    let mut seg = 0;
+    for k in 0..count {
+        // Whole runs until this part reaches its share of the rows left, leaving at least one
+        // run for each part after it.
+        let share = (batch.len() - start).div_ceil(count - k);
+        let mut end = segments[seg].rows.end;
+        seg += 1;
+        while seg < segments.len() - (count - k - 1) && end - start < share {
+            end = segments[seg].rows.end;
+            seg += 1;
+        }
+        if k + 1 == count {
+            end = batch.len();
+        }
+        out.push(start..end);
+        start = end;
+    }
+    out
+}
+
+/// The whole of `batch` as its one micro-batch.
+fn whole_batch(batch: &Batch) -> Vec<Range<usize>> {
+    std::iter::once(0..batch.len()).collect()
+}
+
+/// Rows `rows` of `batch` as a batch of their own.
+fn rows_of(batch: &Batch, rows: Range<usize>) -> Batch {
+    Batch {
+        tokens: batch.tokens[rows.clone()].to_vec(),
+        positions: batch.positions[rows.clone()].to_vec(),
+        seqs: batch.seqs[rows.clone()].to_vec(),
+        logits: batch.logits[rows].to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch of `runs` (sequence, rows) in order.
+    fn batch_of(runs: &[(SeqId, usize)]) -> Batch {
+        let mut b = Batch::default();
+        for &(seq, n) in runs {
+            for p in 0..n {
+                b.push(1, p as u32, seq, true);
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn micro_batches_keep_sequences_whole_and_share_the_rows() {
+        let decode = batch_of(&[(1, 1), (2, 1), (3, 1), (4, 1)]);
+        assert_eq!(micro_batches(&decode, 2), vec![0..2, 2..4]);
+        assert_eq!(micro_batches(&decode, 3), vec![0..2, 2..3, 3..4]);
+        assert_eq!(micro_batches(&decode, 8), vec![0..1, 1..2, 2..3, 3..4]);
+        let odd = batch_of(&[(1, 1), (2, 1), (3, 1)]);
+        assert_eq!(micro_batches(&odd, 2), vec![0..2, 2..3]);
+        // A prompt beside decode steps: the long run alone.
+        let mixed = batch_of(&[(1, 6), (2, 1), (3, 1)]);
+        assert_eq!(micro_batches(&mixed, 2), vec![0..6, 6..8]);
+    }
+
+    #[test]
+    fn nothing_to_overlap_is_one_micro_batch() {
+        let two = batch_of(&[(1, 1), (2, 1)]);
+        assert_eq!(micro_batches(&two, 1), vec![0..2]);
+        assert_eq!(micro_batches(&batch_of(&[(1, 5)]), 4), vec![0..5]);
+        // Sequence 1 in two runs.
+        let split = batch_of(&[(1, 1), (2, 1), (1, 1)]);
+        assert_eq!(micro_batches(&split, 2), vec![0..3]);
+    }
+
+    #[test]
+    fn auto_overlap_cuts_only_batches_of_long_runs() {
+        let decode = batch_of(&[(1, 1), (2, 1), (3, 1), (4, 1)]);
+        assert_eq!(StageOverlap::Auto.parts(&decode, 2), vec![0..4]);
+        assert_eq!(StageOverlap::Always.parts(&decode, 2), vec![0..2, 2..4]);
+        assert_eq!(StageOverlap::Off.parts(&decode, 2), vec![0..4]);
+        let n = MIN_OVERLAP_ROWS;
+        let prompts = batch_of(&[(1, n), (2, n + 3)]);
+        assert_eq!(
+            StageOverlap::Auto.parts(&prompts, 2),
+            vec![0..n, n..2 * n + 3]
+        );
+        let short = batch_of(&[(1, n), (2, n - 1)]);
+        assert_eq!(StageOverlap::Auto.parts(&short, 2), vec![0..2 * n - 1]);
     }
 }

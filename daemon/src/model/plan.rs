@@ -76,7 +76,8 @@ pub struct ModelSizes {
     pub kv_bytes_per_layer_position: u64,
     /// Activation buffers of a stage that runs layers or the head, for the largest batch.
     pub stage_scratch_bytes: u64,
-    /// Extra activation bytes of the stage holding the head (logit rows).
+    /// Extra activation bytes of the stage holding the head (logit rows, and the rows wanting
+    /// them gathered for the head).
     pub head_scratch_bytes: u64,
     /// The context length the model was trained with.
     pub context_length: usize,
@@ -158,7 +159,7 @@ impl ModelSizes {
                 kv_types,
             ),
             stage_scratch_bytes: floats * 4 + moe_bytes,
-            head_scratch_bytes: logit_rows * config.n_vocab as u64 * 4,
+            head_scratch_bytes: logit_rows * (config.n_vocab + config.n_embd) as u64 * 4,
             context_length: config.context_length,
         }
     }

@@ -43,6 +43,9 @@ pub struct Scratch<B: Backend> {
     up: B::Activations,
     /// Logits: `(max_tokens, n_vocab)` on the last stage, else empty.
     logits: B::Activations,
+    /// The rows wanting logits gathered for the head, those of every micro-batch of a step one
+    /// after the other: `(max_logit_rows, n_embd)` on the last stage, else empty.
+    head_in: B::Activations,
     /// The mixture-of-experts block's buffers, for a model with experts.
     moe: Option<MoeScratch<B>>,
     /// The shared expert's buffers, for a model with one (Qwen2-MoE).
@@ -92,6 +95,12 @@ pub struct Handoff {
     pub keep_output: bool,
     /// The output left on this device (set by `forward` when `keep_output` could be honoured).
     pub output: Option<DeviceActivations>,
+    /// On the last stage: rows wanting logits that earlier micro-batches of this step have
+    /// already gathered for the head (this one's go after them).
+    pub head_row: usize,
+    /// On the last stage: only gather the rows wanting logits, leaving the head to
+    /// [`Stage::head`] once every micro-batch of the step has been through (one read-back).
+    pub defer_head: bool,
 }
 
 /// Errors of a forward pass.
@@ -333,6 +342,7 @@ impl<B: Backend> Stage<B> {
             gate: b.alloc_activations(n * c.max_ff())?,
             up: b.alloc_activations(n * c.max_ff())?,
             logits: b.alloc_activations(logit_rows * c.n_vocab)?,
+            head_in: b.alloc_activations(logit_rows * c.n_embd)?,
             moe: match &c.moe {
                 Some(moe) => Some(MoeScratch::alloc(b, moe, c.n_embd, n)?),
                 None => None,
@@ -817,20 +827,52 @@ impl<B: Backend> Stage<B> {
             b.read_activations(&s.x, hidden)?;
         }
 
-        // Output head: only the rows that want logits are picked, normalised, projected and
-        // (Gemma 2) soft-capped.
+        // Output head: only the rows that want logits are picked (after those of the step's
+        // earlier micro-batches), then normalised and projected unless the pipeline runs the
+        // head once for the whole step.
         logits.clear();
-        if let Some(head) = &self.head {
+        if self.head.is_some() {
             let wanted: Vec<u32> = (0..n as u32)
                 .filter(|&t| batch.logits[t as usize])
                 .collect();
-            if wanted.is_empty() {
+            let rows = handoff.head_row + wanted.len();
+            if rows > self.max_logit_rows {
+                return Err(ForwardError::BadBatch(format!(
+                    "{rows} rows wanting logits in one step (at most {})",
+                    self.max_logit_rows
+                )));
+            }
+            if !wanted.is_empty() {
+                b.gather_rows(&s.x, &wanted, d, handoff.head_row, &mut s.head_in)?;
+            }
+            if !handoff.defer_head {
+                self.head(rows, logits)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The output head over the first `m` rows gathered for it (see [`Handoff::defer_head`]):
+    /// normalised, projected and (Gemma 2) soft-capped; their logits are written to `logits`,
+    /// `n_vocab` each. Nothing is written for `m == 0` or on a stage without the head.
+    pub fn head(&mut self, m: usize, logits: &mut Vec<f32>) -> Result<(), ForwardError> {
+        let c = Arc::clone(&self.config);
+        let b = Arc::clone(&self.backend);
+        let d = c.n_embd;
+        let s = &mut self.scratch;
+        logits.clear();
+        if let Some(head) = &self.head {
+            if m == 0 {
                 return Ok(());
             }
-            let m = wanted.len();
-            b.gather_rows(&s.x, &wanted, d, &mut s.out)?;
+            if m > self.max_logit_rows {
+                return Err(ForwardError::BadBatch(format!(
+                    "{m} rows wanting logits (at most {})",
+                    self.max_logit_rows
+                )));
+            }
             b.norm_matmuls(
-                &s.out,
+                &s.head_in,
                 &head.output_norm,
                 m,
                 d,

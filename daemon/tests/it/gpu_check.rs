@@ -85,7 +85,7 @@ pub(crate) fn pipeline(model: &OpenedModel, backends: &[StageBackend]) -> Pipeli
     build_pipeline(model, specs, N_TOKENS, N_TOKENS, |_, _| {}).expect("pipeline")
 }
 
-fn cpu(name: &str) -> StageBackend {
+pub(crate) fn cpu(name: &str) -> StageBackend {
     let pool = Arc::new(ThreadPool::new(2).expect("threads"));
     StageBackend::Cpu(Arc::new(CpuBackend::new(
         name,

@@ -20,4 +20,5 @@ mod moe_placement;
 mod moe_vs_llama_cpp;
 mod nvml_health;
 mod quant_types_vs_llama_cpp;
+mod stage_overlap;
 mod tiny_vs_llama_cpp;

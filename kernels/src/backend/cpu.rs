@@ -385,13 +385,15 @@ impl Backend for CpuBackend {
         src: &Vec<f32>,
         rows: &[u32],
         width: usize,
+        out_row: usize,
         out: &mut Vec<f32>,
     ) -> Result<(), BackendError> {
-        check_len("gather_rows", out.len(), rows.len() * width)?;
+        check_len("gather_rows", out.len(), (out_row + rows.len()) * width)?;
         for (i, &r) in rows.iter().enumerate() {
             let at = r as usize * width;
             check_len("gather_rows", src.len(), at + width)?;
-            out[i * width..(i + 1) * width].copy_from_slice(&src[at..at + width]);
+            let to = (out_row + i) * width;
+            out[to..to + width].copy_from_slice(&src[at..at + width]);
         }
         Ok(())
     }

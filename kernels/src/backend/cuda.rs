@@ -366,9 +366,10 @@ impl Backend for CudaBackend {
         src: &DeviceBuf<f32>,
         rows: &[u32],
         width: usize,
+        out_row: usize,
         out: &mut DeviceBuf<f32>,
     ) -> Result<(), BackendError> {
-        self.gather_rows_on_device(src, rows, width, out)
+        self.gather_rows_on_device(src, rows, width, out_row, out)
     }
 
     fn routes(&self, expert: &CudaWeight, n_tokens: usize) -> bool {

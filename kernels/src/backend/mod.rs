@@ -382,13 +382,15 @@ pub trait Backend: Send + Sync + 'static {
         act: GatedActivation,
     ) -> Result<(), BackendError>;
 
-    /// `out[i] = src[rows[i]]` for rows of `width` values: the rows of a batch that want logits,
-    /// picked where the activations lie.
+    /// `out[out_row + i] = src[rows[i]]` for rows of `width` values: the rows of a batch that
+    /// want logits, picked where the activations lie (`out_row` lets the micro-batches of one
+    /// step gather theirs one after the other into one buffer).
     fn gather_rows(
         &self,
         src: &Self::Activations,
         rows: &[u32],
         width: usize,
+        out_row: usize,
         out: &mut Self::Activations,
     ) -> Result<(), BackendError>;
 

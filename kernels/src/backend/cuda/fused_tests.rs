@@ -227,7 +227,7 @@ fn run_fused<B: Backend>(b: &B) -> Vec<(String, f32, Vec<f32>)> {
     // The rows that want logits, picked on the device.
     let src = acts(b, &rng.f32s(6 * D, 1.0));
     let mut out = b.alloc_activations(4 * D).expect("alloc");
-    b.gather_rows(&src, &[1, 2, 3, 5], D, &mut out)
+    b.gather_rows(&src, &[1, 2, 3, 5], D, 0, &mut out)
         .expect("gather_rows");
     results.push(("gather_rows".into(), 0.0, read(b, &out, 4 * D)));
     results

@@ -39,7 +39,7 @@ fn one_by_one<B: Backend>(
     let mut all = Vec::new();
     for (p, &id) in IDS.iter().enumerate() {
         let r = if x_per_pair { p } else { p / per_token };
-        b.gather_rows(x, &[r as u32], COLS, &mut row)
+        b.gather_rows(x, &[r as u32], COLS, 0, &mut row)
             .expect("gather");
         b.matmul(&experts[id as usize], &row, 1, &mut out)
             .expect("matmul");

@@ -188,10 +188,11 @@ impl CudaBackend {
         src: &DeviceBuf<f32>,
         rows: &[u32],
         width: usize,
+        out_row: usize,
         out: &mut DeviceBuf<f32>,
     ) -> Result<(), BackendError> {
         const OP: &str = "gather_rows";
-        check_len(OP, out.len(), rows.len() * width)?;
+        check_len(OP, out.len(), (out_row + rows.len()) * width)?;
         let mut i = 0;
         while i < rows.len() {
             // A run of consecutive source rows is one device-to-device copy (decode: one).
@@ -204,7 +205,7 @@ impl CudaBackend {
             self.stream
                 .memcpy_dtod(
                     &src.slice(first * width..(first + n) * width),
-                    &mut out.slice_mut(i * width..(i + n) * width),
+                    &mut out.slice_mut((out_row + i) * width..(out_row + i + n) * width),
                 )
                 .map_err(|e| self.err("gathering rows", e))?;
             i += n;
