@@ -83,10 +83,14 @@ impl StageOverlap {
         }
     }
 
-    /// The micro-batches of `batch` over `n_stages` stages under this setting.
-    fn parts(self, batch: &Batch, n_stages: usize) -> Vec<Range<usize>> {
+    /// The micro-batches of `batch` over `n_stages` stages under this setting; `gpu_stages` is
+    /// how many of them queue their work on a GPU. [`StageOverlap::Auto`] cuts only where two
+    /// stages can run at once: on at least two GPUs (a CPU stage runs synchronously, so cutting
+    /// its batch would only add passes over its weights).
+    fn parts(self, batch: &Batch, n_stages: usize, gpu_stages: usize) -> Vec<Range<usize>> {
         let parts = match self {
             StageOverlap::Off => return whole_batch(batch),
+            StageOverlap::Auto if gpu_stages < 2 => return whole_batch(batch),
             StageOverlap::Auto | StageOverlap::Always => micro_batches(batch, n_stages),
         };
         if self == StageOverlap::Auto && parts.iter().any(|r| r.len() < MIN_OVERLAP_ROWS) {
@@ -358,7 +362,12 @@ impl Pipeline {
         let kinds: Vec<Option<&'static str>> =
             self.stages.iter().map(|s| s.handoff_kind()).collect();
         let n_stages = self.stages.len();
-        let parts = self.overlap.parts(batch, n_stages);
+        let gpu_stages = self
+            .stages
+            .iter()
+            .filter(|s| matches!(s, AnyStage::Cuda(_)))
+            .count();
+        let parts = self.overlap.parts(batch, n_stages, gpu_stages);
         let whole = parts.len() == 1;
         let sub: Vec<Batch> = if whole {
             Vec::new()
@@ -533,16 +542,19 @@ mod tests {
     #[test]
     fn auto_overlap_cuts_only_batches_of_long_runs() {
         let decode = batch_of(&[(1, 1), (2, 1), (3, 1), (4, 1)]);
-        assert_eq!(StageOverlap::Auto.parts(&decode, 2), vec![0..4]);
-        assert_eq!(StageOverlap::Always.parts(&decode, 2), vec![0..2, 2..4]);
-        assert_eq!(StageOverlap::Off.parts(&decode, 2), vec![0..4]);
+        assert_eq!(StageOverlap::Auto.parts(&decode, 2, 2), vec![0..4]);
+        assert_eq!(StageOverlap::Always.parts(&decode, 2, 0), vec![0..2, 2..4]);
+        assert_eq!(StageOverlap::Off.parts(&decode, 2, 2), vec![0..4]);
         let n = MIN_OVERLAP_ROWS;
         let prompts = batch_of(&[(1, n), (2, n + 3)]);
         assert_eq!(
-            StageOverlap::Auto.parts(&prompts, 2),
+            StageOverlap::Auto.parts(&prompts, 2, 2),
             vec![0..n, n..2 * n + 3]
         );
         let short = batch_of(&[(1, n), (2, n - 1)]);
-        assert_eq!(StageOverlap::Auto.parts(&short, 2), vec![0..2 * n - 1]);
+        assert_eq!(StageOverlap::Auto.parts(&short, 2, 2), vec![0..2 * n - 1]);
+        // Fewer than two GPU stages: nothing would run at once.
+        assert_eq!(StageOverlap::Auto.parts(&prompts, 2, 1), vec![0..2 * n + 3]);
+        assert_eq!(StageOverlap::Auto.parts(&prompts, 2, 0), vec![0..2 * n + 3]);
     }
 }
