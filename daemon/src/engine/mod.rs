@@ -23,8 +23,9 @@ pub mod text;
 pub mod worker;
 
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 pub use job::{
     BenchResult, GenEvent, GenerateJob, GenerationSummary, Job, ResplitFn, ResplitOutcome,
@@ -88,6 +89,22 @@ pub struct ModelHandle {
     jobs: mpsc::Sender<Job>,
     /// The worker's health.
     health: Arc<WorkerHealth>,
+    /// Becomes `true` once the worker has exited and freed its pipeline.
+    stopped: watch::Receiver<bool>,
+}
+
+/// Waits for a model's worker to exit (see [`ModelHandle::stopped`]).
+pub struct WorkerStopped(watch::Receiver<bool>);
+
+impl WorkerStopped {
+    /// Waits at most `limit` for the worker to exit; whether it did (its pipeline, weights and
+    /// caches are then back on the devices' ledgers).
+    pub async fn wait(mut self, limit: Duration) -> bool {
+        // A closed channel means the thread ended without saying so (it panicked): stopped too.
+        tokio::time::timeout(limit, self.0.wait_for(|stopped| *stopped))
+            .await
+            .is_ok()
+    }
 }
 
 /// The worker thread no longer takes jobs.
@@ -114,6 +131,7 @@ impl ModelHandle {
         let (tx, rx) = mpsc::channel();
         let health = Arc::new(WorkerHealth::new(changed));
         let worker_health = Arc::clone(&health);
+        let (stopped_tx, stopped) = watch::channel(false);
         // The thread is detached: it exits when the channel closes and its work is done.
         std::thread::Builder::new()
             .name(format!("llmd-model-{name}"))
@@ -121,8 +139,19 @@ impl ModelHandle {
                 worker::Worker::new(pipeline, tokenizer, limits, rx, worker_health).run();
                 // The model's weights and caches are freed: give the heap's share back too.
                 crate::host_memory::trim();
+                stopped_tx.send_replace(true);
             })?;
-        Ok(ModelHandle { jobs: tx, health })
+        Ok(ModelHandle {
+            jobs: tx,
+            health,
+            stopped,
+        })
+    }
+
+    /// A wait for the worker's exit, which follows the drop of the last handle and the end of
+    /// the generations it was running.
+    pub fn stopped(&self) -> WorkerStopped {
+        WorkerStopped(self.stopped.clone())
     }
 
     /// Queues a job; refused with the reason once the model has failed.

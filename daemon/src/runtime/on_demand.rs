@@ -4,7 +4,7 @@
 //! first, when memory is short.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use llmd_shared::DeclaredState;
 use tokio::sync::mpsc::UnboundedSender;
@@ -23,9 +23,6 @@ const MAX_EVICTIONS_PER_LOAD: usize = 16;
 /// ledgers before the load is tried anyway (the worker frees its pipeline when its job channel
 /// closes, normally within milliseconds).
 const EVICTION_WAIT: Duration = Duration::from_secs(10);
-
-/// How often that wait looks at the ledgers.
-const EVICTION_POLL: Duration = Duration::from_millis(20);
 
 /// A model held by a request. While any is alive a declared model is neither unloaded by its
 /// keep-alive nor evicted; dropping it restarts the model's keep-alive clock.
@@ -230,11 +227,11 @@ impl Runtime {
         };
         let name = victim.decl.name;
         let idle = victim.last_used.elapsed();
-        let used_before = self.used_bytes();
         let Some(model) = self.models().remove(&name) else {
             return Ok(false);
         };
         let bytes = model.memory_bytes();
+        let stopped = model.handle.stopped();
         drop(model);
         let note = format!(
             "evicted after {} s idle to make room for {for_name:?}",
@@ -246,17 +243,10 @@ impl Runtime {
             e.note = Some(note);
         });
         self.changed.notify_one();
-        let target = used_before.saturating_sub(bytes);
-        let start = Instant::now();
-        while self.used_bytes() > target && start.elapsed() < EVICTION_WAIT {
-            tokio::time::sleep(EVICTION_POLL).await;
+        if !stopped.wait(EVICTION_WAIT).await {
+            tracing::warn!(model = %name, "the evicted model had not freed its memory after {EVICTION_WAIT:?}; trying the load anyway");
         }
         Ok(true)
-    }
-
-    /// Bytes the ledgers hold on every device.
-    fn used_bytes(&self) -> u64 {
-        self.devices().iter().map(|d| self.used_on(d)).sum()
     }
 }
 
