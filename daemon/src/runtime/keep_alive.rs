@@ -75,6 +75,8 @@ impl Runtime {
             limit.as_secs_f64()
         );
         tracing::info!(model = %name, freed_bytes = model.memory_bytes(), "{note}");
+        // The book says "not loaded" once the memory is free.
+        super::release(model).await;
         self.declared.update(name, |e| {
             e.state = DeclaredState::NotLoaded;
             e.note = Some(note);

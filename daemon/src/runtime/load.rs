@@ -689,12 +689,18 @@ impl super::Runtime {
         let model = Arc::new(model);
         let old = self.models().replace(name.clone(), Arc::clone(&model));
         self.changed.notify_one();
-        tracing::info!(model = %name, path = %spec.path.display(), load_secs, bytes_loaded, replaced = old.is_some(), "model loaded");
+        let replaced = old.is_some();
+        tracing::info!(model = %name, path = %spec.path.display(), load_secs, bytes_loaded, replaced, "model loaded");
+        // The replaced model's memory is free before the placement lock goes (unless it is
+        // still generating: then when it finishes).
+        if let Some(old) = old {
+            super::release(old).await;
+        }
         Ok(Loaded {
             model,
             load_secs,
             bytes_loaded,
-            replaced: old.is_some(),
+            replaced,
         })
     }
 }

@@ -49,7 +49,7 @@ pub use load::{
 };
 pub use model::{placement_of, LoadedModel, StagePlacement, DEFAULT_CTX, MAX_BATCH, MAX_SEQUENCES};
 pub use on_demand::InUse;
-pub use registry::{ModelRegistry, ResidentModel};
+pub use registry::{release, ModelRegistry, ResidentModel};
 pub use resplit::{Resplit, ResplitSpec};
 
 /// How long a load, unload or re-split waits for the one before it (a large model loads in

@@ -4,7 +4,6 @@
 //! first, when memory is short.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use llmd_shared::DeclaredState;
 use tokio::sync::mpsc::UnboundedSender;
@@ -18,11 +17,6 @@ use crate::config::LoadPolicy;
 /// Idle on-demand models evicted at most for one load: each eviction is followed by a new try,
 /// and a model that does not fit with every idle one gone is refused with the planner's reason.
 const MAX_EVICTIONS_PER_LOAD: usize = 16;
-
-/// How long an eviction waits for the evicted model's worker to return its memory to the
-/// ledgers before the load is tried anyway (the worker frees its pipeline when its job channel
-/// closes, normally within milliseconds).
-const EVICTION_WAIT: Duration = Duration::from_secs(10);
 
 /// A model held by a request. While any is alive a declared model is neither unloaded by its
 /// keep-alive nor evicted; dropping it restarts the model's keep-alive clock.
@@ -231,8 +225,8 @@ impl Runtime {
             return Ok(false);
         };
         let bytes = model.memory_bytes();
-        let stopped = model.handle.stopped();
-        drop(model);
+        // The load that follows plans with the memory this frees.
+        let freed = super::release(model).await;
         let note = format!(
             "evicted after {} s idle to make room for {for_name:?}",
             idle.as_secs()
@@ -243,8 +237,8 @@ impl Runtime {
             e.note = Some(note);
         });
         self.changed.notify_one();
-        if !stopped.wait(EVICTION_WAIT).await {
-            tracing::warn!(model = %name, "the evicted model had not freed its memory after {EVICTION_WAIT:?}; trying the load anyway");
+        if !freed {
+            tracing::warn!(model = %name, "trying the load although the evicted model's memory is not free yet");
         }
         Ok(true)
     }

@@ -2,12 +2,36 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::model::LoadedModel;
 
 /// A model resident in memory: shared by the registry and the requests using it, so that
 /// unloading or replacing it lets running generations finish on it.
 pub type ResidentModel = Arc<LoadedModel>;
+
+/// How long an unload of an idle model waits for its worker to free the pipeline (normally
+/// milliseconds; a bound, so a wedged worker holds neither a client nor the placement lock).
+pub const FREE_WAIT: Duration = Duration::from_secs(10);
+
+/// Drops this reference to a model taken out of the registry and, when it was idle, waits (at
+/// most [`FREE_WAIT`]) until its worker has freed the weights and caches, so that the devices'
+/// ledgers show the memory free when the caller answers or plans. A model still generating is
+/// freed when its generations finish; that is not waited for. Returns whether it was freed.
+pub async fn release(model: ResidentModel) -> bool {
+    let idle = model.running.load(std::sync::atomic::Ordering::SeqCst) == 0;
+    let stopped = model.handle.stopped();
+    let name = model.name.clone();
+    drop(model);
+    if !idle {
+        return false;
+    }
+    let freed = stopped.wait(FREE_WAIT).await;
+    if !freed {
+        tracing::warn!(model = %name, "the model's worker had not freed its memory after {FREE_WAIT:?}");
+    }
+    freed
+}
 
 /// The models resident in memory, by the name they were loaded under.
 #[derive(Debug, Default)]
