@@ -216,8 +216,9 @@ impl Runtime {
     }
 
     /// Unregisters the model called `name`; its memory is freed once the generations still
-    /// running on it finish. Returns the model (for what it held).
-    pub async fn unload(&self, name: &str) -> Result<ResidentModel, RuntimeError> {
+    /// running on it finish, and for an idle model before this returns (so a status, a load or
+    /// a plan right after sees it free). Returns the bytes it held.
+    pub async fn unload(&self, name: &str) -> Result<u64, RuntimeError> {
         let _placement = self.placement(format!("unloading {name:?}")).await?;
         let model = self.models().remove(name).ok_or_else(|| {
             RuntimeError::new(
@@ -234,8 +235,10 @@ impl Runtime {
             }
         });
         self.changed.notify_one();
-        tracing::info!(model = %name, freed_bytes = model.memory_bytes(), "model unloaded");
-        Ok(model)
+        let freed_bytes = model.memory_bytes();
+        tracing::info!(model = %name, freed_bytes, "model unloaded");
+        release(model).await;
+        Ok(freed_bytes)
     }
 }
 

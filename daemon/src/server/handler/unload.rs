@@ -8,11 +8,9 @@ use super::Context;
 
 /// Unregisters the model.
 pub async fn handle(req: UnloadRequest, ctx: &Context) -> Result<UnloadReply, ErrorReply> {
-    let model = ctx.state.runtime.unload(&req.name).await?;
-    let freed_bytes = model.memory_bytes();
-    // Its tokenizer and metadata go with the last reference (requests still running keep it);
-    // the weights go on its worker thread, which trims the heap itself.
-    crate::runtime::release(model).await;
+    // The weights go on the model's worker thread, which trims the heap itself; its tokenizer
+    // and metadata with the last reference (requests still running keep it).
+    let freed_bytes = ctx.state.runtime.unload(&req.name).await?;
     crate::host_memory::trim();
     Ok(UnloadReply {
         name: req.name,
