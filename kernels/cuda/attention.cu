@@ -178,6 +178,82 @@ static __device__ __forceinline__ float att_dot_q8(W word, S scale, const int *q
     return dot;
 }
 
+// Logit of staged key `lane` of a tile (`keys`: att_stage's layout of type KT) for one query:
+// f16 keys dotted with the f32 query `qf`, quantized keys with its Q8_0 form (`qq`, `qd`), then
+// scaled and soft-capped (attn_logit).
+template <int KT>
+static __device__ __forceinline__ float att_key_logit(const unsigned char *keys, int lane,
+                                                      int head_dim, const float *qf,
+                                                      const int *qq, const float *qd,
+                                                      float scale, float softcap) {
+    float dot = 0.0f;
+    if constexpr (KT == KV_F16) {
+        const int d2 = head_dim / 2;
+        const __half2 *kr = (const __half2 *)keys + lane * (d2 | 1);
+        const float2 *qr = (const float2 *)qf;
+        for (int w = 0; w < d2; ++w) {
+            const float2 kf = __half22float2(kr[w]);
+            const float2 q2 = qr[w];
+            dot = fmaf(q2.x, kf.x, fmaf(q2.y, kf.y, dot));
+        }
+    } else {
+        const int *kr = (const int *)keys + lane * ATT_KQ_STRIDE;
+        const float *kd =
+            (const float *)(keys + ATT_TILE * ATT_KQ_STRIDE * 4) + lane * ATT_MAX_BLOCKS;
+        dot = att_dot_q8([&](int w) { return kr[w]; }, [&](int b) { return kd[b]; }, qq, qd,
+                         head_dim);
+    }
+    return attn_logit(dot, scale, softcap);
+}
+
+// One tile's step of the online softmax for one query, run by its whole warp: lane j holds the
+// logit `s` of key j (`allowed`: visible to the query; otherwise s is -inf). Rescales the
+// running max `m`, sum `l` and the accumulator `acc` (head dims lane, lane + 32, ...) and adds
+// the first `n_keys` staged values (`values`: att_stage's layout of type VT) weighted by their
+// probabilities; masked keys (probability 0) are skipped, so their staged values may be anything.
+// A tile with no visible key changes nothing.
+template <int VT>
+static __device__ __forceinline__ void att_tile_accumulate(float s, bool allowed, int n_keys,
+                                                           const unsigned char *values,
+                                                           int head_dim, float &m, float &l,
+                                                           float (&acc)[ATT_MAX_PER_LANE]) {
+    const int lane = threadIdx.x % LLMD_WARP;
+    const float tile_max = warp_max(s);
+    if (tile_max == LLMD_NEG_INF) {
+        return; // nothing visible to this query in this tile
+    }
+    const float m_new = fmaxf(m, tile_max);
+    const float corr = expf(m - m_new);
+    const float p = allowed ? expf(s - m_new) : 0.0f;
+    l = l * corr + warp_sum(p);
+#pragma unroll
+    for (int i = 0; i < ATT_MAX_PER_LANE; ++i) {
+        acc[i] *= corr;
+    }
+    for (int j = 0; j < n_keys; ++j) {
+        const float pj = __shfl_sync(LLMD_FULL_MASK, p, j);
+        if (pj == 0.0f) {
+            continue; // masked key (the same for the whole warp)
+        }
+#pragma unroll
+        for (int i = 0; i < ATT_MAX_PER_LANE; ++i) {
+            const int d = lane + LLMD_WARP * i;
+            if (d < head_dim) {
+                float x;
+                if constexpr (VT == KV_F16) {
+                    x = __half2float(((const __half *)values)[j * head_dim + d]);
+                } else {
+                    const float *vd = (const float *)(values + ATT_TILE * ATT_MAX_D);
+                    x = vd[j * ATT_MAX_BLOCKS + i] *
+                        (float)((const signed char *)values)[j * ATT_MAX_D + d];
+                }
+                acc[i] = fmaf(pj, x, acc[i]);
+            }
+        }
+    }
+    m = m_new;
+}
+
 // attn_prefill_<k>_<v>: causal attention of many queries (prefill), flash-attention style. A
 // block takes ATT_PREFILL_WARPS = 8 consecutive queries of one head (one warp each); tiles of 32
 // keys and values are staged in shared memory once for all 8 queries (key rows padded to an odd
@@ -246,61 +322,10 @@ attn_prefill(const float *__restrict__ q, const void *__restrict__ k, const void
 
         const int kp = t0 + lane;
         const bool allowed = valid && kp < hi && kp >= start && kp <= pos;
-        float s = LLMD_NEG_INF;
-        if (allowed) {
-            float dot = 0.0f;
-            if constexpr (KT == KV_F16) {
-                const int d2 = head_dim / 2;
-                const __half2 *kr = (const __half2 *)ks + lane * (d2 | 1);
-                const float2 *qr = (const float2 *)qs[warp];
-                for (int w = 0; w < d2; ++w) {
-                    const float2 kf = __half22float2(kr[w]);
-                    const float2 qf = qr[w];
-                    dot = fmaf(qf.x, kf.x, fmaf(qf.y, kf.y, dot));
-                }
-            } else {
-                const int *kr = (const int *)ks + lane * ATT_KQ_STRIDE;
-                const float *kd = (const float *)(ks + ATT_TILE * ATT_KQ_STRIDE * 4) +
-                                  lane * ATT_MAX_BLOCKS;
-                dot = att_dot_q8([&](int w) { return kr[w]; }, [&](int b) { return kd[b]; },
-                                 qq[warp], qd[warp], head_dim);
-            }
-            s = attn_logit(dot, scale, softcap);
-        }
-        const float tile_max = warp_max(s);
-        if (tile_max == LLMD_NEG_INF) {
-            continue; // nothing visible to this query in this tile
-        }
-        const float m_new = fmaxf(m, tile_max);
-        const float corr = expf(m - m_new);
-        const float p = allowed ? expf(s - m_new) : 0.0f;
-        l = l * corr + warp_sum(p);
-#pragma unroll
-        for (int i = 0; i < ATT_MAX_PER_LANE; ++i) {
-            acc[i] *= corr;
-        }
-        for (int j = 0; j < ATT_TILE; ++j) {
-            const float pj = __shfl_sync(LLMD_FULL_MASK, p, j);
-            if (pj == 0.0f) {
-                continue; // masked key (its staged value may be anything)
-            }
-#pragma unroll
-            for (int i = 0; i < ATT_MAX_PER_LANE; ++i) {
-                const int d = lane + LLMD_WARP * i;
-                if (d < head_dim) {
-                    float x;
-                    if constexpr (VT == KV_F16) {
-                        x = __half2float(((const __half *)vs)[j * head_dim + d]);
-                    } else {
-                        const float *vd = (const float *)(vs + ATT_TILE * ATT_MAX_D);
-                        x = vd[j * ATT_MAX_BLOCKS + i] *
-                            (float)((const signed char *)vs)[j * ATT_MAX_D + d];
-                    }
-                    acc[i] = fmaf(pj, x, acc[i]);
-                }
-            }
-        }
-        m = m_new;
+        const float s = allowed ? att_key_logit<KT>(ks, lane, head_dim, qs[warp], qq[warp],
+                                                    qd[warp], scale, softcap)
+                                : LLMD_NEG_INF;
+        att_tile_accumulate<VT>(s, allowed, min(ATT_TILE, hi - t0), vs, head_dim, m, l, acc);
     }
     if (valid) {
         attn_write(out, part, (long long)qi * n_heads + h, head_dim, gridDim.z, m, l, acc);
@@ -441,58 +466,10 @@ attn_decode(const float *__restrict__ q, const KvSeqs &caches, float *__restrict
             if (g >= n_h) {
                 break; // the same for the whole warp
             }
-            float s = LLMD_NEG_INF;
-            if (allowed) {
-                float dot = 0.0f;
-                if constexpr (KT == KV_F16) {
-                    const int d2 = head_dim / 2;
-                    const __half2 *kr = (const __half2 *)ks + lane * (d2 | 1);
-                    const float2 *qr = (const float2 *)qs[g];
-                    for (int w = 0; w < d2; ++w) {
-                        const float2 kf = __half22float2(kr[w]);
-                        const float2 qf = qr[w];
-                        dot = fmaf(qf.x, kf.x, fmaf(qf.y, kf.y, dot));
-                    }
-                } else {
-                    const int *kr = (const int *)ks + lane * ATT_KQ_STRIDE;
-                    const float *kd = (const float *)(ks + ATT_TILE * ATT_KQ_STRIDE * 4) +
-                                      lane * ATT_MAX_BLOCKS;
-                    dot = att_dot_q8([&](int w) { return kr[w]; }, [&](int b) { return kd[b]; },
-                                     qq[g], qd[g], head_dim);
-                }
-                s = attn_logit(dot, scale, softcap);
-            }
-            const float tile_max = warp_max(s);
-            if (tile_max == LLMD_NEG_INF) {
-                continue; // no finite logit in this tile
-            }
-            const float m_new = fmaxf(m[r], tile_max);
-            const float corr = expf(m[r] - m_new);
-            const float p = allowed ? expf(s - m_new) : 0.0f;
-            l[r] = l[r] * corr + warp_sum(p);
-#pragma unroll
-            for (int i = 0; i < ATT_MAX_PER_LANE; ++i) {
-                acc[r][i] *= corr;
-            }
-            for (int j = 0; j < n_keys; ++j) {
-                const float pj = __shfl_sync(LLMD_FULL_MASK, p, j);
-#pragma unroll
-                for (int i = 0; i < ATT_MAX_PER_LANE; ++i) {
-                    const int d = lane + LLMD_WARP * i;
-                    if (d < head_dim) {
-                        float x;
-                        if constexpr (VT == KV_F16) {
-                            x = __half2float(((const __half *)vs)[j * head_dim + d]);
-                        } else {
-                            const float *vd = (const float *)(vs + ATT_TILE * ATT_MAX_D);
-                            x = vd[j * ATT_MAX_BLOCKS + i] *
-                                (float)((const signed char *)vs)[j * ATT_MAX_D + d];
-                        }
-                        acc[r][i] = fmaf(pj, x, acc[r][i]);
-                    }
-                }
-            }
-            m[r] = m_new;
+            const float s = allowed ? att_key_logit<KT>(ks, lane, head_dim, qs[g], qq[g], qd[g],
+                                                        scale, softcap)
+                                    : LLMD_NEG_INF;
+            att_tile_accumulate<VT>(s, allowed, n_keys, vs, head_dim, m[r], l[r], acc[r]);
         }
     }
 #pragma unroll
