@@ -767,23 +767,7 @@ impl<B: Backend> Stage<B> {
                         n,
                         d,
                     )?;
-                    let bufs = SharedBuffers {
-                        input: &s.cur,
-                        gate: &mut s.gate,
-                        up: &mut s.up,
-                        out: &mut s.out,
-                    };
-                    shared_expert(
-                        &*b,
-                        &c,
-                        w,
-                        il,
-                        s.shared.as_mut(),
-                        bufs,
-                        &mut ms.out[..n * d],
-                    )?;
-                    b.write_activations(&mut s.out, &ms.out[..n * d])?;
-                    b.add(&mut s.x, &s.out, n * d)?;
+                    s.add_moe_output(&*b, &c, w, il, n, Routed::Scratch)?;
                 }
                 // Experts on another device: the normalised input crosses to it through the
                 // host, the block's output comes back and joins the residual here.
@@ -797,23 +781,7 @@ impl<B: Backend> Stage<B> {
                     let (input, output) = self.host_ffn.split_at_mut(n * d);
                     b.read_activations(&s.cur, input)?;
                     experts.forward(input, n, &mut output[..n * d])?;
-                    let bufs = SharedBuffers {
-                        input: &s.cur,
-                        gate: &mut s.gate,
-                        up: &mut s.up,
-                        out: &mut s.out,
-                    };
-                    shared_expert(
-                        &*b,
-                        &c,
-                        w,
-                        il,
-                        s.shared.as_mut(),
-                        bufs,
-                        &mut output[..n * d],
-                    )?;
-                    b.write_activations(&mut s.out, &output[..n * d])?;
-                    b.add(&mut s.x, &s.out, n * d)?;
+                    s.add_moe_output(&*b, &c, w, il, n, Routed::Host(&mut output[..n * d]))?;
                 }
             }
         }
@@ -903,29 +871,60 @@ impl<B: Backend> Stage<B> {
     }
 }
 
-/// Adds layer `il`'s shared expert (Qwen2-MoE), if it has one, into `routed`, the routed
-/// experts' output on the host for the `routed.len() / n_embd` rows of the block's input.
-fn shared_expert<B: Backend>(
-    b: &B,
-    c: &ModelConfig,
-    w: &LayerWeights<B::Weight>,
-    il: usize,
-    scratch: Option<&mut SharedScratch<B>>,
-    bufs: SharedBuffers<'_, B>,
-    routed: &mut [f32],
-) -> Result<(), ForwardError> {
-    let Some(shared) = &w.shared_expert else {
-        return Ok(());
-    };
-    let (Some(n_ff), Some(scratch)) = (c.moe.and_then(|m| m.n_ff_shexp), scratch) else {
-        return Err(ForwardError::BadBatch(format!(
-            "layer {il} has a shared expert but the model has none"
-        )));
-    };
-    let d = c.n_embd;
-    let n = routed.len() / d;
-    add_shared_expert(b, shared, n_ff, c.activation, scratch, bufs, n, d, routed)?;
-    Ok(())
+/// Where a mixture-of-experts block's routed output lies, on the host.
+enum Routed<'a> {
+    /// In the stage's own [`MoeScratch::out`]: the experts ran on the layer's device.
+    Scratch,
+    /// In the caller's buffer: the experts ran on another device ([`ExpertStage`]).
+    Host(&'a mut [f32]),
+}
+
+impl<B: Backend> Scratch<B> {
+    /// Finishes layer `il`'s mixture-of-experts block over `n` rows: adds its shared expert
+    /// (Qwen2-MoE), if it has one, into the routed experts' output `routed` (`n * n_embd` values
+    /// on the host), which reads the block's normalised input in `cur`; then adds that sum into
+    /// the residual stream `x`.
+    fn add_moe_output(
+        &mut self,
+        b: &B,
+        c: &ModelConfig,
+        w: &LayerWeights<B::Weight>,
+        il: usize,
+        n: usize,
+        routed: Routed<'_>,
+    ) -> Result<(), ForwardError> {
+        let d = c.n_embd;
+        let routed = match routed {
+            Routed::Host(routed) => routed,
+            Routed::Scratch => match self.moe.as_mut() {
+                Some(ms) => &mut ms.out[..n * d],
+                None => {
+                    return Err(ForwardError::BadBatch(format!(
+                        "layer {il} has experts but the model is not a mixture of experts"
+                    )))
+                }
+            },
+        };
+        if let Some(shared) = &w.shared_expert {
+            let (Some(n_ff), Some(scratch)) =
+                (c.moe.and_then(|m| m.n_ff_shexp), self.shared.as_mut())
+            else {
+                return Err(ForwardError::BadBatch(format!(
+                    "layer {il} has a shared expert but the model has none"
+                )));
+            };
+            let bufs = SharedBuffers {
+                input: &self.cur,
+                gate: &mut self.gate,
+                up: &mut self.up,
+                out: &mut self.out,
+            };
+            add_shared_expert(b, shared, n_ff, c.activation, scratch, bufs, n, d, routed)?;
+        }
+        b.write_activations(&mut self.out, routed)?;
+        b.add(&mut self.x, &self.out, n * d)?;
+        Ok(())
+    }
 }
 
 /// Page-locked memory for a stage's logits, as far as its device offers it.
