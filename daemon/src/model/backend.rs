@@ -1,13 +1,15 @@
 //! The one place that picks the concrete backend type at run time, so loading, the pipeline and
 //! re-splitting stay device-agnostic without trait objects or downcasts: the CPU backend for
 //! `cpu:N` devices, the CUDA backend for `cuda:N`. Stages and parts are generic over
-//! [`Backend`] (the kernels' interface); here three enums with a `Cpu` and a `Cuda` variant
+//! [`Backend`] (the kernels' interface); here four enums with a `Cpu` and a `Cuda` variant
 //! hold them once the type is chosen:
 //!
 //! - [`StageBackend`]: a device's backend, chosen where devices are opened;
 //! - [`AnyStage`]: a pipeline stage on either, so one pipeline can mix devices;
 //! - [`AnyPart`]: a part of a stage taken apart for a re-split (or spilled to the host), which
-//!   goes back into a stage of its own variant only.
+//!   goes back into a stage of its own variant only;
+//! - [`AnyExperts`]: a layer's experts on another device than the layer's (`--cpu-moe`), so a
+//!   stage on one backend can run its experts on the other.
 //!
 //! Each method matches once over the variants with [`each_backend!`] (same result type) or
 //! [`map_backend!`] (the result wrapped in the matching variant of another of these enums).
@@ -24,7 +26,7 @@ use super::batch::{Batch, SeqId};
 use super::config::ModelConfig;
 use super::host_tensors::OwnedTensor;
 use super::host_tensors::PartSource;
-use super::moe::{DeviceExperts, ExpertLoader, ExpertStage, ExpertsElsewhere, MoeScratch};
+use super::moe::{DeviceExperts, ExpertLoader, ExpertsElsewhere, MoeScratch};
 use super::parts::{DevicePart, HostPart, KvCopy, LiveSequence, PartWeights, Slot};
 use super::stage::{ForwardError, Handoff, Stage};
 use super::weights::{ExpertWeights, FeedForward, LayerWeights, WeightError};
@@ -139,16 +141,16 @@ impl StageBackend {
         weights: &ExpertWeights<WeightView<'_>>,
         scratch: &mut ExpertScratch,
         max_batch: usize,
-    ) -> Result<Box<dyn ExpertStage>, WeightError> {
+    ) -> Result<AnyExperts, WeightError> {
         Ok(match self {
-            StageBackend::Cpu(b) => Box::new(DeviceExperts::load(
+            StageBackend::Cpu(b) => AnyExperts::Cpu(DeviceExperts::load(
                 Arc::clone(b),
                 config,
                 weights,
                 &mut scratch.cpu,
                 max_batch,
             )?),
-            StageBackend::Cuda(b) => Box::new(DeviceExperts::load(
+            StageBackend::Cuda(b) => AnyExperts::Cuda(DeviceExperts::load(
                 Arc::clone(b),
                 config,
                 weights,
@@ -318,16 +320,12 @@ impl AnyStage {
     }
 
     /// Takes out the experts its layers hold elsewhere, by layer (see [`Stage::take_experts`]).
-    pub fn take_experts(&mut self) -> Vec<(usize, Box<dyn ExpertStage>)> {
+    pub fn take_experts(&mut self) -> Vec<(usize, AnyExperts)> {
         each_backend!(self, AnyStage, s => s.take_experts())
     }
 
     /// Gives layer `il` its experts held elsewhere (see [`Stage::put_experts`]).
-    pub fn put_experts(
-        &mut self,
-        il: usize,
-        experts: Box<dyn ExpertStage>,
-    ) -> Result<(), WeightError> {
+    pub fn put_experts(&mut self, il: usize, experts: AnyExperts) -> Result<(), WeightError> {
         each_backend!(self, AnyStage, s => s.put_experts(il, experts))
     }
 
@@ -436,6 +434,43 @@ impl AnyStage {
     /// Runs the head over the rows gathered for it (see [`Stage::head`]).
     pub fn head(&mut self, m: usize, logits: &mut Vec<f32>) -> Result<(), ForwardError> {
         each_backend!(self, AnyStage, s => s.head(m, logits))
+    }
+}
+
+/// A layer's experts on whichever backend their device has (see [`DeviceExperts`]).
+pub enum AnyExperts {
+    /// In host memory, on a CPU device.
+    Cpu(DeviceExperts<CpuBackend>),
+    /// On a GPU.
+    Cuda(DeviceExperts<CudaBackend>),
+}
+
+impl AnyExperts {
+    /// The experts' device.
+    pub fn device_name(&self) -> &str {
+        each_backend!(self, AnyExperts, e => e.device_name())
+    }
+
+    /// Bytes of weights resident there.
+    pub fn weight_bytes(&self) -> u64 {
+        each_backend!(self, AnyExperts, e => e.weight_bytes())
+    }
+
+    /// The router and experts as another device copies them (see
+    /// [`DeviceExperts::weight_views`]).
+    pub fn weight_views(&self) -> Result<ExpertWeights<WeightView<'_>>, BackendError> {
+        each_backend!(self, AnyExperts, e => e.weight_views())
+    }
+
+    /// Runs the block over the `n` rows of `input` into `output`, both on the host (see
+    /// [`DeviceExperts::forward`]).
+    pub fn forward(
+        &mut self,
+        input: &[f32],
+        n: usize,
+        output: &mut [f32],
+    ) -> Result<(), BackendError> {
+        each_backend!(self, AnyExperts, e => e.forward(input, n, output))
     }
 }
 

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use llmd_kernels::backend::{Backend, BackendError, GatedActivation, Lease, WeightView};
 use llmd_kernels::moe::ExpertGroups;
 
+use super::backend::AnyExperts;
 use super::config::{ModelConfig, MoeConfig};
 use super::weights::{ExpertWeights, WeightError};
 
@@ -222,23 +223,10 @@ pub fn moe_ffn<B: Backend>(
     Ok(())
 }
 
-/// A layer's experts resident on a device other than the layer's (llama.cpp's `--cpu-moe`: the
-/// experts in host memory, attention on a GPU). The block's normalised input crosses to that
-/// device through host memory and its output comes back the same way, like a stage boundary.
-pub trait ExpertStage: Send {
-    /// The experts' device.
-    fn device_name(&self) -> &str;
-    /// Bytes of weights resident there.
-    fn weight_bytes(&self) -> u64;
-    /// The router and experts as another device copies them (a live re-split bringing them
-    /// back to their layer's device).
-    fn weight_views(&self) -> Result<ExpertWeights<WeightView<'_>>, BackendError>;
-    /// Runs the block over the `n` rows of `input` (`n * n_embd` values on the host) into as
-    /// many values of `output`.
-    fn forward(&mut self, input: &[f32], n: usize, output: &mut [f32]) -> Result<(), BackendError>;
-}
-
-/// [`ExpertStage`] on a backend of type `E`.
+/// A layer's experts resident on a device other than the layer's, of backend type `E`
+/// (llama.cpp's `--cpu-moe`: the experts in host memory, attention on a GPU; [`AnyExperts`]
+/// holds either type). The block's normalised input crosses to that device through host memory
+/// and its output comes back the same way, like a stage boundary.
 pub struct DeviceExperts<E: Backend> {
     /// The experts' device.
     backend: Arc<E>,
@@ -296,22 +284,31 @@ impl<E: Backend> DeviceExperts<E> {
             weight_bytes,
         })
     }
-}
 
-impl<E: Backend> ExpertStage for DeviceExperts<E> {
-    fn device_name(&self) -> &str {
+    /// The experts' device.
+    pub fn device_name(&self) -> &str {
         self.backend.device_name()
     }
 
-    fn weight_bytes(&self) -> u64 {
+    /// Bytes of weights resident there.
+    pub fn weight_bytes(&self) -> u64 {
         self.weight_bytes
     }
 
-    fn weight_views(&self) -> Result<ExpertWeights<WeightView<'_>>, BackendError> {
+    /// The router and experts as another device copies them (a live re-split bringing them
+    /// back to their layer's device).
+    pub fn weight_views(&self) -> Result<ExpertWeights<WeightView<'_>>, BackendError> {
         self.weights.try_map(&mut |w| self.backend.weight_view(w))
     }
 
-    fn forward(&mut self, input: &[f32], n: usize, output: &mut [f32]) -> Result<(), BackendError> {
+    /// Runs the block over the `n` rows of `input` (`n * n_embd` values on the host) into as
+    /// many values of `output`.
+    pub fn forward(
+        &mut self,
+        input: &[f32],
+        n: usize,
+        output: &mut [f32],
+    ) -> Result<(), BackendError> {
         let d = self.n_embd;
         if input.len() != n * d || output.len() < n * d {
             return Err(BackendError::Shape {
@@ -344,7 +341,7 @@ impl<E: Backend> ExpertStage for DeviceExperts<E> {
 /// Uploads one layer's router and experts (in the file or on another device) onto the experts'
 /// device.
 pub type ExpertLoader<'a> =
-    dyn Fn(&ExpertWeights<WeightView<'_>>) -> Result<Box<dyn ExpertStage>, WeightError> + 'a;
+    dyn Fn(&ExpertWeights<WeightView<'_>>) -> Result<AnyExperts, WeightError> + 'a;
 
 /// The layers whose experts a stage loads onto another device, and how.
 pub struct ExpertsElsewhere<'a> {

@@ -9,11 +9,10 @@ use std::sync::Arc;
 
 use llmd_kernels::backend::{BackendError, HostStaging, KvTypes, WeightView};
 
-use super::backend::{AnyStage, ExpertScratch, StageBackend};
+use super::backend::{AnyExperts, AnyStage, ExpertScratch, StageBackend};
 use super::batch::{Batch, SeqId};
 use super::config::ModelConfig;
 use super::embedding::Embedding;
-use super::moe::ExpertStage;
 use super::stage::{ForwardError, Handoff};
 use super::weights::{ExpertWeights, WeightError};
 
@@ -196,7 +195,7 @@ impl Pipeline {
     ) -> Result<u64, WeightError> {
         let config = Arc::clone(&self.config);
         let scratch = RefCell::new(std::mem::take(&mut self.expert_scratch));
-        let load = |w: &ExpertWeights<WeightView<'_>>| -> Result<Box<dyn ExpertStage>, _> {
+        let load = |w: &ExpertWeights<WeightView<'_>>| -> Result<AnyExperts, _> {
             to.load_experts(&config, w, &mut scratch.borrow_mut(), max_batch)
         };
         let moved = self.stage_of(il).and_then(|s| s.experts_out(il, &load));
@@ -216,7 +215,7 @@ impl Pipeline {
 
     /// Takes every layer's experts living elsewhere out of the stages, by layer, before the
     /// stages are taken apart; [`Pipeline::put_experts`] gives them to the new ones.
-    pub fn take_experts(&mut self) -> Vec<(usize, Box<dyn ExpertStage>)> {
+    pub fn take_experts(&mut self) -> Vec<(usize, AnyExperts)> {
         self.stages
             .iter_mut()
             .flat_map(|s| s.take_experts())
@@ -226,10 +225,7 @@ impl Pipeline {
     /// Gives each layer of `experts` its experts living elsewhere (see
     /// [`Pipeline::take_experts`]). Fails only for a layer no stage runs or one holding its
     /// experts itself (a bug); the experts not given are then freed.
-    pub fn put_experts(
-        &mut self,
-        experts: Vec<(usize, Box<dyn ExpertStage>)>,
-    ) -> Result<(), WeightError> {
+    pub fn put_experts(&mut self, experts: Vec<(usize, AnyExperts)>) -> Result<(), WeightError> {
         for (il, e) in experts {
             self.stage_of(il)?.put_experts(il, e)?;
         }

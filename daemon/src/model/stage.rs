@@ -10,10 +10,11 @@ use llmd_kernels::backend::{
     AttentionParams, Backend, BackendError, DeviceActivations, HostStaging, KvTypes, QkvParams,
 };
 
+use super::backend::AnyExperts;
 use super::batch::{Batch, Segment, SeqId};
 use super::config::ModelConfig;
 use super::host_tensors::{OwnedTensor, PartSource};
-use super::moe::{moe_ffn, ExpertLoader, ExpertStage, ExpertsElsewhere, MoeInput, MoeScratch};
+use super::moe::{moe_ffn, ExpertLoader, ExpertsElsewhere, MoeInput, MoeScratch};
 use super::parts::{DevicePart, PartWeights, Slot};
 use super::shared_expert::{add_shared_expert, SharedBuffers, SharedScratch};
 use super::weights::{
@@ -76,7 +77,7 @@ pub struct Stage<B: Backend> {
     weight_bytes: u64,
     /// The experts of each layer (`experts[il - layers.start]`) that live on another device
     /// (`--cpu-moe`); `None` where they are in the layer's weights.
-    experts: Vec<Option<Box<dyn ExpertStage>>>,
+    experts: Vec<Option<AnyExperts>>,
     /// The normalised input and the output of a block whose experts are elsewhere, on the
     /// host: `(2, max_tokens, n_embd)` when any are, else empty.
     host_ffn: Vec<f32>,
@@ -377,7 +378,7 @@ impl<B: Backend> Stage<B> {
     /// The device holding experts of this stage's layers elsewhere, the layers whose experts
     /// it holds, and their bytes (`--cpu-moe`); `None` when every layer has its experts here.
     pub fn experts_elsewhere(&self) -> Option<(String, Range<usize>, u64)> {
-        let held: Vec<(usize, &Box<dyn ExpertStage>)> = self
+        let held: Vec<(usize, &AnyExperts)> = self
             .experts
             .iter()
             .enumerate()
@@ -414,7 +415,7 @@ impl<B: Backend> Stage<B> {
 
     /// Takes out the experts its layers hold on another device, by layer: a live re-split
     /// carries them, where they are, to the stage their layer goes to ([`Stage::put_experts`]).
-    pub fn take_experts(&mut self) -> Vec<(usize, Box<dyn ExpertStage>)> {
+    pub fn take_experts(&mut self) -> Vec<(usize, AnyExperts)> {
         let start = self.layers.start;
         let taken = self
             .experts
@@ -426,13 +427,9 @@ impl<B: Backend> Stage<B> {
         taken
     }
 
-    /// Gives layer `il`, whose experts live on another device, the [`ExpertStage`] holding
+    /// Gives layer `il`, whose experts live on another device, the [`AnyExperts`] holding
     /// them.
-    pub fn put_experts(
-        &mut self,
-        il: usize,
-        experts: Box<dyn ExpertStage>,
-    ) -> Result<(), WeightError> {
+    pub fn put_experts(&mut self, il: usize, experts: AnyExperts) -> Result<(), WeightError> {
         let slot = self.layer_slot(il)?;
         if !matches!(self.weights[slot].ffn, FeedForward::Elsewhere) || self.experts[slot].is_some()
         {
@@ -875,7 +872,7 @@ impl<B: Backend> Stage<B> {
 enum Routed<'a> {
     /// In the stage's own [`MoeScratch::out`]: the experts ran on the layer's device.
     Scratch,
-    /// In the caller's buffer: the experts ran on another device ([`ExpertStage`]).
+    /// In the caller's buffer: the experts ran on another device ([`AnyExperts`]).
     Host(&'a mut [f32]),
 }
 

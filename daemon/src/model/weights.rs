@@ -157,7 +157,7 @@ pub enum FeedForward<W> {
     /// A mixture of experts.
     Experts(ExpertWeights<W>),
     /// A mixture of experts whose experts live on another device (`--cpu-moe`), held by the
-    /// stage beside this layer ([`super::moe::ExpertStage`]).
+    /// stage beside this layer ([`super::backend::AnyExperts`]).
     Elsewhere,
 }
 
