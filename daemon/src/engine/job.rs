@@ -127,10 +127,16 @@ pub enum Job {
     /// Re-split between two steps: the closure gets the running sequences (whose KV caches must
     /// move with their layers) and says what it did.
     Resplit(ResplitFn),
-    /// Drop every retained prefix cache now, freeing its KV memory for other work (a load or a
-    /// re-split that would not fit otherwise: retained caches never make the daemon refuse
-    /// what it could do without them); the reply is the bytes freed.
-    DropRetained(std::sync::mpsc::Sender<u64>),
+    /// Drop retained prefix caches now, least recently used first, until `wanted` bytes of KV
+    /// memory are free for other work (a load or a re-split that would not fit otherwise:
+    /// retained caches never make the daemon refuse what it could do without them).
+    DropRetained {
+        /// Bytes the other work lacks (`u64::MAX`: drop every retained cache).
+        wanted: u64,
+        /// Where the bytes freed go (possibly more than `wanted`, a cache being freed whole, or
+        /// less when fewer are retained).
+        reply: std::sync::mpsc::Sender<u64>,
+    },
 }
 
 /// A re-split run by the worker between two steps.

@@ -1,7 +1,8 @@
 //! The prefix cache's bookkeeping (no device work): which sequences' KV caches hold which
 //! tokens, found by the longest common prefix with a new prompt, and which finished sequences
 //! are retained, least recently used first, within a byte budget. The scheduler owns one and
-//! does the copies and frees it decides on.
+//! does the copies and frees it decides on. Other work (a load, a re-split) that needs memory
+//! takes it from the least recently used retained sequences first, only as much as it needs.
 //!
 //! Lookup is O(prompt): every sequence's tokens are hashed in blocks of [`PREFIX_BLOCK`], each
 //! hash covering the whole prefix up to its block's end, and an index maps each hash to the
@@ -224,13 +225,19 @@ impl PrefixCache {
         Some(victim)
     }
 
-    /// Forgets every retained sequence, returning them (their caches are to be freed).
-    pub(super) fn drop_retained(&mut self) -> Vec<SeqId> {
-        let ids = self.retained();
-        for &id in &ids {
-            self.forget(id);
+    /// Forgets retained sequences, least recently used first, until they held `wanted` bytes
+    /// together or none is left (`u64::MAX`: every one); returns them (their caches are to be
+    /// freed) and the bytes they held.
+    pub(super) fn drop_lru(&mut self, wanted: u64) -> (Vec<SeqId>, u64) {
+        let before = self.retained_bytes;
+        let mut ids = Vec::new();
+        while before - self.retained_bytes < wanted {
+            let Some(id) = self.evict_lru(None) else {
+                break;
+            };
+            ids.push(id);
         }
-        ids
+        (ids, before - self.retained_bytes)
     }
 
     /// Forgets sequence `id` (finished without being retained, cancelled, or evicted).
@@ -402,19 +409,51 @@ mod tests {
         assert_eq!(usage.get(), (200, 2), "1 was evicted for 3");
         c.forget(2);
         assert_eq!(usage.get(), (100, 1));
-        c.drop_retained();
+        c.drop_lru(u64::MAX);
         assert_eq!(usage.get(), (0, 0));
     }
 
     #[test]
-    fn a_budget_of_zero_keeps_nothing_and_drop_retained_frees_all() {
+    fn dropping_for_other_work_takes_the_least_recently_used_until_enough_is_free() {
+        let mut c = PrefixCache::new(1000);
+        c.retain(1, tokens(32, 1), 32, 100);
+        c.retain(2, tokens(32, 2), 32, 200);
+        c.retain(3, tokens(32, 3), 32, 300);
+        c.retain(4, tokens(32, 4), 32, 50);
+        c.track(5, &tokens(32, 5));
+        // A hit on 1 makes it the most recent: 2 is the least recently used now.
+        assert!(c.lookup(&tokens(32, 1), 31, |_| 32).is_some());
+        // 150 bytes wanted: 2 (200) is enough, the others stay.
+        assert_eq!(c.drop_lru(150), (vec![2], 200));
+        assert_eq!(c.retained(), vec![3, 4, 1]);
+        assert_eq!(c.retained_bytes(), 450);
+        // 301 wanted: 3 (300) is not enough, 4 (50) follows; 1 stays and is still found.
+        assert_eq!(c.drop_lru(301), (vec![3, 4], 350));
+        assert_eq!(
+            c.lookup(&tokens(33, 1), 32, |_| 32).map(|h| h.source),
+            Some(1)
+        );
+        assert_eq!(c.lookup(&tokens(33, 3), 32, |_| 32), None, "3 is forgotten");
+        // Nothing wanted drops nothing; more than is retained drops all but running sequences.
+        assert_eq!(c.drop_lru(0), (vec![], 0));
+        assert_eq!(c.drop_lru(10_000), (vec![1], 100));
+        assert_eq!(c.retained_bytes(), 0);
+        assert_eq!(c.drop_lru(1), (vec![], 0));
+        assert!(
+            c.lookup(&tokens(33, 5), 32, |_| 32).is_some(),
+            "running 5 stays"
+        );
+    }
+
+    #[test]
+    fn a_budget_of_zero_keeps_nothing_and_drop_lru_can_free_all() {
         let mut c = PrefixCache::new(0);
         assert_eq!(c.retain(1, tokens(32, 1), 32, 1), vec![1]);
         let mut c = PrefixCache::new(1000);
         c.retain(1, tokens(32, 1), 32, 1);
         c.retain(2, tokens(32, 2), 32, 1);
         c.track(3, &tokens(32, 3));
-        assert_eq!(c.drop_retained(), vec![1, 2]);
+        assert_eq!(c.drop_lru(u64::MAX), (vec![1, 2], 2));
         assert_eq!(c.retained_bytes(), 0);
         assert_eq!(c.retained_len(3), None);
         assert!(c.lookup(&tokens(33, 3), 32, |_| 32).is_some());

@@ -148,11 +148,11 @@ impl Scheduler {
         }
     }
 
-    /// Drops every retained cache (freed in `pipeline` when given: a pipeline without stages
-    /// holds none); returns the bytes they held.
-    pub(super) fn drop_retained(&mut self, pipeline: Option<&mut Pipeline>) -> u64 {
-        let bytes = self.prefix.retained_bytes();
-        let ids = self.prefix.drop_retained();
+    /// Drops retained caches, least recently used first, until they held `wanted` bytes or
+    /// none is left (`u64::MAX`: every one); they are freed in `pipeline` when given (a
+    /// pipeline without stages holds none). Returns the bytes they held.
+    pub(super) fn drop_retained(&mut self, wanted: u64, pipeline: Option<&mut Pipeline>) -> u64 {
+        let (ids, bytes) = self.prefix.drop_lru(wanted);
         if let Some(p) = pipeline {
             for id in ids {
                 p.remove_sequence(id);

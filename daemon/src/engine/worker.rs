@@ -152,9 +152,12 @@ impl Worker {
             }
             Job::WithPipeline(f) => f(&mut self.pipeline),
             Job::Resplit(f) => self.resplit(f),
-            Job::DropRetained(reply) => {
-                let freed = self.scheduler.drop_retained(Some(&mut self.pipeline));
+            Job::DropRetained { wanted, reply } => {
+                let freed = self
+                    .scheduler
+                    .drop_retained(wanted, Some(&mut self.pipeline));
                 tracing::debug!(
+                    wanted,
                     freed,
                     "prefix cache: retained caches dropped for other work"
                 );
@@ -179,7 +182,7 @@ impl Worker {
                 tracing::error!("{msg}");
                 self.scheduler.fail_running(&msg, None);
                 // The stages, and the retained caches with them, are gone.
-                self.scheduler.drop_retained(None);
+                self.scheduler.drop_retained(u64::MAX, None);
                 self.scheduler.broken = Some(msg);
             }
         }

@@ -331,6 +331,21 @@ impl Plan {
             + experts
     }
 
+    /// Bytes its devices lack, summed over those short of memory (0 when it fits): at least
+    /// what must be freed there (retained prefix caches) for it to fit.
+    pub fn bytes_short(&self) -> u64 {
+        let on_devices: u64 = (0..self.devices.len())
+            .map(|d| self.need_on(d).saturating_sub(self.devices[d].free_bytes))
+            .sum();
+        let experts_apart = match &self.experts {
+            Some(e) if !self.devices.iter().any(|d| d.name == e.device.name) => {
+                e.total_bytes().saturating_sub(e.device.free_bytes)
+            }
+            _ => 0,
+        };
+        on_devices + experts_apart
+    }
+
     /// Whether it fits.
     pub fn fits(&self) -> bool {
         self.verdict.is_none()

@@ -35,6 +35,9 @@ pub struct RuntimeError {
     pub kind: ErrorKind,
     /// What happened and, where there is one, what to do about it.
     pub message: String,
+    /// For [`ErrorKind::DoesNotFit`]: the bytes the devices lack, where known, so the caller
+    /// can free that much (retained prefix caches) and try again.
+    pub short_bytes: Option<u64>,
 }
 
 impl RuntimeError {
@@ -43,6 +46,13 @@ impl RuntimeError {
         RuntimeError {
             kind,
             message: message.into(),
+            short_bytes: None,
         }
+    }
+
+    /// The same error, saying the devices lack `bytes` (see [`RuntimeError::short_bytes`]).
+    pub fn short_by(mut self, bytes: u64) -> Self {
+        self.short_bytes = Some(bytes);
+        self
     }
 }

@@ -418,9 +418,10 @@ pub fn prepare_load(path: &Path) -> Result<PreparedLoad, RuntimeError> {
 /// holding the placement lock). `memory_of` gives each device's shared memory ledger; CPU
 /// stages compute on a share of `compute`, the daemon's one pool; `progress(done, total)` reports stages loaded. The split plan is checked against the
 /// devices' free memory before anything is allocated: a load that does not fit is refused with
-/// the numbers and a suggestion that fits (`does_not_fit`); before that, `reclaim(devices)` is
-/// asked to drop the retained prefix caches on the devices concerned (returning the bytes
-/// freed), and the plan is made again.
+/// the numbers and a suggestion that fits (`does_not_fit`); before that, `reclaim(devices,
+/// wanted)` is asked to drop retained prefix caches on the devices concerned until the bytes
+/// the plan lacks are free (returning the bytes freed), and the plan is made again, as long as
+/// it does not fit and caches are freed.
 // What to load, where (devices, their ledgers, the compute pool) and whom to tell: each a separate
 // concern of the caller's, so they stay separate arguments.
 #[allow(clippy::too_many_arguments)]
@@ -432,7 +433,7 @@ pub fn load_blocking(
     memory_of: &dyn Fn(&Device) -> Arc<DeviceMemory>,
     changed: Option<Arc<Notify>>,
     compute: &Arc<ComputePool>,
-    reclaim: &dyn Fn(&[String]) -> u64,
+    reclaim: &dyn Fn(&[String], u64) -> u64,
     progress: impl FnMut(usize, usize),
 ) -> Result<(LoadedModel, f64, u64), RuntimeError> {
     let PreparedLoad {
@@ -471,16 +472,20 @@ pub fn load_blocking(
         Ok((experts, p))
     };
     let (mut experts, mut p) = plan_now()?;
-    if p.verdict.is_some() {
-        // Retained prefix caches give way: drop those on the devices concerned, plan again.
+    // Retained prefix caches give way: drop those on the devices concerned, least recently used
+    // first, as many bytes as the plan lacks, then plan again (the plan may shift with the free
+    // memory, and bytes freed on a device it does not lack count too: so again while it does not
+    // fit and caches are freed; each round frees at least one, so this ends).
+    while p.verdict.is_some() {
         let concerned: Vec<String> = chosen
             .iter()
             .map(|d| d.name.clone())
             .chain(experts.as_ref().map(|(_, host)| host.name.clone()))
             .collect();
-        if reclaim(&concerned) > 0 {
-            (experts, p) = plan_now()?;
+        if reclaim(&concerned, p.bytes_short().max(1)) == 0 {
+            break;
         }
+        (experts, p) = plan_now()?;
     }
     if let Some(v) = &p.verdict {
         return Err(RuntimeError::new(ErrorKind::DoesNotFit, v.to_string()));
@@ -672,8 +677,8 @@ impl super::Runtime {
                     &memory_of,
                     changed,
                     &compute,
-                    &|concerned: &[String]| {
-                        super::reclaim::drop_retained_blocking(&resident, concerned)
+                    &|concerned: &[String], wanted: u64| {
+                        super::reclaim::drop_retained_blocking(&resident, concerned, wanted)
                     },
                     |done, total| {
                         let _ = progress.send((done, total));

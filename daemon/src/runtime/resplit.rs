@@ -111,24 +111,28 @@ impl Runtime {
             return self.recover(spec, model, placement, devices).await;
         }
         let memory_of = |d: &Device| self.device_memory(d);
-        let done = match model.resplit(spec, &devices, &memory_of).await {
-            // Retained prefix caches give way: drop those on the devices concerned, try again.
-            Err(e) if e.kind == ErrorKind::DoesNotFit => {
-                let concerned = concerned_devices(&model, spec, &devices);
-                let resident = self.models().all();
-                let freed = tokio::task::spawn_blocking(move || {
-                    super::reclaim::drop_retained_blocking(&resident, &concerned)
-                })
-                .await
-                .map_err(|e| {
-                    RuntimeError::new(ErrorKind::Internal, format!("the reclaim task failed: {e}"))
-                })?;
-                if freed == 0 {
-                    return Err(e);
-                }
-                model.resplit(spec, &devices, &memory_of).await?
+        // Retained prefix caches give way: drop those on the devices concerned, least recently
+        // used first, as many bytes as the re-split lacks (all of them where that is not known),
+        // and try again while it does not fit and caches are freed (each round frees at least
+        // one, so this ends).
+        let done = loop {
+            let e = match model.resplit(spec, &devices, &memory_of).await {
+                Err(e) if e.kind == ErrorKind::DoesNotFit => e,
+                other => break other?,
+            };
+            let wanted = e.short_bytes.unwrap_or(u64::MAX).max(1);
+            let concerned = concerned_devices(&model, spec, &devices);
+            let resident = self.models().all();
+            let freed = tokio::task::spawn_blocking(move || {
+                super::reclaim::drop_retained_blocking(&resident, &concerned, wanted)
+            })
+            .await
+            .map_err(|e| {
+                RuntimeError::new(ErrorKind::Internal, format!("the reclaim task failed: {e}"))
+            })?;
+            if freed == 0 {
+                return Err(e);
             }
-            other => other?,
         };
         drop(placement);
         self.changed.notify_one();
@@ -287,7 +291,8 @@ impl LoadedModel {
             return Err(RuntimeError::new(
                 ErrorKind::DoesNotFit,
                 format!("re-split refused, the current placement keeps serving: {v}"),
-            ));
+            )
+            .short_by(p.bytes_short()));
         }
         let target: Vec<Layout> = p
             .stages
@@ -512,6 +517,7 @@ fn check_live_fit(
         _ => {}
     }
     let mut problems = Vec::new();
+    let mut short = 0u64;
     for (device, bytes) in delta {
         let Ok(bytes) = u64::try_from(bytes) else {
             continue;
@@ -522,6 +528,7 @@ fn check_live_fit(
         };
         let free = budget.saturating_sub(ledger.used());
         if bytes > free {
+            short += bytes - free;
             problems.push(format!(
                 "{device} needs {} more for the moved layers and experts and the KV caches of \
                  {} running generations (and {} kept by the prefix cache) but has {} free",
@@ -541,6 +548,7 @@ fn check_live_fit(
                 "re-split refused, the current placement keeps serving: {}",
                 problems.join("; ")
             ),
-        ))
+        )
+        .short_by(short))
     }
 }
