@@ -14,11 +14,11 @@
 //! `types` (which kernels each weight type uses), `weights` (upload, import, views), `transfer`
 //! (host and peer copies, stage hand-offs, pinned staging), `reused` (device buffers kept between
 //! calls), `norm` (`norm.cu`), `rope` (`rope.cu`), `elementwise` (`elementwise.cu`), `getrows`
-//! (`getrows.cu`), [`matmul`] (`mmv.cu`, `mmvq.cu`, `gemm.cu`, `mmq.cu`), `moe` (the routed
+//! (`getrows.cu`), `graph` (capturing the stream into a CUDA graph and replaying it), [`matmul`] (`mmv.cu`, `mmvq.cu`, `gemm.cu`, `mmq.cu`), `moe` (the routed
 //! matmul of mixtures of experts, `mmvq.cu`), `fused` (the fused projections), `kv`
 //! (`attention.cu`, `kvcache.cu`), `peer` (GPU-to-GPU paths); the tests in `tests` (op by op
-//! against the CPU backend), `type_tests`, `shape_tests`, `fused_tests`, `moe_tests` and
-//! `strict_tests` (the strict fake driver's faults), with `gpu_test` their launcher glue.
+//! against the CPU backend), `type_tests`, `shape_tests`, `fused_tests`, `moe_tests`,
+//! `strict_tests` (the strict fake driver's faults) and `graph_tests` (capture and replay), with `gpu_test` their launcher glue.
 //!
 //! The kernel signatures, launch configurations and host-side preconditions below follow
 //! `kernels/cuda/README.md`. Every GGUF weight type llama.cpp reads has kernels ([`types`]: which
@@ -48,6 +48,9 @@ mod fused_tests;
 mod getrows;
 #[cfg(test)]
 mod gpu_test;
+mod graph;
+#[cfg(test)]
+mod graph_tests;
 mod kv;
 mod matmul;
 mod modules;
@@ -72,6 +75,7 @@ mod weights;
 use context::GpuState;
 pub use context::{cuda_gpu_fault, DeviceBuf};
 pub use device::{cuda_available, cuda_device_info, normalize_pci_bus_id, CudaDeviceInfo};
+pub use graph::CudaStepGraph;
 pub use kv::CudaKv;
 pub use modules::{check_compute_capability, check_driver, ModuleImage, MIN_DRIVER_RELEASE};
 pub use peer::{cuda_peer_paths, PeerPath};

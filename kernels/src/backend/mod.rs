@@ -817,8 +817,8 @@ mod memory;
 pub use cpu::CpuBackend;
 pub use cuda::{
     check_compute_capability, check_driver, cuda_available, cuda_device_info, cuda_gpu_fault,
-    cuda_peer_paths, normalize_pci_bus_id, CudaBackend, CudaDeviceInfo, CudaKv, CudaWeight,
-    DeviceBuf, ModuleImage, PeerPath, MIN_DRIVER_RELEASE,
+    cuda_peer_paths, normalize_pci_bus_id, CudaBackend, CudaDeviceInfo, CudaKv, CudaStepGraph,
+    CudaWeight, DeviceBuf, ModuleImage, PeerPath, MIN_DRIVER_RELEASE,
 };
 pub use fused::QkvParams;
 pub(crate) use kv::{f16_bytes, f16_bytes_mut, KvShape};
