@@ -311,6 +311,11 @@ impl AnyStage {
         each_backend!(self, AnyStage, s => s.has_head())
     }
 
+    /// Waits until the work queued on its device so far has run.
+    pub fn synchronize(&self) -> Result<(), BackendError> {
+        each_backend!(self, AnyStage, s => s.backend().synchronize())
+    }
+
     /// The device holding experts of its layers elsewhere, those layers and their bytes (see
     /// [`Stage::experts_elsewhere`]).
     pub fn experts_elsewhere(&self) -> Option<(String, Range<usize>, u64)> {

@@ -414,6 +414,15 @@ impl Pipeline {
                 last.head(head_row, logits)?;
             }
         }
+        // The stages copy the residual stream from page-locked staging when their streams get
+        // there; the logits' read-back waits for that, but a step wanting no logits (a prompt
+        // chunk) ends without a wait, and the next step's embedding would overwrite the staging
+        // before those copies ran.
+        if self.staging.is_some() && batch.n_logits() == 0 {
+            for s in &self.stages {
+                s.synchronize()?;
+            }
+        }
         Ok(())
     }
 

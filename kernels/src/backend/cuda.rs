@@ -525,6 +525,12 @@ impl Backend for CudaBackend {
         Some("cuda")
     }
 
+    fn synchronize(&self) -> Result<(), BackendError> {
+        self.stream
+            .synchronize()
+            .map_err(|e| self.err("waiting for the stream", e))
+    }
+
     fn export_activations(
         &self,
         a: &DeviceBuf<f32>,

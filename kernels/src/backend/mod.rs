@@ -619,6 +619,12 @@ pub trait Backend: Send + Sync + 'static {
     fn charge_host_buffers(&self, _what: &str, _bytes: u64) -> Result<Option<Lease>, BackendError> {
         Ok(None)
     }
+
+    /// Waits until the work queued on this device so far has run (the CPU runs each op before
+    /// returning: nothing to wait for).
+    fn synchronize(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
 
 /// Activations one pipeline stage left on its device for the next stage to copy directly
