@@ -153,7 +153,7 @@ fn logits_with(
 /// The worst difference at any position over the reference's spread there, and the positions
 /// whose greedy token differs although the reference's top two are further apart than the
 /// tolerance allows the difference to be.
-fn compare(want: &[Vec<f32>], got: &[Vec<f32>], tol: f32) -> (f32, Vec<usize>) {
+pub(crate) fn compare(want: &[Vec<f32>], got: &[Vec<f32>], tol: f32) -> (f32, Vec<usize>) {
     assert_eq!(want.len(), got.len(), "positions");
     let mut worst = 0.0f32;
     let mut flipped = Vec::new();

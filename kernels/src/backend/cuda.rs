@@ -525,10 +525,48 @@ impl Backend for CudaBackend {
         Some("cuda")
     }
 
+    fn capture_step<E: From<BackendError>>(
+        &self,
+        record: &mut dyn FnMut() -> Result<(), E>,
+    ) -> Option<Result<crate::backend::StepGraph, E>> {
+        Some(
+            self.capture(record)
+                .map(|(cuda, ())| crate::backend::StepGraph { cuda }),
+        )
+    }
+
+    fn launch_step(&self, graph: &crate::backend::StepGraph) -> Result<(), BackendError> {
+        self.launch_graph(&graph.cuda)
+    }
+
     fn synchronize(&self) -> Result<(), BackendError> {
         self.stream
             .synchronize()
             .map_err(|e| self.err("waiting for the stream", e))
+    }
+
+    fn graph_epoch(&self) -> u64 {
+        self.gpu.reallocations()
+    }
+
+    fn stage_positions(&self, positions: &[u32]) -> Result<(), BackendError> {
+        let mut reused = self.reused();
+        let Reused {
+            positions: on_device,
+            positions_dev,
+            ..
+        } = &mut *reused;
+        self.device_positions(on_device, positions_dev, positions)
+            .map(drop)
+    }
+
+    fn attention_splits(
+        &self,
+        params: &AttentionParams,
+        n_queries: usize,
+        max_context: usize,
+    ) -> usize {
+        kv::decode_launch_splits(self.sm_count, params, n_queries, max_context)
     }
 
     fn export_activations(

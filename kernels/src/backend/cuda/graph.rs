@@ -42,16 +42,23 @@ impl std::fmt::Debug for CudaStepGraph {
     }
 }
 
+impl CudaStepGraph {
+    /// The device it was captured on.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+}
+
 impl CudaBackend {
     /// Captures the work `record` queues on this backend's stream into a graph, without running
     /// it. The capture is always closed: when `record` fails its error is returned and the
     /// partial capture is discarded; when the driver refused a call inside it (a sync, an
     /// allocation, a pageable copy), the capture's invalidation is reported. Work queued before
     /// the capture is unaffected (it runs before any launch of the graph, in stream order).
-    pub fn capture<T>(
+    pub fn capture<T, E: From<BackendError>>(
         &self,
-        record: impl FnOnce() -> Result<T, BackendError>,
-    ) -> Result<(CudaStepGraph, T), BackendError> {
+        record: impl FnOnce() -> Result<T, E>,
+    ) -> Result<(CudaStepGraph, T), E> {
         self.stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| self.err("beginning a stream capture", e))?;

@@ -306,7 +306,7 @@ fn other_threads_work_during_a_capture() {
                     .join()
             })
             .expect("the other thread");
-            Ok(seen)
+            Ok::<_, BackendError>(seen)
         })
         .expect("capture beside another thread's work");
     assert_eq!(seen, ys, "the other thread's upload and read");
