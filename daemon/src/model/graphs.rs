@@ -230,3 +230,82 @@ impl StepGraphs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use llmd_kernels::backend::{CpuBackend, DeviceMemory};
+    use llmd_kernels::cpu::ThreadPool;
+
+    use super::*;
+
+    fn cpu() -> CpuBackend {
+        let pool = Arc::new(ThreadPool::new(1).expect("a thread"));
+        CpuBackend::new("cpu:0", DeviceMemory::new(u64::MAX), pool)
+    }
+
+    fn shape(seqs: &[SeqId]) -> StepShape {
+        StepShape {
+            seqs: seqs.to_vec(),
+            splits: 1,
+        }
+    }
+
+    /// Runs a step of `s`, counting how often its work ran on the host.
+    fn step(graphs: &mut StepGraphs, b: &CpuBackend, s: StepShape, ran: &mut u32) {
+        graphs
+            .run(b, s, &mut || {
+                *ran += 1;
+                Ok::<(), BackendError>(())
+            })
+            .expect("step");
+    }
+
+    /// Off, every step runs eagerly and nothing is kept.
+    #[test]
+    fn graphs_off_run_every_step_eagerly() {
+        let b = cpu();
+        let mut graphs = StepGraphs::new(false);
+        let mut ran = 0;
+        for _ in 0..3 {
+            step(&mut graphs, &b, shape(&[1]), &mut ran);
+        }
+        assert_eq!(ran, 3);
+        assert_eq!(graphs.counts().eager, 3);
+        assert_eq!(graphs.held(), 0);
+    }
+
+    /// A device without graphs (the CPU) runs every step eagerly: the shape's second step finds
+    /// no graph to capture and the shape is not tried again.
+    #[test]
+    fn a_device_without_graphs_runs_eagerly() {
+        let b = cpu();
+        let mut graphs = StepGraphs::new(true);
+        let mut ran = 0;
+        for _ in 0..4 {
+            step(&mut graphs, &b, shape(&[1, 2]), &mut ran);
+        }
+        assert_eq!(ran, 4, "every step ran, once");
+        let c = graphs.counts();
+        assert_eq!((c.eager, c.captures, c.replays, c.refused), (4, 0, 0, 0));
+    }
+
+    /// However many shapes pass, at most MAX_GRAPHS are tracked, the least recently used going
+    /// first; clearing drops them all.
+    #[test]
+    fn shapes_are_bounded() {
+        let b = cpu();
+        let mut graphs = StepGraphs::new(true);
+        let mut ran = 0;
+        for seq in 0..3 * MAX_GRAPHS as SeqId {
+            step(&mut graphs, &b, shape(&[seq]), &mut ran);
+            // The first shape stays in use, so it is never the one evicted.
+            step(&mut graphs, &b, shape(&[1000]), &mut ran);
+            assert!(graphs.entries.len() <= MAX_GRAPHS);
+        }
+        assert!(graphs.entries.iter().any(|e| e.shape == shape(&[1000])));
+        graphs.clear();
+        assert!(graphs.entries.is_empty());
+    }
+}
