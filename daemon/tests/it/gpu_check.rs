@@ -618,6 +618,15 @@ fn resplit_while_decoding(
          {worst:.2e} of the spread (tolerance {tol:.0e}), greedy flips {flipped:?}"
     );
     assert!(ok, "KV {kv}: {worst} {flipped:?}");
+    // The stages of the last layout decoded from CUDA graphs (the re-split gave them the
+    // pipeline's setting): the cuda:1 stage captured its step and replayed it.
+    if llmd::model::graphs::graphs_enabled() {
+        let (counts, _) = p.graph_counts();
+        assert!(
+            counts.replays > 0 && counts.refused == 0,
+            "graphs after the re-split: {counts:?}"
+        );
+    }
     for (name, b) in backends {
         if let StageBackend::Cuda(gpu) = b {
             let held = layout_of(&p).iter().any(|l| l.device == *name);
