@@ -24,6 +24,7 @@ use llmd_kernels::backend::{
 
 use super::batch::{Batch, SeqId};
 use super::config::ModelConfig;
+use super::graphs::GraphCounts;
 use super::host_tensors::OwnedTensor;
 use super::host_tensors::PartSource;
 use super::moe::{DeviceExperts, ExpertLoader, ExpertsElsewhere, MoeScratch};
@@ -311,6 +312,21 @@ impl AnyStage {
     /// Whether it holds the output head.
     pub fn has_head(&self) -> bool {
         each_backend!(self, AnyStage, s => s.has_head())
+    }
+
+    /// Waits until the work queued on its device so far has run.
+    pub fn synchronize(&self) -> Result<(), BackendError> {
+        each_backend!(self, AnyStage, s => s.backend().synchronize())
+    }
+
+    /// Turns CUDA graphs of its decode steps on or off (see [`Stage::set_graphs`]).
+    pub fn set_graphs(&mut self, enabled: bool) {
+        each_backend!(self, AnyStage, s => s.set_graphs(enabled))
+    }
+
+    /// What its CUDA graphs have done, and how many it holds (see [`Stage::graph_counts`]).
+    pub fn graph_counts(&self) -> (GraphCounts, usize) {
+        each_backend!(self, AnyStage, s => s.graph_counts())
     }
 
     /// The device holding experts of its layers elsewhere, those layers and their bytes (see

@@ -1,12 +1,14 @@
 //! Transformer models: hyperparameters per architecture ([`config`]), weights on devices
 //! ([`weights`]), read from the model file into owned memory ([`host_tensors`]), the forward pass
 //! of one pipeline stage ([`stage`]), its mixture-of-experts feed-forward block ([`moe`]) with
-//! its shared expert ([`shared_expert`]) and the multi-device pipeline ([`pipeline`]).
+//! its shared expert ([`shared_expert`]), CUDA graphs of its decode steps ([`graphs`]) and the
+//! multi-device pipeline ([`pipeline`]).
 
 pub mod backend;
 pub mod batch;
 pub mod config;
 pub mod embedding;
+pub mod graphs;
 pub mod host_tensors;
 pub mod load;
 pub mod moe;

@@ -13,6 +13,7 @@ use super::backend::{AnyExperts, AnyStage, ExpertScratch, StageBackend};
 use super::batch::{Batch, SeqId};
 use super::config::ModelConfig;
 use super::embedding::Embedding;
+use super::graphs::{graphs_enabled, GraphCounts};
 use super::stage::{ForwardError, Handoff};
 use super::weights::{ExpertWeights, WeightError};
 
@@ -47,6 +48,9 @@ pub struct Pipeline {
     /// stages work on at the same time ([`StageOverlap::from_env`] unless
     /// [`Pipeline::with_stage_overlap`] says otherwise).
     overlap: StageOverlap,
+    /// Whether the stages capture their decode steps as CUDA graphs ([`graphs_enabled`] unless
+    /// [`Pipeline::with_graphs`] says otherwise); given to the stages of a re-split too.
+    graphs: bool,
 }
 
 /// The environment variable that sets the stage overlap: `0` off, `1` always, unset (or anything
@@ -145,7 +149,27 @@ impl Pipeline {
             kv_types: KvTypes::F16,
             expert_scratch: ExpertScratch::default(),
             overlap: StageOverlap::from_env(),
+            graphs: graphs_enabled(),
         })
+    }
+
+    /// The pipeline with CUDA graphs of decode steps on or off (see [`super::graphs`]).
+    pub fn with_graphs(mut self, enabled: bool) -> Self {
+        self.graphs = enabled;
+        for s in &mut self.stages {
+            s.set_graphs(enabled);
+        }
+        self
+    }
+
+    /// What the stages' CUDA graphs have done so far, summed, and how many they hold.
+    pub fn graph_counts(&self) -> (GraphCounts, usize) {
+        self.stages
+            .iter()
+            .map(AnyStage::graph_counts)
+            .fold((GraphCounts::default(), 0), |(sum, held), (c, h)| {
+                (sum + c, held + h)
+            })
     }
 
     /// The pipeline with stage overlap as `overlap` says (see [`Pipeline::forward`]).
@@ -275,6 +299,10 @@ impl Pipeline {
         // The new stages may sit on other devices: ask them for staging memory afresh.
         self.staging = None;
         self.want_staging = true;
+        let mut stages = stages;
+        for s in &mut stages {
+            s.set_graphs(self.graphs);
+        }
         std::mem::replace(&mut self.stages, stages)
     }
 
@@ -408,6 +436,15 @@ impl Pipeline {
         if !whole {
             if let Some(last) = self.stages.last_mut() {
                 last.head(head_row, logits)?;
+            }
+        }
+        // The stages copy the residual stream from page-locked staging when their streams get
+        // there; the logits' read-back waits for that, but a step wanting no logits (a prompt
+        // chunk) ends without a wait, and the next step's embedding would overwrite the staging
+        // before those copies ran.
+        if self.staging.is_some() && batch.n_logits() == 0 {
+            for s in &self.stages {
+                s.synchronize()?;
             }
         }
         Ok(())

@@ -13,6 +13,7 @@ use llmd_kernels::backend::{
 use super::backend::AnyExperts;
 use super::batch::{Batch, Segment, SeqId};
 use super::config::ModelConfig;
+use super::graphs::{GraphCounts, StepGraphs, StepShape, MAX_GRAPH_ROWS};
 use super::host_tensors::{OwnedTensor, PartSource};
 use super::moe::{moe_ffn, ExpertLoader, ExpertsElsewhere, MoeInput, MoeScratch};
 use super::parts::{DevicePart, PartWeights, Slot};
@@ -84,6 +85,9 @@ pub struct Stage<B: Backend> {
     /// Page-locked host memory the logits are read into (`max_logit_rows * n_vocab` values),
     /// allocated at the first step that wants logits when the device offers it.
     logits_host: LogitsHost,
+    /// CUDA graphs of decode steps by shape; dropped whenever the KV caches or weights they
+    /// address change, and with the stage.
+    graphs: StepGraphs,
 }
 
 /// How the residual stream enters and leaves a stage when it need not cross the host (see
@@ -290,6 +294,7 @@ impl<B: Backend> Stage<B> {
             max_logit_rows: max_logit_rows.clamp(1, max_tokens.max(1)),
             weight_bytes,
             logits_host: LogitsHost::Unasked,
+            graphs: StepGraphs::default(),
         })
     }
 
@@ -486,6 +491,17 @@ impl<B: Backend> Stage<B> {
         Ok(bytes)
     }
 
+    /// Turns CUDA graphs of decode steps on or off (on by default unless `LLMD_CUDA_GRAPHS=0`),
+    /// dropping those held.
+    pub fn set_graphs(&mut self, enabled: bool) {
+        self.graphs = StepGraphs::new(enabled);
+    }
+
+    /// What its CUDA graphs of decode steps have done so far, and how many it holds.
+    pub fn graph_counts(&self) -> (GraphCounts, usize) {
+        (self.graphs.counts(), self.graphs.held())
+    }
+
     /// Bytes of KV cache resident on the device, over all sequences.
     pub fn kv_bytes(&self) -> u64 {
         self.kv
@@ -545,6 +561,7 @@ impl<B: Backend> Stage<B> {
         for (layer, cache) in self.kv.iter_mut().zip(caches) {
             layer.insert(seq, cache);
         }
+        self.graphs.clear();
         Ok(())
     }
 
@@ -573,6 +590,7 @@ impl<B: Backend> Stage<B> {
         for (layer, cache) in self.kv.iter_mut().zip(caches) {
             layer.insert(seq, cache);
         }
+        self.graphs.clear();
         Ok(())
     }
 
@@ -590,6 +608,7 @@ impl<B: Backend> Stage<B> {
         for layer in &mut self.kv {
             layer.remove(&seq);
         }
+        self.graphs.clear();
     }
 
     /// Runs this stage's layers over `batch`. `hidden` holds the residual stream in and out,
@@ -650,6 +669,97 @@ impl<B: Backend> Stage<B> {
             None => b.write_activations(&mut s.x, hidden)?,
         }
 
+        // The layers: replayed from a CUDA graph of this step's shape where there is one (a
+        // decode step on a device with graphs), else run op by op.
+        match self.step_shape(batch, &segments) {
+            Some(shape) => {
+                b.stage_positions(&batch.positions)?;
+                let mut graphs = std::mem::replace(&mut self.graphs, StepGraphs::new(false));
+                let ran = graphs.run(&*b, shape, &mut || self.run_layers(batch, &seg_rows));
+                self.graphs = graphs;
+                ran?;
+            }
+            None => self.run_layers(batch, &seg_rows)?,
+        }
+        let s = &mut self.scratch;
+        handoff.output = None;
+        if handoff.keep_output && self.head.is_none() {
+            handoff.output = b.export_activations(&s.x, n * d)?;
+        }
+        // The next stage takes the residual stream from the host unless it copies it from this
+        // device; the last stage's stays here (its logits rows are picked on the device).
+        if handoff.output.is_none() && self.head.is_none() {
+            b.read_activations(&s.x, hidden)?;
+        }
+
+        // Output head: only the rows that want logits are picked (after those of the step's
+        // earlier micro-batches), then normalised and projected unless the pipeline runs the
+        // head once for the whole step.
+        logits.clear();
+        if self.head.is_some() {
+            let wanted: Vec<u32> = (0..n as u32)
+                .filter(|&t| batch.logits[t as usize])
+                .collect();
+            let rows = handoff.head_row + wanted.len();
+            if rows > self.max_logit_rows {
+                return Err(ForwardError::BadBatch(format!(
+                    "{rows} rows wanting logits in one step (at most {})",
+                    self.max_logit_rows
+                )));
+            }
+            if !wanted.is_empty() {
+                b.gather_rows(&s.x, &wanted, d, handoff.head_row, &mut s.head_in)?;
+            }
+            if !handoff.defer_head {
+                self.head(rows, logits)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The shape of `batch`'s step for a CUDA graph (see [`StepGraphs`]), or `None` when it is
+    /// not one to capture: graphs off, more than [`MAX_GRAPH_ROWS`] rows, a sequence with more
+    /// than one row (a prefill), or a layer whose feed-forward block crosses the host (experts).
+    fn step_shape(&self, batch: &Batch, segments: &[Segment]) -> Option<StepShape> {
+        let n = batch.len();
+        if !self.graphs.enabled()
+            || n > MAX_GRAPH_ROWS
+            || segments.iter().any(|seg| seg.rows.len() != 1)
+            || !self
+                .weights
+                .iter()
+                .all(|w| matches!(w.ffn, FeedForward::Dense { .. }))
+        {
+            return None;
+        }
+        let c = &self.config;
+        let params = AttentionParams {
+            n_heads: c.n_head,
+            n_kv_heads: c.n_head_kv,
+            head_dim: c.head_dim,
+            scale: 1.0,
+            window: None,
+            softcap: None,
+        };
+        let max_context = batch.positions.iter().max().map_or(1, |&p| p as usize + 1);
+        Some(StepShape {
+            seqs: segments.iter().map(|seg| seg.seq).collect(),
+            splits: self.backend.attention_splits(&params, n, max_context),
+        })
+    }
+
+    /// This stage's layers over `batch` (its residual stream in `scratch.x`), op by op: what a
+    /// CUDA graph of the step captures.
+    fn run_layers(
+        &mut self,
+        batch: &Batch,
+        seg_rows: &HashMap<SeqId, Range<usize>>,
+    ) -> Result<(), ForwardError> {
+        let n = batch.len();
+        let c = Arc::clone(&self.config);
+        let b = Arc::clone(&self.backend);
+        let d = c.n_embd;
+        let s = &mut self.scratch;
         for (slot, il) in self.layers.clone().enumerate() {
             let w = &self.weights[slot];
             let ff = c.n_ff[il];
@@ -690,7 +800,7 @@ impl<B: Backend> Stage<B> {
                 freq_factors: w.rope_factors.as_ref(),
                 q_scale: c.query_scale,
             };
-            let mut caches = layer_caches(&mut self.kv[slot], &seg_rows)?;
+            let mut caches = layer_caches(&mut self.kv[slot], seg_rows)?;
             b.rope_store(
                 &mut s.q,
                 &mut s.k,
@@ -780,38 +890,6 @@ impl<B: Backend> Stage<B> {
                     experts.forward(input, n, &mut output[..n * d])?;
                     s.add_moe_output(&*b, &c, w, il, n, Routed::Host(&mut output[..n * d]))?;
                 }
-            }
-        }
-        handoff.output = None;
-        if handoff.keep_output && self.head.is_none() {
-            handoff.output = b.export_activations(&s.x, n * d)?;
-        }
-        // The next stage takes the residual stream from the host unless it copies it from this
-        // device; the last stage's stays here (its logits rows are picked on the device).
-        if handoff.output.is_none() && self.head.is_none() {
-            b.read_activations(&s.x, hidden)?;
-        }
-
-        // Output head: only the rows that want logits are picked (after those of the step's
-        // earlier micro-batches), then normalised and projected unless the pipeline runs the
-        // head once for the whole step.
-        logits.clear();
-        if self.head.is_some() {
-            let wanted: Vec<u32> = (0..n as u32)
-                .filter(|&t| batch.logits[t as usize])
-                .collect();
-            let rows = handoff.head_row + wanted.len();
-            if rows > self.max_logit_rows {
-                return Err(ForwardError::BadBatch(format!(
-                    "{rows} rows wanting logits in one step (at most {})",
-                    self.max_logit_rows
-                )));
-            }
-            if !wanted.is_empty() {
-                b.gather_rows(&s.x, &wanted, d, handoff.head_row, &mut s.head_in)?;
-            }
-            if !handoff.defer_head {
-                self.head(rows, logits)?;
             }
         }
         Ok(())

@@ -10,7 +10,9 @@
 //! synchronisations per token (the logits' read-back), no host-to-device copy per layer (each
 //! stage uploads the step's positions once, the first also the embedded tokens). The test pins
 //! the counts measured when it was written (the constants below), so a change that raises any
-//! of them fails it.
+//! of them fails it. It runs twice: with CUDA graphs off (`LLMD_CUDA_GRAPHS=0`: the step's
+//! kernels launched one by one) and on (each stage's layers replayed from a graph: one launch
+//! per stage, the kernels replayed counted apart and held to the per-layer count).
 
 use std::collections::BTreeMap;
 
@@ -35,6 +37,10 @@ const GPU_CHECK_LAUNCHES_PER_LAYER: f64 = 11.0;
 /// Host synchronisations per decoded token, as measured (budget: 2): the logits' read-back into
 /// page-locked memory.
 const SYNCS_PER_TOKEN: f64 = 1.0;
+/// Launches per layer of a decoded token with CUDA graphs: none, the layers are replayed.
+const GRAPH_LAUNCHES_PER_LAYER: f64 = 0.0;
+/// Graph launches per decoded token and stage: the stage's layers, once.
+const GRAPH_LAUNCHES_PER_STAGE: f64 = 1.0;
 /// Opens a pipeline layout's backends (given the second GPU's ordinal).
 type Layout = fn(usize) -> Vec<StageBackend>;
 
@@ -76,6 +82,8 @@ fn decode_cost(p: &mut Pipeline) -> BTreeMap<String, f64> {
     p.remove_sequence(1);
     [
         "launches",
+        "graph_launches",
+        "graph_kernels",
         "host_syncs",
         "h2d_copies",
         "h2d_bytes",
@@ -91,11 +99,19 @@ fn decode_cost(p: &mut Pipeline) -> BTreeMap<String, f64> {
 
 #[test]
 fn gpu_decode_budget_on_the_fake_driver() {
-    run_on_fake_driver(
-        "gpu_budget::gpu_decode_stays_within_its_launch_and_sync_budget",
-        &[("LLMD_FAKE_CUDA_DEVICES", "2")],
-        "decode budget kept",
-    );
+    for (graphs, kept) in [
+        ("0", "decode budget kept (graphs off)"),
+        ("1", "decode budget kept (graphs on)"),
+    ] {
+        run_on_fake_driver(
+            "gpu_budget::gpu_decode_stays_within_its_launch_and_sync_budget",
+            &[
+                ("LLMD_FAKE_CUDA_DEVICES", "2"),
+                (llmd::model::graphs::GRAPHS_ENV, graphs),
+            ],
+            kept,
+        );
+    }
 }
 
 /// Counts a decoded token's launches, synchronisations and copies (see the module's
@@ -119,7 +135,9 @@ fn gpu_decode_stays_within_its_launch_and_sync_budget() {
             vec![gpu_on("cuda:0", 0), gpu_on("cuda:0b", 0)]
         }),
     ];
+    let graphs = llmd::model::graphs::graphs_enabled();
     let mut failures = Vec::new();
+    let mut eager_steps = Vec::new();
     let mut check = |what: &str, name: &str, got: f64, most: f64| {
         if got > most + 1e-9 {
             failures.push(format!("{what}: {name} {got:.2}, at most {most}"));
@@ -141,24 +159,63 @@ fn gpu_decode_stays_within_its_launch_and_sync_budget() {
         let model = make(dir.path(), "llama", "q4_k_m", &["--layers", "4"]);
         let mixed = decode_cost(&mut pipeline(&model, &backends(second)));
         let stages = 2.0;
+        let replayed_per_layer = (cost[1]["graph_kernels"] - cost[0]["graph_kernels"]) / 2.0;
         println!(
             "{what}: per decoded token {per_layer:.2} launches per layer + {fixed:.2} (Q4_K_M: \
-             {:.2} per layer as gpu-check counts them), {:.2} host syncs, {:.2} \
-             host-to-device copies ({:.0} bytes), {:.2} device-to-host copies",
+             {:.2} per layer as gpu-check counts them), {:.2} graph launches replaying \
+             {replayed_per_layer:.2} kernels per layer, {:.2} host syncs, {:.2} host-to-device \
+             copies ({:.0} bytes), {:.2} device-to-host copies",
             mixed["launches"] / 4.0,
+            mixed["graph_launches"],
             mixed["host_syncs"],
             mixed["h2d_copies"],
             mixed["h2d_bytes"],
             mixed["d2h_copies"],
         );
-        check(what, "launches per layer", per_layer, LAUNCHES_PER_LAYER);
-        check(what, "launches outside the layers", fixed, FIXED_LAUNCHES);
-        check(
-            what,
-            "Q4_K_M launches per layer",
-            mixed["launches"] / 4.0,
-            GPU_CHECK_LAUNCHES_PER_LAYER,
-        );
+        if graphs {
+            check(
+                what,
+                "launches per layer",
+                per_layer,
+                GRAPH_LAUNCHES_PER_LAYER,
+            );
+            check(
+                what,
+                "launches outside the layers",
+                fixed,
+                FIXED_LAUNCHES + stages * GRAPH_LAUNCHES_PER_STAGE,
+            );
+            check(
+                what,
+                "kernels replayed per layer",
+                replayed_per_layer,
+                LAUNCHES_PER_LAYER,
+            );
+            for c in [&cost[0], &cost[1], &mixed] {
+                // Exactly: fewer would mean that steps fell back to launching kernel by kernel.
+                if c["graph_launches"] != stages * GRAPH_LAUNCHES_PER_STAGE {
+                    eager_steps.push(format!(
+                        "{what}: {:.2} graph launches per token, not one per stage",
+                        c["graph_launches"]
+                    ));
+                }
+            }
+        } else {
+            check(what, "launches per layer", per_layer, LAUNCHES_PER_LAYER);
+            check(what, "launches outside the layers", fixed, FIXED_LAUNCHES);
+            check(
+                what,
+                "Q4_K_M launches per layer",
+                mixed["launches"] / 4.0,
+                GPU_CHECK_LAUNCHES_PER_LAYER,
+            );
+            check(
+                what,
+                "graph launches per token",
+                mixed["graph_launches"],
+                0.0,
+            );
+        }
         for c in [&cost[0], &cost[1], &mixed] {
             check(
                 what,
@@ -175,6 +232,10 @@ fn gpu_decode_stays_within_its_launch_and_sync_budget() {
             );
         }
     }
+    failures.extend(eager_steps);
     assert!(failures.is_empty(), "{failures:#?}");
-    println!("decode budget kept");
+    println!(
+        "decode budget kept (graphs {})",
+        if graphs { "on" } else { "off" }
+    );
 }

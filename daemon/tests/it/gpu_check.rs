@@ -153,7 +153,7 @@ fn logits_with(
 /// The worst difference at any position over the reference's spread there, and the positions
 /// whose greedy token differs although the reference's top two are further apart than the
 /// tolerance allows the difference to be.
-fn compare(want: &[Vec<f32>], got: &[Vec<f32>], tol: f32) -> (f32, Vec<usize>) {
+pub(crate) fn compare(want: &[Vec<f32>], got: &[Vec<f32>], tol: f32) -> (f32, Vec<usize>) {
     assert_eq!(want.len(), got.len(), "positions");
     let mut worst = 0.0f32;
     let mut flipped = Vec::new();
@@ -618,6 +618,15 @@ fn resplit_while_decoding(
          {worst:.2e} of the spread (tolerance {tol:.0e}), greedy flips {flipped:?}"
     );
     assert!(ok, "KV {kv}: {worst} {flipped:?}");
+    // The stages of the last layout decoded from CUDA graphs (the re-split gave them the
+    // pipeline's setting): the cuda:1 stage captured its step and replayed it.
+    if llmd::model::graphs::graphs_enabled() {
+        let (counts, _) = p.graph_counts();
+        assert!(
+            counts.replays > 0 && counts.refused == 0,
+            "graphs after the re-split: {counts:?}"
+        );
+    }
     for (name, b) in backends {
         if let StageBackend::Cuda(gpu) = b {
             let held = layout_of(&p).iter().any(|l| l.device == *name);

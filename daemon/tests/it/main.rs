@@ -4,8 +4,9 @@
 //!   and `moe_vs_llama_cpp` (over `llama_cpp_logits`), `kv_vs_llama_cpp`, `gemma_vs_llama_cpp`;
 //! - models: `gguf_make_model` (the synthetic models read back), `model_refusals` (models llmd
 //!   must refuse), `moe_placement` (experts on another device give the same tokens);
-//! - GPUs: `gpu_check` (whole models on the GPU against the CPU) and `gpu_budget` (a decoded
-//!   token's launches and syncs), `#[ignore]`d GPU tests run by launchers on the fake CUDA driver
+//! - GPUs: `gpu_check` (whole models on the GPU against the CPU), `gpu_budget` (a decoded
+//!   token's launches and syncs) and `gpu_graphs` (CUDA graphs of decode steps), `#[ignore]`d GPU
+//!   tests run by launchers on the fake CUDA driver
 //!   (`gpu`); `nvml_health` (telemetry, power and doctor on the fake NVML).
 
 mod gemma_vs_llama_cpp;
@@ -13,6 +14,7 @@ mod gguf_make_model;
 mod gpu;
 mod gpu_budget;
 mod gpu_check;
+mod gpu_graphs;
 mod kv_vs_llama_cpp;
 mod llama_cpp_logits;
 mod model_refusals;

@@ -216,6 +216,7 @@ static void emu_misaligned(const void *p, unsigned align, const char *what) {
 }
 
 #include "strict.h"
+#include "capture.h"
 
 // ---------------------------------------------------------------------------------------------
 // Kernels by name: each entry copies cuLaunchKernel's parameters by the kernel's own parameter
@@ -430,6 +431,167 @@ void fault(Context *ctx, int code, const std::string &what) {
     std::fprintf(stderr, "fake libcuda: device %d faulted (%d): %s\n", ctx->device, code, what.c_str());
 }
 
+// ---------------------------------------------------------------------------------------------
+// The rules of stream capture (capture.h).
+
+// Invalidates capture `c` (capture_lock() held), saying why.
+void invalidate(CaptureSeq &c, const std::string &why) {
+    if (!c.invalidated) {
+        c.invalidated = true;
+        counters().captures_invalidated++;
+        std::fprintf(stderr, "fake libcuda: stream capture %llu invalidated: %s\n", c.id,
+                     why.c_str());
+    }
+}
+
+// Ends the capture open on `s` (capture_lock() held) and returns it.
+std::shared_ptr<CaptureSeq> close_capture(Stream *s) {
+    std::shared_ptr<CaptureSeq> c = std::move(s->capture);
+    c->open = false;
+    auto &open = open_captures();
+    open.erase(std::remove(open.begin(), open.end(), c), open.end());
+    return c;
+}
+
+// What a call queueing work on stream `s` must do about a capture there: `*record` is set to
+// the open capture when the work is to be recorded instead of run (null: run as usual); an
+// error when the capture refuses it (`capturable`: whether such work can be recorded at all;
+// `what`: the work, for the message).
+CUresult capture_gate(Stream *s, bool capturable, const std::string &what,
+                      std::shared_ptr<CaptureSeq> *record) {
+    record->reset();
+    if (!s) {
+        return kSuccess;
+    }
+    std::lock_guard<std::mutex> g(capture_lock());
+    if (!s->capture) {
+        return kSuccess;
+    }
+    if (s->capture->invalidated) {
+        return kCaptureInvalidated;
+    }
+    if (!capturable) {
+        invalidate(*s->capture, what + " on the capturing stream");
+        return kCaptureUnsupported;
+    }
+    *record = s->capture;
+    return kSuccess;
+}
+
+// Appends a node to capture `c`.
+void record_node(const std::shared_ptr<CaptureSeq> &c, bool kernel, std::string what,
+                 std::function<CUresult(Op &)> prepare) {
+    auto node = std::make_shared<Node>();
+    node->kernel = kernel;
+    node->what = std::move(what);
+    node->prepare = std::move(prepare);
+    std::lock_guard<std::mutex> g(capture_lock());
+    c->nodes.push_back(std::move(node));
+}
+
+// A potentially unsafe call (`what`: a synchronous copy, an allocation) made now: refused,
+// invalidating the captures it conflicts with (every one in global mode, this thread's in
+// thread-local mode).
+CUresult unsafe_gate(const std::string &what) {
+    std::lock_guard<std::mutex> g(capture_lock());
+    CUresult r = kSuccess;
+    for (const auto &c : open_captures()) {
+        if (c->mode == kCaptureGlobal ||
+            (c->mode == kCaptureThreadLocal && c->thread == std::this_thread::get_id())) {
+            invalidate(*c, what + " during the capture");
+            r = kCaptureUnsupported;
+        }
+    }
+    return r;
+}
+
+// Synchronising or querying stream `s` (`what`): refused while it captures.
+CUresult sync_gate(Stream *s, const char *what) {
+    std::lock_guard<std::mutex> g(capture_lock());
+    if (s && s->capture) {
+        invalidate(*s->capture, std::string(what) + " of the capturing stream");
+        return kCaptureUnsupported;
+    }
+    return kSuccess;
+}
+
+// Synchronising context `ctx`: refused while any of its streams captures.
+CUresult ctx_sync_gate(Context *ctx) {
+    std::lock_guard<std::mutex> g(capture_lock());
+    CUresult r = kSuccess;
+    for (const auto &c : open_captures()) {
+        if (c->ctx == ctx) {
+            invalidate(*c, "cuCtxSynchronize during the capture");
+            r = kCaptureUnsupported;
+        }
+    }
+    return r;
+}
+
+// Querying, synchronising or waiting on event `e` outside its capture: refused while its last
+// record was captured (invalidating that capture if it is still open).
+CUresult captured_event_gate(Event *e, const char *what) {
+    std::lock_guard<std::mutex> g(capture_lock());
+    if (!e->captured) {
+        return kSuccess;
+    }
+    if (e->captured->open) {
+        invalidate(*e->captured, std::string(what) + " of an event recorded in the capture");
+    }
+    return kCapturedEvent;
+}
+
+// The checks of a kernel launch at the time its work is queued (each pointer argument live and
+// accessible to the device, an injected fault), and that work.
+Op kernel_op(Context *ctx, const std::string &name, const Launch &launch, dim3_t grid,
+             dim3_t block) {
+    if (name.rfind("mul_mat_vec_id_", 0) == 0) {
+        counters().routed_launches++;
+    }
+    // Every pointer argument must point into live memory this device may access; the kernel
+    // runs later, so a bad one faults the context as the GPU's MMU would.
+    std::string bad;
+    bool injected = false;
+    {
+        std::lock_guard<std::mutex> guard(driver().lock);
+        for (unsigned long long p : launch.pointers) {
+            if (p == 0) {
+                continue; // optional buffers are passed as null
+            }
+            Allocation *a = find_allocation(p, 1, nullptr);
+            if (!a || a->freed || !accessible(*ctx, *a)) {
+                char text[200];
+                std::snprintf(text, sizeof text, "kernel %s: argument 0x%llx is %s", name.c_str(),
+                              p, !a ? "not device memory" : a->freed ? "freed memory"
+                                                        : "another GPU's memory without peer access");
+                bad = text;
+                break;
+            }
+        }
+        if (!config().fault_kernel.empty() && config().fault_kernel == name) {
+            injected = ++driver().launches_of[name] == config().fault_nth;
+        }
+    }
+    return [ctx, grid, block, launch, bad, injected, name] {
+        if (ctx->sticky.load()) {
+            return; // a faulted context runs nothing more
+        }
+        if (!bad.empty()) {
+            fault(ctx, kIllegalAddress, bad);
+            return;
+        }
+        if (injected) {
+            fault(ctx, kIllegalAddress, "kernel " + name + ": injected fault (LLMD_FAKE_CUDA_FAULT)");
+            return;
+        }
+        launch_fault = 0;
+        fiber_launch(grid, block, launch.run);
+        if (launch_fault) {
+            fault(ctx, launch_fault, "kernel " + name + ": " + launch_fault_what);
+        }
+    };
+}
+
 } // namespace
 
 #define API extern "C" __attribute__((visibility("default")))
@@ -571,6 +733,9 @@ API CUresult cuCtxSynchronize() {
     if (CUresult r = check_current()) {
         return r;
     }
+    if (CUresult r = ctx_sync_gate(current)) {
+        return r;
+    }
     std::vector<Stream *> mine;
     {
         GUARD;
@@ -690,6 +855,13 @@ API CUresult cuStreamDestroy_v2(void *stream) {
         }
     }
     {
+        std::lock_guard<std::mutex> g(capture_lock());
+        if (s->capture) {
+            invalidate(*s->capture, "its stream was destroyed");
+            close_capture(s);
+        }
+    }
+    {
         GUARD;
         auto &v = driver().streams;
         v.erase(std::remove(v.begin(), v.end(), s), v.end());
@@ -700,6 +872,9 @@ API CUresult cuStreamDestroy_v2(void *stream) {
 }
 API CUresult cuStreamSynchronize(void *stream) {
     auto *s = static_cast<Stream *>(stream);
+    if (CUresult r = s ? sync_gate(s, "cuStreamSynchronize") : unsafe_gate("cuStreamSynchronize of the legacy stream")) {
+        return r;
+    }
     if (s) {
         // Waiting is allowed from any context, but the stream's own fault is reported.
         s->drain();
@@ -713,6 +888,9 @@ API CUresult cuStreamQuery(void *stream) {
     auto *s = static_cast<Stream *>(stream);
     if (!s) {
         return kSuccess;
+    }
+    if (CUresult r = sync_gate(s, "cuStreamQuery")) {
+        return r;
     }
     const long long seq = s->kick();
     if (s->ctx->sticky.load()) {
@@ -747,6 +925,18 @@ API CUresult cuEventRecord(void *event, void *stream) {
                      e->ctx->device);
         return kInvalidContext;
     }
+    std::shared_ptr<CaptureSeq> cap;
+    if (CUresult r = capture_gate(s, true, "cuEventRecord", &cap)) {
+        return r;
+    }
+    {
+        // A record inside a capture marks a point of the capture, not of the stream's work.
+        std::lock_guard<std::mutex> g(capture_lock());
+        e->captured = cap;
+    }
+    if (cap) {
+        return kSuccess;
+    }
     if (!s) {
         e->stream = nullptr;
         e->state->completed.store(++e->recorded);
@@ -759,12 +949,18 @@ API CUresult cuEventRecord(void *event, void *stream) {
 }
 API CUresult cuEventSynchronize(void *event) {
     auto *e = static_cast<Event *>(event);
+    if (CUresult r = captured_event_gate(e, "cuEventSynchronize")) {
+        return r;
+    }
     wait_event(e->state, e->stream, e->recorded);
     host_sync();
     return e->ctx->sticky.load();
 }
 API CUresult cuEventQuery(void *event) {
     auto *e = static_cast<Event *>(event);
+    if (CUresult r = captured_event_gate(e, "cuEventQuery")) {
+        return r;
+    }
     if (e->stream) {
         e->stream->kick();
     }
@@ -779,6 +975,34 @@ API CUresult cuStreamWaitEvent(void *stream, void *event, unsigned) {
     auto *e = static_cast<Event *>(event);
     if (CUresult r = check_stream(s)) {
         return r;
+    }
+    {
+        std::lock_guard<std::mutex> g(capture_lock());
+        const std::shared_ptr<CaptureSeq> cap = s ? s->capture : nullptr;
+        if (cap) {
+            if (cap->invalidated) {
+                return kCaptureInvalidated;
+            }
+            if (e->captured == cap) {
+                return kSuccess; // a point earlier in this same stream's capture: already ordered
+            }
+            if (e->captured) {
+                invalidate(*cap, "a wait on an event of another capture (not modelled)");
+                return kCaptureUnsupported;
+            }
+            invalidate(*cap, "a wait on an event recorded outside the capture");
+            return kCaptureIsolation;
+        }
+        if (e->captured) {
+            if (e->captured->open) {
+                // Real CUDA would make the waiting stream join the capture (fork and join):
+                // llmd captures one stream, so the fake does not model it.
+                invalidate(*e->captured, "another stream waits on an event of the capture "
+                                         "(cross-stream capture is not modelled)");
+                return kCaptureUnsupported;
+            }
+            return kCapturedEvent;
+        }
     }
     Stream *from = e->stream;
     const long long gen = e->recorded;
@@ -795,6 +1019,9 @@ API CUresult cuMemAlloc_v2(unsigned long long *ptr, size_t bytes) {
     if (CUresult r = check_current()) {
         return r;
     }
+    if (CUresult r = unsafe_gate("cuMemAlloc")) {
+        return r;
+    }
     GUARD;
     return allocate(ptr, bytes, false);
 }
@@ -802,11 +1029,20 @@ API CUresult cuMemAllocAsync(unsigned long long *ptr, size_t bytes, void *stream
     if (CUresult r = check_stream(static_cast<Stream *>(stream))) {
         return r;
     }
+    std::shared_ptr<CaptureSeq> cap;
+    if (CUresult r = capture_gate(static_cast<Stream *>(stream), false,
+                                  "a stream-ordered allocation (memory nodes are not modelled)",
+                                  &cap)) {
+        return r;
+    }
     GUARD;
     return allocate(ptr, bytes, true);
 }
 API CUresult cuMemFree_v2(unsigned long long ptr) {
     if (CUresult r = check_current()) {
+        return r;
+    }
+    if (CUresult r = unsafe_gate("cuMemFree")) {
         return r;
     }
     {
@@ -822,6 +1058,11 @@ API CUresult cuMemFree_v2(unsigned long long ptr) {
 API CUresult cuMemFreeAsync(unsigned long long ptr, void *stream) {
     auto *s = static_cast<Stream *>(stream);
     if (CUresult r = check_stream(s)) {
+        return r;
+    }
+    std::shared_ptr<CaptureSeq> cap;
+    if (CUresult r = capture_gate(s, false,
+                                  "a stream-ordered free (memory nodes are not modelled)", &cap)) {
         return r;
     }
     {
@@ -843,6 +1084,9 @@ API CUresult cuMemHostAlloc(void **ptr, size_t bytes, unsigned flags) {
     if (CUresult r = check_current()) {
         return r;
     }
+    if (CUresult r = unsafe_gate("cuMemHostAlloc")) {
+        return r;
+    }
     *ptr = std::calloc(1, std::max<size_t>(bytes, 1));
     if (!*ptr) {
         return kOutOfMemory;
@@ -854,6 +1098,9 @@ API CUresult cuMemHostAlloc(void **ptr, size_t bytes, unsigned flags) {
     return kSuccess;
 }
 API CUresult cuMemFreeHost(void *ptr) {
+    if (CUresult r = unsafe_gate("cuMemFreeHost")) {
+        return r;
+    }
     {
         GUARD;
         driver().pinned.erase((unsigned long long)ptr);
@@ -879,6 +1126,9 @@ API CUresult cuMemsetD8_v2(unsigned long long ptr, unsigned char value, size_t n
     if (CUresult r = check_current()) {
         return r;
     }
+    if (CUresult r = unsafe_gate("a synchronous memset")) {
+        return r;
+    }
     if (CUresult r = check_device_range(ptr, n, "memset")) {
         return r;
     }
@@ -893,6 +1143,20 @@ API CUresult cuMemsetD8Async(unsigned long long ptr, unsigned char value, size_t
     if (CUresult r = check_device_range(ptr, n, "memset")) {
         return r;
     }
+    std::shared_ptr<CaptureSeq> cap;
+    if (CUresult r = capture_gate(s, true, "memset", &cap)) {
+        return r;
+    }
+    if (cap) {
+        record_node(cap, false, "memset", [ptr, value, n](Op &work) {
+            if (CUresult r = check_device_range(ptr, n, "memset (graph node)")) {
+                return r;
+            }
+            work = [ptr, value, n] { std::memset((void *)ptr, value, n); };
+            return kSuccess;
+        });
+        return kSuccess;
+    }
     enqueue(s, [ptr, value, n] { std::memset((void *)ptr, value, n); });
     return kSuccess;
 }
@@ -903,16 +1167,48 @@ static CUresult htod(unsigned long long dst, const void *src, size_t n, Stream *
     if (CUresult r = s ? check_stream(s) : check_current()) {
         return r;
     }
+    if (sync || !s) {
+        if (CUresult r = unsafe_gate("a synchronous copy to the device")) {
+            return r;
+        }
+    }
     if (CUresult r = check_device_range(dst, n, "copy to the device")) {
         return r;
     }
-    counters().h2d_bytes += (long long)n;
-    counters().h2d_copies++;
     bool pinned;
     {
         GUARD;
         pinned = is_pinned(src, n, current);
     }
+    if (s && !sync) {
+        std::shared_ptr<CaptureSeq> cap;
+        if (CUresult r = capture_gate(s, pinned, "a copy from pageable host memory", &cap)) {
+            return r;
+        }
+        if (cap) {
+            Context *ctx = current;
+            record_node(cap, false, "copy to the device", [ctx, dst, src, n](Op &work) {
+                if (CUresult r = check_device_range(dst, n, "copy to the device (graph node)")) {
+                    return r;
+                }
+                {
+                    GUARD;
+                    if (!is_pinned(src, n, ctx)) {
+                        std::fprintf(stderr, "fake libcuda: graph copy from host memory at %p that "
+                                             "is no longer page-locked\n", src);
+                        return kInvalidValue;
+                    }
+                }
+                counters().h2d_bytes += (long long)n;
+                counters().h2d_copies++;
+                work = [dst, src, n] { std::memcpy((void *)dst, src, n); };
+                return kSuccess;
+            });
+            return kSuccess;
+        }
+    }
+    counters().h2d_bytes += (long long)n;
+    counters().h2d_copies++;
     if (!pinned && s && !sync) {
         counters().pageable_copies++;
     }
@@ -940,16 +1236,48 @@ static CUresult dtoh(void *dst, unsigned long long src, size_t n, Stream *s, boo
     if (CUresult r = s ? check_stream(s) : check_current()) {
         return r;
     }
+    if (sync || !s) {
+        if (CUresult r = unsafe_gate("a synchronous copy from the device")) {
+            return r;
+        }
+    }
     if (CUresult r = check_device_range(src, n, "copy from the device")) {
         return r;
     }
-    counters().d2h_bytes += (long long)n;
-    counters().d2h_copies++;
     bool pinned;
     {
         GUARD;
         pinned = is_pinned(dst, n, current);
     }
+    if (s && !sync) {
+        std::shared_ptr<CaptureSeq> cap;
+        if (CUresult r = capture_gate(s, pinned, "a copy to pageable host memory", &cap)) {
+            return r;
+        }
+        if (cap) {
+            Context *ctx = current;
+            record_node(cap, false, "copy from the device", [ctx, dst, src, n](Op &work) {
+                if (CUresult r = check_device_range(src, n, "copy from the device (graph node)")) {
+                    return r;
+                }
+                {
+                    GUARD;
+                    if (!is_pinned(dst, n, ctx)) {
+                        std::fprintf(stderr, "fake libcuda: graph copy to host memory at %p that "
+                                             "is no longer page-locked\n", dst);
+                        return kInvalidValue;
+                    }
+                }
+                counters().d2h_bytes += (long long)n;
+                counters().d2h_copies++;
+                work = [dst, src, n] { std::memcpy(dst, (const void *)src, n); };
+                return kSuccess;
+            });
+            return kSuccess;
+        }
+    }
+    counters().d2h_bytes += (long long)n;
+    counters().d2h_copies++;
     if (!pinned && s && !sync) {
         counters().pageable_copies++;
     }
@@ -968,6 +1296,23 @@ static CUresult dtoh(void *dst, unsigned long long src, size_t n, Stream *s, boo
     host_sync();
     return kSuccess;
 }
+// A graph node copying between device buffers (of one GPU or two), checked and counted at each
+// launch.
+static CUresult device_copy_node(unsigned long long dst, unsigned long long src, size_t n,
+                                 Op &work) {
+    if (CUresult r = check_device_range(dst, n, "copy to the device (graph node)")) {
+        return r;
+    }
+    if (CUresult r = check_device_range(src, n, "copy from the device (graph node)")) {
+        return r;
+    }
+    {
+        GUARD;
+        count_copy(*current, dst, src, n);
+    }
+    work = [dst, src, n] { std::memmove((void *)dst, (const void *)src, n); };
+    return kSuccess;
+}
 static CUresult dtod(unsigned long long dst, unsigned long long src, size_t n, Stream *s) {
     if (CUresult r = s ? check_stream(s) : check_current()) {
         return r;
@@ -977,6 +1322,21 @@ static CUresult dtod(unsigned long long dst, unsigned long long src, size_t n, S
     }
     if (CUresult r = check_device_range(src, n, "copy from the device")) {
         return r;
+    }
+    if (!s) {
+        if (CUresult r = unsafe_gate("a synchronous copy between device buffers")) {
+            return r;
+        }
+    }
+    std::shared_ptr<CaptureSeq> cap;
+    if (CUresult r = capture_gate(s, true, "copy between device buffers", &cap)) {
+        return r;
+    }
+    if (cap) {
+        record_node(cap, false, "copy between device buffers", [dst, src, n](Op &work) {
+            return device_copy_node(dst, src, n, work);
+        });
+        return kSuccess;
     }
     {
         GUARD;
@@ -1023,6 +1383,24 @@ API CUresult cuMemcpyPeerAsync(unsigned long long dst, void *dst_ctx, unsigned l
                                  "live on the contexts named\n", n);
             return kInvalidValue;
         }
+    }
+    if (!s) {
+        if (CUresult r = unsafe_gate("a synchronous peer copy")) {
+            return r;
+        }
+    }
+    std::shared_ptr<CaptureSeq> cap;
+    if (CUresult r = capture_gate(s, true, "peer copy", &cap)) {
+        return r;
+    }
+    if (cap) {
+        record_node(cap, false, "peer copy", [dst, src, n](Op &work) {
+            return device_copy_node(dst, src, n, work);
+        });
+        return kSuccess;
+    }
+    {
+        GUARD;
         count_copy(*current, dst, src, n);
     }
     enqueue(s, [dst, src, n] { std::memmove((void *)dst, (const void *)src, n); });
@@ -1099,56 +1477,188 @@ API CUresult cuLaunchKernel(void *function, unsigned gx, unsigned gy, unsigned g
                              "context\n", f->name.c_str(), f->ctx->device, current->device);
         return kInvalidContext;
     }
-    Launch launch = (*f->capture)(params);
-    counters().launches++;
-    if (f->name.rfind("mul_mat_vec_id_", 0) == 0) {
-        counters().routed_launches++;
+    std::shared_ptr<CaptureSeq> cap;
+    if (CUresult r = capture_gate(s, true, "kernel " + f->name, &cap)) {
+        return r;
     }
-    Context *ctx = current;
-    // Every pointer argument must point into live memory this device may access; the launch
-    // runs later, so a bad one faults the context as the GPU's MMU would.
-    std::string bad;
-    bool injected = false;
-    {
-        GUARD;
-        for (unsigned long long p : launch.pointers) {
-            if (p == 0) {
-                continue; // optional buffers are passed as null
-            }
-            Allocation *a = find_allocation(p, 1, nullptr);
-            if (!a || a->freed || !accessible(*ctx, *a)) {
-                char text[200];
-                std::snprintf(text, sizeof text, "kernel %s: argument 0x%llx is %s", f->name.c_str(),
-                              p, !a ? "not device memory" : a->freed ? "freed memory"
-                                                        : "another GPU's memory without peer access");
-                bad = text;
-                break;
-            }
-        }
-        if (!config().fault_kernel.empty() && config().fault_kernel == f->name) {
-            injected = ++driver().launches_of[f->name] == config().fault_nth;
-        }
-    }
+    const Launch launch = (*f->capture)(params);
     const dim3_t grid{gx, gy, gz}, block{bx, by, bz};
-    const std::string name = f->name;
-    enqueue(s, [ctx, grid, block, launch = std::move(launch), bad, injected, name] {
-        if (ctx->sticky.load()) {
-            return; // a faulted context runs nothing more
+    Context *ctx = current;
+    if (cap) {
+        record_node(cap, true, "kernel " + f->name,
+                    [ctx, name = f->name, launch, grid, block](Op &work) {
+                        work = kernel_op(ctx, name, launch, grid, block);
+                        return kSuccess;
+                    });
+        return kSuccess;
+    }
+    counters().launches++;
+    enqueue(s, kernel_op(ctx, f->name, launch, grid, block));
+    return kSuccess;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stream capture and graphs (capture.h).
+
+static std::atomic<unsigned long long> next_capture_id{1};
+
+API CUresult cuStreamBeginCapture_v2(void *stream, int mode) {
+    auto *s = static_cast<Stream *>(stream);
+    if (!s) {
+        std::fprintf(stderr, "fake libcuda: the legacy stream cannot be captured\n");
+        return kCaptureUnsupported;
+    }
+    if (CUresult r = check_stream(s)) {
+        return r;
+    }
+    if (mode != kCaptureGlobal && mode != kCaptureThreadLocal && mode != kCaptureRelaxed) {
+        return kInvalidValue;
+    }
+    std::lock_guard<std::mutex> g(capture_lock());
+    if (s->capture) {
+        return kIllegalState;
+    }
+    auto c = std::make_shared<CaptureSeq>();
+    c->id = next_capture_id++;
+    c->mode = mode;
+    c->thread = std::this_thread::get_id();
+    c->ctx = s->ctx;
+    s->capture = c;
+    open_captures().push_back(c);
+    counters().captures++;
+    return kSuccess;
+}
+API CUresult cuStreamBeginCapture(void *stream) {
+    return cuStreamBeginCapture_v2(stream, kCaptureGlobal);
+}
+
+API CUresult cuStreamEndCapture(void *stream, void **graph) {
+    auto *s = static_cast<Stream *>(stream);
+    *graph = nullptr;
+    if (!s) {
+        return kIllegalState;
+    }
+    if (CUresult r = check_stream(s)) {
+        return r;
+    }
+    std::lock_guard<std::mutex> g(capture_lock());
+    if (!s->capture) {
+        return kIllegalState;
+    }
+    if (s->capture->mode != kCaptureRelaxed && s->capture->thread != std::this_thread::get_id()) {
+        return kCaptureWrongThread;
+    }
+    const std::shared_ptr<CaptureSeq> c = close_capture(s);
+    if (c->invalidated) {
+        return kCaptureInvalidated;
+    }
+    *graph = new Graph{c->ctx, c->nodes};
+    return kSuccess;
+}
+API CUresult cuStreamIsCapturing(void *stream, int *status) {
+    auto *s = static_cast<Stream *>(stream);
+    std::lock_guard<std::mutex> g(capture_lock());
+    // CU_STREAM_CAPTURE_STATUS_NONE (0), _ACTIVE (1), _INVALIDATED (2).
+    *status = !s || !s->capture ? 0 : s->capture->invalidated ? 2 : 1;
+    return kSuccess;
+}
+API CUresult cuStreamGetCaptureInfo(void *stream, int *status, unsigned long long *id) {
+    auto *s = static_cast<Stream *>(stream);
+    std::lock_guard<std::mutex> g(capture_lock());
+    *status = !s || !s->capture ? 0 : s->capture->invalidated ? 2 : 1;
+    if (id && s && s->capture) {
+        *id = s->capture->id;
+    }
+    return kSuccess;
+}
+
+API CUresult cuGraphInstantiateWithFlags(void **exec, void *graph, unsigned long long flags) {
+    const auto *g = static_cast<const Graph *>(graph);
+    if (!exec || !g) {
+        return kInvalidValue;
+    }
+    if (flags & ~kInstantiateFlagsKnown) {
+        std::fprintf(stderr, "fake libcuda: graph instantiation flags 0x%llx (device launch is "
+                             "not modelled)\n", flags);
+        return kInvalidValue;
+    }
+    *exec = new Graph(*g);
+    counters().graph_instantiations++;
+    return kSuccess;
+}
+API CUresult cuGraphInstantiate_v2(void **exec, void *graph, void **error_node, char *log,
+                                   size_t log_size) {
+    if (error_node) {
+        *error_node = nullptr;
+    }
+    if (log && log_size) {
+        log[0] = '\0';
+    }
+    return cuGraphInstantiateWithFlags(exec, graph, 0);
+}
+API CUresult cuGraphUpload(void *exec, void *stream) {
+    if (!exec) {
+        return kInvalidValue;
+    }
+    return check_stream(static_cast<Stream *>(stream));
+}
+API CUresult cuGraphLaunch(void *exec, void *stream) {
+    const auto *g = static_cast<const Graph *>(exec);
+    auto *s = static_cast<Stream *>(stream);
+    if (!g) {
+        return kInvalidValue;
+    }
+    if (CUresult r = s ? check_stream(s) : check_current()) {
+        return r;
+    }
+    if (g->ctx != current) {
+        counters().refused_context++;
+        std::fprintf(stderr, "fake libcuda: a graph of device %d launched in another context\n",
+                     g->ctx->device);
+        return kInvalidContext;
+    }
+    std::shared_ptr<CaptureSeq> cap;
+    if (CUresult r = capture_gate(s, false, "a graph launch (child graphs are not modelled)",
+                                  &cap)) {
+        return r;
+    }
+    // Each node's checks at this launch, then its work, all queued as one piece.
+    std::vector<Op> work;
+    work.reserve(g->nodes.size());
+    long long kernels = 0;
+    for (const auto &node : g->nodes) {
+        Op op;
+        if (CUresult r = node->prepare(op)) {
+            std::fprintf(stderr, "fake libcuda: graph launch refused at its node %s\n",
+                         node->what.c_str());
+            return r;
         }
-        if (!bad.empty()) {
-            fault(ctx, kIllegalAddress, bad);
-            return;
-        }
-        if (injected) {
-            fault(ctx, kIllegalAddress, "kernel " + name + ": injected fault (LLMD_FAKE_CUDA_FAULT)");
-            return;
-        }
-        launch_fault = 0;
-        fiber_launch(grid, block, launch.run);
-        if (launch_fault) {
-            fault(ctx, launch_fault, "kernel " + name + ": " + launch_fault_what);
+        kernels += node->kernel;
+        work.push_back(std::move(op));
+    }
+    counters().launches++;
+    counters().graph_launches++;
+    counters().graph_kernels += kernels;
+    enqueue(s, [work = std::move(work)] {
+        for (const Op &op : work) {
+            op();
         }
     });
+    return kSuccess;
+}
+API CUresult cuGraphExecDestroy(void *exec) {
+    if (!exec) {
+        return kInvalidValue;
+    }
+    // Queued launches hold their own work, so a launched graph may be destroyed at once.
+    delete static_cast<Graph *>(exec);
+    return kSuccess;
+}
+API CUresult cuGraphDestroy(void *graph) {
+    if (!graph) {
+        return kInvalidValue;
+    }
+    delete static_cast<Graph *>(graph);
     return kSuccess;
 }
 
@@ -1172,6 +1682,12 @@ API CUresult cuGetErrorString(CUresult error, const char **text) {
     case kPeerAccessAlreadyEnabled: *text = "peer access is already enabled (fake libcuda)"; break;
     case kPeerAccessNotEnabled: *text = "peer access has not been enabled (fake libcuda)"; break;
     case kMisalignedAddress: *text = "misaligned address (fake libcuda)"; break;
+    case kIllegalState: *text = "the operation cannot be performed in the present state (fake libcuda)"; break;
+    case kCaptureUnsupported: *text = "operation not permitted when stream is capturing (fake libcuda)"; break;
+    case kCaptureInvalidated: *text = "operation failed due to a previous error during capture (fake libcuda)"; break;
+    case kCaptureIsolation: *text = "dependency created on uncaptured work in another stream (fake libcuda)"; break;
+    case kCapturedEvent: *text = "operation not permitted on an event last recorded in a capturing stream (fake libcuda)"; break;
+    case kCaptureWrongThread: *text = "attempt to terminate a thread-local capture sequence from another thread (fake libcuda)"; break;
     default: *text = "unknown error (fake libcuda)"; break;
     }
     return kSuccess;

@@ -26,6 +26,7 @@
 //   is refused with CUDA_ERROR_UNSUPPORTED_PTX_VERSION; a CUBIN must be for the device's
 //   architecture (same major, minor not above the device's); a kernel with more than 48 KiB of
 //   static shared memory fails to load; only the module's own entries can be fetched.
+// - Stream capture and CUDA graphs follow the driver's rules too: capture.h.
 //
 // Configuration (environment): LLMD_FAKE_CUDA_DEVICES (1), LLMD_FAKE_CUDA_MEMORY (16 GiB each),
 // LLMD_FAKE_CUDA_DRIVER (cuDriverGetVersion, 12040), LLMD_FAKE_CUDA_PTX_ISA ("8.4"),
@@ -166,8 +167,13 @@ struct Counters {
         peer_direct{0}, peer_staged{0}, peer_direct_bytes{0}, peer_staged_bytes{0},
         refused_context{0}, faults{0}, allocations{0}, frees{0}, pageable_copies{0},
         h2d_copies{0}, d2h_copies{0},
-        // Launches of the routed matmul of mixtures of experts (mul_mat_vec_id_*).
-        routed_launches{0};
+        // Runs of the routed matmul of mixtures of experts (mul_mat_vec_id_*), launched or
+        // replayed by a graph.
+        routed_launches{0},
+        // Graph launches (each also one of `launches`), the kernels they replayed, captures
+        // begun, captures a refused call invalidated, graphs instantiated (capture.h).
+        graph_launches{0}, graph_kernels{0}, captures{0}, captures_invalidated{0},
+        graph_instantiations{0};
 };
 inline Counters &counters() {
     static auto *c = new Counters;
@@ -192,12 +198,15 @@ inline void write_stats() {
                  "peer_copies_direct %lld\npeer_copies_staged %lld\npeer_bytes_direct %lld\n"
                  "peer_bytes_staged %lld\nrefused_context %lld\nfaults %lld\nallocations %lld\n"
                  "frees %lld\npageable_copies %lld\nh2d_copies %lld\nd2h_copies %lld\n"
-                 "routed_launches %lld\n",
+                 "routed_launches %lld\ngraph_launches %lld\ngraph_kernels %lld\ncaptures %lld\n"
+                 "captures_invalidated %lld\ngraph_instantiations %lld\n",
                  n.launches.load(), n.host_syncs.load(), n.h2d_bytes.load(), n.d2h_bytes.load(),
                  n.peer_direct.load(), n.peer_staged.load(), n.peer_direct_bytes.load(),
                  n.peer_staged_bytes.load(), n.refused_context.load(), n.faults.load(),
                  n.allocations.load(), n.frees.load(), n.pageable_copies.load(),
-                 n.h2d_copies.load(), n.d2h_copies.load(), n.routed_launches.load());
+                 n.h2d_copies.load(), n.d2h_copies.load(), n.routed_launches.load(),
+                 n.graph_launches.load(), n.graph_kernels.load(), n.captures.load(),
+                 n.captures_invalidated.load(), n.graph_instantiations.load());
     std::fclose(f);
     std::rename(partial.c_str(), c.stats_path.c_str());
 }
@@ -234,6 +243,7 @@ struct Module {
 
 struct Event;
 struct Stream;
+struct CaptureSeq; // capture.h
 
 // The driver's bookkeeping, under `lock`.
 struct Driver {
@@ -325,6 +335,9 @@ struct Event {
     Context *ctx = nullptr;
     Stream *stream = nullptr; // where it was last recorded
     long long recorded = 0;   // generation of the last record
+    // The capture its last record was made in (a captured event: it marks a point of that
+    // capture, not of the stream's execution), under capture_lock(); null otherwise.
+    std::shared_ptr<CaptureSeq> captured;
     std::shared_ptr<EventState> state = std::make_shared<EventState>();
 };
 
@@ -359,6 +372,8 @@ struct Stream {
     std::chrono::steady_clock::time_point oldest;
     bool stopping = false;
     std::thread worker;
+    // The capture open on this stream (capture.h), under capture_lock(); null when none.
+    std::shared_ptr<CaptureSeq> capture;
 
     explicit Stream(Context *c) : ctx(c) { worker = std::thread([this] { run(); }); }
 

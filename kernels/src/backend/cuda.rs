@@ -14,11 +14,11 @@
 //! `types` (which kernels each weight type uses), `weights` (upload, import, views), `transfer`
 //! (host and peer copies, stage hand-offs, pinned staging), `reused` (device buffers kept between
 //! calls), `norm` (`norm.cu`), `rope` (`rope.cu`), `elementwise` (`elementwise.cu`), `getrows`
-//! (`getrows.cu`), [`matmul`] (`mmv.cu`, `mmvq.cu`, `gemm.cu`, `mmq.cu`), `moe` (the routed
+//! (`getrows.cu`), `graph` (capturing the stream into a CUDA graph and replaying it), [`matmul`] (`mmv.cu`, `mmvq.cu`, `gemm.cu`, `mmq.cu`), `moe` (the routed
 //! matmul of mixtures of experts, `mmvq.cu`), `fused` (the fused projections), `kv`
 //! (`attention.cu`, `kvcache.cu`), `peer` (GPU-to-GPU paths); the tests in `tests` (op by op
-//! against the CPU backend), `type_tests`, `shape_tests`, `fused_tests`, `moe_tests` and
-//! `strict_tests` (the strict fake driver's faults), with `gpu_test` their launcher glue.
+//! against the CPU backend), `type_tests`, `shape_tests`, `fused_tests`, `moe_tests`,
+//! `strict_tests` (the strict fake driver's faults) and `graph_tests` (capture and replay), with `gpu_test` their launcher glue.
 //!
 //! The kernel signatures, launch configurations and host-side preconditions below follow
 //! `kernels/cuda/README.md`. Every GGUF weight type llama.cpp reads has kernels ([`types`]: which
@@ -48,6 +48,9 @@ mod fused_tests;
 mod getrows;
 #[cfg(test)]
 mod gpu_test;
+mod graph;
+#[cfg(test)]
+mod graph_tests;
 mod kv;
 mod matmul;
 mod modules;
@@ -72,6 +75,7 @@ mod weights;
 use context::GpuState;
 pub use context::{cuda_gpu_fault, DeviceBuf};
 pub use device::{cuda_available, cuda_device_info, normalize_pci_bus_id, CudaDeviceInfo};
+pub use graph::CudaStepGraph;
 pub use kv::CudaKv;
 pub use modules::{check_compute_capability, check_driver, ModuleImage, MIN_DRIVER_RELEASE};
 pub use peer::{cuda_peer_paths, PeerPath};
@@ -519,6 +523,50 @@ impl Backend for CudaBackend {
 
     fn handoff_kind(&self) -> Option<&'static str> {
         Some("cuda")
+    }
+
+    fn capture_step<E: From<BackendError>>(
+        &self,
+        record: &mut dyn FnMut() -> Result<(), E>,
+    ) -> Option<Result<crate::backend::StepGraph, E>> {
+        Some(
+            self.capture(record)
+                .map(|(cuda, ())| crate::backend::StepGraph { cuda }),
+        )
+    }
+
+    fn launch_step(&self, graph: &crate::backend::StepGraph) -> Result<(), BackendError> {
+        self.launch_graph(&graph.cuda)
+    }
+
+    fn synchronize(&self) -> Result<(), BackendError> {
+        self.stream
+            .synchronize()
+            .map_err(|e| self.err("waiting for the stream", e))
+    }
+
+    fn graph_epoch(&self) -> u64 {
+        self.gpu.reallocations()
+    }
+
+    fn stage_positions(&self, positions: &[u32]) -> Result<(), BackendError> {
+        let mut reused = self.reused();
+        let Reused {
+            positions: on_device,
+            positions_dev,
+            ..
+        } = &mut *reused;
+        self.device_positions(on_device, positions_dev, positions)
+            .map(drop)
+    }
+
+    fn attention_splits(
+        &self,
+        params: &AttentionParams,
+        n_queries: usize,
+        max_context: usize,
+    ) -> usize {
+        kv::decode_launch_splits(self.sm_count, params, n_queries, max_context)
     }
 
     fn export_activations(

@@ -619,6 +619,63 @@ pub trait Backend: Send + Sync + 'static {
     fn charge_host_buffers(&self, _what: &str, _bytes: u64) -> Result<Option<Lease>, BackendError> {
         Ok(None)
     }
+
+    /// Waits until the work queued on this device so far has run (the CPU runs each op before
+    /// returning: nothing to wait for).
+    fn synchronize(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// Captures the device work `record` queues into a [`StepGraph`] without running it, for
+    /// [`Backend::launch_step`] to replay with one launch; `None` (running nothing) on a device
+    /// without graphs (the CPU), where the caller runs the work itself. Work to be captured must
+    /// read every value that changes between replays from device memory (the positions:
+    /// [`Backend::stage_positions`]), and must not allocate, free, synchronise or copy from or to
+    /// pageable host memory: the device refuses those during a capture, and the capture fails
+    /// (having run nothing). `record`'s own error is returned as it is.
+    fn capture_step<E: From<BackendError>>(
+        &self,
+        _record: &mut dyn FnMut() -> Result<(), E>,
+    ) -> Option<Result<StepGraph, E>>
+    where
+        Self: Sized,
+    {
+        None
+    }
+
+    /// Queues one replay of `graph`, which this device captured.
+    fn launch_step(&self, graph: &StepGraph) -> Result<(), BackendError> {
+        Err(BackendError::Device {
+            device: self.device_name().to_owned(),
+            message: format!("cannot launch a graph captured on {}", graph.device()),
+        })
+    }
+
+    /// A number that changes whenever device buffers the backend keeps between calls are
+    /// reallocated: a graph captured under another epoch holds their old addresses and must not
+    /// be launched.
+    fn graph_epoch(&self) -> u64 {
+        0
+    }
+
+    /// Writes the positions of the coming step's tokens to the device memory the ops of the
+    /// step read them from (what a captured step reads at each replay); the ops then find them
+    /// there without uploading them again.
+    fn stage_positions(&self, _positions: &[u32]) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// The key splits decode attention of `n_queries` queries of `params` over at most
+    /// `max_context` keys launches with (a captured step's launch shape depends on it); 1 where
+    /// attention does not split.
+    fn attention_splits(
+        &self,
+        _params: &AttentionParams,
+        _n_queries: usize,
+        _max_context: usize,
+    ) -> usize {
+        1
+    }
 }
 
 /// Activations one pipeline stage left on its device for the next stage to copy directly
@@ -812,15 +869,17 @@ mod cpu;
 mod cpu_tests;
 mod cuda;
 mod fused;
+mod graph;
 mod kv;
 mod memory;
 pub use cpu::CpuBackend;
 pub use cuda::{
     check_compute_capability, check_driver, cuda_available, cuda_device_info, cuda_gpu_fault,
-    cuda_peer_paths, normalize_pci_bus_id, CudaBackend, CudaDeviceInfo, CudaKv, CudaWeight,
-    DeviceBuf, ModuleImage, PeerPath, MIN_DRIVER_RELEASE,
+    cuda_peer_paths, normalize_pci_bus_id, CudaBackend, CudaDeviceInfo, CudaKv, CudaStepGraph,
+    CudaWeight, DeviceBuf, ModuleImage, PeerPath, MIN_DRIVER_RELEASE,
 };
 pub use fused::QkvParams;
+pub use graph::StepGraph;
 pub(crate) use kv::{f16_bytes, f16_bytes_mut, KvShape};
 pub use kv::{kv_cache_bytes, HostKv, KvRotation, KvType, KvTypeError, KvTypes, KvView};
 pub use memory::{DeviceMemory, Lease};

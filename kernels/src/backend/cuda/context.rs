@@ -31,6 +31,9 @@ pub struct GpuState {
     free_failures: AtomicU64,
     /// The last refused free, for messages.
     last_free_failure: Mutex<Option<String>>,
+    /// Reallocations of the buffers backends on this GPU keep between calls (`reused`): a CUDA
+    /// graph captured before one holds a freed address (see `Backend::graph_epoch`).
+    reallocations: AtomicU64,
 }
 
 /// The most GPUs the registry tracks (ordinals beyond it are refused by the driver anyway).
@@ -63,6 +66,16 @@ impl GpuState {
             *fault = Some(format!("{what}: {e}"));
         }
         true
+    }
+
+    /// Reallocations of kept buffers on this GPU so far.
+    pub(super) fn reallocations(&self) -> u64 {
+        self.reallocations.load(Ordering::Relaxed)
+    }
+
+    /// Counts a reallocation of a kept buffer.
+    pub(super) fn reallocated(&self) {
+        self.reallocations.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Frees the driver refused so far, and the last one's error.

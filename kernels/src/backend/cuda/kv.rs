@@ -83,6 +83,19 @@ pub(super) fn decode_splits(sm_count: usize, blocks: usize, max_context: usize) 
     to_fill.min(by_length).clamp(1, MAX_SPLITS)
 }
 
+/// Key splits of the decode attention launch of `n_queries` queries of `p` over at most
+/// `max_context` keys ([`decode_splits`] over its grid of KV head groups x queries).
+pub(super) fn decode_launch_splits(
+    sm_count: usize,
+    p: &AttentionParams,
+    n_queries: usize,
+    max_context: usize,
+) -> usize {
+    let group = p.n_heads / p.n_kv_heads.max(1);
+    let grid_x = p.n_kv_heads * group.div_ceil(DECODE_GROUP);
+    decode_splits(sm_count, grid_x * n_queries, max_context)
+}
+
 /// The scalar arguments every attention kernel takes after the positions.
 struct AttentionShape {
     /// Query heads.

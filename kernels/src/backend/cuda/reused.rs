@@ -32,7 +32,7 @@ pub(super) struct Reused {
 }
 
 /// A buffer of at least `len` values in `slot`, allocating a larger one (zeroed) when it is
-/// too small.
+/// too small (counted in the GPU's reallocations: the graph epoch).
 pub(super) fn grown<'a, T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
     stream: &Arc<CudaStream>,
     gpu: &Arc<GpuState>,
@@ -41,6 +41,8 @@ pub(super) fn grown<'a, T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZ
 ) -> Result<&'a mut DeviceBuf<T>, DriverError> {
     let len = len.max(1);
     if slot.as_ref().is_none_or(|b| b.len() < len) {
+        // Graphs captured with the old buffer's address must not be replayed.
+        gpu.reallocated();
         *slot = None;
         *slot = Some(DeviceBuf::new(
             stream.alloc_zeros::<T>(len)?,

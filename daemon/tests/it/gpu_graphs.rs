@@ -1,0 +1,138 @@
+//! CUDA graphs of decode steps (issue 18) on the strict fake driver: a model decoding several
+//! sequences whose batch changes shape (sequences joining and leaving, the attention's key
+//! split growing with the context) gives bit for bit the logits it gives with graphs off, and
+//! the CPU's within the usual tolerance; the graphs were captured per shape and replayed.
+
+use llmd::model::{Batch, Pipeline, SeqId};
+use llmd_testkit::fake_cuda::{is_child, stats};
+
+use crate::gpu::{require_cuda, run_on_fake_driver};
+use crate::gpu_check::{compare, cpu, gpu_on, make, pipeline};
+
+/// Positions each sequence's KV cache holds (past the 128 keys at which decode attention takes
+/// a second key split).
+const CONTEXT: usize = 160;
+/// The first sequence's prompt: its decode steps cross position 128 in the last phase.
+const PROMPT: usize = 116;
+/// Prompt tokens per prefill step (`gpu_check::pipeline` takes 64 at most).
+const PREFILL_CHUNK: usize = 48;
+/// Tolerance against the CPU (a Q4_K_M model, as `gpu_check`'s cases).
+const TOL: f32 = 0.04;
+
+/// What happens before a phase of decode steps.
+enum Change {
+    /// A sequence joins with a prompt of this many tokens.
+    Add(SeqId, usize),
+    /// A sequence leaves.
+    Remove(SeqId),
+}
+
+/// The script: changes, then decode steps of every live sequence together.
+const SCRIPT: &[(&[Change], usize)] = &[
+    (&[Change::Add(1, PROMPT), Change::Add(2, 5)], 6),
+    (&[Change::Add(3, 3)], 4),
+    (&[Change::Remove(2)], 12),
+];
+
+/// A token for sequence `seq` at position `pos`.
+fn token(seq: SeqId, pos: usize, n_vocab: u32) -> u32 {
+    ((pos as u64 * 7919 + seq * 104_729 + 13) % u64::from(n_vocab)).max(1) as u32
+}
+
+/// Runs [`SCRIPT`] on `p`: the logits of every decode step's rows, in order.
+fn decode_script(p: &mut Pipeline) -> Vec<Vec<f32>> {
+    let n_vocab = p.config().n_vocab;
+    let mut next: Vec<(SeqId, usize)> = Vec::new(); // live sequences and their next position
+    let mut rows = Vec::new();
+    let mut out = Vec::new();
+    for (changes, steps) in SCRIPT {
+        for change in *changes {
+            match *change {
+                Change::Add(seq, prompt) => {
+                    p.add_sequence(seq, CONTEXT).expect("KV caches");
+                    // In chunks: the pipeline takes at most `PREFILL_CHUNK` tokens a step.
+                    for start in (0..prompt).step_by(PREFILL_CHUNK) {
+                        let mut batch = Batch::default();
+                        for pos in start..prompt.min(start + PREFILL_CHUNK) {
+                            batch.push(token(seq, pos, n_vocab as u32), pos as u32, seq, false);
+                        }
+                        p.forward(&batch, &mut out).expect("prefill");
+                    }
+                    next.push((seq, prompt));
+                }
+                Change::Remove(seq) => {
+                    p.remove_sequence(seq);
+                    next.retain(|&(s, _)| s != seq);
+                }
+            }
+        }
+        for _ in 0..*steps {
+            let mut batch = Batch::default();
+            for (seq, pos) in &mut next {
+                batch.push(token(*seq, *pos, n_vocab as u32), *pos as u32, *seq, true);
+                *pos += 1;
+            }
+            out.clear();
+            p.forward(&batch, &mut out).expect("decode step");
+            rows.extend(out.chunks(n_vocab).map(<[f32]>::to_vec));
+        }
+    }
+    for (seq, _) in next {
+        p.remove_sequence(seq);
+    }
+    rows
+}
+
+#[test]
+fn gpu_graphs_on_the_fake_driver() {
+    run_on_fake_driver(
+        "gpu_graphs::gpu_graphs_replay_the_eager_decode",
+        // Enough multiprocessors that decode attention splits its keys once past 128.
+        &[("LLMD_FAKE_CUDA_SMS", "16")],
+        "graphs replay the eager decode",
+    );
+}
+
+/// Decodes [`SCRIPT`] on the CPU, on cuda:0 with graphs off and on cuda:0 with graphs on.
+#[test]
+#[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
+fn gpu_graphs_replay_the_eager_decode() {
+    require_cuda();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model = make(dir.path(), "llama", "q4_k_m", &[]).with_context(CONTEXT);
+    let want = decode_script(&mut pipeline(&model, &[cpu("cpu:0")]));
+    let mut eager = pipeline(&model, &[gpu_on("cuda:0", 0)]).with_graphs(false);
+    let eager_rows = decode_script(&mut eager);
+    let launches_before = stats().get("graph_launches").copied().unwrap_or(0);
+    let mut graphed = pipeline(&model, &[gpu_on("cuda:0", 0)]).with_graphs(true);
+    let graph_rows = decode_script(&mut graphed);
+    assert!(
+        graph_rows == eager_rows,
+        "the replayed steps give the eager steps' logits bit for bit"
+    );
+    let (worst, flipped) = compare(&want, &graph_rows, TOL);
+    assert!(
+        worst <= TOL && flipped.is_empty(),
+        "against the CPU: worst {worst:.2e}, greedy flips at {flipped:?}"
+    );
+    let (off, _) = eager.graph_counts();
+    assert_eq!((off.captures, off.replays), (0, 0), "graphs off: {off:?}");
+    let (on, held) = graphed.graph_counts();
+    println!("graphs: {on:?}, {held} held after the script");
+    // Shapes: {1,2}, {1,2,3}, {1,3} with one key split, then {1,3} with two; each captured at
+    // its second step (the first runs eagerly and grows the kept buffers), replayed after.
+    assert_eq!(on.refused, 0, "{on:?}");
+    assert!(on.captures >= 4, "a graph per shape: {on:?}");
+    let steps: u64 = SCRIPT.iter().map(|(_, s)| *s as u64).sum();
+    assert_eq!(on.replays + on.eager, steps, "{on:?}");
+    assert!(on.replays > on.eager, "most steps replayed: {on:?}");
+    assert_eq!(held, 0, "the last sequences' removal dropped the graphs");
+    if is_child() {
+        let launched = stats().get("graph_launches").copied().unwrap_or(0) - launches_before;
+        assert_eq!(
+            launched as u64, on.replays,
+            "one graph launch per replayed step"
+        );
+    }
+    println!("graphs replay the eager decode");
+}
