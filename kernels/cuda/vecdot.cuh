@@ -221,6 +221,7 @@ static __device__ __forceinline__ float k_dot(const k_item &w, const block_q8_1 
 // 32 values; sub-block s pairs with y[s].
 template <> struct vdot<LLMD_TYPE_Q4_K> {
     typedef block_q4_K block;
+    typedef k_item item;
     static constexpr int qk = LLMD_QK_K;
     static constexpr int ni = 16;
     static __device__ __forceinline__ k_item load(const block &b, int k) {
@@ -229,6 +230,9 @@ template <> struct vdot<LLMD_TYPE_Q4_K> {
         const int v1 = load_int_b4(b.qs, 8 * j + 2 * i + 1);
         return k_load(b.scales, b.d, b.dmin, j, i, v0 & 0x0F0F0F0F, v1 & 0x0F0F0F0F,
                       (v0 >> 4) & 0x0F0F0F0F, (v1 >> 4) & 0x0F0F0F0F);
+    }
+    static __device__ __forceinline__ float item_dot(const item &w, const block_q8_1 *y) {
+        return k_dot(w, y);
     }
     static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
         return k_dot(load(b, k), y);
@@ -239,6 +243,7 @@ template <> struct vdot<LLMD_TYPE_Q4_K> {
 // the weights of sub-blocks 2j and 2j+1.
 template <> struct vdot<LLMD_TYPE_Q5_K> {
     typedef block_q5_K block;
+    typedef k_item item;
     static constexpr int qk = LLMD_QK_K;
     static constexpr int ni = 16;
     static __device__ __forceinline__ k_item load(const block &b, int k) {
@@ -253,6 +258,9 @@ template <> struct vdot<LLMD_TYPE_Q5_K> {
         const int b1 = ((v1 >> 4) & 0x0F0F0F0F) | (((h1 >> (2 * j + 1)) & 0x01010101) << 4);
         return k_load(b.scales, b.d, b.dmin, j, i, a0, a1, b0, b1);
     }
+    static __device__ __forceinline__ float item_dot(const item &w, const block_q8_1 *y) {
+        return k_dot(w, y);
+    }
     static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
         return k_dot(load(b, k), y);
     }
@@ -263,38 +271,76 @@ template <> struct vdot<LLMD_TYPE_Q5_K> {
 // (g = 0, 2) and ql[64n + 32 + l] (g = 1, 3), the high 2 bits are bits 2g.. of qh[32n + l]; the
 // scale of group g is scales[8n + l / 16 + 2g]; weight - 32 is the signed value. Group g pairs
 // with Q8_1 block y[4n + g], int r.
+//
+// The weight side of an item, unpacked once for every token (as llama.cpp's vec_dot_q6_K_q8_1
+// takes it apart before its _impl_mmvq): the four groups' signed weights as ints of 4 bytes, and
+// their scales, bytes l / 16, +2, +4, +6 of the half's 8 scale bytes, taken from two 4-byte
+// loads by one shift each instead of four byte loads.
+struct q6_K_item {
+    /// Group g's 4 weights minus 32, as signed bytes.
+    int q[4];
+    /// Group g's signed 8-bit scale.
+    int sc[4];
+    /// The block's scale d.
+    float d;
+    /// Which Q8_1 blocks (4n + g) and which of their ints (r) the item pairs with.
+    int n, r;
+};
+
 template <> struct vdot<LLMD_TYPE_Q6_K> {
     typedef block_q6_K block;
+    typedef q6_K_item item;
     static constexpr int qk = LLMD_QK_K;
     static constexpr int ni = 16;
-    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
-        const int n = k / 8;
-        const int r = k % 8;
-        const int ql0 = load_int_b2(b.ql, 16 * n + r);
-        const int ql1 = load_int_b2(b.ql, 16 * n + 8 + r);
-        const int qh = load_int_b2(b.qh, 8 * n + r);
-        const int is = r / 4;
-        float sum = 0.0f;
+    static __device__ __forceinline__ item load(const block &b, int k) {
+        item w;
+        w.n = k / 8;
+        w.r = k % 8;
+        const int ql0 = load_int_b2(b.ql, 16 * w.n + w.r);
+        const int ql1 = load_int_b2(b.ql, 16 * w.n + 8 + w.r);
+        const int qh = load_int_b2(b.qh, 8 * w.n + w.r);
 #pragma unroll
         for (int g = 0; g < 4; ++g) {
             const int lo = ((g & 1) ? ql1 : ql0) >> (4 * (g >> 1)) & 0x0F0F0F0F;
             const int hi = ((qh >> (2 * g)) & 0x03030303) << 4;
-            const int q = __vsubss4(lo | hi, 0x20202020);
-            const block_q8_1 *yg = y + 4 * n + g;
-            const int sumi = __dp4a(q, load_int_b4(yg->qs, r), 0);
-            sum += __half2float(yg->d) * (float)(b.scales[8 * n + is + 2 * g] * sumi);
+            w.q[g] = __vsubss4(lo | hi, 0x20202020);
         }
-        return __half2float(b.d) * sum;
+        // Bytes is and is + 2 of each int (groups 0, 1 and 2, 3) moved to bytes 0 and 2.
+        const int sh = 8 * (w.r / 4);
+        const unsigned int s01 = (unsigned int)load_int_b2(b.scales, 2 * w.n) >> sh;
+        const unsigned int s23 = (unsigned int)load_int_b2(b.scales, 2 * w.n + 1) >> sh;
+        w.sc[0] = (int)(signed char)(s01 & 0xFF);
+        w.sc[1] = (int)(signed char)((s01 >> 16) & 0xFF);
+        w.sc[2] = (int)(signed char)(s23 & 0xFF);
+        w.sc[3] = (int)(signed char)((s23 >> 16) & 0xFF);
+        w.d = __half2float(b.d);
+        return w;
+    }
+    static __device__ __forceinline__ float item_dot(const item &w, const block_q8_1 *y) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int g = 0; g < 4; ++g) {
+            const block_q8_1 *yg = y + 4 * w.n + g;
+            const int sumi = __dp4a(w.q[g], load_int_b4(yg->qs, w.r), 0);
+            sum += __half2float(yg->d) * (float)(w.sc[g] * sumi);
+        }
+        return w.d * sum;
+    }
+    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
+        return item_dot(load(b, k), y);
     }
 };
 
 #include "vecdot_iq.cuh"
 
 // The weight side of item k of a block as mmvq's token loop uses it: loaded once per item and
-// dotted with each token's activations. Types whose dot re-reads the block per token keep the
-// block and item (vdot<T>::dot); Q4_K and Q5_K unpack their weights, scales and mins once
-// (k_item).
-template <typename T> struct vprep {
+// dotted with each token's activations. Types with an unpacked item (`vdot<T>::item`, its
+// `load` and `item_dot`: Q4_K, Q5_K, Q6_K) unpack weights and scales once; the
+// others keep the block and item and re-read the block per token (vdot<T>::dot).
+template <typename...> struct vprep_void {
+    typedef void type;
+};
+template <typename T, typename = void> struct vprep {
     const typename T::block *b;
     int k;
     static __device__ __forceinline__ vprep load(const typename T::block &b, int k) {
@@ -302,17 +348,10 @@ template <typename T> struct vprep {
     }
     __device__ __forceinline__ float dot(const block_q8_1 *y) const { return T::dot(*b, y, k); }
 };
-template <> struct vprep<vdot<LLMD_TYPE_Q4_K>> {
-    k_item w;
-    static __device__ __forceinline__ vprep load(const block_q4_K &b, int k) {
-        return vprep{vdot<LLMD_TYPE_Q4_K>::load(b, k)};
+template <typename T> struct vprep<T, typename vprep_void<typename T::item>::type> {
+    typename T::item w;
+    static __device__ __forceinline__ vprep load(const typename T::block &b, int k) {
+        return vprep{T::load(b, k)};
     }
-    __device__ __forceinline__ float dot(const block_q8_1 *y) const { return k_dot(w, y); }
-};
-template <> struct vprep<vdot<LLMD_TYPE_Q5_K>> {
-    k_item w;
-    static __device__ __forceinline__ vprep load(const block_q5_K &b, int k) {
-        return vprep{vdot<LLMD_TYPE_Q5_K>::load(b, k)};
-    }
-    __device__ __forceinline__ float dot(const block_q8_1 *y) const { return k_dot(w, y); }
+    __device__ __forceinline__ float dot(const block_q8_1 *y) const { return T::item_dot(w, y); }
 };
