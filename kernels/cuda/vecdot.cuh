@@ -131,27 +131,65 @@ template <> struct vdot<LLMD_TYPE_Q2_K> {
 
 // Q3_K item k (0..15): Q2_K's layout for the low bits; the high bits of those weights are bits
 // 4n + j of hmask bytes 4r..4r+3, and a clear bit subtracts 4.
+//
+// The weight side of an item, unpacked once for every token: the four groups' signed 3-bit
+// weights as ints of 4 bytes and their signed 6-bit scales (sub-block s = 8n + 2j + r / 4: low
+// nibble n of scales[s % 8], high bits 2(s / 4).. of scales[8 + s % 4]) built from the 12 scale
+// bytes as three ints without a branch or a byte load: for j = 0, 1 and j = 2, 3 one shift
+// brings both sub-blocks' bytes to bytes 0 and 2 and one mask keeps their bits.
+struct q3_K_item {
+    /// The 4 signed weights of group j (0..3), as bytes.
+    int q[4];
+    /// Group j's signed 6-bit scale.
+    int sc[4];
+    /// The block's scale d.
+    float d;
+    /// Which Q8_1 blocks (4n + j) and which of their ints (r) the item pairs with.
+    int n, r;
+};
+
 template <> struct vdot<LLMD_TYPE_Q3_K> {
     typedef block_q3_K block;
+    typedef q3_K_item item;
     static constexpr int qk = LLMD_QK_K;
     static constexpr int ni = 16;
-    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
-        const int n = k / 8, r = k % 8;
-        const int v = load_int_b2(b.qs, 8 * n + r);
-        const int clear = ~load_int_b2(b.hmask, r);
+    static __device__ __forceinline__ item load(const block &b, int k) {
+        item w;
+        w.n = k / 8;
+        w.r = k % 8;
+        const int v = load_int_b2(b.qs, 8 * w.n + w.r);
+        const int clear = ~load_int_b2(b.hmask, w.r);
+        // Scale bytes r / 4 + 2j: ints 0 (j = 0, 1) and 1 (j = 2, 3), nibble n; high bits: int 2,
+        // bytes r / 4 (j even) and r / 4 + 2 (j odd), bits 4n (j < 2) and 4n + 2 (j >= 2).
+        const int sh = 8 * (w.r / 4) + 4 * w.n;
+        const unsigned int high = (unsigned int)load_int_b2(b.scales, 2) >> sh;
+        const unsigned int sc01 = (((unsigned int)load_int_b2(b.scales, 0) >> sh) & 0x000F000Fu) |
+                                  ((high & 0x00030003u) << 4);
+        const unsigned int sc23 = (((unsigned int)load_int_b2(b.scales, 1) >> sh) & 0x000F000Fu) |
+                                  (((high >> 2) & 0x00030003u) << 4);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int low = (v >> (2 * j)) & 0x03030303;
+            const int minus4 = ((clear >> (4 * w.n + j)) & 0x01010101) << 2;
+            w.q[j] = __vsub4(low, minus4);
+            w.sc[j] = (int)(((j < 2 ? sc01 : sc23) >> (16 * (j & 1))) & 0xFF) - 32;
+        }
+        w.d = __half2float(b.d);
+        return w;
+    }
+    static __device__ __forceinline__ float item_dot(const item &w, const block_q8_1 *y) {
         float sum = 0.0f;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const block_q8_1 *yj = y + 4 * n + j;
-            const int low = (v >> (2 * j)) & 0x03030303;
-            const int minus4 = ((clear >> (4 * n + j)) & 0x01010101) << 2;
-            const int q = __vsub4(low, minus4);
-            const int sc = q3_K_scale(b.scales, 8 * n + 2 * j + r / 4);
-            sum += __half2float(yj->d) * (float)(__dp4a(q, load_int_b4(yj->qs, r), 0) * sc);
+            const block_q8_1 *yj = y + 4 * w.n + j;
+            const int sumi = __dp4a(w.q[j], load_int_b4(yj->qs, w.r), 0);
+            sum += __half2float(yj->d) * (float)(sumi * w.sc[j]);
         }
-        return __half2float(b.d) * sum;
+        return w.d * sum;
     }
-
+    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
+        return item_dot(load(b, k), y);
+    }
 };
 
 // Scales and mins of sub-blocks 2j and 2j+1 of a Q4_K / Q5_K block (ggml's get_scale_min_k4
@@ -335,7 +373,7 @@ template <> struct vdot<LLMD_TYPE_Q6_K> {
 
 // The weight side of item k of a block as mmvq's token loop uses it: loaded once per item and
 // dotted with each token's activations. Types with an unpacked item (`vdot<T>::item`, its
-// `load` and `item_dot`: Q4_K, Q5_K, Q6_K) unpack weights and scales once; the
+// `load` and `item_dot`: Q3_K, Q4_K, Q5_K, Q6_K) unpack weights and scales once; the
 // others keep the block and item and re-read the block per token (vdot<T>::dot).
 template <typename...> struct vprep_void {
     typedef void type;
