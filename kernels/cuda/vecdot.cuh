@@ -108,24 +108,62 @@ template <> struct vdot<LLMD_TYPE_Q8_0> {
 // Q2_K item k (0..15): half n = k / 8, bytes 4r..4r+3 (r = k % 8) of its 32 quant bytes; shift
 // 2j gives weights 128n + 32j + 4r.. (sub-block 8n + 2j + r / 4), which pair with int r of Q8_1
 // block 4n + j.
+//
+// The weight side of an item, unpacked once for every token: the four 2-bit groups as ints of 4
+// bytes, and the scale bytes 8n + r / 4 + 2j (j = 0..3) from two 4-byte loads by one shift each
+// instead of four byte loads, split into their scale (low nibble) and min (high nibble).
+struct q2_K_item {
+    /// The 4 weights of group j (0..3), as bytes.
+    int q[4];
+    /// Group j's 4-bit scale (times d).
+    int sc[4];
+    /// Group j's 4-bit min (times dmin).
+    int m[4];
+    /// The block's d and dmin.
+    float d, dmin;
+    /// Which Q8_1 blocks (4n + j) and which of their ints (r) the item pairs with.
+    int n, r;
+};
+
 template <> struct vdot<LLMD_TYPE_Q2_K> {
     typedef block_q2_K block;
+    typedef q2_K_item item;
     static constexpr int qk = LLMD_QK_K;
     static constexpr int ni = 16;
-    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
-        const int n = k / 8, r = k % 8;
-        const int v = load_int_b4(b.qs, 8 * n + r);
+    static __device__ __forceinline__ item load(const block &b, int k) {
+        item w;
+        w.n = k / 8;
+        w.r = k % 8;
+        const int v = load_int_b4(b.qs, 8 * w.n + w.r);
+        // Bytes r / 4 and r / 4 + 2 of each int (groups 0, 1 and 2, 3) moved to bytes 0 and 2.
+        const int sh = 8 * (w.r / 4);
+        const unsigned int s01 = (unsigned int)load_int_b4(b.scales, 2 * w.n) >> sh;
+        const unsigned int s23 = (unsigned int)load_int_b4(b.scales, 2 * w.n + 1) >> sh;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            w.q[j] = (v >> (2 * j)) & 0x03030303;
+            const unsigned int sc = ((j < 2 ? s01 : s23) >> (16 * (j & 1))) & 0xFF;
+            w.sc[j] = (int)(sc & 0xF);
+            w.m[j] = (int)(sc >> 4);
+        }
+        w.d = __half2float(b.d);
+        w.dmin = __half2float(b.dmin);
+        return w;
+    }
+    static __device__ __forceinline__ float item_dot(const item &w, const block_q8_1 *y) {
         float sum_d = 0.0f, sum_m = 0.0f;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const block_q8_1 *yj = y + 4 * n + j;
-            const int u = load_int_b4(yj->qs, r);
-            const int sc = b.scales[8 * n + 2 * j + r / 4];
+            const block_q8_1 *yj = y + 4 * w.n + j;
+            const int u = load_int_b4(yj->qs, w.r);
             const float dy = __half2float(yj->d);
-            sum_d += dy * (float)(__dp4a((v >> (2 * j)) & 0x03030303, u, 0) * (sc & 0xF));
-            sum_m += dy * (float)(sum_bytes(u, 0) * (sc >> 4));
+            sum_d += dy * (float)(__dp4a(w.q[j], u, 0) * w.sc[j]);
+            sum_m += dy * (float)(sum_bytes(u, 0) * w.m[j]);
         }
-        return __half2float(b.d) * sum_d - __half2float(b.dmin) * sum_m;
+        return w.d * sum_d - w.dmin * sum_m;
+    }
+    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
+        return item_dot(load(b, k), y);
     }
 };
 
@@ -373,7 +411,7 @@ template <> struct vdot<LLMD_TYPE_Q6_K> {
 
 // The weight side of item k of a block as mmvq's token loop uses it: loaded once per item and
 // dotted with each token's activations. Types with an unpacked item (`vdot<T>::item`, its
-// `load` and `item_dot`: Q3_K, Q4_K, Q5_K, Q6_K) unpack weights and scales once; the
+// `load` and `item_dot`: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) unpack weights and scales once; the
 // others keep the block and item and re-read the block per token (vdot<T>::dot).
 template <typename...> struct vprep_void {
     typedef void type;
