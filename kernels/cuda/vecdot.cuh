@@ -108,50 +108,126 @@ template <> struct vdot<LLMD_TYPE_Q8_0> {
 // Q2_K item k (0..15): half n = k / 8, bytes 4r..4r+3 (r = k % 8) of its 32 quant bytes; shift
 // 2j gives weights 128n + 32j + 4r.. (sub-block 8n + 2j + r / 4), which pair with int r of Q8_1
 // block 4n + j.
+//
+// The weight side of an item, unpacked once for every token: the four 2-bit groups as ints of 4
+// bytes, and the scale bytes 8n + r / 4 + 2j (j = 0..3) from two 4-byte loads by one shift each
+// instead of four byte loads, split into their scale (low nibble) and min (high nibble).
+struct q2_K_item {
+    /// The 4 weights of group j (0..3), as bytes.
+    int q[4];
+    /// Group j's 4-bit scale (times d).
+    int sc[4];
+    /// Group j's 4-bit min (times dmin).
+    int m[4];
+    /// The block's d and dmin.
+    float d, dmin;
+    /// Which Q8_1 blocks (4n + j) and which of their ints (r) the item pairs with.
+    int n, r;
+};
+
 template <> struct vdot<LLMD_TYPE_Q2_K> {
     typedef block_q2_K block;
+    typedef q2_K_item item;
     static constexpr int qk = LLMD_QK_K;
     static constexpr int ni = 16;
-    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
-        const int n = k / 8, r = k % 8;
-        const int v = load_int_b4(b.qs, 8 * n + r);
+    static __device__ __forceinline__ item load(const block &b, int k) {
+        item w;
+        w.n = k / 8;
+        w.r = k % 8;
+        const int v = load_int_b4(b.qs, 8 * w.n + w.r);
+        // Bytes r / 4 and r / 4 + 2 of each int (groups 0, 1 and 2, 3) moved to bytes 0 and 2.
+        const int sh = 8 * (w.r / 4);
+        const unsigned int s01 = (unsigned int)load_int_b4(b.scales, 2 * w.n) >> sh;
+        const unsigned int s23 = (unsigned int)load_int_b4(b.scales, 2 * w.n + 1) >> sh;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            w.q[j] = (v >> (2 * j)) & 0x03030303;
+            const unsigned int sc = ((j < 2 ? s01 : s23) >> (16 * (j & 1))) & 0xFF;
+            w.sc[j] = (int)(sc & 0xF);
+            w.m[j] = (int)(sc >> 4);
+        }
+        w.d = __half2float(b.d);
+        w.dmin = __half2float(b.dmin);
+        return w;
+    }
+    static __device__ __forceinline__ float item_dot(const item &w, const block_q8_1 *y) {
         float sum_d = 0.0f, sum_m = 0.0f;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const block_q8_1 *yj = y + 4 * n + j;
-            const int u = load_int_b4(yj->qs, r);
-            const int sc = b.scales[8 * n + 2 * j + r / 4];
+            const block_q8_1 *yj = y + 4 * w.n + j;
+            const int u = load_int_b4(yj->qs, w.r);
             const float dy = __half2float(yj->d);
-            sum_d += dy * (float)(__dp4a((v >> (2 * j)) & 0x03030303, u, 0) * (sc & 0xF));
-            sum_m += dy * (float)(sum_bytes(u, 0) * (sc >> 4));
+            sum_d += dy * (float)(__dp4a(w.q[j], u, 0) * w.sc[j]);
+            sum_m += dy * (float)(sum_bytes(u, 0) * w.m[j]);
         }
-        return __half2float(b.d) * sum_d - __half2float(b.dmin) * sum_m;
+        return w.d * sum_d - w.dmin * sum_m;
+    }
+    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
+        return item_dot(load(b, k), y);
     }
 };
 
 // Q3_K item k (0..15): Q2_K's layout for the low bits; the high bits of those weights are bits
 // 4n + j of hmask bytes 4r..4r+3, and a clear bit subtracts 4.
+//
+// The weight side of an item, unpacked once for every token: the four groups' signed 3-bit
+// weights as ints of 4 bytes and their signed 6-bit scales (sub-block s = 8n + 2j + r / 4: low
+// nibble n of scales[s % 8], high bits 2(s / 4).. of scales[8 + s % 4]) built from the 12 scale
+// bytes as three ints without a branch or a byte load: for j = 0, 1 and j = 2, 3 one shift
+// brings both sub-blocks' bytes to bytes 0 and 2 and one mask keeps their bits.
+struct q3_K_item {
+    /// The 4 signed weights of group j (0..3), as bytes.
+    int q[4];
+    /// Group j's signed 6-bit scale.
+    int sc[4];
+    /// The block's scale d.
+    float d;
+    /// Which Q8_1 blocks (4n + j) and which of their ints (r) the item pairs with.
+    int n, r;
+};
+
 template <> struct vdot<LLMD_TYPE_Q3_K> {
     typedef block_q3_K block;
+    typedef q3_K_item item;
     static constexpr int qk = LLMD_QK_K;
     static constexpr int ni = 16;
-    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
-        const int n = k / 8, r = k % 8;
-        const int v = load_int_b2(b.qs, 8 * n + r);
-        const int clear = ~load_int_b2(b.hmask, r);
+    static __device__ __forceinline__ item load(const block &b, int k) {
+        item w;
+        w.n = k / 8;
+        w.r = k % 8;
+        const int v = load_int_b2(b.qs, 8 * w.n + w.r);
+        const int clear = ~load_int_b2(b.hmask, w.r);
+        // Scale bytes r / 4 + 2j: ints 0 (j = 0, 1) and 1 (j = 2, 3), nibble n; high bits: int 2,
+        // bytes r / 4 (j even) and r / 4 + 2 (j odd), bits 4n (j < 2) and 4n + 2 (j >= 2).
+        const int sh = 8 * (w.r / 4) + 4 * w.n;
+        const unsigned int high = (unsigned int)load_int_b2(b.scales, 2) >> sh;
+        const unsigned int sc01 = (((unsigned int)load_int_b2(b.scales, 0) >> sh) & 0x000F000Fu) |
+                                  ((high & 0x00030003u) << 4);
+        const unsigned int sc23 = (((unsigned int)load_int_b2(b.scales, 1) >> sh) & 0x000F000Fu) |
+                                  (((high >> 2) & 0x00030003u) << 4);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int low = (v >> (2 * j)) & 0x03030303;
+            const int minus4 = ((clear >> (4 * w.n + j)) & 0x01010101) << 2;
+            w.q[j] = __vsub4(low, minus4);
+            w.sc[j] = (int)(((j < 2 ? sc01 : sc23) >> (16 * (j & 1))) & 0xFF) - 32;
+        }
+        w.d = __half2float(b.d);
+        return w;
+    }
+    static __device__ __forceinline__ float item_dot(const item &w, const block_q8_1 *y) {
         float sum = 0.0f;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const block_q8_1 *yj = y + 4 * n + j;
-            const int low = (v >> (2 * j)) & 0x03030303;
-            const int minus4 = ((clear >> (4 * n + j)) & 0x01010101) << 2;
-            const int q = __vsub4(low, minus4);
-            const int sc = q3_K_scale(b.scales, 8 * n + 2 * j + r / 4);
-            sum += __half2float(yj->d) * (float)(__dp4a(q, load_int_b4(yj->qs, r), 0) * sc);
+            const block_q8_1 *yj = y + 4 * w.n + j;
+            const int sumi = __dp4a(w.q[j], load_int_b4(yj->qs, w.r), 0);
+            sum += __half2float(yj->d) * (float)(sumi * w.sc[j]);
         }
-        return __half2float(b.d) * sum;
+        return w.d * sum;
     }
-
+    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
+        return item_dot(load(b, k), y);
+    }
 };
 
 // Scales and mins of sub-blocks 2j and 2j+1 of a Q4_K / Q5_K block (ggml's get_scale_min_k4
@@ -221,6 +297,7 @@ static __device__ __forceinline__ float k_dot(const k_item &w, const block_q8_1 
 // 32 values; sub-block s pairs with y[s].
 template <> struct vdot<LLMD_TYPE_Q4_K> {
     typedef block_q4_K block;
+    typedef k_item item;
     static constexpr int qk = LLMD_QK_K;
     static constexpr int ni = 16;
     static __device__ __forceinline__ k_item load(const block &b, int k) {
@@ -229,6 +306,9 @@ template <> struct vdot<LLMD_TYPE_Q4_K> {
         const int v1 = load_int_b4(b.qs, 8 * j + 2 * i + 1);
         return k_load(b.scales, b.d, b.dmin, j, i, v0 & 0x0F0F0F0F, v1 & 0x0F0F0F0F,
                       (v0 >> 4) & 0x0F0F0F0F, (v1 >> 4) & 0x0F0F0F0F);
+    }
+    static __device__ __forceinline__ float item_dot(const item &w, const block_q8_1 *y) {
+        return k_dot(w, y);
     }
     static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
         return k_dot(load(b, k), y);
@@ -239,6 +319,7 @@ template <> struct vdot<LLMD_TYPE_Q4_K> {
 // the weights of sub-blocks 2j and 2j+1.
 template <> struct vdot<LLMD_TYPE_Q5_K> {
     typedef block_q5_K block;
+    typedef k_item item;
     static constexpr int qk = LLMD_QK_K;
     static constexpr int ni = 16;
     static __device__ __forceinline__ k_item load(const block &b, int k) {
@@ -253,6 +334,9 @@ template <> struct vdot<LLMD_TYPE_Q5_K> {
         const int b1 = ((v1 >> 4) & 0x0F0F0F0F) | (((h1 >> (2 * j + 1)) & 0x01010101) << 4);
         return k_load(b.scales, b.d, b.dmin, j, i, a0, a1, b0, b1);
     }
+    static __device__ __forceinline__ float item_dot(const item &w, const block_q8_1 *y) {
+        return k_dot(w, y);
+    }
     static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
         return k_dot(load(b, k), y);
     }
@@ -263,38 +347,76 @@ template <> struct vdot<LLMD_TYPE_Q5_K> {
 // (g = 0, 2) and ql[64n + 32 + l] (g = 1, 3), the high 2 bits are bits 2g.. of qh[32n + l]; the
 // scale of group g is scales[8n + l / 16 + 2g]; weight - 32 is the signed value. Group g pairs
 // with Q8_1 block y[4n + g], int r.
+//
+// The weight side of an item, unpacked once for every token (as llama.cpp's vec_dot_q6_K_q8_1
+// takes it apart before its _impl_mmvq): the four groups' signed weights as ints of 4 bytes, and
+// their scales, bytes l / 16, +2, +4, +6 of the half's 8 scale bytes, taken from two 4-byte
+// loads by one shift each instead of four byte loads.
+struct q6_K_item {
+    /// Group g's 4 weights minus 32, as signed bytes.
+    int q[4];
+    /// Group g's signed 8-bit scale.
+    int sc[4];
+    /// The block's scale d.
+    float d;
+    /// Which Q8_1 blocks (4n + g) and which of their ints (r) the item pairs with.
+    int n, r;
+};
+
 template <> struct vdot<LLMD_TYPE_Q6_K> {
     typedef block_q6_K block;
+    typedef q6_K_item item;
     static constexpr int qk = LLMD_QK_K;
     static constexpr int ni = 16;
-    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
-        const int n = k / 8;
-        const int r = k % 8;
-        const int ql0 = load_int_b2(b.ql, 16 * n + r);
-        const int ql1 = load_int_b2(b.ql, 16 * n + 8 + r);
-        const int qh = load_int_b2(b.qh, 8 * n + r);
-        const int is = r / 4;
-        float sum = 0.0f;
+    static __device__ __forceinline__ item load(const block &b, int k) {
+        item w;
+        w.n = k / 8;
+        w.r = k % 8;
+        const int ql0 = load_int_b2(b.ql, 16 * w.n + w.r);
+        const int ql1 = load_int_b2(b.ql, 16 * w.n + 8 + w.r);
+        const int qh = load_int_b2(b.qh, 8 * w.n + w.r);
 #pragma unroll
         for (int g = 0; g < 4; ++g) {
             const int lo = ((g & 1) ? ql1 : ql0) >> (4 * (g >> 1)) & 0x0F0F0F0F;
             const int hi = ((qh >> (2 * g)) & 0x03030303) << 4;
-            const int q = __vsubss4(lo | hi, 0x20202020);
-            const block_q8_1 *yg = y + 4 * n + g;
-            const int sumi = __dp4a(q, load_int_b4(yg->qs, r), 0);
-            sum += __half2float(yg->d) * (float)(b.scales[8 * n + is + 2 * g] * sumi);
+            w.q[g] = __vsubss4(lo | hi, 0x20202020);
         }
-        return __half2float(b.d) * sum;
+        // Bytes is and is + 2 of each int (groups 0, 1 and 2, 3) moved to bytes 0 and 2.
+        const int sh = 8 * (w.r / 4);
+        const unsigned int s01 = (unsigned int)load_int_b2(b.scales, 2 * w.n) >> sh;
+        const unsigned int s23 = (unsigned int)load_int_b2(b.scales, 2 * w.n + 1) >> sh;
+        w.sc[0] = (int)(signed char)(s01 & 0xFF);
+        w.sc[1] = (int)(signed char)((s01 >> 16) & 0xFF);
+        w.sc[2] = (int)(signed char)(s23 & 0xFF);
+        w.sc[3] = (int)(signed char)((s23 >> 16) & 0xFF);
+        w.d = __half2float(b.d);
+        return w;
+    }
+    static __device__ __forceinline__ float item_dot(const item &w, const block_q8_1 *y) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int g = 0; g < 4; ++g) {
+            const block_q8_1 *yg = y + 4 * w.n + g;
+            const int sumi = __dp4a(w.q[g], load_int_b4(yg->qs, w.r), 0);
+            sum += __half2float(yg->d) * (float)(w.sc[g] * sumi);
+        }
+        return w.d * sum;
+    }
+    static __device__ __forceinline__ float dot(const block &b, const block_q8_1 *y, int k) {
+        return item_dot(load(b, k), y);
     }
 };
 
 #include "vecdot_iq.cuh"
 
 // The weight side of item k of a block as mmvq's token loop uses it: loaded once per item and
-// dotted with each token's activations. Types whose dot re-reads the block per token keep the
-// block and item (vdot<T>::dot); Q4_K and Q5_K unpack their weights, scales and mins once
-// (k_item).
-template <typename T> struct vprep {
+// dotted with each token's activations. Types with an unpacked item (`vdot<T>::item`, its
+// `load` and `item_dot`: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) unpack weights and scales once; the
+// others keep the block and item and re-read the block per token (vdot<T>::dot).
+template <typename...> struct vprep_void {
+    typedef void type;
+};
+template <typename T, typename = void> struct vprep {
     const typename T::block *b;
     int k;
     static __device__ __forceinline__ vprep load(const typename T::block &b, int k) {
@@ -302,17 +424,10 @@ template <typename T> struct vprep {
     }
     __device__ __forceinline__ float dot(const block_q8_1 *y) const { return T::dot(*b, y, k); }
 };
-template <> struct vprep<vdot<LLMD_TYPE_Q4_K>> {
-    k_item w;
-    static __device__ __forceinline__ vprep load(const block_q4_K &b, int k) {
-        return vprep{vdot<LLMD_TYPE_Q4_K>::load(b, k)};
+template <typename T> struct vprep<T, typename vprep_void<typename T::item>::type> {
+    typename T::item w;
+    static __device__ __forceinline__ vprep load(const typename T::block &b, int k) {
+        return vprep{T::load(b, k)};
     }
-    __device__ __forceinline__ float dot(const block_q8_1 *y) const { return k_dot(w, y); }
-};
-template <> struct vprep<vdot<LLMD_TYPE_Q5_K>> {
-    k_item w;
-    static __device__ __forceinline__ vprep load(const block_q5_K &b, int k) {
-        return vprep{vdot<LLMD_TYPE_Q5_K>::load(b, k)};
-    }
-    __device__ __forceinline__ float dot(const block_q8_1 *y) const { return k_dot(w, y); }
+    __device__ __forceinline__ float dot(const block_q8_1 *y) const { return T::item_dot(w, y); }
 };
