@@ -1,5 +1,5 @@
-//! Matrix-multiply throughput for the shapes of Gemma 3 270M Q4_K_M and of an 8B Llama
-//! Q4_K_M on the CPU, in GGUF's layout and (where this CPU runs the AVX-512 kernels) packed,
+//! Matrix-multiply throughput for the shapes of Gemma 3 270M Q4_K_M and of 1B and 8B Llama
+//! Q4_K_M models on the CPU, in GGUF's layout and (where this CPU runs the AVX-512 kernels) packed,
 //! plus the thread pool's per-call overhead.
 //!
 //! `cargo bench -p llmd-kernels --bench cpu_matmul [-- THREADS [NAME]]` (default 2 threads; NAME
@@ -40,9 +40,10 @@ const fn shape(
 
 const GEMMA_LAYERS: usize = 18;
 const LLAMA_LAYERS: usize = 32;
+const LLAMA_1B_LAYERS: usize = 16;
 
 /// The models: name and matrices (the output layer is the one used once per token).
-const MODELS: [(&str, &[Shape]); 2] = [
+const MODELS: [(&str, &[Shape]); 3] = [
     (
         "gemma",
         &[
@@ -137,6 +138,54 @@ const MODELS: [(&str, &[Shape]); 2] = [
                 LLAMA_LAYERS / 2,
             ),
             shape("8b output 4096->128256", GgmlType::Q6_K, 128_256, 4096, 1),
+        ],
+    ),
+    (
+        "1b",
+        &[
+            shape(
+                "1b attn_q/out 2048->2048",
+                GgmlType::Q4_K,
+                2048,
+                2048,
+                2 * LLAMA_1B_LAYERS,
+            ),
+            shape(
+                "1b attn_k/v Q4_K 2048->512",
+                GgmlType::Q4_K,
+                512,
+                2048,
+                LLAMA_1B_LAYERS + LLAMA_1B_LAYERS / 2,
+            ),
+            shape(
+                "1b attn_v Q6_K 2048->512",
+                GgmlType::Q6_K,
+                512,
+                2048,
+                LLAMA_1B_LAYERS / 2,
+            ),
+            shape(
+                "1b ffn_gate/up 2048->8192",
+                GgmlType::Q4_K,
+                8192,
+                2048,
+                2 * LLAMA_1B_LAYERS,
+            ),
+            shape(
+                "1b ffn_down Q4_K 8192->2048",
+                GgmlType::Q4_K,
+                2048,
+                8192,
+                LLAMA_1B_LAYERS / 2,
+            ),
+            shape(
+                "1b ffn_down Q6_K 8192->2048",
+                GgmlType::Q6_K,
+                2048,
+                8192,
+                LLAMA_1B_LAYERS / 2,
+            ),
+            shape("1b output 2048->128256", GgmlType::Q6_K, 128_256, 2048, 1),
         ],
     ),
 ];

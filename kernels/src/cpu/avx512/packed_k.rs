@@ -40,6 +40,7 @@ pub(in crate::cpu) unsafe fn q4_k<const T: usize>(
     for b in 0..blocks {
         // SAFETY: b < blocks tiles of TILE bytes from `tiles` (the contract).
         let tile = unsafe { tiles.add(b * TILE) };
+        prefetch_ahead(tile, TILE);
         let a: [&BlockQ8KPairs; T] = std::array::from_fn(|t| {
             // SAFETY: b < blocks activation blocks from `acts[t]` (the contract).
             unsafe { &*acts[t].add(b) }
@@ -175,6 +176,7 @@ pub(in crate::cpu) unsafe fn q6_k<const T: usize>(
     for b in 0..blocks {
         // SAFETY: b < blocks tiles of TILE bytes from `tiles` (the contract).
         let tile = unsafe { tiles.add(b * TILE) };
+        prefetch_ahead(tile, TILE);
         let a: [&BlockQ8KPairs; T] = std::array::from_fn(|t| {
             // SAFETY: b < blocks activation blocks from `acts[t]` (the contract).
             unsafe { &*acts[t].add(b) }

@@ -47,6 +47,7 @@ pub(in crate::cpu) unsafe fn q8_0<const T: usize>(
     for b in 0..blocks {
         // SAFETY: b < blocks tiles of TILE bytes from `tiles` (the contract).
         let tile = unsafe { tiles.add(b * TILE) };
+        prefetch_ahead(tile, TILE);
         let a: [&BlockQ8_0Sum; T] = std::array::from_fn(|t| {
             // SAFETY: b < blocks activation blocks from `acts[t]` (the contract).
             unsafe { &*acts[t].add(b) }
@@ -111,6 +112,7 @@ pub(in crate::cpu) unsafe fn q5_0<const T: usize>(
     for b in 0..blocks {
         // SAFETY: b < blocks tiles of TILE bytes from `tiles` (the contract).
         let tile = unsafe { tiles.add(b * TILE) };
+        prefetch_ahead(tile, TILE);
         let a: [&BlockQ8_0Sum; T] = std::array::from_fn(|t| {
             // SAFETY: b < blocks activation blocks from `acts[t]` (the contract).
             unsafe { &*acts[t].add(b) }
