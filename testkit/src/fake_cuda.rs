@@ -215,6 +215,13 @@ pub fn rerun_test(
     out
 }
 
+/// Whether this process runs on the fake driver (a launcher started it): tests of what only the
+/// fake driver promises (stricter refusals than a real driver's, faults on freed memory that a
+/// real GPU's memory pool may still map) check it first.
+pub fn on_fake_driver() -> bool {
+    std::env::var_os(STATS_ENV).is_some()
+}
+
 /// The fake driver's counters as of its last host synchronisation (`launches`, `host_syncs`,
 /// `h2d_bytes`, `d2h_bytes`, `peer_copies_direct`, `peer_copies_staged`, `pageable_copies`,
 /// `faults`, ...), read from [`STATS_ENV`]'s file; empty when it is not set or not written yet

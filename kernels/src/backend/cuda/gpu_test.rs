@@ -4,7 +4,7 @@
 
 use super::cuda_available;
 
-pub(crate) use llmd_testkit::fake_cuda::stats;
+pub(crate) use llmd_testkit::fake_cuda::{on_fake_driver, stats};
 
 /// Runs the ignored test `name` in a child on the fake driver with `env` added, and asserts that
 /// it passed and printed `must_print` (nothing when a real driver is here or inside the child).

@@ -6,7 +6,7 @@
 
 use super::tests::{acts, read};
 use super::*;
-use crate::backend::cuda::gpu_test::{run_on_fake_driver, stats};
+use crate::backend::cuda::gpu_test::{on_fake_driver, run_on_fake_driver, stats};
 use llmd_testkit::Rng;
 
 /// Values in each test buffer.
@@ -216,11 +216,14 @@ fn refused_calls_invalidate_the_capture() {
         UNSUPPORTED,
         "a write from pageable memory",
     );
-    assert_failed_with(
-        b.capture(|| b.alloc_activations(N).map(drop)),
-        UNSUPPORTED,
-        "a stream-ordered allocation",
-    );
+    if on_fake_driver() {
+        // Stricter than a real driver, which records a memory node instead.
+        assert_failed_with(
+            b.capture(|| b.alloc_activations(N).map(drop)),
+            UNSUPPORTED,
+            "a stream-ordered allocation",
+        );
+    }
     assert_failed_with(
         b.capture(|| b.stream.synchronize().map_err(|e| b.err("sync", e))),
         UNSUPPORTED,
@@ -328,11 +331,17 @@ fn replaying_freed_memory_faults_on_the_fake_driver() {
 
 /// A graph keeps the addresses it captured: replayed after one of its buffers was freed, it
 /// faults the context (`CUDA_ERROR_ILLEGAL_ADDRESS`, sticky) as the GPU's MMU would, which is
-/// why a graph must be dropped with (or before) the buffers it uses.
+/// why a graph must be dropped with (or before) the buffers it uses. The fake driver's promise
+/// only: on a real GPU the freed buffer may stay mapped in the driver's memory pool (no fault),
+/// and a fault would poison the context the later tests of this process share.
 #[test]
 #[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
 fn replaying_freed_memory_faults() {
     crate::backend::cuda::gpu_test::require_cuda();
+    if !on_fake_driver() {
+        println!("replaying freed memory: checked on the fake driver only");
+        return;
+    }
     let b = gpu();
     let mut rng = Rng(22);
     let y = acts(&b, &rng.f32s(N, 4.0));
