@@ -989,19 +989,31 @@ mod tests {
         }
     }
 
-    /// Issue 17: Qwen1.5-MoE-A2.7B's shared expert is layer weight, not routed experts: the
-    /// bytes `--cpu-moe` moves are the router and routed experts only (llama.cpp's `exps=CPU`).
-    #[test]
-    fn qwen2moe_shared_expert_stays_with_its_layer() {
+    /// The configuration and sizes (batch 512, 8 logit rows, f16 KV) of a header-only
+    /// make-model file of `arch`/`preset`/`ty`.
+    fn header_sizes(
+        arch: llmd_gguf::synth::Arch,
+        preset: llmd_gguf::synth::Preset,
+        ty: llmd_gguf::synth::WeightType,
+    ) -> (Arc<ModelConfig>, ModelSizes) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("a2.7b.gguf");
-        let mut spec = llmd_gguf::synth::ModelSpec::new(llmd_gguf::synth::Arch::Qwen2Moe);
-        spec.preset = llmd_gguf::synth::Preset::A2_7B;
-        spec.ty = llmd_gguf::synth::WeightType::Q8_0;
+        let file = dir.path().join("header.gguf");
+        let mut spec = llmd_gguf::synth::ModelSpec::new(arch);
+        spec.preset = preset;
+        spec.ty = ty;
         spec.header_only = true;
         llmd_gguf::synth::write_model(&spec, &file).expect("header");
         let (_, config, sizes) =
             ModelSizes::open(&file, 512, 8, KvTypes::F16).expect("sizes from the header");
+        (config, sizes)
+    }
+
+    /// Issue 17: Qwen1.5-MoE-A2.7B's shared expert is layer weight, not routed experts: the
+    /// bytes `--cpu-moe` moves are the router and routed experts only (llama.cpp's `exps=CPU`).
+    #[test]
+    fn qwen2moe_shared_expert_stays_with_its_layer() {
+        use llmd_gguf::synth::{Arch, Preset, WeightType};
+        let (config, sizes) = header_sizes(Arch::Qwen2Moe, Preset::A2_7B, WeightType::Q8_0);
         assert_eq!(config.n_layer, 24);
         // Q8_0: 34 bytes per 32 values; the router is F32.
         let q8 = |values: u64| values / 32 * 34;
@@ -1022,15 +1034,8 @@ mod tests {
     /// first N layers (`--n-cpu-moe N`), and the per-device bytes add up.
     #[test]
     fn qwen3_235b_fits_two_24_gib_gpus_with_experts_on_the_host() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("235b.gguf");
-        let mut spec = llmd_gguf::synth::ModelSpec::new(llmd_gguf::synth::Arch::Qwen3Moe);
-        spec.preset = llmd_gguf::synth::Preset::A22B235;
-        spec.ty = llmd_gguf::synth::WeightType::Q4_K_M;
-        spec.header_only = true;
-        llmd_gguf::synth::write_model(&spec, &file).expect("header");
-        let (_, config, sizes) =
-            ModelSizes::open(&file, 512, 8, KvTypes::F16).expect("sizes from the header");
+        use llmd_gguf::synth::{Arch, Preset, WeightType};
+        let (config, sizes) = header_sizes(Arch::Qwen3Moe, Preset::A22B235, WeightType::Q4_K_M);
         assert_eq!(config.n_layer, 94);
         let total = sizes.device_weight_bytes();
         assert!((125 * GIB..145 * GIB).contains(&total), "{}", human(total));
