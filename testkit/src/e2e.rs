@@ -131,7 +131,13 @@ fn modified_after(file: &Path, time: SystemTime) -> bool {
 
 /// A `Command` for `name` with the scrubbed environment.
 pub fn command(name: &str) -> Command {
-    let mut cmd = Command::new(binary(name));
+    command_at(&binary(name))
+}
+
+/// A command for the binary at `path` (a copy of one of the workspace's, e.g. where another
+/// user can run it), with the same scrubbed environment as [`command`].
+pub fn command_at(path: &Path) -> Command {
+    let mut cmd = Command::new(path);
     for var in SCRUBBED_ENV {
         cmd.env_remove(var);
     }

@@ -463,9 +463,10 @@ fn hostile_inspect_never_echoes_file_bytes() {
     }
 }
 
-/// Runs llmctl against `d` as user `uid` (group 0, which owns the socket).
-fn llmctl_as(d: &Daemon, uid: u32, args: &[&str]) -> std::process::Output {
-    let mut cmd = common::command("llmctl");
+/// Runs `client` (a copy of llmctl that `uid` may execute) against `d` as user `uid` (group 0,
+/// which owns the socket).
+fn llmctl_as(client: &Path, d: &Daemon, uid: u32, args: &[&str]) -> std::process::Output {
+    let mut cmd = common::command_at(client);
     cmd.uid(uid)
         .gid(0)
         .arg("--socket")
@@ -495,12 +496,22 @@ fn hostile_access_section_limits_management_to_managers() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let model = tiny_model(dir.path(), "q8_0", None);
     std::fs::set_permissions(&model, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    // The workspace's target directory may be closed to other users (a checkout under a 0700
+    // directory, as `mktemp -d` makes): the other user runs a copy of llmctl from here.
+    let client = dir.path().join("llmctl");
+    std::fs::copy(common::binary("llmctl"), &client).expect("copy llmctl");
+    std::fs::set_permissions(&client, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let model = model.to_str().expect("utf-8");
     succeeds(&d, &["load", model, "--name", "tiny"]);
     // Another user: usage is open, management is not.
-    let out = llmctl_as(&d, USER, &["status"]);
+    let out = llmctl_as(&client, &d, USER, &["status"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
-    let out = llmctl_as(&d, USER, &["generate", "tiny", "hi", "--raw", "-n", "2"]);
+    let out = llmctl_as(
+        &client,
+        &d,
+        USER,
+        &["generate", "tiny", "hi", "--raw", "-n", "2"],
+    );
     assert!(out.status.success(), "{}", stderr_of(&out));
     for args in [
         vec!["unload", "tiny"],
@@ -509,7 +520,7 @@ fn hostile_access_section_limits_management_to_managers() {
         vec!["inspect", "/etc/shadow"],
         vec!["plan", model],
     ] {
-        let out = llmctl_as(&d, USER, &args);
+        let out = llmctl_as(&client, &d, USER, &args);
         let err = stderr_of(&out);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(
@@ -517,7 +528,7 @@ fn hostile_access_section_limits_management_to_managers() {
             "{args:?}: {err}"
         );
     }
-    let out = llmctl_as(&d, USER, &["unload", "tiny", "--json"]);
+    let out = llmctl_as(&client, &d, USER, &["unload", "tiny", "--json"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"forbidden\""));
     assert_eq!(d.status_json()["models"][0]["name"], "tiny");
     // Listed as a manager (the section is applied again on reload), the user may unload.
@@ -529,7 +540,7 @@ fn hostile_access_section_limits_management_to_managers() {
     common::signal(d.pid(), "HUP");
     d.notify.expect_line("RELOADING=1");
     d.notify.expect_line("READY=1");
-    let out = llmctl_as(&d, USER, &["unload", "tiny"]);
+    let out = llmctl_as(&client, &d, USER, &["unload", "tiny"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_responsive(&mut d, "after access checks");
 }
