@@ -17,7 +17,8 @@ pub mod job;
 mod prefix;
 pub mod sampler;
 mod scheduler;
-pub mod select;
+/// Top-k and argmax over logits: the kernels crate's one copy, which the devices share.
+pub use llmd_kernels::select;
 mod sequence;
 pub mod text;
 pub mod worker;

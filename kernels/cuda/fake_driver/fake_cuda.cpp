@@ -283,6 +283,7 @@ static const std::unordered_map<std::string, Capture> &kernels() {
         K(quantize_q8_1), K(rope_f32),
         K(quantize_mmq), K(convert_f32_to_f16_rows), K(convert_f32_to_bf16),
         K(gemm_f32_nt), K(gemm_f16_tc), K(gemm_bf16_tc),
+        K(select_chunks_f32), K(select_merge_f32),
 #undef K_QUANT
 #undef K_HALF
 #undef K

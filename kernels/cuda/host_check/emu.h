@@ -179,6 +179,11 @@ static inline float __int_as_float(unsigned int u) {
     std::memcpy(&f, &u, 4);
     return f;
 }
+static inline int __float_as_int(float f) {
+    int i;
+    std::memcpy(&i, &f, 4);
+    return i;
+}
 static inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 // Round-to-nearest f32 product and sum that are never fused (plain IEEE operations on the host).
 static inline float __fmul_rn(float a, float b) { return a * b; }
@@ -363,3 +368,4 @@ static inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 1
 #include "../norm.cu"
 #include "../quantize.cu"
 #include "../rope.cu"
+#include "../select.cu"

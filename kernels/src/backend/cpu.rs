@@ -10,8 +10,9 @@
 use std::sync::{Arc, Mutex};
 
 use super::{
-    check_len, check_rope, shape, AttentionParams, Backend, BackendError, BytesAt, DeviceBytes,
-    DeviceMemory, GatedActivation, HostTensor, KvTypes, KvView, Lease, RopeParams, WeightView,
+    check_len, check_rope, check_select, shape, AttentionParams, Backend, BackendError, BytesAt,
+    DeviceBytes, DeviceMemory, GatedActivation, HostTensor, KvTypes, KvView, Lease, RopeParams,
+    Selection, WeightView,
 };
 use crate::cpu::ops;
 use crate::cpu::packed;
@@ -543,6 +544,20 @@ impl Backend for CpuBackend {
                 &mut cache,
             );
         }
+        Ok(())
+    }
+
+    fn select(
+        &self,
+        x: &Vec<f32>,
+        m: usize,
+        n: usize,
+        sel: Selection,
+        out: &mut Vec<f32>,
+        out_at: usize,
+    ) -> Result<(), BackendError> {
+        let at = check_select(x.len(), m, n, sel, out.len(), out_at)?;
+        crate::select::select_rows(&x[..m * n], m, n, sel, &mut out[at]);
         Ok(())
     }
 

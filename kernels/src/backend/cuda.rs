@@ -14,11 +14,11 @@
 //! `types` (which kernels each weight type uses), `weights` (upload, import, views), `transfer`
 //! (host and peer copies, stage hand-offs, pinned staging), `reused` (device buffers kept between
 //! calls), `norm` (`norm.cu`), `rope` (`rope.cu`), `elementwise` (`elementwise.cu`), `getrows`
-//! (`getrows.cu`), `graph` (capturing the stream into a CUDA graph and replaying it), [`matmul`] (`mmv.cu`, `mmvq.cu`, `gemm.cu`, `mmq.cu`), `moe` (the routed
+//! (`getrows.cu`), `select` (`select.cu`), `graph` (capturing the stream into a CUDA graph and replaying it), [`matmul`] (`mmv.cu`, `mmvq.cu`, `gemm.cu`, `mmq.cu`), `moe` (the routed
 //! matmul of mixtures of experts, `mmvq.cu`), `fused` (the fused projections), `kv`
 //! (`attention.cu`, `kvcache.cu`), `peer` (GPU-to-GPU paths); the tests in `tests` (op by op
 //! against the CPU backend), `type_tests`, `shape_tests`, `fused_tests`, `moe_tests`,
-//! `strict_tests` (the strict fake driver's faults) and `graph_tests` (capture and replay), with `gpu_test` their launcher glue.
+//! `select_tests` (selection against the host's), `strict_tests` (the strict fake driver's faults) and `graph_tests` (capture and replay), with `gpu_test` their launcher glue.
 //!
 //! The kernel signatures, launch configurations and host-side preconditions below follow
 //! `kernels/cuda/README.md`. Every GGUF weight type llama.cpp reads has kernels ([`types`]: which
@@ -35,7 +35,8 @@ use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DriverError, LaunchCon
 use super::{
     check_len, check_rope, shape, ActivationsLocation, AttentionParams, Backend, BackendError,
     BytesAt, DeviceActivations, DeviceBytes, DeviceMemory, GatedActivation, HostStaging,
-    HostTensor, KvShape, KvTypes, KvView, Lease, QkvParams, RopeMode, RopeParams, WeightView,
+    HostTensor, KvShape, KvTypes, KvView, Lease, QkvParams, RopeMode, RopeParams, Selection,
+    WeightView,
 };
 use crate::quant::GgmlType;
 
@@ -62,6 +63,9 @@ mod open;
 mod peer;
 mod reused;
 mod rope;
+mod select;
+#[cfg(test)]
+mod select_tests;
 #[cfg(test)]
 mod shape_tests;
 #[cfg(test)]
@@ -455,6 +459,18 @@ impl Backend for CudaBackend {
         freq_factors: Option<&CudaWeight>,
     ) -> Result<(), BackendError> {
         self.rope_on_device(x, n_tokens, n_heads, head_dim, positions, p, freq_factors)
+    }
+
+    fn select(
+        &self,
+        x: &DeviceBuf<f32>,
+        m: usize,
+        n: usize,
+        sel: Selection,
+        out: &mut DeviceBuf<f32>,
+        out_at: usize,
+    ) -> Result<(), BackendError> {
+        self.select_on_device(x, m, n, sel, out, out_at)
     }
 
     fn softcap(&self, x: &mut DeviceBuf<f32>, cap: f32, len: usize) -> Result<(), BackendError> {

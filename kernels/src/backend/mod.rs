@@ -14,6 +14,8 @@
 use thiserror::Error;
 
 use crate::quant::GgmlType;
+pub use crate::select::Selection;
+use crate::select::CANDIDATE_FLOATS;
 
 /// Errors a backend reports.
 #[derive(Debug, Error)]
@@ -166,6 +168,33 @@ pub(crate) fn check_len(op: &'static str, have: usize, need: usize) -> Result<()
         return Err(shape(op, format!("buffer of {have} values, need {need}")));
     }
     Ok(())
+}
+
+/// Fails a [`Backend::select`] whose selection does not fit rows of `n` values or whose
+/// buffers (`x_len`, `out_len` values) are too short; returns the values it writes.
+pub(crate) fn check_select(
+    x_len: usize,
+    m: usize,
+    n: usize,
+    sel: Selection,
+    out_len: usize,
+    out_at: usize,
+) -> Result<std::ops::Range<usize>, BackendError> {
+    sel.check(n).map_err(|detail| shape("select", detail))?;
+    let need = m.checked_mul(n);
+    let start = out_at.checked_mul(CANDIDATE_FLOATS);
+    let end = m
+        .checked_mul(sel.k())
+        .and_then(|c| c.checked_add(out_at))
+        .and_then(|c| c.checked_mul(CANDIDATE_FLOATS));
+    match (need, start, end) {
+        (Some(need), Some(start), Some(end)) => {
+            check_len("select", x_len, need)?;
+            check_len("select", out_len, end)?;
+            Ok(start..end)
+        }
+        _ => Err(shape("select", format!("{m} rows of {n} values overflow"))),
+    }
 }
 
 pub use crate::cpu::ops::{RopeMode, RopeParams};
@@ -392,6 +421,22 @@ pub trait Backend: Send + Sync + 'static {
         width: usize,
         out_row: usize,
         out: &mut Self::Activations,
+    ) -> Result<(), BackendError>;
+
+    /// The entries `sel` picks of each of `m` rows of `n` values of `x` (the head's logits),
+    /// written to `out` from candidate `out_at` on: `m * sel.k()` candidates of
+    /// [`CANDIDATE_FLOATS`] values each (see [`crate::select`]), each row's in rank order. What
+    /// the sampler needs of a row, so that only they cross to the host; equal to
+    /// [`crate::select::select_rows`] on every backend.
+    #[allow(clippy::too_many_arguments)]
+    fn select(
+        &self,
+        x: &Self::Activations,
+        m: usize,
+        n: usize,
+        sel: Selection,
+        out: &mut Self::Activations,
+        out_at: usize,
     ) -> Result<(), BackendError>;
 
     /// Whether [`Backend::matmul_id`] multiplies experts of `expert`'s type and shape for a

@@ -69,6 +69,7 @@ pub(super) const FILES: &[KernelFile] = &[
     kernel_file!("norm"),
     kernel_file!("quantize"),
     kernel_file!("rope"),
+    kernel_file!("select"),
 ];
 
 /// The driver release branch that first reports CUDA version `v` (`cuDriverGetVersion`).

@@ -48,6 +48,7 @@ pub(super) const MODULE_KERNELS: &[(&str, &[&str])] = &[
         ],
     ),
     ("rope", &["rope_f32", "rope_store_f16"]),
+    ("select", &["select_chunks_f32", "select_merge_f32"]),
 ];
 
 impl CudaBackend {

@@ -29,6 +29,9 @@ pub(super) struct Reused {
     /// The routed matmul's table: the experts' weight addresses, then the pairs' expert ids
     /// (grown, never shrunk).
     pub(super) routed: Option<DeviceBuf<u64>>,
+    /// The first pass's candidates of a selection whose rows span several chunks (grown, never
+    /// shrunk).
+    pub(super) select: Option<DeviceBuf<f32>>,
 }
 
 /// A buffer of at least `len` values in `slot`, allocating a larger one (zeroed) when it is

@@ -1,12 +1,106 @@
 //! Picking the best entries of a logit vector without sorting it: the plain argmax of greedy
 //! decoding, and the `k` best candidates in rank order for the sampler's top-k / top-p cuts.
+//! The host's one copy of these rules: the daemon's sampler uses it on full logits rows, the CPU
+//! backend's [`crate::backend::Backend::select`] uses it on its logits, and the CUDA kernels
+//! (`kernels/cuda/select.cu`) are tested equal to it.
 //!
 //! Rank order is the one a stable descending sort by [`f32::total_cmp`] gives: larger values
 //! first, equal values by ascending id. Both functions scan the vector once, skipping blocks of
 //! [`SCAN_BLOCK`] values that cannot enter the result with one vectorizable comparison of their
 //! ordering keys, so a 262k-entry vocabulary costs one streaming pass.
+//!
+//! A device selection ([`Selection`]) hands its candidates back as pairs of f32 values (the
+//! value, then the id's bits: [`CANDIDATE_FLOATS`]), which [`decode_candidates`] reads.
 
 use std::cmp::Ordering;
+
+/// Most candidates a device selection returns per row ([`Selection::TopK`]): above llama.cpp's
+/// default top-k of 40 and the common 50, so default sampling selects on the device, while
+/// the selection's cost (k rounds of a block-wide arg-max per chunk of a row, then k over the
+/// chunks' candidates) and its read-back (8 bytes a candidate: 512 per row) stay small. A
+/// sampler asking more reads full logits rows.
+pub const MAX_DEVICE_TOP_K: usize = 64;
+
+/// f32 values per candidate in a device selection's output: the value, then the id's bits.
+pub const CANDIDATE_FLOATS: usize = 2;
+
+/// What a selection over logits rows picks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// The one entry [`argmax`] picks (greedy decoding: first index on ties, NaN never wins
+    /// unless the first value is NaN).
+    Argmax,
+    /// The `k` best entries in rank order, as [`top_k`] picks them (`1..=MAX_DEVICE_TOP_K`).
+    TopK(usize),
+}
+
+impl Selection {
+    /// Candidates it picks per row.
+    pub fn k(self) -> usize {
+        match self {
+            Selection::Argmax => 1,
+            Selection::TopK(k) => k,
+        }
+    }
+
+    /// Fails unless it can pick from rows of `n` values: `k` in `1..=MAX_DEVICE_TOP_K` and at
+    /// most `n` (and `n` fits a u32 id).
+    pub fn check(self, n: usize) -> Result<(), String> {
+        let k = self.k();
+        if k == 0 || k > MAX_DEVICE_TOP_K || k > n || u32::try_from(n).is_err() {
+            return Err(format!(
+                "{self:?} over rows of {n} values (k must be 1..={MAX_DEVICE_TOP_K} and at most \
+                 the row)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Its candidates of one row of `values`, into `out` (cleared first).
+    pub fn pick(self, values: &[f32], out: &mut Vec<Candidate>) {
+        match self {
+            Selection::Argmax => {
+                out.clear();
+                if !values.is_empty() {
+                    let id = argmax(values);
+                    out.push(Candidate {
+                        id,
+                        value: values[id as usize],
+                    });
+                }
+            }
+            Selection::TopK(k) => top_k(values, k, out),
+        }
+    }
+}
+
+/// `sel`'s candidates of each of the `m` rows of `n` values of `values`, written to `out` as
+/// [`CANDIDATE_FLOATS`] values each, `sel.k()` per row (the host version of the device op;
+/// `sel` checked against `n` by the caller).
+pub fn select_rows(values: &[f32], m: usize, n: usize, sel: Selection, out: &mut [f32]) {
+    let k = sel.k();
+    let mut picked = Vec::with_capacity(k);
+    for (row, dst) in values
+        .chunks_exact(n.max(1))
+        .take(m)
+        .zip(out.chunks_exact_mut(k * CANDIDATE_FLOATS))
+    {
+        sel.pick(row, &mut picked);
+        for (c, slot) in picked.iter().zip(dst.chunks_exact_mut(CANDIDATE_FLOATS)) {
+            slot[0] = c.value;
+            slot[1] = f32::from_bits(c.id);
+        }
+    }
+}
+
+/// The candidates a device selection wrote ([`CANDIDATE_FLOATS`] values each), appended to
+/// `out`.
+pub fn decode_candidates(raw: &[f32], out: &mut Vec<Candidate>) {
+    out.extend(raw.chunks_exact(CANDIDATE_FLOATS).map(|c| Candidate {
+        id: c[1].to_bits(),
+        value: c[0],
+    }));
+}
 
 /// Values compared at once when scanning for candidates: a block whose largest key does not beat
 /// the current cut-off is skipped as a whole (16 f32 lanes: one AVX-512 or two AVX2 registers).
@@ -170,6 +264,31 @@ mod tests {
             top_k(&values, k, &mut out);
             assert_eq!(out, sorted_prefix(&values, k));
         }
+    }
+
+    #[test]
+    fn selected_rows_round_trip_through_their_encoding() {
+        let mut seed = 5;
+        let (m, n) = (3, 777);
+        let values: Vec<f32> = (0..m * n).map(|_| (lcg(&mut seed) % 40) as f32).collect();
+        for sel in [Selection::Argmax, Selection::TopK(1), Selection::TopK(64)] {
+            sel.check(n).expect("valid");
+            let mut raw = vec![0.0; m * sel.k() * CANDIDATE_FLOATS];
+            select_rows(&values, m, n, sel, &mut raw);
+            let mut got = Vec::new();
+            decode_candidates(&raw, &mut got);
+            let mut want = Vec::new();
+            for row in values.chunks(n) {
+                let mut one = Vec::new();
+                sel.pick(row, &mut one);
+                want.extend(one);
+            }
+            assert_eq!(got, want, "{sel:?}");
+        }
+        assert!(Selection::TopK(0).check(10).is_err());
+        assert!(Selection::TopK(MAX_DEVICE_TOP_K + 1).check(1000).is_err());
+        assert!(Selection::TopK(11).check(10).is_err());
+        assert!(Selection::Argmax.check(0).is_err());
     }
 
     #[test]
