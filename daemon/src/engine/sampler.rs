@@ -2,11 +2,17 @@
 //! penalties, top-k, top-p, min-p, temperature and a seeded draw, so that a seed makes a run
 //! reproducible. The chain never sorts the vocabulary: top-k is a partial selection
 //! ([`super::select`]), and top-p and min-p work on the candidates it keeps.
+//!
+//! A sampler says what it needs of a logits row ([`Sampler::device_selection`]): greedy
+//! decoding only the argmax, a top-k chain without penalties only the k best; the head's device
+//! then picks those and [`Sampler::sample_candidates`] continues the chain from them, drawing
+//! the token (and advancing the random state) exactly as [`Sampler::sample`] does from the
+//! whole row.
 
 use serde::{Deserialize, Serialize};
 
 pub use super::select::argmax;
-use super::select::{sort_ranked, top_k, Candidate};
+use super::select::{sort_ranked, top_k, Candidate, Selection, MAX_DEVICE_TOP_K};
 
 /// How to pick tokens. The defaults match llama.cpp's command-line tools.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,6 +54,11 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Whether any repetition penalty is on (they change the logits of recent tokens).
+    fn has_penalties(&self) -> bool {
+        self.repeat_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
+    }
+
     /// Greedy decoding.
     pub fn greedy() -> Self {
         SamplingParams {
@@ -121,8 +132,7 @@ impl Sampler {
             penalised,
             seen,
         } = self;
-        let is_penalised =
-            p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
+        let is_penalised = p.has_penalties();
         if p.temperature <= 0.0 && !is_penalised {
             return argmax(logits);
         }
@@ -157,46 +167,102 @@ impl Sampler {
         }
         if p.top_k > 0 && p.top_k < values.len() {
             top_k(values, p.top_k, candidates);
-            softmax(candidates, 1.0);
-            if p.top_p < 1.0 {
-                let mut cum = 0.0;
-                let mut keep = candidates.len();
-                for (i, c) in candidates.iter().enumerate() {
-                    cum += c.value;
-                    if cum >= p.top_p {
-                        keep = i + 1;
-                        break;
-                    }
-                }
-                candidates.truncate(keep.max(1));
-            }
+            cut_top_p(p, candidates);
         } else {
             full_vocabulary(values, p.top_p, p.min_p, candidates);
         }
-        if p.min_p > 0.0 {
-            // Whenever min-p is on, the candidates are in rank order here.
-            let threshold = candidates[0].value * p.min_p;
-            let keep = candidates
-                .iter()
-                .take_while(|c| c.value >= threshold)
-                .count();
-            candidates.truncate(keep.max(1));
+        min_p_and_draw(p, rng, candidates)
+    }
+
+    /// What this sampler needs of a logits row of `n_vocab` values when it is less than the
+    /// row, for the device to pick: the argmax for greedy decoding, the `top_k` best for a
+    /// chain whose top-k keeps fewer than the vocabulary and at most [`MAX_DEVICE_TOP_K`].
+    /// `None` (the whole row is needed) with repetition penalties, which change the logits of
+    /// recent tokens first, or with top-k off or larger.
+    pub fn device_selection(&self, n_vocab: usize) -> Option<Selection> {
+        let p = &self.params;
+        if p.has_penalties() {
+            return None;
         }
-        // Temperature on the surviving tokens' log-probabilities, then a draw.
-        for c in candidates.iter_mut() {
-            c.value = c.value.max(f32::MIN_POSITIVE).ln() / p.temperature;
+        if p.temperature <= 0.0 {
+            return (n_vocab > 0).then_some(Selection::Argmax);
         }
-        softmax(candidates, 1.0);
-        let r = rng.next_f64();
-        let mut cum = 0.0f64;
-        for c in candidates.iter() {
-            cum += c.value as f64;
-            if r < cum {
-                return c.id;
+        (p.top_k > 0 && p.top_k < n_vocab && p.top_k <= MAX_DEVICE_TOP_K)
+            .then_some(Selection::TopK(p.top_k))
+    }
+
+    /// Picks the next token from the candidates [`Sampler::device_selection`] asked for (in
+    /// rank order): the argmax's, or the rest of the chain after top-k (softmax over them,
+    /// top-p, min-p, temperature, the seeded draw), giving the token and random state that
+    /// [`Sampler::sample`] gives from the whole row.
+    pub fn sample_candidates(&mut self, picked: &[Candidate]) -> u32 {
+        let Sampler {
+            params: p,
+            rng,
+            candidates,
+            ..
+        } = self;
+        if p.temperature <= 0.0 {
+            return picked.first().map_or(0, |c| c.id);
+        }
+        if picked.is_empty() {
+            return 0;
+        }
+        candidates.clear();
+        candidates.extend_from_slice(picked);
+        cut_top_p(p, candidates);
+        min_p_and_draw(p, rng, candidates)
+    }
+}
+
+/// After top-k: the candidates' probabilities, then the shortest rank-order prefix whose
+/// probabilities reach `top_p` (when it is below 1).
+fn cut_top_p(p: &SamplingParams, candidates: &mut Vec<Candidate>) {
+    softmax(candidates, 1.0);
+    if p.top_p < 1.0 {
+        let mut cum = 0.0;
+        let mut keep = candidates.len();
+        for (i, c) in candidates.iter().enumerate() {
+            cum += c.value;
+            if cum >= p.top_p {
+                keep = i + 1;
+                break;
             }
         }
-        candidates.last().map_or(0, |c| c.id)
+        candidates.truncate(keep.max(1));
     }
+}
+
+/// The end of the chain over candidates with their probabilities: the min-p cut, temperature
+/// on the survivors' log-probabilities, and the seeded draw.
+fn min_p_and_draw(
+    p: &SamplingParams,
+    rng: &mut SplitMix64,
+    candidates: &mut Vec<Candidate>,
+) -> u32 {
+    if p.min_p > 0.0 {
+        // Whenever min-p is on, the candidates are in rank order here.
+        let threshold = candidates[0].value * p.min_p;
+        let keep = candidates
+            .iter()
+            .take_while(|c| c.value >= threshold)
+            .count();
+        candidates.truncate(keep.max(1));
+    }
+    // Temperature on the surviving tokens' log-probabilities, then a draw.
+    for c in candidates.iter_mut() {
+        c.value = c.value.max(f32::MIN_POSITIVE).ln() / p.temperature;
+    }
+    softmax(candidates, 1.0);
+    let r = rng.next_f64();
+    let mut cum = 0.0f64;
+    for c in candidates.iter() {
+        cum += c.value as f64;
+        if r < cum {
+            return c.id;
+        }
+    }
+    candidates.last().map_or(0, |c| c.id)
 }
 
 /// The candidates of the whole vocabulary (top-k off) with their probabilities. With top-p:
@@ -475,6 +541,102 @@ mod tests {
                     history.push(a);
                 }
             }
+        }
+    }
+
+    /// Issue 18: a sampler that asks the device for candidates draws from them the token (and
+    /// leaves the random state) that it draws from the whole row, step after step, for every
+    /// setting that asks, seeds and logits with ties and special values.
+    #[test]
+    fn sampling_from_candidates_equals_sampling_from_the_row() {
+        let n_vocab = 5000;
+        let mut settings = vec![SamplingParams::greedy(), SamplingParams::default()];
+        for (i, &(temperature, top_k, top_p, min_p)) in [
+            (0.8f32, 40usize, 0.95f32, 0.05f32),
+            (1.0, 1, 1.0, 0.0),
+            (1.5, 2, 0.5, 0.0),
+            (0.3, 64, 1.0, 0.2),
+            (2.0, 17, 0.99, 0.01),
+            (0.7, 50, 0.0, 0.0),
+            (1.0, 64, 1.0, 0.0),
+        ]
+        .iter()
+        .enumerate()
+        {
+            settings.push(SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                seed: i as u64,
+                ..Default::default()
+            });
+        }
+        for (i, params) in settings.iter().enumerate() {
+            for seed in 0..25u64 {
+                let params = SamplingParams {
+                    seed,
+                    ..params.clone()
+                };
+                let mut whole = Sampler::new(params.clone());
+                let mut picked_by_device = Sampler::new(params);
+                let sel = whole
+                    .device_selection(n_vocab)
+                    .expect("these settings select on the device");
+                let mut picked = Vec::new();
+                for step in 0..6u64 {
+                    let mut logits = lm_logits(seed * 977 + step, n_vocab);
+                    // Ties at the top, a NaN-free row with an infinity now and then.
+                    logits[(step as usize * 31) % n_vocab] = 11.75;
+                    logits[(step as usize * 57 + 5) % n_vocab] = 11.75;
+                    if step % 3 == 2 {
+                        logits[4000] = f32::NEG_INFINITY;
+                    }
+                    let a = whole.sample(&logits, &[]);
+                    sel.pick(&logits, &mut picked);
+                    let b = picked_by_device.sample_candidates(&picked);
+                    assert_eq!(a, b, "settings {i}, seed {seed}, step {step}");
+                }
+                assert_eq!(
+                    whole.rng.next_u64(),
+                    picked_by_device.rng.next_u64(),
+                    "settings {i}, seed {seed}: random states"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn device_selection_asks_only_what_the_chain_needs() {
+        let ask = |params: SamplingParams, n| Sampler::new(params).device_selection(n);
+        assert_eq!(ask(SamplingParams::greedy(), 100), Some(Selection::Argmax));
+        let default = SamplingParams::default();
+        assert_eq!(ask(default.clone(), 1000), Some(Selection::TopK(40)));
+        // Top-k keeping the whole vocabulary, off, or above the device's bound.
+        assert_eq!(ask(default.clone(), 40), None);
+        let top = |top_k| SamplingParams {
+            top_k,
+            ..default.clone()
+        };
+        assert_eq!(ask(top(0), 1000), None);
+        assert_eq!(ask(top(MAX_DEVICE_TOP_K + 1), 1000), None);
+        assert_eq!(ask(top(MAX_DEVICE_TOP_K), 1000), Some(Selection::TopK(64)));
+        // Penalties change the row first, greedy or not.
+        for penalised in [
+            SamplingParams {
+                repeat_penalty: 1.1,
+                ..SamplingParams::greedy()
+            },
+            SamplingParams {
+                presence_penalty: 0.5,
+                ..default.clone()
+            },
+            SamplingParams {
+                frequency_penalty: 0.5,
+                ..default.clone()
+            },
+        ] {
+            assert_eq!(ask(penalised, 1000), None);
         }
     }
 

@@ -11,7 +11,9 @@ use tokio::sync::mpsc::Sender;
 
 use super::job::{GenEvent, GenerateJob, GenerationSummary, StopReason};
 use super::sampler::Sampler;
+use super::select::Selection;
 use super::text::TextStream;
+use crate::model::RowResult;
 use crate::model::SeqId;
 
 /// The events of one generation on their way to its request handler, without ever waiting:
@@ -153,17 +155,27 @@ impl Sequence {
         }
     }
 
-    /// Samples the next token from `logits` and sends it with the text it releases; returns why
-    /// the generation stopped, if it did.
+    /// What its sampler needs of a logits row of `n_vocab` values, when less than the row (see
+    /// [`Sampler::device_selection`]).
+    pub(super) fn selection(&self, n_vocab: usize) -> Option<Selection> {
+        self.sampler.device_selection(n_vocab)
+    }
+
+    /// Samples the next token from its logits row, or from the candidates its sampler asked
+    /// for, and sends it with the text it releases; returns why the generation stopped, if it
+    /// did.
     pub(super) fn sample_next(
         &mut self,
         tokenizer: &Tokenizer,
-        logits: &[f32],
+        row: RowResult<'_>,
     ) -> Option<StopReason> {
         if self.prefill_done.is_none() {
             self.prefill_done = Some(Instant::now());
         }
-        let id = self.sampler.sample(logits, &self.history);
+        let id = match row {
+            RowResult::Logits(logits) => self.sampler.sample(logits, &self.history),
+            RowResult::Candidates(picked) => self.sampler.sample_candidates(picked),
+        };
         if tokenizer.is_eog(id) {
             return Some(StopReason::EndOfGeneration);
         }

@@ -28,8 +28,9 @@ use super::job::{BenchResult, Job, ResplitFn, ResplitOutcome, WorkerLimits};
 #[cfg(doc)]
 use super::job::{PARK_LIMIT, PARK_LIMIT_WHEN_WANTED};
 use super::scheduler::Scheduler;
+use super::select::Selection;
 use super::WorkerHealth;
-use crate::model::{Batch, Pipeline, SeqId};
+use crate::model::{Batch, HeadOutput, Pipeline, RowRequest, RowResult, SeqId};
 
 /// How often the worker checks its parked generations when nothing else can run.
 const PARK_POLL: Duration = Duration::from_millis(20);
@@ -48,8 +49,8 @@ pub struct Worker {
     health: Arc<WorkerHealth>,
     /// The step's batch, reused.
     batch: Batch,
-    /// The step's logits rows, reused.
-    logits: Vec<f32>,
+    /// What the step's rows wanting logits ask of the head and what they get, reused.
+    head_out: HeadOutput,
 }
 
 impl Worker {
@@ -68,7 +69,7 @@ impl Worker {
             scheduler: Scheduler::new(limits, health.prefix()),
             health,
             batch: Batch::default(),
-            logits: Vec::new(),
+            head_out: HeadOutput::default(),
         }
     }
 
@@ -111,7 +112,7 @@ impl Worker {
         }
         self.prepare_step();
         if self.scheduler.runnable() {
-            self.step(|_, _| {});
+            self.step(None);
         }
         true
     }
@@ -188,11 +189,34 @@ impl Worker {
         }
     }
 
-    /// One forward step over the batch the scheduler composes; every row with logits is shown
-    /// to `observe` (the sequence and its logits) before its sequence samples from it.
-    fn step(&mut self, mut observe: impl FnMut(SeqId, &[f32])) {
+    /// One forward step over the batch the scheduler composes. Each row wanting logits asks the
+    /// head for what its sequence's sampler needs (only the candidates of a greedy or top-k
+    /// sampler, picked on the head's device: [`Sequence::selection`]), or, with `observe`, for
+    /// the whole row, which `observe` is shown (the sequence and its logits) before its
+    /// sequence samples from it.
+    ///
+    /// [`Sequence::selection`]: super::sequence::Sequence::selection
+    fn step(&mut self, mut observe: Option<&mut dyn FnMut(SeqId, &[f32])>) {
         self.scheduler.compose(&mut self.batch);
-        if let Err(e) = self.pipeline.forward(&self.batch, &mut self.logits) {
+        let n_vocab = self.pipeline.config().n_vocab;
+        // The rows wanting logits, in batch order, with their sequences.
+        let rows: Vec<SeqId> = (0..self.batch.len())
+            .filter(|&t| self.batch.logits[t])
+            .map(|t| self.batch.seqs[t])
+            .collect();
+        let requests = &mut self.head_out.requests;
+        requests.clear();
+        for &seq_id in &rows {
+            let selection = match observe {
+                Some(_) => None,
+                None => self
+                    .scheduler
+                    .running_mut(seq_id)
+                    .and_then(|seq| seq.selection(n_vocab)),
+            };
+            requests.push(selection.map_or(RowRequest::Logits, RowRequest::Select));
+        }
+        if let Err(e) = self.pipeline.forward_rows(&self.batch, &mut self.head_out) {
             tracing::error!(error = %e, "forward pass failed");
             self.scheduler.fail_running(
                 &format!("forward pass failed: {e}"),
@@ -201,20 +225,18 @@ impl Worker {
             return;
         }
         // Sample for every row that produced logits, in batch order.
-        let n_vocab = self.pipeline.config().n_vocab;
-        let rows: Vec<(usize, SeqId)> = (0..self.batch.len())
-            .filter(|&t| self.batch.logits[t])
-            .map(|t| self.batch.seqs[t])
-            .enumerate()
-            .collect();
         let mut finished = Vec::new();
-        for (row, seq_id) in rows {
+        for (row, seq_id) in rows.into_iter().enumerate() {
             let Some(seq) = self.scheduler.running_mut(seq_id) else {
                 continue;
             };
-            let logits = &self.logits[row * n_vocab..(row + 1) * n_vocab];
-            observe(seq_id, logits);
-            if let Some(reason) = seq.sample_next(&self.tokenizer, logits) {
+            let Some(result) = self.head_out.row(row) else {
+                continue;
+            };
+            if let (Some(observe), RowResult::Logits(logits)) = (observe.as_mut(), result) {
+                observe(seq_id, logits);
+            }
+            if let Some(reason) = seq.sample_next(&self.tokenizer, result) {
                 finished.push((seq_id, reason));
             }
         }
@@ -226,7 +248,9 @@ impl Worker {
     /// Prefill of `n_prompt` tokens in batches of the step limit (llama-bench's `pp` test), then
     /// `n_gen` single-token steps continuing the same sequence at positions `n_prompt..` (the
     /// `tg` test at a depth of `n_prompt`, as llama-bench's `-d` runs it: decode speed with a
-    /// context to attend over, not on an empty cache), on a scratch sequence.
+    /// context to attend over, not on an empty cache), on a scratch sequence. The steps ask
+    /// for greedy selection (the argmax picked on the head's device), as a greedy generation
+    /// does.
     fn bench(&mut self, n_prompt: usize, n_gen: usize) -> Result<BenchResult, String> {
         if let Some(msg) = &self.scheduler.broken {
             return Err(msg.clone());
@@ -242,6 +266,10 @@ impl Worker {
         let id = self.scheduler.next_id();
         // Pseudo-random but valid token ids, as llama-bench uses.
         let token = |i: usize| ((i as u64 * 2_654_435_761) % n_vocab as u64) as u32;
+        self.head_out.requests.clear();
+        self.head_out
+            .requests
+            .push(RowRequest::Select(Selection::Argmax));
         let mut run = || -> Result<(f64, f64), String> {
             // Retained prefix caches make room for it as for a generation.
             self.scheduler
@@ -258,7 +286,7 @@ impl Worker {
                         self.batch.push(token(i), i as u32, id, i + 1 == n_prompt);
                     }
                     self.pipeline
-                        .forward(&self.batch, &mut self.logits)
+                        .forward_rows(&self.batch, &mut self.head_out)
                         .map_err(|e| e.to_string())?;
                     done += take;
                 }
@@ -271,7 +299,7 @@ impl Worker {
                     self.batch.clear();
                     self.batch.push(token(i), i as u32, id, true);
                     self.pipeline
-                        .forward(&self.batch, &mut self.logits)
+                        .forward_rows(&self.batch, &mut self.head_out)
                         .map_err(|e| e.to_string())?;
                 }
                 tg = n_gen as f64 / start.elapsed().as_secs_f64();
@@ -501,11 +529,11 @@ mod tests {
             if !worker.scheduler.runnable() {
                 return (rows, mixed);
             }
-            worker.step(|id, logits| {
+            worker.step(Some(&mut |id, logits: &[f32]| {
                 rows.entry(id)
                     .or_default()
                     .push(logits.iter().map(|v| v.to_bits()).collect());
-            });
+            }));
             let batch = &worker.batch;
             let seqs: std::collections::BTreeSet<SeqId> = batch.seqs.iter().copied().collect();
             mixed |= seqs.len() > 1 && batch.len() > seqs.len();

@@ -25,6 +25,7 @@ use llmd_kernels::backend::{
 use super::batch::{Batch, SeqId};
 use super::config::ModelConfig;
 use super::graphs::GraphCounts;
+use super::head_output::HeadOutput;
 use super::host_tensors::OwnedTensor;
 use super::host_tensors::PartSource;
 use super::moe::{DeviceExperts, ExpertLoader, ExpertsElsewhere, MoeScratch};
@@ -441,15 +442,20 @@ impl AnyStage {
         &mut self,
         batch: &Batch,
         hidden: &mut [f32],
-        logits: &mut Vec<f32>,
+        out: &mut HeadOutput,
         handoff: &mut Handoff,
     ) -> Result<(), ForwardError> {
-        each_backend!(self, AnyStage, s => s.forward(batch, hidden, logits, handoff))
+        each_backend!(self, AnyStage, s => s.forward(batch, hidden, out, handoff))
     }
 
     /// Runs the head over the rows gathered for it (see [`Stage::head`]).
-    pub fn head(&mut self, m: usize, logits: &mut Vec<f32>) -> Result<(), ForwardError> {
-        each_backend!(self, AnyStage, s => s.head(m, logits))
+    pub fn head(&mut self, m: usize, out: &mut HeadOutput) -> Result<(), ForwardError> {
+        each_backend!(self, AnyStage, s => s.head(m, out))
+    }
+
+    /// Turns its head's selection on the device on or off (see [`Stage::set_device_select`]).
+    pub fn set_device_select(&mut self, enabled: bool) {
+        each_backend!(self, AnyStage, s => s.set_device_select(enabled))
     }
 }
 

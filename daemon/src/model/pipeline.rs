@@ -14,6 +14,7 @@ use super::batch::{Batch, SeqId};
 use super::config::ModelConfig;
 use super::embedding::Embedding;
 use super::graphs::{graphs_enabled, GraphCounts};
+use super::head_output::{device_select_enabled, HeadOutput};
 use super::stage::{ForwardError, Handoff};
 use super::weights::{ExpertWeights, WeightError};
 
@@ -51,6 +52,10 @@ pub struct Pipeline {
     /// Whether the stages capture their decode steps as CUDA graphs ([`graphs_enabled`] unless
     /// [`Pipeline::with_graphs`] says otherwise); given to the stages of a re-split too.
     graphs: bool,
+    /// Whether the head picks the candidates rows ask for on its device
+    /// ([`device_select_enabled`] unless [`Pipeline::with_device_select`] says otherwise); given
+    /// to the stages of a re-split too.
+    device_select: bool,
 }
 
 /// The environment variable that sets the stage overlap: `0` off, `1` always, unset (or anything
@@ -150,6 +155,7 @@ impl Pipeline {
             expert_scratch: ExpertScratch::default(),
             overlap: StageOverlap::from_env(),
             graphs: graphs_enabled(),
+            device_select: device_select_enabled(),
         })
     }
 
@@ -158,6 +164,17 @@ impl Pipeline {
         self.graphs = enabled;
         for s in &mut self.stages {
             s.set_graphs(enabled);
+        }
+        self
+    }
+
+    /// The pipeline with the head's selection of candidates on its device on or off (see
+    /// [`super::head_output`]): off, whole logits rows are read and the same candidates picked
+    /// on the host.
+    pub fn with_device_select(mut self, enabled: bool) -> Self {
+        self.device_select = enabled;
+        for s in &mut self.stages {
+            s.set_device_select(enabled);
         }
         self
     }
@@ -302,6 +319,7 @@ impl Pipeline {
         let mut stages = stages;
         for s in &mut stages {
             s.set_graphs(self.graphs);
+            s.set_device_select(self.device_select);
         }
         std::mem::replace(&mut self.stages, stages)
     }
@@ -371,6 +389,22 @@ impl Pipeline {
     /// once at the end, with the step's one read-back. Each sequence's rows stay together, so
     /// its attention, and every token, is what the whole batch gives.
     pub fn forward(&mut self, batch: &Batch, logits: &mut Vec<f32>) -> Result<(), ForwardError> {
+        let mut out = HeadOutput::default();
+        out.logits = std::mem::take(logits);
+        let ran = self.forward_rows(batch, &mut out);
+        *logits = std::mem::take(&mut out.logits);
+        ran
+    }
+
+    /// Runs the whole model over `batch` as [`Pipeline::forward`] does, each token wanting
+    /// logits getting what `out.requests` asks for it, in batch order (see [`HeadOutput`]):
+    /// its logits row, or only the candidates its sampler needs, which the head's device picks
+    /// so that only they are read back.
+    pub fn forward_rows(
+        &mut self,
+        batch: &Batch,
+        out: &mut HeadOutput,
+    ) -> Result<(), ForwardError> {
         let d = self.config.n_embd;
         let need = batch.len() * d;
         self.ensure_staging(need);
@@ -422,7 +456,7 @@ impl Pipeline {
                     defer_head: !whole,
                 };
                 let hidden_part = &mut hidden[rows.start * d..rows.end * d];
-                self.stages[i].forward(part, hidden_part, logits, &mut handoff)?;
+                self.stages[i].forward(part, hidden_part, out, &mut handoff)?;
                 if handoff.output.is_some() {
                     self.device_handoffs += 1;
                 }
@@ -435,7 +469,7 @@ impl Pipeline {
         }
         if !whole {
             if let Some(last) = self.stages.last_mut() {
-                last.head(head_row, logits)?;
+                last.head(head_row, out)?;
             }
         }
         // The stages copy the residual stream from page-locked staging when their streams get

@@ -30,6 +30,7 @@ use llmd_kernels::backend::{kv_cache_bytes, KvTypes};
 use thiserror::Error;
 
 use super::config::ModelConfig;
+use super::head_output::SELECTED_FLOATS_PER_ROW;
 use super::load::{model_config, LoadError};
 use super::weights::{layer_source_names, EXPERT_TENSORS};
 use llmd_gguf::{GgufFile, ModelDescription, TensorInfo};
@@ -76,8 +77,8 @@ pub struct ModelSizes {
     pub kv_bytes_per_layer_position: u64,
     /// Activation buffers of a stage that runs layers or the head, for the largest batch.
     pub stage_scratch_bytes: u64,
-    /// Extra activation bytes of the stage holding the head (logit rows, and the rows wanting
-    /// them gathered for the head).
+    /// Extra activation bytes of the stage holding the head (logit rows, the rows wanting
+    /// them gathered for the head, and the candidates picked of them).
     pub head_scratch_bytes: u64,
     /// The context length the model was trained with.
     pub context_length: usize,
@@ -159,7 +160,9 @@ impl ModelSizes {
                 kv_types,
             ),
             stage_scratch_bytes: floats * 4 + moe_bytes,
-            head_scratch_bytes: logit_rows * (config.n_vocab + config.n_embd) as u64 * 4,
+            head_scratch_bytes: logit_rows
+                * (config.n_vocab + config.n_embd + SELECTED_FLOATS_PER_ROW) as u64
+                * 4,
             context_length: config.context_length,
         }
     }

@@ -9,11 +9,13 @@ use std::sync::Arc;
 use llmd_kernels::backend::{
     AttentionParams, Backend, BackendError, DeviceActivations, HostStaging, KvTypes, QkvParams,
 };
+use llmd_kernels::select::{decode_candidates, Candidate, Selection, CANDIDATE_FLOATS};
 
 use super::backend::AnyExperts;
 use super::batch::{Batch, Segment, SeqId};
 use super::config::ModelConfig;
 use super::graphs::{GraphCounts, StepGraphs, StepShape, MAX_GRAPH_ROWS};
+use super::head_output::{device_select_enabled, HeadOutput, RowRequest, SELECTED_FLOATS_PER_ROW};
 use super::host_tensors::{OwnedTensor, PartSource};
 use super::moe::{moe_ffn, ExpertLoader, ExpertsElsewhere, MoeInput, MoeScratch};
 use super::parts::{DevicePart, PartWeights, Slot};
@@ -43,8 +45,12 @@ pub struct Scratch<B: Backend> {
     gate: B::Activations,
     /// Feed-forward up: `(max_tokens, n_ff)`.
     up: B::Activations,
-    /// Logits: `(max_tokens, n_vocab)` on the last stage, else empty.
+    /// Logits: `(max_logit_rows, n_vocab)` on the last stage, else empty.
     logits: B::Activations,
+    /// The candidates the device picks of the logits rows ([`Backend::select`]), argmax ones
+    /// then top-k ones: `(max_logit_rows, SELECTED_FLOATS_PER_ROW)` on the last stage, else
+    /// empty.
+    selected: B::Activations,
     /// The rows wanting logits gathered for the head, those of every micro-batch of a step one
     /// after the other: `(max_logit_rows, n_embd)` on the last stage, else empty.
     head_in: B::Activations,
@@ -88,6 +94,17 @@ pub struct Stage<B: Backend> {
     /// CUDA graphs of decode steps by shape; dropped whenever the KV caches or weights they
     /// address change, and with the stage.
     graphs: StepGraphs,
+    /// Whether the head picks the candidates rows ask for on the device, reading back only
+    /// them ([`device_select_enabled`] unless [`Stage::set_device_select`] says otherwise);
+    /// off, it reads the logits rows and picks on the host.
+    device_select: bool,
+    /// The candidates read back from the device, as [`CANDIDATE_FLOATS`] values each, where
+    /// the device offers no page-locked memory (reused).
+    ///
+    /// [`CANDIDATE_FLOATS`]: llmd_kernels::select::CANDIDATE_FLOATS
+    selected_host: Vec<f32>,
+    /// One row's candidates picked on the host (reused).
+    picked: Vec<Candidate>,
 }
 
 /// How the residual stream enters and leaves a stage when it need not cross the host (see
@@ -295,6 +312,9 @@ impl<B: Backend> Stage<B> {
             weight_bytes,
             logits_host: LogitsHost::Unasked,
             graphs: StepGraphs::default(),
+            device_select: device_select_enabled(),
+            selected_host: Vec::new(),
+            picked: Vec::new(),
         })
     }
 
@@ -348,6 +368,7 @@ impl<B: Backend> Stage<B> {
             gate: b.alloc_activations(n * c.max_ff())?,
             up: b.alloc_activations(n * c.max_ff())?,
             logits: b.alloc_activations(logit_rows * c.n_vocab)?,
+            selected: b.alloc_activations(logit_rows * SELECTED_FLOATS_PER_ROW)?,
             head_in: b.alloc_activations(logit_rows * c.n_embd)?,
             moe: match &c.moe {
                 Some(moe) => Some(MoeScratch::alloc(b, moe, c.n_embd, n)?),
@@ -497,6 +518,12 @@ impl<B: Backend> Stage<B> {
         self.graphs = StepGraphs::new(enabled);
     }
 
+    /// Turns the head's selection of candidates on the device on or off (on by default unless
+    /// `LLMD_GPU_SELECT=0`); off, the head reads whole logits rows and picks on the host.
+    pub fn set_device_select(&mut self, enabled: bool) {
+        self.device_select = enabled;
+    }
+
     /// What its CUDA graphs of decode steps have done so far, and how many it holds.
     pub fn graph_counts(&self) -> (GraphCounts, usize) {
         (self.graphs.counts(), self.graphs.held())
@@ -612,8 +639,8 @@ impl<B: Backend> Stage<B> {
     }
 
     /// Runs this stage's layers over `batch`. `hidden` holds the residual stream in and out,
-    /// `(batch.len(), n_embd)` on the host. On the last stage, the logits of the tokens with
-    /// `batch.logits[t]` set are written to `logits` in batch order, `n_vocab` each.
+    /// `(batch.len(), n_embd)` on the host. On the last stage, the tokens with `batch.logits[t]`
+    /// set get what `out.requests` asks for them (see [`Stage::head`]), in batch order.
     ///
     /// `handoff` lets the residual stream skip the host between stages on devices that can copy
     /// from each other: with `handoff.input` set, it is copied from the previous stage's device
@@ -623,7 +650,7 @@ impl<B: Backend> Stage<B> {
         &mut self,
         batch: &Batch,
         hidden: &mut [f32],
-        logits: &mut Vec<f32>,
+        out: &mut HeadOutput,
         handoff: &mut Handoff,
     ) -> Result<(), ForwardError> {
         let n = batch.len();
@@ -695,7 +722,7 @@ impl<B: Backend> Stage<B> {
         // Output head: only the rows that want logits are picked (after those of the step's
         // earlier micro-batches), then normalised and projected unless the pipeline runs the
         // head once for the whole step.
-        logits.clear();
+        out.clear();
         if self.head.is_some() {
             let wanted: Vec<u32> = (0..n as u32)
                 .filter(|&t| batch.logits[t as usize])
@@ -711,7 +738,7 @@ impl<B: Backend> Stage<B> {
                 b.gather_rows(&s.x, &wanted, d, handoff.head_row, &mut s.head_in)?;
             }
             if !handoff.defer_head {
-                self.head(rows, logits)?;
+                self.head(rows, out)?;
             }
         }
         Ok(())
@@ -896,51 +923,144 @@ impl<B: Backend> Stage<B> {
     }
 
     /// The output head over the first `m` rows gathered for it (see [`Handoff::defer_head`]):
-    /// normalised, projected and (Gemma 2) soft-capped; their logits are written to `logits`,
-    /// `n_vocab` each. Nothing is written for `m == 0` or on a stage without the head.
-    pub fn head(&mut self, m: usize, logits: &mut Vec<f32>) -> Result<(), ForwardError> {
+    /// normalised, projected and (Gemma 2) soft-capped; row `i` gets what `out.request(i)` asks
+    /// (see [`HeadOutput`]). Where every row asks a selection the device can make (and its
+    /// selection is on), the device picks the candidates and only they are read back; else
+    /// every row's logits are read (into `out.logits`) and the candidates picked from them on
+    /// the host, the same ones. Either way into page-locked memory where the device offers it:
+    /// one direct copy and one wait, where pageable memory costs the driver a staging copy and
+    /// a second wait. Nothing is written for `m == 0` or on a stage without the head.
+    pub fn head(&mut self, m: usize, out: &mut HeadOutput) -> Result<(), ForwardError> {
         let c = Arc::clone(&self.config);
         let b = Arc::clone(&self.backend);
         let d = c.n_embd;
+        let n_vocab = c.n_vocab;
+        out.begin(n_vocab);
+        let Some(head) = &self.head else {
+            return Ok(());
+        };
+        if m == 0 {
+            return Ok(());
+        }
+        if m > self.max_logit_rows {
+            return Err(ForwardError::BadBatch(format!(
+                "{m} rows wanting logits (at most {})",
+                self.max_logit_rows
+            )));
+        }
         let s = &mut self.scratch;
-        logits.clear();
-        if let Some(head) = &self.head {
-            if m == 0 {
-                return Ok(());
+        b.norm_matmuls(
+            &s.head_in,
+            &head.output_norm,
+            m,
+            d,
+            c.norm_eps,
+            &mut s.cur,
+            &[&head.output],
+            &mut [&mut s.logits],
+        )?;
+        if let Some(cap) = c.final_softcap {
+            b.softcap(&mut s.logits, cap, m * n_vocab)?;
+        }
+        let selections = (0..m)
+            .map(|i| match out.request(i) {
+                RowRequest::Select(sel) if sel.check(n_vocab).is_ok() => Some(sel),
+                _ => None,
+            })
+            .collect::<Option<Vec<Selection>>>();
+        match selections.filter(|_| self.device_select) {
+            Some(sels) => self.select_on_device(m, &sels, out)?,
+            None => self.read_logits(m, out)?,
+        }
+        Ok(())
+    }
+
+    /// The candidates `sels` (one per row, each checked against the vocabulary) ask of the
+    /// first `m` logits rows, picked on the device: one [`Selection::Argmax`] pass over every
+    /// row if any row asks it, one top-k pass with the largest k asked (a row's k best are the
+    /// first k of those) if any row asks one, and one read-back of both.
+    fn select_on_device(
+        &mut self,
+        m: usize,
+        sels: &[Selection],
+        out: &mut HeadOutput,
+    ) -> Result<(), ForwardError> {
+        let b = Arc::clone(&self.backend);
+        let n_vocab = self.config.n_vocab;
+        let s = &mut self.scratch;
+        let greedy = sels.contains(&Selection::Argmax);
+        let top_k = sels.iter().map(|sel| match sel {
+            Selection::TopK(k) => *k,
+            Selection::Argmax => 0,
+        });
+        let k_max = top_k.max().unwrap_or(0);
+        // Candidates: m argmax ones (if any), then m rows of k_max top-k ones (if any).
+        let top_at = if greedy { m } else { 0 };
+        if greedy {
+            b.select(&s.logits, m, n_vocab, Selection::Argmax, &mut s.selected, 0)?;
+        }
+        if k_max > 0 {
+            let sel = Selection::TopK(k_max);
+            b.select(&s.logits, m, n_vocab, sel, &mut s.selected, top_at)?;
+        }
+        let len = (top_at + m * k_max) * CANDIDATE_FLOATS;
+        let pinned = pinned_logits(&*b, &mut self.logits_host, self.max_logit_rows * n_vocab)?
+            .filter(|host| host.len() >= len);
+        let raw: &[f32] = match pinned {
+            Some(host) => {
+                let values = &mut host.values()?[..len];
+                b.read_activations(&s.selected, values)?;
+                values
             }
-            if m > self.max_logit_rows {
-                return Err(ForwardError::BadBatch(format!(
-                    "{m} rows wanting logits (at most {})",
-                    self.max_logit_rows
-                )));
+            None => {
+                self.selected_host.resize(len, 0.0);
+                b.read_activations(&s.selected, &mut self.selected_host)?;
+                &self.selected_host
             }
-            b.norm_matmuls(
-                &s.head_in,
-                &head.output_norm,
-                m,
-                d,
-                c.norm_eps,
-                &mut s.cur,
-                &[&head.output],
-                &mut [&mut s.logits],
-            )?;
-            if let Some(cap) = c.final_softcap {
-                b.softcap(&mut s.logits, cap, m * c.n_vocab)?;
+        };
+        let picked = &mut self.picked;
+        for (i, sel) in sels.iter().enumerate() {
+            let (first, k) = match sel {
+                Selection::Argmax => (i, 1),
+                Selection::TopK(k) => (top_at + i * k_max, *k),
+            };
+            picked.clear();
+            decode_candidates(
+                &raw[first * CANDIDATE_FLOATS..(first + k) * CANDIDATE_FLOATS],
+                picked,
+            );
+            out.push_row(picked.iter().copied());
+        }
+        Ok(())
+    }
+
+    /// The first `m` logits rows read whole into `out.logits`, and the candidates of the rows
+    /// asking a selection picked from them on the host.
+    fn read_logits(&mut self, m: usize, out: &mut HeadOutput) -> Result<(), ForwardError> {
+        let b = Arc::clone(&self.backend);
+        let n_vocab = self.config.n_vocab;
+        let len = m * n_vocab;
+        let logits = &mut out.logits;
+        match pinned_logits(&*b, &mut self.logits_host, self.max_logit_rows * n_vocab)? {
+            Some(host) => {
+                let values = &mut host.values()?[..len];
+                b.read_activations(&self.scratch.logits, values)?;
+                logits.extend_from_slice(values);
             }
-            // Read into page-locked memory where the device offers it: one direct copy and
-            // one wait, where pageable memory costs the driver a staging copy and a second wait.
-            let len = m * c.n_vocab;
-            match pinned_logits(&*b, &mut self.logits_host, self.max_logit_rows * c.n_vocab)? {
-                Some(host) => {
-                    let values = &mut host.values()?[..len];
-                    b.read_activations(&s.logits, values)?;
-                    logits.extend_from_slice(values);
-                }
-                None => {
-                    logits.resize(len, 0.0);
-                    b.read_activations(&s.logits, logits)?;
-                }
+            None => {
+                logits.resize(len, 0.0);
+                b.read_activations(&self.scratch.logits, logits)?;
             }
+        }
+        for i in 0..m {
+            self.picked.clear();
+            if let RowRequest::Select(sel) = out.request(i) {
+                sel.pick(
+                    &out.logits[i * n_vocab..(i + 1) * n_vocab],
+                    &mut self.picked,
+                );
+            }
+            out.push_row(self.picked.iter().copied());
         }
         Ok(())
     }

@@ -147,7 +147,7 @@ fn a_prefix_of_a_running_sequence_is_reused_by_sequences_admitted_beside_it() {
         if cached.scheduler.running.iter().all(|s| !s.prefilling()) {
             break;
         }
-        cached.step(|_, _| {});
+        cached.step(None);
     }
     let tails: Vec<Vec<u32>> = (0..3)
         .map(|k| cat(&shared[..48], &prompt(20, 10 + k)))
