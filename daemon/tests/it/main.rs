@@ -5,10 +5,12 @@
 //! - models: `gguf_make_model` (the synthetic models read back), `model_refusals` (models llmd
 //!   must refuse), `moe_placement` (experts on another device give the same tokens);
 //! - GPUs: `gpu_check` (whole models on the GPU against the CPU), `gpu_budget` (a decoded
-//!   token's launches and syncs) and `gpu_graphs` (CUDA graphs of decode steps), `#[ignore]`d GPU
+//!   token's launches and syncs), `gpu_graphs` (CUDA graphs of decode steps) and `device_select`
+//!   (tokens picked on the head's device, also on the CPU), `#[ignore]`d GPU
 //!   tests run by launchers on the fake CUDA driver
 //!   (`gpu`); `nvml_health` (telemetry, power and doctor on the fake NVML).
 
+mod device_select;
 mod gemma_vs_llama_cpp;
 mod gguf_make_model;
 mod gpu;
