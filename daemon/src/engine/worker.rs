@@ -32,6 +32,9 @@ use super::select::Selection;
 use super::WorkerHealth;
 use crate::model::{Batch, HeadOutput, Pipeline, RowRequest, RowResult, SeqId};
 
+/// What a test's look at each logits row of a step is shown: the sequence and its logits.
+type Observer<'a> = dyn FnMut(SeqId, &[f32]) + 'a;
+
 /// How often the worker checks its parked generations when nothing else can run.
 const PARK_POLL: Duration = Duration::from_millis(20);
 
@@ -196,7 +199,7 @@ impl Worker {
     /// sequence samples from it.
     ///
     /// [`Sequence::selection`]: super::sequence::Sequence::selection
-    fn step(&mut self, mut observe: Option<&mut dyn FnMut(SeqId, &[f32])>) {
+    fn step(&mut self, mut observe: Option<&mut Observer<'_>>) {
         self.scheduler.compose(&mut self.batch);
         let n_vocab = self.pipeline.config().n_vocab;
         // The rows wanting logits, in batch order, with their sequences.

@@ -30,7 +30,7 @@ fn request(j: usize, step: usize) -> RowRequest {
     match (j + step) % 4 {
         0 => RowRequest::Select(Selection::Argmax),
         1 => RowRequest::Select(Selection::TopK(5)),
-        2 if step % 2 == 0 => RowRequest::Logits,
+        2 if step.is_multiple_of(2) => RowRequest::Logits,
         2 => RowRequest::Select(Selection::TopK(1)),
         _ => RowRequest::Select(Selection::TopK(MAX_DEVICE_TOP_K)),
     }
@@ -174,10 +174,14 @@ fn compare(what: &str, backends: &dyn Fn() -> Vec<StageBackend>) -> BTreeMap<Str
         &["--layers", "2", "--vocab", "9000"],
     );
     let mut reference = pipeline(&model, &backends()).with_stage_overlap(StageOverlap::Off);
-    let mut tested = pipeline(&model, &backends()).with_stage_overlap(StageOverlap::Off);
+    let mut tested = pipeline(&model, &backends())
+        .with_stage_overlap(StageOverlap::Off)
+        .with_device_select(true);
     compare_rows(what, &mut reference, &mut tested);
     if backends().len() > 1 {
-        let mut overlapped = pipeline(&model, &backends()).with_stage_overlap(StageOverlap::Always);
+        let mut overlapped = pipeline(&model, &backends())
+            .with_stage_overlap(StageOverlap::Always)
+            .with_device_select(true);
         compare_rows(
             &format!("{what}, micro-batches"),
             &mut reference,

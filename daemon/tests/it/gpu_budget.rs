@@ -8,7 +8,9 @@
 //!
 //! The budget the issue sets: at most 12 kernel launches per layer, at most 2 host
 //! synchronisations per token (the logits' read-back), no host-to-device copy per layer (each
-//! stage uploads the step's positions once, the first also the embedded tokens). The test pins
+//! stage uploads the step's positions once, the first also the embedded tokens), and with
+//! greedy decoding a read-back of a few bytes (the argmax the head's device picks) instead of
+//! the logits row. The test pins
 //! the counts measured when it was written (the constants below), so a change that raises any
 //! of them fails it. It runs twice: with CUDA graphs off (`LLMD_CUDA_GRAPHS=0`: the step's
 //! kernels launched one by one) and on (each stage's layers replayed from a graph: one launch
@@ -16,7 +18,8 @@
 
 use std::collections::BTreeMap;
 
-use llmd::model::{Batch, Pipeline, StageBackend};
+use llmd::engine::select::Selection;
+use llmd::model::{Batch, HeadOutput, Pipeline, RowRequest, StageBackend};
 use llmd_testkit::fake_cuda::{is_child, stats};
 
 use crate::gpu::{require_cuda, run_on_fake_driver};
@@ -37,6 +40,13 @@ const GPU_CHECK_LAUNCHES_PER_LAYER: f64 = 11.0;
 /// Host synchronisations per decoded token, as measured (budget: 2): the logits' read-back into
 /// page-locked memory.
 const SYNCS_PER_TOKEN: f64 = 1.0;
+/// Bytes read back from the device per token of greedy decoding, at most: the argmax the head's
+/// device picks (8 bytes: its value and id), where reading the logits row costs `4 * n_vocab`
+/// (4 KiB for the tiny models).
+const GREEDY_D2H_BYTES_PER_TOKEN: f64 = 64.0;
+/// Launches the head's greedy selection adds per token (one pass over a row of up to 4096
+/// values).
+const GREEDY_SELECT_LAUNCHES: f64 = 1.0;
 /// Launches per layer of a decoded token with CUDA graphs: none, the layers are replayed.
 const GRAPH_LAUNCHES_PER_LAYER: f64 = 0.0;
 /// Graph launches per decoded token and stage: the stage's layers, once.
@@ -56,8 +66,9 @@ fn counters() -> BTreeMap<String, i64> {
 }
 
 /// Per-token counters of decoding `STEPS` tokens on `p` after a prompt: launches, host
-/// synchronisations, host-to-device copies and bytes.
-fn decode_cost(p: &mut Pipeline) -> BTreeMap<String, f64> {
+/// synchronisations, copies and bytes each way; reading every logits row (`greedy` false) or
+/// asking the head for the argmax its device picks (`greedy`, as a greedy generation does).
+fn decode_cost(p: &mut Pipeline, greedy: bool) -> BTreeMap<String, f64> {
     let n_vocab = p.config().n_vocab as u32;
     let token = |i: usize| (i as u32 * 7919 + 13) % n_vocab;
     p.add_sequence(1, PROMPT + STEPS + 1).expect("KV caches");
@@ -67,10 +78,15 @@ fn decode_cost(p: &mut Pipeline) -> BTreeMap<String, f64> {
         batch.push(token(i), i as u32, 1, i + 1 == PROMPT);
     }
     p.forward(&batch, &mut logits).expect("prefill");
+    let mut out = HeadOutput::asking(RowRequest::Select(Selection::Argmax), 1);
     let mut step = |pos: usize, logits: &mut Vec<f32>| {
         batch.clear();
         batch.push(token(pos), pos as u32, 1, true);
-        p.forward(&batch, logits).expect("decode step");
+        if greedy {
+            p.forward_rows(&batch, &mut out).expect("decode step");
+        } else {
+            p.forward(&batch, logits).expect("decode step");
+        }
     };
     // One step first: buffers that grow on first use are then in place.
     step(PROMPT, &mut logits);
@@ -88,6 +104,7 @@ fn decode_cost(p: &mut Pipeline) -> BTreeMap<String, f64> {
         "h2d_copies",
         "h2d_bytes",
         "d2h_copies",
+        "d2h_bytes",
     ]
     .iter()
     .map(|&k| {
@@ -152,25 +169,45 @@ fn gpu_decode_stays_within_its_launch_and_sync_budget() {
                 "q4_k",
                 &["--layers", &layers.to_string()],
             );
-            cost.push(decode_cost(&mut pipeline(&model, &backends(second))));
+            cost.push(decode_cost(&mut pipeline(&model, &backends(second)), false));
         }
         let per_layer = (cost[1]["launches"] - cost[0]["launches"]) / 2.0;
         let fixed = cost[0]["launches"] - 2.0 * per_layer;
         let model = make(dir.path(), "llama", "q4_k_m", &["--layers", "4"]);
-        let mixed = decode_cost(&mut pipeline(&model, &backends(second)));
+        let mixed = decode_cost(&mut pipeline(&model, &backends(second)), false);
+        let greedy = decode_cost(
+            &mut pipeline(&model, &backends(second)).with_device_select(true),
+            true,
+        );
         let stages = 2.0;
         let replayed_per_layer = (cost[1]["graph_kernels"] - cost[0]["graph_kernels"]) / 2.0;
         println!(
             "{what}: per decoded token {per_layer:.2} launches per layer + {fixed:.2} (Q4_K_M: \
              {:.2} per layer as gpu-check counts them), {:.2} graph launches replaying \
              {replayed_per_layer:.2} kernels per layer, {:.2} host syncs, {:.2} host-to-device \
-             copies ({:.0} bytes), {:.2} device-to-host copies",
+             copies ({:.0} bytes), {:.2} device-to-host copies ({:.0} bytes; greedy with the \
+             argmax picked on the device: {:.0} bytes, {:.2} launches more)",
             mixed["launches"] / 4.0,
             mixed["graph_launches"],
             mixed["host_syncs"],
             mixed["h2d_copies"],
             mixed["h2d_bytes"],
             mixed["d2h_copies"],
+            mixed["d2h_bytes"],
+            greedy["d2h_bytes"],
+            greedy["launches"] - mixed["launches"],
+        );
+        check(
+            what,
+            "bytes read back per greedy token",
+            greedy["d2h_bytes"],
+            GREEDY_D2H_BYTES_PER_TOKEN,
+        );
+        check(
+            what,
+            "launches the greedy selection adds",
+            greedy["launches"] - mixed["launches"],
+            GREEDY_SELECT_LAUNCHES,
         );
         if graphs {
             check(
@@ -216,7 +253,7 @@ fn gpu_decode_stays_within_its_launch_and_sync_budget() {
                 0.0,
             );
         }
-        for c in [&cost[0], &cost[1], &mixed] {
+        for c in [&cost[0], &cost[1], &mixed, &greedy] {
             check(
                 what,
                 "host syncs per token",
