@@ -3,7 +3,8 @@
 //! a load onto the GPU is refused with that reason, and the CPU device keeps serving. On a
 //! machine with a GPU (or on the fake CUDA driver, whose kernels run under host emulation) a
 //! model loads onto `cuda:0`, and onto `cuda:0` named twice as two pipeline stages, and
-//! generates the CPU's greedy tokens.
+//! generates the CPU's greedy tokens; tokens whose candidates the GPU picks are those of whole
+//! logits rows (`LLMD_GPU_SELECT=0`), greedy and seeded top-k.
 
 use crate::split_util;
 use llmd_testkit::e2e as common;
@@ -347,4 +348,71 @@ fn a_prefix_cache_hit_on_the_fake_gpu_gives_the_cpus_tokens() {
             "{step}: cuda:0 with a cached prefix"
         );
     }
+}
+
+/// Issue 18: the head's device picks the tokens' candidates (the argmax, the top-k) and reads
+/// back only them; a daemon that reads whole logits rows instead (`LLMD_GPU_SELECT=0`) generates
+/// the same tokens, greedy and seeded top-k with temperature, on `cuda:0` and on `cuda:0` named
+/// twice (split 1,1).
+#[test]
+fn tokens_picked_on_the_fake_gpu_are_those_of_whole_logits_rows() {
+    let Some(dir) = fake_driver() else {
+        return;
+    };
+    let config = "[[devices]]\nid = \"cpu:0\"\nmemory_budget = \"2GiB\"\n\n\
+                  [[devices]]\nid = \"cuda:0\"\n";
+    let settings: [&[&str]; 3] = [
+        &["--temperature", "0"],
+        &["--temperature", "0.9", "--top-k", "40", "--seed", "7"],
+        &[
+            "--temperature",
+            "1.5",
+            "--top-k",
+            "64",
+            "--top-p",
+            "1",
+            "--min-p",
+            "0",
+            "--seed",
+            "3",
+        ],
+    ];
+    let run = |select: &str| -> Vec<Vec<u64>> {
+        let d = on_fake_driver(&dir, "1")
+            .env("LLMD_GPU_SELECT", select)
+            .config(config)
+            .start();
+        let model = tiny_model(d.dir.path());
+        let path = model.to_str().expect("utf-8 path");
+        ok(&d, &["load", path, "--name", "one", "--devices", "cuda:0"]);
+        ok(
+            &d,
+            &[
+                "load",
+                path,
+                "--name",
+                "two",
+                "--devices",
+                "cuda:0,cuda:0",
+                "--split",
+                "1,1",
+            ],
+        );
+        let mut out = Vec::new();
+        for name in ["one", "two"] {
+            for extra in settings {
+                let n = N.to_string();
+                let mut args = vec!["generate", name, split_util::PROMPT, "--raw", "-n", &n];
+                args.extend_from_slice(extra);
+                args.push("--json");
+                let tokens = split_util::tokens_of(&last_json(&ok(&d, &args)));
+                assert!(!tokens.is_empty(), "{name} {extra:?}: no tokens");
+                out.push(tokens);
+            }
+        }
+        out
+    };
+    let picked = run("1");
+    let whole = run("0");
+    assert_eq!(picked, whole, "tokens picked on the GPU vs from whole rows");
 }
