@@ -1,7 +1,7 @@
 //! The selection kernels (`select.cu`) against the host's selection ([`crate::select`]), bit for
 //! bit: rows of 1 to 300,000 values (within one chunk, exactly one, one past, many), ties, signed
-//! zeros, infinities, NaNs (first or not, of either sign), all-equal rows, several rows, k from 1
-//! to [`MAX_DEVICE_TOP_K`], greedy and top-k, through the real `CudaBackend` on the fake driver
+//! zeros, infinities, NaNs (first or not, of either sign), all-equal rows, several rows, every k
+//! from 1 to [`MAX_DEVICE_TOP_K`], greedy and top-k, through the real `CudaBackend` on the fake driver
 //! in CI (on a GPU when one is present).
 
 use super::tests::{acts, read};
@@ -39,6 +39,12 @@ fn cases() -> Vec<(&'static str, usize, usize, Vec<f32>)> {
     small.extend([-0.0, 0.0, 0.0, -0.0, f32::NEG_INFINITY]);
     cases.push(("small rows with NaN first, zeros, ties", 3, 5, small));
     cases.push(("tied, within a chunk", 4, 1000, tied(4000, &mut rng)));
+    cases.push((
+        "tied, every k",
+        2,
+        EVERY_K_ROWS,
+        tied(2 * EVERY_K_ROWS, &mut rng),
+    ));
     cases.push(("tied, exactly a chunk", 2, 4096, tied(2 * 4096, &mut rng)));
     // The last chunk of each row holds one value: fewer than k.
     cases.push(("tied, one past a chunk", 2, 4097, tied(2 * 4097, &mut rng)));
@@ -69,14 +75,18 @@ fn cases() -> Vec<(&'static str, usize, usize, Vec<f32>)> {
     cases
 }
 
+/// Rows of this many values are selected with every k (others with a few).
+const EVERY_K_ROWS: usize = 300;
+
 /// The selections to run on rows of `n` values.
 fn selections(n: usize) -> Vec<Selection> {
     let mut sels = vec![Selection::Argmax];
-    for k in [1, 2, 3, 40, MAX_DEVICE_TOP_K] {
-        if k <= n {
-            sels.push(Selection::TopK(k));
-        }
-    }
+    let ks: Vec<usize> = if n == EVERY_K_ROWS {
+        (1..=MAX_DEVICE_TOP_K).collect()
+    } else {
+        vec![1, 2, 3, 40, MAX_DEVICE_TOP_K]
+    };
+    sels.extend(ks.into_iter().filter(|&k| k <= n).map(Selection::TopK));
     sels
 }
 
