@@ -100,8 +100,6 @@ pub struct Stage<B: Backend> {
     device_select: bool,
     /// The candidates read back from the device, as [`CANDIDATE_FLOATS`] values each, where
     /// the device offers no page-locked memory (reused).
-    ///
-    /// [`CANDIDATE_FLOATS`]: llmd_kernels::select::CANDIDATE_FLOATS
     selected_host: Vec<f32>,
     /// One row's candidates picked on the host (reused).
     picked: Vec<Candidate>,
