@@ -15,9 +15,9 @@ use super::batch::{Batch, Segment, SeqId};
 use super::config::ModelConfig;
 use super::graphs::{GraphCounts, StepGraphs, StepShape, MAX_GRAPH_ROWS};
 use super::host_tensors::{OwnedTensor, PartSource};
-use super::moe::{moe_ffn, ExpertLoader, ExpertsElsewhere, MoeInput, MoeScratch};
+use super::moe::{moe_ffn, ExpertLoader, ExpertsElsewhere, MoeInput, MoeOutput, MoeScratch};
 use super::parts::{DevicePart, PartWeights, Slot};
-use super::shared_expert::{add_shared_expert, SharedBuffers, SharedScratch};
+use super::shared_expert::{add_shared_expert, run_shared_mlp, SharedBuffers, SharedScratch};
 use super::weights::{
     FeedForward, HeadWeights, LayerWeights, WeightError, OUTPUT, OUTPUT_NORM as NORM, TOKEN_EMBD,
 };
@@ -856,7 +856,8 @@ impl<B: Backend> Stage<B> {
                     )?;
                 }
                 // Mixture of experts: normalise, route each token to its experts, each expert
-                // over its rows, the weighted sum back into the residual.
+                // over its rows, the weighted sum back into the residual (on the device where
+                // the experts' output stayed there: no host round trip).
                 FeedForward::Experts(experts) => {
                     let (Some(moe), Some(ms)) = (&c.moe, s.moe.as_mut()) else {
                         return Err(ForwardError::BadBatch(format!(
@@ -864,7 +865,7 @@ impl<B: Backend> Stage<B> {
                         )));
                     };
                     b.rms_norm_into(&s.x, &w.ffn_norm, n, d, c.norm_eps, &mut s.cur)?;
-                    moe_ffn(
+                    let routed = moe_ffn(
                         &*b,
                         experts,
                         moe,
@@ -874,7 +875,12 @@ impl<B: Backend> Stage<B> {
                         n,
                         d,
                     )?;
-                    s.add_moe_output(&*b, &c, w, il, n, Routed::Scratch)?;
+                    match routed {
+                        MoeOutput::Host => {
+                            s.add_moe_output(&*b, &c, w, il, n, Routed::Scratch)?;
+                        }
+                        MoeOutput::Device => s.combine_moe_output(&*b, &c, w, il, n)?,
+                    }
                 }
                 // Experts on another device: the normalised input crosses to it through the
                 // host, the block's output comes back and joins the residual here.
@@ -998,6 +1004,56 @@ impl<B: Backend> Scratch<B> {
         }
         b.write_activations(&mut self.out, routed)?;
         b.add(&mut self.x, &self.out, n * d)?;
+        Ok(())
+    }
+}
+
+impl<B: Backend> Scratch<B> {
+    /// Finishes layer `il`'s mixture-of-experts block over `n` rows whose routed output stayed
+    /// on the device ([`MoeOutput::Device`]): runs its shared expert (Qwen2-MoE), if it has one,
+    /// over the block's normalised input in `cur`, then adds the routed experts' weighted sum
+    /// and the shared expert's scaled output into the residual stream `x` in one device op.
+    fn combine_moe_output(
+        &mut self,
+        b: &B,
+        c: &ModelConfig,
+        w: &LayerWeights<B::Weight>,
+        il: usize,
+        n: usize,
+    ) -> Result<(), ForwardError> {
+        let (Some(moe), Some(ms)) = (c.moe, self.moe.as_ref()) else {
+            return Err(ForwardError::BadBatch(format!(
+                "layer {il} has experts but the model is not a mixture of experts"
+            )));
+        };
+        let k = moe.routing.n_used;
+        let shared = match &w.shared_expert {
+            None => None,
+            Some(shared) => {
+                let (Some(n_ff), Some(scratch)) = (moe.n_ff_shexp, self.shared.as_mut()) else {
+                    return Err(ForwardError::BadBatch(format!(
+                        "layer {il} has a shared expert but the model has none"
+                    )));
+                };
+                let mut bufs = SharedBuffers {
+                    input: &self.cur,
+                    gate: &mut self.gate,
+                    up: &mut self.up,
+                    out: &mut self.out,
+                };
+                run_shared_mlp(b, shared, n_ff, c.activation, scratch, &mut bufs, n)?;
+                Some((&self.out, scratch.gate_logit()))
+            }
+        };
+        b.moe_combine(
+            &ms.down,
+            &ms.route_weights,
+            n,
+            k,
+            c.n_embd,
+            shared,
+            &mut self.x,
+        )?;
         Ok(())
     }
 }

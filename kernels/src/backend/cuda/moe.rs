@@ -1,20 +1,39 @@
-//! The routed matmul of a mixture of experts on the GPU (ggml's `mul_mat_id`): for decode-sized
-//! batches, every (token, expert) pair of a batch multiplied by its expert in one launch of
-//! `mul_mat_vec_id_<type>_q8_1` (`mmvq.cu`), after one `quantize_q8_1` of the activations. The
-//! experts' weights stay where they were uploaded: the kernel finds them through a small device
-//! table of their addresses, uploaded with the pairs' expert ids in one copy per call.
+//! A mixture of experts on the GPU without the host: the routing (`moe_route_f32`, `moe.cu`:
+//! softmax, top-k and weights of every token, ids and weights left in device buffers), the routed
+//! matmul (ggml's `mul_mat_id`: for decode-sized batches, every (token, expert) pair multiplied
+//! by its expert in one launch of `mul_mat_vec_id_<type>_q8_1`, `mmvq.cu`, after one
+//! `quantize_q8_1` of the activations, reading the pairs' expert ids where the routing wrote
+//! them) and the weighted sum of the experts' outputs into the residual stream
+//! (`moe_combine_f32`). The experts' weights stay where they were uploaded: the routed kernel
+//! finds them through a small device table of their addresses, uploaded once per set of experts
+//! ([`ExpertTables`]), so a decode step uploads nothing and can be captured in a CUDA graph.
 
 use cudarc::driver::PushKernelArg;
 
 use super::matmul::{MMVQ_TOKENS, Q8_1_BLOCK_BYTES};
 use super::types::{cuda_type, routed_matvec_kernel, MatVec};
 use super::{
-    cfg, check_len, grid_yz, grown, shape, to_i32, BackendError, CudaBackend, CudaWeight,
+    blocks_for, cfg, check_len, grid_yz, shape, to_i32, BackendError, CudaBackend, CudaWeight,
     DeviceBuf, Reused,
 };
+use crate::moe::Routing;
 
 /// Weight rows one block of the routed kernel computes (MMVQ_ROWS in mmvq.cu).
 const ROUTED_ROWS: usize = 4;
+
+/// Expert tables a backend keeps at most: one per layer of every model on the stream's device
+/// (a 94-layer model twice over is under 200); beyond, the tables are dropped and rebuilt as
+/// used (a re-split that uploads experts anew leaves tables of freed weights behind).
+const MAX_EXPERT_TABLES: usize = 1024;
+
+/// The device tables of expert addresses the routed kernel reads, one per set of experts (a
+/// layer's gate, up or down), each found by the addresses it holds: a table whose addresses
+/// equal the experts' is theirs, whatever uploaded it.
+#[derive(Default)]
+pub(super) struct ExpertTables {
+    /// The addresses each table holds, and the table on the device.
+    tables: Vec<(Vec<u64>, DeviceBuf<u64>)>,
+}
 
 impl CudaBackend {
     /// [`super::Backend::routes`]: block-quantized experts (float ones have no routed kernel)
@@ -25,24 +44,58 @@ impl CudaBackend {
         n_tokens <= MMVQ_TOKENS && cuda_type(expert.ty).is_some_and(|t| t.matvec == MatVec::Q8_1)
     }
 
+    /// The device table of `experts`' addresses, uploaded on first use (an eager step: a
+    /// captured one finds it and uploads nothing).
+    fn expert_table<'r>(
+        &self,
+        tables: &'r mut ExpertTables,
+        experts: &[CudaWeight],
+    ) -> Result<&'r DeviceBuf<u64>, BackendError> {
+        let addresses = || experts.iter().map(|w| w.data.device_address(&self.stream));
+        let found = tables
+            .tables
+            .iter()
+            .position(|(held, _)| held.iter().copied().eq(addresses()));
+        let at = match found {
+            Some(at) => at,
+            None => {
+                if tables.tables.len() >= MAX_EXPERT_TABLES {
+                    // Graphs captured with the dropped tables' addresses must not be replayed.
+                    self.gpu.reallocated();
+                    tables.tables.clear();
+                }
+                let held: Vec<u64> = addresses().collect();
+                let mut dev = self.alloc::<u64>("an expert table", held.len())?;
+                self.stream
+                    .memcpy_htod(&held, &mut dev.slice_mut(0..held.len()))
+                    .map_err(|e| self.err("uploading an expert table", e))?;
+                tables.tables.push((held, dev));
+                tables.tables.len() - 1
+            }
+        };
+        Ok(&tables.tables[at].1)
+    }
+
     /// [`super::Backend::matmul_id`]: refused where [`CudaBackend::routes_on_device`] says no.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn matmul_id_on_device(
         &self,
         experts: &[CudaWeight],
         x: &DeviceBuf<f32>,
         n_tokens: usize,
+        n_used: usize,
         x_per_pair: bool,
-        ids: &[u32],
+        ids: &DeviceBuf<f32>,
         out: &mut DeviceBuf<f32>,
     ) -> Result<(), BackendError> {
         const OP: &str = "matmul_id";
         let first = experts
             .first()
             .ok_or_else(|| shape(OP, "no experts".into()))?;
-        if n_tokens == 0 || !ids.len().is_multiple_of(n_tokens) {
+        if n_tokens == 0 || n_used == 0 {
             return Err(shape(
                 OP,
-                format!("{} expert ids for {n_tokens} tokens", ids.len()),
+                format!("{n_used} experts per token for {n_tokens} tokens"),
             ));
         }
         let t = cuda_type(first.ty).ok_or_else(|| self.unsupported(first))?;
@@ -67,64 +120,145 @@ impl CudaBackend {
                 ));
             }
         }
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= experts.len()) {
-            return Err(shape(
-                OP,
-                format!("expert id {bad} of {} experts", experts.len()),
-            ));
-        }
         let (rows, cols) = (first.rows, first.cols);
-        let per_token = ids.len() / n_tokens;
+        let pairs = n_tokens * n_used;
         let (x_rows, pairs_per_row) = if x_per_pair {
-            (ids.len(), 1)
+            (pairs, 1)
         } else {
-            (n_tokens, per_token)
+            (n_tokens, n_used)
         };
+        check_len(OP, ids.len(), pairs)?;
         check_len(OP, x.len(), x_rows * cols)?;
-        check_len(OP, out.len(), ids.len() * rows)?;
-        let n_pairs = grid_yz(OP, "expert pairs", ids.len())?;
+        check_len(OP, out.len(), pairs * rows)?;
+        let n_pairs = grid_yz(OP, "expert pairs", pairs)?;
         let rows_i = to_i32(OP, "rows", rows)?;
         let cols_i = to_i32(OP, "cols", cols)?;
         let n_expert_i = to_i32(OP, "experts", experts.len())?;
         let pairs_per_row_i = to_i32(OP, "pairs per row", pairs_per_row)?;
         let grid_x = u32::try_from(rows.div_ceil(ROUTED_ROWS))
             .map_err(|_| shape(OP, "too many rows".into()))?;
-        // The experts' addresses, then the pairs' expert ids: one upload.
-        let table: Vec<u64> = experts
-            .iter()
-            .map(|w| w.data.device_address(&self.stream))
-            .chain(ids.iter().map(|&id| u64::from(id)))
-            .collect();
         let mut reused = self.reused();
-        let Reused { q8, routed, .. } = &mut *reused;
+        let Reused {
+            q8, expert_tables, ..
+        } = &mut *reused;
+        let table = self.expert_table(expert_tables, experts)?;
         let q8 = self.quantize_q8_1(q8, x, x_rows * cols)?;
         check_len(OP, q8.len(), x_rows * cols / 32 * Q8_1_BLOCK_BYTES)?;
-        let table_dev = grown(&self.stream, &self.gpu, routed, table.len())
-            .map_err(|e| self.err("allocating the expert table", e))?;
-        self.stream
-            .memcpy_htod(&table, &mut table_dev.slice_mut(0..table.len()))
-            .map_err(|e| self.err("uploading the expert table", e))?;
         let name = routed_matvec_kernel(t);
         let mut launch = self.stream.launch_builder(self.function(&name)?);
         launch
             .arg(q8)
             .arg(&cols_i)
-            .arg(&*table_dev)
+            .arg(table)
             .arg(&n_expert_i)
+            .arg(ids)
             .arg(&pairs_per_row_i)
             .arg(out)
             .arg(&rows_i);
-        // SAFETY: mul_mat_vec_id_<type>_q8_1(const q8_1* y, int cols, const u64* table, int
-        // n_expert, int pairs_per_row, float* out, int rows) over (ceil(rows/4), n_pairs) blocks
-        // of (32,4): block (x, p) reads row p / pairs_per_row of q8 (x_rows * cols / 32 blocks,
-        // length checked), table[n_expert + p] (an id below n_expert, checked) and that
-        // expert's weight at table[id] (a live allocation of this context: `experts` borrows
-        // it until the launch is enqueued, and the stream frees buffers only after their last
-        // use; its `rows` rows of `cols` values of type `t`, byte size checked at upload and
-        // shapes checked equal above), and writes row p of out (ids.len() * rows values,
-        // checked).
+        // SAFETY: mul_mat_vec_id_<type>_q8_1(const q8_1* y, int cols, const u64* experts, int
+        // n_expert, const float* ids, int pairs_per_row, float* out, int rows) over
+        // (ceil(rows/4), n_pairs) blocks of (32,4): block (x, p) reads row p / pairs_per_row of
+        // q8 (x_rows * cols / 32 blocks, length checked), ids[p] (pairs values, checked) and, for
+        // an id below n_expert (others give NaN rows), the expert's weight at experts[id] (the
+        // table holds exactly these experts' addresses, live allocations of this context that
+        // `experts` borrows until the launch is enqueued, and the stream frees buffers only
+        // after their last use; each `rows` rows of `cols` values of type `t`, byte size checked
+        // at upload and shapes checked equal above), and writes row p of out (pairs * rows
+        // values, checked).
         unsafe { launch.launch(cfg((grid_x, n_pairs, 1), (32, ROUTED_ROWS as u32, 1))) }
             .map_err(|e| self.err(&name, e))?;
+        Ok(())
+    }
+
+    /// [`super::Backend::route_experts`]: one warp per token.
+    pub(super) fn route_on_device(
+        &self,
+        routing: &Routing,
+        logits: &mut DeviceBuf<f32>,
+        n_tokens: usize,
+        ids: &mut DeviceBuf<f32>,
+        weights: &mut DeviceBuf<f32>,
+    ) -> Result<(), BackendError> {
+        const OP: &str = "route_experts";
+        routing
+            .check_device()
+            .map_err(|e| shape(OP, e.to_string()))?;
+        let (e, k) = (routing.n_expert, routing.n_used);
+        check_len(OP, logits.len(), n_tokens * e)?;
+        check_len(OP, ids.len(), n_tokens * k)?;
+        check_len(OP, weights.len(), n_tokens * k)?;
+        if n_tokens == 0 {
+            return Ok(());
+        }
+        let blocks = u32::try_from(n_tokens).map_err(|_| shape(OP, "too many tokens".into()))?;
+        let e_i = to_i32(OP, "experts", e)?;
+        let k_i = to_i32(OP, "experts used", k)?;
+        let normalize = i32::from(routing.normalize);
+        let mut launch = self.stream.launch_builder(self.function("moe_route_f32")?);
+        launch
+            .arg(logits)
+            .arg(&e_i)
+            .arg(&k_i)
+            .arg(&normalize)
+            .arg(ids)
+            .arg(weights);
+        // SAFETY: moe_route_f32(float* logits, int n_expert, int n_used, int normalize, float*
+        // ids, float* weights) over n_tokens blocks of 32: block t rewrites row t of logits
+        // (n_tokens * n_expert values, checked) and writes row t of ids and weights (n_tokens *
+        // n_used values each, checked); 1 <= n_used <= min(n_expert, MOE_MAX_USED) checked by
+        // check_device.
+        unsafe { launch.launch(cfg((blocks, 1, 1), (32, 1, 1))) }
+            .map_err(|e| self.err("moe_route_f32", e))?;
+        Ok(())
+    }
+
+    /// [`super::Backend::moe_combine`]: one thread per value of the residual.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn combine_on_device(
+        &self,
+        down: &DeviceBuf<f32>,
+        weights: &DeviceBuf<f32>,
+        n_tokens: usize,
+        n_used: usize,
+        width: usize,
+        shared: Option<(&DeviceBuf<f32>, &DeviceBuf<f32>)>,
+        x: &mut DeviceBuf<f32>,
+    ) -> Result<(), BackendError> {
+        const OP: &str = "moe_combine";
+        let len = n_tokens * width;
+        if n_used == 0 {
+            return Err(shape(OP, "no expert used per token".into()));
+        }
+        check_len(OP, down.len(), n_tokens * n_used * width)?;
+        check_len(OP, weights.len(), n_tokens * n_used)?;
+        check_len(OP, x.len(), len)?;
+        if let Some((mlp, gate)) = shared {
+            check_len(OP, mlp.len(), len)?;
+            check_len(OP, gate.len(), n_tokens)?;
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let k_i = to_i32(OP, "experts used", n_used)?;
+        let width_i = to_i32(OP, "width", width)?;
+        let n = len as i64;
+        let null = 0u64;
+        let mut launch = self
+            .stream
+            .launch_builder(self.function("moe_combine_f32")?);
+        launch.arg(down).arg(weights).arg(&k_i).arg(&width_i);
+        match shared {
+            Some((mlp, gate)) => launch.arg(mlp).arg(gate),
+            None => launch.arg(&null).arg(&null),
+        };
+        launch.arg(x).arg(&n);
+        // SAFETY: moe_combine_f32(const float* down, const float* weights, int n_used, int
+        // width, const float* shared, const float* shared_gate, float* x, i64 n) over
+        // ceil(n/256) blocks of 256: value i of x (n = n_tokens * width, checked) reads n_used
+        // rows of down (n_tokens * n_used * width values, checked), n_used weights (checked) and,
+        // when shared is not null, value i of shared and one gate per token (both checked).
+        unsafe { launch.launch(cfg((blocks_for(len, 256), 1, 1), (256, 1, 1))) }
+            .map_err(|e| self.err("moe_combine_f32", e))?;
         Ok(())
     }
 }
