@@ -106,6 +106,26 @@ impl<B: Backend> MoeScratch<B> {
     }
 }
 
+impl<B: Backend> MoeScratch<B> {
+    /// Whether [`moe_ffn`] keeps a batch of `n` tokens through the experts `w` on the device
+    /// ([`MoeOutput::Device`]: a step that can be captured in a CUDA graph): the backend routes
+    /// each of gate, up and down for `n` tokens, the batch's pairs fit the buffers and the
+    /// routing's counts are within the device's limits.
+    pub fn on_device(
+        &self,
+        b: &B,
+        w: &ExpertWeights<B::Weight>,
+        moe: &MoeConfig,
+        n: usize,
+    ) -> bool {
+        n * moe.routing.n_used <= self.max_tokens
+            && moe.routing.check_device().is_ok()
+            && [&w.gate, &w.up, &w.down]
+                .into_iter()
+                .all(|experts| experts.first().is_some_and(|first| b.routes(first, n)))
+    }
+}
+
 /// f32 values of device activations [`MoeScratch`] takes for `moe`.
 pub fn scratch_floats(moe: &MoeConfig, n_embd: usize, max_tokens: usize) -> usize {
     max_tokens * (3 * n_embd + moe.routing.n_expert + 2 * moe.n_ff_exp + 2 * moe.routing.n_used)
@@ -179,12 +199,7 @@ pub fn moe_ffn<B: Backend>(
     // Decode-sized batches where the backend has the routed kernel: the routing on the device,
     // gate, up and down of every (token, expert) pair in one launch each.
     let pairs = n * k;
-    let routed = pairs <= s.max_tokens
-        && moe.routing.check_device().is_ok()
-        && [&w.gate, &w.up, &w.down]
-            .into_iter()
-            .all(|experts| experts.first().is_some_and(|first| b.routes(first, n)));
-    if routed {
+    if s.on_device(b, w, moe, n) {
         let ids = &mut s.route_ids;
         b.route_experts(&moe.routing, &mut s.logits, n, ids, &mut s.route_weights)?;
         b.matmul_id(&w.gate, x, n, k, false, ids, &mut s.gate)?;

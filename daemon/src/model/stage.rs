@@ -719,16 +719,22 @@ impl<B: Backend> Stage<B> {
 
     /// The shape of `batch`'s step for a CUDA graph (see [`StepGraphs`]), or `None` when it is
     /// not one to capture: graphs off, more than [`MAX_GRAPH_ROWS`] rows, a sequence with more
-    /// than one row (a prefill), or a layer whose feed-forward block crosses the host (experts).
+    /// than one row (a prefill), or a layer whose feed-forward block crosses the host (experts
+    /// on another device, or experts this batch does not route on the device).
     fn step_shape(&self, batch: &Batch, segments: &[Segment]) -> Option<StepShape> {
         let n = batch.len();
+        let on_device = |ffn: &FeedForward<B::Weight>| match ffn {
+            FeedForward::Dense { .. } => true,
+            FeedForward::Experts(experts) => match (&self.config.moe, &self.scratch.moe) {
+                (Some(moe), Some(ms)) => ms.on_device(&*self.backend, experts, moe, n),
+                _ => false,
+            },
+            FeedForward::Elsewhere => false,
+        };
         if !self.graphs.enabled()
             || n > MAX_GRAPH_ROWS
             || segments.iter().any(|seg| seg.rows.len() != 1)
-            || !self
-                .weights
-                .iter()
-                .all(|w| matches!(w.ffn, FeedForward::Dense { .. }))
+            || !self.weights.iter().all(|w| on_device(&w.ffn))
         {
             return None;
         }
