@@ -197,15 +197,13 @@ pub fn moe_ffn<B: Backend>(
     };
     b.matmul(&w.router, x, n, &mut s.logits)?;
     // Decode-sized batches where the backend has the routed kernel: the routing on the device,
-    // gate, up and down of every (token, expert) pair in one launch each.
-    let pairs = n * k;
+    // gate and up of every (token, expert) pair in one launch, the activation and down in
+    // another (on the GPU).
     if s.on_device(b, w, moe, n) {
         let ids = &mut s.route_ids;
         b.route_experts(&moe.routing, &mut s.logits, n, ids, &mut s.route_weights)?;
-        b.matmul_id(&w.gate, x, n, k, false, ids, &mut s.gate)?;
-        b.matmul_id(&w.up, x, n, k, false, ids, &mut s.up)?;
-        b.gated_activation(&mut s.gate, &s.up, pairs * ff, act)?;
-        b.matmul_id(&w.down, &s.gate, n, k, true, ids, &mut s.down)?;
+        b.matmul_id_pair(&w.gate, &w.up, x, n, k, ids, &mut s.gate, &mut s.up)?;
+        b.gated_matmul_id(&mut s.gate, &s.up, ff, act, &w.down, n, k, ids, &mut s.down)?;
         return Ok(MoeOutput::Device);
     }
     // Otherwise on the host: the softmax, top-k and weights, then the experts by group.

@@ -393,6 +393,35 @@ impl Backend for CudaBackend {
         self.matmul_id_on_device(experts, x, n_tokens, n_used, x_per_pair, ids, out)
     }
 
+    fn matmul_id_pair(
+        &self,
+        gate: &[CudaWeight],
+        up: &[CudaWeight],
+        x: &DeviceBuf<f32>,
+        n_tokens: usize,
+        n_used: usize,
+        ids: &DeviceBuf<f32>,
+        gate_out: &mut DeviceBuf<f32>,
+        up_out: &mut DeviceBuf<f32>,
+    ) -> Result<(), BackendError> {
+        self.matmul_id_pair_on_device(gate, up, x, n_tokens, n_used, ids, gate_out, up_out)
+    }
+
+    fn gated_matmul_id(
+        &self,
+        gate: &mut DeviceBuf<f32>,
+        up: &DeviceBuf<f32>,
+        ff: usize,
+        act: GatedActivation,
+        down: &[CudaWeight],
+        n_tokens: usize,
+        n_used: usize,
+        ids: &DeviceBuf<f32>,
+        out: &mut DeviceBuf<f32>,
+    ) -> Result<(), BackendError> {
+        self.gated_matmul_id_on_device(gate, up, ff, act, down, n_tokens, n_used, ids, out)
+    }
+
     fn route_experts(
         &self,
         routing: &crate::moe::Routing,

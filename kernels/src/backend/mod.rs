@@ -425,6 +425,44 @@ pub trait Backend: Send + Sync + 'static {
         })
     }
 
+    /// The gate and up products of a routed block: [`Backend::matmul_id`] of `gate` and of
+    /// `up` over the same `n_tokens` rows of `x` (each token's row read by its `n_used` pairs),
+    /// whose input a backend may convert once and multiply in one launch.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_id_pair(
+        &self,
+        gate: &[Self::Weight],
+        up: &[Self::Weight],
+        x: &Self::Activations,
+        n_tokens: usize,
+        n_used: usize,
+        ids: &Self::Activations,
+        gate_out: &mut Self::Activations,
+        up_out: &mut Self::Activations,
+    ) -> Result<(), BackendError> {
+        moe::matmul_id_pair(self, gate, up, x, n_tokens, n_used, ids, gate_out, up_out)
+    }
+
+    /// The down product of a routed block: [`Backend::gated_activation`] of the pairs' `gate`
+    /// and `up` (`n_tokens * n_used` rows of `ff`; `gate` is left unspecified), then
+    /// [`Backend::matmul_id`] of `down` over each pair's own row, which a backend may run
+    /// without writing the activation in f32.
+    #[allow(clippy::too_many_arguments)]
+    fn gated_matmul_id(
+        &self,
+        gate: &mut Self::Activations,
+        up: &Self::Activations,
+        ff: usize,
+        act: GatedActivation,
+        down: &[Self::Weight],
+        n_tokens: usize,
+        n_used: usize,
+        ids: &Self::Activations,
+        out: &mut Self::Activations,
+    ) -> Result<(), BackendError> {
+        moe::gated_matmul_id(self, gate, up, ff, act, down, n_tokens, n_used, ids, out)
+    }
+
     /// Routes `n_tokens` tokens as [`crate::moe::Routing::route`] does, where the logits lie:
     /// `logits` holds `n_expert` router logits per token (turned into probabilities in place);
     /// `ids` and `weights` receive `n_used` expert ids (as exact f32 values) and weights per

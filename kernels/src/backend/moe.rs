@@ -1,11 +1,13 @@
-//! The mixture-of-experts ops of [`Backend`] as host arithmetic: the routing
+//! The mixture-of-experts ops of [`Backend`] as the trait provides them: the routing
 //! ([`Backend::route_experts`]) and the weighted sum of the experts' outputs into the residual
-//! stream ([`Backend::moe_combine`]), each reading its inputs from the device and writing its
-//! results back. The trait's provided methods call these (the CPU backend runs them as they are);
-//! the CUDA backend overrides both with kernels (`kernels/cuda/moe.cu`) computing the same values,
-//! so that a decode step's experts need no host round trip there.
+//! stream ([`Backend::moe_combine`]) as host arithmetic, each reading its inputs from the device
+//! and writing its results back; the fused routed products ([`Backend::matmul_id_pair`],
+//! [`Backend::gated_matmul_id`]) as the single ops they stand for. The trait's provided methods
+//! call these (the CPU backend runs them as they are); the CUDA backend overrides them with
+//! kernels (`kernels/cuda/moe.cu`, `mmvq.cu`) computing the same values in fewer launches, so
+//! that a decode step's experts need no host round trip there.
 
-use super::{shape, Backend, BackendError};
+use super::{shape, Backend, BackendError, GatedActivation};
 use crate::moe::{shared_expert_scale, weighted_sum, Routing};
 
 /// [`Backend::route_experts`] on the host.
@@ -74,4 +76,39 @@ pub(crate) fn moe_combine<B: Backend + ?Sized>(
         *r += o;
     }
     b.write_activations(x, &residual)
+}
+
+/// [`Backend::matmul_id_pair`] as two routed products.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_id_pair<B: Backend + ?Sized>(
+    b: &B,
+    gate: &[B::Weight],
+    up: &[B::Weight],
+    x: &B::Activations,
+    n_tokens: usize,
+    n_used: usize,
+    ids: &B::Activations,
+    gate_out: &mut B::Activations,
+    up_out: &mut B::Activations,
+) -> Result<(), BackendError> {
+    b.matmul_id(gate, x, n_tokens, n_used, false, ids, gate_out)?;
+    b.matmul_id(up, x, n_tokens, n_used, false, ids, up_out)
+}
+
+/// [`Backend::gated_matmul_id`] as the activation and a routed product.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gated_matmul_id<B: Backend + ?Sized>(
+    b: &B,
+    gate: &mut B::Activations,
+    up: &B::Activations,
+    ff: usize,
+    act: GatedActivation,
+    down: &[B::Weight],
+    n_tokens: usize,
+    n_used: usize,
+    ids: &B::Activations,
+    out: &mut B::Activations,
+) -> Result<(), BackendError> {
+    b.gated_activation(gate, up, n_tokens * n_used * ff, act)?;
+    b.matmul_id(down, gate, n_tokens, n_used, true, ids, out)
 }

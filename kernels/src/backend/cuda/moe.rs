@@ -11,10 +11,10 @@
 use cudarc::driver::PushKernelArg;
 
 use super::matmul::{MMVQ_TOKENS, Q8_1_BLOCK_BYTES};
-use super::types::{cuda_type, routed_matvec_kernel, MatVec};
+use super::types::{cuda_type, routed_matvec_kernel, CudaType, MatVec};
 use super::{
     blocks_for, cfg, check_len, grid_yz, shape, to_i32, BackendError, CudaBackend, CudaWeight,
-    DeviceBuf, Reused,
+    DeviceBuf, GatedActivation, Reused,
 };
 use crate::moe::Routing;
 
@@ -44,36 +44,164 @@ impl CudaBackend {
         n_tokens <= MMVQ_TOKENS && cuda_type(expert.ty).is_some_and(|t| t.matvec == MatVec::Q8_1)
     }
 
-    /// The device table of `experts`' addresses, uploaded on first use (an eager step: a
-    /// captured one finds it and uploads nothing).
-    fn expert_table<'r>(
+    /// The index in `tables` of the device table of `experts`' addresses, uploaded on first use
+    /// (an eager step: a captured one finds it and uploads nothing).
+    fn expert_table(
         &self,
-        tables: &'r mut ExpertTables,
+        tables: &mut ExpertTables,
         experts: &[CudaWeight],
-    ) -> Result<&'r DeviceBuf<u64>, BackendError> {
+    ) -> Result<usize, BackendError> {
         let addresses = || experts.iter().map(|w| w.data.device_address(&self.stream));
-        let found = tables
+        if let Some(at) = tables
             .tables
             .iter()
-            .position(|(held, _)| held.iter().copied().eq(addresses()));
-        let at = match found {
-            Some(at) => at,
-            None => {
-                if tables.tables.len() >= MAX_EXPERT_TABLES {
-                    // Graphs captured with the dropped tables' addresses must not be replayed.
-                    self.gpu.reallocated();
-                    tables.tables.clear();
-                }
-                let held: Vec<u64> = addresses().collect();
-                let mut dev = self.alloc::<u64>("an expert table", held.len())?;
-                self.stream
-                    .memcpy_htod(&held, &mut dev.slice_mut(0..held.len()))
-                    .map_err(|e| self.err("uploading an expert table", e))?;
-                tables.tables.push((held, dev));
-                tables.tables.len() - 1
+            .position(|(held, _)| held.iter().copied().eq(addresses()))
+        {
+            return Ok(at);
+        }
+        if tables.tables.len() >= MAX_EXPERT_TABLES {
+            // Graphs captured with the dropped tables' addresses must not be replayed.
+            self.gpu.reallocated();
+            tables.tables.clear();
+        }
+        let held: Vec<u64> = addresses().collect();
+        let mut dev = self.alloc::<u64>("an expert table", held.len())?;
+        self.stream
+            .memcpy_htod(&held, &mut dev.slice_mut(0..held.len()))
+            .map_err(|e| self.err("uploading an expert table", e))?;
+        tables.tables.push((held, dev));
+        Ok(tables.tables.len() - 1)
+    }
+
+    /// The routed kernel's type for `sets` of experts (a block's gate and up, or one of its
+    /// sets), refused where [`CudaBackend::routes_on_device`] says no or where the experts
+    /// differ in type or shape.
+    fn routed_type(
+        &self,
+        sets: &[&[CudaWeight]],
+        n_tokens: usize,
+    ) -> Result<&'static CudaType, BackendError> {
+        const OP: &str = "matmul_id";
+        let first = sets
+            .first()
+            .and_then(|s| s.first())
+            .ok_or_else(|| shape(OP, "no experts".into()))?;
+        let t = cuda_type(first.ty).ok_or_else(|| self.unsupported(first))?;
+        if !self.routes_on_device(first, n_tokens) {
+            return Err(shape(
+                OP,
+                format!(
+                    "{n_tokens} tokens of {} experts: no routed kernel (float experts, or more \
+                     than {MMVQ_TOKENS} tokens)",
+                    first.ty
+                ),
+            ));
+        }
+        for set in sets {
+            if set.len() != sets[0].len() {
+                return Err(shape(
+                    OP,
+                    format!("sets of {} and {} experts", sets[0].len(), set.len()),
+                ));
             }
+            for w in *set {
+                if w.ty != first.ty || w.rows != first.rows || w.cols != first.cols {
+                    return Err(shape(
+                        OP,
+                        format!(
+                            "experts {} and {} differ in type or shape",
+                            first.name, w.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    /// One launch of the routed kernel of type `t` over the pairs of `n_tokens` tokens with
+    /// `n_used` experts each, for each set of experts (at most two: `sets`, each with its
+    /// output), their activations in `q8` (`x_rows` rows of `cols`).
+    #[allow(clippy::too_many_arguments)]
+    fn launch_routed(
+        &self,
+        t: &CudaType,
+        q8: &DeviceBuf<u8>,
+        x_per_pair: bool,
+        tables: &ExpertTables,
+        sets: &mut [(&[CudaWeight], usize, &mut DeviceBuf<f32>)],
+        ids: &DeviceBuf<f32>,
+        n_tokens: usize,
+        n_used: usize,
+    ) -> Result<(), BackendError> {
+        const OP: &str = "matmul_id";
+        let (experts, _, _) = sets.first().ok_or_else(|| shape(OP, "no experts".into()))?;
+        let first = experts
+            .first()
+            .ok_or_else(|| shape(OP, "no experts".into()))?;
+        if n_tokens == 0 || n_used == 0 || sets.len() > 2 {
+            return Err(shape(
+                OP,
+                format!(
+                    "{n_used} experts per token for {n_tokens} tokens, {} sets of experts",
+                    sets.len()
+                ),
+            ));
+        }
+        let (rows, cols, n_expert) = (first.rows, first.cols, experts.len());
+        let pairs = n_tokens * n_used;
+        let (x_rows, pairs_per_row) = if x_per_pair {
+            (pairs, 1)
+        } else {
+            (n_tokens, n_used)
         };
-        Ok(&tables.tables[at].1)
+        check_len(OP, ids.len(), pairs)?;
+        check_len(OP, q8.len(), x_rows * cols / 32 * Q8_1_BLOCK_BYTES)?;
+        for (_, _, out) in sets.iter() {
+            check_len(OP, out.len(), pairs * rows)?;
+        }
+        let grid_y = grid_yz(OP, "expert pairs", pairs * sets.len())?;
+        let rows_i = to_i32(OP, "rows", rows)?;
+        let cols_i = to_i32(OP, "cols", cols)?;
+        let n_expert_i = to_i32(OP, "experts", n_expert)?;
+        let pairs_i = to_i32(OP, "expert pairs", pairs)?;
+        let pairs_per_row_i = to_i32(OP, "pairs per row", pairs_per_row)?;
+        let grid_x = u32::try_from(rows.div_ceil(ROUTED_ROWS))
+            .map_err(|_| shape(OP, "too many rows".into()))?;
+        let null = 0u64;
+        let name = routed_matvec_kernel(t);
+        let mut launch = self.stream.launch_builder(self.function(&name)?);
+        launch.arg(q8).arg(&cols_i);
+        let [(_, table0, out0), rest @ ..] = sets else {
+            return Err(shape(OP, "no experts".into()));
+        };
+        launch.arg(&tables.tables[*table0].1).arg(&mut **out0);
+        match rest {
+            [(_, table1, out1)] => launch.arg(&tables.tables[*table1].1).arg(&mut **out1),
+            _ => launch.arg(&null).arg(&null),
+        };
+        launch
+            .arg(&n_expert_i)
+            .arg(ids)
+            .arg(&pairs_i)
+            .arg(&pairs_per_row_i)
+            .arg(&rows_i);
+        // SAFETY: mul_mat_vec_id_<type>_q8_1(const q8_1* y, int cols, const u64* experts0,
+        // float* out0, const u64* experts1, float* out1, int n_expert, const float* ids, int
+        // n_pairs, int pairs_per_row, int rows) over (ceil(rows/4), n_pairs * sets) blocks of
+        // (32,4): block (x, y) takes set y / n_pairs (experts1 and out1 are null only with one
+        // set, whose grid never reaches them) and pair p = y % n_pairs: it reads row
+        // p / pairs_per_row of q8 (x_rows * cols / 32 blocks, length checked), ids[p] (pairs
+        // values, checked) and, for an id below n_expert (others give NaN rows), that expert's
+        // weight through its set's table (which holds exactly that set's n_expert addresses,
+        // live allocations of this context that the sets borrow until the launch is enqueued,
+        // and the stream frees buffers only after their last use; each `rows` rows of `cols`
+        // values of type `t`, byte size checked at upload and every set's shapes checked equal
+        // by `routed_type`), and writes row p of its set's output (pairs * rows values,
+        // checked).
+        unsafe { launch.launch(cfg((grid_x, grid_y, 1), (32, ROUTED_ROWS as u32, 1))) }
+            .map_err(|e| self.err(&name, e))?;
+        Ok(())
     }
 
     /// [`super::Backend::matmul_id`]: refused where [`CudaBackend::routes_on_device`] says no.
@@ -88,86 +216,102 @@ impl CudaBackend {
         ids: &DeviceBuf<f32>,
         out: &mut DeviceBuf<f32>,
     ) -> Result<(), BackendError> {
-        const OP: &str = "matmul_id";
-        let first = experts
-            .first()
-            .ok_or_else(|| shape(OP, "no experts".into()))?;
-        if n_tokens == 0 || n_used == 0 {
-            return Err(shape(
-                OP,
-                format!("{n_used} experts per token for {n_tokens} tokens"),
-            ));
-        }
-        let t = cuda_type(first.ty).ok_or_else(|| self.unsupported(first))?;
-        if !self.routes_on_device(first, n_tokens) {
-            return Err(shape(
-                OP,
-                format!(
-                    "{n_tokens} tokens of {} experts: no routed kernel (float experts, or more \
-                     than {MMVQ_TOKENS} tokens)",
-                    first.ty
-                ),
-            ));
-        }
-        for w in experts {
-            if w.ty != first.ty || w.rows != first.rows || w.cols != first.cols {
-                return Err(shape(
-                    OP,
-                    format!(
-                        "experts {} and {} differ in type or shape",
-                        first.name, w.name
-                    ),
-                ));
-            }
-        }
-        let (rows, cols) = (first.rows, first.cols);
-        let pairs = n_tokens * n_used;
-        let (x_rows, pairs_per_row) = if x_per_pair {
-            (pairs, 1)
+        let t = self.routed_type(&[experts], n_tokens)?;
+        let cols = experts[0].cols;
+        let x_rows = if x_per_pair {
+            n_tokens * n_used
         } else {
-            (n_tokens, n_used)
+            n_tokens
         };
-        check_len(OP, ids.len(), pairs)?;
-        check_len(OP, x.len(), x_rows * cols)?;
-        check_len(OP, out.len(), pairs * rows)?;
-        let n_pairs = grid_yz(OP, "expert pairs", pairs)?;
-        let rows_i = to_i32(OP, "rows", rows)?;
-        let cols_i = to_i32(OP, "cols", cols)?;
-        let n_expert_i = to_i32(OP, "experts", experts.len())?;
-        let pairs_per_row_i = to_i32(OP, "pairs per row", pairs_per_row)?;
-        let grid_x = u32::try_from(rows.div_ceil(ROUTED_ROWS))
-            .map_err(|_| shape(OP, "too many rows".into()))?;
         let mut reused = self.reused();
         let Reused {
             q8, expert_tables, ..
         } = &mut *reused;
         let table = self.expert_table(expert_tables, experts)?;
         let q8 = self.quantize_q8_1(q8, x, x_rows * cols)?;
-        check_len(OP, q8.len(), x_rows * cols / 32 * Q8_1_BLOCK_BYTES)?;
-        let name = routed_matvec_kernel(t);
-        let mut launch = self.stream.launch_builder(self.function(&name)?);
-        launch
-            .arg(q8)
-            .arg(&cols_i)
-            .arg(table)
-            .arg(&n_expert_i)
-            .arg(ids)
-            .arg(&pairs_per_row_i)
-            .arg(out)
-            .arg(&rows_i);
-        // SAFETY: mul_mat_vec_id_<type>_q8_1(const q8_1* y, int cols, const u64* experts, int
-        // n_expert, const float* ids, int pairs_per_row, float* out, int rows) over
-        // (ceil(rows/4), n_pairs) blocks of (32,4): block (x, p) reads row p / pairs_per_row of
-        // q8 (x_rows * cols / 32 blocks, length checked), ids[p] (pairs values, checked) and, for
-        // an id below n_expert (others give NaN rows), the expert's weight at experts[id] (the
-        // table holds exactly these experts' addresses, live allocations of this context that
-        // `experts` borrows until the launch is enqueued, and the stream frees buffers only
-        // after their last use; each `rows` rows of `cols` values of type `t`, byte size checked
-        // at upload and shapes checked equal above), and writes row p of out (pairs * rows
-        // values, checked).
-        unsafe { launch.launch(cfg((grid_x, n_pairs, 1), (32, ROUTED_ROWS as u32, 1))) }
-            .map_err(|e| self.err(&name, e))?;
-        Ok(())
+        let mut sets = [(experts, table, out)];
+        self.launch_routed(
+            t,
+            q8,
+            x_per_pair,
+            expert_tables,
+            &mut sets,
+            ids,
+            n_tokens,
+            n_used,
+        )
+    }
+
+    /// [`super::Backend::matmul_id_pair`]: the activations quantized once, both sets of experts
+    /// in one launch.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn matmul_id_pair_on_device(
+        &self,
+        gate: &[CudaWeight],
+        up: &[CudaWeight],
+        x: &DeviceBuf<f32>,
+        n_tokens: usize,
+        n_used: usize,
+        ids: &DeviceBuf<f32>,
+        gate_out: &mut DeviceBuf<f32>,
+        up_out: &mut DeviceBuf<f32>,
+    ) -> Result<(), BackendError> {
+        let Ok(t) = self.routed_type(&[gate, up], n_tokens) else {
+            // Gate and up of different types or shapes: one launch each.
+            self.matmul_id_on_device(gate, x, n_tokens, n_used, false, ids, gate_out)?;
+            return self.matmul_id_on_device(up, x, n_tokens, n_used, false, ids, up_out);
+        };
+        let cols = gate[0].cols;
+        let mut reused = self.reused();
+        let Reused {
+            q8, expert_tables, ..
+        } = &mut *reused;
+        let gate_table = self.expert_table(expert_tables, gate)?;
+        let up_table = self.expert_table(expert_tables, up)?;
+        let q8 = self.quantize_q8_1(q8, x, n_tokens * cols)?;
+        let mut sets = [(gate, gate_table, gate_out), (up, up_table, up_out)];
+        self.launch_routed(
+            t,
+            q8,
+            false,
+            expert_tables,
+            &mut sets,
+            ids,
+            n_tokens,
+            n_used,
+        )
+    }
+
+    /// [`super::Backend::gated_matmul_id`]: `glu_q8_1` (the activation and the quantization of
+    /// its result in one pass) and the routed product of each pair's own row.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gated_matmul_id_on_device(
+        &self,
+        gate: &mut DeviceBuf<f32>,
+        up: &DeviceBuf<f32>,
+        ff: usize,
+        act: GatedActivation,
+        down: &[CudaWeight],
+        n_tokens: usize,
+        n_used: usize,
+        ids: &DeviceBuf<f32>,
+        out: &mut DeviceBuf<f32>,
+    ) -> Result<(), BackendError> {
+        let t = self.routed_type(&[down], n_tokens)?;
+        if down[0].cols != ff || !ff.is_multiple_of(32) {
+            return Err(shape(
+                "gated_matmul_id",
+                format!("experts of {} columns after {ff} activations", down[0].cols),
+            ));
+        }
+        let mut reused = self.reused();
+        let Reused {
+            q8, expert_tables, ..
+        } = &mut *reused;
+        let table = self.expert_table(expert_tables, down)?;
+        let q8 = self.glu_q8_1(q8, gate, up, n_tokens * n_used * ff, act)?;
+        let mut sets = [(down, table, out)];
+        self.launch_routed(t, q8, true, expert_tables, &mut sets, ids, n_tokens, n_used)
     }
 
     /// [`super::Backend::route_experts`]: one warp per token.

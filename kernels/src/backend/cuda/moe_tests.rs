@@ -86,6 +86,63 @@ fn run_routed<B: Backend>(b: &B, routed: bool) -> Vec<(String, f32, Vec<f32>)> {
     results
 }
 
+/// The fused routed products of `b` against the single ops they stand for (the trait's
+/// compositions, `crate::backend::moe`), for Q4_K experts: gate and up in one launch
+/// ([`Backend::matmul_id_pair`]) and the activation fused into the down's quantization
+/// ([`Backend::gated_matmul_id`]); the same dot products of the same Q8_1 values, so equal.
+fn check_fused_routed<B: Backend>(b: &B) -> Vec<String> {
+    let mut rng = Rng(0xf05e_d000_0000_0003);
+    let t = super::types::cuda_type(GgmlType::Q4_K).expect("Q4_K");
+    let experts = |rng: &mut Rng, rows: usize, cols: usize| -> Vec<B::Weight> {
+        (0..N_EXPERT)
+            .map(|_| upload_bytes(b, t.ty, rows, cols, &weight_data(t, rows, cols, rng)))
+            .collect()
+    };
+    let (ff, d) = (256, COLS);
+    let (gate, up, down) = (
+        experts(&mut rng, ff, d),
+        experts(&mut rng, ff, d),
+        experts(&mut rng, d, ff),
+    );
+    let x = acts(b, &rng.f32s(N_TOKENS * d, 1.0));
+    let ids = id_acts(b, &IDS);
+    let pairs = IDS.len();
+    let alloc = |len| b.alloc_activations(len).expect("alloc");
+    let (mut g1, mut u1, mut g2, mut u2) = (
+        alloc(pairs * ff),
+        alloc(pairs * ff),
+        alloc(pairs * ff),
+        alloc(pairs * ff),
+    );
+    b.matmul_id_pair(&gate, &up, &x, N_TOKENS, N_USED, &ids, &mut g1, &mut u1)
+        .expect("matmul_id_pair");
+    b.matmul_id(&gate, &x, N_TOKENS, N_USED, false, &ids, &mut g2)
+        .expect("matmul_id gate");
+    b.matmul_id(&up, &x, N_TOKENS, N_USED, false, &ids, &mut u2)
+        .expect("matmul_id up");
+    let mut failures = Vec::new();
+    for (what, one, two) in [("gate", &g1, &g2), ("up", &u1, &u2)] {
+        if read(b, one, pairs * ff) != read(b, two, pairs * ff) {
+            failures.push(format!("matmul_id_pair {what} differs from matmul_id"));
+        }
+    }
+    let (mut o1, mut o2) = (alloc(pairs * d), alloc(pairs * d));
+    let act = GatedActivation::Silu;
+    b.gated_matmul_id(
+        &mut g1, &u1, ff, act, &down, N_TOKENS, N_USED, &ids, &mut o1,
+    )
+    .expect("gated_matmul_id");
+    b.gated_activation(&mut g2, &u2, pairs * ff, act)
+        .expect("activation");
+    b.matmul_id(&down, &g2, N_TOKENS, N_USED, true, &ids, &mut o2)
+        .expect("matmul_id down");
+    let (fused, single) = (read(b, &o1, pairs * d), read(b, &o2, pairs * d));
+    if fused != single || fused.iter().any(|v| !v.is_finite()) {
+        failures.push("gated_matmul_id differs from the activation and matmul_id".into());
+    }
+    failures
+}
+
 /// The comparison below on the fake driver (the kernels under host emulation).
 #[test]
 fn routed_matmul_matches_pair_by_pair_on_the_fake_driver() {
@@ -111,6 +168,7 @@ fn routed_matmul_matches_pair_by_pair_when_a_gpu_is_present() {
         .map(|(name, _, v)| (name, 1e-6, v))
         .collect();
     failures.extend(compare_results("cuda:0 (itself)", &exact, &routed));
+    failures.extend(check_fused_routed(&gpu));
 
     // Prefill-sized batches and float experts are left to the grouped path; a bad id is refused.
     let mut rng = Rng(7);
