@@ -7,8 +7,9 @@
 //! for the batch ([`Backend::routes`]: the GPU, for decode-sized batches of block-quantized
 //! experts), everything stays on the device ([`MoeOutput::Device`]): the routing
 //! ([`Backend::route_experts`]) leaves each token's expert ids and weights in device buffers,
-//! every (token, expert) pair's gate, up and down run in one routed matmul each
-//! ([`Backend::matmul_id`], ggml's `mul_mat_id`, reading those ids), and the caller adds the
+//! every (token, expert) pair's gate and up run in one routed matmul
+//! ([`Backend::matmul_id_pair`], ggml's `mul_mat_id`, reading those ids), its activation and
+//! down in another ([`Backend::gated_matmul_id`]), and the caller adds the
 //! weighted sum to the residual where it lies ([`Backend::moe_combine`]), so a decode step needs
 //! no host round trip and can be captured in a CUDA graph. Otherwise ([`MoeOutput::Host`]: the
 //! CPU, prefill-sized batches) the logits are read and routed on the host, the tokens grouped by
@@ -104,9 +105,7 @@ impl<B: Backend> MoeScratch<B> {
             max_tokens,
         })
     }
-}
 
-impl<B: Backend> MoeScratch<B> {
     /// Whether [`moe_ffn`] keeps a batch of `n` tokens through the experts `w` on the device
     /// ([`MoeOutput::Device`]: a step that can be captured in a CUDA graph): the backend routes
     /// each of gate, up and down for `n` tokens, the batch's pairs fit the buffers and the
