@@ -429,6 +429,7 @@ impl<B: Backend> Stage<B> {
             .filter_map(|(slot, e)| e.take().map(|e| (start + slot, e)))
             .collect();
         self.fit_host_ffn();
+        self.experts_moved();
         taken
     }
 
@@ -445,6 +446,7 @@ impl<B: Backend> Stage<B> {
         }
         self.experts[slot] = Some(experts);
         self.fit_host_ffn();
+        self.experts_moved();
         Ok(())
     }
 
@@ -467,6 +469,7 @@ impl<B: Backend> Stage<B> {
         let bytes = moved.weight_bytes();
         self.experts[slot] = Some(moved);
         self.fit_host_ffn();
+        self.experts_moved();
         Ok(bytes)
     }
 
@@ -488,7 +491,15 @@ impl<B: Backend> Stage<B> {
         self.weight_bytes += bytes;
         self.experts[slot] = None;
         self.fit_host_ffn();
+        self.experts_moved();
         Ok(bytes)
+    }
+
+    /// Drops the stage's CUDA graphs after a layer's experts moved: a graph captured with
+    /// experts on this device holds their addresses (in the routed kernels' expert tables), which
+    /// a move frees, and one captured before they came back would not read the new ones.
+    fn experts_moved(&mut self) {
+        self.graphs.clear();
     }
 
     /// Turns CUDA graphs of decode steps on or off (on by default unless `LLMD_CUDA_GRAPHS=0`),

@@ -3,9 +3,14 @@
 //! split growing with the context) gives bit for bit the logits it gives with graphs off, and
 //! the CPU's within the usual tolerance; the graphs were captured per shape and replayed. The
 //! same for mixtures of experts (Qwen3-MoE, Qwen2-MoE with its shared expert), whose decode
-//! steps route, multiply and sum their experts on the device, on one stage and split 1,1.
+//! steps route, multiply and sum their experts on the device, on one stage and split 1,1, and
+//! while a layer's experts move to the host and back live (`--n-cpu-moe`).
 
-use llmd::model::{Batch, Pipeline, SeqId};
+use std::collections::HashMap;
+
+use llmd::model::load::ExpertPlacement;
+use llmd::model::resplit::{resplit, Layout, LiveSequence};
+use llmd::model::{Batch, Pipeline, SeqId, StageBackend};
 use llmd_testkit::fake_cuda::{is_child, stats};
 
 use crate::gpu::{require_cuda, run_on_fake_driver};
@@ -189,4 +194,98 @@ fn gpu_moe_graphs_replay_the_eager_decode() {
         }
     }
     println!("mixture-of-experts graphs replay the eager decode");
+}
+
+#[test]
+fn gpu_moe_graphs_follow_live_expert_moves_on_the_fake_driver() {
+    run_on_fake_driver(
+        "gpu_graphs::gpu_moe_graphs_follow_live_expert_moves",
+        &[],
+        "graphs follow live expert moves",
+    );
+}
+
+/// Decodes a tiny Qwen3-MoE model on cuda:0 while the first layer's experts move to the host
+/// (`--n-cpu-moe 1` live: those steps run eagerly) and back (new device addresses: the graphs
+/// captured before must not be replayed), with graphs on and off: the same logits bit for bit.
+#[test]
+#[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
+fn gpu_moe_graphs_follow_live_expert_moves() {
+    require_cuda();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model = make(dir.path(), "qwen3moe", "q8_0", &[]).with_context(CONTEXT);
+    let n_vocab = model.config.n_vocab as u32;
+    let n_layer = model.config.n_layer;
+    let backends: HashMap<String, StageBackend> = [
+        ("cuda:0".to_string(), gpu_on("cuda:0", 0)),
+        ("cpu:0".to_string(), cpu("cpu:0")),
+    ]
+    .into_iter()
+    .collect();
+    let layout = [Layout {
+        device: "cuda:0".into(),
+        layers: 0..n_layer,
+        head: true,
+    }];
+    let host = ExpertPlacement {
+        backend: backends["cpu:0"].clone(),
+        layers: 0..1,
+    };
+    let prompt = 6;
+    // Decode steps, and where the experts are before each: (step, first layer's on the host).
+    let moves = [(3, true), (6, false)];
+    let run = |graphs: bool| {
+        let mut p = pipeline(&model, &[backends["cuda:0"].clone()]).with_graphs(graphs);
+        p.add_sequence(1, CONTEXT).expect("KV caches");
+        let mut out = Vec::new();
+        let mut batch = Batch::default();
+        for pos in 0..prompt {
+            batch.push(token(1, pos, n_vocab), pos as u32, 1, false);
+        }
+        p.forward(&batch, &mut out).expect("prefill");
+        let mut rows = Vec::new();
+        for step in 0..10 {
+            let pos = prompt + step;
+            if let Some(&(_, to_host)) = moves.iter().find(|(at, _)| *at == step) {
+                let live = [LiveSequence {
+                    id: 1,
+                    len: pos,
+                    capacity: CONTEXT,
+                    retained: false,
+                }];
+                let experts = to_host.then_some(&host);
+                resplit(
+                    &mut p,
+                    &*model.source,
+                    &layout,
+                    experts,
+                    &backends,
+                    &live,
+                    64,
+                    64,
+                )
+                .expect("experts moved live");
+            }
+            batch.clear();
+            batch.push(token(1, pos, n_vocab), pos as u32, 1, true);
+            out.clear();
+            p.forward(&batch, &mut out).expect("decode step");
+            rows.push(out.clone());
+        }
+        (rows, p.graph_counts().0)
+    };
+    let (eager, _) = run(false);
+    let (graphed, counts) = run(true);
+    println!("graphs across live expert moves: {counts:?}");
+    assert!(
+        graphed == eager,
+        "the graphed steps give the eager ones' logits across the moves"
+    );
+    assert!(
+        graphed.iter().flatten().all(|v| v.is_finite()),
+        "finite logits"
+    );
+    // Captured before the move and again after the experts came home; eager while away.
+    assert!(counts.captures >= 2 && counts.replays > 0, "{counts:?}");
+    println!("graphs follow live expert moves");
 }
