@@ -26,8 +26,8 @@
 //   normalize: 1: each token's chosen probabilities divided by their f64 sum (slot order),
 //            clamped below at MOE_MIN_WEIGHT_SUM (Mixtral, Qwen3-MoE); 0: used as they are;
 //   ids:     n_tokens rows of n_used expert ids, as exact f32 values, highest probability first,
-//            the lower expert first among equal probabilities (insertion into a sorted list, as
-//            the host's top_k);
+//            the lower expert first among equal probabilities (the host's top_k: the first
+//            n_used of a stable descending sort; here n_used rounds of a warp-wide argmax);
 //   weights: n_tokens rows of n_used weights, parallel to ids.
 // Launch: blockDim.x = 32 (one warp), gridDim.x = n_tokens.
 extern "C" __global__ void __launch_bounds__(LLMD_WARP)
@@ -57,37 +57,53 @@ extern "C" __global__ void __launch_bounds__(LLMD_WARP)
         p[i] = __fmul_rn(p[i], inv);
     }
     __syncthreads(); // the block is one warp
+    // Top-k: n_used rounds of a warp-wide argmax, each over the experts that come after the
+    // last one chosen in the host's order (higher probability first, the lower expert first
+    // among equals): the first n_used of a stable descending sort, which is what the host's
+    // insertion keeps. (Only NaN probabilities, from NaN logits, order otherwise there; an
+    // expert this finds none for is written as n_expert, which the routed matmul turns into
+    // NaN rows.)
+    int top[MOE_MAX_USED];
+    float last_p = 0.0f;
+    int last_i = -1; // none chosen yet
+    for (int j = 0; j < n_used; ++j) {
+        float best_p = 0.0f;
+        int best_i = n_expert; // none found
+        for (int i = lane; i < n_expert; i += LLMD_WARP) {
+            const float v = p[i];
+            const bool after = last_i < 0 || v < last_p || (v == last_p && i > last_i);
+            if (after && (best_i == n_expert || v > best_p || (v == best_p && i < best_i))) {
+                best_p = v;
+                best_i = i;
+            }
+        }
+        // The same total order, so every lane ends with the warp's best.
+        for (int off = LLMD_WARP / 2; off > 0; off >>= 1) {
+            const float other_p = __shfl_xor_sync(LLMD_FULL_MASK, best_p, off);
+            const int other_i = __shfl_xor_sync(LLMD_FULL_MASK, best_i, off);
+            if (other_i != n_expert &&
+                (best_i == n_expert || other_p > best_p || (other_p == best_p && other_i < best_i))) {
+                best_p = other_p;
+                best_i = other_i;
+            }
+        }
+        top[j] = best_i;
+        last_p = best_p;
+        last_i = best_i;
+    }
     if (lane != 0) {
         return;
     }
-    // Top-k: each expert inserted into the sorted list of the best so far, after every one at
-    // least as probable.
-    int top[MOE_MAX_USED];
-    int filled = 0;
-    for (int i = 0; i < n_expert; ++i) {
-        const float v = p[i];
-        int at = filled;
-        while (at > 0 && p[top[at - 1]] < v) {
-            --at;
-        }
-        if (at >= n_used) {
-            continue;
-        }
-        for (int j = min(filled, n_used - 1); j > at; --j) {
-            top[j] = top[j - 1];
-        }
-        top[at] = i;
-        filled = min(filled + 1, n_used);
-    }
     float *id_row = ids + (long long)blockIdx.x * n_used;
     float *w_row = weights + (long long)blockIdx.x * n_used;
+    const float nan = __int_as_float(0x7fc00000);
     double sum = 0.0;
     for (int j = 0; j < n_used; ++j) {
-        sum += (double)p[top[j]];
+        sum += (double)(top[j] < n_expert ? p[top[j]] : nan);
     }
     const float div = fmaxf((float)sum, MOE_MIN_WEIGHT_SUM);
     for (int j = 0; j < n_used; ++j) {
-        const float w = p[top[j]];
+        const float w = top[j] < n_expert ? p[top[j]] : nan;
         id_row[j] = (float)top[j];
         w_row[j] = normalize ? w / div : w;
     }
