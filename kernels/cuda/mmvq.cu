@@ -106,33 +106,56 @@ LLMD_QUANT_TYPES(MMVQ_KERNEL)
 
 // Routed matrix-vector products for mixtures of experts (ggml's mul_mat_id), for decode: each of
 // n_pairs (token, expert) pairs multiplies one row of activations by its expert's weight, all
-// pairs of a batch in one launch, the experts' weights read where they lie.
-//   y:      activations, Q8_1 rows of `cols / 32` blocks; pair p reads row p / pairs_per_row
-//           (gate and up: the pair's token, k pairs per row; down: the pair's own row, 1);
-//   cols:   a multiple of the weight type's block size (checked by the host);
-//   table:  n_expert device addresses of the experts' weights (each `rows` rows of the type),
-//           then n_pairs expert ids, each below n_expert (checked by the host);
-//   out:    n_pairs rows of `rows` f32 values (out[p * rows + r]).
-// Launch: blockDim = (32, MMVQ_ROWS); gridDim = (ceil(rows / 4), n_pairs).
+// pairs of a batch in one launch, the experts' weights read where they lie and the pairs' expert
+// ids read from device memory (moe_route_f32's, moe.cu), so nothing crosses from the host. Two
+// sets of experts of one type and shape (a block's gate and up) may share the launch and the
+// activations, each pair then multiplied by its expert of both.
+//   y:        activations, Q8_1 rows of `cols / 32` blocks; pair p reads row p / pairs_per_row
+//             (gate and up: the pair's token, k pairs per row; down: the pair's own row, 1);
+//   cols:     a multiple of the weight type's block size (checked by the host);
+//   experts0, out0, experts1, out1: per set, n_expert device addresses of the experts'
+//             weights (each `rows` rows of the type; a table uploaded once per set of experts)
+//             and its output, n_pairs rows of `rows` f32 values (out[p * rows + r]); experts1
+//             and out1 null for one set;
+//   ids:      n_pairs expert ids as exact f32 values; a pair whose id is not one of the n_expert
+//             (which moe_route_f32 never writes) gets NaN rows instead of a read out of bounds.
+// Launch: blockDim = (32, MMVQ_ROWS); gridDim = (ceil(rows / 4), n_pairs * number of sets): block
+// row y takes pair y % n_pairs of set y / n_pairs.
 template <typename T>
-static __device__ __forceinline__ void mul_mat_vec_id_q(const block_q8_1 *__restrict__ y, int cols,
-                                                        const unsigned long long *__restrict__ table,
-                                                        int n_expert, int pairs_per_row,
-                                                        float *__restrict__ out, int rows) {
-    const int pair = blockIdx.y;
-    const unsigned long long expert = table[n_expert + pair];
-    const void *w = (const void *)table[expert];
+static __device__ __forceinline__ void
+mul_mat_vec_id_q(const block_q8_1 *__restrict__ y, int cols,
+                 const unsigned long long *__restrict__ experts0, float *__restrict__ out0,
+                 const unsigned long long *__restrict__ experts1, float *__restrict__ out1,
+                 int n_expert, const float *__restrict__ ids, int n_pairs, int pairs_per_row,
+                 int rows) {
+    const int set = blockIdx.y / n_pairs;
+    const int pair = blockIdx.y % n_pairs;
+    const unsigned long long *experts = set == 0 ? experts0 : experts1;
+    float *out = (set == 0 ? out0 : out1) + (long long)pair * rows;
+    const float id = ids[pair];
+    if (!(id >= 0.0f && id < (float)n_expert)) {
+        const int row = blockIdx.x * MMVQ_ROWS + threadIdx.y;
+        if (threadIdx.x == 0 && row < rows) {
+            out[row] = __int_as_float(0x7fc00000);
+        }
+        return;
+    }
+    const void *w = (const void *)experts[(int)id];
     const block_q8_1 *yp = y + (long long)(pair / pairs_per_row) * (cols / LLMD_QK);
-    mul_mat_vec_q<T>(w, yp, out + (long long)pair * rows, rows, cols, 1, 0, blockIdx.x, 0);
+    mul_mat_vec_q<T>(w, yp, out, rows, cols, 1, 0, blockIdx.x, 0);
 }
 
 // mul_mat_vec_id_<name>_q8_1 for every type of LLMD_QUANT_TYPES.
 #define MMVQ_ID_KERNEL(name, type)                                                                 \
     extern "C" __global__ void __launch_bounds__(LLMD_WARP *MMVQ_ROWS)                            \
-        mul_mat_vec_id_##name##_q8_1(const block_q8_1 *__restrict__ y, int cols,                   \
-                                     const unsigned long long *__restrict__ table, int n_expert,   \
-                                     int pairs_per_row, float *__restrict__ out, int rows) {       \
-        mul_mat_vec_id_q<vdot<type>>(y, cols, table, n_expert, pairs_per_row, out, rows);         \
+        mul_mat_vec_id_##name##_q8_1(                                                              \
+            const block_q8_1 *__restrict__ y, int cols,                                            \
+            const unsigned long long *__restrict__ experts0, float *__restrict__ out0,             \
+            const unsigned long long *__restrict__ experts1, float *__restrict__ out1,             \
+            int n_expert, const float *__restrict__ ids, int n_pairs, int pairs_per_row,           \
+            int rows) {                                                                            \
+        mul_mat_vec_id_q<vdot<type>>(y, cols, experts0, out0, experts1, out1, n_expert, ids,       \
+                                     n_pairs, pairs_per_row, rows);                                \
     }
 
 LLMD_QUANT_TYPES(MMVQ_ID_KERNEL)

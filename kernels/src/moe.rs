@@ -16,6 +16,14 @@ use crate::cpu::ops::softmax;
 /// token whose chosen probabilities all underflow does not divide by zero.
 const MIN_WEIGHT_SUM: f32 = 1.0 / 16384.0;
 
+/// Most experts a token may use where the routing runs on a device (`MOE_MAX_USED` of
+/// `kernels/cuda/moe.cu`: the top-k list each token keeps in registers); models use 1 to 8.
+pub const MAX_DEVICE_USED: usize = 32;
+
+/// Most experts per layer where the routing runs on a device: expert ids travel there as f32
+/// values, exact below 2^24.
+pub const MAX_DEVICE_EXPERTS: usize = 1 << 24;
+
 /// How a model turns router logits into expert weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Routing {
@@ -39,6 +47,17 @@ pub enum RoutingError {
         /// Experts used per token.
         n_used: usize,
     },
+    /// The counts are beyond what routing on a device handles.
+    #[error(
+        "{n_used} experts used of {n_expert}: routing on a device takes at most \
+         {MAX_DEVICE_USED} used of {MAX_DEVICE_EXPERTS}"
+    )]
+    DeviceLimits {
+        /// Experts per layer.
+        n_expert: usize,
+        /// Experts used per token.
+        n_used: usize,
+    },
     /// A buffer has the wrong length.
     #[error("routing buffers: {0}")]
     Buffers(String),
@@ -49,6 +68,18 @@ impl Routing {
     pub fn check(&self) -> Result<(), RoutingError> {
         if self.n_used == 0 || self.n_used > self.n_expert || self.n_expert > u32::MAX as usize {
             return Err(RoutingError::Counts {
+                n_expert: self.n_expert,
+                n_used: self.n_used,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the counts for routing on a device ([`MAX_DEVICE_USED`], [`MAX_DEVICE_EXPERTS`]).
+    pub fn check_device(&self) -> Result<(), RoutingError> {
+        self.check()?;
+        if self.n_used > MAX_DEVICE_USED || self.n_expert > MAX_DEVICE_EXPERTS {
+            return Err(RoutingError::DeviceLimits {
                 n_expert: self.n_expert,
                 n_used: self.n_used,
             });
@@ -95,6 +126,53 @@ impl Routing {
         }
         Ok(())
     }
+}
+
+/// The routed output of `n_tokens` tokens into `out` (`n_tokens * width` values):
+/// `out[t] = sum over slots j of down[t * n_used + j] * weights[t * n_used + j]`, each product
+/// rounded before the sum and the slots added in order (llama.cpp adds the views of the weighted
+/// experts one by one), as the device's `moe_combine_f32` computes it.
+pub fn weighted_sum(
+    down: &[f32],
+    weights: &[f32],
+    n_tokens: usize,
+    n_used: usize,
+    width: usize,
+    out: &mut [f32],
+) -> Result<(), RoutingError> {
+    let pairs = n_tokens * n_used;
+    if n_used == 0
+        || down.len() < pairs * width
+        || weights.len() < pairs
+        || out.len() < n_tokens * width
+    {
+        return Err(RoutingError::Buffers(format!(
+            "{} expert outputs, {} weights and {} outputs for {n_tokens} tokens of {n_used} \
+             experts, rows of {width}",
+            down.len(),
+            weights.len(),
+            out.len()
+        )));
+    }
+    for (t, out) in out[..n_tokens * width].chunks_exact_mut(width).enumerate() {
+        let pair = |j: usize| &down[(t * n_used + j) * width..(t * n_used + j + 1) * width];
+        let w = &weights[t * n_used..(t + 1) * n_used];
+        for (o, &v) in out.iter_mut().zip(pair(0)) {
+            *o = v * w[0];
+        }
+        for (j, &wj) in w.iter().enumerate().skip(1) {
+            for (o, &v) in out.iter_mut().zip(pair(j)) {
+                *o += v * wj;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The scale of a shared expert's output (Qwen2-MoE): the sigmoid of its gate logit `g` as
+/// llama.cpp computes it, ggml's `silu(g) / g` with `silu(g) = g / (1 + e^-g)`.
+pub fn shared_expert_scale(g: f32) -> f32 {
+    g / (1.0 + (-g).exp()) / g
 }
 
 /// The `ids.len()` largest of `probs`, largest first (a lower index first among equals).
@@ -240,6 +318,25 @@ mod tests {
         assert_eq!(g.expert(2), (&[0u32, 2][..], &[0u32, 4][..]));
         assert_eq!(g.expert(3), (&[1u32, 2][..], &[3u32, 5][..]));
         assert!(g.group(&[4], 4, 1).is_err(), "an expert out of range");
+    }
+
+    #[test]
+    fn shared_expert_scale_is_the_sigmoid_llama_cpp_computes() {
+        for g in [-6.0f32, -0.5, 0.25, 3.0] {
+            let want = 1.0 / (1.0 + (-g).exp());
+            assert!((shared_expert_scale(g) - want).abs() < 1e-6, "{g}");
+        }
+    }
+
+    #[test]
+    fn weighted_sum_adds_each_tokens_weighted_slots_in_order() {
+        // Two tokens, two experts each, rows of 2.
+        let down = [1.0, 2.0, 10.0, 20.0, 3.0, 4.0, 30.0, 40.0];
+        let weights = [0.5, 0.25, 2.0, 1.0];
+        let mut out = [0.0; 4];
+        weighted_sum(&down, &weights, 2, 2, 2, &mut out).expect("sum");
+        assert_eq!(out, [3.0, 6.0, 36.0, 48.0]);
+        assert!(weighted_sum(&down, &weights, 3, 2, 2, &mut out).is_err());
     }
 
     #[test]

@@ -3,21 +3,27 @@
 //! probabilities (normalised to sum 1), each chosen expert's gated MLP, and the weighted sum of
 //! the `k` results in slot order.
 //!
-//! The experts run batched. Where the backend has a routed kernel for the batch
-//! ([`Backend::routes`]: the GPU, for decode-sized batches of block-quantized experts), every
-//! (token, expert) pair's gate, up and down run in one routed matmul each
-//! ([`Backend::matmul_id`], ggml's `mul_mat_id`) and the results are read once. Otherwise the
-//! tokens of a batch are grouped by expert ([`llmd_kernels::moe::ExpertGroups`]) and each expert
-//! multiplies all of its rows in one matmul of the backend's kernels (so prefill never goes
-//! token by token), its results read per expert. Either way every row's dot products are the
-//! ones ggml's `mul_mat_id` computes. Routing and the weighted sum run on the host, with buffers
-//! allocated once: the block reads its input from one device buffer and leaves its output in
-//! host memory, so the experts may live on another device than the layer's attention.
+//! The experts run batched, with buffers allocated once. Where the backend has a routed kernel
+//! for the batch ([`Backend::routes`]: the GPU, for decode-sized batches of block-quantized
+//! experts), everything stays on the device ([`MoeOutput::Device`]): the routing
+//! ([`Backend::route_experts`]) leaves each token's expert ids and weights in device buffers,
+//! every (token, expert) pair's gate and up run in one routed matmul
+//! ([`Backend::matmul_id_pair`], ggml's `mul_mat_id`, reading those ids), its activation and
+//! down in another ([`Backend::gated_matmul_id`]), and the caller adds the
+//! weighted sum to the residual where it lies ([`Backend::moe_combine`]), so a decode step needs
+//! no host round trip and can be captured in a CUDA graph. Otherwise ([`MoeOutput::Host`]: the
+//! CPU, prefill-sized batches) the logits are read and routed on the host, the tokens grouped by
+//! expert ([`llmd_kernels::moe::ExpertGroups`]) and each expert multiplies all of its rows in
+//! one matmul of the backend's kernels (so prefill never goes token by token), its results read
+//! per expert and summed on the host. Either way every row's dot products are the ones ggml's
+//! `mul_mat_id` computes, and the routing and the sums are the same arithmetic. Experts on
+//! another device than the layer's attention ([`DeviceExperts`]) take their input from host
+//! memory and hand their output back there ([`finish_on_host`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use llmd_kernels::backend::{Backend, BackendError, GatedActivation, Lease, WeightView};
-use llmd_kernels::moe::ExpertGroups;
+use llmd_kernels::moe::{weighted_sum, ExpertGroups};
 
 use super::backend::AnyExperts;
 use super::config::{ModelConfig, MoeConfig};
@@ -37,7 +43,11 @@ pub struct MoeScratch<B: Backend> {
     /// Expert up: `(max_tokens, n_ff_exp)`.
     up: B::Activations,
     /// Expert output: `(max_tokens, n_embd)`.
-    down: B::Activations,
+    pub down: B::Activations,
+    /// Chosen experts on the device, as exact f32 values: `(max_tokens, k)`.
+    route_ids: B::Activations,
+    /// Their weights on the device: `(max_tokens, k)`.
+    pub route_weights: B::Activations,
     /// Router probabilities on the host: `(max_tokens, n_expert)`.
     host_logits: Vec<f32>,
     /// Chosen experts: `(max_tokens, k)`.
@@ -83,6 +93,8 @@ impl<B: Backend> MoeScratch<B> {
             gate: b.alloc_activations(n * ff)?,
             up: b.alloc_activations(n * ff)?,
             down: b.alloc_activations(n * d)?,
+            route_ids: b.alloc_activations(n * k)?,
+            route_weights: b.alloc_activations(n * k)?,
             host_logits: vec![0.0; n * e],
             ids: vec![0; n * k],
             weights: vec![0.0; n * k],
@@ -93,11 +105,29 @@ impl<B: Backend> MoeScratch<B> {
             max_tokens,
         })
     }
+
+    /// Whether [`moe_ffn`] keeps a batch of `n` tokens through the experts `w` on the device
+    /// ([`MoeOutput::Device`]: a step that can be captured in a CUDA graph): the backend routes
+    /// each of gate, up and down for `n` tokens, the batch's pairs fit the buffers and the
+    /// routing's counts are within the device's limits.
+    pub fn on_device(
+        &self,
+        b: &B,
+        w: &ExpertWeights<B::Weight>,
+        moe: &MoeConfig,
+        n: usize,
+    ) -> bool {
+        n * moe.routing.n_used <= self.max_tokens
+            && moe.routing.check_device().is_ok()
+            && [&w.gate, &w.up, &w.down]
+                .into_iter()
+                .all(|experts| experts.first().is_some_and(|first| b.routes(first, n)))
+    }
 }
 
 /// f32 values of device activations [`MoeScratch`] takes for `moe`.
 pub fn scratch_floats(moe: &MoeConfig, n_embd: usize, max_tokens: usize) -> usize {
-    max_tokens * (3 * n_embd + moe.routing.n_expert + 2 * moe.n_ff_exp)
+    max_tokens * (3 * n_embd + moe.routing.n_expert + 2 * moe.n_ff_exp + 2 * moe.routing.n_used)
 }
 
 /// Bytes of the host buffers [`MoeScratch`] keeps beside its device activations: router
@@ -123,7 +153,18 @@ pub enum MoeInput<'a, B: Backend> {
     Scratch,
 }
 
-/// Runs the block over `n` rows of width `d`: the result is in `s.out[..n * d]`.
+/// Where [`moe_ffn`] left the block's routed output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoeOutput {
+    /// Summed on the host, in [`MoeScratch::out`].
+    Host,
+    /// On the device, not yet summed: each pair's expert output in [`MoeScratch::down`]
+    /// (`n * k` rows), its weight in [`MoeScratch::route_weights`], for
+    /// [`Backend::moe_combine`] (or [`finish_on_host`]).
+    Device,
+}
+
+/// Runs the block over `n` rows of width `d`, leaving its output where [`MoeOutput`] says.
 #[allow(clippy::too_many_arguments)]
 pub fn moe_ffn<B: Backend>(
     b: &B,
@@ -134,7 +175,7 @@ pub fn moe_ffn<B: Backend>(
     input: MoeInput<'_, B>,
     n: usize,
     d: usize,
-) -> Result<(), BackendError> {
+) -> Result<MoeOutput, BackendError> {
     let (e, k, ff) = (moe.routing.n_expert, moe.routing.n_used, moe.n_ff_exp);
     let shape = |detail: String| BackendError::Shape {
         op: "moe_ffn",
@@ -153,59 +194,48 @@ pub fn moe_ffn<B: Backend>(
         MoeInput::Device(x) => x,
         MoeInput::Scratch => &s.input,
     };
-    // Router: one logit per expert, then on the host the softmax, top-k and weights.
     b.matmul(&w.router, x, n, &mut s.logits)?;
+    // Decode-sized batches where the backend has the routed kernel: the routing on the device,
+    // gate and up of every (token, expert) pair in one launch, the activation and down in
+    // another (on the GPU).
+    if s.on_device(b, w, moe, n) {
+        let ids = &mut s.route_ids;
+        b.route_experts(&moe.routing, &mut s.logits, n, ids, &mut s.route_weights)?;
+        b.matmul_id_pair(&w.gate, &w.up, x, n, k, ids, &mut s.gate, &mut s.up)?;
+        b.gated_matmul_id(&mut s.gate, &s.up, ff, act, &w.down, n, k, ids, &mut s.down)?;
+        return Ok(MoeOutput::Device);
+    }
+    // Otherwise on the host: the softmax, top-k and weights, then the experts by group.
     b.read_activations(&s.logits, &mut s.host_logits[..n * e])?;
     let (ids, weights) = (&mut s.ids[..n * k], &mut s.weights[..n * k]);
     let routing_error = |err: llmd_kernels::moe::RoutingError| shape(err.to_string());
     moe.routing
         .route(&mut s.host_logits, n, ids, weights)
         .map_err(routing_error)?;
-
-    // Decode-sized batches where the backend has the routed kernel: gate, up and down of every
-    // (token, expert) pair in one launch each, and one read of the results.
-    let pairs = n * k;
-    let routed = pairs <= s.max_tokens
-        && [&w.gate, &w.up, &w.down]
-            .into_iter()
-            .all(|experts| experts.first().is_some_and(|first| b.routes(first, n)));
-    if routed {
-        b.matmul_id(&w.gate, x, n, false, ids, &mut s.gate)?;
-        b.matmul_id(&w.up, x, n, false, ids, &mut s.up)?;
-        b.gated_activation(&mut s.gate, &s.up, pairs * ff, act)?;
-        b.matmul_id(&w.down, &s.gate, n, true, ids, &mut s.down)?;
-        b.read_activations(&s.down, &mut s.slots[..pairs * d])?;
-        for (row, &wgt) in s.slots[..pairs * d].chunks_exact_mut(d).zip(&*weights) {
-            for v in row {
-                *v *= wgt;
-            }
+    s.groups.group(ids, e, k).map_err(routing_error)?;
+    // Each expert with tokens: its rows gathered, gate and up in one pass, the gated
+    // activation, down; each result row weighted into its token's slot.
+    for ex in 0..e {
+        let (tokens, slots) = s.groups.expert(ex);
+        let m = tokens.len();
+        if m == 0 {
+            continue;
         }
-    } else {
-        s.groups.group(ids, e, k).map_err(routing_error)?;
-        // Each expert with tokens: its rows gathered, gate and up in one pass, the gated
-        // activation, down; each result row weighted into its token's slot.
-        for ex in 0..e {
-            let (tokens, slots) = s.groups.expert(ex);
-            let m = tokens.len();
-            if m == 0 {
-                continue;
-            }
-            b.gather_rows(x, tokens, d, 0, &mut s.rows)?;
-            b.matmuls(
-                &[&w.gate[ex], &w.up[ex]],
-                &s.rows,
-                m,
-                &mut [&mut s.gate, &mut s.up],
-            )?;
-            b.gated_activation(&mut s.gate, &s.up, m * ff, act)?;
-            b.matmul(&w.down[ex], &s.gate, m, &mut s.down)?;
-            b.read_activations(&s.down, &mut s.host_down[..m * d])?;
-            for (row, &slot) in s.host_down.chunks_exact(d).zip(slots) {
-                let slot = slot as usize;
-                let wgt = s.weights[slot];
-                for (o, &v) in s.slots[slot * d..(slot + 1) * d].iter_mut().zip(row) {
-                    *o = v * wgt;
-                }
+        b.gather_rows(x, tokens, d, 0, &mut s.rows)?;
+        b.matmuls(
+            &[&w.gate[ex], &w.up[ex]],
+            &s.rows,
+            m,
+            &mut [&mut s.gate, &mut s.up],
+        )?;
+        b.gated_activation(&mut s.gate, &s.up, m * ff, act)?;
+        b.matmul(&w.down[ex], &s.gate, m, &mut s.down)?;
+        b.read_activations(&s.down, &mut s.host_down[..m * d])?;
+        for (row, &slot) in s.host_down.chunks_exact(d).zip(slots) {
+            let slot = slot as usize;
+            let wgt = s.weights[slot];
+            for (o, &v) in s.slots[slot * d..(slot + 1) * d].iter_mut().zip(row) {
+                *o = v * wgt;
             }
         }
     }
@@ -220,7 +250,32 @@ pub fn moe_ffn<B: Backend>(
             }
         }
     }
-    Ok(())
+    Ok(MoeOutput::Host)
+}
+
+/// Sums a [`MoeOutput::Device`] result on the host into `s.out[..n * d]`, as
+/// [`Backend::moe_combine`] sums it on the device: the output of experts whose block hands its
+/// result to another device.
+pub fn finish_on_host<B: Backend>(
+    b: &B,
+    s: &mut MoeScratch<B>,
+    k: usize,
+    n: usize,
+    d: usize,
+) -> Result<(), BackendError> {
+    let pairs = n * k;
+    if pairs > s.max_tokens {
+        return Err(BackendError::Shape {
+            op: "moe_ffn",
+            detail: format!("{pairs} expert pairs (at most {})", s.max_tokens),
+        });
+    }
+    b.read_activations(&s.down, &mut s.slots[..pairs * d])?;
+    b.read_activations(&s.route_weights, &mut s.weights[..pairs])?;
+    weighted_sum(&s.slots, &s.weights, n, k, d, &mut s.out).map_err(|e| BackendError::Shape {
+        op: "moe_ffn",
+        detail: e.to_string(),
+    })
 }
 
 /// A layer's experts resident on a device other than the layer's, of backend type `E`
@@ -323,7 +378,7 @@ impl<E: Backend> DeviceExperts<E> {
         let mut scratch = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
         let s = &mut *scratch;
         self.backend.write_activations(&mut s.input, input)?;
-        moe_ffn(
+        let routed = moe_ffn(
             &*self.backend,
             &self.weights,
             &self.moe,
@@ -333,6 +388,9 @@ impl<E: Backend> DeviceExperts<E> {
             n,
             d,
         )?;
+        if routed == MoeOutput::Device {
+            finish_on_host(&*self.backend, s, self.moe.routing.n_used, n, d)?;
+        }
         output[..n * d].copy_from_slice(&s.out[..n * d]);
         Ok(())
     }

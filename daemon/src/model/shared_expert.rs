@@ -2,10 +2,13 @@
 //! MLP every token goes through beside its routed experts, its output scaled per token by
 //! `sigmoid(gate_inp · x)` (ggml's `silu(g) / g`) and added to the routed experts' weighted sum
 //! before the residual. It runs on its layer's device (it is a layer weight; `--cpu-moe` moves
-//! the routed experts only), reading the block's normalised input there, and adds into the routed
-//! output wherever that was computed, on the host.
+//! the routed experts only), reading the block's normalised input there: where the routed
+//! experts' output stayed on the device, the device adds it with theirs
+//! ([`Backend::moe_combine`] of [`run_shared_mlp`]'s results); where it came to the host, it is
+//! added there ([`add_shared_expert`]), with the same arithmetic.
 
 use llmd_kernels::backend::{Backend, BackendError, GatedActivation};
+use llmd_kernels::moe::shared_expert_scale;
 
 use super::weights::SharedExpert;
 
@@ -23,6 +26,11 @@ pub struct SharedScratch<B: Backend> {
 }
 
 impl<B: Backend> SharedScratch<B> {
+    /// The gate logits [`run_shared_mlp`] wrote: `(n)` of its `n` rows.
+    pub fn gate_logit(&self) -> &B::Activations {
+        &self.gate_logit
+    }
+
     /// Buffers for batches of up to `max_tokens` tokens of width `n_embd`.
     pub fn alloc(b: &B, n_embd: usize, max_tokens: usize) -> Result<Self, BackendError> {
         Ok(SharedScratch {
@@ -52,6 +60,38 @@ pub struct SharedBuffers<'a, B: Backend> {
     pub out: &'a mut B::Activations,
 }
 
+/// Runs the shared expert `w` (`n_ff` wide) over `n` rows of width `d` on its device: its
+/// gated MLP's output in `bufs.out` and its gate logit per token in `s.gate_logit`.
+#[allow(clippy::too_many_arguments)]
+pub fn run_shared_mlp<B: Backend>(
+    b: &B,
+    w: &SharedExpert<B::Weight>,
+    n_ff: usize,
+    act: GatedActivation,
+    s: &mut SharedScratch<B>,
+    bufs: &mut SharedBuffers<'_, B>,
+    n: usize,
+) -> Result<(), BackendError> {
+    if n > s.max_tokens {
+        return Err(BackendError::Shape {
+            op: "shared_expert",
+            detail: format!("{n} tokens (at most {})", s.max_tokens),
+        });
+    }
+    let SharedBuffers {
+        input,
+        gate,
+        up,
+        out,
+    } = bufs;
+    // The gated MLP, as a dense feed-forward block computes it.
+    b.matmuls(&[&w.gate, &w.up], input, n, &mut [&mut **gate, &mut **up])?;
+    b.gated_activation(gate, up, n * n_ff, act)?;
+    b.matmul(&w.down, gate, n, out)?;
+    // Its gate: one logit per token.
+    b.matmul(&w.gate_inp, input, n, &mut s.gate_logit)
+}
+
 /// Adds the shared expert `w` (`n_ff` wide) over `n` rows of width `d` into `routed`, the
 /// routed experts' output on the host (`n * d` values): `routed += mlp(x) * sigmoid(gate_inp · x)`.
 #[allow(clippy::too_many_arguments)]
@@ -76,49 +116,21 @@ pub fn add_shared_expert<B: Backend>(
             ),
         });
     }
-    let SharedBuffers {
-        input,
-        gate,
-        up,
-        out,
-    } = bufs;
-    // The gated MLP, as a dense feed-forward block computes it.
-    b.matmuls(&[&w.gate, &w.up], input, n, &mut [&mut *gate, &mut *up])?;
-    b.gated_activation(gate, up, n * n_ff, act)?;
-    b.matmul(&w.down, gate, n, out)?;
-    // Its gate: one logit per token.
-    b.matmul(&w.gate_inp, input, n, &mut s.gate_logit)?;
-    b.read_activations(out, &mut s.host_out[..n * d])?;
+    let mut bufs = bufs;
+    run_shared_mlp(b, w, n_ff, act, s, &mut bufs, n)?;
+    b.read_activations(bufs.out, &mut s.host_out[..n * d])?;
     b.read_activations(&s.gate_logit, &mut s.host_gate[..n])?;
-    // Scaled by the sigmoid of the logit (llama.cpp's `silu(g) / g`) and added to the routed
-    // output, in ggml's order: the product first, then the sum.
+    // Scaled by the sigmoid of the logit and added to the routed output, in ggml's order: the
+    // product first, then the sum.
     for ((row, mlp), &g) in routed
         .chunks_exact_mut(d)
         .zip(s.host_out.chunks_exact(d))
         .zip(&s.host_gate[..n])
     {
-        let scale = silu(g) / g;
+        let scale = shared_expert_scale(g);
         for (r, &m) in row.iter_mut().zip(mlp) {
             *r += m * scale;
         }
     }
     Ok(())
-}
-
-/// ggml's SiLU of one value: `x / (1 + e^-x)`.
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gate_is_the_sigmoid_llama_cpp_computes() {
-        for g in [-6.0f32, -0.5, 0.25, 3.0] {
-            let want = 1.0 / (1.0 + (-g).exp());
-            assert!((silu(g) / g - want).abs() < 1e-6, "{g}");
-        }
-    }
 }

@@ -17,9 +17,9 @@ use super::config::ModelConfig;
 use super::graphs::{GraphCounts, StepGraphs, StepShape, MAX_GRAPH_ROWS};
 use super::head_output::{device_select_enabled, HeadOutput, RowRequest, SELECTED_FLOATS_PER_ROW};
 use super::host_tensors::{OwnedTensor, PartSource};
-use super::moe::{moe_ffn, ExpertLoader, ExpertsElsewhere, MoeInput, MoeScratch};
+use super::moe::{moe_ffn, ExpertLoader, ExpertsElsewhere, MoeInput, MoeOutput, MoeScratch};
 use super::parts::{DevicePart, PartWeights, Slot};
-use super::shared_expert::{add_shared_expert, SharedBuffers, SharedScratch};
+use super::shared_expert::{add_shared_expert, run_shared_mlp, SharedBuffers, SharedScratch};
 use super::weights::{
     FeedForward, HeadWeights, LayerWeights, WeightError, OUTPUT, OUTPUT_NORM as NORM, TOKEN_EMBD,
 };
@@ -448,6 +448,7 @@ impl<B: Backend> Stage<B> {
             .filter_map(|(slot, e)| e.take().map(|e| (start + slot, e)))
             .collect();
         self.fit_host_ffn();
+        self.experts_moved();
         taken
     }
 
@@ -464,6 +465,7 @@ impl<B: Backend> Stage<B> {
         }
         self.experts[slot] = Some(experts);
         self.fit_host_ffn();
+        self.experts_moved();
         Ok(())
     }
 
@@ -486,6 +488,7 @@ impl<B: Backend> Stage<B> {
         let bytes = moved.weight_bytes();
         self.experts[slot] = Some(moved);
         self.fit_host_ffn();
+        self.experts_moved();
         Ok(bytes)
     }
 
@@ -507,7 +510,15 @@ impl<B: Backend> Stage<B> {
         self.weight_bytes += bytes;
         self.experts[slot] = None;
         self.fit_host_ffn();
+        self.experts_moved();
         Ok(bytes)
+    }
+
+    /// Drops the stage's CUDA graphs after a layer's experts moved: a graph captured with
+    /// experts on this device holds their addresses (in the routed kernels' expert tables), which
+    /// a move frees, and one captured before they came back would not read the new ones.
+    fn experts_moved(&mut self) {
+        self.graphs.clear();
     }
 
     /// Turns CUDA graphs of decode steps on or off (on by default unless `LLMD_CUDA_GRAPHS=0`),
@@ -744,16 +755,22 @@ impl<B: Backend> Stage<B> {
 
     /// The shape of `batch`'s step for a CUDA graph (see [`StepGraphs`]), or `None` when it is
     /// not one to capture: graphs off, more than [`MAX_GRAPH_ROWS`] rows, a sequence with more
-    /// than one row (a prefill), or a layer whose feed-forward block crosses the host (experts).
+    /// than one row (a prefill), or a layer whose feed-forward block crosses the host (experts
+    /// on another device, or experts this batch does not route on the device).
     fn step_shape(&self, batch: &Batch, segments: &[Segment]) -> Option<StepShape> {
         let n = batch.len();
+        let on_device = |ffn: &FeedForward<B::Weight>| match ffn {
+            FeedForward::Dense { .. } => true,
+            FeedForward::Experts(experts) => match (&self.config.moe, &self.scratch.moe) {
+                (Some(moe), Some(ms)) => ms.on_device(&*self.backend, experts, moe, n),
+                _ => false,
+            },
+            FeedForward::Elsewhere => false,
+        };
         if !self.graphs.enabled()
             || n > MAX_GRAPH_ROWS
             || segments.iter().any(|seg| seg.rows.len() != 1)
-            || !self
-                .weights
-                .iter()
-                .all(|w| matches!(w.ffn, FeedForward::Dense { .. }))
+            || !self.weights.iter().all(|w| on_device(&w.ffn))
         {
             return None;
         }
@@ -881,7 +898,8 @@ impl<B: Backend> Stage<B> {
                     )?;
                 }
                 // Mixture of experts: normalise, route each token to its experts, each expert
-                // over its rows, the weighted sum back into the residual.
+                // over its rows, the weighted sum back into the residual (on the device where
+                // the experts' output stayed there: no host round trip).
                 FeedForward::Experts(experts) => {
                     let (Some(moe), Some(ms)) = (&c.moe, s.moe.as_mut()) else {
                         return Err(ForwardError::BadBatch(format!(
@@ -889,7 +907,7 @@ impl<B: Backend> Stage<B> {
                         )));
                     };
                     b.rms_norm_into(&s.x, &w.ffn_norm, n, d, c.norm_eps, &mut s.cur)?;
-                    moe_ffn(
+                    let routed = moe_ffn(
                         &*b,
                         experts,
                         moe,
@@ -899,7 +917,12 @@ impl<B: Backend> Stage<B> {
                         n,
                         d,
                     )?;
-                    s.add_moe_output(&*b, &c, w, il, n, Routed::Scratch)?;
+                    match routed {
+                        MoeOutput::Host => {
+                            s.add_moe_output(&*b, &c, w, il, n, Routed::Scratch)?;
+                        }
+                        MoeOutput::Device => s.combine_moe_output(&*b, &c, w, il, n)?,
+                    }
                 }
                 // Experts on another device: the normalised input crosses to it through the
                 // host, the block's output comes back and joins the residual here.
@@ -1116,6 +1139,56 @@ impl<B: Backend> Scratch<B> {
         }
         b.write_activations(&mut self.out, routed)?;
         b.add(&mut self.x, &self.out, n * d)?;
+        Ok(())
+    }
+}
+
+impl<B: Backend> Scratch<B> {
+    /// Finishes layer `il`'s mixture-of-experts block over `n` rows whose routed output stayed
+    /// on the device ([`MoeOutput::Device`]): runs its shared expert (Qwen2-MoE), if it has one,
+    /// over the block's normalised input in `cur`, then adds the routed experts' weighted sum
+    /// and the shared expert's scaled output into the residual stream `x` in one device op.
+    fn combine_moe_output(
+        &mut self,
+        b: &B,
+        c: &ModelConfig,
+        w: &LayerWeights<B::Weight>,
+        il: usize,
+        n: usize,
+    ) -> Result<(), ForwardError> {
+        let (Some(moe), Some(ms)) = (c.moe, self.moe.as_ref()) else {
+            return Err(ForwardError::BadBatch(format!(
+                "layer {il} has experts but the model is not a mixture of experts"
+            )));
+        };
+        let k = moe.routing.n_used;
+        let shared = match &w.shared_expert {
+            None => None,
+            Some(shared) => {
+                let (Some(n_ff), Some(scratch)) = (moe.n_ff_shexp, self.shared.as_mut()) else {
+                    return Err(ForwardError::BadBatch(format!(
+                        "layer {il} has a shared expert but the model has none"
+                    )));
+                };
+                let mut bufs = SharedBuffers {
+                    input: &self.cur,
+                    gate: &mut self.gate,
+                    up: &mut self.up,
+                    out: &mut self.out,
+                };
+                run_shared_mlp(b, shared, n_ff, c.activation, scratch, &mut bufs, n)?;
+                Some((&self.out, scratch.gate_logit()))
+            }
+        };
+        b.moe_combine(
+            &ms.down,
+            &ms.route_weights,
+            n,
+            k,
+            c.n_embd,
+            shared,
+            &mut self.x,
+        )?;
         Ok(())
     }
 }

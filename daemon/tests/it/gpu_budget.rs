@@ -15,6 +15,12 @@
 //! of them fails it. It runs twice: with CUDA graphs off (`LLMD_CUDA_GRAPHS=0`: the step's
 //! kernels launched one by one) and on (each stage's layers replayed from a graph: one launch
 //! per stage, the kernels replayed counted apart and held to the per-layer count).
+//!
+//! Mixtures of experts (tiny Qwen3-MoE models, split 1,1 over two fake GPUs) are held to the
+//! same host-synchronisation budget: their decode steps route, multiply and sum the experts on
+//! the device, so a token costs no more host round trips than a dense one, and with graphs each
+//! stage's layers replay in one launch. Their eager launches per layer are pinned as measured
+//! ([`MOE_LAUNCHES_PER_LAYER`]), above the dense budget of 12.
 
 use std::collections::BTreeMap;
 
@@ -51,6 +57,13 @@ const GREEDY_SELECT_LAUNCHES: f64 = 1.0;
 const GRAPH_LAUNCHES_PER_LAYER: f64 = 0.0;
 /// Graph launches per decoded token and stage: the stage's layers, once.
 const GRAPH_LAUNCHES_PER_STAGE: f64 = 1.0;
+/// Kernel launches per layer of a decoded token of a pure Q4_K Qwen3-MoE model with graphs off,
+/// as measured: the attention block's as a dense layer's, then the feed-forward norm, the
+/// router's product, the routing, gate and up (one quantization, one routed launch for both),
+/// the activation with its quantization, down (one routed launch) and the weighted sum into the
+/// residual. Over the dense budget of 12 (issue 18): fusing the experts' launches further (the
+/// norm with the quantization gate and up read) is left to do.
+const MOE_LAUNCHES_PER_LAYER: f64 = 15.0;
 /// Opens a pipeline layout's backends (given the second GPU's ordinal).
 type Layout = fn(usize) -> Vec<StageBackend>;
 
@@ -273,6 +286,95 @@ fn gpu_decode_stays_within_its_launch_and_sync_budget() {
     assert!(failures.is_empty(), "{failures:#?}");
     println!(
         "decode budget kept (graphs {})",
+        if graphs { "on" } else { "off" }
+    );
+}
+
+#[test]
+fn gpu_moe_decode_budget_on_the_fake_driver() {
+    for (graphs, kept) in [
+        ("0", "MoE decode budget kept (graphs off)"),
+        ("1", "MoE decode budget kept (graphs on)"),
+    ] {
+        run_on_fake_driver(
+            "gpu_budget::gpu_moe_decode_stays_within_its_sync_budget",
+            &[
+                ("LLMD_FAKE_CUDA_DEVICES", "2"),
+                (llmd::model::graphs::GRAPHS_ENV, graphs),
+            ],
+            kept,
+        );
+    }
+}
+
+/// Counts a decoded token of tiny Qwen3-MoE models of 2 and 4 layers split 1,1 over two GPUs
+/// and holds them to the budget (see the module's documentation).
+#[test]
+#[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
+fn gpu_moe_decode_stays_within_its_sync_budget() {
+    require_cuda();
+    if !is_child() {
+        println!("SKIPPED: the counters are the fake driver's (a real GPU runs this)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let second = usize::from(llmd_kernels::backend::cuda_available().is_ok_and(|n| n > 1));
+    let graphs = llmd::model::graphs::graphs_enabled();
+    let mut cost = Vec::new();
+    for layers in [2usize, 4] {
+        let model = make(
+            dir.path(),
+            "qwen3moe",
+            "q4_k",
+            &["--layers", &layers.to_string()],
+        );
+        let backends = vec![gpu_on("cuda:0", 0), gpu_on("cuda:1", second)];
+        cost.push(decode_cost(&mut pipeline(&model, &backends), true));
+    }
+    let per_layer = (cost[1]["launches"] - cost[0]["launches"]) / 2.0;
+    let replayed_per_layer = (cost[1]["graph_kernels"] - cost[0]["graph_kernels"]) / 2.0;
+    println!(
+        "qwen3moe on cuda:0 + cuda:1: per decoded token {per_layer:.2} launches per layer, \
+         {:.2} graph launches replaying {replayed_per_layer:.2} kernels per layer, {:.2} host \
+         syncs, {:.2} host-to-device copies, {:.2} device-to-host copies",
+        cost[1]["graph_launches"],
+        cost[1]["host_syncs"],
+        cost[1]["h2d_copies"],
+        cost[1]["d2h_copies"],
+    );
+    let stages = 2.0;
+    let mut failures = Vec::new();
+    let mut check = |name: &str, got: f64, most: f64| {
+        if got > most + 1e-9 {
+            failures.push(format!("{name} {got:.2}, at most {most}"));
+        }
+    };
+    if graphs {
+        check("launches per layer", per_layer, GRAPH_LAUNCHES_PER_LAYER);
+        check(
+            "kernels replayed per layer",
+            replayed_per_layer,
+            MOE_LAUNCHES_PER_LAYER,
+        );
+    } else {
+        check("launches per layer", per_layer, MOE_LAUNCHES_PER_LAYER);
+    }
+    for c in &cost {
+        check("host syncs per token", c["host_syncs"], SYNCS_PER_TOKEN);
+        check(
+            "host-to-device copies per token",
+            c["h2d_copies"],
+            stages + 1.0,
+        );
+        if graphs {
+            // Exactly one per stage: fewer would mean that steps fell back to eager launches.
+            let off = (c["graph_launches"] - stages * GRAPH_LAUNCHES_PER_STAGE).abs();
+            check("graph launches per token away from one per stage", off, 0.0);
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    println!(
+        "MoE decode budget kept (graphs {})",
         if graphs { "on" } else { "off" }
     );
 }

@@ -1,9 +1,16 @@
 //! CUDA graphs of decode steps (issue 18) on the strict fake driver: a model decoding several
 //! sequences whose batch changes shape (sequences joining and leaving, the attention's key
 //! split growing with the context) gives bit for bit the logits it gives with graphs off, and
-//! the CPU's within the usual tolerance; the graphs were captured per shape and replayed.
+//! the CPU's within the usual tolerance; the graphs were captured per shape and replayed. The
+//! same for mixtures of experts (Qwen3-MoE, Qwen2-MoE with its shared expert), whose decode
+//! steps route, multiply and sum their experts on the device, on one stage and split 1,1, and
+//! while a layer's experts move to the host and back live (`--n-cpu-moe`).
 
-use llmd::model::{Batch, Pipeline, SeqId};
+use std::collections::HashMap;
+
+use llmd::model::load::ExpertPlacement;
+use llmd::model::resplit::{resplit, Layout, LiveSequence};
+use llmd::model::{Batch, Pipeline, SeqId, StageBackend};
 use llmd_testkit::fake_cuda::{is_child, stats};
 
 use crate::gpu::{require_cuda, run_on_fake_driver};
@@ -39,13 +46,19 @@ fn token(seq: SeqId, pos: usize, n_vocab: u32) -> u32 {
     ((pos as u64 * 7919 + seq * 104_729 + 13) % u64::from(n_vocab)).max(1) as u32
 }
 
-/// Runs [`SCRIPT`] on `p`: the logits of every decode step's rows, in order.
-fn decode_script(p: &mut Pipeline) -> Vec<Vec<f32>> {
+/// The mixture-of-experts script: one sequence decoding, then three.
+const MOE_SCRIPT: &[(&[Change], usize)] = &[
+    (&[Change::Add(1, 12)], 4),
+    (&[Change::Add(2, 5), Change::Add(3, 3)], 5),
+];
+
+/// Runs `script` on `p`: the logits of every decode step's rows, in order.
+fn decode_script(p: &mut Pipeline, script: &[(&[Change], usize)]) -> Vec<Vec<f32>> {
     let n_vocab = p.config().n_vocab;
     let mut next: Vec<(SeqId, usize)> = Vec::new(); // live sequences and their next position
     let mut rows = Vec::new();
     let mut out = Vec::new();
-    for (changes, steps) in SCRIPT {
+    for (changes, steps) in script {
         for change in *changes {
             match *change {
                 Change::Add(seq, prompt) => {
@@ -100,12 +113,12 @@ fn gpu_graphs_replay_the_eager_decode() {
     require_cuda();
     let dir = tempfile::tempdir().expect("temp dir");
     let model = make(dir.path(), "llama", "q4_k_m", &[]).with_context(CONTEXT);
-    let want = decode_script(&mut pipeline(&model, &[cpu("cpu:0")]));
+    let want = decode_script(&mut pipeline(&model, &[cpu("cpu:0")]), SCRIPT);
     let mut eager = pipeline(&model, &[gpu_on("cuda:0", 0)]).with_graphs(false);
-    let eager_rows = decode_script(&mut eager);
+    let eager_rows = decode_script(&mut eager, SCRIPT);
     let launches_before = stats().get("graph_launches").copied().unwrap_or(0);
     let mut graphed = pipeline(&model, &[gpu_on("cuda:0", 0)]).with_graphs(true);
-    let graph_rows = decode_script(&mut graphed);
+    let graph_rows = decode_script(&mut graphed, SCRIPT);
     assert!(
         graph_rows == eager_rows,
         "the replayed steps give the eager steps' logits bit for bit"
@@ -135,4 +148,144 @@ fn gpu_graphs_replay_the_eager_decode() {
         );
     }
     println!("graphs replay the eager decode");
+}
+
+#[test]
+fn gpu_moe_graphs_on_the_fake_driver() {
+    run_on_fake_driver(
+        "gpu_graphs::gpu_moe_graphs_replay_the_eager_decode",
+        &[],
+        "mixture-of-experts graphs replay the eager decode",
+    );
+}
+
+/// Decodes [`MOE_SCRIPT`] with tiny Qwen3-MoE and Qwen2-MoE models on the CPU, and on cuda:0
+/// (one stage, and two stages split 1,1) with graphs off and on.
+#[test]
+#[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
+fn gpu_moe_graphs_replay_the_eager_decode() {
+    require_cuda();
+    let dir = tempfile::tempdir().expect("temp dir");
+    for arch in ["qwen3moe", "qwen2moe"] {
+        let model = make(dir.path(), arch, "q8_0", &[]).with_context(CONTEXT);
+        let want = decode_script(&mut pipeline(&model, &[cpu("cpu:0")]), MOE_SCRIPT);
+        for stages in [1, 2] {
+            let gpus = || (0..stages).map(|_| gpu_on("cuda:0", 0)).collect::<Vec<_>>();
+            let what = format!("{arch} on {stages} stage(s)");
+            let mut eager = pipeline(&model, &gpus()).with_graphs(false);
+            let eager_rows = decode_script(&mut eager, MOE_SCRIPT);
+            let mut graphed = pipeline(&model, &gpus()).with_graphs(true);
+            let graph_rows = decode_script(&mut graphed, MOE_SCRIPT);
+            assert!(
+                graph_rows == eager_rows,
+                "{what}: the replayed steps give the eager steps' logits bit for bit"
+            );
+            let (worst, flipped) = compare(&want, &graph_rows, TOL);
+            assert!(
+                worst <= TOL && flipped.is_empty(),
+                "{what} against the CPU: worst {worst:.2e}, greedy flips at {flipped:?}"
+            );
+            let (on, _) = graphed.graph_counts();
+            println!("{what}: graphs {on:?}");
+            // Shapes {1} and {1,2,3}, per stage: each captured at its second step.
+            assert_eq!(on.refused, 0, "{what}: {on:?}");
+            assert!(on.captures >= 2 * stages as u64, "{what}: {on:?}");
+            assert!(on.replays > on.eager, "{what}: most steps replayed: {on:?}");
+        }
+    }
+    println!("mixture-of-experts graphs replay the eager decode");
+}
+
+#[test]
+fn gpu_moe_graphs_follow_live_expert_moves_on_the_fake_driver() {
+    run_on_fake_driver(
+        "gpu_graphs::gpu_moe_graphs_follow_live_expert_moves",
+        &[],
+        "graphs follow live expert moves",
+    );
+}
+
+/// Decodes a tiny Qwen3-MoE model on cuda:0 while the first layer's experts move to the host
+/// (`--n-cpu-moe 1` live: those steps run eagerly) and back (new device addresses: the graphs
+/// captured before must not be replayed), with graphs on and off: the same logits bit for bit.
+#[test]
+#[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
+fn gpu_moe_graphs_follow_live_expert_moves() {
+    require_cuda();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model = make(dir.path(), "qwen3moe", "q8_0", &[]).with_context(CONTEXT);
+    let n_vocab = model.config.n_vocab as u32;
+    let n_layer = model.config.n_layer;
+    let backends: HashMap<String, StageBackend> = [
+        ("cuda:0".to_string(), gpu_on("cuda:0", 0)),
+        ("cpu:0".to_string(), cpu("cpu:0")),
+    ]
+    .into_iter()
+    .collect();
+    let layout = [Layout {
+        device: "cuda:0".into(),
+        layers: 0..n_layer,
+        head: true,
+    }];
+    let host = ExpertPlacement {
+        backend: backends["cpu:0"].clone(),
+        layers: 0..1,
+    };
+    let prompt = 6;
+    // Decode steps, and where the experts are before each: (step, first layer's on the host).
+    let moves = [(3, true), (6, false)];
+    let run = |graphs: bool| {
+        let mut p = pipeline(&model, &[backends["cuda:0"].clone()]).with_graphs(graphs);
+        p.add_sequence(1, CONTEXT).expect("KV caches");
+        let mut out = Vec::new();
+        let mut batch = Batch::default();
+        for pos in 0..prompt {
+            batch.push(token(1, pos, n_vocab), pos as u32, 1, false);
+        }
+        p.forward(&batch, &mut out).expect("prefill");
+        let mut rows = Vec::new();
+        for step in 0..10 {
+            let pos = prompt + step;
+            if let Some(&(_, to_host)) = moves.iter().find(|(at, _)| *at == step) {
+                let live = [LiveSequence {
+                    id: 1,
+                    len: pos,
+                    capacity: CONTEXT,
+                    retained: false,
+                }];
+                let experts = to_host.then_some(&host);
+                resplit(
+                    &mut p,
+                    &*model.source,
+                    &layout,
+                    experts,
+                    &backends,
+                    &live,
+                    64,
+                    64,
+                )
+                .expect("experts moved live");
+            }
+            batch.clear();
+            batch.push(token(1, pos, n_vocab), pos as u32, 1, true);
+            out.clear();
+            p.forward(&batch, &mut out).expect("decode step");
+            rows.push(out.clone());
+        }
+        (rows, p.graph_counts().0)
+    };
+    let (eager, _) = run(false);
+    let (graphed, counts) = run(true);
+    println!("graphs across live expert moves: {counts:?}");
+    assert!(
+        graphed == eager,
+        "the graphed steps give the eager ones' logits across the moves"
+    );
+    assert!(
+        graphed.iter().flatten().all(|v| v.is_finite()),
+        "finite logits"
+    );
+    // Captured before the move and again after the experts came home; eager while away.
+    assert!(counts.captures >= 2 && counts.replays > 0, "{counts:?}");
+    println!("graphs follow live expert moves");
 }

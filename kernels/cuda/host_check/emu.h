@@ -365,6 +365,7 @@ static inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 1
 #include "../mmq.cu"
 #include "../mmv.cu"
 #include "../mmvq.cu"
+#include "../moe.cu"
 #include "../norm.cu"
 #include "../quantize.cu"
 #include "../rope.cu"

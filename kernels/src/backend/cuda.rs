@@ -14,8 +14,8 @@
 //! `types` (which kernels each weight type uses), `weights` (upload, import, views), `transfer`
 //! (host and peer copies, stage hand-offs, pinned staging), `reused` (device buffers kept between
 //! calls), `norm` (`norm.cu`), `rope` (`rope.cu`), `elementwise` (`elementwise.cu`), `getrows`
-//! (`getrows.cu`), `select` (`select.cu`), `graph` (capturing the stream into a CUDA graph and replaying it), [`matmul`] (`mmv.cu`, `mmvq.cu`, `gemm.cu`, `mmq.cu`), `moe` (the routed
-//! matmul of mixtures of experts, `mmvq.cu`), `fused` (the fused projections), `kv`
+//! (`getrows.cu`), `select` (`select.cu`), `graph` (capturing the stream into a CUDA graph and replaying it), [`matmul`] (`mmv.cu`, `mmvq.cu`, `gemm.cu`, `mmq.cu`), `moe` (mixtures of experts on the
+//! device: routing and weighted sum, `moe.cu`; the routed matmul, `mmvq.cu`), `fused` (the fused projections), `kv`
 //! (`attention.cu`, `kvcache.cu`), `peer` (GPU-to-GPU paths); the tests in `tests` (op by op
 //! against the CPU backend), `type_tests`, `shape_tests`, `fused_tests`, `moe_tests`,
 //! `select_tests` (selection against the host's), `strict_tests` (the strict fake driver's faults) and `graph_tests` (capture and replay), with `gpu_test` their launcher glue.
@@ -389,11 +389,65 @@ impl Backend for CudaBackend {
         experts: &[CudaWeight],
         x: &DeviceBuf<f32>,
         n_tokens: usize,
+        n_used: usize,
         x_per_pair: bool,
-        ids: &[u32],
+        ids: &DeviceBuf<f32>,
         out: &mut DeviceBuf<f32>,
     ) -> Result<(), BackendError> {
-        self.matmul_id_on_device(experts, x, n_tokens, x_per_pair, ids, out)
+        self.matmul_id_on_device(experts, x, n_tokens, n_used, x_per_pair, ids, out)
+    }
+
+    fn matmul_id_pair(
+        &self,
+        gate: &[CudaWeight],
+        up: &[CudaWeight],
+        x: &DeviceBuf<f32>,
+        n_tokens: usize,
+        n_used: usize,
+        ids: &DeviceBuf<f32>,
+        gate_out: &mut DeviceBuf<f32>,
+        up_out: &mut DeviceBuf<f32>,
+    ) -> Result<(), BackendError> {
+        self.matmul_id_pair_on_device(gate, up, x, n_tokens, n_used, ids, gate_out, up_out)
+    }
+
+    fn gated_matmul_id(
+        &self,
+        gate: &mut DeviceBuf<f32>,
+        up: &DeviceBuf<f32>,
+        ff: usize,
+        act: GatedActivation,
+        down: &[CudaWeight],
+        n_tokens: usize,
+        n_used: usize,
+        ids: &DeviceBuf<f32>,
+        out: &mut DeviceBuf<f32>,
+    ) -> Result<(), BackendError> {
+        self.gated_matmul_id_on_device(gate, up, ff, act, down, n_tokens, n_used, ids, out)
+    }
+
+    fn route_experts(
+        &self,
+        routing: &crate::moe::Routing,
+        logits: &mut DeviceBuf<f32>,
+        n_tokens: usize,
+        ids: &mut DeviceBuf<f32>,
+        weights: &mut DeviceBuf<f32>,
+    ) -> Result<(), BackendError> {
+        self.route_on_device(routing, logits, n_tokens, ids, weights)
+    }
+
+    fn moe_combine(
+        &self,
+        down: &DeviceBuf<f32>,
+        weights: &DeviceBuf<f32>,
+        n_tokens: usize,
+        n_used: usize,
+        width: usize,
+        shared: Option<(&DeviceBuf<f32>, &DeviceBuf<f32>)>,
+        x: &mut DeviceBuf<f32>,
+    ) -> Result<(), BackendError> {
+        self.combine_on_device(down, weights, n_tokens, n_used, width, shared, x)
     }
 
     fn embed(

@@ -447,25 +447,100 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// The routed matmul of a mixture of experts (ggml's `mul_mat_id`), where
-    /// [`Backend::routes`] says so: `ids` holds `ids.len() / n_tokens` expert ids per token (its
-    /// pairs, one per expert it uses); for each pair p, row p of `out` (`rows` values of the
-    /// experts) = `x` row r * `experts[ids[p]]^T`, where r is the pair's token (`x_per_pair`
-    /// false: `x` holds `n_tokens` rows; the gate and up of the block) or the pair itself
-    /// (`x_per_pair` true: `x` holds `ids.len()` rows; the down). The experts share type and
-    /// shape.
+    /// [`Backend::routes`] says so: `ids` holds `n_used` expert ids per token (its pairs, one per
+    /// expert it uses, as exact f32 values: [`Backend::route_experts`]'s), read where they lie;
+    /// for each pair p, row p of `out` (`rows` values of the experts) = `x` row r *
+    /// `experts[ids[p]]^T`, where r is the pair's token (`x_per_pair` false: `x` holds
+    /// `n_tokens` rows; the gate and up of the block) or the pair itself (`x_per_pair` true: `x`
+    /// holds `n_tokens * n_used` rows; the down). The experts share type and shape.
+    #[allow(clippy::too_many_arguments)]
     fn matmul_id(
         &self,
         _experts: &[Self::Weight],
         _x: &Self::Activations,
         _n_tokens: usize,
+        _n_used: usize,
         _x_per_pair: bool,
-        _ids: &[u32],
+        _ids: &Self::Activations,
         _out: &mut Self::Activations,
     ) -> Result<(), BackendError> {
         Err(BackendError::Device {
             device: self.device_name().to_string(),
             message: "no routed matmul (mul_mat_id) on this device".into(),
         })
+    }
+
+    /// The gate and up products of a routed block: [`Backend::matmul_id`] of `gate` and of
+    /// `up` over the same `n_tokens` rows of `x` (each token's row read by its `n_used` pairs),
+    /// whose input a backend may convert once and multiply in one launch.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_id_pair(
+        &self,
+        gate: &[Self::Weight],
+        up: &[Self::Weight],
+        x: &Self::Activations,
+        n_tokens: usize,
+        n_used: usize,
+        ids: &Self::Activations,
+        gate_out: &mut Self::Activations,
+        up_out: &mut Self::Activations,
+    ) -> Result<(), BackendError> {
+        moe::matmul_id_pair(self, gate, up, x, n_tokens, n_used, ids, gate_out, up_out)
+    }
+
+    /// The down product of a routed block: [`Backend::gated_activation`] of the pairs' `gate`
+    /// and `up` (`n_tokens * n_used` rows of `ff`; `gate` is left unspecified), then
+    /// [`Backend::matmul_id`] of `down` over each pair's own row, which a backend may run
+    /// without writing the activation in f32.
+    #[allow(clippy::too_many_arguments)]
+    fn gated_matmul_id(
+        &self,
+        gate: &mut Self::Activations,
+        up: &Self::Activations,
+        ff: usize,
+        act: GatedActivation,
+        down: &[Self::Weight],
+        n_tokens: usize,
+        n_used: usize,
+        ids: &Self::Activations,
+        out: &mut Self::Activations,
+    ) -> Result<(), BackendError> {
+        moe::gated_matmul_id(self, gate, up, ff, act, down, n_tokens, n_used, ids, out)
+    }
+
+    /// Routes `n_tokens` tokens as [`crate::moe::Routing::route`] does, where the logits lie:
+    /// `logits` holds `n_expert` router logits per token (turned into probabilities in place);
+    /// `ids` and `weights` receive `n_used` expert ids (as exact f32 values) and weights per
+    /// token, in slot order. Counts beyond [`crate::moe::MAX_DEVICE_USED`] and
+    /// [`crate::moe::MAX_DEVICE_EXPERTS`] are refused.
+    fn route_experts(
+        &self,
+        routing: &crate::moe::Routing,
+        logits: &mut Self::Activations,
+        n_tokens: usize,
+        ids: &mut Self::Activations,
+        weights: &mut Self::Activations,
+    ) -> Result<(), BackendError> {
+        moe::route_experts(self, routing, logits, n_tokens, ids, weights)
+    }
+
+    /// A mixture-of-experts block's output added to the residual stream `x` (`n_tokens` rows of
+    /// `width`): the `n_used` expert outputs of each token (`down`, one row per pair) weighted by
+    /// `weights` and summed in slot order ([`crate::moe::weighted_sum`]), plus, with `shared` =
+    /// (output, gate logit per token), the shared expert's output scaled by
+    /// [`crate::moe::shared_expert_scale`]; then `x += ` that sum.
+    #[allow(clippy::too_many_arguments)]
+    fn moe_combine(
+        &self,
+        down: &Self::Activations,
+        weights: &Self::Activations,
+        n_tokens: usize,
+        n_used: usize,
+        width: usize,
+        shared: Option<(&Self::Activations, &Self::Activations)>,
+        x: &mut Self::Activations,
+    ) -> Result<(), BackendError> {
+        moe::moe_combine(self, down, weights, n_tokens, n_used, width, shared, x)
     }
 
     // The fused steps of a layer (`fused.rs`): each defined as the single ops above, which the
@@ -917,6 +992,7 @@ mod fused;
 mod graph;
 mod kv;
 mod memory;
+mod moe;
 pub use cpu::CpuBackend;
 pub use cuda::{
     check_compute_capability, check_driver, cuda_available, cuda_device_info, cuda_gpu_fault,

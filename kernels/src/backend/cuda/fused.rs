@@ -298,30 +298,50 @@ impl CudaBackend {
         let n = n_tokens * ff;
         check_len(OP, gate.len(), n)?;
         check_len(OP, up.len(), n)?;
+        let mut reused = self.reused();
+        let q8 = self.glu_q8_1(&mut reused.q8, gate, up, n, act)?;
+        self.launch_mmvq(q8, n_tokens, true, &mut [(w, residual)])
+    }
+
+    /// `glu_q8_1`: the gated activation of the first `n` values of `gate` and `up` (a multiple
+    /// of 32: rows of whole blocks) quantized to Q8_1 into the reused buffer `slot`, which it
+    /// returns (the f32 result is not written).
+    pub(super) fn glu_q8_1<'r>(
+        &self,
+        slot: &'r mut Option<DeviceBuf<u8>>,
+        gate: &DeviceBuf<f32>,
+        up: &DeviceBuf<f32>,
+        n: usize,
+        act: GatedActivation,
+    ) -> Result<&'r DeviceBuf<u8>, BackendError> {
+        const OP: &str = "glu_q8_1";
+        check_len(OP, gate.len(), n)?;
+        check_len(OP, up.len(), n)?;
+        if !n.is_multiple_of(32) {
+            return Err(shape(OP, format!("{n} values, need whole blocks of 32")));
+        }
         let gelu = i32::from(act == GatedActivation::Gelu);
         let n_i64 = n as i64;
-        let mut reused = self.reused();
         let q8 = super::grown(
             &self.stream,
             &self.gpu,
-            &mut reused.q8,
+            slot,
             n / 32 * super::matmul::Q8_1_BLOCK_BYTES,
         )
         .map_err(|e| self.err("allocating Q8_1 activations", e))?;
-        let mut launch = self.stream.launch_builder(self.function("glu_q8_1")?);
+        let mut launch = self.stream.launch_builder(self.function(OP)?);
         launch
-            .arg(&*gate)
+            .arg(gate)
             .arg(up)
             .arg(&mut *q8)
             .arg(&n_i64)
             .arg(&gelu);
         // SAFETY: glu_q8_1(const float* gate, const float* up, q8_1* y, i64 n, int gelu) over
         // ceil(n/256) blocks of 256 reads n values of gate and up (lengths checked) and writes
-        // n/32 Q8_1 blocks into q8 (grown to that size); n % 32 == 0 (ff is, decode_q8).
+        // n/32 Q8_1 blocks into q8 (grown to that size); n % 32 == 0 (checked).
         unsafe { launch.launch(cfg((super::blocks_for(n, 256), 1, 1), (256, 1, 1))) }
-            .map_err(|e| self.err("glu_q8_1", e))?;
-        drop(launch);
-        self.launch_mmvq(q8, n_tokens, true, &mut [(w, residual)])
+            .map_err(|e| self.err(OP, e))?;
+        Ok(q8)
     }
 
     /// [`crate::backend::Backend::rope_store`]: one `rope_store_f16` launch for f16 caches of

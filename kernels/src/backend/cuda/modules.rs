@@ -66,6 +66,7 @@ pub(super) const FILES: &[KernelFile] = &[
     kernel_file!("mmq"),
     kernel_file!("mmv"),
     kernel_file!("mmvq"),
+    kernel_file!("moe"),
     kernel_file!("norm"),
     kernel_file!("quantize"),
     kernel_file!("rope"),

@@ -1,9 +1,12 @@
-//! The routed matmul (`mul_mat_vec_id_<type>_q8_1`, [`Backend::matmul_id`]) against each pair
-//! multiplied alone by the plain matmul, for every block-quantized type: on the CPU backend
-//! (2e-2: the CPU quantizes activations to ggml's partner format, the GPU to Q8_1, as in
-//! `type_tests`) and on the GPU itself (1e-6: the same item dot products in the same order).
-//! Gate/up-shaped calls (each token's row read by its `k` pairs) and down-shaped ones (each
-//! pair's own row), through the real `CudaBackend` on the fake driver in CI.
+//! The mixture-of-experts ops of the GPU: the routed matmul (`mul_mat_vec_id_<type>_q8_1`,
+//! [`Backend::matmul_id`], its expert ids read from device memory) against each pair multiplied
+//! alone by the plain matmul, for every block-quantized type: on the CPU backend (2e-2: the CPU
+//! quantizes activations to ggml's partner format, the GPU to Q8_1, as in `type_tests`) and on
+//! the GPU itself (1e-6: the same item dot products in the same order), gate/up-shaped calls
+//! (each token's row read by its `k` pairs) and down-shaped ones (each pair's own row); the
+//! routing (`moe_route_f32`, [`Backend::route_experts`]) against [`Routing::route`] on the host,
+//! and the weighted sum (`moe_combine_f32`, [`Backend::moe_combine`]) against the CPU backend's
+//! host arithmetic, both bit for bit. Through the real `CudaBackend` on the fake driver in CI.
 
 use std::sync::Arc;
 
@@ -13,6 +16,7 @@ use super::types::{MatVec, CUDA_TYPES};
 use super::*;
 use crate::backend::{CpuBackend, DeviceMemory};
 use crate::cpu::ThreadPool;
+use crate::moe::Routing;
 use llmd_testkit::Rng;
 
 /// Experts per weight set.
@@ -25,6 +29,13 @@ const COLS: usize = 512;
 const N_TOKENS: usize = 3;
 /// The pairs' expert ids, `N_TOKENS` rows of 2.
 const IDS: [u32; 6] = [2, 0, 3, 2, 0, 3];
+/// Experts each token uses.
+const N_USED: usize = IDS.len() / N_TOKENS;
+
+/// `ids` as the device holds expert ids: exact f32 values.
+fn id_acts<B: Backend>(b: &B, ids: &[u32]) -> B::Activations {
+    acts(b, &ids.iter().map(|&id| id as f32).collect::<Vec<_>>())
+}
 
 /// Row `p` of the result of pair p, one pair at a time with [`Backend::matmul`].
 fn one_by_one<B: Backend>(
@@ -62,7 +73,8 @@ fn run_routed<B: Backend>(b: &B, routed: bool) -> Vec<(String, f32, Vec<f32>)> {
             let values = if routed {
                 let mut out = b.alloc_activations(IDS.len() * ROWS).expect("alloc");
                 assert!(b.routes(&ws[0], N_TOKENS), "{}: decode batches route", t.ty);
-                b.matmul_id(&ws, &x, N_TOKENS, x_per_pair, &IDS, &mut out)
+                let ids = id_acts(b, &IDS);
+                b.matmul_id(&ws, &x, N_TOKENS, N_USED, x_per_pair, &ids, &mut out)
                     .expect("matmul_id");
                 read(b, &out, IDS.len() * ROWS)
             } else {
@@ -72,6 +84,63 @@ fn run_routed<B: Backend>(b: &B, routed: bool) -> Vec<(String, f32, Vec<f32>)> {
         }
     }
     results
+}
+
+/// The fused routed products of `b` against the single ops they stand for (the trait's
+/// compositions, `crate::backend::moe`), for Q4_K experts: gate and up in one launch
+/// ([`Backend::matmul_id_pair`]) and the activation fused into the down's quantization
+/// ([`Backend::gated_matmul_id`]); the same dot products of the same Q8_1 values, so equal.
+fn check_fused_routed<B: Backend>(b: &B) -> Vec<String> {
+    let mut rng = Rng(0xf05e_d000_0000_0003);
+    let t = super::types::cuda_type(GgmlType::Q4_K).expect("Q4_K");
+    let experts = |rng: &mut Rng, rows: usize, cols: usize| -> Vec<B::Weight> {
+        (0..N_EXPERT)
+            .map(|_| upload_bytes(b, t.ty, rows, cols, &weight_data(t, rows, cols, rng)))
+            .collect()
+    };
+    let (ff, d) = (256, COLS);
+    let (gate, up, down) = (
+        experts(&mut rng, ff, d),
+        experts(&mut rng, ff, d),
+        experts(&mut rng, d, ff),
+    );
+    let x = acts(b, &rng.f32s(N_TOKENS * d, 1.0));
+    let ids = id_acts(b, &IDS);
+    let pairs = IDS.len();
+    let alloc = |len| b.alloc_activations(len).expect("alloc");
+    let (mut g1, mut u1, mut g2, mut u2) = (
+        alloc(pairs * ff),
+        alloc(pairs * ff),
+        alloc(pairs * ff),
+        alloc(pairs * ff),
+    );
+    b.matmul_id_pair(&gate, &up, &x, N_TOKENS, N_USED, &ids, &mut g1, &mut u1)
+        .expect("matmul_id_pair");
+    b.matmul_id(&gate, &x, N_TOKENS, N_USED, false, &ids, &mut g2)
+        .expect("matmul_id gate");
+    b.matmul_id(&up, &x, N_TOKENS, N_USED, false, &ids, &mut u2)
+        .expect("matmul_id up");
+    let mut failures = Vec::new();
+    for (what, one, two) in [("gate", &g1, &g2), ("up", &u1, &u2)] {
+        if read(b, one, pairs * ff) != read(b, two, pairs * ff) {
+            failures.push(format!("matmul_id_pair {what} differs from matmul_id"));
+        }
+    }
+    let (mut o1, mut o2) = (alloc(pairs * d), alloc(pairs * d));
+    let act = GatedActivation::Silu;
+    b.gated_matmul_id(
+        &mut g1, &u1, ff, act, &down, N_TOKENS, N_USED, &ids, &mut o1,
+    )
+    .expect("gated_matmul_id");
+    b.gated_activation(&mut g2, &u2, pairs * ff, act)
+        .expect("activation");
+    b.matmul_id(&down, &g2, N_TOKENS, N_USED, true, &ids, &mut o2)
+        .expect("matmul_id down");
+    let (fused, single) = (read(b, &o1, pairs * d), read(b, &o2, pairs * d));
+    if fused != single || fused.iter().any(|v| !v.is_finite()) {
+        failures.push("gated_matmul_id differs from the activation and matmul_id".into());
+    }
+    failures
 }
 
 /// The comparison below on the fake driver (the kernels under host emulation).
@@ -99,6 +168,7 @@ fn routed_matmul_matches_pair_by_pair_when_a_gpu_is_present() {
         .map(|(name, _, v)| (name, 1e-6, v))
         .collect();
     failures.extend(compare_results("cuda:0 (itself)", &exact, &routed));
+    failures.extend(check_fused_routed(&gpu));
 
     // Prefill-sized batches and float experts are left to the grouped path; a bad id is refused.
     let mut rng = Rng(7);
@@ -126,20 +196,28 @@ fn routed_matmul_matches_pair_by_pair_when_a_gpu_is_present() {
     let x = acts(&gpu, &rng.f32s(2 * COLS, 1.0));
     let mut out = gpu.alloc_activations(2 * ROWS).expect("alloc");
     let refused = gpu
-        .matmul_id(std::slice::from_ref(&f), &x, 2, false, &[0, 0], &mut out)
+        .matmul_id(
+            std::slice::from_ref(&f),
+            &x,
+            2,
+            1,
+            false,
+            &id_acts(&gpu, &[0, 0]),
+            &mut out,
+        )
         .expect_err("f16 experts");
     assert!(
         refused.to_string().contains("no routed kernel"),
         "{refused}"
     );
+    // An id that names no expert (the routing never writes one) gives NaN rows, not a read
+    // outside the table.
     let q = [q];
-    let bad = gpu
-        .matmul_id(&q, &x, 2, false, &[0, 1], &mut out)
-        .expect_err("expert 1 of 1");
-    assert!(
-        bad.to_string().contains("expert id 1 of 1 experts"),
-        "{bad}"
-    );
+    gpu.matmul_id(&q, &x, 2, 1, false, &id_acts(&gpu, &[0, 1]), &mut out)
+        .expect("matmul_id");
+    let values = read(&gpu, &out, 2 * ROWS);
+    assert!(values[..ROWS].iter().all(|v| v.is_finite()), "{values:?}");
+    assert!(values[ROWS..].iter().all(|v| v.is_nan()), "{values:?}");
     assert!(failures.is_empty(), "{failures:#?}");
     println!("cuda:0 routed products checked");
 }
@@ -164,4 +242,159 @@ fn routed_comparison_runs_on_the_cpu_backend() {
     }
     let w = upload_bytes(&cpu, GgmlType::Q8_0, 1, 32, &[0; 34]);
     assert!(!cpu.routes(&w, 1), "the CPU has no routed kernel yet");
+}
+
+/// Router logits of `n` tokens over `e` experts: random, with runs of equal logits (ties the
+/// top-k must break towards the lower expert) and a token whose logits are all equal.
+fn router_logits(rng: &mut Rng, n: usize, e: usize) -> Vec<f32> {
+    let mut logits = rng.f32s(n * e, 4.0);
+    for t in 0..n {
+        let row = &mut logits[t * e..(t + 1) * e];
+        match t % 3 {
+            // Every expert equally likely.
+            0 if t > 0 => row.fill(0.5),
+            // A few experts tied with the best.
+            1 => {
+                let best = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                for _ in 0..3 {
+                    row[rng.below(e)] = best;
+                }
+            }
+            _ => {}
+        }
+    }
+    logits
+}
+
+/// The device routing of random logits against [`Routing::route`] on the host, for expert
+/// counts 8 to 128 and 1 to 8 experts used, normalised or not: the same experts in the same
+/// slots, the same weights and probabilities, bit for bit.
+fn check_routing<B: Backend>(b: &B) -> Vec<String> {
+    let mut rng = Rng(0x70c4_11ed_5eed_0001);
+    let mut failures = Vec::new();
+    for (e, k) in [
+        (8, 1),
+        (8, 2),
+        (16, 4),
+        (60, 4),
+        (64, 8),
+        (128, 8),
+        (128, 1),
+    ] {
+        for normalize in [true, false] {
+            let routing = Routing {
+                n_expert: e,
+                n_used: k,
+                normalize,
+            };
+            let n = 7;
+            let logits = router_logits(&mut rng, n, e);
+            let mut probs = logits.clone();
+            let (mut want_ids, mut want_w) = (vec![0u32; n * k], vec![0.0f32; n * k]);
+            routing
+                .route(&mut probs, n, &mut want_ids, &mut want_w)
+                .expect("host routing");
+            let mut dev_logits = acts(b, &logits);
+            let mut ids = b.alloc_activations(n * k).expect("alloc");
+            let mut weights = b.alloc_activations(n * k).expect("alloc");
+            b.route_experts(&routing, &mut dev_logits, n, &mut ids, &mut weights)
+                .expect("route_experts");
+            let got_ids: Vec<u32> = read(b, &ids, n * k).iter().map(|&v| v as u32).collect();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let what = format!("{e} experts, {k} used, normalize {normalize}");
+            if got_ids != want_ids {
+                failures.push(format!("{what}: ids {got_ids:?}, host {want_ids:?}"));
+            }
+            if bits(&read(b, &weights, n * k)) != bits(&want_w) {
+                failures.push(format!("{what}: weights differ from the host's"));
+            }
+            if bits(&read(b, &dev_logits, n * e)) != bits(&probs) {
+                failures.push(format!("{what}: probabilities differ from the host's"));
+            }
+        }
+    }
+    failures
+}
+
+/// The weighted sum into a residual of `N` tokens, with and without a shared expert, as `b`
+/// computes it.
+fn run_combine<B: Backend>(b: &B) -> Vec<Vec<f32>> {
+    let mut rng = Rng(0xc0b1_7e00_0000_0002);
+    let (n, k, d) = (3, 4, 40);
+    let down = acts(b, &rng.f32s(n * k * d, 2.0));
+    let weights = acts(b, &rng.f32s(n * k, 1.0));
+    let mlp = acts(b, &rng.f32s(n * d, 2.0));
+    let gate = acts(b, &rng.f32s(n, 3.0));
+    let residual = rng.f32s(n * d, 1.0);
+    let mut results = Vec::new();
+    for shared in [None, Some((&mlp, &gate))] {
+        let mut x = acts(b, &residual);
+        b.moe_combine(&down, &weights, n, k, d, shared, &mut x)
+            .expect("moe_combine");
+        results.push(read(b, &x, n * d));
+    }
+    results
+}
+
+/// The comparisons below on the fake driver.
+#[test]
+fn routing_and_combine_match_the_host_on_the_fake_driver() {
+    crate::backend::cuda::gpu_test::run_on_fake_driver(
+        "backend::cuda::moe_tests::routing_and_combine_match_the_host_when_a_gpu_is_present",
+        &[],
+        "cuda:0 routing and combine checked",
+    );
+}
+
+#[test]
+#[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
+fn routing_and_combine_match_the_host_when_a_gpu_is_present() {
+    crate::backend::cuda::gpu_test::require_cuda();
+    let pool = Arc::new(ThreadPool::new(2).expect("thread pool"));
+    let cpu = CpuBackend::new("cpu:0", DeviceMemory::new(1 << 30), pool);
+    let gpu = CudaBackend::new("cuda:0", 0, 1 << 30).expect("cuda:0");
+    // The exponentials are the platform's: the emulation's are the host's, a GPU's may differ
+    // in the last bit, so bit equality is promised on the fake driver only.
+    let exact = llmd_testkit::fake_cuda::on_fake_driver();
+    let failures = check_routing(&gpu);
+    assert!(!exact || failures.is_empty(), "{failures:#?}");
+    let (want, got) = (run_combine(&cpu), run_combine(&gpu));
+    for (w, g) in want.iter().zip(&got) {
+        for (a, b) in w.iter().zip(g) {
+            let close = (a - b).abs() <= 1e-6 * a.abs().max(1.0);
+            assert!(
+                if exact {
+                    a.to_bits() == b.to_bits()
+                } else {
+                    close
+                },
+                "{a} vs {b}"
+            );
+        }
+    }
+    let too_many = Routing {
+        n_expert: 64,
+        n_used: crate::moe::MAX_DEVICE_USED + 1,
+        normalize: true,
+    };
+    let mut l = gpu.alloc_activations(64).expect("alloc");
+    let mut i = gpu.alloc_activations(64).expect("alloc");
+    let mut w = gpu.alloc_activations(64).expect("alloc");
+    let refused = gpu
+        .route_experts(&too_many, &mut l, 1, &mut i, &mut w)
+        .expect_err("33 experts used");
+    assert!(refused.to_string().contains("at most 32 used"), "{refused}");
+    println!("cuda:0 routing and combine checked");
+}
+
+/// The host fallbacks of the CPU backend: its routing is [`Routing::route`]'s, its sums finite.
+#[test]
+fn cpu_routing_and_combine_are_the_host_arithmetic() {
+    let pool = Arc::new(ThreadPool::new(2).expect("thread pool"));
+    let cpu = CpuBackend::new("cpu:0", DeviceMemory::new(1 << 30), pool);
+    let failures = check_routing(&cpu);
+    assert!(failures.is_empty(), "{failures:#?}");
+    let sums = run_combine(&cpu);
+    assert_ne!(sums[0], sums[1], "the shared expert adds something");
+    assert!(sums.iter().flatten().all(|v| v.is_finite()));
 }

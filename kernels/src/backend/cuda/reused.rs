@@ -1,5 +1,5 @@
 //! The small device buffers a backend keeps between calls ([`Reused`]: positions, Q8_1
-//! activations, attention partials, rotated keys and values), grown on demand and never shrunk.
+//! activations, attention partials, rotated keys and values, expert tables), grown on demand and never shrunk.
 
 use std::sync::{Arc, PoisonError};
 
@@ -26,12 +26,11 @@ pub(super) struct Reused {
     pub(super) partials: Option<DeviceBuf<f32>>,
     /// Keys, values or queries rotated for a quantized KV cache (grown, never shrunk).
     pub(super) rotated: Option<DeviceBuf<f32>>,
-    /// The routed matmul's table: the experts' weight addresses, then the pairs' expert ids
-    /// (grown, never shrunk).
-    pub(super) routed: Option<DeviceBuf<u64>>,
     /// The first pass's candidates of a selection whose rows span several chunks (grown, never
     /// shrunk).
     pub(super) select: Option<DeviceBuf<f32>>,
+    /// The routed matmul's tables of expert addresses, one per set of experts, uploaded once.
+    pub(super) expert_tables: super::moe::ExpertTables,
 }
 
 /// A buffer of at least `len` values in `slot`, allocating a larger one (zeroed) when it is
