@@ -232,12 +232,13 @@ impl CudaBackend {
         let width = to_i32(OP, "width", w)?;
         let mut reused = self.reused();
         let Reused {
-            positions: on_device,
-            positions_dev,
+            positions: staged,
             rotated,
             ..
         } = &mut *reused;
-        let pos = self.device_positions(on_device, positions_dev, positions)?;
+        // A sequence's rows of a step read their positions where the step staged them.
+        let (pos, at) = self.device_positions_at(staged, first_row, positions)?;
+        let pos = pos.slice(at..at + positions.len());
         let types = kv.shape.types;
         let rot = kv.shape.rotation();
         let values = positions.len() * w;
@@ -256,7 +257,7 @@ impl CudaBackend {
                 rows = buf.slice(0..values);
             }
             let mut launch = self.stream.launch_builder(self.function(name)?);
-            launch.arg(&rows).arg(cache).arg(pos).arg(&width);
+            launch.arg(&rows).arg(cache).arg(&pos).arg(&width);
             // SAFETY: kv_store_<type>(const float* src, <type>* cache, const u32* positions, int
             // width) over (ceil(width/256), n_tokens) blocks of 256 reads n_tokens*width values
             // of `rows` (a view of exactly that length) and writes one row of width values of
@@ -352,13 +353,13 @@ impl CudaBackend {
         };
         let mut reused = self.reused();
         let Reused {
-            positions: on_device,
-            positions_dev,
+            positions: staged,
             partials,
             rotated,
             ..
         } = &mut *reused;
-        let pos = self.device_positions(on_device, positions_dev, positions)?;
+        let (pos, at) = self.device_positions_at(staged, row0, positions)?;
+        let pos = pos.slice(at..at + n);
         let rot = first.shape.rotation();
         let mut q_rows = q.slice(row0 * qw..end);
         if let Some(chunk) = rot.k {
@@ -375,7 +376,7 @@ impl CudaBackend {
             self.attend_decode(
                 &q_rows,
                 &mut out_rows,
-                pos,
+                &pos,
                 &ordered,
                 n,
                 max_context,
