@@ -1,9 +1,13 @@
 //! CUDA graphs of decode steps (issue 18) on the strict fake driver: a model decoding several
 //! sequences whose batch changes shape (sequences joining and leaving, the attention's key
 //! split growing with the context) gives bit for bit the logits it gives with graphs off, and
-//! the CPU's within the usual tolerance; the graphs were captured per shape and replayed.
+//! the CPU's within the usual tolerance; the graphs were captured per shape and replayed. With
+//! f16 KV caches and with quantized ones (Q8_0, Q4_0), whose store reads each sequence's
+//! positions where the step staged them.
 
+use llmd::model::load::OpenedModel;
 use llmd::model::{Batch, Pipeline, SeqId};
+use llmd_kernels::backend::{KvType, KvTypes};
 use llmd_testkit::fake_cuda::{is_child, stats};
 
 use crate::gpu::{require_cuda, run_on_fake_driver};
@@ -93,46 +97,74 @@ fn gpu_graphs_on_the_fake_driver() {
     );
 }
 
-/// Decodes [`SCRIPT`] on the CPU, on cuda:0 with graphs off and on cuda:0 with graphs on.
+/// KV cache types the script runs with: f16, and the quantized pairs whose store reads each
+/// sequence's positions from the staged device buffer (captured since issue 18's second part).
+const KV: [KvTypes; 3] = [
+    KvTypes::F16,
+    KvTypes {
+        k: KvType::Q8_0,
+        v: KvType::Q8_0,
+    },
+    KvTypes {
+        k: KvType::Q4_0,
+        v: KvType::Q4_0,
+    },
+];
+
+/// Decodes [`SCRIPT`] on the CPU, on cuda:0 with graphs off and on cuda:0 with graphs on, with
+/// KV caches of each of [`KV`].
 #[test]
 #[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
 fn gpu_graphs_replay_the_eager_decode() {
     require_cuda();
     let dir = tempfile::tempdir().expect("temp dir");
     let model = make(dir.path(), "llama", "q4_k_m", &[]).with_context(CONTEXT);
-    let want = decode_script(&mut pipeline(&model, &[cpu("cpu:0")]));
-    let mut eager = pipeline(&model, &[gpu_on("cuda:0", 0)]).with_graphs(false);
+    for kv in KV {
+        replay_the_eager_decode(&model, kv);
+    }
+    println!("graphs replay the eager decode");
+}
+
+/// [`gpu_graphs_replay_the_eager_decode`] with KV caches of `kv`.
+fn replay_the_eager_decode(model: &OpenedModel, kv: KvTypes) {
+    let want = decode_script(&mut pipeline(model, &[cpu("cpu:0")]).with_kv_types(kv));
+    let mut eager = pipeline(model, &[gpu_on("cuda:0", 0)])
+        .with_graphs(false)
+        .with_kv_types(kv);
     let eager_rows = decode_script(&mut eager);
     let launches_before = stats().get("graph_launches").copied().unwrap_or(0);
-    let mut graphed = pipeline(&model, &[gpu_on("cuda:0", 0)]).with_graphs(true);
+    let mut graphed = pipeline(model, &[gpu_on("cuda:0", 0)])
+        .with_graphs(true)
+        .with_kv_types(kv);
     let graph_rows = decode_script(&mut graphed);
     assert!(
         graph_rows == eager_rows,
-        "the replayed steps give the eager steps' logits bit for bit"
+        "KV {kv}: the replayed steps give the eager steps' logits bit for bit"
     );
     let (worst, flipped) = compare(&want, &graph_rows, TOL);
     assert!(
         worst <= TOL && flipped.is_empty(),
-        "against the CPU: worst {worst:.2e}, greedy flips at {flipped:?}"
+        "KV {kv}: against the CPU: worst {worst:.2e}, greedy flips at {flipped:?}"
     );
     let (off, _) = eager.graph_counts();
     assert_eq!((off.captures, off.replays), (0, 0), "graphs off: {off:?}");
     let (on, held) = graphed.graph_counts();
-    println!("graphs: {on:?}, {held} held after the script");
+    println!("KV {kv}: graphs {on:?}, {held} held after the script");
     // Shapes: {1,2}, {1,2,3}, {1,3} with one key split, then {1,3} with two; each captured at
     // its second step (the first runs eagerly and grows the kept buffers), replayed after.
-    assert_eq!(on.refused, 0, "{on:?}");
-    assert!(on.captures >= 4, "a graph per shape: {on:?}");
+    assert_eq!(on.refused, 0, "KV {kv}: {on:?}");
+    assert!(on.captures >= 4, "KV {kv}: a graph per shape: {on:?}");
     let steps: u64 = SCRIPT.iter().map(|(_, s)| *s as u64).sum();
-    assert_eq!(on.replays + on.eager, steps, "{on:?}");
-    assert!(on.replays > on.eager, "most steps replayed: {on:?}");
+    assert_eq!(on.replays + on.eager, steps, "KV {kv}: {on:?}");
+    assert!(on.replays > on.eager, "KV {kv}: most steps replayed: {on:?}");
     assert_eq!(held, 0, "the last sequences' removal dropped the graphs");
     if is_child() {
         let launched = stats().get("graph_launches").copied().unwrap_or(0) - launches_before;
         assert_eq!(
             launched as u64, on.replays,
-            "one graph launch per replayed step"
+            "KV {kv}: one graph launch per replayed step"
         );
+        assert_eq!(stats().get("pinned_races").copied().unwrap_or(0), 0);
     }
     println!("graphs replay the eager decode");
 }

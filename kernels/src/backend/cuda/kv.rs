@@ -210,7 +210,9 @@ impl CudaBackend {
     }
 
     /// [`crate::backend::Backend::kv_store`]: `kv_store_<type>` for the keys, then for the
-    /// values.
+    /// values. A sequence's rows of a step (`first_row..`) read their positions where the step
+    /// staged them, so the store of several sequences' quantized caches (one call each) copies
+    /// nothing and can be captured in a step's graph.
     pub(super) fn store_kv(
         &self,
         kv: &mut CudaKv,
