@@ -32,9 +32,14 @@ pub const GRAPHS_ENV: &str = "LLMD_CUDA_GRAPHS";
 /// attention's few key-split changes and a couple of compositions besides.
 pub const MAX_GRAPHS: usize = 8;
 
-/// Most rows of a captured step: decode attention serves up to eight queries in one launch
-/// (more are split into launches per sequence whose shapes depend on the batch).
-pub const MAX_GRAPH_ROWS: usize = 8;
+/// Most rows (sequences) of a captured step: four times the scheduler's `MAX_SEQUENCES` (8),
+/// so that raising it keeps decode on graphs. Up to 8 rows a step runs the matrix-vector
+/// kernels and one decode attention launch; from 9 the int8 tensor-core products (their
+/// activations in a kept buffer, so nothing allocates in a capture) and one attention launch
+/// per sequence, each split as for the batch's longest context, so the launches follow from the
+/// shape alone. The bound keeps a graph's nodes (about two attention launches per sequence and
+/// layer) and the re-captures of a changing batch in proportion.
+pub const MAX_GRAPH_ROWS: usize = 32;
 
 /// Whether graphs are on (`LLMD_CUDA_GRAPHS` is not `0`), read once.
 pub fn graphs_enabled() -> bool {

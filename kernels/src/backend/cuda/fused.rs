@@ -157,9 +157,10 @@ impl CudaBackend {
             return self.mmvq_grouped(q8, n_tokens, false, ws, outs);
         }
         if n_tokens > 0 && prefill_mmq(ws, n_tokens, cols) {
-            if let Some(q8) = self.quantize_mmq(x, n_tokens * cols)? {
+            let mut reused = self.reused();
+            if let Some(q8) = self.quantize_mmq(&mut reused.mmq, x, n_tokens * cols)? {
                 for (w, out) in ws.iter().zip(outs.iter_mut()) {
-                    self.launch_mmq(w, &q8, n_tokens, out)?;
+                    self.launch_mmq(w, q8, n_tokens, out)?;
                 }
                 return Ok(());
             }

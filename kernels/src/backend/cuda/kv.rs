@@ -83,8 +83,10 @@ pub(super) fn decode_splits(sm_count: usize, blocks: usize, max_context: usize) 
     to_fill.min(by_length).clamp(1, MAX_SPLITS)
 }
 
-/// Key splits of the decode attention launch of `n_queries` queries of `p` over at most
-/// `max_context` keys ([`decode_splits`] over its grid of KV head groups x queries).
+/// Key splits of the decode attention launches of a step of `n_queries` queries (one per
+/// sequence) of `p` over at most `max_context` keys ([`decode_splits`] over the grid of KV head
+/// groups x queries of one launch): one launch for all up to [`DECODE_MAX_QUERIES`], else one
+/// per sequence, each split as for `max_context` (see `CudaBackend::attend`).
 pub(super) fn decode_launch_splits(
     sm_count: usize,
     p: &AttentionParams,
@@ -93,7 +95,12 @@ pub(super) fn decode_launch_splits(
 ) -> usize {
     let group = p.n_heads / p.n_kv_heads.max(1);
     let grid_x = p.n_kv_heads * group.div_ceil(DECODE_GROUP);
-    decode_splits(sm_count, grid_x * n_queries, max_context)
+    let per_launch = if n_queries <= DECODE_MAX_QUERIES {
+        n_queries
+    } else {
+        1
+    };
+    decode_splits(sm_count, grid_x * per_launch, max_context)
 }
 
 /// The scalar arguments every attention kernel takes after the positions.
@@ -373,8 +380,8 @@ impl CudaBackend {
             q_rows = buf.slice(0..values);
         }
         let mut out_rows = out.slice_mut(row0 * qw..end);
+        let max_context = positions.iter().map(|&x| x as usize + 1).max().unwrap_or(1);
         if n <= DECODE_MAX_QUERIES && caches.len() <= KV_MAX_SEQS {
-            let max_context = positions.iter().map(|&x| x as usize + 1).max().unwrap_or(1);
             self.attend_decode(
                 &q_rows,
                 &mut out_rows,
@@ -392,14 +399,16 @@ impl CudaBackend {
                 let mut out_seg = out_rows.slice_mut(rows.start * qw..rows.end * qw);
                 let pos_seg = pos.slice(rows.start..rows.end);
                 if rows.len() == 1 {
-                    let context = positions[rows.start] as usize + 1;
+                    // Split as for the batch's longest context, so that every launch's grid
+                    // follows from the batch alone (`decode_launch_splits`): a captured step
+                    // of many sequences replays with the splits it was captured with.
                     self.attend_decode(
                         &q_seg,
                         &mut out_seg,
                         &pos_seg,
                         &[&(*kv, 0..1)],
                         1,
-                        context,
+                        max_context,
                         types,
                         &shapes,
                         partials,

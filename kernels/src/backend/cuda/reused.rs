@@ -1,5 +1,5 @@
-//! The small device buffers a backend keeps between calls ([`Reused`]: positions, Q8_1
-//! activations, attention partials, rotated keys and values), grown on demand and never shrunk.
+//! The small device buffers a backend keeps between calls ([`Reused`]: positions, Q8_1 and
+//! int8 activations, attention partials, rotated keys and values), grown on demand and never shrunk.
 
 use std::sync::{Arc, PoisonError};
 
@@ -21,6 +21,10 @@ pub(super) struct Reused {
     pub(super) positions: StagedPositions,
     /// Q8_1-quantized activations of the matrix-vector path (grown, never shrunk).
     pub(super) q8: Option<DeviceBuf<u8>>,
+    /// 8-bit activations of the int8 tensor-core path (`quantize_mmq`, batches of more than 8
+    /// rows; grown, never shrunk): a decode step of that many sequences then allocates nothing,
+    /// and can be captured in a graph.
+    pub(super) mmq: Option<DeviceBuf<u8>>,
     /// Partial results of split decode attention (grown, never shrunk).
     pub(super) partials: Option<DeviceBuf<f32>>,
     /// Keys, values or queries rotated for a quantized KV cache (grown, never shrunk).
