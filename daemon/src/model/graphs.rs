@@ -1,14 +1,15 @@
 //! CUDA graphs of a stage's decode step (issue 18): the layers of a step in which every sequence
-//! decodes one token are captured once per batch shape and replayed with one launch, instead of
-//! about eleven launches per layer ([`StepGraphs`]).
+//! (up to [`MAX_GRAPH_ROWS`], with f16 or quantized KV caches) decodes one token are captured
+//! once per batch shape and replayed with one launch, instead of about eleven launches per layer
+//! ([`StepGraphs`]).
 //!
 //! A shape ([`StepShape`]) is what a captured step freezes: which sequences' KV caches it reads
 //! and writes, in batch order, and the key split of its attention launches. What changes from
 //! one step to the next (the positions, hence the context lengths) lives in device memory: the
-//! host writes the step's positions into page-locked memory before each launch
-//! ([`Backend::stage_positions`]), and the graph's first node copies them to the device, so a
-//! replay is the whole step in one launch (the host waits on an event before rewriting that
-//! memory, in case the previous launch has not copied it yet). The first step of a shape runs
+//! host stages the step's positions before each launch ([`Backend::stage_positions`]); they are
+//! written into page-locked memory of the graph's own, whose copy to the device is the graph's
+//! first node, so a replay is the whole step in one launch (the host waits on an event before
+//! rewriting that memory, in case the previous launch has not copied it yet). The first step of a shape runs
 //! eagerly, which also grows the buffers the backend keeps between calls to what the shape
 //! needs, so that nothing allocates during the capture at its second step; every later step of
 //! the shape replays the graph. A graph is captured anew when those kept buffers were
