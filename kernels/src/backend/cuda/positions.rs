@@ -47,7 +47,7 @@ struct PinnedPositions {
     read: CudaEvent,
     /// The stream `read` is recorded on, kept alive until the wait for `read` on drop (the
     /// backend's own stream may be destroyed first).
-    _stream: Arc<CudaStream>,
+    stream: Arc<CudaStream>,
 }
 
 // SAFETY: the memory is owned by this value (page-locked host memory, valid from any thread
@@ -65,14 +65,14 @@ impl PinnedPositions {
 impl Drop for PinnedPositions {
     fn drop(&mut self) {
         // A queued copy may still read the memory: it is freed only after that copy ran (an
-        // error here means a failed context, whose work runs no more). `_stream` is still alive.
+        // error here means a failed context, whose work runs no more). `stream` is still alive.
         if !self.read.is_complete() {
             let _ = self.read.synchronize();
         }
-        let bound = self._stream.context().bind_to_thread();
-        // SAFETY: `ptr` was returned by cuMemHostAlloc and is freed once, here; no queued work
-        // reads it any more (waited for above). Errors leave the memory to the process.
-        if bound.is_ok() {
+        // Errors leave the memory to the process.
+        if self.stream.context().bind_to_thread().is_ok() {
+            // SAFETY: `ptr` was returned by cuMemHostAlloc and is freed once, here; no queued
+            // work reads it any more (waited for above).
             let _ = unsafe { cudarc::driver::result::free_host(self.ptr.cast()) };
         }
     }
@@ -150,7 +150,7 @@ impl CudaBackend {
             ptr,
             len,
             read,
-            _stream: Arc::clone(&self.stream),
+            stream: Arc::clone(&self.stream),
         })
     }
 
