@@ -1,11 +1,15 @@
 //! CUDA graphs of a stage's decode step (issue 18): the layers of a step in which every sequence
-//! decodes one token are captured once per batch shape and replayed with one launch, instead of
-//! about eleven launches per layer ([`StepGraphs`]).
+//! (up to [`MAX_GRAPH_ROWS`], with f16 or quantized KV caches) decodes one token are captured
+//! once per batch shape and replayed with one launch, instead of about eleven launches per layer
+//! ([`StepGraphs`]).
 //!
 //! A shape ([`StepShape`]) is what a captured step freezes: which sequences' KV caches it reads
 //! and writes, in batch order, and the key split of its attention launches. What changes from
-//! one step to the next (the positions, hence the context lengths) lives in device memory,
-//! written before each launch ([`Backend::stage_positions`]). The first step of a shape runs
+//! one step to the next (the positions, hence the context lengths) lives in device memory: the
+//! host stages the step's positions before each launch ([`Backend::stage_positions`]); they are
+//! written into page-locked memory of the graph's own, whose copy to the device is the graph's
+//! first node, so a replay is the whole step in one launch (the host waits on an event before
+//! rewriting that memory, in case the previous launch has not copied it yet). The first step of a shape runs
 //! eagerly, which also grows the buffers the backend keeps between calls to what the shape
 //! needs, so that nothing allocates during the capture at its second step; every later step of
 //! the shape replays the graph. A graph is captured anew when those kept buffers were
@@ -29,9 +33,14 @@ pub const GRAPHS_ENV: &str = "LLMD_CUDA_GRAPHS";
 /// attention's few key-split changes and a couple of compositions besides.
 pub const MAX_GRAPHS: usize = 8;
 
-/// Most rows of a captured step: decode attention serves up to eight queries in one launch
-/// (more are split into launches per sequence whose shapes depend on the batch).
-pub const MAX_GRAPH_ROWS: usize = 8;
+/// Most rows (sequences) of a captured step: four times the scheduler's `MAX_SEQUENCES` (8),
+/// so that raising it keeps decode on graphs. Up to 8 rows a step runs the matrix-vector
+/// kernels and one decode attention launch; from 9 the int8 tensor-core products (their
+/// activations in a kept buffer, so nothing allocates in a capture) and one attention launch
+/// per sequence, each split as for the batch's longest context, so the launches follow from the
+/// shape alone. The bound keeps a graph's nodes (about two attention launches per sequence and
+/// layer) and the re-captures of a changing batch in proportion.
+pub const MAX_GRAPH_ROWS: usize = 32;
 
 /// Whether graphs are on (`LLMD_CUDA_GRAPHS` is not `0`), read once.
 pub fn graphs_enabled() -> bool {

@@ -8,9 +8,9 @@
 //!
 //! The budget the issue sets: at most 12 kernel launches per layer, at most 2 host
 //! synchronisations per token (the logits' read-back), no host-to-device copy per layer (each
-//! stage uploads the step's positions once, the first also the embedded tokens), and with
-//! greedy decoding a read-back of a few bytes (the argmax the head's device picks) instead of
-//! the logits row. The test pins
+//! stage copies the step's positions once, from page-locked memory, the first also uploads the
+//! embedded tokens), and with greedy decoding a read-back of a few bytes (the argmax the head's
+//! device picks) instead of the logits row. The test pins
 //! the counts measured when it was written (the constants below), so a change that raises any
 //! of them fails it. It runs twice: with CUDA graphs off (`LLMD_CUDA_GRAPHS=0`: the step's
 //! kernels launched one by one) and on (each stage's layers replayed from a graph: one launch
@@ -116,6 +116,8 @@ fn decode_cost(p: &mut Pipeline, greedy: bool) -> BTreeMap<String, f64> {
         "host_syncs",
         "h2d_copies",
         "h2d_bytes",
+        "h2d_pinned_copies",
+        "pinned_races",
         "d2h_copies",
         "d2h_bytes",
     ]
@@ -198,13 +200,15 @@ fn gpu_decode_stays_within_its_launch_and_sync_budget() {
             "{what}: per decoded token {per_layer:.2} launches per layer + {fixed:.2} (Q4_K_M: \
              {:.2} per layer as gpu-check counts them), {:.2} graph launches replaying \
              {replayed_per_layer:.2} kernels per layer, {:.2} host syncs, {:.2} host-to-device \
-             copies ({:.0} bytes), {:.2} device-to-host copies ({:.0} bytes; greedy with the \
-             argmax picked on the device: {:.0} bytes, {:.2} launches more)",
+             copies ({:.0} bytes, {:.2} from page-locked memory), {:.2} device-to-host copies \
+             ({:.0} bytes; greedy with the argmax picked on the device: {:.0} bytes, {:.2} \
+             launches more)",
             mixed["launches"] / 4.0,
             mixed["graph_launches"],
             mixed["host_syncs"],
             mixed["h2d_copies"],
             mixed["h2d_bytes"],
+            mixed["h2d_pinned_copies"],
             mixed["d2h_copies"],
             mixed["d2h_bytes"],
             greedy["d2h_bytes"],
@@ -279,6 +283,20 @@ fn gpu_decode_stays_within_its_launch_and_sync_budget() {
                 "host-to-device copies per token",
                 c["h2d_copies"],
                 stages + 1.0,
+            );
+            // The positions cross from page-locked memory (a graph's first node, or the first
+            // op of an eager step), never racing a host write.
+            check(
+                what,
+                "copies from page-locked memory per token short of one per stage",
+                stages - c["h2d_pinned_copies"],
+                0.0,
+            );
+            check(
+                what,
+                "pinned copies racing a host write",
+                c["pinned_races"],
+                0.0,
             );
         }
     }
@@ -366,6 +384,12 @@ fn gpu_moe_decode_stays_within_its_sync_budget() {
             c["h2d_copies"],
             stages + 1.0,
         );
+        check(
+            "copies from page-locked memory per token short of one per stage",
+            stages - c["h2d_pinned_copies"],
+            0.0,
+        );
+        check("pinned copies racing a host write", c["pinned_races"], 0.0);
         if graphs {
             // Exactly one per stage: fewer would mean that steps fell back to eager launches.
             let off = (c["graph_launches"] - stages * GRAPH_LAUNCHES_PER_STAGE).abs();

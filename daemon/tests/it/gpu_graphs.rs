@@ -1,16 +1,19 @@
 //! CUDA graphs of decode steps (issue 18) on the strict fake driver: a model decoding several
 //! sequences whose batch changes shape (sequences joining and leaving, the attention's key
 //! split growing with the context) gives bit for bit the logits it gives with graphs off, and
-//! the CPU's within the usual tolerance; the graphs were captured per shape and replayed. The
-//! same for mixtures of experts (Qwen3-MoE, Qwen2-MoE with its shared expert), whose decode
-//! steps route, multiply and sum their experts on the device, on one stage and split 1,1, and
-//! while a layer's experts move to the host and back live (`--n-cpu-moe`).
+//! the CPU's within the usual tolerance; the graphs were captured per shape and replayed. With
+//! f16 KV caches and with quantized ones (Q8_0, Q4_0), whose store reads each sequence's
+//! positions where the step staged them; and with steps of 12 and 20 sequences. The same for
+//! mixtures of experts (Qwen3-MoE, Qwen2-MoE with its shared expert), whose decode steps route,
+//! multiply and sum their experts on the device, on one stage and split 1,1, and while a layer's
+//! experts move to the host and back live (`--n-cpu-moe`).
 
 use std::collections::HashMap;
 
-use llmd::model::load::ExpertPlacement;
+use llmd::model::load::{ExpertPlacement, OpenedModel};
 use llmd::model::resplit::{resplit, Layout, LiveSequence};
 use llmd::model::{Batch, Pipeline, SeqId, StageBackend};
+use llmd_kernels::backend::{KvType, KvTypes};
 use llmd_testkit::fake_cuda::{is_child, stats};
 
 use crate::gpu::{require_cuda, run_on_fake_driver};
@@ -106,48 +109,195 @@ fn gpu_graphs_on_the_fake_driver() {
     );
 }
 
-/// Decodes [`SCRIPT`] on the CPU, on cuda:0 with graphs off and on cuda:0 with graphs on.
+/// KV cache types the script runs with: f16, and the quantized pairs whose store reads each
+/// sequence's positions from the staged device buffer (captured since issue 18's second part).
+const KV: [KvTypes; 3] = [
+    KvTypes::F16,
+    KvTypes {
+        k: KvType::Q8_0,
+        v: KvType::Q8_0,
+    },
+    KvTypes {
+        k: KvType::Q4_0,
+        v: KvType::Q4_0,
+    },
+];
+
+/// Decodes [`SCRIPT`] on the CPU, on cuda:0 with graphs off and on cuda:0 with graphs on, with
+/// KV caches of each of [`KV`].
 #[test]
 #[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
 fn gpu_graphs_replay_the_eager_decode() {
     require_cuda();
     let dir = tempfile::tempdir().expect("temp dir");
     let model = make(dir.path(), "llama", "q4_k_m", &[]).with_context(CONTEXT);
-    let want = decode_script(&mut pipeline(&model, &[cpu("cpu:0")]), SCRIPT);
-    let mut eager = pipeline(&model, &[gpu_on("cuda:0", 0)]).with_graphs(false);
+    for kv in KV {
+        replay_the_eager_decode(&model, kv);
+    }
+    println!("graphs replay the eager decode");
+}
+
+/// [`gpu_graphs_replay_the_eager_decode`] with KV caches of `kv`.
+fn replay_the_eager_decode(model: &OpenedModel, kv: KvTypes) {
+    let want = decode_script(
+        &mut pipeline(model, &[cpu("cpu:0")]).with_kv_types(kv),
+        SCRIPT,
+    );
+    let mut eager = pipeline(model, &[gpu_on("cuda:0", 0)])
+        .with_graphs(false)
+        .with_kv_types(kv);
     let eager_rows = decode_script(&mut eager, SCRIPT);
     let launches_before = stats().get("graph_launches").copied().unwrap_or(0);
-    let mut graphed = pipeline(&model, &[gpu_on("cuda:0", 0)]).with_graphs(true);
+    let mut graphed = pipeline(model, &[gpu_on("cuda:0", 0)])
+        .with_graphs(true)
+        .with_kv_types(kv);
     let graph_rows = decode_script(&mut graphed, SCRIPT);
     assert!(
         graph_rows == eager_rows,
-        "the replayed steps give the eager steps' logits bit for bit"
+        "KV {kv}: the replayed steps give the eager steps' logits bit for bit"
+    );
+    let (worst, flipped) = compare(&want, &graph_rows, TOL);
+    assert!(
+        worst <= TOL && flipped.is_empty(),
+        "KV {kv}: against the CPU: worst {worst:.2e}, greedy flips at {flipped:?}"
+    );
+    let (off, _) = eager.graph_counts();
+    assert_eq!((off.captures, off.replays), (0, 0), "graphs off: {off:?}");
+    let (on, held) = graphed.graph_counts();
+    println!("KV {kv}: graphs {on:?}, {held} held after the script");
+    // Shapes: {1,2}, {1,2,3}, {1,3} with one key split, then {1,3} with two; each captured at
+    // its second step (the first runs eagerly and grows the kept buffers), replayed after.
+    assert_eq!(on.refused, 0, "KV {kv}: {on:?}");
+    assert!(on.captures >= 4, "KV {kv}: a graph per shape: {on:?}");
+    let steps: u64 = SCRIPT.iter().map(|(_, s)| *s as u64).sum();
+    assert_eq!(on.replays + on.eager, steps, "KV {kv}: {on:?}");
+    assert!(
+        on.replays > on.eager,
+        "KV {kv}: most steps replayed: {on:?}"
+    );
+    assert_eq!(held, 0, "the last sequences' removal dropped the graphs");
+    if is_child() {
+        let launched = stats().get("graph_launches").copied().unwrap_or(0) - launches_before;
+        assert_eq!(
+            launched as u64, on.replays,
+            "KV {kv}: one graph launch per replayed step"
+        );
+        assert_eq!(stats().get("pinned_races").copied().unwrap_or(0), 0);
+    }
+}
+
+/// Sequences decoding together in the wide script's two phases: past the 8 rows of one decode
+/// attention launch and of the matrix-vector kernels (attention then launches per sequence, the
+/// products run on the int8 tensor-core kernels).
+const WIDE: [SeqId; 2] = [12, 20];
+/// Decode steps of each wide phase.
+const WIDE_STEPS: usize = 4;
+/// Positions each sequence's KV cache holds in the wide script but the first.
+const WIDE_CONTEXT: usize = 24;
+/// The prompts of the wide script's first two sequences: their decode steps cross position 128,
+/// where decode attention takes a second key split, the first's in the first phase (a new
+/// shape), the second's in the last steps of the second phase (the same shape: every
+/// sequence's launch splits as for the longest context, so the graph stays right).
+const WIDE_LONG_PROMPTS: [usize; 2] = [126, 122];
+
+/// Runs the wide script on `p`: sequences 1..=12 join (the first two with long prompts, the
+/// others with 2 to 4 tokens) and decode together, then 13..=20 join and all 20 decode together; the
+/// logits of every decode row.
+fn decode_wide(p: &mut Pipeline) -> Vec<Vec<f32>> {
+    let n_vocab = p.config().n_vocab;
+    let mut next: Vec<(SeqId, usize)> = Vec::new();
+    let mut rows = Vec::new();
+    let mut out = Vec::new();
+    for count in WIDE {
+        for seq in next.len() as SeqId + 1..=count {
+            let (prompt, context) = match WIDE_LONG_PROMPTS.get(seq as usize - 1) {
+                Some(&long) => (long, CONTEXT),
+                None => (2 + seq as usize % 3, WIDE_CONTEXT),
+            };
+            p.add_sequence(seq, context).expect("KV caches");
+            for start in (0..prompt).step_by(PREFILL_CHUNK) {
+                let mut batch = Batch::default();
+                for pos in start..prompt.min(start + PREFILL_CHUNK) {
+                    batch.push(token(seq, pos, n_vocab as u32), pos as u32, seq, false);
+                }
+                p.forward(&batch, &mut out).expect("prefill");
+            }
+            next.push((seq, prompt));
+        }
+        for _ in 0..WIDE_STEPS {
+            let mut batch = Batch::default();
+            for (seq, pos) in &mut next {
+                batch.push(token(*seq, *pos, n_vocab as u32), *pos as u32, *seq, true);
+                *pos += 1;
+            }
+            out.clear();
+            p.forward(&batch, &mut out).expect("decode step");
+            rows.extend(out.chunks(n_vocab).map(<[f32]>::to_vec));
+        }
+    }
+    for (seq, _) in next {
+        p.remove_sequence(seq);
+    }
+    rows
+}
+
+#[test]
+fn gpu_graphs_of_wide_steps_on_the_fake_driver() {
+    run_on_fake_driver(
+        "gpu_graphs::gpu_graphs_of_wide_steps_replay_the_eager_decode",
+        // Enough multiprocessors that decode attention splits its keys once past 128.
+        &[("LLMD_FAKE_CUDA_SMS", "16")],
+        "wide graphs replay the eager decode",
+    );
+}
+
+/// Decode steps of 12 and 20 sequences (over 8 rows) are captured and replayed: bit for bit the
+/// eager logits (also once one sequence's attention takes a second key split), the CPU's within
+/// tolerance, one capture per shape, nothing refused.
+#[test]
+#[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
+fn gpu_graphs_of_wide_steps_replay_the_eager_decode() {
+    require_cuda();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model = make(dir.path(), "llama", "q4_k_m", &[]).with_context(CONTEXT);
+    let want = decode_wide(&mut pipeline(&model, &[cpu("cpu:0")]));
+    let mut eager = pipeline(&model, &[gpu_on("cuda:0", 0)]).with_graphs(false);
+    let eager_rows = decode_wide(&mut eager);
+    let launches_before = stats().get("graph_launches").copied().unwrap_or(0);
+    let mut graphed = pipeline(&model, &[gpu_on("cuda:0", 0)]).with_graphs(true);
+    let graph_rows = decode_wide(&mut graphed);
+    assert_eq!(
+        graph_rows.len(),
+        WIDE.iter().sum::<SeqId>() as usize * WIDE_STEPS
+    );
+    assert!(
+        graph_rows == eager_rows,
+        "the replayed wide steps give the eager steps' logits bit for bit"
     );
     let (worst, flipped) = compare(&want, &graph_rows, TOL);
     assert!(
         worst <= TOL && flipped.is_empty(),
         "against the CPU: worst {worst:.2e}, greedy flips at {flipped:?}"
     );
-    let (off, _) = eager.graph_counts();
-    assert_eq!((off.captures, off.replays), (0, 0), "graphs off: {off:?}");
     let (on, held) = graphed.graph_counts();
-    println!("graphs: {on:?}, {held} held after the script");
-    // Shapes: {1,2}, {1,2,3}, {1,3} with one key split, then {1,3} with two; each captured at
-    // its second step (the first runs eagerly and grows the kept buffers), replayed after.
+    println!("wide steps: graphs {on:?}, {held} held after the script");
+    // Shapes: 12 sequences with one key split, then with two (the first sequence past 128
+    // keys), then 20 with two; each shape's first step runs eagerly, its second is captured,
+    // the rest replay.
+    let steps = (WIDE.len() * WIDE_STEPS) as u64;
     assert_eq!(on.refused, 0, "{on:?}");
-    assert!(on.captures >= 4, "a graph per shape: {on:?}");
-    let steps: u64 = SCRIPT.iter().map(|(_, s)| *s as u64).sum();
+    assert_eq!(on.captures, 3, "a graph per shape: {on:?}");
+    assert_eq!(on.eager, 3, "{on:?}");
     assert_eq!(on.replays + on.eager, steps, "{on:?}");
-    assert!(on.replays > on.eager, "most steps replayed: {on:?}");
-    assert_eq!(held, 0, "the last sequences' removal dropped the graphs");
     if is_child() {
         let launched = stats().get("graph_launches").copied().unwrap_or(0) - launches_before;
         assert_eq!(
             launched as u64, on.replays,
             "one graph launch per replayed step"
         );
+        assert_eq!(stats().get("pinned_races").copied().unwrap_or(0), 0);
     }
-    println!("graphs replay the eager decode");
+    println!("wide graphs replay the eager decode");
 }
 
 #[test]

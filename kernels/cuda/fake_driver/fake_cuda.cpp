@@ -1163,6 +1163,36 @@ API CUresult cuMemsetD8Async(unsigned long long ptr, unsigned char value, size_t
     return kSuccess;
 }
 
+// FNV-1a of n bytes at p: the fingerprint of a page-locked source when its copy is queued.
+static unsigned long long fingerprint(const void *p, size_t n) {
+    unsigned long long h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) {
+        h = (h ^ ((const unsigned char *)p)[i]) * 1099511628211ull;
+    }
+    return h;
+}
+
+// The work of a copy from page-locked memory queued now (eagerly, or by a graph launch): it reads
+// the source when the stream gets there, as DMA does, and the host must not write the source
+// until then. The source's fingerprint now is compared when the copy runs: a difference is a
+// host write racing the pending copy, counted in `pinned_races` and reported (a real GPU would
+// copy the new bytes without a word).
+static Op pinned_htod_work(unsigned long long dst, const void *src, size_t n) {
+    counters().h2d_pinned_copies++;
+    counters().h2d_pinned_bytes += (long long)n;
+    const unsigned long long queued = fingerprint(src, n);
+    return [dst, src, n, queued] {
+        if (fingerprint(src, n) != queued) {
+            counters().pinned_races++;
+            std::fprintf(stderr,
+                         "fake libcuda: the host rewrote %zu page-locked bytes at %p while their "
+                         "copy to the device was pending\n",
+                         n, src);
+        }
+        std::memcpy((void *)dst, src, n);
+    };
+}
+
 // Host to device: from page-locked memory when the stream gets there, from pageable memory
 // staged now (the caller may reuse its buffer as soon as the call returns).
 static CUresult htod(unsigned long long dst, const void *src, size_t n, Stream *s, bool sync) {
@@ -1203,7 +1233,7 @@ static CUresult htod(unsigned long long dst, const void *src, size_t n, Stream *
                 }
                 counters().h2d_bytes += (long long)n;
                 counters().h2d_copies++;
-                work = [dst, src, n] { std::memcpy((void *)dst, src, n); };
+                work = pinned_htod_work(dst, src, n);
                 return kSuccess;
             });
             return kSuccess;
@@ -1224,7 +1254,7 @@ static CUresult htod(unsigned long long dst, const void *src, size_t n, Stream *
         return kSuccess;
     }
     if (pinned) {
-        enqueue(s, [dst, src, n] { std::memcpy((void *)dst, src, n); });
+        enqueue(s, pinned_htod_work(dst, src, n));
     } else {
         auto staged = std::make_shared<std::vector<unsigned char>>(
             (const unsigned char *)src, (const unsigned char *)src + n);

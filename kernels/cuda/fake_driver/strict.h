@@ -173,7 +173,14 @@ struct Counters {
         // Graph launches (each also one of `launches`), the kernels they replayed, captures
         // begun, captures a refused call invalidated, graphs instantiated (capture.h).
         graph_launches{0}, graph_kernels{0}, captures{0}, captures_invalidated{0},
-        graph_instantiations{0};
+        graph_instantiations{0},
+        // Asynchronous copies to the device from page-locked memory (eager or graph nodes, each
+        // also one of `h2d_copies`) and their bytes: what moves without the driver's staging.
+        h2d_pinned_copies{0}, h2d_pinned_bytes{0},
+        // Copies from page-locked memory whose source the host rewrote between queueing the
+        // copy (or launching its graph) and the copy running: a real GPU would copy the new
+        // bytes, silently.
+        pinned_races{0};
 };
 inline Counters &counters() {
     static auto *c = new Counters;
@@ -199,14 +206,16 @@ inline void write_stats() {
                  "peer_bytes_staged %lld\nrefused_context %lld\nfaults %lld\nallocations %lld\n"
                  "frees %lld\npageable_copies %lld\nh2d_copies %lld\nd2h_copies %lld\n"
                  "routed_launches %lld\ngraph_launches %lld\ngraph_kernels %lld\ncaptures %lld\n"
-                 "captures_invalidated %lld\ngraph_instantiations %lld\n",
+                 "captures_invalidated %lld\ngraph_instantiations %lld\n"
+                 "h2d_pinned_copies %lld\nh2d_pinned_bytes %lld\npinned_races %lld\n",
                  n.launches.load(), n.host_syncs.load(), n.h2d_bytes.load(), n.d2h_bytes.load(),
                  n.peer_direct.load(), n.peer_staged.load(), n.peer_direct_bytes.load(),
                  n.peer_staged_bytes.load(), n.refused_context.load(), n.faults.load(),
                  n.allocations.load(), n.frees.load(), n.pageable_copies.load(),
                  n.h2d_copies.load(), n.d2h_copies.load(), n.routed_launches.load(),
                  n.graph_launches.load(), n.graph_kernels.load(), n.captures.load(),
-                 n.captures_invalidated.load(), n.graph_instantiations.load());
+                 n.captures_invalidated.load(), n.graph_instantiations.load(),
+                 n.h2d_pinned_copies.load(), n.h2d_pinned_bytes.load(), n.pinned_races.load());
     std::fclose(f);
     std::rename(partial.c_str(), c.stats_path.c_str());
 }

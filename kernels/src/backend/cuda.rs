@@ -12,7 +12,8 @@
 //! a GPU: context, stream, modules, functions), `context` (per-GPU context and fault state,
 //! device buffers), `modules` (the embedded CUBIN/PTX images and the driver and GPU checks),
 //! `types` (which kernels each weight type uses), `weights` (upload, import, views), `transfer`
-//! (host and peer copies, stage hand-offs, pinned staging), `reused` (device buffers kept between
+//! (host and peer copies, stage hand-offs, pinned staging), `positions` (the step's positions
+//! through page-locked memory), `reused` (device buffers kept between
 //! calls), `norm` (`norm.cu`), `rope` (`rope.cu`), `elementwise` (`elementwise.cu`), `getrows`
 //! (`getrows.cu`), `select` (`select.cu`), `graph` (capturing the stream into a CUDA graph and replaying it), [`matmul`] (`mmv.cu`, `mmvq.cu`, `gemm.cu`, `mmq.cu`), `moe` (mixtures of experts on the
 //! device: routing and weighted sum, `moe.cu`; the routed matmul, `mmvq.cu`), `fused` (the fused projections), `kv`
@@ -61,6 +62,7 @@ mod moe_tests;
 mod norm;
 mod open;
 mod peer;
+mod positions;
 mod reused;
 mod rope;
 mod select;
@@ -83,6 +85,7 @@ pub use graph::CudaStepGraph;
 pub use kv::CudaKv;
 pub use modules::{check_compute_capability, check_driver, ModuleImage, MIN_DRIVER_RELEASE};
 pub use peer::{cuda_peer_paths, PeerPath};
+pub use positions::GraphPositions;
 pub(super) use transfer::read_device_bytes;
 
 #[cfg(test)]
@@ -599,14 +602,28 @@ impl Backend for CudaBackend {
         &self,
         record: &mut dyn FnMut() -> Result<(), E>,
     ) -> Option<Result<crate::backend::StepGraph, E>> {
-        Some(
-            self.capture(record)
-                .map(|(cuda, ())| crate::backend::StepGraph { cuda }),
-        )
+        // The staged positions' copy is the graph's first node, from page-locked memory of
+        // the graph's own (allocated before the capture, which refuses allocations); the
+        // step's ops then find them staged and copy nothing of their own.
+        let positions = match self.graph_positions(&self.reused().positions) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(E::from(e))),
+        };
+        let captured = self.capture(|| {
+            self.capture_positions(&mut self.reused().positions, positions.as_ref())
+                .map_err(E::from)?;
+            record()
+        });
+        self.end_positions_capture(&mut self.reused().positions);
+        Some(captured.map(|(cuda, ())| crate::backend::StepGraph { cuda, positions }))
     }
 
     fn launch_step(&self, graph: &crate::backend::StepGraph) -> Result<(), BackendError> {
-        self.launch_graph(&graph.cuda)
+        let mut reused = self.reused();
+        let positions = graph.positions.as_ref();
+        self.before_graph_launch(&mut reused.positions, positions)?;
+        self.launch_graph(&graph.cuda)?;
+        self.after_graph_launch(&mut reused.positions, positions)
     }
 
     fn synchronize(&self) -> Result<(), BackendError> {
@@ -620,14 +637,7 @@ impl Backend for CudaBackend {
     }
 
     fn stage_positions(&self, positions: &[u32]) -> Result<(), BackendError> {
-        let mut reused = self.reused();
-        let Reused {
-            positions: on_device,
-            positions_dev,
-            ..
-        } = &mut *reused;
-        self.device_positions(on_device, positions_dev, positions)
-            .map(drop)
+        self.stage_positions_pinned(&mut self.reused().positions, positions)
     }
 
     fn attention_splits(

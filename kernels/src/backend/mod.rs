@@ -778,9 +778,11 @@ pub trait Backend: Send + Sync + 'static {
         0
     }
 
-    /// Writes the positions of the coming step's tokens to the device memory the ops of the
-    /// step read them from (what a captured step reads at each replay); the ops then find them
-    /// there without uploading them again.
+    /// Stages the positions of the coming step's tokens for the device: written by the host
+    /// into page-locked memory, copied to the device buffer the step's ops read by one
+    /// asynchronous copy, which the step's graph holds as its first node (a captured step
+    /// replays with the positions staged before its launch) or the step's first op queues when
+    /// it runs eagerly; the ops then find them there without uploading them again.
     fn stage_positions(&self, _positions: &[u32]) -> Result<(), BackendError> {
         Ok(())
     }
@@ -997,7 +999,7 @@ pub use cpu::CpuBackend;
 pub use cuda::{
     check_compute_capability, check_driver, cuda_available, cuda_device_info, cuda_gpu_fault,
     cuda_peer_paths, normalize_pci_bus_id, CudaBackend, CudaDeviceInfo, CudaKv, CudaStepGraph,
-    CudaWeight, DeviceBuf, ModuleImage, PeerPath, MIN_DRIVER_RELEASE,
+    CudaWeight, DeviceBuf, GraphPositions, ModuleImage, PeerPath, MIN_DRIVER_RELEASE,
 };
 pub use fused::QkvParams;
 pub use graph::StepGraph;

@@ -22,7 +22,7 @@ use super::matmul::{matmul_path, MatmulPath, MMVQ_TOKENS};
 use super::types::{cuda_type, MatVec};
 use super::{
     cfg, check_len, check_rope, grid_yz, shape, to_i32, BackendError, CudaBackend, CudaKv,
-    CudaWeight, DeviceBuf, GatedActivation, Reused, MAX_HEAD_DIM,
+    CudaWeight, DeviceBuf, GatedActivation, MAX_HEAD_DIM,
 };
 use crate::backend::fused;
 use crate::backend::{KvTypes, QkvParams, RopeMode};
@@ -157,9 +157,10 @@ impl CudaBackend {
             return self.mmvq_grouped(q8, n_tokens, false, ws, outs);
         }
         if n_tokens > 0 && prefill_mmq(ws, n_tokens, cols) {
-            if let Some(q8) = self.quantize_mmq(x, n_tokens * cols)? {
+            let mut reused = self.reused();
+            if let Some(q8) = self.quantize_mmq(&mut reused.mmq, x, n_tokens * cols)? {
                 for (w, out) in ws.iter().zip(outs.iter_mut()) {
-                    self.launch_mmq(w, &q8, n_tokens, out)?;
+                    self.launch_mmq(w, q8, n_tokens, out)?;
                 }
                 return Ok(());
             }
@@ -440,12 +441,7 @@ impl CudaBackend {
         let q_scale = p.q_scale.unwrap_or(1.0);
         let null: u64 = 0;
         let mut reused = self.reused();
-        let Reused {
-            positions: on_device,
-            positions_dev,
-            ..
-        } = &mut *reused;
-        let pos = self.device_positions(on_device, positions_dev, positions)?;
+        let pos = self.device_positions(&mut reused.positions, positions)?;
         let mut launch = self.stream.launch_builder(self.function("rope_store_f16")?);
         launch.arg(&mut *q).arg(&mut *k).arg(&*v);
         match biases {

@@ -358,3 +358,144 @@ fn replaying_freed_memory_faults() {
     assert!(cuda_gpu_fault(0).is_some(), "the GPU is marked failed");
     println!("replaying freed memory faults");
 }
+
+#[test]
+fn staged_positions_are_the_graphs_first_copy_on_the_fake_driver() {
+    run_on_fake_driver(
+        "backend::cuda::graph_tests::staged_positions_are_the_graphs_first_copy",
+        &[],
+        "staged positions replayed",
+    );
+}
+
+/// A step that reads positions, captured after `stage_positions`: its graph copies the staged
+/// positions from page-locked memory as its first node, so each replay reads the positions
+/// staged before its launch (equal to the same step run eagerly at those positions); the ops
+/// inside the capture copy nothing of their own; positions other than the staged ones are
+/// refused during the capture; no copy goes through pageable memory and no host write races a
+/// pending copy.
+#[test]
+#[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
+fn staged_positions_are_the_graphs_first_copy() {
+    crate::backend::cuda::gpu_test::require_cuda();
+    use crate::backend::{RopeMode, RopeParams};
+    const TOKENS: usize = 3;
+    const HEADS: usize = 2;
+    const HEAD_DIM: usize = 64;
+    const VALUES: usize = TOKENS * HEADS * HEAD_DIM;
+    let mut rng = Rng(23);
+    let input = rng.f32s(VALUES, 1.0);
+    let params = RopeParams::new(RopeMode::Neox, HEAD_DIM, 10_000.0);
+    let replayed: [[u32; TOKENS]; 3] = [[6, 10, 41], [7, 11, 42], [100, 3, 64]];
+    // What each replay must give: the same rope run eagerly (on a backend of its own).
+    let want: Vec<Vec<f32>> = replayed
+        .iter()
+        .map(|positions| {
+            let e = gpu();
+            let mut x = acts(&e, &input);
+            e.rope(&mut x, TOKENS, HEADS, HEAD_DIM, positions, params, None)
+                .expect("eager rope");
+            read(&e, &x, VALUES)
+        })
+        .collect();
+    let b = gpu();
+    let mut x = acts(&b, &input);
+    let mut step = |positions: [u32; TOKENS]| -> Result<(), BackendError> {
+        b.rope(&mut x, TOKENS, HEADS, HEAD_DIM, &positions, params, None)
+    };
+    // The first step runs eagerly (allocating the buffers); the second is captured.
+    b.stage_positions(&[5, 9, 40]).expect("stage");
+    step([5, 9, 40]).expect("eager step");
+    b.stage_positions(&replayed[0]).expect("stage");
+    let refused = b.capture_step(&mut || step([7, 11, 42]));
+    assert!(
+        matches!(&refused, Some(Err(e)) if e.to_string().contains("not staged before the capture")),
+        "positions other than the staged ones are refused in a capture: {refused:?}"
+    );
+    let graph = b
+        .capture_step(&mut || step(replayed[0]))
+        .expect("a GPU captures")
+        .expect("capture");
+    b.synchronize().expect("sync");
+    let (pinned, pageable) = (stat("h2d_pinned_bytes"), stat("pageable_copies"));
+    for (positions, want) in replayed.iter().zip(&want) {
+        b.stage_positions(positions).expect("stage");
+        b.write_activations(&mut x, &input).expect("input");
+        b.launch_step(&graph).expect("launch");
+        assert_eq!(
+            &read(&b, &x, VALUES),
+            want,
+            "the replay reads the positions staged before its launch"
+        );
+    }
+    // Staged for another row count, the graph is not launched.
+    b.stage_positions(&[1, 2]).expect("stage");
+    assert!(
+        b.launch_step(&graph).is_err(),
+        "a graph of 3 rows with 2 staged"
+    );
+    if on_fake_driver() {
+        b.synchronize().expect("sync");
+        // Three replays copied 3 positions each from page-locked memory; only the inputs'
+        // writes and the results' reads took the pageable path.
+        let others = stat("pageable_copies") - pageable;
+        assert_eq!(
+            stat("h2d_pinned_bytes") - pinned,
+            3 * 3 * 4,
+            "{:?}",
+            stats()
+        );
+        assert_eq!(others, 2 * 3, "{:?}", stats());
+        assert_eq!(stat("pinned_races"), 0, "{:?}", stats());
+    }
+    drop(graph);
+    println!("staged positions replayed");
+}
+
+#[test]
+fn a_host_write_racing_a_pinned_copy_is_caught_on_the_fake_driver() {
+    run_on_fake_driver(
+        "backend::cuda::graph_tests::a_host_write_racing_a_pinned_copy_is_caught",
+        &[],
+        "pinned race caught",
+    );
+}
+
+/// The strict fake driver catches a host write into page-locked memory between queueing a copy
+/// from it and the copy running (what the positions' event prevents): the fake's lazy stream
+/// has not run the copy when the host writes, and the race is counted.
+#[test]
+#[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
+fn a_host_write_racing_a_pinned_copy_is_caught() {
+    crate::backend::cuda::gpu_test::require_cuda();
+    if !on_fake_driver() {
+        println!("SKIPPED: the race counter is the fake driver's");
+        println!("pinned race caught");
+        return;
+    }
+    let b = gpu();
+    let mut staging = b
+        .alloc_host_staging(N)
+        .expect("a GPU stages")
+        .expect("pinned memory");
+    let x = b.alloc_activations(N).expect("alloc");
+    b.synchronize().expect("sync");
+    let races = stat("pinned_races");
+    staging.values().expect("values").fill(1.0);
+    let src: &[f32] = staging.values().expect("values");
+    // SAFETY: `x` holds N values and outlives the copy (synchronised below); `src` is N
+    // page-locked values that live until after the synchronisation.
+    unsafe {
+        cudarc::driver::result::memcpy_htod_async(
+            x.device_address(&b.stream),
+            src,
+            b.stream.cu_stream(),
+        )
+    }
+    .expect("copy");
+    // The racing write: the copy is still queued on the lazy stream.
+    staging.values().expect("values").fill(2.0);
+    b.synchronize().expect("sync");
+    assert_eq!(stat("pinned_races") - races, 1, "{:?}", stats());
+    println!("pinned race caught");
+}

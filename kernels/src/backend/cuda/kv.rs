@@ -83,8 +83,10 @@ pub(super) fn decode_splits(sm_count: usize, blocks: usize, max_context: usize) 
     to_fill.min(by_length).clamp(1, MAX_SPLITS)
 }
 
-/// Key splits of the decode attention launch of `n_queries` queries of `p` over at most
-/// `max_context` keys ([`decode_splits`] over its grid of KV head groups x queries).
+/// Key splits of the decode attention launches of a step of `n_queries` queries (one per
+/// sequence) of `p` over at most `max_context` keys ([`decode_splits`] over the grid of KV head
+/// groups x queries of one launch): one launch for all up to [`DECODE_MAX_QUERIES`], else one
+/// per sequence, each split as for `max_context` (see `CudaBackend::attend`).
 pub(super) fn decode_launch_splits(
     sm_count: usize,
     p: &AttentionParams,
@@ -93,7 +95,12 @@ pub(super) fn decode_launch_splits(
 ) -> usize {
     let group = p.n_heads / p.n_kv_heads.max(1);
     let grid_x = p.n_kv_heads * group.div_ceil(DECODE_GROUP);
-    decode_splits(sm_count, grid_x * n_queries, max_context)
+    let per_launch = if n_queries <= DECODE_MAX_QUERIES {
+        n_queries
+    } else {
+        1
+    };
+    decode_splits(sm_count, grid_x * per_launch, max_context)
 }
 
 /// The scalar arguments every attention kernel takes after the positions.
@@ -210,7 +217,9 @@ impl CudaBackend {
     }
 
     /// [`crate::backend::Backend::kv_store`]: `kv_store_<type>` for the keys, then for the
-    /// values.
+    /// values. A sequence's rows of a step (`first_row..`) read their positions where the step
+    /// staged them, so the store of several sequences' quantized caches (one call each) copies
+    /// nothing and can be captured in a step's graph.
     pub(super) fn store_kv(
         &self,
         kv: &mut CudaKv,
@@ -232,12 +241,13 @@ impl CudaBackend {
         let width = to_i32(OP, "width", w)?;
         let mut reused = self.reused();
         let Reused {
-            positions: on_device,
-            positions_dev,
+            positions: staged,
             rotated,
             ..
         } = &mut *reused;
-        let pos = self.device_positions(on_device, positions_dev, positions)?;
+        // A sequence's rows of a step read their positions where the step staged them.
+        let (pos, at) = self.device_positions_at(staged, first_row, positions)?;
+        let pos = pos.slice(at..at + positions.len());
         let types = kv.shape.types;
         let rot = kv.shape.rotation();
         let values = positions.len() * w;
@@ -256,7 +266,7 @@ impl CudaBackend {
                 rows = buf.slice(0..values);
             }
             let mut launch = self.stream.launch_builder(self.function(name)?);
-            launch.arg(&rows).arg(cache).arg(pos).arg(&width);
+            launch.arg(&rows).arg(cache).arg(&pos).arg(&width);
             // SAFETY: kv_store_<type>(const float* src, <type>* cache, const u32* positions, int
             // width) over (ceil(width/256), n_tokens) blocks of 256 reads n_tokens*width values
             // of `rows` (a view of exactly that length) and writes one row of width values of
@@ -352,13 +362,13 @@ impl CudaBackend {
         };
         let mut reused = self.reused();
         let Reused {
-            positions: on_device,
-            positions_dev,
+            positions: staged,
             partials,
             rotated,
             ..
         } = &mut *reused;
-        let pos = self.device_positions(on_device, positions_dev, positions)?;
+        let (pos, at) = self.device_positions_at(staged, row0, positions)?;
+        let pos = pos.slice(at..at + n);
         let rot = first.shape.rotation();
         let mut q_rows = q.slice(row0 * qw..end);
         if let Some(chunk) = rot.k {
@@ -370,12 +380,12 @@ impl CudaBackend {
             q_rows = buf.slice(0..values);
         }
         let mut out_rows = out.slice_mut(row0 * qw..end);
+        let max_context = positions.iter().map(|&x| x as usize + 1).max().unwrap_or(1);
         if n <= DECODE_MAX_QUERIES && caches.len() <= KV_MAX_SEQS {
-            let max_context = positions.iter().map(|&x| x as usize + 1).max().unwrap_or(1);
             self.attend_decode(
                 &q_rows,
                 &mut out_rows,
-                pos,
+                &pos,
                 &ordered,
                 n,
                 max_context,
@@ -389,14 +399,16 @@ impl CudaBackend {
                 let mut out_seg = out_rows.slice_mut(rows.start * qw..rows.end * qw);
                 let pos_seg = pos.slice(rows.start..rows.end);
                 if rows.len() == 1 {
-                    let context = positions[rows.start] as usize + 1;
+                    // Split as for the batch's longest context, so that every launch's grid
+                    // follows from the batch alone (`decode_launch_splits`): a captured step
+                    // of many sequences replays with the splits it was captured with.
                     self.attend_decode(
                         &q_seg,
                         &mut out_seg,
                         &pos_seg,
                         &[&(*kv, 0..1)],
                         1,
-                        context,
+                        max_context,
                         types,
                         &shapes,
                         partials,

@@ -325,7 +325,7 @@ impl CudaBackend {
         }
     }
 
-    /// [`MatmulPath::Mmq`]: the activations quantized once by `quantize_mmq` into a scratch
+    /// [`MatmulPath::Mmq`]: the activations quantized once by `quantize_mmq` into the kept
     /// buffer ([`MmqLayout`]), then `mul_mat_q_<type>` over the weights as they lie.
     /// `Ok(false)`, having launched nothing, when the scratch does not fit.
     fn matmul_mmq(
@@ -335,20 +335,23 @@ impl CudaBackend {
         n_tokens: usize,
         out: &mut DeviceBuf<f32>,
     ) -> Result<bool, BackendError> {
-        let Some(q8) = self.quantize_mmq(x, n_tokens * w.cols)? else {
+        let mut reused = self.reused();
+        let Some(q8) = self.quantize_mmq(&mut reused.mmq, x, n_tokens * w.cols)? else {
             return Ok(false);
         };
-        self.launch_mmq(w, &q8, n_tokens, out)?;
+        self.launch_mmq(w, q8, n_tokens, out)?;
         Ok(true)
     }
 
-    /// `quantize_mmq` of the first `n_values` values of `x` (rows of whole blocks of 32) into a
-    /// fresh scratch buffer laid out as [`MmqLayout`], or `None` when it does not fit.
-    pub(super) fn quantize_mmq(
+    /// `quantize_mmq` of the first `n_values` values of `x` (rows of whole blocks of 32) into
+    /// the kept buffer `slot` (grown when too small; `Reused::mmq`) laid out as [`MmqLayout`],
+    /// or `None` when it does not fit.
+    pub(super) fn quantize_mmq<'r>(
         &self,
+        slot: &'r mut Option<DeviceBuf<u8>>,
         x: &DeviceBuf<f32>,
         n_values: usize,
-    ) -> Result<Option<DeviceBuf<u8>>, BackendError> {
+    ) -> Result<Option<&'r DeviceBuf<u8>>, BackendError> {
         const OP: &str = "quantize_mmq";
         check_len(OP, x.len(), n_values)?;
         if !n_values.is_multiple_of(32) {
@@ -358,12 +361,15 @@ impl CudaBackend {
             ));
         }
         let layout = MmqLayout::new(n_values);
-        let Some(mut q8) = self.scratch::<u8>("8-bit activations", layout.bytes)? else {
-            return Ok(None);
+        let q8 = match grown(&self.stream, &self.gpu, slot, layout.bytes) {
+            Ok(q8) => q8,
+            Err(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => return Ok(None),
+            Err(e) => return Err(self.err("allocating 8-bit activations", e)),
         };
         let n_i64 = n_values as i64;
         {
-            let (mut values, mut rest) = q8.split_at_mut(layout.scales);
+            let mut used = q8.slice_mut(0..layout.bytes);
+            let (mut values, mut rest) = used.split_at_mut(layout.scales);
             let (mut scales, mut sums) = rest.split_at_mut(layout.sums - layout.scales);
             let mut quant = self.stream.launch_builder(self.function("quantize_mmq")?);
             quant
@@ -375,7 +381,7 @@ impl CudaBackend {
             // SAFETY: quantize_mmq(const float* x, i8* q, float* d, float* s, i64 n) over
             // ceil(n/256) blocks of 256 reads n values of x (length checked; n % 32 == 0) and
             // writes n bytes of q, n/32 floats of d and n/16 floats of s: the three disjoint
-            // parts of q8 that MmqLayout sizes exactly (scales and sums 4-byte aligned).
+            // parts of q8's first layout.bytes (grown to at least that) that MmqLayout sizes exactly (scales and sums 4-byte aligned).
             unsafe { quant.launch(cfg((blocks_for(n_values, 256), 1, 1), (256, 1, 1))) }
                 .map_err(|e| self.err("quantize_mmq", e))?;
         }

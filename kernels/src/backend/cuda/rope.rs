@@ -4,7 +4,7 @@ use cudarc::driver::PushKernelArg;
 
 use super::{
     cfg, check_len, check_rope, grid_yz, shape, to_i32, BackendError, CudaBackend, CudaWeight,
-    DeviceBuf, Reused, RopeMode, RopeParams,
+    DeviceBuf, RopeMode, RopeParams,
 };
 use crate::quant::GgmlType;
 
@@ -44,12 +44,7 @@ impl CudaBackend {
         let [corr_low, corr_high] = p.corr_dims();
         let no_factors: u64 = 0;
         let mut reused = self.reused();
-        let Reused {
-            positions: on_device,
-            positions_dev,
-            ..
-        } = &mut *reused;
-        let pos = self.device_positions(on_device, positions_dev, positions)?;
+        let pos = self.device_positions(&mut reused.positions, positions)?;
         let mut launch = self.stream.launch_builder(self.function("rope_f32")?);
         launch.arg(x).arg(pos);
         match freq_factors {
