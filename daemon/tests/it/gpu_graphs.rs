@@ -439,3 +439,69 @@ fn gpu_moe_graphs_follow_live_expert_moves() {
     assert!(counts.captures >= 2 && counts.replays > 0, "{counts:?}");
     println!("graphs follow live expert moves");
 }
+
+#[test]
+fn gpu_moe_experts_on_another_device_on_the_fake_driver() {
+    run_on_fake_driver(
+        "gpu_graphs::gpu_moe_experts_on_another_device_match_the_cpu",
+        &[],
+        "experts on another device match the CPU",
+    );
+}
+
+/// A layer's experts on another device than its attention, the other way round from
+/// `--cpu-moe`: attention on the CPU with the experts on cuda:0, and attention on cuda:0 with
+/// the experts on a second backend of the GPU (standing in for a second GPU). The experts'
+/// device routes, multiplies and weights them itself and their sum crosses back through the
+/// host (`moe::finish_on_host`); the decode steps' logits match the CPU's within tolerance, the
+/// same on both placements' devices.
+#[test]
+#[ignore = "needs CUDA: its launcher runs it on the fake driver; --include-ignored on a GPU"]
+fn gpu_moe_experts_on_another_device_match_the_cpu() {
+    use llmd::model::load::{build_pipeline_with_experts, StageSpec};
+    require_cuda();
+    let dir = tempfile::tempdir().expect("temp dir");
+    for arch in ["qwen3moe", "qwen2moe"] {
+        let model = make(dir.path(), arch, "q8_0", &[]).with_context(CONTEXT);
+        let n_layer = model.config.n_layer;
+        let want = decode_script(&mut pipeline(&model, &[cpu("cpu:0")]), MOE_SCRIPT);
+        let placements = [
+            (
+                "attention on cpu:0, experts on cuda:0",
+                cpu("cpu:0"),
+                gpu_on("cuda:0", 0),
+            ),
+            (
+                "attention on cuda:0, experts on cuda:0b",
+                gpu_on("cuda:0", 0),
+                gpu_on("cuda:0b", 0),
+            ),
+        ];
+        for (what, layers, experts) in placements {
+            let stage = StageSpec {
+                backend: layers,
+                layers: 0..n_layer,
+                head: true,
+            };
+            let experts = ExpertPlacement {
+                backend: experts,
+                layers: 0..n_layer,
+            };
+            let mut p =
+                build_pipeline_with_experts(&model, vec![stage], Some(&experts), 64, 64, |_, _| {})
+                    .expect("pipeline");
+            assert!(
+                p.stages()[0].experts_elsewhere().is_some(),
+                "{arch}, {what}: the experts are held elsewhere"
+            );
+            let got = decode_script(&mut p, MOE_SCRIPT);
+            let (worst, flipped) = compare(&want, &got, TOL);
+            println!("{arch}, {what}: worst {worst:.2e} of the spread");
+            assert!(
+                worst <= TOL && flipped.is_empty(),
+                "{arch}, {what}: against the CPU: worst {worst:.2e}, greedy flips at {flipped:?}"
+            );
+        }
+    }
+    println!("experts on another device match the CPU");
+}
