@@ -55,25 +55,52 @@ const MOE_SCRIPT: &[(&[Change], usize)] = &[
     (&[Change::Add(2, 5), Change::Add(3, 3)], 5),
 ];
 
+/// Adds sequence `seq` with a KV cache of `context` positions and runs its prompt of `prompt`
+/// tokens in chunks (the pipeline takes at most `PREFILL_CHUNK` tokens a step).
+fn add_and_prefill(p: &mut Pipeline, seq: SeqId, prompt: usize, context: usize) {
+    let n_vocab = p.config().n_vocab as u32;
+    p.add_sequence(seq, context).expect("KV caches");
+    let mut out = Vec::new();
+    for start in (0..prompt).step_by(PREFILL_CHUNK) {
+        let mut batch = Batch::default();
+        for pos in start..prompt.min(start + PREFILL_CHUNK) {
+            batch.push(token(seq, pos, n_vocab), pos as u32, seq, false);
+        }
+        p.forward(&batch, &mut out).expect("prefill");
+    }
+}
+
+/// `steps` decode steps of every live sequence of `next` (each with its next position)
+/// together; every row's logits appended to `rows`.
+fn decode_steps(
+    p: &mut Pipeline,
+    next: &mut [(SeqId, usize)],
+    steps: usize,
+    rows: &mut Vec<Vec<f32>>,
+) {
+    let n_vocab = p.config().n_vocab;
+    let mut out = Vec::new();
+    for _ in 0..steps {
+        let mut batch = Batch::default();
+        for (seq, pos) in next.iter_mut() {
+            batch.push(token(*seq, *pos, n_vocab as u32), *pos as u32, *seq, true);
+            *pos += 1;
+        }
+        out.clear();
+        p.forward(&batch, &mut out).expect("decode step");
+        rows.extend(out.chunks(n_vocab).map(<[f32]>::to_vec));
+    }
+}
+
 /// Runs `script` on `p`: the logits of every decode step's rows, in order.
 fn decode_script(p: &mut Pipeline, script: &[(&[Change], usize)]) -> Vec<Vec<f32>> {
-    let n_vocab = p.config().n_vocab;
     let mut next: Vec<(SeqId, usize)> = Vec::new(); // live sequences and their next position
     let mut rows = Vec::new();
-    let mut out = Vec::new();
     for (changes, steps) in script {
         for change in *changes {
             match *change {
                 Change::Add(seq, prompt) => {
-                    p.add_sequence(seq, CONTEXT).expect("KV caches");
-                    // In chunks: the pipeline takes at most `PREFILL_CHUNK` tokens a step.
-                    for start in (0..prompt).step_by(PREFILL_CHUNK) {
-                        let mut batch = Batch::default();
-                        for pos in start..prompt.min(start + PREFILL_CHUNK) {
-                            batch.push(token(seq, pos, n_vocab as u32), pos as u32, seq, false);
-                        }
-                        p.forward(&batch, &mut out).expect("prefill");
-                    }
+                    add_and_prefill(p, seq, prompt, CONTEXT);
                     next.push((seq, prompt));
                 }
                 Change::Remove(seq) => {
@@ -82,16 +109,7 @@ fn decode_script(p: &mut Pipeline, script: &[(&[Change], usize)]) -> Vec<Vec<f32
                 }
             }
         }
-        for _ in 0..*steps {
-            let mut batch = Batch::default();
-            for (seq, pos) in &mut next {
-                batch.push(token(*seq, *pos, n_vocab as u32), *pos as u32, *seq, true);
-                *pos += 1;
-            }
-            out.clear();
-            p.forward(&batch, &mut out).expect("decode step");
-            rows.extend(out.chunks(n_vocab).map(<[f32]>::to_vec));
-        }
+        decode_steps(p, &mut next, *steps, &mut rows);
     }
     for (seq, _) in next {
         p.remove_sequence(seq);
@@ -204,36 +222,18 @@ const WIDE_LONG_PROMPTS: [usize; 2] = [126, 122];
 /// others with 2 to 4 tokens) and decode together, then 13..=20 join and all 20 decode together; the
 /// logits of every decode row.
 fn decode_wide(p: &mut Pipeline) -> Vec<Vec<f32>> {
-    let n_vocab = p.config().n_vocab;
     let mut next: Vec<(SeqId, usize)> = Vec::new();
     let mut rows = Vec::new();
-    let mut out = Vec::new();
     for count in WIDE {
         for seq in next.len() as SeqId + 1..=count {
             let (prompt, context) = match WIDE_LONG_PROMPTS.get(seq as usize - 1) {
                 Some(&long) => (long, CONTEXT),
                 None => (2 + seq as usize % 3, WIDE_CONTEXT),
             };
-            p.add_sequence(seq, context).expect("KV caches");
-            for start in (0..prompt).step_by(PREFILL_CHUNK) {
-                let mut batch = Batch::default();
-                for pos in start..prompt.min(start + PREFILL_CHUNK) {
-                    batch.push(token(seq, pos, n_vocab as u32), pos as u32, seq, false);
-                }
-                p.forward(&batch, &mut out).expect("prefill");
-            }
+            add_and_prefill(p, seq, prompt, context);
             next.push((seq, prompt));
         }
-        for _ in 0..WIDE_STEPS {
-            let mut batch = Batch::default();
-            for (seq, pos) in &mut next {
-                batch.push(token(*seq, *pos, n_vocab as u32), *pos as u32, *seq, true);
-                *pos += 1;
-            }
-            out.clear();
-            p.forward(&batch, &mut out).expect("decode step");
-            rows.extend(out.chunks(n_vocab).map(<[f32]>::to_vec));
-        }
+        decode_steps(p, &mut next, WIDE_STEPS, &mut rows);
     }
     for (seq, _) in next {
         p.remove_sequence(seq);
