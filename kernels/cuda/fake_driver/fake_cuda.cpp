@@ -264,7 +264,8 @@ static const std::unordered_map<std::string, Capture> &kernels() {
 // Every kernel of a type in types.cuh's lists.
 #define K_QUANT(name, type)                                                                        \
     K(get_rows_##name), K(dequantize_##name##_f32), K(mul_mat_vec_##name##_q8_1),                  \
-        K(mul_mat_vec_id_##name##_q8_1), K(mul_mat_q_##name),
+        K(mul_mat_vec_id_##name##_q8_1), K(mul_mat_vec_id_combine_##name##_q8_1),                  \
+        K(mul_mat_q_##name),
 #define K_HALF(name, type) K(get_rows_##name), K(dequantize_##name##_f32),
         LLMD_QUANT_TYPES(K_QUANT) LLMD_HALF_TYPES(K_HALF)
         K(attn_prefill_f16_f16), K(attn_prefill_f16_q8_0), K(attn_prefill_f16_q4_0),
