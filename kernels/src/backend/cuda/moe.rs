@@ -21,9 +21,14 @@ use super::{
 };
 use crate::backend::moe;
 use crate::moe::Routing;
+use crate::quant::GgmlType;
 
 /// Weight rows one block of the routed kernel computes (MMVQ_ROWS in mmvq.cu).
 const ROUTED_ROWS: usize = 4;
+
+/// Warps of a `moe_router_route_f32` block, each computing every fourth logit of its token
+/// (MOE_ROUTER_WARPS in moe.cu).
+const ROUTER_WARPS: u32 = 4;
 
 /// Expert tables a backend keeps at most: one per layer of every model on the stream's device
 /// (a 94-layer model twice over is under 200); beyond, the tables are dropped and rebuilt as
@@ -287,10 +292,11 @@ impl CudaBackend {
     }
 
     /// [`super::Backend::norm_route_pair`]: one `rms_norm_q8_1` (the normalised rows and their
-    /// Q8_1 quantization), the router's product (`mul_mat_vec_<type>_q8_1` on that
-    /// quantization, or `mul_mat_vec_f32`/`f16` on the normalised rows for a float router, as
-    /// llama-quantize leaves it), the routing and one routed launch for gate and up on the same
-    /// quantization: four launches where the single ops take five or six. Elsewhere (a router
+    /// Q8_1 quantization), the router's product and the routing (for an F32 router, as
+    /// llama-quantize leaves it, in one launch: `moe_router_route_f32`; otherwise
+    /// `mul_mat_vec_<type>_q8_1` on that quantization, or `mul_mat_vec_f16`/`bf16` on the
+    /// normalised rows, then `moe_route_f32`) and one routed launch for gate and up on the same
+    /// quantization: three or four launches where the single ops take five or six. Elsewhere (a router
     /// or experts without these kernels, rows not of whole Q8_1 blocks) the single ops.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn norm_route_pair_on_device(
@@ -329,10 +335,14 @@ impl CudaBackend {
         let q8 = self.rms_norm_q8_1(q8, x, w.norm, n_tokens, dim, eps, out.normed)?;
         if router_q8 {
             self.launch_mmvq(q8, n_tokens, false, &mut [(router, &mut *out.logits)])?;
+            self.route_on_device(routing, out.logits, n_tokens, out.ids, out.weights)?;
+        } else if router.ty == GgmlType::F32 {
+            let logits = (&mut *out.logits, &mut *out.ids, &mut *out.weights);
+            self.router_route_on_device(router, out.normed, n_tokens, routing, logits)?;
         } else {
             self.matmul_on_device(router, out.normed, n_tokens, out.logits)?;
+            self.route_on_device(routing, out.logits, n_tokens, out.ids, out.weights)?;
         }
-        self.route_on_device(routing, out.logits, n_tokens, out.ids, out.weights)?;
         let mut sets = [(w.gate, gate_table, out.gate), (w.up, up_table, out.up)];
         self.launch_routed(
             t,
@@ -468,6 +478,74 @@ impl CudaBackend {
         // and it adds into row t of x (n_tokens * rows values, checked).
         unsafe { launch.launch(cfg((grid_x, grid_y, 1), (32, ROUTED_ROWS as u32, 1))) }
             .map_err(|e| self.err(&name, e))?;
+        Ok(())
+    }
+
+    /// An F32 router's product and the routing in one launch (`moe_router_route_f32`: one block
+    /// per token, the same bits as `mul_mat_vec_f32` and `moe_route_f32`): the `n_tokens` rows
+    /// of `x` times `router` into `logits` (then probabilities), the chosen experts' ids and
+    /// weights into `ids` and `weights`.
+    fn router_route_on_device(
+        &self,
+        router: &CudaWeight,
+        x: &DeviceBuf<f32>,
+        n_tokens: usize,
+        routing: &Routing,
+        (logits, ids, weights): (
+            &mut DeviceBuf<f32>,
+            &mut DeviceBuf<f32>,
+            &mut DeviceBuf<f32>,
+        ),
+    ) -> Result<(), BackendError> {
+        const OP: &str = "router_route";
+        routing
+            .check_device()
+            .map_err(|e| shape(OP, e.to_string()))?;
+        let (e, k, cols) = (routing.n_expert, routing.n_used, router.cols);
+        if router.ty != GgmlType::F32 || router.rows != e || !cols.is_multiple_of(2) {
+            return Err(shape(
+                OP,
+                format!(
+                    "router {} ({}, {} x {cols}) for {e} experts: need F32 rows of an even \
+                     width",
+                    router.name, router.ty, router.rows
+                ),
+            ));
+        }
+        check_len(OP, x.len(), n_tokens * cols)?;
+        check_len(OP, logits.len(), n_tokens * e)?;
+        check_len(OP, ids.len(), n_tokens * k)?;
+        check_len(OP, weights.len(), n_tokens * k)?;
+        if n_tokens == 0 {
+            return Ok(());
+        }
+        let blocks = u32::try_from(n_tokens).map_err(|_| shape(OP, "too many tokens".into()))?;
+        let cols_i = to_i32(OP, "cols", cols)?;
+        let e_i = to_i32(OP, "experts", e)?;
+        let k_i = to_i32(OP, "experts used", k)?;
+        let normalize = i32::from(routing.normalize);
+        let name = "moe_router_route_f32";
+        let mut launch = self.stream.launch_builder(self.function(name)?);
+        launch
+            .arg(&router.data)
+            .arg(x)
+            .arg(&cols_i)
+            .arg(logits)
+            .arg(&e_i)
+            .arg(&k_i)
+            .arg(&normalize)
+            .arg(ids)
+            .arg(weights);
+        // SAFETY: moe_router_route_f32(const float* router, const float* x, int cols, float*
+        // logits, int n_expert, int n_used, int normalize, float* ids, float* weights) over
+        // n_tokens blocks of (32, MOE_ROUTER_WARPS = 4): block t reads the router's n_expert rows
+        // of cols f32 values (an F32 weight of n_expert rows, byte size checked at upload; cols
+        // even, so rows are read as aligned pairs) and row t of x (n_tokens * cols values,
+        // checked), writes row t of logits (n_tokens * n_expert, checked) and row t of ids and
+        // weights (n_tokens * n_used each, checked); 1 <= n_used <= min(n_expert, MOE_MAX_USED)
+        // checked by check_device.
+        unsafe { launch.launch(cfg((blocks, 1, 1), (32, ROUTER_WARPS, 1))) }
+            .map_err(|e| self.err(name, e))?;
         Ok(())
     }
 
