@@ -28,24 +28,17 @@
 #define MMVQ_ROWS 4
 #define MMVQ_TOKENS 8
 
+// The products of row `row` of weight w with n (1 to MMVQ_TOKENS) rows of Q8_1 activations from
+// y0, each lane's share added into sum[0..n): the lanes stride over the row's items, each item's
+// dot products summed per token in item order (the caller then reduces each sum over the warp).
 template <typename T>
-static __device__ __forceinline__ void mul_mat_vec_q(const void *__restrict__ w,
-                                                     const block_q8_1 *__restrict__ y,
-                                                     float *__restrict__ out, int rows, int cols,
-                                                     int n_tokens, int token0, int block_row,
-                                                     int accumulate) {
-    const int row = block_row * MMVQ_ROWS + threadIdx.y;
-    if (row >= rows) {
-        return;
-    }
-    // The same for every thread of the block, so the branches below never split a warp.
-    const int n = min(MMVQ_TOKENS, n_tokens - token0);
+static __device__ __forceinline__ void mmvq_row(const void *__restrict__ w,
+                                                const block_q8_1 *__restrict__ y0, int row,
+                                                int cols, int n, float (&sum)[MMVQ_TOKENS]) {
     const int blocks_per_row = cols / T::qk;
     const int y_blocks_per_row = cols / LLMD_QK;
     const typename T::block *wrow = (const typename T::block *)w + (long long)row * blocks_per_row;
-    const block_q8_1 *y0 = y + (long long)token0 * y_blocks_per_row;
     const int n_items = blocks_per_row * T::ni;
-    float sum[MMVQ_TOKENS] = {};
     for (int item = threadIdx.x; item < n_items; item += LLMD_WARP) {
         const int ib = item / T::ni;
         // The item's weights (for the K quants: unpacked, with scales and mins) once for all
@@ -58,6 +51,23 @@ static __device__ __forceinline__ void mul_mat_vec_q(const void *__restrict__ w,
             }
         }
     }
+}
+
+template <typename T>
+static __device__ __forceinline__ void mul_mat_vec_q(const void *__restrict__ w,
+                                                     const block_q8_1 *__restrict__ y,
+                                                     float *__restrict__ out, int rows, int cols,
+                                                     int n_tokens, int token0, int block_row,
+                                                     int accumulate) {
+    const int row = block_row * MMVQ_ROWS + threadIdx.y;
+    if (row >= rows) {
+        return;
+    }
+    // The same for every thread of the block, so the branches below never split a warp.
+    const int n = min(MMVQ_TOKENS, n_tokens - token0);
+    const block_q8_1 *y0 = y + (long long)token0 * (cols / LLMD_QK);
+    float sum[MMVQ_TOKENS] = {};
+    mmvq_row<T>(w, y0, row, cols, n, sum);
 #pragma unroll
     for (int t = 0; t < MMVQ_TOKENS; ++t) {
         if (t < n) {
@@ -159,3 +169,73 @@ mul_mat_vec_id_q(const block_q8_1 *__restrict__ y, int cols,
     }
 
 LLMD_QUANT_TYPES(MMVQ_ID_KERNEL)
+
+// Routed down products summed into the residual stream (a mixture-of-experts block's down and
+// its weighted sum, moe.cu's moe_combine_f32, in one launch): for token t and row r of `rows`,
+//   x[t][r] += (sum over slots j in order of dot(pair t * n_used + j) * weights[t][j])
+//              + shared[t][r] * sigmoid(shared_gate[t])
+// where dot(p) is row r of pair p's expert times the pair's own row p of y, computed as
+// mul_mat_vec_id_<name>_q8_1 computes it (the same mmvq_row), and the sum rounded as
+// moe_combine_f32 rounds it (every product before its sum: the first slot's product, each later
+// slot's added, then the shared expert's, then the residual), so both ways give the same bits.
+//   y:        Q8_1 activations, n_tokens * n_used rows of `cols / 32` blocks (one per pair);
+//   experts, n_expert, ids: as mul_mat_vec_id_<name>_q8_1's (one set); a pair whose id is not
+//             one of the n_expert gives a NaN product;
+//   weights:  n_tokens rows of n_used weights (moe_route_f32's);
+//   shared, shared_gate: the shared expert's output (n_tokens rows of `rows`) and its gate logit
+//             per token (Qwen2-MoE), or both null; the sigmoid as ggml's silu(g) / g;
+//   x:        the residual stream, n_tokens rows of `rows`.
+// Launch: blockDim = (32, MMVQ_ROWS); gridDim = (ceil(rows / 4), n_tokens).
+template <typename T>
+static __device__ __forceinline__ void
+mul_mat_vec_id_combine_q(const block_q8_1 *__restrict__ y, int cols,
+                         const unsigned long long *__restrict__ experts, int n_expert,
+                         const float *__restrict__ ids, const float *__restrict__ weights,
+                         int n_used, int rows, const float *__restrict__ shared,
+                         const float *__restrict__ shared_gate, float *__restrict__ x) {
+    const long long t = blockIdx.y;
+    const int row = blockIdx.x * MMVQ_ROWS + threadIdx.y;
+    if (row >= rows) {
+        return;
+    }
+    float acc = 0.0f;
+    for (int j = 0; j < n_used; ++j) {
+        const long long pair = t * n_used + j;
+        const float id = ids[pair];
+        // The same for the whole block, so the branch never splits a warp.
+        float dot = __int_as_float(0x7fc00000);
+        if (id >= 0.0f && id < (float)n_expert) {
+            const void *w = (const void *)experts[(int)id];
+            float sum[MMVQ_TOKENS] = {};
+            mmvq_row<T>(w, y + pair * (cols / LLMD_QK), row, cols, 1, sum);
+            dot = warp_sum(sum[0]);
+        }
+        const float p = __fmul_rn(dot, weights[pair]);
+        acc = j == 0 ? p : __fadd_rn(acc, p);
+    }
+    if (threadIdx.x != 0) {
+        return;
+    }
+    const long long i = t * rows + row;
+    if (shared != nullptr) {
+        const float g = shared_gate[t];
+        const float scale = g / (1.0f + expf(-g)) / g;
+        acc = __fadd_rn(acc, __fmul_rn(shared[i], scale));
+    }
+    x[i] = __fadd_rn(x[i], acc);
+}
+
+// mul_mat_vec_id_combine_<name>_q8_1 for every type of LLMD_QUANT_TYPES.
+#define MMVQ_ID_COMBINE_KERNEL(name, type)                                                         \
+    extern "C" __global__ void __launch_bounds__(LLMD_WARP *MMVQ_ROWS)                            \
+        mul_mat_vec_id_combine_##name##_q8_1(                                                      \
+            const block_q8_1 *__restrict__ y, int cols,                                            \
+            const unsigned long long *__restrict__ experts, int n_expert,                          \
+            const float *__restrict__ ids, const float *__restrict__ weights, int n_used,          \
+            int rows, const float *__restrict__ shared, const float *__restrict__ shared_gate,     \
+            float *__restrict__ x) {                                                               \
+        mul_mat_vec_id_combine_q<vdot<type>>(y, cols, experts, n_expert, ids, weights, n_used,     \
+                                             rows, shared, shared_gate, x);                        \
+    }
+
+LLMD_QUANT_TYPES(MMVQ_ID_COMBINE_KERNEL)

@@ -1,14 +1,15 @@
 // The routing and the weighted sum of a mixture-of-experts block on the GPU (the routed matmul
 // itself, ggml's mul_mat_id, is mmvq.cu's mul_mat_vec_id_<type>_q8_1), so that a decode step's
 // experts run without the host: the router logits never leave the device, and the block's output
-// goes into the residual stream where it lies.
+// goes into the residual stream where it lies. An F32 router's product (as llama-quantize leaves
+// it) runs with the routing in one launch (moe_router_route_f32).
 //
-// Both kernels compute what the host computes (kernels/src/moe.rs `Routing::route`, the slot-order
+// The kernels compute what the host computes (kernels/src/moe.rs `Routing::route`, the slot-order
 // sum of daemon/src/model/moe.rs and the shared expert's gate of shared_expert.rs) with the same
 // f32 and f64 operations in the same order, products and sums kept apart (__fmul_rn/__fadd_rn:
 // no fused multiply-add), so that the experts chosen and the sums match the host's wherever the
 // exponential matches (the fake driver's emulation: bit for bit).
-#include "common.cuh"
+#include "mmv.cuh"
 
 // Most experts a token may use (k of top-k; models use 1 to 8): the size of the top-k list each
 // token keeps in registers. The host refuses more.
@@ -18,22 +19,13 @@
 // value, 2^-14, as llama.cpp clamps; MIN_WEIGHT_SUM of kernels/src/moe.rs).
 #define MOE_MIN_WEIGHT_SUM (1.0f / 16384.0f)
 
-// moe_route_f32(logits, n_expert, n_used, normalize, ids, weights): routes one token per block.
-//   logits:  n_tokens rows of n_expert router logits, turned into probabilities in place: the
-//            softmax with the row's maximum subtracted, f32 exponentials, their sum in f64 in
-//            expert order (one lane), one f32 reciprocal of it and one product per value;
-//   n_used:  experts per token, 1 <= n_used <= min(n_expert, MOE_MAX_USED) (checked by the host);
-//   normalize: 1: each token's chosen probabilities divided by their f64 sum (slot order),
-//            clamped below at MOE_MIN_WEIGHT_SUM (Mixtral, Qwen3-MoE); 0: used as they are;
-//   ids:     n_tokens rows of n_used expert ids, as exact f32 values, highest probability first,
-//            the lower expert first among equal probabilities (the host's top_k: the first
-//            n_used of a stable descending sort; here n_used rounds of a warp-wide argmax);
-//   weights: n_tokens rows of n_used weights, parallel to ids.
-// Launch: blockDim.x = 32 (one warp), gridDim.x = n_tokens.
-extern "C" __global__ void __launch_bounds__(LLMD_WARP)
-    moe_route_f32(float *__restrict__ logits, int n_expert, int n_used, int normalize,
-                  float *__restrict__ ids, float *__restrict__ weights) {
-    float *p = logits + (long long)blockIdx.x * n_expert;
+// One token's routing by one warp (moe_route_f32's arithmetic): its n_expert logits at p turned
+// into probabilities, its n_used ids and weights written at id_row and w_row by lane 0. The
+// lanes exchange values through p, so they meet at __syncwarp.
+static __device__ __forceinline__ void moe_route_row(float *__restrict__ p, int n_expert,
+                                                     int n_used, int normalize,
+                                                     float *__restrict__ id_row,
+                                                     float *__restrict__ w_row) {
     const int lane = threadIdx.x;
     float m = LLMD_NEG_INF;
     for (int i = lane; i < n_expert; i += LLMD_WARP) {
@@ -43,7 +35,7 @@ extern "C" __global__ void __launch_bounds__(LLMD_WARP)
     for (int i = lane; i < n_expert; i += LLMD_WARP) {
         p[i] = expf(p[i] - m);
     }
-    __syncthreads(); // the block is one warp
+    __syncwarp();
     float inv = 0.0f;
     if (lane == 0) {
         double sum = 0.0;
@@ -56,7 +48,7 @@ extern "C" __global__ void __launch_bounds__(LLMD_WARP)
     for (int i = lane; i < n_expert; i += LLMD_WARP) {
         p[i] = __fmul_rn(p[i], inv);
     }
-    __syncthreads(); // the block is one warp
+    __syncwarp();
     // Top-k: n_used rounds of a warp-wide argmax, each over the experts that come after the
     // last one chosen in the host's order (higher probability first, the lower expert first
     // among equals): the first n_used of a stable descending sort, which is what the host's
@@ -94,8 +86,6 @@ extern "C" __global__ void __launch_bounds__(LLMD_WARP)
     if (lane != 0) {
         return;
     }
-    float *id_row = ids + (long long)blockIdx.x * n_used;
-    float *w_row = weights + (long long)blockIdx.x * n_used;
     const float nan = __int_as_float(0x7fc00000);
     double sum = 0.0;
     for (int j = 0; j < n_used; ++j) {
@@ -107,6 +97,54 @@ extern "C" __global__ void __launch_bounds__(LLMD_WARP)
         id_row[j] = (float)top[j];
         w_row[j] = normalize ? w / div : w;
     }
+}
+
+// moe_route_f32(logits, n_expert, n_used, normalize, ids, weights): routes one token per block.
+//   logits:  n_tokens rows of n_expert router logits, turned into probabilities in place: the
+//            softmax with the row's maximum subtracted, f32 exponentials, their sum in f64 in
+//            expert order (one lane), one f32 reciprocal of it and one product per value;
+//   n_used:  experts per token, 1 <= n_used <= min(n_expert, MOE_MAX_USED) (checked by the host);
+//   normalize: 1: each token's chosen probabilities divided by their f64 sum (slot order),
+//            clamped below at MOE_MIN_WEIGHT_SUM (Mixtral, Qwen3-MoE); 0: used as they are;
+//   ids:     n_tokens rows of n_used expert ids, as exact f32 values, highest probability first,
+//            the lower expert first among equal probabilities (the host's top_k: the first
+//            n_used of a stable descending sort; here n_used rounds of a warp-wide argmax);
+//   weights: n_tokens rows of n_used weights, parallel to ids.
+// Launch: blockDim.x = 32 (one warp), gridDim.x = n_tokens.
+extern "C" __global__ void __launch_bounds__(LLMD_WARP)
+    moe_route_f32(float *__restrict__ logits, int n_expert, int n_used, int normalize,
+                  float *__restrict__ ids, float *__restrict__ weights) {
+    moe_route_row(logits + (long long)blockIdx.x * n_expert, n_expert, n_used, normalize,
+                  ids + (long long)blockIdx.x * n_used, weights + (long long)blockIdx.x * n_used);
+}
+
+// Warps of a moe_router_route_f32 block: each computes every MOE_ROUTER_WARPS-th logit.
+#define MOE_ROUTER_WARPS 4
+
+// moe_router_route_f32(router, x, cols, logits, n_expert, n_used, normalize, ids, weights): an
+// F32 router's product fused with the routing, one block per token: the token's n_expert logits
+// (router: n_expert rows of `cols` f32 weights, cols even; x: n_tokens rows of `cols` values),
+// each as mul_mat_vec_f32 computes it (mmv_row), written into its row of logits; then warp 0
+// routes them as moe_route_f32 does (moe_route_row). The same bits as mul_mat_vec_f32 followed
+// by moe_route_f32.
+// Launch: blockDim = (32, MOE_ROUTER_WARPS), gridDim.x = n_tokens.
+extern "C" __global__ void __launch_bounds__(LLMD_WARP *MOE_ROUTER_WARPS)
+    moe_router_route_f32(const float *__restrict__ router, const float *__restrict__ x, int cols,
+                         float *__restrict__ logits, int n_expert, int n_used, int normalize,
+                         float *__restrict__ ids, float *__restrict__ weights) {
+    const long long t = blockIdx.x;
+    float *p = logits + t * n_expert;
+    for (int e = threadIdx.y; e < n_expert; e += MOE_ROUTER_WARPS) {
+        const float v = mmv_row<mmv_f32>(router, x + t * cols, e, cols);
+        if (threadIdx.x == 0) {
+            p[e] = v;
+        }
+    }
+    __syncthreads();
+    if (threadIdx.y != 0) {
+        return;
+    }
+    moe_route_row(p, n_expert, n_used, normalize, ids + t * n_used, weights + t * n_used);
 }
 
 // moe_combine_f32(down, weights, n_used, width, shared, shared_gate, x, n): the block's output

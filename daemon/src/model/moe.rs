@@ -22,7 +22,9 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use llmd_kernels::backend::{Backend, BackendError, GatedActivation, Lease, WeightView};
+use llmd_kernels::backend::{
+    Backend, BackendError, GatedActivation, Lease, RouteBuffers, RouteWeights, WeightView,
+};
 use llmd_kernels::moe::{weighted_sum, ExpertGroups};
 
 use super::backend::AnyExperts;
@@ -162,6 +164,87 @@ pub enum MoeOutput {
     /// (`n * k` rows), its weight in [`MoeScratch::route_weights`], for
     /// [`Backend::moe_combine`] (or [`finish_on_host`]).
     Device,
+    /// On the device, routed, each pair's gate and up in the scratch but not yet its down
+    /// ([`norm_moe_ffn`]'s device path): [`finish_pairs`] runs the down and adds the weighted
+    /// sum into the residual in one step.
+    Pairs,
+}
+
+/// Runs the block over `n` rows of width `d` of the residual stream `x` on the layer's device,
+/// its norm (`norm`, `eps`) first, writing the normalised rows into `normed` (which the shared
+/// expert reads after) and leaving its output where [`MoeOutput`] says. On the device path the
+/// norm, the router, the routing and gate and up run as one fused step
+/// ([`Backend::norm_route_pair`]: on the GPU, the normalised rows quantized once for all three
+/// products), leaving [`MoeOutput::Pairs`] for [`finish_pairs`]; elsewhere as [`moe_ffn`] of the
+/// normalised rows.
+#[allow(clippy::too_many_arguments)]
+pub fn norm_moe_ffn<B: Backend>(
+    b: &B,
+    w: &ExpertWeights<B::Weight>,
+    moe: &MoeConfig,
+    act: GatedActivation,
+    s: &mut MoeScratch<B>,
+    x: &B::Activations,
+    (norm, eps): (&B::Weight, f32),
+    normed: &mut B::Activations,
+    n: usize,
+    d: usize,
+) -> Result<MoeOutput, BackendError> {
+    if !s.on_device(b, w, moe, n) {
+        b.rms_norm_into(x, norm, n, d, eps, normed)?;
+        return moe_ffn(b, w, moe, act, s, MoeInput::Device(normed), n, d);
+    }
+    let weights = RouteWeights {
+        norm,
+        router: &w.router,
+        gate: &w.gate,
+        up: &w.up,
+    };
+    let bufs = RouteBuffers {
+        normed,
+        logits: &mut s.logits,
+        ids: &mut s.route_ids,
+        weights: &mut s.route_weights,
+        gate: &mut s.gate,
+        up: &mut s.up,
+    };
+    b.norm_route_pair(x, weights, &moe.routing, n, d, eps, bufs)?;
+    Ok(MoeOutput::Pairs)
+}
+
+/// Finishes a [`MoeOutput::Pairs`] block over `n` rows of width `d` into the residual stream
+/// `x`: every pair's activation and down, weighted and summed with the shared expert's scaled
+/// output (`shared`: its output and gate logit per token, where the layer has one) into `x`
+/// ([`Backend::gated_matmul_id_combine`]: on the GPU, one routed launch after the activation,
+/// the pairs' products never written).
+#[allow(clippy::too_many_arguments)]
+pub fn finish_pairs<B: Backend>(
+    b: &B,
+    w: &ExpertWeights<B::Weight>,
+    moe: &MoeConfig,
+    act: GatedActivation,
+    s: &mut MoeScratch<B>,
+    shared: Option<(&B::Activations, &B::Activations)>,
+    x: &mut B::Activations,
+    n: usize,
+    d: usize,
+) -> Result<(), BackendError> {
+    let (k, ff) = (moe.routing.n_used, moe.n_ff_exp);
+    b.gated_matmul_id_combine(
+        &mut s.gate,
+        &s.up,
+        ff,
+        act,
+        &w.down,
+        n,
+        k,
+        &s.route_ids,
+        &s.route_weights,
+        d,
+        shared,
+        &mut s.down,
+        x,
+    )
 }
 
 /// Runs the block over `n` rows of width `d`, leaving its output where [`MoeOutput`] says.

@@ -17,11 +17,14 @@ use super::config::ModelConfig;
 use super::graphs::{GraphCounts, StepGraphs, StepShape, MAX_GRAPH_ROWS};
 use super::head_output::{device_select_enabled, HeadOutput, RowRequest, SELECTED_FLOATS_PER_ROW};
 use super::host_tensors::{OwnedTensor, PartSource};
-use super::moe::{moe_ffn, ExpertLoader, ExpertsElsewhere, MoeInput, MoeOutput, MoeScratch};
+use super::moe::{
+    finish_pairs, norm_moe_ffn, ExpertLoader, ExpertsElsewhere, MoeOutput, MoeScratch,
+};
 use super::parts::{DevicePart, PartWeights, Slot};
 use super::shared_expert::{add_shared_expert, run_shared_mlp, SharedBuffers, SharedScratch};
 use super::weights::{
-    FeedForward, HeadWeights, LayerWeights, WeightError, OUTPUT, OUTPUT_NORM as NORM, TOKEN_EMBD,
+    ExpertWeights, FeedForward, HeadWeights, LayerWeights, WeightError, OUTPUT,
+    OUTPUT_NORM as NORM, TOKEN_EMBD,
 };
 
 /// Activation buffers of one stage, sized once for the largest batch so the forward pass never
@@ -906,14 +909,15 @@ impl<B: Backend> Stage<B> {
                             "layer {il} has experts but the model is not a mixture of experts"
                         )));
                     };
-                    b.rms_norm_into(&s.x, &w.ffn_norm, n, d, c.norm_eps, &mut s.cur)?;
-                    let routed = moe_ffn(
+                    let routed = norm_moe_ffn(
                         &*b,
                         experts,
                         moe,
                         c.activation,
                         ms,
-                        MoeInput::Device(&s.cur),
+                        &s.x,
+                        (&w.ffn_norm, c.norm_eps),
+                        &mut s.cur,
                         n,
                         d,
                     )?;
@@ -921,7 +925,9 @@ impl<B: Backend> Stage<B> {
                         MoeOutput::Host => {
                             s.add_moe_output(&*b, &c, w, il, n, Routed::Scratch)?;
                         }
-                        MoeOutput::Device => s.combine_moe_output(&*b, &c, w, il, n)?,
+                        MoeOutput::Device | MoeOutput::Pairs => {
+                            s.combine_moe_output(&*b, &c, w, experts, il, n, routed)?;
+                        }
                     }
                 }
                 // Experts on another device: the normalised input crosses to it through the
@@ -1145,18 +1151,23 @@ impl<B: Backend> Scratch<B> {
 
 impl<B: Backend> Scratch<B> {
     /// Finishes layer `il`'s mixture-of-experts block over `n` rows whose routed output stayed
-    /// on the device ([`MoeOutput::Device`]): runs its shared expert (Qwen2-MoE), if it has one,
-    /// over the block's normalised input in `cur`, then adds the routed experts' weighted sum
-    /// and the shared expert's scaled output into the residual stream `x` in one device op.
+    /// on the device ([`MoeOutput::Device`], or [`MoeOutput::Pairs`] with the experts' down
+    /// still to run): runs its shared expert (Qwen2-MoE), if it has one, over the block's
+    /// normalised input in `cur`, then adds the routed experts' weighted sum and the shared
+    /// expert's scaled output into the residual stream `x` in one device op (for `Pairs`,
+    /// together with the experts' down: [`finish_pairs`]).
+    #[allow(clippy::too_many_arguments)]
     fn combine_moe_output(
         &mut self,
         b: &B,
         c: &ModelConfig,
         w: &LayerWeights<B::Weight>,
+        experts: &ExpertWeights<B::Weight>,
         il: usize,
         n: usize,
+        routed: MoeOutput,
     ) -> Result<(), ForwardError> {
-        let (Some(moe), Some(ms)) = (c.moe, self.moe.as_ref()) else {
+        let (Some(moe), Some(ms)) = (c.moe, self.moe.as_mut()) else {
             return Err(ForwardError::BadBatch(format!(
                 "layer {il} has experts but the model is not a mixture of experts"
             )));
@@ -1180,15 +1191,30 @@ impl<B: Backend> Scratch<B> {
                 Some((&self.out, scratch.gate_logit()))
             }
         };
-        b.moe_combine(
-            &ms.down,
-            &ms.route_weights,
-            n,
-            k,
-            c.n_embd,
-            shared,
-            &mut self.x,
-        )?;
+        let d = c.n_embd;
+        match routed {
+            MoeOutput::Pairs => {
+                finish_pairs(
+                    b,
+                    experts,
+                    &moe,
+                    c.activation,
+                    ms,
+                    shared,
+                    &mut self.x,
+                    n,
+                    d,
+                )?;
+            }
+            MoeOutput::Device => {
+                b.moe_combine(&ms.down, &ms.route_weights, n, k, d, shared, &mut self.x)?;
+            }
+            MoeOutput::Host => {
+                return Err(ForwardError::BadBatch(format!(
+                    "layer {il}: the experts' output is on the host, not on the device"
+                )));
+            }
+        }
         Ok(())
     }
 }

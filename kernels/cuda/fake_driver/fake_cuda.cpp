@@ -264,7 +264,8 @@ static const std::unordered_map<std::string, Capture> &kernels() {
 // Every kernel of a type in types.cuh's lists.
 #define K_QUANT(name, type)                                                                        \
     K(get_rows_##name), K(dequantize_##name##_f32), K(mul_mat_vec_##name##_q8_1),                  \
-        K(mul_mat_vec_id_##name##_q8_1), K(mul_mat_q_##name),
+        K(mul_mat_vec_id_##name##_q8_1), K(mul_mat_vec_id_combine_##name##_q8_1),                  \
+        K(mul_mat_q_##name),
 #define K_HALF(name, type) K(get_rows_##name), K(dequantize_##name##_f32),
         LLMD_QUANT_TYPES(K_QUANT) LLMD_HALF_TYPES(K_HALF)
         K(attn_prefill_f16_f16), K(attn_prefill_f16_q8_0), K(attn_prefill_f16_q4_0),
@@ -280,7 +281,7 @@ static const std::unordered_map<std::string, Capture> &kernels() {
         K(kv_store_f16), K(kv_store_q8_0), K(kv_store_q4_0), K(kv_rotate_f32),
         K(mul_mat_vec_f16), K(mul_mat_vec_f32), K(mul_mat_vec_bf16),
         K(rms_norm_f32), K(rms_norm_q8_1), K(glu_q8_1), K(rope_store_f16),
-        K(moe_route_f32), K(moe_combine_f32),
+        K(moe_route_f32), K(moe_router_route_f32), K(moe_combine_f32),
         K(quantize_q8_1), K(rope_f32),
         K(quantize_mmq), K(convert_f32_to_f16_rows), K(convert_f32_to_bf16),
         K(gemm_f32_nt), K(gemm_f16_tc), K(gemm_bf16_tc),

@@ -244,6 +244,7 @@ template <typename T> static inline T __shfl_sync(unsigned int, T x, int lane) {
     return shuffle(x, lane);
 }
 static inline void __syncthreads() { emu_block_barrier(); }
+static inline void __syncwarp(unsigned int = 0xffffffffu) { emu_warp_barrier(); }
 using std::max;
 using std::min;
 

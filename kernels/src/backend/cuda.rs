@@ -36,8 +36,8 @@ use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DriverError, LaunchCon
 use super::{
     check_len, check_rope, shape, ActivationsLocation, AttentionParams, Backend, BackendError,
     BytesAt, DeviceActivations, DeviceBytes, DeviceMemory, GatedActivation, HostStaging,
-    HostTensor, KvShape, KvTypes, KvView, Lease, QkvParams, RopeMode, RopeParams, Selection,
-    WeightView,
+    HostTensor, KvShape, KvTypes, KvView, Lease, QkvParams, RopeMode, RopeParams, RouteBuffers,
+    RouteWeights, Selection, WeightView,
 };
 use crate::quant::GgmlType;
 
@@ -429,6 +429,27 @@ impl Backend for CudaBackend {
         self.gated_matmul_id_on_device(gate, up, ff, act, down, n_tokens, n_used, ids, out)
     }
 
+    fn gated_matmul_id_combine(
+        &self,
+        gate: &mut DeviceBuf<f32>,
+        up: &DeviceBuf<f32>,
+        ff: usize,
+        act: GatedActivation,
+        down: &[CudaWeight],
+        n_tokens: usize,
+        n_used: usize,
+        ids: &DeviceBuf<f32>,
+        weights: &DeviceBuf<f32>,
+        width: usize,
+        shared: Option<(&DeviceBuf<f32>, &DeviceBuf<f32>)>,
+        scratch: &mut DeviceBuf<f32>,
+        x: &mut DeviceBuf<f32>,
+    ) -> Result<(), BackendError> {
+        self.gated_matmul_id_combine_on_device(
+            gate, up, ff, act, down, n_tokens, n_used, ids, weights, width, shared, scratch, x,
+        )
+    }
+
     fn route_experts(
         &self,
         routing: &crate::moe::Routing,
@@ -438,6 +459,19 @@ impl Backend for CudaBackend {
         weights: &mut DeviceBuf<f32>,
     ) -> Result<(), BackendError> {
         self.route_on_device(routing, logits, n_tokens, ids, weights)
+    }
+
+    fn norm_route_pair(
+        &self,
+        x: &DeviceBuf<f32>,
+        w: RouteWeights<'_, CudaWeight>,
+        routing: &crate::moe::Routing,
+        n_tokens: usize,
+        dim: usize,
+        eps: f32,
+        out: RouteBuffers<'_, DeviceBuf<f32>>,
+    ) -> Result<(), BackendError> {
+        self.norm_route_pair_on_device(x, w, routing, n_tokens, dim, eps, out)
     }
 
     fn moe_combine(

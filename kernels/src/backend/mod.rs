@@ -508,6 +508,34 @@ pub trait Backend: Send + Sync + 'static {
         moe::gated_matmul_id(self, gate, up, ff, act, down, n_tokens, n_used, ids, out)
     }
 
+    /// The down product of a routed block summed into the residual stream: [`Backend::gated_matmul_id`]
+    /// of the pairs into `scratch` (`n_tokens * n_used` rows of the experts' rows, `width`:
+    /// the residual's), then [`Backend::moe_combine`] of them with `weights` (and the shared
+    /// expert's `shared`) into `x`, which a backend may run without writing the pairs' products
+    /// (`gate` and `scratch` are left unspecified).
+    #[allow(clippy::too_many_arguments)]
+    fn gated_matmul_id_combine(
+        &self,
+        gate: &mut Self::Activations,
+        up: &Self::Activations,
+        ff: usize,
+        act: GatedActivation,
+        down: &[Self::Weight],
+        n_tokens: usize,
+        n_used: usize,
+        ids: &Self::Activations,
+        weights: &Self::Activations,
+        width: usize,
+        shared: Option<(&Self::Activations, &Self::Activations)>,
+        scratch: &mut Self::Activations,
+        x: &mut Self::Activations,
+    ) -> Result<(), BackendError> {
+        moe::gated_matmul_id_combine(
+            self, gate, up, ff, act, down, n_tokens, n_used, ids, weights, width, shared, scratch,
+            x,
+        )
+    }
+
     /// Routes `n_tokens` tokens as [`crate::moe::Routing::route`] does, where the logits lie:
     /// `logits` holds `n_expert` router logits per token (turned into probabilities in place);
     /// `ids` and `weights` receive `n_used` expert ids (as exact f32 values) and weights per
@@ -522,6 +550,26 @@ pub trait Backend: Send + Sync + 'static {
         weights: &mut Self::Activations,
     ) -> Result<(), BackendError> {
         moe::route_experts(self, routing, logits, n_tokens, ids, weights)
+    }
+
+    /// The first half of a routed mixture-of-experts block, where [`Backend::routes`] says so for
+    /// its experts: `normed = rms_norm(x) * norm` over `n_tokens` rows of `dim` (as
+    /// [`Backend::rms_norm_into`]), the router's logits of `normed`, the routing
+    /// ([`Backend::route_experts`]: ids and weights) and the routed gate and up of every pair
+    /// ([`Backend::matmul_id_pair`] of `normed`), whose input a backend may normalise and convert
+    /// once for all three products.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_route_pair(
+        &self,
+        x: &Self::Activations,
+        w: RouteWeights<'_, Self::Weight>,
+        routing: &crate::moe::Routing,
+        n_tokens: usize,
+        dim: usize,
+        eps: f32,
+        out: RouteBuffers<'_, Self::Activations>,
+    ) -> Result<(), BackendError> {
+        moe::norm_route_pair(self, x, w, routing, n_tokens, dim, eps, out)
     }
 
     /// A mixture-of-experts block's output added to the residual stream `x` (`n_tokens` rows of
@@ -1006,6 +1054,7 @@ pub use graph::StepGraph;
 pub(crate) use kv::{f16_bytes, f16_bytes_mut, KvShape};
 pub use kv::{kv_cache_bytes, HostKv, KvRotation, KvType, KvTypeError, KvTypes, KvView};
 pub use memory::{DeviceMemory, Lease};
+pub use moe::{RouteBuffers, RouteWeights};
 
 #[cfg(test)]
 mod tests {

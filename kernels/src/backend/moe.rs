@@ -2,7 +2,9 @@
 //! ([`Backend::route_experts`]) and the weighted sum of the experts' outputs into the residual
 //! stream ([`Backend::moe_combine`]) as host arithmetic, each reading its inputs from the device
 //! and writing its results back; the fused routed products ([`Backend::matmul_id_pair`],
-//! [`Backend::gated_matmul_id`]) as the single ops they stand for. The trait's provided methods
+//! [`Backend::gated_matmul_id`], [`Backend::norm_route_pair`]: the block's norm, router,
+//! routing, gate and up, and [`Backend::gated_matmul_id_combine`]: its down and weighted sum)
+//! as the single ops they stand for. The trait's provided methods
 //! call these (the CPU backend runs them as they are); the CUDA backend overrides them with
 //! kernels (`kernels/cuda/moe.cu`, `mmvq.cu`) computing the same values in fewer launches, so
 //! that a decode step's experts need no host round trip there.
@@ -78,6 +80,57 @@ pub(crate) fn moe_combine<B: Backend + ?Sized>(
     b.write_activations(x, &residual)
 }
 
+/// The weights [`Backend::norm_route_pair`] reads: the first half of a routed
+/// mixture-of-experts block.
+pub struct RouteWeights<'a, W> {
+    /// The feed-forward norm's weight (`ffn_norm`), applied to the residual first.
+    pub norm: &'a W,
+    /// The router (`ffn_gate_inp`), whose logits choose each token's experts.
+    pub router: &'a W,
+    /// The experts' gate projections (`ffn_gate_exps`), one per expert.
+    pub gate: &'a [W],
+    /// Their up projections (`ffn_up_exps`), one per expert.
+    pub up: &'a [W],
+}
+
+/// The buffers [`Backend::norm_route_pair`] writes.
+pub struct RouteBuffers<'a, A> {
+    /// The normalised rows: `(n_tokens, dim)` (the shared expert reads them after).
+    pub normed: &'a mut A,
+    /// The router's logits, turned into probabilities: `(n_tokens, n_expert)`.
+    pub logits: &'a mut A,
+    /// The chosen experts as exact f32 values: `(n_tokens, n_used)`.
+    pub ids: &'a mut A,
+    /// Their weights: `(n_tokens, n_used)`.
+    pub weights: &'a mut A,
+    /// Each pair's gate product: `(n_tokens * n_used, n_ff)`.
+    pub gate: &'a mut A,
+    /// Each pair's up product: `(n_tokens * n_used, n_ff)`.
+    pub up: &'a mut A,
+}
+
+/// [`Backend::norm_route_pair`] as the single ops: the norm, the router's product, the routing,
+/// the routed gate and up.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn norm_route_pair<B: Backend + ?Sized>(
+    b: &B,
+    x: &B::Activations,
+    w: RouteWeights<'_, B::Weight>,
+    routing: &Routing,
+    n_tokens: usize,
+    dim: usize,
+    eps: f32,
+    out: RouteBuffers<'_, B::Activations>,
+) -> Result<(), BackendError> {
+    b.rms_norm_into(x, w.norm, n_tokens, dim, eps, out.normed)?;
+    b.matmul(w.router, out.normed, n_tokens, out.logits)?;
+    b.route_experts(routing, out.logits, n_tokens, out.ids, out.weights)?;
+    let k = routing.n_used;
+    b.matmul_id_pair(
+        w.gate, w.up, out.normed, n_tokens, k, out.ids, out.gate, out.up,
+    )
+}
+
 /// [`Backend::matmul_id_pair`] as two routed products.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_id_pair<B: Backend + ?Sized>(
@@ -111,4 +164,26 @@ pub(crate) fn gated_matmul_id<B: Backend + ?Sized>(
 ) -> Result<(), BackendError> {
     b.gated_activation(gate, up, n_tokens * n_used * ff, act)?;
     b.matmul_id(down, gate, n_tokens, n_used, true, ids, out)
+}
+
+/// [`Backend::gated_matmul_id_combine`] as the routed down into `scratch` and the weighted sum.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gated_matmul_id_combine<B: Backend + ?Sized>(
+    b: &B,
+    gate: &mut B::Activations,
+    up: &B::Activations,
+    ff: usize,
+    act: GatedActivation,
+    down: &[B::Weight],
+    n_tokens: usize,
+    n_used: usize,
+    ids: &B::Activations,
+    weights: &B::Activations,
+    width: usize,
+    shared: Option<(&B::Activations, &B::Activations)>,
+    scratch: &mut B::Activations,
+    x: &mut B::Activations,
+) -> Result<(), BackendError> {
+    b.gated_matmul_id(gate, up, ff, act, down, n_tokens, n_used, ids, scratch)?;
+    b.moe_combine(scratch, weights, n_tokens, n_used, width, shared, x)
 }

@@ -112,7 +112,7 @@ unsafe impl DeviceRepr for RopeArgs {}
 
 /// Whether `ws` multiplied by `n_tokens` rows run on the quantized matrix-vector kernels (the
 /// decode path): every weight block-quantized, all with the same whole-block width `cols`.
-fn decode_q8(ws: &[&CudaWeight], n_tokens: usize, cols: usize) -> bool {
+pub(super) fn decode_q8(ws: &[&CudaWeight], n_tokens: usize, cols: usize) -> bool {
     !ws.is_empty()
         && n_tokens <= MMVQ_TOKENS
         && cols.is_multiple_of(32)
@@ -207,18 +207,39 @@ impl CudaBackend {
         ws: &[&CudaWeight],
         outs: &mut [&mut DeviceBuf<f32>],
     ) -> Result<(), BackendError> {
-        const OP: &str = "rms_norm";
         if n_rows == 0 || !decode_q8(ws, n_rows, dim) || ws.len() != outs.len() {
             return fused::norm_matmuls(self, x, norm, n_rows, dim, eps, normed, ws, outs);
         }
+        let mut reused = self.reused();
+        let q8 = self.rms_norm_q8_1(&mut reused.q8, x, norm, n_rows, dim, eps, normed)?;
+        self.mmvq_grouped(q8, n_rows, false, ws, outs)
+    }
+
+    /// `rms_norm_q8_1`: `normed = rms_norm(x) * norm` over `n_rows` rows of `dim` (a multiple of
+    /// 32) and the same values quantized to Q8_1 into the reused buffer `slot`, which it returns,
+    /// in one launch (bit for bit `rms_norm_f32` and `quantize_q8_1` of its output).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn rms_norm_q8_1<'r>(
+        &self,
+        slot: &'r mut Option<DeviceBuf<u8>>,
+        x: &DeviceBuf<f32>,
+        norm: &CudaWeight,
+        n_rows: usize,
+        dim: usize,
+        eps: f32,
+        normed: &mut DeviceBuf<f32>,
+    ) -> Result<&'r DeviceBuf<u8>, BackendError> {
+        const OP: &str = "rms_norm";
         let (w, dim_i) = self.rms_norm_args(x.len(), norm, n_rows, dim)?;
         check_len(OP, normed.len(), n_rows * dim)?;
+        if !dim.is_multiple_of(32) {
+            return Err(shape(OP, format!("rows of {dim}, need whole blocks of 32")));
+        }
         let rows = u32::try_from(n_rows).map_err(|_| shape(OP, "too many rows".into()))?;
-        let mut reused = self.reused();
         let q8 = super::grown(
             &self.stream,
             &self.gpu,
-            &mut reused.q8,
+            slot,
             n_rows * dim / 32 * super::matmul::Q8_1_BLOCK_BYTES,
         )
         .map_err(|e| self.err("allocating Q8_1 activations", e))?;
@@ -234,11 +255,10 @@ impl CudaBackend {
         // dim, float eps) with n_rows blocks of 256 reads n_rows*dim values of x and dim weights
         // and writes n_rows*dim values of normed (lengths checked; normed is not x: the borrow
         // rules keep them apart) and n_rows*dim/32 Q8_1 blocks into q8 (grown to that size);
-        // dim % 32 == 0 (decode_q8).
+        // dim % 32 == 0 (checked).
         unsafe { launch.launch(cfg((rows, 1, 1), (256, 1, 1))) }
             .map_err(|e| self.err("rms_norm_q8_1", e))?;
-        drop(launch);
-        self.mmvq_grouped(q8, n_rows, false, ws, outs)
+        Ok(q8)
     }
 
     /// [`crate::backend::Backend::matmul_residual`]: on the decode path, without a post-norm,

@@ -4,22 +4,31 @@
 //! by its expert in one launch of `mul_mat_vec_id_<type>_q8_1`, `mmvq.cu`, after one
 //! `quantize_q8_1` of the activations, reading the pairs' expert ids where the routing wrote
 //! them) and the weighted sum of the experts' outputs into the residual stream
-//! (`moe_combine_f32`). The experts' weights stay where they were uploaded: the routed kernel
+//! (`moe_combine_f32`, or together with the down in one routed launch,
+//! `mul_mat_vec_id_combine_<type>_q8_1`); before them, the block's norm quantizes its output once
+//! for the router and the routed gate and up (`rms_norm_q8_1`). The experts' weights stay where they were uploaded: the routed kernel
 //! finds them through a small device table of their addresses, uploaded once per set of experts
 //! ([`ExpertTables`]), so a decode step uploads nothing and can be captured in a CUDA graph.
 
 use cudarc::driver::PushKernelArg;
 
-use super::matmul::{MMVQ_TOKENS, Q8_1_BLOCK_BYTES};
-use super::types::{cuda_type, routed_matvec_kernel, CudaType, MatVec};
+use super::fused::decode_q8;
+use super::matmul::{matmul_path, MatmulPath, MMVQ_TOKENS, Q8_1_BLOCK_BYTES};
+use super::types::{cuda_type, routed_combine_kernel, routed_matvec_kernel, CudaType, MatVec};
 use super::{
     blocks_for, cfg, check_len, grid_yz, shape, to_i32, BackendError, CudaBackend, CudaWeight,
-    DeviceBuf, GatedActivation, Reused,
+    DeviceBuf, GatedActivation, Reused, RouteBuffers, RouteWeights,
 };
+use crate::backend::moe;
 use crate::moe::Routing;
+use crate::quant::GgmlType;
 
 /// Weight rows one block of the routed kernel computes (MMVQ_ROWS in mmvq.cu).
 const ROUTED_ROWS: usize = 4;
+
+/// Warps of a `moe_router_route_f32` block, each computing every fourth logit of its token
+/// (MOE_ROUTER_WARPS in moe.cu).
+const ROUTER_WARPS: u32 = 4;
 
 /// Expert tables a backend keeps at most: one per layer of every model on the stream's device
 /// (a 94-layer model twice over is under 200); beyond, the tables are dropped and rebuilt as
@@ -282,6 +291,71 @@ impl CudaBackend {
         )
     }
 
+    /// [`super::Backend::norm_route_pair`]: one `rms_norm_q8_1` (the normalised rows and their
+    /// Q8_1 quantization), the router's product and the routing (for an F32 router, as
+    /// llama-quantize leaves it, in one launch: `moe_router_route_f32`; otherwise
+    /// `mul_mat_vec_<type>_q8_1` on that quantization, or `mul_mat_vec_f16`/`bf16` on the
+    /// normalised rows, then `moe_route_f32`) and one routed launch for gate and up on the same
+    /// quantization: three or four launches where the single ops take five or six. Elsewhere (a router
+    /// or experts without these kernels, rows not of whole Q8_1 blocks) the single ops.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn norm_route_pair_on_device(
+        &self,
+        x: &DeviceBuf<f32>,
+        w: RouteWeights<'_, CudaWeight>,
+        routing: &Routing,
+        n_tokens: usize,
+        dim: usize,
+        eps: f32,
+        out: RouteBuffers<'_, DeviceBuf<f32>>,
+    ) -> Result<(), BackendError> {
+        let router = w.router;
+        let router_q8 = decode_q8(&[router], n_tokens, dim);
+        // A float router's matrix-vector kernel reads the f32 rows and leaves the Q8_1 buffer
+        // alone (and takes no lock on it).
+        let router_float = router.cols == dim
+            && cuda_type(router.ty).is_some_and(|t| t.matvec == MatVec::Float)
+            && matmul_path(router.ty, router.rows, router.cols, n_tokens) == MatmulPath::MatVec;
+        let routed = self.routed_type(&[w.gate, w.up], n_tokens);
+        let (Ok(t), true) = (
+            routed,
+            n_tokens > 0
+                && dim.is_multiple_of(32)
+                && (router_q8 || router_float)
+                && w.gate.first().is_some_and(|g| g.cols == dim),
+        ) else {
+            return moe::norm_route_pair(self, x, w, routing, n_tokens, dim, eps, out);
+        };
+        let mut reused = self.reused();
+        let Reused {
+            q8, expert_tables, ..
+        } = &mut *reused;
+        let gate_table = self.expert_table(expert_tables, w.gate)?;
+        let up_table = self.expert_table(expert_tables, w.up)?;
+        let q8 = self.rms_norm_q8_1(q8, x, w.norm, n_tokens, dim, eps, out.normed)?;
+        if router_q8 {
+            self.launch_mmvq(q8, n_tokens, false, &mut [(router, &mut *out.logits)])?;
+            self.route_on_device(routing, out.logits, n_tokens, out.ids, out.weights)?;
+        } else if router.ty == GgmlType::F32 {
+            let logits = (&mut *out.logits, &mut *out.ids, &mut *out.weights);
+            self.router_route_on_device(router, out.normed, n_tokens, routing, logits)?;
+        } else {
+            self.matmul_on_device(router, out.normed, n_tokens, out.logits)?;
+            self.route_on_device(routing, out.logits, n_tokens, out.ids, out.weights)?;
+        }
+        let mut sets = [(w.gate, gate_table, out.gate), (w.up, up_table, out.up)];
+        self.launch_routed(
+            t,
+            q8,
+            false,
+            expert_tables,
+            &mut sets,
+            out.ids,
+            n_tokens,
+            routing.n_used,
+        )
+    }
+
     /// [`super::Backend::gated_matmul_id`]: `glu_q8_1` (the activation and the quantization of
     /// its result in one pass) and the routed product of each pair's own row.
     #[allow(clippy::too_many_arguments)]
@@ -312,6 +386,167 @@ impl CudaBackend {
         let q8 = self.glu_q8_1(q8, gate, up, n_tokens * n_used * ff, act)?;
         let mut sets = [(down, table, out)];
         self.launch_routed(t, q8, true, expert_tables, &mut sets, ids, n_tokens, n_used)
+    }
+
+    /// [`super::Backend::gated_matmul_id_combine`]: `glu_q8_1` and one launch of
+    /// `mul_mat_vec_id_combine_<type>_q8_1`, which computes each pair's down products as the
+    /// routed kernel does and sums them (with the shared expert's) into `x` as `moe_combine_f32`
+    /// does, so the pairs' products are never written (`scratch` is not used): two launches
+    /// where the single ops take three.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gated_matmul_id_combine_on_device(
+        &self,
+        gate: &mut DeviceBuf<f32>,
+        up: &DeviceBuf<f32>,
+        ff: usize,
+        act: GatedActivation,
+        down: &[CudaWeight],
+        n_tokens: usize,
+        n_used: usize,
+        ids: &DeviceBuf<f32>,
+        weights: &DeviceBuf<f32>,
+        width: usize,
+        shared: Option<(&DeviceBuf<f32>, &DeviceBuf<f32>)>,
+        _scratch: &mut DeviceBuf<f32>,
+        x: &mut DeviceBuf<f32>,
+    ) -> Result<(), BackendError> {
+        const OP: &str = "gated_matmul_id_combine";
+        let t = self.routed_type(&[down], n_tokens)?;
+        let (rows, cols) = (down[0].rows, down[0].cols);
+        if cols != ff || !ff.is_multiple_of(32) || rows != width {
+            return Err(shape(
+                OP,
+                format!("experts of {rows} x {cols} after {ff} activations into rows of {width}"),
+            ));
+        }
+        let pairs = n_tokens * n_used;
+        let len = n_tokens * width;
+        if n_used == 0 {
+            return Err(shape(OP, "no expert used per token".into()));
+        }
+        check_len(OP, ids.len(), pairs)?;
+        check_len(OP, weights.len(), pairs)?;
+        check_len(OP, x.len(), len)?;
+        if let Some((mlp, gate_logit)) = shared {
+            check_len(OP, mlp.len(), len)?;
+            check_len(OP, gate_logit.len(), n_tokens)?;
+        }
+        if n_tokens == 0 {
+            return Ok(());
+        }
+        let grid_y = grid_yz(OP, "tokens", n_tokens)?;
+        let grid_x = u32::try_from(rows.div_ceil(ROUTED_ROWS))
+            .map_err(|_| shape(OP, "too many rows".into()))?;
+        let cols_i = to_i32(OP, "cols", cols)?;
+        let rows_i = to_i32(OP, "rows", rows)?;
+        let n_expert_i = to_i32(OP, "experts", down.len())?;
+        let k_i = to_i32(OP, "experts used", n_used)?;
+        let mut reused = self.reused();
+        let Reused {
+            q8, expert_tables, ..
+        } = &mut *reused;
+        let table = self.expert_table(expert_tables, down)?;
+        let q8 = self.glu_q8_1(q8, gate, up, pairs * ff, act)?;
+        check_len(OP, q8.len(), pairs * cols / 32 * Q8_1_BLOCK_BYTES)?;
+        let null = 0u64;
+        let name = routed_combine_kernel(t);
+        let mut launch = self.stream.launch_builder(self.function(&name)?);
+        launch
+            .arg(q8)
+            .arg(&cols_i)
+            .arg(&expert_tables.tables[table].1)
+            .arg(&n_expert_i)
+            .arg(ids)
+            .arg(weights)
+            .arg(&k_i)
+            .arg(&rows_i);
+        match shared {
+            Some((mlp, gate_logit)) => launch.arg(mlp).arg(gate_logit),
+            None => launch.arg(&null).arg(&null),
+        };
+        launch.arg(x);
+        // SAFETY: mul_mat_vec_id_combine_<type>_q8_1(const q8_1* y, int cols, const u64*
+        // experts, int n_expert, const float* ids, const float* weights, int n_used, int rows,
+        // const float* shared, const float* shared_gate, float* x) over (ceil(rows/4), n_tokens)
+        // blocks of (32,4): block (bx, t) reads the n_used pairs of token t: their ids and
+        // weights (n_tokens * n_used values each, checked), their Q8_1 rows of q8 (pairs *
+        // cols / 32 blocks, checked) and, for an id below n_expert (others give NaN), that
+        // expert's weight through the table (exactly the n_expert addresses of `down`, live
+        // allocations of this context borrowed until the launch is enqueued; each `rows` rows of
+        // `cols` values of type `t`, byte size checked at upload, shapes checked equal by
+        // `routed_type`); with shared not null, row t of shared and shared_gate[t] (checked);
+        // and it adds into row t of x (n_tokens * rows values, checked).
+        unsafe { launch.launch(cfg((grid_x, grid_y, 1), (32, ROUTED_ROWS as u32, 1))) }
+            .map_err(|e| self.err(&name, e))?;
+        Ok(())
+    }
+
+    /// An F32 router's product and the routing in one launch (`moe_router_route_f32`: one block
+    /// per token, the same bits as `mul_mat_vec_f32` and `moe_route_f32`): the `n_tokens` rows
+    /// of `x` times `router` into `logits` (then probabilities), the chosen experts' ids and
+    /// weights into `ids` and `weights`.
+    fn router_route_on_device(
+        &self,
+        router: &CudaWeight,
+        x: &DeviceBuf<f32>,
+        n_tokens: usize,
+        routing: &Routing,
+        (logits, ids, weights): (
+            &mut DeviceBuf<f32>,
+            &mut DeviceBuf<f32>,
+            &mut DeviceBuf<f32>,
+        ),
+    ) -> Result<(), BackendError> {
+        const OP: &str = "router_route";
+        routing
+            .check_device()
+            .map_err(|e| shape(OP, e.to_string()))?;
+        let (e, k, cols) = (routing.n_expert, routing.n_used, router.cols);
+        if router.ty != GgmlType::F32 || router.rows != e || !cols.is_multiple_of(2) {
+            return Err(shape(
+                OP,
+                format!(
+                    "router {} ({}, {} x {cols}) for {e} experts: need F32 rows of an even \
+                     width",
+                    router.name, router.ty, router.rows
+                ),
+            ));
+        }
+        check_len(OP, x.len(), n_tokens * cols)?;
+        check_len(OP, logits.len(), n_tokens * e)?;
+        check_len(OP, ids.len(), n_tokens * k)?;
+        check_len(OP, weights.len(), n_tokens * k)?;
+        if n_tokens == 0 {
+            return Ok(());
+        }
+        let blocks = u32::try_from(n_tokens).map_err(|_| shape(OP, "too many tokens".into()))?;
+        let cols_i = to_i32(OP, "cols", cols)?;
+        let e_i = to_i32(OP, "experts", e)?;
+        let k_i = to_i32(OP, "experts used", k)?;
+        let normalize = i32::from(routing.normalize);
+        let name = "moe_router_route_f32";
+        let mut launch = self.stream.launch_builder(self.function(name)?);
+        launch
+            .arg(&router.data)
+            .arg(x)
+            .arg(&cols_i)
+            .arg(logits)
+            .arg(&e_i)
+            .arg(&k_i)
+            .arg(&normalize)
+            .arg(ids)
+            .arg(weights);
+        // SAFETY: moe_router_route_f32(const float* router, const float* x, int cols, float*
+        // logits, int n_expert, int n_used, int normalize, float* ids, float* weights) over
+        // n_tokens blocks of (32, MOE_ROUTER_WARPS = 4): block t reads the router's n_expert rows
+        // of cols f32 values (an F32 weight of n_expert rows, byte size checked at upload; cols
+        // even, so rows are read as aligned pairs) and row t of x (n_tokens * cols values,
+        // checked), writes row t of logits (n_tokens * n_expert, checked) and row t of ids and
+        // weights (n_tokens * n_used each, checked); 1 <= n_used <= min(n_expert, MOE_MAX_USED)
+        // checked by check_device.
+        unsafe { launch.launch(cfg((blocks, 1, 1), (32, ROUTER_WARPS, 1))) }
+            .map_err(|e| self.err(name, e))?;
+        Ok(())
     }
 
     /// [`super::Backend::route_experts`]: one warp per token.

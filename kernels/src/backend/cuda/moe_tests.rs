@@ -6,7 +6,11 @@
 //! (each token's row read by its `k` pairs) and down-shaped ones (each pair's own row); the
 //! routing (`moe_route_f32`, [`Backend::route_experts`]) against [`Routing::route`] on the host,
 //! and the weighted sum (`moe_combine_f32`, [`Backend::moe_combine`]) against the CPU backend's
-//! host arithmetic, both bit for bit. Through the real `CudaBackend` on the fake driver in CI.
+//! host arithmetic, both bit for bit; the fused steps (gate and up in one launch, the activation
+//! with the down's quantization, the down summed into the residual,
+//! [`Backend::gated_matmul_id_combine`], and the norm, router, routing, gate and up,
+//! [`Backend::norm_route_pair`]) against the single ops they stand for, bit for bit. Through the
+//! real `CudaBackend` on the fake driver in CI.
 
 use std::sync::Arc;
 
@@ -14,7 +18,7 @@ use super::tests::{acts, compare_results, read};
 use super::type_tests::{upload_bytes, weight_data};
 use super::types::{MatVec, CUDA_TYPES};
 use super::*;
-use crate::backend::{CpuBackend, DeviceMemory};
+use crate::backend::{CpuBackend, DeviceMemory, RouteBuffers, RouteWeights};
 use crate::cpu::ThreadPool;
 use crate::moe::Routing;
 use llmd_testkit::Rng;
@@ -89,7 +93,9 @@ fn run_routed<B: Backend>(b: &B, routed: bool) -> Vec<(String, f32, Vec<f32>)> {
 /// The fused routed products of `b` against the single ops they stand for (the trait's
 /// compositions, `crate::backend::moe`), for Q4_K experts: gate and up in one launch
 /// ([`Backend::matmul_id_pair`]) and the activation fused into the down's quantization
-/// ([`Backend::gated_matmul_id`]); the same dot products of the same Q8_1 values, so equal.
+/// ([`Backend::gated_matmul_id`]), the down summed into the residual in the same launch
+/// ([`Backend::gated_matmul_id_combine`]) and the norm, router and routing before gate and up
+/// ([`Backend::norm_route_pair`]); the same dot products of the same Q8_1 values, so equal.
 fn check_fused_routed<B: Backend>(b: &B) -> Vec<String> {
     let mut rng = Rng(0xf05e_d000_0000_0003);
     let t = super::types::cuda_type(GgmlType::Q4_K).expect("Q4_K");
@@ -139,6 +145,174 @@ fn check_fused_routed<B: Backend>(b: &B) -> Vec<String> {
     let (fused, single) = (read(b, &o1, pairs * d), read(b, &o2, pairs * d));
     if fused != single || fused.iter().any(|v| !v.is_finite()) {
         failures.push("gated_matmul_id differs from the activation and matmul_id".into());
+    }
+    // The down summed into the residual in one launch against the down and `moe_combine`, with
+    // and without a shared expert (random gate and up again: the fused activation left `g1`
+    // unspecified).
+    let mut rng = Rng(0xf05e_d000_0000_0004);
+    let (gate_v, up_v) = (rng.f32s(pairs * ff, 1.0), rng.f32s(pairs * ff, 1.0));
+    let route_w = acts(b, &rng.f32s(pairs, 1.0));
+    let residual = rng.f32s(N_TOKENS * d, 1.0);
+    let (mlp, logit) = (
+        acts(b, &rng.f32s(N_TOKENS * d, 2.0)),
+        acts(b, &rng.f32s(N_TOKENS, 3.0)),
+    );
+    for shared in [None, Some((&mlp, &logit))] {
+        let mut sums = Vec::new();
+        for fused in [true, false] {
+            let (mut g, u) = (acts(b, &gate_v), acts(b, &up_v));
+            let mut x = acts(b, &residual);
+            let mut scratch = alloc(pairs * d);
+            if fused {
+                b.gated_matmul_id_combine(
+                    &mut g,
+                    &u,
+                    ff,
+                    act,
+                    &down,
+                    N_TOKENS,
+                    N_USED,
+                    &ids,
+                    &route_w,
+                    d,
+                    shared,
+                    &mut scratch,
+                    &mut x,
+                )
+                .expect("gated_matmul_id_combine");
+            } else {
+                crate::backend::moe::gated_matmul_id_combine(
+                    b,
+                    &mut g,
+                    &u,
+                    ff,
+                    act,
+                    &down,
+                    N_TOKENS,
+                    N_USED,
+                    &ids,
+                    &route_w,
+                    d,
+                    shared,
+                    &mut scratch,
+                    &mut x,
+                )
+                .expect("gated_matmul_id and moe_combine");
+            }
+            sums.push(read(b, &x, N_TOKENS * d));
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        if bits(&sums[0]) != bits(&sums[1]) || sums[0].iter().any(|v| !v.is_finite()) {
+            failures.push(format!(
+                "gated_matmul_id_combine (shared expert: {}) differs from gated_matmul_id and \
+                 moe_combine",
+                shared.is_some()
+            ));
+        }
+    }
+    failures.extend(check_norm_route_pair(b, &gate, &up, d, ff));
+    failures
+}
+
+/// [`Backend::norm_route_pair`] of `b` against the single ops it stands for (the norm, the
+/// router's product, the routing, the routed gate and up), for an F32 router (as llama-quantize
+/// leaves `ffn_gate_inp`) and a Q4_K one: the same values bit for bit.
+fn check_norm_route_pair<B: Backend>(
+    b: &B,
+    gate: &[B::Weight],
+    up: &[B::Weight],
+    d: usize,
+    ff: usize,
+) -> Vec<String> {
+    let mut rng = Rng(0xf05e_d000_0000_0005);
+    let f32_weight = |rows: usize, cols: usize, values: &[f32]| {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        upload_bytes(b, GgmlType::F32, rows, cols, &bytes)
+    };
+    let norm = f32_weight(1, d, &rng.f32s(d, 1.0));
+    let q4k = super::types::cuda_type(GgmlType::Q4_K).expect("Q4_K");
+    let routers = [
+        ("F32", f32_weight(N_EXPERT, d, &rng.f32s(N_EXPERT * d, 0.1))),
+        (
+            "Q4_K",
+            upload_bytes(
+                b,
+                GgmlType::Q4_K,
+                N_EXPERT,
+                d,
+                &weight_data(q4k, N_EXPERT, d, &mut rng),
+            ),
+        ),
+    ];
+    let x = acts(b, &rng.f32s(N_TOKENS * d, 1.0));
+    let routing = Routing {
+        n_expert: N_EXPERT,
+        n_used: N_USED,
+        normalize: true,
+    };
+    let pairs = N_TOKENS * N_USED;
+    let mut failures = Vec::new();
+    for (what, router) in &routers {
+        let mut runs = Vec::new();
+        for fused in [true, false] {
+            let alloc = |len| b.alloc_activations(len).expect("alloc");
+            let mut bufs = [
+                alloc(N_TOKENS * d),
+                alloc(N_TOKENS * N_EXPERT),
+                alloc(pairs),
+                alloc(pairs),
+                alloc(pairs * ff),
+                alloc(pairs * ff),
+            ];
+            let [normed, logits, ids, weights, g, u] = &mut bufs;
+            let w = RouteWeights {
+                norm: &norm,
+                router,
+                gate,
+                up,
+            };
+            let out = RouteBuffers {
+                normed,
+                logits,
+                ids,
+                weights,
+                gate: g,
+                up: u,
+            };
+            let eps = 1e-6;
+            if fused {
+                b.norm_route_pair(&x, w, &routing, N_TOKENS, d, eps, out)
+                    .expect("norm_route_pair");
+            } else {
+                crate::backend::moe::norm_route_pair(b, &x, w, &routing, N_TOKENS, d, eps, out)
+                    .expect("the single ops");
+            }
+            let lens = [
+                N_TOKENS * d,
+                N_TOKENS * N_EXPERT,
+                pairs,
+                pairs,
+                pairs * ff,
+                pairs * ff,
+            ];
+            let values: Vec<Vec<u32>> = bufs
+                .iter()
+                .zip(lens)
+                .map(|(a, len)| read(b, a, len).iter().map(|v| v.to_bits()).collect())
+                .collect();
+            runs.push(values);
+        }
+        let names = ["normed", "probabilities", "ids", "weights", "gate", "up"];
+        for ((name, fused), single) in names.iter().zip(&runs[0]).zip(&runs[1]) {
+            if fused != single {
+                failures.push(format!(
+                    "norm_route_pair ({what} router): {name} differs from the single ops"
+                ));
+            }
+        }
+        if runs[0][4].iter().any(|&v| !f32::from_bits(v).is_finite()) {
+            failures.push(format!("norm_route_pair ({what} router): gate not finite"));
+        }
     }
     failures
 }

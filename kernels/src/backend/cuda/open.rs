@@ -37,7 +37,10 @@ pub(super) const MODULE_KERNELS: &[(&str, &[&str])] = &[
     ("mmq", &[]),
     ("mmv", &[]),
     ("mmvq", &[]),
-    ("moe", &["moe_route_f32", "moe_combine_f32"]),
+    (
+        "moe",
+        &["moe_route_f32", "moe_router_route_f32", "moe_combine_f32"],
+    ),
     ("norm", &["rms_norm_f32", "rms_norm_q8_1"]),
     (
         "quantize",

@@ -96,6 +96,13 @@ pub(super) fn routed_matvec_kernel(t: &CudaType) -> String {
     format!("mul_mat_vec_id_{}_q8_1", t.suffix)
 }
 
+/// The name of `t`'s routed matrix-vector kernel that sums each token's products into the
+/// residual stream (a mixture of experts' down and weighted sum:
+/// `mul_mat_vec_id_combine_<suffix>_q8_1`, `mmvq.cu`).
+pub(super) fn routed_combine_kernel(t: &CudaType) -> String {
+    format!("mul_mat_vec_id_combine_{}_q8_1", t.suffix)
+}
+
 /// The per-type kernels the module built from `kernels/cuda/<stem>.cu` defines (empty for the
 /// modules without per-type kernels).
 pub(super) fn type_kernels(stem: &str) -> Vec<String> {
@@ -110,6 +117,7 @@ pub(super) fn type_kernels(stem: &str) -> Vec<String> {
             "mmvq" if t.matvec == MatVec::Q8_1 => {
                 names.push(matvec_kernel(t));
                 names.push(routed_matvec_kernel(t));
+                names.push(routed_combine_kernel(t));
             }
             "mmq" if t.matvec == MatVec::Q8_1 => names.push(format!("mul_mat_q_{}", t.suffix)),
             _ => {}
@@ -153,7 +161,8 @@ mod tests {
         );
         assert!(type_kernels("mmvq").contains(&"mul_mat_vec_q2_K_q8_1".to_string()));
         assert!(type_kernels("mmvq").contains(&"mul_mat_vec_id_q2_K_q8_1".to_string()));
-        assert_eq!(type_kernels("mmvq").len(), 2 * (CUDA_TYPES.len() - 3));
+        assert!(type_kernels("mmvq").contains(&"mul_mat_vec_id_combine_q2_K_q8_1".to_string()));
+        assert_eq!(type_kernels("mmvq").len(), 3 * (CUDA_TYPES.len() - 3));
         assert_eq!(type_kernels("mmq").len(), CUDA_TYPES.len() - 3);
         assert!(type_kernels("mmq").contains(&"mul_mat_q_iq1_m".to_string()));
         assert!(type_kernels("rope").is_empty());
