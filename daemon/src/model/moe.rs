@@ -161,8 +161,8 @@ pub enum MoeOutput {
     /// Summed on the host, in [`MoeScratch::out`].
     Host,
     /// On the device, not yet summed: each pair's expert output in [`MoeScratch::down`]
-    /// (`n * k` rows), its weight in [`MoeScratch::route_weights`], for
-    /// [`Backend::moe_combine`] (or [`finish_on_host`]).
+    /// (`n * k` rows), its weight in [`MoeScratch::route_weights`], for [`finish_on_host`]
+    /// (experts on another device than their layer's; [`norm_moe_ffn`] never leaves it).
     Device,
     /// On the device, routed, each pair's gate and up in the scratch but not yet its down
     /// ([`norm_moe_ffn`]'s device path): [`finish_pairs`] runs the down and adds the weighted

@@ -925,8 +925,13 @@ impl<B: Backend> Stage<B> {
                         MoeOutput::Host => {
                             s.add_moe_output(&*b, &c, w, il, n, Routed::Scratch)?;
                         }
-                        MoeOutput::Device | MoeOutput::Pairs => {
-                            s.combine_moe_output(&*b, &c, w, experts, il, n, routed)?;
+                        MoeOutput::Pairs => s.combine_moe_output(&*b, &c, w, experts, il, n)?,
+                        // Only experts on another device leave their products unsummed there
+                        // (`DeviceExperts::forward` sums them on the host).
+                        MoeOutput::Device => {
+                            return Err(ForwardError::BadBatch(format!(
+                                "layer {il}: its experts' products were left unsummed"
+                            )));
                         }
                     }
                 }
@@ -1150,12 +1155,11 @@ impl<B: Backend> Scratch<B> {
 }
 
 impl<B: Backend> Scratch<B> {
-    /// Finishes layer `il`'s mixture-of-experts block over `n` rows whose routed output stayed
-    /// on the device ([`MoeOutput::Device`], or [`MoeOutput::Pairs`] with the experts' down
-    /// still to run): runs its shared expert (Qwen2-MoE), if it has one, over the block's
-    /// normalised input in `cur`, then adds the routed experts' weighted sum and the shared
-    /// expert's scaled output into the residual stream `x` in one device op (for `Pairs`,
-    /// together with the experts' down: [`finish_pairs`]).
+    /// Finishes layer `il`'s mixture-of-experts block over `n` rows routed on the device
+    /// ([`MoeOutput::Pairs`], the experts' down still to run): runs its shared expert
+    /// (Qwen2-MoE), if it has one, over the block's normalised input in `cur`, then the experts'
+    /// down with the weighted sum and the shared expert's scaled output into the residual
+    /// stream `x` ([`finish_pairs`]).
     #[allow(clippy::too_many_arguments)]
     fn combine_moe_output(
         &mut self,
@@ -1165,14 +1169,12 @@ impl<B: Backend> Scratch<B> {
         experts: &ExpertWeights<B::Weight>,
         il: usize,
         n: usize,
-        routed: MoeOutput,
     ) -> Result<(), ForwardError> {
         let (Some(moe), Some(ms)) = (c.moe, self.moe.as_mut()) else {
             return Err(ForwardError::BadBatch(format!(
                 "layer {il} has experts but the model is not a mixture of experts"
             )));
         };
-        let k = moe.routing.n_used;
         let shared = match &w.shared_expert {
             None => None,
             Some(shared) => {
@@ -1191,30 +1193,17 @@ impl<B: Backend> Scratch<B> {
                 Some((&self.out, scratch.gate_logit()))
             }
         };
-        let d = c.n_embd;
-        match routed {
-            MoeOutput::Pairs => {
-                finish_pairs(
-                    b,
-                    experts,
-                    &moe,
-                    c.activation,
-                    ms,
-                    shared,
-                    &mut self.x,
-                    n,
-                    d,
-                )?;
-            }
-            MoeOutput::Device => {
-                b.moe_combine(&ms.down, &ms.route_weights, n, k, d, shared, &mut self.x)?;
-            }
-            MoeOutput::Host => {
-                return Err(ForwardError::BadBatch(format!(
-                    "layer {il}: the experts' output is on the host, not on the device"
-                )));
-            }
-        }
+        finish_pairs(
+            b,
+            experts,
+            &moe,
+            c.activation,
+            ms,
+            shared,
+            &mut self.x,
+            n,
+            c.n_embd,
+        )?;
         Ok(())
     }
 }
